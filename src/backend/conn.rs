@@ -1,0 +1,159 @@
+//! One raw protocol connection to a node, and what pgfleet knows about the session state applied on it.
+
+use std::collections::HashSet;
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::connect::{BackendError, NodeTarget};
+use crate::protocol::messages::cstr;
+use crate::protocol::{Frame, FrameBuffer};
+
+/// Session state that a client put on this connection; what must be undone before another client gets it.
+#[derive(Debug, Default)]
+pub struct AppliedState {
+    /// Owner session id; state below is only meaningful for that session.
+    pub owner: u64,
+    /// The last settings generation replayed here (see `frontend::state`).
+    pub settings_gen: u64,
+    /// Whether any SET ran here (so RESET ALL is due on release).
+    pub settings_dirty: bool,
+    /// Named prepared statements that exist here.
+    pub prepared: HashSet<String>,
+    /// Which of the session's unnamed statements the unnamed slot holds.
+    pub unnamed: Option<u64>,
+    /// State that cannot be reset cheaply (temp tables, LISTEN, advisory locks): close on release.
+    pub unresettable: bool,
+}
+
+/// A connection to one node, with its read buffer and startup facts.
+pub struct BackendConn {
+    pub(crate) stream: TcpStream,
+    pub(crate) rbuf: FrameBuffer,
+    /// Which node.
+    pub target: NodeTarget,
+    /// Backend process id (BackendKeyData).
+    pub pid: i32,
+    /// Cancel secret (BackendKeyData).
+    pub secret: i32,
+    /// ParameterStatus values sent at startup.
+    pub server_params: Vec<(String, String)>,
+    /// Transaction status from the last ReadyForQuery.
+    pub status: u8,
+    /// Set when the connection can no longer be trusted (I/O error, protocol desync).
+    pub broken: bool,
+    /// What the current or last session left here.
+    pub applied: AppliedState,
+}
+
+/// What a request the proxy sent on its own account produced.
+#[derive(Debug, Default)]
+pub struct Exchange {
+    /// The first ErrorResponse, if any.
+    pub error: Option<Frame>,
+    /// ParameterStatus frames the node sent (e.g. after SET application_name).
+    pub parameter_status: Vec<Frame>,
+}
+
+impl BackendConn {
+    pub(crate) fn new(stream: TcpStream, target: NodeTarget, rbuf: FrameBuffer) -> Self {
+        Self {
+            stream,
+            rbuf,
+            target,
+            pid: 0,
+            secret: 0,
+            server_params: Vec::new(),
+            status: b'I',
+            broken: false,
+            applied: AppliedState::default(),
+        }
+    }
+
+    /// Writes bytes; marks the connection broken on failure.
+    pub async fn write_all(&mut self, bytes: &[u8]) -> Result<(), BackendError> {
+        if let Err(e) = self.stream.write_all(bytes).await {
+            self.broken = true;
+            return Err(BackendError::io(&self.target, e));
+        }
+        Ok(())
+    }
+
+    /// Reads into the buffer once; 0 bytes means the node closed the connection (reported as an error).
+    /// Cancel safe: usable inside `select!`.
+    pub async fn fill(&mut self) -> Result<(), BackendError> {
+        match self.stream.read_buf(self.rbuf.read_target()).await {
+            Ok(0) => {
+                self.broken = true;
+                Err(BackendError::io(
+                    &self.target,
+                    std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "server closed the connection unexpectedly"),
+                ))
+            }
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.broken = true;
+                Err(BackendError::io(&self.target, e))
+            }
+        }
+    }
+
+    /// The next whole frame, reading as needed.
+    pub async fn read_frame(&mut self) -> Result<Frame, BackendError> {
+        loop {
+            match self.rbuf.next_frame() {
+                Ok(Some(f)) => return Ok(f),
+                Ok(None) => self.fill().await?,
+                Err(e) => {
+                    self.broken = true;
+                    return Err(BackendError::protocol(&self.target, e.to_string()));
+                }
+            }
+        }
+    }
+
+    /// Takes whatever whole frames are buffered as one block, reporting each frame's type and body.
+    pub fn take_block(&mut self, inspect: impl FnMut(u8, &[u8])) -> Result<Option<Bytes>, BackendError> {
+        self.rbuf.take_whole_frames(inspect).map_err(|e| {
+            self.broken = true;
+            BackendError::protocol(&self.target, e.to_string())
+        })
+    }
+
+    /// Sends a request of the proxy's own (ending in Query or Sync) and reads up to ReadyForQuery, keeping the
+    /// first error and any ParameterStatus. Nothing reaches the client.
+    pub async fn exchange(&mut self, request: &[u8]) -> Result<Exchange, BackendError> {
+        self.write_all(request).await?;
+        let mut out = Exchange::default();
+        loop {
+            let f = self.read_frame().await?;
+            match f.kind {
+                b'Z' => {
+                    self.status = f.body().first().copied().unwrap_or(b'I');
+                    return Ok(out);
+                }
+                b'E' if out.error.is_none() => out.error = Some(f),
+                b'S' => out.parameter_status.push(f),
+                _ => {}
+            }
+        }
+    }
+
+    /// Whether the node is idle outside a transaction with nothing unread.
+    pub fn is_clean_idle(&self) -> bool {
+        !self.broken && self.status == b'I' && self.rbuf.buffered() == 0
+    }
+
+    /// Value of a startup ParameterStatus.
+    pub fn server_param(&self, name: &str) -> Option<&str> {
+        self.server_params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// (name, value) of a ParameterStatus frame.
+pub fn parameter_status_fields(frame: &Frame) -> Option<(&str, &str)> {
+    let (name, next) = cstr(frame.body(), 0)?;
+    let (value, _) = cstr(frame.body(), next)?;
+    Some((name, value))
+}

@@ -1,0 +1,281 @@
+//! Opening a connection to a node: TCP, StartupMessage, authentication (SCRAM-SHA-256, md5, cleartext) with the
+//! user's configured password, and the node's ParameterStatus / BackendKeyData up to the first ReadyForQuery.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::conn::BackendConn;
+use crate::protocol::frame::build;
+use crate::protocol::messages::{cstr, error_field};
+use crate::protocol::startup::encode_startup;
+use crate::protocol::{Frame, FrameBuffer};
+
+/// Largest message accepted from a node during startup.
+const STARTUP_FRAME_LIMIT: usize = 1 << 20;
+/// Largest message accepted from a node afterwards (PostgreSQL's own 1 GB limit on a field plus headroom).
+pub const NODE_FRAME_LIMIT: usize = (1 << 30) + (1 << 20);
+
+/// Which node a connection is for; carried into every error message.
+#[derive(Debug, Clone)]
+pub struct NodeTarget {
+    /// Index in the config's node list.
+    pub index: usize,
+    /// Configured name.
+    pub name: String,
+    /// "primary" or "replica", for messages.
+    pub role: String,
+    /// host:port.
+    pub address: String,
+}
+
+/// Why a node connection failed or broke.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// TCP connect failed.
+    #[error("pgfleet: cannot reach {role} \"{name}\" ({address}): {reason}")]
+    Unreachable {
+        /// Node role.
+        role: String,
+        /// Node name.
+        name: String,
+        /// Node address.
+        address: String,
+        /// What the OS said, in words.
+        reason: String,
+    },
+    /// Connect plus authentication took longer than pool.connect_timeout.
+    #[error("pgfleet: timed out after {after:?} connecting to {role} \"{name}\" ({address}) (pool.connect_timeout)")]
+    Timeout {
+        /// Node role.
+        role: String,
+        /// Node name.
+        name: String,
+        /// Node address.
+        address: String,
+        /// The timeout.
+        after: Duration,
+    },
+    /// The node answered with an ErrorResponse (bad database, bad password, shutting down...).
+    #[error("{message}")]
+    Server {
+        /// The ErrorResponse frame as the node sent it, to forward verbatim.
+        frame: Bytes,
+        /// Its SQLSTATE.
+        code: String,
+        /// Its message.
+        message: String,
+    },
+    /// The node sent something the protocol does not allow here.
+    #[error("pgfleet: protocol error from node \"{name}\": {detail}")]
+    Protocol {
+        /// Node name.
+        name: String,
+        /// What was wrong.
+        detail: String,
+    },
+    /// The connection dropped.
+    #[error("pgfleet: lost connection to node \"{name}\": {source}")]
+    Io {
+        /// Node name.
+        name: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+impl BackendError {
+    /// The SQLSTATE a client should see.
+    pub fn sqlstate(&self) -> &str {
+        match self {
+            BackendError::Unreachable { .. } | BackendError::Timeout { .. } => "08006",
+            BackendError::Server { code, .. } => code,
+            BackendError::Protocol { .. } => "08P01",
+            BackendError::Io { .. } => "08006",
+        }
+    }
+
+    /// True when the node itself is unusable (as opposed to the request being wrong).
+    pub fn is_node_failure(&self) -> bool {
+        match self {
+            BackendError::Server { code, .. } => code.starts_with("08") || code.starts_with("57P"),
+            _ => true,
+        }
+    }
+
+    pub(crate) fn io(target: &NodeTarget, source: std::io::Error) -> Self {
+        BackendError::Io { name: target.name.clone(), source }
+    }
+
+    pub(crate) fn protocol(target: &NodeTarget, detail: impl Into<String>) -> Self {
+        BackendError::Protocol { name: target.name.clone(), detail: detail.into() }
+    }
+
+    pub(crate) fn from_error_frame(frame: &Frame) -> Self {
+        let body = frame.body();
+        BackendError::Server {
+            frame: frame.raw.clone(),
+            code: error_field(body, b'C').unwrap_or("XX000").to_owned(),
+            message: error_field(body, b'M').unwrap_or("unknown error").to_owned(),
+        }
+    }
+}
+
+fn describe_io(e: &std::io::Error) -> String {
+    use std::io::ErrorKind::*;
+    match e.kind() {
+        ConnectionRefused => "connection refused".into(),
+        ConnectionReset => "connection reset".into(),
+        TimedOut => "connection timed out".into(),
+        HostUnreachable => "host unreachable".into(),
+        NetworkUnreachable => "network unreachable".into(),
+        AddrNotAvailable => "address not available".into(),
+        _ => e.to_string(),
+    }
+}
+
+/// Credentials and database for a new connection.
+pub struct Login<'a> {
+    /// Role name.
+    pub user: &'a str,
+    /// Its password (never logged).
+    pub password: &'a str,
+    /// Database name.
+    pub database: &'a str,
+}
+
+/// Connects and authenticates, bounded by `timeout` as a whole.
+pub async fn connect(target: &NodeTarget, login: &Login<'_>, timeout: Duration) -> Result<BackendConn, BackendError> {
+    match tokio::time::timeout(timeout, connect_inner(target, login)).await {
+        Ok(r) => r,
+        Err(_) => Err(BackendError::Timeout {
+            role: target.role.clone(),
+            name: target.name.clone(),
+            address: target.address.clone(),
+            after: timeout,
+        }),
+    }
+}
+
+async fn connect_inner(target: &NodeTarget, login: &Login<'_>) -> Result<BackendConn, BackendError> {
+    let stream = TcpStream::connect(&target.address).await.map_err(|e| BackendError::Unreachable {
+        role: target.role.clone(),
+        name: target.name.clone(),
+        address: target.address.clone(),
+        reason: describe_io(&e),
+    })?;
+    let _ = stream.set_nodelay(true);
+    let mut conn = BackendConn::new(stream, target.clone(), FrameBuffer::new(STARTUP_FRAME_LIMIT));
+    let startup = encode_startup(&[("user", login.user), ("database", login.database), ("client_encoding", "UTF8")]);
+    conn.write_all(&startup).await?;
+    let mut scram: Option<ScramSha256> = None;
+    loop {
+        let frame = conn.read_frame().await?;
+        match frame.kind {
+            b'R' => {
+                let body = frame.body();
+                if body.len() < 4 {
+                    return Err(BackendError::protocol(target, "short authentication message"));
+                }
+                let code = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+                match code {
+                    0 => {}
+                    3 => {
+                        let mut pw = login.password.as_bytes().to_vec();
+                        pw.push(0);
+                        conn.write_all(&build(b'p', &pw)).await?;
+                    }
+                    5 => {
+                        if body.len() < 8 {
+                            return Err(BackendError::protocol(target, "short md5 salt"));
+                        }
+                        let salt = [body[4], body[5], body[6], body[7]];
+                        let hash = postgres_protocol::authentication::md5_hash(
+                            login.user.as_bytes(),
+                            login.password.as_bytes(),
+                            salt,
+                        );
+                        let mut pw = hash.into_bytes();
+                        pw.push(0);
+                        conn.write_all(&build(b'p', &pw)).await?;
+                    }
+                    10 => {
+                        let mechs: Vec<&str> = body[4..]
+                            .split(|b| *b == 0)
+                            .filter_map(|m| std::str::from_utf8(m).ok())
+                            .filter(|m| !m.is_empty())
+                            .collect();
+                        if !mechs.contains(&SCRAM_SHA_256) {
+                            return Err(BackendError::protocol(
+                                target,
+                                format!("node offers SASL mechanisms {mechs:?}, pgfleet speaks SCRAM-SHA-256"),
+                            ));
+                        }
+                        let s = ScramSha256::new(login.password.as_bytes(), ChannelBinding::unrequested());
+                        let mut msg = Vec::new();
+                        msg.extend_from_slice(SCRAM_SHA_256.as_bytes());
+                        msg.push(0);
+                        msg.extend_from_slice(&(s.message().len() as i32).to_be_bytes());
+                        msg.extend_from_slice(s.message());
+                        conn.write_all(&build(b'p', &msg)).await?;
+                        scram = Some(s);
+                    }
+                    11 => {
+                        let s = scram.as_mut().ok_or_else(|| BackendError::protocol(target, "SASL continue without start"))?;
+                        s.update(&body[4..]).map_err(|e| BackendError::protocol(target, e.to_string()))?;
+                        conn.write_all(&build(b'p', s.message())).await?;
+                    }
+                    12 => {
+                        let s = scram.as_mut().ok_or_else(|| BackendError::protocol(target, "SASL final without start"))?;
+                        s.finish(&body[4..]).map_err(|e| BackendError::protocol(target, e.to_string()))?;
+                    }
+                    other => {
+                        return Err(BackendError::protocol(
+                            target,
+                            format!("node asks for authentication method {other}, which pgfleet does not support"),
+                        ));
+                    }
+                }
+            }
+            b'E' => return Err(BackendError::from_error_frame(&frame)),
+            b'S' => {
+                if let Some((name, next)) = cstr(frame.body(), 0)
+                    && let Some((value, _)) = cstr(frame.body(), next)
+                {
+                    conn.server_params.push((name.to_owned(), value.to_owned()));
+                }
+            }
+            b'K' => {
+                let b = frame.body();
+                if b.len() >= 8 {
+                    conn.pid = i32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+                    conn.secret = i32::from_be_bytes([b[4], b[5], b[6], b[7]]);
+                }
+            }
+            b'N' | b'v' => {}
+            b'Z' => {
+                conn.status = frame.body().first().copied().unwrap_or(b'I');
+                break;
+            }
+            other => {
+                return Err(BackendError::protocol(target, format!("unexpected message '{}' during startup", other as char)));
+            }
+        }
+    }
+    conn.rbuf = FrameBuffer::new(NODE_FRAME_LIMIT);
+    Ok(conn)
+}
+
+/// Sends a CancelRequest for (pid, secret) to a node; best effort, like libpq's PQcancel.
+pub async fn send_cancel(address: &str, pid: i32, secret: i32) -> std::io::Result<()> {
+    let mut s = TcpStream::connect(address).await?;
+    s.write_all(&crate::protocol::startup::encode_cancel(pid, secret)).await?;
+    // PostgreSQL closes the socket once it has acted; waiting for that keeps the cancel ordered before the
+    // client's next request.
+    let mut buf = [0u8; 1];
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+    Ok(())
+}

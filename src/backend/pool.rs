@@ -1,0 +1,216 @@
+//! Pools of node connections per (node, database, user), built on `deadpool::managed`, and the rules for
+//! handing a connection back: roll back, reset only what the session changed, or close it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use deadpool::managed::{Manager, Metrics, Object, Pool, PoolError, RecycleError, RecycleResult, Timeouts};
+
+use super::conn::BackendConn;
+use super::connect::{BackendError, Login, NodeTarget, connect};
+use crate::config::PoolConfig;
+use crate::protocol::messages::query;
+
+/// Creates and checks connections for one (node, database, user).
+pub struct ConnManager {
+    target: NodeTarget,
+    user: String,
+    password: String,
+    database: String,
+    connect_timeout: Duration,
+}
+
+impl Manager for ConnManager {
+    type Type = BackendConn;
+    type Error = BackendError;
+
+    async fn create(&self) -> Result<BackendConn, BackendError> {
+        let login = Login { user: &self.user, password: &self.password, database: &self.database };
+        connect(&self.target, &login, self.connect_timeout).await
+    }
+
+    async fn recycle(&self, conn: &mut BackendConn, _: &Metrics) -> RecycleResult<BackendError> {
+        if !conn.is_clean_idle() {
+            return Err(RecycleError::message("connection was not returned clean"));
+        }
+        // A node restart closes idle sockets; find out now rather than on the client's next query.
+        let mut probe = [0u8; 1];
+        match conn.stream.try_read(&mut probe) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+            _ => Err(RecycleError::message("connection closed by the node")),
+        }
+    }
+}
+
+type Key = (usize, String, String);
+
+/// All pools, plus per-node counts of connections in use (for least_connections balancing).
+pub struct Pools {
+    config: PoolConfig,
+    pools: Mutex<HashMap<Key, Pool<ConnManager>>>,
+    in_use: Vec<Arc<AtomicUsize>>,
+}
+
+impl Pools {
+    /// Empty pools for `node_count` nodes.
+    pub fn new(config: PoolConfig, node_count: usize) -> Self {
+        Self {
+            config,
+            pools: Mutex::new(HashMap::new()),
+            in_use: (0..node_count).map(|_| Arc::new(AtomicUsize::new(0))).collect(),
+        }
+    }
+
+    /// Connections currently checked out from a node.
+    pub fn in_use(&self, node: usize) -> usize {
+        self.in_use.get(node).map(|c| c.load(Ordering::Relaxed)).unwrap_or(0)
+    }
+
+    fn pool_for(&self, target: &NodeTarget, login: &Login<'_>) -> Pool<ConnManager> {
+        let key = (target.index, login.database.to_owned(), login.user.to_owned());
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        pools
+            .entry(key)
+            .or_insert_with(|| {
+                let manager = ConnManager {
+                    target: target.clone(),
+                    user: login.user.to_owned(),
+                    password: login.password.to_owned(),
+                    database: login.database.to_owned(),
+                    connect_timeout: self.config.connect_timeout,
+                };
+                // Building only fails without a runtime, and tokio's is always given.
+                Pool::builder(manager)
+                    .max_size(self.config.max_size)
+                    .runtime(deadpool::Runtime::Tokio1)
+                    .build()
+                    .unwrap_or_else(|e| panic!("deadpool pool build failed: {e}"))
+            })
+            .clone()
+    }
+
+    /// Checks out a connection, waiting at most pool.connect_timeout for a free slot.
+    pub async fn get(&self, target: &NodeTarget, login: &Login<'_>, session: u64) -> Result<PooledConn, BackendError> {
+        let pool = self.pool_for(target, login);
+        let timeouts = Timeouts {
+            wait: Some(self.config.connect_timeout),
+            create: None,
+            recycle: Some(self.config.connect_timeout),
+        };
+        let mut obj = match pool.timeout_get(&timeouts).await {
+            Ok(o) => o,
+            Err(PoolError::Backend(e)) => return Err(e),
+            Err(PoolError::Timeout(_)) => {
+                return Err(BackendError::Timeout {
+                    role: target.role.clone(),
+                    name: target.name.clone(),
+                    address: target.address.clone(),
+                    after: self.config.connect_timeout,
+                });
+            }
+            Err(other) => return Err(BackendError::protocol(target, format!("pool error: {other}"))),
+        };
+        if obj.applied.owner != session {
+            obj.applied = Default::default();
+            obj.applied.owner = session;
+        }
+        let counter = self.in_use[target.index].clone();
+        counter.fetch_add(1, Ordering::Relaxed);
+        Ok(PooledConn { obj: Some(obj), counter })
+    }
+
+    /// Closes pooled connections idle for longer than pool.idle_timeout.
+    pub fn reap_idle(&self) {
+        let idle = self.config.idle_timeout;
+        let pools: Vec<Pool<ConnManager>> = {
+            let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+            pools.values().cloned().collect()
+        };
+        for p in pools {
+            p.retain(|_, m| m.last_used() < idle);
+        }
+    }
+
+    /// (node, database, user, size, available) for every pool; for the admin console and tests.
+    pub fn status(&self) -> Vec<(usize, String, String, usize, usize)> {
+        let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        pools
+            .iter()
+            .map(|((n, d, u), p)| {
+                let s = p.status();
+                (*n, d.clone(), u.clone(), s.size, s.available)
+            })
+            .collect()
+    }
+}
+
+/// A checked-out connection. Give it back with [`PooledConn::release`]; dropping it instead closes it,
+/// which makes the node roll back whatever was open.
+pub struct PooledConn {
+    obj: Option<Object<ConnManager>>,
+    counter: Arc<AtomicUsize>,
+}
+
+impl std::ops::Deref for PooledConn {
+    type Target = BackendConn;
+    fn deref(&self) -> &BackendConn {
+        self.obj.as_ref().unwrap_or_else(|| unreachable!("PooledConn used after release"))
+    }
+}
+
+impl std::ops::DerefMut for PooledConn {
+    fn deref_mut(&mut self) -> &mut BackendConn {
+        self.obj.as_mut().unwrap_or_else(|| unreachable!("PooledConn used after release"))
+    }
+}
+
+impl PooledConn {
+    /// Returns the connection to its pool after undoing the session's traces: an open transaction is rolled
+    /// back, changed settings and prepared statements are reset; a connection holding state that cannot be
+    /// reset (temp tables, LISTEN, session advisory locks) or in doubt is closed instead.
+    pub async fn release(mut self) {
+        let Some(mut obj) = self.obj.take() else { return };
+        if obj.broken || obj.applied.unresettable || obj.rbuf.buffered() != 0 {
+            drop(Object::take(obj));
+            return;
+        }
+        let mut reset = String::new();
+        if obj.status != b'I' {
+            reset.push_str("ROLLBACK;");
+        }
+        if obj.applied.settings_dirty {
+            reset.push_str("RESET ALL;RESET ROLE;SET SESSION AUTHORIZATION DEFAULT;");
+        }
+        if !obj.applied.prepared.is_empty() || obj.applied.unnamed.is_some() {
+            reset.push_str("DEALLOCATE ALL;");
+        }
+        if !reset.is_empty() {
+            // ROLLBACK must run on its own: the later statements would fail inside an aborted transaction.
+            let ok = match reset.strip_prefix("ROLLBACK;") {
+                Some(rest) => {
+                    obj.exchange(&query("ROLLBACK")).await.is_ok_and(|x| x.error.is_none())
+                        && (rest.is_empty() || obj.exchange(&query(rest)).await.is_ok_and(|x| x.error.is_none()))
+                }
+                None => obj.exchange(&query(&reset)).await.is_ok_and(|x| x.error.is_none()),
+            };
+            if !ok || obj.status != b'I' {
+                drop(Object::take(obj));
+                return;
+            }
+        }
+        obj.applied = Default::default();
+        drop(obj);
+    }
+}
+
+impl Drop for PooledConn {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(1, Ordering::Relaxed);
+        if let Some(obj) = self.obj.take() {
+            // Not released: its state is unknown, so it must not be handed to anyone else.
+            drop(Object::take(obj));
+        }
+    }
+}

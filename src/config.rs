@@ -1,0 +1,492 @@
+//! Typed configuration: the TOML file's shape, its defaults, and validation that names the offending key.
+//!
+//! Everything the rest of the proxy reads about its setup comes from [`Config`]; nothing else parses the file.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Why a configuration could not be used. Every variant names the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// TOML syntax or a value of the wrong type; the toml crate's message names the key and line.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What toml said.
+        message: String,
+    },
+    /// A value that parsed but makes no sense.
+    #[error("invalid value for `{key}`: {reason}")]
+    Invalid {
+        /// Dotted key, e.g. `nodes[1].address`.
+        key: String,
+        /// Why, and what would be accepted.
+        reason: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), reason: reason.into() }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where clients connect.
+    pub listen: ListenConfig,
+    /// Who may connect; the same credentials are used towards the nodes.
+    #[serde(default)]
+    pub users: Vec<UserConfig>,
+    /// The PostgreSQL servers behind the proxy.
+    #[serde(default)]
+    pub nodes: Vec<NodeConfig>,
+    /// How statements are sent to nodes.
+    #[serde(default)]
+    pub routing: RoutingConfig,
+    /// Backend connection pools.
+    #[serde(default)]
+    pub pool: PoolConfig,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// `[listen]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenConfig {
+    /// `host:port` to accept clients on.
+    pub address: String,
+    /// PEM certificate chain for client TLS; TLS is offered only when both files are set.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for client TLS.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// Largest protocol message a client may send, in bytes (or a size such as "64MB").
+    #[serde(default = "default_max_message_size", deserialize_with = "de_size")]
+    pub max_message_size: u64,
+}
+
+/// Client authentication method for one user.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthMethod {
+    /// SCRAM-SHA-256, as PostgreSQL's default.
+    #[default]
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    /// MD5 challenge.
+    Md5,
+    /// No password asked.
+    Trust,
+}
+
+/// `[[users]]`
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// Role name, as clients send it and as used on the nodes.
+    pub name: String,
+    /// Password for clients and for the nodes.
+    #[serde(default)]
+    pub password: String,
+    /// How clients prove who they are.
+    #[serde(default)]
+    pub auth: AuthMethod,
+}
+
+// Hand-written so that the password can never reach a log line through `{:?}`.
+impl std::fmt::Debug for UserConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserConfig")
+            .field("name", &self.name)
+            .field("password", &"<redacted>")
+            .field("auth", &self.auth)
+            .finish()
+    }
+}
+
+/// A node's configured role.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Takes writes.
+    Primary,
+    /// Serves reads.
+    Replica,
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Role::Primary => "primary",
+            Role::Replica => "replica",
+        })
+    }
+}
+
+/// `[[nodes]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Name used in logs, errors and the admin console.
+    pub name: String,
+    /// `host:port` of the PostgreSQL server.
+    pub address: String,
+    /// Primary or replica.
+    pub role: Role,
+    /// Relative share of reads (random balancing); 0 takes the node out of the read set.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+/// How reads are spread over replicas.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadBalance {
+    /// Weighted random choice.
+    #[default]
+    Random,
+    /// Each replica in turn.
+    RoundRobin,
+    /// The replica with the fewest connections in use.
+    LeastConnections,
+}
+
+/// `[routing]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingConfig {
+    /// Replica choice.
+    #[serde(default)]
+    pub load_balance: LoadBalance,
+    /// Whether the primary also serves reads.
+    #[serde(default)]
+    pub primary_reads: bool,
+    /// Functions that must run on the primary, beyond the built-in list and VOLATILE user functions.
+    #[serde(default)]
+    pub write_functions: Vec<String>,
+    /// Functions that never write, even if declared VOLATILE.
+    #[serde(default)]
+    pub read_only_functions: Vec<String>,
+    /// How long a database's function volatility list is trusted before it is read again.
+    #[serde(default = "default_function_refresh", deserialize_with = "de_duration")]
+    pub function_refresh: Duration,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        Self {
+            load_balance: LoadBalance::default(),
+            primary_reads: false,
+            write_functions: Vec::new(),
+            read_only_functions: Vec::new(),
+            function_refresh: default_function_refresh(),
+        }
+    }
+}
+
+/// `[pool]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Most connections per (node, database, user).
+    #[serde(default = "default_max_size")]
+    pub max_size: usize,
+    /// How long to wait for a new backend connection (or a free one from a full pool).
+    #[serde(default = "default_connect_timeout", deserialize_with = "de_duration")]
+    pub connect_timeout: Duration,
+    /// Idle pooled connections older than this are closed.
+    #[serde(default = "default_idle_timeout", deserialize_with = "de_duration")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            max_size: default_max_size(),
+            connect_timeout: default_connect_timeout(),
+            idle_timeout: default_idle_timeout(),
+        }
+    }
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// A tracing filter such as "info" or "pgfleet=debug"; `RUST_LOG` wins when set.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { level: default_log_level() }
+    }
+}
+
+fn default_max_message_size() -> u64 {
+    // PostgreSQL itself refuses most messages over 1 GB; a proxy can be stricter by default.
+    256 * 1024 * 1024
+}
+fn default_weight() -> u32 {
+    1
+}
+fn default_function_refresh() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_max_size() -> usize {
+    20
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_log_level() -> String {
+    "info".to_owned()
+}
+
+/// Parses "250ms", "5s", "2m", "1h" or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num.parse().map_err(|_| format!("`{text}` is not a duration such as \"500ms\" or \"5s\""))?;
+    let secs = match unit.trim() {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "us" => value / 1_000_000.0,
+        "m" | "min" => value * 60.0,
+        "h" => value * 3600.0,
+        other => return Err(format!("unknown duration unit `{other}` (use ms, s, m or h)")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parses "64MB", "16kB", "1GB" or a bare number of bytes.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: u64 = num.parse().map_err(|_| format!("`{text}` is not a size such as \"16MB\""))?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" | "k" => 1024,
+        "mb" | "m" => 1024 * 1024,
+        "gb" | "g" => 1024 * 1024 * 1024,
+        other => return Err(format!("unknown size unit `{other}` (use B, kB, MB or GB)")),
+    };
+    Ok(value * mult)
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum NumOrText {
+    Num(u64),
+    Text(String),
+}
+
+fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    match NumOrText::deserialize(d)? {
+        NumOrText::Num(n) => Ok(Duration::from_secs(n)),
+        NumOrText::Text(t) => parse_duration(&t).map_err(serde::de::Error::custom),
+    }
+}
+
+fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    match NumOrText::deserialize(d)? {
+        NumOrText::Num(n) => Ok(n),
+        NumOrText::Text(t) => parse_size(&t).map_err(serde::de::Error::custom),
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.to_owned(), message },
+            other => other,
+        })
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: PathBuf::from("<text>"), message: e.to_string() })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: addresses, uniqueness, exactly one primary.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.listen
+            .address
+            .parse::<SocketAddr>()
+            .map_err(|_| invalid("listen.address", format!("`{}` is not host:port (e.g. \"127.0.0.1:6432\")", self.listen.address)))?;
+        match (&self.listen.tls_cert, &self.listen.tls_key) {
+            (Some(_), None) => return Err(invalid("listen.tls_key", "must be set when listen.tls_cert is set")),
+            (None, Some(_)) => return Err(invalid("listen.tls_cert", "must be set when listen.tls_key is set")),
+            (Some(cert), Some(key)) => {
+                for (k, p) in [("listen.tls_cert", cert), ("listen.tls_key", key)] {
+                    if !p.exists() {
+                        return Err(invalid(k, format!("file {} does not exist", p.display())));
+                    }
+                }
+            }
+            (None, None) => {}
+        }
+        if self.listen.max_message_size < 1024 {
+            return Err(invalid("listen.max_message_size", "must be at least 1kB"));
+        }
+        if self.users.is_empty() {
+            return Err(invalid("users", "at least one [[users]] entry is needed"));
+        }
+        let mut names = HashSet::new();
+        for (i, u) in self.users.iter().enumerate() {
+            if u.name.is_empty() {
+                return Err(invalid(format!("users[{i}].name"), "must not be empty"));
+            }
+            if !names.insert(u.name.as_str()) {
+                return Err(invalid(format!("users[{i}].name"), format!("user `{}` is listed twice", u.name)));
+            }
+            if u.password.is_empty() && u.auth != AuthMethod::Trust {
+                return Err(invalid(
+                    format!("users[{i}].password"),
+                    "must be set unless auth = \"trust\" (it is also used to log in to the nodes)",
+                ));
+            }
+        }
+        if self.nodes.is_empty() {
+            return Err(invalid("nodes", "at least one [[nodes]] entry (the primary) is needed"));
+        }
+        let mut node_names = HashSet::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if n.name.is_empty() {
+                return Err(invalid(format!("nodes[{i}].name"), "must not be empty"));
+            }
+            if !node_names.insert(n.name.as_str()) {
+                return Err(invalid(format!("nodes[{i}].name"), format!("node `{}` is listed twice", n.name)));
+            }
+            split_host_port(&n.address).map_err(|reason| invalid(format!("nodes[{i}].address"), reason))?;
+        }
+        let primaries = self.nodes.iter().filter(|n| n.role == Role::Primary).count();
+        if primaries != 1 {
+            return Err(invalid(
+                "nodes",
+                format!("exactly one node must have role = \"primary\", found {primaries}"),
+            ));
+        }
+        if self.pool.max_size == 0 {
+            return Err(invalid("pool.max_size", "must be at least 1"));
+        }
+        if self.pool.connect_timeout.is_zero() {
+            return Err(invalid("pool.connect_timeout", "must be more than 0"));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(invalid("log.level", format!("`{}` is not a level or filter such as \"info\"", self.log.level)));
+        }
+        Ok(())
+    }
+
+    /// The configured user of that name.
+    pub fn user(&self, name: &str) -> Option<&UserConfig> {
+        self.users.iter().find(|u| u.name == name)
+    }
+}
+
+/// Splits "host:port" (or "[v6]:port") into its parts.
+pub fn split_host_port(address: &str) -> Result<(String, u16), String> {
+    let (host, port) = address
+        .rsplit_once(':')
+        .ok_or_else(|| format!("`{address}` is not host:port (e.g. \"10.0.0.1:5432\")"))?;
+    let port: u16 = port.parse().map_err(|_| format!("`{port}` in `{address}` is not a port number"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("`{address}` has no host"));
+    }
+    Ok((host.to_owned(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[listen]
+address = "127.0.0.1:6432"
+[[users]]
+name = "app"
+password = "secret"
+[[nodes]]
+name = "primary"
+address = "10.0.0.1:5432"
+role = "primary"
+[[nodes]]
+name = "replica1"
+address = "10.0.0.2:5432"
+role = "replica"
+weight = 1
+[routing]
+load_balance = "random"
+primary_reads = false
+"#;
+
+    #[test]
+    fn issue_example_parses_with_defaults() {
+        let c = Config::parse(BASE).expect("valid");
+        assert_eq!(c.nodes.len(), 2);
+        assert_eq!(c.pool.max_size, 20);
+        assert_eq!(c.users[0].auth, AuthMethod::ScramSha256);
+        assert_eq!(c.routing.load_balance, LoadBalance::Random);
+    }
+
+    fn err_of(text: &str) -> String {
+        Config::parse(text).expect_err("must be refused").to_string()
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert!(err_of(&BASE.replace("10.0.0.2:5432", "nohost")).contains("nodes[1].address"));
+        assert!(err_of(&BASE.replace("role = \"replica\"", "role = \"primary\"")).contains("exactly one"));
+        assert!(err_of(&BASE.replace("\"random\"", "\"fastest\"")).contains("load_balance"));
+        assert!(err_of(&BASE.replace("127.0.0.1:6432", "localhost")).contains("listen.address"));
+        assert!(err_of(&format!("{BASE}\n[pool]\nmax_size = 0\n")).contains("pool.max_size"));
+        assert!(err_of(&format!("{BASE}\n[pool]\nconnect_timeout = \"5 parsecs\"\n")).contains("connect_timeout"));
+        assert!(err_of(&BASE.replace("password = \"secret\"", "")).contains("users[0].password"));
+        assert!(err_of(&format!("{BASE}\n[pool]\nbogus = 1\n")).contains("bogus"));
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_size("16MB"), Ok(16 * 1024 * 1024));
+        assert!(parse_size("16XB").is_err());
+    }
+
+    #[test]
+    fn debug_never_shows_passwords() {
+        let c = Config::parse(BASE).expect("valid");
+        assert!(!format!("{c:?}").contains("secret"));
+    }
+}

@@ -1,0 +1,192 @@
+//! Running one request on one node: write the client's frames, then stream the node's answer back as whole
+//! frames, never decoding rows. While the node works, client input is read only when the protocol needs it
+//! there: COPY FROM STDIN data, and extended-protocol frames that follow a Flush up to their Sync.
+
+use bytes::BytesMut;
+use tokio::io::AsyncReadExt;
+
+use super::request::{End, Plan, Request};
+use super::session::{Session, SessionError};
+use crate::backend::BackendError;
+use crate::protocol::messages::command_tag;
+
+/// What a finished request left behind, read from the node's replies.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Transaction status of the last ReadyForQuery.
+    pub status: u8,
+    /// An ErrorResponse came back.
+    pub saw_error: bool,
+    /// How many ParseComplete came back (the first N Parse messages succeeded).
+    pub parses_ok: usize,
+    /// The last command tag was COMMIT.
+    pub last_commit: bool,
+    /// The request itself opened a transaction that it also closed (BEGIN ... COMMIT in one string).
+    pub began_tx: bool,
+}
+
+/// Why a request did not complete.
+pub enum FlowError {
+    /// The client failed; the session ends.
+    Client(SessionError),
+    /// The node failed; `output_sent` tells whether the client already saw part of the answer.
+    Node {
+        /// What went wrong.
+        error: BackendError,
+        /// The plan, handed back for a retry elsewhere.
+        plan: Plan,
+        /// Whether any reply bytes reached the client.
+        output_sent: bool,
+    },
+}
+
+/// The protocol state of a request in flight.
+pub struct Flow {
+    /// ReadyForQuery messages still to come.
+    pending_ready: usize,
+    /// An extended batch is open on the node (after Flush): client frames go there until Sync.
+    open_batch: bool,
+    /// COPY FROM STDIN is running: client CopyData goes to the node.
+    copy_in: bool,
+    /// The request used the extended protocol, whose Sync a COPY swallows.
+    extended: bool,
+    /// After this COPY ends, the batch is open again (its Sync was swallowed).
+    reopen_after_copy: bool,
+    outcome: Outcome,
+    output_sent: bool,
+}
+
+impl Flow {
+    fn inspect(&mut self, kind: u8, body: &[u8]) {
+        match kind {
+            b'Z' => {
+                self.pending_ready = self.pending_ready.saturating_sub(1);
+                self.outcome.status = body.first().copied().unwrap_or(b'I');
+            }
+            b'G' => {
+                self.copy_in = true;
+                if self.extended && self.pending_ready > 0 && !self.open_batch {
+                    // PostgreSQL ignores a Sync that arrives during COPY; the client sends another after it.
+                    self.pending_ready -= 1;
+                    self.reopen_after_copy = true;
+                }
+            }
+            b'E' => {
+                self.outcome.saw_error = true;
+                if self.copy_in {
+                    self.copy_in = false;
+                    self.open_batch |= std::mem::take(&mut self.reopen_after_copy);
+                }
+            }
+            b'C' => {
+                let tag = command_tag(body).unwrap_or("");
+                self.outcome.last_commit = tag == "COMMIT";
+                if tag == "BEGIN" || tag == "START TRANSACTION" {
+                    self.outcome.began_tx = true;
+                }
+            }
+            b'1' => self.outcome.parses_ok += 1,
+            _ => {}
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.pending_ready == 0 && !self.open_batch && !self.copy_in
+    }
+
+    /// Runs `req` on `node` to completion, then records its effects on the session.
+    pub(super) async fn run(
+        session: &mut Session,
+        node: usize,
+        req: &Request,
+        end: End,
+        mut plan: Plan,
+    ) -> Result<(), FlowError> {
+        let mut flow = Flow {
+            pending_ready: req.ready_count(),
+            open_batch: end == End::Open,
+            copy_in: false,
+            extended: req.is_extended(),
+            reopen_after_copy: false,
+            outcome: Outcome::default(),
+            output_sent: false,
+        };
+        let Some(conn) = session.conns[node].as_mut() else {
+            return Err(FlowError::Client(SessionError::Fatal("internal: no connection for node".into())));
+        };
+        session.key.set_active(Some((conn.target.address.clone(), conn.pid, conn.secret)));
+        let result = flow.pump(session, node, req, &mut plan).await;
+        session.key.set_active(None);
+        match result {
+            Ok(()) => {
+                session.finish(node, plan, &flow.outcome);
+                Ok(())
+            }
+            Err(Failure::Client(e)) => Err(FlowError::Client(e)),
+            Err(Failure::Node(error)) => Err(FlowError::Node { error, plan, output_sent: flow.output_sent }),
+        }
+    }
+
+    async fn pump(&mut self, session: &mut Session, node: usize, req: &Request, plan: &mut Plan) -> Result<(), Failure> {
+        let Some(conn) = session.conns[node].as_mut() else { return Ok(()) };
+        conn.write_all(&req.encode()).await.map_err(Failure::Node)?;
+        let mut to_node = BytesMut::new();
+        while !self.done() {
+            let read_client = self.copy_in || self.open_batch;
+            tokio::select! {
+                r = conn.fill() => {
+                    r.map_err(Failure::Node)?;
+                    let block = conn.take_block(|k, b| self.inspect(k, b)).map_err(Failure::Node)?;
+                    if let Some(block) = block {
+                        self.output_sent = true;
+                        write_flush(&mut session.client, &block).await.map_err(|e| Failure::Client(e.into()))?;
+                    }
+                }
+                r = session.client.read_buf(session.cbuf.read_target()), if read_client => {
+                    match r {
+                        Ok(0) => return Err(Failure::Client(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into())),
+                        Ok(_) => {}
+                        Err(e) => return Err(Failure::Client(e.into())),
+                    }
+                    // Pass on what belongs to the node now; anything after it waits for the next request.
+                    while self.copy_in || self.open_batch {
+                        let frame = match session.cbuf.next_frame() {
+                            Ok(Some(f)) => f,
+                            Ok(None) => break,
+                            Err(e) => return Err(Failure::Client(e.into())),
+                        };
+                        if self.copy_in {
+                            if matches!(frame.kind, b'c' | b'f') {
+                                self.copy_in = false;
+                                self.open_batch |= std::mem::take(&mut self.reopen_after_copy);
+                            }
+                        } else {
+                            plan.note(&frame, &session.statements, &session.rules);
+                            if matches!(frame.kind, b'S' | b'Q') {
+                                self.pending_ready += 1;
+                                self.open_batch = false;
+                            }
+                        }
+                        to_node.extend_from_slice(&frame.raw);
+                    }
+                    if !to_node.is_empty() {
+                        conn.write_all(&to_node).await.map_err(Failure::Node)?;
+                        to_node.clear();
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+enum Failure {
+    Client(SessionError),
+    Node(BackendError),
+}
+
+async fn write_flush(client: &mut super::stream::ClientStream, bytes: &[u8]) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    client.write_all(bytes).await?;
+    client.flush().await
+}

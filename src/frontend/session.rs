@@ -1,0 +1,660 @@
+//! One client session: login (authentication, first node, ParameterStatus), then a loop that buffers each
+//! request, asks the router where it may run, brings that node's connection up to date with the session's
+//! settings and prepared statements, forwards the request and streams the answer back (`forward`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tracing::Instrument;
+
+use super::auth;
+use super::cancel::CancelKey;
+use super::forward::{Flow, FlowError};
+use super::request::{End, Plan, Request};
+use super::state::{Settings, Statements};
+use super::stream::ClientStream;
+use crate::backend::connect::Login;
+use crate::backend::{BackendError, PooledConn};
+use crate::protocol::messages::{
+    ProxyError, Severity, backend_key_data, close_statement, parameter_status, query, ready_for_query, sync,
+};
+use crate::protocol::{FrameBuffer, FrameError};
+use crate::proxy::Shared;
+use crate::router::classify::{Pin, Target};
+use crate::router::functions::FunctionRules;
+
+/// Why a session ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The client went away or its socket failed.
+    #[error("client connection lost: {0}")]
+    Client(#[from] std::io::Error),
+    /// The client broke the protocol.
+    #[error("client protocol violation: {0}")]
+    Protocol(#[from] FrameError),
+    /// The session was ended with a FATAL already sent.
+    #[error("session ended: {0}")]
+    Fatal(String),
+}
+
+/// Session-wide routing override from the `pgfleet.route` startup option.
+fn route_override(value: &str) -> Result<Target, ProxyError> {
+    match value.to_ascii_lowercase().as_str() {
+        "primary" => Ok(Target::Primary),
+        "replica" => Ok(Target::Replica),
+        other => Err(ProxyError::fatal(
+            "22023",
+            format!("invalid value for parameter \"pgfleet.route\": \"{other}\""),
+        )
+        .with_hint("Use -c pgfleet.route=primary or -c pgfleet.route=replica.")),
+    }
+}
+
+/// Serves one client until it leaves.
+pub async fn run(stream: ClientStream, peer: SocketAddr, params: Vec<(String, String)>, shared: Arc<Shared>) {
+    let user = params.iter().find(|(k, _)| k == "user").map(|(_, v)| v.clone()).unwrap_or_default();
+    let database =
+        params.iter().find(|(k, _)| k == "database").map(|(_, v)| v.clone()).unwrap_or_else(|| user.clone());
+    let span = tracing::info_span!("session", client = %peer, user = %user, database = %database);
+    async move {
+        let mut session = match Session::login(stream, user, database, params, shared).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::info!(error = %e, "login failed");
+                return;
+            }
+        };
+        tracing::debug!("session started");
+        match session.serve().await {
+            Ok(()) => tracing::debug!("client disconnected"),
+            Err(e) => tracing::info!(error = %e, "session ended"),
+        }
+        session.close().await;
+    }
+    .instrument(span)
+    .await
+}
+
+pub(super) struct Session {
+    pub(super) shared: Arc<Shared>,
+    pub(super) id: u64,
+    pub(super) client: ClientStream,
+    pub(super) cbuf: FrameBuffer,
+    user: String,
+    password: String,
+    database: String,
+    pub(super) conns: Vec<Option<PooledConn>>,
+    settings: Settings,
+    pending_changes: Vec<crate::router::classify::SessionChange>,
+    pub(super) statements: Statements,
+    tx_node: Option<usize>,
+    pinned: Option<(usize, Pin)>,
+    route: Option<Target>,
+    pub(super) key: CancelKey,
+    discard_until_sync: bool,
+    pub(super) rules: Arc<FunctionRules>,
+}
+
+impl Session {
+    async fn login(
+        mut client: ClientStream,
+        user: String,
+        database: String,
+        params: Vec<(String, String)>,
+        shared: Arc<Shared>,
+    ) -> Result<Session, SessionError> {
+        let max = shared.config.listen.max_message_size as usize;
+        let user_cfg = shared.config.user(&user).cloned();
+        if let Err(e) = auth::authenticate(&mut client, &user, user_cfg.as_ref(), max).await {
+            let err = ProxyError::fatal(e.sqlstate(), e.message());
+            let _ = client.write_all(&err.encode()).await;
+            return Err(SessionError::Fatal(e.message()));
+        }
+        let Some(user_cfg) = user_cfg else {
+            return Err(SessionError::Fatal("unknown user passed authentication".into()));
+        };
+        let mut settings = Settings::default();
+        let mut route = None;
+        for (k, v) in &params {
+            match k.as_str() {
+                "user" | "database" | "replication" | "options" => {}
+                k if k.starts_with("_pq_.") => {}
+                k => settings.set_startup(k, v),
+            }
+            if k == "replication" && v != "false" && v != "0" && v != "off" {
+                let err = ProxyError::fatal("08P01", "pgfleet does not proxy replication connections")
+                    .with_hint("Connect replication clients to the primary directly.");
+                client.write_all(&err.encode()).await?;
+                return Err(SessionError::Fatal(err.message));
+            }
+        }
+        if let Some((_, options)) = params.iter().find(|(k, _)| k == "options") {
+            for (k, v) in crate::protocol::startup::parse_options(options) {
+                if k == "pgfleet.route" {
+                    match route_override(&v) {
+                        Ok(t) => route = Some(t),
+                        Err(e) => {
+                            client.write_all(&e.encode()).await?;
+                            return Err(SessionError::Fatal(e.message));
+                        }
+                    }
+                } else {
+                    settings.set_startup(&k, &v);
+                }
+            }
+        }
+        let id = shared.next_session.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let key = shared.cancels.register();
+        let rules = Arc::new(FunctionRules::new(&[], &[]));
+        let mut session = Session {
+            cbuf: FrameBuffer::new(max),
+            conns: (0..shared.fleet.nodes.len()).map(|_| None).collect(),
+            shared,
+            id,
+            client,
+            user,
+            password: user_cfg.password.clone(),
+            database,
+            settings,
+            pending_changes: Vec::new(),
+            statements: Statements::default(),
+            tx_node: None,
+            pinned: None,
+            route,
+            key,
+            discard_until_sync: false,
+            rules,
+        };
+        session.greet().await?;
+        Ok(session)
+    }
+
+    /// Opens the first node connection (the primary, else any reachable read node) to check that the
+    /// database and role exist and to learn the server's parameters, then completes the startup.
+    async fn greet(&mut self) -> Result<(), SessionError> {
+        let fleet = &self.shared.fleet;
+        let mut order = vec![fleet.primary];
+        order.extend(fleet.read_nodes(false));
+        let mut last_err: Option<BackendError> = None;
+        let mut first = None;
+        for node in order {
+            match self.connect(node).await {
+                Ok(()) => {
+                    first = Some(node);
+                    break;
+                }
+                Err(e) if e.is_node_failure() => last_err = Some(e),
+                Err(e) => {
+                    last_err = Some(e);
+                    break;
+                }
+            }
+        }
+        let Some(node) = first else {
+            let e = last_err.map(|e| self.fatal_of(&e)).unwrap_or_else(|| {
+                ProxyError::fatal("08006", "pgfleet: no node is configured")
+            });
+            self.client.write_all(&e.encode()).await?;
+            return Err(SessionError::Fatal(e.message));
+        };
+        // Apply the client's startup parameters and learn the values the server reports back.
+        let mut reported: Vec<(String, String)> = match self.conns[node].as_ref() {
+            Some(c) => c.server_params.clone(),
+            None => Vec::new(),
+        };
+        if let Some(sql) = self.settings.replay_since(0) {
+            let generation = self.settings.generation();
+            let Some(conn) = self.conns[node].as_mut() else { return Ok(()) };
+            match conn.exchange(&query(&sql)).await {
+                Ok(x) => {
+                    if let Some(err) = x.error {
+                        let body = err.body();
+                        let e = ProxyError::fatal(
+                            crate::protocol::messages::error_field(body, b'C').unwrap_or("22023"),
+                            crate::protocol::messages::error_field(body, b'M').unwrap_or("invalid startup parameter").to_owned(),
+                        );
+                        self.client.write_all(&e.encode()).await?;
+                        return Err(SessionError::Fatal(e.message));
+                    }
+                    for f in &x.parameter_status {
+                        if let Some((k, v)) = crate::backend::conn::parameter_status_fields(f) {
+                            match reported.iter_mut().find(|(rk, _)| rk == k) {
+                                Some(slot) => slot.1 = v.to_owned(),
+                                None => reported.push((k.to_owned(), v.to_owned())),
+                            }
+                        }
+                    }
+                    conn.applied.settings_gen = generation;
+                    conn.applied.settings_dirty = true;
+                }
+                Err(e) => {
+                    let e = self.fatal_of(&e);
+                    self.client.write_all(&e.encode()).await?;
+                    return Err(SessionError::Fatal(e.message));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for (k, v) in &reported {
+            out.extend_from_slice(&parameter_status(k, v));
+        }
+        out.extend_from_slice(&backend_key_data(self.key.pid, self.key.secret));
+        out.extend_from_slice(&ready_for_query(b'I'));
+        self.client.write_all(&out).await?;
+        self.client.flush().await?;
+        Ok(())
+    }
+
+    fn fatal_of(&self, e: &BackendError) -> ProxyError {
+        ProxyError { severity: Severity::Fatal, ..self.error_of(e) }
+    }
+
+    fn error_of(&self, e: &BackendError) -> ProxyError {
+        match e {
+            BackendError::Server { code, message, .. } => ProxyError::error(code, message.clone()),
+            other => ProxyError::error(other.sqlstate(), other.to_string()),
+        }
+    }
+
+    /// Makes sure the session holds a connection to `node`.
+    async fn connect(&mut self, node: usize) -> Result<(), BackendError> {
+        if let Some(c) = &self.conns[node] {
+            if !c.broken {
+                return Ok(());
+            }
+            self.conns[node] = None;
+        }
+        let n = &self.shared.fleet.nodes[node];
+        let login = Login { user: &self.user, password: &self.password, database: &self.database };
+        match self.shared.pools.get(&n.target, &login, self.id).await {
+            Ok(c) => {
+                n.mark_up();
+                self.conns[node] = Some(c);
+                Ok(())
+            }
+            Err(e) => {
+                if e.is_node_failure() {
+                    tracing::warn!(node = %n.target.name, error = %e, "node connection failed");
+                    n.mark_down();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Reads and serves requests until the client leaves.
+    async fn serve(&mut self) -> Result<(), SessionError> {
+        let mut req = Request::default();
+        loop {
+            let frame = match self.cbuf.next_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => {
+                    self.wait_for_client().await?;
+                    continue;
+                }
+                Err(e) => {
+                    let err = ProxyError::fatal("08P01", format!("invalid frontend message: {e}"));
+                    let _ = self.client.write_all(&err.encode()).await;
+                    return Err(e.into());
+                }
+            };
+            match frame.kind {
+                b'X' => return Ok(()),
+                // CopyData/CopyDone/CopyFail outside COPY: PostgreSQL ignores them, and so do we.
+                b'd' | b'c' | b'f' => continue,
+                _ => {}
+            }
+            if self.discard_until_sync {
+                if frame.kind == b'S' {
+                    self.discard_until_sync = false;
+                    self.write_client(&ready_for_query(self.status())).await?;
+                }
+                continue;
+            }
+            if let Some(end) = req.push(frame) {
+                let request = std::mem::take(&mut req);
+                self.dispatch(request, end).await?;
+            }
+        }
+    }
+
+    /// Waits for client bytes; meanwhile passes on notifications from a node the session listens on.
+    async fn wait_for_client(&mut self) -> Result<(), SessionError> {
+        let listen_node = match self.pinned {
+            Some((n, Pin::Listen)) if self.conns[n].is_some() => Some(n),
+            _ => None,
+        };
+        match listen_node {
+            None => {
+                if self.client.read_buf(self.cbuf.read_target()).await? == 0 {
+                    return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+                }
+            }
+            Some(n) => {
+                let Some(conn) = self.conns[n].as_mut() else { return Ok(()) };
+                tokio::select! {
+                    r = self.client.read_buf(self.cbuf.read_target()) => {
+                        if r? == 0 {
+                            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+                        }
+                    }
+                    r = conn.fill() => {
+                        let block = match r {
+                            Ok(()) => conn.take_block(|_, _| {}).ok().flatten(),
+                            Err(_) => None,
+                        };
+                        if conn.broken {
+                            let e = ProxyError::fatal("57P01", format!(
+                                "pgfleet: lost the connection to node \"{}\" that held this session's LISTEN",
+                                conn.target.name));
+                            let _ = self.client.write_all(&e.encode()).await;
+                            return Err(SessionError::Fatal(e.message));
+                        }
+                        if let Some(b) = block {
+                            self.write_client(&b).await?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The transaction status the client should see when the proxy answers by itself.
+    fn status(&self) -> u8 {
+        self.tx_node.and_then(|n| self.conns[n].as_ref()).map(|c| c.status).unwrap_or(b'I')
+    }
+
+    pub(super) async fn write_client(&mut self, bytes: &[u8]) -> Result<(), SessionError> {
+        self.client.write_all(bytes).await?;
+        self.client.flush().await?;
+        Ok(())
+    }
+
+    /// Answers a request the proxy could not run: the error, then ReadyForQuery when the request ended
+    /// with Query or Sync; after Flush, input is skipped up to the next Sync as PostgreSQL does.
+    async fn refuse(&mut self, err: ProxyError, end: End) -> Result<(), SessionError> {
+        tracing::info!(error = %err, "request refused");
+        let mut out = err.encode().to_vec();
+        match end {
+            End::Query | End::Sync => out.extend_from_slice(&ready_for_query(self.status())),
+            End::Open => self.discard_until_sync = true,
+        }
+        self.write_client(&out).await
+    }
+
+    async fn function_rules(&mut self) -> Arc<FunctionRules> {
+        if let Some(r) = self.shared.catalog.cached(&self.database) {
+            return r;
+        }
+        let primary = self.shared.fleet.nodes[self.shared.fleet.primary].target.address.clone();
+        self.shared.catalog.load(&primary, &self.database, &self.user, &self.password).await
+    }
+
+    /// The nodes to try for a plan, best first.
+    fn candidates(&self, plan: &Plan) -> Vec<usize> {
+        let fleet = &self.shared.fleet;
+        if let Some(n) = self.tx_node {
+            return vec![n];
+        }
+        if let Some((n, _)) = self.pinned {
+            return vec![n];
+        }
+        let target = self.route.unwrap_or(plan.target);
+        match target {
+            Target::Primary => vec![fleet.primary],
+            Target::Replica => {
+                let reads: Vec<(usize, u32, usize)> = fleet
+                    .read_nodes(self.shared.config.routing.primary_reads)
+                    .into_iter()
+                    .filter(|n| fleet.nodes[*n].is_up())
+                    .map(|n| (n, fleet.nodes[n].weight, self.shared.pools.in_use(n)))
+                    .collect();
+                let mut order = self.shared.balancer.order(&reads);
+                // With no read node left, reads go to the primary (unless the session asked for replicas).
+                if self.route != Some(Target::Replica) && !order.contains(&fleet.primary) {
+                    order.push(fleet.primary);
+                }
+                if order.is_empty() {
+                    // Every replica is marked down: try them anyway rather than refuse outright.
+                    order = fleet.read_nodes(false);
+                }
+                order
+            }
+        }
+    }
+
+    async fn dispatch(&mut self, req: Request, end: End) -> Result<(), SessionError> {
+        self.rules = self.function_rules().await;
+        let plan = Plan::for_request(&req, &self.statements, &self.rules);
+        let candidates = self.candidates(&plan);
+        let retry_allowed = self.tx_node.is_none() && self.pinned.is_none() && plan.target == Target::Replica;
+        let mut last_err = None;
+        for (i, node) in candidates.iter().copied().enumerate() {
+            let last = i + 1 == candidates.len() || !retry_allowed;
+            if let Err(e) = self.connect(node).await {
+                if !e.is_node_failure() || last {
+                    return self.refuse(self.error_of(&e), end).await;
+                }
+                last_err = Some(e);
+                continue;
+            }
+            if let Err(e) = self.bring_up_to_date(node, &plan).await {
+                match e {
+                    Prepare::Node(e) if e.is_node_failure() && !last => {
+                        self.conns[node] = None;
+                        self.shared.fleet.nodes[node].mark_down();
+                        last_err = Some(e);
+                        continue;
+                    }
+                    Prepare::Node(e) => {
+                        self.conns[node] = None;
+                        return self.refuse(self.error_of(&e), end).await;
+                    }
+                    Prepare::Refused(err) => return self.refuse(err, end).await,
+                }
+            }
+            tracing::debug!(node = %self.shared.fleet.nodes[node].target.name, rule = %plan.rule, "routing request");
+            match Flow::run(self, node, &req, end, plan).await {
+                Ok(()) => return Ok(()),
+                Err(FlowError::Client(e)) => return Err(e),
+                Err(FlowError::Node { error, plan: returned, output_sent }) => {
+                    self.conns[node] = None;
+                    self.shared.fleet.nodes[node].mark_down();
+                    tracing::warn!(node = %self.shared.fleet.nodes[node].target.name, error = %error, "node failed during a request");
+                    if !output_sent && !last && self.tx_node.is_none() {
+                        return Box::pin(self.retry(req, end, returned, candidates[i + 1..].to_vec())).await;
+                    }
+                    return self.node_lost(node, error, output_sent).await;
+                }
+            }
+        }
+        let e = last_err.map(|e| self.error_of(&e)).unwrap_or_else(|| {
+            ProxyError::error("08006", "pgfleet: no node is available to run this statement")
+        });
+        self.refuse(e, end).await
+    }
+
+    /// Tries the remaining candidates for a read whose node failed before answering.
+    async fn retry(&mut self, req: Request, end: End, plan: Plan, rest: Vec<usize>) -> Result<(), SessionError> {
+        let mut plan = plan;
+        for (i, node) in rest.iter().copied().enumerate() {
+            let last = i + 1 == rest.len();
+            if self.connect(node).await.is_err() {
+                if last {
+                    break;
+                }
+                continue;
+            }
+            if self.bring_up_to_date(node, &plan).await.is_err() {
+                self.conns[node] = None;
+                continue;
+            }
+            match Flow::run(self, node, &req, end, plan).await {
+                Ok(()) => return Ok(()),
+                Err(FlowError::Client(e)) => return Err(e),
+                Err(FlowError::Node { error, plan: returned, output_sent }) => {
+                    self.conns[node] = None;
+                    self.shared.fleet.nodes[node].mark_down();
+                    if output_sent || last {
+                        return self.node_lost(node, error, output_sent).await;
+                    }
+                    plan = returned;
+                }
+            }
+        }
+        self.refuse(ProxyError::error("08006", "pgfleet: no node is available to run this statement"), end).await
+    }
+
+    /// A node died under a request that could not be retried.
+    async fn node_lost(&mut self, node: usize, error: BackendError, output_sent: bool) -> Result<(), SessionError> {
+        let in_tx = self.tx_node == Some(node) || matches!(self.pinned, Some((n, _)) if n == node);
+        let name = self.shared.fleet.nodes[node].target.name.clone();
+        if in_tx || output_sent {
+            // The client's transaction or session state died with the node; like PostgreSQL, end the session
+            // rather than let the client believe it still exists.
+            let e = ProxyError::fatal("57P01", format!("pgfleet: lost connection to node \"{name}\" during the session's transaction or pinned state: {error}"));
+            let _ = self.client.write_all(&e.encode()).await;
+            return Err(SessionError::Fatal(e.message));
+        }
+        let e = ProxyError::error("08006", error.to_string());
+        let mut out = e.encode().to_vec();
+        out.extend_from_slice(&ready_for_query(b'I'));
+        self.write_client(&out).await
+    }
+
+    /// Replays on `node` what the session has and that node lacks: settings, then prepared statements.
+    async fn bring_up_to_date(&mut self, node: usize, plan: &Plan) -> Result<(), Prepare> {
+        let generation = self.settings.generation();
+        let settings_sql = {
+            let Some(conn) = self.conns[node].as_ref() else { return Ok(()) };
+            if conn.applied.settings_gen < generation { self.settings.replay_since(conn.applied.settings_gen) } else { None }
+        };
+        let Some(conn) = self.conns[node].as_mut() else { return Ok(()) };
+        if let Some(sql) = settings_sql {
+            let x = conn.exchange(&query(&sql)).await.map_err(Prepare::Node)?;
+            if let Some(err) = x.error {
+                let msg = crate::protocol::messages::error_field(err.body(), b'M').unwrap_or("error").to_owned();
+                return Err(Prepare::Refused(ProxyError::error(
+                    "55000",
+                    format!("pgfleet: cannot apply this session's settings on node \"{}\": {msg}", conn.target.name),
+                )));
+            }
+            conn.applied.settings_gen = generation;
+            conn.applied.settings_dirty = true;
+            conn.applied.unnamed = None;
+        }
+        let mut replay: Vec<u8> = Vec::new();
+        let mut added: Vec<(String, u64)> = Vec::new();
+        // A name the client closed and now parses again may still exist here if the Close ran elsewhere.
+        for (name, _) in &plan.parses {
+            if !name.is_empty() && conn.applied.prepared.contains(name) && self.statements.get(name).is_none() {
+                replay.extend_from_slice(&close_statement(name));
+                conn.applied.prepared.remove(name);
+            }
+        }
+        for name in &plan.needs {
+            let Some(stmt) = self.statements.get(name) else { continue };
+            let present = if name.is_empty() {
+                conn.applied.unnamed == Some(stmt.id)
+            } else {
+                conn.applied.prepared.contains(name)
+            };
+            if !present {
+                replay.extend_from_slice(&stmt.parse);
+                added.push((name.clone(), stmt.id));
+            }
+        }
+        if !replay.is_empty() {
+            replay.extend_from_slice(&sync());
+            let x = conn.exchange(&replay).await.map_err(Prepare::Node)?;
+            if let Some(err) = x.error {
+                let msg = crate::protocol::messages::error_field(err.body(), b'M').unwrap_or("error").to_owned();
+                return Err(Prepare::Refused(ProxyError::error(
+                    "26000",
+                    format!("pgfleet: cannot prepare the statement again on node \"{}\": {msg}", conn.target.name),
+                )));
+            }
+            for (name, id) in added {
+                if name.is_empty() {
+                    conn.applied.unnamed = Some(id);
+                } else {
+                    conn.applied.prepared.insert(name);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Bookkeeping after a request completed on `node`.
+    pub(super) fn finish(&mut self, node: usize, plan: Plan, outcome: &super::forward::Outcome) {
+        let was_in_tx = self.tx_node.is_some();
+        let Some(conn) = self.conns[node].as_mut() else { return };
+        conn.status = outcome.status;
+        if plan.has_query {
+            conn.applied.unnamed = None;
+        }
+        for (i, (name, stmt)) in plan.parses.into_iter().enumerate() {
+            if i >= outcome.parses_ok {
+                break;
+            }
+            let id = self.statements.insert(&name, stmt);
+            if name.is_empty() {
+                conn.applied.unnamed = Some(id);
+            } else {
+                conn.applied.prepared.insert(name);
+            }
+        }
+        for name in &plan.closes {
+            self.statements.remove(name);
+            conn.applied.prepared.remove(name);
+        }
+        if let Some(pin) = plan.pin
+            && self.pinned.is_none()
+        {
+            tracing::info!(node = %conn.target.name, reason = ?pin, "session pinned to node");
+            self.pinned = Some((node, pin));
+            conn.applied.unresettable = true;
+        }
+        if !outcome.saw_error {
+            self.pending_changes.extend(plan.changes);
+        }
+        match outcome.status {
+            b'T' | b'E' => self.tx_node = Some(node),
+            _ => {
+                self.tx_node = None;
+                let committed = if was_in_tx || outcome.began_tx { outcome.last_commit } else { !outcome.saw_error };
+                if committed && !self.pending_changes.is_empty() {
+                    for c in std::mem::take(&mut self.pending_changes) {
+                        self.settings.apply(&c);
+                    }
+                    // The node that ran them already has them.
+                    conn.applied.settings_gen = self.settings.generation();
+                    conn.applied.settings_dirty = true;
+                }
+                self.pending_changes.clear();
+            }
+        }
+        if plan.ddl {
+            self.shared.catalog.invalidate(&self.database);
+        }
+    }
+
+    /// Returns every node connection to its pool (rolling back and resetting as needed).
+    async fn close(&mut self) {
+        for slot in self.conns.iter_mut() {
+            if let Some(c) = slot.take() {
+                c.release().await;
+            }
+        }
+    }
+}
+
+/// Why bringing a node up to date failed.
+enum Prepare {
+    /// The node failed.
+    Node(BackendError),
+    /// The node refused what the proxy replayed; the client gets this error.
+    Refused(ProxyError),
+}

@@ -1,0 +1,332 @@
+//! Server-side TLS for clients: turning `listen.tls_cert` / `listen.tls_key` into a rustls acceptor.
+//!
+//! This module owns loading the PEM files and the rustls configuration (ring provider, TLS 1.2 and 1.3, no
+//! client certificates). Answering SSLRequest and wrapping the socket belong to the listener.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::{self, ServerConfig};
+
+/// Why the TLS files could not be used. Every variant names the file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The file could not be read at all.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file was read but its PEM is broken.
+    #[error("cannot parse PEM in {}: {source}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What rustls-pemfile said.
+        source: std::io::Error,
+    },
+    /// The certificate file holds no `CERTIFICATE` block.
+    #[error("no certificate found in {}", path.display())]
+    NoCertificate {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The key file holds no private key block.
+    #[error(
+        "no private key found in {} (expected a PKCS#8, RSA or SEC1 key in PEM: \
+         BEGIN PRIVATE KEY, BEGIN RSA PRIVATE KEY or BEGIN EC PRIVATE KEY)",
+        path.display()
+    )]
+    NoKey {
+        /// The file.
+        path: PathBuf,
+    },
+    /// rustls refused the pair, e.g. because the key does not belong to the certificate or uses an
+    /// unsupported algorithm.
+    #[error("cannot use certificate {} with key {}: {source}", cert.display(), key.display())]
+    Rejected {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+        /// What rustls said.
+        source: rustls::Error,
+    },
+}
+
+/// Builds the acceptor for client connections from a PEM certificate chain (leaf first) and a PEM private key.
+pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
+    let chain = load_certs(cert)?;
+    let private_key = load_key(key)?;
+    let rejected = |source| TlsError::Rejected {
+        cert: cert.to_owned(),
+        key: key.to_owned(),
+        source,
+    };
+
+    // Named explicitly rather than relying on a process-wide default provider, which would be ambiguous
+    // (or missing) if another crate in the build enabled aws-lc-rs as well.
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(rejected)?
+        .with_no_client_auth()
+        .with_single_cert(chain, private_key)
+        .map_err(rejected)?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read(path)?;
+    let chain = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| TlsError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+    if chain.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: path.to_owned(),
+        });
+    }
+    Ok(chain)
+}
+
+fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let pem = read(path)?;
+    rustls_pemfile::private_key(&mut pem.as_slice())
+        .map_err(|source| TlsError::Parse {
+            path: path.to_owned(),
+            source,
+        })?
+        .ok_or_else(|| TlsError::NoKey {
+            path: path.to_owned(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    /// A leaf certificate a client can verify for "localhost": openssl's default self-signed certificate is
+    /// marked as a CA, which webpki refuses to accept as the server's own certificate.
+    const LEAF: &[&str] = &[
+        "-addext",
+        "basicConstraints=critical,CA:FALSE",
+        "-addext",
+        "subjectAltName=DNS:localhost",
+    ];
+
+    /// Writes a self-signed certificate and its key with the openssl CLI; None (and a note) if it is missing.
+    fn self_signed(dir: &Path, name: &str, newkey: &[&str]) -> Option<(PathBuf, PathBuf)> {
+        self_signed_with(dir, name, newkey, &[])
+    }
+
+    fn self_signed_with(
+        dir: &Path,
+        name: &str,
+        newkey: &[&str],
+        extra: &[&str],
+    ) -> Option<(PathBuf, PathBuf)> {
+        let cert = dir.join(format!("{name}.crt"));
+        let key = dir.join(format!("{name}.key"));
+        let mut cmd = Command::new("openssl");
+        cmd.args([
+            "req",
+            "-x509",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-newkey",
+        ])
+        .args(newkey)
+        .args(extra)
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert);
+        match cmd.output() {
+            Ok(out) if out.status.success() => Some((cert, key)),
+            Ok(out) => panic!("openssl failed: {}", String::from_utf8_lossy(&out.stderr)),
+            Err(err) => {
+                println!("skipping: cannot run openssl ({err})");
+                None
+            }
+        }
+    }
+
+    fn err_of(cert: &Path, key: &Path) -> TlsError {
+        match acceptor(cert, key) {
+            Ok(_) => panic!("expected an error for {} / {}", cert.display(), key.display()),
+            Err(err) => err,
+        }
+    }
+
+    /// Completes a handshake through a pipe with a client that trusts `cert`, limited to `version`.
+    async fn handshake(
+        acceptor: TlsAcceptor,
+        cert: &Path,
+        version: &'static rustls::SupportedProtocolVersion,
+    ) {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in load_certs(cert).expect("certs") {
+            roots.add(c).expect("root");
+        }
+        let client =
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_protocol_versions(&[version])
+                .expect("versions")
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let (client_io, server_io) = tokio::io::duplex(16 * 1024);
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let (client, server) = tokio::join!(connector.connect(name, client_io), acceptor.accept(server_io));
+        let client = client.expect("client handshake");
+        server.expect("server handshake");
+        assert_eq!(client.get_ref().1.protocol_version(), Some(version.version));
+    }
+
+    #[test]
+    fn builds_from_plain_openssl_self_signed_certificate() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let Some((cert, key)) = self_signed(dir.path(), "rsa", &["rsa:2048"]) else {
+            return;
+        };
+        assert!(acceptor(&cert, &key).is_ok());
+    }
+
+    #[tokio::test]
+    async fn rsa_certificate_serves_tls13_and_tls12() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let Some((cert, key)) = self_signed_with(dir.path(), "rsa", &["rsa:2048"], LEAF) else {
+            return;
+        };
+        let acceptor = acceptor(&cert, &key).expect("acceptor");
+        handshake(acceptor.clone(), &cert, &rustls::version::TLS13).await;
+        handshake(acceptor, &cert, &rustls::version::TLS12).await;
+    }
+
+    #[tokio::test]
+    async fn builds_from_ec_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let Some((cert, key)) = self_signed_with(
+            dir.path(),
+            "ec",
+            &["ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"],
+            LEAF,
+        ) else {
+            return;
+        };
+        let acceptor = acceptor(&cert, &key).expect("acceptor");
+        handshake(acceptor, &cert, &rustls::version::TLS13).await;
+    }
+
+    /// Rewrites `key` in its traditional (non-PKCS#8) form: `openssl rsa -traditional` gives PKCS#1, and
+    /// `openssl ec` writes SEC1 by default.
+    fn traditional(key: &Path, tool: &str, out: &Path, header: &str) {
+        let flags: &[&str] = if tool == "rsa" { &["-traditional"] } else { &[] };
+        let status = Command::new("openssl")
+            .arg(tool)
+            .args(flags)
+            .arg("-in")
+            .arg(key)
+            .arg("-out")
+            .arg(out)
+            .output()
+            .expect("openssl ran before");
+        assert!(
+            status.status.success(),
+            "{}",
+            String::from_utf8_lossy(&status.stderr)
+        );
+        let pem = std::fs::read_to_string(out).expect("converted key");
+        assert!(pem.starts_with(header), "{pem}");
+    }
+
+    #[test]
+    fn loads_pkcs1_rsa_and_sec1_ec_keys() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let Some((cert, key)) = self_signed(dir.path(), "rsa", &["rsa:2048"]) else {
+            return;
+        };
+        let pkcs1 = dir.path().join("rsa-pkcs1.key");
+        traditional(&key, "rsa", &pkcs1, "-----BEGIN RSA PRIVATE KEY-----");
+        assert!(acceptor(&cert, &pkcs1).is_ok());
+
+        let ec = ["ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
+        let Some((cert, key)) = self_signed(dir.path(), "ec", &ec) else {
+            return;
+        };
+        let sec1 = dir.path().join("ec-sec1.key");
+        traditional(&key, "ec", &sec1, "-----BEGIN EC PRIVATE KEY-----");
+        assert!(acceptor(&cert, &sec1).is_ok());
+    }
+
+    #[test]
+    fn missing_file_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("nope.pem");
+        let err = err_of(&missing, &missing);
+        assert!(matches!(err, TlsError::Read { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.starts_with("cannot read ") && text.contains("nope.pem"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn key_file_given_as_certificate_says_no_certificate() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let Some((_, key)) = self_signed(dir.path(), "rsa", &["rsa:2048"]) else {
+            return;
+        };
+        let err = err_of(&key, &key);
+        assert_eq!(
+            err.to_string(),
+            format!("no certificate found in {}", key.display())
+        );
+    }
+
+    #[test]
+    fn certificate_given_as_key_says_no_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let Some((cert, _)) = self_signed(dir.path(), "rsa", &["rsa:2048"]) else {
+            return;
+        };
+        let err = err_of(&cert, &cert);
+        assert!(
+            err.to_string()
+                .starts_with(&format!("no private key found in {}", cert.display())),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn key_of_another_certificate_is_rejected() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let Some((cert, _)) = self_signed(dir.path(), "one", &["rsa:2048"]) else {
+            return;
+        };
+        let Some((_, other_key)) = self_signed(dir.path(), "two", &["rsa:2048"]) else {
+            return;
+        };
+        let err = err_of(&cert, &other_key);
+        assert!(matches!(err, TlsError::Rejected { .. }), "{err:?}");
+    }
+}

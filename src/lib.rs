@@ -1,0 +1,12 @@
+//! pgfleet: a PostgreSQL read/write-splitting proxy. The binary in `main.rs` is a thin CLI over this library;
+//! integration tests use the few items re-exported here.
+
+pub mod backend;
+pub mod cluster;
+pub mod config;
+pub mod demo;
+pub mod frontend;
+pub mod localcluster;
+pub mod protocol;
+pub mod proxy;
+pub mod router;

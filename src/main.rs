@@ -1,0 +1,127 @@
+//! The `pgfleet` command: run the proxy, check a config, or start the local demo cluster.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use pgfleet::config::Config;
+
+#[derive(Parser)]
+#[command(name = "pgfleet", version, about = "PostgreSQL read/write-splitting proxy")]
+struct Cli {
+    /// Config file (TOML).
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    /// Validate the config and exit: 0 when valid, 1 with a message naming the bad key otherwise.
+    #[arg(long)]
+    check: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a local primary and two streaming replicas, and run pgfleet in front of them.
+    Demo {
+        /// Where pgfleet listens.
+        #[arg(long, default_value = "127.0.0.1:6432")]
+        listen: String,
+    },
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::Demo { listen }) = cli.command {
+        return run_demo(&listen);
+    }
+    let Some(path) = cli.config else {
+        eprintln!("pgfleet: --config FILE is required (see config/pgfleet.toml for every key)");
+        return ExitCode::from(2);
+    };
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pgfleet: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if cli.check {
+        println!("pgfleet: {} is valid ({} nodes, {} users)", path.display(), config.nodes.len(), config.users.len());
+        return ExitCode::SUCCESS;
+    }
+    init_logging(&config.log.level);
+    serve(config)
+}
+
+fn serve(config: Config) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("pgfleet: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let shared = match pgfleet::proxy::Shared::new(config) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("pgfleet: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        tokio::select! {
+            r = pgfleet::proxy::run(shared) => match r {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("pgfleet: {e}");
+                    ExitCode::FAILURE
+                }
+            },
+            _ = shutdown_signal() => {
+                tracing::info!("shutting down");
+                ExitCode::SUCCESS
+            }
+        }
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+fn run_demo(listen: &str) -> ExitCode {
+    let (cluster, config_path) = match pgfleet::demo::prepare_demo(listen) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("pgfleet demo: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = match Config::load(&config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pgfleet demo: generated config is invalid: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    init_logging(&config.log.level);
+    let code = serve(config);
+    // Dropping the cluster stops its servers and removes its directory.
+    drop(cluster);
+    code
+}

@@ -1,0 +1,255 @@
+//! The messages pgfleet reads or writes itself: readers for the few fields routing needs (query text,
+//! statement names, SQLSTATE, command tags) and builders for what the proxy says on its own behalf.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::frame::build;
+
+/// Reads a NUL-terminated string at `at`; returns it and the offset after the NUL.
+pub fn cstr(body: &[u8], at: usize) -> Option<(&str, usize)> {
+    let rest = body.get(at..)?;
+    let nul = rest.iter().position(|b| *b == 0)?;
+    let s = std::str::from_utf8(&rest[..nul]).ok()?;
+    Some((s, at + nul + 1))
+}
+
+/// The SQL text of a Query ('Q') body.
+pub fn query_text(body: &[u8]) -> Option<&str> {
+    cstr(body, 0).map(|(s, _)| s)
+}
+
+/// (statement name, SQL text) of a Parse ('P') body.
+pub fn parse_fields(body: &[u8]) -> Option<(&str, &str)> {
+    let (name, next) = cstr(body, 0)?;
+    let (text, _) = cstr(body, next)?;
+    Some((name, text))
+}
+
+/// (portal name, statement name) of a Bind ('B') body.
+pub fn bind_names(body: &[u8]) -> Option<(&str, &str)> {
+    let (portal, next) = cstr(body, 0)?;
+    let (stmt, _) = cstr(body, next)?;
+    Some((portal, stmt))
+}
+
+/// (b'S' or b'P', name) of a Describe ('D') or Close ('C') body.
+pub fn target_name(body: &[u8]) -> Option<(u8, &str)> {
+    let kind = *body.first()?;
+    let (name, _) = cstr(body, 1)?;
+    Some((kind, name))
+}
+
+/// One field of an ErrorResponse or NoticeResponse body, e.g. b'C' for the SQLSTATE.
+pub fn error_field(body: &[u8], field: u8) -> Option<&str> {
+    let mut at = 0;
+    while at < body.len() && body[at] != 0 {
+        let code = body[at];
+        let (value, next) = cstr(body, at + 1)?;
+        if code == field {
+            return Some(value);
+        }
+        at = next;
+    }
+    None
+}
+
+/// The tag of a CommandComplete ('C') body, e.g. "INSERT 0 1".
+pub fn command_tag(body: &[u8]) -> Option<&str> {
+    cstr(body, 0).map(|(s, _)| s)
+}
+
+/// Severity of an error the proxy raises itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// The statement failed; the session goes on.
+    Error,
+    /// The session ends.
+    Fatal,
+}
+
+/// An ErrorResponse raised by pgfleet (not a node), with PostgreSQL's field layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyError {
+    /// ERROR or FATAL.
+    pub severity: Severity,
+    /// Five-character SQLSTATE.
+    pub code: String,
+    /// Primary message.
+    pub message: String,
+    /// Optional DETAIL.
+    pub detail: Option<String>,
+    /// Optional HINT.
+    pub hint: Option<String>,
+}
+
+impl ProxyError {
+    /// An ERROR with that SQLSTATE and message.
+    pub fn error(code: &str, message: impl Into<String>) -> Self {
+        Self { severity: Severity::Error, code: code.to_owned(), message: message.into(), detail: None, hint: None }
+    }
+
+    /// A FATAL with that SQLSTATE and message.
+    pub fn fatal(code: &str, message: impl Into<String>) -> Self {
+        Self { severity: Severity::Fatal, code: code.to_owned(), message: message.into(), detail: None, hint: None }
+    }
+
+    /// Adds a HINT.
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    /// Adds a DETAIL.
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    /// The encoded ErrorResponse frame.
+    pub fn encode(&self) -> Bytes {
+        let sev = match self.severity {
+            Severity::Error => "ERROR",
+            Severity::Fatal => "FATAL",
+        };
+        let mut body = BytesMut::new();
+        let mut field = |code: u8, value: &str| {
+            body.put_u8(code);
+            body.put_slice(value.as_bytes());
+            body.put_u8(0);
+        };
+        field(b'S', sev);
+        field(b'V', sev);
+        field(b'C', &self.code);
+        field(b'M', &self.message);
+        if let Some(d) = &self.detail {
+            field(b'D', d);
+        }
+        if let Some(h) = &self.hint {
+            field(b'H', h);
+        }
+        body.put_u8(0);
+        build(b'E', &body)
+    }
+}
+
+impl std::fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message, self.code)
+    }
+}
+
+/// ReadyForQuery with a transaction status byte (I, T or E).
+pub fn ready_for_query(status: u8) -> Bytes {
+    build(b'Z', &[status])
+}
+
+/// A simple Query.
+pub fn query(sql: &str) -> Bytes {
+    let mut body = Vec::with_capacity(sql.len() + 1);
+    body.extend_from_slice(sql.as_bytes());
+    body.push(0);
+    build(b'Q', &body)
+}
+
+/// Sync.
+pub fn sync() -> Bytes {
+    build(b'S', &[])
+}
+
+/// Close of a prepared statement.
+pub fn close_statement(name: &str) -> Bytes {
+    let mut body = Vec::with_capacity(name.len() + 2);
+    body.push(b'S');
+    body.extend_from_slice(name.as_bytes());
+    body.push(0);
+    build(b'C', &body)
+}
+
+/// ParameterStatus.
+pub fn parameter_status(name: &str, value: &str) -> Bytes {
+    let mut body = Vec::with_capacity(name.len() + value.len() + 2);
+    body.extend_from_slice(name.as_bytes());
+    body.push(0);
+    body.extend_from_slice(value.as_bytes());
+    body.push(0);
+    build(b'S', &body)
+}
+
+/// BackendKeyData.
+pub fn backend_key_data(pid: i32, secret: i32) -> Bytes {
+    let mut body = Vec::with_capacity(8);
+    body.extend_from_slice(&pid.to_be_bytes());
+    body.extend_from_slice(&secret.to_be_bytes());
+    build(b'K', &body)
+}
+
+/// NegotiateProtocolVersion: we speak 3.0 and know no protocol options.
+pub fn negotiate_protocol_version(unrecognized: &[&str]) -> Bytes {
+    let mut body = BytesMut::new();
+    body.put_i32(196608);
+    body.put_i32(unrecognized.len() as i32);
+    for o in unrecognized {
+        body.put_slice(o.as_bytes());
+        body.put_u8(0);
+    }
+    build(b'v', &body)
+}
+
+/// Quotes a value as a SQL string literal for SET statements the proxy writes.
+pub fn quote_literal(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    if value.contains('\\') {
+        out.push('E');
+    }
+    out.push('\'');
+    for c in value.chars() {
+        match c {
+            '\'' => out.push_str("''"),
+            '\\' => out.push_str("\\\\"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// Quotes an identifier (a GUC name) when it is not a plain lowercase word.
+pub fn quote_ident(name: &str) -> String {
+    let plain = !name.is_empty()
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.')
+        && !name.starts_with(|c: char| c.is_ascii_digit());
+    if plain { name.to_owned() } else { format!("\"{}\"", name.replace('"', "\"\"")) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_response_fields() {
+        let e = ProxyError::error("08006", "pgfleet: cannot reach primary").with_hint("start it").encode();
+        assert_eq!(e[0], b'E');
+        let body = &e[5..];
+        assert_eq!(error_field(body, b'C'), Some("08006"));
+        assert_eq!(error_field(body, b'M'), Some("pgfleet: cannot reach primary"));
+        assert_eq!(error_field(body, b'H'), Some("start it"));
+        assert_eq!(error_field(body, b'D'), None);
+    }
+
+    #[test]
+    fn readers() {
+        assert_eq!(parse_fields(b"s1\0select 1\0\0\0"), Some(("s1", "select 1")));
+        assert_eq!(bind_names(b"p\0s1\0\0\0"), Some(("p", "s1")));
+        assert_eq!(target_name(b"Ss1\0"), Some((b'S', "s1")));
+        assert_eq!(query_text(b"select 1\0"), Some("select 1"));
+        assert_eq!(parse_fields(b"s1"), None);
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote_literal("it's"), "'it''s'");
+        assert_eq!(quote_literal("a\\b"), "E'a\\\\b'");
+        assert_eq!(quote_ident("search_path"), "search_path");
+        assert_eq!(quote_ident("DateStyle"), "\"DateStyle\"");
+    }
+}

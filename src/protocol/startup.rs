@@ -1,0 +1,216 @@
+//! The untyped packets a client sends before the session starts: SSLRequest, GSSENCRequest, CancelRequest
+//! and the StartupMessage with its parameters.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+const SSL_REQUEST: i32 = 80877103;
+const GSSENC_REQUEST: i32 = 80877104;
+const CANCEL_REQUEST: i32 = 80877102;
+
+/// Largest startup packet accepted; PostgreSQL uses 10000 bytes as well.
+pub const MAX_STARTUP_PACKET: usize = 10_000;
+
+/// Why a startup packet was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StartupError {
+    /// Length outside 8..=MAX_STARTUP_PACKET.
+    #[error("invalid length of startup packet")]
+    BadLength,
+    /// Major version other than 3.
+    #[error("unsupported frontend protocol {0}.{1}: server supports 3.0 to 3.0")]
+    Version(u16, u16),
+    /// Parameters not terminated properly or not UTF-8.
+    #[error("invalid startup packet layout: expected terminator as last byte")]
+    Layout,
+    /// No user given.
+    #[error("no PostgreSQL user name specified in startup packet")]
+    NoUser,
+}
+
+/// One decoded pre-session packet.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StartupPacket {
+    /// Client asks for TLS.
+    Ssl,
+    /// Client asks for GSS encryption.
+    GssEnc,
+    /// Client asks to cancel the query running under (pid, secret).
+    Cancel {
+        /// Process id from BackendKeyData.
+        pid: i32,
+        /// Secret from BackendKeyData.
+        secret: i32,
+    },
+    /// The StartupMessage.
+    Startup {
+        /// Minor protocol version asked for (we speak 3.0 and negotiate down).
+        minor: u16,
+        /// Parameters in the order sent (user, database, options, application_name, ...).
+        params: Vec<(String, String)>,
+    },
+}
+
+/// Reads the length prefix of an untyped packet; `None` until 4 bytes are there.
+pub fn packet_len(buf: &[u8]) -> Result<Option<usize>, StartupError> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let len = i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    if !(8..=MAX_STARTUP_PACKET as i32).contains(&len) {
+        return Err(StartupError::BadLength);
+    }
+    Ok(Some(len as usize))
+}
+
+/// Decodes a whole untyped packet (length prefix included).
+pub fn decode(packet: &[u8]) -> Result<StartupPacket, StartupError> {
+    if packet.len() < 8 {
+        return Err(StartupError::BadLength);
+    }
+    let code = i32::from_be_bytes([packet[4], packet[5], packet[6], packet[7]]);
+    match code {
+        SSL_REQUEST => return Ok(StartupPacket::Ssl),
+        GSSENC_REQUEST => return Ok(StartupPacket::GssEnc),
+        CANCEL_REQUEST => {
+            if packet.len() != 16 {
+                return Err(StartupError::BadLength);
+            }
+            let pid = i32::from_be_bytes([packet[8], packet[9], packet[10], packet[11]]);
+            let secret = i32::from_be_bytes([packet[12], packet[13], packet[14], packet[15]]);
+            return Ok(StartupPacket::Cancel { pid, secret });
+        }
+        _ => {}
+    }
+    let major = (code >> 16) as u16;
+    let minor = (code & 0xffff) as u16;
+    if major != 3 {
+        return Err(StartupError::Version(major, minor));
+    }
+    let rest = &packet[8..];
+    if rest.last() != Some(&0) {
+        return Err(StartupError::Layout);
+    }
+    let mut params = Vec::new();
+    let mut parts = rest[..rest.len() - 1].split(|b| *b == 0);
+    loop {
+        let Some(key) = parts.next() else { break };
+        if key.is_empty() {
+            break;
+        }
+        let value = parts.next().ok_or(StartupError::Layout)?;
+        let key = std::str::from_utf8(key).map_err(|_| StartupError::Layout)?;
+        let value = std::str::from_utf8(value).map_err(|_| StartupError::Layout)?;
+        params.push((key.to_owned(), value.to_owned()));
+    }
+    if !params.iter().any(|(k, v)| k == "user" && !v.is_empty()) {
+        return Err(StartupError::NoUser);
+    }
+    Ok(StartupPacket::Startup { minor, params })
+}
+
+/// Encodes a 3.0 StartupMessage (used towards the nodes).
+pub fn encode_startup(params: &[(&str, &str)]) -> Bytes {
+    let mut body = BytesMut::new();
+    body.put_i32(196608);
+    for (k, v) in params {
+        body.put_slice(k.as_bytes());
+        body.put_u8(0);
+        body.put_slice(v.as_bytes());
+        body.put_u8(0);
+    }
+    body.put_u8(0);
+    let mut out = BytesMut::with_capacity(body.len() + 4);
+    out.put_i32(body.len() as i32 + 4);
+    out.put_slice(&body);
+    out.freeze()
+}
+
+/// Encodes a CancelRequest for a node's (pid, secret).
+pub fn encode_cancel(pid: i32, secret: i32) -> Bytes {
+    let mut out = BytesMut::with_capacity(16);
+    out.put_i32(16);
+    out.put_i32(CANCEL_REQUEST);
+    out.put_i32(pid);
+    out.put_i32(secret);
+    out.freeze()
+}
+
+/// Splits the `options` startup parameter ("-c a=b --c=d", backslash escapes spaces) into settings.
+pub fn parse_options(options: &str) -> Vec<(String, String)> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(n) = chars.next() {
+                    cur.push(n);
+                }
+            }
+            c if c.is_whitespace() => {
+                if !cur.is_empty() {
+                    words.push(std::mem::take(&mut cur));
+                }
+            }
+            c => cur.push(c),
+        }
+    }
+    if !cur.is_empty() {
+        words.push(cur);
+    }
+    let mut out = Vec::new();
+    let mut it = words.into_iter();
+    while let Some(w) = it.next() {
+        let setting = if w == "-c" {
+            it.next()
+        } else if let Some(s) = w.strip_prefix("--") {
+            Some(s.to_owned())
+        } else {
+            w.strip_prefix("-c").map(str::to_owned)
+        };
+        if let Some((k, v)) = setting.as_deref().and_then(|s| s.split_once('=')) {
+            out.push((k.replace('-', "_").to_ascii_lowercase(), v.to_owned()));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn startup_round_trip() {
+        let p = encode_startup(&[("user", "app"), ("database", "db")]);
+        assert_eq!(packet_len(&p), Ok(Some(p.len())));
+        match decode(&p) {
+            Ok(StartupPacket::Startup { minor: 0, params }) => {
+                assert_eq!(params, vec![("user".into(), "app".into()), ("database".into(), "db".into())]);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn cancel_and_garbage() {
+        assert_eq!(decode(&encode_cancel(7, 9)), Ok(StartupPacket::Cancel { pid: 7, secret: 9 }));
+        assert_eq!(packet_len(&[0, 0, 0, 3]), Err(StartupError::BadLength));
+        assert_eq!(packet_len(&[0x7f, 0, 0, 0]), Err(StartupError::BadLength));
+        let mut bad = encode_startup(&[("user", "app")]).to_vec();
+        bad.pop();
+        assert_eq!(decode(&bad), Err(StartupError::Layout));
+        assert_eq!(decode(&encode_startup(&[("database", "x")])), Err(StartupError::NoUser));
+    }
+
+    #[test]
+    fn options_parsing() {
+        assert_eq!(
+            parse_options("-c pgfleet.route=primary --search-path=a\\ b -cwork_mem=4MB"),
+            vec![
+                ("pgfleet.route".into(), "primary".into()),
+                ("search_path".into(), "a b".into()),
+                ("work_mem".into(), "4MB".into())
+            ]
+        );
+    }
+}

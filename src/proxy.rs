@@ -1,0 +1,94 @@
+//! The running proxy: state shared by every session (config, fleet, pools, balancer, function catalog,
+//! cancel keys) and the tasks that serve it.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use crate::backend::Pools;
+use crate::cluster::Fleet;
+use crate::config::Config;
+use crate::frontend::cancel::CancelRegistry;
+use crate::router::balance::Balancer;
+use crate::router::catalog::Catalog;
+use crate::router::functions::FunctionRules;
+
+/// Everything sessions share.
+pub struct Shared {
+    /// The configuration in force.
+    pub config: Arc<Config>,
+    /// Nodes and their health.
+    pub fleet: Fleet,
+    /// Backend connection pools.
+    pub pools: Pools,
+    /// Replica choice.
+    pub balancer: Balancer,
+    /// Function rules per database.
+    pub catalog: Catalog,
+    /// Cancel keys of live sessions.
+    pub cancels: Arc<CancelRegistry>,
+    /// Session id source.
+    pub next_session: AtomicU64,
+    /// TLS for clients, when configured.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Binding the listen address failed.
+    #[error("cannot listen on {address} (listen.address): {source}")]
+    Bind {
+        /// The address.
+        address: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// TLS files unusable.
+    #[error("listen.tls_cert / listen.tls_key: {0}")]
+    Tls(#[from] crate::frontend::tls::TlsError),
+}
+
+impl Shared {
+    /// Builds the shared state for a validated config.
+    pub fn new(config: Config) -> Result<Arc<Shared>, StartError> {
+        let tls = match (&config.listen.tls_cert, &config.listen.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::frontend::tls::acceptor(cert, key)?),
+            _ => None,
+        };
+        let fleet = Fleet::from_config(&config);
+        let pools = Pools::new(config.pool.clone(), fleet.nodes.len());
+        let balancer = Balancer::new(config.routing.load_balance);
+        let base = FunctionRules::new(&config.routing.write_functions, &config.routing.read_only_functions);
+        let catalog = Catalog::new(base, config.routing.function_refresh);
+        Ok(Arc::new(Shared {
+            config: Arc::new(config),
+            fleet,
+            pools,
+            balancer,
+            catalog,
+            cancels: Arc::default(),
+            next_session: AtomicU64::new(1),
+            tls,
+        }))
+    }
+}
+
+/// Binds the listener and serves clients until the future is dropped.
+pub async fn run(shared: Arc<Shared>) -> Result<(), StartError> {
+    let address = shared.config.listen.address.clone();
+    let listener = tokio::net::TcpListener::bind(&address)
+        .await
+        .map_err(|source| StartError::Bind { address: address.clone(), source })?;
+    tracing::info!(%address, nodes = shared.fleet.nodes.len(), "pgfleet listening");
+    let reaper = shared.clone();
+    tokio::spawn(async move {
+        let every = (reaper.config.pool.idle_timeout / 2).max(Duration::from_secs(1));
+        loop {
+            tokio::time::sleep(every).await;
+            reaper.pools.reap_idle();
+        }
+    });
+    crate::frontend::listener::serve(listener, shared).await;
+    Ok(())
+}

@@ -1,0 +1,8 @@
+//! Routing: what a statement is (`classify`, `functions`, `split`) and where it should run (`balance`,
+//! with the per-database function rules in `catalog`; the session applies the policy).
+
+pub mod balance;
+pub mod catalog;
+pub mod classify;
+pub mod functions;
+pub mod split;
