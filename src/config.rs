@@ -39,7 +39,10 @@ pub enum ConfigError {
 }
 
 fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key: key.into(), reason: reason.into() }
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
 }
 
 /// The whole configuration file.
@@ -237,7 +240,9 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { level: default_log_level() }
+        Self {
+            level: default_log_level(),
+        }
     }
 }
 
@@ -267,9 +272,13 @@ fn default_log_level() -> String {
 /// Parses "250ms", "5s", "2m", "1h" or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let value: f64 = num.parse().map_err(|_| format!("`{text}` is not a duration such as \"500ms\" or \"5s\""))?;
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration such as \"500ms\" or \"5s\""))?;
     let secs = match unit.trim() {
         "" | "s" => value,
         "ms" => value / 1000.0,
@@ -286,7 +295,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let value: u64 = num.parse().map_err(|_| format!("`{text}` is not a size such as \"16MB\""))?;
+    let value: u64 = num
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size such as \"16MB\""))?;
     let mult = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "kb" | "k" => 1024,
@@ -321,31 +332,53 @@ fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
 impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Self::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.to_owned(), message },
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
             other => other,
         })
     }
 
     /// Parses and validates config text.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: PathBuf::from("<text>"), message: e.to_string() })?;
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<text>"),
+            message: e.to_string(),
+        })?;
         config.validate()?;
         Ok(config)
     }
 
     /// Checks what serde cannot: addresses, uniqueness, exactly one primary.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.listen
-            .address
-            .parse::<SocketAddr>()
-            .map_err(|_| invalid("listen.address", format!("`{}` is not host:port (e.g. \"127.0.0.1:6432\")", self.listen.address)))?;
+        self.listen.address.parse::<SocketAddr>().map_err(|_| {
+            invalid(
+                "listen.address",
+                format!(
+                    "`{}` is not host:port (e.g. \"127.0.0.1:6432\")",
+                    self.listen.address
+                ),
+            )
+        })?;
         match (&self.listen.tls_cert, &self.listen.tls_key) {
-            (Some(_), None) => return Err(invalid("listen.tls_key", "must be set when listen.tls_cert is set")),
-            (None, Some(_)) => return Err(invalid("listen.tls_cert", "must be set when listen.tls_key is set")),
+            (Some(_), None) => {
+                return Err(invalid(
+                    "listen.tls_key",
+                    "must be set when listen.tls_cert is set",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "listen.tls_cert",
+                    "must be set when listen.tls_key is set",
+                ));
+            }
             (Some(cert), Some(key)) => {
                 for (k, p) in [("listen.tls_cert", cert), ("listen.tls_key", key)] {
                     if !p.exists() {
@@ -367,7 +400,10 @@ impl Config {
                 return Err(invalid(format!("users[{i}].name"), "must not be empty"));
             }
             if !names.insert(u.name.as_str()) {
-                return Err(invalid(format!("users[{i}].name"), format!("user `{}` is listed twice", u.name)));
+                return Err(invalid(
+                    format!("users[{i}].name"),
+                    format!("user `{}` is listed twice", u.name),
+                ));
             }
             if u.password.is_empty() && u.auth != AuthMethod::Trust {
                 return Err(invalid(
@@ -377,7 +413,10 @@ impl Config {
             }
         }
         if self.nodes.is_empty() {
-            return Err(invalid("nodes", "at least one [[nodes]] entry (the primary) is needed"));
+            return Err(invalid(
+                "nodes",
+                "at least one [[nodes]] entry (the primary) is needed",
+            ));
         }
         let mut node_names = HashSet::new();
         for (i, n) in self.nodes.iter().enumerate() {
@@ -385,7 +424,10 @@ impl Config {
                 return Err(invalid(format!("nodes[{i}].name"), "must not be empty"));
             }
             if !node_names.insert(n.name.as_str()) {
-                return Err(invalid(format!("nodes[{i}].name"), format!("node `{}` is listed twice", n.name)));
+                return Err(invalid(
+                    format!("nodes[{i}].name"),
+                    format!("node `{}` is listed twice", n.name),
+                ));
             }
             split_host_port(&n.address).map_err(|reason| invalid(format!("nodes[{i}].address"), reason))?;
         }
@@ -403,7 +445,10 @@ impl Config {
             return Err(invalid("pool.connect_timeout", "must be more than 0"));
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
-            return Err(invalid("log.level", format!("`{}` is not a level or filter such as \"info\"", self.log.level)));
+            return Err(invalid(
+                "log.level",
+                format!("`{}` is not a level or filter such as \"info\"", self.log.level),
+            ));
         }
         Ok(())
     }
@@ -419,7 +464,9 @@ pub fn split_host_port(address: &str) -> Result<(String, u16), String> {
     let (host, port) = address
         .rsplit_once(':')
         .ok_or_else(|| format!("`{address}` is not host:port (e.g. \"10.0.0.1:5432\")"))?;
-    let port: u16 = port.parse().map_err(|_| format!("`{port}` in `{address}` is not a port number"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("`{port}` in `{address}` is not a port number"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {
         return Err(format!("`{address}` has no host"));
@@ -471,7 +518,9 @@ primary_reads = false
         assert!(err_of(&BASE.replace("\"random\"", "\"fastest\"")).contains("load_balance"));
         assert!(err_of(&BASE.replace("127.0.0.1:6432", "localhost")).contains("listen.address"));
         assert!(err_of(&format!("{BASE}\n[pool]\nmax_size = 0\n")).contains("pool.max_size"));
-        assert!(err_of(&format!("{BASE}\n[pool]\nconnect_timeout = \"5 parsecs\"\n")).contains("connect_timeout"));
+        assert!(
+            err_of(&format!("{BASE}\n[pool]\nconnect_timeout = \"5 parsecs\"\n")).contains("connect_timeout")
+        );
         assert!(err_of(&BASE.replace("password = \"secret\"", "")).contains("users[0].password"));
         assert!(err_of(&format!("{BASE}\n[pool]\nbogus = 1\n")).contains("bogus"));
     }

@@ -52,8 +52,8 @@ const LOG_TAIL_LINES: usize = 40;
 const MAX_SOCKET_PATH: usize = 107;
 
 /// Part of the template cache key, like [`COMMON_CONF`]. Local sockets trust (the harness's own psql),
-/// TCP needs a SCRAM password (what pgfleet and clients use). 1 MB WAL segments instead of 16 MB: every node
-/// copies and pg_basebackup streams far fewer zero-filled bytes, which halves a cluster's start time.
+/// TCP needs a SCRAM password (what pgfleet and clients use). 1 MB WAL segments instead of 16 MB: each node's
+/// copy and base backup moves 15 MB fewer zero-filled bytes (measured: base backups 2x faster).
 const INITDB_ARGS: [&str; 10] = [
     "-U",
     SUPERUSER,
@@ -633,7 +633,8 @@ fn owner_alive(record: &str) -> bool {
         // Unreadable: err on the side of not deleting.
         return true;
     };
-    process_start_time(pid) == Some(start)
+    // A killed owner may linger as a zombie (with its start time) until someone reaps it.
+    process_start_time(pid) == Some(start) && process_alive(pid)
 }
 
 static DIR_SEQ: AtomicU64 = AtomicU64::new(0);
@@ -711,6 +712,10 @@ fn adopt_base_dir(host: &Host, dir: &Path) -> Result<PathBuf, ClusterError> {
 /// Stops and deletes what earlier processes left in `/tmp/pgfleet-*` when they died without dropping their
 /// cluster (killed test runs): leaked postmasters would otherwise pile up on CI machines.
 fn reap_orphans(host: &Host) {
+    // Without procfs every owner would look dead, including live ones.
+    if process_start_time(std::process::id()).is_none() {
+        return;
+    }
     let Ok(entries) = fs::read_dir(TMP_ROOT) else {
         return;
     };
@@ -958,12 +963,16 @@ impl NodeHandle {
         send_signal("CONT", &[pid])
     }
 
-    /// SIGKILLs the postmaster alone; its backends notice and exit. The harshest crash.
+    /// SIGKILLs the postmaster and every backend at once, like a host dying, and waits until they are gone
+    /// (so that a following [`NodeHandle::start`] finds no leftover process holding shared memory). The next
+    /// start runs crash recovery.
     pub fn kill(&self) -> Result<(), ClusterError> {
         let pid = self.running_pid()?;
-        send_signal("KILL", &[pid])?;
+        let mut all = vec![pid];
+        all.extend(children_of(pid));
+        send_signal("KILL", &all)?;
         let deadline = Instant::now() + Duration::from_secs(5);
-        while process_alive(pid) && Instant::now() < deadline {
+        while all.iter().any(|p| process_alive(*p)) && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(10));
         }
         Ok(())
@@ -1344,6 +1353,11 @@ mod tests {
         assert!(owner_alive(&owner_record()));
         assert!(!owner_alive(&format!("{} 1", std::process::id())));
         assert!(process_alive(std::process::id()));
+    }
+
+    #[test]
+    fn common_conf_includes_the_node_conf() {
+        assert!(COMMON_CONF.contains(&format!("include_if_exists = '{NODE_CONF}'")));
     }
 
     #[test]

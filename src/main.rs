@@ -33,7 +33,10 @@ fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn main() -> ExitCode {
@@ -53,7 +56,12 @@ fn main() -> ExitCode {
         }
     };
     if cli.check {
-        println!("pgfleet: {} is valid ({} nodes, {} users)", path.display(), config.nodes.len(), config.users.len());
+        println!(
+            "pgfleet: {} is valid ({} nodes, {} users)",
+            path.display(),
+            config.nodes.len(),
+            config.users.len()
+        );
         return ExitCode::SUCCESS;
     }
     init_logging(&config.log.level);
@@ -94,7 +102,8 @@ fn serve(config: Config) -> ExitCode {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
         std::future::pending::<()>().await;
         return;
     };

@@ -59,7 +59,10 @@ impl Shared {
         let fleet = Fleet::from_config(&config);
         let pools = Pools::new(config.pool.clone(), fleet.nodes.len());
         let balancer = Balancer::new(config.routing.load_balance);
-        let base = FunctionRules::new(&config.routing.write_functions, &config.routing.read_only_functions);
+        let base = FunctionRules::new(
+            &config.routing.write_functions,
+            &config.routing.read_only_functions,
+        );
         let catalog = Catalog::new(base, config.routing.function_refresh);
         Ok(Arc::new(Shared {
             config: Arc::new(config),
@@ -79,7 +82,10 @@ pub async fn run(shared: Arc<Shared>) -> Result<(), StartError> {
     let address = shared.config.listen.address.clone();
     let listener = tokio::net::TcpListener::bind(&address)
         .await
-        .map_err(|source| StartError::Bind { address: address.clone(), source })?;
+        .map_err(|source| StartError::Bind {
+            address: address.clone(),
+            source,
+        })?;
     tracing::info!(%address, nodes = shared.fleet.nodes.len(), "pgfleet listening");
     let reaper = shared.clone();
     tokio::spawn(async move {

@@ -4,15 +4,24 @@
 
 mod support;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use support::cluster::{APP_DB, APP_USER, PASSWORD, cluster, cluster_with, options};
 use support::proxy::{connect, try_connect};
 
+/// Exited: no /proc entry, or a zombie not yet reaped (its parent is init, which may reap late).
+fn exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+    }
+}
+
 fn gone_within(pid: u32, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
-    while Path::new(&format!("/proc/{pid}")).exists() {
+    while !exited(pid) {
         if Instant::now() >= deadline {
             return false;
         }
@@ -135,6 +144,13 @@ fn node_controls_stop_start_promote() {
     );
     other.kill().expect("kill");
     assert!(!other.is_running());
+    other.start().expect("start after kill runs crash recovery");
+    assert_eq!(
+        other
+            .psql("postgres", "SELECT pg_is_in_recovery()")
+            .expect("psql after restart"),
+        "t"
+    );
 }
 
 #[test]

@@ -88,7 +88,10 @@ impl BackendConn {
                 self.broken = true;
                 Err(BackendError::io(
                     &self.target,
-                    std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "server closed the connection unexpectedly"),
+                    std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "server closed the connection unexpectedly",
+                    ),
                 ))
             }
             Ok(_) => Ok(()),
@@ -147,7 +150,10 @@ impl BackendConn {
 
     /// Value of a startup ParameterStatus.
     pub fn server_param(&self, name: &str) -> Option<&str> {
-        self.server_params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.server_params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 

@@ -48,7 +48,9 @@ pub enum BackendError {
         reason: String,
     },
     /// Connect plus authentication took longer than pool.connect_timeout.
-    #[error("pgfleet: timed out after {after:?} connecting to {role} \"{name}\" ({address}) (pool.connect_timeout)")]
+    #[error(
+        "pgfleet: timed out after {after:?} connecting to {role} \"{name}\" ({address}) (pool.connect_timeout)"
+    )]
     Timeout {
         /// Node role.
         role: String,
@@ -107,11 +109,17 @@ impl BackendError {
     }
 
     pub(crate) fn io(target: &NodeTarget, source: std::io::Error) -> Self {
-        BackendError::Io { name: target.name.clone(), source }
+        BackendError::Io {
+            name: target.name.clone(),
+            source,
+        }
     }
 
     pub(crate) fn protocol(target: &NodeTarget, detail: impl Into<String>) -> Self {
-        BackendError::Protocol { name: target.name.clone(), detail: detail.into() }
+        BackendError::Protocol {
+            name: target.name.clone(),
+            detail: detail.into(),
+        }
     }
 
     pub(crate) fn from_error_frame(frame: &Frame) -> Self {
@@ -148,7 +156,11 @@ pub struct Login<'a> {
 }
 
 /// Connects and authenticates, bounded by `timeout` as a whole.
-pub async fn connect(target: &NodeTarget, login: &Login<'_>, timeout: Duration) -> Result<BackendConn, BackendError> {
+pub async fn connect(
+    target: &NodeTarget,
+    login: &Login<'_>,
+    timeout: Duration,
+) -> Result<BackendConn, BackendError> {
     match tokio::time::timeout(timeout, connect_inner(target, login)).await {
         Ok(r) => r,
         Err(_) => Err(BackendError::Timeout {
@@ -161,15 +173,21 @@ pub async fn connect(target: &NodeTarget, login: &Login<'_>, timeout: Duration) 
 }
 
 async fn connect_inner(target: &NodeTarget, login: &Login<'_>) -> Result<BackendConn, BackendError> {
-    let stream = TcpStream::connect(&target.address).await.map_err(|e| BackendError::Unreachable {
-        role: target.role.clone(),
-        name: target.name.clone(),
-        address: target.address.clone(),
-        reason: describe_io(&e),
-    })?;
+    let stream = TcpStream::connect(&target.address)
+        .await
+        .map_err(|e| BackendError::Unreachable {
+            role: target.role.clone(),
+            name: target.name.clone(),
+            address: target.address.clone(),
+            reason: describe_io(&e),
+        })?;
     let _ = stream.set_nodelay(true);
     let mut conn = BackendConn::new(stream, target.clone(), FrameBuffer::new(STARTUP_FRAME_LIMIT));
-    let startup = encode_startup(&[("user", login.user), ("database", login.database), ("client_encoding", "UTF8")]);
+    let startup = encode_startup(&[
+        ("user", login.user),
+        ("database", login.database),
+        ("client_encoding", "UTF8"),
+    ]);
     conn.write_all(&startup).await?;
     let mut scram: Option<ScramSha256> = None;
     loop {
@@ -211,7 +229,9 @@ async fn connect_inner(target: &NodeTarget, login: &Login<'_>) -> Result<Backend
                         if !mechs.contains(&SCRAM_SHA_256) {
                             return Err(BackendError::protocol(
                                 target,
-                                format!("node offers SASL mechanisms {mechs:?}, pgfleet speaks SCRAM-SHA-256"),
+                                format!(
+                                    "node offers SASL mechanisms {mechs:?}, pgfleet speaks SCRAM-SHA-256"
+                                ),
                             ));
                         }
                         let s = ScramSha256::new(login.password.as_bytes(), ChannelBinding::unrequested());
@@ -224,18 +244,26 @@ async fn connect_inner(target: &NodeTarget, login: &Login<'_>) -> Result<Backend
                         scram = Some(s);
                     }
                     11 => {
-                        let s = scram.as_mut().ok_or_else(|| BackendError::protocol(target, "SASL continue without start"))?;
-                        s.update(&body[4..]).map_err(|e| BackendError::protocol(target, e.to_string()))?;
+                        let s = scram
+                            .as_mut()
+                            .ok_or_else(|| BackendError::protocol(target, "SASL continue without start"))?;
+                        s.update(&body[4..])
+                            .map_err(|e| BackendError::protocol(target, e.to_string()))?;
                         conn.write_all(&build(b'p', s.message())).await?;
                     }
                     12 => {
-                        let s = scram.as_mut().ok_or_else(|| BackendError::protocol(target, "SASL final without start"))?;
-                        s.finish(&body[4..]).map_err(|e| BackendError::protocol(target, e.to_string()))?;
+                        let s = scram
+                            .as_mut()
+                            .ok_or_else(|| BackendError::protocol(target, "SASL final without start"))?;
+                        s.finish(&body[4..])
+                            .map_err(|e| BackendError::protocol(target, e.to_string()))?;
                     }
                     other => {
                         return Err(BackendError::protocol(
                             target,
-                            format!("node asks for authentication method {other}, which pgfleet does not support"),
+                            format!(
+                                "node asks for authentication method {other}, which pgfleet does not support"
+                            ),
                         ));
                     }
                 }
@@ -261,7 +289,10 @@ async fn connect_inner(target: &NodeTarget, login: &Login<'_>) -> Result<Backend
                 break;
             }
             other => {
-                return Err(BackendError::protocol(target, format!("unexpected message '{}' during startup", other as char)));
+                return Err(BackendError::protocol(
+                    target,
+                    format!("unexpected message '{}' during startup", other as char),
+                ));
             }
         }
     }
@@ -272,7 +303,8 @@ async fn connect_inner(target: &NodeTarget, login: &Login<'_>) -> Result<Backend
 /// Sends a CancelRequest for (pid, secret) to a node; best effort, like libpq's PQcancel.
 pub async fn send_cancel(address: &str, pid: i32, secret: i32) -> std::io::Result<()> {
     let mut s = TcpStream::connect(address).await?;
-    s.write_all(&crate::protocol::startup::encode_cancel(pid, secret)).await?;
+    s.write_all(&crate::protocol::startup::encode_cancel(pid, secret))
+        .await?;
     // PostgreSQL closes the socket once it has acted; waiting for that keeps the cancel ordered before the
     // client's next request.
     let mut buf = [0u8; 1];

@@ -27,7 +27,11 @@ impl Manager for ConnManager {
     type Error = BackendError;
 
     async fn create(&self) -> Result<BackendConn, BackendError> {
-        let login = Login { user: &self.user, password: &self.password, database: &self.database };
+        let login = Login {
+            user: &self.user,
+            password: &self.password,
+            database: &self.database,
+        };
         connect(&self.target, &login, self.connect_timeout).await
     }
 
@@ -65,7 +69,10 @@ impl Pools {
 
     /// Connections currently checked out from a node.
     pub fn in_use(&self, node: usize) -> usize {
-        self.in_use.get(node).map(|c| c.load(Ordering::Relaxed)).unwrap_or(0)
+        self.in_use
+            .get(node)
+            .map(|c| c.load(Ordering::Relaxed))
+            .unwrap_or(0)
     }
 
     fn pool_for(&self, target: &NodeTarget, login: &Login<'_>) -> Pool<ConnManager> {
@@ -92,7 +99,12 @@ impl Pools {
     }
 
     /// Checks out a connection, waiting at most pool.connect_timeout for a free slot.
-    pub async fn get(&self, target: &NodeTarget, login: &Login<'_>, session: u64) -> Result<PooledConn, BackendError> {
+    pub async fn get(
+        &self,
+        target: &NodeTarget,
+        login: &Login<'_>,
+        session: u64,
+    ) -> Result<PooledConn, BackendError> {
         let pool = self.pool_for(target, login);
         let timeouts = Timeouts {
             wait: Some(self.config.connect_timeout),
@@ -118,7 +130,10 @@ impl Pools {
         }
         let counter = self.in_use[target.index].clone();
         counter.fetch_add(1, Ordering::Relaxed);
-        Ok(PooledConn { obj: Some(obj), counter })
+        Ok(PooledConn {
+            obj: Some(obj),
+            counter,
+        })
     }
 
     /// Closes pooled connections idle for longer than pool.idle_timeout.
@@ -156,13 +171,17 @@ pub struct PooledConn {
 impl std::ops::Deref for PooledConn {
     type Target = BackendConn;
     fn deref(&self) -> &BackendConn {
-        self.obj.as_ref().unwrap_or_else(|| unreachable!("PooledConn used after release"))
+        self.obj
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("PooledConn used after release"))
     }
 }
 
 impl std::ops::DerefMut for PooledConn {
     fn deref_mut(&mut self) -> &mut BackendConn {
-        self.obj.as_mut().unwrap_or_else(|| unreachable!("PooledConn used after release"))
+        self.obj
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("PooledConn used after release"))
     }
 }
 
@@ -190,10 +209,16 @@ impl PooledConn {
             // ROLLBACK must run on its own: the later statements would fail inside an aborted transaction.
             let ok = match reset.strip_prefix("ROLLBACK;") {
                 Some(rest) => {
-                    obj.exchange(&query("ROLLBACK")).await.is_ok_and(|x| x.error.is_none())
-                        && (rest.is_empty() || obj.exchange(&query(rest)).await.is_ok_and(|x| x.error.is_none()))
+                    obj.exchange(&query("ROLLBACK"))
+                        .await
+                        .is_ok_and(|x| x.error.is_none())
+                        && (rest.is_empty()
+                            || obj.exchange(&query(rest)).await.is_ok_and(|x| x.error.is_none()))
                 }
-                None => obj.exchange(&query(&reset)).await.is_ok_and(|x| x.error.is_none()),
+                None => obj
+                    .exchange(&query(&reset))
+                    .await
+                    .is_ok_and(|x| x.error.is_none()),
             };
             if !ok || obj.status != b'I' {
                 drop(Object::take(obj));

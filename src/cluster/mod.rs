@@ -30,7 +30,8 @@ impl Node {
 
     /// Records a failed connection: skip this node for a while.
     pub fn mark_down(&self) {
-        self.down_until_ms.store(now_ms() + DOWN_BACKOFF.as_millis() as u64, Ordering::Relaxed);
+        self.down_until_ms
+            .store(now_ms() + DOWN_BACKOFF.as_millis() as u64, Ordering::Relaxed);
     }
 
     /// Records a successful connection.
@@ -40,7 +41,10 @@ impl Node {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// All nodes, in config order.
@@ -80,7 +84,9 @@ impl Fleet {
         self.nodes
             .iter()
             .enumerate()
-            .filter(|(i, n)| (n.role == Role::Replica && n.weight > 0) || (primary_reads && *i == self.primary))
+            .filter(|(i, n)| {
+                (n.role == Role::Replica && n.weight > 0) || (primary_reads && *i == self.primary)
+            })
             .map(|(i, _)| i)
             .collect()
     }

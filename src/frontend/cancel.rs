@@ -28,7 +28,12 @@ impl CancelRegistry {
             }
         };
         map.insert(key, active.clone());
-        CancelKey { registry: self.clone(), pid: key.0, secret: key.1, active }
+        CancelKey {
+            registry: self.clone(),
+            pid: key.0,
+            secret: key.1,
+            active,
+        }
     }
 
     /// The node connection to cancel for a client's key, if the key is known and a request is running.
@@ -58,6 +63,10 @@ impl CancelKey {
 
 impl Drop for CancelKey {
     fn drop(&mut self) {
-        self.registry.sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(&(self.pid, self.secret));
+        self.registry
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(self.pid, self.secret));
     }
 }

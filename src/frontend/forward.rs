@@ -112,9 +112,13 @@ impl Flow {
             output_sent: false,
         };
         let Some(conn) = session.conns[node].as_mut() else {
-            return Err(FlowError::Client(SessionError::Fatal("internal: no connection for node".into())));
+            return Err(FlowError::Client(SessionError::Fatal(
+                "internal: no connection for node".into(),
+            )));
         };
-        session.key.set_active(Some((conn.target.address.clone(), conn.pid, conn.secret)));
+        session
+            .key
+            .set_active(Some((conn.target.address.clone(), conn.pid, conn.secret)));
         let result = flow.pump(session, node, req, &mut plan).await;
         session.key.set_active(None);
         match result {
@@ -123,12 +127,24 @@ impl Flow {
                 Ok(())
             }
             Err(Failure::Client(e)) => Err(FlowError::Client(e)),
-            Err(Failure::Node(error)) => Err(FlowError::Node { error, plan, output_sent: flow.output_sent }),
+            Err(Failure::Node(error)) => Err(FlowError::Node {
+                error,
+                plan,
+                output_sent: flow.output_sent,
+            }),
         }
     }
 
-    async fn pump(&mut self, session: &mut Session, node: usize, req: &Request, plan: &mut Plan) -> Result<(), Failure> {
-        let Some(conn) = session.conns[node].as_mut() else { return Ok(()) };
+    async fn pump(
+        &mut self,
+        session: &mut Session,
+        node: usize,
+        req: &Request,
+        plan: &mut Plan,
+    ) -> Result<(), Failure> {
+        let Some(conn) = session.conns[node].as_mut() else {
+            return Ok(());
+        };
         conn.write_all(&req.encode()).await.map_err(Failure::Node)?;
         let mut to_node = BytesMut::new();
         while !self.done() {

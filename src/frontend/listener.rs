@@ -34,14 +34,20 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-async fn read_packet<S: AsyncRead + Unpin>(s: &mut S) -> Result<Result<StartupPacket, ProxyError>, std::io::Error> {
+async fn read_packet<S: AsyncRead + Unpin>(
+    s: &mut S,
+) -> Result<Result<StartupPacket, ProxyError>, std::io::Error> {
     let mut buf = BytesMut::with_capacity(256);
     loop {
         match startup::packet_len(&buf) {
             Err(e) => return Ok(Err(ProxyError::fatal("08P01", e.to_string()))),
             Ok(Some(len)) if buf.len() >= len => {
                 return Ok(startup::decode(&buf[..len]).map_err(|e| {
-                    let code = if matches!(e, startup::StartupError::Version(..)) { "0A000" } else { "08P01" };
+                    let code = if matches!(e, startup::StartupError::Version(..)) {
+                        "0A000"
+                    } else {
+                        "08P01"
+                    };
                     ProxyError::fatal(code, e.to_string())
                 }));
             }
@@ -70,8 +76,11 @@ async fn handle(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
     };
     if minor > 0 {
         // Newer clients ask for 3.x; PostgreSQL answers with the newest version it speaks and carries on.
-        let unrecognized: Vec<&str> =
-            params.iter().filter(|(k, _)| k.starts_with("_pq_.")).map(|(k, _)| k.as_str()).collect();
+        let unrecognized: Vec<&str> = params
+            .iter()
+            .filter(|(k, _)| k.starts_with("_pq_."))
+            .map(|(k, _)| k.as_str())
+            .collect();
         let msg = crate::protocol::messages::negotiate_protocol_version(&unrecognized);
         if stream.write_all(&msg).await.is_err() {
             return;
@@ -99,7 +108,9 @@ async fn negotiate(
         match packet {
             StartupPacket::Ssl if !tls_done => {
                 tls_done = true;
-                let ClientStream::Plain(mut tcp) = stream else { return Ok(None) };
+                let ClientStream::Plain(mut tcp) = stream else {
+                    return Ok(None);
+                };
                 match &shared.tls {
                     Some(acceptor) => {
                         tcp.write_all(b"S").await?;
@@ -117,7 +128,10 @@ async fn negotiate(
                 stream.write_all(b"N").await?;
             }
             StartupPacket::Ssl | StartupPacket::GssEnc => {
-                let e = ProxyError::fatal("08P01", "unsupported frontend protocol: duplicate SSL or GSS request");
+                let e = ProxyError::fatal(
+                    "08P01",
+                    "unsupported frontend protocol: duplicate SSL or GSS request",
+                );
                 stream.write_all(&e.encode()).await?;
                 return Ok(None);
             }

@@ -10,6 +10,7 @@ use crate::protocol::Frame;
 use crate::protocol::messages::{bind_names, parse_fields, query_text, target_name};
 use crate::router::classify::{Decision, Pin, SessionChange, Target, TxStart, classify};
 use crate::router::functions::FunctionRules;
+use crate::router::split::{first_keywords, split_statements};
 
 /// A request larger than this without Sync or Flush is sent on early, as if Flush had been sent, so that
 /// the proxy never holds more than this of one client's input.
@@ -64,7 +65,10 @@ impl Request {
 
     /// How many ReadyForQuery the node will send for it.
     pub fn ready_count(&self) -> usize {
-        self.frames.iter().filter(|f| matches!(f.kind, b'Q' | b'S')).count()
+        self.frames
+            .iter()
+            .filter(|f| matches!(f.kind, b'Q' | b'S'))
+            .count()
     }
 
     /// Whether it uses the extended protocol.
@@ -96,6 +100,8 @@ pub struct Plan {
     pub closes: Vec<String>,
     /// It runs a simple Query (which discards the node's unnamed statement).
     pub has_query: bool,
+    /// Prepared statements it drops with SQL DEALLOCATE; `*` stands for DEALLOCATE ALL.
+    pub deallocates: Vec<String>,
 }
 
 impl Plan {
@@ -111,6 +117,7 @@ impl Plan {
             parses: Vec::new(),
             closes: Vec::new(),
             has_query: false,
+            deallocates: Vec::new(),
         }
     }
 
@@ -150,8 +157,10 @@ impl Plan {
         match frame.kind {
             b'Q' => {
                 self.has_query = true;
-                let d = classify(query_text(body).unwrap_or(""), rules);
+                let text = query_text(body).unwrap_or("");
+                let d = classify(text, rules);
                 self.merge(&d, true);
+                self.deallocates.extend(deallocated_names(text));
             }
             b'P' => {
                 let (name, text) = parse_fields(body).unwrap_or(("", ""));
@@ -220,5 +229,46 @@ impl Plan {
     /// Names parsed in this request.
     pub fn parsed_names(&self) -> HashSet<&str> {
         self.parses.iter().map(|(n, _)| n.as_str()).collect()
+    }
+}
+
+/// Names dropped by `DEALLOCATE [PREPARE] name | ALL` statements in a simple-query string; `*` for ALL.
+/// Drivers (psycopg among them) evict cached statements this way, so the proxy must forget them too.
+fn deallocated_names(sql: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for stmt in split_statements(sql) {
+        let words = first_keywords(stmt, 3);
+        if words.first().map(String::as_str) != Some("DEALLOCATE") {
+            continue;
+        }
+        let rest = stmt.trim_start()["DEALLOCATE".len()..].trim_start();
+        let rest = match rest.get(..7) {
+            Some(w) if w.eq_ignore_ascii_case("prepare") => rest[7..].trim_start(),
+            _ => rest,
+        };
+        let name = rest.trim_end_matches(';').trim();
+        if name.eq_ignore_ascii_case("all") {
+            out.push("*".to_owned());
+        } else if let Some(quoted) = name.strip_prefix('"').and_then(|n| n.strip_suffix('"')) {
+            out.push(quoted.replace("\"\"", "\""));
+        } else if !name.is_empty() {
+            out.push(name.to_ascii_lowercase());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deallocate_names() {
+        assert_eq!(deallocated_names("DEALLOCATE _pg3_1"), vec!["_pg3_1"]);
+        assert_eq!(
+            deallocated_names("deallocate prepare \"S_1\"; DEALLOCATE ALL"),
+            vec!["S_1", "*"]
+        );
+        assert!(deallocated_names("SELECT 'DEALLOCATE x'").is_empty());
     }
 }

@@ -53,9 +53,16 @@ fn route_override(value: &str) -> Result<Target, ProxyError> {
 
 /// Serves one client until it leaves.
 pub async fn run(stream: ClientStream, peer: SocketAddr, params: Vec<(String, String)>, shared: Arc<Shared>) {
-    let user = params.iter().find(|(k, _)| k == "user").map(|(_, v)| v.clone()).unwrap_or_default();
-    let database =
-        params.iter().find(|(k, _)| k == "database").map(|(_, v)| v.clone()).unwrap_or_else(|| user.clone());
+    let user = params
+        .iter()
+        .find(|(k, _)| k == "user")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    let database = params
+        .iter()
+        .find(|(k, _)| k == "database")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| user.clone());
     let span = tracing::info_span!("session", client = %peer, user = %user, database = %database);
     async move {
         let mut session = match Session::login(stream, user, database, params, shared).await {
@@ -144,7 +151,9 @@ impl Session {
                 }
             }
         }
-        let id = shared.next_session.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = shared
+            .next_session
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let key = shared.cancels.register();
         let rules = Arc::new(FunctionRules::new(&[], &[]));
         let mut session = Session {
@@ -192,9 +201,9 @@ impl Session {
             }
         }
         let Some(node) = first else {
-            let e = last_err.map(|e| self.fatal_of(&e)).unwrap_or_else(|| {
-                ProxyError::fatal("08006", "pgfleet: no node is configured")
-            });
+            let e = last_err
+                .map(|e| self.fatal_of(&e))
+                .unwrap_or_else(|| ProxyError::fatal("08006", "pgfleet: no node is configured"));
             self.client.write_all(&e.encode()).await?;
             return Err(SessionError::Fatal(e.message));
         };
@@ -205,14 +214,18 @@ impl Session {
         };
         if let Some(sql) = self.settings.replay_since(0) {
             let generation = self.settings.generation();
-            let Some(conn) = self.conns[node].as_mut() else { return Ok(()) };
+            let Some(conn) = self.conns[node].as_mut() else {
+                return Ok(());
+            };
             match conn.exchange(&query(&sql)).await {
                 Ok(x) => {
                     if let Some(err) = x.error {
                         let body = err.body();
                         let e = ProxyError::fatal(
                             crate::protocol::messages::error_field(body, b'C').unwrap_or("22023"),
-                            crate::protocol::messages::error_field(body, b'M').unwrap_or("invalid startup parameter").to_owned(),
+                            crate::protocol::messages::error_field(body, b'M')
+                                .unwrap_or("invalid startup parameter")
+                                .to_owned(),
                         );
                         self.client.write_all(&e.encode()).await?;
                         return Err(SessionError::Fatal(e.message));
@@ -247,7 +260,10 @@ impl Session {
     }
 
     fn fatal_of(&self, e: &BackendError) -> ProxyError {
-        ProxyError { severity: Severity::Fatal, ..self.error_of(e) }
+        ProxyError {
+            severity: Severity::Fatal,
+            ..self.error_of(e)
+        }
     }
 
     fn error_of(&self, e: &BackendError) -> ProxyError {
@@ -266,7 +282,11 @@ impl Session {
             self.conns[node] = None;
         }
         let n = &self.shared.fleet.nodes[node];
-        let login = Login { user: &self.user, password: &self.password, database: &self.database };
+        let login = Login {
+            user: &self.user,
+            password: &self.password,
+            database: &self.database,
+        };
         match self.shared.pools.get(&n.target, &login, self.id).await {
             Ok(c) => {
                 n.mark_up();
@@ -332,7 +352,9 @@ impl Session {
                 }
             }
             Some(n) => {
-                let Some(conn) = self.conns[n].as_mut() else { return Ok(()) };
+                let Some(conn) = self.conns[n].as_mut() else {
+                    return Ok(());
+                };
                 tokio::select! {
                     r = self.client.read_buf(self.cbuf.read_target()) => {
                         if r? == 0 {
@@ -363,7 +385,10 @@ impl Session {
 
     /// The transaction status the client should see when the proxy answers by itself.
     fn status(&self) -> u8 {
-        self.tx_node.and_then(|n| self.conns[n].as_ref()).map(|c| c.status).unwrap_or(b'I')
+        self.tx_node
+            .and_then(|n| self.conns[n].as_ref())
+            .map(|c| c.status)
+            .unwrap_or(b'I')
     }
 
     pub(super) async fn write_client(&mut self, bytes: &[u8]) -> Result<(), SessionError> {
@@ -388,8 +413,14 @@ impl Session {
         if let Some(r) = self.shared.catalog.cached(&self.database) {
             return r;
         }
-        let primary = self.shared.fleet.nodes[self.shared.fleet.primary].target.address.clone();
-        self.shared.catalog.load(&primary, &self.database, &self.user, &self.password).await
+        let primary = self.shared.fleet.nodes[self.shared.fleet.primary]
+            .target
+            .address
+            .clone();
+        self.shared
+            .catalog
+            .load(&primary, &self.database, &self.user, &self.password)
+            .await
     }
 
     /// The nodes to try for a plan, best first.
@@ -399,6 +430,16 @@ impl Session {
             return vec![n];
         }
         if let Some((n, _)) = self.pinned {
+            return vec![n];
+        }
+        // DEALLOCATE must run where the statement exists, or PostgreSQL would say it does not.
+        if let Some(name) = plan.deallocates.first().filter(|n| n.as_str() != "*")
+            && let Some(n) = (0..self.conns.len()).find(|n| {
+                self.conns[*n]
+                    .as_ref()
+                    .is_some_and(|c| c.applied.prepared.contains(name))
+            })
+        {
             return vec![n];
         }
         let target = self.route.unwrap_or(plan.target);
@@ -459,7 +500,11 @@ impl Session {
             match Flow::run(self, node, &req, end, plan).await {
                 Ok(()) => return Ok(()),
                 Err(FlowError::Client(e)) => return Err(e),
-                Err(FlowError::Node { error, plan: returned, output_sent }) => {
+                Err(FlowError::Node {
+                    error,
+                    plan: returned,
+                    output_sent,
+                }) => {
                     self.conns[node] = None;
                     self.shared.fleet.nodes[node].mark_down();
                     tracing::warn!(node = %self.shared.fleet.nodes[node].target.name, error = %error, "node failed during a request");
@@ -477,7 +522,13 @@ impl Session {
     }
 
     /// Tries the remaining candidates for a read whose node failed before answering.
-    async fn retry(&mut self, req: Request, end: End, plan: Plan, rest: Vec<usize>) -> Result<(), SessionError> {
+    async fn retry(
+        &mut self,
+        req: Request,
+        end: End,
+        plan: Plan,
+        rest: Vec<usize>,
+    ) -> Result<(), SessionError> {
         let mut plan = plan;
         for (i, node) in rest.iter().copied().enumerate() {
             let last = i + 1 == rest.len();
@@ -494,7 +545,11 @@ impl Session {
             match Flow::run(self, node, &req, end, plan).await {
                 Ok(()) => return Ok(()),
                 Err(FlowError::Client(e)) => return Err(e),
-                Err(FlowError::Node { error, plan: returned, output_sent }) => {
+                Err(FlowError::Node {
+                    error,
+                    plan: returned,
+                    output_sent,
+                }) => {
                     self.conns[node] = None;
                     self.shared.fleet.nodes[node].mark_down();
                     if output_sent || last {
@@ -504,17 +559,31 @@ impl Session {
                 }
             }
         }
-        self.refuse(ProxyError::error("08006", "pgfleet: no node is available to run this statement"), end).await
+        self.refuse(
+            ProxyError::error("08006", "pgfleet: no node is available to run this statement"),
+            end,
+        )
+        .await
     }
 
     /// A node died under a request that could not be retried.
-    async fn node_lost(&mut self, node: usize, error: BackendError, output_sent: bool) -> Result<(), SessionError> {
+    async fn node_lost(
+        &mut self,
+        node: usize,
+        error: BackendError,
+        output_sent: bool,
+    ) -> Result<(), SessionError> {
         let in_tx = self.tx_node == Some(node) || matches!(self.pinned, Some((n, _)) if n == node);
         let name = self.shared.fleet.nodes[node].target.name.clone();
         if in_tx || output_sent {
             // The client's transaction or session state died with the node; like PostgreSQL, end the session
             // rather than let the client believe it still exists.
-            let e = ProxyError::fatal("57P01", format!("pgfleet: lost connection to node \"{name}\" during the session's transaction or pinned state: {error}"));
+            let e = ProxyError::fatal(
+                "57P01",
+                format!(
+                    "pgfleet: lost connection to node \"{name}\" during the session's transaction or pinned state: {error}"
+                ),
+            );
             let _ = self.client.write_all(&e.encode()).await;
             return Err(SessionError::Fatal(e.message));
         }
@@ -528,17 +597,30 @@ impl Session {
     async fn bring_up_to_date(&mut self, node: usize, plan: &Plan) -> Result<(), Prepare> {
         let generation = self.settings.generation();
         let settings_sql = {
-            let Some(conn) = self.conns[node].as_ref() else { return Ok(()) };
-            if conn.applied.settings_gen < generation { self.settings.replay_since(conn.applied.settings_gen) } else { None }
+            let Some(conn) = self.conns[node].as_ref() else {
+                return Ok(());
+            };
+            if conn.applied.settings_gen < generation {
+                self.settings.replay_since(conn.applied.settings_gen)
+            } else {
+                None
+            }
         };
-        let Some(conn) = self.conns[node].as_mut() else { return Ok(()) };
+        let Some(conn) = self.conns[node].as_mut() else {
+            return Ok(());
+        };
         if let Some(sql) = settings_sql {
             let x = conn.exchange(&query(&sql)).await.map_err(Prepare::Node)?;
             if let Some(err) = x.error {
-                let msg = crate::protocol::messages::error_field(err.body(), b'M').unwrap_or("error").to_owned();
+                let msg = crate::protocol::messages::error_field(err.body(), b'M')
+                    .unwrap_or("error")
+                    .to_owned();
                 return Err(Prepare::Refused(ProxyError::error(
                     "55000",
-                    format!("pgfleet: cannot apply this session's settings on node \"{}\": {msg}", conn.target.name),
+                    format!(
+                        "pgfleet: cannot apply this session's settings on node \"{}\": {msg}",
+                        conn.target.name
+                    ),
                 )));
             }
             conn.applied.settings_gen = generation;
@@ -549,13 +631,16 @@ impl Session {
         let mut added: Vec<(String, u64)> = Vec::new();
         // A name the client closed and now parses again may still exist here if the Close ran elsewhere.
         for (name, _) in &plan.parses {
-            if !name.is_empty() && conn.applied.prepared.contains(name) && self.statements.get(name).is_none() {
+            if !name.is_empty() && conn.applied.prepared.contains(name) && self.statements.get(name).is_none()
+            {
                 replay.extend_from_slice(&close_statement(name));
                 conn.applied.prepared.remove(name);
             }
         }
         for name in &plan.needs {
-            let Some(stmt) = self.statements.get(name) else { continue };
+            let Some(stmt) = self.statements.get(name) else {
+                continue;
+            };
             let present = if name.is_empty() {
                 conn.applied.unnamed == Some(stmt.id)
             } else {
@@ -570,10 +655,15 @@ impl Session {
             replay.extend_from_slice(&sync());
             let x = conn.exchange(&replay).await.map_err(Prepare::Node)?;
             if let Some(err) = x.error {
-                let msg = crate::protocol::messages::error_field(err.body(), b'M').unwrap_or("error").to_owned();
+                let msg = crate::protocol::messages::error_field(err.body(), b'M')
+                    .unwrap_or("error")
+                    .to_owned();
                 return Err(Prepare::Refused(ProxyError::error(
                     "26000",
-                    format!("pgfleet: cannot prepare the statement again on node \"{}\": {msg}", conn.target.name),
+                    format!(
+                        "pgfleet: cannot prepare the statement again on node \"{}\": {msg}",
+                        conn.target.name
+                    ),
                 )));
             }
             for (name, id) in added {
@@ -590,7 +680,9 @@ impl Session {
     /// Bookkeeping after a request completed on `node`.
     pub(super) fn finish(&mut self, node: usize, plan: Plan, outcome: &super::forward::Outcome) {
         let was_in_tx = self.tx_node.is_some();
-        let Some(conn) = self.conns[node].as_mut() else { return };
+        let Some(conn) = self.conns[node].as_mut() else {
+            return;
+        };
         conn.status = outcome.status;
         if plan.has_query {
             conn.applied.unnamed = None;
@@ -610,6 +702,18 @@ impl Session {
             self.statements.remove(name);
             conn.applied.prepared.remove(name);
         }
+        if !outcome.saw_error {
+            for name in &plan.deallocates {
+                if name == "*" {
+                    self.statements.clear();
+                    conn.applied.prepared.clear();
+                    conn.applied.unnamed = None;
+                } else {
+                    self.statements.remove(name);
+                    conn.applied.prepared.remove(name);
+                }
+            }
+        }
         if let Some(pin) = plan.pin
             && self.pinned.is_none()
         {
@@ -624,7 +728,11 @@ impl Session {
             b'T' | b'E' => self.tx_node = Some(node),
             _ => {
                 self.tx_node = None;
-                let committed = if was_in_tx || outcome.began_tx { outcome.last_commit } else { !outcome.saw_error };
+                let committed = if was_in_tx || outcome.began_tx {
+                    outcome.last_commit
+                } else {
+                    !outcome.saw_error
+                };
                 if committed && !self.pending_changes.is_empty() {
                     for c in std::mem::take(&mut self.pending_changes) {
                         self.settings.apply(&c);

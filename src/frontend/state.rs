@@ -36,7 +36,8 @@ impl Settings {
         self.generation += 1;
         match change {
             SessionChange::Set { name, statement } | SessionChange::Reset { name, statement } => {
-                self.entries.insert(name.clone(), (self.generation, statement.clone()));
+                self.entries
+                    .insert(name.clone(), (self.generation, statement.clone()));
             }
             SessionChange::ResetAll => {
                 self.entries.clear();
@@ -120,12 +121,21 @@ mod tests {
         let mut s = Settings::default();
         s.set_startup("application_name", "psql");
         let g1 = s.generation();
-        s.apply(&SessionChange::Set { name: "search_path".into(), statement: "SET search_path TO x".into() });
+        s.apply(&SessionChange::Set {
+            name: "search_path".into(),
+            statement: "SET search_path TO x".into(),
+        });
         assert_eq!(s.replay_since(g1).as_deref(), Some("SET search_path TO x;"));
         assert_eq!(s.replay_since(s.generation()), None);
-        s.apply(&SessionChange::Set { name: "search_path".into(), statement: "SET search_path TO y".into() });
+        s.apply(&SessionChange::Set {
+            name: "search_path".into(),
+            statement: "SET search_path TO y".into(),
+        });
         let all = s.replay_since(0).expect("some");
-        assert!(all.contains("application_name") && all.contains("TO y") && !all.contains("TO x"), "{all}");
+        assert!(
+            all.contains("application_name") && all.contains("TO y") && !all.contains("TO x"),
+            "{all}"
+        );
         s.apply(&SessionChange::ResetAll);
         assert_eq!(s.replay_since(g1).as_deref(), Some("RESET ALL;"));
     }

@@ -12,7 +12,9 @@ pub enum FrameError {
     #[error("invalid message length {0} for message type '{1}'")]
     BadLength(i32, char),
     /// The length field is above the configured limit.
-    #[error("message of type '{kind}' is {len} bytes, over the limit of {limit} bytes (listen.max_message_size)")]
+    #[error(
+        "message of type '{kind}' is {len} bytes, over the limit of {limit} bytes (listen.max_message_size)"
+    )]
     TooLarge {
         /// Message type byte.
         kind: char,
@@ -49,7 +51,10 @@ pub struct FrameBuffer {
 impl FrameBuffer {
     /// A buffer refusing frames larger than `limit` bytes.
     pub fn new(limit: usize) -> Self {
-        Self { buf: BytesMut::with_capacity(8 * 1024), limit }
+        Self {
+            buf: BytesMut::with_capacity(8 * 1024),
+            limit,
+        }
     }
 
     /// Where socket reads go (use with `read_buf`, which is cancel safe).
@@ -119,7 +124,11 @@ fn frame_len(buf: &[u8], limit: usize) -> Result<Option<usize>, FrameError> {
     }
     let total = len as usize + 1;
     if total > limit {
-        return Err(FrameError::TooLarge { kind: kind as char, len: total, limit });
+        return Err(FrameError::TooLarge {
+            kind: kind as char,
+            len: total,
+            limit,
+        });
     }
     Ok(Some(total))
 }
@@ -171,7 +180,10 @@ mod tests {
         fb.read_target().extend_from_slice(&z);
         fb.read_target().extend_from_slice(&z[..2]);
         let mut kinds = Vec::new();
-        let block = fb.take_whole_frames(|k, _| kinds.push(k)).expect("ok").expect("block");
+        let block = fb
+            .take_whole_frames(|k, _| kinds.push(k))
+            .expect("ok")
+            .expect("block");
         assert_eq!(kinds, vec![b'D', b'Z']);
         assert_eq!(block.len(), a.len() + z.len());
         assert_eq!(fb.buffered(), 2);

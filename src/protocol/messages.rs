@@ -85,12 +85,24 @@ pub struct ProxyError {
 impl ProxyError {
     /// An ERROR with that SQLSTATE and message.
     pub fn error(code: &str, message: impl Into<String>) -> Self {
-        Self { severity: Severity::Error, code: code.to_owned(), message: message.into(), detail: None, hint: None }
+        Self {
+            severity: Severity::Error,
+            code: code.to_owned(),
+            message: message.into(),
+            detail: None,
+            hint: None,
+        }
     }
 
     /// A FATAL with that SQLSTATE and message.
     pub fn fatal(code: &str, message: impl Into<String>) -> Self {
-        Self { severity: Severity::Fatal, code: code.to_owned(), message: message.into(), detail: None, hint: None }
+        Self {
+            severity: Severity::Fatal,
+            code: code.to_owned(),
+            message: message.into(),
+            detail: None,
+            hint: None,
+        }
     }
 
     /// Adds a HINT.
@@ -216,9 +228,15 @@ pub fn quote_literal(value: &str) -> String {
 /// Quotes an identifier (a GUC name) when it is not a plain lowercase word.
 pub fn quote_ident(name: &str) -> String {
     let plain = !name.is_empty()
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.')
         && !name.starts_with(|c: char| c.is_ascii_digit());
-    if plain { name.to_owned() } else { format!("\"{}\"", name.replace('"', "\"\"")) }
+    if plain {
+        name.to_owned()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
 }
 
 #[cfg(test)]
@@ -227,7 +245,9 @@ mod tests {
 
     #[test]
     fn error_response_fields() {
-        let e = ProxyError::error("08006", "pgfleet: cannot reach primary").with_hint("start it").encode();
+        let e = ProxyError::error("08006", "pgfleet: cannot reach primary")
+            .with_hint("start it")
+            .encode();
         assert_eq!(e[0], b'E');
         let body = &e[5..];
         assert_eq!(error_field(body, b'C'), Some("08006"));

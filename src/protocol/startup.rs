@@ -185,7 +185,10 @@ mod tests {
         assert_eq!(packet_len(&p), Ok(Some(p.len())));
         match decode(&p) {
             Ok(StartupPacket::Startup { minor: 0, params }) => {
-                assert_eq!(params, vec![("user".into(), "app".into()), ("database".into(), "db".into())]);
+                assert_eq!(
+                    params,
+                    vec![("user".into(), "app".into()), ("database".into(), "db".into())]
+                );
             }
             other => panic!("unexpected {other:?}"),
         }
@@ -193,13 +196,19 @@ mod tests {
 
     #[test]
     fn cancel_and_garbage() {
-        assert_eq!(decode(&encode_cancel(7, 9)), Ok(StartupPacket::Cancel { pid: 7, secret: 9 }));
+        assert_eq!(
+            decode(&encode_cancel(7, 9)),
+            Ok(StartupPacket::Cancel { pid: 7, secret: 9 })
+        );
         assert_eq!(packet_len(&[0, 0, 0, 3]), Err(StartupError::BadLength));
         assert_eq!(packet_len(&[0x7f, 0, 0, 0]), Err(StartupError::BadLength));
         let mut bad = encode_startup(&[("user", "app")]).to_vec();
         bad.pop();
         assert_eq!(decode(&bad), Err(StartupError::Layout));
-        assert_eq!(decode(&encode_startup(&[("database", "x")])), Err(StartupError::NoUser));
+        assert_eq!(
+            decode(&encode_startup(&[("database", "x")])),
+            Err(StartupError::NoUser)
+        );
     }
 
     #[test]

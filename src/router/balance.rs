@@ -16,7 +16,10 @@ pub struct Balancer {
 impl Balancer {
     /// A balancer of that kind.
     pub fn new(mode: LoadBalance) -> Self {
-        Self { mode, next: AtomicUsize::new(0) }
+        Self {
+            mode,
+            next: AtomicUsize::new(0),
+        }
     }
 
     /// Orders `candidates` (node index, weight, connections in use): the first is the choice, the rest are
@@ -29,7 +32,9 @@ impl Balancer {
             LoadBalance::RoundRobin => self.next.fetch_add(1, Ordering::Relaxed) % candidates.len(),
             LoadBalance::LeastConnections => {
                 let min = candidates.iter().map(|c| c.2).min().unwrap_or(0);
-                let tied: Vec<usize> = (0..candidates.len()).filter(|i| candidates[*i].2 == min).collect();
+                let tied: Vec<usize> = (0..candidates.len())
+                    .filter(|i| candidates[*i].2 == min)
+                    .collect();
                 // Rotate among ties so that an idle fleet still spreads load.
                 tied[self.next.fetch_add(1, Ordering::Relaxed) % tied.len()]
             }
@@ -53,7 +58,13 @@ impl Balancer {
         };
         let mut out = Vec::with_capacity(candidates.len());
         out.push(candidates[first].0);
-        out.extend(candidates.iter().enumerate().filter(|(i, _)| *i != first).map(|(_, c)| c.0));
+        out.extend(
+            candidates
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != first)
+                .map(|(_, c)| c.0),
+        );
         out
     }
 }

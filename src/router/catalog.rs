@@ -31,23 +31,40 @@ pub struct Catalog {
 impl Catalog {
     /// Rules from `routing.write_functions` / `routing.read_only_functions`.
     pub fn new(base: FunctionRules, refresh: Duration) -> Self {
-        Self { base, refresh, entries: Mutex::new(HashMap::new()), control: Mutex::new(HashMap::new()) }
+        Self {
+            base,
+            refresh,
+            entries: Mutex::new(HashMap::new()),
+            control: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The current rules for a database, without waiting; `None` when they must be (re)loaded first.
     pub fn cached(&self, database: &str) -> Option<Arc<FunctionRules>> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries.get(database).filter(|e| e.expires > Instant::now()).map(|e| e.rules.clone())
+        entries
+            .get(database)
+            .filter(|e| e.expires > Instant::now())
+            .map(|e| e.rules.clone())
     }
 
     /// Forgets a database's rules (after DDL that may have created or changed functions).
     pub fn invalidate(&self, database: &str) {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner()).remove(database);
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(database);
     }
 
     /// Loads the rules for a database from the primary. On failure the configured lists alone are used (and
     /// retried on the next call), so a down primary does not stop reads: the built-in list still holds.
-    pub async fn load(&self, primary: &str, database: &str, user: &str, password: &str) -> Arc<FunctionRules> {
+    pub async fn load(
+        &self,
+        primary: &str,
+        database: &str,
+        user: &str,
+        password: &str,
+    ) -> Arc<FunctionRules> {
         let pool = self.control_pool(primary, database, user, password);
         let loaded = match pool {
             Some(pool) => match tokio::time::timeout(Duration::from_secs(5), async {
@@ -72,10 +89,13 @@ impl Catalog {
             Some(set) => (Arc::new(self.base.with_volatile(set)), self.refresh),
             None => (Arc::new(self.base.clone()), RETRY_AFTER_FAILURE),
         };
-        self.entries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(database.to_owned(), Entry { rules: rules.clone(), expires: Instant::now() + ttl });
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            database.to_owned(),
+            Entry {
+                rules: rules.clone(),
+                expires: Instant::now() + ttl,
+            },
+        );
         rules
     }
 
@@ -94,7 +114,13 @@ impl Catalog {
             .dbname(database)
             .application_name("pgfleet-catalog")
             .connect_timeout(Duration::from_secs(5));
-        let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let manager = Manager::from_config(
+            pg,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
         let pool = Pool::builder(manager).max_size(1).build().ok()?;
         control.insert(key, pool.clone());
         Some(pool)

@@ -174,7 +174,10 @@ pub struct Decision {
 
 /// Classifies a whole simple-query string (one or more statements) or the text of one Parse message.
 pub fn classify(sql: &str, funcs: &FunctionRules) -> Decision {
-    let verdicts: Vec<Verdict> = split_statements(sql).into_iter().map(|piece| classify_piece(piece, funcs)).collect();
+    let verdicts: Vec<Verdict> = split_statements(sql)
+        .into_iter()
+        .map(|piece| classify_piece(piece, funcs))
+        .collect();
     combine(verdicts, leading_hint(sql))
 }
 
@@ -194,7 +197,15 @@ struct Verdict {
 
 impl Verdict {
     fn new(target: Target, rule: Rule) -> Self {
-        Verdict { target, rule, pin: None, begin: None, set_transaction: None, changes: Vec::new(), ddl: false }
+        Verdict {
+            target,
+            rule,
+            pin: None,
+            begin: None,
+            set_transaction: None,
+            changes: Vec::new(),
+            ddl: false,
+        }
     }
 
     fn primary(rule: Rule) -> Self {
@@ -227,7 +238,12 @@ impl Verdict {
     /// The part of a nested statement's verdict that an enclosing EXPLAIN / DECLARE / COPY keeps:
     /// transactions and settings cannot occur inside those.
     fn nested(self) -> Self {
-        Verdict { begin: None, set_transaction: None, changes: Vec::new(), ..self }
+        Verdict {
+            begin: None,
+            set_transaction: None,
+            changes: Vec::new(),
+            ..self
+        }
     }
 }
 
@@ -291,7 +307,13 @@ fn classify_piece(piece: &str, funcs: &FunctionRules) -> Verdict {
     if toks.iter().any(|t| t.kind == TokKind::Unterminated) {
         return Verdict::unparsed();
     }
-    classify_stmt(Stmt { src: piece, toks: &toks }, funcs)
+    classify_stmt(
+        Stmt {
+            src: piece,
+            toks: &toks,
+        },
+        funcs,
+    )
 }
 
 /// A statement's significant tokens (comments removed) over its source text, with the small queries
@@ -342,8 +364,14 @@ impl<'a> Stmt<'a> {
         if self.kind(i) != Some(TokKind::QuotedIdent) {
             return text.to_ascii_lowercase();
         }
-        let text = text.strip_prefix("U&").or_else(|| text.strip_prefix("u&")).unwrap_or(text);
-        let inner = text.strip_prefix('"').and_then(|t| t.strip_suffix('"')).unwrap_or(text);
+        let text = text
+            .strip_prefix("U&")
+            .or_else(|| text.strip_prefix("u&"))
+            .unwrap_or(text);
+        let inner = text
+            .strip_prefix('"')
+            .and_then(|t| t.strip_suffix('"'))
+            .unwrap_or(text);
         inner.replace("\"\"", "\"")
     }
 
@@ -364,7 +392,10 @@ impl<'a> Stmt<'a> {
 
     fn range(&self, from: usize, to: usize) -> Stmt<'a> {
         let to = to.min(self.len());
-        Stmt { src: self.src, toks: self.toks.get(from.min(to)..to).unwrap_or(&[]) }
+        Stmt {
+            src: self.src,
+            toks: self.toks.get(from.min(to)..to).unwrap_or(&[]),
+        }
     }
 
     fn from(&self, from: usize) -> Stmt<'a> {
@@ -399,7 +430,9 @@ impl<'a> Stmt<'a> {
 }
 
 const DML: &[&str] = &["INSERT", "UPDATE", "DELETE", "MERGE", "TRUNCATE"];
-const DDL: &[&str] = &["CREATE", "ALTER", "DROP", "COMMENT", "SECURITY", "IMPORT", "REASSIGN"];
+const DDL: &[&str] = &[
+    "CREATE", "ALTER", "DROP", "COMMENT", "SECURITY", "IMPORT", "REASSIGN",
+];
 const UTILITY: &[&str] = &[
     "LOCK",
     "VACUUM",
@@ -580,7 +613,10 @@ fn calls(s: Stmt<'_>) -> Vec<Call> {
             continue;
         }
         let schema = (first < last).then(|| s.ident(last - 2));
-        out.push(Call { schema, name: s.ident(last) });
+        out.push(Call {
+            schema,
+            name: s.ident(last),
+        });
     }
     out
 }
@@ -596,24 +632,43 @@ fn call_context(s: Stmt<'_>, prev: usize, single_part: bool) -> bool {
         return false;
     }
     // `AS alias(a, b)`, `INSERT INTO t(a)`, `WITH x(a) AS`, `REFERENCES t(id)`, `CREATE INDEX ... ON`
-    s.kw_in(prev, &["AS", "INTO", "TABLE", "ONLY", "WITH", "RECURSIVE", "REFERENCES", "INDEX"]).is_none()
+    s.kw_in(
+        prev,
+        &[
+            "AS",
+            "INTO",
+            "TABLE",
+            "ONLY",
+            "WITH",
+            "RECURSIVE",
+            "REFERENCES",
+            "INDEX",
+        ],
+    )
+    .is_none()
 }
 
 /// `, name(a, b) AS (...)`: a CTE's column list, not a call.
 fn defines_cte_columns(s: Stmt<'_>, open: usize) -> bool {
     s.close_paren(open).is_some_and(|close| {
-        s.kw(close + 1, "AS") && (s.punct(close + 2, "(") || s.kw(close + 2, "MATERIALIZED") || s.kw(close + 2, "NOT"))
+        s.kw(close + 1, "AS")
+            && (s.punct(close + 2, "(") || s.kw(close + 2, "MATERIALIZED") || s.kw(close + 2, "NOT"))
     })
 }
 
 fn writing_call(calls: &[Call], funcs: &FunctionRules) -> Option<String> {
-    calls.iter().find(|c| funcs.may_write(c.schema.as_deref(), &c.name)).map(Call::qualified)
+    calls
+        .iter()
+        .find(|c| funcs.may_write(c.schema.as_deref(), &c.name))
+        .map(Call::qualified)
 }
 
 fn advisory_pin(calls: &[Call]) -> Option<Pin> {
     calls
         .iter()
-        .any(|c| matches!(c.schema.as_deref(), None | Some("pg_catalog")) && is_session_advisory_lock(&c.name))
+        .any(|c| {
+            matches!(c.schema.as_deref(), None | Some("pg_catalog")) && is_session_advisory_lock(&c.name)
+        })
         .then_some(Pin::AdvisoryLock)
 }
 
@@ -647,7 +702,8 @@ fn select_into(s: Stmt<'_>) -> Option<bool> {
             depth += 1;
         } else if s.punct(i, ")") {
             depth = depth.saturating_sub(1);
-        } else if depth == 0 && s.kw(i, "INTO") && !(i > 0 && (s.kw(i - 1, "INSERT") || s.kw(i - 1, "MERGE"))) {
+        } else if depth == 0 && s.kw(i, "INTO") && !(i > 0 && (s.kw(i - 1, "INSERT") || s.kw(i - 1, "MERGE")))
+        {
             let mut j = i + 1;
             if s.kw(j, "GLOBAL") || s.kw(j, "LOCAL") {
                 j += 1;
@@ -672,14 +728,18 @@ fn create(s: Stmt<'_>) -> Verdict {
     }
     // A view over a temporary table silently becomes temporary too, so any pg_temp reference counts.
     let temp = s.kw(i, "TEMP") || s.kw(i, "TEMPORARY") || (0..s.len()).any(|j| s.is_pg_temp(j));
-    Verdict::primary(Rule::Ddl).ddl().pin(temp.then_some(Pin::TempTable))
+    Verdict::primary(Rule::Ddl)
+        .ddl()
+        .pin(temp.then_some(Pin::TempTable))
 }
 
 fn explain(s: Stmt<'_>, funcs: &FunctionRules) -> Verdict {
     let mut analyze = false;
     let mut i = 1;
     if s.punct(1, "(") {
-        let Some(close) = s.close_paren(1) else { return Verdict::unparsed() };
+        let Some(close) = s.close_paren(1) else {
+            return Verdict::unparsed();
+        };
         let mut option = 2;
         while option < close {
             let end = (option..close).find(|&j| s.punct(j, ",")).unwrap_or(close);
@@ -715,7 +775,10 @@ fn declare(s: Stmt<'_>, funcs: &FunctionRules) -> Verdict {
         return Verdict::unparsed();
     }
     let mut i = 2;
-    while s.kw_in(i, &["BINARY", "ASENSITIVE", "INSENSITIVE", "NO", "SCROLL"]).is_some() {
+    while s
+        .kw_in(i, &["BINARY", "ASENSITIVE", "INSENSITIVE", "NO", "SCROLL"])
+        .is_some()
+    {
         i += 1;
     }
     if !s.kw(i, "CURSOR") {
@@ -734,20 +797,30 @@ fn declare(s: Stmt<'_>, funcs: &FunctionRules) -> Verdict {
     if !hold {
         return inner;
     }
-    let rule = if inner.target == Target::Primary { inner.rule } else { Rule::Utility("DECLARE ... WITH HOLD") };
+    let rule = if inner.target == Target::Primary {
+        inner.rule
+    } else {
+        Rule::Utility("DECLARE ... WITH HOLD")
+    };
     Verdict::primary(rule).pin(Some(Pin::HoldCursor)).pin(inner.pin)
 }
 
 fn copy(s: Stmt<'_>, funcs: &FunctionRules) -> Verdict {
     let mut query = None;
     let i = if s.punct(1, "(") {
-        let Some(close) = s.close_paren(1) else { return Verdict::unparsed() };
+        let Some(close) = s.close_paren(1) else {
+            return Verdict::unparsed();
+        };
         query = Some(s.range(2, close));
         close + 1
     } else {
-        let Some(mut i) = s.skip_name(1) else { return Verdict::unparsed() };
+        let Some(mut i) = s.skip_name(1) else {
+            return Verdict::unparsed();
+        };
         if s.punct(i, "(") {
-            let Some(close) = s.close_paren(i) else { return Verdict::unparsed() };
+            let Some(close) = s.close_paren(i) else {
+                return Verdict::unparsed();
+            };
             i = close + 1;
         }
         i
@@ -842,13 +915,18 @@ fn begin(s: Stmt<'_>) -> Verdict {
     } else {
         1
     };
-    let Some(modes) = tx_modes(s, from) else { return Verdict::unparsed() };
+    let Some(modes) = tx_modes(s, from) else {
+        return Verdict::unparsed();
+    };
     let mode = access_mode(&modes).unwrap_or(TxStart::ReadWrite);
     let rule = match mode {
         TxStart::ReadOnly => Rule::ReadOnlyTransaction,
         TxStart::ReadWrite => Rule::TransactionBegin,
     };
-    Verdict { begin: Some(mode), ..Verdict::replica(rule) }
+    Verdict {
+        begin: Some(mode),
+        ..Verdict::replica(rule)
+    }
 }
 
 /// SET in all its forms, read lexically so that every form the server accepts can be replayed.
@@ -863,7 +941,11 @@ fn set(s: Stmt<'_>) -> Verdict {
     }
 
     if s.kw(i, "TRANSACTION") {
-        let modes = if s.kw(i + 1, "SNAPSHOT") && s.len() == i + 3 { Some(Vec::new()) } else { tx_modes(s, i + 1) };
+        let modes = if s.kw(i + 1, "SNAPSHOT") && s.len() == i + 3 {
+            Some(Vec::new())
+        } else {
+            tx_modes(s, i + 1)
+        };
         return match modes {
             Some(modes) if !modes.is_empty() || s.kw(i + 1, "SNAPSHOT") => Verdict {
                 set_transaction: Some(access_mode(&modes)),
@@ -872,7 +954,8 @@ fn set(s: Stmt<'_>) -> Verdict {
             _ => Verdict::unparsed(),
         };
     }
-    if s.kw(i, "SESSION") && s.kw(i + 1, "CHARACTERISTICS") && s.kw(i + 2, "AS") && s.kw(i + 3, "TRANSACTION") {
+    if s.kw(i, "SESSION") && s.kw(i + 1, "CHARACTERISTICS") && s.kw(i + 2, "AS") && s.kw(i + 3, "TRANSACTION")
+    {
         return session_characteristics(s, i + 4, local);
     }
     if s.kw(i, "CONSTRAINTS") {
@@ -892,7 +975,9 @@ fn set(s: Stmt<'_>) -> Verdict {
     } else if s.kw(i, "XML") && s.kw(i + 1, "OPTION") {
         ("xmloption".to_owned(), i + 2, false)
     } else {
-        let Some(end) = s.skip_name(i) else { return Verdict::unparsed() };
+        let Some(end) = s.skip_name(i) else {
+            return Verdict::unparsed();
+        };
         let name = guc_name(s.range(i, end));
         if s.kw(end, "TO") || s.op(end, "=") {
             (name, end + 1, false)
@@ -908,7 +993,10 @@ fn set(s: Stmt<'_>) -> Verdict {
     if local {
         return Verdict::replica(Rule::SessionState("SET LOCAL"));
     }
-    Verdict::replica(Rule::SessionState("SET")).change(SessionChange::Set { name, statement: s.source().to_owned() })
+    Verdict::replica(Rule::SessionState("SET")).change(SessionChange::Set {
+        name,
+        statement: s.source().to_owned(),
+    })
 }
 
 /// Parameter names are case-insensitive in PostgreSQL, quoted or not.
@@ -939,9 +1027,14 @@ fn session_characteristics(s: Stmt<'_>, from: usize, local: bool) -> Verdict {
             ModeKind::Access(_) => "default_transaction_read_only",
             ModeKind::Deferrable => "default_transaction_deferrable",
         };
-        let words: Vec<String> = (mode.from..mode.to).map(|j| s.text(j).to_ascii_uppercase()).collect();
+        let words: Vec<String> = (mode.from..mode.to)
+            .map(|j| s.text(j).to_ascii_uppercase())
+            .collect();
         let statement = format!("SET SESSION CHARACTERISTICS AS TRANSACTION {}", words.join(" "));
-        verdict = verdict.change(SessionChange::Set { name: name.to_owned(), statement });
+        verdict = verdict.change(SessionChange::Set {
+            name: name.to_owned(),
+            statement,
+        });
     }
     verdict
 }
@@ -962,7 +1055,10 @@ fn reset(s: Stmt<'_>) -> Verdict {
     } else {
         return Verdict::unparsed();
     };
-    verdict.change(SessionChange::Reset { name, statement: s.source().to_owned() })
+    verdict.change(SessionChange::Reset {
+        name,
+        statement: s.source().to_owned(),
+    })
 }
 
 fn discard(s: Stmt<'_>) -> Verdict {
@@ -984,8 +1080,12 @@ mod tests {
     use super::*;
 
     fn rules() -> FunctionRules {
-        FunctionRules::new(&["my_writer".to_owned()], &["read_only_but_volatile".to_owned()])
-            .with_volatile(["public.bump_counter", "audit_log"].iter().map(|s| (*s).to_owned()).collect())
+        FunctionRules::new(&["my_writer".to_owned()], &["read_only_but_volatile".to_owned()]).with_volatile(
+            ["public.bump_counter", "audit_log"]
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+        )
     }
 
     fn decide(sql: &str) -> Decision {
@@ -995,46 +1095,94 @@ mod tests {
     #[test]
     fn rules_display_short_reasons() {
         assert_eq!(Rule::Write("INSERT").to_string(), "INSERT writes");
-        assert_eq!(Rule::WriteFunction("nextval".into()).to_string(), "calls nextval() which may write");
+        assert_eq!(
+            Rule::WriteFunction("nextval".into()).to_string(),
+            "calls nextval() which may write"
+        );
         assert_eq!(Rule::Unparsed.to_string(), "does not parse: sent to the primary");
         assert_eq!(Rule::Read.to_string(), "read");
     }
 
     #[test]
     fn reasons_name_the_cause() {
-        assert_eq!(decide("SELECT nextval('s')").rule, Rule::WriteFunction("nextval".into()));
-        assert_eq!(decide("SELECT public.bump_counter()").rule, Rule::WriteFunction("public.bump_counter".into()));
+        assert_eq!(
+            decide("SELECT nextval('s')").rule,
+            Rule::WriteFunction("nextval".into())
+        );
+        assert_eq!(
+            decide("SELECT public.bump_counter()").rule,
+            Rule::WriteFunction("public.bump_counter".into())
+        );
         assert_eq!(decide("INSERT INTO t VALUES (1)").rule, Rule::Write("INSERT"));
-        assert_eq!(decide("WITH x AS (SELECT 1) DELETE FROM t").rule, Rule::Write("DELETE"));
-        assert_eq!(decide("WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d").rule, Rule::ModifyingCte);
+        assert_eq!(
+            decide("WITH x AS (SELECT 1) DELETE FROM t").rule,
+            Rule::Write("DELETE")
+        );
+        assert_eq!(
+            decide("WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d").rule,
+            Rule::ModifyingCte
+        );
         assert_eq!(decide("SELECT * FROM t FOR NO KEY UPDATE").rule, Rule::ForUpdate);
         assert_eq!(decide("SELECT 1 INTO x").rule, Rule::SelectInto);
         assert_eq!(decide("CREATE TABLE t (a int)").rule, Rule::Ddl);
         assert_eq!(decide("VACUUM t").rule, Rule::Utility("VACUUM"));
         assert_eq!(decide("SELEC 1").rule, Rule::Unparsed);
         assert_eq!(decide("BEGIN").rule, Rule::TransactionBegin);
-        assert_eq!(decide("BEGIN READ ONLY; SELECT 1").rule, Rule::ReadOnlyTransaction);
+        assert_eq!(
+            decide("BEGIN READ ONLY; SELECT 1").rule,
+            Rule::ReadOnlyTransaction
+        );
         assert_eq!(decide("/* pgfleet:replica */ DELETE FROM t").rule, Rule::Hint);
         assert_eq!(decide("").rule, Rule::Read);
         assert_eq!(decide("SET x = 1; SELECT 1").rule, Rule::Read);
         assert_eq!(decide("COMMIT").rule, Rule::TransactionControl("COMMIT"));
-        assert_eq!(decide("SELECT 1; INSERT INTO t VALUES (1); DELETE FROM t").rule, Rule::Write("INSERT"));
+        assert_eq!(
+            decide("SELECT 1; INSERT INTO t VALUES (1); DELETE FROM t").rule,
+            Rule::Write("INSERT")
+        );
     }
 
     #[test]
     fn set_changes_are_canonical() {
         let set = |sql: &str| decide(sql).changes;
-        let named = |name: &str, statement: &str| SessionChange::Set { name: name.into(), statement: statement.into() };
-        assert_eq!(set("SET search_path TO a, b"), vec![named("search_path", "SET search_path TO a, b")]);
-        assert_eq!(set("set \"TimeZone\" = 'UTC' -- trailing"), vec![named("timezone", "set \"TimeZone\" = 'UTC'")]);
-        assert_eq!(set("SET TIME ZONE 'UTC'"), vec![named("timezone", "SET TIME ZONE 'UTC'")]);
-        assert_eq!(set("SET NAMES 'UTF8'"), vec![named("client_encoding", "SET NAMES 'UTF8'")]);
-        assert_eq!(set("SET SESSION ROLE bob"), vec![named("role", "SET SESSION ROLE bob")]);
-        assert_eq!(set("SET SCHEMA 'app'"), vec![named("search_path", "SET SCHEMA 'app'")]);
-        assert_eq!(set("SET my.Custom = 1"), vec![named("my.custom", "SET my.Custom = 1")]);
+        let named = |name: &str, statement: &str| SessionChange::Set {
+            name: name.into(),
+            statement: statement.into(),
+        };
+        assert_eq!(
+            set("SET search_path TO a, b"),
+            vec![named("search_path", "SET search_path TO a, b")]
+        );
+        assert_eq!(
+            set("set \"TimeZone\" = 'UTC' -- trailing"),
+            vec![named("timezone", "set \"TimeZone\" = 'UTC'")]
+        );
+        assert_eq!(
+            set("SET TIME ZONE 'UTC'"),
+            vec![named("timezone", "SET TIME ZONE 'UTC'")]
+        );
+        assert_eq!(
+            set("SET NAMES 'UTF8'"),
+            vec![named("client_encoding", "SET NAMES 'UTF8'")]
+        );
+        assert_eq!(
+            set("SET SESSION ROLE bob"),
+            vec![named("role", "SET SESSION ROLE bob")]
+        );
+        assert_eq!(
+            set("SET SCHEMA 'app'"),
+            vec![named("search_path", "SET SCHEMA 'app'")]
+        );
+        assert_eq!(
+            set("SET my.Custom = 1"),
+            vec![named("my.custom", "SET my.Custom = 1")]
+        );
         assert_eq!(
             set("SET SESSION AUTHORIZATION DEFAULT"),
-            vec![named("session_authorization", "SET SESSION AUTHORIZATION DEFAULT")]
+            vec![named(
+                "session_authorization",
+                "SET SESSION AUTHORIZATION DEFAULT"
+            )]
         );
         assert_eq!(
             set("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL serializable, READ ONLY"),
@@ -1043,7 +1191,10 @@ mod tests {
                     "default_transaction_isolation",
                     "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE"
                 ),
-                named("default_transaction_read_only", "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY"),
+                named(
+                    "default_transaction_read_only",
+                    "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY"
+                ),
             ]
         );
         assert!(set("SET LOCAL search_path TO a").is_empty());
@@ -1051,7 +1202,10 @@ mod tests {
         assert!(set("SET CONSTRAINTS ALL DEFERRED").is_empty());
         assert_eq!(
             set("RESET Search_Path"),
-            vec![SessionChange::Reset { name: "search_path".into(), statement: "RESET Search_Path".into() }]
+            vec![SessionChange::Reset {
+                name: "search_path".into(),
+                statement: "RESET Search_Path".into()
+            }]
         );
         assert_eq!(set("RESET ALL"), vec![SessionChange::ResetAll]);
         assert_eq!(set("DISCARD ALL"), vec![SessionChange::ResetAll]);
@@ -1070,12 +1224,24 @@ mod tests {
             "BEGIN; SET TRANSACTION ISOLATION LEVEL SERIALIZABLE; SET TRANSACTION READ ONLY; SELECT 1",
         ] {
             let d = decide(sql);
-            assert_eq!((d.target, d.tx_start), (Target::Replica, Some(TxStart::ReadOnly)), "{sql}");
+            assert_eq!(
+                (d.target, d.tx_start),
+                (Target::Replica, Some(TxStart::ReadOnly)),
+                "{sql}"
+            );
         }
-        for sql in ["BEGIN", "START TRANSACTION", "BEGIN READ ONLY, READ WRITE", "BEGIN; SELECT 1; SET TRANSACTION READ ONLY"]
-        {
+        for sql in [
+            "BEGIN",
+            "START TRANSACTION",
+            "BEGIN READ ONLY, READ WRITE",
+            "BEGIN; SELECT 1; SET TRANSACTION READ ONLY",
+        ] {
             let d = decide(sql);
-            assert_eq!((d.target, d.tx_start), (Target::Primary, Some(TxStart::ReadWrite)), "{sql}");
+            assert_eq!(
+                (d.target, d.tx_start),
+                (Target::Primary, Some(TxStart::ReadWrite)),
+                "{sql}"
+            );
         }
         assert_eq!(decide("BEGIN READ BANANA").tx_start, None);
     }

@@ -18,7 +18,9 @@ pub const VOLATILE_FUNCTIONS_SQL: &str = "SELECT n.nspname::text, p.proname::tex
 
 /// Reads the VOLATILE user functions of the connected database as `schema.name` strings, ready for
 /// [`FunctionRules::with_volatile`].
-pub async fn load_volatile(client: &tokio_postgres::Client) -> Result<HashSet<String>, tokio_postgres::Error> {
+pub async fn load_volatile(
+    client: &tokio_postgres::Client,
+) -> Result<HashSet<String>, tokio_postgres::Error> {
     let rows = client.query(VOLATILE_FUNCTIONS_SQL, &[]).await?;
     let mut out = HashSet::with_capacity(rows.len());
     for row in rows {
@@ -72,8 +74,13 @@ const BUILTIN_WRITE: &[&str] = &[
 
 /// Prefixes of built-in write families (`pg_advisory_lock`, `pg_try_advisory_xact_lock`, `lo_import`,
 /// `pg_stat_reset_shared`, `pg_replication_origin_create`, ...).
-const BUILTIN_WRITE_PREFIXES: &[&str] =
-    &["pg_advisory_", "pg_try_advisory_", "lo_", "pg_stat_reset", "pg_replication_origin_"];
+const BUILTIN_WRITE_PREFIXES: &[&str] = &[
+    "pg_advisory_",
+    "pg_try_advisory_",
+    "lo_",
+    "pg_stat_reset",
+    "pg_replication_origin_",
+];
 
 /// Whether `name` is one of PostgreSQL's built-in functions that write or hold primary-only state.
 fn builtin_may_write(name: &str) -> bool {
@@ -89,7 +96,10 @@ fn builtin_may_write(name: &str) -> bool {
 pub fn is_session_advisory_lock(name: &str) -> bool {
     matches!(
         name,
-        "pg_advisory_lock" | "pg_advisory_lock_shared" | "pg_try_advisory_lock" | "pg_try_advisory_lock_shared"
+        "pg_advisory_lock"
+            | "pg_advisory_lock_shared"
+            | "pg_try_advisory_lock"
+            | "pg_try_advisory_lock_shared"
     )
 }
 
@@ -203,7 +213,10 @@ impl FunctionRules {
             volatile.insert(schema.map(str::to_owned), name.to_owned());
             volatile.insert(schema.map(str::to_lowercase), name.to_lowercase());
         }
-        FunctionRules { volatile, ..self.clone() }
+        FunctionRules {
+            volatile,
+            ..self.clone()
+        }
     }
 
     /// Whether calling `schema.name` (schema as written in the call, if any) may write: it is in
@@ -236,13 +249,21 @@ mod tests {
     }
 
     fn rules() -> FunctionRules {
-        FunctionRules::new(&strings(&["my_writer", "App.Stamp"]), &strings(&["read_only_but_volatile", "nextval"]))
-            .with_volatile(
-                ["public.bump_counter", "audit_log", "read_only_but_volatile", "public.MixedCase"]
-                    .iter()
-                    .map(|s| (*s).to_owned())
-                    .collect(),
-            )
+        FunctionRules::new(
+            &strings(&["my_writer", "App.Stamp"]),
+            &strings(&["read_only_but_volatile", "nextval"]),
+        )
+        .with_volatile(
+            [
+                "public.bump_counter",
+                "audit_log",
+                "read_only_but_volatile",
+                "public.MixedCase",
+            ]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect(),
+        )
     }
 
     #[test]
@@ -279,7 +300,15 @@ mod tests {
             assert!(r.may_write(None, f), "{f} should write");
             assert!(r.may_write(Some("pg_catalog"), f), "pg_catalog.{f} should write");
         }
-        for f in ["now", "random", "generate_series", "pg_sequence_last_value", "count", "NEXTVAL", "pg_sleep"] {
+        for f in [
+            "now",
+            "random",
+            "generate_series",
+            "pg_sequence_last_value",
+            "count",
+            "NEXTVAL",
+            "pg_sleep",
+        ] {
             assert!(!r.may_write(None, f), "{f} should read");
         }
     }

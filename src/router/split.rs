@@ -63,7 +63,10 @@ pub(crate) struct Lexer<'a> {
 
 impl<'a> Lexer<'a> {
     pub(crate) fn new(src: &'a str) -> Self {
-        Lexer { src: src.as_bytes(), pos: 0 }
+        Lexer {
+            src: src.as_bytes(),
+            pos: 0,
+        }
     }
 
     fn at(&self, i: usize) -> u8 {
@@ -149,7 +152,8 @@ impl<'a> Lexer<'a> {
         while end < self.src.len() && is_op_char(self.src[end]) {
             // A comment start ends the operator, exactly as in scan.l.
             let next = self.at(end + 1);
-            if end > start && ((self.src[end] == b'-' && next == b'-') || (self.src[end] == b'/' && next == b'*'))
+            if end > start
+                && ((self.src[end] == b'-' && next == b'-') || (self.src[end] == b'/' && next == b'*'))
             {
                 break;
             }
@@ -183,10 +187,8 @@ impl Iterator for Lexer<'_> {
     type Item = Tok;
 
     fn next(&mut self) -> Option<Tok> {
-        while self.pos < self.src.len() && self.src[self.pos].is_ascii_whitespace() || self.at(self.pos) == 0x0b {
-            if self.pos >= self.src.len() {
-                break;
-            }
+        // scan.l's whitespace, vertical tab included; `at` answers 0 past the end, which stops this.
+        while matches!(self.at(self.pos), b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c) {
             self.pos += 1;
         }
         let start = self.pos;
@@ -197,7 +199,10 @@ impl Iterator for Lexer<'_> {
         let next = self.at(start + 1);
         let tok = match c {
             b'-' if next == b'-' => {
-                let end = self.src[start..].iter().position(|&b| b == b'\n').map_or(self.src.len(), |p| start + p);
+                let end = self.src[start..]
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map_or(self.src.len(), |p| start + p);
                 self.tok(TokKind::Comment, start, end)
             }
             b'/' if next == b'*' => self.block_comment(start),
@@ -214,7 +219,12 @@ impl Iterator for Lexer<'_> {
                 self.quoted(start, start + 2, b'"', false, TokKind::QuotedIdent)
             }
             b'$' if next.is_ascii_digit() => {
-                let end = start + 1 + self.src[start + 1..].iter().take_while(|b| b.is_ascii_digit()).count();
+                let end = start
+                    + 1
+                    + self.src[start + 1..]
+                        .iter()
+                        .take_while(|b| b.is_ascii_digit())
+                        .count();
                 self.tok(TokKind::Param, start, end)
             }
             b'$' => match self.dollar_tag_end(start) {
@@ -222,7 +232,11 @@ impl Iterator for Lexer<'_> {
                 None => self.tok(TokKind::Punct, start, start + 1),
             },
             _ if is_ident_start(c) => {
-                let end = start + self.src[start..].iter().take_while(|&&b| is_ident_char(b)).count();
+                let end = start
+                    + self.src[start..]
+                        .iter()
+                        .take_while(|&&b| is_ident_char(b))
+                        .count();
                 self.tok(TokKind::Word, start, end)
             }
             _ if c.is_ascii_digit() || (c == b'.' && next.is_ascii_digit()) => {
@@ -255,12 +269,18 @@ impl AtomicBody {
             let is_lead = ["create", "function", "procedure", "or", "replace"]
                 .iter()
                 .any(|w| word.eq_ignore_ascii_case(w));
-            self.lead[self.words] = if is_lead { word.as_bytes()[0].to_ascii_lowercase() } else { 0 };
+            self.lead[self.words] = if is_lead {
+                word.as_bytes()[0].to_ascii_lowercase()
+            } else {
+                0
+            };
         }
         self.words += 1;
         let l = self.lead;
-        let creates_routine =
-            l[0] == b'c' && (l[1] == b'f' || l[1] == b'p' || (l[1] == b'o' && l[2] == b'r' && matches!(l[3], b'f' | b'p')));
+        let creates_routine = l[0] == b'c'
+            && (l[1] == b'f'
+                || l[1] == b'p'
+                || (l[1] == b'o' && l[2] == b'r' && matches!(l[3], b'f' | b'p')));
         if !creates_routine || paren_depth != 0 {
             return;
         }
@@ -329,7 +349,11 @@ pub fn leading_hint(sql: &str) -> Option<Hint> {
         let Some(body) = text.strip_prefix("/*").and_then(|t| t.strip_suffix("*/")) else {
             continue;
         };
-        let squeezed: String = body.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_ascii_lowercase();
+        let squeezed: String = body
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect::<String>()
+            .to_ascii_lowercase();
         match squeezed.as_str() {
             "pgfleet:primary" => return Some(Hint::Primary),
             "pgfleet:replica" => return Some(Hint::Replica),
@@ -361,7 +385,10 @@ mod tests {
 
     #[test]
     fn splits_on_top_level_semicolons() {
-        assert_eq!(split_statements("SELECT 1; SELECT 2;"), vec!["SELECT 1", "SELECT 2"]);
+        assert_eq!(
+            split_statements("SELECT 1; SELECT 2;"),
+            vec!["SELECT 1", "SELECT 2"]
+        );
         assert_eq!(split_statements("  SELECT 1  "), vec!["SELECT 1"]);
         assert_eq!(split_statements(";;; ;"), Vec::<&str>::new());
         assert_eq!(split_statements(""), Vec::<&str>::new());
@@ -369,47 +396,90 @@ mod tests {
 
     #[test]
     fn strings_do_not_split() {
-        assert_eq!(split_statements("SELECT 'a;b'; SELECT 2"), vec!["SELECT 'a;b'", "SELECT 2"]);
-        assert_eq!(split_statements("SELECT 'it''s; fine'"), vec!["SELECT 'it''s; fine'"]);
-        assert_eq!(split_statements(r"SELECT E'it\'s; fine'; SELECT 2"), vec![r"SELECT E'it\'s; fine'", "SELECT 2"]);
-        assert_eq!(split_statements(r"SELECT e'\\'; SELECT 2"), vec![r"SELECT e'\\'", "SELECT 2"]);
+        assert_eq!(
+            split_statements("SELECT 'a;b'; SELECT 2"),
+            vec!["SELECT 'a;b'", "SELECT 2"]
+        );
+        assert_eq!(
+            split_statements("SELECT 'it''s; fine'"),
+            vec!["SELECT 'it''s; fine'"]
+        );
+        assert_eq!(
+            split_statements(r"SELECT E'it\'s; fine'; SELECT 2"),
+            vec![r"SELECT E'it\'s; fine'", "SELECT 2"]
+        );
+        assert_eq!(
+            split_statements(r"SELECT e'\\'; SELECT 2"),
+            vec![r"SELECT e'\\'", "SELECT 2"]
+        );
         // Without the E prefix a backslash is an ordinary character (standard_conforming_strings).
-        assert_eq!(split_statements(r"SELECT '\'; SELECT 2"), vec![r"SELECT '\'", "SELECT 2"]);
-        assert_eq!(split_statements("SELECT 'DELETE FROM x; '"), vec!["SELECT 'DELETE FROM x; '"]);
+        assert_eq!(
+            split_statements(r"SELECT '\'; SELECT 2"),
+            vec![r"SELECT '\'", "SELECT 2"]
+        );
+        assert_eq!(
+            split_statements("SELECT 'DELETE FROM x; '"),
+            vec!["SELECT 'DELETE FROM x; '"]
+        );
     }
 
     #[test]
     fn quoted_identifiers_do_not_split() {
-        assert_eq!(split_statements(r#"SELECT 1 AS "a;""b"; SELECT 2"#), vec![r#"SELECT 1 AS "a;""b""#, "SELECT 2"]);
+        assert_eq!(
+            split_statements(r#"SELECT 1 AS "a;""b"; SELECT 2"#),
+            vec![r#"SELECT 1 AS "a;""b""#, "SELECT 2"]
+        );
     }
 
     #[test]
     fn dollar_quotes_do_not_split() {
-        let sql = "CREATE FUNCTION f() RETURNS void AS $$ BEGIN DELETE FROM t; END $$ LANGUAGE plpgsql; SELECT 1";
+        let sql =
+            "CREATE FUNCTION f() RETURNS void AS $$ BEGIN DELETE FROM t; END $$ LANGUAGE plpgsql; SELECT 1";
         assert_eq!(split_statements(sql).len(), 2);
         let tagged = "DO $body$ BEGIN PERFORM 1; $$ still inside $$; END $body$; SELECT 2";
         assert_eq!(
             split_statements(tagged),
-            vec!["DO $body$ BEGIN PERFORM 1; $$ still inside $$; END $body$", "SELECT 2"]
+            vec![
+                "DO $body$ BEGIN PERFORM 1; $$ still inside $$; END $body$",
+                "SELECT 2"
+            ]
         );
         // `$1` is a parameter and `a$b` an identifier, neither opens a dollar quote.
-        assert_eq!(split_statements("SELECT $1; SELECT a$b$ FROM t; SELECT 3").len(), 3);
+        assert_eq!(
+            split_statements("SELECT $1; SELECT a$b$ FROM t; SELECT 3").len(),
+            3
+        );
     }
 
     #[test]
     fn comments_do_not_split_and_comment_only_pieces_vanish() {
-        assert_eq!(split_statements("SELECT 1 -- a; b\n; SELECT 2"), vec!["SELECT 1 -- a; b", "SELECT 2"]);
-        assert_eq!(split_statements("SELECT /* a; /* nested; */ b; */ 1; SELECT 2").len(), 2);
+        assert_eq!(
+            split_statements("SELECT 1 -- a; b\n; SELECT 2"),
+            vec!["SELECT 1 -- a; b", "SELECT 2"]
+        );
+        assert_eq!(
+            split_statements("SELECT /* a; /* nested; */ b; */ 1; SELECT 2").len(),
+            2
+        );
         assert_eq!(split_statements("SELECT 1; -- just a comment"), vec!["SELECT 1"]);
         assert_eq!(split_statements("/* only */ ; -- comments\n"), Vec::<&str>::new());
-        assert_eq!(split_statements("SELECT 1; /* x */ SELECT 2"), vec!["SELECT 1", "/* x */ SELECT 2"]);
+        assert_eq!(
+            split_statements("SELECT 1; /* x */ SELECT 2"),
+            vec!["SELECT 1", "/* x */ SELECT 2"]
+        );
     }
 
     #[test]
     fn unterminated_runs_to_the_end() {
-        assert_eq!(split_statements("SELECT 'abc; SELECT 2"), vec!["SELECT 'abc; SELECT 2"]);
+        assert_eq!(
+            split_statements("SELECT 'abc; SELECT 2"),
+            vec!["SELECT 'abc; SELECT 2"]
+        );
         assert_eq!(split_statements("SELECT 1; /* open"), vec!["SELECT 1", "/* open"]);
-        assert_eq!(split_statements("SELECT $$ abc; SELECT 2"), vec!["SELECT $$ abc; SELECT 2"]);
+        assert_eq!(
+            split_statements("SELECT $$ abc; SELECT 2"),
+            vec!["SELECT $$ abc; SELECT 2"]
+        );
     }
 
     #[test]
@@ -422,27 +492,47 @@ mod tests {
         let proc = "create or replace procedure p() begin atomic insert into t values (1); end; select 3";
         assert_eq!(split_statements(proc).len(), 2);
         // A plain transaction BEGIN is not a function body.
-        assert_eq!(split_statements("BEGIN; SELECT 1; END;"), vec!["BEGIN", "SELECT 1", "END"]);
+        assert_eq!(
+            split_statements("BEGIN; SELECT 1; END;"),
+            vec!["BEGIN", "SELECT 1", "END"]
+        );
     }
 
     #[test]
     fn lexes_operators_like_postgres() {
         assert_eq!(
             kinds("x=-1"),
-            vec![(TokKind::Word, "x"), (TokKind::Op, "="), (TokKind::Op, "-"), (TokKind::Number, "1")]
+            vec![
+                (TokKind::Word, "x"),
+                (TokKind::Op, "="),
+                (TokKind::Op, "-"),
+                (TokKind::Number, "1")
+            ]
         );
         assert_eq!(kinds("a::int")[1], (TokKind::Op, "::"));
         assert_eq!(kinds("a @- b")[1], (TokKind::Op, "@-"));
         assert_eq!(kinds("1--c").len(), 2);
-        assert_eq!(kinds(r#"U&"d\0061t""#), vec![(TokKind::QuotedIdent, r#"U&"d\0061t""#)]);
+        assert_eq!(
+            kinds(r#"U&"d\0061t""#),
+            vec![(TokKind::QuotedIdent, r#"U&"d\0061t""#)]
+        );
     }
 
     #[test]
     fn finds_leading_hints() {
-        assert_eq!(leading_hint("/* pgfleet:primary */ SELECT 1"), Some(Hint::Primary));
+        assert_eq!(
+            leading_hint("/* pgfleet:primary */ SELECT 1"),
+            Some(Hint::Primary)
+        );
         assert_eq!(leading_hint("  /*pgfleet:replica*/SELECT 1"), Some(Hint::Replica));
-        assert_eq!(leading_hint("/*  PgFleet : Replica  */ SELECT 1"), Some(Hint::Replica));
-        assert_eq!(leading_hint("-- note\n/* other */ /* pgfleet:primary */ SELECT 1"), Some(Hint::Primary));
+        assert_eq!(
+            leading_hint("/*  PgFleet : Replica  */ SELECT 1"),
+            Some(Hint::Replica)
+        );
+        assert_eq!(
+            leading_hint("-- note\n/* other */ /* pgfleet:primary */ SELECT 1"),
+            Some(Hint::Primary)
+        );
         assert_eq!(leading_hint("SELECT /* pgfleet:primary */ 1"), None);
         assert_eq!(leading_hint("SELECT 1"), None);
         assert_eq!(leading_hint("/* pgfleet:somewhere */ SELECT 1"), None);
@@ -452,7 +542,10 @@ mod tests {
 
     #[test]
     fn reads_first_keywords() {
-        assert_eq!(first_keywords("/* c */ create temp table x (a int)", 3), vec!["CREATE", "TEMP", "TABLE"]);
+        assert_eq!(
+            first_keywords("/* c */ create temp table x (a int)", 3),
+            vec!["CREATE", "TEMP", "TABLE"]
+        );
         assert_eq!(first_keywords("set local work_mem = 1", 2), vec!["SET", "LOCAL"]);
         assert_eq!(first_keywords("-- c\nselect 1", 5), vec!["SELECT"]);
         assert_eq!(first_keywords("SET \"x\" TO 1", 3), vec!["SET"]);

@@ -262,11 +262,11 @@ fn listen_port(text: &str) -> Option<u16> {
     for line in text.lines().map(str::trim) {
         if line.starts_with('[') {
             in_listen = line == "[listen]";
-        } else if in_listen && let Some((key, value)) = line.split_once('=') {
-            if key.trim() == "address" {
-                let value = value.trim().trim_matches('"');
-                return value.rsplit_once(':')?.1.parse().ok();
-            }
+        } else if in_listen
+            && let Some((key, value)) = line.split_once('=')
+            && key.trim() == "address"
+        {
+            return value.trim().trim_matches('"').rsplit_once(':')?.1.parse().ok();
         }
     }
     None
