@@ -616,7 +616,15 @@ fn send_signal(signal: &str, pids: &[u32]) -> Result<(), ClusterError> {
     cmd.args(["-s", signal])
         .args(pids.iter().map(u32::to_string))
         .stdin(Stdio::null());
-    run(cmd, None).map(drop)
+    match run(cmd, None) {
+        // Backends come and go between listing and signalling; the others still got the signal.
+        Err(ClusterError::Command { output, .. })
+            if output.lines().all(|line| line.contains("No such process")) =>
+        {
+            Ok(())
+        }
+        other => other.map(drop),
+    }
 }
 
 fn owner_record() -> String {
@@ -896,6 +904,22 @@ impl NodeHandle {
 
     /// Starts the stopped server on its port (`pg_ctl start -w`), waiting until it accepts connections.
     pub fn start(&self) -> Result<(), ClusterError> {
+        // A killed postmaster leaves its lock files behind, and while its zombie waits to be reaped (init may
+        // take seconds) the new server would take that pid for a live postmaster and refuse to start.
+        if !self.is_running() {
+            let socket_lock = self.socket_dir.join(format!(".s.PGSQL.{}.lock", self.port));
+            for lock in [self.data_dir.join("postmaster.pid"), socket_lock] {
+                match fs::remove_file(&lock) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                        return Err(ClusterError::Io {
+                            context: format!("removing stale {}", lock.display()),
+                            source: e,
+                        });
+                    }
+                    _ => {}
+                }
+            }
+        }
         let mut cmd = self.host.command(self.host.bin("pg_ctl"), true);
         cmd.arg("start")
             .arg("-D")
@@ -948,7 +972,8 @@ impl NodeHandle {
     }
 
     /// Freezes the postmaster and every backend (SIGSTOP): a hung host rather than a dead one. Connections
-    /// are still accepted by the kernel but never answered.
+    /// are still accepted by the kernel but never answered. [`NodeHandle::resume`] before stopping it (drop
+    /// does that itself).
     pub fn pause(&self) -> Result<(), ClusterError> {
         let pid = self.running_pid()?;
         // Postmaster first, so that it forks no new backend we would miss.

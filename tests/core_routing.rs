@@ -146,7 +146,9 @@ async fn volatile_user_functions_and_overrides() {
         "{} options='-c pgfleet.route=sideways'",
         proxy.dsn(APP_USER, PASSWORD, APP_DB)
     );
-    let err = try_connect(&bad).await.err().expect("bad route refused");
+    let Err(err) = try_connect(&bad).await else {
+        panic!("a bad pgfleet.route must be refused")
+    };
     assert_eq!(err.as_db_error().expect("db error").code().code(), "22023");
 }
 

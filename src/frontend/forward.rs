@@ -34,7 +34,7 @@ pub enum FlowError {
         /// What went wrong.
         error: BackendError,
         /// The plan, handed back for a retry elsewhere.
-        plan: Plan,
+        plan: Box<Plan>,
         /// Whether any reply bytes reached the client.
         output_sent: bool,
     },
@@ -129,7 +129,7 @@ impl Flow {
             Err(Failure::Client(e)) => Err(FlowError::Client(e)),
             Err(Failure::Node(error)) => Err(FlowError::Node {
                 error,
-                plan,
+                plan: Box::new(plan),
                 output_sent: flow.output_sent,
             }),
         }

@@ -509,7 +509,7 @@ impl Session {
                     self.shared.fleet.nodes[node].mark_down();
                     tracing::warn!(node = %self.shared.fleet.nodes[node].target.name, error = %error, "node failed during a request");
                     if !output_sent && !last && self.tx_node.is_none() {
-                        return Box::pin(self.retry(req, end, returned, candidates[i + 1..].to_vec())).await;
+                        return Box::pin(self.retry(req, end, *returned, candidates[i + 1..].to_vec())).await;
                     }
                     return self.node_lost(node, error, output_sent).await;
                 }
@@ -555,7 +555,7 @@ impl Session {
                     if output_sent || last {
                         return self.node_lost(node, error, output_sent).await;
                     }
-                    plan = returned;
+                    plan = *returned;
                 }
             }
         }

@@ -92,8 +92,7 @@ pub fn decode(packet: &[u8]) -> Result<StartupPacket, StartupError> {
     }
     let mut params = Vec::new();
     let mut parts = rest[..rest.len() - 1].split(|b| *b == 0);
-    loop {
-        let Some(key) = parts.next() else { break };
+    while let Some(key) = parts.next() {
         if key.is_empty() {
             break;
         }

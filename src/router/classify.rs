@@ -307,14 +307,43 @@ fn classify_piece(piece: &str, funcs: &FunctionRules) -> Verdict {
     if toks.iter().any(|t| t.kind == TokKind::Unterminated) {
         return Verdict::unparsed();
     }
+    let spans = paren_spans(piece, &toks);
     classify_stmt(
         Stmt {
             src: piece,
             toks: &toks,
+            spans: &spans,
+            nesting: 0,
         },
         funcs,
     )
 }
+
+/// For each `(`, the distance to its matching `)` (0 when unmatched), computed once so that finding a
+/// closing parenthesis stays linear however deeply a hostile request nests them.
+fn paren_spans(src: &str, toks: &[Tok]) -> Vec<usize> {
+    let mut spans = vec![0; toks.len()];
+    let mut open = Vec::new();
+    for (i, t) in toks.iter().enumerate() {
+        if t.kind != TokKind::Punct {
+            continue;
+        }
+        match t.text(src) {
+            "(" => open.push(i),
+            ")" => {
+                if let Some(o) = open.pop() {
+                    spans[o] = i - o;
+                }
+            }
+            _ => {}
+        }
+    }
+    spans
+}
+
+/// How deeply EXPLAIN / DECLARE / COPY may wrap one another before the statement counts as unparsed;
+/// real SQL needs two levels, and the bound keeps `EXPLAIN EXPLAIN ...` from exhausting the stack.
+const MAX_NESTING: usize = 4;
 
 /// A statement's significant tokens (comments removed) over its source text, with the small queries
 /// the classifier asks of them. Out-of-range indexes answer "no", which keeps lookahead code flat.
@@ -322,6 +351,10 @@ fn classify_piece(piece: &str, funcs: &FunctionRules) -> Verdict {
 struct Stmt<'a> {
     src: &'a str,
     toks: &'a [Tok],
+    /// Parallel to `toks`: see [`paren_spans`].
+    spans: &'a [usize],
+    /// How many enclosing statements (EXPLAIN, DECLARE, COPY) wrap this one.
+    nesting: usize,
 }
 
 impl<'a> Stmt<'a> {
@@ -376,30 +409,33 @@ impl<'a> Stmt<'a> {
     }
 
     fn close_paren(&self, open: usize) -> Option<usize> {
-        let mut depth = 0usize;
-        for i in open..self.len() {
-            if self.punct(i, "(") {
-                depth += 1;
-            } else if self.punct(i, ")") {
-                depth = depth.checked_sub(1)?;
-                if depth == 0 {
-                    return Some(i);
-                }
-            }
-        }
-        None
+        let span = self.spans.get(open).copied().filter(|&span| span > 0)?;
+        // A match beyond this slice belongs to an enclosing statement.
+        Some(open + span).filter(|&close| close < self.len())
     }
 
     fn range(&self, from: usize, to: usize) -> Stmt<'a> {
         let to = to.min(self.len());
+        let from = from.min(to);
         Stmt {
             src: self.src,
-            toks: self.toks.get(from.min(to)..to).unwrap_or(&[]),
+            toks: self.toks.get(from..to).unwrap_or(&[]),
+            spans: self.spans.get(from..to).unwrap_or(&[]),
+            nesting: self.nesting,
         }
     }
 
     fn from(&self, from: usize) -> Stmt<'a> {
         self.range(from, self.len())
+    }
+
+    /// The statement wrapped by this one (EXPLAIN's, DECLARE's or COPY's), unless nesting is too deep.
+    fn inner(&self, from: usize, to: usize) -> Option<Stmt<'a>> {
+        let nesting = self.nesting + 1;
+        (nesting <= MAX_NESTING).then(|| Stmt {
+            nesting,
+            ..self.range(from, to)
+        })
     }
 
     /// The statement text from its first to its last token: no surrounding comments, so it can be
@@ -759,7 +795,10 @@ fn explain(s: Stmt<'_>, funcs: &FunctionRules) -> Verdict {
     if i >= s.len() {
         return Verdict::unparsed();
     }
-    let inner = classify_stmt(s.from(i), funcs).nested();
+    let Some(inner) = s.inner(i, s.len()) else {
+        return Verdict::unparsed();
+    };
+    let inner = classify_stmt(inner, funcs).nested();
     if analyze {
         // EXPLAIN ANALYZE runs the statement.
         inner
@@ -793,7 +832,10 @@ fn declare(s: Stmt<'_>, funcs: &FunctionRules) -> Verdict {
     if !s.kw(i, "FOR") || i + 1 >= s.len() {
         return Verdict::unparsed();
     }
-    let inner = classify_stmt(s.from(i + 1), funcs).nested();
+    let Some(inner) = s.inner(i + 1, s.len()) else {
+        return Verdict::unparsed();
+    };
+    let inner = classify_stmt(inner, funcs).nested();
     if !hold {
         return inner;
     }
@@ -811,7 +853,7 @@ fn copy(s: Stmt<'_>, funcs: &FunctionRules) -> Verdict {
         let Some(close) = s.close_paren(1) else {
             return Verdict::unparsed();
         };
-        query = Some(s.range(2, close));
+        query = Some((2, close));
         close + 1
     } else {
         let Some(mut i) = s.skip_name(1) else {
@@ -835,10 +877,10 @@ fn copy(s: Stmt<'_>, funcs: &FunctionRules) -> Verdict {
     if !s.kw(i + 1, "STDOUT") {
         return Verdict::primary(Rule::Utility("COPY TO a server file"));
     }
-    match query {
-        Some(q) if q.len() == 0 => Verdict::unparsed(),
-        Some(q) => classify_stmt(q, funcs).nested(),
+    match query.map(|(from, to)| s.inner(from, to)) {
         None => Verdict::replica(Rule::Read),
+        Some(Some(q)) if q.len() > 0 => classify_stmt(q, funcs).nested(),
+        Some(_) => Verdict::unparsed(),
     }
 }
 
@@ -1211,6 +1253,31 @@ mod tests {
         assert_eq!(set("DISCARD ALL"), vec![SessionChange::ResetAll]);
         assert!(set("SET search_path").is_empty());
         assert_eq!(decide("SET search_path").target, Target::Primary);
+    }
+
+    #[test]
+    fn hostile_nesting_stays_cheap_and_bounded() {
+        let explains = format!("{}SELECT 1", "EXPLAIN ".repeat(100_000));
+        assert_eq!(decide(&explains).target, Target::Primary);
+        assert_eq!(decide("EXPLAIN EXPLAIN SELECT 1").target, Target::Replica);
+        let copies = format!(
+            "{}SELECT 1{} TO STDOUT",
+            "COPY (".repeat(50_000),
+            ") TO STDOUT".repeat(50_000)
+        );
+        assert_eq!(decide(&copies).target, Target::Primary);
+        let calls = format!("SELECT {}1{}", "abs(".repeat(100_000), ")".repeat(100_000));
+        let started = std::time::Instant::now();
+        let d = decide(&calls);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "took {:?}",
+            started.elapsed()
+        );
+        // sqlparser's recursion limit refuses this much nesting: safe, on the primary.
+        assert_eq!(d.target, Target::Primary);
+        let writer = format!("SELECT {}nextval('s'){}", "abs(".repeat(20), ")".repeat(20));
+        assert_eq!(decide(&writer).rule, Rule::WriteFunction("nextval".into()));
     }
 
     #[test]
