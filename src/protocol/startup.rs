@@ -202,7 +202,7 @@ mod tests {
         assert_eq!(packet_len(&[0, 0, 0, 3]), Err(StartupError::BadLength));
         assert_eq!(packet_len(&[0x7f, 0, 0, 0]), Err(StartupError::BadLength));
         let mut bad = encode_startup(&[("user", "app")]).to_vec();
-        bad.pop();
+        bad.truncate(bad.len() - 2);
         assert_eq!(decode(&bad), Err(StartupError::Layout));
         assert_eq!(
             decode(&encode_startup(&[("database", "x")])),
