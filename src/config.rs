@@ -66,6 +66,83 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// Node health checks.
+    #[serde(default)]
+    pub health: HealthConfig,
+    /// Admin console and metrics.
+    #[serde(default)]
+    pub admin: AdminConfig,
+}
+
+/// `[health]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// How often each node is checked.
+    #[serde(default = "default_health_interval", deserialize_with = "de_duration")]
+    pub interval: Duration,
+    /// A check slower than this counts as failed.
+    #[serde(default = "default_health_timeout", deserialize_with = "de_duration")]
+    pub timeout: Duration,
+    /// Role used for health checks; default: the first `[[users]]` entry.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Database health checks connect to.
+    #[serde(default = "default_health_database")]
+    pub database: String,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            interval: default_health_interval(),
+            timeout: default_health_timeout(),
+            user: None,
+            database: default_health_database(),
+        }
+    }
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// `host:port` serving Prometheus text on `/metrics`; unset: no metrics listener.
+    #[serde(default)]
+    pub metrics_address: Option<String>,
+}
+
+/// A replica lag limit: bytes of WAL or time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LagLimit {
+    /// At most this many bytes of WAL behind the primary.
+    Bytes(u64),
+    /// At most this far behind in time.
+    Time(Duration),
+}
+
+fn de_lag<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<LagLimit>, D::Error> {
+    let text = String::deserialize(d)?;
+    if let Ok(size) = parse_size(&text) {
+        return Ok(Some(LagLimit::Bytes(size)));
+    }
+    match parse_duration(&text) {
+        Ok(t) => Ok(Some(LagLimit::Time(t))),
+        Err(_) => Err(serde::de::Error::custom(format!(
+            "`{text}` is neither a size (\"16MB\") nor a duration (\"2s\")"
+        ))),
+    }
+}
+
+/// `routing.read_your_writes`
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadYourWrites {
+    /// A session's reads never see data older than its own committed writes.
+    #[default]
+    Session,
+    /// Reads may go to any replica within the lag limit.
+    Off,
 }
 
 /// `[listen]`
@@ -111,6 +188,9 @@ pub struct UserConfig {
     /// How clients prove who they are.
     #[serde(default)]
     pub auth: AuthMethod,
+    /// May use the admin console (database `pgfleet`).
+    #[serde(default)]
+    pub admin: bool,
 }
 
 // Hand-written so that the password can never reach a log line through `{:?}`.
@@ -120,6 +200,7 @@ impl std::fmt::Debug for UserConfig {
             .field("name", &self.name)
             .field("password", &"<redacted>")
             .field("auth", &self.auth)
+            .field("admin", &self.admin)
             .finish()
     }
 }
@@ -132,6 +213,8 @@ pub enum Role {
     Primary,
     /// Serves reads.
     Replica,
+    /// Whatever `pg_is_in_recovery()` says: primary when false, replica when true (for failover tools).
+    Auto,
 }
 
 impl std::fmt::Display for Role {
@@ -139,6 +222,7 @@ impl std::fmt::Display for Role {
         f.write_str(match self {
             Role::Primary => "primary",
             Role::Replica => "replica",
+            Role::Auto => "auto",
         })
     }
 }
@@ -190,6 +274,18 @@ pub struct RoutingConfig {
     /// How long a database's function volatility list is trusted before it is read again.
     #[serde(default = "default_function_refresh", deserialize_with = "de_duration")]
     pub function_refresh: Duration,
+    /// Replicas further behind than this get no new reads; unset: no limit.
+    #[serde(default, deserialize_with = "de_lag")]
+    pub max_replica_lag: Option<LagLimit>,
+    /// With no replica usable, send reads to the primary (true) or fail them (false).
+    #[serde(default = "default_true")]
+    pub fallback_to_primary: bool,
+    /// Read-your-writes guarantee.
+    #[serde(default)]
+    pub read_your_writes: ReadYourWrites,
+    /// How long a read may wait for a replica to replay the session's last write before going to the primary.
+    #[serde(default, deserialize_with = "de_duration")]
+    pub read_your_writes_wait: Duration,
 }
 
 impl Default for RoutingConfig {
@@ -200,6 +296,10 @@ impl Default for RoutingConfig {
             write_functions: Vec::new(),
             read_only_functions: Vec::new(),
             function_refresh: default_function_refresh(),
+            max_replica_lag: None,
+            fallback_to_primary: true,
+            read_your_writes: ReadYourWrites::default(),
+            read_your_writes_wait: Duration::ZERO,
         }
     }
 }
@@ -249,6 +349,18 @@ impl Default for LogConfig {
 fn default_max_message_size() -> u64 {
     // PostgreSQL itself refuses most messages over 1 GB; a proxy can be stricter by default.
     256 * 1024 * 1024
+}
+fn default_true() -> bool {
+    true
+}
+fn default_health_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_health_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_health_database() -> String {
+    "postgres".to_owned()
 }
 fn default_weight() -> u32 {
     1
@@ -432,11 +544,27 @@ impl Config {
             split_host_port(&n.address).map_err(|reason| invalid(format!("nodes[{i}].address"), reason))?;
         }
         let primaries = self.nodes.iter().filter(|n| n.role == Role::Primary).count();
-        if primaries != 1 {
+        let autos = self.nodes.iter().filter(|n| n.role == Role::Auto).count();
+        if primaries > 1 || (primaries == 1 && autos > 0) || (primaries == 0 && autos == 0) {
             return Err(invalid(
                 "nodes",
-                format!("exactly one node must have role = \"primary\", found {primaries}"),
+                format!(
+                    "exactly one node must have role = \"primary\", or use role = \"auto\" on every node that \
+                     may become primary (found {primaries} primary and {autos} auto)"
+                ),
             ));
+        }
+        if self.health.interval.is_zero() {
+            return Err(invalid("health.interval", "must be more than 0"));
+        }
+        if let Some(u) = &self.health.user
+            && self.user(u).is_none()
+        {
+            return Err(invalid("health.user", format!("`{u}` is not one of the [[users]]")));
+        }
+        if let Some(m) = &self.admin.metrics_address {
+            m.parse::<SocketAddr>()
+                .map_err(|_| invalid("admin.metrics_address", format!("`{m}` is not host:port")))?;
         }
         if self.pool.max_size == 0 {
             return Err(invalid("pool.max_size", "must be at least 1"));
@@ -451,6 +579,14 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The user health checks log in as.
+    pub fn health_user(&self) -> Option<&UserConfig> {
+        match &self.health.user {
+            Some(name) => self.user(name),
+            None => self.users.first(),
+        }
     }
 
     /// The configured user of that name.
@@ -523,6 +659,19 @@ primary_reads = false
         );
         assert!(err_of(&BASE.replace("password = \"secret\"", "")).contains("users[0].password"));
         assert!(err_of(&format!("{BASE}\n[pool]\nbogus = 1\n")).contains("bogus"));
+    }
+
+    #[test]
+    fn lag_limits_and_auto_roles() {
+        let c = Config::parse(&BASE.replace("primary_reads = false", "max_replica_lag = \"16MB\"")).expect("ok");
+        assert_eq!(c.routing.max_replica_lag, Some(LagLimit::Bytes(16 * 1024 * 1024)));
+        let c = Config::parse(&BASE.replace("primary_reads = false", "max_replica_lag = \"2s\"")).expect("ok");
+        assert_eq!(c.routing.max_replica_lag, Some(LagLimit::Time(Duration::from_secs(2))));
+        assert!(err_of(&BASE.replace("primary_reads = false", "max_replica_lag = \"soon\"")).contains("max_replica_lag"));
+        let autos = BASE.replace("role = \"primary\"", "role = \"auto\"").replace("role = \"replica\"", "role = \"auto\"");
+        assert!(Config::parse(&autos).is_ok());
+        let mixed = BASE.replace("role = \"replica\"", "role = \"auto\"");
+        assert!(err_of(&mixed).contains("auto"));
     }
 
     #[test]

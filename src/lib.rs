@@ -1,6 +1,7 @@
 //! pgfleet: a PostgreSQL read/write-splitting proxy. The binary in `main.rs` is a thin CLI over this library;
 //! integration tests use the few items re-exported here.
 
+pub mod admin;
 pub mod backend;
 pub mod cluster;
 pub mod config;

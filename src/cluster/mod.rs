@@ -1,6 +1,8 @@
 //! The fleet as the router sees it: each node's identity, configured role and weight, and whether it is
 //! usable right now. Connection failures mark a node down for a short while so that other sessions skip it.
 
+pub mod view;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -107,6 +107,8 @@ impl Proxy {
         let child = Command::new(env!("CARGO_BIN_EXE_pgfleet"))
             .arg("--config")
             .arg(&config_path)
+            // Plain text, so that tests can search the log for `key=value` pairs.
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
             .stderr(log)

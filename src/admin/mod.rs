@@ -1,0 +1,6 @@
+//! Operating pgfleet: counters (`stats`), the admin console on the virtual database `pgfleet` (`console`),
+//! and Prometheus text on `admin.metrics_address` (`metrics`).
+
+pub mod console;
+pub mod metrics;
+pub mod stats;

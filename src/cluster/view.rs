@@ -1,0 +1,66 @@
+//! The fleet's live state as one immutable snapshot: what the monitor last saw of each node, and which node
+//! is the primary. Sessions read it through `arc_swap` without taking a lock.
+
+use std::time::{Duration, SystemTime};
+
+/// What the monitor knows about one node.
+#[derive(Debug, Clone, Default)]
+pub struct NodeState {
+    /// The last health check succeeded (true before the first check, so a fresh proxy serves at once).
+    pub up: bool,
+    /// `pg_is_in_recovery()` at the last successful check; None before it.
+    pub in_recovery: Option<bool>,
+    /// WAL position: `pg_current_wal_lsn()` on a primary, `pg_last_wal_replay_lsn()` on a replica.
+    pub lsn: Option<u64>,
+    /// Bytes of WAL the node has not replayed yet, measured against the primary's last position.
+    pub lag_bytes: Option<u64>,
+    /// How far behind in time the node's replay is (zero when it has replayed all the primary has written).
+    pub lag: Option<Duration>,
+    /// When the last check finished.
+    pub checked_at: Option<SystemTime>,
+    /// Why the last check failed.
+    pub error: Option<String>,
+}
+
+/// Which node takes writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Primary {
+    /// This one.
+    One(usize),
+    /// No node can take writes now.
+    None,
+    /// Several nodes claim to be primary; writes are refused until one steps down.
+    Conflict(Vec<usize>),
+}
+
+/// The whole fleet at one moment.
+#[derive(Debug, Clone)]
+pub struct FleetView {
+    /// Per node, in config order.
+    pub nodes: Vec<NodeState>,
+    /// The write node.
+    pub primary: Primary,
+}
+
+/// Formats an LSN as PostgreSQL does (`16/B374D848`).
+pub fn format_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
+}
+
+/// Parses PostgreSQL's `X/Y` LSN text.
+pub fn parse_lsn(text: &str) -> Option<u64> {
+    let (hi, lo) = text.trim().split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsn_round_trip() {
+        assert_eq!(parse_lsn("16/B374D848"), Some((0x16 << 32) | 0xB374D848));
+        assert_eq!(format_lsn((0x16 << 32) | 0xB374D848), "16/B374D848");
+        assert_eq!(parse_lsn("nonsense"), None);
+    }
+}
