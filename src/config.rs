@@ -560,7 +560,10 @@ impl Config {
         if let Some(u) = &self.health.user
             && self.user(u).is_none()
         {
-            return Err(invalid("health.user", format!("`{u}` is not one of the [[users]]")));
+            return Err(invalid(
+                "health.user",
+                format!("`{u}` is not one of the [[users]]"),
+            ));
         }
         if let Some(m) = &self.admin.metrics_address {
             m.parse::<SocketAddr>()
@@ -663,12 +666,22 @@ primary_reads = false
 
     #[test]
     fn lag_limits_and_auto_roles() {
-        let c = Config::parse(&BASE.replace("primary_reads = false", "max_replica_lag = \"16MB\"")).expect("ok");
+        let c =
+            Config::parse(&BASE.replace("primary_reads = false", "max_replica_lag = \"16MB\"")).expect("ok");
         assert_eq!(c.routing.max_replica_lag, Some(LagLimit::Bytes(16 * 1024 * 1024)));
-        let c = Config::parse(&BASE.replace("primary_reads = false", "max_replica_lag = \"2s\"")).expect("ok");
-        assert_eq!(c.routing.max_replica_lag, Some(LagLimit::Time(Duration::from_secs(2))));
-        assert!(err_of(&BASE.replace("primary_reads = false", "max_replica_lag = \"soon\"")).contains("max_replica_lag"));
-        let autos = BASE.replace("role = \"primary\"", "role = \"auto\"").replace("role = \"replica\"", "role = \"auto\"");
+        let c =
+            Config::parse(&BASE.replace("primary_reads = false", "max_replica_lag = \"2s\"")).expect("ok");
+        assert_eq!(
+            c.routing.max_replica_lag,
+            Some(LagLimit::Time(Duration::from_secs(2)))
+        );
+        assert!(
+            err_of(&BASE.replace("primary_reads = false", "max_replica_lag = \"soon\""))
+                .contains("max_replica_lag")
+        );
+        let autos = BASE
+            .replace("role = \"primary\"", "role = \"auto\"")
+            .replace("role = \"replica\"", "role = \"auto\"");
         assert!(Config::parse(&autos).is_ok());
         let mixed = BASE.replace("role = \"replica\"", "role = \"auto\"");
         assert!(err_of(&mixed).contains("auto"));

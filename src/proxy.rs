@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
+use crate::admin::stats::Stats;
 use crate::backend::Pools;
 use crate::cluster::Fleet;
 use crate::config::Config;
@@ -31,6 +32,8 @@ pub struct Shared {
     pub next_session: AtomicU64,
     /// TLS for clients, when configured.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Counters for the admin console and /metrics.
+    pub stats: Arc<Stats>,
 }
 
 /// Why the proxy could not start.
@@ -39,6 +42,14 @@ pub enum StartError {
     /// Binding the listen address failed.
     #[error("cannot listen on {address} (listen.address): {source}")]
     Bind {
+        /// The address.
+        address: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Binding the metrics address failed.
+    #[error("cannot listen on {address} (admin.metrics_address): {source}")]
+    MetricsBind {
         /// The address.
         address: String,
         /// The OS error.
@@ -57,6 +68,7 @@ impl Shared {
             _ => None,
         };
         let fleet = Fleet::from_config(&config);
+        let node_count = fleet.nodes.len();
         let pools = Pools::new(config.pool.clone(), fleet.nodes.len());
         let balancer = Balancer::new(config.routing.load_balance);
         let base = FunctionRules::new(
@@ -73,6 +85,7 @@ impl Shared {
             cancels: Arc::default(),
             next_session: AtomicU64::new(1),
             tls,
+            stats: Arc::new(Stats::new(node_count)),
         }))
     }
 }
@@ -86,7 +99,25 @@ pub async fn run(shared: Arc<Shared>) -> Result<(), StartError> {
             address: address.clone(),
             source,
         })?;
+    let metrics = match &shared.config.admin.metrics_address {
+        Some(m) => {
+            Some(
+                tokio::net::TcpListener::bind(m)
+                    .await
+                    .map_err(|source| StartError::MetricsBind {
+                        address: m.clone(),
+                        source,
+                    })?,
+            )
+        }
+        None => None,
+    };
     tracing::info!(%address, nodes = shared.fleet.nodes.len(), "pgfleet listening");
+    crate::cluster::monitor::spawn(&shared);
+    if let Some(listener) = metrics {
+        tracing::info!(address = ?listener.local_addr().ok(), "serving /metrics");
+        tokio::spawn(crate::admin::metrics::serve_metrics(listener, shared.clone()));
+    }
     let reaper = shared.clone();
     tokio::spawn(async move {
         let every = (reaper.config.pool.idle_timeout / 2).max(Duration::from_secs(1));

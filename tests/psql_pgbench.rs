@@ -2,9 +2,9 @@
 //! two streaming replicas. Every check on a result also checks which node produced it (`inet_server_port()`
 //! against the cluster's ports, or the node's own statistics read directly).
 
-mod support;
 #[path = "clients/common.rs"]
 mod common;
+mod support;
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -23,7 +23,9 @@ const CATCH_UP: Duration = Duration::from_secs(30);
 /// `psql -X -v ON_ERROR_STOP=1 <url> <args>` run in `cwd`.
 fn psql(url: &str, cwd: &Path, args: &[&str]) -> Finished {
     let mut cmd = Command::new(pg_tool("psql"));
-    cmd.current_dir(cwd).args(["-X", "-v", "ON_ERROR_STOP=1", "-d", url]).args(args);
+    cmd.current_dir(cwd)
+        .args(["-X", "-v", "ON_ERROR_STOP=1", "-d", url])
+        .args(args);
     run(cmd, PSQL_TIMEOUT)
 }
 
@@ -41,7 +43,8 @@ fn script(dir: &Path, name: &str, text: &str) -> String {
 
 /// Runs `sql` directly on `node` as the superuser (not through pgfleet).
 fn direct(node: &NodeHandle, db: &str, sql: &str) -> String {
-    node.psql(db, sql).unwrap_or_else(|e| panic!("{sql} on {}: {e}", node.name))
+    node.psql(db, sql)
+        .unwrap_or_else(|e| panic!("{sql} on {}: {e}", node.name))
 }
 
 fn replica_ports(cluster: &LocalCluster) -> HashSet<u16> {
@@ -59,7 +62,15 @@ async fn psql_scripts_copy_notices_notifications_and_errors() {
     let dir = work.path();
 
     // DDL through psql, then \copy FROM a local CSV file: COPY FROM STDIN runs on the primary.
-    psql_ok(&url, dir, &["-q", "-c", "CREATE TABLE items (id int PRIMARY KEY, name text, qty int)"]);
+    psql_ok(
+        &url,
+        dir,
+        &[
+            "-q",
+            "-c",
+            "CREATE TABLE items (id int PRIMARY KEY, name text, qty int)",
+        ],
+    );
     let mut csv = String::new();
     for i in 1..=200 {
         let name = match i % 5 {
@@ -75,17 +86,26 @@ async fn psql_scripts_copy_notices_notifications_and_errors() {
     let out = psql_ok(&url, dir, &["-c", "\\copy items FROM 'in.csv' CSV"]);
     assert!(out.contains("COPY 200"), "psql reports the copied rows: {out}");
     assert_eq!(
-        direct(&cluster.primary, APP_DB, "SELECT count(*), sum(qty), count(name), count(*) FILTER (WHERE name = '') FROM items"),
+        direct(
+            &cluster.primary,
+            APP_DB,
+            "SELECT count(*), sum(qty), count(name), count(*) FILTER (WHERE name = '') FROM items"
+        ),
         format!("200|{}|160|40", 3 * 200 * 201 / 2),
         "the primary holds exactly the copied rows (NULLs and empty strings kept apart)"
     );
-    cluster.wait_replicas_caught_up(CATCH_UP).expect("replicas caught up");
+    cluster
+        .wait_replicas_caught_up(CATCH_UP)
+        .expect("replicas caught up");
 
     // \copy (SELECT ...) TO a local file: a read, answered by a replica; the data round-trips byte for byte.
     let out = psql_ok(
         &url,
         dir,
-        &["-c", "\\copy (SELECT id, name, qty, inet_server_port() FROM items ORDER BY id) TO 'out.csv' CSV"],
+        &[
+            "-c",
+            "\\copy (SELECT id, name, qty, inet_server_port() FROM items ORDER BY id) TO 'out.csv' CSV",
+        ],
     );
     assert!(out.contains("COPY 200"), "{out}");
     let copied = std::fs::read_to_string(dir.join("out.csv")).expect("read out.csv");
@@ -99,28 +119,51 @@ async fn psql_scripts_copy_notices_notifications_and_errors() {
     }
     assert_eq!(data, csv, "COPY TO returns what COPY FROM loaded");
     assert_eq!(copy_ports.len(), 1, "one COPY runs on one node: {copy_ports:?}");
-    assert!(copy_ports.is_subset(&replicas), "COPY (SELECT) TO ran on {copy_ports:?}, not a replica");
+    assert!(
+        copy_ports.is_subset(&replicas),
+        "COPY (SELECT) TO ran on {copy_ports:?}, not a replica"
+    );
 
     // A describe command (catalog queries) works through the proxy.
     let out = psql_ok(&url, dir, &["-c", "\\d items"]);
-    assert!(out.contains("\"items_pkey\" PRIMARY KEY, btree (id)"), "\\d items:\n{out}");
+    assert!(
+        out.contains("\"items_pkey\" PRIMARY KEY, btree (id)"),
+        "\\d items:\n{out}"
+    );
 
     // Reads answered by the replicas, round robin over both, within one psql session (-c given repeatedly).
     let read = ["-c", "SELECT inet_server_port()"];
-    let args: Vec<&str> = ["-qAt"].into_iter().chain(read.iter().copied().cycle().take(12)).collect();
+    let args: Vec<&str> = ["-qAt"]
+        .into_iter()
+        .chain(read.iter().copied().cycle().take(12))
+        .collect();
     let out = psql_ok(&url, dir, &args);
-    let ports: Vec<u16> = out.lines().map(|l| parse_port(l, "SELECT inet_server_port()")).collect();
+    let ports: Vec<u16> = out
+        .lines()
+        .map(|l| parse_port(l, "SELECT inet_server_port()"))
+        .collect();
     assert_eq!(ports.len(), 6, "{out}");
     let seen: HashSet<u16> = ports.iter().copied().collect();
-    assert_eq!(seen, replicas, "psql's reads are spread over both replicas and only them: {ports:?}");
+    assert_eq!(
+        seen, replicas,
+        "psql's reads are spread over both replicas and only them: {ports:?}"
+    );
 
     // A write with RETURNING runs on the primary.
     let out = psql_ok(
         &url,
         dir,
-        &["-qAt", "-c", "INSERT INTO items VALUES (1001, 'returning', 7) RETURNING id, inet_server_port()"],
+        &[
+            "-qAt",
+            "-c",
+            "INSERT INTO items VALUES (1001, 'returning', 7) RETURNING id, inet_server_port()",
+        ],
     );
-    assert_eq!(out.trim(), format!("1001|{primary}"), "INSERT ... RETURNING served by the primary");
+    assert_eq!(
+        out.trim(),
+        format!("1001|{primary}"),
+        "INSERT ... RETURNING served by the primary"
+    );
 
     // Multi-statement strings are one Query message: with a write in it, all of it runs on the primary,
     // and psql 15 shows every result.
@@ -133,16 +176,29 @@ async fn psql_scripts_copy_notices_notifications_and_errors() {
             "INSERT INTO items VALUES (1002, 'multi', 1); SELECT inet_server_port(); SELECT count(*) FROM items",
         ],
     );
-    assert_eq!(out.lines().collect::<Vec<_>>(), [primary.to_string(), "202".to_owned()], "{out}");
-    cluster.wait_replicas_caught_up(CATCH_UP).expect("replicas caught up");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [primary.to_string(), "202".to_owned()],
+        "{out}"
+    );
+    cluster
+        .wait_replicas_caught_up(CATCH_UP)
+        .expect("replicas caught up");
     let out = psql_ok(
         &url,
         dir,
-        &["-qAt", "-c", "SELECT inet_server_port(); SELECT count(*) FROM items WHERE id > 1000"],
+        &[
+            "-qAt",
+            "-c",
+            "SELECT inet_server_port(); SELECT count(*) FROM items WHERE id > 1000",
+        ],
     );
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 2, "{out}");
-    assert!(replicas.contains(&parse_port(lines[0], "multi-read")), "read-only string on a replica: {out}");
+    assert!(
+        replicas.contains(&parse_port(lines[0], "multi-read")),
+        "read-only string on a replica: {out}"
+    );
     assert_eq!(lines[1], "2", "the replica has replayed both inserts");
 
     // A script file: a transaction with a write and a read of it, on the primary; a read-only transaction
@@ -162,15 +218,35 @@ async fn psql_scripts_copy_notices_notifications_and_errors() {
          \\echo ro :ro1 :ro2\n",
     );
     let out = psql_ok(&url, dir, &["-qAt", "-f", &file]);
-    assert!(out.contains(&format!("tx 1007 {primary}\n")), "transaction on the primary reads its write: {out}");
-    let ro_line = out.lines().find(|l| l.starts_with("ro ")).unwrap_or_else(|| panic!("no ro line: {out}"));
-    let ro: Vec<u16> = ro_line[3..].split(' ').map(|p| parse_port(p, "BEGIN READ ONLY")).collect();
+    assert!(
+        out.contains(&format!("tx 1007 {primary}\n")),
+        "transaction on the primary reads its write: {out}"
+    );
+    let ro_line = out
+        .lines()
+        .find(|l| l.starts_with("ro "))
+        .unwrap_or_else(|| panic!("no ro line: {out}"));
+    let ro: Vec<u16> = ro_line[3..]
+        .split(' ')
+        .map(|p| parse_port(p, "BEGIN READ ONLY"))
+        .collect();
     assert_eq!(ro[0], ro[1], "one read-only transaction, one backend: {ro_line}");
-    assert!(replicas.contains(&ro[0]), "BEGIN READ ONLY ran on a replica: {ro_line}");
+    assert!(
+        replicas.contains(&ro[0]),
+        "BEGIN READ ONLY ran on a replica: {ro_line}"
+    );
 
     // A NOTICE raised by the server reaches psql's stderr.
-    let done = psql(&url, dir, &["-q", "-c", "DO $$BEGIN RAISE NOTICE 'hello %', 1; END$$"]).expect_success("DO");
-    assert!(done.stderr.contains("NOTICE:  hello 1"), "notice forwarded: {done}");
+    let done = psql(
+        &url,
+        dir,
+        &["-q", "-c", "DO $$BEGIN RAISE NOTICE 'hello %', 1; END$$"],
+    )
+    .expect_success("DO");
+    assert!(
+        done.stderr.contains("NOTICE:  hello 1"),
+        "notice forwarded: {done}"
+    );
 
     // LISTEN and NOTIFY in one session: psql prints the notification, sent by the session's own backend on
     // the primary (LISTEN pins the session there).
@@ -184,9 +260,16 @@ async fn psql_scripts_copy_notices_notifications_and_errors() {
         .lines()
         .find(|l| l.starts_with("Asynchronous notification \"ch\" with payload \"x\" received"))
         .unwrap_or_else(|| panic!("psql saw no notification:\n{out}"));
-    let after = out.lines().find(|l| l.starts_with("after|")).unwrap_or_else(|| panic!("{out}"));
+    let after = out
+        .lines()
+        .find(|l| l.starts_with("after|"))
+        .unwrap_or_else(|| panic!("{out}"));
     let fields: Vec<&str> = after.split('|').collect();
-    assert_eq!(parse_port(fields[1], "after LISTEN"), primary, "a listening session stays on the primary");
+    assert_eq!(
+        parse_port(fields[1], "after LISTEN"),
+        primary,
+        "a listening session stays on the primary"
+    );
     assert!(
         line.ends_with(&format!("server process with PID {}.", fields[2])),
         "the notification came from the session's own backend ({}): {line}",
@@ -194,20 +277,31 @@ async fn psql_scripts_copy_notices_notifications_and_errors() {
     );
 
     // A notification sent by another session while the listener is idle (inside `\!`) is delivered too.
-    let file = script(dir, "listen.sql", "LISTEN ch2;\n\\! touch listening && sleep 3\nSELECT 'end';\n");
+    let file = script(
+        dir,
+        "listen.sql",
+        "LISTEN ch2;\n\\! touch listening && sleep 3\nSELECT 'end';\n",
+    );
     let listener = {
         let (url, dir) = (url.clone(), dir.to_owned());
         std::thread::spawn(move || psql(&url, &dir, &["-qAt", "-f", &file]))
     };
     let deadline = Instant::now() + Duration::from_secs(20);
     while !dir.join("listening").exists() {
-        assert!(Instant::now() < deadline, "the listening psql never got past LISTEN");
+        assert!(
+            Instant::now() < deadline,
+            "the listening psql never got past LISTEN"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     psql_ok(&url, dir, &["-q", "-c", "NOTIFY ch2, 'from-other'"]);
-    let done = listener.join().expect("listener thread").expect_success("listening psql");
+    let done = listener
+        .join()
+        .expect("listener thread")
+        .expect_success("listening psql");
     assert!(
-        done.stdout.contains("Asynchronous notification \"ch2\" with payload \"from-other\" received"),
+        done.stdout
+            .contains("Asynchronous notification \"ch2\" with payload \"from-other\" received"),
         "a notification from another session reached the listener: {done}"
     );
 
@@ -215,9 +309,16 @@ async fn psql_scripts_copy_notices_notifications_and_errors() {
     let file = script(dir, "div.sql", "\\set VERBOSITY verbose\nSELECT 1/0;\n");
     let failed = psql(&url, dir, &["-f", &file]);
     assert_eq!(failed.code(), 3, "ON_ERROR_STOP ends the script with 3: {failed}");
-    assert!(failed.stderr.contains("ERROR:  22012: division by zero"), "{failed}");
+    assert!(
+        failed.stderr.contains("ERROR:  22012: division by zero"),
+        "{failed}"
+    );
     assert!(failed.stderr.contains("LOCATION:  int4div"), "{failed}");
-    let file = script(dir, "dup.sql", "\\set VERBOSITY verbose\nINSERT INTO items VALUES (1, 'dup', 0);\n");
+    let file = script(
+        dir,
+        "dup.sql",
+        "\\set VERBOSITY verbose\nINSERT INTO items VALUES (1, 'dup', 0);\n",
+    );
     let failed = psql(&url, dir, &["-f", &file]);
     assert_eq!(failed.code(), 3, "{failed}");
     for wanted in [
@@ -240,10 +341,21 @@ async fn psql_scripts_copy_notices_notifications_and_errors() {
          INSERT INTO items VALUES (1003, 'after error', 0) RETURNING 'write', inet_server_port();\n",
     );
     let done = psql(&url, dir, &["-qAt", "-f", &file]);
-    assert!(done.stderr.contains("division by zero") && done.stderr.contains("duplicate key"), "{done}");
-    let read = done.stdout.lines().find_map(|l| l.strip_prefix("read|")).unwrap_or_else(|| panic!("{done}"));
+    assert!(
+        done.stderr.contains("division by zero") && done.stderr.contains("duplicate key"),
+        "{done}"
+    );
+    let read = done
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("read|"))
+        .unwrap_or_else(|| panic!("{done}"));
     assert!(replicas.contains(&parse_port(read, "read after error")), "{done}");
-    let write = done.stdout.lines().find_map(|l| l.strip_prefix("write|")).unwrap_or_else(|| panic!("{done}"));
+    let write = done
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("write|"))
+        .unwrap_or_else(|| panic!("{done}"));
     assert_eq!(parse_port(write, "write after error"), primary, "{done}");
 }
 
@@ -275,8 +387,13 @@ fn pgbench(url: &str, args: &[&str]) -> Finished {
 
 /// `sum(xact_commit)` of database app, read on `node` directly.
 fn commits(node: &NodeHandle) -> u64 {
-    let text = direct(node, "postgres", "SELECT sum(xact_commit) FROM pg_stat_database WHERE datname = 'app'");
-    text.parse().unwrap_or_else(|e| panic!("xact_commit on {}: `{text}`: {e}", node.name))
+    let text = direct(
+        node,
+        "postgres",
+        "SELECT sum(xact_commit) FROM pg_stat_database WHERE datname = 'app'",
+    );
+    text.parse()
+        .unwrap_or_else(|e| panic!("xact_commit on {}: `{text}`: {e}", node.name))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -299,11 +416,17 @@ async fn pgbench_initialises_and_runs_in_every_query_mode() {
         "pgbench -i loaded scale 1 on the primary"
     );
     assert_eq!(
-        direct(&cluster.primary, APP_DB, "SELECT count(*) FROM pg_indexes WHERE indexname = 'pgbench_accounts_pkey'"),
+        direct(
+            &cluster.primary,
+            APP_DB,
+            "SELECT count(*) FROM pg_indexes WHERE indexname = 'pgbench_accounts_pkey'"
+        ),
         "1",
         "primary keys were created"
     );
-    cluster.wait_replicas_caught_up(CATCH_UP).expect("replicas caught up");
+    cluster
+        .wait_replicas_caught_up(CATCH_UP)
+        .expect("replicas caught up");
 
     // Select-only runs: every read lands on a replica, and both replicas do their share.
     let (clients, select_tx) = (4_u64, 200_u64);
@@ -313,7 +436,11 @@ async fn pgbench_initialises_and_runs_in_every_query_mode() {
         let result = parse_pgbench(&done);
         assert!(done.status.success(), "pgbench -S -M {mode}: {done}");
         assert_eq!(result.failed, 0, "pgbench -S -M {mode} had failures: {done}");
-        assert_eq!(result.processed, clients * select_tx, "pgbench -S -M {mode}: {done}");
+        assert_eq!(
+            result.processed,
+            clients * select_tx,
+            "pgbench -S -M {mode}: {done}"
+        );
         // Statistics reach pg_stat_database when a backend is idle for a moment (up to ~10 s in PG 15).
         let wanted = clients * select_tx / 4;
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -344,7 +471,11 @@ async fn pgbench_initialises_and_runs_in_every_query_mode() {
         let result = parse_pgbench(&done);
         assert!(done.status.success(), "pgbench TPC-B -M {mode}: {done}");
         assert_eq!(result.failed, 0, "pgbench TPC-B -M {mode} had failures: {done}");
-        assert_eq!(result.processed, clients * tpcb_tx, "pgbench TPC-B -M {mode}: {done}");
+        assert_eq!(
+            result.processed,
+            clients * tpcb_tx,
+            "pgbench TPC-B -M {mode}: {done}"
+        );
     }
     let expected = (3 * clients * tpcb_tx).to_string();
     assert_eq!(
@@ -361,7 +492,9 @@ async fn pgbench_initialises_and_runs_in_every_query_mode() {
         "t",
         "balances match the history"
     );
-    cluster.wait_replicas_caught_up(CATCH_UP).expect("replicas caught up");
+    cluster
+        .wait_replicas_caught_up(CATCH_UP)
+        .expect("replicas caught up");
     for replica in &cluster.replicas {
         assert_eq!(
             direct(replica, APP_DB, "SELECT count(*) FROM pgbench_history"),

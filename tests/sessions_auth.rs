@@ -32,8 +32,13 @@ type Msg = (u8, Vec<u8>);
 
 impl Raw {
     async fn connect(port: u16) -> Raw {
-        let stream = TcpStream::connect(("127.0.0.1", port)).await.expect("tcp connect to pgfleet");
-        Raw { stream, buf: BytesMut::new() }
+        let stream = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("tcp connect to pgfleet");
+        Raw {
+            stream,
+            buf: BytesMut::new(),
+        }
     }
 
     async fn send(&mut self, bytes: &[u8]) {
@@ -72,18 +77,57 @@ impl Raw {
         }
     }
 
+    /// Whether the running query is still running after `wait`: no ErrorResponse, ReadyForQuery or end of
+    /// stream arrived meanwhile (a RowDescription may).
+    async fn still_running(&mut self, wait: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.frame_within(left).await {
+                Err(()) => return true,
+                Ok(Some((b'T', _))) => {}
+                Ok(other) => panic!("the query ended early: {other:?}"),
+            }
+        }
+    }
+
+    /// Every message up to ReadyForQuery, which must arrive within `wait`.
+    async fn until_ready(&mut self, wait: Duration) -> Vec<Msg> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut out = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let msg = self
+                .frame_within(left)
+                .await
+                .unwrap_or_else(|()| panic!("no ReadyForQuery within {wait:?}; got {out:?}"))
+                .expect("pgfleet closed the connection");
+            let done = msg.0 == b'Z';
+            out.push(msg);
+            if done {
+                return out;
+            }
+        }
+    }
+
     async fn frame(&mut self) -> Option<Msg> {
-        self.frame_within(IO_TIMEOUT).await.expect("a message from pgfleet within 10 s")
+        self.frame_within(IO_TIMEOUT)
+            .await
+            .expect("a message from pgfleet within 10 s")
     }
 
     /// Runs the startup (SCRAM as libpq does, or md5/trust as the server asks) up to ReadyForQuery and
     /// returns the BackendKeyData; `Err` carries the ErrorResponse body if pgfleet refused.
     async fn login(&mut self, user: &str, password: &str, db: &str) -> Result<(i32, i32), Vec<u8>> {
-        self.send(&encode_startup(&[("user", user), ("database", db)])).await;
+        self.send(&encode_startup(&[("user", user), ("database", db)]))
+            .await;
         let mut scram: Option<ScramSha256> = None;
         let mut key = None;
         loop {
-            let (kind, body) = self.frame().await.expect("pgfleet closed the connection during startup");
+            let (kind, body) = self
+                .frame()
+                .await
+                .expect("pgfleet closed the connection during startup");
             match kind {
                 b'R' => {
                     let code = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
@@ -117,7 +161,8 @@ impl Raw {
                         }
                         12 => {
                             let s = scram.as_mut().expect("SASLFinal after SASL");
-                            s.finish(&body[4..]).expect("pgfleet proves it knows the password");
+                            s.finish(&body[4..])
+                                .expect("pgfleet proves it knows the password");
                         }
                         other => panic!("unexpected authentication request {other}"),
                     }
@@ -138,13 +183,17 @@ impl Raw {
     /// The first Authentication request pgfleet makes for `user` (0 ok/trust, 5 md5, 10 SASL).
     async fn first_auth_request(port: u16, user: &str) -> i32 {
         let mut raw = Raw::connect(port).await;
-        raw.send(&encode_startup(&[("user", user), ("database", APP_DB)])).await;
+        raw.send(&encode_startup(&[("user", user), ("database", APP_DB)]))
+            .await;
         let (kind, body) = raw.frame().await.expect("an answer to the startup packet");
         assert_eq!(kind, b'R', "expected an Authentication request for {user}");
         let code = i32::from_be_bytes([body[0], body[1], body[2], body[3]]);
         if code == 10 {
             let mechanisms = String::from_utf8_lossy(&body[4..]).to_string();
-            assert!(mechanisms.contains("SCRAM-SHA-256"), "mechanisms offered: {mechanisms:?}");
+            assert!(
+                mechanisms.contains("SCRAM-SHA-256"),
+                "mechanisms offered: {mechanisms:?}"
+            );
         }
         code
     }
@@ -154,7 +203,10 @@ impl Raw {
         self.send(&query(sql)).await;
         let mut out = Vec::new();
         loop {
-            let msg = self.frame().await.expect("pgfleet closed the connection during a query");
+            let msg = self
+                .frame()
+                .await
+                .expect("pgfleet closed the connection during a query");
             let done = msg.0 == b'Z';
             out.push(msg);
             if done {
@@ -180,12 +232,21 @@ fn sqlstate(body: &[u8]) -> &str {
 }
 
 async fn send_cancel(port: u16, pid: i32, secret: i32) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).await.expect("connect for cancel");
-    s.write_all(&encode_cancel(pid, secret)).await.expect("send CancelRequest");
+    let mut s = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect for cancel");
+    s.write_all(&encode_cancel(pid, secret))
+        .await
+        .expect("send CancelRequest");
     // pgfleet answers nothing and closes the socket once it has passed the cancel on (or ignored it).
     let mut b = [0u8; 16];
-    let n = tokio::time::timeout(IO_TIMEOUT, s.read(&mut b)).await.expect("cancel socket closed in time");
-    assert!(matches!(n, Ok(0) | Err(_)), "a CancelRequest gets no reply bytes: {n:?}");
+    let n = tokio::time::timeout(IO_TIMEOUT, s.read(&mut b))
+        .await
+        .expect("cancel socket closed in time");
+    assert!(
+        matches!(n, Ok(0) | Err(_)),
+        "a CancelRequest gets no reply bytes: {n:?}"
+    );
 }
 
 /// First value of the first row of a simple query.
@@ -200,14 +261,22 @@ async fn one(c: &tokio_postgres::Client, sql: &str) -> String {
 }
 
 /// Runs psql against the proxy; returns (success, stdout, stderr).
-async fn psql(port: u16, user: &str, password: &str, sslmode: &str, commands: &[&str]) -> (bool, String, String) {
+async fn psql(
+    port: u16,
+    user: &str,
+    password: &str,
+    sslmode: &str,
+    commands: &[&str],
+) -> (bool, String, String) {
     let mut cmd = tokio::process::Command::new("psql");
     cmd.arg("-X")
         .arg("-A")
         .arg("-t")
         .arg("-v")
         .arg("ON_ERROR_STOP=1")
-        .arg(format!("host=127.0.0.1 port={port} user={user} dbname={APP_DB} sslmode={sslmode}"))
+        .arg(format!(
+            "host=127.0.0.1 port={port} user={user} dbname={APP_DB} sslmode={sslmode}"
+        ))
         .env("PGPASSWORD", password)
         .env("PGCONNECT_TIMEOUT", "10")
         .env_remove("PGSSLMODE")
@@ -235,14 +304,25 @@ async fn ssl_and_gssenc_requests_are_declined_without_tls() {
     // SSLRequest: 'N', then a normal 3.0 startup on the same socket.
     let mut raw = Raw::connect(proxy.port).await;
     raw.send(&SSL_REQUEST).await;
-    assert_eq!(raw.read_byte().await, b'N', "no TLS configured: SSLRequest is declined");
-    let (pid, secret) = raw.login(APP_USER, PASSWORD, APP_DB).await.expect("startup after 'N'");
+    assert_eq!(
+        raw.read_byte().await,
+        b'N',
+        "no TLS configured: SSLRequest is declined"
+    );
+    let (pid, secret) = raw
+        .login(APP_USER, PASSWORD, APP_DB)
+        .await
+        .expect("startup after 'N'");
     assert!(pid != 0 || secret != 0, "BackendKeyData carries a key");
     let msgs = raw.simple("SELECT inet_server_port()").await;
     let ports = data_rows(&msgs);
     assert_eq!(ports.len(), 1, "{msgs:?}");
     assert!(replicas.contains(&ports[0]), "a read on a replica: {ports:?}");
-    assert_eq!(msgs.last().map(|m| m.1.clone()), Some(b"I".to_vec()), "idle after the query");
+    assert_eq!(
+        msgs.last().map(|m| m.1.clone()),
+        Some(b"I".to_vec()),
+        "idle after the query"
+    );
     raw.send(&build(b'X', b"")).await;
 
     // GSSENCRequest: 'N'; the client may then ask for SSL ('N' again) and start up.
@@ -250,9 +330,18 @@ async fn ssl_and_gssenc_requests_are_declined_without_tls() {
     raw.send(&GSSENC_REQUEST).await;
     assert_eq!(raw.read_byte().await, b'N', "GSSENCRequest is declined");
     raw.send(&SSL_REQUEST).await;
-    assert_eq!(raw.read_byte().await, b'N', "SSLRequest after GSSENCRequest is declined");
-    raw.login(APP_USER, PASSWORD, APP_DB).await.expect("startup after GSSENC and SSL refusals");
-    assert_eq!(data_rows(&raw.simple("SELECT 40 + 2").await), vec!["42".to_owned()]);
+    assert_eq!(
+        raw.read_byte().await,
+        b'N',
+        "SSLRequest after GSSENCRequest is declined"
+    );
+    raw.login(APP_USER, PASSWORD, APP_DB)
+        .await
+        .expect("startup after GSSENC and SSL refusals");
+    assert_eq!(
+        data_rows(&raw.simple("SELECT 40 + 2").await),
+        vec!["42".to_owned()]
+    );
 
     // Protocol 2.0 is not spoken.
     let mut raw = Raw::connect(proxy.port).await;
@@ -263,16 +352,32 @@ async fn ssl_and_gssenc_requests_are_declined_without_tls() {
     assert_eq!(kind, b'E');
     assert_eq!(error_field(&body, b'S'), Some("FATAL"));
     assert_eq!(sqlstate(&body), "0A000", "{:?}", error_field(&body, b'M'));
-    assert!(raw.frame().await.is_none(), "the connection is closed after the FATAL");
+    assert!(
+        raw.frame().await.is_none(),
+        "the connection is closed after the FATAL"
+    );
 
     // libpq: sslmode=prefer falls back to clear text, sslmode=require gives up.
-    let (ok, out, err) = psql(proxy.port, APP_USER, PASSWORD, "prefer", &["SELECT 7 * 6", "\\conninfo"]).await;
+    let (ok, out, err) = psql(
+        proxy.port,
+        APP_USER,
+        PASSWORD,
+        "prefer",
+        &["SELECT 7 * 6", "\\conninfo"],
+    )
+    .await;
     assert!(ok, "psql sslmode=prefer: {err}");
     assert!(out.starts_with("42\n"), "{out}");
-    assert!(!out.contains("SSL connection"), "no TLS without a certificate: {out}");
+    assert!(
+        !out.contains("SSL connection"),
+        "no TLS without a certificate: {out}"
+    );
     let (ok, _, err) = psql(proxy.port, APP_USER, PASSWORD, "require", &["SELECT 1"]).await;
     assert!(!ok, "sslmode=require must fail when pgfleet has no TLS");
-    assert!(err.contains("SSL"), "libpq explains that the server refused SSL: {err}");
+    assert!(
+        err.contains("SSL"),
+        "libpq explains that the server refused SSL: {err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -282,7 +387,15 @@ async fn tls_is_offered_when_a_certificate_is_configured() {
     let cert = dir.path().join("server.crt");
     let key = dir.path().join("server.key");
     let out = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ])
         .arg("-keyout")
         .arg(&key)
         .arg("-out")
@@ -290,13 +403,21 @@ async fn tls_is_offered_when_a_certificate_is_configured() {
         .args(["-days", "2", "-subj", "/CN=localhost"])
         .output()
         .expect("run openssl");
-    assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let port = free_port();
     let listen = format!("address = \"127.0.0.1:{port}\"\n");
     let text = Proxy::config_for(&cluster, port, "").replacen(
         &listen,
-        &format!("{listen}tls_cert = \"{}\"\ntls_key = \"{}\"\n", cert.display(), key.display()),
+        &format!(
+            "{listen}tls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ),
         1,
     );
     assert!(text.contains("tls_cert"), "{text}");
@@ -305,7 +426,11 @@ async fn tls_is_offered_when_a_certificate_is_configured() {
     // The raw answer is 'S'.
     let mut raw = Raw::connect(proxy.port).await;
     raw.send(&SSL_REQUEST).await;
-    assert_eq!(raw.read_byte().await, b'S', "TLS configured: SSLRequest is accepted");
+    assert_eq!(
+        raw.read_byte().await,
+        b'S',
+        "TLS configured: SSLRequest is accepted"
+    );
     drop(raw);
 
     let (ok, out, err) = psql(
@@ -313,10 +438,17 @@ async fn tls_is_offered_when_a_certificate_is_configured() {
         APP_USER,
         PASSWORD,
         "require",
-        &["SELECT 'over-tls-' || count(*) FROM pg_class WHERE relname = 'pg_class'", "\\conninfo"],
+        &[
+            "SELECT 'over-tls-' || count(*) FROM pg_class WHERE relname = 'pg_class'",
+            "\\conninfo",
+        ],
     )
     .await;
-    assert!(ok, "psql sslmode=require through pgfleet with TLS: {err}\n--- log ---\n{}", proxy.log_tail(40));
+    assert!(
+        ok,
+        "psql sslmode=require through pgfleet with TLS: {err}\n--- log ---\n{}",
+        proxy.log_tail(40)
+    );
     assert!(out.contains("over-tls-1"), "{out}");
     assert!(out.contains("SSL connection"), "\\conninfo reports SSL: {out}");
 
@@ -336,16 +468,29 @@ async fn tls_is_offered_when_a_certificate_is_configured() {
     assert!(out.contains("secure"), "{out}");
 
     // Clear text still works on the same listener.
-    let (ok, out, err) = psql(proxy.port, APP_USER, PASSWORD, "disable", &["SELECT 'plain-ok'", "\\conninfo"]).await;
+    let (ok, out, err) = psql(
+        proxy.port,
+        APP_USER,
+        PASSWORD,
+        "disable",
+        &["SELECT 'plain-ok'", "\\conninfo"],
+    )
+    .await;
     assert!(ok, "psql sslmode=disable: {err}");
     assert!(out.contains("plain-ok"), "{out}");
-    assert!(!out.contains("SSL connection"), "sslmode=disable is not encrypted: {out}");
+    assert!(
+        !out.contains("SSL connection"),
+        "sslmode=disable is not encrypted: {out}"
+    );
     let plain = connect(&proxy.dsn(APP_USER, PASSWORD, APP_DB)).await;
     assert_eq!(one(&plain, "SELECT 'tokio-plain'").await, "tokio-plain");
     // A wrong password over TLS is still refused.
     let (ok, _, err) = psql(proxy.port, APP_USER, "not-the-password", "require", &["SELECT 1"]).await;
     assert!(!ok);
-    assert!(err.contains("password authentication failed for user \"app\""), "{err}");
+    assert!(
+        err.contains("password authentication failed for user \"app\""),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -356,9 +501,13 @@ async fn each_user_authenticates_with_its_configured_method() {
         "CREATE ROLE u_trust LOGIN PASSWORD 'pw-trust-9x'",
         "CREATE ROLE u_scram LOGIN PASSWORD 'pw-scram-2q'",
     ] {
-        cluster.psql(&cluster.primary, "postgres", sql).expect("create role");
+        cluster
+            .psql(&cluster.primary, "postgres", sql)
+            .expect("create role");
     }
-    cluster.wait_replicas_caught_up(Duration::from_secs(10)).expect("roles replicated");
+    cluster
+        .wait_replicas_caught_up(Duration::from_secs(10))
+        .expect("roles replicated");
     let proxy = Proxy::start(
         &cluster,
         "[[users]]\nname = \"u_md5\"\npassword = \"pw-md5-3k\"\nauth = \"md5\"\n\n\
@@ -367,18 +516,45 @@ async fn each_user_authenticates_with_its_configured_method() {
     );
 
     // The method pgfleet asks for, per user; SCRAM is the default (app has no `auth`).
-    assert_eq!(Raw::first_auth_request(proxy.port, APP_USER).await, 10, "app: SCRAM-SHA-256 by default");
-    assert_eq!(Raw::first_auth_request(proxy.port, "u_scram").await, 10, "u_scram: SCRAM-SHA-256");
-    assert_eq!(Raw::first_auth_request(proxy.port, "u_md5").await, 5, "u_md5: md5");
-    assert_eq!(Raw::first_auth_request(proxy.port, "u_trust").await, 0, "u_trust: no password asked");
+    assert_eq!(
+        Raw::first_auth_request(proxy.port, APP_USER).await,
+        10,
+        "app: SCRAM-SHA-256 by default"
+    );
+    assert_eq!(
+        Raw::first_auth_request(proxy.port, "u_scram").await,
+        10,
+        "u_scram: SCRAM-SHA-256"
+    );
+    assert_eq!(
+        Raw::first_auth_request(proxy.port, "u_md5").await,
+        5,
+        "u_md5: md5"
+    );
+    assert_eq!(
+        Raw::first_auth_request(proxy.port, "u_trust").await,
+        0,
+        "u_trust: no password asked"
+    );
 
     // psql with PGPASSWORD, default SCRAM.
-    let (ok, out, err) = psql(proxy.port, APP_USER, PASSWORD, "disable", &["SELECT current_user"]).await;
+    let (ok, out, err) = psql(
+        proxy.port,
+        APP_USER,
+        PASSWORD,
+        "disable",
+        &["SELECT current_user"],
+    )
+    .await;
     assert!(ok, "psql as app: {err}");
     assert_eq!(out.trim(), "app");
 
     // Each user logs in with the right password and runs as itself, on a replica and on the primary.
-    for (user, password) in [("u_scram", "pw-scram-2q"), ("u_md5", "pw-md5-3k"), ("u_trust", "pw-trust-9x")] {
+    for (user, password) in [
+        ("u_scram", "pw-scram-2q"),
+        ("u_md5", "pw-md5-3k"),
+        ("u_trust", "pw-trust-9x"),
+    ] {
         let c = connect(&proxy.dsn(user, password, APP_DB)).await;
         assert_eq!(one(&c, "SELECT current_user").await, user);
         assert_eq!(one(&c, "/* pgfleet:primary */ SELECT session_user").await, user);
@@ -388,15 +564,28 @@ async fn each_user_authenticates_with_its_configured_method() {
     }
     // Raw md5 and SCRAM exchanges succeed too.
     let mut raw = Raw::connect(proxy.port).await;
-    raw.login("u_md5", "pw-md5-3k", APP_DB).await.expect("raw md5 login");
-    assert_eq!(data_rows(&raw.simple("SELECT current_user").await), vec!["u_md5".to_owned()]);
+    raw.login("u_md5", "pw-md5-3k", APP_DB)
+        .await
+        .expect("raw md5 login");
+    assert_eq!(
+        data_rows(&raw.simple("SELECT current_user").await),
+        vec!["u_md5".to_owned()]
+    );
 
     // Wrong passwords: refused for SCRAM and md5 users; trust does not care.
     for user in ["u_scram", "u_md5"] {
-        let err = try_connect(&proxy.dsn(user, "wrong-pw", APP_DB)).await.err().expect("wrong password refused");
-        let db = err.as_db_error().unwrap_or_else(|| panic!("{user}: a server error, got {err}"));
+        let err = try_connect(&proxy.dsn(user, "wrong-pw", APP_DB))
+            .await
+            .err()
+            .expect("wrong password refused");
+        let db = err
+            .as_db_error()
+            .unwrap_or_else(|| panic!("{user}: a server error, got {err}"));
         assert_eq!(db.code().code(), "28P01", "{user}: {db}");
-        assert_eq!(db.message(), format!("password authentication failed for user \"{user}\""));
+        assert_eq!(
+            db.message(),
+            format!("password authentication failed for user \"{user}\"")
+        );
     }
     let c = connect(&proxy.dsn("u_trust", "anything-at-all", APP_DB)).await;
     assert_eq!(one(&c, "SELECT current_user").await, "u_trust");
@@ -411,29 +600,54 @@ async fn login_failures_are_reported_like_postgres() {
     let proxy = Proxy::start(&cluster, "");
 
     // Wrong password.
-    let err = try_connect(&proxy.dsn(APP_USER, "not-secret", APP_DB)).await.err().expect("wrong password");
-    let db = err.as_db_error().unwrap_or_else(|| panic!("a server error, got {err}"));
+    let err = try_connect(&proxy.dsn(APP_USER, "not-secret", APP_DB))
+        .await
+        .err()
+        .expect("wrong password");
+    let db = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("a server error, got {err}"));
     assert_eq!(db.severity(), "FATAL");
     assert_eq!(db.code().code(), "28P01");
     assert_eq!(db.message(), "password authentication failed for user \"app\"");
 
     // Unknown user: the same code and wording (nothing reveals which roles exist).
-    let err = try_connect(&proxy.dsn("ghost_user", "whatever", APP_DB)).await.err().expect("unknown user");
-    let db = err.as_db_error().unwrap_or_else(|| panic!("a server error, got {err}"));
+    let err = try_connect(&proxy.dsn("ghost_user", "whatever", APP_DB))
+        .await
+        .err()
+        .expect("unknown user");
+    let db = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("a server error, got {err}"));
     assert_eq!(db.severity(), "FATAL");
     assert_eq!(db.code().code(), "28P01");
-    assert_eq!(db.message(), "password authentication failed for user \"ghost_user\"");
+    assert_eq!(
+        db.message(),
+        "password authentication failed for user \"ghost_user\""
+    );
 
     // Unknown database.
-    let err = try_connect(&proxy.dsn(APP_USER, PASSWORD, "no_such_db")).await.err().expect("unknown db");
-    let db = err.as_db_error().unwrap_or_else(|| panic!("a server error, got {err}"));
+    let err = try_connect(&proxy.dsn(APP_USER, PASSWORD, "no_such_db"))
+        .await
+        .err()
+        .expect("unknown db");
+    let db = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("a server error, got {err}"));
     assert_eq!(db.severity(), "FATAL");
     assert_eq!(db.code().code(), "3D000");
-    assert!(db.message().contains("\"no_such_db\""), "names the database: {}", db.message());
+    assert!(
+        db.message().contains("\"no_such_db\""),
+        "names the database: {}",
+        db.message()
+    );
 
     // Raw: the wrong-password FATAL is followed by the end of the connection.
     let mut raw = Raw::connect(proxy.port).await;
-    let body = raw.login(APP_USER, "still-wrong", APP_DB).await.expect_err("refused");
+    let body = raw
+        .login(APP_USER, "still-wrong", APP_DB)
+        .await
+        .expect_err("refused");
     assert_eq!(sqlstate(&body), "28P01");
     assert_eq!(error_field(&body, b'S'), Some("FATAL"));
     assert!(raw.frame().await.is_none(), "closed after the FATAL");
@@ -441,7 +655,10 @@ async fn login_failures_are_reported_like_postgres() {
     // psql sees the same.
     let (ok, _, err) = psql(proxy.port, APP_USER, "nope", "disable", &["SELECT 1"]).await;
     assert!(!ok);
-    assert!(err.contains("password authentication failed for user \"app\""), "{err}");
+    assert!(
+        err.contains("password authentication failed for user \"app\""),
+        "{err}"
+    );
 
     // And none of this disturbed a good session.
     let c = connect(&proxy.dsn(APP_USER, PASSWORD, APP_DB)).await;
@@ -450,7 +667,10 @@ async fn login_failures_are_reported_like_postgres() {
 
 /// Runs `SELECT pg_sleep(20)` on `client` in a task, cancels it after it started, and checks that it ends
 /// with 57014 within 2 s of the cancel. Gives the client back.
-async fn cancel_sleep(client: tokio_postgres::Client, sleeping_on: &[&support::cluster::NodeHandle]) -> tokio_postgres::Client {
+async fn cancel_sleep(
+    client: tokio_postgres::Client,
+    sleeping_on: &[&support::cluster::NodeHandle],
+) -> tokio_postgres::Client {
     let token = client.cancel_token();
     let task = tokio::spawn(async move {
         let r = client.simple_query("SELECT pg_sleep(20)").await;
@@ -470,18 +690,26 @@ async fn cancel_sleep(client: tokio_postgres::Client, sleeping_on: &[&support::c
                 break 'seen;
             }
         }
-        assert!(Instant::now() < deadline, "the sleep never showed up on the expected node(s)");
+        assert!(
+            Instant::now() < deadline,
+            "the sleep never showed up on the expected node(s)"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let cancelled_at = Instant::now();
-    token.cancel_query(tokio_postgres::NoTls).await.expect("send the cancel request");
+    token
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .expect("send the cancel request");
     let (client, result) = tokio::time::timeout(Duration::from_secs(5), task)
         .await
         .expect("the cancelled query ends within 5 s")
         .expect("query task");
     let elapsed = cancelled_at.elapsed();
     let err = result.err().expect("a cancelled query fails");
-    let db = err.as_db_error().unwrap_or_else(|| panic!("a server error, got {err}"));
+    let db = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("a server error, got {err}"));
     assert_eq!(db.code().code(), "57014", "{db}");
     assert!(elapsed < Duration::from_secs(2), "cancel took {elapsed:?}");
     client
@@ -497,21 +725,42 @@ async fn cancel_reaches_the_running_query_on_a_replica_and_in_a_primary_transact
     // On a replica, outside a transaction.
     let c = connect(&proxy.dsn(APP_USER, PASSWORD, APP_DB)).await;
     let c = cancel_sleep(c, &replicas).await;
-    assert_eq!(one(&c, "SELECT 'after cancel'").await, "after cancel", "the session goes on");
+    assert_eq!(
+        one(&c, "SELECT 'after cancel'").await,
+        "after cancel",
+        "the session goes on"
+    );
 
     // Inside a read-write transaction, on the primary.
-    c.batch_execute("CREATE TABLE cancel_t (id int)").await.expect("create");
+    c.batch_execute("CREATE TABLE cancel_t (id int)")
+        .await
+        .expect("create");
     c.batch_execute("BEGIN").await.expect("begin");
-    c.batch_execute("INSERT INTO cancel_t VALUES (1)").await.expect("insert");
-    assert_eq!(one(&c, "SELECT inet_server_port()").await, primary, "the transaction runs on the primary");
+    c.batch_execute("INSERT INTO cancel_t VALUES (1)")
+        .await
+        .expect("insert");
+    assert_eq!(
+        one(&c, "SELECT inet_server_port()").await,
+        primary,
+        "the transaction runs on the primary"
+    );
     let c = cancel_sleep(c, &[&cluster.primary]).await;
-    let err = c.simple_query("SELECT 1").await.expect_err("the transaction is aborted");
+    let err = c
+        .simple_query("SELECT 1")
+        .await
+        .expect_err("the transaction is aborted");
     assert_eq!(err.as_db_error().expect("db error").code().code(), "25P02");
     c.batch_execute("ROLLBACK").await.expect("rollback");
-    assert_eq!(one(&c, "/* pgfleet:primary */ SELECT count(*) FROM cancel_t").await, "0");
+    assert_eq!(
+        one(&c, "/* pgfleet:primary */ SELECT count(*) FROM cancel_t").await,
+        "0"
+    );
 
     // A cancel for an idle session is harmless, and the next query runs to completion.
-    c.cancel_token().cancel_query(tokio_postgres::NoTls).await.expect("idle cancel");
+    c.cancel_token()
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .expect("idle cancel");
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(one(&c, "SELECT pg_sleep(0.3)::text || 'done'").await, "done");
 }
@@ -529,10 +778,15 @@ async fn cancel_keys_are_per_session_and_wrong_keys_do_nothing() {
     // The key is pgfleet's own, not a node backend's.
     let backend_pids: Vec<String> = {
         let mut pids = data_rows(&a.simple("SELECT pg_backend_pid()").await);
-        pids.extend(data_rows(&a.simple("/* pgfleet:primary */ SELECT pg_backend_pid()").await));
+        pids.extend(data_rows(
+            &a.simple("/* pgfleet:primary */ SELECT pg_backend_pid()").await,
+        ));
         pids
     };
-    assert!(!backend_pids.contains(&key_a.0.to_string()), "key {key_a:?} vs backends {backend_pids:?}");
+    assert!(
+        !backend_pids.contains(&key_a.0.to_string()),
+        "key {key_a:?} vs backends {backend_pids:?}"
+    );
 
     a.send(&query("SELECT pg_sleep(20)")).await;
     b.send(&query("SELECT pg_sleep(20)")).await;
@@ -542,30 +796,51 @@ async fn cancel_keys_are_per_session_and_wrong_keys_do_nothing() {
     send_cancel(proxy.port, key_a.0, key_a.1.wrapping_add(1)).await;
     send_cancel(proxy.port, key_a.0.wrapping_add(1), key_a.1).await;
     send_cancel(proxy.port, key_b.0, key_a.1).await;
-    assert!(a.frame_within(Duration::from_millis(1500)).await.is_err(), "a wrong key cancelled nothing (a)");
-    assert!(b.frame_within(Duration::from_millis(10)).await.is_err(), "a wrong key cancelled nothing (b)");
+    assert!(
+        a.still_running(Duration::from_millis(1500)).await,
+        "a wrong key cancelled nothing (a)"
+    );
+    assert!(
+        b.still_running(Duration::from_millis(10)).await,
+        "a wrong key cancelled nothing (b)"
+    );
 
     // A's key cancels A only.
     let sent = Instant::now();
     send_cancel(proxy.port, key_a.0, key_a.1).await;
-    let (kind, body) = a.frame_within(Duration::from_secs(2)).await.expect("a answers within 2 s").expect("open");
-    assert_eq!(kind, b'E', "an ErrorResponse");
-    assert_eq!(sqlstate(&body), "57014");
+    let msgs = a.until_ready(Duration::from_secs(2)).await;
     assert!(sent.elapsed() < Duration::from_secs(2));
-    let (kind, body) = a.frame().await.expect("ReadyForQuery");
-    assert_eq!((kind, body), (b'Z', b"I".to_vec()));
-    assert!(b.frame_within(Duration::from_millis(1000)).await.is_err(), "b is still sleeping");
+    let errors: Vec<&str> = msgs
+        .iter()
+        .filter(|(k, _)| *k == b'E')
+        .map(|(_, b)| sqlstate(b))
+        .collect();
+    assert_eq!(errors, vec!["57014"], "{msgs:?}");
+    assert_eq!(msgs.last().map(|m| m.1.clone()), Some(b"I".to_vec()));
+    assert!(
+        b.still_running(Duration::from_millis(1000)).await,
+        "b is still sleeping"
+    );
 
     // B's key cancels B.
     send_cancel(proxy.port, key_b.0, key_b.1).await;
-    let (kind, body) = b.frame_within(Duration::from_secs(2)).await.expect("b answers within 2 s").expect("open");
-    assert_eq!(kind, b'E');
-    assert_eq!(sqlstate(&body), "57014");
-    assert_eq!(b.frame().await.map(|m| m.0), Some(b'Z'));
+    let msgs = b.until_ready(Duration::from_secs(2)).await;
+    let errors: Vec<&str> = msgs
+        .iter()
+        .filter(|(k, _)| *k == b'E')
+        .map(|(_, b)| sqlstate(b))
+        .collect();
+    assert_eq!(errors, vec!["57014"], "{msgs:?}");
 
     // Both sessions carry on.
-    assert_eq!(data_rows(&a.simple("SELECT 'a ok'").await), vec!["a ok".to_owned()]);
-    assert_eq!(data_rows(&b.simple("SELECT 'b ok'").await), vec!["b ok".to_owned()]);
+    assert_eq!(
+        data_rows(&a.simple("SELECT 'a ok'").await),
+        vec!["a ok".to_owned()]
+    );
+    assert_eq!(
+        data_rows(&b.simple("SELECT 'b ok'").await),
+        vec!["b ok".to_owned()]
+    );
     // After a session ends its key is void: it must not cancel anything, including a new session's query.
     let mut c = Raw::connect(proxy.port).await;
     let key_c = c.login(APP_USER, PASSWORD, APP_DB).await.expect("login c");
@@ -574,18 +849,11 @@ async fn cancel_keys_are_per_session_and_wrong_keys_do_nothing() {
     c.send(&query("SELECT pg_sleep(3)")).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     send_cancel(proxy.port, key_a.0, key_a.1).await;
-    let msgs = {
-        let mut msgs = Vec::new();
-        loop {
-            let m = c.frame().await.expect("c answers");
-            let done = m.0 == b'Z';
-            msgs.push(m);
-            if done {
-                break msgs;
-            }
-        }
-    };
-    assert!(msgs.iter().all(|(k, _)| *k != b'E'), "c's sleep was not cancelled by a's old key");
+    let msgs = c.until_ready(Duration::from_secs(10)).await;
+    assert!(
+        msgs.iter().all(|(k, _)| *k != b'E'),
+        "c's sleep was not cancelled by a's old key"
+    );
     assert_ne!(key_c, key_a);
 }
 
@@ -602,9 +870,13 @@ async fn passwords_never_reach_the_log() {
         // The node knows this role with another password than pgfleet's config: the node login fails.
         "CREATE ROLE log_mismatch LOGIN PASSWORD 'node-side-other'".to_owned(),
     ] {
-        cluster.psql(&cluster.primary, "postgres", &sql).expect("create role");
+        cluster
+            .psql(&cluster.primary, "postgres", &sql)
+            .expect("create role");
     }
-    cluster.wait_replicas_caught_up(Duration::from_secs(10)).expect("roles replicated");
+    cluster
+        .wait_replicas_caught_up(Duration::from_secs(10))
+        .expect("roles replicated");
     let proxy = Proxy::start(
         &cluster,
         &format!(
@@ -618,17 +890,29 @@ async fn passwords_never_reach_the_log() {
     for (user, pw) in [("log_md5", MD5_PW), ("log_scram", SCRAM_PW)] {
         let c = connect(&proxy.dsn(user, pw, APP_DB)).await;
         assert_eq!(one(&c, "SELECT current_user").await, user);
-        c.batch_execute("SET application_name = 'log-test'").await.expect("set");
+        c.batch_execute("SET application_name = 'log-test'")
+            .await
+            .expect("set");
         assert_eq!(one(&c, "/* pgfleet:primary */ SELECT 1").await, "1");
         let (ok, _, err) = psql(proxy.port, user, pw, "disable", &["SELECT 1"]).await;
         assert!(ok, "{err}");
-        assert!(try_connect(&proxy.dsn(user, WRONG_GUESS, APP_DB)).await.is_err(), "wrong password refused");
+        assert!(
+            try_connect(&proxy.dsn(user, WRONG_GUESS, APP_DB)).await.is_err(),
+            "wrong password refused"
+        );
     }
-    assert!(try_connect(&proxy.dsn("nobody_here", WRONG_GUESS, APP_DB)).await.is_err());
+    assert!(
+        try_connect(&proxy.dsn("nobody_here", WRONG_GUESS, APP_DB))
+            .await
+            .is_err()
+    );
     let (ok, _, _) = psql(proxy.port, "log_scram", WRONG_GUESS, "disable", &["SELECT 1"]).await;
     assert!(!ok);
     // The client proves the configured password, but the node refuses it.
-    let err = try_connect(&proxy.dsn("log_mismatch", NODE_MISMATCH_PW, APP_DB)).await.err().expect("node refuses");
+    let err = try_connect(&proxy.dsn("log_mismatch", NODE_MISMATCH_PW, APP_DB))
+        .await
+        .err()
+        .expect("node refuses");
     assert_eq!(err.as_db_error().map(|d| d.code().code()), Some("28P01"), "{err}");
     let (ok, _, _) = psql(proxy.port, APP_USER, PASSWORD, "disable", &["SELECT 1"]).await;
     assert!(ok);
@@ -636,13 +920,26 @@ async fn passwords_never_reach_the_log() {
     // Give the log a moment to be written, then look for every password.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let log = proxy.log_contents();
-    assert!(log.contains("DEBUG"), "debug logging is on, so the check is not vacuous:\n{log}");
+    assert!(
+        log.contains("DEBUG"),
+        "debug logging is on, so the check is not vacuous:\n{log}"
+    );
     assert!(log.lines().count() > 10, "sessions were logged:\n{log}");
     for pw in [MD5_PW, SCRAM_PW, NODE_MISMATCH_PW, WRONG_GUESS, "node-side-other"] {
         let hits: Vec<&str> = log.lines().filter(|l| l.contains(pw)).collect();
-        assert!(hits.is_empty(), "password {pw:?} appears in the pgfleet log:\n{}", hits.join("\n"));
+        assert!(
+            hits.is_empty(),
+            "password {pw:?} appears in the pgfleet log:\n{}",
+            hits.join("\n")
+        );
     }
-    let app_pw_hits: Vec<&str> =
-        log.lines().filter(|l| l.contains(&format!("password={PASSWORD}")) || l.contains("\"secret\"")).collect();
-    assert!(app_pw_hits.is_empty(), "the app password appears in the log:\n{}", app_pw_hits.join("\n"));
+    let app_pw_hits: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(&format!("password={PASSWORD}")) || l.contains("\"secret\""))
+        .collect();
+    assert!(
+        app_pw_hits.is_empty(),
+        "the app password appears in the log:\n{}",
+        app_pw_hits.join("\n")
+    );
 }

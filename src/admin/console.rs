@@ -1,1 +1,767 @@
-//! placeholder: being written
+//! The admin console: what a client gets when it logs in to the virtual database `pgfleet` as a user with
+//! `admin = true`. It speaks the simple query protocol only and answers a handful of `SHOW` commands from
+//! the proxy's own state, never touching a node:
+//!
+//! | command | rows |
+//! | --- | --- |
+//! | `SHOW NODES` | one per node: address, configured and observed role, up/down, lag, LSN, connections, counters |
+//! | `SHOW POOLS` | one per (node, database, user) pool: size, idle, in use |
+//! | `SHOW CLIENTS` | one per live client session |
+//! | `SHOW STATS` | totals (clients, login failures), then routing decisions per (target, rule) |
+//! | `SHOW METRICS` | the Prometheus text served on `admin.metrics_address`, one line per row |
+//! | `SHOW ROUTE <sql>` | where the router would send `<sql>` and which rule decided |
+//!
+//! Answers have PostgreSQL's shape (RowDescription, DataRow..., CommandComplete `SHOW`, ReadyForQuery), so
+//! psql and every driver display them like any query result. Counters are `int8` columns, everything else
+//! `text`; an unknown value (a lag never measured) is NULL.
+
+use std::fmt::Display;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::protocol::frame::build;
+use crate::protocol::messages::{
+    ProxyError, backend_key_data, parameter_status, query_text, ready_for_query,
+};
+use crate::protocol::{FrameBuffer, FrameError};
+use crate::proxy::Shared;
+use crate::router::classify::{TxStart, classify};
+use crate::router::functions::FunctionRules;
+use crate::router::split::split_statements;
+
+/// The commands, for the HINT of an unknown one.
+const COMMANDS_HINT: &str = "The admin console understands SHOW NODES, SHOW POOLS, SHOW CLIENTS, SHOW STATS, \
+                             SHOW METRICS and SHOW ROUTE <sql>.";
+
+/// Longest command text quoted back in an error, so that a pasted script does not come back whole.
+const QUOTE_LIMIT: usize = 200;
+
+/// Why an admin console session ended abnormally. A client that leaves (Terminate or EOF) is not an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsoleError {
+    /// The client's socket failed.
+    #[error("admin console client connection failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// The client sent bytes that are not protocol frames.
+    #[error("admin console protocol violation: {0}")]
+    Protocol(#[from] FrameError),
+    /// The client sent a message type that has no meaning after startup; a FATAL was sent.
+    #[error("admin console got unexpected message type '{0}'")]
+    UnexpectedMessage(char),
+}
+
+/// Serves the admin console on an authenticated client connection until the client leaves.
+///
+/// The caller has already sent AuthenticationOk and checked that `user` is an admin; this sends the rest
+/// of the startup (ParameterStatus, BackendKeyData, ReadyForQuery) and then answers simple queries.
+pub async fn run_console<S: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut S,
+    shared: &Shared,
+    user: &str,
+) -> Result<(), ConsoleError> {
+    tracing::debug!(user, "admin console session started");
+    let mut out = BytesMut::new();
+    let version = format!("15.0 (pgfleet {})", env!("CARGO_PKG_VERSION"));
+    for (name, value) in [
+        ("server_version", version.as_str()),
+        ("server_encoding", "UTF8"),
+        ("client_encoding", "UTF8"),
+        ("DateStyle", "ISO, MDY"),
+        ("integer_datetimes", "on"),
+        ("standard_conforming_strings", "on"),
+        ("TimeZone", "UTC"),
+        ("application_name", ""),
+    ] {
+        out.put_slice(&parameter_status(name, value));
+    }
+    // Nothing the console runs can be cancelled, so the key is never registered: a CancelRequest
+    // carrying it finds no session and is ignored.
+    out.put_slice(&backend_key_data(0, 0));
+    out.put_slice(&ready_for_query(b'I'));
+    send(client, &out).await?;
+
+    let mut frames = FrameBuffer::new(shared.config.listen.max_message_size as usize);
+    // After an extended-protocol message PostgreSQL skips everything up to Sync; so does the console, so
+    // that a driver's Parse/Bind/Execute/Sync batch gets exactly one error and one ReadyForQuery.
+    let mut skip_to_sync = false;
+    loop {
+        let frame = match frames.next_frame() {
+            Ok(Some(frame)) => frame,
+            Ok(None) => {
+                if client.read_buf(frames.read_target()).await? == 0 {
+                    return Ok(());
+                }
+                continue;
+            }
+            Err(e) => {
+                let fatal = ProxyError::fatal("08P01", format!("invalid frontend message: {e}"));
+                // The connection is being dropped for the violation; a failed write changes nothing.
+                let _ = send(client, &fatal.encode()).await;
+                return Err(e.into());
+            }
+        };
+        if frame.kind == b'X' {
+            return Ok(());
+        }
+        if skip_to_sync {
+            if frame.kind == b'S' {
+                skip_to_sync = false;
+                send(client, &ready_for_query(b'I')).await?;
+            }
+            continue;
+        }
+        match frame.kind {
+            b'Q' => {
+                let reply = match query_text(frame.body()) {
+                    Some(text) => answer(shared, text),
+                    None => {
+                        let mut reply = BytesMut::new();
+                        let e = ProxyError::error("08P01", "pgfleet: malformed Query message");
+                        reply.put_slice(&e.encode());
+                        reply.put_slice(&ready_for_query(b'I'));
+                        reply
+                    }
+                };
+                send(client, &reply).await?;
+            }
+            b'P' | b'B' | b'D' | b'E' | b'C' => {
+                skip_to_sync = true;
+                send(client, &simple_only().encode()).await?;
+            }
+            // A FunctionCall is answered on its own, without a Sync to wait for.
+            b'F' => {
+                let mut reply = BytesMut::new();
+                reply.put_slice(&simple_only().encode());
+                reply.put_slice(&ready_for_query(b'I'));
+                send(client, &reply).await?;
+            }
+            b'S' => send(client, &ready_for_query(b'I')).await?,
+            // Flush with nothing pending, and CopyData/CopyDone/CopyFail outside COPY: PostgreSQL ignores them.
+            b'H' | b'd' | b'c' | b'f' => {}
+            other => {
+                let fatal = ProxyError::fatal(
+                    "08P01",
+                    format!("invalid frontend message type {}", other as char),
+                );
+                let _ = send(client, &fatal.encode()).await;
+                return Err(ConsoleError::UnexpectedMessage(other as char));
+            }
+        }
+    }
+}
+
+async fn send<S: AsyncWrite + Unpin>(client: &mut S, bytes: &[u8]) -> Result<(), std::io::Error> {
+    client.write_all(bytes).await?;
+    client.flush().await
+}
+
+fn simple_only() -> ProxyError {
+    ProxyError::error("0A000", "the admin console accepts only simple queries")
+        .with_hint("Use the simple query protocol (psql, or simple_query in a driver).")
+}
+
+/// The whole reply to one Query message, ReadyForQuery included.
+fn answer(shared: &Shared, text: &str) -> BytesMut {
+    let mut out = BytesMut::new();
+    // SHOW ROUTE takes the rest of the text as one request, semicolons and all: the router classifies a
+    // simple query string as a whole, and so must the question about it.
+    let commands: Vec<&str> = match strip_keywords(text.trim_start(), &["SHOW", "ROUTE"]) {
+        Some(_) => vec![text.trim()],
+        None => split_statements(text),
+    };
+    if commands.is_empty() {
+        out.put_slice(&build(b'I', &[]));
+    }
+    for command in commands {
+        match run_command(shared, command) {
+            Ok(table) => table.encode(&mut out),
+            Err(e) => {
+                // As in PostgreSQL, an error ends the rest of a multi-command string.
+                out.put_slice(&e.encode());
+                break;
+            }
+        }
+    }
+    out.put_slice(&ready_for_query(b'I'));
+    out
+}
+
+/// Runs one admin command.
+fn run_command(shared: &Shared, command: &str) -> Result<Table, ProxyError> {
+    let command = command.trim().trim_end_matches(';').trim_end();
+    if let Some(sql) = strip_keywords(command, &["SHOW", "ROUTE"]) {
+        return show_route(shared, sql);
+    }
+    let words: Vec<String> = command.split_whitespace().map(str::to_ascii_uppercase).collect();
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    match words.as_slice() {
+        ["SHOW", "NODES"] => Ok(show_nodes(shared)),
+        ["SHOW", "POOLS"] => Ok(show_pools(shared)),
+        ["SHOW", "CLIENTS"] => Ok(show_clients(shared)),
+        ["SHOW", "STATS"] => Ok(show_stats(shared)),
+        ["SHOW", "METRICS"] => Ok(show_metrics(shared)),
+        _ => Err(unknown_command(command)),
+    }
+}
+
+fn unknown_command(command: &str) -> ProxyError {
+    let mut quoted: String = command.chars().take(QUOTE_LIMIT).collect();
+    if quoted.len() < command.len() {
+        quoted.push_str("...");
+    }
+    ProxyError::error("42601", format!("pgfleet: unknown admin command \"{quoted}\""))
+        .with_hint(COMMANDS_HINT)
+}
+
+/// `text` without its leading `keywords` (any case, separated by whitespace), if it starts with them.
+fn strip_keywords<'a>(text: &'a str, keywords: &[&str]) -> Option<&'a str> {
+    let mut rest = text.trim_start();
+    for keyword in keywords {
+        let head = rest.get(..keyword.len())?;
+        let after = &rest[keyword.len()..];
+        // "SHOW ROUTES" is not "SHOW ROUTE" followed by "S".
+        if !head.eq_ignore_ascii_case(keyword) || after.chars().next().is_some_and(|c| !c.is_whitespace()) {
+            return None;
+        }
+        rest = after.trim_start();
+    }
+    Some(rest)
+}
+
+fn show_nodes(shared: &Shared) -> Table {
+    let view = shared.fleet.view();
+    let pools = shared.pools.status();
+    let mut table = Table::new(&[
+        ("name", Text),
+        ("address", Text),
+        ("role", Text),
+        ("observed", Text),
+        ("state", Text),
+        ("lag_bytes", Int),
+        ("lag_ms", Int),
+        ("lsn", Text),
+        ("connections", Int),
+        ("queries", Int),
+        ("errors", Int),
+        ("weight", Int),
+    ]);
+    for (i, node) in shared.fleet.nodes.iter().enumerate() {
+        let state = view.nodes.get(i).cloned().unwrap_or_default();
+        let observed = match state.in_recovery {
+            Some(true) => "replica",
+            Some(false) => "primary",
+            None => "unknown",
+        };
+        // Down if the monitor's last check failed, or if a session failed to connect in the last moments.
+        let up = state.up && node.is_up();
+        let idle: usize = pools.iter().filter(|p| p.0 == i).map(|p| p.4).sum();
+        let (queries, errors) = node_counters(shared, i);
+        table.row(vec![
+            Some(node.target.name.clone()),
+            Some(node.target.address.clone()),
+            Some(node.role.to_string()),
+            Some(observed.to_owned()),
+            Some(if up { "up" } else { "down" }.to_owned()),
+            state.lag_bytes.map(|b| b.to_string()),
+            state.lag.map(|l| l.as_millis().to_string()),
+            state.lsn.map(crate::cluster::view::format_lsn),
+            Some((shared.pools.in_use(i) + idle).to_string()),
+            Some(queries.to_string()),
+            Some(errors.to_string()),
+            Some(node.weight.to_string()),
+        ]);
+    }
+    table
+}
+
+/// (queries, errors) counted for node `i`.
+pub(crate) fn node_counters(shared: &Shared, i: usize) -> (u64, u64) {
+    use std::sync::atomic::Ordering::Relaxed;
+    shared
+        .stats
+        .nodes
+        .get(i)
+        .map(|n| (n.queries.load(Relaxed), n.errors.load(Relaxed)))
+        .unwrap_or((0, 0))
+}
+
+fn node_name(shared: &Shared, i: usize) -> String {
+    shared
+        .fleet
+        .nodes
+        .get(i)
+        .map(|n| n.target.name.clone())
+        .unwrap_or_else(|| i.to_string())
+}
+
+fn show_pools(shared: &Shared) -> Table {
+    let mut pools = shared.pools.status();
+    pools.sort();
+    let mut table = Table::new(&[
+        ("node", Text),
+        ("database", Text),
+        ("user", Text),
+        ("size", Int),
+        ("available", Int),
+        ("in_use", Int),
+    ]);
+    for (node, database, user, size, available) in pools {
+        table.row(vec![
+            Some(node_name(shared, node)),
+            Some(database),
+            Some(user),
+            Some(size.to_string()),
+            Some(available.to_string()),
+            Some(size.saturating_sub(available).to_string()),
+        ]);
+    }
+    table
+}
+
+fn show_clients(shared: &Shared) -> Table {
+    let mut table = Table::new(&[
+        ("id", Int),
+        ("address", Text),
+        ("user", Text),
+        ("database", Text),
+        ("state", Text),
+        ("node", Text),
+        ("connected_at", Text),
+        ("requests", Int),
+    ]);
+    for (id, client) in shared.stats.clients() {
+        table.row(vec![
+            Some(id.to_string()),
+            Some(client.addr.to_string()),
+            Some(client.user),
+            Some(client.database),
+            Some(client.state.to_owned()),
+            client.node.map(|n| node_name(shared, n)),
+            Some(rfc3339(client.connected_at)),
+            Some(client.requests.to_string()),
+        ]);
+    }
+    table
+}
+
+fn show_stats(shared: &Shared) -> Table {
+    use std::sync::atomic::Ordering::Relaxed;
+    let stats = &shared.stats;
+    let mut table = Table::new(&[("name", Text), ("target", Text), ("rule", Text), ("value", Int)]);
+    let totals = [
+        ("clients_total", stats.clients_total.load(Relaxed)),
+        ("clients_active", stats.clients().len() as u64),
+        ("login_failures", stats.login_failures.load(Relaxed)),
+    ];
+    for (name, value) in totals {
+        table.row(vec![Some(name.to_owned()), None, None, Some(value.to_string())]);
+    }
+    for (target, rule, count) in stats.routes() {
+        table.row(vec![
+            Some("route".to_owned()),
+            Some(target),
+            Some(rule),
+            Some(count.to_string()),
+        ]);
+    }
+    table
+}
+
+fn show_metrics(shared: &Shared) -> Table {
+    let mut table = Table::new(&[("metric", Text)]);
+    for line in super::metrics::render(shared).lines() {
+        table.row(vec![Some(line.to_owned())]);
+    }
+    table
+}
+
+fn show_route(shared: &Shared, sql: &str) -> Result<Table, ProxyError> {
+    let sql = sql.trim();
+    if split_statements(sql).is_empty() {
+        return Err(
+            ProxyError::error("42601", "pgfleet: SHOW ROUTE needs a statement")
+                .with_hint("For example: SHOW ROUTE SELECT nextval('orders_id_seq')"),
+        );
+    }
+    let (rules, source) = function_rules(shared);
+    let decision = classify(sql, &rules);
+    let mut table = Table::new(&[
+        ("target", Text),
+        ("rule", Text),
+        ("pin", Text),
+        ("transaction", Text),
+        ("functions", Text),
+    ]);
+    table.row(vec![
+        Some(decision.target.to_string()),
+        Some(decision.rule.to_string()),
+        decision.pin.map(|p| p.to_string()),
+        decision.tx_start.map(|t| match t {
+            TxStart::ReadOnly => "read only".to_owned(),
+            TxStart::ReadWrite => "read write".to_owned(),
+        }),
+        Some(source),
+    ]);
+    Ok(table)
+}
+
+/// The function rules SHOW ROUTE judges with, and where they come from. The console is not connected to
+/// any database itself, so it borrows the rules of the first database clients use whose VOLATILE function
+/// list is loaded; before any client has used one, only the configured lists apply.
+fn function_rules(shared: &Shared) -> (std::sync::Arc<FunctionRules>, String) {
+    let mut databases: Vec<String> = shared.pools.status().into_iter().map(|p| p.1).collect();
+    databases.sort();
+    databases.dedup();
+    for database in databases {
+        if let Some(rules) = shared.catalog.cached(&database) {
+            return (rules, format!("database {database}"));
+        }
+    }
+    let routing = &shared.config.routing;
+    let rules = FunctionRules::new(&routing.write_functions, &routing.read_only_functions);
+    (std::sync::Arc::new(rules), "configured lists".to_owned())
+}
+
+/// A column's wire type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ColumnType {
+    Text,
+    Int,
+}
+use ColumnType::{Int, Text};
+
+impl ColumnType {
+    /// (type OID, type size) as in pg_type.
+    fn oid_and_len(self) -> (u32, i16) {
+        match self {
+            Text => (25, -1),
+            Int => (20, 8),
+        }
+    }
+}
+
+/// A result set the console sends: column names and types, then rows of text values (None is NULL).
+#[derive(Debug)]
+struct Table {
+    columns: Vec<(&'static str, ColumnType)>,
+    rows: Vec<Vec<Option<String>>>,
+}
+
+impl Table {
+    fn new(columns: &[(&'static str, ColumnType)]) -> Self {
+        Table {
+            columns: columns.to_vec(),
+            rows: Vec::new(),
+        }
+    }
+
+    fn row(&mut self, values: Vec<Option<String>>) {
+        debug_assert_eq!(
+            values.len(),
+            self.columns.len(),
+            "row width must match the columns"
+        );
+        self.rows.push(values);
+    }
+
+    /// RowDescription, one DataRow per row, CommandComplete `SHOW`.
+    fn encode(&self, out: &mut BytesMut) {
+        out.put_slice(&row_description(&self.columns));
+        for row in &self.rows {
+            out.put_slice(&data_row(row));
+        }
+        out.put_slice(&command_complete("SHOW"));
+    }
+}
+
+/// RowDescription for text-format columns computed by the proxy (no table, no attribute number).
+fn row_description(columns: &[(&str, ColumnType)]) -> Bytes {
+    let mut body = BytesMut::new();
+    body.put_i16(columns.len() as i16);
+    for (name, kind) in columns {
+        let (oid, len) = kind.oid_and_len();
+        body.put_slice(name.as_bytes());
+        body.put_u8(0);
+        body.put_u32(0); // table OID
+        body.put_i16(0); // attribute number
+        body.put_u32(oid);
+        body.put_i16(len);
+        body.put_i32(-1); // type modifier
+        body.put_i16(0); // text format
+    }
+    build(b'T', &body)
+}
+
+/// DataRow with text values; None is NULL (length -1).
+fn data_row(values: &[Option<String>]) -> Bytes {
+    let mut body = BytesMut::new();
+    body.put_i16(values.len() as i16);
+    for value in values {
+        match value {
+            Some(v) => {
+                body.put_i32(v.len() as i32);
+                body.put_slice(v.as_bytes());
+            }
+            None => body.put_i32(-1),
+        }
+    }
+    build(b'D', &body)
+}
+
+fn command_complete(tag: impl Display) -> Bytes {
+    let mut body = tag.to_string().into_bytes();
+    body.push(0);
+    build(b'C', &body)
+}
+
+/// `2024-05-01T12:34:56Z`, computed without a date library (civil-from-days, proleptic Gregorian).
+fn rfc3339(at: SystemTime) -> String {
+    let secs = at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Shift the epoch to 0000-03-01 so that leap days fall at the end of each 400-year era's years.
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::protocol::Frame;
+    use crate::protocol::messages::{error_field, query, sync};
+
+    fn shared() -> Arc<Shared> {
+        let config = Config::parse(
+            "[listen]\naddress = \"127.0.0.1:0\"\n\n[[users]]\nname = \"app\"\npassword = \"pw\"\n\n\
+             [[nodes]]\nname = \"pg1\"\naddress = \"127.0.0.1:5501\"\nrole = \"primary\"\n\n\
+             [[nodes]]\nname = \"pg2\"\naddress = \"127.0.0.1:5502\"\nrole = \"replica\"\nweight = 3\n\n\
+             [routing]\nwrite_functions = [\"bump\"]\n",
+        )
+        .expect("config");
+        Shared::new(config).expect("shared")
+    }
+
+    /// Drives a console over an in-memory pipe: sends `input`, closes, returns every frame received.
+    async fn converse(shared: Arc<Shared>, input: Vec<Bytes>) -> Vec<Frame> {
+        let (mut ours, mut theirs) = tokio::io::duplex(1 << 20);
+        let task = tokio::spawn(async move { run_console(&mut theirs, &shared, "admin").await });
+        for bytes in input {
+            ours.write_all(&bytes).await.expect("write");
+        }
+        ours.write_all(&build(b'X', &[])).await.expect("terminate");
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("console ends")
+            .expect("no panic")
+            .expect("console ok");
+        let mut buf = FrameBuffer::new(1 << 20);
+        ours.read_buf(buf.read_target()).await.expect("read");
+        while ours.read_buf(buf.read_target()).await.expect("read") > 0 {}
+        let mut frames = Vec::new();
+        while let Some(f) = buf.next_frame().expect("frame") {
+            frames.push(f);
+        }
+        frames
+    }
+
+    fn kinds(frames: &[Frame]) -> String {
+        frames.iter().map(|f| f.kind as char).collect()
+    }
+
+    /// The text values of every DataRow.
+    fn rows(frames: &[Frame]) -> Vec<Vec<Option<String>>> {
+        frames
+            .iter()
+            .filter(|f| f.kind == b'D')
+            .map(|f| {
+                let body = f.body();
+                let n = i16::from_be_bytes([body[0], body[1]]) as usize;
+                let mut at = 2;
+                (0..n)
+                    .map(|_| {
+                        let len = i32::from_be_bytes([body[at], body[at + 1], body[at + 2], body[at + 3]]);
+                        at += 4;
+                        if len < 0 {
+                            return None;
+                        }
+                        let v = String::from_utf8(body[at..at + len as usize].to_vec()).expect("utf8");
+                        at += len as usize;
+                        Some(v)
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn after_startup(frames: &[Frame]) -> &[Frame] {
+        let z = frames
+            .iter()
+            .position(|f| f.kind == b'Z')
+            .expect("startup ReadyForQuery");
+        &frames[z + 1..]
+    }
+
+    #[tokio::test]
+    async fn startup_then_show_nodes() {
+        let s = shared();
+        s.stats.request_routed(1, "replica", "read");
+        s.stats.request_routed(1, "replica", "read");
+        s.stats.node_error(0);
+        let frames = converse(s, vec![query("show nodes;")]).await;
+        let startup_kinds: String = kinds(&frames).chars().take_while(|k| *k != 'Z').collect();
+        assert_eq!(startup_kinds, "SSSSSSSSK");
+        let rest = after_startup(&frames);
+        assert_eq!(kinds(rest), "TDDCZ");
+        let rows = rows(rest);
+        assert_eq!(rows[0][0].as_deref(), Some("pg1"));
+        assert_eq!(rows[0][1].as_deref(), Some("127.0.0.1:5501"));
+        assert_eq!(rows[0][2].as_deref(), Some("primary"));
+        assert_eq!(rows[0][10].as_deref(), Some("1"), "errors of pg1");
+        assert_eq!(rows[1][2].as_deref(), Some("replica"));
+        assert_eq!(rows[1][9].as_deref(), Some("2"), "queries of pg2");
+        assert_eq!(rows[1][11].as_deref(), Some("3"), "weight of pg2");
+        assert_eq!(command_tag_of(rest), "SHOW");
+    }
+
+    fn command_tag_of(frames: &[Frame]) -> String {
+        let c = frames.iter().find(|f| f.kind == b'C').expect("CommandComplete");
+        crate::protocol::messages::command_tag(c.body())
+            .expect("tag")
+            .to_owned()
+    }
+
+    #[tokio::test]
+    async fn show_route_uses_the_configured_lists() {
+        let frames = converse(
+            shared(),
+            vec![
+                query("SHOW ROUTE SELECT 1"),
+                query("show route select bump()"),
+                query("SHOW ROUTE BEGIN READ ONLY; SELECT 1;"),
+                query("SHOW ROUTE"),
+            ],
+        )
+        .await;
+        let rest = after_startup(&frames);
+        assert_eq!(kinds(rest), "TDCZTDCZTDCZEZ");
+        let rows = rows(rest);
+        assert_eq!(rows[0][0].as_deref(), Some("replica"));
+        assert_eq!(rows[0][1].as_deref(), Some("read"));
+        assert_eq!(rows[0][4].as_deref(), Some("configured lists"));
+        assert_eq!(rows[1][0].as_deref(), Some("primary"));
+        assert!(rows[1][1].as_deref().is_some_and(|r| r.contains("bump")));
+        assert_eq!(rows[2][0].as_deref(), Some("replica"));
+        assert_eq!(rows[2][3].as_deref(), Some("read only"));
+        let err = rest.iter().find(|f| f.kind == b'E').expect("error");
+        assert_eq!(error_field(err.body(), b'C'), Some("42601"));
+    }
+
+    #[tokio::test]
+    async fn errors_empty_queries_and_several_commands() {
+        let frames = converse(
+            shared(),
+            vec![
+                query("SHOW ROUTES"),
+                query(" ; "),
+                query("SHOW POOLS; SHOW STATS"),
+                query("SHOW CLIENTS; SELECT 1; SHOW POOLS"),
+            ],
+        )
+        .await;
+        let rest = after_startup(&frames);
+        assert_eq!(kinds(rest), "EZIZTCTDDDCZTCEZ");
+        let err = &rest[0];
+        assert_eq!(error_field(err.body(), b'C'), Some("42601"));
+        assert_eq!(
+            error_field(err.body(), b'M'),
+            Some("pgfleet: unknown admin command \"SHOW ROUTES\"")
+        );
+        assert!(error_field(err.body(), b'H').is_some_and(|h| h.contains("SHOW NODES")));
+        let stats = rows(rest);
+        assert_eq!(stats[0][0].as_deref(), Some("clients_total"));
+        assert_eq!(stats[0][1], None);
+    }
+
+    #[tokio::test]
+    async fn extended_protocol_is_refused_up_to_sync() {
+        let parse = build(b'P', b"\0SHOW NODES\0\0\0");
+        let bind = build(b'B', b"\0\0\0\0\0\0\0\0");
+        let execute = build(b'E', b"\0\0\0\0\0");
+        let frames = converse(shared(), vec![parse, bind, execute, sync(), query("SHOW STATS")]).await;
+        let rest = after_startup(&frames);
+        assert_eq!(kinds(rest), "EZTDDDCZ");
+        assert_eq!(error_field(rest[0].body(), b'C'), Some("0A000"));
+    }
+
+    #[tokio::test]
+    async fn eof_ends_quietly_and_garbage_is_fatal() {
+        let s = shared();
+        let (ours, mut theirs) = tokio::io::duplex(1 << 16);
+        drop(ours);
+        assert!(run_console(&mut theirs, &s, "admin").await.is_ok());
+        let (mut ours, mut theirs) = tokio::io::duplex(1 << 16);
+        ours.write_all(&build(b'p', b"pw\0")).await.expect("write");
+        let r = run_console(&mut theirs, &s, "admin").await;
+        assert!(matches!(r, Err(ConsoleError::UnexpectedMessage('p'))), "{r:?}");
+    }
+
+    #[test]
+    fn show_metrics_has_one_row_per_line() {
+        let s = shared();
+        let table = show_metrics(&s);
+        assert!(table.rows.len() > 10);
+        assert!(
+            table
+                .rows
+                .iter()
+                .any(|r| r[0].as_deref() == Some("pgfleet_node_queries_total{node=\"pg1\"} 0"))
+        );
+    }
+
+    #[test]
+    fn keywords() {
+        assert_eq!(
+            strip_keywords("show  Route\nSELECT 1", &["SHOW", "ROUTE"]),
+            Some("SELECT 1")
+        );
+        assert_eq!(strip_keywords("SHOW ROUTE", &["SHOW", "ROUTE"]), Some(""));
+        assert_eq!(strip_keywords("SHOW ROUTES", &["SHOW", "ROUTE"]), None);
+        assert_eq!(strip_keywords("SHOWROUTE x", &["SHOW", "ROUTE"]), None);
+        assert_eq!(strip_keywords("SHOW é", &["SHOW", "ROUTE"]), None);
+    }
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "2000-02-29T00:00:00Z"
+        );
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(1_709_251_199)),
+            "2024-02-29T23:59:59Z"
+        );
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(1_735_689_600)),
+            "2025-01-01T00:00:00Z"
+        );
+    }
+}

@@ -66,7 +66,12 @@ impl Stats {
             n.queries.fetch_add(1, Ordering::Relaxed);
         }
         let key = format!("{target}|{rule_label}");
-        *self.routes.lock().unwrap_or_else(|p| p.into_inner()).entry(key).or_insert(0) += 1;
+        *self
+            .routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key)
+            .or_insert(0) += 1;
     }
 
     /// A node failed a request or a connection.
@@ -91,12 +96,20 @@ impl Stats {
     /// A client session began.
     pub fn client_connected(&self, id: u64, info: ClientInfo) {
         self.clients_total.fetch_add(1, Ordering::Relaxed);
-        self.clients.lock().unwrap_or_else(|p| p.into_inner()).insert(id, info);
+        self.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, info);
     }
 
     /// Updates a session's state after each request.
     pub fn client_update(&self, id: u64, state: &'static str, node: Option<usize>) {
-        if let Some(c) = self.clients.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&id) {
+        if let Some(c) = self
+            .clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&id)
+        {
             c.state = state;
             c.node = node;
             c.requests += 1;

@@ -143,6 +143,34 @@ impl BackendConn {
         }
     }
 
+    /// Runs one query of the proxy's own and returns the first column of its first row (text format).
+    pub async fn query_value(&mut self, sql: &str) -> Result<Option<String>, BackendError> {
+        self.write_all(&crate::protocol::messages::query(sql)).await?;
+        let mut value = None;
+        let mut failed = false;
+        loop {
+            let f = self.read_frame().await?;
+            match f.kind {
+                b'D' if value.is_none() => {
+                    let b = f.body();
+                    if b.len() >= 6 {
+                        let len = i32::from_be_bytes([b[2], b[3], b[4], b[5]]);
+                        if len >= 0 {
+                            let end = (6 + len as usize).min(b.len());
+                            value = Some(String::from_utf8_lossy(&b[6..end]).into_owned());
+                        }
+                    }
+                }
+                b'E' => failed = true,
+                b'Z' => {
+                    self.status = f.body().first().copied().unwrap_or(b'I');
+                    return Ok(if failed { None } else { value });
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Whether the node is idle outside a transaction with nothing unread.
     pub fn is_clean_idle(&self) -> bool {
         !self.broken && self.status == b'I' && self.rbuf.buffered() == 0

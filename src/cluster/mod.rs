@@ -1,15 +1,23 @@
-//! The fleet as the router sees it: each node's identity, configured role and weight, and whether it is
-//! usable right now. Connection failures mark a node down for a short while so that other sessions skip it.
+//! The fleet as the router sees it: each node's identity, configured role and weight, the monitor's latest
+//! snapshot of their health, roles and lag (`view`, published lock-free), and the health checks that feed
+//! it (`monitor`). A connection failure seen by a session also marks a node down for a short while, so that
+//! other sessions skip it before the next health check notices.
 
+pub mod monitor;
 pub mod view;
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::backend::connect::NodeTarget;
-use crate::config::{Config, Role};
+use arc_swap::ArcSwap;
 
-/// How long a node that refused a connection is skipped for reads before it is tried again.
+use self::view::{FleetView, NodeState, Primary};
+use crate::backend::connect::NodeTarget;
+use crate::config::{Config, LagLimit, Role};
+use crate::protocol::messages::ProxyError;
+
+/// How long a node that refused a connection is skipped before it is tried again.
 const DOWN_BACKOFF: Duration = Duration::from_secs(2);
 
 /// One node.
@@ -25,7 +33,7 @@ pub struct Node {
 }
 
 impl Node {
-    /// Whether the node may be tried now.
+    /// Whether no session saw the node fail in the last moments.
     pub fn is_up(&self) -> bool {
         self.down_until_ms.load(Ordering::Relaxed) <= now_ms()
     }
@@ -49,17 +57,18 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// All nodes, in config order.
+/// All nodes, in config order, and their live state.
 #[derive(Debug)]
 pub struct Fleet {
     /// The nodes.
     pub nodes: Vec<Node>,
-    /// Index of the primary.
-    pub primary: usize,
+    configured_primary: Option<usize>,
+    states: Mutex<Vec<NodeState>>,
+    view: ArcSwap<FleetView>,
 }
 
 impl Fleet {
-    /// The fleet described by a validated config.
+    /// The fleet described by a validated config; every node counts as up until a check says otherwise.
     pub fn from_config(config: &Config) -> Fleet {
         let nodes: Vec<Node> = config
             .nodes
@@ -77,19 +86,143 @@ impl Fleet {
                 down_until_ms: AtomicU64::new(0),
             })
             .collect();
-        let primary = nodes.iter().position(|n| n.role == Role::Primary).unwrap_or(0);
-        Fleet { nodes, primary }
+        let configured_primary = nodes.iter().position(|n| n.role == Role::Primary);
+        let states: Vec<NodeState> = nodes
+            .iter()
+            .map(|_| NodeState {
+                up: true,
+                ..NodeState::default()
+            })
+            .collect();
+        let view = compute_view(&nodes, configured_primary, &states);
+        Fleet {
+            nodes,
+            configured_primary,
+            states: Mutex::new(states),
+            view: ArcSwap::from_pointee(view),
+        }
     }
 
-    /// Indices of nodes that may serve reads (replicas with weight > 0, plus the primary when asked).
-    pub fn read_nodes(&self, primary_reads: bool) -> Vec<usize> {
-        self.nodes
-            .iter()
-            .enumerate()
-            .filter(|(i, n)| {
-                (n.role == Role::Replica && n.weight > 0) || (primary_reads && *i == self.primary)
+    /// The latest snapshot.
+    pub fn view(&self) -> Arc<FleetView> {
+        self.view.load_full()
+    }
+
+    /// Records a health check result and publishes a new snapshot.
+    pub fn update(&self, node: usize, state: NodeState) {
+        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = states.get_mut(node) {
+            *slot = state;
+        }
+        let view = compute_view(&self.nodes, self.configured_primary, &states);
+        self.view.store(Arc::new(view));
+    }
+
+    /// The node that takes writes now, or the error a write gets when there is none.
+    pub fn primary(&self) -> Result<usize, ProxyError> {
+        self.primary_in(&self.view.load())
+    }
+
+    /// [`Fleet::primary`] against a given snapshot.
+    pub fn primary_in(&self, view: &FleetView) -> Result<usize, ProxyError> {
+        match &view.primary {
+            Primary::One(n) => Ok(*n),
+            Primary::None => Err(ProxyError::error(
+                "08006",
+                "pgfleet: no primary is available: no node with role = \"auto\" is up and out of recovery",
+            )
+            .with_hint(
+                "Promote a replica (pg_ctl promote, Patroni, pg_auto_failover) or bring the primary back.",
+            )),
+            Primary::Conflict(nodes) => {
+                let names: Vec<&str> = nodes
+                    .iter()
+                    .map(|n| self.nodes[*n].target.name.as_str())
+                    .collect();
+                Err(ProxyError::error(
+                    "55000",
+                    format!(
+                        "pgfleet: writes refused: {} nodes claim to be primary ({}); waiting until one steps down",
+                        names.len(),
+                        names.join(", ")
+                    ),
+                )
+                .with_hint("Demote or stop all but one primary; pgfleet never writes to two primaries."))
+            }
+        }
+    }
+
+    /// The node that will probably take writes: the current primary, else the configured one, else node 0.
+    pub fn likely_primary(&self) -> usize {
+        self.primary().ok().or(self.configured_primary).unwrap_or(0)
+    }
+
+    /// Nodes that may serve reads now, best candidates unfiltered by balance: replicas (by configuration or,
+    /// for `auto`, by observation) that are up, in recovery and within `max_lag`, plus the primary when
+    /// `primary_reads` is set.
+    pub fn read_nodes(&self, view: &FleetView, primary_reads: bool, max_lag: Option<LagLimit>) -> Vec<usize> {
+        let primary = self.primary_in(view).ok();
+        (0..self.nodes.len())
+            .filter(|i| {
+                let node = &self.nodes[*i];
+                let state = &view.nodes[*i];
+                if Some(*i) == primary {
+                    return primary_reads && state.up && node.is_up();
+                }
+                let is_replica = match node.role {
+                    Role::Replica => state.in_recovery != Some(false),
+                    Role::Auto => state.in_recovery == Some(true),
+                    Role::Primary => false,
+                };
+                is_replica && node.weight > 0 && state.up && node.is_up() && within(state, max_lag)
             })
-            .map(|(i, _)| i)
             .collect()
     }
+}
+
+fn within(state: &NodeState, max_lag: Option<LagLimit>) -> bool {
+    match max_lag {
+        None => true,
+        Some(LagLimit::Bytes(max)) => state.lag_bytes.is_none_or(|b| b <= max),
+        Some(LagLimit::Time(max)) => state.lag.is_none_or(|t| t <= max),
+    }
+}
+
+fn compute_view(nodes: &[Node], configured_primary: Option<usize>, states: &[NodeState]) -> FleetView {
+    let primary = match configured_primary {
+        Some(p) => Primary::One(p),
+        None => {
+            let claimants: Vec<usize> = (0..nodes.len())
+                .filter(|i| {
+                    nodes[*i].role == Role::Auto && states[*i].up && states[*i].in_recovery == Some(false)
+                })
+                .collect();
+            match claimants.len() {
+                0 => Primary::None,
+                1 => Primary::One(claimants[0]),
+                _ => Primary::Conflict(claimants),
+            }
+        }
+    };
+    let primary_lsn = match primary {
+        Primary::One(p) => states[p].lsn,
+        _ => None,
+    };
+    let mut out: Vec<NodeState> = states.to_vec();
+    for (i, s) in out.iter_mut().enumerate() {
+        if primary == Primary::One(i) {
+            s.lag_bytes = Some(0);
+            s.lag = Some(Duration::ZERO);
+            continue;
+        }
+        if let (Some(p), Some(r)) = (primary_lsn, s.lsn) {
+            let behind = p.saturating_sub(r);
+            s.lag_bytes = Some(behind);
+            if behind == 0 {
+                // Replayed everything the primary has: no lag, however old the last transaction is.
+                s.lag = Some(Duration::ZERO);
+            }
+        }
+    }
+    FleetView { nodes: out, primary }
 }

@@ -369,6 +369,7 @@ mod tests {
             name: name.to_owned(),
             password: password.to_owned(),
             auth,
+            admin: false,
         }
     }
 

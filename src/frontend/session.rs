@@ -14,8 +14,10 @@ use super::forward::{Flow, FlowError};
 use super::request::{End, Plan, Request};
 use super::state::{Settings, Statements};
 use super::stream::ClientStream;
+use crate::admin::stats::ClientInfo;
 use crate::backend::connect::Login;
 use crate::backend::{BackendError, PooledConn};
+use crate::config::ReadYourWrites;
 use crate::protocol::messages::{
     ProxyError, Severity, backend_key_data, close_statement, parameter_status, query, ready_for_query, sync,
 };
@@ -65,9 +67,17 @@ pub async fn run(stream: ClientStream, peer: SocketAddr, params: Vec<(String, St
         .unwrap_or_else(|| user.clone());
     let span = tracing::info_span!("session", client = %peer, user = %user, database = %database);
     async move {
-        let mut session = match Session::login(stream, user, database, params, shared).await {
+        if database == ADMIN_DATABASE {
+            admin_session(stream, peer, &user, shared).await;
+            return;
+        }
+        let stats = shared.stats.clone();
+        let mut session = match Session::login(stream, peer, user, database, params, shared).await {
             Ok(s) => s,
             Err(e) => {
+                stats
+                    .login_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::info!(error = %e, "login failed");
                 return;
             }
@@ -78,9 +88,78 @@ pub async fn run(stream: ClientStream, peer: SocketAddr, params: Vec<(String, St
             Err(e) => tracing::info!(error = %e, "session ended"),
         }
         session.close().await;
+        stats.client_disconnected(session.id);
     }
     .instrument(span)
     .await
+}
+
+/// The virtual database that holds the admin console.
+pub const ADMIN_DATABASE: &str = "pgfleet";
+
+/// Authenticates a client against `[[users]]`; on failure the client has been sent FATAL.
+async fn authenticate_client(
+    client: &mut ClientStream,
+    user: &str,
+    shared: &Shared,
+) -> Result<crate::config::UserConfig, SessionError> {
+    let max = shared.config.listen.max_message_size as usize;
+    let user_cfg = shared.config.user(user).cloned();
+    if let Err(e) = auth::authenticate(client, user, user_cfg.as_ref(), max).await {
+        if !matches!(e, auth::AuthError::ClientClosed) {
+            let err = ProxyError::fatal(e.sqlstate(), e.message());
+            let _ = client.write_all(&err.encode()).await;
+        }
+        return Err(SessionError::Fatal(e.to_string()));
+    }
+    user_cfg.ok_or_else(|| SessionError::Fatal("unknown user passed authentication".into()))
+}
+
+/// A session on the admin console: admin users only.
+async fn admin_session(mut client: ClientStream, peer: SocketAddr, user: &str, shared: Arc<Shared>) {
+    let cfg = match authenticate_client(&mut client, user, &shared).await {
+        Ok(c) => c,
+        Err(e) => {
+            shared
+                .stats
+                .login_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(error = %e, "admin login failed");
+            return;
+        }
+    };
+    if !cfg.admin {
+        shared
+            .stats
+            .login_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let err = ProxyError::fatal(
+            "42501",
+            format!("permission denied for the pgfleet admin console: user \"{user}\" is not an admin"),
+        )
+        .with_hint("Set admin = true on that [[users]] entry, or connect to another database.");
+        let _ = client.write_all(&err.encode()).await;
+        return;
+    }
+    let id = shared
+        .next_session
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    shared.stats.client_connected(
+        id,
+        ClientInfo {
+            addr: peer,
+            user: user.to_owned(),
+            database: ADMIN_DATABASE.to_owned(),
+            state: "admin",
+            connected_at: std::time::SystemTime::now(),
+            requests: 0,
+            node: None,
+        },
+    );
+    if let Err(e) = crate::admin::console::run_console(&mut client, &shared, user).await {
+        tracing::info!(error = %e, "admin session ended");
+    }
+    shared.stats.client_disconnected(id);
 }
 
 pub(super) struct Session {
@@ -101,26 +180,23 @@ pub(super) struct Session {
     pub(super) key: CancelKey,
     discard_until_sync: bool,
     pub(super) rules: Arc<FunctionRules>,
+    /// WAL position of the session's last committed write (read-your-writes).
+    last_write_lsn: Option<u64>,
+    /// The open transaction ran something on the primary that may have written.
+    tx_wrote: bool,
 }
 
 impl Session {
     async fn login(
         mut client: ClientStream,
+        peer: SocketAddr,
         user: String,
         database: String,
         params: Vec<(String, String)>,
         shared: Arc<Shared>,
     ) -> Result<Session, SessionError> {
         let max = shared.config.listen.max_message_size as usize;
-        let user_cfg = shared.config.user(&user).cloned();
-        if let Err(e) = auth::authenticate(&mut client, &user, user_cfg.as_ref(), max).await {
-            let err = ProxyError::fatal(e.sqlstate(), e.message());
-            let _ = client.write_all(&err.encode()).await;
-            return Err(SessionError::Fatal(e.message()));
-        }
-        let Some(user_cfg) = user_cfg else {
-            return Err(SessionError::Fatal("unknown user passed authentication".into()));
-        };
+        let user_cfg = authenticate_client(&mut client, &user, &shared).await?;
         let mut settings = Settings::default();
         let mut route = None;
         for (k, v) in &params {
@@ -174,8 +250,22 @@ impl Session {
             key,
             discard_until_sync: false,
             rules,
+            last_write_lsn: None,
+            tx_wrote: false,
         };
         session.greet().await?;
+        session.shared.stats.client_connected(
+            session.id,
+            ClientInfo {
+                addr: peer,
+                user: session.user.clone(),
+                database: session.database.clone(),
+                state: "idle",
+                connected_at: std::time::SystemTime::now(),
+                requests: 0,
+                node: None,
+            },
+        );
         Ok(session)
     }
 
@@ -183,8 +273,8 @@ impl Session {
     /// database and role exist and to learn the server's parameters, then completes the startup.
     async fn greet(&mut self) -> Result<(), SessionError> {
         let fleet = &self.shared.fleet;
-        let mut order = vec![fleet.primary];
-        order.extend(fleet.read_nodes(false));
+        let mut order = vec![fleet.likely_primary()];
+        order.extend(fleet.read_nodes(&fleet.view(), false, None));
         let mut last_err: Option<BackendError> = None;
         let mut first = None;
         for node in order {
@@ -413,7 +503,7 @@ impl Session {
         if let Some(r) = self.shared.catalog.cached(&self.database) {
             return r;
         }
-        let primary = self.shared.fleet.nodes[self.shared.fleet.primary]
+        let primary = self.shared.fleet.nodes[self.shared.fleet.likely_primary()]
             .target
             .address
             .clone();
@@ -423,14 +513,13 @@ impl Session {
             .await
     }
 
-    /// The nodes to try for a plan, best first.
-    fn candidates(&self, plan: &Plan) -> Vec<usize> {
-        let fleet = &self.shared.fleet;
+    /// The nodes to try for a plan, best first, or why there is none.
+    async fn candidates(&mut self, plan: &Plan) -> Result<Vec<usize>, ProxyError> {
         if let Some(n) = self.tx_node {
-            return vec![n];
+            return Ok(vec![n]);
         }
         if let Some((n, _)) = self.pinned {
-            return vec![n];
+            return Ok(vec![n]);
         }
         // DEALLOCATE must run where the statement exists, or PostgreSQL would say it does not.
         if let Some(name) = plan.deallocates.first().filter(|n| n.as_str() != "*")
@@ -440,45 +529,182 @@ impl Session {
                     .is_some_and(|c| c.applied.prepared.contains(name))
             })
         {
-            return vec![n];
+            return Ok(vec![n]);
         }
-        let target = self.route.unwrap_or(plan.target);
-        match target {
-            Target::Primary => vec![fleet.primary],
-            Target::Replica => {
-                let reads: Vec<(usize, u32, usize)> = fleet
-                    .read_nodes(self.shared.config.routing.primary_reads)
-                    .into_iter()
-                    .filter(|n| fleet.nodes[*n].is_up())
-                    .map(|n| (n, fleet.nodes[n].weight, self.shared.pools.in_use(n)))
-                    .collect();
-                let mut order = self.shared.balancer.order(&reads);
-                // With no read node left, reads go to the primary (unless the session asked for replicas).
-                if self.route != Some(Target::Replica) && !order.contains(&fleet.primary) {
-                    order.push(fleet.primary);
-                }
-                if order.is_empty() {
-                    // Every replica is marked down: try them anyway rather than refuse outright.
-                    order = fleet.read_nodes(false);
-                }
-                order
+        let shared = self.shared.clone();
+        let fleet = &shared.fleet;
+        let view = fleet.view();
+        let routing = &shared.config.routing;
+        if self.route.unwrap_or(plan.target) == Target::Primary {
+            return Ok(vec![fleet.primary_in(&view)?]);
+        }
+        let reads: Vec<(usize, u32, usize)> = fleet
+            .read_nodes(&view, routing.primary_reads, routing.max_replica_lag)
+            .into_iter()
+            .map(|n| (n, fleet.nodes[n].weight, shared.pools.in_use(n)))
+            .collect();
+        let mut order = shared.balancer.order(&reads);
+        let primary = fleet.primary_in(&view).ok();
+        if let Some(lsn) = self.last_write_lsn {
+            order = self.fresh_nodes(order, lsn, primary, &view).await;
+        }
+        if self.route == Some(Target::Replica) {
+            if order.is_empty() {
+                return Err(ProxyError::error(
+                    "57P03",
+                    "pgfleet: no replica is available for this session (pgfleet.route=replica): all are down, \
+                     out of recovery or lagging beyond routing.max_replica_lag",
+                ));
             }
+            return Ok(order);
+        }
+        if routing.fallback_to_primary {
+            // With no read node left (or as the last resort after them), reads go to the primary.
+            if let Some(p) = primary
+                && !order.contains(&p)
+            {
+                order.push(p);
+            }
+        } else if order.is_empty() {
+            return Err(ProxyError::error(
+                "57P03",
+                "pgfleet: no replica is available for reads: all are down, out of recovery or lagging beyond \
+                 routing.max_replica_lag",
+            )
+            .with_hint("Set routing.fallback_to_primary = true to read from the primary instead."));
+        }
+        if order.is_empty() {
+            return Err(fleet.primary_in(&view).err().unwrap_or_else(|| {
+                ProxyError::error("08006", "pgfleet: no node is available to run this statement")
+            }));
+        }
+        Ok(order)
+    }
+
+    /// Read-your-writes: keeps the candidates that have replayed `lsn` (the primary always has), checking
+    /// replicas directly when the snapshot is not fresh enough and waiting up to
+    /// `routing.read_your_writes_wait` for one to catch up.
+    async fn fresh_nodes(
+        &mut self,
+        order: Vec<usize>,
+        lsn: u64,
+        primary: Option<usize>,
+        view: &crate::cluster::view::FleetView,
+    ) -> Vec<usize> {
+        let known_fresh = |n: &usize| Some(*n) == primary || view.nodes[*n].lsn.is_some_and(|l| l >= lsn);
+        if view
+            .nodes
+            .iter()
+            .enumerate()
+            .all(|(i, s)| Some(i) == primary || s.lsn.is_some_and(|l| l >= lsn))
+        {
+            // Every node has replayed it: the guarantee holds without further checks.
+            self.last_write_lsn = None;
+            return order;
+        }
+        let fresh: Vec<usize> = order.iter().copied().filter(known_fresh).collect();
+        if fresh.iter().any(|n| Some(*n) != primary) {
+            return fresh;
+        }
+        let deadline = tokio::time::Instant::now() + self.shared.config.routing.read_your_writes_wait;
+        let unsure: Vec<usize> = order.iter().copied().filter(|n| !known_fresh(n)).collect();
+        loop {
+            for n in &unsure {
+                if self.replayed(*n).await.is_some_and(|l| l >= lsn) {
+                    let mut out = vec![*n];
+                    out.extend(fresh.iter().copied());
+                    return out;
+                }
+            }
+            let now = tokio::time::Instant::now();
+            if unsure.is_empty() || now >= deadline {
+                return fresh;
+            }
+            tokio::time::sleep((deadline - now).min(std::time::Duration::from_millis(10))).await;
+        }
+    }
+
+    /// A replica's replay position, asked on the session's own connection to it.
+    async fn replayed(&mut self, node: usize) -> Option<u64> {
+        self.connect(node).await.ok()?;
+        let conn = self.conns[node].as_mut()?;
+        conn.applied.unnamed = None;
+        let text = conn
+            .query_value("SELECT pg_last_wal_replay_lsn()::text")
+            .await
+            .ok()??;
+        crate::cluster::view::parse_lsn(&text)
+    }
+
+    /// After a request: for read-your-writes, the WAL position of a write the session just committed, asked
+    /// of the primary on the same connection.
+    async fn after_request(&mut self, node: usize, wrote: bool) {
+        let status = self.conns[node].as_ref().map(|c| c.status).unwrap_or(b'I');
+        let state = if status == b'I' {
+            "idle"
+        } else {
+            "idle in transaction"
+        };
+        self.shared
+            .stats
+            .client_update(self.id, state, self.tx_node.or(self.pinned.map(|p| p.0)));
+        if self.shared.config.routing.read_your_writes == ReadYourWrites::Off || self.pinned.is_some() {
+            return;
+        }
+        if status != b'I' {
+            self.tx_wrote |= wrote;
+            return;
+        }
+        let committed_write = wrote || std::mem::take(&mut self.tx_wrote);
+        if !committed_write || self.shared.fleet.primary().ok() != Some(node) {
+            return;
+        }
+        let Some(conn) = self.conns[node].as_mut() else {
+            return;
+        };
+        conn.applied.unnamed = None;
+        match conn.query_value("SELECT pg_current_wal_lsn()::text").await {
+            Ok(Some(text)) => {
+                if let Some(lsn) = crate::cluster::view::parse_lsn(&text) {
+                    self.last_write_lsn = Some(self.last_write_lsn.map_or(lsn, |l| l.max(lsn)));
+                }
+            }
+            _ => {
+                // Unknown position: be safe and read from the primary until a later write tells us more.
+                self.last_write_lsn = Some(u64::MAX);
+            }
+        }
+    }
+
+    fn route_label(&self, plan: &Plan) -> String {
+        if self.tx_node.is_some() {
+            "in transaction".to_owned()
+        } else if let Some((_, pin)) = self.pinned {
+            format!("pinned: {pin}")
+        } else if let Some(t) = self.route {
+            format!("session route: {t}")
+        } else {
+            plan.rule.clone()
         }
     }
 
     async fn dispatch(&mut self, req: Request, end: End) -> Result<(), SessionError> {
         self.rules = self.function_rules().await;
-        let plan = Plan::for_request(&req, &self.statements, &self.rules);
-        let candidates = self.candidates(&plan);
+        let mut plan = Plan::for_request(&req, &self.statements, &self.rules);
+        let candidates = match self.candidates(&plan).await {
+            Ok(c) => c,
+            Err(e) => return self.refuse(e, end).await,
+        };
         let retry_allowed = self.tx_node.is_none() && self.pinned.is_none() && plan.target == Target::Replica;
         let mut last_err = None;
         for (i, node) in candidates.iter().copied().enumerate() {
             let last = i + 1 == candidates.len() || !retry_allowed;
             if let Err(e) = self.connect(node).await {
+                self.shared.stats.node_error(node);
                 if !e.is_node_failure() || last {
                     return self.refuse(self.error_of(&e), end).await;
                 }
-                last_err = Some(e);
+                last_err = Some(self.error_of(&e));
                 continue;
             }
             if let Err(e) = self.bring_up_to_date(node, &plan).await {
@@ -486,7 +712,8 @@ impl Session {
                     Prepare::Node(e) if e.is_node_failure() && !last => {
                         self.conns[node] = None;
                         self.shared.fleet.nodes[node].mark_down();
-                        last_err = Some(e);
+                        self.shared.stats.node_error(node);
+                        last_err = Some(self.error_of(&e));
                         continue;
                     }
                     Prepare::Node(e) => {
@@ -496,9 +723,18 @@ impl Session {
                     Prepare::Refused(err) => return self.refuse(err, end).await,
                 }
             }
-            tracing::debug!(node = %self.shared.fleet.nodes[node].target.name, rule = %plan.rule, "routing request");
+            let name = &self.shared.fleet.nodes[node].target.name;
+            let label = self.route_label(&plan);
+            tracing::debug!(node = %name, rule = %label, "routing request");
+            self.shared
+                .stats
+                .request_routed(node, &plan.target.to_string(), &label);
+            let wrote = plan.target == Target::Primary;
             match Flow::run(self, node, &req, end, plan).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.after_request(node, wrote).await;
+                    return Ok(());
+                }
                 Err(FlowError::Client(e)) => return Err(e),
                 Err(FlowError::Node {
                     error,
@@ -507,63 +743,20 @@ impl Session {
                 }) => {
                     self.conns[node] = None;
                     self.shared.fleet.nodes[node].mark_down();
+                    self.shared.stats.node_error(node);
                     tracing::warn!(node = %self.shared.fleet.nodes[node].target.name, error = %error, "node failed during a request");
-                    if !output_sent && !last && self.tx_node.is_none() {
-                        return Box::pin(self.retry(req, end, *returned, candidates[i + 1..].to_vec())).await;
-                    }
-                    return self.node_lost(node, error, output_sent).await;
-                }
-            }
-        }
-        let e = last_err.map(|e| self.error_of(&e)).unwrap_or_else(|| {
-            ProxyError::error("08006", "pgfleet: no node is available to run this statement")
-        });
-        self.refuse(e, end).await
-    }
-
-    /// Tries the remaining candidates for a read whose node failed before answering.
-    async fn retry(
-        &mut self,
-        req: Request,
-        end: End,
-        plan: Plan,
-        rest: Vec<usize>,
-    ) -> Result<(), SessionError> {
-        let mut plan = plan;
-        for (i, node) in rest.iter().copied().enumerate() {
-            let last = i + 1 == rest.len();
-            if self.connect(node).await.is_err() {
-                if last {
-                    break;
-                }
-                continue;
-            }
-            if self.bring_up_to_date(node, &plan).await.is_err() {
-                self.conns[node] = None;
-                continue;
-            }
-            match Flow::run(self, node, &req, end, plan).await {
-                Ok(()) => return Ok(()),
-                Err(FlowError::Client(e)) => return Err(e),
-                Err(FlowError::Node {
-                    error,
-                    plan: returned,
-                    output_sent,
-                }) => {
-                    self.conns[node] = None;
-                    self.shared.fleet.nodes[node].mark_down();
-                    if output_sent || last {
+                    if output_sent || last || self.tx_node.is_some() {
                         return self.node_lost(node, error, output_sent).await;
                     }
+                    last_err = Some(self.error_of(&error));
                     plan = *returned;
                 }
             }
         }
-        self.refuse(
-            ProxyError::error("08006", "pgfleet: no node is available to run this statement"),
-            end,
-        )
-        .await
+        let e = last_err.unwrap_or_else(|| {
+            ProxyError::error("08006", "pgfleet: no node is available to run this statement")
+        });
+        self.refuse(e, end).await
     }
 
     /// A node died under a request that could not be retried.

@@ -14,7 +14,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 /// What to tell whoever runs the tests on a machine lacking a client.
-pub const INSTALL_HINT: &str = "run `sudo scripts/install-test-deps.sh` (as root) to install the test clients";
+pub const INSTALL_HINT: &str =
+    "run `sudo scripts/install-test-deps.sh` (as root) to install the test clients";
 
 /// The PostgreSQL major version whose client tools the tests prefer.
 const PG_MAJOR: &str = "15";
@@ -126,7 +127,12 @@ pub fn run(mut cmd: Command, timeout: Duration) -> Finished {
     };
     let stdout = String::from_utf8_lossy(&out_reader.join().unwrap_or_default()).into_owned();
     let stderr = String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned();
-    let finished = Finished { command, status, stdout, stderr };
+    let finished = Finished {
+        command,
+        status,
+        stdout,
+        stderr,
+    };
     assert!(!timed_out, "killed after {timeout:?}: {finished}");
     finished
 }
@@ -139,7 +145,12 @@ pub fn pg_tool(tool: &str) -> PathBuf {
     if let Some(dir) = std::env::var_os("PG_BIN") {
         candidates.push(PathBuf::from(dir).join(tool));
     }
-    candidates.push(Path::new("/usr/lib/postgresql").join(PG_MAJOR).join("bin").join(tool));
+    candidates.push(
+        Path::new("/usr/lib/postgresql")
+            .join(PG_MAJOR)
+            .join("bin")
+            .join(tool),
+    );
     if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
         let mut versions: Vec<(u32, PathBuf)> = entries
             .flatten()
@@ -171,8 +182,7 @@ pub fn find_in_path(program: &str) -> Option<PathBuf> {
 
 /// `program` on PATH, or a test failure naming it and [`INSTALL_HINT`].
 pub fn require_in_path(program: &str, what: &str) -> PathBuf {
-    find_in_path(program)
-        .unwrap_or_else(|| panic!("{what} (`{program}`) is not on PATH; {INSTALL_HINT}"))
+    find_in_path(program).unwrap_or_else(|| panic!("{what} (`{program}`) is not on PATH; {INSTALL_HINT}"))
 }
 
 /// Parses a port printed by `SELECT inet_server_port()`.
@@ -184,5 +194,7 @@ pub fn parse_port(text: &str, context: &str) -> u16 {
 
 /// The directory holding the client programs (`tests/clients`).
 pub fn clients_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("clients")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("clients")
 }

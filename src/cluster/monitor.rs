@@ -1,0 +1,135 @@
+//! Health checks: one task per node that, every `health.interval`, asks the node over a deadpool-postgres
+//! control connection whether it is reachable, whether it is in recovery, its WAL position and how old its
+//! last replayed transaction is, and publishes the result into the fleet snapshot. State changes are logged
+//! once each.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::NoTls;
+
+use super::view::{NodeState, parse_lsn};
+use crate::config::split_host_port;
+use crate::proxy::Shared;
+
+/// The one query a check runs: role, WAL position (current on a primary, replayed on a replica), and the
+/// age of the last replayed transaction.
+const CHECK_SQL: &str = "SELECT pg_is_in_recovery(), \
+     (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text, \
+     EXTRACT(EPOCH FROM (now() - pg_last_xact_replay_timestamp()))::float8";
+
+/// Starts one monitor task per node.
+pub fn spawn(shared: &Arc<Shared>) {
+    let Some(user) = shared.config.health_user().cloned() else {
+        return;
+    };
+    for index in 0..shared.fleet.nodes.len() {
+        let shared = shared.clone();
+        let user = user.clone();
+        tokio::spawn(async move {
+            let node = &shared.fleet.nodes[index];
+            let Some(pool) = control_pool(&node.target.address, &user.name, &user.password, &shared) else {
+                tracing::error!(node = %node.target.name, "cannot build the health-check pool");
+                return;
+            };
+            let interval = shared.config.health.interval;
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last: Option<(bool, Option<bool>)> = None;
+            loop {
+                ticker.tick().await;
+                let state = check(&pool, shared.config.health.timeout).await;
+                let now = (state.up, state.in_recovery);
+                if last != Some(now) {
+                    log_change(&node.target.name, &state, last.is_none());
+                    last = Some(now);
+                }
+                if state.up {
+                    node.mark_up();
+                }
+                shared.fleet.update(index, state);
+            }
+        });
+    }
+}
+
+fn log_change(name: &str, state: &NodeState, first: bool) {
+    let role = match state.in_recovery {
+        Some(true) => "replica",
+        Some(false) => "primary",
+        None => "unknown",
+    };
+    if state.up {
+        tracing::info!(node = %name, role, "node is up");
+    } else if first {
+        tracing::warn!(node = %name, error = state.error.as_deref().unwrap_or(""), "node is down");
+    } else {
+        tracing::warn!(node = %name, error = state.error.as_deref().unwrap_or(""), "node went down");
+    }
+}
+
+fn control_pool(address: &str, user: &str, password: &str, shared: &Shared) -> Option<Pool> {
+    let (host, port) = split_host_port(address).ok()?;
+    let mut pg = tokio_postgres::Config::new();
+    pg.host(&host)
+        .port(port)
+        .user(user)
+        .password(password)
+        .dbname(&shared.config.health.database)
+        .application_name("pgfleet-health")
+        .connect_timeout(shared.config.health.timeout);
+    let manager = Manager::from_config(
+        pg,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager).max_size(1).build().ok()
+}
+
+async fn check(pool: &Pool, timeout: Duration) -> NodeState {
+    let result = tokio::time::timeout(timeout, async {
+        let client = pool.get().await.map_err(|e| e.to_string())?;
+        let row = client
+            .query_one(CHECK_SQL, &[])
+            .await
+            .map_err(|e| e.to_string())?;
+        let in_recovery: bool = row.try_get(0).map_err(|e| e.to_string())?;
+        let lsn: Option<String> = row.try_get(1).map_err(|e| e.to_string())?;
+        let replay_age: Option<f64> = row.try_get(2).map_err(|e| e.to_string())?;
+        Ok::<_, String>((in_recovery, lsn, replay_age))
+    })
+    .await;
+    let checked_at = Some(SystemTime::now());
+    match result {
+        Ok(Ok((in_recovery, lsn, replay_age))) => NodeState {
+            up: true,
+            in_recovery: Some(in_recovery),
+            lsn: lsn.as_deref().and_then(parse_lsn),
+            lag_bytes: None,
+            lag: if in_recovery {
+                replay_age.map(|s| Duration::from_secs_f64(s.max(0.0)))
+            } else {
+                None
+            },
+            checked_at,
+            error: None,
+        },
+        Ok(Err(e)) => NodeState {
+            up: false,
+            checked_at,
+            error: Some(e),
+            ..NodeState::default()
+        },
+        Err(_) => NodeState {
+            up: false,
+            checked_at,
+            error: Some(format!(
+                "health check timed out after {timeout:?} (health.timeout)"
+            )),
+            ..NodeState::default()
+        },
+    }
+}
