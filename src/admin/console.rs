@@ -30,6 +30,7 @@ use crate::proxy::Shared;
 use crate::router::classify::{TxStart, classify};
 use crate::router::functions::FunctionRules;
 use crate::router::split::split_statements;
+use ColumnType::{Int, Text};
 
 /// The commands, for the HINT of an unknown one.
 const COMMANDS_HINT: &str = "The admin console understands SHOW NODES, SHOW POOLS, SHOW CLIENTS, SHOW STATS, \
@@ -277,7 +278,7 @@ fn show_nodes(shared: &Shared) -> Table {
 }
 
 /// (queries, errors) counted for node `i`.
-pub(crate) fn node_counters(shared: &Shared, i: usize) -> (u64, u64) {
+fn node_counters(shared: &Shared, i: usize) -> (u64, u64) {
     use std::sync::atomic::Ordering::Relaxed;
     shared
         .stats
@@ -430,7 +431,6 @@ enum ColumnType {
     Text,
     Int,
 }
-use ColumnType::{Int, Text};
 
 impl ColumnType {
     /// (type OID, type size) as in pg_type.
@@ -714,9 +714,11 @@ mod tests {
     #[tokio::test]
     async fn eof_ends_quietly_and_garbage_is_fatal() {
         let s = shared();
-        let (ours, mut theirs) = tokio::io::duplex(1 << 16);
-        drop(ours);
-        assert!(run_console(&mut theirs, &s, "admin").await.is_ok());
+        // A client that closes its side without Terminate: the console ends without an error.
+        let (mut ours, mut theirs) = tokio::io::duplex(1 << 16);
+        ours.shutdown().await.expect("shutdown");
+        let r = run_console(&mut theirs, &s, "admin").await;
+        assert!(r.is_ok(), "{r:?}");
         let (mut ours, mut theirs) = tokio::io::duplex(1 << 16);
         ours.write_all(&build(b'p', b"pw\0")).await.expect("write");
         let r = run_console(&mut theirs, &s, "admin").await;

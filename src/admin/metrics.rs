@@ -1,8 +1,553 @@
-//! placeholder: being written (metrics). Replaced wholesale by the real module.
+//! Prometheus metrics on `admin.metrics_address`: the same counters as the admin console, as text
+//! exposition format 0.0.4 on `GET /metrics`.
+//!
+//! The HTTP side is a deliberately small HTTP/1.1 server on tokio: one request per connection
+//! (`Connection: close`), the request head read with a size cap and a deadline, the body ignored. A
+//! scraper needs nothing more, and a full HTTP stack would be the largest dependency of the proxy.
+//! [`render`] builds the text from a consistent read of the shared state and is reused by the console's
+//! `SHOW METRICS`.
 
-/// Placeholder.
-pub async fn serve_metrics(
-    _listener: tokio::net::TcpListener,
-    _shared: std::sync::Arc<crate::proxy::Shared>,
-) {
+use std::fmt::{Display, Write as _};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+use crate::cluster::view::Primary;
+use crate::proxy::Shared;
+
+/// Largest request head accepted; a scrape request is a few hundred bytes.
+const MAX_HEAD: usize = 8 * 1024;
+/// How long a client may take to send its request head, and then to take the answer.
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once; more wait in the kernel's accept queue rather than costing memory here.
+const MAX_CONNECTIONS: usize = 64;
+/// The exposition format's content type.
+const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Why one metrics connection ended without an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// The socket failed.
+    #[error("metrics connection failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// The client was too slow to send its request or to read the answer.
+    #[error("metrics client timed out")]
+    Timeout,
+    /// The client closed before a whole request head arrived.
+    #[error("metrics client closed the connection before sending a request")]
+    Closed,
+}
+
+/// Serves `/metrics` on `listener` until the future is dropped.
+pub async fn serve_metrics(listener: TcpListener, shared: Arc<Shared>) {
+    if let Ok(address) = listener.local_addr() {
+        tracing::debug!(%address, "metrics listener ready");
+    }
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        // The semaphore is never closed, so acquiring only waits; the guard frees the slot when the
+        // connection's task ends.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Usually out of file descriptors: spinning on accept would only make it worse.
+                tracing::warn!(error = %e, "metrics listener cannot accept");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            if let Err(e) = serve_connection(stream, &shared).await {
+                tracing::debug!(client = %peer, error = %e, "metrics request not served");
+            }
+            drop(slot);
+        });
+    }
+}
+
+async fn serve_connection(mut stream: TcpStream, shared: &Shared) -> Result<(), HttpError> {
+    let head = match tokio::time::timeout(IO_TIMEOUT, read_head(&mut stream)).await {
+        Ok(Ok(head)) => head,
+        Ok(Err(HeadError::TooLarge)) => {
+            let response = respond(
+                431,
+                "Request Header Fields Too Large",
+                "request head too large\n",
+                true,
+            );
+            return write_response(&mut stream, &response).await;
+        }
+        Ok(Err(HeadError::Io(e))) => return Err(e.into()),
+        Ok(Err(HeadError::Closed)) => return Err(HttpError::Closed),
+        Err(_) => return Err(HttpError::Timeout),
+    };
+    let response = route(&head, || render(shared));
+    write_response(&mut stream, &response).await
+}
+
+async fn write_response(stream: &mut TcpStream, response: &[u8]) -> Result<(), HttpError> {
+    let write = async {
+        stream.write_all(response).await?;
+        // A FIN rather than a reset when the socket is dropped, so the client reads the whole answer.
+        stream.shutdown().await
+    };
+    match tokio::time::timeout(IO_TIMEOUT, write).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(HttpError::Timeout),
+    }
+}
+
+#[derive(Debug)]
+enum HeadError {
+    Io(std::io::Error),
+    TooLarge,
+    Closed,
+}
+
+/// Reads up to the blank line that ends the request head; returns the head without it.
+async fn read_head(stream: &mut TcpStream) -> Result<Vec<u8>, HeadError> {
+    let mut head = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 2048];
+    loop {
+        if let Some(end) = head_end(&head) {
+            head.truncate(end);
+            return Ok(head);
+        }
+        if head.len() > MAX_HEAD {
+            return Err(HeadError::TooLarge);
+        }
+        let n = stream.read(&mut chunk).await.map_err(HeadError::Io)?;
+        if n == 0 {
+            return Err(HeadError::Closed);
+        }
+        head.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Where the head ends: at CRLF CRLF, or LF LF from clients that send bare newlines.
+fn head_end(buf: &[u8]) -> Option<usize> {
+    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n");
+    let lf = buf.windows(2).position(|w| w == b"\n\n");
+    match (crlf, lf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The whole response to a request head; `body` is only called for a metrics request.
+fn route(head: &[u8], body: impl FnOnce() -> String) -> Vec<u8> {
+    let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let parts: Vec<&str> = line.split_whitespace().collect();
+    let [method, target, version] = parts.as_slice() else {
+        return respond(400, "Bad Request", "malformed request line\n", true);
+    };
+    if !version.starts_with("HTTP/1.") {
+        return respond(400, "Bad Request", "only HTTP/1.x is served\n", true);
+    }
+    let path = target.split(['?', '#']).next().unwrap_or_default();
+    if path != "/metrics" {
+        return respond(
+            404,
+            "Not Found",
+            "not found; metrics are served on /metrics\n",
+            true,
+        );
+    }
+    match *method {
+        "GET" => respond(200, "OK", &body(), true),
+        // HEAD answers with the headers a GET would get, Content-Length included, and no body.
+        "HEAD" => respond(200, "OK", &body(), false),
+        _ => respond_with(
+            405,
+            "Method Not Allowed",
+            "Allow: GET, HEAD\r\n",
+            "use GET\n",
+            true,
+        ),
+    }
+}
+
+fn respond(status: u16, reason: &str, body: &str, with_body: bool) -> Vec<u8> {
+    respond_with(status, reason, "", body, with_body)
+}
+
+/// A response with `extra_headers` (each ending in CRLF) after the usual ones.
+fn respond_with(status: u16, reason: &str, extra_headers: &str, body: &str, with_body: bool) -> Vec<u8> {
+    let content_type = if status == 200 {
+        CONTENT_TYPE
+    } else {
+        "text/plain; charset=utf-8"
+    };
+    let mut out = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+         Connection: close\r\nCache-Control: no-store\r\n{extra_headers}\r\n",
+        body.len()
+    )
+    .into_bytes();
+    if with_body {
+        out.extend_from_slice(body.as_bytes());
+    }
+    out
+}
+
+/// The Prometheus text for the proxy's current state.
+pub fn render(shared: &Shared) -> String {
+    let view = shared.fleet.view();
+    let stats = &shared.stats;
+    let pools = shared.pools.status();
+    let nodes = &shared.fleet.nodes;
+    let mut out = Exposition::default();
+
+    out.family("pgfleet_build_info", "gauge", "pgfleet version; always 1.");
+    out.sample("pgfleet_build_info", &[("version", env!("CARGO_PKG_VERSION"))], 1);
+
+    out.family(
+        "pgfleet_node_up",
+        "gauge",
+        "1 when the node passed its last health check and no session saw it fail since, else 0.",
+    );
+    for (i, node) in nodes.iter().enumerate() {
+        let state_up = view.nodes.get(i).is_some_and(|s| s.up);
+        let up = u8::from(state_up && node.is_up());
+        let role = node.role.to_string();
+        out.sample(
+            "pgfleet_node_up",
+            &[("node", &node.target.name), ("role", &role)],
+            up,
+        );
+    }
+
+    out.family(
+        "pgfleet_node_primary",
+        "gauge",
+        "1 for the node that takes writes now, else 0.",
+    );
+    for (i, node) in nodes.iter().enumerate() {
+        let primary = u8::from(view.primary == Primary::One(i));
+        out.sample("pgfleet_node_primary", &[("node", &node.target.name)], primary);
+    }
+
+    out.family(
+        "pgfleet_node_queries_total",
+        "counter",
+        "Requests routed to the node.",
+    );
+    for (i, node) in nodes.iter().enumerate() {
+        let queries = stats.nodes.get(i).map_or(0, |n| n.queries.load(Relaxed));
+        out.sample(
+            "pgfleet_node_queries_total",
+            &[("node", &node.target.name)],
+            queries,
+        );
+    }
+
+    out.family(
+        "pgfleet_node_errors_total",
+        "counter",
+        "Requests or connections that failed because of the node.",
+    );
+    for (i, node) in nodes.iter().enumerate() {
+        let errors = stats.nodes.get(i).map_or(0, |n| n.errors.load(Relaxed));
+        out.sample(
+            "pgfleet_node_errors_total",
+            &[("node", &node.target.name)],
+            errors,
+        );
+    }
+
+    // A lag never measured (node down, or before its first check) has no sample rather than a made-up
+    // value: absent series are what Prometheus alerting expects for "unknown".
+    out.family(
+        "pgfleet_node_lag_bytes",
+        "gauge",
+        "Bytes of WAL the node has not replayed, against the primary's last position.",
+    );
+    for (i, node) in nodes.iter().enumerate() {
+        if let Some(lag) = view.nodes.get(i).and_then(|s| s.lag_bytes) {
+            out.sample("pgfleet_node_lag_bytes", &[("node", &node.target.name)], lag);
+        }
+    }
+
+    out.family(
+        "pgfleet_node_lag_seconds",
+        "gauge",
+        "How far behind in time the node's replay is.",
+    );
+    for (i, node) in nodes.iter().enumerate() {
+        if let Some(lag) = view.nodes.get(i).and_then(|s| s.lag) {
+            out.sample(
+                "pgfleet_node_lag_seconds",
+                &[("node", &node.target.name)],
+                lag.as_secs_f64(),
+            );
+        }
+    }
+
+    out.family(
+        "pgfleet_route_decisions_total",
+        "counter",
+        "Requests routed, by target class and the rule that decided.",
+    );
+    for (target, rule, count) in stats.routes() {
+        out.sample(
+            "pgfleet_route_decisions_total",
+            &[("target", &target), ("rule", &rule)],
+            count,
+        );
+    }
+
+    out.family("pgfleet_clients", "gauge", "Client sessions connected now.");
+    out.sample("pgfleet_clients", &[], stats.clients().len());
+    out.family(
+        "pgfleet_clients_total",
+        "counter",
+        "Client connections accepted since start.",
+    );
+    out.sample("pgfleet_clients_total", &[], stats.clients_total.load(Relaxed));
+    out.family(
+        "pgfleet_login_failures_total",
+        "counter",
+        "Logins refused (bad password, unknown user or database).",
+    );
+    out.sample(
+        "pgfleet_login_failures_total",
+        &[],
+        stats.login_failures.load(Relaxed),
+    );
+
+    out.family(
+        "pgfleet_backend_connections",
+        "gauge",
+        "Connections from pgfleet to the node: idle in a pool, or active for a session.",
+    );
+    for (i, node) in nodes.iter().enumerate() {
+        let idle: usize = pools.iter().filter(|p| p.0 == i).map(|p| p.4).sum();
+        let name = node.target.name.as_str();
+        out.sample(
+            "pgfleet_backend_connections",
+            &[("node", name), ("state", "idle")],
+            idle,
+        );
+        let active = shared.pools.in_use(i);
+        out.sample(
+            "pgfleet_backend_connections",
+            &[("node", name), ("state", "active")],
+            active,
+        );
+    }
+    out.text
+}
+
+/// Text exposition format writer.
+#[derive(Default)]
+struct Exposition {
+    text: String,
+}
+
+impl Exposition {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        // Writing to a String cannot fail.
+        let _ = writeln!(self.text, "# HELP {name} {}", escape_help(help));
+        let _ = writeln!(self.text, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl Display) {
+        self.text.push_str(name);
+        if !labels.is_empty() {
+            self.text.push('{');
+            for (i, (label, value)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.text.push(',');
+                }
+                let _ = write!(self.text, "{label}=\"{}\"", escape_label(value));
+            }
+            self.text.push('}');
+        }
+        let _ = writeln!(self.text, " {value}");
+    }
+}
+
+/// A label value as the exposition format wants it: backslash, double quote and newline escaped.
+fn escape_label(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// HELP text: backslash and newline escaped (quotes are literal there).
+fn escape_help(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn shared() -> Arc<Shared> {
+        let config = Config::parse(
+            "[listen]\naddress = \"127.0.0.1:0\"\n\n[[users]]\nname = \"app\"\npassword = \"pw\"\n\n\
+             [[nodes]]\nname = \"pg1\"\naddress = \"127.0.0.1:5501\"\nrole = \"primary\"\n\n\
+             [[nodes]]\nname = \"pg\\\"2\"\naddress = \"127.0.0.1:5502\"\nrole = \"replica\"\n",
+        )
+        .expect("config");
+        Shared::new(config).expect("shared")
+    }
+
+    #[test]
+    fn escaping() {
+        assert_eq!(escape_label("a\\b\"c\nd"), "a\\\\b\\\"c\\nd");
+        assert_eq!(escape_help("x\\y\nz \"q\""), "x\\\\y\\nz \"q\"");
+    }
+
+    #[test]
+    fn renders_every_family_with_help_and_type() {
+        let s = shared();
+        s.stats.request_routed(1, "replica", "read");
+        s.stats.request_routed(0, "primary", "INSERT \"writes\"");
+        s.stats.node_error(1);
+        let text = render(&s);
+        for family in [
+            "pgfleet_node_up",
+            "pgfleet_node_queries_total",
+            "pgfleet_node_errors_total",
+            "pgfleet_node_lag_bytes",
+            "pgfleet_node_lag_seconds",
+            "pgfleet_route_decisions_total",
+            "pgfleet_clients",
+            "pgfleet_clients_total",
+            "pgfleet_login_failures_total",
+            "pgfleet_backend_connections",
+        ] {
+            assert!(
+                text.contains(&format!("# HELP {family} ")),
+                "{family} HELP in\n{text}"
+            );
+            assert!(
+                text.contains(&format!("# TYPE {family} ")),
+                "{family} TYPE in\n{text}"
+            );
+        }
+        assert!(
+            text.contains("pgfleet_node_queries_total{node=\"pg1\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pgfleet_node_queries_total{node=\"pg\\\"2\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pgfleet_node_errors_total{node=\"pg\\\"2\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("pgfleet_node_up{node=\"pg1\",role=\"primary\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("pgfleet_node_primary{node=\"pg1\"} 1\n"), "{text}");
+        assert!(
+            text.contains(
+                "pgfleet_route_decisions_total{target=\"primary\",rule=\"INSERT \\\"writes\\\"\"} 1\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("pgfleet_backend_connections{node=\"pg1\",state=\"idle\"} 0\n"),
+            "{text}"
+        );
+        assert!(text.contains("pgfleet_clients 0\n"), "{text}");
+        // Every line is a comment or `name{labels} value`.
+        for line in text.lines() {
+            assert!(
+                line.starts_with("# ")
+                    || line
+                        .rsplit_once(' ')
+                        .is_some_and(|(_, v)| v.parse::<f64>().is_ok())
+            );
+        }
+    }
+
+    #[test]
+    fn routing_requests() {
+        let ok = route(b"GET /metrics HTTP/1.1\r\nHost: x", || "m 1\n".to_owned());
+        let ok = String::from_utf8(ok).expect("utf8");
+        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
+        assert!(ok.contains("Content-Type: text/plain; version=0.0.4"), "{ok}");
+        assert!(ok.contains("Content-Length: 4\r\n"), "{ok}");
+        assert!(ok.contains("Connection: close\r\n"), "{ok}");
+        assert!(ok.ends_with("\r\n\r\nm 1\n"), "{ok}");
+        let head =
+            String::from_utf8(route(b"HEAD /metrics?x=1 HTTP/1.0", || "m 1\n".to_owned())).expect("utf8");
+        assert!(
+            head.starts_with("HTTP/1.1 200") && head.ends_with("\r\n\r\n"),
+            "{head}"
+        );
+        let missing = String::from_utf8(route(b"GET / HTTP/1.1", String::new)).expect("utf8");
+        assert!(missing.starts_with("HTTP/1.1 404 "), "{missing}");
+        let post = String::from_utf8(route(b"POST /metrics HTTP/1.1", String::new)).expect("utf8");
+        assert!(
+            post.starts_with("HTTP/1.1 405 ") && post.contains("\r\nAllow: GET, HEAD\r\n"),
+            "{post}"
+        );
+        assert!(post.ends_with("\r\n\r\nuse GET\n"), "{post}");
+        let bad = String::from_utf8(route(b"hello", String::new)).expect("utf8");
+        assert!(bad.starts_with("HTTP/1.1 400 "), "{bad}");
+    }
+
+    #[test]
+    fn head_ends() {
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nA: b\r\n\r\nbody"), Some(20));
+        assert_eq!(head_end(b"GET / HTTP/1.1\n\n"), Some(14));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\n"), None);
+    }
+
+    #[tokio::test]
+    async fn serves_over_tcp() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("addr");
+        let server = tokio::spawn(serve_metrics(listener, shared()));
+        let mut client = TcpStream::connect(address).await.expect("connect");
+        client
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .expect("write");
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).await.expect("read");
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        assert!(
+            answer.contains("pgfleet_node_up{node=\"pg1\",role=\"primary\"} 1"),
+            "{answer}"
+        );
+        // A client that sends an endless head is cut off.
+        let mut client = TcpStream::connect(address).await.expect("connect");
+        let junk = vec![b'a'; MAX_HEAD + 4096];
+        let _ = client.write_all(&junk).await;
+        let mut answer = Vec::new();
+        // The unread rest of the junk may turn the close into a reset before the 431 is read; what
+        // matters is that the server answers or hangs up rather than buffering without end.
+        let read = tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut answer)).await;
+        assert!(read.is_ok(), "the server neither answered nor closed");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 431 "),
+            "{answer}"
+        );
+        server.abort();
+    }
 }
