@@ -25,7 +25,7 @@ pub struct Shared {
     /// Replica choice.
     pub balancer: Balancer,
     /// Function rules per database.
-    pub catalog: Catalog,
+    pub catalog: Arc<Catalog>,
     /// Cancel keys of live sessions.
     pub cancels: Arc<CancelRegistry>,
     /// Session id source.
@@ -75,7 +75,11 @@ impl Shared {
             &config.routing.write_functions,
             &config.routing.read_only_functions,
         );
-        let catalog = Catalog::new(base, config.routing.function_refresh);
+        let catalog = Arc::new(Catalog::new(
+            base,
+            config.routing.function_refresh,
+            config.pool.connect_timeout,
+        ));
         Ok(Arc::new(Shared {
             config: Arc::new(config),
             fleet,

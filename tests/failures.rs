@@ -1,1 +1,894 @@
-//! Failure scenarios (being written).
+//! Failures around a real pgfleet: nodes that refuse connections, replicas and a primary that stop or hang,
+//! clients that send garbage or hang, and a very large result that must stream through without growing the
+//! proxy's memory. In each case what still works must keep working.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use futures_util::TryStreamExt;
+use pgfleet::protocol::frame::build;
+use pgfleet::protocol::messages::error_field;
+use pgfleet::protocol::startup::encode_startup;
+use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
+use support::cluster::{APP_DB, APP_USER, PASSWORD, cluster_async};
+use support::proxy::{Proxy, connect, free_port, try_connect};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_postgres::SimpleQueryMessage;
+
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One backend message: type byte and body.
+type Msg = (u8, Vec<u8>);
+
+/// A hand-driven client connection.
+struct Raw {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl Raw {
+    async fn connect(port: u16) -> Raw {
+        let stream = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("tcp connect to pgfleet");
+        Raw {
+            stream,
+            buf: BytesMut::new(),
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write to pgfleet");
+    }
+
+    /// The next message; `None` at end of stream (or a reset).
+    async fn frame(&mut self) -> Option<Msg> {
+        loop {
+            if self.buf.len() >= 5 {
+                let len = i32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
+                if self.buf.len() > len {
+                    let kind = self.buf[0];
+                    self.buf.advance(5);
+                    let body = self.buf.split_to(len - 4).to_vec();
+                    return Some((kind, body));
+                }
+            }
+            match tokio::time::timeout(IO_TIMEOUT, self.stream.read_buf(&mut self.buf)).await {
+                Err(_) => panic!("nothing from pgfleet within {IO_TIMEOUT:?}"),
+                Ok(Ok(0)) | Ok(Err(_)) => return None,
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// SCRAM login as the app user, up to ReadyForQuery.
+    async fn login(&mut self) {
+        self.send(&encode_startup(&[("user", APP_USER), ("database", APP_DB)]))
+            .await;
+        let mut scram: Option<ScramSha256> = None;
+        loop {
+            let (kind, body) = self
+                .frame()
+                .await
+                .expect("pgfleet closed the connection during startup");
+            match (
+                kind,
+                body.get(..4)
+                    .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]])),
+            ) {
+                (b'R', Some(10)) => {
+                    let s = ScramSha256::new(PASSWORD.as_bytes(), ChannelBinding::unrequested());
+                    let mut msg = SCRAM_SHA_256.as_bytes().to_vec();
+                    msg.push(0);
+                    msg.extend_from_slice(&(s.message().len() as i32).to_be_bytes());
+                    msg.extend_from_slice(s.message());
+                    self.send(&build(b'p', &msg)).await;
+                    scram = Some(s);
+                }
+                (b'R', Some(11)) => {
+                    let s = scram.as_mut().expect("SASL started");
+                    s.update(&body[4..]).expect("server-first-message");
+                    let reply = s.message().to_vec();
+                    self.send(&build(b'p', &reply)).await;
+                }
+                (b'R', Some(12)) => scram
+                    .as_mut()
+                    .expect("SASL started")
+                    .finish(&body[4..])
+                    .expect("server signature"),
+                (b'E', _) => panic!("login refused: {:?}", error_field(&body, b'M')),
+                (b'Z', _) => return,
+                _ => {}
+            }
+        }
+    }
+
+    /// Expects a FATAL with `code` and then the end of the connection; returns the message.
+    async fn expect_fatal(&mut self, code: &str) -> String {
+        let (kind, body) = self
+            .frame()
+            .await
+            .expect("an ErrorResponse before the connection closes");
+        assert_eq!(kind, b'E', "expected an ErrorResponse");
+        assert_eq!(
+            error_field(&body, b'S'),
+            Some("FATAL"),
+            "{:?}",
+            error_field(&body, b'M')
+        );
+        assert_eq!(
+            error_field(&body, b'C'),
+            Some(code),
+            "{:?}",
+            error_field(&body, b'M')
+        );
+        let message = error_field(&body, b'M').unwrap_or("").to_owned();
+        assert!(
+            self.frame().await.is_none(),
+            "the connection is closed after the FATAL"
+        );
+        message
+    }
+}
+
+/// First value of the first row of a simple query.
+async fn one(c: &tokio_postgres::Client, sql: &str) -> String {
+    let rows = c.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    rows.iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{sql}: no row"))
+}
+
+/// A well-behaved client running queries in a loop on its own task until stopped.
+struct Steady {
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<Result<u64, String>>,
+}
+
+impl Steady {
+    async fn start(dsn: &str) -> Steady {
+        let client = connect(dsn).await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicU64::new(0));
+        let (stop2, done2) = (stop.clone(), done.clone());
+        let task = tokio::spawn(async move {
+            let stmt = client
+                .prepare("SELECT $1::int + 1")
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut i = 0i32;
+            while !stop2.load(Ordering::Relaxed) {
+                let step = async {
+                    client
+                        .simple_query("SELECT inet_server_port()")
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let row = client.query_one(&stmt, &[&i]).await.map_err(|e| e.to_string())?;
+                    if row.get::<_, i32>(0) != i + 1 {
+                        return Err("wrong answer".to_owned());
+                    }
+                    Ok::<(), String>(())
+                };
+                match tokio::time::timeout(Duration::from_secs(5), step).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(format!("query {i} failed: {e}")),
+                    Err(_) => return Err(format!("query {i} took over 5 s")),
+                }
+                done2.fetch_add(1, Ordering::Relaxed);
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Ok(u64::from(i.unsigned_abs()))
+        });
+        Steady { stop, done, task }
+    }
+
+    /// Waits until at least `n` more rounds completed, failing after 10 s.
+    async fn progress(&self, n: u64) {
+        let target = self.done.load(Ordering::Relaxed) + n;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.done.load(Ordering::Relaxed) < target {
+            assert!(!self.task.is_finished(), "the steady client stopped early");
+            assert!(
+                Instant::now() < deadline,
+                "the steady client made no progress for 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn finish(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.task.await.expect("steady task") {
+            Ok(n) => n,
+            Err(e) => panic!("the well-behaved client failed: {e}"),
+        }
+    }
+}
+
+/// A new client can connect and run a read and a write within 5 s.
+async fn fresh_client_works(proxy: &Proxy, what: &str) {
+    let dsn = proxy.dsn(APP_USER, PASSWORD, APP_DB);
+    let work = async {
+        let c = connect(&dsn).await;
+        assert_eq!(one(&c, "SELECT 'fresh'").await, "fresh");
+        c.batch_execute("CREATE TABLE IF NOT EXISTS fresh_t (x int); INSERT INTO fresh_t VALUES (1)")
+            .await
+            .expect("write");
+    };
+    tokio::time::timeout(Duration::from_secs(5), work)
+        .await
+        .unwrap_or_else(|_| panic!("a new client was not served within 5 s while {what}"));
+}
+
+/// SQLSTATE and message of a server error, or the client-side error text.
+fn describe(err: &tokio_postgres::Error) -> String {
+    match err.as_db_error() {
+        Some(db) => format!("{} {} {}: {}", db.severity(), db.code().code(), db.message(), err),
+        None => err.to_string(),
+    }
+}
+
+fn db_error(err: &tokio_postgres::Error) -> &tokio_postgres::error::DbError {
+    err.as_db_error()
+        .unwrap_or_else(|| panic!("expected a server error, got: {err}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_primary_is_named_in_the_error() {
+    let cluster = cluster_async().await;
+    let closed = free_port();
+    let closed_address = format!("127.0.0.1:{closed}");
+
+    // Only the primary is configured, and nothing listens there: the login itself fails.
+    let port = free_port();
+    let text = format!(
+        "[listen]\naddress = \"127.0.0.1:{port}\"\n\n[[users]]\nname = \"app\"\npassword = \"{PASSWORD}\"\n\n\
+         [[nodes]]\nname = \"primary\"\naddress = \"{closed_address}\"\nrole = \"primary\"\n\n\
+         [pool]\nconnect_timeout = \"2s\"\n"
+    );
+    let lone = Proxy::start_with_config(text);
+    let started = Instant::now();
+    let err = try_connect(&lone.dsn(APP_USER, PASSWORD, APP_DB))
+        .await
+        .expect_err("login must fail");
+    let db = db_error(&err);
+    assert!(db.code().code().starts_with("08"), "SQLSTATE class 08: {db:?}");
+    assert!(
+        db.message().contains("pgfleet: cannot reach primary \"primary\""),
+        "{}",
+        db.message()
+    );
+    assert!(db.message().contains("connection refused"), "{}", db.message());
+    assert!(
+        db.message().contains(&closed_address),
+        "names the address: {}",
+        db.message()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "a refused connection fails fast"
+    );
+    drop(lone);
+
+    // The whole fleet, but the primary's address is wrong: reads work, writes get the same error.
+    let port = free_port();
+    let text = Proxy::config_for(&cluster, port, "[pool]\nconnect_timeout = \"2s\"\n")
+        .replace(&cluster.primary.address(), &closed_address);
+    assert!(text.contains(&closed_address));
+    let proxy = Proxy::start_with_config(text);
+    let c = connect(&proxy.dsn(APP_USER, PASSWORD, APP_DB)).await;
+    let replicas: Vec<String> = cluster.replicas.iter().map(|r| r.port.to_string()).collect();
+    for _ in 0..4 {
+        assert!(replicas.contains(&one(&c, "SELECT inet_server_port()").await));
+    }
+    for _ in 0..2 {
+        let err = c
+            .batch_execute("CREATE TABLE nowhere (x int)")
+            .await
+            .expect_err("no primary");
+        let db = db_error(&err);
+        assert!(db.code().code().starts_with("08"), "{db:?}");
+        assert!(
+            db.message().contains("pgfleet: cannot reach primary \"primary\""),
+            "{}",
+            db.message()
+        );
+        assert!(db.message().contains("connection refused"), "{}", db.message());
+    }
+    assert!(
+        replicas.contains(&one(&c, "SELECT inet_server_port()").await),
+        "the session goes on"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_keep_working_when_a_replica_stops() {
+    let cluster = cluster_async().await;
+    let proxy = Proxy::start(&cluster, "");
+    let dsn = proxy.dsn(APP_USER, PASSWORD, APP_DB);
+    let old = connect(&dsn).await;
+    let stmt = old.prepare("SELECT inet_server_port()").await.expect("prepare");
+    // Use both replicas first, so that the session holds a connection to the one about to die.
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..4 {
+        seen.insert(one(&old, "SELECT inet_server_port()").await);
+        let row = old.query_one(&stmt, &[]).await.expect("extended read");
+        seen.insert(row.get::<_, i32>(0).to_string());
+    }
+    assert_eq!(seen.len(), 2, "round robin used both replicas");
+
+    let dead = cluster.replicas[0].port.to_string();
+    cluster.replicas[0].stop_immediate().expect("stop replica1");
+    // The session that held connections to both replicas reads first, before anything else could notice
+    // the stop; then a new session. Its statement was prepared before the stop and must be re-prepared on a
+    // live node.
+    let existing = hundred_reads(&old, &stmt, &dead).await;
+    let fresh = connect(&dsn).await;
+    let fresh_stmt = fresh.prepare("SELECT inet_server_port()").await.expect("prepare");
+    let new = hundred_reads(&fresh, &fresh_stmt, &dead).await;
+    fresh
+        .batch_execute("CREATE TABLE after_replica_loss (x int)")
+        .await
+        .expect("writes still work");
+    let log = proxy.log_tail(20);
+    assert_eq!(new, Ok(()), "new session\n--- log ---\n{log}");
+    assert_eq!(existing, Ok(()), "existing session\n--- log ---\n{log}");
+}
+
+/// 100 simple-protocol reads and 20 with a prepared statement, none on the `dead` port; the first failure.
+async fn hundred_reads(
+    c: &tokio_postgres::Client,
+    stmt: &tokio_postgres::Statement,
+    dead: &str,
+) -> Result<(), String> {
+    for i in 0..100 {
+        let msgs = c
+            .simple_query("SELECT inet_server_port()")
+            .await
+            .map_err(|e| format!("read {i} failed after a replica stopped: {}", describe(&e)))?;
+        let port = msgs
+            .iter()
+            .find_map(|m| match m {
+                SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                _ => None,
+            })
+            .ok_or_else(|| format!("read {i}: no row"))?;
+        if port == dead {
+            return Err(format!("read {i} served by the stopped replica"));
+        }
+    }
+    for i in 0..20 {
+        let row = c.query_one(stmt, &[]).await.map_err(|e| {
+            format!(
+                "extended read {i} failed after a replica stopped: {}",
+                describe(&e)
+            )
+        })?;
+        if row.get::<_, i32>(0).to_string() == dead {
+            return Err(format!("extended read {i} served by the stopped replica"));
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_fail_fast_when_the_primary_stops_and_reads_go_on() {
+    let cluster = cluster_async().await;
+    let proxy = Proxy::start(&cluster, "[pool]\nconnect_timeout = \"2s\"\n");
+    let dsn = proxy.dsn(APP_USER, PASSWORD, APP_DB);
+    let c = connect(&dsn).await;
+    c.batch_execute("CREATE TABLE t (x int); INSERT INTO t VALUES (1)")
+        .await
+        .expect("setup");
+    cluster
+        .wait_replicas_caught_up(Duration::from_secs(10))
+        .expect("caught up");
+    assert_eq!(one(&c, "SELECT count(*) FROM t").await, "1");
+    let replicas: Vec<String> = cluster.replicas.iter().map(|r| r.port.to_string()).collect();
+
+    cluster.primary.stop_immediate().expect("stop the primary");
+
+    // A new session logs in (on a replica) and reads; its writes fail fast with class 08.
+    let started = Instant::now();
+    let fresh = connect(&dsn).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "login without a primary took {:?}",
+        started.elapsed()
+    );
+    for _ in 0..10 {
+        assert!(replicas.contains(&one(&fresh, "SELECT inet_server_port()").await));
+        assert_eq!(one(&fresh, "SELECT count(*) FROM t").await, "1");
+    }
+    for attempt in 0..2 {
+        let started = Instant::now();
+        let err = fresh
+            .batch_execute("INSERT INTO t VALUES (3)")
+            .await
+            .expect_err("no primary");
+        let db = db_error(&err);
+        assert!(db.code().code().starts_with("08"), "write {attempt}: {db:?}");
+        assert!(db.message().contains("primary"), "{}", db.message());
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "within connect_timeout: {:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            one(&fresh, "SELECT count(*) FROM t").await,
+            "1",
+            "the session goes on after the error"
+        );
+    }
+
+    // The session that held a connection to the primary when it stopped: the write fails (08 or 57P01),
+    // within connect_timeout, and the session's reads still work.
+    for attempt in 0..3 {
+        let started = Instant::now();
+        let err = c
+            .batch_execute("INSERT INTO t VALUES (2)")
+            .await
+            .expect_err("no primary to write to");
+        let took = started.elapsed();
+        let db = db_error(&err);
+        let code = db.code().code().to_owned();
+        assert!(
+            code.starts_with("08") || code == "57P01",
+            "write {attempt}: {code} {}",
+            db.message()
+        );
+        assert!(
+            took < Duration::from_secs(2),
+            "write {attempt} failed within connect_timeout, took {took:?}"
+        );
+        for i in 0..5 {
+            let read = c.simple_query("SELECT inet_server_port()").await.unwrap_or_else(|e| {
+                panic!(
+                    "read {i} after failed write {attempt} ({code} {:?}) in the same session: {e}\n--- log ---\n{}",
+                    db.message(),
+                    proxy.log_tail(30)
+                )
+            });
+            assert!(read.iter().any(|m| matches!(m, SimpleQueryMessage::Row(_))));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_primary_costs_writes_at_most_connect_timeout() {
+    let cluster = cluster_async().await;
+    // Set up directly, so that pgfleet has no pooled connection to the primary when it hangs.
+    connect(&cluster.primary.dsn(APP_USER, PASSWORD, APP_DB))
+        .await
+        .batch_execute("CREATE TABLE h (x int)")
+        .await
+        .expect("setup");
+    cluster
+        .wait_replicas_caught_up(Duration::from_secs(10))
+        .expect("caught up");
+    let proxy = Proxy::start(&cluster, "[pool]\nconnect_timeout = \"2s\"\n");
+    let dsn = proxy.dsn(APP_USER, PASSWORD, APP_DB);
+
+    cluster.primary.pause().expect("SIGSTOP the primary");
+    let outcome = async {
+        // Login tries the primary for at most connect_timeout, then settles on a replica.
+        let started = Instant::now();
+        let c = tokio::time::timeout(Duration::from_secs(6), connect(&dsn))
+            .await
+            .expect("login in time");
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "login took {:?}",
+            started.elapsed()
+        );
+        let started = Instant::now();
+        let err = tokio::time::timeout(
+            Duration::from_secs(6),
+            c.batch_execute("INSERT INTO h VALUES (1)"),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "the write did not return within 6 s\n--- log ---\n{}",
+                proxy.log_tail(30)
+            )
+        })
+        .expect_err("the primary is hung");
+        let took = started.elapsed();
+        let db = db_error(&err);
+        assert!(db.code().code().starts_with("08"), "{db:?}");
+        assert!(db.message().contains("timed out"), "{}", db.message());
+        assert!(
+            took >= Duration::from_millis(1900) && took < Duration::from_secs(3),
+            "took {took:?}"
+        );
+        // Reads are served by the replicas without waiting for the primary, again and again.
+        for i in 0..12 {
+            let started = Instant::now();
+            assert_eq!(one(&c, "SELECT count(*) FROM h").await, "0");
+            let took = started.elapsed();
+            assert!(
+                took < Duration::from_secs(1),
+                "read {i} took {took:?} with the primary hung\n--- log ---\n{}",
+                proxy.log_tail(30)
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    };
+    let result = tokio::time::timeout(Duration::from_secs(60), outcome).await;
+    cluster.primary.resume().expect("SIGCONT the primary");
+    result.unwrap_or_else(|_| {
+        panic!(
+            "the hung-primary scenario hung\n--- log ---\n{}",
+            proxy.log_tail(30)
+        )
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_to_a_hung_primary_does_not_hang_new_logins() {
+    let cluster = cluster_async().await;
+    let proxy = Proxy::start(&cluster, "[pool]\nconnect_timeout = \"2s\"\n");
+    let dsn = proxy.dsn(APP_USER, PASSWORD, APP_DB);
+    // A client uses the primary and leaves: its connection stays in the pool.
+    connect(&dsn)
+        .await
+        .batch_execute("CREATE TABLE hp (x int)")
+        .await
+        .expect("setup");
+    cluster
+        .wait_replicas_caught_up(Duration::from_secs(10))
+        .expect("caught up");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    cluster.primary.pause().expect("SIGSTOP the primary");
+    let started = Instant::now();
+    let login = tokio::time::timeout(Duration::from_secs(8), connect(&dsn)).await;
+    let took = started.elapsed();
+    let reads = match login {
+        Ok(c) => {
+            Some(tokio::time::timeout(Duration::from_secs(8), one_owned(c, "SELECT count(*) FROM hp")).await)
+        }
+        Err(_) => None,
+    };
+    cluster.primary.resume().expect("SIGCONT the primary");
+    assert!(
+        reads.is_some(),
+        "a new client could not log in within 8 s while the primary was hung (a pooled connection to it \
+         was reused without a timeout)\n--- log ---\n{}",
+        proxy.log_tail(30)
+    );
+    assert!(took < Duration::from_secs(5), "login took {took:?}");
+    assert_eq!(
+        reads.and_then(Result::ok).as_deref(),
+        Some("0"),
+        "a read within 8 s"
+    );
+}
+
+async fn one_owned(c: tokio_postgres::Client, sql: &str) -> String {
+    one(&c, sql).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversized_messages_end_only_that_session() {
+    let cluster = cluster_async().await;
+    let port = free_port();
+    let listen = format!("address = \"127.0.0.1:{port}\"\n");
+    let text = Proxy::config_for(&cluster, port, "").replacen(
+        &listen,
+        &format!("{listen}max_message_size = \"1MB\"\n"),
+        1,
+    );
+    assert!(text.contains("max_message_size"));
+    let proxy = Proxy::start_with_config(text);
+    let dsn = proxy.dsn(APP_USER, PASSWORD, APP_DB);
+    let steady = Steady::start(&dsn).await;
+    steady.progress(3).await;
+
+    // (1) A Query whose length field is below its own size.
+    let mut raw = Raw::connect(proxy.port).await;
+    raw.login().await;
+    raw.send(&[b'Q', 0, 0, 0, 2]).await;
+    let msg = raw.expect_fatal("08P01").await;
+    assert!(msg.contains("length"), "{msg}");
+    steady.progress(3).await;
+
+    // A negative length.
+    let mut raw = Raw::connect(proxy.port).await;
+    raw.login().await;
+    raw.send(&[b'Q', 0xff, 0xff, 0xff, 0xf0]).await;
+    raw.expect_fatal("08P01").await;
+    steady.progress(3).await;
+
+    // (2) A message over listen.max_message_size: refused from its header, before its body arrives.
+    let mut raw = Raw::connect(proxy.port).await;
+    raw.login().await;
+    let claimed: i32 = 2 * 1024 * 1024 + 4;
+    let mut head = vec![b'Q'];
+    head.extend_from_slice(&claimed.to_be_bytes());
+    head.extend_from_slice(b"SELECT '");
+    head.extend_from_slice(&[b'x'; 4096]);
+    raw.send(&head).await;
+    let msg = raw.expect_fatal("08P01").await;
+    assert!(
+        msg.contains("max_message_size") || msg.contains("1048576") || msg.contains("1MB"),
+        "the error mentions the limit: {msg}"
+    );
+    steady.progress(3).await;
+
+    // Just under the limit is fine; just over it ends that session only.
+    let big = connect(&dsn).await;
+    let under = format!("SELECT length('{}')", "y".repeat(900 * 1024));
+    assert_eq!(one(&big, &under).await, (900 * 1024).to_string());
+    let over = format!("SELECT length('{}')", "z".repeat(1100 * 1024));
+    assert!(
+        big.simple_query(&over).await.is_err(),
+        "a 1.1 MB query is refused"
+    );
+    steady.progress(3).await;
+
+    steady.progress(3).await;
+    let rounds = steady.finish().await;
+    assert!(rounds >= 15, "the steady client kept going: {rounds} rounds");
+    fresh_client_works(&proxy, "after garbage").await;
+    let log = proxy.log_contents();
+    assert!(!log.contains("panicked"), "pgfleet panicked:\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_message_type_ends_the_session_like_postgres() {
+    let cluster = cluster_async().await;
+    let proxy = Proxy::start(&cluster, "");
+    let steady = Steady::start(&proxy.dsn(APP_USER, PASSWORD, APP_DB)).await;
+    steady.progress(3).await;
+    // PostgreSQL answers FATAL 08P01 "invalid frontend message type 33" as soon as it reads such a message.
+    let mut raw = Raw::connect(proxy.port).await;
+    raw.login().await;
+    raw.send(&build(b'!', b"junk")).await;
+    let msg = raw.expect_fatal("08P01").await;
+    assert!(msg.contains("message type"), "{msg}");
+    steady.progress(3).await;
+    steady.finish().await;
+    fresh_client_works(&proxy, "after an unknown message type").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_startup_packets_and_hanging_clients_do_not_block_others() {
+    let cluster = cluster_async().await;
+    let proxy = Proxy::start(&cluster, "");
+    let dsn = proxy.dsn(APP_USER, PASSWORD, APP_DB);
+    let steady = Steady::start(&dsn).await;
+    steady.progress(3).await;
+
+    // (3) Startup packets with absurd lengths are refused at once, without waiting for the bytes.
+    for header in [
+        [0x7f, 0xff, 0xff, 0xff],
+        [0, 0, 0, 4],
+        [0xff, 0xff, 0xff, 0xf0],
+        [0, 0, 0x27, 0x11],
+    ] {
+        let mut raw = Raw::connect(proxy.port).await;
+        let mut packet = header.to_vec();
+        packet.extend_from_slice(&[0, 3, 0, 0]);
+        packet.extend_from_slice(b"user\0app\0\0");
+        raw.send(&packet).await;
+        let started = Instant::now();
+        let msg = raw.expect_fatal("08P01").await;
+        assert!(msg.contains("startup packet"), "{header:?}: {msg}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{header:?} refused at once"
+        );
+        steady.progress(2).await;
+    }
+
+    // (4) Clients that connect and hang: silent, half a startup packet, an SSLRequest and nothing more,
+    // half a Query after logging in, and one that never reads a large result.
+    let mut hanging = Vec::new();
+    for _ in 0..20 {
+        hanging.push(Raw::connect(proxy.port).await);
+    }
+    let startup = encode_startup(&[("user", APP_USER), ("database", APP_DB)]);
+    let mut half_startup = Raw::connect(proxy.port).await;
+    half_startup.send(&startup[..startup.len() / 2]).await;
+    hanging.push(half_startup);
+    let mut ssl_only = Raw::connect(proxy.port).await;
+    ssl_only.send(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await;
+    hanging.push(ssl_only);
+    let mut half_query = Raw::connect(proxy.port).await;
+    half_query.login().await;
+    let q = pgfleet::protocol::messages::query("SELECT 'never finished'");
+    half_query.send(&q[..q.len() - 5]).await;
+    hanging.push(half_query);
+    let mut half_header = Raw::connect(proxy.port).await;
+    half_header.login().await;
+    half_header.send(&[b'Q', 0, 0]).await;
+    hanging.push(half_header);
+    let mut no_reader = Raw::connect(proxy.port).await;
+    no_reader.login().await;
+    no_reader
+        .send(&pgfleet::protocol::messages::query(
+            "SELECT repeat('n', 1000) FROM generate_series(1, 500000)",
+        ))
+        .await;
+    hanging.push(no_reader);
+
+    let started = Instant::now();
+    steady.progress(20).await;
+    fresh_client_works(&proxy, "25 clients hang").await;
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        let c = tokio::time::timeout(Duration::from_secs(5), connect(&dsn))
+            .await
+            .expect("connect in time");
+        assert_eq!(one(&c, "SELECT 'parallel'").await, "parallel");
+        clients.push(c);
+    }
+    assert!(started.elapsed() < Duration::from_secs(15));
+    steady.progress(5).await;
+    drop(hanging);
+    steady.progress(5).await;
+    let rounds = steady.finish().await;
+    assert!(rounds >= 30, "{rounds}");
+    fresh_client_works(&proxy, "after the hanging clients left").await;
+}
+
+/// VmRSS of a process, in bytes.
+fn rss(pid: u32) -> u64 {
+    status_kb(pid, "VmRSS:") * 1024
+}
+
+/// VmHWM (peak RSS) of a process, in bytes.
+fn hwm(pid: u32) -> u64 {
+    status_kb(pid, "VmHWM:") * 1024
+}
+
+fn status_kb(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/<pid>/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
+}
+
+/// Samples the RSS of `pid` every 10 ms on a thread until stopped; returns the largest sample.
+fn sample_rss(pid: u32) -> (Arc<AtomicBool>, std::thread::JoinHandle<u64>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let handle = std::thread::spawn(move || {
+        let mut peak = 0;
+        while !stop2.load(Ordering::Relaxed) {
+            peak = peak.max(rss(pid));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        peak.max(rss(pid))
+    });
+    (stop, handle)
+}
+
+/// Runs one query with psql, its output to /dev/null.
+async fn psql_to_dev_null(port: u16, sql: &str) {
+    let status = tokio::process::Command::new("psql")
+        .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+        .arg(format!(
+            "host=127.0.0.1 port={port} user={APP_USER} dbname={APP_DB} sslmode=disable"
+        ))
+        .arg("-c")
+        .arg(sql)
+        .env("PGPASSWORD", PASSWORD)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .await
+        .expect("run psql");
+    assert!(status.success(), "psql failed: {sql}");
+}
+
+const BIG_QUERY: &str = "SELECT g, repeat('x', 50) FROM generate_series(1, 2000000) g";
+const LIMIT: u64 = 16 * 1024 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_million_row_result_streams_without_growing_the_proxy() {
+    let cluster = cluster_async().await;
+    let proxy = Proxy::start(&cluster, "");
+    let pid = proxy.pid();
+    let dsn = proxy.dsn(APP_USER, PASSWORD, APP_DB);
+    let c = connect(&dsn).await;
+    // Warm up with results of the same shape: the allocator's per-thread arenas grow by a few MB on the
+    // first large results a fresh process handles and then stay put. Buffering a 2M-row (~150 MB) result,
+    // or any part of it proportional to its size, would still show far above the limit.
+    for _ in 0..2 {
+        let stream = c
+            .query_raw(&BIG_QUERY.replace("2000000", "300000"), std::iter::empty::<i32>())
+            .await
+            .expect("warm");
+        futures_util::pin_mut!(stream);
+        let mut n = 0;
+        while stream.try_next().await.expect("row").is_some() {
+            n += 1;
+        }
+        assert_eq!(n, 300_000);
+        psql_to_dev_null(proxy.port, &BIG_QUERY.replace("2000000", "300000")).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // tokio-postgres, consuming row by row and pausing now and then so that the proxy must hold back.
+    let before = rss(pid);
+    let hwm_before = hwm(pid);
+    let (stop, sampler) = sample_rss(pid);
+    let stream = c
+        .query_raw(BIG_QUERY, std::iter::empty::<i32>())
+        .await
+        .expect("query_raw");
+    futures_util::pin_mut!(stream);
+    let mut count: u64 = 0;
+    let mut sum: u64 = 0;
+    while let Some(row) = stream.try_next().await.expect("row") {
+        count += 1;
+        sum += row.get::<_, i32>(0) as u64;
+        if row.get::<_, &str>(1).len() != 50 {
+            panic!("row {count}: wrong payload");
+        }
+        if count.is_multiple_of(250_000) {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let peak = sampler.join().expect("sampler");
+    let peak = if hwm(pid) > hwm_before {
+        peak.max(hwm(pid))
+    } else {
+        peak
+    };
+    assert_eq!(count, 2_000_000);
+    assert_eq!(sum, 2_000_000 * 2_000_001 / 2);
+    let growth = peak.saturating_sub(before);
+    eprintln!(
+        "tokio-postgres: RSS before {} kB, peak {} kB, growth {} kB",
+        before / 1024,
+        peak / 1024,
+        growth / 1024
+    );
+    assert!(
+        growth <= LIMIT,
+        "pgfleet grew by {} kB streaming 2M rows (limit 16 MB)",
+        growth / 1024
+    );
+
+    // psql, streaming to /dev/null as fast as it can.
+    let before = rss(pid);
+    let hwm_before = hwm(pid);
+    let (stop, sampler) = sample_rss(pid);
+    psql_to_dev_null(proxy.port, BIG_QUERY).await;
+    stop.store(true, Ordering::Relaxed);
+    let peak = sampler.join().expect("sampler");
+    let peak = if hwm(pid) > hwm_before {
+        peak.max(hwm(pid))
+    } else {
+        peak
+    };
+    let growth = peak.saturating_sub(before);
+    eprintln!(
+        "psql: RSS before {} kB, peak {} kB, growth {} kB",
+        before / 1024,
+        peak / 1024,
+        growth / 1024
+    );
+    assert!(
+        growth <= LIMIT,
+        "pgfleet grew by {} kB streaming 2M rows to psql (limit 16 MB)",
+        growth / 1024
+    );
+    assert_eq!(one(&c, "SELECT 'still here'").await, "still here");
+}

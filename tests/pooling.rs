@@ -11,13 +11,13 @@ use support::cluster::{APP_DB, APP_USER, NodeHandle, PASSWORD, cluster_async};
 use support::proxy::{Proxy, connect, try_connect};
 use tokio_postgres::SimpleQueryMessage;
 
-/// Connections pgfleet holds to `node` for clients: the app role's client backends, minus the function
-/// catalog's control connection. Tests connect directly only as the superuser, so they are not counted.
+/// Connections pgfleet holds to `node` for clients: the app role's client backends, minus pgfleet's own
+/// control connections (application_name pgfleet-catalog, pgfleet-health). Tests connect directly only as the superuser, so they are not counted.
 fn app_backends(node: &NodeHandle) -> usize {
     node.psql(
         "postgres",
         "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' AND backend_type = 'client backend' \
-         AND coalesce(application_name, '') <> 'pgfleet-catalog'",
+         AND coalesce(application_name, '') NOT LIKE 'pgfleet-%'",
     )
     .expect("count backends")
     .parse()

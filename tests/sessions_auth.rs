@@ -86,7 +86,13 @@ impl Raw {
             match self.frame_within(left).await {
                 Err(()) => return true,
                 Ok(Some((b'T', _))) => {}
-                Ok(other) => panic!("the query ended early: {other:?}"),
+                Ok(Some((kind, body))) => panic!(
+                    "the query ended early: message '{}' {:?} {:?}",
+                    kind as char,
+                    error_field(&body, b'C'),
+                    error_field(&body, b'M')
+                ),
+                Ok(None) => panic!("the query ended early: connection closed"),
             }
         }
     }
@@ -576,8 +582,7 @@ async fn each_user_authenticates_with_its_configured_method() {
     for user in ["u_scram", "u_md5"] {
         let err = try_connect(&proxy.dsn(user, "wrong-pw", APP_DB))
             .await
-            .err()
-            .expect("wrong password refused");
+            .expect_err("wrong password refused");
         let db = err
             .as_db_error()
             .unwrap_or_else(|| panic!("{user}: a server error, got {err}"));
@@ -602,8 +607,7 @@ async fn login_failures_are_reported_like_postgres() {
     // Wrong password.
     let err = try_connect(&proxy.dsn(APP_USER, "not-secret", APP_DB))
         .await
-        .err()
-        .expect("wrong password");
+        .expect_err("wrong password");
     let db = err
         .as_db_error()
         .unwrap_or_else(|| panic!("a server error, got {err}"));
@@ -614,8 +618,7 @@ async fn login_failures_are_reported_like_postgres() {
     // Unknown user: the same code and wording (nothing reveals which roles exist).
     let err = try_connect(&proxy.dsn("ghost_user", "whatever", APP_DB))
         .await
-        .err()
-        .expect("unknown user");
+        .expect_err("unknown user");
     let db = err
         .as_db_error()
         .unwrap_or_else(|| panic!("a server error, got {err}"));
@@ -629,8 +632,7 @@ async fn login_failures_are_reported_like_postgres() {
     // Unknown database.
     let err = try_connect(&proxy.dsn(APP_USER, PASSWORD, "no_such_db"))
         .await
-        .err()
-        .expect("unknown db");
+        .expect_err("unknown db");
     let db = err
         .as_db_error()
         .unwrap_or_else(|| panic!("a server error, got {err}"));
@@ -706,7 +708,7 @@ async fn cancel_sleep(
         .expect("the cancelled query ends within 5 s")
         .expect("query task");
     let elapsed = cancelled_at.elapsed();
-    let err = result.err().expect("a cancelled query fails");
+    let err = result.expect_err("a cancelled query fails");
     let db = err
         .as_db_error()
         .unwrap_or_else(|| panic!("a server error, got {err}"));
@@ -911,8 +913,7 @@ async fn passwords_never_reach_the_log() {
     // The client proves the configured password, but the node refuses it.
     let err = try_connect(&proxy.dsn("log_mismatch", NODE_MISMATCH_PW, APP_DB))
         .await
-        .err()
-        .expect("node refuses");
+        .expect_err("node refuses");
     assert_eq!(err.as_db_error().map(|d| d.code().code()), Some("28P01"), "{err}");
     let (ok, _, _) = psql(proxy.port, APP_USER, PASSWORD, "disable", &["SELECT 1"]).await;
     assert!(ok);

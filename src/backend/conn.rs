@@ -45,6 +45,9 @@ pub struct BackendConn {
     pub broken: bool,
     /// What the current or last session left here.
     pub applied: AppliedState,
+    /// Bound on the proxy's own exchanges (replays, resets, position queries): a hung node must not hang a
+    /// session in work the client did not ask for.
+    pub(crate) io_timeout: std::time::Duration,
 }
 
 /// What a request the proxy sent on its own account produced.
@@ -68,6 +71,7 @@ impl BackendConn {
             status: b'I',
             broken: false,
             applied: AppliedState::default(),
+            io_timeout: std::time::Duration::from_secs(5),
         }
     }
 
@@ -127,6 +131,24 @@ impl BackendConn {
     /// Sends a request of the proxy's own (ending in Query or Sync) and reads up to ReadyForQuery, keeping the
     /// first error and any ParameterStatus. Nothing reaches the client.
     pub async fn exchange(&mut self, request: &[u8]) -> Result<Exchange, BackendError> {
+        let limit = self.io_timeout;
+        match tokio::time::timeout(limit, self.exchange_inner(request)).await {
+            Ok(r) => r,
+            Err(_) => Err(self.timed_out(limit)),
+        }
+    }
+
+    fn timed_out(&mut self, after: std::time::Duration) -> BackendError {
+        self.broken = true;
+        BackendError::Timeout {
+            role: self.target.role.clone(),
+            name: self.target.name.clone(),
+            address: self.target.address.clone(),
+            after,
+        }
+    }
+
+    async fn exchange_inner(&mut self, request: &[u8]) -> Result<Exchange, BackendError> {
         self.write_all(request).await?;
         let mut out = Exchange::default();
         loop {
@@ -145,6 +167,14 @@ impl BackendConn {
 
     /// Runs one query of the proxy's own and returns the first column of its first row (text format).
     pub async fn query_value(&mut self, sql: &str) -> Result<Option<String>, BackendError> {
+        let limit = self.io_timeout;
+        match tokio::time::timeout(limit, self.query_value_inner(sql)).await {
+            Ok(r) => r,
+            Err(_) => Err(self.timed_out(limit)),
+        }
+    }
+
+    async fn query_value_inner(&mut self, sql: &str) -> Result<Option<String>, BackendError> {
         self.write_all(&crate::protocol::messages::query(sql)).await?;
         let mut value = None;
         let mut failed = false;
@@ -169,6 +199,42 @@ impl BackendConn {
                 _ => {}
             }
         }
+    }
+
+    /// Reads, without waiting, whatever an idle node sent on its own: notices and notifications are
+    /// returned for the client; a FATAL or a closed socket marks the connection broken (a node shutting down
+    /// says so before it closes), so that the next request goes to a fresh connection instead.
+    pub fn drain_idle(&mut self) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        loop {
+            match self.stream.try_read_buf(self.rbuf.read_target()) {
+                Ok(0) => {
+                    self.broken = true;
+                    break;
+                }
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    self.broken = true;
+                    break;
+                }
+            }
+        }
+        loop {
+            match self.rbuf.next_frame() {
+                Ok(Some(f)) => match f.kind {
+                    b'A' | b'N' => out.push(f.raw),
+                    b'E' => self.broken = true,
+                    _ => {}
+                },
+                Ok(None) => break,
+                Err(_) => {
+                    self.broken = true;
+                    break;
+                }
+            }
+        }
+        out
     }
 
     /// Whether the node is idle outside a transaction with nothing unread.

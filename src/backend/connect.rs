@@ -162,7 +162,11 @@ pub async fn connect(
     timeout: Duration,
 ) -> Result<BackendConn, BackendError> {
     match tokio::time::timeout(timeout, connect_inner(target, login)).await {
-        Ok(r) => r,
+        Ok(Ok(mut conn)) => {
+            conn.io_timeout = timeout;
+            Ok(conn)
+        }
+        Ok(Err(e)) => Err(e),
         Err(_) => Err(BackendError::Timeout {
             role: target.role.clone(),
             name: target.name.clone(),

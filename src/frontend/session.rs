@@ -231,7 +231,10 @@ impl Session {
             .next_session
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let key = shared.cancels.register();
-        let rules = Arc::new(FunctionRules::new(&[], &[]));
+        let rules = shared
+            .catalog
+            .cached(&database)
+            .unwrap_or_else(|| Arc::new(shared.catalog.base().clone()));
         let mut session = Session {
             cbuf: FrameBuffer::new(max),
             conns: (0..shared.fleet.nodes.len()).map(|_| None).collect(),
@@ -275,78 +278,72 @@ impl Session {
         let fleet = &self.shared.fleet;
         let mut order = vec![fleet.likely_primary()];
         order.extend(fleet.read_nodes(&fleet.view(), false, None));
-        let mut last_err: Option<BackendError> = None;
-        let mut first = None;
+        let mut last_err: Option<ProxyError> = None;
         for node in order {
-            match self.connect(node).await {
-                Ok(()) => {
-                    first = Some(node);
-                    break;
+            match self.first_node(node).await {
+                Ok(reported) => {
+                    let mut out = Vec::new();
+                    for (k, v) in &reported {
+                        out.extend_from_slice(&parameter_status(k, v));
+                    }
+                    out.extend_from_slice(&backend_key_data(self.key.pid, self.key.secret));
+                    out.extend_from_slice(&ready_for_query(b'I'));
+                    self.client.write_all(&out).await?;
+                    self.client.flush().await?;
+                    return Ok(());
                 }
-                Err(e) if e.is_node_failure() => last_err = Some(e),
-                Err(e) => {
+                Err(Greet::Node(e)) => {
+                    self.conns[node] = None;
+                    let fatal = self.fatal_of(&e);
+                    if !e.is_node_failure() {
+                        last_err = Some(fatal);
+                        break;
+                    }
+                    last_err = Some(fatal);
+                }
+                Err(Greet::Refused(e)) => {
                     last_err = Some(e);
                     break;
                 }
             }
         }
-        let Some(node) = first else {
-            let e = last_err
-                .map(|e| self.fatal_of(&e))
-                .unwrap_or_else(|| ProxyError::fatal("08006", "pgfleet: no node is configured"));
-            self.client.write_all(&e.encode()).await?;
-            return Err(SessionError::Fatal(e.message));
+        let e = last_err.unwrap_or_else(|| ProxyError::fatal("08006", "pgfleet: no node is configured"));
+        self.client.write_all(&e.encode()).await?;
+        Err(SessionError::Fatal(e.message))
+    }
+
+    /// Opens the session's first node connection and applies the client's startup parameters there,
+    /// returning the server parameters to report (the node's, updated by what the parameters changed).
+    async fn first_node(&mut self, node: usize) -> Result<Vec<(String, String)>, Greet> {
+        self.connect(node).await.map_err(Greet::Node)?;
+        let generation = self.settings.generation();
+        let sql = self.settings.replay_since(0);
+        let Some(conn) = self.conns[node].as_mut() else {
+            return Ok(Vec::new());
         };
-        // Apply the client's startup parameters and learn the values the server reports back.
-        let mut reported: Vec<(String, String)> = match self.conns[node].as_ref() {
-            Some(c) => c.server_params.clone(),
-            None => Vec::new(),
-        };
-        if let Some(sql) = self.settings.replay_since(0) {
-            let generation = self.settings.generation();
-            let Some(conn) = self.conns[node].as_mut() else {
-                return Ok(());
-            };
-            match conn.exchange(&query(&sql)).await {
-                Ok(x) => {
-                    if let Some(err) = x.error {
-                        let body = err.body();
-                        let e = ProxyError::fatal(
-                            crate::protocol::messages::error_field(body, b'C').unwrap_or("22023"),
-                            crate::protocol::messages::error_field(body, b'M')
-                                .unwrap_or("invalid startup parameter")
-                                .to_owned(),
-                        );
-                        self.client.write_all(&e.encode()).await?;
-                        return Err(SessionError::Fatal(e.message));
-                    }
-                    for f in &x.parameter_status {
-                        if let Some((k, v)) = crate::backend::conn::parameter_status_fields(f) {
-                            match reported.iter_mut().find(|(rk, _)| rk == k) {
-                                Some(slot) => slot.1 = v.to_owned(),
-                                None => reported.push((k.to_owned(), v.to_owned())),
-                            }
-                        }
-                    }
-                    conn.applied.settings_gen = generation;
-                    conn.applied.settings_dirty = true;
-                }
-                Err(e) => {
-                    let e = self.fatal_of(&e);
-                    self.client.write_all(&e.encode()).await?;
-                    return Err(SessionError::Fatal(e.message));
+        let mut reported = conn.server_params.clone();
+        let Some(sql) = sql else { return Ok(reported) };
+        let x = conn.exchange(&query(&sql)).await.map_err(Greet::Node)?;
+        if let Some(err) = x.error {
+            let body = err.body();
+            return Err(Greet::Refused(ProxyError::fatal(
+                crate::protocol::messages::error_field(body, b'C').unwrap_or("22023"),
+                crate::protocol::messages::error_field(body, b'M')
+                    .unwrap_or("invalid startup parameter")
+                    .to_owned(),
+            )));
+        }
+        for f in &x.parameter_status {
+            if let Some((k, v)) = crate::backend::conn::parameter_status_fields(f) {
+                match reported.iter_mut().find(|(rk, _)| rk == k) {
+                    Some(slot) => slot.1 = v.to_owned(),
+                    None => reported.push((k.to_owned(), v.to_owned())),
                 }
             }
         }
-        let mut out = Vec::new();
-        for (k, v) in &reported {
-            out.extend_from_slice(&parameter_status(k, v));
-        }
-        out.extend_from_slice(&backend_key_data(self.key.pid, self.key.secret));
-        out.extend_from_slice(&ready_for_query(b'I'));
-        self.client.write_all(&out).await?;
-        self.client.flush().await?;
-        Ok(())
+        conn.applied.settings_gen = generation;
+        conn.applied.settings_dirty = true;
+        Ok(reported)
     }
 
     fn fatal_of(&self, e: &BackendError) -> ProxyError {
@@ -365,11 +362,27 @@ impl Session {
 
     /// Makes sure the session holds a connection to `node`.
     async fn connect(&mut self, node: usize) -> Result<(), BackendError> {
-        if let Some(c) = &self.conns[node] {
+        if let Some(c) = self.conns[node].as_mut() {
+            // Whatever the node said while idle: pass on notices and notifications, and notice a connection
+            // it closed (then its farewell notice concerns only the proxy, which hides the loss).
+            let said = c.drain_idle();
             if !c.broken {
+                for msg in said {
+                    let _ = self.client.write_all(&msg).await;
+                }
                 return Ok(());
             }
+            let target = c.target.clone();
             self.conns[node] = None;
+            if self.holds_state_on(node) {
+                return Err(BackendError::io(
+                    &target,
+                    std::io::Error::new(
+                        std::io::ErrorKind::ConnectionAborted,
+                        "the node closed the connection",
+                    ),
+                ));
+            }
         }
         let n = &self.shared.fleet.nodes[node];
         let login = Login {
@@ -411,6 +424,16 @@ impl Session {
             };
             match frame.kind {
                 b'X' => return Ok(()),
+                b'Q' | b'P' | b'B' | b'D' | b'E' | b'S' | b'H' | b'C' | b'F' => {}
+                b'd' | b'c' | b'f' => {}
+                other => {
+                    // As PostgreSQL does: an unknown message ends the session, and no node ever sees it.
+                    let err = ProxyError::fatal("08P01", format!("invalid frontend message type {other}"));
+                    let _ = self.client.write_all(&err.encode()).await;
+                    return Err(SessionError::Fatal(err.message));
+                }
+            }
+            match frame.kind {
                 // CopyData/CopyDone/CopyFail outside COPY: PostgreSQL ignores them, and so do we.
                 b'd' | b'c' | b'f' => continue,
                 _ => {}
@@ -500,17 +523,25 @@ impl Session {
     }
 
     async fn function_rules(&mut self) -> Arc<FunctionRules> {
-        if let Some(r) = self.shared.catalog.cached(&self.database) {
-            return r;
+        let fleet = &self.shared.fleet;
+        let p = fleet.likely_primary();
+        if !fleet.view().nodes[p].up || !fleet.nodes[p].is_up() {
+            // The primary is down or hung: nothing could write through it anyway, so the lists already at
+            // hand decide, and reads do not wait for a catalog query that cannot be answered.
+            return self
+                .shared
+                .catalog
+                .cached(&self.database)
+                .unwrap_or_else(|| self.rules.clone());
         }
-        let primary = self.shared.fleet.nodes[self.shared.fleet.likely_primary()]
-            .target
-            .address
-            .clone();
-        self.shared
-            .catalog
-            .load(&primary, &self.database, &self.user, &self.password)
-            .await
+        let primary = fleet.nodes[p].target.address.clone();
+        let source = crate::router::catalog::Source {
+            primary: &primary,
+            database: &self.database,
+            user: &self.user,
+            password: &self.password,
+        };
+        self.shared.catalog.rules(source).await
     }
 
     /// The nodes to try for a plan, best first, or why there is none.
@@ -689,8 +720,16 @@ impl Session {
     }
 
     async fn dispatch(&mut self, req: Request, end: End) -> Result<(), SessionError> {
-        self.rules = self.function_rules().await;
         let mut plan = Plan::for_request(&req, &self.statements, &self.rules);
+        // Function volatility only matters for what would otherwise be a read: a write never waits for it,
+        // which keeps writes fast when the primary is slow to answer the catalog query.
+        if plan.target == Target::Replica && self.tx_node.is_none() && self.pinned.is_none() {
+            let rules = self.function_rules().await;
+            if !Arc::ptr_eq(&rules, &self.rules) {
+                self.rules = rules;
+                plan = Plan::for_request(&req, &self.statements, &self.rules);
+            }
+        }
         let candidates = match self.candidates(&plan).await {
             Ok(c) => c,
             Err(e) => return self.refuse(e, end).await,
@@ -701,6 +740,9 @@ impl Session {
             let last = i + 1 == candidates.len() || !retry_allowed;
             if let Err(e) = self.connect(node).await {
                 self.shared.stats.node_error(node);
+                if self.holds_state_on(node) {
+                    return self.node_lost(node, e, end).await;
+                }
                 if !e.is_node_failure() || last {
                     return self.refuse(self.error_of(&e), end).await;
                 }
@@ -746,7 +788,7 @@ impl Session {
                     self.shared.stats.node_error(node);
                     tracing::warn!(node = %self.shared.fleet.nodes[node].target.name, error = %error, "node failed during a request");
                     if output_sent || last || self.tx_node.is_some() {
-                        return self.node_lost(node, error, output_sent).await;
+                        return self.node_lost(node, error, end).await;
                     }
                     last_err = Some(self.error_of(&error));
                     plan = *returned;
@@ -760,30 +802,33 @@ impl Session {
     }
 
     /// A node died under a request that could not be retried.
-    async fn node_lost(
-        &mut self,
-        node: usize,
-        error: BackendError,
-        output_sent: bool,
-    ) -> Result<(), SessionError> {
-        let in_tx = self.tx_node == Some(node) || matches!(self.pinned, Some((n, _)) if n == node);
+    /// Whether the session has a transaction or pinned state on `node`, which dies with its connection.
+    fn holds_state_on(&self, node: usize) -> bool {
+        self.tx_node == Some(node) || matches!(self.pinned, Some((n, _)) if n == node)
+    }
+
+    /// A node died under a request that could not be retried.
+    async fn node_lost(&mut self, node: usize, error: BackendError, end: End) -> Result<(), SessionError> {
         let name = self.shared.fleet.nodes[node].target.name.clone();
-        if in_tx || output_sent {
-            // The client's transaction or session state died with the node; like PostgreSQL, end the session
-            // rather than let the client believe it still exists.
+        if self.holds_state_on(node) {
+            // The client's transaction or pinned session state died with the node. Like PostgreSQL, end the
+            // session rather than let the client believe its transaction still exists.
+            let what = if self.tx_node == Some(node) {
+                "transaction"
+            } else {
+                "pinned session state"
+            };
             let e = ProxyError::fatal(
                 "57P01",
                 format!(
-                    "pgfleet: lost connection to node \"{name}\" during the session's transaction or pinned state: {error}"
+                    "pgfleet: lost the connection to node \"{name}\" holding this session's {what}: {error}"
                 ),
             );
             let _ = self.client.write_all(&e.encode()).await;
             return Err(SessionError::Fatal(e.message));
         }
-        let e = ProxyError::error("08006", error.to_string());
-        let mut out = e.encode().to_vec();
-        out.extend_from_slice(&ready_for_query(b'I'));
-        self.write_client(&out).await
+        self.refuse(ProxyError::error(error.sqlstate(), error.to_string()), end)
+            .await
     }
 
     /// Replays on `node` what the session has and that node lacks: settings, then prepared statements.
@@ -950,6 +995,14 @@ impl Session {
             }
         }
     }
+}
+
+/// Why a session could not start on a node.
+enum Greet {
+    /// The node failed or refused the login: try the next one if it is a node failure.
+    Node(BackendError),
+    /// The client's startup parameters are invalid: no node will accept them.
+    Refused(ProxyError),
 }
 
 /// Why bringing a node up to date failed.

@@ -1,5 +1,10 @@
 //! Per-database function rules: the configured lists plus the VOLATILE user functions read from the
-//! primary's pg_proc over a deadpool-postgres control connection, refreshed after DDL or when stale.
+//! primary's pg_proc over a deadpool-postgres control connection.
+//!
+//! Only the first request of a database ever waits for the load (bounded by `pool.connect_timeout`); later
+//! refreshes run in the background while the previous rules keep serving, so a hung primary never stalls
+//! reads. DDL sent through pgfleet drops a database's rules, so a function created a moment ago is known to
+//! the very next statement.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,38 +19,54 @@ use crate::config::split_host_port;
 struct Entry {
     rules: Arc<FunctionRules>,
     expires: Instant,
+    refreshing: bool,
 }
 
-/// How long the configured lists alone stand in after a failed load, so that a down primary costs one
-/// attempt per interval rather than one per statement.
+/// How long the configured lists alone stand in after a failed load before it is tried again.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
+
+/// Where and as whom to read a database's functions.
+pub struct Source<'a> {
+    /// Primary address.
+    pub primary: &'a str,
+    /// Database.
+    pub database: &'a str,
+    /// Role.
+    pub user: &'a str,
+    /// Its password.
+    pub password: &'a str,
+}
 
 /// Function rules per database, loaded lazily.
 pub struct Catalog {
     base: FunctionRules,
     refresh: Duration,
+    timeout: Duration,
     entries: Mutex<HashMap<String, Entry>>,
-    control: Mutex<HashMap<(String, String), Pool>>,
+    control: Mutex<HashMap<(String, String, String), Pool>>,
 }
 
 impl Catalog {
-    /// Rules from `routing.write_functions` / `routing.read_only_functions`.
-    pub fn new(base: FunctionRules, refresh: Duration) -> Self {
+    /// Rules from `routing.write_functions` / `routing.read_only_functions`; loads wait at most `timeout`.
+    pub fn new(base: FunctionRules, refresh: Duration, timeout: Duration) -> Self {
         Self {
             base,
             refresh,
+            timeout,
             entries: Mutex::new(HashMap::new()),
             control: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The current rules for a database, without waiting; `None` when they must be (re)loaded first.
+    /// The configured lists alone.
+    pub fn base(&self) -> &FunctionRules {
+        &self.base
+    }
+
+    /// The rules last loaded for a database, however old.
     pub fn cached(&self, database: &str) -> Option<Arc<FunctionRules>> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries
-            .get(database)
-            .filter(|e| e.expires > Instant::now())
-            .map(|e| e.rules.clone())
+        entries.get(database).map(|e| e.rules.clone())
     }
 
     /// Forgets a database's rules (after DDL that may have created or changed functions).
@@ -56,18 +77,49 @@ impl Catalog {
             .remove(database);
     }
 
-    /// Loads the rules for a database from the primary. On failure the configured lists alone are used (and
-    /// retried on the next call), so a down primary does not stop reads: the built-in list still holds.
-    pub async fn load(
-        &self,
-        primary: &str,
-        database: &str,
-        user: &str,
-        password: &str,
-    ) -> Arc<FunctionRules> {
-        let pool = self.control_pool(primary, database, user, password);
+    /// The rules for a database: cached ones at once (refreshed in the background when stale), or a first
+    /// load from the primary.
+    pub async fn rules(self: &Arc<Self>, source: Source<'_>) -> Arc<FunctionRules> {
+        let stale = {
+            let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+            match entries.get_mut(source.database) {
+                Some(e) if e.expires > Instant::now() || e.refreshing => return e.rules.clone(),
+                Some(e) => {
+                    e.refreshing = true;
+                    Some(e.rules.clone())
+                }
+                None => None,
+            }
+        };
+        match stale {
+            Some(rules) => {
+                let this = self.clone();
+                let (primary, database, user, password) = (
+                    source.primary.to_owned(),
+                    source.database.to_owned(),
+                    source.user.to_owned(),
+                    source.password.to_owned(),
+                );
+                tokio::spawn(async move {
+                    this.load(Source {
+                        primary: &primary,
+                        database: &database,
+                        user: &user,
+                        password: &password,
+                    })
+                    .await;
+                });
+                rules
+            }
+            None => self.load(source).await,
+        }
+    }
+
+    async fn load(&self, source: Source<'_>) -> Arc<FunctionRules> {
+        let pool = self.control_pool(&source);
+        let database = source.database;
         let loaded = match pool {
-            Some(pool) => match tokio::time::timeout(Duration::from_secs(5), async {
+            Some(pool) => match tokio::time::timeout(self.timeout, async {
                 let client = pool.get().await.map_err(|e| e.to_string())?;
                 load_volatile(&client).await.map_err(|e| e.to_string())
             })
@@ -87,33 +139,45 @@ impl Catalog {
         };
         let (rules, ttl) = match loaded {
             Some(set) => (Arc::new(self.base.with_volatile(set)), self.refresh),
-            None => (Arc::new(self.base.clone()), RETRY_AFTER_FAILURE),
+            None => {
+                // Keep what an earlier load found rather than forget user functions during an outage.
+                let previous = self.cached(database);
+                (
+                    previous.unwrap_or_else(|| Arc::new(self.base.clone())),
+                    RETRY_AFTER_FAILURE,
+                )
+            }
         };
         self.entries.lock().unwrap_or_else(|p| p.into_inner()).insert(
             database.to_owned(),
             Entry {
                 rules: rules.clone(),
                 expires: Instant::now() + ttl,
+                refreshing: false,
             },
         );
         rules
     }
 
-    fn control_pool(&self, primary: &str, database: &str, user: &str, password: &str) -> Option<Pool> {
+    fn control_pool(&self, source: &Source<'_>) -> Option<Pool> {
         let mut control = self.control.lock().unwrap_or_else(|p| p.into_inner());
-        let key = (database.to_owned(), user.to_owned());
+        let key = (
+            source.primary.to_owned(),
+            source.database.to_owned(),
+            source.user.to_owned(),
+        );
         if let Some(p) = control.get(&key) {
             return Some(p.clone());
         }
-        let (host, port) = split_host_port(primary).ok()?;
+        let (host, port) = split_host_port(source.primary).ok()?;
         let mut pg = tokio_postgres::Config::new();
         pg.host(&host)
             .port(port)
-            .user(user)
-            .password(password)
-            .dbname(database)
+            .user(source.user)
+            .password(source.password)
+            .dbname(source.database)
             .application_name("pgfleet-catalog")
-            .connect_timeout(Duration::from_secs(5));
+            .connect_timeout(self.timeout);
         let manager = Manager::from_config(
             pg,
             NoTls,
