@@ -599,8 +599,8 @@ impl Session {
         } else if order.is_empty() {
             return Err(ProxyError::error(
                 "57P03",
-                "pgfleet: no replica is available for reads: all are down, out of recovery or lagging beyond \
-                 routing.max_replica_lag",
+                "pgfleet: no replica is available for reads (all are down, out of recovery or lagging beyond \
+                 routing.max_replica_lag) and routing.fallback_to_primary = false",
             )
             .with_hint("Set routing.fallback_to_primary = true to read from the primary instead."));
         }
