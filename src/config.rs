@@ -72,6 +72,94 @@ pub struct Config {
     /// Admin console and metrics.
     #[serde(default)]
     pub admin: AdminConfig,
+    /// How replicas are kept in sync.
+    #[serde(default)]
+    pub replication: ReplicationConfig,
+}
+
+/// `replication.mode`
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplicationMode {
+    /// PostgreSQL's own streaming replication keeps the replicas in sync; pgfleet watches it.
+    #[default]
+    External,
+    /// pgfleet forwards the primary's committed changes to plain PostgreSQL servers.
+    Forward,
+}
+
+/// `[replication]`
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicationConfig {
+    /// External or forward.
+    #[serde(default)]
+    pub mode: ReplicationMode,
+    /// Role pgfleet replicates as: REPLICATION and superuser on the primary, owner-level rights on replicas.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Its password.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Databases to forward.
+    #[serde(default)]
+    pub databases: Vec<String>,
+    /// Prefix of the replication slots (one per database and replica) and name of the publication.
+    #[serde(default = "default_repl_name")]
+    pub name: String,
+    /// Warn when a slot holds back more WAL than this on the primary.
+    #[serde(default = "default_max_slot_lag", deserialize_with = "de_size")]
+    pub max_slot_lag: u64,
+    /// Tables copied at once during an initial copy.
+    #[serde(default = "default_copy_parallelism")]
+    pub copy_parallelism: usize,
+    /// Most row changes per replica transaction when small transactions are batched.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        Self {
+            mode: ReplicationMode::default(),
+            user: None,
+            password: None,
+            databases: Vec::new(),
+            name: default_repl_name(),
+            max_slot_lag: default_max_slot_lag(),
+            copy_parallelism: default_copy_parallelism(),
+            batch_size: default_batch_size(),
+        }
+    }
+}
+
+// Hand-written so that the password can never reach a log line through `{:?}`.
+impl std::fmt::Debug for ReplicationConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicationConfig")
+            .field("mode", &self.mode)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("databases", &self.databases)
+            .field("name", &self.name)
+            .field("max_slot_lag", &self.max_slot_lag)
+            .field("copy_parallelism", &self.copy_parallelism)
+            .field("batch_size", &self.batch_size)
+            .finish()
+    }
+}
+
+fn default_repl_name() -> String {
+    "pgfleet".to_owned()
+}
+fn default_max_slot_lag() -> u64 {
+    1024 * 1024 * 1024
+}
+fn default_copy_parallelism() -> usize {
+    2
+}
+fn default_batch_size() -> usize {
+    1000
 }
 
 /// `[health]`
@@ -564,6 +652,44 @@ impl Config {
                 "health.user",
                 format!("`{u}` is not one of the [[users]]"),
             ));
+        }
+        if self.replication.mode == ReplicationMode::Forward {
+            let r = &self.replication;
+            if r.databases.is_empty() {
+                return Err(invalid(
+                    "replication.databases",
+                    "forward mode needs the list of databases to forward",
+                ));
+            }
+            if r.user.is_none() || r.password.is_none() {
+                return Err(invalid(
+                    "replication.user",
+                    "forward mode needs replication.user and replication.password: a superuser with REPLICATION",
+                ));
+            }
+            if autos > 0 {
+                return Err(invalid(
+                    "nodes",
+                    "role = \"auto\" is for streaming replicas; forward mode needs one primary",
+                ));
+            }
+            if !r
+                .name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                || r.name.is_empty()
+            {
+                return Err(invalid(
+                    "replication.name",
+                    "use lowercase letters, digits and _ (it names slots)",
+                ));
+            }
+            if r.copy_parallelism == 0 || r.batch_size == 0 {
+                return Err(invalid(
+                    "replication.copy_parallelism",
+                    "copy_parallelism and batch_size must be at least 1",
+                ));
+            }
         }
         if let Some(m) = &self.admin.metrics_address {
             m.parse::<SocketAddr>()

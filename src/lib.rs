@@ -10,4 +10,5 @@ pub mod frontend;
 pub mod localcluster;
 pub mod protocol;
 pub mod proxy;
+pub mod replication;
 pub mod router;

@@ -361,7 +361,7 @@ fn find_in_path(name: &str) -> Option<PathBuf> {
 
 /// `PG_BIN`, else `pg_config --bindir`, else the newest `/usr/lib/postgresql/*/bin` (Debian) or
 /// `/usr/pgsql-*/bin` (RHEL).
-fn find_bin_dir() -> Result<PathBuf, ClusterError> {
+pub fn find_bin_dir() -> Result<PathBuf, ClusterError> {
     let has_initdb = |dir: &Path| dir.join("initdb").is_file();
     if let Some(dir) = std::env::var_os("PG_BIN").filter(|d| !d.is_empty()) {
         let dir = PathBuf::from(dir);

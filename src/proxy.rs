@@ -118,6 +118,7 @@ pub async fn run(shared: Arc<Shared>) -> Result<(), StartError> {
     };
     tracing::info!(%address, nodes = shared.fleet.nodes.len(), "pgfleet listening");
     crate::cluster::monitor::spawn(&shared);
+    crate::replication::spawn(&shared);
     if let Some(listener) = metrics {
         tracing::info!(address = ?listener.local_addr().ok(), "serving /metrics");
         tokio::spawn(crate::admin::metrics::serve_metrics(listener, shared.clone()));

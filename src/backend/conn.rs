@@ -181,16 +181,7 @@ impl BackendConn {
         loop {
             let f = self.read_frame().await?;
             match f.kind {
-                b'D' if value.is_none() => {
-                    let b = f.body();
-                    if b.len() >= 6 {
-                        let len = i32::from_be_bytes([b[2], b[3], b[4], b[5]]);
-                        if len >= 0 {
-                            let end = (6 + len as usize).min(b.len());
-                            value = Some(String::from_utf8_lossy(&b[6..end]).into_owned());
-                        }
-                    }
-                }
+                b'D' if value.is_none() => value = data_row_fields(f.body()).into_iter().next().flatten(),
                 b'E' => failed = true,
                 b'Z' => {
                     self.status = f.body().first().copied().unwrap_or(b'I');
@@ -199,6 +190,36 @@ impl BackendConn {
                 _ => {}
             }
         }
+    }
+
+    /// Runs a command of the proxy's own and returns its rows as text, or the node's ErrorResponse.
+    pub async fn query_rows(
+        &mut self,
+        sql: &str,
+    ) -> Result<Result<Vec<Vec<Option<String>>>, Frame>, BackendError> {
+        self.write_all(&crate::protocol::messages::query(sql)).await?;
+        let mut rows = Vec::new();
+        let mut error = None;
+        loop {
+            let f = self.read_frame().await?;
+            match f.kind {
+                b'D' => rows.push(data_row_fields(f.body())),
+                b'E' if error.is_none() => error = Some(f),
+                b'Z' => {
+                    self.status = f.body().first().copied().unwrap_or(b'I');
+                    return Ok(match error {
+                        Some(e) => Err(e),
+                        None => Ok(rows),
+                    });
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Whether whole frames are already buffered (more input is at hand without waiting).
+    pub fn has_buffered_frame(&self) -> bool {
+        self.rbuf.buffered() >= 5
     }
 
     /// Reads, without waiting, whatever an idle node sent on its own: notices and notifications are
@@ -249,6 +270,29 @@ impl BackendConn {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     }
+}
+
+/// The fields of a DataRow body as text (None for NULL).
+pub fn data_row_fields(body: &[u8]) -> Vec<Option<String>> {
+    let mut out = Vec::new();
+    if body.len() < 2 {
+        return out;
+    }
+    let count = i16::from_be_bytes([body[0], body[1]]).max(0) as usize;
+    let mut at = 2;
+    for _ in 0..count {
+        let Some(len) = body.get(at..at + 4) else { break };
+        let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+        at += 4;
+        if len < 0 {
+            out.push(None);
+            continue;
+        }
+        let end = (at + len as usize).min(body.len());
+        out.push(Some(String::from_utf8_lossy(&body[at..end]).into_owned()));
+        at = end;
+    }
+    out
 }
 
 /// (name, value) of a ParameterStatus frame.

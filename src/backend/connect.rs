@@ -153,6 +153,8 @@ pub struct Login<'a> {
     pub password: &'a str,
     /// Database name.
     pub database: &'a str,
+    /// Open a logical replication connection (`replication=database`) instead of a normal one.
+    pub replication: bool,
 }
 
 /// Connects and authenticates, bounded by `timeout` as a whole.
@@ -187,11 +189,16 @@ async fn connect_inner(target: &NodeTarget, login: &Login<'_>) -> Result<Backend
         })?;
     let _ = stream.set_nodelay(true);
     let mut conn = BackendConn::new(stream, target.clone(), FrameBuffer::new(STARTUP_FRAME_LIMIT));
-    let startup = encode_startup(&[
+    let mut params = vec![
         ("user", login.user),
         ("database", login.database),
         ("client_encoding", "UTF8"),
-    ]);
+    ];
+    if login.replication {
+        params.push(("replication", "database"));
+        params.push(("application_name", "pgfleet-forward"));
+    }
+    let startup = encode_startup(&params);
     conn.write_all(&startup).await?;
     let mut scram: Option<ScramSha256> = None;
     loop {

@@ -31,6 +31,7 @@ impl Manager for ConnManager {
             user: &self.user,
             password: &self.password,
             database: &self.database,
+            replication: false,
         };
         connect(&self.target, &login, self.connect_timeout).await
     }

@@ -65,6 +65,8 @@ pub struct Fleet {
     configured_primary: Option<usize>,
     states: Mutex<Vec<NodeState>>,
     view: ArcSwap<FleetView>,
+    /// Forward-mode progress of each replica (empty in external mode).
+    pub forward: Arc<crate::replication::ForwardState>,
 }
 
 impl Fleet {
@@ -94,12 +96,14 @@ impl Fleet {
                 ..NodeState::default()
             })
             .collect();
-        let view = compute_view(&nodes, configured_primary, &states);
+        let forward = Arc::new(crate::replication::ForwardState::new(config));
+        let view = compute_view(&nodes, configured_primary, &states, &forward);
         Fleet {
             nodes,
             configured_primary,
             states: Mutex::new(states),
             view: ArcSwap::from_pointee(view),
+            forward,
         }
     }
 
@@ -114,7 +118,7 @@ impl Fleet {
         if let Some(slot) = states.get_mut(node) {
             *slot = state;
         }
-        let view = compute_view(&self.nodes, self.configured_primary, &states);
+        let view = compute_view(&self.nodes, self.configured_primary, &states, &self.forward);
         self.view.store(Arc::new(view));
     }
 
@@ -170,6 +174,8 @@ impl Fleet {
                     return primary_reads && state.up && node.is_up();
                 }
                 let is_replica = match node.role {
+                    // Forwarded replicas are plain servers: usable once they stream, whatever their recovery.
+                    Role::Replica if self.forward.enabled() => self.forward.visible(*i).is_some(),
                     Role::Replica => state.in_recovery != Some(false),
                     Role::Auto => state.in_recovery == Some(true),
                     Role::Primary => false,
@@ -188,7 +194,12 @@ fn within(state: &NodeState, max_lag: Option<LagLimit>) -> bool {
     }
 }
 
-fn compute_view(nodes: &[Node], configured_primary: Option<usize>, states: &[NodeState]) -> FleetView {
+fn compute_view(
+    nodes: &[Node],
+    configured_primary: Option<usize>,
+    states: &[NodeState],
+    forward: &crate::replication::ForwardState,
+) -> FleetView {
     let primary = match configured_primary {
         Some(p) => Primary::One(p),
         None => {
@@ -210,6 +221,11 @@ fn compute_view(nodes: &[Node], configured_primary: Option<usize>, states: &[Nod
     };
     let mut out: Vec<NodeState> = states.to_vec();
     for (i, s) in out.iter_mut().enumerate() {
+        if forward.enabled() && nodes[i].role == Role::Replica {
+            // A plain server's own WAL says nothing; what pgfleet has applied there does.
+            s.lsn = forward.visible(i);
+            s.lag = forward.lag(i, primary_lsn);
+        }
         if primary == Primary::One(i) {
             s.lag_bytes = Some(0);
             s.lag = Some(Duration::ZERO);
@@ -218,7 +234,7 @@ fn compute_view(nodes: &[Node], configured_primary: Option<usize>, states: &[Nod
         if let (Some(p), Some(r)) = (primary_lsn, s.lsn) {
             let behind = p.saturating_sub(r);
             s.lag_bytes = Some(behind);
-            if behind == 0 {
+            if behind == 0 || (forward.enabled() && nodes[i].role == Role::Replica && s.lag.is_none()) {
                 // Replayed everything the primary has: no lag, however old the last transaction is.
                 s.lag = Some(Duration::ZERO);
             }

@@ -389,6 +389,7 @@ impl Session {
             user: &self.user,
             password: &self.password,
             database: &self.database,
+            replication: false,
         };
         match self.shared.pools.get(&n.target, &login, self.id).await {
             Ok(c) => {
@@ -657,6 +658,10 @@ impl Session {
 
     /// A replica's replay position, asked on the session's own connection to it.
     async fn replayed(&mut self, node: usize) -> Option<u64> {
+        if self.shared.fleet.forward.enabled() {
+            // Forwarded replicas: pgfleet itself knows what it has applied there.
+            return self.shared.fleet.forward.visible(node);
+        }
         self.connect(node).await.ok()?;
         let conn = self.conns[node].as_mut()?;
         conn.applied.unnamed = None;

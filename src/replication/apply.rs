@@ -1,0 +1,506 @@
+//! The forwarding task for one (database, replica): initial copy when the replica has no progress yet,
+//! then the pgoutput stream applied in commit order. Consecutive small transactions share one replica
+//! transaction; a large one is sent in chunks inside its replica transaction. The last applied commit
+//! position is written to `pgfleet_replica.progress` in the same replica transaction as the changes, and
+//! the slot is confirmed only up to what the replica has committed, so a crash of pgfleet or of the replica
+//! at any moment leads to neither loss nor duplicates: on restart, transactions at or below the stored
+//! position are skipped.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::copy::{CopyJob, initial_copy};
+use super::pgoutput::{self, Lsn, PgOutput, Relation, ReplicationMessage};
+use super::setup::{DDL_PREFIX, ForwardError, client, slot_name, sql_err};
+use super::stream::ReplicationStream;
+use super::{Progress, State, sql};
+use crate::cluster::view::format_lsn;
+use crate::proxy::Shared;
+use crate::router::classify::classify;
+use crate::router::split::split_statements;
+
+/// A chunk of SQL larger than this is sent before its transaction ends (large transactions).
+const CHUNK_BYTES: usize = 1 << 20;
+/// How often sequence values are carried over.
+const SEQUENCE_SYNC: Duration = Duration::from_secs(1);
+
+const PROGRESS_DDL: &str = "CREATE SCHEMA IF NOT EXISTS pgfleet_replica;
+    CREATE TABLE IF NOT EXISTS pgfleet_replica.progress (
+        slot text PRIMARY KEY, lsn pg_lsn NOT NULL, state text NOT NULL, updated_at timestamptz NOT NULL DEFAULT now())";
+
+/// One forwarding task.
+pub struct Applier {
+    shared: Arc<Shared>,
+    node: usize,
+    database: String,
+    slot: String,
+    progress: Arc<Progress>,
+}
+
+impl Applier {
+    /// The task for `node` (a replica) and the `db`-th forwarded database.
+    pub fn new(shared: Arc<Shared>, node: usize, db: usize, progress: Arc<Progress>) -> Self {
+        let database = shared.fleet.forward.databases[db].clone();
+        let slot = slot_name(
+            &shared.config.replication.name,
+            &database,
+            &shared.fleet.nodes[node].target.name,
+        );
+        Self {
+            shared,
+            node,
+            database,
+            slot,
+            progress,
+        }
+    }
+
+    /// Runs until the process ends, restarting after failures with a growing pause.
+    pub async fn run_forever(self) {
+        let name = self.shared.fleet.nodes[self.node].target.name.clone();
+        let mut pause = Duration::from_millis(500);
+        loop {
+            match self.run_once().await {
+                Ok(()) => pause = Duration::from_millis(500),
+                Err(e) => {
+                    self.progress.set_state(State::Stopped);
+                    tracing::warn!(replica = %name, database = %self.database, error = %e, "forwarding stopped; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+
+    fn credentials(&self) -> (&str, &str) {
+        let r = &self.shared.config.replication;
+        (
+            r.user.as_deref().unwrap_or(""),
+            r.password.as_deref().unwrap_or(""),
+        )
+    }
+
+    async fn run_once(&self) -> Result<(), ForwardError> {
+        let (user, password) = self.credentials();
+        let timeout = self.shared.config.pool.connect_timeout;
+        let fleet = &self.shared.fleet;
+        let primary = fleet.nodes[fleet.likely_primary()].target.clone();
+        let replica_addr = fleet.nodes[self.node].target.address.clone();
+        let replica = client(&replica_addr, user, password, &self.database, timeout).await?;
+        replica
+            .batch_execute(PROGRESS_DDL)
+            .await
+            .map_err(sql_err("creating the progress table on the replica"))?;
+        replica
+            .batch_execute("SET session_replication_role = replica")
+            .await
+            .map_err(sql_err("setting session_replication_role"))?;
+        let stored: Option<(String, String)> = replica
+            .query_opt(
+                "SELECT lsn::text, state FROM pgfleet_replica.progress WHERE slot = $1",
+                &[&self.slot],
+            )
+            .await
+            .map_err(sql_err("reading progress"))?
+            .map(|r| (r.get(0), r.get(1)));
+        let mut stream =
+            ReplicationStream::connect(&primary, user, password, &self.database, timeout).await?;
+        let start = match stored {
+            Some((lsn, state)) if state == "streaming" => crate::cluster::view::parse_lsn(&lsn)
+                .ok_or_else(|| ForwardError::Apply(format!("bad progress {lsn}")))?,
+            _ => {
+                self.copy(&mut stream, &replica, &primary.address, &replica_addr)
+                    .await?
+            }
+        };
+        self.progress.set_applied(start);
+        self.progress.set_state(State::Streaming);
+        stream
+            .start(&self.slot, start, &self.shared.config.replication.name)
+            .await?;
+        tracing::info!(replica = %self.shared.fleet.nodes[self.node].target.name, database = %self.database,
+            from = %format_lsn(start), "forwarding changes");
+        self.follow(&mut stream, &replica, start).await
+    }
+
+    /// Drops any earlier slot of ours, creates it afresh and copies from its snapshot.
+    async fn copy(
+        &self,
+        stream: &mut ReplicationStream,
+        replica: &tokio_postgres::Client,
+        primary_addr: &str,
+        replica_addr: &str,
+    ) -> Result<Lsn, ForwardError> {
+        self.progress.set_state(State::Copying);
+        let (user, password) = self.credentials();
+        let timeout = self.shared.config.pool.connect_timeout;
+        let control = client(primary_addr, user, password, &self.database, timeout).await?;
+        // A slot left by a copy that crashed cannot give its snapshot again: start over. Its walsender may
+        // take a moment to notice that its client is gone.
+        for attempt in 0..50 {
+            let r = control
+                .execute(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
+                    &[&self.slot],
+                )
+                .await;
+            match r {
+                Ok(_) => break,
+                Err(e) if attempt < 49 => {
+                    tracing::debug!(error = %e, "slot still active; waiting");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(sql_err("dropping an old replication slot")(e)),
+            }
+        }
+        replica
+            .execute(
+                "INSERT INTO pgfleet_replica.progress (slot, lsn, state) VALUES ($1, '0/0', 'copying')
+                 ON CONFLICT (slot) DO UPDATE SET state = 'copying', updated_at = now()",
+                &[&self.slot],
+            )
+            .await
+            .map_err(sql_err("marking the replica as copying"))?;
+        let (consistent, snapshot) = stream.create_slot(&self.slot).await?;
+        let job = CopyJob {
+            primary: primary_addr,
+            replica: replica_addr,
+            database: &self.database,
+            user,
+            password,
+            snapshot: &snapshot,
+            publication: &self.shared.config.replication.name,
+            parallelism: self.shared.config.replication.copy_parallelism,
+            timeout,
+        };
+        let rows = initial_copy(&job).await?;
+        // The restore recreated everything but our progress table, which lives in its own schema.
+        replica
+            .execute(
+                "UPDATE pgfleet_replica.progress SET lsn = $2::text::pg_lsn, state = 'streaming', updated_at = now()
+                 WHERE slot = $1",
+                &[&self.slot, &format_lsn(consistent)],
+            )
+            .await
+            .map_err(sql_err("recording the copy's consistent point"))?;
+        sync_sequences(&control, replica, &mut HashMap::new()).await?;
+        self.progress.rows.fetch_add(rows, Ordering::Relaxed);
+        tracing::info!(replica = replica_addr, database = %self.database, rows, at = %format_lsn(consistent),
+            "initial copy done");
+        Ok(consistent)
+    }
+
+    async fn follow(
+        &self,
+        stream: &mut ReplicationStream,
+        replica: &tokio_postgres::Client,
+        mut applied: Lsn,
+    ) -> Result<(), ForwardError> {
+        let (user, password) = self.credentials();
+        let fleet = &self.shared.fleet;
+        let primary_addr = fleet.nodes[fleet.likely_primary()].target.address.clone();
+        let control = client(
+            &primary_addr,
+            user,
+            password,
+            &self.database,
+            self.shared.config.pool.connect_timeout,
+        )
+        .await?;
+        let mut relations: HashMap<u32, Relation> = HashMap::new();
+        let mut batch = Batch::default();
+        let mut sequences = HashMap::new();
+        let mut ticker = tokio::time::interval(SEQUENCE_SYNC);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let batch_size = self.shared.config.replication.batch_size;
+        loop {
+            let msg = tokio::select! {
+                m = stream.next() => m?,
+                _ = ticker.tick() => {
+                    if !batch.open {
+                        sync_sequences(&control, replica, &mut sequences).await?;
+                    }
+                    continue;
+                }
+            };
+            match msg {
+                ReplicationMessage::PrimaryKeepalive {
+                    wal_end,
+                    reply_requested,
+                    ..
+                } => {
+                    if !batch.open {
+                        // Nothing received is left unapplied: the replica is consistent with the primary here.
+                        self.progress.visible.fetch_max(wal_end, Ordering::Relaxed);
+                    }
+                    if reply_requested {
+                        stream.send_status(applied, false).await?;
+                    }
+                }
+                ReplicationMessage::XLogData { data, .. } => {
+                    let change = pgoutput::decode(&data).map_err(|e| ForwardError::Apply(e.to_string()))?;
+                    tracing::trace!(?change, "change");
+                    batch.add(change, &mut relations, applied)?;
+                    if batch.sql.len() > CHUNK_BYTES && batch.in_tx {
+                        replica
+                            .batch_execute(&batch.sql)
+                            .await
+                            .map_err(sql_err("applying changes"))?;
+                        batch.sql.clear();
+                    }
+                }
+            }
+            // Commit what whole transactions have gathered once the batch is big enough or nothing more is
+            // waiting: small transactions share a replica transaction, and none waits for the next one.
+            let due = batch.end.is_some()
+                && !batch.in_tx
+                && (batch.changes >= batch_size || !stream.has_buffered());
+            if due && let Some(end) = batch.commit(&self.slot) {
+                replica
+                    .batch_execute(&batch.sql)
+                    .await
+                    .map_err(sql_err("committing changes"))?;
+                applied = end;
+                self.progress.set_applied(end);
+                self.progress
+                    .rows
+                    .fetch_add(batch.changes as u64, Ordering::Relaxed);
+                self.progress
+                    .transactions
+                    .fetch_add(batch.transactions, Ordering::Relaxed);
+                self.progress
+                    .last_commit_time
+                    .store(batch.last_commit_time, Ordering::Relaxed);
+                stream.send_status(applied, false).await?;
+                batch.reset();
+            }
+        }
+    }
+}
+
+/// Row changes of one or more primary transactions, becoming one replica transaction.
+#[derive(Default)]
+struct Batch {
+    sql: String,
+    open: bool,
+    in_tx: bool,
+    skip: bool,
+    changes: usize,
+    transactions: u64,
+    end: Option<Lsn>,
+    last_commit_time: i64,
+    ddl_seen: HashSet<String>,
+}
+
+impl Batch {
+    fn push(&mut self, stmt: &str) {
+        if !self.open {
+            self.sql.push_str("BEGIN;");
+            self.open = true;
+        }
+        self.sql.push_str(stmt);
+        self.sql.push_str(";\n");
+    }
+
+    /// Adds one decoded message.
+    fn add(
+        &mut self,
+        m: PgOutput,
+        relations: &mut HashMap<u32, Relation>,
+        applied: Lsn,
+    ) -> Result<(), ForwardError> {
+        let err = |e: sql::SqlError| ForwardError::Apply(e.to_string());
+        let rel = |relations: &HashMap<u32, Relation>, id: u32| {
+            relations
+                .get(&id)
+                .cloned()
+                .ok_or_else(|| ForwardError::Apply(format!("change for unknown relation {id}")))
+        };
+        match m {
+            PgOutput::Begin { final_lsn, .. } => {
+                // Already applied before a restart: the progress row says so.
+                self.skip = final_lsn < applied;
+                self.in_tx = true;
+                self.ddl_seen.clear();
+            }
+            PgOutput::Commit {
+                end_lsn, commit_time, ..
+            } => {
+                self.in_tx = false;
+                if !self.skip {
+                    self.end = Some(end_lsn);
+                    self.transactions += 1;
+                    self.last_commit_time = commit_time;
+                }
+            }
+            PgOutput::Relation(r) => {
+                relations.insert(r.id, r);
+            }
+            PgOutput::Origin { .. } | PgOutput::Type { .. } => {}
+            _ if self.skip => {}
+            PgOutput::Insert { relation, new } => {
+                let r = rel(relations, relation)?;
+                self.push(&sql::insert(&r, &new).map_err(err)?);
+                self.changes += 1;
+            }
+            PgOutput::Update {
+                relation,
+                old,
+                key_only,
+                new,
+            } => {
+                let r = rel(relations, relation)?;
+                self.push(&sql::update(&r, old.as_ref(), key_only, &new).map_err(err)?);
+                self.changes += 1;
+            }
+            PgOutput::Delete {
+                relation,
+                old,
+                key_only,
+            } => {
+                let r = rel(relations, relation)?;
+                self.push(&sql::delete(&r, &old, key_only).map_err(err)?);
+                self.changes += 1;
+            }
+            PgOutput::Truncate {
+                cascade,
+                restart_identity,
+                relations: ids,
+            } => {
+                let rels: Vec<Relation> = ids
+                    .iter()
+                    .map(|id| rel(relations, *id))
+                    .collect::<Result<_, _>>()?;
+                let refs: Vec<&Relation> = rels.iter().collect();
+                let stmt = sql::truncate(&refs, cascade, restart_identity);
+                if !stmt.is_empty() {
+                    self.push(&stmt);
+                    self.changes += 1;
+                }
+            }
+            PgOutput::Message {
+                prefix,
+                content,
+                transactional,
+                ..
+            } => {
+                if prefix == DDL_PREFIX && transactional {
+                    let text = String::from_utf8_lossy(&content).into_owned();
+                    // One DDL string fires the trigger once per command it runs; apply it once.
+                    if self.ddl_seen.insert(text.clone()) {
+                        let mut parts = text.splitn(3, '\n');
+                        let (role, path, query) = (parts.next(), parts.next(), parts.next());
+                        let (Some(role), Some(path), Some(query)) = (role, path, query) else {
+                            return Err(ForwardError::Apply(format!("malformed DDL message: {text}")));
+                        };
+                        let statements = ddl_statements(query);
+                        if !statements.is_empty() {
+                            self.push(&format!(
+                                "SET ROLE {}; SET search_path TO {path}",
+                                sql::quote_ident(role)
+                            ));
+                            for stmt in statements {
+                                self.push(&stmt);
+                                self.changes += 1;
+                            }
+                            self.push("RESET ROLE; RESET search_path");
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes the replica transaction with the progress update; None when nothing is to be committed.
+    fn commit(&mut self, slot: &str) -> Option<Lsn> {
+        let end = self.end?;
+        if !self.open {
+            self.sql.push_str("BEGIN;");
+            self.open = true;
+        }
+        self.sql.push_str(&format!(
+            "UPDATE pgfleet_replica.progress SET lsn = '{}', updated_at = now() WHERE slot = {};COMMIT;",
+            format_lsn(end),
+            sql::quote_literal(slot)
+        ));
+        Some(end)
+    }
+
+    fn reset(&mut self) {
+        let in_tx = self.in_tx;
+        *self = Batch {
+            in_tx,
+            ..Batch::default()
+        };
+    }
+}
+
+/// The DDL statements of a client's query string, as the replica must run them.
+fn ddl_statements(text: &str) -> Vec<String> {
+    let rules = crate::router::functions::FunctionRules::default();
+    split_statements(text)
+        .into_iter()
+        .filter(|s| classify(s, &rules).ddl)
+        .filter(|s| {
+            let upper = s.to_ascii_uppercase();
+            // pgfleet's own machinery stays on the primary.
+            !(upper.contains("PUBLICATION")
+                || upper.contains("SUBSCRIPTION")
+                || upper.contains("EVENT TRIGGER"))
+        })
+        // A replica transaction cannot build an index concurrently; the plain form gives the same index.
+        .map(|s| s.replace(" CONCURRENTLY", "").replace(" concurrently", ""))
+        .collect()
+}
+
+/// Carries sequence values from the primary to the replica (sequences are not in the change stream).
+async fn sync_sequences(
+    primary: &tokio_postgres::Client,
+    replica: &tokio_postgres::Client,
+    last: &mut HashMap<String, i64>,
+) -> Result<(), ForwardError> {
+    let rows = primary
+        .query(
+            "SELECT format('%I.%I', schemaname, sequencename), last_value FROM pg_sequences \
+             WHERE last_value IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(sql_err("reading sequences"))?;
+    let mut sql = String::new();
+    for r in rows {
+        let (name, value): (String, i64) = (r.get(0), r.get(1));
+        if last.get(&name) != Some(&value) {
+            sql.push_str(&format!(
+                "SELECT setval({}, {value}, true);",
+                sql::quote_literal(&name)
+            ));
+            last.insert(name, value);
+        }
+    }
+    if !sql.is_empty() {
+        // A sequence created a moment ago may not exist on the replica yet; try again next time.
+        if let Err(e) = replica.batch_execute(&sql).await {
+            tracing::debug!(error = %e, "sequence sync deferred");
+            last.clear();
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_ddl_is_replayed() {
+        let got = ddl_statements(
+            "CREATE TABLE a (x int); INSERT INTO a VALUES (1); CREATE INDEX CONCURRENTLY i ON a (x)",
+        );
+        assert_eq!(got, vec!["CREATE TABLE a (x int)", "CREATE INDEX i ON a (x)"]);
+        assert!(ddl_statements("CREATE PUBLICATION p FOR ALL TABLES").is_empty());
+    }
+}

@@ -1,0 +1,185 @@
+//! Initial copy of one database to one replica from a slot's exported snapshot: the schema with pg_dump
+//! (`--snapshot`, `--clean`, so a copy interrupted by a crash is simply done again), then every published
+//! table's rows with COPY, several tables at once, each reading the same snapshot. Rows then continue from
+//! the slot's consistent point: none missed, none doubled.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt, pin_mut};
+use tokio::io::AsyncReadExt;
+
+use super::setup::{ForwardError, client, sql_err};
+use crate::config::split_host_port;
+
+/// Who and where to copy.
+pub struct CopyJob<'a> {
+    /// Primary address.
+    pub primary: &'a str,
+    /// Replica address.
+    pub replica: &'a str,
+    /// Database.
+    pub database: &'a str,
+    /// Replication user.
+    pub user: &'a str,
+    /// Its password.
+    pub password: &'a str,
+    /// Exported snapshot name.
+    pub snapshot: &'a str,
+    /// Publication whose tables are copied.
+    pub publication: &'a str,
+    /// Tables copied at once.
+    pub parallelism: usize,
+    /// Connect timeout.
+    pub timeout: Duration,
+}
+
+/// Copies schema and rows; returns the number of rows copied.
+pub async fn initial_copy(job: &CopyJob<'_>) -> Result<u64, ForwardError> {
+    let schema = dump_schema(job).await?;
+    let replica = client(job.replica, job.user, job.password, job.database, job.timeout).await?;
+    replica
+        .batch_execute(&schema)
+        .await
+        .map_err(sql_err("restoring the schema on the replica"))?;
+    // The replica must not emit DDL messages of its own: pgfleet runs the primary's DDL there.
+    replica
+        .batch_execute(
+            "DO $$ BEGIN
+               IF EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'pgfleet_forward_ddl') THEN
+                 ALTER EVENT TRIGGER pgfleet_forward_ddl DISABLE;
+               END IF;
+             END $$",
+        )
+        .await
+        .map_err(sql_err("disabling the DDL event trigger on the replica"))?;
+    let primary = client(job.primary, job.user, job.password, job.database, job.timeout).await?;
+    let tables: Vec<String> = primary
+        .query(
+            "SELECT format('%I.%I', schemaname, tablename) FROM pg_publication_tables WHERE pubname = $1 \
+             ORDER BY 1",
+            &[&job.publication],
+        )
+        .await
+        .map_err(sql_err("listing published tables"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    drop(primary);
+    let mut total = 0u64;
+    let mut pending = futures_util::stream::iter(tables.into_iter().map(|t| copy_table(job, t)))
+        .buffer_unordered(job.parallelism.max(1));
+    while let Some(r) = pending.next().await {
+        total += r?;
+    }
+    Ok(total)
+}
+
+async fn copy_table(job: &CopyJob<'_>, table: String) -> Result<u64, ForwardError> {
+    let source = client(job.primary, job.user, job.password, job.database, job.timeout).await?;
+    source
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+            super::sql::quote_literal(job.snapshot)
+        ))
+        .await
+        .map_err(sql_err(format!("importing the snapshot to copy {table}")))?;
+    let target = client(job.replica, job.user, job.password, job.database, job.timeout).await?;
+    // Constraint triggers (foreign keys) would reject a child copied before its parent.
+    target
+        .batch_execute(&format!(
+            "SET session_replication_role = replica; BEGIN; TRUNCATE {table}"
+        ))
+        .await
+        .map_err(sql_err(format!("preparing {table} on the replica")))?;
+    let out = source
+        .copy_out(&format!("COPY {table} TO STDOUT"))
+        .await
+        .map_err(sql_err(format!("reading {table}")))?;
+    let sink = target
+        .copy_in(&format!("COPY {table} FROM STDIN"))
+        .await
+        .map_err(sql_err(format!("writing {table}")))?;
+    pin_mut!(out);
+    pin_mut!(sink);
+    while let Some(chunk) = out.next().await {
+        let chunk: Bytes = chunk.map_err(sql_err(format!("reading {table}")))?;
+        sink.send(chunk)
+            .await
+            .map_err(sql_err(format!("writing {table}")))?;
+    }
+    let rows = sink
+        .finish()
+        .await
+        .map_err(sql_err(format!("finishing {table}")))?;
+    target
+        .batch_execute("COMMIT")
+        .await
+        .map_err(sql_err(format!("committing {table}")))?;
+    source
+        .batch_execute("COMMIT")
+        .await
+        .map_err(sql_err(format!("closing the snapshot for {table}")))?;
+    tracing::info!(table = %table, rows, replica = job.replica, "copied table");
+    Ok(rows)
+}
+
+/// The primary's schema as of the snapshot, as SQL the replica can run (psql meta-commands removed).
+async fn dump_schema(job: &CopyJob<'_>) -> Result<String, ForwardError> {
+    let bin = crate::localcluster::find_bin_dir()
+        .map_err(|e| ForwardError::Setup(format!("pg_dump is needed for the initial copy: {e}")))?;
+    let (host, port) = split_host_port(job.primary).map_err(ForwardError::Setup)?;
+    let mut child = tokio::process::Command::new(bin.join("pg_dump"))
+        .args([
+            "--schema-only",
+            "--clean",
+            "--if-exists",
+            "--no-owner",
+            "--no-privileges",
+        ])
+        .args(["--no-publications", "--no-subscriptions"])
+        .arg(format!("--snapshot={}", job.snapshot))
+        .args([
+            "-h",
+            &host,
+            "-p",
+            &port.to_string(),
+            "-U",
+            job.user,
+            "-d",
+            job.database,
+        ])
+        .env("PGPASSWORD", job.password)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| ForwardError::Setup(format!("cannot run pg_dump: {e}")))?;
+    let mut out = String::new();
+    let mut err = String::new();
+    if let Some(mut s) = child.stdout.take() {
+        s.read_to_string(&mut out)
+            .await
+            .map_err(|e| ForwardError::Setup(format!("reading pg_dump output: {e}")))?;
+    }
+    if let Some(mut s) = child.stderr.take() {
+        let _ = s.read_to_string(&mut err).await;
+    }
+    let status = child
+        .wait()
+        .await
+        .map_err(|e| ForwardError::Setup(format!("waiting for pg_dump: {e}")))?;
+    if !status.success() {
+        return Err(ForwardError::Setup(format!(
+            "pg_dump failed ({status}): {}",
+            err.trim()
+        )));
+    }
+    Ok(out
+        .lines()
+        .filter(|l| !l.starts_with('\\'))
+        .collect::<Vec<_>>()
+        .join("\n"))
+}

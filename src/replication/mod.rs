@@ -1,0 +1,172 @@
+//! Forward mode: pgfleet keeps plain PostgreSQL replicas in sync by forwarding the primary's committed
+//! changes. Per (database, replica) one task owns a logical replication slot on the primary; it first copies
+//! schema and data from the slot's exported snapshot (`copy`), then decodes the pgoutput stream (`stream`,
+//! `pgoutput`) and applies it as SQL (`sql`) in commit order (`apply`), storing its progress on the replica
+//! in the same transaction as the changes. `setup` prepares the primary: checks, the publication, and the
+//! event trigger that puts DDL into the WAL stream at its place.
+
+pub mod apply;
+pub mod copy;
+pub mod pgoutput;
+pub mod setup;
+pub mod sql;
+pub mod stream;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
+
+use crate::config::ReplicationMode;
+use crate::proxy::Shared;
+
+/// Where one replica stands for one database.
+#[derive(Debug, Default)]
+pub struct Progress {
+    state: AtomicU8,
+    /// End LSN of the last transaction durably applied.
+    pub applied: AtomicU64,
+    /// Position the replica is known to be consistent with (applied, or the primary's WAL end while idle).
+    pub visible: AtomicU64,
+    /// Row changes applied.
+    pub rows: AtomicU64,
+    /// Transactions applied.
+    pub transactions: AtomicU64,
+    /// Commit time (microseconds since 2000-01-01) of the last applied transaction.
+    pub last_commit_time: AtomicI64,
+}
+
+/// Replica state in forward mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Not started yet.
+    Starting,
+    /// Initial copy running: serves no reads.
+    Copying,
+    /// Following the stream.
+    Streaming,
+    /// The task failed and is retrying.
+    Stopped,
+}
+
+impl State {
+    /// Lowercase name for SHOW REPLICATION and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Starting => "starting",
+            State::Copying => "copying",
+            State::Streaming => "streaming",
+            State::Stopped => "stopped",
+        }
+    }
+}
+
+impl Progress {
+    /// The current state.
+    pub fn state(&self) -> State {
+        match self.state.load(Ordering::Relaxed) {
+            1 => State::Copying,
+            2 => State::Streaming,
+            3 => State::Stopped,
+            _ => State::Starting,
+        }
+    }
+
+    /// Sets the state.
+    pub fn set_state(&self, s: State) {
+        let v = match s {
+            State::Starting => 0,
+            State::Copying => 1,
+            State::Streaming => 2,
+            State::Stopped => 3,
+        };
+        self.state.store(v, Ordering::Relaxed);
+    }
+
+    /// Records a durably applied position.
+    pub fn set_applied(&self, lsn: u64) {
+        self.applied.fetch_max(lsn, Ordering::Relaxed);
+        self.visible.fetch_max(lsn, Ordering::Relaxed);
+    }
+}
+
+/// Forward-mode progress of every (replica node, database).
+#[derive(Debug, Default)]
+pub struct ForwardState {
+    /// Databases forwarded, in config order.
+    pub databases: Vec<String>,
+    /// `progress[node][database]`; empty for the primary.
+    pub progress: Vec<Vec<Arc<Progress>>>,
+}
+
+impl ForwardState {
+    /// State for a config (empty unless forward mode).
+    pub fn new(config: &crate::config::Config) -> Self {
+        if config.replication.mode != ReplicationMode::Forward {
+            return Self::default();
+        }
+        let databases = config.replication.databases.clone();
+        let progress = config
+            .nodes
+            .iter()
+            .map(|n| {
+                if n.role == crate::config::Role::Replica {
+                    databases.iter().map(|_| Arc::new(Progress::default())).collect()
+                } else {
+                    Vec::new()
+                }
+            })
+            .collect();
+        Self { databases, progress }
+    }
+
+    /// Whether forward mode is on.
+    pub fn enabled(&self) -> bool {
+        !self.databases.is_empty()
+    }
+
+    /// How far behind in time a replica is: zero when it has reached `primary_lsn`, else the age of its
+    /// last applied commit.
+    pub fn lag(&self, node: usize, primary_lsn: Option<u64>) -> Option<std::time::Duration> {
+        let visible = self.visible(node)?;
+        if primary_lsn.is_none_or(|p| visible >= p) {
+            return Some(std::time::Duration::ZERO);
+        }
+        let p = self.progress.get(node)?;
+        let oldest = p
+            .iter()
+            .map(|x| x.last_commit_time.load(Ordering::Relaxed))
+            .min()?;
+        let now = pgoutput::pg_epoch_micros_now();
+        Some(std::time::Duration::from_micros(
+            now.saturating_sub(oldest).max(0) as u64,
+        ))
+    }
+
+    /// The position a replica is consistent with across all forwarded databases, if it is streaming all.
+    pub fn visible(&self, node: usize) -> Option<u64> {
+        let p = self.progress.get(node)?;
+        if p.is_empty() || p.iter().any(|x| x.state() != State::Streaming) {
+            return None;
+        }
+        p.iter().map(|x| x.visible.load(Ordering::Relaxed)).min()
+    }
+}
+
+/// Starts one forwarding task per (database, replica) when forward mode is on.
+pub fn spawn(shared: &Arc<Shared>) {
+    if !shared.fleet.forward.enabled() {
+        return;
+    }
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        if let Err(e) = setup::prepare_all(&shared).await {
+            tracing::error!(error = %e, "forward mode cannot start");
+            return;
+        }
+        for (node, per_db) in shared.fleet.forward.progress.iter().enumerate() {
+            for (db, progress) in per_db.iter().enumerate() {
+                let task = apply::Applier::new(shared.clone(), node, db, progress.clone());
+                tokio::spawn(task.run_forever());
+            }
+        }
+    });
+}

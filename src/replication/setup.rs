@@ -1,0 +1,175 @@
+//! Preparing the primary for forward mode: checks with errors that name the setting to change, the
+//! publication, and the event trigger that writes each DDL statement into the WAL stream (as a transactional
+//! logical message) so that replicas run it at exactly its place among the row changes.
+
+use std::time::Duration;
+
+use tokio_postgres::NoTls;
+
+use crate::config::split_host_port;
+use crate::proxy::Shared;
+
+/// Prefix of the logical messages that carry DDL: "role\nsearch_path\nquery".
+pub const DDL_PREFIX: &str = "pgfleet.ddl";
+
+/// Why forwarding could not start or went on.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    /// A setting on the primary must change.
+    #[error("forward mode: {0}")]
+    Setup(String),
+    /// A SQL-level failure on a node.
+    #[error("forward mode: {context}: {source}")]
+    Sql {
+        /// What pgfleet was doing.
+        context: String,
+        /// The driver's error.
+        source: tokio_postgres::Error,
+    },
+    /// The replication stream failed.
+    #[error("forward mode: {0}")]
+    Stream(#[from] super::stream::StreamError),
+    /// A change could not be turned into SQL.
+    #[error("forward mode: {0}")]
+    Apply(String),
+}
+
+/// `map_err` helper naming what was being done.
+pub fn sql_err(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> ForwardError {
+    let context = context.into();
+    move |source| ForwardError::Sql { context, source }
+}
+
+/// A plain SQL connection as the replication user.
+pub async fn client(
+    address: &str,
+    user: &str,
+    password: &str,
+    database: &str,
+    timeout: Duration,
+) -> Result<tokio_postgres::Client, ForwardError> {
+    let (host, port) = split_host_port(address).map_err(ForwardError::Setup)?;
+    let mut pg = tokio_postgres::Config::new();
+    pg.host(&host)
+        .port(port)
+        .user(user)
+        .password(password)
+        .dbname(database)
+        .application_name("pgfleet-forward")
+        .connect_timeout(timeout)
+        .options(
+            "-c DateStyle=ISO -c IntervalStyle=postgres -c extra_float_digits=3 -c client_encoding=UTF8",
+        );
+    let (client, conn) = pg
+        .connect(NoTls)
+        .await
+        .map_err(sql_err(format!("connecting to {address}/{database}")))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "forward-mode connection closed");
+        }
+    });
+    Ok(client)
+}
+
+/// Checks and prepares every forwarded database on the primary.
+pub async fn prepare_all(shared: &Shared) -> Result<(), ForwardError> {
+    for db in &shared.fleet.forward.databases {
+        prepare(shared, db).await?;
+    }
+    Ok(())
+}
+
+async fn prepare(shared: &Shared, database: &str) -> Result<(), ForwardError> {
+    let r = &shared.config.replication;
+    let (user, password) = (
+        r.user.as_deref().unwrap_or(""),
+        r.password.as_deref().unwrap_or(""),
+    );
+    let primary = &shared.fleet.nodes[shared.fleet.likely_primary()].target;
+    let c = client(
+        &primary.address,
+        user,
+        password,
+        database,
+        shared.config.pool.connect_timeout,
+    )
+    .await?;
+    let wal_level: String = c
+        .query_one("SHOW wal_level", &[])
+        .await
+        .map_err(sql_err("reading wal_level"))?
+        .get(0);
+    if wal_level != "logical" {
+        return Err(ForwardError::Setup(format!(
+            "the primary \"{}\" has wal_level = {wal_level}; forward mode needs wal_level = logical \
+             (set it in postgresql.conf and restart the primary)",
+            primary.name
+        )));
+    }
+    let row = c
+        .query_one(
+            "SELECT rolreplication, rolsuper FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await
+        .map_err(sql_err("reading the replication role"))?;
+    let (can_replicate, is_super): (bool, bool) = (row.get(0), row.get(1));
+    if !can_replicate || !is_super {
+        return Err(ForwardError::Setup(format!(
+            "role \"{user}\" (replication.user) needs REPLICATION and SUPERUSER on the primary \
+             (ALTER ROLE \"{user}\" REPLICATION SUPERUSER): it creates slots, a publication and an event trigger"
+        )));
+    }
+    let publication = super::sql::quote_ident(&r.name);
+    let exists: bool = c
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)",
+            &[&r.name],
+        )
+        .await
+        .map_err(sql_err("looking up the publication"))?
+        .get(0);
+    if !exists {
+        c.batch_execute(&format!("CREATE PUBLICATION {publication} FOR ALL TABLES"))
+            .await
+            .map_err(sql_err("creating the publication"))?;
+        tracing::info!(database, publication = %r.name, "created publication");
+    }
+    // The message carries who ran the DDL and with which search_path, so that the replica creates the same
+    // objects with the same owner. current_query() is the client's whole string; the applier keeps its DDL.
+    c.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS pgfleet;
+         CREATE OR REPLACE FUNCTION pgfleet.forward_ddl() RETURNS event_trigger LANGUAGE plpgsql AS $f$
+         BEGIN
+           PERFORM pg_logical_emit_message(true, '{DDL_PREFIX}',
+             current_user || chr(10) || current_setting('search_path') || chr(10) || current_query());
+         END $f$;
+         DO $d$ BEGIN
+           IF NOT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'pgfleet_forward_ddl') THEN
+             CREATE EVENT TRIGGER pgfleet_forward_ddl ON ddl_command_end EXECUTE FUNCTION pgfleet.forward_ddl();
+           END IF;
+         END $d$;"
+    ))
+    .await
+    .map_err(sql_err("creating the DDL event trigger"))?;
+    Ok(())
+}
+
+/// The slot name for a (database, replica) pair: lowercase, at most 63 bytes.
+pub fn slot_name(prefix: &str, database: &str, node: &str) -> String {
+    let clean = |s: &str| -> String {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    };
+    let mut name = format!("{prefix}_{}_{}", clean(database), clean(node));
+    name.truncate(63);
+    name
+}
