@@ -79,14 +79,18 @@ if [ "${#py_missing[@]}" -gt 0 ]; then
     log "pip install ${py_missing[*]} (into $("$PYTHON" -c 'import sys; print(sys.executable)'))"
     pip_args=(-m pip install --quiet --disable-pip-version-check --root-user-action=ignore)
     # Debian's own python3 is "externally managed" (PEP 668): pip needs --break-system-packages there.
-    if ! $SUDO "$PYTHON" "${pip_args[@]}" "${py_missing[@]}" 2>/tmp/install-test-deps-pip.err; then
-        if grep -q externally-managed /tmp/install-test-deps-pip.err; then
+    pip_err=$(mktemp)
+    if ! $SUDO "$PYTHON" "${pip_args[@]}" "${py_missing[@]}" 2>"$pip_err"; then
+        if grep -q externally-managed "$pip_err"; then
+            log "$PYTHON is externally managed (PEP 668): retrying with --break-system-packages"
             $SUDO "$PYTHON" "${pip_args[@]}" --break-system-packages "${py_missing[@]}"
         else
-            cat /tmp/install-test-deps-pip.err >&2
+            cat "$pip_err" >&2
+            rm -f "$pip_err"
             exit 1
         fi
     fi
+    rm -f "$pip_err"
     "$PYTHON" -c 'import psycopg, psycopg2; print("install-test-deps: psycopg", psycopg.__version__, "psycopg2", psycopg2.__version__)'
 else
     log "Python drivers: psycopg and psycopg2 present for $PYTHON"

@@ -105,7 +105,7 @@ async fn jdbc() {
     let cluster = cluster_async().await;
     let proxy = Proxy::start(&cluster, "");
     let url = format!(
-        "jdbc:postgresql://127.0.0.1:{}/{APP_DB}?prepareThreshold=3&sslmode=disable",
+        "jdbc:postgresql://127.0.0.1:{}/{APP_DB}?prepareThreshold=3",
         proxy.port
     );
     let mut cmd = Command::new(java);

@@ -448,6 +448,11 @@ impl Session {
             }
             if let Some(end) = req.push(frame) {
                 let request = std::mem::take(&mut req);
+                // A Flush with nothing before it asks for output that does not exist (psycopg ends each
+                // pipeline with Sync, Flush): routing it would open an empty batch on some node.
+                if end == End::Open && request.frames.iter().all(|f| f.kind == b'H') {
+                    continue;
+                }
                 self.dispatch(request, end).await?;
             }
         }

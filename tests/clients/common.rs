@@ -159,7 +159,7 @@ pub fn pg_tool(tool: &str) -> PathBuf {
                 Some((major, e.path().join("bin").join(tool)))
             })
             .collect();
-        versions.sort_by(|a, b| b.0.cmp(&a.0));
+        versions.sort_by_key(|v| std::cmp::Reverse(v.0));
         candidates.extend(versions.into_iter().map(|(_, p)| p));
     }
     if let Some(found) = candidates.iter().find(|p| p.is_file()) {

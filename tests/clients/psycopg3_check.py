@@ -6,8 +6,14 @@ Usage: psycopg3_check.py DSN PRIMARY_PORT REPLICA_PORT [REPLICA_PORT...]
 DSN points at pgfleet (user app, database app). Run by tests/client_drivers.rs. Each section runs on its
 own connections; a failing section is reported and the others still run. Exits 0 only if every check
 passed, 1 otherwise, printing one line per failed check.
+
+pgfleet's read-your-writes (routing.read_your_writes = "session", the default) sends a session's reads to
+the primary until a replica has replayed that session's last write. So a check that a read ran on a replica
+either uses a session that has not written, or first waits for the replicas (`wait_replicas_see`, on a
+fresh connection) and for the session's reads to come back to them (`settle`).
 """
 
+import signal
 import sys
 import threading
 import time
@@ -24,6 +30,20 @@ DSN = sys.argv[1]
 PRIMARY = int(sys.argv[2])
 REPLICAS = {int(p) for p in sys.argv[3:]}
 FAILURES = []
+# A section stuck longer than this (a lost reply through the proxy) is reported and abandoned.
+SECTION_TIMEOUT = 20
+
+
+class SectionTimeout(Exception):
+    pass
+
+
+def on_alarm(signum, frame):
+    signal.alarm(5)  # cleanup of the stuck connection may block again: interrupt that too
+    raise SectionTimeout(f"no answer within {SECTION_TIMEOUT}s (hung waiting for the server through pgfleet)")
+
+
+signal.signal(signal.SIGALRM, on_alarm)
 
 
 class CheckFailed(Exception):
@@ -52,33 +72,55 @@ def on_primary(p, what):
     check(p == PRIMARY, f"{what}: served by port {p}, expected the primary {PRIMARY}")
 
 
-def wait_replicas_see(conn, query, params, expected, what, timeout=15.0):
-    """Reads `query` through pgfleet until every replica has answered `expected` (reads round-robin)."""
+def wait_replicas_see(query, params, expected, what, timeout=15.0):
+    """Reads `query` through pgfleet, on a fresh session that never wrote (so read-your-writes does not
+    apply), until every replica has answered `expected`; every answer must come from a replica."""
     last = {}
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        p, value = conn.execute(f"SELECT inet_server_port(), ({query})", params).fetchone()
-        on_replica(p, what)
-        last[p] = value
-        if set(last) == REPLICAS and all(v == expected for v in last.values()):
-            return
-        time.sleep(0.05)
+    with connect() as reader:
+        while time.monotonic() < deadline:
+            p, value = reader.execute(f"SELECT inet_server_port(), ({query})", params).fetchone()
+            on_replica(p, what)
+            last[p] = value
+            if set(last) == REPLICAS and all(v == expected for v in last.values()):
+                return
+            time.sleep(0.05)
     raise CheckFailed(f"{what}: replicas did not all answer {expected!r} within {timeout}s: {last}")
+
+
+def settle(conn, what, timeout=10.0):
+    """After a session wrote: waits until its reads are served by replicas again (read-your-writes lets
+    them go to the primary until a replica has replayed the write)."""
+    seen = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        p = port(conn)
+        if p in REPLICAS:
+            return
+        seen.append(p)
+        time.sleep(0.05)
+    raise CheckFailed(f"{what}: reads never came back to a replica within {timeout}s (ports {seen[-5:]})")
 
 
 def section(fn):
     name = fn.__name__
     started = time.monotonic()
+    signal.alarm(SECTION_TIMEOUT)
     try:
-        fn()
+        try:
+            fn()
+        finally:
+            signal.alarm(0)
         print(f"ok    {name} ({time.monotonic() - started:.2f}s)")
     except CheckFailed as e:
         FAILURES.append(f"{name}: {e}")
         print(f"FAIL  {name}: {e}")
-    except Exception as e:  # an unexpected driver/server error is a failed check too
+    except Exception as e:  # an unexpected driver/server error (or a hang) is a failed check too
         FAILURES.append(f"{name}: unexpected {type(e).__name__}: {e}")
         print(f"FAIL  {name}: unexpected {type(e).__name__}: {e}")
         traceback.print_exc()
+    finally:
+        signal.alarm(0)
     return fn
 
 
@@ -95,30 +137,47 @@ def setup_and_routing():
         check(seen == REPLICAS, f"round robin reads should use both replicas, saw {seen}")
         # Server-side binding: psycopg 3 sends $1.. parameters with the extended protocol.
         row = conn.execute(
+            "SELECT %s::int + %s, %s::text || 'x', %s::text IS NULL, inet_server_port()", (40, 2, "y", None)
+        ).fetchone()
+        check(row[:3] == (42, "yx", True), f"bound parameters: {row}")
+        on_replica(row[3], "SELECT with bound parameters")
+        row = conn.execute(
             "INSERT INTO items VALUES (%s, %s, %s) RETURNING id, name, inet_server_port()", (1, "one", 10)
         ).fetchone()
         check(row[:2] == (1, "one"), f"INSERT RETURNING gave {row}")
         on_primary(row[2], "INSERT ... RETURNING")
-        row = conn.execute(
-            "SELECT %s::int + %s, %s::text || 'x', %s IS NULL, inet_server_port()", (40, 2, "y", None)
-        ).fetchone()
-        check(row[:3] == (42, "yx", True), f"bound parameters: {row}")
-        on_replica(row[3], "SELECT with bound parameters")
         # Writes by function or lock clause.
         on_primary(conn.execute("SELECT inet_server_port() FROM items WHERE id = %s FOR UPDATE", (1,))
                    .fetchone()[0], "SELECT ... FOR UPDATE")
 
 
 @section
-def executemany_and_pipeline():
+def executemany():
     with connect() as conn:
         cur = conn.cursor()
+        # psycopg 3 runs executemany in pipeline mode: Parse/Bind/Describe/Execute per row, then Sync, Flush.
         rows = [(i, f"many {i}", i) for i in range(100, 200)]
         cur.executemany("INSERT INTO items (id, name, qty) VALUES (%s, %s, %s)", rows)
         check(cur.rowcount == 100, f"executemany rowcount {cur.rowcount}")
+        with conn.transaction():
+            count, p = conn.execute("SELECT count(*), inet_server_port() FROM items WHERE id BETWEEN 100 AND 199"
+                                    ).fetchone()
+        check(count == 100, f"rows written by executemany, read in a transaction: {count}")
+        on_primary(p, "read inside a transaction")
+        wait_replicas_see("SELECT count(*) FROM items WHERE id BETWEEN 100 AND 199", None, 100,
+                          "replicated executemany")
+
+
+@section
+def executemany_twice():
+    # The second pipeline of a session follows the first one's trailing Flush.
+    with connect() as conn:
+        cur = conn.cursor()
+        cur.executemany("INSERT INTO items (id, name, qty) VALUES (%s, %s, %s)",
+                        [(i, f"twice {i}", i) for i in range(200, 205)])
         cur.executemany(
             "INSERT INTO items (id, name, qty) VALUES (%s, %s, %s) RETURNING inet_server_port()",
-            [(i, f"ret {i}", i) for i in range(200, 205)],
+            [(i, f"ret {i}", i) for i in range(205, 210)],
             returning=True,
         )
         ports = []
@@ -128,24 +187,64 @@ def executemany_and_pipeline():
                 break
         check(len(ports) == 5, f"executemany returning: {len(ports)} result sets")
         for p in ports:
-            on_primary(p, "executemany ... RETURNING")
-        with conn.transaction():
-            count, p = conn.execute(
-                "SELECT count(*), inet_server_port() FROM items WHERE id >= 100 AND id < 205"
-            ).fetchone()
-        check(count == 105, f"rows written by executemany, read in a transaction: {count}")
-        on_primary(p, "read inside a transaction")
-        # Explicit pipeline mode: several extended-protocol queries in flight, with Syncs in between.
+            on_primary(p, "second executemany ... RETURNING")
+
+
+@section
+def pipeline():
+    with connect() as conn:
+        conn.execute("INSERT INTO items VALUES (%s, %s, %s)", (210, "pipe", 100))
+        # Explicit pipeline mode without a sync point: one implicit transaction, so one node, the primary.
         with conn.pipeline():
             c1 = conn.execute("SELECT inet_server_port(), 1")
-            c2 = conn.execute("UPDATE items SET qty = qty + 1 WHERE id = %s RETURNING qty, inet_server_port()", (100,))
+            c2 = conn.execute("UPDATE items SET qty = qty + 1 WHERE id = %s RETURNING qty, inet_server_port()",
+                              (210,))
             c3 = conn.execute("SELECT inet_server_port(), 3")
         r1, r2, r3 = c1.fetchone(), c2.fetchone(), c3.fetchone()
-        on_replica(r1[0], "pipelined read 1")
         check(r2[0] == 101, f"pipelined update returned {r2}")
-        on_primary(r2[1], "pipelined UPDATE")
-        on_replica(r3[0], "pipelined read 2")
-        wait_replicas_see(conn, "SELECT count(*) FROM items WHERE id >= 100", None, 105, "replicated executemany")
+        for what, p in (("read 1", r1[0]), ("UPDATE", r2[1]), ("read 2", r3[0])):
+            on_primary(p, f"unsynced pipeline with a write, {what}")
+        wait_replicas_see("SELECT qty FROM items WHERE id = 210", None, 101, "replicated pipeline update")
+        settle(conn, "after the unsynced pipeline")
+        # With a Sync after each statement, every statement is routed on its own while all are in flight.
+        with conn.pipeline() as pl:
+            c1 = conn.execute("SELECT inet_server_port(), 1")
+            pl.sync()
+            c2 = conn.execute("SELECT inet_server_port(), 2")
+            pl.sync()
+            c3 = conn.execute("UPDATE items SET qty = qty + 1 WHERE id = %s RETURNING qty, inet_server_port()",
+                              (210,))
+            pl.sync()
+        r1, r2, r3 = c1.fetchone(), c2.fetchone(), c3.fetchone()
+        on_replica(r1[0], "synced pipeline, read 1")
+        on_replica(r2[0], "synced pipeline, read 2")
+        check(r3[0] == 102, f"pipelined update returned {r3}")
+        on_primary(r3[1], "synced pipeline, UPDATE")
+        # After the pipeline (which ends with Sync, Flush), a plain write still goes to the primary.
+        p = conn.execute("UPDATE items SET qty = qty + 1 WHERE id = %s RETURNING inet_server_port()",
+                         (210,)).fetchone()[0]
+        on_primary(p, "UPDATE after a pipeline")
+        wait_replicas_see("SELECT qty FROM items WHERE id = 210", None, 103, "replicated pipeline updates")
+
+
+@section
+def pipeline_repeated():
+    # The same statements pipelined again and again: psycopg prepares them (_pg3_N) after 5 executions,
+    # inside the pipeline, so a later Bind must find its statement on whichever replica runs it.
+    with connect() as conn:
+        ports = set()
+        for i in range(10):
+            with conn.pipeline() as pl:
+                c1 = conn.execute("SELECT inet_server_port(), %s::int", (i,))
+                pl.sync()
+                c2 = conn.execute("SELECT inet_server_port(), %s::int * 10", (i,))
+                pl.sync()
+            (p1, v1), (p2, v2) = c1.fetchone(), c2.fetchone()
+            check((v1, v2) == (i, i * 10), f"iteration {i}: {v1}, {v2}")
+            on_replica(p1, f"pipelined read, iteration {i}")
+            on_replica(p2, f"pipelined read, iteration {i}")
+            ports.update((p1, p2))
+        check(ports == REPLICAS, f"pipelined reads should use both replicas: {ports}")
 
 
 @section
@@ -171,13 +270,12 @@ def prepared_statements():
             p, v = conn.execute("SELECT inet_server_port(), %s::int * 2", (50,), prepare=True).fetchone()
             on_primary(p, "prepared SELECT inside a transaction")
             check(v == 100, f"prepared in transaction: {v}")
-        seen = set()
+        wait_replicas_see("SELECT count(*) FROM items WHERE name = 'prep'", None, 6, "replicated prepared inserts")
+        settle(conn, "after the prepared inserts")
         for i in range(4):
             p, v = conn.execute("SELECT inet_server_port(), %s::int * 2", (i,), prepare=True).fetchone()
             check(v == 2 * i, f"prepared after transaction: {v}")
             on_replica(p, "prepared SELECT after a transaction")
-            seen.add(p)
-        check(seen == REPLICAS, f"prepared statement on both replicas after the transaction: {seen}")
 
 
 @section
@@ -212,8 +310,14 @@ def transactions():
         qty = conn.execute("SELECT qty FROM items WHERE id = 400").fetchone()[0]
         check(qty == 99, f"non-autocommit transaction sees its update: {qty}")
         conn.commit()
+        wait_replicas_see("SELECT qty FROM items WHERE id = 400", None, 99, "replicated update")
         # A read-only session: BEGIN READ ONLY may run on a replica, one backend for the whole transaction.
         conn.read_only = True
+        deadline = time.monotonic() + 10
+        while port(conn) not in REPLICAS and time.monotonic() < deadline:  # read-your-writes, see above
+            conn.rollback()
+            time.sleep(0.05)
+        conn.rollback()
         ports = {port(conn) for _ in range(3)}
         check(len(ports) == 1, f"read-only transaction used several backends: {ports}")
         on_replica(ports.pop(), "read-only transaction (conn.read_only = True)")
@@ -239,8 +343,9 @@ def copy():
             for i in range(1500, 1600):
                 cp.write_row((i, f"binary {i}", None))
         check(cur.rowcount == 100, f"binary COPY FROM STDIN rowcount {cur.rowcount}")
-        wait_replicas_see(conn, "SELECT count(*) FROM items WHERE id >= 1000 AND id < 1600", None, 600,
+        wait_replicas_see("SELECT count(*) FROM items WHERE id >= 1000 AND id < 1600", None, 600,
                           "replicated COPY")
+        settle(conn, "after COPY FROM")
         rows = []
         with cur.copy(
             "COPY (SELECT id, name, qty, inet_server_port() FROM items WHERE id >= 1000 ORDER BY id) TO STDOUT"
@@ -346,7 +451,7 @@ def error_fields():
         except errors.SyntaxError as e:
             check(e.sqlstate == "42601" and e.diag.statement_position == "1",
                   f"syntax error {e.sqlstate} at {e.diag.statement_position}")
-        on_replica(port(conn), "read after errors")
+        settle(conn, "reads after errors")
         # Notices arrive through the notice handler.
         notices = []
         conn.add_notice_handler(lambda d: notices.append((d.severity, d.message_primary)))
