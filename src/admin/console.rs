@@ -8,6 +8,7 @@
 //! | `SHOW POOLS` | one per (node, database, user) pool: size, idle, in use |
 //! | `SHOW CLIENTS` | one per live client session |
 //! | `SHOW STATS` | totals (clients, login failures), then routing decisions per (target, rule) |
+//! | `SHOW REPLICATION` | one per replica (and database, in forward mode): state, position, lag, slot size |
 //! | `SHOW METRICS` | the Prometheus text served on `admin.metrics_address`, one line per row |
 //! | `SHOW ROUTE <sql>` | where the router would send `<sql>` and which rule decided |
 //!
@@ -34,7 +35,7 @@ use ColumnType::{Int, Text};
 
 /// The commands, for the HINT of an unknown one.
 const COMMANDS_HINT: &str = "The admin console understands SHOW NODES, SHOW POOLS, SHOW CLIENTS, SHOW STATS, \
-                             SHOW METRICS and SHOW ROUTE <sql>.";
+                             SHOW REPLICATION, SHOW METRICS and SHOW ROUTE <sql>.";
 
 /// Longest command text quoted back in an error, so that a pasted script does not come back whole.
 const QUOTE_LIMIT: usize = 200;
@@ -202,6 +203,7 @@ fn run_command(shared: &Shared, command: &str) -> Result<Table, ProxyError> {
         ["SHOW", "POOLS"] => Ok(show_pools(shared)),
         ["SHOW", "CLIENTS"] => Ok(show_clients(shared)),
         ["SHOW", "STATS"] => Ok(show_stats(shared)),
+        ["SHOW", "REPLICATION"] => Ok(show_replication(shared)),
         ["SHOW", "METRICS"] => Ok(show_metrics(shared)),
         _ => Err(unknown_command(command)),
     }
@@ -365,6 +367,38 @@ fn show_stats(shared: &Shared) -> Table {
             Some(target),
             Some(rule),
             Some(count.to_string()),
+        ]);
+    }
+    table
+}
+
+fn show_replication(shared: &Shared) -> Table {
+    let mut table = Table::new(&[
+        ("node", Text),
+        ("database", Text),
+        ("mode", Text),
+        ("slot", Text),
+        ("state", Text),
+        ("applied_lsn", Text),
+        ("lag_bytes", Int),
+        ("lag_ms", Int),
+        ("rows", Int),
+        ("transactions", Int),
+        ("slot_retained_bytes", Int),
+    ]);
+    for r in crate::replication::slots::report(shared) {
+        table.row(vec![
+            Some(r.node_name),
+            r.database,
+            Some(r.mode.to_owned()),
+            r.slot,
+            Some(r.state_name.to_owned()),
+            r.applied_lsn.map(crate::cluster::view::format_lsn),
+            r.lag_bytes.map(|b| b.to_string()),
+            r.lag.map(|l| l.as_millis().to_string()),
+            r.rows.map(|n| n.to_string()),
+            r.transactions.map(|n| n.to_string()),
+            r.slot_retained_bytes.map(|b| b.to_string()),
         ]);
     }
     table
@@ -723,6 +757,34 @@ mod tests {
         ours.write_all(&build(b'p', b"pw\0")).await.expect("write");
         let r = run_console(&mut theirs, &s, "admin").await;
         assert!(matches!(r, Err(ConsoleError::UnexpectedMessage('p'))), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn show_replication_in_external_mode_lists_the_replicas() {
+        let s = shared();
+        s.fleet.update(
+            1,
+            crate::cluster::view::NodeState {
+                up: true,
+                in_recovery: Some(true),
+                lsn: Some((0x16 << 32) | 0xB374D848),
+                ..Default::default()
+            },
+        );
+        let frames = converse(s, vec![query("show replication")]).await;
+        let rest = after_startup(&frames);
+        assert_eq!(kinds(rest), "TDCZ");
+        let desc = String::from_utf8_lossy(rest[0].body()).into_owned();
+        for column in ["node", "mode", "slot", "applied_lsn", "slot_retained_bytes"] {
+            assert!(desc.contains(column), "{column} in {desc:?}");
+        }
+        let rows = rows(rest);
+        assert_eq!(rows[0][0].as_deref(), Some("pg2"));
+        assert_eq!(rows[0][1], None, "no database in external mode");
+        assert_eq!(rows[0][2].as_deref(), Some("external"));
+        assert_eq!(rows[0][4].as_deref(), Some("streaming"));
+        assert_eq!(rows[0][5].as_deref(), Some("16/B374D848"));
+        assert_eq!(rows[0][8], None, "rows are counted in forward mode only");
     }
 
     #[test]

@@ -18,6 +18,7 @@ use tokio::sync::Semaphore;
 
 use crate::cluster::view::Primary;
 use crate::proxy::Shared;
+use crate::replication::slots::{self, SlotMonitor};
 
 /// Largest request head accepted; a scrape request is a few hundred bytes.
 const MAX_HEAD: usize = 8 * 1024;
@@ -344,7 +345,116 @@ pub fn render(shared: &Shared) -> String {
             active,
         );
     }
+    replication(&mut out, shared, slots::current().as_deref());
     out.text
+}
+
+/// Forward-mode families, one series per (replica, database) and per slot. In external mode PostgreSQL
+/// replicates and `pgfleet_node_lag_*` already say all pgfleet knows, so these families are left out.
+fn replication(out: &mut Exposition, shared: &Shared, monitor: Option<&SlotMonitor>) {
+    if !shared.fleet.forward.enabled() {
+        return;
+    }
+    let rows = slots::report_with(shared, monitor);
+    // Every state gets a sample, 0 or 1, so that a query for `state="copying"` finds a series at all times.
+    out.family(
+        "pgfleet_replication_state",
+        "gauge",
+        "1 for the forwarding task's current state (starting, copying, streaming, stopped), else 0.",
+    );
+    for r in &rows {
+        let [node, database] = labels(r);
+        for state in slots::STATES {
+            out.sample(
+                "pgfleet_replication_state",
+                &[node, database, ("state", state.name())],
+                u8::from(r.state == Some(state)),
+            );
+        }
+    }
+
+    // Integers stay integers in the text (an LSN as f64 would lose its low bits past 2^53).
+    let families: [PerReplica; 5] = [
+        (
+            "pgfleet_replication_applied_lsn",
+            "gauge",
+            "End position of the last transaction applied on the replica, as a number of WAL bytes.",
+            |r| r.applied_lsn.map(|l| l.to_string()),
+        ),
+        (
+            "pgfleet_replication_lag_bytes",
+            "gauge",
+            "WAL bytes between the primary's last known position and what the replica is consistent with.",
+            |r| r.lag_bytes.map(|b| b.to_string()),
+        ),
+        (
+            "pgfleet_replication_lag_seconds",
+            "gauge",
+            "Delay in time: 0 when the replica is caught up, else the age of the last commit it applied.",
+            |r| r.lag.map(|l| l.as_secs_f64().to_string()),
+        ),
+        (
+            "pgfleet_replication_rows_total",
+            "counter",
+            "Row changes applied since pgfleet started, rows of an initial copy included.",
+            |r| r.rows.map(|n| n.to_string()),
+        ),
+        (
+            "pgfleet_replication_transactions_total",
+            "counter",
+            "Primary transactions applied since pgfleet started.",
+            |r| r.transactions.map(|n| n.to_string()),
+        ),
+    ];
+    // Unknown values (nothing applied yet, primary position not seen) have no sample, as for node lag.
+    for (name, kind, help, value) in families {
+        out.family(name, kind, help);
+        for r in &rows {
+            if let Some(v) = value(r) {
+                out.sample(name, &labels(r), v);
+            }
+        }
+    }
+
+    // Every slot with pgfleet's prefix, including those of replicas no longer configured: they hold WAL too.
+    out.family(
+        "pgfleet_replication_slot_retained_bytes",
+        "gauge",
+        "WAL the replication slot holds back on the primary, at the slot monitor's last check.",
+    );
+    for (slot, bytes) in monitor.map(SlotMonitor::snapshot).unwrap_or_default() {
+        out.sample(
+            "pgfleet_replication_slot_retained_bytes",
+            &[("slot", &slot)],
+            bytes,
+        );
+    }
+    out.family(
+        "pgfleet_replication_max_slot_lag_bytes",
+        "gauge",
+        "replication.max_slot_lag: a slot holding more WAL than this is logged as a warning.",
+    );
+    out.sample(
+        "pgfleet_replication_max_slot_lag_bytes",
+        &[],
+        shared.config.replication.max_slot_lag,
+    );
+}
+
+/// A per-(replica, database) family: name, type, help, and the sample's value (None: no sample).
+type PerReplica = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&slots::ReplicaStatus) -> Option<String>,
+);
+
+/// The labels of a (replica, database) series.
+fn labels(r: &slots::ReplicaStatus) -> [(&'static str, &str); 2] {
+    [
+        ("node", r.node_name.as_str()),
+        ("database", r.database.as_deref().unwrap_or("")),
+    ]
 }
 
 /// Text exposition format writer.
@@ -481,6 +591,45 @@ mod tests {
                         .is_some_and(|(_, v)| v.parse::<f64>().is_ok())
             );
         }
+    }
+
+    #[test]
+    fn forward_mode_families() {
+        let config = Config::parse(
+            "[listen]\naddress = \"127.0.0.1:0\"\n\n[[users]]\nname = \"app\"\npassword = \"pw\"\n\n\
+             [[nodes]]\nname = \"pg1\"\naddress = \"127.0.0.1:5501\"\nrole = \"primary\"\n\n\
+             [[nodes]]\nname = \"pg2\"\naddress = \"127.0.0.1:5502\"\nrole = \"replica\"\n\n\
+             [replication]\nmode = \"forward\"\nuser = \"postgres\"\npassword = \"pw\"\n\
+             databases = [\"app\"]\nmax_slot_lag = \"1kB\"\n",
+        )
+        .expect("config");
+        let s = Shared::new(config).expect("shared");
+        let progress = &s.fleet.forward.progress[1][0];
+        progress.set_state(crate::replication::State::Streaming);
+        progress.set_applied(4096);
+        progress.rows.store(1000, Relaxed);
+        progress.transactions.store(7, Relaxed);
+        let monitor = SlotMonitor::new();
+        monitor.record(vec![("pgfleet_app_pg2".to_owned(), Some(2048))], 1024);
+        let mut out = Exposition::default();
+        replication(&mut out, &s, Some(&monitor));
+        let text = out.text;
+        for line in [
+            "pgfleet_replication_state{node=\"pg2\",database=\"app\",state=\"streaming\"} 1\n",
+            "pgfleet_replication_state{node=\"pg2\",database=\"app\",state=\"copying\"} 0\n",
+            "pgfleet_replication_applied_lsn{node=\"pg2\",database=\"app\"} 4096\n",
+            "pgfleet_replication_rows_total{node=\"pg2\",database=\"app\"} 1000\n",
+            "pgfleet_replication_transactions_total{node=\"pg2\",database=\"app\"} 7\n",
+            "pgfleet_replication_slot_retained_bytes{slot=\"pgfleet_app_pg2\"} 2048\n",
+            "pgfleet_replication_max_slot_lag_bytes 1024\n",
+            "# TYPE pgfleet_replication_lag_bytes gauge\n",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+        // The primary's position is not known yet: no lag samples rather than made-up ones.
+        assert!(!text.contains("pgfleet_replication_lag_bytes{"), "{text}");
+        // External mode has none of these families.
+        assert!(!render(&shared()).contains("pgfleet_replication_"));
     }
 
     #[test]

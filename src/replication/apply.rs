@@ -117,9 +117,24 @@ impl Applier {
         };
         self.progress.set_applied(start);
         self.progress.set_state(State::Streaming);
-        stream
+        if let Err(e) = stream
             .start(&self.slot, start, &self.shared.config.replication.name)
-            .await?;
+            .await
+        {
+            if matches!(&e, super::stream::StreamError::Refused { code, .. } if code == "42704") {
+                // The slot is gone (dropped, or invalidated by max_slot_wal_keep_size): only a fresh copy can
+                // make the replica whole again, and the next attempt does one.
+                tracing::warn!(slot = %self.slot, "replication slot missing; the replica will be copied again");
+                replica
+                    .execute(
+                        "UPDATE pgfleet_replica.progress SET state = 'lost' WHERE slot = $1",
+                        &[&self.slot],
+                    )
+                    .await
+                    .map_err(sql_err("marking the replica for a new copy"))?;
+            }
+            return Err(e.into());
+        }
         tracing::info!(replica = %self.shared.fleet.nodes[self.node].target.name, database = %self.database,
             from = %format_lsn(start), "forwarding changes");
         self.follow(&mut stream, &replica, start).await

@@ -127,10 +127,8 @@ async fn copy_table(job: &CopyJob<'_>, table: String) -> Result<u64, ForwardErro
 
 /// The primary's schema as of the snapshot, as SQL the replica can run (psql meta-commands removed).
 async fn dump_schema(job: &CopyJob<'_>) -> Result<String, ForwardError> {
-    let bin = crate::localcluster::find_bin_dir()
-        .map_err(|e| ForwardError::Setup(format!("pg_dump is needed for the initial copy: {e}")))?;
     let (host, port) = split_host_port(job.primary).map_err(ForwardError::Setup)?;
-    let mut child = tokio::process::Command::new(bin.join("pg_dump"))
+    let mut child = tokio::process::Command::new(pg_dump_path()?)
         .args([
             "--schema-only",
             "--clean",
@@ -182,4 +180,26 @@ async fn dump_schema(job: &CopyJob<'_>) -> Result<String, ForwardError> {
         .filter(|l| !l.starts_with('\\'))
         .collect::<Vec<_>>()
         .join("\n"))
+}
+
+/// pg_dump from `PG_BIN`, else the server binaries' directory, else `PATH`.
+fn pg_dump_path() -> Result<std::path::PathBuf, ForwardError> {
+    if let Some(dir) = std::env::var_os("PG_BIN").filter(|d| !d.is_empty()) {
+        let p = std::path::PathBuf::from(dir).join("pg_dump");
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    if let Ok(dir) = crate::localcluster::find_bin_dir()
+        && dir.join("pg_dump").is_file()
+    {
+        return Ok(dir.join("pg_dump"));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join("pg_dump"))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            ForwardError::Setup("pg_dump is needed for the initial copy: not found (set PG_BIN)".into())
+        })
 }

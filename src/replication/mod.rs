@@ -9,6 +9,7 @@ pub mod apply;
 pub mod copy;
 pub mod pgoutput;
 pub mod setup;
+pub mod slots;
 pub mod sql;
 pub mod stream;
 
@@ -156,6 +157,7 @@ pub fn spawn(shared: &Arc<Shared>) {
     if !shared.fleet.forward.enabled() {
         return;
     }
+    slots::spawn(shared);
     let shared = shared.clone();
     tokio::spawn(async move {
         if let Err(e) = setup::prepare_all(&shared).await {
