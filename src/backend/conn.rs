@@ -10,15 +10,11 @@ use super::connect::{BackendError, NodeTarget};
 use crate::protocol::messages::cstr;
 use crate::protocol::{Frame, FrameBuffer};
 
-/// Session state that a client put on this connection; what must be undone before another client gets it.
+/// Session state put on this connection: what the next request must adjust, and what a reset must undo.
 #[derive(Debug, Default)]
 pub struct AppliedState {
-    /// Owner session id; state below is only meaningful for that session.
-    pub owner: u64,
-    /// The last settings generation replayed here (see `frontend::state`).
-    pub settings_gen: u64,
-    /// Whether any SET ran here (so RESET ALL is due on release).
-    pub settings_dirty: bool,
+    /// Settings applied here, as the statements that applied them, by name (see `frontend::state`).
+    pub settings: std::collections::BTreeMap<String, String>,
     /// Named prepared statements that exist here.
     pub prepared: HashSet<String>,
     /// Which of the session's unnamed statements the unnamed slot holds.

@@ -100,19 +100,14 @@ impl Pools {
     }
 
     /// Checks out a connection, waiting at most pool.connect_timeout for a free slot.
-    pub async fn get(
-        &self,
-        target: &NodeTarget,
-        login: &Login<'_>,
-        session: u64,
-    ) -> Result<PooledConn, BackendError> {
+    pub async fn get(&self, target: &NodeTarget, login: &Login<'_>) -> Result<PooledConn, BackendError> {
         let pool = self.pool_for(target, login);
         let timeouts = Timeouts {
             wait: Some(self.config.connect_timeout),
             create: None,
             recycle: Some(self.config.connect_timeout),
         };
-        let mut obj = match pool.timeout_get(&timeouts).await {
+        let obj = match pool.timeout_get(&timeouts).await {
             Ok(o) => o,
             Err(PoolError::Backend(e)) => return Err(e),
             Err(PoolError::Timeout(_)) => {
@@ -125,10 +120,6 @@ impl Pools {
             }
             Err(other) => return Err(BackendError::protocol(target, format!("pool error: {other}"))),
         };
-        if obj.applied.owner != session {
-            obj.applied = Default::default();
-            obj.applied.owner = session;
-        }
         let counter = self.in_use[target.index].clone();
         counter.fetch_add(1, Ordering::Relaxed);
         Ok(PooledConn {
@@ -200,7 +191,7 @@ impl PooledConn {
         if obj.status != b'I' {
             reset.push_str("ROLLBACK;");
         }
-        if obj.applied.settings_dirty {
+        if !obj.applied.settings.is_empty() {
             reset.push_str("RESET ALL;RESET ROLE;SET SESSION AUTHORIZATION DEFAULT;");
         }
         if !obj.applied.prepared.is_empty() || obj.applied.unnamed.is_some() {
@@ -228,6 +219,17 @@ impl PooledConn {
         }
         obj.applied = Default::default();
         drop(obj);
+    }
+}
+
+impl PooledConn {
+    /// Transaction pooling: hands the connection back as it is, settings and prepared statements included;
+    /// the next session adjusts what differs. Only an idle, intact connection goes back; others are closed.
+    pub fn return_shared(mut self) {
+        let Some(obj) = self.obj.take() else { return };
+        if !obj.is_clean_idle() || obj.applied.unresettable {
+            drop(Object::take(obj));
+        }
     }
 }
 

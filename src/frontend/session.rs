@@ -316,13 +316,13 @@ impl Session {
     /// returning the server parameters to report (the node's, updated by what the parameters changed).
     async fn first_node(&mut self, node: usize) -> Result<Vec<(String, String)>, Greet> {
         self.connect(node).await.map_err(Greet::Node)?;
-        let generation = self.settings.generation();
-        let sql = self.settings.replay_since(0);
         let Some(conn) = self.conns[node].as_mut() else {
             return Ok(Vec::new());
         };
         let mut reported = conn.server_params.clone();
-        let Some(sql) = sql else { return Ok(reported) };
+        let Some(sql) = self.settings.diff(&conn.applied.settings) else {
+            return Ok(reported);
+        };
         let x = conn.exchange(&query(&sql)).await.map_err(Greet::Node)?;
         if let Some(err) = x.error {
             let body = err.body();
@@ -341,8 +341,7 @@ impl Session {
                 }
             }
         }
-        conn.applied.settings_gen = generation;
-        conn.applied.settings_dirty = true;
+        conn.applied.settings = self.settings.entries().clone();
         Ok(reported)
     }
 
@@ -391,7 +390,7 @@ impl Session {
             database: &self.database,
             replication: false,
         };
-        match self.shared.pools.get(&n.target, &login, self.id).await {
+        match self.shared.pools.get(&n.target, &login).await {
             Ok(c) => {
                 n.mark_up();
                 self.conns[node] = Some(c);
@@ -843,21 +842,10 @@ impl Session {
 
     /// Replays on `node` what the session has and that node lacks: settings, then prepared statements.
     async fn bring_up_to_date(&mut self, node: usize, plan: &Plan) -> Result<(), Prepare> {
-        let generation = self.settings.generation();
-        let settings_sql = {
-            let Some(conn) = self.conns[node].as_ref() else {
-                return Ok(());
-            };
-            if conn.applied.settings_gen < generation {
-                self.settings.replay_since(conn.applied.settings_gen)
-            } else {
-                None
-            }
-        };
         let Some(conn) = self.conns[node].as_mut() else {
             return Ok(());
         };
-        if let Some(sql) = settings_sql {
+        if let Some(sql) = self.settings.diff(&conn.applied.settings) {
             let x = conn.exchange(&query(&sql)).await.map_err(Prepare::Node)?;
             if let Some(err) = x.error {
                 let msg = crate::protocol::messages::error_field(err.body(), b'M')
@@ -871,8 +859,7 @@ impl Session {
                     ),
                 )));
             }
-            conn.applied.settings_gen = generation;
-            conn.applied.settings_dirty = true;
+            conn.applied.settings = self.settings.entries().clone();
             conn.applied.unnamed = None;
         }
         let mut replay: Vec<u8> = Vec::new();
@@ -986,8 +973,7 @@ impl Session {
                         self.settings.apply(&c);
                     }
                     // The node that ran them already has them.
-                    conn.applied.settings_gen = self.settings.generation();
-                    conn.applied.settings_dirty = true;
+                    conn.applied.settings = self.settings.entries().clone();
                 }
                 self.pending_changes.clear();
             }

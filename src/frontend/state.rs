@@ -8,60 +8,62 @@ use bytes::Bytes;
 use crate::protocol::messages::{quote_ident, quote_literal};
 use crate::router::classify::{Pin, SessionChange, Target};
 
-/// Session settings as a generation-numbered log: a node that has replayed up to generation `g` needs only
-/// the entries newer than `g`.
+/// Session settings: the latest statement per setting name. A node connection records the same map for
+/// what has been applied on it, and the difference between the two is what must run before a request.
 #[derive(Debug, Default)]
 pub struct Settings {
-    generation: u64,
-    reset_all_at: u64,
-    entries: BTreeMap<String, (u64, String)>,
+    entries: BTreeMap<String, String>,
 }
 
 impl Settings {
-    /// The newest generation.
-    pub fn generation(&self) -> u64 {
-        self.generation
-    }
-
     /// Records a startup parameter as the SET that reproduces it.
     pub fn set_startup(&mut self, name: &str, value: &str) {
         let name = name.to_ascii_lowercase();
         let sql = format!("SET {} TO {}", quote_ident(&name), quote_literal(value));
-        self.generation += 1;
-        self.entries.insert(name, (self.generation, sql));
+        self.entries.insert(name, sql);
     }
 
     /// Records a SET/RESET the client ran successfully.
     pub fn apply(&mut self, change: &SessionChange) {
-        self.generation += 1;
         match change {
-            SessionChange::Set { name, statement } | SessionChange::Reset { name, statement } => {
-                self.entries
-                    .insert(name.clone(), (self.generation, statement.clone()));
+            SessionChange::Set { name, statement } => {
+                self.entries.insert(name.clone(), statement.clone());
             }
-            SessionChange::ResetAll => {
-                self.entries.clear();
-                self.reset_all_at = self.generation;
+            SessionChange::Reset { name, .. } => {
+                self.entries.remove(name);
             }
+            SessionChange::ResetAll => self.entries.clear(),
         }
     }
 
-    /// The statements a node at generation `since` must run to match the session, or None if none.
-    pub fn replay_since(&self, since: u64) -> Option<String> {
-        if since >= self.generation {
-            return None;
-        }
+    /// The settings as applied statements, by name.
+    pub fn entries(&self) -> &BTreeMap<String, String> {
+        &self.entries
+    }
+
+    /// The statements that turn a connection with `applied` settings into this session's; None if equal.
+    pub fn diff(&self, applied: &BTreeMap<String, String>) -> Option<String> {
         let mut sql = String::new();
-        if self.reset_all_at > since {
-            sql.push_str("RESET ALL;");
-        }
-        let mut newer: Vec<&(u64, String)> = self.entries.values().filter(|(g, _)| *g > since).collect();
-        newer.sort_by_key(|(g, _)| *g);
-        for (_, stmt) in newer {
-            sql.push_str(stmt);
+        for name in applied.keys().filter(|k| !self.entries.contains_key(*k)) {
+            sql.push_str(&reset_statement(name));
             sql.push(';');
         }
+        for (name, stmt) in &self.entries {
+            if applied.get(name) != Some(stmt) {
+                sql.push_str(stmt);
+                sql.push(';');
+            }
+        }
         if sql.is_empty() { None } else { Some(sql) }
+    }
+}
+
+/// How to put one setting back to its default.
+fn reset_statement(name: &str) -> String {
+    match name {
+        "session_authorization" => "SET SESSION AUTHORIZATION DEFAULT".to_owned(),
+        "role" => "RESET ROLE".to_owned(),
+        other => format!("RESET {}", quote_ident(other)),
     }
 }
 
@@ -84,16 +86,19 @@ pub struct Statement {
 #[derive(Debug, Default)]
 pub struct Statements {
     by_name: HashMap<String, Statement>,
-    next_id: u64,
 }
+
+/// Ids of unnamed statements, unique across sessions: in transaction pooling a connection's unnamed
+/// statement may come from any session.
+static NEXT_STATEMENT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl Statements {
     /// Records a statement the client parsed.
     pub fn insert(&mut self, name: &str, mut stmt: Statement) -> u64 {
-        self.next_id += 1;
-        stmt.id = self.next_id;
+        let id = NEXT_STATEMENT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        stmt.id = id;
         self.by_name.insert(name.to_owned(), stmt);
-        self.next_id
+        id
     }
 
     /// Looks one up.
@@ -117,26 +122,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn replay_only_what_is_newer() {
+    fn diff_runs_only_what_differs() {
         let mut s = Settings::default();
         s.set_startup("application_name", "psql");
-        let g1 = s.generation();
+        let none = BTreeMap::new();
+        assert_eq!(s.diff(&none).as_deref(), Some("SET application_name TO 'psql';"));
+        assert_eq!(s.diff(s.entries()), None);
+        let before = s.entries().clone();
         s.apply(&SessionChange::Set {
             name: "search_path".into(),
             statement: "SET search_path TO x".into(),
         });
-        assert_eq!(s.replay_since(g1).as_deref(), Some("SET search_path TO x;"));
-        assert_eq!(s.replay_since(s.generation()), None);
-        s.apply(&SessionChange::Set {
-            name: "search_path".into(),
-            statement: "SET search_path TO y".into(),
-        });
-        let all = s.replay_since(0).expect("some");
-        assert!(
-            all.contains("application_name") && all.contains("TO y") && !all.contains("TO x"),
-            "{all}"
+        assert_eq!(s.diff(&before).as_deref(), Some("SET search_path TO x;"));
+        let mut other = before.clone();
+        other.insert("role".into(), "SET ROLE bob".into());
+        other.insert("work_mem".into(), "SET work_mem = '9MB'".into());
+        assert_eq!(
+            s.diff(&other).as_deref(),
+            Some("RESET ROLE;RESET work_mem;SET search_path TO x;")
         );
         s.apply(&SessionChange::ResetAll);
-        assert_eq!(s.replay_since(g1).as_deref(), Some("RESET ALL;"));
+        assert_eq!(s.diff(&before).as_deref(), Some("RESET application_name;"));
     }
 }
