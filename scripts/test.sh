@@ -15,7 +15,12 @@ echo "== cargo test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
-cargo test --locked --all-targets --no-fail-fast -- --test-threads="${PGFLEET_TEST_THREADS:-2}" 2>&1 | tee "$log" || status=$?
+threads="${PGFLEET_TEST_THREADS:-2}"
+cargo test --locked --all-targets --no-fail-fast -- --test-threads="$threads" 2>&1 | tee "$log" || status=$?
+echo "== the core client suites again under transaction pooling"
+PGFLEET_TEST_POOL_MODE=transaction cargo test --locked --no-fail-fast \
+  --test core_routing --test client_drivers --test psql_pgbench --test sessions_auth --test failures \
+  -- --test-threads="$threads" 2>&1 | tee -a "$log" || status=$?
 # One closing line for the whole suite, summed over every test binary.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "all tests: %d passed, %d failed\n", p, f }' "$log"

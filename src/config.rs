@@ -392,10 +392,24 @@ impl Default for RoutingConfig {
     }
 }
 
+/// When a client's backend connection goes back to the pool.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    /// At the end of the client session.
+    #[default]
+    Session,
+    /// At the end of each transaction, so that many clients share few backend connections.
+    Transaction,
+}
+
 /// `[pool]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolConfig {
+    /// Session or transaction pooling.
+    #[serde(default)]
+    pub mode: PoolMode,
     /// Most connections per (node, database, user).
     #[serde(default = "default_max_size")]
     pub max_size: usize,
@@ -410,6 +424,7 @@ pub struct PoolConfig {
 impl Default for PoolConfig {
     fn default() -> Self {
         Self {
+            mode: PoolMode::default(),
             max_size: default_max_size(),
             connect_timeout: default_connect_timeout(),
             idle_timeout: default_idle_timeout(),

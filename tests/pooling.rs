@@ -70,7 +70,7 @@ async fn leave(c: tokio_postgres::Client) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn next_client_gets_the_same_backend_without_the_previous_session_state() {
     let cluster = cluster_async().await;
-    let proxy = Proxy::start(&cluster, "[pool]\nmax_size = 1\n");
+    let proxy = Proxy::start(&cluster, "[pool]\nmode = \"session\"\nmax_size = 1\n");
     let dsn = primary_dsn(&proxy);
 
     // Client A leaves settings and a protocol-level prepared statement on the primary backend.
@@ -151,7 +151,7 @@ async fn next_client_gets_the_same_backend_without_the_previous_session_state() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_backends_are_reset_too() {
     let cluster = cluster_async().await;
-    let proxy = Proxy::start(&cluster, "[pool]\nmax_size = 1\n");
+    let proxy = Proxy::start(&cluster, "[pool]\nmode = \"session\"\nmax_size = 1\n");
     let dsn = proxy.dsn(APP_USER, PASSWORD, APP_DB);
     let replicas: Vec<String> = cluster.replicas.iter().map(|r| r.port.to_string()).collect();
 
@@ -374,7 +374,7 @@ async fn temp_tables_and_session_locks_do_not_leak_to_the_next_client() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_backends_are_closed_after_idle_timeout() {
     let cluster = cluster_async().await;
-    let proxy = Proxy::start(&cluster, "[pool]\nidle_timeout = \"1s\"\n");
+    let proxy = Proxy::start(&cluster, "[pool]\nmode = \"session\"\nidle_timeout = \"1s\"\n");
     let dsn = proxy.dsn(APP_USER, PASSWORD, APP_DB);
     let mut clients = Vec::new();
     for i in 0..3 {

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod cancel;
 pub mod forward;
 pub mod listener;
+pub mod names;
 pub mod request;
 pub mod scram;
 pub mod session;

@@ -234,7 +234,7 @@ impl Plan {
 
 /// Names dropped by `DEALLOCATE [PREPARE] name | ALL` statements in a simple-query string; `*` for ALL.
 /// Drivers (psycopg among them) evict cached statements this way, so the proxy must forget them too.
-fn deallocated_names(sql: &str) -> Vec<String> {
+pub fn deallocated_names(sql: &str) -> Vec<String> {
     let mut out = Vec::new();
     for stmt in split_statements(sql) {
         let words = first_keywords(stmt, 3);

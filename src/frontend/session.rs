@@ -11,13 +11,14 @@ use tracing::Instrument;
 use super::auth;
 use super::cancel::CancelKey;
 use super::forward::{Flow, FlowError};
+use super::names::StatementNames;
 use super::request::{End, Plan, Request};
 use super::state::{Settings, Statements};
 use super::stream::ClientStream;
 use crate::admin::stats::ClientInfo;
 use crate::backend::connect::Login;
 use crate::backend::{BackendError, PooledConn};
-use crate::config::ReadYourWrites;
+use crate::config::{PoolMode, ReadYourWrites};
 use crate::protocol::messages::{
     ProxyError, Severity, backend_key_data, close_statement, parameter_status, query, ready_for_query, sync,
 };
@@ -184,6 +185,10 @@ pub(super) struct Session {
     last_write_lsn: Option<u64>,
     /// The open transaction ran something on the primary that may have written.
     tx_wrote: bool,
+    /// Transaction pooling: node connections go back to the pool between transactions.
+    shared_conns: bool,
+    /// Transaction pooling: the client's statement names and the proxy's.
+    names: StatementNames,
 }
 
 impl Session {
@@ -231,6 +236,7 @@ impl Session {
             .next_session
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let key = shared.cancels.register();
+        let shared_conns = shared.config.pool.mode == PoolMode::Transaction;
         let rules = shared
             .catalog
             .cached(&database)
@@ -255,6 +261,8 @@ impl Session {
             rules,
             last_write_lsn: None,
             tx_wrote: false,
+            shared_conns,
+            names: StatementNames::default(),
         };
         session.greet().await?;
         session.shared.stats.client_connected(
@@ -282,6 +290,7 @@ impl Session {
         for node in order {
             match self.first_node(node).await {
                 Ok(reported) => {
+                    self.release_between_transactions(node);
                     let mut out = Vec::new();
                     for (k, v) in &reported {
                         out.extend_from_slice(&parameter_status(k, v));
@@ -443,6 +452,18 @@ impl Session {
                     self.discard_until_sync = false;
                     self.write_client(&ready_for_query(self.status())).await?;
                 }
+                continue;
+            }
+            let frame = if self.shared_conns {
+                self.names.rewrite(frame)
+            } else {
+                frame
+            };
+            if self.shared_conns
+                && frame.kind == b'Q'
+                && req.frames.is_empty()
+                && self.deallocate_locally(&frame).await?
+            {
                 continue;
             }
             if let Some(end) = req.push(frame) {
@@ -784,6 +805,7 @@ impl Session {
             match Flow::run(self, node, &req, end, plan).await {
                 Ok(()) => {
                     self.after_request(node, wrote).await;
+                    self.release_between_transactions(node);
                     return Ok(());
                 }
                 Err(FlowError::Client(e)) => return Err(e),
@@ -811,6 +833,39 @@ impl Session {
     }
 
     /// A node died under a request that could not be retried.
+    /// Transaction pooling: gives the node connection back once no transaction or pinned state needs it.
+    fn release_between_transactions(&mut self, node: usize) {
+        if !self.shared_conns
+            || self.tx_node.is_some()
+            || self.holds_state_on(node)
+            || self.discard_until_sync
+        {
+            return;
+        }
+        if let Some(c) = self.conns[node].take() {
+            c.return_shared();
+        }
+    }
+
+    /// Transaction pooling: a query made only of DEALLOCATE statements names the client's statements, which
+    /// exist on shared connections under proxy names; the proxy forgets them and answers by itself.
+    async fn deallocate_locally(&mut self, frame: &crate::protocol::Frame) -> Result<bool, SessionError> {
+        let text = crate::protocol::messages::query_text(frame.body()).unwrap_or("");
+        let statements = crate::router::split::split_statements(text);
+        let names = super::request::deallocated_names(text);
+        if statements.is_empty() || names.len() != statements.len() {
+            return Ok(false);
+        }
+        self.names.forget(&names);
+        let mut out = Vec::new();
+        for _ in &names {
+            out.extend_from_slice(&crate::protocol::frame::build(b'C', b"DEALLOCATE\0"));
+        }
+        out.extend_from_slice(&ready_for_query(self.status()));
+        self.write_client(&out).await?;
+        Ok(true)
+    }
+
     /// Whether the session has a transaction or pinned state on `node`, which dies with its connection.
     fn holds_state_on(&self, node: usize) -> bool {
         self.tx_node == Some(node) || matches!(self.pinned, Some((n, _)) if n == node)
@@ -864,10 +919,11 @@ impl Session {
         }
         let mut replay: Vec<u8> = Vec::new();
         let mut added: Vec<(String, u64)> = Vec::new();
-        // A name the client closed and now parses again may still exist here if the Close ran elsewhere.
+        // A name the client closed and now parses again may still exist here if the Close ran elsewhere; with
+        // shared connections, another session may have prepared the same proxy-named statement here.
         for (name, _) in &plan.parses {
-            if !name.is_empty() && conn.applied.prepared.contains(name) && self.statements.get(name).is_none()
-            {
+            let stale = self.shared_conns || self.statements.get(name).is_none();
+            if !name.is_empty() && conn.applied.prepared.contains(name) && stale {
                 replay.extend_from_slice(&close_statement(name));
                 conn.applied.prepared.remove(name);
             }

@@ -66,9 +66,21 @@ impl Proxy {
         if !extra_toml.lines().any(|line| line.trim() == "[routing]") {
             text.push_str("\n[routing]\nload_balance = \"round_robin\"\n");
         }
-        if !extra_toml.trim().is_empty() {
+        // PGFLEET_TEST_POOL_MODE runs a whole suite under another pool mode ("transaction").
+        let mut extra = extra_toml.to_owned();
+        if let Ok(mode) = std::env::var("PGFLEET_TEST_POOL_MODE")
+            && !mode.is_empty()
+            && !extra.contains("mode = \"")
+        {
+            if extra.contains("[pool]") {
+                extra = extra.replacen("[pool]", &format!("[pool]\nmode = \"{mode}\""), 1);
+            } else {
+                extra.push_str(&format!("\n[pool]\nmode = \"{mode}\"\n"));
+            }
+        }
+        if !extra.trim().is_empty() {
             text.push('\n');
-            text.push_str(extra_toml);
+            text.push_str(&extra);
             text.push('\n');
         }
         text
