@@ -2,13 +2,15 @@
 //! up to Sync or Flush), and the plan derived from it: where it may run and what session state it touches.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
 use super::state::{Statement, Statements};
 use crate::protocol::Frame;
 use crate::protocol::messages::{bind_names, parse_fields, query_text, target_name};
-use crate::router::classify::{Decision, Pin, SessionChange, Target, TxStart, classify};
+use crate::router::cache::classify_cached;
+use crate::router::classify::{Decision, Pin, SessionChange, Target, TxStart};
 use crate::router::functions::FunctionRules;
 use crate::router::split::{first_keywords, split_statements};
 
@@ -152,19 +154,19 @@ impl Plan {
     }
 
     /// Adds one frame's consequences; used for the request and for frames that follow an open batch.
-    pub fn note(&mut self, frame: &Frame, statements: &Statements, rules: &FunctionRules) {
+    pub fn note(&mut self, frame: &Frame, statements: &Statements, rules: &Arc<FunctionRules>) {
         let body = frame.body();
         match frame.kind {
             b'Q' => {
                 self.has_query = true;
                 let text = query_text(body).unwrap_or("");
-                let d = classify(text, rules);
+                let d = classify_cached(text, rules);
                 self.merge(&d, true);
                 self.deallocates.extend(deallocated_names(text));
             }
             b'P' => {
                 let (name, text) = parse_fields(body).unwrap_or(("", ""));
-                let d = classify(text, rules);
+                let d = classify_cached(text, rules);
                 // The statement's own consequences count once it is executed, not when it is prepared;
                 // but a write is prepared on the primary so that its Execute needs no second Parse.
                 if d.target == Target::Primary && self.target != Target::Primary {
@@ -218,7 +220,7 @@ impl Plan {
     }
 
     /// The plan for a whole request.
-    pub fn for_request(req: &Request, statements: &Statements, rules: &FunctionRules) -> Plan {
+    pub fn for_request(req: &Request, statements: &Statements, rules: &Arc<FunctionRules>) -> Plan {
         let mut plan = Plan::empty();
         for f in &req.frames {
             plan.note(f, statements, rules);

@@ -2,6 +2,7 @@
 //! with the per-database function rules in `catalog`; the session applies the policy).
 
 pub mod balance;
+pub mod cache;
 pub mod catalog;
 pub mod classify;
 pub mod functions;
