@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 
+use pgfleet::router::cache::classify_cached;
 use pgfleet::router::classify::{Pin, Rule, SessionChange, Target, TxStart, classify};
 use pgfleet::router::functions::FunctionRules;
 
@@ -463,6 +464,27 @@ fn routing_table() {
         rows.len(),
         failures.join("\n")
     );
+    // The fast path (decisions remembered per statement shape) must decide exactly as the classifier, for
+    // every row, also when a row's constants change after its shape was cached.
+    let shared = std::sync::Arc::new(rules);
+    for row in &rows {
+        let fresh = classify(&row.sql, &shared);
+        for _ in 0..2 {
+            assert_eq!(
+                *classify_cached(&row.sql, &shared),
+                fresh,
+                "cached decision differs for {:?}",
+                row.sql
+            );
+        }
+        let varied = row.sql.replace('1', "7").replace("'a'", "'zz'");
+        assert_eq!(
+            *classify_cached(&varied, &shared),
+            classify(&varied, &shared),
+            "cached decision differs for {varied:?} (after {:?})",
+            row.sql
+        );
+    }
 }
 
 #[test]
