@@ -2,9 +2,10 @@
 //! often with only their constants changing (`... WHERE aid = 4711`). The key is the statement's token
 //! stream with every string and number constant replaced by a marker: swapping one constant for another of
 //! the same kind changes neither whether the text parses nor any routing rule, so the cached decision is
-//! exactly what `classify` would return, and the sqlparser pass is skipped. The exceptions are kept out of
-//! the shape cache: statements whose decision carries their own text (SET/RESET, replayed verbatim) and
-//! EXPLAIN (whose `ANALYZE 0`/`ANALYZE 1` option is a constant that matters); those are cached by exact text.
+//! exactly what `classify` would return, and the sqlparser pass is skipped. Two kinds are kept out of the
+//! shape cache and cached by exact text: decisions that carry their statement's text (SET/RESET, replayed
+//! verbatim — whether a decision has them depends only on the shape, so no shape entry ever stands for one),
+//! and EXPLAIN (whose `ANALYZE 0`/`ANALYZE 1` option is a constant that matters).
 //! Keys include the function rules' identity, so a reload of a database's functions starts afresh.
 
 use std::collections::HashMap;
