@@ -453,22 +453,93 @@ impl Batch {
     }
 }
 
-/// The DDL statements of a client's query string, as the replica must run them.
+/// The DDL statements of a client's query string, as the replica must run them. Rows that a statement
+/// writes into a new table (CREATE TABLE AS, SELECT INTO) arrive through the change stream like any other
+/// rows, so the replica creates such tables empty; materialized views are not in the stream, so they are
+/// created and refreshed on the replica from its own (identical) data.
 fn ddl_statements(text: &str) -> Vec<String> {
     let rules = crate::router::functions::FunctionRules::default();
-    split_statements(text)
-        .into_iter()
-        .filter(|s| classify(s, &rules).ddl)
-        .filter(|s| {
-            let upper = s.to_ascii_uppercase();
-            // pgfleet's own machinery stays on the primary.
-            !(upper.contains("PUBLICATION")
-                || upper.contains("SUBSCRIPTION")
-                || upper.contains("EVENT TRIGGER"))
-        })
-        // A replica transaction cannot build an index concurrently; the plain form gives the same index.
-        .map(|s| s.replace(" CONCURRENTLY", "").replace(" concurrently", ""))
-        .collect()
+    let mut out = Vec::new();
+    for stmt in split_statements(text) {
+        let upper = stmt.to_ascii_uppercase();
+        // pgfleet's own machinery stays on the primary.
+        if upper.contains("PUBLICATION") || upper.contains("SUBSCRIPTION") || upper.contains("EVENT TRIGGER")
+        {
+            continue;
+        }
+        let words = crate::router::split::first_keywords(stmt, 4);
+        let word = |i: usize| words.get(i).map(String::as_str).unwrap_or("");
+        let temp = |w: &str| matches!(w, "TEMP" | "TEMPORARY");
+        let d = classify(stmt, &rules);
+        if word(0) == "REFRESH" {
+            out.push(stmt.to_owned());
+        } else if d.rule == crate::router::classify::Rule::SelectInto {
+            if let Some(table) = select_into_target(stmt) {
+                out.push(stmt.to_owned());
+                out.push(format!("TRUNCATE {table}"));
+            }
+        } else if d.ddl {
+            // Temporary objects live only in the session that made them.
+            if word(0) == "CREATE"
+                && (temp(word(1)) || (word(1) == "LOCAL" || word(1) == "GLOBAL") && temp(word(2)))
+            {
+                continue;
+            }
+            // A replica transaction cannot build an index concurrently; the plain form gives the same index.
+            let mut stmt = stmt.replace(" CONCURRENTLY", "").replace(" concurrently", "");
+            if word(0) == "CREATE" && is_create_table_as(&upper) {
+                let trimmed = stmt.trim_end().trim_end_matches(';').trim_end().to_owned();
+                let lower = trimmed.to_ascii_lowercase();
+                stmt = if lower.ends_with("with no data") {
+                    trimmed
+                } else if lower.ends_with("with data") {
+                    format!("{} WITH NO DATA", &trimmed[..trimmed.len() - "with data".len()])
+                } else {
+                    format!("{trimmed} WITH NO DATA")
+                };
+            }
+            out.push(stmt);
+        }
+    }
+    out
+}
+
+/// CREATE [UNLOGGED] TABLE ... AS (not a materialized view, whose rows are not in the stream).
+fn is_create_table_as(upper: &str) -> bool {
+    let head: Vec<&str> = upper.split_whitespace().take(4).collect();
+    let is_table =
+        head.get(1) == Some(&"TABLE") || (head.get(1) == Some(&"UNLOGGED") && head.get(2) == Some(&"TABLE"));
+    is_table && upper.split_whitespace().any(|w| w == "AS")
+}
+
+/// The table a non-temporary `SELECT ... INTO [UNLOGGED] [TABLE] name` creates.
+fn select_into_target(stmt: &str) -> Option<String> {
+    use crate::router::split::{Lexer, TokKind};
+    let toks: Vec<_> = Lexer::new(stmt).filter(|t| t.kind != TokKind::Comment).collect();
+    let at = toks
+        .iter()
+        .position(|t| t.kind == TokKind::Word && t.text(stmt).eq_ignore_ascii_case("INTO"))?;
+    let mut i = at + 1;
+    while let Some(t) = toks.get(i) {
+        let w = t.text(stmt).to_ascii_uppercase();
+        match w.as_str() {
+            "TEMP" | "TEMPORARY" => return None,
+            "UNLOGGED" | "TABLE" => i += 1,
+            _ => break,
+        }
+    }
+    // name, or schema.name: identifiers separated by single dots.
+    let ident = |t: Option<&crate::router::split::Tok>| {
+        t.filter(|t| matches!(t.kind, TokKind::Word | TokKind::QuotedIdent))
+            .map(|t| t.text(stmt).to_owned())
+    };
+    let mut name = ident(toks.get(i))?;
+    while toks.get(i + 1).is_some_and(|t| t.text(stmt) == ".") {
+        name.push('.');
+        name.push_str(&ident(toks.get(i + 2))?);
+        i += 2;
+    }
+    Some(name)
 }
 
 /// Carries sequence values from the primary to the replica (sequences are not in the change stream).
@@ -514,6 +585,19 @@ mod tests {
     fn only_ddl_is_replayed() {
         let got = ddl_statements(
             "CREATE TABLE a (x int); INSERT INTO a VALUES (1); CREATE INDEX CONCURRENTLY i ON a (x)",
+        );
+        assert_eq!(
+            ddl_statements("CREATE TABLE b AS SELECT * FROM a"),
+            vec!["CREATE TABLE b AS SELECT * FROM a WITH NO DATA"]
+        );
+        assert_eq!(
+            ddl_statements("SELECT * INTO public.c FROM a"),
+            vec!["SELECT * INTO public.c FROM a", "TRUNCATE public.c"]
+        );
+        assert!(ddl_statements("CREATE TEMP TABLE d (x int); SELECT * INTO TEMP e FROM a").is_empty());
+        assert_eq!(
+            ddl_statements("REFRESH MATERIALIZED VIEW m"),
+            vec!["REFRESH MATERIALIZED VIEW m"]
         );
         assert_eq!(got, vec!["CREATE TABLE a (x int)", "CREATE INDEX i ON a (x)"]);
         assert!(ddl_statements("CREATE PUBLICATION p FOR ALL TABLES").is_empty());
