@@ -6,7 +6,7 @@
 //! at any moment leads to neither loss nor duplicates: on restart, transactions at or below the stored
 //! position are skipped.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -62,9 +62,14 @@ impl Applier {
         let name = self.shared.fleet.nodes[self.node].target.name.clone();
         let mut pause = Duration::from_millis(500);
         loop {
+            let started = std::time::Instant::now();
             match self.run_once().await {
                 Ok(()) => pause = Duration::from_millis(500),
                 Err(e) => {
+                    // A run that streamed for a while earned a quick retry; repeated quick failures back off.
+                    if started.elapsed() > Duration::from_secs(30) {
+                        pause = Duration::from_millis(500);
+                    }
                     self.progress.set_state(State::Stopped);
                     tracing::warn!(replica = %name, database = %self.database, error = %e, "forwarding stopped; retrying");
                     tokio::time::sleep(pause).await;
@@ -306,7 +311,8 @@ struct Batch {
     transactions: u64,
     end: Option<Lsn>,
     last_commit_time: i64,
-    ddl_seen: HashSet<String>,
+    /// Per DDL string, how many of its event-trigger messages this primary transaction has carried.
+    ddl_seen: HashMap<String, usize>,
 }
 
 impl Batch {
@@ -403,25 +409,37 @@ impl Batch {
             } => {
                 if prefix == DDL_PREFIX && transactional {
                     let text = String::from_utf8_lossy(&content).into_owned();
-                    // One DDL string fires the trigger once per command it runs; apply it once.
-                    if self.ddl_seen.insert(text.clone()) {
-                        let mut parts = text.splitn(3, '\n');
-                        let (role, path, query) = (parts.next(), parts.next(), parts.next());
-                        let (Some(role), Some(path), Some(query)) = (role, path, query) else {
-                            return Err(ForwardError::Apply(format!("malformed DDL message: {text}")));
-                        };
-                        let statements = ddl_statements(query);
-                        if !statements.is_empty() {
-                            self.push(&format!(
-                                "SET ROLE {}; SET search_path TO {path}",
-                                sql::quote_ident(role)
-                            ));
-                            for stmt in statements {
-                                self.push(&stmt);
-                                self.changes += 1;
-                            }
-                            self.push("RESET ROLE; RESET search_path");
+                    let mut parts = text.splitn(3, '\n');
+                    let (Some(role), Some(path), Some(query)) = (parts.next(), parts.next(), parts.next())
+                    else {
+                        return Err(ForwardError::Apply(format!("malformed DDL message: {text}")));
+                    };
+                    // The trigger fires once per command, before it runs: the k-th message for a string stands
+                    // for the k-th command of that string, at its place among the string's row changes.
+                    let seen = self.ddl_seen.entry(text.clone()).or_insert(0);
+                    let k = *seen;
+                    *seen += 1;
+                    let commands = ddl_commands(query);
+                    let run: Vec<String> = if commands.is_empty() {
+                        // DDL run by a DO block or a function: the block is replayed once, whole.
+                        if k == 0 {
+                            vec![query.to_owned()]
+                        } else {
+                            Vec::new()
                         }
+                    } else {
+                        commands.into_iter().nth(k).flatten().unwrap_or_default()
+                    };
+                    if !run.is_empty() {
+                        self.push(&format!(
+                            "SET ROLE {}; SET search_path TO {path}",
+                            sql::quote_ident(role)
+                        ));
+                        for stmt in run {
+                            self.push(&stmt);
+                            self.changes += 1;
+                        }
+                        self.push("RESET ROLE; RESET search_path");
                     }
                 }
             }
@@ -453,41 +471,38 @@ impl Batch {
     }
 }
 
-/// The DDL statements of a client's query string, as the replica must run them. Rows that a statement
+/// The commands of a client's query string that fire the DDL event trigger, in order, each with what the
+/// replica must run for it (nothing for temporary objects and pgfleet's own machinery). Rows that a command
 /// writes into a new table (CREATE TABLE AS, SELECT INTO) arrive through the change stream like any other
 /// rows, so the replica creates such tables empty; materialized views are not in the stream, so they are
 /// created and refreshed on the replica from its own (identical) data.
-fn ddl_statements(text: &str) -> Vec<String> {
+fn ddl_commands(text: &str) -> Vec<Option<Vec<String>>> {
     let rules = crate::router::functions::FunctionRules::default();
     let mut out = Vec::new();
     for stmt in split_statements(text) {
         let upper = stmt.to_ascii_uppercase();
-        // pgfleet's own machinery stays on the primary.
-        if upper.contains("PUBLICATION") || upper.contains("SUBSCRIPTION") || upper.contains("EVENT TRIGGER")
-        {
+        let words = crate::router::split::first_keywords(stmt, 6);
+        let word = |i: usize| words.get(i).map(String::as_str).unwrap_or("");
+        let d = classify(stmt, &rules);
+        if !fires_event_trigger(&words, &upper, &d) {
             continue;
         }
-        let words = crate::router::split::first_keywords(stmt, 4);
-        let word = |i: usize| words.get(i).map(String::as_str).unwrap_or("");
         let temp = |w: &str| matches!(w, "TEMP" | "TEMPORARY");
-        let d = classify(stmt, &rules);
-        if word(0) == "REFRESH" {
-            out.push(stmt.to_owned());
-        } else if d.rule == crate::router::classify::Rule::SelectInto {
-            if let Some(table) = select_into_target(stmt) {
-                out.push(stmt.to_owned());
-                out.push(format!("TRUNCATE {table}"));
-            }
-        } else if d.ddl {
+        if upper.contains("PUBLICATION") || upper.contains("SUBSCRIPTION") {
+            out.push(None);
+        } else if word(0) == "CREATE"
+            && (temp(word(1)) || matches!(word(1), "LOCAL" | "GLOBAL") && temp(word(2)))
+        {
             // Temporary objects live only in the session that made them.
-            if word(0) == "CREATE"
-                && (temp(word(1)) || (word(1) == "LOCAL" || word(1) == "GLOBAL") && temp(word(2)))
-            {
-                continue;
-            }
+            out.push(None);
+        } else if d.rule == crate::router::classify::Rule::SelectInto {
+            out.push(
+                select_into_target(stmt).map(|table| vec![stmt.to_owned(), format!("TRUNCATE {table}")]),
+            );
+        } else {
             // A replica transaction cannot build an index concurrently; the plain form gives the same index.
             let mut stmt = stmt.replace(" CONCURRENTLY", "").replace(" concurrently", "");
-            if word(0) == "CREATE" && is_create_table_as(&upper) {
+            if word(0) == "CREATE" && is_create_table_as(&stmt) {
                 let trimmed = stmt.trim_end().trim_end_matches(';').trim_end().to_owned();
                 let lower = trimmed.to_ascii_lowercase();
                 stmt = if lower.ends_with("with no data") {
@@ -498,18 +513,73 @@ fn ddl_statements(text: &str) -> Vec<String> {
                     format!("{trimmed} WITH NO DATA")
                 };
             }
-            out.push(stmt);
+            out.push(Some(vec![stmt]));
         }
     }
     out
 }
 
-/// CREATE [UNLOGGED] TABLE ... AS (not a materialized view, whose rows are not in the stream).
-fn is_create_table_as(upper: &str) -> bool {
-    let head: Vec<&str> = upper.split_whitespace().take(4).collect();
-    let is_table =
-        head.get(1) == Some(&"TABLE") || (head.get(1) == Some(&"UNLOGGED") && head.get(2) == Some(&"TABLE"));
-    is_table && upper.split_whitespace().any(|w| w == "AS")
+/// Whether PostgreSQL fires `ddl_command_start` for a statement: CREATE/ALTER/DROP of most objects (not
+/// databases, roles, tablespaces or event triggers), COMMENT, SECURITY LABEL, GRANT/REVOKE on objects,
+/// IMPORT FOREIGN SCHEMA, REFRESH MATERIALIZED VIEW, SELECT INTO and CREATE TABLE AS.
+fn fires_event_trigger(words: &[String], upper: &str, d: &crate::router::classify::Decision) -> bool {
+    let word = |i: usize| words.get(i).map(String::as_str).unwrap_or("");
+    match word(0) {
+        "CREATE" | "ALTER" | "DROP" => {
+            let object = words
+                .iter()
+                .skip(1)
+                .map(String::as_str)
+                .find(|w| {
+                    !matches!(
+                        *w,
+                        "OR" | "REPLACE"
+                            | "UNIQUE"
+                            | "TEMP"
+                            | "TEMPORARY"
+                            | "UNLOGGED"
+                            | "LOCAL"
+                            | "GLOBAL"
+                            | "MATERIALIZED"
+                            | "RECURSIVE"
+                            | "TRUSTED"
+                            | "PROCEDURAL"
+                            | "DEFAULT"
+                    )
+                })
+                .unwrap_or("");
+            !matches!(
+                object,
+                "DATABASE" | "ROLE" | "USER" | "GROUP" | "TABLESPACE" | "EVENT" | "SYSTEM"
+            )
+        }
+        "COMMENT" | "SECURITY" | "IMPORT" | "REFRESH" => true,
+        "GRANT" | "REVOKE" => upper.contains(" ON "),
+        _ => d.rule == crate::router::classify::Rule::SelectInto,
+    }
+}
+
+/// CREATE [UNLOGGED] TABLE ... AS (not a materialized view, whose rows are not in the stream): an `AS` at
+/// parenthesis depth 0 after the table name (column defaults and generated columns sit inside parentheses).
+fn is_create_table_as(stmt: &str) -> bool {
+    use crate::router::split::{Lexer, TokKind};
+    let toks: Vec<_> = Lexer::new(stmt).filter(|t| t.kind != TokKind::Comment).collect();
+    let Some(table_at) = toks
+        .iter()
+        .position(|t| t.kind == TokKind::Word && t.text(stmt).eq_ignore_ascii_case("TABLE"))
+    else {
+        return false;
+    };
+    let mut depth = 0i32;
+    for t in &toks[table_at + 1..] {
+        match t.text(stmt) {
+            "(" => depth += 1,
+            ")" => depth -= 1,
+            w if depth == 0 && t.kind == TokKind::Word && w.eq_ignore_ascii_case("AS") => return true,
+            _ => {}
+        }
+    }
+    false
 }
 
 /// The table a non-temporary `SELECT ... INTO [UNLOGGED] [TABLE] name` creates.
@@ -542,37 +612,43 @@ fn select_into_target(stmt: &str) -> Option<String> {
     Some(name)
 }
 
-/// Carries sequence values from the primary to the replica (sequences are not in the change stream).
+/// Carries sequence values from the primary to the replica (sequences are not in the change stream),
+/// comparing with what the replica has, so that a reset there (TRUNCATE ... RESTART IDENTITY) is corrected.
 async fn sync_sequences(
     primary: &tokio_postgres::Client,
     replica: &tokio_postgres::Client,
-    last: &mut HashMap<String, i64>,
+    _last: &mut HashMap<String, i64>,
 ) -> Result<(), ForwardError> {
-    let rows = primary
-        .query(
-            "SELECT format('%I.%I', schemaname, sequencename), last_value FROM pg_sequences \
-             WHERE last_value IS NOT NULL",
-            &[],
-        )
+    const SQL: &str = "SELECT format('%I.%I', schemaname, sequencename), last_value FROM pg_sequences";
+    let wanted = primary
+        .query(SQL, &[])
         .await
-        .map_err(sql_err("reading sequences"))?;
+        .map_err(sql_err("reading sequences on the primary"))?;
+    let have: HashMap<String, Option<i64>> = match replica.query(SQL, &[]).await {
+        Ok(rows) => rows.iter().map(|r| (r.get(0), r.get(1))).collect(),
+        Err(e) => {
+            tracing::debug!(error = %e, "sequence sync deferred");
+            return Ok(());
+        }
+    };
     let mut sql = String::new();
-    for r in rows {
-        let (name, value): (String, i64) = (r.get(0), r.get(1));
-        if last.get(&name) != Some(&value) {
+    for r in wanted {
+        let (name, value): (String, Option<i64>) = (r.get(0), r.get(1));
+        let Some(value) = value else { continue };
+        // A sequence created a moment ago may not exist on the replica yet; it is caught next time.
+        if let Some(current) = have.get(&name)
+            && *current != Some(value)
+        {
             sql.push_str(&format!(
                 "SELECT setval({}, {value}, true);",
                 sql::quote_literal(&name)
             ));
-            last.insert(name, value);
         }
     }
-    if !sql.is_empty() {
-        // A sequence created a moment ago may not exist on the replica yet; try again next time.
-        if let Err(e) = replica.batch_execute(&sql).await {
-            tracing::debug!(error = %e, "sequence sync deferred");
-            last.clear();
-        }
+    if !sql.is_empty()
+        && let Err(e) = replica.batch_execute(&sql).await
+    {
+        tracing::debug!(error = %e, "sequence sync deferred");
     }
     Ok(())
 }
@@ -582,24 +658,46 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_ddl_is_replayed() {
-        let got = ddl_statements(
-            "CREATE TABLE a (x int); INSERT INTO a VALUES (1); CREATE INDEX CONCURRENTLY i ON a (x)",
+    fn ddl_commands_in_order() {
+        let cmds = ddl_commands(
+            "CREATE TABLE a (x int); INSERT INTO a VALUES (1); CREATE INDEX CONCURRENTLY i ON a (x); \
+             CREATE TEMP TABLE t (y int); ALTER TABLE a DROP COLUMN x; CREATE ROLE r",
         );
         assert_eq!(
-            ddl_statements("CREATE TABLE b AS SELECT * FROM a"),
-            vec!["CREATE TABLE b AS SELECT * FROM a WITH NO DATA"]
+            cmds,
+            vec![
+                Some(vec!["CREATE TABLE a (x int)".to_owned()]),
+                Some(vec!["CREATE INDEX i ON a (x)".to_owned()]),
+                None,
+                Some(vec!["ALTER TABLE a DROP COLUMN x".to_owned()]),
+            ]
         );
         assert_eq!(
-            ddl_statements("SELECT * INTO public.c FROM a"),
-            vec!["SELECT * INTO public.c FROM a", "TRUNCATE public.c"]
+            ddl_commands(
+                "CREATE TABLE g (id int GENERATED ALWAYS AS IDENTITY, v text DEFAULT CAST(1 AS text))"
+            ),
+            vec![Some(vec![
+                "CREATE TABLE g (id int GENERATED ALWAYS AS IDENTITY, v text DEFAULT CAST(1 AS text))"
+                    .to_owned()
+            ])]
         );
-        assert!(ddl_statements("CREATE TEMP TABLE d (x int); SELECT * INTO TEMP e FROM a").is_empty());
         assert_eq!(
-            ddl_statements("REFRESH MATERIALIZED VIEW m"),
-            vec!["REFRESH MATERIALIZED VIEW m"]
+            ddl_commands("CREATE TABLE b AS SELECT * FROM a"),
+            vec![Some(vec![
+                "CREATE TABLE b AS SELECT * FROM a WITH NO DATA".to_owned()
+            ])]
         );
-        assert_eq!(got, vec!["CREATE TABLE a (x int)", "CREATE INDEX i ON a (x)"]);
-        assert!(ddl_statements("CREATE PUBLICATION p FOR ALL TABLES").is_empty());
+        assert_eq!(
+            ddl_commands("SELECT * INTO public.c FROM a"),
+            vec![Some(vec![
+                "SELECT * INTO public.c FROM a".to_owned(),
+                "TRUNCATE public.c".to_owned()
+            ])]
+        );
+        assert_eq!(ddl_commands("SELECT * INTO TEMP e FROM a"), vec![None]);
+        assert_eq!(ddl_commands("GRANT SELECT ON a TO app").len(), 1);
+        assert!(ddl_commands("GRANT r TO app").is_empty());
+        assert!(ddl_commands("DO $$ BEGIN CREATE TABLE z (i int); END $$").is_empty());
+        assert_eq!(ddl_commands("REFRESH MATERIALIZED VIEW m").len(), 1);
     }
 }

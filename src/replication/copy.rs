@@ -13,6 +13,9 @@ use tokio::io::AsyncReadExt;
 use super::setup::{ForwardError, client, sql_err};
 use crate::config::split_host_port;
 
+/// Bytes of rows sent to the replica at once during a copy.
+const COPY_BLOCK: usize = 256 * 1024;
+
 /// Who and where to copy.
 pub struct CopyJob<'a> {
     /// Primary address.
@@ -103,9 +106,19 @@ async fn copy_table(job: &CopyJob<'_>, table: String) -> Result<u64, ForwardErro
         .map_err(sql_err(format!("writing {table}")))?;
     pin_mut!(out);
     pin_mut!(sink);
+    // Rows come one CopyData each; sending them in blocks saves a flush per row.
+    let mut block = bytes::BytesMut::with_capacity(COPY_BLOCK);
     while let Some(chunk) = out.next().await {
         let chunk: Bytes = chunk.map_err(sql_err(format!("reading {table}")))?;
-        sink.send(chunk)
+        block.extend_from_slice(&chunk);
+        if block.len() >= COPY_BLOCK {
+            sink.send(block.split().freeze())
+                .await
+                .map_err(sql_err(format!("writing {table}")))?;
+        }
+    }
+    if !block.is_empty() {
+        sink.send(block.freeze())
             .await
             .map_err(sql_err(format!("writing {table}")))?;
     }
@@ -130,11 +143,10 @@ async fn dump_schema(job: &CopyJob<'_>) -> Result<String, ForwardError> {
     let (host, port) = split_host_port(job.primary).map_err(ForwardError::Setup)?;
     let mut child = tokio::process::Command::new(pg_dump_path()?)
         .args([
+            // Owners and grants come along: replicas have the same roles, as forwarded DDL runs under them.
             "--schema-only",
             "--clean",
             "--if-exists",
-            "--no-owner",
-            "--no-privileges",
         ])
         .args(["--no-publications", "--no-subscriptions"])
         .arg(format!("--snapshot={}", job.snapshot))

@@ -19,7 +19,7 @@ pub enum ForwardError {
     #[error("forward mode: {0}")]
     Setup(String),
     /// A SQL-level failure on a node.
-    #[error("forward mode: {context}: {source}")]
+    #[error("forward mode: {context}: {}", describe(source))]
     Sql {
         /// What pgfleet was doing.
         context: String,
@@ -32,6 +32,19 @@ pub enum ForwardError {
     /// A change could not be turned into SQL.
     #[error("forward mode: {0}")]
     Apply(String),
+}
+
+/// The server's own words when there are some ("db error" alone helps nobody).
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!(
+            "{} ({}){}",
+            db.message(),
+            db.code().code(),
+            db.detail().map(|d| format!(": {d}")).unwrap_or_default()
+        ),
+        None => e.to_string(),
+    }
 }
 
 /// `map_err` helper naming what was being done.
@@ -146,8 +159,13 @@ async fn prepare(shared: &Shared, database: &str) -> Result<(), ForwardError> {
              current_user || chr(10) || current_setting('search_path') || chr(10) || current_query());
          END $f$;
          DO $d$ BEGIN
+           -- Before each command, so the message precedes the rows the command writes (CREATE TABLE AS).
+           IF EXISTS (SELECT 1 FROM pg_event_trigger
+                      WHERE evtname = 'pgfleet_forward_ddl' AND evtevent <> 'ddl_command_start') THEN
+             DROP EVENT TRIGGER pgfleet_forward_ddl;
+           END IF;
            IF NOT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'pgfleet_forward_ddl') THEN
-             CREATE EVENT TRIGGER pgfleet_forward_ddl ON ddl_command_end EXECUTE FUNCTION pgfleet.forward_ddl();
+             CREATE EVENT TRIGGER pgfleet_forward_ddl ON ddl_command_start EXECUTE FUNCTION pgfleet.forward_ddl();
            END IF;
          END $d$;"
     ))
