@@ -1,0 +1,345 @@
+#!/usr/bin/env python3
+"""Runs the pgbench workloads against every target, alternating targets in rounds, and prints the tables.
+
+Called by bench/run.sh, which starts the cluster and the targets and writes targets.tsv (name, port, state,
+note). For each workload and client count, every round runs each target once (the order rotates from round
+to round, so no target always runs first or right after another), and the tables report medians over the
+rounds: TPS (pgbench's, without connection time), pgbench's average latency, and the p99 latency computed
+here from pgbench's per-transaction log (-l).
+
+Standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import os
+import re
+import signal
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+# The pgbench workloads: name -> (title, pgbench arguments). {rw} is the 90/10 custom script.
+WORKLOADS = {
+    "select-simple": ("select-only (-S), -M simple", ["-S", "-M", "simple"]),
+    "select-extended": ("select-only (-S), -M extended", ["-S", "-M", "extended"]),
+    "select-prepared": ("select-only (-S), -M prepared", ["-S", "-M", "prepared"]),
+    "tpcb": ("TPC-B (tpcb-like), -M simple", ["-b", "tpcb-like", "-M", "simple"]),
+    "rw90": ("90/10 read/write (workloads/rw90.sql), -M simple", ["-f", "{rw}", "-M", "simple"]),
+}
+PGFLEETS = ("pgfleet-session", "pgfleet-txn")
+OTHERS = ("direct", "pgbouncer", "pgpool")
+
+
+@dataclass
+class Target:
+    name: str
+    port: int
+    state: str
+    note: str
+
+
+@dataclass
+class Run:
+    ok: bool
+    tps: float = 0.0
+    avg_ms: float = 0.0
+    p99_ms: float = 0.0
+    failed: int = 0
+    error: str = ""
+    output: str = ""
+
+
+@dataclass
+class Cell:
+    """One target in one (workload, clients) combination, over all rounds."""
+
+    skipped: str = ""
+    runs: list[Run] = field(default_factory=list)
+
+    def good(self) -> list[Run]:
+        return [r for r in self.runs if r.ok]
+
+    def median(self, attr: str) -> float | None:
+        good = self.good()
+        return statistics.median(getattr(r, attr) for r in good) if good else None
+
+
+def read_targets(path: str) -> list[Target]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    return [Target(r["name"], int(r["port"]), r["state"], r["note"]) for r in rows]
+
+
+def skip_reason(target: Target, clients: int, args: argparse.Namespace) -> str:
+    """Why `target` cannot take `clients` clients, or ''."""
+    if target.state != "ok":
+        return target.note
+    if target.name == "direct" and clients > args.max_connections - 10:
+        return f"n/a: the primary's max_connections is {args.max_connections}"
+    if target.name == "pgfleet-session" and clients > args.pool_size:
+        return (
+            f"n/a: session pooling keeps a backend per client, so {clients} clients cannot share a pool of "
+            f"{args.pool_size} (the extra ones fail after pool.connect_timeout; see the connection tests)"
+        )
+    if target.name == "pgpool" and clients > args.pgpool_children:
+        return (
+            f"n/a: pgpool-II serves one client per child process (num_init_children={args.pgpool_children}) "
+            f"and each child keeps its own backend connections, so {clients} clients need {clients} backend "
+            f"connections per node (max_connections={args.max_connections}); with fewer children pgbench's "
+            "extra connections wait forever for a free child"
+        )
+    return ""
+
+
+def p99_from_logs(prefix: str) -> tuple[float, int, int]:
+    """p99 latency (ms), transactions and failed transactions from pgbench -l files `prefix.*`."""
+    latencies: list[int] = []
+    failed = 0
+    for path in glob.glob(prefix + ".*"):
+        with open(path) as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) < 3:
+                    continue
+                if fields[2].isdigit():
+                    latencies.append(int(fields[2]))
+                else:
+                    failed += 1  # "failed" or "skipped"
+        os.unlink(path)
+    if not latencies:
+        return 0.0, 0, failed
+    latencies.sort()
+    index = max(0, int(round(0.99 * len(latencies))) - 1)
+    return latencies[index] / 1000.0, len(latencies), failed
+
+
+def first_error(output: str) -> str:
+    """The most telling line of a failed pgbench run's output."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    for pattern in (r"ERROR:|FATAL:", r"^pgbench: (error|fatal):", r"aborted|failed|error"):
+        for line in lines:
+            if line.startswith("number of failed transactions"):
+                continue
+            if re.search(pattern, line, re.I):
+                return re.sub(r"^pgbench: (error|fatal): ", "", line)[:200]
+    return lines[-1][:200] if lines else "no output"
+
+
+def run_pgbench(target: Target, workload: str, clients: int, args: argparse.Namespace, tag: str) -> Run:
+    _, extra = WORKLOADS[workload]
+    extra = [a.replace("{rw}", args.rw_script) for a in extra]
+    jobs = max(1, min(clients, os.cpu_count() or 1))
+    prefix = os.path.join(args.work, f"tx-{tag}")
+    cmd = [
+        "pgbench", "-n", "-h", "127.0.0.1", "-p", str(target.port), "-U", args.user,
+        "-c", str(clients), "-j", str(jobs), "-T", str(args.seconds),
+        "-l", f"--log-prefix={prefix}", *extra, args.database,
+    ]
+    env = dict(os.environ, PGPASSWORD=args.password, PGSSLMODE="disable", PGAPPNAME="pgfleet-bench")
+    # Room for connecting 500 clients through a proxy (SCRAM each) and for a proxy that makes clients wait.
+    timeout = args.seconds + 120 + clients // 5
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        output = proc.stdout + proc.stderr
+        rc = proc.returncode
+    except subprocess.TimeoutExpired as e:
+        def text(b: bytes | str | None) -> str:
+            return b.decode(errors="replace") if isinstance(b, bytes) else (b or "")
+        output = text(e.stdout) + text(e.stderr)
+        rc = None
+    p99, count, failed_logged = p99_from_logs(prefix)
+    if rc is None:
+        return Run(ok=False, error=f"pgbench timed out after {timeout} s")
+    tps = re.search(r"^tps = ([0-9.]+)", output, re.M)
+    avg = re.search(r"^latency average = ([0-9.]+) ms", output, re.M)
+    failed = re.search(r"^number of failed transactions: (\d+)", output, re.M)
+    nfailed = int(failed.group(1)) if failed else failed_logged
+    if rc != 0 or "aborted" in output or not tps or not avg:
+        return Run(ok=False, error=first_error(output), failed=nfailed, output=output)
+    return Run(ok=True, tps=float(tps.group(1)), avg_ms=float(avg.group(1)), p99_ms=p99, failed=nfailed)
+
+
+def fmt(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}x" if a and b else "-"
+
+
+def print_combo(title: str, clients: int, targets: list[Target], cells: dict[str, Cell], rounds: int) -> None:
+    print(f"\n== {title}, {clients} client{'s' if clients != 1 else ''} ==")
+    print(f"  {'target':<16} {'TPS':>10} {'avg ms':>9} {'p99 ms':>9} {'runs':>5}  note")
+    for t in targets:
+        c = cells[t.name]
+        if c.skipped:
+            print(f"  {t.name:<16} {'-':>10} {'-':>9} {'-':>9} {'-':>5}  {c.skipped}")
+            continue
+        good = c.good()
+        note = ""
+        bad = [r for r in c.runs if not r.ok]
+        if bad:
+            note = f"{len(bad)} run(s) failed: {bad[0].error}"
+        failed = sum(r.failed for r in good)
+        if failed:
+            note = (note + "; " if note else "") + f"{failed} failed transactions"
+        print(
+            f"  {t.name:<16} {fmt(c.median('tps'), 1):>10} {fmt(c.median('avg_ms'), 3):>9} "
+            f"{fmt(c.median('p99_ms'), 3):>9} {len(good)}/{rounds:<3}  {note}"
+        )
+    lines = []
+    for fleet in PGFLEETS:
+        if fleet not in cells or not cells[fleet].good():
+            continue
+        for other in OTHERS:
+            if other not in cells or not cells[other].good():
+                continue
+            f, o = cells[fleet], cells[other]
+            lines.append(
+                f"  {fleet + '/' + other:<28} TPS {ratio(f.median('tps'), o.median('tps')):>7}   "
+                f"avg latency {ratio(f.median('avg_ms'), o.median('avg_ms')):>7}   "
+                f"p99 {ratio(f.median('p99_ms'), o.median('p99_ms')):>7}"
+            )
+    if lines:
+        print("  ratios (medians; TPS above 1x and latency below 1x favour pgfleet):")
+        print("\n".join(lines))
+    sys.stdout.flush()
+
+
+def markdown(results: list[tuple[str, int, dict[str, Cell]]], targets: list[Target]) -> str:
+    names = [t.name for t in targets]
+    fleets = [f for f in PGFLEETS if f in names and any(c[f].good() for _, _, c in results)]
+    ratio_cols = [(f, o) for f in fleets for o in OTHERS if o in names]
+    out = ["TPS (median of the rounds; `-` = not run, `err` = failed):", ""]
+    head = ["workload", "clients", *names, *(f"{f}/{o}" for f, o in ratio_cols)]
+    out.append("| " + " | ".join(head) + " |")
+    out.append("|" + "|".join(["---", "---:"] + ["---:"] * (len(head) - 2)) + "|")
+    for workload, clients, cells in results:
+        row = [workload, str(clients)]
+        for n in names:
+            c = cells[n]
+            row.append("-" if c.skipped else ("err" if not c.good() else f"{c.median('tps'):.0f}"))
+        for f, o in ratio_cols:
+            row.append(ratio(cells[f].median("tps"), cells[o].median("tps")))
+        out.append("| " + " | ".join(row) + " |")
+    out += ["", "Latency, average / p99 in ms (medians of the rounds):", ""]
+    head = ["workload", "clients", *names]
+    out.append("| " + " | ".join(head) + " |")
+    out.append("|" + "|".join(["---", "---:"] + ["---:"] * len(names)) + "|")
+    for workload, clients, cells in results:
+        row = [workload, str(clients)]
+        for n in names:
+            c = cells[n]
+            if c.skipped:
+                row.append("-")
+            elif not c.good():
+                row.append("err")
+            else:
+                row.append(f"{c.median('avg_ms'):.2f} / {c.median('p99_ms'):.2f}")
+        out.append("| " + " | ".join(row) + " |")
+    notes = []
+    for workload, clients, cells in results:
+        for n in names:
+            c = cells[n]
+            if not c.skipped and not c.good() and c.runs:
+                notes.append(f"- {n}, {workload}, {clients} clients: {c.runs[0].error}")
+    if notes:
+        out += ["", "Failures:", "", *notes]
+    return "\n".join(out) + "\n"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--targets", required=True)
+    p.add_argument("--work", required=True)
+    p.add_argument("--workloads", required=True)
+    p.add_argument("--clients", required=True)
+    p.add_argument("--seconds", type=int, required=True)
+    p.add_argument("--rounds", type=int, required=True)
+    p.add_argument("--user", required=True)
+    p.add_argument("--password", required=True)
+    p.add_argument("--database", required=True)
+    p.add_argument("--max-connections", type=int, required=True)
+    p.add_argument("--pgpool-children", type=int, required=True)
+    p.add_argument("--pool-size", type=int, required=True)
+    p.add_argument("--rw-script", required=True)
+    p.add_argument("--summary", required=True)
+    p.add_argument("--warmup", type=int, default=5, help="seconds of select-only through each target first")
+    args = p.parse_args()
+
+    if not shutil.which("pgbench"):
+        print("pgbench is not on PATH", file=sys.stderr)
+        return 1
+    targets = read_targets(args.targets)
+    workloads = args.workloads.split()
+    for w in workloads:
+        if w not in WORKLOADS:
+            print(f"unknown workload {w!r}; known: {', '.join(WORKLOADS)}", file=sys.stderr)
+            return 1
+    client_counts = [int(c) for c in args.clients.split()]
+    combos = [(w, c) for w in workloads for c in client_counts]
+    runnable = sum(1 for t in targets if t.state == "ok")
+    estimate = len(combos) * runnable * args.rounds * (args.seconds + 2)
+    print(
+        f"\npgbench: {len(workloads)} workloads x {len(client_counts)} client counts x up to {runnable} targets "
+        f"x {args.rounds} rounds x {args.seconds} s (about {estimate // 60} min); pool size {args.pool_size}"
+    )
+    if args.warmup > 0:
+        # Warm the page cache of every node (reads reach the replicas only through the proxies) and the pools.
+        print(f"warm-up: {args.warmup} s of select-only with 4 clients through each target")
+        for t in targets:
+            if t.state == "ok":
+                env = dict(os.environ, PGPASSWORD=args.password, PGSSLMODE="disable")
+                subprocess.run(
+                    ["pgbench", "-n", "-h", "127.0.0.1", "-p", str(t.port), "-U", args.user, "-c", "4", "-j", "2",
+                     "-T", str(args.warmup), "-S", args.database],
+                    env=env, capture_output=True, timeout=args.warmup + 120, check=False)
+    results: list[tuple[str, int, dict[str, Cell]]] = []
+    seq = 0
+    for workload, clients in combos:
+        title = WORKLOADS[workload][0]
+        cells = {t.name: Cell(skipped=skip_reason(t, clients, args)) for t in targets}
+        active = [t for t in targets if not cells[t.name].skipped]
+        for rnd in range(args.rounds):
+            # Rotate the order each round.
+            order = active[rnd % len(active):] + active[: rnd % len(active)] if active else []
+            for t in order:
+                seq += 1
+                started = time.monotonic()
+                r = run_pgbench(t, workload, clients, args, f"{seq}")
+                cells[t.name].runs.append(r)
+                took = time.monotonic() - started
+                state = (
+                    f"tps {r.tps:9.1f}  avg {r.avg_ms:7.3f} ms  p99 {r.p99_ms:7.3f} ms"
+                    if r.ok
+                    else f"FAILED: {r.error}"
+                )
+                print(f"  [{workload} c={clients} round {rnd + 1}] {t.name:<16} {state}  ({took:.0f} s)")
+                if not r.ok and r.output:
+                    # The end of pgbench's output, where it says why it stopped.
+                    for line in [x for x in r.output.splitlines() if x.strip()][-6:]:
+                        print(f"      | {line[:200]}")
+                sys.stdout.flush()
+        print_combo(title, clients, targets, cells, args.rounds)
+        results.append((workload, clients, cells))
+
+    summary = markdown(results, targets)
+    with open(args.summary, "a") as f:
+        f.write(summary)
+    print("\n== Summary (markdown) ==\n")
+    print(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    # SIGTERM (bench/run.sh stopping us) unwinds like Ctrl-C: subprocess.run kills a running pgbench, and
+    # connections are closed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    sys.exit(main())
