@@ -49,6 +49,9 @@ fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// On SIGINT/SIGTERM, how long sessions may take to finish their transaction before they are closed.
+    #[serde(default = "default_shutdown_timeout", deserialize_with = "de_duration")]
+    pub shutdown_timeout: Duration,
     /// Where clients connect.
     pub listen: ListenConfig,
     /// Who may connect; the same credentials are used towards the nodes.
@@ -439,12 +442,27 @@ pub struct LogConfig {
     /// A tracing filter such as "info" or "pgfleet=debug"; `RUST_LOG` wins when set.
     #[serde(default = "default_log_level")]
     pub level: String,
+    /// Line format.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+/// `log.format`
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
         Self {
             level: default_log_level(),
+            format: LogFormat::default(),
         }
     }
 }
@@ -452,6 +470,9 @@ impl Default for LogConfig {
 fn default_max_message_size() -> u64 {
     // PostgreSQL itself refuses most messages over 1 GB; a proxy can be stricter by default.
     256 * 1024 * 1024
+}
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 fn default_true() -> bool {
     true

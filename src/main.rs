@@ -29,14 +29,19 @@ enum Command {
     },
 }
 
-fn init_logging(level: &str) {
+fn init_logging(log: &pgfleet::config::LogConfig) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&log.level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match log.format {
+        pgfleet::config::LogFormat::Json => builder.json().init(),
+        // Colour codes only for a terminal: in files and containers they are noise.
+        pgfleet::config::LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
 }
 
 fn main() -> ExitCode {
@@ -64,7 +69,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    init_logging(&config.log.level);
+    init_logging(&config.log);
     serve(config)
 }
 
@@ -85,7 +90,7 @@ fn serve(config: Config) -> ExitCode {
             }
         };
         tokio::select! {
-            r = pgfleet::proxy::run(shared) => match r {
+            r = pgfleet::proxy::run(shared.clone()) => match r {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("pgfleet: {e}");
@@ -93,7 +98,9 @@ fn serve(config: Config) -> ExitCode {
                 }
             },
             _ = shutdown_signal() => {
-                tracing::info!("shutting down");
+                // The listener is dropped with the other branch: no new clients from here on.
+                shared.drain().await;
+                tracing::info!("shut down");
                 ExitCode::SUCCESS
             }
         }
@@ -128,7 +135,7 @@ fn run_demo(listen: &str) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    init_logging(&config.log.level);
+    init_logging(&config.log);
     let code = serve(config);
     // Dropping the cluster stops its servers and removes its directory.
     drop(cluster);

@@ -34,6 +34,8 @@ pub struct Shared {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// Counters for the admin console and /metrics.
     pub stats: Arc<Stats>,
+    /// Set on SIGINT/SIGTERM: sessions end once their transaction is over, at the latest at the deadline.
+    pub shutdown: tokio::sync::watch::Sender<Option<tokio::time::Instant>>,
 }
 
 /// Why the proxy could not start.
@@ -90,7 +92,28 @@ impl Shared {
             next_session: AtomicU64::new(1),
             tls,
             stats: Arc::new(Stats::new(node_count)),
+            shutdown: tokio::sync::watch::Sender::new(None),
         }))
+    }
+}
+
+impl Shared {
+    /// Starts a graceful shutdown: no new sessions; each session ends after its transaction, at the latest
+    /// after `shutdown_timeout`. Returns when every session is gone or the time is up.
+    pub async fn drain(&self) {
+        let timeout = self.config.shutdown_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        self.shutdown.send_replace(Some(deadline));
+        tracing::info!(
+            ?timeout,
+            "shutting down: waiting for sessions to finish their transactions"
+        );
+        // Sessions send their FATAL at the deadline; give them a moment past it to do so.
+        while !self.stats.clients().is_empty()
+            && tokio::time::Instant::now() < deadline + Duration::from_millis(200)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 

@@ -480,6 +480,32 @@ impl Session {
 
     /// Waits for client bytes; meanwhile passes on notifications from a node the session listens on.
     async fn wait_for_client(&mut self) -> Result<(), SessionError> {
+        let mut shutdown = self.shared.shutdown.subscribe();
+        let deadline = *shutdown.borrow_and_update();
+        if let Some(deadline) = deadline {
+            // Shutting down: a session between transactions ends now; one inside a transaction may finish it.
+            if self.tx_node.is_none() || tokio::time::Instant::now() >= deadline {
+                let e = ProxyError::fatal("57P01", "terminating connection due to administrator command");
+                let _ = self.write_client(&e.encode()).await;
+                return Err(SessionError::Fatal("pgfleet is shutting down".into()));
+            }
+            tokio::select! {
+                r = self.client.read_buf(self.cbuf.read_target()) => {
+                    if r? == 0 {
+                        return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+            return Ok(());
+        }
+        tokio::select! {
+            r = self.wait_for_client_or_node() => r,
+            _ = shutdown.changed() => Ok(()),
+        }
+    }
+
+    async fn wait_for_client_or_node(&mut self) -> Result<(), SessionError> {
         let listen_node = match self.pinned {
             Some((n, Pin::Listen)) if self.conns[n].is_some() => Some(n),
             _ => None,

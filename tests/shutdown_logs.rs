@@ -1,0 +1,94 @@
+//! Graceful shutdown (SIGINT/SIGTERM) and the JSON log format.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::cluster::{APP_DB, APP_USER, PASSWORD, cluster_async};
+use support::proxy::{Proxy, connect, free_port, try_connect};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_open_transactions_finish_then_closes_with_57p01() {
+    let cluster = cluster_async().await;
+    let port = free_port();
+    let config = format!(
+        "shutdown_timeout = \"4s\"\n{}",
+        Proxy::config_for(&cluster, port, "[log]\nformat = \"json\"\n")
+    );
+    let mut proxy = Proxy::start_with_config(config);
+    let dsn = proxy.dsn(APP_USER, PASSWORD, APP_DB);
+    let setup = connect(&dsn).await;
+    setup
+        .batch_execute("CREATE TABLE s (x int)")
+        .await
+        .expect("create");
+    let idle = connect(&dsn).await;
+    let busy = connect(&dsn).await;
+    busy.batch_execute("BEGIN; INSERT INTO s VALUES (1)")
+        .await
+        .expect("open transaction");
+    let started = Instant::now();
+    proxy.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A session between transactions is closed at once, as PostgreSQL does on a fast shutdown.
+    let err = idle
+        .simple_query("SELECT 1")
+        .await
+        .expect_err("idle session closed");
+    if let Some(db) = err.as_db_error() {
+        assert_eq!(db.code().code(), "57P01", "{db:?}");
+    }
+    // No new sessions.
+    assert!(
+        try_connect(&dsn).await.is_err(),
+        "a new client was accepted during shutdown"
+    );
+    // The open transaction may finish, and its commit is kept.
+    busy.batch_execute("INSERT INTO s VALUES (2); COMMIT")
+        .await
+        .expect("commit during shutdown");
+    let after = busy
+        .simple_query("SELECT 1")
+        .await
+        .expect_err("closed after its transaction");
+    if let Some(db) = after.as_db_error() {
+        assert_eq!(db.code().code(), "57P01");
+    }
+    let status = proxy.signal_and_wait("TERM", Duration::from_secs(6));
+    assert!(status.is_some(), "pgfleet did not exit");
+    assert!(started.elapsed() < Duration::from_secs(6));
+    let rows = cluster
+        .psql(&cluster.primary, APP_DB, "SELECT count(*) FROM s")
+        .expect("count");
+    assert_eq!(rows.trim(), "2", "the committed transaction was kept");
+    // log.format = "json": every log line is a JSON object.
+    let log = proxy.log_contents();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty());
+    for l in lines {
+        assert!(l.starts_with('{') && l.ends_with('}'), "not a JSON log line: {l}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_past_shutdown_timeout_is_closed() {
+    let cluster = cluster_async().await;
+    let port = free_port();
+    let config = format!(
+        "shutdown_timeout = \"1s\"\n{}",
+        Proxy::config_for(&cluster, port, "")
+    );
+    let mut proxy = Proxy::start_with_config(config);
+    let busy = connect(&proxy.dsn(APP_USER, PASSWORD, APP_DB)).await;
+    busy.batch_execute("BEGIN; SELECT 1")
+        .await
+        .expect("open transaction");
+    let started = Instant::now();
+    let status = proxy.signal_and_wait("INT", Duration::from_secs(5));
+    assert!(status.is_some(), "pgfleet did not exit after shutdown_timeout");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "it did not wait for the transaction"
+    );
+    assert!(busy.simple_query("SELECT 1").await.is_err());
+}
