@@ -251,6 +251,15 @@ pub struct ListenConfig {
     /// Largest protocol message a client may send, in bytes (or a size such as "64MB").
     #[serde(default = "default_max_message_size", deserialize_with = "de_size")]
     pub max_message_size: u64,
+    /// Most client sessions at once; 0 means no limit.
+    #[serde(default)]
+    pub max_clients: usize,
+    /// A session idle (outside a transaction) this long is closed; unset: never.
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub client_idle_timeout: Option<Duration>,
+    /// A session idle inside a transaction this long is closed (and its transaction rolled back); unset: never.
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub idle_in_transaction_timeout: Option<Duration>,
 }
 
 /// Client authentication method for one user.
@@ -282,6 +291,9 @@ pub struct UserConfig {
     /// May use the admin console (database `pgfleet`).
     #[serde(default)]
     pub admin: bool,
+    /// Most sessions of this user at once; 0 means no limit.
+    #[serde(default)]
+    pub max_connections: usize,
 }
 
 // Hand-written so that the password can never reach a log line through `{:?}`.
@@ -556,6 +568,10 @@ fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Er
         NumOrText::Num(n) => Ok(Duration::from_secs(n)),
         NumOrText::Text(t) => parse_duration(&t).map_err(serde::de::Error::custom),
     }
+}
+
+fn de_opt_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    de_duration(d).map(|t| if t.is_zero() { None } else { Some(t) })
 }
 
 fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {

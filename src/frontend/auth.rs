@@ -370,6 +370,7 @@ mod tests {
             password: password.to_owned(),
             auth,
             admin: false,
+            max_connections: 0,
         }
     }
 

@@ -116,6 +116,34 @@ async fn authenticate_client(
     user_cfg.ok_or_else(|| SessionError::Fatal("unknown user passed authentication".into()))
 }
 
+/// `listen.max_clients` and the user's `max_connections`, refused as PostgreSQL refuses them.
+fn check_limits(shared: &Shared, user: &crate::config::UserConfig) -> Result<(), ProxyError> {
+    let max_clients = shared.config.listen.max_clients;
+    let per_user = user.max_connections;
+    if max_clients == 0 && per_user == 0 {
+        return Ok(());
+    }
+    let clients = shared.stats.clients();
+    let sessions = clients.iter().filter(|(_, c)| c.database != ADMIN_DATABASE);
+    if max_clients > 0 && sessions.clone().count() >= max_clients {
+        return Err(
+            ProxyError::fatal("53300", "sorry, too many clients already").with_detail(format!(
+                "pgfleet serves at most {max_clients} clients (listen.max_clients)"
+            )),
+        );
+    }
+    if per_user > 0 && sessions.filter(|(_, c)| c.user == user.name).count() >= per_user {
+        return Err(ProxyError::fatal(
+            "53300",
+            format!("too many connections for role \"{}\"", user.name),
+        )
+        .with_detail(format!(
+            "the user may have {per_user} connections (max_connections of its [[users]] entry)"
+        )));
+    }
+    Ok(())
+}
+
 /// A session on the admin console: admin users only.
 async fn admin_session(mut client: ClientStream, peer: SocketAddr, user: &str, shared: Arc<Shared>) {
     let cfg = match authenticate_client(&mut client, user, &shared).await {
@@ -202,6 +230,10 @@ impl Session {
     ) -> Result<Session, SessionError> {
         let max = shared.config.listen.max_message_size as usize;
         let user_cfg = authenticate_client(&mut client, &user, &shared).await?;
+        if let Err(e) = check_limits(&shared, &user_cfg) {
+            client.write_all(&e.encode()).await?;
+            return Err(SessionError::Fatal(e.message));
+        }
         let mut settings = Settings::default();
         let mut route = None;
         for (k, v) in &params {
@@ -499,9 +531,33 @@ impl Session {
             }
             return Ok(());
         }
+        let listen = &self.shared.config.listen;
+        let (limit, code, what, key) = if self.tx_node.is_some() {
+            (
+                listen.idle_in_transaction_timeout,
+                "25P03",
+                "idle-in-transaction",
+                "listen.idle_in_transaction_timeout",
+            )
+        } else {
+            (
+                listen.client_idle_timeout,
+                "57P05",
+                "idle-session",
+                "listen.client_idle_timeout",
+            )
+        };
+        let idle_for = limit.unwrap_or(std::time::Duration::from_secs(365 * 24 * 3600));
         tokio::select! {
             r = self.wait_for_client_or_node() => r,
             _ = shutdown.changed() => Ok(()),
+            _ = tokio::time::sleep(idle_for) => {
+                // As PostgreSQL's idle_session_timeout / idle_in_transaction_session_timeout; the node
+                // connection is closed with the session, which rolls back an open transaction.
+                let e = ProxyError::fatal(code, format!("terminating connection due to {what} timeout ({key})"));
+                let _ = self.write_client(&e.encode()).await;
+                Err(SessionError::Fatal(e.message))
+            }
         }
     }
 
