@@ -42,16 +42,8 @@ pub struct FleetView {
     pub primary: Primary,
 }
 
-/// Formats an LSN as PostgreSQL does (`16/B374D848`).
-pub fn format_lsn(lsn: u64) -> String {
-    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
-}
-
-/// Parses PostgreSQL's `X/Y` LSN text.
-pub fn parse_lsn(text: &str) -> Option<u64> {
-    let (hi, lo) = text.trim().split_once('/')?;
-    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
-}
+// One LSN text format for the whole crate: the replication decoder's (strict, as PostgreSQL's pg_lsn input).
+pub use crate::replication::pgoutput::{format_lsn, parse_lsn};
 
 #[cfg(test)]
 mod tests {
