@@ -46,7 +46,7 @@ fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
 }
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// On SIGINT/SIGTERM, how long sessions may take to finish their transaction before they are closed.
@@ -92,7 +92,7 @@ pub enum ReplicationMode {
 }
 
 /// `[replication]`
-#[derive(Clone, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReplicationConfig {
     /// External or forward.
@@ -166,7 +166,7 @@ fn default_batch_size() -> usize {
 }
 
 /// `[health]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthConfig {
     /// How often each node is checked.
@@ -195,7 +195,7 @@ impl Default for HealthConfig {
 }
 
 /// `[admin]`
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// `host:port` serving Prometheus text on `/metrics`; unset: no metrics listener.
@@ -237,7 +237,7 @@ pub enum ReadYourWrites {
 }
 
 /// `[listen]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenConfig {
     /// `host:port` to accept clients on.
@@ -277,7 +277,7 @@ pub enum AuthMethod {
 }
 
 /// `[[users]]`
-#[derive(Clone, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
     /// Role name, as clients send it and as used on the nodes.
@@ -331,7 +331,7 @@ impl std::fmt::Display for Role {
 }
 
 /// `[[nodes]]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     /// Name used in logs, errors and the admin console.
@@ -359,7 +359,7 @@ pub enum LoadBalance {
 }
 
 /// `[routing]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoutingConfig {
     /// Replica choice.
@@ -419,7 +419,7 @@ pub enum PoolMode {
 }
 
 /// `[pool]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PoolConfig {
     /// Session or transaction pooling.
@@ -448,7 +448,7 @@ impl Default for PoolConfig {
 }
 
 /// `[log]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     /// A tracing filter such as "info" or "pgfleet=debug"; `RUST_LOG` wins when set.
@@ -457,6 +457,10 @@ pub struct LogConfig {
     /// Line format.
     #[serde(default)]
     pub format: LogFormat,
+    /// A request that takes at least this long is logged once, with its statement shape (constants
+    /// replaced by `$n`, so no literal or parameter value reaches the log); unset: never.
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub slow_statement: Option<Duration>,
 }
 
 /// `log.format`
@@ -475,6 +479,7 @@ impl Default for LogConfig {
         Self {
             level: default_log_level(),
             format: LogFormat::default(),
+            slow_statement: None,
         }
     }
 }
@@ -515,6 +520,30 @@ fn default_idle_timeout() -> Duration {
 }
 fn default_log_level() -> String {
     "info".to_owned()
+}
+
+/// One line naming the key (when serde got that far), what is wrong, and where: `routing.load_balance:
+/// unknown variant ... (line 11, column 16)`. toml's own rendering spans several lines, which log lines and
+/// admin error messages cannot carry.
+fn parse_message(text: &str, e: &serde_path_to_error::Error<toml::de::Error>) -> String {
+    let inner = e.inner();
+    let what = inner.message().trim().replace('\n', " ");
+    let path = e.path().to_string();
+    let key = if path.is_empty() || path == "." {
+        String::new()
+    } else {
+        format!("`{path}`: ")
+    };
+    let place = inner
+        .span()
+        .map(|span| {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!(" (line {line}, column {column})")
+        })
+        .unwrap_or_default();
+    format!("{key}{what}{place}")
 }
 
 /// Parses "250ms", "5s", "2m", "1h" or a bare number of seconds.
@@ -599,10 +628,13 @@ impl Config {
 
     /// Parses and validates config text.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: PathBuf::from("<text>"),
-            message: e.to_string(),
-        })?;
+        let config: Config =
+            serde_path_to_error::deserialize(toml::Deserializer::new(text)).map_err(|e| {
+                ConfigError::Parse {
+                    path: PathBuf::from("<text>"),
+                    message: parse_message(text, &e),
+                }
+            })?;
         config.validate()?;
         Ok(config)
     }

@@ -10,5 +10,6 @@ pub mod frontend;
 pub mod localcluster;
 pub mod protocol;
 pub mod proxy;
+pub mod reload;
 pub mod replication;
 pub mod router;

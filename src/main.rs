@@ -29,7 +29,18 @@ enum Command {
     },
 }
 
-fn init_logging(log: &pgfleet::config::LogConfig) {
+use pgfleet::proxy::SetLogFilter as SetFilter;
+
+fn filter_setter<S: 'static>(
+    handle: tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, S>,
+) -> SetFilter {
+    Box::new(move |level: &str| {
+        let filter = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    })
+}
+
+fn init_logging(log: &pgfleet::config::LogConfig) -> SetFilter {
     use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&log.level))
@@ -37,10 +48,23 @@ fn init_logging(log: &pgfleet::config::LogConfig) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
+    // The reload handle's type depends on the line format, so each branch makes its own setter.
     match log.format {
-        pgfleet::config::LogFormat::Json => builder.json().init(),
-        // Colour codes only for a terminal: in files and containers they are noise.
-        pgfleet::config::LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        pgfleet::config::LogFormat::Json => {
+            let builder = builder.json().with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            filter_setter(handle)
+        }
+        pgfleet::config::LogFormat::Text => {
+            // Colour codes only for a terminal: in files and containers they are noise.
+            let builder = builder
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_filter_reloading();
+            let handle = builder.reload_handle();
+            builder.init();
+            filter_setter(handle)
+        }
     }
 }
 
@@ -69,11 +93,11 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    init_logging(&config.log);
-    serve(config)
+    let set_filter = init_logging(&config.log);
+    serve(config, Some(path), set_filter)
 }
 
-fn serve(config: Config) -> ExitCode {
+fn serve(config: Config, source: Option<PathBuf>, set_filter: SetFilter) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -82,13 +106,15 @@ fn serve(config: Config) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let shared = match pgfleet::proxy::Shared::new(config) {
+        let shared = match pgfleet::proxy::Shared::with_source(config, source) {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("pgfleet: {e}");
                 return ExitCode::FAILURE;
             }
         };
+        let _ = shared.log_filter.set(set_filter);
+        tokio::spawn(reload_on_sighup(shared.clone()));
         tokio::select! {
             r = pgfleet::proxy::run(shared.clone()) => match r {
                 Ok(()) => ExitCode::SUCCESS,
@@ -105,6 +131,20 @@ fn serve(config: Config) -> ExitCode {
             }
         }
     })
+}
+
+/// SIGHUP re-reads the config file, as PostgreSQL and pgbouncer do.
+async fn reload_on_sighup(shared: std::sync::Arc<pgfleet::proxy::Shared>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot watch SIGHUP: reload with the admin command RELOAD instead");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the config");
+        // The outcome is logged by the reload itself.
+        let _ = pgfleet::reload::reload(&shared);
+    }
 }
 
 async fn shutdown_signal() {
@@ -135,8 +175,8 @@ fn run_demo(listen: &str) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    init_logging(&config.log);
-    let code = serve(config);
+    let set_filter = init_logging(&config.log);
+    let code = serve(config, Some(config_path), set_filter);
     // Dropping the cluster stops its servers and removes its directory.
     drop(cluster);
     code

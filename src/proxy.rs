@@ -1,9 +1,12 @@
 //! The running proxy: state shared by every session (config, fleet, pools, balancer, function catalog,
 //! cancel keys) and the tasks that serve it.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
+
+use arc_swap::{ArcSwap, Guard};
 
 use crate::admin::stats::Stats;
 use crate::backend::Pools;
@@ -14,10 +17,19 @@ use crate::router::balance::Balancer;
 use crate::router::catalog::Catalog;
 use crate::router::functions::FunctionRules;
 
+/// Replaces the running log filter with one parsed from a `log.level` value.
+pub type SetLogFilter = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
 /// Everything sessions share.
 pub struct Shared {
-    /// The configuration in force.
-    pub config: Arc<Config>,
+    /// The configuration in force; a reload swaps it whole (see `reload`).
+    config: ArcSwap<Config>,
+    /// The file the configuration came from, for reloads; None when built from text (tests).
+    pub source: Option<PathBuf>,
+    /// Serialises reloads (SIGHUP and admin RELOAD may race).
+    pub(crate) reload_lock: std::sync::Mutex<()>,
+    /// Changes the log filter in place; set by the binary once logging is up.
+    pub log_filter: std::sync::OnceLock<SetLogFilter>,
     /// Nodes and their health.
     pub fleet: Fleet,
     /// Backend connection pools.
@@ -65,14 +77,19 @@ pub enum StartError {
 impl Shared {
     /// Builds the shared state for a validated config.
     pub fn new(config: Config) -> Result<Arc<Shared>, StartError> {
+        Self::with_source(config, None)
+    }
+
+    /// Builds the shared state for a validated config read from `source`, which reloads read again.
+    pub fn with_source(config: Config, source: Option<PathBuf>) -> Result<Arc<Shared>, StartError> {
         let tls = match (&config.listen.tls_cert, &config.listen.tls_key) {
             (Some(cert), Some(key)) => Some(crate::frontend::tls::acceptor(cert, key)?),
             _ => None,
         };
         let fleet = Fleet::from_config(&config);
-        let node_count = fleet.nodes.len();
-        let pools = Pools::new(config.pool.clone(), fleet.nodes.len());
-        let balancer = Balancer::new(config.routing.load_balance);
+        let node_count = fleet.nodes().len();
+        let pools = Pools::new(config.pool.clone(), fleet.nodes().len());
+        let balancer = Balancer::new();
         let base = FunctionRules::new(
             &config.routing.write_functions,
             &config.routing.read_only_functions,
@@ -83,7 +100,10 @@ impl Shared {
             config.pool.connect_timeout,
         ));
         Ok(Arc::new(Shared {
-            config: Arc::new(config),
+            config: ArcSwap::from_pointee(config),
+            source,
+            reload_lock: std::sync::Mutex::new(()),
+            log_filter: std::sync::OnceLock::new(),
             fleet,
             pools,
             balancer,
@@ -98,10 +118,25 @@ impl Shared {
 }
 
 impl Shared {
+    /// The configuration in force now. Hold the guard briefly: a reload publishes a new one.
+    pub fn config(&self) -> Guard<Arc<Config>> {
+        self.config.load()
+    }
+
+    /// The configuration in force now, for holding across waits (a guard should not be).
+    pub fn config_arc(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// Publishes a reloaded configuration (after its parts were applied, see `reload`).
+    pub(crate) fn set_config(&self, config: Arc<Config>) {
+        self.config.store(config);
+    }
+
     /// Starts a graceful shutdown: no new sessions; each session ends after its transaction, at the latest
     /// after `shutdown_timeout`. Returns when every session is gone or the time is up.
     pub async fn drain(&self) {
-        let timeout = self.config.shutdown_timeout;
+        let timeout = self.config().shutdown_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         self.shutdown.send_replace(Some(deadline));
         tracing::info!(
@@ -119,14 +154,14 @@ impl Shared {
 
 /// Binds the listener and serves clients until the future is dropped.
 pub async fn run(shared: Arc<Shared>) -> Result<(), StartError> {
-    let address = shared.config.listen.address.clone();
+    let address = shared.config().listen.address.clone();
     let listener = tokio::net::TcpListener::bind(&address)
         .await
         .map_err(|source| StartError::Bind {
             address: address.clone(),
             source,
         })?;
-    let metrics = match &shared.config.admin.metrics_address {
+    let metrics = match &shared.config().admin.metrics_address.clone() {
         Some(m) => {
             Some(
                 tokio::net::TcpListener::bind(m)
@@ -139,7 +174,7 @@ pub async fn run(shared: Arc<Shared>) -> Result<(), StartError> {
         }
         None => None,
     };
-    tracing::info!(%address, nodes = shared.fleet.nodes.len(), "pgfleet listening");
+    tracing::info!(%address, nodes = shared.fleet.nodes().len(), "pgfleet listening");
     crate::cluster::monitor::spawn(&shared);
     crate::replication::spawn(&shared);
     if let Some(listener) = metrics {
@@ -148,8 +183,8 @@ pub async fn run(shared: Arc<Shared>) -> Result<(), StartError> {
     }
     let reaper = shared.clone();
     tokio::spawn(async move {
-        let every = (reaper.config.pool.idle_timeout / 2).max(Duration::from_secs(1));
         loop {
+            let every = (reaper.config().pool.idle_timeout / 2).max(Duration::from_secs(1));
             tokio::time::sleep(every).await;
             reaper.pools.reap_idle();
         }

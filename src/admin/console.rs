@@ -11,12 +11,14 @@
 //! | `SHOW REPLICATION` | one per replica (and database, in forward mode): state, position, lag, slot size |
 //! | `SHOW METRICS` | the Prometheus text served on `admin.metrics_address`, one line per row |
 //! | `SHOW ROUTE <sql>` | where the router would send `<sql>` and which rule decided |
+//! | `RELOAD` | re-reads the config file (as SIGHUP does); one row per change applied |
 //!
 //! Answers have PostgreSQL's shape (RowDescription, DataRow..., CommandComplete `SHOW`, ReadyForQuery), so
 //! psql and every driver display them like any query result. Counters are `int8` columns, everything else
 //! `text`; an unknown value (a lag never measured) is NULL.
 
 use std::fmt::Display;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -35,7 +37,7 @@ use ColumnType::{Int, Text};
 
 /// The commands, for the HINT of an unknown one.
 const COMMANDS_HINT: &str = "The admin console understands SHOW NODES, SHOW POOLS, SHOW CLIENTS, SHOW STATS, \
-                             SHOW REPLICATION, SHOW METRICS and SHOW ROUTE <sql>.";
+                             SHOW REPLICATION, SHOW METRICS, SHOW ROUTE <sql> and RELOAD.";
 
 /// Longest command text quoted back in an error, so that a pasted script does not come back whole.
 const QUOTE_LIMIT: usize = 200;
@@ -60,7 +62,7 @@ pub enum ConsoleError {
 /// of the startup (ParameterStatus, BackendKeyData, ReadyForQuery) and then answers simple queries.
 pub async fn run_console<S: AsyncRead + AsyncWrite + Unpin>(
     client: &mut S,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     user: &str,
 ) -> Result<(), ConsoleError> {
     tracing::debug!(user, "admin console session started");
@@ -84,7 +86,7 @@ pub async fn run_console<S: AsyncRead + AsyncWrite + Unpin>(
     out.put_slice(&ready_for_query(b'I'));
     send(client, &out).await?;
 
-    let mut frames = FrameBuffer::new(shared.config.listen.max_message_size as usize);
+    let mut frames = FrameBuffer::new(shared.config().listen.max_message_size as usize);
     // After an extended-protocol message PostgreSQL skips everything up to Sync; so does the console, so
     // that a driver's Parse/Bind/Execute/Sync batch gets exactly one error and one ReadyForQuery.
     let mut skip_to_sync = false;
@@ -165,7 +167,7 @@ fn simple_only() -> ProxyError {
 }
 
 /// The whole reply to one Query message, ReadyForQuery included.
-fn answer(shared: &Shared, text: &str) -> BytesMut {
+fn answer(shared: &Arc<Shared>, text: &str) -> BytesMut {
     let mut out = BytesMut::new();
     // SHOW ROUTE takes the rest of the text as one request, semicolons and all: the router classifies a
     // simple query string as a whole, and so must the question about it.
@@ -191,7 +193,7 @@ fn answer(shared: &Shared, text: &str) -> BytesMut {
 }
 
 /// Runs one admin command.
-fn run_command(shared: &Shared, command: &str) -> Result<Table, ProxyError> {
+fn run_command(shared: &Arc<Shared>, command: &str) -> Result<Table, ProxyError> {
     let command = command.trim().trim_end_matches(';').trim_end();
     if let Some(sql) = strip_keywords(command, &["SHOW", "ROUTE"]) {
         return show_route(shared, sql);
@@ -205,6 +207,7 @@ fn run_command(shared: &Shared, command: &str) -> Result<Table, ProxyError> {
         ["SHOW", "STATS"] => Ok(show_stats(shared)),
         ["SHOW", "REPLICATION"] => Ok(show_replication(shared)),
         ["SHOW", "METRICS"] => Ok(show_metrics(shared)),
+        ["RELOAD"] => reload(shared),
         _ => Err(unknown_command(command)),
     }
 }
@@ -250,7 +253,8 @@ fn show_nodes(shared: &Shared) -> Table {
         ("errors", Int),
         ("weight", Int),
     ]);
-    for (i, node) in shared.fleet.nodes.iter().enumerate() {
+    let nodes = shared.fleet.nodes();
+    for (i, node) in nodes.iter().enumerate().filter(|(_, n)| !n.is_retired()) {
         let state = view.nodes.get(i).cloned().unwrap_or_default();
         let observed = match state.in_recovery {
             Some(true) => "replica",
@@ -273,7 +277,7 @@ fn show_nodes(shared: &Shared) -> Table {
             Some((shared.pools.in_use(i) + idle).to_string()),
             Some(queries.to_string()),
             Some(errors.to_string()),
-            Some(node.weight.to_string()),
+            Some(node.weight().to_string()),
         ]);
     }
     table
@@ -281,19 +285,13 @@ fn show_nodes(shared: &Shared) -> Table {
 
 /// (queries, errors) counted for node `i`.
 fn node_counters(shared: &Shared, i: usize) -> (u64, u64) {
-    use std::sync::atomic::Ordering::Relaxed;
-    shared
-        .stats
-        .nodes
-        .get(i)
-        .map(|n| (n.queries.load(Relaxed), n.errors.load(Relaxed)))
-        .unwrap_or((0, 0))
+    shared.stats.node_counts(i)
 }
 
 fn node_name(shared: &Shared, i: usize) -> String {
     shared
         .fleet
-        .nodes
+        .nodes()
         .get(i)
         .map(|n| n.target.name.clone())
         .unwrap_or_else(|| i.to_string())
@@ -454,7 +452,7 @@ fn function_rules(shared: &Shared) -> (std::sync::Arc<FunctionRules>, String) {
             return (rules, format!("database {database}"));
         }
     }
-    let routing = &shared.config.routing;
+    let routing = &shared.config().routing;
     let rules = FunctionRules::new(&routing.write_functions, &routing.read_only_functions);
     (std::sync::Arc::new(rules), "configured lists".to_owned())
 }
@@ -476,11 +474,32 @@ impl ColumnType {
     }
 }
 
+/// RELOAD: re-reads the config file; one row per change, or the error that kept the running config.
+fn reload(shared: &Arc<Shared>) -> Result<Table, ProxyError> {
+    let report = crate::reload::reload(shared).map_err(|e| {
+        // PostgreSQL's class for configuration file errors.
+        ProxyError::error("F0000", format!("pgfleet: config reload refused: {e}"))
+            .with_hint("Fix the file and run RELOAD again; the running config stays in force meanwhile.")
+    })?;
+    let mut table = Table::new(&[("change", ColumnType::Text)]);
+    table.tag = "RELOAD";
+    for line in report.applied {
+        table.row(vec![Some(line)]);
+    }
+    for key in report.restart_needed {
+        table.row(vec![Some(format!(
+            "{key}: changes only after a restart (running value kept)"
+        ))]);
+    }
+    Ok(table)
+}
+
 /// A result set the console sends: column names and types, then rows of text values (None is NULL).
 #[derive(Debug)]
 struct Table {
     columns: Vec<(&'static str, ColumnType)>,
     rows: Vec<Vec<Option<String>>>,
+    tag: &'static str,
 }
 
 impl Table {
@@ -488,6 +507,7 @@ impl Table {
         Table {
             columns: columns.to_vec(),
             rows: Vec::new(),
+            tag: "SHOW",
         }
     }
 
@@ -500,13 +520,13 @@ impl Table {
         self.rows.push(values);
     }
 
-    /// RowDescription, one DataRow per row, CommandComplete `SHOW`.
+    /// RowDescription, one DataRow per row, CommandComplete (`SHOW` unless the command says otherwise).
     fn encode(&self, out: &mut BytesMut) {
         out.put_slice(&row_description(&self.columns));
         for row in &self.rows {
             out.put_slice(&data_row(row));
         }
-        out.put_slice(&command_complete("SHOW"));
+        out.put_slice(&command_complete(self.tag));
     }
 }
 

@@ -205,7 +205,14 @@ pub fn render(shared: &Shared) -> String {
     let view = shared.fleet.view();
     let stats = &shared.stats;
     let pools = shared.pools.status();
-    let nodes = &shared.fleet.nodes;
+    let slots = shared.fleet.nodes();
+    // Retired slots (nodes a reload removed) keep their index but are no longer part of the fleet.
+    let nodes: Vec<(usize, &crate::cluster::Node)> = slots
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| !n.is_retired())
+        .map(|(i, n)| (i, n.as_ref()))
+        .collect();
     let mut out = Exposition::default();
 
     out.family("pgfleet_build_info", "gauge", "pgfleet version; always 1.");
@@ -216,7 +223,7 @@ pub fn render(shared: &Shared) -> String {
         "gauge",
         "1 when the node passed its last health check and no session saw it fail since, else 0.",
     );
-    for (i, node) in nodes.iter().enumerate() {
+    for &(i, node) in &nodes {
         let state_up = view.nodes.get(i).is_some_and(|s| s.up);
         let up = u8::from(state_up && node.is_up());
         let role = node.role.to_string();
@@ -232,7 +239,7 @@ pub fn render(shared: &Shared) -> String {
         "gauge",
         "1 for the node that takes writes now, else 0.",
     );
-    for (i, node) in nodes.iter().enumerate() {
+    for &(i, node) in &nodes {
         let primary = u8::from(view.primary == Primary::One(i));
         out.sample("pgfleet_node_primary", &[("node", &node.target.name)], primary);
     }
@@ -242,8 +249,8 @@ pub fn render(shared: &Shared) -> String {
         "counter",
         "Requests routed to the node.",
     );
-    for (i, node) in nodes.iter().enumerate() {
-        let queries = stats.nodes.get(i).map_or(0, |n| n.queries.load(Relaxed));
+    for &(i, node) in &nodes {
+        let queries = stats.node_counts(i).0;
         out.sample(
             "pgfleet_node_queries_total",
             &[("node", &node.target.name)],
@@ -256,8 +263,8 @@ pub fn render(shared: &Shared) -> String {
         "counter",
         "Requests or connections that failed because of the node.",
     );
-    for (i, node) in nodes.iter().enumerate() {
-        let errors = stats.nodes.get(i).map_or(0, |n| n.errors.load(Relaxed));
+    for &(i, node) in &nodes {
+        let errors = stats.node_counts(i).1;
         out.sample(
             "pgfleet_node_errors_total",
             &[("node", &node.target.name)],
@@ -272,7 +279,7 @@ pub fn render(shared: &Shared) -> String {
         "gauge",
         "Bytes of WAL the node has not replayed, against the primary's last position.",
     );
-    for (i, node) in nodes.iter().enumerate() {
+    for &(i, node) in &nodes {
         if let Some(lag) = view.nodes.get(i).and_then(|s| s.lag_bytes) {
             out.sample("pgfleet_node_lag_bytes", &[("node", &node.target.name)], lag);
         }
@@ -283,7 +290,7 @@ pub fn render(shared: &Shared) -> String {
         "gauge",
         "How far behind in time the node's replay is.",
     );
-    for (i, node) in nodes.iter().enumerate() {
+    for &(i, node) in &nodes {
         if let Some(lag) = view.nodes.get(i).and_then(|s| s.lag) {
             out.sample(
                 "pgfleet_node_lag_seconds",
@@ -330,7 +337,7 @@ pub fn render(shared: &Shared) -> String {
         "gauge",
         "Connections from pgfleet to the node: idle in a pool, or active for a session.",
     );
-    for (i, node) in nodes.iter().enumerate() {
+    for &(i, node) in &nodes {
         let idle: usize = pools.iter().filter(|p| p.0 == i).map(|p| p.4).sum();
         let name = node.target.name.as_str();
         out.sample(
@@ -437,7 +444,7 @@ fn replication(out: &mut Exposition, shared: &Shared, monitor: Option<&SlotMonit
     out.sample(
         "pgfleet_replication_max_slot_lag_bytes",
         &[],
-        shared.config.replication.max_slot_lag,
+        shared.config().replication.max_slot_lag,
     );
 }
 

@@ -3,7 +3,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
@@ -38,8 +40,8 @@ pub struct ClientInfo {
 /// All counters.
 #[derive(Debug)]
 pub struct Stats {
-    /// Per node, in config order.
-    pub nodes: Vec<NodeCounters>,
+    /// Per node slot (see `cluster::Node`); grows when a reload adds nodes.
+    nodes: ArcSwap<Vec<Arc<NodeCounters>>>,
     routes: Mutex<BTreeMap<String, u64>>,
     clients: Mutex<HashMap<u64, ClientInfo>>,
     /// Client connections accepted since start.
@@ -52,7 +54,7 @@ impl Stats {
     /// Counters for `node_count` nodes.
     pub fn new(node_count: usize) -> Self {
         Self {
-            nodes: (0..node_count).map(|_| NodeCounters::default()).collect(),
+            nodes: ArcSwap::from_pointee((0..node_count).map(|_| Arc::default()).collect()),
             routes: Mutex::new(BTreeMap::new()),
             clients: Mutex::new(HashMap::new()),
             clients_total: AtomicU64::new(0),
@@ -60,9 +62,28 @@ impl Stats {
         }
     }
 
+    /// Makes room for counters of nodes a reload added.
+    pub fn ensure_nodes(&self, node_count: usize) {
+        self.nodes.rcu(|nodes| {
+            let mut grown = nodes.as_ref().clone();
+            grown.resize_with(node_count.max(grown.len()), Arc::default);
+            grown
+        });
+    }
+
+    /// (queries, errors) of a node so far.
+    pub fn node_counts(&self, node: usize) -> (u64, u64) {
+        self.nodes.load().get(node).map_or((0, 0), |n| {
+            (
+                n.queries.load(Ordering::Relaxed),
+                n.errors.load(Ordering::Relaxed),
+            )
+        })
+    }
+
     /// A request went to `node` because of `rule` (a short label such as "read" or "write: INSERT").
     pub fn request_routed(&self, node: usize, target: &str, rule_label: &str) {
-        if let Some(n) = self.nodes.get(node) {
+        if let Some(n) = self.nodes.load().get(node) {
             n.queries.fetch_add(1, Ordering::Relaxed);
         }
         let key = format!("{target}|{rule_label}");
@@ -76,7 +97,7 @@ impl Stats {
 
     /// A node failed a request or a connection.
     pub fn node_error(&self, node: usize) {
-        if let Some(n) = self.nodes.get(node) {
+        if let Some(n) = self.nodes.load().get(node) {
             n.errors.fetch_add(1, Ordering::Relaxed);
         }
     }

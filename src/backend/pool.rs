@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use deadpool::managed::{Manager, Metrics, Object, Pool, PoolError, RecycleError, RecycleResult, Timeouts};
 
 use super::conn::BackendConn;
@@ -53,24 +54,57 @@ type Key = (usize, String, String);
 
 /// All pools, plus per-node counts of connections in use (for least_connections balancing).
 pub struct Pools {
-    config: PoolConfig,
+    config: ArcSwap<PoolConfig>,
     pools: Mutex<HashMap<Key, Pool<ConnManager>>>,
-    in_use: Vec<Arc<AtomicUsize>>,
+    /// Per node slot; grows when a reload adds nodes.
+    in_use: ArcSwap<Vec<Arc<AtomicUsize>>>,
 }
 
 impl Pools {
     /// Empty pools for `node_count` nodes.
     pub fn new(config: PoolConfig, node_count: usize) -> Self {
         Self {
-            config,
+            config: ArcSwap::from_pointee(config),
             pools: Mutex::new(HashMap::new()),
-            in_use: (0..node_count).map(|_| Arc::new(AtomicUsize::new(0))).collect(),
+            in_use: ArcSwap::from_pointee((0..node_count).map(|_| Arc::default()).collect()),
         }
+    }
+
+    /// Applies reloaded pool settings and node slots: existing pools take the new `max_size` (a shrinking
+    /// pool closes connections as they come back, never one in use), pools of retired nodes and of users
+    /// whose credentials changed or vanished are dropped (connections checked out from them finish their
+    /// work and are closed when given back), and counters are made for new nodes.
+    pub fn reconfigure(
+        &self,
+        config: PoolConfig,
+        node_count: usize,
+        keep: impl Fn(usize, &str, &str) -> bool,
+    ) {
+        let max_size = config.max_size;
+        self.config.store(Arc::new(config));
+        self.in_use.rcu(|counters| {
+            let mut grown = counters.as_ref().clone();
+            grown.resize_with(node_count.max(grown.len()), Arc::default);
+            grown
+        });
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        pools.retain(|(node, database, user), pool| {
+            let _ = database;
+            if !keep(*node, user, &pool.manager().password) {
+                pool.close();
+                return false;
+            }
+            if pool.status().max_size != max_size {
+                pool.resize(max_size);
+            }
+            true
+        });
     }
 
     /// Connections currently checked out from a node.
     pub fn in_use(&self, node: usize) -> usize {
         self.in_use
+            .load()
             .get(node)
             .map(|c| c.load(Ordering::Relaxed))
             .unwrap_or(0)
@@ -78,6 +112,7 @@ impl Pools {
 
     fn pool_for(&self, target: &NodeTarget, login: &Login<'_>) -> Pool<ConnManager> {
         let key = (target.index, login.database.to_owned(), login.user.to_owned());
+        let config = self.config.load();
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
         pools
             .entry(key)
@@ -87,11 +122,11 @@ impl Pools {
                     user: login.user.to_owned(),
                     password: login.password.to_owned(),
                     database: login.database.to_owned(),
-                    connect_timeout: self.config.connect_timeout,
+                    connect_timeout: config.connect_timeout,
                 };
                 // Building only fails without a runtime, and tokio's is always given.
                 Pool::builder(manager)
-                    .max_size(self.config.max_size)
+                    .max_size(config.max_size)
                     .runtime(deadpool::Runtime::Tokio1)
                     .build()
                     .unwrap_or_else(|e| panic!("deadpool pool build failed: {e}"))
@@ -102,10 +137,11 @@ impl Pools {
     /// Checks out a connection, waiting at most pool.connect_timeout for a free slot.
     pub async fn get(&self, target: &NodeTarget, login: &Login<'_>) -> Result<PooledConn, BackendError> {
         let pool = self.pool_for(target, login);
+        let config = self.config.load();
         let timeouts = Timeouts {
-            wait: Some(self.config.connect_timeout),
+            wait: Some(config.connect_timeout),
             create: None,
-            recycle: Some(self.config.connect_timeout),
+            recycle: Some(config.connect_timeout),
         };
         let obj = match pool.timeout_get(&timeouts).await {
             Ok(o) => o,
@@ -115,12 +151,12 @@ impl Pools {
                     role: target.role.clone(),
                     name: target.name.clone(),
                     address: target.address.clone(),
-                    after: self.config.connect_timeout,
+                    after: config.connect_timeout,
                 });
             }
             Err(other) => return Err(BackendError::protocol(target, format!("pool error: {other}"))),
         };
-        let counter = self.in_use[target.index].clone();
+        let counter = self.in_use.load().get(target.index).cloned().unwrap_or_default();
         counter.fetch_add(1, Ordering::Relaxed);
         Ok(PooledConn {
             obj: Some(obj),
@@ -130,7 +166,7 @@ impl Pools {
 
     /// Closes pooled connections idle for longer than pool.idle_timeout.
     pub fn reap_idle(&self) {
-        let idle = self.config.idle_timeout;
+        let idle = self.config.load().idle_timeout;
         let pools: Vec<Pool<ConnManager>> = {
             let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
             pools.values().cloned().collect()

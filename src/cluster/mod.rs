@@ -6,33 +6,59 @@
 pub mod monitor;
 pub mod view;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, Guard};
 
 use self::view::{FleetView, NodeState, Primary};
 use crate::backend::connect::NodeTarget;
-use crate::config::{Config, LagLimit, Role};
+use crate::config::{Config, LagLimit, NodeConfig, Role};
 use crate::protocol::messages::ProxyError;
 
 /// How long a node that refused a connection is skipped before it is tried again.
 const DOWN_BACKOFF: Duration = Duration::from_secs(2);
 
-/// One node.
+/// One node slot. Its index never changes while pgfleet runs: a reload that removes the node retires the
+/// slot (sessions and pools still holding the index find it retired) and a node added gets a new slot.
 #[derive(Debug)]
 pub struct Node {
     /// Name, address, role text, index.
     pub target: NodeTarget,
     /// Configured role.
     pub role: Role,
-    /// Read weight.
-    pub weight: u32,
+    weight: AtomicU32,
+    retired: AtomicBool,
     down_until_ms: AtomicU64,
 }
 
 impl Node {
+    fn new(index: usize, config: &NodeConfig) -> Node {
+        Node {
+            target: NodeTarget {
+                index,
+                name: config.name.clone(),
+                role: config.role.to_string(),
+                address: config.address.clone(),
+            },
+            role: config.role,
+            weight: AtomicU32::new(config.weight),
+            retired: AtomicBool::new(false),
+            down_until_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Read weight (reloadable).
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    /// Whether a reload removed the node from the config.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
+    }
+
     /// Whether no session saw the node fail in the last moments.
     pub fn is_up(&self) -> bool {
         self.down_until_ms.load(Ordering::Relaxed) <= now_ms()
@@ -57,14 +83,31 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// All nodes, in config order, and their live state.
+/// What a reload changed in the fleet.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct FleetChanges {
+    /// Slots of nodes that are new (or whose address or role changed, which makes them new nodes).
+    pub added: Vec<usize>,
+    /// Slots retired.
+    pub removed: Vec<usize>,
+    /// (slot, old weight, new weight).
+    pub reweighted: Vec<(usize, u32, u32)>,
+}
+
+impl FleetChanges {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.reweighted.is_empty()
+    }
+}
+
+/// All node slots, in config order (then in order of addition), and their live state.
 #[derive(Debug)]
 pub struct Fleet {
-    /// The nodes.
-    pub nodes: Vec<Node>,
-    configured_primary: Option<usize>,
+    nodes: ArcSwap<Vec<Arc<Node>>>,
     states: Mutex<Vec<NodeState>>,
     view: ArcSwap<FleetView>,
+    generation: AtomicU64,
     /// Forward-mode progress of each replica (empty in external mode).
     pub forward: Arc<crate::replication::ForwardState>,
 }
@@ -72,39 +115,91 @@ pub struct Fleet {
 impl Fleet {
     /// The fleet described by a validated config; every node counts as up until a check says otherwise.
     pub fn from_config(config: &Config) -> Fleet {
-        let nodes: Vec<Node> = config
+        let nodes: Vec<Arc<Node>> = config
             .nodes
             .iter()
             .enumerate()
-            .map(|(index, n)| Node {
-                target: NodeTarget {
-                    index,
-                    name: n.name.clone(),
-                    role: n.role.to_string(),
-                    address: n.address.clone(),
-                },
-                role: n.role,
-                weight: n.weight,
-                down_until_ms: AtomicU64::new(0),
-            })
+            .map(|(index, n)| Arc::new(Node::new(index, n)))
             .collect();
-        let configured_primary = nodes.iter().position(|n| n.role == Role::Primary);
-        let states: Vec<NodeState> = nodes
-            .iter()
-            .map(|_| NodeState {
-                up: true,
-                ..NodeState::default()
-            })
-            .collect();
+        let states: Vec<NodeState> = nodes.iter().map(|_| fresh_state()).collect();
         let forward = Arc::new(crate::replication::ForwardState::new(config));
-        let view = compute_view(&nodes, configured_primary, &states, &forward);
+        let view = compute_view(&nodes, &states, &forward);
         Fleet {
-            nodes,
-            configured_primary,
+            nodes: ArcSwap::from_pointee(nodes),
             states: Mutex::new(states),
             view: ArcSwap::from_pointee(view),
+            generation: AtomicU64::new(0),
             forward,
         }
+    }
+
+    /// Every node slot, retired ones included (their indexes stay valid).
+    pub fn nodes(&self) -> Guard<Arc<Vec<Arc<Node>>>> {
+        self.nodes.load()
+    }
+
+    /// Every node slot, for holding across waits (a guard should not be).
+    pub fn nodes_arc(&self) -> Arc<Vec<Arc<Node>>> {
+        self.nodes.load_full()
+    }
+
+    /// One node slot. Panics on an index that was never handed out, which would be a bug.
+    pub fn node(&self, index: usize) -> Arc<Node> {
+        self.nodes.load()[index].clone()
+    }
+
+    /// Bumped by every reload that changed the node list or weights; sessions compare it to drop
+    /// connections to retired nodes.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Applies a reloaded node list. A node keeps its slot when its name, address and role are unchanged
+    /// (its weight is updated in place); otherwise the old slot is retired and the node gets a new one, so
+    /// that nothing meant for the old server reaches the new one.
+    pub fn apply(&self, config: &Config) -> FleetChanges {
+        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.nodes.load_full();
+        let mut nodes: Vec<Arc<Node>> = old.as_ref().clone();
+        let mut changes = FleetChanges::default();
+        let mut kept = vec![false; nodes.len()];
+        for wanted in &config.nodes {
+            let same = nodes.iter().position(|n| {
+                !n.is_retired()
+                    && n.target.name == wanted.name
+                    && n.target.address == wanted.address
+                    && n.role == wanted.role
+            });
+            match same {
+                Some(i) => {
+                    kept[i] = true;
+                    let before = nodes[i].weight.swap(wanted.weight, Ordering::Relaxed);
+                    if before != wanted.weight {
+                        changes.reweighted.push((i, before, wanted.weight));
+                    }
+                }
+                None => {
+                    let index = nodes.len();
+                    nodes.push(Arc::new(Node::new(index, wanted)));
+                    states.push(fresh_state());
+                    changes.added.push(index);
+                }
+            }
+        }
+        for (i, keep) in kept.iter().enumerate() {
+            if !keep && !nodes[i].is_retired() {
+                nodes[i].retired.store(true, Ordering::Relaxed);
+                states[i] = NodeState::default();
+                changes.removed.push(i);
+            }
+        }
+        let view = compute_view(&nodes, &states, &self.forward);
+        self.nodes.store(Arc::new(nodes));
+        self.view.store(Arc::new(view));
+        if !changes.is_empty() {
+            self.generation.fetch_add(1, Ordering::Release);
+        }
+        changes
     }
 
     /// The latest snapshot.
@@ -115,10 +210,14 @@ impl Fleet {
     /// Records a health check result and publishes a new snapshot.
     pub fn update(&self, node: usize, state: NodeState) {
         let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        let nodes = self.nodes.load();
+        if nodes.get(node).is_none_or(|n| n.is_retired()) {
+            return;
+        }
         if let Some(slot) = states.get_mut(node) {
             *slot = state;
         }
-        let view = compute_view(&self.nodes, self.configured_primary, &states, &self.forward);
+        let view = compute_view(&nodes, &states, &self.forward);
         self.view.store(Arc::new(view));
     }
 
@@ -138,10 +237,12 @@ impl Fleet {
             .with_hint(
                 "Promote a replica (pg_ctl promote, Patroni, pg_auto_failover) or bring the primary back.",
             )),
-            Primary::Conflict(nodes) => {
-                let names: Vec<&str> = nodes
+            Primary::Conflict(claimants) => {
+                let nodes = self.nodes.load();
+                let names: Vec<&str> = claimants
                     .iter()
-                    .map(|n| self.nodes[*n].target.name.as_str())
+                    .filter_map(|n| nodes.get(*n))
+                    .map(|n| n.target.name.as_str())
                     .collect();
                 Err(ProxyError::error(
                     "55000",
@@ -156,9 +257,17 @@ impl Fleet {
         }
     }
 
-    /// The node that will probably take writes: the current primary, else the configured one, else node 0.
+    /// The node that will probably take writes: the current primary, else the configured one, else the
+    /// first live slot.
     pub fn likely_primary(&self) -> usize {
-        self.primary().ok().or(self.configured_primary).unwrap_or(0)
+        let view = self.view.load();
+        match view.primary {
+            Primary::One(p) => p,
+            _ => view
+                .configured_primary
+                .or_else(|| self.nodes.load().iter().position(|n| !n.is_retired()))
+                .unwrap_or(0),
+        }
     }
 
     /// Nodes that may serve reads now, best candidates unfiltered by balance: replicas (by configuration or,
@@ -166,10 +275,17 @@ impl Fleet {
     /// `primary_reads` is set.
     pub fn read_nodes(&self, view: &FleetView, primary_reads: bool, max_lag: Option<LagLimit>) -> Vec<usize> {
         let primary = self.primary_in(view).ok();
-        (0..self.nodes.len())
-            .filter(|i| {
-                let node = &self.nodes[*i];
-                let state = &view.nodes[*i];
+        let nodes = self.nodes.load();
+        view.nodes
+            .iter()
+            .enumerate()
+            .filter(|(i, state)| {
+                let Some(node) = nodes.get(*i) else {
+                    return false;
+                };
+                if node.is_retired() {
+                    return false;
+                }
                 if Some(*i) == primary {
                     return primary_reads && state.up && node.is_up();
                 }
@@ -180,9 +296,18 @@ impl Fleet {
                     Role::Auto => state.in_recovery == Some(true),
                     Role::Primary => false,
                 };
-                is_replica && node.weight > 0 && state.up && node.is_up() && within(state, max_lag)
+                is_replica && node.weight() > 0 && state.up && node.is_up() && within(state, max_lag)
             })
+            .map(|(i, _)| i)
             .collect()
+    }
+}
+
+/// A node nobody has checked yet counts as up, so that a fresh proxy serves at once.
+fn fresh_state() -> NodeState {
+    NodeState {
+        up: true,
+        ..NodeState::default()
     }
 }
 
@@ -195,17 +320,22 @@ fn within(state: &NodeState, max_lag: Option<LagLimit>) -> bool {
 }
 
 fn compute_view(
-    nodes: &[Node],
-    configured_primary: Option<usize>,
+    nodes: &[Arc<Node>],
     states: &[NodeState],
     forward: &crate::replication::ForwardState,
 ) -> FleetView {
+    let configured_primary = nodes
+        .iter()
+        .position(|n| n.role == Role::Primary && !n.is_retired());
     let primary = match configured_primary {
         Some(p) => Primary::One(p),
         None => {
             let claimants: Vec<usize> = (0..nodes.len())
                 .filter(|i| {
-                    nodes[*i].role == Role::Auto && states[*i].up && states[*i].in_recovery == Some(false)
+                    nodes[*i].role == Role::Auto
+                        && !nodes[*i].is_retired()
+                        && states[*i].up
+                        && states[*i].in_recovery == Some(false)
                 })
                 .collect();
             match claimants.len() {
@@ -240,5 +370,9 @@ fn compute_view(
             }
         }
     }
-    FleetView { nodes: out, primary }
+    FleetView {
+        nodes: out,
+        primary,
+        configured_primary,
+    }
 }

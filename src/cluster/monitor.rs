@@ -21,37 +21,69 @@ const CHECK_SQL: &str = "SELECT pg_is_in_recovery(), \
 
 /// Starts one monitor task per node.
 pub fn spawn(shared: &Arc<Shared>) {
-    let Some(user) = shared.config.health_user().cloned() else {
-        return;
-    };
-    for index in 0..shared.fleet.nodes.len() {
-        let shared = shared.clone();
-        let user = user.clone();
-        tokio::spawn(async move {
-            let node = &shared.fleet.nodes[index];
-            let Some(pool) = control_pool(&node.target.address, &user.name, &user.password, &shared) else {
+    for index in 0..shared.fleet.nodes().len() {
+        spawn_node(shared, index);
+    }
+}
+
+/// Starts the monitor task of one node slot; it ends when a reload retires the slot. The health settings
+/// are read at every check, so a reload of `[health]` applies from the next one.
+pub fn spawn_node(shared: &Arc<Shared>, index: usize) {
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let node = shared.fleet.node(index);
+        let mut control: Option<(Login, Pool)> = None;
+        let mut last: Option<(bool, Option<bool>)> = None;
+        loop {
+            if node.is_retired() {
+                tracing::info!(node = %node.target.name, "node removed from the config: no longer checked");
+                return;
+            }
+            let (login, interval, timeout) = {
+                let config = shared.config();
+                let login = config.health_user().map(|u| Login {
+                    user: u.name.clone(),
+                    password: u.password.clone(),
+                    database: config.health.database.clone(),
+                    timeout: config.health.timeout,
+                });
+                (login, config.health.interval, config.health.timeout)
+            };
+            let Some(login) = login else {
+                // No health user: nodes count as up; a reload that adds one starts the checks.
+                tokio::time::sleep(interval).await;
+                continue;
+            };
+            if control.as_ref().is_none_or(|(l, _)| *l != login) {
+                control = control_pool(&node.target.address, &login).map(|p| (login, p));
+            }
+            let started = tokio::time::Instant::now();
+            let Some((_, pool)) = &control else {
                 tracing::error!(node = %node.target.name, "cannot build the health-check pool");
                 return;
             };
-            let interval = shared.config.health.interval;
-            let mut ticker = tokio::time::interval(interval);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut last: Option<(bool, Option<bool>)> = None;
-            loop {
-                ticker.tick().await;
-                let state = check(&pool, shared.config.health.timeout).await;
-                let now = (state.up, state.in_recovery);
-                if last != Some(now) {
-                    log_change(&node.target.name, &state, last.is_none());
-                    last = Some(now);
-                }
-                if state.up {
-                    node.mark_up();
-                }
-                shared.fleet.update(index, state);
+            let state = check(pool, timeout).await;
+            let now = (state.up, state.in_recovery);
+            if last != Some(now) {
+                log_change(&node.target.name, &state, last.is_none());
+                last = Some(now);
             }
-        });
-    }
+            if state.up {
+                node.mark_up();
+            }
+            shared.fleet.update(index, state);
+            tokio::time::sleep_until(started + interval).await;
+        }
+    });
+}
+
+/// Who the checks log in as, and where.
+#[derive(PartialEq, Eq)]
+struct Login {
+    user: String,
+    password: String,
+    database: String,
+    timeout: Duration,
 }
 
 fn log_change(name: &str, state: &NodeState, first: bool) {
@@ -69,16 +101,16 @@ fn log_change(name: &str, state: &NodeState, first: bool) {
     }
 }
 
-fn control_pool(address: &str, user: &str, password: &str, shared: &Shared) -> Option<Pool> {
+fn control_pool(address: &str, login: &Login) -> Option<Pool> {
     let (host, port) = split_host_port(address).ok()?;
     let mut pg = tokio_postgres::Config::new();
     pg.host(&host)
         .port(port)
-        .user(user)
-        .password(password)
-        .dbname(&shared.config.health.database)
+        .user(&login.user)
+        .password(&login.password)
+        .dbname(&login.database)
         .application_name("pgfleet-health")
-        .connect_timeout(shared.config.health.timeout);
+        .connect_timeout(login.timeout);
     let manager = Manager::from_config(
         pg,
         NoTls,

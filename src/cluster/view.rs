@@ -40,6 +40,8 @@ pub struct FleetView {
     pub nodes: Vec<NodeState>,
     /// The write node.
     pub primary: Primary,
+    /// The live node configured with role = "primary", if any.
+    pub configured_primary: Option<usize>,
 }
 
 // One LSN text format for the whole crate: the replication decoder's (strict, as PostgreSQL's pg_lsn input).

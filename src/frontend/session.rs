@@ -104,8 +104,8 @@ async fn authenticate_client(
     user: &str,
     shared: &Shared,
 ) -> Result<crate::config::UserConfig, SessionError> {
-    let max = shared.config.listen.max_message_size as usize;
-    let user_cfg = shared.config.user(user).cloned();
+    let max = shared.config().listen.max_message_size as usize;
+    let user_cfg = shared.config().user(user).cloned();
     if let Err(e) = auth::authenticate(client, user, user_cfg.as_ref(), max).await {
         if !matches!(e, auth::AuthError::ClientClosed) {
             let err = ProxyError::fatal(e.sqlstate(), e.message());
@@ -118,7 +118,7 @@ async fn authenticate_client(
 
 /// `listen.max_clients` and the user's `max_connections`, refused as PostgreSQL refuses them.
 fn check_limits(shared: &Shared, user: &crate::config::UserConfig) -> Result<(), ProxyError> {
-    let max_clients = shared.config.listen.max_clients;
+    let max_clients = shared.config().listen.max_clients;
     let per_user = user.max_connections;
     if max_clients == 0 && per_user == 0 {
         return Ok(());
@@ -217,6 +217,8 @@ pub(super) struct Session {
     shared_conns: bool,
     /// Transaction pooling: the client's statement names and the proxy's.
     names: StatementNames,
+    /// The fleet generation last seen; a reload that changes nodes bumps it.
+    fleet_generation: u64,
 }
 
 impl Session {
@@ -228,7 +230,7 @@ impl Session {
         params: Vec<(String, String)>,
         shared: Arc<Shared>,
     ) -> Result<Session, SessionError> {
-        let max = shared.config.listen.max_message_size as usize;
+        let max = shared.config().listen.max_message_size as usize;
         let user_cfg = authenticate_client(&mut client, &user, &shared).await?;
         if let Err(e) = check_limits(&shared, &user_cfg) {
             client.write_all(&e.encode()).await?;
@@ -268,14 +270,15 @@ impl Session {
             .next_session
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let key = shared.cancels.register();
-        let shared_conns = shared.config.pool.mode == PoolMode::Transaction;
+        let shared_conns = shared.config().pool.mode == PoolMode::Transaction;
         let rules = shared
             .catalog
             .cached(&database)
-            .unwrap_or_else(|| Arc::new(shared.catalog.base().clone()));
+            .unwrap_or_else(|| shared.catalog.base());
         let mut session = Session {
             cbuf: FrameBuffer::new(max),
-            conns: (0..shared.fleet.nodes.len()).map(|_| None).collect(),
+            conns: (0..shared.fleet.nodes().len()).map(|_| None).collect(),
+            fleet_generation: shared.fleet.generation(),
             shared,
             id,
             client,
@@ -402,6 +405,10 @@ impl Session {
 
     /// Makes sure the session holds a connection to `node`.
     async fn connect(&mut self, node: usize) -> Result<(), BackendError> {
+        if node >= self.conns.len() {
+            // A node a reload added after the session started.
+            self.conns.resize_with(node + 1, || None);
+        }
         if let Some(c) = self.conns[node].as_mut() {
             // Whatever the node said while idle: pass on notices and notifications, and notice a connection
             // it closed (then its farewell notice concerns only the proxy, which hides the loss).
@@ -424,7 +431,7 @@ impl Session {
                 ));
             }
         }
-        let n = &self.shared.fleet.nodes[node];
+        let n = &self.shared.fleet.nodes()[node];
         let login = Login {
             user: &self.user,
             password: &self.password,
@@ -531,21 +538,22 @@ impl Session {
             }
             return Ok(());
         }
-        let listen = &self.shared.config.listen;
+        let (idle_in_transaction, client_idle) = {
+            let config = self.shared.config();
+            (
+                config.listen.idle_in_transaction_timeout,
+                config.listen.client_idle_timeout,
+            )
+        };
         let (limit, code, what, key) = if self.tx_node.is_some() {
             (
-                listen.idle_in_transaction_timeout,
+                idle_in_transaction,
                 "25P03",
                 "idle-in-transaction",
                 "listen.idle_in_transaction_timeout",
             )
         } else {
-            (
-                listen.client_idle_timeout,
-                "57P05",
-                "idle-session",
-                "listen.client_idle_timeout",
-            )
+            (client_idle, "57P05", "idle-session", "listen.client_idle_timeout")
         };
         let idle_for = limit.unwrap_or(std::time::Duration::from_secs(365 * 24 * 3600));
         tokio::select! {
@@ -633,7 +641,7 @@ impl Session {
     async fn function_rules(&mut self) -> Arc<FunctionRules> {
         let fleet = &self.shared.fleet;
         let p = fleet.likely_primary();
-        if !fleet.view().nodes[p].up || !fleet.nodes[p].is_up() {
+        if !fleet.view().nodes[p].up || !fleet.nodes()[p].is_up() {
             // The primary is down or hung: nothing could write through it anyway, so the lists already at
             // hand decide, and reads do not wait for a catalog query that cannot be answered.
             return self
@@ -642,7 +650,7 @@ impl Session {
                 .cached(&self.database)
                 .unwrap_or_else(|| self.rules.clone());
         }
-        let primary = fleet.nodes[p].target.address.clone();
+        let primary = fleet.nodes()[p].target.address.clone();
         let source = crate::router::catalog::Source {
             primary: &primary,
             database: &self.database,
@@ -673,16 +681,25 @@ impl Session {
         let shared = self.shared.clone();
         let fleet = &shared.fleet;
         let view = fleet.view();
-        let routing = &shared.config.routing;
+        let (primary_reads, max_lag, fallback_to_primary, load_balance) = {
+            let config = shared.config();
+            let r = &config.routing;
+            (
+                r.primary_reads,
+                r.max_replica_lag,
+                r.fallback_to_primary,
+                r.load_balance,
+            )
+        };
         if self.route.unwrap_or(plan.target) == Target::Primary {
             return Ok(vec![fleet.primary_in(&view)?]);
         }
         let reads: Vec<(usize, u32, usize)> = fleet
-            .read_nodes(&view, routing.primary_reads, routing.max_replica_lag)
+            .read_nodes(&view, primary_reads, max_lag)
             .into_iter()
-            .map(|n| (n, fleet.nodes[n].weight, shared.pools.in_use(n)))
+            .map(|n| (n, fleet.nodes()[n].weight(), shared.pools.in_use(n)))
             .collect();
-        let mut order = shared.balancer.order(&reads);
+        let mut order = shared.balancer.order(load_balance, &reads);
         let primary = fleet.primary_in(&view).ok();
         if let Some(lsn) = self.last_write_lsn {
             order = self.fresh_nodes(order, lsn, primary, &view).await;
@@ -697,7 +714,7 @@ impl Session {
             }
             return Ok(order);
         }
-        if routing.fallback_to_primary {
+        if fallback_to_primary {
             // With no read node left (or as the last resort after them), reads go to the primary.
             if let Some(p) = primary
                 && !order.contains(&p)
@@ -745,7 +762,7 @@ impl Session {
         if fresh.iter().any(|n| Some(*n) != primary) {
             return fresh;
         }
-        let deadline = tokio::time::Instant::now() + self.shared.config.routing.read_your_writes_wait;
+        let deadline = tokio::time::Instant::now() + self.shared.config().routing.read_your_writes_wait;
         let unsure: Vec<usize> = order.iter().copied().filter(|n| !known_fresh(n)).collect();
         loop {
             for n in &unsure {
@@ -791,7 +808,7 @@ impl Session {
         self.shared
             .stats
             .client_update(self.id, state, self.tx_node.or(self.pinned.map(|p| p.0)));
-        if self.shared.config.routing.read_your_writes == ReadYourWrites::Off || self.pinned.is_some() {
+        if self.shared.config().routing.read_your_writes == ReadYourWrites::Off || self.pinned.is_some() {
             return;
         }
         if status != b'I' {
@@ -831,7 +848,52 @@ impl Session {
         }
     }
 
+    /// After a reload changed the fleet: gives back connections to removed nodes, unless a transaction or
+    /// pinned state lives there (those end with the transaction or the session).
+    async fn leave_retired_nodes(&mut self) {
+        self.fleet_generation = self.shared.fleet.generation();
+        let nodes = self.shared.fleet.nodes_arc();
+        for (node, slot) in nodes.iter().enumerate() {
+            if slot.is_retired()
+                && !self.holds_state_on(node)
+                && let Some(c) = self.conns.get_mut(node).and_then(Option::take)
+            {
+                c.release().await;
+            }
+        }
+    }
+
+    /// `log.slow_statement`: one line for a request that took at least that long, with its statements
+    /// redacted (constants replaced) so that no value reaches the log.
+    fn log_if_slow(&self, req: &Request, node: usize, started: std::time::Instant) {
+        let Some(limit) = self.shared.config().log.slow_statement else {
+            return;
+        };
+        let took = started.elapsed();
+        if took < limit {
+            return;
+        }
+        let text = req.frames.iter().find_map(|f| match f.kind {
+            b'Q' => crate::protocol::messages::query_text(f.body()).map(str::to_owned),
+            b'P' => crate::protocol::messages::parse_fields(f.body()).map(|(_, q)| q.to_owned()),
+            b'B' => crate::protocol::messages::bind_names(f.body())
+                .and_then(|(_, name)| self.statements.get(name))
+                // The stored Parse is the whole frame: type byte and length before the body.
+                .and_then(|st| st.parse.get(5..))
+                .and_then(crate::protocol::messages::parse_fields)
+                .map(|(_, q)| q.to_owned()),
+            _ => None,
+        });
+        let statement = crate::router::redact::redact(text.as_deref().unwrap_or(""), 1000);
+        let node = &self.shared.fleet.node(node).target.name;
+        tracing::warn!(duration_ms = took.as_millis() as u64, node = %node, statement = %statement, "slow statement");
+    }
+
     async fn dispatch(&mut self, req: Request, end: End) -> Result<(), SessionError> {
+        if self.shared.fleet.generation() != self.fleet_generation {
+            self.leave_retired_nodes().await;
+        }
+        let started = std::time::Instant::now();
         let mut plan = Plan::for_request(&req, &self.statements, &self.rules);
         // Function volatility only matters for what would otherwise be a read: a write never waits for it,
         // which keeps writes fast when the primary is slow to answer the catalog query.
@@ -865,7 +927,7 @@ impl Session {
                 match e {
                     Prepare::Node(e) if e.is_node_failure() && !last => {
                         self.conns[node] = None;
-                        self.shared.fleet.nodes[node].mark_down();
+                        self.shared.fleet.nodes()[node].mark_down();
                         self.shared.stats.node_error(node);
                         last_err = Some(self.error_of(&e));
                         continue;
@@ -877,7 +939,7 @@ impl Session {
                     Prepare::Refused(err) => return self.refuse(err, end).await,
                 }
             }
-            let name = &self.shared.fleet.nodes[node].target.name;
+            let name = &self.shared.fleet.nodes()[node].target.name;
             let label = self.route_label(&plan);
             tracing::debug!(node = %name, rule = %label, "routing request");
             self.shared
@@ -886,6 +948,7 @@ impl Session {
             let wrote = plan.target == Target::Primary;
             match Flow::run(self, node, &req, end, plan).await {
                 Ok(()) => {
+                    self.log_if_slow(&req, node, started);
                     self.after_request(node, wrote).await;
                     self.release_between_transactions(node);
                     return Ok(());
@@ -897,9 +960,9 @@ impl Session {
                     output_sent,
                 }) => {
                     self.conns[node] = None;
-                    self.shared.fleet.nodes[node].mark_down();
+                    self.shared.fleet.nodes()[node].mark_down();
                     self.shared.stats.node_error(node);
-                    tracing::warn!(node = %self.shared.fleet.nodes[node].target.name, error = %error, "node failed during a request");
+                    tracing::warn!(node = %self.shared.fleet.nodes()[node].target.name, error = %error, "node failed during a request");
                     if output_sent || last || self.tx_node.is_some() {
                         return self.node_lost(node, error, end).await;
                     }
@@ -955,7 +1018,7 @@ impl Session {
 
     /// A node died under a request that could not be retried.
     async fn node_lost(&mut self, node: usize, error: BackendError, end: End) -> Result<(), SessionError> {
-        let name = self.shared.fleet.nodes[node].target.name.clone();
+        let name = self.shared.fleet.nodes()[node].target.name.clone();
         if self.holds_state_on(node) {
             // The client's transaction or pinned session state died with the node. Like PostgreSQL, end the
             // session rather than let the client believe its transaction still exists.

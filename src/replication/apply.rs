@@ -44,9 +44,9 @@ impl Applier {
     pub fn new(shared: Arc<Shared>, node: usize, db: usize, progress: Arc<Progress>) -> Self {
         let database = shared.fleet.forward.databases[db].clone();
         let slot = slot_name(
-            &shared.config.replication.name,
+            &shared.config().replication.name,
             &database,
-            &shared.fleet.nodes[node].target.name,
+            &shared.fleet.nodes()[node].target.name,
         );
         Self {
             shared,
@@ -59,7 +59,7 @@ impl Applier {
 
     /// Runs until the process ends, restarting after failures with a growing pause.
     pub async fn run_forever(self) {
-        let name = self.shared.fleet.nodes[self.node].target.name.clone();
+        let name = self.shared.fleet.nodes()[self.node].target.name.clone();
         let mut pause = Duration::from_millis(500);
         loop {
             let started = std::time::Instant::now();
@@ -79,21 +79,22 @@ impl Applier {
         }
     }
 
-    fn credentials(&self) -> (&str, &str) {
-        let r = &self.shared.config.replication;
+    fn credentials(&self) -> (String, String) {
+        let config = self.shared.config();
+        let r = &config.replication;
         (
-            r.user.as_deref().unwrap_or(""),
-            r.password.as_deref().unwrap_or(""),
+            r.user.clone().unwrap_or_default(),
+            r.password.clone().unwrap_or_default(),
         )
     }
 
     async fn run_once(&self) -> Result<(), ForwardError> {
         let (user, password) = self.credentials();
-        let timeout = self.shared.config.pool.connect_timeout;
+        let timeout = self.shared.config().pool.connect_timeout;
         let fleet = &self.shared.fleet;
-        let primary = fleet.nodes[fleet.likely_primary()].target.clone();
-        let replica_addr = fleet.nodes[self.node].target.address.clone();
-        let replica = client(&replica_addr, user, password, &self.database, timeout).await?;
+        let primary = fleet.nodes()[fleet.likely_primary()].target.clone();
+        let replica_addr = fleet.nodes()[self.node].target.address.clone();
+        let replica = client(&replica_addr, &user, &password, &self.database, timeout).await?;
         replica
             .batch_execute(PROGRESS_DDL)
             .await
@@ -111,7 +112,7 @@ impl Applier {
             .map_err(sql_err("reading progress"))?
             .map(|r| (r.get(0), r.get(1)));
         let mut stream =
-            ReplicationStream::connect(&primary, user, password, &self.database, timeout).await?;
+            ReplicationStream::connect(&primary, &user, &password, &self.database, timeout).await?;
         let start = match stored {
             Some((lsn, state)) if state == "streaming" => crate::cluster::view::parse_lsn(&lsn)
                 .ok_or_else(|| ForwardError::Apply(format!("bad progress {lsn}")))?,
@@ -123,7 +124,7 @@ impl Applier {
         self.progress.set_applied(start);
         self.progress.set_state(State::Streaming);
         if let Err(e) = stream
-            .start(&self.slot, start, &self.shared.config.replication.name)
+            .start(&self.slot, start, &self.shared.config().replication.name)
             .await
         {
             if matches!(&e, super::stream::StreamError::Refused { code, .. } if code == "42704") {
@@ -140,7 +141,7 @@ impl Applier {
             }
             return Err(e.into());
         }
-        tracing::info!(replica = %self.shared.fleet.nodes[self.node].target.name, database = %self.database,
+        tracing::info!(replica = %self.shared.fleet.nodes()[self.node].target.name, database = %self.database,
             from = %format_lsn(start), "forwarding changes");
         self.follow(&mut stream, &replica, start).await
     }
@@ -155,8 +156,8 @@ impl Applier {
     ) -> Result<Lsn, ForwardError> {
         self.progress.set_state(State::Copying);
         let (user, password) = self.credentials();
-        let timeout = self.shared.config.pool.connect_timeout;
-        let control = client(primary_addr, user, password, &self.database, timeout).await?;
+        let timeout = self.shared.config().pool.connect_timeout;
+        let control = client(primary_addr, &user, &password, &self.database, timeout).await?;
         // A slot left by a copy that crashed cannot give its snapshot again: start over. Its walsender may
         // take a moment to notice that its client is gone.
         for attempt in 0..50 {
@@ -188,11 +189,11 @@ impl Applier {
             primary: primary_addr,
             replica: replica_addr,
             database: &self.database,
-            user,
-            password,
+            user: &user,
+            password: &password,
             snapshot: &snapshot,
-            publication: &self.shared.config.replication.name,
-            parallelism: self.shared.config.replication.copy_parallelism,
+            publication: &self.shared.config().replication.name,
+            parallelism: self.shared.config().replication.copy_parallelism,
             timeout,
         };
         let rows = initial_copy(&job).await?;
@@ -220,13 +221,13 @@ impl Applier {
     ) -> Result<(), ForwardError> {
         let (user, password) = self.credentials();
         let fleet = &self.shared.fleet;
-        let primary_addr = fleet.nodes[fleet.likely_primary()].target.address.clone();
+        let primary_addr = fleet.nodes()[fleet.likely_primary()].target.address.clone();
         let control = client(
             &primary_addr,
-            user,
-            password,
+            &user,
+            &password,
             &self.database,
-            self.shared.config.pool.connect_timeout,
+            self.shared.config().pool.connect_timeout,
         )
         .await?;
         let mut relations: HashMap<u32, Relation> = HashMap::new();
@@ -234,7 +235,7 @@ impl Applier {
         let mut sequences = HashMap::new();
         let mut ticker = tokio::time::interval(SEQUENCE_SYNC);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let batch_size = self.shared.config.replication.batch_size;
+        let batch_size = self.shared.config().replication.batch_size;
         loop {
             let msg = tokio::select! {
                 m = stream.next() => m?,

@@ -94,18 +94,19 @@ pub async fn prepare_all(shared: &Shared) -> Result<(), ForwardError> {
 }
 
 async fn prepare(shared: &Shared, database: &str) -> Result<(), ForwardError> {
-    let r = &shared.config.replication;
+    let config = shared.config_arc();
+    let r = &config.replication;
     let (user, password) = (
         r.user.as_deref().unwrap_or(""),
         r.password.as_deref().unwrap_or(""),
     );
-    let primary = &shared.fleet.nodes[shared.fleet.likely_primary()].target;
+    let primary = &shared.fleet.nodes()[shared.fleet.likely_primary()].target;
     let c = client(
         &primary.address,
         user,
         password,
         database,
-        shared.config.pool.connect_timeout,
+        shared.config().pool.connect_timeout,
     )
     .await?;
     let wal_level: String = c

@@ -168,14 +168,14 @@ pub fn spawn(shared: &Arc<Shared>) {
 }
 
 async fn run(shared: Arc<Shared>, monitor: Arc<SlotMonitor>) {
-    let every = period(shared.config.health.interval);
-    let max = shared.config.replication.max_slot_lag;
+    let every = period(shared.config().health.interval);
+    let max = shared.config().replication.max_slot_lag;
     tokio::time::sleep(every.min(FIRST_CHECK)).await;
     let mut primary: Option<tokio_postgres::Client> = None;
     let mut failing = false;
     loop {
         // Connect and query both count against the limit: a hung primary must not stall the monitor.
-        let limit = shared.config.pool.connect_timeout + shared.config.health.timeout;
+        let limit = shared.config().pool.connect_timeout + shared.config().health.timeout;
         let result = match tokio::time::timeout(limit, check(&shared, &mut primary)).await {
             Ok(r) => r,
             Err(_) => Err(ForwardError::Setup(format!(
@@ -216,7 +216,8 @@ async fn check(
     let c = match primary.take() {
         Some(c) if !c.is_closed() => c,
         _ => {
-            let r = &shared.config.replication;
+            let config = shared.config_arc();
+            let r = &config.replication;
             // Slots are cluster-wide: any forwarded database will do for the connection.
             let database = shared
                 .fleet
@@ -224,18 +225,18 @@ async fn check(
                 .databases
                 .first()
                 .map_or("postgres", String::as_str);
-            let node = &shared.fleet.nodes[shared.fleet.likely_primary()].target;
+            let node = &shared.fleet.nodes()[shared.fleet.likely_primary()].target;
             client(
                 &node.address,
                 r.user.as_deref().unwrap_or(""),
                 r.password.as_deref().unwrap_or(""),
                 database,
-                shared.config.pool.connect_timeout,
+                shared.config().pool.connect_timeout,
             )
             .await?
         }
     };
-    let pattern = format!("{}\\_%", escape_like(&shared.config.replication.name));
+    let pattern = format!("{}\\_%", escape_like(&shared.config().replication.name));
     let rows = c
         .query(
             "SELECT slot_name::text, pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint \
@@ -353,12 +354,12 @@ pub fn report_with(shared: &Shared, monitor: Option<&SlotMonitor>) -> Vec<Replic
     let primary = shared.fleet.primary_in(&view).ok();
     let primary_lsn = primary.and_then(|p| view.nodes.get(p)).and_then(|s| s.lsn);
     let mut out = Vec::new();
-    if shared.config.replication.mode == ReplicationMode::Forward {
+    if shared.config().replication.mode == ReplicationMode::Forward {
         let forward = &shared.fleet.forward;
         for (node, per_db) in forward.progress.iter().enumerate() {
-            let name = &shared.fleet.nodes[node].target.name;
+            let name = &shared.fleet.nodes()[node].target.name;
             for (database, progress) in forward.databases.iter().zip(per_db) {
-                let slot = slot_name(&shared.config.replication.name, database, name);
+                let slot = slot_name(&shared.config().replication.name, database, name);
                 let state = progress.state();
                 let applied = progress.applied.load(Relaxed);
                 let visible = progress.visible.load(Relaxed);
@@ -384,7 +385,7 @@ pub fn report_with(shared: &Shared, monitor: Option<&SlotMonitor>) -> Vec<Replic
         }
         return out;
     }
-    for (i, node) in shared.fleet.nodes.iter().enumerate() {
+    for (i, node) in shared.fleet.nodes().iter().enumerate() {
         if Some(i) == primary || node.role == Role::Primary {
             continue;
         }

@@ -6,6 +6,7 @@
 //! reads. DDL sent through pgfleet drops a database's rules, so a function created a moment ago is known to
 //! the very next statement.
 
+use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -37,11 +38,16 @@ pub struct Source<'a> {
     pub password: &'a str,
 }
 
-/// Function rules per database, loaded lazily.
-pub struct Catalog {
-    base: FunctionRules,
+/// What the config says about function rules.
+struct Settings {
+    base: Arc<FunctionRules>,
     refresh: Duration,
     timeout: Duration,
+}
+
+/// Function rules per database, loaded lazily.
+pub struct Catalog {
+    settings: ArcSwap<Settings>,
     entries: Mutex<HashMap<String, Entry>>,
     control: Mutex<HashMap<(String, String, String), Pool>>,
 }
@@ -50,17 +56,32 @@ impl Catalog {
     /// Rules from `routing.write_functions` / `routing.read_only_functions`; loads wait at most `timeout`.
     pub fn new(base: FunctionRules, refresh: Duration, timeout: Duration) -> Self {
         Self {
-            base,
-            refresh,
-            timeout,
+            settings: ArcSwap::from_pointee(Settings {
+                base: Arc::new(base),
+                refresh,
+                timeout,
+            }),
             entries: Mutex::new(HashMap::new()),
             control: Mutex::new(HashMap::new()),
         }
     }
 
     /// The configured lists alone.
-    pub fn base(&self) -> &FunctionRules {
-        &self.base
+    pub fn base(&self) -> Arc<FunctionRules> {
+        self.settings.load().base.clone()
+    }
+
+    /// Reloaded `routing.write_functions` / `read_only_functions` / `function_refresh` or timeout: every
+    /// database's rules are rebuilt on their next use, and control connections are reopened (a password may
+    /// have changed).
+    pub fn reconfigure(&self, base: FunctionRules, refresh: Duration, timeout: Duration) {
+        self.settings.store(Arc::new(Settings {
+            base: Arc::new(base),
+            refresh,
+            timeout,
+        }));
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.control.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     /// The rules last loaded for a database, however old.
@@ -116,10 +137,11 @@ impl Catalog {
     }
 
     async fn load(&self, source: Source<'_>) -> Arc<FunctionRules> {
-        let pool = self.control_pool(&source);
+        let settings = self.settings.load_full();
+        let pool = self.control_pool(&source, settings.timeout);
         let database = source.database;
         let loaded = match pool {
-            Some(pool) => match tokio::time::timeout(self.timeout, async {
+            Some(pool) => match tokio::time::timeout(settings.timeout, async {
                 let client = pool.get().await.map_err(|e| e.to_string())?;
                 load_volatile(&client).await.map_err(|e| e.to_string())
             })
@@ -138,12 +160,12 @@ impl Catalog {
             None => None,
         };
         let (rules, ttl) = match loaded {
-            Some(set) => (Arc::new(self.base.with_volatile(set)), self.refresh),
+            Some(set) => (Arc::new(settings.base.with_volatile(set)), settings.refresh),
             None => {
                 // Keep what an earlier load found rather than forget user functions during an outage.
                 let previous = self.cached(database);
                 (
-                    previous.unwrap_or_else(|| Arc::new(self.base.clone())),
+                    previous.unwrap_or_else(|| settings.base.clone()),
                     RETRY_AFTER_FAILURE,
                 )
             }
@@ -159,7 +181,7 @@ impl Catalog {
         rules
     }
 
-    fn control_pool(&self, source: &Source<'_>) -> Option<Pool> {
+    fn control_pool(&self, source: &Source<'_>, timeout: Duration) -> Option<Pool> {
         let mut control = self.control.lock().unwrap_or_else(|p| p.into_inner());
         let key = (
             source.primary.to_owned(),
@@ -177,7 +199,7 @@ impl Catalog {
             .password(source.password)
             .dbname(source.database)
             .application_name("pgfleet-catalog")
-            .connect_timeout(self.timeout);
+            .connect_timeout(timeout);
         let manager = Manager::from_config(
             pg,
             NoTls,

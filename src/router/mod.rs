@@ -6,4 +6,5 @@ pub mod cache;
 pub mod catalog;
 pub mod classify;
 pub mod functions;
+pub mod redact;
 pub mod split;

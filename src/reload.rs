@@ -1,0 +1,202 @@
+//! Reloading the configuration while serving (SIGHUP, admin `RELOAD`): reading and validating the file
+//! again, deciding what can change in place, applying it to the running parts, and saying what changed.
+//!
+//! What changes in place: nodes (added, removed, weights), `[routing]`, `[[users]]`, pool sizes and
+//! timeouts, `[health]`, `log.level` and `log.slow_statement`, the client limits under `[listen]`, and
+//! `shutdown_timeout`. Connected clients stay connected: a session keeps a transaction or pinned state on a
+//! removed node until it ends, and its next request goes to the new fleet. What cannot change without a
+//! restart (the listening socket and its TLS files, `pool.mode`, `[admin]`, `log.format`, `[replication]`)
+//! keeps its running value and is reported. An invalid file changes nothing.
+
+use std::sync::Arc;
+
+use crate::config::{Config, ConfigError, ReplicationMode};
+use crate::proxy::Shared;
+use crate::router::functions::FunctionRules;
+
+/// Why a reload changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The proxy was not started from a file.
+    #[error("nothing to reload: pgfleet was not started with --config FILE")]
+    NoSource,
+    /// The new file is unreadable or invalid; the message names the key.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// The new file is valid but asks for a change that needs a restart and cannot be deferred.
+    #[error("invalid value for {key}: {reason}")]
+    Refused {
+        /// The config key.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What a reload did.
+#[derive(Debug, Default)]
+pub struct ReloadReport {
+    /// One line per change applied.
+    pub applied: Vec<String>,
+    /// Keys whose new value takes effect only after a restart (the running value is kept).
+    pub restart_needed: Vec<String>,
+}
+
+/// Reads the config file again and applies it; logs the outcome once, whichever it is.
+pub fn reload(shared: &Arc<Shared>) -> Result<ReloadReport, ReloadError> {
+    let _one_at_a_time = shared.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
+    let result = shared
+        .source
+        .as_deref()
+        .ok_or(ReloadError::NoSource)
+        .and_then(|path| Ok(Config::load(path)?))
+        .and_then(|config| apply(shared, config));
+    match &result {
+        Ok(report) => {
+            for key in &report.restart_needed {
+                tracing::warn!(key = %key, "config reload: this setting changes only after a restart; the running value is kept");
+            }
+            if report.applied.is_empty() {
+                tracing::info!("config reloaded: nothing changed");
+            } else {
+                tracing::info!(changes = %report.applied.join("; "), "config reloaded");
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "config reload refused; the running config stays in force"),
+    }
+    result
+}
+
+/// Applies a validated config to the running proxy.
+pub fn apply(shared: &Arc<Shared>, new: Config) -> Result<ReloadReport, ReloadError> {
+    let old = shared.config_arc();
+    let mut report = ReloadReport::default();
+    if old.replication.mode == ReplicationMode::Forward && old.nodes != new.nodes {
+        // Each forwarded replica has slots, an applier and a copy in progress tied to its position in the
+        // node list; rebuilding that live is not worth the risk of a lost or doubled transaction.
+        return Err(ReloadError::Refused {
+            key: "nodes".into(),
+            reason: "with replication.mode = \"forward\", adding, removing or changing nodes needs a restart"
+                .into(),
+        });
+    }
+    let effective = keep_restart_only(&old, new, &mut report.restart_needed);
+
+    describe(&old, &effective, shared, &mut report.applied);
+
+    let changes = shared.fleet.apply(&effective);
+    let slots = shared.fleet.nodes();
+    shared.stats.ensure_nodes(slots.len());
+    shared
+        .pools
+        .reconfigure(effective.pool.clone(), slots.len(), |node, user, password| {
+            slots.get(node).is_some_and(|n| !n.is_retired())
+                && effective.user(user).is_some_and(|u| u.password == password)
+        });
+    if old.routing.write_functions != effective.routing.write_functions
+        || old.routing.read_only_functions != effective.routing.read_only_functions
+        || old.routing.function_refresh != effective.routing.function_refresh
+        || old.pool.connect_timeout != effective.pool.connect_timeout
+        || old.users != effective.users
+    {
+        shared.catalog.reconfigure(
+            FunctionRules::new(
+                &effective.routing.write_functions,
+                &effective.routing.read_only_functions,
+            ),
+            effective.routing.function_refresh,
+            effective.pool.connect_timeout,
+        );
+    }
+    if old.log.level != effective.log.level && std::env::var_os("RUST_LOG").is_none() {
+        match shared.log_filter.get() {
+            Some(set) => {
+                if let Err(e) = set(&effective.log.level) {
+                    report.applied.push(format!("log.level not changed: {e}"));
+                }
+            }
+            None => report.restart_needed.push("log.level".into()),
+        }
+    }
+    shared.set_config(Arc::new(effective));
+    for index in changes.added {
+        crate::cluster::monitor::spawn_node(shared, index);
+    }
+    Ok(report)
+}
+
+/// The new config with the running value of every key that needs a restart, each such change noted.
+fn keep_restart_only(old: &Config, mut new: Config, restart: &mut Vec<String>) -> Config {
+    macro_rules! keep {
+        ($($field:ident).+, $key:expr) => {
+            if old.$($field).+ != new.$($field).+ {
+                restart.push($key.to_string());
+                new.$($field).+ = old.$($field).+.clone();
+            }
+        };
+    }
+    keep!(listen.address, "listen.address");
+    keep!(listen.tls_cert, "listen.tls_cert");
+    keep!(listen.tls_key, "listen.tls_key");
+    keep!(pool.mode, "pool.mode");
+    keep!(admin, "admin");
+    keep!(log.format, "log.format");
+    keep!(replication, "replication");
+    new
+}
+
+/// One line per change between two configs, for the log and the admin console.
+fn describe(old: &Config, new: &Config, shared: &Shared, out: &mut Vec<String>) {
+    let slots = shared.fleet.nodes();
+    let live: Vec<&crate::cluster::Node> = slots
+        .iter()
+        .filter(|n| !n.is_retired())
+        .map(|n| n.as_ref())
+        .collect();
+    for n in &new.nodes {
+        match live.iter().find(|l| l.target.name == n.name) {
+            None => out.push(format!("node {} added ({}, {})", n.name, n.address, n.role)),
+            Some(l) if l.target.address != n.address || l.role != n.role => out.push(format!(
+                "node {} replaced ({}, {} -> {}, {}); connections to the old one close after their transaction",
+                n.name, l.target.address, l.role, n.address, n.role
+            )),
+            Some(l) if l.weight() != n.weight => {
+                out.push(format!("node {} weight {} -> {}", n.name, l.weight(), n.weight))
+            }
+            Some(_) => {}
+        }
+    }
+    for l in &live {
+        if !new.nodes.iter().any(|n| n.name == l.target.name) {
+            out.push(format!(
+                "node {} removed; connections to it close after their transaction",
+                l.target.name
+            ));
+        }
+    }
+    for u in &new.users {
+        match old.user(&u.name) {
+            None => out.push(format!("user {} added", u.name)),
+            Some(o) if o != u => out.push(format!("user {} changed", u.name)),
+            Some(_) => {}
+        }
+    }
+    for u in &old.users {
+        if new.user(&u.name).is_none() {
+            out.push(format!("user {} removed (its connected sessions stay)", u.name));
+        }
+    }
+    let sections: [(&str, bool); 6] = [
+        ("routing", old.routing != new.routing),
+        ("pool", old.pool != new.pool),
+        ("health", old.health != new.health),
+        ("listen limits", old.listen != new.listen),
+        ("log", old.log != new.log),
+        ("shutdown_timeout", old.shutdown_timeout != new.shutdown_timeout),
+    ];
+    for (name, changed) in sections {
+        if changed {
+            out.push(format!("{name} settings changed"));
+        }
+    }
+}
