@@ -45,6 +45,16 @@ fn config(port: u16, nodes: &[N<'_>], extra_users: &str, extra: &str) -> String 
     text
 }
 
+/// Nodes of the cluster by (name, weight); the one named "primary" is the primary.
+fn fleet<'a>(cluster: &'a LocalCluster, spec: &[(&'a str, u32)]) -> Vec<N<'a>> {
+    spec.iter()
+        .map(|(name, weight)| {
+            let role = if *name == "primary" { "primary" } else { "replica" };
+            node(cluster, name, role, *weight)
+        })
+        .collect()
+}
+
 fn node<'a>(cluster: &'a LocalCluster, name: &'a str, role: &'a str, weight: u32) -> N<'a> {
     let handle = cluster.node(name).unwrap_or_else(|| panic!("no node {name}"));
     N {
@@ -136,15 +146,7 @@ async fn wait_no_app_backends(cluster: &LocalCluster, name: &str) {
 async fn sighup_adds_removes_and_reweights_nodes_while_clients_stay() {
     let cluster = cluster_async().await;
     let port = free_port();
-    let v1 = config(
-        port,
-        &[
-            node(&cluster, "primary", "primary", 1),
-            node(&cluster, "replica1", "replica", 1),
-        ],
-        "",
-        "",
-    );
+    let v1 = config(port, &fleet(&cluster, &[("primary", 1), ("replica1", 1)]), "", "");
     let proxy = Proxy::start_with_config(v1);
     let dsn = proxy.dsn(APP_USER, PASSWORD, APP_DB);
     let early = connect(&dsn).await;
@@ -153,11 +155,7 @@ async fn sighup_adds_removes_and_reweights_nodes_while_clients_stay() {
     // Added: replica2 takes reads at once, for the client connected before the reload and for new ones.
     let v2 = config(
         port,
-        &[
-            node(&cluster, "primary", "primary", 1),
-            node(&cluster, "replica1", "replica", 1),
-            node(&cluster, "replica2", "replica", 1),
-        ],
+        &fleet(&cluster, &[("primary", 1), ("replica1", 1), ("replica2", 1)]),
         "",
         "",
     );
@@ -174,15 +172,7 @@ async fn sighup_adds_removes_and_reweights_nodes_while_clients_stay() {
 
     // Removed: no read reaches replica1 any more, the clients keep working, and the connections pgfleet
     // held there are closed.
-    let v3 = config(
-        port,
-        &[
-            node(&cluster, "primary", "primary", 1),
-            node(&cluster, "replica2", "replica", 1),
-        ],
-        "",
-        "",
-    );
+    let v3 = config(port, &fleet(&cluster, &[("primary", 1), ("replica2", 1)]), "", "");
     sighup(&proxy, &v3, 2);
     assert_eq!(read_ports(&early, 12).await, ports(&cluster, &["replica2"]));
     assert_eq!(read_ports(&late, 12).await, ports(&cluster, &["replica2"]));
@@ -191,11 +181,7 @@ async fn sighup_adds_removes_and_reweights_nodes_while_clients_stay() {
     // Back again, with weight 0 (no reads); then the weights swap in place.
     let v4 = config(
         port,
-        &[
-            node(&cluster, "primary", "primary", 1),
-            node(&cluster, "replica1", "replica", 0),
-            node(&cluster, "replica2", "replica", 1),
-        ],
+        &fleet(&cluster, &[("primary", 1), ("replica1", 0), ("replica2", 1)]),
         "",
         "",
     );
@@ -203,11 +189,7 @@ async fn sighup_adds_removes_and_reweights_nodes_while_clients_stay() {
     assert_eq!(read_ports(&early, 12).await, ports(&cluster, &["replica2"]));
     let v5 = config(
         port,
-        &[
-            node(&cluster, "primary", "primary", 1),
-            node(&cluster, "replica1", "replica", 1),
-            node(&cluster, "replica2", "replica", 0),
-        ],
+        &fleet(&cluster, &[("primary", 1), ("replica1", 1), ("replica2", 0)]),
         "",
         "",
     );
