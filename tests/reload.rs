@@ -364,7 +364,8 @@ async fn admin_reload_changes_users_routing_pools_and_logging() {
         .await
         .expect("sleep");
     assert!(
-        proxy.wait_for_log("slow statement", Duration::from_secs(5)),
+        // Logged after the last reply byte went out: wait for it rather than race it.
+        proxy.wait_for_log("SELECT pg_sleep($1), $2", Duration::from_secs(5)),
         "{}",
         proxy.log_tail(10)
     );
