@@ -60,16 +60,23 @@ pub enum StartError {
     /// TLS files unusable.
     #[error("listen.tls_cert / listen.tls_key: {0}")]
     Tls(#[from] crate::frontend::tls::TlsError),
+    /// A node's TLS settings unusable.
+    #[error("nodes: {0}")]
+    NodeTls(#[from] crate::backend::tls::TlsSetupError),
 }
 
 impl Shared {
     /// Builds the shared state for a validated config.
     pub fn new(config: Config) -> Result<Arc<Shared>, StartError> {
         let tls = match (&config.listen.tls_cert, &config.listen.tls_key) {
-            (Some(cert), Some(key)) => Some(crate::frontend::tls::acceptor(cert, key)?),
+            (Some(cert), Some(key)) => Some(crate::frontend::tls::acceptor(
+                cert,
+                key,
+                config.listen.tls_min_version,
+            )?),
             _ => None,
         };
-        let fleet = Fleet::from_config(&config);
+        let fleet = Fleet::from_config(&config)?;
         let node_count = fleet.nodes.len();
         let pools = Pools::new(config.pool.clone(), fleet.nodes.len());
         let balancer = Balancer::new(config.routing.load_balance);

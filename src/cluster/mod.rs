@@ -14,6 +14,7 @@ use arc_swap::ArcSwap;
 
 use self::view::{FleetView, NodeState, Primary};
 use crate::backend::connect::NodeTarget;
+use crate::backend::tls::{NodeTls, TlsSetupError};
 use crate::config::{Config, LagLimit, Role};
 use crate::protocol::messages::ProxyError;
 
@@ -71,23 +72,27 @@ pub struct Fleet {
 
 impl Fleet {
     /// The fleet described by a validated config; every node counts as up until a check says otherwise.
-    pub fn from_config(config: &Config) -> Fleet {
-        let nodes: Vec<Node> = config
+    /// Fails only if a node's `tls_ca` became unreadable since validation.
+    pub fn from_config(config: &Config) -> Result<Fleet, TlsSetupError> {
+        let nodes = config
             .nodes
             .iter()
             .enumerate()
-            .map(|(index, n)| Node {
-                target: NodeTarget {
-                    index,
-                    name: n.name.clone(),
-                    role: n.role.to_string(),
-                    address: n.address.clone(),
-                },
-                role: n.role,
-                weight: n.weight,
-                down_until_ms: AtomicU64::new(0),
+            .map(|(index, n)| {
+                Ok(Node {
+                    target: NodeTarget {
+                        index,
+                        name: n.name.clone(),
+                        role: n.role.to_string(),
+                        address: n.address.clone(),
+                        tls: Arc::new(NodeTls::new(index, n)?),
+                    },
+                    role: n.role,
+                    weight: n.weight,
+                    down_until_ms: AtomicU64::new(0),
+                })
             })
-            .collect();
+            .collect::<Result<Vec<Node>, TlsSetupError>>()?;
         let configured_primary = nodes.iter().position(|n| n.role == Role::Primary);
         let states: Vec<NodeState> = nodes
             .iter()
@@ -98,13 +103,13 @@ impl Fleet {
             .collect();
         let forward = Arc::new(crate::replication::ForwardState::new(config));
         let view = compute_view(&nodes, configured_primary, &states, &forward);
-        Fleet {
+        Ok(Fleet {
             nodes,
             configured_primary,
             states: Mutex::new(states),
             view: ArcSwap::from_pointee(view),
             forward,
-        }
+        })
     }
 
     /// The latest snapshot.
