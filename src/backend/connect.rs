@@ -279,7 +279,14 @@ async fn connect_inner(target: &NodeTarget, login: &Login<'_>) -> Result<Backend
                                 ),
                             ));
                         }
-                        let s = ScramSha256::new(login.password.as_bytes(), ChannelBinding::unrequested());
+                        // Over TLS the server offers SCRAM-SHA-256-PLUS; "y" (binding supported, but not
+                        // offered) would look like a downgrade to it, so say "n": pgfleet does no binding.
+                        let binding = if conn.stream.is_tls() {
+                            ChannelBinding::unsupported()
+                        } else {
+                            ChannelBinding::unrequested()
+                        };
+                        let s = ScramSha256::new(login.password.as_bytes(), binding);
                         let mut msg = Vec::new();
                         msg.extend_from_slice(SCRAM_SHA_256.as_bytes());
                         msg.push(0);

@@ -260,14 +260,20 @@ impl NodeTls {
         PgTls(self.clone())
     }
 
-    /// A tokio-postgres error in words, with this node's setting when TLS was the problem.
+    /// A tokio-postgres error in words (its Display leaves out the cause), with this node's setting when TLS
+    /// was the problem.
     pub fn explain(&self, e: &tokio_postgres::Error) -> String {
-        if let Some(tls) = std::error::Error::source(e).and_then(|s| s.downcast_ref::<TlsConnectError>()) {
+        let source = std::error::Error::source(e);
+        if let Some(tls) = source.and_then(|s| s.downcast_ref::<TlsConnectError>()) {
             return tls.to_string();
         }
-        let text = e.to_string();
+        let kind = e.to_string();
+        let text = match source {
+            Some(source) => format!("{kind}: {source}"),
+            None => kind.clone(),
+        };
         // tokio-postgres's own TLS failures (the server answered N under require) know nothing of the config.
-        if text.starts_with("error performing TLS handshake") {
+        if kind.starts_with("error performing TLS handshake") {
             format!("{text} ({})", self.setting())
         } else {
             text

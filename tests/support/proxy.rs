@@ -89,10 +89,16 @@ impl Proxy {
     /// Starts pgfleet in front of `cluster` (see [`Proxy::config_for`]) on a free port and waits until it
     /// accepts TCP connections. Panics with pgfleet's output if it exits or does not listen within 10 s.
     pub fn start(cluster: &LocalCluster, extra_toml: &str) -> Proxy {
+        Self::start_edited(cluster, extra_toml, |text| text)
+    }
+
+    /// [`Proxy::start`] with the config text passed through `edit` first, for changes inside `[listen]` or
+    /// the `[[nodes]]` tables that `extra_toml` cannot make.
+    pub fn start_edited(cluster: &LocalCluster, extra_toml: &str, edit: impl Fn(String) -> String) -> Proxy {
         let mut attempt = 1;
         loop {
             let port = free_port();
-            match Self::launch(Self::config_for(cluster, port, extra_toml), port) {
+            match Self::launch(edit(Self::config_for(cluster, port, extra_toml)), port) {
                 Ok(proxy) => return proxy,
                 Err(failure) if failure.port_taken && attempt < BIND_ATTEMPTS => attempt += 1,
                 Err(failure) => panic!("{}", failure.message),
