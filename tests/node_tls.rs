@@ -394,8 +394,7 @@ async fn verify_full_checks_the_ca_and_the_host() {
         message.starts_with(&format!(
             "pgfleet: cannot reach primary \"primary\" (127.0.0.1:{port}): TLS handshake failed: the server's \
              certificate is not valid for \"127.0.0.1\", the host of nodes[0].address"
-        )) && message.contains("db.example.com")
-            && message.ends_with("(nodes[0].tls = \"verify-full\")"),
+        )) && message.ends_with("(it names db.example.com) (nodes[0].tls = \"verify-full\")"),
         "{message}"
     );
     drop(proxy);
