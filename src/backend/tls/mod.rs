@@ -2,9 +2,10 @@
 //! node, whichever code opens it.
 //!
 //! This module owns the rustls client configuration of each node ([`NodeTls`]), the SSLRequest exchange and
-//! handshake of raw protocol connections ([`NodeTls::negotiate`], giving a [`NodeStream`]), the adapter that
-//! lets tokio-postgres and deadpool-postgres use the same configuration ([`PgTls`]), the libpq environment
-//! for `pg_dump` ([`NodeTls::libpq_env`]), and the words of TLS failures, which name the node's settings.
+//! handshake of raw protocol connections ([`NodeTls::negotiate`], giving a [`NodeStream`]), the libpq
+//! environment for `pg_dump` ([`NodeTls::libpq_env`]), and the words of TLS failures, which name the node's
+//! settings. `verify` checks certificates, `stream` is the raw connection, `postgres` the adapter that lets
+//! tokio-postgres and deadpool-postgres use the same configuration ([`PgTls`]).
 //!
 //! The modes follow libpq's `sslmode`: `disable` sends no SSLRequest; `prefer` uses TLS when the server
 //! answers `S` and plain text when it answers `N`, without checking the certificate; `require` insists on TLS
@@ -12,31 +13,25 @@
 //! chain against `tls_ca` and that the certificate names the host of the node's address (an IP address must
 //! be among the certificate's IP subject alternative names).
 
+mod postgres;
+mod stream;
+mod verify;
+
 use std::ffi::OsString;
-use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use bytes::BytesMut;
-use futures_util::FutureExt;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_postgres::config::SslMode;
-use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
 use tokio_rustls::TlsConnector;
-use tokio_rustls::rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use tokio_rustls::rustls::client::{verify_server_cert_signed_by_trust_anchor, verify_server_name};
-use tokio_rustls::rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
-use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use tokio_rustls::rustls::server::ParsedCertificate;
-use tokio_rustls::rustls::{
-    self, AlertDescription, CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore,
-    SignatureScheme,
-};
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::rustls::{self, AlertDescription, CertificateError, ClientConfig, RootCertStore};
 
+pub use self::postgres::{PgTls, PgTlsStream};
+pub use self::stream::NodeStream;
+use self::verify::NodeVerifier;
 use crate::config::{NodeConfig, NodeTlsMode, split_host_port};
 use crate::protocol::startup::encode_ssl_request;
 
@@ -380,220 +375,6 @@ fn client_config(verifier: NodeVerifier) -> Result<ClientConfig, rustls::Error> 
         .with_no_client_auth();
     config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
     Ok(config)
-}
-
-/// Checks a node's certificate as its mode says. rustls's own verifier always checks the name, which
-/// `require` with a CA (verify-ca) must not, and refuses to check nothing, which `prefer` and `require`
-/// without a CA ask for. The handshake signatures are verified in every mode: the server must hold the key
-/// of the certificate it shows.
-#[derive(Debug)]
-struct NodeVerifier {
-    /// None: any certificate is accepted.
-    roots: Option<Arc<RootCertStore>>,
-    check_name: bool,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for NodeVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let Some(roots) = &self.roots else {
-            return Ok(ServerCertVerified::assertion());
-        };
-        let cert = ParsedCertificate::try_from(end_entity)?;
-        verify_server_cert_signed_by_trust_anchor(
-            &cert,
-            roots,
-            intermediates,
-            now,
-            self.provider.signature_verification_algorithms.all,
-        )?;
-        if self.check_name {
-            verify_server_name(&cert, server_name)?;
-        }
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-/// A raw protocol connection to a node: plain TCP or TLS over it.
-pub enum NodeStream {
-    /// No TLS (`disable`, or `prefer` with a server that refused).
-    Plain(TcpStream),
-    /// TLS over TCP.
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
-
-impl NodeStream {
-    /// Whether the connection is encrypted.
-    pub fn is_tls(&self) -> bool {
-        matches!(self, NodeStream::Tls(_))
-    }
-
-    /// Reads what has already arrived without waiting; `WouldBlock` when nothing has. TLS records that carry
-    /// no data (session tickets) are consumed and count as nothing.
-    pub fn try_read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
-        match self {
-            NodeStream::Plain(s) => s.try_read_buf(buf),
-            // Polled once with a no-op waker: nothing else waits on this stream while the owner calls this,
-            // and the owner's next real read registers its own waker again.
-            NodeStream::Tls(s) => s
-                .read_buf(buf)
-                .now_or_never()
-                .unwrap_or_else(|| Err(io::ErrorKind::WouldBlock.into())),
-        }
-    }
-
-    /// [`NodeStream::try_read_buf`] into a slice.
-    pub fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            NodeStream::Plain(s) => s.try_read(buf),
-            NodeStream::Tls(s) => s
-                .read(buf)
-                .now_or_never()
-                .unwrap_or_else(|| Err(io::ErrorKind::WouldBlock.into())),
-        }
-    }
-}
-
-impl AsyncRead for NodeStream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            NodeStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            NodeStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for NodeStream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            NodeStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            NodeStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            NodeStream::Plain(s) => Pin::new(s).poll_flush(cx),
-            NodeStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            NodeStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            NodeStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
-
-/// A node's TLS settings as a tokio-postgres connector (`MakeTlsConnect`), for deadpool-postgres pools
-/// and plain `tokio_postgres::Config::connect`. tokio-postgres sends the SSLRequest itself, following the
-/// `sslmode` [`NodeTls::postgres`] set; this performs the handshake with the node's rustls configuration.
-#[derive(Clone)]
-pub struct PgTls(Arc<NodeTls>);
-
-impl MakeTlsConnect<tokio_postgres::Socket> for PgTls {
-    type Stream = PgTlsStream;
-    type TlsConnect = PgTls;
-    type Error = TlsConnectError;
-
-    fn make_tls_connect(&mut self, _domain: &str) -> Result<PgTls, TlsConnectError> {
-        // The name checked is the host of the node's address, as for the proxy's own connections.
-        Ok(self.clone())
-    }
-}
-
-impl TlsConnect<tokio_postgres::Socket> for PgTls {
-    type Stream = PgTlsStream;
-    type Error = TlsConnectError;
-    type Future = Pin<Box<dyn Future<Output = Result<PgTlsStream, TlsConnectError>> + Send>>;
-
-    fn connect(self, stream: tokio_postgres::Socket) -> Self::Future {
-        Box::pin(async move {
-            let Some(config) = self.0.config.clone() else {
-                // Unreachable in practice: `disable` sets sslmode=disable, so tokio-postgres never asks.
-                return Err(TlsConnectError::NotSupported {
-                    setting: self.0.setting(),
-                });
-            };
-            let tls = TlsConnector::from(config)
-                .connect(self.0.name.clone(), stream)
-                .await
-                .map_err(|e| self.0.handshake_error(&e))?;
-            Ok(PgTlsStream(Box::new(tls)))
-        })
-    }
-}
-
-/// A tokio-postgres connection's TLS stream.
-pub struct PgTlsStream(Box<tokio_rustls::client::TlsStream<tokio_postgres::Socket>>);
-
-impl TlsStream for PgTlsStream {
-    fn channel_binding(&self) -> ChannelBinding {
-        // SCRAM channel binding is not offered (the proxy's own connections do not offer it either).
-        ChannelBinding::none()
-    }
-}
-
-impl AsyncRead for PgTlsStream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(self.get_mut().0.as_mut()).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for PgTlsStream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(self.get_mut().0.as_mut()).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(self.get_mut().0.as_mut()).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(self.get_mut().0.as_mut()).poll_shutdown(cx)
-    }
 }
 
 #[cfg(test)]
