@@ -437,10 +437,17 @@ async fn forward_mode_copies_and_streams_over_verified_tls() {
         "[replication]\nmode = \"forward\"\nuser = \"postgres\"\npassword = \"{PASSWORD}\"\n\
          databases = [\"{APP_DB}\"]\n\n[health]\ninterval = \"200ms\"\n"
     );
-    // verify-full everywhere: pg_dump (libpq) too must get the CA, or it cannot verify the primary.
-    let proxy = Proxy::start_edited(&cluster, &forward, |text| {
-        node_settings(text, &tls_lines("verify-full", Some(&pki.ca_file)))
-    });
+    // verify-full everywhere. pg_dump (libpq) must get its sslmode and CA from pgfleet: what it would inherit
+    // here (no TLS, a CA file that does not exist) fails against these servers.
+    let proxy = Proxy::start_with_env(
+        &cluster,
+        &forward,
+        |text| node_settings(text, &tls_lines("verify-full", Some(&pki.ca_file))),
+        &[
+            ("PGSSLMODE", "disable"),
+            ("PGSSLROOTCERT", "/nonexistent/root.crt"),
+        ],
+    );
     let replica = &cluster.replicas[0];
     wait_until(&proxy, "the initial copy", async || {
         replica
