@@ -260,6 +260,21 @@ pub struct ListenConfig {
     /// A session idle inside a transaction this long is closed (and its transaction rolled back); unset: never.
     #[serde(default, deserialize_with = "de_opt_duration")]
     pub idle_in_transaction_timeout: Option<Duration>,
+    /// Oldest TLS version a client may use.
+    #[serde(default)]
+    pub tls_min_version: TlsVersion,
+}
+
+/// `listen.tls_min_version`
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+pub enum TlsVersion {
+    /// TLS 1.2 and 1.3.
+    #[default]
+    #[serde(rename = "1.2")]
+    Tls12,
+    /// TLS 1.3 only.
+    #[serde(rename = "1.3")]
+    Tls13,
 }
 
 /// Client authentication method for one user.
@@ -343,6 +358,44 @@ pub struct NodeConfig {
     /// Relative share of reads (random balancing); 0 takes the node out of the read set.
     #[serde(default = "default_weight")]
     pub weight: u32,
+    /// TLS towards this node, with libpq's `sslmode` meanings.
+    #[serde(default)]
+    pub tls: NodeTlsMode,
+    /// PEM bundle of the CA certificates the node's certificate must chain to (`require`, `verify-full`).
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+}
+
+/// `nodes[i].tls`: libpq's `sslmode` values that make sense for a proxy.
+///
+/// The default is `prefer`, as in libpq: the clients pgfleet replaces reached the nodes with libpq's default,
+/// so a server with `ssl = on` keeps getting encrypted connections from pgfleet as it did from them, and a
+/// server without TLS answers `N` and is used in plain text as before.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum NodeTlsMode {
+    /// Plain TCP; no SSLRequest is sent.
+    Disable,
+    /// TLS when the server offers it, plain text when it refuses; the certificate is not checked.
+    #[default]
+    Prefer,
+    /// TLS or no connection; the certificate is checked against `tls_ca` when set (libpq's verify-ca),
+    /// otherwise not at all.
+    Require,
+    /// TLS, the certificate chained to `tls_ca` and valid for the host of the node's address.
+    VerifyFull,
+}
+
+impl NodeTlsMode {
+    /// The value as written in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeTlsMode::Disable => "disable",
+            NodeTlsMode::Prefer => "prefer",
+            NodeTlsMode::Require => "require",
+            NodeTlsMode::VerifyFull => "verify-full",
+        }
+    }
 }
 
 /// How reads are spread over replicas.
@@ -714,6 +767,7 @@ impl Config {
                 ));
             }
             split_host_port(&n.address).map_err(|reason| invalid(format!("nodes[{i}].address"), reason))?;
+            validate_node_tls(i, n)?;
         }
         let primaries = self.nodes.iter().filter(|n| n.role == Role::Primary).count();
         let autos = self.nodes.iter().filter(|n| n.role == Role::Auto).count();
@@ -806,6 +860,41 @@ impl Config {
     pub fn user(&self, name: &str) -> Option<&UserConfig> {
         self.users.iter().find(|u| u.name == name)
     }
+}
+
+/// `nodes[i].tls` and `nodes[i].tls_ca` together: a CA file is needed for verify-full, pointless without
+/// verification, and must hold certificates; verify-full needs a host a certificate can name.
+fn validate_node_tls(i: usize, n: &NodeConfig) -> Result<(), ConfigError> {
+    let key = format!("nodes[{i}].tls_ca");
+    match (n.tls, &n.tls_ca) {
+        (NodeTlsMode::VerifyFull, None) => {
+            return Err(invalid(
+                key,
+                "must be set when tls = \"verify-full\": the PEM file of the CA that signed the node's certificate",
+            ));
+        }
+        (NodeTlsMode::Disable | NodeTlsMode::Prefer, Some(_)) => {
+            // A CA that is silently not checked would look like protection; libpq's prefer never checks.
+            return Err(invalid(
+                key,
+                format!(
+                    "is only used with tls = \"require\" or \"verify-full\" (tls is \"{}\")",
+                    n.tls.as_str()
+                ),
+            ));
+        }
+        (_, Some(path)) => {
+            crate::backend::tls::load_ca(path).map_err(|e| invalid(&key, e.to_string()))?;
+        }
+        (_, None) => {}
+    }
+    if n.tls == NodeTlsMode::VerifyFull {
+        let (host, _) =
+            split_host_port(&n.address).map_err(|reason| invalid(format!("nodes[{i}].address"), reason))?;
+        crate::backend::tls::server_name(&host)
+            .map_err(|e| invalid(format!("nodes[{i}].address"), e.to_string()))?;
+    }
+    Ok(())
 }
 
 /// Splits "host:port" (or "[v6]:port") into its parts.
@@ -903,6 +992,47 @@ primary_reads = false
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_size("16MB"), Ok(16 * 1024 * 1024));
         assert!(parse_size("16XB").is_err());
+    }
+
+    #[test]
+    fn node_tls_settings() {
+        let c = Config::parse(BASE).expect("valid");
+        assert_eq!(c.nodes[0].tls, NodeTlsMode::Prefer, "libpq's default");
+        assert_eq!(c.listen.tls_min_version, TlsVersion::Tls12);
+        let with = |extra: &str| BASE.replace("weight = 1", &format!("weight = 1\n{extra}"));
+        let c = Config::parse(&with("tls = \"disable\"")).expect("disable");
+        assert_eq!(c.nodes[1].tls, NodeTlsMode::Disable);
+        let c = Config::parse(&with("tls = \"require\"")).expect("require without a CA");
+        assert_eq!(c.nodes[1].tls, NodeTlsMode::Require);
+        let err = err_of(&with("tls = \"verify-full\""));
+        assert!(
+            err.contains("`nodes[1].tls_ca`") && err.contains("verify-full"),
+            "{err}"
+        );
+        let err = err_of(&with("tls = \"verify-full\"\ntls_ca = \"/nonexistent/ca.pem\""));
+        assert!(
+            err.contains("`nodes[1].tls_ca`") && err.contains("/nonexistent/ca.pem"),
+            "{err}"
+        );
+        let err = err_of(&with("tls = \"prefer\"\ntls_ca = \"/nonexistent/ca.pem\""));
+        assert!(
+            err.contains("`nodes[1].tls_ca`") && err.contains("only used with"),
+            "{err}"
+        );
+        assert!(err_of(&with("tls = \"verify-ca\"")).contains("tls"));
+        let c = Config::parse(&BASE.replace(
+            "address = \"127.0.0.1:6432\"",
+            "address = \"127.0.0.1:6432\"\ntls_min_version = \"1.3\"",
+        ))
+        .expect("1.3");
+        assert_eq!(c.listen.tls_min_version, TlsVersion::Tls13);
+        assert!(
+            err_of(&BASE.replace(
+                "address = \"127.0.0.1:6432\"",
+                "address = \"127.0.0.1:6432\"\ntls_min_version = \"1.1\"",
+            ))
+            .contains("tls_min_version")
+        );
     }
 
     #[test]

@@ -38,9 +38,16 @@ const OWNER_FILE: &str = "pgfleet-owner";
 const KEEP_FILE: &str = "pgfleet-keep";
 /// Written last into a template under construction: a template dir without it is garbage.
 const TEMPLATE_MARKER: &str = "pgfleet-template-complete";
-/// Per-node settings (port, socket dir) live in their own file, included from `postgresql.conf`, so that a
-/// retry on another port or a replica's own port is a rewrite instead of an ever-growing append.
+/// Per-node settings (port, socket dir, TLS files) live in their own file, included from `postgresql.conf`, so
+/// that a retry on another port or a replica's own port is a rewrite instead of an ever-growing append.
 const NODE_CONF: &str = "pgfleet-node.conf";
+/// A node's TLS certificate and key ([`ServerTls`]), beside (not inside) its data directory, so that
+/// `pg_basebackup` never copies one node's files to another.
+const TLS_CERT_FILE: &str = "server.crt";
+const TLS_KEY_FILE: &str = "server.key";
+/// Put first in `pg_hba.conf` by [`ServerTls::tls_only`].
+const HBA_TLS_ONLY: &str =
+    "# added by pgfleet's localcluster: plain TCP is refused\nhostnossl all all all reject\n";
 const START_TIMEOUT_SECS: u64 = 60;
 const STOP_TIMEOUT_SECS: u64 = 30;
 /// Short, because after it we kill the processes anyway.
@@ -195,6 +202,20 @@ pub struct ClusterOptions {
     pub app_user: String,
     /// Database created for the app user (default "app").
     pub app_database: String,
+    /// TLS on every node (default: none, `ssl = off`).
+    pub tls: Option<ServerTls>,
+}
+
+/// A server certificate for the nodes of a cluster: with it, each node runs with `ssl = on`.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    /// PEM certificate chain, the server's certificate first.
+    pub cert_pem: String,
+    /// PEM private key of that certificate (PKCS#8, RSA or SEC1, as OpenSSL reads them).
+    pub key_pem: String,
+    /// Refuse every TCP connection that does not use TLS (`hostnossl all all all reject` first in
+    /// `pg_hba.conf`), so that a client that forgets TLS fails instead of silently going without.
+    pub tls_only: bool,
 }
 
 impl Default for ClusterOptions {
@@ -207,6 +228,7 @@ impl Default for ClusterOptions {
             password: "secret".to_owned(),
             app_user: "app".to_owned(),
             app_database: "app".to_owned(),
+            tls: None,
         }
     }
 }
@@ -1034,12 +1056,60 @@ impl NodeHandle {
     }
 
     fn write_node_conf(&self) -> Result<(), ClusterError> {
-        let text = format!(
+        let mut text = format!(
             "# rewritten by pgfleet's localcluster\nport = {}\nunix_socket_directories = {}\n",
             self.port,
             conf_string(&self.socket_dir.to_string_lossy())
         );
+        let (cert, key) = self.tls_files();
+        if cert.is_file() && key.is_file() {
+            text.push_str(&format!(
+                "ssl = on\nssl_cert_file = {}\nssl_key_file = {}\n",
+                conf_string(&cert.to_string_lossy()),
+                conf_string(&key.to_string_lossy())
+            ));
+        }
         write_owned(self.host, &self.data_dir.join(NODE_CONF), &text)
+    }
+
+    fn tls_files(&self) -> (PathBuf, PathBuf) {
+        (
+            self.socket_dir.join(TLS_CERT_FILE),
+            self.socket_dir.join(TLS_KEY_FILE),
+        )
+    }
+
+    /// Gives this node a TLS certificate and key (replacing any earlier ones). A running server uses them
+    /// from its next start ([`NodeHandle::stop`] then [`NodeHandle::start`]); `tls.tls_only` is applied when
+    /// the cluster is created, not here.
+    pub fn set_tls(&self, tls: &ServerTls) -> Result<(), ClusterError> {
+        let (cert, key) = self.tls_files();
+        write_owned(self.host, &cert, &tls.cert_pem)?;
+        write_owned(self.host, &key, &tls.key_pem)?;
+        // PostgreSQL refuses a key its owner's group or others may read.
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o600))
+            .map_err(io_error(format!("chmod {}", key.display())))?;
+        if self.data_dir.join(NODE_CONF).is_file() {
+            self.write_node_conf()?;
+        }
+        Ok(())
+    }
+
+    /// Puts [`HBA_TLS_ONLY`] first in this node's `pg_hba.conf`.
+    fn refuse_plain_tcp(&self) -> Result<(), ClusterError> {
+        let hba = self.data_dir.join("pg_hba.conf");
+        let text = fs::read_to_string(&hba).map_err(io_error(format!("reading {}", hba.display())))?;
+        fs::write(&hba, format!("{HBA_TLS_ONLY}{text}"))
+            .map_err(io_error(format!("writing {}", hba.display())))
+    }
+
+    /// What a node copied from the template needs before its first start: extra settings, TLS-only access.
+    fn prepare_copy(&self, opts: &ClusterOptions) -> Result<(), ClusterError> {
+        self.copy_template(&opts.extra_conf)?;
+        if opts.tls.as_ref().is_some_and(|t| t.tls_only) {
+            self.refuse_plain_tcp()?;
+        }
+        Ok(())
     }
 
     fn copy_template(&self, extra_conf: &[String]) -> Result<(), ClusterError> {
@@ -1197,7 +1267,10 @@ impl LocalCluster {
             streaming: opts.streaming,
             base_dir,
         };
-        cluster.primary.copy_template(&opts.extra_conf)?;
+        if let Some(tls) = &opts.tls {
+            cluster.primary.set_tls(tls)?;
+        }
+        cluster.primary.prepare_copy(&opts)?;
         cluster.primary.start_choosing_port()?;
         cluster
             .primary
@@ -1328,10 +1401,14 @@ fn build_replica(
         Err(e) => return (None, Err(e)),
     };
     let outcome = (|| {
+        if let Some(tls) = &opts.tls {
+            node.set_tls(tls)?;
+        }
         if opts.streaming {
+            // The primary's pg_hba.conf (TLS-only or not) comes along.
             node.base_backup(primary_port, &opts.password)?;
         } else {
-            node.copy_template(&opts.extra_conf)?;
+            node.prepare_copy(opts)?;
         }
         node.start_choosing_port()?;
         if !opts.streaming {

@@ -72,6 +72,9 @@ pub enum StartError {
     /// TLS files unusable.
     #[error("listen.tls_cert / listen.tls_key: {0}")]
     Tls(#[from] crate::frontend::tls::TlsError),
+    /// A node's TLS settings unusable.
+    #[error("nodes: {0}")]
+    NodeTls(#[from] crate::backend::tls::TlsSetupError),
 }
 
 impl Shared {
@@ -83,10 +86,14 @@ impl Shared {
     /// Builds the shared state for a validated config read from `source`, which reloads read again.
     pub fn with_source(config: Config, source: Option<PathBuf>) -> Result<Arc<Shared>, StartError> {
         let tls = match (&config.listen.tls_cert, &config.listen.tls_key) {
-            (Some(cert), Some(key)) => Some(crate::frontend::tls::acceptor(cert, key)?),
+            (Some(cert), Some(key)) => Some(crate::frontend::tls::acceptor(
+                cert,
+                key,
+                config.listen.tls_min_version,
+            )?),
             _ => None,
         };
-        let fleet = Fleet::from_config(&config);
+        let fleet = Fleet::from_config(&config)?;
         let node_count = fleet.nodes().len();
         let pools = Pools::new(config.pool.clone(), fleet.nodes().len());
         let balancer = Balancer::new();

@@ -5,7 +5,7 @@
 //! timeouts, `[health]`, `log.level` and `log.slow_statement`, the client limits under `[listen]`, and
 //! `shutdown_timeout`. Connected clients stay connected: a session keeps a transaction or pinned state on a
 //! removed node until it ends, and its next request goes to the new fleet. What cannot change without a
-//! restart (the listening socket and its TLS files, `pool.mode`, `[admin]`, `log.format`, `[replication]`)
+//! restart (the listening socket and its TLS settings, `pool.mode`, `[admin]`, `log.format`, `[replication]`)
 //! keeps its running value and is reported. An invalid file changes nothing.
 
 use std::sync::Arc;
@@ -23,6 +23,9 @@ pub enum ReloadError {
     /// The new file is unreadable or invalid; the message names the key.
     #[error("{0}")]
     Config(#[from] ConfigError),
+    /// A node's TLS settings could not be loaded.
+    #[error("{0}")]
+    Tls(#[from] crate::backend::tls::TlsSetupError),
     /// The new file is valid but asks for a change that needs a restart and cannot be deferred.
     #[error("invalid value for {key}: {reason}")]
     Refused {
@@ -84,7 +87,8 @@ pub fn apply(shared: &Arc<Shared>, new: Config) -> Result<ReloadReport, ReloadEr
 
     describe(&old, &effective, shared, &mut report.applied);
 
-    let changes = shared.fleet.apply(&effective);
+    // First, as the only step that can fail (a TLS file gone since validation): then nothing has changed.
+    let changes = shared.fleet.apply(&effective)?;
     let slots = shared.fleet.nodes();
     shared.stats.ensure_nodes(slots.len());
     shared
@@ -138,6 +142,7 @@ fn keep_restart_only(old: &Config, mut new: Config, restart: &mut Vec<String>) -
     keep!(listen.address, "listen.address");
     keep!(listen.tls_cert, "listen.tls_cert");
     keep!(listen.tls_key, "listen.tls_key");
+    keep!(listen.tls_min_version, "listen.tls_min_version");
     keep!(pool.mode, "pool.mode");
     keep!(admin, "admin");
     keep!(log.format, "log.format");
@@ -156,9 +161,9 @@ fn describe(old: &Config, new: &Config, shared: &Shared, out: &mut Vec<String>) 
     for n in &new.nodes {
         match live.iter().find(|l| l.target.name == n.name) {
             None => out.push(format!("node {} added ({}, {})", n.name, n.address, n.role)),
-            Some(l) if l.target.address != n.address || l.role != n.role => out.push(format!(
-                "node {} replaced ({}, {} -> {}, {}); connections to the old one close after their transaction",
-                n.name, l.target.address, l.role, n.address, n.role
+            Some(l) if !l.is(n) => out.push(format!(
+                "node {} replaced (now {}, {}); connections to the old one close after their transaction",
+                n.name, n.address, n.role
             )),
             Some(l) if l.weight() != n.weight => {
                 out.push(format!("node {} weight {} -> {}", n.name, l.weight(), n.weight))

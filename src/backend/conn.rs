@@ -2,13 +2,12 @@
 
 use std::collections::HashSet;
 
-use bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
 use super::connect::{BackendError, NodeTarget};
+use super::tls::NodeStream;
 use crate::protocol::messages::cstr;
 use crate::protocol::{Frame, FrameBuffer};
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Session state put on this connection: what the next request must adjust, and what a reset must undo.
 #[derive(Debug, Default)]
@@ -25,7 +24,7 @@ pub struct AppliedState {
 
 /// A connection to one node, with its read buffer and startup facts.
 pub struct BackendConn {
-    pub(crate) stream: TcpStream,
+    pub(crate) stream: NodeStream,
     pub(crate) rbuf: FrameBuffer,
     /// Which node.
     pub target: NodeTarget,
@@ -56,7 +55,7 @@ pub struct Exchange {
 }
 
 impl BackendConn {
-    pub(crate) fn new(stream: TcpStream, target: NodeTarget, rbuf: FrameBuffer) -> Self {
+    pub(crate) fn new(stream: NodeStream, target: NodeTarget, rbuf: FrameBuffer) -> Self {
         Self {
             stream,
             rbuf,
@@ -73,7 +72,13 @@ impl BackendConn {
 
     /// Writes bytes; marks the connection broken on failure.
     pub async fn write_all(&mut self, bytes: &[u8]) -> Result<(), BackendError> {
-        if let Err(e) = self.stream.write_all(bytes).await {
+        // The flush matters only with TLS: rustls may keep records it could not send yet, which a plain
+        // socket never does.
+        let written = match self.stream.write_all(bytes).await {
+            Ok(()) => self.stream.flush().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
             self.broken = true;
             return Err(BackendError::io(&self.target, e));
         }

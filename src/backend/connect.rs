@@ -1,6 +1,8 @@
-//! Opening a connection to a node: TCP, StartupMessage, authentication (SCRAM-SHA-256, md5, cleartext) with the
-//! user's configured password, and the node's ParameterStatus / BackendKeyData up to the first ReadyForQuery.
+//! Opening a connection to a node: TCP, TLS as the node's `tls` setting says (see `backend::tls`),
+//! StartupMessage, authentication (SCRAM-SHA-256, md5, cleartext) with the user's configured password, and the
+//! node's ParameterStatus / BackendKeyData up to the first ReadyForQuery.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -9,6 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::conn::BackendConn;
+use super::tls::{NodeTls, TlsConnectError};
 use crate::protocol::frame::build;
 use crate::protocol::messages::{cstr, error_field};
 use crate::protocol::startup::encode_startup;
@@ -30,6 +33,8 @@ pub struct NodeTarget {
     pub role: String,
     /// host:port.
     pub address: String,
+    /// TLS towards the node.
+    pub tls: Arc<NodeTls>,
 }
 
 /// Why a node connection failed or broke.
@@ -46,6 +51,18 @@ pub enum BackendError {
         address: String,
         /// What the OS said, in words.
         reason: String,
+    },
+    /// TLS was required and did not come about, or the handshake failed.
+    #[error("pgfleet: cannot reach {role} \"{name}\" ({address}): {source}")]
+    Tls {
+        /// Node role.
+        role: String,
+        /// Node name.
+        name: String,
+        /// Node address.
+        address: String,
+        /// What went wrong, naming the node's settings.
+        source: TlsConnectError,
     },
     /// Connect plus authentication took longer than pool.connect_timeout.
     #[error(
@@ -93,7 +110,9 @@ impl BackendError {
     /// The SQLSTATE a client should see.
     pub fn sqlstate(&self) -> &str {
         match self {
-            BackendError::Unreachable { .. } | BackendError::Timeout { .. } => "08006",
+            BackendError::Unreachable { .. } | BackendError::Timeout { .. } | BackendError::Tls { .. } => {
+                "08006"
+            }
             BackendError::Server { code, .. } => code,
             BackendError::Protocol { .. } => "08P01",
             BackendError::Io { .. } => "08006",
@@ -178,7 +197,8 @@ pub async fn connect(
     }
 }
 
-async fn connect_inner(target: &NodeTarget, login: &Login<'_>) -> Result<BackendConn, BackendError> {
+/// TCP connection plus TLS as the node's setting says.
+async fn open(target: &NodeTarget) -> Result<super::tls::NodeStream, BackendError> {
     let stream = TcpStream::connect(&target.address)
         .await
         .map_err(|e| BackendError::Unreachable {
@@ -188,6 +208,20 @@ async fn connect_inner(target: &NodeTarget, login: &Login<'_>) -> Result<Backend
             reason: describe_io(&e),
         })?;
     let _ = stream.set_nodelay(true);
+    target
+        .tls
+        .negotiate(stream)
+        .await
+        .map_err(|source| BackendError::Tls {
+            role: target.role.clone(),
+            name: target.name.clone(),
+            address: target.address.clone(),
+            source,
+        })
+}
+
+async fn connect_inner(target: &NodeTarget, login: &Login<'_>) -> Result<BackendConn, BackendError> {
+    let stream = open(target).await?;
     let mut conn = BackendConn::new(stream, target.clone(), FrameBuffer::new(STARTUP_FRAME_LIMIT));
     let mut params = vec![
         ("user", login.user),
@@ -245,7 +279,14 @@ async fn connect_inner(target: &NodeTarget, login: &Login<'_>) -> Result<Backend
                                 ),
                             ));
                         }
-                        let s = ScramSha256::new(login.password.as_bytes(), ChannelBinding::unrequested());
+                        // Over TLS the server offers SCRAM-SHA-256-PLUS; "y" (binding supported, but not
+                        // offered) would look like a downgrade to it, so say "n": pgfleet does no binding.
+                        let binding = if conn.stream.is_tls() {
+                            ChannelBinding::unsupported()
+                        } else {
+                            ChannelBinding::unrequested()
+                        };
+                        let s = ScramSha256::new(login.password.as_bytes(), binding);
                         let mut msg = Vec::new();
                         msg.extend_from_slice(SCRAM_SHA_256.as_bytes());
                         msg.push(0);
@@ -311,11 +352,16 @@ async fn connect_inner(target: &NodeTarget, login: &Login<'_>) -> Result<Backend
     Ok(conn)
 }
 
-/// Sends a CancelRequest for (pid, secret) to a node; best effort, like libpq's PQcancel.
-pub async fn send_cancel(address: &str, pid: i32, secret: i32) -> std::io::Result<()> {
-    let mut s = TcpStream::connect(address).await?;
+/// Sends a CancelRequest for (pid, secret) to a node; best effort, like libpq's PQcancel. It goes over TLS
+/// when the node's setting asks for TLS (as libpq 17's cancel API does), so the key never crosses the network
+/// in plain text where the session's traffic does not.
+pub async fn send_cancel(target: &NodeTarget, pid: i32, secret: i32) -> Result<(), BackendError> {
+    let mut s = open(target).await?;
+    let io = |e| BackendError::io(target, e);
     s.write_all(&crate::protocol::startup::encode_cancel(pid, secret))
-        .await?;
+        .await
+        .map_err(io)?;
+    s.flush().await.map_err(io)?;
     // PostgreSQL closes the socket once it has acted; waiting for that keeps the cancel ordered before the
     // client's next request.
     let mut buf = [0u8; 1];

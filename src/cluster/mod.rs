@@ -14,6 +14,7 @@ use arc_swap::{ArcSwap, Guard};
 
 use self::view::{FleetView, NodeState, Primary};
 use crate::backend::connect::NodeTarget;
+use crate::backend::tls::{NodeTls, TlsSetupError};
 use crate::config::{Config, LagLimit, NodeConfig, Role};
 use crate::protocol::messages::ProxyError;
 
@@ -28,25 +29,37 @@ pub struct Node {
     pub target: NodeTarget,
     /// Configured role.
     pub role: Role,
+    /// The entry it was made from; a reload that changes anything but the weight makes a new node.
+    spec: NodeConfig,
     weight: AtomicU32,
     retired: AtomicBool,
     down_until_ms: AtomicU64,
 }
 
 impl Node {
-    fn new(index: usize, config: &NodeConfig) -> Node {
-        Node {
+    fn new(index: usize, config: &NodeConfig) -> Result<Node, TlsSetupError> {
+        Ok(Node {
             target: NodeTarget {
                 index,
                 name: config.name.clone(),
                 role: config.role.to_string(),
                 address: config.address.clone(),
+                tls: Arc::new(NodeTls::new(index, config)?),
             },
             role: config.role,
+            spec: config.clone(),
             weight: AtomicU32::new(config.weight),
             retired: AtomicBool::new(false),
             down_until_ms: AtomicU64::new(0),
-        }
+        })
+    }
+
+    /// Whether `config` describes this node, its weight aside.
+    pub fn is(&self, config: &NodeConfig) -> bool {
+        NodeConfig {
+            weight: config.weight,
+            ..self.spec.clone()
+        } == *config
     }
 
     /// Read weight (reloadable).
@@ -114,23 +127,24 @@ pub struct Fleet {
 
 impl Fleet {
     /// The fleet described by a validated config; every node counts as up until a check says otherwise.
-    pub fn from_config(config: &Config) -> Fleet {
-        let nodes: Vec<Arc<Node>> = config
+    /// Fails only if a node's `tls_ca` became unreadable since validation.
+    pub fn from_config(config: &Config) -> Result<Fleet, TlsSetupError> {
+        let nodes = config
             .nodes
             .iter()
             .enumerate()
-            .map(|(index, n)| Arc::new(Node::new(index, n)))
-            .collect();
+            .map(|(index, n)| Node::new(index, n).map(Arc::new))
+            .collect::<Result<Vec<Arc<Node>>, TlsSetupError>>()?;
         let states: Vec<NodeState> = nodes.iter().map(|_| fresh_state()).collect();
         let forward = Arc::new(crate::replication::ForwardState::new(config));
         let view = compute_view(&nodes, &states, &forward);
-        Fleet {
+        Ok(Fleet {
             nodes: ArcSwap::from_pointee(nodes),
             states: Mutex::new(states),
             view: ArcSwap::from_pointee(view),
             generation: AtomicU64::new(0),
             forward,
-        }
+        })
     }
 
     /// Every node slot, retired ones included (their indexes stay valid).
@@ -154,38 +168,38 @@ impl Fleet {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// Applies a reloaded node list. A node keeps its slot when its name, address and role are unchanged
-    /// (its weight is updated in place); otherwise the old slot is retired and the node gets a new one, so
-    /// that nothing meant for the old server reaches the new one.
-    pub fn apply(&self, config: &Config) -> FleetChanges {
+    /// Applies a reloaded node list. A node keeps its slot when its entry is unchanged but for the weight
+    /// (updated in place); otherwise the old slot is retired and the node gets a new one, so that nothing
+    /// meant for the old server (or the old TLS settings) reaches the new one. Changes nothing on error.
+    pub fn apply(&self, config: &Config) -> Result<FleetChanges, TlsSetupError> {
         let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.nodes.load_full();
         let mut nodes: Vec<Arc<Node>> = old.as_ref().clone();
         let mut changes = FleetChanges::default();
         let mut kept = vec![false; nodes.len()];
+        let mut reweigh = Vec::new();
         for wanted in &config.nodes {
-            let same = nodes.iter().position(|n| {
-                !n.is_retired()
-                    && n.target.name == wanted.name
-                    && n.target.address == wanted.address
-                    && n.role == wanted.role
-            });
+            let same = nodes.iter().position(|n| !n.is_retired() && n.is(wanted));
             match same {
                 Some(i) => {
                     kept[i] = true;
-                    let before = nodes[i].weight.swap(wanted.weight, Ordering::Relaxed);
-                    if before != wanted.weight {
-                        changes.reweighted.push((i, before, wanted.weight));
-                    }
+                    reweigh.push((i, wanted.weight));
                 }
                 None => {
+                    // Fallible (TLS files): before anything visible changes.
                     let index = nodes.len();
-                    nodes.push(Arc::new(Node::new(index, wanted)));
-                    states.push(fresh_state());
+                    nodes.push(Arc::new(Node::new(index, wanted)?));
                     changes.added.push(index);
                 }
             }
         }
+        for (i, weight) in reweigh {
+            let before = nodes[i].weight.swap(weight, Ordering::Relaxed);
+            if before != weight {
+                changes.reweighted.push((i, before, weight));
+            }
+        }
+        states.resize_with(nodes.len(), fresh_state);
         for (i, keep) in kept.iter().enumerate() {
             if !keep && !nodes[i].is_retired() {
                 nodes[i].retired.store(true, Ordering::Relaxed);
@@ -199,7 +213,7 @@ impl Fleet {
         if !changes.is_empty() {
             self.generation.fetch_add(1, Ordering::Release);
         }
-        changes
+        Ok(changes)
     }
 
     /// The latest snapshot.

@@ -6,10 +6,11 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_postgres::NoTls;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod};
 
 use super::view::{NodeState, parse_lsn};
+use crate::backend::connect::NodeTarget;
+use crate::backend::tls::NodeTls;
 use crate::config::split_host_port;
 use crate::proxy::Shared;
 
@@ -55,14 +56,14 @@ pub fn spawn_node(shared: &Arc<Shared>, index: usize) {
                 continue;
             };
             if control.as_ref().is_none_or(|(l, _)| *l != login) {
-                control = control_pool(&node.target.address, &login).map(|p| (login, p));
+                control = control_pool(&node.target, &login).map(|p| (login, p));
             }
             let started = tokio::time::Instant::now();
             let Some((_, pool)) = &control else {
                 tracing::error!(node = %node.target.name, "cannot build the health-check pool");
                 return;
             };
-            let state = check(pool, timeout).await;
+            let state = check(pool, &node.target.tls, timeout).await;
             let now = (state.up, state.in_recovery);
             if last != Some(now) {
                 log_change(&node.target.name, &state, last.is_none());
@@ -101,8 +102,8 @@ fn log_change(name: &str, state: &NodeState, first: bool) {
     }
 }
 
-fn control_pool(address: &str, login: &Login) -> Option<Pool> {
-    let (host, port) = split_host_port(address).ok()?;
+fn control_pool(target: &NodeTarget, login: &Login) -> Option<Pool> {
+    let (host, port) = split_host_port(&target.address).ok()?;
     let mut pg = tokio_postgres::Config::new();
     pg.host(&host)
         .port(port)
@@ -111,9 +112,10 @@ fn control_pool(address: &str, login: &Login) -> Option<Pool> {
         .dbname(&login.database)
         .application_name("pgfleet-health")
         .connect_timeout(login.timeout);
+    let tls = target.tls.postgres(&mut pg);
     let manager = Manager::from_config(
         pg,
-        NoTls,
+        tls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -121,13 +123,16 @@ fn control_pool(address: &str, login: &Login) -> Option<Pool> {
     Pool::builder(manager).max_size(1).build().ok()
 }
 
-async fn check(pool: &Pool, timeout: Duration) -> NodeState {
+async fn check(pool: &Pool, tls: &NodeTls, timeout: Duration) -> NodeState {
     let result = tokio::time::timeout(timeout, async {
-        let client = pool.get().await.map_err(|e| e.to_string())?;
+        let client = pool.get().await.map_err(|e| match e {
+            PoolError::Backend(e) => tls.explain(&e),
+            other => other.to_string(),
+        })?;
         let row = client
             .query_one(CHECK_SQL, &[])
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| tls.explain(&e))?;
         let in_recovery: bool = row.try_get(0).map_err(|e| e.to_string())?;
         let lsn: Option<String> = row.try_get(1).map_err(|e| e.to_string())?;
         let replay_age: Option<f64> = row.try_get(2).map_err(|e| e.to_string())?;

@@ -137,12 +137,17 @@ async fn negotiate(
             }
             StartupPacket::Cancel { pid, secret } => {
                 match shared.cancels.lookup(pid, secret) {
-                    Some((address, bpid, bsecret)) => {
-                        tracing::info!(node = %address, "forwarding cancel request");
-                        if let Err(e) = crate::backend::connect::send_cancel(&address, bpid, bsecret).await {
-                            tracing::warn!(node = %address, error = %e, "cancel request could not be delivered");
+                    Some((node, bpid, bsecret)) => match shared.fleet.nodes().get(node).cloned() {
+                        Some(n) => {
+                            let target = &n.target;
+                            tracing::info!(node = %target.name, "forwarding cancel request");
+                            if let Err(e) = crate::backend::connect::send_cancel(target, bpid, bsecret).await
+                            {
+                                tracing::warn!(node = %target.name, error = %e, "cancel request could not be delivered");
+                            }
                         }
-                    }
+                        None => tracing::debug!("cancel request for a node no longer configured"),
+                    },
                     None => tracing::debug!("cancel request for an unknown or idle session"),
                 }
                 return Ok(None);

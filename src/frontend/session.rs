@@ -650,7 +650,7 @@ impl Session {
                 .cached(&self.database)
                 .unwrap_or_else(|| self.rules.clone());
         }
-        let primary = fleet.nodes()[p].target.address.clone();
+        let primary = fleet.nodes()[p].target.clone();
         let source = crate::router::catalog::Source {
             primary: &primary,
             database: &self.database,

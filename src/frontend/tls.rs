@@ -1,7 +1,8 @@
 //! Server-side TLS for clients: turning `listen.tls_cert` / `listen.tls_key` into a rustls acceptor.
 //!
-//! This module owns loading the PEM files and the rustls configuration (ring provider, TLS 1.2 and 1.3, no
-//! client certificates). Answering SSLRequest and wrapping the socket belong to the listener.
+//! This module owns loading the PEM files and the rustls configuration (ring provider, TLS 1.3 and, unless
+//! `listen.tls_min_version = "1.3"`, TLS 1.2; no client certificates). Answering SSLRequest and wrapping the
+//! socket belong to the listener.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -9,6 +10,8 @@ use std::sync::Arc;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::{self, ServerConfig};
+
+use crate::config::TlsVersion;
 
 /// Why the TLS files could not be used. Every variant names the file at fault.
 #[derive(Debug, thiserror::Error)]
@@ -58,8 +61,9 @@ pub enum TlsError {
     },
 }
 
-/// Builds the acceptor for client connections from a PEM certificate chain (leaf first) and a PEM private key.
-pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
+/// Builds the acceptor for client connections from a PEM certificate chain (leaf first) and a PEM private key,
+/// accepting TLS versions from `min_version` up.
+pub fn acceptor(cert: &Path, key: &Path, min_version: TlsVersion) -> Result<TlsAcceptor, TlsError> {
     let chain = load_certs(cert)?;
     let private_key = load_key(key)?;
     let rejected = |source| TlsError::Rejected {
@@ -71,8 +75,12 @@ pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
     // Named explicitly rather than relying on a process-wide default provider, which would be ambiguous
     // (or missing) if another crate in the build enabled aws-lc-rs as well.
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let versions: &[&'static rustls::SupportedProtocolVersion] = match min_version {
+        TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        TlsVersion::Tls13 => &[&rustls::version::TLS13],
+    };
     let config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .with_protocol_versions(versions)
         .map_err(rejected)?
         .with_no_client_auth()
         .with_single_cert(chain, private_key)
@@ -170,7 +178,7 @@ mod tests {
     }
 
     fn err_of(cert: &Path, key: &Path) -> TlsError {
-        match acceptor(cert, key) {
+        match acceptor(cert, key, TlsVersion::Tls12) {
             Ok(_) => panic!("expected an error for {} / {}", cert.display(), key.display()),
             Err(err) => err,
         }
@@ -207,7 +215,7 @@ mod tests {
         let Some((cert, key)) = self_signed(dir.path(), "rsa", &["rsa:2048"]) else {
             return;
         };
-        assert!(acceptor(&cert, &key).is_ok());
+        assert!(acceptor(&cert, &key, TlsVersion::Tls12).is_ok());
     }
 
     #[tokio::test]
@@ -216,9 +224,37 @@ mod tests {
         let Some((cert, key)) = self_signed_with(dir.path(), "rsa", &["rsa:2048"], LEAF) else {
             return;
         };
-        let acceptor = acceptor(&cert, &key).expect("acceptor");
+        let acceptor = acceptor(&cert, &key, TlsVersion::Tls12).expect("acceptor");
         handshake(acceptor.clone(), &cert, &rustls::version::TLS13).await;
         handshake(acceptor, &cert, &rustls::version::TLS12).await;
+    }
+
+    #[tokio::test]
+    async fn minimum_version_13_refuses_a_tls12_client() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let Some((cert, key)) = self_signed_with(dir.path(), "rsa", &["rsa:2048"], LEAF) else {
+            return;
+        };
+        let acceptor = acceptor(&cert, &key, TlsVersion::Tls13).expect("acceptor");
+        handshake(acceptor.clone(), &cert, &rustls::version::TLS13).await;
+        let mut roots = rustls::RootCertStore::empty();
+        for c in load_certs(&cert).expect("certs") {
+            roots.add(c).expect("root");
+        }
+        let client =
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_protocol_versions(&[&rustls::version::TLS12])
+                .expect("versions")
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        let (client_io, server_io) = tokio::io::duplex(16 * 1024);
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let (client, server) = tokio::join!(connector.connect(name, client_io), acceptor.accept(server_io));
+        assert!(
+            client.is_err() && server.is_err(),
+            "a TLS 1.2 client must be refused"
+        );
     }
 
     #[tokio::test]
@@ -232,7 +268,7 @@ mod tests {
         ) else {
             return;
         };
-        let acceptor = acceptor(&cert, &key).expect("acceptor");
+        let acceptor = acceptor(&cert, &key, TlsVersion::Tls12).expect("acceptor");
         handshake(acceptor, &cert, &rustls::version::TLS13).await;
     }
 
@@ -266,7 +302,7 @@ mod tests {
         };
         let pkcs1 = dir.path().join("rsa-pkcs1.key");
         traditional(&key, "rsa", &pkcs1, "-----BEGIN RSA PRIVATE KEY-----");
-        assert!(acceptor(&cert, &pkcs1).is_ok());
+        assert!(acceptor(&cert, &pkcs1, TlsVersion::Tls12).is_ok());
 
         let ec = ["ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
         let Some((cert, key)) = self_signed(dir.path(), "ec", &ec) else {
@@ -274,7 +310,7 @@ mod tests {
         };
         let sec1 = dir.path().join("ec-sec1.key");
         traditional(&key, "ec", &sec1, "-----BEGIN EC PRIVATE KEY-----");
-        assert!(acceptor(&cert, &sec1).is_ok());
+        assert!(acceptor(&cert, &sec1, TlsVersion::Tls12).is_ok());
     }
 
     #[test]

@@ -124,6 +124,14 @@ pub fn encode_startup(params: &[(&str, &str)]) -> Bytes {
     out.freeze()
 }
 
+/// Encodes an SSLRequest (used towards the nodes before the StartupMessage).
+pub fn encode_ssl_request() -> Bytes {
+    let mut out = BytesMut::with_capacity(8);
+    out.put_i32(8);
+    out.put_i32(SSL_REQUEST);
+    out.freeze()
+}
+
 /// Encodes a CancelRequest for a node's (pid, secret).
 pub fn encode_cancel(pid: i32, secret: i32) -> Bytes {
     let mut out = BytesMut::with_capacity(16);

@@ -16,6 +16,7 @@ use super::pgoutput::{self, Lsn, PgOutput, Relation, ReplicationMessage};
 use super::setup::{DDL_PREFIX, ForwardError, client, slot_name, sql_err};
 use super::stream::ReplicationStream;
 use super::{Progress, State, sql};
+use crate::backend::connect::NodeTarget;
 use crate::cluster::view::format_lsn;
 use crate::proxy::Shared;
 use crate::router::classify::classify;
@@ -93,8 +94,8 @@ impl Applier {
         let timeout = self.shared.config().pool.connect_timeout;
         let fleet = &self.shared.fleet;
         let primary = fleet.nodes()[fleet.likely_primary()].target.clone();
-        let replica_addr = fleet.nodes()[self.node].target.address.clone();
-        let replica = client(&replica_addr, &user, &password, &self.database, timeout).await?;
+        let replica_node = fleet.nodes()[self.node].target.clone();
+        let replica = client(&replica_node, &user, &password, &self.database, timeout).await?;
         replica
             .batch_execute(PROGRESS_DDL)
             .await
@@ -116,10 +117,7 @@ impl Applier {
         let start = match stored {
             Some((lsn, state)) if state == "streaming" => crate::cluster::view::parse_lsn(&lsn)
                 .ok_or_else(|| ForwardError::Apply(format!("bad progress {lsn}")))?,
-            _ => {
-                self.copy(&mut stream, &replica, &primary.address, &replica_addr)
-                    .await?
-            }
+            _ => self.copy(&mut stream, &replica, &primary, &replica_node).await?,
         };
         self.progress.set_applied(start);
         self.progress.set_state(State::Streaming);
@@ -151,13 +149,13 @@ impl Applier {
         &self,
         stream: &mut ReplicationStream,
         replica: &tokio_postgres::Client,
-        primary_addr: &str,
-        replica_addr: &str,
+        primary: &NodeTarget,
+        replica_node: &NodeTarget,
     ) -> Result<Lsn, ForwardError> {
         self.progress.set_state(State::Copying);
         let (user, password) = self.credentials();
         let timeout = self.shared.config().pool.connect_timeout;
-        let control = client(primary_addr, &user, &password, &self.database, timeout).await?;
+        let control = client(primary, &user, &password, &self.database, timeout).await?;
         // A slot left by a copy that crashed cannot give its snapshot again: start over. Its walsender may
         // take a moment to notice that its client is gone.
         for attempt in 0..50 {
@@ -186,8 +184,8 @@ impl Applier {
             .map_err(sql_err("marking the replica as copying"))?;
         let (consistent, snapshot) = stream.create_slot(&self.slot).await?;
         let job = CopyJob {
-            primary: primary_addr,
-            replica: replica_addr,
+            primary,
+            replica: replica_node,
             database: &self.database,
             user: &user,
             password: &password,
@@ -208,7 +206,7 @@ impl Applier {
             .map_err(sql_err("recording the copy's consistent point"))?;
         sync_sequences(&control, replica, &mut HashMap::new()).await?;
         self.progress.rows.fetch_add(rows, Ordering::Relaxed);
-        tracing::info!(replica = replica_addr, database = %self.database, rows, at = %format_lsn(consistent),
+        tracing::info!(replica = %replica_node.address, database = %self.database, rows, at = %format_lsn(consistent),
             "initial copy done");
         Ok(consistent)
     }
@@ -221,9 +219,9 @@ impl Applier {
     ) -> Result<(), ForwardError> {
         let (user, password) = self.credentials();
         let fleet = &self.shared.fleet;
-        let primary_addr = fleet.nodes()[fleet.likely_primary()].target.address.clone();
+        let primary = fleet.nodes()[fleet.likely_primary()].target.clone();
         let control = client(
-            &primary_addr,
+            &primary,
             &user,
             &password,
             &self.database,

@@ -11,6 +11,7 @@ use futures_util::{SinkExt, StreamExt, pin_mut};
 use tokio::io::AsyncReadExt;
 
 use super::setup::{ForwardError, client, sql_err};
+use crate::backend::connect::NodeTarget;
 use crate::config::split_host_port;
 
 /// Bytes of rows sent to the replica at once during a copy.
@@ -18,10 +19,10 @@ const COPY_BLOCK: usize = 256 * 1024;
 
 /// Who and where to copy.
 pub struct CopyJob<'a> {
-    /// Primary address.
-    pub primary: &'a str,
-    /// Replica address.
-    pub replica: &'a str,
+    /// The primary (address and TLS settings).
+    pub primary: &'a NodeTarget,
+    /// The replica.
+    pub replica: &'a NodeTarget,
     /// Database.
     pub database: &'a str,
     /// Replication user.
@@ -134,14 +135,22 @@ async fn copy_table(job: &CopyJob<'_>, table: String) -> Result<u64, ForwardErro
         .batch_execute("COMMIT")
         .await
         .map_err(sql_err(format!("closing the snapshot for {table}")))?;
-    tracing::info!(table = %table, rows, replica = job.replica, "copied table");
+    tracing::info!(table = %table, rows, replica = %job.replica.address, "copied table");
     Ok(rows)
 }
 
 /// The primary's schema as of the snapshot, as SQL the replica can run (psql meta-commands removed).
 async fn dump_schema(job: &CopyJob<'_>) -> Result<String, ForwardError> {
-    let (host, port) = split_host_port(job.primary).map_err(ForwardError::Setup)?;
-    let mut child = tokio::process::Command::new(pg_dump_path()?)
+    let (host, port) = split_host_port(&job.primary.address).map_err(ForwardError::Setup)?;
+    let mut command = tokio::process::Command::new(pg_dump_path()?);
+    // libpq's own sslmode and root certificate, matching the primary's tls and tls_ca.
+    for (name, value) in job.primary.tls.libpq_env() {
+        match value {
+            Some(v) => command.env(name, v),
+            None => command.env_remove(name),
+        };
+    }
+    let mut child = command
         .args([
             // Owners and grants come along: replicas have the same roles, as forwarded DDL runs under them.
             "--schema-only",

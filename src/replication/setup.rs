@@ -4,8 +4,7 @@
 
 use std::time::Duration;
 
-use tokio_postgres::NoTls;
-
+use crate::backend::connect::NodeTarget;
 use crate::config::split_host_port;
 use crate::proxy::Shared;
 
@@ -53,15 +52,15 @@ pub fn sql_err(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error)
     move |source| ForwardError::Sql { context, source }
 }
 
-/// A plain SQL connection as the replication user.
+/// A plain SQL connection as the replication user, with TLS as the node's settings say.
 pub async fn client(
-    address: &str,
+    target: &NodeTarget,
     user: &str,
     password: &str,
     database: &str,
     timeout: Duration,
 ) -> Result<tokio_postgres::Client, ForwardError> {
-    let (host, port) = split_host_port(address).map_err(ForwardError::Setup)?;
+    let (host, port) = split_host_port(&target.address).map_err(ForwardError::Setup)?;
     let mut pg = tokio_postgres::Config::new();
     pg.host(&host)
         .port(port)
@@ -73,10 +72,17 @@ pub async fn client(
         .options(
             "-c DateStyle=ISO -c IntervalStyle=postgres -c extra_float_digits=3 -c client_encoding=UTF8",
         );
-    let (client, conn) = pg
-        .connect(NoTls)
-        .await
-        .map_err(sql_err(format!("connecting to {address}/{database}")))?;
+    let tls = target.tls.postgres(&mut pg);
+    let (client, conn) = pg.connect(tls).await.map_err(|e| {
+        let why = match e.as_db_error() {
+            Some(_) => describe(&e),
+            None => target.tls.explain(&e),
+        };
+        ForwardError::Setup(format!(
+            "connecting to {} \"{}\" ({})/{database}: {why}",
+            target.role, target.name, target.address
+        ))
+    })?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "forward-mode connection closed");
@@ -102,7 +108,7 @@ async fn prepare(shared: &Shared, database: &str) -> Result<(), ForwardError> {
     );
     let primary = &shared.fleet.nodes()[shared.fleet.likely_primary()].target;
     let c = client(
-        &primary.address,
+        primary,
         user,
         password,
         database,

@@ -227,7 +227,7 @@ async fn check(
                 .map_or("postgres", String::as_str);
             let node = &shared.fleet.nodes()[shared.fleet.likely_primary()].target;
             client(
-                &node.address,
+                node,
                 r.user.as_deref().unwrap_or(""),
                 r.password.as_deref().unwrap_or(""),
                 database,

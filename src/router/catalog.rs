@@ -11,10 +11,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_postgres::NoTls;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod};
 
 use super::functions::{FunctionRules, load_volatile};
+use crate::backend::connect::NodeTarget;
 use crate::config::split_host_port;
 
 struct Entry {
@@ -28,8 +28,8 @@ const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
 
 /// Where and as whom to read a database's functions.
 pub struct Source<'a> {
-    /// Primary address.
-    pub primary: &'a str,
+    /// The primary (address and TLS settings).
+    pub primary: &'a NodeTarget,
     /// Database.
     pub database: &'a str,
     /// Role.
@@ -116,7 +116,7 @@ impl Catalog {
             Some(rules) => {
                 let this = self.clone();
                 let (primary, database, user, password) = (
-                    source.primary.to_owned(),
+                    source.primary.clone(),
                     source.database.to_owned(),
                     source.user.to_owned(),
                     source.password.to_owned(),
@@ -142,8 +142,12 @@ impl Catalog {
         let database = source.database;
         let loaded = match pool {
             Some(pool) => match tokio::time::timeout(settings.timeout, async {
-                let client = pool.get().await.map_err(|e| e.to_string())?;
-                load_volatile(&client).await.map_err(|e| e.to_string())
+                let tls = &source.primary.tls;
+                let client = pool.get().await.map_err(|e| match e {
+                    PoolError::Backend(e) => tls.explain(&e),
+                    other => other.to_string(),
+                })?;
+                load_volatile(&client).await.map_err(|e| tls.explain(&e))
             })
             .await
             {
@@ -184,14 +188,14 @@ impl Catalog {
     fn control_pool(&self, source: &Source<'_>, timeout: Duration) -> Option<Pool> {
         let mut control = self.control.lock().unwrap_or_else(|p| p.into_inner());
         let key = (
-            source.primary.to_owned(),
+            source.primary.address.clone(),
             source.database.to_owned(),
             source.user.to_owned(),
         );
         if let Some(p) = control.get(&key) {
             return Some(p.clone());
         }
-        let (host, port) = split_host_port(source.primary).ok()?;
+        let (host, port) = split_host_port(&source.primary.address).ok()?;
         let mut pg = tokio_postgres::Config::new();
         pg.host(&host)
             .port(port)
@@ -200,9 +204,10 @@ impl Catalog {
             .dbname(source.database)
             .application_name("pgfleet-catalog")
             .connect_timeout(timeout);
+        let tls = source.primary.tls.postgres(&mut pg);
         let manager = Manager::from_config(
             pg,
-            NoTls,
+            tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },

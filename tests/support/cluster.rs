@@ -2,7 +2,7 @@
 //! shares and turning start failures into panics with the full reason.
 
 #[allow(unused_imports)]
-pub use pgfleet::localcluster::{ClusterError, ClusterOptions, LocalCluster, NodeHandle};
+pub use pgfleet::localcluster::{ClusterError, ClusterOptions, LocalCluster, NodeHandle, ServerTls};
 
 /// Password of the app user and of the superuser `postgres`.
 pub const PASSWORD: &str = "secret";

@@ -89,10 +89,27 @@ impl Proxy {
     /// Starts pgfleet in front of `cluster` (see [`Proxy::config_for`]) on a free port and waits until it
     /// accepts TCP connections. Panics with pgfleet's output if it exits or does not listen within 10 s.
     pub fn start(cluster: &LocalCluster, extra_toml: &str) -> Proxy {
+        Self::start_edited(cluster, extra_toml, |text| text)
+    }
+
+    /// [`Proxy::start`] with the config text passed through `edit` first, for changes inside `[listen]` or
+    /// the `[[nodes]]` tables that `extra_toml` cannot make.
+    pub fn start_edited(cluster: &LocalCluster, extra_toml: &str, edit: impl Fn(String) -> String) -> Proxy {
+        Self::start_with_env(cluster, extra_toml, edit, &[])
+    }
+
+    /// [`Proxy::start_edited`] with these variables added to pgfleet's environment (which its child
+    /// processes, such as pg_dump, inherit).
+    pub fn start_with_env(
+        cluster: &LocalCluster,
+        extra_toml: &str,
+        edit: impl Fn(String) -> String,
+        env: &[(&str, &str)],
+    ) -> Proxy {
         let mut attempt = 1;
         loop {
             let port = free_port();
-            match Self::launch(Self::config_for(cluster, port, extra_toml), port) {
+            match Self::launch(edit(Self::config_for(cluster, port, extra_toml)), port, env) {
                 Ok(proxy) => return proxy,
                 Err(failure) if failure.port_taken && attempt < BIND_ATTEMPTS => attempt += 1,
                 Err(failure) => panic!("{}", failure.message),
@@ -104,10 +121,10 @@ impl Proxy {
     pub fn start_with_config(text: String) -> Proxy {
         let port = listen_port(&text)
             .unwrap_or_else(|| panic!("no `address = \"host:port\"` under [listen] in config:\n{text}"));
-        Self::launch(text, port).unwrap_or_else(|failure| panic!("{}", failure.message))
+        Self::launch(text, port, &[]).unwrap_or_else(|failure| panic!("{}", failure.message))
     }
 
-    fn launch(text: String, port: u16) -> Result<Proxy, LaunchFailure> {
+    fn launch(text: String, port: u16, env: &[(&str, &str)]) -> Result<Proxy, LaunchFailure> {
         let dir = tempfile::Builder::new()
             .prefix("pgfleet-proxy-")
             .tempdir()
@@ -121,6 +138,7 @@ impl Proxy {
             .arg(&config_path)
             // Plain text, so that tests can search the log for `key=value` pairs.
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
             .stderr(log)
