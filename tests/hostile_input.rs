@@ -5,7 +5,8 @@
 
 use std::sync::Arc;
 
-use pgfleet::frontend::request::deallocated_names;
+use pgfleet::frontend::request::{End, Plan, Request, deallocated_names};
+use pgfleet::frontend::state::Statements;
 use pgfleet::protocol::frame::{FrameBuffer, build};
 use pgfleet::protocol::messages::{bind_names, error_field, parse_fields, query_text, target_name};
 use pgfleet::protocol::startup::{StartupError, decode, encode_startup, packet_len, parse_options};
@@ -84,6 +85,11 @@ proptest! {
         let rules = FunctionRules::new(&[], &[]);
         let _ = classify(&sql, &rules);
     }
+}
+
+proptest! {
+    // Each case classifies twenty texts; fewer cases keep the run short.
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
     fn the_cache_answers_as_classify(template in prop::collection::vec(prop_oneof![
@@ -188,4 +194,41 @@ fn no_empty_statements_from_unicode_spaces() {
         vec!["SELECT 1", "\u{a0}", "SELECT 2"]
     );
     assert_eq!(split_statements("\u{a0}"), vec!["\u{a0}"]);
+}
+
+/// Found by review while writing the frame_decode target: planning a request searched the request's Parse
+/// list for every Bind, so one request of tens of thousands of Parse and Bind frames (within
+/// MAX_BUFFERED_REQUEST) kept a runtime thread busy for seconds, stalling the sessions that share it.
+#[test]
+fn a_request_of_many_binds_plans_quickly() {
+    let mut request = Request::default();
+    let mut push = |raw: bytes::Bytes| {
+        let mut fb = FrameBuffer::new(raw.len());
+        fb.read_target().extend_from_slice(&raw);
+        let frame = fb.next_frame().expect("valid").expect("whole");
+        request.push(frame)
+    };
+    let parses = 20_000;
+    for i in 0..parses {
+        push(build(b'P', format!("s{i}\0SELECT {i}\0\0\0").as_bytes()));
+    }
+    for i in 0..parses {
+        // Half bind a statement of this request, half one nobody prepared.
+        let name = if i % 2 == 0 {
+            format!("s{i}")
+        } else {
+            "nobody".to_owned()
+        };
+        push(build(b'B', format!("\0{name}\0\0\0\0\0\0\0").as_bytes()));
+    }
+    assert_eq!(push(build(b'S', b"")), Some(End::Sync));
+    let rules = Arc::new(FunctionRules::new(&[], &[]));
+    let started = std::time::Instant::now();
+    let plan = Plan::for_request(&request, &Statements::default(), &rules);
+    let took = started.elapsed();
+    assert_eq!(plan.parses.len(), parses);
+    assert_eq!(plan.target, Target::Primary, "{}", plan.rule);
+    assert_eq!(plan.rule, "unknown prepared statement \"nobody\"");
+    // Linear work is a few milliseconds even in a debug build; the quadratic search took seconds.
+    assert!(took < std::time::Duration::from_secs(2), "planning took {took:?}");
 }

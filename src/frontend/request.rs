@@ -1,7 +1,7 @@
 //! A client request as the session buffers it before choosing a node (a Query, or extended-protocol frames
 //! up to Sync or Flush), and the plan derived from it: where it may run and what session state it touches.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -104,6 +104,11 @@ pub struct Plan {
     pub has_query: bool,
     /// Prepared statements it drops with SQL DEALLOCATE; `*` stands for DEALLOCATE ALL.
     pub deallocates: Vec<String>,
+    /// Index into `parses` of the latest Parse of each name, and the names already in `needs`. A request
+    /// may hold tens of thousands of Parse and Bind frames (up to MAX_BUFFERED_REQUEST): searching the two
+    /// lists for every Bind took a second of a runtime thread per request, stalling the sessions that share it.
+    parse_at: HashMap<String, usize>,
+    needed: HashSet<String>,
 }
 
 impl Plan {
@@ -120,6 +125,8 @@ impl Plan {
             closes: Vec::new(),
             has_query: false,
             deallocates: Vec::new(),
+            parse_at: HashMap::new(),
+            needed: HashSet::new(),
         }
     }
 
@@ -181,6 +188,7 @@ impl Plan {
                     changes: d.changes.clone(),
                     id: 0,
                 };
+                self.parse_at.insert(name.to_owned(), self.parses.len());
                 self.parses.push((name.to_owned(), stmt));
             }
             b'B' | b'D' => {
@@ -191,13 +199,13 @@ impl Plan {
                 };
                 let Some(name) = name else { return };
                 let executes = frame.kind == b'B';
-                if let Some((_, s)) = self.parses.iter().rev().find(|(n, _)| n == name) {
-                    let s = s.clone();
+                let parsed = self.parse_at.get(name).and_then(|&at| self.parses.get(at));
+                if let Some(s) = parsed.map(|(_, s)| s.clone()) {
                     self.merge_statement(&s, executes);
                 } else if let Some(s) = statements.get(name) {
                     let s = s.clone();
                     self.merge_statement(&s, executes);
-                    if !self.needs.iter().any(|n| n == name) {
+                    if self.needed.insert(name.to_owned()) {
                         self.needs.push(name.to_owned());
                     }
                 } else if self.target != Target::Primary {
