@@ -7,6 +7,7 @@
 #   scripts/fuzz.sh router           only the named targets
 #   scripts/fuzz.sh --install-only   install cargo-fuzz if missing, nothing else (install-test-deps.sh)
 #   FUZZ_SECONDS=0 scripts/fuzz.sh   skip the pass (prints that it did)
+#   FUZZ_ARGS="-len_control=0" ...  extra libFuzzer flags (here: try long inputs from the start)
 #
 # Installs cargo-fuzz from crates.io when `cargo fuzz` is missing. Needs the nightly toolchain (cargo-fuzz
 # builds with -Zsanitizer and libFuzzer's coverage instrumentation) and a C++ compiler (libfuzzer-sys builds
@@ -118,7 +119,7 @@ for t in "${targets[@]}"; do
         router) max_len=8192 ;;          # both sides of the cache's 4096-byte limit
         *) max_len=4096 ;;
     esac
-    extra=()
+    read -r -a extra <<<"${FUZZ_ARGS:-}"
     if [ -f "fuzz/dict/$t.dict" ]; then
         extra+=("-dict=$root/fuzz/dict/$t.dict")
     fi
