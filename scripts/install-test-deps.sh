@@ -3,7 +3,8 @@
 #   - PostgreSQL 15 server binaries (/usr/lib/postgresql/15/bin) and client tools (psql, pgbench),
 #   - the PostgreSQL JDBC driver (/usr/share/java/postgresql.jar) for tests/clients/JdbcCheck.java,
 #   - openssl and procps (ps, kill) used by the harness,
-#   - psycopg 3 and psycopg2 for tests/clients/*.py, into the `python3` found on PATH.
+#   - psycopg 3 and psycopg2 for tests/clients/*.py, into the `python3` found on PATH,
+#   - cargo-fuzz (cargo install, from crates.io) for the bounded fuzz pass of scripts/fuzz.sh.
 # Idempotent and quick when everything is there: it checks first and runs `apt-get update` only when a
 # Debian package is missing. Prints what it installs. Needs the Java compiler (javac) already on the machine
 # only for the JDBC test; installs default-jdk-headless if javac is missing.
@@ -95,5 +96,8 @@ if [ "${#py_missing[@]}" -gt 0 ]; then
 else
     log "Python drivers: psycopg and psycopg2 present for $PYTHON"
 fi
+
+# cargo-fuzz: scripts/fuzz.sh owns the check and the install, so both paths install it the same way.
+bash "$(dirname "$0")/fuzz.sh" --install-only
 
 log "done"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as the README names it and as CI runs it (.ci/run): installs what a fresh machine lacks,
-# checks formatting and lints, then runs every unit and integration test against real PostgreSQL servers.
+# checks formatting and lints, runs every unit and integration test against real PostgreSQL servers, then a
+# bounded fuzz pass over the protocol and router code (scripts/fuzz.sh; needs the nightly toolchain).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,7 +22,10 @@ echo "== the core client suites again under transaction pooling"
 PGFLEET_TEST_POOL_MODE=transaction cargo test --locked --no-fail-fast \
   --test core_routing --test client_drivers --test psql_pgbench --test sessions_auth --test failures \
   -- --test-threads="$threads" 2>&1 | tee -a "$log" || status=$?
-# One closing line for the whole suite, summed over every test binary.
-awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+echo "== bounded fuzz pass: scripts/fuzz.sh, ${FUZZ_SECONDS:-60} s per target (FUZZ_SECONDS=0 skips it)"
+bash scripts/fuzz.sh 2>&1 | tee -a "$log" || status=$?
+# One closing line for the whole suite, summed over every test binary and fuzz target.
+awk '/^test result:/ || /^fuzz: [0-9]+ passed, [0-9]+ failed/ {
+       for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "all tests: %d passed, %d failed\n", p, f }' "$log"
 exit "$status"

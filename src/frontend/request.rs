@@ -1,7 +1,7 @@
 //! A client request as the session buffers it before choosing a node (a Query, or extended-protocol frames
 //! up to Sync or Flush), and the plan derived from it: where it may run and what session state it touches.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -12,7 +12,7 @@ use crate::protocol::messages::{bind_names, parse_fields, query_text, target_nam
 use crate::router::cache::classify_cached;
 use crate::router::classify::{Decision, Pin, SessionChange, Target, TxStart};
 use crate::router::functions::FunctionRules;
-use crate::router::split::{first_keywords, split_statements};
+use crate::router::split::{Lexer, Tok, TokKind, split_statements};
 
 /// A request larger than this without Sync or Flush is sent on early, as if Flush had been sent, so that
 /// the proxy never holds more than this of one client's input.
@@ -104,6 +104,11 @@ pub struct Plan {
     pub has_query: bool,
     /// Prepared statements it drops with SQL DEALLOCATE; `*` stands for DEALLOCATE ALL.
     pub deallocates: Vec<String>,
+    /// Index into `parses` of the latest Parse of each name, and the names already in `needs`. A request
+    /// may hold tens of thousands of Parse and Bind frames (up to MAX_BUFFERED_REQUEST): searching the two
+    /// lists for every Bind took a second of a runtime thread per request, stalling the sessions that share it.
+    parse_at: HashMap<String, usize>,
+    needed: HashSet<String>,
 }
 
 impl Plan {
@@ -120,6 +125,8 @@ impl Plan {
             closes: Vec::new(),
             has_query: false,
             deallocates: Vec::new(),
+            parse_at: HashMap::new(),
+            needed: HashSet::new(),
         }
     }
 
@@ -181,6 +188,7 @@ impl Plan {
                     changes: d.changes.clone(),
                     id: 0,
                 };
+                self.parse_at.insert(name.to_owned(), self.parses.len());
                 self.parses.push((name.to_owned(), stmt));
             }
             b'B' | b'D' => {
@@ -191,13 +199,13 @@ impl Plan {
                 };
                 let Some(name) = name else { return };
                 let executes = frame.kind == b'B';
-                if let Some((_, s)) = self.parses.iter().rev().find(|(n, _)| n == name) {
-                    let s = s.clone();
+                let parsed = self.parse_at.get(name).and_then(|&at| self.parses.get(at));
+                if let Some(s) = parsed.map(|(_, s)| s.clone()) {
                     self.merge_statement(&s, executes);
                 } else if let Some(s) = statements.get(name) {
                     let s = s.clone();
                     self.merge_statement(&s, executes);
-                    if !self.needs.iter().any(|n| n == name) {
+                    if self.needed.insert(name.to_owned()) {
                         self.needs.push(name.to_owned());
                     }
                 } else if self.target != Target::Primary {
@@ -239,22 +247,35 @@ impl Plan {
 pub fn deallocated_names(sql: &str) -> Vec<String> {
     let mut out = Vec::new();
     for stmt in split_statements(sql) {
-        let words = first_keywords(stmt, 3);
-        if words.first().map(String::as_str) != Some("DEALLOCATE") {
+        // Read by tokens, comments skipped. Slicing the text `"DEALLOCATE".len()` bytes past its start
+        // misread `/* c */ DEALLOCATE x` and panicked when that offset fell inside a character of a leading
+        // comment (found by the router fuzz target).
+        let toks: Vec<Tok> = Lexer::new(stmt).filter(|t| t.kind != TokKind::Comment).collect();
+        let word = |i: usize, w: &str| {
+            toks.get(i)
+                .is_some_and(|t| t.kind == TokKind::Word && t.text(stmt).eq_ignore_ascii_case(w))
+        };
+        if !word(0, "DEALLOCATE") {
             continue;
         }
-        let rest = stmt.trim_start()["DEALLOCATE".len()..].trim_start();
-        let rest = match rest.get(..7) {
-            Some(w) if w.eq_ignore_ascii_case("prepare") => rest[7..].trim_start(),
-            _ => rest,
+        let at = if word(1, "PREPARE") && toks.len() == 3 {
+            2
+        } else {
+            1
         };
-        let name = rest.trim_end_matches(';').trim();
-        if name.eq_ignore_ascii_case("all") {
-            out.push("*".to_owned());
-        } else if let Some(quoted) = name.strip_prefix('"').and_then(|n| n.strip_suffix('"')) {
-            out.push(quoted.replace("\"\"", "\""));
-        } else if !name.is_empty() {
-            out.push(name.to_ascii_lowercase());
+        let Some([name]) = toks.get(at..) else {
+            continue;
+        };
+        let text = name.text(stmt);
+        match name.kind {
+            TokKind::Word if text.eq_ignore_ascii_case("all") => out.push("*".to_owned()),
+            TokKind::Word => out.push(text.to_ascii_lowercase()),
+            TokKind::QuotedIdent => {
+                if let Some(quoted) = text.strip_prefix('"').and_then(|n| n.strip_suffix('"')) {
+                    out.push(quoted.replace("\"\"", "\""));
+                }
+            }
+            _ => {}
         }
     }
     out
@@ -272,5 +293,9 @@ mod tests {
             vec!["S_1", "*"]
         );
         assert!(deallocated_names("SELECT 'DEALLOCATE x'").is_empty());
+        assert_eq!(
+            deallocated_names("/* c */ DEALLOCATE /* d */ PREPARE s_2; DEALLOCATE all"),
+            vec!["s_2", "*"]
+        );
     }
 }

@@ -86,20 +86,30 @@ pub fn decode(packet: &[u8]) -> Result<StartupPacket, StartupError> {
     if major != 3 {
         return Err(StartupError::Version(major, minor));
     }
-    let rest = &packet[8..];
-    if rest.last() != Some(&0) {
+    // PostgreSQL's layout: `name\0value\0` pairs, then one `\0` that must be the last byte. Anything else
+    // (no final terminator, bytes after it, a name without its value) is refused, as PostgreSQL refuses
+    // it. Splitting on NULs alone read `user\0app\0x\0\0`, which lacks the terminator, as user=app plus
+    // x="", and ignored whatever followed an early terminator (found by the startup_packet fuzz target).
+    let Some(list) = packet[8..].strip_suffix(&[0]) else {
         return Err(StartupError::Layout);
-    }
+    };
     let mut params = Vec::new();
-    let mut parts = rest[..rest.len() - 1].split(|b| *b == 0);
-    while let Some(key) = parts.next() {
-        if key.is_empty() {
-            break;
+    if !list.is_empty() {
+        // The last value's NUL ends the list.
+        let Some(pairs) = list.strip_suffix(&[0]) else {
+            return Err(StartupError::Layout);
+        };
+        let mut parts = pairs.split(|b| *b == 0);
+        while let Some(key) = parts.next() {
+            if key.is_empty() {
+                // A terminator before the last byte.
+                return Err(StartupError::Layout);
+            }
+            let value = parts.next().ok_or(StartupError::Layout)?;
+            let key = std::str::from_utf8(key).map_err(|_| StartupError::Layout)?;
+            let value = std::str::from_utf8(value).map_err(|_| StartupError::Layout)?;
+            params.push((key.to_owned(), value.to_owned()));
         }
-        let value = parts.next().ok_or(StartupError::Layout)?;
-        let key = std::str::from_utf8(key).map_err(|_| StartupError::Layout)?;
-        let value = std::str::from_utf8(value).map_err(|_| StartupError::Layout)?;
-        params.push((key.to_owned(), value.to_owned()));
     }
     if !params.iter().any(|(k, v)| k == "user" && !v.is_empty()) {
         return Err(StartupError::NoUser);

@@ -1,8 +1,10 @@
 //! Decisions remembered per statement shape. Applications send the same few statements over and over,
 //! often with only their constants changing (`... WHERE aid = 4711`). The key is the statement's token
-//! stream with every string and number constant replaced by a marker: swapping one constant for another of
-//! the same kind changes neither whether the text parses nor any routing rule, so the cached decision is
-//! exactly what `classify` would return, and the sqlparser pass is skipped. Two kinds are kept out of the
+//! stream with its plain constants replaced by a marker: `'...'` strings, integers of up to 9 digits and
+//! plain decimals. Swapping one such constant for another of the same kind changes neither whether the text
+//! parses nor any routing rule, so the cached decision is exactly what `classify` would return, and the
+//! sqlparser pass is skipped. Other constants (`E'..'`, `X'..'`, `$$..$$`, `1e5`, long integers) stay in
+//! the key as written, since sqlparser may accept one spelling and refuse another (see `number_marker`). Two kinds are kept out of the
 //! shape cache and cached by exact text: decisions that carry their statement's text (SET/RESET, replayed
 //! verbatim — whether a decision has them depends only on the shape, so no shape entry ever stands for one),
 //! and EXPLAIN (whose `ANALYZE 0`/`ANALYZE 1` option is a constant that matters).
@@ -32,8 +34,8 @@ fn shape(sql: &str) -> Option<String> {
     let mut key = String::with_capacity(sql.len() + 8);
     for tok in Lexer::new(sql) {
         match tok.kind {
-            TokKind::Str => key.push_str("\u{1}s"),
-            TokKind::Number => key.push_str("\u{1}n"),
+            TokKind::Str if tok.text(sql).starts_with('\'') => key.push_str("\u{1}s"),
+            TokKind::Number if let Some(marker) = number_marker(tok.text(sql)) => key.push_str(marker),
             TokKind::Unterminated => return None,
             _ => {
                 let text = tok.text(sql);
@@ -50,6 +52,25 @@ fn shape(sql: &str) -> Option<String> {
         key.push(' ');
     }
     Some(key)
+}
+
+/// The marker that stands for a numeric constant in a shape, or None when its spelling matters and the
+/// key keeps it verbatim. sqlparser reads some integers into u32/i64/u64 (`varchar(n)`, `FETCH FIRST n`,
+/// MATCH_RECOGNIZE's `{n}`): one too large fails to parse where a small one parses, so only integers of up
+/// to 9 digits, which always fit, are interchangeable. A plain decimal is refused wherever an integer is
+/// required, whatever its value, and accepted wherever any number is. Other spellings (`1e5`, `0x1F`,
+/// `1_000`, `1..2`, `1abc`, which the router's lexer takes as one token) are tokenized by sqlparser
+/// according to their exact text. The fuzz target `router` found `SELECT 1..2` answered from `SELECT 1`'s
+/// entry when every number was one marker.
+fn number_marker(text: &str) -> Option<&'static str> {
+    let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if all_digits(text) && text.len() <= 9 {
+        return Some("\u{1}n");
+    }
+    match text.split_once('.') {
+        Some((int, frac)) if all_digits(int) && all_digits(frac) => Some("\u{1}d"),
+        _ => None,
+    }
 }
 
 fn lookup(map: &Map, key: &(usize, String)) -> Option<Arc<Decision>> {

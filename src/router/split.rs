@@ -171,6 +171,11 @@ impl<'a> Lexer<'a> {
     }
 }
 
+/// scan.l's whitespace, vertical tab included.
+fn is_space(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0b' | '\x0c')
+}
+
 fn is_ident_start(c: u8) -> bool {
     c.is_ascii_alphabetic() || c == b'_' || c >= 0x80
 }
@@ -187,8 +192,8 @@ impl Iterator for Lexer<'_> {
     type Item = Tok;
 
     fn next(&mut self) -> Option<Tok> {
-        // scan.l's whitespace, vertical tab included; `at` answers 0 past the end, which stops this.
-        while matches!(self.at(self.pos), b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c) {
+        // `at` answers 0 past the end, which stops this.
+        while is_space(char::from(self.at(self.pos))) {
             self.pos += 1;
         }
         let start = self.pos;
@@ -300,8 +305,8 @@ impl AtomicBody {
 /// Splits a simple-query string into its statements on top-level `;`.
 ///
 /// Semicolons inside strings, quoted identifiers, dollar quotes, comments, parentheses and
-/// `BEGIN ATOMIC ... END` bodies do not split. Pieces are trimmed; a piece made only of comments and
-/// whitespace is dropped.
+/// `BEGIN ATOMIC ... END` bodies do not split. Pieces are trimmed of the whitespace the lexer skips (ASCII
+/// only, as in PostgreSQL); a piece made only of comments and whitespace is dropped.
 pub fn split_statements(sql: &str) -> Vec<&str> {
     let mut out = Vec::new();
     let mut start = 0;
@@ -310,7 +315,10 @@ pub fn split_statements(sql: &str) -> Vec<&str> {
     let mut atomic = AtomicBody::default();
     let mut push = |from: usize, to: usize, significant: bool| {
         if significant && let Some(piece) = sql.get(from..to) {
-            out.push(piece.trim());
+            // Only the whitespace the lexer skips: `str::trim` also removes Unicode spaces such as U+00A0,
+            // which the lexer (like PostgreSQL) reads as part of a name, and so turned a statement made of
+            // one into an empty piece (found by the router fuzz target).
+            out.push(piece.trim_matches(is_space));
         }
     };
     for tok in Lexer::new(sql) {

@@ -1,0 +1,1 @@
+SELECT nextval('s'), pg_advisory_lock(1), my_writer(), public.bump_counter()

@@ -1,0 +1,1 @@
+/* pgfleet:replica */ SELECT * FROM t; -- trailing

@@ -1,0 +1,1 @@
+SELECT E'it\'s; fine', $body$ a; b $body$, U&"d\0061t", 'x''y' /* a /* nested */ ; */

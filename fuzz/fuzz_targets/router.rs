@@ -1,0 +1,138 @@
+//! Fuzz target `router`: arbitrary text as the SQL of a Query or Parse message, through the router's
+//! lexical layer (`split_statements`, `leading_hint`, `first_keywords`), the classifier (`classify`), the
+//! decision cache (`classify_cached`) and the session's DEALLOCATE reader (`deallocated_names`).
+//!
+//! The input is UTF-8 text (invalid bytes are replaced, as a lossy conversion would). A NUL separates up
+//! to four texts, classified in order through one cache, so that two statements of the same shape meet in
+//! it; each text is also tried with its constants changed, the commonest way two requests share a shape.
+//!
+//! Invariants (besides "never panics, never loops"):
+//! - `classify_cached` gives exactly the decision `classify` gives, whatever the cache saw before;
+//! - `split_statements` returns non-empty, non-overlapping pieces of the text, in order, trimmed of ASCII
+//!   whitespace (only), each of which splits into just itself again;
+//! - a leading routing hint decides the target; a statement that does not parse goes to the primary;
+//! - `first_keywords` returns at most the count asked for, each an upper-case word.
+
+#![no_main]
+
+use std::sync::Arc;
+
+use libfuzzer_sys::fuzz_target;
+use pgfleet::frontend::request::deallocated_names;
+use pgfleet::router::cache::classify_cached;
+use pgfleet::router::classify::{Rule, Target, classify};
+use pgfleet::router::functions::FunctionRules;
+use pgfleet::router::split::{Hint, first_keywords, leading_hint, split_statements};
+
+fuzz_target!(|data: &[u8]| {
+    let text = String::from_utf8_lossy(data);
+    // Fresh rules for every input: the cache keys on the rules' identity, so entries left by earlier
+    // inputs are never hit and a failing input reproduces on its own.
+    let rules = Arc::new(
+        FunctionRules::new(&["my_writer".to_owned()], &["read_only_but_volatile".to_owned()]).with_volatile(
+            ["public.bump_counter", "audit_log"]
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+        ),
+    );
+    for sql in text.split('\0').take(4) {
+        check_text(sql, &rules);
+        for variant in constant_variants(sql) {
+            if variant != sql {
+                check_cache(&variant, &rules);
+            }
+        }
+    }
+});
+
+/// The text with its constants changed the way requests of one shape differ: every digit made `1`, every
+/// run of digits doubled, every character between single quotes made `x`. The changes are crude (they
+/// also touch digits in names and quotes in comments), which does no harm: a variant only has to be
+/// classified the same with and without the cache.
+fn constant_variants(sql: &str) -> [String; 3] {
+    let ones = sql
+        .chars()
+        .map(|c| if c.is_ascii_digit() { '1' } else { c })
+        .collect();
+    let mut doubled = String::with_capacity(sql.len() * 2);
+    let mut run = String::new();
+    for c in sql.chars().chain(std::iter::once('\0')) {
+        if c.is_ascii_digit() {
+            run.push(c);
+            continue;
+        }
+        doubled.push_str(&run);
+        doubled.push_str(&run);
+        run.clear();
+        if c != '\0' {
+            doubled.push(c);
+        }
+    }
+    let mut quoted = false;
+    let strings = sql
+        .chars()
+        .map(|c| {
+            if c == '\'' {
+                quoted = !quoted;
+                c
+            } else if quoted {
+                'x'
+            } else {
+                c
+            }
+        })
+        .collect();
+    [ones, doubled, strings]
+}
+
+fn check_text(sql: &str, rules: &Arc<FunctionRules>) {
+    check_split(sql);
+    let decision = check_cache(sql, rules);
+    match leading_hint(sql) {
+        Some(hint) => {
+            let target = match hint {
+                Hint::Primary => Target::Primary,
+                Hint::Replica => Target::Replica,
+            };
+            assert_eq!((decision.target, &decision.rule), (target, &Rule::Hint));
+        }
+        None if decision.rule == Rule::Unparsed => assert_eq!(decision.target, Target::Primary),
+        None => {}
+    }
+    let _ = deallocated_names(sql);
+}
+
+/// The cached decision is the fresh one; returns it.
+fn check_cache(sql: &str, rules: &Arc<FunctionRules>) -> pgfleet::router::classify::Decision {
+    let fresh = classify(sql, rules);
+    let cached = classify_cached(sql, rules);
+    assert_eq!(
+        *cached, fresh,
+        "classify_cached differs from classify for {sql:?}"
+    );
+    fresh
+}
+
+fn check_split(sql: &str) {
+    let base = sql.as_ptr() as usize;
+    let mut after = 0;
+    for piece in split_statements(sql) {
+        let start = piece.as_ptr() as usize - base;
+        assert!(
+            start >= after && start + piece.len() <= sql.len(),
+            "{piece:?} is not a piece of the text"
+        );
+        after = start + piece.len();
+        assert!(!piece.is_empty(), "empty statement in {sql:?}");
+        // Trimmed of the whitespace PostgreSQL's lexer skips; other Unicode spaces are name characters.
+        let trimmed = piece.trim_matches(|c| matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0b' | '\x0c'));
+        assert_eq!(piece, trimmed, "untrimmed statement in {sql:?}");
+        assert_eq!(split_statements(piece), vec![piece], "{piece:?} splits again");
+        let words = first_keywords(piece, 3);
+        assert!(words.len() <= 3);
+        for w in &words {
+            assert!(!w.is_empty() && *w == w.to_ascii_uppercase());
+        }
+    }
+}
