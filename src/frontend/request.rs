@@ -238,6 +238,11 @@ impl Plan {
 /// Drivers (psycopg among them) evict cached statements this way, so the proxy must forget them too.
 pub fn deallocated_names(sql: &str) -> Vec<String> {
     let mut out = Vec::new();
+    // Runs on every simple query: almost none mention DEALLOCATE, and a byte scan is far cheaper than
+    // splitting and lexing the text to find that out.
+    if !contains_ignore_ascii_case(sql.as_bytes(), b"deallocate") {
+        return out;
+    }
     for stmt in split_statements(sql) {
         let words = first_keywords(stmt, 3);
         if words.first().map(String::as_str) != Some("DEALLOCATE") {
@@ -260,6 +265,23 @@ pub fn deallocated_names(sql: &str) -> Vec<String> {
     out
 }
 
+/// Whether `needle` (lower-case ASCII) occurs in `haystack`, ignoring ASCII case.
+fn contains_ignore_ascii_case(haystack: &[u8], needle: &[u8]) -> bool {
+    let Some((&first, rest)) = needle.split_first() else {
+        return true;
+    };
+    let mut at = 0;
+    while at + needle.len() <= haystack.len() {
+        if haystack[at].to_ascii_lowercase() == first
+            && haystack[at + 1..at + needle.len()].eq_ignore_ascii_case(rest)
+        {
+            return true;
+        }
+        at += 1;
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,5 +294,9 @@ mod tests {
             vec!["S_1", "*"]
         );
         assert!(deallocated_names("SELECT 'DEALLOCATE x'").is_empty());
+        assert_eq!(deallocated_names("/* x */ DeAlLoCaTe s"), vec!["s"]);
+        assert!(deallocated_names("SELECT abalance FROM pgbench_accounts WHERE aid = 1").is_empty());
+        assert!(contains_ignore_ascii_case(b"xDEALLOCATE", b"deallocate"));
+        assert!(!contains_ignore_ascii_case(b"DEALLOCAT", b"deallocate"));
     }
 }

@@ -933,9 +933,12 @@ impl Session {
     /// exist on shared connections under proxy names; the proxy forgets them and answers by itself.
     async fn deallocate_locally(&mut self, frame: &crate::protocol::Frame) -> Result<bool, SessionError> {
         let text = crate::protocol::messages::query_text(frame.body()).unwrap_or("");
-        let statements = crate::router::split::split_statements(text);
         let names = super::request::deallocated_names(text);
-        if statements.is_empty() || names.len() != statements.len() {
+        if names.is_empty() {
+            return Ok(false);
+        }
+        let statements = crate::router::split::split_statements(text);
+        if names.len() != statements.len() {
             return Ok(false);
         }
         self.names.forget(&names);
