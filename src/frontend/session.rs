@@ -15,7 +15,7 @@ use super::names::StatementNames;
 use super::request::{End, Plan, Request};
 use super::state::{Settings, Statements};
 use super::stream::ClientStream;
-use crate::admin::stats::ClientInfo;
+use crate::admin::stats::{ClientEntry, ClientInfo};
 use crate::backend::connect::Login;
 use crate::backend::{BackendError, PooledConn};
 use crate::config::{PoolMode, ReadYourWrites};
@@ -123,16 +123,14 @@ fn check_limits(shared: &Shared, user: &crate::config::UserConfig) -> Result<(),
     if max_clients == 0 && per_user == 0 {
         return Ok(());
     }
-    let clients = shared.stats.clients();
-    let sessions = clients.iter().filter(|(_, c)| c.database != ADMIN_DATABASE);
-    if max_clients > 0 && sessions.clone().count() >= max_clients {
+    if max_clients > 0 && shared.stats.count_clients(None, ADMIN_DATABASE) >= max_clients {
         return Err(
             ProxyError::fatal("53300", "sorry, too many clients already").with_detail(format!(
                 "pgfleet serves at most {max_clients} clients (listen.max_clients)"
             )),
         );
     }
-    if per_user > 0 && sessions.filter(|(_, c)| c.user == user.name).count() >= per_user {
+    if per_user > 0 && shared.stats.count_clients(Some(&user.name), ADMIN_DATABASE) >= per_user {
         return Err(ProxyError::fatal(
             "53300",
             format!("too many connections for role \"{}\"", user.name),
@@ -173,7 +171,7 @@ async fn admin_session(mut client: ClientStream, peer: SocketAddr, user: &str, s
     let id = shared
         .next_session
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    shared.stats.client_connected(
+    let _entry = shared.stats.client_connected(
         id,
         ClientInfo {
             addr: peer,
@@ -217,6 +215,8 @@ pub(super) struct Session {
     shared_conns: bool,
     /// Transaction pooling: the client's statement names and the proxy's.
     names: StatementNames,
+    /// The session's row in SHOW CLIENTS, once the login is complete.
+    entry: Option<Arc<ClientEntry>>,
 }
 
 impl Session {
@@ -295,9 +295,10 @@ impl Session {
             tx_wrote: false,
             shared_conns,
             names: StatementNames::default(),
+            entry: None,
         };
         session.greet().await?;
-        session.shared.stats.client_connected(
+        let entry = session.shared.stats.client_connected(
             session.id,
             ClientInfo {
                 addr: peer,
@@ -309,6 +310,7 @@ impl Session {
                 node: None,
             },
         );
+        session.entry = Some(entry);
         Ok(session)
     }
 
@@ -788,9 +790,9 @@ impl Session {
         } else {
             "idle in transaction"
         };
-        self.shared
-            .stats
-            .client_update(self.id, state, self.tx_node.or(self.pinned.map(|p| p.0)));
+        if let Some(entry) = &self.entry {
+            entry.update(state, self.tx_node.or(self.pinned.map(|p| p.0)));
+        }
         if self.shared.config.routing.read_your_writes == ReadYourWrites::Off || self.pinned.is_some() {
             return;
         }
@@ -819,15 +821,15 @@ impl Session {
         }
     }
 
-    fn route_label(&self, plan: &Plan) -> String {
+    fn route_label<'a>(&self, plan: &'a Plan) -> &'a str {
         if self.tx_node.is_some() {
-            "in transaction".to_owned()
+            "in transaction"
         } else if let Some((_, pin)) = self.pinned {
-            format!("pinned: {pin}")
+            pinned_label(pin)
         } else if let Some(t) = self.route {
-            format!("session route: {t}")
+            route_override_label(t)
         } else {
-            plan.rule.clone()
+            &plan.rule
         }
     }
 
@@ -880,9 +882,7 @@ impl Session {
             let name = &self.shared.fleet.nodes[node].target.name;
             let label = self.route_label(&plan);
             tracing::debug!(node = %name, rule = %label, "routing request");
-            self.shared
-                .stats
-                .request_routed(node, &plan.target.to_string(), &label);
+            self.shared.stats.request_routed(node, plan.target, label);
             let wrote = plan.target == Target::Primary;
             match Flow::run(self, node, &req, end, plan).await {
                 Ok(()) => {
@@ -1134,6 +1134,25 @@ impl Session {
     }
 }
 
+/// "pinned: {pin}", spelled out so that labelling a pinned session's requests allocates nothing.
+fn pinned_label(pin: Pin) -> &'static str {
+    match pin {
+        Pin::TempTable => "pinned: temporary object",
+        Pin::AdvisoryLock => "pinned: session advisory lock",
+        Pin::Listen => "pinned: LISTEN",
+        Pin::HoldCursor => "pinned: WITH HOLD cursor",
+        Pin::SqlPrepare => "pinned: SQL PREPARE",
+    }
+}
+
+/// "session route: {target}", spelled out for the same reason.
+fn route_override_label(target: Target) -> &'static str {
+    match target {
+        Target::Primary => "session route: primary",
+        Target::Replica => "session route: replica",
+    }
+}
+
 /// Why a session could not start on a node.
 enum Greet {
     /// The node failed or refused the login: try the next one if it is a node failure.
@@ -1148,4 +1167,25 @@ enum Prepare {
     Node(BackendError),
     /// The node refused what the proxy replayed; the client gets this error.
     Refused(ProxyError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_match_their_display() {
+        for pin in [
+            Pin::TempTable,
+            Pin::AdvisoryLock,
+            Pin::Listen,
+            Pin::HoldCursor,
+            Pin::SqlPrepare,
+        ] {
+            assert_eq!(pinned_label(pin), format!("pinned: {pin}"));
+        }
+        for t in [Target::Primary, Target::Replica] {
+            assert_eq!(route_override_label(t), format!("session route: {t}"));
+        }
+    }
 }
