@@ -217,6 +217,10 @@ pub(super) struct Session {
     names: StatementNames,
     /// The session's row in SHOW CLIENTS, once the login is complete.
     entry: Option<Arc<ClientEntry>>,
+    /// Tells the session when pgfleet shuts down (the deadline for open transactions).
+    shutdown: tokio::sync::watch::Receiver<Option<tokio::time::Instant>>,
+    /// client_idle_timeout / idle_in_transaction_timeout, when set.
+    idle_timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Session {
@@ -273,6 +277,7 @@ impl Session {
             .catalog
             .cached(&database)
             .unwrap_or_else(|| Arc::new(shared.catalog.base().clone()));
+        let shutdown = shared.shutdown.subscribe();
         let mut session = Session {
             cbuf: FrameBuffer::new(max),
             conns: (0..shared.fleet.nodes.len()).map(|_| None).collect(),
@@ -296,6 +301,8 @@ impl Session {
             shared_conns,
             names: StatementNames::default(),
             entry: None,
+            shutdown,
+            idle_timer: None,
         };
         session.greet().await?;
         let entry = session.shared.stats.client_connected(
@@ -514,8 +521,7 @@ impl Session {
 
     /// Waits for client bytes; meanwhile passes on notifications from a node the session listens on.
     async fn wait_for_client(&mut self) -> Result<(), SessionError> {
-        let mut shutdown = self.shared.shutdown.subscribe();
-        let deadline = *shutdown.borrow_and_update();
+        let deadline = *self.shutdown.borrow_and_update();
         if let Some(deadline) = deadline {
             // Shutting down: a session between transactions ends now; one inside a transaction may finish it.
             if self.tx_node.is_none() || tokio::time::Instant::now() >= deadline {
@@ -549,61 +555,41 @@ impl Session {
                 "listen.client_idle_timeout",
             )
         };
-        let idle_for = limit.unwrap_or(std::time::Duration::from_secs(365 * 24 * 3600));
-        tokio::select! {
-            r = self.wait_for_client_or_node() => r,
-            _ = shutdown.changed() => Ok(()),
-            _ = tokio::time::sleep(idle_for) => {
-                // As PostgreSQL's idle_session_timeout / idle_in_transaction_session_timeout; the node
-                // connection is closed with the session, which rolls back an open transaction.
-                let e = ProxyError::fatal(code, format!("terminating connection due to {what} timeout ({key})"));
-                let _ = self.write_client(&e.encode()).await;
-                Err(SessionError::Fatal(e.message))
+        // The idle timer is armed once per session and only moved when it is due or would fire too late:
+        // registering a fresh timer for every request is a good share of a short request's cost.
+        let idle_due = limit.map(|limit| tokio::time::Instant::now() + limit);
+        if let Some(due) = idle_due {
+            match self.idle_timer.as_mut() {
+                Some(timer) if timer.deadline() <= due => {}
+                Some(timer) => timer.as_mut().reset(due),
+                None => self.idle_timer = Some(Box::pin(tokio::time::sleep_until(due))),
             }
         }
-    }
-
-    async fn wait_for_client_or_node(&mut self) -> Result<(), SessionError> {
         let listen_node = match self.pinned {
             Some((n, Pin::Listen)) if self.conns[n].is_some() => Some(n),
             _ => None,
         };
-        match listen_node {
-            None => {
-                if self.client.read_buf(self.cbuf.read_target()).await? == 0 {
-                    return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
-                }
-            }
-            Some(n) => {
-                let Some(conn) = self.conns[n].as_mut() else {
-                    return Ok(());
-                };
-                tokio::select! {
-                    r = self.client.read_buf(self.cbuf.read_target()) => {
-                        if r? == 0 {
-                            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        loop {
+            tokio::select! {
+                r = client_or_node(&mut self.client, &mut self.cbuf, &mut self.conns, listen_node) => return r,
+                _ = self.shutdown.changed() => return Ok(()),
+                _ = idle_timer_fired(&mut self.idle_timer), if idle_due.is_some() => {
+                    let Some(due) = idle_due else { continue };
+                    if tokio::time::Instant::now() < due {
+                        // Armed during an earlier wait: this one has time left.
+                        if let Some(timer) = self.idle_timer.as_mut() {
+                            timer.as_mut().reset(due);
                         }
+                        continue;
                     }
-                    r = conn.fill() => {
-                        let block = match r {
-                            Ok(()) => conn.take_block(|_, _| {}).ok().flatten(),
-                            Err(_) => None,
-                        };
-                        if conn.broken {
-                            let e = ProxyError::fatal("57P01", format!(
-                                "pgfleet: lost the connection to node \"{}\" that held this session's LISTEN",
-                                conn.target.name));
-                            let _ = self.client.write_all(&e.encode()).await;
-                            return Err(SessionError::Fatal(e.message));
-                        }
-                        if let Some(b) = block {
-                            self.write_client(&b).await?;
-                        }
-                    }
+                    // As PostgreSQL's idle_session_timeout / idle_in_transaction_session_timeout; the node
+                    // connection is closed with the session, which rolls back an open transaction.
+                    let e = ProxyError::fatal(code, format!("terminating connection due to {what} timeout ({key})"));
+                    let _ = self.write_client(&e.encode()).await;
+                    return Err(SessionError::Fatal(e.message));
                 }
             }
         }
-        Ok(())
     }
 
     /// The transaction status the client should see when the proxy answers by itself.
@@ -1132,6 +1118,55 @@ impl Session {
             }
         }
     }
+}
+
+/// Resolves when the session's idle timer fires; never without one.
+async fn idle_timer_fired(timer: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
+    match timer.as_mut() {
+        Some(timer) => timer.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Reads client bytes into `cbuf`; meanwhile, for a session listening on `listen_node`, passes on what that
+/// node sends (notifications), ending the session if the node goes away.
+async fn client_or_node(
+    client: &mut ClientStream,
+    cbuf: &mut FrameBuffer,
+    conns: &mut [Option<PooledConn>],
+    listen_node: Option<usize>,
+) -> Result<(), SessionError> {
+    let Some(conn) = listen_node.and_then(|n| conns[n].as_mut()) else {
+        if client.read_buf(cbuf.read_target()).await? == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+        return Ok(());
+    };
+    tokio::select! {
+        r = client.read_buf(cbuf.read_target()) => {
+            if r? == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+            }
+        }
+        r = conn.fill() => {
+            let block = match r {
+                Ok(()) => conn.take_block(|_, _| {}).ok().flatten(),
+                Err(_) => None,
+            };
+            if conn.broken {
+                let e = ProxyError::fatal("57P01", format!(
+                    "pgfleet: lost the connection to node \"{}\" that held this session's LISTEN",
+                    conn.target.name));
+                let _ = client.write_all(&e.encode()).await;
+                return Err(SessionError::Fatal(e.message));
+            }
+            if let Some(b) = block {
+                client.write_all(&b).await?;
+                client.flush().await?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// "pinned: {pin}", spelled out so that labelling a pinned session's requests allocates nothing.
