@@ -8,8 +8,9 @@
 //! and EXPLAIN (whose `ANALYZE 0`/`ANALYZE 1` option is a constant that matters).
 //! Keys include the function rules' identity, so a reload of a database's functions starts afresh.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 
 use super::classify::{Decision, classify};
 use super::functions::FunctionRules;
@@ -20,21 +21,33 @@ const CAPACITY: usize = 8192;
 /// Longer texts are classified every time: they are rarely repeated and would crowd the cache.
 const MAX_TEXT: usize = 4096;
 
-/// Entries keep their rules alive, so no other rules can be allocated at an address used in a key.
-type Entry = (Arc<FunctionRules>, Arc<Decision>);
-type Map = Mutex<Option<HashMap<(usize, String), Entry>>>;
+/// Decisions by key, per set of function rules (by address). Entries keep their rules alive, so no other
+/// rules can be allocated at an address used as a key. Keyed by `String` so that a lookup can borrow the
+/// key from a reused buffer: a hit allocates nothing, and only takes the lock shared.
+#[derive(Default)]
+struct Map {
+    len: usize,
+    by_rules: HashMap<usize, (Arc<FunctionRules>, HashMap<String, Arc<Decision>>)>,
+}
 
-static BY_SHAPE: Map = Mutex::new(None);
-static BY_TEXT: Map = Mutex::new(None);
+type SharedMap = RwLock<Option<Map>>;
 
-/// The statement's shape, or None when constants may matter (see the module docs).
-fn shape(sql: &str) -> Option<String> {
-    let mut key = String::with_capacity(sql.len() + 8);
+static BY_SHAPE: SharedMap = RwLock::new(None);
+static BY_TEXT: SharedMap = RwLock::new(None);
+
+thread_local! {
+    /// The shape of the statement being looked up, rebuilt in place for each lookup.
+    static SHAPE: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+/// Writes the statement's shape into `key`; false when constants may matter (see the module docs).
+fn shape_into(sql: &str, key: &mut String) -> bool {
+    key.clear();
     for tok in Lexer::new(sql) {
         match tok.kind {
             TokKind::Str => key.push_str("\u{1}s"),
             TokKind::Number => key.push_str("\u{1}n"),
-            TokKind::Unterminated => return None,
+            TokKind::Unterminated => return false,
             _ => {
                 let text = tok.text(sql);
                 if tok.kind == TokKind::Word
@@ -42,31 +55,38 @@ fn shape(sql: &str) -> Option<String> {
                         .iter()
                         .any(|w| text.eq_ignore_ascii_case(w))
                 {
-                    return None;
+                    return false;
                 }
                 key.push_str(text);
             }
         }
         key.push(' ');
     }
-    Some(key)
+    true
 }
 
-fn lookup(map: &Map, key: &(usize, String)) -> Option<Arc<Decision>> {
-    map.lock()
+fn lookup(map: &SharedMap, rules: usize, key: &str) -> Option<Arc<Decision>> {
+    map.read()
         .unwrap_or_else(|p| p.into_inner())
         .as_ref()
-        .and_then(|m| m.get(key))
-        .map(|(_, d)| d.clone())
+        .and_then(|m| m.by_rules.get(&rules))
+        .and_then(|(_, m)| m.get(key))
+        .cloned()
 }
 
-fn store(map: &Map, key: (usize, String), rules: &Arc<FunctionRules>, d: &Arc<Decision>) {
-    let mut guard = map.lock().unwrap_or_else(|p| p.into_inner());
-    let m = guard.get_or_insert_with(HashMap::new);
-    if m.len() >= CAPACITY {
-        m.clear();
+fn store(map: &SharedMap, key: &str, rules: &Arc<FunctionRules>, d: &Arc<Decision>) {
+    let mut guard = map.write().unwrap_or_else(|p| p.into_inner());
+    let m = guard.get_or_insert_with(Map::default);
+    if m.len >= CAPACITY {
+        *m = Map::default();
     }
-    m.insert(key, (rules.clone(), d.clone()));
+    let (_, decisions) = m
+        .by_rules
+        .entry(Arc::as_ptr(rules) as usize)
+        .or_insert_with(|| (rules.clone(), HashMap::new()));
+    if decisions.insert(key.to_owned(), d.clone()).is_none() {
+        m.len += 1;
+    }
 }
 
 /// `classify`, remembered.
@@ -74,23 +94,30 @@ pub fn classify_cached(sql: &str, rules: &Arc<FunctionRules>) -> Arc<Decision> {
     if sql.len() > MAX_TEXT {
         return Arc::new(classify(sql, rules));
     }
+    SHAPE.with(|buf| match buf.try_borrow_mut() {
+        Ok(mut key) => classify_with(sql, rules, &mut key),
+        // Only reachable if classification itself asked the cache again: use a buffer of its own.
+        Err(_) => classify_with(sql, rules, &mut String::new()),
+    })
+}
+
+fn classify_with(sql: &str, rules: &Arc<FunctionRules>, key: &mut String) -> Arc<Decision> {
     let id = Arc::as_ptr(rules) as usize;
-    let (map, key) = match shape(sql) {
-        Some(shape) => (&BY_SHAPE, (id, shape)),
-        None => (&BY_TEXT, (id, sql.to_owned())),
+    let (map, key): (&SharedMap, &str) = if shape_into(sql, key) {
+        (&BY_SHAPE, key.as_str())
+    } else {
+        (&BY_TEXT, sql)
     };
-    if let Some(d) = lookup(map, &key) {
+    if let Some(d) = lookup(map, id, key) {
         return d;
     }
     let d = Arc::new(classify(sql, rules));
     // A decision that carries its own text (a SET in a multi-statement string) is valid for this text only.
-    let map = if d.changes.is_empty() { map } else { &BY_TEXT };
-    let key = if d.changes.is_empty() {
-        key
+    if d.changes.is_empty() {
+        store(map, key, rules, &d);
     } else {
-        (id, sql.to_owned())
-    };
-    store(map, key, rules, &d);
+        store(&BY_TEXT, sql, rules, &d);
+    }
     d
 }
 
