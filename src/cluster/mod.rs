@@ -35,7 +35,14 @@ pub struct Node {
 impl Node {
     /// Whether no session saw the node fail in the last moments.
     pub fn is_up(&self) -> bool {
-        self.down_until_ms.load(Ordering::Relaxed) <= now_ms()
+        self.is_up_at(now_ms())
+    }
+
+    /// [`Node::is_up`] at a given time, so that a scan of every node reads the clock once.
+    fn is_up_at(&self, now_ms: u64) -> bool {
+        let down_until = self.down_until_ms.load(Ordering::Relaxed);
+        // Never marked down (or marked up again): no need for the clock.
+        down_until == 0 || down_until <= now_ms
     }
 
     /// Records a failed connection: skip this node for a while.
@@ -112,6 +119,12 @@ impl Fleet {
         self.view.load_full()
     }
 
+    /// The latest snapshot, borrowed without touching its shared reference count; not to be held across
+    /// an await.
+    pub fn view_guard(&self) -> arc_swap::Guard<Arc<FleetView>> {
+        self.view.load()
+    }
+
     /// Records a health check result and publishes a new snapshot.
     pub fn update(&self, node: usize, state: NodeState) {
         let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
@@ -165,24 +178,43 @@ impl Fleet {
     /// for `auto`, by observation) that are up, in recovery and within `max_lag`, plus the primary when
     /// `primary_reads` is set.
     pub fn read_nodes(&self, view: &FleetView, primary_reads: bool, max_lag: Option<LagLimit>) -> Vec<usize> {
-        let primary = self.primary_in(view).ok();
-        (0..self.nodes.len())
-            .filter(|i| {
-                let node = &self.nodes[*i];
-                let state = &view.nodes[*i];
-                if Some(*i) == primary {
-                    return primary_reads && state.up && node.is_up();
-                }
+        let mut out = Vec::with_capacity(self.nodes.len());
+        self.read_nodes_into(view, primary_reads, max_lag, &mut out);
+        out
+    }
+
+    /// [`Fleet::read_nodes`], appended to `out` (which a session reuses from one request to the next).
+    pub fn read_nodes_into(
+        &self,
+        view: &FleetView,
+        primary_reads: bool,
+        max_lag: Option<LagLimit>,
+        out: &mut Vec<usize>,
+    ) {
+        let primary = match view.primary {
+            Primary::One(n) => Some(n),
+            _ => None,
+        };
+        // Read lazily: nodes never marked down need no clock at all.
+        let mut now = None;
+        let mut is_up = |node: &Node| node.is_up_at(*now.get_or_insert_with(now_ms));
+        for (i, (node, state)) in self.nodes.iter().zip(&view.nodes).enumerate() {
+            let usable = if Some(i) == primary {
+                primary_reads && state.up && is_up(node)
+            } else {
                 let is_replica = match node.role {
                     // Forwarded replicas are plain servers: usable once they stream, whatever their recovery.
-                    Role::Replica if self.forward.enabled() => self.forward.visible(*i).is_some(),
+                    Role::Replica if self.forward.enabled() => self.forward.visible(i).is_some(),
                     Role::Replica => state.in_recovery != Some(false),
                     Role::Auto => state.in_recovery == Some(true),
                     Role::Primary => false,
                 };
-                is_replica && node.weight > 0 && state.up && node.is_up() && within(state, max_lag)
-            })
-            .collect()
+                is_replica && node.weight > 0 && state.up && is_up(node) && within(state, max_lag)
+            };
+            if usable {
+                out.push(i);
+            }
+        }
     }
 }
 

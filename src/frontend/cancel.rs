@@ -6,8 +6,9 @@ use std::sync::{Arc, Mutex};
 
 use rand::Rng;
 
-/// Where a session's current request runs: (node address, backend pid, backend secret).
-pub type ActiveBackend = Arc<Mutex<Option<(String, i32, i32)>>>;
+/// Where a session's current request runs: (node index, backend pid, backend secret). The index rather
+/// than the address: recording it happens twice per request and must not allocate.
+pub type ActiveBackend = Arc<Mutex<Option<(usize, i32, i32)>>>;
 
 /// All live sessions' cancel keys.
 #[derive(Default)]
@@ -37,10 +38,10 @@ impl CancelRegistry {
     }
 
     /// The node connection to cancel for a client's key, if the key is known and a request is running.
-    pub fn lookup(&self, pid: i32, secret: i32) -> Option<(String, i32, i32)> {
+    pub fn lookup(&self, pid: i32, secret: i32) -> Option<(usize, i32, i32)> {
         let map = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         let active = map.get(&(pid, secret))?;
-        active.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        *active.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -56,7 +57,7 @@ pub struct CancelKey {
 
 impl CancelKey {
     /// Records which node connection runs the session's current request (None when idle).
-    pub fn set_active(&self, backend: Option<(String, i32, i32)>) {
+    pub fn set_active(&self, backend: Option<(usize, i32, i32)>) {
         *self.active.lock().unwrap_or_else(|p| p.into_inner()) = backend;
     }
 }

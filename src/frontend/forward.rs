@@ -118,7 +118,7 @@ impl Flow {
         };
         session
             .key
-            .set_active(Some((conn.target.address.clone(), conn.pid, conn.secret)));
+            .set_active(Some((conn.target.index, conn.pid, conn.secret)));
         let result = flow.pump(session, node, req, &mut plan).await;
         session.key.set_active(None);
         match result {

@@ -136,10 +136,17 @@ async fn negotiate(
                 return Ok(None);
             }
             StartupPacket::Cancel { pid, secret } => {
-                match shared.cancels.lookup(pid, secret) {
+                let active = shared
+                    .cancels
+                    .lookup(pid, secret)
+                    .and_then(|(node, bpid, bsecret)| {
+                        let address = &shared.fleet.nodes.get(node)?.target.address;
+                        Some((address, bpid, bsecret))
+                    });
+                match active {
                     Some((address, bpid, bsecret)) => {
                         tracing::info!(node = %address, "forwarding cancel request");
-                        if let Err(e) = crate::backend::connect::send_cancel(&address, bpid, bsecret).await {
+                        if let Err(e) = crate::backend::connect::send_cancel(address, bpid, bsecret).await {
                             tracing::warn!(node = %address, error = %e, "cancel request could not be delivered");
                         }
                     }

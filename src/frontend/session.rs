@@ -18,6 +18,7 @@ use super::stream::ClientStream;
 use crate::admin::stats::{ClientEntry, ClientInfo};
 use crate::backend::connect::Login;
 use crate::backend::{BackendError, PooledConn};
+use crate::cluster::view::FleetView;
 use crate::config::{PoolMode, ReadYourWrites};
 use crate::protocol::messages::{
     ProxyError, Severity, backend_key_data, close_statement, parameter_status, query, ready_for_query, sync,
@@ -217,6 +218,10 @@ pub(super) struct Session {
     names: StatementNames,
     /// The session's row in SHOW CLIENTS, once the login is complete.
     entry: Option<Arc<ClientEntry>>,
+    /// The catalog generation and the time until which `rules` are the catalog's current ones.
+    rules_fresh: Option<(u64, std::time::Instant)>,
+    /// Nodes to try for the current request, kept to reuse its allocation.
+    candidates: Vec<usize>,
     /// Tells the session when pgfleet shuts down (the deadline for open transactions).
     shutdown: tokio::sync::watch::Receiver<Option<tokio::time::Instant>>,
     /// client_idle_timeout / idle_in_transaction_timeout, when set.
@@ -303,6 +308,8 @@ impl Session {
             entry: None,
             shutdown,
             idle_timer: None,
+            rules_fresh: None,
+            candidates: Vec::new(),
         };
         session.greet().await?;
         let entry = session.shared.stats.client_connected(
@@ -392,6 +399,7 @@ impl Session {
             }
         }
         conn.applied.settings = self.settings.entries().clone();
+        conn.applied.settings_generation = self.settings.generation();
         Ok(reported)
     }
 
@@ -618,6 +626,29 @@ impl Session {
         self.write_client(&out).await
     }
 
+    /// Brings the session's function rules up to date; true when they changed. While the catalog has not
+    /// changed and its entry for the database is fresh, this is a counter comparison and a clock read.
+    async fn refresh_function_rules(&mut self) -> bool {
+        let generation = self.shared.catalog.generation();
+        if self
+            .rules_fresh
+            .is_some_and(|(g, until)| g == generation && std::time::Instant::now() < until)
+        {
+            return false;
+        }
+        let rules = self.function_rules().await;
+        self.rules_fresh = self
+            .shared
+            .catalog
+            .fresh_until(&self.database, &rules)
+            .map(|until| (generation, until));
+        if Arc::ptr_eq(&rules, &self.rules) {
+            return false;
+        }
+        self.rules = rules;
+        true
+    }
+
     async fn function_rules(&mut self) -> Arc<FunctionRules> {
         let fleet = &self.shared.fleet;
         let p = fleet.likely_primary();
@@ -640,41 +671,69 @@ impl Session {
         self.shared.catalog.rules(source).await
     }
 
-    /// The nodes to try for a plan, best first, or why there is none.
-    async fn candidates(&mut self, plan: &Plan) -> Result<Vec<usize>, ProxyError> {
-        if let Some(n) = self.tx_node {
-            return Ok(vec![n]);
-        }
-        if let Some((n, _)) = self.pinned {
-            return Ok(vec![n]);
-        }
-        // DEALLOCATE must run where the statement exists, or PostgreSQL would say it does not.
-        if let Some(name) = plan.deallocates.first().filter(|n| n.as_str() != "*")
-            && let Some(n) = (0..self.conns.len()).find(|n| {
+    /// The nodes to try for a plan, best first, into `order`, or why there is none.
+    async fn candidates(&mut self, plan: &Plan, order: &mut Vec<usize>) -> Result<(), ProxyError> {
+        let Some(lsn) = self.last_write_lsn else {
+            // The usual case needs no await: a borrowed snapshot spares the shared reference count.
+            let view = self.shared.fleet.view_guard();
+            return match self.pick_nodes(plan, &view, order)? {
+                Pick::Decided => Ok(()),
+                Pick::Reads { primary } => self.check_reads(&view, primary, order),
+            };
+        };
+        let view = self.shared.fleet.view();
+        let Pick::Reads { primary } = self.pick_nodes(plan, &view, order)? else {
+            return Ok(());
+        };
+        *order = self.fresh_nodes(std::mem::take(order), lsn, primary, &view).await;
+        self.check_reads(&view, primary, order)
+    }
+
+    /// The node a plan must run on, or the balanced read nodes for the caller to check.
+    fn pick_nodes(&self, plan: &Plan, view: &FleetView, order: &mut Vec<usize>) -> Result<Pick, ProxyError> {
+        order.clear();
+        let fixed = if let Some(n) = self.tx_node {
+            Some(n)
+        } else if let Some((n, _)) = self.pinned {
+            Some(n)
+        } else if let Some(name) = plan.deallocates.first().filter(|n| n.as_str() != "*") {
+            // DEALLOCATE must run where the statement exists, or PostgreSQL would say it does not.
+            (0..self.conns.len()).find(|n| {
                 self.conns[*n]
                     .as_ref()
                     .is_some_and(|c| c.applied.prepared.contains(name))
             })
-        {
-            return Ok(vec![n]);
+        } else {
+            None
+        };
+        let fleet = &self.shared.fleet;
+        if let Some(n) = fixed {
+            order.push(n);
+            return Ok(Pick::Decided);
         }
-        let shared = self.shared.clone();
-        let fleet = &shared.fleet;
-        let view = fleet.view();
-        let routing = &shared.config.routing;
         if self.route.unwrap_or(plan.target) == Target::Primary {
-            return Ok(vec![fleet.primary_in(&view)?]);
+            order.push(fleet.primary_in(view)?);
+            return Ok(Pick::Decided);
         }
-        let reads: Vec<(usize, u32, usize)> = fleet
-            .read_nodes(&view, routing.primary_reads, routing.max_replica_lag)
-            .into_iter()
-            .map(|n| (n, fleet.nodes[n].weight, shared.pools.in_use(n)))
-            .collect();
-        let mut order = shared.balancer.order(&reads);
-        let primary = fleet.primary_in(&view).ok();
-        if let Some(lsn) = self.last_write_lsn {
-            order = self.fresh_nodes(order, lsn, primary, &view).await;
-        }
+        let routing = &self.shared.config.routing;
+        fleet.read_nodes_into(view, routing.primary_reads, routing.max_replica_lag, order);
+        let pools = &self.shared.pools;
+        self.shared
+            .balancer
+            .order_in_place(order, |n| fleet.nodes[n].weight, |n| pools.in_use(n));
+        Ok(Pick::Reads {
+            primary: fleet.primary_in(view).ok(),
+        })
+    }
+
+    /// The end of the read choice: the primary as the last resort, or why no node may serve the read.
+    fn check_reads(
+        &self,
+        view: &FleetView,
+        primary: Option<usize>,
+        order: &mut Vec<usize>,
+    ) -> Result<(), ProxyError> {
+        let routing = &self.shared.config.routing;
         if self.route == Some(Target::Replica) {
             if order.is_empty() {
                 return Err(ProxyError::error(
@@ -683,7 +742,7 @@ impl Session {
                      out of recovery or lagging beyond routing.max_replica_lag",
                 ));
             }
-            return Ok(order);
+            return Ok(());
         }
         if routing.fallback_to_primary {
             // With no read node left (or as the last resort after them), reads go to the primary.
@@ -701,11 +760,11 @@ impl Session {
             .with_hint("Set routing.fallback_to_primary = true to read from the primary instead."));
         }
         if order.is_empty() {
-            return Err(fleet.primary_in(&view).err().unwrap_or_else(|| {
+            return Err(self.shared.fleet.primary_in(view).err().unwrap_or_else(|| {
                 ProxyError::error("08006", "pgfleet: no node is available to run this statement")
             }));
         }
-        Ok(order)
+        Ok(())
     }
 
     /// Read-your-writes: keeps the candidates that have replayed `lsn` (the primary always has), checking
@@ -820,20 +879,32 @@ impl Session {
     }
 
     async fn dispatch(&mut self, req: Request, end: End) -> Result<(), SessionError> {
+        // The candidate list is reused from request to request rather than allocated for each.
+        let mut candidates = std::mem::take(&mut self.candidates);
+        let result = self.dispatch_to(req, end, &mut candidates).await;
+        self.candidates = candidates;
+        result
+    }
+
+    async fn dispatch_to(
+        &mut self,
+        req: Request,
+        end: End,
+        candidates: &mut Vec<usize>,
+    ) -> Result<(), SessionError> {
         let mut plan = Plan::for_request(&req, &self.statements, &self.rules);
         // Function volatility only matters for what would otherwise be a read: a write never waits for it,
         // which keeps writes fast when the primary is slow to answer the catalog query.
-        if plan.target == Target::Replica && self.tx_node.is_none() && self.pinned.is_none() {
-            let rules = self.function_rules().await;
-            if !Arc::ptr_eq(&rules, &self.rules) {
-                self.rules = rules;
-                plan = Plan::for_request(&req, &self.statements, &self.rules);
-            }
+        if plan.target == Target::Replica
+            && self.tx_node.is_none()
+            && self.pinned.is_none()
+            && self.refresh_function_rules().await
+        {
+            plan = Plan::for_request(&req, &self.statements, &self.rules);
         }
-        let candidates = match self.candidates(&plan).await {
-            Ok(c) => c,
-            Err(e) => return self.refuse(e, end).await,
-        };
+        if let Err(e) = self.candidates(&plan, candidates).await {
+            return self.refuse(e, end).await;
+        }
         let retry_allowed = self.tx_node.is_none() && self.pinned.is_none() && plan.target == Target::Replica;
         let mut last_err = None;
         for (i, node) in candidates.iter().copied().enumerate() {
@@ -971,7 +1042,11 @@ impl Session {
         let Some(conn) = self.conns[node].as_mut() else {
             return Ok(());
         };
-        if let Some(sql) = self.settings.diff(&conn.applied.settings) {
+        let same_settings = conn.applied.settings_generation == self.settings.generation();
+        if let Some(sql) = (!same_settings)
+            .then(|| self.settings.diff(&conn.applied.settings))
+            .flatten()
+        {
             let x = conn.exchange(&query(&sql)).await.map_err(Prepare::Node)?;
             if let Some(err) = x.error {
                 let msg = crate::protocol::messages::error_field(err.body(), b'M')
@@ -988,6 +1063,8 @@ impl Session {
             conn.applied.settings = self.settings.entries().clone();
             conn.applied.unnamed = None;
         }
+        // Applied just now, or equal already: either way the maps match.
+        conn.applied.settings_generation = self.settings.generation();
         let mut replay: Vec<u8> = Vec::new();
         let mut added: Vec<(String, u64)> = Vec::new();
         // A name the client closed and now parses again may still exist here if the Close ran elsewhere; with
@@ -1101,6 +1178,7 @@ impl Session {
                     }
                     // The node that ran them already has them.
                     conn.applied.settings = self.settings.entries().clone();
+                    conn.applied.settings_generation = self.settings.generation();
                 }
                 self.pending_changes.clear();
             }
@@ -1186,6 +1264,14 @@ fn route_override_label(target: Target) -> &'static str {
         Target::Primary => "session route: primary",
         Target::Replica => "session route: replica",
     }
+}
+
+/// What the routing rules decided before the read-specific checks.
+enum Pick {
+    /// The request must run on the one node given (transaction, pin, statement, write).
+    Decided,
+    /// Read nodes in balanced order; `primary` is the current primary, if any.
+    Reads { primary: Option<usize> },
 }
 
 /// Why a session could not start on a node.

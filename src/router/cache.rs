@@ -27,8 +27,11 @@ const MAX_TEXT: usize = 4096;
 #[derive(Default)]
 struct Map {
     len: usize,
-    by_rules: HashMap<usize, (Arc<FunctionRules>, HashMap<String, Arc<Decision>>)>,
+    by_rules: HashMap<usize, RulesEntries>,
 }
+
+/// The rules (kept alive) and the decisions made under them.
+type RulesEntries = (Arc<FunctionRules>, HashMap<String, Arc<Decision>>);
 
 type SharedMap = RwLock<Option<Map>>;
 

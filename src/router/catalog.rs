@@ -7,6 +7,7 @@
 //! the very next statement.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -43,6 +44,9 @@ pub struct Catalog {
     refresh: Duration,
     timeout: Duration,
     entries: Mutex<HashMap<String, Entry>>,
+    /// Bumped whenever an entry is stored or dropped, so that sessions can tell cheaply that the rules
+    /// they hold are still the current ones.
+    generation: AtomicU64,
     control: Mutex<HashMap<(String, String, String), Pool>>,
 }
 
@@ -54,6 +58,7 @@ impl Catalog {
             refresh,
             timeout,
             entries: Mutex::new(HashMap::new()),
+            generation: AtomicU64::new(0),
             control: Mutex::new(HashMap::new()),
         }
     }
@@ -71,10 +76,24 @@ impl Catalog {
 
     /// Forgets a database's rules (after DDL that may have created or changed functions).
     pub fn invalidate(&self, database: &str) {
-        self.entries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(database);
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.remove(database);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Changes whenever any database's rules are stored or dropped.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Until when `rules` stay the database's current rules unless the generation changes: the entry's
+    /// expiry, if `rules` are the entry's.
+    pub fn fresh_until(&self, database: &str, rules: &Arc<FunctionRules>) -> Option<Instant> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries
+            .get(database)
+            .filter(|e| Arc::ptr_eq(&e.rules, rules))
+            .map(|e| e.expires)
     }
 
     /// The rules for a database: cached ones at once (refreshed in the background when stale), or a first
@@ -148,7 +167,8 @@ impl Catalog {
                 )
             }
         };
-        self.entries.lock().unwrap_or_else(|p| p.into_inner()).insert(
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.insert(
             database.to_owned(),
             Entry {
                 rules: rules.clone(),
@@ -156,6 +176,8 @@ impl Catalog {
                 refreshing: false,
             },
         );
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        drop(entries);
         rules
     }
 
