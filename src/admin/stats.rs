@@ -82,7 +82,7 @@ impl ClientEntry {
 }
 
 /// Routing decisions of one target, by rule label.
-type RouteCounts = RwLock<HashMap<String, AtomicU64>>;
+type RouteCounts = RwLock<HashMap<String, Arc<AtomicU64>>>;
 
 /// All counters.
 #[derive(Debug)]
@@ -120,20 +120,31 @@ impl Stats {
 
     /// A request went to `node` because of `rule` (a short label such as "read" or "INSERT writes").
     pub fn request_routed(&self, node: usize, target: Target, rule_label: &str) {
+        self.node_queried(node);
+        self.route_counter(target, rule_label)
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request was forwarded to `node`.
+    pub fn node_queried(&self, node: usize) {
         if let Some(n) = self.nodes.get(node) {
             n.queries.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// The counter of decisions for (target, rule label), created at zero if new. A session keeps the one
+    /// it used last, as consecutive requests are usually decided by the same rule.
+    pub fn route_counter(&self, target: Target, rule_label: &str) -> Arc<AtomicU64> {
         let routes = &self.routes[target_index(target)];
         if let Some(count) = routes.read().unwrap_or_else(|p| p.into_inner()).get(rule_label) {
-            count.fetch_add(1, Ordering::Relaxed);
-            return;
+            return count.clone();
         }
         routes
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .entry(rule_label.to_owned())
             .or_default()
-            .fetch_add(1, Ordering::Relaxed);
+            .clone()
     }
 
     /// A node failed a request or a connection.

@@ -241,7 +241,7 @@ pub fn deallocated_names(sql: &str) -> Vec<String> {
     let mut out = Vec::new();
     // Runs on every simple query: almost none mention DEALLOCATE, and a byte scan is far cheaper than
     // splitting and lexing the text to find that out.
-    if !contains_ignore_ascii_case(sql.as_bytes(), b"deallocate") {
+    if !contains_deallocate(sql.as_bytes()) {
         return out;
     }
     for stmt in split_statements(sql) {
@@ -266,19 +266,32 @@ pub fn deallocated_names(sql: &str) -> Vec<String> {
     out
 }
 
-/// Whether `needle` (lower-case ASCII) occurs in `haystack`, ignoring ASCII case.
-fn contains_ignore_ascii_case(haystack: &[u8], needle: &[u8]) -> bool {
-    let Some((&first, rest)) = needle.split_first() else {
-        return true;
-    };
+/// Horspool shifts for "deallocate", by the byte under the last position of the window: how far the
+/// window may move when that byte is not the end of a match. Letters of the word count in either case.
+const DEALLOCATE_SHIFTS: [u8; 256] = {
+    let word = b"deallocate";
+    let mut table = [word.len() as u8; 256];
+    let mut i = 0;
+    while i < word.len() - 1 {
+        let shift = (word.len() - 1 - i) as u8;
+        table[word[i] as usize] = shift;
+        table[word[i].to_ascii_uppercase() as usize] = shift;
+        i += 1;
+    }
+    table
+};
+
+/// Whether "deallocate" occurs in `haystack`, ignoring ASCII case. A Horspool search: most windows are
+/// skipped by ten bytes after looking at one.
+fn contains_deallocate(haystack: &[u8]) -> bool {
+    const WORD: &[u8] = b"deallocate";
     let mut at = 0;
-    while at + needle.len() <= haystack.len() {
-        if haystack[at].to_ascii_lowercase() == first
-            && haystack[at + 1..at + needle.len()].eq_ignore_ascii_case(rest)
-        {
+    while let Some(window) = haystack.get(at..at + WORD.len()) {
+        let last = window[WORD.len() - 1];
+        if last.eq_ignore_ascii_case(&b'e') && window.eq_ignore_ascii_case(WORD) {
             return true;
         }
-        at += 1;
+        at += usize::from(DEALLOCATE_SHIFTS[usize::from(last)]);
     }
     false
 }
@@ -297,7 +310,32 @@ mod tests {
         assert!(deallocated_names("SELECT 'DEALLOCATE x'").is_empty());
         assert_eq!(deallocated_names("DeAlLoCaTe s"), vec!["s"]);
         assert!(deallocated_names("SELECT abalance FROM pgbench_accounts WHERE aid = 1").is_empty());
-        assert!(contains_ignore_ascii_case(b"xDEALLOCATE", b"deallocate"));
-        assert!(!contains_ignore_ascii_case(b"DEALLOCAT", b"deallocate"));
+        assert!(contains_deallocate(b"xDEALLOCATE"));
+        assert!(contains_deallocate(b"deallocate"));
+        assert!(contains_deallocate(b"select 1; dEaLlOcAtE x"));
+        assert!(contains_deallocate(b"deallocatedeallocate"));
+        assert!(contains_deallocate(b"ddeallocate e"));
+        assert!(!contains_deallocate(b"DEALLOCAT"));
+        assert!(!contains_deallocate(b"deallocat e deallocat"));
+        assert!(!contains_deallocate(b""));
+        // Against the obvious search, on texts made of the word's letters.
+        let letters = b"dealoctDEALOCT x";
+        let mut seed = 7u32;
+        for _ in 0..2000 {
+            let len = (seed % 40) as usize;
+            let text: Vec<u8> = (0..len)
+                .map(|_| {
+                    seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                    letters[(seed >> 16) as usize % letters.len()]
+                })
+                .collect();
+            let naive = text.windows(10).any(|w| w.eq_ignore_ascii_case(b"deallocate"));
+            assert_eq!(
+                contains_deallocate(&text),
+                naive,
+                "{:?}",
+                String::from_utf8_lossy(&text)
+            );
+        }
     }
 }

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::Instrument;
@@ -220,6 +221,8 @@ pub(super) struct Session {
     entry: Option<Arc<ClientEntry>>,
     /// The catalog generation and the time until which `rules` are the catalog's current ones.
     rules_fresh: Option<(u64, std::time::Instant)>,
+    /// The routing-statistics counter of the previous request's (target, rule).
+    last_route: Option<(Target, String, Arc<AtomicU64>)>,
     /// Nodes to try for the current request, kept to reuse its allocation.
     candidates: Vec<usize>,
     /// Tells the session when pgfleet shuts down (the deadline for open transactions).
@@ -310,6 +313,7 @@ impl Session {
             idle_timer: None,
             rules_fresh: None,
             candidates: Vec::new(),
+            last_route: None,
         };
         session.greet().await?;
         let entry = session.shared.stats.client_connected(
@@ -866,6 +870,22 @@ impl Session {
         }
     }
 
+    /// Counts a routing decision, through the counter of the previous request when the rule is the same.
+    fn count_route(&mut self, node: usize, target: Target, label: &str) {
+        let stats = &self.shared.stats;
+        stats.node_queried(node);
+        match &self.last_route {
+            Some((t, l, counter)) if *t == target && l == label => {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {
+                let counter = stats.route_counter(target, label);
+                counter.fetch_add(1, Ordering::Relaxed);
+                self.last_route = Some((target, label.to_owned(), counter));
+            }
+        }
+    }
+
     fn route_label<'a>(&self, plan: &'a Plan) -> &'a str {
         if self.tx_node.is_some() {
             "in transaction"
@@ -939,7 +959,7 @@ impl Session {
             let name = &self.shared.fleet.nodes[node].target.name;
             let label = self.route_label(&plan);
             tracing::debug!(node = %name, rule = %label, "routing request");
-            self.shared.stats.request_routed(node, plan.target, label);
+            self.count_route(node, plan.target, label);
             let wrote = plan.target == Target::Primary;
             match Flow::run(self, node, &req, end, plan).await {
                 Ok(()) => {

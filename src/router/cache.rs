@@ -27,11 +27,22 @@ const MAX_TEXT: usize = 4096;
 #[derive(Default)]
 struct Map {
     len: usize,
-    by_rules: HashMap<usize, RulesEntries>,
+    /// One entry per set of rules in use (a database's, or the configured lists): few, so a scan beats
+    /// hashing the address.
+    by_rules: Vec<RulesEntries>,
 }
 
 /// The rules (kept alive) and the decisions made under them.
 type RulesEntries = (Arc<FunctionRules>, HashMap<String, Arc<Decision>>);
+
+impl Map {
+    fn decisions(&self, rules: usize) -> Option<&HashMap<String, Arc<Decision>>> {
+        self.by_rules
+            .iter()
+            .find(|(r, _)| Arc::as_ptr(r) as usize == rules)
+            .map(|(_, d)| d)
+    }
+}
 
 type SharedMap = RwLock<Option<Map>>;
 
@@ -72,8 +83,8 @@ fn lookup(map: &SharedMap, rules: usize, key: &str) -> Option<Arc<Decision>> {
     map.read()
         .unwrap_or_else(|p| p.into_inner())
         .as_ref()
-        .and_then(|m| m.by_rules.get(&rules))
-        .and_then(|(_, m)| m.get(key))
+        .and_then(|m| m.decisions(rules))
+        .and_then(|m| m.get(key))
         .cloned()
 }
 
@@ -83,11 +94,14 @@ fn store(map: &SharedMap, key: &str, rules: &Arc<FunctionRules>, d: &Arc<Decisio
     if m.len >= CAPACITY {
         *m = Map::default();
     }
-    let (_, decisions) = m
-        .by_rules
-        .entry(Arc::as_ptr(rules) as usize)
-        .or_insert_with(|| (rules.clone(), HashMap::new()));
-    if decisions.insert(key.to_owned(), d.clone()).is_none() {
+    let slot = match m.by_rules.iter().position(|(r, _)| Arc::ptr_eq(r, rules)) {
+        Some(i) => i,
+        None => {
+            m.by_rules.push((rules.clone(), HashMap::new()));
+            m.by_rules.len() - 1
+        }
+    };
+    if m.by_rules[slot].1.insert(key.to_owned(), d.clone()).is_none() {
         m.len += 1;
     }
 }
