@@ -7,4 +7,4 @@ pub mod pool;
 
 pub use conn::BackendConn;
 pub use connect::BackendError;
-pub use pool::{PooledConn, Pools};
+pub use pool::{NodePool, PooledConn, Pools};

@@ -51,6 +51,10 @@ impl Manager for ConnManager {
 
 type Key = (usize, String, String);
 
+/// The pool of one (node, database, user). A session keeps the handles it used, so that a checkout under
+/// transaction pooling does not look its pool up again.
+pub type NodePool = Pool<ConnManager>;
+
 /// All pools, plus per-node counts of connections in use (for least_connections balancing).
 pub struct Pools {
     config: PoolConfig,
@@ -76,7 +80,9 @@ impl Pools {
             .unwrap_or(0)
     }
 
-    fn pool_for(&self, target: &NodeTarget, login: &Login<'_>) -> Pool<ConnManager> {
+    /// The pool for a node and login, created empty on first use. Pools are never dropped, so a handle
+    /// stays the one [`Pools::get`] would use.
+    pub fn pool_for(&self, target: &NodeTarget, login: &Login<'_>) -> NodePool {
         let key = (target.index, login.database.to_owned(), login.user.to_owned());
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
         pools
@@ -101,13 +107,30 @@ impl Pools {
 
     /// Checks out a connection, waiting at most pool.connect_timeout for a free slot.
     pub async fn get(&self, target: &NodeTarget, login: &Login<'_>) -> Result<PooledConn, BackendError> {
-        let pool = self.pool_for(target, login);
-        let timeouts = Timeouts {
-            wait: Some(self.config.connect_timeout),
+        self.get_from(&self.pool_for(target, login), target).await
+    }
+
+    /// [`Pools::get`] from a pool handle the caller kept (see [`NodePool`]).
+    pub async fn get_from(&self, pool: &NodePool, target: &NodeTarget) -> Result<PooledConn, BackendError> {
+        // First without waiting: usually a connection is free, and this way no timer is set up for a wait
+        // that does not happen (recycling never waits: it only looks at the socket).
+        let immediate = Timeouts {
+            wait: Some(Duration::ZERO),
             create: None,
-            recycle: Some(self.config.connect_timeout),
+            recycle: None,
         };
-        let obj = match pool.timeout_get(&timeouts).await {
+        let got = match pool.timeout_get(&immediate).await {
+            Err(PoolError::Timeout(_)) => {
+                let timeouts = Timeouts {
+                    wait: Some(self.config.connect_timeout),
+                    create: None,
+                    recycle: Some(self.config.connect_timeout),
+                };
+                pool.timeout_get(&timeouts).await
+            }
+            other => other,
+        };
+        let obj = match got {
             Ok(o) => o,
             Err(PoolError::Backend(e)) => return Err(e),
             Err(PoolError::Timeout(_)) => {

@@ -53,7 +53,11 @@ impl Node {
 
     /// Records a successful connection.
     pub fn mark_up(&self) {
-        self.down_until_ms.store(0, Ordering::Relaxed);
+        // Every checkout reports success: writing only when the node was marked down keeps the shared
+        // cache line from bouncing between the cores that run sessions.
+        if self.down_until_ms.load(Ordering::Relaxed) != 0 {
+            self.down_until_ms.store(0, Ordering::Relaxed);
+        }
     }
 }
 

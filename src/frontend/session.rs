@@ -18,7 +18,7 @@ use super::state::{Settings, Statements};
 use super::stream::ClientStream;
 use crate::admin::stats::{ClientEntry, ClientInfo};
 use crate::backend::connect::Login;
-use crate::backend::{BackendError, PooledConn};
+use crate::backend::{BackendError, NodePool, PooledConn};
 use crate::cluster::view::FleetView;
 use crate::config::{PoolMode, ReadYourWrites};
 use crate::protocol::messages::{
@@ -221,6 +221,8 @@ pub(super) struct Session {
     entry: Option<Arc<ClientEntry>>,
     /// The catalog generation and the time until which `rules` are the catalog's current ones.
     rules_fresh: Option<(u64, std::time::Instant)>,
+    /// The pool of each node for this session's login, once used.
+    pools: Vec<Option<NodePool>>,
     /// The routing-statistics counter of the previous request's (target, rule).
     last_route: Option<(Target, String, Arc<AtomicU64>)>,
     /// Nodes to try for the current request, kept to reuse its allocation.
@@ -286,9 +288,10 @@ impl Session {
             .cached(&database)
             .unwrap_or_else(|| Arc::new(shared.catalog.base().clone()));
         let shutdown = shared.shutdown.subscribe();
+        let node_count = shared.fleet.nodes.len();
         let mut session = Session {
             cbuf: FrameBuffer::new(max),
-            conns: (0..shared.fleet.nodes.len()).map(|_| None).collect(),
+            conns: (0..node_count).map(|_| None).collect(),
             shared,
             id,
             client,
@@ -314,6 +317,7 @@ impl Session {
             rules_fresh: None,
             candidates: Vec::new(),
             last_route: None,
+            pools: vec![None; node_count],
         };
         session.greet().await?;
         let entry = session.shared.stats.client_connected(
@@ -452,7 +456,11 @@ impl Session {
             database: &self.database,
             replication: false,
         };
-        match self.shared.pools.get(&n.target, &login).await {
+        let pool = match &self.pools[node] {
+            Some(p) => p,
+            None => self.pools[node].insert(self.shared.pools.pool_for(&n.target, &login)),
+        };
+        match self.shared.pools.get_from(pool, &n.target).await {
             Ok(c) => {
                 n.mark_up();
                 self.conns[node] = Some(c);
