@@ -54,6 +54,17 @@ impl Request {
         }
     }
 
+    /// Forgets the frames, keeping the list's allocation for the next request unless a long pipeline
+    /// made it large (idle sessions should stay small).
+    pub fn clear(&mut self) {
+        if self.frames.capacity() > 64 {
+            self.frames = Vec::new();
+        } else {
+            self.frames.clear();
+        }
+        self.bytes = 0;
+    }
+
     /// The frames as one block to write.
     pub fn encode(&self) -> Bytes {
         if self.frames.len() == 1 {

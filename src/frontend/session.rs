@@ -528,13 +528,14 @@ impl Session {
                 continue;
             }
             if let Some(end) = req.push(frame) {
-                let request = std::mem::take(&mut req);
                 // A Flush with nothing before it asks for output that does not exist (psycopg ends each
                 // pipeline with Sync, Flush): routing it would open an empty batch on some node.
-                if end == End::Open && request.frames.iter().all(|f| f.kind == b'H') {
-                    continue;
+                let empty_flush = end == End::Open && req.frames.iter().all(|f| f.kind == b'H');
+                if !empty_flush {
+                    self.dispatch(&req, end).await?;
                 }
-                self.dispatch(request, end).await?;
+                // Emptied rather than replaced, so the next request reuses its frame list.
+                req.clear();
             }
         }
     }
@@ -906,7 +907,7 @@ impl Session {
         }
     }
 
-    async fn dispatch(&mut self, req: Request, end: End) -> Result<(), SessionError> {
+    async fn dispatch(&mut self, req: &Request, end: End) -> Result<(), SessionError> {
         // The candidate list is reused from request to request rather than allocated for each.
         let mut candidates = std::mem::take(&mut self.candidates);
         let result = self.dispatch_to(req, end, &mut candidates).await;
@@ -916,11 +917,11 @@ impl Session {
 
     async fn dispatch_to(
         &mut self,
-        req: Request,
+        req: &Request,
         end: End,
         candidates: &mut Vec<usize>,
     ) -> Result<(), SessionError> {
-        let mut plan = Plan::for_request(&req, &self.statements, &self.rules);
+        let mut plan = Plan::for_request(req, &self.statements, &self.rules);
         // Function volatility only matters for what would otherwise be a read: a write never waits for it,
         // which keeps writes fast when the primary is slow to answer the catalog query.
         if plan.target == Target::Replica
@@ -928,7 +929,7 @@ impl Session {
             && self.pinned.is_none()
             && self.refresh_function_rules().await
         {
-            plan = Plan::for_request(&req, &self.statements, &self.rules);
+            plan = Plan::for_request(req, &self.statements, &self.rules);
         }
         if let Err(e) = self.candidates(&plan, candidates).await {
             return self.refuse(e, end).await;
@@ -969,7 +970,7 @@ impl Session {
             tracing::debug!(node = %name, rule = %label, "routing request");
             self.count_route(node, plan.target, label);
             let wrote = plan.target == Target::Primary;
-            match Flow::run(self, node, &req, end, plan).await {
+            match Flow::run(self, node, req, end, plan).await {
                 Ok(()) => {
                     self.after_request(node, wrote).await;
                     self.release_between_transactions(node);

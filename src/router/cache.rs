@@ -49,9 +49,18 @@ type SharedMap = RwLock<Option<Map>>;
 static BY_SHAPE: SharedMap = RwLock::new(None);
 static BY_TEXT: SharedMap = RwLock::new(None);
 
+/// Per worker thread: the buffer the shape of the statement being looked up is built in, and the last
+/// shape decided with its rules (kept alive, so that their address cannot be reused) and decision.
+/// Sessions tend to repeat a statement shape, so comparing with the last one before the shared map saves
+/// hashing the shape and taking the lock for most requests.
+#[derive(Default)]
+struct Local {
+    shape: String,
+    last: Option<(Arc<FunctionRules>, String, Arc<Decision>)>,
+}
+
 thread_local! {
-    /// The shape of the statement being looked up, rebuilt in place for each lookup.
-    static SHAPE: RefCell<String> = const { RefCell::new(String::new()) };
+    static LOCAL: RefCell<Local> = RefCell::new(Local::default());
 }
 
 /// Writes the statement's shape into `key`; false when constants may matter (see the module docs).
@@ -111,30 +120,61 @@ pub fn classify_cached(sql: &str, rules: &Arc<FunctionRules>) -> Arc<Decision> {
     if sql.len() > MAX_TEXT {
         return Arc::new(classify(sql, rules));
     }
-    SHAPE.with(|buf| match buf.try_borrow_mut() {
-        Ok(mut key) => classify_with(sql, rules, &mut key),
-        // Only reachable if classification itself asked the cache again: use a buffer of its own.
-        Err(_) => classify_with(sql, rules, &mut String::new()),
+    LOCAL.with(|local| match local.try_borrow_mut() {
+        Ok(mut local) => classify_with(sql, rules, &mut local),
+        // Only reachable if classification itself asked the cache again: use state of its own.
+        Err(_) => classify_with(sql, rules, &mut Local::default()),
     })
 }
 
-fn classify_with(sql: &str, rules: &Arc<FunctionRules>, key: &mut String) -> Arc<Decision> {
+fn classify_with(sql: &str, rules: &Arc<FunctionRules>, local: &mut Local) -> Arc<Decision> {
+    let Local { shape, last } = local;
+    if !shape_into(sql, shape) {
+        return by_text(sql, rules);
+    }
+    if let Some((last_rules, last_shape, d)) = last.as_ref()
+        && Arc::ptr_eq(last_rules, rules)
+        && last_shape == shape
+    {
+        return d.clone();
+    }
     let id = Arc::as_ptr(rules) as usize;
-    let (map, key): (&SharedMap, &str) = if shape_into(sql, key) {
-        (&BY_SHAPE, key.as_str())
-    } else {
-        (&BY_TEXT, sql)
+    let d = match lookup(&BY_SHAPE, id, shape) {
+        Some(d) => d,
+        None => {
+            let d = Arc::new(classify(sql, rules));
+            // A decision that carries its own text (a SET in a multi-statement string) is valid for this
+            // text only.
+            if !d.changes.is_empty() {
+                store(&BY_TEXT, sql, rules, &d);
+                return d;
+            }
+            store(&BY_SHAPE, shape, rules, &d);
+            d
+        }
     };
-    if let Some(d) = lookup(map, id, key) {
+    // Keep this shape as the last one; the old last shape's buffer is reused for the next lookup.
+    match last {
+        Some((last_rules, last_shape, last_d)) => {
+            std::mem::swap(last_shape, shape);
+            if !Arc::ptr_eq(last_rules, rules) {
+                *last_rules = rules.clone();
+            }
+            *last_d = d.clone();
+        }
+        None => *last = Some((rules.clone(), std::mem::take(shape), d.clone())),
+    }
+    d
+}
+
+/// Texts whose constants may matter are remembered by exact text.
+fn by_text(sql: &str, rules: &Arc<FunctionRules>) -> Arc<Decision> {
+    let id = Arc::as_ptr(rules) as usize;
+    if let Some(d) = lookup(&BY_TEXT, id, sql) {
         return d;
     }
     let d = Arc::new(classify(sql, rules));
-    // A decision that carries its own text (a SET in a multi-statement string) is valid for this text only.
-    if d.changes.is_empty() {
-        store(map, key, rules, &d);
-    } else {
-        store(&BY_TEXT, sql, rules, &d);
-    }
+    store(&BY_TEXT, sql, rules, &d);
     d
 }
 
