@@ -9,6 +9,9 @@ use super::request::{End, Plan, Request};
 use super::session::{Session, SessionError};
 use crate::backend::BackendError;
 
+/// The largest request-assembly buffer a session keeps between requests.
+const SCRATCH_KEPT: usize = 16 * 1024;
+
 /// What a finished request left behind, read from the node's replies.
 #[derive(Debug, Default)]
 pub struct Outcome {
@@ -148,7 +151,13 @@ impl Flow {
         let Some(conn) = session.conns[node].as_mut() else {
             return Ok(());
         };
-        conn.write_all(&req.encode()).await.map_err(Failure::Node)?;
+        conn.write_all(req.encode(&mut session.scratch))
+            .await
+            .map_err(Failure::Node)?;
+        if session.scratch.capacity() > SCRATCH_KEPT {
+            // A large request passed through: idle sessions should not keep its buffer.
+            session.scratch = Vec::new();
+        }
         let mut to_node = BytesMut::new();
         while !self.done() {
             let read_client = self.copy_in || self.open_batch;

@@ -5,8 +5,6 @@ use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
-
 use super::state::{Statement, Statements};
 use crate::protocol::Frame;
 use crate::protocol::messages::{bind_names, parse_fields, query_text, target_name};
@@ -65,16 +63,18 @@ impl Request {
         self.bytes = 0;
     }
 
-    /// The frames as one block to write.
-    pub fn encode(&self) -> Bytes {
-        if self.frames.len() == 1 {
-            return self.frames[0].raw.clone();
+    /// The frames as one block to write: the frame itself when there is one, else their bytes copied into
+    /// `scratch` (a buffer the caller keeps, so that extended-protocol requests need no allocation).
+    pub fn encode<'a>(&'a self, scratch: &'a mut Vec<u8>) -> &'a [u8] {
+        if let [only] = self.frames.as_slice() {
+            return &only.raw;
         }
-        let mut out = BytesMut::with_capacity(self.bytes);
+        scratch.clear();
+        scratch.reserve(self.bytes);
         for f in &self.frames {
-            out.extend_from_slice(&f.raw);
+            scratch.extend_from_slice(&f.raw);
         }
-        out.freeze()
+        scratch
     }
 
     /// How many ReadyForQuery the node will send for it.

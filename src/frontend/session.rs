@@ -221,6 +221,8 @@ pub(super) struct Session {
     entry: Option<Arc<ClientEntry>>,
     /// The catalog generation and the time until which `rules` are the catalog's current ones.
     rules_fresh: Option<(u64, std::time::Instant)>,
+    /// Where a request of several frames is assembled to be written at once, kept between requests.
+    pub(super) scratch: Vec<u8>,
     /// The pool of each node for this session's login, once used.
     pools: Vec<Option<NodePool>>,
     /// The routing-statistics counter of the previous request's (target, rule).
@@ -317,6 +319,7 @@ impl Session {
             rules_fresh: None,
             candidates: Vec::new(),
             last_route: None,
+            scratch: Vec::new(),
             pools: vec![None; node_count],
         };
         session.greet().await?;

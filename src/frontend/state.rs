@@ -115,7 +115,13 @@ impl Statements {
     pub fn insert(&mut self, name: &str, mut stmt: Statement) -> u64 {
         let id = NEXT_STATEMENT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         stmt.id = id;
-        self.by_name.insert(name.to_owned(), stmt);
+        // Drivers re-parse the unnamed statement for every query: replace it in place, keeping its key.
+        match self.by_name.get_mut(name) {
+            Some(slot) => *slot = stmt,
+            None => {
+                self.by_name.insert(name.to_owned(), stmt);
+            }
+        }
         id
     }
 
