@@ -151,7 +151,7 @@ impl Shared {
             "shutting down: waiting for sessions to finish their transactions"
         );
         // Sessions send their FATAL at the deadline; give them a moment past it to do so.
-        while !self.stats.clients().is_empty()
+        while self.stats.client_count() > 0
             && tokio::time::Instant::now() < deadline + Duration::from_millis(200)
         {
             tokio::time::sleep(Duration::from_millis(20)).await;

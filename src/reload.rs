@@ -91,12 +91,12 @@ pub fn apply(shared: &Arc<Shared>, new: Config) -> Result<ReloadReport, ReloadEr
     let changes = shared.fleet.apply(&effective)?;
     let slots = shared.fleet.nodes();
     shared.stats.ensure_nodes(slots.len());
-    shared
-        .pools
-        .reconfigure(effective.pool.clone(), slots.len(), |node, user, password| {
-            slots.get(node).is_some_and(|n| !n.is_retired())
-                && effective.user(user).is_some_and(|u| u.password == password)
-        });
+    shared.pools.reconfigure(
+        effective.pool.clone(),
+        slots.len(),
+        |node| slots.get(node).is_none_or(|n| n.is_retired()),
+        |user, password| effective.user(user).is_some_and(|u| u.password == password),
+    );
     if old.routing.write_functions != effective.routing.write_functions
         || old.routing.read_only_functions != effective.routing.read_only_functions
         || old.routing.function_refresh != effective.routing.function_refresh

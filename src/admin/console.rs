@@ -353,7 +353,7 @@ fn show_stats(shared: &Shared) -> Table {
     let mut table = Table::new(&[("name", Text), ("target", Text), ("rule", Text), ("value", Int)]);
     let totals = [
         ("clients_total", stats.clients_total.load(Relaxed)),
-        ("clients_active", stats.clients().len() as u64),
+        ("clients_active", stats.client_count() as u64),
         ("login_failures", stats.login_failures.load(Relaxed)),
     ];
     for (name, value) in totals {
@@ -676,8 +676,10 @@ mod tests {
     #[tokio::test]
     async fn startup_then_show_nodes() {
         let s = shared();
-        s.stats.request_routed(1, "replica", "read");
-        s.stats.request_routed(1, "replica", "read");
+        s.stats
+            .request_routed(1, crate::router::classify::Target::Replica, "read");
+        s.stats
+            .request_routed(1, crate::router::classify::Target::Replica, "read");
         s.stats.node_error(0);
         let frames = converse(s, vec![query("show nodes;")]).await;
         let startup_kinds: String = kinds(&frames).chars().take_while(|k| *k != 'Z').collect();

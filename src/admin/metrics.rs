@@ -314,7 +314,7 @@ pub fn render(shared: &Shared) -> String {
     }
 
     out.family("pgfleet_clients", "gauge", "Client sessions connected now.");
-    out.sample("pgfleet_clients", &[], stats.clients().len());
+    out.sample("pgfleet_clients", &[], stats.client_count());
     out.family(
         "pgfleet_clients_total",
         "counter",
@@ -536,8 +536,10 @@ mod tests {
     #[test]
     fn renders_every_family_with_help_and_type() {
         let s = shared();
-        s.stats.request_routed(1, "replica", "read");
-        s.stats.request_routed(0, "primary", "INSERT \"writes\"");
+        s.stats
+            .request_routed(1, crate::router::classify::Target::Replica, "read");
+        s.stats
+            .request_routed(0, crate::router::classify::Target::Primary, "INSERT \"writes\"");
         s.stats.node_error(1);
         let text = render(&s);
         for family in [

@@ -1,13 +1,15 @@
 //! Counters the proxy keeps for the admin console and /metrics: per node queries and errors, per routing
 //! rule decisions, and the live client sessions.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::SystemTime;
+
+use crate::router::classify::Target;
 
 /// Per-node counters.
 #[derive(Debug, Default)]
@@ -18,7 +20,7 @@ pub struct NodeCounters {
     pub errors: AtomicU64,
 }
 
-/// One live client session, for SHOW CLIENTS.
+/// One live client session, for SHOW CLIENTS: a snapshot of its [`ClientEntry`].
 #[derive(Debug, Clone)]
 pub struct ClientInfo {
     /// Client address.
@@ -37,17 +39,73 @@ pub struct ClientInfo {
     pub node: Option<usize>,
 }
 
+/// The states a session reports, in the order of their codes in [`ClientEntry`].
+const CLIENT_STATES: [&str; 4] = ["idle", "active", "idle in transaction", "admin"];
+/// `ClientEntry::node` when the session holds no node.
+const NO_NODE: usize = usize::MAX;
+
+fn state_code(state: &str) -> u8 {
+    CLIENT_STATES.iter().position(|s| *s == state).unwrap_or(0) as u8
+}
+
+/// A live session's row. The session keeps a handle and updates it after every request with a few
+/// relaxed stores, so that bookkeeping never takes the lock that SHOW CLIENTS and new logins need.
+#[derive(Debug)]
+pub struct ClientEntry {
+    addr: SocketAddr,
+    user: String,
+    database: String,
+    connected_at: SystemTime,
+    state: AtomicU8,
+    node: AtomicUsize,
+    requests: AtomicU64,
+}
+
+impl ClientEntry {
+    /// Records the state after a request, counting the request.
+    pub fn update(&self, state: &'static str, node: Option<usize>) {
+        self.state.store(state_code(state), Ordering::Relaxed);
+        self.node.store(node.unwrap_or(NO_NODE), Ordering::Relaxed);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> ClientInfo {
+        let node = self.node.load(Ordering::Relaxed);
+        ClientInfo {
+            addr: self.addr,
+            user: self.user.clone(),
+            database: self.database.clone(),
+            state: CLIENT_STATES[usize::from(self.state.load(Ordering::Relaxed)) % CLIENT_STATES.len()],
+            connected_at: self.connected_at,
+            requests: self.requests.load(Ordering::Relaxed),
+            node: (node != NO_NODE).then_some(node),
+        }
+    }
+}
+
+/// Routing decisions of one target, by rule label.
+type RouteCounts = RwLock<HashMap<String, Arc<AtomicU64>>>;
+
 /// All counters.
 #[derive(Debug)]
 pub struct Stats {
     /// Per node slot (see `cluster::Node`); grows when a reload adds nodes.
     nodes: ArcSwap<Vec<Arc<NodeCounters>>>,
-    routes: Mutex<BTreeMap<String, u64>>,
-    clients: Mutex<HashMap<u64, ClientInfo>>,
+    /// Indexed by [`target_index`]. Labels are few and long-lived, so after the first request of a kind
+    /// a decision costs a shared lock and an atomic add, and no allocation.
+    routes: [RouteCounts; 2],
+    clients: Mutex<HashMap<u64, Arc<ClientEntry>>>,
     /// Client connections accepted since start.
     pub clients_total: AtomicU64,
     /// Logins refused (bad password, unknown database...).
     pub login_failures: AtomicU64,
+}
+
+fn target_index(target: Target) -> usize {
+    match target {
+        Target::Primary => 0,
+        Target::Replica => 1,
+    }
 }
 
 impl Stats {
@@ -55,7 +113,7 @@ impl Stats {
     pub fn new(node_count: usize) -> Self {
         Self {
             nodes: ArcSwap::from_pointee((0..node_count).map(|_| Arc::default()).collect()),
-            routes: Mutex::new(BTreeMap::new()),
+            routes: Default::default(),
             clients: Mutex::new(HashMap::new()),
             clients_total: AtomicU64::new(0),
             login_failures: AtomicU64::new(0),
@@ -81,18 +139,33 @@ impl Stats {
         })
     }
 
-    /// A request went to `node` because of `rule` (a short label such as "read" or "write: INSERT").
-    pub fn request_routed(&self, node: usize, target: &str, rule_label: &str) {
+    /// A request went to `node` because of `rule` (a short label such as "read" or "INSERT writes").
+    pub fn request_routed(&self, node: usize, target: Target, rule_label: &str) {
+        self.node_queried(node);
+        self.route_counter(target, rule_label)
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A request was forwarded to `node`.
+    pub fn node_queried(&self, node: usize) {
         if let Some(n) = self.nodes.load().get(node) {
             n.queries.fetch_add(1, Ordering::Relaxed);
         }
-        let key = format!("{target}|{rule_label}");
-        *self
-            .routes
-            .lock()
+    }
+
+    /// The counter of decisions for (target, rule label), created at zero if new. A session keeps the one
+    /// it used last, as consecutive requests are usually decided by the same rule.
+    pub fn route_counter(&self, target: Target, rule_label: &str) -> Arc<AtomicU64> {
+        let routes = &self.routes[target_index(target)];
+        if let Some(count) = routes.read().unwrap_or_else(|p| p.into_inner()).get(rule_label) {
+            return count.clone();
+        }
+        routes
+            .write()
             .unwrap_or_else(|p| p.into_inner())
-            .entry(key)
-            .or_insert(0) += 1;
+            .entry(rule_label.to_owned())
+            .or_default()
+            .clone()
     }
 
     /// A node failed a request or a connection.
@@ -102,39 +175,40 @@ impl Stats {
         }
     }
 
-    /// (target, rule label, count) for every routing decision made so far.
+    /// (target, rule label, count) for every routing decision made so far, by target then rule.
     pub fn routes(&self) -> Vec<(String, String, u64)> {
-        let routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
-        routes
-            .iter()
-            .map(|(k, v)| {
-                let (t, r) = k.split_once('|').unwrap_or((k.as_str(), ""));
-                (t.to_owned(), r.to_owned(), *v)
-            })
-            .collect()
+        let mut out = Vec::new();
+        for target in [Target::Primary, Target::Replica] {
+            let routes = self.routes[target_index(target)]
+                .read()
+                .unwrap_or_else(|p| p.into_inner());
+            let mut rows: Vec<(String, String, u64)> = routes
+                .iter()
+                .map(|(rule, count)| (target.to_string(), rule.clone(), count.load(Ordering::Relaxed)))
+                .collect();
+            rows.sort_by(|a, b| a.1.cmp(&b.1));
+            out.extend(rows);
+        }
+        out
     }
 
-    /// A client session began.
-    pub fn client_connected(&self, id: u64, info: ClientInfo) {
+    /// A client session began; the session reports its progress through the returned entry.
+    pub fn client_connected(&self, id: u64, info: ClientInfo) -> Arc<ClientEntry> {
         self.clients_total.fetch_add(1, Ordering::Relaxed);
+        let entry = Arc::new(ClientEntry {
+            addr: info.addr,
+            user: info.user,
+            database: info.database,
+            connected_at: info.connected_at,
+            state: AtomicU8::new(state_code(info.state)),
+            node: AtomicUsize::new(info.node.unwrap_or(NO_NODE)),
+            requests: AtomicU64::new(info.requests),
+        });
         self.clients
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id, info);
-    }
-
-    /// Updates a session's state after each request.
-    pub fn client_update(&self, id: u64, state: &'static str, node: Option<usize>) {
-        if let Some(c) = self
-            .clients
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_mut(&id)
-        {
-            c.state = state;
-            c.node = node;
-            c.requests += 1;
-        }
+            .insert(id, entry.clone());
+        entry
     }
 
     /// A client session ended.
@@ -145,8 +219,89 @@ impl Stats {
     /// The live sessions, oldest first.
     pub fn clients(&self) -> Vec<(u64, ClientInfo)> {
         let clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out: Vec<(u64, ClientInfo)> = clients.iter().map(|(k, v)| (*k, v.clone())).collect();
+        let mut out: Vec<(u64, ClientInfo)> = clients.iter().map(|(k, v)| (*k, v.snapshot())).collect();
         out.sort_by_key(|(k, _)| *k);
         out
+    }
+
+    /// How many live sessions match: all of them, or those of `user`, leaving out one database (the admin
+    /// console's). Counted in place, as every login asks.
+    pub fn count_clients(&self, user: Option<&str>, except_database: &str) -> usize {
+        let clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        clients
+            .values()
+            .filter(|c| c.database != except_database && user.is_none_or(|u| c.user == u))
+            .count()
+    }
+
+    /// How many sessions are live.
+    pub fn client_count(&self) -> usize {
+        self.clients.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_by_target_then_rule() {
+        let s = Stats::new(2);
+        s.request_routed(1, Target::Replica, "read");
+        s.request_routed(0, Target::Primary, "UPDATE writes");
+        s.request_routed(1, Target::Replica, "read");
+        s.request_routed(0, Target::Primary, "INSERT writes");
+        assert_eq!(
+            s.routes(),
+            vec![
+                ("primary".to_owned(), "INSERT writes".to_owned(), 1),
+                ("primary".to_owned(), "UPDATE writes".to_owned(), 1),
+                ("replica".to_owned(), "read".to_owned(), 2),
+            ]
+        );
+        assert_eq!(s.node_counts(1).0, 2);
+    }
+
+    #[test]
+    fn client_entries_update_in_place() {
+        let s = Stats::new(1);
+        let info = ClientInfo {
+            addr: "127.0.0.1:1".parse().expect("addr"),
+            user: "app".to_owned(),
+            database: "app".to_owned(),
+            state: "idle",
+            connected_at: SystemTime::now(),
+            requests: 0,
+            node: None,
+        };
+        let entry = s.client_connected(7, info.clone());
+        s.client_connected(
+            8,
+            ClientInfo {
+                user: "other".to_owned(),
+                ..info.clone()
+            },
+        );
+        s.client_connected(
+            9,
+            ClientInfo {
+                database: "pgfleet".to_owned(),
+                state: "admin",
+                ..info
+            },
+        );
+        entry.update("idle in transaction", Some(0));
+        entry.update("idle", None);
+        let clients = s.clients();
+        assert_eq!(clients.len(), 3);
+        assert_eq!(clients[0].0, 7);
+        assert_eq!(clients[0].1.state, "idle");
+        assert_eq!(clients[0].1.requests, 2);
+        assert_eq!(clients[0].1.node, None);
+        assert_eq!(clients[2].1.state, "admin");
+        assert_eq!(s.count_clients(None, "pgfleet"), 2);
+        assert_eq!(s.count_clients(Some("app"), "pgfleet"), 1);
+        s.client_disconnected(7);
+        assert_eq!(s.client_count(), 2);
     }
 }

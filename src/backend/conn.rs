@@ -14,6 +14,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub struct AppliedState {
     /// Settings applied here, as the statements that applied them, by name (see `frontend::state`).
     pub settings: std::collections::BTreeMap<String, String>,
+    /// The generation of the session settings that `settings` is a copy of (0: none, or unknown).
+    pub settings_generation: u64,
     /// Named prepared statements that exist here.
     pub prepared: HashSet<String>,
     /// Which of the session's unnamed statements the unnamed slot holds.

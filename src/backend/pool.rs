@@ -52,6 +52,10 @@ impl Manager for ConnManager {
 
 type Key = (usize, String, String);
 
+/// The pool of one (node, database, user). A session keeps the handles it used, so that a checkout under
+/// transaction pooling does not look its pool up again.
+pub type NodePool = Pool<ConnManager>;
+
 /// All pools, plus per-node counts of connections in use (for least_connections balancing).
 pub struct Pools {
     config: ArcSwap<PoolConfig>,
@@ -71,14 +75,16 @@ impl Pools {
     }
 
     /// Applies reloaded pool settings and node slots: existing pools take the new `max_size` (a shrinking
-    /// pool closes connections as they come back, never one in use), pools of retired nodes and of users
-    /// whose credentials changed or vanished are dropped (connections checked out from them finish their
-    /// work and are closed when given back), and counters are made for new nodes.
+    /// pool closes connections as they come back, never one in use); pools of retired nodes are closed
+    /// (connections checked out from them finish their work and are closed when given back); pools of users
+    /// whose password changed or who were removed are forgotten, so that new sessions get fresh ones, while
+    /// sessions holding a handle keep using theirs; counters are made for new nodes.
     pub fn reconfigure(
         &self,
         config: PoolConfig,
         node_count: usize,
-        keep: impl Fn(usize, &str, &str) -> bool,
+        retired: impl Fn(usize) -> bool,
+        keeps_login: impl Fn(&str, &str) -> bool,
     ) {
         let max_size = config.max_size;
         self.config.store(Arc::new(config));
@@ -88,10 +94,12 @@ impl Pools {
             grown
         });
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
-        pools.retain(|(node, database, user), pool| {
-            let _ = database;
-            if !keep(*node, user, &pool.manager().password) {
+        pools.retain(|(node, _, user), pool| {
+            if retired(*node) {
                 pool.close();
+                return false;
+            }
+            if !keeps_login(user, &pool.manager().password) {
                 return false;
             }
             if pool.status().max_size != max_size {
@@ -110,7 +118,10 @@ impl Pools {
             .unwrap_or(0)
     }
 
-    fn pool_for(&self, target: &NodeTarget, login: &Login<'_>) -> Pool<ConnManager> {
+    /// The pool for a node and login, created empty on first use. Only a reload drops pools (of retired
+    /// nodes, or of logins whose password changed), so a handle stays the one [`Pools::get`] would use for
+    /// the session that holds it.
+    pub fn pool_for(&self, target: &NodeTarget, login: &Login<'_>) -> NodePool {
         let key = (target.index, login.database.to_owned(), login.user.to_owned());
         let config = self.config.load();
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
@@ -136,14 +147,31 @@ impl Pools {
 
     /// Checks out a connection, waiting at most pool.connect_timeout for a free slot.
     pub async fn get(&self, target: &NodeTarget, login: &Login<'_>) -> Result<PooledConn, BackendError> {
-        let pool = self.pool_for(target, login);
-        let config = self.config.load();
-        let timeouts = Timeouts {
-            wait: Some(config.connect_timeout),
+        self.get_from(&self.pool_for(target, login), target).await
+    }
+
+    /// [`Pools::get`] from a pool handle the caller kept (see [`NodePool`]).
+    pub async fn get_from(&self, pool: &NodePool, target: &NodeTarget) -> Result<PooledConn, BackendError> {
+        // First without waiting: usually a connection is free, and this way no timer is set up for a wait
+        // that does not happen (recycling never waits: it only looks at the socket).
+        let immediate = Timeouts {
+            wait: Some(Duration::ZERO),
             create: None,
-            recycle: Some(config.connect_timeout),
+            recycle: None,
         };
-        let obj = match pool.timeout_get(&timeouts).await {
+        let got = match pool.timeout_get(&immediate).await {
+            Err(PoolError::Timeout(_)) => {
+                let connect_timeout = self.config.load().connect_timeout;
+                let timeouts = Timeouts {
+                    wait: Some(connect_timeout),
+                    create: None,
+                    recycle: Some(connect_timeout),
+                };
+                pool.timeout_get(&timeouts).await
+            }
+            other => other,
+        };
+        let obj = match got {
             Ok(o) => o,
             Err(PoolError::Backend(e)) => return Err(e),
             Err(PoolError::Timeout(_)) => {
@@ -151,7 +179,7 @@ impl Pools {
                     role: target.role.clone(),
                     name: target.name.clone(),
                     address: target.address.clone(),
-                    after: config.connect_timeout,
+                    after: self.config.load().connect_timeout,
                 });
             }
             Err(other) => return Err(BackendError::protocol(target, format!("pool error: {other}"))),

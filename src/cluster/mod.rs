@@ -74,7 +74,14 @@ impl Node {
 
     /// Whether no session saw the node fail in the last moments.
     pub fn is_up(&self) -> bool {
-        self.down_until_ms.load(Ordering::Relaxed) <= now_ms()
+        self.is_up_at(now_ms())
+    }
+
+    /// [`Node::is_up`] at a given time, so that a scan of every node reads the clock once.
+    fn is_up_at(&self, now_ms: u64) -> bool {
+        let down_until = self.down_until_ms.load(Ordering::Relaxed);
+        // Never marked down (or marked up again): no need for the clock.
+        down_until == 0 || down_until <= now_ms
     }
 
     /// Records a failed connection: skip this node for a while.
@@ -85,7 +92,11 @@ impl Node {
 
     /// Records a successful connection.
     pub fn mark_up(&self) {
-        self.down_until_ms.store(0, Ordering::Relaxed);
+        // Every checkout reports success: writing only when the node was marked down keeps the shared
+        // cache line from bouncing between the cores that run sessions.
+        if self.down_until_ms.load(Ordering::Relaxed) != 0 {
+            self.down_until_ms.store(0, Ordering::Relaxed);
+        }
     }
 }
 
@@ -221,6 +232,12 @@ impl Fleet {
         self.view.load_full()
     }
 
+    /// The latest snapshot without touching its reference count (no cache line shared between the cores
+    /// that run sessions is written); hold it only briefly, never across an await.
+    pub fn view_guard(&self) -> Guard<Arc<FleetView>> {
+        self.view.load()
+    }
+
     /// Records a health check result and publishes a new snapshot.
     pub fn update(&self, node: usize, state: NodeState) {
         let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
@@ -288,32 +305,48 @@ impl Fleet {
     /// for `auto`, by observation) that are up, in recovery and within `max_lag`, plus the primary when
     /// `primary_reads` is set.
     pub fn read_nodes(&self, view: &FleetView, primary_reads: bool, max_lag: Option<LagLimit>) -> Vec<usize> {
-        let primary = self.primary_in(view).ok();
+        let mut out = Vec::with_capacity(view.nodes.len());
+        self.read_nodes_into(view, primary_reads, max_lag, &mut out);
+        out
+    }
+
+    /// [`Fleet::read_nodes`], appended to `out` (which a session reuses from one request to the next).
+    pub fn read_nodes_into(
+        &self,
+        view: &FleetView,
+        primary_reads: bool,
+        max_lag: Option<LagLimit>,
+        out: &mut Vec<usize>,
+    ) {
+        let primary = match view.primary {
+            Primary::One(n) => Some(n),
+            _ => None,
+        };
         let nodes = self.nodes.load();
-        view.nodes
-            .iter()
-            .enumerate()
-            .filter(|(i, state)| {
-                let Some(node) = nodes.get(*i) else {
-                    return false;
-                };
-                if node.is_retired() {
-                    return false;
-                }
-                if Some(*i) == primary {
-                    return primary_reads && state.up && node.is_up();
-                }
+        // Read lazily: nodes never marked down need no clock at all.
+        let mut now = None;
+        let mut is_up = |node: &Node| node.is_up_at(*now.get_or_insert_with(now_ms));
+        // A snapshot older than a reload covers fewer slots than `nodes`; zip stops at the shorter.
+        for (i, (node, state)) in nodes.iter().zip(&view.nodes).enumerate() {
+            if node.is_retired() {
+                continue;
+            }
+            let usable = if Some(i) == primary {
+                primary_reads && state.up && is_up(node)
+            } else {
                 let is_replica = match node.role {
                     // Forwarded replicas are plain servers: usable once they stream, whatever their recovery.
-                    Role::Replica if self.forward.enabled() => self.forward.visible(*i).is_some(),
+                    Role::Replica if self.forward.enabled() => self.forward.visible(i).is_some(),
                     Role::Replica => state.in_recovery != Some(false),
                     Role::Auto => state.in_recovery == Some(true),
                     Role::Primary => false,
                 };
-                is_replica && node.weight() > 0 && state.up && node.is_up() && within(state, max_lag)
-            })
-            .map(|(i, _)| i)
-            .collect()
+                is_replica && node.weight() > 0 && state.up && is_up(node) && within(state, max_lag)
+            };
+            if usable {
+                out.push(i);
+            }
+        }
     }
 }
 

@@ -8,7 +8,9 @@ use tokio::io::AsyncReadExt;
 use super::request::{End, Plan, Request};
 use super::session::{Session, SessionError};
 use crate::backend::BackendError;
-use crate::protocol::messages::command_tag;
+
+/// The largest request-assembly buffer a session keeps between requests.
+const SCRATCH_KEPT: usize = 16 * 1024;
 
 /// What a finished request left behind, read from the node's replies.
 #[derive(Debug, Default)]
@@ -79,9 +81,13 @@ impl Flow {
                 }
             }
             b'C' => {
-                let tag = command_tag(body).unwrap_or("");
-                self.outcome.last_commit = tag == "COMMIT";
-                if tag == "BEGIN" || tag == "START TRANSACTION" {
+                // Compared as bytes: every reply carries a tag, and only these three matter here.
+                let tag = body
+                    .iter()
+                    .position(|b| *b == 0)
+                    .map_or(&b""[..], |end| &body[..end]);
+                self.outcome.last_commit = tag == b"COMMIT";
+                if tag == b"BEGIN" || tag == b"START TRANSACTION" {
                     self.outcome.began_tx = true;
                 }
             }
@@ -145,11 +151,19 @@ impl Flow {
         let Some(conn) = session.conns[node].as_mut() else {
             return Ok(());
         };
-        conn.write_all(&req.encode()).await.map_err(Failure::Node)?;
+        conn.write_all(req.encode(&mut session.scratch))
+            .await
+            .map_err(Failure::Node)?;
+        if session.scratch.capacity() > SCRATCH_KEPT {
+            // A large request passed through: idle sessions should not keep its buffer.
+            session.scratch = Vec::new();
+        }
         let mut to_node = BytesMut::new();
         while !self.done() {
             let read_client = self.copy_in || self.open_batch;
             tokio::select! {
+                // The node's output first: no need to draw a random branch order for every read.
+                biased;
                 r = conn.fill() => {
                     r.map_err(Failure::Node)?;
                     let block = conn.take_block(|k, b| self.inspect(k, b)).map_err(Failure::Node)?;

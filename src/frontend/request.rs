@@ -1,10 +1,9 @@
 //! A client request as the session buffers it before choosing a node (a Query, or extended-protocol frames
 //! up to Sync or Flush), and the plan derived from it: where it may run and what session state it touches.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-
-use bytes::{Bytes, BytesMut};
 
 use super::state::{Statement, Statements};
 use crate::protocol::Frame;
@@ -53,16 +52,29 @@ impl Request {
         }
     }
 
-    /// The frames as one block to write.
-    pub fn encode(&self) -> Bytes {
-        if self.frames.len() == 1 {
-            return self.frames[0].raw.clone();
+    /// Forgets the frames, keeping the list's allocation for the next request unless a long pipeline
+    /// made it large (idle sessions should stay small).
+    pub fn clear(&mut self) {
+        if self.frames.capacity() > 64 {
+            self.frames = Vec::new();
+        } else {
+            self.frames.clear();
         }
-        let mut out = BytesMut::with_capacity(self.bytes);
+        self.bytes = 0;
+    }
+
+    /// The frames as one block to write: the frame itself when there is one, else their bytes copied into
+    /// `scratch` (a buffer the caller keeps, so that extended-protocol requests need no allocation).
+    pub fn encode<'a>(&'a self, scratch: &'a mut Vec<u8>) -> &'a [u8] {
+        if let [only] = self.frames.as_slice() {
+            return &only.raw;
+        }
+        scratch.clear();
+        scratch.reserve(self.bytes);
         for f in &self.frames {
-            out.extend_from_slice(&f.raw);
+            scratch.extend_from_slice(&f.raw);
         }
-        out.freeze()
+        scratch
     }
 
     /// How many ReadyForQuery the node will send for it.
@@ -84,8 +96,8 @@ impl Request {
 pub struct Plan {
     /// Where the request may run.
     pub target: Target,
-    /// Why, for logs.
-    pub rule: String,
+    /// Why, for logs and the routing statistics.
+    pub rule: Cow<'static, str>,
     /// Session state the request creates that cannot move between nodes.
     pub pin: Option<Pin>,
     /// An explicit transaction the request opens.
@@ -115,7 +127,7 @@ impl Plan {
     fn empty() -> Self {
         Plan {
             target: Target::Replica,
-            rule: "read".to_owned(),
+            rule: Cow::Borrowed("read"),
             pin: None,
             tx_start: None,
             changes: Vec::new(),
@@ -133,7 +145,7 @@ impl Plan {
     fn merge(&mut self, d: &Decision, with_changes: bool) {
         if d.target == Target::Primary && self.target != Target::Primary {
             self.target = Target::Primary;
-            self.rule = d.rule.to_string();
+            self.rule = d.rule.label();
         }
         if self.pin.is_none() {
             self.pin = d.pin;
@@ -150,7 +162,7 @@ impl Plan {
     fn merge_statement(&mut self, s: &Statement, with_changes: bool) {
         if s.target == Target::Primary && self.target != Target::Primary {
             self.target = Target::Primary;
-            self.rule = "prepared statement that may write".to_owned();
+            self.rule = Cow::Borrowed("prepared statement that may write");
         }
         if self.pin.is_none() {
             self.pin = s.pin;
@@ -178,7 +190,7 @@ impl Plan {
                 // but a write is prepared on the primary so that its Execute needs no second Parse.
                 if d.target == Target::Primary && self.target != Target::Primary {
                     self.target = Target::Primary;
-                    self.rule = d.rule.to_string();
+                    self.rule = d.rule.label();
                 }
                 self.ddl |= d.ddl;
                 let stmt = Statement {
@@ -211,7 +223,7 @@ impl Plan {
                 } else if self.target != Target::Primary {
                     // Unknown to the proxy: let the primary give PostgreSQL's own error.
                     self.target = Target::Primary;
-                    self.rule = format!("unknown prepared statement \"{name}\"");
+                    self.rule = Cow::Owned(format!("unknown prepared statement \"{name}\""));
                 }
             }
             b'C' => {
@@ -221,7 +233,7 @@ impl Plan {
             }
             b'F' => {
                 self.target = Target::Primary;
-                self.rule = "function call message".to_owned();
+                self.rule = Cow::Borrowed("function call message");
             }
             _ => {}
         }
@@ -246,6 +258,11 @@ impl Plan {
 /// Drivers (psycopg among them) evict cached statements this way, so the proxy must forget them too.
 pub fn deallocated_names(sql: &str) -> Vec<String> {
     let mut out = Vec::new();
+    // Runs on every simple query: almost none mention DEALLOCATE, and a byte scan is far cheaper than
+    // splitting and lexing the text to find that out.
+    if !contains_deallocate(sql.as_bytes()) {
+        return out;
+    }
     for stmt in split_statements(sql) {
         // Read by tokens, comments skipped. Slicing the text `"DEALLOCATE".len()` bytes past its start
         // misread `/* c */ DEALLOCATE x` and panicked when that offset fell inside a character of a leading
@@ -281,6 +298,36 @@ pub fn deallocated_names(sql: &str) -> Vec<String> {
     out
 }
 
+/// Horspool shifts for "deallocate", by the byte under the last position of the window: how far the
+/// window may move when that byte is not the end of a match. Letters of the word count in either case.
+const DEALLOCATE_SHIFTS: [u8; 256] = {
+    let word = b"deallocate";
+    let mut table = [word.len() as u8; 256];
+    let mut i = 0;
+    while i < word.len() - 1 {
+        let shift = (word.len() - 1 - i) as u8;
+        table[word[i] as usize] = shift;
+        table[word[i].to_ascii_uppercase() as usize] = shift;
+        i += 1;
+    }
+    table
+};
+
+/// Whether "deallocate" occurs in `haystack`, ignoring ASCII case. A Horspool search: most windows are
+/// skipped by ten bytes after looking at one.
+fn contains_deallocate(haystack: &[u8]) -> bool {
+    const WORD: &[u8] = b"deallocate";
+    let mut at = 0;
+    while let Some(window) = haystack.get(at..at + WORD.len()) {
+        let last = window[WORD.len() - 1];
+        if last.eq_ignore_ascii_case(&b'e') && window.eq_ignore_ascii_case(WORD) {
+            return true;
+        }
+        at += usize::from(DEALLOCATE_SHIFTS[usize::from(last)]);
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -297,5 +344,34 @@ mod tests {
             deallocated_names("/* c */ DEALLOCATE /* d */ PREPARE s_2; DEALLOCATE all"),
             vec!["s_2", "*"]
         );
+        assert_eq!(deallocated_names("DeAlLoCaTe s"), vec!["s"]);
+        assert!(deallocated_names("SELECT abalance FROM pgbench_accounts WHERE aid = 1").is_empty());
+        assert!(contains_deallocate(b"xDEALLOCATE"));
+        assert!(contains_deallocate(b"deallocate"));
+        assert!(contains_deallocate(b"select 1; dEaLlOcAtE x"));
+        assert!(contains_deallocate(b"deallocatedeallocate"));
+        assert!(contains_deallocate(b"ddeallocate e"));
+        assert!(!contains_deallocate(b"DEALLOCAT"));
+        assert!(!contains_deallocate(b"deallocat e deallocat"));
+        assert!(!contains_deallocate(b""));
+        // Against the obvious search, on texts made of the word's letters.
+        let letters = b"dealoctDEALOCT x";
+        let mut seed = 7u32;
+        for _ in 0..2000 {
+            let len = (seed % 40) as usize;
+            let text: Vec<u8> = (0..len)
+                .map(|_| {
+                    seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                    letters[(seed >> 16) as usize % letters.len()]
+                })
+                .collect();
+            let naive = text.windows(10).any(|w| w.eq_ignore_ascii_case(b"deallocate"));
+            assert_eq!(
+                contains_deallocate(&text),
+                naive,
+                "{:?}",
+                String::from_utf8_lossy(&text)
+            );
+        }
     }
 }

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::Instrument;
@@ -15,9 +16,10 @@ use super::names::StatementNames;
 use super::request::{End, Plan, Request};
 use super::state::{Settings, Statements};
 use super::stream::ClientStream;
-use crate::admin::stats::ClientInfo;
+use crate::admin::stats::{ClientEntry, ClientInfo};
 use crate::backend::connect::Login;
-use crate::backend::{BackendError, PooledConn};
+use crate::backend::{BackendError, NodePool, PooledConn};
+use crate::cluster::view::FleetView;
 use crate::config::{PoolMode, ReadYourWrites};
 use crate::protocol::messages::{
     ProxyError, Severity, backend_key_data, close_statement, parameter_status, query, ready_for_query, sync,
@@ -123,16 +125,14 @@ fn check_limits(shared: &Shared, user: &crate::config::UserConfig) -> Result<(),
     if max_clients == 0 && per_user == 0 {
         return Ok(());
     }
-    let clients = shared.stats.clients();
-    let sessions = clients.iter().filter(|(_, c)| c.database != ADMIN_DATABASE);
-    if max_clients > 0 && sessions.clone().count() >= max_clients {
+    if max_clients > 0 && shared.stats.count_clients(None, ADMIN_DATABASE) >= max_clients {
         return Err(
             ProxyError::fatal("53300", "sorry, too many clients already").with_detail(format!(
                 "pgfleet serves at most {max_clients} clients (listen.max_clients)"
             )),
         );
     }
-    if per_user > 0 && sessions.filter(|(_, c)| c.user == user.name).count() >= per_user {
+    if per_user > 0 && shared.stats.count_clients(Some(&user.name), ADMIN_DATABASE) >= per_user {
         return Err(ProxyError::fatal(
             "53300",
             format!("too many connections for role \"{}\"", user.name),
@@ -173,7 +173,7 @@ async fn admin_session(mut client: ClientStream, peer: SocketAddr, user: &str, s
     let id = shared
         .next_session
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    shared.stats.client_connected(
+    let _entry = shared.stats.client_connected(
         id,
         ClientInfo {
             addr: peer,
@@ -217,6 +217,22 @@ pub(super) struct Session {
     shared_conns: bool,
     /// Transaction pooling: the client's statement names and the proxy's.
     names: StatementNames,
+    /// The session's row in SHOW CLIENTS, once the login is complete.
+    entry: Option<Arc<ClientEntry>>,
+    /// The catalog generation and the time until which `rules` are the catalog's current ones.
+    rules_fresh: Option<(u64, std::time::Instant)>,
+    /// Where a request of several frames is assembled to be written at once, kept between requests.
+    pub(super) scratch: Vec<u8>,
+    /// The pool of each node for this session's login, once used.
+    pools: Vec<Option<NodePool>>,
+    /// The routing-statistics counter of the previous request's (target, rule).
+    last_route: Option<(Target, String, Arc<AtomicU64>)>,
+    /// Nodes to try for the current request, kept to reuse its allocation.
+    candidates: Vec<usize>,
+    /// Tells the session when pgfleet shuts down (the deadline for open transactions).
+    shutdown: tokio::sync::watch::Receiver<Option<tokio::time::Instant>>,
+    /// client_idle_timeout / idle_in_transaction_timeout, when set.
+    idle_timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     /// The fleet generation last seen; a reload that changes nodes bumps it.
     fleet_generation: u64,
 }
@@ -275,10 +291,13 @@ impl Session {
             .catalog
             .cached(&database)
             .unwrap_or_else(|| shared.catalog.base());
+        let shutdown = shared.shutdown.subscribe();
+        // Read before the node count: a reload in between then shows as a newer generation.
+        let fleet_generation = shared.fleet.generation();
+        let node_count = shared.fleet.nodes().len();
         let mut session = Session {
             cbuf: FrameBuffer::new(max),
-            conns: (0..shared.fleet.nodes().len()).map(|_| None).collect(),
-            fleet_generation: shared.fleet.generation(),
+            conns: (0..node_count).map(|_| None).collect(),
             shared,
             id,
             client,
@@ -298,9 +317,18 @@ impl Session {
             tx_wrote: false,
             shared_conns,
             names: StatementNames::default(),
+            entry: None,
+            shutdown,
+            idle_timer: None,
+            rules_fresh: None,
+            candidates: Vec::new(),
+            last_route: None,
+            scratch: Vec::new(),
+            pools: vec![None; node_count],
+            fleet_generation,
         };
         session.greet().await?;
-        session.shared.stats.client_connected(
+        let entry = session.shared.stats.client_connected(
             session.id,
             ClientInfo {
                 addr: peer,
@@ -312,6 +340,7 @@ impl Session {
                 node: None,
             },
         );
+        session.entry = Some(entry);
         Ok(session)
     }
 
@@ -386,6 +415,7 @@ impl Session {
             }
         }
         conn.applied.settings = self.settings.entries().clone();
+        conn.applied.settings_generation = self.settings.generation();
         Ok(reported)
     }
 
@@ -408,6 +438,7 @@ impl Session {
         if node >= self.conns.len() {
             // A node a reload added after the session started.
             self.conns.resize_with(node + 1, || None);
+            self.pools.resize_with(node + 1, || None);
         }
         if let Some(c) = self.conns[node].as_mut() {
             // Whatever the node said while idle: pass on notices and notifications, and notice a connection
@@ -431,14 +462,18 @@ impl Session {
                 ));
             }
         }
-        let n = &self.shared.fleet.nodes()[node];
+        let n = self.shared.fleet.node(node);
         let login = Login {
             user: &self.user,
             password: &self.password,
             database: &self.database,
             replication: false,
         };
-        match self.shared.pools.get(&n.target, &login).await {
+        let pool = match &self.pools[node] {
+            Some(p) => p,
+            None => self.pools[node].insert(self.shared.pools.pool_for(&n.target, &login)),
+        };
+        match self.shared.pools.get_from(pool, &n.target).await {
             Ok(c) => {
                 n.mark_up();
                 self.conns[node] = Some(c);
@@ -506,21 +541,21 @@ impl Session {
                 continue;
             }
             if let Some(end) = req.push(frame) {
-                let request = std::mem::take(&mut req);
                 // A Flush with nothing before it asks for output that does not exist (psycopg ends each
                 // pipeline with Sync, Flush): routing it would open an empty batch on some node.
-                if end == End::Open && request.frames.iter().all(|f| f.kind == b'H') {
-                    continue;
+                let empty_flush = end == End::Open && req.frames.iter().all(|f| f.kind == b'H');
+                if !empty_flush {
+                    self.dispatch(&req, end).await?;
                 }
-                self.dispatch(request, end).await?;
+                // Emptied rather than replaced, so the next request reuses its frame list.
+                req.clear();
             }
         }
     }
 
     /// Waits for client bytes; meanwhile passes on notifications from a node the session listens on.
     async fn wait_for_client(&mut self) -> Result<(), SessionError> {
-        let mut shutdown = self.shared.shutdown.subscribe();
-        let deadline = *shutdown.borrow_and_update();
+        let deadline = *self.shutdown.borrow_and_update();
         if let Some(deadline) = deadline {
             // Shutting down: a session between transactions ends now; one inside a transaction may finish it.
             if self.tx_node.is_none() || tokio::time::Instant::now() >= deadline {
@@ -555,61 +590,41 @@ impl Session {
         } else {
             (client_idle, "57P05", "idle-session", "listen.client_idle_timeout")
         };
-        let idle_for = limit.unwrap_or(std::time::Duration::from_secs(365 * 24 * 3600));
-        tokio::select! {
-            r = self.wait_for_client_or_node() => r,
-            _ = shutdown.changed() => Ok(()),
-            _ = tokio::time::sleep(idle_for) => {
-                // As PostgreSQL's idle_session_timeout / idle_in_transaction_session_timeout; the node
-                // connection is closed with the session, which rolls back an open transaction.
-                let e = ProxyError::fatal(code, format!("terminating connection due to {what} timeout ({key})"));
-                let _ = self.write_client(&e.encode()).await;
-                Err(SessionError::Fatal(e.message))
+        // The idle timer is armed once per session and only moved when it is due or would fire too late:
+        // registering a fresh timer for every request is a good share of a short request's cost.
+        let idle_due = limit.map(|limit| tokio::time::Instant::now() + limit);
+        if let Some(due) = idle_due {
+            match self.idle_timer.as_mut() {
+                Some(timer) if timer.deadline() <= due => {}
+                Some(timer) => timer.as_mut().reset(due),
+                None => self.idle_timer = Some(Box::pin(tokio::time::sleep_until(due))),
             }
         }
-    }
-
-    async fn wait_for_client_or_node(&mut self) -> Result<(), SessionError> {
         let listen_node = match self.pinned {
             Some((n, Pin::Listen)) if self.conns[n].is_some() => Some(n),
             _ => None,
         };
-        match listen_node {
-            None => {
-                if self.client.read_buf(self.cbuf.read_target()).await? == 0 {
-                    return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
-                }
-            }
-            Some(n) => {
-                let Some(conn) = self.conns[n].as_mut() else {
-                    return Ok(());
-                };
-                tokio::select! {
-                    r = self.client.read_buf(self.cbuf.read_target()) => {
-                        if r? == 0 {
-                            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        loop {
+            tokio::select! {
+                r = client_or_node(&mut self.client, &mut self.cbuf, &mut self.conns, listen_node) => return r,
+                _ = self.shutdown.changed() => return Ok(()),
+                _ = idle_timer_fired(&mut self.idle_timer), if idle_due.is_some() => {
+                    let Some(due) = idle_due else { continue };
+                    if tokio::time::Instant::now() < due {
+                        // Armed during an earlier wait: this one has time left.
+                        if let Some(timer) = self.idle_timer.as_mut() {
+                            timer.as_mut().reset(due);
                         }
+                        continue;
                     }
-                    r = conn.fill() => {
-                        let block = match r {
-                            Ok(()) => conn.take_block(|_, _| {}).ok().flatten(),
-                            Err(_) => None,
-                        };
-                        if conn.broken {
-                            let e = ProxyError::fatal("57P01", format!(
-                                "pgfleet: lost the connection to node \"{}\" that held this session's LISTEN",
-                                conn.target.name));
-                            let _ = self.client.write_all(&e.encode()).await;
-                            return Err(SessionError::Fatal(e.message));
-                        }
-                        if let Some(b) = block {
-                            self.write_client(&b).await?;
-                        }
-                    }
+                    // As PostgreSQL's idle_session_timeout / idle_in_transaction_session_timeout; the node
+                    // connection is closed with the session, which rolls back an open transaction.
+                    let e = ProxyError::fatal(code, format!("terminating connection due to {what} timeout ({key})"));
+                    let _ = self.write_client(&e.encode()).await;
+                    return Err(SessionError::Fatal(e.message));
                 }
             }
         }
-        Ok(())
     }
 
     /// The transaction status the client should see when the proxy answers by itself.
@@ -638,6 +653,29 @@ impl Session {
         self.write_client(&out).await
     }
 
+    /// Brings the session's function rules up to date; true when they changed. While the catalog has not
+    /// changed and its entry for the database is fresh, this is a counter comparison and a clock read.
+    async fn refresh_function_rules(&mut self) -> bool {
+        let generation = self.shared.catalog.generation();
+        if self
+            .rules_fresh
+            .is_some_and(|(g, until)| g == generation && std::time::Instant::now() < until)
+        {
+            return false;
+        }
+        let rules = self.function_rules().await;
+        self.rules_fresh = self
+            .shared
+            .catalog
+            .fresh_until(&self.database, &rules)
+            .map(|until| (generation, until));
+        if Arc::ptr_eq(&rules, &self.rules) {
+            return false;
+        }
+        self.rules = rules;
+        true
+    }
+
     async fn function_rules(&mut self) -> Arc<FunctionRules> {
         let fleet = &self.shared.fleet;
         let p = fleet.likely_primary();
@@ -660,50 +698,74 @@ impl Session {
         self.shared.catalog.rules(source).await
     }
 
-    /// The nodes to try for a plan, best first, or why there is none.
-    async fn candidates(&mut self, plan: &Plan) -> Result<Vec<usize>, ProxyError> {
-        if let Some(n) = self.tx_node {
-            return Ok(vec![n]);
-        }
-        if let Some((n, _)) = self.pinned {
-            return Ok(vec![n]);
-        }
-        // DEALLOCATE must run where the statement exists, or PostgreSQL would say it does not.
-        if let Some(name) = plan.deallocates.first().filter(|n| n.as_str() != "*")
-            && let Some(n) = (0..self.conns.len()).find(|n| {
+    /// The nodes to try for a plan, best first, into `order`, or why there is none.
+    async fn candidates(&mut self, plan: &Plan, order: &mut Vec<usize>) -> Result<(), ProxyError> {
+        let Some(lsn) = self.last_write_lsn else {
+            // The usual case needs no await: a borrowed snapshot spares the shared reference count.
+            let view = self.shared.fleet.view_guard();
+            return match self.pick_nodes(plan, &view, order)? {
+                Pick::Decided => Ok(()),
+                Pick::Reads { primary } => self.check_reads(&view, primary, order),
+            };
+        };
+        let view = self.shared.fleet.view();
+        let Pick::Reads { primary } = self.pick_nodes(plan, &view, order)? else {
+            return Ok(());
+        };
+        *order = self.fresh_nodes(std::mem::take(order), lsn, primary, &view).await;
+        self.check_reads(&view, primary, order)
+    }
+
+    /// The node a plan must run on, or the balanced read nodes for the caller to check.
+    fn pick_nodes(&self, plan: &Plan, view: &FleetView, order: &mut Vec<usize>) -> Result<Pick, ProxyError> {
+        order.clear();
+        let fixed = if let Some(n) = self.tx_node {
+            Some(n)
+        } else if let Some((n, _)) = self.pinned {
+            Some(n)
+        } else if let Some(name) = plan.deallocates.first().filter(|n| n.as_str() != "*") {
+            // DEALLOCATE must run where the statement exists, or PostgreSQL would say it does not.
+            (0..self.conns.len()).find(|n| {
                 self.conns[*n]
                     .as_ref()
                     .is_some_and(|c| c.applied.prepared.contains(name))
             })
-        {
-            return Ok(vec![n]);
-        }
-        let shared = self.shared.clone();
-        let fleet = &shared.fleet;
-        let view = fleet.view();
-        let (primary_reads, max_lag, fallback_to_primary, load_balance) = {
-            let config = shared.config();
-            let r = &config.routing;
-            (
-                r.primary_reads,
-                r.max_replica_lag,
-                r.fallback_to_primary,
-                r.load_balance,
-            )
+        } else {
+            None
         };
+        let fleet = &self.shared.fleet;
+        if let Some(n) = fixed {
+            order.push(n);
+            return Ok(Pick::Decided);
+        }
         if self.route.unwrap_or(plan.target) == Target::Primary {
-            return Ok(vec![fleet.primary_in(&view)?]);
+            order.push(fleet.primary_in(view)?);
+            return Ok(Pick::Decided);
         }
-        let reads: Vec<(usize, u32, usize)> = fleet
-            .read_nodes(&view, primary_reads, max_lag)
-            .into_iter()
-            .map(|n| (n, fleet.nodes()[n].weight(), shared.pools.in_use(n)))
-            .collect();
-        let mut order = shared.balancer.order(load_balance, &reads);
-        let primary = fleet.primary_in(&view).ok();
-        if let Some(lsn) = self.last_write_lsn {
-            order = self.fresh_nodes(order, lsn, primary, &view).await;
-        }
+        let (primary_reads, max_lag, mode) = {
+            let config = self.shared.config();
+            let r = &config.routing;
+            (r.primary_reads, r.max_replica_lag, r.load_balance)
+        };
+        fleet.read_nodes_into(view, primary_reads, max_lag, order);
+        let pools = &self.shared.pools;
+        let nodes = fleet.nodes();
+        self.shared
+            .balancer
+            .order_in_place(mode, order, |n| nodes[n].weight(), |n| pools.in_use(n));
+        Ok(Pick::Reads {
+            primary: fleet.primary_in(view).ok(),
+        })
+    }
+
+    /// The end of the read choice: the primary as the last resort, or why no node may serve the read.
+    fn check_reads(
+        &self,
+        view: &FleetView,
+        primary: Option<usize>,
+        order: &mut Vec<usize>,
+    ) -> Result<(), ProxyError> {
+        let routing = &self.shared.config().routing;
         if self.route == Some(Target::Replica) {
             if order.is_empty() {
                 return Err(ProxyError::error(
@@ -712,9 +774,9 @@ impl Session {
                      out of recovery or lagging beyond routing.max_replica_lag",
                 ));
             }
-            return Ok(order);
+            return Ok(());
         }
-        if fallback_to_primary {
+        if routing.fallback_to_primary {
             // With no read node left (or as the last resort after them), reads go to the primary.
             if let Some(p) = primary
                 && !order.contains(&p)
@@ -730,11 +792,11 @@ impl Session {
             .with_hint("Set routing.fallback_to_primary = true to read from the primary instead."));
         }
         if order.is_empty() {
-            return Err(fleet.primary_in(&view).err().unwrap_or_else(|| {
+            return Err(self.shared.fleet.primary_in(view).err().unwrap_or_else(|| {
                 ProxyError::error("08006", "pgfleet: no node is available to run this statement")
             }));
         }
-        Ok(order)
+        Ok(())
     }
 
     /// Read-your-writes: keeps the candidates that have replayed `lsn` (the primary always has), checking
@@ -805,9 +867,9 @@ impl Session {
         } else {
             "idle in transaction"
         };
-        self.shared
-            .stats
-            .client_update(self.id, state, self.tx_node.or(self.pinned.map(|p| p.0)));
+        if let Some(entry) = &self.entry {
+            entry.update(state, self.tx_node.or(self.pinned.map(|p| p.0)));
+        }
         if self.shared.config().routing.read_your_writes == ReadYourWrites::Off || self.pinned.is_some() {
             return;
         }
@@ -836,15 +898,31 @@ impl Session {
         }
     }
 
-    fn route_label(&self, plan: &Plan) -> String {
+    /// Counts a routing decision, through the counter of the previous request when the rule is the same.
+    fn count_route(&mut self, node: usize, target: Target, label: &str) {
+        let stats = &self.shared.stats;
+        stats.node_queried(node);
+        match &self.last_route {
+            Some((t, l, counter)) if *t == target && l == label => {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {
+                let counter = stats.route_counter(target, label);
+                counter.fetch_add(1, Ordering::Relaxed);
+                self.last_route = Some((target, label.to_owned(), counter));
+            }
+        }
+    }
+
+    fn route_label<'a>(&self, plan: &'a Plan) -> &'a str {
         if self.tx_node.is_some() {
-            "in transaction".to_owned()
+            "in transaction"
         } else if let Some((_, pin)) = self.pinned {
-            format!("pinned: {pin}")
+            pinned_label(pin)
         } else if let Some(t) = self.route {
-            format!("session route: {t}")
+            route_override_label(t)
         } else {
-            plan.rule.clone()
+            &plan.rule
         }
     }
 
@@ -854,10 +932,13 @@ impl Session {
         self.fleet_generation = self.shared.fleet.generation();
         let nodes = self.shared.fleet.nodes_arc();
         for (node, slot) in nodes.iter().enumerate() {
-            if slot.is_retired()
-                && !self.holds_state_on(node)
-                && let Some(c) = self.conns.get_mut(node).and_then(Option::take)
-            {
+            if !slot.is_retired() || self.holds_state_on(node) {
+                continue;
+            }
+            if let Some(pool) = self.pools.get_mut(node) {
+                *pool = None;
+            }
+            if let Some(c) = self.conns.get_mut(node).and_then(Option::take) {
                 c.release().await;
             }
         }
@@ -889,25 +970,43 @@ impl Session {
         tracing::warn!(duration_ms = took.as_millis() as u64, node = %node, statement = %statement, "slow statement");
     }
 
-    async fn dispatch(&mut self, req: Request, end: End) -> Result<(), SessionError> {
+    async fn dispatch(&mut self, req: &Request, end: End) -> Result<(), SessionError> {
         if self.shared.fleet.generation() != self.fleet_generation {
             self.leave_retired_nodes().await;
         }
-        let started = std::time::Instant::now();
-        let mut plan = Plan::for_request(&req, &self.statements, &self.rules);
+        // The candidate list is reused from request to request rather than allocated for each.
+        let mut candidates = std::mem::take(&mut self.candidates);
+        let result = self.dispatch_to(req, end, &mut candidates).await;
+        self.candidates = candidates;
+        result
+    }
+
+    async fn dispatch_to(
+        &mut self,
+        req: &Request,
+        end: End,
+        candidates: &mut Vec<usize>,
+    ) -> Result<(), SessionError> {
+        // The clock is read only when slow statements are logged.
+        let started = self
+            .shared
+            .config()
+            .log
+            .slow_statement
+            .map(|_| std::time::Instant::now());
+        let mut plan = Plan::for_request(req, &self.statements, &self.rules);
         // Function volatility only matters for what would otherwise be a read: a write never waits for it,
         // which keeps writes fast when the primary is slow to answer the catalog query.
-        if plan.target == Target::Replica && self.tx_node.is_none() && self.pinned.is_none() {
-            let rules = self.function_rules().await;
-            if !Arc::ptr_eq(&rules, &self.rules) {
-                self.rules = rules;
-                plan = Plan::for_request(&req, &self.statements, &self.rules);
-            }
+        if plan.target == Target::Replica
+            && self.tx_node.is_none()
+            && self.pinned.is_none()
+            && self.refresh_function_rules().await
+        {
+            plan = Plan::for_request(req, &self.statements, &self.rules);
         }
-        let candidates = match self.candidates(&plan).await {
-            Ok(c) => c,
-            Err(e) => return self.refuse(e, end).await,
-        };
+        if let Err(e) = self.candidates(&plan, candidates).await {
+            return self.refuse(e, end).await;
+        }
         let retry_allowed = self.tx_node.is_none() && self.pinned.is_none() && plan.target == Target::Replica;
         let mut last_err = None;
         for (i, node) in candidates.iter().copied().enumerate() {
@@ -942,13 +1041,13 @@ impl Session {
             let name = &self.shared.fleet.nodes()[node].target.name;
             let label = self.route_label(&plan);
             tracing::debug!(node = %name, rule = %label, "routing request");
-            self.shared
-                .stats
-                .request_routed(node, &plan.target.to_string(), &label);
+            self.count_route(node, plan.target, label);
             let wrote = plan.target == Target::Primary;
-            match Flow::run(self, node, &req, end, plan).await {
+            match Flow::run(self, node, req, end, plan).await {
                 Ok(()) => {
-                    self.log_if_slow(&req, node, started);
+                    if let Some(started) = started {
+                        self.log_if_slow(req, node, started);
+                    }
                     self.after_request(node, wrote).await;
                     self.release_between_transactions(node);
                     return Ok(());
@@ -996,9 +1095,12 @@ impl Session {
     /// exist on shared connections under proxy names; the proxy forgets them and answers by itself.
     async fn deallocate_locally(&mut self, frame: &crate::protocol::Frame) -> Result<bool, SessionError> {
         let text = crate::protocol::messages::query_text(frame.body()).unwrap_or("");
-        let statements = crate::router::split::split_statements(text);
         let names = super::request::deallocated_names(text);
-        if statements.is_empty() || names.len() != statements.len() {
+        if names.is_empty() {
+            return Ok(false);
+        }
+        let statements = crate::router::split::split_statements(text);
+        if names.len() != statements.len() {
             return Ok(false);
         }
         self.names.forget(&names);
@@ -1045,7 +1147,11 @@ impl Session {
         let Some(conn) = self.conns[node].as_mut() else {
             return Ok(());
         };
-        if let Some(sql) = self.settings.diff(&conn.applied.settings) {
+        let same_settings = conn.applied.settings_generation == self.settings.generation();
+        if let Some(sql) = (!same_settings)
+            .then(|| self.settings.diff(&conn.applied.settings))
+            .flatten()
+        {
             let x = conn.exchange(&query(&sql)).await.map_err(Prepare::Node)?;
             if let Some(err) = x.error {
                 let msg = crate::protocol::messages::error_field(err.body(), b'M')
@@ -1062,6 +1168,8 @@ impl Session {
             conn.applied.settings = self.settings.entries().clone();
             conn.applied.unnamed = None;
         }
+        // Applied just now, or equal already: either way the maps match.
+        conn.applied.settings_generation = self.settings.generation();
         let mut replay: Vec<u8> = Vec::new();
         let mut added: Vec<(String, u64)> = Vec::new();
         // A name the client closed and now parses again may still exist here if the Close ran elsewhere; with
@@ -1175,6 +1283,7 @@ impl Session {
                     }
                     // The node that ran them already has them.
                     conn.applied.settings = self.settings.entries().clone();
+                    conn.applied.settings_generation = self.settings.generation();
                 }
                 self.pending_changes.clear();
             }
@@ -1194,6 +1303,82 @@ impl Session {
     }
 }
 
+/// Resolves when the session's idle timer fires; never without one.
+async fn idle_timer_fired(timer: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
+    match timer.as_mut() {
+        Some(timer) => timer.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Reads client bytes into `cbuf`; meanwhile, for a session listening on `listen_node`, passes on what that
+/// node sends (notifications), ending the session if the node goes away.
+async fn client_or_node(
+    client: &mut ClientStream,
+    cbuf: &mut FrameBuffer,
+    conns: &mut [Option<PooledConn>],
+    listen_node: Option<usize>,
+) -> Result<(), SessionError> {
+    let Some(conn) = listen_node.and_then(|n| conns[n].as_mut()) else {
+        if client.read_buf(cbuf.read_target()).await? == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+        return Ok(());
+    };
+    tokio::select! {
+        r = client.read_buf(cbuf.read_target()) => {
+            if r? == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+            }
+        }
+        r = conn.fill() => {
+            let block = match r {
+                Ok(()) => conn.take_block(|_, _| {}).ok().flatten(),
+                Err(_) => None,
+            };
+            if conn.broken {
+                let e = ProxyError::fatal("57P01", format!(
+                    "pgfleet: lost the connection to node \"{}\" that held this session's LISTEN",
+                    conn.target.name));
+                let _ = client.write_all(&e.encode()).await;
+                return Err(SessionError::Fatal(e.message));
+            }
+            if let Some(b) = block {
+                client.write_all(&b).await?;
+                client.flush().await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// "pinned: {pin}", spelled out so that labelling a pinned session's requests allocates nothing.
+fn pinned_label(pin: Pin) -> &'static str {
+    match pin {
+        Pin::TempTable => "pinned: temporary object",
+        Pin::AdvisoryLock => "pinned: session advisory lock",
+        Pin::Listen => "pinned: LISTEN",
+        Pin::HoldCursor => "pinned: WITH HOLD cursor",
+        Pin::SqlPrepare => "pinned: SQL PREPARE",
+    }
+}
+
+/// "session route: {target}", spelled out for the same reason.
+fn route_override_label(target: Target) -> &'static str {
+    match target {
+        Target::Primary => "session route: primary",
+        Target::Replica => "session route: replica",
+    }
+}
+
+/// What the routing rules decided before the read-specific checks.
+enum Pick {
+    /// The request must run on the one node given (transaction, pin, statement, write).
+    Decided,
+    /// Read nodes in balanced order; `primary` is the current primary, if any.
+    Reads { primary: Option<usize> },
+}
+
 /// Why a session could not start on a node.
 enum Greet {
     /// The node failed or refused the login: try the next one if it is a node failure.
@@ -1208,4 +1393,25 @@ enum Prepare {
     Node(BackendError),
     /// The node refused what the proxy replayed; the client gets this error.
     Refused(ProxyError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_match_their_display() {
+        for pin in [
+            Pin::TempTable,
+            Pin::AdvisoryLock,
+            Pin::Listen,
+            Pin::HoldCursor,
+            Pin::SqlPrepare,
+        ] {
+            assert_eq!(pinned_label(pin), format!("pinned: {pin}"));
+        }
+        for t in [Target::Primary, Target::Replica] {
+            assert_eq!(route_override_label(t), format!("session route: {t}"));
+        }
+    }
 }

@@ -13,7 +13,14 @@ use crate::router::classify::{Pin, SessionChange, Target};
 #[derive(Debug, Default)]
 pub struct Settings {
     entries: BTreeMap<String, String>,
+    /// Identifies these entries: 0 for none, else a value no other session and no earlier state of this
+    /// one had. A connection that recorded the same generation has exactly these settings applied, which
+    /// answers [`Settings::diff`] for most requests without comparing the maps.
+    generation: u64,
 }
+
+/// Generations of settings, unique across sessions (transaction pooling shares connections).
+static NEXT_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl Settings {
     /// Records a startup parameter as the SET that reproduces it.
@@ -21,10 +28,21 @@ impl Settings {
         let name = name.to_ascii_lowercase();
         let sql = format!("SET {} TO {}", quote_ident(&name), quote_literal(value));
         self.entries.insert(name, sql);
+        self.bump();
+    }
+
+    fn bump(&mut self) {
+        self.generation = NEXT_GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// See the field's documentation.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Records a SET/RESET the client ran successfully.
     pub fn apply(&mut self, change: &SessionChange) {
+        self.bump();
         match change {
             SessionChange::Set { name, statement } => {
                 self.entries.insert(name.clone(), statement.clone());
@@ -97,7 +115,13 @@ impl Statements {
     pub fn insert(&mut self, name: &str, mut stmt: Statement) -> u64 {
         let id = NEXT_STATEMENT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         stmt.id = id;
-        self.by_name.insert(name.to_owned(), stmt);
+        // Drivers re-parse the unnamed statement for every query: replace it in place, keeping its key.
+        match self.by_name.get_mut(name) {
+            Some(slot) => *slot = stmt,
+            None => {
+                self.by_name.insert(name.to_owned(), stmt);
+            }
+        }
         id
     }
 

@@ -22,47 +22,55 @@ impl Balancer {
     /// Orders `candidates` (node index, weight, connections in use): the first is the choice, the rest are
     /// fallbacks in order.
     pub fn order(&self, mode: LoadBalance, candidates: &[(usize, u32, usize)]) -> Vec<usize> {
-        if candidates.len() <= 1 {
-            return candidates.iter().map(|c| c.0).collect();
+        let mut nodes: Vec<usize> = candidates.iter().map(|c| c.0).collect();
+        let weight = |n: usize| candidates.iter().find(|c| c.0 == n).map_or(0, |c| c.1);
+        let in_use = |n: usize| candidates.iter().find(|c| c.0 == n).map_or(0, |c| c.2);
+        self.order_in_place(mode, &mut nodes, weight, in_use);
+        nodes
+    }
+
+    /// Moves the chosen node to the front of `nodes`, keeping the others in their order as fallbacks.
+    /// `weight` and `in_use` (connections checked out) are asked only when the mode needs them.
+    pub fn order_in_place(
+        &self,
+        mode: LoadBalance,
+        nodes: &mut [usize],
+        weight: impl Fn(usize) -> u32,
+        in_use: impl Fn(usize) -> usize,
+    ) {
+        if nodes.len() <= 1 {
+            return;
         }
         let first = match mode {
-            LoadBalance::RoundRobin => self.next.fetch_add(1, Ordering::Relaxed) % candidates.len(),
+            LoadBalance::RoundRobin => self.next.fetch_add(1, Ordering::Relaxed) % nodes.len(),
             LoadBalance::LeastConnections => {
-                let min = candidates.iter().map(|c| c.2).min().unwrap_or(0);
-                let tied: Vec<usize> = (0..candidates.len())
-                    .filter(|i| candidates[*i].2 == min)
-                    .collect();
+                // One reading per node: the counts change under our feet.
+                let loads: Vec<usize> = nodes.iter().map(|n| in_use(*n)).collect();
+                let min = loads.iter().copied().min().unwrap_or(0);
+                let tied: Vec<usize> = (0..loads.len()).filter(|i| loads[*i] == min).collect();
                 // Rotate among ties so that an idle fleet still spreads load.
                 tied[self.next.fetch_add(1, Ordering::Relaxed) % tied.len()]
             }
             LoadBalance::Random => {
-                let total: u64 = candidates.iter().map(|c| u64::from(c.1)).sum();
+                let total: u64 = nodes.iter().map(|n| u64::from(weight(*n))).sum();
                 if total == 0 {
                     0
                 } else {
                     let mut pick = rand::rng().random_range(0..total);
                     let mut chosen = 0;
-                    for (i, c) in candidates.iter().enumerate() {
-                        if pick < u64::from(c.1) {
+                    for (i, n) in nodes.iter().enumerate() {
+                        let w = u64::from(weight(*n));
+                        if pick < w {
                             chosen = i;
                             break;
                         }
-                        pick -= u64::from(c.1);
+                        pick -= w;
                     }
                     chosen
                 }
             }
         };
-        let mut out = Vec::with_capacity(candidates.len());
-        out.push(candidates[first].0);
-        out.extend(
-            candidates
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| *i != first)
-                .map(|(_, c)| c.0),
-        );
-        out
+        nodes[..=first].rotate_right(1);
     }
 }
 

@@ -10,8 +10,9 @@
 //! and EXPLAIN (whose `ANALYZE 0`/`ANALYZE 1` option is a constant that matters).
 //! Keys include the function rules' identity, so a reload of a database's functions starts afresh.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 
 use super::classify::{Decision, classify};
 use super::functions::FunctionRules;
@@ -22,21 +23,56 @@ const CAPACITY: usize = 8192;
 /// Longer texts are classified every time: they are rarely repeated and would crowd the cache.
 const MAX_TEXT: usize = 4096;
 
-/// Entries keep their rules alive, so no other rules can be allocated at an address used in a key.
-type Entry = (Arc<FunctionRules>, Arc<Decision>);
-type Map = Mutex<Option<HashMap<(usize, String), Entry>>>;
+/// Decisions by key, per set of function rules (by address). Entries keep their rules alive, so no other
+/// rules can be allocated at an address used as a key. Keyed by `String` so that a lookup can borrow the
+/// key from a reused buffer: a hit allocates nothing, and only takes the lock shared.
+#[derive(Default)]
+struct Map {
+    len: usize,
+    /// One entry per set of rules in use (a database's, or the configured lists): few, so a scan beats
+    /// hashing the address.
+    by_rules: Vec<RulesEntries>,
+}
 
-static BY_SHAPE: Map = Mutex::new(None);
-static BY_TEXT: Map = Mutex::new(None);
+/// The rules (kept alive) and the decisions made under them.
+type RulesEntries = (Arc<FunctionRules>, HashMap<String, Arc<Decision>>);
 
-/// The statement's shape, or None when constants may matter (see the module docs).
-fn shape(sql: &str) -> Option<String> {
-    let mut key = String::with_capacity(sql.len() + 8);
+impl Map {
+    fn decisions(&self, rules: usize) -> Option<&HashMap<String, Arc<Decision>>> {
+        self.by_rules
+            .iter()
+            .find(|(r, _)| Arc::as_ptr(r) as usize == rules)
+            .map(|(_, d)| d)
+    }
+}
+
+type SharedMap = RwLock<Option<Map>>;
+
+static BY_SHAPE: SharedMap = RwLock::new(None);
+static BY_TEXT: SharedMap = RwLock::new(None);
+
+/// Per worker thread: the buffer the shape of the statement being looked up is built in, and the last
+/// shape decided with its rules (kept alive, so that their address cannot be reused) and decision.
+/// Sessions tend to repeat a statement shape, so comparing with the last one before the shared map saves
+/// hashing the shape and taking the lock for most requests.
+#[derive(Default)]
+struct Local {
+    shape: String,
+    last: Option<(Arc<FunctionRules>, String, Arc<Decision>)>,
+}
+
+thread_local! {
+    static LOCAL: RefCell<Local> = RefCell::new(Local::default());
+}
+
+/// Writes the statement's shape into `key`; false when constants may matter (see the module docs).
+fn shape_into(sql: &str, key: &mut String) -> bool {
+    key.clear();
     for tok in Lexer::new(sql) {
         match tok.kind {
             TokKind::Str if tok.text(sql).starts_with('\'') => key.push_str("\u{1}s"),
             TokKind::Number if let Some(marker) = number_marker(tok.text(sql)) => key.push_str(marker),
-            TokKind::Unterminated => return None,
+            TokKind::Unterminated => return false,
             _ => {
                 let text = tok.text(sql);
                 if tok.kind == TokKind::Word
@@ -44,14 +80,14 @@ fn shape(sql: &str) -> Option<String> {
                         .iter()
                         .any(|w| text.eq_ignore_ascii_case(w))
                 {
-                    return None;
+                    return false;
                 }
                 key.push_str(text);
             }
         }
         key.push(' ');
     }
-    Some(key)
+    true
 }
 
 /// The marker that stands for a numeric constant in a shape, or None when its spelling matters and the
@@ -73,21 +109,31 @@ fn number_marker(text: &str) -> Option<&'static str> {
     }
 }
 
-fn lookup(map: &Map, key: &(usize, String)) -> Option<Arc<Decision>> {
-    map.lock()
+fn lookup(map: &SharedMap, rules: usize, key: &str) -> Option<Arc<Decision>> {
+    map.read()
         .unwrap_or_else(|p| p.into_inner())
         .as_ref()
+        .and_then(|m| m.decisions(rules))
         .and_then(|m| m.get(key))
-        .map(|(_, d)| d.clone())
+        .cloned()
 }
 
-fn store(map: &Map, key: (usize, String), rules: &Arc<FunctionRules>, d: &Arc<Decision>) {
-    let mut guard = map.lock().unwrap_or_else(|p| p.into_inner());
-    let m = guard.get_or_insert_with(HashMap::new);
-    if m.len() >= CAPACITY {
-        m.clear();
+fn store(map: &SharedMap, key: &str, rules: &Arc<FunctionRules>, d: &Arc<Decision>) {
+    let mut guard = map.write().unwrap_or_else(|p| p.into_inner());
+    let m = guard.get_or_insert_with(Map::default);
+    if m.len >= CAPACITY {
+        *m = Map::default();
     }
-    m.insert(key, (rules.clone(), d.clone()));
+    let slot = match m.by_rules.iter().position(|(r, _)| Arc::ptr_eq(r, rules)) {
+        Some(i) => i,
+        None => {
+            m.by_rules.push((rules.clone(), HashMap::new()));
+            m.by_rules.len() - 1
+        }
+    };
+    if m.by_rules[slot].1.insert(key.to_owned(), d.clone()).is_none() {
+        m.len += 1;
+    }
 }
 
 /// `classify`, remembered.
@@ -95,23 +141,61 @@ pub fn classify_cached(sql: &str, rules: &Arc<FunctionRules>) -> Arc<Decision> {
     if sql.len() > MAX_TEXT {
         return Arc::new(classify(sql, rules));
     }
+    LOCAL.with(|local| match local.try_borrow_mut() {
+        Ok(mut local) => classify_with(sql, rules, &mut local),
+        // Only reachable if classification itself asked the cache again: use state of its own.
+        Err(_) => classify_with(sql, rules, &mut Local::default()),
+    })
+}
+
+fn classify_with(sql: &str, rules: &Arc<FunctionRules>, local: &mut Local) -> Arc<Decision> {
+    let Local { shape, last } = local;
+    if !shape_into(sql, shape) {
+        return by_text(sql, rules);
+    }
+    if let Some((last_rules, last_shape, d)) = last.as_ref()
+        && Arc::ptr_eq(last_rules, rules)
+        && last_shape == shape
+    {
+        return d.clone();
+    }
     let id = Arc::as_ptr(rules) as usize;
-    let (map, key) = match shape(sql) {
-        Some(shape) => (&BY_SHAPE, (id, shape)),
-        None => (&BY_TEXT, (id, sql.to_owned())),
+    let d = match lookup(&BY_SHAPE, id, shape) {
+        Some(d) => d,
+        None => {
+            let d = Arc::new(classify(sql, rules));
+            // A decision that carries its own text (a SET in a multi-statement string) is valid for this
+            // text only.
+            if !d.changes.is_empty() {
+                store(&BY_TEXT, sql, rules, &d);
+                return d;
+            }
+            store(&BY_SHAPE, shape, rules, &d);
+            d
+        }
     };
-    if let Some(d) = lookup(map, &key) {
+    // Keep this shape as the last one; the old last shape's buffer is reused for the next lookup.
+    match last {
+        Some((last_rules, last_shape, last_d)) => {
+            std::mem::swap(last_shape, shape);
+            if !Arc::ptr_eq(last_rules, rules) {
+                *last_rules = rules.clone();
+            }
+            *last_d = d.clone();
+        }
+        None => *last = Some((rules.clone(), std::mem::take(shape), d.clone())),
+    }
+    d
+}
+
+/// Texts whose constants may matter are remembered by exact text.
+fn by_text(sql: &str, rules: &Arc<FunctionRules>) -> Arc<Decision> {
+    let id = Arc::as_ptr(rules) as usize;
+    if let Some(d) = lookup(&BY_TEXT, id, sql) {
         return d;
     }
     let d = Arc::new(classify(sql, rules));
-    // A decision that carries its own text (a SET in a multi-statement string) is valid for this text only.
-    let map = if d.changes.is_empty() { map } else { &BY_TEXT };
-    let key = if d.changes.is_empty() {
-        key
-    } else {
-        (id, sql.to_owned())
-    };
-    store(map, key, rules, &d);
+    store(&BY_TEXT, sql, rules, &d);
     d
 }
 

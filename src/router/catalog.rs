@@ -8,6 +8,7 @@
 
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -49,6 +50,9 @@ struct Settings {
 pub struct Catalog {
     settings: ArcSwap<Settings>,
     entries: Mutex<HashMap<String, Entry>>,
+    /// Bumped whenever an entry is stored or dropped, so that sessions can tell cheaply that the rules
+    /// they hold are still the current ones.
+    generation: AtomicU64,
     control: Mutex<HashMap<(String, String, String), Pool>>,
 }
 
@@ -62,6 +66,7 @@ impl Catalog {
                 timeout,
             }),
             entries: Mutex::new(HashMap::new()),
+            generation: AtomicU64::new(0),
             control: Mutex::new(HashMap::new()),
         }
     }
@@ -92,10 +97,24 @@ impl Catalog {
 
     /// Forgets a database's rules (after DDL that may have created or changed functions).
     pub fn invalidate(&self, database: &str) {
-        self.entries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(database);
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.remove(database);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Changes whenever any database's rules are stored or dropped.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Until when `rules` stay the database's current rules unless the generation changes: the entry's
+    /// expiry, if `rules` are the entry's.
+    pub fn fresh_until(&self, database: &str, rules: &Arc<FunctionRules>) -> Option<Instant> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries
+            .get(database)
+            .filter(|e| Arc::ptr_eq(&e.rules, rules))
+            .map(|e| e.expires)
     }
 
     /// The rules for a database: cached ones at once (refreshed in the background when stale), or a first
@@ -174,7 +193,8 @@ impl Catalog {
                 )
             }
         };
-        self.entries.lock().unwrap_or_else(|p| p.into_inner()).insert(
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.insert(
             database.to_owned(),
             Entry {
                 rules: rules.clone(),
@@ -182,6 +202,8 @@ impl Catalog {
                 refreshing: false,
             },
         );
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        drop(entries);
         rules
     }
 

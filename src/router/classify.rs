@@ -12,6 +12,7 @@
 //! PostgreSQL parser is the gate for anything offered as a read: a query it cannot parse goes to the
 //! primary, and its AST tells whether a `WITH ...` query ends in a write.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use sqlparser::ast::{SetExpr, Statement};
@@ -93,6 +94,31 @@ impl fmt::Display for Rule {
             Rule::SessionState(kind) => write!(f, "{kind} only touches session state"),
             Rule::Utility(kind) => write!(f, "{kind} must run on the primary"),
         }
+    }
+}
+
+impl Rule {
+    /// The `Display` text, without an allocation for the rules that requests hit over and over: it becomes
+    /// the label of a routing decision on every request the rule decides.
+    pub fn label(&self) -> Cow<'static, str> {
+        Cow::Borrowed(match self {
+            Rule::Read => "read",
+            Rule::Hint => "routing hint comment",
+            Rule::Unparsed => "does not parse: sent to the primary",
+            Rule::Write("INSERT") => "INSERT writes",
+            Rule::Write("UPDATE") => "UPDATE writes",
+            Rule::Write("DELETE") => "DELETE writes",
+            Rule::Write("MERGE") => "MERGE writes",
+            Rule::Write("TRUNCATE") => "TRUNCATE writes",
+            Rule::Write("COPY FROM") => "COPY FROM writes",
+            Rule::Ddl => "DDL changes the schema",
+            Rule::ForUpdate => "row lock (FOR UPDATE/SHARE) needs the primary",
+            Rule::SelectInto => "SELECT INTO creates a table",
+            Rule::ModifyingCte => "data-modifying WITH writes",
+            Rule::TransactionBegin => "read-write transaction runs on the primary",
+            Rule::ReadOnlyTransaction => "read-only transaction",
+            other => return Cow::Owned(other.to_string()),
+        })
     }
 }
 
@@ -1137,6 +1163,31 @@ mod tests {
     #[test]
     fn rules_display_short_reasons() {
         assert_eq!(Rule::Write("INSERT").to_string(), "INSERT writes");
+        for rule in [
+            Rule::Read,
+            Rule::Hint,
+            Rule::Unparsed,
+            Rule::Write("INSERT"),
+            Rule::Write("UPDATE"),
+            Rule::Write("DELETE"),
+            Rule::Write("MERGE"),
+            Rule::Write("TRUNCATE"),
+            Rule::Write("COPY FROM"),
+            Rule::Write("OTHER"),
+            Rule::Ddl,
+            Rule::ForUpdate,
+            Rule::SelectInto,
+            Rule::ModifyingCte,
+            Rule::WriteFunction("f".to_owned()),
+            Rule::TransactionBegin,
+            Rule::ReadOnlyTransaction,
+            Rule::TransactionControl("COMMIT"),
+            Rule::Cursor("FETCH"),
+            Rule::SessionState("SET"),
+            Rule::Utility("VACUUM"),
+        ] {
+            assert_eq!(rule.label(), rule.to_string());
+        }
         assert_eq!(
             Rule::WriteFunction("nextval".into()).to_string(),
             "calls nextval() which may write"

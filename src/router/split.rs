@@ -171,31 +171,91 @@ impl<'a> Lexer<'a> {
     }
 }
 
-/// scan.l's whitespace, vertical tab included.
+/// Character classes, looked up once per byte: the lexer runs over every statement the session cache
+/// sees, and chains of comparisons (or a search of the operator characters) per byte dominated its cost.
+const WHITESPACE: u8 = 1;
+const IDENT_START: u8 = 2;
+const IDENT_CHAR: u8 = 4;
+const OP_CHAR: u8 = 8;
+const NUMBER_CHAR: u8 = 16;
+
+const CLASSES: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        let mut class = 0;
+        // scan.l's whitespace, vertical tab included.
+        if matches!(c, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c) {
+            class |= WHITESPACE;
+        }
+        if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 {
+            class |= IDENT_START | IDENT_CHAR;
+        }
+        if c.is_ascii_digit() || c == b'$' {
+            class |= IDENT_CHAR;
+        }
+        if matches!(
+            c,
+            b'+' | b'-'
+                | b'*'
+                | b'/'
+                | b'<'
+                | b'>'
+                | b'='
+                | b'~'
+                | b'!'
+                | b'@'
+                | b'#'
+                | b'%'
+                | b'^'
+                | b'&'
+                | b'|'
+                | b'`'
+                | b'?'
+                | b':'
+        ) {
+            class |= OP_CHAR;
+        }
+        if c.is_ascii_alphanumeric() || c == b'_' || c == b'.' {
+            class |= NUMBER_CHAR;
+        }
+        table[i] = class;
+        i += 1;
+    }
+    table
+};
+
+/// scan.l's whitespace, vertical tab included (for trimming statement pieces; the lexer uses `CLASSES`).
 fn is_space(c: char) -> bool {
     matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0b' | '\x0c')
 }
 
-fn is_ident_start(c: u8) -> bool {
-    c.is_ascii_alphabetic() || c == b'_' || c >= 0x80
+fn has_class(c: u8, class: u8) -> bool {
+    CLASSES[usize::from(c)] & class != 0
 }
 
-fn is_ident_char(c: u8) -> bool {
-    is_ident_start(c) || c.is_ascii_digit() || c == b'$'
+fn is_ident_start(c: u8) -> bool {
+    has_class(c, IDENT_START)
 }
 
 fn is_op_char(c: u8) -> bool {
-    b"+-*/<>=~!@#%^&|`?:".contains(&c)
+    has_class(c, OP_CHAR)
+}
+
+/// How many bytes of `bytes` from the start belong to `class`.
+fn run_of(bytes: &[u8], class: u8) -> usize {
+    bytes
+        .iter()
+        .position(|&b| !has_class(b, class))
+        .unwrap_or(bytes.len())
 }
 
 impl Iterator for Lexer<'_> {
     type Item = Tok;
 
     fn next(&mut self) -> Option<Tok> {
-        // `at` answers 0 past the end, which stops this.
-        while is_space(char::from(self.at(self.pos))) {
-            self.pos += 1;
-        }
+        self.pos += run_of(self.src.get(self.pos..).unwrap_or_default(), WHITESPACE);
         let start = self.pos;
         if start >= self.src.len() {
             return None;
@@ -237,18 +297,11 @@ impl Iterator for Lexer<'_> {
                 None => self.tok(TokKind::Punct, start, start + 1),
             },
             _ if is_ident_start(c) => {
-                let end = start
-                    + self.src[start..]
-                        .iter()
-                        .take_while(|&&b| is_ident_char(b))
-                        .count();
+                let end = start + run_of(&self.src[start..], IDENT_CHAR);
                 self.tok(TokKind::Word, start, end)
             }
             _ if c.is_ascii_digit() || (c == b'.' && next.is_ascii_digit()) => {
-                let len = self.src[start..]
-                    .iter()
-                    .take_while(|&&b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
-                    .count();
+                let len = run_of(&self.src[start..], NUMBER_CHAR);
                 self.tok(TokKind::Number, start, start + len)
             }
             _ if is_op_char(c) => self.operator(start),
@@ -386,6 +439,30 @@ pub fn first_keywords(stmt: &str, n: usize) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn character_classes_match_their_definitions() {
+        for c in 0..=255u8 {
+            let start = c.is_ascii_alphabetic() || c == b'_' || c >= 0x80;
+            assert_eq!(is_ident_start(c), start, "{c}");
+            assert_eq!(
+                has_class(c, IDENT_CHAR),
+                start || c.is_ascii_digit() || c == b'$',
+                "{c}"
+            );
+            assert_eq!(is_op_char(c), b"+-*/<>=~!@#%^&|`?:".contains(&c), "{c}");
+            assert_eq!(
+                has_class(c, NUMBER_CHAR),
+                c.is_ascii_alphanumeric() || c == b'_' || c == b'.',
+                "{c}"
+            );
+            assert_eq!(
+                has_class(c, WHITESPACE),
+                matches!(c, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c),
+                "{c}"
+            );
+        }
+    }
 
     fn kinds(sql: &str) -> Vec<(TokKind, &str)> {
         Lexer::new(sql).map(|t| (t.kind, t.text(sql))).collect()
