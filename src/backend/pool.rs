@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use deadpool::managed::{Manager, Metrics, Object, Pool, PoolError, RecycleError, RecycleResult, Timeouts};
+use deadpool::managed::{
+    Manager, Metrics, Object, Pool, PoolError, QueueMode, RecycleError, RecycleResult, Timeouts,
+};
 
 use super::conn::BackendConn;
 use super::connect::{BackendError, Login, NodeTarget, connect};
@@ -136,8 +138,13 @@ impl Pools {
                     connect_timeout: config.connect_timeout,
                 };
                 // Building only fails without a runtime, and tokio's is always given.
+                // Most recently used first, as pgbouncer does: a free connection whose server process ran
+                // a moment ago is warm in the caches, and surplus connections stay idle long enough for
+                // pool.idle_timeout to close them. Oldest first would cycle every request through all of
+                // them.
                 Pool::builder(manager)
                     .max_size(config.max_size)
+                    .queue_mode(QueueMode::Lifo)
                     .runtime(deadpool::Runtime::Tokio1)
                     .build()
                     .unwrap_or_else(|e| panic!("deadpool pool build failed: {e}"))
