@@ -16,7 +16,7 @@ use std::sync::{Arc, RwLock};
 
 use super::classify::{Decision, classify};
 use super::functions::FunctionRules;
-use super::split::{Lexer, TokKind};
+use super::split::{Lexer, Tok, TokKind};
 
 /// Most texts kept; past it the cache starts over (cheaper than LRU bookkeeping on every hit).
 const CAPACITY: usize = 8192;
@@ -51,24 +51,38 @@ type SharedMap = RwLock<Option<Map>>;
 static BY_SHAPE: SharedMap = RwLock::new(None);
 static BY_TEXT: SharedMap = RwLock::new(None);
 
-/// Per worker thread: the buffer the shape of the statement being looked up is built in, and the last
-/// shape decided with its rules (kept alive, so that their address cannot be reused) and decision.
-/// Sessions tend to repeat a statement shape, so comparing with the last one before the shared map saves
-/// hashing the shape and taking the lock for most requests.
+/// Per worker thread: buffers for the shape (and tokens) of the statement being looked up, and the last
+/// statement decided through the shape map. Sessions tend to repeat a statement shape, often changing only
+/// one constant, so the last statement is compared first: byte by byte (see [`same_shape_by_diff`]), then
+/// by shape, and only then is the shape hashed into the shared map.
 #[derive(Default)]
 struct Local {
     shape: String,
-    last: Option<(Arc<FunctionRules>, String, Arc<Decision>)>,
+    tokens: Vec<Tok>,
+    last: Option<Last>,
+}
+
+/// A statement decided through the shape map, with its rules kept alive (so that their address cannot be
+/// reused for other rules), its text, tokens and shape, and the decision.
+struct Last {
+    rules: Arc<FunctionRules>,
+    text: String,
+    tokens: Vec<Tok>,
+    shape: String,
+    decision: Arc<Decision>,
 }
 
 thread_local! {
     static LOCAL: RefCell<Local> = RefCell::new(Local::default());
 }
 
-/// Writes the statement's shape into `key`; false when constants may matter (see the module docs).
-fn shape_into(sql: &str, key: &mut String) -> bool {
+/// Writes the statement's shape into `key` and its tokens into `tokens`; false when constants may matter
+/// (see the module docs).
+fn shape_into(sql: &str, key: &mut String, tokens: &mut Vec<Tok>) -> bool {
     key.clear();
+    tokens.clear();
     for tok in Lexer::new(sql) {
+        tokens.push(tok);
         match tok.kind {
             TokKind::Str if tok.text(sql).starts_with('\'') => key.push_str("\u{1}s"),
             TokKind::Number if let Some(marker) = number_marker(tok.text(sql)) => key.push_str(marker),
@@ -109,6 +123,76 @@ fn number_marker(text: &str) -> Option<&'static str> {
     }
 }
 
+/// Whether `new` certainly has the shape of `old` (a shape-cacheable text lexed into `tokens`), found
+/// without lexing all of `new`: the texts may differ only inside one string or number constant of `old`,
+/// and lexing `new` again from the token before that constant must give the same token there and a
+/// constant of the same kind ending where the changed bytes do. The lexer keeps no state between tokens,
+/// so every token before and after is then the same in both texts. False means "not known".
+fn same_shape_by_diff(old: &str, tokens: &[Tok], new: &str) -> bool {
+    let (o, n) = (old.as_bytes(), new.as_bytes());
+    let prefix = o.iter().zip(n).take_while(|(a, b)| a == b).count();
+    if prefix == o.len() && prefix == n.len() {
+        return true;
+    }
+    let suffix = o[prefix..]
+        .iter()
+        .rev()
+        .zip(n[prefix..].iter().rev())
+        .take_while(|(a, b)| a == b)
+        .count();
+    // The changed bytes of `old` are prefix..changed_end (empty when `new` only inserted bytes).
+    let changed_end = o.len() - suffix;
+    // A constant holding all the changed bytes: the last token starting at or before the first of them,
+    // or, when `new` only inserted bytes, possibly the token just before it, ending there.
+    let holds = |t: &Tok| {
+        matches!(t.kind, TokKind::Number | TokKind::Str) && t.start <= prefix && changed_end <= t.end
+    };
+    let at = tokens.partition_point(|t| t.start <= prefix);
+    let Some(idx) = [at.checked_sub(1), at.checked_sub(2)]
+        .into_iter()
+        .flatten()
+        .find(|i| holds(&tokens[*i]))
+    else {
+        return false;
+    };
+    let constant = tokens[idx];
+    let Some(new_end) = (constant.end + n.len()).checked_sub(o.len()) else {
+        return false;
+    };
+    let mut lexer = match idx.checked_sub(1) {
+        Some(before) => {
+            let previous = tokens[before];
+            let mut lexer = Lexer::starting_at(new, previous.start);
+            if lexer.next() != Some(previous) {
+                return false;
+            }
+            lexer
+        }
+        None => Lexer::starting_at(new, 0),
+    };
+    if lexer.next()
+        != Some(Tok {
+            kind: constant.kind,
+            start: constant.start,
+            end: new_end,
+        })
+    {
+        return false;
+    }
+    // Same token kind is not enough: only constants with the same marker are interchangeable (a 10-digit
+    // number or an E'' string is kept verbatim in the shape, see `number_marker`).
+    let marker = |text: &str, kind: TokKind| match kind {
+        TokKind::Str if text.starts_with('\'') => Some("\u{1}s"),
+        TokKind::Number => number_marker(text),
+        _ => None,
+    };
+    let old_text = &old[constant.start..constant.end];
+    let Some(new_text) = new.get(constant.start..new_end) else {
+        return false;
+    };
+    let before = marker(old_text, constant.kind);
+    before.is_some() && before == marker(new_text, constant.kind)
+}
 fn lookup(map: &SharedMap, rules: usize, key: &str) -> Option<Arc<Decision>> {
     map.read()
         .unwrap_or_else(|p| p.into_inner())
@@ -149,41 +233,57 @@ pub fn classify_cached(sql: &str, rules: &Arc<FunctionRules>) -> Arc<Decision> {
 }
 
 fn classify_with(sql: &str, rules: &Arc<FunctionRules>, local: &mut Local) -> Arc<Decision> {
-    let Local { shape, last } = local;
-    if !shape_into(sql, shape) {
+    if let Some(last) = &local.last
+        && Arc::ptr_eq(&last.rules, rules)
+        && same_shape_by_diff(&last.text, &last.tokens, sql)
+    {
+        return last.decision.clone();
+    }
+    let Local { shape, tokens, last } = local;
+    if !shape_into(sql, shape, tokens) {
         return by_text(sql, rules);
     }
-    if let Some((last_rules, last_shape, d)) = last.as_ref()
-        && Arc::ptr_eq(last_rules, rules)
-        && last_shape == shape
-    {
-        return d.clone();
-    }
-    let id = Arc::as_ptr(rules) as usize;
-    let d = match lookup(&BY_SHAPE, id, shape) {
-        Some(d) => d,
-        None => {
-            let d = Arc::new(classify(sql, rules));
-            // A decision that carries its own text (a SET in a multi-statement string) is valid for this
-            // text only.
-            if !d.changes.is_empty() {
-                store(&BY_TEXT, sql, rules, &d);
-                return d;
+    let d = match last {
+        Some(l) if Arc::ptr_eq(&l.rules, rules) && l.shape == *shape => l.decision.clone(),
+        _ => {
+            let id = Arc::as_ptr(rules) as usize;
+            match lookup(&BY_SHAPE, id, shape) {
+                Some(d) => d,
+                None => {
+                    let d = Arc::new(classify(sql, rules));
+                    // A decision that carries its own text (a SET in a multi-statement string) is valid
+                    // for this text only.
+                    if !d.changes.is_empty() {
+                        store(&BY_TEXT, sql, rules, &d);
+                        return d;
+                    }
+                    store(&BY_SHAPE, shape, rules, &d);
+                    d
+                }
             }
-            store(&BY_SHAPE, shape, rules, &d);
-            d
         }
     };
-    // Keep this shape as the last one; the old last shape's buffer is reused for the next lookup.
+    // This statement becomes the last one; the old one's buffers are reused for the next lookup.
     match last {
-        Some((last_rules, last_shape, last_d)) => {
-            std::mem::swap(last_shape, shape);
-            if !Arc::ptr_eq(last_rules, rules) {
-                *last_rules = rules.clone();
+        Some(l) => {
+            std::mem::swap(&mut l.shape, shape);
+            std::mem::swap(&mut l.tokens, tokens);
+            l.text.clear();
+            l.text.push_str(sql);
+            if !Arc::ptr_eq(&l.rules, rules) {
+                l.rules = rules.clone();
             }
-            *last_d = d.clone();
+            l.decision = d.clone();
         }
-        None => *last = Some((rules.clone(), std::mem::take(shape), d.clone())),
+        None => {
+            *last = Some(Last {
+                rules: rules.clone(),
+                text: sql.to_owned(),
+                tokens: std::mem::take(tokens),
+                shape: std::mem::take(shape),
+                decision: d.clone(),
+            })
+        }
     }
     d
 }
@@ -202,6 +302,79 @@ fn by_text(sql: &str, rules: &Arc<FunctionRules>) -> Arc<Decision> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn shape_of(sql: &str) -> Option<(String, Vec<Tok>)> {
+        let (mut shape, mut tokens) = (String::new(), Vec::new());
+        shape_into(sql, &mut shape, &mut tokens).then_some((shape, tokens))
+    }
+
+    #[test]
+    fn diff_recognises_a_changed_constant() {
+        let old = "SELECT abalance FROM pgbench_accounts WHERE aid = 4711;";
+        let (_, tokens) = shape_of(old).expect("shape");
+        for new in [
+            old,
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 12;",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 4711999;",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 3;",
+        ] {
+            assert!(same_shape_by_diff(old, &tokens, new), "{new}");
+        }
+        for new in [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = x;",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 'x';",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 47 11;",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 4711 FOR UPDATE;",
+            "SELECT abalance FROM pgbench_accounts WHERE aid2 = 4711;",
+            "SELECT abalance FROM pgbench_accounts WHERE bid = 1 AND aid = 2;",
+            // Constants whose spelling matters to sqlparser keep their own shape (see `number_marker`).
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 4711999999;",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 47.11;",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 1..2;",
+        ] {
+            assert!(!same_shape_by_diff(old, &tokens, new), "{new}");
+        }
+        let old = "SELECT * FROM t WHERE name = 'abc' AND x = 1";
+        let (_, tokens) = shape_of(old).expect("shape");
+        assert!(same_shape_by_diff(
+            old,
+            &tokens,
+            "SELECT * FROM t WHERE name = 'a''b' AND x = 1"
+        ));
+        assert!(!same_shape_by_diff(
+            old,
+            &tokens,
+            "SELECT * FROM t WHERE name = 'a' AND 'x = 1"
+        ));
+        assert!(!same_shape_by_diff(
+            old,
+            &tokens,
+            "SELECT * FROM t WHERE name = 'abc"
+        ));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 4000, ..Default::default() })]
+
+        /// Soundness: whenever the byte comparison says "same shape", the shapes are equal.
+        #[test]
+        fn diff_never_claims_a_different_shape(
+            old in "[a-c0-9 '=;.$-]{0,16}",
+            start in 0usize..16,
+            len in 0usize..4,
+            insert in "[a-c0-9 '=;.$-]{0,4}",
+        ) {
+            if let Some((old_shape, tokens)) = shape_of(&old) {
+                let start = start.min(old.len());
+                let end = (start + len).min(old.len());
+                let new = format!("{}{}{}", &old[..start], insert, &old[end..]);
+                if same_shape_by_diff(&old, &tokens, &new) {
+                    let new_shape = shape_of(&new).map(|(s, _)| s);
+                    proptest::prop_assert_eq!(new_shape, Some(old_shape), "{:?} -> {:?}", old, new);
+                }
+            }
+        }
+    }
 
     #[test]
     fn cached_equals_fresh() {

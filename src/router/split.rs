@@ -63,9 +63,14 @@ pub(crate) struct Lexer<'a> {
 
 impl<'a> Lexer<'a> {
     pub(crate) fn new(src: &'a str) -> Self {
+        Self::starting_at(src, 0)
+    }
+
+    /// A lexer that starts at byte `pos`, which the caller knows to be a token boundary.
+    pub(crate) fn starting_at(src: &'a str, pos: usize) -> Self {
         Lexer {
             src: src.as_bytes(),
-            pos: 0,
+            pos,
         }
     }
 
