@@ -79,9 +79,7 @@ impl Node {
 
     /// [`Node::is_up`] at a given time, so that a scan of every node reads the clock once.
     fn is_up_at(&self, now_ms: u64) -> bool {
-        let down_until = self.down_until_ms.load(Ordering::Relaxed);
-        // Never marked down (or marked up again): no need for the clock.
-        down_until == 0 || down_until <= now_ms
+        self.down_until_ms.load(Ordering::Relaxed) <= now_ms
     }
 
     /// Records a failed connection: skip this node for a while.
@@ -323,9 +321,9 @@ impl Fleet {
             _ => None,
         };
         let nodes = self.nodes.load();
-        // Read lazily: nodes never marked down need no clock at all.
-        let mut now = None;
-        let mut is_up = |node: &Node| node.is_up_at(*now.get_or_insert_with(now_ms));
+        // One clock read for the whole scan rather than one per node.
+        let now = now_ms();
+        let is_up = |node: &Node| node.is_up_at(now);
         // A snapshot older than a reload covers fewer slots than `nodes`; zip stops at the shorter.
         for (i, (node, state)) in nodes.iter().zip(&view.nodes).enumerate() {
             if node.is_retired() {

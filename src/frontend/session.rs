@@ -211,6 +211,8 @@ pub(super) struct Session {
     pub(super) rules: Arc<FunctionRules>,
     /// WAL position of the session's last committed write (read-your-writes).
     last_write_lsn: Option<u64>,
+    /// Per node, the replay position this session last asked it for, and when.
+    replayed_seen: Vec<Option<(u64, std::time::Instant)>>,
     /// The open transaction ran something on the primary that may have written.
     tx_wrote: bool,
     /// Transaction pooling: node connections go back to the pool between transactions.
@@ -314,6 +316,7 @@ impl Session {
             discard_until_sync: false,
             rules,
             last_write_lsn: None,
+            replayed_seen: vec![None; node_count],
             tx_wrote: false,
             shared_conns,
             names: StatementNames::default(),
@@ -809,7 +812,15 @@ impl Session {
         primary: Option<usize>,
         view: &crate::cluster::view::FleetView,
     ) -> Vec<usize> {
-        let known_fresh = |n: &usize| Some(*n) == primary || view.nodes[*n].lsn.is_some_and(|l| l >= lsn);
+        // What this session itself saw a replica replay counts for as long as the health snapshot would:
+        // without it, every read after a write asked the replica again until the next health check.
+        let trusted_for = self.shared.config.health.interval;
+        let seen = &self.replayed_seen;
+        let known_fresh = |n: &usize| {
+            Some(*n) == primary
+                || view.nodes[*n].lsn.is_some_and(|l| l >= lsn)
+                || seen[*n].is_some_and(|(l, at)| l >= lsn && at.elapsed() < trusted_for)
+        };
         if view
             .nodes
             .iter()
@@ -828,7 +839,11 @@ impl Session {
         let unsure: Vec<usize> = order.iter().copied().filter(|n| !known_fresh(n)).collect();
         loop {
             for n in &unsure {
-                if self.replayed(*n).await.is_some_and(|l| l >= lsn) {
+                let replayed = self.replayed(*n).await;
+                if let Some(l) = replayed {
+                    self.replayed_seen[*n] = Some((l, std::time::Instant::now()));
+                }
+                if replayed.is_some_and(|l| l >= lsn) {
                     let mut out = vec![*n];
                     out.extend(fresh.iter().copied());
                     return out;
