@@ -814,7 +814,7 @@ impl Session {
     ) -> Vec<usize> {
         // What this session itself saw a replica replay counts for as long as the health snapshot would:
         // without it, every read after a write asked the replica again until the next health check.
-        let trusted_for = self.shared.config.health.interval;
+        let trusted_for = self.shared.config().health.interval;
         let seen = &self.replayed_seen;
         let known_fresh = |n: &usize| {
             Some(*n) == primary
