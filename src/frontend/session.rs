@@ -211,6 +211,8 @@ pub(super) struct Session {
     pub(super) rules: Arc<FunctionRules>,
     /// WAL position of the session's last committed write (read-your-writes).
     last_write_lsn: Option<u64>,
+    /// Per node, the replay position this session last asked it for, and when.
+    replayed_seen: Vec<Option<(u64, std::time::Instant)>>,
     /// The open transaction ran something on the primary that may have written.
     tx_wrote: bool,
     /// Transaction pooling: node connections go back to the pool between transactions.
@@ -310,6 +312,7 @@ impl Session {
             discard_until_sync: false,
             rules,
             last_write_lsn: None,
+            replayed_seen: vec![None; node_count],
             tx_wrote: false,
             shared_conns,
             names: StatementNames::default(),
@@ -812,7 +815,7 @@ impl Session {
         let unsure: Vec<usize> = order.iter().copied().filter(|n| !known_fresh(n)).collect();
         loop {
             for n in &unsure {
-                if self.replayed(*n).await.is_some_and(|l| l >= lsn) {
+                if self.has_replayed(*n, lsn).await {
                     let mut out = vec![*n];
                     out.extend(fresh.iter().copied());
                     return out;
@@ -824,6 +827,21 @@ impl Session {
             }
             tokio::time::sleep((deadline - now).min(std::time::Duration::from_millis(10))).await;
         }
+    }
+
+    /// Whether a replica has replayed `lsn`. A replica this session saw past it less than one health
+    /// interval ago is not asked again: that answer is as fresh as the health snapshot, which is trusted
+    /// the same way, and without it every read after a write asked again until the next health check.
+    async fn has_replayed(&mut self, node: usize, lsn: u64) -> bool {
+        let trusted_for = self.shared.config.health.interval;
+        if self.replayed_seen[node].is_some_and(|(l, at)| l >= lsn && at.elapsed() < trusted_for) {
+            return true;
+        }
+        let replayed = self.replayed(node).await;
+        if let Some(l) = replayed {
+            self.replayed_seen[node] = Some((l, std::time::Instant::now()));
+        }
+        replayed.is_some_and(|l| l >= lsn)
     }
 
     /// A replica's replay position, asked on the session's own connection to it.
