@@ -812,15 +812,7 @@ impl Session {
         primary: Option<usize>,
         view: &crate::cluster::view::FleetView,
     ) -> Vec<usize> {
-        // What this session itself saw a replica replay counts for as long as the health snapshot would:
-        // without it, every read after a write asked the replica again until the next health check.
-        let trusted_for = self.shared.config().health.interval;
-        let seen = &self.replayed_seen;
-        let known_fresh = |n: &usize| {
-            Some(*n) == primary
-                || view.nodes[*n].lsn.is_some_and(|l| l >= lsn)
-                || seen[*n].is_some_and(|(l, at)| l >= lsn && at.elapsed() < trusted_for)
-        };
+        let known_fresh = |n: &usize| Some(*n) == primary || view.nodes[*n].lsn.is_some_and(|l| l >= lsn);
         if view
             .nodes
             .iter()
@@ -839,11 +831,7 @@ impl Session {
         let unsure: Vec<usize> = order.iter().copied().filter(|n| !known_fresh(n)).collect();
         loop {
             for n in &unsure {
-                let replayed = self.replayed(*n).await;
-                if let Some(l) = replayed {
-                    self.replayed_seen[*n] = Some((l, std::time::Instant::now()));
-                }
-                if replayed.is_some_and(|l| l >= lsn) {
+                if self.has_replayed(*n, lsn).await {
                     let mut out = vec![*n];
                     out.extend(fresh.iter().copied());
                     return out;
@@ -855,6 +843,25 @@ impl Session {
             }
             tokio::time::sleep((deadline - now).min(std::time::Duration::from_millis(10))).await;
         }
+    }
+
+    /// Whether a replica has replayed `lsn`. A replica this session saw past it less than one health
+    /// interval ago is not asked again: that answer is as fresh as the health snapshot, which is trusted
+    /// the same way, and without it every read after a write asked again until the next health check.
+    async fn has_replayed(&mut self, node: usize, lsn: u64) -> bool {
+        let trusted_for = self.shared.config().health.interval;
+        if node >= self.replayed_seen.len() {
+            // A node a reload added after the session started.
+            self.replayed_seen.resize(node + 1, None);
+        }
+        if self.replayed_seen[node].is_some_and(|(l, at)| l >= lsn && at.elapsed() < trusted_for) {
+            return true;
+        }
+        let replayed = self.replayed(node).await;
+        if let Some(l) = replayed {
+            self.replayed_seen[node] = Some((l, std::time::Instant::now()));
+        }
+        replayed.is_some_and(|l| l >= lsn)
     }
 
     /// A replica's replay position, asked on the session's own connection to it.
