@@ -11,6 +11,8 @@ use crate::backend::BackendError;
 
 /// The largest request-assembly buffer a session keeps between requests.
 const SCRATCH_KEPT: usize = 16 * 1024;
+/// Most reply bytes held back from the client while a retryable read may still fail over (see `hold_back`).
+const HOLD_BACK_LIMIT: usize = 64 * 1024;
 
 /// What a finished request left behind, read from the node's replies.
 #[derive(Debug, Default)]
@@ -56,6 +58,10 @@ pub struct Flow {
     reopen_after_copy: bool,
     outcome: Outcome,
     output_sent: bool,
+    /// A read that may be retried on another node: its reply is held back until it is complete (or large),
+    /// so that a node dying in mid-reply (an immediate shutdown sends a FATAL, then resets) costs the client
+    /// nothing. A reply that arrives in one piece, the usual case, is written as it comes, without a copy.
+    hold_back: bool,
 }
 
 impl Flow {
@@ -107,6 +113,7 @@ impl Flow {
         req: &Request,
         end: End,
         mut plan: Plan,
+        retryable: bool,
     ) -> Result<(), FlowError> {
         let mut flow = Flow {
             pending_ready: req.ready_count(),
@@ -116,6 +123,7 @@ impl Flow {
             reopen_after_copy: false,
             outcome: Outcome::default(),
             output_sent: false,
+            hold_back: retryable,
         };
         let Some(conn) = session.conns[node].as_mut() else {
             return Err(FlowError::Client(SessionError::Fatal(
@@ -159,6 +167,7 @@ impl Flow {
             session.scratch = Vec::new();
         }
         let mut to_node = BytesMut::new();
+        let mut held = BytesMut::new();
         while !self.done() {
             let read_client = self.copy_in || self.open_batch;
             tokio::select! {
@@ -168,8 +177,21 @@ impl Flow {
                     r.map_err(Failure::Node)?;
                     let block = conn.take_block(|k, b| self.inspect(k, b)).map_err(Failure::Node)?;
                     if let Some(block) = block {
-                        self.output_sent = true;
-                        write_flush(&mut session.client, &block).await.map_err(|e| Failure::Client(e.into()))?;
+                        // The client must see a COPY or an open batch's replies at once: it answers them.
+                        let must_send = self.done() || self.copy_in || self.open_batch;
+                        if self.hold_back && !must_send && held.len() + block.len() <= HOLD_BACK_LIMIT {
+                            held.extend_from_slice(&block);
+                        } else {
+                            self.output_sent = true;
+                            let out: &[u8] = if held.is_empty() {
+                                &block
+                            } else {
+                                held.extend_from_slice(&block);
+                                &held
+                            };
+                            write_flush(&mut session.client, out).await.map_err(|e| Failure::Client(e.into()))?;
+                            held.clear();
+                        }
                     }
                 }
                 r = session.client.read_buf(session.cbuf.read_target()), if read_client => {

@@ -1065,7 +1065,7 @@ impl Session {
             tracing::debug!(node = %name, rule = %label, "routing request");
             self.count_route(node, plan.target, label);
             let wrote = plan.target == Target::Primary;
-            match Flow::run(self, node, req, end, plan).await {
+            match Flow::run(self, node, req, end, plan, retry_allowed).await {
                 Ok(()) => {
                     if let Some(started) = started {
                         self.log_if_slow(req, node, started);
