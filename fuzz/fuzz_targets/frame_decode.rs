@@ -241,7 +241,8 @@ fn check_requests(frames: &[pgfleet::protocol::Frame]) {
             continue;
         }
         let done = std::mem::take(&mut request);
-        let encoded = done.encode();
+        let mut scratch = Vec::new();
+        let encoded = done.encode(&mut scratch);
         let joined: Vec<u8> = done.frames.iter().flat_map(|f| f.raw.iter().copied()).collect();
         assert_eq!(&encoded[..], &joined[..]);
         assert_eq!(encoded.len(), done.bytes);
