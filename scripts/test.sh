@@ -7,6 +7,15 @@ cd "$(dirname "$0")/.."
 
 bash scripts/install-test-deps.sh
 
+# The build needs a few GiB (target/ and fuzz/target/) and each test cluster some MiB under the temp dir; a
+# full disk shows up as many unrelated compile errors, so say it first.
+for dir in . "${TMPDIR:-/tmp}"; do
+  free_kib=$(df -Pk "$dir" | awk 'NR == 2 { print $4 }')
+  if [ "${free_kib:-0}" -lt $((6 * 1024 * 1024)) ]; then
+    echo "warning: only $((free_kib / 1024)) MiB free on the disk holding $dir; the build and tests need about 6 GiB" >&2
+  fi
+done
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
@@ -27,5 +36,8 @@ bash scripts/fuzz.sh 2>&1 | tee -a "$log" || status=$?
 # One closing line for the whole suite, summed over every test binary and fuzz target.
 awk '/^test result:/ || /^fuzz: [0-9]+ passed, [0-9]+ failed/ {
        for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
-     END { printf "all tests: %d passed, %d failed\n", p, f }' "$log"
+     /^error: could not compile/ { b++ }
+     END { printf "all tests: %d passed, %d failed", p, f
+           if (b) printf "; %d crates failed to build (see the errors above)", b
+           printf "\n" }' "$log"
 exit "$status"
