@@ -52,6 +52,9 @@ pub struct Config {
     /// On SIGINT/SIGTERM, how long sessions may take to finish their transaction before they are closed.
     #[serde(default = "default_shutdown_timeout", deserialize_with = "de_duration")]
     pub shutdown_timeout: Duration,
+    /// Threads running client sessions; 0 means one per CPU core (the default).
+    #[serde(default)]
+    pub worker_threads: usize,
     /// Where clients connect.
     pub listen: ListenConfig,
     /// Who may connect; the same credentials are used towards the nodes.
@@ -411,6 +414,18 @@ pub enum LoadBalance {
     LeastConnections,
 }
 
+/// How long a read keeps the replica the balancer chose for it.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplicaAffinity {
+    /// Every read is balanced on its own.
+    #[default]
+    Statement,
+    /// A session's first read is balanced; later reads go to the same node while it stays a candidate
+    /// (healthy, within `max_replica_lag`, caught up with the session's writes).
+    Session,
+}
+
 /// `[routing]`
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -418,6 +433,9 @@ pub struct RoutingConfig {
     /// Replica choice.
     #[serde(default)]
     pub load_balance: LoadBalance,
+    /// Whether each read is balanced, or a session keeps its replica.
+    #[serde(default)]
+    pub replica_affinity: ReplicaAffinity,
     /// Whether the primary also serves reads.
     #[serde(default)]
     pub primary_reads: bool,
@@ -448,6 +466,7 @@ impl Default for RoutingConfig {
     fn default() -> Self {
         Self {
             load_balance: LoadBalance::default(),
+            replica_affinity: ReplicaAffinity::default(),
             primary_reads: false,
             write_functions: Vec::new(),
             read_only_functions: Vec::new(),

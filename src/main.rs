@@ -98,7 +98,11 @@ fn main() -> ExitCode {
 }
 
 fn serve(config: Config, source: Option<PathBuf>, set_filter: SetFilter) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if config.worker_threads > 0 {
+        builder.worker_threads(config.worker_threads);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("pgfleet: cannot start the runtime: {e}");

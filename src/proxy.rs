@@ -181,7 +181,8 @@ pub async fn run(shared: Arc<Shared>) -> Result<(), StartError> {
         }
         None => None,
     };
-    tracing::info!(%address, nodes = shared.fleet.nodes().len(), "pgfleet listening");
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    tracing::info!(%address, nodes = shared.fleet.nodes().len(), workers, "pgfleet listening");
     crate::cluster::monitor::spawn(&shared);
     crate::replication::spawn(&shared);
     if let Some(listener) = metrics {

@@ -147,6 +147,7 @@ fn keep_restart_only(old: &Config, mut new: Config, restart: &mut Vec<String>) -
     keep!(admin, "admin");
     keep!(log.format, "log.format");
     keep!(replication, "replication");
+    keep!(worker_threads, "worker_threads");
     new
 }
 

@@ -1,4 +1,5 @@
-//! Graceful shutdown (SIGINT/SIGTERM) and the JSON log format.
+//! Graceful shutdown (SIGINT/SIGTERM), the JSON log format, and `worker_threads` (checked on the same
+//! process, which these tests start with a config of their own).
 
 mod support;
 
@@ -7,16 +8,42 @@ use std::time::{Duration, Instant};
 use support::cluster::{APP_DB, APP_USER, PASSWORD, cluster_async};
 use support::proxy::{Proxy, connect, free_port, try_connect};
 
+/// How many threads run sessions, as pgfleet's start-up line says (`workers=N`, or `"workers":N` in JSON).
+fn runtime_workers(proxy: &Proxy) -> usize {
+    assert!(
+        proxy.wait_for_log("pgfleet listening", Duration::from_secs(10)),
+        "no start-up line:\n{}",
+        proxy.log_tail(20)
+    );
+    let log = proxy.log_contents();
+    let line = log
+        .lines()
+        .find(|l| l.contains("pgfleet listening"))
+        .expect("start-up line");
+    let at = line.find("workers").expect("workers field") + "workers".len();
+    let digits: String = line[at..]
+        .trim_start_matches(|c: char| !c.is_ascii_digit())
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().unwrap_or_else(|_| panic!("workers in: {line}"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_open_transactions_finish_then_closes_with_57p01() {
     let cluster = cluster_async().await;
     let port = free_port();
     let config = format!(
-        "shutdown_timeout = \"4s\"\n{}",
+        "shutdown_timeout = \"4s\"\nworker_threads = 1\n{}",
         Proxy::config_for(&cluster, port, "[log]\nformat = \"json\"\n")
     );
     let mut proxy = Proxy::start_with_config(config);
     let dsn = proxy.dsn(APP_USER, PASSWORD, APP_DB);
+    assert_eq!(
+        runtime_workers(&proxy),
+        1,
+        "worker_threads = 1 runs one session thread"
+    );
     let setup = connect(&dsn).await;
     setup
         .batch_execute("CREATE TABLE s (x int)")
@@ -79,6 +106,12 @@ async fn a_transaction_past_shutdown_timeout_is_closed() {
         Proxy::config_for(&cluster, port, "")
     );
     let mut proxy = Proxy::start_with_config(config);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(
+        runtime_workers(&proxy),
+        cores,
+        "by default one session thread per core"
+    );
     let busy = connect(&proxy.dsn(APP_USER, PASSWORD, APP_DB)).await;
     busy.batch_execute("BEGIN; SELECT 1")
         .await

@@ -20,7 +20,7 @@ use crate::admin::stats::{ClientEntry, ClientInfo};
 use crate::backend::connect::Login;
 use crate::backend::{BackendError, NodePool, PooledConn};
 use crate::cluster::view::FleetView;
-use crate::config::{PoolMode, ReadYourWrites};
+use crate::config::{PoolMode, ReadYourWrites, ReplicaAffinity};
 use crate::protocol::messages::{
     ProxyError, Severity, backend_key_data, close_statement, parameter_status, query, ready_for_query, sync,
 };
@@ -205,6 +205,9 @@ pub(super) struct Session {
     pub(super) statements: Statements,
     tx_node: Option<usize>,
     pinned: Option<(usize, Pin)>,
+    /// With `routing.replica_affinity = "session"`: the node the balancer chose for this session's reads.
+    /// A `Cell` because choosing happens while the fleet snapshot borrows the shared state.
+    read_home: std::cell::Cell<Option<usize>>,
     route: Option<Target>,
     pub(super) key: CancelKey,
     discard_until_sync: bool,
@@ -311,6 +314,7 @@ impl Session {
             statements: Statements::default(),
             tx_node: None,
             pinned: None,
+            read_home: std::cell::Cell::new(None),
             route,
             key,
             discard_until_sync: false,
@@ -745,17 +749,34 @@ impl Session {
             order.push(fleet.primary_in(view)?);
             return Ok(Pick::Decided);
         }
-        let (primary_reads, max_lag, mode) = {
+        let (primary_reads, max_lag, mode, affinity) = {
             let config = self.shared.config();
             let r = &config.routing;
-            (r.primary_reads, r.max_replica_lag, r.load_balance)
+            (
+                r.primary_reads,
+                r.max_replica_lag,
+                r.load_balance,
+                r.replica_affinity,
+            )
         };
         fleet.read_nodes_into(view, primary_reads, max_lag, order);
-        let pools = &self.shared.pools;
-        let nodes = fleet.nodes();
-        self.shared
-            .balancer
-            .order_in_place(mode, order, |n| nodes[n].weight(), |n| pools.in_use(n));
+        let home = match (affinity, self.read_home.get()) {
+            (ReplicaAffinity::Session, Some(h)) => order.iter().position(|n| *n == h),
+            _ => None,
+        };
+        if let Some(i) = home {
+            // The session's node is still a candidate: it goes first, the others stay as fallbacks.
+            order[..=i].rotate_right(1);
+        } else {
+            let pools = &self.shared.pools;
+            let nodes = fleet.nodes();
+            self.shared
+                .balancer
+                .order_in_place(mode, order, |n| nodes[n].weight(), |n| pools.in_use(n));
+            if affinity == ReplicaAffinity::Session {
+                self.read_home.set(order.first().copied());
+            }
+        }
         Ok(Pick::Reads {
             primary: fleet.primary_in(view).ok(),
         })
