@@ -530,19 +530,20 @@ mod tests {
         server.await.expect("join").expect("authenticated");
     }
 
-    #[tokio::test]
-    async fn wrong_sasl_mechanism_is_a_protocol_error() {
+    /// Starts a SCRAM exchange, answers it with this SASLInitialResponse, and returns the refusal.
+    async fn refused_sasl_initial(mechanism: &str, data: &[u8]) -> AuthError {
         let (mut client, server) = serve("app", Some(user("app", "pw", AuthMethod::ScramSha256)));
         assert!(matches!(
             read_auth(&mut client).await,
             Some(Authentication::SASL(_))
         ));
-        send_p(
-            &mut client,
-            &sasl_initial("SCRAM-SHA-256-PLUS", b"p=tls-server-end-point,,n=,r=abc"),
-        )
-        .await;
-        let err = server.await.expect("join").expect_err("refused");
+        send_p(&mut client, &sasl_initial(mechanism, data)).await;
+        server.await.expect("join").expect_err("refused")
+    }
+
+    #[tokio::test]
+    async fn wrong_sasl_mechanism_is_a_protocol_error() {
+        let err = refused_sasl_initial("SCRAM-SHA-256-PLUS", b"p=tls-server-end-point,,n=,r=abc").await;
         assert_eq!(err.sqlstate(), "08P01");
         assert_eq!(
             err.message(),
@@ -552,17 +553,7 @@ mod tests {
 
     #[tokio::test]
     async fn channel_binding_is_a_protocol_error() {
-        let (mut client, server) = serve("app", Some(user("app", "pw", AuthMethod::ScramSha256)));
-        assert!(matches!(
-            read_auth(&mut client).await,
-            Some(Authentication::SASL(_))
-        ));
-        send_p(
-            &mut client,
-            &sasl_initial("SCRAM-SHA-256", b"p=tls-server-end-point,,n=,r=abc"),
-        )
-        .await;
-        let err = server.await.expect("join").expect_err("refused");
+        let err = refused_sasl_initial("SCRAM-SHA-256", b"p=tls-server-end-point,,n=,r=abc").await;
         assert_eq!(err.sqlstate(), "08P01");
         assert!(err.message().contains("channel binding"), "{}", err.message());
     }

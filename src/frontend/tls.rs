@@ -137,17 +137,13 @@ mod tests {
         "subjectAltName=DNS:localhost",
     ];
 
-    /// Writes a self-signed certificate and its key with the openssl CLI; None (and a note) if it is missing.
-    fn self_signed(dir: &Path, name: &str, newkey: &[&str]) -> Option<(PathBuf, PathBuf)> {
+    /// Writes a self-signed certificate and its key with the openssl CLI, as users make them
+    /// (scripts/install-test-deps.sh installs it).
+    fn self_signed(dir: &Path, name: &str, newkey: &[&str]) -> (PathBuf, PathBuf) {
         self_signed_with(dir, name, newkey, &[])
     }
 
-    fn self_signed_with(
-        dir: &Path,
-        name: &str,
-        newkey: &[&str],
-        extra: &[&str],
-    ) -> Option<(PathBuf, PathBuf)> {
+    fn self_signed_with(dir: &Path, name: &str, newkey: &[&str], extra: &[&str]) -> (PathBuf, PathBuf) {
         let cert = dir.join(format!("{name}.crt"));
         let key = dir.join(format!("{name}.key"));
         let mut cmd = Command::new("openssl");
@@ -168,12 +164,9 @@ mod tests {
         .arg("-out")
         .arg(&cert);
         match cmd.output() {
-            Ok(out) if out.status.success() => Some((cert, key)),
+            Ok(out) if out.status.success() => (cert, key),
             Ok(out) => panic!("openssl failed: {}", String::from_utf8_lossy(&out.stderr)),
-            Err(err) => {
-                println!("skipping: cannot run openssl ({err})");
-                None
-            }
+            Err(err) => panic!("cannot run openssl ({err}): run scripts/install-test-deps.sh"),
         }
     }
 
@@ -212,18 +205,14 @@ mod tests {
     #[test]
     fn builds_from_plain_openssl_self_signed_certificate() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let Some((cert, key)) = self_signed(dir.path(), "rsa", &["rsa:2048"]) else {
-            return;
-        };
+        let (cert, key) = self_signed(dir.path(), "rsa", &["rsa:2048"]);
         assert!(acceptor(&cert, &key, TlsVersion::Tls12).is_ok());
     }
 
     #[tokio::test]
     async fn rsa_certificate_serves_tls13_and_tls12() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let Some((cert, key)) = self_signed_with(dir.path(), "rsa", &["rsa:2048"], LEAF) else {
-            return;
-        };
+        let (cert, key) = self_signed_with(dir.path(), "rsa", &["rsa:2048"], LEAF);
         let acceptor = acceptor(&cert, &key, TlsVersion::Tls12).expect("acceptor");
         handshake(acceptor.clone(), &cert, &rustls::version::TLS13).await;
         handshake(acceptor, &cert, &rustls::version::TLS12).await;
@@ -232,9 +221,7 @@ mod tests {
     #[tokio::test]
     async fn minimum_version_13_refuses_a_tls12_client() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let Some((cert, key)) = self_signed_with(dir.path(), "rsa", &["rsa:2048"], LEAF) else {
-            return;
-        };
+        let (cert, key) = self_signed_with(dir.path(), "rsa", &["rsa:2048"], LEAF);
         let acceptor = acceptor(&cert, &key, TlsVersion::Tls13).expect("acceptor");
         handshake(acceptor.clone(), &cert, &rustls::version::TLS13).await;
         let mut roots = rustls::RootCertStore::empty();
@@ -260,14 +247,12 @@ mod tests {
     #[tokio::test]
     async fn builds_from_ec_key() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let Some((cert, key)) = self_signed_with(
+        let (cert, key) = self_signed_with(
             dir.path(),
             "ec",
             &["ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"],
             LEAF,
-        ) else {
-            return;
-        };
+        );
         let acceptor = acceptor(&cert, &key, TlsVersion::Tls12).expect("acceptor");
         handshake(acceptor, &cert, &rustls::version::TLS13).await;
     }
@@ -297,17 +282,13 @@ mod tests {
     #[test]
     fn loads_pkcs1_rsa_and_sec1_ec_keys() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let Some((cert, key)) = self_signed(dir.path(), "rsa", &["rsa:2048"]) else {
-            return;
-        };
+        let (cert, key) = self_signed(dir.path(), "rsa", &["rsa:2048"]);
         let pkcs1 = dir.path().join("rsa-pkcs1.key");
         traditional(&key, "rsa", &pkcs1, "-----BEGIN RSA PRIVATE KEY-----");
         assert!(acceptor(&cert, &pkcs1, TlsVersion::Tls12).is_ok());
 
         let ec = ["ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
-        let Some((cert, key)) = self_signed(dir.path(), "ec", &ec) else {
-            return;
-        };
+        let (cert, key) = self_signed(dir.path(), "ec", &ec);
         let sec1 = dir.path().join("ec-sec1.key");
         traditional(&key, "ec", &sec1, "-----BEGIN EC PRIVATE KEY-----");
         assert!(acceptor(&cert, &sec1, TlsVersion::Tls12).is_ok());
@@ -329,9 +310,7 @@ mod tests {
     #[test]
     fn key_file_given_as_certificate_says_no_certificate() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let Some((_, key)) = self_signed(dir.path(), "rsa", &["rsa:2048"]) else {
-            return;
-        };
+        let (_, key) = self_signed(dir.path(), "rsa", &["rsa:2048"]);
         let err = err_of(&key, &key);
         assert_eq!(
             err.to_string(),
@@ -342,9 +321,7 @@ mod tests {
     #[test]
     fn certificate_given_as_key_says_no_key() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let Some((cert, _)) = self_signed(dir.path(), "rsa", &["rsa:2048"]) else {
-            return;
-        };
+        let (cert, _) = self_signed(dir.path(), "rsa", &["rsa:2048"]);
         let err = err_of(&cert, &cert);
         assert!(
             err.to_string()
@@ -356,12 +333,8 @@ mod tests {
     #[test]
     fn key_of_another_certificate_is_rejected() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let Some((cert, _)) = self_signed(dir.path(), "one", &["rsa:2048"]) else {
-            return;
-        };
-        let Some((_, other_key)) = self_signed(dir.path(), "two", &["rsa:2048"]) else {
-            return;
-        };
+        let (cert, _) = self_signed(dir.path(), "one", &["rsa:2048"]);
+        let (_, other_key) = self_signed(dir.path(), "two", &["rsa:2048"]);
         let err = err_of(&cert, &other_key);
         assert!(matches!(err, TlsError::Rejected { .. }), "{err:?}");
     }

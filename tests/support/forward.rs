@@ -257,3 +257,23 @@ pub async fn wait_until_sequences_match(cluster: &LocalCluster, proxy: &Proxy, w
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
+
+/// A forward-mode fleet ready for work: plain servers, pgfleet forwarding to them (streaming), and an app
+/// connection through pgfleet.
+pub async fn forwarding_fleet() -> (LocalCluster, Proxy, tokio_postgres::Client) {
+    let cluster = plain_cluster().await;
+    let proxy = Proxy::start(&cluster, &forward_toml());
+    wait_until_streaming(&cluster, &proxy).await;
+    let c = super::proxy::connect(&proxy.dsn(super::cluster::APP_USER, PASSWORD, APP_DB)).await;
+    (cluster, proxy, c)
+}
+
+/// Asserts that the matched checksums (from [`wait_until_replicas_match`]) count `rows` rows in `table`.
+pub fn assert_rows(sums: &BTreeMap<String, String>, table: &str, rows: usize) {
+    assert!(
+        sums.get(table)
+            .is_some_and(|s| s.starts_with(&format!("{rows} rows,"))),
+        "{table}: {:?} (all: {sums:?})",
+        sums.get(table)
+    );
+}
