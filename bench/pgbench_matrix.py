@@ -33,7 +33,7 @@ WORKLOADS = {
     "tpcb": ("TPC-B (tpcb-like), -M simple", ["-b", "tpcb-like", "-M", "simple"]),
     "rw90": ("90/10 read/write (workloads/rw90.sql), -M simple", ["-f", "{rw}", "-M", "simple"]),
 }
-PGFLEETS = ("pgfleet-session", "pgfleet-txn")
+PGFLEETS = ("pgfleet-session", "pgfleet-txn", "pgfleet-primary")
 OTHERS = ("direct", "pgbouncer", "pgpool")
 
 
@@ -50,6 +50,7 @@ class Run:
     ok: bool
     tps: float = 0.0
     avg_ms: float = 0.0
+    p50_ms: float = 0.0
     p99_ms: float = 0.0
     failed: int = 0
     error: str = ""
@@ -98,8 +99,8 @@ def skip_reason(target: Target, clients: int, args: argparse.Namespace) -> str:
     return ""
 
 
-def p99_from_logs(prefix: str) -> tuple[float, int, int]:
-    """p99 latency (ms), transactions and failed transactions from pgbench -l files `prefix.*`."""
+def latency_from_logs(prefix: str) -> tuple[float, float, int, int]:
+    """Median and p99 latency (ms), transactions and failed transactions from pgbench -l files `prefix.*`."""
     latencies: list[int] = []
     failed = 0
     for path in glob.glob(prefix + ".*"):
@@ -114,10 +115,13 @@ def p99_from_logs(prefix: str) -> tuple[float, int, int]:
                     failed += 1  # "failed" or "skipped"
         os.unlink(path)
     if not latencies:
-        return 0.0, 0, failed
+        return 0.0, 0.0, 0, failed
     latencies.sort()
-    index = max(0, int(round(0.99 * len(latencies))) - 1)
-    return latencies[index] / 1000.0, len(latencies), failed
+
+    def at(q: float) -> float:
+        return latencies[max(0, int(round(q * len(latencies))) - 1)] / 1000.0
+
+    return at(0.5), at(0.99), len(latencies), failed
 
 
 def first_error(output: str) -> str:
@@ -154,7 +158,7 @@ def run_pgbench(target: Target, workload: str, clients: int, args: argparse.Name
             return b.decode(errors="replace") if isinstance(b, bytes) else (b or "")
         output = text(e.stdout) + text(e.stderr)
         rc = None
-    p99, count, failed_logged = p99_from_logs(prefix)
+    p50, p99, count, failed_logged = latency_from_logs(prefix)
     if rc is None:
         return Run(ok=False, error=f"pgbench timed out after {timeout} s")
     tps = re.search(r"^tps = ([0-9.]+)", output, re.M)
@@ -163,7 +167,8 @@ def run_pgbench(target: Target, workload: str, clients: int, args: argparse.Name
     nfailed = int(failed.group(1)) if failed else failed_logged
     if rc != 0 or "aborted" in output or not tps or not avg:
         return Run(ok=False, error=first_error(output), failed=nfailed, output=output)
-    return Run(ok=True, tps=float(tps.group(1)), avg_ms=float(avg.group(1)), p99_ms=p99, failed=nfailed)
+    return Run(ok=True, tps=float(tps.group(1)), avg_ms=float(avg.group(1)), p50_ms=p50, p99_ms=p99,
+               failed=nfailed)
 
 
 def fmt(value: float | None, digits: int) -> str:
@@ -176,11 +181,11 @@ def ratio(a: float | None, b: float | None) -> str:
 
 def print_combo(title: str, clients: int, targets: list[Target], cells: dict[str, Cell], rounds: int) -> None:
     print(f"\n== {title}, {clients} client{'s' if clients != 1 else ''} ==")
-    print(f"  {'target':<16} {'TPS':>10} {'avg ms':>9} {'p99 ms':>9} {'runs':>5}  note")
+    print(f"  {'target':<16} {'TPS':>10} {'avg ms':>9} {'p50 ms':>9} {'p99 ms':>9} {'runs':>5}  note")
     for t in targets:
         c = cells[t.name]
         if c.skipped:
-            print(f"  {t.name:<16} {'-':>10} {'-':>9} {'-':>9} {'-':>5}  {c.skipped}")
+            print(f"  {t.name:<16} {'-':>10} {'-':>9} {'-':>9} {'-':>9} {'-':>5}  {c.skipped}")
             continue
         good = c.good()
         note = ""
@@ -192,7 +197,7 @@ def print_combo(title: str, clients: int, targets: list[Target], cells: dict[str
             note = (note + "; " if note else "") + f"{failed} failed transactions"
         print(
             f"  {t.name:<16} {fmt(c.median('tps'), 1):>10} {fmt(c.median('avg_ms'), 3):>9} "
-            f"{fmt(c.median('p99_ms'), 3):>9} {len(good)}/{rounds:<3}  {note}"
+            f"{fmt(c.median('p50_ms'), 3):>9} {fmt(c.median('p99_ms'), 3):>9} {len(good)}/{rounds:<3}  {note}"
         )
     lines = []
     for fleet in PGFLEETS:
@@ -207,6 +212,12 @@ def print_combo(title: str, clients: int, targets: list[Target], cells: dict[str
                 f"avg latency {ratio(f.median('avg_ms'), o.median('avg_ms')):>7}   "
                 f"p99 {ratio(f.median('p99_ms'), o.median('p99_ms')):>7}"
             )
+    direct = cells.get("direct")
+    if clients == 1 and direct is not None and direct.good():
+        for fleet in PGFLEETS:
+            if fleet in cells and cells[fleet].good():
+                added = (cells[fleet].median("p50_ms") - direct.median("p50_ms")) * 1000.0
+                lines.append(f"  {fleet + ' adds':<28} {added:.0f} µs to the median latency of direct")
     if lines:
         print("  ratios (medians; TPS above 1x and latency below 1x favour pgfleet):")
         print("\n".join(lines))
@@ -229,7 +240,7 @@ def markdown(results: list[tuple[str, int, dict[str, Cell]]], targets: list[Targ
         for f, o in ratio_cols:
             row.append(ratio(cells[f].median("tps"), cells[o].median("tps")))
         out.append("| " + " | ".join(row) + " |")
-    out += ["", "Latency, average / p99 in ms (medians of the rounds):", ""]
+    out += ["", "Latency, average / median / p99 in ms (medians of the rounds):", ""]
     head = ["workload", "clients", *names]
     out.append("| " + " | ".join(head) + " |")
     out.append("|" + "|".join(["---", "---:"] + ["---:"] * len(names)) + "|")
@@ -242,8 +253,19 @@ def markdown(results: list[tuple[str, int, dict[str, Cell]]], targets: list[Targ
             elif not c.good():
                 row.append("err")
             else:
-                row.append(f"{c.median('avg_ms'):.2f} / {c.median('p99_ms'):.2f}")
+                row.append(f"{c.median('avg_ms'):.3f} / {c.median('p50_ms'):.3f} / {c.median('p99_ms'):.2f}")
         out.append("| " + " | ".join(row) + " |")
+    added = []
+    for workload, clients, cells in results:
+        direct = cells.get("direct")
+        if clients != 1 or direct is None or not direct.good():
+            continue
+        for f in fleets:
+            if cells[f].good():
+                us = (cells[f].median("p50_ms") - direct.median("p50_ms")) * 1000.0
+                added.append(f"- {workload}: {f} {us:.0f} µs")
+    if added:
+        out += ["", "Added to the median latency of a direct connection, one client:", "", *added]
     notes = []
     for workload, clients, cells in results:
         for n in names:
@@ -317,7 +339,7 @@ def main() -> int:
                 cells[t.name].runs.append(r)
                 took = time.monotonic() - started
                 state = (
-                    f"tps {r.tps:9.1f}  avg {r.avg_ms:7.3f} ms  p99 {r.p99_ms:7.3f} ms"
+                    f"tps {r.tps:9.1f}  avg {r.avg_ms:7.3f} ms  p50 {r.p50_ms:7.3f} ms  p99 {r.p99_ms:7.3f} ms"
                     if r.ok
                     else f"FAILED: {r.error}"
                 )

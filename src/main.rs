@@ -98,10 +98,17 @@ fn main() -> ExitCode {
 }
 
 fn serve(config: Config, source: Option<PathBuf>, set_filter: SetFilter) -> ExitCode {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if config.worker_threads > 0 {
-        builder.worker_threads(config.worker_threads);
-    }
+    // One thread gets tokio's current-thread scheduler: no work stealing, no cross-thread wake-ups, the I/O
+    // driver polled by the thread that runs the sessions (pgbouncer's shape). Its metrics say one worker.
+    let mut builder = match config.worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        0 => tokio::runtime::Builder::new_multi_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+    };
     let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
