@@ -177,11 +177,15 @@ mod tests {
         }
     }
 
-    /// Completes a handshake through a pipe with a client that trusts `cert`, limited to `version`.
-    async fn handshake(
+    /// Tries a handshake through a pipe with a client that trusts `cert` and offers only `version`; the
+    /// client's and the server's results.
+    async fn try_handshake(
         acceptor: TlsAcceptor,
         cert: &Path,
         version: &'static rustls::SupportedProtocolVersion,
+    ) -> (
+        std::io::Result<tokio_rustls::client::TlsStream<tokio::io::DuplexStream>>,
+        std::io::Result<tokio_rustls::server::TlsStream<tokio::io::DuplexStream>>,
     ) {
         let mut roots = rustls::RootCertStore::empty();
         for c in load_certs(cert).expect("certs") {
@@ -196,7 +200,16 @@ mod tests {
         let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
         let (client_io, server_io) = tokio::io::duplex(16 * 1024);
         let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-        let (client, server) = tokio::join!(connector.connect(name, client_io), acceptor.accept(server_io));
+        tokio::join!(connector.connect(name, client_io), acceptor.accept(server_io))
+    }
+
+    /// Completes a handshake limited to `version` and checks that version was used.
+    async fn handshake(
+        acceptor: TlsAcceptor,
+        cert: &Path,
+        version: &'static rustls::SupportedProtocolVersion,
+    ) {
+        let (client, server) = try_handshake(acceptor, cert, version).await;
         let client = client.expect("client handshake");
         server.expect("server handshake");
         assert_eq!(client.get_ref().1.protocol_version(), Some(version.version));
@@ -224,20 +237,7 @@ mod tests {
         let (cert, key) = self_signed_with(dir.path(), "rsa", &["rsa:2048"], LEAF);
         let acceptor = acceptor(&cert, &key, TlsVersion::Tls13).expect("acceptor");
         handshake(acceptor.clone(), &cert, &rustls::version::TLS13).await;
-        let mut roots = rustls::RootCertStore::empty();
-        for c in load_certs(&cert).expect("certs") {
-            roots.add(c).expect("root");
-        }
-        let client =
-            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_protocol_versions(&[&rustls::version::TLS12])
-                .expect("versions")
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
-        let (client_io, server_io) = tokio::io::duplex(16 * 1024);
-        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-        let (client, server) = tokio::join!(connector.connect(name, client_io), acceptor.accept(server_io));
+        let (client, server) = try_handshake(acceptor, &cert, &rustls::version::TLS12).await;
         assert!(
             client.is_err() && server.is_err(),
             "a TLS 1.2 client must be refused"
