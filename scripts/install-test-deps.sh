@@ -4,6 +4,8 @@
 #   - the PostgreSQL JDBC driver (/usr/share/java/postgresql.jar) for tests/clients/JdbcCheck.java,
 #   - openssl and procps (ps, kill) used by the harness,
 #   - psycopg 3 and psycopg2 for tests/clients/*.py, into the `python3` found on PATH,
+#   - Node.js with node-postgres, pg-cursor and pg-query-stream (npm, versions pinned in
+#     tests/clients/node/package.json) for tests/clients/node/cursor_check.js,
 #   - cargo-fuzz (cargo install, from crates.io) for the bounded fuzz pass of scripts/fuzz.sh.
 # Idempotent and quick when everything is there: it checks first and runs `apt-get update` only when a
 # Debian package is missing. Prints what it installs. Needs the Java compiler (javac) already on the machine
@@ -45,6 +47,8 @@ command -v ps >/dev/null 2>&1 || { log "missing ps -> procps"; apt_missing+=(pro
 command -v pkill >/dev/null 2>&1 || { log "missing pkill -> procps"; apt_missing+=(procps); }
 command -v javac >/dev/null 2>&1 || { log "missing javac"; apt_missing+=(default-jdk-headless); }
 command -v "$PYTHON" >/dev/null 2>&1 || { log "missing $PYTHON"; apt_missing+=(python3 python3-pip); }
+command -v node >/dev/null 2>&1 || { log "missing node"; apt_missing+=(nodejs); }
+command -v npm >/dev/null 2>&1 || { log "missing npm"; apt_missing+=(npm); }
 
 if [ "${#apt_missing[@]}" -gt 0 ]; then
     # De-duplicate, keeping order.
@@ -95,6 +99,15 @@ if [ "${#py_missing[@]}" -gt 0 ]; then
     "$PYTHON" -c 'import psycopg, psycopg2; print("install-test-deps: psycopg", psycopg.__version__, "psycopg2", psycopg2.__version__)'
 else
     log "Python drivers: psycopg and psycopg2 present for $PYTHON"
+fi
+
+# node-postgres and its cursor and streaming packages, into tests/clients/node/node_modules.
+node_dir="$(dirname "$0")/../tests/clients/node"
+if [ -d "$node_dir/node_modules/pg-cursor" ] && [ -d "$node_dir/node_modules/pg-query-stream" ]; then
+    log "node-postgres, pg-cursor and pg-query-stream present"
+else
+    log "npm install (node-postgres, pg-cursor, pg-query-stream) in tests/clients/node"
+    (cd "$node_dir" && npm install --no-audit --no-fund --no-package-lock --loglevel=error)
 fi
 
 # cargo-fuzz: scripts/fuzz.sh owns the check and the install, so both paths install it the same way.

@@ -1,7 +1,8 @@
 //! pgfleet driven by real client drivers: psycopg 3 and psycopg2 (Python, libpq underneath) and pgjdbc (Java,
 //! its own protocol implementation). Each driver runs a program from `tests/clients/` against a real pgfleet in
 //! front of a primary and two streaming replicas; the program checks results and which node served each
-//! statement, and exits non-zero listing every failed check. A missing driver fails the test with a pointer to
+//! statement, and exits non-zero listing every failed check. node-postgres with its cursor and streaming
+//! packages checks the pipelined Flush/Execute traffic those packages send. A missing driver fails the test with a pointer to
 //! `scripts/install-test-deps.sh`: these tests never skip.
 
 #[path = "clients/common.rs"]
@@ -115,4 +116,24 @@ async fn jdbc() {
         .args([url.as_str(), APP_USER, PASSWORD])
         .args(port_args(&cluster));
     run_program(cmd, &proxy, "JdbcCheck");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_postgres_cursor_and_stream() {
+    let node = require_in_path("node", "Node.js");
+    let dir = clients_dir().join("node");
+    assert!(
+        dir.join("node_modules").join("pg-cursor").is_dir()
+            && dir.join("node_modules").join("pg-query-stream").is_dir(),
+        "node-postgres, pg-cursor and pg-query-stream are not installed in {}; {INSTALL_HINT}",
+        dir.display()
+    );
+    let cluster = cluster_async().await;
+    let proxy = Proxy::start(&cluster, "");
+    let mut cmd = Command::new(node);
+    cmd.current_dir(&dir)
+        .arg("cursor_check.js")
+        .arg(proxy.url(APP_USER, PASSWORD, APP_DB))
+        .arg("40");
+    run_program(cmd, &proxy, "cursor_check.js");
 }

@@ -892,3 +892,97 @@ async fn a_two_million_row_result_streams_without_growing_the_proxy() {
     );
     assert_eq!(one(&c, "SELECT 'still here'").await, "still here");
 }
+
+/// One extended-protocol message: type byte, length, body.
+fn msg(kind: u8, parts: &[&[u8]]) -> Vec<u8> {
+    build(kind, &parts.concat()).to_vec()
+}
+
+/// What a cursor client (node-postgres' pg-cursor, pg-query-stream) sends for one small cursor, grouped by
+/// the Flush or Sync that asks for each group's replies, with the replies' message types.
+fn cursor_conversation() -> Vec<(Vec<u8>, &'static [u8])> {
+    let no_params: &[u8] = &[0, 0];
+    vec![
+        (
+            [
+                msg(b'P', &[b"\0SELECT g FROM generate_series(1, 3) g\0", no_params]),
+                msg(b'B', &[b"\0\0", no_params, no_params, no_params]),
+                msg(b'D', &[b"P\0"]),
+                msg(b'H', &[]),
+            ]
+            .concat(),
+            b"12T",
+        ),
+        (
+            [msg(b'E', &[b"\0", &2i32.to_be_bytes()]), msg(b'H', &[])].concat(),
+            b"DDs",
+        ),
+        (
+            [msg(b'E', &[b"\0", &0i32.to_be_bytes()]), msg(b'H', &[])].concat(),
+            b"DC",
+        ),
+        ([msg(b'C', &[b"P\0"]), msg(b'S', &[])].concat(), b"3Z"),
+    ]
+}
+
+/// Reads replies and checks their types, in order.
+async fn expect_kinds(raw: &mut Raw, kinds: &[u8], context: &str) {
+    for want in kinds {
+        let (kind, body) = raw
+            .frame()
+            .await
+            .unwrap_or_else(|| panic!("{context}: connection closed waiting for '{}'", *want as char));
+        assert_eq!(
+            kind as char,
+            *want as char,
+            "{context}: unexpected reply {:?}",
+            error_field(&body, b'M')
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_after_a_flush_are_forwarded_however_the_reads_split_them() {
+    let cluster = cluster_async().await;
+    let proxy = Proxy::start(&cluster, "");
+    let groups = cursor_conversation();
+    let bytes: Vec<u8> = groups.iter().flat_map(|(b, _)| b.clone()).collect();
+    let all_replies: Vec<u8> = groups.iter().flat_map(|(_, k)| k.to_vec()).collect();
+    // Where each group ends in `bytes`, with the replies due up to there.
+    let mut ends = Vec::new();
+    let mut at = 0;
+    let mut due = Vec::new();
+    for (b, kinds) in &groups {
+        at += b.len();
+        due.extend_from_slice(kinds);
+        ends.push((at, due.clone()));
+    }
+    let mut raw = Raw::connect(proxy.port).await;
+    raw.login().await;
+    // Every cut of the conversation into two writes: both halves at once (one read or two, as the proxy's
+    // reads fall), and at each Flush boundary the first half's replies awaited before the second half is sent
+    // (certainly two reads). The session is reused, so a request left half-forwarded shows on the next cut.
+    for cut in 0..=bytes.len() {
+        let context = format!("cut at byte {cut} of {}", bytes.len());
+        raw.send(&bytes[..cut]).await;
+        match ends.iter().find(|(end, _)| *end == cut) {
+            Some((_, replies)) => {
+                expect_kinds(&mut raw, replies, &context).await;
+                raw.send(&bytes[cut..]).await;
+                expect_kinds(&mut raw, &all_replies[replies.len()..], &context).await;
+            }
+            None => {
+                raw.send(&bytes[cut..]).await;
+                expect_kinds(&mut raw, &all_replies, &context).await;
+            }
+        }
+    }
+    // The whole conversation twice in one write: the second copy waits in the buffer behind the first Sync.
+    raw.send(&[bytes.clone(), bytes].concat()).await;
+    expect_kinds(
+        &mut raw,
+        &[all_replies.clone(), all_replies].concat(),
+        "two conversations in one write",
+    )
+    .await;
+}

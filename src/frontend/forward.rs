@@ -170,6 +170,20 @@ impl Flow {
         let mut held = BytesMut::new();
         while !self.done() {
             let read_client = self.copy_in || self.open_batch;
+            // Frames that arrived in the same read as the request (Execute and Flush after a Flush,
+            // CopyData right behind a COPY) go on before waiting for anything: the client may be
+            // waiting for their replies and send nothing more.
+            let passed = read_client
+                && session.cbuf.buffered() > 0
+                && self.pass_on_buffered(session, plan, &mut to_node)?;
+            let Some(conn) = session.conns[node].as_mut() else {
+                return Ok(());
+            };
+            if passed {
+                conn.write_all(&to_node).await.map_err(Failure::Node)?;
+                to_node.clear();
+                continue;
+            }
             tokio::select! {
                 // The node's output first: no need to draw a random branch order for every read.
                 biased;
@@ -200,35 +214,54 @@ impl Flow {
                         Ok(_) => {}
                         Err(e) => return Err(Failure::Client(e.into())),
                     }
-                    // Pass on what belongs to the node now; anything after it waits for the next request.
-                    while self.copy_in || self.open_batch {
-                        let frame = match session.cbuf.next_frame() {
-                            Ok(Some(f)) => f,
-                            Ok(None) => break,
-                            Err(e) => return Err(Failure::Client(e.into())),
-                        };
-                        if self.copy_in {
-                            if matches!(frame.kind, b'c' | b'f') {
-                                self.copy_in = false;
-                                self.open_batch |= std::mem::take(&mut self.reopen_after_copy);
-                            }
-                        } else {
-                            plan.note(&frame, &session.statements, &session.rules);
-                            if matches!(frame.kind, b'S' | b'Q') {
-                                self.pending_ready += 1;
-                                self.open_batch = false;
-                            }
-                        }
-                        to_node.extend_from_slice(&frame.raw);
-                    }
-                    if !to_node.is_empty() {
-                        conn.write_all(&to_node).await.map_err(Failure::Node)?;
-                        to_node.clear();
-                    }
                 }
             }
         }
         Ok(())
+    }
+
+    /// Moves the buffered client frames that belong to the request in flight (COPY data up to its end, an
+    /// open batch's frames up to its Sync) into `to_node`; whatever follows stays buffered for the next
+    /// request. Returns whether any frame was taken.
+    fn pass_on_buffered(
+        &mut self,
+        session: &mut Session,
+        plan: &mut Plan,
+        to_node: &mut BytesMut,
+    ) -> Result<bool, Failure> {
+        let mut passed = false;
+        while self.copy_in || self.open_batch {
+            let frame = match session.cbuf.next_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => return Err(Failure::Client(e.into())),
+            };
+            passed = true;
+            if frame.kind == b'X' {
+                // The client leaves in mid-batch: the node must not see its Terminate (the connection goes
+                // back to the pool, which cleans it up).
+                return Err(Failure::Client(
+                    std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into(),
+                ));
+            }
+            if self.copy_in {
+                if matches!(frame.kind, b'c' | b'f') {
+                    self.copy_in = false;
+                    self.open_batch |= std::mem::take(&mut self.reopen_after_copy);
+                }
+                to_node.extend_from_slice(&frame.raw);
+                continue;
+            }
+            // Under transaction pooling the client's statement names become the proxy's here too.
+            let frame = session.rewrite_names(frame);
+            plan.note(&frame, &session.statements, &session.rules);
+            if matches!(frame.kind, b'S' | b'Q') {
+                self.pending_ready += 1;
+                self.open_batch = false;
+            }
+            to_node.extend_from_slice(&frame.raw);
+        }
+        Ok(passed)
     }
 }
 

@@ -535,11 +535,7 @@ impl Session {
                 }
                 continue;
             }
-            let frame = if self.shared_conns {
-                self.names.rewrite(frame)
-            } else {
-                frame
-            };
+            let frame = self.rewrite_names(frame);
             if self.shared_conns
                 && frame.kind == b'Q'
                 && req.frames.is_empty()
@@ -631,6 +627,15 @@ impl Session {
                     return Err(SessionError::Fatal(e.message));
                 }
             }
+        }
+    }
+
+    /// Transaction pooling: the client's statement names in `frame` replaced by the proxy's.
+    pub(super) fn rewrite_names(&mut self, frame: crate::protocol::Frame) -> crate::protocol::Frame {
+        if self.shared_conns {
+            self.names.rewrite(frame)
+        } else {
+            frame
         }
     }
 
