@@ -986,3 +986,134 @@ async fn messages_after_a_flush_are_forwarded_however_the_reads_split_them() {
     )
     .await;
 }
+
+/// Resets the peak RSS (VmHWM) of a process, so that the next reading is the peak of what follows.
+fn reset_peak(pid: u32) {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5")
+        .expect("reset VmHWM through /proc/<pid>/clear_refs");
+}
+
+/// Runs `work` on `c` and returns (peak RSS growth, RSS growth left afterwards) of `pid`, in bytes. A small
+/// query on the same connection before and after is the barrier: a session forgets a request before it
+/// reads the next one, so once that query is answered the large request is no longer held.
+async fn rss_growth<F: std::future::Future<Output = ()>>(
+    pid: u32,
+    c: &tokio_postgres::Client,
+    work: F,
+) -> (u64, u64) {
+    assert_eq!(one(c, "SELECT 'before'").await, "before");
+    let before = rss(pid);
+    reset_peak(pid);
+    work.await;
+    let peak = hwm(pid);
+    assert_eq!(one(c, "SELECT 'after'").await, "after");
+    let after = rss(pid);
+    eprintln!(
+        "RSS before {} kB, peak {} kB, after {} kB",
+        before / 1024,
+        peak / 1024,
+        after / 1024
+    );
+    (peak.saturating_sub(before), after.saturating_sub(before))
+}
+
+const LARGE: usize = 64 * 1024 * 1024;
+
+/// The first column of the first row in a simple query's answer.
+fn first_value(messages: &[SimpleQueryMessage]) -> Option<String> {
+    messages.iter().find_map(|m| match m {
+        SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+        _ => None,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_request_is_held_once_and_given_back() {
+    let cluster = cluster_async().await;
+    let proxy = Proxy::start(&cluster, "");
+    let pid = proxy.pid();
+    let dsn = proxy.dsn(APP_USER, PASSWORD, APP_DB);
+    let c = connect(&dsn).await;
+    let big = "x".repeat(LARGE);
+    let simple = format!("SELECT length('{big}')");
+    // Warm up: the first large messages a process sees grow the allocator's arenas once.
+    for _ in 0..2 {
+        let rows = c.simple_query(&simple).await.expect("large simple query");
+        assert_eq!(first_value(&rows).as_deref(), Some(&*LARGE.to_string()));
+    }
+    let (peak, left) = rss_growth(pid, &c, async {
+        let rows = c.simple_query(&simple).await.expect("large simple query");
+        assert_eq!(first_value(&rows).as_deref(), Some(&*LARGE.to_string()));
+    })
+    .await;
+    eprintln!(
+        "simple protocol, {LARGE} byte query: peak growth {} kB, left {} kB",
+        peak / 1024,
+        left / 1024
+    );
+    let (peak2, left2) = rss_growth(pid, &c, async {
+        let row = c
+            .query_one("SELECT length($1::text)", &[&big])
+            .await
+            .expect("large bind");
+        assert_eq!(row.get::<_, i32>(0) as usize, LARGE);
+    })
+    .await;
+    eprintln!(
+        "extended protocol, {LARGE} byte parameter: peak growth {} kB, left {} kB",
+        peak2 / 1024,
+        left2 / 1024
+    );
+    let (peak3, left3) = rss_growth(pid, &c, async {
+        let rows = c
+            .simple_query(&format!("SELECT repeat('x', {LARGE})"))
+            .await
+            .expect("large reply");
+        assert_eq!(first_value(&rows).map(|v| v.len()), Some(LARGE));
+    })
+    .await;
+    eprintln!(
+        "a {LARGE} byte reply: peak growth {} kB, left {} kB",
+        peak3 / 1024,
+        left3 / 1024
+    );
+    // Four sessions at once, a quarter of the size each: the sum is what counts.
+    let others = futures_util::future::join_all((0..4).map(|_| connect(&dsn))).await;
+    let quarter = format!("SELECT length('{}')", &big[..LARGE / 4]);
+    let (peak4, _) = rss_growth(pid, &c, async {
+        let answers = futures_util::future::join_all(others.iter().map(|o| o.simple_query(&quarter))).await;
+        for rows in answers {
+            assert_eq!(
+                first_value(&rows.expect("quarter query")),
+                Some((LARGE / 4).to_string())
+            );
+        }
+    })
+    .await;
+    eprintln!(
+        "four {} byte queries at once: peak growth {} kB",
+        LARGE / 4,
+        peak4 / 1024
+    );
+    let limit = LARGE as u64 * 3 / 2;
+    for (what, peak) in [
+        ("query", peak),
+        ("Bind", peak2),
+        ("reply", peak3),
+        ("four quarter-size queries", peak4),
+    ] {
+        assert!(
+            peak <= limit,
+            "a {LARGE}-byte {what} raised pgfleet's RSS by {} kB (limit 1.5x)",
+            peak / 1024
+        );
+    }
+    let kept = LARGE as u64 / 8;
+    for (what, left) in [("query", left), ("Bind", left2), ("reply", left3)] {
+        assert!(
+            left <= kept,
+            "pgfleet kept {} kB after a {LARGE}-byte {what}",
+            left / 1024
+        );
+    }
+}

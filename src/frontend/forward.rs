@@ -3,7 +3,7 @@
 //! there: COPY FROM STDIN data, and extended-protocol frames that follow a Flush up to their Sync.
 
 use bytes::BytesMut;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::request::{End, Plan, Request};
 use super::session::{Session, SessionError};
@@ -197,6 +197,11 @@ impl Flow {
                             held.extend_from_slice(&block);
                         } else {
                             self.output_sent = true;
+                            if !held.is_empty() && held.len() + block.len() > HOLD_BACK_LIMIT {
+                                // Written ahead rather than joined: a large block is never copied.
+                                session.client.write_all(&held).await.map_err(|e| Failure::Client(e.into()))?;
+                                held.clear();
+                            }
                             let out: &[u8] = if held.is_empty() {
                                 &block
                             } else {
@@ -271,7 +276,6 @@ enum Failure {
 }
 
 async fn write_flush(client: &mut super::stream::ClientStream, bytes: &[u8]) -> std::io::Result<()> {
-    use tokio::io::AsyncWriteExt;
     client.write_all(bytes).await?;
     client.flush().await
 }

@@ -41,6 +41,12 @@ impl Frame {
     }
 }
 
+/// The starting capacity of a read buffer.
+const INITIAL_CAPACITY: usize = 8 * 1024;
+/// The most capacity a buffer keeps once a frame has been taken from it: a large message must not stay
+/// allocated for the rest of the session (see [`FrameBuffer::let_go_of_large`]).
+const KEPT_CAPACITY: usize = 256 * 1024;
+
 /// A growable read buffer that yields whole frames.
 #[derive(Debug)]
 pub struct FrameBuffer {
@@ -52,17 +58,33 @@ impl FrameBuffer {
     /// A buffer refusing frames larger than `limit` bytes.
     pub fn new(limit: usize) -> Self {
         Self {
-            buf: BytesMut::with_capacity(8 * 1024),
+            buf: BytesMut::with_capacity(INITIAL_CAPACITY),
             limit,
         }
     }
 
     /// Where socket reads go (use with `read_buf`, which is cancel safe).
     pub fn read_target(&mut self) -> &mut BytesMut {
-        if self.buf.capacity() - self.buf.len() < 4096 {
+        let spare = self.buf.capacity() - self.buf.len();
+        if spare < 4096 && !self.rest_of_frame_fits(spare) {
             self.buf.reserve(16 * 1024);
         }
         &mut self.buf
+    }
+
+    /// Whether the frame being read (its header known) needs no more than `spare` bytes to complete. Its
+    /// space was reserved when its length became known; growing a buffer that holds most of a large frame
+    /// would copy the frame into an allocation twice its size.
+    fn rest_of_frame_fits(&self, spare: usize) -> bool {
+        let Some(len) = self
+            .buf
+            .get(1..5)
+            .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        else {
+            return false;
+        };
+        let total = usize::try_from(len).unwrap_or(0) + 1;
+        total > self.buf.len() && total - self.buf.len() <= spare
     }
 
     /// Bytes buffered but not yet taken.
@@ -75,6 +97,7 @@ impl FrameBuffer {
         match frame_len(&self.buf, self.limit)? {
             Some(len) if self.buf.len() >= len => {
                 let raw = self.buf.split_to(len).freeze();
+                self.let_go_of_large(len);
                 Ok(Some(Frame { kind: raw[0], raw }))
             }
             Some(len) => {
@@ -103,7 +126,21 @@ impl FrameBuffer {
         if end == 0 {
             return Ok(None);
         }
-        Ok(Some(self.buf.split_to(end).freeze()))
+        let block = self.buf.split_to(end).freeze();
+        self.let_go_of_large(end);
+        Ok(Some(block))
+    }
+
+    /// After `taken` bytes were split off: when the allocation they shared with the rest of the buffer is
+    /// large, moves what is left into a buffer of the usual size. Otherwise the rest would keep the whole
+    /// allocation alive after the frame is dropped (and a later reserve would reuse it), so one large
+    /// message would stay allocated for the rest of the session.
+    fn let_go_of_large(&mut self, taken: usize) {
+        if taken + self.buf.capacity() > KEPT_CAPACITY && self.buf.len() <= KEPT_CAPACITY / 2 {
+            let mut fresh = BytesMut::with_capacity(INITIAL_CAPACITY.max(self.buf.len()));
+            fresh.extend_from_slice(&self.buf);
+            self.buf = fresh;
+        }
     }
 
     /// Drops everything buffered (after an unrecoverable error).
@@ -145,6 +182,25 @@ pub fn build(kind: u8, body: &[u8]) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_large_frame_leaves_a_buffer_of_the_usual_size() {
+        let mut fb = FrameBuffer::new(1 << 30);
+        let big = build(b'Q', &vec![b'x'; 4 * KEPT_CAPACITY]);
+        let small = build(b'S', b"");
+        fb.read_target().extend_from_slice(&big);
+        fb.read_target().extend_from_slice(&small);
+        let frame = fb.next_frame().expect("valid").expect("whole");
+        assert_eq!(frame.raw, big);
+        assert!(fb.buf.capacity() <= KEPT_CAPACITY, "{}", fb.buf.capacity());
+        drop(frame);
+        assert_eq!(fb.next_frame().expect("valid").expect("whole").raw, small);
+        // Small frames do not make the buffer move.
+        let kept = fb.buf.as_ptr();
+        fb.read_target().extend_from_slice(&small);
+        fb.next_frame().expect("valid").expect("whole");
+        assert_eq!(fb.buf.as_ptr(), kept.wrapping_add(small.len()));
+    }
 
     #[test]
     fn frames_split_across_reads() {

@@ -73,6 +73,8 @@ pub enum Rule {
     SessionState(&'static str),
     /// A utility command that must run on the primary (VACUUM, LOCK, CALL, LISTEN, ...).
     Utility(&'static str),
+    /// Longer than [`MAX_CLASSIFIED_STATEMENT`]: sent to the primary without being tokenised or parsed.
+    TooLarge,
 }
 
 impl fmt::Display for Rule {
@@ -93,6 +95,7 @@ impl fmt::Display for Rule {
             Rule::Cursor(kind) => write!(f, "{kind} follows its cursor"),
             Rule::SessionState(kind) => write!(f, "{kind} only touches session state"),
             Rule::Utility(kind) => write!(f, "{kind} must run on the primary"),
+            Rule::TooLarge => f.write_str("statement over 1 MiB: sent to the primary unparsed"),
         }
     }
 }
@@ -117,6 +120,7 @@ impl Rule {
             Rule::ModifyingCte => "data-modifying WITH writes",
             Rule::TransactionBegin => "read-write transaction runs on the primary",
             Rule::ReadOnlyTransaction => "read-only transaction",
+            Rule::TooLarge => "statement over 1 MiB: sent to the primary unparsed",
             other => return Cow::Owned(other.to_string()),
         })
     }
@@ -328,7 +332,15 @@ fn combine(verdicts: Vec<Verdict>, hint: Option<Hint>) -> Decision {
     }
 }
 
+/// The longest statement that is tokenised and parsed. The router's token list costs some 24 bytes per
+/// token and sqlparser copies every token, so a statement far beyond this would cost many times its own
+/// size; one this long (a bulk INSERT, a large literal) goes to the primary as it is.
+pub const MAX_CLASSIFIED_STATEMENT: usize = 1024 * 1024;
+
 fn classify_piece(piece: &str, funcs: &FunctionRules) -> Verdict {
+    if piece.len() > MAX_CLASSIFIED_STATEMENT {
+        return too_large(piece);
+    }
     let toks: Vec<Tok> = Lexer::new(piece).filter(|t| t.kind != TokKind::Comment).collect();
     if toks.iter().any(|t| t.kind == TokKind::Unterminated) {
         return Verdict::unparsed();
@@ -343,6 +355,25 @@ fn classify_piece(piece: &str, funcs: &FunctionRules) -> Verdict {
         },
         funcs,
     )
+}
+
+/// A statement too long to classify runs on the primary. Its first words, read without keeping tokens, still
+/// tell DDL (the function lists are refreshed after it) and a temporary table (which pins the session).
+fn too_large(piece: &str) -> Verdict {
+    let mut words = Lexer::new(piece)
+        .filter(|t| t.kind != TokKind::Comment)
+        .take(3)
+        .map(|t| t.text(piece).to_ascii_uppercase());
+    let first = words.next().unwrap_or_default();
+    let verdict = Verdict::primary(Rule::TooLarge);
+    if !matches!(first.as_str(), "CREATE" | "ALTER" | "DROP" | "COMMENT" | "DO") {
+        return verdict;
+    }
+    let temp = first == "CREATE"
+        && words
+            .take_while(|w| matches!(w.as_str(), "GLOBAL" | "LOCAL" | "TEMP" | "TEMPORARY"))
+            .any(|w| w.starts_with("TEMP"));
+    verdict.ddl().pin(temp.then_some(Pin::TempTable))
 }
 
 /// For each `(`, the distance to its matching `)` (0 when unmatched), computed once so that finding a
@@ -1161,6 +1192,44 @@ mod tests {
     }
 
     #[test]
+    fn statements_over_the_limit_go_to_the_primary_unparsed() {
+        let big = "x".repeat(MAX_CLASSIFIED_STATEMENT);
+        let just_under = format!("SELECT '{}'", &big[..MAX_CLASSIFIED_STATEMENT - 9]);
+        assert_eq!(just_under.len(), MAX_CLASSIFIED_STATEMENT);
+        assert_eq!(decide(&just_under).target, Target::Replica);
+        // (text, pin, ddl)
+        let cases: [(String, Option<Pin>, bool); 6] = [
+            (format!("SELECT '{big}'"), None, false),
+            (format!("INSERT INTO t VALUES ('{big}')"), None, false),
+            (
+                format!("/* note */ CREATE TEMP TABLE t AS SELECT '{big}' AS x"),
+                Some(Pin::TempTable),
+                true,
+            ),
+            (
+                format!("create global temporary table t AS SELECT '{big}' AS x"),
+                Some(Pin::TempTable),
+                true,
+            ),
+            (format!("CREATE TABLE t AS SELECT '{big}' AS x"), None, true),
+            (format!("DO $$ BEGIN PERFORM '{big}'; END $$"), None, true),
+        ];
+        for (sql, pin, ddl) in cases {
+            let d = decide(&sql);
+            let head = &sql[..30];
+            assert_eq!((d.target, &d.rule), (Target::Primary, &Rule::TooLarge), "{head}");
+            assert_eq!((d.pin, d.ddl), (pin, ddl), "{head}");
+        }
+        // Only the large statement of a string goes unparsed: the others keep their consequences.
+        let d = decide(&format!(
+            "SET search_path = app; INSERT INTO t VALUES ('{big}'); LISTEN ch"
+        ));
+        assert_eq!(d.target, Target::Primary);
+        assert_eq!(d.changes.len(), 1);
+        assert_eq!(d.pin, Some(Pin::Listen));
+    }
+
+    #[test]
     fn rules_display_short_reasons() {
         assert_eq!(Rule::Write("INSERT").to_string(), "INSERT writes");
         for rule in [
@@ -1185,6 +1254,7 @@ mod tests {
             Rule::Cursor("FETCH"),
             Rule::SessionState("SET"),
             Rule::Utility("VACUUM"),
+            Rule::TooLarge,
         ] {
             assert_eq!(rule.label(), rule.to_string());
         }
