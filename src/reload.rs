@@ -2,15 +2,16 @@
 //! again, deciding what can change in place, applying it to the running parts, and saying what changed.
 //!
 //! What changes in place: nodes (added, removed, weights), `[routing]`, `[[users]]`, pool sizes and
-//! timeouts, `[health]`, `log.level` and `log.slow_statement`, the client limits under `[listen]`, and
-//! `shutdown_timeout`. Connected clients stay connected: a session keeps a transaction or pinned state on a
-//! removed node until it ends, and its next request goes to the new fleet. What cannot change without a
-//! restart (the listening socket and its TLS settings, `pool.mode`, `[admin]`, `log.format`, `[replication]`)
-//! keeps its running value and is reported. An invalid file changes nothing.
+//! timeouts, `[health]`, `log.level` and `log.slow_statement`, the client limits and timeouts under
+//! `[listen]`, `listen.tls_mode`, and `shutdown_timeout`. Connected clients stay connected: a session keeps
+//! a transaction or pinned state on a removed node until it ends, and its next request goes to the new
+//! fleet. What cannot change without a restart (the listening socket and its TLS certificate and version,
+//! `pool.mode`, `[admin]`, `log.format`, `[replication]`) keeps its running value and is reported. An
+//! invalid file changes nothing.
 
 use std::sync::Arc;
 
-use crate::config::{Config, ConfigError, ReplicationMode};
+use crate::config::{ClientTlsMode, Config, ConfigError, ReplicationMode};
 use crate::proxy::Shared;
 use crate::router::functions::FunctionRules;
 
@@ -148,6 +149,12 @@ fn keep_restart_only(old: &Config, mut new: Config, restart: &mut Vec<String>) -
     keep!(log.format, "log.format");
     keep!(replication, "replication");
     keep!(worker_threads, "worker_threads");
+    // Requiring TLS needs the certificate loaded at start; without one, the new mode waits for the restart
+    // that loads the new certificate files too.
+    if new.listen.tls_mode == ClientTlsMode::Require && new.listen.tls_cert.is_none() {
+        restart.push("listen.tls_mode".to_string());
+        new.listen.tls_mode = old.listen.tls_mode;
+    }
     new
 }
 

@@ -99,6 +99,30 @@ pub struct Stats {
     pub clients_total: AtomicU64,
     /// Logins refused (bad password, unknown database...).
     pub login_failures: AtomicU64,
+    /// Connections accepted that are not sessions yet: in TLS negotiation, before or in their startup
+    /// packet, or authenticating. Kept by [`LoginGuard`]s.
+    logging_in: AtomicUsize,
+}
+
+/// One connection counted in [`Stats::logging_in`] until the guard is dropped, whichever way the login ends.
+#[derive(Debug)]
+pub struct LoginGuard {
+    stats: Arc<Stats>,
+    /// The count, this connection included, when it was accepted.
+    at_start: usize,
+}
+
+impl LoginGuard {
+    /// How many connections were logging in when this one was accepted, itself included.
+    pub fn count_at_start(&self) -> usize {
+        self.at_start
+    }
+}
+
+impl Drop for LoginGuard {
+    fn drop(&mut self) {
+        self.stats.logging_in.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 fn target_index(target: Target) -> usize {
@@ -117,7 +141,22 @@ impl Stats {
             clients: Mutex::new(HashMap::new()),
             clients_total: AtomicU64::new(0),
             login_failures: AtomicU64::new(0),
+            logging_in: AtomicUsize::new(0),
         }
+    }
+
+    /// A connection was accepted: it counts as logging in until the returned guard is dropped.
+    pub fn login_started(self: &Arc<Self>) -> LoginGuard {
+        let at_start = self.logging_in.fetch_add(1, Ordering::Relaxed) + 1;
+        LoginGuard {
+            stats: self.clone(),
+            at_start,
+        }
+    }
+
+    /// How many connections are logging in now (see [`LoginGuard`]).
+    pub fn logging_in(&self) -> usize {
+        self.logging_in.load(Ordering::Relaxed)
     }
 
     /// Makes room for counters of nodes a reload added.
@@ -303,5 +342,20 @@ mod tests {
         assert_eq!(s.count_clients(Some("app"), "pgfleet"), 1);
         s.client_disconnected(7);
         assert_eq!(s.client_count(), 2);
+    }
+
+    #[test]
+    fn login_guards_count_until_dropped() {
+        let s = Arc::new(Stats::new(1));
+        let a = s.login_started();
+        let b = s.login_started();
+        assert_eq!((a.count_at_start(), b.count_at_start()), (1, 2));
+        assert_eq!(s.logging_in(), 2);
+        drop(a);
+        assert_eq!(s.logging_in(), 1);
+        let c = s.login_started();
+        assert_eq!(c.count_at_start(), 2);
+        drop((b, c));
+        assert_eq!(s.logging_in(), 0);
     }
 }

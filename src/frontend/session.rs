@@ -41,6 +41,19 @@ pub enum SessionError {
     /// The session was ended with a FATAL already sent.
     #[error("session ended: {0}")]
     Fatal(String),
+    /// The client did not complete authentication in time; like PostgreSQL, pgfleet closed the connection
+    /// without a message (the client is not reading, or not there).
+    #[error("canceling authentication due to timeout (listen.authentication_timeout)")]
+    AuthenticationTimeout,
+}
+
+/// A connection between its accept and the start of its session.
+#[derive(Debug)]
+pub struct PendingLogin {
+    /// Counts the connection as logging in while it exists.
+    pub guard: crate::admin::stats::LoginGuard,
+    /// When the client must have been sent AuthenticationOk (`listen.authentication_timeout`).
+    pub deadline: tokio::time::Instant,
 }
 
 /// Session-wide routing override from the `pgfleet.route` startup option.
@@ -56,8 +69,14 @@ fn route_override(value: &str) -> Result<Target, ProxyError> {
     }
 }
 
-/// Serves one client until it leaves.
-pub async fn run(stream: ClientStream, peer: SocketAddr, params: Vec<(String, String)>, shared: Arc<Shared>) {
+/// Serves one client until it leaves; `login` ends once the session has started (or failed to).
+pub async fn run(
+    stream: ClientStream,
+    peer: SocketAddr,
+    params: Vec<(String, String)>,
+    shared: Arc<Shared>,
+    login: PendingLogin,
+) {
     let user = params
         .iter()
         .find(|(k, _)| k == "user")
@@ -71,11 +90,14 @@ pub async fn run(stream: ClientStream, peer: SocketAddr, params: Vec<(String, St
     let span = tracing::info_span!("session", client = %peer, user = %user, database = %database);
     async move {
         if database == ADMIN_DATABASE {
-            admin_session(stream, peer, &user, shared).await;
+            admin_session(stream, peer, &user, shared, login).await;
             return;
         }
         let stats = shared.stats.clone();
-        let mut session = match Session::login(stream, peer, user, database, params, shared).await {
+        let started = Session::login(stream, peer, user, database, params, shared, login.deadline).await;
+        // Counted as logging in until counted as a session (or gone): never neither.
+        drop(login);
+        let mut session = match started {
             Ok(s) => s,
             Err(e) => {
                 stats
@@ -100,15 +122,20 @@ pub async fn run(stream: ClientStream, peer: SocketAddr, params: Vec<(String, St
 /// The virtual database that holds the admin console.
 pub const ADMIN_DATABASE: &str = "pgfleet";
 
-/// Authenticates a client against `[[users]]`; on failure the client has been sent FATAL.
+/// Authenticates a client against `[[users]]`; on failure the client has been sent FATAL, except when the
+/// `deadline` passed first: then, as PostgreSQL does, nothing is sent.
 async fn authenticate_client(
     client: &mut ClientStream,
     user: &str,
     shared: &Shared,
+    deadline: tokio::time::Instant,
 ) -> Result<crate::config::UserConfig, SessionError> {
     let max = shared.config().listen.max_message_size as usize;
     let user_cfg = shared.config().user(user).cloned();
-    if let Err(e) = auth::authenticate(client, user, user_cfg.as_ref(), max).await {
+    let outcome = tokio::time::timeout_at(deadline, auth::authenticate(client, user, user_cfg.as_ref(), max))
+        .await
+        .map_err(|_| SessionError::AuthenticationTimeout)?;
+    if let Err(e) = outcome {
         if !matches!(e, auth::AuthError::ClientClosed) {
             let err = ProxyError::fatal(e.sqlstate(), e.message());
             let _ = client.write_all(&err.encode()).await;
@@ -145,8 +172,17 @@ fn check_limits(shared: &Shared, user: &crate::config::UserConfig) -> Result<(),
 }
 
 /// A session on the admin console: admin users only.
-async fn admin_session(mut client: ClientStream, peer: SocketAddr, user: &str, shared: Arc<Shared>) {
-    let cfg = match authenticate_client(&mut client, user, &shared).await {
+async fn admin_session(
+    mut client: ClientStream,
+    peer: SocketAddr,
+    user: &str,
+    shared: Arc<Shared>,
+    login: PendingLogin,
+) {
+    let authenticated = authenticate_client(&mut client, user, &shared, login.deadline).await;
+    // Console sessions do not count towards listen.max_clients, so the login ends with authentication.
+    drop(login);
+    let cfg = match authenticated {
         Ok(c) => c,
         Err(e) => {
             shared
@@ -250,9 +286,10 @@ impl Session {
         database: String,
         params: Vec<(String, String)>,
         shared: Arc<Shared>,
+        deadline: tokio::time::Instant,
     ) -> Result<Session, SessionError> {
         let max = shared.config().listen.max_message_size as usize;
-        let user_cfg = authenticate_client(&mut client, &user, &shared).await?;
+        let user_cfg = authenticate_client(&mut client, &user, &shared, deadline).await?;
         if let Err(e) = check_limits(&shared, &user_cfg) {
             client.write_all(&e.encode()).await?;
             return Err(SessionError::Fatal(e.message));
