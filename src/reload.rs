@@ -213,3 +213,50 @@ fn describe(old: &Config, new: &Config, shared: &Shared, out: &mut Vec<String>) 
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(listen: &str) -> Config {
+        Config::parse(&format!(
+            "[listen]\naddress = \"127.0.0.1:6432\"\n{listen}\n\
+             [[users]]\nname = \"app\"\npassword = \"pw\"\n\n\
+             [[nodes]]\nname = \"pg1\"\naddress = \"127.0.0.1:5501\"\nrole = \"primary\"\n"
+        ))
+        .expect("valid config")
+    }
+
+    #[test]
+    fn tls_mode_require_waits_for_the_certificate_a_restart_loads() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&cert, "x").expect("cert");
+        std::fs::write(&key, "x").expect("key");
+        let with_cert = format!(
+            "tls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            cert.display(),
+            key.display()
+        );
+        let plain = config("");
+        let required = config(&format!("{with_cert}tls_mode = \"require\"\n"));
+
+        // Certificate and require added at once: the certificate needs a restart, and so does require.
+        let mut restart = Vec::new();
+        let effective = keep_restart_only(&plain, required.clone(), &mut restart);
+        assert_eq!(effective.listen.tls_mode, ClientTlsMode::Allow);
+        assert_eq!(effective.listen.tls_cert, None);
+        assert!(restart.contains(&"listen.tls_mode".to_owned()), "{restart:?}");
+        assert!(restart.contains(&"listen.tls_cert".to_owned()), "{restart:?}");
+
+        // With the certificate already loaded, require applies at once, and so does going back to allow.
+        let loaded = config(&with_cert);
+        let mut restart = Vec::new();
+        let effective = keep_restart_only(&loaded, required.clone(), &mut restart);
+        assert_eq!(effective.listen.tls_mode, ClientTlsMode::Require);
+        assert!(restart.is_empty(), "{restart:?}");
+        let effective = keep_restart_only(&required, loaded, &mut restart);
+        assert_eq!(effective.listen.tls_mode, ClientTlsMode::Allow);
+        assert!(restart.is_empty(), "{restart:?}");
+    }
+}

@@ -207,26 +207,78 @@ async fn closed_after(mut s: Stalled, limit: Duration) -> Duration {
     s.connected.elapsed()
 }
 
+/// A sample without labels from /metrics, such as `pgfleet_clients_logging_in`.
+async fn metric(metrics_port: u16, name: &str) -> u64 {
+    let mut http = TcpStream::connect(("127.0.0.1", metrics_port))
+        .await
+        .expect("connect to /metrics");
+    http.write_all(b"GET /metrics HTTP/1.1\r\nHost: pgfleet\r\n\r\n")
+        .await
+        .expect("request");
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), http.read_to_string(&mut answer))
+        .await
+        .expect("metrics answered in time")
+        .expect("metrics answer");
+    let prefix = format!("{name} ");
+    answer
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {name} in {answer}"))
+        .parse()
+        .expect("a count")
+}
+
+/// Polls /metrics until `name` is `value`; sessions and logins end a moment after their sockets close.
+async fn wait_metric(metrics_port: u16, name: &str, value: u64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = metric(metrics_port, name).await;
+        if now == value {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{name} stayed {now}, expected {value}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The SQLSTATE, message and detail of a refused login.
+fn refusal(e: &tokio_postgres::Error) -> (String, String, String) {
+    let db = e
+        .as_db_error()
+        .unwrap_or_else(|| panic!("a server error, got {e}"));
+    assert_eq!(db.severity(), "FATAL");
+    (
+        db.code().code().to_owned(),
+        db.message().to_owned(),
+        db.detail().unwrap_or("").to_owned(),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_logins_count_towards_max_clients_and_are_closed_by_the_authentication_timeout() {
-    const TIMEOUT: Duration = Duration::from_secs(2);
+    const TIMEOUT: Duration = Duration::from_secs(3);
     let cluster = cluster_async().await;
     let port = free_port();
+    let metrics_port = free_port();
     let text = Proxy::config_for(
         &cluster,
         port,
-        "[[users]]\nname = \"u_md5\"\npassword = \"pw-md5\"\nauth = \"md5\"\n",
+        &format!(
+            "[[users]]\nname = \"u_md5\"\npassword = \"pw-md5\"\nauth = \"md5\"\n\n\
+             [admin]\nmetrics_address = \"127.0.0.1:{metrics_port}\"\n"
+        ),
     )
     .replacen(
         "[listen]\n",
-        "[listen]\nmax_clients = 4\nauthentication_timeout = \"2s\"\n",
+        "[listen]\nmax_clients = 3\nauthentication_timeout = \"3s\"\n",
         1,
     );
     let proxy = Proxy::start_with_config(text);
     let dsn = proxy.dsn(APP_USER, PASSWORD, APP_DB);
 
-    // Three clients stall: before the startup packet, at the fake SCRAM challenge of an unknown user, and
-    // at an md5 challenge. With max_clients = 4 a fourth login still fits, and works.
+    // Stalled at the fake SCRAM challenge of an unknown user and at an md5 challenge, each holding one of
+    // the three slots; a socket that sent nothing holds none. The third slot lets a real client in.
     let mut stalled = vec![
         stall_at(port, Stall::Silent, APP_USER).await,
         stall_at(port, Stall::ScramChallenge, "ghost").await,
@@ -237,18 +289,40 @@ async fn stalled_logins_count_towards_max_clients_and_are_closed_by_the_authenti
         .await
         .expect("the real client works");
     drop(real);
+    wait_metric(metrics_port, "pgfleet_clients", 0).await;
 
-    // With a fourth stalled client (after its SCRAM first message), four connections are logging in: the
-    // next one is refused at once, as PostgreSQL refuses clients past max_connections.
+    // A third client stalled after its SCRAM first message: three stalled logins fill max_clients = 3,
+    // and the next login is refused as PostgreSQL refuses clients past max_connections.
     stalled.push(stall_at(port, Stall::AfterScramFirst, APP_USER).await);
     let Err(e) = try_connect(&dsn).await else {
-        panic!("a fifth connection was let in while four were logging in (max_clients = 4)")
+        panic!("a fourth login was let in")
     };
-    assert_eq!(code(&e), "53300", "{e}");
-    let db = e.as_db_error().expect("db error");
-    assert_eq!(db.severity(), "FATAL");
-    assert_eq!(db.message(), "sorry, too many clients already");
-    assert!(db.detail().unwrap_or("").contains("listen.max_clients"), "{db:?}");
+    assert_eq!(
+        refusal(&e),
+        (
+            "53300".to_owned(),
+            "sorry, too many clients already".to_owned(),
+            "pgfleet serves at most 3 clients (listen.max_clients)".to_owned()
+        )
+    );
+
+    // Sockets that never log in are bounded before anything is read from them: with six connections
+    // logging in (twice max_clients), the next one is refused at once.
+    wait_metric(metrics_port, "pgfleet_clients_logging_in", 4).await;
+    stalled.push(stall_at(port, Stall::Silent, APP_USER).await);
+    stalled.push(stall_at(port, Stall::Silent, APP_USER).await);
+    wait_metric(metrics_port, "pgfleet_clients_logging_in", 6).await;
+    let Err(e) = try_connect(&dsn).await else {
+        panic!("a seventh connection was let in")
+    };
+    assert_eq!(
+        refusal(&e),
+        (
+            "53300".to_owned(),
+            "sorry, too many clients already".to_owned(),
+            "pgfleet lets at most 6 connections log in at once (twice listen.max_clients)".to_owned()
+        )
+    );
 
     // Each stalled client is closed once listen.authentication_timeout has passed since it connected, and
     // not before; pgfleet sends nothing, as PostgreSQL does.
@@ -260,7 +334,8 @@ async fn stalled_logins_count_towards_max_clients_and_are_closed_by_the_authenti
             "{stall:?}: closed after {after:?}, before listen.authentication_timeout"
         );
     }
-    // The slots they held are free again.
+    // Every count they were in went back down, and logins work again.
+    wait_metric(metrics_port, "pgfleet_clients_logging_in", 0).await;
     let again = connect(&dsn).await;
     again
         .batch_execute("SELECT 1")

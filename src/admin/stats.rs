@@ -99,9 +99,24 @@ pub struct Stats {
     pub clients_total: AtomicU64,
     /// Logins refused (bad password, unknown database...).
     pub login_failures: AtomicU64,
-    /// Connections accepted that are not sessions yet: in TLS negotiation, before or in their startup
-    /// packet, or authenticating. Kept by [`LoginGuard`]s.
+    /// Connections accepted and not yet authenticated: in TLS negotiation, before or in their startup
+    /// packet, or in the password exchange. Kept by [`LoginGuard`]s.
     logging_in: AtomicUsize,
+    /// Session slots (`listen.max_clients`) held by logins that are not sessions yet, kept by
+    /// [`SlotGuard`]s. Taken only under the `clients` lock, so that two logins never both get the last slot.
+    reserved: AtomicUsize,
+}
+
+/// A session slot held from the startup packet until the session is counted in its own right (or gone).
+#[derive(Debug)]
+pub struct SlotGuard {
+    stats: Arc<Stats>,
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        self.stats.reserved.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// One connection counted in [`Stats::logging_in`] until the guard is dropped, whichever way the login ends.
@@ -142,7 +157,22 @@ impl Stats {
             clients_total: AtomicU64::new(0),
             login_failures: AtomicU64::new(0),
             logging_in: AtomicUsize::new(0),
+            reserved: AtomicUsize::new(0),
         }
+    }
+
+    /// Takes one of `max` session slots for a login, as PostgreSQL gives a starting backend its process
+    /// slot before authentication; `None` when sessions (outside `except_database`) and other logins hold
+    /// them all. The slot is held until the guard is dropped.
+    pub fn reserve_slot(self: &Arc<Self>, max: usize, except_database: &str) -> Option<SlotGuard> {
+        let clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        let sessions = clients.values().filter(|c| c.database != except_database).count();
+        if sessions + self.reserved.load(Ordering::Relaxed) >= max {
+            return None;
+        }
+        self.reserved.fetch_add(1, Ordering::Relaxed);
+        drop(clients);
+        Some(SlotGuard { stats: self.clone() })
     }
 
     /// A connection was accepted: it counts as logging in until the returned guard is dropped.
@@ -357,5 +387,40 @@ mod tests {
         assert_eq!(c.count_at_start(), 2);
         drop((b, c));
         assert_eq!(s.logging_in(), 0);
+    }
+
+    #[test]
+    fn slots_count_sessions_and_logins_but_not_the_console() {
+        let s = Arc::new(Stats::new(1));
+        let info = ClientInfo {
+            addr: "127.0.0.1:1".parse().expect("addr"),
+            user: "app".to_owned(),
+            database: "app".to_owned(),
+            state: "idle",
+            connected_at: SystemTime::now(),
+            requests: 0,
+            node: None,
+        };
+        s.client_connected(1, info.clone());
+        s.client_connected(
+            2,
+            ClientInfo {
+                database: "pgfleet".to_owned(),
+                ..info
+            },
+        );
+        let first = s.reserve_slot(3, "pgfleet").expect("second of three");
+        let second = s.reserve_slot(3, "pgfleet").expect("third of three");
+        assert!(
+            s.reserve_slot(3, "pgfleet").is_none(),
+            "one session and two logins fill three"
+        );
+        drop(first);
+        let third = s.reserve_slot(3, "pgfleet").expect("a slot freed");
+        s.client_disconnected(1);
+        let fourth = s.reserve_slot(3, "pgfleet").expect("a session left");
+        assert!(s.reserve_slot(3, "pgfleet").is_none());
+        drop((second, third, fourth));
+        assert!(s.reserve_slot(1, "pgfleet").is_some());
     }
 }

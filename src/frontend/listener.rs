@@ -1,10 +1,11 @@
 //! Accepting clients: one task per connection that negotiates SSL/GSSENC, reads the StartupMessage (or
 //! handles a CancelRequest) and hands over to the session.
 //!
-//! From the moment a connection is accepted until its session has started it counts as logging in (see
+//! From the moment a connection is accepted until it has authenticated it counts as logging in (see
 //! [`crate::admin::stats::LoginGuard`]) and runs against `listen.authentication_timeout`: a client that stalls
-//! anywhere before AuthenticationOk is disconnected, and with `listen.max_clients` set, at most that many
-//! connections may be logging in at once, so that idle sockets cannot use up the process's descriptors.
+//! anywhere before AuthenticationOk is disconnected, and with `listen.max_clients` set, at most twice that
+//! many connections may be logging in at once, so that idle sockets cannot use up the process's descriptors.
+//! (The session slots themselves are taken after the startup packet, in `session::run`.)
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -122,16 +123,19 @@ async fn read_packet<S: AsyncRead + Unpin>(
 
 async fn handle(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>, login: PendingLogin) {
     let _ = socket.set_nodelay(true);
-    let max_clients = shared.config().listen.max_clients;
-    if max_clients > 0 && login.guard.count_at_start() > max_clients {
+    // Sockets that have not sent a startup packet hold no session slot (see `session::run`), so they are
+    // bounded here, before anything is read: at twice listen.max_clients, which leaves room for
+    // connections that never log in (TCP health checks) next to a full set of logins.
+    let bound = shared.config().listen.max_clients.saturating_mul(2);
+    if bound > 0 && login.guard.count_at_start() > bound {
         drop(login);
         shared
             .stats
             .login_failures
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tracing::info!(client = %peer, "client refused: {max_clients} connections are already logging in (listen.max_clients)");
+        tracing::info!(client = %peer, "client refused: {bound} connections are already logging in (twice listen.max_clients)");
         let e = ProxyError::fatal("53300", "sorry, too many clients already").with_detail(format!(
-            "pgfleet lets at most {max_clients} clients log in at once (listen.max_clients)"
+            "pgfleet lets at most {bound} connections log in at once (twice listen.max_clients)"
         ));
         refuse_at_once(socket, &e).await;
         return;

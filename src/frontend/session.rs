@@ -47,7 +47,7 @@ pub enum SessionError {
     AuthenticationTimeout,
 }
 
-/// A connection between its accept and the start of its session.
+/// A connection between its accept and the end of its authentication.
 #[derive(Debug)]
 pub struct PendingLogin {
     /// Counts the connection as logging in while it exists.
@@ -69,7 +69,7 @@ fn route_override(value: &str) -> Result<Target, ProxyError> {
     }
 }
 
-/// Serves one client until it leaves; `login` ends once the session has started (or failed to).
+/// Serves one client until it leaves; `login` ends with the client's authentication.
 pub async fn run(
     stream: ClientStream,
     peer: SocketAddr,
@@ -93,10 +93,30 @@ pub async fn run(
             admin_session(stream, peer, &user, shared, login).await;
             return;
         }
+        let mut stream = stream;
+        let max_clients = shared.config().listen.max_clients;
+        // Taken before authentication, as PostgreSQL takes a backend slot: a client stalled in its password
+        // exchange holds a slot, and a client that finds none is told so without being asked a password.
+        let slot = match max_clients {
+            0 => None,
+            max => match shared.stats.reserve_slot(max, ADMIN_DATABASE) {
+                Some(slot) => Some(slot),
+                None => {
+                    shared
+                        .stats
+                        .login_failures
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let e = too_many_clients(max);
+                    tracing::info!(error = %e.message, "login refused: listen.max_clients reached");
+                    let _ = stream.write_all(&e.encode()).await;
+                    return;
+                }
+            },
+        };
         let stats = shared.stats.clone();
-        let started = Session::login(stream, peer, user, database, params, shared, login.deadline).await;
-        // Counted as logging in until counted as a session (or gone): never neither.
-        drop(login);
+        let started = Session::login(stream, peer, user, database, params, shared, login).await;
+        // Held until the session counts in its own right.
+        drop(slot);
         let mut session = match started {
             Ok(s) => s,
             Err(e) => {
@@ -145,6 +165,13 @@ async fn authenticate_client(
     user_cfg.ok_or_else(|| SessionError::Fatal("unknown user passed authentication".into()))
 }
 
+/// The refusal of a login past `listen.max_clients`, in PostgreSQL's words.
+fn too_many_clients(max_clients: usize) -> ProxyError {
+    ProxyError::fatal("53300", "sorry, too many clients already").with_detail(format!(
+        "pgfleet serves at most {max_clients} clients (listen.max_clients)"
+    ))
+}
+
 /// `listen.max_clients` and the user's `max_connections`, refused as PostgreSQL refuses them.
 fn check_limits(shared: &Shared, user: &crate::config::UserConfig) -> Result<(), ProxyError> {
     let max_clients = shared.config().listen.max_clients;
@@ -152,12 +179,10 @@ fn check_limits(shared: &Shared, user: &crate::config::UserConfig) -> Result<(),
     if max_clients == 0 && per_user == 0 {
         return Ok(());
     }
+    // The login's own slot (see `run`) is not among the sessions yet: this refuses only when a reload
+    // lowered the limit since the slot was taken.
     if max_clients > 0 && shared.stats.count_clients(None, ADMIN_DATABASE) >= max_clients {
-        return Err(
-            ProxyError::fatal("53300", "sorry, too many clients already").with_detail(format!(
-                "pgfleet serves at most {max_clients} clients (listen.max_clients)"
-            )),
-        );
+        return Err(too_many_clients(max_clients));
     }
     if per_user > 0 && shared.stats.count_clients(Some(&user.name), ADMIN_DATABASE) >= per_user {
         return Err(ProxyError::fatal(
@@ -180,7 +205,6 @@ async fn admin_session(
     login: PendingLogin,
 ) {
     let authenticated = authenticate_client(&mut client, user, &shared, login.deadline).await;
-    // Console sessions do not count towards listen.max_clients, so the login ends with authentication.
     drop(login);
     let cfg = match authenticated {
         Ok(c) => c,
@@ -286,10 +310,12 @@ impl Session {
         database: String,
         params: Vec<(String, String)>,
         shared: Arc<Shared>,
-        deadline: tokio::time::Instant,
+        login: PendingLogin,
     ) -> Result<Session, SessionError> {
         let max = shared.config().listen.max_message_size as usize;
-        let user_cfg = authenticate_client(&mut client, &user, &shared, deadline).await?;
+        let user_cfg = authenticate_client(&mut client, &user, &shared, login.deadline).await?;
+        // Past AuthenticationOk the client is a session in the making, limited by check_limits below.
+        drop(login);
         if let Err(e) = check_limits(&shared, &user_cfg) {
             client.write_all(&e.encode()).await?;
             return Err(SessionError::Fatal(e.message));
