@@ -348,7 +348,9 @@ async fn stalled_logins_count_towards_max_clients_and_are_closed_by_the_authenti
         proxy.log_tail(30)
     );
     assert!(
-        log.contains("did not send its startup packet within listen.authentication_timeout"),
+        log.contains(
+            "did not finish its TLS handshake and startup packet within listen.authentication_timeout"
+        ),
         "{}",
         proxy.log_tail(30)
     );

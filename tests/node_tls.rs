@@ -593,7 +593,8 @@ async fn tls_mode_require_refuses_clients_in_clear_text() {
     let text = Proxy::config_for(&cluster, port, &admin_toml()).replacen(
         &listen,
         &format!(
-            "{listen}tls_cert = \"{}\"\ntls_key = \"{}\"\ntls_mode = \"require\"\n",
+            "{listen}tls_cert = \"{}\"\ntls_key = \"{}\"\ntls_mode = \"require\"\n\
+             authentication_timeout = \"2s\"\n",
             cert.display(),
             key.display()
         ),
@@ -676,4 +677,26 @@ async fn tls_mode_require_refuses_clients_in_clear_text() {
     }
     let accepted = client_handshake(port, &pki.ca_file, &rustls::version::TLS13).await;
     assert_eq!(accepted, Ok(b'R'), "a TLS client gets the password request");
+
+    // A client that asks for TLS and then stalls in the handshake is closed by listen.authentication_timeout.
+    let mut stalled = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let connected = Instant::now();
+    stalled
+        .write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+        .await
+        .expect("SSLRequest");
+    let mut answer = [0u8; 1];
+    stalled.read_exact(&mut answer).await.expect("answer");
+    assert_eq!(answer[0], b'S');
+    let read = tokio::time::timeout(Duration::from_secs(10), stalled.read(&mut answer))
+        .await
+        .expect("closed within 10 s");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert!(
+        connected.elapsed() >= Duration::from_millis(1950),
+        "closed after {:?}, before listen.authentication_timeout",
+        connected.elapsed()
+    );
 }

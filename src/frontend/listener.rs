@@ -149,7 +149,7 @@ async fn handle(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>, login:
             return;
         }
         Err(_) => {
-            tracing::info!(client = %peer, "client did not send its startup packet within listen.authentication_timeout; disconnected");
+            tracing::info!(client = %peer, "client did not finish its TLS handshake and startup packet within listen.authentication_timeout; disconnected");
             return;
         }
     };

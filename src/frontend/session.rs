@@ -180,7 +180,7 @@ fn check_limits(shared: &Shared, user: &crate::config::UserConfig) -> Result<(),
         return Ok(());
     }
     // The login's own slot (see `run`) is not among the sessions yet: this refuses only when a reload
-    // lowered the limit since the slot was taken.
+    // changed the limit since the slot was taken.
     if max_clients > 0 && shared.stats.count_clients(None, ADMIN_DATABASE) >= max_clients {
         return Err(too_many_clients(max_clients));
     }
