@@ -173,9 +173,17 @@ pub fn raise_open_file_limit() {
         current: limit.maximum,
         maximum: limit.maximum,
     };
+    // None is "unlimited".
+    let show = |n: Option<u64>| n.map_or_else(|| "unlimited".to_owned(), |n| n.to_string());
     match setrlimit(Resource::Nofile, raised) {
-        Ok(()) => tracing::info!(from = ?limit.current, to = ?limit.maximum, "raised the open-file limit"),
-        Err(e) => tracing::warn!(limit = ?limit.current, error = %e, "cannot raise the open-file limit"),
+        Ok(()) => tracing::info!(
+            from = %show(limit.current),
+            to = %show(limit.maximum),
+            "raised the open-file limit"
+        ),
+        Err(e) => {
+            tracing::warn!(limit = %show(limit.current), error = %e, "cannot raise the open-file limit")
+        }
     }
 }
 
