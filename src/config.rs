@@ -266,6 +266,25 @@ pub struct ListenConfig {
     /// Oldest TLS version a client may use.
     #[serde(default)]
     pub tls_min_version: TlsVersion,
+    /// Whether clients may stay in plain text when TLS is configured.
+    #[serde(default)]
+    pub tls_mode: ClientTlsMode,
+    /// A client that has not finished connecting (TLS, startup packet, authentication) this long after it was
+    /// accepted is disconnected, as PostgreSQL's `authentication_timeout`.
+    #[serde(default = "default_authentication_timeout", deserialize_with = "de_duration")]
+    pub authentication_timeout: Duration,
+}
+
+/// `listen.tls_mode`
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientTlsMode {
+    /// TLS for clients that ask for it, plain text for the others.
+    #[default]
+    Allow,
+    /// Every client must switch to TLS before its startup packet; plain text is refused with FATAL 28000,
+    /// as PostgreSQL refuses a connection that only a `hostssl` line would match.
+    Require,
 }
 
 /// `listen.tls_min_version`
@@ -560,6 +579,10 @@ fn default_max_message_size() -> u64 {
     // PostgreSQL itself refuses most messages over 1 GB; a proxy can be stricter by default.
     256 * 1024 * 1024
 }
+fn default_authentication_timeout() -> Duration {
+    // PostgreSQL's default.
+    Duration::from_secs(60)
+}
 fn default_shutdown_timeout() -> Duration {
     Duration::from_secs(30)
 }
@@ -743,6 +766,18 @@ impl Config {
                 }
             }
             (None, None) => {}
+        }
+        if self.listen.tls_mode == ClientTlsMode::Require && self.listen.tls_cert.is_none() {
+            return Err(invalid(
+                "listen.tls_mode",
+                "\"require\" needs a client TLS certificate: set listen.tls_cert and listen.tls_key",
+            ));
+        }
+        if self.listen.authentication_timeout.is_zero() {
+            return Err(invalid(
+                "listen.authentication_timeout",
+                "must be longer than 0 (PostgreSQL's default is \"60s\")",
+            ));
         }
         if self.listen.max_message_size < 1024 {
             return Err(invalid("listen.max_message_size", "must be at least 1kB"));
@@ -980,6 +1015,23 @@ primary_reads = false
         );
         assert!(err_of(&BASE.replace("password = \"secret\"", "")).contains("users[0].password"));
         assert!(err_of(&format!("{BASE}\n[pool]\nbogus = 1\n")).contains("bogus"));
+    }
+
+    #[test]
+    fn client_tls_mode_and_authentication_timeout() {
+        let c = Config::parse(BASE).expect("valid");
+        assert_eq!(c.listen.tls_mode, ClientTlsMode::Allow);
+        assert_eq!(c.listen.authentication_timeout, Duration::from_secs(60));
+        let listen = |lines: &str| BASE.replace("[listen]\n", &format!("[listen]\n{lines}\n"));
+        let c = Config::parse(&listen("authentication_timeout = \"1500ms\"")).expect("valid");
+        assert_eq!(c.listen.authentication_timeout, Duration::from_millis(1500));
+        let e = err_of(&listen("tls_mode = \"require\""));
+        assert!(
+            e.contains("listen.tls_mode") && e.contains("listen.tls_cert"),
+            "{e}"
+        );
+        assert!(err_of(&listen("tls_mode = \"prefer\"")).contains("listen.tls_mode"));
+        assert!(err_of(&listen("authentication_timeout = 0")).contains("listen.authentication_timeout"));
     }
 
     #[test]

@@ -159,8 +159,37 @@ impl Shared {
     }
 }
 
+/// Raises the soft limit on open files to the hard limit, as each client and node connection is a
+/// descriptor and the usual soft limit (1024) is far below what a proxy needs; the hard limit stays the
+/// administrator's choice. Logs what it did or why not.
+pub fn raise_open_file_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current == limit.maximum {
+        tracing::debug!(limit = ?limit.current, "open-file limit already at its maximum");
+        return;
+    }
+    let raised = rustix::process::Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    // None is "unlimited".
+    let show = |n: Option<u64>| n.map_or_else(|| "unlimited".to_owned(), |n| n.to_string());
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => tracing::info!(
+            from = %show(limit.current),
+            to = %show(limit.maximum),
+            "raised the open-file limit"
+        ),
+        Err(e) => {
+            tracing::warn!(limit = %show(limit.current), error = %e, "cannot raise the open-file limit")
+        }
+    }
+}
+
 /// Binds the listener and serves clients until the future is dropped.
 pub async fn run(shared: Arc<Shared>) -> Result<(), StartError> {
+    raise_open_file_limit();
     let address = shared.config().listen.address.clone();
     let listener = tokio::net::TcpListener::bind(&address)
         .await

@@ -2,15 +2,16 @@
 //! again, deciding what can change in place, applying it to the running parts, and saying what changed.
 //!
 //! What changes in place: nodes (added, removed, weights), `[routing]`, `[[users]]`, pool sizes and
-//! timeouts, `[health]`, `log.level` and `log.slow_statement`, the client limits under `[listen]`, and
-//! `shutdown_timeout`. Connected clients stay connected: a session keeps a transaction or pinned state on a
-//! removed node until it ends, and its next request goes to the new fleet. What cannot change without a
-//! restart (the listening socket and its TLS settings, `pool.mode`, `[admin]`, `log.format`, `[replication]`)
-//! keeps its running value and is reported. An invalid file changes nothing.
+//! timeouts, `[health]`, `log.level` and `log.slow_statement`, the client limits and timeouts under
+//! `[listen]`, `listen.tls_mode`, and `shutdown_timeout`. Connected clients stay connected: a session keeps
+//! a transaction or pinned state on a removed node until it ends, and its next request goes to the new
+//! fleet. What cannot change without a restart (the listening socket and its TLS certificate and version,
+//! `pool.mode`, `[admin]`, `log.format`, `[replication]`) keeps its running value and is reported. An
+//! invalid file changes nothing.
 
 use std::sync::Arc;
 
-use crate::config::{Config, ConfigError, ReplicationMode};
+use crate::config::{ClientTlsMode, Config, ConfigError, ReplicationMode};
 use crate::proxy::Shared;
 use crate::router::functions::FunctionRules;
 
@@ -148,6 +149,12 @@ fn keep_restart_only(old: &Config, mut new: Config, restart: &mut Vec<String>) -
     keep!(log.format, "log.format");
     keep!(replication, "replication");
     keep!(worker_threads, "worker_threads");
+    // Requiring TLS needs the certificate loaded at start; without one, the new mode waits for the restart
+    // that loads the new certificate files too.
+    if new.listen.tls_mode == ClientTlsMode::Require && new.listen.tls_cert.is_none() {
+        restart.push("listen.tls_mode".to_string());
+        new.listen.tls_mode = old.listen.tls_mode;
+    }
     new
 }
 
@@ -204,5 +211,52 @@ fn describe(old: &Config, new: &Config, shared: &Shared, out: &mut Vec<String>) 
         if changed {
             out.push(format!("{name} settings changed"));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(listen: &str) -> Config {
+        Config::parse(&format!(
+            "[listen]\naddress = \"127.0.0.1:6432\"\n{listen}\n\
+             [[users]]\nname = \"app\"\npassword = \"pw\"\n\n\
+             [[nodes]]\nname = \"pg1\"\naddress = \"127.0.0.1:5501\"\nrole = \"primary\"\n"
+        ))
+        .expect("valid config")
+    }
+
+    #[test]
+    fn tls_mode_require_waits_for_the_certificate_a_restart_loads() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&cert, "x").expect("cert");
+        std::fs::write(&key, "x").expect("key");
+        let with_cert = format!(
+            "tls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            cert.display(),
+            key.display()
+        );
+        let plain = config("");
+        let required = config(&format!("{with_cert}tls_mode = \"require\"\n"));
+
+        // Certificate and require added at once: the certificate needs a restart, and so does require.
+        let mut restart = Vec::new();
+        let effective = keep_restart_only(&plain, required.clone(), &mut restart);
+        assert_eq!(effective.listen.tls_mode, ClientTlsMode::Allow);
+        assert_eq!(effective.listen.tls_cert, None);
+        assert!(restart.contains(&"listen.tls_mode".to_owned()), "{restart:?}");
+        assert!(restart.contains(&"listen.tls_cert".to_owned()), "{restart:?}");
+
+        // With the certificate already loaded, require applies at once, and so does going back to allow.
+        let loaded = config(&with_cert);
+        let mut restart = Vec::new();
+        let effective = keep_restart_only(&loaded, required.clone(), &mut restart);
+        assert_eq!(effective.listen.tls_mode, ClientTlsMode::Require);
+        assert!(restart.is_empty(), "{restart:?}");
+        let effective = keep_restart_only(&required, loaded, &mut restart);
+        assert_eq!(effective.listen.tls_mode, ClientTlsMode::Allow);
+        assert!(restart.is_empty(), "{restart:?}");
     }
 }

@@ -1,5 +1,6 @@
 //! The `pgfleet` command line: `--check` accepts a good config and the shipped example, and refuses bad ones
-//! with a non-zero exit status and a message naming the key (or file) at fault. No PostgreSQL is needed.
+//! with a non-zero exit status and a message naming the key (or file) at fault; at start, pgfleet raises its
+//! open-file limit. No PostgreSQL is needed.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -188,6 +189,74 @@ fn bad_values_name_their_key() {
         &GOOD.replace("address = \"127.0.0.1:6432\"", "address = \"nowhere\""),
         &["listen.address"],
     );
+}
+
+#[test]
+fn tls_mode_require_needs_a_certificate() {
+    let listen = "address = \"127.0.0.1:6432\"\n";
+    assert_refused(
+        &GOOD.replacen(listen, &format!("{listen}tls_mode = \"require\"\n"), 1),
+        &["listen.tls_mode", "listen.tls_cert"],
+    );
+    assert_refused(
+        &GOOD.replacen(listen, &format!("{listen}authentication_timeout = \"0s\"\n"), 1),
+        &["listen.authentication_timeout"],
+    );
+}
+
+/// The soft and hard "Max open files" of a running process, from /proc.
+fn open_file_limits(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("read /proc/<pid>/limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let mut fields = line["Max open files".len()..].split_whitespace();
+    let soft = fields.next().expect("soft limit").to_owned();
+    let hard = fields.next().expect("hard limit").to_owned();
+    (soft, hard)
+}
+
+#[test]
+fn serving_raises_the_soft_open_file_limit_to_the_hard_one() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let config = dir.path().join("pgfleet.toml");
+    std::fs::write(
+        &config,
+        GOOD.replace("127.0.0.1:6432", &format!("127.0.0.1:{port}")),
+    )
+    .expect("write config");
+    let log = dir.path().join("pgfleet.log");
+    let log_file = std::fs::File::create(&log).expect("log file");
+    // A low soft limit, as many systems start services with (1024); exec keeps the shell's pid for pgfleet.
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -Sn 64 && exec \"$0\" --config \"$1\"")
+        .arg(env!("CARGO_BIN_EXE_pgfleet"))
+        .arg(&config)
+        .env_remove("RUST_LOG")
+        .env("NO_COLOR", "1")
+        .stdout(log_file.try_clone().expect("clone log"))
+        .stderr(log_file)
+        .spawn()
+        .expect("start pgfleet");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("pgfleet listening") || std::time::Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let (soft, hard) = open_file_limits(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(text.contains("raised the open-file limit from=64"), "{text}");
+    assert_eq!(soft, hard, "soft limit raised to the hard one\n{text}");
 }
 
 #[test]

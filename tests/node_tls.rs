@@ -1,5 +1,5 @@
-//! TLS towards nodes (`nodes[i].tls`, `nodes[i].tls_ca`) and the clients' minimum TLS version
-//! (`listen.tls_min_version`), against real PostgreSQL servers running with certificates this file makes
+//! TLS towards nodes (`nodes[i].tls`, `nodes[i].tls_ca`), the clients' minimum TLS version
+//! (`listen.tls_min_version`) and clients refused in clear text (`listen.tls_mode`), against real PostgreSQL servers running with certificates this file makes
 //! (rcgen): a CA, server certificates it signs, and a second CA that signed nothing the servers show.
 //!
 //! Where it matters, the servers refuse plain TCP altogether (`hostnossl ... reject` in pg_hba.conf), so that
@@ -558,4 +558,145 @@ async fn tls_min_version_13_refuses_tls12_clients() {
     let (_default, port) = config("");
     let accepted = client_handshake(port, &pki.ca_file, &rustls::version::TLS12).await;
     assert_eq!(accepted, Ok(b'R'), "TLS 1.2 by default");
+}
+
+/// Runs psql against pgfleet with `conninfo` added (sslmode, user, dbname); returns (success, stdout, stderr).
+async fn psql_to_proxy(port: u16, conninfo: &str, password: &str, sql: &str) -> (bool, String, String) {
+    let out = tokio::process::Command::new("psql")
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+        .arg(format!("host=127.0.0.1 port={port} {conninfo}"))
+        .args(["-c", sql, "-c", "\\conninfo"])
+        .env("PGPASSWORD", password)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .env_remove("PGSSLMODE")
+        .env_remove("PGSERVICE")
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(30), out)
+        .await
+        .expect("psql finished in time")
+        .expect("run psql");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_mode_require_refuses_clients_in_clear_text() {
+    const REFUSED: &str = "pgfleet: connection without TLS refused (listen.tls_mode = \"require\")";
+    let pki = Pki::new();
+    let (cert, key) = pki.listener_files();
+    let cluster = cluster_with_async(options()).await;
+    let port = free_port();
+    let listen = format!("address = \"127.0.0.1:{port}\"\n");
+    let text = Proxy::config_for(&cluster, port, &admin_toml()).replacen(
+        &listen,
+        &format!(
+            "{listen}tls_cert = \"{}\"\ntls_key = \"{}\"\ntls_mode = \"require\"\n\
+             authentication_timeout = \"2s\"\n",
+            cert.display(),
+            key.display()
+        ),
+        1,
+    );
+    let proxy = Proxy::start_with_config(text);
+
+    // tokio-postgres without TLS, to a database and to the admin console on the same listener.
+    for (user, password, db) in [
+        (APP_USER, PASSWORD, APP_DB),
+        (ADMIN_USER, ADMIN_PASSWORD, "pgfleet"),
+    ] {
+        let e = match try_connect(&proxy.dsn(user, password, db)).await {
+            Ok(_) => panic!("{db}: a clear-text client was let in"),
+            Err(e) => e,
+        };
+        let dbe = e
+            .as_db_error()
+            .unwrap_or_else(|| panic!("{db}: a server error, got {e}"));
+        assert_eq!(dbe.severity(), "FATAL");
+        assert_eq!(dbe.code().code(), "28000", "{db}: {dbe:?}");
+        assert_eq!(dbe.message(), REFUSED);
+        assert_eq!(dbe.hint(), Some("Connect with sslmode=require."));
+    }
+
+    // psql with sslmode=disable: the same FATAL and hint; nothing ran.
+    let (ok, out, err) = psql_to_proxy(
+        port,
+        &format!("sslmode=disable user={APP_USER} dbname={APP_DB}"),
+        PASSWORD,
+        "SELECT 'ran-in-clear'",
+    )
+    .await;
+    assert!(!ok, "psql sslmode=disable got in: {out}");
+    assert!(!out.contains("ran-in-clear"), "{out}");
+    assert!(err.contains(REFUSED), "{err}");
+    assert!(err.contains("Connect with sslmode=require."), "{err}");
+
+    // Over TLS the same clients get in: sslmode=require and sslmode=prefer, the console too.
+    for (sslmode, user, password, db, sql, expect) in [
+        (
+            "require",
+            APP_USER,
+            PASSWORD,
+            APP_DB,
+            "SELECT 'tls-' || 1",
+            "tls-1",
+        ),
+        (
+            "prefer",
+            APP_USER,
+            PASSWORD,
+            APP_DB,
+            "SELECT 'tls-' || 2",
+            "tls-2",
+        ),
+        (
+            "require",
+            ADMIN_USER,
+            ADMIN_PASSWORD,
+            "pgfleet",
+            "SHOW NODES",
+            "primary",
+        ),
+    ] {
+        let (ok, out, err) = psql_to_proxy(
+            port,
+            &format!("sslmode={sslmode} user={user} dbname={db}"),
+            password,
+            sql,
+        )
+        .await;
+        assert!(
+            ok,
+            "psql sslmode={sslmode} to {db}: {err}\n{}",
+            proxy.log_tail(30)
+        );
+        assert!(out.contains(expect), "{sql}: {out}");
+        assert!(out.contains("SSL connection"), "\\conninfo reports SSL: {out}");
+    }
+    let accepted = client_handshake(port, &pki.ca_file, &rustls::version::TLS13).await;
+    assert_eq!(accepted, Ok(b'R'), "a TLS client gets the password request");
+
+    // A client that asks for TLS and then stalls in the handshake is closed by listen.authentication_timeout.
+    let mut stalled = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let connected = Instant::now();
+    stalled
+        .write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+        .await
+        .expect("SSLRequest");
+    let mut answer = [0u8; 1];
+    stalled.read_exact(&mut answer).await.expect("answer");
+    assert_eq!(answer[0], b'S');
+    let read = tokio::time::timeout(Duration::from_secs(10), stalled.read(&mut answer))
+        .await
+        .expect("closed within 10 s");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert!(
+        connected.elapsed() >= Duration::from_millis(1950),
+        "closed after {:?}, before listen.authentication_timeout",
+        connected.elapsed()
+    );
 }

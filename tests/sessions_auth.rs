@@ -662,6 +662,23 @@ async fn login_failures_are_reported_like_postgres() {
         "{err}"
     );
 
+    // A user name that is not UTF-8 (here Latin-1 "café"): the error names the parameter.
+    let mut raw = Raw::connect(proxy.port).await;
+    let mut list = b"user\0caf\xe9\0database\0app\0\0".to_vec();
+    let mut packet = ((list.len() + 8) as i32).to_be_bytes().to_vec();
+    packet.extend_from_slice(&196608i32.to_be_bytes());
+    packet.append(&mut list);
+    raw.send(&packet).await;
+    let (kind, body) = raw.frame().await.expect("an error for the Latin-1 user name");
+    assert_eq!(kind, b'E');
+    assert_eq!(error_field(&body, b'S'), Some("FATAL"));
+    assert_eq!(sqlstate(&body), "08P01");
+    assert_eq!(
+        error_field(&body, b'M'),
+        Some("invalid startup packet: parameter \"user\" is not valid UTF-8")
+    );
+    assert!(raw.frame().await.is_none(), "closed after the FATAL");
+
     // And none of this disturbed a good session.
     let c = connect(&proxy.dsn(APP_USER, PASSWORD, APP_DB)).await;
     assert_eq!(one(&c, "SELECT 'still fine'").await, "still fine");

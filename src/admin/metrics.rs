@@ -316,6 +316,12 @@ pub fn render(shared: &Shared) -> String {
     out.family("pgfleet_clients", "gauge", "Client sessions connected now.");
     out.sample("pgfleet_clients", &[], stats.client_count());
     out.family(
+        "pgfleet_clients_logging_in",
+        "gauge",
+        "Client connections accepted and not yet authenticated (TLS, startup packet, password exchange).",
+    );
+    out.sample("pgfleet_clients_logging_in", &[], stats.logging_in());
+    out.family(
         "pgfleet_clients_total",
         "counter",
         "Client connections accepted since start.",
@@ -550,6 +556,7 @@ mod tests {
             "pgfleet_node_lag_seconds",
             "pgfleet_route_decisions_total",
             "pgfleet_clients",
+            "pgfleet_clients_logging_in",
             "pgfleet_clients_total",
             "pgfleet_login_failures_total",
             "pgfleet_backend_connections",

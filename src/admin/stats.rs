@@ -99,6 +99,45 @@ pub struct Stats {
     pub clients_total: AtomicU64,
     /// Logins refused (bad password, unknown database...).
     pub login_failures: AtomicU64,
+    /// Connections accepted and not yet authenticated: in TLS negotiation, before or in their startup
+    /// packet, or in the password exchange. Kept by [`LoginGuard`]s.
+    logging_in: AtomicUsize,
+    /// Session slots (`listen.max_clients`) held by logins that are not sessions yet, kept by
+    /// [`SlotGuard`]s. Taken only under the `clients` lock, so that two logins never both get the last slot.
+    reserved: AtomicUsize,
+}
+
+/// A session slot held from the startup packet until the session is counted in its own right (or gone).
+#[derive(Debug)]
+pub struct SlotGuard {
+    stats: Arc<Stats>,
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        self.stats.reserved.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One connection counted in [`Stats::logging_in`] until the guard is dropped, whichever way the login ends.
+#[derive(Debug)]
+pub struct LoginGuard {
+    stats: Arc<Stats>,
+    /// The count, this connection included, when it was accepted.
+    at_start: usize,
+}
+
+impl LoginGuard {
+    /// How many connections were logging in when this one was accepted, itself included.
+    pub fn count_at_start(&self) -> usize {
+        self.at_start
+    }
+}
+
+impl Drop for LoginGuard {
+    fn drop(&mut self) {
+        self.stats.logging_in.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 fn target_index(target: Target) -> usize {
@@ -117,7 +156,37 @@ impl Stats {
             clients: Mutex::new(HashMap::new()),
             clients_total: AtomicU64::new(0),
             login_failures: AtomicU64::new(0),
+            logging_in: AtomicUsize::new(0),
+            reserved: AtomicUsize::new(0),
         }
+    }
+
+    /// Takes one of `max` session slots for a login, as PostgreSQL gives a starting backend its process
+    /// slot before authentication; `None` when sessions (outside `except_database`) and other logins hold
+    /// them all. The slot is held until the guard is dropped.
+    pub fn reserve_slot(self: &Arc<Self>, max: usize, except_database: &str) -> Option<SlotGuard> {
+        let clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        let sessions = clients.values().filter(|c| c.database != except_database).count();
+        if sessions + self.reserved.load(Ordering::Relaxed) >= max {
+            return None;
+        }
+        self.reserved.fetch_add(1, Ordering::Relaxed);
+        drop(clients);
+        Some(SlotGuard { stats: self.clone() })
+    }
+
+    /// A connection was accepted: it counts as logging in until the returned guard is dropped.
+    pub fn login_started(self: &Arc<Self>) -> LoginGuard {
+        let at_start = self.logging_in.fetch_add(1, Ordering::Relaxed) + 1;
+        LoginGuard {
+            stats: self.clone(),
+            at_start,
+        }
+    }
+
+    /// How many connections are logging in now (see [`LoginGuard`]).
+    pub fn logging_in(&self) -> usize {
+        self.logging_in.load(Ordering::Relaxed)
     }
 
     /// Makes room for counters of nodes a reload added.
@@ -303,5 +372,55 @@ mod tests {
         assert_eq!(s.count_clients(Some("app"), "pgfleet"), 1);
         s.client_disconnected(7);
         assert_eq!(s.client_count(), 2);
+    }
+
+    #[test]
+    fn login_guards_count_until_dropped() {
+        let s = Arc::new(Stats::new(1));
+        let a = s.login_started();
+        let b = s.login_started();
+        assert_eq!((a.count_at_start(), b.count_at_start()), (1, 2));
+        assert_eq!(s.logging_in(), 2);
+        drop(a);
+        assert_eq!(s.logging_in(), 1);
+        let c = s.login_started();
+        assert_eq!(c.count_at_start(), 2);
+        drop((b, c));
+        assert_eq!(s.logging_in(), 0);
+    }
+
+    #[test]
+    fn slots_count_sessions_and_logins_but_not_the_console() {
+        let s = Arc::new(Stats::new(1));
+        let info = ClientInfo {
+            addr: "127.0.0.1:1".parse().expect("addr"),
+            user: "app".to_owned(),
+            database: "app".to_owned(),
+            state: "idle",
+            connected_at: SystemTime::now(),
+            requests: 0,
+            node: None,
+        };
+        s.client_connected(1, info.clone());
+        s.client_connected(
+            2,
+            ClientInfo {
+                database: "pgfleet".to_owned(),
+                ..info
+            },
+        );
+        let first = s.reserve_slot(3, "pgfleet").expect("second of three");
+        let second = s.reserve_slot(3, "pgfleet").expect("third of three");
+        assert!(
+            s.reserve_slot(3, "pgfleet").is_none(),
+            "one session and two logins fill three"
+        );
+        drop(first);
+        let third = s.reserve_slot(3, "pgfleet").expect("a slot freed");
+        s.client_disconnected(1);
+        let fourth = s.reserve_slot(3, "pgfleet").expect("a session left");
+        assert!(s.reserve_slot(3, "pgfleet").is_none());
+        drop((second, third, fourth));
+        assert!(s.reserve_slot(1, "pgfleet").is_some());
     }
 }

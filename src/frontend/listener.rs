@@ -1,5 +1,11 @@
 //! Accepting clients: one task per connection that negotiates SSL/GSSENC, reads the StartupMessage (or
 //! handles a CancelRequest) and hands over to the session.
+//!
+//! From the moment a connection is accepted until it has authenticated it counts as logging in (see
+//! [`crate::admin::stats::LoginGuard`]) and runs against `listen.authentication_timeout`: a client that stalls
+//! anywhere before AuthenticationOk is disconnected, and with `listen.max_clients` set, at most twice that
+//! many connections may be logging in at once, so that idle sockets cannot use up the process's descriptors.
+//! (The session slots themselves are taken after the startup packet, in `session::run`.)
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,27 +14,83 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 
+use super::session::PendingLogin;
 use super::stream::ClientStream;
+use crate::config::ClientTlsMode;
 use crate::protocol::messages::ProxyError;
 use crate::protocol::startup::{self, StartupPacket};
 use crate::proxy::Shared;
 
-/// How long a client may take to send its startup packet (PostgreSQL's authentication_timeout is 60s).
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+/// The first pause after a failed accept; it doubles with each failure in a row.
+const MIN_ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
+/// The longest pause after a failed accept, and the shortest time between two log lines about failures.
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+/// How long a client refused on arrival may keep its socket: long enough to read what it sent (closing a
+/// socket with unread bytes resets the connection, and the client may lose the error), short enough that
+/// refused clients cannot pile up.
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+
+/// Pauses between failed accepts (EMFILE, ENFILE, ENOBUFS...): retrying at once would spin on the same
+/// error, and logging each one would flood the log just when the machine is short of resources.
+#[derive(Debug, Default)]
+struct AcceptBackoff {
+    /// The pause after the last failure; `None` after a success.
+    delay: Option<Duration>,
+    /// When a failure was last logged.
+    logged_at: Option<Instant>,
+    /// Failures not logged since then.
+    unlogged: u64,
+}
+
+impl AcceptBackoff {
+    /// An accept succeeded: the next failure pauses briefly again.
+    fn succeeded(&mut self) {
+        self.delay = None;
+    }
+
+    /// An accept failed at `now`: how long to pause, and whether to log it (with the failures not logged
+    /// since the last line).
+    fn failed(&mut self, now: Instant) -> (Duration, Option<u64>) {
+        let delay = self
+            .delay
+            .map_or(MIN_ACCEPT_BACKOFF, |d| (d * 2).min(MAX_ACCEPT_BACKOFF));
+        self.delay = Some(delay);
+        if self
+            .logged_at
+            .is_some_and(|at| now.duration_since(at) < MAX_ACCEPT_BACKOFF)
+        {
+            self.unlogged += 1;
+            return (delay, None);
+        }
+        self.logged_at = Some(now);
+        (delay, Some(std::mem::take(&mut self.unlogged)))
+    }
+}
 
 /// Accepts clients forever.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    let mut backoff = AcceptBackoff::default();
     loop {
         match listener.accept().await {
             Ok((socket, peer)) => {
+                backoff.succeeded();
+                // Counted and timed from here, before the task runs, so that a burst of connections is
+                // counted as it arrives.
+                let login = PendingLogin {
+                    guard: shared.stats.login_started(),
+                    deadline: Instant::now() + shared.config().listen.authentication_timeout,
+                };
                 let shared = shared.clone();
-                tokio::spawn(async move { handle(socket, peer, shared).await });
+                tokio::spawn(async move { handle(socket, peer, shared, login).await });
             }
             Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                let (pause, log) = backoff.failed(Instant::now());
+                if let Some(unlogged) = log {
+                    tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, unlogged_failures = unlogged, "accept failed");
+                }
+                tokio::time::sleep(pause).await;
             }
         }
     }
@@ -59,9 +121,26 @@ async fn read_packet<S: AsyncRead + Unpin>(
     }
 }
 
-async fn handle(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+async fn handle(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>, login: PendingLogin) {
     let _ = socket.set_nodelay(true);
-    let result = tokio::time::timeout(STARTUP_TIMEOUT, negotiate(socket, &shared)).await;
+    // Sockets that have not sent a startup packet hold no session slot (see `session::run`), so they are
+    // bounded here, before anything is read: at twice listen.max_clients, which leaves room for
+    // connections that never log in (TCP health checks) next to a full set of logins.
+    let bound = shared.config().listen.max_clients.saturating_mul(2);
+    if bound > 0 && login.guard.count_at_start() > bound {
+        drop(login);
+        shared
+            .stats
+            .login_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(client = %peer, "client refused: {bound} connections are already logging in (twice listen.max_clients)");
+        let e = ProxyError::fatal("53300", "sorry, too many clients already").with_detail(format!(
+            "pgfleet lets at most {bound} connections log in at once (twice listen.max_clients)"
+        ));
+        refuse_at_once(socket, &e).await;
+        return;
+    }
+    let result = tokio::time::timeout_at(login.deadline, negotiate(socket, peer, &shared)).await;
     let (mut stream, minor, params) = match result {
         Ok(Ok(Some(x))) => x,
         Ok(Ok(None)) => return,
@@ -70,7 +149,7 @@ async fn handle(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             return;
         }
         Err(_) => {
-            tracing::debug!(%peer, "client did not finish startup in time");
+            tracing::info!(client = %peer, "client did not finish its TLS handshake and startup packet within listen.authentication_timeout; disconnected");
             return;
         }
     };
@@ -86,12 +165,33 @@ async fn handle(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
             return;
         }
     }
-    super::session::run(stream, peer, params, shared).await;
+    super::session::run(stream, peer, params, shared, login).await;
+}
+
+/// Sends `err` to a client that has not been read from yet and closes the connection once the client has
+/// closed its side or [`REFUSAL_LINGER`] has passed, discarding what it sends meanwhile.
+async fn refuse_at_once(mut socket: TcpStream, err: &ProxyError) {
+    let exchange = async {
+        socket.write_all(&err.encode()).await?;
+        socket.shutdown().await?;
+        let mut sink = [0u8; 1024];
+        let mut discarded = 0;
+        while discarded <= startup::MAX_STARTUP_PACKET {
+            let n = socket.read(&mut sink).await?;
+            if n == 0 {
+                break;
+            }
+            discarded += n;
+        }
+        Ok::<(), std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(REFUSAL_LINGER, exchange).await;
 }
 
 /// Runs the pre-session exchange; `None` when the connection was a cancel request or was refused.
 async fn negotiate(
     socket: TcpStream,
+    peer: SocketAddr,
     shared: &Shared,
 ) -> std::io::Result<Option<(ClientStream, u16, Vec<(String, String)>)>> {
     let mut stream = ClientStream::Plain(socket);
@@ -152,7 +252,55 @@ async fn negotiate(
                 }
                 return Ok(None);
             }
-            StartupPacket::Startup { minor, params } => return Ok(Some((stream, minor, params))),
+            StartupPacket::Startup { minor, params } => {
+                let plain = matches!(stream, ClientStream::Plain(_));
+                if plain && shared.config().listen.tls_mode == ClientTlsMode::Require {
+                    shared
+                        .stats
+                        .login_failures
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::info!(client = %peer, "client refused: it did not switch to TLS (listen.tls_mode = \"require\")");
+                    let e = ProxyError::fatal(
+                        "28000",
+                        "pgfleet: connection without TLS refused (listen.tls_mode = \"require\")",
+                    )
+                    .with_hint("Connect with sslmode=require.");
+                    stream.write_all(&e.encode()).await?;
+                    return Ok(None);
+                }
+                return Ok(Some((stream, minor, params)));
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_failures_back_off_and_log_once_a_second() {
+        let mut b = AcceptBackoff::default();
+        let start = Instant::now();
+        let mut now = start;
+        let mut pauses = Vec::new();
+        let mut logged = Vec::new();
+        for _ in 0..9 {
+            let (pause, log) = b.failed(now);
+            pauses.push(pause.as_millis());
+            logged.push(log);
+            now += pause;
+        }
+        assert_eq!(pauses, [10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
+        // The first failure is logged; the next line comes once a second has passed, with the count of
+        // the failures in between.
+        assert_eq!(logged[0], Some(0));
+        assert!(logged[1..7].iter().all(Option::is_none), "{logged:?}");
+        assert_eq!(logged[7], Some(6));
+        assert_eq!(logged[8], Some(0));
+        // A success starts the pauses over, but not the log's rate limit.
+        b.succeeded();
+        let (pause, log) = b.failed(start + Duration::from_millis(2770));
+        assert_eq!((pause, log), (MIN_ACCEPT_BACKOFF, None));
     }
 }

@@ -41,6 +41,19 @@ pub enum SessionError {
     /// The session was ended with a FATAL already sent.
     #[error("session ended: {0}")]
     Fatal(String),
+    /// The client did not complete authentication in time; like PostgreSQL, pgfleet closed the connection
+    /// without a message (the client is not reading, or not there).
+    #[error("canceling authentication due to timeout (listen.authentication_timeout)")]
+    AuthenticationTimeout,
+}
+
+/// A connection between its accept and the end of its authentication.
+#[derive(Debug)]
+pub struct PendingLogin {
+    /// Counts the connection as logging in while it exists.
+    pub guard: crate::admin::stats::LoginGuard,
+    /// When the client must have been sent AuthenticationOk (`listen.authentication_timeout`).
+    pub deadline: tokio::time::Instant,
 }
 
 /// Session-wide routing override from the `pgfleet.route` startup option.
@@ -56,8 +69,14 @@ fn route_override(value: &str) -> Result<Target, ProxyError> {
     }
 }
 
-/// Serves one client until it leaves.
-pub async fn run(stream: ClientStream, peer: SocketAddr, params: Vec<(String, String)>, shared: Arc<Shared>) {
+/// Serves one client until it leaves; `login` ends with the client's authentication.
+pub async fn run(
+    stream: ClientStream,
+    peer: SocketAddr,
+    params: Vec<(String, String)>,
+    shared: Arc<Shared>,
+    login: PendingLogin,
+) {
     let user = params
         .iter()
         .find(|(k, _)| k == "user")
@@ -71,11 +90,34 @@ pub async fn run(stream: ClientStream, peer: SocketAddr, params: Vec<(String, St
     let span = tracing::info_span!("session", client = %peer, user = %user, database = %database);
     async move {
         if database == ADMIN_DATABASE {
-            admin_session(stream, peer, &user, shared).await;
+            admin_session(stream, peer, &user, shared, login).await;
             return;
         }
+        let mut stream = stream;
+        let max_clients = shared.config().listen.max_clients;
+        // Taken before authentication, as PostgreSQL takes a backend slot: a client stalled in its password
+        // exchange holds a slot, and a client that finds none is told so without being asked a password.
+        let slot = match max_clients {
+            0 => None,
+            max => match shared.stats.reserve_slot(max, ADMIN_DATABASE) {
+                Some(slot) => Some(slot),
+                None => {
+                    shared
+                        .stats
+                        .login_failures
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let e = too_many_clients(max);
+                    tracing::info!(error = %e.message, "login refused: listen.max_clients reached");
+                    let _ = stream.write_all(&e.encode()).await;
+                    return;
+                }
+            },
+        };
         let stats = shared.stats.clone();
-        let mut session = match Session::login(stream, peer, user, database, params, shared).await {
+        let started = Session::login(stream, peer, user, database, params, shared, login).await;
+        // Held until the session counts in its own right.
+        drop(slot);
+        let mut session = match started {
             Ok(s) => s,
             Err(e) => {
                 stats
@@ -100,15 +142,20 @@ pub async fn run(stream: ClientStream, peer: SocketAddr, params: Vec<(String, St
 /// The virtual database that holds the admin console.
 pub const ADMIN_DATABASE: &str = "pgfleet";
 
-/// Authenticates a client against `[[users]]`; on failure the client has been sent FATAL.
+/// Authenticates a client against `[[users]]`; on failure the client has been sent FATAL, except when the
+/// `deadline` passed first: then, as PostgreSQL does, nothing is sent.
 async fn authenticate_client(
     client: &mut ClientStream,
     user: &str,
     shared: &Shared,
+    deadline: tokio::time::Instant,
 ) -> Result<crate::config::UserConfig, SessionError> {
     let max = shared.config().listen.max_message_size as usize;
     let user_cfg = shared.config().user(user).cloned();
-    if let Err(e) = auth::authenticate(client, user, user_cfg.as_ref(), max).await {
+    let outcome = tokio::time::timeout_at(deadline, auth::authenticate(client, user, user_cfg.as_ref(), max))
+        .await
+        .map_err(|_| SessionError::AuthenticationTimeout)?;
+    if let Err(e) = outcome {
         if !matches!(e, auth::AuthError::ClientClosed) {
             let err = ProxyError::fatal(e.sqlstate(), e.message());
             let _ = client.write_all(&err.encode()).await;
@@ -118,6 +165,13 @@ async fn authenticate_client(
     user_cfg.ok_or_else(|| SessionError::Fatal("unknown user passed authentication".into()))
 }
 
+/// The refusal of a login past `listen.max_clients`, in PostgreSQL's words.
+fn too_many_clients(max_clients: usize) -> ProxyError {
+    ProxyError::fatal("53300", "sorry, too many clients already").with_detail(format!(
+        "pgfleet serves at most {max_clients} clients (listen.max_clients)"
+    ))
+}
+
 /// `listen.max_clients` and the user's `max_connections`, refused as PostgreSQL refuses them.
 fn check_limits(shared: &Shared, user: &crate::config::UserConfig) -> Result<(), ProxyError> {
     let max_clients = shared.config().listen.max_clients;
@@ -125,12 +179,10 @@ fn check_limits(shared: &Shared, user: &crate::config::UserConfig) -> Result<(),
     if max_clients == 0 && per_user == 0 {
         return Ok(());
     }
+    // The login's own slot (see `run`) is not among the sessions yet: this refuses only when a reload
+    // changed the limit since the slot was taken.
     if max_clients > 0 && shared.stats.count_clients(None, ADMIN_DATABASE) >= max_clients {
-        return Err(
-            ProxyError::fatal("53300", "sorry, too many clients already").with_detail(format!(
-                "pgfleet serves at most {max_clients} clients (listen.max_clients)"
-            )),
-        );
+        return Err(too_many_clients(max_clients));
     }
     if per_user > 0 && shared.stats.count_clients(Some(&user.name), ADMIN_DATABASE) >= per_user {
         return Err(ProxyError::fatal(
@@ -145,8 +197,16 @@ fn check_limits(shared: &Shared, user: &crate::config::UserConfig) -> Result<(),
 }
 
 /// A session on the admin console: admin users only.
-async fn admin_session(mut client: ClientStream, peer: SocketAddr, user: &str, shared: Arc<Shared>) {
-    let cfg = match authenticate_client(&mut client, user, &shared).await {
+async fn admin_session(
+    mut client: ClientStream,
+    peer: SocketAddr,
+    user: &str,
+    shared: Arc<Shared>,
+    login: PendingLogin,
+) {
+    let authenticated = authenticate_client(&mut client, user, &shared, login.deadline).await;
+    drop(login);
+    let cfg = match authenticated {
         Ok(c) => c,
         Err(e) => {
             shared
@@ -250,9 +310,12 @@ impl Session {
         database: String,
         params: Vec<(String, String)>,
         shared: Arc<Shared>,
+        login: PendingLogin,
     ) -> Result<Session, SessionError> {
         let max = shared.config().listen.max_message_size as usize;
-        let user_cfg = authenticate_client(&mut client, &user, &shared).await?;
+        let user_cfg = authenticate_client(&mut client, &user, &shared, login.deadline).await?;
+        // Past AuthenticationOk the client is a session in the making, limited by check_limits below.
+        drop(login);
         if let Err(e) = check_limits(&shared, &user_cfg) {
             client.write_all(&e.encode()).await?;
             return Err(SessionError::Fatal(e.message));

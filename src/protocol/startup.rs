@@ -19,9 +19,15 @@ pub enum StartupError {
     /// Major version other than 3.
     #[error("unsupported frontend protocol {0}.{1}: server supports 3.0 to 3.0")]
     Version(u16, u16),
-    /// Parameters not terminated properly or not UTF-8.
+    /// Parameters not terminated properly.
     #[error("invalid startup packet layout: expected terminator as last byte")]
     Layout,
+    /// A parameter's value is not UTF-8, the only encoding pgfleet reads startup packets in.
+    #[error("invalid startup packet: parameter \"{0}\" is not valid UTF-8")]
+    ValueNotUtf8(String),
+    /// A parameter's name is not UTF-8 (shown with the invalid bytes replaced).
+    #[error("invalid startup packet: parameter name \"{0}\" is not valid UTF-8")]
+    NameNotUtf8(String),
     /// No user given.
     #[error("no PostgreSQL user name specified in startup packet")]
     NoUser,
@@ -106,8 +112,9 @@ pub fn decode(packet: &[u8]) -> Result<StartupPacket, StartupError> {
                 return Err(StartupError::Layout);
             }
             let value = parts.next().ok_or(StartupError::Layout)?;
-            let key = std::str::from_utf8(key).map_err(|_| StartupError::Layout)?;
-            let value = std::str::from_utf8(value).map_err(|_| StartupError::Layout)?;
+            let key = std::str::from_utf8(key)
+                .map_err(|_| StartupError::NameNotUtf8(String::from_utf8_lossy(key).into_owned()))?;
+            let value = std::str::from_utf8(value).map_err(|_| StartupError::ValueNotUtf8(key.to_owned()))?;
             params.push((key.to_owned(), value.to_owned()));
         }
     }
@@ -226,6 +233,33 @@ mod tests {
             decode(&encode_startup(&[("database", "x")])),
             Err(StartupError::NoUser)
         );
+    }
+
+    #[test]
+    fn parameters_that_are_not_utf8_are_named() {
+        let packet = |list: &[u8]| {
+            let mut p = ((list.len() + 8) as i32).to_be_bytes().to_vec();
+            p.extend_from_slice(&196608i32.to_be_bytes());
+            p.extend_from_slice(list);
+            p
+        };
+        let e = decode(&packet(b"user\0caf\xe9\0database\0app\0\0")).expect_err("Latin-1 user name");
+        assert_eq!(e, StartupError::ValueNotUtf8("user".into()));
+        assert_eq!(
+            e.to_string(),
+            "invalid startup packet: parameter \"user\" is not valid UTF-8"
+        );
+        assert_eq!(
+            decode(&packet(b"user\0app\0application_name\0\xff\0\0")),
+            Err(StartupError::ValueNotUtf8("application_name".into()))
+        );
+        let e = decode(&packet(b"user\0app\0x\xffy\0v\0\0")).expect_err("bad name");
+        assert_eq!(
+            e.to_string(),
+            "invalid startup packet: parameter name \"x\u{fffd}y\" is not valid UTF-8"
+        );
+        // The layout is checked first: a bad byte in a packet without its terminator is a layout error.
+        assert_eq!(decode(&packet(b"user\0caf\xe9\0")), Err(StartupError::Layout));
     }
 
     #[test]
