@@ -519,9 +519,13 @@ pub struct PoolConfig {
     /// Most connections per (node, database, user).
     #[serde(default = "default_max_size")]
     pub max_size: usize,
-    /// How long to wait for a new backend connection (or a free one from a full pool).
+    /// How long opening a new backend connection (connect, TLS, authentication) may take.
     #[serde(default = "default_connect_timeout", deserialize_with = "de_duration")]
     pub connect_timeout: Duration,
+    /// How long a client waits for a connection of a full pool to be released before it gets 53300;
+    /// zero refuses at once.
+    #[serde(default = "default_checkout_timeout", deserialize_with = "de_duration")]
+    pub checkout_timeout: Duration,
     /// Idle pooled connections older than this are closed.
     #[serde(default = "default_idle_timeout", deserialize_with = "de_duration")]
     pub idle_timeout: Duration,
@@ -533,6 +537,7 @@ impl Default for PoolConfig {
             mode: PoolMode::default(),
             max_size: default_max_size(),
             connect_timeout: default_connect_timeout(),
+            checkout_timeout: default_checkout_timeout(),
             idle_timeout: default_idle_timeout(),
         }
     }
@@ -608,6 +613,9 @@ fn default_max_size() -> usize {
     20
 }
 fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_checkout_timeout() -> Duration {
     Duration::from_secs(5)
 }
 fn default_idle_timeout() -> Duration {
@@ -995,6 +1003,7 @@ primary_reads = false
         let c = Config::parse(BASE).expect("valid");
         assert_eq!(c.nodes.len(), 2);
         assert_eq!(c.pool.max_size, 20);
+        assert_eq!(c.pool.checkout_timeout, Duration::from_secs(5));
         assert_eq!(c.users[0].auth, AuthMethod::ScramSha256);
         assert_eq!(c.routing.load_balance, LoadBalance::Random);
     }
@@ -1012,6 +1021,9 @@ primary_reads = false
         assert!(err_of(&format!("{BASE}\n[pool]\nmax_size = 0\n")).contains("pool.max_size"));
         assert!(
             err_of(&format!("{BASE}\n[pool]\nconnect_timeout = \"5 parsecs\"\n")).contains("connect_timeout")
+        );
+        assert!(
+            err_of(&format!("{BASE}\n[pool]\ncheckout_timeout = \"soon\"\n")).contains("checkout_timeout")
         );
         assert!(err_of(&BASE.replace("password = \"secret\"", "")).contains("users[0].password"));
         assert!(err_of(&format!("{BASE}\n[pool]\nbogus = 1\n")).contains("bogus"));

@@ -1,10 +1,13 @@
 //! Backend pools through a real pgfleet: a pooled connection handed to the next client carries nothing of the
 //! previous one (settings, prepared statements, open transactions and their locks, temp tables, session
 //! advisory locks), idle connections are closed after pool.idle_timeout, and pool.max_size caps what a
-//! node sees while clients over the cap get a timeout naming it.
+//! node sees: a login over the cap waits pool.checkout_timeout and gets 53300 naming the pool while connected
+//! clients go on, a read skips a full replica's pool, a waiting client gets the connection once it is
+//! released, and pools for databases that do not exist are not kept.
 
 mod support;
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use support::cluster::{APP_DB, APP_USER, NodeHandle, PASSWORD, cluster_async};
@@ -422,93 +425,384 @@ async fn idle_backends_are_closed_after_idle_timeout() {
         .expect("write after reap");
 }
 
-/// Connects and opens a write transaction on the primary; the error and how long the failing step took.
-async fn open_write_tx(dsn: &str) -> Result<tokio_postgres::Client, (tokio_postgres::Error, Duration)> {
-    let started = Instant::now();
-    let c = try_connect(dsn).await.map_err(|e| (e, started.elapsed()))?;
-    let started = Instant::now();
-    c.batch_execute("BEGIN; INSERT INTO cap_t VALUES (1)")
+const ADMIN_USER: &str = "admin";
+const ADMIN_PASSWORD: &str = "adminpw";
+
+/// A `[[users]]` entry for the admin console; the console never logs in to a node.
+const ADMIN_TOML: &str = "[[users]]\nname = \"admin\"\npassword = \"adminpw\"\nadmin = true\n";
+
+type Row = HashMap<String, Option<String>>;
+
+/// The rows of an admin console command as column-name → value maps.
+async fn show(admin: &tokio_postgres::Client, command: &str) -> Vec<Row> {
+    let messages = admin
+        .simple_query(command)
         .await
-        .map_err(|e| (e, started.elapsed()))?;
-    Ok(c)
+        .unwrap_or_else(|e| panic!("{command}: {e}"));
+    messages
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(
+                r.columns()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, col)| (col.name().to_owned(), r.get(i).map(str::to_owned)))
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
+fn cell<'a>(row: &'a Row, column: &str) -> &'a str {
+    match row.get(column) {
+        Some(Some(v)) => v,
+        other => panic!("column {column} is {other:?} in {row:?}"),
+    }
+}
+
+fn count(row: &Row, column: &str) -> usize {
+    cell(row, column)
+        .parse()
+        .unwrap_or_else(|_| panic!("column {column} is not a number in {row:?}"))
+}
+
+/// The SHOW POOLS row of (node, database app, user app).
+async fn pool_row(admin: &tokio_postgres::Client, node: &str) -> Row {
+    let pools = show(admin, "SHOW POOLS").await;
+    pools
+        .iter()
+        .find(|r| cell(r, "node") == node && cell(r, "database") == APP_DB && cell(r, "user") == APP_USER)
+        .cloned()
+        .unwrap_or_else(|| panic!("no pool for node {node}: {pools:?}"))
+}
+
+async fn admin_client(proxy: &Proxy) -> tokio_postgres::Client {
+    connect(&proxy.dsn(ADMIN_USER, ADMIN_PASSWORD, "pgfleet")).await
+}
+
+/// `SELECT inet_server_port()` through `c`, and how long it took.
+async fn served_by(c: &tokio_postgres::Client) -> (String, Duration) {
+    let started = Instant::now();
+    let port = one(c, "SELECT inet_server_port()").await;
+    (port, started.elapsed())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn max_size_caps_backends_and_late_clients_time_out() {
+async fn a_full_session_pool_refuses_logins_with_53300_and_connected_clients_keep_reading() {
     let cluster = cluster_async().await;
     direct(&cluster.primary)
         .await
         .batch_execute("CREATE TABLE cap_t (x int); ALTER TABLE cap_t OWNER TO app")
         .await
         .expect("setup");
-    let proxy = Proxy::start(&cluster, "[pool]\nmax_size = 2\nconnect_timeout = \"1s\"\n");
+    let proxy = Proxy::start(
+        &cluster,
+        &format!("{ADMIN_TOML}\n[pool]\nmode = \"session\"\nmax_size = 2\ncheckout_timeout = \"1s\"\n"),
+    );
     let dsn = proxy.dsn(APP_USER, PASSWORD, APP_DB);
+    let admin = admin_client(&proxy).await;
+    let replica_ports: Vec<String> = cluster.replicas.iter().map(|r| r.port.to_string()).collect();
 
-    let c1 = open_write_tx(&dsn)
-        .await
-        .unwrap_or_else(|(e, _)| panic!("first client: {e}"));
-    let c2 = open_write_tx(&dsn)
-        .await
-        .unwrap_or_else(|(e, _)| panic!("second client: {e}"));
+    // Session pooling: each client holds its primary connection for its whole session.
+    let c1 = connect(&dsn).await;
+    let c2 = connect(&dsn).await;
     assert_eq!(app_backends(&cluster.primary), 2);
 
-    // Three more clients, at once: each is refused, after waiting about connect_timeout, naming it.
-    let attempts = futures_util::future::join_all((0..3).map(|_| open_write_tx(&dsn))).await;
-    for (i, attempt) in attempts.into_iter().enumerate() {
-        let (err, took) = match attempt {
-            Ok(_) => panic!(
-                "client {} got a third primary connection with max_size = 2",
-                i + 3
-            ),
-            Err(x) => x,
-        };
-        let text = match err.as_db_error() {
-            Some(db) => {
-                assert!(db.code().code().starts_with("08"), "client {}: {db}", i + 3);
-                db.message().to_owned()
+    // Three more logins at once; while they wait, the connected clients read (opening their replica
+    // connections only now, so that logins falling over to the replicas would take the slots those reads
+    // need).
+    let logins = futures_util::future::join_all((0..3).map(|_| async {
+        let started = Instant::now();
+        let attempt = try_connect(&dsn).await;
+        (attempt, started.elapsed())
+    }));
+    let reads = async {
+        // Start once all three logins wait on the primary's pool.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let pool = pool_row(&admin, &cluster.primary.name).await;
+            if count(&pool, "waiting") >= 3 {
+                break;
             }
-            None => err.to_string(),
-        };
+            assert!(Instant::now() < deadline, "the logins never waited: {pool:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut ports = Vec::new();
+        for _ in 0..4 {
+            for c in [&c1, &c2] {
+                ports.push(served_by(c).await);
+            }
+        }
+        ports
+    };
+    let (attempts, reads) = tokio::join!(logins, reads);
+    for (port, took) in &reads {
         assert!(
-            text.contains("pool.connect_timeout") || text.contains("timed out"),
-            "client {} gets an error naming the timeout: {text}",
+            replica_ports.contains(port),
+            "a read ran on {port}, not a replica"
+        );
+        assert!(
+            // Starved, it would wait pool.checkout_timeout (1 s) and fail; this bound only leaves room for a
+            // busy machine opening the replica connection.
+            *took < Duration::from_secs(2),
+            "a connected client's read waited {took:?} while logins were refused"
+        );
+    }
+    let expected = format!(
+        "pgfleet: all 2 connections of the pool for node \"{}\" (database \"{APP_DB}\", user \"{APP_USER}\") are in use",
+        cluster.primary.name
+    );
+    for (i, (attempt, took)) in attempts.into_iter().enumerate() {
+        let err = match attempt {
+            Ok(_) => panic!("login {} got in with the primary's pool full", i + 3),
+            Err(e) => e,
+        };
+        let db = err
+            .as_db_error()
+            .unwrap_or_else(|| panic!("login {}: not a server error: {err}", i + 3));
+        assert_eq!(db.code().code(), "53300", "login {}: {db:?}", i + 3);
+        assert_eq!(db.severity(), "FATAL", "login {}: {db:?}", i + 3);
+        assert_eq!(db.message(), expected, "login {}", i + 3);
+        let hint = db.hint().unwrap_or("");
+        assert!(
+            hint.contains("pool.max_size") && hint.contains("pool.checkout_timeout"),
+            "login {}: hint {hint:?}",
             i + 3
         );
         assert!(
             took >= Duration::from_millis(900),
-            "client {} waited for a slot ({took:?})",
+            "login {} waited pool.checkout_timeout for a connection ({took:?})",
             i + 3
         );
         assert!(
             took < Duration::from_millis(2500),
-            "client {} refused within ~1-2 s, took {took:?}",
+            "login {} refused within ~1-2 s, took {took:?}",
             i + 3
         );
     }
-    assert!(
-        app_backends(&cluster.primary) <= 2,
-        "never more than max_size connections to the primary"
-    );
 
-    // The first two are unaffected.
-    for c in [&c1, &c2] {
-        c.batch_execute("INSERT INTO cap_t VALUES (2)")
-            .await
-            .expect("still working");
-        c.batch_execute("COMMIT").await.expect("commit");
-    }
-    let n = one(&c1, "/* pgfleet:primary */ SELECT count(*) FROM cap_t").await;
+    // A full pool is not a node failure: the primary stays up, and nothing went over max_size.
+    let nodes = show(&admin, "SHOW NODES").await;
+    let primary = nodes
+        .iter()
+        .find(|r| cell(r, "name") == cluster.primary.name)
+        .unwrap_or_else(|| panic!("no primary in {nodes:?}"));
+    assert_eq!(cell(primary, "state"), "up", "{primary:?}");
+    assert_eq!(cell(primary, "errors"), "0", "{primary:?}");
+    let pool = pool_row(&admin, &cluster.primary.name).await;
     assert_eq!(
-        n, "4",
-        "both transactions committed, nothing from the refused clients"
+        (count(&pool, "size"), count(&pool, "max_size")),
+        (2, 2),
+        "{pool:?}"
+    );
+    assert_eq!(count(&pool, "waiting"), 0, "{pool:?}");
+    assert!(app_backends(&cluster.primary) <= 2);
+
+    // The connected clients write and read as before.
+    for c in [&c1, &c2] {
+        c.batch_execute("INSERT INTO cap_t VALUES (1)")
+            .await
+            .expect("write");
+    }
+    assert_eq!(
+        one(&c1, "/* pgfleet:primary */ SELECT count(*) FROM cap_t").await,
+        "2"
     );
 
     // A freed slot is usable by the next client at once.
     leave(c1).await;
-    let c6 = open_write_tx(&dsn)
+    let started = Instant::now();
+    let c3 = connect(&dsn).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+    c3.batch_execute("INSERT INTO cap_t VALUES (3)")
         .await
-        .unwrap_or_else(|(e, _)| panic!("client after a slot freed up: {e}"));
-    c6.batch_execute("COMMIT").await.expect("commit");
+        .expect("write");
     assert!(app_backends(&cluster.primary) <= 2);
     drop(c2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_skip_a_full_replica_pool_and_waiters_get_the_released_connection() {
+    let cluster = cluster_async().await;
+    direct(&cluster.primary)
+        .await
+        .batch_execute("CREATE TABLE wait_t (x int); ALTER TABLE wait_t OWNER TO app")
+        .await
+        .expect("setup");
+    let proxy = Proxy::start(
+        &cluster,
+        &format!("{ADMIN_TOML}\n[pool]\nmode = \"transaction\"\nmax_size = 1\ncheckout_timeout = \"10s\"\n"),
+    );
+    let dsn = proxy.dsn(APP_USER, PASSWORD, APP_DB);
+    let admin = admin_client(&proxy).await;
+
+    // A holds the only connection of one replica's pool with a read-only transaction there.
+    let a = connect(&dsn).await;
+    a.batch_execute("BEGIN READ ONLY").await.expect("begin read only");
+    let held = one(&a, "SELECT inet_server_port()").await;
+    let (busy, free): (Vec<_>, Vec<_>) = cluster.replicas.iter().partition(|r| r.port.to_string() == held);
+    assert_eq!(
+        busy.len(),
+        1,
+        "the read-only transaction runs on a replica, not on {held}"
+    );
+    let (busy, free) = (busy[0], free[0]);
+    let pool = pool_row(&admin, &busy.name).await;
+    assert_eq!(
+        (count(&pool, "in_use"), count(&pool, "max_size")),
+        (1, 1),
+        "{pool:?}"
+    );
+
+    // Round-robin makes the busy replica the first choice of every other read: each is served at once by
+    // the other replica rather than waiting for the busy one.
+    let b = connect(&dsn).await;
+    for _ in 0..6 {
+        let (port, took) = served_by(&b).await;
+        assert_eq!(
+            port,
+            free.port.to_string(),
+            "a read went to {port} while {} was full",
+            busy.name
+        );
+        assert!(
+            took < Duration::from_secs(2),
+            "a read waited {took:?} on the full pool"
+        );
+    }
+    a.batch_execute("COMMIT").await.expect("commit");
+
+    // E holds the primary's only connection in a write transaction; D's login waits for it and gets it
+    // once E commits.
+    let e = connect(&dsn).await;
+    e.batch_execute("BEGIN; INSERT INTO wait_t VALUES (1)")
+        .await
+        .expect("write");
+    let login_dsn = dsn.clone();
+    let d = tokio::spawn(async move {
+        let started = Instant::now();
+        let c = try_connect(&login_dsn).await;
+        (c, started.elapsed())
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let pool = pool_row(&admin, &cluster.primary.name).await;
+        if count(&pool, "waiting") >= 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "D never waited on the primary's pool: {pool:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    e.batch_execute("COMMIT").await.expect("commit");
+    let (d, took) = d.await.expect("login task");
+    let d = d.unwrap_or_else(|err| panic!("the waiting login failed after {took:?}: {err}"));
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert_eq!(
+        one(&d, "/* pgfleet:primary */ SELECT count(*) FROM wait_t").await,
+        "1"
+    );
+    d.batch_execute("INSERT INTO wait_t VALUES (2)")
+        .await
+        .expect("D writes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pools_for_databases_that_do_not_exist_are_not_kept() {
+    let cluster = cluster_async().await;
+    let proxy = Proxy::start(&cluster, ADMIN_TOML);
+    let admin = admin_client(&proxy).await;
+    let names: Vec<String> = (0..200)
+        .map(|i| format!("nodb_{i}_{:016x}", rand::random::<u64>()))
+        .collect();
+    for chunk in names.chunks(10) {
+        let attempts = futures_util::future::join_all(chunk.iter().map(|name| {
+            let dsn = proxy.dsn(APP_USER, PASSWORD, name);
+            async move { try_connect(&dsn).await }
+        }))
+        .await;
+        for (name, attempt) in chunk.iter().zip(attempts) {
+            let Err(err) = attempt else {
+                panic!("a login to database {name} succeeded")
+            };
+            let db = err
+                .as_db_error()
+                .unwrap_or_else(|| panic!("{name}: not a server error: {err}"));
+            assert_eq!(db.code().code(), "3D000", "{name}: {db:?}");
+            assert_eq!(db.message(), format!("database \"{name}\" does not exist"));
+        }
+    }
+    let pools = show(&admin, "SHOW POOLS").await;
+    let kept: Vec<&Row> = pools
+        .iter()
+        .filter(|r| cell(r, "database").starts_with("nodb_"))
+        .collect();
+    assert!(
+        kept.is_empty(),
+        "{} pools kept for refused databases: {kept:?}",
+        kept.len()
+    );
+    assert!(pools.len() <= 3, "{pools:?}");
+    let nodes = show(&admin, "SHOW NODES").await;
+    assert!(nodes.iter().all(|r| cell(r, "state") == "up"), "{nodes:?}");
+
+    // The real database still works, and its pools are listed.
+    let c = connect(&proxy.dsn(APP_USER, PASSWORD, APP_DB)).await;
+    assert_eq!(one(&c, "SELECT 'still here'").await, "still here");
+    c.batch_execute("CREATE TABLE nodb_t (x int)")
+        .await
+        .expect("write");
+    pool_row(&admin, &cluster.primary.name).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_pools_are_evicted_once_no_session_holds_them() {
+    let cluster = cluster_async().await;
+    let proxy = Proxy::start(
+        &cluster,
+        &format!("{ADMIN_TOML}\n[pool]\nmode = \"transaction\"\nidle_timeout = \"1s\"\n"),
+    );
+    let admin = admin_client(&proxy).await;
+    let c = connect(&proxy.dsn(APP_USER, PASSWORD, APP_DB)).await;
+    for _ in 0..2 {
+        one(&c, "SELECT 1").await;
+    }
+    let app_pools = |pools: &[Row]| pools.iter().filter(|r| cell(r, "database") == APP_DB).count();
+    let used = app_pools(&show(&admin, "SHOW POOLS").await);
+    assert!(used >= 2, "the primary's and a replica's pool");
+
+    // Transaction pooling: the connections went back and are closed after idle_timeout, but the connected
+    // session still holds its pools, so they stay (a new pool beside the held one would double max_size).
+    let reaped = eventually(Duration::from_secs(8), || {
+        cluster.nodes().all(|n| app_backends(n) == 0)
+    })
+    .await;
+    assert!(reaped, "idle connections were not closed");
+    assert_eq!(app_pools(&show(&admin, "SHOW POOLS").await), used);
+    assert_eq!(one(&c, "SELECT 'after reaping'").await, "after reaping");
+
+    // Once the session leaves, its pools go at the next reaping after their connections are closed.
+    leave(c).await;
+    let deadline = Instant::now() + Duration::from_secs(8);
+    loop {
+        let pools = show(&admin, "SHOW POOLS").await;
+        if app_pools(&pools) == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pools still listed after their clients left: {pools:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let c = connect(&proxy.dsn(APP_USER, PASSWORD, APP_DB)).await;
+    assert_eq!(one(&c, "SELECT 'again'").await, "again");
+    pool_row(&admin, &cluster.primary.name).await;
 }

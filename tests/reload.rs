@@ -286,7 +286,7 @@ async fn admin_reload_changes_users_routing_pools_and_logging() {
         node(&cluster, "replica1", "replica", 1),
         node(&cluster, "replica2", "replica", 1),
     ];
-    let pool_1 = "[pool]\nmax_size = 1\nconnect_timeout = \"1s\"\n\n";
+    let pool_1 = "[pool]\nmax_size = 1\nconnect_timeout = \"1s\"\ncheckout_timeout = \"1s\"\n\n";
     let proxy = Proxy::start_with_config(config(port, &nodes, "", pool_1));
     let admin = connect(&proxy.dsn(ADMIN, ADMIN_PASSWORD, "pgfleet")).await;
     let app = connect(&proxy.dsn(APP_USER, PASSWORD, APP_DB)).await;
@@ -315,11 +315,18 @@ async fn admin_reload_changes_users_routing_pools_and_logging() {
         .expect("sleep");
     assert!(!proxy.log_contents().contains("slow statement"));
     let second = try_connect(&proxy.dsn(APP_USER, PASSWORD, APP_DB)).await;
-    assert!(second.is_err(), "pool.max_size = 1 is taken by the first session");
+    let Err(second) = second else {
+        panic!("pool.max_size = 1 is taken by the first session")
+    };
+    assert_eq!(
+        second.as_db_error().map(|d| d.code().code()),
+        Some("53300"),
+        "a full pool: {second}"
+    );
 
     let carol = "[[users]]\nname = \"carol\"\npassword = \"carolpw\"\n";
     let extra = "[routing]\nload_balance = \"round_robin\"\nwrite_functions = [\"tagged\"]\n\n\
-                 [pool]\nmax_size = 4\nconnect_timeout = \"1s\"\n\n\
+                 [pool]\nmax_size = 4\nconnect_timeout = \"1s\"\ncheckout_timeout = \"1s\"\n\n\
                  [log]\nslow_statement = \"200ms\"\n";
     let mut v2 = config(port, &nodes, carol, extra);
     // A restart-only key: reported, and the running value kept.

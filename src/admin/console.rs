@@ -5,7 +5,7 @@
 //! | command | rows |
 //! | --- | --- |
 //! | `SHOW NODES` | one per node: address, configured and observed role, up/down, lag, LSN, connections, counters |
-//! | `SHOW POOLS` | one per (node, database, user) pool: size, idle, in use |
+//! | `SHOW POOLS` | one per (node, database, user) pool: size, idle, in use, limit, waiting checkouts |
 //! | `SHOW CLIENTS` | one per live client session |
 //! | `SHOW STATS` | totals (clients, login failures), then routing decisions per (target, rule) |
 //! | `SHOW REPLICATION` | one per replica (and database, in forward mode): state, position, lag, slot size |
@@ -263,7 +263,7 @@ fn show_nodes(shared: &Shared) -> Table {
         };
         // Down if the monitor's last check failed, or if a session failed to connect in the last moments.
         let up = state.up && node.is_up();
-        let idle: usize = pools.iter().filter(|p| p.0 == i).map(|p| p.4).sum();
+        let idle: usize = pools.iter().filter(|p| p.node == i).map(|p| p.available).sum();
         let (queries, errors) = node_counters(shared, i);
         table.row(vec![
             Some(node.target.name.clone()),
@@ -307,15 +307,19 @@ fn show_pools(shared: &Shared) -> Table {
         ("size", Int),
         ("available", Int),
         ("in_use", Int),
+        ("max_size", Int),
+        ("waiting", Int),
     ]);
-    for (node, database, user, size, available) in pools {
+    for p in pools {
         table.row(vec![
-            Some(node_name(shared, node)),
-            Some(database),
-            Some(user),
-            Some(size.to_string()),
-            Some(available.to_string()),
-            Some(size.saturating_sub(available).to_string()),
+            Some(node_name(shared, p.node)),
+            Some(p.database),
+            Some(p.user),
+            Some(p.size.to_string()),
+            Some(p.available.to_string()),
+            Some(p.size.saturating_sub(p.available).to_string()),
+            Some(p.max_size.to_string()),
+            Some(p.waiting.to_string()),
         ]);
     }
     table
@@ -444,7 +448,7 @@ fn show_route(shared: &Shared, sql: &str) -> Result<Table, ProxyError> {
 /// any database itself, so it borrows the rules of the first database clients use whose VOLATILE function
 /// list is loaded; before any client has used one, only the configured lists apply.
 fn function_rules(shared: &Shared) -> (std::sync::Arc<FunctionRules>, String) {
-    let mut databases: Vec<String> = shared.pools.status().into_iter().map(|p| p.1).collect();
+    let mut databases: Vec<String> = shared.pools.status().into_iter().map(|p| p.database).collect();
     databases.sort();
     databases.dedup();
     for database in databases {

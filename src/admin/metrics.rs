@@ -344,7 +344,7 @@ pub fn render(shared: &Shared) -> String {
         "Connections from pgfleet to the node: idle in a pool, or active for a session.",
     );
     for &(i, node) in &nodes {
-        let idle: usize = pools.iter().filter(|p| p.0 == i).map(|p| p.4).sum();
+        let idle: usize = pools.iter().filter(|p| p.node == i).map(|p| p.available).sum();
         let name = node.target.name.as_str();
         out.sample(
             "pgfleet_backend_connections",

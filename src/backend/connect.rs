@@ -78,6 +78,23 @@ pub enum BackendError {
         /// The timeout.
         after: Duration,
     },
+    /// Every connection of the pool is checked out and none came back within pool.checkout_timeout. No
+    /// connection was attempted, so this says nothing about the node's health.
+    #[error(
+        "pgfleet: all {max_size} connections of the pool for node \"{name}\" (database \"{database}\", user \"{user}\") are in use"
+    )]
+    PoolFull {
+        /// Node name.
+        name: String,
+        /// Database of the pool.
+        database: String,
+        /// User of the pool.
+        user: String,
+        /// The pool's size limit (pool.max_size).
+        max_size: usize,
+        /// How long the client waited for a connection to be released.
+        waited: Duration,
+    },
     /// The node answered with an ErrorResponse (bad database, bad password, shutting down...).
     #[error("{message}")]
     Server {
@@ -114,16 +131,36 @@ impl BackendError {
                 "08006"
             }
             BackendError::Server { code, .. } => code,
+            // As PostgreSQL refuses a connection over max_connections.
+            BackendError::PoolFull { .. } => "53300",
             BackendError::Protocol { .. } => "08P01",
             BackendError::Io { .. } => "08006",
         }
     }
 
-    /// True when the node itself is unusable (as opposed to the request being wrong).
+    /// True when the node itself is unusable (as opposed to the request being wrong, or pgfleet's own pool
+    /// being busy).
     pub fn is_node_failure(&self) -> bool {
         match self {
             BackendError::Server { code, .. } => code.starts_with("08") || code.starts_with("57P"),
+            BackendError::PoolFull { .. } => false,
             _ => true,
+        }
+    }
+
+    /// True when the pool had no free connection: another node may serve a read instead.
+    pub fn is_pool_full(&self) -> bool {
+        matches!(self, BackendError::PoolFull { .. })
+    }
+
+    /// The DETAIL and HINT a client gets with this error, when pgfleet has something to add.
+    pub fn advice(&self) -> Option<(String, &'static str)> {
+        match self {
+            BackendError::PoolFull { waited, .. } => Some((
+                format!("waited {waited:?} for one to be released (pool.checkout_timeout)"),
+                "Raise pool.max_size, or pool.checkout_timeout to wait longer for a connection to be released.",
+            )),
+            _ => None,
         }
     }
 

@@ -9,4 +9,4 @@ pub mod tls;
 
 pub use conn::BackendConn;
 pub use connect::BackendError;
-pub use pool::{NodePool, PooledConn, Pools};
+pub use pool::{Checkout, NodePool, PoolStatus, PooledConn, Pools};

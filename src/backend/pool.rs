@@ -1,5 +1,14 @@
 //! Pools of node connections per (node, database, user), built on `deadpool::managed`, and the rules for
 //! handing a connection back: roll back, reset only what the session changed, or close it.
+//!
+//! A full pool is not a node failure: a checkout that finds every connection in use either gives up at
+//! once (a read that another node may serve) or waits up to pool.checkout_timeout, and then reports
+//! [`BackendError::PoolFull`] (53300) without touching the node's health. Waiters are served in the order
+//! they came (deadpool waits on a fair tokio semaphore), so clients already connected are not overtaken by
+//! later arrivals. Pools are kept only while they are worth something: one whose first connection the node
+//! refused (no such database or role) is forgotten at once, and the reaper drops pools that have no
+//! connection and no session holding them, so that the number of pools stays bounded whatever names
+//! clients send.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -55,13 +64,42 @@ impl Manager for ConnManager {
 type Key = (usize, String, String);
 
 /// The pool of one (node, database, user). A session keeps the handles it used, so that a checkout under
-/// transaction pooling does not look its pool up again.
-pub type NodePool = Pool<ConnManager>;
+/// transaction pooling does not look its pool up again; the handle count also tells the reaper whether a
+/// session still holds the pool.
+pub type NodePool = Arc<Pool<ConnManager>>;
+
+/// Whether a checkout may wait for a connection of a full pool to be released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checkout {
+    /// Wait up to pool.checkout_timeout.
+    Wait,
+    /// Give up at once if the pool is full (another node may serve the request).
+    Immediate,
+}
+
+/// One pool as SHOW POOLS and /metrics report it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PoolStatus {
+    /// Node index.
+    pub node: usize,
+    /// Database.
+    pub database: String,
+    /// User.
+    pub user: String,
+    /// Connections open, checked out or idle.
+    pub size: usize,
+    /// Connections idle in the pool.
+    pub available: usize,
+    /// The most connections the pool may open (pool.max_size).
+    pub max_size: usize,
+    /// Checkouts waiting for a connection to be released.
+    pub waiting: usize,
+}
 
 /// All pools, plus per-node counts of connections in use (for least_connections balancing).
 pub struct Pools {
     config: ArcSwap<PoolConfig>,
-    pools: Mutex<HashMap<Key, Pool<ConnManager>>>,
+    pools: Mutex<HashMap<Key, NodePool>>,
     /// Per node slot; grows when a reload adds nodes.
     in_use: ArcSwap<Vec<Arc<AtomicUsize>>>,
 }
@@ -120,9 +158,9 @@ impl Pools {
             .unwrap_or(0)
     }
 
-    /// The pool for a node and login, created empty on first use. Only a reload drops pools (of retired
-    /// nodes, or of logins whose password changed), so a handle stays the one [`Pools::get`] would use for
-    /// the session that holds it.
+    /// The pool for a node and login, created empty on first use. While a session holds the handle, only a
+    /// reload drops the pool (of a retired node, or of a login whose password changed), so a handle stays
+    /// the one [`Pools::get`] would use for the session that holds it.
     pub fn pool_for(&self, target: &NodeTarget, login: &Login<'_>) -> NodePool {
         let key = (target.index, login.database.to_owned(), login.user.to_owned());
         let config = self.config.load();
@@ -142,37 +180,49 @@ impl Pools {
                 // a moment ago is warm in the caches, and surplus connections stay idle long enough for
                 // pool.idle_timeout to close them. Oldest first would cycle every request through all of
                 // them.
-                Pool::builder(manager)
-                    .max_size(config.max_size)
-                    .queue_mode(QueueMode::Lifo)
-                    .runtime(deadpool::Runtime::Tokio1)
-                    .build()
-                    .unwrap_or_else(|e| panic!("deadpool pool build failed: {e}"))
+                Arc::new(
+                    Pool::builder(manager)
+                        .max_size(config.max_size)
+                        .queue_mode(QueueMode::Lifo)
+                        .runtime(deadpool::Runtime::Tokio1)
+                        .build()
+                        .unwrap_or_else(|e| panic!("deadpool pool build failed: {e}")),
+                )
             })
             .clone()
     }
 
-    /// Checks out a connection, waiting at most pool.connect_timeout for a free slot.
+    /// Checks out a connection, waiting at most pool.checkout_timeout for one of a full pool.
     pub async fn get(&self, target: &NodeTarget, login: &Login<'_>) -> Result<PooledConn, BackendError> {
-        self.get_from(&self.pool_for(target, login), target).await
+        self.get_from(&self.pool_for(target, login), target, Checkout::Wait)
+            .await
     }
 
-    /// [`Pools::get`] from a pool handle the caller kept (see [`NodePool`]).
-    pub async fn get_from(&self, pool: &NodePool, target: &NodeTarget) -> Result<PooledConn, BackendError> {
+    /// [`Pools::get`] from a pool handle the caller kept (see [`NodePool`]); with [`Checkout::Immediate`],
+    /// a full pool is reported at once.
+    pub async fn get_from(
+        &self,
+        pool: &NodePool,
+        target: &NodeTarget,
+        checkout: Checkout,
+    ) -> Result<PooledConn, BackendError> {
         // First without waiting: usually a connection is free, and this way no timer is set up for a wait
-        // that does not happen (recycling never waits: it only looks at the socket).
+        // that does not happen (recycling never waits: it only looks at the socket). Creating a connection
+        // is bounded by `connect` itself (pool.connect_timeout), not here.
         let immediate = Timeouts {
             wait: Some(Duration::ZERO),
             create: None,
             recycle: None,
         };
+        let mut waited = Duration::ZERO;
         let got = match pool.timeout_get(&immediate).await {
-            Err(PoolError::Timeout(_)) => {
-                let connect_timeout = self.config.load().connect_timeout;
+            Err(PoolError::Timeout(_)) if checkout == Checkout::Wait => {
+                let config = self.config.load();
+                waited = config.checkout_timeout;
                 let timeouts = Timeouts {
-                    wait: Some(connect_timeout),
+                    wait: Some(config.checkout_timeout),
                     create: None,
-                    recycle: Some(connect_timeout),
+                    recycle: Some(config.connect_timeout),
                 };
                 pool.timeout_get(&timeouts).await
             }
@@ -180,13 +230,20 @@ impl Pools {
         };
         let obj = match got {
             Ok(o) => o,
-            Err(PoolError::Backend(e)) => return Err(e),
+            Err(PoolError::Backend(e)) => {
+                self.forget_refused(pool, target, &e);
+                return Err(e);
+            }
+            // Only the wait for a free slot has a timeout (create has none, a slow recycle is retried), so
+            // this is a full pool, never a connection attempt that timed out.
             Err(PoolError::Timeout(_)) => {
-                return Err(BackendError::Timeout {
-                    role: target.role.clone(),
+                let manager = pool.manager();
+                return Err(BackendError::PoolFull {
                     name: target.name.clone(),
-                    address: target.address.clone(),
-                    after: self.config.load().connect_timeout,
+                    database: manager.database.clone(),
+                    user: manager.user.clone(),
+                    max_size: pool.status().max_size,
+                    waited,
                 });
             }
             Err(other) => return Err(BackendError::protocol(target, format!("pool error: {other}"))),
@@ -199,26 +256,60 @@ impl Pools {
         })
     }
 
-    /// Closes pooled connections idle for longer than pool.idle_timeout.
-    pub fn reap_idle(&self) {
-        let idle = self.config.load().idle_timeout;
-        let pools: Vec<Pool<ConnManager>> = {
-            let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
-            pools.values().cloned().collect()
-        };
-        for p in pools {
-            p.retain(|_, m| m.last_used() < idle);
+    /// Forgets a pool whose node refused its first connection with an error about the login itself (no
+    /// such database or role, wrong password): such a pool holds nothing, and keeping it would let a client
+    /// grow the pool map without bound by trying made-up names. Only when no one else uses the pool: a
+    /// session holding another handle would go on with a pool nobody else sees.
+    fn forget_refused(&self, pool: &NodePool, target: &NodeTarget, error: &BackendError) {
+        if !matches!(error, BackendError::Server { .. }) || error.is_node_failure() {
+            return;
+        }
+        let manager = pool.manager();
+        let key = (target.index, manager.database.clone(), manager.user.clone());
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        let status = pool.status();
+        // Two handles: the map's and the caller's.
+        let unused = status.size == 0 && status.waiting == 0 && Arc::strong_count(pool) <= 2;
+        if unused && pools.get(&key).is_some_and(|p| Arc::ptr_eq(p, pool)) {
+            pools.remove(&key);
         }
     }
 
-    /// (node, database, user, size, available) for every pool; for the admin console and tests.
-    pub fn status(&self) -> Vec<(usize, String, String, usize, usize)> {
+    /// Closes pooled connections idle for longer than pool.idle_timeout, then forgets the pools left with
+    /// no connection, no waiter and no session holding them (a later login makes a fresh one).
+    pub fn reap_idle(&self) {
+        let idle = self.config.load().idle_timeout;
+        let pools: Vec<NodePool> = {
+            let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+            pools.values().cloned().collect()
+        };
+        for p in &pools {
+            p.retain(|_, m| m.last_used() < idle);
+        }
+        drop(pools);
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        pools.retain(|_, p| {
+            let s = p.status();
+            s.size > 0 || s.waiting > 0 || Arc::strong_count(p) > 1
+        });
+    }
+
+    /// Every pool's state; for the admin console, /metrics and tests.
+    pub fn status(&self) -> Vec<PoolStatus> {
         let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
         pools
             .iter()
-            .map(|((n, d, u), p)| {
+            .map(|((node, database, user), p)| {
                 let s = p.status();
-                (*n, d.clone(), u.clone(), s.size, s.available)
+                PoolStatus {
+                    node: *node,
+                    database: database.clone(),
+                    user: user.clone(),
+                    size: s.size,
+                    available: s.available,
+                    max_size: s.max_size,
+                    waiting: s.waiting,
+                }
             })
             .collect()
     }

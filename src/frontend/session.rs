@@ -18,7 +18,7 @@ use super::state::{Settings, Statements};
 use super::stream::ClientStream;
 use crate::admin::stats::{ClientEntry, ClientInfo};
 use crate::backend::connect::Login;
-use crate::backend::{BackendError, NodePool, PooledConn};
+use crate::backend::{BackendError, Checkout, NodePool, PooledConn};
 use crate::cluster::view::FleetView;
 use crate::config::{PoolMode, ReadYourWrites, ReplicaAffinity};
 use crate::protocol::messages::{
@@ -499,12 +499,23 @@ impl Session {
     fn error_of(&self, e: &BackendError) -> ProxyError {
         match e {
             BackendError::Server { code, message, .. } => ProxyError::error(code, message.clone()),
-            other => ProxyError::error(other.sqlstate(), other.to_string()),
+            other => {
+                let err = ProxyError::error(other.sqlstate(), other.to_string());
+                match other.advice() {
+                    Some((detail, hint)) => err.with_detail(detail).with_hint(hint),
+                    None => err,
+                }
+            }
         }
     }
 
-    /// Makes sure the session holds a connection to `node`.
+    /// Makes sure the session holds a connection to `node`, waiting for one if the node's pool is full.
     async fn connect(&mut self, node: usize) -> Result<(), BackendError> {
+        self.connect_with(node, Checkout::Wait).await
+    }
+
+    /// [`Session::connect`], or with [`Checkout::Immediate`], giving up at once on a full pool.
+    async fn connect_with(&mut self, node: usize, checkout: Checkout) -> Result<(), BackendError> {
         if node >= self.conns.len() {
             // A node a reload added after the session started.
             self.conns.resize_with(node + 1, || None);
@@ -543,7 +554,7 @@ impl Session {
             Some(p) => p,
             None => self.pools[node].insert(self.shared.pools.pool_for(&n.target, &login)),
         };
-        match self.shared.pools.get_from(pool, &n.target).await {
+        match self.shared.pools.get_from(pool, &n.target, checkout).await {
             Ok(c) => {
                 n.mark_up();
                 self.conns[node] = Some(c);
@@ -1120,10 +1131,40 @@ impl Session {
         }
         let retry_allowed = self.tx_node.is_none() && self.pinned.is_none() && plan.target == Target::Replica;
         let mut last_err = None;
-        for (i, node) in candidates.iter().copied().enumerate() {
+        // A read whose node's pool is full moves on to the next candidate without waiting; only when no
+        // candidate could serve it does it wait, on the first full one (its best choice). A full pool is not
+        // a node failure: nothing is marked down or counted against the node.
+        let mut first_full: Option<usize> = None;
+        for (i, candidate) in candidates.iter().copied().enumerate() {
             let last = i + 1 == candidates.len() || !retry_allowed;
-            if let Err(e) = self.connect(node).await {
-                self.shared.stats.node_error(node);
+            let mut node = candidate;
+            let checkout = if last && first_full.is_none() {
+                Checkout::Wait
+            } else {
+                Checkout::Immediate
+            };
+            let mut connected = self.connect_with(node, checkout).await;
+            if let Err(e) = &connected
+                && e.is_pool_full()
+                && !last
+            {
+                first_full.get_or_insert(node);
+                continue;
+            }
+            if let (Err(e), Some(best)) = (&connected, first_full)
+                && last
+                && (e.is_pool_full() || e.is_node_failure())
+            {
+                if e.is_node_failure() {
+                    self.shared.stats.node_error(node);
+                }
+                node = best;
+                connected = self.connect(node).await;
+            }
+            if let Err(e) = connected {
+                if !e.is_pool_full() {
+                    self.shared.stats.node_error(node);
+                }
                 if self.holds_state_on(node) {
                     return self.node_lost(node, e, end).await;
                 }
