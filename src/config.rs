@@ -946,14 +946,14 @@ fn validate_node_tls(i: usize, n: &NodeConfig) -> Result<(), ConfigError> {
             ));
         }
         (_, Some(path)) => {
-            crate::backend::tls::load_ca(path).map_err(|e| invalid(&key, e.to_string()))?;
+            crate::certs::ca_roots(path).map_err(|e| invalid(&key, e.to_string()))?;
         }
         (_, None) => {}
     }
     if n.tls == NodeTlsMode::VerifyFull {
         let (host, _) =
             split_host_port(&n.address).map_err(|reason| invalid(format!("nodes[{i}].address"), reason))?;
-        crate::backend::tls::server_name(&host)
+        crate::certs::server_name(&host)
             .map_err(|e| invalid(format!("nodes[{i}].address"), e.to_string()))?;
     }
     Ok(())
@@ -972,6 +972,33 @@ pub fn split_host_port(address: &str) -> Result<(String, u16), String> {
         return Err(format!("`{address}` has no host"));
     }
     Ok((host.to_owned(), port))
+}
+
+/// The configuration in force, shared by every part that reads it. A reload publishes a new one whole
+/// (see `reload`), so a reader sees either the old or the new config, never a mix. Cloning shares it.
+#[derive(Debug, Clone)]
+pub struct ConfigHandle(std::sync::Arc<arc_swap::ArcSwap<Config>>);
+
+impl ConfigHandle {
+    /// A handle on `config`.
+    pub fn new(config: Config) -> ConfigHandle {
+        ConfigHandle(std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(config)))
+    }
+
+    /// The configuration in force now. Hold the guard briefly: a reload publishes a new one.
+    pub fn get(&self) -> arc_swap::Guard<std::sync::Arc<Config>> {
+        self.0.load()
+    }
+
+    /// The configuration in force now, for holding across waits (a guard should not be).
+    pub fn get_arc(&self) -> std::sync::Arc<Config> {
+        self.0.load_full()
+    }
+
+    /// Publishes a new configuration; only a reload does, once the running parts took it.
+    pub fn publish(&self, config: std::sync::Arc<Config>) {
+        self.0.store(config);
+    }
 }
 
 #[cfg(test)]

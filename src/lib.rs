@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod backend;
+pub mod certs;
 pub mod cluster;
 pub mod config;
 pub mod demo;
@@ -13,3 +14,4 @@ pub mod proxy;
 pub mod reload;
 pub mod replication;
 pub mod router;
+pub mod stats;

@@ -117,7 +117,7 @@ fn serve(config: Config, source: Option<PathBuf>, set_filter: SetFilter) -> Exit
         }
     };
     runtime.block_on(async move {
-        let shared = match pgfleet::proxy::Shared::with_source(config, source) {
+        let shared = match pgfleet::proxy::Proxy::with_source(config, source) {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("pgfleet: {e}");
@@ -145,7 +145,7 @@ fn serve(config: Config, source: Option<PathBuf>, set_filter: SetFilter) -> Exit
 }
 
 /// SIGHUP re-reads the config file, as PostgreSQL and pgbouncer do.
-async fn reload_on_sighup(shared: std::sync::Arc<pgfleet::proxy::Shared>) {
+async fn reload_on_sighup(shared: std::sync::Arc<pgfleet::proxy::Proxy>) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         tracing::warn!("cannot watch SIGHUP: reload with the admin command RELOAD instead");
@@ -154,7 +154,7 @@ async fn reload_on_sighup(shared: std::sync::Arc<pgfleet::proxy::Shared>) {
     while hup.recv().await.is_some() {
         tracing::info!("SIGHUP: reloading the config");
         // The outcome is logged by the reload itself.
-        let _ = pgfleet::reload::reload(&shared);
+        let _ = pgfleet::reload::reload(&shared.reload);
     }
 }
 

@@ -1,53 +1,40 @@
-//! The running proxy: state shared by every session (config, fleet, pools, balancer, function catalog,
-//! cancel keys) and the tasks that serve it.
+//! The running proxy: the one place that builds the running parts (config handle, fleet, pools, function
+//! catalog, counters, forward-mode state, client TLS) and hands each subsystem the handles it uses: the
+//! sessions get [`frontend::Shared`], the health monitor the fleet and the config, replication its
+//! [`Replication`] handle, the admin console and /metrics an [`admin::Context`], reloads a
+//! [`reload::Context`]. It also starts their tasks and drains the sessions at shutdown.
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use arc_swap::{ArcSwap, Guard};
-
-use crate::admin::stats::Stats;
+use crate::admin;
 use crate::backend::Pools;
 use crate::cluster::Fleet;
-use crate::config::Config;
-use crate::frontend::cancel::CancelRegistry;
-use crate::router::balance::Balancer;
+use crate::config::{Config, ConfigHandle};
+use crate::frontend::{self, Shared};
+use crate::reload;
+use crate::replication::{ForwardState, Replication};
 use crate::router::catalog::Catalog;
 use crate::router::functions::FunctionRules;
+use crate::stats::Stats;
 
-/// Replaces the running log filter with one parsed from a `log.level` value.
-pub type SetLogFilter = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+pub use crate::reload::SetLogFilter;
 
-/// Everything sessions share.
-pub struct Shared {
-    /// The configuration in force; a reload swaps it whole (see `reload`).
-    config: ArcSwap<Config>,
-    /// The file the configuration came from, for reloads; None when built from text (tests).
-    pub source: Option<PathBuf>,
-    /// Serialises reloads (SIGHUP and admin RELOAD may race).
-    pub(crate) reload_lock: std::sync::Mutex<()>,
+/// The running proxy's parts, each handed to the subsystems that use it.
+pub struct Proxy {
+    /// The configuration in force.
+    pub config: ConfigHandle,
+    /// What client sessions share.
+    pub sessions: Arc<Shared>,
+    /// What the admin console and /metrics read.
+    pub admin: Arc<admin::Context>,
+    /// What a reload (SIGHUP, admin RELOAD) changes.
+    pub reload: Arc<reload::Context>,
+    /// Forward mode's handle.
+    pub replication: Arc<Replication>,
     /// Changes the log filter in place; set by the binary once logging is up.
-    pub log_filter: std::sync::OnceLock<SetLogFilter>,
-    /// Nodes and their health.
-    pub fleet: Fleet,
-    /// Backend connection pools.
-    pub pools: Pools,
-    /// Replica choice.
-    pub balancer: Balancer,
-    /// Function rules per database.
-    pub catalog: Arc<Catalog>,
-    /// Cancel keys of live sessions.
-    pub cancels: Arc<CancelRegistry>,
-    /// Session id source.
-    pub next_session: AtomicU64,
-    /// TLS for clients, when configured.
-    pub tls: Option<tokio_rustls::TlsAcceptor>,
-    /// Counters for the admin console and /metrics.
-    pub stats: Arc<Stats>,
-    /// Set on SIGINT/SIGTERM: sessions end once their transaction is over, at the latest at the deadline.
-    pub shutdown: tokio::sync::watch::Sender<Option<tokio::time::Instant>>,
+    pub log_filter: Arc<OnceLock<SetLogFilter>>,
 }
 
 /// Why the proxy could not start.
@@ -77,14 +64,14 @@ pub enum StartError {
     NodeTls(#[from] crate::backend::tls::TlsSetupError),
 }
 
-impl Shared {
-    /// Builds the shared state for a validated config.
-    pub fn new(config: Config) -> Result<Arc<Shared>, StartError> {
+impl Proxy {
+    /// Builds the running parts for a validated config.
+    pub fn new(config: Config) -> Result<Arc<Proxy>, StartError> {
         Self::with_source(config, None)
     }
 
-    /// Builds the shared state for a validated config read from `source`, which reloads read again.
-    pub fn with_source(config: Config, source: Option<PathBuf>) -> Result<Arc<Shared>, StartError> {
+    /// Builds the running parts for a validated config read from `source`, which reloads read again.
+    pub fn with_source(config: Config, source: Option<PathBuf>) -> Result<Arc<Proxy>, StartError> {
         let tls = match (&config.listen.tls_cert, &config.listen.tls_key) {
             (Some(cert), Some(key)) => Some(crate::frontend::tls::acceptor(
                 cert,
@@ -93,10 +80,10 @@ impl Shared {
             )?),
             _ => None,
         };
-        let fleet = Fleet::from_config(&config)?;
+        let forward = Arc::new(ForwardState::new(&config));
+        let fleet = Arc::new(Fleet::from_config(&config, forward.clone())?);
         let node_count = fleet.nodes().len();
-        let pools = Pools::new(config.pool.clone(), fleet.nodes().len());
-        let balancer = Balancer::new();
+        let pools = Arc::new(Pools::new(config.pool.clone(), node_count));
         let base = FunctionRules::new(
             &config.routing.write_functions,
             &config.routing.read_only_functions,
@@ -106,52 +93,59 @@ impl Shared {
             config.routing.function_refresh,
             config.pool.connect_timeout,
         ));
-        Ok(Arc::new(Shared {
-            config: ArcSwap::from_pointee(config),
+        let stats = Arc::new(Stats::new(node_count));
+        let config = ConfigHandle::new(config);
+        let replication = Replication::new(config.clone(), fleet.clone(), forward);
+        let reload = Arc::new(reload::Context::new(
+            config.clone(),
             source,
-            reload_lock: std::sync::Mutex::new(()),
-            log_filter: std::sync::OnceLock::new(),
+            fleet.clone(),
+            pools.clone(),
+            catalog.clone(),
+            stats.clone(),
+        ));
+        let admin = Arc::new(admin::Context::new(
+            config.clone(),
+            fleet.clone(),
+            pools.clone(),
+            stats.clone(),
+            catalog.clone(),
+            replication.clone(),
+            reload.clone(),
+        ));
+        let sessions = Arc::new(Shared::new(frontend::Parts {
+            config: config.clone(),
             fleet,
             pools,
-            balancer,
             catalog,
             cancels: Arc::default(),
-            next_session: AtomicU64::new(1),
             tls,
-            stats: Arc::new(Stats::new(node_count)),
+            stats,
             shutdown: tokio::sync::watch::Sender::new(None),
+            admin: admin.clone(),
+        }));
+        Ok(Arc::new(Proxy {
+            log_filter: reload.log_filter.clone(),
+            config,
+            sessions,
+            admin,
+            reload,
+            replication,
         }))
-    }
-}
-
-impl Shared {
-    /// The configuration in force now. Hold the guard briefly: a reload publishes a new one.
-    pub fn config(&self) -> Guard<Arc<Config>> {
-        self.config.load()
-    }
-
-    /// The configuration in force now, for holding across waits (a guard should not be).
-    pub fn config_arc(&self) -> Arc<Config> {
-        self.config.load_full()
-    }
-
-    /// Publishes a reloaded configuration (after its parts were applied, see `reload`).
-    pub(crate) fn set_config(&self, config: Arc<Config>) {
-        self.config.store(config);
     }
 
     /// Starts a graceful shutdown: no new sessions; each session ends after its transaction, at the latest
     /// after `shutdown_timeout`. Returns when every session is gone or the time is up.
     pub async fn drain(&self) {
-        let timeout = self.config().shutdown_timeout;
+        let timeout = self.config.get().shutdown_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
-        self.shutdown.send_replace(Some(deadline));
+        self.sessions.shutdown.send_replace(Some(deadline));
         tracing::info!(
             ?timeout,
             "shutting down: waiting for sessions to finish their transactions"
         );
         // Sessions send their FATAL at the deadline; give them a moment past it to do so.
-        while self.stats.client_count() > 0
+        while self.sessions.stats.client_count() > 0
             && tokio::time::Instant::now() < deadline + Duration::from_millis(200)
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -188,16 +182,16 @@ pub fn raise_open_file_limit() {
 }
 
 /// Binds the listener and serves clients until the future is dropped.
-pub async fn run(shared: Arc<Shared>) -> Result<(), StartError> {
+pub async fn run(proxy: Arc<Proxy>) -> Result<(), StartError> {
     raise_open_file_limit();
-    let address = shared.config().listen.address.clone();
+    let address = proxy.config.get().listen.address.clone();
     let listener = tokio::net::TcpListener::bind(&address)
         .await
         .map_err(|source| StartError::Bind {
             address: address.clone(),
             source,
         })?;
-    let metrics = match &shared.config().admin.metrics_address.clone() {
+    let metrics = match &proxy.config.get().admin.metrics_address.clone() {
         Some(m) => {
             Some(
                 tokio::net::TcpListener::bind(m)
@@ -210,22 +204,27 @@ pub async fn run(shared: Arc<Shared>) -> Result<(), StartError> {
         }
         None => None,
     };
+    let fleet = &proxy.sessions.fleet;
     let workers = tokio::runtime::Handle::current().metrics().num_workers();
-    tracing::info!(%address, nodes = shared.fleet.nodes().len(), workers, "pgfleet listening");
-    crate::cluster::monitor::spawn(&shared);
-    crate::replication::spawn(&shared);
+    tracing::info!(%address, nodes = fleet.nodes().len(), workers, "pgfleet listening");
+    crate::cluster::monitor::spawn(fleet, &proxy.config);
+    crate::replication::spawn(&proxy.replication);
     if let Some(listener) = metrics {
         tracing::info!(address = ?listener.local_addr().ok(), "serving /metrics");
-        tokio::spawn(crate::admin::metrics::serve_metrics(listener, shared.clone()));
+        tokio::spawn(crate::admin::metrics::serve_metrics(
+            listener,
+            proxy.admin.clone(),
+        ));
     }
-    let reaper = shared.clone();
+    let pools = proxy.sessions.pools.clone();
+    let config = proxy.config.clone();
     tokio::spawn(async move {
         loop {
-            let every = (reaper.config().pool.idle_timeout / 2).max(Duration::from_secs(1));
+            let every = (config.get().pool.idle_timeout / 2).max(Duration::from_secs(1));
             tokio::time::sleep(every).await;
-            reaper.pools.reap_idle();
+            pools.reap_idle();
         }
     });
-    crate::frontend::listener::serve(listener, shared).await;
+    crate::frontend::listener::serve(listener, proxy.sessions.clone()).await;
     Ok(())
 }

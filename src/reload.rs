@@ -9,11 +9,61 @@
 //! `pool.mode`, `[admin]`, `log.format`, `[replication]`) keeps its running value and is reported. An
 //! invalid file changes nothing.
 
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
 
-use crate::config::{ClientTlsMode, Config, ConfigError, ReplicationMode};
-use crate::proxy::Shared;
+use crate::backend::Pools;
+use crate::cluster::Fleet;
+use crate::config::{ClientTlsMode, Config, ConfigError, ConfigHandle, ReplicationMode};
+use crate::router::catalog::Catalog;
 use crate::router::functions::FunctionRules;
+use crate::stats::Stats;
+
+/// Replaces the running log filter with one parsed from a `log.level` value.
+pub type SetLogFilter = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// The running parts a reload changes, handed out by the proxy's wiring.
+pub struct Context {
+    /// The configuration in force; a reload publishes the new one once the parts below took it.
+    pub config: ConfigHandle,
+    /// The file the configuration came from; None when built from text (tests).
+    pub source: Option<PathBuf>,
+    /// Serialises reloads (SIGHUP and admin RELOAD may race).
+    lock: Mutex<()>,
+    /// Changes the log filter in place; set by the binary once logging is up.
+    pub log_filter: Arc<OnceLock<SetLogFilter>>,
+    /// Nodes: added, removed, reweighted; new nodes get a health monitor.
+    pub fleet: Arc<Fleet>,
+    /// Pool sizes and timeouts, and pools of removed nodes or users.
+    pub pools: Arc<Pools>,
+    /// Function rules.
+    pub catalog: Arc<Catalog>,
+    /// Per-node counters, grown for added nodes.
+    pub stats: Arc<Stats>,
+}
+
+impl Context {
+    /// The reload context over the running parts.
+    pub fn new(
+        config: ConfigHandle,
+        source: Option<PathBuf>,
+        fleet: Arc<Fleet>,
+        pools: Arc<Pools>,
+        catalog: Arc<Catalog>,
+        stats: Arc<Stats>,
+    ) -> Context {
+        Context {
+            config,
+            source,
+            lock: Mutex::new(()),
+            log_filter: Arc::new(OnceLock::new()),
+            fleet,
+            pools,
+            catalog,
+            stats,
+        }
+    }
+}
 
 /// Why a reload changed nothing.
 #[derive(Debug, thiserror::Error)]
@@ -47,14 +97,14 @@ pub struct ReloadReport {
 }
 
 /// Reads the config file again and applies it; logs the outcome once, whichever it is.
-pub fn reload(shared: &Arc<Shared>) -> Result<ReloadReport, ReloadError> {
-    let _one_at_a_time = shared.reload_lock.lock().unwrap_or_else(|p| p.into_inner());
-    let result = shared
+pub fn reload(ctx: &Context) -> Result<ReloadReport, ReloadError> {
+    let _one_at_a_time = ctx.lock.lock().unwrap_or_else(|p| p.into_inner());
+    let result = ctx
         .source
         .as_deref()
         .ok_or(ReloadError::NoSource)
         .and_then(|path| Ok(Config::load(path)?))
-        .and_then(|config| apply(shared, config));
+        .and_then(|config| apply(ctx, config));
     match &result {
         Ok(report) => {
             for key in &report.restart_needed {
@@ -72,8 +122,8 @@ pub fn reload(shared: &Arc<Shared>) -> Result<ReloadReport, ReloadError> {
 }
 
 /// Applies a validated config to the running proxy.
-pub fn apply(shared: &Arc<Shared>, new: Config) -> Result<ReloadReport, ReloadError> {
-    let old = shared.config_arc();
+pub fn apply(ctx: &Context, new: Config) -> Result<ReloadReport, ReloadError> {
+    let old = ctx.config.get_arc();
     let mut report = ReloadReport::default();
     if old.replication.mode == ReplicationMode::Forward && old.nodes != new.nodes {
         // Each forwarded replica has slots, an applier and a copy in progress tied to its position in the
@@ -86,13 +136,13 @@ pub fn apply(shared: &Arc<Shared>, new: Config) -> Result<ReloadReport, ReloadEr
     }
     let effective = keep_restart_only(&old, new, &mut report.restart_needed);
 
-    describe(&old, &effective, shared, &mut report.applied);
+    describe(&old, &effective, &ctx.fleet, &mut report.applied);
 
     // First, as the only step that can fail (a TLS file gone since validation): then nothing has changed.
-    let changes = shared.fleet.apply(&effective)?;
-    let slots = shared.fleet.nodes();
-    shared.stats.ensure_nodes(slots.len());
-    shared.pools.reconfigure(
+    let changes = ctx.fleet.apply(&effective)?;
+    let slots = ctx.fleet.nodes();
+    ctx.stats.ensure_nodes(slots.len());
+    ctx.pools.reconfigure(
         effective.pool.clone(),
         slots.len(),
         |node| slots.get(node).is_none_or(|n| n.is_retired()),
@@ -104,7 +154,7 @@ pub fn apply(shared: &Arc<Shared>, new: Config) -> Result<ReloadReport, ReloadEr
         || old.pool.connect_timeout != effective.pool.connect_timeout
         || old.users != effective.users
     {
-        shared.catalog.reconfigure(
+        ctx.catalog.reconfigure(
             FunctionRules::new(
                 &effective.routing.write_functions,
                 &effective.routing.read_only_functions,
@@ -114,7 +164,7 @@ pub fn apply(shared: &Arc<Shared>, new: Config) -> Result<ReloadReport, ReloadEr
         );
     }
     if old.log.level != effective.log.level && std::env::var_os("RUST_LOG").is_none() {
-        match shared.log_filter.get() {
+        match ctx.log_filter.get() {
             Some(set) => {
                 if let Err(e) = set(&effective.log.level) {
                     report.applied.push(format!("log.level not changed: {e}"));
@@ -123,9 +173,9 @@ pub fn apply(shared: &Arc<Shared>, new: Config) -> Result<ReloadReport, ReloadEr
             None => report.restart_needed.push("log.level".into()),
         }
     }
-    shared.set_config(Arc::new(effective));
+    ctx.config.publish(Arc::new(effective));
     for index in changes.added {
-        crate::cluster::monitor::spawn_node(shared, index);
+        crate::cluster::monitor::spawn_node(&ctx.fleet, &ctx.config, index);
     }
     Ok(report)
 }
@@ -159,8 +209,8 @@ fn keep_restart_only(old: &Config, mut new: Config, restart: &mut Vec<String>) -
 }
 
 /// One line per change between two configs, for the log and the admin console.
-fn describe(old: &Config, new: &Config, shared: &Shared, out: &mut Vec<String>) {
-    let slots = shared.fleet.nodes();
+fn describe(old: &Config, new: &Config, fleet: &Fleet, out: &mut Vec<String>) {
+    let slots = fleet.nodes();
     let live: Vec<&crate::cluster::Node> = slots
         .iter()
         .filter(|n| !n.is_retired())

@@ -24,12 +24,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::Context;
 use crate::protocol::frame::build;
 use crate::protocol::messages::{
     ProxyError, backend_key_data, parameter_status, query_text, ready_for_query,
 };
 use crate::protocol::{FrameBuffer, FrameError};
-use crate::proxy::Shared;
 use crate::router::classify::{TxStart, classify};
 use crate::router::functions::FunctionRules;
 use crate::router::split::split_statements;
@@ -62,7 +62,7 @@ pub enum ConsoleError {
 /// of the startup (ParameterStatus, BackendKeyData, ReadyForQuery) and then answers simple queries.
 pub async fn run_console<S: AsyncRead + AsyncWrite + Unpin>(
     client: &mut S,
-    shared: &Arc<Shared>,
+    ctx: &Arc<Context>,
     user: &str,
 ) -> Result<(), ConsoleError> {
     tracing::debug!(user, "admin console session started");
@@ -86,7 +86,7 @@ pub async fn run_console<S: AsyncRead + AsyncWrite + Unpin>(
     out.put_slice(&ready_for_query(b'I'));
     send(client, &out).await?;
 
-    let mut frames = FrameBuffer::new(shared.config().listen.max_message_size as usize);
+    let mut frames = FrameBuffer::new(ctx.config().listen.max_message_size as usize);
     // After an extended-protocol message PostgreSQL skips everything up to Sync; so does the console, so
     // that a driver's Parse/Bind/Execute/Sync batch gets exactly one error and one ReadyForQuery.
     let mut skip_to_sync = false;
@@ -119,7 +119,7 @@ pub async fn run_console<S: AsyncRead + AsyncWrite + Unpin>(
         match frame.kind {
             b'Q' => {
                 let reply = match query_text(frame.body()) {
-                    Some(text) => answer(shared, text),
+                    Some(text) => answer(ctx, text),
                     None => {
                         let mut reply = BytesMut::new();
                         let e = ProxyError::error("08P01", "pgfleet: malformed Query message");
@@ -167,7 +167,7 @@ fn simple_only() -> ProxyError {
 }
 
 /// The whole reply to one Query message, ReadyForQuery included.
-fn answer(shared: &Arc<Shared>, text: &str) -> BytesMut {
+fn answer(ctx: &Arc<Context>, text: &str) -> BytesMut {
     let mut out = BytesMut::new();
     // SHOW ROUTE takes the rest of the text as one request, semicolons and all: the router classifies a
     // simple query string as a whole, and so must the question about it.
@@ -179,7 +179,7 @@ fn answer(shared: &Arc<Shared>, text: &str) -> BytesMut {
         out.put_slice(&build(b'I', &[]));
     }
     for command in commands {
-        match run_command(shared, command) {
+        match run_command(ctx, command) {
             Ok(table) => table.encode(&mut out),
             Err(e) => {
                 // As in PostgreSQL, an error ends the rest of a multi-command string.
@@ -193,21 +193,21 @@ fn answer(shared: &Arc<Shared>, text: &str) -> BytesMut {
 }
 
 /// Runs one admin command.
-fn run_command(shared: &Arc<Shared>, command: &str) -> Result<Table, ProxyError> {
+fn run_command(ctx: &Arc<Context>, command: &str) -> Result<Table, ProxyError> {
     let command = command.trim().trim_end_matches(';').trim_end();
     if let Some(sql) = strip_keywords(command, &["SHOW", "ROUTE"]) {
-        return show_route(shared, sql);
+        return show_route(ctx, sql);
     }
     let words: Vec<String> = command.split_whitespace().map(str::to_ascii_uppercase).collect();
     let words: Vec<&str> = words.iter().map(String::as_str).collect();
     match words.as_slice() {
-        ["SHOW", "NODES"] => Ok(show_nodes(shared)),
-        ["SHOW", "POOLS"] => Ok(show_pools(shared)),
-        ["SHOW", "CLIENTS"] => Ok(show_clients(shared)),
-        ["SHOW", "STATS"] => Ok(show_stats(shared)),
-        ["SHOW", "REPLICATION"] => Ok(show_replication(shared)),
-        ["SHOW", "METRICS"] => Ok(show_metrics(shared)),
-        ["RELOAD"] => reload(shared),
+        ["SHOW", "NODES"] => Ok(show_nodes(ctx)),
+        ["SHOW", "POOLS"] => Ok(show_pools(ctx)),
+        ["SHOW", "CLIENTS"] => Ok(show_clients(ctx)),
+        ["SHOW", "STATS"] => Ok(show_stats(ctx)),
+        ["SHOW", "REPLICATION"] => Ok(show_replication(ctx)),
+        ["SHOW", "METRICS"] => Ok(show_metrics(ctx)),
+        ["RELOAD"] => reload(ctx),
         _ => Err(unknown_command(command)),
     }
 }
@@ -236,9 +236,9 @@ fn strip_keywords<'a>(text: &'a str, keywords: &[&str]) -> Option<&'a str> {
     Some(rest)
 }
 
-fn show_nodes(shared: &Shared) -> Table {
-    let view = shared.fleet.view();
-    let pools = shared.pools.status();
+fn show_nodes(ctx: &Context) -> Table {
+    let view = ctx.fleet.view();
+    let pools = ctx.pools.status();
     let mut table = Table::new(&[
         ("name", Text),
         ("address", Text),
@@ -253,7 +253,7 @@ fn show_nodes(shared: &Shared) -> Table {
         ("errors", Int),
         ("weight", Int),
     ]);
-    let nodes = shared.fleet.nodes();
+    let nodes = ctx.fleet.nodes();
     for (i, node) in nodes.iter().enumerate().filter(|(_, n)| !n.is_retired()) {
         let state = view.nodes.get(i).cloned().unwrap_or_default();
         let observed = match state.in_recovery {
@@ -264,7 +264,7 @@ fn show_nodes(shared: &Shared) -> Table {
         // Down if the monitor's last check failed, or if a session failed to connect in the last moments.
         let up = state.up && node.is_up();
         let idle: usize = pools.iter().filter(|p| p.node == i).map(|p| p.available).sum();
-        let (queries, errors) = node_counters(shared, i);
+        let (queries, errors) = node_counters(ctx, i);
         table.row(vec![
             Some(node.target.name.clone()),
             Some(node.target.address.clone()),
@@ -273,8 +273,8 @@ fn show_nodes(shared: &Shared) -> Table {
             Some(if up { "up" } else { "down" }.to_owned()),
             state.lag_bytes.map(|b| b.to_string()),
             state.lag.map(|l| l.as_millis().to_string()),
-            state.lsn.map(crate::cluster::view::format_lsn),
-            Some((shared.pools.in_use(i) + idle).to_string()),
+            state.lsn.map(|l| l.to_string()),
+            Some((ctx.pools.in_use(i) + idle).to_string()),
             Some(queries.to_string()),
             Some(errors.to_string()),
             Some(node.weight().to_string()),
@@ -284,21 +284,20 @@ fn show_nodes(shared: &Shared) -> Table {
 }
 
 /// (queries, errors) counted for node `i`.
-fn node_counters(shared: &Shared, i: usize) -> (u64, u64) {
-    shared.stats.node_counts(i)
+fn node_counters(ctx: &Context, i: usize) -> (u64, u64) {
+    ctx.stats.node_counts(i)
 }
 
-fn node_name(shared: &Shared, i: usize) -> String {
-    shared
-        .fleet
+fn node_name(ctx: &Context, i: usize) -> String {
+    ctx.fleet
         .nodes()
         .get(i)
         .map(|n| n.target.name.clone())
         .unwrap_or_else(|| i.to_string())
 }
 
-fn show_pools(shared: &Shared) -> Table {
-    let mut pools = shared.pools.status();
+fn show_pools(ctx: &Context) -> Table {
+    let mut pools = ctx.pools.status();
     pools.sort();
     let mut table = Table::new(&[
         ("node", Text),
@@ -312,7 +311,7 @@ fn show_pools(shared: &Shared) -> Table {
     ]);
     for p in pools {
         table.row(vec![
-            Some(node_name(shared, p.node)),
+            Some(node_name(ctx, p.node)),
             Some(p.database),
             Some(p.user),
             Some(p.size.to_string()),
@@ -325,7 +324,7 @@ fn show_pools(shared: &Shared) -> Table {
     table
 }
 
-fn show_clients(shared: &Shared) -> Table {
+fn show_clients(ctx: &Context) -> Table {
     let mut table = Table::new(&[
         ("id", Int),
         ("address", Text),
@@ -336,14 +335,14 @@ fn show_clients(shared: &Shared) -> Table {
         ("connected_at", Text),
         ("requests", Int),
     ]);
-    for (id, client) in shared.stats.clients() {
+    for (id, client) in ctx.stats.clients() {
         table.row(vec![
             Some(id.to_string()),
             Some(client.addr.to_string()),
             Some(client.user),
             Some(client.database),
             Some(client.state.to_owned()),
-            client.node.map(|n| node_name(shared, n)),
+            client.node.map(|n| node_name(ctx, n)),
             Some(rfc3339(client.connected_at)),
             Some(client.requests.to_string()),
         ]);
@@ -351,9 +350,9 @@ fn show_clients(shared: &Shared) -> Table {
     table
 }
 
-fn show_stats(shared: &Shared) -> Table {
+fn show_stats(ctx: &Context) -> Table {
     use std::sync::atomic::Ordering::Relaxed;
-    let stats = &shared.stats;
+    let stats = &ctx.stats;
     let mut table = Table::new(&[("name", Text), ("target", Text), ("rule", Text), ("value", Int)]);
     let totals = [
         ("clients_total", stats.clients_total.load(Relaxed)),
@@ -374,7 +373,7 @@ fn show_stats(shared: &Shared) -> Table {
     table
 }
 
-fn show_replication(shared: &Shared) -> Table {
+fn show_replication(ctx: &Context) -> Table {
     let mut table = Table::new(&[
         ("node", Text),
         ("database", Text),
@@ -388,14 +387,14 @@ fn show_replication(shared: &Shared) -> Table {
         ("transactions", Int),
         ("slot_retained_bytes", Int),
     ]);
-    for r in crate::replication::slots::report(shared) {
+    for r in ctx.replication.report() {
         table.row(vec![
             Some(r.node_name),
             r.database,
             Some(r.mode.to_owned()),
             r.slot,
             Some(r.state_name.to_owned()),
-            r.applied_lsn.map(crate::cluster::view::format_lsn),
+            r.applied_lsn.map(|l| l.to_string()),
             r.lag_bytes.map(|b| b.to_string()),
             r.lag.map(|l| l.as_millis().to_string()),
             r.rows.map(|n| n.to_string()),
@@ -406,15 +405,15 @@ fn show_replication(shared: &Shared) -> Table {
     table
 }
 
-fn show_metrics(shared: &Shared) -> Table {
+fn show_metrics(ctx: &Context) -> Table {
     let mut table = Table::new(&[("metric", Text)]);
-    for line in super::metrics::render(shared).lines() {
+    for line in super::metrics::render(ctx).lines() {
         table.row(vec![Some(line.to_owned())]);
     }
     table
 }
 
-fn show_route(shared: &Shared, sql: &str) -> Result<Table, ProxyError> {
+fn show_route(ctx: &Context, sql: &str) -> Result<Table, ProxyError> {
     let sql = sql.trim();
     if split_statements(sql).is_empty() {
         return Err(
@@ -422,7 +421,7 @@ fn show_route(shared: &Shared, sql: &str) -> Result<Table, ProxyError> {
                 .with_hint("For example: SHOW ROUTE SELECT nextval('orders_id_seq')"),
         );
     }
-    let (rules, source) = function_rules(shared);
+    let (rules, source) = function_rules(ctx);
     let decision = classify(sql, &rules);
     let mut table = Table::new(&[
         ("target", Text),
@@ -447,16 +446,16 @@ fn show_route(shared: &Shared, sql: &str) -> Result<Table, ProxyError> {
 /// The function rules SHOW ROUTE judges with, and where they come from. The console is not connected to
 /// any database itself, so it borrows the rules of the first database clients use whose VOLATILE function
 /// list is loaded; before any client has used one, only the configured lists apply.
-fn function_rules(shared: &Shared) -> (std::sync::Arc<FunctionRules>, String) {
-    let mut databases: Vec<String> = shared.pools.status().into_iter().map(|p| p.database).collect();
+fn function_rules(ctx: &Context) -> (std::sync::Arc<FunctionRules>, String) {
+    let mut databases: Vec<String> = ctx.pools.status().into_iter().map(|p| p.database).collect();
     databases.sort();
     databases.dedup();
     for database in databases {
-        if let Some(rules) = shared.catalog.cached(&database) {
+        if let Some(rules) = ctx.catalog.cached(&database) {
             return (rules, format!("database {database}"));
         }
     }
-    let routing = &shared.config().routing;
+    let routing = &ctx.config().routing;
     let rules = FunctionRules::new(&routing.write_functions, &routing.read_only_functions);
     (std::sync::Arc::new(rules), "configured lists".to_owned())
 }
@@ -479,8 +478,8 @@ impl ColumnType {
 }
 
 /// RELOAD: re-reads the config file; one row per change, or the error that kept the running config.
-fn reload(shared: &Arc<Shared>) -> Result<Table, ProxyError> {
-    let report = crate::reload::reload(shared).map_err(|e| {
+fn reload(ctx: &Arc<Context>) -> Result<Table, ProxyError> {
+    let report = crate::reload::reload(&ctx.reload).map_err(|e| {
         // PostgreSQL's class for configuration file errors.
         ProxyError::error("F0000", format!("pgfleet: config reload refused: {e}"))
             .with_hint("Fix the file and run RELOAD again; the running config stays in force meanwhile.")
@@ -606,7 +605,7 @@ mod tests {
     use crate::protocol::Frame;
     use crate::protocol::messages::{error_field, query, sync};
 
-    fn shared() -> Arc<Shared> {
+    fn context() -> Arc<Context> {
         let config = Config::parse(
             "[listen]\naddress = \"127.0.0.1:0\"\n\n[[users]]\nname = \"app\"\npassword = \"pw\"\n\n\
              [[nodes]]\nname = \"pg1\"\naddress = \"127.0.0.1:5501\"\nrole = \"primary\"\n\n\
@@ -614,13 +613,13 @@ mod tests {
              [routing]\nwrite_functions = [\"bump\"]\n",
         )
         .expect("config");
-        Shared::new(config).expect("shared")
+        crate::admin::context_for(config)
     }
 
     /// Drives a console over an in-memory pipe: sends `input`, closes, returns every frame received.
-    async fn converse(shared: Arc<Shared>, input: Vec<Bytes>) -> Vec<Frame> {
+    async fn converse(ctx: Arc<Context>, input: Vec<Bytes>) -> Vec<Frame> {
         let (mut ours, mut theirs) = tokio::io::duplex(1 << 20);
-        let task = tokio::spawn(async move { run_console(&mut theirs, &shared, "admin").await });
+        let task = tokio::spawn(async move { run_console(&mut theirs, &ctx, "admin").await });
         for bytes in input {
             ours.write_all(&bytes).await.expect("write");
         }
@@ -679,7 +678,7 @@ mod tests {
 
     #[tokio::test]
     async fn startup_then_show_nodes() {
-        let s = shared();
+        let s = context();
         s.stats
             .request_routed(1, crate::router::classify::Target::Replica, "read");
         s.stats
@@ -711,7 +710,7 @@ mod tests {
     #[tokio::test]
     async fn show_route_uses_the_configured_lists() {
         let frames = converse(
-            shared(),
+            context(),
             vec![
                 query("SHOW ROUTE SELECT 1"),
                 query("show route select bump()"),
@@ -737,7 +736,7 @@ mod tests {
     #[tokio::test]
     async fn errors_empty_queries_and_several_commands() {
         let frames = converse(
-            shared(),
+            context(),
             vec![
                 query("SHOW ROUTES"),
                 query(" ; "),
@@ -765,7 +764,7 @@ mod tests {
         let parse = build(b'P', b"\0SHOW NODES\0\0\0");
         let bind = build(b'B', b"\0\0\0\0\0\0\0\0");
         let execute = build(b'E', b"\0\0\0\0\0");
-        let frames = converse(shared(), vec![parse, bind, execute, sync(), query("SHOW STATS")]).await;
+        let frames = converse(context(), vec![parse, bind, execute, sync(), query("SHOW STATS")]).await;
         let rest = after_startup(&frames);
         assert_eq!(kinds(rest), "EZTDDDCZ");
         assert_eq!(error_field(rest[0].body(), b'C'), Some("0A000"));
@@ -773,7 +772,7 @@ mod tests {
 
     #[tokio::test]
     async fn eof_ends_quietly_and_garbage_is_fatal() {
-        let s = shared();
+        let s = context();
         // A client that closes its side without Terminate: the console ends without an error.
         let (mut ours, mut theirs) = tokio::io::duplex(1 << 16);
         ours.shutdown().await.expect("shutdown");
@@ -787,13 +786,13 @@ mod tests {
 
     #[tokio::test]
     async fn show_replication_in_external_mode_lists_the_replicas() {
-        let s = shared();
+        let s = context();
         s.fleet.update(
             1,
             crate::cluster::view::NodeState {
                 up: true,
                 in_recovery: Some(true),
-                lsn: Some((0x16 << 32) | 0xB374D848),
+                lsn: Some(crate::protocol::lsn::Lsn((0x16 << 32) | 0xB374D848)),
                 ..Default::default()
             },
         );
@@ -815,7 +814,7 @@ mod tests {
 
     #[test]
     fn show_metrics_has_one_row_per_line() {
-        let s = shared();
+        let s = context();
         let table = show_metrics(&s);
         assert!(table.rows.len() > 10);
         assert!(

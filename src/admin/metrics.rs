@@ -4,7 +4,7 @@
 //! The HTTP side is a deliberately small HTTP/1.1 server on tokio: one request per connection
 //! (`Connection: close`), the request head read with a size cap and a deadline, the body ignored. A
 //! scraper needs nothing more, and a full HTTP stack would be the largest dependency of the proxy.
-//! [`render`] builds the text from a consistent read of the shared state and is reused by the console's
+//! [`render`] builds the text from a consistent read of the ctx state and is reused by the console's
 //! `SHOW METRICS`.
 
 use std::fmt::{Display, Write as _};
@@ -16,8 +16,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
+use super::Context;
 use crate::cluster::view::Primary;
-use crate::proxy::Shared;
 use crate::replication::slots::{self, SlotMonitor};
 
 /// Largest request head accepted; a scrape request is a few hundred bytes.
@@ -44,7 +44,7 @@ pub enum HttpError {
 }
 
 /// Serves `/metrics` on `listener` until the future is dropped.
-pub async fn serve_metrics(listener: TcpListener, shared: Arc<Shared>) {
+pub async fn serve_metrics(listener: TcpListener, ctx: Arc<Context>) {
     if let Ok(address) = listener.local_addr() {
         tracing::debug!(%address, "metrics listener ready");
     }
@@ -64,9 +64,9 @@ pub async fn serve_metrics(listener: TcpListener, shared: Arc<Shared>) {
                 continue;
             }
         };
-        let shared = shared.clone();
+        let ctx = ctx.clone();
         tokio::spawn(async move {
-            if let Err(e) = serve_connection(stream, &shared).await {
+            if let Err(e) = serve_connection(stream, &ctx).await {
                 tracing::debug!(client = %peer, error = %e, "metrics request not served");
             }
             drop(slot);
@@ -74,7 +74,7 @@ pub async fn serve_metrics(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-async fn serve_connection(mut stream: TcpStream, shared: &Shared) -> Result<(), HttpError> {
+async fn serve_connection(mut stream: TcpStream, ctx: &Context) -> Result<(), HttpError> {
     let head = match tokio::time::timeout(IO_TIMEOUT, read_head(&mut stream)).await {
         Ok(Ok(head)) => head,
         Ok(Err(HeadError::TooLarge)) => {
@@ -90,7 +90,7 @@ async fn serve_connection(mut stream: TcpStream, shared: &Shared) -> Result<(), 
         Ok(Err(HeadError::Closed)) => return Err(HttpError::Closed),
         Err(_) => return Err(HttpError::Timeout),
     };
-    let response = route(&head, || render(shared));
+    let response = route(&head, || render(ctx));
     write_response(&mut stream, &response).await
 }
 
@@ -201,11 +201,11 @@ fn respond_with(status: u16, reason: &str, extra_headers: &str, body: &str, with
 }
 
 /// The Prometheus text for the proxy's current state.
-pub fn render(shared: &Shared) -> String {
-    let view = shared.fleet.view();
-    let stats = &shared.stats;
-    let pools = shared.pools.status();
-    let slots = shared.fleet.nodes();
+pub fn render(ctx: &Context) -> String {
+    let view = ctx.fleet.view();
+    let stats = &ctx.stats;
+    let pools = ctx.pools.status();
+    let slots = ctx.fleet.nodes();
     // Retired slots (nodes a reload removed) keep their index but are no longer part of the fleet.
     let nodes: Vec<(usize, &crate::cluster::Node)> = slots
         .iter()
@@ -351,24 +351,24 @@ pub fn render(shared: &Shared) -> String {
             &[("node", name), ("state", "idle")],
             idle,
         );
-        let active = shared.pools.in_use(i);
+        let active = ctx.pools.in_use(i);
         out.sample(
             "pgfleet_backend_connections",
             &[("node", name), ("state", "active")],
             active,
         );
     }
-    replication(&mut out, shared, slots::current().as_deref());
+    replication(&mut out, ctx, Some(&ctx.replication.slots));
     out.text
 }
 
 /// Forward-mode families, one series per (replica, database) and per slot. In external mode PostgreSQL
 /// replicates and `pgfleet_node_lag_*` already say all pgfleet knows, so these families are left out.
-fn replication(out: &mut Exposition, shared: &Shared, monitor: Option<&SlotMonitor>) {
-    if !shared.fleet.forward.enabled() {
+fn replication(out: &mut Exposition, ctx: &Context, monitor: Option<&SlotMonitor>) {
+    if !ctx.fleet.forward.enabled() {
         return;
     }
-    let rows = slots::report_with(shared, monitor);
+    let rows = slots::report_with(&ctx.replication, monitor);
     // Every state gets a sample, 0 or 1, so that a query for `state="copying"` finds a series at all times.
     out.family(
         "pgfleet_replication_state",
@@ -392,7 +392,7 @@ fn replication(out: &mut Exposition, shared: &Shared, monitor: Option<&SlotMonit
             "pgfleet_replication_applied_lsn",
             "gauge",
             "End position of the last transaction applied on the replica, as a number of WAL bytes.",
-            |r| r.applied_lsn.map(|l| l.to_string()),
+            |r| r.applied_lsn.map(|l| l.0.to_string()),
         ),
         (
             "pgfleet_replication_lag_bytes",
@@ -450,7 +450,7 @@ fn replication(out: &mut Exposition, shared: &Shared, monitor: Option<&SlotMonit
     out.sample(
         "pgfleet_replication_max_slot_lag_bytes",
         &[],
-        shared.config().replication.max_slot_lag,
+        ctx.config().replication.max_slot_lag,
     );
 }
 
@@ -523,14 +523,14 @@ mod tests {
     use super::*;
     use crate::config::Config;
 
-    fn shared() -> Arc<Shared> {
+    fn context() -> Arc<Context> {
         let config = Config::parse(
             "[listen]\naddress = \"127.0.0.1:0\"\n\n[[users]]\nname = \"app\"\npassword = \"pw\"\n\n\
              [[nodes]]\nname = \"pg1\"\naddress = \"127.0.0.1:5501\"\nrole = \"primary\"\n\n\
              [[nodes]]\nname = \"pg\\\"2\"\naddress = \"127.0.0.1:5502\"\nrole = \"replica\"\n",
         )
         .expect("config");
-        Shared::new(config).expect("shared")
+        crate::admin::context_for(config)
     }
 
     #[test]
@@ -541,7 +541,7 @@ mod tests {
 
     #[test]
     fn renders_every_family_with_help_and_type() {
-        let s = shared();
+        let s = context();
         s.stats
             .request_routed(1, crate::router::classify::Target::Replica, "read");
         s.stats
@@ -619,10 +619,10 @@ mod tests {
              databases = [\"app\"]\nmax_slot_lag = \"1kB\"\n",
         )
         .expect("config");
-        let s = Shared::new(config).expect("shared");
-        let progress = &s.fleet.forward.progress[1][0];
+        let s = crate::admin::context_for(config);
+        let progress = &s.replication.forward.progress[1][0];
         progress.set_state(crate::replication::State::Streaming);
-        progress.set_applied(4096);
+        progress.set_applied(crate::protocol::lsn::Lsn(4096));
         progress.rows.store(1000, Relaxed);
         progress.transactions.store(7, Relaxed);
         let monitor = SlotMonitor::new();
@@ -645,7 +645,7 @@ mod tests {
         // The primary's position is not known yet: no lag samples rather than made-up ones.
         assert!(!text.contains("pgfleet_replication_lag_bytes{"), "{text}");
         // External mode has none of these families.
-        assert!(!render(&shared()).contains("pgfleet_replication_"));
+        assert!(!render(&context()).contains("pgfleet_replication_"));
     }
 
     #[test]
@@ -686,7 +686,7 @@ mod tests {
     async fn serves_over_tcp() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("addr");
-        let server = tokio::spawn(serve_metrics(listener, shared()));
+        let server = tokio::spawn(serve_metrics(listener, context()));
         let mut client = TcpStream::connect(address).await.expect("connect");
         client
             .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")

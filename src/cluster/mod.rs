@@ -16,7 +16,39 @@ use self::view::{FleetView, NodeState, Primary};
 use crate::backend::connect::NodeTarget;
 use crate::backend::tls::{NodeTls, TlsSetupError};
 use crate::config::{Config, LagLimit, NodeConfig, Role};
+use crate::protocol::lsn::Lsn;
 use crate::protocol::messages::ProxyError;
+
+/// Where the replicas that pgfleet keeps in sync itself (forward mode) stand, as routing needs it. The
+/// replication side reports it; the fleet only reads it, so that it does not depend on how forwarding works.
+pub trait ReplayPositions: Send + Sync + std::fmt::Debug {
+    /// Whether forward mode is on: replicas' own WAL positions then say nothing.
+    fn enabled(&self) -> bool;
+
+    /// The position a replica is consistent with, if it is streaming every forwarded database.
+    fn visible(&self, node: usize) -> Option<Lsn>;
+
+    /// How far behind in time a replica is: zero once it has reached `primary_lsn`.
+    fn lag(&self, node: usize, primary_lsn: Option<Lsn>) -> Option<Duration>;
+}
+
+/// PostgreSQL replicates (external mode): nothing to report.
+#[derive(Debug, Default)]
+pub struct NoForwarding;
+
+impl ReplayPositions for NoForwarding {
+    fn enabled(&self) -> bool {
+        false
+    }
+
+    fn visible(&self, _node: usize) -> Option<Lsn> {
+        None
+    }
+
+    fn lag(&self, _node: usize, _primary_lsn: Option<Lsn>) -> Option<Duration> {
+        None
+    }
+}
 
 /// How long a node that refused a connection is skipped before it is tried again.
 const DOWN_BACKOFF: Duration = Duration::from_secs(2);
@@ -130,14 +162,15 @@ pub struct Fleet {
     states: Mutex<Vec<NodeState>>,
     view: ArcSwap<FleetView>,
     generation: AtomicU64,
-    /// Forward-mode progress of each replica (empty in external mode).
-    pub forward: Arc<crate::replication::ForwardState>,
+    /// Forward-mode positions of each replica ([`NoForwarding`] in external mode).
+    pub forward: Arc<dyn ReplayPositions>,
 }
 
 impl Fleet {
-    /// The fleet described by a validated config; every node counts as up until a check says otherwise.
-    /// Fails only if a node's `tls_ca` became unreadable since validation.
-    pub fn from_config(config: &Config) -> Result<Fleet, TlsSetupError> {
+    /// The fleet described by a validated config, with forward-mode positions reported by `forward`; every
+    /// node counts as up until a check says otherwise. Fails only if a node's `tls_ca` became unreadable
+    /// since validation.
+    pub fn from_config(config: &Config, forward: Arc<dyn ReplayPositions>) -> Result<Fleet, TlsSetupError> {
         let nodes = config
             .nodes
             .iter()
@@ -145,8 +178,7 @@ impl Fleet {
             .map(|(index, n)| Node::new(index, n).map(Arc::new))
             .collect::<Result<Vec<Arc<Node>>, TlsSetupError>>()?;
         let states: Vec<NodeState> = nodes.iter().map(|_| fresh_state()).collect();
-        let forward = Arc::new(crate::replication::ForwardState::new(config));
-        let view = compute_view(&nodes, &states, &forward);
+        let view = compute_view(&nodes, &states, forward.as_ref());
         Ok(Fleet {
             nodes: ArcSwap::from_pointee(nodes),
             states: Mutex::new(states),
@@ -216,7 +248,7 @@ impl Fleet {
                 changes.removed.push(i);
             }
         }
-        let view = compute_view(&nodes, &states, &self.forward);
+        let view = compute_view(&nodes, &states, self.forward.as_ref());
         self.nodes.store(Arc::new(nodes));
         self.view.store(Arc::new(view));
         if !changes.is_empty() {
@@ -246,7 +278,7 @@ impl Fleet {
         if let Some(slot) = states.get_mut(node) {
             *slot = state;
         }
-        let view = compute_view(&nodes, &states, &self.forward);
+        let view = compute_view(&nodes, &states, self.forward.as_ref());
         self.view.store(Arc::new(view));
     }
 
@@ -364,11 +396,7 @@ fn within(state: &NodeState, max_lag: Option<LagLimit>) -> bool {
     }
 }
 
-fn compute_view(
-    nodes: &[Arc<Node>],
-    states: &[NodeState],
-    forward: &crate::replication::ForwardState,
-) -> FleetView {
+fn compute_view(nodes: &[Arc<Node>], states: &[NodeState], forward: &dyn ReplayPositions) -> FleetView {
     let configured_primary = nodes
         .iter()
         .position(|n| n.role == Role::Primary && !n.is_retired());
@@ -407,7 +435,7 @@ fn compute_view(
             continue;
         }
         if let (Some(p), Some(r)) = (primary_lsn, s.lsn) {
-            let behind = p.saturating_sub(r);
+            let behind = p.bytes_since(r);
             s.lag_bytes = Some(behind);
             if behind == 0 || (forward.enabled() && nodes[i].role == Role::Replica && s.lag.is_none()) {
                 // Replayed everything the primary has: no lag, however old the last transaction is.

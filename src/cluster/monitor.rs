@@ -8,11 +8,12 @@ use std::time::{Duration, SystemTime};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod};
 
-use super::view::{NodeState, parse_lsn};
+use super::Fleet;
+use super::view::NodeState;
 use crate::backend::connect::NodeTarget;
 use crate::backend::tls::NodeTls;
-use crate::config::split_host_port;
-use crate::proxy::Shared;
+use crate::config::{ConfigHandle, split_host_port};
+use crate::protocol::lsn::Lsn;
 
 /// The one query a check runs: role, WAL position (current on a primary, replayed on a replica), and the
 /// age of the last replayed transaction.
@@ -20,19 +21,20 @@ const CHECK_SQL: &str = "SELECT pg_is_in_recovery(), \
      (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text, \
      EXTRACT(EPOCH FROM (now() - pg_last_xact_replay_timestamp()))::float8";
 
-/// Starts one monitor task per node.
-pub fn spawn(shared: &Arc<Shared>) {
-    for index in 0..shared.fleet.nodes().len() {
-        spawn_node(shared, index);
+/// Starts one monitor task per node of `fleet`, with the `[health]` settings of `config`.
+pub fn spawn(fleet: &Arc<Fleet>, config: &ConfigHandle) {
+    for index in 0..fleet.nodes().len() {
+        spawn_node(fleet, config, index);
     }
 }
 
 /// Starts the monitor task of one node slot; it ends when a reload retires the slot. The health settings
 /// are read at every check, so a reload of `[health]` applies from the next one.
-pub fn spawn_node(shared: &Arc<Shared>, index: usize) {
-    let shared = shared.clone();
+pub fn spawn_node(fleet: &Arc<Fleet>, config: &ConfigHandle, index: usize) {
+    let fleet = fleet.clone();
+    let config_handle = config.clone();
     tokio::spawn(async move {
-        let node = shared.fleet.node(index);
+        let node = fleet.node(index);
         let mut control: Option<(Login, Pool)> = None;
         let mut last: Option<(bool, Option<bool>)> = None;
         loop {
@@ -41,7 +43,7 @@ pub fn spawn_node(shared: &Arc<Shared>, index: usize) {
                 return;
             }
             let (login, interval, timeout) = {
-                let config = shared.config();
+                let config = config_handle.get();
                 let login = config.health_user().map(|u| Login {
                     user: u.name.clone(),
                     password: u.password.clone(),
@@ -72,7 +74,7 @@ pub fn spawn_node(shared: &Arc<Shared>, index: usize) {
             if state.up {
                 node.mark_up();
             }
-            shared.fleet.update(index, state);
+            fleet.update(index, state);
             tokio::time::sleep_until(started + interval).await;
         }
     });
@@ -144,7 +146,7 @@ async fn check(pool: &Pool, tls: &NodeTls, timeout: Duration) -> NodeState {
         Ok(Ok((in_recovery, lsn, replay_age))) => NodeState {
             up: true,
             in_recovery: Some(in_recovery),
-            lsn: lsn.as_deref().and_then(parse_lsn),
+            lsn: lsn.as_deref().and_then(|text| text.parse::<Lsn>().ok()),
             lag_bytes: None,
             lag: if in_recovery {
                 replay_age.map(|s| Duration::from_secs_f64(s.max(0.0)))

@@ -3,6 +3,8 @@
 
 use std::time::{Duration, SystemTime};
 
+use crate::protocol::lsn::Lsn;
+
 /// What the monitor knows about one node.
 #[derive(Debug, Clone, Default)]
 pub struct NodeState {
@@ -11,7 +13,7 @@ pub struct NodeState {
     /// `pg_is_in_recovery()` at the last successful check; None before it.
     pub in_recovery: Option<bool>,
     /// WAL position: `pg_current_wal_lsn()` on a primary, `pg_last_wal_replay_lsn()` on a replica.
-    pub lsn: Option<u64>,
+    pub lsn: Option<Lsn>,
     /// Bytes of WAL the node has not replayed yet, measured against the primary's last position.
     pub lag_bytes: Option<u64>,
     /// How far behind in time the node's replay is (zero when it has replayed all the primary has written).
@@ -42,19 +44,4 @@ pub struct FleetView {
     pub primary: Primary,
     /// The live node configured with role = "primary", if any.
     pub configured_primary: Option<usize>,
-}
-
-// One LSN text format for the whole crate: the replication decoder's (strict, as PostgreSQL's pg_lsn input).
-pub use crate::replication::pgoutput::{format_lsn, parse_lsn};
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lsn_round_trip() {
-        assert_eq!(parse_lsn("16/B374D848"), Some((0x16 << 32) | 0xB374D848));
-        assert_eq!(format_lsn((0x16 << 32) | 0xB374D848), "16/B374D848");
-        assert_eq!(parse_lsn("nonsense"), None);
-    }
 }

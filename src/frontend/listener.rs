@@ -2,7 +2,7 @@
 //! handles a CancelRequest) and hands over to the session.
 //!
 //! From the moment a connection is accepted until it has authenticated it counts as logging in (see
-//! [`crate::admin::stats::LoginGuard`]) and runs against `listen.authentication_timeout`: a client that stalls
+//! [`crate::stats::LoginGuard`]) and runs against `listen.authentication_timeout`: a client that stalls
 //! anywhere before AuthenticationOk is disconnected, and with `listen.max_clients` set, at most twice that
 //! many connections may be logging in at once, so that idle sockets cannot use up the process's descriptors.
 //! (The session slots themselves are taken after the startup packet, in `session::run`.)
@@ -16,12 +16,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
+use super::Shared;
 use super::session::PendingLogin;
 use super::stream::ClientStream;
 use crate::config::ClientTlsMode;
 use crate::protocol::messages::ProxyError;
 use crate::protocol::startup::{self, StartupPacket};
-use crate::proxy::Shared;
 
 /// The first pause after a failed accept; it doubles with each failure in a row.
 const MIN_ACCEPT_BACKOFF: Duration = Duration::from_millis(10);

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::Instrument;
 
+use super::Shared;
 use super::auth;
 use super::cancel::CancelKey;
 use super::forward::{Flow, FlowError};
@@ -21,11 +22,11 @@ use crate::backend::connect::Login;
 use crate::backend::{BackendError, Checkout, NodePool, PooledConn};
 use crate::cluster::view::FleetView;
 use crate::config::{PoolMode, ReadYourWrites, ReplicaAffinity};
+use crate::protocol::lsn::Lsn;
 use crate::protocol::messages::{
     ProxyError, Severity, backend_key_data, close_statement, parameter_status, query, ready_for_query, sync,
 };
 use crate::protocol::{FrameBuffer, FrameError};
-use crate::proxy::Shared;
 use crate::router::classify::{Pin, Target};
 use crate::router::functions::FunctionRules;
 
@@ -245,7 +246,7 @@ async fn admin_session(
             node: None,
         },
     );
-    if let Err(e) = crate::admin::console::run_console(&mut client, &shared, user).await {
+    if let Err(e) = crate::admin::console::run_console(&mut client, &shared.admin, user).await {
         tracing::info!(error = %e, "admin session ended");
     }
     shared.stats.client_disconnected(id);
@@ -273,9 +274,9 @@ pub(super) struct Session {
     discard_until_sync: bool,
     pub(super) rules: Arc<FunctionRules>,
     /// WAL position of the session's last committed write (read-your-writes).
-    last_write_lsn: Option<u64>,
+    last_write_lsn: Option<Lsn>,
     /// Per node, the replay position this session last asked it for, and when.
-    replayed_seen: Vec<Option<(u64, std::time::Instant)>>,
+    replayed_seen: Vec<Option<(Lsn, std::time::Instant)>>,
     /// The open transaction ran something on the primary that may have written.
     tx_wrote: bool,
     /// Transaction pooling: node connections go back to the pool between transactions.
@@ -908,7 +909,7 @@ impl Session {
     async fn fresh_nodes(
         &mut self,
         order: Vec<usize>,
-        lsn: u64,
+        lsn: Lsn,
         primary: Option<usize>,
         view: &crate::cluster::view::FleetView,
     ) -> Vec<usize> {
@@ -948,7 +949,7 @@ impl Session {
     /// Whether a replica has replayed `lsn`. A replica this session saw past it less than one health
     /// interval ago is not asked again: that answer is as fresh as the health snapshot, which is trusted
     /// the same way, and without it every read after a write asked again until the next health check.
-    async fn has_replayed(&mut self, node: usize, lsn: u64) -> bool {
+    async fn has_replayed(&mut self, node: usize, lsn: Lsn) -> bool {
         let trusted_for = self.shared.config().health.interval;
         if node >= self.replayed_seen.len() {
             // A node a reload added after the session started.
@@ -965,7 +966,7 @@ impl Session {
     }
 
     /// A replica's replay position, asked on the session's own connection to it.
-    async fn replayed(&mut self, node: usize) -> Option<u64> {
+    async fn replayed(&mut self, node: usize) -> Option<Lsn> {
         if self.shared.fleet.forward.enabled() {
             // Forwarded replicas: pgfleet itself knows what it has applied there.
             return self.shared.fleet.forward.visible(node);
@@ -977,7 +978,7 @@ impl Session {
             .query_value("SELECT pg_last_wal_replay_lsn()::text")
             .await
             .ok()??;
-        crate::cluster::view::parse_lsn(&text)
+        text.parse::<Lsn>().ok()
     }
 
     /// After a request: for read-your-writes, the WAL position of a write the session just committed, asked
@@ -1009,13 +1010,13 @@ impl Session {
         conn.applied.unnamed = None;
         match conn.query_value("SELECT pg_current_wal_lsn()::text").await {
             Ok(Some(text)) => {
-                if let Some(lsn) = crate::cluster::view::parse_lsn(&text) {
+                if let Ok(lsn) = text.parse::<Lsn>() {
                     self.last_write_lsn = Some(self.last_write_lsn.map_or(lsn, |l| l.max(lsn)));
                 }
             }
             _ => {
                 // Unknown position: be safe and read from the primary until a later write tells us more.
-                self.last_write_lsn = Some(u64::MAX);
+                self.last_write_lsn = Some(Lsn::MAX);
             }
         }
     }

@@ -1,53 +1,24 @@
 //! Server-side TLS for clients: turning `listen.tls_cert` / `listen.tls_key` into a rustls acceptor.
 //!
-//! This module owns loading the PEM files and the rustls configuration (ring provider, TLS 1.3 and, unless
-//! `listen.tls_min_version = "1.3"`, TLS 1.2; no client certificates). Answering SSLRequest and wrapping the
-//! socket belong to the listener.
+//! This module owns the rustls configuration (ring provider, TLS 1.3 and, unless
+//! `listen.tls_min_version = "1.3"`, TLS 1.2; no client certificates); `crate::certs` reads the PEM files.
+//! Answering SSLRequest and wrapping the socket belong to the listener.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::{self, ServerConfig};
 
+use crate::certs::{self, CertError};
 use crate::config::TlsVersion;
 
 /// Why the TLS files could not be used. Every variant names the file at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    /// The file could not be read at all.
-    #[error("cannot read {}: {source}", path.display())]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// The file was read but its PEM is broken.
-    #[error("cannot parse PEM in {}: {source}", path.display())]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// What rustls-pemfile said.
-        source: std::io::Error,
-    },
-    /// The certificate file holds no `CERTIFICATE` block.
-    #[error("no certificate found in {}", path.display())]
-    NoCertificate {
-        /// The file.
-        path: PathBuf,
-    },
-    /// The key file holds no private key block.
-    #[error(
-        "no private key found in {} (expected a PKCS#8, RSA or SEC1 key in PEM: \
-         BEGIN PRIVATE KEY, BEGIN RSA PRIVATE KEY or BEGIN EC PRIVATE KEY)",
-        path.display()
-    )]
-    NoKey {
-        /// The file.
-        path: PathBuf,
-    },
+    /// A file cannot be read or holds no usable certificate or key.
+    #[error(transparent)]
+    File(#[from] CertError),
     /// rustls refused the pair, e.g. because the key does not belong to the certificate or uses an
     /// unsupported algorithm.
     #[error("cannot use certificate {} with key {}: {source}", cert.display(), key.display())]
@@ -64,8 +35,8 @@ pub enum TlsError {
 /// Builds the acceptor for client connections from a PEM certificate chain (leaf first) and a PEM private key,
 /// accepting TLS versions from `min_version` up.
 pub fn acceptor(cert: &Path, key: &Path, min_version: TlsVersion) -> Result<TlsAcceptor, TlsError> {
-    let chain = load_certs(cert)?;
-    let private_key = load_key(key)?;
+    let chain = certs::certificates(cert)?;
+    let private_key = certs::private_key(key)?;
     let rejected = |source| TlsError::Rejected {
         cert: cert.to_owned(),
         key: key.to_owned(),
@@ -86,41 +57,6 @@ pub fn acceptor(cert: &Path, key: &Path, min_version: TlsVersion) -> Result<TlsA
         .with_single_cert(chain, private_key)
         .map_err(rejected)?;
     Ok(TlsAcceptor::from(Arc::new(config)))
-}
-
-fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read {
-        path: path.to_owned(),
-        source,
-    })
-}
-
-fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = read(path)?;
-    let chain = rustls_pemfile::certs(&mut pem.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| TlsError::Parse {
-            path: path.to_owned(),
-            source,
-        })?;
-    if chain.is_empty() {
-        return Err(TlsError::NoCertificate {
-            path: path.to_owned(),
-        });
-    }
-    Ok(chain)
-}
-
-fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let pem = read(path)?;
-    rustls_pemfile::private_key(&mut pem.as_slice())
-        .map_err(|source| TlsError::Parse {
-            path: path.to_owned(),
-            source,
-        })?
-        .ok_or_else(|| TlsError::NoKey {
-            path: path.to_owned(),
-        })
 }
 
 #[cfg(test)]
@@ -188,7 +124,7 @@ mod tests {
         std::io::Result<tokio_rustls::server::TlsStream<tokio::io::DuplexStream>>,
     ) {
         let mut roots = rustls::RootCertStore::empty();
-        for c in load_certs(cert).expect("certs") {
+        for c in certs::certificates(cert).expect("certs") {
             roots.add(c).expect("root");
         }
         let client =
@@ -299,7 +235,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let missing = dir.path().join("nope.pem");
         let err = err_of(&missing, &missing);
-        assert!(matches!(err, TlsError::Read { .. }), "{err:?}");
+        assert!(matches!(err, TlsError::File(CertError::Read { .. })), "{err:?}");
         let text = err.to_string();
         assert!(
             text.starts_with("cannot read ") && text.contains("nope.pem"),

@@ -2,6 +2,7 @@
 //! messages the proxy reads or writes itself (`messages`). Nothing here touches a socket.
 
 pub mod frame;
+pub mod lsn;
 pub mod messages;
 pub mod startup;
 

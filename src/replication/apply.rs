@@ -11,14 +11,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use super::Replication;
 use super::copy::{CopyJob, initial_copy};
 use super::pgoutput::{self, Lsn, PgOutput, Relation, ReplicationMessage};
 use super::setup::{DDL_PREFIX, ForwardError, client, slot_name, sql_err};
 use super::stream::ReplicationStream;
 use super::{Progress, State, sql};
 use crate::backend::connect::NodeTarget;
-use crate::cluster::view::format_lsn;
-use crate::proxy::Shared;
 use crate::router::classify::classify;
 use crate::router::split::split_statements;
 
@@ -33,7 +32,7 @@ const PROGRESS_DDL: &str = "CREATE SCHEMA IF NOT EXISTS pgfleet_replica;
 
 /// One forwarding task.
 pub struct Applier {
-    shared: Arc<Shared>,
+    ctx: Arc<Replication>,
     node: usize,
     database: String,
     slot: String,
@@ -42,15 +41,15 @@ pub struct Applier {
 
 impl Applier {
     /// The task for `node` (a replica) and the `db`-th forwarded database.
-    pub fn new(shared: Arc<Shared>, node: usize, db: usize, progress: Arc<Progress>) -> Self {
-        let database = shared.fleet.forward.databases[db].clone();
+    pub fn new(ctx: Arc<Replication>, node: usize, db: usize, progress: Arc<Progress>) -> Self {
+        let database = ctx.forward.databases[db].clone();
         let slot = slot_name(
-            &shared.config().replication.name,
+            &ctx.config().replication.name,
             &database,
-            &shared.fleet.nodes()[node].target.name,
+            &ctx.fleet.nodes()[node].target.name,
         );
         Self {
-            shared,
+            ctx,
             node,
             database,
             slot,
@@ -60,7 +59,7 @@ impl Applier {
 
     /// Runs until the process ends, restarting after failures with a growing pause.
     pub async fn run_forever(self) {
-        let name = self.shared.fleet.nodes()[self.node].target.name.clone();
+        let name = self.ctx.fleet.nodes()[self.node].target.name.clone();
         let mut pause = Duration::from_millis(500);
         loop {
             let started = std::time::Instant::now();
@@ -81,7 +80,7 @@ impl Applier {
     }
 
     fn credentials(&self) -> (String, String) {
-        let config = self.shared.config();
+        let config = self.ctx.config();
         let r = &config.replication;
         (
             r.user.clone().unwrap_or_default(),
@@ -91,8 +90,8 @@ impl Applier {
 
     async fn run_once(&self) -> Result<(), ForwardError> {
         let (user, password) = self.credentials();
-        let timeout = self.shared.config().pool.connect_timeout;
-        let fleet = &self.shared.fleet;
+        let timeout = self.ctx.config().pool.connect_timeout;
+        let fleet = &self.ctx.fleet;
         let primary = fleet.nodes()[fleet.likely_primary()].target.clone();
         let replica_node = fleet.nodes()[self.node].target.clone();
         let replica = client(&replica_node, &user, &password, &self.database, timeout).await?;
@@ -115,14 +114,15 @@ impl Applier {
         let mut stream =
             ReplicationStream::connect(&primary, &user, &password, &self.database, timeout).await?;
         let start = match stored {
-            Some((lsn, state)) if state == "streaming" => crate::cluster::view::parse_lsn(&lsn)
-                .ok_or_else(|| ForwardError::Apply(format!("bad progress {lsn}")))?,
+            Some((lsn, state)) if state == "streaming" => lsn
+                .parse::<Lsn>()
+                .map_err(|_| ForwardError::Apply(format!("bad progress {lsn}")))?,
             _ => self.copy(&mut stream, &replica, &primary, &replica_node).await?,
         };
         self.progress.set_applied(start);
         self.progress.set_state(State::Streaming);
         if let Err(e) = stream
-            .start(&self.slot, start, &self.shared.config().replication.name)
+            .start(&self.slot, start, &self.ctx.config().replication.name)
             .await
         {
             if matches!(&e, super::stream::StreamError::Refused { code, .. } if code == "42704") {
@@ -139,8 +139,8 @@ impl Applier {
             }
             return Err(e.into());
         }
-        tracing::info!(replica = %self.shared.fleet.nodes()[self.node].target.name, database = %self.database,
-            from = %format_lsn(start), "forwarding changes");
+        tracing::info!(replica = %self.ctx.fleet.nodes()[self.node].target.name, database = %self.database,
+            from = %start, "forwarding changes");
         self.follow(&mut stream, &replica, start).await
     }
 
@@ -154,7 +154,7 @@ impl Applier {
     ) -> Result<Lsn, ForwardError> {
         self.progress.set_state(State::Copying);
         let (user, password) = self.credentials();
-        let timeout = self.shared.config().pool.connect_timeout;
+        let timeout = self.ctx.config().pool.connect_timeout;
         let control = client(primary, &user, &password, &self.database, timeout).await?;
         // A slot left by a copy that crashed cannot give its snapshot again: start over. Its walsender may
         // take a moment to notice that its client is gone.
@@ -190,8 +190,8 @@ impl Applier {
             user: &user,
             password: &password,
             snapshot: &snapshot,
-            publication: &self.shared.config().replication.name,
-            parallelism: self.shared.config().replication.copy_parallelism,
+            publication: &self.ctx.config().replication.name,
+            parallelism: self.ctx.config().replication.copy_parallelism,
             timeout,
         };
         let rows = initial_copy(&job).await?;
@@ -200,13 +200,13 @@ impl Applier {
             .execute(
                 "UPDATE pgfleet_replica.progress SET lsn = $2::text::pg_lsn, state = 'streaming', updated_at = now()
                  WHERE slot = $1",
-                &[&self.slot, &format_lsn(consistent)],
+                &[&self.slot, &consistent.to_string()],
             )
             .await
             .map_err(sql_err("recording the copy's consistent point"))?;
         sync_sequences(&control, replica, &mut HashMap::new()).await?;
         self.progress.rows.fetch_add(rows, Ordering::Relaxed);
-        tracing::info!(replica = %replica_node.address, database = %self.database, rows, at = %format_lsn(consistent),
+        tracing::info!(replica = %replica_node.address, database = %self.database, rows, at = %consistent,
             "initial copy done");
         Ok(consistent)
     }
@@ -218,14 +218,14 @@ impl Applier {
         mut applied: Lsn,
     ) -> Result<(), ForwardError> {
         let (user, password) = self.credentials();
-        let fleet = &self.shared.fleet;
+        let fleet = &self.ctx.fleet;
         let primary = fleet.nodes()[fleet.likely_primary()].target.clone();
         let control = client(
             &primary,
             &user,
             &password,
             &self.database,
-            self.shared.config().pool.connect_timeout,
+            self.ctx.config().pool.connect_timeout,
         )
         .await?;
         let mut relations: HashMap<u32, Relation> = HashMap::new();
@@ -233,7 +233,7 @@ impl Applier {
         let mut sequences = HashMap::new();
         let mut ticker = tokio::time::interval(SEQUENCE_SYNC);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let batch_size = self.shared.config().replication.batch_size;
+        let batch_size = self.ctx.config().replication.batch_size;
         loop {
             let msg = tokio::select! {
                 m = stream.next() => m?,
@@ -252,7 +252,7 @@ impl Applier {
                 } => {
                     if !batch.open {
                         // Nothing received is left unapplied: the replica is consistent with the primary here.
-                        self.progress.visible.fetch_max(wal_end, Ordering::Relaxed);
+                        self.progress.visible.fetch_max(wal_end.0, Ordering::Relaxed);
                     }
                     if reply_requested {
                         stream.send_status(applied, false).await?;
@@ -455,7 +455,7 @@ impl Batch {
         }
         self.sql.push_str(&format!(
             "UPDATE pgfleet_replica.progress SET lsn = '{}', updated_at = now() WHERE slot = {};COMMIT;",
-            format_lsn(end),
+            end,
             sql::quote_literal(slot)
         ));
         Some(end)

@@ -15,15 +15,20 @@ pub mod stream;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
+use std::time::Duration;
 
-use crate::config::ReplicationMode;
-use crate::proxy::Shared;
+use arc_swap::Guard;
+
+use self::slots::{ReplicaStatus, SlotMonitor};
+use crate::cluster::{Fleet, ReplayPositions};
+use crate::config::{Config, ConfigHandle, ReplicationMode};
+use crate::protocol::lsn::{Lsn, pg_epoch_micros_now};
 
 /// Where one replica stands for one database.
 #[derive(Debug, Default)]
 pub struct Progress {
     state: AtomicU8,
-    /// End LSN of the last transaction durably applied.
+    /// End LSN of the last transaction durably applied (an [`Lsn`]; atomics hold its `u64`).
     pub applied: AtomicU64,
     /// Position the replica is known to be consistent with (applied, or the primary's WAL end while idle).
     pub visible: AtomicU64,
@@ -83,9 +88,19 @@ impl Progress {
     }
 
     /// Records a durably applied position.
-    pub fn set_applied(&self, lsn: u64) {
-        self.applied.fetch_max(lsn, Ordering::Relaxed);
-        self.visible.fetch_max(lsn, Ordering::Relaxed);
+    pub fn set_applied(&self, lsn: Lsn) {
+        self.applied.fetch_max(lsn.0, Ordering::Relaxed);
+        self.visible.fetch_max(lsn.0, Ordering::Relaxed);
+    }
+
+    /// End of the last transaction durably applied; [`Lsn::ZERO`] before the first.
+    pub fn applied(&self) -> Lsn {
+        Lsn(self.applied.load(Ordering::Relaxed))
+    }
+
+    /// Position the replica is known to be consistent with; [`Lsn::ZERO`] before anything is applied.
+    pub fn visible(&self) -> Lsn {
+        Lsn(self.visible.load(Ordering::Relaxed))
     }
 }
 
@@ -100,7 +115,7 @@ pub struct ForwardState {
 
 impl ForwardState {
     /// State for a config (empty unless forward mode).
-    pub fn new(config: &crate::config::Config) -> Self {
+    pub fn new(config: &Config) -> Self {
         if config.replication.mode != ReplicationMode::Forward {
             return Self::default();
         }
@@ -126,47 +141,100 @@ impl ForwardState {
 
     /// How far behind in time a replica is: zero when it has reached `primary_lsn`, else the age of its
     /// last applied commit.
-    pub fn lag(&self, node: usize, primary_lsn: Option<u64>) -> Option<std::time::Duration> {
+    pub fn lag(&self, node: usize, primary_lsn: Option<Lsn>) -> Option<Duration> {
         let visible = self.visible(node)?;
         if primary_lsn.is_none_or(|p| visible >= p) {
-            return Some(std::time::Duration::ZERO);
+            return Some(Duration::ZERO);
         }
         let p = self.progress.get(node)?;
         let oldest = p
             .iter()
             .map(|x| x.last_commit_time.load(Ordering::Relaxed))
             .min()?;
-        let now = pgoutput::pg_epoch_micros_now();
-        Some(std::time::Duration::from_micros(
-            now.saturating_sub(oldest).max(0) as u64,
-        ))
+        let now = pg_epoch_micros_now();
+        Some(Duration::from_micros(now.saturating_sub(oldest).max(0) as u64))
     }
 
     /// The position a replica is consistent with across all forwarded databases, if it is streaming all.
-    pub fn visible(&self, node: usize) -> Option<u64> {
+    pub fn visible(&self, node: usize) -> Option<Lsn> {
         let p = self.progress.get(node)?;
         if p.is_empty() || p.iter().any(|x| x.state() != State::Streaming) {
             return None;
         }
-        p.iter().map(|x| x.visible.load(Ordering::Relaxed)).min()
+        p.iter().map(|x| x.visible()).min()
+    }
+}
+
+/// The fleet learns replay positions from here: routing in forward mode follows what pgfleet has applied.
+impl ReplayPositions for ForwardState {
+    fn enabled(&self) -> bool {
+        ForwardState::enabled(self)
+    }
+
+    fn visible(&self, node: usize) -> Option<Lsn> {
+        ForwardState::visible(self, node)
+    }
+
+    fn lag(&self, node: usize, primary_lsn: Option<Lsn>) -> Option<Duration> {
+        ForwardState::lag(self, node, primary_lsn)
+    }
+}
+
+/// What forward mode works with, handed out by the proxy's wiring: the fleet (to find the primary and the
+/// replicas), the config, the per-replica progress it reports into, and the slot monitor it owns.
+#[derive(Debug)]
+pub struct Replication {
+    config: ConfigHandle,
+    /// Nodes and their health.
+    pub fleet: Arc<Fleet>,
+    /// Progress of every (replica, database); the same value the fleet reads positions from.
+    pub forward: Arc<ForwardState>,
+    /// WAL held by pgfleet's slots; checked only in forward mode.
+    pub slots: Arc<SlotMonitor>,
+}
+
+impl Replication {
+    /// The handle for a fleet built with `forward` as its replay positions.
+    pub fn new(config: ConfigHandle, fleet: Arc<Fleet>, forward: Arc<ForwardState>) -> Arc<Replication> {
+        Arc::new(Replication {
+            config,
+            fleet,
+            forward,
+            slots: Arc::new(SlotMonitor::new()),
+        })
+    }
+
+    /// The configuration in force now. Hold the guard briefly: a reload publishes a new one.
+    pub fn config(&self) -> Guard<Arc<Config>> {
+        self.config.get()
+    }
+
+    /// The configuration in force now, for holding across waits.
+    pub fn config_arc(&self) -> Arc<Config> {
+        self.config.get_arc()
+    }
+
+    /// The rows of `SHOW REPLICATION` and the replication metrics.
+    pub fn report(&self) -> Vec<ReplicaStatus> {
+        slots::report_with(self, Some(&self.slots))
     }
 }
 
 /// Starts one forwarding task per (database, replica) when forward mode is on.
-pub fn spawn(shared: &Arc<Shared>) {
-    if !shared.fleet.forward.enabled() {
+pub fn spawn(ctx: &Arc<Replication>) {
+    if !ctx.forward.enabled() {
         return;
     }
-    slots::spawn(shared);
-    let shared = shared.clone();
+    slots::spawn(ctx);
+    let ctx = ctx.clone();
     tokio::spawn(async move {
-        if let Err(e) = setup::prepare_all(&shared).await {
+        if let Err(e) = setup::prepare_all(&ctx).await {
             tracing::error!(error = %e, "forward mode cannot start");
             return;
         }
-        for (node, per_db) in shared.fleet.forward.progress.iter().enumerate() {
+        for (node, per_db) in ctx.forward.progress.iter().enumerate() {
             for (db, progress) in per_db.iter().enumerate() {
-                let task = apply::Applier::new(shared.clone(), node, db, progress.clone());
+                let task = apply::Applier::new(ctx.clone(), node, db, progress.clone());
                 tokio::spawn(task.run_forever());
             }
         }

@@ -13,11 +13,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-/// A WAL position (PostgreSQL's `XLogRecPtr`), shown by PostgreSQL as `X/Y` (see [`format_lsn`]).
-pub type Lsn = u64;
-
-/// Microseconds between 1970-01-01 and 2000-01-01, the epoch of PostgreSQL timestamps.
-const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
+pub use crate::protocol::lsn::{Lsn, pg_epoch_micros_now};
 
 /// Why bytes could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -316,6 +312,10 @@ impl<'a> Reader<'a> {
         Ok(u64::from_be_bytes(self.array(field)?))
     }
 
+    fn lsn(&mut self, field: &'static str) -> Result<Lsn, DecodeError> {
+        self.u64(field).map(Lsn)
+    }
+
     /// A non-negative Int16 or Int32 count or length field.
     fn length(&self, value: i64, field: &'static str) -> Result<usize, DecodeError> {
         usize::try_from(value).map_err(|_| DecodeError::NegativeLength {
@@ -383,8 +383,8 @@ pub fn decode_copy_data(body: &[u8]) -> Result<ReplicationMessage, DecodeError> 
     match tag {
         b'w' => {
             let mut r = Reader::new(rest, "XLogData");
-            let wal_start = r.u64("WAL start")?;
-            let wal_end = r.u64("WAL end")?;
+            let wal_start = r.lsn("WAL start")?;
+            let wal_end = r.lsn("WAL end")?;
             let server_time = r.i64("server time")?;
             let data = Bytes::copy_from_slice(r.rest());
             Ok(ReplicationMessage::XLogData {
@@ -396,7 +396,7 @@ pub fn decode_copy_data(body: &[u8]) -> Result<ReplicationMessage, DecodeError> 
         }
         b'k' => {
             let mut r = Reader::new(rest, "primary keepalive");
-            let wal_end = r.u64("WAL end")?;
+            let wal_end = r.lsn("WAL end")?;
             let server_time = r.i64("server time")?;
             let reply_requested = r.u8("reply flag")? != 0;
             r.finish()?;
@@ -424,40 +424,12 @@ pub fn standby_status_update(
 ) -> Bytes {
     let mut out = BytesMut::with_capacity(34);
     out.put_u8(b'r');
-    out.put_u64(write);
-    out.put_u64(flush);
-    out.put_u64(apply);
+    out.put_u64(write.0);
+    out.put_u64(flush.0);
+    out.put_u64(apply.0);
     out.put_i64(now_micros_since_2000);
     out.put_u8(u8::from(reply));
     out.freeze()
-}
-
-/// The current time in microseconds since 2000-01-01 UTC, the clock field of [`standby_status_update`].
-pub fn pg_epoch_micros_now() -> i64 {
-    let since_unix = match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
-        Ok(elapsed) => i64::try_from(elapsed.as_micros()).unwrap_or(i64::MAX),
-        // A clock set before 1970 is wrong but not our failure: report it as it is.
-        Err(before) => i64::try_from(before.duration().as_micros()).map_or(i64::MIN, |m| -m),
-    };
-    since_unix.saturating_sub(PG_EPOCH_OFFSET_MICROS)
-}
-
-/// Formats an LSN the way PostgreSQL does (`16/B374D848`), e.g. for START_REPLICATION and logs.
-pub fn format_lsn(lsn: Lsn) -> String {
-    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
-}
-
-/// Parses PostgreSQL's `X/Y` LSN text (as in `pg_replication_slots.confirmed_flush_lsn`); `None` if malformed.
-pub fn parse_lsn(text: &str) -> Option<Lsn> {
-    let (high, low) = text.split_once('/')?;
-    // from_str_radix accepts a leading '+', which PostgreSQL's pg_lsn input does not.
-    let hex = |s: &str| !s.is_empty() && s.len() <= 8 && s.bytes().all(|b| b.is_ascii_hexdigit());
-    if !hex(high) || !hex(low) {
-        return None;
-    }
-    let high = u64::from_str_radix(high, 16).ok()?;
-    let low = u64::from_str_radix(low, 16).ok()?;
-    Some((high << 32) | low)
 }
 
 /// Decodes one pgoutput message (protocol version 1: no streamed in-progress transactions, so the change
@@ -480,7 +452,7 @@ pub fn decode(data: &[u8]) -> Result<PgOutput, DecodeError> {
 }
 
 fn decode_begin(mut r: Reader<'_>) -> Result<PgOutput, DecodeError> {
-    let final_lsn = r.u64("final LSN")?;
+    let final_lsn = r.lsn("final LSN")?;
     let commit_time = r.i64("commit time")?;
     let xid = r.u32("xid")?;
     r.finish()?;
@@ -493,8 +465,8 @@ fn decode_begin(mut r: Reader<'_>) -> Result<PgOutput, DecodeError> {
 
 fn decode_commit(mut r: Reader<'_>) -> Result<PgOutput, DecodeError> {
     let flags = r.u8("flags")?;
-    let commit_lsn = r.u64("commit LSN")?;
-    let end_lsn = r.u64("end LSN")?;
+    let commit_lsn = r.lsn("commit LSN")?;
+    let end_lsn = r.lsn("end LSN")?;
     let commit_time = r.i64("commit time")?;
     r.finish()?;
     Ok(PgOutput::Commit {
@@ -506,7 +478,7 @@ fn decode_commit(mut r: Reader<'_>) -> Result<PgOutput, DecodeError> {
 }
 
 fn decode_origin(mut r: Reader<'_>) -> Result<PgOutput, DecodeError> {
-    let lsn = r.u64("origin LSN")?;
+    let lsn = r.lsn("origin LSN")?;
     let name = r.cstr("origin name")?;
     r.finish()?;
     Ok(PgOutput::Origin { lsn, name })
@@ -670,7 +642,7 @@ fn decode_truncate(mut r: Reader<'_>) -> Result<PgOutput, DecodeError> {
 
 fn decode_message(mut r: Reader<'_>) -> Result<PgOutput, DecodeError> {
     let flags = r.u8("flags")?;
-    let lsn = r.u64("message LSN")?;
+    let lsn = r.lsn("message LSN")?;
     let prefix = r.cstr("prefix")?;
     let len = r.count32("content length")?;
     let content = Bytes::copy_from_slice(r.take(len, "content")?);
@@ -879,7 +851,7 @@ mod tests {
         assert_eq!(
             decode(&begin()),
             Ok(PgOutput::Begin {
-                final_lsn: 0x16_B374_D848,
+                final_lsn: Lsn(0x16_B374_D848),
                 commit_time: 7_000_000,
                 xid: 742
             })
@@ -888,8 +860,8 @@ mod tests {
             decode(&commit()),
             Ok(PgOutput::Commit {
                 flags: 0,
-                commit_lsn: 0x100,
-                end_lsn: 0x130,
+                commit_lsn: Lsn(0x100),
+                end_lsn: Lsn(0x130),
                 commit_time: -5
             })
         );
@@ -900,7 +872,7 @@ mod tests {
         assert_eq!(
             decode(&origin()),
             Ok(PgOutput::Origin {
-                lsn: 0x42,
+                lsn: Lsn(0x42),
                 name: "node_a".into()
             })
         );
@@ -1082,7 +1054,7 @@ mod tests {
             decode(&message()),
             Ok(PgOutput::Message {
                 transactional: true,
-                lsn: 0x99,
+                lsn: Lsn(0x99),
                 prefix: "pgfleet".into(),
                 content: Bytes::from_static(b"a\0b")
             })
@@ -1092,7 +1064,7 @@ mod tests {
             decode(&plain),
             Ok(PgOutput::Message {
                 transactional: false,
-                lsn: 1,
+                lsn: Lsn(1),
                 prefix: "p".into(),
                 content: Bytes::new()
             })
@@ -1104,7 +1076,7 @@ mod tests {
         assert_eq!(
             decode_copy_data(&keepalive()),
             Ok(ReplicationMessage::PrimaryKeepalive {
-                wal_end: 0x1_0000_0010,
+                wal_end: Lsn(0x1_0000_0010),
                 server_time: 123_456,
                 reply_requested: true
             })
@@ -1130,7 +1102,7 @@ mod tests {
         else {
             panic!("not XLogData");
         };
-        assert_eq!((wal_start, wal_end, server_time), (0x10, 0x20, 99));
+        assert_eq!((wal_start, wal_end, server_time), (Lsn(0x10), Lsn(0x20), 99));
         assert_eq!(&data[..], &begin()[..]);
         assert!(matches!(decode(&data), Ok(PgOutput::Begin { xid: 742, .. })));
 
@@ -1144,7 +1116,7 @@ mod tests {
 
     #[test]
     fn standby_status_update_layout() {
-        let msg = standby_status_update(0x0102_0304_0506_0708, 0x10, 0x20, -2, true);
+        let msg = standby_status_update(Lsn(0x0102_0304_0506_0708), Lsn(0x10), Lsn(0x20), -2, true);
         assert_eq!(msg.len(), 34);
         assert_eq!(msg[0], b'r');
         assert_eq!(&msg[1..9], &[1, 2, 3, 4, 5, 6, 7, 8]);
@@ -1152,26 +1124,7 @@ mod tests {
         assert_eq!(&msg[17..25], &0x20u64.to_be_bytes());
         assert_eq!(&msg[25..33], &(-2i64).to_be_bytes());
         assert_eq!(msg[33], 1);
-        assert_eq!(standby_status_update(0, 0, 0, 0, false)[33], 0);
-    }
-
-    #[test]
-    fn clock_is_after_2000() {
-        let now = pg_epoch_micros_now();
-        // 2020-01-01 is 631_152_000 s after 2000-01-01.
-        assert!(now > 631_152_000_000_000, "{now}");
-    }
-
-    #[test]
-    fn lsn_text() {
-        assert_eq!(format_lsn(0x16_B374_D848), "16/B374D848");
-        assert_eq!(format_lsn(0), "0/0");
-        assert_eq!(parse_lsn("16/B374D848"), Some(0x16_B374_D848));
-        assert_eq!(parse_lsn("0/0"), Some(0));
-        assert_eq!(parse_lsn("ffffffff/FFFFFFFF"), Some(u64::MAX));
-        for bad in ["", "/", "1/", "/1", "1/2/3", "g/1", "+1/2", "1/123456789", " 1/2"] {
-            assert_eq!(parse_lsn(bad), None, "{bad:?}");
-        }
+        assert_eq!(standby_status_update(Lsn(0), Lsn(0), Lsn(0), 0, false)[33], 0);
     }
 
     #[test]

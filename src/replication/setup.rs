@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
+use super::Replication;
 use crate::backend::connect::NodeTarget;
 use crate::config::split_host_port;
-use crate::proxy::Shared;
 
 /// Prefix of the logical messages that carry DDL: "role\nsearch_path\nquery".
 pub const DDL_PREFIX: &str = "pgfleet.ddl";
@@ -92,27 +92,27 @@ pub async fn client(
 }
 
 /// Checks and prepares every forwarded database on the primary.
-pub async fn prepare_all(shared: &Shared) -> Result<(), ForwardError> {
-    for db in &shared.fleet.forward.databases {
-        prepare(shared, db).await?;
+pub async fn prepare_all(ctx: &Replication) -> Result<(), ForwardError> {
+    for db in &ctx.forward.databases {
+        prepare(ctx, db).await?;
     }
     Ok(())
 }
 
-async fn prepare(shared: &Shared, database: &str) -> Result<(), ForwardError> {
-    let config = shared.config_arc();
+async fn prepare(ctx: &Replication, database: &str) -> Result<(), ForwardError> {
+    let config = ctx.config_arc();
     let r = &config.replication;
     let (user, password) = (
         r.user.as_deref().unwrap_or(""),
         r.password.as_deref().unwrap_or(""),
     );
-    let primary = &shared.fleet.nodes()[shared.fleet.likely_primary()].target;
+    let primary = &ctx.fleet.nodes()[ctx.fleet.likely_primary()].target;
     let c = client(
         primary,
         user,
         password,
         database,
-        shared.config().pool.connect_timeout,
+        ctx.config().pool.connect_timeout,
     )
     .await?;
     let wal_level: String = c

@@ -8,20 +8,17 @@
 //! when a slot crosses `replication.max_slot_lag` (and an info line once it falls back under), rather than
 //! at every check, so that the log says when the trouble started and ended.
 //!
-//! The monitor's state lives in a process-wide cell: `ForwardState` belongs to the applier side and each
-//! pgfleet process runs one proxy, so one monitor per process is all there is.
+//! The monitor belongs to the proxy's [`Replication`] handle, which the console and metrics read it through.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
-
 use super::setup::{ForwardError, client, slot_name, sql_err};
-use super::{Progress, State};
+use super::{Progress, Replication, State};
 use crate::config::{ReplicationMode, Role};
-use crate::proxy::Shared;
+use crate::protocol::lsn::{Lsn, pg_epoch_micros_now};
 
 /// Every forward-mode state, in the order metrics list them.
 pub const STATES: [State; 4] = [State::Starting, State::Copying, State::Streaming, State::Stopped];
@@ -32,9 +29,6 @@ const FIRST_CHECK: Duration = Duration::from_secs(2);
 /// Bounds of the check period, which follows `health.interval` (ten health checks per slot check).
 const MIN_PERIOD: Duration = Duration::from_secs(1);
 const MAX_PERIOD: Duration = Duration::from_secs(10);
-
-/// The monitor of the running proxy, if forward mode started one.
-static CURRENT: ArcSwapOption<SlotMonitor> = ArcSwapOption::const_empty();
 
 /// How much WAL each of pgfleet's slots holds back on the primary, as last seen.
 #[derive(Debug, Default)]
@@ -145,11 +139,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The running proxy's monitor, if forward mode started one.
-pub fn current() -> Option<Arc<SlotMonitor>> {
-    CURRENT.load_full()
-}
-
 /// How often slots are checked: ten health intervals, within 1 to 10 seconds. Tying it to
 /// `health.interval` avoids a config key of its own while letting tests with a fast health check see a
 /// crossing quickly.
@@ -158,25 +147,23 @@ pub fn period(health_interval: Duration) -> Duration {
 }
 
 /// Starts the slot monitor when forward mode is on.
-pub fn spawn(shared: &Arc<Shared>) {
-    if !shared.fleet.forward.enabled() {
+pub fn spawn(ctx: &Arc<Replication>) {
+    if !ctx.forward.enabled() {
         return;
     }
-    let monitor = Arc::new(SlotMonitor::new());
-    CURRENT.store(Some(monitor.clone()));
-    tokio::spawn(run(shared.clone(), monitor));
+    tokio::spawn(run(ctx.clone(), ctx.slots.clone()));
 }
 
-async fn run(shared: Arc<Shared>, monitor: Arc<SlotMonitor>) {
-    let every = period(shared.config().health.interval);
-    let max = shared.config().replication.max_slot_lag;
+async fn run(ctx: Arc<Replication>, monitor: Arc<SlotMonitor>) {
+    let every = period(ctx.config().health.interval);
+    let max = ctx.config().replication.max_slot_lag;
     tokio::time::sleep(every.min(FIRST_CHECK)).await;
     let mut primary: Option<tokio_postgres::Client> = None;
     let mut failing = false;
     loop {
         // Connect and query both count against the limit: a hung primary must not stall the monitor.
-        let limit = shared.config().pool.connect_timeout + shared.config().health.timeout;
-        let result = match tokio::time::timeout(limit, check(&shared, &mut primary)).await {
+        let limit = ctx.config().pool.connect_timeout + ctx.config().health.timeout;
+        let result = match tokio::time::timeout(limit, check(&ctx, &mut primary)).await {
             Ok(r) => r,
             Err(_) => Err(ForwardError::Setup(format!(
                 "reading replication slots timed out after {limit:?}"
@@ -210,33 +197,28 @@ async fn run(shared: Arc<Shared>, monitor: Arc<SlotMonitor>) {
 
 /// One check: every slot whose name starts with `replication.name` and `_`, and the WAL it holds.
 async fn check(
-    shared: &Shared,
+    ctx: &Replication,
     primary: &mut Option<tokio_postgres::Client>,
 ) -> Result<Vec<(String, Option<i64>)>, ForwardError> {
     let c = match primary.take() {
         Some(c) if !c.is_closed() => c,
         _ => {
-            let config = shared.config_arc();
+            let config = ctx.config_arc();
             let r = &config.replication;
             // Slots are cluster-wide: any forwarded database will do for the connection.
-            let database = shared
-                .fleet
-                .forward
-                .databases
-                .first()
-                .map_or("postgres", String::as_str);
-            let node = &shared.fleet.nodes()[shared.fleet.likely_primary()].target;
+            let database = ctx.forward.databases.first().map_or("postgres", String::as_str);
+            let node = &ctx.fleet.nodes()[ctx.fleet.likely_primary()].target;
             client(
                 node,
                 r.user.as_deref().unwrap_or(""),
                 r.password.as_deref().unwrap_or(""),
                 database,
-                shared.config().pool.connect_timeout,
+                ctx.config().pool.connect_timeout,
             )
             .await?
         }
     };
-    let pattern = format!("{}\\_%", escape_like(&shared.config().replication.name));
+    let pattern = format!("{}\\_%", escape_like(&ctx.config().replication.name));
     let rows = c
         .query(
             "SELECT slot_name::text, pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint \
@@ -330,7 +312,7 @@ pub struct ReplicaStatus {
     /// Slot on the primary (forward mode).
     pub slot: Option<String>,
     /// Forward mode: end of the last transaction applied; external mode: the replayed WAL position.
-    pub applied_lsn: Option<u64>,
+    pub applied_lsn: Option<Lsn>,
     /// WAL bytes between the primary's last known position and what the replica is consistent with.
     pub lag_bytes: Option<u64>,
     /// How far behind in time.
@@ -343,26 +325,21 @@ pub struct ReplicaStatus {
     pub slot_retained_bytes: Option<u64>,
 }
 
-/// The rows of `SHOW REPLICATION` for the running proxy.
-pub fn report(shared: &Shared) -> Vec<ReplicaStatus> {
-    report_with(shared, current().as_deref())
-}
-
-/// [`report`] against a given monitor (tests pass their own).
-pub fn report_with(shared: &Shared, monitor: Option<&SlotMonitor>) -> Vec<ReplicaStatus> {
-    let view = shared.fleet.view();
-    let primary = shared.fleet.primary_in(&view).ok();
+/// The rows of `SHOW REPLICATION` against a given monitor (see [`Replication::report`]; tests pass their own).
+pub fn report_with(ctx: &Replication, monitor: Option<&SlotMonitor>) -> Vec<ReplicaStatus> {
+    let view = ctx.fleet.view();
+    let primary = ctx.fleet.primary_in(&view).ok();
     let primary_lsn = primary.and_then(|p| view.nodes.get(p)).and_then(|s| s.lsn);
     let mut out = Vec::new();
-    if shared.config().replication.mode == ReplicationMode::Forward {
-        let forward = &shared.fleet.forward;
+    if ctx.config().replication.mode == ReplicationMode::Forward {
+        let forward = &ctx.forward;
         for (node, per_db) in forward.progress.iter().enumerate() {
-            let name = &shared.fleet.nodes()[node].target.name;
+            let name = &ctx.fleet.nodes()[node].target.name;
             for (database, progress) in forward.databases.iter().zip(per_db) {
-                let slot = slot_name(&shared.config().replication.name, database, name);
+                let slot = slot_name(&ctx.config().replication.name, database, name);
                 let state = progress.state();
-                let applied = progress.applied.load(Relaxed);
-                let visible = progress.visible.load(Relaxed);
+                let applied = progress.applied();
+                let visible = progress.visible();
                 out.push(ReplicaStatus {
                     node,
                     node_name: name.clone(),
@@ -373,10 +350,10 @@ pub fn report_with(shared: &Shared, monitor: Option<&SlotMonitor>) -> Vec<Replic
                     slot_retained_bytes: monitor.and_then(|m| m.retained(&slot)),
                     slot: Some(slot),
                     // 0/0 is the "nothing applied yet" of a fresh Progress, never a real commit position.
-                    applied_lsn: (applied > 0).then_some(applied),
+                    applied_lsn: (applied > Lsn::ZERO).then_some(applied),
                     lag_bytes: primary_lsn
-                        .filter(|_| visible > 0)
-                        .map(|p| p.saturating_sub(visible)),
+                        .filter(|_| visible > Lsn::ZERO)
+                        .map(|p| p.bytes_since(visible)),
                     lag: database_lag(progress, primary_lsn),
                     rows: Some(progress.rows.load(Relaxed)),
                     transactions: Some(progress.transactions.load(Relaxed)),
@@ -385,7 +362,7 @@ pub fn report_with(shared: &Shared, monitor: Option<&SlotMonitor>) -> Vec<Replic
         }
         return out;
     }
-    for (i, node) in shared.fleet.nodes().iter().enumerate() {
+    for (i, node) in ctx.fleet.nodes().iter().enumerate() {
         if Some(i) == primary || node.role == Role::Primary {
             continue;
         }
@@ -422,9 +399,9 @@ pub fn report_with(shared: &Shared, monitor: Option<&SlotMonitor>) -> Vec<Replic
 /// is consistent with the primary's last known position, else the age of its last applied commit. Unknown
 /// while nothing is applied, and when no commit has been applied since pgfleet started (the age of
 /// "nothing" would read as decades).
-fn database_lag(progress: &Progress, primary_lsn: Option<u64>) -> Option<Duration> {
-    let visible = progress.visible.load(Relaxed);
-    if visible == 0 {
+fn database_lag(progress: &Progress, primary_lsn: Option<Lsn>) -> Option<Duration> {
+    let visible = progress.visible();
+    if visible == Lsn::ZERO {
         return None;
     }
     let primary_lsn = primary_lsn?;
@@ -435,14 +412,23 @@ fn database_lag(progress: &Progress, primary_lsn: Option<u64>) -> Option<Duratio
     if committed == 0 {
         return None;
     }
-    let now = super::pgoutput::pg_epoch_micros_now();
+    let now = pg_epoch_micros_now();
     Some(Duration::from_micros(now.saturating_sub(committed).max(0) as u64))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::cluster::Fleet;
+    use crate::config::{Config, ConfigHandle};
+    use crate::replication::ForwardState;
+
+    /// The replication handle the proxy would build for `config`, without starting anything.
+    fn handle(config: Config) -> Arc<Replication> {
+        let forward = Arc::new(ForwardState::new(&config));
+        let fleet = Arc::new(Fleet::from_config(&config, forward.clone()).expect("fleet"));
+        Replication::new(ConfigHandle::new(config), fleet, forward)
+    }
 
     fn observed(pairs: &[(&str, Option<i64>)]) -> Vec<(String, Option<i64>)> {
         pairs.iter().map(|(s, b)| ((*s).to_owned(), *b)).collect()
@@ -512,24 +498,24 @@ mod tests {
              databases = [\"app\", \"Other-DB\"]\n"
         ))
         .expect("config");
-        let shared = Shared::new(config).expect("shared");
-        let progress = &shared.fleet.forward.progress[1][0];
+        let ctx = handle(config);
+        let progress = &ctx.forward.progress[1][0];
         progress.set_state(State::Streaming);
-        progress.set_applied(0x1_0000_0100);
+        progress.set_applied(Lsn(0x1_0000_0100));
         progress.rows.store(1000, Relaxed);
         progress.transactions.store(3, Relaxed);
-        shared.fleet.update(
+        ctx.fleet.update(
             0,
             crate::cluster::view::NodeState {
                 up: true,
                 in_recovery: Some(false),
-                lsn: Some(0x1_0000_0400),
+                lsn: Some(Lsn(0x1_0000_0400)),
                 ..Default::default()
             },
         );
         let monitor = SlotMonitor::new();
         monitor.record(observed(&[("pgfleet_app_pg2", Some(4096))]), 1 << 30);
-        let rows = report_with(&shared, Some(&monitor));
+        let rows = report_with(&ctx, Some(&monitor));
         assert_eq!(rows.len(), 4, "{rows:?}");
         let r = &rows[0];
         assert_eq!(
@@ -538,7 +524,7 @@ mod tests {
         );
         assert_eq!(r.slot.as_deref(), Some("pgfleet_app_pg2"));
         assert_eq!(r.state_name, "streaming");
-        assert_eq!(r.applied_lsn, Some(0x1_0000_0100));
+        assert_eq!(r.applied_lsn, Some(Lsn(0x1_0000_0100)));
         assert_eq!(r.lag_bytes, Some(0x300));
         // Behind, but no commit applied since start: unknown rather than decades.
         assert_eq!(r.lag, None);
@@ -554,44 +540,44 @@ mod tests {
         assert_eq!(fresh.slot_retained_bytes, None);
         assert_eq!(rows[2].node_name, "pg3");
         progress.visible.store(0x1_0000_0400, Relaxed);
-        let caught_up = &report_with(&shared, None)[0];
+        let caught_up = &report_with(&ctx, None)[0];
         assert_eq!(caught_up.lag, Some(Duration::ZERO));
         assert_eq!(caught_up.lag_bytes, Some(0));
     }
 
     #[test]
     fn external_rows_come_from_the_fleet_view() {
-        let shared = Shared::new(Config::parse(NODES).expect("config")).expect("shared");
-        shared.fleet.update(
+        let ctx = handle(Config::parse(NODES).expect("config"));
+        ctx.fleet.update(
             0,
             crate::cluster::view::NodeState {
                 up: true,
                 in_recovery: Some(false),
-                lsn: Some(5000),
+                lsn: Some(Lsn(5000)),
                 ..Default::default()
             },
         );
-        shared.fleet.update(
+        ctx.fleet.update(
             1,
             crate::cluster::view::NodeState {
                 up: true,
                 in_recovery: Some(true),
-                lsn: Some(4000),
+                lsn: Some(Lsn(4000)),
                 lag: Some(Duration::from_millis(20)),
                 ..Default::default()
             },
         );
-        shared.fleet.update(
+        ctx.fleet.update(
             2,
             crate::cluster::view::NodeState {
                 up: false,
                 ..Default::default()
             },
         );
-        let rows = report(&shared);
+        let rows = ctx.report();
         assert_eq!(rows.len(), 2, "{rows:?}");
         assert_eq!((rows[0].mode, rows[0].state_name), ("external", "streaming"));
-        assert_eq!(rows[0].applied_lsn, Some(4000));
+        assert_eq!(rows[0].applied_lsn, Some(Lsn(4000)));
         assert_eq!(rows[0].lag_bytes, Some(1000));
         assert_eq!(rows[0].lag, Some(Duration::from_millis(20)));
         assert_eq!((rows[0].database.as_deref(), rows[0].rows), (None, None));

@@ -8,7 +8,6 @@ use bytes::Bytes;
 use super::pgoutput::{self, Lsn, ReplicationMessage};
 use crate::backend::BackendConn;
 use crate::backend::connect::{BackendError, Login, NodeTarget, connect};
-use crate::cluster::view::{format_lsn, parse_lsn};
 use crate::protocol::frame::build;
 use crate::protocol::messages::error_field;
 
@@ -83,7 +82,7 @@ impl ReplicationStream {
         let lsn = row
             .get(1)
             .and_then(|v| v.as_deref())
-            .and_then(parse_lsn)
+            .and_then(|text| text.parse::<Lsn>().ok())
             .ok_or_else(|| StreamError::Protocol("no consistent point in CREATE_REPLICATION_SLOT".into()))?;
         let snapshot = row
             .get(2)
@@ -96,7 +95,7 @@ impl ReplicationStream {
     pub async fn start(&mut self, slot: &str, start: Lsn, publication: &str) -> Result<(), StreamError> {
         let sql = format!(
             "START_REPLICATION SLOT {slot} LOGICAL {} (proto_version '1', publication_names '\"{}\"', messages 'true')",
-            format_lsn(start),
+            start,
             publication.replace('\'', "''").replace('"', "\"\"")
         );
         self.conn

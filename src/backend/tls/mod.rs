@@ -19,7 +19,7 @@ mod verify;
 
 use std::ffi::OsString;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -27,11 +27,12 @@ use tokio::net::TcpStream;
 use tokio_postgres::config::SslMode;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::pki_types::ServerName;
-use tokio_rustls::rustls::{self, AlertDescription, CertificateError, ClientConfig, RootCertStore};
+use tokio_rustls::rustls::{self, AlertDescription, CertificateError, ClientConfig};
 
 pub use self::postgres::{PgTls, PgTlsStream};
 pub use self::stream::NodeStream;
 use self::verify::NodeVerifier;
+use crate::certs::{CertError, ca_roots, server_name};
 use crate::config::{NodeConfig, NodeTlsMode, split_host_port};
 use crate::protocol::startup::encode_ssl_request;
 
@@ -41,42 +42,9 @@ const ALPN_POSTGRESQL: &[u8] = b"postgresql";
 /// Why a node's TLS settings cannot be used. Checked by config validation, so `--check` reports it too.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsSetupError {
-    /// The CA file could not be read.
-    #[error("cannot read {}: {source}", path.display())]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        source: io::Error,
-    },
-    /// The CA file's PEM is broken.
-    #[error("cannot parse PEM in {}: {source}", path.display())]
-    Parse {
-        /// The file.
-        path: PathBuf,
-        /// What rustls-pemfile said.
-        source: io::Error,
-    },
-    /// The CA file holds no `CERTIFICATE` block.
-    #[error("no certificate found in {}", path.display())]
-    NoCertificate {
-        /// The file.
-        path: PathBuf,
-    },
-    /// A certificate in the CA file cannot serve as a trust anchor.
-    #[error("{} holds a certificate that cannot be used as a CA: {source}", path.display())]
-    BadAnchor {
-        /// The file.
-        path: PathBuf,
-        /// What rustls said.
-        source: rustls::Error,
-    },
-    /// The host of the node's address is neither a DNS name nor an IP address.
-    #[error("`{host}` is neither a DNS name nor an IP address that a certificate could name")]
-    BadHost {
-        /// The host.
-        host: String,
-    },
+    /// The CA file (`tls_ca`) cannot be used, or the host cannot be named by a certificate.
+    #[error(transparent)]
+    Cert(#[from] CertError),
     /// The node's address has no host:port shape (config validation reports this first).
     #[error("{0}")]
     Address(String),
@@ -115,40 +83,6 @@ pub enum TlsConnectError {
     Io(io::Error),
 }
 
-/// Reads a PEM bundle of CA certificates into a root store.
-pub fn load_ca(path: &Path) -> Result<RootCertStore, TlsSetupError> {
-    let pem = std::fs::read(path).map_err(|source| TlsSetupError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    let certs = rustls_pemfile::certs(&mut pem.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| TlsSetupError::Parse {
-            path: path.to_owned(),
-            source,
-        })?;
-    if certs.is_empty() {
-        return Err(TlsSetupError::NoCertificate {
-            path: path.to_owned(),
-        });
-    }
-    let mut roots = RootCertStore::empty();
-    for cert in certs {
-        roots.add(cert).map_err(|source| TlsSetupError::BadAnchor {
-            path: path.to_owned(),
-            source,
-        })?;
-    }
-    Ok(roots)
-}
-
-/// The name a node's certificate must carry: an IP address for a numeric host, else a DNS name.
-pub fn server_name(host: &str) -> Result<ServerName<'static>, TlsSetupError> {
-    ServerName::try_from(host.to_owned()).map_err(|_| TlsSetupError::BadHost {
-        host: host.to_owned(),
-    })
-}
-
 /// One node's TLS settings, ready to use.
 #[derive(Debug)]
 pub struct NodeTls {
@@ -167,16 +101,17 @@ impl NodeTls {
         let (host, _) = split_host_port(&node.address).map_err(TlsSetupError::Address)?;
         let name = match server_name(&host) {
             Ok(name) => name,
-            Err(e) if node.tls == NodeTlsMode::VerifyFull => return Err(e),
+            Err(e) if node.tls == NodeTlsMode::VerifyFull => return Err(e.into()),
             // Only sent as SNI when nothing checks it; servers ignore it.
-            Err(_) => ServerName::try_from("node.invalid")
-                .map_err(|_| TlsSetupError::BadHost { host: host.clone() })?,
+            Err(_) => {
+                ServerName::try_from("node.invalid").map_err(|_| CertError::BadHost { host: host.clone() })?
+            }
         };
         let config = match node.tls {
             NodeTlsMode::Disable => None,
             mode => {
                 let roots = match &node.tls_ca {
-                    Some(path) => Some(Arc::new(load_ca(path)?)),
+                    Some(path) => Some(Arc::new(ca_roots(path)?)),
                     None => None,
                 };
                 let verifier = NodeVerifier {
@@ -384,6 +319,7 @@ mod tests {
     use rcgen::{
         BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
     };
+    use std::path::Path;
     use tokio::net::TcpListener;
     use tokio_rustls::TlsAcceptor;
     use tokio_rustls::rustls::ServerConfig;
@@ -582,21 +518,5 @@ mod tests {
             env(NodeTlsMode::VerifyFull, Some(ca_file.clone()))[0],
             ("PGSSLMODE", some("verify-full"))
         );
-    }
-
-    #[test]
-    fn ca_files_are_checked() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let missing = dir.path().join("missing.pem");
-        assert!(matches!(load_ca(&missing), Err(TlsSetupError::Read { .. })));
-        let empty = dir.path().join("empty.pem");
-        std::fs::write(&empty, "not a certificate\n").expect("write");
-        assert!(matches!(
-            load_ca(&empty),
-            Err(TlsSetupError::NoCertificate { .. })
-        ));
-        assert!(server_name("127.0.0.1").is_ok());
-        assert!(server_name("db.internal").is_ok());
-        assert!(server_name("bad host").is_err());
     }
 }

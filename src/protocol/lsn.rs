@@ -1,0 +1,106 @@
+//! WAL positions (`Lsn`) and the PostgreSQL clock, as the server reports them in SQL (`pg_lsn` text) and
+//! in the replication protocol (a big-endian `u64`; microseconds since 2000-01-01). One definition for the
+//! health checks, the read-your-writes probes and forward mode, so that they agree on what a position means.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// A WAL position (PostgreSQL's `XLogRecPtr`), shown as PostgreSQL does: `16/B374D848`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Lsn(pub u64);
+
+impl Lsn {
+    /// `0/0`, PostgreSQL's invalid position: never a real commit.
+    pub const ZERO: Lsn = Lsn(0);
+    /// The highest position, for "ahead of anything a replica can have replayed".
+    pub const MAX: Lsn = Lsn(u64::MAX);
+
+    /// Bytes of WAL from `earlier` up to this position; zero when `earlier` is not behind.
+    pub fn bytes_since(self, earlier: Lsn) -> u64 {
+        self.0.saturating_sub(earlier.0)
+    }
+}
+
+impl fmt::Display for Lsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)
+    }
+}
+
+/// Text that PostgreSQL's `pg_lsn` input would refuse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid input syntax for type pg_lsn: \"{0}\"")]
+pub struct LsnSyntaxError(pub String);
+
+impl FromStr for Lsn {
+    type Err = LsnSyntaxError;
+
+    /// Parses `X/Y` as PostgreSQL's `pg_lsn` input does: each half one to eight hex digits, nothing else
+    /// (no sign, no spaces).
+    fn from_str(text: &str) -> Result<Lsn, LsnSyntaxError> {
+        let bad = || LsnSyntaxError(text.to_owned());
+        let (high, low) = text.split_once('/').ok_or_else(bad)?;
+        // from_str_radix accepts a leading '+', which pg_lsn input does not.
+        let hex = |s: &str| !s.is_empty() && s.len() <= 8 && s.bytes().all(|b| b.is_ascii_hexdigit());
+        if !hex(high) || !hex(low) {
+            return Err(bad());
+        }
+        let high = u64::from_str_radix(high, 16).map_err(|_| bad())?;
+        let low = u64::from_str_radix(low, 16).map_err(|_| bad())?;
+        Ok(Lsn((high << 32) | low))
+    }
+}
+
+/// Microseconds between the Unix epoch and PostgreSQL's (2000-01-01 UTC).
+pub const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
+
+/// The current time in microseconds since 2000-01-01 UTC, PostgreSQL's clock in the replication protocol
+/// (commit times, standby status updates).
+pub fn pg_epoch_micros_now() -> i64 {
+    let since_unix = match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        Ok(elapsed) => i64::try_from(elapsed.as_micros()).unwrap_or(i64::MAX),
+        // A clock set before 1970 is wrong but not our failure: report it as it is.
+        Err(before) => i64::try_from(before.duration().as_micros()).map_or(i64::MIN, |m| -m),
+    };
+    since_unix.saturating_sub(PG_EPOCH_OFFSET_MICROS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_round_trip() {
+        assert_eq!(Lsn(0x16_B374_D848).to_string(), "16/B374D848");
+        assert_eq!(Lsn::ZERO.to_string(), "0/0");
+        assert_eq!("16/B374D848".parse(), Ok(Lsn(0x16_B374_D848)));
+        assert_eq!("0/0".parse(), Ok(Lsn::ZERO));
+        assert_eq!("ffffffff/FFFFFFFF".parse(), Ok(Lsn::MAX));
+        for bad in [
+            "",
+            "/",
+            "1/",
+            "/1",
+            "1/2/3",
+            "g/1",
+            "+1/2",
+            "1/123456789",
+            " 1/2",
+            "nonsense",
+        ] {
+            assert_eq!(bad.parse::<Lsn>(), Err(LsnSyntaxError(bad.to_owned())), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn distance() {
+        assert_eq!(Lsn(0x1_0000_0400).bytes_since(Lsn(0x1_0000_0100)), 0x300);
+        assert_eq!(Lsn(5).bytes_since(Lsn(9)), 0);
+    }
+
+    #[test]
+    fn clock_is_after_2020() {
+        // 2020-01-01 is 631_152_000 s after 2000-01-01.
+        assert!(pg_epoch_micros_now() > 631_152_000_000_000);
+    }
+}
