@@ -3,17 +3,15 @@
 //! This module owns the choice of method for a user (`[[users]].auth`: SCRAM-SHA-256, md5 or trust), the
 //! Authentication / password messages on the wire, PostgreSQL-style mock authentication for users that do not
 //! exist, and the SQLSTATE and wording a failure is reported with. It never sends an ErrorResponse itself:
-//! the caller decides, and can build one with [`error_response`]. The SCRAM arithmetic lives in
+//! the caller decides, and builds one with `protocol::messages::ProxyError`. The SCRAM arithmetic lives in
 //! `frontend::scram`.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
 use bytes::{Bytes, BytesMut};
-use md5::Md5;
 use pgwire::error::PgWireError;
 use pgwire::messages::Message;
-use pgwire::messages::response::ErrorResponse;
 use pgwire::messages::startup::{Authentication, PasswordMessageFamily};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -217,22 +215,7 @@ async fn md5_exchange<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 fn md5_response(user_name: &str, password: &str, salt: [u8; 4]) -> String {
-    let inner = hex(&Md5::new()
-        .chain_update(password)
-        .chain_update(user_name)
-        .finalize());
-    let outer = Md5::new().chain_update(inner).chain_update(salt).finalize();
-    format!("md5{}", hex(&outer))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
-    }
-    out
+    postgres_protocol::authentication::md5_hash(user_name.as_bytes(), password.as_bytes(), salt)
 }
 
 /// The SCRAM secret for a configured user, derived once per (user, password) and then reused.
@@ -331,26 +314,6 @@ fn io_error(err: std::io::Error) -> AuthError {
         }
         _ => AuthError::Io(err),
     }
-}
-
-/// A complete ErrorResponse frame ('E', length, fields) with severity (`S` and the untranslated `V`),
-/// SQLSTATE (`C`) and message (`M`), e.g. `error_response("FATAL", err.sqlstate(), &err.message())`.
-pub fn error_response(severity: &str, sqlstate: &str, message: &str) -> BytesMut {
-    // A NUL would end the C string early and the client would read the rest of the text as more fields.
-    let clean = |s: &str| s.replace('\0', "");
-    let response = ErrorResponse::new(vec![
-        (b'S', clean(severity)),
-        (b'V', clean(severity)),
-        (b'C', clean(sqlstate)),
-        (b'M', clean(message)),
-    ]);
-    let mut buf = BytesMut::with_capacity(1 + response.message_length());
-    if let Err(err) = response.encode(&mut buf) {
-        // pgwire only refuses ErrorResponses over 2 GiB; sending nothing beats sending half a frame.
-        tracing::error!(error = %err, "cannot encode ErrorResponse");
-        buf.clear();
-    }
-    buf
 }
 
 #[cfg(test)]
@@ -620,35 +583,11 @@ mod tests {
     }
 
     #[test]
-    fn md5_response_matches_postgres_protocol() {
-        let salt = [1, 2, 3, 4];
+    fn md5_response_is_postgres_formula() {
+        // "md5" + hex(md5(hex(md5("s3cret" + "app")) + salt)), computed independently.
         assert_eq!(
-            md5_response("app", "s3cret", salt),
-            md5_hash(b"app", b"s3cret", salt)
-        );
-    }
-
-    #[test]
-    fn error_response_frame_round_trips() {
-        let mut frame = error_response(
-            "FATAL",
-            "28P01",
-            "password authentication failed for user \"a\0pp\"",
-        );
-        assert_eq!(frame[0], b'E');
-        let len = i32::from_be_bytes([frame[1], frame[2], frame[3], frame[4]]);
-        assert_eq!(usize::try_from(len).expect("len") + 1, frame.len());
-        let decoded = ErrorResponse::decode(&mut frame, &DecodeContext::default())
-            .expect("decodes")
-            .expect("whole");
-        assert_eq!(
-            decoded.fields,
-            vec![
-                (b'S', "FATAL".to_owned()),
-                (b'V', "FATAL".to_owned()),
-                (b'C', "28P01".to_owned()),
-                (b'M', "password authentication failed for user \"app\"".to_owned()),
-            ]
+            md5_response("app", "s3cret", [1, 2, 3, 4]),
+            "md51460f94130eb931937bbd6439ee8ab57"
         );
     }
 }

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use bytes::Bytes;
 
-use crate::protocol::messages::{quote_ident, quote_literal};
+use crate::protocol::quote::{quote_ident, quote_literal};
 use crate::router::classify::{Pin, SessionChange, Target};
 
 /// Session settings: the latest statement per setting name. A node connection records the same map for
@@ -150,7 +150,10 @@ mod tests {
         let mut s = Settings::default();
         s.set_startup("application_name", "psql");
         let none = BTreeMap::new();
-        assert_eq!(s.diff(&none).as_deref(), Some("SET application_name TO 'psql';"));
+        assert_eq!(
+            s.diff(&none).as_deref(),
+            Some("SET \"application_name\" TO 'psql';")
+        );
         assert_eq!(s.diff(s.entries()), None);
         let before = s.entries().clone();
         s.apply(&SessionChange::Set {
@@ -163,9 +166,9 @@ mod tests {
         other.insert("work_mem".into(), "SET work_mem = '9MB'".into());
         assert_eq!(
             s.diff(&other).as_deref(),
-            Some("RESET ROLE;RESET work_mem;SET search_path TO x;")
+            Some("RESET ROLE;RESET \"work_mem\";SET search_path TO x;")
         );
         s.apply(&SessionChange::ResetAll);
-        assert_eq!(s.diff(&before).as_deref(), Some("RESET application_name;"));
+        assert_eq!(s.diff(&before).as_deref(), Some("RESET \"application_name\";"));
     }
 }

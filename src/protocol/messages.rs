@@ -126,7 +126,8 @@ impl ProxyError {
         let mut body = BytesMut::new();
         let mut field = |code: u8, value: &str| {
             body.put_u8(code);
-            body.put_slice(value.as_bytes());
+            // A NUL would end the C string early and the client would read the rest as more fields.
+            body.extend(value.bytes().filter(|b| *b != 0));
             body.put_u8(0);
         };
         field(b'S', sev);
@@ -207,38 +208,6 @@ pub fn negotiate_protocol_version(unrecognized: &[&str]) -> Bytes {
     build(b'v', &body)
 }
 
-/// Quotes a value as a SQL string literal for SET statements the proxy writes.
-pub fn quote_literal(value: &str) -> String {
-    let mut out = String::with_capacity(value.len() + 2);
-    if value.contains('\\') {
-        out.push('E');
-    }
-    out.push('\'');
-    for c in value.chars() {
-        match c {
-            '\'' => out.push_str("''"),
-            '\\' => out.push_str("\\\\"),
-            c => out.push(c),
-        }
-    }
-    out.push('\'');
-    out
-}
-
-/// Quotes an identifier (a GUC name) when it is not a plain lowercase word.
-pub fn quote_ident(name: &str) -> String {
-    let plain = !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.')
-        && !name.starts_with(|c: char| c.is_ascii_digit());
-    if plain {
-        name.to_owned()
-    } else {
-        format!("\"{}\"", name.replace('"', "\"\""))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,19 +226,28 @@ mod tests {
     }
 
     #[test]
+    fn error_response_is_one_whole_frame_without_inner_nuls() {
+        let e = ProxyError::fatal("28P01", "password authentication failed for user \"a\0pp\"").encode();
+        let len = i32::from_be_bytes([e[1], e[2], e[3], e[4]]);
+        assert_eq!(usize::try_from(len).expect("len") + 1, e.len());
+        let body = &e[5..];
+        assert_eq!(error_field(body, b'S'), Some("FATAL"));
+        assert_eq!(error_field(body, b'V'), Some("FATAL"));
+        assert_eq!(error_field(body, b'C'), Some("28P01"));
+        assert_eq!(
+            error_field(body, b'M'),
+            Some("password authentication failed for user \"app\"")
+        );
+        // Fields, then the terminating NUL: nothing after it.
+        assert_eq!(body.last(), Some(&0));
+    }
+
+    #[test]
     fn readers() {
         assert_eq!(parse_fields(b"s1\0select 1\0\0\0"), Some(("s1", "select 1")));
         assert_eq!(bind_names(b"p\0s1\0\0\0"), Some(("p", "s1")));
         assert_eq!(target_name(b"Ss1\0"), Some((b'S', "s1")));
         assert_eq!(query_text(b"select 1\0"), Some("select 1"));
         assert_eq!(parse_fields(b"s1"), None);
-    }
-
-    #[test]
-    fn quoting() {
-        assert_eq!(quote_literal("it's"), "'it''s'");
-        assert_eq!(quote_literal("a\\b"), "E'a\\\\b'");
-        assert_eq!(quote_ident("search_path"), "search_path");
-        assert_eq!(quote_ident("DateStyle"), "\"DateStyle\"");
     }
 }

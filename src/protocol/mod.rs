@@ -1,9 +1,11 @@
 //! Sans-IO PostgreSQL wire protocol: framing (`frame`), the untyped startup packets (`startup`) and the few
-//! messages the proxy reads or writes itself (`messages`). Nothing here touches a socket.
+//! messages the proxy reads or writes itself (`messages`), WAL positions (`lsn`) and the quoting of names
+//! and values in SQL pgfleet writes (`quote`). Nothing here touches a socket.
 
 pub mod frame;
 pub mod lsn;
 pub mod messages;
+pub mod quote;
 pub mod startup;
 
 pub use frame::{Frame, FrameBuffer, FrameError};

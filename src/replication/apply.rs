@@ -432,7 +432,7 @@ impl Batch {
                     if !run.is_empty() {
                         self.push(&format!(
                             "SET ROLE {}; SET search_path TO {path}",
-                            sql::quote_ident(role)
+                            crate::protocol::quote::quote_ident(role)
                         ));
                         for stmt in run {
                             self.push(&stmt);
@@ -456,7 +456,7 @@ impl Batch {
         self.sql.push_str(&format!(
             "UPDATE pgfleet_replica.progress SET lsn = '{}', updated_at = now() WHERE slot = {};COMMIT;",
             end,
-            sql::quote_literal(slot)
+            crate::protocol::quote::quote_literal(slot)
         ));
         Some(end)
     }
@@ -640,7 +640,7 @@ async fn sync_sequences(
         {
             sql.push_str(&format!(
                 "SELECT setval({}, {value}, true);",
-                sql::quote_literal(&name)
+                crate::protocol::quote::quote_literal(&name)
             ));
         }
     }

@@ -85,7 +85,7 @@ async fn copy_table(job: &CopyJob<'_>, table: String) -> Result<u64, ForwardErro
     source
         .batch_execute(&format!(
             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
-            super::sql::quote_literal(job.snapshot)
+            crate::protocol::quote::quote_literal(job.snapshot)
         ))
         .await
         .map_err(sql_err(format!("importing the snapshot to copy {table}")))?;

@@ -141,7 +141,7 @@ async fn prepare(ctx: &Replication, database: &str) -> Result<(), ForwardError> 
              (ALTER ROLE \"{user}\" REPLICATION SUPERUSER): it creates slots, a publication and an event trigger"
         )));
     }
-    let publication = super::sql::quote_ident(&r.name);
+    let publication = crate::protocol::quote::quote_ident(&r.name);
     let exists: bool = c
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)",

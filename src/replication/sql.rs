@@ -13,6 +13,7 @@
 //! The returned statements carry no trailing `;`.
 
 use super::pgoutput::{Column, Datum, Relation, Tuple};
+use crate::protocol::quote::{quote_ident, quote_literal};
 
 /// Why a change cannot be turned into SQL.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -85,41 +86,6 @@ const TEXT_COMPARED_TYPES: &[u32] = &[
     628, 629, // line, line[]
     718, 719, // circle, circle[]
 ];
-
-/// Quotes an identifier: always double-quoted (so case and reserved words survive), embedded quotes doubled.
-pub fn quote_ident(name: &str) -> String {
-    let mut out = String::with_capacity(name.len() + 2);
-    out.push('"');
-    for ch in name.chars() {
-        if ch == '"' {
-            out.push('"');
-        }
-        out.push(ch);
-    }
-    out.push('"');
-    out
-}
-
-/// Quotes a string literal: `'text'` with `'` doubled. Text with a backslash becomes `E'...'` with
-/// backslashes doubled, because a plain literal's backslashes mean different things depending on the
-/// replica's `standard_conforming_strings`, while an escape string means the same under both settings.
-pub fn quote_literal(text: &str) -> String {
-    let escape = text.contains('\\');
-    let mut out = String::with_capacity(text.len() + 3);
-    if escape {
-        out.push('E');
-    }
-    out.push('\'');
-    for ch in text.chars() {
-        match ch {
-            '\'' => out.push_str("''"),
-            '\\' => out.push_str("\\\\"),
-            other => out.push(other),
-        }
-    }
-    out.push('\'');
-    out
-}
 
 /// The schema pgoutput means: it sends an empty namespace for `pg_catalog`.
 fn schema(rel: &Relation) -> &str {
@@ -410,28 +376,6 @@ mod tests {
 
     fn text(s: &str) -> Datum {
         Datum::Text(s.to_owned())
-    }
-
-    #[test]
-    fn identifiers() {
-        assert_eq!(quote_ident("t"), "\"t\"");
-        assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
-        assert_eq!(quote_ident("Upper Case"), "\"Upper Case\"");
-        assert_eq!(quote_ident("select"), "\"select\"");
-        assert_eq!(quote_ident(""), "\"\"");
-        assert_eq!(quote_ident("\"\""), "\"\"\"\"\"\"");
-    }
-
-    #[test]
-    fn literals() {
-        assert_eq!(quote_literal("plain"), "'plain'");
-        assert_eq!(quote_literal(""), "''");
-        assert_eq!(quote_literal("it's"), "'it''s'");
-        assert_eq!(quote_literal("two\nlines\r\ttab"), "'two\nlines\r\ttab'");
-        assert_eq!(quote_literal("a\\b"), "E'a\\\\b'");
-        assert_eq!(quote_literal("\\x00ff"), "E'\\\\x00ff'");
-        assert_eq!(quote_literal("'\\'"), "E'''\\\\'''");
-        assert_eq!(quote_literal("ünïcødé ✓"), "'ünïcødé ✓'");
     }
 
     #[test]

@@ -48,6 +48,9 @@ impl Map {
 
 type SharedMap = RwLock<Option<Map>>;
 
+// Owner: this module, for the whole process. The maps memoise `classify`, a pure function of the text and
+// the rules, and every key carries the rules' identity, so proxies, sessions and reloads that share a process
+// can share the maps without seeing each other's decisions under other rules. Nothing else writes them.
 static BY_SHAPE: SharedMap = RwLock::new(None);
 static BY_TEXT: SharedMap = RwLock::new(None);
 
