@@ -1340,8 +1340,11 @@ mod tests {
             "took {:?}",
             started.elapsed()
         );
-        // sqlparser's recursion limit refuses this much nesting: safe, on the primary.
-        assert_eq!(d.target, Target::Primary);
+        // Too deep to hand to sqlparser at all: safe, on the primary.
+        assert_eq!((d.target, d.rule), (Target::Primary, Rule::TooDeep));
+        // Deep enough for sqlparser's own recursion limit, not for the depth bound: refused by the parser.
+        let calls = format!("SELECT {}1{}", "abs(".repeat(100), ")".repeat(100));
+        assert_eq!(decide(&calls).rule, Rule::Unparsed);
         let writer = format!("SELECT {}nextval('s'){}", "abs(".repeat(20), ")".repeat(20));
         assert_eq!(decide(&writer).rule, Rule::WriteFunction("nextval".into()));
     }
