@@ -14,7 +14,7 @@ use pgfleet::protocol::frame::{FrameBuffer, build};
 use pgfleet::protocol::messages::{bind_names, error_field, parse_fields, query_text, target_name};
 use pgfleet::protocol::startup::{StartupError, decode, encode_startup, packet_len, parse_options};
 use pgfleet::router::cache::classify_cached;
-use pgfleet::router::classify::{Rule, Target, classify};
+use pgfleet::router::classify::{MAX_CLASSIFIED_STATEMENT, Rule, Target, classify};
 use pgfleet::router::depth::too_deep;
 use pgfleet::router::functions::FunctionRules;
 use pgfleet::router::redact::redact;
@@ -174,6 +174,7 @@ proptest! {
         }
         let sql = format!("SELECT {expr}");
         let deep = too_deep(&sql);
+        let large = sql.len() > MAX_CLASSIFIED_STATEMENT;
         let (decision, cached) = std::thread::Builder::new()
             .stack_size(pgfleet::proxy::THREAD_STACK_SIZE / 4)
             .spawn(move || {
@@ -186,10 +187,11 @@ proptest! {
             .join()
             .expect("the router returned");
         prop_assert_eq!(&*cached, &decision);
-        // Only the depth bound refuses these statements (they call no writing function), and what it
-        // refuses goes to the primary.
-        prop_assert_eq!(decision.rule == Rule::TooDeep, deep, "{}", decision.rule);
-        prop_assert!(decision.rule != Rule::TooDeep || decision.target == Target::Primary);
+        // Only the size and depth bounds refuse these statements (they call no writing function; the size
+        // bound answers first), and what they refuse goes to the primary.
+        prop_assert_eq!(decision.rule == Rule::TooLarge, large, "{}", decision.rule);
+        prop_assert_eq!(decision.rule == Rule::TooDeep, deep && !large, "{}", decision.rule);
+        prop_assert!(!matches!(decision.rule, Rule::TooDeep | Rule::TooLarge) || decision.target == Target::Primary);
     }
 }
 

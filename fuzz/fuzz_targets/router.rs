@@ -98,7 +98,7 @@ fn check_text(sql: &str, rules: &Arc<FunctionRules>) {
             };
             assert_eq!((decision.target, &decision.rule), (target, &Rule::Hint));
         }
-        None if matches!(decision.rule, Rule::Unparsed | Rule::TooDeep) => {
+        None if matches!(decision.rule, Rule::Unparsed | Rule::TooDeep | Rule::TooLarge) => {
             assert_eq!(decision.target, Target::Primary)
         }
         None => {}
