@@ -171,8 +171,8 @@ impl Fleet {
     }
 
     /// One node slot. Panics on an index that was never handed out, which would be a bug.
-    pub fn node(&self, index: usize) -> Arc<Node> {
-        self.nodes.load()[index].clone()
+    pub fn node(&self, id: NodeId) -> Arc<Node> {
+        self.nodes.load()[id.index()].clone()
     }
 
     /// Bumped by every reload that changed the node list or weights; sessions compare it to drop
@@ -255,26 +255,32 @@ impl Fleet {
     }
 
     /// The node that takes writes now, or the error a write gets when there is none.
-    pub fn primary(&self) -> Result<usize, ProxyError> {
+    pub fn primary(&self) -> Result<NodeId, ProxyError> {
         self.primary_in(&self.view.load())
     }
 
     /// [`Fleet::primary`] against a given snapshot.
-    pub fn primary_in(&self, view: &FleetView) -> Result<usize, ProxyError> {
+    pub fn primary_in(&self, view: &FleetView) -> Result<NodeId, ProxyError> {
         let nodes = self.nodes.load();
-        view.primary_or_error(|n| nodes.get(n).map(|n| n.target.name.as_str()))
+        view.primary_or_error(|n| nodes.get(n.index()).map(|n| n.target.name.as_str()))
     }
 
     /// The node that will probably take writes: the current primary, else the configured one, else the
     /// first live slot.
-    pub fn likely_primary(&self) -> usize {
+    pub fn likely_primary(&self) -> NodeId {
         let view = self.view.load();
         match view.primary {
             Primary::One(p) => p,
             _ => view
                 .configured_primary
-                .or_else(|| self.nodes.load().iter().position(|n| !n.is_retired()))
-                .unwrap_or(0),
+                .or_else(|| {
+                    self.nodes
+                        .load()
+                        .iter()
+                        .position(|n| !n.is_retired())
+                        .map(NodeId::new)
+                })
+                .unwrap_or(NodeId::new(0)),
         }
     }
 }
@@ -294,17 +300,19 @@ fn compute_view(
 ) -> FleetView {
     let configured_primary = nodes
         .iter()
-        .position(|n| n.role == Role::Primary && !n.is_retired());
+        .position(|n| n.role == Role::Primary && !n.is_retired())
+        .map(NodeId::new);
     let primary = match configured_primary {
         Some(p) => Primary::One(p),
         None => {
-            let claimants: Vec<usize> = (0..nodes.len())
+            let claimants: Vec<NodeId> = (0..nodes.len())
                 .filter(|i| {
                     nodes[*i].role == Role::Auto
                         && !nodes[*i].is_retired()
                         && states[*i].up
                         && states[*i].in_recovery == Some(false)
                 })
+                .map(NodeId::new)
                 .collect();
             match claimants.len() {
                 0 => Primary::None,
@@ -314,7 +322,7 @@ fn compute_view(
         }
     };
     let primary_lsn = match primary {
-        Primary::One(p) => states[p].lsn,
+        Primary::One(p) => states[p.index()].lsn,
         _ => None,
     };
     let mut out: Vec<NodeState> = states.to_vec();
@@ -324,7 +332,7 @@ fn compute_view(
             s.lsn = forward.visible(i);
             s.lag = forward.lag(i, primary_lsn);
         }
-        if primary == Primary::One(i) {
+        if primary == Primary::One(NodeId::new(i)) {
             s.lag_bytes = Some(0);
             s.lag = Some(Duration::ZERO);
             continue;

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use super::NodeId;
 use crate::protocol::messages::ProxyError;
 
 /// What the monitor knows about one node.
@@ -28,11 +29,11 @@ pub struct NodeState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Primary {
     /// This one.
-    One(usize),
+    One(NodeId),
     /// No node can take writes now.
     None,
     /// Several nodes claim to be primary; writes are refused until one steps down.
-    Conflict(Vec<usize>),
+    Conflict(Vec<NodeId>),
 }
 
 /// The whole fleet at one moment.
@@ -43,13 +44,16 @@ pub struct FleetView {
     /// The write node.
     pub primary: Primary,
     /// The live node configured with role = "primary", if any.
-    pub configured_primary: Option<usize>,
+    pub configured_primary: Option<NodeId>,
 }
 
 impl FleetView {
     /// The node that takes writes, or the error a write gets when there is none (`name` names the
     /// claimants of a conflict).
-    pub fn primary_or_error<'a>(&self, name: impl Fn(usize) -> Option<&'a str>) -> Result<usize, ProxyError> {
+    pub fn primary_or_error<'a>(
+        &self,
+        name: impl Fn(NodeId) -> Option<&'a str>,
+    ) -> Result<NodeId, ProxyError> {
         match &self.primary {
             Primary::One(n) => Ok(*n),
             Primary::None => Err(ProxyError::error(

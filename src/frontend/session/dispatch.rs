@@ -366,7 +366,7 @@ impl Session {
             return;
         }
         let committed_write = wrote || std::mem::take(&mut self.tx_wrote);
-        if !committed_write || self.shared.fleet.primary().ok() != Some(node.index()) {
+        if !committed_write || self.shared.fleet.primary().ok() != Some(node) {
             return;
         }
         let Some(conn) = self.conns[node.index()].as_mut() else {
@@ -481,7 +481,7 @@ impl Session {
                 ));
             }
         }
-        let n = self.shared.fleet.node(node.index());
+        let n = self.shared.fleet.node(node);
         let login = Login {
             user: &self.user,
             password: &self.password,

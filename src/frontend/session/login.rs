@@ -205,7 +205,7 @@ impl Session {
     /// database and role exist and to learn the server's parameters, then completes the startup.
     async fn greet(&mut self) -> Result<(), SessionError> {
         let fleet = &self.shared.fleet;
-        let mut order = vec![NodeId::new(fleet.likely_primary())];
+        let mut order = vec![fleet.likely_primary()];
         {
             let view = fleet.view();
             let nodes = fleet.nodes();

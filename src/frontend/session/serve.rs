@@ -212,7 +212,7 @@ impl Session {
     async fn function_rules(&mut self) -> Arc<FunctionRules> {
         let fleet = &self.shared.fleet;
         let p = fleet.likely_primary();
-        if !fleet.view().nodes[p].up || !fleet.nodes()[p].is_up() {
+        if !fleet.view().nodes[p.index()].up || !fleet.nodes()[p.index()].is_up() {
             // The primary is down or hung: nothing could write through it anyway, so the lists already at
             // hand decide, and reads do not wait for a catalog query that cannot be answered.
             return self
@@ -221,7 +221,7 @@ impl Session {
                 .cached(&self.database)
                 .unwrap_or_else(|| self.rules.clone());
         }
-        let primary = fleet.nodes()[p].target.clone();
+        let primary = fleet.nodes()[p.index()].target.clone();
         let source = crate::router::catalog::Source {
             primary: &primary,
             database: &self.database,
@@ -271,7 +271,7 @@ impl Session {
             _ => None,
         });
         let statement = crate::router::redact::redact(text.as_deref().unwrap_or(""), 1000);
-        let node = &self.shared.fleet.node(node.index()).target.name;
+        let node = &self.shared.fleet.node(node).target.name;
         tracing::warn!(duration_ms = took.as_millis() as u64, node = %node, statement = %statement, "slow statement");
     }
 }

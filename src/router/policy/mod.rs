@@ -80,14 +80,13 @@ pub struct Reads {
 
 /// The current primary of a snapshot, or the error a write gets when there is none.
 pub fn primary(view: &FleetView, facts: &impl NodeFacts) -> Result<NodeId, ProxyError> {
-    view.primary_or_error(|n| facts.name(NodeId::new(n)))
-        .map(NodeId::new)
+    view.primary_or_error(|n| facts.name(n))
 }
 
 /// The primary, without the error (which costs an allocation to build).
 fn primary_node(view: &FleetView) -> Option<NodeId> {
     match view.primary {
-        Primary::One(n) => Some(NodeId::new(n)),
+        Primary::One(n) => Some(n),
         _ => None,
     }
 }

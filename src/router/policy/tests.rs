@@ -172,7 +172,7 @@ fn row(rule: &'static str, fleet: Vec<N>, expect: Expect) -> Row {
     Row {
         rule,
         fleet,
-        primary: Primary::One(0),
+        primary: Primary::One(id(0)),
         forwarding: false,
         config: |_| {},
         state: RoutingState::default(),
@@ -412,27 +412,27 @@ fn rows() -> Vec<Row> {
             vec![auto(false), auto(false), auto(true)],
             Refused("55000", "2 nodes claim to be primary (n0, n1)"),
         )
-        .primary(Primary::Conflict(vec![0, 1]))
+        .primary(Primary::Conflict(vec![id(0), id(1)]))
         .write(),
         row(
             "two primaries: reads go to the replicas, never to a claimant",
             vec![auto(false), auto(false), auto(true)],
             Nodes(&[2]),
         )
-        .primary(Primary::Conflict(vec![0, 1])),
+        .primary(Primary::Conflict(vec![id(0), id(1)])),
         row(
             "after a failover the promoted auto node takes the writes",
             vec![auto(true), auto(false), auto(true)],
             Nodes(&[1]),
         )
-        .primary(Primary::One(1))
+        .primary(Primary::One(id(1)))
         .write(),
         row(
             "after a failover the promoted auto node is the read fallback",
             vec![auto(true), auto(false), auto(true)],
             Nodes(&[0, 2, 1]),
         )
-        .primary(Primary::One(1)),
+        .primary(Primary::One(id(1))),
         // Forward mode.
         row(
             "forward mode: a plain server is a replica once pgfleet streams to it",
