@@ -1,9 +1,10 @@
-//! Operating pgfleet: the admin console on the virtual database `pgfleet` (`console`) and Prometheus text on
-//! `admin.metrics_address` (`metrics`). Both read the running parts through one [`Context`]; the counters
-//! they show live in `crate::stats`, which the sessions write.
+//! Operating pgfleet: the admin console on the virtual database `pgfleet` (`session`, `console`) and
+//! Prometheus text on `admin.metrics_address` (`metrics`). Both read the running parts through one
+//! [`Context`]; the counters they show live in `crate::stats`, which the sessions write.
 
 pub mod console;
 pub mod metrics;
+pub mod session;
 
 use std::sync::Arc;
 
@@ -18,6 +19,9 @@ use crate::stats::Stats;
 
 // The counters were `admin::stats` before they moved below the admin side; the old path keeps working.
 pub use crate::stats;
+
+/// The virtual database that holds the admin console.
+pub const ADMIN_DATABASE: &str = "pgfleet";
 
 /// What the console and /metrics read, and RELOAD changes, handed out by the proxy's wiring.
 pub struct Context {

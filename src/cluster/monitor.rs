@@ -34,7 +34,7 @@ pub fn spawn_node(fleet: &Arc<Fleet>, config: &ConfigHandle, index: usize) {
     let fleet = fleet.clone();
     let config_handle = config.clone();
     tokio::spawn(async move {
-        let node = fleet.node(index);
+        let node = fleet.node(super::NodeId::new(index));
         let mut control: Option<(Login, Pool)> = None;
         let mut last: Option<(bool, Option<bool>)> = None;
         loop {

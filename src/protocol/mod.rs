@@ -7,5 +7,7 @@ pub mod lsn;
 pub mod messages;
 pub mod quote;
 pub mod startup;
+pub mod status;
 
 pub use frame::{Frame, FrameBuffer, FrameError};
+pub use status::TxStatus;

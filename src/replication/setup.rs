@@ -106,7 +106,7 @@ async fn prepare(ctx: &Replication, database: &str) -> Result<(), ForwardError> 
         r.user.as_deref().unwrap_or(""),
         r.password.as_deref().unwrap_or(""),
     );
-    let primary = &ctx.fleet.nodes()[ctx.fleet.likely_primary()].target;
+    let primary = &ctx.fleet.nodes()[ctx.fleet.likely_primary().index()].target;
     let c = client(
         primary,
         user,
