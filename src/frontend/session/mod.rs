@@ -33,7 +33,7 @@ use crate::router::classify::Target;
 use crate::router::functions::FunctionRules;
 use crate::router::policy::RoutingState;
 
-pub(crate) use login::authenticate_client;
+use login::authenticate_client;
 
 /// Why a session ended early.
 #[derive(Debug, thiserror::Error)]
