@@ -45,18 +45,23 @@ fn filter_setter<S: 'static>(
 
 fn init_logging(log: &pgfleet::config::LogConfig) -> SetFilter {
     use std::io::IsTerminal;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&log.level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
+    // Over whichever filter RUST_LOG, log.level or a reload sets: the dependencies that log statement text
+    // below INFO stay quiet (see `log_event_allowed`).
+    let quiet = tracing_subscriber::filter::filter_fn(pgfleet::proxy::log_event_allowed);
     // The reload handle's type depends on the line format, so each branch makes its own setter.
     match log.format {
         pgfleet::config::LogFormat::Json => {
             let builder = builder.json().with_filter_reloading();
             let handle = builder.reload_handle();
-            builder.init();
+            builder.finish().with(quiet).init();
             filter_setter(handle)
         }
         pgfleet::config::LogFormat::Text => {
@@ -65,7 +70,7 @@ fn init_logging(log: &pgfleet::config::LogConfig) -> SetFilter {
                 .with_ansi(std::io::stderr().is_terminal())
                 .with_filter_reloading();
             let handle = builder.reload_handle();
-            builder.init();
+            builder.finish().with(quiet).init();
             filter_setter(handle)
         }
     }
@@ -112,13 +117,45 @@ fn serve(config: Config, source: Option<PathBuf>, set_filter: SetFilter) -> Exit
             b
         }
     };
-    let runtime = match builder.enable_all().build() {
+    // Sessions parse client statements on these threads: their stack is sized for the deepest statement the
+    // router parses (THREAD_STACK_SIZE says why 8 MiB), not left at tokio's 2 MiB default.
+    let runtime = match builder
+        .enable_all()
+        .thread_stack_size(pgfleet::proxy::THREAD_STACK_SIZE)
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("pgfleet: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
+    // The current-thread scheduler runs every session on the thread that calls block_on, and the main
+    // thread's stack is whatever `ulimit -s` gave the process (it can be far below 8 MiB in containers):
+    // block_on runs on a thread of its own with the chosen size, for either scheduler.
+    let driver = std::thread::Builder::new()
+        .name("pgfleet-main".to_owned())
+        .stack_size(pgfleet::proxy::THREAD_STACK_SIZE)
+        .spawn(move || run(runtime, config, source, set_filter));
+    match driver.map(std::thread::JoinHandle::join) {
+        Ok(Ok(code)) => code,
+        Ok(Err(_)) => {
+            eprintln!("pgfleet: the runtime thread panicked");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("pgfleet: cannot start the runtime thread: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(
+    runtime: tokio::runtime::Runtime,
+    config: Config,
+    source: Option<PathBuf>,
+    set_filter: SetFilter,
+) -> ExitCode {
     runtime.block_on(async move {
         let shared = match pgfleet::proxy::Shared::with_source(config, source) {
             Ok(s) => s,

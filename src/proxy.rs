@@ -20,6 +20,35 @@ use crate::router::functions::FunctionRules;
 /// Replaces the running log filter with one parsed from a `log.level` value.
 pub type SetLogFilter = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 
+/// The stack of every thread that runs sessions (the runtime's workers, its blocking threads and the thread
+/// that drives it). A session classifies its statements on its worker's stack, and the deepest syntax tree
+/// the router lets sqlparser build ([`crate::router::depth::MAX_DEPTH`] levels) needs at most about 0.8 MiB
+/// of it in a debug build (measured for the costliest shapes, see that module's tests); 8 MiB, the main
+/// thread's usual size on Linux, leaves ten times that. tokio's default of 2 MiB would leave little room
+/// for the rest of a session's call stack. Untouched stack pages cost no memory.
+pub const THREAD_STACK_SIZE: usize = 8 * 1024 * 1024;
+
+/// Whether a log event may be written at all, whatever `log.level`, a reload or `RUST_LOG` asks for: the
+/// binary installs this as a filter over the configurable one. sqlparser logs every statement it parses
+/// (`Parsing sql '...'`) and pieces of its syntax tree at DEBUG, and tokio-postgres the statements (and
+/// parameters) of the connections pgfleet opens itself at DEBUG — health checks, the function catalog, and
+/// forward mode's apply statements, which carry row values. Neither may reach the logs below INFO
+/// (docs/operations.md): sqlparser is silenced entirely, tokio-postgres keeps INFO and above. A fixed
+/// filter rather than directives appended to the configurable one, because a more specific directive
+/// (`sqlparser::parser=debug`) or a span directive (`[session]=debug`) in `RUST_LOG` would outrank those.
+pub fn log_event_allowed(metadata: &tracing::Metadata<'_>) -> bool {
+    let target = metadata.target();
+    let from = |krate: &str| {
+        target
+            .strip_prefix(krate)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+    };
+    if from("sqlparser") {
+        return false;
+    }
+    !(from("tokio_postgres") && *metadata.level() > tracing::Level::INFO)
+}
+
 /// Everything sessions share.
 pub struct Shared {
     /// The configuration in force; a reload swaps it whole (see `reload`).
@@ -228,4 +257,66 @@ pub async fn run(shared: Arc<Shared>) -> Result<(), StartError> {
     });
     crate::frontend::listener::serve(listener, shared).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::layer::SubscriberExt;
+
+    /// Log output kept in memory.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn quiet_dependencies_stay_quiet_whatever_the_filter_says() {
+        // Filters as RUST_LOG may spell them: more specific targets and span directives included.
+        // (filter, whether it lets other DEBUG events through)
+        for (spec, debug) in [
+            ("trace", true),
+            ("debug,sqlparser=trace,tokio_postgres=trace", true),
+            ("sqlparser::parser=debug,tokio_postgres::query=trace,info", false),
+            ("[session]=trace", true),
+        ] {
+            let captured = Captured::default();
+            let writer = captured.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(spec))
+                .with_writer(move || writer.clone())
+                .finish()
+                .with(tracing_subscriber::filter::filter_fn(super::log_event_allowed));
+            tracing::subscriber::with_default(subscriber, || {
+                let span = tracing::info_span!("session");
+                let _entered = span.enter();
+                tracing::debug!(target: "sqlparser::parser", "Parsing sql 'secret-1'");
+                tracing::warn!(target: "sqlparser", "secret-2");
+                tracing::debug!(target: "tokio_postgres::query", "executing statement secret-3");
+                tracing::info!(target: "tokio_postgres::connection", "notice-kept");
+                tracing::debug!(target: "sqlparserish", "other-crate-kept");
+                tracing::debug!(target: "pgfleet::frontend", "own-debug-kept");
+            });
+            let text =
+                String::from_utf8_lossy(&captured.0.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
+            assert!(!text.contains("secret"), "{spec}: {text}");
+            assert!(text.contains("notice-kept"), "{spec}: {text}");
+            assert_eq!(text.contains("own-debug-kept"), debug, "{spec}: {text}");
+            assert_eq!(text.contains("other-crate-kept"), debug, "{spec}: {text}");
+        }
+    }
 }

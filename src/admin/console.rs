@@ -30,7 +30,8 @@ use crate::protocol::messages::{
 };
 use crate::protocol::{FrameBuffer, FrameError};
 use crate::proxy::Shared;
-use crate::router::classify::{TxStart, classify};
+use crate::router::classify::{Rule, TxStart, classify};
+use crate::router::depth::MAX_DEPTH;
 use crate::router::functions::FunctionRules;
 use crate::router::split::split_statements;
 use ColumnType::{Int, Text};
@@ -424,6 +425,18 @@ fn show_route(shared: &Shared, sql: &str) -> Result<Table, ProxyError> {
     }
     let (rules, source) = function_rules(shared);
     let decision = classify(sql, &rules);
+    if decision.rule == Rule::TooDeep {
+        // A session sends such a statement to the primary unparsed; there is no parse to describe here, so
+        // the console answers as PostgreSQL does when a statement nests past its stack limit.
+        return Err(ProxyError::error(
+            "54001",
+            format!(
+                "pgfleet: statement too deeply nested to classify (nesting estimate over the limit of {MAX_DEPTH})"
+            ),
+        )
+        .with_detail("Sessions send such a statement to the primary without parsing it.")
+        .with_hint("The estimate counts the terms of operator chains (a + b + ..., x::int::int ..., a OR b OR ...) and of nested groups; list elements separated by commas do not add up."));
+    }
     let mut table = Table::new(&[
         ("target", Text),
         ("rule", Text),
@@ -732,6 +745,18 @@ mod tests {
         assert_eq!(rows[2][3].as_deref(), Some("read only"));
         let err = rest.iter().find(|f| f.kind == b'E').expect("error");
         assert_eq!(error_field(err.body(), b'C'), Some("42601"));
+    }
+
+    #[tokio::test]
+    async fn show_route_refuses_a_statement_too_deep_to_classify() {
+        let deep = format!("SHOW ROUTE SELECT {}1", "1+".repeat(500_000));
+        let frames = converse(shared(), vec![query(&deep), query("SHOW ROUTE SELECT 1")]).await;
+        let rest = after_startup(&frames);
+        assert_eq!(kinds(rest), "EZTDCZ");
+        assert_eq!(error_field(rest[0].body(), b'C'), Some("54001"));
+        let message = error_field(rest[0].body(), b'M').unwrap_or("");
+        assert!(message.contains(&MAX_DEPTH.to_string()), "{message}");
+        assert_eq!(rows(rest)[0][0].as_deref(), Some("replica"));
     }
 
     #[tokio::test]

@@ -260,7 +260,7 @@ impl Applier {
                 }
                 ReplicationMessage::XLogData { data, .. } => {
                     let change = pgoutput::decode(&data).map_err(|e| ForwardError::Apply(e.to_string()))?;
-                    tracing::trace!(?change, "change");
+                    tracing::trace!(kind = change.kind(), "change");
                     batch.add(change, &mut relations, applied)?;
                     if batch.sql.len() > CHUNK_BYTES && batch.in_tx {
                         replica

@@ -259,6 +259,24 @@ pub enum PgOutput {
     },
 }
 
+impl PgOutput {
+    /// The message's kind, for logs: a change's rows hold table data, which must not reach them.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PgOutput::Begin { .. } => "begin",
+            PgOutput::Commit { .. } => "commit",
+            PgOutput::Origin { .. } => "origin",
+            PgOutput::Relation(_) => "relation",
+            PgOutput::Type { .. } => "type",
+            PgOutput::Insert { .. } => "insert",
+            PgOutput::Update { .. } => "update",
+            PgOutput::Delete { .. } => "delete",
+            PgOutput::Truncate { .. } => "truncate",
+            PgOutput::Message { .. } => "message",
+        }
+    }
+}
+
 /// A cursor over one message that turns every short read into [`DecodeError::Truncated`].
 struct Reader<'a> {
     buf: &'a [u8],

@@ -19,6 +19,7 @@ use sqlparser::ast::{SetExpr, Statement};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
+use super::depth::too_deep_tokens;
 use super::functions::{FunctionRules, is_session_advisory_lock};
 use super::split::{Hint, Lexer, Tok, TokKind, leading_hint, split_statements};
 
@@ -49,6 +50,9 @@ pub enum Rule {
     Hint,
     /// The statement does not parse, so nothing proves it harmless.
     Unparsed,
+    /// The statement may nest deeper than the router parses ([`super::depth::MAX_DEPTH`]): it is not
+    /// parsed, and so it is treated like one that does not parse.
+    TooDeep,
     /// A data-changing statement: INSERT, UPDATE, DELETE, MERGE, TRUNCATE, COPY FROM.
     Write(&'static str),
     /// Schema changes: CREATE, ALTER, DROP, COMMENT, ...
@@ -83,6 +87,7 @@ impl fmt::Display for Rule {
             Rule::Read => f.write_str("read"),
             Rule::Hint => f.write_str("routing hint comment"),
             Rule::Unparsed => f.write_str("does not parse: sent to the primary"),
+            Rule::TooDeep => f.write_str("too deeply nested to parse: sent to the primary"),
             Rule::Write(kind) => write!(f, "{kind} writes"),
             Rule::Ddl => f.write_str("DDL changes the schema"),
             Rule::ForUpdate => f.write_str("row lock (FOR UPDATE/SHARE) needs the primary"),
@@ -108,6 +113,7 @@ impl Rule {
             Rule::Read => "read",
             Rule::Hint => "routing hint comment",
             Rule::Unparsed => "does not parse: sent to the primary",
+            Rule::TooDeep => "too deeply nested to parse: sent to the primary",
             Rule::Write("INSERT") => "INSERT writes",
             Rule::Write("UPDATE") => "UPDATE writes",
             Rule::Write("DELETE") => "DELETE writes",
@@ -596,9 +602,16 @@ enum Parsed {
     Read,
     Write(&'static str),
     Unparsed,
+    /// Not handed to sqlparser at all: see [`super::depth`].
+    TooDeep,
 }
 
 fn parse_query(s: Stmt<'_>) -> Parsed {
+    // sqlparser builds chains of operators as left-deep trees without counting them against its recursion
+    // limit, and dropping a deep enough tree overflows the thread's stack: such a statement is never parsed.
+    if too_deep_tokens(s.src, s.toks) {
+        return Parsed::TooDeep;
+    }
     let statements = match Parser::parse_sql(&PostgreSqlDialect {}, s.source()) {
         Ok(statements) if !statements.is_empty() => statements,
         // sqlparser does not know the `TABLE name` shorthand; it is a plain read.
@@ -610,7 +623,7 @@ fn parse_query(s: Stmt<'_>) -> Parsed {
         match statement_kind(statement) {
             Some(Parsed::Read) => {}
             Some(write @ Parsed::Write(_)) => parsed = write,
-            Some(Parsed::Unparsed) | None => return Parsed::Unparsed,
+            Some(Parsed::Unparsed | Parsed::TooDeep) | None => return Parsed::Unparsed,
         }
     }
     parsed
@@ -667,6 +680,7 @@ fn query(s: Stmt<'_>, funcs: &FunctionRules) -> Verdict {
     match (found, parsed) {
         (Some(rule), _) => Verdict::primary(rule),
         (None, Parsed::Unparsed) => Verdict::unparsed(),
+        (None, Parsed::TooDeep) => Verdict::primary(Rule::TooDeep),
         (None, _) => Verdict::replica(Rule::Read),
     }
     .pin(pin)
@@ -859,7 +873,7 @@ fn explain(s: Stmt<'_>, funcs: &FunctionRules) -> Verdict {
     if analyze {
         // EXPLAIN ANALYZE runs the statement.
         inner
-    } else if inner.rule == Rule::Unparsed {
+    } else if matches!(inner.rule, Rule::Unparsed | Rule::TooDeep) {
         inner
     } else {
         Verdict::replica(Rule::Read)
@@ -1236,6 +1250,7 @@ mod tests {
             Rule::Read,
             Rule::Hint,
             Rule::Unparsed,
+            Rule::TooDeep,
             Rule::Write("INSERT"),
             Rule::Write("UPDATE"),
             Rule::Write("DELETE"),
@@ -1395,10 +1410,133 @@ mod tests {
             "took {:?}",
             started.elapsed()
         );
-        // sqlparser's recursion limit refuses this much nesting: safe, on the primary.
-        assert_eq!(d.target, Target::Primary);
+        // Too deep to hand to sqlparser at all: safe, on the primary.
+        assert_eq!((d.target, d.rule), (Target::Primary, Rule::TooDeep));
+        // Deep enough for sqlparser's own recursion limit, not for the depth bound: refused by the parser.
+        let calls = format!("SELECT {}1{}", "abs(".repeat(100), ")".repeat(100));
+        assert_eq!(decide(&calls).rule, Rule::Unparsed);
         let writer = format!("SELECT {}nextval('s'){}", "abs(".repeat(20), ")".repeat(20));
         assert_eq!(decide(&writer).rule, Rule::WriteFunction("nextval".into()));
+    }
+
+    type MakeStatement = fn(usize) -> String;
+
+    /// Statements of each shape that sqlparser turns into a deep tree, built with `n` terms.
+    const DEEP_SHAPES: &[(&str, MakeStatement)] = &[
+        ("binary chain", |n| format!("SELECT {}1", "1+".repeat(n))),
+        ("cast chain", |n| format!("SELECT 1{}", "::int".repeat(n))),
+        ("OR chain", |n| {
+            let terms: Vec<String> = (0..n).map(|i| format!("aid = {i}")).collect();
+            format!("SELECT * FROM t WHERE {}", terms.join(" OR "))
+        }),
+        ("AND chain", |n| {
+            format!("SELECT * FROM t WHERE {}true", "a AND ".repeat(n))
+        }),
+        ("nested parentheses", |n| {
+            format!("SELECT {}1{}", "(".repeat(n), ")".repeat(n))
+        }),
+        ("nested subqueries", |n| {
+            format!("SELECT {}1{}", "(SELECT ".repeat(n), ")".repeat(n))
+        }),
+        ("unary minus chain", |n| format!("SELECT {}1", "- ".repeat(n))),
+        ("nested CASE", |n| {
+            format!("SELECT {}1{}", "CASE WHEN true THEN ".repeat(n), " END".repeat(n))
+        }),
+        ("array subscripts", |n| {
+            format!("SELECT a{} FROM t", "[1]".repeat(n))
+        }),
+        ("UNION chain", |n| {
+            format!("SELECT 1{}", " UNION SELECT 1".repeat(n))
+        }),
+        ("IS NULL chain", |n| format!("SELECT 1{}", " IS NULL".repeat(n))),
+        ("JSON operators", |n| {
+            format!("SELECT j{} FROM t", " -> 'k'".repeat(n))
+        }),
+        ("COLLATE chain", |n| {
+            format!("SELECT 'a'{}", " COLLATE \"C\"".repeat(n))
+        }),
+        ("mixed groups and chains", |n| {
+            format!("SELECT {}1", "(1 + 1) * ".repeat(n))
+        }),
+    ];
+
+    #[test]
+    fn deep_statements_go_to_the_primary_unparsed() {
+        for (shape, make) in DEEP_SHAPES {
+            // A few terms of each shape are an ordinary read.
+            let shallow = decide(&make(10));
+            assert_eq!(
+                (shallow.target, &shallow.rule),
+                (Target::Replica, &Rule::Read),
+                "{shape}"
+            );
+            for terms in [50_000, 200_000] {
+                let text = make(terms);
+                let deep = decide(&text);
+                // Past 1 MiB the size limit answers first, before any token is kept.
+                let rule = if text.len() > MAX_CLASSIFIED_STATEMENT {
+                    Rule::TooLarge
+                } else {
+                    Rule::TooDeep
+                };
+                assert_eq!(
+                    (deep.target, &deep.rule),
+                    (Target::Primary, &rule),
+                    "{shape} of {terms} terms"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn deep_statements_keep_their_lexical_findings() {
+        let chain = "1+".repeat(100_000);
+        // A write is never offered to a replica, parsed or not.
+        for (sql, target, rule) in [
+            (
+                format!("INSERT INTO t VALUES ({chain}1)"),
+                Target::Primary,
+                Rule::Write("INSERT"),
+            ),
+            // Only the parse would name the DELETE; unparsed, it goes to the primary all the same.
+            (
+                format!("WITH x AS (SELECT 1) DELETE FROM t WHERE a = {chain}1"),
+                Target::Primary,
+                Rule::TooDeep,
+            ),
+            (
+                format!("SELECT nextval('s') + {chain}1"),
+                Target::Primary,
+                Rule::WriteFunction("nextval".into()),
+            ),
+            (
+                format!("SELECT * FROM t WHERE a = {chain}1 FOR UPDATE"),
+                Target::Primary,
+                Rule::ForUpdate,
+            ),
+            (
+                format!("SELECT 1; SELECT {chain}1"),
+                Target::Primary,
+                Rule::TooDeep,
+            ),
+            (format!("EXPLAIN SELECT {chain}1"), Target::Primary, Rule::TooDeep),
+            (
+                format!("/* pgfleet:replica */ SELECT {chain}1"),
+                Target::Replica,
+                Rule::Hint,
+            ),
+        ] {
+            let d = decide(&sql);
+            assert_eq!((d.target, &d.rule), (target, &rule), "{}", &sql[..40]);
+        }
+        let locked = decide(&format!("SELECT pg_advisory_lock(1) + {chain}1"));
+        assert_eq!(
+            (locked.rule, locked.pin),
+            (
+                Rule::WriteFunction("pg_advisory_lock".into()),
+                Some(Pin::AdvisoryLock)
+            )
+        );
     }
 
     #[test]

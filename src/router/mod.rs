@@ -1,10 +1,11 @@
-//! Routing: what a statement is (`classify`, `functions`, `split`) and where it should run (`balance`,
+//! Routing: what a statement is (`classify`, `functions`, `split`, with `depth` guarding the parser) and where it should run (`balance`,
 //! with the per-database function rules in `catalog`; the session applies the policy).
 
 pub mod balance;
 pub mod cache;
 pub mod catalog;
 pub mod classify;
+pub mod depth;
 pub mod functions;
 pub mod redact;
 pub mod split;

@@ -5,10 +5,13 @@
 
 use super::split::{Lexer, TokKind};
 
-/// `sql` with constants replaced and whitespace runs collapsed, cut to about `max` bytes.
+/// `sql` with constants replaced and whitespace runs collapsed, cut to about `max` bytes. Constants are
+/// numbered after the highest parameter the text already has, as pg_stat_statements does, so that a
+/// number never stands for both a parameter and a constant: `SELECT pg_sleep(0.3), $1::text` becomes
+/// `SELECT pg_sleep($2), $1::text`.
 pub fn redact(sql: &str, max: usize) -> String {
     let mut out = String::with_capacity(sql.len().min(max) + 8);
-    let mut constants = 0usize;
+    let mut number = Decimal::after_parameters(sql);
     let mut previous_end = 0usize;
     for tok in Lexer::new(sql) {
         if tok.start > previous_end && !out.is_empty() && !out.ends_with(' ') {
@@ -19,9 +22,9 @@ pub fn redact(sql: &str, max: usize) -> String {
             TokKind::Comment => {}
             // An unterminated string or comment may hold anything up to the end of the text.
             TokKind::Str | TokKind::Number | TokKind::Unterminated => {
-                constants += 1;
                 out.push('$');
-                out.push_str(&constants.to_string());
+                out.push_str(number.as_str());
+                number.increment();
             }
             _ => out.push_str(tok.text(sql)),
         }
@@ -36,6 +39,50 @@ pub fn redact(sql: &str, max: usize) -> String {
         }
     }
     out.trim_end().to_owned()
+}
+
+/// A non-negative integer as decimal digits, most significant first and without leading zeros: the text
+/// may spell a parameter with any number of digits (`$99999999999999999999999`), and the next free number
+/// must still be past it.
+struct Decimal(String);
+
+impl Decimal {
+    /// One more than the highest `$n` parameter in `sql` (1 when there is none).
+    fn after_parameters(sql: &str) -> Self {
+        let mut highest = "0";
+        for tok in Lexer::new(sql).filter(|t| t.kind == TokKind::Param) {
+            let digits = tok.text(sql).trim_start_matches('$').trim_start_matches('0');
+            if (digits.len(), digits) > (highest.len(), highest) {
+                highest = digits;
+            }
+        }
+        let mut next = Decimal(if highest.is_empty() { "0" } else { highest }.to_owned());
+        next.increment();
+        next
+    }
+
+    fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    fn increment(&mut self) {
+        let mut digits = std::mem::take(&mut self.0).into_bytes();
+        let mut i = digits.len();
+        loop {
+            if i == 0 {
+                digits.insert(0, b'1');
+                break;
+            }
+            i -= 1;
+            if digits[i] == b'9' {
+                digits[i] = b'0';
+            } else {
+                digits[i] += 1;
+                break;
+            }
+        }
+        self.0 = String::from_utf8(digits).unwrap_or_default();
+    }
 }
 
 #[cfg(test)]
@@ -70,6 +117,27 @@ mod tests {
             redact("INSERT INTO t VALUES ($1,\n   $2)", 1000),
             "INSERT INTO t VALUES ($1, $2)"
         );
+    }
+
+    #[test]
+    fn constants_never_reuse_a_parameter_number() {
+        for (sql, redacted) in [
+            ("select pg_sleep(0.3), $1::text", "select pg_sleep($2), $1::text"),
+            ("select $2, 'a', $1, 7", "select $2, $3, $1, $4"),
+            ("select 'a', $1", "select $2, $1"),
+            ("select $3 + 1 + 2", "select $3 + $4 + $5"),
+            ("select $007, 1", "select $007, $8"),
+            ("select $9, 1, 2", "select $9, $10, $11"),
+            ("select $0, 1", "select $0, $1"),
+            (
+                "select $99999999999999999999999, 'pw'",
+                "select $99999999999999999999999, $100000000000000000000000",
+            ),
+            // No parameter: numbering starts at 1, as before.
+            ("select 1, 2", "select $1, $2"),
+        ] {
+            assert_eq!(redact(sql, 1000), redacted, "{sql}");
+        }
     }
 
     #[test]

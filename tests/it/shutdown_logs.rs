@@ -119,3 +119,89 @@ async fn a_transaction_past_shutdown_timeout_is_closed() {
     );
     assert!(busy.simple_query("SELECT 1").await.is_err());
 }
+
+/// Runs a statement holding `secret` as a literal in both protocols (the extended one with `secret` as a
+/// parameter value too), in a shape of its own (`run`), so that the router classifies it afresh rather than
+/// answering from its cache.
+async fn statements_with_a_secret(client: &tokio_postgres::Client, secret: &str, run: &str) {
+    let simple =
+        format!("SELECT u AS {run} FROM (VALUES ('alice')) creds(u) WHERE md5('{secret}' || u) IS NOT NULL");
+    let rows = client.simple_query(&simple).await.expect("simple query");
+    assert!(!rows.is_empty());
+    let extended = format!("SELECT $1::text AS {run}_ext, length('{secret}') AS n");
+    let row = client
+        .query_one(&extended, &[&format!("param-{secret}")])
+        .await
+        .expect("extended query");
+    assert_eq!(row.get::<_, String>(0), format!("param-{secret}"));
+}
+
+/// The log of a pgfleet that served those statements: no secret in it, and it is a DEBUG log indeed (its
+/// own per-request line is there), so the check is not vacuous.
+fn assert_no_literals(proxy: &Proxy, secrets: &[&str]) {
+    assert!(
+        proxy.wait_for_log("routing request", Duration::from_secs(5)),
+        "not logging at DEBUG:\n{}",
+        proxy.log_tail(20)
+    );
+    let log = proxy.log_contents();
+    for secret in secrets {
+        assert!(
+            !log.contains(secret),
+            "{secret} reached the log:\n{}",
+            log.lines()
+                .filter(|l| l.contains(secret))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    // The dependencies that print statement text at DEBUG print nothing at all there.
+    for dependency in [
+        "Parsing sql",
+        "preparing query",
+        "executing statement",
+        "executing simple query",
+    ] {
+        assert!(!log.contains(dependency), "{dependency} in the log");
+    }
+}
+
+/// log.level = "debug", then "trace" after a reload, and RUST_LOG asking sqlparser and tokio-postgres for
+/// everything: no literal of a client statement, nor a parameter value, reaches pgfleet's log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debug_logs_hold_no_literals() {
+    let cluster = cluster_async().await;
+    let port = free_port();
+    let config = Proxy::config_for(&cluster, port, "[log]\nlevel = \"debug\"\n");
+    let proxy = Proxy::start_with_config(config.clone());
+    let client = connect(&proxy.dsn(APP_USER, PASSWORD, APP_DB)).await;
+    statements_with_a_secret(&client, "UserPlainPw6", "at_debug").await;
+    assert_no_literals(&proxy, &["UserPlainPw6"]);
+
+    std::fs::write(
+        &proxy.config_path,
+        config.replace("level = \"debug\"", "level = \"trace\""),
+    )
+    .expect("write config");
+    proxy.reload();
+    assert!(
+        proxy.wait_for_log("config reloaded", Duration::from_secs(10)),
+        "{}",
+        proxy.log_tail(20)
+    );
+    statements_with_a_secret(&client, "AfterReloadPw7", "at_trace").await;
+    assert_no_literals(&proxy, &["UserPlainPw6", "AfterReloadPw7"]);
+
+    let env_proxy = Proxy::start_with_env(
+        &cluster,
+        "",
+        |text| text,
+        &[(
+            "RUST_LOG",
+            "trace,sqlparser=trace,sqlparser::parser=trace,tokio_postgres=trace,[session]=trace",
+        )],
+    );
+    let client = connect(&env_proxy.dsn(APP_USER, PASSWORD, APP_DB)).await;
+    statements_with_a_secret(&client, "RustLogPw8", "with_rust_log").await;
+    assert_no_literals(&env_proxy, &["RustLogPw8"]);
+}
