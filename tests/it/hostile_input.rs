@@ -4,10 +4,10 @@
 //! covered by a stable `cargo test`. The last test sends statements nested deep enough to overflow a
 //! thread's stack through a real pgfleet in front of a real fleet.
 
-mod support;
-
 use std::sync::Arc;
 
+use crate::support::cluster::{APP_DB, APP_USER, PASSWORD, cluster_async};
+use crate::support::proxy::{Proxy, connect};
 use pgfleet::frontend::request::{End, Plan, Request, deallocated_names};
 use pgfleet::frontend::state::Statements;
 use pgfleet::protocol::frame::{FrameBuffer, build};
@@ -20,8 +20,6 @@ use pgfleet::router::functions::FunctionRules;
 use pgfleet::router::redact::redact;
 use pgfleet::router::split::split_statements;
 use proptest::prelude::*;
-use support::cluster::{APP_DB, APP_USER, PASSWORD, cluster_async};
-use support::proxy::{Proxy, connect};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 proptest! {
@@ -397,7 +395,7 @@ async fn deeply_nested_statements_are_answered_and_pgfleet_survives() {
     )
     .await
     .expect("create the table");
-    let direct = support::forward::direct(&cluster.primary)
+    let direct = crate::support::forward::direct(&cluster.primary)
         .await
         .expect("direct to the primary");
 
