@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::cluster::{APP_DB, APP_USER, PASSWORD, cluster_async};
 use crate::support::proxy::{Proxy, connect, free_port, try_connect};
+use crate::support::wait_until;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
@@ -324,15 +325,18 @@ async fn console_and_metrics_account_for_the_traffic() {
 
     // The app session leaves SHOW CLIENTS when it disconnects.
     drop(app);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let clients = show(&admin, "SHOW CLIENTS").await;
-        if !clients.iter().any(|r| text(r, "user") == APP_USER) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "app session still listed: {clients:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let gone = wait_until(Duration::from_secs(10), async || {
+        !show(&admin, "SHOW CLIENTS")
+            .await
+            .iter()
+            .any(|r| text(r, "user") == APP_USER)
+    })
+    .await;
+    assert!(
+        gone.is_some(),
+        "app session still listed: {:?}",
+        show(&admin, "SHOW CLIENTS").await
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -365,20 +369,13 @@ async fn a_stopped_node_shows_down() {
     }
 
     victim.stop_immediate().expect("stop replica");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    let nodes = wait_until(Duration::from_secs(20), async || {
         let nodes = show(&admin, "SHOW NODES").await;
-        if text(node_row(&nodes, &victim.name), "state") == "down" {
-            assert_eq!(text(node_row(&nodes, &cluster.primary.name), "state"), "up");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} never shown down: {nodes:?}",
-            victim.name
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        (text(node_row(&nodes, &victim.name), "state") == "down").then_some(nodes)
+    })
+    .await
+    .unwrap_or_else(|| panic!("{} never shown down", victim.name));
+    assert_eq!(text(node_row(&nodes, &cluster.primary.name), "state"), "up");
     let (_, _, body) = http_get(metrics_port, "/metrics").await;
     let up = sample(
         &body,

@@ -221,17 +221,13 @@ async fn require_and_default_prefer_encrypt_every_connection_to_a_tls_only_fleet
         let r = c.simple_query("SELECT pg_sleep(20)").await;
         (c, r)
     });
+    // psql over the nodes' unix sockets: this fleet refuses plain TCP.
     let sleeping =
         "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(20)' AND state = 'active'";
-    let mut sleeping_somewhere = false;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !sleeping_somewhere && Instant::now() < deadline {
-        for node in cluster.nodes() {
-            sleeping_somewhere |= psql(node, sleeping) == "1";
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(sleeping_somewhere, "the sleep never started");
+    wait_until(&proxy, "the sleep to start on a node", async || {
+        cluster.nodes().any(|node| psql(node, sleeping) == "1")
+    })
+    .await;
     token
         .cancel_query(tokio_postgres::NoTls)
         .await
@@ -312,11 +308,12 @@ async fn require_refuses_a_server_without_tls_and_prefer_goes_without() {
             .lines()
             .any(|l| l.contains("node is down") && l.contains("server does not support TLS (nodes[0].tls = "))
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !health_says_why() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(health_says_why(), "{}", proxy.log_tail(40));
+    wait_until(
+        &proxy,
+        "the health check to say why the node is down",
+        async || health_says_why(),
+    )
+    .await;
     drop(proxy);
 
     let proxy = Proxy::start_edited(&cluster, "", |text| {

@@ -322,33 +322,20 @@ async fn temp_tables_and_session_locks_do_not_leak_to_the_next_client() {
     leave(a, &proxy).await;
 
     // The temp table and the lock go away with A.
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        let temp = one(&admin, temp_count).await;
-        if temp == "0" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "A's temp table still exists 2 s after A left"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        if one(&admin, "SELECT pg_try_advisory_lock(4242)").await == "t" {
-            admin
-                .batch_execute("SELECT pg_advisory_unlock(4242)")
-                .await
-                .expect("unlock");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "A's session advisory lock outlived A by 2 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(Duration::from_secs(2), async || {
+        one(&admin, temp_count).await == "0"
+    })
+    .await
+    .expect("A's temp table is gone within 2 s after A left");
+    wait_until(Duration::from_secs(2), async || {
+        one(&admin, "SELECT pg_try_advisory_lock(4242)").await == "t"
+    })
+    .await
+    .expect("A's session advisory lock does not outlive A by 2 s");
+    admin
+        .batch_execute("SELECT pg_advisory_unlock(4242)")
+        .await
+        .expect("unlock");
 
     // B, on the single-slot pool, sees no temp table and can create its own of the same name.
     let b = connect(&dsn).await;
@@ -513,15 +500,11 @@ async fn a_full_session_pool_refuses_logins_with_53300_and_connected_clients_kee
     }));
     let reads = async {
         // Start once all three logins wait on the primary's pool.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let pool = pool_row(&admin, &cluster.primary.name).await;
-            if count(&pool, "waiting") >= 3 {
-                break;
-            }
-            assert!(Instant::now() < deadline, "the logins never waited: {pool:?}");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        wait_until(Duration::from_secs(5), async || {
+            count(&pool_row(&admin, &cluster.primary.name).await, "waiting") >= 3
+        })
+        .await
+        .expect("the logins wait on the primary's pool");
         let mut ports = Vec::new();
         for _ in 0..4 {
             for c in [&c1, &c2] {
@@ -683,18 +666,11 @@ async fn reads_skip_a_full_replica_pool_and_waiters_get_the_released_connection(
         let c = try_connect(&login_dsn).await;
         (c, started.elapsed())
     });
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let pool = pool_row(&admin, &cluster.primary.name).await;
-        if count(&pool, "waiting") >= 1 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "D never waited on the primary's pool: {pool:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(Duration::from_secs(5), async || {
+        count(&pool_row(&admin, &cluster.primary.name).await, "waiting") >= 1
+    })
+    .await
+    .expect("D waits on the primary's pool");
     e.batch_execute("COMMIT").await.expect("commit");
     let (d, took) = d.await.expect("login task");
     let d = d.unwrap_or_else(|err| panic!("the waiting login failed after {took:?}: {err}"));

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::cluster::{APP_DB, APP_USER, PASSWORD, cluster_async};
+use crate::support::cluster::{APP_DB, APP_USER, PASSWORD, cluster_async, wait_running};
 use crate::support::one;
 use crate::support::proxy::{Proxy, connect, free_port, try_connect};
 use crate::support::raw::{Raw, data_rows, send_cancel, sqlstate};
@@ -524,13 +524,14 @@ async fn cancel_reaches_the_running_query_on_a_replica_and_in_a_primary_transact
         "0"
     );
 
-    // A cancel for an idle session is harmless, and the next query runs to completion.
-    c.cancel_token()
-        .cancel_query(tokio_postgres::NoTls)
-        .await
-        .expect("idle cancel");
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(one(&c, "SELECT pg_sleep(0.3)::text || 'done'").await, "done");
+    // A cancel for an idle session is harmless, and the next query runs to completion. A raw session, so
+    // that the cancel is known to be handled (pgfleet closes the cancel socket) before the query starts.
+    drop(c);
+    let mut idle = Raw::connect(proxy.port).await;
+    let key = idle.login_app().await;
+    send_cancel(proxy.port, key.0, key.1).await;
+    let msgs = idle.simple("SELECT pg_sleep(0.3)::text || 'done'").await;
+    assert_eq!(data_rows(&msgs), vec!["done".to_owned()], "{msgs:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -558,7 +559,7 @@ async fn cancel_keys_are_per_session_and_wrong_keys_do_nothing() {
 
     a.send(&query("SELECT pg_sleep(20)")).await;
     b.send(&query("SELECT pg_sleep(20)")).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_running(&cluster, "SELECT pg_sleep(20)", 2).await;
 
     // Wrong keys: the secret off by one, the pid off by one, and the other session's pid with our secret.
     send_cancel(proxy.port, key_a.0, key_a.1.wrapping_add(1)).await;
@@ -615,7 +616,7 @@ async fn cancel_keys_are_per_session_and_wrong_keys_do_nothing() {
     a.send(&build(b'X', b"")).await;
     assert!(a.frame().await.is_none(), "a closed");
     c.send(&query("SELECT pg_sleep(3)")).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_running(&cluster, "SELECT pg_sleep(3)", 1).await;
     send_cancel(proxy.port, key_a.0, key_a.1).await;
     let msgs = c.until_ready(Duration::from_secs(10)).await;
     assert!(

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::cluster::{APP_DB, APP_USER, PASSWORD, cluster_async};
+use crate::support::cluster::{APP_DB, APP_USER, PASSWORD, cluster_async, wait_running};
 use crate::support::proxy::{Proxy, connect, connect_listening};
 use crate::support::{one, wait_until};
 
@@ -134,25 +134,7 @@ async fn session_state_pins_and_cancel_work() {
     let started = Instant::now();
     let run = tokio::spawn(async move { sleeper.batch_execute("SELECT pg_sleep(20)").await });
     // Cancel once the statement runs on some node (a read: a replica, unless routing says otherwise).
-    let mut nodes = Vec::new();
-    for node in cluster.nodes() {
-        nodes.push(connect(&node.dsn("postgres", PASSWORD, "postgres")).await);
-    }
-    wait_until(Duration::from_secs(10), async || {
-        for node in &nodes {
-            let running = one(
-                node,
-                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query = 'SELECT pg_sleep(20)'",
-            )
-            .await;
-            if running != "0" {
-                return true;
-            }
-        }
-        false
-    })
-    .await
-    .expect("SELECT pg_sleep(20) is running on a node");
+    wait_running(&cluster, "SELECT pg_sleep(20)", 1).await;
     token.cancel_query(tokio_postgres::NoTls).await.expect("cancel");
     let err = run.await.expect("task").expect_err("cancelled");
     assert_eq!(err.as_db_error().expect("db error").code().code(), "57014");

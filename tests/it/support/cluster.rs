@@ -48,3 +48,31 @@ pub async fn cluster_with_async(opts: ClusterOptions) -> LocalCluster {
         .await
         .expect("cluster start thread panicked")
 }
+
+/// Waits until at least `n` backends across the fleet are running exactly `sql` (`pg_stat_activity`, state
+/// active): the moment to cancel a statement, or to check that something else did not.
+pub async fn wait_running(cluster: &LocalCluster, sql: &str, n: i64) {
+    let mut nodes = Vec::new();
+    for node in cluster.nodes() {
+        nodes.push(super::proxy::connect(&node.dsn("postgres", PASSWORD, "postgres")).await);
+    }
+    let running = super::wait_until(std::time::Duration::from_secs(10), async || {
+        let mut count = 0;
+        for node in &nodes {
+            let row = node
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query = $1",
+                    &[&sql],
+                )
+                .await
+                .expect("pg_stat_activity");
+            count += row.get::<_, i64>(0);
+        }
+        count >= n
+    })
+    .await;
+    assert!(
+        running.is_some(),
+        "{n} × `{sql}` not running on the nodes within 10 s"
+    );
+}
