@@ -240,7 +240,7 @@ pub fn render(shared: &Shared) -> String {
         "1 for the node that takes writes now, else 0.",
     );
     for &(i, node) in &nodes {
-        let primary = u8::from(view.primary == Primary::One(i));
+        let primary = u8::from(view.primary == Primary::One(crate::cluster::NodeId::new(i)));
         out.sample("pgfleet_node_primary", &[("node", &node.target.name)], primary);
     }
 

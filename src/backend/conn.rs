@@ -37,7 +37,7 @@ pub struct BackendConn {
     /// ParameterStatus values sent at startup.
     pub server_params: Vec<(String, String)>,
     /// Transaction status from the last ReadyForQuery.
-    pub status: u8,
+    pub status: crate::protocol::TxStatus,
     /// Set when the connection can no longer be trusted (I/O error, protocol desync).
     pub broken: bool,
     /// What the current or last session left here.
@@ -65,7 +65,7 @@ impl BackendConn {
             pid: 0,
             secret: 0,
             server_params: Vec::new(),
-            status: b'I',
+            status: crate::protocol::TxStatus::Idle,
             broken: false,
             applied: AppliedState::default(),
             io_timeout: std::time::Duration::from_secs(5),
@@ -158,7 +158,7 @@ impl BackendConn {
             let f = self.read_frame().await?;
             match f.kind {
                 b'Z' => {
-                    self.status = f.body().first().copied().unwrap_or(b'I');
+                    self.status = crate::protocol::TxStatus::from_ready_body(f.body());
                     return Ok(out);
                 }
                 b'E' if out.error.is_none() => out.error = Some(f),
@@ -187,7 +187,7 @@ impl BackendConn {
                 b'D' if value.is_none() => value = data_row_fields(f.body()).into_iter().next().flatten(),
                 b'E' => failed = true,
                 b'Z' => {
-                    self.status = f.body().first().copied().unwrap_or(b'I');
+                    self.status = crate::protocol::TxStatus::from_ready_body(f.body());
                     return Ok(if failed { None } else { value });
                 }
                 _ => {}
@@ -209,7 +209,7 @@ impl BackendConn {
                 b'D' => rows.push(data_row_fields(f.body())),
                 b'E' if error.is_none() => error = Some(f),
                 b'Z' => {
-                    self.status = f.body().first().copied().unwrap_or(b'I');
+                    self.status = crate::protocol::TxStatus::from_ready_body(f.body());
                     return Ok(match error {
                         Some(e) => Err(e),
                         None => Ok(rows),
@@ -263,7 +263,7 @@ impl BackendConn {
 
     /// Whether the node is idle outside a transaction with nothing unread.
     pub fn is_clean_idle(&self) -> bool {
-        !self.broken && self.status == b'I' && self.rbuf.buffered() == 0
+        !self.broken && self.status == crate::protocol::TxStatus::Idle && self.rbuf.buffered() == 0
     }
 
     /// Value of a startup ParameterStatus.

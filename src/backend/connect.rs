@@ -374,7 +374,7 @@ async fn connect_inner(target: &NodeTarget, login: &Login<'_>) -> Result<Backend
             }
             b'N' | b'v' => {}
             b'Z' => {
-                conn.status = frame.body().first().copied().unwrap_or(b'I');
+                conn.status = crate::protocol::TxStatus::from_ready_body(frame.body());
                 break;
             }
             other => {

@@ -350,7 +350,7 @@ impl PooledConn {
             return;
         }
         let mut reset = String::new();
-        if obj.status != b'I' {
+        if obj.status != crate::protocol::TxStatus::Idle {
             reset.push_str("ROLLBACK;");
         }
         if !obj.applied.settings.is_empty() {
@@ -374,7 +374,7 @@ impl PooledConn {
                     .await
                     .is_ok_and(|x| x.error.is_none()),
             };
-            if !ok || obj.status != b'I' {
+            if !ok || obj.status != crate::protocol::TxStatus::Idle {
                 drop(Object::take(obj));
                 return;
             }

@@ -3,8 +3,11 @@
 //! it (`monitor`). A connection failure seen by a session also marks a node down for a short while, so that
 //! other sessions skip it before the next health check notices.
 
+mod id;
 pub mod monitor;
 pub mod view;
+
+pub use id::NodeId;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,7 +18,7 @@ use arc_swap::{ArcSwap, Guard};
 use self::view::{FleetView, NodeState, Primary};
 use crate::backend::connect::NodeTarget;
 use crate::backend::tls::{NodeTls, TlsSetupError};
-use crate::config::{Config, LagLimit, NodeConfig, Role};
+use crate::config::{Config, NodeConfig, Role};
 use crate::protocol::messages::ProxyError;
 
 /// How long a node that refused a connection is skipped before it is tried again.
@@ -78,7 +81,7 @@ impl Node {
     }
 
     /// [`Node::is_up`] at a given time, so that a scan of every node reads the clock once.
-    fn is_up_at(&self, now_ms: u64) -> bool {
+    pub fn is_up_at(&self, now_ms: u64) -> bool {
         self.down_until_ms.load(Ordering::Relaxed) <= now_ms
     }
 
@@ -98,7 +101,8 @@ impl Node {
     }
 }
 
-fn now_ms() -> u64 {
+/// The clock [`Node::is_up_at`] compares with, in milliseconds since the epoch.
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -167,8 +171,8 @@ impl Fleet {
     }
 
     /// One node slot. Panics on an index that was never handed out, which would be a bug.
-    pub fn node(&self, index: usize) -> Arc<Node> {
-        self.nodes.load()[index].clone()
+    pub fn node(&self, id: NodeId) -> Arc<Node> {
+        self.nodes.load()[id.index()].clone()
     }
 
     /// Bumped by every reload that changed the node list or weights; sessions compare it to drop
@@ -251,99 +255,32 @@ impl Fleet {
     }
 
     /// The node that takes writes now, or the error a write gets when there is none.
-    pub fn primary(&self) -> Result<usize, ProxyError> {
+    pub fn primary(&self) -> Result<NodeId, ProxyError> {
         self.primary_in(&self.view.load())
     }
 
     /// [`Fleet::primary`] against a given snapshot.
-    pub fn primary_in(&self, view: &FleetView) -> Result<usize, ProxyError> {
-        match &view.primary {
-            Primary::One(n) => Ok(*n),
-            Primary::None => Err(ProxyError::error(
-                "08006",
-                "pgfleet: no primary is available: no node with role = \"auto\" is up and out of recovery",
-            )
-            .with_hint(
-                "Promote a replica (pg_ctl promote, Patroni, pg_auto_failover) or bring the primary back.",
-            )),
-            Primary::Conflict(claimants) => {
-                let nodes = self.nodes.load();
-                let names: Vec<&str> = claimants
-                    .iter()
-                    .filter_map(|n| nodes.get(*n))
-                    .map(|n| n.target.name.as_str())
-                    .collect();
-                Err(ProxyError::error(
-                    "55000",
-                    format!(
-                        "pgfleet: writes refused: {} nodes claim to be primary ({}); waiting until one steps down",
-                        names.len(),
-                        names.join(", ")
-                    ),
-                )
-                .with_hint("Demote or stop all but one primary; pgfleet never writes to two primaries."))
-            }
-        }
+    pub fn primary_in(&self, view: &FleetView) -> Result<NodeId, ProxyError> {
+        let nodes = self.nodes.load();
+        view.primary_or_error(|n| nodes.get(n.index()).map(|n| n.target.name.as_str()))
     }
 
     /// The node that will probably take writes: the current primary, else the configured one, else the
     /// first live slot.
-    pub fn likely_primary(&self) -> usize {
+    pub fn likely_primary(&self) -> NodeId {
         let view = self.view.load();
         match view.primary {
             Primary::One(p) => p,
             _ => view
                 .configured_primary
-                .or_else(|| self.nodes.load().iter().position(|n| !n.is_retired()))
-                .unwrap_or(0),
-        }
-    }
-
-    /// Nodes that may serve reads now, best candidates unfiltered by balance: replicas (by configuration or,
-    /// for `auto`, by observation) that are up, in recovery and within `max_lag`, plus the primary when
-    /// `primary_reads` is set.
-    pub fn read_nodes(&self, view: &FleetView, primary_reads: bool, max_lag: Option<LagLimit>) -> Vec<usize> {
-        let mut out = Vec::with_capacity(view.nodes.len());
-        self.read_nodes_into(view, primary_reads, max_lag, &mut out);
-        out
-    }
-
-    /// [`Fleet::read_nodes`], appended to `out` (which a session reuses from one request to the next).
-    pub fn read_nodes_into(
-        &self,
-        view: &FleetView,
-        primary_reads: bool,
-        max_lag: Option<LagLimit>,
-        out: &mut Vec<usize>,
-    ) {
-        let primary = match view.primary {
-            Primary::One(n) => Some(n),
-            _ => None,
-        };
-        let nodes = self.nodes.load();
-        // One clock read for the whole scan rather than one per node.
-        let now = now_ms();
-        let is_up = |node: &Node| node.is_up_at(now);
-        // A snapshot older than a reload covers fewer slots than `nodes`; zip stops at the shorter.
-        for (i, (node, state)) in nodes.iter().zip(&view.nodes).enumerate() {
-            if node.is_retired() {
-                continue;
-            }
-            let usable = if Some(i) == primary {
-                primary_reads && state.up && is_up(node)
-            } else {
-                let is_replica = match node.role {
-                    // Forwarded replicas are plain servers: usable once they stream, whatever their recovery.
-                    Role::Replica if self.forward.enabled() => self.forward.visible(i).is_some(),
-                    Role::Replica => state.in_recovery != Some(false),
-                    Role::Auto => state.in_recovery == Some(true),
-                    Role::Primary => false,
-                };
-                is_replica && node.weight() > 0 && state.up && is_up(node) && within(state, max_lag)
-            };
-            if usable {
-                out.push(i);
-            }
+                .or_else(|| {
+                    self.nodes
+                        .load()
+                        .iter()
+                        .position(|n| !n.is_retired())
+                        .map(NodeId::new)
+                })
+                .unwrap_or(NodeId::new(0)),
         }
     }
 }
@@ -356,14 +293,6 @@ fn fresh_state() -> NodeState {
     }
 }
 
-fn within(state: &NodeState, max_lag: Option<LagLimit>) -> bool {
-    match max_lag {
-        None => true,
-        Some(LagLimit::Bytes(max)) => state.lag_bytes.is_none_or(|b| b <= max),
-        Some(LagLimit::Time(max)) => state.lag.is_none_or(|t| t <= max),
-    }
-}
-
 fn compute_view(
     nodes: &[Arc<Node>],
     states: &[NodeState],
@@ -371,17 +300,19 @@ fn compute_view(
 ) -> FleetView {
     let configured_primary = nodes
         .iter()
-        .position(|n| n.role == Role::Primary && !n.is_retired());
+        .position(|n| n.role == Role::Primary && !n.is_retired())
+        .map(NodeId::new);
     let primary = match configured_primary {
         Some(p) => Primary::One(p),
         None => {
-            let claimants: Vec<usize> = (0..nodes.len())
+            let claimants: Vec<NodeId> = (0..nodes.len())
                 .filter(|i| {
                     nodes[*i].role == Role::Auto
                         && !nodes[*i].is_retired()
                         && states[*i].up
                         && states[*i].in_recovery == Some(false)
                 })
+                .map(NodeId::new)
                 .collect();
             match claimants.len() {
                 0 => Primary::None,
@@ -391,7 +322,7 @@ fn compute_view(
         }
     };
     let primary_lsn = match primary {
-        Primary::One(p) => states[p].lsn,
+        Primary::One(p) => states[p.index()].lsn,
         _ => None,
     };
     let mut out: Vec<NodeState> = states.to_vec();
@@ -401,7 +332,7 @@ fn compute_view(
             s.lsn = forward.visible(i);
             s.lag = forward.lag(i, primary_lsn);
         }
-        if primary == Primary::One(i) {
+        if primary == Primary::One(NodeId::new(i)) {
             s.lag_bytes = Some(0);
             s.lag = Some(Duration::ZERO);
             continue;

@@ -32,7 +32,7 @@ pub fn spawn(shared: &Arc<Shared>) {
 pub fn spawn_node(shared: &Arc<Shared>, index: usize) {
     let shared = shared.clone();
     tokio::spawn(async move {
-        let node = shared.fleet.node(index);
+        let node = shared.fleet.node(super::NodeId::new(index));
         let mut control: Option<(Login, Pool)> = None;
         let mut last: Option<(bool, Option<bool>)> = None;
         loop {

@@ -3,6 +3,9 @@
 
 use std::time::{Duration, SystemTime};
 
+use super::NodeId;
+use crate::protocol::messages::ProxyError;
+
 /// What the monitor knows about one node.
 #[derive(Debug, Clone, Default)]
 pub struct NodeState {
@@ -26,11 +29,11 @@ pub struct NodeState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Primary {
     /// This one.
-    One(usize),
+    One(NodeId),
     /// No node can take writes now.
     None,
     /// Several nodes claim to be primary; writes are refused until one steps down.
-    Conflict(Vec<usize>),
+    Conflict(Vec<NodeId>),
 }
 
 /// The whole fleet at one moment.
@@ -41,7 +44,39 @@ pub struct FleetView {
     /// The write node.
     pub primary: Primary,
     /// The live node configured with role = "primary", if any.
-    pub configured_primary: Option<usize>,
+    pub configured_primary: Option<NodeId>,
+}
+
+impl FleetView {
+    /// The node that takes writes, or the error a write gets when there is none (`name` names the
+    /// claimants of a conflict).
+    pub fn primary_or_error<'a>(
+        &self,
+        name: impl Fn(NodeId) -> Option<&'a str>,
+    ) -> Result<NodeId, ProxyError> {
+        match &self.primary {
+            Primary::One(n) => Ok(*n),
+            Primary::None => Err(ProxyError::error(
+                "08006",
+                "pgfleet: no primary is available: no node with role = \"auto\" is up and out of recovery",
+            )
+            .with_hint(
+                "Promote a replica (pg_ctl promote, Patroni, pg_auto_failover) or bring the primary back.",
+            )),
+            Primary::Conflict(claimants) => {
+                let names: Vec<&str> = claimants.iter().filter_map(|n| name(*n)).collect();
+                Err(ProxyError::error(
+                    "55000",
+                    format!(
+                        "pgfleet: writes refused: {} nodes claim to be primary ({}); waiting until one steps down",
+                        names.len(),
+                        names.join(", ")
+                    ),
+                )
+                .with_hint("Demote or stop all but one primary; pgfleet never writes to two primaries."))
+            }
+        }
+    }
 }
 
 // One LSN text format for the whole crate: the replication decoder's (strict, as PostgreSQL's pg_lsn input).

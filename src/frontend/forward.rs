@@ -8,6 +8,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::request::{End, Plan, Request};
 use super::session::{Session, SessionError};
 use crate::backend::BackendError;
+use crate::cluster::NodeId;
+use crate::protocol::TxStatus;
 
 /// The largest request-assembly buffer a session keeps between requests.
 const SCRATCH_KEPT: usize = 16 * 1024;
@@ -18,7 +20,7 @@ const HOLD_BACK_LIMIT: usize = 64 * 1024;
 #[derive(Debug, Default)]
 pub struct Outcome {
     /// Transaction status of the last ReadyForQuery.
-    pub status: u8,
+    pub status: TxStatus,
     /// An ErrorResponse came back.
     pub saw_error: bool,
     /// How many ParseComplete came back (the first N Parse messages succeeded).
@@ -69,7 +71,7 @@ impl Flow {
         match kind {
             b'Z' => {
                 self.pending_ready = self.pending_ready.saturating_sub(1);
-                self.outcome.status = body.first().copied().unwrap_or(b'I');
+                self.outcome.status = TxStatus::from_ready_body(body);
             }
             b'G' => {
                 self.copy_in = true;
@@ -109,7 +111,7 @@ impl Flow {
     /// Runs `req` on `node` to completion, then records its effects on the session.
     pub(super) async fn run(
         session: &mut Session,
-        node: usize,
+        node: NodeId,
         req: &Request,
         end: End,
         mut plan: Plan,
@@ -125,7 +127,7 @@ impl Flow {
             output_sent: false,
             hold_back: retryable,
         };
-        let Some(conn) = session.conns[node].as_mut() else {
+        let Some(conn) = session.conns[node.index()].as_mut() else {
             return Err(FlowError::Client(SessionError::Fatal(
                 "internal: no connection for node".into(),
             )));
@@ -152,11 +154,11 @@ impl Flow {
     async fn pump(
         &mut self,
         session: &mut Session,
-        node: usize,
+        node: NodeId,
         req: &Request,
         plan: &mut Plan,
     ) -> Result<(), Failure> {
-        let Some(conn) = session.conns[node].as_mut() else {
+        let Some(conn) = session.conns[node.index()].as_mut() else {
             return Ok(());
         };
         conn.write_all(req.encode(&mut session.scratch))
@@ -176,7 +178,7 @@ impl Flow {
             let passed = read_client
                 && session.cbuf.buffered() > 0
                 && self.pass_on_buffered(session, plan, &mut to_node)?;
-            let Some(conn) = session.conns[node].as_mut() else {
+            let Some(conn) = session.conns[node.index()].as_mut() else {
                 return Ok(());
             };
             if passed {

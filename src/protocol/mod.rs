@@ -4,5 +4,7 @@
 pub mod frame;
 pub mod messages;
 pub mod startup;
+pub mod status;
 
 pub use frame::{Frame, FrameBuffer, FrameError};
+pub use status::TxStatus;

@@ -93,7 +93,7 @@ impl Applier {
         let (user, password) = self.credentials();
         let timeout = self.shared.config().pool.connect_timeout;
         let fleet = &self.shared.fleet;
-        let primary = fleet.nodes()[fleet.likely_primary()].target.clone();
+        let primary = fleet.nodes()[fleet.likely_primary().index()].target.clone();
         let replica_node = fleet.nodes()[self.node].target.clone();
         let replica = client(&replica_node, &user, &password, &self.database, timeout).await?;
         replica
@@ -219,7 +219,7 @@ impl Applier {
     ) -> Result<(), ForwardError> {
         let (user, password) = self.credentials();
         let fleet = &self.shared.fleet;
-        let primary = fleet.nodes()[fleet.likely_primary()].target.clone();
+        let primary = fleet.nodes()[fleet.likely_primary().index()].target.clone();
         let control = client(
             &primary,
             &user,

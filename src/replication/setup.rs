@@ -106,7 +106,7 @@ async fn prepare(shared: &Shared, database: &str) -> Result<(), ForwardError> {
         r.user.as_deref().unwrap_or(""),
         r.password.as_deref().unwrap_or(""),
     );
-    let primary = &shared.fleet.nodes()[shared.fleet.likely_primary()].target;
+    let primary = &shared.fleet.nodes()[shared.fleet.likely_primary().index()].target;
     let c = client(
         primary,
         user,

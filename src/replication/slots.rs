@@ -225,7 +225,7 @@ async fn check(
                 .databases
                 .first()
                 .map_or("postgres", String::as_str);
-            let node = &shared.fleet.nodes()[shared.fleet.likely_primary()].target;
+            let node = &shared.fleet.nodes()[shared.fleet.likely_primary().index()].target;
             client(
                 node,
                 r.user.as_deref().unwrap_or(""),
@@ -351,7 +351,7 @@ pub fn report(shared: &Shared) -> Vec<ReplicaStatus> {
 /// [`report`] against a given monitor (tests pass their own).
 pub fn report_with(shared: &Shared, monitor: Option<&SlotMonitor>) -> Vec<ReplicaStatus> {
     let view = shared.fleet.view();
-    let primary = shared.fleet.primary_in(&view).ok();
+    let primary = shared.fleet.primary_in(&view).ok().map(|p| p.index());
     let primary_lsn = primary.and_then(|p| view.nodes.get(p)).and_then(|s| s.lsn);
     let mut out = Vec::new();
     if shared.config().replication.mode == ReplicationMode::Forward {

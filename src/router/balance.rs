@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rand::Rng;
 
+use crate::cluster::NodeId;
 use crate::config::LoadBalance;
 
 /// Picks the order in which read nodes are tried.
@@ -22,11 +23,11 @@ impl Balancer {
     /// Orders `candidates` (node index, weight, connections in use): the first is the choice, the rest are
     /// fallbacks in order.
     pub fn order(&self, mode: LoadBalance, candidates: &[(usize, u32, usize)]) -> Vec<usize> {
-        let mut nodes: Vec<usize> = candidates.iter().map(|c| c.0).collect();
-        let weight = |n: usize| candidates.iter().find(|c| c.0 == n).map_or(0, |c| c.1);
-        let in_use = |n: usize| candidates.iter().find(|c| c.0 == n).map_or(0, |c| c.2);
+        let mut nodes: Vec<NodeId> = candidates.iter().map(|c| NodeId::new(c.0)).collect();
+        let weight = |n: NodeId| candidates.iter().find(|c| c.0 == n.index()).map_or(0, |c| c.1);
+        let in_use = |n: NodeId| candidates.iter().find(|c| c.0 == n.index()).map_or(0, |c| c.2);
         self.order_in_place(mode, &mut nodes, weight, in_use);
-        nodes
+        nodes.into_iter().map(NodeId::index).collect()
     }
 
     /// Moves the chosen node to the front of `nodes`, keeping the others in their order as fallbacks.
@@ -34,9 +35,9 @@ impl Balancer {
     pub fn order_in_place(
         &self,
         mode: LoadBalance,
-        nodes: &mut [usize],
-        weight: impl Fn(usize) -> u32,
-        in_use: impl Fn(usize) -> usize,
+        nodes: &mut [NodeId],
+        weight: impl Fn(NodeId) -> u32,
+        in_use: impl Fn(NodeId) -> usize,
     ) {
         if nodes.len() <= 1 {
             return;

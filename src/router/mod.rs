@@ -1,5 +1,6 @@
-//! Routing: what a statement is (`classify`, `functions`, `split`, with `depth` guarding the parser) and where it should run (`balance`,
-//! with the per-database function rules in `catalog`; the session applies the policy).
+//! Routing: what a statement is (`classify`, `functions`, `split`, with `depth` guarding the parser) and
+//! where it should run (`policy`, `balance`, with the per-database function rules in `catalog`); the
+//! session asks the policy and does the I/O.
 
 pub mod balance;
 pub mod cache;
@@ -7,5 +8,6 @@ pub mod catalog;
 pub mod classify;
 pub mod depth;
 pub mod functions;
+pub mod policy;
 pub mod redact;
 pub mod split;

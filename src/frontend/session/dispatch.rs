@@ -1,0 +1,510 @@
+//! Running one request: the routing policy names the candidates (`router::policy`), the session performs
+//! what the policy cannot (read-your-writes probes, waits), connects, brings the node up to date, runs the
+//! request (`forward`), retries a read on the next candidate when its node fails, and records the write
+//! position after a committed write.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::io::AsyncWriteExt;
+
+use super::replay::Prepare;
+use super::{Session, SessionError};
+use crate::backend::connect::Login;
+use crate::backend::{BackendError, Checkout, Pools};
+use crate::cluster::{Node, NodeId};
+use crate::config::{ReadYourWrites, Role};
+use crate::frontend::forward::{Flow, FlowError};
+use crate::frontend::request::{End, Plan, Request};
+use crate::protocol::TxStatus;
+use crate::protocol::messages::ProxyError;
+use crate::replication::ForwardState;
+use crate::router::classify::Target;
+use crate::router::policy::{Ask, Choice, NodeFacts};
+
+/// The policy's view of the live node flags, read from the fleet's atomics (no I/O, no allocation).
+pub(super) struct LiveFacts<'a> {
+    nodes: &'a [Arc<Node>],
+    forward: &'a ForwardState,
+    pools: &'a Pools,
+    /// One clock read per decision, taken when first needed (a write never needs it).
+    now_ms: std::cell::Cell<Option<u64>>,
+}
+
+impl<'a> LiveFacts<'a> {
+    pub(super) fn new(nodes: &'a [Arc<Node>], forward: &'a ForwardState, pools: &'a Pools) -> Self {
+        LiveFacts {
+            nodes,
+            forward,
+            pools,
+            now_ms: std::cell::Cell::new(None),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        match self.now_ms.get() {
+            Some(now) => now,
+            None => {
+                let now = crate::cluster::now_ms();
+                self.now_ms.set(Some(now));
+                now
+            }
+        }
+    }
+}
+
+impl NodeFacts for LiveFacts<'_> {
+    fn slots(&self) -> usize {
+        self.nodes.len()
+    }
+
+    fn retired(&self, node: NodeId) -> bool {
+        self.nodes[node.index()].is_retired()
+    }
+
+    fn up(&self, node: NodeId) -> bool {
+        self.nodes[node.index()].is_up_at(self.now_ms())
+    }
+
+    fn role(&self, node: NodeId) -> Role {
+        self.nodes[node.index()].role
+    }
+
+    fn weight(&self, node: NodeId) -> u32 {
+        self.nodes[node.index()].weight()
+    }
+
+    fn in_use(&self, node: NodeId) -> usize {
+        self.pools.in_use(node.index())
+    }
+
+    fn forwarding(&self) -> bool {
+        self.forward.enabled()
+    }
+
+    fn forward_visible(&self, node: NodeId) -> Option<u64> {
+        self.forward.visible(node.index())
+    }
+
+    fn name(&self, node: NodeId) -> Option<&str> {
+        self.nodes.get(node.index()).map(|n| n.target.name.as_str())
+    }
+}
+
+impl Session {
+    pub(super) async fn dispatch(&mut self, req: &Request, end: End) -> Result<(), SessionError> {
+        if self.shared.fleet.generation() != self.fleet_generation {
+            self.leave_retired_nodes().await;
+        }
+        // The candidate list is reused from request to request rather than allocated for each.
+        let mut candidates = std::mem::take(&mut self.candidates);
+        let result = self.dispatch_to(req, end, &mut candidates).await;
+        self.candidates = candidates;
+        result
+    }
+
+    async fn dispatch_to(
+        &mut self,
+        req: &Request,
+        end: End,
+        candidates: &mut Vec<NodeId>,
+    ) -> Result<(), SessionError> {
+        // The clock is read only when slow statements are logged.
+        let started = self
+            .shared
+            .config()
+            .log
+            .slow_statement
+            .map(|_| std::time::Instant::now());
+        let mut plan = Plan::for_request(req, &self.statements, &self.rules);
+        // Function volatility only matters for what would otherwise be a read: a write never waits for it,
+        // which keeps writes fast when the primary is slow to answer the catalog query.
+        if plan.target == Target::Replica && !self.routing.bound() && self.refresh_function_rules().await {
+            plan = Plan::for_request(req, &self.statements, &self.rules);
+        }
+        if let Err(e) = self.candidates(&plan, candidates).await {
+            return self.refuse(e, end).await;
+        }
+        let retry_allowed = !self.routing.bound() && plan.target == Target::Replica;
+        let mut last_err = None;
+        // A read whose node's pool is full moves on to the next candidate without waiting; only when no
+        // candidate could serve it does it wait, on the first full one (its best choice). A full pool is not
+        // a node failure: nothing is marked down or counted against the node.
+        let mut first_full: Option<NodeId> = None;
+        for (i, candidate) in candidates.iter().copied().enumerate() {
+            let last = i + 1 == candidates.len() || !retry_allowed;
+            let mut node = candidate;
+            let checkout = if last && first_full.is_none() {
+                Checkout::Wait
+            } else {
+                Checkout::Immediate
+            };
+            let mut connected = self.connect_with(node, checkout).await;
+            if let Err(e) = &connected
+                && e.is_pool_full()
+                && !last
+            {
+                first_full.get_or_insert(node);
+                continue;
+            }
+            if let (Err(e), Some(best)) = (&connected, first_full)
+                && last
+                && (e.is_pool_full() || e.is_node_failure())
+            {
+                if e.is_node_failure() {
+                    self.shared.stats.node_error(node.index());
+                }
+                node = best;
+                connected = self.connect(node).await;
+            }
+            if let Err(e) = connected {
+                if !e.is_pool_full() {
+                    self.shared.stats.node_error(node.index());
+                }
+                if self.routing.holds_state_on(node) {
+                    return self.node_lost(node, e, end).await;
+                }
+                if !e.is_node_failure() || last {
+                    return self.refuse(self.error_of(&e), end).await;
+                }
+                last_err = Some(self.error_of(&e));
+                continue;
+            }
+            if let Err(e) = self.bring_up_to_date(node, &plan).await {
+                match e {
+                    Prepare::Node(e) if e.is_node_failure() && !last => {
+                        self.conns[node.index()] = None;
+                        self.shared.fleet.nodes()[node.index()].mark_down();
+                        self.shared.stats.node_error(node.index());
+                        last_err = Some(self.error_of(&e));
+                        continue;
+                    }
+                    Prepare::Node(e) => {
+                        self.conns[node.index()] = None;
+                        return self.refuse(self.error_of(&e), end).await;
+                    }
+                    Prepare::Refused(err) => return self.refuse(err, end).await,
+                }
+            }
+            let name = &self.shared.fleet.nodes()[node.index()].target.name;
+            let label = self.routing.label(&plan.rule);
+            tracing::debug!(node = %name, rule = %label, "routing request");
+            self.count_route(node, plan.target, label);
+            let wrote = plan.target == Target::Primary;
+            match Flow::run(self, node, req, end, plan, retry_allowed).await {
+                Ok(()) => {
+                    if let Some(started) = started {
+                        self.log_if_slow(req, node, started);
+                    }
+                    self.after_request(node, wrote).await;
+                    self.release_between_transactions(node);
+                    return Ok(());
+                }
+                Err(FlowError::Client(e)) => return Err(e),
+                Err(FlowError::Node {
+                    error,
+                    plan: returned,
+                    output_sent,
+                }) => {
+                    self.conns[node.index()] = None;
+                    self.shared.fleet.nodes()[node.index()].mark_down();
+                    self.shared.stats.node_error(node.index());
+                    tracing::warn!(node = %self.shared.fleet.nodes()[node.index()].target.name, error = %error, "node failed during a request");
+                    if output_sent || last || self.routing.tx_node.is_some() {
+                        return self.node_lost(node, error, end).await;
+                    }
+                    last_err = Some(self.error_of(&error));
+                    plan = *returned;
+                }
+            }
+        }
+        let e = last_err.unwrap_or_else(|| {
+            ProxyError::error("08006", "pgfleet: no node is available to run this statement")
+        });
+        self.refuse(e, end).await
+    }
+
+    /// The nodes to try for a plan, best first, into `order`, or why there is none. The routing policy
+    /// decides; the session only asks replicas whether they replayed its last write, when the policy says so.
+    async fn candidates(&mut self, plan: &Plan, order: &mut Vec<NodeId>) -> Result<(), ProxyError> {
+        let ask = Ask {
+            target: plan.target,
+            deallocated_on: self.deallocated_on(plan),
+        };
+        if self.routing.last_write_lsn.is_none() {
+            // The usual case needs no await: a borrowed snapshot spares the shared reference count.
+            let shared = &*self.shared;
+            let fleet = &shared.fleet;
+            let view = fleet.view_guard();
+            let nodes = fleet.nodes();
+            let facts = LiveFacts::new(&nodes, &fleet.forward, &shared.pools);
+            let config = shared.config();
+            let routing = &config.routing;
+            return match self
+                .routing
+                .choose(ask, &view, &facts, routing, &shared.balancer, order)?
+            {
+                Choice::Fixed => Ok(()),
+                Choice::Reads(reads) => reads.finish(&self.routing, &view, &facts, routing, order),
+            };
+        }
+        let view = self.shared.fleet.view();
+        let (choice, wait) = {
+            let shared = &*self.shared;
+            let fleet = &shared.fleet;
+            let nodes = fleet.nodes();
+            let facts = LiveFacts::new(&nodes, &fleet.forward, &shared.pools);
+            let config = shared.config();
+            let routing = &config.routing;
+            let choice = self
+                .routing
+                .choose(ask, &view, &facts, routing, &shared.balancer, order)?;
+            (choice, routing.read_your_writes_wait)
+        };
+        let Choice::Reads(mut reads) = choice else {
+            return Ok(());
+        };
+        if !reads.unsure(order).is_empty() {
+            // Read-your-writes: ask the unsure candidates, waiting up to routing.read_your_writes_wait for
+            // one to catch up.
+            let deadline = tokio::time::Instant::now() + wait;
+            'wait: loop {
+                for i in 0..reads.unsure(order).len() {
+                    let n = reads.unsure(order)[i];
+                    if self.has_replayed(n, reads.lsn()).await {
+                        reads.replayed(n, order);
+                        break 'wait;
+                    }
+                }
+                let now = tokio::time::Instant::now();
+                if now >= deadline {
+                    reads.none_replayed(order);
+                    break;
+                }
+                tokio::time::sleep((deadline - now).min(std::time::Duration::from_millis(10))).await;
+            }
+        }
+        let shared = &*self.shared;
+        let fleet = &shared.fleet;
+        let nodes = fleet.nodes();
+        let facts = LiveFacts::new(&nodes, &fleet.forward, &shared.pools);
+        reads.finish(&self.routing, &view, &facts, &shared.config().routing, order)
+    }
+
+    /// For a DEALLOCATE of a named statement: the node where the session prepared it.
+    fn deallocated_on(&self, plan: &Plan) -> Option<NodeId> {
+        let name = plan.deallocates.first().filter(|n| n.as_str() != "*")?;
+        (0..self.conns.len())
+            .find(|n| {
+                self.conns[*n]
+                    .as_ref()
+                    .is_some_and(|c| c.applied.prepared.contains(name))
+            })
+            .map(NodeId::new)
+    }
+
+    /// Whether a replica has replayed `lsn`. A replica this session saw past it less than one health
+    /// interval ago is not asked again: that answer is as fresh as the health snapshot, which is trusted
+    /// the same way, and without it every read after a write asked again until the next health check.
+    pub(super) async fn has_replayed(&mut self, node: NodeId, lsn: u64) -> bool {
+        let trusted_for = self.shared.config().health.interval;
+        if node.index() >= self.replayed_seen.len() {
+            // A node a reload added after the session started.
+            self.replayed_seen.resize(node.index() + 1, None);
+        }
+        if self.replayed_seen[node.index()].is_some_and(|(l, at)| l >= lsn && at.elapsed() < trusted_for) {
+            return true;
+        }
+        let replayed = self.replayed(node).await;
+        if let Some(l) = replayed {
+            self.replayed_seen[node.index()] = Some((l, std::time::Instant::now()));
+        }
+        replayed.is_some_and(|l| l >= lsn)
+    }
+
+    /// A replica's replay position, asked on the session's own connection to it.
+    pub(super) async fn replayed(&mut self, node: NodeId) -> Option<u64> {
+        if self.shared.fleet.forward.enabled() {
+            // Forwarded replicas: pgfleet itself knows what it has applied there.
+            return self.shared.fleet.forward.visible(node.index());
+        }
+        self.connect(node).await.ok()?;
+        let conn = self.conns[node.index()].as_mut()?;
+        conn.applied.unnamed = None;
+        let text = conn
+            .query_value("SELECT pg_last_wal_replay_lsn()::text")
+            .await
+            .ok()??;
+        crate::cluster::view::parse_lsn(&text)
+    }
+
+    /// After a request: for read-your-writes, the WAL position of a write the session just committed, asked
+    /// of the primary on the same connection.
+    pub(super) async fn after_request(&mut self, node: NodeId, wrote: bool) {
+        let status = self.conn(node).map_or(TxStatus::Idle, |c| c.status);
+        let state = if status == TxStatus::Idle {
+            "idle"
+        } else {
+            "idle in transaction"
+        };
+        if let Some(entry) = &self.entry {
+            entry.update(
+                state,
+                self.routing
+                    .tx_node
+                    .or(self.routing.pinned.map(|p| p.0))
+                    .map(NodeId::index),
+            );
+        }
+        if self.shared.config().routing.read_your_writes == ReadYourWrites::Off
+            || self.routing.pinned.is_some()
+        {
+            return;
+        }
+        if status.in_transaction() {
+            self.tx_wrote |= wrote;
+            return;
+        }
+        let committed_write = wrote || std::mem::take(&mut self.tx_wrote);
+        if !committed_write || self.shared.fleet.primary().ok() != Some(node) {
+            return;
+        }
+        let Some(conn) = self.conns[node.index()].as_mut() else {
+            return;
+        };
+        conn.applied.unnamed = None;
+        match conn.query_value("SELECT pg_current_wal_lsn()::text").await {
+            Ok(Some(text)) => {
+                if let Some(lsn) = crate::cluster::view::parse_lsn(&text) {
+                    self.routing.wrote_at(Some(lsn));
+                }
+            }
+            // Unknown position: be safe and read from the primary until a later write tells us more.
+            _ => self.routing.wrote_at(None),
+        }
+    }
+
+    /// Counts a routing decision, through the counter of the previous request when the rule is the same.
+    pub(super) fn count_route(&mut self, node: NodeId, target: Target, label: &str) {
+        let stats = &self.shared.stats;
+        stats.node_queried(node.index());
+        match &self.last_route {
+            Some((t, l, counter)) if *t == target && l == label => {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {
+                let counter = stats.route_counter(target, label);
+                counter.fetch_add(1, Ordering::Relaxed);
+                self.last_route = Some((target, label.to_owned(), counter));
+            }
+        }
+    }
+
+    /// Transaction pooling: gives the node connection back once no transaction or pinned state needs it.
+    pub(super) fn release_between_transactions(&mut self, node: NodeId) {
+        if !self.shared_conns
+            || self.routing.tx_node.is_some()
+            || self.routing.holds_state_on(node)
+            || self.discard_until_sync
+        {
+            return;
+        }
+        if let Some(c) = self.conns[node.index()].take() {
+            c.return_shared();
+        }
+    }
+
+    /// A node died under a request that could not be retried.
+    pub(super) async fn node_lost(
+        &mut self,
+        node: NodeId,
+        error: BackendError,
+        end: End,
+    ) -> Result<(), SessionError> {
+        let name = self.shared.fleet.nodes()[node.index()].target.name.clone();
+        if self.routing.holds_state_on(node) {
+            // The client's transaction or pinned session state died with the node. Like PostgreSQL, end the
+            // session rather than let the client believe its transaction still exists.
+            let what = if self.routing.tx_node == Some(node) {
+                "transaction"
+            } else {
+                "pinned session state"
+            };
+            let e = ProxyError::fatal(
+                "57P01",
+                format!(
+                    "pgfleet: lost the connection to node \"{name}\" holding this session's {what}: {error}"
+                ),
+            );
+            let _ = self.client.write_all(&e.encode()).await;
+            return Err(SessionError::Fatal(e.message));
+        }
+        self.refuse(ProxyError::error(error.sqlstate(), error.to_string()), end)
+            .await
+    }
+
+    /// Makes sure the session holds a connection to `node`, waiting for one if the node's pool is full.
+    pub(super) async fn connect(&mut self, node: NodeId) -> Result<(), BackendError> {
+        self.connect_with(node, Checkout::Wait).await
+    }
+
+    /// [`Session::connect`], or with [`Checkout::Immediate`], giving up at once on a full pool.
+    pub(super) async fn connect_with(
+        &mut self,
+        node: NodeId,
+        checkout: Checkout,
+    ) -> Result<(), BackendError> {
+        if node.index() >= self.conns.len() {
+            // A node a reload added after the session started.
+            self.conns.resize_with(node.index() + 1, || None);
+            self.pools.resize_with(node.index() + 1, || None);
+        }
+        if let Some(c) = self.conns[node.index()].as_mut() {
+            // Whatever the node said while idle: pass on notices and notifications, and notice a connection
+            // it closed (then its farewell notice concerns only the proxy, which hides the loss).
+            let said = c.drain_idle();
+            if !c.broken {
+                for msg in said {
+                    let _ = self.client.write_all(&msg).await;
+                }
+                return Ok(());
+            }
+            let target = c.target.clone();
+            self.conns[node.index()] = None;
+            if self.routing.holds_state_on(node) {
+                return Err(BackendError::io(
+                    &target,
+                    std::io::Error::new(
+                        std::io::ErrorKind::ConnectionAborted,
+                        "the node closed the connection",
+                    ),
+                ));
+            }
+        }
+        let n = self.shared.fleet.node(node);
+        let login = Login {
+            user: &self.user,
+            password: &self.password,
+            database: &self.database,
+            replication: false,
+        };
+        let pool = match &self.pools[node.index()] {
+            Some(p) => p,
+            None => self.pools[node.index()].insert(self.shared.pools.pool_for(&n.target, &login)),
+        };
+        match self.shared.pools.get_from(pool, &n.target, checkout).await {
+            Ok(c) => {
+                n.mark_up();
+                self.conns[node.index()] = Some(c);
+                Ok(())
+            }
+            Err(e) => {
+                if e.is_node_failure() {
+                    tracing::warn!(node = %n.target.name, error = %e, "node connection failed");
+                    n.mark_down();
+                }
+                Err(e)
+            }
+        }
+    }
+}

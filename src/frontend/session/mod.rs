@@ -1,0 +1,234 @@
+//! One client session: the `Session` that owns a client's connection, its node connections and the state
+//! that follows it from node to node, and the entry point `run`. The work is split by concern: `login`
+//! (authentication, limits, the first node and the greeting), `serve` (the request loop, idle timers,
+//! notifications), `dispatch` (asking the routing policy, the read-your-writes probes, running a request
+//! and retrying a read elsewhere), `replay` (bringing a node up to date with the session's settings and
+//! prepared statements, and the bookkeeping after a request).
+
+mod dispatch;
+mod login;
+mod replay;
+mod serve;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use tokio::io::AsyncWriteExt;
+use tracing::Instrument;
+
+use super::cancel::CancelKey;
+use super::names::StatementNames;
+use super::request::End;
+use super::state::{Settings, Statements};
+use super::stream::ClientStream;
+use crate::admin::stats::ClientEntry;
+use crate::backend::{BackendError, NodePool, PooledConn};
+use crate::cluster::NodeId;
+use crate::protocol::messages::{ProxyError, Severity, ready_for_query};
+use crate::protocol::{FrameBuffer, FrameError, TxStatus};
+use crate::proxy::Shared;
+use crate::router::classify::Target;
+use crate::router::functions::FunctionRules;
+use crate::router::policy::RoutingState;
+
+pub(crate) use login::authenticate_client;
+
+/// Why a session ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The client went away or its socket failed.
+    #[error("client connection lost: {0}")]
+    Client(#[from] std::io::Error),
+    /// The client broke the protocol.
+    #[error("client protocol violation: {0}")]
+    Protocol(#[from] FrameError),
+    /// The session was ended with a FATAL already sent.
+    #[error("session ended: {0}")]
+    Fatal(String),
+    /// The client did not complete authentication in time; like PostgreSQL, pgfleet closed the connection
+    /// without a message (the client is not reading, or not there).
+    #[error("canceling authentication due to timeout (listen.authentication_timeout)")]
+    AuthenticationTimeout,
+}
+
+/// A connection between its accept and the end of its authentication.
+#[derive(Debug)]
+pub struct PendingLogin {
+    /// Counts the connection as logging in while it exists.
+    pub guard: crate::admin::stats::LoginGuard,
+    /// When the client must have been sent AuthenticationOk (`listen.authentication_timeout`).
+    pub deadline: tokio::time::Instant,
+}
+
+/// Serves one client until it leaves; `login` ends with the client's authentication.
+pub async fn run(
+    stream: ClientStream,
+    peer: SocketAddr,
+    params: Vec<(String, String)>,
+    shared: Arc<Shared>,
+    login: PendingLogin,
+) {
+    let user = params
+        .iter()
+        .find(|(k, _)| k == "user")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    let database = params
+        .iter()
+        .find(|(k, _)| k == "database")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| user.clone());
+    let span = tracing::info_span!("session", client = %peer, user = %user, database = %database);
+    async move {
+        if database == ADMIN_DATABASE {
+            crate::admin::session::run(stream, peer, &user, shared, login).await;
+            return;
+        }
+        let mut stream = stream;
+        let max_clients = shared.config().listen.max_clients;
+        // Taken before authentication, as PostgreSQL takes a backend slot: a client stalled in its password
+        // exchange holds a slot, and a client that finds none is told so without being asked a password.
+        let slot = match max_clients {
+            0 => None,
+            max => match shared.stats.reserve_slot(max, ADMIN_DATABASE) {
+                Some(slot) => Some(slot),
+                None => {
+                    shared
+                        .stats
+                        .login_failures
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let e = login::too_many_clients(max);
+                    tracing::info!(error = %e.message, "login refused: listen.max_clients reached");
+                    let _ = stream.write_all(&e.encode()).await;
+                    return;
+                }
+            },
+        };
+        let stats = shared.stats.clone();
+        let started = Session::login(stream, peer, user, database, params, shared, login).await;
+        // Held until the session counts in its own right.
+        drop(slot);
+        let mut session = match started {
+            Ok(s) => s,
+            Err(e) => {
+                stats
+                    .login_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::info!(error = %e, "login failed");
+                return;
+            }
+        };
+        tracing::debug!("session started");
+        match session.serve().await {
+            Ok(()) => tracing::debug!("client disconnected"),
+            Err(e) => tracing::info!(error = %e, "session ended"),
+        }
+        session.close().await;
+        stats.client_disconnected(session.id);
+    }
+    .instrument(span)
+    .await
+}
+
+/// The virtual database that holds the admin console.
+pub const ADMIN_DATABASE: &str = "pgfleet";
+
+/// A client session between its login and its end.
+pub(super) struct Session {
+    pub(super) shared: Arc<Shared>,
+    pub(super) id: u64,
+    pub(super) client: ClientStream,
+    pub(super) cbuf: FrameBuffer,
+    user: String,
+    password: String,
+    database: String,
+    pub(super) conns: Vec<Option<PooledConn>>,
+    settings: Settings,
+    pending_changes: Vec<crate::router::classify::SessionChange>,
+    pub(super) statements: Statements,
+    /// Open transaction, pin, session route, read home, last write: what the routing policy remembers.
+    routing: RoutingState,
+    pub(super) key: CancelKey,
+    discard_until_sync: bool,
+    pub(super) rules: Arc<FunctionRules>,
+    /// Per node, the replay position this session last asked it for, and when.
+    replayed_seen: Vec<Option<(u64, std::time::Instant)>>,
+    /// The open transaction ran something on the primary that may have written.
+    tx_wrote: bool,
+    /// Transaction pooling: node connections go back to the pool between transactions.
+    shared_conns: bool,
+    /// Transaction pooling: the client's statement names and the proxy's.
+    names: StatementNames,
+    /// The session's row in SHOW CLIENTS, once the login is complete.
+    entry: Option<Arc<ClientEntry>>,
+    /// The catalog generation and the time until which `rules` are the catalog's current ones.
+    rules_fresh: Option<(u64, std::time::Instant)>,
+    /// Where a request of several frames is assembled to be written at once, kept between requests.
+    pub(super) scratch: Vec<u8>,
+    /// The pool of each node for this session's login, once used.
+    pools: Vec<Option<NodePool>>,
+    /// The routing-statistics counter of the previous request's (target, rule).
+    last_route: Option<(Target, String, Arc<AtomicU64>)>,
+    /// Nodes to try for the current request, kept to reuse its allocation.
+    candidates: Vec<NodeId>,
+    /// Tells the session when pgfleet shuts down (the deadline for open transactions).
+    shutdown: tokio::sync::watch::Receiver<Option<tokio::time::Instant>>,
+    /// client_idle_timeout / idle_in_transaction_timeout, when set.
+    idle_timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// The fleet generation last seen; a reload that changes nodes bumps it.
+    fleet_generation: u64,
+}
+
+impl Session {
+    pub(super) fn fatal_of(&self, e: &BackendError) -> ProxyError {
+        ProxyError {
+            severity: Severity::Fatal,
+            ..self.error_of(e)
+        }
+    }
+
+    pub(super) fn error_of(&self, e: &BackendError) -> ProxyError {
+        match e {
+            BackendError::Server { code, message, .. } => ProxyError::error(code, message.clone()),
+            other => {
+                let err = ProxyError::error(other.sqlstate(), other.to_string());
+                match other.advice() {
+                    Some((detail, hint)) => err.with_detail(detail).with_hint(hint),
+                    None => err,
+                }
+            }
+        }
+    }
+
+    /// The transaction status the client should see when the proxy answers by itself.
+    pub(super) fn status(&self) -> TxStatus {
+        self.routing
+            .tx_node
+            .and_then(|n| self.conn(n))
+            .map_or(TxStatus::Idle, |c| c.status)
+    }
+
+    /// The session's connection to `node`, if it holds one.
+    pub(super) fn conn(&self, node: NodeId) -> Option<&PooledConn> {
+        self.conns.get(node.index()).and_then(Option::as_ref)
+    }
+
+    pub(in crate::frontend) async fn write_client(&mut self, bytes: &[u8]) -> Result<(), SessionError> {
+        self.client.write_all(bytes).await?;
+        self.client.flush().await?;
+        Ok(())
+    }
+
+    /// Answers a request the proxy could not run: the error, then ReadyForQuery when the request ended
+    /// with Query or Sync; after Flush, input is skipped up to the next Sync as PostgreSQL does.
+    pub(super) async fn refuse(&mut self, err: ProxyError, end: End) -> Result<(), SessionError> {
+        tracing::info!(error = %err, "request refused");
+        let mut out = err.encode().to_vec();
+        match end {
+            End::Query | End::Sync => out.extend_from_slice(&ready_for_query(self.status().byte())),
+            End::Open => self.discard_until_sync = true,
+        }
+        self.write_client(&out).await
+    }
+}

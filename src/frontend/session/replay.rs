@@ -1,0 +1,182 @@
+//! Session state on nodes: before a request runs on a node, the settings and prepared statements the
+//! session has and that node lacks are replayed there (`bring_up_to_date`); after it, what the request
+//! changed is recorded (`finish`: prepared statements, pins, the open transaction, committed settings);
+//! at the end, every node connection goes back to its pool (`close`).
+
+use super::Session;
+use crate::backend::BackendError;
+use crate::cluster::NodeId;
+use crate::frontend::forward::Outcome;
+use crate::frontend::request::Plan;
+use crate::protocol::TxStatus;
+use crate::protocol::messages::{ProxyError, close_statement, query, sync};
+
+impl Session {
+    /// Replays on `node` what the session has and that node lacks: settings, then prepared statements.
+    pub(super) async fn bring_up_to_date(&mut self, node: NodeId, plan: &Plan) -> Result<(), Prepare> {
+        let Some(conn) = self.conns[node.index()].as_mut() else {
+            return Ok(());
+        };
+        let same_settings = conn.applied.settings_generation == self.settings.generation();
+        if let Some(sql) = (!same_settings)
+            .then(|| self.settings.diff(&conn.applied.settings))
+            .flatten()
+        {
+            let x = conn.exchange(&query(&sql)).await.map_err(Prepare::Node)?;
+            if let Some(err) = x.error {
+                let msg = crate::protocol::messages::error_field(err.body(), b'M')
+                    .unwrap_or("error")
+                    .to_owned();
+                return Err(Prepare::Refused(ProxyError::error(
+                    "55000",
+                    format!(
+                        "pgfleet: cannot apply this session's settings on node \"{}\": {msg}",
+                        conn.target.name
+                    ),
+                )));
+            }
+            conn.applied.settings = self.settings.entries().clone();
+            conn.applied.unnamed = None;
+        }
+        // Applied just now, or equal already: either way the maps match.
+        conn.applied.settings_generation = self.settings.generation();
+        let mut replay: Vec<u8> = Vec::new();
+        let mut added: Vec<(String, u64)> = Vec::new();
+        // A name the client closed and now parses again may still exist here if the Close ran elsewhere; with
+        // shared connections, another session may have prepared the same proxy-named statement here.
+        for (name, _) in &plan.parses {
+            let stale = self.shared_conns || self.statements.get(name).is_none();
+            if !name.is_empty() && conn.applied.prepared.contains(name) && stale {
+                replay.extend_from_slice(&close_statement(name));
+                conn.applied.prepared.remove(name);
+            }
+        }
+        for name in &plan.needs {
+            let Some(stmt) = self.statements.get(name) else {
+                continue;
+            };
+            let present = if name.is_empty() {
+                conn.applied.unnamed == Some(stmt.id)
+            } else {
+                conn.applied.prepared.contains(name)
+            };
+            if !present {
+                replay.extend_from_slice(&stmt.parse);
+                added.push((name.clone(), stmt.id));
+            }
+        }
+        if !replay.is_empty() {
+            replay.extend_from_slice(&sync());
+            let x = conn.exchange(&replay).await.map_err(Prepare::Node)?;
+            if let Some(err) = x.error {
+                let msg = crate::protocol::messages::error_field(err.body(), b'M')
+                    .unwrap_or("error")
+                    .to_owned();
+                return Err(Prepare::Refused(ProxyError::error(
+                    "26000",
+                    format!(
+                        "pgfleet: cannot prepare the statement again on node \"{}\": {msg}",
+                        conn.target.name
+                    ),
+                )));
+            }
+            for (name, id) in added {
+                if name.is_empty() {
+                    conn.applied.unnamed = Some(id);
+                } else {
+                    conn.applied.prepared.insert(name);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Bookkeeping after a request completed on `node`.
+    pub(in crate::frontend) fn finish(&mut self, node: NodeId, plan: Plan, outcome: &Outcome) {
+        let was_in_tx = self.routing.tx_node.is_some();
+        let Some(conn) = self.conns[node.index()].as_mut() else {
+            return;
+        };
+        conn.status = outcome.status;
+        if plan.has_query {
+            conn.applied.unnamed = None;
+        }
+        for (i, (name, stmt)) in plan.parses.into_iter().enumerate() {
+            if i >= outcome.parses_ok {
+                break;
+            }
+            let id = self.statements.insert(&name, stmt);
+            if name.is_empty() {
+                conn.applied.unnamed = Some(id);
+            } else {
+                conn.applied.prepared.insert(name);
+            }
+        }
+        for name in &plan.closes {
+            self.statements.remove(name);
+            conn.applied.prepared.remove(name);
+        }
+        if !outcome.saw_error {
+            for name in &plan.deallocates {
+                if name == "*" {
+                    self.statements.clear();
+                    conn.applied.prepared.clear();
+                    conn.applied.unnamed = None;
+                } else {
+                    self.statements.remove(name);
+                    conn.applied.prepared.remove(name);
+                }
+            }
+        }
+        if let Some(pin) = plan.pin
+            && self.routing.pinned.is_none()
+        {
+            tracing::info!(node = %conn.target.name, reason = ?pin, "session pinned to node");
+            self.routing.pinned = Some((node, pin));
+            conn.applied.unresettable = true;
+        }
+        if !outcome.saw_error {
+            self.pending_changes.extend(plan.changes);
+        }
+        match outcome.status {
+            TxStatus::InTransaction | TxStatus::Failed => self.routing.tx_node = Some(node),
+            TxStatus::Idle => {
+                self.routing.tx_node = None;
+                let committed = if was_in_tx || outcome.began_tx {
+                    outcome.last_commit
+                } else {
+                    !outcome.saw_error
+                };
+                if committed && !self.pending_changes.is_empty() {
+                    for c in std::mem::take(&mut self.pending_changes) {
+                        self.settings.apply(&c);
+                    }
+                    // The node that ran them already has them.
+                    conn.applied.settings = self.settings.entries().clone();
+                    conn.applied.settings_generation = self.settings.generation();
+                }
+                self.pending_changes.clear();
+            }
+        }
+        if plan.ddl {
+            self.shared.catalog.invalidate(&self.database);
+        }
+    }
+
+    /// Returns every node connection to its pool (rolling back and resetting as needed).
+    pub(super) async fn close(&mut self) {
+        for slot in self.conns.iter_mut() {
+            if let Some(c) = slot.take() {
+                c.release().await;
+            }
+        }
+    }
+}
+
+/// Why bringing a node up to date failed.
+pub(super) enum Prepare {
+    /// The node failed.
+    Node(BackendError),
+    /// The node refused what the proxy replayed; the client gets this error.
+    Refused(ProxyError),
+}
