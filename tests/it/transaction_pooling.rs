@@ -7,7 +7,9 @@ use crate::support::cluster::{APP_DB, APP_USER, PASSWORD, cluster_async, wait_ru
 use crate::support::proxy::{Proxy, connect, connect_listening};
 use crate::support::{one, wait_until};
 
-const TXN: &str = "[pool]\nmode = \"transaction\"\nmax_size = 2\n";
+// Forty clients take turns on two connections: on a busy machine a turn can take longer than the default
+// checkout_timeout, and waiting is what these tests are about, not the refusal.
+const TXN: &str = "[pool]\nmode = \"transaction\"\nmax_size = 2\ncheckout_timeout = \"60s\"\n";
 
 async fn backends_on(
     cluster: &crate::support::cluster::LocalCluster,
