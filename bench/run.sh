@@ -272,7 +272,7 @@ log "load average now: $(cut -d' ' -f1-3 /proc/loadavg) (anything else running m
 log "settings: BENCH_SECONDS=$BENCH_SECONDS BENCH_ROUNDS=$BENCH_ROUNDS BENCH_SCALE=$BENCH_SCALE BENCH_CLIENTS='$BENCH_CLIENTS' BENCH_POOL_SIZE=$BENCH_POOL_SIZE BENCH_AFFINITY=$BENCH_AFFINITY BENCH_WORKER_THREADS=$BENCH_WORKER_THREADS"
 
 # ---------------------------------------------------------------------------------------------------------
-# The cluster: `pgfleet demo` builds it with the test harness (src/localcluster.rs) and prints its config.
+# The cluster: `pgfleet demo` builds it with the test harness (crates/localcluster) and prints its config.
 # Its own pgfleet stays idle; every target below gets its own process and config.
 # ---------------------------------------------------------------------------------------------------------
 

@@ -19,18 +19,18 @@ done
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 # Each integration test starts its own primary and replicas; two at a time suits a 2-core machine.
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
 threads="${PGFLEET_TEST_THREADS:-2}"
-cargo test --locked --all-targets --no-fail-fast -- --test-threads="$threads" 2>&1 | tee "$log" || status=$?
+cargo test --workspace --locked --all-targets --no-fail-fast -- --test-threads="$threads" 2>&1 | tee "$log" || status=$?
 echo "== the core client suites again under transaction pooling"
-PGFLEET_TEST_POOL_MODE=transaction cargo test --locked --no-fail-fast \
-  --test core_routing --test client_drivers --test psql_pgbench --test sessions_auth --test failures \
-  -- --test-threads="$threads" 2>&1 | tee -a "$log" || status=$?
+# One integration test binary (tests/it): its areas are picked by module-path filters.
+PGFLEET_TEST_POOL_MODE=transaction cargo test --locked --no-fail-fast --test it \
+  -- --test-threads="$threads" core_routing:: client_drivers:: psql_pgbench:: sessions_auth:: failures:: 2>&1 | tee -a "$log" || status=$?
 echo "== bounded fuzz pass: scripts/fuzz.sh, ${FUZZ_SECONDS:-60} s per target (FUZZ_SECONDS=0 skips it)"
 bash scripts/fuzz.sh 2>&1 | tee -a "$log" || status=$?
 # One closing line for the whole suite, summed over every test binary and fuzz target.

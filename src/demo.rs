@@ -4,11 +4,15 @@
 //! `/tmp/pgfleet-demo-*`), writing the pgfleet config that points at it, and telling the user on stdout how
 //! to connect. Running the proxy and waiting for Ctrl-C stay in `main.rs`, which keeps the returned cluster
 //! alive for as long as the proxy runs (dropping it stops the servers and deletes their files).
+//!
+//! A module of the binary (`mod demo;` in `main.rs`), not of the library: it is the only production code that
+//! uses the test harness (the `localcluster` crate), and keeping it out of `lib.rs` keeps the harness out of
+//! the proxy library. The integration tests include this file by path to check the generated config.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use crate::localcluster::{ClusterError, ClusterOptions, LocalCluster, unique_tmp_dir};
+use localcluster::{ClusterError, ClusterOptions, LocalCluster, unique_tmp_dir};
 
 /// The demo app user.
 pub const DEMO_USER: &str = "app";
@@ -177,6 +181,6 @@ mod tests {
     fn example_config_parses() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/demo.toml");
         let text = std::fs::read_to_string(&path).expect("config/demo.toml exists");
-        crate::config::Config::parse(&text).expect("config/demo.toml is a valid pgfleet config");
+        pgfleet::config::Config::parse(&text).expect("config/demo.toml is a valid pgfleet config");
     }
 }

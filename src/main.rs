@@ -1,5 +1,8 @@
 //! The `pgfleet` command: run the proxy, check a config, or start the local demo cluster.
 
+// The demo (and through it the test harness) belongs to the binary only; see src/demo.rs.
+mod demo;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -209,7 +212,7 @@ async fn shutdown_signal() {
 }
 
 fn run_demo(listen: &str) -> ExitCode {
-    let (cluster, config_path) = match pgfleet::demo::prepare_demo(listen) {
+    let (cluster, config_path) = match demo::prepare_demo(listen) {
         Ok(x) => x,
         Err(e) => {
             eprintln!("pgfleet demo: {e}");

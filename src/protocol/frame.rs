@@ -47,6 +47,9 @@ const INITIAL_CAPACITY: usize = 8 * 1024;
 /// allocated for the rest of the session (see [`FrameBuffer::let_go_of_large`]).
 const KEPT_CAPACITY: usize = 256 * 1024;
 
+/// Room left after a frame being read (see [`FrameBuffer::next_frame`]).
+const FRAME_SLACK: usize = 64;
+
 /// A growable read buffer that yields whole frames.
 #[derive(Debug)]
 pub struct FrameBuffer {
@@ -101,7 +104,9 @@ impl FrameBuffer {
                 Ok(Some(Frame { kind: raw[0], raw }))
             }
             Some(len) => {
-                self.buf.reserve(len - self.buf.len());
+                // A little more than the frame: room for the session to give a Bind's statement a longer
+                // name in place (transaction pooling) instead of copying a large frame.
+                self.buf.reserve(len - self.buf.len() + FRAME_SLACK);
                 Ok(None)
             }
             None => Ok(None),

@@ -3,6 +3,7 @@
 //! table's rows with COPY, several tables at once, each reading the same snapshot. Rows then continue from
 //! the slot's consistent point: none missed, none doubled.
 
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -203,24 +204,58 @@ async fn dump_schema(job: &CopyJob<'_>) -> Result<String, ForwardError> {
         .join("\n"))
 }
 
-/// pg_dump from `PG_BIN`, else the server binaries' directory, else `PATH`.
-fn pg_dump_path() -> Result<std::path::PathBuf, ForwardError> {
-    if let Some(dir) = std::env::var_os("PG_BIN").filter(|d| !d.is_empty()) {
-        let p = std::path::PathBuf::from(dir).join("pg_dump");
-        if p.is_file() {
-            return Ok(p);
-        }
-    }
-    if let Ok(dir) = crate::localcluster::find_bin_dir()
-        && dir.join("pg_dump").is_file()
+/// pg_dump from `PG_BIN`, else `pg_config --bindir`, else the newest `/usr/lib/postgresql/<major>/bin`
+/// (Debian) or `/usr/pgsql-<major>/bin` (RHEL), else `PATH`. The server directories come before `PATH`
+/// because a pg_dump older than the server refuses to dump it, and the newest installed one is the safest;
+/// Debian's `/usr/bin/pg_dump` wrapper may pick an older one.
+fn pg_dump_path() -> Result<PathBuf, ForwardError> {
+    const PG_DUMP: &str = "pg_dump";
+    let in_dir = |dir: &Path| Some(dir.join(PG_DUMP)).filter(|p| p.is_file());
+    if let Some(dir) = std::env::var_os("PG_BIN").filter(|d| !d.is_empty())
+        && let Some(p) = in_dir(Path::new(&dir))
     {
-        return Ok(dir.join("pg_dump"));
+        return Ok(p);
+    }
+    if let Ok(out) = std::process::Command::new("pg_config").arg("--bindir").output()
+        && out.status.success()
+        && let Some(p) = in_dir(Path::new(String::from_utf8_lossy(&out.stdout).trim()))
+    {
+        return Ok(p);
+    }
+    if let Some(p) = newest_versioned_bin_dir(in_dir) {
+        return Ok(p);
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
-        .map(|d| d.join("pg_dump"))
-        .find(|p| p.is_file())
+        .find_map(|d| in_dir(&d))
         .ok_or_else(|| {
             ForwardError::Setup("pg_dump is needed for the initial copy: not found (set PG_BIN)".into())
         })
+}
+
+/// `found` applied to the `bin` directory of every installed PostgreSQL version, newest version first; the
+/// first hit. Versions are compared numerically (`9.6` < `10` < `15`).
+fn newest_versioned_bin_dir(found: impl Fn(&Path) -> Option<PathBuf>) -> Option<PathBuf> {
+    let mut candidates: Vec<(Vec<u32>, PathBuf)> = Vec::new();
+    for (parent, prefix) in [("/usr/lib/postgresql", ""), ("/usr", "pgsql-")] {
+        let Ok(entries) = std::fs::read_dir(parent) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(version) = name.strip_prefix(prefix) else {
+                continue;
+            };
+            let Ok(key) = version
+                .split('.')
+                .map(str::parse::<u32>)
+                .collect::<Result<Vec<u32>, _>>()
+            else {
+                continue;
+            };
+            candidates.push((key, entry.path().join("bin")));
+        }
+    }
+    candidates.sort();
+    candidates.iter().rev().find_map(|(_, dir)| found(dir))
 }

@@ -1,0 +1,40 @@
+//! pgfleet's integration tests, in one binary: one module per area, and `support` with what they share
+//! (the local PostgreSQL fleet, the pgfleet launcher, the raw protocol client, client programs, polling).
+//! One binary rather than one per file because each test binary links the whole crate graph.
+//!
+//! Run one area with a name filter: `cargo test --test it -- core_routing::`.
+
+mod support;
+
+// `pgfleet demo` is part of the binary, not the library; its config generator is checked against a real
+// cluster in `harness_smoke`, so the module is compiled in here too.
+#[path = "../../src/demo.rs"]
+#[allow(dead_code)]
+mod demo;
+
+mod admin_console;
+mod cli;
+mod client_drivers;
+mod config_docs;
+mod container;
+mod core_routing;
+mod failures;
+mod fleet_failover;
+mod fleet_lag;
+mod forward_admin;
+mod forward_crash;
+mod forward_smoke;
+mod forward_sync;
+mod forward_types;
+mod harness_smoke;
+mod hostile_input;
+mod limits;
+mod node_tls;
+mod pooling;
+mod psql_pgbench;
+mod reload;
+mod replica_affinity;
+mod router_table;
+mod sessions_auth;
+mod shutdown_logs;
+mod transaction_pooling;

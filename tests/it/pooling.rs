@@ -1,0 +1,774 @@
+//! Backend pools through a real pgfleet: a pooled connection handed to the next client carries nothing of the
+//! previous one (settings, prepared statements, open transactions and their locks, temp tables, session
+//! advisory locks), idle connections are closed after pool.idle_timeout, and pool.max_size caps what a
+//! node sees: a login over the cap waits pool.checkout_timeout and gets 53300 naming the pool while connected
+//! clients go on, a read skips a full replica's pool, a waiting client gets the connection once it is
+//! released, and pools for databases that do not exist are not kept.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::support::cluster::{APP_DB, APP_USER, NodeHandle, PASSWORD, cluster_async};
+use crate::support::proxy::{Proxy, connect, try_connect};
+use crate::support::{one, wait_until};
+use tokio_postgres::SimpleQueryMessage;
+
+/// Connections pgfleet holds to `node` for clients: the app role's client backends, minus pgfleet's own
+/// control connections (application_name pgfleet-catalog, pgfleet-health). Tests connect directly only as the superuser, so they are not counted.
+fn app_backends(node: &NodeHandle) -> usize {
+    node.psql(
+        "postgres",
+        "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' AND backend_type = 'client backend' \
+         AND coalesce(application_name, '') NOT LIKE 'pgfleet-%'",
+    )
+    .expect("count backends")
+    .parse()
+    .expect("a number")
+}
+
+fn primary_dsn(proxy: &Proxy) -> String {
+    format!(
+        "{} options='-c pgfleet.route=primary'",
+        proxy.dsn(APP_USER, PASSWORD, APP_DB)
+    )
+}
+
+/// A superuser connection straight to a node, bypassing pgfleet.
+async fn direct(node: &NodeHandle) -> tokio_postgres::Client {
+    connect(&node.dsn("postgres", PASSWORD, APP_DB)).await
+}
+
+/// Drops a client and waits until pgfleet has ended its session, and so given its backend back: SHOW CLIENTS
+/// lists one app session fewer. The proxy needs [`ADMIN_TOML`] in its config.
+async fn leave(c: tokio_postgres::Client, proxy: &Proxy) {
+    let admin = admin_client(proxy).await;
+    let app_sessions = async || {
+        show(&admin, "SHOW CLIENTS")
+            .await
+            .iter()
+            .filter(|r| cell(r, "user") == APP_USER)
+            .count()
+    };
+    let before = app_sessions().await;
+    drop(c);
+    wait_until(Duration::from_secs(10), async || app_sessions().await < before)
+        .await
+        .unwrap_or_else(|| panic!("pgfleet still lists the session that left ({before} app sessions)"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn next_client_gets_the_same_backend_without_the_previous_session_state() {
+    let cluster = cluster_async().await;
+    let proxy = Proxy::start(
+        &cluster,
+        &format!("{ADMIN_TOML}\n[pool]\nmode = \"session\"\nmax_size = 1\n"),
+    );
+    let dsn = primary_dsn(&proxy);
+
+    // Client A leaves settings and a protocol-level prepared statement on the primary backend.
+    let a = connect(&dsn).await;
+    let pid_a = one(&a, "SELECT pg_backend_pid()").await;
+    a.batch_execute("SET work_mem = '77MB'; SET search_path = pg_catalog, public")
+        .await
+        .expect("set");
+    assert_eq!(one(&a, "SELECT current_setting('work_mem')").await, "77MB");
+    let stmt = a.prepare("SELECT $1::int + 100").await.expect("prepare");
+    assert_eq!(
+        a.query_one(&stmt, &[&1i32])
+            .await
+            .expect("execute")
+            .get::<_, i32>(0),
+        101
+    );
+    let prepared: i64 = one(&a, "SELECT count(*) FROM pg_prepared_statements")
+        .await
+        .parse()
+        .expect("count");
+    assert!(
+        prepared >= 1,
+        "A's statement exists on the backend while A is connected"
+    );
+    assert_eq!(
+        one(&a, "SELECT pg_backend_pid()").await,
+        pid_a,
+        "one backend for the whole session"
+    );
+    leave(a, &proxy).await;
+
+    // Client B: same backend (max_size = 1 and the connection was reset, not closed), none of A's state.
+    let b = connect(&dsn).await;
+    assert_eq!(
+        one(&b, "SELECT pg_backend_pid()").await,
+        pid_a,
+        "B reuses A's pooled backend"
+    );
+    assert_eq!(
+        one(&b, "SELECT current_setting('work_mem')").await,
+        "4MB",
+        "A's SET is not inherited"
+    );
+    assert_eq!(one(&b, "SHOW search_path").await, "\"$user\", public");
+    assert_eq!(
+        one(&b, "SELECT count(*) FROM pg_prepared_statements").await,
+        "0",
+        "A's statement is gone"
+    );
+    // B may prepare under the same name tokio-postgres picks again.
+    let stmt = b.prepare("SELECT $1::int * 2").await.expect("prepare in B");
+    assert_eq!(
+        b.query_one(&stmt, &[&21i32])
+            .await
+            .expect("execute")
+            .get::<_, i32>(0),
+        42
+    );
+    // An aborted transaction left by B is rolled back for C.
+    b.batch_execute("BEGIN").await.expect("begin");
+    let _ = b.simple_query("SELECT 1/0").await.expect_err("division by zero");
+    leave(b, &proxy).await;
+
+    // With the default idle_timeout the backend stays pooled while nobody uses it. Not synchronisation: the
+    // time passing unused is what is tested.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        app_backends(&cluster.primary),
+        1,
+        "the idle connection is kept in the pool"
+    );
+    let c = connect(&dsn).await;
+    assert_eq!(one(&c, "SELECT pg_backend_pid()").await, pid_a);
+    assert_eq!(one(&c, "SELECT 'not aborted'").await, "not aborted");
+    assert_eq!(one(&c, "SELECT count(*) FROM pg_prepared_statements").await, "0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_backends_are_reset_too() {
+    let cluster = cluster_async().await;
+    let proxy = Proxy::start(
+        &cluster,
+        &format!("{ADMIN_TOML}\n[pool]\nmode = \"session\"\nmax_size = 1\n"),
+    );
+    let dsn = proxy.dsn(APP_USER, PASSWORD, APP_DB);
+    let replicas: Vec<String> = cluster.replicas.iter().map(|r| r.port.to_string()).collect();
+
+    let a = connect(&dsn).await;
+    a.batch_execute("SET work_mem = '77MB'").await.expect("set");
+    let stmt = a
+        .prepare("SELECT inet_server_port(), current_setting('work_mem')")
+        .await
+        .expect("prepare");
+    for _ in 0..4 {
+        let row = a.query_one(&stmt, &[]).await.expect("execute");
+        assert!(
+            replicas.contains(&row.get::<_, i32>(0).to_string()),
+            "reads on replicas"
+        );
+        assert_eq!(row.get::<_, String>(1), "77MB");
+    }
+    leave(a, &proxy).await;
+
+    let b = connect(&dsn).await;
+    for _ in 0..4 {
+        let port = one(&b, "SELECT inet_server_port()").await;
+        assert!(replicas.contains(&port));
+        assert_eq!(
+            one(&b, "SELECT current_setting('work_mem')").await,
+            "4MB",
+            "on replica {port}"
+        );
+        assert_eq!(
+            one(&b, "SELECT count(*) FROM pg_prepared_statements").await,
+            "0",
+            "on replica {port}"
+        );
+    }
+}
+
+/// Connects to the proxy, returning the client and the task driving its connection (abort it to drop the
+/// socket without a Terminate message).
+async fn connect_with_handle(dsn: &str) -> (tokio_postgres::Client, tokio::task::JoinHandle<()>) {
+    let (client, connection) = tokio_postgres::connect(dsn, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    let task = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    (client, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_transactions_are_rolled_back_when_the_client_leaves() {
+    let cluster = cluster_async().await;
+    let admin = direct(&cluster.primary).await;
+    admin
+        .batch_execute(
+            "CREATE TABLE locks_t (id int PRIMARY KEY, v text); INSERT INTO locks_t VALUES (100, 'held');
+             ALTER TABLE locks_t OWNER TO app",
+        )
+        .await
+        .expect("setup");
+    let proxy = Proxy::start(&cluster, &format!("{ADMIN_TOML}\n[pool]\nmax_size = 1\n"));
+    let dsn = proxy.dsn(APP_USER, PASSWORD, APP_DB);
+
+    // Once leaving politely (Terminate), once by dropping the socket.
+    for (round, abrupt) in [(1, false), (2, true)] {
+        let (a, task) = connect_with_handle(&dsn).await;
+        a.batch_execute("BEGIN").await.expect("begin");
+        a.batch_execute(&format!("INSERT INTO locks_t VALUES ({round}, 'uncommitted')"))
+            .await
+            .expect("insert");
+        let locked = a
+            .simple_query("SELECT v FROM locks_t WHERE id = 100 FOR UPDATE")
+            .await
+            .expect("lock");
+        assert!(
+            locked.iter().any(|m| matches!(m, SimpleQueryMessage::Row(_))),
+            "the row is locked by A"
+        );
+        // While A is connected the row really is locked.
+        admin.batch_execute("BEGIN").await.expect("begin");
+        let err = admin
+            .simple_query("SELECT v FROM locks_t WHERE id = 100 FOR UPDATE NOWAIT")
+            .await
+            .expect_err("the row is locked while A holds it");
+        assert_eq!(err.as_db_error().expect("db error").code().code(), "55P03");
+        admin.batch_execute("ROLLBACK").await.expect("rollback");
+
+        if abrupt {
+            task.abort();
+            drop(a);
+        } else {
+            drop(a);
+        }
+        let left_at = Instant::now();
+        // The lock is released within 2 s: a direct connection can take it with NOWAIT.
+        let mut freed = false;
+        while left_at.elapsed() < Duration::from_secs(2) {
+            admin.batch_execute("BEGIN").await.expect("begin");
+            let r = admin
+                .simple_query("SELECT v FROM locks_t WHERE id = 100 FOR UPDATE NOWAIT")
+                .await;
+            admin.batch_execute("ROLLBACK").await.expect("rollback");
+            if r.is_ok() {
+                freed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            freed,
+            "round {round} (abrupt: {abrupt}): the row lock outlived the client by 2 s"
+        );
+        let n: i64 = admin
+            .query_one("SELECT count(*) FROM locks_t WHERE id = $1", &[&round])
+            .await
+            .expect("count")
+            .get(0);
+        assert_eq!(n, 0, "round {round}: the uncommitted insert was rolled back");
+
+        // The next client through the single-slot pool starts idle and clean.
+        let b = connect(&dsn).await;
+        b.batch_execute(&format!(
+            "BEGIN; INSERT INTO locks_t VALUES ({}, 'b'); COMMIT",
+            round + 10
+        ))
+        .await
+        .expect("B writes in its own transaction");
+        assert_eq!(
+            one(
+                &b,
+                "/* pgfleet:primary */ SELECT count(*) FROM locks_t WHERE v = 'uncommitted'"
+            )
+            .await,
+            "0"
+        );
+        leave(b, &proxy).await;
+    }
+    let n: i64 = admin
+        .query_one("SELECT count(*) FROM locks_t", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(n, 3, "100, 11 and 12");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn temp_tables_and_session_locks_do_not_leak_to_the_next_client() {
+    let cluster = cluster_async().await;
+    let proxy = Proxy::start(&cluster, &format!("{ADMIN_TOML}\n[pool]\nmax_size = 1\n"));
+    let dsn = proxy.dsn(APP_USER, PASSWORD, APP_DB);
+    let admin = direct(&cluster.primary).await;
+    let temp_count = "SELECT count(*) FROM pg_class WHERE relname = 'leak_tmp' AND relpersistence = 't'";
+
+    let a = connect(&dsn).await;
+    a.batch_execute("CREATE TEMP TABLE leak_tmp (x int); INSERT INTO leak_tmp VALUES (1)")
+        .await
+        .expect("temp");
+    assert_eq!(
+        one(&a, "SELECT pg_advisory_lock(4242)::text || 'locked'").await,
+        "locked"
+    );
+    assert_eq!(one(&a, "SELECT count(*) FROM leak_tmp").await, "1");
+    assert_eq!(
+        one(&admin, temp_count).await,
+        "1",
+        "A's temp table exists while A is connected"
+    );
+    assert_eq!(
+        one(&admin, "SELECT pg_try_advisory_lock(4242)").await,
+        "f",
+        "A holds the lock"
+    );
+    leave(a, &proxy).await;
+
+    // The temp table and the lock go away with A.
+    wait_until(Duration::from_secs(2), async || {
+        one(&admin, temp_count).await == "0"
+    })
+    .await
+    .expect("A's temp table is gone within 2 s after A left");
+    wait_until(Duration::from_secs(2), async || {
+        one(&admin, "SELECT pg_try_advisory_lock(4242)").await == "t"
+    })
+    .await
+    .expect("A's session advisory lock does not outlive A by 2 s");
+    admin
+        .batch_execute("SELECT pg_advisory_unlock(4242)")
+        .await
+        .expect("unlock");
+
+    // B, on the single-slot pool, sees no temp table and can create its own of the same name.
+    let b = connect(&dsn).await;
+    let err = b
+        .simple_query("SELECT * FROM leak_tmp")
+        .await
+        .expect_err("no leak_tmp for B");
+    assert_eq!(err.as_db_error().expect("db error").code().code(), "42P01");
+    b.batch_execute("CREATE TEMP TABLE leak_tmp (y text)")
+        .await
+        .expect("B's own temp table");
+    assert_eq!(
+        one(&b, "SELECT pg_try_advisory_lock(4242)").await,
+        "t",
+        "B can take the lock A held"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_backends_are_closed_after_idle_timeout() {
+    let cluster = cluster_async().await;
+    let proxy = Proxy::start(&cluster, "[pool]\nmode = \"session\"\nidle_timeout = \"1s\"\n");
+    let dsn = proxy.dsn(APP_USER, PASSWORD, APP_DB);
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        let c = connect(&dsn).await;
+        c.batch_execute(&format!(
+            "CREATE TABLE IF NOT EXISTS idle_t{i} (x int); INSERT INTO idle_t{i} VALUES ({i})"
+        ))
+        .await
+        .expect("write");
+        for _ in 0..2 {
+            one(&c, "SELECT 1").await;
+        }
+        clients.push(c);
+    }
+    assert!(
+        app_backends(&cluster.primary) >= 3,
+        "each client holds a primary connection"
+    );
+    let replica_total: usize = cluster.replicas.iter().map(app_backends).sum();
+    assert!(
+        replica_total >= 2,
+        "reads opened replica connections: {replica_total}"
+    );
+
+    for c in clients {
+        drop(c);
+    }
+    let left = Instant::now();
+    let all_closed = wait_until(Duration::from_secs(6), async || {
+        cluster.nodes().all(|n| app_backends(n) == 0)
+    })
+    .await
+    .is_some();
+    let counts: Vec<usize> = cluster.nodes().map(app_backends).collect();
+    assert!(
+        all_closed,
+        "idle connections still open {:?} after the clients left: {counts:?}",
+        left.elapsed()
+    );
+
+    // The pool opens new connections on demand afterwards.
+    let c = connect(&dsn).await;
+    assert_eq!(one(&c, "SELECT 'reconnected'").await, "reconnected");
+    c.batch_execute("INSERT INTO idle_t0 VALUES (9)")
+        .await
+        .expect("write after reap");
+}
+
+const ADMIN_USER: &str = "admin";
+const ADMIN_PASSWORD: &str = "adminpw";
+
+/// A `[[users]]` entry for the admin console; the console never logs in to a node.
+const ADMIN_TOML: &str = "[[users]]\nname = \"admin\"\npassword = \"adminpw\"\nadmin = true\n";
+
+type Row = HashMap<String, Option<String>>;
+
+/// The rows of an admin console command as column-name → value maps.
+async fn show(admin: &tokio_postgres::Client, command: &str) -> Vec<Row> {
+    let messages = admin
+        .simple_query(command)
+        .await
+        .unwrap_or_else(|e| panic!("{command}: {e}"));
+    messages
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(
+                r.columns()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, col)| (col.name().to_owned(), r.get(i).map(str::to_owned)))
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
+fn cell<'a>(row: &'a Row, column: &str) -> &'a str {
+    match row.get(column) {
+        Some(Some(v)) => v,
+        other => panic!("column {column} is {other:?} in {row:?}"),
+    }
+}
+
+fn count(row: &Row, column: &str) -> usize {
+    cell(row, column)
+        .parse()
+        .unwrap_or_else(|_| panic!("column {column} is not a number in {row:?}"))
+}
+
+/// The SHOW POOLS row of (node, database app, user app).
+async fn pool_row(admin: &tokio_postgres::Client, node: &str) -> Row {
+    let pools = show(admin, "SHOW POOLS").await;
+    pools
+        .iter()
+        .find(|r| cell(r, "node") == node && cell(r, "database") == APP_DB && cell(r, "user") == APP_USER)
+        .cloned()
+        .unwrap_or_else(|| panic!("no pool for node {node}: {pools:?}"))
+}
+
+async fn admin_client(proxy: &Proxy) -> tokio_postgres::Client {
+    connect(&proxy.dsn(ADMIN_USER, ADMIN_PASSWORD, "pgfleet")).await
+}
+
+/// `SELECT inet_server_port()` through `c`, and how long it took.
+async fn served_by(c: &tokio_postgres::Client) -> (String, Duration) {
+    let started = Instant::now();
+    let port = one(c, "SELECT inet_server_port()").await;
+    (port, started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_session_pool_refuses_logins_with_53300_and_connected_clients_keep_reading() {
+    let cluster = cluster_async().await;
+    direct(&cluster.primary)
+        .await
+        .batch_execute("CREATE TABLE cap_t (x int); ALTER TABLE cap_t OWNER TO app")
+        .await
+        .expect("setup");
+    let proxy = Proxy::start(
+        &cluster,
+        &format!("{ADMIN_TOML}\n[pool]\nmode = \"session\"\nmax_size = 2\ncheckout_timeout = \"1s\"\n"),
+    );
+    let dsn = proxy.dsn(APP_USER, PASSWORD, APP_DB);
+    let admin = admin_client(&proxy).await;
+    let replica_ports: Vec<String> = cluster.replicas.iter().map(|r| r.port.to_string()).collect();
+
+    // Session pooling: each client holds its primary connection for its whole session.
+    let c1 = connect(&dsn).await;
+    let c2 = connect(&dsn).await;
+    assert_eq!(app_backends(&cluster.primary), 2);
+
+    // Three more logins at once; while they wait, the connected clients read (opening their replica
+    // connections only now, so that logins falling over to the replicas would take the slots those reads
+    // need).
+    let logins = futures_util::future::join_all((0..3).map(|_| async {
+        let started = Instant::now();
+        let attempt = try_connect(&dsn).await;
+        (attempt, started.elapsed())
+    }));
+    let reads = async {
+        // Start once all three logins wait on the primary's pool.
+        wait_until(Duration::from_secs(5), async || {
+            count(&pool_row(&admin, &cluster.primary.name).await, "waiting") >= 3
+        })
+        .await
+        .expect("the logins wait on the primary's pool");
+        let mut ports = Vec::new();
+        for _ in 0..4 {
+            for c in [&c1, &c2] {
+                ports.push(served_by(c).await);
+            }
+        }
+        ports
+    };
+    let (attempts, reads) = tokio::join!(logins, reads);
+    for (port, took) in &reads {
+        assert!(
+            replica_ports.contains(port),
+            "a read ran on {port}, not a replica"
+        );
+        assert!(
+            // Starved, it would wait pool.checkout_timeout (1 s) and fail; this bound only leaves room for a
+            // busy machine opening the replica connection.
+            *took < Duration::from_secs(2),
+            "a connected client's read waited {took:?} while logins were refused"
+        );
+    }
+    let expected = format!(
+        "pgfleet: all 2 connections of the pool for node \"{}\" (database \"{APP_DB}\", user \"{APP_USER}\") are in use",
+        cluster.primary.name
+    );
+    for (i, (attempt, took)) in attempts.into_iter().enumerate() {
+        let err = match attempt {
+            Ok(_) => panic!("login {} got in with the primary's pool full", i + 3),
+            Err(e) => e,
+        };
+        let db = err
+            .as_db_error()
+            .unwrap_or_else(|| panic!("login {}: not a server error: {err}", i + 3));
+        assert_eq!(db.code().code(), "53300", "login {}: {db:?}", i + 3);
+        assert_eq!(db.severity(), "FATAL", "login {}: {db:?}", i + 3);
+        assert_eq!(db.message(), expected, "login {}", i + 3);
+        let hint = db.hint().unwrap_or("");
+        assert!(
+            hint.contains("pool.max_size") && hint.contains("pool.checkout_timeout"),
+            "login {}: hint {hint:?}",
+            i + 3
+        );
+        assert!(
+            took >= Duration::from_millis(900),
+            "login {} waited pool.checkout_timeout for a connection ({took:?})",
+            i + 3
+        );
+        assert!(
+            took < Duration::from_millis(2500),
+            "login {} refused within ~1-2 s, took {took:?}",
+            i + 3
+        );
+    }
+
+    // A full pool is not a node failure: the primary stays up, and nothing went over max_size.
+    let nodes = show(&admin, "SHOW NODES").await;
+    let primary = nodes
+        .iter()
+        .find(|r| cell(r, "name") == cluster.primary.name)
+        .unwrap_or_else(|| panic!("no primary in {nodes:?}"));
+    assert_eq!(cell(primary, "state"), "up", "{primary:?}");
+    assert_eq!(cell(primary, "errors"), "0", "{primary:?}");
+    let pool = pool_row(&admin, &cluster.primary.name).await;
+    assert_eq!(
+        (count(&pool, "size"), count(&pool, "max_size")),
+        (2, 2),
+        "{pool:?}"
+    );
+    assert_eq!(count(&pool, "waiting"), 0, "{pool:?}");
+    assert!(app_backends(&cluster.primary) <= 2);
+
+    // The connected clients write and read as before.
+    for c in [&c1, &c2] {
+        c.batch_execute("INSERT INTO cap_t VALUES (1)")
+            .await
+            .expect("write");
+    }
+    assert_eq!(
+        one(&c1, "/* pgfleet:primary */ SELECT count(*) FROM cap_t").await,
+        "2"
+    );
+
+    // A freed slot is usable by the next client at once.
+    leave(c1, &proxy).await;
+    let started = Instant::now();
+    let c3 = connect(&dsn).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+    c3.batch_execute("INSERT INTO cap_t VALUES (3)")
+        .await
+        .expect("write");
+    assert!(app_backends(&cluster.primary) <= 2);
+    drop(c2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_skip_a_full_replica_pool_and_waiters_get_the_released_connection() {
+    let cluster = cluster_async().await;
+    direct(&cluster.primary)
+        .await
+        .batch_execute("CREATE TABLE wait_t (x int); ALTER TABLE wait_t OWNER TO app")
+        .await
+        .expect("setup");
+    let proxy = Proxy::start(
+        &cluster,
+        &format!("{ADMIN_TOML}\n[pool]\nmode = \"transaction\"\nmax_size = 1\ncheckout_timeout = \"10s\"\n"),
+    );
+    let dsn = proxy.dsn(APP_USER, PASSWORD, APP_DB);
+    let admin = admin_client(&proxy).await;
+
+    // A holds the only connection of one replica's pool with a read-only transaction there.
+    let a = connect(&dsn).await;
+    a.batch_execute("BEGIN READ ONLY").await.expect("begin read only");
+    let held = one(&a, "SELECT inet_server_port()").await;
+    let (busy, free): (Vec<_>, Vec<_>) = cluster.replicas.iter().partition(|r| r.port.to_string() == held);
+    assert_eq!(
+        busy.len(),
+        1,
+        "the read-only transaction runs on a replica, not on {held}"
+    );
+    let (busy, free) = (busy[0], free[0]);
+    let pool = pool_row(&admin, &busy.name).await;
+    assert_eq!(
+        (count(&pool, "in_use"), count(&pool, "max_size")),
+        (1, 1),
+        "{pool:?}"
+    );
+
+    // Round-robin makes the busy replica the first choice of every other read: each is served at once by
+    // the other replica rather than waiting for the busy one.
+    let b = connect(&dsn).await;
+    for _ in 0..6 {
+        let (port, took) = served_by(&b).await;
+        assert_eq!(
+            port,
+            free.port.to_string(),
+            "a read went to {port} while {} was full",
+            busy.name
+        );
+        assert!(
+            took < Duration::from_secs(2),
+            "a read waited {took:?} on the full pool"
+        );
+    }
+    a.batch_execute("COMMIT").await.expect("commit");
+
+    // E holds the primary's only connection in a write transaction; D's login waits for it and gets it
+    // once E commits.
+    let e = connect(&dsn).await;
+    e.batch_execute("BEGIN; INSERT INTO wait_t VALUES (1)")
+        .await
+        .expect("write");
+    let login_dsn = dsn.clone();
+    let d = tokio::spawn(async move {
+        let started = Instant::now();
+        let c = try_connect(&login_dsn).await;
+        (c, started.elapsed())
+    });
+    wait_until(Duration::from_secs(5), async || {
+        count(&pool_row(&admin, &cluster.primary.name).await, "waiting") >= 1
+    })
+    .await
+    .expect("D waits on the primary's pool");
+    e.batch_execute("COMMIT").await.expect("commit");
+    let (d, took) = d.await.expect("login task");
+    let d = d.unwrap_or_else(|err| panic!("the waiting login failed after {took:?}: {err}"));
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert_eq!(
+        one(&d, "/* pgfleet:primary */ SELECT count(*) FROM wait_t").await,
+        "1"
+    );
+    d.batch_execute("INSERT INTO wait_t VALUES (2)")
+        .await
+        .expect("D writes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pools_for_databases_that_do_not_exist_are_not_kept() {
+    let cluster = cluster_async().await;
+    let proxy = Proxy::start(&cluster, ADMIN_TOML);
+    let admin = admin_client(&proxy).await;
+    let names: Vec<String> = (0..200)
+        .map(|i| format!("nodb_{i}_{:016x}", rand::random::<u64>()))
+        .collect();
+    for chunk in names.chunks(10) {
+        let attempts = futures_util::future::join_all(chunk.iter().map(|name| {
+            let dsn = proxy.dsn(APP_USER, PASSWORD, name);
+            async move { try_connect(&dsn).await }
+        }))
+        .await;
+        for (name, attempt) in chunk.iter().zip(attempts) {
+            let Err(err) = attempt else {
+                panic!("a login to database {name} succeeded")
+            };
+            let db = err
+                .as_db_error()
+                .unwrap_or_else(|| panic!("{name}: not a server error: {err}"));
+            assert_eq!(db.code().code(), "3D000", "{name}: {db:?}");
+            assert_eq!(db.message(), format!("database \"{name}\" does not exist"));
+        }
+    }
+    let pools = show(&admin, "SHOW POOLS").await;
+    let kept: Vec<&Row> = pools
+        .iter()
+        .filter(|r| cell(r, "database").starts_with("nodb_"))
+        .collect();
+    assert!(
+        kept.is_empty(),
+        "{} pools kept for refused databases: {kept:?}",
+        kept.len()
+    );
+    assert!(pools.len() <= 3, "{pools:?}");
+    let nodes = show(&admin, "SHOW NODES").await;
+    assert!(nodes.iter().all(|r| cell(r, "state") == "up"), "{nodes:?}");
+
+    // The real database still works, and its pools are listed.
+    let c = connect(&proxy.dsn(APP_USER, PASSWORD, APP_DB)).await;
+    assert_eq!(one(&c, "SELECT 'still here'").await, "still here");
+    c.batch_execute("CREATE TABLE nodb_t (x int)")
+        .await
+        .expect("write");
+    pool_row(&admin, &cluster.primary.name).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_pools_are_evicted_once_no_session_holds_them() {
+    let cluster = cluster_async().await;
+    let proxy = Proxy::start(
+        &cluster,
+        &format!("{ADMIN_TOML}\n[pool]\nmode = \"transaction\"\nidle_timeout = \"1s\"\n"),
+    );
+    let admin = admin_client(&proxy).await;
+    let c = connect(&proxy.dsn(APP_USER, PASSWORD, APP_DB)).await;
+    for _ in 0..2 {
+        one(&c, "SELECT 1").await;
+    }
+    let app_pools = |pools: &[Row]| pools.iter().filter(|r| cell(r, "database") == APP_DB).count();
+    let used = app_pools(&show(&admin, "SHOW POOLS").await);
+    assert!(used >= 2, "the primary's and a replica's pool");
+
+    // Transaction pooling: the connections went back and are closed after idle_timeout, but the connected
+    // session still holds its pools, so they stay (a new pool beside the held one would double max_size).
+    let reaped = wait_until(Duration::from_secs(8), async || {
+        cluster.nodes().all(|n| app_backends(n) == 0)
+    })
+    .await
+    .is_some();
+    assert!(reaped, "idle connections were not closed");
+    assert_eq!(app_pools(&show(&admin, "SHOW POOLS").await), used);
+    assert_eq!(one(&c, "SELECT 'after reaping'").await, "after reaping");
+
+    // Once the session leaves, its pools go at the next reaping after their connections are closed.
+    leave(c, &proxy).await;
+    wait_until(Duration::from_secs(8), async || {
+        app_pools(&show(&admin, "SHOW POOLS").await) == 0
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!("pools still listed after their clients left");
+    });
+    let c = connect(&proxy.dsn(APP_USER, PASSWORD, APP_DB)).await;
+    assert_eq!(one(&c, "SELECT 'again'").await, "again");
+    pool_row(&admin, &cluster.primary.name).await;
+}
