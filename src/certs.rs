@@ -67,7 +67,7 @@ fn read(path: &Path) -> Result<Vec<u8>, CertError> {
 }
 
 /// Every certificate in a PEM file, in file order (for a chain: leaf first); at least one.
-pub fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, CertError> {
+pub(crate) fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, CertError> {
     let pem = read(path)?;
     let certs = rustls_pemfile::certs(&mut pem.as_slice())
         .collect::<Result<Vec<_>, _>>()
@@ -84,7 +84,7 @@ pub fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, CertErr
 }
 
 /// The first private key (PKCS#8, RSA or SEC1) in a PEM file.
-pub fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, CertError> {
+pub(crate) fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, CertError> {
     let pem = read(path)?;
     rustls_pemfile::private_key(&mut pem.as_slice())
         .map_err(|source| CertError::Parse {
@@ -97,7 +97,7 @@ pub fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, CertError> {
 }
 
 /// A PEM bundle of CA certificates as trust anchors.
-pub fn ca_roots(path: &Path) -> Result<RootCertStore, CertError> {
+pub(crate) fn ca_roots(path: &Path) -> Result<RootCertStore, CertError> {
     let mut roots = RootCertStore::empty();
     for cert in certificates(path)? {
         roots.add(cert).map_err(|source| CertError::BadAnchor {
@@ -109,7 +109,7 @@ pub fn ca_roots(path: &Path) -> Result<RootCertStore, CertError> {
 }
 
 /// The name a server's certificate must carry: an IP address for a numeric host, else a DNS name.
-pub fn server_name(host: &str) -> Result<ServerName<'static>, CertError> {
+pub(crate) fn server_name(host: &str) -> Result<ServerName<'static>, CertError> {
     ServerName::try_from(host.to_owned()).map_err(|_| CertError::BadHost {
         host: host.to_owned(),
     })

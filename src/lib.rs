@@ -1,10 +1,10 @@
 //! pgfleet: a PostgreSQL read/write-splitting proxy. The binary in `main.rs` is a thin CLI over this library;
 //! integration tests use the few items re-exported here.
 
-pub mod admin;
-pub mod backend;
-pub mod certs;
-pub mod cluster;
+pub(crate) mod admin;
+pub(crate) mod backend;
+pub(crate) mod certs;
+pub(crate) mod cluster;
 pub mod config;
 pub mod frontend;
 pub mod protocol;
@@ -12,4 +12,4 @@ pub mod proxy;
 pub mod reload;
 pub mod replication;
 pub mod router;
-pub mod stats;
+pub(crate) mod stats;

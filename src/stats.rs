@@ -13,7 +13,7 @@ use crate::router::classify::Target;
 
 /// Per-node counters.
 #[derive(Debug, Default)]
-pub struct NodeCounters {
+pub(crate) struct NodeCounters {
     /// Requests forwarded to the node.
     pub queries: AtomicU64,
     /// Requests that failed because of the node (connection refused, lost, timed out).

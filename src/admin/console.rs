@@ -45,7 +45,7 @@ const QUOTE_LIMIT: usize = 200;
 
 /// Why an admin console session ended abnormally. A client that leaves (Terminate or EOF) is not an error.
 #[derive(Debug, thiserror::Error)]
-pub enum ConsoleError {
+pub(crate) enum ConsoleError {
     /// The client's socket failed.
     #[error("admin console client connection failed: {0}")]
     Io(#[from] std::io::Error),
@@ -61,7 +61,7 @@ pub enum ConsoleError {
 ///
 /// The caller has already sent AuthenticationOk and checked that `user` is an admin; this sends the rest
 /// of the startup (ParameterStatus, BackendKeyData, ReadyForQuery) and then answers simple queries.
-pub async fn run_console<S: AsyncRead + AsyncWrite + Unpin>(
+pub(crate) async fn run_console<S: AsyncRead + AsyncWrite + Unpin>(
     client: &mut S,
     ctx: &Arc<Context>,
     user: &str,

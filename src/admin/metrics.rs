@@ -31,7 +31,7 @@ const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Why one metrics connection ended without an answer.
 #[derive(Debug, thiserror::Error)]
-pub enum HttpError {
+pub(crate) enum HttpError {
     /// The socket failed.
     #[error("metrics connection failed: {0}")]
     Io(#[from] std::io::Error),
@@ -44,7 +44,7 @@ pub enum HttpError {
 }
 
 /// Serves `/metrics` on `listener` until the future is dropped.
-pub async fn serve_metrics(listener: TcpListener, ctx: Arc<Context>) {
+pub(crate) async fn serve_metrics(listener: TcpListener, ctx: Arc<Context>) {
     if let Ok(address) = listener.local_addr() {
         tracing::debug!(%address, "metrics listener ready");
     }
@@ -201,7 +201,7 @@ fn respond_with(status: u16, reason: &str, extra_headers: &str, body: &str, with
 }
 
 /// The Prometheus text for the proxy's current state.
-pub fn render(ctx: &Context) -> String {
+pub(crate) fn render(ctx: &Context) -> String {
     let view = ctx.fleet.view();
     let stats = &ctx.stats;
     let pools = ctx.pools.status();

@@ -2,9 +2,9 @@
 //! Prometheus text on `admin.metrics_address` (`metrics`). Both read the running parts through one
 //! [`Context`]; the counters they show live in `crate::stats`, which the sessions write.
 
-pub mod console;
-pub mod metrics;
-pub mod session;
+pub(crate) mod console;
+pub(crate) mod metrics;
+pub(crate) mod session;
 
 use std::sync::Arc;
 
@@ -17,11 +17,8 @@ use crate::replication::Replication;
 use crate::router::catalog::Catalog;
 use crate::stats::Stats;
 
-// The counters were `admin::stats` before they moved below the admin side; the old path keeps working.
-pub use crate::stats;
-
 /// The virtual database that holds the admin console.
-pub const ADMIN_DATABASE: &str = "pgfleet";
+pub(crate) const ADMIN_DATABASE: &str = "pgfleet";
 
 /// What the console and /metrics read, and RELOAD changes, handed out by the proxy's wiring.
 pub struct Context {

@@ -16,7 +16,7 @@ use crate::stats::ClientInfo;
 /// Serves an authenticated client (`account` is its `[[users]]` entry) on the admin console until it
 /// leaves; a user without `admin = true` is refused as PostgreSQL refuses a role without a privilege. The
 /// session takes its id from `next_id` once admitted.
-pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+pub(crate) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     mut client: S,
     peer: SocketAddr,
     account: &UserConfig,

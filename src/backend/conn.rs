@@ -276,7 +276,7 @@ impl BackendConn {
 }
 
 /// The fields of a DataRow body as text (None for NULL).
-pub fn data_row_fields(body: &[u8]) -> Vec<Option<String>> {
+pub(crate) fn data_row_fields(body: &[u8]) -> Vec<Option<String>> {
     let mut out = Vec::new();
     if body.len() < 2 {
         return out;
@@ -299,7 +299,7 @@ pub fn data_row_fields(body: &[u8]) -> Vec<Option<String>> {
 }
 
 /// (name, value) of a ParameterStatus frame.
-pub fn parameter_status_fields(frame: &Frame) -> Option<(&str, &str)> {
+pub(crate) fn parameter_status_fields(frame: &Frame) -> Option<(&str, &str)> {
     let (name, next) = cstr(frame.body(), 0)?;
     let (value, _) = cstr(frame.body(), next)?;
     Some((name, value))

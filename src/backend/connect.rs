@@ -20,7 +20,7 @@ use crate::protocol::{Frame, FrameBuffer};
 /// Largest message accepted from a node during startup.
 const STARTUP_FRAME_LIMIT: usize = 1 << 20;
 /// Largest message accepted from a node afterwards (PostgreSQL's own 1 GB limit on a field plus headroom).
-pub const NODE_FRAME_LIMIT: usize = (1 << 30) + (1 << 20);
+pub(crate) const NODE_FRAME_LIMIT: usize = (1 << 30) + (1 << 20);
 
 /// Which node a connection is for; carried into every error message.
 #[derive(Debug, Clone)]
@@ -214,7 +214,7 @@ pub struct Login<'a> {
 }
 
 /// Connects and authenticates, bounded by `timeout` as a whole.
-pub async fn connect(
+pub(crate) async fn connect(
     target: &NodeTarget,
     login: &Login<'_>,
     timeout: Duration,
@@ -392,7 +392,7 @@ async fn connect_inner(target: &NodeTarget, login: &Login<'_>) -> Result<Backend
 /// Sends a CancelRequest for (pid, secret) to a node; best effort, like libpq's PQcancel. It goes over TLS
 /// when the node's setting asks for TLS (as libpq 17's cancel API does), so the key never crosses the network
 /// in plain text where the session's traffic does not.
-pub async fn send_cancel(target: &NodeTarget, pid: i32, secret: i32) -> Result<(), BackendError> {
+pub(crate) async fn send_cancel(target: &NodeTarget, pid: i32, secret: i32) -> Result<(), BackendError> {
     let mut s = open(target).await?;
     let io = |e| BackendError::io(target, e);
     s.write_all(&crate::protocol::startup::encode_cancel(pid, secret))

@@ -2,11 +2,11 @@
 //! (`connect`), TLS towards nodes for every connection pgfleet opens (`tls`), and pools of them per (node,
 //! database, user) (`pool`).
 
-pub mod conn;
-pub mod connect;
-pub mod pool;
-pub mod tls;
+pub(crate) mod conn;
+pub(crate) mod connect;
+pub(crate) mod pool;
+pub(crate) mod tls;
 
-pub use conn::BackendConn;
-pub use connect::BackendError;
-pub use pool::{Checkout, NodePool, PoolStatus, PooledConn, Pools};
+pub(crate) use conn::BackendConn;
+pub(crate) use connect::BackendError;
+pub(crate) use pool::{Checkout, NodePool, PooledConn, Pools};

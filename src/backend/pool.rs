@@ -66,7 +66,7 @@ type Key = (usize, String, String);
 /// The pool of one (node, database, user). A session keeps the handles it used, so that a checkout under
 /// transaction pooling does not look its pool up again; the handle count also tells the reaper whether a
 /// session still holds the pool.
-pub type NodePool = Arc<Pool<ConnManager>>;
+pub(crate) type NodePool = Arc<Pool<ConnManager>>;
 
 /// Whether a checkout may wait for a connection of a full pool to be released.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,10 +4,10 @@
 //! other sessions skip it before the next health check notices.
 
 mod id;
-pub mod monitor;
-pub mod view;
+pub(crate) mod monitor;
+pub(crate) mod view;
 
-pub use id::NodeId;
+pub(crate) use id::NodeId;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -33,24 +33,6 @@ pub trait ReplayPositions: Send + Sync + std::fmt::Debug {
 
     /// How far behind in time a replica is: zero once it has reached `primary_lsn`.
     fn lag(&self, node: usize, primary_lsn: Option<Lsn>) -> Option<Duration>;
-}
-
-/// PostgreSQL replicates (external mode): nothing to report.
-#[derive(Debug, Default)]
-pub struct NoForwarding;
-
-impl ReplayPositions for NoForwarding {
-    fn enabled(&self) -> bool {
-        false
-    }
-
-    fn visible(&self, _node: usize) -> Option<Lsn> {
-        None
-    }
-
-    fn lag(&self, _node: usize, _primary_lsn: Option<Lsn>) -> Option<Duration> {
-        None
-    }
 }
 
 /// How long a node that refused a connection is skipped before it is tried again.
@@ -134,7 +116,7 @@ impl Node {
 }
 
 /// The clock [`Node::is_up_at`] compares with, in milliseconds since the epoch.
-pub fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -166,7 +148,7 @@ pub struct Fleet {
     states: Mutex<Vec<NodeState>>,
     view: ArcSwap<FleetView>,
     generation: AtomicU64,
-    /// Forward-mode positions of each replica ([`NoForwarding`] in external mode).
+    /// Forward-mode positions of each replica (reporting nothing in external mode).
     pub forward: Arc<dyn ReplayPositions>,
 }
 

@@ -22,7 +22,7 @@ const CHECK_SQL: &str = "SELECT pg_is_in_recovery(), \
      EXTRACT(EPOCH FROM (now() - pg_last_xact_replay_timestamp()))::float8";
 
 /// Starts one monitor task per node of `fleet`, with the `[health]` settings of `config`.
-pub fn spawn(fleet: &Arc<Fleet>, config: &ConfigHandle) {
+pub(crate) fn spawn(fleet: &Arc<Fleet>, config: &ConfigHandle) {
     for index in 0..fleet.nodes().len() {
         spawn_node(fleet, config, index);
     }
@@ -30,7 +30,7 @@ pub fn spawn(fleet: &Arc<Fleet>, config: &ConfigHandle) {
 
 /// Starts the monitor task of one node slot; it ends when a reload retires the slot. The health settings
 /// are read at every check, so a reload of `[health]` applies from the next one.
-pub fn spawn_node(fleet: &Arc<Fleet>, config: &ConfigHandle, index: usize) {
+pub(crate) fn spawn_node(fleet: &Arc<Fleet>, config: &ConfigHandle, index: usize) {
     let fleet = fleet.clone();
     let config_handle = config.clone();
     tokio::spawn(async move {

@@ -22,7 +22,7 @@ use crate::frontend::scram::{self, ScramError, ScramSecret, ScramServer};
 
 /// PostgreSQL's cap on one authentication message (PG_MAX_AUTH_TOKEN_LENGTH). Real SCRAM and md5 messages
 /// are a few hundred bytes; the cap keeps an unauthenticated client from making us buffer more.
-pub const MAX_AUTH_MESSAGE_SIZE: usize = 65535;
+pub(crate) const MAX_AUTH_MESSAGE_SIZE: usize = 65535;
 
 /// Derived SCRAM secrets kept at most this many; past it the cache starts over (passwords changed by many
 /// reloads would otherwise accumulate).
@@ -33,7 +33,7 @@ const SECRET_CACHE_CAPACITY: usize = 1024;
 /// `Display` is for the proxy's own log and may say more than the client should hear (for instance that a
 /// user does not exist); send [`AuthError::message`] and [`AuthError::sqlstate`] to the client.
 #[derive(Debug, thiserror::Error)]
-pub enum AuthError {
+pub(crate) enum AuthError {
     /// The password (or SCRAM proof, or md5 digest) was wrong.
     #[error("password authentication failed for user \"{user}\"")]
     WrongPassword {
@@ -64,7 +64,7 @@ pub enum AuthError {
 
 impl AuthError {
     /// The SQLSTATE to send the client.
-    pub fn sqlstate(&self) -> &'static str {
+    pub(crate) fn sqlstate(&self) -> &'static str {
         match self {
             // invalid_password: PostgreSQL uses it for unknown roles too, so as not to reveal which exist.
             AuthError::WrongPassword { .. } | AuthError::UnknownUser { .. } => "28P01",
@@ -75,7 +75,7 @@ impl AuthError {
     }
 
     /// The message to send the client, worded as PostgreSQL words it.
-    pub fn message(&self) -> String {
+    pub(crate) fn message(&self) -> String {
         match self {
             AuthError::WrongPassword { user } | AuthError::UnknownUser { user } => {
                 format!("password authentication failed for user \"{user}\"")
@@ -94,7 +94,7 @@ impl AuthError {
 /// BackendKeyData and ReadyForQuery. On failure nothing more has been sent. `max_message_size` bounds each
 /// password message (further capped at [`MAX_AUTH_MESSAGE_SIZE`]). There is no timeout here: wrap the call
 /// in one.
-pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
+pub(crate) async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     user_name: &str,
     user: Option<&UserConfig>,

@@ -9,7 +9,7 @@ use rand::Rng;
 /// Where a session's current request runs: (node index, backend pid, backend secret). The index rather
 /// than the address: a cancel reaches the node the way its settings say (TLS included), and recording it
 /// happens twice per request and must not allocate.
-pub type ActiveBackend = Arc<Mutex<Option<(usize, i32, i32)>>>;
+pub(crate) type ActiveBackend = Arc<Mutex<Option<(usize, i32, i32)>>>;
 
 /// All live sessions' cancel keys.
 #[derive(Default)]

@@ -18,7 +18,7 @@ const HOLD_BACK_LIMIT: usize = 64 * 1024;
 
 /// What a finished request left behind, read from the node's replies.
 #[derive(Debug, Default)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     /// Transaction status of the last ReadyForQuery.
     pub status: TxStatus,
     /// An ErrorResponse came back.
@@ -32,7 +32,7 @@ pub struct Outcome {
 }
 
 /// Why a request did not complete.
-pub enum FlowError {
+pub(crate) enum FlowError {
     /// The client failed; the session ends.
     Client(SessionError),
     /// The node failed; `output_sent` tells whether the client already saw part of the answer.
@@ -47,7 +47,7 @@ pub enum FlowError {
 }
 
 /// The protocol state of a request in flight.
-pub struct Flow {
+pub(crate) struct Flow {
     /// ReadyForQuery messages still to come.
     pending_ready: usize,
     /// An extended batch is open on the node (after Flush): client frames go there until Sync.

@@ -70,7 +70,7 @@ impl AcceptBackoff {
 }
 
 /// Accepts clients forever.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     let mut backoff = AcceptBackoff::default();
     loop {
         match listener.accept().await {

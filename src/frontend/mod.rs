@@ -2,17 +2,17 @@
 //! `stream`), cancel keys (`cancel`), and one task per client session (`session`, with its `state`). What the
 //! sessions share is [`Shared`], which the proxy's wiring builds.
 
-pub mod auth;
-pub mod cancel;
-pub mod forward;
-pub mod listener;
-pub mod names;
+pub(crate) mod auth;
+pub(crate) mod cancel;
+pub(crate) mod forward;
+pub(crate) mod listener;
+pub(crate) mod names;
 pub mod request;
-pub mod scram;
-pub mod session;
+pub(crate) mod scram;
+pub(crate) mod session;
 pub mod state;
-pub mod stream;
-pub mod tls;
+pub(crate) mod stream;
+pub(crate) mod tls;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;

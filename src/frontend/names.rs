@@ -13,11 +13,11 @@ use crate::protocol::Frame;
 use crate::protocol::messages::{bind_names, cstr, target_name};
 
 /// A statement name no server has: Close of it succeeds without closing anything.
-pub const NOOP_NAME: &str = "pgfleet_closed";
+pub(crate) const NOOP_NAME: &str = "pgfleet_closed";
 
 /// The client's statement names and the proxy names they stand for.
 #[derive(Debug, Default)]
-pub struct StatementNames {
+pub(crate) struct StatementNames {
     map: HashMap<String, String>,
 }
 
@@ -88,7 +88,7 @@ fn set_length(field: &mut [u8], len: usize) {
 
 impl StatementNames {
     /// Rewrites one client frame's statement names.
-    pub fn rewrite(&mut self, frame: Frame) -> Frame {
+    pub(crate) fn rewrite(&mut self, frame: Frame) -> Frame {
         let body = frame.body();
         match frame.kind {
             b'P' => {
@@ -142,7 +142,7 @@ impl StatementNames {
     }
 
     /// Forgets client names (SQL DEALLOCATE); `*` forgets all.
-    pub fn forget(&mut self, names: &[String]) {
+    pub(crate) fn forget(&mut self, names: &[String]) {
         for n in names {
             if n == "*" {
                 self.map.clear();

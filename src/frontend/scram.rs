@@ -16,10 +16,10 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 
 /// The only SASL mechanism the proxy advertises.
-pub const MECHANISM: &str = "SCRAM-SHA-256";
+pub(crate) const MECHANISM: &str = "SCRAM-SHA-256";
 
 /// PostgreSQL's default `scram_iterations`.
-pub const ITERATIONS: u32 = 4096;
+pub(crate) const ITERATIONS: u32 = 4096;
 
 /// PostgreSQL's salt length (SCRAM_DEFAULT_SALT_LEN).
 const SALT_LEN: usize = 16;
@@ -35,7 +35,7 @@ type HmacSha256 = Hmac<Sha256>;
 ///
 /// Everything except [`ScramError::WrongPassword`] is a protocol violation by the client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ScramError {
+pub(crate) enum ScramError {
     /// The message does not follow the SCRAM grammar; the text says where.
     #[error("malformed SCRAM message: {0}")]
     Malformed(String),
@@ -71,7 +71,7 @@ pub enum ScramError {
 /// `iterations` HMAC rounds, so callers that authenticate the same user repeatedly may keep it and build each
 /// [`ScramServer`] with [`ScramServer::from_secret`].
 #[derive(Clone)]
-pub struct ScramSecret {
+pub(crate) struct ScramSecret {
     salt: Vec<u8>,
     iterations: u32,
     stored_key: [u8; KEY_LEN],
@@ -92,7 +92,7 @@ impl fmt::Debug for ScramSecret {
 
 impl ScramSecret {
     /// Derives the secret for `password` with a fresh random salt and [`ITERATIONS`] rounds.
-    pub fn new(password: &str) -> Self {
+    pub(crate) fn new(password: &str) -> Self {
         if password.is_ascii() {
             // SASLprep maps nothing in ASCII: printable ASCII is left as is, and control characters make it
             // fail, in which case clients and PostgreSQL both fall back to the raw bytes. Either way the raw
@@ -116,7 +116,7 @@ impl ScramSecret {
     /// The salt is derived from the user name and a per-process secret, so repeated attempts for the same name
     /// see the same salt, as they would for a real user, and the salt reveals nothing about whether the user
     /// exists.
-    pub fn mock(user_name: &str) -> Self {
+    pub(crate) fn mock(user_name: &str) -> Self {
         static MOCK_NONCE: OnceLock<[u8; KEY_LEN]> = OnceLock::new();
         let nonce = MOCK_NONCE.get_or_init(rand::random);
         let digest = Sha256::new()
@@ -179,7 +179,7 @@ enum State {
 }
 
 /// One server-side SCRAM-SHA-256 exchange: [`ScramServer::server_first`], then [`ScramServer::server_final`].
-pub struct ScramServer {
+pub(crate) struct ScramServer {
     secret: ScramSecret,
     state: State,
 }
@@ -200,27 +200,22 @@ impl fmt::Debug for ScramServer {
 
 impl ScramServer {
     /// Starts an exchange that accepts `password`, deriving its secret with a fresh random salt.
-    pub fn new(password: &str) -> Self {
+    #[cfg(test)]
+    pub(crate) fn new(password: &str) -> Self {
         Self::from_secret(ScramSecret::new(password))
     }
 
     /// Starts an exchange against an already derived secret (real or [`ScramSecret::mock`]).
-    pub fn from_secret(secret: ScramSecret) -> Self {
+    pub(crate) fn from_secret(secret: ScramSecret) -> Self {
         ScramServer {
             secret,
             state: State::AwaitingClientFirst,
         }
     }
 
-    /// Starts a mock exchange for a user that does not exist: it runs to the end and then fails with
-    /// [`ScramError::WrongPassword`], like PostgreSQL does.
-    pub fn mock(user_name: &str) -> Self {
-        Self::from_secret(ScramSecret::mock(user_name))
-    }
-
     /// Reads the client-first message (the data of SASLInitialResponse) and returns the server-first message
     /// (the data of AuthenticationSASLContinue).
-    pub fn server_first(&mut self, client_first: &[u8]) -> Result<Vec<u8>, ScramError> {
+    pub(crate) fn server_first(&mut self, client_first: &[u8]) -> Result<Vec<u8>, ScramError> {
         let server_nonce = BASE64.encode(rand::random::<[u8; SERVER_NONCE_LEN]>());
         self.server_first_with_nonce(client_first, &server_nonce)
     }
@@ -259,7 +254,7 @@ impl ScramServer {
 
     /// Reads the client-final message (the data of SASLResponse), verifies the proof, and returns the
     /// server-final message (the data of AuthenticationSASLFinal).
-    pub fn server_final(&mut self, client_final: &[u8]) -> Result<Vec<u8>, ScramError> {
+    pub(crate) fn server_final(&mut self, client_final: &[u8]) -> Result<Vec<u8>, ScramError> {
         let State::AwaitingClientFinal {
             gs2_header,
             client_first_bare,
@@ -519,7 +514,7 @@ mod tests {
 
     #[test]
     fn mock_exchange_always_fails_and_keeps_its_salt() {
-        let mut server = ScramServer::mock("nobody");
+        let mut server = ScramServer::from_secret(ScramSecret::mock("nobody"));
         assert_eq!(
             exchange(&mut server, "anything", ChannelBinding::unrequested()),
             Err(ScramError::WrongPassword)
@@ -527,7 +522,7 @@ mod tests {
 
         let first = |name: &str| {
             let client = ScramSha256::new(b"x", ChannelBinding::unrequested());
-            let reply = ScramServer::mock(name)
+            let reply = ScramServer::from_secret(ScramSecret::mock(name))
                 .server_first(client.message())
                 .expect("server-first");
             let reply = String::from_utf8(reply).expect("utf8");

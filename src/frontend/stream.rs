@@ -8,7 +8,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
 /// A client connection, encrypted or not.
-pub enum ClientStream {
+pub(crate) enum ClientStream {
     /// Plain TCP.
     Plain(TcpStream),
     /// TLS (boxed: the TLS state is large and most clients are plain).

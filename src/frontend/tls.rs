@@ -34,7 +34,7 @@ pub enum TlsError {
 
 /// Builds the acceptor for client connections from a PEM certificate chain (leaf first) and a PEM private key,
 /// accepting TLS versions from `min_version` up.
-pub fn acceptor(cert: &Path, key: &Path, min_version: TlsVersion) -> Result<TlsAcceptor, TlsError> {
+pub(crate) fn acceptor(cert: &Path, key: &Path, min_version: TlsVersion) -> Result<TlsAcceptor, TlsError> {
     let chain = certs::certificates(cert)?;
     let private_key = certs::private_key(key)?;
     let rejected = |source| TlsError::Rejected {

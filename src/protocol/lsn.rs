@@ -52,11 +52,11 @@ impl FromStr for Lsn {
 }
 
 /// Microseconds between the Unix epoch and PostgreSQL's (2000-01-01 UTC).
-pub const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
+pub(crate) const PG_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;
 
 /// The current time in microseconds since 2000-01-01 UTC, PostgreSQL's clock in the replication protocol
 /// (commit times, standby status updates).
-pub fn pg_epoch_micros_now() -> i64 {
+pub(crate) fn pg_epoch_micros_now() -> i64 {
     let since_unix = match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
         Ok(elapsed) => i64::try_from(elapsed.as_micros()).unwrap_or(i64::MAX),
         // A clock set before 1970 is wrong but not our failure: report it as it is.

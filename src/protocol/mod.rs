@@ -3,11 +3,11 @@
 //! and values in SQL pgfleet writes (`quote`). Nothing here touches a socket.
 
 pub mod frame;
-pub mod lsn;
+pub(crate) mod lsn;
 pub mod messages;
-pub mod quote;
+pub(crate) mod quote;
 pub mod startup;
-pub mod status;
+pub(crate) mod status;
 
 pub use frame::{Frame, FrameBuffer, FrameError};
 pub use status::TxStatus;

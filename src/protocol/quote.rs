@@ -4,7 +4,7 @@
 
 /// Quotes an identifier: always double-quoted, so that case, reserved words (`all`, `select`) and any
 /// character survive; embedded double quotes are doubled.
-pub fn quote_ident(name: &str) -> String {
+pub(crate) fn quote_ident(name: &str) -> String {
     let mut out = String::with_capacity(name.len() + 2);
     out.push('"');
     for ch in name.chars() {
@@ -20,7 +20,7 @@ pub fn quote_ident(name: &str) -> String {
 /// Quotes a string literal: `'text'` with `'` doubled. Text with a backslash becomes `E'...'` with
 /// backslashes doubled, because a plain literal's backslashes mean different things depending on the
 /// server's `standard_conforming_strings`, while an escape string means the same under both settings.
-pub fn quote_literal(text: &str) -> String {
+pub(crate) fn quote_literal(text: &str) -> String {
     let escape = text.contains('\\');
     let mut out = String::with_capacity(text.len() + 3);
     if escape {

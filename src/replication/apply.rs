@@ -31,7 +31,7 @@ const PROGRESS_DDL: &str = "CREATE SCHEMA IF NOT EXISTS pgfleet_replica;
         slot text PRIMARY KEY, lsn pg_lsn NOT NULL, state text NOT NULL, updated_at timestamptz NOT NULL DEFAULT now())";
 
 /// One forwarding task.
-pub struct Applier {
+pub(crate) struct Applier {
     ctx: Arc<Replication>,
     node: usize,
     database: String,
@@ -41,7 +41,7 @@ pub struct Applier {
 
 impl Applier {
     /// The task for `node` (a replica) and the `db`-th forwarded database.
-    pub fn new(ctx: Arc<Replication>, node: usize, db: usize, progress: Arc<Progress>) -> Self {
+    pub(crate) fn new(ctx: Arc<Replication>, node: usize, db: usize, progress: Arc<Progress>) -> Self {
         let database = ctx.forward.databases[db].clone();
         let slot = slot_name(
             &ctx.config().replication.name,
@@ -58,7 +58,7 @@ impl Applier {
     }
 
     /// Runs until the process ends, restarting after failures with a growing pause.
-    pub async fn run_forever(self) {
+    pub(crate) async fn run_forever(self) {
         let name = self.ctx.fleet.nodes()[self.node].target.name.clone();
         let mut pause = Duration::from_millis(500);
         loop {

@@ -19,7 +19,7 @@ use crate::config::split_host_port;
 const COPY_BLOCK: usize = 256 * 1024;
 
 /// Who and where to copy.
-pub struct CopyJob<'a> {
+pub(crate) struct CopyJob<'a> {
     /// The primary (address and TLS settings).
     pub primary: &'a NodeTarget,
     /// The replica.
@@ -41,7 +41,7 @@ pub struct CopyJob<'a> {
 }
 
 /// Copies schema and rows; returns the number of rows copied.
-pub async fn initial_copy(job: &CopyJob<'_>) -> Result<u64, ForwardError> {
+pub(crate) async fn initial_copy(job: &CopyJob<'_>) -> Result<u64, ForwardError> {
     let schema = dump_schema(job).await?;
     let replica = client(job.replica, job.user, job.password, job.database, job.timeout).await?;
     replica

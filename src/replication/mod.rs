@@ -5,13 +5,13 @@
 //! in the same transaction as the changes. `setup` prepares the primary: checks, the publication, and the
 //! event trigger that puts DDL into the WAL stream at its place.
 
-pub mod apply;
-pub mod copy;
-pub mod pgoutput;
+pub(crate) mod apply;
+pub(crate) mod copy;
+pub(crate) mod pgoutput;
 pub mod setup;
-pub mod slots;
-pub mod sql;
-pub mod stream;
+pub(crate) mod slots;
+pub(crate) mod sql;
+pub(crate) mod stream;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};

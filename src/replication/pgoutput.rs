@@ -13,11 +13,11 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-pub use crate::protocol::lsn::{Lsn, pg_epoch_micros_now};
+pub(crate) use crate::protocol::lsn::{Lsn, pg_epoch_micros_now};
 
 /// Why bytes could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DecodeError {
+pub(crate) enum DecodeError {
     /// A message had no bytes at all, not even its type byte.
     #[error("empty replication message")]
     Empty,
@@ -95,7 +95,7 @@ pub enum DecodeError {
 
 /// One CopyData message received from the walsender in CopyBoth mode.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReplicationMessage {
+pub(crate) enum ReplicationMessage {
     /// 'w': a chunk of the stream; with pgoutput, exactly one pgoutput message (see [`decode`]).
     XLogData {
         /// The WAL position of the start of `data`.
@@ -121,7 +121,7 @@ pub enum ReplicationMessage {
 
 /// A column of a [`Relation`], as pgoutput describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Column {
+pub(crate) struct Column {
     /// Part of the replica identity (the primary key, the REPLICA IDENTITY index, or every column with
     /// REPLICA IDENTITY FULL).
     pub key: bool,
@@ -136,7 +136,7 @@ pub struct Column {
 /// The description of a table, sent before the first change to it in a session and again after its
 /// definition changes. Later changes name the table only by `id`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Relation {
+pub(crate) struct Relation {
     /// The table's OID on the primary.
     pub id: u32,
     /// Schema name; pgoutput sends an empty string for `pg_catalog`.
@@ -151,7 +151,7 @@ pub struct Relation {
 
 /// One column value of a tuple.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Datum {
+pub(crate) enum Datum {
     /// 'n': SQL NULL.
     Null,
     /// 'u': a TOASTed value that did not change; its value is not sent.
@@ -163,11 +163,11 @@ pub enum Datum {
 }
 
 /// The values of one row, one [`Datum`] per column of its [`Relation`].
-pub type Tuple = Vec<Datum>;
+pub(crate) type Tuple = Vec<Datum>;
 
 /// A pgoutput message (protocol version 1).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PgOutput {
+pub(crate) enum PgOutput {
     /// 'B': a transaction starts.
     Begin {
         /// The LSN of the transaction's commit record.
@@ -257,7 +257,7 @@ pub enum PgOutput {
 
 impl PgOutput {
     /// The message's kind, for logs: a change's rows hold table data, which must not reach them.
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             PgOutput::Begin { .. } => "begin",
             PgOutput::Commit { .. } => "commit",
@@ -396,7 +396,7 @@ impl<'a> Reader<'a> {
 }
 
 /// Decodes the body of a CopyData ('d') frame received in CopyBoth mode after START_REPLICATION.
-pub fn decode_copy_data(body: &[u8]) -> Result<ReplicationMessage, DecodeError> {
+pub(crate) fn decode_copy_data(body: &[u8]) -> Result<ReplicationMessage, DecodeError> {
     let (&tag, rest) = body.split_first().ok_or(DecodeError::Empty)?;
     match tag {
         b'w' => {
@@ -433,7 +433,7 @@ pub fn decode_copy_data(body: &[u8]) -> Result<ReplicationMessage, DecodeError> 
 /// PostgreSQL reads each position as "the last WAL byte + 1" processed; for a logical slot the `flush`
 /// position is what the slot's `confirmed_flush_lsn` advances to, so pass the `end_lsn` of the last
 /// transaction that is durably applied everywhere, never more.
-pub fn standby_status_update(
+pub(crate) fn standby_status_update(
     write: Lsn,
     flush: Lsn,
     apply: Lsn,
@@ -452,7 +452,7 @@ pub fn standby_status_update(
 
 /// Decodes one pgoutput message (protocol version 1: no streamed in-progress transactions, so the change
 /// messages carry no xid).
-pub fn decode(data: &[u8]) -> Result<PgOutput, DecodeError> {
+pub(crate) fn decode(data: &[u8]) -> Result<PgOutput, DecodeError> {
     let (&tag, rest) = data.split_first().ok_or(DecodeError::Empty)?;
     match tag {
         b'B' => decode_begin(Reader::new(rest, "Begin")),

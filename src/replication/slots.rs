@@ -21,7 +21,7 @@ use crate::config::{ReplicationMode, Role};
 use crate::protocol::lsn::{Lsn, pg_epoch_micros_now};
 
 /// Every forward-mode state, in the order metrics list them.
-pub const STATES: [State; 4] = [State::Starting, State::Copying, State::Streaming, State::Stopped];
+pub(crate) const STATES: [State; 4] = [State::Starting, State::Copying, State::Streaming, State::Stopped];
 
 /// The longest wait before the first check: the appliers create their slots in the first moments, and an
 /// operator starting pgfleet after an outage wants to know at once how much WAL the slots kept meanwhile.
@@ -142,12 +142,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// How often slots are checked: ten health intervals, within 1 to 10 seconds. Tying it to
 /// `health.interval` avoids a config key of its own while letting tests with a fast health check see a
 /// crossing quickly.
-pub fn period(health_interval: Duration) -> Duration {
+pub(crate) fn period(health_interval: Duration) -> Duration {
     health_interval.saturating_mul(10).clamp(MIN_PERIOD, MAX_PERIOD)
 }
 
 /// Starts the slot monitor when forward mode is on.
-pub fn spawn(ctx: &Arc<Replication>) {
+pub(crate) fn spawn(ctx: &Arc<Replication>) {
     if !ctx.forward.enabled() {
         return;
     }
@@ -326,7 +326,7 @@ pub struct ReplicaStatus {
 }
 
 /// The rows of `SHOW REPLICATION` against a given monitor (see [`Replication::report`]; tests pass their own).
-pub fn report_with(ctx: &Replication, monitor: Option<&SlotMonitor>) -> Vec<ReplicaStatus> {
+pub(crate) fn report_with(ctx: &Replication, monitor: Option<&SlotMonitor>) -> Vec<ReplicaStatus> {
     let view = ctx.fleet.view();
     let primary = ctx.fleet.primary_in(&view).ok().map(|p| p.index());
     let primary_lsn = primary.and_then(|p| view.nodes.get(p)).and_then(|s| s.lsn);

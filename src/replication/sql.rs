@@ -17,7 +17,7 @@ use crate::protocol::quote::{quote_ident, quote_literal};
 
 /// Why a change cannot be turned into SQL.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SqlError {
+pub(crate) enum SqlError {
     /// Nothing identifies the row an UPDATE or DELETE changed.
     #[error(
         "table \"{table}\" has no primary key or replica identity: set REPLICA IDENTITY FULL or add a primary key"
@@ -98,7 +98,7 @@ fn schema(rel: &Relation) -> &str {
 
 /// The quoted, schema-qualified name: `"ns"."name"`. Always qualified, so the replica's `search_path`
 /// cannot redirect a change to another table.
-pub fn qualified(rel: &Relation) -> String {
+pub(crate) fn qualified(rel: &Relation) -> String {
     format!("{}.{}", quote_ident(schema(rel)), quote_ident(&rel.name))
 }
 
@@ -228,7 +228,7 @@ fn where_clause(table: &str, identity: &Identity) -> String {
 ///
 /// OVERRIDING SYSTEM VALUE lets the primary's value into a `GENERATED ALWAYS AS IDENTITY` column (which
 /// would otherwise be rejected) and is harmless on tables without one.
-pub fn insert(rel: &Relation, new: &Tuple) -> Result<String, SqlError> {
+pub(crate) fn insert(rel: &Relation, new: &Tuple) -> Result<String, SqlError> {
     check_count(rel, new)?;
     let table = qualified(rel);
     if rel.columns.is_empty() {
@@ -264,7 +264,12 @@ pub fn insert(rel: &Relation, new: &Tuple) -> Result<String, SqlError> {
 /// being shorter, that keeps an unchanged `GENERATED ALWAYS AS IDENTITY` key out of SET, where PostgreSQL
 /// would reject it. When nothing is left to set, a column is set to itself, so the statement still
 /// touches (and counts) the row.
-pub fn update(rel: &Relation, old: Option<&Tuple>, key_only: bool, new: &Tuple) -> Result<String, SqlError> {
+pub(crate) fn update(
+    rel: &Relation,
+    old: Option<&Tuple>,
+    key_only: bool,
+    new: &Tuple,
+) -> Result<String, SqlError> {
     check_count(rel, new)?;
     let identity = identity(rel, old, key_only, new)?;
     let table = qualified(rel);
@@ -307,7 +312,7 @@ pub fn update(rel: &Relation, old: Option<&Tuple>, key_only: bool, new: &Tuple) 
 
 /// `DELETE FROM "ns"."t" WHERE "id" = '1'` for a 'K' old tuple, or, for a full old row,
 /// `DELETE FROM "ns"."t" WHERE ctid = (SELECT ctid FROM "ns"."t" WHERE ... LIMIT 1)`.
-pub fn delete(rel: &Relation, old: &Tuple, key_only: bool) -> Result<String, SqlError> {
+pub(crate) fn delete(rel: &Relation, old: &Tuple, key_only: bool) -> Result<String, SqlError> {
     check_count(rel, old)?;
     let identity = if key_only {
         key_identity(rel, old)?
@@ -323,7 +328,7 @@ pub fn delete(rel: &Relation, old: &Tuple, key_only: bool) -> Result<String, Sql
 ///
 /// No `ONLY`: pgoutput lists every truncated table with storage, and may list a partitioned table, on
 /// which `TRUNCATE ONLY` is an error.
-pub fn truncate(rels: &[&Relation], cascade: bool, restart_identity: bool) -> String {
+pub(crate) fn truncate(rels: &[&Relation], cascade: bool, restart_identity: bool) -> String {
     if rels.is_empty() {
         return String::new();
     }

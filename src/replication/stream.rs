@@ -33,13 +33,13 @@ pub enum StreamError {
 }
 
 /// An open replication connection.
-pub struct ReplicationStream {
+pub(crate) struct ReplicationStream {
     conn: BackendConn,
 }
 
 impl ReplicationStream {
     /// Connects to the primary as a logical replication client for one database.
-    pub async fn connect(
+    pub(crate) async fn connect(
         target: &NodeTarget,
         user: &str,
         password: &str,
@@ -70,7 +70,7 @@ impl ReplicationStream {
 
     /// Creates a logical slot for pgoutput and exports its snapshot; returns (consistent point, snapshot
     /// name). The snapshot stays usable by other connections until this one runs its next command.
-    pub async fn create_slot(&mut self, slot: &str) -> Result<(Lsn, String), StreamError> {
+    pub(crate) async fn create_slot(&mut self, slot: &str) -> Result<(Lsn, String), StreamError> {
         let rows = self
             .command(&format!(
                 "CREATE_REPLICATION_SLOT {slot} LOGICAL pgoutput (SNAPSHOT 'export')"
@@ -92,7 +92,12 @@ impl ReplicationStream {
     }
 
     /// Starts streaming pgoutput changes of `publication` from `start`.
-    pub async fn start(&mut self, slot: &str, start: Lsn, publication: &str) -> Result<(), StreamError> {
+    pub(crate) async fn start(
+        &mut self,
+        slot: &str,
+        start: Lsn,
+        publication: &str,
+    ) -> Result<(), StreamError> {
         let sql = format!(
             "START_REPLICATION SLOT {slot} LOGICAL {} (proto_version '1', publication_names '\"{}\"', messages 'true')",
             start,
@@ -124,7 +129,7 @@ impl ReplicationStream {
     }
 
     /// The next message from the primary. Cancel safe.
-    pub async fn next(&mut self) -> Result<ReplicationMessage, StreamError> {
+    pub(crate) async fn next(&mut self) -> Result<ReplicationMessage, StreamError> {
         loop {
             let f = self.conn.read_frame().await?;
             match f.kind {
@@ -150,12 +155,12 @@ impl ReplicationStream {
     }
 
     /// Whether another message is already buffered (so a batch can grow without waiting).
-    pub fn has_buffered(&self) -> bool {
+    pub(crate) fn has_buffered(&self) -> bool {
         self.conn.has_buffered_frame()
     }
 
     /// Reports how far changes are written and durably applied; the slot may free WAL up to `flushed`.
-    pub async fn send_status(&mut self, flushed: Lsn, reply: bool) -> Result<(), StreamError> {
+    pub(crate) async fn send_status(&mut self, flushed: Lsn, reply: bool) -> Result<(), StreamError> {
         let body: Bytes = pgoutput::standby_status_update(
             flushed,
             flushed,

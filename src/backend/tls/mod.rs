@@ -29,8 +29,8 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::rustls::{self, AlertDescription, CertificateError, ClientConfig};
 
-pub use self::postgres::{PgTls, PgTlsStream};
-pub use self::stream::NodeStream;
+pub(crate) use self::postgres::PgTls;
+pub(crate) use self::stream::NodeStream;
 use self::verify::NodeVerifier;
 use crate::certs::{CertError, ca_roots, server_name};
 use crate::config::{NodeConfig, NodeTlsMode, split_host_port};

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 
 use super::{ADMIN_DATABASE, PendingLogin, Session, SessionError};
-use crate::admin::stats::ClientInfo;
 use crate::backend::BackendError;
 use crate::cluster::NodeId;
 use crate::config::PoolMode;
@@ -22,6 +21,7 @@ use crate::protocol::TxStatus;
 use crate::protocol::messages::{ProxyError, backend_key_data, parameter_status, query, ready_for_query};
 use crate::router::classify::Target;
 use crate::router::policy::{self, RoutingState};
+use crate::stats::ClientInfo;
 
 /// Session-wide routing override from the `pgfleet.route` startup option.
 fn route_override(value: &str) -> Result<Target, ProxyError> {

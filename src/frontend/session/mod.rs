@@ -23,7 +23,6 @@ use super::names::StatementNames;
 use super::request::End;
 use super::state::{Settings, Statements};
 use super::stream::ClientStream;
-use crate::admin::stats::ClientEntry;
 use crate::backend::{BackendError, NodePool, PooledConn};
 use crate::cluster::NodeId;
 use crate::protocol::lsn::Lsn;
@@ -32,12 +31,13 @@ use crate::protocol::{FrameBuffer, FrameError, TxStatus};
 use crate::router::classify::Target;
 use crate::router::functions::FunctionRules;
 use crate::router::policy::RoutingState;
+use crate::stats::ClientEntry;
 
 use login::authenticate_client;
 
 /// Why a session ended early.
 #[derive(Debug, thiserror::Error)]
-pub enum SessionError {
+pub(crate) enum SessionError {
     /// The client went away or its socket failed.
     #[error("client connection lost: {0}")]
     Client(#[from] std::io::Error),
@@ -55,15 +55,15 @@ pub enum SessionError {
 
 /// A connection between its accept and the end of its authentication.
 #[derive(Debug)]
-pub struct PendingLogin {
+pub(crate) struct PendingLogin {
     /// Counts the connection as logging in while it exists.
-    pub guard: crate::admin::stats::LoginGuard,
+    pub guard: crate::stats::LoginGuard,
     /// When the client must have been sent AuthenticationOk (`listen.authentication_timeout`).
     pub deadline: tokio::time::Instant,
 }
 
 /// Serves one client until it leaves; `login` ends with the client's authentication.
-pub async fn run(
+pub(crate) async fn run(
     stream: ClientStream,
     peer: SocketAddr,
     params: Vec<(String, String)>,
@@ -132,7 +132,7 @@ pub async fn run(
     .await
 }
 
-pub use crate::admin::ADMIN_DATABASE;
+pub(crate) use crate::admin::ADMIN_DATABASE;
 
 /// A client of the admin console logs in as any client does; the console (`admin::session`) takes over from
 /// AuthenticationOk.

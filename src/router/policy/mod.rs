@@ -14,7 +14,7 @@ use crate::router::classify::{Pin, Target};
 
 /// What the policy remembers of one session between requests.
 #[derive(Debug, Clone, Default)]
-pub struct RoutingState {
+pub(crate) struct RoutingState {
     /// The node of the open transaction.
     pub tx_node: Option<NodeId>,
     /// The node holding state that cannot be replayed, and why.
@@ -29,7 +29,7 @@ pub struct RoutingState {
 
 /// What one request asks of the policy.
 #[derive(Debug, Clone, Copy)]
-pub struct Ask {
+pub(crate) struct Ask {
     /// The router's verdict for the statements (a leading-comment override is already part of it).
     pub target: Target,
     /// For a DEALLOCATE of a named statement: the node where that statement is prepared, if any.
@@ -38,7 +38,7 @@ pub struct Ask {
 
 /// What the policy reads of each node beyond the monitor's snapshot: live flags a session can read without
 /// waiting (atomics), implemented over the fleet by the session and over a table by the tests.
-pub trait NodeFacts {
+pub(crate) trait NodeFacts {
     /// How many node slots exist (retired ones included); a snapshot may cover fewer.
     fn slots(&self) -> usize;
     /// Whether a reload removed the node.
@@ -62,7 +62,7 @@ pub trait NodeFacts {
 
 /// The policy's answer before the read-specific checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Choice {
+pub(crate) enum Choice {
     /// The request runs on the one node in `order` (transaction, pin, DEALLOCATE, primary).
     Fixed,
     /// `order` holds read nodes; finish with [`Reads`].
@@ -72,7 +72,7 @@ pub enum Choice {
 /// A read choice in progress: candidates in `order`, the first `fresh` of them known to have replayed the
 /// session's last write (or the guarantee does not apply), the rest to be asked by the session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Reads {
+pub(crate) struct Reads {
     primary: Option<NodeId>,
     fresh: usize,
     /// The write position the unsure candidates are asked about.
@@ -80,7 +80,7 @@ pub struct Reads {
 }
 
 /// The current primary of a snapshot, or the error a write gets when there is none.
-pub fn primary(view: &FleetView, facts: &impl NodeFacts) -> Result<NodeId, ProxyError> {
+pub(crate) fn primary(view: &FleetView, facts: &impl NodeFacts) -> Result<NodeId, ProxyError> {
     view.primary_or_error(|n| facts.name(n))
 }
 
@@ -94,7 +94,7 @@ fn primary_node(view: &FleetView) -> Option<NodeId> {
 
 /// Nodes that may serve reads now, unbalanced, appended to `out`: replicas (by configuration or, for `auto`,
 /// by observation) that are up, in recovery and within `max_lag`, plus the primary when `primary_reads`.
-pub fn read_nodes_into(
+pub(crate) fn read_nodes_into(
     view: &FleetView,
     facts: &impl NodeFacts,
     primary_reads: bool,
@@ -137,18 +137,18 @@ fn within(state: &NodeState, max_lag: Option<LagLimit>) -> bool {
 
 impl RoutingState {
     /// Whether the session has a transaction or pinned state on `node`, which dies with its connection.
-    pub fn holds_state_on(&self, node: NodeId) -> bool {
+    pub(crate) fn holds_state_on(&self, node: NodeId) -> bool {
         self.tx_node == Some(node) || matches!(self.pinned, Some((n, _)) if n == node)
     }
 
     /// Whether a request must stay on the node it was given (no retry elsewhere).
-    pub fn bound(&self) -> bool {
+    pub(crate) fn bound(&self) -> bool {
         self.tx_node.is_some() || self.pinned.is_some()
     }
 
     /// The rule label of a request decided by `rule` (statistics, SHOW ROUTE, the debug log): an open
     /// transaction, a pin and the session route win over the statement's own rule.
-    pub fn label<'a>(&self, rule: &'a str) -> &'a str {
+    pub(crate) fn label<'a>(&self, rule: &'a str) -> &'a str {
         if self.tx_node.is_some() {
             "in transaction"
         } else if let Some((_, pin)) = self.pinned {
@@ -162,14 +162,14 @@ impl RoutingState {
 
     /// Records the WAL position of a write the session committed; None when the primary could not say,
     /// which sends reads to the primary until a later write tells more.
-    pub fn wrote_at(&mut self, lsn: Option<Lsn>) {
+    pub(crate) fn wrote_at(&mut self, lsn: Option<Lsn>) {
         let lsn = lsn.unwrap_or(Lsn::MAX);
         self.last_write_lsn = Some(self.last_write_lsn.map_or(lsn, |l| l.max(lsn)));
     }
 
     /// The nodes for a request, into `order` (cleared first): one fixed node, or read candidates for
     /// [`Reads`] to finish, or why no node may run it.
-    pub fn choose(
+    pub(crate) fn choose(
         &mut self,
         ask: Ask,
         view: &FleetView,
@@ -258,30 +258,30 @@ impl RoutingState {
 impl Reads {
     /// The candidates the session must ask whether they replayed [`Reads::lsn`] (none when the guarantee
     /// is already met); ask them in order, until `routing.read_your_writes_wait` has passed.
-    pub fn unsure<'a>(&self, order: &'a [NodeId]) -> &'a [NodeId] {
+    pub(crate) fn unsure<'a>(&self, order: &'a [NodeId]) -> &'a [NodeId] {
         order.get(self.fresh..).unwrap_or(&[])
     }
 
     /// The write position the unsure candidates are asked about.
-    pub fn lsn(&self) -> Lsn {
+    pub(crate) fn lsn(&self) -> Lsn {
         self.lsn
     }
 
     /// The session learnt that `node` (one of the unsure) has replayed the write: it is the choice, the
     /// known-fresh candidates its fallbacks.
-    pub fn replayed(&mut self, node: NodeId, order: &mut Vec<NodeId>) {
+    pub(crate) fn replayed(&mut self, node: NodeId, order: &mut Vec<NodeId>) {
         order.truncate(self.fresh);
         order.insert(0, node);
         self.fresh = order.len();
     }
 
     /// No unsure candidate caught up in time: only the known-fresh ones remain.
-    pub fn none_replayed(&mut self, order: &mut Vec<NodeId>) {
+    pub(crate) fn none_replayed(&mut self, order: &mut Vec<NodeId>) {
         order.truncate(self.fresh);
     }
 
     /// The end of the read choice: the primary as the last resort, or why no node may serve the read.
-    pub fn finish(
+    pub(crate) fn finish(
         self,
         state: &RoutingState,
         view: &FleetView,

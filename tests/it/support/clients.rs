@@ -12,7 +12,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 /// What to tell whoever runs the tests on a machine lacking a client.
-pub const INSTALL_HINT: &str =
+pub(crate) const INSTALL_HINT: &str =
     "run `sudo scripts/install-test-deps.sh` (as root) to install the test clients";
 
 /// The PostgreSQL major version whose client tools the tests prefer.
@@ -37,7 +37,7 @@ const LIBPQ_ENV: [&str; 14] = [
 ];
 
 /// A finished client program.
-pub struct Finished {
+pub(crate) struct Finished {
     /// The command line, for messages.
     pub command: String,
     /// Its exit status.
@@ -50,13 +50,13 @@ pub struct Finished {
 
 impl Finished {
     /// Panics with the whole output unless the program exited 0.
-    pub fn expect_success(self, what: &str) -> Finished {
+    pub(crate) fn expect_success(self, what: &str) -> Finished {
         assert!(self.status.success(), "{what}: {self}");
         self
     }
 
     /// The exit code (-1 when killed by a signal).
-    pub fn code(&self) -> i32 {
+    pub(crate) fn code(&self) -> i32 {
         self.status.code().unwrap_or(-1)
     }
 }
@@ -75,7 +75,7 @@ impl fmt::Display for Finished {
 }
 
 /// Shell-like rendering of a command line, for messages.
-pub fn describe(cmd: &Command) -> String {
+pub(crate) fn describe(cmd: &Command) -> String {
     std::iter::once(cmd.get_program())
         .chain(cmd.get_args())
         .map(|a| a.to_string_lossy().into_owned())
@@ -85,7 +85,7 @@ pub fn describe(cmd: &Command) -> String {
 
 /// Runs `cmd` (stdin closed, libpq environment cleared) and waits at most `timeout`; a program still
 /// running then is killed and the test fails with what it printed so far.
-pub fn run(mut cmd: Command, timeout: Duration) -> Finished {
+pub(crate) fn run(mut cmd: Command, timeout: Duration) -> Finished {
     for var in LIBPQ_ENV {
         cmd.env_remove(var);
     }
@@ -138,7 +138,7 @@ pub fn run(mut cmd: Command, timeout: Duration) -> Finished {
 /// A PostgreSQL client tool (`psql`, `pgbench`): `$PG_BIN/<tool>`, else the PostgreSQL 15 install of
 /// Debian's packages, else the newest `/usr/lib/postgresql/*/bin/<tool>`, else `<tool>` on PATH. Panics
 /// with [`INSTALL_HINT`] when none exists.
-pub fn pg_tool(tool: &str) -> PathBuf {
+pub(crate) fn pg_tool(tool: &str) -> PathBuf {
     let mut candidates = Vec::new();
     if let Some(dir) = std::env::var_os("PG_BIN") {
         candidates.push(PathBuf::from(dir).join(tool));
@@ -171,7 +171,7 @@ pub fn pg_tool(tool: &str) -> PathBuf {
 }
 
 /// `program` on PATH.
-pub fn find_in_path(program: &str) -> Option<PathBuf> {
+pub(crate) fn find_in_path(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|dir| dir.join(program))
@@ -179,19 +179,19 @@ pub fn find_in_path(program: &str) -> Option<PathBuf> {
 }
 
 /// `program` on PATH, or a test failure naming it and [`INSTALL_HINT`].
-pub fn require_in_path(program: &str, what: &str) -> PathBuf {
+pub(crate) fn require_in_path(program: &str, what: &str) -> PathBuf {
     find_in_path(program).unwrap_or_else(|| panic!("{what} (`{program}`) is not on PATH; {INSTALL_HINT}"))
 }
 
 /// Parses a port printed by `SELECT inet_server_port()`.
-pub fn parse_port(text: &str, context: &str) -> u16 {
+pub(crate) fn parse_port(text: &str, context: &str) -> u16 {
     text.trim()
         .parse()
         .unwrap_or_else(|e| panic!("{context}: `{text}` is not a port number: {e}"))
 }
 
 /// The directory holding the client programs (`tests/clients`).
-pub fn clients_dir() -> PathBuf {
+pub(crate) fn clients_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests")
         .join("clients")

@@ -2,17 +2,17 @@
 //! shares and turning start failures into panics with the full reason.
 
 #[allow(unused_imports)]
-pub use localcluster::{ClusterError, ClusterOptions, LocalCluster, NodeHandle, ServerTls};
+pub(crate) use localcluster::{ClusterError, ClusterOptions, LocalCluster, NodeHandle, ServerTls};
 
 /// Password of the app user and of the superuser `postgres`.
-pub const PASSWORD: &str = "secret";
+pub(crate) const PASSWORD: &str = "secret";
 /// The app's LOGIN role.
-pub const APP_USER: &str = "app";
+pub(crate) const APP_USER: &str = "app";
 /// The app's database, owned by [`APP_USER`].
-pub const APP_DB: &str = "app";
+pub(crate) const APP_DB: &str = "app";
 
 /// The options [`cluster`] uses; tweak and pass to [`cluster_with`].
-pub fn options() -> ClusterOptions {
+pub(crate) fn options() -> ClusterOptions {
     ClusterOptions {
         replicas: 2,
         streaming: true,
@@ -25,12 +25,12 @@ pub fn options() -> ClusterOptions {
 
 /// One primary and two streaming replicas, caught up. Blocks for a few seconds; inside a multi-threaded
 /// runtime prefer [`cluster_async`].
-pub fn cluster() -> LocalCluster {
+pub(crate) fn cluster() -> LocalCluster {
     cluster_with(options())
 }
 
 /// A cluster with the given options; panics with the command, its output and the server log on failure.
-pub fn cluster_with(opts: ClusterOptions) -> LocalCluster {
+pub(crate) fn cluster_with(opts: ClusterOptions) -> LocalCluster {
     match LocalCluster::start(opts) {
         Ok(cluster) => cluster,
         Err(e) => panic!("could not start the local PostgreSQL cluster: {e}"),
@@ -38,12 +38,12 @@ pub fn cluster_with(opts: ClusterOptions) -> LocalCluster {
 }
 
 /// [`cluster`] without blocking the async runtime.
-pub async fn cluster_async() -> LocalCluster {
+pub(crate) async fn cluster_async() -> LocalCluster {
     cluster_with_async(options()).await
 }
 
 /// [`cluster_with`] without blocking the async runtime.
-pub async fn cluster_with_async(opts: ClusterOptions) -> LocalCluster {
+pub(crate) async fn cluster_with_async(opts: ClusterOptions) -> LocalCluster {
     tokio::task::spawn_blocking(move || cluster_with(opts))
         .await
         .expect("cluster start thread panicked")
@@ -51,7 +51,7 @@ pub async fn cluster_with_async(opts: ClusterOptions) -> LocalCluster {
 
 /// Waits until at least `n` backends across the fleet are running exactly `sql` (`pg_stat_activity`, state
 /// active): the moment to cancel a statement, or to check that something else did not.
-pub async fn wait_running(cluster: &LocalCluster, sql: &str, n: i64) {
+pub(crate) async fn wait_running(cluster: &LocalCluster, sql: &str, n: i64) {
     let mut nodes = Vec::new();
     for node in cluster.nodes() {
         nodes.push(super::proxy::connect(&node.dsn("postgres", PASSWORD, "postgres")).await);

@@ -12,9 +12,9 @@ use futures_util::future::join_all;
 use super::proxy::{Proxy, try_connect};
 
 /// How long replicas may take to match the primary.
-pub const MATCH_DEADLINE: Duration = Duration::from_secs(30);
+pub(crate) const MATCH_DEADLINE: Duration = Duration::from_secs(30);
 
-pub fn forward_toml() -> String {
+pub(crate) fn forward_toml() -> String {
     format!(
         "[replication]\nmode = \"forward\"\nuser = \"postgres\"\npassword = \"{PASSWORD}\"\n\
          databases = [\"{APP_DB}\"]\n\n[health]\ninterval = \"200ms\"\n"
@@ -22,7 +22,7 @@ pub fn forward_toml() -> String {
 }
 
 /// A primary and two independent plain servers (no streaming replication between them).
-pub async fn plain_cluster() -> LocalCluster {
+pub(crate) async fn plain_cluster() -> LocalCluster {
     cluster_with_async(ClusterOptions {
         streaming: false,
         ..options()
@@ -31,19 +31,19 @@ pub async fn plain_cluster() -> LocalCluster {
 }
 
 /// A superuser connection straight to a node of the cluster, bypassing pgfleet.
-pub async fn direct(node: &NodeHandle) -> Result<tokio_postgres::Client, String> {
+pub(crate) async fn direct(node: &NodeHandle) -> Result<tokio_postgres::Client, String> {
     let dsn = format!("{} connect_timeout=5", node.dsn("postgres", PASSWORD, APP_DB));
     try_connect(&dsn)
         .await
         .map_err(|e| format!("{}: connect: {e}", node.name))
 }
 
-pub fn quote_ident(name: &str) -> String {
+pub(crate) fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// For every table of schema `public` on `node`: "<rows> rows, md5 <md5 of all rows' text in text order>".
-pub async fn table_checksums(node: &NodeHandle) -> Result<BTreeMap<String, String>, String> {
+pub(crate) async fn table_checksums(node: &NodeHandle) -> Result<BTreeMap<String, String>, String> {
     let c = direct(node).await?;
     let fail = |e: tokio_postgres::Error| format!("{}: {e}", node.name);
     // The same output settings on every node, so that equal rows have equal text.
@@ -78,7 +78,7 @@ pub async fn table_checksums(node: &NodeHandle) -> Result<BTreeMap<String, Strin
 }
 
 /// The end of pgfleet's log without per-change trace lines.
-pub fn log_tail(proxy: &Proxy) -> String {
+pub(crate) fn log_tail(proxy: &Proxy) -> String {
     let text = proxy.log_contents();
     let lines: Vec<&str> = text.lines().filter(|l| !l.contains("change=")).collect();
     lines[lines.len().saturating_sub(40)..].join("\n")
@@ -86,7 +86,7 @@ pub fn log_tail(proxy: &Proxy) -> String {
 
 /// The last ERROR lines (with their STATEMENT, shortened) of each replica's server log: pgfleet's own log
 /// only says "db error" when a statement fails on a replica.
-pub fn replica_errors(cluster: &LocalCluster) -> String {
+pub(crate) fn replica_errors(cluster: &LocalCluster) -> String {
     let mut out = String::new();
     for node in &cluster.replicas {
         let log = node.log_contents();
@@ -103,7 +103,7 @@ pub fn replica_errors(cluster: &LocalCluster) -> String {
 }
 
 /// Differences between the primary's map and a replica's, one line per differing key.
-pub fn differences<V: PartialEq + std::fmt::Debug>(
+pub(crate) fn differences<V: PartialEq + std::fmt::Debug>(
     primary: &BTreeMap<String, V>,
     replica: &BTreeMap<String, V>,
     replica_name: &str,
@@ -123,7 +123,7 @@ pub fn differences<V: PartialEq + std::fmt::Debug>(
 
 /// Waits until every replica has exactly the primary's tables and rows; returns the primary's checksums.
 /// Panics after `within` with the differing tables and the end of pgfleet's log.
-pub async fn wait_until_replicas_match(
+pub(crate) async fn wait_until_replicas_match(
     cluster: &LocalCluster,
     proxy: &Proxy,
     within: Duration,
@@ -162,7 +162,7 @@ pub async fn wait_until_replicas_match(
 
 /// Panics if a forwarding task of pgfleet failed at any point (it retries, but meanwhile that replica falls
 /// behind and serves no reads).
-pub fn assert_forwarding_never_stopped(cluster: &LocalCluster, proxy: &Proxy) {
+pub(crate) fn assert_forwarding_never_stopped(cluster: &LocalCluster, proxy: &Proxy) {
     let log = proxy.log_contents();
     let stops: Vec<&str> = log.lines().filter(|l| l.contains("forwarding stopped")).collect();
     assert!(
@@ -175,7 +175,7 @@ pub fn assert_forwarding_never_stopped(cluster: &LocalCluster, proxy: &Proxy) {
 }
 
 /// What pgfleet's progress table on `node` says: "none" before pgfleet created it.
-pub fn progress_state(cluster: &LocalCluster, node: &NodeHandle) -> String {
+pub(crate) fn progress_state(cluster: &LocalCluster, node: &NodeHandle) -> String {
     let exists = cluster.psql(
         node,
         APP_DB,
@@ -195,7 +195,7 @@ pub fn progress_state(cluster: &LocalCluster, node: &NodeHandle) -> String {
 
 /// Waits until pgfleet has finished the initial copy to every replica and follows the stream (its progress
 /// row on each replica says "streaming").
-pub async fn wait_until_streaming(cluster: &LocalCluster, proxy: &Proxy) {
+pub(crate) async fn wait_until_streaming(cluster: &LocalCluster, proxy: &Proxy) {
     let deadline = Instant::now() + MATCH_DEADLINE;
     for replica in &cluster.replicas {
         loop {
@@ -216,7 +216,7 @@ pub async fn wait_until_streaming(cluster: &LocalCluster, proxy: &Proxy) {
 }
 
 /// Sequences of schema `public` on `node` with their `last_value` (None: never used or reset).
-pub async fn sequence_values(node: &NodeHandle) -> Result<BTreeMap<String, Option<i64>>, String> {
+pub(crate) async fn sequence_values(node: &NodeHandle) -> Result<BTreeMap<String, Option<i64>>, String> {
     let c = direct(node).await?;
     let rows = c
         .query(
@@ -229,7 +229,7 @@ pub async fn sequence_values(node: &NodeHandle) -> Result<BTreeMap<String, Optio
 }
 
 /// Waits until every replica's sequences have the primary's `last_value`.
-pub async fn wait_until_sequences_match(cluster: &LocalCluster, proxy: &Proxy, within: Duration) {
+pub(crate) async fn wait_until_sequences_match(cluster: &LocalCluster, proxy: &Proxy, within: Duration) {
     let deadline = Instant::now() + within;
     loop {
         let mut problems = Vec::new();
@@ -260,7 +260,7 @@ pub async fn wait_until_sequences_match(cluster: &LocalCluster, proxy: &Proxy, w
 
 /// A forward-mode fleet ready for work: plain servers, pgfleet forwarding to them (streaming), and an app
 /// connection through pgfleet.
-pub async fn forwarding_fleet() -> (LocalCluster, Proxy, tokio_postgres::Client) {
+pub(crate) async fn forwarding_fleet() -> (LocalCluster, Proxy, tokio_postgres::Client) {
     let cluster = plain_cluster().await;
     let proxy = Proxy::start(&cluster, &forward_toml());
     wait_until_streaming(&cluster, &proxy).await;
@@ -269,7 +269,7 @@ pub async fn forwarding_fleet() -> (LocalCluster, Proxy, tokio_postgres::Client)
 }
 
 /// Asserts that the matched checksums (from [`wait_until_replicas_match`]) count `rows` rows in `table`.
-pub fn assert_rows(sums: &BTreeMap<String, String>, table: &str, rows: usize) {
+pub(crate) fn assert_rows(sums: &BTreeMap<String, String>, table: &str, rows: usize) {
     assert!(
         sums.get(table)
             .is_some_and(|s| s.starts_with(&format!("{rows} rows,"))),

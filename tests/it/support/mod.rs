@@ -4,12 +4,12 @@
 
 #![allow(dead_code)]
 
-pub mod clients;
-pub mod cluster;
-pub mod forward;
-pub mod proxy;
-pub mod raw;
-pub mod wait;
+pub(crate) mod clients;
+pub(crate) mod cluster;
+pub(crate) mod forward;
+pub(crate) mod proxy;
+pub(crate) mod raw;
+pub(crate) mod wait;
 
-pub use proxy::one;
-pub use wait::wait_until;
+pub(crate) use proxy::one;
+pub(crate) use wait::wait_until;

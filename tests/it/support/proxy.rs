@@ -18,7 +18,7 @@ const TERM_GRACE: Duration = Duration::from_secs(5);
 const BIND_ATTEMPTS: usize = 3;
 
 /// A running pgfleet process.
-pub struct Proxy {
+pub(crate) struct Proxy {
     /// The port pgfleet listens on (127.0.0.1).
     pub port: u16,
     /// The config file it was started with (writable: edit it and [`Proxy::reload`]).
@@ -30,7 +30,7 @@ pub struct Proxy {
 }
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
     listener.local_addr().expect("local_addr").port()
 }
@@ -46,7 +46,7 @@ impl Proxy {
     /// `extra_toml` is appended verbatim: make it whole tables (`[pool]`, `[[users]]`, `[routing]`...), since
     /// bare keys would land in the table before them; to change `[listen]`, edit this text and use
     /// [`Proxy::start_with_config`].
-    pub fn config_for(cluster: &LocalCluster, port: u16, extra_toml: &str) -> String {
+    pub(crate) fn config_for(cluster: &LocalCluster, port: u16, extra_toml: &str) -> String {
         let mut text = format!(
             "[listen]\naddress = \"127.0.0.1:{port}\"\n\n[[users]]\nname = \"{}\"\npassword = \"{}\"\n",
             cluster.app_user, cluster.password
@@ -88,19 +88,23 @@ impl Proxy {
 
     /// Starts pgfleet in front of `cluster` (see [`Proxy::config_for`]) on a free port and waits until it
     /// accepts TCP connections. Panics with pgfleet's output if it exits or does not listen within 10 s.
-    pub fn start(cluster: &LocalCluster, extra_toml: &str) -> Proxy {
+    pub(crate) fn start(cluster: &LocalCluster, extra_toml: &str) -> Proxy {
         Self::start_edited(cluster, extra_toml, |text| text)
     }
 
     /// [`Proxy::start`] with the config text passed through `edit` first, for changes inside `[listen]` or
     /// the `[[nodes]]` tables that `extra_toml` cannot make.
-    pub fn start_edited(cluster: &LocalCluster, extra_toml: &str, edit: impl Fn(String) -> String) -> Proxy {
+    pub(crate) fn start_edited(
+        cluster: &LocalCluster,
+        extra_toml: &str,
+        edit: impl Fn(String) -> String,
+    ) -> Proxy {
         Self::start_with_env(cluster, extra_toml, edit, &[])
     }
 
     /// [`Proxy::start_edited`] with these variables added to pgfleet's environment (which its child
     /// processes, such as pg_dump, inherit).
-    pub fn start_with_env(
+    pub(crate) fn start_with_env(
         cluster: &LocalCluster,
         extra_toml: &str,
         edit: impl Fn(String) -> String,
@@ -118,7 +122,7 @@ impl Proxy {
     }
 
     /// Starts pgfleet with exactly this config; the port waited on is the one in `[listen] address`.
-    pub fn start_with_config(text: String) -> Proxy {
+    pub(crate) fn start_with_config(text: String) -> Proxy {
         let port = listen_port(&text)
             .unwrap_or_else(|| panic!("no `address = \"host:port\"` under [listen] in config:\n{text}"));
         Self::launch(text, port, &[]).unwrap_or_else(|failure| panic!("{}", failure.message))
@@ -181,12 +185,12 @@ impl Proxy {
     }
 
     /// The process id.
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// Sends a signal by name (`"HUP"`, `"INT"`, `"TERM"`, `"STOP"`...).
-    pub fn signal(&self, signal: &str) {
+    pub(crate) fn signal(&self, signal: &str) {
         let status = Command::new("kill")
             .args(["-s", signal, &self.child.id().to_string()])
             .status()
@@ -195,17 +199,17 @@ impl Proxy {
     }
 
     /// SIGHUP: pgfleet re-reads [`Proxy::config_path`].
-    pub fn reload(&self) {
+    pub(crate) fn reload(&self) {
         self.signal("HUP");
     }
 
     /// Whether the process is still running.
-    pub fn is_running(&mut self) -> bool {
+    pub(crate) fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Sends `signal` and waits up to `timeout` for the process to exit; `None` if it is still running.
-    pub fn signal_and_wait(&mut self, signal: &str, timeout: Duration) -> Option<ExitStatus> {
+    pub(crate) fn signal_and_wait(&mut self, signal: &str, timeout: Duration) -> Option<ExitStatus> {
         if let Ok(Some(status)) = self.child.try_wait() {
             return Some(status);
         }
@@ -223,19 +227,19 @@ impl Proxy {
     }
 
     /// Everything pgfleet wrote to stdout and stderr so far.
-    pub fn log_contents(&self) -> String {
+    pub(crate) fn log_contents(&self) -> String {
         fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
     /// The last `lines` lines of pgfleet's output.
-    pub fn log_tail(&self, lines: usize) -> String {
+    pub(crate) fn log_tail(&self, lines: usize) -> String {
         let text = self.log_contents();
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
     /// Waits until pgfleet's output contains `needle`; false on timeout.
-    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+    pub(crate) fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         loop {
             if self.log_contents().contains(needle) {
@@ -249,7 +253,7 @@ impl Proxy {
     }
 
     /// A keyword/value DSN to the proxy.
-    pub fn dsn(&self, user: &str, password: &str, db: &str) -> String {
+    pub(crate) fn dsn(&self, user: &str, password: &str, db: &str) -> String {
         format!(
             "host=127.0.0.1 port={} user={} password={} dbname={} sslmode=disable",
             self.port,
@@ -260,7 +264,7 @@ impl Proxy {
     }
 
     /// A `postgresql://` URL to the proxy.
-    pub fn url(&self, user: &str, password: &str, db: &str) -> String {
+    pub(crate) fn url(&self, user: &str, password: &str, db: &str) -> String {
         format!(
             "postgresql://{}:{}@127.0.0.1:{}/{}?sslmode=disable",
             percent_encode(user),
@@ -320,7 +324,7 @@ fn percent_encode(text: &str) -> String {
 }
 
 /// Connects with tokio-postgres (no TLS) and drives the connection on a spawned task; panics on failure.
-pub async fn connect(dsn: &str) -> tokio_postgres::Client {
+pub(crate) async fn connect(dsn: &str) -> tokio_postgres::Client {
     match try_connect(dsn).await {
         Ok(client) => client,
         Err(e) => panic!("connecting to `{dsn}` failed: {e}"),
@@ -328,7 +332,7 @@ pub async fn connect(dsn: &str) -> tokio_postgres::Client {
 }
 
 /// [`connect`] that returns the error, for tests expecting a refusal.
-pub async fn try_connect(dsn: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+pub(crate) async fn try_connect(dsn: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     let (client, connection) = tokio_postgres::connect(dsn, tokio_postgres::NoTls).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
@@ -339,7 +343,7 @@ pub async fn try_connect(dsn: &str) -> Result<tokio_postgres::Client, tokio_post
 }
 
 /// First value of the first row of a simple query (simple protocol: no prepared statement of its own).
-pub async fn one(c: &tokio_postgres::Client, sql: &str) -> String {
+pub(crate) async fn one(c: &tokio_postgres::Client, sql: &str) -> String {
     let rows = c.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
     rows.iter()
         .find_map(|m| match m {
@@ -350,7 +354,7 @@ pub async fn one(c: &tokio_postgres::Client, sql: &str) -> String {
 }
 
 /// [`connect`] that also hands over the notifications (LISTEN/NOTIFY) the server sends on this connection.
-pub async fn connect_listening(
+pub(crate) async fn connect_listening(
     dsn: &str,
 ) -> (
     tokio_postgres::Client,

@@ -14,19 +14,19 @@ use tokio::net::TcpStream;
 use super::cluster::{APP_DB, APP_USER, PASSWORD};
 
 /// How long one message may take to arrive before the test fails.
-pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One backend message: type byte and body.
-pub type Msg = (u8, Vec<u8>);
+pub(crate) type Msg = (u8, Vec<u8>);
 
 /// A hand-driven client connection.
-pub struct Raw {
+pub(crate) struct Raw {
     pub stream: TcpStream,
     buf: BytesMut,
 }
 
 impl Raw {
-    pub async fn connect(port: u16) -> Raw {
+    pub(crate) async fn connect(port: u16) -> Raw {
         let stream = TcpStream::connect(("127.0.0.1", port))
             .await
             .expect("tcp connect to pgfleet");
@@ -36,12 +36,12 @@ impl Raw {
         }
     }
 
-    pub async fn send(&mut self, bytes: &[u8]) {
+    pub(crate) async fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).await.expect("write to pgfleet");
     }
 
     /// The single-byte answer to SSLRequest / GSSENCRequest.
-    pub async fn read_byte(&mut self) -> u8 {
+    pub(crate) async fn read_byte(&mut self) -> u8 {
         assert!(self.buf.is_empty(), "nothing may precede the one-byte answer");
         let mut b = [0u8; 1];
         tokio::time::timeout(IO_TIMEOUT, self.stream.read_exact(&mut b))
@@ -53,7 +53,7 @@ impl Raw {
 
     /// The next message; `Ok(None)` on end of stream (or a reset), `Err(())` when nothing complete arrives
     /// within `wait`.
-    pub async fn frame_within(&mut self, wait: Duration) -> Result<Option<Msg>, ()> {
+    pub(crate) async fn frame_within(&mut self, wait: Duration) -> Result<Option<Msg>, ()> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             if self.buf.len() >= 5 {
@@ -74,7 +74,7 @@ impl Raw {
     }
 
     /// The next message; `None` at end of stream (or a reset). Panics when nothing arrives in [`IO_TIMEOUT`].
-    pub async fn frame(&mut self) -> Option<Msg> {
+    pub(crate) async fn frame(&mut self) -> Option<Msg> {
         self.frame_within(IO_TIMEOUT)
             .await
             .unwrap_or_else(|()| panic!("nothing from pgfleet within {IO_TIMEOUT:?}"))
@@ -82,7 +82,7 @@ impl Raw {
 
     /// Whether the running query is still running after `wait`: no ErrorResponse, ReadyForQuery or end of
     /// stream arrived meanwhile (a RowDescription may).
-    pub async fn still_running(&mut self, wait: Duration) -> bool {
+    pub(crate) async fn still_running(&mut self, wait: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -101,7 +101,7 @@ impl Raw {
     }
 
     /// Every message up to ReadyForQuery, which must arrive within `wait`.
-    pub async fn until_ready(&mut self, wait: Duration) -> Vec<Msg> {
+    pub(crate) async fn until_ready(&mut self, wait: Duration) -> Vec<Msg> {
         let deadline = tokio::time::Instant::now() + wait;
         let mut out = Vec::new();
         loop {
@@ -121,7 +121,12 @@ impl Raw {
 
     /// Runs the startup (SCRAM as libpq does, or md5/trust as the server asks) up to ReadyForQuery and
     /// returns the BackendKeyData; `Err` carries the ErrorResponse body if pgfleet refused.
-    pub async fn login(&mut self, user: &str, password: &str, db: &str) -> Result<(i32, i32), Vec<u8>> {
+    pub(crate) async fn login(
+        &mut self,
+        user: &str,
+        password: &str,
+        db: &str,
+    ) -> Result<(i32, i32), Vec<u8>> {
         self.send(&encode_startup(&[("user", user), ("database", db)]))
             .await;
         let mut scram: Option<ScramSha256> = None;
@@ -184,14 +189,14 @@ impl Raw {
     }
 
     /// [`Raw::login`] as the app user; a refusal fails the test.
-    pub async fn login_app(&mut self) -> (i32, i32) {
+    pub(crate) async fn login_app(&mut self) -> (i32, i32) {
         self.login(APP_USER, PASSWORD, APP_DB)
             .await
             .unwrap_or_else(|body| panic!("login refused: {:?}", error_field(&body, b'M')))
     }
 
     /// The first Authentication request pgfleet makes for `user` (0 ok/trust, 5 md5, 10 SASL).
-    pub async fn first_auth_request(port: u16, user: &str) -> i32 {
+    pub(crate) async fn first_auth_request(port: u16, user: &str) -> i32 {
         let mut raw = Raw::connect(port).await;
         raw.send(&encode_startup(&[("user", user), ("database", APP_DB)]))
             .await;
@@ -209,7 +214,7 @@ impl Raw {
     }
 
     /// Sends a simple Query and collects every message up to ReadyForQuery.
-    pub async fn simple(&mut self, sql: &str) -> Vec<Msg> {
+    pub(crate) async fn simple(&mut self, sql: &str) -> Vec<Msg> {
         self.send(&query(sql)).await;
         let mut out = Vec::new();
         loop {
@@ -226,7 +231,7 @@ impl Raw {
     }
 
     /// Expects a FATAL with `code` and then the end of the connection; returns the message.
-    pub async fn expect_fatal(&mut self, code: &str) -> String {
+    pub(crate) async fn expect_fatal(&mut self, code: &str) -> String {
         let (kind, body) = self
             .frame()
             .await
@@ -254,7 +259,7 @@ impl Raw {
 }
 
 /// The first column of every DataRow in `msgs`, as text.
-pub fn data_rows(msgs: &[Msg]) -> Vec<String> {
+pub(crate) fn data_rows(msgs: &[Msg]) -> Vec<String> {
     msgs.iter()
         .filter(|(k, _)| *k == b'D')
         .map(|(_, body)| {
@@ -265,12 +270,12 @@ pub fn data_rows(msgs: &[Msg]) -> Vec<String> {
 }
 
 /// The SQLSTATE of an ErrorResponse body ("" when it has none).
-pub fn sqlstate(body: &[u8]) -> &str {
+pub(crate) fn sqlstate(body: &[u8]) -> &str {
     error_field(body, b'C').unwrap_or("")
 }
 
 /// Sends a CancelRequest for (`pid`, `secret`) on a connection of its own and checks pgfleet answers nothing.
-pub async fn send_cancel(port: u16, pid: i32, secret: i32) {
+pub(crate) async fn send_cancel(port: u16, pid: i32, secret: i32) {
     let mut s = TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("connect for cancel");

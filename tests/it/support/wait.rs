@@ -9,7 +9,7 @@ use tokio::time::Instant;
 const POLL_EVERY: Duration = Duration::from_millis(50);
 
 /// What a check reports: `true` / `Some(value)` ends the wait.
-pub trait Outcome {
+pub(crate) trait Outcome {
     type Value;
     fn ready(self) -> Option<Self::Value>;
 }
@@ -30,7 +30,10 @@ impl<T> Outcome for Option<T> {
 
 /// Polls `check` every 50 ms until it reports ready (`true` or `Some`), at most for `within`; the check runs
 /// once more at the deadline. `None` when it never did: the caller fails with what it was waiting for.
-pub async fn wait_until<O: Outcome>(within: Duration, mut check: impl AsyncFnMut() -> O) -> Option<O::Value> {
+pub(crate) async fn wait_until<O: Outcome>(
+    within: Duration,
+    mut check: impl AsyncFnMut() -> O,
+) -> Option<O::Value> {
     let deadline = Instant::now() + within;
     loop {
         let last_chance = Instant::now() >= deadline;
