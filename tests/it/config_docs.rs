@@ -3,10 +3,20 @@
 
 use std::collections::BTreeSet;
 
-/// (section, key) for every field of the config structs, read from src/config.rs.
+/// (section, key) for every field of the config structs, read from the files of src/config/.
 fn keys_in_code() -> BTreeSet<(String, String)> {
-    let src =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/config.rs")).expect("config.rs");
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/config");
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .expect("src/config")
+        .map(|entry| entry.expect("src/config entry").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "rs"))
+        .collect();
+    files.sort();
+    let src: String = files
+        .iter()
+        .map(|path| std::fs::read_to_string(path).expect("config source file"))
+        .collect::<Vec<_>>()
+        .join("\n");
     let sections = [
         ("Config", ""),
         ("ListenConfig", "listen"),
@@ -47,7 +57,7 @@ fn keys_in_code() -> BTreeSet<(String, String)> {
     }
     assert!(
         out.len() > 40,
-        "parsed only {} keys from config.rs: {out:?}",
+        "parsed only {} keys from src/config/: {out:?}",
         out.len()
     );
     out

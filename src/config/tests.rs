@@ -1,0 +1,145 @@
+//! Unit tests of the config: parsing with defaults, errors that name the key, values, node TLS, redaction.
+
+use super::*;
+
+const BASE: &str = r#"
+[listen]
+address = "127.0.0.1:6432"
+[[users]]
+name = "app"
+password = "secret"
+[[nodes]]
+name = "primary"
+address = "10.0.0.1:5432"
+role = "primary"
+[[nodes]]
+name = "replica1"
+address = "10.0.0.2:5432"
+role = "replica"
+weight = 1
+[routing]
+load_balance = "random"
+primary_reads = false
+"#;
+
+#[test]
+fn issue_example_parses_with_defaults() {
+    let c = Config::parse(BASE).expect("valid");
+    assert_eq!(c.nodes.len(), 2);
+    assert_eq!(c.pool.max_size, 20);
+    assert_eq!(c.pool.checkout_timeout, Duration::from_secs(5));
+    assert_eq!(c.users[0].auth, AuthMethod::ScramSha256);
+    assert_eq!(c.routing.load_balance, LoadBalance::Random);
+}
+
+fn err_of(text: &str) -> String {
+    Config::parse(text).expect_err("must be refused").to_string()
+}
+
+#[test]
+fn errors_name_the_key() {
+    assert!(err_of(&BASE.replace("10.0.0.2:5432", "nohost")).contains("nodes[1].address"));
+    assert!(err_of(&BASE.replace("role = \"replica\"", "role = \"primary\"")).contains("exactly one"));
+    assert!(err_of(&BASE.replace("\"random\"", "\"fastest\"")).contains("load_balance"));
+    assert!(err_of(&BASE.replace("127.0.0.1:6432", "localhost")).contains("listen.address"));
+    assert!(err_of(&format!("{BASE}\n[pool]\nmax_size = 0\n")).contains("pool.max_size"));
+    assert!(
+        err_of(&format!("{BASE}\n[pool]\nconnect_timeout = \"5 parsecs\"\n")).contains("connect_timeout")
+    );
+    assert!(err_of(&format!("{BASE}\n[pool]\ncheckout_timeout = \"soon\"\n")).contains("checkout_timeout"));
+    assert!(err_of(&BASE.replace("password = \"secret\"", "")).contains("users[0].password"));
+    assert!(err_of(&format!("{BASE}\n[pool]\nbogus = 1\n")).contains("bogus"));
+}
+
+#[test]
+fn client_tls_mode_and_authentication_timeout() {
+    let c = Config::parse(BASE).expect("valid");
+    assert_eq!(c.listen.tls_mode, ClientTlsMode::Allow);
+    assert_eq!(c.listen.authentication_timeout, Duration::from_secs(60));
+    let listen = |lines: &str| BASE.replace("[listen]\n", &format!("[listen]\n{lines}\n"));
+    let c = Config::parse(&listen("authentication_timeout = \"1500ms\"")).expect("valid");
+    assert_eq!(c.listen.authentication_timeout, Duration::from_millis(1500));
+    let e = err_of(&listen("tls_mode = \"require\""));
+    assert!(
+        e.contains("listen.tls_mode") && e.contains("listen.tls_cert"),
+        "{e}"
+    );
+    assert!(err_of(&listen("tls_mode = \"prefer\"")).contains("listen.tls_mode"));
+    assert!(err_of(&listen("authentication_timeout = 0")).contains("listen.authentication_timeout"));
+}
+
+#[test]
+fn lag_limits_and_auto_roles() {
+    let c = Config::parse(&BASE.replace("primary_reads = false", "max_replica_lag = \"16MB\"")).expect("ok");
+    assert_eq!(c.routing.max_replica_lag, Some(LagLimit::Bytes(16 * 1024 * 1024)));
+    let c = Config::parse(&BASE.replace("primary_reads = false", "max_replica_lag = \"2s\"")).expect("ok");
+    assert_eq!(
+        c.routing.max_replica_lag,
+        Some(LagLimit::Time(Duration::from_secs(2)))
+    );
+    assert!(
+        err_of(&BASE.replace("primary_reads = false", "max_replica_lag = \"soon\""))
+            .contains("max_replica_lag")
+    );
+    let autos = BASE
+        .replace("role = \"primary\"", "role = \"auto\"")
+        .replace("role = \"replica\"", "role = \"auto\"");
+    assert!(Config::parse(&autos).is_ok());
+    let mixed = BASE.replace("role = \"replica\"", "role = \"auto\"");
+    assert!(err_of(&mixed).contains("auto"));
+}
+
+#[test]
+fn durations_and_sizes() {
+    assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+    assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+    assert_eq!(parse_size("16MB"), Ok(16 * 1024 * 1024));
+    assert!(parse_size("16XB").is_err());
+}
+
+#[test]
+fn node_tls_settings() {
+    let c = Config::parse(BASE).expect("valid");
+    assert_eq!(c.nodes[0].tls, NodeTlsMode::Prefer, "libpq's default");
+    assert_eq!(c.listen.tls_min_version, TlsVersion::Tls12);
+    let with = |extra: &str| BASE.replace("weight = 1", &format!("weight = 1\n{extra}"));
+    let c = Config::parse(&with("tls = \"disable\"")).expect("disable");
+    assert_eq!(c.nodes[1].tls, NodeTlsMode::Disable);
+    let c = Config::parse(&with("tls = \"require\"")).expect("require without a CA");
+    assert_eq!(c.nodes[1].tls, NodeTlsMode::Require);
+    let err = err_of(&with("tls = \"verify-full\""));
+    assert!(
+        err.contains("`nodes[1].tls_ca`") && err.contains("verify-full"),
+        "{err}"
+    );
+    let err = err_of(&with("tls = \"verify-full\"\ntls_ca = \"/nonexistent/ca.pem\""));
+    assert!(
+        err.contains("`nodes[1].tls_ca`") && err.contains("/nonexistent/ca.pem"),
+        "{err}"
+    );
+    let err = err_of(&with("tls = \"prefer\"\ntls_ca = \"/nonexistent/ca.pem\""));
+    assert!(
+        err.contains("`nodes[1].tls_ca`") && err.contains("only used with"),
+        "{err}"
+    );
+    assert!(err_of(&with("tls = \"verify-ca\"")).contains("tls"));
+    let c = Config::parse(&BASE.replace(
+        "address = \"127.0.0.1:6432\"",
+        "address = \"127.0.0.1:6432\"\ntls_min_version = \"1.3\"",
+    ))
+    .expect("1.3");
+    assert_eq!(c.listen.tls_min_version, TlsVersion::Tls13);
+    assert!(
+        err_of(&BASE.replace(
+            "address = \"127.0.0.1:6432\"",
+            "address = \"127.0.0.1:6432\"\ntls_min_version = \"1.1\"",
+        ))
+        .contains("tls_min_version")
+    );
+}
+
+#[test]
+fn debug_never_shows_passwords() {
+    let c = Config::parse(BASE).expect("valid");
+    assert!(!format!("{c:?}").contains("secret"));
+}
