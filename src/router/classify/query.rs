@@ -1,0 +1,239 @@
+//! Queries offered as reads (SELECT, VALUES, TABLE, WITH and parenthesised queries): the sqlparser
+//! gate, and the token scans for function calls, row locks, data-modifying subqueries and SELECT INTO.
+
+use sqlparser::ast::{SetExpr, Statement};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::parser::Parser;
+
+use super::stmt::Stmt;
+use super::{Pin, Rule, Verdict};
+use crate::router::depth::too_deep_tokens;
+use crate::router::functions::{FunctionRules, is_session_advisory_lock};
+
+/// What sqlparser's AST says about a statement offered as a read.
+enum Parsed {
+    Read,
+    Write(&'static str),
+    Unparsed,
+    /// Not handed to sqlparser at all: see [`crate::router::depth`].
+    TooDeep,
+}
+
+fn parse_query(s: Stmt<'_>) -> Parsed {
+    // sqlparser builds chains of operators as left-deep trees without counting them against its recursion
+    // limit, and dropping a deep enough tree overflows the thread's stack: such a statement is never parsed.
+    if too_deep_tokens(s.src, s.toks) {
+        return Parsed::TooDeep;
+    }
+    let statements = match Parser::parse_sql(&PostgreSqlDialect {}, s.source()) {
+        Ok(statements) if !statements.is_empty() => statements,
+        // sqlparser does not know the `TABLE name` shorthand; it is a plain read.
+        _ if s.kw(0, "TABLE") && s.skip_name(1).is_some_and(|end| end == s.len()) => return Parsed::Read,
+        _ => return Parsed::Unparsed,
+    };
+    let mut parsed = Parsed::Read;
+    for statement in &statements {
+        match statement_kind(statement) {
+            Some(Parsed::Read) => {}
+            Some(write @ Parsed::Write(_)) => parsed = write,
+            Some(Parsed::Unparsed | Parsed::TooDeep) | None => return Parsed::Unparsed,
+        }
+    }
+    parsed
+}
+
+fn statement_kind(statement: &Statement) -> Option<Parsed> {
+    Some(match statement {
+        Statement::Query(q) => body_kind(&q.body),
+        Statement::Insert(_) => Parsed::Write("INSERT"),
+        Statement::Update(_) => Parsed::Write("UPDATE"),
+        Statement::Delete(_) => Parsed::Write("DELETE"),
+        Statement::Merge(_) => Parsed::Write("MERGE"),
+        _ => return None,
+    })
+}
+
+/// The main body of a query: `WITH x AS (...) DELETE ...` is a Query whose body is a DELETE.
+fn body_kind(body: &SetExpr) -> Parsed {
+    match body {
+        SetExpr::Insert(_) => Parsed::Write("INSERT"),
+        SetExpr::Update(_) => Parsed::Write("UPDATE"),
+        SetExpr::Delete(_) => Parsed::Write("DELETE"),
+        SetExpr::Merge(_) => Parsed::Write("MERGE"),
+        SetExpr::Query(q) => body_kind(&q.body),
+        SetExpr::SetOperation { left, right, .. } => match body_kind(left) {
+            Parsed::Read => body_kind(right),
+            other => other,
+        },
+        SetExpr::Select(_) | SetExpr::Values(_) | SetExpr::Table(_) => Parsed::Read,
+    }
+}
+
+/// SELECT / VALUES / TABLE / WITH and parenthesised queries.
+pub(super) fn query(s: Stmt<'_>, funcs: &FunctionRules) -> Verdict {
+    let parsed = parse_query(s);
+    let found_calls = calls(s);
+    let into = select_into(s);
+    let pin = match into {
+        Some(true) => Some(Pin::TempTable),
+        _ => advisory_pin(&found_calls),
+    };
+    // The lexical findings name the reason even when the parser gave up on, say, FOR NO KEY UPDATE.
+    let found = if let Parsed::Write(kind) = parsed {
+        Some(Rule::Write(kind))
+    } else if modifying_subquery(s) {
+        Some(Rule::ModifyingCte)
+    } else if into.is_some() {
+        Some(Rule::SelectInto)
+    } else if row_lock(s) {
+        Some(Rule::ForUpdate)
+    } else {
+        writing_call(&found_calls, funcs).map(Rule::WriteFunction)
+    };
+    match (found, parsed) {
+        (Some(rule), _) => Verdict::primary(rule),
+        (None, Parsed::Unparsed) => Verdict::unparsed(),
+        (None, Parsed::TooDeep) => Verdict::primary(Rule::TooDeep),
+        (None, _) => Verdict::replica(Rule::Read),
+    }
+    .pin(pin)
+}
+
+/// A function call found by the token scan: `name(` or `schema.name(`, names resolved.
+#[derive(Debug)]
+pub(super) struct Call {
+    schema: Option<String>,
+    name: String,
+}
+
+impl Call {
+    fn qualified(&self) -> String {
+        match &self.schema {
+            Some(schema) => format!("{schema}.{}", self.name),
+            None => self.name.clone(),
+        }
+    }
+}
+
+/// Every `name(` / `schema.name(` in the statement that can be a function call. The scan is
+/// deliberately generous: a table alias with a column list that happens to share a write function's
+/// name costs a trip to the primary, while a missed call would send a write to a replica.
+pub(super) fn calls(s: Stmt<'_>) -> Vec<Call> {
+    let mut out = Vec::new();
+    for open in 1..s.len() {
+        let last = open - 1;
+        if !s.punct(open, "(") || !s.is_name(last) {
+            continue;
+        }
+        let mut first = last;
+        while first >= 2 && s.punct(first - 1, ".") && s.is_name(first - 2) {
+            first -= 2;
+        }
+        if (first > 0 && !call_context(s, first - 1, first == last)) || defines_cte_columns(s, open) {
+            continue;
+        }
+        let schema = (first < last).then(|| s.ident(last - 2));
+        out.push(Call {
+            schema,
+            name: s.ident(last),
+        });
+    }
+    out
+}
+
+/// Whether a name preceded by the token at `prev` and followed by `(` is a call rather than a
+/// table, type or alias with a column list.
+fn call_context(s: Stmt<'_>, prev: usize, single_part: bool) -> bool {
+    if s.punct(prev, ".") || s.op(prev, "::") {
+        return false;
+    }
+    // `agg(x) FILTER (...)`, `f(x) OVER (...)`
+    if s.punct(prev, ")") && single_part && (s.kw(prev + 1, "FILTER") || s.kw(prev + 1, "OVER")) {
+        return false;
+    }
+    // `AS alias(a, b)`, `INSERT INTO t(a)`, `WITH x(a) AS`, `REFERENCES t(id)`, `CREATE INDEX ... ON`
+    s.kw_in(
+        prev,
+        &[
+            "AS",
+            "INTO",
+            "TABLE",
+            "ONLY",
+            "WITH",
+            "RECURSIVE",
+            "REFERENCES",
+            "INDEX",
+        ],
+    )
+    .is_none()
+}
+
+/// `, name(a, b) AS (...)`: a CTE's column list, not a call.
+fn defines_cte_columns(s: Stmt<'_>, open: usize) -> bool {
+    s.close_paren(open).is_some_and(|close| {
+        s.kw(close + 1, "AS")
+            && (s.punct(close + 2, "(") || s.kw(close + 2, "MATERIALIZED") || s.kw(close + 2, "NOT"))
+    })
+}
+
+fn writing_call(calls: &[Call], funcs: &FunctionRules) -> Option<String> {
+    calls
+        .iter()
+        .find(|c| funcs.may_write(c.schema.as_deref(), &c.name))
+        .map(Call::qualified)
+}
+
+pub(super) fn advisory_pin(calls: &[Call]) -> Option<Pin> {
+    calls
+        .iter()
+        .any(|c| {
+            matches!(c.schema.as_deref(), None | Some("pg_catalog")) && is_session_advisory_lock(&c.name)
+        })
+        .then_some(Pin::AdvisoryLock)
+}
+
+/// `FOR UPDATE`, `FOR NO KEY UPDATE`, `FOR SHARE`, `FOR KEY SHARE` anywhere in the statement.
+fn row_lock(s: Stmt<'_>) -> bool {
+    (0..s.len()).any(|i| {
+        s.kw(i, "FOR")
+            && (s.kw(i + 1, "UPDATE")
+                || s.kw(i + 1, "SHARE")
+                || (s.kw(i + 1, "NO") && s.kw(i + 2, "KEY") && s.kw(i + 3, "UPDATE"))
+                || (s.kw(i + 1, "KEY") && s.kw(i + 2, "SHARE")))
+    })
+}
+
+/// A parenthesised INSERT/UPDATE/DELETE/MERGE inside a query: only a data-modifying WITH allows one.
+fn modifying_subquery(s: Stmt<'_>) -> bool {
+    (0..s.len()).any(|i| {
+        s.punct(i, "(")
+            && ((s.kw(i + 1, "INSERT") && s.kw(i + 2, "INTO"))
+                || (s.kw(i + 1, "DELETE") && s.kw(i + 2, "FROM"))
+                || (s.kw(i + 1, "MERGE") && s.kw(i + 2, "INTO"))
+                || (s.kw(i + 1, "UPDATE") && s.is_name(i + 2)))
+    })
+}
+
+/// `SELECT ... INTO [TEMP] name` at the top level of the query: `Some(temporary)`.
+fn select_into(s: Stmt<'_>) -> Option<bool> {
+    let mut depth = 0usize;
+    for i in 0..s.len() {
+        if s.punct(i, "(") {
+            depth += 1;
+        } else if s.punct(i, ")") {
+            depth = depth.saturating_sub(1);
+        } else if depth == 0 && s.kw(i, "INTO") && !(i > 0 && (s.kw(i - 1, "INSERT") || s.kw(i - 1, "MERGE")))
+        {
+            let mut j = i + 1;
+            if s.kw(j, "GLOBAL") || s.kw(j, "LOCAL") {
+                j += 1;
+            }
+            let temp = s.kw(j, "TEMP") || s.kw(j, "TEMPORARY");
+            while s.kw_in(j, &["TEMP", "TEMPORARY", "UNLOGGED", "TABLE"]).is_some() {
+                j += 1;
+            }
+            return Some(temp || s.is_pg_temp(j));
+        }
+    }
+    None
+}

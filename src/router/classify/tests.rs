@@ -1,0 +1,383 @@
+//! Unit tests of statement classification, through [`classify`] with a fixed set of function rules.
+
+use super::*;
+
+fn rules() -> FunctionRules {
+    FunctionRules::new(&["my_writer".to_owned()], &["read_only_but_volatile".to_owned()]).with_volatile(
+        ["public.bump_counter", "audit_log"]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect(),
+    )
+}
+
+fn decide(sql: &str) -> Decision {
+    classify(sql, &rules())
+}
+
+#[test]
+fn statements_over_the_limit_go_to_the_primary_unparsed() {
+    let big = "x".repeat(MAX_CLASSIFIED_STATEMENT);
+    let just_under = format!("SELECT '{}'", &big[..MAX_CLASSIFIED_STATEMENT - 9]);
+    assert_eq!(just_under.len(), MAX_CLASSIFIED_STATEMENT);
+    assert_eq!(decide(&just_under).target, Target::Replica);
+    // (text, pin, ddl)
+    let cases: [(String, Option<Pin>, bool); 6] = [
+        (format!("SELECT '{big}'"), None, false),
+        (format!("INSERT INTO t VALUES ('{big}')"), None, false),
+        (
+            format!("/* note */ CREATE TEMP TABLE t AS SELECT '{big}' AS x"),
+            Some(Pin::TempTable),
+            true,
+        ),
+        (
+            format!("create global temporary table t AS SELECT '{big}' AS x"),
+            Some(Pin::TempTable),
+            true,
+        ),
+        (format!("CREATE TABLE t AS SELECT '{big}' AS x"), None, true),
+        (format!("DO $$ BEGIN PERFORM '{big}'; END $$"), None, true),
+    ];
+    for (sql, pin, ddl) in cases {
+        let d = decide(&sql);
+        let head = &sql[..30];
+        assert_eq!((d.target, &d.rule), (Target::Primary, &Rule::TooLarge), "{head}");
+        assert_eq!((d.pin, d.ddl), (pin, ddl), "{head}");
+    }
+    // Only the large statement of a string goes unparsed: the others keep their consequences.
+    let d = decide(&format!(
+        "SET search_path = app; INSERT INTO t VALUES ('{big}'); LISTEN ch"
+    ));
+    assert_eq!(d.target, Target::Primary);
+    assert_eq!(d.changes.len(), 1);
+    assert_eq!(d.pin, Some(Pin::Listen));
+}
+
+#[test]
+fn rules_display_short_reasons() {
+    assert_eq!(Rule::Write("INSERT").to_string(), "INSERT writes");
+    for rule in [
+        Rule::Read,
+        Rule::Hint,
+        Rule::Unparsed,
+        Rule::TooDeep,
+        Rule::Write("INSERT"),
+        Rule::Write("UPDATE"),
+        Rule::Write("DELETE"),
+        Rule::Write("MERGE"),
+        Rule::Write("TRUNCATE"),
+        Rule::Write("COPY FROM"),
+        Rule::Write("OTHER"),
+        Rule::Ddl,
+        Rule::ForUpdate,
+        Rule::SelectInto,
+        Rule::ModifyingCte,
+        Rule::WriteFunction("f".to_owned()),
+        Rule::TransactionBegin,
+        Rule::ReadOnlyTransaction,
+        Rule::TransactionControl("COMMIT"),
+        Rule::Cursor("FETCH"),
+        Rule::SessionState("SET"),
+        Rule::Utility("VACUUM"),
+        Rule::TooLarge,
+    ] {
+        assert_eq!(rule.label(), rule.to_string());
+    }
+    assert_eq!(
+        Rule::WriteFunction("nextval".into()).to_string(),
+        "calls nextval() which may write"
+    );
+    assert_eq!(Rule::Unparsed.to_string(), "does not parse: sent to the primary");
+    assert_eq!(Rule::Read.to_string(), "read");
+}
+
+#[test]
+fn reasons_name_the_cause() {
+    assert_eq!(
+        decide("SELECT nextval('s')").rule,
+        Rule::WriteFunction("nextval".into())
+    );
+    assert_eq!(
+        decide("SELECT public.bump_counter()").rule,
+        Rule::WriteFunction("public.bump_counter".into())
+    );
+    assert_eq!(decide("INSERT INTO t VALUES (1)").rule, Rule::Write("INSERT"));
+    assert_eq!(
+        decide("WITH x AS (SELECT 1) DELETE FROM t").rule,
+        Rule::Write("DELETE")
+    );
+    assert_eq!(
+        decide("WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d").rule,
+        Rule::ModifyingCte
+    );
+    assert_eq!(decide("SELECT * FROM t FOR NO KEY UPDATE").rule, Rule::ForUpdate);
+    assert_eq!(decide("SELECT 1 INTO x").rule, Rule::SelectInto);
+    assert_eq!(decide("CREATE TABLE t (a int)").rule, Rule::Ddl);
+    assert_eq!(decide("VACUUM t").rule, Rule::Utility("VACUUM"));
+    assert_eq!(decide("SELEC 1").rule, Rule::Unparsed);
+    assert_eq!(decide("BEGIN").rule, Rule::TransactionBegin);
+    assert_eq!(
+        decide("BEGIN READ ONLY; SELECT 1").rule,
+        Rule::ReadOnlyTransaction
+    );
+    assert_eq!(decide("/* pgfleet:replica */ DELETE FROM t").rule, Rule::Hint);
+    assert_eq!(decide("").rule, Rule::Read);
+    assert_eq!(decide("SET x = 1; SELECT 1").rule, Rule::Read);
+    assert_eq!(decide("COMMIT").rule, Rule::TransactionControl("COMMIT"));
+    assert_eq!(
+        decide("SELECT 1; INSERT INTO t VALUES (1); DELETE FROM t").rule,
+        Rule::Write("INSERT")
+    );
+}
+
+#[test]
+fn set_changes_are_canonical() {
+    let set = |sql: &str| decide(sql).changes;
+    let named = |name: &str, statement: &str| SessionChange::Set {
+        name: name.into(),
+        statement: statement.into(),
+    };
+    assert_eq!(
+        set("SET search_path TO a, b"),
+        vec![named("search_path", "SET search_path TO a, b")]
+    );
+    assert_eq!(
+        set("set \"TimeZone\" = 'UTC' -- trailing"),
+        vec![named("timezone", "set \"TimeZone\" = 'UTC'")]
+    );
+    assert_eq!(
+        set("SET TIME ZONE 'UTC'"),
+        vec![named("timezone", "SET TIME ZONE 'UTC'")]
+    );
+    assert_eq!(
+        set("SET NAMES 'UTF8'"),
+        vec![named("client_encoding", "SET NAMES 'UTF8'")]
+    );
+    assert_eq!(
+        set("SET SESSION ROLE bob"),
+        vec![named("role", "SET SESSION ROLE bob")]
+    );
+    assert_eq!(
+        set("SET SCHEMA 'app'"),
+        vec![named("search_path", "SET SCHEMA 'app'")]
+    );
+    assert_eq!(
+        set("SET my.Custom = 1"),
+        vec![named("my.custom", "SET my.Custom = 1")]
+    );
+    assert_eq!(
+        set("SET SESSION AUTHORIZATION DEFAULT"),
+        vec![named(
+            "session_authorization",
+            "SET SESSION AUTHORIZATION DEFAULT"
+        )]
+    );
+    assert_eq!(
+        set("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL serializable, READ ONLY"),
+        vec![
+            named(
+                "default_transaction_isolation",
+                "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE"
+            ),
+            named(
+                "default_transaction_read_only",
+                "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY"
+            ),
+        ]
+    );
+    assert!(set("SET LOCAL search_path TO a").is_empty());
+    assert!(set("SET TRANSACTION READ ONLY").is_empty());
+    assert!(set("SET CONSTRAINTS ALL DEFERRED").is_empty());
+    assert_eq!(
+        set("RESET Search_Path"),
+        vec![SessionChange::Reset {
+            name: "search_path".into(),
+            statement: "RESET Search_Path".into()
+        }]
+    );
+    assert_eq!(set("RESET ALL"), vec![SessionChange::ResetAll]);
+    assert_eq!(set("DISCARD ALL"), vec![SessionChange::ResetAll]);
+    assert!(set("SET search_path").is_empty());
+    assert_eq!(decide("SET search_path").target, Target::Primary);
+}
+
+#[test]
+fn hostile_nesting_stays_cheap_and_bounded() {
+    let explains = format!("{}SELECT 1", "EXPLAIN ".repeat(100_000));
+    assert_eq!(decide(&explains).target, Target::Primary);
+    assert_eq!(decide("EXPLAIN EXPLAIN SELECT 1").target, Target::Replica);
+    let copies = format!(
+        "{}SELECT 1{} TO STDOUT",
+        "COPY (".repeat(50_000),
+        ") TO STDOUT".repeat(50_000)
+    );
+    assert_eq!(decide(&copies).target, Target::Primary);
+    let calls = format!("SELECT {}1{}", "abs(".repeat(100_000), ")".repeat(100_000));
+    let started = std::time::Instant::now();
+    let d = decide(&calls);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    // Too deep to hand to sqlparser at all: safe, on the primary.
+    assert_eq!((d.target, d.rule), (Target::Primary, Rule::TooDeep));
+    // Deep enough for sqlparser's own recursion limit, not for the depth bound: refused by the parser.
+    let calls = format!("SELECT {}1{}", "abs(".repeat(100), ")".repeat(100));
+    assert_eq!(decide(&calls).rule, Rule::Unparsed);
+    let writer = format!("SELECT {}nextval('s'){}", "abs(".repeat(20), ")".repeat(20));
+    assert_eq!(decide(&writer).rule, Rule::WriteFunction("nextval".into()));
+}
+
+type MakeStatement = fn(usize) -> String;
+
+/// Statements of each shape that sqlparser turns into a deep tree, built with `n` terms.
+const DEEP_SHAPES: &[(&str, MakeStatement)] = &[
+    ("binary chain", |n| format!("SELECT {}1", "1+".repeat(n))),
+    ("cast chain", |n| format!("SELECT 1{}", "::int".repeat(n))),
+    ("OR chain", |n| {
+        let terms: Vec<String> = (0..n).map(|i| format!("aid = {i}")).collect();
+        format!("SELECT * FROM t WHERE {}", terms.join(" OR "))
+    }),
+    ("AND chain", |n| {
+        format!("SELECT * FROM t WHERE {}true", "a AND ".repeat(n))
+    }),
+    ("nested parentheses", |n| {
+        format!("SELECT {}1{}", "(".repeat(n), ")".repeat(n))
+    }),
+    ("nested subqueries", |n| {
+        format!("SELECT {}1{}", "(SELECT ".repeat(n), ")".repeat(n))
+    }),
+    ("unary minus chain", |n| format!("SELECT {}1", "- ".repeat(n))),
+    ("nested CASE", |n| {
+        format!("SELECT {}1{}", "CASE WHEN true THEN ".repeat(n), " END".repeat(n))
+    }),
+    ("array subscripts", |n| {
+        format!("SELECT a{} FROM t", "[1]".repeat(n))
+    }),
+    ("UNION chain", |n| {
+        format!("SELECT 1{}", " UNION SELECT 1".repeat(n))
+    }),
+    ("IS NULL chain", |n| format!("SELECT 1{}", " IS NULL".repeat(n))),
+    ("JSON operators", |n| {
+        format!("SELECT j{} FROM t", " -> 'k'".repeat(n))
+    }),
+    ("COLLATE chain", |n| {
+        format!("SELECT 'a'{}", " COLLATE \"C\"".repeat(n))
+    }),
+    ("mixed groups and chains", |n| {
+        format!("SELECT {}1", "(1 + 1) * ".repeat(n))
+    }),
+];
+
+#[test]
+fn deep_statements_go_to_the_primary_unparsed() {
+    for (shape, make) in DEEP_SHAPES {
+        // A few terms of each shape are an ordinary read.
+        let shallow = decide(&make(10));
+        assert_eq!(
+            (shallow.target, &shallow.rule),
+            (Target::Replica, &Rule::Read),
+            "{shape}"
+        );
+        for terms in [50_000, 200_000] {
+            let text = make(terms);
+            let deep = decide(&text);
+            // Past 1 MiB the size limit answers first, before any token is kept.
+            let rule = if text.len() > MAX_CLASSIFIED_STATEMENT {
+                Rule::TooLarge
+            } else {
+                Rule::TooDeep
+            };
+            assert_eq!(
+                (deep.target, &deep.rule),
+                (Target::Primary, &rule),
+                "{shape} of {terms} terms"
+            );
+        }
+    }
+}
+
+#[test]
+fn deep_statements_keep_their_lexical_findings() {
+    let chain = "1+".repeat(100_000);
+    // A write is never offered to a replica, parsed or not.
+    for (sql, target, rule) in [
+        (
+            format!("INSERT INTO t VALUES ({chain}1)"),
+            Target::Primary,
+            Rule::Write("INSERT"),
+        ),
+        // Only the parse would name the DELETE; unparsed, it goes to the primary all the same.
+        (
+            format!("WITH x AS (SELECT 1) DELETE FROM t WHERE a = {chain}1"),
+            Target::Primary,
+            Rule::TooDeep,
+        ),
+        (
+            format!("SELECT nextval('s') + {chain}1"),
+            Target::Primary,
+            Rule::WriteFunction("nextval".into()),
+        ),
+        (
+            format!("SELECT * FROM t WHERE a = {chain}1 FOR UPDATE"),
+            Target::Primary,
+            Rule::ForUpdate,
+        ),
+        (
+            format!("SELECT 1; SELECT {chain}1"),
+            Target::Primary,
+            Rule::TooDeep,
+        ),
+        (format!("EXPLAIN SELECT {chain}1"), Target::Primary, Rule::TooDeep),
+        (
+            format!("/* pgfleet:replica */ SELECT {chain}1"),
+            Target::Replica,
+            Rule::Hint,
+        ),
+    ] {
+        let d = decide(&sql);
+        assert_eq!((d.target, &d.rule), (target, &rule), "{}", &sql[..40]);
+    }
+    let locked = decide(&format!("SELECT pg_advisory_lock(1) + {chain}1"));
+    assert_eq!(
+        (locked.rule, locked.pin),
+        (
+            Rule::WriteFunction("pg_advisory_lock".into()),
+            Some(Pin::AdvisoryLock)
+        )
+    );
+}
+
+#[test]
+fn read_only_begin_variants() {
+    for sql in [
+        "BEGIN READ ONLY",
+        "begin transaction read only",
+        "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY DEFERRABLE",
+        "START TRANSACTION READ ONLY, ISOLATION LEVEL REPEATABLE READ",
+        "BEGIN; SET TRANSACTION READ ONLY",
+        "BEGIN; SET TRANSACTION ISOLATION LEVEL SERIALIZABLE; SET TRANSACTION READ ONLY; SELECT 1",
+    ] {
+        let d = decide(sql);
+        assert_eq!(
+            (d.target, d.tx_start),
+            (Target::Replica, Some(TxStart::ReadOnly)),
+            "{sql}"
+        );
+    }
+    for sql in [
+        "BEGIN",
+        "START TRANSACTION",
+        "BEGIN READ ONLY, READ WRITE",
+        "BEGIN; SELECT 1; SET TRANSACTION READ ONLY",
+    ] {
+        let d = decide(sql);
+        assert_eq!(
+            (d.target, d.tx_start),
+            (Target::Primary, Some(TxStart::ReadWrite)),
+            "{sql}"
+        );
+    }
+    assert_eq!(decide("BEGIN READ BANANA").tx_start, None);
+}
