@@ -161,8 +161,10 @@ fn auth_code(stall: Stall, (kind, body): &(u8, Vec<u8>)) -> i32 {
 
 /// Connects and drives the login up to `stall`, checking that pgfleet asked what that stage expects.
 async fn stall_at(port: u16, stall: Stall, user: &str) -> Stalled {
-    let mut socket = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    // Taken before the connect: pgfleet's clock starts at its accept, which cannot come earlier, while this
+    // task may be woken some time after the connect completed.
     let connected = Instant::now();
+    let mut socket = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
     if !matches!(stall, Stall::Silent) {
         let startup = encode_startup(&[("user", user), ("database", APP_DB)]);
         socket.write_all(&startup).await.expect("send startup");
