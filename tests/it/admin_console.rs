@@ -2,14 +2,12 @@
 //! front of a real primary and two streaming replicas: known traffic goes through the proxy as the app
 //! user, then the console's SHOW commands and `/metrics` must account for it.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::support::cluster::{APP_DB, APP_USER, PASSWORD, cluster_async};
-use crate::support::proxy::{Proxy, connect, free_port, try_connect};
+use crate::support::proxy::{Proxy, Row, connect, free_port, show, text, try_connect};
 use crate::support::wait_until;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_postgres::{Client, SimpleQueryMessage};
 
 const ADMIN_USER: &str = "admin";
 const ADMIN_PASSWORD: &str = "adminpw";
@@ -23,45 +21,13 @@ fn admin_toml(metrics_port: u16) -> String {
     )
 }
 
-/// The rows of a console command as column-name → value maps (NULL is None).
-async fn show(c: &Client, command: &str) -> Vec<HashMap<String, Option<String>>> {
-    let messages = c
-        .simple_query(command)
-        .await
-        .unwrap_or_else(|e| panic!("{command}: {e}"));
-    let mut rows = Vec::new();
-    for m in messages {
-        if let SimpleQueryMessage::Row(r) = m {
-            let row = r
-                .columns()
-                .iter()
-                .enumerate()
-                .map(|(i, col)| (col.name().to_owned(), r.get(i).map(str::to_owned)))
-                .collect();
-            rows.push(row);
-        }
-    }
-    rows
-}
-
-fn text<'a>(row: &'a HashMap<String, Option<String>>, column: &str) -> &'a str {
-    match row.get(column) {
-        Some(Some(v)) => v,
-        Some(None) => panic!("column {column} is NULL in {row:?}"),
-        None => panic!("no column {column} in {row:?}"),
-    }
-}
-
-fn number(row: &HashMap<String, Option<String>>, column: &str) -> u64 {
+fn number(row: &Row, column: &str) -> u64 {
     let v = text(row, column);
     v.parse()
         .unwrap_or_else(|_| panic!("column {column} = {v:?} is not a number"))
 }
 
-fn node_row<'a>(
-    nodes: &'a [HashMap<String, Option<String>>],
-    name: &str,
-) -> &'a HashMap<String, Option<String>> {
+fn node_row<'a>(nodes: &'a [Row], name: &str) -> &'a Row {
     nodes
         .iter()
         .find(|r| text(r, "name") == name)

@@ -217,8 +217,8 @@ fn open_file_limits(pid: u32) -> (String, String) {
     (soft, hard)
 }
 
-#[test]
-fn serving_raises_the_soft_open_file_limit_to_the_hard_one() {
+#[tokio::test]
+async fn serving_raises_the_soft_open_file_limit_to_the_hard_one() {
     let dir = tempfile::tempdir().expect("temp dir");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -244,14 +244,13 @@ fn serving_raises_the_soft_open_file_limit_to_the_hard_one() {
         .stderr(log_file)
         .spawn()
         .expect("start pgfleet");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let text = loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains("pgfleet listening") || std::time::Instant::now() > deadline {
-            break text;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+    let listening = crate::support::wait_until(std::time::Duration::from_secs(10), async || {
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|text| text.contains("pgfleet listening"))
+    })
+    .await;
+    let text = listening.unwrap_or_else(|| std::fs::read_to_string(&log).unwrap_or_default());
     let (soft, hard) = open_file_limits(child.id());
     let _ = child.kill();
     let _ = child.wait();

@@ -6,17 +6,15 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::support::cluster::{APP_DB, APP_USER, PASSWORD, cluster_with_async, options};
-use crate::support::proxy::{Proxy, connect, free_port};
+use crate::support::proxy::{Proxy, Row, connect, free_port, show, text};
 use pgfleet::replication::setup::slot_name;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_postgres::{Client, SimpleQueryMessage};
+use tokio_postgres::Client;
 
 const ADMIN_USER: &str = "admin";
 const ADMIN_PASSWORD: &str = "adminpw";
 /// Rows in the table that exists before pgfleet starts, so the initial copy has something to count.
 const SEEDED: u64 = 1000;
-
-type Row = HashMap<String, Option<String>>;
 
 /// Forward mode, an admin user, a fast health check (the slot monitor checks every ten health intervals,
 /// at least every second), metrics on `metrics_port` if given, and `extra` appended to `[replication]`.
@@ -50,35 +48,6 @@ async fn forward_cluster() -> localcluster::LocalCluster {
         )
         .expect("seed");
     cluster
-}
-
-/// The rows of a console command as column-name → value maps (NULL is None).
-async fn show(c: &Client, command: &str) -> Vec<Row> {
-    let messages = c
-        .simple_query(command)
-        .await
-        .unwrap_or_else(|e| panic!("{command}: {e}"));
-    messages
-        .into_iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some(
-                r.columns()
-                    .iter()
-                    .enumerate()
-                    .map(|(i, col)| (col.name().to_owned(), r.get(i).map(str::to_owned)))
-                    .collect(),
-            ),
-            _ => None,
-        })
-        .collect()
-}
-
-fn text<'a>(row: &'a Row, column: &str) -> &'a str {
-    match row.get(column) {
-        Some(Some(v)) => v,
-        Some(None) => panic!("column {column} is NULL in {row:?}"),
-        None => panic!("no column {column} in {row:?}"),
-    }
 }
 
 fn number(row: &Row, column: &str) -> u64 {

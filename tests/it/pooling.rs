@@ -5,11 +5,10 @@
 //! clients go on, a read skips a full replica's pool, a waiting client gets the connection once it is
 //! released, and pools for databases that do not exist are not kept.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::support::cluster::{APP_DB, APP_USER, NodeHandle, PASSWORD, cluster_async};
-use crate::support::proxy::{Proxy, connect, try_connect};
+use crate::support::proxy::{Proxy, Row, connect, show, text, try_connect};
 use crate::support::{one, wait_until};
 use tokio_postgres::SimpleQueryMessage;
 
@@ -46,7 +45,7 @@ async fn leave(c: tokio_postgres::Client, proxy: &Proxy) {
         show(&admin, "SHOW CLIENTS")
             .await
             .iter()
-            .filter(|r| cell(r, "user") == APP_USER)
+            .filter(|r| text(r, "user") == APP_USER)
             .count()
     };
     let before = app_sessions().await;
@@ -240,21 +239,17 @@ async fn open_transactions_are_rolled_back_when_the_client_leaves() {
         } else {
             drop(a);
         }
-        let left_at = Instant::now();
         // The lock is released within 2 s: a direct connection can take it with NOWAIT.
-        let mut freed = false;
-        while left_at.elapsed() < Duration::from_secs(2) {
+        let freed = crate::support::wait_until(Duration::from_secs(2), async || {
             admin.batch_execute("BEGIN").await.expect("begin");
             let r = admin
                 .simple_query("SELECT v FROM locks_t WHERE id = 100 FOR UPDATE NOWAIT")
                 .await;
             admin.batch_execute("ROLLBACK").await.expect("rollback");
-            if r.is_ok() {
-                freed = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            r.is_ok()
+        })
+        .await
+        .is_some();
         assert!(
             freed,
             "round {round} (abrupt: {abrupt}): the row lock outlived the client by 2 s"
@@ -412,38 +407,8 @@ const ADMIN_PASSWORD: &str = "adminpw";
 /// A `[[users]]` entry for the admin console; the console never logs in to a node.
 const ADMIN_TOML: &str = "[[users]]\nname = \"admin\"\npassword = \"adminpw\"\nadmin = true\n";
 
-type Row = HashMap<String, Option<String>>;
-
-/// The rows of an admin console command as column-name → value maps.
-async fn show(admin: &tokio_postgres::Client, command: &str) -> Vec<Row> {
-    let messages = admin
-        .simple_query(command)
-        .await
-        .unwrap_or_else(|e| panic!("{command}: {e}"));
-    messages
-        .into_iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some(
-                r.columns()
-                    .iter()
-                    .enumerate()
-                    .map(|(i, col)| (col.name().to_owned(), r.get(i).map(str::to_owned)))
-                    .collect(),
-            ),
-            _ => None,
-        })
-        .collect()
-}
-
-fn cell<'a>(row: &'a Row, column: &str) -> &'a str {
-    match row.get(column) {
-        Some(Some(v)) => v,
-        other => panic!("column {column} is {other:?} in {row:?}"),
-    }
-}
-
 fn count(row: &Row, column: &str) -> usize {
-    cell(row, column)
+    text(row, column)
         .parse()
         .unwrap_or_else(|_| panic!("column {column} is not a number in {row:?}"))
 }
@@ -453,7 +418,7 @@ async fn pool_row(admin: &tokio_postgres::Client, node: &str) -> Row {
     let pools = show(admin, "SHOW POOLS").await;
     pools
         .iter()
-        .find(|r| cell(r, "node") == node && cell(r, "database") == APP_DB && cell(r, "user") == APP_USER)
+        .find(|r| text(r, "node") == node && text(r, "database") == APP_DB && text(r, "user") == APP_USER)
         .cloned()
         .unwrap_or_else(|| panic!("no pool for node {node}: {pools:?}"))
 }
@@ -563,10 +528,10 @@ async fn a_full_session_pool_refuses_logins_with_53300_and_connected_clients_kee
     let nodes = show(&admin, "SHOW NODES").await;
     let primary = nodes
         .iter()
-        .find(|r| cell(r, "name") == cluster.primary.name)
+        .find(|r| text(r, "name") == cluster.primary.name)
         .unwrap_or_else(|| panic!("no primary in {nodes:?}"));
-    assert_eq!(cell(primary, "state"), "up", "{primary:?}");
-    assert_eq!(cell(primary, "errors"), "0", "{primary:?}");
+    assert_eq!(text(primary, "state"), "up", "{primary:?}");
+    assert_eq!(text(primary, "errors"), "0", "{primary:?}");
     let pool = pool_row(&admin, &cluster.primary.name).await;
     assert_eq!(
         (count(&pool, "size"), count(&pool, "max_size")),
@@ -712,7 +677,7 @@ async fn pools_for_databases_that_do_not_exist_are_not_kept() {
     let pools = show(&admin, "SHOW POOLS").await;
     let kept: Vec<&Row> = pools
         .iter()
-        .filter(|r| cell(r, "database").starts_with("nodb_"))
+        .filter(|r| text(r, "database").starts_with("nodb_"))
         .collect();
     assert!(
         kept.is_empty(),
@@ -721,7 +686,7 @@ async fn pools_for_databases_that_do_not_exist_are_not_kept() {
     );
     assert!(pools.len() <= 3, "{pools:?}");
     let nodes = show(&admin, "SHOW NODES").await;
-    assert!(nodes.iter().all(|r| cell(r, "state") == "up"), "{nodes:?}");
+    assert!(nodes.iter().all(|r| text(r, "state") == "up"), "{nodes:?}");
 
     // The real database still works, and its pools are listed.
     let c = connect(&proxy.dsn(APP_USER, PASSWORD, APP_DB)).await;
@@ -744,7 +709,7 @@ async fn idle_pools_are_evicted_once_no_session_holds_them() {
     for _ in 0..2 {
         one(&c, "SELECT 1").await;
     }
-    let app_pools = |pools: &[Row]| pools.iter().filter(|r| cell(r, "database") == APP_DB).count();
+    let app_pools = |pools: &[Row]| pools.iter().filter(|r| text(r, "database") == APP_DB).count();
     let used = app_pools(&show(&admin, "SHOW POOLS").await);
     assert!(used >= 2, "the primary's and a replica's pool");
 

@@ -342,6 +342,40 @@ pub(crate) async fn try_connect(dsn: &str) -> Result<tokio_postgres::Client, tok
     Ok(client)
 }
 
+/// A row of a simple query's answer as column name → value (NULL is None): how the tests read the admin
+/// console's SHOW commands.
+pub(crate) type Row = std::collections::HashMap<String, Option<String>>;
+
+/// The rows of a simple query (an admin console command) as [`Row`]s.
+pub(crate) async fn show(c: &tokio_postgres::Client, command: &str) -> Vec<Row> {
+    let messages = c
+        .simple_query(command)
+        .await
+        .unwrap_or_else(|e| panic!("{command}: {e}"));
+    messages
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => Some(
+                r.columns()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, col)| (col.name().to_owned(), r.get(i).map(str::to_owned)))
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A column of a [`Row`] that must be present and not NULL.
+pub(crate) fn text<'a>(row: &'a Row, column: &str) -> &'a str {
+    match row.get(column) {
+        Some(Some(v)) => v,
+        Some(None) => panic!("column {column} is NULL in {row:?}"),
+        None => panic!("no column {column} in {row:?}"),
+    }
+}
+
 /// First value of the first row of a simple query (simple protocol: no prepared statement of its own).
 pub(crate) async fn one(c: &tokio_postgres::Client, sql: &str) -> String {
     let rows = c.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
