@@ -253,6 +253,7 @@ impl Pools {
         Ok(PooledConn {
             obj: Some(obj),
             counter,
+            holder: None,
         })
     }
 
@@ -320,6 +321,9 @@ impl Pools {
 pub struct PooledConn {
     obj: Option<Object<ConnManager>>,
     counter: Arc<AtomicUsize>,
+    /// Who holds the connection (the session registry's record of it): dropped with the checkout, however
+    /// the connection leaves its holder (released, handed back, closed).
+    holder: Option<Box<dyn Send + Sync>>,
 }
 
 impl std::ops::Deref for PooledConn {
@@ -340,6 +344,11 @@ impl std::ops::DerefMut for PooledConn {
 }
 
 impl PooledConn {
+    /// Attaches a record of who holds the connection, dropped when the checkout ends.
+    pub fn set_holder(&mut self, holder: Box<dyn Send + Sync>) {
+        self.holder = Some(holder);
+    }
+
     /// Returns the connection to its pool after undoing the session's traces: an open transaction is rolled
     /// back, changed settings and prepared statements are reset; a connection holding state that cannot be
     /// reset (temp tables, LISTEN, session advisory locks) or in doubt is closed instead.

@@ -1,48 +1,208 @@
-//! Cancel keys: each client session gets its own (pid, secret); a CancelRequest carrying it is passed on to
-//! whichever node connection is running that session's request at the moment.
+//! The session registry: who the live client sessions are, by the pid pgfleet gave each of them.
+//!
+//! Each client session gets its own (pid, secret) in BackendKeyData; a CancelRequest carrying it is passed
+//! on to whichever node connection is running that session's request at the moment. The registry also
+//! knows which node connections each session holds, so that a node backend's pid can be traced back to
+//! the client session it serves: a NotificationResponse from a node carries the notifying client's pid
+//! (`rewrite_notifications`), and `pg_cancel_backend` / `pg_terminate_backend` find their target session
+//! by either pid (`resolve`). A session asked to end by `pg_terminate_backend` learns it through its
+//! [`CancelKey::terminated`] signal.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use rand::Rng;
+use tokio::sync::watch;
+
+use crate::backend::PooledConn;
 
 /// Where a session's current request runs: (node index, backend pid, backend secret). The index rather
 /// than the address: a cancel reaches the node the way its settings say (TLS included), and recording it
 /// happens twice per request and must not allocate.
-pub(crate) type ActiveBackend = Arc<Mutex<Option<(usize, i32, i32)>>>;
+pub(crate) type ActiveBackend = (usize, i32, i32);
 
-/// All live sessions' cancel keys.
+/// Issued pids start above the largest process id an operating system hands out (Linux's `pid_max`
+/// cannot exceed 2^22), so that a pid pgfleet issued is never also a node backend's pid.
+const FIRST_ISSUED_PID: i32 = (1 << 22) + 1;
+
+/// One live client session as other sessions and cancel requests see it.
+pub struct SessionHandle {
+    /// The pid sent to the client in BackendKeyData.
+    pub pid: i32,
+    secret: i32,
+    /// The role the session logged in as (the role of its node connections).
+    pub user: String,
+    active: Mutex<Option<ActiveBackend>>,
+    terminate: watch::Sender<bool>,
+}
+
+impl SessionHandle {
+    /// The node connection running the session's request, if one is running.
+    pub fn active(&self) -> Option<ActiveBackend> {
+        *self.active.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Asks the session to end (as `pg_terminate_backend` does).
+    pub fn terminate(&self) {
+        self.terminate.send_replace(true);
+    }
+
+    /// Resolves once the session has ended and given back its node connections.
+    pub async fn ended(&self) {
+        self.terminate.closed().await;
+    }
+}
+
+/// What a pid names, as far as pgfleet's sessions go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Named {
+    /// The client session with this issued pid.
+    Session(i32),
+    /// Several client sessions could be meant: pgfleet acts on none of them.
+    Ambiguous,
+    /// No client session: the pid is for the primary to judge.
+    Unknown,
+}
+
+/// Which client session a pid names, from what it matches: the session that was issued that pid, the
+/// session holding the primary connection with that backend pid, and the sessions holding replica
+/// connections with it. The primary's connections come first, as `pg_backend_pid()` runs there; a pid
+/// that two sessions could claim names none.
+pub(crate) fn named_session(issued: Option<i32>, on_primary: Option<i32>, on_replicas: &[i32]) -> Named {
+    let backend = match on_primary {
+        Some(s) => Some(s),
+        None => match on_replicas.split_first() {
+            None => None,
+            Some((first, rest)) if rest.iter().all(|s| s == first) => Some(*first),
+            Some(_) => return Named::Ambiguous,
+        },
+    };
+    match (issued, backend) {
+        (Some(a), Some(b)) if a != b => Named::Ambiguous,
+        (Some(s), _) | (None, Some(s)) => Named::Session(s),
+        (None, None) => Named::Unknown,
+    }
+}
+
+/// All live sessions, and the node connections they hold.
 #[derive(Default)]
 pub struct CancelRegistry {
-    sessions: Mutex<HashMap<(i32, i32), ActiveBackend>>,
+    sessions: Mutex<HashMap<i32, Arc<SessionHandle>>>,
+    /// (node index, backend pid) of a checked-out connection -> the issued pid of the session holding it.
+    held: Mutex<HashMap<(usize, i32), i32>>,
 }
 
 impl CancelRegistry {
-    /// Allocates a fresh key for a new session.
-    pub fn register(self: &Arc<Self>) -> CancelKey {
-        let active: ActiveBackend = Arc::default();
+    /// Allocates a fresh key for a new session of `user`.
+    pub fn register(self: &Arc<Self>, user: &str) -> CancelKey {
         let mut map = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
         let mut rng = rand::rng();
-        let key = loop {
-            let k = (rng.random_range(1..i32::MAX), rng.random::<i32>());
-            if !map.contains_key(&k) {
-                break k;
+        let pid = loop {
+            let pid = rng.random_range(FIRST_ISSUED_PID..i32::MAX);
+            if !map.contains_key(&pid) {
+                break pid;
             }
         };
-        map.insert(key, active.clone());
+        let (terminate, watch) = watch::channel(false);
+        let handle = Arc::new(SessionHandle {
+            pid,
+            secret: rng.random::<i32>(),
+            user: user.to_owned(),
+            active: Mutex::new(None),
+            terminate,
+        });
+        map.insert(pid, handle.clone());
         CancelKey {
             registry: self.clone(),
-            pid: key.0,
-            secret: key.1,
-            active,
+            pid,
+            secret: handle.secret,
+            handle,
+            watch: Some(watch),
         }
     }
 
     /// The node connection to cancel for a client's key, if the key is known and a request is running.
-    pub fn lookup(&self, pid: i32, secret: i32) -> Option<(usize, i32, i32)> {
+    pub fn lookup(&self, pid: i32, secret: i32) -> Option<ActiveBackend> {
         let map = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        let active = map.get(&(pid, secret))?;
-        *active.lock().unwrap_or_else(|p| p.into_inner())
+        let handle = map.get(&pid).filter(|h| h.secret == secret)?;
+        handle.active()
+    }
+
+    /// The live session with this issued pid.
+    pub fn session(&self, pid: i32) -> Option<Arc<SessionHandle>> {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&pid)
+            .cloned()
+    }
+
+    /// The issued pid of the session holding the connection with `backend_pid` on node `node`.
+    pub fn holder_of(&self, node: usize, backend_pid: i32) -> Option<i32> {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(node, backend_pid))
+            .copied()
+    }
+
+    /// The session a pid names: an issued pid, or the backend pid of a node connection a session holds
+    /// (see [`named_session`]); `nodes` is the number of node slots, `primary` the primary's index.
+    pub fn resolve(&self, pid: i32, primary: Option<usize>, nodes: usize) -> Option<Arc<SessionHandle>> {
+        let issued = self.session(pid).map(|h| h.pid);
+        let (on_primary, on_replicas) = {
+            let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+            let on_primary = primary.and_then(|p| held.get(&(p, pid)).copied());
+            let on_replicas: Vec<i32> = (0..nodes)
+                .filter(|n| Some(*n) != primary)
+                .filter_map(|n| held.get(&(n, pid)).copied())
+                .collect();
+            (on_primary, on_replicas)
+        };
+        match named_session(issued, on_primary, &on_replicas) {
+            Named::Session(s) => self.session(s),
+            Named::Ambiguous => {
+                tracing::info!(
+                    pid,
+                    "pid matches more than one client session: left to the primary"
+                );
+                None
+            }
+            Named::Unknown => None,
+        }
+    }
+
+    /// `block` (whole backend frames from node `node`) with the pid of every NotificationResponse that
+    /// came from a connection a client session holds replaced by that client's issued pid.
+    pub fn rewrite_notifications(&self, node: usize, block: Bytes) -> Bytes {
+        let mut out: Option<Vec<u8>> = None;
+        for_each_notification(&block, |at, backend_pid| {
+            if let Some(pid) = self.holder_of(node, backend_pid).filter(|p| *p != backend_pid) {
+                let bytes = out.get_or_insert_with(|| block.to_vec());
+                bytes[at..at + 4].copy_from_slice(&pid.to_be_bytes());
+            }
+        });
+        match out {
+            Some(bytes) => Bytes::from(bytes),
+            None => block,
+        }
+    }
+}
+
+/// Calls `f(offset, pid)` for each NotificationResponse in a block of whole frames, with the offset of its
+/// pid field.
+pub(crate) fn for_each_notification(block: &[u8], mut f: impl FnMut(usize, i32)) {
+    let mut at = 0;
+    while let Some(header) = block.get(at..at + 5) {
+        let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+        let Ok(len) = usize::try_from(len) else { return };
+        if header[0] == b'A'
+            && let Some(pid) = block.get(at + 5..at + 9)
+        {
+            f(at + 5, i32::from_be_bytes([pid[0], pid[1], pid[2], pid[3]]));
+        }
+        at += 1 + len.max(4);
     }
 }
 
@@ -53,13 +213,70 @@ pub struct CancelKey {
     pub pid: i32,
     /// The secret sent to the client.
     pub secret: i32,
-    active: ActiveBackend,
+    handle: Arc<SessionHandle>,
+    /// Turns true when another session terminates this one; lent out while a request runs.
+    watch: Option<watch::Receiver<bool>>,
 }
 
 impl CancelKey {
     /// Records which node connection runs the session's current request (None when idle).
-    pub fn set_active(&self, backend: Option<(usize, i32, i32)>) {
-        *self.active.lock().unwrap_or_else(|p| p.into_inner()) = backend;
+    pub fn set_active(&self, backend: Option<ActiveBackend>) {
+        *self.handle.active.lock().unwrap_or_else(|p| p.into_inner()) = backend;
+    }
+
+    /// The node connection running the session's request, if one is running.
+    pub fn active(&self) -> Option<ActiveBackend> {
+        self.handle.active()
+    }
+
+    /// Records that this session holds `conn`, until the checkout ends.
+    pub fn hold(&self, mut conn: PooledConn) -> PooledConn {
+        let node = conn.target.index;
+        let backend_pid = conn.pid;
+        self.registry
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((node, backend_pid), self.pid);
+        conn.set_holder(Box::new(Held {
+            registry: self.registry.clone(),
+            node,
+            backend_pid,
+            pid: self.pid,
+        }));
+        conn
+    }
+
+    /// Resolves when another session has terminated this one; never while the signal is lent out.
+    pub async fn terminated(&mut self) {
+        match self.watch.as_mut() {
+            Some(watch) => until_terminated(watch).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Whether another session has terminated this one.
+    pub fn is_terminated(&self) -> bool {
+        *self.handle.terminate.borrow()
+    }
+
+    /// Lends out the termination signal, to watch it while the session's own state is busy.
+    pub fn lend_watch(&mut self) -> Option<watch::Receiver<bool>> {
+        self.watch.take()
+    }
+
+    /// Takes back what [`CancelKey::lend_watch`] lent.
+    pub fn return_watch(&mut self, watch: Option<watch::Receiver<bool>>) {
+        if watch.is_some() {
+            self.watch = watch;
+        }
+    }
+}
+
+/// Resolves once the signal turns true; never if its sender is gone (the session is ending anyway).
+pub(crate) async fn until_terminated(watch: &mut watch::Receiver<bool>) {
+    if watch.wait_for(|t| *t).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 
@@ -69,6 +286,111 @@ impl Drop for CancelKey {
             .sessions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&(self.pid, self.secret));
+            .remove(&self.pid);
+    }
+}
+
+/// The registry's record that a session holds one node connection; forgotten with the checkout.
+struct Held {
+    registry: Arc<CancelRegistry>,
+    node: usize,
+    backend_pid: i32,
+    pid: i32,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut held = self.registry.held.lock().unwrap_or_else(|p| p.into_inner());
+        // Only this checkout's record: the connection may already be held again by another session.
+        if held.get(&(self.node, self.backend_pid)) == Some(&self.pid) {
+            held.remove(&(self.node, self.backend_pid));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn which_session_a_pid_names() {
+        use Named::*;
+        let table: &[(Option<i32>, Option<i32>, &[i32], Named)] = &[
+            // An issued pid.
+            (Some(7), None, &[], Session(7)),
+            // A backend pid of the primary, of one replica, of two replicas held by one session.
+            (None, Some(8), &[], Session(8)),
+            (None, None, &[9], Session(9)),
+            (None, None, &[9, 9], Session(9)),
+            // The primary wins over replicas, as pg_backend_pid() runs there.
+            (None, Some(8), &[9], Session(8)),
+            // Replica connections of two sessions: neither.
+            (None, None, &[9, 10], Ambiguous),
+            // An issued pid that is also some other session's backend pid: neither.
+            (Some(7), Some(8), &[], Ambiguous),
+            (Some(7), None, &[9], Ambiguous),
+            (Some(7), Some(7), &[7], Session(7)),
+            (None, None, &[], Unknown),
+        ];
+        for (issued, primary, replicas, want) in table {
+            assert_eq!(
+                named_session(*issued, *primary, replicas),
+                *want,
+                "{issued:?} {primary:?} {replicas:?}"
+            );
+        }
+    }
+
+    fn frame(kind: u8, body: &[u8]) -> Vec<u8> {
+        crate::protocol::frame::build(kind, body).to_vec()
+    }
+
+    fn notification(pid: i32) -> Vec<u8> {
+        let mut body = pid.to_be_bytes().to_vec();
+        body.extend_from_slice(b"ch\0payload\0");
+        frame(b'A', &body)
+    }
+
+    #[test]
+    fn notifications_carry_the_client_pid() {
+        let registry = Arc::new(CancelRegistry::default());
+        let key = registry.register("app");
+        registry.held.lock().unwrap().insert((1, 4242), key.pid);
+        let mut block = frame(b'C', b"NOTIFY\0");
+        block.extend(notification(4242));
+        block.extend(notification(5000));
+        block.extend(frame(b'Z', b"I"));
+        let out = registry.rewrite_notifications(1, Bytes::from(block.clone()));
+        let mut pids = Vec::new();
+        for_each_notification(&out, |_, pid| pids.push(pid));
+        assert_eq!(
+            pids,
+            vec![key.pid, 5000],
+            "held connection mapped, unknown one kept"
+        );
+        assert_eq!(out.len(), block.len());
+        // Another node's connection with the same backend pid is someone else's.
+        let other = registry.rewrite_notifications(0, Bytes::from(block.clone()));
+        assert_eq!(&other[..], &block[..]);
+    }
+
+    #[test]
+    fn issued_pids_are_above_os_pids_and_keys_unregister() {
+        let registry = Arc::new(CancelRegistry::default());
+        let a = registry.register("app");
+        let b = registry.register("other");
+        assert!(a.pid >= FIRST_ISSUED_PID && b.pid >= FIRST_ISSUED_PID);
+        assert_ne!(a.pid, b.pid);
+        assert_eq!(
+            registry.session(b.pid).map(|h| h.user.clone()),
+            Some("other".into())
+        );
+        assert_eq!(registry.lookup(a.pid, a.secret), None, "idle: nothing to cancel");
+        a.set_active(Some((0, 11, 12)));
+        assert_eq!(registry.lookup(a.pid, a.secret), Some((0, 11, 12)));
+        assert_eq!(registry.lookup(a.pid, a.secret.wrapping_add(1)), None);
+        let pid = a.pid;
+        drop(a);
+        assert!(registry.session(pid).is_none());
     }
 }

@@ -64,6 +64,8 @@ pub(crate) struct Flow {
     /// so that a node dying in mid-reply (an immediate shutdown sends a FATAL, then resets) costs the client
     /// nothing. A reply that arrives in one piece, the usual case, is written as it comes, without a copy.
     hold_back: bool,
+    /// The block read last holds a NotificationResponse, whose pid is the node backend's.
+    notified: bool,
 }
 
 impl Flow {
@@ -100,6 +102,7 @@ impl Flow {
                 }
             }
             b'1' => self.outcome.parses_ok += 1,
+            b'A' => self.notified = true,
             _ => {}
         }
     }
@@ -126,6 +129,7 @@ impl Flow {
             outcome: Outcome::default(),
             output_sent: false,
             hold_back: retryable,
+            notified: false,
         };
         let Some(conn) = session.conns[node.index()].as_mut() else {
             return Err(FlowError::Client(SessionError::Fatal(
@@ -191,7 +195,11 @@ impl Flow {
                 biased;
                 r = conn.fill() => {
                     r.map_err(Failure::Node)?;
-                    let block = conn.take_block(|k, b| self.inspect(k, b)).map_err(Failure::Node)?;
+                    let mut block = conn.take_block(|k, b| self.inspect(k, b)).map_err(Failure::Node)?;
+                    if std::mem::take(&mut self.notified) {
+                        // The client is told the pid pgfleet gave the notifying client, not a node's.
+                        block = block.map(|b| session.shared.cancels.rewrite_notifications(node.index(), b));
+                    }
                     if let Some(block) = block {
                         // The client must see a COPY or an open batch's replies at once: it answers them.
                         let must_send = self.done() || self.copy_in || self.open_batch;

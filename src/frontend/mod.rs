@@ -10,6 +10,7 @@ pub(crate) mod names;
 pub mod request;
 pub(crate) mod scram;
 pub(crate) mod session;
+pub(crate) mod signal_call;
 pub mod state;
 pub(crate) mod stream;
 pub(crate) mod tls;

@@ -57,6 +57,9 @@ const BUILTIN_WRITE: &[&str] = &[
     "pg_logical_slot_get_binary_changes",
     "pg_terminate_backend",
     "pg_cancel_backend",
+    // Not a write: the session's identity. Its answer is the pid of the session's primary connection, the
+    // one pg_cancel_backend / pg_terminate_backend of that pid find whichever node the session reads from.
+    "pg_backend_pid",
     "pg_reload_conf",
     "pg_rotate_logfile",
     "pg_backup_start",
@@ -291,6 +294,7 @@ mod tests {
             "pg_create_physical_replication_slot",
             "pg_drop_replication_slot",
             "pg_terminate_backend",
+            "pg_backend_pid",
             "pg_stat_reset",
             "pg_stat_reset_shared",
             "pg_backup_start",

@@ -180,6 +180,8 @@ fn function_writes() -> Vec<Row> {
         p("SELECT loread(lo_open(1234, 262144), 10)"),
         p("SELECT pg_terminate_backend(123)"),
         p("SELECT pg_cancel_backend(123)"),
+        // The session's identity: the pid of its primary connection, which pg_cancel_backend finds.
+        p("SELECT pg_backend_pid()"),
         p("SELECT pg_reload_conf()"),
         p("SELECT pg_switch_wal()"),
         p("SELECT pg_create_logical_replication_slot('s', 'pgoutput')"),

@@ -122,6 +122,10 @@ impl Session {
         if plan.target == Target::Replica && !self.routing.bound() && self.refresh_function_rules().await {
             plan = Plan::for_request(req, &self.statements, &self.rules);
         }
+        // pg_cancel_backend / pg_terminate_backend of a client session: answered without a node.
+        if plan.target == Target::Primary && self.answer_signal_call(req, end).await? {
+            return Ok(());
+        }
         if let Err(e) = self.candidates(&plan, candidates).await {
             return self.refuse(e, end).await;
         }
@@ -465,6 +469,7 @@ impl Session {
             let said = c.drain_idle();
             if !c.broken {
                 for msg in said {
+                    let msg = self.shared.cancels.rewrite_notifications(node.index(), msg);
                     let _ = self.client.write_all(&msg).await;
                 }
                 return Ok(());
@@ -495,7 +500,7 @@ impl Session {
         match self.shared.pools.get_from(pool, &n.target, checkout).await {
             Ok(c) => {
                 n.mark_up();
-                self.conns[node.index()] = Some(c);
+                self.conns[node.index()] = Some(self.key.hold(c));
                 Ok(())
             }
             Err(e) => {

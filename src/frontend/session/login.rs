@@ -141,7 +141,7 @@ impl Session {
         let id = shared
             .next_session
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let key = shared.cancels.register();
+        let key = shared.cancels.register(&user);
         let shared_conns = shared.config().pool.mode == PoolMode::Transaction;
         let rules = shared
             .catalog

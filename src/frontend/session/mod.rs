@@ -9,6 +9,7 @@ mod dispatch;
 mod login;
 mod replay;
 mod serve;
+mod signal;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -70,7 +70,7 @@ impl Session {
                 // pipeline with Sync, Flush): routing it would open an empty batch on some node.
                 let empty_flush = end == End::Open && req.frames.iter().all(|f| f.kind == b'H');
                 if !empty_flush {
-                    self.dispatch(&req, end).await?;
+                    self.dispatch_watched(&req, end).await?;
                 }
                 // Emptied rather than replaced, so the next request reuses its frame list.
                 req.clear();
@@ -131,8 +131,9 @@ impl Session {
         };
         loop {
             tokio::select! {
-                r = client_or_node(&mut self.client, &mut self.cbuf, &mut self.conns, listen_node) => return r,
+                r = client_or_node(&mut self.client, &mut self.cbuf, &mut self.conns, listen_node, &self.shared.cancels) => return r,
                 _ = self.shutdown.changed() => return Ok(()),
+                () = self.key.terminated() => return self.end_terminated().await,
                 _ = idle_timer_fired(&mut self.idle_timer), if idle_due.is_some() => {
                     let Some(due) = idle_due else { continue };
                     if tokio::time::Instant::now() < due {
@@ -291,6 +292,7 @@ async fn client_or_node(
     cbuf: &mut FrameBuffer,
     conns: &mut [Option<PooledConn>],
     listen_node: Option<NodeId>,
+    cancels: &crate::frontend::cancel::CancelRegistry,
 ) -> Result<(), SessionError> {
     let Some(conn) = listen_node.and_then(|n| conns.get_mut(n.index())?.as_mut()) else {
         if client.read_buf(cbuf.read_target()).await? == 0 {
@@ -317,6 +319,7 @@ async fn client_or_node(
                 return Err(SessionError::Fatal(e.message));
             }
             if let Some(b) = block {
+                let b = cancels.rewrite_notifications(conn.target.index, b);
                 client.write_all(&b).await?;
                 client.flush().await?;
             }
