@@ -315,7 +315,9 @@ mod tests {
     #[test]
     fn which_session_a_pid_names() {
         use Named::*;
-        let table: &[(Option<i32>, Option<i32>, &[i32], Named)] = &[
+        // (issued to, held on the primary by, held on replicas by, what the pid names)
+        type Row = (Option<i32>, Option<i32>, &'static [i32], Named);
+        let table: &[Row] = &[
             // An issued pid.
             (Some(7), None, &[], Session(7)),
             // A backend pid of the primary, of one replica, of two replicas held by one session.
@@ -355,7 +357,7 @@ mod tests {
     fn notifications_carry_the_client_pid() {
         let registry = Arc::new(CancelRegistry::default());
         let key = registry.register("app");
-        registry.held.lock().unwrap().insert((1, 4242), key.pid);
+        registry.held.lock().expect("held").insert((1, 4242), key.pid);
         let mut block = frame(b'C', b"NOTIFY\0");
         block.extend(notification(4242));
         block.extend(notification(5000));

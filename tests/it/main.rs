@@ -30,6 +30,7 @@ mod harness_smoke;
 mod hostile_input;
 mod limits;
 mod node_tls;
+mod pids;
 mod pooling;
 mod psql_pgbench;
 mod reload;

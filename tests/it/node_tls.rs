@@ -130,7 +130,8 @@ async fn row(c: &Client, sql: &str) -> Vec<Option<String>> {
     panic!("{sql}: no row");
 }
 
-/// Whether the node that ran the query sees this connection as TLS, and that node's port.
+/// Whether the node that ran the query sees this connection as TLS, and that node's port. pg_backend_pid()
+/// runs on the primary unless a hint says otherwise.
 async fn ssl_and_port(c: &Client, hint: &str) -> (bool, u16) {
     let sql = format!("{hint}SELECT ssl, inet_server_port() FROM pg_stat_ssl WHERE pid = pg_backend_pid()");
     let r = row(c, &sql).await;
@@ -201,7 +202,7 @@ async fn require_and_default_prefer_encrypt_every_connection_to_a_tls_only_fleet
     let replicas: HashSet<u16> = cluster.replicas.iter().map(|r| r.port).collect();
     let mut seen = HashSet::new();
     for _ in 0..4 {
-        let (ssl, port) = ssl_and_port(&c, "").await;
+        let (ssl, port) = ssl_and_port(&c, "/* pgfleet:replica */ ").await;
         assert!(replicas.contains(&port), "a read ran on {port}");
         assert!(ssl, "the connection to replica port {port} is not TLS");
         seen.insert(port);
@@ -276,7 +277,7 @@ async fn require_and_default_prefer_encrypt_every_connection_to_a_tls_only_fleet
     // The default is prefer, which takes TLS whenever the server offers it.
     let default = Proxy::start(&cluster, "");
     let c = connect(&default.dsn(APP_USER, PASSWORD, APP_DB)).await;
-    let (ssl, _) = ssl_and_port(&c, "").await;
+    let (ssl, _) = ssl_and_port(&c, "/* pgfleet:replica */ ").await;
     assert!(ssl, "prefer (the default) did not use TLS on a replica");
     let (ssl, _) = ssl_and_port(&c, "/* pgfleet:primary */ ").await;
     assert!(ssl, "prefer (the default) did not use TLS on the primary");

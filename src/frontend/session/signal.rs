@@ -262,9 +262,17 @@ impl Session {
         );
         let conn = self.conns[primary.index()].as_mut()?;
         conn.applied.unnamed = None;
-        let rows = conn.query_rows(&sql).await;
+        let limit = conn.io_timeout;
+        let rows = match tokio::time::timeout(limit, conn.query_rows(&sql)).await {
+            Ok(rows) => rows.ok().and_then(Result::ok),
+            Err(_) => {
+                // Cut short: what the node sends next is no longer known.
+                conn.broken = true;
+                None
+            }
+        };
         self.release_between_transactions(primary);
-        let rows = rows.ok()?.ok()?;
+        let rows = rows?;
         let row = rows.first()?;
         let flag = |i: usize| row.get(i).and_then(|v| v.as_deref()) == Some("t");
         Some(permission(flag(0), flag(3), flag(1), flag(2)))
