@@ -478,7 +478,30 @@ async fn another_role_needs_postgres_permission_to_signal() {
         "refused calls did nothing to A"
     );
 
+    // PostgreSQL judges the current role: a session of A's own role that switched to the other role with
+    // SET ROLE is refused, and allowed again after RESET ROLE.
+    su.batch_execute(&format!("GRANT {OTHER_USER} TO {APP_USER}"))
+        .await
+        .expect("grant membership");
+    let mut same = Raw::connect(proxy.port).await;
+    same.login_app().await;
+    same.simple(&format!("SET ROLE {OTHER_USER}")).await;
+    let msgs = same.simple(&format!("SELECT pg_cancel_backend({pid_a})")).await;
+    assert_eq!(
+        errors(&msgs).into_iter().map(|e| e.0).collect::<Vec<_>>(),
+        vec!["42501".to_owned()],
+        "{msgs:?}"
+    );
+    assert!(a.still_running(Duration::from_millis(100)).await);
+    same.simple("RESET ROLE").await;
+    let sent = Instant::now();
+    let msgs = same.simple(&format!("SELECT pg_cancel_backend({pid_a})")).await;
+    assert_bool_answer(&msgs, "pg_cancel_backend", "t");
+    assert_cancelled(&mut a, sent, "A (same role after RESET ROLE)").await;
+
     // With pg_signal_backend the other role may.
+    a.send(&query("SELECT pg_sleep(30)")).await;
+    started_on_replica(&cluster, "SELECT pg_sleep(30)").await;
     su.batch_execute(&format!("GRANT pg_signal_backend TO {OTHER_USER}"))
         .await
         .expect("grant");

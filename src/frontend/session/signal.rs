@@ -6,7 +6,7 @@
 
 use super::{Session, SessionError};
 use crate::frontend::cancel::{ActiveBackend, SessionHandle, until_terminated};
-use crate::frontend::request::{End, Request};
+use crate::frontend::request::{End, Plan, Request};
 use crate::frontend::signal_call::{self, Bound, Signal};
 use crate::frontend::state::Statement;
 use crate::protocol::messages::{ProxyError, bind_names, parse_fields, ready_for_query, target_name};
@@ -248,11 +248,19 @@ impl Session {
     /// Whether this session may signal `target`: at once for the same role, else as the primary judges
     /// the roles. None when the primary could not be asked.
     async fn may_signal(&mut self, target: &SessionHandle) -> Option<Result<(), Denied>> {
-        if target.user == self.user {
+        // PostgreSQL judges the current role: a session that changed it (SET ROLE, SET SESSION
+        // AUTHORIZATION) is judged by the primary, with its settings applied.
+        let entries = self.settings.entries();
+        let role_changed = entries.contains_key("role") || entries.contains_key("session_authorization");
+        if target.user == self.user && !role_changed {
             return Some(Ok(()));
         }
         let primary = self.shared.fleet.primary().ok()?;
         self.connect(primary).await.ok()?;
+        let nothing = Plan::for_request(&Request::default(), &self.statements, &self.rules);
+        if self.bring_up_to_date(primary, &nothing).await.is_err() {
+            return None;
+        }
         let role = crate::protocol::quote::quote_literal(&target.user);
         let sql = format!(
             "SELECT r.rolsuper, pg_catalog.pg_has_role(r.oid, 'USAGE'), \
