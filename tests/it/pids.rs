@@ -510,3 +510,38 @@ async fn another_role_needs_postgres_permission_to_signal() {
     assert_bool_answer(&msgs, "pg_cancel_backend", "t");
     assert_cancelled(&mut a, sent, "A").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issued_pids_work_under_transaction_pooling() {
+    let cluster = cluster_async().await;
+    let proxy = Proxy::start(&cluster, "[pool]\nmode = \"transaction\"\nmax_size = 2\n");
+    let mut a = Raw::connect(proxy.port).await;
+    let (pid_a, _) = a.login_app().await;
+    let mut b = Raw::connect(proxy.port).await;
+    let (pid_b, _) = b.login_app().await;
+
+    // Between transactions A holds no node connection; its issued pid still names it.
+    a.send(&query("SELECT pg_sleep(30)")).await;
+    started_on_replica(&cluster, "SELECT pg_sleep(30)").await;
+    let sent = Instant::now();
+    let msgs = b.simple(&format!("SELECT pg_cancel_backend({pid_a})")).await;
+    assert_bool_answer(&msgs, "pg_cancel_backend", "t");
+    assert_cancelled(&mut a, sent, "A").await;
+
+    // LISTEN pins A's connection to A, so A's own notifications carry its issued pid.
+    a.simple("LISTEN pids_tx").await;
+    let msgs = a.simple("NOTIFY pids_tx, 'self'").await;
+    assert_eq!(
+        notifications(&msgs),
+        vec![(pid_a, "pids_tx".to_owned(), "self".to_owned())]
+    );
+
+    // An idle session ends at once; the caller's answer waits for that with a timeout.
+    let msgs = b
+        .simple(&format!("SELECT pg_terminate_backend({pid_a}, 5000)"))
+        .await;
+    assert_bool_answer(&msgs, "pg_terminate_backend", "t");
+    a.expect_fatal("57P01").await;
+    assert_eq!(value(&mut b, "SELECT 'b goes on'").await, "b goes on");
+    assert_ne!(pid_a, pid_b);
+}
