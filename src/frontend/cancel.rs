@@ -255,11 +255,6 @@ impl CancelKey {
         }
     }
 
-    /// Whether another session has terminated this one.
-    pub fn is_terminated(&self) -> bool {
-        *self.handle.terminate.borrow()
-    }
-
     /// Lends out the termination signal, to watch it while the session's own state is busy.
     pub fn lend_watch(&mut self) -> Option<watch::Receiver<bool>> {
         self.watch.take()
