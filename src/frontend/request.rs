@@ -9,7 +9,7 @@ use super::state::{Statement, Statements};
 use crate::protocol::Frame;
 use crate::protocol::messages::{bind_names, parse_fields, query_text, target_name};
 use crate::router::cache::classify_cached;
-use crate::router::classify::{Decision, Pin, SessionChange, Target, TxStart};
+use crate::router::classify::{Decision, Pin, Rule, SessionChange, Target, TxStart};
 use crate::router::functions::FunctionRules;
 use crate::router::split::{Lexer, Tok, TokKind, split_statements};
 
@@ -162,7 +162,12 @@ impl Plan {
     fn merge_statement(&mut self, s: &Statement, with_changes: bool) {
         if s.target == Target::Primary && self.target != Target::Primary {
             self.target = Target::Primary;
-            self.rule = Cow::Borrowed("prepared statement that may write");
+            // A read that only the primary may answer keeps its own reason (and is not taken for a write).
+            self.rule = if Rule::is_read_on_primary(&s.rule) {
+                s.rule.clone()
+            } else {
+                Cow::Borrowed("prepared statement that may write")
+            };
         }
         if self.pin.is_none() {
             self.pin = s.pin;
@@ -196,6 +201,7 @@ impl Plan {
                 let stmt = Statement {
                     parse: frame.raw.clone(),
                     target: d.target,
+                    rule: d.rule.label(),
                     pin: d.pin,
                     changes: d.changes.clone(),
                     id: 0,

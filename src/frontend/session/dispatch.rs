@@ -118,8 +118,10 @@ impl Session {
             .map(|_| std::time::Instant::now());
         let mut plan = Plan::for_request(req, &self.statements, &self.rules);
         // Function volatility only matters for what would otherwise be a read: a write never waits for it,
-        // which keeps writes fast when the primary is slow to answer the catalog query.
-        if plan.target == Target::Replica && !self.routing.bound() && self.refresh_function_rules().await {
+        // which keeps writes fast when the primary is slow to answer the catalog query. A read sent to the
+        // primary by the catalog (an unlogged table) may be a replica's again once the table is LOGGED.
+        let may_read = plan.target == Target::Replica || Rule::is_read_on_primary(&plan.rule);
+        if may_read && !self.routing.bound() && self.refresh_function_rules().await {
             plan = Plan::for_request(req, &self.statements, &self.rules);
         }
         // The primary answers questions about the server's role; with none up, a replica answers as itself.
