@@ -208,6 +208,9 @@ fn role_questions() -> Vec<Row> {
         r("SELECT 'pg_is_in_recovery()'"),
         r("SHOW transaction_isolation"),
         r("EXPLAIN SELECT pg_is_in_recovery()"),
+        // After a BEGIN in the same request, the question runs in that transaction, wherever it goes.
+        r("BEGIN READ ONLY; SELECT pg_is_in_recovery()").tx(TxStart::ReadOnly),
+        p("BEGIN; SHOW transaction_read_only").tx(TxStart::ReadWrite),
     ]
 }
 

@@ -338,10 +338,15 @@ fn combine(verdicts: Vec<Verdict>, hint: Option<Hint>) -> Decision {
     };
 
     // A role question falls back to a replica when no primary is up; a request that also writes must not.
+    // After BEGIN READ ONLY it runs in that transaction, wherever the transaction goes.
     let first_primary = verdicts
         .iter()
         .find(|v| v.target == Target::Primary && v.rule != Rule::ServerRole)
-        .or_else(|| verdicts.iter().find(|v| v.target == Target::Primary));
+        .or_else(|| {
+            verdicts
+                .iter()
+                .find(|v| v.target == Target::Primary && tx_start != Some(TxStart::ReadOnly))
+        });
     let (mut target, mut rule) = match (first_primary, tx_start) {
         (Some(v), _) => (Target::Primary, v.rule.clone()),
         (None, Some(TxStart::ReadWrite)) => (Target::Primary, Rule::TransactionBegin),
