@@ -370,3 +370,55 @@ async fn libpq_target_session_attrs_behave_as_against_the_primary() {
     let refused: Vec<&str> = outcomes.iter().filter(|o| !o.1).map(|o| o.0).collect();
     assert_eq!(refused, ["read-only", "standby"], "{outcomes:?}");
 }
+
+/// After a failover, the greeting and the role questions are the new primary's, even through node
+/// connections pgfleet opened while that node was a replica (which reported `in_hot_standby = on` then).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_promotion_the_new_primary_answers() {
+    let cluster = cluster_async().await;
+    let text = Proxy::config_for(
+        &cluster,
+        free_port(),
+        "[pool]\nconnect_timeout = \"2s\"\n\n[health]\ninterval = \"500ms\"\n",
+    )
+    .replace("role = \"primary\"", "role = \"auto\"")
+    .replace("role = \"replica\"", "role = \"auto\"");
+    let proxy = Proxy::start_with_config(text);
+    let (old, promoted) = (&cluster.primary, &cluster.replicas[0]);
+    let dsn = proxy.dsn(APP_USER, PASSWORD, APP_DB);
+    // Reads through a session that then ends leave pooled connections to both replicas.
+    {
+        let c = connect(&dsn).await;
+        let mut seen = HashSet::new();
+        let both = wait_until(Duration::from_secs(10), async || {
+            let (p, _) = port_and(&c, "SELECT inet_server_port(), 1").await;
+            seen.insert(p);
+            seen.len() >= 2 && !seen.contains(&old.port)
+        })
+        .await;
+        assert!(both.is_some(), "reads never used both replicas: {seen:?}");
+    }
+    old.stop_immediate().expect("stop the primary");
+    promoted.promote().expect("promote");
+    let greeted = wait_until(Duration::from_secs(20), async || {
+        let mut raw = Raw::connect(proxy.port).await;
+        raw.login(APP_USER, PASSWORD, APP_DB).await.ok()?;
+        let hot = raw.params.iter().find(|(k, _)| k == "in_hot_standby")?.1.clone();
+        let c = try_connect(&dsn).await.ok()?;
+        let rows = c
+            .simple_query("SELECT inet_server_port(), pg_is_in_recovery()")
+            .await
+            .ok()?;
+        let answer = rows.into_iter().find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some((r.get(0)?.parse::<u16>().ok()?, r.get(1)?.to_owned())),
+            _ => None,
+        })?;
+        (answer == (promoted.port, "f".to_owned())).then_some(hot)
+    })
+    .await;
+    let hot = greeted.expect("the promoted node never answered pg_is_in_recovery() through pgfleet");
+    assert_eq!(
+        hot, "off",
+        "the greeting after the promotion still says in_hot_standby = {hot}"
+    );
+}
