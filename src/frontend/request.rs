@@ -9,7 +9,7 @@ use super::state::{Statement, Statements};
 use crate::protocol::Frame;
 use crate::protocol::messages::{bind_names, parse_fields, query_text, target_name};
 use crate::router::cache::classify_cached;
-use crate::router::classify::{Decision, Pin, SessionChange, Target, TxStart};
+use crate::router::classify::{Decision, Pin, Rule, SessionChange, Target, TxStart};
 use crate::router::functions::FunctionRules;
 use crate::router::split::{Lexer, Tok, TokKind, split_statements};
 
@@ -121,6 +121,9 @@ pub struct Plan {
     /// lists for every Bind took a second of a runtime thread per request, stalling the sessions that share it.
     parse_at: HashMap<String, usize>,
     needed: HashSet<String>,
+    /// The request opened a read-only transaction: a question about the server's role that follows runs in
+    /// it, wherever it goes, rather than taking the whole request to the primary.
+    read_only_begin: bool,
 }
 
 impl Plan {
@@ -139,11 +142,22 @@ impl Plan {
             deallocates: Vec::new(),
             parse_at: HashMap::new(),
             needed: HashSet::new(),
+            read_only_begin: false,
         }
     }
 
+    /// Whether a statement sent to the primary for `rule` (a label) runs in a read-only transaction this
+    /// request opened instead.
+    fn stays_in_read_only_begin(&self, rule: &str) -> bool {
+        self.read_only_begin && Rule::answers_without_primary(rule)
+    }
+
     fn merge(&mut self, d: &Decision, with_changes: bool) {
-        if d.target == Target::Primary && self.target != Target::Primary {
+        self.read_only_begin |= d.tx_start == Some(TxStart::ReadOnly);
+        if d.target == Target::Primary
+            && self.target != Target::Primary
+            && !self.stays_in_read_only_begin(&d.rule.label())
+        {
             self.target = Target::Primary;
             self.rule = d.rule.label();
         }
@@ -160,9 +174,17 @@ impl Plan {
     }
 
     fn merge_statement(&mut self, s: &Statement, with_changes: bool) {
-        if s.target == Target::Primary && self.target != Target::Primary {
+        if s.target == Target::Primary
+            && self.target != Target::Primary
+            && !self.stays_in_read_only_begin(&s.rule)
+        {
             self.target = Target::Primary;
-            self.rule = Cow::Borrowed("prepared statement that may write");
+            // A read that only the primary may answer keeps its own reason (and is not taken for a write).
+            self.rule = if Rule::is_read_on_primary(&s.rule) {
+                s.rule.clone()
+            } else {
+                Cow::Borrowed("prepared statement that may write")
+            };
         }
         if self.pin.is_none() {
             self.pin = s.pin;
@@ -188,7 +210,11 @@ impl Plan {
                 let d = classify_cached(text, rules);
                 // The statement's own consequences count once it is executed, not when it is prepared;
                 // but a write is prepared on the primary so that its Execute needs no second Parse.
-                if d.target == Target::Primary && self.target != Target::Primary {
+                self.read_only_begin |= d.tx_start == Some(TxStart::ReadOnly);
+                if d.target == Target::Primary
+                    && self.target != Target::Primary
+                    && !self.stays_in_read_only_begin(&d.rule.label())
+                {
                     self.target = Target::Primary;
                     self.rule = d.rule.label();
                 }
@@ -196,6 +222,7 @@ impl Plan {
                 let stmt = Statement {
                     parse: frame.raw.clone(),
                     target: d.target,
+                    rule: d.rule.label(),
                     pin: d.pin,
                     changes: d.changes.clone(),
                     id: 0,

@@ -92,6 +92,8 @@ pub struct Statement {
     pub parse: Bytes,
     /// Where executing it may run.
     pub target: Target,
+    /// The label of the rule that decided `target`.
+    pub rule: std::borrow::Cow<'static, str>,
     /// Session state it creates when executed.
     pub pin: Option<Pin>,
     /// Settings it changes when executed.

@@ -7,7 +7,8 @@
 //! the key as written, since sqlparser may accept one spelling and refuse another (see `number_marker`). Two kinds are kept out of the
 //! shape cache and cached by exact text: decisions that carry their statement's text (SET/RESET, replayed
 //! verbatim — whether a decision has them depends only on the shape, so no shape entry ever stands for one),
-//! and EXPLAIN (whose `ANALYZE 0`/`ANALYZE 1` option is a constant that matters).
+//! EXPLAIN (whose `ANALYZE 0`/`ANALYZE 1` option is a constant that matters) and `current_setting(...)`
+//! (whose argument tells a question about the server's role from any other setting).
 //! Keys include the function rules' identity, so a reload of a database's functions starts afresh.
 
 use std::cell::RefCell;
@@ -93,7 +94,7 @@ fn shape_into(sql: &str, key: &mut String, tokens: &mut Vec<Tok>) -> bool {
             _ => {
                 let text = tok.text(sql);
                 if tok.kind == TokKind::Word
-                    && ["SET", "RESET", "EXPLAIN"]
+                    && ["SET", "RESET", "EXPLAIN", "CURRENT_SETTING"]
                         .iter()
                         .any(|w| text.eq_ignore_ascii_case(w))
                 {
@@ -305,6 +306,7 @@ fn by_text(sql: &str, rules: &Arc<FunctionRules>) -> Arc<Decision> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::router::classify::Target;
 
     fn shape_of(sql: &str) -> Option<(String, Vec<Tok>)> {
         let (mut shape, mut tokens) = (String::new(), Vec::new());
@@ -411,6 +413,10 @@ mod tests {
         let s1 = classify_cached("SELECT 1; SET work_mem = '1MB'", &rules);
         let s2 = classify_cached("SELECT 1; SET work_mem = '2MB'", &rules);
         assert_ne!(s1.changes, s2.changes);
+        // The setting a current_setting() asks for decides whether it is a question about the server's role.
+        let plain = classify_cached("SELECT current_setting('work_mem')", &rules);
+        let role = classify_cached("SELECT current_setting('transaction_read_only')", &rules);
+        assert_eq!((plain.target, role.target), (Target::Replica, Target::Primary));
         let other = Arc::new(FunctionRules::new(&["my_writer".to_owned()], &[]));
         assert_eq!(
             classify_cached("SELECT my_writer()", &other).target,

@@ -1,10 +1,11 @@
 //! Per-database function rules: the configured lists plus the VOLATILE user functions read from the
-//! primary's pg_proc over a deadpool-postgres control connection.
+//! primary's pg_proc and the unlogged relations read from its pg_class, over a deadpool-postgres control
+//! connection.
 //!
 //! Only the first request of a database ever waits for the load (bounded by `pool.connect_timeout`); later
 //! refreshes run in the background while the previous rules keep serving, so a hung primary never stalls
-//! reads. DDL sent through pgfleet drops a database's rules, so a function created a moment ago is known to
-//! the very next statement.
+//! reads. DDL sent through pgfleet drops a database's rules, so a function or unlogged table created (or a
+//! table set LOGGED) a moment ago is known to the very next statement.
 
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod};
 
-use super::functions::{FunctionRules, load_volatile};
+use super::functions::{FunctionRules, load_unlogged, load_volatile};
 use crate::backend::connect::NodeTarget;
 use crate::config::split_host_port;
 
@@ -166,24 +167,32 @@ impl Catalog {
                     PoolError::Backend(e) => tls.explain(&e),
                     other => other.to_string(),
                 })?;
-                load_volatile(&client).await.map_err(|e| tls.explain(&e))
+                let volatile = load_volatile(&client).await.map_err(|e| tls.explain(&e))?;
+                let unlogged = load_unlogged(&client).await.map_err(|e| tls.explain(&e))?;
+                Ok::<_, String>((volatile, unlogged))
             })
             .await
             {
-                Ok(Ok(set)) => Some(set),
+                Ok(Ok(sets)) => Some(sets),
                 Ok(Err(e)) => {
-                    tracing::warn!(database, error = %e, "cannot read function volatility from the primary");
+                    tracing::warn!(database, error = %e, "cannot read function volatility and unlogged tables from the primary");
                     None
                 }
                 Err(_) => {
-                    tracing::warn!(database, "timed out reading function volatility from the primary");
+                    tracing::warn!(
+                        database,
+                        "timed out reading function volatility and unlogged tables from the primary"
+                    );
                     None
                 }
             },
             None => None,
         };
         let (rules, ttl) = match loaded {
-            Some(set) => (Arc::new(settings.base.with_volatile(set)), settings.refresh),
+            Some((volatile, unlogged)) => (
+                Arc::new(settings.base.with_volatile(volatile).with_unlogged(unlogged)),
+                settings.refresh,
+            ),
             None => {
                 // Keep what an earlier load found rather than forget user functions during an outage.
                 let previous = self.cached(database);

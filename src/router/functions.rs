@@ -1,6 +1,7 @@
-//! Which function calls may write: the built-in list of PostgreSQL functions that change state a
-//! replica cannot hold, the configured `routing.write_functions` / `routing.read_only_functions`, and
-//! the VOLATILE user functions read from the primary's `pg_proc`.
+//! What the router knows of a database's catalog: which function calls may write (the built-in list of
+//! PostgreSQL functions that change state a replica cannot hold, the configured `routing.write_functions` /
+//! `routing.read_only_functions`, and the VOLATILE user functions read from the primary's `pg_proc`), and
+//! which relations a replica cannot read at all (the unlogged ones, read from the primary's `pg_class`).
 //!
 //! Names arrive here already resolved the way PostgreSQL resolves them: an unquoted identifier folded
 //! to lower case, a quoted one exact. That is why `"NextVal"(...)` is not `nextval`.
@@ -31,6 +32,41 @@ pub async fn load_volatile(
     Ok(out)
 }
 
+/// Lists the relations a hot standby refuses to read ("cannot access temporary or unlogged relations during
+/// recovery") as `(nspname text, relname text)`: unlogged tables and sequences, every table that inherits
+/// from one or is partitioned over one (its scans reach the unlogged child), and every view over any of
+/// those, transitively. A materialized view stores its own logged rows, so it is not among them.
+pub const UNLOGGED_RELATIONS_SQL: &str = "WITH RECURSIVE unlogged(oid) AS ( \
+     SELECT c.oid FROM pg_catalog.pg_class c \
+     WHERE c.relpersistence = 'u' AND c.relkind IN ('r', 'p', 'S') \
+     UNION \
+     SELECT e.reader FROM unlogged u JOIN ( \
+     SELECT i.inhparent AS reader, i.inhrelid AS read FROM pg_catalog.pg_inherits i \
+     UNION ALL \
+     SELECT r.ev_class, d.refobjid FROM pg_catalog.pg_depend d \
+     JOIN pg_catalog.pg_rewrite r ON r.oid = d.objid \
+     JOIN pg_catalog.pg_class v ON v.oid = r.ev_class AND v.relkind = 'v' \
+     WHERE d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
+     AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+     ) e ON e.read = u.oid \
+     ) \
+     SELECT n.nspname::text, c.relname::text FROM unlogged u \
+     JOIN pg_catalog.pg_class c ON c.oid = u.oid \
+     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace";
+
+/// Reads the relations of the connected database that only the primary can read (see
+/// [`UNLOGGED_RELATIONS_SQL`]) as `(schema, name)` pairs, ready for [`FunctionRules::with_unlogged`].
+pub async fn load_unlogged(
+    client: &tokio_postgres::Client,
+) -> Result<HashSet<(String, String)>, tokio_postgres::Error> {
+    let rows = client.query(UNLOGGED_RELATIONS_SQL, &[]).await?;
+    let mut out = HashSet::with_capacity(rows.len());
+    for row in rows {
+        out.insert((row.try_get(0)?, row.try_get(1)?));
+    }
+    Ok(out)
+}
+
 /// Built-in functions whose effects live on the node that runs them: sequences (including the session's
 /// `currval`/`lastval`, which only the primary's session has), advisory locks, transaction ids, NOTIFY,
 /// settings, large objects, WAL and replication-slot control, backend signalling, statistics resets,
@@ -57,9 +93,6 @@ const BUILTIN_WRITE: &[&str] = &[
     "pg_logical_slot_get_binary_changes",
     "pg_terminate_backend",
     "pg_cancel_backend",
-    // Not a write: the session's identity. Its answer is the pid of the session's primary connection, the
-    // one pg_cancel_backend / pg_terminate_backend of that pid find whichever node the session reads from.
-    "pg_backend_pid",
     "pg_reload_conf",
     "pg_rotate_logfile",
     "pg_backup_start",
@@ -184,12 +217,15 @@ fn config_names(list: &[String]) -> NameSet {
     set
 }
 
-/// The function rules of one database: what the configuration lists say, plus its volatile functions.
+/// The catalog rules of one database: what the configuration lists say, plus its volatile functions and
+/// the relations only the primary can read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FunctionRules {
     write: NameSet,
     read_only: NameSet,
     volatile: NameSet,
+    /// Unlogged relations (and what reads them), by `schema.name`.
+    unlogged: NameSet,
 }
 
 impl FunctionRules {
@@ -200,6 +236,7 @@ impl FunctionRules {
             write: config_names(write_functions),
             read_only: config_names(read_only_functions),
             volatile: NameSet::default(),
+            unlogged: NameSet::default(),
         }
     }
 
@@ -220,6 +257,31 @@ impl FunctionRules {
             volatile,
             ..self.clone()
         }
+    }
+
+    /// A copy of these rules with the database's unlogged relations (see [`load_unlogged`]) replacing any
+    /// set loaded before. Like volatile functions, each is stored as the catalog spells it and lower-cased.
+    pub fn with_unlogged(&self, relations: HashSet<(String, String)>) -> FunctionRules {
+        let mut unlogged = NameSet::default();
+        for (schema, name) in relations {
+            unlogged.insert(Some(schema.to_lowercase()), name.to_lowercase());
+            unlogged.insert(Some(schema), name);
+        }
+        FunctionRules {
+            unlogged,
+            ..self.clone()
+        }
+    }
+
+    /// Whether the database has unlogged relations at all: when not, statements are not scanned for them.
+    pub fn has_unlogged(&self) -> bool {
+        !self.unlogged.qualified.is_empty()
+    }
+
+    /// Whether a name written as `schema.name` (or just `name`) may be an unlogged relation. An unqualified
+    /// name matches one in any schema, since the search path may resolve to it.
+    pub fn is_unlogged(&self, schema: Option<&str>, name: &str) -> bool {
+        self.unlogged.matches(schema, name)
     }
 
     /// Whether calling `schema.name` (schema as written in the call, if any) may write: it is in
@@ -294,7 +356,6 @@ mod tests {
             "pg_create_physical_replication_slot",
             "pg_drop_replication_slot",
             "pg_terminate_backend",
-            "pg_backend_pid",
             "pg_stat_reset",
             "pg_stat_reset_shared",
             "pg_backup_start",
@@ -368,6 +429,31 @@ mod tests {
     }
 
     #[test]
+    fn unlogged_relations() {
+        let pair = |s: &str, n: &str| (s.to_owned(), n.to_owned());
+        let r = rules().with_unlogged(
+            [pair("public", "cache"), pair("App", "Hits")]
+                .into_iter()
+                .collect(),
+        );
+        assert!(r.has_unlogged());
+        assert!(r.is_unlogged(None, "cache"));
+        assert!(r.is_unlogged(Some("public"), "cache"));
+        assert!(!r.is_unlogged(Some("other"), "cache"));
+        assert!(r.is_unlogged(None, "Hits"));
+        assert!(r.is_unlogged(Some("App"), "Hits"));
+        assert!(r.is_unlogged(Some("app"), "hits"));
+        assert!(!r.is_unlogged(None, "logged"));
+        // Functions and relations do not mix, and a reload replaces the set.
+        assert!(!r.may_write(None, "cache"));
+        assert!(!r.is_unlogged(None, "audit_log"));
+        let r = r.with_unlogged(HashSet::new());
+        assert!(!r.has_unlogged());
+        assert!(!r.is_unlogged(None, "cache"));
+        assert!(r.may_write(None, "audit_log"));
+    }
+
+    #[test]
     fn session_advisory_locks() {
         assert!(is_session_advisory_lock("pg_advisory_lock"));
         assert!(is_session_advisory_lock("pg_try_advisory_lock_shared"));
@@ -380,5 +466,6 @@ mod tests {
     fn volatile_sql_excludes_system_schemas() {
         assert!(VOLATILE_FUNCTIONS_SQL.contains("provolatile = 'v'"));
         assert!(VOLATILE_FUNCTIONS_SQL.contains("'pg_catalog', 'information_schema', 'pg_toast'"));
+        assert!(UNLOGGED_RELATIONS_SQL.contains("relpersistence = 'u'"));
     }
 }

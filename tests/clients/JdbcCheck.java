@@ -173,16 +173,16 @@ public final class JdbcCheck {
             Set<Integer> seen = new HashSet<>();
             long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(10);
             while (!seen.equals(replicas) && System.nanoTime() < deadline) {
-                try (ResultSet rs = s.executeQuery("SELECT inet_server_port(), pg_is_in_recovery()")) {
+                // The port tells the node: pg_is_in_recovery() is a question about the server's role, which
+                // pgfleet has the primary answer.
+                try (ResultSet rs = s.executeQuery("SELECT inet_server_port()")) {
                     rs.next();
                     int p = rs.getInt(1);
                     if (p == primary) {
-                        check(!rs.getBoolean(2), "pg_is_in_recovery() true on the primary " + p);
                         Thread.sleep(50);
                         continue;
                     }
                     onReplica(p, "autocommit Statement SELECT");
-                    check(rs.getBoolean(2), "pg_is_in_recovery() false on " + p);
                     seen.add(p);
                 }
             }
@@ -535,6 +535,76 @@ public final class JdbcCheck {
         }
     }
 
+    /** A port nothing listens on: bound, then released. */
+    static int closedPort() throws Exception {
+        try (java.net.ServerSocket socket = new java.net.ServerSocket(0, 1, java.net.InetAddress.getLoopbackAddress())) {
+            return socket.getLocalPort();
+        }
+    }
+
+    /** Connects with {@code jdbcUrl}; null when pgjdbc refuses, with the reason in {@code why}. */
+    static Connection tryConnect(String jdbcUrl, List<String> why) {
+        Properties props = new Properties();
+        props.setProperty("user", user);
+        props.setProperty("password", password);
+        props.setProperty("connectTimeout", "10");
+        try {
+            return DriverManager.getConnection(jdbcUrl, props);
+        } catch (SQLException e) {
+            why.add(e.getMessage());
+            return null;
+        }
+    }
+
+    /**
+     * pgjdbc's {@code targetServerType}: it asks {@code SHOW transaction_read_only} (and reads the greeting's
+     * {@code in_hot_standby}) to tell a primary. pgfleet takes writes, so it must pass for a primary, through
+     * a multi-host URL whose first host is down as well, and still send the session's reads to replicas.
+     */
+    static void targetServerType() throws Exception {
+        java.util.regex.Matcher m = java.util.regex.Pattern.compile("^jdbc:postgresql://([^/]+)/([^?]*)").matcher(url);
+        check(m.find(), "cannot read host:port/database from " + url);
+        String hostPort = m.group(1);
+        String database = m.group(2);
+        String down = "127.0.0.1:" + closedPort();
+        String[][] cases = {
+            {"primary", hostPort},
+            {"master", hostPort},
+            {"preferPrimary", hostPort},
+            {"any", hostPort},
+            {"preferSecondary", hostPort},
+            {"primary", down + "," + hostPort},
+            {"preferPrimary", down + "," + hostPort},
+        };
+        for (String[] c : cases) {
+            String target = "jdbc:postgresql://" + c[1] + "/" + database + "?targetServerType=" + c[0]
+                + "&hostRecheckSeconds=0";
+            List<String> why = new ArrayList<>();
+            try (Connection conn = tryConnect(target, why)) {
+                check(conn != null, target + " refused: " + why);
+                try (Statement s = conn.createStatement()) {
+                    try (ResultSet rs = s.executeQuery("SHOW transaction_read_only")) {
+                        rs.next();
+                        check(rs.getString(1).equals("off"), target + ": transaction_read_only = " + rs.getString(1));
+                    }
+                    s.execute("CREATE TEMP TABLE IF NOT EXISTS tst (x int)");
+                }
+            }
+        }
+        // A session that never wrote reads on a replica whatever targetServerType found.
+        try (Connection conn = tryConnect("jdbc:postgresql://" + hostPort + "/" + database + "?targetServerType=primary",
+                new ArrayList<>())) {
+            check(conn != null, "targetServerType=primary refused");
+            onReplica(port(conn), "a read after targetServerType=primary");
+        }
+        // As against a primary itself: a demand for a standby is refused.
+        List<String> why = new ArrayList<>();
+        try (Connection conn = tryConnect("jdbc:postgresql://" + hostPort + "/" + database + "?targetServerType=secondary", why)) {
+            check(conn == null, "targetServerType=secondary connected to pgfleet, whose writes go to a primary");
+            check(why.toString().contains("targetServerType"), "unexpected refusal: " + why);
+        }
+    }
+
     public static void main(String[] args) throws Exception {
         if (args.length < 5) {
             System.err.println("usage: JdbcCheck JDBC_URL USER PASSWORD PRIMARY_PORT REPLICA_PORT...");
@@ -562,6 +632,7 @@ public final class JdbcCheck {
         section(pool, "metadata", JdbcCheck::metadata);
         section(pool, "cancel", JdbcCheck::cancel);
         section(pool, "query_timeout", JdbcCheck::queryTimeout);
+        section(pool, "target_server_type", JdbcCheck::targetServerType);
         if (!failures.isEmpty()) {
             System.err.println();
             System.err.println(failures.size() + " JDBC check(s) failed:");

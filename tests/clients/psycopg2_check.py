@@ -148,11 +148,16 @@ def setup_and_routing():
             cur.execute("CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL, qty int)")
         seen = set()
         for _ in range(6):
-            p, in_recovery = one(conn, "SELECT inet_server_port(), pg_is_in_recovery()")
+            # The port tells the node: pg_is_in_recovery() is answered by the primary through pgfleet.
+            (p,) = one(conn, "SELECT inet_server_port()")
             on_replica(p, "autocommit SELECT")
-            check(in_recovery is True, f"SELECT on port {p}: pg_is_in_recovery() = {in_recovery}")
             seen.add(p)
         check(seen == REPLICAS, f"round robin reads should use both replicas, saw {seen}")
+        # Questions about the server's role get the primary's answer, like the greeting libpq keeps.
+        in_recovery, p = one(conn, "SELECT pg_is_in_recovery(), inet_server_port()")
+        check(in_recovery is False and p == PRIMARY, f"pg_is_in_recovery() = {in_recovery} on port {p}")
+        hot = conn.get_parameter_status("in_hot_standby")
+        check(hot == "off", f"the greeting's in_hot_standby = {hot!r}")
         row = one(conn, "SELECT %s + %s, %s || 'x', %s IS NULL, inet_server_port()", (40, 2, "y", None))
         check(row[:3] == (42, "yx", True), f"client-side bound parameters: {row}")
         on_replica(row[3], "SELECT with parameters")

@@ -36,6 +36,7 @@ mod psql_pgbench;
 mod reload;
 mod replica_affinity;
 mod router_table;
+mod server_role;
 mod sessions_auth;
 mod shutdown_logs;
 mod transaction_pooling;

@@ -54,8 +54,13 @@ fn rules() -> FunctionRules {
     .iter()
     .map(|s| (*s).to_owned())
     .collect();
+    let unlogged: HashSet<(String, String)> = [("public", "ucache"), ("app", "uhits"), ("app", "Mixed")]
+        .iter()
+        .map(|(s, n)| ((*s).to_owned(), (*n).to_owned()))
+        .collect();
     FunctionRules::new(&["my_writer".to_owned()], &["read_only_but_volatile".to_owned()])
         .with_volatile(volatile)
+        .with_unlogged(unlogged)
 }
 
 fn reads() -> Vec<Row> {
@@ -102,7 +107,7 @@ fn reads() -> Vec<Row> {
         r("SELECT other_schema.bump_counter()"),
         r("SELECT pg_catalog.now()"),
         r("SELECT pg_catalog.my_writer()"),
-        r("SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()"),
+        r("SELECT pg_last_wal_replay_lsn(), pg_is_wal_replay_paused()"),
         r("SELECT txid_current_snapshot()"),
         r("SELECT json_build_object('a', 1)"),
         r("SELECT * FROM t WHERE name LIKE '%;%'"),
@@ -120,7 +125,6 @@ fn reads() -> Vec<Row> {
         r("SELECT 1; /* DELETE FROM t; */ SELECT 2"),
         r("SELECT 1;;; SELECT 2;"),
         r("SHOW search_path"),
-        r("SHOW ALL"),
         r("EXPLAIN SELECT 1"),
         r("EXPLAIN DELETE FROM t"),
         r("EXPLAIN ANALYZE SELECT * FROM t"),
@@ -147,6 +151,66 @@ fn reads() -> Vec<Row> {
         r("DECLARE c CURSOR FOR SELECT * FROM t"),
         r("DECLARE c NO SCROLL CURSOR WITHOUT HOLD FOR SELECT 1"),
         r("DECLARE c BINARY INSENSITIVE SCROLL CURSOR FOR SELECT * FROM t"),
+    ]
+}
+
+/// Reads a hot standby refuses: unlogged relations (see `rules`), named in any form a read can take.
+fn unlogged_reads() -> Vec<Row> {
+    vec![
+        p("SELECT * FROM ucache"),
+        p("SELECT * FROM public.ucache"),
+        p("select count(*) from UCACHE"),
+        p("SELECT \"ucache\".id FROM \"ucache\""),
+        p("TABLE ucache"),
+        p("SELECT * FROM t JOIN ucache c ON c.id = t.id"),
+        p("SELECT * FROM t WHERE id IN (SELECT id FROM app.uhits)"),
+        p("WITH x AS (SELECT * FROM uhits) SELECT * FROM x"),
+        p("SELECT * FROM t UNION SELECT * FROM uhits"),
+        r("SELECT * FROM t UNION SELECT * FROM other.uhits"),
+        p("SELECT * FROM \"Mixed\""),
+        p("SELECT * FROM app.\"Mixed\""),
+        p("COPY ucache TO STDOUT"),
+        p("COPY public.ucache (a) TO STDOUT (FORMAT csv)"),
+        p("COPY (SELECT * FROM ucache) TO STDOUT"),
+        p("EXPLAIN SELECT * FROM ucache"),
+        p("EXPLAIN ANALYZE SELECT * FROM ucache"),
+        p("SELECT * FROM ucache FOR UPDATE"),
+        r("SELECT * FROM other.ucache"),
+        r("SELECT * FROM \"UCACHE\""),
+        r("SELECT 'ucache', $$ucache$$"),
+        r("SELECT * FROM t x WHERE x.ucache = 1"),
+        r("SELECT * FROM ucache_archive"),
+        r("COPY other.ucache TO STDOUT"),
+    ]
+}
+
+/// Questions about the server's role: the primary's answer, like the greeting's.
+fn role_questions() -> Vec<Row> {
+    vec![
+        p("SELECT pg_is_in_recovery()"),
+        p("SELECT pg_catalog.pg_is_in_recovery(), inet_server_port()"),
+        p("SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()"),
+        p("SHOW transaction_read_only"),
+        p("show TRANSACTION_READ_ONLY"),
+        p("SHOW \"transaction_read_only\""),
+        p("SHOW in_hot_standby"),
+        p("SHOW default_transaction_read_only"),
+        p("SHOW ALL"),
+        p("SELECT current_setting('transaction_read_only')"),
+        p("SELECT current_setting('in_hot_standby', true)"),
+        p("SELECT pg_catalog.current_setting('Transaction_Read_Only')"),
+        p("SELECT current_setting(E'default_transaction_read_only')"),
+        p("SELECT current_setting($$in_hot_standby$$)"),
+        p("SELECT 1 WHERE current_setting('transaction_read_only') = 'off'"),
+        r("SELECT current_setting('work_mem')"),
+        r("SELECT current_setting($1)"),
+        r("SELECT other.pg_is_in_recovery()"),
+        r("SELECT 'pg_is_in_recovery()'"),
+        r("SHOW transaction_isolation"),
+        r("EXPLAIN SELECT pg_is_in_recovery()"),
+        // After a BEGIN in the same request, the question runs in that transaction, wherever it goes.
+        r("BEGIN READ ONLY; SELECT pg_is_in_recovery()").tx(TxStart::ReadOnly),
+        p("BEGIN; SHOW transaction_read_only").tx(TxStart::ReadWrite),
     ]
 }
 
@@ -428,6 +492,8 @@ fn routing_table() {
     let rules = rules();
     let rows: Vec<Row> = [
         reads(),
+        unlogged_reads(),
+        role_questions(),
         function_writes(),
         writes(),
         ddl(),
@@ -562,4 +628,17 @@ fn reasons_for_logs() {
         "calls public.bump_counter() which may write"
     );
     assert_eq!(reason("SELEC 1"), "does not parse: sent to the primary");
+    assert_eq!(
+        reason("SELECT * FROM ucache"),
+        "reads an unlogged table: sent to the primary"
+    );
+    assert_eq!(
+        reason("SHOW transaction_read_only"),
+        "asks the server's role: answered by the primary"
+    );
+    // A write in the same request names the reason: a role question alone may fall back to a replica.
+    assert_eq!(
+        reason("SELECT pg_is_in_recovery(); INSERT INTO t VALUES (1)"),
+        "INSERT writes"
+    );
 }

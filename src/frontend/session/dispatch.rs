@@ -19,7 +19,7 @@ use crate::frontend::request::{End, Plan, Request};
 use crate::protocol::TxStatus;
 use crate::protocol::lsn::Lsn;
 use crate::protocol::messages::ProxyError;
-use crate::router::classify::Target;
+use crate::router::classify::{Rule, Target};
 use crate::router::policy::{Ask, Choice, NodeFacts};
 
 /// The policy's view of the live node flags, read from the fleet's atomics (no I/O, no allocation).
@@ -118,9 +118,15 @@ impl Session {
             .map(|_| std::time::Instant::now());
         let mut plan = Plan::for_request(req, &self.statements, &self.rules);
         // Function volatility only matters for what would otherwise be a read: a write never waits for it,
-        // which keeps writes fast when the primary is slow to answer the catalog query.
-        if plan.target == Target::Replica && !self.routing.bound() && self.refresh_function_rules().await {
+        // which keeps writes fast when the primary is slow to answer the catalog query. A read sent to the
+        // primary by the catalog (an unlogged table) may be a replica's again once the table is LOGGED.
+        let may_read = plan.target == Target::Replica || Rule::is_read_on_primary(&plan.rule);
+        if may_read && !self.routing.bound() && self.refresh_function_rules().await {
             plan = Plan::for_request(req, &self.statements, &self.rules);
+        }
+        // The primary answers questions about the server's role; with none up, a replica answers as itself.
+        if plan.target == Target::Primary && Rule::answers_without_primary(&plan.rule) && !self.primary_up() {
+            plan.target = Target::Replica;
         }
         // pg_cancel_backend / pg_terminate_backend of a client session: answered without a node.
         if plan.target == Target::Primary && self.answer_signal_call(req, end).await? {
@@ -194,7 +200,7 @@ impl Session {
             let label = self.routing.label(&plan.rule);
             tracing::debug!(node = %name, rule = %label, "routing request");
             self.count_route(node, plan.target, label);
-            let wrote = plan.target == Target::Primary;
+            let wrote = plan.target == Target::Primary && !Rule::is_read_on_primary(&plan.rule);
             match Flow::run(self, node, req, end, plan, retry_allowed).await {
                 Ok(()) => {
                     if let Some(started) = started {
@@ -226,6 +232,14 @@ impl Session {
             ProxyError::error("08006", "pgfleet: no node is available to run this statement")
         });
         self.refuse(e, end).await
+    }
+
+    /// Whether the fleet has a primary that no check or session has seen fail.
+    fn primary_up(&self) -> bool {
+        let fleet = &self.shared.fleet;
+        fleet.primary().is_ok_and(|p| {
+            fleet.view().nodes.get(p.index()).is_some_and(|n| n.up) && fleet.nodes()[p.index()].is_up()
+        })
     }
 
     /// The nodes to try for a plan, best first, into `order`, or why there is none. The routing policy

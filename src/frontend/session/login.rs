@@ -215,7 +215,10 @@ impl Session {
         let mut last_err: Option<ProxyError> = None;
         for node in order {
             match self.first_node(node).await {
-                Ok(reported) => {
+                Ok(mut reported) => {
+                    let view = self.shared.fleet.view();
+                    let in_recovery = view.nodes.get(node.index()).and_then(|s| s.in_recovery);
+                    report_role(&mut reported, in_recovery);
                     self.release_between_transactions(node);
                     let mut out = Vec::new();
                     for (k, v) in &reported {
@@ -282,10 +285,51 @@ impl Session {
     }
 }
 
+/// Makes the greeting's `in_hot_standby` say what the health checks last saw of the node. A node reports it
+/// when a connection starts and again only after that connection's next statement, so a pooled connection
+/// opened while its node was a replica still holds "on" after a promotion; clients (libpq's
+/// `target_session_attrs`, pgjdbc's `targetServerType`) would then take the new primary for a standby.
+fn report_role(reported: &mut [(String, String)], in_recovery: Option<bool>) {
+    let Some(in_recovery) = in_recovery else {
+        return;
+    };
+    if let Some((_, value)) = reported.iter_mut().find(|(k, _)| k == "in_hot_standby") {
+        *value = if in_recovery { "on" } else { "off" }.to_owned();
+    }
+}
+
 /// Why a session could not start on a node.
 enum Greet {
     /// The node failed or refused the login: try the next one if it is a node failure.
     Node(BackendError),
     /// The client's startup parameters are invalid: no node will accept them.
     Refused(ProxyError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::report_role;
+
+    #[test]
+    fn the_greeting_reports_the_role_the_health_checks_saw() {
+        let params = |hot: &str| {
+            vec![
+                ("server_version".to_owned(), "15.8".to_owned()),
+                ("in_hot_standby".to_owned(), hot.to_owned()),
+            ]
+        };
+        let mut promoted = params("on");
+        report_role(&mut promoted, Some(false));
+        assert_eq!(promoted, params("off"));
+        let mut demoted = params("off");
+        report_role(&mut demoted, Some(true));
+        assert_eq!(demoted, params("on"));
+        let mut unknown = params("on");
+        report_role(&mut unknown, None);
+        assert_eq!(unknown, params("on"));
+        // A server that does not report it (before PostgreSQL 14) is not given one.
+        let mut old = vec![("server_version".to_owned(), "13.1".to_owned())];
+        report_role(&mut old, Some(false));
+        assert_eq!(old.len(), 1);
+    }
 }

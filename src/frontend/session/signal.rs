@@ -349,6 +349,7 @@ impl Session {
             Statement {
                 parse,
                 target: Target::Primary,
+                rule: std::borrow::Cow::Borrowed("calls pg_cancel_backend() or pg_terminate_backend()"),
                 pin: None,
                 changes: Vec::new(),
                 id: 0,

@@ -1,6 +1,7 @@
 //! Utility commands with a shape of their own: CREATE (temporary objects pin the session) and the
 //! statements that wrap another one, EXPLAIN, DECLARE and COPY.
 
+use super::query::names_unlogged;
 use super::stmt::Stmt;
 use super::{Pin, Rule, Target, Verdict, classify_stmt};
 use crate::router::functions::FunctionRules;
@@ -53,7 +54,11 @@ pub(super) fn explain(s: Stmt<'_>, funcs: &FunctionRules) -> Verdict {
     if analyze {
         // EXPLAIN ANALYZE runs the statement.
         inner
-    } else if matches!(inner.rule, Rule::Unparsed | Rule::TooDeep) {
+    } else if matches!(
+        inner.rule,
+        Rule::Unparsed | Rule::TooDeep | Rule::UnloggedRelation
+    ) {
+        // A standby refuses even to plan a statement over an unlogged relation.
         inner
     } else {
         Verdict::replica(Rule::Read)
@@ -100,6 +105,7 @@ pub(super) fn declare(s: Stmt<'_>, funcs: &FunctionRules) -> Verdict {
 
 pub(super) fn copy(s: Stmt<'_>, funcs: &FunctionRules) -> Verdict {
     let mut query = None;
+    let mut unlogged = false;
     let i = if s.punct(1, "(") {
         let Some(close) = s.close_paren(1) else {
             return Verdict::unparsed();
@@ -110,6 +116,7 @@ pub(super) fn copy(s: Stmt<'_>, funcs: &FunctionRules) -> Verdict {
         let Some(mut i) = s.skip_name(1) else {
             return Verdict::unparsed();
         };
+        unlogged = names_unlogged(s.range(1, i), funcs);
         if s.punct(i, "(") {
             let Some(close) = s.close_paren(i) else {
                 return Verdict::unparsed();
@@ -129,6 +136,7 @@ pub(super) fn copy(s: Stmt<'_>, funcs: &FunctionRules) -> Verdict {
         return Verdict::primary(Rule::Utility("COPY TO a server file"));
     }
     match query.map(|(from, to)| s.inner(from, to)) {
+        None if unlogged => Verdict::primary(Rule::UnloggedRelation),
         None => Verdict::replica(Rule::Read),
         Some(Some(q)) if q.len() > 0 => classify_stmt(q, funcs).nested(),
         Some(_) => Verdict::unparsed(),

@@ -29,7 +29,7 @@ use super::functions::FunctionRules;
 use super::split::{Hint, Lexer, Tok, TokKind, leading_hint, split_statements};
 use commands::{copy, create, declare, explain};
 use query::{advisory_pin, calls, query};
-use session::{begin, discard, reset, set};
+use session::{begin, discard, reset, set, show};
 use stmt::{Stmt, paren_spans};
 
 /// Where a request may run.
@@ -74,6 +74,15 @@ pub enum Rule {
     ModifyingCte,
     /// Calls a function that may write (qualified name as written).
     WriteFunction(String),
+    /// Names an unlogged table or sequence (or a view or parent table over one), which a hot standby
+    /// refuses to read.
+    UnloggedRelation,
+    /// Asks whether the server is a primary (`pg_is_in_recovery()`, `transaction_read_only`,
+    /// `in_hot_standby`): the answer must be the primary's, as the greeting's, while a primary is up.
+    ServerRole,
+    /// Asks the session's process id (`pg_backend_pid()`): the pid of its primary connection, the one
+    /// `pg_cancel_backend` / `pg_terminate_backend` find whichever node the session reads from.
+    SessionPid,
     /// Opens a read-write transaction.
     TransactionBegin,
     /// Opens a read-only transaction.
@@ -103,6 +112,9 @@ impl fmt::Display for Rule {
             Rule::SelectInto => f.write_str("SELECT INTO creates a table"),
             Rule::ModifyingCte => f.write_str("data-modifying WITH writes"),
             Rule::WriteFunction(name) => write!(f, "calls {name}() which may write"),
+            Rule::UnloggedRelation => f.write_str(UNLOGGED_LABEL),
+            Rule::ServerRole => f.write_str(SERVER_ROLE_LABEL),
+            Rule::SessionPid => f.write_str(SESSION_PID_LABEL),
             Rule::TransactionBegin => f.write_str("read-write transaction runs on the primary"),
             Rule::ReadOnlyTransaction => f.write_str("read-only transaction"),
             Rule::TransactionControl(kind) => write!(f, "{kind} follows the open transaction"),
@@ -114,7 +126,26 @@ impl fmt::Display for Rule {
     }
 }
 
+/// The label of [`Rule::UnloggedRelation`].
+pub const UNLOGGED_LABEL: &str = "reads an unlogged table: sent to the primary";
+/// The label of [`Rule::ServerRole`]; the session recognises a plan by it (see [`Rule::is_read_on_primary`]).
+pub const SERVER_ROLE_LABEL: &str = "asks the server's role: answered by the primary";
+/// The label of [`Rule::SessionPid`].
+pub const SESSION_PID_LABEL: &str = "asks the session's pid: answered by the primary";
+
 impl Rule {
+    /// Whether a request labelled `label` (see [`Rule::label`]) is a read that only runs on the primary
+    /// because a replica would answer it differently, not because it writes.
+    pub fn is_read_on_primary(label: &str) -> bool {
+        label == UNLOGGED_LABEL || label == SERVER_ROLE_LABEL || label == SESSION_PID_LABEL
+    }
+
+    /// Whether a request labelled `label` asks something any node can answer for itself when no primary is
+    /// up (rather than failing for want of one).
+    pub fn answers_without_primary(label: &str) -> bool {
+        label == SERVER_ROLE_LABEL || label == SESSION_PID_LABEL
+    }
+
     /// The `Display` text, without an allocation for the rules that requests hit over and over: it becomes
     /// the label of a routing decision on every request the rule decides.
     pub fn label(&self) -> Cow<'static, str> {
@@ -133,6 +164,9 @@ impl Rule {
             Rule::ForUpdate => "row lock (FOR UPDATE/SHARE) needs the primary",
             Rule::SelectInto => "SELECT INTO creates a table",
             Rule::ModifyingCte => "data-modifying WITH writes",
+            Rule::UnloggedRelation => UNLOGGED_LABEL,
+            Rule::ServerRole => SERVER_ROLE_LABEL,
+            Rule::SessionPid => SESSION_PID_LABEL,
             Rule::TransactionBegin => "read-write transaction runs on the primary",
             Rule::ReadOnlyTransaction => "read-only transaction",
             Rule::TooLarge => "statement over 1 MiB: sent to the primary unparsed",
@@ -316,7 +350,16 @@ fn combine(verdicts: Vec<Verdict>, hint: Option<Hint>) -> Decision {
         Some(TxStart::ReadOnly)
     };
 
-    let first_primary = verdicts.iter().find(|v| v.target == Target::Primary);
+    // A role question falls back to a replica when no primary is up; a request that also writes must not.
+    // After BEGIN READ ONLY it runs in that transaction, wherever the transaction goes.
+    let first_primary = verdicts
+        .iter()
+        .find(|v| v.target == Target::Primary && v.rule != Rule::ServerRole)
+        .or_else(|| {
+            verdicts
+                .iter()
+                .find(|v| v.target == Target::Primary && tx_start != Some(TxStart::ReadOnly))
+        });
     let (mut target, mut rule) = match (first_primary, tx_start) {
         (Some(v), _) => (Target::Primary, v.rule.clone()),
         (None, Some(TxStart::ReadWrite)) => (Target::Primary, Rule::TransactionBegin),
@@ -429,7 +472,7 @@ fn classify_stmt(s: Stmt<'_>, funcs: &FunctionRules) -> Verdict {
         "BEGIN" | "START" => begin(s),
         "SET" => set(s),
         "RESET" => reset(s),
-        "SHOW" => Verdict::replica(Rule::SessionState("SHOW")),
+        "SHOW" => show(s),
         "DISCARD" => discard(s),
         "EXPLAIN" => explain(s, funcs),
         "DECLARE" => declare(s, funcs),

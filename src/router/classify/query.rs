@@ -5,10 +5,12 @@ use sqlparser::ast::{SetExpr, Statement};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
+use super::session::ROLE_SETTINGS;
 use super::stmt::Stmt;
 use super::{Pin, Rule, Verdict};
 use crate::router::depth::too_deep_tokens;
 use crate::router::functions::{FunctionRules, is_session_advisory_lock};
+use crate::router::split::TokKind;
 
 /// What sqlparser's AST says about a statement offered as a read.
 enum Parsed {
@@ -87,16 +89,29 @@ pub(super) fn query(s: Stmt<'_>, funcs: &FunctionRules) -> Verdict {
         Some(Rule::SelectInto)
     } else if row_lock(s) {
         Some(Rule::ForUpdate)
+    } else if let Some(name) = writing_call(&found_calls, funcs) {
+        Some(Rule::WriteFunction(name))
+    } else if names_unlogged(s, funcs) {
+        Some(Rule::UnloggedRelation)
+    } else if asks_role(s, &found_calls) {
+        Some(Rule::ServerRole)
+    } else if found_calls
+        .iter()
+        .any(|c| c.name == "pg_backend_pid" && matches!(c.schema.as_deref(), None | Some("pg_catalog")))
+    {
+        Some(Rule::SessionPid)
     } else {
-        writing_call(&found_calls, funcs).map(Rule::WriteFunction)
+        None
     };
-    match (found, parsed) {
+    let verdict = match (found, parsed) {
         (Some(rule), _) => Verdict::primary(rule),
         (None, Parsed::Unparsed) => Verdict::unparsed(),
         (None, Parsed::TooDeep) => Verdict::primary(Rule::TooDeep),
         (None, _) => Verdict::replica(Rule::Read),
     }
-    .pin(pin)
+    .pin(pin);
+    // SELECT INTO creates a table, perhaps an UNLOGGED one the catalog rules must learn of.
+    if into.is_some() { verdict.ddl() } else { verdict }
 }
 
 /// A function call found by the token scan: `name(` or `schema.name(`, names resolved.
@@ -181,6 +196,58 @@ fn writing_call(calls: &[Call], funcs: &FunctionRules) -> Option<String> {
         .iter()
         .find(|c| funcs.may_write(c.schema.as_deref(), &c.name))
         .map(Call::qualified)
+}
+
+/// Whether any name in the statement, alone or as `schema.name`, may be an unlogged relation. Deliberately
+/// generous: it does not tell a table from a column or an alias of the same name, since a spurious match
+/// only costs a trip to the primary, while a miss fails on the replica.
+pub(super) fn names_unlogged(s: Stmt<'_>, funcs: &FunctionRules) -> bool {
+    if !funcs.has_unlogged() {
+        return false;
+    }
+    (0..s.len()).any(|i| {
+        if !s.is_name(i) {
+            return false;
+        }
+        let name = s.ident(i);
+        let schema = (i >= 2 && s.punct(i - 1, ".") && s.is_name(i - 2)).then(|| s.ident(i - 2));
+        // The first part of `t.col` is checked as an unqualified name of its own.
+        funcs.is_unlogged(schema.as_deref(), &name)
+    })
+}
+
+/// Whether the statement asks whether the server is a primary: `pg_is_in_recovery()`, or
+/// `current_setting('<a role setting>')` (see [`ROLE_SETTINGS`]).
+fn asks_role(s: Stmt<'_>, calls: &[Call]) -> bool {
+    let builtin = |c: &Call| matches!(c.schema.as_deref(), None | Some("pg_catalog"));
+    if calls.iter().any(|c| builtin(c) && c.name == "pg_is_in_recovery") {
+        return true;
+    }
+    (0..s.len()).any(|i| {
+        s.is_name(i)
+            && s.ident(i) == "current_setting"
+            && s.punct(i + 1, "(")
+            && s.kind(i + 2) == Some(TokKind::Str)
+            && string_value(s.text(i + 2))
+                .is_some_and(|v| ROLE_SETTINGS.contains(&v.to_ascii_lowercase().as_str()))
+    })
+}
+
+/// The value of a plain, `E` or dollar-quoted string constant (escapes aside, which setting names do not
+/// need); None for other kinds.
+fn string_value(text: &str) -> Option<String> {
+    let quoted = text
+        .strip_prefix(['E', 'e'])
+        .unwrap_or(text)
+        .strip_prefix('\'')
+        .and_then(|t| t.strip_suffix('\''));
+    if let Some(inner) = quoted {
+        return Some(inner.replace("''", "'"));
+    }
+    let rest = text.strip_prefix('$')?;
+    let tag_end = rest.find('$')?;
+    let tag = &text[..tag_end + 2];
+    text.strip_prefix(tag)?.strip_suffix(tag).map(str::to_owned)
 }
 
 pub(super) fn advisory_pin(calls: &[Call]) -> Option<Pin> {

@@ -202,6 +202,27 @@ fn session_characteristics(s: Stmt<'_>, from: usize, local: bool) -> Verdict {
     verdict
 }
 
+/// Settings whose value tells a primary from a hot standby (`SHOW ALL` lists them too). Their answer must be
+/// the primary's, like the `in_hot_standby` and `default_transaction_read_only` the greeting reports: clients
+/// (libpq's `target_session_attrs`, pgjdbc's `targetServerType`) ask them to decide whether they reached a
+/// server that takes writes.
+pub(super) const ROLE_SETTINGS: &[&str] = &[
+    "transaction_read_only",
+    "in_hot_standby",
+    "default_transaction_read_only",
+];
+
+/// `SHOW name`: session state, answered by a replica, except for the settings that tell the server's role.
+pub(super) fn show(s: Stmt<'_>) -> Verdict {
+    if s.skip_name(1) == Some(s.len()) {
+        let name = guc_name(s.from(1));
+        if name == "all" || ROLE_SETTINGS.contains(&name.as_str()) {
+            return Verdict::primary(Rule::ServerRole);
+        }
+    }
+    Verdict::replica(Rule::SessionState("SHOW"))
+}
+
 pub(super) fn reset(s: Stmt<'_>) -> Verdict {
     let verdict = Verdict::replica(Rule::SessionState("RESET"));
     let name = if s.kw(1, "ALL") && s.len() == 2 {

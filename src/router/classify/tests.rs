@@ -73,6 +73,8 @@ fn rules_display_short_reasons() {
         Rule::SelectInto,
         Rule::ModifyingCte,
         Rule::WriteFunction("f".to_owned()),
+        Rule::UnloggedRelation,
+        Rule::ServerRole,
         Rule::TransactionBegin,
         Rule::ReadOnlyTransaction,
         Rule::TransactionControl("COMMIT"),
@@ -380,4 +382,34 @@ fn read_only_begin_variants() {
         );
     }
     assert_eq!(decide("BEGIN READ BANANA").tx_start, None);
+}
+
+#[test]
+fn unlogged_relations_and_role_questions_go_to_the_primary() {
+    let rules = rules().with_unlogged([("public".to_owned(), "ucache".to_owned())].into_iter().collect());
+    // (sql, target, rule)
+    let cases = [
+        ("SELECT * FROM ucache", Target::Primary, Rule::UnloggedRelation),
+        ("COPY ucache TO STDOUT", Target::Primary, Rule::UnloggedRelation),
+        (
+            "EXPLAIN SELECT 1 FROM ucache",
+            Target::Primary,
+            Rule::UnloggedRelation,
+        ),
+        ("SELECT * FROM other.ucache", Target::Replica, Rule::Read),
+        ("SELECT pg_is_in_recovery()", Target::Primary, Rule::ServerRole),
+        ("SHOW in_hot_standby", Target::Primary, Rule::ServerRole),
+        ("SHOW work_mem", Target::Replica, Rule::SessionState("SHOW")),
+        // The stricter reason wins: an unlogged read has no replica to fall back to.
+        (
+            "SELECT pg_is_in_recovery() FROM ucache",
+            Target::Primary,
+            Rule::UnloggedRelation,
+        ),
+    ];
+    for (sql, target, rule) in cases {
+        let d = classify(sql, &rules);
+        assert_eq!((d.target, d.rule), (target, rule), "{sql}");
+    }
+    assert!(classify("SELECT 1 INTO UNLOGGED t2", &rules).ddl);
 }

@@ -23,6 +23,8 @@ pub(crate) type Msg = (u8, Vec<u8>);
 pub(crate) struct Raw {
     pub stream: TcpStream,
     buf: BytesMut,
+    /// The ParameterStatus values of the greeting, in order, filled by [`Raw::login`].
+    pub params: Vec<(String, String)>,
 }
 
 impl Raw {
@@ -33,6 +35,7 @@ impl Raw {
         Raw {
             stream,
             buf: BytesMut::new(),
+            params: Vec::new(),
         }
     }
 
@@ -180,6 +183,14 @@ impl Raw {
                         i32::from_be_bytes([body[0], body[1], body[2], body[3]]),
                         i32::from_be_bytes([body[4], body[5], body[6], body[7]]),
                     ))
+                }
+                b'S' => {
+                    let mut fields = body
+                        .split(|b| *b == 0)
+                        .map(|f| String::from_utf8_lossy(f).into_owned());
+                    if let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+                        self.params.push((name, value));
+                    }
                 }
                 b'E' => return Err(body),
                 b'Z' => return Ok(key.expect("BackendKeyData before ReadyForQuery")),
