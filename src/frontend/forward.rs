@@ -43,6 +43,8 @@ pub(crate) enum FlowError {
         plan: Box<Plan>,
         /// Whether any reply bytes reached the client.
         output_sent: bool,
+        /// Whether the node's own FATAL (sent before it closed the connection) reached the client.
+        farewell_sent: bool,
     },
 }
 
@@ -60,6 +62,10 @@ pub(crate) struct Flow {
     reopen_after_copy: bool,
     outcome: Outcome,
     output_sent: bool,
+    /// The node sent a FATAL: it closes the connection next.
+    fatal_seen: bool,
+    /// That FATAL reached the client.
+    farewell_sent: bool,
     /// A read that may be retried on another node: its reply is held back until it is complete (or large),
     /// so that a node dying in mid-reply (an immediate shutdown sends a FATAL, then resets) costs the client
     /// nothing. A reply that arrives in one piece, the usual case, is written as it comes, without a copy.
@@ -83,6 +89,7 @@ impl Flow {
             }
             b'E' => {
                 self.outcome.saw_error = true;
+                self.fatal_seen |= crate::backend::conn::is_fatal(body);
                 if self.copy_in {
                     self.copy_in = false;
                     self.open_batch |= std::mem::take(&mut self.reopen_after_copy);
@@ -125,6 +132,8 @@ impl Flow {
             reopen_after_copy: false,
             outcome: Outcome::default(),
             output_sent: false,
+            fatal_seen: false,
+            farewell_sent: false,
             hold_back: retryable,
         };
         let Some(conn) = session.conns[node.index()].as_mut() else {
@@ -147,6 +156,7 @@ impl Flow {
                 error,
                 plan: Box::new(plan),
                 output_sent: flow.output_sent,
+                farewell_sent: flow.farewell_sent,
             }),
         }
     }
@@ -211,6 +221,7 @@ impl Flow {
                                 &held
                             };
                             write_flush(&mut session.client, out).await.map_err(|e| Failure::Client(e.into()))?;
+                            self.farewell_sent |= self.fatal_seen;
                             held.clear();
                         }
                     }
