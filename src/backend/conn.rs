@@ -40,6 +40,10 @@ pub struct BackendConn {
     pub status: crate::protocol::TxStatus,
     /// Set when the connection can no longer be trusted (I/O error, protocol desync).
     pub broken: bool,
+    /// The FATAL (or PANIC) ErrorResponse the node sent on its own account before closing: an
+    /// idle_in_transaction_session_timeout, a pg_terminate_backend, a shutdown. A client whose state lived
+    /// here gets this instead of pgfleet's own "lost the connection" message.
+    pub farewell: Option<Frame>,
     /// What the current or last session left here.
     pub applied: AppliedState,
     /// Bound on the proxy's own exchanges (replays, resets, position queries): a hung node must not hang a
@@ -67,6 +71,7 @@ impl BackendConn {
             server_params: Vec::new(),
             status: crate::protocol::TxStatus::Idle,
             broken: false,
+            farewell: None,
             applied: AppliedState::default(),
             io_timeout: std::time::Duration::from_secs(5),
         }
@@ -93,13 +98,7 @@ impl BackendConn {
         match self.stream.read_buf(self.rbuf.read_target()).await {
             Ok(0) => {
                 self.broken = true;
-                Err(BackendError::io(
-                    &self.target,
-                    std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        "server closed the connection unexpectedly",
-                    ),
-                ))
+                Err(self.closed_error())
             }
             Ok(_) => Ok(()),
             Err(e) => {
@@ -109,11 +108,30 @@ impl BackendConn {
         }
     }
 
+    /// Why the node closed the connection: its own FATAL if it sent one, else an I/O error.
+    pub fn closed_error(&self) -> BackendError {
+        match &self.farewell {
+            Some(f) => BackendError::from_error_frame(f),
+            None => BackendError::io(
+                &self.target,
+                std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "server closed the connection unexpectedly",
+                ),
+            ),
+        }
+    }
+
     /// The next whole frame, reading as needed.
     pub async fn read_frame(&mut self) -> Result<Frame, BackendError> {
         loop {
             match self.rbuf.next_frame() {
-                Ok(Some(f)) => return Ok(f),
+                Ok(Some(f)) => {
+                    if f.kind == b'E' && is_fatal(f.body()) {
+                        self.farewell = Some(f.clone());
+                    }
+                    return Ok(f);
+                }
                 Ok(None) => self.fill().await?,
                 Err(e) => {
                     self.broken = true;
@@ -124,8 +142,21 @@ impl BackendConn {
     }
 
     /// Takes whatever whole frames are buffered as one block, reporting each frame's type and body.
-    pub fn take_block(&mut self, inspect: impl FnMut(u8, &[u8])) -> Result<Option<Bytes>, BackendError> {
-        self.rbuf.take_whole_frames(inspect).map_err(|e| {
+    pub fn take_block(&mut self, mut inspect: impl FnMut(u8, &[u8])) -> Result<Option<Bytes>, BackendError> {
+        let mut farewell = None;
+        let block = self.rbuf.take_whole_frames(|kind, body| {
+            if kind == b'E' && is_fatal(body) {
+                farewell = Some(Frame {
+                    kind,
+                    raw: crate::protocol::frame::build(kind, body),
+                });
+            }
+            inspect(kind, body)
+        });
+        if farewell.is_some() {
+            self.farewell = farewell;
+        }
+        block.map_err(|e| {
             self.broken = true;
             BackendError::protocol(&self.target, e.to_string())
         })
@@ -248,7 +279,10 @@ impl BackendConn {
             match self.rbuf.next_frame() {
                 Ok(Some(f)) => match f.kind {
                     b'A' | b'N' => out.push(f.raw),
-                    b'E' => self.broken = true,
+                    b'E' => {
+                        self.broken = true;
+                        self.farewell = Some(f);
+                    }
                     _ => {}
                 },
                 Ok(None) => break,
@@ -273,6 +307,17 @@ impl BackendConn {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     }
+}
+
+/// Whether an ErrorResponse body ends the node's session (FATAL or PANIC): the node closes the connection
+/// after it.
+pub(crate) fn is_fatal(body: &[u8]) -> bool {
+    // 'V' (never localized) since 9.6; 'S' may be translated.
+    matches!(
+        crate::protocol::messages::error_field(body, b'V')
+            .or_else(|| crate::protocol::messages::error_field(body, b'S')),
+        Some("FATAL" | "PANIC")
+    )
 }
 
 /// The fields of a DataRow body as text (None for NULL).

@@ -1,8 +1,15 @@
 //! Running one request on one node: write the client's frames, then stream the node's answer back as whole
 //! frames, never decoding rows. While the node works, client input is read only when the protocol needs it
 //! there: COPY FROM STDIN data, and extended-protocol frames that follow a Flush up to their Sync.
+//!
+//! A Bind or Describe that follows a Flush may name a statement the session prepared on another node
+//! connection (a pipeline whose first request went elsewhere, a connection given back between
+//! transactions): the flow prepares it here first, in the same batch, and keeps the node's answer to that
+//! Parse (and to the Close of a stale statement of the same name) from the client (`Sent`).
 
-use bytes::BytesMut;
+use std::collections::VecDeque;
+
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::request::{End, Plan, Request};
@@ -43,6 +50,8 @@ pub(crate) enum FlowError {
         plan: Box<Plan>,
         /// Whether any reply bytes reached the client.
         output_sent: bool,
+        /// Whether the node's own FATAL (sent before it closed the connection) reached the client.
+        farewell_sent: bool,
     },
 }
 
@@ -60,6 +69,21 @@ pub(crate) struct Flow {
     reopen_after_copy: bool,
     outcome: Outcome,
     output_sent: bool,
+    /// The node sent a FATAL: it closes the connection next.
+    fatal_seen: bool,
+    /// That FATAL reached the client.
+    farewell_sent: bool,
+    /// In a batch left open by Flush: the Parse, Close and Sync messages sent, in order, for telling the
+    /// replies to pgfleet's own Parse and Close from the client's. Empty in any other request.
+    sent: VecDeque<Sent>,
+    /// Whether `sent` is kept (the request ended with Flush).
+    track: bool,
+    /// Byte ranges of the current reply block that answer pgfleet's own messages.
+    drops: Vec<(usize, usize)>,
+    /// Where the next frame of the current reply block starts.
+    block_at: usize,
+    /// pgfleet's own Parse or Close that the node skipped after an error: the applied state to put back.
+    undo: Vec<Sent>,
     /// A read that may be retried on another node: its reply is held back until it is complete (or large),
     /// so that a node dying in mid-reply (an immediate shutdown sends a FATAL, then resets) costs the client
     /// nothing. A reply that arrives in one piece, the usual case, is written as it comes, without a copy.
@@ -85,6 +109,7 @@ impl Flow {
             }
             b'E' => {
                 self.outcome.saw_error = true;
+                self.fatal_seen |= crate::backend::conn::is_fatal(body);
                 if self.copy_in {
                     self.copy_in = false;
                     self.open_batch |= std::mem::take(&mut self.reopen_after_copy);
@@ -101,8 +126,68 @@ impl Flow {
                     self.outcome.began_tx = true;
                 }
             }
-            b'1' => self.outcome.parses_ok += 1,
+            b'1' if !self.track => self.outcome.parses_ok += 1,
             b'A' => self.notified = true,
+            _ => {}
+        }
+        let len = 5 + body.len();
+        if self.track {
+            self.answered(kind, len);
+        }
+        self.block_at += len;
+    }
+
+    /// Matches a reply of an open batch with what was sent; see [`Sent`].
+    fn answered(&mut self, kind: u8, len: usize) {
+        match kind {
+            b'1' | b'3' => {
+                while let Some(front) = self.sent.pop_front() {
+                    match front {
+                        Sent::Sync => continue,
+                        Sent::Client => {
+                            if kind == b'1' {
+                                self.outcome.parses_ok += 1;
+                            }
+                        }
+                        Sent::Parsed(..) | Sent::Closed(_) => {
+                            self.drops.push((self.block_at, self.block_at + len))
+                        }
+                    }
+                    break;
+                }
+            }
+            b'E' => {
+                // The node skips every message up to the next Sync.
+                while let Some(front) = self.sent.front() {
+                    if matches!(front, Sent::Sync) {
+                        break;
+                    }
+                    if let Some(skipped) = self.sent.pop_front()
+                        && !matches!(skipped, Sent::Client)
+                    {
+                        self.undo.push(skipped);
+                    }
+                }
+            }
+            b'Z' => {
+                while let Some(front) = self.sent.pop_front() {
+                    if matches!(front, Sent::Sync) {
+                        break;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Notes a client frame sent in an open batch.
+    fn sending(&mut self, kind: u8) {
+        if !self.track {
+            return;
+        }
+        match kind {
+            b'P' | b'C' => self.sent.push_back(Sent::Client),
+            b'S' | b'Q' => self.sent.push_back(Sent::Sync),
             _ => {}
         }
     }
@@ -128,6 +213,13 @@ impl Flow {
             reopen_after_copy: false,
             outcome: Outcome::default(),
             output_sent: false,
+            sent: VecDeque::new(),
+            track: end == End::Open,
+            drops: Vec::new(),
+            block_at: 0,
+            undo: Vec::new(),
+            fatal_seen: false,
+            farewell_sent: false,
             hold_back: retryable,
             notified: false,
         };
@@ -151,6 +243,7 @@ impl Flow {
                 error,
                 plan: Box::new(plan),
                 output_sent: flow.output_sent,
+                farewell_sent: flow.farewell_sent,
             }),
         }
     }
@@ -165,6 +258,11 @@ impl Flow {
         let Some(conn) = session.conns[node.index()].as_mut() else {
             return Ok(());
         };
+        if self.track {
+            for f in &req.frames {
+                self.sending(f.kind);
+            }
+        }
         conn.write_all(req.encode(&mut session.scratch))
             .await
             .map_err(Failure::Node)?;
@@ -181,7 +279,7 @@ impl Flow {
             // waiting for their replies and send nothing more.
             let passed = read_client
                 && session.cbuf.buffered() > 0
-                && self.pass_on_buffered(session, plan, &mut to_node)?;
+                && self.pass_on_buffered(session, node, plan, &mut to_node)?;
             let Some(conn) = session.conns[node.index()].as_mut() else {
                 return Ok(());
             };
@@ -195,11 +293,21 @@ impl Flow {
                 biased;
                 r = conn.fill() => {
                     r.map_err(Failure::Node)?;
-                    let mut block = conn.take_block(|k, b| self.inspect(k, b)).map_err(Failure::Node)?;
-                    if std::mem::take(&mut self.notified) {
-                        // The client is told the pid pgfleet gave the notifying client, not a node's.
-                        block = block.map(|b| session.shared.cancels.rewrite_notifications(node.index(), b));
+                    self.block_at = 0;
+                    let block = conn.take_block(|k, b| self.inspect(k, b)).map_err(Failure::Node)?;
+                    if !self.undo.is_empty() {
+                        undo(conn, &mut self.undo);
                     }
+                    let block = match block {
+                        Some(b) if !self.drops.is_empty() => Some(without(b, &mut self.drops)).filter(|b| !b.is_empty()),
+                        other => other,
+                    };
+                    let block = if std::mem::take(&mut self.notified) {
+                        // The client is told the pid pgfleet gave the notifying client, not a node's.
+                        block.map(|b| session.shared.cancels.rewrite_notifications(node.index(), b))
+                    } else {
+                        block
+                    };
                     if let Some(block) = block {
                         // The client must see a COPY or an open batch's replies at once: it answers them.
                         let must_send = self.done() || self.copy_in || self.open_batch;
@@ -219,6 +327,7 @@ impl Flow {
                                 &held
                             };
                             write_flush(&mut session.client, out).await.map_err(|e| Failure::Client(e.into()))?;
+                            self.farewell_sent |= self.fatal_seen;
                             held.clear();
                         }
                     }
@@ -241,6 +350,7 @@ impl Flow {
     fn pass_on_buffered(
         &mut self,
         session: &mut Session,
+        node: NodeId,
         plan: &mut Plan,
         to_node: &mut BytesMut,
     ) -> Result<bool, Failure> {
@@ -269,7 +379,9 @@ impl Flow {
             }
             // Under transaction pooling the client's statement names become the proxy's here too.
             let frame = session.rewrite_names(frame);
+            self.prepare_for(session, node, plan, &frame, to_node);
             plan.note(&frame, &session.statements, &session.rules);
+            self.sending(frame.kind);
             if matches!(frame.kind, b'S' | b'Q') {
                 self.pending_ready += 1;
                 self.open_batch = false;
@@ -278,6 +390,117 @@ impl Flow {
         }
         Ok(passed)
     }
+}
+
+/// A message of an open batch whose answer (ParseComplete, CloseComplete, or none after an error) matters.
+#[derive(Debug)]
+enum Sent {
+    /// The client's own Parse or Close.
+    Client,
+    /// pgfleet prepared the session's statement of this name (with this id for the unnamed one).
+    Parsed(String, u64),
+    /// pgfleet closed a stale statement of this name before the client's Parse of it.
+    Closed(String),
+    /// Sync, or a simple Query: an error skips messages up to here.
+    Sync,
+}
+
+impl Flow {
+    /// Before a frame of an open batch: prepares here the session's statement a Bind or Describe names and
+    /// this connection lacks, or closes a stale statement a Parse is about to replace (as
+    /// `bring_up_to_date` does before a request).
+    fn prepare_for(
+        &mut self,
+        session: &mut Session,
+        node: NodeId,
+        plan: &Plan,
+        frame: &crate::protocol::Frame,
+        to_node: &mut BytesMut,
+    ) {
+        if !self.track {
+            return;
+        }
+        let body = frame.body();
+        let Some(conn) = session.conns[node.index()].as_mut() else {
+            return;
+        };
+        match frame.kind {
+            b'B' | b'D' => {
+                let name = if frame.kind == b'B' {
+                    crate::protocol::messages::bind_names(body).map(|(_, s)| s)
+                } else {
+                    crate::protocol::messages::target_name(body).and_then(|(k, n)| (k == b'S').then_some(n))
+                };
+                let Some(name) = name else { return };
+                if plan.parsed(name) {
+                    return;
+                }
+                let Some(stmt) = session.statements.get(name) else {
+                    return;
+                };
+                let present = if name.is_empty() {
+                    conn.applied.unnamed == Some(stmt.id)
+                } else {
+                    conn.applied.prepared.contains(name)
+                };
+                if present {
+                    return;
+                }
+                to_node.extend_from_slice(&stmt.parse);
+                if name.is_empty() {
+                    conn.applied.unnamed = Some(stmt.id);
+                } else {
+                    conn.applied.prepared.insert(name.to_owned());
+                }
+                self.sent.push_back(Sent::Parsed(name.to_owned(), stmt.id));
+            }
+            b'P' => {
+                let Some((name, _)) = crate::protocol::messages::parse_fields(body) else {
+                    return;
+                };
+                let stale = session.shared_conns || session.statements.get(name).is_none();
+                if name.is_empty() || plan.parsed(name) || !stale || !conn.applied.prepared.contains(name) {
+                    return;
+                }
+                to_node.extend_from_slice(&crate::protocol::messages::close_statement(name));
+                conn.applied.prepared.remove(name);
+                self.sent.push_back(Sent::Closed(name.to_owned()));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Puts back the applied state of pgfleet's own messages that the node skipped after an error.
+fn undo(conn: &mut crate::backend::PooledConn, skipped: &mut Vec<Sent>) {
+    for s in skipped.drain(..) {
+        match s {
+            Sent::Parsed(name, id) if name.is_empty() => {
+                if conn.applied.unnamed == Some(id) {
+                    conn.applied.unnamed = None;
+                }
+            }
+            Sent::Parsed(name, _) => {
+                conn.applied.prepared.remove(&name);
+            }
+            Sent::Closed(name) => {
+                conn.applied.prepared.insert(name);
+            }
+            Sent::Client | Sent::Sync => {}
+        }
+    }
+}
+
+/// `block` without the byte ranges in `drops` (which it empties).
+fn without(block: Bytes, drops: &mut Vec<(usize, usize)>) -> Bytes {
+    let mut out = BytesMut::with_capacity(block.len());
+    let mut at = 0;
+    for (start, end) in drops.drain(..) {
+        out.extend_from_slice(&block[at..start]);
+        at = end;
+    }
+    out.extend_from_slice(&block[at..]);
+    out.freeze()
 }
 
 enum Failure {

@@ -96,27 +96,25 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
+/// Reads one pre-session packet. A startup error is returned as such: whether the client is told about it
+/// is PostgreSQL's choice (see [`startup::StartupError::answer_code`]).
 async fn read_packet<S: AsyncRead + Unpin>(
     s: &mut S,
-) -> Result<Result<StartupPacket, ProxyError>, std::io::Error> {
+) -> Result<Result<StartupPacket, startup::StartupError>, std::io::Error> {
     let mut buf = BytesMut::with_capacity(256);
     loop {
         match startup::packet_len(&buf) {
-            Err(e) => return Ok(Err(ProxyError::fatal("08P01", e.to_string()))),
-            Ok(Some(len)) if buf.len() >= len => {
-                return Ok(startup::decode(&buf[..len]).map_err(|e| {
-                    let code = if matches!(e, startup::StartupError::Version(..)) {
-                        "0A000"
-                    } else {
-                        "08P01"
-                    };
-                    ProxyError::fatal(code, e.to_string())
-                }));
-            }
+            Err(e) => return Ok(Err(e)),
+            Ok(Some(len)) if buf.len() >= len => return Ok(startup::decode(&buf[..len])),
             _ => {}
         }
         if s.read_buf(&mut buf).await? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
+            let what = if buf.is_empty() {
+                "no startup packet"
+            } else {
+                "incomplete startup packet"
+            };
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, what));
         }
     }
 }
@@ -201,7 +199,19 @@ async fn negotiate(
         let packet = match read_packet(&mut stream).await? {
             Ok(p) => p,
             Err(e) => {
-                stream.write_all(&e.encode()).await?;
+                match e.answer_code() {
+                    Some(code) => {
+                        tracing::info!(client = %peer, error = %e, "startup packet refused");
+                        stream
+                            .write_all(&ProxyError::fatal(code, e.to_string()).encode())
+                            .await?;
+                    }
+                    // As PostgreSQL does (a COMMERROR): logged, and the connection closed without a word;
+                    // a client that sent Terminate before its startup packet expects nothing else.
+                    None => {
+                        tracing::info!(client = %peer, error = %e, "connection closed before its startup packet")
+                    }
+                }
                 return Ok(None);
             }
         };
@@ -228,10 +238,14 @@ async fn negotiate(
                 stream.write_all(b"N").await?;
             }
             StartupPacket::Ssl | StartupPacket::GssEnc => {
-                let e = ProxyError::fatal(
-                    "08P01",
-                    "unsupported frontend protocol: duplicate SSL or GSS request",
-                );
+                // PostgreSQL reads a second request as a startup packet of protocol 1234.5679 (or .5680).
+                let minor = if matches!(packet, StartupPacket::Ssl) {
+                    5679
+                } else {
+                    5680
+                };
+                let e = startup::StartupError::Version(1234, minor);
+                let e = ProxyError::fatal(e.answer_code().unwrap_or("0A000"), e.to_string());
                 stream.write_all(&e.encode()).await?;
                 return Ok(None);
             }

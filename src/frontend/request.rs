@@ -275,6 +275,11 @@ impl Plan {
         plan
     }
 
+    /// Whether the request parsed a statement of this name (its later Bind finds it on the same node).
+    pub fn parsed(&self, name: &str) -> bool {
+        self.parse_at.contains_key(name)
+    }
+
     /// Names parsed in this request.
     pub fn parsed_names(&self) -> HashSet<&str> {
         self.parses.iter().map(|(n, _)| n.as_str()).collect()

@@ -33,6 +33,22 @@ pub enum StartupError {
     NoUser,
 }
 
+impl StartupError {
+    /// What PostgreSQL (ProcessStartupPacket) sends for this: `None` when it only logs the packet and closes
+    /// the connection (a length it cannot trust means the peer may not speak the protocol at all: a stray
+    /// Terminate, garbage, a port scanner), else the SQLSTATE of the FATAL it answers with.
+    pub fn answer_code(&self) -> Option<&'static str> {
+        match self {
+            StartupError::BadLength => None,
+            StartupError::Version(..) => Some("0A000"),
+            StartupError::NoUser => Some("28000"),
+            StartupError::Layout | StartupError::ValueNotUtf8(_) | StartupError::NameNotUtf8(_) => {
+                Some("08P01")
+            }
+        }
+    }
+}
+
 /// One decoded pre-session packet.
 #[derive(Debug, PartialEq, Eq)]
 pub enum StartupPacket {
@@ -233,6 +249,24 @@ mod tests {
             decode(&encode_startup(&[("database", "x")])),
             Err(StartupError::NoUser)
         );
+    }
+
+    #[test]
+    fn answers_match_postgres() {
+        // (error, SQLSTATE of the FATAL PostgreSQL sends; None: it closes without a word)
+        let cases = [
+            (StartupError::BadLength, None),
+            (StartupError::Version(2, 0), Some("0A000")),
+            (StartupError::Version(1234, 5679), Some("0A000")),
+            (StartupError::Layout, Some("08P01")),
+            (StartupError::NoUser, Some("28000")),
+            (StartupError::ValueNotUtf8("user".into()), Some("08P01")),
+        ];
+        for (e, code) in cases {
+            assert_eq!(e.answer_code(), code, "{e}");
+        }
+        // A Terminate sent before the startup packet reads as a length no packet has.
+        assert_eq!(packet_len(&[b'X', 0, 0, 0, 4]), Err(StartupError::BadLength));
     }
 
     #[test]

@@ -135,3 +135,25 @@ async fn node_postgres_cursor_and_stream() {
         .arg("40");
     run_program(cmd, &proxy, "cursor_check.js");
 }
+
+/// node-postgres' `connect()` followed at once by `end()` sends Terminate before the startup packet;
+/// PostgreSQL closes that connection without an answer, so the client reports no error, and nor may pgfleet
+/// make it report one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_postgres_end_right_after_connect() {
+    let node = require_in_path("node", "Node.js");
+    let dir = clients_dir().join("node");
+    assert!(
+        dir.join("node_modules").join("pg").is_dir(),
+        "node-postgres is not installed in {}; {INSTALL_HINT}",
+        dir.display()
+    );
+    let cluster = cluster_async().await;
+    let proxy = Proxy::start(&cluster, "");
+    let mut cmd = Command::new(node);
+    cmd.current_dir(&dir)
+        .arg("end_at_once.js")
+        .arg(proxy.url(APP_USER, PASSWORD, APP_DB))
+        .arg("5");
+    run_program(cmd, &proxy, "end_at_once.js");
+}

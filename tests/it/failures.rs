@@ -540,7 +540,8 @@ async fn bad_startup_packets_and_hanging_clients_do_not_block_others() {
     let steady = Steady::start(&dsn).await;
     steady.progress(3).await;
 
-    // (3) Startup packets with absurd lengths are refused at once, without waiting for the bytes.
+    // (3) Startup packets with absurd lengths are refused at once, without waiting for the bytes, and, as
+    // PostgreSQL does (it logs "invalid length of startup packet" and answers nothing), without a word.
     for header in [
         [0x7f, 0xff, 0xff, 0xff],
         [0, 0, 0, 4],
@@ -553,14 +554,37 @@ async fn bad_startup_packets_and_hanging_clients_do_not_block_others() {
         packet.extend_from_slice(b"user\0app\0\0");
         raw.send(&packet).await;
         let started = Instant::now();
-        let msg = raw.expect_fatal("08P01").await;
-        assert!(msg.contains("startup packet"), "{header:?}: {msg}");
+        raw.expect_closed_without_a_word().await;
         assert!(
             started.elapsed() < Duration::from_secs(2),
             "{header:?} refused at once"
         );
         steady.progress(2).await;
     }
+    // A Terminate before any startup packet (node-postgres sends one when end() follows connect() at
+    // once), and bytes that are no protocol at all: closed without an answer, and logged.
+    let terminate = [b'X', 0, 0, 0, 4];
+    let garbage = b"GET / HTTP/1.1\r\nHost: pgfleet\r\n\r\n".to_vec();
+    for bytes in [terminate.to_vec(), garbage] {
+        let mut raw = Raw::connect(proxy.port).await;
+        raw.send(&bytes).await;
+        raw.expect_closed_without_a_word().await;
+    }
+    assert!(
+        proxy.wait_for_log("invalid length of startup packet", Duration::from_secs(10)),
+        "the refusal is logged:\n{}",
+        proxy.log_tail(40)
+    );
+    // An unsupported protocol version still gets PostgreSQL's FATAL 0A000.
+    let mut raw = Raw::connect(proxy.port).await;
+    let mut v2 = encode_startup(&[("user", APP_USER)]).to_vec();
+    v2[4..8].copy_from_slice(&0x0002_0000i32.to_be_bytes());
+    raw.send(&v2).await;
+    let msg = raw.expect_fatal("0A000").await;
+    assert_eq!(
+        msg,
+        "unsupported frontend protocol 2.0: server supports 3.0 to 3.0"
+    );
 
     // (4) Clients that connect and hang: silent, half a startup packet, an SSLRequest and nothing more,
     // half a Query after logging in, and one that never reads a large result.

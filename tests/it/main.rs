@@ -29,6 +29,7 @@ mod forward_types;
 mod harness_smoke;
 mod hostile_input;
 mod limits;
+mod node_errors;
 mod node_tls;
 mod pids;
 mod pooling;

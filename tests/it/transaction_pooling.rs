@@ -157,3 +157,63 @@ async fn session_state_pins_and_cancel_work() {
         .get(0);
     assert_eq!(port, primary, "LISTEN pinned the session to the primary");
 }
+
+/// A statement parsed in one request and bound in a later one: after a Sync that gave the connection back,
+/// across transactions, and from inside a batch left open by Flush that began on another node or
+/// connection. pgfleet prepares it where it is missing, and the client sees exactly PostgreSQL's replies to
+/// its own messages (no ParseComplete of pgfleet's Parse). Under both pool modes; psycopg 3 pipelines too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_statements_survive_any_split_across_syncs_and_transactions() {
+    use crate::support::raw::{Raw, data_rows};
+    use pgfleet::protocol::frame::build;
+    let cluster = cluster_async().await;
+    let parse = |name: &str, sql: &str| build(b'P', format!("{name}\0{sql}\0\0\0").as_bytes());
+    let bind = |name: &str| build(b'B', format!("\0{name}\0\0\0\0\0\0\0").as_bytes());
+    let execute = build(b'E', b"\0\0\0\0\0");
+    let (sync, flush) = (build(b'S', b""), build(b'H', b""));
+    let kinds = |msgs: &[(u8, Vec<u8>)]| msgs.iter().map(|(k, _)| *k as char).collect::<String>();
+    for extra in ["", TXN] {
+        let proxy = Proxy::start(&cluster, extra);
+        let mut raw = Raw::connect(proxy.port).await;
+        raw.login_app().await;
+        raw.send(&[parse("s1", "SELECT 41 + 1").as_ref(), &sync].concat())
+            .await;
+        assert_eq!(kinds(&raw.until_ready(Duration::from_secs(10)).await), "1Z");
+        for round in 0..6 {
+            // A transaction in between (on the primary, under transaction pooling on its own connection).
+            raw.simple("BEGIN").await;
+            raw.simple("CREATE TEMP TABLE IF NOT EXISTS x (n int) ON COMMIT DROP")
+                .await;
+            raw.simple("COMMIT").await;
+            // A batch opened by a read of its own, then the Bind of s1 after the Flush.
+            raw.send(&[parse("", "SELECT 1").as_ref(), &bind(""), &execute, &flush].concat())
+                .await;
+            let mut first = Vec::new();
+            for _ in 0..4 {
+                first.push(raw.frame().await.expect("reply in the open batch"));
+            }
+            assert_eq!(kinds(&first), "12DC", "{extra} round {round}");
+            raw.send(&[bind("s1").as_ref(), &execute, &sync].concat()).await;
+            let rest = raw.until_ready(Duration::from_secs(10)).await;
+            assert_eq!(kinds(&rest), "2DCZ", "{extra} round {round}: {rest:?}");
+            assert_eq!(data_rows(&rest), ["42"], "{extra} round {round}");
+            // Parse after a Flush, its Sync giving the connection back, and the Bind in a later request.
+            let name = format!("later{round}");
+            raw.send(&[parse(&name, "SELECT 'later'").as_ref(), &flush].concat())
+                .await;
+            assert_eq!(raw.frame().await.expect("ParseComplete").0, b'1');
+            raw.send(&sync).await;
+            assert_eq!(kinds(&raw.until_ready(Duration::from_secs(10)).await), "Z");
+            raw.send(&[bind(&name).as_ref(), &execute, &sync].concat()).await;
+            let later = raw.until_ready(Duration::from_secs(10)).await;
+            assert_eq!(data_rows(&later), ["later"], "{extra} round {round}: {later:?}");
+        }
+        if extra == TXN {
+            let mut cmd = std::process::Command::new("python3");
+            cmd.arg(crate::support::clients::clients_dir().join("psycopg3_pipeline_names.py"))
+                .arg(proxy.url(APP_USER, PASSWORD, APP_DB));
+            let done = crate::support::clients::run(cmd, Duration::from_secs(120));
+            assert!(done.status.success(), "{done}\n{}", proxy.log_tail(40));
+        }
+    }
+}

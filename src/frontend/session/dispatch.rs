@@ -22,6 +22,11 @@ use crate::protocol::messages::ProxyError;
 use crate::router::classify::{Rule, Target};
 use crate::router::policy::{Ask, Choice, NodeFacts};
 
+/// Whether a raw ErrorResponse frame (type byte and length included) is a FATAL or PANIC.
+fn is_fatal_frame(frame: &[u8]) -> bool {
+    frame.get(5..).is_some_and(crate::backend::conn::is_fatal)
+}
+
 /// The policy's view of the live node flags, read from the fleet's atomics (no I/O, no allocation).
 pub(super) struct LiveFacts<'a> {
     nodes: &'a [Arc<Node>],
@@ -172,7 +177,7 @@ impl Session {
                     self.shared.stats.node_error(node.index());
                 }
                 if self.routing.holds_state_on(node) {
-                    return self.node_lost(node, e, end).await;
+                    return self.node_lost(node, e, end, false).await;
                 }
                 if !e.is_node_failure() || last {
                     return self.refuse(self.error_of(&e), end).await;
@@ -191,6 +196,9 @@ impl Session {
                     }
                     Prepare::Node(e) => {
                         self.conns[node.index()] = None;
+                        if self.routing.holds_state_on(node) {
+                            return self.node_lost(node, e, end, false).await;
+                        }
                         return self.refuse(self.error_of(&e), end).await;
                     }
                     Prepare::Refused(err) => return self.refuse(err, end).await,
@@ -215,13 +223,17 @@ impl Session {
                     error,
                     plan: returned,
                     output_sent,
+                    farewell_sent,
                 }) => {
                     self.conns[node.index()] = None;
-                    self.shared.fleet.nodes()[node.index()].mark_down();
+                    if error.is_node_failure() {
+                        // Not for a FATAL that ends one backend only (an idle_in_transaction_session_timeout).
+                        self.shared.fleet.nodes()[node.index()].mark_down();
+                    }
                     self.shared.stats.node_error(node.index());
                     tracing::warn!(node = %self.shared.fleet.nodes()[node.index()].target.name, error = %error, "node failed during a request");
                     if output_sent || last || self.routing.tx_node.is_some() {
-                        return self.node_lost(node, error, end).await;
+                        return self.node_lost(node, error, end, farewell_sent).await;
                     }
                     last_err = Some(self.error_of(&error));
                     plan = *returned;
@@ -346,14 +358,20 @@ impl Session {
             // Forwarded replicas: pgfleet itself knows what it has applied there.
             return self.shared.fleet.forward.visible(node.index());
         }
-        self.connect(node).await.ok()?;
+        // A full pool is an unknown answer, not a reason to wait: a session waiting here for one replica
+        // while holding a probed connection to another could wait on a session doing the same the other way.
+        self.connect_with(node, Checkout::Immediate).await.ok()?;
         let conn = self.conns[node.index()].as_mut()?;
         conn.applied.unnamed = None;
         let text = conn
             .query_value("SELECT pg_last_wal_replay_lsn()::text")
             .await
-            .ok()??;
-        text.parse::<Lsn>().ok()
+            .ok()
+            .flatten();
+        // Under transaction pooling the probed connection goes back at once: the read may go elsewhere, and
+        // a connection kept until this session's next request on that node is one other sessions lack.
+        self.release_between_transactions(node);
+        text?.parse::<Lsn>().ok()
     }
 
     /// After a request: for read-your-writes, the WAL position of a write the session just committed, asked
@@ -432,33 +450,53 @@ impl Session {
         }
     }
 
-    /// A node died under a request that could not be retried.
+    /// A node died under a request that could not be retried. What the node said before closing reaches
+    /// the client (its FATAL verbatim); pgfleet speaks for it only when it said nothing.
     pub(super) async fn node_lost(
         &mut self,
         node: NodeId,
         error: BackendError,
         end: End,
+        farewell_sent: bool,
     ) -> Result<(), SessionError> {
         let name = self.shared.fleet.nodes()[node.index()].target.name.clone();
+        if farewell_sent {
+            // The node's FATAL is already with the client: as with PostgreSQL, the connection ends with it.
+            return Err(SessionError::Fatal(format!(
+                "node \"{name}\" ended the session: {error}"
+            )));
+        }
         if self.routing.holds_state_on(node) {
-            // The client's transaction or pinned session state died with the node. Like PostgreSQL, end the
-            // session rather than let the client believe its transaction still exists.
-            let what = if self.routing.tx_node == Some(node) {
-                "transaction"
-            } else {
-                "pinned session state"
+            // The client's transaction or pinned session state died with the node's session. Like
+            // PostgreSQL, end the client's session rather than let it believe its transaction still exists.
+            let e = match &error {
+                BackendError::Server { frame, message, .. } if is_fatal_frame(frame) => {
+                    let _ = self.client.write_all(frame).await;
+                    let _ = self.client.flush().await;
+                    return Err(SessionError::Fatal(format!(
+                        "node \"{name}\" ended the session: {message}"
+                    )));
+                }
+                BackendError::Server { code, message, .. } => ProxyError::fatal(code, message.clone()),
+                _ => {
+                    let what = if self.routing.tx_node == Some(node) {
+                        "transaction"
+                    } else {
+                        "pinned session state"
+                    };
+                    ProxyError::fatal(
+                        "57P01",
+                        format!(
+                            "pgfleet: lost the connection to node \"{name}\" holding this session's {what}: {error}"
+                        ),
+                    )
+                }
             };
-            let e = ProxyError::fatal(
-                "57P01",
-                format!(
-                    "pgfleet: lost the connection to node \"{name}\" holding this session's {what}: {error}"
-                ),
-            );
             let _ = self.client.write_all(&e.encode()).await;
+            let _ = self.client.flush().await;
             return Err(SessionError::Fatal(e.message));
         }
-        self.refuse(ProxyError::error(error.sqlstate(), error.to_string()), end)
-            .await
+        self.refuse(self.error_of(&error), end).await
     }
 
     /// Makes sure the session holds a connection to `node`, waiting for one if the node's pool is full.
@@ -488,16 +526,11 @@ impl Session {
                 }
                 return Ok(());
             }
-            let target = c.target.clone();
+            // Its FATAL, when it sent one: the client holding state there must hear it.
+            let closed = c.closed_error();
             self.conns[node.index()] = None;
             if self.routing.holds_state_on(node) {
-                return Err(BackendError::io(
-                    &target,
-                    std::io::Error::new(
-                        std::io::ErrorKind::ConnectionAborted,
-                        "the node closed the connection",
-                    ),
-                ));
+                return Err(closed);
             }
         }
         let n = self.shared.fleet.node(node);

@@ -183,7 +183,7 @@ pub(super) struct Session {
     /// The open transaction ran something on the primary that may have written.
     tx_wrote: bool,
     /// Transaction pooling: node connections go back to the pool between transactions.
-    shared_conns: bool,
+    pub(super) shared_conns: bool,
     /// Transaction pooling: the client's statement names and the proxy's.
     names: StatementNames,
     /// The session's row in SHOW CLIENTS, once the login is complete.

@@ -125,10 +125,14 @@ impl Session {
                 None => self.idle_timer = Some(Box::pin(tokio::time::sleep_until(due))),
             }
         }
+        // The node holding the session's LISTEN, transaction or pinned state is watched while the client is
+        // idle: notifications go on at once, and so does a FATAL that ends the node's session (PostgreSQL
+        // sends an idle_in_transaction_session_timeout when it fires, not at the next query).
         let listen_node = match self.routing.pinned {
-            Some((n, Pin::Listen)) if self.conn(n).is_some() => Some(n),
-            _ => None,
-        };
+            Some((n, Pin::Listen)) => Some(n),
+            _ => self.routing.tx_node.or(self.routing.pinned.map(|(n, _)| n)),
+        }
+        .filter(|n| self.conn(*n).is_some());
         loop {
             tokio::select! {
                 r = client_or_node(&mut self.client, &mut self.cbuf, &mut self.conns, listen_node, &self.shared.cancels) => return r,
@@ -311,17 +315,22 @@ async fn client_or_node(
                 Ok(()) => conn.take_block(|_, _| {}).ok().flatten(),
                 Err(_) => None,
             };
-            if conn.broken {
-                let e = ProxyError::fatal("57P01", format!(
-                    "pgfleet: lost the connection to node \"{}\" that held this session's LISTEN",
-                    conn.target.name));
-                let _ = client.write_all(&e.encode()).await;
-                return Err(SessionError::Fatal(e.message));
-            }
             if let Some(b) = block {
                 let b = cancels.rewrite_notifications(conn.target.index, b);
                 client.write_all(&b).await?;
                 client.flush().await?;
+            }
+            if let Some(farewell) = &conn.farewell {
+                // The node's FATAL went on with the block: the client's session ends with the node's.
+                let message = crate::protocol::messages::error_field(farewell.body(), b'M').unwrap_or("FATAL");
+                return Err(SessionError::Fatal(format!("node \"{}\" ended the session: {message}", conn.target.name)));
+            }
+            if conn.broken {
+                let e = ProxyError::fatal("57P01", format!(
+                    "pgfleet: lost the connection to node \"{}\" that held this session's state (LISTEN, transaction or pin)",
+                    conn.target.name));
+                let _ = client.write_all(&e.encode()).await;
+                return Err(SessionError::Fatal(e.message));
             }
         }
     }

@@ -267,6 +267,17 @@ impl Raw {
         );
         message
     }
+
+    /// Expects pgfleet to close the connection without sending a single byte (as PostgreSQL does with a
+    /// startup packet it cannot trust).
+    pub(crate) async fn expect_closed_without_a_word(&mut self) {
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(IO_TIMEOUT, self.stream.read_to_end(&mut got)).await;
+        // A reset counts as closed too: what matters is that nothing was sent.
+        let _ = read.expect("the connection is closed in time");
+        got.extend_from_slice(&self.buf);
+        assert!(got.is_empty(), "no bytes before the close, got {got:?}");
+    }
 }
 
 /// The first column of every DataRow in `msgs`, as text.
