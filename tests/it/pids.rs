@@ -443,31 +443,31 @@ async fn another_role_needs_postgres_permission_to_signal() {
 
     a.send(&query("SELECT pg_sleep(30)")).await;
     started_on_replica(&cluster, "SELECT pg_sleep(30)").await;
-    let msgs = other.simple(&format!("SELECT pg_cancel_backend({pid_a})")).await;
-    assert_eq!(
-        errors(&msgs),
-        vec![(
-            "42501".to_owned(),
-            "permission denied to cancel query".to_owned(),
-            "Only roles with privileges of the role whose query is being canceled or with privileges of \
-             the \"pg_signal_backend\" role may cancel this query."
-                .to_owned()
-        )]
-    );
-    assert_eq!(kinds(&msgs), "EZ");
-    let msgs = other
-        .simple(&format!("SELECT pg_terminate_backend({pid_a})"))
-        .await;
-    assert_eq!(
-        errors(&msgs),
-        vec![(
-            "42501".to_owned(),
-            "permission denied to terminate process".to_owned(),
-            "Only roles with privileges of the role whose process is being terminated or with privileges \
-             of the \"pg_signal_backend\" role may terminate this process."
-                .to_owned()
-        )]
-    );
+    // PostgreSQL's own refusals, asked of the primary directly for a backend of A's role: pgfleet's must
+    // read the same, in the primary's version's words.
+    let direct_app = connect(&cluster.primary.dsn(APP_USER, PASSWORD, APP_DB)).await;
+    let app_backend: i32 = direct_app
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("direct pid")
+        .get(0);
+    let mut direct_other = Raw::connect(cluster.primary.port).await;
+    direct_other
+        .login(OTHER_USER, OTHER_PASSWORD, APP_DB)
+        .await
+        .unwrap_or_else(|b| panic!("direct login: {:?}", error_field(&b, b'M')));
+    for function in ["pg_cancel_backend", "pg_terminate_backend"] {
+        let postgres = errors(
+            &direct_other
+                .simple(&format!("SELECT {function}({app_backend})"))
+                .await,
+        );
+        assert_eq!(postgres.len(), 1, "PostgreSQL refuses {function}: {postgres:?}");
+        assert_eq!(postgres[0].0, "42501");
+        let msgs = other.simple(&format!("SELECT {function}({pid_a})")).await;
+        assert_eq!(errors(&msgs), postgres, "{function} through pgfleet");
+        assert_eq!(kinds(&msgs), "EZ");
+    }
     let err = other_tp
         .query_one("SELECT pg_terminate_backend($1)", &[&pid_a])
         .await

@@ -43,8 +43,22 @@ pub(crate) fn permission(
     }
 }
 
-/// PostgreSQL's error for a refused signal.
-fn denied_error(signal: Signal, denied: Denied) -> ProxyError {
+/// PostgreSQL's error for a refused signal, worded as the primary's major version words it (16 rewrote
+/// these messages and added a DETAIL).
+fn denied_error(signal: Signal, denied: Denied, major: Option<u32>) -> ProxyError {
+    if major.is_some_and(|m| m < 16) {
+        let message = match (signal, denied) {
+            (Signal::Cancel, Denied::NoSuperuser) => "must be a superuser to cancel superuser query",
+            (Signal::Cancel, Denied::NoPermission) => {
+                "must be a member of the role whose query is being canceled or member of pg_signal_backend"
+            }
+            (Signal::Terminate, Denied::NoSuperuser) => "must be a superuser to terminate superuser process",
+            (Signal::Terminate, Denied::NoPermission) => {
+                "must be a member of the role whose process is being terminated or member of pg_signal_backend"
+            }
+        };
+        return ProxyError::error("42501", message);
+    }
     let (message, detail) = match (signal, denied) {
         (Signal::Cancel, Denied::NoSuperuser) => (
             "permission denied to cancel query",
@@ -71,6 +85,12 @@ fn denied_error(signal: Signal, denied: Denied) -> ProxyError {
         ),
     };
     ProxyError::error("42501", message).with_detail(detail)
+}
+
+/// The major version in a `server_version` such as `15.8 (Debian 15.8-1)` or `17beta1`.
+fn major_version(text: &str) -> Option<u32> {
+    let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    text[..digits].parse().ok()
 }
 
 /// What ended a session that another one terminated, in PostgreSQL's words.
@@ -167,7 +187,7 @@ impl Session {
         } else {
             match self.may_signal(&target).await {
                 Some(Ok(())) => Verdict::Allowed,
-                Some(Err(denied)) => Verdict::Refused(denied_error(bound.signal, denied)),
+                Some(Err((denied, major))) => Verdict::Refused(denied_error(bound.signal, denied, major)),
                 // The check could not be made: the primary answers the call itself.
                 None => return Ok(false),
             }
@@ -247,7 +267,8 @@ impl Session {
 
     /// Whether this session may signal `target`: at once for the same role, else as the primary judges
     /// the roles. None when the primary could not be asked.
-    async fn may_signal(&mut self, target: &SessionHandle) -> Option<Result<(), Denied>> {
+    /// With a refusal comes the primary's major version, which words it.
+    async fn may_signal(&mut self, target: &SessionHandle) -> Option<Result<(), (Denied, Option<u32>)>> {
         // PostgreSQL judges the current role: a session that changed it (SET ROLE, SET SESSION
         // AUTHORIZATION) is judged by the primary, with its settings applied.
         let entries = self.settings.entries();
@@ -270,6 +291,7 @@ impl Session {
         );
         let conn = self.conns[primary.index()].as_mut()?;
         conn.applied.unnamed = None;
+        let major = conn.server_param("server_version").and_then(major_version);
         let limit = conn.io_timeout;
         let rows = match tokio::time::timeout(limit, conn.query_rows(&sql)).await {
             Ok(rows) => rows.ok().and_then(Result::ok),
@@ -283,7 +305,7 @@ impl Session {
         let rows = rows?;
         let row = rows.first()?;
         let flag = |i: usize| row.get(i).and_then(|v| v.as_deref()) == Some("t");
-        Some(permission(flag(0), flag(3), flag(1), flag(2)))
+        Some(permission(flag(0), flag(3), flag(1), flag(2)).map_err(|d| (d, major)))
     }
 
     /// A request `[Parse] Bind [Describe] Execute Sync` of a recognised call, with its values bound.
@@ -447,5 +469,27 @@ mod tests {
                 "{ts} {cs} {member} {signal}"
             );
         }
+    }
+
+    #[test]
+    fn refusals_are_worded_as_the_primary_words_them() {
+        for (version, major) in [
+            ("15.8 (Debian 15.8-1.pgdg120+1)", Some(15)),
+            ("16.4", Some(16)),
+            ("17beta1", Some(17)),
+            ("devel", None),
+        ] {
+            assert_eq!(major_version(version), major, "{version}");
+        }
+        let old = denied_error(Signal::Cancel, Denied::NoPermission, Some(15));
+        assert_eq!(
+            old.message,
+            "must be a member of the role whose query is being canceled or member of pg_signal_backend"
+        );
+        let new = denied_error(Signal::Terminate, Denied::NoSuperuser, Some(16));
+        assert_eq!(new.message, "permission denied to terminate process");
+        // Unknown version: today's wording.
+        let unknown = denied_error(Signal::Cancel, Denied::NoSuperuser, None);
+        assert_eq!(unknown.message, "permission denied to cancel query");
     }
 }
