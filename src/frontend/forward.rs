@@ -2,7 +2,7 @@
 //! frames, never decoding rows. While the node works, client input is read only when the protocol needs it
 //! there: COPY FROM STDIN data, and extended-protocol frames that follow a Flush up to their Sync.
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::request::{End, Plan, Request};
@@ -10,6 +10,7 @@ use super::session::{Session, SessionError};
 use crate::backend::BackendError;
 use crate::cluster::NodeId;
 use crate::protocol::TxStatus;
+use crate::protocol::lsn::Lsn;
 
 /// The largest request-assembly buffer a session keeps between requests.
 const SCRATCH_KEPT: usize = 16 * 1024;
@@ -29,6 +30,44 @@ pub(crate) struct Outcome {
     pub last_commit: bool,
     /// The request itself opened a transaction that it also closed (BEGIN ... COMMIT in one string).
     pub began_tx: bool,
+}
+
+/// A query pgfleet appends to a request in the same write, to learn a WAL position without a round trip of
+/// its own (docs/routing.md, "Consistency levels"). Its reply never reaches the client: the client's last
+/// ReadyForQuery is held back until the position is known and published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Trailer {
+    /// On the primary after a request that may commit a write: the commit's position, published as
+    /// acknowledged before the client hears of the commit.
+    Commit,
+    /// On the primary after a read: how far that read may have seen.
+    Primary,
+    /// On a replica after a read: how far that read may have seen, and what the replica has replayed.
+    Replay,
+}
+
+impl Trailer {
+    fn query(self) -> &'static [u8] {
+        match self {
+            Trailer::Commit | Trailer::Primary => b"Q\0\0\0\x26SELECT pg_current_wal_lsn()::text\0",
+            Trailer::Replay => b"Q\0\0\0\x2aSELECT pg_last_wal_replay_lsn()::text\0",
+        }
+    }
+}
+
+/// The trailer's progress within a request in flight.
+#[derive(Debug)]
+struct TrailerState {
+    kind: Trailer,
+    /// The client's ReadyForQuery messages still to come; at zero, frames belong to the trailer.
+    client_ready: usize,
+    /// The client's last ReadyForQuery, held back until the trailer's answer is in.
+    final_ready: Option<Bytes>,
+    /// Within the block being read: where the client's frames end, and the span of its last ReadyForQuery.
+    visible_end: usize,
+    ready_span: Option<(usize, usize)>,
+    pos: usize,
+    answer: Option<Lsn>,
 }
 
 /// Why a request did not complete.
@@ -64,10 +103,38 @@ pub(crate) struct Flow {
     /// so that a node dying in mid-reply (an immediate shutdown sends a FATAL, then resets) costs the client
     /// nothing. A reply that arrives in one piece, the usual case, is written as it comes, without a copy.
     hold_back: bool,
+    trailer: Option<TrailerState>,
 }
 
 impl Flow {
     fn inspect(&mut self, kind: u8, body: &[u8]) {
+        if let Some(t) = self.trailer.as_mut() {
+            let start = t.pos;
+            t.pos += 5 + body.len();
+            if t.client_ready == 0 {
+                // The trailer's own reply: only its value and its end matter.
+                match kind {
+                    b'D' => {
+                        t.answer = crate::backend::conn::data_row_fields(body)
+                            .into_iter()
+                            .next()
+                            .flatten()
+                            .and_then(|text| text.parse().ok());
+                    }
+                    b'Z' => self.pending_ready = self.pending_ready.saturating_sub(1),
+                    _ => {}
+                }
+                return;
+            }
+            t.visible_end = t.pos;
+            if kind == b'Z' {
+                t.client_ready -= 1;
+                if t.client_ready == 0 {
+                    t.visible_end = start;
+                    t.ready_span = Some((start, t.pos));
+                }
+            }
+        }
         match kind {
             b'Z' => {
                 self.pending_ready = self.pending_ready.saturating_sub(1);
@@ -117,8 +184,19 @@ impl Flow {
         mut plan: Plan,
         retryable: bool,
     ) -> Result<(), FlowError> {
+        let trailer = session.trailer.take().filter(|_| end != End::Open);
+        let sent_trailer = trailer.is_some();
         let mut flow = Flow {
-            pending_ready: req.ready_count(),
+            pending_ready: req.ready_count() + usize::from(trailer.is_some()),
+            trailer: trailer.map(|kind| TrailerState {
+                kind,
+                client_ready: req.ready_count(),
+                final_ready: None,
+                visible_end: 0,
+                ready_span: None,
+                pos: 0,
+                answer: None,
+            }),
             open_batch: end == End::Open,
             copy_in: false,
             extended: req.is_extended(),
@@ -135,11 +213,36 @@ impl Flow {
         session
             .key
             .set_active(Some((conn.target.index, conn.pid, conn.secret)));
-        let result = flow.pump(session, node, req, &mut plan).await;
+        let mut result = flow.pump(session, node, req, &mut plan).await;
+        if result.is_ok()
+            && let Some(t) = flow.trailer.take()
+        {
+            session.trailer_answer = t.answer;
+            if let Some(lsn) = t.answer {
+                match t.kind {
+                    // Published before the client hears of the commit: a read that starts after it learns
+                    // of the commit must find the position here.
+                    Trailer::Commit if flow.outcome.status == TxStatus::Idle => {
+                        session.shared.fleet.positions.acknowledged(lsn)
+                    }
+                    Trailer::Replay => session.shared.fleet.nodes()[node.index()].replayed.saw(lsn),
+                    _ => {}
+                }
+            }
+            if let Some(ready) = t.final_ready {
+                result = write_flush(&mut session.client, &ready)
+                    .await
+                    .map_err(|e| Failure::Client(e.into()));
+            }
+        }
         session.key.set_active(None);
         match result {
             Ok(()) => {
                 session.finish(node, plan, &flow.outcome);
+                if sent_trailer && let Some(conn) = session.conns[node.index()].as_mut() {
+                    // The trailer is a simple Query, which drops the node's unnamed statement.
+                    conn.applied.unnamed = None;
+                }
                 Ok(())
             }
             Err(Failure::Client(e)) => Err(FlowError::Client(e)),
@@ -161,9 +264,19 @@ impl Flow {
         let Some(conn) = session.conns[node.index()].as_mut() else {
             return Ok(());
         };
-        conn.write_all(req.encode(&mut session.scratch))
-            .await
-            .map_err(Failure::Node)?;
+        let bytes = match &self.trailer {
+            Some(t) => {
+                // The trailer rides in the same write as the client's frames: no round trip of its own.
+                session.scratch.clear();
+                for f in &req.frames {
+                    session.scratch.extend_from_slice(&f.raw);
+                }
+                session.scratch.extend_from_slice(t.kind.query());
+                &session.scratch[..]
+            }
+            None => req.encode(&mut session.scratch),
+        };
+        conn.write_all(bytes).await.map_err(Failure::Node)?;
         if session.scratch.capacity() > SCRATCH_KEPT {
             // A large request passed through: idle sessions should not keep its buffer.
             session.scratch = Vec::new();
@@ -191,7 +304,22 @@ impl Flow {
                 biased;
                 r = conn.fill() => {
                     r.map_err(Failure::Node)?;
+                    if let Some(t) = self.trailer.as_mut() {
+                        t.pos = 0;
+                        t.visible_end = 0;
+                    }
                     let block = conn.take_block(|k, b| self.inspect(k, b)).map_err(Failure::Node)?;
+                    let block = match (block, self.trailer.as_mut()) {
+                        (Some(block), Some(t)) => {
+                            // The client's frames go on; its last ReadyForQuery waits; the trailer's stay here.
+                            if let Some((start, end)) = t.ready_span.take() {
+                                t.final_ready = Some(block.slice(start..end));
+                            }
+                            let visible = block.slice(..t.visible_end);
+                            (!visible.is_empty()).then_some(visible)
+                        }
+                        (block, _) => block,
+                    };
                     if let Some(block) = block {
                         // The client must see a COPY or an open batch's replies at once: it answers them.
                         let must_send = self.done() || self.copy_in || self.open_batch;
@@ -223,6 +351,13 @@ impl Flow {
                     }
                 }
             }
+        }
+        if !held.is_empty() {
+            // Only with a trailer: its last block carried nothing for the client, so this was not sent yet.
+            self.output_sent = true;
+            write_flush(&mut session.client, &held)
+                .await
+                .map_err(|e| Failure::Client(e.into()))?;
         }
         Ok(())
     }
@@ -280,4 +415,23 @@ enum Failure {
 async fn write_flush(client: &mut super::stream::ClientStream, bytes: &[u8]) -> std::io::Result<()> {
     client.write_all(bytes).await?;
     client.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Trailer;
+    use crate::protocol::messages::query;
+
+    #[test]
+    fn trailers_are_well_formed_queries() {
+        assert_eq!(
+            Trailer::Commit.query(),
+            &query("SELECT pg_current_wal_lsn()::text")[..]
+        );
+        assert_eq!(Trailer::Primary.query(), Trailer::Commit.query());
+        assert_eq!(
+            Trailer::Replay.query(),
+            &query("SELECT pg_last_wal_replay_lsn()::text")[..]
+        );
+    }
 }
