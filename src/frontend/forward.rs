@@ -46,12 +46,22 @@ pub(crate) enum Trailer {
     Replay,
 }
 
+/// The trailers' texts: named columns tell them apart from pgfleet's other position queries in a server log.
+const COMMIT_TRAILER: &str = "SELECT pg_current_wal_lsn()::text AS pgfleet_commit_lsn";
+const PRIMARY_TRAILER: &str = "SELECT pg_current_wal_lsn()::text AS pgfleet_read_lsn";
+const REPLAY_TRAILER: &str = "SELECT pg_last_wal_replay_lsn()::text AS pgfleet_replay_lsn";
+
 impl Trailer {
     fn query(self) -> &'static [u8] {
-        match self {
-            Trailer::Commit | Trailer::Primary => b"Q\0\0\0\x26SELECT pg_current_wal_lsn()::text\0",
-            Trailer::Replay => b"Q\0\0\0\x2aSELECT pg_last_wal_replay_lsn()::text\0",
-        }
+        static QUERIES: std::sync::LazyLock<[Bytes; 3]> = std::sync::LazyLock::new(|| {
+            [COMMIT_TRAILER, PRIMARY_TRAILER, REPLAY_TRAILER].map(crate::protocol::messages::query)
+        });
+        let i = match self {
+            Trailer::Commit => 0,
+            Trailer::Primary => 1,
+            Trailer::Replay => 2,
+        };
+        &QUERIES[i]
     }
 }
 
@@ -419,19 +429,15 @@ async fn write_flush(client: &mut super::stream::ClientStream, bytes: &[u8]) -> 
 
 #[cfg(test)]
 mod tests {
-    use super::Trailer;
-    use crate::protocol::messages::query;
+    use super::*;
 
     #[test]
     fn trailers_are_well_formed_queries() {
-        assert_eq!(
-            Trailer::Commit.query(),
-            &query("SELECT pg_current_wal_lsn()::text")[..]
-        );
-        assert_eq!(Trailer::Primary.query(), Trailer::Commit.query());
-        assert_eq!(
-            Trailer::Replay.query(),
-            &query("SELECT pg_last_wal_replay_lsn()::text")[..]
-        );
+        let frame = Trailer::Replay.query();
+        assert_eq!(frame[0], b'Q');
+        let len = u32::from_be_bytes([frame[1], frame[2], frame[3], frame[4]]) as usize;
+        assert_eq!(len + 1, frame.len());
+        assert_eq!(&frame[5..frame.len() - 1], REPLAY_TRAILER.as_bytes());
+        assert_ne!(Trailer::Commit.query(), Trailer::Primary.query());
     }
 }

@@ -6,9 +6,10 @@
 use super::{Session, SessionError};
 use crate::config::Consistency;
 use crate::frontend::request::Request;
+use crate::frontend::state::Statements;
 use crate::protocol::frame::build;
 use crate::protocol::lsn::Lsn;
-use crate::protocol::messages::{ProxyError, query_text, ready_for_query};
+use crate::protocol::messages::{ProxyError, bind_names, parse_fields, query_text, ready_for_query};
 use crate::router::split::{first_keywords, split_statements};
 
 /// The setting that holds a causal token for the session's reads.
@@ -78,36 +79,46 @@ pub(super) fn parse_read_after(value: &str) -> Result<Lsn, ProxyError> {
     })
 }
 
-/// Whether a request may end a transaction (COMMIT, END, ROLLBACK, ABORT, PREPARE TRANSACTION): only then
-/// may a position query follow a request sent inside one, where it would run as part of the transaction.
-pub(super) fn may_end_transaction(req: &Request) -> bool {
-    texts(req).any(|text| {
-        split_statements(text).into_iter().any(|stmt| {
+/// Whether a request ends a transaction and opens none after it (its last transaction-control statement is
+/// COMMIT, END, ROLLBACK, ABORT or PREPARE TRANSACTION): only then may a position query follow a request
+/// sent inside a transaction, where it would otherwise run as part of it.
+pub(super) fn may_end_transaction(req: &Request, statements: &Statements) -> bool {
+    let mut ends = false;
+    for text in texts(req, statements) {
+        for stmt in split_statements(text) {
             let words = first_keywords(stmt, 2);
             match words.first().map(String::as_str) {
-                Some("COMMIT" | "END" | "ROLLBACK" | "ABORT") => true,
-                Some("PREPARE") => words.get(1).is_some_and(|w| w == "TRANSACTION"),
-                _ => false,
+                Some("COMMIT" | "END" | "ROLLBACK" | "ABORT") => ends = true,
+                Some("PREPARE") if words.get(1).is_some_and(|w| w == "TRANSACTION") => ends = true,
+                Some("BEGIN" | "START") => ends = false,
+                _ => {}
             }
-        })
-    })
+        }
+    }
+    ends
 }
 
 /// Whether a request may run COPY: a query sent behind it would reach the node in the middle of COPY FROM
 /// STDIN, so none is.
-pub(super) fn may_copy(req: &Request) -> bool {
-    texts(req).any(|text| {
+pub(super) fn may_copy(req: &Request, statements: &Statements) -> bool {
+    texts(req, statements).any(|text| {
         text.as_bytes()
             .windows(4)
             .any(|w| w.eq_ignore_ascii_case(b"copy"))
     })
 }
 
-/// The SQL texts of a request: its Query strings and parsed statements.
-fn texts(req: &Request) -> impl Iterator<Item = &str> {
+/// The SQL texts of a request: its Query strings, the statements it parses and those it binds.
+fn texts<'a>(req: &'a Request, statements: &'a Statements) -> impl Iterator<Item = &'a str> {
     req.frames.iter().filter_map(|f| match f.kind {
         b'Q' => query_text(f.body()),
-        b'P' => crate::protocol::messages::parse_fields(f.body()).map(|(_, q)| q),
+        b'P' => parse_fields(f.body()).map(|(_, q)| q),
+        b'B' => {
+            let (_, name) = bind_names(f.body())?;
+            // The stored Parse is the whole frame: type byte and length before the body.
+            let parse = statements.get(name)?.parse.get(5..)?;
+            parse_fields(parse).map(|(_, q)| q)
+        }
         _ => None,
     })
 }
@@ -221,7 +232,8 @@ mod tests {
 
     #[test]
     fn transaction_ends_and_copy() {
-        let req = |text: &str| {
+        let none = Statements::default();
+        let req_of = |text: &str| {
             let mut r = Request::default();
             r.push(crate::protocol::Frame {
                 kind: b'Q',
@@ -229,14 +241,21 @@ mod tests {
             });
             r
         };
-        assert!(may_end_transaction(&req("COMMIT")));
-        assert!(may_end_transaction(&req("insert into t values (1); commit")));
-        assert!(may_end_transaction(&req("PREPARE TRANSACTION 'x'")));
-        assert!(may_end_transaction(&req("end")));
-        assert!(!may_end_transaction(&req("PREPARE s AS SELECT 1")));
-        assert!(!may_end_transaction(&req("SELECT 'commit'")));
-        assert!(!may_end_transaction(&req("UPDATE t SET x = 1 -- end")));
-        assert!(may_copy(&req("Copy t from stdin")));
-        assert!(!may_copy(&req("SELECT 1")));
+        assert!(may_end_transaction(&req_of("COMMIT"), &none));
+        assert!(may_end_transaction(
+            &req_of("insert into t values (1); commit"),
+            &none
+        ));
+        assert!(may_end_transaction(&req_of("PREPARE TRANSACTION 'x'"), &none));
+        assert!(may_end_transaction(&req_of("end"), &none));
+        assert!(!may_end_transaction(&req_of("PREPARE s AS SELECT 1"), &none));
+        assert!(!may_end_transaction(
+            &req_of("COMMIT; BEGIN; INSERT INTO t VALUES (1)"),
+            &none
+        ));
+        assert!(!may_end_transaction(&req_of("SELECT 'commit'"), &none));
+        assert!(!may_end_transaction(&req_of("UPDATE t SET x = 1 -- end"), &none));
+        assert!(may_copy(&req_of("Copy t from stdin"), &none));
+        assert!(!may_copy(&req_of("SELECT 1"), &none));
     }
 }

@@ -252,7 +252,7 @@ impl Session {
             deallocated_on: self.deallocated_on(plan),
             floor,
         };
-        {
+        let (view, mut choice) = {
             // The usual case needs no await: a borrowed snapshot spares the shared reference count.
             let shared = &*self.shared;
             let fleet = &shared.fleet;
@@ -261,19 +261,19 @@ impl Session {
             let facts = LiveFacts::new(&nodes, fleet.forward.as_ref(), &shared.pools);
             let config = shared.config();
             let routing = &config.routing;
-            match self
+            // Chosen once: a second run would move the round-robin balancer twice.
+            let choice = self
                 .routing
-                .choose(ask, &view, &facts, routing, &shared.balancer, order)?
-            {
+                .choose(ask, &view, &facts, routing, &shared.balancer, order)?;
+            match choice {
                 Choice::Fixed => return Ok(()),
                 Choice::Reads(reads) if reads.unsure(order).is_empty() && !reads.bound_missing() => {
                     return reads.finish(&self.routing, &view, &facts, routing, order);
                 }
                 Choice::Reads(_) => {}
             }
-        }
-        let view = self.shared.fleet.view();
-        let mut choice = self.choose_in(ask, &view, order)?;
+            (arc_swap::Guard::into_inner(view), choice)
+        };
         if let Choice::Reads(reads) = choice
             && reads.bound_missing()
             && let Some(bound) = self.bound_of_seen(&view).await
@@ -286,7 +286,11 @@ impl Session {
         };
         if !reads.unsure(order).is_empty() {
             // Ask the unsure candidates, waiting up to routing.consistency_wait for one to catch up.
-            let wait = self.shared.config().routing.consistency_wait;
+            let wait = if reads.may_wait() {
+                self.shared.config().routing.consistency_wait
+            } else {
+                std::time::Duration::ZERO
+            };
             let deadline = tokio::time::Instant::now() + wait;
             'wait: loop {
                 for i in 0..reads.unsure(order).len() {
@@ -387,8 +391,8 @@ impl Session {
             return None;
         }
         let in_transaction = self.routing.tx_node.is_some() || plan.tx_start.is_some();
-        if (in_transaction && !super::consistency::may_end_transaction(req))
-            || super::consistency::may_copy(req)
+        if (in_transaction && !super::consistency::may_end_transaction(req, &self.statements))
+            || super::consistency::may_copy(req, &self.statements)
         {
             return None;
         }

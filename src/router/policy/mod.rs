@@ -102,6 +102,8 @@ pub(crate) struct Reads {
     moved: Option<(NodeId, Lsn)>,
     /// A move away from the session's last node needs the bound of what the session saw, not known yet.
     bound_missing: bool,
+    /// A known-fresh replica can serve: the unsure candidate is asked once, not waited for.
+    no_wait: bool,
 }
 
 /// The current primary of a snapshot, or the error a write gets when there is none.
@@ -247,6 +249,7 @@ impl RoutingState {
             lsn: Lsn::ZERO,
             moved: None,
             bound_missing: false,
+            no_wait: false,
         };
         let known = |n: NodeId| {
             let snapshot = view.nodes.get(n.index()).and_then(|s| s.lsn);
@@ -299,6 +302,7 @@ impl RoutingState {
             reads.fresh = order.len();
             return Ok(Choice::Reads(reads));
         }
+        let pick = order.first().copied();
         // Known-fresh candidates first, each group in balanced order; in place, as the list is short.
         let mut fresh = 0;
         for i in 0..order.len() {
@@ -309,7 +313,14 @@ impl RoutingState {
             }
         }
         if order[..fresh].iter().any(|n| Some(*n) != primary) {
+            // The balancer's pick (or the session's home), if not known to be fresh, is asked once, without
+            // waiting, before a known-fresh replica serves: balancing survives knowledge a little stale.
+            let ask_pick = pick.filter(|p| Some(*p) != primary && !order[..fresh].contains(p));
             order.truncate(fresh);
+            if let Some(p) = ask_pick {
+                order.push(p);
+                reads.no_wait = true;
+            }
         }
         reads.fresh = fresh;
         Ok(Choice::Reads(reads))
@@ -346,6 +357,12 @@ impl Reads {
             Some((from, upper)) if from != node => upper.max(self.lsn),
             _ => self.lsn,
         }
+    }
+
+    /// Whether the unsure candidates may be waited for (`routing.consistency_wait`): not when a known-fresh
+    /// replica can serve the read at once.
+    pub(crate) fn may_wait(&self) -> bool {
+        !self.no_wait
     }
 
     /// Whether the session must find out how far its reads saw before this read may move to another node

@@ -587,11 +587,19 @@ fn rows() -> Vec<Row> {
         .state(wrote(200))
         .lsn_after(None),
         row(
-            "read-your-writes: only replicas known to have replayed the write",
+            "read-your-writes: only replicas known to have replayed the write (the balancer's stale pick is asked once)",
             vec![p().lsn(Some(300)), r().lsn(Some(100)), r().lsn(Some(250))],
             Nodes(&[2, 0]),
         )
-        .state(wrote(200)),
+        .state(wrote(200))
+        .probes(&[1], &[]),
+        row(
+            "read-your-writes: the balancer's pick, asked and found fresh, serves; the known-fresh one follows",
+            vec![p().lsn(Some(300)), r().lsn(Some(100)), r().lsn(Some(250))],
+            Nodes(&[1, 2, 0]),
+        )
+        .state(wrote(200))
+        .probes(&[1], &[1]),
         row(
             "read-your-writes: a replica with unknown position is asked; one that replayed is used",
             vec![p().lsn(Some(300)), r().lsn(None), r().lsn(Some(100))],
@@ -689,7 +697,8 @@ fn rows() -> Vec<Row> {
             Nodes(&[2, 0]),
         )
         .config(level_global)
-        .floor(700),
+        .floor(700)
+        .probes(&[1], &[]),
         row(
             "global: a probe by any session counts, beyond the health snapshot",
             vec![
@@ -715,7 +724,8 @@ fn rows() -> Vec<Row> {
             Nodes(&[2, 0]),
         )
         .config(level_universal)
-        .floor(1100),
+        .floor(1100)
+        .probes(&[1], &[]),
         row(
             "universal: the primary's position unknown: the primary",
             vec![p(), r(), r()],
@@ -731,9 +741,10 @@ fn rows() -> Vec<Row> {
         .state(RoutingState {
             read_after: Some(Lsn(1050)),
             ..RoutingState::default()
-        }),
+        })
+        .probes(&[1], &[]),
         row(
-            "read-your-writes and affinity: a stale home is passed over but stays the home",
+            "read-your-writes and affinity: a stale home is asked once, then passed over but stays the home",
             vec![p().lsn(Some(300)), r().lsn(Some(100)), r().lsn(Some(250))],
             Nodes(&[2, 0]),
         )
@@ -741,7 +752,8 @@ fn rows() -> Vec<Row> {
         .state(RoutingState {
             read_home: Some(id(1)),
             ..wrote(200)
-        }),
+        })
+        .probes(&[1], &[]),
     ]
 }
 
