@@ -62,18 +62,26 @@ fn direct(node: &NodeHandle, sql: &str) -> String {
 /// Sets `recovery_min_apply_delay` on a standby and waits until a new backend sees it. Whether the startup
 /// process applies it yet is not observable; every test proves the delay is in force by a stale read.
 async fn set_apply_delay(node: &NodeHandle, delay: &str) {
-    direct(node, &format!("ALTER SYSTEM SET recovery_min_apply_delay = '{delay}'"));
+    direct(
+        node,
+        &format!("ALTER SYSTEM SET recovery_min_apply_delay = '{delay}'"),
+    );
     direct(node, "SELECT pg_reload_conf()");
     let applied = wait_until(Duration::from_secs(5), async || {
         direct(node, "SHOW recovery_min_apply_delay") == delay
     })
     .await;
-    assert!(applied.is_some(), "{}: recovery_min_apply_delay did not become {delay}", node.name);
+    assert!(
+        applied.is_some(),
+        "{}: recovery_min_apply_delay did not become {delay}",
+        node.name
+    );
 }
 
-/// Creates `t` on the primary and waits until both replicas have it.
+/// Runs `ddl` on the primary as the application user and waits until both replicas have it.
 async fn create_table(cluster: &LocalCluster, ddl: &str) {
-    direct(&cluster.primary, ddl);
+    let owner = connect(&cluster.primary.dsn(APP_USER, PASSWORD, APP_DB)).await;
+    run(&owner, ddl).await;
     let replicas: Vec<&NodeHandle> = cluster.replicas.iter().collect();
     tokio::task::block_in_place(|| {
         LocalCluster::wait_caught_up(&cluster.primary, &replicas, Duration::from_secs(30))
@@ -128,16 +136,28 @@ async fn global_reads_see_every_commit_acknowledged_to_any_connection() {
 
     // PREPARE TRANSACTION on one connection: the other sees it in pg_prepared_xacts at once, and after
     // COMMIT PREPARED, its row.
-    run(&a, "BEGIN; INSERT INTO g VALUES (-1); PREPARE TRANSACTION 'consistency_px'").await;
+    run(
+        &a,
+        "BEGIN; INSERT INTO g VALUES (-1); PREPARE TRANSACTION 'consistency_px'",
+    )
+    .await;
     assert_eq!(
-        value(&b, "SELECT count(*) FROM pg_prepared_xacts WHERE gid = 'consistency_px'").await,
+        value(
+            &b,
+            "SELECT count(*) FROM pg_prepared_xacts WHERE gid = 'consistency_px'"
+        )
+        .await,
         "1",
         "a transaction prepared on another connection must show in pg_prepared_xacts"
     );
     run(&a, "COMMIT PREPARED 'consistency_px'").await;
     assert_eq!(value(&b, "SELECT count(*) FROM g WHERE id = -1").await, "1");
     assert_eq!(
-        value(&b, "SELECT count(*) FROM pg_prepared_xacts WHERE gid = 'consistency_px'").await,
+        value(
+            &b,
+            "SELECT count(*) FROM pg_prepared_xacts WHERE gid = 'consistency_px'"
+        )
+        .await,
         "0"
     );
 }
@@ -207,7 +227,10 @@ async fn causal_token_carries_a_commit_to_another_connection() {
     for i in 0..50 {
         run(&a, &format!("INSERT INTO c VALUES ({i})")).await;
         let token = value(&a, "show pgfleet.write_lsn;").await;
-        assert!(token.contains('/') && token != previous, "token {token:?} after write {i}");
+        assert!(
+            token.contains('/') && token != previous,
+            "token {token:?} after write {i}"
+        );
         previous = token.clone();
         run(&b, &format!("SET pgfleet.read_after = '{token}'")).await;
         assert_eq!(
@@ -239,7 +262,10 @@ async fn causal_token_carries_a_commit_to_another_connection() {
         "{} options='-c pgfleet.read_after=soon'",
         proxy.dsn(APP_USER, PASSWORD, APP_DB)
     );
-    let e = try_connect(&bad).await.err().expect("a bad startup token must be refused");
+    let e = try_connect(&bad)
+        .await
+        .err()
+        .expect("a bad startup token must be refused");
     let db = e.as_db_error().expect("a server error");
     assert_eq!(db.code().code(), "22023");
     assert!(db.message().contains("pgfleet.read_after"), "{}", db.message());
@@ -250,7 +276,10 @@ async fn backward_steps(c: &Client, rounds: usize) -> usize {
     let mut last = 0i64;
     let mut backwards = 0;
     for _ in 0..rounds {
-        let v: i64 = value(c, "SELECT v FROM m WHERE id = 1").await.parse().expect("a number");
+        let v: i64 = value(c, "SELECT v FROM m WHERE id = 1")
+            .await
+            .parse()
+            .expect("a number");
         if v < last {
             backwards += 1;
         }
@@ -264,8 +293,11 @@ async fn monotonic_reads_never_go_back_in_time_across_replicas() {
     let cluster = cluster_async().await;
     let off = proxy_at(&cluster, "off");
     let session = proxy_at(&cluster, "session");
-    create_table(&cluster, "CREATE TABLE m (id int PRIMARY KEY, v bigint NOT NULL); INSERT INTO m VALUES (1, 0)")
-        .await;
+    create_table(
+        &cluster,
+        "CREATE TABLE m (id int PRIMARY KEY, v bigint NOT NULL); INSERT INTO m VALUES (1, 0)",
+    )
+    .await;
     // One replica current, the other 1 s behind: alternating reads would see the counter jump back.
     set_apply_delay(&cluster.replicas[1], "1s").await;
     let stop = Arc::new(AtomicBool::new(false));
@@ -291,7 +323,8 @@ async fn monotonic_reads_never_go_back_in_time_across_replicas() {
          should see the counter go back"
     );
     assert_eq!(
-        back_at_session, 0,
+        back_at_session,
+        0,
         "consistency = \"session\": reads went back in time {back_at_session} times\n--- pgfleet log ---\n{}",
         session.log_tail(40)
     );
@@ -321,14 +354,23 @@ async fn commit_positions_ride_behind_the_write_without_a_round_trip_of_their_ow
     for i in 0..10 {
         run(&c, &format!("INSERT INTO w VALUES ({i})")).await;
     }
-    c.execute("INSERT INTO w VALUES ($1)", &[&10i32]).await.expect("extended insert");
+    c.execute("INSERT INTO w VALUES ($1)", &[&10i32])
+        .await
+        .expect("extended insert");
     run(&c, "BEGIN; INSERT INTO w VALUES (11)").await;
     run(&c, "COMMIT").await;
-    run(&c, "BEGIN; INSERT INTO w VALUES (12); PREPARE TRANSACTION 'rides'").await;
+    run(
+        &c,
+        "BEGIN; INSERT INTO w VALUES (12); PREPARE TRANSACTION 'rides'",
+    )
+    .await;
     run(&c, "COMMIT PREPARED 'rides'").await;
     let token = value(&c, "SHOW pgfleet.write_lsn").await;
     assert_ne!(token, "0/0");
-    let logged = wait_until(Duration::from_secs(5), async || count(riding) - riding_before >= 14).await;
+    let logged = wait_until(Duration::from_secs(5), async || {
+        count(riding) - riding_before >= 14
+    })
+    .await;
     assert!(
         logged.is_some(),
         "14 committing requests should each carry the position query: {} seen",
@@ -347,5 +389,8 @@ async fn commit_positions_ride_behind_the_write_without_a_round_trip_of_their_ow
     sink.send(Bytes::from_static(b"100\n101\n")).await.expect("send");
     assert_eq!(sink.finish().await.expect("finish"), 2);
     let seen = wait_until(Duration::from_secs(5), async || count(separate) > separate_before).await;
-    assert!(seen.is_some(), "the COPY's separate position query should be in the primary's log");
+    assert!(
+        seen.is_some(),
+        "the COPY's separate position query should be in the primary's log"
+    );
 }
