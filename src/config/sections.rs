@@ -245,9 +245,9 @@ pub enum Consistency {
     /// Reads may go to any replica within the lag limit.
     Off,
     /// A session sees its own committed writes, and never older data than it already read.
-    #[default]
     Session,
     /// A read sees every write whose commit this pgfleet acknowledged to any client before the read began.
+    #[default]
     Global,
     /// A read sees every write the primary had when the read began, whichever pgfleet it went through.
     Universal,

@@ -152,7 +152,7 @@ fn consistency_levels_and_the_old_spelling() {
             .routing
             .consistency()
     };
-    assert_eq!(level(""), Consistency::Session);
+    assert_eq!(level(""), Consistency::Global);
     for (text, want) in [
         ("off", Consistency::Off),
         ("session", Consistency::Session),

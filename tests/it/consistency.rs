@@ -262,10 +262,9 @@ async fn causal_token_carries_a_commit_to_another_connection() {
         "{} options='-c pgfleet.read_after=soon'",
         proxy.dsn(APP_USER, PASSWORD, APP_DB)
     );
-    let e = try_connect(&bad)
-        .await
-        .err()
-        .expect("a bad startup token must be refused");
+    let Err(e) = try_connect(&bad).await else {
+        panic!("a bad startup token must be refused");
+    };
     let db = e.as_db_error().expect("a server error");
     assert_eq!(db.code().code(), "22023");
     assert!(db.message().contains("pgfleet.read_after"), "{}", db.message());
