@@ -274,19 +274,30 @@ impl Flow {
         let Some(conn) = session.conns[node.index()].as_mut() else {
             return Ok(());
         };
-        let bytes = match &self.trailer {
-            Some(t) => {
-                // The trailer rides in the same write as the client's frames: no round trip of its own.
+        match &self.trailer {
+            // The trailer rides in the same write as the client's frames: no round trip of its own.
+            Some(t) if req.bytes <= SCRATCH_KEPT => {
                 session.scratch.clear();
                 for f in &req.frames {
                     session.scratch.extend_from_slice(&f.raw);
                 }
                 session.scratch.extend_from_slice(t.kind.query());
-                &session.scratch[..]
+                conn.write_all(&session.scratch).await.map_err(Failure::Node)?;
             }
-            None => req.encode(&mut session.scratch),
-        };
-        conn.write_all(bytes).await.map_err(Failure::Node)?;
+            // A large request is not copied to join it: the trailer follows it at once, still unanswered.
+            Some(t) => {
+                let query = t.kind.query();
+                conn.write_all(req.encode(&mut session.scratch))
+                    .await
+                    .map_err(Failure::Node)?;
+                conn.write_all(query).await.map_err(Failure::Node)?;
+            }
+            None => {
+                conn.write_all(req.encode(&mut session.scratch))
+                    .await
+                    .map_err(Failure::Node)?;
+            }
+        }
         if session.scratch.capacity() > SCRATCH_KEPT {
             // A large request passed through: idle sessions should not keep its buffer.
             session.scratch = Vec::new();
