@@ -260,6 +260,13 @@ async fn causal_token_carries_a_commit_to_another_connection() {
     let fresh = connect(&dsn).await;
     assert_eq!(value(&fresh, "SELECT count(*) FROM c WHERE id = -1").await, "1");
 
+    // With the extended protocol pgfleet cannot answer: refused, never silently passed to a node.
+    let e = b
+        .query("SET pgfleet.read_after = '0/0'", &[])
+        .await
+        .expect_err("a token statement in the extended protocol must be refused");
+    assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("0A000"), "{e:?}");
+
     // A bad value: 22023 naming the setting, for SET and for the startup option.
     let e = b
         .batch_execute("SET pgfleet.read_after = 'yesterday'")

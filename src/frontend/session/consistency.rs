@@ -65,6 +65,25 @@ fn token_command(text: &str) -> Option<TokenCommand<'_>> {
     Some(TokenCommand::SetReadAfter(value))
 }
 
+/// A token statement sent with the extended protocol, which pgfleet does not answer: refused rather than
+/// passed to a node, where `SET pgfleet.read_after` would be accepted as a custom setting and do nothing.
+pub(super) fn token_command_in_extended(req: &Request) -> Option<ProxyError> {
+    req.frames.iter().find_map(|f| {
+        let (_, text) = parse_fields(f.body()).filter(|_| f.kind == b'P')?;
+        if !text.as_bytes().windows(8).any(|w| w.eq_ignore_ascii_case(b"pgfleet.")) {
+            return None;
+        }
+        token_command(text)?;
+        Some(
+            ProxyError::error(
+                "0A000",
+                format!("pgfleet answers {WRITE_LSN} and {READ_AFTER} only in simple queries"),
+            )
+            .with_hint("Send the statement as a simple query (for example with psql, or simple_query in the driver)."),
+        )
+    })
+}
+
 /// A causal token's value: a PostgreSQL LSN such as `0/3000060`, or the error PostgreSQL gives a setting's
 /// bad value (22023), naming the setting.
 pub(super) fn parse_read_after(value: &str) -> Result<Lsn, ProxyError> {

@@ -122,6 +122,9 @@ impl Session {
             .log
             .slow_statement
             .map(|_| std::time::Instant::now());
+        if let Some(e) = super::consistency::token_command_in_extended(req) {
+            return self.refuse(e, end).await;
+        }
         let mut plan = Plan::for_request(req, &self.statements, &self.rules);
         // Function volatility only matters for what would otherwise be a read: a write never waits for it,
         // which keeps writes fast when the primary is slow to answer the catalog query.
