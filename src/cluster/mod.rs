@@ -5,6 +5,7 @@
 
 mod id;
 pub(crate) mod monitor;
+pub(crate) mod positions;
 pub(crate) mod view;
 
 pub(crate) use id::NodeId;
@@ -51,6 +52,8 @@ pub struct Node {
     weight: AtomicU32,
     retired: AtomicBool,
     down_until_ms: AtomicU64,
+    /// What the node is known to have replayed (consistency levels), shared by every session.
+    pub replayed: positions::ReplayKnowledge,
 }
 
 impl Node {
@@ -68,6 +71,7 @@ impl Node {
             weight: AtomicU32::new(config.weight),
             retired: AtomicBool::new(false),
             down_until_ms: AtomicU64::new(0),
+            replayed: positions::ReplayKnowledge::default(),
         })
     }
 
@@ -101,6 +105,8 @@ impl Node {
 
     /// Records a failed connection: skip this node for a while.
     pub fn mark_down(&self) {
+        // A node that failed may come back from a restart or a rebuild behind what was known of it.
+        self.replayed.checked(None);
         self.down_until_ms
             .store(now_ms() + DOWN_BACKOFF.as_millis() as u64, Ordering::Relaxed);
     }
@@ -150,6 +156,8 @@ pub struct Fleet {
     generation: AtomicU64,
     /// Forward-mode positions of each replica (reporting nothing in external mode).
     pub forward: Arc<dyn ReplayPositions>,
+    /// Commit and replay positions shared by every session (consistency levels).
+    pub positions: positions::Positions,
 }
 
 impl Fleet {
@@ -171,6 +179,7 @@ impl Fleet {
             view: ArcSwap::from_pointee(view),
             generation: AtomicU64::new(0),
             forward,
+            positions: positions::Positions::default(),
         })
     }
 
@@ -260,6 +269,14 @@ impl Fleet {
         let nodes = self.nodes.load();
         if nodes.get(node).is_none_or(|n| n.is_retired()) {
             return;
+        }
+        if let Some(n) = nodes.get(node) {
+            // A replica's check replaces what probes told of it: after a failure, a restart or a rebuild the
+            // node may stand behind that, and the check's answer is never ahead of the truth.
+            let replayed = (state.up && state.in_recovery == Some(true))
+                .then_some(state.lsn)
+                .flatten();
+            n.replayed.checked(replayed);
         }
         if let Some(slot) = states.get_mut(node) {
             *slot = state;

@@ -126,6 +126,7 @@ fn control_pool(target: &NodeTarget, login: &Login) -> Option<Pool> {
 }
 
 async fn check(pool: &Pool, tls: &NodeTls, timeout: Duration) -> NodeState {
+    let started = Some(std::time::Instant::now());
     let result = tokio::time::timeout(timeout, async {
         let client = pool.get().await.map_err(|e| match e {
             PoolError::Backend(e) => tls.explain(&e),
@@ -154,6 +155,7 @@ async fn check(pool: &Pool, tls: &NodeTls, timeout: Duration) -> NodeState {
                 None
             },
             checked_at,
+            started,
             error: None,
         },
         Ok(Err(e)) => NodeState {

@@ -22,6 +22,8 @@ pub struct NodeState {
     pub lag: Option<Duration>,
     /// When the last check finished.
     pub checked_at: Option<SystemTime>,
+    /// When the last successful check began: its `lsn` is at least the node's position at that moment.
+    pub started: Option<std::time::Instant>,
     /// Why the last check failed.
     pub error: Option<String>,
 }

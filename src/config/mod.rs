@@ -18,9 +18,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use sections::{
-    AdminConfig, AuthMethod, ClientTlsMode, HealthConfig, ListenConfig, LoadBalance, LogConfig, LogFormat,
-    NodeConfig, NodeTlsMode, PoolConfig, PoolMode, ReadYourWrites, ReplicaAffinity, ReplicationConfig,
-    ReplicationMode, Role, RoutingConfig, TlsVersion, UserConfig,
+    AdminConfig, AuthMethod, ClientTlsMode, Consistency, HealthConfig, ListenConfig, LoadBalance, LogConfig,
+    LogFormat, NodeConfig, NodeTlsMode, PoolConfig, PoolMode, ReadYourWrites, ReplicaAffinity,
+    ReplicationConfig, ReplicationMode, Role, RoutingConfig, TlsVersion, UserConfig,
 };
 use values::de_duration;
 pub use values::{LagLimit, parse_duration, parse_size, split_host_port};

@@ -227,7 +227,7 @@ pub enum ReplicaAffinity {
     Session,
 }
 
-/// `routing.read_your_writes`
+/// `routing.read_your_writes`, the older spelling of [`Consistency`]'s first two levels.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum ReadYourWrites {
@@ -236,6 +236,41 @@ pub enum ReadYourWrites {
     Session,
     /// Reads may go to any replica within the lag limit.
     Off,
+}
+
+/// `routing.consistency`: what a read is guaranteed to see (docs/routing.md, "Consistency levels").
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, PartialOrd, Ord, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Consistency {
+    /// Reads may go to any replica within the lag limit.
+    Off,
+    /// A session sees its own committed writes, and never older data than it already read.
+    Session,
+    /// A read sees every write whose commit this pgfleet acknowledged to any client before the read began.
+    #[default]
+    Global,
+    /// A read sees every write the primary had when the read began, whichever pgfleet it went through.
+    Universal,
+}
+
+impl From<ReadYourWrites> for Consistency {
+    fn from(r: ReadYourWrites) -> Self {
+        match r {
+            ReadYourWrites::Session => Consistency::Session,
+            ReadYourWrites::Off => Consistency::Off,
+        }
+    }
+}
+
+impl std::fmt::Display for Consistency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Consistency::Off => "off",
+            Consistency::Session => "session",
+            Consistency::Global => "global",
+            Consistency::Universal => "universal",
+        })
+    }
 }
 
 /// `[routing]`
@@ -266,12 +301,25 @@ pub struct RoutingConfig {
     /// With no replica usable, send reads to the primary (true) or fail them (false).
     #[serde(default = "default_true")]
     pub fallback_to_primary: bool,
-    /// Read-your-writes guarantee.
+    /// The consistency level; read it through [`RoutingConfig::consistency`], which also knows the old key.
     #[serde(default)]
-    pub read_your_writes: ReadYourWrites,
-    /// How long a read may wait for a replica to replay the session's last write before going to the primary.
-    #[serde(default, deserialize_with = "de_duration")]
-    pub read_your_writes_wait: Duration,
+    pub consistency: Option<Consistency>,
+    /// The older spelling of `consistency` ("off" or "session"); setting both is a config error.
+    #[serde(default)]
+    pub read_your_writes: Option<ReadYourWrites>,
+    /// How long a read may wait for a replica to reach the position its consistency level asks for before
+    /// going to the primary (`consistency_wait`, or its older name `read_your_writes_wait`).
+    #[serde(default, alias = "read_your_writes_wait", deserialize_with = "de_duration")]
+    pub consistency_wait: Duration,
+}
+
+impl RoutingConfig {
+    /// The consistency level, from `consistency` or the older `read_your_writes`.
+    pub fn consistency(&self) -> Consistency {
+        self.consistency
+            .or(self.read_your_writes.map(Consistency::from))
+            .unwrap_or_default()
+    }
 }
 
 impl Default for RoutingConfig {
@@ -285,8 +333,9 @@ impl Default for RoutingConfig {
             function_refresh: default_function_refresh(),
             max_replica_lag: None,
             fallback_to_primary: true,
-            read_your_writes: ReadYourWrites::default(),
-            read_your_writes_wait: Duration::ZERO,
+            consistency: None,
+            read_your_writes: None,
+            consistency_wait: Duration::ZERO,
         }
     }
 }

@@ -143,3 +143,40 @@ fn debug_never_shows_passwords() {
     let c = Config::parse(BASE).expect("valid");
     assert!(!format!("{c:?}").contains("secret"));
 }
+
+#[test]
+fn consistency_levels_and_the_old_spelling() {
+    let level = |extra: &str| {
+        Config::parse(&format!("{BASE}{extra}"))
+            .expect("valid")
+            .routing
+            .consistency()
+    };
+    assert_eq!(level(""), Consistency::Global);
+    for (text, want) in [
+        ("off", Consistency::Off),
+        ("session", Consistency::Session),
+        ("global", Consistency::Global),
+        ("universal", Consistency::Universal),
+    ] {
+        assert_eq!(level(&format!("consistency = \"{text}\"\n")), want, "{text}");
+    }
+    assert_eq!(level("read_your_writes = \"off\"\n"), Consistency::Off);
+    assert_eq!(level("read_your_writes = \"session\"\n"), Consistency::Session);
+    let both = err_of(&format!(
+        "{BASE}consistency = \"global\"\nread_your_writes = \"off\"\n"
+    ));
+    assert!(
+        both.contains("routing.consistency") && both.contains("routing.read_your_writes"),
+        "{both}"
+    );
+    assert!(err_of(&format!("{BASE}consistency = \"strong\"\n")).contains("consistency"));
+    let wait = |extra: &str| {
+        Config::parse(&format!("{BASE}{extra}"))
+            .expect("valid")
+            .routing
+            .consistency_wait
+    };
+    assert_eq!(wait("read_your_writes_wait = \"2s\"\n"), Duration::from_secs(2));
+    assert_eq!(wait("consistency_wait = \"3s\"\n"), Duration::from_secs(3));
+}

@@ -19,6 +19,16 @@ fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
 impl Config {
     /// Checks what serde cannot: addresses, uniqueness, exactly one primary.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let (Some(level), Some(old)) = (self.routing.consistency, self.routing.read_your_writes) {
+            return Err(invalid(
+                "routing.consistency",
+                format!(
+                    "set together with routing.read_your_writes (= \"{}\"), its older spelling: keep only \
+                     routing.consistency (= \"{level}\")",
+                    crate::config::Consistency::from(old)
+                ),
+            ));
+        }
         self.listen.address.parse::<SocketAddr>().map_err(|_| {
             invalid(
                 "listen.address",

@@ -17,6 +17,7 @@ use super::session::{Session, SessionError};
 use crate::backend::BackendError;
 use crate::cluster::NodeId;
 use crate::protocol::TxStatus;
+use crate::protocol::lsn::Lsn;
 
 /// The largest request-assembly buffer a session keeps between requests.
 const SCRATCH_KEPT: usize = 16 * 1024;
@@ -36,6 +37,57 @@ pub(crate) struct Outcome {
     pub last_commit: bool,
     /// The request itself opened a transaction that it also closed (BEGIN ... COMMIT in one string).
     pub began_tx: bool,
+}
+
+/// A query pgfleet appends to a request in the same write, to learn a WAL position without a round trip of
+/// its own (docs/routing.md, "Consistency levels"). Its reply never reaches the client: the client's last
+/// ReadyForQuery is held back until the position is known and published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Trailer {
+    /// On the primary after a request that may commit a write: the commit's position, published as
+    /// acknowledged before the client hears of the commit.
+    Commit,
+    /// On the primary after a read: how far that read may have seen.
+    Primary,
+    /// On a replica after a read: how far that read may have seen, and what the replica has replayed.
+    Replay,
+}
+
+/// The trailers' texts: named columns tell them apart from pgfleet's other position queries in a server log.
+const COMMIT_TRAILER: &str = "SELECT pg_current_wal_lsn()::text AS pgfleet_commit_lsn";
+const PRIMARY_TRAILER: &str = "SELECT pg_current_wal_lsn()::text AS pgfleet_read_lsn";
+const REPLAY_TRAILER: &str = "SELECT pg_last_wal_replay_lsn()::text AS pgfleet_replay_lsn";
+
+impl Trailer {
+    fn query(self) -> &'static [u8] {
+        static QUERIES: std::sync::LazyLock<[Bytes; 3]> = std::sync::LazyLock::new(|| {
+            [COMMIT_TRAILER, PRIMARY_TRAILER, REPLAY_TRAILER].map(crate::protocol::messages::query)
+        });
+        let i = match self {
+            Trailer::Commit => 0,
+            Trailer::Primary => 1,
+            Trailer::Replay => 2,
+        };
+        &QUERIES[i]
+    }
+}
+
+/// The trailer's progress within a request in flight.
+#[derive(Debug)]
+struct TrailerState {
+    kind: Trailer,
+    /// The client's ReadyForQuery messages still to come; at zero, frames belong to the trailer.
+    client_ready: usize,
+    /// The client's last ReadyForQuery, held back until the trailer's answer is in.
+    final_ready: Option<Bytes>,
+    /// Within the block being read: where the client's frames end, and the span of its last ReadyForQuery.
+    visible_end: usize,
+    ready_span: Option<(usize, usize)>,
+    pos: usize,
+    answer: Option<Lsn>,
+    /// Notifications the node delivered among the trailer's reply (it delivers them whenever it is about to
+    /// go idle): passed on after the client's last ReadyForQuery, where a client expects them anyway.
+    late: Vec<u8>,
 }
 
 /// Why a request did not complete.
@@ -90,10 +142,43 @@ pub(crate) struct Flow {
     hold_back: bool,
     /// The block read last holds a NotificationResponse, whose pid is the node backend's.
     notified: bool,
+    trailer: Option<TrailerState>,
 }
 
 impl Flow {
     fn inspect(&mut self, kind: u8, body: &[u8]) {
+        if let Some(t) = self.trailer.as_mut() {
+            let start = t.pos;
+            t.pos += 5 + body.len();
+            if t.client_ready == 0 {
+                // The trailer's own reply: only its value and its end matter.
+                match kind {
+                    b'D' => {
+                        t.answer = crate::backend::conn::data_row_fields(body)
+                            .into_iter()
+                            .next()
+                            .flatten()
+                            .and_then(|text| text.parse().ok());
+                    }
+                    b'Z' => self.pending_ready = self.pending_ready.saturating_sub(1),
+                    b'A' => {
+                        t.late.push(kind);
+                        t.late.extend_from_slice(&(4 + body.len() as u32).to_be_bytes());
+                        t.late.extend_from_slice(body);
+                    }
+                    _ => {}
+                }
+                return;
+            }
+            t.visible_end = t.pos;
+            if kind == b'Z' {
+                t.client_ready -= 1;
+                if t.client_ready == 0 {
+                    t.visible_end = start;
+                    t.ready_span = Some((start, t.pos));
+                }
+            }
+        }
         match kind {
             b'Z' => {
                 self.pending_ready = self.pending_ready.saturating_sub(1);
@@ -205,8 +290,20 @@ impl Flow {
         mut plan: Plan,
         retryable: bool,
     ) -> Result<(), FlowError> {
+        let trailer = session.trailer.take().filter(|_| end != End::Open);
+        let sent_trailer = trailer.is_some();
         let mut flow = Flow {
-            pending_ready: req.ready_count(),
+            pending_ready: req.ready_count() + usize::from(trailer.is_some()),
+            trailer: trailer.map(|kind| TrailerState {
+                kind,
+                client_ready: req.ready_count(),
+                final_ready: None,
+                visible_end: 0,
+                ready_span: None,
+                pos: 0,
+                answer: None,
+                late: Vec::new(),
+            }),
             open_batch: end == End::Open,
             copy_in: false,
             extended: req.is_extended(),
@@ -231,11 +328,45 @@ impl Flow {
         session
             .key
             .set_active(Some((conn.target.index, conn.pid, conn.secret)));
-        let result = flow.pump(session, node, req, &mut plan).await;
+        let mut result = flow.pump(session, node, req, &mut plan).await;
+        if result.is_ok()
+            && let Some(t) = flow.trailer.take()
+        {
+            session.trailer_answer = t.answer;
+            if let Some(lsn) = t.answer {
+                match t.kind {
+                    // Published before the client hears of the commit: a read that starts after it learns
+                    // of the commit must find the position here.
+                    Trailer::Commit if flow.outcome.status == TxStatus::Idle => {
+                        session.shared.fleet.positions.acknowledged(lsn)
+                    }
+                    Trailer::Replay => session.shared.fleet.nodes()[node.index()].replayed.saw(lsn),
+                    _ => {}
+                }
+            }
+            if let Some(ready) = t.final_ready {
+                let out = if t.late.is_empty() {
+                    ready
+                } else {
+                    let late = session
+                        .shared
+                        .cancels
+                        .rewrite_notifications(node.index(), Bytes::from(t.late));
+                    [ready, late].concat().into()
+                };
+                result = write_flush(&mut session.client, &out)
+                    .await
+                    .map_err(|e| Failure::Client(e.into()));
+            }
+        }
         session.key.set_active(None);
         match result {
             Ok(()) => {
                 session.finish(node, plan, &flow.outcome);
+                if sent_trailer && let Some(conn) = session.conns[node.index()].as_mut() {
+                    // The trailer is a simple Query, which drops the node's unnamed statement.
+                    conn.applied.unnamed = None;
+                }
                 Ok(())
             }
             Err(Failure::Client(e)) => Err(FlowError::Client(e)),
@@ -263,9 +394,30 @@ impl Flow {
                 self.sending(f.kind);
             }
         }
-        conn.write_all(req.encode(&mut session.scratch))
-            .await
-            .map_err(Failure::Node)?;
+        match &self.trailer {
+            // The trailer rides in the same write as the client's frames: no round trip of its own.
+            Some(t) if req.bytes <= SCRATCH_KEPT => {
+                session.scratch.clear();
+                for f in &req.frames {
+                    session.scratch.extend_from_slice(&f.raw);
+                }
+                session.scratch.extend_from_slice(t.kind.query());
+                conn.write_all(&session.scratch).await.map_err(Failure::Node)?;
+            }
+            // A large request is not copied to join it: the trailer follows it at once, still unanswered.
+            Some(t) => {
+                let query = t.kind.query();
+                conn.write_all(req.encode(&mut session.scratch))
+                    .await
+                    .map_err(Failure::Node)?;
+                conn.write_all(query).await.map_err(Failure::Node)?;
+            }
+            None => {
+                conn.write_all(req.encode(&mut session.scratch))
+                    .await
+                    .map_err(Failure::Node)?;
+            }
+        }
         if session.scratch.capacity() > SCRATCH_KEPT {
             // A large request passed through: idle sessions should not keep its buffer.
             session.scratch = Vec::new();
@@ -294,13 +446,27 @@ impl Flow {
                 r = conn.fill() => {
                     r.map_err(Failure::Node)?;
                     self.block_at = 0;
+                    if let Some(t) = self.trailer.as_mut() {
+                        t.pos = 0;
+                        t.visible_end = 0;
+                    }
                     let block = conn.take_block(|k, b| self.inspect(k, b)).map_err(Failure::Node)?;
                     if !self.undo.is_empty() {
                         undo(conn, &mut self.undo);
                     }
-                    let block = match block {
-                        Some(b) if !self.drops.is_empty() => Some(without(b, &mut self.drops)).filter(|b| !b.is_empty()),
-                        other => other,
+                    // An open batch's added replies are dropped (`Sent`); a trailer's reply is kept back. The
+                    // two never meet: a trailer never follows a request left open by a Flush.
+                    let block = match (block, self.trailer.as_mut()) {
+                        (Some(b), None) if !self.drops.is_empty() => Some(without(b, &mut self.drops)).filter(|b| !b.is_empty()),
+                        (Some(block), Some(t)) => {
+                            // The client's frames go on; its last ReadyForQuery waits; the trailer's stay here.
+                            if let Some((start, end)) = t.ready_span.take() {
+                                t.final_ready = Some(block.slice(start..end));
+                            }
+                            let visible = block.slice(..t.visible_end);
+                            (!visible.is_empty()).then_some(visible)
+                        }
+                        (block, _) => block,
                     };
                     let block = if std::mem::take(&mut self.notified) {
                         // The client is told the pid pgfleet gave the notifying client, not a node's.
@@ -340,6 +506,13 @@ impl Flow {
                     }
                 }
             }
+        }
+        if !held.is_empty() {
+            // Only with a trailer: its last block carried nothing for the client, so this was not sent yet.
+            self.output_sent = true;
+            write_flush(&mut session.client, &held)
+                .await
+                .map_err(|e| Failure::Client(e.into()))?;
         }
         Ok(())
     }
@@ -511,4 +684,19 @@ enum Failure {
 async fn write_flush(client: &mut super::stream::ClientStream, bytes: &[u8]) -> std::io::Result<()> {
     client.write_all(bytes).await?;
     client.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trailers_are_well_formed_queries() {
+        let frame = Trailer::Replay.query();
+        assert_eq!(frame[0], b'Q');
+        let len = u32::from_be_bytes([frame[1], frame[2], frame[3], frame[4]]) as usize;
+        assert_eq!(len + 1, frame.len());
+        assert_eq!(&frame[5..frame.len() - 1], REPLAY_TRAILER.as_bytes());
+        assert_ne!(Trailer::Commit.query(), Trailer::Primary.query());
+    }
 }

@@ -372,7 +372,11 @@ async fn write_then_read(c: &Client, prefix: &str, n: usize) -> Vec<usize> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_your_writes_sees_every_own_write_despite_delayed_replicas() {
     let cluster = cluster_async().await;
-    let session_proxy = Proxy::start(&cluster, HEALTH_TOML);
+    // "session", not the default "global": a session that did not write must still read from the replicas.
+    let session_proxy = Proxy::start(
+        &cluster,
+        &format!("[routing]\nload_balance = \"round_robin\"\nconsistency = \"session\"\n\n{HEALTH_TOML}"),
+    );
     let off_proxy = Proxy::start(
         &cluster,
         &format!("[routing]\nload_balance = \"round_robin\"\nread_your_writes = \"off\"\n\n{HEALTH_TOML}"),
@@ -383,7 +387,7 @@ async fn read_your_writes_sees_every_own_write_despite_delayed_replicas() {
         set_apply_delay(replica, Some("2s"));
     }
 
-    // Default read_your_writes = "session": 50 writes, each read back at once, zero misses.
+    // consistency = "session": 50 writes, each read back at once, zero misses.
     let writer = connect(&session_proxy.dsn(APP_USER, PASSWORD, APP_DB)).await;
     let started = Instant::now();
     let misses = write_then_read(&writer, "session", 50).await;

@@ -16,6 +16,7 @@ mod admin_console;
 mod cli;
 mod client_drivers;
 mod config_docs;
+mod consistency;
 mod container;
 mod core_routing;
 mod failures;

@@ -12,9 +12,11 @@ use super::replay::Prepare;
 use super::{Session, SessionError};
 use crate::backend::connect::Login;
 use crate::backend::{BackendError, Checkout, Pools};
+use crate::cluster::positions::PrimaryAsk;
+use crate::cluster::view::{FleetView, Primary};
 use crate::cluster::{Node, NodeId, ReplayPositions};
-use crate::config::{ReadYourWrites, Role};
-use crate::frontend::forward::{Flow, FlowError};
+use crate::config::{Consistency, ReplicaAffinity, Role};
+use crate::frontend::forward::{Flow, FlowError, Trailer};
 use crate::frontend::request::{End, Plan, Request};
 use crate::protocol::TxStatus;
 use crate::protocol::lsn::Lsn;
@@ -94,6 +96,10 @@ impl NodeFacts for LiveFacts<'_> {
     fn name(&self, node: NodeId) -> Option<&str> {
         self.nodes.get(node.index()).map(|n| n.target.name.as_str())
     }
+
+    fn replayed(&self, node: NodeId) -> Option<Lsn> {
+        self.nodes.get(node.index()).and_then(|n| n.replayed.get())
+    }
 }
 
 impl Session {
@@ -121,6 +127,9 @@ impl Session {
             .log
             .slow_statement
             .map(|_| std::time::Instant::now());
+        if let Some(e) = super::consistency::token_command_in_extended(req) {
+            return self.refuse(e, end).await;
+        }
         let mut plan = Plan::for_request(req, &self.statements, &self.rules);
         // Function volatility only matters for what would otherwise be a read: a write never waits for it,
         // which keeps writes fast when the primary is slow to answer the catalog query. A read sent to the
@@ -209,12 +218,15 @@ impl Session {
             tracing::debug!(node = %name, rule = %label, "routing request");
             self.count_route(node, plan.target, label);
             let wrote = plan.target == Target::Primary && !Rule::is_read_on_primary(&plan.rule);
+            let trailer = self.trailer_for(node, &plan, req, end);
+            self.trailer = trailer;
+            self.trailer_answer = None;
             match Flow::run(self, node, req, end, plan, retry_allowed).await {
                 Ok(()) => {
                     if let Some(started) = started {
                         self.log_if_slow(req, node, started);
                     }
-                    self.after_request(node, wrote).await;
+                    self.after_request(node, wrote, trailer).await;
                     self.release_between_transactions(node);
                     return Ok(());
                 }
@@ -255,13 +267,25 @@ impl Session {
     }
 
     /// The nodes to try for a plan, best first, into `order`, or why there is none. The routing policy
-    /// decides; the session only asks replicas whether they replayed its last write, when the policy says so.
+    /// decides; the session only finds out what the policy cannot (the primary's position for `universal`,
+    /// how far the session's reads saw, whether a replica replayed a position), when the policy says so.
     async fn candidates(&mut self, plan: &Plan, order: &mut Vec<NodeId>) -> Result<(), ProxyError> {
+        let level = self.shared.config().routing.consistency();
+        let may_read_replica = plan.target == Target::Replica
+            && !self.routing.bound()
+            && self.routing.route != Some(Target::Primary);
+        let floor = match level {
+            Consistency::Global if may_read_replica => self.shared.fleet.positions.acked(),
+            // Unknown: the primary, which has everything, serves the read.
+            Consistency::Universal if may_read_replica => self.primary_position().await.unwrap_or(Lsn::MAX),
+            _ => Lsn::ZERO,
+        };
         let ask = Ask {
             target: plan.target,
             deallocated_on: self.deallocated_on(plan),
+            floor,
         };
-        if self.routing.last_write_lsn.is_none() {
+        let (view, mut choice) = {
             // The usual case needs no await: a borrowed snapshot spares the shared reference count.
             let shared = &*self.shared;
             let fleet = &shared.fleet;
@@ -270,38 +294,41 @@ impl Session {
             let facts = LiveFacts::new(&nodes, fleet.forward.as_ref(), &shared.pools);
             let config = shared.config();
             let routing = &config.routing;
-            return match self
-                .routing
-                .choose(ask, &view, &facts, routing, &shared.balancer, order)?
-            {
-                Choice::Fixed => Ok(()),
-                Choice::Reads(reads) => reads.finish(&self.routing, &view, &facts, routing, order),
-            };
-        }
-        let view = self.shared.fleet.view();
-        let (choice, wait) = {
-            let shared = &*self.shared;
-            let fleet = &shared.fleet;
-            let nodes = fleet.nodes();
-            let facts = LiveFacts::new(&nodes, fleet.forward.as_ref(), &shared.pools);
-            let config = shared.config();
-            let routing = &config.routing;
+            // Chosen once: a second run would move the round-robin balancer twice.
             let choice = self
                 .routing
                 .choose(ask, &view, &facts, routing, &shared.balancer, order)?;
-            (choice, routing.read_your_writes_wait)
+            match choice {
+                Choice::Fixed => return Ok(()),
+                Choice::Reads(reads) if reads.unsure(order).is_empty() && !reads.bound_missing() => {
+                    return reads.finish(&self.routing, &view, &facts, routing, order);
+                }
+                Choice::Reads(_) => {}
+            }
+            (arc_swap::Guard::into_inner(view), choice)
         };
+        if let Choice::Reads(reads) = choice
+            && reads.bound_missing()
+            && let Some(bound) = self.bound_of_seen(&view).await
+        {
+            self.routing.bound_seen(bound);
+            choice = self.choose_in(ask, &view, order)?;
+        }
         let Choice::Reads(mut reads) = choice else {
             return Ok(());
         };
         if !reads.unsure(order).is_empty() {
-            // Read-your-writes: ask the unsure candidates, waiting up to routing.read_your_writes_wait for
-            // one to catch up.
+            // Ask the unsure candidates, waiting up to routing.consistency_wait for one to catch up.
+            let wait = if reads.may_wait() {
+                self.shared.config().routing.consistency_wait
+            } else {
+                std::time::Duration::ZERO
+            };
             let deadline = tokio::time::Instant::now() + wait;
             'wait: loop {
                 for i in 0..reads.unsure(order).len() {
                     let n = reads.unsure(order)[i];
-                    if self.has_replayed(n, reads.lsn()).await {
+                    if self.has_replayed(n, reads.need(n)).await {
                         reads.replayed(n, order);
                         break 'wait;
                     }
@@ -321,6 +348,96 @@ impl Session {
         reads.finish(&self.routing, &view, &facts, &shared.config().routing, order)
     }
 
+    /// One run of the routing policy against a snapshot the caller holds.
+    fn choose_in(
+        &mut self,
+        ask: Ask,
+        view: &FleetView,
+        order: &mut Vec<NodeId>,
+    ) -> Result<Choice, ProxyError> {
+        let shared = &*self.shared;
+        let fleet = &shared.fleet;
+        let nodes = fleet.nodes();
+        let facts = LiveFacts::new(&nodes, fleet.forward.as_ref(), &shared.pools);
+        self.routing.choose(
+            ask,
+            view,
+            &facts,
+            &shared.config().routing,
+            &shared.balancer,
+            order,
+        )
+    }
+
+    /// Monotonic reads, before a read leaves the node of the session's last request that did not say how
+    /// far it saw: a primary position taken after that request ended, which bounds it. A health check of
+    /// the primary that began after it serves; else the primary is asked.
+    async fn bound_of_seen(&mut self, view: &FleetView) -> Option<Lsn> {
+        if let (Primary::One(p), Some(read_at)) = (&view.primary, self.last_read_at)
+            && let Some(state) = view.nodes.get(p.index())
+            && state.started.is_some_and(|s| s > read_at)
+            && let Some(lsn) = state.lsn
+        {
+            return Some(lsn);
+        }
+        self.primary_position().await
+    }
+
+    /// The primary's current WAL position, asked after this call began; concurrent asks of all sessions
+    /// share one query (`cluster::positions`). None when the primary could not say.
+    pub(super) async fn primary_position(&mut self) -> Option<Lsn> {
+        let shared = self.shared.clone();
+        let turn = match shared.fleet.positions.primary_position().await {
+            PrimaryAsk::Known(lsn) => return Some(lsn),
+            PrimaryAsk::Turn(turn) => turn,
+        };
+        let primary = shared.fleet.primary().ok()?;
+        self.connect(primary).await.ok()?;
+        let conn = self.conns[primary.index()].as_mut()?;
+        conn.applied.unnamed = None;
+        let text = conn
+            .query_value("SELECT pg_current_wal_lsn()::text")
+            .await
+            .ok()
+            .flatten();
+        self.release_between_transactions(primary);
+        let lsn = text?.parse::<Lsn>().ok()?;
+        turn.answer(lsn);
+        Some(lsn)
+    }
+
+    /// The position query that rides behind a request (`forward::Trailer`), if any: behind a request on
+    /// the primary that may commit a write (its commit position, without a round trip of its own) or read
+    /// (how far it saw), and with `replica_affinity = "statement"` behind a read on a replica (how far it
+    /// saw, which lets the next read move to another replica). None inside a transaction the request does
+    /// not end (the query would be part of it), after a Flush, around COPY, for pinned sessions and at
+    /// `consistency = "off"`.
+    fn trailer_for(&self, node: NodeId, plan: &Plan, req: &Request, end: End) -> Option<Trailer> {
+        let config = self.shared.config();
+        let routing = &config.routing;
+        if routing.consistency() == Consistency::Off
+            || end == End::Open
+            || self.routing.pinned.is_some()
+            || plan.pin.is_some()
+            || self.routing.route == Some(Target::Primary)
+        {
+            return None;
+        }
+        let in_transaction = self.routing.tx_node.is_some() || plan.tx_start.is_some();
+        if (in_transaction && !super::consistency::may_end_transaction(req, &self.statements))
+            || super::consistency::may_copy(req, &self.statements)
+        {
+            return None;
+        }
+        if self.shared.fleet.primary().ok() == Some(node) {
+            let wrote =
+                (plan.target == Target::Primary && !Rule::is_read_on_primary(&plan.rule)) || self.tx_wrote;
+            return Some(if wrote { Trailer::Commit } else { Trailer::Primary });
+        }
+        (routing.replica_affinity == ReplicaAffinity::Statement && !self.shared.fleet.forward.enabled())
+            .then_some(Trailer::Replay)
+    }
+
     /// For a DEALLOCATE of a named statement: the node where the session prepared it.
     fn deallocated_on(&self, plan: &Plan) -> Option<NodeId> {
         let name = plan.deallocates.first().filter(|n| n.as_str() != "*")?;
@@ -333,21 +450,16 @@ impl Session {
             .map(NodeId::new)
     }
 
-    /// Whether a replica has replayed `lsn`. A replica this session saw past it less than one health
-    /// interval ago is not asked again: that answer is as fresh as the health snapshot, which is trusted
-    /// the same way, and without it every read after a write asked again until the next health check.
+    /// Whether a replica has replayed `lsn`: known fleet-wide (a health check or any session's probe said
+    /// so), else asked on the session's own connection, whose answer every session then shares.
     pub(super) async fn has_replayed(&mut self, node: NodeId, lsn: Lsn) -> bool {
-        let trusted_for = self.shared.config().health.interval;
-        if node.index() >= self.replayed_seen.len() {
-            // A node a reload added after the session started.
-            self.replayed_seen.resize(node.index() + 1, None);
-        }
-        if self.replayed_seen[node.index()].is_some_and(|(l, at)| l >= lsn && at.elapsed() < trusted_for) {
+        let slot = self.shared.fleet.node(node);
+        if slot.replayed.get().is_some_and(|l| l >= lsn) {
             return true;
         }
         let replayed = self.replayed(node).await;
         if let Some(l) = replayed {
-            self.replayed_seen[node.index()] = Some((l, std::time::Instant::now()));
+            slot.replayed.saw(l);
         }
         replayed.is_some_and(|l| l >= lsn)
     }
@@ -374,9 +486,9 @@ impl Session {
         text?.parse::<Lsn>().ok()
     }
 
-    /// After a request: for read-your-writes, the WAL position of a write the session just committed, asked
-    /// of the primary on the same connection.
-    pub(super) async fn after_request(&mut self, node: NodeId, wrote: bool) {
+    /// After a request: its commit position for read-your-writes (from the trailer, else asked of the
+    /// primary on the same connection) and, for monotonic reads, where it ran and how far it saw.
+    pub(super) async fn after_request(&mut self, node: NodeId, wrote: bool, trailer: Option<Trailer>) {
         let status = self.conn(node).map_or(TxStatus::Idle, |c| c.status);
         let state = if status == TxStatus::Idle {
             "idle"
@@ -392,11 +504,13 @@ impl Session {
                     .map(NodeId::index),
             );
         }
-        if self.shared.config().routing.read_your_writes == ReadYourWrites::Off
-            || self.routing.pinned.is_some()
-        {
+        if self.shared.config().routing.consistency() == Consistency::Off || self.routing.pinned.is_some() {
             return;
         }
+        let answer = std::mem::take(&mut self.trailer_answer)
+            .filter(|_| status == TxStatus::Idle && trailer.is_some());
+        self.routing.read_on(node, answer);
+        self.last_read_at = Some(std::time::Instant::now());
         if status.in_transaction() {
             self.tx_wrote |= wrote;
             return;
@@ -405,6 +519,12 @@ impl Session {
         if !committed_write || self.shared.fleet.primary().ok() != Some(node) {
             return;
         }
+        if trailer == Some(Trailer::Commit) {
+            // None: the primary could not say; reads go to the primary until a later write tells more.
+            self.routing.wrote_at(answer);
+            return;
+        }
+        // No trailer could ride behind this request (COPY, or a Flush-ended batch): ask separately.
         let Some(conn) = self.conns[node.index()].as_mut() else {
             return;
         };
@@ -412,6 +532,7 @@ impl Session {
         match conn.query_value("SELECT pg_current_wal_lsn()::text").await {
             Ok(Some(text)) => {
                 if let Ok(lsn) = text.parse::<Lsn>() {
+                    self.shared.fleet.positions.acknowledged(lsn);
                     self.routing.wrote_at(Some(lsn));
                 }
             }

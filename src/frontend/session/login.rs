@@ -110,6 +110,7 @@ impl Session {
         }
         let mut settings = Settings::default();
         let mut route = None;
+        let mut read_after = None;
         for (k, v) in &params {
             match k.as_str() {
                 "user" | "database" | "replication" | "options" => {}
@@ -125,7 +126,19 @@ impl Session {
         }
         if let Some((_, options)) = params.iter().find(|(k, _)| k == "options") {
             for (k, v) in crate::protocol::startup::parse_options(options) {
-                if k == "pgfleet.route" {
+                if k == super::consistency::READ_AFTER {
+                    match super::consistency::parse_read_after(&v) {
+                        Ok(lsn) => read_after = Some(lsn).filter(|l| *l != crate::protocol::lsn::Lsn::ZERO),
+                        Err(e) => {
+                            let e = crate::protocol::messages::ProxyError {
+                                severity: crate::protocol::messages::Severity::Fatal,
+                                ..e
+                            };
+                            client.write_all(&e.encode()).await?;
+                            return Err(SessionError::Fatal(e.message));
+                        }
+                    }
+                } else if k == "pgfleet.route" {
                     match route_override(&v) {
                         Ok(t) => route = Some(t),
                         Err(e) => {
@@ -165,12 +178,15 @@ impl Session {
             statements: Statements::default(),
             routing: RoutingState {
                 route,
+                read_after,
                 ..RoutingState::default()
             },
             key,
             discard_until_sync: false,
             rules,
-            replayed_seen: vec![None; node_count],
+            trailer: None,
+            trailer_answer: None,
+            last_read_at: None,
             tx_wrote: false,
             shared_conns,
             names: StatementNames::default(),

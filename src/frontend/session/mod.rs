@@ -5,6 +5,7 @@
 //! and retrying a read elsewhere), `replay` (bringing a node up to date with the session's settings and
 //! prepared statements, and the bookkeeping after a request).
 
+mod consistency;
 mod dispatch;
 mod login;
 mod replay;
@@ -178,8 +179,12 @@ pub(super) struct Session {
     pub(super) key: CancelKey,
     discard_until_sync: bool,
     pub(super) rules: Arc<FunctionRules>,
-    /// Per node, the replay position this session last asked it for, and when.
-    replayed_seen: Vec<Option<(Lsn, std::time::Instant)>>,
+    /// The position query the next request carries (consistency levels), set by dispatch for `forward`.
+    pub(super) trailer: Option<crate::frontend::forward::Trailer>,
+    /// That query's answer, once the request ran.
+    pub(super) trailer_answer: Option<Lsn>,
+    /// When the session's last request ended (monotonic reads: a primary position asked later bounds it).
+    last_read_at: Option<std::time::Instant>,
     /// The open transaction ran something on the primary that may have written.
     tx_wrote: bool,
     /// Transaction pooling: node connections go back to the pool between transactions.

@@ -65,6 +65,9 @@ impl Session {
             {
                 continue;
             }
+            if frame.kind == b'Q' && req.frames.is_empty() && self.answer_token_command(&frame).await? {
+                continue;
+            }
             if let Some(end) = req.push(frame) {
                 // A Flush with nothing before it asks for output that does not exist (psycopg ends each
                 // pipeline with Sync, Flush): routing it would open an empty batch on some node.

@@ -1,12 +1,12 @@
 //! The routing policy (docs/routing.md) as plain functions: given the session's [`RoutingState`], what the
 //! request asks for ([`Ask`]), the fleet snapshot with the per-node [`NodeFacts`] and the routing config, it
 //! says which node must run a request, or which read nodes may, in order. It does no I/O: where the rules
-//! need a replica asked for its replay position (read-your-writes), it says which candidates need asking,
-//! the session asks them, and [`Reads`] finishes the choice with the answers.
+//! need a replica asked for its replay position (the consistency levels), it says which candidates need
+//! asking, the session asks them, and [`Reads`] finishes the choice with the answers.
 
 use crate::cluster::NodeId;
 use crate::cluster::view::{FleetView, NodeState, Primary};
-use crate::config::{LagLimit, ReplicaAffinity, Role, RoutingConfig};
+use crate::config::{Consistency, LagLimit, ReplicaAffinity, Role, RoutingConfig};
 use crate::protocol::lsn::Lsn;
 use crate::protocol::messages::ProxyError;
 use crate::router::balance::Balancer;
@@ -25,6 +25,22 @@ pub(crate) struct RoutingState {
     pub read_home: Option<NodeId>,
     /// WAL position of the session's last committed write, until every replica has replayed it.
     pub last_write_lsn: Option<Lsn>,
+    /// The session's last commit position as pgfleet learnt it (`SHOW pgfleet.write_lsn`).
+    pub committed: Option<Lsn>,
+    /// The position `SET pgfleet.read_after` (or the startup option) asks reads to wait for.
+    pub read_after: Option<Lsn>,
+    /// Monotonic reads: where the session last read and how far its reads may have seen.
+    pub seen: Option<Seen>,
+}
+
+/// What monotonic reads remember of a session's reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Seen {
+    /// The node of the session's last request.
+    pub node: NodeId,
+    /// A WAL position at or past everything the session's reads saw; None when the last request did not
+    /// tell (the session finds it out before a read moves to another node).
+    pub upper: Option<Lsn>,
 }
 
 /// What one request asks of the policy.
@@ -34,6 +50,9 @@ pub(crate) struct Ask {
     pub target: Target,
     /// For a DEALLOCATE of a named statement: the node where that statement is prepared, if any.
     pub deallocated_on: Option<NodeId>,
+    /// The position the consistency level asks every read to see, beyond the session's own: the highest
+    /// acknowledged commit (`global`) or the primary's position when the read began (`universal`).
+    pub floor: Lsn,
 }
 
 /// What the policy reads of each node beyond the monitor's snapshot: live flags a session can read without
@@ -58,6 +77,8 @@ pub(crate) trait NodeFacts {
     fn forward_visible(&self, node: NodeId) -> Option<Lsn>;
     /// The node's name, for messages.
     fn name(&self, node: NodeId) -> Option<&str>;
+    /// The best replay position known of the node beyond the snapshot: what any session's probe saw.
+    fn replayed(&self, node: NodeId) -> Option<Lsn>;
 }
 
 /// The policy's answer before the read-specific checks.
@@ -70,13 +91,19 @@ pub(crate) enum Choice {
 }
 
 /// A read choice in progress: candidates in `order`, the first `fresh` of them known to have replayed the
-/// session's last write (or the guarantee does not apply), the rest to be asked by the session.
+/// position the read must see (or no guarantee applies), the rest to be asked by the session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Reads {
     primary: Option<NodeId>,
     fresh: usize,
-    /// The write position the unsure candidates are asked about.
+    /// The position every candidate must have replayed.
     lsn: Lsn,
+    /// Monotonic reads: a node other than this one must also have replayed the second position.
+    moved: Option<(NodeId, Lsn)>,
+    /// A move away from the session's last node needs the bound of what the session saw, not known yet.
+    bound_missing: bool,
+    /// A known-fresh replica can serve: the unsure candidate is asked once, not waited for.
+    no_wait: bool,
 }
 
 /// The current primary of a snapshot, or the error a write gets when there is none.
@@ -163,6 +190,9 @@ impl RoutingState {
     /// Records the WAL position of a write the session committed; None when the primary could not say,
     /// which sends reads to the primary until a later write tells more.
     pub(crate) fn wrote_at(&mut self, lsn: Option<Lsn>) {
+        if let Some(l) = lsn {
+            self.committed = Some(self.committed.map_or(l, |c| c.max(l)));
+        }
         let lsn = lsn.unwrap_or(Lsn::MAX);
         self.last_write_lsn = Some(self.last_write_lsn.map_or(lsn, |l| l.max(lsn)));
     }
@@ -217,54 +247,128 @@ impl RoutingState {
             primary,
             fresh: order.len(),
             lsn: Lsn::ZERO,
+            moved: None,
+            bound_missing: false,
+            no_wait: false,
         };
-        let Some(lsn) = self.last_write_lsn else {
-            return Ok(Choice::Reads(reads));
+        let known = |n: NodeId| {
+            let snapshot = view.nodes.get(n.index()).and_then(|s| s.lsn);
+            snapshot.max(facts.replayed(n))
         };
-        let known_fresh = |n: NodeId| {
-            Some(n) == primary
-                || view
-                    .nodes
-                    .get(n.index())
-                    .is_some_and(|s| s.lsn.is_some_and(|l| l >= lsn))
+        // Positions every node has replayed guarantee nothing more: dropped, so that later reads skip the
+        // checks.
+        let everywhere = |l: Lsn| {
+            view.nodes.iter().enumerate().all(|(i, _)| {
+                Some(NodeId::new(i)) == primary || known(NodeId::new(i)).is_some_and(|k| k >= l)
+            })
         };
-        if view
-            .nodes
-            .iter()
-            .enumerate()
-            .all(|(i, s)| Some(NodeId::new(i)) == primary || s.lsn.is_some_and(|l| l >= lsn))
+        for kept in [&mut self.last_write_lsn, &mut self.read_after] {
+            if kept.is_some_and(&everywhere) {
+                *kept = None;
+            }
+        }
+        let lsn = [self.last_write_lsn, self.read_after, Some(ask.floor)]
+            .into_iter()
+            .flatten()
+            .max()
+            .unwrap_or(Lsn::ZERO);
+        if config.consistency() != Consistency::Off
+            && let Some(seen) = self.seen
         {
-            // Every node has replayed it: the guarantee holds without further checks.
-            self.last_write_lsn = None;
+            match seen.upper {
+                Some(upper) if upper > lsn && !everywhere(upper) => reads.moved = Some((seen.node, upper)),
+                Some(_) => {}
+                // How far the last read saw is unknown: the read stays on that node (or the primary, which
+                // has everything); moving needs the bound, which the session finds out first.
+                None if order.contains(&seen.node) => {
+                    order.retain(|n| *n == seen.node || Some(*n) == primary)
+                }
+                None => {
+                    // Until the session finds the bound out, only the primary is safe.
+                    reads.bound_missing = true;
+                    order.retain(|n| Some(*n) == primary);
+                    reads.fresh = order.len();
+                    return Ok(Choice::Reads(reads));
+                }
+            }
+        }
+        if lsn == Lsn::ZERO && reads.moved.is_none() {
             return Ok(Choice::Reads(reads));
         }
+        reads.lsn = lsn;
+        if lsn == Lsn::MAX {
+            // A position nobody could say: no replica can be shown to have it, so none is asked.
+            order.retain(|n| Some(*n) == primary);
+            reads.fresh = order.len();
+            return Ok(Choice::Reads(reads));
+        }
+        let pick = order.first().copied();
         // Known-fresh candidates first, each group in balanced order; in place, as the list is short.
         let mut fresh = 0;
         for i in 0..order.len() {
-            if known_fresh(order[i]) {
+            let n = order[i];
+            if Some(n) == primary || known(n).is_some_and(|k| k >= reads.need(n)) {
                 order[fresh..=i].rotate_right(1);
                 fresh += 1;
             }
         }
         if order[..fresh].iter().any(|n| Some(*n) != primary) {
+            // The balancer's pick (or the session's home), if not known to be fresh, is asked once, without
+            // waiting, before a known-fresh replica serves: balancing survives knowledge a little stale.
+            let ask_pick = pick.filter(|p| Some(*p) != primary && !order[..fresh].contains(p));
             order.truncate(fresh);
+            if let Some(p) = ask_pick {
+                order.push(p);
+                reads.no_wait = true;
+            }
         }
         reads.fresh = fresh;
-        reads.lsn = lsn;
         Ok(Choice::Reads(reads))
+    }
+
+    /// Records where a request ran and, when known, a position at or past what it saw (`None`: unknown).
+    pub(crate) fn read_on(&mut self, node: NodeId, upper: Option<Lsn>) {
+        let before = self.seen.and_then(|s| s.upper);
+        self.seen = Some(Seen {
+            node,
+            // The bound covers every read so far: a read's own bound is only one more term.
+            upper: upper.map(|u| before.map_or(u, |b| b.max(u))),
+        });
+    }
+
+    /// The bound of what the session saw, found out when the last request could not tell it.
+    pub(crate) fn bound_seen(&mut self, upper: Lsn) {
+        if let Some(seen) = self.seen.as_mut() {
+            seen.upper = Some(upper);
+        }
     }
 }
 
 impl Reads {
-    /// The candidates the session must ask whether they replayed [`Reads::lsn`] (none when the guarantee
-    /// is already met); ask them in order, until `routing.read_your_writes_wait` has passed.
+    /// The candidates the session must ask whether they replayed [`Reads::need`] (none when the guarantee
+    /// is already met); ask them in order, until `routing.consistency_wait` has passed.
     pub(crate) fn unsure<'a>(&self, order: &'a [NodeId]) -> &'a [NodeId] {
         order.get(self.fresh..).unwrap_or(&[])
     }
 
-    /// The write position the unsure candidates are asked about.
-    pub(crate) fn lsn(&self) -> Lsn {
-        self.lsn
+    /// The position `node` must have replayed to serve the read.
+    pub(crate) fn need(&self, node: NodeId) -> Lsn {
+        match self.moved {
+            Some((from, upper)) if from != node => upper.max(self.lsn),
+            _ => self.lsn,
+        }
+    }
+
+    /// Whether the unsure candidates may be waited for (`routing.consistency_wait`): not when a known-fresh
+    /// replica can serve the read at once.
+    pub(crate) fn may_wait(&self) -> bool {
+        !self.no_wait
+    }
+
+    /// Whether the session must find out how far its reads saw before this read may move to another node
+    /// (then it calls [`RoutingState::bound_seen`] and chooses again).
+    pub(crate) fn bound_missing(&self) -> bool {
+        self.bound_missing
     }
 
     /// The session learnt that `node` (one of the unsure) has replayed the write: it is the choice, the

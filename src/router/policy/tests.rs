@@ -22,6 +22,8 @@ struct N {
     weight: u32,
     in_use: usize,
     visible: Option<u64>,
+    /// What sessions' probes saw beyond the snapshot.
+    known: Option<u64>,
 }
 
 fn node(role: Role, in_recovery: bool) -> N {
@@ -37,6 +39,7 @@ fn node(role: Role, in_recovery: bool) -> N {
         weight: 1,
         in_use: 0,
         visible: None,
+        known: None,
     }
 }
 fn p() -> N {
@@ -98,6 +101,12 @@ impl N {
     fn visible(self, visible: Option<u64>) -> N {
         N { visible, ..self }
     }
+    fn probed(self, known: u64) -> N {
+        N {
+            known: Some(known),
+            ..self
+        }
+    }
 }
 
 struct TestFleet {
@@ -131,6 +140,9 @@ impl NodeFacts for TestFleet {
     fn forward_visible(&self, node: NodeId) -> Option<Lsn> {
         self.nodes[node.index()].visible.map(Lsn)
     }
+    fn replayed(&self, node: NodeId) -> Option<Lsn> {
+        self.nodes[node.index()].known.map(Lsn)
+    }
     fn name(&self, node: NodeId) -> Option<&str> {
         self.names.get(node.index()).map(String::as_str)
     }
@@ -162,6 +174,8 @@ struct Row {
     /// `read_home` and `last_write_lsn` afterwards.
     home_after: Option<usize>,
     lsn_after: Option<u64>,
+    /// The position the consistency level asks of every read (`global`, `universal`).
+    floor: u64,
 }
 
 fn id(n: usize) -> NodeId {
@@ -183,6 +197,7 @@ fn row(rule: &'static str, fleet: Vec<N>, expect: Expect) -> Row {
         expect,
         home_after: None,
         lsn_after: None,
+        floor: 0,
     }
 }
 
@@ -232,6 +247,9 @@ impl Row {
             ..self
         }
     }
+    fn floor(self, floor: u64) -> Row {
+        Row { floor, ..self }
+    }
     fn lsn_after(self, lsn: Option<u64>) -> Row {
         Row {
             lsn_after: lsn,
@@ -269,6 +287,24 @@ fn wrote(lsn: u64) -> RoutingState {
         last_write_lsn: Some(Lsn(lsn)),
         ..RoutingState::default()
     }
+}
+fn seen(node: usize, upper: Option<u64>) -> RoutingState {
+    RoutingState {
+        seen: Some(Seen {
+            node: id(node),
+            upper: upper.map(Lsn),
+        }),
+        ..RoutingState::default()
+    }
+}
+fn level_off(c: &mut RoutingConfig) {
+    c.consistency = Some(Consistency::Off);
+}
+fn level_global(c: &mut RoutingConfig) {
+    c.consistency = Some(Consistency::Global);
+}
+fn level_universal(c: &mut RoutingConfig) {
+    c.consistency = Some(Consistency::Universal);
 }
 fn session_affinity(c: &mut RoutingConfig) {
     c.replica_affinity = ReplicaAffinity::Session;
@@ -551,11 +587,19 @@ fn rows() -> Vec<Row> {
         .state(wrote(200))
         .lsn_after(None),
         row(
-            "read-your-writes: only replicas known to have replayed the write",
+            "read-your-writes: only replicas known to have replayed the write (the balancer's stale pick is asked once)",
             vec![p().lsn(Some(300)), r().lsn(Some(100)), r().lsn(Some(250))],
             Nodes(&[2, 0]),
         )
-        .state(wrote(200)),
+        .state(wrote(200))
+        .probes(&[1], &[]),
+        row(
+            "read-your-writes: the balancer's pick, asked and found fresh, serves; the known-fresh one follows",
+            vec![p().lsn(Some(300)), r().lsn(Some(100)), r().lsn(Some(250))],
+            Nodes(&[1, 2, 0]),
+        )
+        .state(wrote(200))
+        .probes(&[1], &[1]),
         row(
             "read-your-writes: a replica with unknown position is asked; one that replayed is used",
             vec![p().lsn(Some(300)), r().lsn(None), r().lsn(Some(100))],
@@ -603,8 +647,104 @@ fn rows() -> Vec<Row> {
         .config(no_fallback)
         .state(wrote(200))
         .probes(&[1], &[]),
+        // Consistency levels (docs/routing.md, "Consistency levels").
         row(
-            "read-your-writes and affinity: a stale home is passed over but stays the home",
+            "off: where the session read last does not matter",
+            vec![p(), r(), r()],
+            Nodes(&[1, 2, 0]),
+        )
+        .config(level_off)
+        .state(seen(2, None)),
+        row(
+            "session: a read whose last read's reach is unknown stays on that node",
+            vec![p(), r(), r()],
+            Nodes(&[2, 0]),
+        )
+        .state(seen(2, None)),
+        row(
+            "session: a read moves to a replica known to have replayed what the session saw",
+            vec![p().lsn(Some(900)), r().lsn(Some(600)), r().lsn(Some(400))],
+            Nodes(&[1, 2, 0]),
+        )
+        .state(seen(2, Some(500))),
+        row(
+            "session: a replica behind what the session saw elsewhere is passed over",
+            vec![p().lsn(Some(900)), r().lsn(Some(600)), r().lsn(Some(400))],
+            Nodes(&[1, 0]),
+        )
+        .state(seen(1, Some(500))),
+        row(
+            "session: a move whose bound is unknown goes to the primary until the session knows it",
+            vec![p(), r().checked_down(), r()],
+            Nodes(&[0]),
+        )
+        .state(seen(1, None)),
+        row(
+            "session with affinity: a home gone, the new node is asked whether it replayed the bound",
+            vec![p().lsn(Some(900)), r().checked_down(), r().lsn(Some(400))],
+            Nodes(&[2, 0]),
+        )
+        .config(session_affinity)
+        .state(RoutingState {
+            read_home: Some(id(1)),
+            ..seen(1, Some(800))
+        })
+        .home_after(Some(2))
+        .probes(&[2], &[2]),
+        row(
+            "global: only replicas that replayed the highest acknowledged commit",
+            vec![p().lsn(Some(900)), r().lsn(Some(600)), r().lsn(Some(800))],
+            Nodes(&[2, 0]),
+        )
+        .config(level_global)
+        .floor(700)
+        .probes(&[1], &[]),
+        row(
+            "global: a probe by any session counts, beyond the health snapshot",
+            vec![
+                p().lsn(Some(900)),
+                r().lsn(Some(600)).probed(750),
+                r().lsn(Some(800)),
+            ],
+            Nodes(&[1, 2, 0]),
+        )
+        .config(level_global)
+        .floor(700),
+        row(
+            "global: nobody known to have replayed it: asked, then the primary",
+            vec![p().lsn(Some(900)), r().lsn(Some(600)), r().lsn(Some(650))],
+            Nodes(&[0]),
+        )
+        .config(level_global)
+        .floor(700)
+        .probes(&[1, 2], &[]),
+        row(
+            "universal: replicas that replayed the primary's position at the read's start",
+            vec![p().lsn(Some(1200)), r().lsn(Some(1000)), r().lsn(Some(1100))],
+            Nodes(&[2, 0]),
+        )
+        .config(level_universal)
+        .floor(1100)
+        .probes(&[1], &[]),
+        row(
+            "universal: the primary's position unknown: the primary",
+            vec![p(), r(), r()],
+            Nodes(&[0]),
+        )
+        .config(level_universal)
+        .floor(u64::MAX),
+        row(
+            "causal token: reads wait for the position set by pgfleet.read_after",
+            vec![p().lsn(Some(1200)), r().lsn(Some(1000)), r().lsn(Some(1100))],
+            Nodes(&[2, 0]),
+        )
+        .state(RoutingState {
+            read_after: Some(Lsn(1050)),
+            ..RoutingState::default()
+        })
+        .probes(&[1], &[]),
+        row(
+            "read-your-writes and affinity: a stale home is asked once, then passed over but stays the home",
             vec![p().lsn(Some(300)), r().lsn(Some(100)), r().lsn(Some(250))],
             Nodes(&[2, 0]),
         )
@@ -612,7 +752,8 @@ fn rows() -> Vec<Row> {
         .state(RoutingState {
             read_home: Some(id(1)),
             ..wrote(200)
-        }),
+        })
+        .probes(&[1], &[]),
     ]
 }
 
@@ -651,6 +792,7 @@ fn every_rule_of_the_routing_docs() {
         let ask = Ask {
             target: row.target,
             deallocated_on: row.deallocated_on.map(id),
+            floor: Lsn(row.floor),
         };
         let mut order = Vec::new();
         let mut unsure = Vec::new();

@@ -1,0 +1,280 @@
+//! The causal token of the consistency levels (docs/routing.md, "Consistency levels"): `SHOW
+//! pgfleet.write_lsn` (the session's last commit position) and `SET pgfleet.read_after = '<lsn>'` (later
+//! reads wait for that position), answered by pgfleet itself; and what the session needs to know of a
+//! request's text to decide whether a position query may ride behind it.
+
+use super::{Session, SessionError};
+use crate::config::Consistency;
+use crate::frontend::request::Request;
+use crate::frontend::state::Statements;
+use crate::protocol::frame::build;
+use crate::protocol::lsn::Lsn;
+use crate::protocol::messages::{ProxyError, bind_names, parse_fields, query_text, ready_for_query};
+use crate::router::split::{first_keywords, split_statements};
+
+/// The setting that holds a causal token for the session's reads.
+pub(super) const READ_AFTER: &str = "pgfleet.read_after";
+/// The setting that shows the session's last commit position.
+const WRITE_LSN: &str = "pgfleet.write_lsn";
+
+/// A statement about the causal token.
+#[derive(Debug, PartialEq, Eq)]
+enum TokenCommand<'a> {
+    ShowWriteLsn,
+    SetReadAfter(&'a str),
+    ResetReadAfter,
+}
+
+/// Recognises the token statements: one statement, comments not allowed, any case, optional `;`.
+fn token_command(text: &str) -> Option<TokenCommand<'_>> {
+    let text = text.trim().trim_end_matches(';').trim_end();
+    let (verb, rest) = text.split_once(|c: char| c.is_ascii_whitespace())?;
+    let rest = rest.trim_start();
+    let name_len = rest
+        .find(|c: char| c.is_ascii_whitespace() || c == '=')
+        .unwrap_or(rest.len());
+    let (name, value) = rest.split_at(name_len);
+    if verb.eq_ignore_ascii_case("show") && name.eq_ignore_ascii_case(WRITE_LSN) && value.trim().is_empty() {
+        return Some(TokenCommand::ShowWriteLsn);
+    }
+    if !name.eq_ignore_ascii_case(READ_AFTER) {
+        return None;
+    }
+    if verb.eq_ignore_ascii_case("reset") && value.trim().is_empty() {
+        return Some(TokenCommand::ResetReadAfter);
+    }
+    if !verb.eq_ignore_ascii_case("set") {
+        return None;
+    }
+    let value = value.trim_start();
+    let value = if let Some(v) = value.strip_prefix('=') {
+        v
+    } else if value.len() > 2 && value[..2].eq_ignore_ascii_case("to") {
+        &value[2..]
+    } else {
+        return None;
+    };
+    let value = value.trim();
+    let value = value
+        .strip_prefix('\'')
+        .and_then(|v| v.strip_suffix('\''))
+        .unwrap_or(value);
+    if value.eq_ignore_ascii_case("default") {
+        return Some(TokenCommand::ResetReadAfter);
+    }
+    Some(TokenCommand::SetReadAfter(value))
+}
+
+/// A token statement sent with the extended protocol, which pgfleet does not answer: refused rather than
+/// passed to a node, where `SET pgfleet.read_after` would be accepted as a custom setting and do nothing.
+pub(super) fn token_command_in_extended(req: &Request) -> Option<ProxyError> {
+    req.frames.iter().find_map(|f| {
+        let (_, text) = parse_fields(f.body()).filter(|_| f.kind == b'P')?;
+        if !text.as_bytes().windows(8).any(|w| w.eq_ignore_ascii_case(b"pgfleet.")) {
+            return None;
+        }
+        token_command(text)?;
+        Some(
+            ProxyError::error(
+                "0A000",
+                format!("pgfleet answers {WRITE_LSN} and {READ_AFTER} only in simple queries"),
+            )
+            .with_hint("Send the statement as a simple query (for example with psql, or simple_query in the driver)."),
+        )
+    })
+}
+
+/// A causal token's value: a PostgreSQL LSN such as `0/3000060`, or the error PostgreSQL gives a setting's
+/// bad value (22023), naming the setting.
+pub(super) fn parse_read_after(value: &str) -> Result<Lsn, ProxyError> {
+    value.trim().parse::<Lsn>().map_err(|_| {
+        ProxyError::error(
+            "22023",
+            format!("invalid value for parameter \"{READ_AFTER}\": \"{value}\""),
+        )
+        .with_hint(format!(
+            "Use a WAL position such as '0/3000060', as SHOW {WRITE_LSN} or pg_current_wal_lsn() gives it."
+        ))
+    })
+}
+
+/// Whether a request ends a transaction and opens none after it (its last transaction-control statement is
+/// COMMIT, END, ROLLBACK, ABORT or PREPARE TRANSACTION): only then may a position query follow a request
+/// sent inside a transaction, where it would otherwise run as part of it.
+pub(super) fn may_end_transaction(req: &Request, statements: &Statements) -> bool {
+    let mut ends = false;
+    for text in texts(req, statements) {
+        for stmt in split_statements(text) {
+            let words = first_keywords(stmt, 2);
+            match words.first().map(String::as_str) {
+                Some("COMMIT" | "END" | "ROLLBACK" | "ABORT") => ends = true,
+                Some("PREPARE") if words.get(1).is_some_and(|w| w == "TRANSACTION") => ends = true,
+                Some("BEGIN" | "START") => ends = false,
+                _ => {}
+            }
+        }
+    }
+    ends
+}
+
+/// Whether a request may run COPY: a query sent behind it would reach the node in the middle of COPY FROM
+/// STDIN, so none is.
+pub(super) fn may_copy(req: &Request, statements: &Statements) -> bool {
+    texts(req, statements).any(|text| {
+        text.as_bytes()
+            .windows(4)
+            .any(|w| w.eq_ignore_ascii_case(b"copy"))
+    })
+}
+
+/// The SQL texts of a request: its Query strings, the statements it parses and those it binds.
+fn texts<'a>(req: &'a Request, statements: &'a Statements) -> impl Iterator<Item = &'a str> {
+    req.frames.iter().filter_map(|f| match f.kind {
+        b'Q' => query_text(f.body()),
+        b'P' => parse_fields(f.body()).map(|(_, q)| q),
+        b'B' => {
+            let (_, name) = bind_names(f.body())?;
+            // The stored Parse is the whole frame: type byte and length before the body.
+            let parse = statements.get(name)?.parse.get(5..)?;
+            parse_fields(parse).map(|(_, q)| q)
+        }
+        _ => None,
+    })
+}
+
+/// A one-column text result, as SHOW gives it.
+fn show_reply(name: &str, value: &str) -> Vec<u8> {
+    let mut desc = Vec::new();
+    desc.extend_from_slice(&1i16.to_be_bytes());
+    desc.extend_from_slice(name.as_bytes());
+    desc.push(0);
+    desc.extend_from_slice(&0i32.to_be_bytes()); // table
+    desc.extend_from_slice(&0i16.to_be_bytes()); // column
+    desc.extend_from_slice(&25i32.to_be_bytes()); // text
+    desc.extend_from_slice(&(-1i16).to_be_bytes());
+    desc.extend_from_slice(&(-1i32).to_be_bytes());
+    desc.extend_from_slice(&0i16.to_be_bytes());
+    let mut row = Vec::new();
+    row.extend_from_slice(&1i16.to_be_bytes());
+    row.extend_from_slice(&(value.len() as i32).to_be_bytes());
+    row.extend_from_slice(value.as_bytes());
+    let mut out = build(b'T', &desc).to_vec();
+    out.extend_from_slice(&build(b'D', &row));
+    out.extend_from_slice(&build(b'C', b"SHOW\0"));
+    out
+}
+
+impl Session {
+    /// Answers a simple Query about the causal token by itself; false when the query is something else.
+    pub(super) async fn answer_token_command(
+        &mut self,
+        frame: &crate::protocol::Frame,
+    ) -> Result<bool, SessionError> {
+        let text = query_text(frame.body()).unwrap_or("");
+        // Almost every query is something else: one byte comparison before any parsing.
+        if !text
+            .as_bytes()
+            .windows(8)
+            .any(|w| w.eq_ignore_ascii_case(b"pgfleet."))
+        {
+            return Ok(false);
+        }
+        let Some(command) = token_command(text) else {
+            return Ok(false);
+        };
+        let mut out = match command {
+            TokenCommand::ShowWriteLsn => {
+                let lsn = self.write_lsn().await;
+                show_reply(WRITE_LSN, &lsn.to_string())
+            }
+            TokenCommand::SetReadAfter(value) => match parse_read_after(value) {
+                Ok(lsn) => {
+                    self.routing.read_after = Some(lsn).filter(|l| *l != Lsn::ZERO);
+                    build(b'C', b"SET\0").to_vec()
+                }
+                Err(e) => e.encode().to_vec(),
+            },
+            TokenCommand::ResetReadAfter => {
+                self.routing.read_after = None;
+                build(b'C', b"RESET\0").to_vec()
+            }
+        };
+        out.extend_from_slice(&ready_for_query(self.status().byte()));
+        self.write_client(&out).await?;
+        Ok(true)
+    }
+
+    /// The session's last commit position; at `consistency = "off"` pgfleet does not track commits, so the
+    /// primary's current position stands in (at or past any commit the session made).
+    async fn write_lsn(&mut self) -> Lsn {
+        if self.shared.config().routing.consistency() != Consistency::Off {
+            return self.routing.committed.unwrap_or(Lsn::ZERO);
+        }
+        self.primary_position().await.unwrap_or(Lsn::ZERO)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_statements() {
+        use TokenCommand::*;
+        assert_eq!(token_command("SHOW pgfleet.write_lsn"), Some(ShowWriteLsn));
+        assert_eq!(token_command("  show PGFLEET.WRITE_LSN ; "), Some(ShowWriteLsn));
+        assert_eq!(
+            token_command("SET pgfleet.read_after = '0/3000060'"),
+            Some(SetReadAfter("0/3000060"))
+        );
+        assert_eq!(
+            token_command("set pgfleet.read_after to 0/16B3748;"),
+            Some(SetReadAfter("0/16B3748"))
+        );
+        assert_eq!(
+            token_command("SET pgfleet.read_after='x'"),
+            Some(SetReadAfter("x"))
+        );
+        assert_eq!(token_command("RESET pgfleet.read_after"), Some(ResetReadAfter));
+        assert_eq!(
+            token_command("SET pgfleet.read_after = DEFAULT"),
+            Some(ResetReadAfter)
+        );
+        assert_eq!(token_command("SHOW pgfleet.read_after_x"), None);
+        assert_eq!(token_command("SELECT 'pgfleet.write_lsn'"), None);
+        assert_eq!(token_command("SET pgfleet.read_afterwards = 1"), None);
+        assert!(parse_read_after("0/3000060").is_ok());
+        let e = parse_read_after("soon").expect_err("bad value");
+        assert_eq!(e.code, "22023");
+        assert!(e.message.contains("pgfleet.read_after"));
+    }
+
+    #[test]
+    fn transaction_ends_and_copy() {
+        let none = Statements::default();
+        let req_of = |text: &str| {
+            let mut r = Request::default();
+            r.push(crate::protocol::Frame {
+                kind: b'Q',
+                raw: crate::protocol::messages::query(text),
+            });
+            r
+        };
+        assert!(may_end_transaction(&req_of("COMMIT"), &none));
+        assert!(may_end_transaction(
+            &req_of("insert into t values (1); commit"),
+            &none
+        ));
+        assert!(may_end_transaction(&req_of("PREPARE TRANSACTION 'x'"), &none));
+        assert!(may_end_transaction(&req_of("end"), &none));
+        assert!(!may_end_transaction(&req_of("PREPARE s AS SELECT 1"), &none));
+        assert!(!may_end_transaction(
+            &req_of("COMMIT; BEGIN; INSERT INTO t VALUES (1)"),
+            &none
+        ));
+        assert!(!may_end_transaction(&req_of("SELECT 'commit'"), &none));
+        assert!(!may_end_transaction(&req_of("UPDATE t SET x = 1 -- end"), &none));
+        assert!(may_copy(&req_of("Copy t from stdin"), &none));
+        assert!(!may_copy(&req_of("SELECT 1"), &none));
+    }
+}

@@ -1,0 +1,415 @@
+//! Consistency levels across connections (`routing.consistency`, docs/routing.md "Consistency levels"),
+//! through real pgfleet processes in front of a real primary and two streaming replicas held back with
+//! `recovery_min_apply_delay`: `global` (every commit any client of this pgfleet was told of), `universal`
+//! (the same across two pgfleet instances), the causal token (`SHOW pgfleet.write_lsn`, `SET
+//! pgfleet.read_after`), monotonic reads, and the commit position that rides behind the write instead of a
+//! round trip of its own. Each guarantee is paired with a run that shows the staleness it prevents is real.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crate::support::cluster::{APP_DB, APP_USER, PASSWORD, cluster_async};
+use crate::support::proxy::{Proxy, connect, try_connect};
+use crate::support::wait::wait_until;
+use localcluster::{LocalCluster, NodeHandle};
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+/// No single client call may take longer than this: a hang fails the test instead of stalling it.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Health checks of every proxy here.
+const HEALTH_TOML: &str = "[health]\ninterval = \"200ms\"\n";
+
+fn proxy_at(cluster: &LocalCluster, level: &str) -> Proxy {
+    Proxy::start(
+        cluster,
+        &format!("[routing]\nload_balance = \"round_robin\"\nconsistency = \"{level}\"\n\n{HEALTH_TOML}"),
+    )
+}
+
+async fn client(proxy: &Proxy) -> Client {
+    connect(&proxy.dsn(APP_USER, PASSWORD, APP_DB)).await
+}
+
+/// First column of the first row, via the simple protocol.
+async fn value(c: &Client, sql: &str) -> String {
+    let messages = tokio::time::timeout(CALL_TIMEOUT, c.simple_query(sql))
+        .await
+        .unwrap_or_else(|_| panic!("{sql}: no answer within {CALL_TIMEOUT:?}"))
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    messages
+        .iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{sql}: no row"))
+}
+
+async fn run(c: &Client, sql: &str) {
+    tokio::time::timeout(CALL_TIMEOUT, c.batch_execute(sql))
+        .await
+        .unwrap_or_else(|_| panic!("{sql}: no answer within {CALL_TIMEOUT:?}"))
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+}
+
+/// Runs `sql` with psql directly on `node` as the superuser (blocking, so off the async workers).
+fn direct(node: &NodeHandle, sql: &str) -> String {
+    tokio::task::block_in_place(|| node.psql(APP_DB, sql))
+        .unwrap_or_else(|e| panic!("{sql} on {}: {e}", node.name))
+}
+
+/// Sets `recovery_min_apply_delay` on a standby and waits until a new backend sees it. Whether the startup
+/// process applies it yet is not observable; every test proves the delay is in force by a stale read.
+async fn set_apply_delay(node: &NodeHandle, delay: &str) {
+    direct(
+        node,
+        &format!("ALTER SYSTEM SET recovery_min_apply_delay = '{delay}'"),
+    );
+    direct(node, "SELECT pg_reload_conf()");
+    let applied = wait_until(Duration::from_secs(5), async || {
+        direct(node, "SHOW recovery_min_apply_delay") == delay
+    })
+    .await;
+    assert!(
+        applied.is_some(),
+        "{}: recovery_min_apply_delay did not become {delay}",
+        node.name
+    );
+}
+
+/// Runs `ddl` on the primary as the application user and waits until both replicas have it.
+async fn create_table(cluster: &LocalCluster, ddl: &str) {
+    let owner = connect(&cluster.primary.dsn(APP_USER, PASSWORD, APP_DB)).await;
+    run(&owner, ddl).await;
+    let replicas: Vec<&NodeHandle> = cluster.replicas.iter().collect();
+    tokio::task::block_in_place(|| {
+        LocalCluster::wait_caught_up(&cluster.primary, &replicas, Duration::from_secs(30))
+    })
+    .unwrap_or_else(|e| panic!("replicas did not catch up: {e}"));
+}
+
+/// `rounds` of: one connection inserts a row (autocommit), the other reads it back at once; with `swap`, the
+/// two swap roles every round. Returns how many reads missed the row.
+async fn cross_connection_rounds(
+    a: &Client,
+    b: &Client,
+    table: &str,
+    from: usize,
+    rounds: usize,
+    swap: bool,
+) -> usize {
+    let mut stale = 0;
+    for i in from..from + rounds {
+        let (writer, reader) = if swap && i % 2 == 1 { (b, a) } else { (a, b) };
+        run(writer, &format!("INSERT INTO {table} VALUES ({i})")).await;
+        if value(reader, &format!("SELECT count(*) FROM {table} WHERE id = {i}")).await != "1" {
+            stale += 1;
+        }
+    }
+    stale
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn global_reads_see_every_commit_acknowledged_to_any_connection() {
+    let cluster = cluster_async().await;
+    let global = proxy_at(&cluster, "global");
+    let session = proxy_at(&cluster, "session");
+    create_table(&cluster, "CREATE TABLE g (id int PRIMARY KEY)").await;
+    for replica in &cluster.replicas {
+        set_apply_delay(replica, "300ms").await;
+    }
+
+    // The staleness is real: at "session", a connection that does not write does not see the other's commits
+    // at once. (When both write, each one's own last write already sends its reads to the primary.)
+    let (a, b) = (client(&session).await, client(&session).await);
+    let stale = cross_connection_rounds(&a, &b, "g", 100_000, 200, false).await;
+    assert!(
+        stale > 0,
+        "precondition: with replicas 300 ms behind, reads at consistency = \"session\" should miss rows \
+         the other connection just wrote"
+    );
+    eprintln!("consistency = \"session\": {stale} of 200 cross-connection reads were stale");
+
+    // At "global": 1,000 rounds, not one stale read.
+    let (a, b) = (client(&global).await, client(&global).await);
+    let stale = cross_connection_rounds(&a, &b, "g", 0, 1000, true).await;
+    assert_eq!(
+        stale,
+        0,
+        "consistency = \"global\": {stale} of 1000 reads missed a row whose commit the other connection \
+         was told of\n--- pgfleet log ---\n{}",
+        global.log_tail(40)
+    );
+
+    // PREPARE TRANSACTION on one connection: the other sees it in pg_prepared_xacts at once, and after
+    // COMMIT PREPARED, its row.
+    run(
+        &a,
+        "BEGIN; INSERT INTO g VALUES (-1); PREPARE TRANSACTION 'consistency_px'",
+    )
+    .await;
+    assert_eq!(
+        value(
+            &b,
+            "SELECT count(*) FROM pg_prepared_xacts WHERE gid = 'consistency_px'"
+        )
+        .await,
+        "1",
+        "a transaction prepared on another connection must show in pg_prepared_xacts"
+    );
+    run(&a, "COMMIT PREPARED 'consistency_px'").await;
+    assert_eq!(value(&b, "SELECT count(*) FROM g WHERE id = -1").await, "1");
+    assert_eq!(
+        value(
+            &b,
+            "SELECT count(*) FROM pg_prepared_xacts WHERE gid = 'consistency_px'"
+        )
+        .await,
+        "0"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn universal_reads_through_another_pgfleet_see_its_commits() {
+    let cluster = cluster_async().await;
+    let writer_side = proxy_at(&cluster, "universal");
+    let reader_side = proxy_at(&cluster, "universal");
+    let global_reader = proxy_at(&cluster, "global");
+    create_table(&cluster, "CREATE TABLE u (id int PRIMARY KEY)").await;
+    for replica in &cluster.replicas {
+        set_apply_delay(replica, "300ms").await;
+    }
+    let w = client(&writer_side).await;
+
+    // The staleness is real: "global" covers only the commits its own pgfleet acknowledged.
+    let r = client(&global_reader).await;
+    let mut stale = 0;
+    for i in 100_000..100_100 {
+        run(&w, &format!("INSERT INTO u VALUES ({i})")).await;
+        if value(&r, &format!("SELECT count(*) FROM u WHERE id = {i}")).await != "1" {
+            stale += 1;
+        }
+    }
+    assert!(
+        stale > 0,
+        "precondition: a \"global\" pgfleet that did not see the writes should read stale rows"
+    );
+    eprintln!("through a second pgfleet at \"global\": {stale} of 100 reads stale");
+
+    let r = client(&reader_side).await;
+    let mut stale = Vec::new();
+    for i in 0..300 {
+        run(&w, &format!("INSERT INTO u VALUES ({i})")).await;
+        if value(&r, &format!("SELECT count(*) FROM u WHERE id = {i}")).await != "1" {
+            stale.push(i);
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "consistency = \"universal\": reads through the second pgfleet missed rows {stale:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn causal_token_carries_a_commit_to_another_connection() {
+    let cluster = cluster_async().await;
+    let proxy = proxy_at(&cluster, "session");
+    create_table(&cluster, "CREATE TABLE c (id int PRIMARY KEY)").await;
+    for replica in &cluster.replicas {
+        set_apply_delay(replica, "300ms").await;
+    }
+    let (a, b) = (client(&proxy).await, client(&proxy).await);
+    assert_eq!(value(&a, "SHOW pgfleet.write_lsn").await, "0/0", "no commit yet");
+
+    // Without the token the other connection reads stale rows: the delay is in force.
+    let mut stale = 0;
+    for i in 100_000..100_050 {
+        run(&a, &format!("INSERT INTO c VALUES ({i})")).await;
+        if value(&b, &format!("SELECT count(*) FROM c WHERE id = {i}")).await != "1" {
+            stale += 1;
+        }
+    }
+    assert!(stale > 0, "precondition: without a token, reads should miss rows");
+    eprintln!("without a token: {stale} of 50 reads stale");
+
+    let mut previous = String::new();
+    for i in 0..50 {
+        run(&a, &format!("INSERT INTO c VALUES ({i})")).await;
+        let token = value(&a, "show pgfleet.write_lsn;").await;
+        assert!(
+            token.contains('/') && token != previous,
+            "token {token:?} after write {i}"
+        );
+        previous = token.clone();
+        run(&b, &format!("SET pgfleet.read_after = '{token}'")).await;
+        assert_eq!(
+            value(&b, &format!("SELECT count(*) FROM c WHERE id = {i}")).await,
+            "1",
+            "round {i}: a read after SET pgfleet.read_after = '{token}' missed the row"
+        );
+    }
+
+    // As a startup option of a new connection.
+    run(&a, "INSERT INTO c VALUES (-1)").await;
+    let token = value(&a, "SHOW pgfleet.write_lsn").await;
+    let dsn = format!(
+        "{} options='-c pgfleet.read_after={token}'",
+        proxy.dsn(APP_USER, PASSWORD, APP_DB)
+    );
+    let fresh = connect(&dsn).await;
+    assert_eq!(value(&fresh, "SELECT count(*) FROM c WHERE id = -1").await, "1");
+
+    // With the extended protocol pgfleet cannot answer: refused, never silently passed to a node.
+    let e = b
+        .query("SET pgfleet.read_after = '0/0'", &[])
+        .await
+        .expect_err("a token statement in the extended protocol must be refused");
+    assert_eq!(e.as_db_error().map(|d| d.code().code()), Some("0A000"), "{e:?}");
+
+    // A bad value: 22023 naming the setting, for SET and for the startup option.
+    let e = b
+        .batch_execute("SET pgfleet.read_after = 'yesterday'")
+        .await
+        .expect_err("a bad token must be refused");
+    let db = e.as_db_error().expect("a server error");
+    assert_eq!(db.code().code(), "22023");
+    assert!(db.message().contains("pgfleet.read_after"), "{}", db.message());
+    let bad = format!(
+        "{} options='-c pgfleet.read_after=soon'",
+        proxy.dsn(APP_USER, PASSWORD, APP_DB)
+    );
+    let Err(e) = try_connect(&bad).await else {
+        panic!("a bad startup token must be refused");
+    };
+    let db = e.as_db_error().expect("a server error");
+    assert_eq!(db.code().code(), "22023");
+    assert!(db.message().contains("pgfleet.read_after"), "{}", db.message());
+}
+
+/// Reads `v` of the counter row `rounds` times through `c`; returns how often it went backwards.
+async fn backward_steps(c: &Client, rounds: usize) -> usize {
+    let mut last = 0i64;
+    let mut backwards = 0;
+    for _ in 0..rounds {
+        let v: i64 = value(c, "SELECT v FROM m WHERE id = 1")
+            .await
+            .parse()
+            .expect("a number");
+        if v < last {
+            backwards += 1;
+        }
+        last = last.max(v);
+    }
+    backwards
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monotonic_reads_never_go_back_in_time_across_replicas() {
+    let cluster = cluster_async().await;
+    let off = proxy_at(&cluster, "off");
+    let session = proxy_at(&cluster, "session");
+    create_table(
+        &cluster,
+        "CREATE TABLE m (id int PRIMARY KEY, v bigint NOT NULL); INSERT INTO m VALUES (1, 0)",
+    )
+    .await;
+    // One replica current, the other 1 s behind: alternating reads would see the counter jump back.
+    set_apply_delay(&cluster.replicas[1], "1s").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let w = connect(&cluster.primary.dsn(APP_USER, PASSWORD, APP_DB)).await;
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                run(&w, "UPDATE m SET v = v + 1 WHERE id = 1").await;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    let careless = client(&off).await;
+    let back_at_off = backward_steps(&careless, 200).await;
+    let c = client(&session).await;
+    let back_at_session = backward_steps(&c, 400).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.expect("writer task");
+    eprintln!(
+        "counter went back {back_at_off} times in 200 reads at \"off\", {back_at_session} in 400 at \"session\""
+    );
+    assert!(
+        back_at_off > 0,
+        "precondition: at consistency = \"off\", round-robin reads over a current and a delayed replica \
+         should see the counter go back"
+    );
+    assert_eq!(
+        back_at_session,
+        0,
+        "consistency = \"session\": reads went back in time {back_at_session} times\n--- pgfleet log ---\n{}",
+        session.log_tail(40)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commit_positions_ride_behind_the_write_without_a_round_trip_of_their_own() {
+    use bytes::Bytes;
+    use futures_util::{SinkExt, pin_mut};
+    let cluster = cluster_async().await;
+    let proxy = proxy_at(&cluster, "session");
+    create_table(&cluster, "CREATE TABLE w (id int PRIMARY KEY)").await;
+    // Every statement the primary runs goes to its log from here on.
+    direct(&cluster.primary, "ALTER SYSTEM SET log_statement = 'all'");
+    direct(&cluster.primary, "SELECT pg_reload_conf()");
+    let logging = wait_until(Duration::from_secs(5), async || {
+        direct(&cluster.primary, "SHOW log_statement") == "all"
+    })
+    .await;
+    assert!(logging.is_some(), "log_statement did not become all");
+    let separate = "statement: SELECT pg_current_wal_lsn()::text\n";
+    let riding = "SELECT pg_current_wal_lsn()::text AS pgfleet_commit_lsn";
+    let count = |text: &str| cluster.primary.log_contents().matches(text).count();
+    let (separate_before, riding_before) = (count(separate), count(riding));
+
+    let c = client(&proxy).await;
+    for i in 0..10 {
+        run(&c, &format!("INSERT INTO w VALUES ({i})")).await;
+    }
+    c.execute("INSERT INTO w VALUES ($1)", &[&10i32])
+        .await
+        .expect("extended insert");
+    run(&c, "BEGIN; INSERT INTO w VALUES (11)").await;
+    run(&c, "COMMIT").await;
+    run(
+        &c,
+        "BEGIN; INSERT INTO w VALUES (12); PREPARE TRANSACTION 'rides'",
+    )
+    .await;
+    run(&c, "COMMIT PREPARED 'rides'").await;
+    let token = value(&c, "SHOW pgfleet.write_lsn").await;
+    assert_ne!(token, "0/0");
+    let logged = wait_until(Duration::from_secs(5), async || {
+        count(riding) - riding_before >= 14
+    })
+    .await;
+    assert!(
+        logged.is_some(),
+        "14 committing requests should each carry the position query: {} seen",
+        count(riding) - riding_before
+    );
+    assert_eq!(
+        count(separate) - separate_before,
+        0,
+        "a committing request made a separate position query"
+    );
+
+    // COPY is the exception: its position is asked separately, which the log shows, so the check above
+    // would see a separate query if one came back.
+    let sink = c.copy_in("COPY w FROM STDIN").await.expect("copy in");
+    pin_mut!(sink);
+    sink.send(Bytes::from_static(b"100\n101\n")).await.expect("send");
+    assert_eq!(sink.finish().await.expect("finish"), 2);
+    let seen = wait_until(Duration::from_secs(5), async || count(separate) > separate_before).await;
+    assert!(
+        seen.is_some(),
+        "the COPY's separate position query should be in the primary's log"
+    );
+}
