@@ -65,24 +65,27 @@ fn token_command(text: &str) -> Option<TokenCommand<'_>> {
     Some(TokenCommand::SetReadAfter(value))
 }
 
-/// A token statement sent with the extended protocol, which pgfleet does not answer: refused rather than
-/// passed to a node, where `SET pgfleet.read_after` would be accepted as a custom setting and do nothing.
-pub(super) fn token_command_in_extended(req: &Request) -> Option<ProxyError> {
-    req.frames.iter().find_map(|f| {
-        let (_, text) = parse_fields(f.body()).filter(|_| f.kind == b'P')?;
-        if !text.as_bytes().windows(8).any(|w| w.eq_ignore_ascii_case(b"pgfleet.")) {
-            return None;
-        }
-        token_command(text)?;
-        Some(
-            ProxyError::error(
-                "0A000",
-                format!("pgfleet answers {WRITE_LSN} and {READ_AFTER} only in simple queries"),
-            )
-            .with_hint("Send the statement as a simple query (for example with psql, or simple_query in the driver)."),
-        )
+/// Whether an extended-protocol request holds a token statement (parsed in it, or bound from one parsed
+/// before): pgfleet answers such a request itself ([`Session::answer_token_extended`]), since a node would
+/// take `SET pgfleet.read_after` for a custom setting and do nothing.
+pub(super) fn has_token_statement(req: &Request, statements: &Statements) -> bool {
+    req.frames.iter().any(|f| match f.kind {
+        b'P' => parse_fields(f.body()).is_some_and(|(_, text)| {
+            text.as_bytes()
+                .windows(8)
+                .any(|w| w.eq_ignore_ascii_case(b"pgfleet."))
+                && token_command(text).is_some()
+        }),
+        // Only pgfleet itself records a token statement, under its own rule: no text to read again.
+        b'B' => bind_names(f.body())
+            .and_then(|(_, name)| statements.get(name))
+            .is_some_and(|s| s.rule == TOKEN_RULE),
+        _ => false,
     })
 }
+
+/// The rule recorded for a token statement a client prepared.
+const TOKEN_RULE: &str = "causal token statement answered by pgfleet";
 
 /// A causal token's value: a PostgreSQL LSN such as `0/3000060`, or the error PostgreSQL gives a setting's
 /// bad value (22023), naming the setting.
@@ -144,6 +147,13 @@ fn texts<'a>(req: &'a Request, statements: &'a Statements) -> impl Iterator<Item
 
 /// A one-column text result, as SHOW gives it.
 fn show_reply(name: &str, value: &str) -> Vec<u8> {
+    let mut out = show_description(name).to_vec();
+    out.extend_from_slice(&show_row(value));
+    out
+}
+
+/// The RowDescription of SHOW's one text column.
+fn show_description(name: &str) -> bytes::Bytes {
     let mut desc = Vec::new();
     desc.extend_from_slice(&1i16.to_be_bytes());
     desc.extend_from_slice(name.as_bytes());
@@ -154,12 +164,16 @@ fn show_reply(name: &str, value: &str) -> Vec<u8> {
     desc.extend_from_slice(&(-1i16).to_be_bytes());
     desc.extend_from_slice(&(-1i32).to_be_bytes());
     desc.extend_from_slice(&0i16.to_be_bytes());
+    build(b'T', &desc)
+}
+
+/// SHOW's one row and its CommandComplete.
+fn show_row(value: &str) -> Vec<u8> {
     let mut row = Vec::new();
     row.extend_from_slice(&1i16.to_be_bytes());
     row.extend_from_slice(&(value.len() as i32).to_be_bytes());
     row.extend_from_slice(value.as_bytes());
-    let mut out = build(b'T', &desc).to_vec();
-    out.extend_from_slice(&build(b'D', &row));
+    let mut out = build(b'D', &row).to_vec();
     out.extend_from_slice(&build(b'C', b"SHOW\0"));
     out
 }
@@ -182,26 +196,151 @@ impl Session {
         let Some(command) = token_command(text) else {
             return Ok(false);
         };
-        let mut out = match command {
-            TokenCommand::ShowWriteLsn => {
-                let lsn = self.write_lsn().await;
-                show_reply(WRITE_LSN, &lsn.to_string())
-            }
-            TokenCommand::SetReadAfter(value) => match parse_read_after(value) {
-                Ok(lsn) => {
-                    self.routing.read_after = Some(lsn).filter(|l| *l != Lsn::ZERO);
-                    build(b'C', b"SET\0").to_vec()
-                }
-                Err(e) => e.encode().to_vec(),
-            },
-            TokenCommand::ResetReadAfter => {
-                self.routing.read_after = None;
-                build(b'C', b"RESET\0").to_vec()
-            }
+        let mut out = match self.run_token(&command).await {
+            Ok(Some(lsn)) => show_reply(WRITE_LSN, &lsn.to_string()),
+            Ok(None) => command_complete(&command),
+            Err(e) => e.encode().to_vec(),
         };
         out.extend_from_slice(&ready_for_query(self.status().byte()));
         self.write_client(&out).await?;
         Ok(true)
+    }
+
+    /// Carries out a token statement: the position SHOW answers, or nothing for SET / RESET.
+    async fn run_token(&mut self, command: &TokenCommand<'_>) -> Result<Option<Lsn>, ProxyError> {
+        match command {
+            TokenCommand::ShowWriteLsn => Ok(Some(self.write_lsn().await)),
+            TokenCommand::SetReadAfter(value) => {
+                let lsn = parse_read_after(value)?;
+                self.routing.read_after = Some(lsn).filter(|l| *l != Lsn::ZERO);
+                Ok(None)
+            }
+            TokenCommand::ResetReadAfter => {
+                self.routing.read_after = None;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Answers an extended-protocol request whose statements are token statements, frame by frame as
+    /// PostgreSQL would: ParseComplete, BindComplete, the description, the result, CloseComplete and
+    /// ReadyForQuery; after an error, frames up to the Sync are skipped. A request that mixes in any other
+    /// statement, or is left open by a Flush, is refused with 0A000 (pgfleet would have to split it).
+    pub(super) async fn answer_token_extended(&mut self, req: &Request) -> Result<(), SessionError> {
+        let mixed = req.frames.iter().any(|f| match f.kind {
+            b'P' => parse_fields(f.body()).is_none_or(|(_, q)| token_command(q).is_none()),
+            b'B' => bind_names(f.body())
+                .and_then(|(_, name)| self.statements.get(name))
+                .and_then(|s| s.parse.get(5..))
+                .and_then(parse_fields)
+                .is_none_or(|(_, q)| token_command(q).is_none()),
+            b'D' | b'E' | b'C' | b'H' | b'S' => false,
+            _ => true,
+        });
+        if mixed || req.frames.last().is_none_or(|f| f.kind != b'S') {
+            let e = ProxyError::error(
+                "0A000",
+                format!(
+                    "pgfleet answers {WRITE_LSN} and {READ_AFTER} itself, only in a request of their own \
+                     (Parse, Bind, Describe, Execute, Sync)"
+                ),
+            )
+            .with_hint("Send the statement on its own, or as a simple query.");
+            let mut out = e.encode().to_vec();
+            out.extend_from_slice(&ready_for_query(self.status().byte()));
+            self.write_client(&out).await?;
+            return Ok(());
+        }
+        let mut out = Vec::new();
+        // The statement the portal was bound from, by its text.
+        let mut portal: Option<String> = None;
+        let mut failed = false;
+        for f in &req.frames {
+            if failed && f.kind != b'S' {
+                continue;
+            }
+            match f.kind {
+                b'P' => {
+                    if let Some((name, _)) = parse_fields(f.body()) {
+                        let name = name.to_owned();
+                        self.statements.insert(
+                            &name,
+                            crate::frontend::state::Statement {
+                                parse: f.raw.clone(),
+                                target: crate::router::classify::Target::Primary,
+                                rule: std::borrow::Cow::Borrowed(TOKEN_RULE),
+                                pin: None,
+                                changes: Vec::new(),
+                                id: 0,
+                            },
+                        );
+                    }
+                    out.extend_from_slice(&build(b'1', b""));
+                }
+                b'B' => {
+                    portal = bind_names(f.body())
+                        .and_then(|(_, name)| self.statements.get(name))
+                        .and_then(|s| s.parse.get(5..))
+                        .and_then(parse_fields)
+                        .map(|(_, q)| q.to_owned());
+                    out.extend_from_slice(&build(b'2', b""));
+                }
+                b'D' => {
+                    let body = f.body();
+                    let text = if body.first() == Some(&b'S') {
+                        // A statement's description starts with its (no) parameters.
+                        out.extend_from_slice(&build(b't', &0i16.to_be_bytes()));
+                        let name = body.get(1..).and_then(|n| n.split(|b| *b == 0).next());
+                        name.and_then(|n| std::str::from_utf8(n).ok())
+                            .and_then(|n| self.statements.get(n))
+                            .and_then(|s| s.parse.get(5..))
+                            .and_then(parse_fields)
+                            .map(|(_, q)| q.to_owned())
+                    } else {
+                        portal.clone()
+                    };
+                    let shows = text
+                        .as_deref()
+                        .and_then(token_command)
+                        .is_some_and(|c| c == TokenCommand::ShowWriteLsn);
+                    if shows {
+                        out.extend_from_slice(&show_description(WRITE_LSN));
+                    } else {
+                        out.extend_from_slice(&build(b'n', b""));
+                    }
+                }
+                b'E' => {
+                    let text = portal.clone().unwrap_or_default();
+                    let Some(command) = token_command(&text) else {
+                        continue;
+                    };
+                    match self.run_token(&command).await {
+                        Ok(Some(lsn)) => out.extend_from_slice(&show_row(&lsn.to_string())),
+                        Ok(None) => out.extend_from_slice(&command_complete(&command)),
+                        Err(e) => {
+                            out.extend_from_slice(&e.encode());
+                            failed = true;
+                        }
+                    }
+                }
+                b'C' => {
+                    if body_names_statement(f.body())
+                        && let Some(name) = f.body().get(1..).and_then(|n| n.split(|b| *b == 0).next())
+                        && let Ok(name) = std::str::from_utf8(name)
+                    {
+                        self.statements.remove(name);
+                    }
+                    out.extend_from_slice(&build(b'3', b""));
+                }
+                b'S' => {
+                    failed = false;
+                    out.extend_from_slice(&ready_for_query(self.status().byte()));
+                }
+                _ => {}
+            }
+        }
+        self.write_client(&out).await?;
+        Ok(())
     }
 
     /// The session's last commit position; at `consistency = "off"` pgfleet does not track commits, so the
@@ -212,6 +351,20 @@ impl Session {
         }
         self.primary_position().await.unwrap_or(Lsn::ZERO)
     }
+}
+
+/// The CommandComplete of a SET or RESET token statement.
+fn command_complete(command: &TokenCommand<'_>) -> Vec<u8> {
+    let tag: &[u8] = match command {
+        TokenCommand::ResetReadAfter => b"RESET\0",
+        _ => b"SET\0",
+    };
+    build(b'C', tag).to_vec()
+}
+
+/// Whether a Close frame's body closes a statement (`S`) rather than a portal (`P`).
+fn body_names_statement(body: &[u8]) -> bool {
+    body.first() == Some(&b'S')
 }
 
 #[cfg(test)]

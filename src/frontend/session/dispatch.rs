@@ -127,8 +127,20 @@ impl Session {
             .log
             .slow_statement
             .map(|_| std::time::Instant::now());
-        if let Some(e) = super::consistency::token_command_in_extended(req) {
-            return self.refuse(e, end).await;
+        if super::consistency::has_token_statement(req, &self.statements) {
+            if end == End::Sync {
+                return self.answer_token_extended(req).await;
+            }
+            return self.refuse(
+                ProxyError::error(
+                    "0A000",
+                    "pgfleet answers pgfleet.write_lsn and pgfleet.read_after itself, not in a batch left open \
+                     by Flush",
+                )
+                .with_hint("End the request with Sync, or send the statement as a simple query."),
+                end,
+            )
+            .await;
         }
         let mut plan = Plan::for_request(req, &self.statements, &self.rules);
         // Function volatility only matters for what would otherwise be a read: a write never waits for it,
