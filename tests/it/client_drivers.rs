@@ -118,19 +118,10 @@ async fn jdbc() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_postgres_cursor_and_stream() {
-    let node = require_in_path("node", "Node.js");
-    let dir = clients_dir().join("node");
-    assert!(
-        dir.join("node_modules").join("pg-cursor").is_dir()
-            && dir.join("node_modules").join("pg-query-stream").is_dir(),
-        "node-postgres, pg-cursor and pg-query-stream are not installed in {}; {INSTALL_HINT}",
-        dir.display()
-    );
+    let mut cmd = common::node_command(&["pg", "pg-cursor", "pg-query-stream"]);
     let cluster = cluster_async().await;
     let proxy = Proxy::start(&cluster, "");
-    let mut cmd = Command::new(node);
-    cmd.current_dir(&dir)
-        .arg("cursor_check.js")
+    cmd.arg("cursor_check.js")
         .arg(proxy.url(APP_USER, PASSWORD, APP_DB))
         .arg("40");
     run_program(cmd, &proxy, "cursor_check.js");
@@ -141,18 +132,10 @@ async fn node_postgres_cursor_and_stream() {
 /// make it report one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_postgres_end_right_after_connect() {
-    let node = require_in_path("node", "Node.js");
-    let dir = clients_dir().join("node");
-    assert!(
-        dir.join("node_modules").join("pg").is_dir(),
-        "node-postgres is not installed in {}; {INSTALL_HINT}",
-        dir.display()
-    );
+    let mut cmd = common::node_command(&["pg"]);
     let cluster = cluster_async().await;
     let proxy = Proxy::start(&cluster, "");
-    let mut cmd = Command::new(node);
-    cmd.current_dir(&dir)
-        .arg("end_at_once.js")
+    cmd.arg("end_at_once.js")
         .arg(proxy.url(APP_USER, PASSWORD, APP_DB))
         .arg("5");
     run_program(cmd, &proxy, "end_at_once.js");

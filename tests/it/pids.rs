@@ -5,10 +5,9 @@
 //! raw protocol clients (which see BackendKeyData and every message), tokio-postgres (the extended
 //! protocol with a binary int4 parameter) and node-postgres.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::support::clients::{INSTALL_HINT, clients_dir, require_in_path, run};
+use crate::support::clients::{node_command, run};
 use crate::support::cluster::{APP_DB, APP_USER, LocalCluster, NodeHandle, PASSWORD, cluster_async};
 use crate::support::proxy::{Proxy, connect};
 use crate::support::raw::{Msg, Raw, data_rows, send_cancel, sqlstate};
@@ -207,18 +206,10 @@ async fn notifications_carry_the_issued_pid_of_the_notifying_client() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_postgres_sees_its_own_process_id_in_notifications() {
-    let node = require_in_path("node", "Node.js");
-    let dir = clients_dir().join("node");
-    assert!(
-        dir.join("node_modules").join("pg").is_dir(),
-        "node-postgres is not installed in {}; {INSTALL_HINT}",
-        dir.display()
-    );
+    let mut cmd = node_command(&["pg"]);
     let cluster = cluster_async().await;
     let proxy = Proxy::start(&cluster, SESSION_POOL);
-    let mut cmd = Command::new(node);
-    cmd.current_dir(&dir)
-        .arg("pids_check.js")
+    cmd.arg("pids_check.js")
         .arg(proxy.url(APP_USER, PASSWORD, APP_DB));
     let done = run(cmd, Duration::from_secs(60)).expect_success("pids_check.js");
     assert!(done.stdout.contains("ok"), "{done}");

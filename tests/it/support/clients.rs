@@ -196,3 +196,23 @@ pub(crate) fn clients_dir() -> PathBuf {
         .join("tests")
         .join("clients")
 }
+
+/// A `node` command run in `tests/clients/node`, or a test failure saying how to install Node.js or the
+/// npm packages the scripts need (`packages`, looked for in its node_modules).
+pub(crate) fn node_command(packages: &[&str]) -> std::process::Command {
+    let node = require_in_path("node", "Node.js");
+    let dir = clients_dir().join("node");
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| !dir.join("node_modules").join(p).is_dir())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{missing:?} not installed in {}; {INSTALL_HINT}",
+        dir.display()
+    );
+    let mut cmd = std::process::Command::new(node);
+    cmd.current_dir(dir);
+    cmd
+}
