@@ -57,6 +57,32 @@ pub(crate) enum Trailer {
 const COMMIT_TRAILER: &str = "SELECT pg_current_wal_lsn()::text AS pgfleet_commit_lsn";
 const PRIMARY_TRAILER: &str = "SELECT pg_current_wal_lsn()::text AS pgfleet_read_lsn";
 const REPLAY_TRAILER: &str = "SELECT pg_last_wal_replay_lsn()::text AS pgfleet_replay_lsn";
+/// The question sent ahead of a read to a replica not yet known to have replayed what the read must see.
+const LEAD_QUERY: &str = "SELECT pg_last_wal_replay_lsn()::text AS pgfleet_lead_lsn";
+
+/// A replay-position question that rides AHEAD of a read in the same write (docs/routing.md, "Consistency
+/// levels"): when its answer says the replica has replayed what the read must see, the read's reply goes on
+/// as usual, so a caught-up replica costs no round trip; otherwise the read's reply is discarded whole and the
+/// session runs the read on its next candidate. Only reads that may run twice are led (see
+/// `session::consistency::may_lead`).
+#[derive(Debug)]
+struct LeadState {
+    /// The position the read must see.
+    need: Lsn,
+    /// Where the lead's frames end within the block being read.
+    end: usize,
+    answer: Option<Lsn>,
+    /// The lead's ReadyForQuery came: what follows is the client's.
+    done: bool,
+    /// The replica was behind: nothing of this run reaches the client.
+    stale: bool,
+}
+
+fn lead_query() -> &'static [u8] {
+    static QUERY: std::sync::LazyLock<Bytes> =
+        std::sync::LazyLock::new(|| crate::protocol::messages::query(LEAD_QUERY));
+    &QUERY
+}
 
 impl Trailer {
     fn query(self) -> &'static [u8] {
@@ -92,6 +118,12 @@ struct TrailerState {
 
 /// Why a request did not complete.
 pub(crate) enum FlowError {
+    /// A led read found its replica behind (see [`LeadState`]): nothing reached the client; the plan is
+    /// handed back for the next candidate.
+    Stale {
+        /// The plan, handed back.
+        plan: Box<Plan>,
+    },
     /// The client failed; the session ends.
     Client(SessionError),
     /// The node failed; `output_sent` tells whether the client already saw part of the answer.
@@ -143,23 +175,38 @@ pub(crate) struct Flow {
     /// The block read last holds a NotificationResponse, whose pid is the node backend's.
     notified: bool,
     trailer: Option<TrailerState>,
+    lead: Option<LeadState>,
 }
 
 impl Flow {
     fn inspect(&mut self, kind: u8, body: &[u8]) {
+        if let Some(l) = self.lead.as_mut()
+            && !l.done
+        {
+            // The lead's own reply: its value and its end; the client never sees it.
+            let len = 5 + body.len();
+            l.end += len;
+            if let Some(t) = self.trailer.as_mut() {
+                t.pos += len;
+            }
+            match kind {
+                b'D' => l.answer = first_text_lsn(body),
+                b'Z' => {
+                    l.done = true;
+                    l.stale = l.answer.is_none_or(|a| a < l.need);
+                    self.pending_ready = self.pending_ready.saturating_sub(1);
+                }
+                _ => {}
+            }
+            return;
+        }
         if let Some(t) = self.trailer.as_mut() {
             let start = t.pos;
             t.pos += 5 + body.len();
             if t.client_ready == 0 {
                 // The trailer's own reply: only its value and its end matter.
                 match kind {
-                    b'D' => {
-                        t.answer = crate::backend::conn::data_row_fields(body)
-                            .into_iter()
-                            .next()
-                            .flatten()
-                            .and_then(|text| text.parse().ok());
-                    }
+                    b'D' => t.answer = first_text_lsn(body),
                     b'Z' => self.pending_ready = self.pending_ready.saturating_sub(1),
                     b'A' => {
                         t.late.push(kind);
@@ -292,8 +339,16 @@ impl Flow {
     ) -> Result<(), FlowError> {
         let trailer = session.trailer.take().filter(|_| end != End::Open);
         let sent_trailer = trailer.is_some();
+        let lead = session.lead_need.take().filter(|_| end != End::Open);
         let mut flow = Flow {
-            pending_ready: req.ready_count() + usize::from(trailer.is_some()),
+            pending_ready: req.ready_count() + usize::from(trailer.is_some()) + usize::from(lead.is_some()),
+            lead: lead.map(|need| LeadState {
+                need,
+                end: 0,
+                answer: None,
+                done: false,
+                stale: false,
+            }),
             trailer: trailer.map(|kind| TrailerState {
                 kind,
                 client_ready: req.ready_count(),
@@ -329,6 +384,20 @@ impl Flow {
             .key
             .set_active(Some((conn.target.index, conn.pid, conn.secret)));
         let mut result = flow.pump(session, node, req, &mut plan).await;
+        if let Some(l) = flow.lead.take() {
+            if let Some(lsn) = l.answer {
+                session.shared.fleet.nodes()[node.index()].replayed.saw(lsn);
+            }
+            if let Some(conn) = session.conns[node.index()].as_mut() {
+                // The lead is a simple Query, which dropped the node's unnamed statement.
+                conn.applied.unnamed = None;
+                if result.is_ok() && l.stale {
+                    conn.status = flow.outcome.status;
+                    session.key.set_active(None);
+                    return Err(FlowError::Stale { plan: Box::new(plan) });
+                }
+            }
+        }
         if result.is_ok()
             && let Some(t) = flow.trailer.take()
         {
@@ -394,28 +463,31 @@ impl Flow {
                 self.sending(f.kind);
             }
         }
-        match &self.trailer {
-            // The trailer rides in the same write as the client's frames: no round trip of its own.
-            Some(t) if req.bytes <= SCRATCH_KEPT => {
-                session.scratch.clear();
-                for f in &req.frames {
-                    session.scratch.extend_from_slice(&f.raw);
-                }
-                session.scratch.extend_from_slice(t.kind.query());
-                conn.write_all(&session.scratch).await.map_err(Failure::Node)?;
+        let lead: &[u8] = if self.lead.is_some() { lead_query() } else { &[] };
+        let trailer: &[u8] = self.trailer.as_ref().map_or(&[], |t| t.kind.query());
+        if lead.is_empty() && trailer.is_empty() {
+            conn.write_all(req.encode(&mut session.scratch))
+                .await
+                .map_err(Failure::Node)?;
+        } else if req.bytes <= SCRATCH_KEPT {
+            // The lead and the trailer ride in the same write as the client's frames: no round trip of their own.
+            session.scratch.clear();
+            session.scratch.extend_from_slice(lead);
+            for f in &req.frames {
+                session.scratch.extend_from_slice(&f.raw);
             }
-            // A large request is not copied to join it: the trailer follows it at once, still unanswered.
-            Some(t) => {
-                let query = t.kind.query();
-                conn.write_all(req.encode(&mut session.scratch))
-                    .await
-                    .map_err(Failure::Node)?;
-                conn.write_all(query).await.map_err(Failure::Node)?;
+            session.scratch.extend_from_slice(trailer);
+            conn.write_all(&session.scratch).await.map_err(Failure::Node)?;
+        } else {
+            // A large request is not copied to join them: they go just before and after it, still unanswered.
+            if !lead.is_empty() {
+                conn.write_all(lead).await.map_err(Failure::Node)?;
             }
-            None => {
-                conn.write_all(req.encode(&mut session.scratch))
-                    .await
-                    .map_err(Failure::Node)?;
+            conn.write_all(req.encode(&mut session.scratch))
+                .await
+                .map_err(Failure::Node)?;
+            if !trailer.is_empty() {
+                conn.write_all(trailer).await.map_err(Failure::Node)?;
             }
         }
         if session.scratch.capacity() > SCRATCH_KEPT {
@@ -450,12 +522,17 @@ impl Flow {
                         t.pos = 0;
                         t.visible_end = 0;
                     }
+                    if let Some(l) = self.lead.as_mut() {
+                        l.end = 0;
+                    }
                     let block = conn.take_block(|k, b| self.inspect(k, b)).map_err(Failure::Node)?;
                     if !self.undo.is_empty() {
                         undo(conn, &mut self.undo);
                     }
                     // An open batch's added replies are dropped (`Sent`); a trailer's reply is kept back. The
                     // two never meet: a trailer never follows a request left open by a Flush.
+                    // The lead's frames come first in the block that holds them: the client's start after them.
+                    let lead_end = self.lead.as_ref().map_or(0, |l| l.end);
                     let block = match (block, self.trailer.as_mut()) {
                         (Some(b), None) if !self.drops.is_empty() => Some(without(b, &mut self.drops)).filter(|b| !b.is_empty()),
                         (Some(block), Some(t)) => {
@@ -463,11 +540,13 @@ impl Flow {
                             if let Some((start, end)) = t.ready_span.take() {
                                 t.final_ready = Some(block.slice(start..end));
                             }
-                            let visible = block.slice(..t.visible_end);
-                            (!visible.is_empty()).then_some(visible)
+                            (t.visible_end > lead_end).then(|| block.slice(lead_end..t.visible_end))
                         }
+                        (Some(block), None) if lead_end > 0 => (block.len() > lead_end).then(|| block.slice(lead_end..)),
                         (block, _) => block,
                     };
+                    // A stale replica's answer to the read is not the client's: it is read to its end and dropped.
+                    let block = block.filter(|_| !self.lead.as_ref().is_some_and(|l| l.stale));
                     let block = if std::mem::take(&mut self.notified) {
                         // The client is told the pid pgfleet gave the notifying client, not a node's.
                         block.map(|b| session.shared.cancels.rewrite_notifications(node.index(), b))
@@ -679,6 +758,15 @@ fn without(block: Bytes, drops: &mut Vec<(usize, usize)>) -> Bytes {
 enum Failure {
     Client(SessionError),
     Node(BackendError),
+}
+
+/// The first column of a DataRow as an LSN, if it is one (NULL or text that does not parse: None).
+fn first_text_lsn(body: &[u8]) -> Option<Lsn> {
+    crate::backend::conn::data_row_fields(body)
+        .into_iter()
+        .next()
+        .flatten()
+        .and_then(|text| text.parse().ok())
 }
 
 async fn write_flush(client: &mut super::stream::ClientStream, bytes: &[u8]) -> std::io::Result<()> {

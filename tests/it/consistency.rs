@@ -445,3 +445,76 @@ async fn commit_positions_ride_behind_the_write_without_a_round_trip_of_their_ow
         "the COPY's separate position query should be in the primary's log"
     );
 }
+
+/// A replica that has replayed what a read must see, but that pgfleet does not know has (no health check,
+/// probe or earlier read told it since the write), is asked in the same write as the read, ahead of it: the
+/// read is served there with no round trip of its own. Shown by the replicas' logs: the question that rides
+/// ahead of the read (`pgfleet_lead_lsn`), never a separate `pg_last_wal_replay_lsn()` probe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caught_up_replica_is_asked_in_the_same_write_as_the_read() {
+    let cluster = cluster_async().await;
+    // Health checks too rare to tell pgfleet anything during the test.
+    let proxy = Proxy::start(
+        &cluster,
+        "[routing]\nload_balance = \"round_robin\"\nconsistency = \"global\"\n\n[health]\ninterval = \"60s\"\n",
+    );
+    create_table(&cluster, "CREATE TABLE lead (id int PRIMARY KEY)").await;
+    for replica in &cluster.replicas {
+        direct(replica, "ALTER SYSTEM SET log_statement = 'all'");
+        direct(replica, "SELECT pg_reload_conf()");
+        let logging = wait_until(Duration::from_secs(5), async || {
+            direct(replica, "SHOW log_statement") == "all"
+        })
+        .await;
+        assert!(
+            logging.is_some(),
+            "{}: log_statement did not become all",
+            replica.name
+        );
+    }
+    let count = |text: &str| -> usize {
+        cluster
+            .replicas
+            .iter()
+            .map(|r| r.log_contents().matches(text).count())
+            .sum()
+    };
+    let separate = "statement: SELECT pg_last_wal_replay_lsn()::text\n";
+    let leading = "SELECT pg_last_wal_replay_lsn()::text AS pgfleet_lead_lsn";
+    let (separate_before, leading_before) = (count(separate), count(leading));
+    let replica_ports: Vec<String> = cluster.replicas.iter().map(|r| r.port.to_string()).collect();
+    let (writer, reader) = (client(&proxy).await, client(&proxy).await);
+    let replicas: Vec<&NodeHandle> = cluster.replicas.iter().collect();
+    let mut on_replicas = 0;
+    for i in 0..20 {
+        run(&writer, &format!("INSERT INTO lead VALUES ({i})")).await;
+        // Both replicas replay the write; pgfleet is not told.
+        tokio::task::block_in_place(|| {
+            LocalCluster::wait_caught_up(&cluster.primary, &replicas, Duration::from_secs(30))
+        })
+        .unwrap_or_else(|e| panic!("replicas did not catch up: {e}"));
+        let row = value(
+            &reader,
+            &format!("SELECT count(*)::text || ' ' || inet_server_port() FROM lead WHERE id = {i}"),
+        )
+        .await;
+        let (n, port) = row.split_once(' ').expect("count and port");
+        assert_eq!(n, "1", "round {i}: the read missed the row");
+        on_replicas += usize::from(replica_ports.iter().any(|p| p == port));
+    }
+    assert_eq!(on_replicas, 20, "every read was served by a caught-up replica");
+    let asked = wait_until(Duration::from_secs(5), async || {
+        count(leading) - leading_before >= 20
+    })
+    .await;
+    assert!(
+        asked.is_some(),
+        "each read should carry the question ahead of it: {} seen",
+        count(leading) - leading_before
+    );
+    assert_eq!(
+        count(separate) - separate_before,
+        0,
+        "a read asked a replica in a round trip of its own"
+    );
+}

@@ -84,6 +84,49 @@ pub(super) fn has_token_statement(req: &Request, statements: &Statements) -> boo
     })
 }
 
+/// Whether a read may be led by a replay-position question (`forward::LeadState`), which means it may run
+/// on a replica whose answer is then thrown away: a request ended by Sync or a simple Query, that creates
+/// nothing the session must track (no named statement, no Close, DEALLOCATE, setting or pin) and binds the
+/// unnamed statement only after parsing it itself (the lead, a simple Query, drops the node's unnamed
+/// statement), without COPY.
+pub(super) fn may_lead(
+    req: &Request,
+    plan: &crate::frontend::request::Plan,
+    end: crate::frontend::request::End,
+) -> bool {
+    use crate::frontend::request::End;
+    if end == End::Open
+        || plan.pin.is_some()
+        || !plan.changes.is_empty()
+        || !plan.closes.is_empty()
+        || !plan.deallocates.is_empty()
+        || plan.parses.iter().any(|(name, _)| !name.is_empty())
+    {
+        return false;
+    }
+    let mut parsed_unnamed = false;
+    for f in &req.frames {
+        match f.kind {
+            b'Q' | b'D' | b'E' | b'S' | b'H' => {}
+            b'P' => parsed_unnamed = true,
+            b'B' => {
+                let unnamed = bind_names(f.body()).is_some_and(|(_, stmt)| stmt.is_empty());
+                if unnamed && !parsed_unnamed {
+                    return false;
+                }
+            }
+            _ => return false,
+        }
+    }
+    req.frames.iter().all(|f| match f.kind {
+        b'Q' => query_text(f.body())
+            .is_some_and(|t| !t.as_bytes().windows(4).any(|w| w.eq_ignore_ascii_case(b"copy"))),
+        b'P' => parse_fields(f.body())
+            .is_some_and(|(_, t)| !t.as_bytes().windows(4).any(|w| w.eq_ignore_ascii_case(b"copy"))),
+        _ => true,
+    })
+}
+
 /// The rule recorded for a token statement a client prepared.
 const TOKEN_RULE: &str = "causal token statement answered by pgfleet";
 

@@ -158,7 +158,8 @@ impl Session {
         if plan.target == Target::Primary && self.answer_signal_call(req, end).await? {
             return Ok(());
         }
-        if let Err(e) = self.candidates(&plan, candidates).await {
+        let may_lead = super::consistency::may_lead(req, &plan, end);
+        if let Err(e) = self.candidates(&plan, may_lead, candidates).await {
             return self.refuse(e, end).await;
         }
         let retry_allowed = !self.routing.bound() && plan.target == Target::Replica;
@@ -228,13 +229,22 @@ impl Session {
             let name = &self.shared.fleet.nodes()[node.index()].target.name;
             let label = self.routing.label(&plan.rule);
             tracing::debug!(node = %name, rule = %label, "routing request");
-            self.count_route(node, plan.target, label);
+            let leading = self.lead.filter(|(n, _)| *n == node).map(|(_, need)| need);
+            // A led read is counted once it served: one that found its replica behind did not.
+            let count_later = leading.map(|_| (plan.target, label.to_owned()));
+            if leading.is_none() {
+                self.count_route(node, plan.target, label);
+            }
+            self.lead_need = leading;
             let wrote = plan.target == Target::Primary && !Rule::is_read_on_primary(&plan.rule);
             let trailer = self.trailer_for(node, &plan, req, end);
             self.trailer = trailer;
             self.trailer_answer = None;
             match Flow::run(self, node, req, end, plan, retry_allowed).await {
                 Ok(()) => {
+                    if let Some((target, label)) = &count_later {
+                        self.count_route(node, *target, label);
+                    }
                     if let Some(started) = started {
                         self.log_if_slow(req, node, started);
                     }
@@ -243,6 +253,16 @@ impl Session {
                     return Ok(());
                 }
                 Err(FlowError::Client(e)) => return Err(e),
+                Err(FlowError::Stale { plan: returned }) => {
+                    // Nothing reached the client; the next candidate (known fresh, or the primary) serves.
+                    plan = *returned;
+                    last_err = Some(ProxyError::error(
+                        "57P03",
+                        "pgfleet: no replica has replayed what this read must see (routing.consistency) and \
+                         routing.fallback_to_primary = false",
+                    ));
+                    continue;
+                }
                 Err(FlowError::Node {
                     error,
                     plan: returned,
@@ -281,7 +301,13 @@ impl Session {
     /// The nodes to try for a plan, best first, into `order`, or why there is none. The routing policy
     /// decides; the session only finds out what the policy cannot (the primary's position for `universal`,
     /// how far the session's reads saw, whether a replica replayed a position), when the policy says so.
-    async fn candidates(&mut self, plan: &Plan, order: &mut Vec<NodeId>) -> Result<(), ProxyError> {
+    async fn candidates(
+        &mut self,
+        plan: &Plan,
+        may_lead: bool,
+        order: &mut Vec<NodeId>,
+    ) -> Result<(), ProxyError> {
+        self.lead = None;
         let level = self.shared.config().routing.consistency();
         let may_read_replica = plan.target == Target::Replica
             && !self.routing.bound()
@@ -329,13 +355,22 @@ impl Session {
         let Choice::Reads(mut reads) = choice else {
             return Ok(());
         };
-        if !reads.unsure(order).is_empty() {
+        let wait = if reads.may_wait() {
+            self.shared.config().routing.consistency_wait
+        } else {
+            std::time::Duration::ZERO
+        };
+        if let Some(&first) = reads.unsure(order).first()
+            && may_lead
+            && wait.is_zero()
+            && !self.shared.fleet.forward.enabled()
+        {
+            // The first unsure candidate is asked in the same write as the read, ahead of it: no round
+            // trip when it has caught up; the known-fresh candidates and the primary stay as fallbacks.
+            self.lead = Some((first, reads.need(first)));
+            reads.replayed(first, order);
+        } else if !reads.unsure(order).is_empty() {
             // Ask the unsure candidates, waiting up to routing.consistency_wait for one to catch up.
-            let wait = if reads.may_wait() {
-                self.shared.config().routing.consistency_wait
-            } else {
-                std::time::Duration::ZERO
-            };
             let deadline = tokio::time::Instant::now() + wait;
             'wait: loop {
                 for i in 0..reads.unsure(order).len() {

@@ -186,6 +186,8 @@ impl Session {
             rules,
             trailer: None,
             trailer_answer: None,
+            lead: None,
+            lead_need: None,
             last_read_at: None,
             tx_wrote: false,
             shared_conns,

@@ -183,6 +183,11 @@ pub(super) struct Session {
     pub(super) trailer: Option<crate::frontend::forward::Trailer>,
     /// That query's answer, once the request ran.
     pub(super) trailer_answer: Option<Lsn>,
+    /// A read led by a replay-position question (`forward::LeadState`): the replica asked, and the position
+    /// the read must see there. Set by `candidates`, for the dispatch loop.
+    lead: Option<(crate::cluster::NodeId, Lsn)>,
+    /// The position the next run's lead asks for, set by dispatch for `forward`.
+    pub(super) lead_need: Option<Lsn>,
     /// When the session's last request ended (monotonic reads: a primary position asked later bounds it).
     last_read_at: Option<std::time::Instant>,
     /// The open transaction ran something on the primary that may have written.
