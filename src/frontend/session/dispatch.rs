@@ -168,8 +168,12 @@ impl Session {
         // candidate could serve it does it wait, on the first full one (its best choice). A full pool is not
         // a node failure: nothing is marked down or counted against the node.
         let mut first_full: Option<NodeId> = None;
-        for (i, candidate) in candidates.iter().copied().enumerate() {
-            let last = i + 1 == candidates.len() || !retry_allowed;
+        // By index: a led read that found its replica behind adds the primary when no candidate after it may
+        // serve (see the Stale arm).
+        let mut i = 0;
+        while let Some(&candidate) = candidates.get(i) {
+            i += 1;
+            let last = i == candidates.len() || !retry_allowed;
             let mut node = candidate;
             let checkout = if last && first_full.is_none() {
                 Checkout::Wait
@@ -254,8 +258,22 @@ impl Session {
                 }
                 Err(FlowError::Client(e)) => return Err(e),
                 Err(FlowError::Stale { plan: returned }) => {
-                    // Nothing reached the client; the next candidate (known fresh, or the primary) serves.
+                    // Nothing reached the client; the next candidate (known fresh, or the primary) serves. When
+                    // this was the last attempt (the last candidate, or its full pool sent the read back to the
+                    // best choice), the primary is tried once more, waiting for a connection: the policy's
+                    // last resort.
                     plan = *returned;
+                    if i == candidates.len()
+                        && self.shared.config().routing.fallback_to_primary
+                        && self.routing.route != Some(Target::Replica)
+                        && let Ok(p) = self.shared.fleet.primary()
+                        && p != node
+                        && (node != candidate || !candidates.contains(&p))
+                    {
+                        candidates.push(p);
+                        // It waits for a connection rather than sending the read back to the stale replica.
+                        first_full = None;
+                    }
                     last_err = Some(ProxyError::error(
                         "57P03",
                         "pgfleet: no replica has replayed what this read must see (routing.consistency) and \
