@@ -12,12 +12,18 @@ use std::collections::VecDeque;
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+mod open_batch;
+mod riders;
+
+use open_batch::{Sent, undo, without};
+pub(crate) use riders::Trailer;
+use riders::{LeadState, TrailerState, first_text_lsn, lead_query};
+
 use super::request::{End, Plan, Request};
 use super::session::{Session, SessionError};
 use crate::backend::BackendError;
 use crate::cluster::NodeId;
 use crate::protocol::TxStatus;
-use crate::protocol::lsn::Lsn;
 
 /// The largest request-assembly buffer a session keeps between requests.
 const SCRATCH_KEPT: usize = 16 * 1024;
@@ -37,83 +43,6 @@ pub(crate) struct Outcome {
     pub last_commit: bool,
     /// The request itself opened a transaction that it also closed (BEGIN ... COMMIT in one string).
     pub began_tx: bool,
-}
-
-/// A query pgfleet appends to a request in the same write, to learn a WAL position without a round trip of
-/// its own (docs/routing.md, "Consistency levels"). Its reply never reaches the client: the client's last
-/// ReadyForQuery is held back until the position is known and published.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Trailer {
-    /// On the primary after a request that may commit a write: the commit's position, published as
-    /// acknowledged before the client hears of the commit.
-    Commit,
-    /// On the primary after a read: how far that read may have seen.
-    Primary,
-    /// On a replica after a read: how far that read may have seen, and what the replica has replayed.
-    Replay,
-}
-
-/// The trailers' texts: named columns tell them apart from pgfleet's other position queries in a server log.
-const COMMIT_TRAILER: &str = "SELECT pg_current_wal_lsn()::text AS pgfleet_commit_lsn";
-const PRIMARY_TRAILER: &str = "SELECT pg_current_wal_lsn()::text AS pgfleet_read_lsn";
-const REPLAY_TRAILER: &str = "SELECT pg_last_wal_replay_lsn()::text AS pgfleet_replay_lsn";
-/// The question sent ahead of a read to a replica not yet known to have replayed what the read must see.
-const LEAD_QUERY: &str = "SELECT pg_last_wal_replay_lsn()::text AS pgfleet_lead_lsn";
-
-/// A replay-position question that rides AHEAD of a read in the same write (docs/routing.md, "Consistency
-/// levels"): when its answer says the replica has replayed what the read must see, the read's reply goes on
-/// as usual, so a caught-up replica costs no round trip; otherwise the read's reply is discarded whole and the
-/// session runs the read on its next candidate. Only reads that may run twice are led (see
-/// `session::consistency::may_lead`).
-#[derive(Debug)]
-struct LeadState {
-    /// The position the read must see.
-    need: Lsn,
-    /// Where the lead's frames end within the block being read.
-    end: usize,
-    answer: Option<Lsn>,
-    /// The lead's ReadyForQuery came: what follows is the client's.
-    done: bool,
-    /// The replica was behind: nothing of this run reaches the client.
-    stale: bool,
-}
-
-fn lead_query() -> &'static [u8] {
-    static QUERY: std::sync::LazyLock<Bytes> =
-        std::sync::LazyLock::new(|| crate::protocol::messages::query(LEAD_QUERY));
-    &QUERY
-}
-
-impl Trailer {
-    fn query(self) -> &'static [u8] {
-        static QUERIES: std::sync::LazyLock<[Bytes; 3]> = std::sync::LazyLock::new(|| {
-            [COMMIT_TRAILER, PRIMARY_TRAILER, REPLAY_TRAILER].map(crate::protocol::messages::query)
-        });
-        let i = match self {
-            Trailer::Commit => 0,
-            Trailer::Primary => 1,
-            Trailer::Replay => 2,
-        };
-        &QUERIES[i]
-    }
-}
-
-/// The trailer's progress within a request in flight.
-#[derive(Debug)]
-struct TrailerState {
-    kind: Trailer,
-    /// The client's ReadyForQuery messages still to come; at zero, frames belong to the trailer.
-    client_ready: usize,
-    /// The client's last ReadyForQuery, held back until the trailer's answer is in.
-    final_ready: Option<Bytes>,
-    /// Within the block being read: where the client's frames end, and the span of its last ReadyForQuery.
-    visible_end: usize,
-    ready_span: Option<(usize, usize)>,
-    pos: usize,
-    answer: Option<Lsn>,
-    /// Notifications the node delivered among the trailer's reply (it delivers them whenever it is about to
-    /// go idle): passed on after the client's last ReadyForQuery, where a client expects them anyway.
-    late: Vec<u8>,
 }
 
 /// Why a request did not complete.
@@ -644,147 +573,12 @@ impl Flow {
     }
 }
 
-/// A message of an open batch whose answer (ParseComplete, CloseComplete, or none after an error) matters.
-#[derive(Debug)]
-enum Sent {
-    /// The client's own Parse or Close.
-    Client,
-    /// pgfleet prepared the session's statement of this name (with this id for the unnamed one).
-    Parsed(String, u64),
-    /// pgfleet closed a stale statement of this name before the client's Parse of it.
-    Closed(String),
-    /// Sync, or a simple Query: an error skips messages up to here.
-    Sync,
-}
-
-impl Flow {
-    /// Before a frame of an open batch: prepares here the session's statement a Bind or Describe names and
-    /// this connection lacks, or closes a stale statement a Parse is about to replace (as
-    /// `bring_up_to_date` does before a request).
-    fn prepare_for(
-        &mut self,
-        session: &mut Session,
-        node: NodeId,
-        plan: &Plan,
-        frame: &crate::protocol::Frame,
-        to_node: &mut BytesMut,
-    ) {
-        if !self.track {
-            return;
-        }
-        let body = frame.body();
-        let Some(conn) = session.conns[node.index()].as_mut() else {
-            return;
-        };
-        match frame.kind {
-            b'B' | b'D' => {
-                let name = if frame.kind == b'B' {
-                    crate::protocol::messages::bind_names(body).map(|(_, s)| s)
-                } else {
-                    crate::protocol::messages::target_name(body).and_then(|(k, n)| (k == b'S').then_some(n))
-                };
-                let Some(name) = name else { return };
-                if plan.parsed(name) {
-                    return;
-                }
-                let Some(stmt) = session.statements.get(name) else {
-                    return;
-                };
-                let present = if name.is_empty() {
-                    conn.applied.unnamed == Some(stmt.id)
-                } else {
-                    conn.applied.prepared.contains(name)
-                };
-                if present {
-                    return;
-                }
-                to_node.extend_from_slice(&stmt.parse);
-                if name.is_empty() {
-                    conn.applied.unnamed = Some(stmt.id);
-                } else {
-                    conn.applied.prepared.insert(name.to_owned());
-                }
-                self.sent.push_back(Sent::Parsed(name.to_owned(), stmt.id));
-            }
-            b'P' => {
-                let Some((name, _)) = crate::protocol::messages::parse_fields(body) else {
-                    return;
-                };
-                let stale = session.shared_conns || session.statements.get(name).is_none();
-                if name.is_empty() || plan.parsed(name) || !stale || !conn.applied.prepared.contains(name) {
-                    return;
-                }
-                to_node.extend_from_slice(&crate::protocol::messages::close_statement(name));
-                conn.applied.prepared.remove(name);
-                self.sent.push_back(Sent::Closed(name.to_owned()));
-            }
-            _ => {}
-        }
-    }
-}
-
-/// Puts back the applied state of pgfleet's own messages that the node skipped after an error.
-fn undo(conn: &mut crate::backend::PooledConn, skipped: &mut Vec<Sent>) {
-    for s in skipped.drain(..) {
-        match s {
-            Sent::Parsed(name, id) if name.is_empty() => {
-                if conn.applied.unnamed == Some(id) {
-                    conn.applied.unnamed = None;
-                }
-            }
-            Sent::Parsed(name, _) => {
-                conn.applied.prepared.remove(&name);
-            }
-            Sent::Closed(name) => {
-                conn.applied.prepared.insert(name);
-            }
-            Sent::Client | Sent::Sync => {}
-        }
-    }
-}
-
-/// `block` without the byte ranges in `drops` (which it empties).
-fn without(block: Bytes, drops: &mut Vec<(usize, usize)>) -> Bytes {
-    let mut out = BytesMut::with_capacity(block.len());
-    let mut at = 0;
-    for (start, end) in drops.drain(..) {
-        out.extend_from_slice(&block[at..start]);
-        at = end;
-    }
-    out.extend_from_slice(&block[at..]);
-    out.freeze()
-}
-
 enum Failure {
     Client(SessionError),
     Node(BackendError),
 }
 
-/// The first column of a DataRow as an LSN, if it is one (NULL or text that does not parse: None).
-fn first_text_lsn(body: &[u8]) -> Option<Lsn> {
-    crate::backend::conn::data_row_fields(body)
-        .into_iter()
-        .next()
-        .flatten()
-        .and_then(|text| text.parse().ok())
-}
-
 async fn write_flush(client: &mut super::stream::ClientStream, bytes: &[u8]) -> std::io::Result<()> {
     client.write_all(bytes).await?;
     client.flush().await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn trailers_are_well_formed_queries() {
-        let frame = Trailer::Replay.query();
-        assert_eq!(frame[0], b'Q');
-        let len = u32::from_be_bytes([frame[1], frame[2], frame[3], frame[4]]) as usize;
-        assert_eq!(len + 1, frame.len());
-        assert_eq!(&frame[5..frame.len() - 1], REPLAY_TRAILER.as_bytes());
-        assert_ne!(Trailer::Commit.query(), Trailer::Primary.query());
-    }
 }

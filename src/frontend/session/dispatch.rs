@@ -12,13 +12,11 @@ use super::replay::Prepare;
 use super::{Session, SessionError};
 use crate::backend::connect::Login;
 use crate::backend::{BackendError, Checkout, Pools};
-use crate::cluster::positions::PrimaryAsk;
-use crate::cluster::view::{FleetView, Primary};
+use crate::cluster::view::FleetView;
 use crate::cluster::{Node, NodeId, ReplayPositions};
-use crate::config::{Consistency, ReplicaAffinity, Role};
-use crate::frontend::forward::{Flow, FlowError, Trailer};
+use crate::config::{Consistency, Role};
+use crate::frontend::forward::{Flow, FlowError};
 use crate::frontend::request::{End, Plan, Request};
-use crate::protocol::TxStatus;
 use crate::protocol::lsn::Lsn;
 use crate::protocol::messages::ProxyError;
 use crate::router::classify::{Rule, Target};
@@ -434,75 +432,6 @@ impl Session {
         )
     }
 
-    /// Monotonic reads, before a read leaves the node of the session's last request that did not say how
-    /// far it saw: a primary position taken after that request ended, which bounds it. A health check of
-    /// the primary that began after it serves; else the primary is asked.
-    async fn bound_of_seen(&mut self, view: &FleetView) -> Option<Lsn> {
-        if let (Primary::One(p), Some(read_at)) = (&view.primary, self.last_read_at)
-            && let Some(state) = view.nodes.get(p.index())
-            && state.started.is_some_and(|s| s > read_at)
-            && let Some(lsn) = state.lsn
-        {
-            return Some(lsn);
-        }
-        self.primary_position().await
-    }
-
-    /// The primary's current WAL position, asked after this call began; concurrent asks of all sessions
-    /// share one query (`cluster::positions`). None when the primary could not say.
-    pub(super) async fn primary_position(&mut self) -> Option<Lsn> {
-        let shared = self.shared.clone();
-        let turn = match shared.fleet.positions.primary_position().await {
-            PrimaryAsk::Known(lsn) => return Some(lsn),
-            PrimaryAsk::Turn(turn) => turn,
-        };
-        let primary = shared.fleet.primary().ok()?;
-        self.connect(primary).await.ok()?;
-        let conn = self.conns[primary.index()].as_mut()?;
-        conn.applied.unnamed = None;
-        let text = conn
-            .query_value("SELECT pg_current_wal_lsn()::text")
-            .await
-            .ok()
-            .flatten();
-        self.release_between_transactions(primary);
-        let lsn = text?.parse::<Lsn>().ok()?;
-        turn.answer(lsn);
-        Some(lsn)
-    }
-
-    /// The position query that rides behind a request (`forward::Trailer`), if any: behind a request on
-    /// the primary that may commit a write (its commit position, without a round trip of its own) or read
-    /// (how far it saw), and with `replica_affinity = "statement"` behind a read on a replica (how far it
-    /// saw, which lets the next read move to another replica). None inside a transaction the request does
-    /// not end (the query would be part of it), after a Flush, around COPY, for pinned sessions and at
-    /// `consistency = "off"`.
-    fn trailer_for(&self, node: NodeId, plan: &Plan, req: &Request, end: End) -> Option<Trailer> {
-        let config = self.shared.config();
-        let routing = &config.routing;
-        if routing.consistency() == Consistency::Off
-            || end == End::Open
-            || self.routing.pinned.is_some()
-            || plan.pin.is_some()
-            || self.routing.route == Some(Target::Primary)
-        {
-            return None;
-        }
-        let in_transaction = self.routing.tx_node.is_some() || plan.tx_start.is_some();
-        if (in_transaction && !super::consistency::may_end_transaction(req, &self.statements))
-            || super::consistency::may_copy(req, &self.statements)
-        {
-            return None;
-        }
-        if self.shared.fleet.primary().ok() == Some(node) {
-            let wrote =
-                (plan.target == Target::Primary && !Rule::is_read_on_primary(&plan.rule)) || self.tx_wrote;
-            return Some(if wrote { Trailer::Commit } else { Trailer::Primary });
-        }
-        (routing.replica_affinity == ReplicaAffinity::Statement && !self.shared.fleet.forward.enabled())
-            .then_some(Trailer::Replay)
-    }
-
     /// For a DEALLOCATE of a named statement: the node where the session prepared it.
     fn deallocated_on(&self, plan: &Plan) -> Option<NodeId> {
         let name = plan.deallocates.first().filter(|n| n.as_str() != "*")?;
@@ -513,97 +442,6 @@ impl Session {
                     .is_some_and(|c| c.applied.prepared.contains(name))
             })
             .map(NodeId::new)
-    }
-
-    /// Whether a replica has replayed `lsn`: known fleet-wide (a health check or any session's probe said
-    /// so), else asked on the session's own connection, whose answer every session then shares.
-    pub(super) async fn has_replayed(&mut self, node: NodeId, lsn: Lsn) -> bool {
-        let slot = self.shared.fleet.node(node);
-        if slot.replayed.get().is_some_and(|l| l >= lsn) {
-            return true;
-        }
-        let replayed = self.replayed(node).await;
-        if let Some(l) = replayed {
-            slot.replayed.saw(l);
-        }
-        replayed.is_some_and(|l| l >= lsn)
-    }
-
-    /// A replica's replay position, asked on the session's own connection to it.
-    pub(super) async fn replayed(&mut self, node: NodeId) -> Option<Lsn> {
-        if self.shared.fleet.forward.enabled() {
-            // Forwarded replicas: pgfleet itself knows what it has applied there.
-            return self.shared.fleet.forward.visible(node.index());
-        }
-        // A full pool is an unknown answer, not a reason to wait: a session waiting here for one replica
-        // while holding a probed connection to another could wait on a session doing the same the other way.
-        self.connect_with(node, Checkout::Immediate).await.ok()?;
-        let conn = self.conns[node.index()].as_mut()?;
-        conn.applied.unnamed = None;
-        let text = conn
-            .query_value("SELECT pg_last_wal_replay_lsn()::text")
-            .await
-            .ok()
-            .flatten();
-        // Under transaction pooling the probed connection goes back at once: the read may go elsewhere, and
-        // a connection kept until this session's next request on that node is one other sessions lack.
-        self.release_between_transactions(node);
-        text?.parse::<Lsn>().ok()
-    }
-
-    /// After a request: its commit position for read-your-writes (from the trailer, else asked of the
-    /// primary on the same connection) and, for monotonic reads, where it ran and how far it saw.
-    pub(super) async fn after_request(&mut self, node: NodeId, wrote: bool, trailer: Option<Trailer>) {
-        let status = self.conn(node).map_or(TxStatus::Idle, |c| c.status);
-        let state = if status == TxStatus::Idle {
-            "idle"
-        } else {
-            "idle in transaction"
-        };
-        if let Some(entry) = &self.entry {
-            entry.update(
-                state,
-                self.routing
-                    .tx_node
-                    .or(self.routing.pinned.map(|p| p.0))
-                    .map(NodeId::index),
-            );
-        }
-        if self.shared.config().routing.consistency() == Consistency::Off || self.routing.pinned.is_some() {
-            return;
-        }
-        let answer = std::mem::take(&mut self.trailer_answer)
-            .filter(|_| status == TxStatus::Idle && trailer.is_some());
-        self.routing.read_on(node, answer);
-        self.last_read_at = Some(std::time::Instant::now());
-        if status.in_transaction() {
-            self.tx_wrote |= wrote;
-            return;
-        }
-        let committed_write = wrote || std::mem::take(&mut self.tx_wrote);
-        if !committed_write || self.shared.fleet.primary().ok() != Some(node) {
-            return;
-        }
-        if trailer == Some(Trailer::Commit) {
-            // None: the primary could not say; reads go to the primary until a later write tells more.
-            self.routing.wrote_at(answer);
-            return;
-        }
-        // No trailer could ride behind this request (COPY, or a Flush-ended batch): ask separately.
-        let Some(conn) = self.conns[node.index()].as_mut() else {
-            return;
-        };
-        conn.applied.unnamed = None;
-        match conn.query_value("SELECT pg_current_wal_lsn()::text").await {
-            Ok(Some(text)) => {
-                if let Ok(lsn) = text.parse::<Lsn>() {
-                    self.shared.fleet.positions.acknowledged(lsn);
-                    self.routing.wrote_at(Some(lsn));
-                }
-            }
-            // Unknown position: be safe and read from the primary until a later write tells us more.
-            _ => self.routing.wrote_at(None),
-        }
     }
 
     /// Counts a routing decision, through the counter of the previous request when the rule is the same.

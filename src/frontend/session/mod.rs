@@ -8,6 +8,7 @@
 mod consistency;
 mod dispatch;
 mod login;
+mod positions;
 mod replay;
 mod serve;
 mod signal;

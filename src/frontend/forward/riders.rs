@@ -1,0 +1,109 @@
+//! The position queries that ride in the same write as a client's request (docs/routing.md, "Consistency
+//! levels"): the trailer behind it (a commit's position, or how far a read saw) and the lead ahead of a read
+//! (whether its replica has replayed what the read must see). Their replies never reach the client; the flow
+//! in the parent module cuts them out of the node's blocks.
+
+use bytes::Bytes;
+
+use crate::protocol::lsn::Lsn;
+
+/// A query pgfleet appends to a request in the same write, to learn a WAL position without a round trip of
+/// its own (docs/routing.md, "Consistency levels"). Its reply never reaches the client: the client's last
+/// ReadyForQuery is held back until the position is known and published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Trailer {
+    /// On the primary after a request that may commit a write: the commit's position, published as
+    /// acknowledged before the client hears of the commit.
+    Commit,
+    /// On the primary after a read: how far that read may have seen.
+    Primary,
+    /// On a replica after a read: how far that read may have seen, and what the replica has replayed.
+    Replay,
+}
+
+/// The trailers' texts: named columns tell them apart from pgfleet's other position queries in a server log.
+const COMMIT_TRAILER: &str = "SELECT pg_current_wal_lsn()::text AS pgfleet_commit_lsn";
+const PRIMARY_TRAILER: &str = "SELECT pg_current_wal_lsn()::text AS pgfleet_read_lsn";
+const REPLAY_TRAILER: &str = "SELECT pg_last_wal_replay_lsn()::text AS pgfleet_replay_lsn";
+/// The question sent ahead of a read to a replica not yet known to have replayed what the read must see.
+const LEAD_QUERY: &str = "SELECT pg_last_wal_replay_lsn()::text AS pgfleet_lead_lsn";
+
+/// A replay-position question that rides AHEAD of a read in the same write (docs/routing.md, "Consistency
+/// levels"): when its answer says the replica has replayed what the read must see, the read's reply goes on
+/// as usual, so a caught-up replica costs no round trip; otherwise the read's reply is discarded whole and the
+/// session runs the read on its next candidate. Only reads that may run twice are led (see
+/// `session::consistency::may_lead`).
+#[derive(Debug)]
+pub(super) struct LeadState {
+    /// The position the read must see.
+    pub(super) need: Lsn,
+    /// Where the lead's frames end within the block being read.
+    pub(super) end: usize,
+    pub(super) answer: Option<Lsn>,
+    /// The lead's ReadyForQuery came: what follows is the client's.
+    pub(super) done: bool,
+    /// The replica was behind: nothing of this run reaches the client.
+    pub(super) stale: bool,
+}
+
+pub(super) fn lead_query() -> &'static [u8] {
+    static QUERY: std::sync::LazyLock<Bytes> =
+        std::sync::LazyLock::new(|| crate::protocol::messages::query(LEAD_QUERY));
+    &QUERY
+}
+
+impl Trailer {
+    pub(super) fn query(self) -> &'static [u8] {
+        static QUERIES: std::sync::LazyLock<[Bytes; 3]> = std::sync::LazyLock::new(|| {
+            [COMMIT_TRAILER, PRIMARY_TRAILER, REPLAY_TRAILER].map(crate::protocol::messages::query)
+        });
+        let i = match self {
+            Trailer::Commit => 0,
+            Trailer::Primary => 1,
+            Trailer::Replay => 2,
+        };
+        &QUERIES[i]
+    }
+}
+
+/// The trailer's progress within a request in flight.
+#[derive(Debug)]
+pub(super) struct TrailerState {
+    pub(super) kind: Trailer,
+    /// The client's ReadyForQuery messages still to come; at zero, frames belong to the trailer.
+    pub(super) client_ready: usize,
+    /// The client's last ReadyForQuery, held back until the trailer's answer is in.
+    pub(super) final_ready: Option<Bytes>,
+    /// Within the block being read: where the client's frames end, and the span of its last ReadyForQuery.
+    pub(super) visible_end: usize,
+    pub(super) ready_span: Option<(usize, usize)>,
+    pub(super) pos: usize,
+    pub(super) answer: Option<Lsn>,
+    /// Notifications the node delivered among the trailer's reply (it delivers them whenever it is about to
+    /// go idle): passed on after the client's last ReadyForQuery, where a client expects them anyway.
+    pub(super) late: Vec<u8>,
+}
+
+/// The first column of a DataRow as an LSN, if it is one (NULL or text that does not parse: None).
+pub(super) fn first_text_lsn(body: &[u8]) -> Option<Lsn> {
+    crate::backend::conn::data_row_fields(body)
+        .into_iter()
+        .next()
+        .flatten()
+        .and_then(|text| text.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trailers_are_well_formed_queries() {
+        let frame = Trailer::Replay.query();
+        assert_eq!(frame[0], b'Q');
+        let len = u32::from_be_bytes([frame[1], frame[2], frame[3], frame[4]]) as usize;
+        assert_eq!(len + 1, frame.len());
+        assert_eq!(&frame[5..frame.len() - 1], REPLAY_TRAILER.as_bytes());
+        assert_ne!(Trailer::Commit.query(), Trailer::Primary.query());
+    }
+}
