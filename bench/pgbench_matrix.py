@@ -43,6 +43,9 @@ class Target:
     port: int
     state: str
     note: str
+    # The session id of the proxy's processes (bench/run.sh starts each proxy in a session of its own and
+    # writes the leader's pid to pids/NAME); None for `direct`, which has no proxy.
+    sid: int | None = None
 
 
 @dataclass
@@ -55,6 +58,10 @@ class Run:
     failed: int = 0
     error: str = ""
     output: str = ""
+    # The proxy's CPU time (user + system) and context switches (voluntary + involuntary) per transaction,
+    # from /proc, over the whole run; None without a proxy process.
+    cpu_us: float | None = None
+    cs: float | None = None
 
 
 @dataclass
@@ -68,14 +75,50 @@ class Cell:
         return [r for r in self.runs if r.ok]
 
     def median(self, attr: str) -> float | None:
-        good = self.good()
-        return statistics.median(getattr(r, attr) for r in good) if good else None
+        values = [getattr(r, attr) for r in self.good() if getattr(r, attr) is not None]
+        return statistics.median(values) if values else None
 
 
 def read_targets(path: str) -> list[Target]:
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
-    return [Target(r["name"], int(r["port"]), r["state"], r["note"]) for r in rows]
+    pids = os.path.join(os.path.dirname(path), "pids")
+    targets = []
+    for r in rows:
+        sid = None
+        try:
+            with open(os.path.join(pids, r["name"])) as f:
+                sid = int(f.read().strip())
+        except (OSError, ValueError):
+            pass
+        targets.append(Target(r["name"], int(r["port"]), r["state"], r["note"], sid))
+    return targets
+
+
+def session_usage(sid: int) -> tuple[int, int]:
+    """CPU clock ticks (user + system, all threads) and context switches (voluntary + involuntary, summed over
+    every thread) of the processes in session `sid`: the proxy, its wrapper and, for pgpool-II, its children.
+    A process that exits during a run takes its share with it (pgpool-II children that restart)."""
+    ticks = switches = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+            # After the command name in parentheses: state, ppid, pgrp, session, ..., utime (14th), stime (15th).
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if int(fields[3]) != sid:
+                continue
+            ticks += int(fields[11]) + int(fields[12])
+            for task in os.listdir(f"/proc/{entry}/task"):
+                with open(f"/proc/{entry}/task/{task}/status") as f:
+                    for line in f:
+                        if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                            switches += int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    return ticks, switches
 
 
 def skip_reason(target: Target, clients: int, args: argparse.Namespace) -> str:
@@ -149,6 +192,7 @@ def run_pgbench(target: Target, workload: str, clients: int, args: argparse.Name
     env = dict(os.environ, PGPASSWORD=args.password, PGSSLMODE="disable", PGAPPNAME="pgfleet-bench")
     # Room for connecting 500 clients through a proxy (SCRAM each) and for a proxy that makes clients wait.
     timeout = args.seconds + 120 + clients // 5
+    before = session_usage(target.sid) if target.sid else None
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
         output = proc.stdout + proc.stderr
@@ -158,6 +202,7 @@ def run_pgbench(target: Target, workload: str, clients: int, args: argparse.Name
             return b.decode(errors="replace") if isinstance(b, bytes) else (b or "")
         output = text(e.stdout) + text(e.stderr)
         rc = None
+    after = session_usage(target.sid) if target.sid else None
     p50, p99, count, failed_logged = latency_from_logs(prefix)
     if rc is None:
         return Run(ok=False, error=f"pgbench timed out after {timeout} s")
@@ -167,8 +212,14 @@ def run_pgbench(target: Target, workload: str, clients: int, args: argparse.Name
     nfailed = int(failed.group(1)) if failed else failed_logged
     if rc != 0 or "aborted" in output or not tps or not avg:
         return Run(ok=False, error=first_error(output), failed=nfailed, output=output)
+    done = re.search(r"^number of transactions actually processed: (\d+)", output, re.M)
+    txns = int(done.group(1)) if done else count
+    cpu_us = cs = None
+    if before and after and txns > 0:
+        cpu_us = (after[0] - before[0]) / os.sysconf("SC_CLK_TCK") * 1e6 / txns
+        cs = (after[1] - before[1]) / txns
     return Run(ok=True, tps=float(tps.group(1)), avg_ms=float(avg.group(1)), p50_ms=p50, p99_ms=p99,
-               failed=nfailed)
+               failed=nfailed, cpu_us=cpu_us, cs=cs)
 
 
 def fmt(value: float | None, digits: int) -> str:
@@ -181,11 +232,14 @@ def ratio(a: float | None, b: float | None) -> str:
 
 def print_combo(title: str, clients: int, targets: list[Target], cells: dict[str, Cell], rounds: int) -> None:
     print(f"\n== {title}, {clients} client{'s' if clients != 1 else ''} ==")
-    print(f"  {'target':<16} {'TPS':>10} {'avg ms':>9} {'p50 ms':>9} {'p99 ms':>9} {'runs':>5}  note")
+    print(
+        f"  {'target':<16} {'TPS':>10} {'avg ms':>9} {'p50 ms':>9} {'p99 ms':>9} {'CPU µs/tx':>10} {'cs/tx':>6} "
+        f"{'runs':>5}  note"
+    )
     for t in targets:
         c = cells[t.name]
         if c.skipped:
-            print(f"  {t.name:<16} {'-':>10} {'-':>9} {'-':>9} {'-':>9} {'-':>5}  {c.skipped}")
+            print(f"  {t.name:<16} {'-':>10} {'-':>9} {'-':>9} {'-':>9} {'-':>10} {'-':>6} {'-':>5}  {c.skipped}")
             continue
         good = c.good()
         note = ""
@@ -197,7 +251,8 @@ def print_combo(title: str, clients: int, targets: list[Target], cells: dict[str
             note = (note + "; " if note else "") + f"{failed} failed transactions"
         print(
             f"  {t.name:<16} {fmt(c.median('tps'), 1):>10} {fmt(c.median('avg_ms'), 3):>9} "
-            f"{fmt(c.median('p50_ms'), 3):>9} {fmt(c.median('p99_ms'), 3):>9} {len(good)}/{rounds:<3}  {note}"
+            f"{fmt(c.median('p50_ms'), 3):>9} {fmt(c.median('p99_ms'), 3):>9} {fmt(c.median('cpu_us'), 1):>10} "
+            f"{fmt(c.median('cs'), 2):>6} {len(good)}/{rounds:<3}  {note}"
         )
     lines = []
     for fleet in PGFLEETS:
@@ -254,6 +309,23 @@ def markdown(results: list[tuple[str, int, dict[str, Cell]]], targets: list[Targ
                 row.append("err")
             else:
                 row.append(f"{c.median('avg_ms'):.3f} / {c.median('p50_ms'):.3f} / {c.median('p99_ms'):.2f}")
+        out.append("| " + " | ".join(row) + " |")
+    proxies = [n for n in names if n != "direct"]
+    out += [
+        "",
+        "The proxy's CPU time per transaction in µs / its context switches per transaction (medians of the "
+        "rounds, from /proc: user + system time and voluntary + involuntary switches of every process and "
+        "thread of the proxy; `direct` has no proxy):",
+        "",
+    ]
+    out.append("| " + " | ".join(["workload", "clients", *proxies]) + " |")
+    out.append("|" + "|".join(["---", "---:"] + ["---:"] * len(proxies)) + "|")
+    for workload, clients, cells in results:
+        row = [workload, str(clients)]
+        for n in proxies:
+            c = cells[n]
+            cpu, cs = c.median("cpu_us"), c.median("cs")
+            row.append("-" if c.skipped or cpu is None or cs is None else f"{cpu:.1f} / {cs:.2f}")
         out.append("| " + " | ".join(row) + " |")
     added = []
     for workload, clients, cells in results:
@@ -340,6 +412,7 @@ def main() -> int:
                 took = time.monotonic() - started
                 state = (
                     f"tps {r.tps:9.1f}  avg {r.avg_ms:7.3f} ms  p50 {r.p50_ms:7.3f} ms  p99 {r.p99_ms:7.3f} ms"
+                    f"  cpu {fmt(r.cpu_us, 1)} µs/tx  cs {fmt(r.cs, 2)}/tx"
                     if r.ok
                     else f"FAILED: {r.error}"
                 )

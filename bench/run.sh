@@ -18,6 +18,16 @@ set -Eeuo pipefail
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$BENCH_DIR/.." && pwd)
 
+# BENCH_QUICK=1: a short run for A/B checks (under 5 minutes on 2 cores): select-only and rw90 at 16 clients,
+# one round of 10 s per target, no memory tests. Any knob set explicitly still wins.
+if [[ ${BENCH_QUICK:-0} == 1 ]]; then
+    BENCH_SECONDS=${BENCH_SECONDS:-10}
+    BENCH_ROUNDS=${BENCH_ROUNDS:-1}
+    BENCH_WARMUP=${BENCH_WARMUP:-2}
+    BENCH_CLIENTS=${BENCH_CLIENTS:-16}
+    BENCH_WORKLOADS=${BENCH_WORKLOADS:-"select-simple rw90"}
+    BENCH_MEMORY=${BENCH_MEMORY:-0}
+fi
 BENCH_SECONDS=${BENCH_SECONDS:-15}
 BENCH_ROUNDS=${BENCH_ROUNDS:-3}
 BENCH_SCALE=${BENCH_SCALE:-10}
