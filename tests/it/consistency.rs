@@ -78,6 +78,21 @@ async fn set_apply_delay(node: &NodeHandle, delay: &str) {
     );
 }
 
+/// From here on every statement `node` runs goes to its log (which the tests read to count queries).
+async fn log_every_statement(node: &NodeHandle) {
+    direct(node, "ALTER SYSTEM SET log_statement = 'all'");
+    direct(node, "SELECT pg_reload_conf()");
+    let logging = wait_until(Duration::from_secs(5), async || {
+        direct(node, "SHOW log_statement") == "all"
+    })
+    .await;
+    assert!(
+        logging.is_some(),
+        "{}: log_statement did not become all",
+        node.name
+    );
+}
+
 /// Runs `ddl` on the primary as the application user and waits until both replicas have it.
 async fn create_table(cluster: &LocalCluster, ddl: &str) {
     let owner = connect(&cluster.primary.dsn(APP_USER, PASSWORD, APP_DB)).await;
@@ -388,14 +403,7 @@ async fn commit_positions_ride_behind_the_write_without_a_round_trip_of_their_ow
     let cluster = cluster_async().await;
     let proxy = proxy_at(&cluster, "session");
     create_table(&cluster, "CREATE TABLE w (id int PRIMARY KEY)").await;
-    // Every statement the primary runs goes to its log from here on.
-    direct(&cluster.primary, "ALTER SYSTEM SET log_statement = 'all'");
-    direct(&cluster.primary, "SELECT pg_reload_conf()");
-    let logging = wait_until(Duration::from_secs(5), async || {
-        direct(&cluster.primary, "SHOW log_statement") == "all"
-    })
-    .await;
-    assert!(logging.is_some(), "log_statement did not become all");
+    log_every_statement(&cluster.primary).await;
     let separate = "statement: SELECT pg_current_wal_lsn()::text\n";
     let riding = "SELECT pg_current_wal_lsn()::text AS pgfleet_commit_lsn";
     let count = |text: &str| cluster.primary.log_contents().matches(text).count();
@@ -460,17 +468,7 @@ async fn a_caught_up_replica_is_asked_in_the_same_write_as_the_read() {
     );
     create_table(&cluster, "CREATE TABLE lead (id int PRIMARY KEY)").await;
     for replica in &cluster.replicas {
-        direct(replica, "ALTER SYSTEM SET log_statement = 'all'");
-        direct(replica, "SELECT pg_reload_conf()");
-        let logging = wait_until(Duration::from_secs(5), async || {
-            direct(replica, "SHOW log_statement") == "all"
-        })
-        .await;
-        assert!(
-            logging.is_some(),
-            "{}: log_statement did not become all",
-            replica.name
-        );
+        log_every_statement(replica).await;
     }
     let count = |text: &str| -> usize {
         cluster
