@@ -156,8 +156,7 @@ impl Session {
         if plan.target == Target::Primary && self.answer_signal_call(req, end).await? {
             return Ok(());
         }
-        let may_lead = super::consistency::may_lead(req, &plan, end);
-        if let Err(e) = self.candidates(&plan, may_lead, candidates).await {
+        if let Err(e) = self.candidates(&plan, (req, end), candidates).await {
             return self.refuse(e, end).await;
         }
         let retry_allowed = !self.routing.bound() && plan.target == Target::Replica;
@@ -320,7 +319,8 @@ impl Session {
     async fn candidates(
         &mut self,
         plan: &Plan,
-        may_lead: bool,
+        // The request, asked only when a read could be led (`consistency::may_lead`).
+        request: (&Request, End),
         order: &mut Vec<NodeId>,
     ) -> Result<(), ProxyError> {
         self.lead = None;
@@ -377,9 +377,9 @@ impl Session {
             std::time::Duration::ZERO
         };
         if let Some(&first) = reads.unsure(order).first()
-            && may_lead
             && wait.is_zero()
             && !self.shared.fleet.forward.enabled()
+            && super::consistency::may_lead(request.0, plan, request.1)
         {
             // The first unsure candidate is asked in the same write as the read, ahead of it: no round
             // trip when it has caught up; the known-fresh candidates and the primary stay as fallbacks.
