@@ -106,18 +106,10 @@ fn main() -> ExitCode {
 }
 
 fn serve(config: Config, source: Option<PathBuf>, set_filter: SetFilter) -> ExitCode {
-    // One thread gets tokio's current-thread scheduler: no work stealing, no cross-thread wake-ups, the I/O
-    // driver polled by the thread that runs the sessions (pgbouncer's shape). Its metrics say one worker.
-    let mut builder = match config.worker_threads {
-        1 => tokio::runtime::Builder::new_current_thread(),
-        0 => tokio::runtime::Builder::new_multi_thread(),
-        n => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(n);
-            b
-        }
-    };
-    // Sessions parse client statements on these threads: their stack is sized for the deepest statement the
+    // Client sessions run on their own threads (`worker_threads` of them, started with the proxy). This
+    // runtime runs the rest: accepting clients, health checks, forward mode, the metrics endpoint, reloads.
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // Forward mode parses statements on these threads: their stack is sized for the deepest statement the
     // router parses (THREAD_STACK_SIZE says why 8 MiB), not left at tokio's 2 MiB default.
     let runtime = match builder
         .enable_all()
@@ -130,9 +122,8 @@ fn serve(config: Config, source: Option<PathBuf>, set_filter: SetFilter) -> Exit
             return ExitCode::FAILURE;
         }
     };
-    // The current-thread scheduler runs every session on the thread that calls block_on, and the main
-    // thread's stack is whatever `ulimit -s` gave the process (it can be far below 8 MiB in containers):
-    // block_on runs on a thread of its own with the chosen size, for either scheduler.
+    // The main thread's stack is whatever `ulimit -s` gave the process (it can be far below 8 MiB in
+    // containers): block_on runs on a thread of its own with the chosen size.
     let driver = std::thread::Builder::new()
         .name("pgfleet-main".to_owned())
         .stack_size(pgfleet::proxy::THREAD_STACK_SIZE)

@@ -12,6 +12,7 @@ use crate::admin;
 use crate::backend::Pools;
 use crate::cluster::Fleet;
 use crate::config::{Config, ConfigHandle};
+use crate::frontend::workers::Workers;
 use crate::frontend::{self, Shared};
 use crate::reload;
 use crate::replication::{ForwardState, Replication};
@@ -59,6 +60,8 @@ pub struct Proxy {
     pub replication: Arc<Replication>,
     /// Changes the log filter in place; set by the binary once logging is up.
     pub log_filter: Arc<OnceLock<SetLogFilter>>,
+    /// The threads client sessions run on; they outlive the accept loop, so that a shutdown can drain them.
+    pub workers: Arc<Workers>,
 }
 
 /// Why the proxy could not start.
@@ -86,6 +89,9 @@ pub enum StartError {
     /// A node's TLS settings unusable.
     #[error("nodes: {0}")]
     NodeTls(#[from] crate::backend::tls::TlsSetupError),
+    /// A session worker thread could not start.
+    #[error("worker_threads: {0}")]
+    Workers(#[from] crate::frontend::workers::WorkerError),
 }
 
 impl Proxy {
@@ -104,6 +110,7 @@ impl Proxy {
             )?),
             _ => None,
         };
+        let workers = Arc::new(Workers::start(config.worker_threads, THREAD_STACK_SIZE)?);
         let forward = Arc::new(ForwardState::new(&config));
         let fleet = Arc::new(Fleet::from_config(&config, forward.clone())?);
         let node_count = fleet.nodes().len();
@@ -155,6 +162,7 @@ impl Proxy {
             admin,
             reload,
             replication,
+            workers,
         }))
     }
 
@@ -229,7 +237,7 @@ pub async fn run(proxy: Arc<Proxy>) -> Result<(), StartError> {
         None => None,
     };
     let fleet = &proxy.sessions.fleet;
-    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    let workers = proxy.workers.len();
     tracing::info!(%address, nodes = fleet.nodes().len(), workers, "pgfleet listening");
     crate::cluster::monitor::spawn(fleet, &proxy.config);
     crate::replication::spawn(&proxy.replication);
@@ -249,7 +257,7 @@ pub async fn run(proxy: Arc<Proxy>) -> Result<(), StartError> {
             pools.reap_idle();
         }
     });
-    crate::frontend::listener::serve(listener, proxy.sessions.clone()).await;
+    crate::frontend::listener::serve(listener, proxy.sessions.clone(), proxy.workers.clone()).await;
     Ok(())
 }
 

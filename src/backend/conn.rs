@@ -49,6 +49,8 @@ pub struct BackendConn {
     /// Bound on the proxy's own exchanges (replays, resets, position queries): a hung node must not hang a
     /// session in work the client did not ask for.
     pub(crate) io_timeout: std::time::Duration,
+    /// The session worker whose event loop watches the socket (None: another thread's).
+    home: Option<usize>,
 }
 
 /// What a request the proxy sent on its own account produced.
@@ -74,6 +76,23 @@ impl BackendConn {
             farewell: None,
             applied: AppliedState::default(),
             io_timeout: std::time::Duration::from_secs(5),
+            home: crate::frontend::workers::current(),
+        }
+    }
+
+    /// Makes the calling thread's event loop the one that watches this connection, if another's did (a
+    /// pooled connection last used by a session on another worker). A failure leaves the connection broken.
+    pub(crate) fn settle_here(&mut self) {
+        let here = crate::frontend::workers::current();
+        if here == self.home || here.is_none() {
+            return;
+        }
+        match self.stream.move_here() {
+            Ok(()) => self.home = here,
+            Err(e) => {
+                tracing::warn!(node = %self.target.name, error = %e, "cannot move a node connection to this worker");
+                self.broken = true;
+            }
         }
     }
 

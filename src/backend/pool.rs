@@ -248,6 +248,8 @@ impl Pools {
             }
             Err(other) => return Err(BackendError::protocol(target, format!("pool error: {other}"))),
         };
+        let mut obj = obj;
+        obj.settle_here();
         let counter = self.in_use.load().get(target.index).cloned().unwrap_or_default();
         counter.fetch_add(1, Ordering::Relaxed);
         Ok(PooledConn {

@@ -220,10 +220,11 @@ pub enum LoadBalance {
 #[serde(rename_all = "snake_case")]
 pub enum ReplicaAffinity {
     /// Every read is balanced on its own.
-    #[default]
     Statement,
     /// A session's first read is balanced; later reads go to the same node while it stays a candidate
-    /// (healthy, within `max_replica_lag`, caught up with the session's writes).
+    /// (healthy, within `max_replica_lag`, caught up with the session's writes). The default: a read that
+    /// stays on its replica needs no position query to stay monotonic, and keeps that replica's caches warm.
+    #[default]
     Session,
 }
 

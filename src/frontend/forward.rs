@@ -101,6 +101,10 @@ pub(crate) struct Flow {
     /// so that a node dying in mid-reply (an immediate shutdown sends a FATAL, then resets) costs the client
     /// nothing. A reply that arrives in one piece, the usual case, is written as it comes, without a copy.
     hold_back: bool,
+    /// Reply bytes not yet written to the client: a retryable read's (`hold_back`), or, with a trailer, the
+    /// client's frames waiting to go out with its last ReadyForQuery in one write once the trailer's answer
+    /// is in (one send, so one wakeup of the client, per request).
+    held: BytesMut,
     /// The block read last holds a NotificationResponse, whose pid is the node backend's.
     notified: bool,
     trailer: Option<TrailerState>,
@@ -302,6 +306,7 @@ impl Flow {
             fatal_seen: false,
             farewell_sent: false,
             hold_back: retryable,
+            held: BytesMut::new(),
             notified: false,
         };
         let Some(conn) = session.conns[node.index()].as_mut() else {
@@ -342,20 +347,29 @@ impl Flow {
                     _ => {}
                 }
             }
+            // The client's frames, its last ReadyForQuery and any notification that came behind them: one write.
+            let mut out = std::mem::take(&mut flow.held);
             if let Some(ready) = t.final_ready {
-                let out = if t.late.is_empty() {
-                    ready
-                } else {
-                    let late = session
-                        .shared
-                        .cancels
-                        .rewrite_notifications(node.index(), Bytes::from(t.late));
-                    [ready, late].concat().into()
-                };
+                out.extend_from_slice(&ready);
+            }
+            if !t.late.is_empty() {
+                let late = session
+                    .shared
+                    .cancels
+                    .rewrite_notifications(node.index(), Bytes::from(t.late));
+                out.extend_from_slice(&late);
+            }
+            if !out.is_empty() {
+                flow.output_sent = true;
                 result = write_flush(&mut session.client, &out)
                     .await
                     .map_err(|e| Failure::Client(e.into()));
             }
+        } else if matches!(result, Err(Failure::Node(_))) && !flow.hold_back && !flow.held.is_empty() {
+            // The node failed before the trailer's answer: what the client's request got (a commit's
+            // CommandComplete, say) still reaches it, as it would have without a trailer.
+            flow.output_sent = true;
+            let _ = write_flush(&mut session.client, &flow.held).await;
         }
         session.key.set_active(None);
         match result {
@@ -424,7 +438,6 @@ impl Flow {
             session.scratch = Vec::new();
         }
         let mut to_node = BytesMut::new();
-        let mut held = BytesMut::new();
         while !self.done() {
             let read_client = self.copy_in || self.open_batch;
             // Frames that arrived in the same read as the request (Execute and Flush after a Flush,
@@ -483,22 +496,25 @@ impl Flow {
                         block
                     };
                     if let Some(block) = block {
-                        // The client must see a COPY or an open batch's replies at once: it answers them.
-                        let must_send = self.done() || self.copy_in || self.open_batch;
-                        if self.hold_back && !must_send && held.len() + block.len() <= HOLD_BACK_LIMIT {
+                        // The client must see a COPY or an open batch's replies at once: it answers them. A
+                        // trailer never rides with either; its request's frames wait for its answer.
+                        let for_trailer = self.trailer.is_some() && !self.copy_in && !self.open_batch;
+                        let must_send = !for_trailer && (self.done() || self.copy_in || self.open_batch);
+                        let held = &mut self.held;
+                        if (self.hold_back || for_trailer) && !must_send && held.len() + block.len() <= HOLD_BACK_LIMIT {
                             held.extend_from_slice(&block);
                         } else {
                             self.output_sent = true;
                             if !held.is_empty() && held.len() + block.len() > HOLD_BACK_LIMIT {
                                 // Written ahead rather than joined: a large block is never copied.
-                                session.client.write_all(&held).await.map_err(|e| Failure::Client(e.into()))?;
+                                session.client.write_all(held).await.map_err(|e| Failure::Client(e.into()))?;
                                 held.clear();
                             }
                             let out: &[u8] = if held.is_empty() {
                                 &block
                             } else {
                                 held.extend_from_slice(&block);
-                                &held
+                                held
                             };
                             write_flush(&mut session.client, out).await.map_err(|e| Failure::Client(e.into()))?;
                             self.farewell_sent |= self.fatal_seen;
@@ -515,12 +531,12 @@ impl Flow {
                 }
             }
         }
-        if !held.is_empty() {
-            // Only with a trailer: its last block carried nothing for the client, so this was not sent yet.
+        if !self.held.is_empty() && self.trailer.is_none() {
             self.output_sent = true;
-            write_flush(&mut session.client, &held)
+            write_flush(&mut session.client, &self.held)
                 .await
                 .map_err(|e| Failure::Client(e.into()))?;
+            self.held.clear();
         }
         Ok(())
     }

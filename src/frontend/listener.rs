@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use super::Shared;
 use super::session::PendingLogin;
 use super::stream::ClientStream;
+use super::workers::Workers;
 use crate::config::ClientTlsMode;
 use crate::protocol::messages::ProxyError;
 use crate::protocol::startup::{self, StartupPacket};
@@ -69,8 +70,8 @@ impl AcceptBackoff {
     }
 }
 
-/// Accepts clients forever.
-pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+/// Accepts clients forever, each handed to the session worker with the fewest sessions.
+pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, workers: Arc<Workers>) {
     let mut backoff = AcceptBackoff::default();
     loop {
         match listener.accept().await {
@@ -83,7 +84,22 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                     deadline: Instant::now() + shared.config().listen.authentication_timeout,
                 };
                 let shared = shared.clone();
-                tokio::spawn(async move { handle(socket, peer, shared, login).await });
+                // The socket leaves this thread's event loop for the worker's.
+                let socket = match socket.into_std() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(client = %peer, error = %e, "cannot hand an accepted client to a worker");
+                        continue;
+                    }
+                };
+                workers.spawn(move || async move {
+                    match TcpStream::from_std(socket) {
+                        Ok(socket) => handle(socket, peer, shared, login).await,
+                        Err(e) => {
+                            tracing::warn!(client = %peer, error = %e, "cannot watch an accepted client")
+                        }
+                    }
+                });
             }
             Err(e) => {
                 let (pause, log) = backoff.failed(Instant::now());

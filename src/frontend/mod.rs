@@ -14,6 +14,7 @@ pub(crate) mod signal_call;
 pub mod state;
 pub(crate) mod stream;
 pub(crate) mod tls;
+pub mod workers;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;

@@ -38,6 +38,21 @@ impl NodeStream {
         }
     }
 
+    /// Moves the socket's readiness to the calling thread's event loop: a duplicate of its descriptor is
+    /// registered here, and the old one leaves the other loop as it closes. The connection itself (and any
+    /// TLS state) is untouched. A connection used from a thread other than the one whose loop watches it
+    /// works, but every wake-up then crosses threads (see `frontend::workers`).
+    pub fn move_here(&mut self) -> io::Result<()> {
+        let tcp = match self {
+            NodeStream::Plain(s) => s,
+            NodeStream::Tls(s) => s.get_mut().0,
+        };
+        let fd = std::os::fd::AsFd::as_fd(&*tcp).try_clone_to_owned()?;
+        let here = TcpStream::from_std(std::net::TcpStream::from(fd))?;
+        *tcp = here;
+        Ok(())
+    }
+
     /// [`NodeStream::try_read_buf`] into a slice.
     pub fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {

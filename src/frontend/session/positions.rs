@@ -80,7 +80,20 @@ impl Session {
         if self.shared.fleet.primary().ok() == Some(node) {
             let wrote =
                 (plan.target == Target::Primary && !Rule::is_read_on_primary(&plan.rule)) || self.tx_wrote;
-            return Some(if wrote { Trailer::Commit } else { Trailer::Primary });
+            if wrote {
+                return Some(Trailer::Commit);
+            }
+            // How far a read on the primary saw matters only to a later read elsewhere; with the primary as
+            // the only node there is none (a replica added later finds no position and asks the primary).
+            let alone = self
+                .shared
+                .fleet
+                .nodes()
+                .iter()
+                .filter(|n| !n.is_retired())
+                .count()
+                == 1;
+            return (!alone).then_some(Trailer::Primary);
         }
         (routing.replica_affinity == ReplicaAffinity::Statement && !self.shared.fleet.forward.enabled())
             .then_some(Trailer::Replay)

@@ -343,8 +343,10 @@ fn every_rule_of_the_routing_docs() {
             primary: row.primary.clone(),
             configured_primary: None,
         };
+        // Rows are written for per-statement balancing; `session_affinity` rows say otherwise.
         let mut config = RoutingConfig {
             load_balance: LoadBalance::RoundRobin,
+            replica_affinity: ReplicaAffinity::Statement,
             ..RoutingConfig::default()
         };
         (row.config)(&mut config);

@@ -64,7 +64,9 @@ impl Proxy {
             ));
         }
         if !extra_toml.lines().any(|line| line.trim() == "[routing]") {
-            text.push_str("\n[routing]\nload_balance = \"round_robin\"\n");
+            // Per-statement balancing: the suites check that one session's reads reach every replica. The
+            // default (session affinity) has suites of its own (replica_affinity, consistency).
+            text.push_str("\n[routing]\nload_balance = \"round_robin\"\nreplica_affinity = \"statement\"\n");
         }
         // PGFLEET_TEST_POOL_MODE runs a whole suite under another pool mode ("transaction").
         let mut extra = extra_toml.to_owned();
