@@ -33,7 +33,7 @@ WORKLOADS = {
     "tpcb": ("TPC-B (tpcb-like), -M simple", ["-b", "tpcb-like", "-M", "simple"]),
     "rw90": ("90/10 read/write (workloads/rw90.sql), -M simple", ["-f", "{rw}", "-M", "simple"]),
 }
-PGFLEETS = ("pgfleet-session", "pgfleet-txn", "pgfleet-primary")
+PGFLEETS = ("pgfleet-session", "pgfleet-w1", "pgfleet-txn", "pgfleet-primary")
 OTHERS = ("direct", "pgbouncer", "pgpool")
 
 
@@ -313,9 +313,9 @@ def markdown(results: list[tuple[str, int, dict[str, Cell]]], targets: list[Targ
     proxies = [n for n in names if n != "direct"]
     out += [
         "",
-        "The proxy's CPU time per transaction in µs / its context switches per transaction (medians of the "
-        "rounds, from /proc: user + system time and voluntary + involuntary switches of every process and "
-        "thread of the proxy; `direct` has no proxy):",
+        "The proxy's CPU time per transaction in µs / its context switches per transaction / transactions per "
+        "second of proxy CPU time (medians of the rounds, from /proc: user + system time and voluntary + "
+        "involuntary switches of every process and thread of the proxy; `direct` has no proxy):",
         "",
     ]
     out.append("| " + " | ".join(["workload", "clients", *proxies]) + " |")
@@ -325,7 +325,7 @@ def markdown(results: list[tuple[str, int, dict[str, Cell]]], targets: list[Targ
         for n in proxies:
             c = cells[n]
             cpu, cs = c.median("cpu_us"), c.median("cs")
-            row.append("-" if c.skipped or cpu is None or cs is None else f"{cpu:.1f} / {cs:.2f}")
+            row.append("-" if c.skipped or not cpu or cs is None else f"{cpu:.1f} / {cs:.2f} / {1e6 / cpu:,.0f}")
         out.append("| " + " | ".join(row) + " |")
     added = []
     for workload, clients, cells in results:

@@ -30,6 +30,9 @@ fn issue_example_parses_with_defaults() {
     assert_eq!(c.pool.checkout_timeout, Duration::from_secs(5));
     assert_eq!(c.users[0].auth, AuthMethod::ScramSha256);
     assert_eq!(c.routing.load_balance, LoadBalance::Random);
+    // The fast defaults (docs/performance.md): a session keeps its replica, one session worker per core.
+    assert_eq!(c.routing.replica_affinity, ReplicaAffinity::Session);
+    assert_eq!(c.worker_threads, 0);
 }
 
 fn err_of(text: &str) -> String {

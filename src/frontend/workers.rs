@@ -64,8 +64,9 @@ impl Workers {
                 .map_err(start)?;
             let handle = runtime.handle().clone();
             let (stop, stopped) = oneshot::channel::<()>();
+            // Short: Linux keeps 15 bytes of a thread's name (top, ps -L and /proc show it).
             std::thread::Builder::new()
-                .name(format!("pgfleet-worker-{index}"))
+                .name(format!("pgfleet-wk-{index}"))
                 .stack_size(stack_size)
                 .spawn(move || {
                     CURRENT.with(|c| c.set(Some(index)));

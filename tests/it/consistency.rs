@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::support::cluster::{APP_DB, APP_USER, PASSWORD, cluster_async};
-use crate::support::proxy::{Proxy, connect, try_connect};
+use crate::support::proxy::{Proxy, connect, free_port, try_connect};
 use crate::support::wait::wait_until;
 use localcluster::{LocalCluster, NodeHandle};
 use tokio_postgres::{Client, SimpleQueryMessage};
@@ -514,5 +514,69 @@ async fn a_caught_up_replica_is_asked_in_the_same_write_as_the_read() {
         count(separate) - separate_before,
         0,
         "a read asked a replica in a round trip of its own"
+    );
+}
+
+/// A read on the primary says how far it saw (`pgfleet_read_lsn` riding behind it) for a later read on another
+/// node; with the primary as the fleet's only node there is no other node, and its reads carry nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_on_the_primary_carries_its_position_only_when_another_node_serves_reads() {
+    let cluster = cluster_async().await;
+    log_every_statement(&cluster.primary).await;
+    let count = || cluster.primary.log_contents().matches("pgfleet_read_lsn").count();
+    let primary_port = i32::from(cluster.primary.port);
+
+    let port = free_port();
+    let lone = Proxy::start_with_config(format!(
+        "[listen]\naddress = \"127.0.0.1:{port}\"\n\n[[users]]\nname = \"{APP_USER}\"\npassword = \"{PASSWORD}\"\n\n\
+         [[nodes]]\nname = \"primary\"\naddress = \"{}\"\nrole = \"primary\"\n\n[routing]\nprimary_reads = true\n",
+        cluster.primary.address()
+    ));
+    let before = count();
+    let c = client(&lone).await;
+    for _ in 0..5 {
+        assert_eq!(
+            value(&c, "SELECT inet_server_port()").await,
+            primary_port.to_string()
+        );
+    }
+    // Once a later statement is in the log, so is anything that rode with the reads before it.
+    assert_eq!(value(&c, "SELECT 'lone marker'").await, "lone marker");
+    let logged = wait_until(Duration::from_secs(5), async || {
+        cluster.primary.log_contents().contains("lone marker")
+    })
+    .await;
+    assert!(
+        logged.is_some(),
+        "the marker query never reached the primary's log"
+    );
+    assert_eq!(
+        count(),
+        before,
+        "reads through a primary-only fleet carried a position query"
+    );
+
+    let fleet = Proxy::start(
+        &cluster,
+        &format!(
+            "[routing]\nload_balance = \"round_robin\"\nprimary_reads = true\nreplica_affinity = \"statement\"\n\n{HEALTH_TOML}"
+        ),
+    );
+    let c = client(&fleet).await;
+    let mut on_primary = 0;
+    for _ in 0..6 {
+        if value(&c, "SELECT inet_server_port()").await == primary_port.to_string() {
+            on_primary += 1;
+        }
+    }
+    assert!(
+        on_primary > 0,
+        "round robin with primary_reads sent no read to the primary"
+    );
+    let carried = wait_until(Duration::from_secs(5), async || count() >= before + on_primary).await;
+    assert!(
+        carried.is_some(),
+        "{on_primary} reads on the primary of a fleet with replicas, {} position queries behind them",
+        count() - before
     );
 }

@@ -42,3 +42,4 @@ mod server_role;
 mod sessions_auth;
 mod shutdown_logs;
 mod transaction_pooling;
+mod workers;

@@ -37,7 +37,8 @@ fn config(port: u16, nodes: &[N<'_>], extra_users: &str, extra: &str) -> String 
         ));
     }
     if !extra.contains("[routing]") {
-        text.push_str("[routing]\nload_balance = \"round_robin\"\n\n");
+        // Per-statement balancing: the checks below look for one session's reads on every replica.
+        text.push_str("[routing]\nload_balance = \"round_robin\"\nreplica_affinity = \"statement\"\n\n");
     }
     text.push_str(extra);
     text
@@ -317,7 +318,7 @@ async fn admin_reload_changes_users_routing_pools_and_logging() {
     );
 
     let carol = "[[users]]\nname = \"carol\"\npassword = \"carolpw\"\n";
-    let extra = "[routing]\nload_balance = \"round_robin\"\nwrite_functions = [\"tagged\"]\n\n\
+    let extra = "[routing]\nload_balance = \"round_robin\"\nreplica_affinity = \"statement\"\nwrite_functions = [\"tagged\"]\n\n\
                  [pool]\nmax_size = 4\nconnect_timeout = \"1s\"\ncheckout_timeout = \"1s\"\n\n\
                  [log]\nslow_statement = \"200ms\"\n";
     let mut v2 = config(port, &nodes, carol, extra);

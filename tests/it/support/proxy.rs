@@ -63,13 +63,18 @@ impl Proxy {
                 replica.address()
             ));
         }
+        // Per-statement balancing unless a suite says otherwise: the suites check that one session's reads
+        // reach every replica. The default (session affinity) is what replica_affinity.rs runs.
+        let statement_affinity = (!extra_toml.contains("replica_affinity"))
+            .then_some("replica_affinity = \"statement\"\n")
+            .unwrap_or_default();
         if !extra_toml.lines().any(|line| line.trim() == "[routing]") {
-            // Per-statement balancing: the suites check that one session's reads reach every replica. The
-            // default (session affinity) has suites of its own (replica_affinity, consistency).
-            text.push_str("\n[routing]\nload_balance = \"round_robin\"\nreplica_affinity = \"statement\"\n");
+            text.push_str(&format!(
+                "\n[routing]\nload_balance = \"round_robin\"\n{statement_affinity}"
+            ));
         }
         // PGFLEET_TEST_POOL_MODE runs a whole suite under another pool mode ("transaction").
-        let mut extra = extra_toml.to_owned();
+        let mut extra = extra_toml.replacen("[routing]\n", &format!("[routing]\n{statement_affinity}"), 1);
         if let Ok(mode) = std::env::var("PGFLEET_TEST_POOL_MODE")
             && !mode.is_empty()
             && !extra.contains("mode = \"")
