@@ -65,9 +65,11 @@ impl Proxy {
         }
         // Per-statement balancing unless a suite says otherwise: the suites check that one session's reads
         // reach every replica. The default (session affinity) is what replica_affinity.rs runs.
-        let statement_affinity = (!extra_toml.contains("replica_affinity"))
-            .then_some("replica_affinity = \"statement\"\n")
-            .unwrap_or_default();
+        let statement_affinity = if extra_toml.contains("replica_affinity") {
+            ""
+        } else {
+            "replica_affinity = \"statement\"\n"
+        };
         if !extra_toml.lines().any(|line| line.trim() == "[routing]") {
             text.push_str(&format!(
                 "\n[routing]\nload_balance = \"round_robin\"\n{statement_affinity}"
