@@ -33,7 +33,7 @@ WORKLOADS = {
     "tpcb": ("TPC-B (tpcb-like), -M simple", ["-b", "tpcb-like", "-M", "simple"]),
     "rw90": ("90/10 read/write (workloads/rw90.sql), -M simple", ["-f", "{rw}", "-M", "simple"]),
 }
-PGFLEETS = ("pgfleet-session", "pgfleet-w1", "pgfleet-txn", "pgfleet-primary")
+PGFLEETS = ("pgfleet-session", "pgfleet-cores", "pgfleet-txn", "pgfleet-primary")
 OTHERS = ("direct", "pgbouncer", "pgpool")
 
 

@@ -34,7 +34,7 @@ BENCH_SCALE=${BENCH_SCALE:-10}
 BENCH_WARMUP=${BENCH_WARMUP:-5}
 BENCH_CLIENTS=${BENCH_CLIENTS:-"1 16 500"}
 BENCH_WORKLOADS=${BENCH_WORKLOADS:-"select-simple select-extended select-prepared tpcb rw90"}
-BENCH_TARGETS=${BENCH_TARGETS:-"direct pgfleet-session pgfleet-w1 pgfleet-txn pgfleet-primary pgbouncer pgpool"}
+BENCH_TARGETS=${BENCH_TARGETS:-"direct pgfleet-session pgfleet-cores pgfleet-txn pgfleet-primary pgbouncer pgpool"}
 BENCH_POOL_SIZE=${BENCH_POOL_SIZE:-20}
 # Empty: pgfleet's own default for the key.
 BENCH_AFFINITY=${BENCH_AFFINITY:-}
@@ -71,7 +71,7 @@ PORT_PGPOOL=$((BENCH_PORT_BASE + 4))
 PORT_PCP=$((BENCH_PORT_BASE + 5))
 PORT_MEM=$((BENCH_PORT_BASE + 6))
 PORT_PRIMARY_ONLY=$((BENCH_PORT_BASE + 7))
-PORT_W1=$((BENCH_PORT_BASE + 8))
+PORT_CORES=$((BENCH_PORT_BASE + 8))
 
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$BENCH_RESULTS"
@@ -443,12 +443,12 @@ if target_wanted pgfleet-session; then
     fi
 fi
 
-# The same as pgfleet-session with one session worker: side by side, what the other workers cost or buy.
-if target_wanted pgfleet-w1; then
-    if start_pgfleet pgfleet-w1 "$PORT_W1" "$SESSION_MODE" "$BENCH_POOL_SIZE" all 1; then
-        add_target pgfleet-w1 "$PORT_W1" ok "as pgfleet-session with worker_threads = 1"
+# The same as pgfleet-session with one session worker per core: side by side, what more workers cost or buy.
+if target_wanted pgfleet-cores; then
+    if start_pgfleet pgfleet-cores "$PORT_CORES" "$SESSION_MODE" "$BENCH_POOL_SIZE" all "$(nproc)"; then
+        add_target pgfleet-cores "$PORT_CORES" ok "as pgfleet-session with worker_threads = $(nproc) (one per core)"
     else
-        add_target pgfleet-w1 "$PORT_W1" n/a "did not start"
+        add_target pgfleet-cores "$PORT_CORES" n/a "did not start"
     fi
 fi
 

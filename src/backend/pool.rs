@@ -35,20 +35,24 @@ pub struct ConnManager {
 }
 
 impl Manager for ConnManager {
-    type Type = BackendConn;
+    // Boxed: deadpool moves its objects by value on every checkout and return, and a connection with its
+    // buffers and statement sets is large enough for those copies to show in a transaction's cost.
+    type Type = Box<BackendConn>;
     type Error = BackendError;
 
-    async fn create(&self) -> Result<BackendConn, BackendError> {
+    async fn create(&self) -> Result<Box<BackendConn>, BackendError> {
         let login = Login {
             user: &self.user,
             password: &self.password,
             database: &self.database,
             replication: false,
         };
-        connect(&self.target, &login, self.connect_timeout).await
+        connect(&self.target, &login, self.connect_timeout)
+            .await
+            .map(Box::new)
     }
 
-    async fn recycle(&self, conn: &mut BackendConn, _: &Metrics) -> RecycleResult<BackendError> {
+    async fn recycle(&self, conn: &mut Box<BackendConn>, _: &Metrics) -> RecycleResult<BackendError> {
         if !conn.is_clean_idle() {
             return Err(RecycleError::message("connection was not returned clean"));
         }

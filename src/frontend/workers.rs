@@ -48,10 +48,10 @@ pub struct Workers {
 }
 
 impl Workers {
-    /// Starts `count` workers (0: one per core), each on its own thread with `stack_size` bytes of stack.
+    /// Starts `count` workers (0: [`default_count`]), each on its own thread with `stack_size` bytes of stack.
     pub fn start(count: usize, stack_size: usize) -> Result<Workers, WorkerError> {
         let count = if count == 0 {
-            std::thread::available_parallelism().map_or(1, usize::from)
+            default_count(std::thread::available_parallelism().map_or(1, usize::from))
         } else {
             count
         };
@@ -123,6 +123,16 @@ impl Workers {
     }
 }
 
+/// How many workers `worker_threads = 0` starts with `cores` usable cores: half of them, at least one. A
+/// worker that has sessions but not enough of them to stay busy sleeps and wakes for every request, and on a
+/// machine whose cores the servers and clients use too, those switches cost more than the worker brings:
+/// measured on 2 cores (docs/performance.md), two workers spent 3 µs and 0.2 context switches more per
+/// transaction than one, for less throughput. pgfleet's own work per transaction is a fraction of the
+/// server's, so half the cores leaves room; a machine of pgfleet's own can set `worker_threads` to its cores.
+fn default_count(cores: usize) -> usize {
+    cores.div_ceil(2).max(1)
+}
+
 /// Takes one off a worker's load however its task ends (finished, or dropped with the runtime).
 struct LoadGuard(Arc<AtomicUsize>);
 
@@ -145,6 +155,13 @@ fn least_loaded(loads: &[usize], start: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_is_half_the_cores_and_at_least_one() {
+        for (cores, workers) in [(0, 1), (1, 1), (2, 1), (3, 2), (4, 2), (8, 4), (64, 32)] {
+            assert_eq!(default_count(cores), workers, "{cores} cores");
+        }
+    }
 
     #[test]
     fn the_least_loaded_worker_wins_and_ties_take_turns() {

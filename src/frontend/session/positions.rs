@@ -71,32 +71,42 @@ impl Session {
         {
             return None;
         }
-        let in_transaction = self.routing.tx_node.is_some() || plan.tx_start.is_some();
-        if (in_transaction && !super::consistency::may_end_transaction(req, &self.statements))
-            || super::consistency::may_copy(req, &self.statements)
-        {
-            return None;
-        }
-        if self.shared.fleet.primary().ok() == Some(node) {
+        // Which query would ride first; the request's texts are looked at only when one would.
+        let kind = if self.shared.fleet.primary().ok() == Some(node) {
             let wrote =
                 (plan.target == Target::Primary && !Rule::is_read_on_primary(&plan.rule)) || self.tx_wrote;
             if wrote {
-                return Some(Trailer::Commit);
-            }
-            // How far a read on the primary saw matters only to a later read elsewhere; with the primary as
-            // the only node there is none (a replica added later finds no position and asks the primary).
-            let alone = self
+                Trailer::Commit
+            } else if self
                 .shared
                 .fleet
                 .nodes()
                 .iter()
                 .filter(|n| !n.is_retired())
                 .count()
-                == 1;
-            return (!alone).then_some(Trailer::Primary);
+                == 1
+            {
+                // How far a read on the primary saw matters only to a later read elsewhere; with the primary
+                // as the only node there is none (a replica added later finds no position and asks the
+                // primary).
+                return None;
+            } else {
+                Trailer::Primary
+            }
+        } else if routing.replica_affinity == ReplicaAffinity::Statement
+            && !self.shared.fleet.forward.enabled()
+        {
+            Trailer::Replay
+        } else {
+            return None;
+        };
+        let in_transaction = self.routing.tx_node.is_some() || plan.tx_start.is_some();
+        if (in_transaction && !super::consistency::may_end_transaction(req, &self.statements))
+            || super::consistency::may_copy(req, &self.statements)
+        {
+            return None;
         }
-        (routing.replica_affinity == ReplicaAffinity::Statement && !self.shared.fleet.forward.enabled())
-            .then_some(Trailer::Replay)
+        Some(kind)
     }
 
     /// Whether a replica has replayed `lsn`: known fleet-wide (a health check or any session's probe said
