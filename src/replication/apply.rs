@@ -278,7 +278,7 @@ impl Applier {
                     continue;
                 }
                 _ = ticker.tick() => {
-                    if !batch.open && in_flight == 0 {
+                    if !batch.busy() && in_flight == 0 {
                         sync_sequences(&control, replica, &mut sequences).await?;
                     }
                     continue;
@@ -290,7 +290,7 @@ impl Applier {
                     reply_requested,
                     ..
                 } => {
-                    if !batch.open && in_flight == 0 {
+                    if !batch.busy() && in_flight == 0 {
                         // Nothing received is left unapplied: the replica is consistent with the primary here.
                         self.progress.visible.fetch_max(wal_end.0, Ordering::Relaxed);
                     }

@@ -258,6 +258,12 @@ impl Batch {
         ready
     }
 
+    /// Whether received changes are still unapplied here: a transaction open, changes gathered, or a run
+    /// waiting to become a set.
+    pub(super) fn busy(&self) -> bool {
+        self.open || self.in_tx || self.run.is_some()
+    }
+
     /// Closes the replica transaction with the progress update and leaves the batch empty for the next;
     /// None when no whole transaction is gathered.
     pub(super) fn commit(&mut self, slot: &str) -> Option<Step> {

@@ -24,7 +24,7 @@ use crate::protocol::quote::quote_ident;
 /// Sets smaller than this are applied row by row: below it the staging table costs more than it saves.
 pub(crate) const MIN_ROWS: usize = 1000;
 /// A set is flushed when it holds this many rows, so that memory stays bounded in a huge transaction.
-pub(crate) const MAX_ROWS: usize = 100_000;
+pub(crate) const MAX_ROWS: usize = 50_000;
 /// Names of the staging columns holding an UPDATE's old key values (followed by the column's index).
 const OLD_PREFIX: &str = "pgfleet_old_";
 

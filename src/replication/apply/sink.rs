@@ -18,7 +18,7 @@ use super::batch::{Commit, Step};
 use super::bulk::BulkSet;
 
 /// Steps queued between the stream side and the replica side.
-pub(super) const PIPELINE_STEPS: usize = 8;
+pub(super) const PIPELINE_STEPS: usize = 4;
 /// Bytes of COPY data sent in one message.
 const COPY_CHUNK: usize = 1 << 20;
 
@@ -59,10 +59,15 @@ pub(super) async fn run(
 
 async fn apply_set(replica: &tokio_postgres::Client, set: &BulkSet, number: u64) -> Result<(), ForwardError> {
     let stage = format!("pgfleet_stage_{number}");
+    let table = super::super::sql::qualified(&set.rel);
     match stage_and_apply(replica, set, &stage).await {
-        Ok(()) => Ok(()),
+        Ok(()) => {
+            tracing::debug!(%table, kind = ?set.shape.kind, rows = set.len(), "applied a set");
+            Ok(())
+        }
         Err(e) => {
-            tracing::debug!(error = %e, rows = set.len(), "set-wise apply failed; applying row by row");
+            tracing::info!(%table, kind = ?set.shape.kind, rows = set.len(), error = %e,
+                "set-wise apply failed; applying row by row");
             replica
                 .batch_execute("ROLLBACK TO SAVEPOINT pgfleet_set; RELEASE SAVEPOINT pgfleet_set")
                 .await
