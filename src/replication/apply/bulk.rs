@@ -13,6 +13,8 @@
 //! compared by text, UPDATEs that change nothing but the key-less touch, and rows whose shape differs from the
 //! run's (an unchanged TOAST value in another column starts a new set, and a short set is row-wise).
 //!
+//! INSERTs need no staging table: their rows are copied straight into the target.
+//!
 //! This module is pure: it builds the statements and the COPY data; `sink` runs them.
 
 use std::collections::HashSet;
@@ -247,8 +249,12 @@ impl BulkSet {
         Ok(out)
     }
 
-    /// The statement that creates the empty staging table `stage` (a plain name, made in `pg_temp`) with the staged columns' types.
-    pub(crate) fn create_stage(&self, stage: &str) -> String {
+    /// The statement that creates the empty staging table `stage` (a plain name, made in `pg_temp`) with
+    /// the staged columns' types; none for INSERT, whose rows are copied straight into the target.
+    pub(crate) fn create_stage(&self, stage: &str) -> Option<String> {
+        if self.shape.kind == Kind::Insert {
+            return None;
+        }
         let mut columns = Vec::new();
         if self.shape.old_key {
             for &k in &self.key_indexes() {
@@ -259,15 +265,26 @@ impl BulkSet {
         for &i in &self.shape.columns {
             columns.push(quote_ident(&self.rel.columns[i].name));
         }
-        format!(
+        Some(format!(
             "CREATE TEMPORARY TABLE {stage} ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA",
             columns.join(", "),
             qualified(&self.rel)
-        )
+        ))
     }
 
-    /// `COPY pg_temp.<stage> FROM STDIN`.
+    /// `COPY pg_temp.<stage> FROM STDIN`, or for INSERT `COPY "ns"."t" (columns) FROM STDIN`: COPY writes the
+    /// given values into identity columns as `OVERRIDING SYSTEM VALUE` would, and with
+    /// `session_replication_role = replica` fires no triggers, as the row-wise INSERT.
     pub(crate) fn copy_statement(&self, stage: &str) -> String {
+        if self.shape.kind == Kind::Insert {
+            let cols: Vec<String> = self
+                .shape
+                .columns
+                .iter()
+                .map(|&i| quote_ident(&self.rel.columns[i].name))
+                .collect();
+            return format!("COPY {} ({}) FROM STDIN", qualified(&self.rel), cols.join(", "));
+        }
         format!("COPY pg_temp.{stage} FROM STDIN")
     }
 
@@ -310,8 +327,13 @@ impl BulkSet {
         out
     }
 
-    /// The one statement that applies the staged rows to the target.
-    pub(crate) fn apply_statement(&self, stage: &str) -> String {
+    /// The statement that applies the staged rows to the target, with the planner held to index lookups:
+    /// a staging table has no statistics, and against a large target the planner picks a merge join that
+    /// walks the key index from its start for every set (or a hash join over the whole table), which makes
+    /// a large transaction's sets quadratic; probing the key index once per staged row costs the same for
+    /// every set. JIT is off because these plans compile in more time than they run. The settings go back
+    /// to what they were after the statement (and with the savepoint, should it fail). None for INSERT.
+    pub(crate) fn apply_statement(&self, stage: &str) -> Option<String> {
         let table = qualified(&self.rel);
         let name = |i: usize| quote_ident(&self.rel.columns[i].name);
         let keys = self.key_indexes();
@@ -328,14 +350,8 @@ impl BulkSet {
                 .collect::<Vec<_>>()
                 .join(" AND ")
         };
-        match self.shape.kind {
-            Kind::Insert => {
-                let cols: Vec<String> = self.shape.columns.iter().map(|&i| name(i)).collect();
-                let cols = cols.join(", ");
-                format!(
-                    "INSERT INTO {table} ({cols}) OVERRIDING SYSTEM VALUE SELECT {cols} FROM pg_temp.{stage}"
-                )
-            }
+        let statement = match self.shape.kind {
+            Kind::Insert => return None,
             Kind::Update => {
                 let set: Vec<String> = self
                     .shape
@@ -354,7 +370,11 @@ impl BulkSet {
                 "DELETE FROM {table} AS tgt USING pg_temp.{stage} AS stg WHERE {}",
                 join(false)
             ),
-        }
+        };
+        Some(format!(
+            "SET enable_mergejoin = off; SET enable_hashjoin = off; SET jit = off; {statement}; \
+             RESET enable_mergejoin; RESET enable_hashjoin; RESET jit"
+        ))
     }
 }
 

@@ -2,7 +2,7 @@
 //! while the stream side goes on decoding the next ones (a pipeline of depth [`PIPELINE_STEPS`]), and
 //! reports each committed replica transaction back.
 //!
-//! A bulk set runs inside a savepoint: staging table, COPY, one statement. If any of it fails (a unique
+//! A bulk set runs inside a savepoint: staging table, COPY, one statement (INSERTs: COPY into the target). If any of it fails (a unique
 //! index that a set-wise UPDATE trips over where the row-by-row order would not, a type the staging table
 //! cannot hold), the savepoint is rolled back and the same rows are applied row by row, which fails only if
 //! the changes themselves cannot be applied.
@@ -86,14 +86,19 @@ async fn stage_and_apply(
     set: &BulkSet,
     stage: &str,
 ) -> Result<(), ForwardError> {
+    let mut prepare = "SAVEPOINT pgfleet_set".to_owned();
+    if let Some(create) = set.create_stage(stage) {
+        prepare.push_str("; ");
+        prepare.push_str(&create);
+    }
     replica
-        .batch_execute(&format!("SAVEPOINT pgfleet_set; {}", set.create_stage(stage)))
+        .batch_execute(&prepare)
         .await
         .map_err(sql_err("creating a staging table"))?;
     let sink = replica
         .copy_in::<_, Bytes>(&set.copy_statement(stage))
         .await
-        .map_err(sql_err("copying into a staging table"))?;
+        .map_err(sql_err("copying a set"))?;
     pin_mut!(sink);
     let data = Bytes::from(set.copy_data());
     let mut at = 0;
@@ -101,17 +106,18 @@ async fn stage_and_apply(
         let end = (at + COPY_CHUNK).min(data.len());
         sink.send(data.slice(at..end))
             .await
-            .map_err(sql_err("copying into a staging table"))?;
+            .map_err(sql_err("copying a set"))?;
         at = end;
     }
-    sink.finish()
-        .await
-        .map_err(sql_err("copying into a staging table"))?;
+    sink.finish().await.map_err(sql_err("copying a set"))?;
+    let mut finish = String::new();
+    if let Some(apply) = set.apply_statement(stage) {
+        finish.push_str(&apply);
+        finish.push_str("; ");
+    }
+    finish.push_str("RELEASE SAVEPOINT pgfleet_set");
     replica
-        .batch_execute(&format!(
-            "{}; RELEASE SAVEPOINT pgfleet_set",
-            set.apply_statement(stage)
-        ))
+        .batch_execute(&finish)
         .await
         .map_err(sql_err("applying a staged set"))
 }
