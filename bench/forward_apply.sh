@@ -20,7 +20,8 @@
 # visible there (both pgfleet and PostgreSQL apply a transaction atomically). Prints seconds and rows/s per
 # replica. Everything it starts, it stops again, on success, on error and on Ctrl-C.
 #
-# Knobs: FWD_ROWS (2000000), FWD_PORT_BASE (17600), FWD_TIMEOUT (600 s per step),
+# Knobs: FWD_ROWS (2000000), FWD_REPLICAS (2: pgfleet forwards to replica1 and replica2; 1: to replica1 only,
+# the same work as the native subscription), FWD_PORT_BASE (17600), FWD_TIMEOUT (600 s per step),
 # PGFLEET_BIN (target/release/pgfleet; build with `cargo build --release`), PG_BIN (directory of initdb,
 # found on PATH otherwise), FWD_KEEP=1 keeps the work directory.
 set -Eeuo pipefail
@@ -30,6 +31,7 @@ ROOT=$(cd "$BENCH_DIR/.." && pwd)
 FWD_ROWS=${FWD_ROWS:-2000000}
 FWD_PORT_BASE=${FWD_PORT_BASE:-17600}
 FWD_TIMEOUT=${FWD_TIMEOUT:-600}
+FWD_REPLICAS=${FWD_REPLICAS:-2}
 PGFLEET_BIN=${PGFLEET_BIN:-$ROOT/target/release/pgfleet}
 if [[ -z ${PG_BIN:-} ]]; then
     PG_BIN=$(dirname "$(command -v initdb || echo /usr/lib/postgresql/15/bin/initdb)")
@@ -91,7 +93,11 @@ since() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1
 rate() { python3 -c "import sys; print(f'{int(sys.argv[1]) / max(float(sys.argv[2]), 1e-9):,.0f}')" "$1" "$2"; }
 
 # ---- servers -------------------------------------------------------------------------------------------------
-NAMES=(primary replica1 replica2 sub)
+REPLICAS=()
+for ((i = 1; i <= FWD_REPLICAS; i++)); do
+    REPLICAS+=("replica$i")
+done
+NAMES=(primary "${REPLICAS[@]}" sub)
 declare -A PORT=()
 for i in "${!NAMES[@]}"; do
     PORT[${NAMES[$i]}]=$((FWD_PORT_BASE + i))
@@ -204,16 +210,7 @@ name = "primary"
 address = "127.0.0.1:${PORT[primary]}"
 role = "primary"
 
-[[nodes]]
-name = "replica1"
-address = "127.0.0.1:${PORT[replica1]}"
-role = "replica"
-
-[[nodes]]
-name = "replica2"
-address = "127.0.0.1:${PORT[replica2]}"
-role = "replica"
-
+$(for r in "${REPLICAS[@]}"; do printf '[[nodes]]\nname = "%s"\naddress = "127.0.0.1:%s"\nrole = "replica"\n\n' "$r" "${PORT[$r]}"; done)
 [replication]
 mode = "forward"
 user = "postgres"
@@ -224,19 +221,19 @@ databases = ["$DB"]
 level = "info"
 EOF
 
-log "pgfleet forward mode: initial copy to replica1 and replica2"
+log "pgfleet forward mode: initial copy to ${REPLICAS[*]}"
 start_at=$(now)
 setsid "$PGFLEET_BIN" --config "$CONFIG" >"$WORK/pgfleet.log" 2>&1 </dev/null &
 PGFLEET_PID=$!
 PIDS+=("$PGFLEET_PID")
 declare -A COPY_TIME=()
-for r in replica1 replica2; do
+for r in "${REPLICAS[@]}"; do
     wait_for "initial copy" "$r" \
         "SELECT coalesce((SELECT state FROM pgfleet_replica.progress LIMIT 1), 'none')" streaming
     COPY_TIME[$r]=$(since "$start_at")
 done
-log "pgfleet initial copy: replica1 ${COPY_TIME[replica1]}s, replica2 ${COPY_TIME[replica2]}s (both at once)"
-run_bulk pgfleet replica1 replica2
+log "pgfleet initial copy: $(for r in "${REPLICAS[@]}"; do printf '%s %ss  ' "$r" "${COPY_TIME[$r]}"; done)(at once)"
+run_bulk pgfleet "${REPLICAS[@]}"
 kill -TERM "$PGFLEET_PID"
 wait "$PGFLEET_PID" 2>/dev/null || true
 log "pgfleet stopped; forward-stop:"
@@ -258,15 +255,15 @@ run_bulk native sub
 
 # ---- report --------------------------------------------------------------------------------------------------
 echo
-echo "forward-mode apply bench: $FWD_ROWS rows, $(nproc) cores, pgfleet $("$PGFLEET_BIN" --version 2>/dev/null | awk '{print $2}')"
+echo "forward-mode apply bench: $FWD_ROWS rows, $FWD_REPLICAS pgfleet replica(s), $(nproc) cores, pgfleet $("$PGFLEET_BIN" --version 2>/dev/null | awk '{print $2}')"
 printf '%-34s %10s %14s\n' "step" "seconds" "rows/s"
 printf '%-34s %10s %14s\n' "COPY pipe to one server" "$COPY_PIPE" "$(rate "$FWD_ROWS" "$COPY_PIPE")"
-for r in replica1 replica2; do
+for r in "${REPLICAS[@]}"; do
     printf '%-34s %10s %14s\n' "pgfleet initial copy, $r" "${COPY_TIME[$r]}" "$(rate "$FWD_ROWS" "${COPY_TIME[$r]}")"
 done
 printf '%-34s %10s %14s\n' "native initial copy, sub" "$NATIVE_COPY" "$(rate "$FWD_ROWS" "$NATIVE_COPY")"
 for kind in update delete insert; do
-    for r in replica1 replica2; do
+    for r in "${REPLICAS[@]}"; do
         s=${RESULT[pgfleet.$kind.$r]}
         printf '%-34s %10s %14s\n' "pgfleet $kind, $r" "$s" "$(rate "$FWD_ROWS" "$s")"
     done
