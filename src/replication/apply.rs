@@ -1,6 +1,8 @@
 //! The forwarding task for one (database, replica): initial copy when the replica has no progress yet,
 //! then the pgoutput stream applied in commit order. Consecutive small transactions share one replica
-//! transaction; a large one is sent in chunks inside its replica transaction. The last applied commit
+//! transaction (`batch`); a large one is sent in chunks inside its replica transaction, and its runs of bulk
+//! changes are applied set-wise (`bulk`). The stream side decodes and builds while the replica side (`sink`)
+//! runs what was built before, so neither waits for the other. The last applied commit
 //! position is written to `pgfleet_replica.progress` in the same replica transaction as the changes, and
 //! the slot is confirmed only up to what the replica has committed, so a crash of pgfleet or of the replica
 //! at any moment leads to neither loss nor duplicates: on restart, transactions at or below the stored
