@@ -50,7 +50,8 @@ async fn bulk_changes_reach_both_replicas_set_wise_and_in_order() {
          CREATE TABLE keyed (id int PRIMARY KEY, v text NOT NULL); \
          INSERT INTO keyed SELECT g, 'k' || g FROM generate_series(1, 2000) g; \
          CREATE TABLE mixed (id int PRIMARY KEY, v text NOT NULL, n int); \
-         CREATE TABLE nokey (a int, b text); ALTER TABLE nokey REPLICA IDENTITY FULL",
+         CREATE TABLE nokey (a int, b text); ALTER TABLE nokey REPLICA IDENTITY FULL; \
+         CREATE TABLE ident (a int GENERATED ALWAYS AS IDENTITY, b int, v text, PRIMARY KEY (a, b))",
     );
     let proxy = Proxy::start(&cluster, &bulk_toml());
     wait_until_streaming(&cluster, &proxy).await;
@@ -85,6 +86,13 @@ async fn bulk_changes_reach_both_replicas_set_wise_and_in_order() {
          UPDATE nokey SET b = 'changed' WHERE a = 1",
     );
     primary_sql(&cluster, "DELETE FROM items WHERE id <= 1500");
+    // Copied into an identity column that only the primary may fill; then half of the key changes, and
+    // the unchanged identity half must stay out of SET.
+    primary_sql(
+        &cluster,
+        "INSERT INTO ident (b, v) SELECT g, 'i' || g FROM generate_series(1, 1500) g",
+    );
+    primary_sql(&cluster, "UPDATE ident SET b = b + 1000000, v = v || '*'");
 
     let sums = wait_until_replicas_match(&cluster, &proxy, Duration::from_secs(90)).await;
     assert_forwarding_never_stopped(&cluster, &proxy);
@@ -93,6 +101,7 @@ async fn bulk_changes_reach_both_replicas_set_wise_and_in_order() {
     assert!(sums["keyed"].starts_with("2000 rows"), "{sums:?}");
     assert!(sums["mixed"].starts_with("3000 rows"), "{sums:?}");
     assert!(sums["nokey"].starts_with("2000 rows"), "{sums:?}");
+    assert!(sums["ident"].starts_with("1500 rows"), "{sums:?}");
     // The TOASTed column survived the UPDATE that did not send it.
     let big = cluster
         .psql(
@@ -114,6 +123,8 @@ async fn bulk_changes_reach_both_replicas_set_wise_and_in_order() {
         ("mixed", "Update", 2),
         ("mixed", "Delete", 1),
         ("nokey", "Insert", 1),
+        ("ident", "Insert", 1),
+        ("ident", "Update", 1),
     ] {
         let n = sets_applied(&proxy, table, kind);
         assert!(

@@ -125,11 +125,15 @@ pub(crate) fn shape(rel: &Relation, change: &Change) -> Option<Shape> {
             {
                 return None;
             }
-            // Unchanged TOAST values are left out: the target keeps what it has.
+            // What is set: the sent non-key columns (unchanged TOAST values are left out: the target keeps
+            // what it has) and the key columns that changed. An unchanged key column stays out of SET, where a
+            // GENERATED ALWAYS identity column would be refused.
             let columns: Vec<usize> = (0..n)
-                .filter(|&i| sent(&new[i]) && (old.is_some() || !rel.columns[i].key))
+                .filter(|&i| {
+                    sent(&new[i]) && (!rel.columns[i].key || old.as_ref().is_some_and(|o| o[i] != new[i]))
+                })
                 .collect();
-            if columns.iter().all(|&i| rel.columns[i].key) {
+            if columns.is_empty() {
                 return None;
             }
             let columns = if old.is_some() {

@@ -100,6 +100,21 @@ fn which_changes_are_staged() {
             upd(Some(vec![text("1"), Null, Null]), vec![text("2"), text("n"), U]),
             Some((Kind::Update, vec![0, 1], true)),
         ),
+        // Part of the key changed: the unchanged part is not set.
+        (
+            two_keys(),
+            upd(
+                Some(vec![text("1"), text("b"), Null]),
+                vec![text("1"), text("c"), text("{}")],
+            ),
+            Some((Kind::Update, vec![1, 2], true)),
+        ),
+        // Only the key of a key-only table changed: that is all there is to set.
+        (
+            keys_only.clone(),
+            upd(Some(vec![text("1")]), vec![text("2")]),
+            Some((Kind::Update, vec![0], true)),
+        ),
         // Nothing but the key to set: row-wise (it touches the row with `c = c`).
         (t(), upd(None, vec![text("1"), U, U]), None),
         (keys_only.clone(), upd(None, vec![text("1")]), None),
@@ -272,11 +287,11 @@ fn statements_per_kind() {
         ),
         (
             set_of(&two_keys(), vec![upd(Some(vec![text("1"), text("x y"), Null]), vec![text("1"), text("z"), text("{\"k\": 1}")])]),
-            Some("\"a\" AS \"pgfleet_old_0\", \"B b\" AS \"pgfleet_old_1\", \"a\", \"B b\", \"v\""),
+            Some("\"a\" AS \"pgfleet_old_0\", \"B b\" AS \"pgfleet_old_1\", \"B b\", \"v\""),
             stage,
-            Some("UPDATE \"My S\".\"Two Keys\" AS tgt SET \"a\" = stg.\"a\", \"B b\" = stg.\"B b\", \"v\" = stg.\"v\" FROM pg_temp.pgfleet_stage_1 AS stg \
+            Some("UPDATE \"My S\".\"Two Keys\" AS tgt SET \"B b\" = stg.\"B b\", \"v\" = stg.\"v\" FROM pg_temp.pgfleet_stage_1 AS stg \
              WHERE tgt.\"a\" = stg.\"pgfleet_old_0\" AND tgt.\"B b\" = stg.\"pgfleet_old_1\"".to_owned()),
-            "1\tx y\t1\tz\t{\"k\": 1}\n",
+            "1\tx y\tz\t{\"k\": 1}\n",
         ),
     ];
     for (set, stage_columns, copy, apply, data) in cases {
