@@ -1,19 +1,18 @@
 //! Set-wise apply of bulk changes. A run of row changes of one kind on one table, all of the same shape (the
 //! same columns sent, the key changed or not), is collected as a [`BulkSet`]. A set with at least
-//! [`MIN_ROWS`] rows is applied with three statements instead of one per row: its rows go by COPY into a
-//! temporary staging table made from the target's columns, then one `INSERT ... SELECT`, `UPDATE ... FROM` or
-//! `DELETE ... USING` joins the staging table to the target on the replica identity. A smaller set is applied
-//! row by row (the SQL of [`super::super::sql`]), as is every change this module does not take.
+//! [`MIN_ROWS`] rows is applied with a few statements instead of one per row: an INSERT set is copied
+//! straight into the target; the rows of an UPDATE or DELETE set go by COPY into a temporary staging table made
+//! from the target's columns, and one `UPDATE ... FROM` or `DELETE ... USING` joins it to the target on the
+//! replica identity. A smaller set is applied row by row (the SQL of [`super::super::sql`]), as is every
+//! change this module does not take.
 //!
 //! Order: a set is flushed before any change that does not join it, so changes are applied in stream order
 //! except within a set, where it does not matter: a set never touches one target row twice (an UPDATE whose
 //! old or new key the set has already seen starts a new set), and inserts or deletes of distinct rows commute.
 //!
 //! What stays row-wise: tables whose identity is not a key (REPLICA IDENTITY FULL or NOTHING), keys of types
-//! compared by text, UPDATEs that change nothing but the key-less touch, and rows whose shape differs from the
+//! compared by text, UPDATEs with nothing to set but an unchanged key, and rows whose shape differs from the
 //! run's (an unchanged TOAST value in another column starts a new set, and a short set is row-wise).
-//!
-//! INSERTs need no staging table: their rows are copied straight into the target.
 //!
 //! This module is pure: it builds the statements and the COPY data; `sink` runs them.
 
