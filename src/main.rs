@@ -1,4 +1,5 @@
-//! The `pgfleet` command: run the proxy, check a config, or start the local demo cluster.
+//! The `pgfleet` command: run the proxy, check a config, start the local demo cluster, or end forward mode
+//! for a database (`forward-stop`).
 
 // The demo (and through it the test harness) belongs to the binary only; see src/demo.rs.
 mod demo;
@@ -29,6 +30,13 @@ enum Command {
         /// Where pgfleet listens.
         #[arg(long, default_value = "127.0.0.1:6432")]
         listen: String,
+    },
+    /// End forward mode for a database: drop its replication slots, publication and DDL event trigger on the
+    /// primary (and pgfleet's progress rows on the replicas). Run it with pgfleet stopped; safe to repeat.
+    ForwardStop {
+        /// The forwarded database.
+        #[arg(long)]
+        database: String,
     },
 }
 
@@ -78,8 +86,8 @@ fn init_logging(log: &pgfleet::config::LogConfig) -> SetFilter {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Demo { listen }) = cli.command {
-        return run_demo(&listen);
+    if let Some(Command::Demo { listen }) = &cli.command {
+        return run_demo(listen);
     }
     let Some(path) = cli.config else {
         eprintln!("pgfleet: --config FILE is required (see config/pgfleet.toml for every key)");
@@ -92,6 +100,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(Command::ForwardStop { database }) = &cli.command {
+        return forward_stop(&config, database);
+    }
     if cli.check {
         println!(
             "pgfleet: {} is valid ({} nodes, {} users)",
@@ -199,6 +210,37 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+    }
+}
+
+/// `pgfleet forward-stop`: says what it removed, one line each, and what it left alone.
+fn forward_stop(config: &Config, database: &str) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("pgfleet: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(pgfleet::replication::teardown::forward_stop(config, database)) {
+        Ok(report) => {
+            for line in &report.removed {
+                println!("removed {line}");
+            }
+            for line in &report.notes {
+                println!("note: {line}");
+            }
+            if report.removed.is_empty() {
+                println!("forward mode had nothing left in database {database}");
+            } else {
+                println!("forward mode ended for database {database}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pgfleet forward-stop: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

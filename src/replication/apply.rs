@@ -1,6 +1,8 @@
 //! The forwarding task for one (database, replica): initial copy when the replica has no progress yet,
 //! then the pgoutput stream applied in commit order. Consecutive small transactions share one replica
-//! transaction; a large one is sent in chunks inside its replica transaction. The last applied commit
+//! transaction (`batch`); a large one is sent in chunks inside its replica transaction, and its runs of bulk
+//! changes are applied set-wise (`bulk`). The stream side decodes and builds while the replica side (`sink`)
+//! runs what was built before, so neither waits for the other. The last applied commit
 //! position is written to `pgfleet_replica.progress` in the same replica transaction as the changes, and
 //! the slot is confirmed only up to what the replica has committed, so a crash of pgfleet or of the replica
 //! at any moment leads to neither loss nor duplicates: on restart, transactions at or below the stored
@@ -13,16 +15,19 @@ use std::time::Duration;
 
 use super::Replication;
 use super::copy::{CopyJob, initial_copy};
-use super::pgoutput::{self, Lsn, PgOutput, Relation, ReplicationMessage};
-use super::setup::{DDL_PREFIX, ForwardError, client, slot_name, sql_err};
-use super::stream::ReplicationStream;
-use super::{Progress, State, sql};
-use crate::backend::connect::NodeTarget;
-use crate::router::classify::classify;
-use crate::router::split::split_statements;
+use tokio::sync::mpsc;
 
-/// A chunk of SQL larger than this is sent before its transaction ends (large transactions).
-const CHUNK_BYTES: usize = 1 << 20;
+use self::batch::{Batch, Commit, Step};
+use super::pgoutput::{self, Lsn, Relation, ReplicationMessage};
+use super::setup::{ForwardError, client, slot_name, sql_err};
+use super::stream::ReplicationStream;
+use super::{Progress, State};
+use crate::backend::connect::NodeTarget;
+
+mod batch;
+pub(crate) mod bulk;
+mod ddl;
+mod sink;
 /// How often sequence values are carried over.
 const SEQUENCE_SYNC: Duration = Duration::from_secs(1);
 
@@ -141,7 +146,7 @@ impl Applier {
         }
         tracing::info!(replica = %self.ctx.fleet.nodes()[self.node].target.name, database = %self.database,
             from = %start, "forwarding changes");
-        self.follow(&mut stream, &replica, start).await
+        self.follow(&mut stream, Arc::new(replica), start).await
     }
 
     /// Drops any earlier slot of ours, creates it afresh and copies from its snapshot.
@@ -214,8 +219,31 @@ impl Applier {
     async fn follow(
         &self,
         stream: &mut ReplicationStream,
+        replica: Arc<tokio_postgres::Client>,
+        applied: Lsn,
+    ) -> Result<(), ForwardError> {
+        let (step_tx, step_rx) = mpsc::channel(sink::PIPELINE_STEPS);
+        let (ack_tx, mut ack_rx) = mpsc::unbounded_channel();
+        let applier = tokio::spawn(sink::run(replica.clone(), step_rx, ack_tx));
+        let result = self
+            .follow_stream(stream, &replica, applied, &step_tx, &mut ack_rx)
+            .await;
+        // Whatever is queued runs to its end (a queued commit commits, together with its progress) before
+        // this attempt returns, so that the next one finds the replica as this one leaves it.
+        drop(step_tx);
+        if let Err(e) = applier.await {
+            tracing::warn!(error = %e, "the apply task ended abnormally");
+        }
+        result
+    }
+
+    async fn follow_stream(
+        &self,
+        stream: &mut ReplicationStream,
         replica: &tokio_postgres::Client,
         mut applied: Lsn,
+        steps: &mpsc::Sender<Step>,
+        acks: &mut mpsc::UnboundedReceiver<Result<Commit, ForwardError>>,
     ) -> Result<(), ForwardError> {
         let (user, password) = self.credentials();
         let fleet = &self.ctx.fleet;
@@ -234,11 +262,25 @@ impl Applier {
         let mut ticker = tokio::time::interval(SEQUENCE_SYNC);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let batch_size = self.ctx.config().replication.batch_size;
+        // Replica transactions sent but not yet committed.
+        let mut in_flight = 0usize;
+        let closed = || ForwardError::Apply("the replica side of the forwarding task ended".into());
         loop {
             let msg = tokio::select! {
                 m = stream.next() => m?,
+                ack = acks.recv() => {
+                    let done = ack.ok_or_else(closed)??;
+                    in_flight = in_flight.saturating_sub(1);
+                    applied = done.end;
+                    self.progress.set_applied(done.end);
+                    self.progress.rows.fetch_add(done.changes as u64, Ordering::Relaxed);
+                    self.progress.transactions.fetch_add(done.transactions, Ordering::Relaxed);
+                    self.progress.last_commit_time.store(done.last_commit_time, Ordering::Relaxed);
+                    stream.send_status(applied, false).await?;
+                    continue;
+                }
                 _ = ticker.tick() => {
-                    if !batch.open {
+                    if !batch.busy() && in_flight == 0 {
                         sync_sequences(&control, replica, &mut sequences).await?;
                     }
                     continue;
@@ -250,7 +292,7 @@ impl Applier {
                     reply_requested,
                     ..
                 } => {
-                    if !batch.open {
+                    if !batch.busy() && in_flight == 0 {
                         // Nothing received is left unapplied: the replica is consistent with the primary here.
                         self.progress.visible.fetch_max(wal_end.0, Ordering::Relaxed);
                     }
@@ -262,12 +304,8 @@ impl Applier {
                     let change = pgoutput::decode(&data).map_err(|e| ForwardError::Apply(e.to_string()))?;
                     tracing::trace!(kind = change.kind(), "change");
                     batch.add(change, &mut relations, applied)?;
-                    if batch.sql.len() > CHUNK_BYTES && batch.in_tx {
-                        replica
-                            .batch_execute(&batch.sql)
-                            .await
-                            .map_err(sql_err("applying changes"))?;
-                        batch.sql.clear();
+                    for step in batch.take_ready() {
+                        steps.send(step).await.map_err(|_| closed())?;
                     }
                 }
             }
@@ -276,339 +314,12 @@ impl Applier {
             let due = batch.end.is_some()
                 && !batch.in_tx
                 && (batch.changes >= batch_size || !stream.has_buffered());
-            if due && let Some(end) = batch.commit(&self.slot) {
-                replica
-                    .batch_execute(&batch.sql)
-                    .await
-                    .map_err(sql_err("committing changes"))?;
-                applied = end;
-                self.progress.set_applied(end);
-                self.progress
-                    .rows
-                    .fetch_add(batch.changes as u64, Ordering::Relaxed);
-                self.progress
-                    .transactions
-                    .fetch_add(batch.transactions, Ordering::Relaxed);
-                self.progress
-                    .last_commit_time
-                    .store(batch.last_commit_time, Ordering::Relaxed);
-                stream.send_status(applied, false).await?;
-                batch.reset();
+            if due && let Some(step) = batch.commit(&self.slot) {
+                steps.send(step).await.map_err(|_| closed())?;
+                in_flight += 1;
             }
         }
     }
-}
-
-/// Row changes of one or more primary transactions, becoming one replica transaction.
-#[derive(Default)]
-struct Batch {
-    sql: String,
-    open: bool,
-    in_tx: bool,
-    skip: bool,
-    changes: usize,
-    transactions: u64,
-    end: Option<Lsn>,
-    last_commit_time: i64,
-    /// Per DDL string, how many of its event-trigger messages this primary transaction has carried.
-    ddl_seen: HashMap<String, usize>,
-}
-
-impl Batch {
-    fn push(&mut self, stmt: &str) {
-        if !self.open {
-            self.sql.push_str("BEGIN;");
-            self.open = true;
-        }
-        self.sql.push_str(stmt);
-        self.sql.push_str(";\n");
-    }
-
-    /// Adds one decoded message.
-    fn add(
-        &mut self,
-        m: PgOutput,
-        relations: &mut HashMap<u32, Relation>,
-        applied: Lsn,
-    ) -> Result<(), ForwardError> {
-        let err = |e: sql::SqlError| ForwardError::Apply(e.to_string());
-        let rel = |relations: &HashMap<u32, Relation>, id: u32| {
-            relations
-                .get(&id)
-                .cloned()
-                .ok_or_else(|| ForwardError::Apply(format!("change for unknown relation {id}")))
-        };
-        match m {
-            PgOutput::Begin { final_lsn, .. } => {
-                // Already applied before a restart: the progress row says so.
-                self.skip = final_lsn < applied;
-                self.in_tx = true;
-                self.ddl_seen.clear();
-            }
-            PgOutput::Commit {
-                end_lsn, commit_time, ..
-            } => {
-                self.in_tx = false;
-                if !self.skip {
-                    self.end = Some(end_lsn);
-                    self.transactions += 1;
-                    self.last_commit_time = commit_time;
-                }
-            }
-            PgOutput::Relation(r) => {
-                relations.insert(r.id, r);
-            }
-            PgOutput::Origin { .. } | PgOutput::Type { .. } => {}
-            _ if self.skip => {}
-            PgOutput::Insert { relation, new } => {
-                let r = rel(relations, relation)?;
-                self.push(&sql::insert(&r, &new).map_err(err)?);
-                self.changes += 1;
-            }
-            PgOutput::Update {
-                relation,
-                old,
-                key_only,
-                new,
-            } => {
-                let r = rel(relations, relation)?;
-                self.push(&sql::update(&r, old.as_ref(), key_only, &new).map_err(err)?);
-                self.changes += 1;
-            }
-            PgOutput::Delete {
-                relation,
-                old,
-                key_only,
-            } => {
-                let r = rel(relations, relation)?;
-                self.push(&sql::delete(&r, &old, key_only).map_err(err)?);
-                self.changes += 1;
-            }
-            PgOutput::Truncate {
-                cascade,
-                restart_identity,
-                relations: ids,
-            } => {
-                let rels: Vec<Relation> = ids
-                    .iter()
-                    .map(|id| rel(relations, *id))
-                    .collect::<Result<_, _>>()?;
-                let refs: Vec<&Relation> = rels.iter().collect();
-                let stmt = sql::truncate(&refs, cascade, restart_identity);
-                if !stmt.is_empty() {
-                    self.push(&stmt);
-                    self.changes += 1;
-                }
-            }
-            PgOutput::Message {
-                prefix,
-                content,
-                transactional,
-                ..
-            } => {
-                if prefix == DDL_PREFIX && transactional {
-                    let text = String::from_utf8_lossy(&content).into_owned();
-                    let mut parts = text.splitn(3, '\n');
-                    let (Some(role), Some(path), Some(query)) = (parts.next(), parts.next(), parts.next())
-                    else {
-                        return Err(ForwardError::Apply(format!("malformed DDL message: {text}")));
-                    };
-                    // The trigger fires once per command, before it runs: the k-th message for a string stands
-                    // for the k-th command of that string, at its place among the string's row changes.
-                    let seen = self.ddl_seen.entry(text.clone()).or_insert(0);
-                    let k = *seen;
-                    *seen += 1;
-                    let commands = ddl_commands(query);
-                    let run: Vec<String> = if commands.is_empty() {
-                        // DDL run by a DO block or a function: the block is replayed once, whole.
-                        if k == 0 {
-                            vec![query.to_owned()]
-                        } else {
-                            Vec::new()
-                        }
-                    } else {
-                        commands.into_iter().nth(k).flatten().unwrap_or_default()
-                    };
-                    if !run.is_empty() {
-                        self.push(&format!(
-                            "SET ROLE {}; SET search_path TO {path}",
-                            crate::protocol::quote::quote_ident(role)
-                        ));
-                        for stmt in run {
-                            self.push(&stmt);
-                            self.changes += 1;
-                        }
-                        self.push("RESET ROLE; RESET search_path");
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Closes the replica transaction with the progress update; None when nothing is to be committed.
-    fn commit(&mut self, slot: &str) -> Option<Lsn> {
-        let end = self.end?;
-        if !self.open {
-            self.sql.push_str("BEGIN;");
-            self.open = true;
-        }
-        self.sql.push_str(&format!(
-            "UPDATE pgfleet_replica.progress SET lsn = '{}', updated_at = now() WHERE slot = {};COMMIT;",
-            end,
-            crate::protocol::quote::quote_literal(slot)
-        ));
-        Some(end)
-    }
-
-    fn reset(&mut self) {
-        let in_tx = self.in_tx;
-        *self = Batch {
-            in_tx,
-            ..Batch::default()
-        };
-    }
-}
-
-/// The commands of a client's query string that fire the DDL event trigger, in order, each with what the
-/// replica must run for it (nothing for temporary objects and pgfleet's own machinery). Rows that a command
-/// writes into a new table (CREATE TABLE AS, SELECT INTO) arrive through the change stream like any other
-/// rows, so the replica creates such tables empty; materialized views are not in the stream, so they are
-/// created and refreshed on the replica from its own (identical) data.
-fn ddl_commands(text: &str) -> Vec<Option<Vec<String>>> {
-    let rules = crate::router::functions::FunctionRules::default();
-    let mut out = Vec::new();
-    for stmt in split_statements(text) {
-        let upper = stmt.to_ascii_uppercase();
-        let words = crate::router::split::first_keywords(stmt, 6);
-        let word = |i: usize| words.get(i).map(String::as_str).unwrap_or("");
-        let d = classify(stmt, &rules);
-        if !fires_event_trigger(&words, &upper, &d) {
-            continue;
-        }
-        let temp = |w: &str| matches!(w, "TEMP" | "TEMPORARY");
-        if upper.contains("PUBLICATION") || upper.contains("SUBSCRIPTION") {
-            out.push(None);
-        } else if word(0) == "CREATE"
-            && (temp(word(1)) || matches!(word(1), "LOCAL" | "GLOBAL") && temp(word(2)))
-        {
-            // Temporary objects live only in the session that made them.
-            out.push(None);
-        } else if d.rule == crate::router::classify::Rule::SelectInto {
-            out.push(
-                select_into_target(stmt).map(|table| vec![stmt.to_owned(), format!("TRUNCATE {table}")]),
-            );
-        } else {
-            // A replica transaction cannot build an index concurrently; the plain form gives the same index.
-            let mut stmt = stmt.replace(" CONCURRENTLY", "").replace(" concurrently", "");
-            if word(0) == "CREATE" && is_create_table_as(&stmt) {
-                let trimmed = stmt.trim_end().trim_end_matches(';').trim_end().to_owned();
-                let lower = trimmed.to_ascii_lowercase();
-                stmt = if lower.ends_with("with no data") {
-                    trimmed
-                } else if lower.ends_with("with data") {
-                    format!("{} WITH NO DATA", &trimmed[..trimmed.len() - "with data".len()])
-                } else {
-                    format!("{trimmed} WITH NO DATA")
-                };
-            }
-            out.push(Some(vec![stmt]));
-        }
-    }
-    out
-}
-
-/// Whether PostgreSQL fires `ddl_command_start` for a statement: CREATE/ALTER/DROP of most objects (not
-/// databases, roles, tablespaces or event triggers), COMMENT, SECURITY LABEL, GRANT/REVOKE on objects,
-/// IMPORT FOREIGN SCHEMA, REFRESH MATERIALIZED VIEW, SELECT INTO and CREATE TABLE AS.
-fn fires_event_trigger(words: &[String], upper: &str, d: &crate::router::classify::Decision) -> bool {
-    let word = |i: usize| words.get(i).map(String::as_str).unwrap_or("");
-    match word(0) {
-        "CREATE" | "ALTER" | "DROP" => {
-            let object = words
-                .iter()
-                .skip(1)
-                .map(String::as_str)
-                .find(|w| {
-                    !matches!(
-                        *w,
-                        "OR" | "REPLACE"
-                            | "UNIQUE"
-                            | "TEMP"
-                            | "TEMPORARY"
-                            | "UNLOGGED"
-                            | "LOCAL"
-                            | "GLOBAL"
-                            | "MATERIALIZED"
-                            | "RECURSIVE"
-                            | "TRUSTED"
-                            | "PROCEDURAL"
-                            | "DEFAULT"
-                    )
-                })
-                .unwrap_or("");
-            !matches!(
-                object,
-                "DATABASE" | "ROLE" | "USER" | "GROUP" | "TABLESPACE" | "EVENT" | "SYSTEM"
-            )
-        }
-        "COMMENT" | "SECURITY" | "IMPORT" | "REFRESH" => true,
-        "GRANT" | "REVOKE" => upper.contains(" ON "),
-        _ => d.rule == crate::router::classify::Rule::SelectInto,
-    }
-}
-
-/// CREATE [UNLOGGED] TABLE ... AS (not a materialized view, whose rows are not in the stream): an `AS` at
-/// parenthesis depth 0 after the table name (column defaults and generated columns sit inside parentheses).
-fn is_create_table_as(stmt: &str) -> bool {
-    use crate::router::split::{Lexer, TokKind};
-    let toks: Vec<_> = Lexer::new(stmt).filter(|t| t.kind != TokKind::Comment).collect();
-    let Some(table_at) = toks
-        .iter()
-        .position(|t| t.kind == TokKind::Word && t.text(stmt).eq_ignore_ascii_case("TABLE"))
-    else {
-        return false;
-    };
-    let mut depth = 0i32;
-    for t in &toks[table_at + 1..] {
-        match t.text(stmt) {
-            "(" => depth += 1,
-            ")" => depth -= 1,
-            w if depth == 0 && t.kind == TokKind::Word && w.eq_ignore_ascii_case("AS") => return true,
-            _ => {}
-        }
-    }
-    false
-}
-
-/// The table a non-temporary `SELECT ... INTO [UNLOGGED] [TABLE] name` creates.
-fn select_into_target(stmt: &str) -> Option<String> {
-    use crate::router::split::{Lexer, TokKind};
-    let toks: Vec<_> = Lexer::new(stmt).filter(|t| t.kind != TokKind::Comment).collect();
-    let at = toks
-        .iter()
-        .position(|t| t.kind == TokKind::Word && t.text(stmt).eq_ignore_ascii_case("INTO"))?;
-    let mut i = at + 1;
-    while let Some(t) = toks.get(i) {
-        let w = t.text(stmt).to_ascii_uppercase();
-        match w.as_str() {
-            "TEMP" | "TEMPORARY" => return None,
-            "UNLOGGED" | "TABLE" => i += 1,
-            _ => break,
-        }
-    }
-    // name, or schema.name: identifiers separated by single dots.
-    let ident = |t: Option<&crate::router::split::Tok>| {
-        t.filter(|t| matches!(t.kind, TokKind::Word | TokKind::QuotedIdent))
-            .map(|t| t.text(stmt).to_owned())
-    };
-    let mut name = ident(toks.get(i))?;
-    while toks.get(i + 1).is_some_and(|t| t.text(stmt) == ".") {
-        name.push('.');
-        name.push_str(&ident(toks.get(i + 2))?);
-        i += 2;
-    }
-    Some(name)
 }
 
 /// Carries sequence values from the primary to the replica (sequences are not in the change stream),

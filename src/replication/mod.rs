@@ -3,7 +3,8 @@
 //! schema and data from the slot's exported snapshot (`copy`), then decodes the pgoutput stream (`stream`,
 //! `pgoutput`) and applies it as SQL (`sql`) in commit order (`apply`), storing its progress on the replica
 //! in the same transaction as the changes. `setup` prepares the primary: checks, the publication, and the
-//! event trigger that puts DDL into the WAL stream at its place.
+//! event trigger that puts DDL into the WAL stream at its place; `teardown` removes all that again
+//! (`pgfleet forward-stop`).
 
 pub(crate) mod apply;
 pub(crate) mod copy;
@@ -12,6 +13,7 @@ pub mod setup;
 pub(crate) mod slots;
 pub(crate) mod sql;
 pub(crate) mod stream;
+pub mod teardown;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};

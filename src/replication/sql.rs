@@ -75,7 +75,7 @@ pub(crate) enum SqlError {
 /// Type OIDs whose `=` operator is missing (json, xml, point, polygon) or compares something weaker than
 /// identity (box and circle compare areas, path the number of points), with their array types. A row is
 /// matched on such a column by comparing text forms instead, which are exact for these types.
-const TEXT_COMPARED_TYPES: &[u32] = &[
+pub(crate) const TEXT_COMPARED_TYPES: &[u32] = &[
     114, 199, // json, json[]
     142, 143, // xml, xml[]
     600, 1017, // point, point[]

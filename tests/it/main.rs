@@ -23,6 +23,7 @@ mod failures;
 mod fleet_failover;
 mod fleet_lag;
 mod forward_admin;
+mod forward_bulk;
 mod forward_crash;
 mod forward_smoke;
 mod forward_sync;

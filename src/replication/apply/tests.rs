@@ -1,6 +1,6 @@
 //! Unit tests of `apply`.
 
-use super::*;
+use super::ddl::*;
 
 #[test]
 fn ddl_commands_in_order() {
