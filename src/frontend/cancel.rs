@@ -9,7 +9,10 @@
 //! [`CancelKey::terminated`] signal.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 
 use bytes::Bytes;
 use rand::Rng;
@@ -34,7 +37,13 @@ pub struct SessionHandle {
     /// The role the session logged in as (the role of its node connections).
     pub user: String,
     active: Mutex<Option<ActiveBackend>>,
-    terminate: watch::Sender<bool>,
+    /// Set by `pg_terminate_backend`; the session's task is woken through `waker`. A flag and a waker rather
+    /// than a channel: the session looks at it around every request, and this costs an atomic load and a
+    /// waker comparison where a channel's subscription took a lock to register and another to leave.
+    terminated: AtomicBool,
+    waker: futures_util::task::AtomicWaker,
+    /// Closed when the session's key is dropped: lets the terminating session wait for the end.
+    ended: watch::Sender<bool>,
 }
 
 impl SessionHandle {
@@ -45,12 +54,29 @@ impl SessionHandle {
 
     /// Asks the session to end (as `pg_terminate_backend` does).
     pub fn terminate(&self) {
-        self.terminate.send_replace(true);
+        self.terminated.store(true, Ordering::Release);
+        self.waker.wake();
     }
 
     /// Resolves once the session has ended and given back its node connections.
     pub async fn ended(&self) {
-        self.terminate.closed().await;
+        self.ended.closed().await;
+    }
+
+    /// Resolves once another session has terminated this one.
+    pub(crate) fn until_terminated(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            if self.terminated.load(Ordering::Acquire) {
+                return Poll::Ready(());
+            }
+            self.waker.register(cx.waker());
+            // Set between the first look and the registration: its wake found no waker.
+            if self.terminated.load(Ordering::Acquire) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
     }
 }
 
@@ -104,13 +130,15 @@ impl CancelRegistry {
                 break pid;
             }
         };
-        let (terminate, watch) = watch::channel(false);
+        let (ended, alive) = watch::channel(false);
         let handle = Arc::new(SessionHandle {
             pid,
             secret: rng.random::<i32>(),
             user: user.to_owned(),
             active: Mutex::new(None),
-            terminate,
+            terminated: AtomicBool::new(false),
+            waker: futures_util::task::AtomicWaker::new(),
+            ended,
         });
         map.insert(pid, handle.clone());
         CancelKey {
@@ -118,7 +146,7 @@ impl CancelRegistry {
             pid,
             secret: handle.secret,
             handle,
-            watch: Some(watch),
+            _alive: alive,
         }
     }
 
@@ -214,8 +242,8 @@ pub struct CancelKey {
     /// The secret sent to the client.
     pub secret: i32,
     handle: Arc<SessionHandle>,
-    /// Turns true when another session terminates this one; lent out while a request runs.
-    watch: Option<watch::Receiver<bool>>,
+    /// Dropped with the key: [`SessionHandle::ended`] resolves then.
+    _alive: watch::Receiver<bool>,
 }
 
 impl CancelKey {
@@ -247,31 +275,14 @@ impl CancelKey {
         conn
     }
 
-    /// Resolves when another session has terminated this one; never while the signal is lent out.
-    pub async fn terminated(&mut self) {
-        match self.watch.as_mut() {
-            Some(watch) => until_terminated(watch).await,
-            None => std::future::pending().await,
-        }
+    /// Resolves when another session has terminated this one.
+    pub async fn terminated(&self) {
+        self.handle.until_terminated().await
     }
 
-    /// Lends out the termination signal, to watch it while the session's own state is busy.
-    pub fn lend_watch(&mut self) -> Option<watch::Receiver<bool>> {
-        self.watch.take()
-    }
-
-    /// Takes back what [`CancelKey::lend_watch`] lent.
-    pub fn return_watch(&mut self, watch: Option<watch::Receiver<bool>>) {
-        if watch.is_some() {
-            self.watch = watch;
-        }
-    }
-}
-
-/// Resolves once the signal turns true; never if its sender is gone (the session is ending anyway).
-pub(crate) async fn until_terminated(watch: &mut watch::Receiver<bool>) {
-    if watch.wait_for(|t| *t).await.is_err() {
-        std::future::pending::<()>().await;
+    /// The session's own handle, to watch for termination while the session's state is busy.
+    pub fn handle(&self) -> Arc<SessionHandle> {
+        self.handle.clone()
     }
 }
 

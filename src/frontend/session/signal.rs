@@ -5,7 +5,7 @@
 //! with PostgreSQL's FATAL 57P01, whether it was waiting for its client or running a request.
 
 use super::{Session, SessionError};
-use crate::frontend::cancel::{ActiveBackend, SessionHandle, until_terminated};
+use crate::frontend::cancel::{ActiveBackend, SessionHandle};
 use crate::frontend::request::{End, Plan, Request};
 use crate::frontend::signal_call::{self, Bound, Signal};
 use crate::frontend::state::Statement;
@@ -120,15 +120,12 @@ struct Extended {
 impl Session {
     /// Runs a request, ending the session instead if another session terminates it meanwhile.
     pub(super) async fn dispatch_watched(&mut self, req: &Request, end: End) -> Result<(), SessionError> {
-        let Some(mut watch) = self.key.lend_watch() else {
-            return self.dispatch(req, end).await;
-        };
+        let handle = self.key.handle();
         let outcome = tokio::select! {
             biased;
-            () = until_terminated(&mut watch) => None,
+            () = handle.until_terminated() => None,
             r = self.dispatch(req, end) => Some(r),
         };
-        self.key.return_watch(Some(watch));
         match outcome {
             Some(r) => r,
             None => self.end_terminated().await,
