@@ -65,17 +65,29 @@ fn token_command(text: &str) -> Option<TokenCommand<'_>> {
     Some(TokenCommand::SetReadAfter(value))
 }
 
+/// Whether `text` may be a token statement: it starts with SHOW, SET or RESET and names a `pgfleet.`
+/// setting. Runs on every query, so the first word is looked at before the rest of the text (an ordinary
+/// query costs a few byte comparisons, not a scan of its text).
+fn may_be_token(text: &[u8]) -> bool {
+    let start = text
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(text.len());
+    let text = &text[start..];
+    let verb = |w: &[u8]| {
+        text.len() > w.len() && text[..w.len()].eq_ignore_ascii_case(w) && text[w.len()].is_ascii_whitespace()
+    };
+    (verb(b"show") || verb(b"set") || verb(b"reset"))
+        && text.windows(8).any(|w| w.eq_ignore_ascii_case(b"pgfleet."))
+}
+
 /// Whether an extended-protocol request holds a token statement (parsed in it, or bound from one parsed
 /// before): pgfleet answers such a request itself ([`Session::answer_token_extended`]), since a node would
 /// take `SET pgfleet.read_after` for a custom setting and do nothing.
 pub(super) fn has_token_statement(req: &Request, statements: &Statements) -> bool {
     req.frames.iter().any(|f| match f.kind {
-        b'P' => parse_fields(f.body()).is_some_and(|(_, text)| {
-            text.as_bytes()
-                .windows(8)
-                .any(|w| w.eq_ignore_ascii_case(b"pgfleet."))
-                && token_command(text).is_some()
-        }),
+        b'P' => parse_fields(f.body())
+            .is_some_and(|(_, text)| may_be_token(text.as_bytes()) && token_command(text).is_some()),
         // Only pgfleet itself records a token statement, under its own rule: no text to read again.
         b'B' => bind_names(f.body())
             .and_then(|(_, name)| statements.get(name))
@@ -227,15 +239,11 @@ impl Session {
         &mut self,
         frame: &crate::protocol::Frame,
     ) -> Result<bool, SessionError> {
-        let text = query_text(frame.body()).unwrap_or("");
-        // Almost every query is something else: one byte comparison before any parsing.
-        if !text
-            .as_bytes()
-            .windows(8)
-            .any(|w| w.eq_ignore_ascii_case(b"pgfleet."))
-        {
+        // Almost every query is something else: its first word says so before the text is even decoded.
+        if !may_be_token(frame.body()) {
             return Ok(false);
         }
+        let text = query_text(frame.body()).unwrap_or("");
         let Some(command) = token_command(text) else {
             return Ok(false);
         };
@@ -439,6 +447,29 @@ mod tests {
         assert_eq!(token_command("SHOW pgfleet.read_after_x"), None);
         assert_eq!(token_command("SELECT 'pgfleet.write_lsn'"), None);
         assert_eq!(token_command("SET pgfleet.read_afterwards = 1"), None);
+        // The prefilter never turns away a statement the parser accepts, and stops ordinary queries at once.
+        for text in [
+            "SHOW pgfleet.write_lsn",
+            "  show PGFLEET.WRITE_LSN ; ",
+            "SET pgfleet.read_after = '0/3000060'",
+            "set pgfleet.read_after to 0/16B3748;",
+            "SET pgfleet.read_after='x'",
+            "\tRESET pgfleet.read_after",
+            "SET\npgfleet.read_after = DEFAULT",
+        ] {
+            assert!(token_command(text).is_some(), "{text}");
+            assert!(may_be_token(text.as_bytes()), "{text}");
+        }
+        for text in [
+            "SELECT 'pgfleet.write_lsn'",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 1",
+            "SETTINGS pgfleet.x",
+            "SHOW work_mem",
+            "",
+            "SET",
+        ] {
+            assert!(!may_be_token(text.as_bytes()), "{text}");
+        }
         assert!(parse_read_after("0/3000060").is_ok());
         let e = parse_read_after("soon").expect_err("bad value");
         assert_eq!(e.code, "22023");
