@@ -1,6 +1,8 @@
 //! One raw protocol connection to a node, and what pgfleet knows about the session state applied on it.
 
 use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::AtomicI32;
 
 use super::connect::{BackendError, NodeTarget};
 use super::tls::NodeStream;
@@ -51,6 +53,13 @@ pub struct BackendConn {
     pub(crate) io_timeout: std::time::Duration,
     /// The session worker whose event loop watches the socket (None: another thread's).
     home: Option<usize>,
+    /// Who holds the connection, for the session registry (`frontend::cancel`): the issued pid of the
+    /// client session it is checked out to, 0 when none. The registry keeps a weak reference to it from
+    /// the connection's first checkout on, so that a checkout under transaction pooling is one atomic store
+    /// instead of a map update under a process-wide lock.
+    pub(crate) holder: Arc<AtomicI32>,
+    /// Whether the registry has a reference to `holder` yet.
+    pub(crate) holder_known: bool,
 }
 
 /// What a request the proxy sent on its own account produced.
@@ -77,6 +86,8 @@ impl BackendConn {
             applied: AppliedState::default(),
             io_timeout: std::time::Duration::from_secs(5),
             home: crate::frontend::workers::current(),
+            holder: Arc::default(),
+            holder_known: false,
         }
     }
 

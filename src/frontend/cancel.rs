@@ -10,8 +10,8 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::Poll;
 
 use bytes::Bytes;
@@ -115,8 +115,33 @@ pub(crate) fn named_session(issued: Option<i32>, on_primary: Option<i32>, on_rep
 #[derive(Default)]
 pub struct CancelRegistry {
     sessions: Mutex<HashMap<i32, Arc<SessionHandle>>>,
-    /// (node index, backend pid) of a checked-out connection -> the issued pid of the session holding it.
-    held: Mutex<HashMap<(usize, i32), i32>>,
+    /// (node index, backend pid) of a node connection that has been checked out -> its holder slot (the
+    /// issued pid of the session holding it, 0 when none; see `BackendConn::holder`). Written once per
+    /// connection; entries of closed connections are pruned as the map grows.
+    held: Mutex<HeldMap>,
+}
+
+#[derive(Default)]
+struct HeldMap {
+    slots: HashMap<(usize, i32), Weak<AtomicI32>>,
+    /// The size at which closed connections' entries are next pruned.
+    prune_at: usize,
+}
+
+impl HeldMap {
+    fn insert(&mut self, key: (usize, i32), slot: &Arc<AtomicI32>) {
+        self.slots.insert(key, Arc::downgrade(slot));
+        if self.slots.len() > self.prune_at {
+            self.slots.retain(|_, s| s.strong_count() > 0);
+            self.prune_at = (self.slots.len() * 2).max(64);
+        }
+    }
+
+    /// The issued pid of the session holding the connection, if one does.
+    fn holder(&self, key: &(usize, i32)) -> Option<i32> {
+        let pid = self.slots.get(key)?.upgrade()?.load(Ordering::Acquire);
+        (pid != 0).then_some(pid)
+    }
 }
 
 impl CancelRegistry {
@@ -171,8 +196,7 @@ impl CancelRegistry {
         self.held
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&(node, backend_pid))
-            .copied()
+            .holder(&(node, backend_pid))
     }
 
     /// The session a pid names: an issued pid, or the backend pid of a node connection a session holds
@@ -181,10 +205,10 @@ impl CancelRegistry {
         let issued = self.session(pid).map(|h| h.pid);
         let (on_primary, on_replicas) = {
             let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-            let on_primary = primary.and_then(|p| held.get(&(p, pid)).copied());
+            let on_primary = primary.and_then(|p| held.holder(&(p, pid)));
             let on_replicas: Vec<i32> = (0..nodes)
                 .filter(|n| Some(*n) != primary)
-                .filter_map(|n| held.get(&(n, pid)).copied())
+                .filter_map(|n| held.holder(&(n, pid)))
                 .collect();
             (on_primary, on_replicas)
         };
@@ -259,19 +283,18 @@ impl CancelKey {
 
     /// Records that this session holds `conn`, until the checkout ends.
     pub fn hold(&self, mut conn: PooledConn) -> PooledConn {
-        let node = conn.target.index;
-        let backend_pid = conn.pid;
-        self.registry
-            .held
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert((node, backend_pid), self.pid);
-        conn.set_holder(Box::new(Held {
-            registry: self.registry.clone(),
-            node,
-            backend_pid,
-            pid: self.pid,
-        }));
+        if !conn.holder_known {
+            let key = (conn.target.index, conn.pid);
+            self.registry
+                .held
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key, &conn.holder);
+            conn.holder_known = true;
+        }
+        conn.holder.store(self.pid, Ordering::Release);
+        let slot = conn.holder.clone();
+        conn.set_holder(Box::new(Held { slot, pid: self.pid }));
         conn
     }
 
@@ -296,21 +319,18 @@ impl Drop for CancelKey {
     }
 }
 
-/// The registry's record that a session holds one node connection; forgotten with the checkout.
+/// A session's hold on one node connection; cleared from the connection's holder slot with the checkout.
 struct Held {
-    registry: Arc<CancelRegistry>,
-    node: usize,
-    backend_pid: i32,
+    slot: Arc<AtomicI32>,
     pid: i32,
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        let mut held = self.registry.held.lock().unwrap_or_else(|p| p.into_inner());
-        // Only this checkout's record: the connection may already be held again by another session.
-        if held.get(&(self.node, self.backend_pid)) == Some(&self.pid) {
-            held.remove(&(self.node, self.backend_pid));
-        }
+        // Only this checkout's mark: the connection may already be held again by another session.
+        let _ = self
+            .slot
+            .compare_exchange(self.pid, 0, Ordering::AcqRel, Ordering::Acquire);
     }
 }
 
@@ -363,7 +383,8 @@ mod tests {
     fn notifications_carry_the_client_pid() {
         let registry = Arc::new(CancelRegistry::default());
         let key = registry.register("app");
-        registry.held.lock().expect("held").insert((1, 4242), key.pid);
+        let slot = Arc::new(AtomicI32::new(key.pid));
+        registry.held.lock().expect("held").insert((1, 4242), &slot);
         let mut block = frame(b'C', b"NOTIFY\0");
         block.extend(notification(4242));
         block.extend(notification(5000));
