@@ -52,6 +52,17 @@ pub fn sql_err(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error)
     move |source| ForwardError::Sql { context, source }
 }
 
+/// Whether the primary has a publication of this name.
+pub(super) async fn publication_exists(c: &tokio_postgres::Client, name: &str) -> Result<bool, ForwardError> {
+    Ok(c.query_one(
+        "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)",
+        &[&name],
+    )
+    .await
+    .map_err(sql_err("looking up the publication"))?
+    .get(0))
+}
+
 /// A plain SQL connection as the replication user, with TLS as the node's settings say.
 pub async fn client(
     target: &NodeTarget,
@@ -142,15 +153,7 @@ async fn prepare(ctx: &Replication, database: &str) -> Result<(), ForwardError> 
         )));
     }
     let publication = crate::protocol::quote::quote_ident(&r.name);
-    let exists: bool = c
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)",
-            &[&r.name],
-        )
-        .await
-        .map_err(sql_err("looking up the publication"))?
-        .get(0);
-    if !exists {
+    if !publication_exists(&c, &r.name).await? {
         c.batch_execute(&format!("CREATE PUBLICATION {publication} FOR ALL TABLES"))
             .await
             .map_err(sql_err("creating the publication"))?;

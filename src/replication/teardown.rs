@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use super::ForwardState;
-use super::setup::{ForwardError, client, sql_err};
+use super::setup::{ForwardError, client, publication_exists, sql_err};
 use crate::cluster::Fleet;
 use crate::config::{Config, Role};
 use crate::protocol::quote::quote_ident;
@@ -112,15 +112,7 @@ pub async fn forward_stop(config: &Config, database: &str) -> Result<Report, For
             .map_err(sql_err("dropping the event trigger"))?;
         report.removed.push("event trigger pgfleet_forward_ddl".into());
     }
-    let publication: bool = c
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)",
-            &[&r.name],
-        )
-        .await
-        .map_err(sql_err("looking up the publication"))?
-        .get(0);
-    if publication {
+    if publication_exists(&c, &r.name).await? {
         c.batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(&r.name)))
             .await
             .map_err(sql_err("dropping the publication"))?;

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::cluster::{APP_DB, LocalCluster, PASSWORD};
 use crate::support::forward::*;
@@ -149,20 +149,6 @@ async fn bulk_changes_reach_both_replicas_set_wise_and_in_order() {
 /// The pgfleet of a test, restartable with the same config.
 fn config_text(cluster: &LocalCluster) -> String {
     Proxy::config_for(cluster, free_port(), &bulk_toml())
-}
-
-fn kill_9(proxy: &mut Proxy) {
-    let pid = proxy.pid().to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-9", &pid])
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -9 {pid} failed");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while proxy.is_running() {
-        assert!(Instant::now() < deadline, "pgfleet {pid} survived kill -9");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,21 +22,6 @@ fn config_text(cluster: &LocalCluster) -> String {
     Proxy::config_for(cluster, free_port(), &forward_toml())
 }
 
-/// SIGKILLs pgfleet (`kill -9 PID`) and waits until the process is gone.
-fn kill_9(proxy: &mut Proxy) {
-    let pid = proxy.pid().to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-9", &pid])
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -9 {pid} failed");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while proxy.is_running() {
-        assert!(Instant::now() < deadline, "pgfleet {pid} survived kill -9");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// How many forwarding tasks of this pgfleet have started following the stream.
 fn streaming_tasks(proxy: &Proxy) -> usize {
     proxy.log_contents().matches("forwarding changes").count()
