@@ -39,6 +39,7 @@ BENCH_POOL_SIZE=${BENCH_POOL_SIZE:-20}
 # Empty: pgfleet's own default for the key.
 BENCH_AFFINITY=${BENCH_AFFINITY:-}
 BENCH_WORKER_THREADS=${BENCH_WORKER_THREADS:-}
+BENCH_CONSISTENCY=${BENCH_CONSISTENCY:-}
 # CPU list (taskset -c) for every proxy process (pgfleet, pgbouncer, pgpool-II), e.g. "1" to give the proxies a
 # core of their own and keep pgbench and the servers on the others; empty: no pinning.
 BENCH_PROXY_CPUS=${BENCH_PROXY_CPUS:-}
@@ -397,6 +398,7 @@ pgfleet_config() {
     done
     printf '[routing]\nload_balance = "round_robin"\n'
     [[ -n $BENCH_AFFINITY ]] && printf 'replica_affinity = "%s"\n' "$BENCH_AFFINITY"
+    [[ -n $BENCH_CONSISTENCY ]] && printf 'consistency = "%s"\n' "$BENCH_CONSISTENCY"
     # With the primary alone, reads go there (as through pgbouncer) instead of failing for want of a replica.
     [[ $nodes == primary ]] && printf 'primary_reads = true\n'
     printf '\n'
