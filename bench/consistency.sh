@@ -16,6 +16,8 @@
 set -Eeuo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=bench/lib.sh
+source "$BENCH_DIR/lib.sh"
 ROOT=$(cd "$BENCH_DIR/.." && pwd)
 CONS_SECONDS=${CONS_SECONDS:-15}
 CONS_ROUNDS=${CONS_ROUNDS:-3}
@@ -44,17 +46,9 @@ done
 WORK=$(mktemp -d /tmp/pgfleet-consistency.XXXXXX)
 declare -a PIDS=()
 cleanup() {
-    local status=$? i pid
+    local status=$?
     trap - EXIT INT TERM
-    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-        pid=${PIDS[$i]}
-        kill -TERM "$pid" 2>/dev/null || continue
-        for _ in $(seq 100); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
-    done
+    stop_pids
     rm -rf "$WORK"
     exit "$status"
 }

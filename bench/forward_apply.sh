@@ -27,6 +27,8 @@
 set -Eeuo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=bench/lib.sh
+source "$BENCH_DIR/lib.sh"
 ROOT=$(cd "$BENCH_DIR/.." && pwd)
 FWD_ROWS=${FWD_ROWS:-2000000}
 FWD_PORT_BASE=${FWD_PORT_BASE:-17600}
@@ -63,17 +65,9 @@ if [[ $(id -u) == 0 ]]; then
 fi
 
 cleanup() {
-    local status=$? i pid
+    local status=$?
     trap - EXIT INT TERM
-    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-        pid=${PIDS[$i]}
-        kill -TERM "$pid" 2>/dev/null || continue
-        for _ in $(seq 100); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
-    done
+    stop_pids
     for dir in "${DATADIRS[@]}"; do
         "${RUN_AS[@]}" "$PG_BIN/pg_ctl" -D "$dir" -m immediate stop >/dev/null 2>&1 || true
     done
