@@ -43,7 +43,7 @@ pub struct SessionHandle {
     terminated: AtomicBool,
     waker: futures_util::task::AtomicWaker,
     /// Closed when the session's key is dropped: lets the terminating session wait for the end.
-    ended: watch::Sender<bool>,
+    ended: watch::Sender<()>,
 }
 
 impl SessionHandle {
@@ -155,7 +155,7 @@ impl CancelRegistry {
                 break pid;
             }
         };
-        let (ended, alive) = watch::channel(false);
+        let (ended, alive) = watch::channel(());
         let handle = Arc::new(SessionHandle {
             pid,
             secret: rng.random::<i32>(),
@@ -267,7 +267,7 @@ pub struct CancelKey {
     pub secret: i32,
     handle: Arc<SessionHandle>,
     /// Dropped with the key: [`SessionHandle::ended`] resolves then.
-    _alive: watch::Receiver<bool>,
+    _alive: watch::Receiver<()>,
 }
 
 impl CancelKey {

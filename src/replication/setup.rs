@@ -52,15 +52,29 @@ pub fn sql_err(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error)
     move |source| ForwardError::Sql { context, source }
 }
 
+/// The answer of a query that returns one boolean (whether an object exists); `what` names the object in
+/// the error.
+pub(super) async fn query_flag(
+    c: &tokio_postgres::Client,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    what: &str,
+) -> Result<bool, ForwardError> {
+    Ok(c.query_one(sql, params)
+        .await
+        .map_err(sql_err(format!("looking up {what}")))?
+        .get(0))
+}
+
 /// Whether the primary has a publication of this name.
 pub(super) async fn publication_exists(c: &tokio_postgres::Client, name: &str) -> Result<bool, ForwardError> {
-    Ok(c.query_one(
+    query_flag(
+        c,
         "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)",
         &[&name],
+        "the publication",
     )
     .await
-    .map_err(sql_err("looking up the publication"))?
-    .get(0))
 }
 
 /// A plain SQL connection as the replication user, with TLS as the node's settings say.

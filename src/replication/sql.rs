@@ -344,10 +344,11 @@ pub(crate) fn truncate(rels: &[&Relation], cascade: bool, restart_identity: bool
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn col(name: &str, key: bool, type_oid: u32) -> Column {
+    /// A relation column for tests (also the set-wise apply's).
+    pub(crate) fn col(name: &str, key: bool, type_oid: u32) -> Column {
         Column {
             key,
             name: name.to_owned(),

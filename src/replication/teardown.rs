@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use super::ForwardState;
-use super::setup::{ForwardError, client, publication_exists, sql_err};
+use super::setup::{ForwardError, client, publication_exists, query_flag, sql_err};
 use crate::cluster::Fleet;
 use crate::config::{Config, Role};
 use crate::protocol::quote::quote_ident;
@@ -98,46 +98,32 @@ pub async fn forward_stop(config: &Config, database: &str) -> Result<Report, For
     }
 
     // The event trigger first: the DROPs below would otherwise fire it.
-    let trigger: bool = c
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'pgfleet_forward_ddl')",
-            &[],
+    let trigger = "SELECT EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = 'pgfleet_forward_ddl')";
+    if query_flag(&c, trigger, &[], "the event trigger").await? {
+        drop_object(
+            &c,
+            "DROP EVENT TRIGGER IF EXISTS pgfleet_forward_ddl",
+            "event trigger pgfleet_forward_ddl",
+            &mut report,
         )
-        .await
-        .map_err(sql_err("looking up the event trigger"))?
-        .get(0);
-    if trigger {
-        c.batch_execute("DROP EVENT TRIGGER IF EXISTS pgfleet_forward_ddl")
-            .await
-            .map_err(sql_err("dropping the event trigger"))?;
-        report.removed.push("event trigger pgfleet_forward_ddl".into());
+        .await?;
     }
     if publication_exists(&c, &r.name).await? {
-        c.batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(&r.name)))
-            .await
-            .map_err(sql_err("dropping the publication"))?;
-        report.removed.push(format!("publication {}", r.name));
+        let drop = format!("DROP PUBLICATION IF EXISTS {}", quote_ident(&r.name));
+        drop_object(&c, &drop, &format!("publication {}", r.name), &mut report).await?;
     }
-    let function: bool = c
-        .query_one("SELECT to_regprocedure('pgfleet.forward_ddl()') IS NOT NULL", &[])
-        .await
-        .map_err(sql_err("looking up the DDL function"))?
-        .get(0);
-    if function {
-        c.batch_execute("DROP FUNCTION IF EXISTS pgfleet.forward_ddl()")
-            .await
-            .map_err(sql_err("dropping the DDL function"))?;
-        report.removed.push("function pgfleet.forward_ddl()".into());
-    }
-    let schema: bool = c
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'pgfleet')",
-            &[],
+    let function = "SELECT to_regprocedure('pgfleet.forward_ddl()') IS NOT NULL";
+    if query_flag(&c, function, &[], "the DDL function").await? {
+        drop_object(
+            &c,
+            "DROP FUNCTION IF EXISTS pgfleet.forward_ddl()",
+            "function pgfleet.forward_ddl()",
+            &mut report,
         )
-        .await
-        .map_err(sql_err("looking up the schema pgfleet"))?
-        .get(0);
-    if schema {
+        .await?;
+    }
+    let schema = "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'pgfleet')";
+    if query_flag(&c, schema, &[], "the schema pgfleet").await? {
         // RESTRICT: a schema that holds objects of someone else's stays.
         match c.batch_execute("DROP SCHEMA IF EXISTS pgfleet").await {
             Ok(()) => report.removed.push("schema pgfleet".into()),
@@ -154,6 +140,20 @@ pub async fn forward_stop(config: &Config, database: &str) -> Result<Report, For
         clear_progress(config, &node.target, &user, &password, database, &mut report).await;
     }
     Ok(report)
+}
+
+/// Runs `drop` and reports `what` as removed.
+async fn drop_object(
+    c: &tokio_postgres::Client,
+    drop: &str,
+    what: &str,
+    report: &mut Report,
+) -> Result<(), ForwardError> {
+    c.batch_execute(drop)
+        .await
+        .map_err(sql_err(format!("dropping the {what}")))?;
+    report.removed.push(what.to_owned());
+    Ok(())
 }
 
 /// Deletes a replica's progress rows of this pgfleet's slots for `database`; an unreachable replica is noted,

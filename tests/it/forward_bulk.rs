@@ -194,14 +194,15 @@ async fn kill_9_during_bulk_applies_loses_and_doubles_nothing() {
         })
     };
     for kill in 1..=3 {
-        // Wait until sets are being applied, then kill at a random moment.
+        // Kill after a varying number (1 to 3) of further sets: at a different point of the stream each time,
+        // while sets are being applied.
         let before = sets_applied(&proxy, "batches", "Insert");
+        let sets = rand::random_range(1..=3);
         crate::support::wait_until(MATCH_DEADLINE, async || {
-            sets_applied(&proxy, "batches", "Insert") > before
+            sets_applied(&proxy, "batches", "Insert") >= before + sets
         })
         .await
-        .unwrap_or_else(|| panic!("no set applied before kill {kill}\n{}", log_tail(&proxy)));
-        tokio::time::sleep(Duration::from_millis(rand::random_range(0..=800))).await;
+        .unwrap_or_else(|| panic!("{sets} sets not applied before kill {kill}\n{}", log_tail(&proxy)));
         kill_9(&mut proxy);
         eprintln!("kill {kill}: pgfleet killed while applying bulk transactions");
         proxy = Proxy::start_with_config(config.clone());

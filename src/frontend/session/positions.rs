@@ -16,6 +16,9 @@ use crate::protocol::TxStatus;
 use crate::protocol::lsn::Lsn;
 use crate::router::classify::{Rule, Target};
 
+/// The primary's current WAL position, asked in a round trip of its own.
+const CURRENT_LSN: &str = "SELECT pg_current_wal_lsn()::text";
+
 impl Session {
     /// Monotonic reads, before a read leaves the node of the session's last request that did not say how
     /// far it saw: a primary position taken after that request ended, which bounds it. A health check of
@@ -41,17 +44,19 @@ impl Session {
         };
         let primary = shared.fleet.primary().ok()?;
         self.connect(primary).await.ok()?;
-        let conn = self.conns[primary.index()].as_mut()?;
-        conn.applied.unnamed = None;
-        let text = conn
-            .query_value("SELECT pg_current_wal_lsn()::text")
-            .await
-            .ok()
-            .flatten();
+        let lsn = self.ask_position(primary, CURRENT_LSN).await;
         self.release_between_transactions(primary);
-        let lsn = text?.parse::<Lsn>().ok()?;
+        let lsn = lsn?;
         turn.answer(lsn);
         Some(lsn)
+    }
+
+    /// A WAL position asked with `sql` (one text value) on the session's connection to `node`. The question
+    /// is a simple query, which drops the node's unnamed statement.
+    async fn ask_position(&mut self, node: NodeId, sql: &str) -> Option<Lsn> {
+        let conn = self.conns[node.index()].as_mut()?;
+        conn.applied.unnamed = None;
+        conn.query_value(sql).await.ok().flatten()?.parse::<Lsn>().ok()
     }
 
     /// The position query that rides behind a request (`forward::Trailer`), if any: behind a request on
@@ -132,17 +137,13 @@ impl Session {
         // A full pool is an unknown answer, not a reason to wait: a session waiting here for one replica
         // while holding a probed connection to another could wait on a session doing the same the other way.
         self.connect_with(node, Checkout::Immediate).await.ok()?;
-        let conn = self.conns[node.index()].as_mut()?;
-        conn.applied.unnamed = None;
-        let text = conn
-            .query_value("SELECT pg_last_wal_replay_lsn()::text")
-            .await
-            .ok()
-            .flatten();
+        let lsn = self
+            .ask_position(node, "SELECT pg_last_wal_replay_lsn()::text")
+            .await;
         // Under transaction pooling the probed connection goes back at once: the read may go elsewhere, and
         // a connection kept until this session's next request on that node is one other sessions lack.
         self.release_between_transactions(node);
-        text?.parse::<Lsn>().ok()
+        lsn
     }
 
     /// After a request: its commit position for read-your-writes (from the trailer, else asked of the
@@ -184,19 +185,16 @@ impl Session {
             return;
         }
         // No trailer could ride behind this request (COPY, or a Flush-ended batch): ask separately.
-        let Some(conn) = self.conns[node.index()].as_mut() else {
+        if self.conn(node).is_none() {
             return;
-        };
-        conn.applied.unnamed = None;
-        match conn.query_value("SELECT pg_current_wal_lsn()::text").await {
-            Ok(Some(text)) => {
-                if let Ok(lsn) = text.parse::<Lsn>() {
-                    self.shared.fleet.positions.acknowledged(lsn);
-                    self.routing.wrote_at(Some(lsn));
-                }
+        }
+        match self.ask_position(node, CURRENT_LSN).await {
+            Some(lsn) => {
+                self.shared.fleet.positions.acknowledged(lsn);
+                self.routing.wrote_at(Some(lsn));
             }
             // Unknown position: be safe and read from the primary until a later write tells us more.
-            _ => self.routing.wrote_at(None),
+            None => self.routing.wrote_at(None),
         }
     }
 }

@@ -278,17 +278,11 @@ pub(crate) fn assert_rows(sums: &BTreeMap<String, String>, table: &str, rows: us
     );
 }
 
-/// SIGKILLs pgfleet (`kill -9 PID`) and waits until the process is gone.
+/// SIGKILLs pgfleet and waits until the process is gone.
 pub(crate) fn kill_9(proxy: &mut Proxy) {
-    let pid = proxy.pid().to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-9", &pid])
-        .status()
-        .expect("run kill");
-    assert!(status.success(), "kill -9 {pid} failed");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while proxy.is_running() {
-        assert!(Instant::now() < deadline, "pgfleet {pid} survived kill -9");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let pid = proxy.pid();
+    assert!(
+        proxy.signal_and_wait("KILL", Duration::from_secs(10)).is_some(),
+        "pgfleet {pid} survived kill -9"
+    );
 }

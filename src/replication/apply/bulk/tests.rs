@@ -1,16 +1,7 @@
 //! Unit tests of the set-wise apply: which changes take it, and the statements and COPY data it builds.
 
 use super::*;
-use crate::replication::pgoutput::Column;
-
-fn col(name: &str, key: bool, type_oid: u32) -> Column {
-    Column {
-        key,
-        name: name.to_owned(),
-        type_oid,
-        type_modifier: -1,
-    }
-}
+use crate::replication::sql::tests::col;
 
 /// public.t (id int primary key, note text, data text)
 fn t() -> Relation {
