@@ -8,7 +8,7 @@ pub(crate) mod monitor;
 pub(crate) mod positions;
 pub(crate) mod view;
 
-pub(crate) use id::NodeId;
+pub(crate) use id::{NodeId, ShardId};
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -47,6 +47,8 @@ pub struct Node {
     pub target: NodeTarget,
     /// Configured role.
     pub role: Role,
+    /// The shard the node belongs to (0 in an unsharded fleet).
+    pub shard: ShardId,
     /// The entry it was made from; a reload that changes anything but the weight makes a new node.
     spec: NodeConfig,
     weight: AtomicU32,
@@ -67,6 +69,7 @@ impl Node {
                 tls: Arc::new(NodeTls::new(index, config)?),
             },
             role: config.role,
+            shard: ShardId::new(config.shard.unwrap_or(0)),
             spec: config.clone(),
             weight: AtomicU32::new(config.weight),
             retired: AtomicBool::new(false),

@@ -6,6 +6,7 @@
 //! checks serde cannot make in `validate`.
 
 mod sections;
+mod shards;
 mod validate;
 mod values;
 
@@ -22,6 +23,7 @@ pub use sections::{
     LogFormat, NodeConfig, NodeTlsMode, PoolConfig, PoolMode, ReadYourWrites, ReplicaAffinity,
     ReplicationConfig, ReplicationMode, Role, RoutingConfig, TlsVersion, UserConfig,
 };
+pub use shards::{ShardKeyType, ShardedTableConfig};
 use values::de_duration;
 pub use values::{LagLimit, parse_duration, parse_size, split_host_port};
 
@@ -61,7 +63,7 @@ pub struct Config {
     /// On SIGINT/SIGTERM, how long sessions may take to finish their transaction before they are closed.
     #[serde(default = "default_shutdown_timeout", deserialize_with = "de_duration")]
     pub shutdown_timeout: Duration,
-    /// Threads running client sessions; 0 means one per CPU core (the default).
+    /// Threads running client sessions; 0 means half the usable CPU cores, at least one (the default).
     #[serde(default)]
     pub worker_threads: usize,
     /// Where clients connect.
@@ -72,6 +74,9 @@ pub struct Config {
     /// The PostgreSQL servers behind the proxy.
     #[serde(default)]
     pub nodes: Vec<NodeConfig>,
+    /// Tables whose rows are spread over the shards (`nodes[i].shard`).
+    #[serde(default)]
+    pub sharded_tables: Vec<ShardedTableConfig>,
     /// How statements are sent to nodes.
     #[serde(default)]
     pub routing: RoutingConfig,

@@ -164,6 +164,9 @@ pub struct NodeConfig {
     /// PEM bundle of the CA certificates the node's certificate must chain to (`require`, `verify-full`).
     #[serde(default)]
     pub tls_ca: Option<PathBuf>,
+    /// The shard the node belongs to (replicas name their primary's shard); unset in an unsharded fleet.
+    #[serde(default)]
+    pub shard: Option<u32>,
 }
 
 /// `nodes[i].tls`: libpq's `sslmode` values that make sense for a proxy.

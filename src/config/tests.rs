@@ -183,3 +183,82 @@ fn consistency_levels_and_the_old_spelling() {
     assert_eq!(wait("read_your_writes_wait = \"2s\"\n"), Duration::from_secs(2));
     assert_eq!(wait("consistency_wait = \"3s\"\n"), Duration::from_secs(3));
 }
+
+const SHARDED: &str = r#"
+[listen]
+address = "127.0.0.1:6432"
+[[users]]
+name = "app"
+password = "secret"
+[[nodes]]
+name = "s0"
+address = "10.0.0.1:5432"
+role = "primary"
+shard = 0
+[[nodes]]
+name = "s0r"
+address = "10.0.0.3:5432"
+role = "replica"
+shard = 0
+[[nodes]]
+name = "s1"
+address = "10.0.0.2:5432"
+role = "primary"
+shard = 1
+[[sharded_tables]]
+name = "accounts"
+column = "id"
+[[sharded_tables]]
+name = "bank.users"
+column = "email"
+type = "text"
+"#;
+
+#[test]
+fn sharded_fleet_parses_and_counts_its_shards() {
+    let c = Config::parse(SHARDED).expect("valid");
+    assert!(c.is_sharded());
+    assert_eq!(c.shard_count(), 2);
+    assert_eq!(
+        (0..3).map(|i| c.shard_of_node(i)).collect::<Vec<_>>(),
+        vec![0, 0, 1]
+    );
+    assert_eq!(c.sharded_tables[0].key_type, ShardKeyType::Integer);
+    assert_eq!(c.sharded_tables[1].key_type, ShardKeyType::Text);
+    let plain = Config::parse(BASE).expect("valid");
+    assert!(!plain.is_sharded());
+    assert_eq!(plain.shard_count(), 1);
+}
+
+#[test]
+fn sharded_fleet_errors_name_the_key() {
+    let cases: &[(String, &str)] = &[
+        (SHARDED.replacen("shard = 0\n", "", 1), "nodes[0].shard"),
+        (SHARDED.replace("shard = 1", "shard = 2"), "no node has shard = 1"),
+        (
+            SHARDED.replacen("role = \"replica\"", "role = \"primary\"", 1),
+            "shard 0 has 2 nodes",
+        ),
+        (
+            SHARDED.replace("name = \"bank.users\"", "name = \"accounts\""),
+            "sharded_tables[1].name",
+        ),
+        (
+            SHARDED.replace("column = \"email\"", "column = \"\""),
+            "sharded_tables[1].column",
+        ),
+        (SHARDED.replace("type = \"text\"", "type = \"float\""), "type"),
+        (
+            format!("{BASE}\n[[sharded_tables]]\nname = \"t\"\ncolumn = \"id\"\n"),
+            "needs a sharded fleet",
+        ),
+        (
+            SHARDED.replace("role = \"primary\"\nshard = 1", "role = \"auto\"\nshard = 1"),
+            "nodes[2].role",
+        ),
+    ];
+    for (text, expected) in cases {
+        let err = err_of(text);
+        assert!(err.contains(expected), "{expected}: got {err}");
+    }
+}

@@ -116,9 +116,12 @@ impl Config {
             split_host_port(&n.address).map_err(|reason| invalid(format!("nodes[{i}].address"), reason))?;
             validate_node_tls(i, n)?;
         }
+        super::shards::validate_shards(self)?;
         let primaries = self.nodes.iter().filter(|n| n.role == Role::Primary).count();
         let autos = self.nodes.iter().filter(|n| n.role == Role::Auto).count();
-        if primaries > 1 || (primaries == 1 && autos > 0) || (primaries == 0 && autos == 0) {
+        if !self.is_sharded()
+            && (primaries > 1 || (primaries == 1 && autos > 0) || (primaries == 0 && autos == 0))
+        {
             return Err(invalid(
                 "nodes",
                 format!(

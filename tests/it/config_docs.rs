@@ -28,6 +28,7 @@ fn keys_in_code() -> BTreeSet<(String, String)> {
         ("HealthConfig", "health"),
         ("AdminConfig", "admin"),
         ("ReplicationConfig", "replication"),
+        ("ShardedTableConfig", "sharded_tables"),
     ];
     let tables: BTreeSet<&str> = sections
         .iter()
@@ -36,7 +37,14 @@ fn keys_in_code() -> BTreeSet<(String, String)> {
         .collect();
     let mut out = BTreeSet::new();
     let mut current: Option<&str> = None;
+    // A field spelled differently in the file (`#[serde(rename = "type")]`) is documented by that spelling.
+    let mut renamed: Option<String> = None;
     for line in src.lines() {
+        if let Some(at) = line.find("rename = \"") {
+            let rest = &line[at + "rename = \"".len()..];
+            renamed = rest.split('"').next().map(str::to_owned);
+            continue;
+        }
         if let Some(rest) = line.strip_prefix("pub struct ") {
             let name = rest.split([' ', '{']).next().unwrap_or("");
             current = sections.iter().find(|(s, _)| *s == name).map(|(_, sec)| *sec);
@@ -47,9 +55,15 @@ fn keys_in_code() -> BTreeSet<(String, String)> {
             continue;
         }
         let (Some(section), Some(field)) = (current, line.strip_prefix("    pub ")) else {
+            let t = line.trim_start();
+            if !(t.starts_with("#[") || t.starts_with("///")) {
+                renamed = None;
+            }
             continue;
         };
-        let key = field.split(':').next().unwrap_or("").to_owned();
+        let key = renamed
+            .take()
+            .unwrap_or_else(|| field.split(':').next().unwrap_or("").to_owned());
         if section.is_empty() && tables.contains(key.as_str()) {
             continue;
         }

@@ -380,6 +380,7 @@ mod tests {
             weight: 1,
             tls,
             tls_ca: ca,
+            shard: None,
         }
     }
 
