@@ -12,4 +12,5 @@ pub mod proxy;
 pub mod reload;
 pub mod replication;
 pub mod router;
+pub mod shard;
 pub(crate) mod stats;
