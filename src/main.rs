@@ -30,6 +30,9 @@ enum Command {
         /// Where pgfleet listens.
         #[arg(long, default_value = "127.0.0.1:6432")]
         listen: String,
+        /// Several shards instead: each a primary with one streaming replica, and a sharded `accounts` table.
+        #[arg(long, default_value_t = 1)]
+        shards: u32,
     },
     /// End forward mode for a database: drop its replication slots, publication and DDL event trigger on the
     /// primary (and pgfleet's progress rows on the replicas). Run it with pgfleet stopped; safe to repeat.
@@ -86,8 +89,8 @@ fn init_logging(log: &pgfleet::config::LogConfig) -> SetFilter {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Demo { listen }) = &cli.command {
-        return run_demo(listen);
+    if let Some(Command::Demo { listen, shards }) = &cli.command {
+        return run_demo(listen, *shards);
     }
     let Some(path) = cli.config else {
         eprintln!("pgfleet: --config FILE is required (see config/pgfleet.toml for every key)");
@@ -244,8 +247,8 @@ fn forward_stop(config: &Config, database: &str) -> ExitCode {
     }
 }
 
-fn run_demo(listen: &str) -> ExitCode {
-    let (cluster, config_path) = match demo::prepare_demo(listen) {
+fn run_demo(listen: &str, shards: u32) -> ExitCode {
+    let (cluster, config_path) = match demo::prepare_demo(listen, shards) {
         Ok(x) => x,
         Err(e) => {
             eprintln!("pgfleet demo: {e}");

@@ -134,6 +134,18 @@ pub fn apply(ctx: &Context, new: Config) -> Result<ReloadReport, ReloadError> {
                 .into(),
         });
     }
+    if old.shard_count() != new.shard_count()
+        || old.is_sharded() != new.is_sharded()
+        || old.sharded_tables != new.sharded_tables
+    {
+        // Rows already live where the old layout placed them; moving them is a migration, not a reload.
+        return Err(ReloadError::Refused {
+            key: "nodes.shard".into(),
+            reason: "changing the number of shards or the sharded tables needs a restart (and moving the \
+                     rows to where the new layout places them)"
+                .into(),
+        });
+    }
     let effective = keep_restart_only(&old, new, &mut report.restart_needed);
 
     describe(&old, &effective, &ctx.fleet, &mut report.applied);

@@ -5,6 +5,7 @@
 //! | command | rows |
 //! | --- | --- |
 //! | `SHOW NODES` | one per node: address, configured and observed role, up/down, lag, LSN, connections, counters |
+//! | `SHOW SHARDS` | one per shard: its primary and state, replicas and how many are up, counters, sharded tables |
 //! | `SHOW POOLS` | one per (node, database, user) pool: size, idle, in use, limit, waiting checkouts |
 //! | `SHOW CLIENTS` | one per live client session |
 //! | `SHOW STATS` | totals (clients, login failures), then routing decisions per (target, rule) |
@@ -37,7 +38,7 @@ use crate::router::split::split_statements;
 use ColumnType::{Int, Text};
 
 /// The commands, for the HINT of an unknown one.
-const COMMANDS_HINT: &str = "The admin console understands SHOW NODES, SHOW POOLS, SHOW CLIENTS, SHOW STATS, \
+const COMMANDS_HINT: &str = "The admin console understands SHOW NODES, SHOW SHARDS, SHOW POOLS, SHOW CLIENTS, SHOW STATS, \
                              SHOW REPLICATION, SHOW METRICS, SHOW ROUTE <sql> and RELOAD.";
 
 /// Longest command text quoted back in an error, so that a pasted script does not come back whole.
@@ -203,6 +204,7 @@ fn run_command(ctx: &Arc<Context>, command: &str) -> Result<Table, ProxyError> {
     let words: Vec<&str> = words.iter().map(String::as_str).collect();
     match words.as_slice() {
         ["SHOW", "NODES"] => Ok(show_nodes(ctx)),
+        ["SHOW", "SHARDS"] => Ok(shards::show_shards(ctx)),
         ["SHOW", "POOLS"] => Ok(show_pools(ctx)),
         ["SHOW", "CLIENTS"] => Ok(show_clients(ctx)),
         ["SHOW", "STATS"] => Ok(show_stats(ctx)),
@@ -607,6 +609,8 @@ fn rfc3339(at: SystemTime) -> String {
         rem % 60
     )
 }
+
+mod shards;
 
 #[cfg(test)]
 mod tests;

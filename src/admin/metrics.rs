@@ -17,7 +17,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use super::Context;
-use crate::cluster::view::Primary;
 use crate::replication::slots::{self, SlotMonitor};
 
 /// Largest request head accepted; a scrape request is a few hundred bytes.
@@ -240,7 +239,7 @@ pub(crate) fn render(ctx: &Context) -> String {
         "1 for the node that takes writes now, else 0.",
     );
     for &(i, node) in &nodes {
-        let primary = u8::from(view.primary == Primary::One(crate::cluster::NodeId::new(i)));
+        let primary = u8::from(view.is_primary(crate::cluster::NodeId::new(i)));
         out.sample("pgfleet_node_primary", &[("node", &node.target.name)], primary);
     }
 

@@ -159,8 +159,9 @@ pub struct Fleet {
     generation: AtomicU64,
     /// Forward-mode positions of each replica (reporting nothing in external mode).
     pub forward: Arc<dyn ReplayPositions>,
-    /// Commit and replay positions shared by every session (consistency levels).
-    pub positions: positions::Positions,
+    /// Per shard, the commit and primary positions shared by every session (consistency levels). A reload
+    /// cannot change the number of shards.
+    positions: Vec<positions::Positions>,
 }
 
 impl Fleet {
@@ -182,7 +183,9 @@ impl Fleet {
             view: ArcSwap::from_pointee(view),
             generation: AtomicU64::new(0),
             forward,
-            positions: positions::Positions::default(),
+            positions: (0..config.shard_count())
+                .map(|_| positions::Positions::default())
+                .collect(),
         })
     }
 
@@ -288,34 +291,52 @@ impl Fleet {
         self.view.store(Arc::new(view));
     }
 
-    /// The node that takes writes now, or the error a write gets when there is none.
-    pub fn primary(&self) -> Result<NodeId, ProxyError> {
-        self.primary_in(&self.view.load())
+    /// The node that takes writes on `shard` now, or the error a write gets when there is none.
+    pub fn primary(&self, shard: ShardId) -> Result<NodeId, ProxyError> {
+        self.primary_in(&self.view.load(), shard)
     }
 
     /// [`Fleet::primary`] against a given snapshot.
-    pub fn primary_in(&self, view: &FleetView) -> Result<NodeId, ProxyError> {
+    pub fn primary_in(&self, view: &FleetView, shard: ShardId) -> Result<NodeId, ProxyError> {
         let nodes = self.nodes.load();
-        view.primary_or_error(|n| nodes.get(n.index()).map(|n| n.target.name.as_str()))
+        view.primary_or_error(shard, |n| nodes.get(n.index()).map(|n| n.target.name.as_str()))
     }
 
-    /// The node that will probably take writes: the current primary, else the configured one, else the
-    /// first live slot.
-    pub fn likely_primary(&self) -> NodeId {
+    /// The node that will probably take writes on `shard`: the current primary, else the configured one,
+    /// else the shard's first live slot, else the first live slot.
+    pub fn likely_primary(&self, shard: ShardId) -> NodeId {
         let view = self.view.load();
-        match view.primary {
-            Primary::One(p) => p,
+        match view.primary(shard) {
+            Primary::One(p) => *p,
             _ => view
-                .configured_primary
+                .configured_primaries
+                .get(shard.index())
+                .copied()
+                .flatten()
                 .or_else(|| {
-                    self.nodes
-                        .load()
+                    let nodes = self.nodes.load();
+                    let live = |n: &&Arc<Node>| !n.is_retired();
+                    nodes
                         .iter()
-                        .position(|n| !n.is_retired())
+                        .filter(live)
+                        .position(|n| n.shard == shard)
+                        .or_else(|| nodes.iter().position(|n| !n.is_retired()))
                         .map(NodeId::new)
                 })
                 .unwrap_or(NodeId::new(0)),
         }
+    }
+
+    /// The commit and primary positions of `shard` (consistency levels).
+    pub fn positions(&self, shard: ShardId) -> &positions::Positions {
+        // Never empty: a config has at least one shard, and reloads keep the count.
+        let last = self.positions.len().saturating_sub(1);
+        &self.positions[shard.index().min(last)]
+    }
+
+    /// How many shards the fleet has (one when unsharded).
+    pub fn shard_count(&self) -> usize {
+        self.view.load().primaries.len()
     }
 }
 
@@ -328,41 +349,55 @@ fn fresh_state() -> NodeState {
 }
 
 fn compute_view(nodes: &[Arc<Node>], states: &[NodeState], forward: &dyn ReplayPositions) -> FleetView {
-    let configured_primary = nodes
+    let shards = nodes
         .iter()
-        .position(|n| n.role == Role::Primary && !n.is_retired())
-        .map(NodeId::new);
-    let primary = match configured_primary {
-        Some(p) => Primary::One(p),
-        None => {
-            let claimants: Vec<NodeId> = (0..nodes.len())
-                .filter(|i| {
-                    nodes[*i].role == Role::Auto
-                        && !nodes[*i].is_retired()
-                        && states[*i].up
-                        && states[*i].in_recovery == Some(false)
-                })
-                .map(NodeId::new)
-                .collect();
-            match claimants.len() {
-                0 => Primary::None,
-                1 => Primary::One(claimants[0]),
-                _ => Primary::Conflict(claimants),
+        .filter(|n| !n.is_retired())
+        .map(|n| n.shard.index() + 1)
+        .max()
+        .unwrap_or(1);
+    let mut primaries = Vec::with_capacity(shards);
+    let mut configured_primaries = Vec::with_capacity(shards);
+    for shard in (0..shards).map(|s| ShardId::new(s as u32)) {
+        let of_shard = |i: &usize| nodes[*i].shard == shard && !nodes[*i].is_retired();
+        let configured = (0..nodes.len())
+            .filter(of_shard)
+            .find(|i| nodes[*i].role == Role::Primary)
+            .map(NodeId::new);
+        let primary = match configured {
+            Some(p) => Primary::One(p),
+            None => {
+                let claimants: Vec<NodeId> = (0..nodes.len())
+                    .filter(of_shard)
+                    .filter(|i| {
+                        nodes[*i].role == Role::Auto && states[*i].up && states[*i].in_recovery == Some(false)
+                    })
+                    .map(NodeId::new)
+                    .collect();
+                match claimants.len() {
+                    0 => Primary::None,
+                    1 => Primary::One(claimants[0]),
+                    _ => Primary::Conflict(claimants),
+                }
             }
-        }
-    };
-    let primary_lsn = match primary {
-        Primary::One(p) => states[p.index()].lsn,
+        };
+        primaries.push(primary);
+        configured_primaries.push(configured);
+    }
+    // Each node's lag is measured against its own shard's primary: positions of different servers do not
+    // compare.
+    let primary_lsn = |i: usize| match primaries.get(nodes[i].shard.index()) {
+        Some(Primary::One(p)) => states[p.index()].lsn,
         _ => None,
     };
     let mut out: Vec<NodeState> = states.to_vec();
     for (i, s) in out.iter_mut().enumerate() {
+        let primary_lsn = primary_lsn(i);
         if forward.enabled() && nodes[i].role == Role::Replica {
             // A plain server's own WAL says nothing; what pgfleet has applied there does.
             s.lsn = forward.visible(i);
             s.lag = forward.lag(i, primary_lsn);
         }
-        if primary == Primary::One(NodeId::new(i)) {
+        if primaries.contains(&Primary::One(NodeId::new(i))) {
             s.lag_bytes = Some(0);
             s.lag = Some(Duration::ZERO);
             continue;
@@ -378,7 +413,7 @@ fn compute_view(nodes: &[Arc<Node>], states: &[NodeState], forward: &dyn ReplayP
     }
     FleetView {
         nodes: out,
-        primary,
-        configured_primary,
+        primaries,
+        configured_primaries,
     }
 }

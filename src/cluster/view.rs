@@ -1,9 +1,10 @@
 //! The fleet's live state as one immutable snapshot: what the monitor last saw of each node, and which node
-//! is the primary. Sessions read it through `arc_swap` without taking a lock.
+//! is the primary of each shard (the one shard of an unsharded fleet). Sessions read it through `arc_swap`
+//! without taking a lock.
 
 use std::time::{Duration, SystemTime};
 
-use super::NodeId;
+use super::{NodeId, ShardId};
 use crate::protocol::lsn::Lsn;
 use crate::protocol::messages::ProxyError;
 
@@ -44,20 +45,42 @@ pub enum Primary {
 pub struct FleetView {
     /// Per node, in config order.
     pub nodes: Vec<NodeState>,
-    /// The write node.
-    pub primary: Primary,
-    /// The live node configured with role = "primary", if any.
-    pub configured_primary: Option<NodeId>,
+    /// The write node of each shard, by shard number (one entry in an unsharded fleet).
+    pub primaries: Vec<Primary>,
+    /// Per shard, the live node configured with role = "primary", if any.
+    pub configured_primaries: Vec<Option<NodeId>>,
 }
 
+/// What a shard number beyond the snapshot's shards has (a reload added the shard after it was taken).
+const NO_PRIMARY: Primary = Primary::None;
+
 impl FleetView {
-    /// The node that takes writes, or the error a write gets when there is none (`name` names the
-    /// claimants of a conflict).
+    /// The write node of `shard`.
+    pub fn primary(&self, shard: ShardId) -> &Primary {
+        self.primaries.get(shard.index()).unwrap_or(&NO_PRIMARY)
+    }
+
+    /// The write node of `shard`, if there is exactly one.
+    pub fn primary_node(&self, shard: ShardId) -> Option<NodeId> {
+        match self.primary(shard) {
+            Primary::One(n) => Some(*n),
+            _ => None,
+        }
+    }
+
+    /// Whether `node` is the primary of its shard.
+    pub fn is_primary(&self, node: NodeId) -> bool {
+        self.primaries.contains(&Primary::One(node))
+    }
+
+    /// The node that takes writes on `shard`, or the error a write gets when there is none (`name` names
+    /// the claimants of a conflict).
     pub fn primary_or_error<'a>(
         &self,
+        shard: ShardId,
         name: impl Fn(NodeId) -> Option<&'a str>,
     ) -> Result<NodeId, ProxyError> {
-        match &self.primary {
+        match self.primary(shard) {
             Primary::One(n) => Ok(*n),
             Primary::None => Err(ProxyError::error(
                 "08006",

@@ -341,7 +341,7 @@ impl Flow {
                     // Published before the client hears of the commit: a read that starts after it learns
                     // of the commit must find the position here.
                     Trailer::Commit if flow.outcome.status == TxStatus::Idle => {
-                        session.shared.fleet.positions.acknowledged(lsn)
+                        session.shared.fleet.positions(session.shard).acknowledged(lsn)
                     }
                     Trailer::Replay => session.shared.fleet.nodes()[node.index()].replayed.saw(lsn),
                     _ => {}

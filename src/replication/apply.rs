@@ -97,7 +97,9 @@ impl Applier {
         let (user, password) = self.credentials();
         let timeout = self.ctx.config().pool.connect_timeout;
         let fleet = &self.ctx.fleet;
-        let primary = fleet.nodes()[fleet.likely_primary().index()].target.clone();
+        let primary = fleet.nodes()[fleet.likely_primary(crate::cluster::ShardId::default()).index()]
+            .target
+            .clone();
         let replica_node = fleet.nodes()[self.node].target.clone();
         let replica = client(&replica_node, &user, &password, &self.database, timeout).await?;
         replica
@@ -247,7 +249,9 @@ impl Applier {
     ) -> Result<(), ForwardError> {
         let (user, password) = self.credentials();
         let fleet = &self.ctx.fleet;
-        let primary = fleet.nodes()[fleet.likely_primary().index()].target.clone();
+        let primary = fleet.nodes()[fleet.likely_primary(crate::cluster::ShardId::default()).index()]
+            .target
+            .clone();
         let control = client(
             &primary,
             &user,

@@ -131,7 +131,11 @@ async fn prepare(ctx: &Replication, database: &str) -> Result<(), ForwardError> 
         r.user.as_deref().unwrap_or(""),
         r.password.as_deref().unwrap_or(""),
     );
-    let primary = &ctx.fleet.nodes()[ctx.fleet.likely_primary().index()].target;
+    let primary = &ctx.fleet.nodes()[ctx
+        .fleet
+        .likely_primary(crate::cluster::ShardId::default())
+        .index()]
+    .target;
     let c = client(
         primary,
         user,

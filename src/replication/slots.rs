@@ -207,7 +207,11 @@ async fn check(
             let r = &config.replication;
             // Slots are cluster-wide: any forwarded database will do for the connection.
             let database = ctx.forward.databases.first().map_or("postgres", String::as_str);
-            let node = &ctx.fleet.nodes()[ctx.fleet.likely_primary().index()].target;
+            let node = &ctx.fleet.nodes()[ctx
+                .fleet
+                .likely_primary(crate::cluster::ShardId::default())
+                .index()]
+            .target;
             client(
                 node,
                 r.user.as_deref().unwrap_or(""),
@@ -328,7 +332,11 @@ pub struct ReplicaStatus {
 /// The rows of `SHOW REPLICATION` against a given monitor (see [`Replication::report`]; tests pass their own).
 pub(crate) fn report_with(ctx: &Replication, monitor: Option<&SlotMonitor>) -> Vec<ReplicaStatus> {
     let view = ctx.fleet.view();
-    let primary = ctx.fleet.primary_in(&view).ok().map(|p| p.index());
+    let primary = ctx
+        .fleet
+        .primary_in(&view, crate::cluster::ShardId::default())
+        .ok()
+        .map(|p| p.index());
     let primary_lsn = primary.and_then(|p| view.nodes.get(p)).and_then(|s| s.lsn);
     let mut out = Vec::new();
     if ctx.config().replication.mode == ReplicationMode::Forward {

@@ -88,7 +88,7 @@ async fn streaming_cluster_replicates_accepts_passwords_and_cleans_up() {
     }
 
     // The demo's config generator produces something pgfleet's config loader accepts.
-    let text = crate::demo::demo_config("127.0.0.1:6432", &cluster);
+    let text = crate::demo::demo_config("127.0.0.1:6432", std::slice::from_ref(&cluster));
     let config = pgfleet::config::Config::parse(&text).expect("generated demo config is valid");
     assert_eq!(config.nodes.len(), 3);
 

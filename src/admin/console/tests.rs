@@ -268,3 +268,49 @@ fn timestamps() {
         "2025-01-01T00:00:00Z"
     );
 }
+
+#[tokio::test]
+async fn show_shards_lists_each_shard_with_its_primary_and_replicas() {
+    let config = Config::parse(
+        "[listen]\naddress = \"127.0.0.1:0\"\n\n[[users]]\nname = \"app\"\npassword = \"pw\"\n\n\
+         [[nodes]]\nname = \"s0\"\naddress = \"127.0.0.1:5501\"\nrole = \"primary\"\nshard = 0\n\n\
+         [[nodes]]\nname = \"s1\"\naddress = \"127.0.0.1:5502\"\nrole = \"primary\"\nshard = 1\n\n\
+         [[nodes]]\nname = \"s1r\"\naddress = \"127.0.0.1:5503\"\nrole = \"replica\"\nshard = 1\n\n\
+         [[sharded_tables]]\nname = \"accounts\"\ncolumn = \"id\"\n",
+    )
+    .expect("config");
+    let s = crate::admin::context_for(config);
+    s.stats
+        .request_routed(2, crate::router::classify::Target::Replica, "read");
+    let frames = converse(s, vec![query("SHOW SHARDS")]).await;
+    let rest = after_startup(&frames);
+    assert_eq!(kinds(rest), "TDDCZ");
+    let rows = rows(rest);
+    let some = |v: &str| Some(v.to_owned());
+    assert_eq!(
+        rows[0],
+        vec![
+            some("0"),
+            some("s0"),
+            some("up"),
+            some("0"),
+            some("0"),
+            some("0"),
+            some("0"),
+            some("accounts(id)")
+        ]
+    );
+    assert_eq!(
+        rows[1],
+        vec![
+            some("1"),
+            some("s1"),
+            some("up"),
+            some("1"),
+            some("1"),
+            some("1"),
+            some("0"),
+            some("accounts(id)")
+        ]
+    );
+}

@@ -13,7 +13,7 @@ use super::{Session, SessionError};
 use crate::backend::connect::Login;
 use crate::backend::{BackendError, Checkout, Pools};
 use crate::cluster::view::FleetView;
-use crate::cluster::{Node, NodeId, ReplayPositions};
+use crate::cluster::{Node, NodeId, ReplayPositions, ShardId};
 use crate::config::{Consistency, Role};
 use crate::frontend::forward::{Flow, FlowError};
 use crate::frontend::request::{End, Plan, Request};
@@ -93,6 +93,12 @@ impl NodeFacts for LiveFacts<'_> {
 
     fn name(&self, node: NodeId) -> Option<&str> {
         self.nodes.get(node.index()).map(|n| n.target.name.as_str())
+    }
+
+    fn shard(&self, node: NodeId) -> ShardId {
+        self.nodes
+            .get(node.index())
+            .map_or(ShardId::default(), |n| n.shard)
     }
 
     fn replayed(&self, node: NodeId) -> Option<Lsn> {
@@ -263,7 +269,7 @@ impl Session {
                     if i == candidates.len()
                         && self.shared.config().routing.fallback_to_primary
                         && self.routing.route != Some(Target::Replica)
-                        && let Ok(p) = self.shared.fleet.primary()
+                        && let Ok(p) = self.shared.fleet.primary(self.shard)
                         && p != node
                         && (node != candidate || !candidates.contains(&p))
                     {
@@ -308,7 +314,7 @@ impl Session {
     /// Whether the fleet has a primary that no check or session has seen fail.
     fn primary_up(&self) -> bool {
         let fleet = &self.shared.fleet;
-        fleet.primary().is_ok_and(|p| {
+        fleet.primary(self.shard).is_ok_and(|p| {
             fleet.view().nodes.get(p.index()).is_some_and(|n| n.up) && fleet.nodes()[p.index()].is_up()
         })
     }
@@ -329,7 +335,7 @@ impl Session {
             && !self.routing.bound()
             && self.routing.route != Some(Target::Primary);
         let floor = match level {
-            Consistency::Global if may_read_replica => self.shared.fleet.positions.acked(),
+            Consistency::Global if may_read_replica => self.shared.fleet.positions(self.shard).acked(),
             // Unknown: the primary, which has everything, serves the read.
             Consistency::Universal if may_read_replica => self.primary_position().await.unwrap_or(Lsn::MAX),
             _ => Lsn::ZERO,
@@ -338,6 +344,7 @@ impl Session {
             target: plan.target,
             deallocated_on: self.deallocated_on(plan),
             floor,
+            shard: self.shard,
         };
         let (view, mut choice) = {
             // The usual case needs no await: a borrowed snapshot spares the shared reference count.

@@ -9,7 +9,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::{ADMIN_DATABASE, PendingLogin, Session, SessionError};
 use crate::backend::BackendError;
-use crate::cluster::NodeId;
+use crate::cluster::{NodeId, ShardId};
 use crate::config::PoolMode;
 use crate::frontend::Shared;
 use crate::frontend::auth;
@@ -181,6 +181,8 @@ impl Session {
                 read_after,
                 ..RoutingState::default()
             },
+            shard: ShardId::default(),
+            parked: Vec::new(),
             key,
             discard_until_sync: false,
             rules,
@@ -223,12 +225,12 @@ impl Session {
     /// database and role exist and to learn the server's parameters, then completes the startup.
     async fn greet(&mut self) -> Result<(), SessionError> {
         let fleet = &self.shared.fleet;
-        let mut order = vec![fleet.likely_primary()];
+        let mut order = vec![fleet.likely_primary(ShardId::default())];
         {
             let view = fleet.view();
             let nodes = fleet.nodes();
             let facts = super::dispatch::LiveFacts::new(&nodes, fleet.forward.as_ref(), &self.shared.pools);
-            policy::read_nodes_into(&view, &facts, false, None, &mut order);
+            policy::read_nodes_into(&view, &facts, ShardId::default(), false, None, &mut order);
         }
         let mut last_err: Option<ProxyError> = None;
         for node in order {

@@ -27,7 +27,7 @@ use super::request::End;
 use super::state::{Settings, Statements};
 use super::stream::ClientStream;
 use crate::backend::{BackendError, NodePool, PooledConn};
-use crate::cluster::NodeId;
+use crate::cluster::{NodeId, ShardId};
 use crate::protocol::lsn::Lsn;
 use crate::protocol::messages::{ProxyError, Severity, ready_for_query};
 use crate::protocol::{FrameBuffer, FrameError, TxStatus};
@@ -175,8 +175,14 @@ pub(super) struct Session {
     settings: Settings,
     pending_changes: Vec<crate::router::classify::SessionChange>,
     pub(super) statements: Statements,
-    /// Open transaction, pin, session route, read home, last write: what the routing policy remembers.
+    /// Open transaction, pin, session route, read home, last write: what the routing policy remembers of
+    /// the shard `shard` (the only one of an unsharded fleet).
     routing: RoutingState,
+    /// The shard of the session's current request, whose routing state is `routing`.
+    pub(super) shard: ShardId,
+    /// What the routing policy remembers of each other shard, by shard number, while the session works on
+    /// another (positions of different servers never mix).
+    parked: Vec<RoutingState>,
     pub(super) key: CancelKey,
     discard_until_sync: bool,
     pub(super) rules: Arc<FunctionRules>,
@@ -244,6 +250,24 @@ impl Session {
             .tx_node
             .and_then(|n| self.conn(n))
             .map_or(TxStatus::Idle, |c| c.status)
+    }
+
+    /// Makes `shard` the session's current one: its routing state becomes `routing`, the previous shard's
+    /// is parked.
+    pub(super) fn enter_shard(&mut self, shard: ShardId) {
+        if shard == self.shard {
+            return;
+        }
+        if self.parked.len() <= shard.index() {
+            let route = self.routing.route;
+            self.parked.resize_with(shard.index() + 1, || RoutingState {
+                route,
+                ..RoutingState::default()
+            });
+        }
+        std::mem::swap(&mut self.routing, &mut self.parked[self.shard.index()]);
+        std::mem::swap(&mut self.routing, &mut self.parked[shard.index()]);
+        self.shard = shard;
     }
 
     /// The session's connection to `node`, if it holds one.

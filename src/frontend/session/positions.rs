@@ -24,7 +24,7 @@ impl Session {
     /// far it saw: a primary position taken after that request ended, which bounds it. A health check of
     /// the primary that began after it serves; else the primary is asked.
     pub(super) async fn bound_of_seen(&mut self, view: &FleetView) -> Option<Lsn> {
-        if let (Primary::One(p), Some(read_at)) = (&view.primary, self.last_read_at)
+        if let (Primary::One(p), Some(read_at)) = (view.primary(self.shard), self.last_read_at)
             && let Some(state) = view.nodes.get(p.index())
             && state.started.is_some_and(|s| s > read_at)
             && let Some(lsn) = state.lsn
@@ -38,11 +38,11 @@ impl Session {
     /// share one query (`cluster::positions`). None when the primary could not say.
     pub(super) async fn primary_position(&mut self) -> Option<Lsn> {
         let shared = self.shared.clone();
-        let turn = match shared.fleet.positions.primary_position().await {
+        let turn = match shared.fleet.positions(self.shard).primary_position().await {
             PrimaryAsk::Known(lsn) => return Some(lsn),
             PrimaryAsk::Turn(turn) => turn,
         };
-        let primary = shared.fleet.primary().ok()?;
+        let primary = shared.fleet.primary(self.shard).ok()?;
         self.connect(primary).await.ok()?;
         let lsn = self.ask_position(primary, CURRENT_LSN).await;
         self.release_between_transactions(primary);
@@ -77,7 +77,7 @@ impl Session {
             return None;
         }
         // Which query would ride first; the request's texts are looked at only when one would.
-        let kind = if self.shared.fleet.primary().ok() == Some(node) {
+        let kind = if self.shared.fleet.primary(self.shard).ok() == Some(node) {
             let wrote =
                 (plan.target == Target::Primary && !Rule::is_read_on_primary(&plan.rule)) || self.tx_wrote;
             if wrote {
@@ -176,7 +176,7 @@ impl Session {
             return;
         }
         let committed_write = wrote || std::mem::take(&mut self.tx_wrote);
-        if !committed_write || self.shared.fleet.primary().ok() != Some(node) {
+        if !committed_write || self.shared.fleet.primary(self.shard).ok() != Some(node) {
             return;
         }
         if trailer == Some(Trailer::Commit) {
@@ -190,7 +190,7 @@ impl Session {
         }
         match self.ask_position(node, CURRENT_LSN).await {
             Some(lsn) => {
-                self.shared.fleet.positions.acknowledged(lsn);
+                self.shared.fleet.positions(self.shard).acknowledged(lsn);
                 self.routing.wrote_at(Some(lsn));
             }
             // Unknown position: be safe and read from the primary until a later write tells us more.

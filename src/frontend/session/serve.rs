@@ -219,7 +219,8 @@ impl Session {
 
     async fn function_rules(&mut self) -> Arc<FunctionRules> {
         let fleet = &self.shared.fleet;
-        let p = fleet.likely_primary();
+        // Every shard has the same functions (DDL runs on all): the first one's catalog serves.
+        let p = fleet.likely_primary(crate::cluster::ShardId::default());
         if !fleet.view().nodes[p.index()].up || !fleet.nodes()[p.index()].is_up() {
             // The primary is down or hung: nothing could write through it anyway, so the lists already at
             // hand decide, and reads do not wait for a catalog query that cannot be answered.

@@ -174,7 +174,7 @@ impl Session {
             _ => return Ok(false),
         };
         let fleet = &self.shared.fleet;
-        let primary = fleet.likely_primary().index();
+        let primary = fleet.likely_primary(self.shard).index();
         let nodes = fleet.nodes().len();
         let Some(target) = self.shared.cancels.resolve(bound.pid, Some(primary), nodes) else {
             return Ok(false);
@@ -273,7 +273,7 @@ impl Session {
         if target.user == self.user && !role_changed {
             return Some(Ok(()));
         }
-        let primary = self.shared.fleet.primary().ok()?;
+        let primary = self.shared.fleet.primary(self.shard).ok()?;
         self.connect(primary).await.ok()?;
         let nothing = Plan::for_request(&Request::default(), &self.statements, &self.rules);
         if self.bring_up_to_date(primary, &nothing).await.is_err() {

@@ -4,8 +4,8 @@
 //! need a replica asked for its replay position (the consistency levels), it says which candidates need
 //! asking, the session asks them, and [`Reads`] finishes the choice with the answers.
 
-use crate::cluster::NodeId;
-use crate::cluster::view::{FleetView, NodeState, Primary};
+use crate::cluster::view::{FleetView, NodeState};
+use crate::cluster::{NodeId, ShardId};
 use crate::config::{Consistency, LagLimit, ReplicaAffinity, Role, RoutingConfig};
 use crate::protocol::lsn::Lsn;
 use crate::protocol::messages::ProxyError;
@@ -53,6 +53,8 @@ pub(crate) struct Ask {
     /// The position the consistency level asks every read to see, beyond the session's own: the highest
     /// acknowledged commit (`global`) or the primary's position when the read began (`universal`).
     pub floor: Lsn,
+    /// The shard the request runs on: only its nodes are candidates (0 in an unsharded fleet).
+    pub shard: ShardId,
 }
 
 /// What the policy reads of each node beyond the monitor's snapshot: live flags a session can read without
@@ -77,6 +79,8 @@ pub(crate) trait NodeFacts {
     fn forward_visible(&self, node: NodeId) -> Option<Lsn>;
     /// The node's name, for messages.
     fn name(&self, node: NodeId) -> Option<&str>;
+    /// The shard the node belongs to.
+    fn shard(&self, node: NodeId) -> ShardId;
     /// The best replay position known of the node beyond the snapshot: what any session's probe saw.
     fn replayed(&self, node: NodeId) -> Option<Lsn>;
 }
@@ -94,6 +98,7 @@ pub(crate) enum Choice {
 /// position the read must see (or no guarantee applies), the rest to be asked by the session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Reads {
+    shard: ShardId,
     primary: Option<NodeId>,
     fresh: usize,
     /// The position every candidate must have replayed.
@@ -106,34 +111,32 @@ pub(crate) struct Reads {
     no_wait: bool,
 }
 
-/// The current primary of a snapshot, or the error a write gets when there is none.
-pub(crate) fn primary(view: &FleetView, facts: &impl NodeFacts) -> Result<NodeId, ProxyError> {
-    view.primary_or_error(|n| facts.name(n))
+/// The current primary of `shard` in a snapshot, or the error a write gets when there is none.
+pub(crate) fn primary(
+    view: &FleetView,
+    facts: &impl NodeFacts,
+    shard: ShardId,
+) -> Result<NodeId, ProxyError> {
+    view.primary_or_error(shard, |n| facts.name(n))
 }
 
-/// The primary, without the error (which costs an allocation to build).
-fn primary_node(view: &FleetView) -> Option<NodeId> {
-    match view.primary {
-        Primary::One(n) => Some(n),
-        _ => None,
-    }
-}
-
-/// Nodes that may serve reads now, unbalanced, appended to `out`: replicas (by configuration or, for `auto`,
-/// by observation) that are up, in recovery and within `max_lag`, plus the primary when `primary_reads`.
+/// Nodes of `shard` that may serve reads now, unbalanced, appended to `out`: replicas (by configuration or,
+/// for `auto`, by observation) that are up, in recovery and within `max_lag`, plus the primary when
+/// `primary_reads`.
 pub(crate) fn read_nodes_into(
     view: &FleetView,
     facts: &impl NodeFacts,
+    shard: ShardId,
     primary_reads: bool,
     max_lag: Option<LagLimit>,
     out: &mut Vec<NodeId>,
 ) {
-    let primary = primary_node(view);
+    let primary = view.primary_node(shard);
     // A snapshot older than a reload covers fewer slots than the fleet; the shorter decides.
     let slots = facts.slots().min(view.nodes.len());
     for (i, state) in view.nodes.iter().enumerate().take(slots) {
         let id = NodeId::new(i);
-        if facts.retired(id) {
+        if facts.retired(id) || facts.shard(id) != shard {
             continue;
         }
         let usable = if Some(id) == primary {
@@ -219,10 +222,17 @@ impl RoutingState {
             return Ok(Choice::Fixed);
         }
         if self.route.unwrap_or(ask.target) == Target::Primary {
-            order.push(primary(view, facts)?);
+            order.push(primary(view, facts, ask.shard)?);
             return Ok(Choice::Fixed);
         }
-        read_nodes_into(view, facts, config.primary_reads, config.max_replica_lag, order);
+        read_nodes_into(
+            view,
+            facts,
+            ask.shard,
+            config.primary_reads,
+            config.max_replica_lag,
+            order,
+        );
         let affinity = config.replica_affinity;
         let home = match (affinity, self.read_home) {
             (ReplicaAffinity::Session, Some(h)) => order.iter().position(|n| *n == h),
@@ -242,8 +252,9 @@ impl RoutingState {
                 self.read_home = order.first().copied();
             }
         }
-        let primary = primary_node(view);
+        let primary = view.primary_node(ask.shard);
         let mut reads = Reads {
+            shard: ask.shard,
             primary,
             fresh: order.len(),
             lsn: Lsn::ZERO,
@@ -255,11 +266,11 @@ impl RoutingState {
             let snapshot = view.nodes.get(n.index()).and_then(|s| s.lsn);
             snapshot.max(facts.replayed(n))
         };
-        // Positions every node has replayed guarantee nothing more: dropped, so that later reads skip the
-        // checks.
+        // Positions every node of the shard has replayed guarantee nothing more: dropped, so that later
+        // reads skip the checks.
         let everywhere = |l: Lsn| {
-            view.nodes.iter().enumerate().all(|(i, _)| {
-                Some(NodeId::new(i)) == primary || known(NodeId::new(i)).is_some_and(|k| k >= l)
+            (0..view.nodes.len()).map(NodeId::new).all(|n| {
+                Some(n) == primary || facts.shard(n) != ask.shard || known(n).is_some_and(|k| k >= l)
             })
         };
         for kept in [&mut self.last_write_lsn, &mut self.read_after] {
@@ -419,7 +430,7 @@ impl Reads {
             .with_hint("Set routing.fallback_to_primary = true to read from the primary instead."));
         }
         if order.is_empty() {
-            return Err(primary(view, facts).err().unwrap_or_else(|| {
+            return Err(primary(view, facts, self.shard).err().unwrap_or_else(|| {
                 ProxyError::error("08006", "pgfleet: no node is available to run this statement")
             }));
         }

@@ -6,6 +6,7 @@ use std::time::Duration;
 mod rows;
 
 use super::*;
+use crate::cluster::view::Primary;
 use crate::config::LoadBalance;
 use rows::rows;
 
@@ -27,6 +28,7 @@ struct N {
     visible: Option<u64>,
     /// What sessions' probes saw beyond the snapshot.
     known: Option<u64>,
+    shard: u32,
 }
 
 fn node(role: Role, in_recovery: bool) -> N {
@@ -43,6 +45,7 @@ fn node(role: Role, in_recovery: bool) -> N {
         in_use: 0,
         visible: None,
         known: None,
+        shard: 0,
     }
 }
 fn p() -> N {
@@ -101,6 +104,9 @@ impl N {
     fn in_use(self, in_use: usize) -> N {
         N { in_use, ..self }
     }
+    fn shard(self, shard: u32) -> N {
+        N { shard, ..self }
+    }
     fn visible(self, visible: Option<u64>) -> N {
         N { visible, ..self }
     }
@@ -149,6 +155,9 @@ impl NodeFacts for TestFleet {
     fn name(&self, node: NodeId) -> Option<&str> {
         self.names.get(node.index()).map(String::as_str)
     }
+    fn shard(&self, node: NodeId) -> ShardId {
+        ShardId::new(self.nodes[node.index()].shard)
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -179,6 +188,8 @@ struct Row {
     lsn_after: Option<u64>,
     /// The position the consistency level asks of every read (`global`, `universal`).
     floor: u64,
+    /// The shard the request runs on; `primary` is shard 0's, each other shard's is its role = primary node.
+    shard: u32,
 }
 
 fn id(n: usize) -> NodeId {
@@ -201,6 +212,7 @@ fn row(rule: &'static str, fleet: Vec<N>, expect: Expect) -> Row {
         home_after: None,
         lsn_after: None,
         floor: 0,
+        shard: 0,
     }
 }
 
@@ -249,6 +261,9 @@ impl Row {
             home_after: home,
             ..self
         }
+    }
+    fn on_shard(self, shard: u32) -> Row {
+        Row { shard, ..self }
     }
     fn floor(self, floor: u64) -> Row {
         Row { floor, ..self }
@@ -340,8 +355,17 @@ fn every_rule_of_the_routing_docs() {
                     ..NodeState::default()
                 })
                 .collect(),
-            primary: row.primary.clone(),
-            configured_primary: None,
+            primaries: (0..=row.fleet.iter().map(|n| n.shard).max().unwrap_or(0))
+                .map(|s| match s {
+                    0 => row.primary.clone(),
+                    s => row
+                        .fleet
+                        .iter()
+                        .position(|n| n.shard == s && n.role == Role::Primary)
+                        .map_or(Primary::None, |i| Primary::One(id(i))),
+                })
+                .collect(),
+            configured_primaries: Vec::new(),
         };
         // Rows are written for per-statement balancing; `session_affinity` rows say otherwise.
         let mut config = RoutingConfig {
@@ -357,6 +381,7 @@ fn every_rule_of_the_routing_docs() {
             target: row.target,
             deallocated_on: row.deallocated_on.map(id),
             floor: Lsn(row.floor),
+            shard: ShardId::new(row.shard),
         };
         let mut order = Vec::new();
         let mut unsure = Vec::new();

@@ -441,5 +441,33 @@ pub(super) fn rows() -> Vec<Row> {
             ..wrote(200)
         })
         .probes(&[1], &[]),
+        // Shards: each request runs on its shard's nodes only, and positions never mix between shards.
+        row(
+            "sharded: a read on shard 1 goes to shard 1's replicas, its primary last",
+            vec![p(), r(), p().shard(1), r().shard(1), r().shard(1)],
+            Nodes(&[3, 4, 2]),
+        )
+        .on_shard(1),
+        row(
+            "sharded: a write on shard 1 goes to shard 1's primary",
+            vec![p(), r(), p().shard(1), r().shard(1)],
+            Nodes(&[2]),
+        )
+        .on_shard(1)
+        .write(),
+        row(
+            "sharded: a shard with no replica left reads from its own primary, never another shard's",
+            vec![p(), r(), p().shard(1), r().shard(1).checked_down()],
+            Nodes(&[2]),
+        )
+        .on_shard(1),
+        row(
+            "sharded: a write position is checked against the shard's own replicas only",
+            vec![p(), r().lsn(Some(10)), p().shard(1), r().shard(1).probed(6000)],
+            Nodes(&[3, 2]),
+        )
+        .on_shard(1)
+        .state(wrote(5000))
+        .lsn_after(None),
     ]
 }
