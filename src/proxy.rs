@@ -125,6 +125,9 @@ impl Proxy {
             config.pool.connect_timeout,
         ));
         let stats = Arc::new(Stats::new(node_count));
+        let sharding = config
+            .is_sharded()
+            .then(|| Arc::new(crate::shard::Sharding::new(&config, instance_id(&config))));
         let config = ConfigHandle::new(config);
         let replication = Replication::new(config.clone(), fleet.clone(), forward);
         let reload = Arc::new(reload::Context::new(
@@ -154,6 +157,7 @@ impl Proxy {
             stats,
             shutdown: tokio::sync::watch::Sender::new(None),
             admin: admin.clone(),
+            sharding,
         }));
         Ok(Arc::new(Proxy {
             log_filter: reload.log_filter.clone(),
@@ -321,4 +325,21 @@ mod tests {
             assert_eq!(text.contains("other-crate-kept"), debug, "{spec}: {text}");
         }
     }
+}
+
+/// The name this pgfleet gives its distributed transactions: the host and the listening port, so that two
+/// instances in front of the same shards never take each other's for their own.
+fn instance_id(config: &Config) -> crate::shard::twophase::InstanceId {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "pgfleet".to_owned());
+    let port = config
+        .listen
+        .address
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .unwrap_or(0);
+    crate::shard::twophase::InstanceId::from_host_port(&host, port)
 }

@@ -53,6 +53,9 @@ pub struct Shared {
     pub shutdown: tokio::sync::watch::Sender<Option<tokio::time::Instant>>,
     /// What an admin console session reads.
     pub admin: Arc<crate::admin::Context>,
+    /// In a sharded fleet: the shard planner's rules and the name of this pgfleet's distributed
+    /// transactions.
+    pub sharding: Option<Arc<crate::shard::Sharding>>,
 }
 
 /// The parts [`Shared`] is made of, so that the wiring names each one.
@@ -75,6 +78,8 @@ pub struct Parts {
     pub shutdown: tokio::sync::watch::Sender<Option<tokio::time::Instant>>,
     /// The admin console's context.
     pub admin: Arc<crate::admin::Context>,
+    /// Sharding, in a sharded fleet.
+    pub sharding: Option<Arc<crate::shard::Sharding>>,
 }
 
 impl Shared {
@@ -92,6 +97,7 @@ impl Shared {
             stats: parts.stats,
             shutdown: parts.shutdown,
             admin: parts.admin,
+            sharding: parts.sharding,
         }
     }
 

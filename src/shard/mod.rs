@@ -4,3 +4,47 @@
 //! from several shards and the two-phase commit of writes on several shards live in its submodules.
 
 pub mod value;
+
+use crate::cluster::ShardId;
+use crate::config::Config;
+use value::KeyValue;
+
+/// What the sessions of a sharded fleet share: the planner's rules and the name this pgfleet gives its
+/// distributed transactions. Built once at start: a reload cannot change the shards or the sharded tables.
+#[derive(Debug)]
+pub struct Sharding {
+    /// The sharded tables and the number of shards.
+    pub rules: plan::ShardingRules,
+    /// Names this process's two-phase commits, so that recovery can tell whose they are.
+    pub instance: twophase::InstanceId,
+}
+
+impl Sharding {
+    /// The sharding of a validated config; `instance` names this pgfleet.
+    pub fn new(config: &Config, instance: twophase::InstanceId) -> Sharding {
+        Sharding {
+            rules: plan::ShardingRules::from_config(config),
+            instance,
+        }
+    }
+}
+
+/// PostgreSQL's hash placement over the fleet's shards, as the planner takes it.
+pub struct ShardingPlacement {
+    shards: u32,
+}
+
+impl ShardingPlacement {
+    /// The placement the rules' shard count gives.
+    pub fn new(rules: &plan::ShardingRules) -> ShardingPlacement {
+        ShardingPlacement {
+            shards: rules.shards,
+        }
+    }
+}
+
+impl plan::Placement for ShardingPlacement {
+    fn shard_for(&self, value: &KeyValue) -> ShardId {
+        hash::shard_for(value, self.shards)
+    }
+}

@@ -146,6 +146,11 @@ impl Session {
             )
             .await;
         }
+        if self.shared.sharding.is_some()
+            && let super::shards::Step::Answered = self.shard_step(req, end).await?
+        {
+            return Ok(());
+        }
         let mut plan = Plan::for_request(req, &self.statements, &self.rules);
         // Function volatility only matters for what would otherwise be a read: a write never waits for it,
         // which keeps writes fast when the primary is slow to answer the catalog query. A read sent to the
@@ -322,7 +327,7 @@ impl Session {
     /// The nodes to try for a plan, best first, into `order`, or why there is none. The routing policy
     /// decides; the session only finds out what the policy cannot (the primary's position for `universal`,
     /// how far the session's reads saw, whether a replica replayed a position), when the policy says so.
-    async fn candidates(
+    pub(super) async fn candidates(
         &mut self,
         plan: &Plan,
         // The request, asked only when a read could be led (`consistency::may_lead`).

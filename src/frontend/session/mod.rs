@@ -11,6 +11,7 @@ mod login;
 mod positions;
 mod replay;
 mod serve;
+mod shards;
 mod signal;
 
 use std::net::SocketAddr;
@@ -246,6 +247,9 @@ impl Session {
 
     /// The transaction status the client should see when the proxy answers by itself.
     pub(super) fn status(&self) -> TxStatus {
+        if self.shared.sharding.is_some() {
+            return self.status_across_shards();
+        }
         self.routing
             .tx_node
             .and_then(|n| self.conn(n))

@@ -86,7 +86,7 @@ impl Session {
         let deadline = *self.shutdown.borrow_and_update();
         if let Some(deadline) = deadline {
             // Shutting down: a session between transactions ends now; one inside a transaction may finish it.
-            if self.routing.tx_node.is_none() || tokio::time::Instant::now() >= deadline {
+            if !self.in_transaction() || tokio::time::Instant::now() >= deadline {
                 let e = ProxyError::fatal("57P01", "terminating connection due to administrator command");
                 let _ = self.write_client(&e.encode()).await;
                 return Err(SessionError::Fatal("pgfleet is shutting down".into()));
@@ -108,7 +108,7 @@ impl Session {
                 config.listen.client_idle_timeout,
             )
         };
-        let (limit, code, what, key) = if self.routing.tx_node.is_some() {
+        let (limit, code, what, key) = if self.in_transaction() {
             (
                 idle_in_transaction,
                 "25P03",

@@ -9,6 +9,7 @@ pub(crate) mod cluster;
 pub(crate) mod forward;
 pub(crate) mod proxy;
 pub(crate) mod raw;
+pub(crate) mod shards;
 pub(crate) mod wait;
 
 pub(crate) use proxy::one;
