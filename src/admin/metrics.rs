@@ -271,6 +271,10 @@ pub(crate) fn render(ctx: &Context) -> String {
         );
     }
 
+    if ctx.config.get().is_sharded() {
+        shard_families(&mut out, ctx, &view, &nodes);
+    }
+
     // A lag never measured (node down, or before its first check) has no sample rather than a made-up
     // value: absent series are what Prometheus alerting expects for "unknown".
     out.family(
@@ -515,6 +519,59 @@ fn escape_label(value: &str) -> String {
 /// HELP text: backslash and newline escaped (quotes are literal there).
 fn escape_help(text: &str) -> String {
     text.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+/// Per shard, in a sharded fleet: whether its primary is up, how many of its replicas are, and the
+/// requests its nodes ran and failed.
+fn shard_families(
+    out: &mut Exposition,
+    ctx: &Context,
+    view: &crate::cluster::view::FleetView,
+    nodes: &[(usize, &crate::cluster::Node)],
+) {
+    let up = |i: usize, node: &crate::cluster::Node| view.nodes.get(i).is_some_and(|s| s.up) && node.is_up();
+    let shards: Vec<String> = (0..view.primaries.len()).map(|s| s.to_string()).collect();
+    out.family(
+        "pgfleet_shard_primary_up",
+        "gauge",
+        "1 when the shard has a primary that is up, else 0.",
+    );
+    for (s, label) in shards.iter().enumerate() {
+        let primary_up = view
+            .primary_node(crate::cluster::ShardId::new(s as u32))
+            .and_then(|p| nodes.iter().find(|(i, _)| *i == p.index()))
+            .is_some_and(|(i, node)| up(*i, node));
+        out.sample("pgfleet_shard_primary_up", &[("shard", label)], u8::from(primary_up));
+    }
+    out.family("pgfleet_shard_replicas_up", "gauge", "Replicas of the shard that are up.");
+    for (s, label) in shards.iter().enumerate() {
+        let count = nodes
+            .iter()
+            .filter(|(i, node)| {
+                node.shard.index() == s && !view.is_primary(crate::cluster::NodeId::new(*i)) && up(*i, node)
+            })
+            .count();
+        out.sample("pgfleet_shard_replicas_up", &[("shard", label)], count);
+    }
+    let families: [(&str, &str, fn((u64, u64)) -> u64); 2] = [
+        ("pgfleet_shard_queries_total", "Requests routed to the shard's nodes.", |c| c.0),
+        (
+            "pgfleet_shard_errors_total",
+            "Requests or connections that failed because of one of the shard's nodes.",
+            |c| c.1,
+        ),
+    ];
+    for (name, help, pick) in families {
+        out.family(name, "counter", help);
+        for (s, label) in shards.iter().enumerate() {
+            let total: u64 = nodes
+                .iter()
+                .filter(|(_, node)| node.shard.index() == s)
+                .map(|(i, _)| pick(ctx.stats.node_counts(*i)))
+                .sum();
+            out.sample(name, &[("shard", label)], total);
+        }
+    }
 }
 
 #[cfg(test)]
