@@ -1,0 +1,415 @@
+impl Session {
+    /// Runs a request that needs several shards (one statement, simple or extended and ended by Sync), in
+    /// the session's transaction (opened on each shard) or in one of its own committed across them.
+    async fn run_on_shards(
+        &mut self,
+        req: &Request,
+        end: End,
+        plans: &[ShardPlan],
+        shards: Vec<ShardId>,
+    ) -> Result<(), SessionError> {
+        let [plan] = plans else {
+            return self
+                .refuse(
+                    ProxyError::error(
+                        "0A000",
+                        "pgfleet: a statement that needs several shards must come alone, not with other statements",
+                    )
+                    .with_hint(
+                        "Send it on its own, or add a condition on the shard key so that it runs on one shard.",
+                    ),
+                    end,
+                )
+                .await;
+        };
+        if end == End::Open {
+            return self
+                .refuse(
+                    ProxyError::error(
+                        "0A000",
+                        "pgfleet: a statement that needs several shards cannot run in a batch left open by Flush",
+                    )
+                    .with_hint("End the request with Sync."),
+                    end,
+                )
+                .await;
+        }
+        if plan.copy_in.is_some() {
+            return self.copy_into_shards(req, end, plan).await;
+        }
+        if plan.outside_transaction {
+            return self
+                .refuse(
+                    ProxyError::error(
+                        "0A000",
+                        "pgfleet: this statement cannot run inside a transaction block, so pgfleet cannot run it \
+                         on every shard atomically",
+                    )
+                    .with_hint("Run it on each shard's primary directly."),
+                    end,
+                )
+                .await;
+        }
+        // A multi-row INSERT whose rows belong to several shards: each shard gets its own rows.
+        let work: Vec<(ShardId, Request)> = match &plan.split {
+            Some(split) if req.is_extended() => {
+                let _ = split;
+                return self
+                    .refuse(
+                        ProxyError::error(
+                            "0A000",
+                            "pgfleet: a prepared multi-row INSERT whose rows belong to several shards is not split yet",
+                        )
+                        .with_hint("Insert the rows of each shard in their own statement, or use the simple query protocol."),
+                        end,
+                    )
+                    .await;
+            }
+            Some(split) => split
+                .iter()
+                .map(|(shard, text)| {
+                    let mut one = Request::default();
+                    one.push(frame_of(build(b'Q', &cstring(text))));
+                    (*shard, one)
+                })
+                .collect(),
+            None if !plan.write => return self.read_across_shards(req, end, shards).await,
+            None => shards.into_iter().map(|s| (s, request_copy(req))).collect(),
+        };
+        let explicit = self.in_transaction();
+        let mut answers: Vec<(ShardId, Answer)> = Vec::new();
+        for (shard, shard_req) in work {
+            let answer = match self.open_on(shard).await {
+                Ok(()) => match self.routing.tx_node {
+                    Some(n) => self.capture(n, &shard_req).await,
+                    None => Err(ProxyError::error("08006", "pgfleet: no transaction node on the shard")),
+                },
+                Err(e) => Err(e),
+            };
+            let failure = match answer {
+                Ok(a) if a.error.is_none() => {
+                    answers.push((shard, a));
+                    continue;
+                }
+                Ok(a) => Ok(a),
+                Err(e) => Err(e),
+            };
+            if !explicit {
+                self.rollback_everywhere().await;
+            }
+            return match failure {
+                Ok(a) => {
+                    // The shard's own answer up to its error, as PostgreSQL would have sent it.
+                    let mut out = Vec::new();
+                    for f in a.frames.iter().filter(|f| f.kind != b'Z') {
+                        out.extend_from_slice(&f.raw);
+                    }
+                    if let Some(e) = &a.error {
+                        out.extend_from_slice(&e.raw);
+                    }
+                    out.extend_from_slice(&ready_for_query(self.status().byte()));
+                    self.write_client(&out).await
+                }
+                Err(e) => self.refuse(e, end).await,
+            };
+        }
+        let mut out = combine_answers(&answers, plan.same_on_every_shard);
+        if !explicit && let Err(e) = self.commit_everywhere().await {
+            return self.refuse(e, end).await;
+        }
+        out.extend_from_slice(&ready_for_query(self.status().byte()));
+        self.write_client(&out).await
+    }
+
+    /// A read on several shards: each shard's rows from the node the routing policy gives it (its node
+    /// in the session's transaction), merged into one result as PostgreSQL would give it. Each shard runs
+    /// the statement the merge needs (`shard::merge::analyze`); in the extended protocol that is possible
+    /// when the statement is parsed in the same request (unnamed or not) or needs no rewriting.
+    async fn read_across_shards(
+        &mut self,
+        req: &Request,
+        end: End,
+        shards: Vec<ShardId>,
+    ) -> Result<(), SessionError> {
+        let Some(sharding) = self.shared.sharding.clone() else {
+            return Ok(());
+        };
+        let Some(text) = statement_text(req, &self.statements) else {
+            return self
+                .refuse(ProxyError::error("0A000", "pgfleet: no statement to run on the shards"), end)
+                .await;
+        };
+        let rules = &sharding.rules;
+        let merge_plan = match crate::shard::merge::analyze(&text, &|name: &sqlparser::ast::ObjectName| {
+            rules.shard_key_of(name)
+        }) {
+            Ok(p) => p,
+            Err(e) => return self.refuse(e, end).await,
+        };
+        let shard_req = match rewritten(req, &text, &merge_plan.shard_sql) {
+            Some(r) => r,
+            None => {
+                return self
+                    .refuse(
+                        ProxyError::error(
+                            "0A000",
+                            "pgfleet: this query across shards needs each shard to run a rewritten statement, \
+                             which pgfleet cannot do for a statement prepared in an earlier request",
+                        )
+                        .with_hint(
+                            "Run it with the simple query protocol or unprepared (for JDBC, prepareThreshold=0), \
+                             or add a condition on the shard key.",
+                        ),
+                        end,
+                    )
+                    .await;
+            }
+        };
+        let mut merger = crate::shard::merge::Merger::new(&merge_plan.merge, shards.len());
+        let mut prefix: Vec<u8> = Vec::new();
+        for (i, shard) in shards.into_iter().enumerate() {
+            let node = match self.read_node(shard).await {
+                Ok(n) => n,
+                Err(e) => return self.refuse(e, end).await,
+            };
+            let answer = match self.capture(node, &shard_req).await {
+                Ok(a) => a,
+                Err(e) => return self.refuse(e, end).await,
+            };
+            self.release_between_transactions(node);
+            if let Some(error) = answer.error {
+                let mut out = error.raw.to_vec();
+                out.extend_from_slice(&ready_for_query(self.status().byte()));
+                return self.write_client(&out).await;
+            }
+            for f in &answer.frames {
+                match f.kind {
+                    // The extended protocol's acknowledgements, once: every shard sends the same.
+                    b'1' | b'2' | b'3' | b't' if i == 0 => prefix.extend_from_slice(&f.raw),
+                    b'1' | b'2' | b'3' | b't' => {}
+                    _ => {
+                        if let Err(e) = merger.feed(i, f) {
+                            return self.refuse(e, end).await;
+                        }
+                    }
+                }
+            }
+        }
+        let mut out = prefix;
+        match merger.finish() {
+            Ok(frames) => out.extend_from_slice(&frames),
+            Err(e) => return self.refuse(e, end).await,
+        }
+        out.extend_from_slice(&ready_for_query(self.status().byte()));
+        self.write_client(&out).await
+    }
+
+    /// The node a read on `shard` uses: the shard's transaction node, else the routing policy's first
+    /// choice among the shard's nodes (connected and up to date).
+    async fn read_node(&mut self, shard: ShardId) -> Result<NodeId, ProxyError> {
+        if self.in_transaction() {
+            self.open_on(shard).await?;
+            return self
+                .routing
+                .tx_node
+                .ok_or_else(|| ProxyError::error("08006", "pgfleet: no transaction node on the shard"));
+        }
+        self.enter_shard(shard);
+        let read = Plan::for_request(&Request::default(), &self.statements, &self.rules);
+        let mut order = std::mem::take(&mut self.candidates);
+        let chosen = self
+            .candidates(&read, (&Request::default(), End::Sync), &mut order)
+            .await;
+        let first = order.first().copied();
+        self.candidates = order;
+        chosen?;
+        let node = first.ok_or_else(|| {
+            ProxyError::error("08006", format!("pgfleet: no node of {shard} is available"))
+        })?;
+        self.connect(node).await.map_err(|e| self.error_of(&e))?;
+        if let Err(e) = self.bring_up_to_date(node, &read).await {
+            return Err(match e {
+                super::replay::Prepare::Node(e) => self.error_of(&e),
+                super::replay::Prepare::Refused(e) => e,
+            });
+        }
+        Ok(node)
+    }
+
+    /// Runs `req` (ended by Query or Sync) on the session's connection to `node`, brought up to date
+    /// first, and keeps what it answered; the session's bookkeeping (statements, transaction) follows.
+    async fn capture(&mut self, node: NodeId, req: &Request) -> Result<Answer, ProxyError> {
+        let plan = Plan::for_request(req, &self.statements, &self.rules);
+        if let Err(e) = self.bring_up_to_date(node, &plan).await {
+            return Err(match e {
+                super::replay::Prepare::Node(e) => {
+                    self.conns[node.index()] = None;
+                    self.error_of(&e)
+                }
+                super::replay::Prepare::Refused(e) => e,
+            });
+        }
+        let Some(conn) = self.conns[node.index()].as_mut() else {
+            return Err(ProxyError::error("08006", "pgfleet: lost the shard's connection"));
+        };
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let captured = capture_on(conn, req.encode(&mut scratch), req.ready_count()).await;
+        self.scratch = scratch;
+        match captured {
+            Ok(answer) => {
+                let outcome = crate::frontend::forward::Outcome {
+                    status: answer.status,
+                    saw_error: answer.error.is_some(),
+                    parses_ok: answer.frames.iter().filter(|f| f.kind == b'1').count(),
+                    last_commit: false,
+                    began_tx: false,
+                };
+                self.finish(node, plan, &outcome);
+                Ok(answer)
+            }
+            Err(e) => {
+                self.conns[node.index()] = None;
+                Err(self.error_of(&e))
+            }
+        }
+    }
+}
+
+/// A copy of a request's frames (they share their bytes).
+fn request_copy(req: &Request) -> Request {
+    let mut out = Request::default();
+    for f in &req.frames {
+        out.push(f.clone());
+    }
+    out
+}
+
+/// Sends `request` on `conn` and collects the answer up to its `readies`-th ReadyForQuery.
+async fn capture_on(conn: &mut BackendConn, request: &[u8], readies: usize) -> Result<Answer, BackendError> {
+    conn.write_all(request).await?;
+    let mut answer = Answer {
+        frames: Vec::new(),
+        error: None,
+        status: TxStatus::Idle,
+    };
+    let mut left = readies.max(1);
+    loop {
+        let f = conn.read_frame().await?;
+        match f.kind {
+            b'Z' => {
+                conn.status = TxStatus::from_ready_body(f.body());
+                answer.status = conn.status;
+                left -= 1;
+                if left == 0 {
+                    return Ok(answer);
+                }
+            }
+            b'E' if answer.error.is_none() => answer.error = Some(f),
+            b'E' => {}
+            _ => answer.frames.push(f),
+        }
+    }
+}
+
+/// The text of the one statement a request runs: its query, the Parse in it, or the prepared statement
+/// its Bind names.
+fn statement_text(req: &Request, statements: &crate::frontend::state::Statements) -> Option<String> {
+    for f in &req.frames {
+        match f.kind {
+            b'Q' => return query_text(f.body()).map(str::to_owned),
+            b'P' => return parse_fields(f.body()).map(|(_, q)| q.to_owned()),
+            b'B' => {
+                let (_, name) = bind_names(f.body())?;
+                let st = statements.get(name)?;
+                return st.parse.get(5..).and_then(parse_fields).map(|(_, q)| q.to_owned());
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// `req` with its statement replaced by `shard_sql`: the query text, or the text of the Parse it holds
+/// (same name and parameter types). None when the statement was prepared in an earlier request and the
+/// text must change.
+fn rewritten(req: &Request, original: &str, shard_sql: &str) -> Option<Request> {
+    let mut out = Request::default();
+    let mut replaced = shard_sql == original;
+    for f in &req.frames {
+        let frame = match f.kind {
+            b'Q' => {
+                replaced = true;
+                frame_of(build(b'Q', &cstring(shard_sql)))
+            }
+            b'P' => {
+                let (name, _) = parse_fields(f.body())?;
+                let body = f.body();
+                // After the name and the text: the parameter types, kept as the client sent them.
+                let types_at = name.len() + 1 + original.len() + 1;
+                let mut new = cstring(name);
+                new.extend_from_slice(&cstring(shard_sql));
+                new.extend_from_slice(body.get(types_at..)?);
+                replaced = true;
+                frame_of(build(b'P', &new))
+            }
+            _ => f.clone(),
+        };
+        out.push(frame);
+    }
+    replaced.then_some(out)
+}
+
+fn cstring(text: &str) -> Vec<u8> {
+    let mut v = text.as_bytes().to_vec();
+    v.push(0);
+    v
+}
+
+/// A frame built by pgfleet, as the frame reader would have produced it.
+fn frame_of(raw: bytes::Bytes) -> Frame {
+    let kind = raw[0];
+    Frame { kind, raw }
+}
+
+/// One answer for the client from each shard's answer to the same write: a statement with the same
+/// result everywhere (DDL, reference tables) answers as the first shard did; otherwise rows returned are
+/// concatenated and the affected-row counts of the command tags added.
+fn combine_answers(answers: &[(ShardId, Answer)], same_everywhere: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    let Some((_, first)) = answers.first() else {
+        return out;
+    };
+    if same_everywhere {
+        for f in &first.frames {
+            out.extend_from_slice(&f.raw);
+        }
+        return out;
+    }
+    let mut tag: Option<(String, u64)> = None;
+    for (i, (_, a)) in answers.iter().enumerate() {
+        for f in &a.frames {
+            match f.kind {
+                // Descriptions and the extended protocol's acknowledgements: every shard sends the same.
+                b'T' | b'n' | b't' | b'1' | b'2' | b'3' if i > 0 => {}
+                b'C' => {
+                    let text = crate::protocol::messages::command_tag(f.body()).unwrap_or("");
+                    let (head, count) = match text.rsplit_once(' ') {
+                        Some((head, n)) if n.parse::<u64>().is_ok() => (head.to_owned(), n.parse().unwrap_or(0)),
+                        _ => (text.to_owned(), 0),
+                    };
+                    tag = Some(match tag {
+                        Some((h, n)) => (h, n + count),
+                        None => (head, count),
+                    });
+                }
+                _ => out.extend_from_slice(&f.raw),
+            }
+        }
+    }
+    if let Some((head, count)) = tag {
+        let mut body = format!("{head} {count}").into_bytes();
+        body.push(0);
+        out.extend_from_slice(&build(b'C', &body));
+    }
+    out
+}
