@@ -9,14 +9,17 @@ use crate::cluster::ShardId;
 use crate::config::Config;
 use value::KeyValue;
 
-/// What the sessions of a sharded fleet share: the planner's rules and the name this pgfleet gives its
-/// distributed transactions. Built once at start: a reload cannot change the shards or the sharded tables.
+/// What the sessions of a sharded fleet share: the planner's rules, the name this pgfleet gives its
+/// distributed transactions, and each database's collation once a merge needed it. Built once at start: a
+/// reload cannot change the shards or the sharded tables.
 #[derive(Debug)]
 pub struct Sharding {
     /// The sharded tables and the number of shards.
     pub rules: plan::ShardingRules,
     /// Names this process's two-phase commits, so that recovery can tell whose they are.
     pub instance: twophase::InstanceId,
+    /// `datcollate` per database: whether merged text can be ordered bytewise.
+    collations: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl Sharding {
@@ -25,7 +28,20 @@ impl Sharding {
         Sharding {
             rules: plan::ShardingRules::from_config(config),
             instance,
+            collations: std::sync::Mutex::default(),
         }
+    }
+
+    /// The collation of `database`, if a session already asked.
+    pub fn collation(&self, database: &str) -> Option<String> {
+        let map = self.collations.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(database).cloned()
+    }
+
+    /// Records the collation of `database` (every shard is created alike).
+    pub fn remember_collation(&self, database: &str, collation: &str) {
+        let mut map = self.collations.lock().unwrap_or_else(|p| p.into_inner());
+        map.insert(database.to_owned(), collation.to_owned());
     }
 }
 

@@ -1,8 +1,20 @@
+//! The end of a transaction that spans shards: COMMIT with two-phase commit (`shard::twophase`) over the
+//! session's own node connections, ROLLBACK on each shard, and the client's answer in the protocol it used.
+
+use super::TxEnd;
+use crate::backend::BackendConn;
+use crate::cluster::{NodeId, ShardId};
+use crate::frontend::request::{End, Request};
+use crate::frontend::session::{Session, SessionError};
+use crate::protocol::frame::build;
+use crate::protocol::messages::{ProxyError, ready_for_query};
+use crate::shard::twophase::{self, CommitOutcome, Participant, ParticipantError, Rows};
+
 impl Session {
     /// Ends a transaction that spans shards: COMMIT with two-phase commit (a transaction that failed on a
     /// shard is rolled back, and answered ROLLBACK, as PostgreSQL answers the COMMIT of a failed one),
     /// ROLLBACK everywhere.
-    async fn end_across_shards(&mut self, how: TxEnd, req: &Request, end: End) -> Result<(), SessionError> {
+    pub(super) async fn end_across_shards(&mut self, how: TxEnd, req: &Request, end: End) -> Result<(), SessionError> {
         let failed = self.failed_tx_shard().is_some();
         let result = match how {
             TxEnd::Commit if !failed => self.commit_everywhere().await.map(|()| "COMMIT"),
@@ -23,7 +35,7 @@ impl Session {
     /// Commits the session's transaction on every shard where it is open: a plain COMMIT on one, two-phase
     /// commit on several. Records each shard's commit position for the consistency levels before the
     /// client hears of the commit. The transaction is over whatever the outcome.
-    async fn commit_everywhere(&mut self) -> Result<(), ProxyError> {
+    pub(super) async fn commit_everywhere(&mut self) -> Result<(), ProxyError> {
         let open = self.tx_shards();
         let instance = match self.shared.sharding.as_ref() {
             Some(s) => s.instance.clone(),
@@ -82,7 +94,7 @@ impl Session {
     }
 
     /// Rolls back the session's transaction on every shard where it is open.
-    async fn rollback_everywhere(&mut self) {
+    pub(super) async fn rollback_everywhere(&mut self) {
         let open = self.tx_shards();
         for (_, node) in &open {
             if let Some(c) = self.conns[node.index()].as_mut()

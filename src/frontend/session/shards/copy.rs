@@ -4,8 +4,8 @@
 
 use tokio::io::AsyncReadExt;
 
-use super::shards::Answer;
-use super::{Session, SessionError};
+use super::Answer;
+use crate::frontend::session::{Session, SessionError};
 use crate::backend::{BackendConn, BackendError};
 use crate::cluster::{NodeId, ShardId};
 use crate::frontend::request::{End, Request};
@@ -61,7 +61,7 @@ impl Session {
                 Err(e) => {
                     self.abandon_copies(&open, "pgfleet: COPY could not start on every shard").await;
                     if !explicit {
-                        self.rollback_shards().await;
+                        self.rollback_everywhere().await;
                     }
                     return self.refuse(e, end).await;
                 }
@@ -115,7 +115,7 @@ impl Session {
         if let Some(e) = failure {
             self.abandon_copies(&open, &e.message).await;
             if !explicit {
-                self.rollback_shards().await;
+                self.rollback_everywhere().await;
             }
             let mut out = e.encode().to_vec();
             out.extend_from_slice(&ready_for_query(self.status().byte()));
@@ -145,13 +145,13 @@ impl Session {
         }
         if let Some(e) = error {
             if !explicit {
-                self.rollback_shards().await;
+                self.rollback_everywhere().await;
             }
             let mut out = e.raw.to_vec();
             out.extend_from_slice(&ready_for_query(self.status().byte()));
             return self.write_client(&out).await;
         }
-        if !explicit && let Err(e) = self.commit_shards().await {
+        if !explicit && let Err(e) = self.commit_everywhere().await {
             return self.refuse(e, end).await;
         }
         let mut out = build(b'C', format!("COPY {copied}\0").as_bytes()).to_vec();
@@ -188,7 +188,7 @@ impl Session {
         };
         match started.await {
             Ok(Ok(f)) => Ok(f),
-            Ok(Err(e)) => Err(super::shards::server_error(&e)),
+            Ok(Err(e)) => Err(super::server_error(&e)),
             Err(e) => {
                 let err = self.error_of(&e);
                 self.conns[node.index()] = None;
@@ -218,7 +218,7 @@ impl Session {
         let Some(conn) = self.conns[node.index()].as_mut() else {
             return Err(BackendError::protocol(
                 &self.shared.fleet.node(node).target,
-                "lost the shard's connection".into(),
+                "lost the shard's connection",
             ));
         };
         conn.write_all(&build(b'c', b"")).await?;

@@ -7,16 +7,14 @@
 //! different servers never mix. An unsharded fleet never gets here.
 
 use super::{Session, SessionError};
-use crate::backend::{BackendConn, BackendError};
 use crate::cluster::{NodeId, ShardId};
 use crate::frontend::request::{End, Plan, Request};
-use crate::protocol::frame::build;
-use crate::protocol::messages::{ProxyError, bind_names, parse_fields, query_text, ready_for_query};
+use crate::protocol::messages::{ProxyError, bind_names, parse_fields, query_text};
 use crate::protocol::{Frame, TxStatus};
 use crate::shard::plan::{ParamValue, Params, ShardPlan, ShardTarget, combined_target, plan_all};
-use crate::shard::twophase::{self, CommitOutcome, Participant, ParticipantError, Rows};
 use crate::shard::{Sharding, ShardingPlacement};
 
+mod batch;
 mod commit;
 mod copy;
 mod several;
@@ -31,19 +29,19 @@ pub(super) enum Step {
 
 /// How a transaction that spans shards ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum TxEnd {
+pub(super) enum TxEnd {
     Commit,
     Rollback,
 }
 
 /// What one shard answered to a statement the session ran there on the client's behalf.
-struct Answer {
+pub(super) struct Answer {
     /// RowDescription, DataRows, CommandComplete, notices: everything before ReadyForQuery but the error.
-    frames: Vec<Frame>,
+    pub(super) frames: Vec<Frame>,
     /// The shard's ErrorResponse, if the statement failed.
-    error: Option<Frame>,
+    pub(super) error: Option<Frame>,
     /// The transaction status of the last ReadyForQuery.
-    status: TxStatus,
+    pub(super) status: TxStatus,
 }
 
 
@@ -82,6 +80,15 @@ impl Session {
                     return Ok(Step::Answered);
                 }
                 Ok(Step::Run)
+            }
+            ShardTarget::Several(_) | ShardTarget::All if plans.len() > 1 => {
+                let text = match req.frames.as_slice() {
+                    [q] if q.kind == b'Q' => query_text(q.body()).unwrap_or(""),
+                    _ => "",
+                };
+                let texts = crate::router::split::split_statements(text);
+                self.run_batch(&texts, &plans, end).await?;
+                Ok(Step::Answered)
             }
             ShardTarget::Several(shards) => {
                 self.run_on_shards(req, end, &plans, shards).await?;
@@ -139,7 +146,7 @@ impl Session {
     }
 
     /// The shards with an open transaction of this session.
-    fn tx_shards(&self) -> Vec<(ShardId, NodeId)> {
+    pub(super) fn tx_shards(&self) -> Vec<(ShardId, NodeId)> {
         let mut out = Vec::new();
         if let Some(n) = self.routing.tx_node {
             out.push((self.shard, n));
@@ -175,7 +182,7 @@ impl Session {
     }
 
     /// The shard whose part of the session's transaction failed, if any.
-    fn failed_tx_shard(&self) -> Option<ShardId> {
+    pub(super) fn failed_tx_shard(&self) -> Option<ShardId> {
         self.tx_shards()
             .into_iter()
             .find(|(_, node)| self.conn(*node).is_some_and(|c| c.status == TxStatus::Failed))
@@ -224,8 +231,8 @@ impl Session {
         let nothing = Plan::for_request(&Request::default(), &self.statements, &self.rules);
         if let Err(e) = self.bring_up_to_date(primary, &nothing).await {
             return Err(match e {
-                super::replay::Prepare::Node(e) => self.error_of(&e),
-                super::replay::Prepare::Refused(e) => e,
+                crate::frontend::session::replay::Prepare::Node(e) => self.error_of(&e),
+                crate::frontend::session::replay::Prepare::Refused(e) => e,
             });
         }
         let conn = self.conns[primary.index()]
@@ -243,7 +250,12 @@ impl Session {
 
     /// Makes `shard` current with a transaction open on its primary: the session's own, or, outside one,
     /// a transaction the session opens for a statement on several shards.
-    async fn open_on(&mut self, shard: ShardId) -> Result<(), ProxyError> {
+    pub(super) async fn open_on(&mut self, shard: ShardId) -> Result<(), ProxyError> {
+        self.open_on_with(shard, "BEGIN").await
+    }
+
+    /// [`Session::open_on`], opening a transaction of pgfleet's own (none open anywhere) with `begin`.
+    pub(super) async fn open_on_with(&mut self, shard: ShardId, begin: &str) -> Result<(), ProxyError> {
         let open = self.tx_shards().first().copied();
         self.enter_shard(shard);
         if self.routing.tx_node.is_some() {
@@ -257,14 +269,14 @@ impl Session {
                 let nothing = Plan::for_request(&Request::default(), &self.statements, &self.rules);
                 if let Err(e) = self.bring_up_to_date(primary, &nothing).await {
                     return Err(match e {
-                        super::replay::Prepare::Node(e) => self.error_of(&e),
-                        super::replay::Prepare::Refused(e) => e,
+                        crate::frontend::session::replay::Prepare::Node(e) => self.error_of(&e),
+                        crate::frontend::session::replay::Prepare::Refused(e) => e,
                     });
                 }
                 let conn = self.conns[primary.index()]
                     .as_mut()
                     .ok_or_else(|| ProxyError::error("08006", "pgfleet: lost the shard's connection"))?;
-                match conn.query_rows("BEGIN").await {
+                match conn.query_rows(begin).await {
                     Ok(Ok(_)) => {
                         self.routing.tx_node = Some(primary);
                         Ok(())
@@ -310,7 +322,7 @@ fn transaction_end(req: &Request) -> Option<TxEnd> {
 }
 
 /// A node's ErrorResponse as the error the client gets.
-fn server_error(frame: &Frame) -> ProxyError {
+pub(super) fn server_error(frame: &Frame) -> ProxyError {
     let body = frame.body();
     let field = |f| crate::protocol::messages::error_field(body, f).unwrap_or("");
     ProxyError::error(field(b'C'), field(b'M'))

@@ -1,7 +1,21 @@
+//! Statements that need several shards: a write run on each shard in one transaction (the client's, or one
+//! of pgfleet's committed across them), a multi-row INSERT split into each shard's rows, and a read run on
+//! each shard and merged (`shard::merge`). Each shard's answer is captured whole, then answered as one.
+
+use super::Answer;
+use crate::backend::{BackendConn, BackendError};
+use crate::cluster::{NodeId, ShardId};
+use crate::frontend::request::{End, Plan, Request};
+use crate::frontend::session::{Session, SessionError};
+use crate::protocol::frame::build;
+use crate::protocol::messages::{ProxyError, bind_names, parse_fields, query_text, ready_for_query};
+use crate::protocol::{Frame, TxStatus};
+use crate::shard::plan::ShardPlan;
+
 impl Session {
     /// Runs a request that needs several shards (one statement, simple or extended and ended by Sync), in
     /// the session's transaction (opened on each shard) or in one of its own committed across them.
-    async fn run_on_shards(
+    pub(super) async fn run_on_shards(
         &mut self,
         req: &Request,
         end: End,
@@ -141,7 +155,7 @@ impl Session {
         };
         let rules = &sharding.rules;
         let merge_plan = match crate::shard::merge::analyze(&text, &|name: &sqlparser::ast::ObjectName| {
-            rules.shard_key_of(name)
+            rules.key_of(name)
         }) {
             Ok(p) => p,
             Err(e) => return self.refuse(e, end).await,
@@ -165,13 +179,18 @@ impl Session {
                     .await;
             }
         };
-        let mut merger = crate::shard::merge::Merger::new(&merge_plan.merge, shards.len());
-        let mut prefix: Vec<u8> = Vec::new();
+        let mut merger = Some(crate::shard::merge::Merger::new(&merge_plan.merge, shards.len()));
+        let mut out: Vec<u8> = Vec::new();
         for (i, shard) in shards.into_iter().enumerate() {
             let node = match self.read_node(shard).await {
                 Ok(n) => n,
                 Err(e) => return self.refuse(e, end).await,
             };
+            if i == 0
+                && let Some(collation) = self.collation(node).await
+            {
+                merger = merger.map(|m| m.with_collation(&collation));
+            }
             let answer = match self.capture(node, &shard_req).await {
                 Ok(a) => a,
                 Err(e) => return self.refuse(e, end).await,
@@ -182,26 +201,56 @@ impl Session {
                 out.extend_from_slice(&ready_for_query(self.status().byte()));
                 return self.write_client(&out).await;
             }
+            let Some(m) = merger.as_mut() else {
+                break;
+            };
             for f in &answer.frames {
-                match f.kind {
+                let merged = match f.kind {
                     // The extended protocol's acknowledgements, once: every shard sends the same.
-                    b'1' | b'2' | b'3' | b't' if i == 0 => prefix.extend_from_slice(&f.raw),
-                    b'1' | b'2' | b'3' | b't' => {}
-                    _ => {
-                        if let Err(e) = merger.feed(i, f) {
-                            return self.refuse(e, end).await;
-                        }
+                    b'1' | b'2' | b'3' | b't' | b'n' if i == 0 => {
+                        out.extend_from_slice(&f.raw);
+                        continue;
                     }
+                    b'T' => m.row_description(i, f.body()),
+                    b'D' => m.data_row(i, f.body()),
+                    // Each shard's CommandComplete: the merger writes the client's own.
+                    b'C' | b'1' | b'2' | b'3' | b't' | b'n' => continue,
+                    _ => {
+                        out.extend_from_slice(&f.raw);
+                        continue;
+                    }
+                };
+                match merged {
+                    Ok(frames) => frames.iter().for_each(|b| out.extend_from_slice(b)),
+                    Err(e) => return self.refuse(e, end).await,
                 }
             }
         }
-        let mut out = prefix;
-        match merger.finish() {
-            Ok(frames) => out.extend_from_slice(&frames),
-            Err(e) => return self.refuse(e, end).await,
+        match merger.map(|m| m.finish()) {
+            Some(Ok(frames)) => frames.iter().for_each(|b| out.extend_from_slice(b)),
+            Some(Err(e)) => return self.refuse(e, end).await,
+            None => {}
         }
         out.extend_from_slice(&ready_for_query(self.status().byte()));
         self.write_client(&out).await
+    }
+
+    /// The database's collation (`datcollate`), asked once per database on a node of the fleet: merging
+    /// ordered text is exact only when the shards sort it bytewise.
+    async fn collation(&mut self, node: NodeId) -> Option<String> {
+        let sharding = self.shared.sharding.clone()?;
+        if let Some(c) = sharding.collation(&self.database) {
+            return Some(c);
+        }
+        let conn = self.conns[node.index()].as_mut()?;
+        conn.applied.unnamed = None;
+        let c = conn
+            .query_value("SELECT datcollate FROM pg_database WHERE datname = current_database()")
+            .await
+            .ok()
+            .flatten()?;
+        sharding.remember_collation(&self.database, &c);
+        Some(c)
     }
 
     /// The node a read on `shard` uses: the shard's transaction node, else the routing policy's first
@@ -229,8 +278,8 @@ impl Session {
         self.connect(node).await.map_err(|e| self.error_of(&e))?;
         if let Err(e) = self.bring_up_to_date(node, &read).await {
             return Err(match e {
-                super::replay::Prepare::Node(e) => self.error_of(&e),
-                super::replay::Prepare::Refused(e) => e,
+                crate::frontend::session::replay::Prepare::Node(e) => self.error_of(&e),
+                crate::frontend::session::replay::Prepare::Refused(e) => e,
             });
         }
         Ok(node)
@@ -238,15 +287,15 @@ impl Session {
 
     /// Runs `req` (ended by Query or Sync) on the session's connection to `node`, brought up to date
     /// first, and keeps what it answered; the session's bookkeeping (statements, transaction) follows.
-    async fn capture(&mut self, node: NodeId, req: &Request) -> Result<Answer, ProxyError> {
+    pub(super) async fn capture(&mut self, node: NodeId, req: &Request) -> Result<Answer, ProxyError> {
         let plan = Plan::for_request(req, &self.statements, &self.rules);
         if let Err(e) = self.bring_up_to_date(node, &plan).await {
             return Err(match e {
-                super::replay::Prepare::Node(e) => {
+                crate::frontend::session::replay::Prepare::Node(e) => {
                     self.conns[node.index()] = None;
                     self.error_of(&e)
                 }
-                super::replay::Prepare::Refused(e) => e,
+                crate::frontend::session::replay::Prepare::Refused(e) => e,
             });
         }
         let Some(conn) = self.conns[node.index()].as_mut() else {
@@ -366,7 +415,7 @@ fn cstring(text: &str) -> Vec<u8> {
 }
 
 /// A frame built by pgfleet, as the frame reader would have produced it.
-fn frame_of(raw: bytes::Bytes) -> Frame {
+pub(super) fn frame_of(raw: bytes::Bytes) -> Frame {
     let kind = raw[0];
     Frame { kind, raw }
 }
