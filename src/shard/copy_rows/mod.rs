@@ -113,6 +113,9 @@ pub enum CopyRowError {
     /// `\.` followed by something other than the end of the line (text format).
     #[error("end-of-copy marker corrupt")]
     CorruptEndMarker,
+    /// `\.` ended with another line end than the first line's.
+    #[error("end-of-copy marker does not match previous newline style")]
+    EndMarkerStyle,
     /// The placement function named a shard that does not exist.
     #[error("placement returned {0} of {1} shards")]
     NoSuchShard(ShardId, u32),
@@ -408,21 +411,28 @@ impl<'p> CopySplitter<'p> {
                     return need_more(&mut self.scan);
                 };
                 if next == b'.' {
-                    match buf.get(i + 2) {
-                        None if !eof => return need_more(&mut self.scan),
-                        None => return Ok(Scan::EndMarker { row: i, end: i + 2 }),
-                        Some(b'\n') => return Ok(Scan::EndMarker { row: i, end: i + 3 }),
-                        Some(b'\r') => {
-                            let end = if buf.get(i + 3) == Some(&b'\n') {
-                                i + 4
-                            } else {
-                                i + 3
-                            };
-                            return Ok(Scan::EndMarker { row: i, end });
+                    let after = &buf[i + 2..];
+                    let wanted = if self.line_end == Some(LineEnd::CrNl) {
+                        2
+                    } else {
+                        1
+                    };
+                    if after.len() < wanted && !eof {
+                        return need_more(&mut self.scan);
+                    }
+                    match end_marker(after, self.line_end) {
+                        MarkerEnd::End(n) => {
+                            return Ok(Scan::EndMarker {
+                                row: i,
+                                end: i + 2 + n,
+                            });
                         }
-                        Some(_) if !csv => return Err(CopyRowError::CorruptEndMarker),
-                        // In csv `\.` followed by more is data.
-                        Some(_) => {}
+                        // In csv, a `\.` that does not end its line is data.
+                        MarkerEnd::NotEnd | MarkerEnd::BareNewline if csv => {}
+                        MarkerEnd::NotEnd => return Err(CopyRowError::CorruptEndMarker),
+                        MarkerEnd::BareNewline | MarkerEnd::WrongStyle => {
+                            return Err(CopyRowError::EndMarkerStyle);
+                        }
                     }
                 } else if !csv {
                     // Whatever follows a backslash is escaped, a delimiter or a line end included.
@@ -472,6 +482,45 @@ impl<'p> CopySplitter<'p> {
         };
         key_from_bytes(field, self.key.key_type)
     }
+}
+
+/// What follows a `\.`.
+enum MarkerEnd {
+    /// A line end of this many bytes: the data ends.
+    End(usize),
+    /// Not a line end: corrupt in text format, data in csv.
+    NotEnd,
+    /// A newline after CRLF lines: refused in text format, data in csv.
+    BareNewline,
+    /// A line end of another style than the first line's: refused in both formats.
+    WrongStyle,
+}
+
+/// Reads the bytes `after` a `\.` (missing ones read as NUL, as PostgreSQL does at the end of the data),
+/// after `CopyReadLineText`.
+fn end_marker(after: &[u8], line_end: Option<LineEnd>) -> MarkerEnd {
+    let at = |k: usize| after.get(k).copied().unwrap_or(0);
+    let mut k = 0;
+    if line_end == Some(LineEnd::CrNl) {
+        match at(0) {
+            b'\r' => k = 1,
+            b'\n' => return MarkerEnd::BareNewline,
+            _ => return MarkerEnd::NotEnd,
+        }
+    }
+    let c = at(k);
+    if c != b'\r' && c != b'\n' {
+        return MarkerEnd::NotEnd;
+    }
+    let expected = match line_end {
+        Some(LineEnd::Nl) | Some(LineEnd::CrNl) => b'\n',
+        Some(LineEnd::Cr) => b'\r',
+        None => c,
+    };
+    if c != expected {
+        return MarkerEnd::WrongStyle;
+    }
+    MarkerEnd::End(k + 1)
 }
 
 /// The value of a key field's decoded bytes, parsed as PostgreSQL's input function for the type would.
