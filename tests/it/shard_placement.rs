@@ -2,7 +2,7 @@
 //! is the remainder of the partition PostgreSQL's own `PARTITION BY HASH` puts it in, for every supported
 //! key type and several moduli; and COPY data split by `shard::copy_rows` must load into those partitions
 //! directly (each partition checks its constraint) with the same rows as the whole data loaded through the
-//! partitioned table.
+//! partitioned table, and fail with the same message where one COPY of the whole data fails.
 
 use std::collections::BTreeMap;
 
@@ -356,6 +356,141 @@ async fn copy_rows_split_by_shard_load_into_the_matching_partitions() {
                 contents(&db, &format!("{split}_{r}")).await,
                 "{name}: partition {r}"
             );
+        }
+    }
+}
+
+/// A COPY's outcome: the rows loaded, or PostgreSQL's (or pgfleet's) error message.
+type Outcome = Result<u64, String>;
+
+/// Runs one COPY FROM STDIN with `data`, returning the server's error message instead of panicking.
+async fn try_copy_in(db: &tokio_postgres::Client, copy: &str, data: Vec<u8>) -> Outcome {
+    let message = |e: tokio_postgres::Error| {
+        e.as_db_error()
+            .map_or_else(|| e.to_string(), |d| d.message().to_owned())
+    };
+    let sink = db.copy_in::<_, bytes::Bytes>(copy).await.map_err(message)?;
+    futures_util::pin_mut!(sink);
+    sink.send(bytes::Bytes::from(data)).await.map_err(message)?;
+    sink.finish().await.map_err(message)
+}
+
+/// Loads `data` the way sharded pgfleet will: split by `copy_rows` with `shard_for`, each part into the
+/// partition of its shard; the splitter's error, or the first partition's, or the rows loaded.
+async fn split_copy_in(
+    db: &tokio_postgres::Client,
+    copy: &str,
+    table: &str,
+    key_type: ShardKeyType,
+    modulus: u32,
+    data: &[u8],
+) -> Outcome {
+    let stmt = parse_copy_from(&copy.replace("{}", table)).expect("parses");
+    let index = stmt.key_index(table, "k").expect("key listed");
+    let place = |v: &KeyValue| shard_for(v, modulus);
+    let key = KeyField {
+        index,
+        column: "k".into(),
+        key_type,
+    };
+    let mut splitter = CopySplitter::new(stmt.options.clone(), key, modulus, &place);
+    let mut parts = vec![Vec::new(); modulus as usize];
+    // Cut into 3-byte chunks, so that rows, escapes, quotes and line ends straddle chunks.
+    for chunk in data.chunks(3).map(Some).chain([None]) {
+        let routed = match chunk {
+            Some(c) => splitter.push(c),
+            None => splitter.finish(),
+        }
+        .map_err(|e| e.error.to_string())?;
+        for (part, bytes) in parts.iter_mut().zip(routed.per_shard) {
+            part.extend(bytes);
+        }
+    }
+    let mut loaded = 0;
+    for (r, part) in parts.into_iter().enumerate() {
+        loaded += try_copy_in(db, &copy.replace("{}", &format!("{table}_{r}")), part).await?;
+    }
+    Ok(loaded)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_copy_loads_and_fails_like_one_copy() {
+    let cluster = plain_primary().await;
+    let db = connect(&cluster.primary.dsn(APP_USER, PASSWORD, APP_DB)).await;
+    const TEXT: &str = "COPY {} (n, k, note) FROM STDIN";
+    const CSV: &str = "COPY {} (n, k, note) FROM STDIN (FORMAT csv)";
+    let (int, txt, uuid) = (ShardKeyType::Integer, ShardKeyType::Text, ShardKeyType::Uuid);
+    // (statement, key type, data): each is loaded whole through a partitioned table and split into
+    // the partitions of another; both must load the same rows or fail with the same message.
+    let cases: &[(&str, ShardKeyType, &str)] = &[
+        (TEXT, txt, "1\tabc\tx\n2\t\\N\ty\n3\t\\x41\\102\\n\tz\n"),
+        (TEXT, txt, "1\ta\tx\n2\tb\ty\\.\n3\tc\tz\n"),
+        (TEXT, txt, "1\ta\tx\n\\.\n2\tb\ty\n"),
+        (TEXT, txt, "1\ta\tx\n\\."),
+        (TEXT, txt, "1\ta\tx\r\n2\tb\ty\n"),
+        (TEXT, txt, "1\ta\tx\n2\tb\r3\tc\tz\n"),
+        (TEXT, txt, "1\ta\tx\r\n\\.\n"),
+        (TEXT, txt, "1\ta\tx\r\n2\tb\ty\r\n\\.\r\n"),
+        (TEXT, txt, "1\ta\tx\r2\tb\ty\r"),
+        (TEXT, txt, "1\ta\\\nb\tx\n"),
+        (TEXT, int, "1\tx\tn\n"),
+        (TEXT, int, "1\t99999999999999999999\tn\n"),
+        (TEXT, int, "1\t -42 \tn\n2\t+7\tm\n"),
+        (TEXT, txt, "1\t\\xff\tn\n"),
+        (TEXT, txt, "1\n"),
+        (TEXT, txt, "1\tk\n"),
+        (TEXT, uuid, "1\tnot-a-uuid\tn\n"),
+        (TEXT, uuid, "1\t{A0EEBC99-9C0B4EF8-BB6D6BB9-BD380A11}\tn\n"),
+        (TEXT, txt, "1\tk\tn"),
+        (CSV, txt, "1,\"a,b\nc\",\"x\"\"y\"\n2,,z\n3,\"\",w\n"),
+        (CSV, txt, "1,\"abc,2\n"),
+        (CSV, txt, "1,k,n\r\n2,k,n\n"),
+        (CSV, txt, "\\.\n1,a,b\n"),
+        (
+            "COPY {} (note, k, n) FROM STDIN (FORMAT csv)",
+            txt,
+            "\\.x,b,1\nx,\\.,2\n",
+        ),
+        (CSV, int, "1,\"\",n\n"),
+        (CSV, int, "1,,n\n2,\" 5\",m\n"),
+        (
+            "COPY {} (n, k, note) FROM STDIN (FORMAT csv, FORCE_NULL (k), FORCE_NOT_NULL (note))",
+            txt,
+            "1,\"\",\n2,,\n",
+        ),
+        (
+            "COPY {} (note, k, n) FROM STDIN WITH CSV HEADER DELIMITER ';' QUOTE '''' NULL 'NULL'",
+            txt,
+            "note;k;n\n'a;b';'it''s';1\nx;NULL;2\n",
+        ),
+        (
+            "COPY {} (k, n) FROM STDIN (FORMAT csv, ESCAPE '\\')",
+            txt,
+            "\"a\\\"b\",1\n\"c\\\\\",2\n",
+        ),
+    ];
+    let modulus = 3;
+    for (i, (copy, key_type, data)) in cases.iter().enumerate() {
+        let sql_type = match key_type {
+            ShardKeyType::Integer => "bigint",
+            ShardKeyType::Text => "text",
+            ShardKeyType::Uuid => "uuid",
+        };
+        let (whole, split) = (format!("e{i}_whole"), format!("e{i}_split"));
+        for table in [&whole, &split] {
+            create_partitioned(&db, table, &format!("n int, k {sql_type}, note text"), modulus).await;
+        }
+        let expected = try_copy_in(&db, &copy.replace("{}", &whole), data.as_bytes().to_vec()).await;
+        let got = split_copy_in(&db, copy, &split, *key_type, modulus, data.as_bytes()).await;
+        assert_eq!(got, expected, "case {i}: {data:?}");
+        if expected.is_ok() {
+            for r in 0..modulus {
+                assert_eq!(
+                    contents(&db, &format!("{whole}_{r}")).await,
+                    contents(&db, &format!("{split}_{r}")).await,
+                    "case {i}: {data:?}, partition {r}"
+                );
+            }
         }
     }
 }
