@@ -30,6 +30,8 @@ pub struct CopyFromStatement {
     pub binary: bool,
     /// How the data is read (for text or csv).
     pub options: CopyOptions,
+    /// The ENCODING option, when given.
+    pub encoding: Option<String>,
 }
 
 /// Why a COPY statement cannot be split by shard.
@@ -67,6 +69,9 @@ pub enum CopyStatementError {
     /// Binary rows are not split.
     #[error("COPY into sharded table \"{0}\" in binary format is not supported")]
     Binary(String),
+    /// Key fields are read as UTF-8.
+    #[error("COPY into sharded table \"{0}\" with ENCODING '{1}' is not supported")]
+    Encoding(String, String),
 }
 
 impl CopyStatementError {
@@ -90,6 +95,9 @@ impl CopyStatementError {
                 Some("Send the data from the client: COPY ... FROM STDIN (psql's \\copy).".into())
             }
             CopyStatementError::Binary(_) => Some("Use FORMAT text or FORMAT csv.".into()),
+            CopyStatementError::Encoding(..) => {
+                Some("Send the data in UTF8: leave out ENCODING or convert the file first.".into())
+            }
             _ => None,
         }
     }
@@ -113,6 +121,16 @@ impl CopyFromStatement {
         }
         if self.binary {
             return Err(CopyStatementError::Binary(table.to_owned()));
+        }
+        if let Some(enc) = &self.encoding {
+            let normal: String = enc
+                .chars()
+                .filter(char::is_ascii_alphanumeric)
+                .collect::<String>()
+                .to_ascii_lowercase();
+            if normal != "utf8" && normal != "unicode" {
+                return Err(CopyStatementError::Encoding(table.to_owned(), enc.clone()));
+            }
         }
         let Some(columns) = &self.columns else {
             return Err(CopyStatementError::NoColumnList {
@@ -186,12 +204,14 @@ pub fn parse_copy_from(sql: &str) -> Result<CopyFromStatement, CopyStatementErro
         return Err(p.syntax());
     }
     binary |= opts.format.as_deref() == Some("binary");
+    let encoding = opts.encoding.take();
     Ok(CopyFromStatement {
         table,
         columns,
         source,
         binary,
         options: opts.resolve()?,
+        encoding,
     })
 }
 
@@ -206,6 +226,7 @@ struct RawOptions {
     header: bool,
     force_not_null: Vec<String>,
     force_null: Vec<String>,
+    encoding: Option<String>,
 }
 
 impl RawOptions {
@@ -572,9 +593,7 @@ impl Parser {
             "freeze" => {
                 self.boolean(false)?;
             }
-            "encoding" => {
-                self.string()?;
-            }
+            "encoding" => o.encoding = Some(self.string()?),
             // FORCE_QUOTE is for COPY TO; PostgreSQL refuses it here and so will the shards.
             "force_quote" => {
                 if !self.punct('*') {
@@ -613,7 +632,7 @@ impl Parser {
             let _ = self.keyword("as");
             o.escape = Some(self.string()?);
         } else if self.keyword("encoding") {
-            self.string()?;
+            o.encoding = Some(self.string()?);
         } else if self.keyword("force") {
             if self.keyword("not") {
                 if !self.keyword("null") {

@@ -549,6 +549,14 @@ fn copy_statements_that_cannot_be_split_say_why() {
                 "COPY into sharded table \"accounts\" in binary format is not supported",
             )),
         ),
+        ("COPY accounts (id) FROM STDIN (ENCODING 'UTF-8')", Ok(0)),
+        (
+            "COPY accounts (id) FROM STDIN (ENCODING 'LATIN1')",
+            Err((
+                "0A000",
+                "COPY into sharded table \"accounts\" with ENCODING 'LATIN1' is not supported",
+            )),
+        ),
         (
             "COPY accounts (id) FROM STDIN (DELIMITER ';;')",
             Err(("0A000", "COPY delimiter must be a single one-byte character")),
