@@ -198,7 +198,7 @@ enum Scan {
 }
 
 /// Splits one COPY's data by shard. Feed it the CopyData payloads in order with [`push`](Self::push), then
-/// call [`finish`](Self::finish) at CopyDone. After an error the COPY is over: do not push more.
+/// call [`finish`](Self::finish) at CopyDone. After an error the COPY is over: later calls route nothing.
 pub struct CopySplitter<'p> {
     options: CopyOptions,
     key: KeyField,
@@ -278,7 +278,10 @@ impl<'p> CopySplitter<'p> {
     fn drain(&mut self, eof: bool, out: &mut RoutedRows) -> Result<(), CopyDataError> {
         // Taken out of self so that the scan can update its state while reading the bytes.
         let mut pending = std::mem::take(&mut self.pending);
-        let consumed = self.route_lines(&pending, eof, out)?;
+        let consumed = self.route_lines(&pending, eof, out).inspect_err(|_| {
+            // The COPY fails as a whole: nothing after the error is routed.
+            self.done = true;
+        })?;
         if !self.done {
             pending.drain(..consumed);
             self.pending = pending;

@@ -408,6 +408,11 @@ fn bad_data_fails_with_postgresqls_message() {
             assert_eq!(err.line, *line, "{input:?}");
         }
     }
+    let place = by_value;
+    let mut s = CopySplitter::new(text.clone(), key(0, int), 3, &place);
+    assert!(s.push(b"1\nx\n2\n").is_err());
+    assert_eq!(s.push(b"4\n").expect("after the error").rows, 0);
+    assert_eq!(s.finish().expect("after the error").rows, 0);
     let e = split(&text, &key(0, int), &[b"1\nx\n"]).expect_err("bad key");
     let pe = e.to_proxy_error("accounts");
     assert_eq!(pe.code, "22P02");
