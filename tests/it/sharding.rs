@@ -253,3 +253,130 @@ async fn statements_without_a_key_run_on_every_shard_and_the_unmergeable_are_ref
     // The session goes on after a refusal.
     assert_eq!(rows(&c, "SELECT count(*) FROM accounts").await, vec![vec![Some("15".into())]]);
 }
+
+/// Rows of `accounts` with ids in `ids`, counted on shard `shard`'s primary.
+fn held(fleet: &ShardedFleet, shard: usize, ids: std::ops::RangeInclusive<i64>) -> usize {
+    let sql = format!(
+        "SELECT count(*) FROM accounts WHERE id BETWEEN {} AND {}",
+        ids.start(),
+        ids.end()
+    );
+    fleet.on_primary(shard, APP_DB, &sql).trim().parse().expect("count")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_row_inserts_and_copy_split_over_the_shards_all_or_nothing() {
+    let (fleet, proxy, c) = sharded().await;
+    let expected = |ids: std::ops::RangeInclusive<i64>, shard: usize| ids.filter(|id| shard_of(*id) == shard).count();
+    // A multi-row INSERT whose rows belong to both shards: each row on its shard, the count of all.
+    let values: Vec<String> = (1..=40).map(|id| format!("({id}, 'o{id}')")).collect();
+    let n = tag_of(&c, &format!("INSERT INTO accounts (id, owner) VALUES {}", values.join(", "))).await;
+    assert_eq!(n, 40);
+    for shard in 0..2 {
+        assert_eq!(held(&fleet, shard, 1..=40), expected(1..=40, shard), "shard {shard}");
+    }
+    // One that fails on one shard (owner is NOT NULL): nothing of it is committed anywhere.
+    let failing: Vec<String> = (41..=60)
+        .map(|id| if id == 55 { format!("({id}, NULL)") } else { format!("({id}, 'o{id}')") })
+        .collect();
+    assert_eq!(
+        sqlstate_of(&c, &format!("INSERT INTO accounts (id, owner) VALUES {}", failing.join(", "))).await,
+        "23502"
+    );
+    for shard in 0..2 {
+        assert_eq!(held(&fleet, shard, 41..=60), 0, "nothing of the failed insert on shard {shard}");
+    }
+
+    // COPY through psql's \copy: text, then csv with a header, then one that fails midway.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text: String = (100..600).map(|id| format!("{id}\tcopied {id}\t{id}\n")).collect();
+    std::fs::write(dir.path().join("rows.tsv"), &text).expect("write rows");
+    let csv: String = std::iter::once("id,owner,balance\n".to_owned())
+        .chain((600..900).map(|id| format!("{id},\"csv, {id}\",{id}\n")))
+        .collect();
+    std::fs::write(dir.path().join("rows.csv"), &csv).expect("write csv");
+    let bad: String = (900..1000)
+        .map(|id| if id == 950 { "950\tdup\t1\n950\tdup\t1\n".to_owned() } else { format!("{id}\tb\t1\n") })
+        .collect();
+    std::fs::write(dir.path().join("bad.tsv"), &bad).expect("write bad rows");
+    let url = proxy.url(APP_USER, PASSWORD, APP_DB);
+    let psql = |command: &str| {
+        let out = std::process::Command::new(crate::support::clients::pg_tool("psql"))
+            .current_dir(dir.path())
+            .args(["-X", "-v", "ON_ERROR_STOP=1", "-d", &url, "-c", command])
+            .output()
+            .expect("run psql");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, stdout, stderr) = psql("\\copy accounts (id, owner, balance) FROM 'rows.tsv'");
+    assert!(ok && stdout.contains("COPY 500"), "{stdout} {stderr}");
+    let (ok, stdout, stderr) = psql("\\copy accounts (id, owner, balance) FROM 'rows.csv' WITH (FORMAT csv, HEADER true)");
+    assert!(ok && stdout.contains("COPY 300"), "{stdout} {stderr}");
+    for shard in 0..2 {
+        assert_eq!(held(&fleet, shard, 100..=899), expected(100..=899, shard), "copied rows on shard {shard}");
+    }
+    assert_eq!(
+        rows(&c, "SELECT owner FROM accounts WHERE id = 700").await,
+        vec![vec![Some("csv, 700".into())]]
+    );
+    let (ok, _, stderr) = psql("\\copy accounts (id, owner, balance) FROM 'bad.tsv'");
+    assert!(!ok && stderr.contains("duplicate key"), "a duplicate key fails the COPY: {stderr}");
+    for shard in 0..2 {
+        assert_eq!(held(&fleet, shard, 900..=999), 0, "nothing of the failed COPY on shard {shard}");
+    }
+    // No column list: the key's place is unknown, refused with the reason.
+    let (ok, _, stderr) = psql("\\copy accounts FROM 'rows.tsv'");
+    assert!(!ok && stderr.contains("needs a column list"), "{stderr}");
+    for shard in 0..2 {
+        assert_eq!(
+            fleet.on_primary(shard, APP_DB, "SELECT count(*) FROM pg_prepared_xacts").trim(),
+            "0"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgbench_runs_a_custom_sharded_script() {
+    let (fleet, proxy, c) = sharded().await;
+    let values: Vec<String> = (1..=100).map(|id| format!("({id}, 'o', 1000)")).collect();
+    c.simple_query(&format!("INSERT INTO accounts (id, owner, balance) VALUES {}", values.join(", ")))
+        .await
+        .expect("accounts");
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A transfer between two random accounts (usually on different shards) and a read by key.
+    let script = "\\set a random(1, 100)\n\\set b random(1, 100)\n\\set x random(1, 10)\n\
+                  BEGIN;\n\
+                  UPDATE accounts SET balance = balance - :x WHERE id = :a;\n\
+                  UPDATE accounts SET balance = balance + :x WHERE id = :b;\n\
+                  COMMIT;\n\
+                  SELECT balance FROM accounts WHERE id = :a;\n";
+    let path = dir.path().join("transfer.sql");
+    std::fs::write(&path, script).expect("script");
+    let out = std::process::Command::new(crate::support::clients::pg_tool("pgbench"))
+        .args(["-n", "-c", "4", "-j", "2", "-t", "100", "-M", "simple", "-f"])
+        .arg(&path)
+        .arg(proxy.url(APP_USER, PASSWORD, APP_DB))
+        .output()
+        .expect("run pgbench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("number of transactions actually processed: 400/400"),
+        "pgbench through sharded pgfleet: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Money moved between shards but none was made or lost, and nothing is left prepared.
+    assert_eq!(
+        rows(&c, "SELECT sum(balance), count(*) FROM accounts").await,
+        vec![vec![Some("100000".into()), Some("100".into())]]
+    );
+    for shard in 0..2 {
+        assert_eq!(
+            fleet.on_primary(shard, APP_DB, "SELECT count(*) FROM pg_prepared_xacts").trim(),
+            "0"
+        );
+    }
+}

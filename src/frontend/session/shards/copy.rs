@@ -41,21 +41,35 @@ impl Session {
         };
         let shards = self.shared.fleet.shard_count() as u32;
         let explicit = self.in_transaction();
-        // COPY opened on every shard, in shard order; the client hears CopyInResponse once all are ready.
-        let mut open: Vec<(ShardId, NodeId)> = Vec::new();
-        let mut copy_in_response = None;
+        // The transaction first on every shard (joining it asks a shard with it open, which must not be
+        // in COPY yet), then COPY on every shard, in shard order; the client hears CopyInResponse once all
+        // are ready.
+        let mut nodes: Vec<(ShardId, NodeId)> = Vec::new();
         for s in 0..shards {
             let shard = ShardId::new(s);
-            let started = match self.open_on(shard).await {
-                Ok(()) => match self.routing.tx_node {
-                    Some(node) => self.start_copy(node, &sql).await,
-                    None => Err(ProxyError::error("08006", "pgfleet: no transaction node on the shard")),
-                },
+            let opened = match self.open_on(shard).await {
+                Ok(()) => self
+                    .routing
+                    .tx_node
+                    .ok_or_else(|| ProxyError::error("08006", "pgfleet: no transaction node on the shard")),
                 Err(e) => Err(e),
             };
-            match started {
+            match opened {
+                Ok(node) => nodes.push((shard, node)),
+                Err(e) => {
+                    if !explicit {
+                        self.rollback_everywhere().await;
+                    }
+                    return self.refuse(e, end).await;
+                }
+            }
+        }
+        let mut open: Vec<(ShardId, NodeId)> = Vec::new();
+        let mut copy_in_response = None;
+        for (shard, node) in nodes {
+            match self.start_copy(node, &sql).await {
                 Ok(response) => {
-                    open.push((shard, self.routing.tx_node.unwrap_or(NodeId::new(0))));
+                    open.push((shard, node));
                     copy_in_response.get_or_insert(response);
                 }
                 Err(e) => {
