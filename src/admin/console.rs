@@ -11,7 +11,7 @@
 //! | `SHOW STATS` | totals (clients, login failures), then routing decisions per (target, rule) |
 //! | `SHOW REPLICATION` | one per replica (and database, in forward mode): state, position, lag, slot size |
 //! | `SHOW METRICS` | the Prometheus text served on `admin.metrics_address`, one line per row |
-//! | `SHOW ROUTE <sql>` | where the router would send `<sql>` and which rule decided |
+//! | `SHOW ROUTE <sql>` | where the router would send `<sql>` and which rule decided (and in a sharded fleet, which shards and why) |
 //! | `RELOAD` | re-reads the config file (as SIGHUP does); one row per change applied |
 //!
 //! Answers have PostgreSQL's shape (RowDescription, DataRow..., CommandComplete `SHOW`, ReadyForQuery), so
@@ -438,14 +438,20 @@ fn show_route(ctx: &Context, sql: &str) -> Result<Table, ProxyError> {
         .with_detail("Sessions send such a statement to the primary without parsing it.")
         .with_hint("The estimate counts the terms of operator chains (a + b + ..., x::int::int ..., a OR b OR ...) and of nested groups; list elements separated by commas do not add up."));
     }
-    let mut table = Table::new(&[
+    let config = ctx.config.get();
+    let sharded = config.is_sharded();
+    let mut columns = vec![
         ("target", Text),
         ("rule", Text),
         ("pin", Text),
         ("transaction", Text),
         ("functions", Text),
-    ]);
-    table.row(vec![
+    ];
+    if sharded {
+        columns.extend([("shards", Text), ("shard_rule", Text)]);
+    }
+    let mut table = Table::new(&columns);
+    let mut row = vec![
         Some(decision.target.to_string()),
         Some(decision.rule.to_string()),
         decision.pin.map(|p| p.to_string()),
@@ -454,7 +460,12 @@ fn show_route(ctx: &Context, sql: &str) -> Result<Table, ProxyError> {
             TxStart::ReadWrite => "read write".to_owned(),
         }),
         Some(source),
-    ]);
+    ];
+    if sharded {
+        let (shards, why) = shards::route(&config, sql)?;
+        row.extend([Some(shards), Some(why)]);
+    }
+    table.row(row);
     Ok(table)
 }
 

@@ -23,7 +23,7 @@ pub use sections::{
     LogFormat, NodeConfig, NodeTlsMode, PoolConfig, PoolMode, ReadYourWrites, ReplicaAffinity,
     ReplicationConfig, ReplicationMode, Role, RoutingConfig, TlsVersion, UserConfig,
 };
-pub use shards::{ShardKeyType, ShardedTableConfig};
+pub use shards::{ShardKeyType, ShardedTableConfig, ShardingConfig};
 use values::de_duration;
 pub use values::{LagLimit, parse_duration, parse_size, split_host_port};
 
@@ -77,6 +77,9 @@ pub struct Config {
     /// Tables whose rows are spread over the shards (`nodes[i].shard`).
     #[serde(default)]
     pub sharded_tables: Vec<ShardedTableConfig>,
+    /// Commits across shards.
+    #[serde(default)]
+    pub sharding: ShardingConfig,
     /// How statements are sent to nodes.
     #[serde(default)]
     pub routing: RoutingConfig,

@@ -3,8 +3,11 @@
 //! without any of them describes one unsharded fleet, exactly as before sharding existed.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use serde::Deserialize;
+
+use super::values::de_duration;
 
 use super::{Config, ConfigError, ReplicationMode, Role};
 
@@ -19,6 +22,27 @@ pub struct ShardedTableConfig {
     /// The column's type family, which decides how its values hash.
     #[serde(default, rename = "type")]
     pub key_type: ShardKeyType,
+}
+
+/// `[sharding]`: how pgfleet runs commits across shards.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardingConfig {
+    /// How often two-phase commit recovery looks for prepared transactions a crash left behind.
+    #[serde(default = "default_recovery_interval", deserialize_with = "de_duration")]
+    pub recovery_interval: Duration,
+}
+
+impl Default for ShardingConfig {
+    fn default() -> Self {
+        ShardingConfig {
+            recovery_interval: default_recovery_interval(),
+        }
+    }
+}
+
+fn default_recovery_interval() -> Duration {
+    Duration::from_secs(10)
 }
 
 /// `sharded_tables[i].type`: the hash function PostgreSQL's hash partitioning uses for the key column.
@@ -93,6 +117,9 @@ pub(super) fn validate_shards(config: &Config) -> Result<(), ConfigError> {
                 format!("table `{}` is listed twice", t.name),
             ));
         }
+    }
+    if config.sharding.recovery_interval.is_zero() {
+        return Err(invalid("sharding.recovery_interval", "must be more than 0"));
     }
     if !config.is_sharded() {
         if !config.sharded_tables.is_empty() {

@@ -29,6 +29,7 @@ fn keys_in_code() -> BTreeSet<(String, String)> {
         ("AdminConfig", "admin"),
         ("ReplicationConfig", "replication"),
         ("ShardedTableConfig", "sharded_tables"),
+        ("ShardingConfig", "sharding"),
     ];
     let tables: BTreeSet<&str> = sections
         .iter()

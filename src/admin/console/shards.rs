@@ -1,10 +1,15 @@
 //! `SHOW SHARDS`: one row per shard (the one shard of an unsharded fleet): its primary and whether it is up,
 //! its replicas and how many serve, the statements its nodes ran, and the sharded tables spread over it.
+//! Also the shard part of `SHOW ROUTE` in a sharded fleet: which shards a statement runs on, and why.
 
 use super::ColumnType::{Int, Text};
 use super::{Context, Table};
 use crate::cluster::ShardId;
 use crate::cluster::view::Primary;
+use crate::config::Config;
+use crate::protocol::messages::ProxyError;
+use crate::shard::plan::{Params, combined_target, plan_all};
+use crate::shard::plan::ShardingRules;
 
 pub(super) fn show_shards(ctx: &Context) -> Table {
     let view = ctx.fleet.view();
@@ -60,4 +65,14 @@ pub(super) fn show_shards(ctx: &Context) -> Table {
         ]);
     }
     table
+}
+
+/// The shards `sql` runs on (`shard 1`, `shards 0, 1`, `every shard`, `any shard`, `session`) and the
+/// planner's reasons, one per statement; a statement pgfleet refuses is answered with the refusal itself.
+pub(super) fn route(config: &Config, sql: &str) -> Result<(String, String), ProxyError> {
+    let rules = ShardingRules::from_config(config);
+    let placement = crate::shard::ShardingPlacement::new(&rules);
+    let plans = plan_all(sql, &rules, &Params::NONE, &placement)?;
+    let reasons: Vec<&str> = plans.iter().map(|p| p.reason.as_str()).collect();
+    Ok((combined_target(&plans).to_string(), reasons.join("; ")))
 }

@@ -314,3 +314,32 @@ async fn show_shards_lists_each_shard_with_its_primary_and_replicas() {
         ]
     );
 }
+
+#[tokio::test]
+async fn show_route_names_the_shards_in_a_sharded_fleet() {
+    let config = Config::parse(
+        "[listen]\naddress = \"127.0.0.1:0\"\n\n[[users]]\nname = \"app\"\npassword = \"pw\"\n\n\
+         [[nodes]]\nname = \"s0\"\naddress = \"127.0.0.1:5501\"\nrole = \"primary\"\nshard = 0\n\n\
+         [[nodes]]\nname = \"s1\"\naddress = \"127.0.0.1:5502\"\nrole = \"primary\"\nshard = 1\n\n\
+         [[sharded_tables]]\nname = \"accounts\"\ncolumn = \"id\"\n",
+    )
+    .expect("config");
+    let s = crate::admin::context_for(config);
+    let shard_of_7 = crate::shard::hash::shard_for(&crate::shard::value::KeyValue::Int(7), 2);
+    let frames = converse(
+        s,
+        vec![
+            query("SHOW ROUTE SELECT * FROM accounts WHERE id = 7"),
+            query("SHOW ROUTE SELECT count(*) FROM accounts"),
+            query("SHOW ROUTE UPDATE accounts SET id = 8 WHERE id = 7"),
+        ],
+    )
+    .await;
+    let rest = after_startup(&frames);
+    let rows = rows(rest);
+    assert_eq!(rows[0][5].as_deref(), Some(shard_of_7.to_string().as_str()));
+    assert!(rows[0][6].as_deref().is_some_and(|r| r.contains("accounts.id")), "{:?}", rows[0]);
+    assert_eq!(rows[1][5].as_deref(), Some("every shard"));
+    let refused = rest.iter().find(|f| f.kind == b'E').expect("the key update is refused");
+    assert_eq!(error_field(refused.body(), b'C'), Some("0A000"));
+}
