@@ -192,11 +192,8 @@ fn values_insert(
             Operand::Value(v, text) => {
                 row_shards.push(shard_of(&v, ctx));
                 if texts.len() < 4 {
-                    texts.push(if matches!(v, sqlparser_null!()) {
-                        text
-                    } else {
-                        show_or(&v, text)
-                    });
+                    // A parameter shows its number and value; a literal shows as the value it parses to.
+                    texts.push(if text.starts_with('$') { text } else { show(&v) });
                 }
             }
             Operand::Unknown(n) => {
@@ -258,38 +255,15 @@ fn values_insert(
         ));
     };
     let mut plan = ShardPlan::new(ShardTarget::of_set(&set), true, reason);
-    let (texts, params): (Vec<(ShardId, String)>, Vec<Vec<usize>>) = split.into_iter().unzip_pairs();
+    let mut texts = Vec::with_capacity(split.len());
+    let mut params = Vec::with_capacity(split.len());
+    for (shard, text, numbers) in split {
+        texts.push((shard, text));
+        params.push(numbers);
+    }
     plan.split = Some(texts);
     plan.split_params = Some(params);
     Ok(plan)
-}
-
-/// Placeholder for a pattern on [`crate::shard::value::KeyValue::Null`].
-macro_rules! sqlparser_null {
-    () => {
-        crate::shard::value::KeyValue::Null
-    };
-}
-use sqlparser_null;
-
-fn show_or(v: &crate::shard::value::KeyValue, text: String) -> String {
-    if text.starts_with('$') { text } else { show(v) }
-}
-
-trait UnzipPairs {
-    fn unzip_pairs(self) -> (Vec<(ShardId, String)>, Vec<Vec<usize>>);
-}
-
-impl<I: Iterator<Item = (ShardId, String, Vec<usize>)>> UnzipPairs for I {
-    fn unzip_pairs(self) -> (Vec<(ShardId, String)>, Vec<Vec<usize>>) {
-        let mut a = Vec::new();
-        let mut b = Vec::new();
-        for (s, t, p) in self {
-            a.push((s, t));
-            b.push(p);
-        }
-        (a, b)
-    }
 }
 
 /// The per-shard texts of a multi-row INSERT: the text before the first row, that shard's rows (as

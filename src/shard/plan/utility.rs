@@ -273,13 +273,26 @@ fn ddl(sql: &str, kw: &[String], ctx: &Ctx<'_>) -> Result<ShardPlan, ProxyError>
     }
     let mut plan = ShardPlan::everywhere(format!("DDL ({first}): every shard"));
     // These cannot run inside a transaction block, so not under two-phase commit either.
-    plan.outside_transaction = matches!(first, "VACUUM" | "CHECKPOINT" | "REINDEX" if first != "REINDEX" || words.iter().any(|w| w == "CONCURRENTLY") || words.iter().any(|w| w == "SYSTEM" || w == "DATABASE"))
-        || words.iter().take(4).any(|w| w == "CONCURRENTLY")
-        || (matches!(first, "CREATE" | "DROP" | "ALTER")
-            && words
-                .get(1)
-                .is_some_and(|w| w == "DATABASE" || w == "TABLESPACE" || w == "SYSTEM"));
+    plan.outside_transaction = outside_transaction(&words);
     Ok(plan)
+}
+
+/// Whether a statement (its words, upper case) refuses to run inside a transaction block: VACUUM, the
+/// CONCURRENTLY forms, REINDEX of a database or the system catalogs, CREATE/DROP DATABASE and TABLESPACE,
+/// ALTER SYSTEM.
+fn outside_transaction(words: &[String]) -> bool {
+    let w = |i: usize| words.get(i).map(String::as_str).unwrap_or("");
+    match w(0) {
+        "VACUUM" => true,
+        "REINDEX" => {
+            matches!(w(1), "DATABASE" | "SYSTEM") || words.iter().take(5).any(|x| x == "CONCURRENTLY")
+        }
+        "CREATE" | "DROP" | "ALTER" => {
+            matches!(w(1), "DATABASE" | "TABLESPACE" | "SYSTEM")
+                || words.iter().take(5).any(|x| x == "CONCURRENTLY")
+        }
+        _ => false,
+    }
 }
 
 fn explain(sql: &str, ctx: &Ctx<'_>) -> Result<ShardPlan, ProxyError> {
