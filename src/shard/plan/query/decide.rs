@@ -104,6 +104,25 @@ impl Walker<'_, '_> {
                 None => unpinned.push(self.insts[root].key_display.clone()),
             }
         }
+        if (!unpinned.is_empty() || shards.len() > 1)
+            && let Some(part) = self.scopes.iter().find(|sc| {
+                sc.attach == Attach::Top
+                    && sc.insts.is_empty()
+                    && !sc.reads_written_rows
+                    && !DML.contains(&sc.what.as_str())
+            })
+        {
+            // Its rows do not come from a sharded table, so every shard would return them.
+            return Err(refuse(
+                format!(
+                    "this statement runs on several shards, and its {} reads no sharded table: each shard would \
+                     return its rows",
+                    part.what
+                ),
+                "run that part as a statement of its own, or pin the statement to one shard with a condition on \
+                 the shard key",
+            ));
+        }
         if !unpinned.is_empty() {
             unpinned.dedup();
             let params = if self.needs.is_empty() {
@@ -171,6 +190,9 @@ impl Walker<'_, '_> {
         )
     }
 }
+
+/// Scopes that write rather than return rows.
+const DML: &[&str] = &["UPDATE", "DELETE", "INSERT"];
 
 /// "accounts.id = 42 -> shard 1".
 fn reason(conds: &[String], shards: &BTreeSet<crate::cluster::ShardId>) -> String {

@@ -184,6 +184,9 @@ impl<'q> Walker<'_, 'q> {
         scope: usize,
         nullable: bool,
     ) -> Result<(), ProxyError> {
+        if self.ctes[pos].modifying {
+            self.scopes[scope].reads_written_rows = true;
+        }
         if self.ctes[pos].opaque {
             self.add_other(qual);
             return Ok(());

@@ -63,6 +63,8 @@ struct Scope {
     /// What it is, for messages: "subquery", "CTE x", "INTERSECT".
     what: String,
     insts: Vec<usize>,
+    /// It reads the RETURNING rows of a data-modifying WITH, which come from the shards that ran it.
+    reads_written_rows: bool,
 }
 
 /// A name visible in a scope.
@@ -82,6 +84,8 @@ struct CteDef<'q> {
     depth: usize,
     /// Recursive or data-modifying: it is not inlined where it is referenced.
     opaque: bool,
+    /// Data-modifying: its RETURNING rows are those of the shards it ran on.
+    modifying: bool,
 }
 
 /// What the walk of a query found, for the scope that uses it.
@@ -200,6 +204,7 @@ impl<'c, 'q> Walker<'c, 'q> {
             attach,
             what: what.to_owned(),
             insts: Vec::new(),
+            reads_written_rows: false,
         });
         let id = self.scopes.len() - 1;
         self.frames.push(Frame { entries: Vec::new() });
@@ -295,6 +300,7 @@ impl<'c, 'q> Walker<'c, 'q> {
             query: &cte.query,
             depth: self.frames.len(),
             opaque: modifying || recursive,
+            modifying,
         });
         Ok(())
     }
