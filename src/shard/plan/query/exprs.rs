@@ -9,8 +9,62 @@ use sqlparser::ast::{
 use super::super::keys::{Keys, conjuncts, key_equality, restriction};
 use super::super::refuse;
 use super::super::rules::name_parts;
-use super::{AGGREGATES, Attach, Flags, Walker};
+use super::{Attach, Flags, Walker};
 use crate::protocol::messages::ProxyError;
+
+/// The aggregate functions PostgreSQL ships; a query using one without grouping by the key gives one row
+/// per shard, not its result.
+const AGGREGATES: &[&str] = &[
+    "count",
+    "sum",
+    "avg",
+    "min",
+    "max",
+    "array_agg",
+    "string_agg",
+    "bool_and",
+    "bool_or",
+    "every",
+    "json_agg",
+    "jsonb_agg",
+    "json_object_agg",
+    "jsonb_object_agg",
+    "xmlagg",
+    "stddev",
+    "stddev_pop",
+    "stddev_samp",
+    "variance",
+    "var_pop",
+    "var_samp",
+    "bit_and",
+    "bit_or",
+    "bit_xor",
+    "corr",
+    "covar_pop",
+    "covar_samp",
+    "regr_avgx",
+    "regr_avgy",
+    "regr_count",
+    "regr_intercept",
+    "regr_r2",
+    "regr_slope",
+    "regr_sxx",
+    "regr_sxy",
+    "regr_syy",
+    "mode",
+    "percentile_cont",
+    "percentile_disc",
+    "rank",
+    "dense_rank",
+    "percent_rank",
+    "cume_dist",
+    "range_agg",
+    "range_intersect_agg",
+    "any_value",
+    "json_agg_strict",
+    "json_objectagg",
+    "json_arrayagg",
+];
 
 impl<'q> Walker<'_, 'q> {
     pub(super) fn condition(
