@@ -4,7 +4,9 @@
 //! from several shards and the two-phase commit of writes on several shards live in its submodules.
 
 pub mod copy_rows;
+pub mod decisions;
 pub mod hash;
+pub mod plan;
 pub mod value;
 
 use crate::cluster::ShardId;
