@@ -89,6 +89,9 @@ pub enum StartError {
     /// A node's TLS settings unusable.
     #[error("nodes: {0}")]
     NodeTls(#[from] crate::backend::tls::TlsSetupError),
+    /// Sharding cannot work with these shard primaries (TLS settings, prepared transactions disabled).
+    #[error("{0}")]
+    Sharding(String),
     /// A session worker thread could not start.
     #[error("worker_threads: {0}")]
     Workers(#[from] crate::frontend::workers::WorkerError),
@@ -125,9 +128,13 @@ impl Proxy {
             config.pool.connect_timeout,
         ));
         let stats = Arc::new(Stats::new(node_count));
-        let sharding = config
-            .is_sharded()
-            .then(|| Arc::new(crate::shard::Sharding::new(&config, instance_id(&config))));
+        let sharding = match config.is_sharded() {
+            true => Some(Arc::new(
+                crate::shard::Sharding::new(&config, instance_id(&config))
+                    .map_err(|e| StartError::Sharding(e.to_string()))?,
+            )),
+            false => None,
+        };
         let config = ConfigHandle::new(config);
         let replication = Replication::new(config.clone(), fleet.clone(), forward);
         let reload = Arc::new(reload::Context::new(
@@ -240,6 +247,18 @@ pub async fn run(proxy: Arc<Proxy>) -> Result<(), StartError> {
         }
         None => None,
     };
+    if let Some(sharding) = &proxy.sessions.sharding {
+        // Commits across shards prepare on every shard primary: one that cannot is a configuration error.
+        match sharding.decisions.start_check().await {
+            Ok(()) => {}
+            Err(e @ crate::shard::twophase::StartCheckError::PreparedTransactionsDisabled { .. }) => {
+                return Err(StartError::Sharding(e.to_string()));
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot check the shard primaries yet"),
+        }
+        let interval = proxy.config.get().sharding.recovery_interval;
+        crate::shard::decisions::spawn(sharding.decisions.clone(), interval);
+    }
     let fleet = &proxy.sessions.fleet;
     let workers = proxy.workers.len();
     tracing::info!(%address, nodes = fleet.nodes().len(), workers, "pgfleet listening");

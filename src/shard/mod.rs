@@ -24,16 +24,20 @@ pub struct Sharding {
     pub instance: twophase::InstanceId,
     /// `datcollate` per database: whether merged text can be ordered bytewise.
     collations: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// The databases whose commits across shards this pgfleet coordinates, and their recovery.
+    pub decisions: std::sync::Arc<decisions::Decisions>,
 }
 
 impl Sharding {
-    /// The sharding of a validated config; `instance` names this pgfleet.
-    pub fn new(config: &Config, instance: twophase::InstanceId) -> Sharding {
-        Sharding {
+    /// The sharding of a validated config; `instance` names this pgfleet. Fails only when a shard
+    /// primary's TLS settings cannot be used.
+    pub fn new(config: &Config, instance: twophase::InstanceId) -> Result<Sharding, twophase::TargetError> {
+        Ok(Sharding {
             rules: plan::ShardingRules::from_config(config),
             instance,
             collations: std::sync::Mutex::default(),
-        }
+            decisions: std::sync::Arc::new(decisions::Decisions::new(config)?),
+        })
     }
 
     /// The collation of `database`, if a session already asked.

@@ -43,6 +43,7 @@ mod server_role;
 mod sessions_auth;
 mod shard_placement;
 mod sharding;
+mod sharding_crash;
 mod sharding_differential;
 mod shutdown_logs;
 mod transaction_pooling;

@@ -41,6 +41,13 @@ impl Session {
             Some(s) => s.instance.clone(),
             None => return Ok(()),
         };
+        if open.len() > 1
+            && let Some(sharding) = self.shared.sharding.clone()
+            && let Err(e) = sharding.decisions.ready(&self.database).await
+        {
+            self.rollback_everywhere().await;
+            return Err(ProxyError::error("55000", e.to_string()));
+        }
         let outcome = {
             let mut parts: Vec<(ShardId, NodeParticipant<'_>)> = Vec::new();
             let mut conns: Vec<Option<&mut crate::backend::PooledConn>> =
