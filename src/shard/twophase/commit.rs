@@ -140,6 +140,7 @@ pub async fn start<P: Participant + ?Sized>(
         instance: instance.clone(),
         coordinator,
         xid,
+        nonce: rand::random(),
     })
 }
 

@@ -1,7 +1,12 @@
 //! Names of pgfleet's distributed transactions: the instance id of the pgfleet process that runs them, the
-//! transaction's base name (`pgfleet_<instance>_<coordinator shard>_<coordinator xid>`, the key of its
-//! decision row) and the global transaction id each participant prepares under (the base plus `_<shard>`).
-//! Everything recovery knows about a prepared transaction it finds on a shard comes from parsing its gid.
+//! transaction's base name (`pgfleet_<instance>_<coordinator shard>_<coordinator xid>_<nonce>`, the key of
+//! its decision row) and the global transaction id each participant prepares under (the base plus
+//! `_<shard>`). Everything recovery knows about a prepared transaction it finds on a shard comes from
+//! parsing its gid.
+//!
+//! The random nonce makes a base unique even when the coordinator's transaction id is not: a coordinator
+//! that crashes before its WAL reaches disk hands the same xid out again after restart, and without the
+//! nonce a later transaction's decision row could be taken for the lost one's.
 
 use std::fmt;
 
@@ -10,8 +15,8 @@ use crate::cluster::ShardId;
 /// Every gid pgfleet prepares starts with this; recovery only touches those.
 pub const GID_PREFIX: &str = "pgfleet_";
 
-/// Longest instance id: a gid must fit PostgreSQL's 200 bytes with the prefix and three numbers (at most
-/// 10 + 20 + 10 digits and three separators).
+/// Longest instance id: a gid must fit PostgreSQL's 200 bytes with the prefix and four numbers (at most
+/// 10 + 20 + 10 + 10 digits and four separators).
 pub const INSTANCE_MAX_LEN: usize = 63;
 
 /// Why a text is not an instance id.
@@ -87,9 +92,8 @@ impl fmt::Display for InstanceId {
     }
 }
 
-/// One distributed transaction: who runs it, its coordinator shard and the coordinator's transaction id
-/// (`txid_current()`, epoch included, so it never repeats on that server). Its text form is the key of the
-/// decision row.
+/// One distributed transaction: who runs it, its coordinator shard, the coordinator's transaction id
+/// (`txid_current()`, epoch included) and a random nonce. Its text form is the key of the decision row.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct GidBase {
     /// The pgfleet process that ran it.
@@ -98,6 +102,8 @@ pub struct GidBase {
     pub coordinator: ShardId,
     /// That local transaction's id.
     pub xid: u64,
+    /// Random, so that a base never repeats even if the xid does.
+    pub nonce: u32,
 }
 
 impl GidBase {
@@ -114,10 +120,11 @@ impl fmt::Display for GidBase {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{GID_PREFIX}{}_{}_{}",
+            "{GID_PREFIX}{}_{}_{}_{}",
             self.instance,
             self.coordinator.get(),
-            self.xid
+            self.xid,
+            self.nonce
         )
     }
 }
@@ -136,9 +143,10 @@ impl Gid {
     /// (leading zeros, a `+` sign), so that parsing and printing are exact inverses.
     pub fn parse(text: &str) -> Option<Gid> {
         let rest = text.strip_prefix(GID_PREFIX)?;
-        // The instance may hold underscores; the three numbers after it do not.
-        let mut parts = rest.rsplitn(4, '_');
+        // The instance may hold underscores; the four numbers after it do not.
+        let mut parts = rest.rsplitn(5, '_');
         let participant = number::<u32>(parts.next()?)?;
+        let nonce = number::<u32>(parts.next()?)?;
         let xid = number::<u64>(parts.next()?)?;
         let coordinator = number::<u32>(parts.next()?)?;
         let instance = InstanceId::new(parts.next()?).ok()?;
@@ -147,6 +155,7 @@ impl Gid {
                 instance,
                 coordinator: ShardId::new(coordinator),
                 xid,
+                nonce,
             },
             participant: ShardId::new(participant),
         };
@@ -176,18 +185,22 @@ mod tests {
             instance: InstanceId::new(instance).expect("instance"),
             coordinator: ShardId::new(coordinator),
             xid,
+            nonce: 7,
         }
     }
 
     #[test]
     fn gids_print_and_parse_back() {
         let cases = [
-            (base("a", 0, 1), 1, "pgfleet_a_0_1_1"),
-            (base("host_6432", 3, 771), 0, "pgfleet_host_6432_3_771_0"),
+            (base("a", 0, 1), 1, "pgfleet_a_0_1_7_1"),
+            (base("host_6432", 3, 771), 0, "pgfleet_host_6432_3_771_7_0"),
             (
-                base("x_1_2_3", 4294967295, u64::MAX),
+                GidBase {
+                    nonce: u32::MAX,
+                    ..base(&"x_1".repeat(21), 4294967295, u64::MAX)
+                },
                 4294967295,
-                "pgfleet_x_1_2_3_4294967295_18446744073709551615_4294967295",
+                "pgfleet_x_1x_1x_1x_1x_1x_1x_1x_1x_1x_1x_1x_1x_1x_1x_1x_1x_1x_1x_1x_1x_1_4294967295_18446744073709551615_4294967295_4294967295",
             ),
         ];
         for (base, shard, text) in cases {
@@ -203,16 +216,17 @@ mod tests {
         for text in [
             "",
             "pgfleet_",
-            "pgfleet_a_0_1",
-            "citus_1_2_3_4",
-            "pgfleet__0_1_1",
-            "pgfleet_A_0_1_1",
-            "pgfleet_a_0_+1_1",
-            "pgfleet_a_0_01_1",
-            "pgfleet_a_-1_1_1",
-            "pgfleet_a_0_1_4294967296",
-            "pgfleet_a b_0_1_1",
-            "pgfleet_a_0_1_1_",
+            "pgfleet_a_0_1_1",
+            "citus_1_2_3_4_5",
+            "pgfleet__0_1_7_1",
+            "pgfleet_A_0_1_7_1",
+            "pgfleet_a_0_+1_7_1",
+            "pgfleet_a_0_01_7_1",
+            "pgfleet_a_-1_1_7_1",
+            "pgfleet_a_0_1_7_4294967296",
+            "pgfleet_a_0_1_4294967296_1",
+            "pgfleet_a b_0_1_7_1",
+            "pgfleet_a_0_1_7_1_",
         ] {
             assert_eq!(Gid::parse(text), None, "{text:?}");
         }

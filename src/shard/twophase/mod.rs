@@ -31,16 +31,29 @@ pub const DECISION_SCHEMA: &str = "pgfleet";
 /// The decision table: one row per distributed transaction whose decision is commit.
 pub const DECISION_TABLE: &str = "pgfleet.commit_decisions";
 
-/// Creates the decision table where it is missing. The sessions' roles insert the decisions, so INSERT
-/// goes to PUBLIC; a forged row cannot commit anything (see `resolve`: the coordinator's transaction status
-/// decides while PostgreSQL still knows it).
+/// Creates the decision table where it is missing. Only the roles recovery is told about may insert: a
+/// visible row commits a prepared transaction, so a role that could forge one could commit half of another
+/// role's transaction.
 pub(crate) const CREATE_DECISION_TABLE: &str = "CREATE SCHEMA IF NOT EXISTS pgfleet; \
      CREATE TABLE IF NOT EXISTS pgfleet.commit_decisions (\
          gid_base text PRIMARY KEY, \
          instance text NOT NULL, \
-         decided_at timestamptz NOT NULL DEFAULT clock_timestamp()); \
-     GRANT USAGE ON SCHEMA pgfleet TO PUBLIC; \
-     GRANT INSERT ON pgfleet.commit_decisions TO PUBLIC";
+         decided_at timestamptz NOT NULL DEFAULT clock_timestamp())";
+
+/// The grants that let `roles` record decisions.
+pub(crate) fn grant_decision_writers(roles: &[String]) -> Option<String> {
+    if roles.is_empty() {
+        return None;
+    }
+    let list = roles
+        .iter()
+        .map(|r| format!("\"{}\"", r.replace('"', "\"\"")))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Some(format!(
+        "GRANT USAGE ON SCHEMA pgfleet TO {list}; GRANT INSERT ON pgfleet.commit_decisions TO {list}"
+    ))
+}
 
 /// What to do when the decision table cannot be written or created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -23,14 +23,20 @@ use crate::cluster::ShardId;
 const LIST_SQL: &str = "SELECT gid, owner::text FROM pg_prepared_xacts \
      WHERE database = current_database() AND gid LIKE 'pgfleet\\_%'";
 
-/// The coordinator's status first, evaluated after the statement's snapshot: whatever it says, the row
-/// check cannot have missed a decision committed before that status was read (see `resolve`).
-const ASK_SQL: &str = "SELECT txid_status($1)::text, \
-     EXISTS (SELECT 1 FROM pgfleet.commit_decisions WHERE gid_base = $2)";
+/// Everything `resolve` needs from the coordinator, in one statement so that the row check and "finished
+/// as of the snapshot" share one snapshot, and the status is read after it. An xid at or past a freshly
+/// assigned one was never handed out (txid_status would raise an error for it).
+const ASK_SQL: &str = "SELECT CASE WHEN $1 < txid_current() THEN txid_status($1)::text ELSE 'future' END, \
+     EXISTS (SELECT 1 FROM pgfleet.commit_decisions WHERE gid_base = $2), \
+     txid_visible_in_snapshot($1, txid_current_snapshot())";
 
 /// How recovery behaves besides whom it reaches.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecoveryOptions {
+    /// Roles granted INSERT on the decision table (and USAGE on its schema) when recovery creates it: the
+    /// roles clients connect as, since a session records the decision as its client's role. Nobody else
+    /// gets to write decisions.
+    pub writers: Vec<String>,
     /// A decision row is removed once this old and no participant of its transaction is still prepared.
     /// It is not needed after that (see `resolve::collectable`); the delay keeps it for people reading
     /// the table after an incident.
@@ -40,6 +46,7 @@ pub struct RecoveryOptions {
 impl Default for RecoveryOptions {
     fn default() -> Self {
         RecoveryOptions {
+            writers: Vec::new(),
             keep_decisions: Duration::from_secs(3600),
         }
     }
@@ -63,7 +70,7 @@ pub enum RecoveryError {
          \"{database}\" TO \"{user}\"), or create the table as a privileged role: CREATE SCHEMA pgfleet; \
          CREATE TABLE pgfleet.commit_decisions (gid_base text PRIMARY KEY, instance text NOT NULL, \
          decided_at timestamptz NOT NULL DEFAULT clock_timestamp()); GRANT USAGE ON SCHEMA pgfleet TO \
-         PUBLIC; GRANT INSERT ON pgfleet.commit_decisions TO PUBLIC"
+         <client roles>; GRANT INSERT ON pgfleet.commit_decisions TO <client roles>"
     )]
     DecisionTable {
         /// Node name.
@@ -221,7 +228,7 @@ impl Recovery {
             self.timed(
                 target,
                 "creating the decision table",
-                ensure_decision_table(&client),
+                ensure_decision_table(&client, &self.options.writers),
             )
             .await
             .map_err(|e| match e {
@@ -269,8 +276,13 @@ impl Recovery {
             .map_err(unavailable)?;
         let status: Option<String> = row.get(0);
         let decided: bool = row.get(1);
+        let finished_in_snapshot: bool = row.get(2);
         match XidStatus::parse(status.as_deref()) {
-            Some(status) => Ok(CoordinatorAnswer { status, decided }),
+            Some(status) => Ok(CoordinatorAnswer {
+                status,
+                decided,
+                finished_in_snapshot,
+            }),
             None => Err(WaitReason::CoordinatorUnavailable(format!(
                 "txid_status() answered {status:?}"
             ))),

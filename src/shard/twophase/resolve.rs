@@ -2,11 +2,14 @@
 //! each coordinator says about its transaction, commit, roll back or wait; and which decision rows are no
 //! longer needed.
 //!
-//! The coordinator's transaction status decides while PostgreSQL still knows it (`txid_status`): committed
-//! means the decision row committed with it, so commit, even if a snapshot taken an instant before that
-//! commit became visible does not show the row yet; aborted means no decision was ever recorded, so roll
-//! back; in progress means the commit is still running, so wait. Only when the transaction is too old for
-//! `txid_status` (NULL) does the row alone decide, as in Citus: present, commit; absent, roll back.
+//! The decision row decides, as in Citus: the coordinator inserts it in its own transaction, so a visible
+//! row means that transaction committed: commit. Without a row, the coordinator's transaction status
+//! (`txid_status`) says whether the absence is final. Aborted, too old to be known, or an xid the
+//! coordinator never handed out (it lost it in a crash): the decision was never taken, roll back. In
+//! progress: the commit may be under way, wait. Committed: either the commit is still becoming visible
+//! (PostgreSQL marks a transaction committed before snapshots see it, for as long as synchronous replication
+//! waits), so wait; or, when the statement's own snapshot already sees it finished, the xid belongs to
+//! another transaction after a crash reused it (the gid's nonce keeps that one's row apart), so roll back.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -24,6 +27,8 @@ pub enum XidStatus {
     Aborted,
     /// NULL: older than the commit log PostgreSQL keeps.
     Forgotten,
+    /// Not handed out yet: the coordinator lost the transaction in a crash before its WAL reached disk.
+    Future,
 }
 
 impl XidStatus {
@@ -33,19 +38,22 @@ impl XidStatus {
             Some("in progress") => Some(XidStatus::InProgress),
             Some("committed") => Some(XidStatus::Committed),
             Some("aborted") => Some(XidStatus::Aborted),
+            Some("future") => Some(XidStatus::Future),
             None => Some(XidStatus::Forgotten),
             Some(_) => None,
         }
     }
 }
 
-/// What the coordinator shard said about a distributed transaction.
+/// What the coordinator shard said about a distributed transaction, all from one statement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CoordinatorAnswer {
-    /// Its transaction's status.
+    /// Its transaction's status, read after the statement's snapshot was taken.
     pub status: XidStatus,
-    /// Whether the decision row is visible.
+    /// Whether the decision row is visible in the statement's snapshot.
     pub decided: bool,
+    /// Whether the transaction had finished (committed or not) as of that snapshot.
+    pub finished_in_snapshot: bool,
 }
 
 /// Why a prepared transaction is left alone for now.
@@ -82,13 +90,15 @@ pub enum Resolution {
 
 /// The rule for one distributed transaction, from its coordinator's answer (see the module's text).
 pub fn resolve(answer: CoordinatorAnswer) -> Resolution {
-    match (answer.status, answer.decided) {
-        (XidStatus::InProgress, _) => Resolution::Wait(WaitReason::InProgress),
-        (XidStatus::Committed, _) => Resolution::Commit,
-        // A row without a committed transaction was not written by the coordinator's transaction.
-        (XidStatus::Aborted, _) => Resolution::Rollback,
-        (XidStatus::Forgotten, true) => Resolution::Commit,
-        (XidStatus::Forgotten, false) => Resolution::Rollback,
+    if answer.decided {
+        return Resolution::Commit;
+    }
+    match answer.status {
+        XidStatus::InProgress => Resolution::Wait(WaitReason::InProgress),
+        XidStatus::Committed if !answer.finished_in_snapshot => Resolution::Wait(WaitReason::InProgress),
+        XidStatus::Committed | XidStatus::Aborted | XidStatus::Forgotten | XidStatus::Future => {
+            Resolution::Rollback
+        }
     }
 }
 
@@ -167,23 +177,30 @@ mod tests {
     fn the_rule_for_each_status_and_row() {
         use Resolution::*;
         use XidStatus::*;
+        let wait = || Wait(WaitReason::InProgress);
+        // (status, decision row visible, finished as of the snapshot) -> resolution
         let table = [
-            (InProgress, false, Wait(WaitReason::InProgress)),
-            (InProgress, true, Wait(WaitReason::InProgress)),
-            (Committed, true, Commit),
-            // Committed an instant before the row's snapshot could see it.
-            (Committed, false, Commit),
-            (Aborted, false, Rollback),
-            (Aborted, true, Rollback),
-            (Forgotten, true, Commit),
-            (Forgotten, false, Rollback),
+            (Committed, true, true, Commit),
+            // The row is seen only once the commit is: a row means committed, whatever came after.
+            (Committed, true, false, Commit),
+            (Forgotten, true, true, Commit),
+            (InProgress, false, false, wait()),
+            // Committed after the snapshot was taken: its row will be visible on the next look.
+            (Committed, false, false, wait()),
+            // Committed before the snapshot and still no row: that xid is another transaction's.
+            (Committed, false, true, Rollback),
+            (Aborted, false, true, Rollback),
+            (Aborted, false, false, Rollback),
+            (Forgotten, false, true, Rollback),
+            (Future, false, false, Rollback),
         ];
-        for (status, decided, want) in table {
-            assert_eq!(
-                resolve(CoordinatorAnswer { status, decided }),
-                want,
-                "{status:?}, decided {decided}"
-            );
+        for (status, decided, finished_in_snapshot, want) in table {
+            let answer = CoordinatorAnswer {
+                status,
+                decided,
+                finished_in_snapshot,
+            };
+            assert_eq!(resolve(answer), want, "{answer:?}");
         }
     }
 
@@ -192,6 +209,7 @@ mod tests {
         assert_eq!(XidStatus::parse(Some("in progress")), Some(XidStatus::InProgress));
         assert_eq!(XidStatus::parse(Some("committed")), Some(XidStatus::Committed));
         assert_eq!(XidStatus::parse(Some("aborted")), Some(XidStatus::Aborted));
+        assert_eq!(XidStatus::parse(Some("future")), Some(XidStatus::Future));
         assert_eq!(XidStatus::parse(None), Some(XidStatus::Forgotten));
         assert_eq!(XidStatus::parse(Some("maybe")), None);
     }
@@ -201,6 +219,7 @@ mod tests {
             instance: InstanceId::new(instance).expect("instance"),
             coordinator: ShardId::new(coordinator),
             xid,
+            nonce: 5,
         }
     }
 
@@ -208,10 +227,10 @@ mod tests {
     fn only_pgfleet_gids_of_the_listing_shard_are_kept() {
         let s = ShardId::new;
         let found = vec![
-            (s(1), "pgfleet_a_0_10_1".to_owned()),
+            (s(1), "pgfleet_a_0_10_5_1".to_owned()),
             // Another shard's participant on a shared server: its own target resolves it.
-            (s(1), "pgfleet_a_0_10_2".to_owned()),
-            (s(2), "pgfleet_a_0_10_2".to_owned()),
+            (s(1), "pgfleet_a_0_10_5_2".to_owned()),
+            (s(2), "pgfleet_a_0_10_5_2".to_owned()),
             (s(2), "pgfleet_not_a_gid".to_owned()),
         ];
         let (kept, ignored) = own_gids(&found);
@@ -241,11 +260,17 @@ mod tests {
             (s(0), unreachable.gid(s(0))),
             (s(0), unconfigured.gid(s(0))),
         ];
-        let answer = |status, decided| Ok(CoordinatorAnswer { status, decided });
+        let answer = |status, decided, finished_in_snapshot| {
+            Ok(CoordinatorAnswer {
+                status,
+                decided,
+                finished_in_snapshot,
+            })
+        };
         let answers = BTreeMap::from([
-            (committed.clone(), answer(XidStatus::Committed, true)),
-            (aborted.clone(), answer(XidStatus::Aborted, false)),
-            (running.clone(), answer(XidStatus::InProgress, false)),
+            (committed.clone(), answer(XidStatus::Committed, true, true)),
+            (aborted.clone(), answer(XidStatus::Aborted, false, true)),
+            (running.clone(), answer(XidStatus::InProgress, false, false)),
             (
                 unreachable.clone(),
                 Err(WaitReason::CoordinatorUnavailable("refused".into())),
@@ -256,22 +281,22 @@ mod tests {
             .map(|p| (p.shard, p.gid.to_string(), p.resolution))
             .collect();
         let want = vec![
-            (s(1), "pgfleet_a_0_10_1".to_owned(), Resolution::Commit),
-            (s(2), "pgfleet_a_0_10_2".to_owned(), Resolution::Commit),
-            (s(1), "pgfleet_b_1_0_11_1".to_owned(), Resolution::Rollback),
+            (s(1), "pgfleet_a_0_10_5_1".to_owned(), Resolution::Commit),
+            (s(2), "pgfleet_a_0_10_5_2".to_owned(), Resolution::Commit),
+            (s(1), "pgfleet_b_1_0_11_5_1".to_owned(), Resolution::Rollback),
             (
                 s(0),
-                "pgfleet_a_1_12_0".to_owned(),
+                "pgfleet_a_1_12_5_0".to_owned(),
                 Resolution::Wait(WaitReason::InProgress),
             ),
             (
                 s(0),
-                "pgfleet_a_2_13_0".to_owned(),
+                "pgfleet_a_2_13_5_0".to_owned(),
                 Resolution::Wait(WaitReason::CoordinatorUnavailable("refused".into())),
             ),
             (
                 s(0),
-                "pgfleet_a_7_14_0".to_owned(),
+                "pgfleet_a_7_14_5_0".to_owned(),
                 Resolution::Wait(WaitReason::UnknownCoordinator),
             ),
         ];

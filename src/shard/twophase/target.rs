@@ -8,7 +8,7 @@ use std::time::Duration;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod};
 
 use super::participant::{ParticipantError, from_postgres};
-use super::{CREATE_DECISION_TABLE, DECISION_TABLE};
+use super::{CREATE_DECISION_TABLE, DECISION_TABLE, grant_decision_writers};
 use crate::backend::tls::NodeTls;
 use crate::cluster::ShardId;
 use crate::config::{Config, NodeConfig, Role, split_host_port};
@@ -224,9 +224,13 @@ pub(crate) async fn bounded<T>(
         .unwrap_or_else(|_| Err(format!("no answer within {timeout:?} (health.timeout)")))
 }
 
-/// Creates the decision table on this connection's database when it is missing. Two pgfleet instances
-/// starting together may race on the CREATEs; the loser finds the table on its second look.
-pub(crate) async fn ensure_decision_table(client: &Object) -> Result<(), ParticipantError> {
+/// Creates the decision table on this connection's database when it is missing, granting `writers` the
+/// right to record decisions. Two pgfleet instances starting together may race on the CREATEs; the loser
+/// finds the table on its second look.
+pub(crate) async fn ensure_decision_table(
+    client: &Object,
+    writers: &[String],
+) -> Result<(), ParticipantError> {
     for attempt in 0..2 {
         let row = client
             .query_one("SELECT to_regclass($1) IS NOT NULL", &[&DECISION_TABLE])
@@ -235,7 +239,11 @@ pub(crate) async fn ensure_decision_table(client: &Object) -> Result<(), Partici
         if row.try_get::<_, bool>(0).unwrap_or(false) {
             return Ok(());
         }
-        match client.batch_execute(CREATE_DECISION_TABLE).await {
+        let sql = match grant_decision_writers(writers) {
+            Some(grants) => format!("{CREATE_DECISION_TABLE}; {grants}"),
+            None => CREATE_DECISION_TABLE.to_owned(),
+        };
+        match client.batch_execute(&sql).await {
             Ok(()) => return Ok(()),
             Err(e) => {
                 let e = from_postgres(e);
