@@ -43,4 +43,5 @@ mod server_role;
 mod sessions_auth;
 mod shutdown_logs;
 mod transaction_pooling;
+mod twophase;
 mod workers;

@@ -10,7 +10,9 @@ pub type Rows = Vec<Vec<Option<String>>>;
 /// Why a participant's statement did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParticipantError {
-    /// The server answered with an ErrorResponse: the statement failed and the connection is usable.
+    /// The server answered with an ERROR: the statement did not take effect. (A FATAL that ends the
+    /// session, SQLSTATE class 08 or 57P, is a [`ParticipantError::Connection`]: the statement may have
+    /// completed just before it.)
     #[error("{message}")]
     Server {
         /// SQLSTATE.
@@ -73,14 +75,20 @@ impl Participant for tokio_postgres::Client {
 /// A tokio-postgres error as a participant error: a server answer or a lost connection.
 pub(crate) fn from_postgres(e: tokio_postgres::Error) -> ParticipantError {
     match e.as_db_error() {
-        Some(db) => ParticipantError::Server {
+        Some(db) if !ends_session(db.code().code()) => ParticipantError::Server {
             code: db.code().code().to_owned(),
             message: db.message().to_owned(),
             detail: db.detail().map(str::to_owned),
         },
-        None => ParticipantError::Connection(match std::error::Error::source(&e) {
+        _ => ParticipantError::Connection(match std::error::Error::source(&e) {
             Some(source) => format!("{e}: {source}"),
             None => e.to_string(),
         }),
     }
+}
+
+/// SQLSTATEs of the errors a server sends as it ends the session (FATAL): connection exceptions and
+/// operator intervention (pg_terminate_backend, shutdown).
+pub fn ends_session(code: &str) -> bool {
+    code.starts_with("08") || code.starts_with("57P")
 }

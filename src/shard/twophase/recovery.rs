@@ -80,7 +80,7 @@ pub enum RecoveryError {
         /// Recovery's role.
         user: String,
         /// What the server said.
-        source: ParticipantError,
+        source: Box<ParticipantError>,
     },
     /// A statement failed.
     #[error(
@@ -92,7 +92,7 @@ pub enum RecoveryError {
         /// The statement, in words.
         what: String,
         /// What the server said.
-        source: ParticipantError,
+        source: Box<ParticipantError>,
         /// What to do, when known (starts with a separator).
         advice: String,
     },
@@ -455,7 +455,7 @@ impl Recovery {
                     Some(hint) if what.contains("decision") => format!(". {hint}"),
                     _ => String::new(),
                 },
-                source,
+                source: Box::new(source),
             }),
             Err(_) => Err(RecoveryError::Unreachable {
                 node: target.name().to_owned(),

@@ -306,7 +306,8 @@ mod tests {
     #[test]
     fn decision_rows_go_once_nothing_of_theirs_is_prepared() {
         let rows = vec!["pgfleet_a_0_1".to_owned(), "pgfleet_a_0_2".to_owned()];
-        let table: [(Option<BTreeSet<String>>, Option<Vec<String>>); 3] = [
+        type Case = (Option<BTreeSet<String>>, Option<Vec<String>>);
+        let table: [Case; 3] = [
             (Some(BTreeSet::new()), Some(rows.clone())),
             (
                 Some(BTreeSet::from(["pgfleet_a_0_2".to_owned()])),
