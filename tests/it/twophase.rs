@@ -4,6 +4,7 @@
 //! leaves nothing prepared and an all-or-nothing outcome once recovery has run; recovery leaves alone what
 //! is still being decided; the start check names a primary that cannot prepare.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::join_all;
@@ -462,7 +463,7 @@ async fn a_crash_after_any_step_ends_all_or_nothing_once_recovery_ran() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn recovery_leaves_a_transaction_alone_while_its_coordinator_is_open() {
+async fn recovery_waits_while_the_coordinator_is_open_and_the_periodic_task_finishes_a_crashed_commit() {
     let fleet = fleet(&[0, 1], true).await;
     fleet.recover(KEEP).await;
     let (mut a, mut b) = (fleet.open(0, 1).await, fleet.open(1, 101).await);

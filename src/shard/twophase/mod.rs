@@ -4,7 +4,7 @@
 //! This module owns the names of distributed transactions ([`gid`]), the coordinator's steps over a narrow
 //! [`Participant`] trait ([`commit`]), the decision table `pgfleet.commit_decisions`, the pure rule that
 //! turns what recovery finds into actions ([`resolve`]), and recovery itself with its connections to the
-//! shard primaries ([`target`], [`recovery`]). The session drives [`commit()`] over its own connections;
+//! shard primaries ([`target`], [`recovery`], [`report`]). The session drives [`commit()`] over its own connections;
 //! recovery runs as a background task ([`spawn_recovery`]). docs/sharding.md, "Two-phase commit", tells the
 //! protocol and its guarantees.
 
@@ -12,6 +12,7 @@ pub mod commit;
 pub mod gid;
 pub mod participant;
 pub mod recovery;
+pub mod report;
 pub mod resolve;
 pub mod target;
 
@@ -20,9 +21,8 @@ use std::fmt;
 pub use commit::{CommitOutcome, CommitStep, TwoPhaseError, commit, rollback};
 pub use gid::{Gid, GidBase, InstanceId, InstanceIdError};
 pub use participant::{Participant, ParticipantError, Rows};
-pub use recovery::{
-    Recovery, RecoveryError, RecoveryFailure, RecoveryOptions, RecoveryReport, recover_once, spawn_recovery,
-};
+pub use recovery::{Recovery, RecoveryOptions, recover_once, spawn_recovery};
+pub use report::{RecoveryError, RecoveryFailure, RecoveryReport};
 pub use resolve::{CoordinatorAnswer, Resolution, WaitReason, XidStatus};
 pub use target::{RecoveryLogin, ShardTarget, StartCheckError, TargetError, check_prepared_transactions};
 
