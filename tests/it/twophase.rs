@@ -12,9 +12,9 @@ use pgfleet::config::{NodeConfig, NodeTlsMode, Role};
 use pgfleet::shard::ShardId;
 use pgfleet::shard::twophase::commit::{commit_prepared, decide, prepare, start};
 use pgfleet::shard::twophase::{
-    CommitOutcome, CommitStep, InstanceId, ParticipantError, RecoveryError, RecoveryLogin, RecoveryOptions,
-    RecoveryReport, ShardTarget, StartCheckError, TwoPhaseError, WaitReason, check_prepared_transactions,
-    commit, recover_once, rollback,
+    CommitOutcome, CommitStep, InstanceId, ParticipantError, Recovery, RecoveryError, RecoveryLogin,
+    RecoveryOptions, RecoveryReport, ShardTarget, StartCheckError, TwoPhaseError, WaitReason,
+    check_prepared_transactions, commit, recover_once, rollback, spawn_recovery,
 };
 use tokio_postgres::Client;
 
@@ -482,6 +482,30 @@ async fn recovery_waits_while_the_coordinator_is_open_and_the_periodic_task_fini
         .expect("commit prepared");
     assert_eq!((fleet.ids(0).await, fleet.ids(1).await), (vec![1], vec![101]));
     assert_eq!(fleet.prepared().await, Vec::<String>::new());
+
+    // The periodic task finishes what a crash after the decision left prepared.
+    let recovery =
+        Recovery::new(fleet.targets.clone(), login(APP_USER), recovery_options(KEEP)).expect("recovery");
+    let task = spawn_recovery(Arc::new(recovery), Duration::from_millis(200));
+    let (mut a, mut b) = (fleet.open(0, 2).await, fleet.open(1, 102).await);
+    let base = start(&instance(), shard(0), &mut a.client).await.expect("start");
+    assert!(
+        prepare(&base.gid(shard(1)), &mut b.client)
+            .await
+            .expect("prepare")
+    );
+    assert!(decide(&base, &mut a.client).await.expect("decide"));
+    fleet.crash(vec![a, b]).await;
+    let finished = wait_until(Duration::from_secs(10), async || {
+        fleet.prepared().await.is_empty()
+    })
+    .await;
+    task.abort();
+    assert!(finished.is_some(), "still prepared: {:?}", fleet.prepared().await);
+    assert_eq!(
+        (fleet.ids(0).await, fleet.ids(1).await),
+        (vec![1, 2], vec![101, 102])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
