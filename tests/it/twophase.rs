@@ -122,10 +122,15 @@ struct Part {
 }
 
 impl Fleet {
-    /// Opens a transaction on `shard` that inserts account `id`.
+    /// Opens a transaction on `shard` that inserts account `id`, as the app's role.
     async fn open(&self, shard: u32, id: i32) -> Part {
+        self.open_as(APP_USER, shard, id).await
+    }
+
+    /// [`Fleet::open`] as `user`.
+    async fn open_as(&self, user: &str, shard: u32, id: i32) -> Part {
         let server = self.layout[shard as usize];
-        let dsn = self.servers[server].primary.dsn(APP_USER, PASSWORD, APP_DB);
+        let dsn = self.servers[server].primary.dsn(user, PASSWORD, APP_DB);
         let (client, connection) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
             .await
             .expect("participant connection");
@@ -411,7 +416,13 @@ async fn a_crash_after_any_step_ends_all_or_nothing_once_recovery_ran() {
             fleet.open(1, id + 1).await,
             fleet.open(2, id + 2).await,
         ];
-        let base = start(&instance(), shard(0), &mut parts[0].client)
+        // Half of them started by another pgfleet instance: recovery resolves those too.
+        let started_by = if i % 2 == 0 {
+            instance()
+        } else {
+            InstanceId::new("another_pgfleet_1").expect("instance id")
+        };
+        let base = start(&started_by, shard(0), &mut parts[0].client)
             .await
             .expect("start");
         if kill > Kill::Start {
@@ -552,6 +563,71 @@ async fn a_shard_primary_killed_while_prepared_gets_the_decision_after_restart()
     assert_eq!((fleet.ids(0).await, fleet.ids(1).await), (vec![1], vec![101]));
     assert_eq!(fleet.prepared().await, Vec::<String>::new());
     drop(b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_that_may_not_write_decisions_or_finish_transactions_are_told_what_to_do() {
+    let fleet = fleet(&[0, 1], true).await;
+    fleet.recover(KEEP).await;
+    for admin in &fleet.admins {
+        admin
+            .batch_execute(&format!(
+                "CREATE ROLE other LOGIN PASSWORD '{PASSWORD}'; GRANT ALL ON accounts TO other"
+            ))
+            .await
+            .expect("role");
+    }
+
+    // A client role recovery was not told about may not record decisions.
+    let (mut a, mut b) = (
+        fleet.open_as("other", 0, 1).await,
+        fleet.open_as("other", 1, 101).await,
+    );
+    let e = commit(
+        &instance(),
+        &mut [(shard(0), &mut a.client), (shard(1), &mut b.client)],
+    )
+    .await
+    .expect_err("not a writer");
+    assert!(matches!(e, TwoPhaseError::DecisionTable { .. }), "{e:?}");
+    assert_eq!(e.sqlstate(), "42501");
+    let hint = e.hint().expect("hint");
+    assert!(
+        hint.contains("GRANT INSERT ON pgfleet.commit_decisions"),
+        "{hint}"
+    );
+    assert_eq!((fleet.ids(0).await, fleet.ids(1).await), (vec![], vec![]));
+    assert_eq!(fleet.prepared().await, Vec::<String>::new());
+
+    // A recovery role that is neither the preparing role nor a superuser is told so.
+    for admin in &fleet.admins {
+        admin
+            .batch_execute(
+                "GRANT USAGE ON SCHEMA pgfleet TO other; \
+                 GRANT SELECT, DELETE ON pgfleet.commit_decisions TO other",
+            )
+            .await
+            .expect("grants");
+    }
+    let (mut a, mut b) = (fleet.open(0, 2).await, fleet.open(1, 102).await);
+    let base = start(&instance(), shard(0), &mut a.client).await.expect("start");
+    let gid = base.gid(shard(1));
+    assert!(prepare(&gid, &mut b.client).await.expect("prepare"));
+    fleet.crash(vec![a, b]).await;
+    let report = recover_once(&fleet.targets, &login("other"), &recovery_options(KEEP))
+        .await
+        .expect("recovery");
+    let [failure] = report.failures.as_slice() else {
+        panic!("one failure expected: {report:?}");
+    };
+    let message = failure.error.to_string();
+    assert!(
+        message.contains("prepared by role \"app\"") && message.contains("\"other\" a superuser"),
+        "{message}"
+    );
+    assert_eq!(fleet.prepared().await, vec![gid.to_string()]);
+    assert_eq!(fleet.recover(KEEP).await.rolled_back, vec![gid]);
+    assert_eq!(fleet.prepared().await, Vec::<String>::new());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -87,10 +87,16 @@ impl Recovery {
     pub async fn run_once(&self) -> RecoveryReport {
         let mut report = RecoveryReport::default();
         let mut found = Vec::new();
+        let mut owners = BTreeMap::new();
         let mut complete = true;
         for (target, pool) in &self.targets {
             match self.list(target, pool, true).await {
-                Ok(gids) => found.extend(gids.into_iter().map(|(gid, _)| (target.shard, gid))),
+                Ok(gids) => {
+                    for (gid, owner) in gids {
+                        owners.insert(gid.clone(), owner);
+                        found.push((target.shard, gid));
+                    }
+                }
                 Err(error) => {
                     complete = false;
                     report.failures.push(RecoveryFailure {
@@ -111,7 +117,8 @@ impl Recovery {
             }
         }
         for planned in plan(&prepared, &answers) {
-            self.apply(planned, &mut report).await;
+            let owner = owners.get(&planned.gid.to_string()).map_or("?", String::as_str);
+            self.apply(planned, owner, &mut report).await;
         }
         if complete {
             self.collect(&mut report).await;
@@ -207,7 +214,9 @@ impl Recovery {
         }
     }
 
-    async fn apply(&self, planned: Planned, report: &mut RecoveryReport) {
+    /// Carries out one plan on the shard the prepared transaction is on; `owner` is the role that prepared
+    /// it, for the advice when recovery's role may not finish it.
+    async fn apply(&self, planned: Planned, owner: &str, report: &mut RecoveryReport) {
         let Planned {
             shard,
             gid,
@@ -237,7 +246,7 @@ impl Recovery {
         };
         match result {
             Ok(()) => {
-                tracing::info!(%gid, node = target.name(), owner = gid.base.instance.as_str(), "recovery: {verb}");
+                tracing::info!(%gid, node = target.name(), instance = gid.base.instance.as_str(), "recovery: {verb}");
                 if commit {
                     report.committed.push(gid);
                 } else {
@@ -257,8 +266,8 @@ impl Recovery {
                         what,
                         source,
                         advice: format!(
-                            "; only the role that prepared it or a superuser may finish it, and recovery runs \
-                             as \"{}\": make that role a superuser",
+                            "; it was prepared by role \"{owner}\", and only that role or a superuser may finish \
+                             it: make recovery's role \"{}\" a superuser",
                             self.login.user
                         ),
                     },
