@@ -331,6 +331,31 @@ async fn a_commit_across_shards_applies_on_every_shard_and_a_refusal_on_none() {
         (shard(1), "23505", "23505")
     );
 
+    // The same on the coordinator, where it fails at the decision's COMMIT: the prepared one rolls back.
+    let (mut a, mut b) = (fleet.open(0, 8).await, fleet.open(1, 108).await);
+    a.client
+        .batch_execute("INSERT INTO uniq VALUES (1), (1)")
+        .await
+        .expect("deferred until commit");
+    let e = commit(
+        &instance(),
+        &mut [(shard(0), &mut a.client), (shard(1), &mut b.client)],
+    )
+    .await
+    .expect_err("unique violation at COMMIT");
+    assert!(
+        matches!(
+            &e,
+            TwoPhaseError::Aborted {
+                step: CommitStep::Decide,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(e.sqlstate(), "23505");
+    assert_eq!(fleet.prepared().await, Vec::<String>::new());
+
     // A participant whose transaction had failed: everything rolls back, as COMMIT does in PostgreSQL.
     let (mut a, mut b) = (fleet.open(0, 5).await, fleet.open(1, 105).await);
     b.client
