@@ -301,6 +301,17 @@ async fn a_commit_across_shards_applies_on_every_shard_and_a_refusal_on_none() {
         }
     );
 
+    // One participant whose transaction had failed: rolled back.
+    let mut a = fleet.open(0, 9).await;
+    a.client
+        .batch_execute("SELECT 1/0")
+        .await
+        .expect_err("division by zero");
+    let outcome = commit(&instance(), &mut [(shard(0), &mut a.client)])
+        .await
+        .expect("rolled back");
+    assert_eq!(outcome, CommitOutcome::RolledBack { shard: shard(0) });
+
     // ROLLBACK before commit: a plain rollback everywhere.
     let (mut a, mut b) = (fleet.open(0, 3).await, fleet.open(1, 103).await);
     let failed = rollback(&mut [(shard(0), &mut a.client), (shard(1), &mut b.client)]).await;

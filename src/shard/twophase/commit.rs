@@ -248,16 +248,19 @@ pub async fn commit<P: Participant + Send + ?Sized>(
     let mut others = all;
 
     if others.is_empty() {
-        return match c.execute("COMMIT").await {
+        // The SELECT fails (and the COMMIT is skipped) in a failed transaction, whose COMMIT would
+        // otherwise turn into a ROLLBACK without a word.
+        return match c.execute("SELECT 1; COMMIT").await {
             Ok(_) => Ok(CommitOutcome::Committed {
                 gid: None,
                 unfinished: Vec::new(),
             }),
-            Err(source) => Err(TwoPhaseError::Aborted {
-                shard: c_shard,
-                step: CommitStep::Decide,
-                source,
-            }),
+            Err(source) => {
+                if source.sqlstate() == "25P02" {
+                    let _ = c.execute("ROLLBACK").await;
+                }
+                failed_before_prepare(c_shard, CommitStep::Decide, source)
+            }
         };
     }
 
@@ -275,13 +278,16 @@ pub async fn commit<P: Participant + Send + ?Sized>(
         async move { prepare(&gid, &mut *entry.1).await }
     }))
     .await;
+    // A participant's error is what the client gets; failed transactions only say "rolled back".
     let refusal = prepared
         .iter()
         .zip(&others)
-        .find_map(|(result, entry)| match result {
-            Ok(true) => None,
-            Ok(false) => Some((entry.0, None)),
-            Err(e) => Some((entry.0, Some(e.clone()))),
+        .find_map(|(result, entry)| result.as_ref().err().map(|e| (entry.0, Some(e.clone()))))
+        .or_else(|| {
+            prepared
+                .iter()
+                .zip(&others)
+                .find_map(|(result, entry)| matches!(result, Ok(false)).then_some((entry.0, None)))
         });
     if let Some((shard, error)) = refusal {
         // The coordinator's rollback first: from then on recovery, too, can roll back what stayed prepared.
