@@ -8,7 +8,9 @@ pub(crate) mod monitor;
 pub(crate) mod positions;
 pub(crate) mod view;
 
-pub(crate) use id::{NodeId, ShardId};
+pub(crate) use id::NodeId;
+// Public through `shard::ShardId`: the sharding API names shards.
+pub use id::ShardId;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -7,9 +7,11 @@ pub mod copy_rows;
 pub mod decisions;
 pub mod hash;
 pub mod plan;
+pub mod twophase;
 pub mod value;
 
-use crate::cluster::ShardId;
+pub use crate::cluster::ShardId;
+
 use crate::config::Config;
 use value::KeyValue;
 

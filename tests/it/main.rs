@@ -47,4 +47,5 @@ mod sharding_crash;
 mod sharding_differential;
 mod shutdown_logs;
 mod transaction_pooling;
+mod twophase;
 mod workers;
