@@ -3,4 +3,5 @@
 //! ([`value`]); the placement, the planner that finds a statement's shards, the merge of results gathered
 //! from several shards and the two-phase commit of writes on several shards live in its submodules.
 
+pub mod merge;
 pub mod value;
