@@ -41,6 +41,7 @@ mod replica_affinity;
 mod router_table;
 mod server_role;
 mod sessions_auth;
+mod shard_merge;
 mod shutdown_logs;
 mod transaction_pooling;
 mod workers;

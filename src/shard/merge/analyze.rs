@@ -46,7 +46,7 @@ enum Item {
     /// `*` or `t.*`: an unknown number of columns.
     Wildcard,
     Expr {
-        expr: Expr,
+        expr: Box<Expr>,
         alias: Option<Ident>,
     },
 }
@@ -131,11 +131,11 @@ impl Analyzer<'_> {
             let item = match item {
                 SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..) => Item::Wildcard,
                 SelectItem::UnnamedExpr(e) => Item::Expr {
-                    expr: e.clone(),
+                    expr: Box::new(e.clone()),
                     alias: None,
                 },
                 SelectItem::ExprWithAlias { expr, alias } => Item::Expr {
-                    expr: expr.clone(),
+                    expr: Box::new(expr.clone()),
                     alias: Some(alias.clone()),
                 },
                 _ => {
@@ -206,7 +206,7 @@ impl Analyzer<'_> {
                             "order by the expression itself, or list the columns instead of *",
                         ));
                     }
-                    sort_expr = expr.clone();
+                    sort_expr = (**expr).clone();
                     let h = hidden_slot(&mut hidden, &sort_expr);
                     hidden_at.push(keys.len());
                     keys.push(SortKey {
@@ -416,7 +416,7 @@ impl Analyzer<'_> {
                         "list the grouped columns",
                     ));
                 }
-                Item::Expr { expr, .. } => exprs.push(expr.clone()),
+                Item::Expr { expr, .. } => exprs.push((**expr).clone()),
             }
         }
         let visible = exprs.len();
@@ -639,8 +639,10 @@ fn is_c_collated(e: &Expr) -> bool {
 /// The select-list item an ORDER BY or GROUP BY expression names: by position, by output name, or by being
 /// the same expression. None when it names no item (it is then computed in a hidden column).
 fn resolve(items: &[Item], e: &Expr) -> Result<Option<usize>, ProxyError> {
-    if let Expr::Value(v) = e {
-        if let Value::Number(n, _) = &v.value {
+    if let Expr::Value(v) = e
+        && let Value::Number(n, _) = &v.value
+    {
+        {
             let pos: usize = n.parse().map_err(|_| {
                 refuse(
                     &format!("position {n} is not a select-list position"),

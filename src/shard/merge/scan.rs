@@ -156,10 +156,10 @@ pub(crate) fn scan(text: &str, tables: &dyn ShardedTables) -> Findings {
                 continue;
             }
             let (name, next) = dotted(&tokens, i);
-            if tokens.get(next) == Some(&Token::LParen) {
-                if let Some(class) = aggregate_class(&name, tables) {
-                    found.aggregates.push((name.to_string(), class));
-                }
+            if tokens.get(next) == Some(&Token::LParen)
+                && let Some(class) = aggregate_class(&name, tables)
+            {
+                found.aggregates.push((name.to_string(), class));
             }
             i = next;
             continue;
