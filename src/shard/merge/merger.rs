@@ -14,21 +14,13 @@ use std::collections::HashMap;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::agg::{Acc, SumType, avg_float4};
+use super::frames::{
+    Field, Row, command_complete, encode_field, encode_row, parse_data_row, parse_row_description,
+};
 use super::value::{self, Kind, oid};
 use super::{Merge, Mode, Slot, SortColumn, SortKey};
 use crate::protocol::frame::build;
 use crate::protocol::messages::ProxyError;
-
-/// One field of a RowDescription.
-#[derive(Debug, Clone)]
-struct Field {
-    name: String,
-    type_oid: u32,
-    /// The field's whole encoding, copied to the client's RowDescription unchanged.
-    raw: Vec<u8>,
-}
-
-type Row = Vec<Option<Bytes>>;
 
 /// Merges the shards' results of one [`super::MergePlan`].
 pub struct Merger {
@@ -431,78 +423,4 @@ fn sum_type(f: &Field, what: &str) -> Result<SumType, ProxyError> {
         )
         .with_hint("add a WHERE on the shard key so the query runs on one shard")
     })
-}
-
-fn parse_row_description(body: &[u8]) -> Option<Vec<Field>> {
-    let n = i16::from_be_bytes(body.get(..2)?.try_into().ok()?);
-    let mut at = 2;
-    let mut fields = Vec::with_capacity(n.max(0) as usize);
-    for _ in 0..n {
-        let start = at;
-        let end = at + body.get(at..)?.iter().position(|&b| b == 0)?;
-        let name = String::from_utf8_lossy(&body[at..end]).into_owned();
-        at = end + 1;
-        let fixed = body.get(at..at + 18)?;
-        let type_oid = u32::from_be_bytes(fixed[6..10].try_into().ok()?);
-        at += 18;
-        fields.push(Field {
-            name,
-            type_oid,
-            raw: body[start..at].to_vec(),
-        });
-    }
-    Some(fields)
-}
-
-fn encode_field(name: &str, type_oid: u32, typlen: i16, typmod: i32) -> Vec<u8> {
-    let mut b = BytesMut::new();
-    b.put_slice(name.as_bytes());
-    b.put_u8(0);
-    b.put_u32(0);
-    b.put_i16(0);
-    b.put_u32(type_oid);
-    b.put_i16(typlen);
-    b.put_i32(typmod);
-    b.put_i16(0);
-    b.to_vec()
-}
-
-fn parse_data_row(body: &[u8], width: usize) -> Option<Row> {
-    let n = i16::from_be_bytes(body.get(..2)?.try_into().ok()?);
-    if n < 0 || n as usize != width {
-        return None;
-    }
-    let mut at = 2;
-    let mut row = Vec::with_capacity(width);
-    for _ in 0..n {
-        let len = i32::from_be_bytes(body.get(at..at + 4)?.try_into().ok()?);
-        at += 4;
-        if len < 0 {
-            row.push(None);
-        } else {
-            let v = body.get(at..at + len as usize)?;
-            row.push(Some(Bytes::copy_from_slice(v)));
-            at += len as usize;
-        }
-    }
-    Some(row)
-}
-
-fn encode_row(row: &[Option<Bytes>]) -> Bytes {
-    let mut body = BytesMut::new();
-    body.put_i16(row.len() as i16);
-    for v in row {
-        match v {
-            None => body.put_i32(-1),
-            Some(v) => {
-                body.put_i32(v.len() as i32);
-                body.put_slice(v);
-            }
-        }
-    }
-    build(b'D', &body)
-}
-
-fn command_complete(n: u64) -> Bytes {
-    build(b'C', format!("SELECT {n}\0").as_bytes())
 }

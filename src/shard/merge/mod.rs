@@ -9,7 +9,10 @@
 //! summing an interval) come from the [`Merger`] when the shards' RowDescription arrives.
 
 mod agg;
+mod aggregate;
 mod analyze;
+mod clauses;
+mod frames;
 mod merger;
 mod numeric;
 mod scan;
