@@ -230,6 +230,21 @@ const QUERIES: &[(&str, Check)] = &[
         "SELECT count(*) FILTER (WHERE balance > 0), avg(balance) FILTER (WHERE flag) FROM accounts",
         Check::Ordered,
     ),
+    // PgDog #1172: a column functionally dependent on the grouped primary key beside an aggregate.
+    (
+        "SELECT id, name, max(balance) FROM accounts GROUP BY id ORDER BY id LIMIT 10",
+        Check::Ordered,
+    ),
+    // PgDog #638: count(1) beside its group key.
+    (
+        "SELECT count(1), region FROM accounts GROUP BY region ORDER BY region",
+        Check::Ordered,
+    ),
+    // PgDog #1135: ORDER BY a column the select list does not show.
+    (
+        "SELECT name FROM accounts ORDER BY created DESC, id LIMIT 6",
+        Check::Ordered,
+    ),
     ("SELECT count(*) FROM accounts WHERE id < 0", Check::Ordered),
     (
         "SELECT max(balance), avg(amount), sum(score) FROM accounts WHERE id < 0",
