@@ -10,6 +10,8 @@ use crate::protocol::frame::build;
 pub(super) struct Field {
     pub(super) name: String,
     pub(super) type_oid: u32,
+    /// Format code: 0 text, 1 binary.
+    pub(super) format: i16,
     /// The field's whole encoding, copied to the client's RowDescription unchanged.
     pub(super) raw: Vec<u8>,
 }
@@ -28,10 +30,12 @@ pub(super) fn parse_row_description(body: &[u8]) -> Option<Vec<Field>> {
         at = end + 1;
         let fixed = body.get(at..at + 18)?;
         let type_oid = u32::from_be_bytes(fixed[6..10].try_into().ok()?);
+        let format = i16::from_be_bytes(fixed[16..18].try_into().ok()?);
         at += 18;
         fields.push(Field {
             name,
             type_oid,
+            format,
             raw: body[start..at].to_vec(),
         });
     }

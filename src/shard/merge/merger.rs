@@ -108,6 +108,13 @@ impl Merger {
             }
             return Ok(Vec::new());
         }
+        if let Some(f) = fields.iter().find(|f| f.format != 0) {
+            return Err(ProxyError::error(
+                "0A000",
+                format!("binary results (column \"{}\") are not merged across shards: pgfleet merges the text format", f.name),
+            )
+            .with_hint("request text results for queries across shards, or add a WHERE on the shard key so the query runs on one shard"));
+        }
         self.fields = Some(fields);
         self.prepare()?;
         Ok(vec![self.client_row_description()])

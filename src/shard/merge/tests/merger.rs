@@ -246,6 +246,15 @@ fn merger_refuses_what_the_types_do_not_allow() {
         m.row_description(0, &rd(&[("name", TEXT), ("name", TEXT)]))
             .is_ok()
     );
+    // Binary result columns.
+    let plan = analyze("SELECT id FROM accounts", &key).expect("plan");
+    let mut body = rd(&[("id", INT4)]);
+    let n = body.len();
+    body[n - 1] = 1;
+    let e = Merger::new(&plan.merge, 1)
+        .row_description(0, &body)
+        .expect_err("binary");
+    assert!(e.message.contains("binary results"), "{}", e.message);
     // sum of an interval, avg of a real, min of a json column.
     for (sql, oid) in [
         ("SELECT sum(d) FROM accounts", 1186),
