@@ -256,10 +256,7 @@ impl Merger {
                 let keep = row.len() - hidden;
                 Ok(vec![encode_row(&row[..keep])])
             }
-            Mode::Rows { .. } => {
-                self.held.push(row);
-                Ok(Vec::new())
-            }
+            Mode::Rows { .. } => self.hold_sorted(row),
             Mode::Distinct => {
                 let key = row
                     .iter()
@@ -304,6 +301,22 @@ impl Merger {
                 Ok(Vec::new())
             }
         }
+    }
+
+    /// Holds a row of a sorted union. Keeps at most about LIMIT + OFFSET rows whatever the shards send:
+    /// sorts and cuts when twice that are held.
+    fn hold_sorted(&mut self, row: Row) -> Result<Vec<Bytes>, ProxyError> {
+        self.held.push(row);
+        if let Some(n) = self.merge.limit {
+            let keep = usize::try_from(n.saturating_add(self.merge.offset)).unwrap_or(usize::MAX);
+            if self.held.len() > keep.saturating_mul(2).max(1024) {
+                let held = std::mem::take(&mut self.held);
+                let mut rows = self.sorted(held)?;
+                rows.truncate(keep);
+                self.held = rows;
+            }
+        }
+        Ok(Vec::new())
     }
 
     /// After every shard's CommandComplete: the remaining rows and the CommandComplete `SELECT n`.

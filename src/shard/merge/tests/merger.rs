@@ -273,3 +273,21 @@ fn merger_refuses_what_the_types_do_not_allow() {
         assert_eq!(e.code, "0A000", "{sql}");
     }
 }
+
+#[test]
+fn merger_keeps_the_top_rows_while_cutting_what_it_holds() {
+    // More rows than the merger holds before it sorts and cuts (1024); each value is on both shards, so
+    // DESC gives 2999, 2999, 2998, 2998, 2997, ... and OFFSET 2 LIMIT 3 is 2998, 2998, 2997.
+    let shard: Vec<String> = (0..3000).map(|i| ((i * 7919) % 3000).to_string()).collect();
+    let rows_in: Vec<Vec<Option<&str>>> = shard.iter().map(|v| vec![Some(v.as_str())]).collect();
+    let out = merge(
+        "SELECT id FROM accounts ORDER BY id DESC LIMIT 3 OFFSET 2",
+        &[("id", INT4)],
+        &[rows_in.clone(), rows_in],
+    )
+    .expect("merged");
+    assert_eq!(
+        rows(&out),
+        vec![vec![Some("2998")], vec![Some("2998")], vec![Some("2997")]]
+    );
+}
