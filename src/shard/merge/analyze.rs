@@ -118,6 +118,7 @@ impl Analyzer<'_> {
             }
         };
         let mut items = Vec::new();
+        let mut set_returning = None;
         let mut aggregating =
             !matches!(&select.group_by, GroupByExpr::Expressions(e, m) if e.is_empty() && m.is_empty());
         for item in &select.projection {
@@ -140,6 +141,12 @@ impl Analyzer<'_> {
             };
             if let Item::Expr { expr, .. } = &item {
                 aggregating |= self.check_expr(expr, "the select list", &hint)?;
+                if set_returning.is_none() {
+                    set_returning = scan(&expr.to_string(), self.tables)
+                        .set_returning
+                        .into_iter()
+                        .next();
+                }
             }
             items.push(item);
         }
@@ -162,6 +169,14 @@ impl Analyzer<'_> {
             }
         }
         if aggregating {
+            if let Some(f) = set_returning {
+                return Err(refuse(
+                    &format!(
+                        "the set-returning function {f}() beside aggregates is not supported across shards"
+                    ),
+                    &format!("move it to FROM, or {hint}"),
+                ));
+            }
             if distinct {
                 return Err(refuse(
                     "SELECT DISTINCT with aggregates is not supported across shards",

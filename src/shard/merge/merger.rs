@@ -38,6 +38,9 @@ pub struct Merger {
     /// Aggregation: group key -> index in `groups`.
     group_index: HashMap<Vec<Option<Vec<u8>>>, usize>,
     groups: Vec<Vec<Acc>>,
+    /// (group, shard) pairs seen: one shard returns one row per group, or something in the select list
+    /// (a set-returning function) multiplies rows, which combining would hide.
+    contributed: std::collections::HashSet<(usize, usize)>,
     template: Vec<Acc>,
     key_kinds: Vec<(usize, Kind)>,
     /// Streaming union: rows skipped for OFFSET, rows sent.
@@ -64,6 +67,7 @@ impl Merger {
             seen: HashMap::new(),
             group_index: HashMap::new(),
             groups: Vec::new(),
+            contributed: std::collections::HashSet::new(),
             template: Vec::new(),
             key_kinds: Vec::new(),
             skipped: 0,
@@ -291,6 +295,13 @@ impl Merger {
                         self.groups.len() - 1
                     }
                 };
+                if !self.contributed.insert((at, shard)) {
+                    return Err(ProxyError::error(
+                        "0A000",
+                        "a set-returning function beside aggregates is not supported across shards: a shard returned two rows for one group",
+                    )
+                    .with_hint("move the set-returning function to FROM, or add a WHERE on the shard key so the query runs on one shard"));
+                }
                 for (i, (acc, slot)) in self.groups[at].iter_mut().zip(&agg.slots).enumerate() {
                     let count = match slot {
                         Slot::Avg { count_column } => row[*count_column].as_ref(),

@@ -112,7 +112,36 @@ pub(crate) struct Findings {
     pub(crate) collations: Vec<String>,
     /// A sharded table read by a subquery.
     pub(crate) sharded_subquery: Option<String>,
+    /// Calls of PostgreSQL's set-returning functions.
+    pub(crate) set_returning: Vec<String>,
 }
+
+/// PostgreSQL's set-returning functions usable in a select list: beside aggregates they multiply each
+/// group's row, which combining the shards' groups would undo.
+const SET_RETURNING: &[&str] = &[
+    "generate_series",
+    "generate_subscripts",
+    "unnest",
+    "regexp_matches",
+    "regexp_split_to_table",
+    "string_to_table",
+    "json_array_elements",
+    "json_array_elements_text",
+    "jsonb_array_elements",
+    "jsonb_array_elements_text",
+    "json_each",
+    "json_each_text",
+    "jsonb_each",
+    "jsonb_each_text",
+    "json_object_keys",
+    "jsonb_object_keys",
+    "json_populate_recordset",
+    "jsonb_populate_recordset",
+    "json_to_recordset",
+    "jsonb_to_recordset",
+    "jsonb_path_query",
+    "pg_ls_dir",
+];
 
 /// Scans the text of an expression (or of a whole query, `as_query`, for the tables it reads).
 pub(crate) fn scan(text: &str, tables: &dyn ShardedTables) -> Findings {
@@ -156,10 +185,14 @@ pub(crate) fn scan(text: &str, tables: &dyn ShardedTables) -> Findings {
                 continue;
             }
             let (name, next) = dotted(&tokens, i);
-            if tokens.get(next) == Some(&Token::LParen)
-                && let Some(class) = aggregate_class(&name, tables)
-            {
-                found.aggregates.push((name.to_string(), class));
+            if tokens.get(next) == Some(&Token::LParen) {
+                if let Some(class) = aggregate_class(&name, tables) {
+                    found.aggregates.push((name.to_string(), class));
+                }
+                let last = name.0.last().map(part_name).unwrap_or_default();
+                if SET_RETURNING.contains(&last.as_str()) {
+                    found.set_returning.push(name.to_string());
+                }
             }
             i = next;
             continue;

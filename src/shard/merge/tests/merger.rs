@@ -291,3 +291,29 @@ fn merger_keeps_the_top_rows_while_cutting_what_it_holds() {
         vec![vec![Some("2998")], vec![Some("2998")], vec![Some("2997")]]
     );
 }
+
+#[test]
+fn merger_refuses_a_group_a_shard_returns_twice() {
+    // A set-returning function pgfleet does not know by name multiplies the group's row on each shard.
+    let e = merge(
+        "SELECT region, my_rows(), count(*) FROM accounts GROUP BY region",
+        &[("region", TEXT), ("my_rows", INT4), ("count", INT8)],
+        &[vec![
+            vec![Some("eu"), Some("1"), Some("2")],
+            vec![Some("eu"), Some("2"), Some("2")],
+        ]],
+    )
+    .expect_err("refused");
+    assert!(e.contains("set-returning function"), "{e}");
+    // Ungrouped: one row per shard, or refused.
+    let e = merge(
+        "SELECT count(*), my_rows() FROM accounts",
+        &[("count", INT8), ("my_rows", INT4)],
+        &[
+            vec![vec![Some("2"), Some("1")], vec![Some("2"), Some("2")]],
+            vec![],
+        ],
+    )
+    .expect_err("refused");
+    assert!(e.contains("set-returning function"), "{e}");
+}
