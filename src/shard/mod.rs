@@ -6,6 +6,7 @@
 pub mod copy_rows;
 pub mod decisions;
 pub mod hash;
+pub mod merge;
 pub mod plan;
 pub mod twophase;
 pub mod value;

@@ -41,6 +41,7 @@ mod replica_affinity;
 mod router_table;
 mod server_role;
 mod sessions_auth;
+mod shard_merge;
 mod shard_placement;
 mod sharding;
 mod sharding_crash;
