@@ -284,6 +284,23 @@ pub async fn run(proxy: Arc<Proxy>) -> Result<(), StartError> {
     Ok(())
 }
 
+/// The name this pgfleet gives its distributed transactions: the host and the listening port, so that two
+/// instances in front of the same shards never take each other's for their own.
+fn instance_id(config: &Config) -> crate::shard::twophase::InstanceId {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "pgfleet".to_owned());
+    let port = config
+        .listen
+        .address
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .unwrap_or(0);
+    crate::shard::twophase::InstanceId::from_host_port(&host, port)
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Write;
@@ -344,21 +361,4 @@ mod tests {
             assert_eq!(text.contains("other-crate-kept"), debug, "{spec}: {text}");
         }
     }
-}
-
-/// The name this pgfleet gives its distributed transactions: the host and the listening port, so that two
-/// instances in front of the same shards never take each other's for their own.
-fn instance_id(config: &Config) -> crate::shard::twophase::InstanceId {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "pgfleet".to_owned());
-    let port = config
-        .listen
-        .address
-        .rsplit_once(':')
-        .and_then(|(_, p)| p.parse().ok())
-        .unwrap_or(0);
-    crate::shard::twophase::InstanceId::from_host_port(&host, port)
 }

@@ -541,9 +541,17 @@ fn shard_families(
             .primary_node(crate::cluster::ShardId::new(s as u32))
             .and_then(|p| nodes.iter().find(|(i, _)| *i == p.index()))
             .is_some_and(|(i, node)| up(*i, node));
-        out.sample("pgfleet_shard_primary_up", &[("shard", label)], u8::from(primary_up));
+        out.sample(
+            "pgfleet_shard_primary_up",
+            &[("shard", label)],
+            u8::from(primary_up),
+        );
     }
-    out.family("pgfleet_shard_replicas_up", "gauge", "Replicas of the shard that are up.");
+    out.family(
+        "pgfleet_shard_replicas_up",
+        "gauge",
+        "Replicas of the shard that are up.",
+    );
     for (s, label) in shards.iter().enumerate() {
         let count = nodes
             .iter()
@@ -553,8 +561,13 @@ fn shard_families(
             .count();
         out.sample("pgfleet_shard_replicas_up", &[("shard", label)], count);
     }
-    let families: [(&str, &str, fn((u64, u64)) -> u64); 2] = [
-        ("pgfleet_shard_queries_total", "Requests routed to the shard's nodes.", |c| c.0),
+    type Family = (&'static str, &'static str, fn((u64, u64)) -> u64);
+    let families: [Family; 2] = [
+        (
+            "pgfleet_shard_queries_total",
+            "Requests routed to the shard's nodes.",
+            |c| c.0,
+        ),
         (
             "pgfleet_shard_errors_total",
             "Requests or connections that failed because of one of the shard's nodes.",

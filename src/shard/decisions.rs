@@ -115,7 +115,9 @@ impl Decisions {
         for target in &self.targets {
             match super::twophase::target::databases_with_prepared(target, &login).await {
                 Ok(found) => out.extend(found),
-                Err(e) => tracing::debug!(node = %target.name(), error = %e, "cannot list prepared transactions"),
+                Err(e) => {
+                    tracing::debug!(node = %target.name(), error = %e, "cannot list prepared transactions")
+                }
             }
         }
         out.sort();

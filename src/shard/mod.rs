@@ -64,9 +64,7 @@ pub struct ShardingPlacement {
 impl ShardingPlacement {
     /// The placement the rules' shard count gives.
     pub fn new(rules: &plan::ShardingRules) -> ShardingPlacement {
-        ShardingPlacement {
-            shards: rules.shards,
-        }
+        ShardingPlacement { shards: rules.shards }
     }
 }
 

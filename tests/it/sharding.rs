@@ -21,7 +21,9 @@ async fn sharded() -> (ShardedFleet, Proxy, Client) {
     let fleet = ShardedFleet::start(2, 1).await;
     let proxy = fleet.proxy(SHARDED_TABLES);
     let c = connect(&proxy.dsn(APP_USER, PASSWORD, APP_DB)).await;
-    c.simple_query(ACCOUNTS).await.expect("CREATE TABLE through pgfleet");
+    c.simple_query(ACCOUNTS)
+        .await
+        .expect("CREATE TABLE through pgfleet");
     (fleet, proxy, c)
 }
 
@@ -57,7 +59,9 @@ async fn tag_of(c: &Client, sql: &str) -> u64 {
 /// The SQLSTATE `sql` fails with.
 async fn sqlstate_of(c: &Client, sql: &str) -> String {
     let e = c.simple_query(sql).await.expect_err(sql);
-    e.code().map(|c| c.code().to_owned()).unwrap_or_else(|| panic!("{sql}: {e}"))
+    e.code()
+        .map(|c| c.code().to_owned())
+        .unwrap_or_else(|| panic!("{sql}: {e}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,7 +70,9 @@ async fn rows_land_where_hash_partitioning_places_them_and_reads_find_them() {
     // DDL ran on every shard.
     for shard in 0..2 {
         assert_eq!(
-            fleet.on_primary(shard, APP_DB, "SELECT to_regclass('accounts') IS NOT NULL").trim(),
+            fleet
+                .on_primary(shard, APP_DB, "SELECT to_regclass('accounts') IS NOT NULL")
+                .trim(),
             "t",
             "accounts exists on shard {shard}"
         );
@@ -118,10 +124,18 @@ async fn rows_land_where_hash_partitioning_places_them_and_reads_find_them() {
     );
     assert_eq!(
         rows(&c, "SELECT id FROM accounts ORDER BY id DESC LIMIT 3").await,
-        vec![vec![Some("200".into())], vec![Some("199".into())], vec![Some("198".into())]]
+        vec![
+            vec![Some("200".into())],
+            vec![Some("199".into())],
+            vec![Some("198".into())]
+        ]
     );
     assert_eq!(
-        rows(&c, "SELECT id, owner FROM accounts WHERE id IN (3, 4, 5, 6) ORDER BY id").await,
+        rows(
+            &c,
+            "SELECT id, owner FROM accounts WHERE id IN (3, 4, 5, 6) ORDER BY id"
+        )
+        .await,
         (3..=6)
             .map(|i| vec![Some(i.to_string()), Some(format!("o{i}"))])
             .collect::<Vec<_>>()
@@ -145,7 +159,11 @@ async fn a_transaction_across_shards_commits_on_both_or_neither() {
     .expect("insert b");
     let balance = |shard: usize, id: i64| {
         fleet
-            .on_primary(shard, APP_DB, &format!("SELECT balance FROM accounts WHERE id = {id}"))
+            .on_primary(
+                shard,
+                APP_DB,
+                &format!("SELECT balance FROM accounts WHERE id = {id}"),
+            )
             .trim()
             .to_owned()
     };
@@ -192,7 +210,9 @@ async fn a_transaction_across_shards_commits_on_both_or_neither() {
         "25P02",
         "a transaction failed on one shard is failed on every shard"
     );
-    c.simple_query("COMMIT").await.expect("commit of a failed transaction");
+    c.simple_query("COMMIT")
+        .await
+        .expect("commit of a failed transaction");
     assert_eq!((balance(0, a), balance(1, b)), ("90".into(), "110".into()));
     assert_eq!((prepared(0), prepared(1)), ("0".into(), "0".into()));
     // The session is usable again, outside any transaction.
@@ -209,10 +229,19 @@ async fn statements_without_a_key_run_on_every_shard_and_the_unmergeable_are_ref
     c.simple_query("CREATE TABLE currencies (code text PRIMARY KEY, name text NOT NULL)")
         .await
         .expect("create reference table");
-    assert_eq!(tag_of(&c, "INSERT INTO currencies VALUES ('EUR', 'Euro'), ('CHF', 'Franc')").await, 2);
+    assert_eq!(
+        tag_of(
+            &c,
+            "INSERT INTO currencies VALUES ('EUR', 'Euro'), ('CHF', 'Franc')"
+        )
+        .await,
+        2
+    );
     for shard in 0..2 {
         assert_eq!(
-            fleet.on_primary(shard, APP_DB, "SELECT count(*) FROM currencies").trim(),
+            fleet
+                .on_primary(shard, APP_DB, "SELECT count(*) FROM currencies")
+                .trim(),
             "2",
             "reference rows on shard {shard}"
         );
@@ -232,7 +261,11 @@ async fn statements_without_a_key_run_on_every_shard_and_the_unmergeable_are_ref
     assert_eq!(tag_of(&c, "UPDATE accounts SET balance = balance + 1").await, 20);
     assert_eq!(tag_of(&c, "DELETE FROM accounts WHERE balance > 16").await, 5);
     assert_eq!(
-        rows(&c, "SELECT count(*), min(balance), max(balance), avg(balance) FROM accounts").await,
+        rows(
+            &c,
+            "SELECT count(*), min(balance), max(balance), avg(balance) FROM accounts"
+        )
+        .await,
         vec![vec![
             Some("15".into()),
             Some("2".into()),
@@ -241,17 +274,27 @@ async fn statements_without_a_key_run_on_every_shard_and_the_unmergeable_are_ref
         ]]
     );
     // Refused, never answered wrongly.
-    assert_eq!(sqlstate_of(&c, "UPDATE accounts SET id = id + 100 WHERE id = 1").await, "0A000");
+    assert_eq!(
+        sqlstate_of(&c, "UPDATE accounts SET id = id + 100 WHERE id = 1").await,
+        "0A000"
+    );
     assert_eq!(
         sqlstate_of(&c, "SELECT id, row_number() OVER (ORDER BY id) FROM accounts").await,
         "0A000"
     );
     assert_eq!(
-        sqlstate_of(&c, "SELECT owner, count(*) FROM accounts GROUP BY owner HAVING count(*) > 1").await,
+        sqlstate_of(
+            &c,
+            "SELECT owner, count(*) FROM accounts GROUP BY owner HAVING count(*) > 1"
+        )
+        .await,
         "0A000"
     );
     // The session goes on after a refusal.
-    assert_eq!(rows(&c, "SELECT count(*) FROM accounts").await, vec![vec![Some("15".into())]]);
+    assert_eq!(
+        rows(&c, "SELECT count(*) FROM accounts").await,
+        vec![vec![Some("15".into())]]
+    );
 }
 
 /// Rows of `accounts` with ids in `ids`, counted on shard `shard`'s primary.
@@ -261,42 +304,77 @@ fn held(fleet: &ShardedFleet, shard: usize, ids: std::ops::RangeInclusive<i64>) 
         ids.start(),
         ids.end()
     );
-    fleet.on_primary(shard, APP_DB, &sql).trim().parse().expect("count")
+    fleet
+        .on_primary(shard, APP_DB, &sql)
+        .trim()
+        .parse()
+        .expect("count")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_row_inserts_and_copy_split_over_the_shards_all_or_nothing() {
     let (fleet, proxy, c) = sharded().await;
-    let expected = |ids: std::ops::RangeInclusive<i64>, shard: usize| ids.filter(|id| shard_of(*id) == shard).count();
+    let expected =
+        |ids: std::ops::RangeInclusive<i64>, shard: usize| ids.filter(|id| shard_of(*id) == shard).count();
     // A multi-row INSERT whose rows belong to both shards: each row on its shard, the count of all.
     let values: Vec<String> = (1..=40).map(|id| format!("({id}, 'o{id}')")).collect();
-    let n = tag_of(&c, &format!("INSERT INTO accounts (id, owner) VALUES {}", values.join(", "))).await;
+    let n = tag_of(
+        &c,
+        &format!("INSERT INTO accounts (id, owner) VALUES {}", values.join(", ")),
+    )
+    .await;
     assert_eq!(n, 40);
     for shard in 0..2 {
-        assert_eq!(held(&fleet, shard, 1..=40), expected(1..=40, shard), "shard {shard}");
+        assert_eq!(
+            held(&fleet, shard, 1..=40),
+            expected(1..=40, shard),
+            "shard {shard}"
+        );
     }
     // One that fails on one shard (owner is NOT NULL): nothing of it is committed anywhere.
     let failing: Vec<String> = (41..=60)
-        .map(|id| if id == 55 { format!("({id}, NULL)") } else { format!("({id}, 'o{id}')") })
+        .map(|id| {
+            if id == 55 {
+                format!("({id}, NULL)")
+            } else {
+                format!("({id}, 'o{id}')")
+            }
+        })
         .collect();
     assert_eq!(
-        sqlstate_of(&c, &format!("INSERT INTO accounts (id, owner) VALUES {}", failing.join(", "))).await,
+        sqlstate_of(
+            &c,
+            &format!("INSERT INTO accounts (id, owner) VALUES {}", failing.join(", "))
+        )
+        .await,
         "23502"
     );
     for shard in 0..2 {
-        assert_eq!(held(&fleet, shard, 41..=60), 0, "nothing of the failed insert on shard {shard}");
+        assert_eq!(
+            held(&fleet, shard, 41..=60),
+            0,
+            "nothing of the failed insert on shard {shard}"
+        );
     }
 
     // COPY through psql's \copy: text, then csv with a header, then one that fails midway.
     let dir = tempfile::tempdir().expect("tempdir");
-    let text: String = (100..600).map(|id| format!("{id}\tcopied {id}\t{id}\n")).collect();
+    let text: String = (100..600)
+        .map(|id| format!("{id}\tcopied {id}\t{id}\n"))
+        .collect();
     std::fs::write(dir.path().join("rows.tsv"), &text).expect("write rows");
     let csv: String = std::iter::once("id,owner,balance\n".to_owned())
         .chain((600..900).map(|id| format!("{id},\"csv, {id}\",{id}\n")))
         .collect();
     std::fs::write(dir.path().join("rows.csv"), &csv).expect("write csv");
     let bad: String = (900..1000)
-        .map(|id| if id == 950 { "950\tdup\t1\n950\tdup\t1\n".to_owned() } else { format!("{id}\tb\t1\n") })
+        .map(|id| {
+            if id == 950 {
+                "950\tdup\t1\n950\tdup\t1\n".to_owned()
+            } else {
+                format!("{id}\tb\t1\n")
+            }
+        })
         .collect();
     std::fs::write(dir.path().join("bad.tsv"), &bad).expect("write bad rows");
     let url = proxy.url(APP_USER, PASSWORD, APP_DB);
@@ -314,26 +392,40 @@ async fn multi_row_inserts_and_copy_split_over_the_shards_all_or_nothing() {
     };
     let (ok, stdout, stderr) = psql("\\copy accounts (id, owner, balance) FROM 'rows.tsv'");
     assert!(ok && stdout.contains("COPY 500"), "{stdout} {stderr}");
-    let (ok, stdout, stderr) = psql("\\copy accounts (id, owner, balance) FROM 'rows.csv' WITH (FORMAT csv, HEADER true)");
+    let (ok, stdout, stderr) =
+        psql("\\copy accounts (id, owner, balance) FROM 'rows.csv' WITH (FORMAT csv, HEADER true)");
     assert!(ok && stdout.contains("COPY 300"), "{stdout} {stderr}");
     for shard in 0..2 {
-        assert_eq!(held(&fleet, shard, 100..=899), expected(100..=899, shard), "copied rows on shard {shard}");
+        assert_eq!(
+            held(&fleet, shard, 100..=899),
+            expected(100..=899, shard),
+            "copied rows on shard {shard}"
+        );
     }
     assert_eq!(
         rows(&c, "SELECT owner FROM accounts WHERE id = 700").await,
         vec![vec![Some("csv, 700".into())]]
     );
     let (ok, _, stderr) = psql("\\copy accounts (id, owner, balance) FROM 'bad.tsv'");
-    assert!(!ok && stderr.contains("duplicate key"), "a duplicate key fails the COPY: {stderr}");
+    assert!(
+        !ok && stderr.contains("duplicate key"),
+        "a duplicate key fails the COPY: {stderr}"
+    );
     for shard in 0..2 {
-        assert_eq!(held(&fleet, shard, 900..=999), 0, "nothing of the failed COPY on shard {shard}");
+        assert_eq!(
+            held(&fleet, shard, 900..=999),
+            0,
+            "nothing of the failed COPY on shard {shard}"
+        );
     }
     // No column list: the key's place is unknown, refused with the reason.
     let (ok, _, stderr) = psql("\\copy accounts FROM 'rows.tsv'");
     assert!(!ok && stderr.contains("needs a column list"), "{stderr}");
     for shard in 0..2 {
         assert_eq!(
-            fleet.on_primary(shard, APP_DB, "SELECT count(*) FROM pg_prepared_xacts").trim(),
+            fleet
+                .on_primary(shard, APP_DB, "SELECT count(*) FROM pg_prepared_xacts")
+                .trim(),
             "0"
         );
     }
@@ -343,9 +435,12 @@ async fn multi_row_inserts_and_copy_split_over_the_shards_all_or_nothing() {
 async fn pgbench_runs_a_custom_sharded_script() {
     let (fleet, proxy, c) = sharded().await;
     let values: Vec<String> = (1..=100).map(|id| format!("({id}, 'o', 1000)")).collect();
-    c.simple_query(&format!("INSERT INTO accounts (id, owner, balance) VALUES {}", values.join(", ")))
-        .await
-        .expect("accounts");
+    c.simple_query(&format!(
+        "INSERT INTO accounts (id, owner, balance) VALUES {}",
+        values.join(", ")
+    ))
+    .await
+    .expect("accounts");
     let dir = tempfile::tempdir().expect("tempdir");
     // A transfer between two random accounts (usually on different shards) and a read by key.
     let script = "\\set a random(1, 100)\n\\set b random(1, 100)\n\\set x random(1, 10)\n\
@@ -375,7 +470,9 @@ async fn pgbench_runs_a_custom_sharded_script() {
     );
     for shard in 0..2 {
         assert_eq!(
-            fleet.on_primary(shard, APP_DB, "SELECT count(*) FROM pg_prepared_xacts").trim(),
+            fleet
+                .on_primary(shard, APP_DB, "SELECT count(*) FROM pg_prepared_xacts")
+                .trim(),
             "0"
         );
     }

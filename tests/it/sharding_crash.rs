@@ -38,9 +38,13 @@ async fn client(dsn: String, worker: u64, stop: Arc<AtomicBool>, committed: Arc<
     let right: Vec<i64> = (1..=ACCOUNTS).filter(|id| shard_of(*id) == 1).collect();
     let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) {
-        // pgfleet may be down for a moment: connect as soon as it listens again.
-        let Some(c) = wait_until(Duration::from_secs(60), async || try_connect(&dsn).await.ok()).await else {
-            return;
+        // pgfleet may be down for a moment: retry, pacing the attempts, until it listens again.
+        let c = match try_connect(&dsn).await {
+            Ok(c) => c,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
         };
         loop {
             if stop.load(Ordering::Relaxed) {
@@ -48,7 +52,10 @@ async fn client(dsn: String, worker: u64, stop: Arc<AtomicBool>, committed: Arc<
             }
             n += 1;
             let tid = worker * 1_000_000 + n;
-            let (mut a, mut b) = (left[rng.random_range(0..left.len())], right[rng.random_range(0..right.len())]);
+            let (mut a, mut b) = (
+                left[rng.random_range(0..left.len())],
+                right[rng.random_range(0..right.len())],
+            );
             if rng.random_bool(0.5) {
                 std::mem::swap(&mut a, &mut b);
             }
@@ -72,8 +79,15 @@ async fn client(dsn: String, worker: u64, stop: Arc<AtomicBool>, committed: Arc<
 /// Waits until `more` transfers committed after now.
 async fn transfers(committed: &AtomicU64, more: u64) {
     let target = committed.load(Ordering::Relaxed) + more;
-    let reached = wait_until(Duration::from_secs(60), async || committed.load(Ordering::Relaxed) >= target).await;
-    assert!(reached.is_some(), "transfers stopped at {}", committed.load(Ordering::Relaxed));
+    let reached = wait_until(Duration::from_secs(60), async || {
+        committed.load(Ordering::Relaxed) >= target
+    })
+    .await;
+    assert!(
+        reached.is_some(),
+        "transfers stopped at {}",
+        committed.load(Ordering::Relaxed)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,7 +145,12 @@ async fn transfers_survive_kill_9_of_pgfleet_and_of_a_shard_primary() {
         prepared(0).trim() == "0" && prepared(1).trim() == "0"
     })
     .await;
-    assert!(cleared.is_some(), "prepared transactions left: {} and {}", prepared(0), prepared(1));
+    assert!(
+        cleared.is_some(),
+        "prepared transactions left: {} and {}",
+        prepared(0),
+        prepared(1)
+    );
 
     // The total is unchanged; every transfer is whole (both halves, summing to zero) or absent; every
     // balance is its start plus its moves.
@@ -152,13 +171,19 @@ async fn transfers_survive_kill_9_of_pgfleet_and_of_a_shard_primary() {
                 balance_gap.push((v[0], v[1], v[2]));
             }
         }
-        for line in fleet.on_primary(shard, APP_DB, "SELECT transfer, delta FROM moves").lines() {
+        for line in fleet
+            .on_primary(shard, APP_DB, "SELECT transfer, delta FROM moves")
+            .lines()
+        {
             let v: Vec<i64> = line.split('|').map(|f| f.parse().expect("number")).collect();
             by_transfer.entry(v[0]).or_default().push(v[1]);
         }
     }
     assert_eq!(total, ACCOUNTS * START, "money made or lost");
-    assert!(balance_gap.is_empty(), "balances that disagree with their moves: {balance_gap:?}");
+    assert!(
+        balance_gap.is_empty(),
+        "balances that disagree with their moves: {balance_gap:?}"
+    );
     let half: Vec<_> = by_transfer
         .iter()
         .filter(|(_, d)| d.len() != 2 || d.iter().sum::<i64>() != 0)

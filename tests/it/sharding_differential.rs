@@ -28,7 +28,9 @@ async fn run(c: &Client, sql: &str) -> Outcome {
         Ok(messages) => Ok(messages
             .into_iter()
             .filter_map(|m| match m {
-                SimpleQueryMessage::Row(r) => Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect()),
+                SimpleQueryMessage::Row(r) => {
+                    Some((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect())
+                }
                 _ => None,
             })
             .collect()),
@@ -45,7 +47,11 @@ fn data() -> Vec<String> {
     ];
     let accounts: Vec<String> = (1..=300i64)
         .map(|id| {
-            let score = if id % 11 == 0 { "NULL".to_owned() } else { format!("{}.25", (id * 37) % 101) };
+            let score = if id % 11 == 0 {
+                "NULL".to_owned()
+            } else {
+                format!("{}.25", (id * 37) % 101)
+            };
             format!(
                 "({id}, 'owner{}', {}, {}.{:02}, DATE '2020-01-01' + {}, {score})",
                 id % 23,
@@ -66,7 +72,10 @@ fn data() -> Vec<String> {
         .map(|t| format!("({t}, {}, {}.5)", (t * 13) % 300 + 1, (t * 31) % 700))
         .collect();
     for chunk in transfers.chunks(100) {
-        out.push(format!("INSERT INTO transfers (id, account_id, amount) VALUES {}", chunk.join(", ")));
+        out.push(format!(
+            "INSERT INTO transfers (id, account_id, amount) VALUES {}",
+            chunk.join(", ")
+        ));
     }
     out
 }
@@ -75,14 +84,35 @@ fn data() -> Vec<String> {
 fn queries() -> Vec<(String, bool, bool)> {
     let mut q: Vec<(String, bool, bool)> = Vec::new();
     let mut add = |sql: String, ordered: bool| q.push((sql, ordered, false));
-    for k in [1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 233, 299, 300, 301, 0, -1, 150, 151, 152] {
+    for k in [
+        1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144, 233, 299, 300, 301, 0, -1, 150, 151, 152,
+    ] {
         add(format!("SELECT * FROM accounts WHERE id = {k}"), false);
-        add(format!("SELECT owner, balance FROM accounts WHERE {k} = id"), false);
+        add(
+            format!("SELECT owner, balance FROM accounts WHERE {k} = id"),
+            false,
+        );
     }
-    for (a, b, c) in [(1, 2, 3), (10, 200, 299), (7, 77, 777), (4, 40, 140), (99, 100, 101), (5, 6, 250)] {
-        add(format!("SELECT id, balance FROM accounts WHERE id IN ({a}, {b}, {c}) ORDER BY id"), true);
-        add(format!("SELECT count(*) FROM accounts WHERE id IN ({a}, {b}, {c})"), false);
-        add(format!("SELECT id FROM accounts WHERE id = {a} OR id = {c} ORDER BY id DESC"), true);
+    for (a, b, c) in [
+        (1, 2, 3),
+        (10, 200, 299),
+        (7, 77, 777),
+        (4, 40, 140),
+        (99, 100, 101),
+        (5, 6, 250),
+    ] {
+        add(
+            format!("SELECT id, balance FROM accounts WHERE id IN ({a}, {b}, {c}) ORDER BY id"),
+            true,
+        );
+        add(
+            format!("SELECT count(*) FROM accounts WHERE id IN ({a}, {b}, {c})"),
+            false,
+        );
+        add(
+            format!("SELECT id FROM accounts WHERE id = {a} OR id = {c} ORDER BY id DESC"),
+            true,
+        );
     }
     for x in [0, 500, 1000, 2500, 4000, 4999, 6000] {
         add(
@@ -91,19 +121,64 @@ fn queries() -> Vec<(String, bool, bool)> {
             ),
             false,
         );
-        add(format!("SELECT count(score), sum(score), min(score), max(score) FROM accounts WHERE balance <= {x}"), false);
-        add(format!("SELECT branch, count(*), sum(balance) FROM accounts WHERE balance > {x} GROUP BY branch ORDER BY branch"), true);
-        add(format!("SELECT min(opened), max(opened) FROM accounts WHERE balance < {x}"), false);
+        add(
+            format!(
+                "SELECT count(score), sum(score), min(score), max(score) FROM accounts WHERE balance <= {x}"
+            ),
+            false,
+        );
+        add(
+            format!(
+                "SELECT branch, count(*), sum(balance) FROM accounts WHERE balance > {x} GROUP BY branch ORDER BY branch"
+            ),
+            true,
+        );
+        add(
+            format!("SELECT min(opened), max(opened) FROM accounts WHERE balance < {x}"),
+            false,
+        );
     }
-    for (n, m) in [(1, 0), (5, 0), (5, 5), (10, 3), (20, 100), (3, 297), (50, 260), (7, 0), (0, 0), (15, 15)] {
-        add(format!("SELECT id, owner FROM accounts ORDER BY balance DESC, id LIMIT {n} OFFSET {m}"), true);
-        add(format!("SELECT id FROM accounts ORDER BY id LIMIT {n} OFFSET {m}"), true);
-        add(format!("SELECT id, score FROM accounts ORDER BY score NULLS FIRST, id LIMIT {n}"), true);
+    for (n, m) in [
+        (1, 0),
+        (5, 0),
+        (5, 5),
+        (10, 3),
+        (20, 100),
+        (3, 297),
+        (50, 260),
+        (7, 0),
+        (0, 0),
+        (15, 15),
+    ] {
+        add(
+            format!("SELECT id, owner FROM accounts ORDER BY balance DESC, id LIMIT {n} OFFSET {m}"),
+            true,
+        );
+        add(
+            format!("SELECT id FROM accounts ORDER BY id LIMIT {n} OFFSET {m}"),
+            true,
+        );
+        add(
+            format!("SELECT id, score FROM accounts ORDER BY score NULLS FIRST, id LIMIT {n}"),
+            true,
+        );
     }
     for b in 1..=7 {
-        add(format!("SELECT count(*), avg(balance) FROM accounts WHERE branch = {b}"), false);
-        add(format!("SELECT id FROM accounts WHERE branch = {b} ORDER BY id LIMIT 5"), true);
-        add(format!("SELECT a.id, b.name FROM accounts a JOIN branches b ON b.id = a.branch WHERE a.id = {}", b * 40), false);
+        add(
+            format!("SELECT count(*), avg(balance) FROM accounts WHERE branch = {b}"),
+            false,
+        );
+        add(
+            format!("SELECT id FROM accounts WHERE branch = {b} ORDER BY id LIMIT 5"),
+            true,
+        );
+        add(
+            format!(
+                "SELECT a.id, b.name FROM accounts a JOIN branches b ON b.id = a.branch WHERE a.id = {}",
+                b * 40
+            ),
+            false,
+        );
         add(format!("SELECT name FROM branches WHERE id = {b}"), false);
     }
     for k in [3, 14, 15, 92, 65, 35, 89, 79, 32, 38, 46, 264, 33, 83, 279] {
@@ -114,7 +189,10 @@ fn queries() -> Vec<(String, bool, bool)> {
             ),
             false,
         );
-        add(format!("SELECT id, amount FROM transfers WHERE account_id = {k} ORDER BY id"), true);
+        add(
+            format!("SELECT id, amount FROM transfers WHERE account_id = {k} ORDER BY id"),
+            true,
+        );
     }
     for sql in [
         "SELECT count(*) FROM accounts",
@@ -169,8 +247,13 @@ async fn sharded_answers_equal_one_servers_or_are_refused() {
     let sharded = connect(&proxy.dsn(APP_USER, PASSWORD, APP_DB)).await;
     let one = connect(&reference.primary.dsn(APP_USER, PASSWORD, APP_DB)).await;
     for sql in SCHEMA.iter().map(|s| s.to_string()).chain(data()) {
-        sharded.simple_query(&sql).await.unwrap_or_else(|e| panic!("sharded: {sql}: {e}"));
-        one.simple_query(&sql).await.unwrap_or_else(|e| panic!("reference: {sql}: {e}"));
+        sharded
+            .simple_query(&sql)
+            .await
+            .unwrap_or_else(|e| panic!("sharded: {sql}: {e}"));
+        one.simple_query(&sql)
+            .await
+            .unwrap_or_else(|e| panic!("reference: {sql}: {e}"));
     }
     let queries = queries();
     assert!(queries.len() >= 200, "{} queries", queries.len());
@@ -182,7 +265,10 @@ async fn sharded_answers_equal_one_servers_or_are_refused() {
         let expected = expected.unwrap_or_else(|e| panic!("the reference server fails {sql}: {e}"));
         match got {
             Err(code) => {
-                assert_eq!(code, "0A000", "{sql}: failed with {code} instead of an answer or 0A000");
+                assert_eq!(
+                    code, "0A000",
+                    "{sql}: failed with {code} instead of an answer or 0A000"
+                );
                 refused.push(sql.clone());
             }
             Ok(rows) => {

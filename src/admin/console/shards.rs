@@ -8,8 +8,8 @@ use crate::cluster::ShardId;
 use crate::cluster::view::Primary;
 use crate::config::Config;
 use crate::protocol::messages::ProxyError;
-use crate::shard::plan::{Params, combined_target, plan_all};
 use crate::shard::plan::ShardingRules;
+use crate::shard::plan::{Params, combined_target, plan_all};
 
 pub(super) fn show_shards(ctx: &Context) -> Table {
     let view = ctx.fleet.view();

@@ -338,8 +338,15 @@ async fn show_route_names_the_shards_in_a_sharded_fleet() {
     let rest = after_startup(&frames);
     let rows = rows(rest);
     assert_eq!(rows[0][5].as_deref(), Some(shard_of_7.to_string().as_str()));
-    assert!(rows[0][6].as_deref().is_some_and(|r| r.contains("accounts.id")), "{:?}", rows[0]);
+    assert!(
+        rows[0][6].as_deref().is_some_and(|r| r.contains("accounts.id")),
+        "{:?}",
+        rows[0]
+    );
     assert_eq!(rows[1][5].as_deref(), Some("every shard"));
-    let refused = rest.iter().find(|f| f.kind == b'E').expect("the key update is refused");
+    let refused = rest
+        .iter()
+        .find(|f| f.kind == b'E')
+        .expect("the key update is refused");
     assert_eq!(error_field(refused.body(), b'C'), Some("0A000"));
 }

@@ -257,3 +257,24 @@ pub(crate) async fn ensure_decision_table(
     }
     Ok(())
 }
+
+/// The databases where `target` holds a prepared transaction named by pgfleet, asked through `login`'s
+/// database (`pg_prepared_xacts` lists every database's).
+pub async fn databases_with_prepared(
+    target: &ShardTarget,
+    login: &RecoveryLogin,
+) -> Result<Vec<String>, String> {
+    let pool = control_pool(target, login)?;
+    bounded(login.timeout, async {
+        let client = get(&pool, target).await?;
+        let rows = client
+            .query(
+                "SELECT DISTINCT database::text FROM pg_prepared_xacts WHERE gid LIKE 'pgfleet\\_%'",
+                &[],
+            )
+            .await
+            .map_err(|e| target.tls.explain(&e))?;
+        Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
+    })
+    .await
+}

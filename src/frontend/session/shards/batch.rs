@@ -108,10 +108,12 @@ impl Session {
                 }
             }
         }
-        if implicit && self.in_transaction() && self.failed_tx_shard().is_none() {
-            if let Err(e) = self.commit_everywhere().await {
-                out.extend_from_slice(&e.encode());
-            }
+        if implicit
+            && self.in_transaction()
+            && self.failed_tx_shard().is_none()
+            && let Err(e) = self.commit_everywhere().await
+        {
+            out.extend_from_slice(&e.encode());
         }
         out.extend_from_slice(&ready_for_query(self.status().byte()));
         self.write_client(&out).await

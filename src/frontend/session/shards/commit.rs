@@ -14,7 +14,12 @@ impl Session {
     /// Ends a transaction that spans shards: COMMIT with two-phase commit (a transaction that failed on a
     /// shard is rolled back, and answered ROLLBACK, as PostgreSQL answers the COMMIT of a failed one),
     /// ROLLBACK everywhere.
-    pub(super) async fn end_across_shards(&mut self, how: TxEnd, req: &Request, end: End) -> Result<(), SessionError> {
+    pub(super) async fn end_across_shards(
+        &mut self,
+        how: TxEnd,
+        req: &Request,
+        end: End,
+    ) -> Result<(), SessionError> {
         let failed = self.failed_tx_shard().is_some();
         let result = match how {
             TxEnd::Commit if !failed => self.commit_everywhere().await.map(|()| "COMMIT"),

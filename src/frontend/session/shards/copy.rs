@@ -5,10 +5,10 @@
 use tokio::io::AsyncReadExt;
 
 use super::Answer;
-use crate::frontend::session::{Session, SessionError};
 use crate::backend::{BackendConn, BackendError};
 use crate::cluster::{NodeId, ShardId};
 use crate::frontend::request::{End, Request};
+use crate::frontend::session::{Session, SessionError};
 use crate::protocol::frame::build;
 use crate::protocol::messages::{ProxyError, query, query_text, ready_for_query};
 use crate::protocol::{Frame, TxStatus};
@@ -73,7 +73,8 @@ impl Session {
                     copy_in_response.get_or_insert(response);
                 }
                 Err(e) => {
-                    self.abandon_copies(&open, "pgfleet: COPY could not start on every shard").await;
+                    self.abandon_copies(&open, "pgfleet: COPY could not start on every shard")
+                        .await;
                     if !explicit {
                         self.rollback_everywhere().await;
                     }
@@ -106,7 +107,10 @@ impl Session {
                 },
                 b'f' => {
                     let why = crate::protocol::messages::query_text(frame.body()).unwrap_or("");
-                    break Some(ProxyError::error("57014", format!("COPY from stdin failed: {why}")));
+                    break Some(ProxyError::error(
+                        "57014",
+                        format!("COPY from stdin failed: {why}"),
+                    ));
                 }
                 // As PostgreSQL: Flush and Sync mean nothing during COPY data.
                 b'H' | b'S' => continue,
@@ -212,7 +216,11 @@ impl Session {
     }
 
     /// Each shard's share of the rows, as CopyData.
-    async fn send_rows(&mut self, open: &[(ShardId, NodeId)], per_shard: &[Vec<u8>]) -> Result<(), ProxyError> {
+    async fn send_rows(
+        &mut self,
+        open: &[(ShardId, NodeId)],
+        per_shard: &[Vec<u8>],
+    ) -> Result<(), ProxyError> {
         for (shard, node) in open {
             let Some(bytes) = per_shard.get(shard.index()).filter(|b| !b.is_empty()) else {
                 continue;

@@ -44,7 +44,6 @@ pub(super) struct Answer {
     pub(super) status: TxStatus,
 }
 
-
 impl Session {
     /// Sharded fleets, before a request runs: moves the session to the shard the request needs (carrying
     /// an open transaction there), or answers the request itself when it needs several shards or ends a
@@ -131,13 +130,21 @@ impl Session {
                         Some((_, text)) => *text,
                         None => {
                             stored = self.statements.get(statement).and_then(|st| {
-                                st.parse.get(5..).and_then(parse_fields).map(|(_, q)| q.to_owned())
+                                st.parse
+                                    .get(5..)
+                                    .and_then(parse_fields)
+                                    .map(|(_, q)| q.to_owned())
                             });
                             stored.as_deref().unwrap_or("")
                         }
                     };
                     let values = bind_params(f.body()).unwrap_or_default();
-                    plans.extend(plan_all(text, &sharding.rules, &Params::Known(&values), &placement)?);
+                    plans.extend(plan_all(
+                        text,
+                        &sharding.rules,
+                        &Params::Known(&values),
+                        &placement,
+                    )?);
                 }
                 _ => {}
             }
@@ -216,7 +223,10 @@ impl Session {
         };
         let (isolation, read_only) = match mode.as_deref() {
             Ok([row]) => (
-                row.first().cloned().flatten().unwrap_or_else(|| "read committed".into()),
+                row.first()
+                    .cloned()
+                    .flatten()
+                    .unwrap_or_else(|| "read committed".into()),
                 row.get(1).cloned().flatten().as_deref() == Some("on"),
             ),
             _ => ("read committed".to_owned(), false),

@@ -96,7 +96,10 @@ impl Session {
             let answer = match self.open_on(shard).await {
                 Ok(()) => match self.routing.tx_node {
                     Some(n) => self.capture(n, &shard_req).await,
-                    None => Err(ProxyError::error("08006", "pgfleet: no transaction node on the shard")),
+                    None => Err(ProxyError::error(
+                        "08006",
+                        "pgfleet: no transaction node on the shard",
+                    )),
                 },
                 Err(e) => Err(e),
             };
@@ -150,7 +153,10 @@ impl Session {
         };
         let Some(text) = statement_text(req, &self.statements) else {
             return self
-                .refuse(ProxyError::error("0A000", "pgfleet: no statement to run on the shards"), end)
+                .refuse(
+                    ProxyError::error("0A000", "pgfleet: no statement to run on the shards"),
+                    end,
+                )
                 .await;
         };
         let rules = &sharding.rules;
@@ -272,9 +278,8 @@ impl Session {
         let first = order.first().copied();
         self.candidates = order;
         chosen?;
-        let node = first.ok_or_else(|| {
-            ProxyError::error("08006", format!("pgfleet: no node of {shard} is available"))
-        })?;
+        let node = first
+            .ok_or_else(|| ProxyError::error("08006", format!("pgfleet: no node of {shard} is available")))?;
         self.connect(node).await.map_err(|e| self.error_of(&e))?;
         if let Err(e) = self.bring_up_to_date(node, &read).await {
             return Err(match e {
@@ -370,7 +375,11 @@ fn statement_text(req: &Request, statements: &crate::frontend::state::Statements
             b'B' => {
                 let (_, name) = bind_names(f.body())?;
                 let st = statements.get(name)?;
-                return st.parse.get(5..).and_then(parse_fields).map(|(_, q)| q.to_owned());
+                return st
+                    .parse
+                    .get(5..)
+                    .and_then(parse_fields)
+                    .map(|(_, q)| q.to_owned());
             }
             _ => {}
         }
@@ -443,7 +452,9 @@ fn combine_answers(answers: &[(ShardId, Answer)], same_everywhere: bool) -> Vec<
                 b'C' => {
                     let text = crate::protocol::messages::command_tag(f.body()).unwrap_or("");
                     let (head, count) = match text.rsplit_once(' ') {
-                        Some((head, n)) if n.parse::<u64>().is_ok() => (head.to_owned(), n.parse().unwrap_or(0)),
+                        Some((head, n)) if n.parse::<u64>().is_ok() => {
+                            (head.to_owned(), n.parse().unwrap_or(0))
+                        }
                         _ => (text.to_owned(), 0),
                     };
                     tag = Some(match tag {
