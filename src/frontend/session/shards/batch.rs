@@ -20,6 +20,9 @@ enum Part<'a> {
     End(TxEnd),
     /// A statement on one shard, or on any.
     Data(&'a str, Option<ShardId>),
+    /// A write on several shards (DDL, reference tables, no key condition), answered as one; `same` when
+    /// every shard's answer is the same.
+    Spread(&'a str, Vec<ShardId>, bool),
 }
 
 impl Session {
@@ -32,7 +35,8 @@ impl Session {
         plans: &[ShardPlan],
         end: End,
     ) -> Result<(), SessionError> {
-        let parts = match batch_parts(texts, plans) {
+        let shard_count = self.shared.fleet.shard_count() as u32;
+        let parts = match batch_parts(texts, plans, shard_count) {
             Some(p) => p,
             None => {
                 return self
@@ -82,6 +86,31 @@ impl Session {
                         }
                     };
                     out.extend_from_slice(&build(b'C', tag));
+                }
+                Part::Spread(text, shards, same) => {
+                    let mut answers = Vec::new();
+                    let mut failed = None;
+                    for shard in shards {
+                        match self.data_in_batch(*shard, text, begin).await {
+                            Ok(a) if a.error.is_none() => answers.push((*shard, a)),
+                            Ok(a) => {
+                                failed = Some(a.error.map(|e| e.raw.to_vec()).unwrap_or_default());
+                                break;
+                            }
+                            Err(e) => {
+                                failed = Some(e.encode().to_vec());
+                                break;
+                            }
+                        }
+                    }
+                    if let Some(error) = failed {
+                        out.extend_from_slice(&error);
+                        if implicit {
+                            self.rollback_everywhere().await;
+                        }
+                        break;
+                    }
+                    out.extend_from_slice(&super::several::combine_answers(&answers, *same));
                 }
                 Part::Data(text, shard) => {
                     let shard = shard.unwrap_or(self.shard);
@@ -141,7 +170,7 @@ impl Session {
 }
 
 /// The batch's statements, or None when its shape is not one pgfleet runs across shards.
-fn batch_parts<'a>(texts: &[&'a str], plans: &[ShardPlan]) -> Option<Vec<Part<'a>>> {
+fn batch_parts<'a>(texts: &[&'a str], plans: &[ShardPlan], shard_count: u32) -> Option<Vec<Part<'a>>> {
     if texts.len() != plans.len() {
         return None;
     }
@@ -160,6 +189,15 @@ fn batch_parts<'a>(texts: &[&'a str], plans: &[ShardPlan]) -> Option<Vec<Part<'a
                 Part::End(TxEnd::Rollback)
             }
             (ShardTarget::One(s), _) => Part::Data(text, Some(*s)),
+            (ShardTarget::All | ShardTarget::Several(_), _)
+                if plan.write && plan.split.is_none() && plan.copy_in.is_none() && !plan.outside_transaction =>
+            {
+                let shards = match &plan.target {
+                    ShardTarget::Several(v) => v.clone(),
+                    _ => (0..shard_count).map(ShardId::new).collect(),
+                };
+                Part::Spread(text, shards, plan.same_on_every_shard)
+            }
             (ShardTarget::Any, _) => Part::Data(text, None),
             // SET, SAVEPOINT, a second BEGIN, statements on several shards: not in a batch across shards.
             _ => return None,

@@ -432,7 +432,7 @@ pub(super) fn frame_of(raw: bytes::Bytes) -> Frame {
 /// One answer for the client from each shard's answer to the same write: a statement with the same
 /// result everywhere (DDL, reference tables) answers as the first shard did; otherwise rows returned are
 /// concatenated and the affected-row counts of the command tags added.
-fn combine_answers(answers: &[(ShardId, Answer)], same_everywhere: bool) -> Vec<u8> {
+pub(super) fn combine_answers(answers: &[(ShardId, Answer)], same_everywhere: bool) -> Vec<u8> {
     let mut out = Vec::new();
     let Some((_, first)) = answers.first() else {
         return out;
