@@ -477,3 +477,48 @@ async fn pgbench_runs_a_custom_sharded_script() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgfleet_demo_with_two_shards_serves_its_sharded_table() {
+    let port = crate::support::proxy::free_port();
+    let mut demo = std::process::Command::new(env!("CARGO_BIN_EXE_pgfleet"))
+        .args(["demo", "--shards", "2", "--listen", &format!("127.0.0.1:{port}")])
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start pgfleet demo --shards 2");
+    let dsn = format!("host=127.0.0.1 port={port} user=app password=demo dbname=app");
+    let attempt = || {
+        let dsn = dsn.clone();
+        async move { crate::support::proxy::try_connect(&dsn).await.ok() }
+    };
+    let c = crate::support::wait_until(std::time::Duration::from_secs(120), attempt)
+        .await
+        .expect("the demo listens");
+    let values: Vec<String> = (1..=20).map(|id| format!("({id}, 'o{id}')")).collect();
+    assert_eq!(
+        tag_of(&c, &format!("INSERT INTO accounts (id, owner) VALUES {}", values.join(", "))).await,
+        20
+    );
+    assert_eq!(rows(&c, "SELECT count(*) FROM accounts").await, vec![vec![Some("20".into())]]);
+    assert_eq!(
+        rows(&c, "SELECT owner FROM accounts WHERE id = 7").await,
+        vec![vec![Some("o7".into())]]
+    );
+    drop(c);
+    let pid = demo.id().to_string();
+    let _ = std::process::Command::new("kill").args(["-INT", &pid]).status();
+    let done = crate::support::wait_until(std::time::Duration::from_secs(60), async || {
+        demo.try_wait().ok().flatten().is_some()
+    })
+    .await;
+    assert!(done.is_some(), "the demo stops on SIGINT");
+    let mut summary = String::new();
+    if let Some(mut out) = demo.stdout.take() {
+        use std::io::Read;
+        let _ = out.read_to_string(&mut summary);
+    }
+    assert!(summary.contains("shard 1 primary"), "the demo names its shards: {summary}");
+}
