@@ -6,6 +6,7 @@
 pub mod copy_rows;
 pub mod decisions;
 pub mod hash;
+pub mod ids;
 pub mod merge;
 pub mod plan;
 pub mod twophase;
@@ -29,6 +30,8 @@ pub struct Sharding {
     collations: std::sync::Mutex<std::collections::HashMap<String, String>>,
     /// The databases whose commits across shards this pgfleet coordinates, and their recovery.
     pub decisions: std::sync::Arc<decisions::Decisions>,
+    /// Cluster-unique ids reserved by this process (`pgfleet_next_id()`).
+    pub ids: ids::IdBlocks,
 }
 
 impl Sharding {
@@ -40,6 +43,7 @@ impl Sharding {
             instance,
             collations: std::sync::Mutex::default(),
             decisions: std::sync::Arc::new(decisions::Decisions::new(config)?),
+            ids: ids::IdBlocks::default(),
         })
     }
 

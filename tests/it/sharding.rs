@@ -499,10 +499,17 @@ async fn pgfleet_demo_with_two_shards_serves_its_sharded_table() {
         .expect("the demo listens");
     let values: Vec<String> = (1..=20).map(|id| format!("({id}, 'o{id}')")).collect();
     assert_eq!(
-        tag_of(&c, &format!("INSERT INTO accounts (id, owner) VALUES {}", values.join(", "))).await,
+        tag_of(
+            &c,
+            &format!("INSERT INTO accounts (id, owner) VALUES {}", values.join(", "))
+        )
+        .await,
         20
     );
-    assert_eq!(rows(&c, "SELECT count(*) FROM accounts").await, vec![vec![Some("20".into())]]);
+    assert_eq!(
+        rows(&c, "SELECT count(*) FROM accounts").await,
+        vec![vec![Some("20".into())]]
+    );
     assert_eq!(
         rows(&c, "SELECT owner FROM accounts WHERE id = 7").await,
         vec![vec![Some("o7".into())]]
@@ -520,5 +527,59 @@ async fn pgfleet_demo_with_two_shards_serves_its_sharded_table() {
         use std::io::Read;
         let _ = out.read_to_string(&mut summary);
     }
-    assert!(summary.contains("shard 1 primary"), "the demo names its shards: {summary}");
+    assert!(
+        summary.contains("shard 1 primary"),
+        "the demo names its shards: {summary}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgfleet_next_id_gives_cluster_unique_keys_that_route_the_row() {
+    let (fleet, proxy, c) = sharded().await;
+    let second = fleet.proxy(SHARDED_TABLES);
+    let c2 = connect(&second.dsn(APP_USER, PASSWORD, APP_DB)).await;
+    let mut ids = std::collections::BTreeSet::new();
+    for round in 0..30 {
+        let client = if round % 2 == 0 { &c } else { &c2 };
+        let got = rows(
+            client,
+            "INSERT INTO accounts (id, owner) VALUES (pgfleet_next_id(), 'a'), (pgfleet_next_id(), 'b') RETURNING id",
+        )
+        .await;
+        assert_eq!(got.len(), 2);
+        for row in got {
+            let id: i64 = row[0].as_deref().expect("id").parse().expect("bigint");
+            assert!(ids.insert(id), "id {id} handed out twice");
+        }
+    }
+    // The extended protocol's unnamed statement gets fresh ids at each execution.
+    for _ in 0..3 {
+        let row = c2
+            .query_typed(
+                "INSERT INTO accounts (id, owner) VALUES (pgfleet_next_id(), $1) RETURNING id",
+                &[(&"typed", tokio_postgres::types::Type::TEXT)],
+            )
+            .await
+            .expect("unnamed statement with an id");
+        assert!(ids.insert(row[0].get::<_, i64>(0)), "fresh id per execution");
+    }
+    // Every row is on the shard its id names.
+    for shard in 0..2 {
+        let out = fleet.on_primary(shard, APP_DB, "SELECT id FROM accounts");
+        for line in out.lines() {
+            let id: i64 = line.parse().expect("id");
+            assert_eq!(shard_of(id), shard, "row {id} on shard {shard}");
+        }
+    }
+    assert_eq!(
+        rows(&c, "SELECT count(*) FROM accounts").await,
+        vec![vec![Some(ids.len().to_string())]]
+    );
+    // A named prepared statement would repeat its ids: refused.
+    let e = c
+        .prepare("INSERT INTO accounts (id, owner) VALUES (pgfleet_next_id(), $1)")
+        .await
+        .expect_err("named statement with pgfleet_next_id()");
+    assert_eq!(e.code().map(|c| c.code()), Some("0A000"), "{e}");
+    drop(proxy);
 }

@@ -146,11 +146,24 @@ impl Session {
             )
             .await;
         }
-        if self.shared.sharding.is_some()
-            && let super::shards::Step::Answered = self.shard_step(req, end).await?
-        {
-            return Ok(());
-        }
+        let with_ids;
+        let req = match self.shared.sharding.is_some() {
+            false => req,
+            true => {
+                let req = match self.assign_ids(req, end).await? {
+                    super::shards::Ids::Unchanged => req,
+                    super::shards::Ids::Rewritten(r) => {
+                        with_ids = r;
+                        &with_ids
+                    }
+                    super::shards::Ids::Answered => return Ok(()),
+                };
+                if let super::shards::Step::Answered = self.shard_step(req, end).await? {
+                    return Ok(());
+                }
+                req
+            }
+        };
         let mut plan = Plan::for_request(req, &self.statements, &self.rules);
         // Function volatility only matters for what would otherwise be a read: a write never waits for it,
         // which keeps writes fast when the primary is slow to answer the catalog query. A read sent to the

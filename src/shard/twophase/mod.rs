@@ -38,7 +38,8 @@ pub(crate) const CREATE_DECISION_TABLE: &str = "CREATE SCHEMA IF NOT EXISTS pgfl
      CREATE TABLE IF NOT EXISTS pgfleet.commit_decisions (\
          gid_base text PRIMARY KEY, \
          instance text NOT NULL, \
-         decided_at timestamptz NOT NULL DEFAULT clock_timestamp())";
+         decided_at timestamptz NOT NULL DEFAULT clock_timestamp()); \
+     CREATE SEQUENCE IF NOT EXISTS pgfleet.ids INCREMENT BY 1000";
 
 /// The grants that let `roles` record decisions.
 pub(crate) fn grant_decision_writers(roles: &[String]) -> Option<String> {
@@ -51,7 +52,8 @@ pub(crate) fn grant_decision_writers(roles: &[String]) -> Option<String> {
         .collect::<Vec<_>>()
         .join(", ");
     Some(format!(
-        "GRANT USAGE ON SCHEMA pgfleet TO {list}; GRANT INSERT ON pgfleet.commit_decisions TO {list}"
+        "GRANT USAGE ON SCHEMA pgfleet TO {list}; GRANT INSERT ON pgfleet.commit_decisions TO {list}; \
+         GRANT USAGE ON SEQUENCE pgfleet.ids TO {list}"
     ))
 }
 

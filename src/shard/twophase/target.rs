@@ -233,7 +233,10 @@ pub(crate) async fn ensure_decision_table(
 ) -> Result<(), ParticipantError> {
     for attempt in 0..2 {
         let row = client
-            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&DECISION_TABLE])
+            .query_one(
+                "SELECT to_regclass($1) IS NOT NULL AND to_regclass('pgfleet.ids') IS NOT NULL",
+                &[&DECISION_TABLE],
+            )
             .await
             .map_err(from_postgres)?;
         if row.try_get::<_, bool>(0).unwrap_or(false) {

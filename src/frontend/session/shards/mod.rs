@@ -17,7 +17,10 @@ use crate::shard::{Sharding, ShardingPlacement};
 mod batch;
 mod commit;
 mod copy;
+mod ids;
 mod several;
+
+pub(super) use ids::Ids;
 
 /// What the session does with a request after its shard step.
 pub(super) enum Step {
