@@ -30,7 +30,7 @@ cargo test --workspace --locked --all-targets --no-fail-fast -- --test-threads="
 echo "== the core client suites again under transaction pooling"
 # One integration test binary (tests/it): its areas are picked by module-path filters.
 PGFLEET_TEST_POOL_MODE=transaction cargo test --locked --no-fail-fast --test it \
-  -- --test-threads="$threads" core_routing:: client_drivers:: psql_pgbench:: sessions_auth:: failures:: 2>&1 | tee -a "$log" || status=$?
+  -- --test-threads="$threads" core_routing:: client_drivers:: psql_pgbench:: sessions_auth:: failures:: sharding:: 2>&1 | tee -a "$log" || status=$?
 echo "== bounded fuzz pass: scripts/fuzz.sh, ${FUZZ_SECONDS:-60} s per target (FUZZ_SECONDS=0 skips it)"
 bash scripts/fuzz.sh 2>&1 | tee -a "$log" || status=$?
 # One closing line for the whole suite, summed over every test binary and fuzz target.

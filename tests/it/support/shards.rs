@@ -83,6 +83,13 @@ impl ShardedFleet {
         }
         text.push('\n');
         text.push_str(extra_toml);
+        // PGFLEET_TEST_POOL_MODE runs a whole suite under another pool mode ("transaction").
+        if let Ok(mode) = std::env::var("PGFLEET_TEST_POOL_MODE")
+            && !mode.is_empty()
+            && !extra_toml.contains("[pool]")
+        {
+            text.push_str(&format!("\n[pool]\nmode = \"{mode}\"\n"));
+        }
         text
     }
 
