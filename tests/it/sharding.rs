@@ -583,3 +583,39 @@ async fn pgfleet_next_id_gives_cluster_unique_keys_that_route_the_row() {
     assert_eq!(e.code().map(|c| c.code()), Some("0A000"), "{e}");
     drop(proxy);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgfleet_refuses_to_start_when_a_shard_primary_cannot_prepare() {
+    let fleet = ShardedFleet::start_with(2, 0, "max_prepared_transactions = 0").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("pgfleet.toml");
+    let port = crate::support::proxy::free_port();
+    std::fs::write(&path, fleet.config(port, SHARDED_TABLES)).expect("config");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pgfleet"))
+        .arg("--config")
+        .arg(&path)
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start pgfleet");
+    let exited = crate::support::wait_until(std::time::Duration::from_secs(30), async || {
+        child.try_wait().ok().flatten()
+    })
+    .await;
+    let status = exited.unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("pgfleet kept running with shard primaries that cannot prepare")
+    });
+    assert!(!status.success());
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut stderr);
+    }
+    assert!(
+        stderr.contains("max_prepared_transactions = 0") && stderr.contains("s0-primary"),
+        "the error names the node and the setting: {stderr}"
+    );
+}

@@ -15,12 +15,18 @@ pub(crate) struct ShardedFleet {
 impl ShardedFleet {
     /// `shards` clusters of a primary and `replicas` streaming replicas each, started side by side.
     pub(crate) async fn start(shards: usize, replicas: usize) -> ShardedFleet {
+        Self::start_with(shards, replicas, "max_prepared_transactions = 20").await
+    }
+
+    /// [`ShardedFleet::start`] with `conf` as the nodes' `max_prepared_transactions` line (or any other).
+    pub(crate) async fn start_with(shards: usize, replicas: usize, conf: &str) -> ShardedFleet {
         let starts: Vec<_> = (0..shards)
             .map(|_| {
+                let conf = conf.to_owned();
                 tokio::task::spawn_blocking(move || {
                     cluster_with(ClusterOptions {
                         replicas,
-                        extra_conf: vec!["max_prepared_transactions = 20".to_owned()],
+                        extra_conf: vec![conf],
                         ..options()
                     })
                 })
