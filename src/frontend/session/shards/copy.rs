@@ -5,7 +5,7 @@
 use tokio::io::AsyncReadExt;
 
 use super::Answer;
-use crate::backend::{BackendConn, BackendError};
+use crate::backend::BackendError;
 use crate::cluster::{NodeId, ShardId};
 use crate::frontend::request::{End, Request};
 use crate::frontend::session::{Session, SessionError};
@@ -244,7 +244,7 @@ impl Session {
             ));
         };
         conn.write_all(&build(b'c', b"")).await?;
-        read_answer(conn).await
+        super::several::read_until_ready(conn, 1).await
     }
 
     /// CopyFail to every shard whose COPY is open, and their answers read (they fail the COPY).
@@ -255,7 +255,8 @@ impl Session {
             let Some(conn) = self.conns[node.index()].as_mut() else {
                 continue;
             };
-            let ok = conn.write_all(&build(b'f', &body)).await.is_ok() && read_answer(conn).await.is_ok();
+            let ok = conn.write_all(&build(b'f', &body)).await.is_ok()
+                && super::several::read_until_ready(conn, 1).await.is_ok();
             if !ok {
                 self.conns[node.index()] = None;
             }
@@ -271,28 +272,6 @@ impl Session {
             if self.client.read_buf(self.cbuf.read_target()).await? == 0 {
                 return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
             }
-        }
-    }
-}
-
-/// A node's answer up to ReadyForQuery.
-async fn read_answer(conn: &mut BackendConn) -> Result<Answer, BackendError> {
-    let mut answer = Answer {
-        frames: Vec::new(),
-        error: None,
-        status: TxStatus::Idle,
-    };
-    loop {
-        let f = conn.read_frame().await?;
-        match f.kind {
-            b'Z' => {
-                conn.status = TxStatus::from_ready_body(f.body());
-                answer.status = conn.status;
-                return Ok(answer);
-            }
-            b'E' if answer.error.is_none() => answer.error = Some(f),
-            b'E' => {}
-            _ => answer.frames.push(f),
         }
     }
 }

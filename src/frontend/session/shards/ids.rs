@@ -70,15 +70,11 @@ impl Session {
             };
             let new_text = with_ids(text, &calls, &ids);
             let frame = match name {
-                None => build(b'Q', &cstring(&new_text)),
-                Some(name) => {
-                    let body = req.frames[i].body();
-                    let types_at = name.len() + 1 + text.len() + 1;
-                    let mut new = cstring(name);
-                    new.extend_from_slice(&cstring(&new_text));
-                    new.extend_from_slice(body.get(types_at..).unwrap_or_default());
-                    build(b'P', &new)
-                }
+                None => build(b'Q', &super::several::cstring(&new_text)),
+                Some(_) => match super::several::parse_with_text(req.frames[i].body(), &new_text) {
+                    Some(frame) => frame,
+                    None => continue,
+                },
             };
             replaced.push((
                 i,
@@ -157,12 +153,6 @@ impl Session {
             )
         })
     }
-}
-
-fn cstring(text: &str) -> Vec<u8> {
-    let mut v = text.as_bytes().to_vec();
-    v.push(0);
-    v
 }
 
 /// Whether `text` contains `word`, ignoring ASCII case, without allocating.

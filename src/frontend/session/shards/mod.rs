@@ -239,25 +239,39 @@ impl Session {
             isolation.to_ascii_uppercase(),
             if read_only { "READ ONLY" } else { "READ WRITE" }
         );
+        self.begin_on_primary(&begin).await
+    }
+
+    /// Opens a transaction with `begin` on the current shard's primary, connected and brought up to date,
+    /// which becomes the shard's transaction node.
+    async fn begin_on_primary(&mut self, begin: &str) -> Result<(), ProxyError> {
         let primary = self.shared.fleet.primary(self.shard)?;
         self.connect(primary).await.map_err(|e| self.error_of(&e))?;
         let nothing = Plan::for_request(&Request::default(), &self.statements, &self.rules);
-        if let Err(e) = self.bring_up_to_date(primary, &nothing).await {
-            return Err(match e {
-                crate::frontend::session::replay::Prepare::Node(e) => self.error_of(&e),
-                crate::frontend::session::replay::Prepare::Refused(e) => e,
-            });
-        }
+        self.up_to_date(primary, &nothing).await?;
         let conn = self.conns[primary.index()]
             .as_mut()
             .ok_or_else(|| ProxyError::error("08006", "pgfleet: lost the shard's connection"))?;
-        match conn.query_rows(&begin).await {
+        match conn.query_rows(begin).await {
             Ok(Ok(_)) => {
                 self.routing.tx_node = Some(primary);
                 Ok(())
             }
             Ok(Err(frame)) => Err(server_error(&frame)),
             Err(e) => Err(self.error_of(&e)),
+        }
+    }
+
+    /// Brings the session's connection to `node` up to date for `plan` (settings, prepared statements);
+    /// a node that failed loses the connection.
+    pub(super) async fn up_to_date(&mut self, node: NodeId, plan: &Plan) -> Result<(), ProxyError> {
+        match self.bring_up_to_date(node, plan).await {
+            Ok(()) => Ok(()),
+            Err(crate::frontend::session::replay::Prepare::Node(e)) => {
+                self.conns[node.index()] = None;
+                Err(self.error_of(&e))
+            }
+            Err(crate::frontend::session::replay::Prepare::Refused(e)) => Err(e),
         }
     }
 
@@ -276,28 +290,7 @@ impl Session {
         }
         match open {
             Some((_, from)) => self.join_transaction(from).await,
-            None => {
-                let primary = self.shared.fleet.primary(self.shard)?;
-                self.connect(primary).await.map_err(|e| self.error_of(&e))?;
-                let nothing = Plan::for_request(&Request::default(), &self.statements, &self.rules);
-                if let Err(e) = self.bring_up_to_date(primary, &nothing).await {
-                    return Err(match e {
-                        crate::frontend::session::replay::Prepare::Node(e) => self.error_of(&e),
-                        crate::frontend::session::replay::Prepare::Refused(e) => e,
-                    });
-                }
-                let conn = self.conns[primary.index()]
-                    .as_mut()
-                    .ok_or_else(|| ProxyError::error("08006", "pgfleet: lost the shard's connection"))?;
-                match conn.query_rows(begin).await {
-                    Ok(Ok(_)) => {
-                        self.routing.tx_node = Some(primary);
-                        Ok(())
-                    }
-                    Ok(Err(frame)) => Err(server_error(&frame)),
-                    Err(e) => Err(self.error_of(&e)),
-                }
-            }
+            None => self.begin_on_primary(begin).await,
         }
     }
 }

@@ -281,12 +281,7 @@ impl Session {
         let node = first
             .ok_or_else(|| ProxyError::error("08006", format!("pgfleet: no node of {shard} is available")))?;
         self.connect(node).await.map_err(|e| self.error_of(&e))?;
-        if let Err(e) = self.bring_up_to_date(node, &read).await {
-            return Err(match e {
-                crate::frontend::session::replay::Prepare::Node(e) => self.error_of(&e),
-                crate::frontend::session::replay::Prepare::Refused(e) => e,
-            });
-        }
+        self.up_to_date(node, &read).await?;
         Ok(node)
     }
 
@@ -294,15 +289,7 @@ impl Session {
     /// first, and keeps what it answered; the session's bookkeeping (statements, transaction) follows.
     pub(super) async fn capture(&mut self, node: NodeId, req: &Request) -> Result<Answer, ProxyError> {
         let plan = Plan::for_request(req, &self.statements, &self.rules);
-        if let Err(e) = self.bring_up_to_date(node, &plan).await {
-            return Err(match e {
-                crate::frontend::session::replay::Prepare::Node(e) => {
-                    self.conns[node.index()] = None;
-                    self.error_of(&e)
-                }
-                crate::frontend::session::replay::Prepare::Refused(e) => e,
-            });
-        }
+        self.up_to_date(node, &plan).await?;
         let Some(conn) = self.conns[node.index()].as_mut() else {
             return Err(ProxyError::error("08006", "pgfleet: lost the shard's connection"));
         };
@@ -341,6 +328,11 @@ fn request_copy(req: &Request) -> Request {
 /// Sends `request` on `conn` and collects the answer up to its `readies`-th ReadyForQuery.
 async fn capture_on(conn: &mut BackendConn, request: &[u8], readies: usize) -> Result<Answer, BackendError> {
     conn.write_all(request).await?;
+    read_until_ready(conn, readies).await
+}
+
+/// What `conn` answers up to its `readies`-th ReadyForQuery.
+pub(super) async fn read_until_ready(conn: &mut BackendConn, readies: usize) -> Result<Answer, BackendError> {
     let mut answer = Answer {
         frames: Vec::new(),
         error: None,
@@ -400,15 +392,8 @@ fn rewritten(req: &Request, original: &str, shard_sql: &str) -> Option<Request> 
                 frame_of(build(b'Q', &cstring(shard_sql)))
             }
             b'P' => {
-                let (name, _) = parse_fields(f.body())?;
-                let body = f.body();
-                // After the name and the text: the parameter types, kept as the client sent them.
-                let types_at = name.len() + 1 + original.len() + 1;
-                let mut new = cstring(name);
-                new.extend_from_slice(&cstring(shard_sql));
-                new.extend_from_slice(body.get(types_at..)?);
                 replaced = true;
-                frame_of(build(b'P', &new))
+                frame_of(parse_with_text(f.body(), shard_sql)?)
             }
             _ => f.clone(),
         };
@@ -417,7 +402,18 @@ fn rewritten(req: &Request, original: &str, shard_sql: &str) -> Option<Request> 
     replaced.then_some(out)
 }
 
-fn cstring(text: &str) -> Vec<u8> {
+/// A Parse message like `body`'s (same statement name, same parameter types) for the statement `text`.
+pub(super) fn parse_with_text(body: &[u8], text: &str) -> Option<bytes::Bytes> {
+    let (name, old) = parse_fields(body)?;
+    // After the name and the text: the parameter types, kept as the client sent them.
+    let types_at = name.len() + 1 + old.len() + 1;
+    let mut new = cstring(name);
+    new.extend_from_slice(&cstring(text));
+    new.extend_from_slice(body.get(types_at..)?);
+    Some(build(b'P', &new))
+}
+
+pub(super) fn cstring(text: &str) -> Vec<u8> {
     let mut v = text.as_bytes().to_vec();
     v.push(0);
     v
