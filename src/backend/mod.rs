@@ -4,6 +4,7 @@
 
 pub(crate) mod conn;
 pub(crate) mod connect;
+pub(crate) mod control;
 pub(crate) mod pool;
 pub(crate) mod tls;
 

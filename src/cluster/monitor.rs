@@ -6,13 +6,13 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod};
+use deadpool_postgres::{Pool, PoolError};
 
 use super::Fleet;
 use super::view::NodeState;
 use crate::backend::connect::NodeTarget;
 use crate::backend::tls::NodeTls;
-use crate::config::{ConfigHandle, split_host_port};
+use crate::config::ConfigHandle;
 use crate::protocol::lsn::Lsn;
 
 /// The one query a check runs: role, WAL position (current on a primary, replayed on a replica), and the
@@ -105,24 +105,14 @@ fn log_change(name: &str, state: &NodeState, first: bool) {
 }
 
 fn control_pool(target: &NodeTarget, login: &Login) -> Option<Pool> {
-    let (host, port) = split_host_port(&target.address).ok()?;
-    let mut pg = tokio_postgres::Config::new();
-    pg.host(&host)
-        .port(port)
-        .user(&login.user)
-        .password(&login.password)
-        .dbname(&login.database)
-        .application_name("pgfleet-health")
-        .connect_timeout(login.timeout);
-    let tls = target.tls.postgres(&mut pg);
-    let manager = Manager::from_config(
-        pg,
-        tls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
-    Pool::builder(manager).max_size(1).build().ok()
+    let login = crate::backend::control::ControlLogin {
+        user: &login.user,
+        password: &login.password,
+        database: &login.database,
+        application: "pgfleet-health",
+        timeout: login.timeout,
+    };
+    crate::backend::control::control_pool(&target.address, &target.tls, &login).ok()
 }
 
 async fn check(pool: &Pool, tls: &NodeTls, timeout: Duration) -> NodeState {

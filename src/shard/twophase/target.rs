@@ -5,13 +5,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod};
+use deadpool_postgres::{Object, Pool, PoolError};
 
 use super::participant::{ParticipantError, from_postgres};
 use super::{CREATE_DECISION_TABLE, DECISION_TABLE, grant_decision_writers};
 use crate::backend::tls::NodeTls;
 use crate::cluster::ShardId;
-use crate::config::{Config, NodeConfig, Role, split_host_port};
+use crate::config::{Config, NodeConfig, Role};
 
 /// A shard's primary, as recovery reaches it.
 #[derive(Debug, Clone)]
@@ -183,27 +183,14 @@ pub async fn check_prepared_transactions(
 
 /// A one-connection pool towards the target, as `login`.
 pub(crate) fn control_pool(target: &ShardTarget, login: &RecoveryLogin) -> Result<Pool, String> {
-    let (host, port) = split_host_port(&target.address)?;
-    let mut pg = tokio_postgres::Config::new();
-    pg.host(&host)
-        .port(port)
-        .user(&login.user)
-        .password(&login.password)
-        .dbname(&login.database)
-        .application_name("pgfleet-2pc-recovery")
-        .connect_timeout(login.timeout);
-    let tls = target.tls.postgres(&mut pg);
-    let manager = Manager::from_config(
-        pg,
-        tls,
-        ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
-    Pool::builder(manager)
-        .max_size(1)
-        .build()
-        .map_err(|e| e.to_string())
+    let control = crate::backend::control::ControlLogin {
+        user: &login.user,
+        password: &login.password,
+        database: &login.database,
+        application: "pgfleet-2pc-recovery",
+        timeout: login.timeout,
+    };
+    crate::backend::control::control_pool(&target.address, &target.tls, &control)
 }
 
 /// A connection from the pool, its failure in words naming the node's TLS setting when that was the cause.
