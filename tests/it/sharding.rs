@@ -619,3 +619,55 @@ async fn pgfleet_refuses_to_start_when_a_shard_primary_cannot_prepare() {
         "the error names the node and the setting: {stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn savepoints_and_chained_ends_stay_within_one_shard() {
+    let (fleet, _proxy, c) = sharded().await;
+    let a = (1..).find(|id| shard_of(*id) == 0).expect("an id on shard 0");
+    let b = (1..).find(|id| shard_of(*id) == 1).expect("an id on shard 1");
+    c.simple_query(&format!(
+        "INSERT INTO accounts (id, owner) VALUES ({a}, 'a'), ({b}, 'b')"
+    ))
+    .await
+    .expect("rows");
+    // On one shard, savepoints work as on PostgreSQL.
+    c.batch_execute(&format!(
+        "BEGIN; UPDATE accounts SET owner = 'x' WHERE id = {a}; SAVEPOINT s; \
+         UPDATE accounts SET owner = 'y' WHERE id = {a}; ROLLBACK TO SAVEPOINT s; COMMIT"
+    ))
+    .await
+    .expect("savepoint on one shard");
+    assert_eq!(
+        rows(&c, &format!("SELECT owner FROM accounts WHERE id = {a}")).await,
+        vec![vec![Some("x".into())]]
+    );
+    // A transaction holding a savepoint does not move to another shard.
+    c.simple_query("BEGIN").await.expect("begin");
+    c.simple_query(&format!("UPDATE accounts SET owner = 'p' WHERE id = {a}"))
+        .await
+        .expect("a");
+    c.simple_query("SAVEPOINT s").await.expect("savepoint");
+    assert_eq!(
+        sqlstate_of(&c, &format!("UPDATE accounts SET owner = 'q' WHERE id = {b}")).await,
+        "0A000"
+    );
+    c.simple_query("ROLLBACK").await.expect("rollback");
+    // In a transaction across shards: no savepoint, no chained end.
+    c.simple_query("BEGIN").await.expect("begin");
+    c.simple_query(&format!("UPDATE accounts SET owner = 'p' WHERE id = {a}"))
+        .await
+        .expect("a");
+    c.simple_query(&format!("UPDATE accounts SET owner = 'q' WHERE id = {b}"))
+        .await
+        .expect("b");
+    assert_eq!(sqlstate_of(&c, "SAVEPOINT s").await, "0A000");
+    assert_eq!(sqlstate_of(&c, "COMMIT AND CHAIN").await, "0A000");
+    c.simple_query("ROLLBACK").await.expect("rollback across shards");
+    assert_eq!(
+        (
+            fleet.on_primary(0, APP_DB, &format!("SELECT owner FROM accounts WHERE id = {a}")),
+            fleet.on_primary(1, APP_DB, &format!("SELECT owner FROM accounts WHERE id = {b}"))
+        ),
+        ("x".to_owned(), "b".to_owned())
+    );
+}

@@ -183,6 +183,7 @@ impl Session {
             },
             shard: ShardId::default(),
             parked: Vec::new(),
+            tx_savepoint: false,
             key,
             discard_until_sync: false,
             rules,

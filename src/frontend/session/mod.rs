@@ -184,6 +184,9 @@ pub(super) struct Session {
     /// What the routing policy remembers of each other shard, by shard number, while the session works on
     /// another (positions of different servers never mix).
     parked: Vec<RoutingState>,
+    /// Sharded fleets: the open transaction set a savepoint, which exists only on its shard, so the
+    /// transaction may not move to another shard.
+    tx_savepoint: bool,
     pub(super) key: CancelKey,
     discard_until_sync: bool,
     pub(super) rules: Arc<FunctionRules>,

@@ -55,17 +55,43 @@ impl Session {
         let Some(sharding) = self.shared.sharding.clone() else {
             return Ok(Step::Run);
         };
-        if let Some(how) = transaction_end(req)
-            && self.tx_shards().len() > 1
-        {
-            self.end_across_shards(how, req, end).await?;
-            return Ok(Step::Answered);
+        if self.tx_shards().len() > 1 {
+            if let Some(how) = transaction_end(req) {
+                self.end_across_shards(how, req, end).await?;
+                return Ok(Step::Answered);
+            }
+            if ends_otherwise(req) {
+                // COMMIT AND CHAIN, PREPARE TRANSACTION: on one shard they would end only its part.
+                let e = ProxyError::error(
+                    "0A000",
+                    "pgfleet: a transaction that spans several shards ends only with COMMIT or ROLLBACK",
+                )
+                .with_hint("End it with a plain COMMIT or ROLLBACK, then begin the next one.");
+                self.refuse(e, end).await?;
+                return Ok(Step::Answered);
+            }
         }
         // A transaction that failed on one shard fails everywhere until it ends, as PostgreSQL's does: the
         // failed shard answers every request with 25P02.
         if let Some(failed) = self.failed_tx_shard() {
             self.enter_shard(failed);
             return Ok(Step::Run);
+        }
+        if !self.in_transaction() {
+            self.tx_savepoint = false;
+        }
+        if uses_savepoints(req) {
+            // A savepoint exists on one server: rolling back to it on one shard would keep what the others did.
+            if self.tx_shards().len() > 1 {
+                let e = ProxyError::error(
+                    "0A000",
+                    "pgfleet: savepoints are not supported in a transaction that spans several shards",
+                )
+                .with_hint("Use savepoints in transactions that stay on one shard.");
+                self.refuse(e, end).await?;
+                return Ok(Step::Answered);
+            }
+            self.tx_savepoint = true;
         }
         let plans = match self.shard_plans(req, &sharding) {
             Ok(plans) => plans,
@@ -205,6 +231,12 @@ impl Session {
             return Ok(());
         }
         let open = self.tx_shards().first().copied();
+        if let Some((from, _)) = open
+            && self.tx_savepoint
+            && self.in_transaction()
+        {
+            return Err(savepoint_pins(from));
+        }
         self.enter_shard(shard);
         match open {
             Some((_, node)) if self.routing.tx_node.is_none() => self.join_transaction(node).await,
@@ -284,6 +316,13 @@ impl Session {
     /// [`Session::open_on`], opening a transaction of pgfleet's own (none open anywhere) with `begin`.
     pub(super) async fn open_on_with(&mut self, shard: ShardId, begin: &str) -> Result<(), ProxyError> {
         let open = self.tx_shards().first().copied();
+        if let Some((from, _)) = open
+            && from != shard
+            && self.tx_savepoint
+            && !self.tx_shards().iter().any(|(s, _)| *s == shard)
+        {
+            return Err(savepoint_pins(from));
+        }
         self.enter_shard(shard);
         if self.routing.tx_node.is_some() {
             return Ok(());
@@ -325,6 +364,66 @@ fn transaction_end(req: &Request) -> Option<TxEnd> {
         found = Some(how);
     }
     found
+}
+
+/// The refusal of a statement that would carry a transaction holding a savepoint to another shard.
+fn savepoint_pins(shard: ShardId) -> ProxyError {
+    ProxyError::error(
+        "0A000",
+        format!(
+            "pgfleet: this transaction set a savepoint on {shard}, so it cannot go on to another shard: rolling \
+             back to the savepoint would keep what the other shard did"
+        ),
+    )
+    .with_hint("Keep transactions that use savepoints on one shard.")
+}
+
+/// Whether a request holds a statement that ends a transaction in a way other than a plain COMMIT or
+/// ROLLBACK (AND CHAIN, PREPARE TRANSACTION).
+fn ends_otherwise(req: &Request) -> bool {
+    req.frames.iter().any(|f| {
+        let text = match f.kind {
+            b'Q' => query_text(f.body()),
+            b'P' => parse_fields(f.body()).map(|(_, t)| t),
+            _ => None,
+        };
+        text.is_some_and(|t| {
+            crate::router::split::split_statements(t).iter().any(|st| {
+                let upper = st.to_ascii_uppercase();
+                let words: Vec<&str> = upper.split_whitespace().collect();
+                match words.first().copied() {
+                    Some("COMMIT" | "END" | "ROLLBACK" | "ABORT") => {
+                        words.contains(&"CHAIN") && !words.contains(&"TO")
+                    }
+                    Some("PREPARE") => words.get(1) == Some(&"TRANSACTION"),
+                    _ => false,
+                }
+            })
+        })
+    })
+}
+
+/// Whether a request sets, releases or rolls back to a savepoint.
+fn uses_savepoints(req: &Request) -> bool {
+    req.frames.iter().any(|f| {
+        let text = match f.kind {
+            b'Q' => query_text(f.body()),
+            b'P' => parse_fields(f.body()).map(|(_, t)| t),
+            _ => None,
+        };
+        text.is_some_and(|t| {
+            crate::router::split::split_statements(t).iter().any(|st| {
+                let words: Vec<String> = st
+                    .split_whitespace()
+                    .take(2)
+                    .map(str::to_ascii_uppercase)
+                    .collect();
+                matches!(words.first().map(String::as_str), Some("SAVEPOINT" | "RELEASE"))
+                    || (matches!(words.first().map(String::as_str), Some("ROLLBACK" | "ABORT"))
+                        && st.to_ascii_uppercase().split_whitespace().any(|w| w == "TO"))
+            })
+        })
+    })
 }
 
 /// A node's ErrorResponse as the error the client gets.
