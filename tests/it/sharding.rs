@@ -499,10 +499,17 @@ async fn pgfleet_demo_with_two_shards_serves_its_sharded_table() {
         .expect("the demo listens");
     let values: Vec<String> = (1..=20).map(|id| format!("({id}, 'o{id}')")).collect();
     assert_eq!(
-        tag_of(&c, &format!("INSERT INTO accounts (id, owner) VALUES {}", values.join(", "))).await,
+        tag_of(
+            &c,
+            &format!("INSERT INTO accounts (id, owner) VALUES {}", values.join(", "))
+        )
+        .await,
         20
     );
-    assert_eq!(rows(&c, "SELECT count(*) FROM accounts").await, vec![vec![Some("20".into())]]);
+    assert_eq!(
+        rows(&c, "SELECT count(*) FROM accounts").await,
+        vec![vec![Some("20".into())]]
+    );
     assert_eq!(
         rows(&c, "SELECT owner FROM accounts WHERE id = 7").await,
         vec![vec![Some("o7".into())]]
@@ -520,5 +527,8 @@ async fn pgfleet_demo_with_two_shards_serves_its_sharded_table() {
         use std::io::Read;
         let _ = out.read_to_string(&mut summary);
     }
-    assert!(summary.contains("shard 1 primary"), "the demo names its shards: {summary}");
+    assert!(
+        summary.contains("shard 1 primary"),
+        "the demo names its shards: {summary}"
+    );
 }

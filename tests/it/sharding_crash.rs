@@ -108,7 +108,10 @@ async fn transfers_survive_kill_9_of_pgfleet_and_of_a_shard_primary() {
         .expect("schema");
     let rows: Vec<String> = (1..=ACCOUNTS).map(|id| format!("({id}, {START})")).collect();
     setup
-        .batch_execute(&format!("INSERT INTO accounts (id, balance) VALUES {}", rows.join(", ")))
+        .batch_execute(&format!(
+            "INSERT INTO accounts (id, balance) VALUES {}",
+            rows.join(", ")
+        ))
         .await
         .expect("accounts");
     drop(setup);

@@ -190,7 +190,10 @@ fn batch_parts<'a>(texts: &[&'a str], plans: &[ShardPlan], shard_count: u32) -> 
             }
             (ShardTarget::One(s), _) => Part::Data(text, Some(*s)),
             (ShardTarget::All | ShardTarget::Several(_), _)
-                if plan.write && plan.split.is_none() && plan.copy_in.is_none() && !plan.outside_transaction =>
+                if plan.write
+                    && plan.split.is_none()
+                    && plan.copy_in.is_none()
+                    && !plan.outside_transaction =>
             {
                 let shards = match &plan.target {
                     ShardTarget::Several(v) => v.clone(),

@@ -52,7 +52,7 @@ impl Session {
         let Some(sharding) = self.shared.sharding.clone() else {
             return Ok(Step::Run);
         };
-        if let Some(how) = transaction_end(req)
+        if let Some(how) = transaction_end(req, &self.statements)
             && self.tx_shards().len() > 1
         {
             self.end_across_shards(how, req, end).await?;
@@ -318,13 +318,34 @@ impl Session {
 }
 
 /// Whether a request is only a COMMIT or ROLLBACK of the open transaction (simple or extended), and which.
-fn transaction_end(req: &Request) -> Option<TxEnd> {
+/// A Bind of a statement prepared in an earlier request counts by that statement's text: pgjdbc prepares
+/// its COMMIT as a named statement once and later sends only Bind/Execute.
+fn transaction_end(req: &Request, statements: &crate::frontend::state::Statements) -> Option<TxEnd> {
     let mut found = None;
+    let mut parsed: Vec<&str> = Vec::new();
+    let mut stored;
     for f in &req.frames {
         let text = match f.kind {
             b'Q' => query_text(f.body())?,
-            b'P' => parse_fields(f.body())?.1,
-            b'B' | b'E' | b'S' | b'D' | b'H' => continue,
+            b'P' => {
+                let (name, text) = parse_fields(f.body())?;
+                parsed.push(name);
+                text
+            }
+            b'B' => {
+                let (_, name) = bind_names(f.body())?;
+                if parsed.contains(&name) {
+                    continue;
+                }
+                stored = statements
+                    .get(name)?
+                    .parse
+                    .get(5..)
+                    .and_then(parse_fields)
+                    .map(|(_, q)| q.to_owned())?;
+                stored.as_str()
+            }
+            b'E' | b'S' | b'D' | b'H' => continue,
             _ => return None,
         };
         let statements = crate::router::split::split_statements(text);
