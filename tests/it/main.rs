@@ -46,6 +46,7 @@ mod shard_placement;
 mod sharding;
 mod sharding_crash;
 mod sharding_differential;
+mod sharding_drivers;
 mod shutdown_logs;
 mod transaction_pooling;
 mod twophase;

@@ -671,3 +671,41 @@ async fn savepoints_and_chained_ends_stay_within_one_shard() {
         ("x".to_owned(), "b".to_owned())
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_across_shards_sees_the_sessions_own_writes_across_shards() {
+    let (_fleet, _proxy, c) = sharded().await;
+    // Each round writes on both shards (one statement, committed with two-phase commit) and reads across
+    // both at once, on the shards' replicas unless they have not replayed the write yet.
+    for round in 0..25i64 {
+        let values: Vec<String> = (0..10)
+            .map(|i| format!("({}, 'r{round}')", round * 10 + i + 1))
+            .collect();
+        assert_eq!(
+            tag_of(
+                &c,
+                &format!("INSERT INTO accounts (id, owner) VALUES {}", values.join(", "))
+            )
+            .await,
+            10
+        );
+        assert_eq!(
+            rows(&c, "SELECT count(*) FROM accounts").await,
+            vec![vec![Some(((round + 1) * 10).to_string())]],
+            "round {round}: the read across shards missed the session's own write"
+        );
+        c.batch_execute(&format!(
+            "BEGIN; UPDATE accounts SET balance = balance + 1 WHERE id = {}; \
+             UPDATE accounts SET balance = balance + 1 WHERE id = {}; COMMIT",
+            round * 10 + 1,
+            round * 10 + 2
+        ))
+        .await
+        .expect("transfer");
+        assert_eq!(
+            rows(&c, "SELECT sum(balance) FROM accounts").await,
+            vec![vec![Some(((round + 1) * 2).to_string())]],
+            "round {round}: the read across shards missed the session's own transaction"
+        );
+    }
+}

@@ -4,7 +4,7 @@
 use super::TxEnd;
 use crate::backend::BackendConn;
 use crate::cluster::{NodeId, ShardId};
-use crate::frontend::request::{End, Request};
+use crate::frontend::request::{End, Plan, Request};
 use crate::frontend::session::{Session, SessionError};
 use crate::protocol::frame::build;
 use crate::protocol::messages::{ProxyError, ready_for_query};
@@ -20,6 +20,12 @@ impl Session {
         req: &Request,
         end: End,
     ) -> Result<(), SessionError> {
+        // The session answers the request itself, so a statement it names (pgjdbc's named COMMIT) is
+        // recorded here, to be prepared on a node when a later request Binds it.
+        let plan = Plan::for_request(req, &self.statements, &self.rules);
+        for (name, stmt) in plan.parses {
+            self.statements.insert(&name, stmt);
+        }
         let failed = self.failed_tx_shard().is_some();
         let result = match how {
             TxEnd::Commit if !failed => self.commit_everywhere().await.map(|()| "COMMIT"),

@@ -56,7 +56,7 @@ impl Session {
             return Ok(Step::Run);
         };
         if self.tx_shards().len() > 1 {
-            if let Some(how) = transaction_end(req) {
+            if let Some(how) = transaction_end(req, &self.statements) {
                 self.end_across_shards(how, req, end).await?;
                 return Ok(Step::Answered);
             }
@@ -108,6 +108,24 @@ impl Session {
                     return Ok(Step::Answered);
                 }
                 Ok(Step::Run)
+            }
+            // Drivers' batches (pgjdbc's executeBatch, psycopg's executemany) send many Bind/Execute before
+            // one Sync; the batch runner splits simple-query strings only, so such a pipeline is refused
+            // with a message about what the client sent, not about a query string it never sent.
+            ShardTarget::Several(_) | ShardTarget::All if plans.len() > 1 && req.is_extended() => {
+                self.refuse(
+                    ProxyError::error(
+                        "0A000",
+                        "pgfleet: statements for several shards sent in one pipeline (one Sync) are not supported yet",
+                    )
+                    .with_hint(
+                        "Execute the statements one at a time (each ends with its own Sync) rather than as a batch \
+                         or pipeline (JDBC executeBatch, psycopg executemany), or send one batch per shard.",
+                    ),
+                    end,
+                )
+                .await?;
+                Ok(Step::Answered)
             }
             ShardTarget::Several(_) | ShardTarget::All if plans.len() > 1 => {
                 let text = match req.frames.as_slice() {
@@ -335,13 +353,34 @@ impl Session {
 }
 
 /// Whether a request is only a COMMIT or ROLLBACK of the open transaction (simple or extended), and which.
-fn transaction_end(req: &Request) -> Option<TxEnd> {
+/// A Bind of a statement prepared in an earlier request counts by that statement's text: pgjdbc prepares
+/// its COMMIT as a named statement once and later sends only Bind/Execute.
+fn transaction_end(req: &Request, statements: &crate::frontend::state::Statements) -> Option<TxEnd> {
     let mut found = None;
+    let mut parsed: Vec<&str> = Vec::new();
+    let mut stored;
     for f in &req.frames {
         let text = match f.kind {
             b'Q' => query_text(f.body())?,
-            b'P' => parse_fields(f.body())?.1,
-            b'B' | b'E' | b'S' | b'D' | b'H' => continue,
+            b'P' => {
+                let (name, text) = parse_fields(f.body())?;
+                parsed.push(name);
+                text
+            }
+            b'B' => {
+                let (_, name) = bind_names(f.body())?;
+                if parsed.contains(&name) {
+                    continue;
+                }
+                stored = statements
+                    .get(name)?
+                    .parse
+                    .get(5..)
+                    .and_then(parse_fields)
+                    .map(|(_, q)| q.to_owned())?;
+                stored.as_str()
+            }
+            b'E' | b'S' | b'D' | b'H' => continue,
             _ => return None,
         };
         let statements = crate::router::split::split_statements(text);

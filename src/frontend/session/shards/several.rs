@@ -185,6 +185,15 @@ impl Session {
                     .await;
             }
         };
+        // The merger needs each shard's RowDescription. A driver that already knows the columns (pgjdbc
+        // executing its named statement again) sends Bind/Execute without Describe: pgfleet asks for the
+        // portal's description itself and does not pass it on.
+        let described = !req.is_extended() || req.frames.iter().any(|f| f.kind == b'D');
+        let shard_req = if described {
+            shard_req
+        } else {
+            with_describe(&shard_req)
+        };
         let mut merger = Some(crate::shard::merge::Merger::new(&merge_plan.merge, shards.len()));
         let mut out: Vec<u8> = Vec::new();
         for (i, shard) in shards.into_iter().enumerate() {
@@ -201,6 +210,9 @@ impl Session {
                 Ok(a) => a,
                 Err(e) => return self.refuse(e, end).await,
             };
+            // Monotonic reads: how far this read saw is unknown, so the shard's next read stays on this
+            // node (or the primary) until the session finds the bound out.
+            self.routing.read_on(node, None);
             self.release_between_transactions(node);
             if let Some(error) = answer.error {
                 let mut out = error.raw.to_vec();
@@ -227,10 +239,18 @@ impl Session {
                     }
                 };
                 match merged {
-                    Ok(frames) => frames.iter().for_each(|b| out.extend_from_slice(b)),
+                    Ok(frames) => frames
+                        .iter()
+                        .filter(|b| described || b.first() != Some(&b'T'))
+                        .for_each(|b| out.extend_from_slice(b)),
                     Err(e) => return self.refuse(e, end).await,
                 }
             }
+        }
+        // The client's named statements keep its own text (the shards ran them as the unnamed one).
+        let parses = Plan::for_request(req, &self.statements, &self.rules).parses;
+        for (name, stmt) in parses.into_iter().filter(|(name, _)| !name.is_empty()) {
+            self.statements.insert(&name, stmt);
         }
         match merger.map(|m| m.finish()) {
             Some(Ok(frames)) => frames.iter().for_each(|b| out.extend_from_slice(b)),
@@ -275,6 +295,15 @@ impl Session {
         let chosen = self
             .candidates(&read, (&Request::default(), End::Sync), &mut order)
             .await;
+        // The policy may name a replica to be asked, in the same write as the read, whether it replayed
+        // what the read must see (a led read); a captured read has no such rider, so it is asked first,
+        // and passed over for the fresh candidates behind it when it has not caught up.
+        if let Some((led, need)) = self.lead.take()
+            && order.first() == Some(&led)
+            && !self.has_replayed(led, need).await
+        {
+            order.remove(0);
+        }
         let first = order.first().copied();
         self.candidates = order;
         chosen?;
@@ -314,6 +343,23 @@ impl Session {
             }
         }
     }
+}
+
+/// `req` with a Describe of the portal after each Bind, so that the shard sends the RowDescription the
+/// merge needs.
+fn with_describe(req: &Request) -> Request {
+    let mut out = Request::default();
+    for f in &req.frames {
+        out.push(f.clone());
+        if f.kind == b'B'
+            && let Some((portal, _)) = bind_names(f.body())
+        {
+            let mut body = vec![b'P'];
+            body.extend_from_slice(&cstring(portal));
+            out.push(frame_of(build(b'D', &body)));
+        }
+    }
+    out
 }
 
 /// A copy of a request's frames (they share their bytes).
@@ -382,19 +428,43 @@ fn statement_text(req: &Request, statements: &crate::frontend::state::Statements
 /// `req` with its statement replaced by `shard_sql`: the query text, or the text of the Parse it holds
 /// (same name and parameter types). None when the statement was prepared in an earlier request and the
 /// text must change.
+///
+/// A named statement is prepared on the shards as the unnamed one (its Bind and Describe follow): the
+/// client's name must keep the client's text, or a later Bind of it would be merged as the rewritten
+/// statement (an `avg` answered with the shards' sum, an OFFSET not applied).
 fn rewritten(req: &Request, original: &str, shard_sql: &str) -> Option<Request> {
     let mut out = Request::default();
     let mut replaced = shard_sql == original;
+    let mut renamed: Option<&str> = None;
     for f in &req.frames {
         let frame = match f.kind {
             b'Q' => {
                 replaced = true;
                 frame_of(build(b'Q', &cstring(shard_sql)))
             }
-            b'P' => {
+            b'P' if !replaced => {
+                let (name, _) = parse_fields(f.body())?;
                 replaced = true;
-                frame_of(parse_with_text(f.body(), shard_sql)?)
+                // The shards run the rewritten text as the unnamed statement: the client's name keeps the
+                // client's text.
+                renamed = Some(name).filter(|n| !n.is_empty());
+                frame_of(parse_renamed(f.body(), "", shard_sql)?)
             }
+            b'B' if renamed.is_some() => {
+                let (portal, statement) = bind_names(f.body())?;
+                if Some(statement) != renamed {
+                    return None;
+                }
+                let rest = f.body().get(portal.len() + 1 + statement.len() + 1..)?;
+                let mut new = cstring(portal);
+                new.extend_from_slice(&cstring(""));
+                new.extend_from_slice(rest);
+                frame_of(build(b'B', &new))
+            }
+            b'D' if renamed.is_some() => match crate::protocol::messages::target_name(f.body())? {
+                (b'S', name) if Some(name) == renamed => frame_of(build(b'D', b"S\0")),
+                _ => f.clone(),
+            },
             _ => f.clone(),
         };
         out.push(frame);
@@ -404,9 +474,15 @@ fn rewritten(req: &Request, original: &str, shard_sql: &str) -> Option<Request> 
 
 /// A Parse message like `body`'s (same statement name, same parameter types) for the statement `text`.
 pub(super) fn parse_with_text(body: &[u8], text: &str) -> Option<bytes::Bytes> {
-    let (name, old) = parse_fields(body)?;
+    let (name, _) = parse_fields(body)?;
+    parse_renamed(body, name, text)
+}
+
+/// A Parse message with `body`'s parameter types for the statement `text` under `name`.
+pub(super) fn parse_renamed(body: &[u8], name: &str, text: &str) -> Option<bytes::Bytes> {
+    let (old_name, old) = parse_fields(body)?;
     // After the name and the text: the parameter types, kept as the client sent them.
-    let types_at = name.len() + 1 + old.len() + 1;
+    let types_at = old_name.len() + 1 + old.len() + 1;
     let mut new = cstring(name);
     new.extend_from_slice(&cstring(text));
     new.extend_from_slice(body.get(types_at..)?);
