@@ -28,6 +28,8 @@ if [[ ${BENCH_QUICK:-0} == 1 ]]; then
     BENCH_WORKLOADS=${BENCH_WORKLOADS:-"select-simple rw90"}
     BENCH_MEMORY=${BENCH_MEMORY:-0}
 fi
+# The sharded workload (bench/sharded.sh) runs last, in its short mode when BENCH_QUICK=1; 0 skips it.
+BENCH_SHARDED=${BENCH_SHARDED:-1}
 BENCH_SECONDS=${BENCH_SECONDS:-15}
 BENCH_ROUNDS=${BENCH_ROUNDS:-3}
 BENCH_SCALE=${BENCH_SCALE:-10}
@@ -155,7 +157,8 @@ cleanup() {
     trap - EXIT INT TERM
     if [[ -n $FG_PID ]] && alive "$FG_PID"; then
         kill -TERM "$FG_PID" 2>/dev/null || true
-        for ((i = 0; i < 100; i++)); do
+        # bench/sharded.sh stops its own demo (six servers) before it exits: give it time.
+        for ((i = 0; i < 300; i++)); do
             alive "$FG_PID" || break
             sleep 0.1
         done
@@ -657,6 +660,21 @@ if ((BENCH_MEMORY)); then
             log "$test test skipped: pgfleet did not start"
         fi
     done
+fi
+
+# ---------------------------------------------------------------------------------------------------------
+# The sharded workload: bench/sharded.sh starts and stops a fleet of its own (two shards and an unsharded
+# baseline), so this run's cluster is stopped first to leave it the CPU.
+# ---------------------------------------------------------------------------------------------------------
+
+if ((BENCH_SHARDED)); then
+    stop pgfleet-cores
+    stop demo
+    printf '\n== Sharded workload (bench/sharded.sh) ==\n'
+    SHARD_QUICK=${BENCH_QUICK:-0} SHARD_SECONDS=${SHARD_SECONDS:-$BENCH_SECONDS} \
+        SHARD_ROUNDS=${SHARD_ROUNDS:-$BENCH_ROUNDS} SHARD_WARMUP=${SHARD_WARMUP:-$BENCH_WARMUP} \
+        SHARD_SUMMARY=$SUMMARY_FILE SHARD_RESULTS=$BENCH_RESULTS PGFLEET_BIN=$PGFLEET_BIN \
+        run_step bash "$BENCH_DIR/sharded.sh" || log "the sharded workload failed (see above)"
 fi
 
 log "done; summary tables in $SUMMARY_FILE"
