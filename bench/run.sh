@@ -8,7 +8,8 @@
 # rounds, runs pgbench against: the primary directly, pgfleet (session and transaction pooling), pgbouncer
 # (transaction pooling, primary only) and pgpool-II (streaming-replication mode, load balancing on).
 # Afterwards it measures pgfleet's memory and connection handling (idle clients, 5,000 concurrent clients on
-# a pool of 20, a 2-million-row result streamed to a slow client).
+# a pool of 20, a 2-million-row result streamed to a slow client). Last, bench/sharded.sh measures a sharded
+# fleet against its unsharded baselines (BENCH_SHARDED=0 skips it).
 #
 # Everything it prints is also saved to bench/results/<timestamp>.txt (and the summary tables to .md).
 # Every process it starts is stopped, and its temp dir removed, on exit and on Ctrl-C.
@@ -18,8 +19,9 @@ set -Eeuo pipefail
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$BENCH_DIR/.." && pwd)
 
-# BENCH_QUICK=1: a short run for A/B checks (under 5 minutes on 2 cores): select-only and rw90 at 16 clients,
-# one round of 10 s per target, no memory tests. Any knob set explicitly still wins.
+# BENCH_QUICK=1: a short run for A/B checks (about 10 minutes on 2 cores): select-only and rw90 at 16 clients,
+# one round of 10 s per target, no memory tests, the sharded workload in its short mode. Any knob set
+# explicitly still wins.
 if [[ ${BENCH_QUICK:-0} == 1 ]]; then
     BENCH_SECONDS=${BENCH_SECONDS:-10}
     BENCH_ROUNDS=${BENCH_ROUNDS:-1}
