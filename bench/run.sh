@@ -13,7 +13,8 @@
 #
 # Everything it prints is also saved to bench/results/<timestamp>.txt (and the summary tables to .md).
 # Every process it starts is stopped, and its temp dir removed, on exit and on Ctrl-C.
-# Knobs (environment variables) are listed in bench/README.md; the defaults take about an hour on 2 cores.
+# Knobs (environment variables) are listed in bench/README.md; the defaults take about 1 h 45 min on 2 cores
+# (40 minutes of it the sharded workload).
 set -Eeuo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

@@ -2,7 +2,7 @@
 # pgfleet sharded-workload bench (issue 14): what sharding costs per statement, side by side with its
 # unsharded baselines.
 #
-#   bash bench/sharded.sh                 # 1 and 16 clients, 3 rounds of 15 s: about 25 minutes on 2 cores
+#   bash bench/sharded.sh                 # 1 and 16 clients, 3 rounds of 15 s: about 40 minutes on 2 cores
 #   SHARD_QUICK=1 bash bench/sharded.sh   # short mode: 16 clients, 1 round of 10 s: about 6 minutes
 #
 # `pgfleet demo --shards 3` starts three clusters, each a primary with one streaming replica and
@@ -287,6 +287,11 @@ MATRIX=$!
 PIDS+=("$MATRIX")
 wait "$MATRIX"
 
+# Each cross-shard commit recorded its decision on the coordinator, shard 0 (the lowest participant); the rows
+# stay for an hour, so their number shows that the transfers did commit with two-phase commit.
+decisions=$(sql "${PRIMARY[0]}" "$SUPERUSER" 'SELECT count(*) FROM pgfleet.commit_decisions' 2>/dev/null || echo none)
+log "commit decisions recorded on shard 0: $decisions"
+printf '\nCommit decisions recorded on shard 0 (one per cross-shard commit): %s.\n' "$decisions" >>"$SHARD_SUMMARY"
 # Two-phase commit leaves nothing behind: no prepared transaction on either shard primary.
 for shard in 0 1; do
     left=$(sql "${PRIMARY[$shard]}" "$SUPERUSER" 'SELECT count(*) FROM pg_prepared_xacts')
