@@ -33,7 +33,19 @@ WORKLOADS = {
     "tpcb": ("TPC-B (tpcb-like), -M simple", ["-b", "tpcb-like", "-M", "simple"]),
     "rw90": ("90/10 read/write (workloads/rw90.sql), -M simple", ["-f", "{rw}", "-M", "simple"]),
 }
-PGFLEETS = ("pgfleet-session", "pgfleet-cores", "pgfleet-txn", "pgfleet-primary")
+# The sharded workload (bench/sharded.sh): {shard_*} are the scripts given with --script; they read
+# :naccounts, given with --define.
+SHARDED_SCRIPTS = {
+    "shard-read": ("read by shard key (workloads/shard_read.sql)", "shard_read"),
+    "shard-write": ("autocommit write by shard key (workloads/shard_write.sql)", "shard_write"),
+    "shard-transfer": ("transfer between two shards, BEGIN; 2 UPDATEs; COMMIT (generated)", "shard_transfer"),
+    "shard-sum": ("count(*), sum(balance) of every account (workloads/shard_sum.sql)", "shard_sum"),
+}
+for _name, (_title, _script) in SHARDED_SCRIPTS.items():
+    for _mode in ("simple", "extended", "prepared"):
+        WORKLOADS[f"{_name}-{_mode}"] = (f"{_title}, -M {_mode}", ["-f", "{" + _script + "}", "-M", _mode])
+PGFLEETS = ("pgfleet-session", "pgfleet-cores", "pgfleet-txn", "pgfleet-primary", "pgfleet-unsharded",
+            "pgfleet-sharded")
 OTHERS = ("direct", "pgbouncer", "pgpool")
 
 
@@ -127,7 +139,8 @@ def skip_reason(target: Target, clients: int, args: argparse.Namespace) -> str:
         return target.note
     if target.name == "direct" and clients > args.max_connections - 10:
         return f"n/a: the primary's max_connections is {args.max_connections}"
-    if target.name == "pgfleet-session" and clients > args.pool_size:
+    # bench/sharded.sh's pgfleet targets run with session pooling too.
+    if target.name in ("pgfleet-session", "pgfleet-unsharded", "pgfleet-sharded") and clients > args.pool_size:
         return (
             f"n/a: session pooling keeps a backend per client, so {clients} clients cannot share a pool of "
             f"{args.pool_size} (the extra ones fail after pool.connect_timeout; see the connection tests)"
@@ -179,9 +192,31 @@ def first_error(output: str) -> str:
     return lines[-1][:200] if lines else "no output"
 
 
+def script_args(extra: list[str], args: argparse.Namespace) -> list[str]:
+    """`extra` with {rw} and the --script placeholders replaced, followed by the --define variables."""
+    scripts = {"rw": args.rw_script, **dict(s.split("=", 1) for s in args.script)}
+    out = []
+    for a in extra:
+        for name, path in scripts.items():
+            a = a.replace("{" + name + "}", path)
+        out.append(a)
+    for d in args.define:
+        out += ["-D", d]
+    return out
+
+
+def ratio_pairs(names: list[str], args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The (numerator, denominator) targets of the ratio columns: --compare when given, else every pgfleet
+    target against direct, pgbouncer and pgpool-II."""
+    if args.compare:
+        pairs = [tuple(c.split("/", 1)) for c in args.compare.split()]
+        return [(a, b) for a, b in pairs if a in names and b in names]
+    return [(f, o) for f in PGFLEETS if f in names for o in OTHERS if o in names]
+
+
 def run_pgbench(target: Target, workload: str, clients: int, args: argparse.Namespace, tag: str) -> Run:
     _, extra = WORKLOADS[workload]
-    extra = [a.replace("{rw}", args.rw_script) for a in extra]
+    extra = script_args(extra, args)
     jobs = max(1, min(clients, os.cpu_count() or 1))
     prefix = os.path.join(args.work, f"tx-{tag}")
     cmd = [
@@ -230,7 +265,17 @@ def ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x" if a and b else "-"
 
 
-def print_combo(title: str, clients: int, targets: list[Target], cells: dict[str, Cell], rounds: int) -> None:
+def difference(f: Cell, o: Cell) -> str:
+    """What target f costs per transaction beyond target o: average latency and proxy CPU time."""
+    text = f"adds {(f.median('avg_ms') - o.median('avg_ms')) * 1000.0:+.0f} µs average latency"
+    fc, oc = f.median("cpu_us"), o.median("cpu_us")
+    if fc is not None:
+        text += f", {fc - (oc or 0.0):+.1f} CPU µs/tx of the proxy"
+    return text
+
+
+def print_combo(title: str, clients: int, targets: list[Target], cells: dict[str, Cell], rounds: int,
+                args: argparse.Namespace) -> None:
     print(f"\n== {title}, {clients} client{'s' if clients != 1 else ''} ==")
     print(
         f"  {'target':<16} {'TPS':>10} {'avg ms':>9} {'p50 ms':>9} {'p99 ms':>9} {'CPU µs/tx':>10} {'cs/tx':>6} "
@@ -255,18 +300,17 @@ def print_combo(title: str, clients: int, targets: list[Target], cells: dict[str
             f"{fmt(c.median('cs'), 2):>6} {len(good)}/{rounds:<3}  {note}"
         )
     lines = []
-    for fleet in PGFLEETS:
-        if fleet not in cells or not cells[fleet].good():
+    for fleet, other in ratio_pairs([t.name for t in targets], args):
+        if not cells[fleet].good() or not cells[other].good():
             continue
-        for other in OTHERS:
-            if other not in cells or not cells[other].good():
-                continue
-            f, o = cells[fleet], cells[other]
-            lines.append(
-                f"  {fleet + '/' + other:<28} TPS {ratio(f.median('tps'), o.median('tps')):>7}   "
-                f"avg latency {ratio(f.median('avg_ms'), o.median('avg_ms')):>7}   "
-                f"p99 {ratio(f.median('p99_ms'), o.median('p99_ms')):>7}"
-            )
+        f, o = cells[fleet], cells[other]
+        lines.append(
+            f"  {fleet + '/' + other:<28} TPS {ratio(f.median('tps'), o.median('tps')):>7}   "
+            f"avg latency {ratio(f.median('avg_ms'), o.median('avg_ms')):>7}   "
+            f"p99 {ratio(f.median('p99_ms'), o.median('p99_ms')):>7}"
+        )
+        if args.compare:
+            lines.append(f"  {'':<28} {difference(f, o)}")
     direct = cells.get("direct")
     if clients == 1 and direct is not None and direct.good():
         for fleet in PGFLEETS:
@@ -279,10 +323,11 @@ def print_combo(title: str, clients: int, targets: list[Target], cells: dict[str
     sys.stdout.flush()
 
 
-def markdown(results: list[tuple[str, int, dict[str, Cell]]], targets: list[Target]) -> str:
+def markdown(results: list[tuple[str, int, dict[str, Cell]]], targets: list[Target],
+             args: argparse.Namespace) -> str:
     names = [t.name for t in targets]
     fleets = [f for f in PGFLEETS if f in names and any(c[f].good() for _, _, c in results)]
-    ratio_cols = [(f, o) for f in fleets for o in OTHERS if o in names]
+    ratio_cols = [(f, o) for f, o in ratio_pairs(names, args) if f in fleets]
     out = ["TPS (median of the rounds; `-` = not run, `err` = failed):", ""]
     head = ["workload", "clients", *names, *(f"{f}/{o}" for f, o in ratio_cols)]
     out.append("| " + " | ".join(head) + " |")
@@ -338,6 +383,14 @@ def markdown(results: list[tuple[str, int, dict[str, Cell]]], targets: list[Targ
                 added.append(f"- {workload}: {f} {us:.0f} µs")
     if added:
         out += ["", "Added to the median latency of a direct connection, one client:", "", *added]
+    if args.compare:
+        diffs = []
+        for workload, clients, cells in results:
+            for f, o in ratio_cols:
+                if cells[f].good() and cells[o].good():
+                    diffs.append(f"- {workload}, {clients} clients: {f} over {o} {difference(cells[f], cells[o])}")
+        if diffs:
+            out += ["", "Cost per transaction of one target over another (medians):", "", *diffs]
     notes = []
     for workload, clients, cells in results:
         for n in names:
@@ -363,7 +416,13 @@ def main() -> int:
     p.add_argument("--max-connections", type=int, required=True)
     p.add_argument("--pgpool-children", type=int, required=True)
     p.add_argument("--pool-size", type=int, required=True)
-    p.add_argument("--rw-script", required=True)
+    p.add_argument("--rw-script", default="", help="the rw90 script")
+    p.add_argument("--script", action="append", default=[], metavar="NAME=PATH",
+                   help="a script for the workloads that name {NAME} (the sharded ones)")
+    p.add_argument("--define", action="append", default=[], metavar="VAR=VALUE", help="pgbench -D VAR=VALUE")
+    p.add_argument("--compare", default="", metavar="A/B ...",
+                   help="ratio columns A/B (and A's added cost over B) instead of pgfleet against the others")
+    p.add_argument("--warmup-script", default="", help="pgbench script for the warm-up instead of -S")
     p.add_argument("--summary", required=True)
     p.add_argument("--warmup", type=int, default=5, help="seconds of select-only through each target first")
     args = p.parse_args()
@@ -387,13 +446,15 @@ def main() -> int:
     )
     if args.warmup > 0:
         # Warm the page cache of every node (reads reach the replicas only through the proxies) and the pools.
-        print(f"warm-up: {args.warmup} s of select-only with 4 clients through each target")
+        what = os.path.basename(args.warmup_script) if args.warmup_script else "select-only"
+        print(f"warm-up: {args.warmup} s of {what} with 4 clients through each target")
         for t in targets:
             if t.state == "ok":
                 env = dict(os.environ, PGPASSWORD=args.password, PGSSLMODE="disable")
+                what = script_args(["-f", args.warmup_script], args) if args.warmup_script else ["-S"]
                 subprocess.run(
                     ["pgbench", "-n", "-h", "127.0.0.1", "-p", str(t.port), "-U", args.user, "-c", "4", "-j", "2",
-                     "-T", str(args.warmup), "-S", args.database],
+                     "-T", str(args.warmup), *what, args.database],
                     env=env, capture_output=True, timeout=args.warmup + 120, check=False)
     results: list[tuple[str, int, dict[str, Cell]]] = []
     seq = 0
@@ -422,10 +483,10 @@ def main() -> int:
                     for line in [x for x in r.output.splitlines() if x.strip()][-6:]:
                         print(f"      | {line[:200]}")
                 sys.stdout.flush()
-        print_combo(title, clients, targets, cells, args.rounds)
+        print_combo(title, clients, targets, cells, args.rounds, args)
         results.append((workload, clients, cells))
 
-    summary = markdown(results, targets)
+    summary = markdown(results, targets, args)
     with open(args.summary, "a") as f:
         f.write(summary)
     print("\n== Summary (markdown) ==\n")

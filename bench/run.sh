@@ -8,18 +8,21 @@
 # rounds, runs pgbench against: the primary directly, pgfleet (session and transaction pooling), pgbouncer
 # (transaction pooling, primary only) and pgpool-II (streaming-replication mode, load balancing on).
 # Afterwards it measures pgfleet's memory and connection handling (idle clients, 5,000 concurrent clients on
-# a pool of 20, a 2-million-row result streamed to a slow client).
+# a pool of 20, a 2-million-row result streamed to a slow client). Last, bench/sharded.sh measures a sharded
+# fleet against its unsharded baselines (BENCH_SHARDED=0 skips it).
 #
 # Everything it prints is also saved to bench/results/<timestamp>.txt (and the summary tables to .md).
 # Every process it starts is stopped, and its temp dir removed, on exit and on Ctrl-C.
-# Knobs (environment variables) are listed in bench/README.md; the defaults take about an hour on 2 cores.
+# Knobs (environment variables) are listed in bench/README.md; the defaults take about 1 h 45 min on 2 cores
+# (40 minutes of it the sharded workload).
 set -Eeuo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$BENCH_DIR/.." && pwd)
 
-# BENCH_QUICK=1: a short run for A/B checks (under 5 minutes on 2 cores): select-only and rw90 at 16 clients,
-# one round of 10 s per target, no memory tests. Any knob set explicitly still wins.
+# BENCH_QUICK=1: a short run for A/B checks (about 10 minutes on 2 cores): select-only and rw90 at 16 clients,
+# one round of 10 s per target, no memory tests, the sharded workload in its short mode. Any knob set
+# explicitly still wins.
 if [[ ${BENCH_QUICK:-0} == 1 ]]; then
     BENCH_SECONDS=${BENCH_SECONDS:-10}
     BENCH_ROUNDS=${BENCH_ROUNDS:-1}
@@ -28,6 +31,8 @@ if [[ ${BENCH_QUICK:-0} == 1 ]]; then
     BENCH_WORKLOADS=${BENCH_WORKLOADS:-"select-simple rw90"}
     BENCH_MEMORY=${BENCH_MEMORY:-0}
 fi
+# The sharded workload (bench/sharded.sh) runs last, in its short mode when BENCH_QUICK=1; 0 skips it.
+BENCH_SHARDED=${BENCH_SHARDED:-1}
 BENCH_SECONDS=${BENCH_SECONDS:-15}
 BENCH_ROUNDS=${BENCH_ROUNDS:-3}
 BENCH_SCALE=${BENCH_SCALE:-10}
@@ -155,7 +160,8 @@ cleanup() {
     trap - EXIT INT TERM
     if [[ -n $FG_PID ]] && alive "$FG_PID"; then
         kill -TERM "$FG_PID" 2>/dev/null || true
-        for ((i = 0; i < 100; i++)); do
+        # bench/sharded.sh stops its own demo (six servers) before it exits: give it time.
+        for ((i = 0; i < 300; i++)); do
             alive "$FG_PID" || break
             sleep 0.1
         done
@@ -657,6 +663,21 @@ if ((BENCH_MEMORY)); then
             log "$test test skipped: pgfleet did not start"
         fi
     done
+fi
+
+# ---------------------------------------------------------------------------------------------------------
+# The sharded workload: bench/sharded.sh starts and stops a fleet of its own (two shards and an unsharded
+# baseline), so this run's cluster is stopped first to leave it the CPU.
+# ---------------------------------------------------------------------------------------------------------
+
+if ((BENCH_SHARDED)); then
+    stop pgfleet-cores
+    stop demo
+    printf '\n== Sharded workload (bench/sharded.sh) ==\n'
+    SHARD_QUICK=${BENCH_QUICK:-0} SHARD_SECONDS=${SHARD_SECONDS:-$BENCH_SECONDS} \
+        SHARD_ROUNDS=${SHARD_ROUNDS:-$BENCH_ROUNDS} SHARD_WARMUP=${SHARD_WARMUP:-$BENCH_WARMUP} \
+        SHARD_SUMMARY=$SUMMARY_FILE SHARD_RESULTS=$BENCH_RESULTS PGFLEET_BIN=$PGFLEET_BIN \
+        run_step bash "$BENCH_DIR/sharded.sh" || log "the sharded workload failed (see above)"
 fi
 
 log "done; summary tables in $SUMMARY_FILE"
