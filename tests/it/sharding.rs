@@ -451,18 +451,21 @@ async fn pgbench_runs_a_custom_sharded_script() {
                   SELECT balance FROM accounts WHERE id = :a;\n";
     let path = dir.path().join("transfer.sql");
     std::fs::write(&path, script).expect("script");
-    let out = std::process::Command::new(crate::support::clients::pg_tool("pgbench"))
-        .args(["-n", "-c", "4", "-j", "2", "-t", "100", "-M", "simple", "-f"])
-        .arg(&path)
-        .arg(proxy.url(APP_USER, PASSWORD, APP_DB))
-        .output()
-        .expect("run pgbench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("number of transactions actually processed: 400/400"),
-        "pgbench through sharded pgfleet: {stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // Every query mode: -M prepared prepares each statement once per connection, COMMIT included.
+    for mode in ["simple", "extended", "prepared"] {
+        let out = std::process::Command::new(crate::support::clients::pg_tool("pgbench"))
+            .args(["-n", "-c", "4", "-j", "2", "-t", "100", "-M", mode, "-f"])
+            .arg(&path)
+            .arg(proxy.url(APP_USER, PASSWORD, APP_DB))
+            .output()
+            .expect("run pgbench");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("number of transactions actually processed: 400/400"),
+            "pgbench -M {mode} through sharded pgfleet: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     // Money moved between shards but none was made or lost, and nothing is left prepared.
     assert_eq!(
         rows(&c, "SELECT sum(balance), count(*) FROM accounts").await,
