@@ -357,6 +357,39 @@ async fn multi_row_inserts_and_copy_split_over_the_shards_all_or_nothing() {
         );
     }
 
+    // The same with bound parameters (a prepared statement): each shard gets its rows and their parameters.
+    let insert = c
+        .prepare("INSERT INTO accounts (id, owner) VALUES ($1, $2), ($3, $4), ($5, $6), ($7, $8)")
+        .await
+        .expect("prepare a multi-row insert");
+    let (p1, p2, p3, p4) = (61i64, 62i64, 63i64, 64i64);
+    let n = c
+        .execute(&insert, &[&p1, &"p61", &p2, &"p62", &p3, &"p63", &p4, &"p64"])
+        .await
+        .expect("prepared multi-row insert over both shards");
+    assert_eq!(n, 4);
+    for shard in 0..2 {
+        assert_eq!(
+            held(&fleet, shard, 61..=64),
+            expected(61..=64, shard),
+            "prepared rows on shard {shard}"
+        );
+    }
+    let (q1, q2, q3, q4) = (65i64, 66i64, 67i64, 68i64);
+    let none: Option<&str> = None;
+    let e = c
+        .execute(&insert, &[&q1, &"p65", &q2, &"p66", &q3, &none, &q4, &"p68"])
+        .await
+        .expect_err("a NULL owner fails the prepared insert");
+    assert_eq!(e.code().map(|c| c.code()), Some("23502"), "{e}");
+    for shard in 0..2 {
+        assert_eq!(
+            held(&fleet, shard, 65..=68),
+            0,
+            "nothing of the failed prepared insert on shard {shard}"
+        );
+    }
+
     // COPY through psql's \copy: text, then csv with a header, then one that fails midway.
     let dir = tempfile::tempdir().expect("tempdir");
     let text: String = (100..600)

@@ -191,16 +191,14 @@ async fn python_driver(module: &str, package: &str, ids: BTreeSet<i64>) -> Strin
 ///
 /// Documented limits, asserted exactly by the program and here: from the sixth execution of a read across
 /// shards whose text pgfleet rewrites for the merge (`avg`, `OFFSET`), psycopg 3 Binds the statement it
-/// prepared in an earlier request and pgfleet refuses it with 0A000; an executemany whose rows belong to both
-/// shards (one pipeline, one Sync) is refused with 0A000 before any row is written.
+/// prepared in an earlier request and pgfleet refuses it with 0A000. An executemany whose rows belong to both
+/// shards (one pipeline, one Sync) runs each row on its shard in one transaction across them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psycopg3_through_a_sharded_pgfleet() {
     let out = python_driver("psycopg", "psycopg[binary]", inserted_ids(&[])).await;
     let expected = [
         "FINDING avg: ['ok', 'ok', 'ok', 'ok', 'ok', 'refused', 'refused', 'refused']",
         "FINDING order by limit offset: ['ok', 'ok', 'ok', 'ok', 'ok', 'refused', 'refused', 'refused']",
-        "FINDING executemany over both shards refused: 0A000 pgfleet: statements for several shards sent in one \
-         pipeline (one Sync) are not supported yet",
     ];
     let found: Vec<&str> = out.lines().filter(|l| l.starts_with("FINDING")).collect();
     assert_eq!(found, expected, "the refusals psycopg 3 meets:\n{out}");
@@ -263,8 +261,6 @@ async fn jdbc_through_a_sharded_pgfleet() {
         "FINDING default order by limit offset: [ok, ok, ok, ok, ok, refused, refused, refused]",
         "FINDING text avg: [ok, ok, ok, ok, ok, refused, refused, refused]",
         "FINDING text order by limit offset: [ok, ok, ok, ok, ok, refused, refused, refused]",
-        "FINDING executeBatch over both shards refused: 0A000 pgfleet: statements for several shards sent in one \
-         pipeline (one Sync) are not supported yet",
     ];
     let found: Vec<&str> = out.lines().filter(|l| l.starts_with("FINDING")).collect();
     assert_eq!(found, expected, "the refusals pgjdbc meets:\n{out}");

@@ -18,6 +18,7 @@ mod batch;
 mod commit;
 mod copy;
 mod ids;
+mod pipeline;
 mod several;
 
 pub(super) use ids::Ids;
@@ -110,21 +111,9 @@ impl Session {
                 Ok(Step::Run)
             }
             // Drivers' batches (pgjdbc's executeBatch, psycopg's executemany) send many Bind/Execute before
-            // one Sync; the batch runner splits simple-query strings only, so such a pipeline is refused
-            // with a message about what the client sent, not about a query string it never sent.
+            // one Sync: each execution runs on its own shard.
             ShardTarget::Several(_) | ShardTarget::All if plans.len() > 1 && req.is_extended() => {
-                self.refuse(
-                    ProxyError::error(
-                        "0A000",
-                        "pgfleet: statements for several shards sent in one pipeline (one Sync) are not supported yet",
-                    )
-                    .with_hint(
-                        "Execute the statements one at a time (each ends with its own Sync) rather than as a batch \
-                         or pipeline (JDBC executeBatch, psycopg executemany), or send one batch per shard.",
-                    ),
-                    end,
-                )
-                .await?;
+                self.run_pipeline(req, end).await?;
                 Ok(Step::Answered)
             }
             ShardTarget::Several(_) | ShardTarget::All if plans.len() > 1 => {

@@ -66,19 +66,7 @@ impl Session {
         }
         // A multi-row INSERT whose rows belong to several shards: each shard gets its own rows.
         let work: Vec<(ShardId, Request)> = match &plan.split {
-            Some(split) if req.is_extended() => {
-                let _ = split;
-                return self
-                    .refuse(
-                        ProxyError::error(
-                            "0A000",
-                            "pgfleet: a prepared multi-row INSERT whose rows belong to several shards is not split yet",
-                        )
-                        .with_hint("Insert the rows of each shard in their own statement, or use the simple query protocol."),
-                        end,
-                    )
-                    .await;
-            }
+            Some(_) if req.is_extended() => return self.run_split_prepared(req, end, plan).await,
             Some(split) => split
                 .iter()
                 .map(|(shard, text)| {
