@@ -11,6 +11,7 @@
 mod agg;
 mod aggregate;
 mod analyze;
+pub mod binary;
 mod clauses;
 mod frames;
 mod merger;

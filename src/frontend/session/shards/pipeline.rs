@@ -161,7 +161,11 @@ impl Session {
         }
         if let (Some(client_parsed), false) = (combined, failed) {
             let all = super::several::combine_answers(&answers, false);
-            out = strip_parse_complete(&all, client_parsed);
+            out = if client_parsed {
+                all
+            } else {
+                super::several::without_messages(&all, b'1')
+            };
         }
         if !explicit {
             if failed {
@@ -218,25 +222,6 @@ fn split_requests(
         out.push((*shard, one));
     }
     Some(out)
-}
-
-/// `frames` (whole messages back to back) without ParseComplete when the client sent no Parse.
-fn strip_parse_complete(frames: &[u8], client_parsed: bool) -> Vec<u8> {
-    if client_parsed {
-        return frames.to_vec();
-    }
-    let mut out = Vec::with_capacity(frames.len());
-    let mut at = 0;
-    while at + 5 <= frames.len() {
-        let len =
-            u32::from_be_bytes([frames[at + 1], frames[at + 2], frames[at + 3], frames[at + 4]]) as usize;
-        let end = (at + 1 + len).min(frames.len());
-        if frames[at] != b'1' {
-            out.extend_from_slice(&frames[at..end]);
-        }
-        at = end;
-    }
-    out
 }
 
 /// The parameter type OIDs a Parse body names (0: unspecified).

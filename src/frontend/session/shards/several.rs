@@ -182,6 +182,9 @@ impl Session {
         } else {
             with_describe(&shard_req)
         };
+        // The merge works on text: columns the client asks in binary are asked of the shards in text and
+        // encoded after the merge.
+        let (shard_req, binary) = text_results_only(shard_req);
         let mut merger = Some(crate::shard::merge::Merger::new(&merge_plan.merge, shards.len()));
         let mut out: Vec<u8> = Vec::new();
         for (i, shard) in shards.into_iter().enumerate() {
@@ -227,10 +230,7 @@ impl Session {
                     }
                 };
                 match merged {
-                    Ok(frames) => frames
-                        .iter()
-                        .filter(|b| described || b.first() != Some(&b'T'))
-                        .for_each(|b| out.extend_from_slice(b)),
+                    Ok(frames) => frames.iter().for_each(|b| out.extend_from_slice(b)),
                     Err(e) => return self.refuse(e, end).await,
                 }
             }
@@ -244,6 +244,16 @@ impl Session {
             Some(Ok(frames)) => frames.iter().for_each(|b| out.extend_from_slice(b)),
             Some(Err(e)) => return self.refuse(e, end).await,
             None => {}
+        }
+        if let Some(results) = binary {
+            out = match crate::shard::merge::binary::encode(&out, &results) {
+                Ok(encoded) => encoded,
+                Err(e) => return self.refuse(e, end).await,
+            };
+        }
+        if !described {
+            // The description pgfleet asked for itself is not the client's.
+            out = without_messages(&out, b'T');
         }
         out.extend_from_slice(&ready_for_query(self.status().byte()));
         self.write_client(&out).await
@@ -346,6 +356,41 @@ fn with_describe(req: &Request) -> Request {
             body.extend_from_slice(&cstring(portal));
             out.push(frame_of(build(b'D', &body)));
         }
+    }
+    out
+}
+
+/// The request with its Bind asking for text results, and the result formats the client asked when any
+/// column was asked in binary.
+fn text_results_only(req: Request) -> (Request, Option<Vec<i16>>) {
+    let mut binary = None;
+    let mut out = Request::default();
+    for f in &req.frames {
+        if f.kind == b'B'
+            && let Some((results, text)) = crate::shard::merge::binary::text_results(f.body())
+            && crate::shard::merge::binary::wants_binary(&results)
+        {
+            binary = Some(results);
+            out.push(frame_of(build(b'B', &text)));
+            continue;
+        }
+        out.push(f.clone());
+    }
+    (out, binary)
+}
+
+/// `frames` (whole messages back to back) without the messages of type `kind`.
+pub(super) fn without_messages(frames: &[u8], kind: u8) -> Vec<u8> {
+    let mut out = Vec::with_capacity(frames.len());
+    let mut at = 0;
+    while at + 5 <= frames.len() {
+        let len =
+            u32::from_be_bytes([frames[at + 1], frames[at + 2], frames[at + 3], frames[at + 4]]) as usize;
+        let end = (at + 1 + len).min(frames.len());
+        if frames[at] != kind {
+            out.extend_from_slice(&frames[at..end]);
+        }
+        at = end;
     }
     out
 }
