@@ -284,6 +284,7 @@ public final class ShardedJdbcCheck {
         }
         for (String r : report) {
             check(!r.contains("WRONG") && !r.contains("error "), "wrong answer or unexpected error: " + r);
+            check(!r.contains("refused"), "refused: " + r);
             if (r.contains("refused")) {
                 System.out.println("FINDING " + r);
             }

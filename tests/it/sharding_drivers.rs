@@ -189,19 +189,15 @@ async fn python_driver(module: &str, package: &str, ids: BTreeSet<i64>) -> Strin
 /// psycopg 3: server-side parameters (extended protocol), statements prepared server-side from their fifth
 /// execution, executemany as one pipeline, `cursor.copy()`.
 ///
-/// Documented limits, asserted exactly by the program and here: from the sixth execution of a read across
-/// shards whose text pgfleet rewrites for the merge (`avg`, `OFFSET`), psycopg 3 Binds the statement it
-/// prepared in an earlier request and pgfleet refuses it with 0A000. An executemany whose rows belong to both
-/// shards (one pipeline, one Sync) runs each row on its shard in one transaction across them.
+/// From the sixth execution psycopg 3 Binds a statement it prepared in an earlier request; reads across shards
+/// whose text pgfleet rewrites for the merge (`avg`, `OFFSET`) are answered then too, with no refusal. An
+/// executemany whose rows belong to both shards (one pipeline, one Sync) runs each row on its shard in one
+/// transaction across them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psycopg3_through_a_sharded_pgfleet() {
     let out = python_driver("psycopg", "psycopg[binary]", inserted_ids(&[])).await;
-    let expected = [
-        "FINDING avg: ['ok', 'ok', 'ok', 'ok', 'ok', 'refused', 'refused', 'refused']",
-        "FINDING order by limit offset: ['ok', 'ok', 'ok', 'ok', 'ok', 'refused', 'refused', 'refused']",
-    ];
     let found: Vec<&str> = out.lines().filter(|l| l.starts_with("FINDING")).collect();
-    assert_eq!(found, expected, "the refusals psycopg 3 meets:\n{out}");
+    assert!(found.is_empty(), "psycopg 3 met refusals:\n{out}");
 }
 
 /// psycopg2: parameters bound by the client, simple query protocol (every read across shards is merged,
@@ -249,16 +245,9 @@ async fn jdbc_through_a_sharded_pgfleet() {
         .args([a.to_string(), b.to_string(), shard0_batch_ids()]);
     let out = run_program(cmd, &proxy, "ShardedJdbcCheck");
     check_shards(&fleet, inserted_ids(&[]));
-    // What pgfleet refuses, exactly, and nothing else: from the sixth execution pgjdbc Binds its named
-    // statement without Parse and, by default, asks for binary results of the types it knows (bigint,
-    // numeric), which pgfleet encodes after merging text; the statements whose text pgfleet rewrites (avg,
-    // OFFSET) are refused as prepared earlier, with binary or text results.
-    let expected = [
-        "FINDING default avg: [ok, ok, ok, ok, ok, refused, refused, refused]",
-        "FINDING default order by limit offset: [ok, ok, ok, ok, ok, refused, refused, refused]",
-        "FINDING text avg: [ok, ok, ok, ok, ok, refused, refused, refused]",
-        "FINDING text order by limit offset: [ok, ok, ok, ok, ok, refused, refused, refused]",
-    ];
+    // No refusal: from the sixth execution pgjdbc Binds its named statement without Parse or Describe and,
+    // by default, asks for binary results of the types it knows (bigint, numeric), which pgfleet encodes after
+    // merging text; statements whose text pgfleet rewrites (avg, OFFSET) are parsed again on the shards.
     let found: Vec<&str> = out.lines().filter(|l| l.starts_with("FINDING")).collect();
-    assert_eq!(found, expected, "the refusals pgjdbc meets:\n{out}");
+    assert!(found.is_empty(), "pgjdbc met refusals:\n{out}");
 }

@@ -154,7 +154,22 @@ impl Session {
             Ok(p) => p,
             Err(e) => return self.refuse(e, end).await,
         };
-        let shard_req = match rewritten(req, &text, &merge_plan.shard_sql) {
+        // A statement prepared in an earlier request: the shards get the rewritten text as the unnamed
+        // statement, with the stored Parse's parameter types.
+        let stored: Option<Vec<u8>> = req
+            .frames
+            .iter()
+            .find(|f| f.kind == b'B')
+            .and_then(|f| bind_names(f.body()))
+            .and_then(|(_, name)| self.statements.get(name))
+            .and_then(|st| st.parse.get(5..).map(<[u8]>::to_vec));
+        let unnamed_before = self.statements.get("").cloned();
+        let (shard_req, injected_parse) = match rewritten(
+            req,
+            &text,
+            &merge_plan.shard_sql,
+            stored.as_deref(),
+        ) {
             Some(r) => r,
             None => {
                 return self
@@ -235,10 +250,20 @@ impl Session {
                 }
             }
         }
-        // The client's named statements keep its own text (the shards ran them as the unnamed one).
+        // The client's statements keep its own texts (the shards ran the rewritten text as the unnamed one):
+        // those it parsed in this request, and the unnamed one it had before.
         let parses = Plan::for_request(req, &self.statements, &self.rules).parses;
-        for (name, stmt) in parses.into_iter().filter(|(name, _)| !name.is_empty()) {
+        let parsed_unnamed = parses.iter().any(|(name, _)| name.is_empty());
+        for (name, stmt) in parses {
             self.statements.insert(&name, stmt);
+        }
+        if !parsed_unnamed {
+            match unnamed_before {
+                Some(stmt) => {
+                    self.statements.insert("", stmt);
+                }
+                None => self.statements.remove(""),
+            }
         }
         match merger.map(|m| m.finish()) {
             Some(Ok(frames)) => frames.iter().for_each(|b| out.extend_from_slice(b)),
@@ -254,6 +279,10 @@ impl Session {
         if !described {
             // The description pgfleet asked for itself is not the client's.
             out = without_messages(&out, b'T');
+        }
+        if injected_parse {
+            // Nor is the ParseComplete of the Parse pgfleet added.
+            out = without_messages(&out, b'1');
         }
         out.extend_from_slice(&ready_for_query(self.status().byte()));
         self.write_client(&out).await
@@ -459,17 +488,34 @@ fn statement_text(req: &Request, statements: &crate::frontend::state::Statements
 }
 
 /// `req` with its statement replaced by `shard_sql`: the query text, or the text of the Parse it holds
-/// (same name and parameter types). None when the statement was prepared in an earlier request and the
-/// text must change.
+/// (same name and parameter types), or, for a statement prepared in an earlier request (`stored`, its Parse
+/// body), a Parse of the rewritten text added before its Bind; the flag says a Parse was added (its
+/// ParseComplete is not the client's). None when the text must change and no Parse is at hand.
 ///
 /// A named statement is prepared on the shards as the unnamed one (its Bind and Describe follow): the
 /// client's name must keep the client's text, or a later Bind of it would be merged as the rewritten
 /// statement (an `avg` answered with the shards' sum, an OFFSET not applied).
-fn rewritten(req: &Request, original: &str, shard_sql: &str) -> Option<Request> {
+fn rewritten(
+    req: &Request,
+    original: &str,
+    shard_sql: &str,
+    stored: Option<&[u8]>,
+) -> Option<(Request, bool)> {
     let mut out = Request::default();
+    let mut injected = false;
     let mut replaced = shard_sql == original;
     let mut renamed: Option<&str> = None;
     for f in &req.frames {
+        if f.kind == b'B'
+            && !replaced
+            && let (Some(stored), Some((_, statement))) = (stored, bind_names(f.body()))
+        {
+            // Prepared in an earlier request: Parse the rewritten text as the unnamed statement first.
+            out.push(frame_of(parse_renamed(stored, "", shard_sql)?));
+            injected = true;
+            replaced = true;
+            renamed = Some(statement).filter(|n| !n.is_empty());
+        }
         let frame = match f.kind {
             b'Q' => {
                 replaced = true;
@@ -502,7 +548,7 @@ fn rewritten(req: &Request, original: &str, shard_sql: &str) -> Option<Request> 
         };
         out.push(frame);
     }
-    replaced.then_some(out)
+    replaced.then_some((out, injected))
 }
 
 /// A Parse message like `body`'s (same statement name, same parameter types) for the statement `text`.
