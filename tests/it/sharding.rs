@@ -475,28 +475,35 @@ async fn pgbench_runs_a_custom_sharded_script() {
     .await
     .expect("accounts");
     let dir = tempfile::tempdir().expect("tempdir");
-    // A transfer between two random accounts (usually on different shards) and a read by key.
+    // A transfer between two random accounts (usually on different shards) and a read by key. Rows are
+    // locked in the order of their keys: PostgreSQL detects deadlocks within one server only, so two
+    // transfers locking rows of two shards in opposite orders would wait for each other forever
+    // (docs/sharding.md, "Guarantees").
     let script = "\\set a random(1, 100)\n\\set b random(1, 100)\n\\set x random(1, 10)\n\
+                  \\set lo least(:a, :b)\n\\set hi greatest(:a, :b)\n\
                   BEGIN;\n\
-                  UPDATE accounts SET balance = balance - :x WHERE id = :a;\n\
-                  UPDATE accounts SET balance = balance + :x WHERE id = :b;\n\
+                  UPDATE accounts SET balance = balance - :x WHERE id = :lo;\n\
+                  UPDATE accounts SET balance = balance + :x WHERE id = :hi;\n\
                   COMMIT;\n\
                   SELECT balance FROM accounts WHERE id = :a;\n";
     let path = dir.path().join("transfer.sql");
     std::fs::write(&path, script).expect("script");
     // Every query mode: -M prepared prepares each statement once per connection, COMMIT included.
     for mode in ["simple", "extended", "prepared"] {
-        let out = std::process::Command::new(crate::support::clients::pg_tool("pgbench"))
-            .args(["-n", "-c", "4", "-j", "2", "-t", "100", "-M", mode, "-f"])
+        let mut cmd = std::process::Command::new(crate::support::clients::pg_tool("pgbench"));
+        cmd.args(["-n", "-c", "4", "-j", "2", "-t", "100", "-M", mode, "-f"])
             .arg(&path)
-            .arg(proxy.url(APP_USER, PASSWORD, APP_DB))
-            .output()
-            .expect("run pgbench");
-        let stdout = String::from_utf8_lossy(&out.stdout);
+            .arg(proxy.url(APP_USER, PASSWORD, APP_DB));
+        // Bounded: a wait nobody breaks must fail the test, not hang it.
+        let out = crate::support::clients::run(cmd, std::time::Duration::from_secs(120));
         assert!(
-            out.status.success() && stdout.contains("number of transactions actually processed: 400/400"),
-            "pgbench -M {mode} through sharded pgfleet: {stdout} {}",
-            String::from_utf8_lossy(&out.stderr)
+            out.status.success()
+                && out
+                    .stdout
+                    .contains("number of transactions actually processed: 400/400"),
+            "pgbench -M {mode} through sharded pgfleet: {} {}",
+            out.stdout,
+            out.stderr
         );
     }
     // Money moved between shards but none was made or lost, and nothing is left prepared.

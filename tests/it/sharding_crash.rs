@@ -59,12 +59,19 @@ async fn client(dsn: String, worker: u64, stop: Arc<AtomicBool>, committed: Arc<
             if rng.random_bool(0.5) {
                 std::mem::swap(&mut a, &mut b);
             }
-            let x = rng.random_range(1..50);
+            let x: i64 = rng.random_range(1..50);
+            // Money moves from a to b; rows are locked in key order, as a distributed deadlock (opposite
+            // orders on two shards) is detected by no server (docs/sharding.md, "Guarantees").
+            let ((first, d1), (second, d2)) = if a < b {
+                ((a, -x), (b, x))
+            } else {
+                ((b, x), (a, -x))
+            };
             let sql = format!(
-                "BEGIN; UPDATE accounts SET balance = balance - {x} WHERE id = {a}; \
-                 INSERT INTO moves (account_id, transfer, delta) VALUES ({a}, {tid}, -{x}); \
-                 UPDATE accounts SET balance = balance + {x} WHERE id = {b}; \
-                 INSERT INTO moves (account_id, transfer, delta) VALUES ({b}, {tid}, {x}); COMMIT"
+                "BEGIN; UPDATE accounts SET balance = balance + {d1} WHERE id = {first}; \
+                 INSERT INTO moves (account_id, transfer, delta) VALUES ({first}, {tid}, {d1}); \
+                 UPDATE accounts SET balance = balance + {d2} WHERE id = {second}; \
+                 INSERT INTO moves (account_id, transfer, delta) VALUES ({second}, {tid}, {d2}); COMMIT"
             );
             match c.batch_execute(&sql).await {
                 Ok(()) => {
