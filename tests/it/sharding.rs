@@ -32,6 +32,16 @@ fn shard_of(id: i64) -> usize {
     shard_for(&KeyValue::Int(id), 2).index()
 }
 
+/// The smallest id on shard 0 and the smallest on shard 1.
+fn ids_on_both_shards() -> (i64, i64) {
+    let on = |shard| {
+        (1..)
+            .find(|id| shard_of(*id) == shard)
+            .expect("an id on the shard")
+    };
+    (on(0), on(1))
+}
+
 /// The text values of every row `sql` returns (simple protocol).
 async fn rows(c: &Client, sql: &str) -> Vec<Vec<Option<String>>> {
     let messages = c.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
@@ -145,8 +155,7 @@ async fn rows_land_where_hash_partitioning_places_them_and_reads_find_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transaction_across_shards_commits_on_both_or_neither() {
     let (fleet, _proxy, c) = sharded().await;
-    let a = (1..).find(|id| shard_of(*id) == 0).expect("an id on shard 0");
-    let b = (1..).find(|id| shard_of(*id) == 1).expect("an id on shard 1");
+    let (a, b) = ids_on_both_shards();
     c.simple_query(&format!(
         "INSERT INTO accounts (id, owner, balance) VALUES ({a}, 'a', 100)"
     ))
@@ -666,8 +675,7 @@ async fn pgfleet_refuses_to_start_when_a_shard_primary_cannot_prepare() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn savepoints_and_chained_ends_stay_within_one_shard() {
     let (fleet, _proxy, c) = sharded().await;
-    let a = (1..).find(|id| shard_of(*id) == 0).expect("an id on shard 0");
-    let b = (1..).find(|id| shard_of(*id) == 1).expect("an id on shard 1");
+    let (a, b) = ids_on_both_shards();
     c.simple_query(&format!(
         "INSERT INTO accounts (id, owner) VALUES ({a}, 'a'), ({b}, 'b')"
     ))

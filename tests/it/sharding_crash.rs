@@ -31,18 +31,26 @@ fn shard_of(id: i64) -> usize {
 
 /// One client's transfers until `stop`: each moves money from an account on one shard to one on the
 /// other and records both halves in `moves`. Failures (pgfleet or a shard gone) end the connection; the
-/// client reconnects and goes on.
-async fn client(dsn: String, worker: u64, stop: Arc<AtomicBool>, committed: Arc<AtomicU64>) {
+/// client reconnects and goes on. `restarts` counts pgfleet's starts (and is bumped at the stop): a client
+/// that cannot connect waits for the next one.
+async fn client(
+    dsn: String,
+    worker: u64,
+    stop: Arc<AtomicBool>,
+    committed: Arc<AtomicU64>,
+    mut restarts: tokio::sync::watch::Receiver<u64>,
+) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(worker);
     let left: Vec<i64> = (1..=ACCOUNTS).filter(|id| shard_of(*id) == 0).collect();
     let right: Vec<i64> = (1..=ACCOUNTS).filter(|id| shard_of(*id) == 1).collect();
     let mut n = 0u64;
     while !stop.load(Ordering::Relaxed) {
-        // pgfleet may be down for a moment: retry, pacing the attempts, until it listens again.
+        // pgfleet may be down for a moment: then wait until it was started again (or the test stops).
+        restarts.borrow_and_update();
         let c = match try_connect(&dsn).await {
             Ok(c) => c,
             Err(_) => {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                let _ = restarts.changed().await;
                 continue;
             }
         };
@@ -125,8 +133,17 @@ async fn transfers_survive_kill_9_of_pgfleet_and_of_a_shard_primary() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let committed = Arc::new(AtomicU64::new(0));
+    let (restarted, restarts) = tokio::sync::watch::channel(0u64);
     let clients: Vec<_> = (1..=CLIENTS)
-        .map(|w| tokio::spawn(client(dsn.clone(), w, stop.clone(), committed.clone())))
+        .map(|w| {
+            tokio::spawn(client(
+                dsn.clone(),
+                w,
+                stop.clone(),
+                committed.clone(),
+                restarts.clone(),
+            ))
+        })
         .collect();
     let mut chaos = rand::rngs::StdRng::seed_from_u64(14);
     for round in 0..4 {
@@ -135,6 +152,7 @@ async fn transfers_survive_kill_9_of_pgfleet_and_of_a_shard_primary() {
             let status = proxy.signal_and_wait("KILL", Duration::from_secs(10));
             assert!(status.is_some(), "pgfleet killed");
             proxy = Proxy::start_with_config(config.clone());
+            restarted.send_modify(|n| *n += 1);
         } else {
             let shard = chaos.random_range(0..2);
             let node = &fleet.shards[shard].primary;
@@ -145,6 +163,7 @@ async fn transfers_survive_kill_9_of_pgfleet_and_of_a_shard_primary() {
     // The fleet works again after the last kill.
     transfers(&committed, 20).await;
     stop.store(true, Ordering::Relaxed);
+    restarted.send_modify(|n| *n += 1);
     for c in clients {
         c.await.expect("client task");
     }

@@ -350,3 +350,37 @@ async fn show_route_names_the_shards_in_a_sharded_fleet() {
         .expect("the key update is refused");
     assert_eq!(error_field(refused.body(), b'C'), Some("0A000"));
 }
+
+#[test]
+fn metrics_count_each_shard_in_a_sharded_fleet() {
+    let config = Config::parse(
+        "[listen]\naddress = \"127.0.0.1:0\"\n\n[[users]]\nname = \"app\"\npassword = \"pw\"\n\n\
+         [[nodes]]\nname = \"s0\"\naddress = \"127.0.0.1:5501\"\nrole = \"primary\"\nshard = 0\n\n\
+         [[nodes]]\nname = \"s1\"\naddress = \"127.0.0.1:5502\"\nrole = \"primary\"\nshard = 1\n\n\
+         [[nodes]]\nname = \"s1r\"\naddress = \"127.0.0.1:5503\"\nrole = \"replica\"\nshard = 1\n",
+    )
+    .expect("config");
+    let s = crate::admin::context_for(config);
+    s.stats
+        .request_routed(1, crate::router::classify::Target::Primary, "write");
+    s.stats
+        .request_routed(2, crate::router::classify::Target::Replica, "read");
+    s.stats.node_error(2);
+    let text = crate::admin::metrics::render(&s);
+    for line in [
+        "pgfleet_shard_primary_up{shard=\"0\"} 1",
+        "pgfleet_shard_primary_up{shard=\"1\"} 1",
+        "pgfleet_shard_replicas_up{shard=\"0\"} 0",
+        "pgfleet_shard_replicas_up{shard=\"1\"} 1",
+        "pgfleet_shard_queries_total{shard=\"0\"} 0",
+        "pgfleet_shard_queries_total{shard=\"1\"} 2",
+        "pgfleet_shard_errors_total{shard=\"1\"} 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");
+    }
+    let plain = crate::admin::metrics::render(&context());
+    assert!(
+        !plain.contains("pgfleet_shard_"),
+        "an unsharded fleet has no shard families"
+    );
+}

@@ -2,6 +2,7 @@
 //! (`shard::ids`) before the request is planned, so that an INSERT names its key and goes to its shard.
 //! Blocks of ids are reserved from the first shard's `pgfleet.ids` sequence over the session's connection.
 
+use super::contains_ignore_case;
 use crate::cluster::ShardId;
 use crate::frontend::request::{End, Request};
 use crate::frontend::session::{Session, SessionError};
@@ -153,11 +154,4 @@ impl Session {
             )
         })
     }
-}
-
-/// Whether `text` contains `word`, ignoring ASCII case, without allocating.
-fn contains_ignore_case(text: &str, word: &str) -> bool {
-    text.as_bytes()
-        .windows(word.len())
-        .any(|w| w.eq_ignore_ascii_case(word.as_bytes()))
 }

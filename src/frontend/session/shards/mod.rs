@@ -439,7 +439,13 @@ fn uses_savepoints(req: &Request) -> bool {
             b'P' => parse_fields(f.body()).map(|(_, t)| t),
             _ => None,
         };
-        text.is_some_and(|t| {
+        // Most requests name no savepoint: only the others are split into statements.
+        let mentions = |t: &str| {
+            ["savepoint", "release", "rollback", "abort"]
+                .iter()
+                .any(|w| contains_ignore_case(t, w))
+        };
+        text.filter(|t| mentions(t)).is_some_and(|t| {
             crate::router::split::split_statements(t).iter().any(|st| {
                 let words: Vec<String> = st
                     .split_whitespace()
@@ -452,6 +458,13 @@ fn uses_savepoints(req: &Request) -> bool {
             })
         })
     })
+}
+
+/// Whether `text` contains `word`, ignoring ASCII case, without allocating.
+pub(super) fn contains_ignore_case(text: &str, word: &str) -> bool {
+    text.as_bytes()
+        .windows(word.len())
+        .any(|w| w.eq_ignore_ascii_case(word.as_bytes()))
 }
 
 /// A node's ErrorResponse as the error the client gets.
