@@ -760,3 +760,26 @@ async fn a_read_across_shards_sees_the_sessions_own_writes_across_shards() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ddl_that_fails_on_one_shard_changes_no_shard() {
+    let (fleet, _proxy, c) = sharded().await;
+    // A table that only shard 1 already has: creating it through pgfleet fails there, so shard 0 must not
+    // keep its copy either.
+    fleet.on_primary(1, APP_DB, "CREATE TABLE only_on_one (id int)");
+    assert_eq!(
+        sqlstate_of(&c, "CREATE TABLE only_on_one (id int, note text)").await,
+        "42P07"
+    );
+    assert_eq!(
+        fleet.on_primary(0, APP_DB, "SELECT to_regclass('only_on_one') IS NULL"),
+        "t",
+        "the failed DDL left nothing on shard 0"
+    );
+    for shard in 0..2 {
+        assert_eq!(
+            fleet.on_primary(shard, APP_DB, "SELECT count(*) FROM pg_prepared_xacts"),
+            "0"
+        );
+    }
+}
