@@ -650,6 +650,58 @@ async fn reads_skip_a_full_replica_pool_and_waiters_get_the_released_connection(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_wait_for_busy_replicas_instead_of_overflowing_to_the_primary() {
+    let cluster = cluster_async().await;
+    // primary_reads = false (the default): the primary serves reads only when no replica can.
+    let proxy = Proxy::start(
+        &cluster,
+        &format!("{ADMIN_TOML}\n[pool]\nmode = \"transaction\"\nmax_size = 1\ncheckout_timeout = \"20s\"\n"),
+    );
+    let dsn = proxy.dsn(APP_USER, PASSWORD, APP_DB);
+    let admin = admin_client(&proxy).await;
+    let replica_ports: Vec<String> = cluster.replicas.iter().map(|r| r.port.to_string()).collect();
+
+    // A and B each hold the only connection of one replica's pool with a read-only transaction.
+    let a = connect(&dsn).await;
+    a.batch_execute("BEGIN READ ONLY").await.expect("begin read only");
+    let a_port = one(&a, "SELECT inet_server_port()").await;
+    let b = connect(&dsn).await;
+    b.batch_execute("BEGIN READ ONLY").await.expect("begin read only");
+    let b_port = one(&b, "SELECT inet_server_port()").await;
+    let mut held = vec![a_port.clone(), b_port.clone()];
+    held.sort();
+    let mut replicas = replica_ports.clone();
+    replicas.sort();
+    assert_eq!(
+        held, replicas,
+        "the two read-only transactions hold both replicas"
+    );
+
+    // C's read finds both replica pools full: it waits for one, although the primary's pool is free.
+    let c = connect(&dsn).await;
+    let read = tokio::spawn(async move { one(&c, "SELECT inet_server_port()").await });
+    wait_until(Duration::from_secs(10), async || {
+        let pools = show(&admin, "SHOW POOLS").await;
+        pools
+            .iter()
+            .filter(|r| text(r, "node") != cluster.primary.name)
+            .map(|r| count(r, "waiting"))
+            .sum::<usize>()
+            >= 1
+    })
+    .await
+    .expect("the read waits on a replica's pool");
+    assert_eq!(count(&pool_row(&admin, &cluster.primary.name).await, "in_use"), 0);
+    a.batch_execute("COMMIT").await.expect("commit");
+    b.batch_execute("COMMIT").await.expect("commit");
+    let port = read.await.expect("read task");
+    assert!(
+        replica_ports.contains(&port),
+        "the waiting read was served by {port}, not by a replica ({replica_ports:?})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pools_for_databases_that_do_not_exist_are_not_kept() {
     let cluster = cluster_async().await;
     let proxy = Proxy::start(&cluster, ADMIN_TOML);

@@ -195,8 +195,12 @@ impl Session {
         while let Some(&candidate) = candidates.get(i) {
             i += 1;
             let last = i == candidates.len() || !retry_allowed;
-            let mut node = candidate;
-            let checkout = if last && first_full.is_none() {
+            // The primary stands in for replicas that cannot serve a read (down, behind), not for replicas
+            // that are busy: unless it is a read node itself, a read that found the replicas' pools full
+            // waits for one of them rather than loading the primary.
+            let overflow = first_full.filter(|_| self.is_fallback_primary(candidate, &plan));
+            let mut node = overflow.unwrap_or(candidate);
+            let checkout = if (last && first_full.is_none()) || overflow.is_some() {
                 Checkout::Wait
             } else {
                 Checkout::Immediate
@@ -205,12 +209,14 @@ impl Session {
             if let Err(e) = &connected
                 && e.is_pool_full()
                 && !last
+                && overflow.is_none()
             {
                 first_full.get_or_insert(node);
                 continue;
             }
             if let (Err(e), Some(best)) = (&connected, first_full)
                 && last
+                && overflow.is_none()
                 && (e.is_pool_full() || e.is_node_failure())
             {
                 if e.is_node_failure() {
@@ -327,6 +333,14 @@ impl Session {
             ProxyError::error("08006", "pgfleet: no node is available to run this statement")
         });
         self.refuse(e, end).await
+    }
+
+    /// Whether `node` is the primary in a read's candidates only as the fallback for replicas that cannot
+    /// serve (`routing.primary_reads = false`).
+    fn is_fallback_primary(&self, node: NodeId, plan: &Plan) -> bool {
+        plan.target == Target::Replica
+            && !self.shared.config().routing.primary_reads
+            && self.shared.fleet.primary(self.shard).ok() == Some(node)
     }
 
     /// Whether the fleet has a primary that no check or session has seen fail.
