@@ -518,9 +518,10 @@ async fn a_caught_up_replica_is_asked_in_the_same_write_as_the_read() {
 }
 
 /// A read on the primary says how far it saw (`pgfleet_read_lsn` riding behind it) for a later read on another
-/// node; with the primary as the fleet's only node there is no other node, and its reads carry nothing.
+/// node; with the primary as the fleet's only node there is no other node, and with the session's reads kept
+/// on the primary (`replica_affinity = "session"`) no later read goes elsewhere: those reads carry nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_read_on_the_primary_carries_its_position_only_when_another_node_serves_reads() {
+async fn a_read_on_the_primary_carries_its_position_only_when_a_later_read_may_go_elsewhere() {
     let cluster = cluster_async().await;
     log_every_statement(&cluster.primary).await;
     let count = || cluster.primary.log_contents().matches("pgfleet_read_lsn").count();
@@ -556,6 +557,46 @@ async fn a_read_on_the_primary_carries_its_position_only_when_another_node_serve
         "reads through a primary-only fleet carried a position query"
     );
 
+    // Session affinity, the replicas serving no reads: every read of the session stays on the primary.
+    let mut toml = format!(
+        "[listen]\naddress = \"127.0.0.1:{}\"\n\n[[users]]\nname = \"{APP_USER}\"\npassword = \"{PASSWORD}\"\n\n\
+         [[nodes]]\nname = \"primary\"\naddress = \"{}\"\nrole = \"primary\"\n\n",
+        free_port(),
+        cluster.primary.address()
+    );
+    for r in &cluster.replicas {
+        toml.push_str(&format!(
+            "[[nodes]]\nname = \"{}\"\naddress = \"{}\"\nrole = \"replica\"\nweight = 0\n\n",
+            r.name,
+            r.address()
+        ));
+    }
+    toml.push_str("[routing]\nprimary_reads = true\nreplica_affinity = \"session\"\n");
+    let kept = Proxy::start_with_config(toml);
+    let before = count();
+    let c = client(&kept).await;
+    for _ in 0..5 {
+        assert_eq!(
+            value(&c, "SELECT inet_server_port()").await,
+            primary_port.to_string()
+        );
+    }
+    assert_eq!(value(&c, "SELECT 'kept marker'").await, "kept marker");
+    let logged = wait_until(Duration::from_secs(5), async || {
+        cluster.primary.log_contents().contains("kept marker")
+    })
+    .await;
+    assert!(
+        logged.is_some(),
+        "the marker query never reached the primary's log"
+    );
+    assert_eq!(
+        count(),
+        before,
+        "reads of a session kept on the primary carried a position query"
+    );
+
+    let before = count();
     let fleet = Proxy::start(
         &cluster,
         &format!(

@@ -61,8 +61,9 @@ impl Session {
 
     /// The position query that rides behind a request (`forward::Trailer`), if any: behind a request on
     /// the primary that may commit a write (its commit position, without a round trip of its own) or read
-    /// (how far it saw), and with `replica_affinity = "statement"` behind a read on a replica (how far it
-    /// saw, which lets the next read move to another replica). None inside a transaction the request does
+    /// (how far it saw; not when the session's reads keep to the primary), and with `replica_affinity =
+    /// "statement"` behind a read on a replica (how far it saw, which lets the next read move to another
+    /// replica). None inside a transaction the request does
     /// not end (the query would be part of it), after a Flush, around COPY, for pinned sessions and at
     /// `consistency = "off"`.
     pub(super) fn trailer_for(&self, node: NodeId, plan: &Plan, req: &Request, end: End) -> Option<Trailer> {
@@ -94,6 +95,13 @@ impl Session {
                 // How far a read on the primary saw matters only to a later read elsewhere; with the primary
                 // as the only node there is none (a replica added later finds no position and asks the
                 // primary).
+                return None;
+            } else if routing.replica_affinity == ReplicaAffinity::Session
+                && self.routing.read_home == Some(node)
+            {
+                // The session's reads stay on the primary, which has everything; should they move (the
+                // primary stops serving reads), the session asks the primary once how far it could have
+                // seen (`bound_of_seen`) instead of every read saying it.
                 return None;
             } else {
                 Trailer::Primary
