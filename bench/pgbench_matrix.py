@@ -44,7 +44,7 @@ SHARDED_SCRIPTS = {
 for _name, (_title, _script) in SHARDED_SCRIPTS.items():
     for _mode in ("simple", "extended", "prepared"):
         WORKLOADS[f"{_name}-{_mode}"] = (f"{_title}, -M {_mode}", ["-f", "{" + _script + "}", "-M", _mode])
-PGFLEETS = ("pgfleet-session", "pgfleet-cores", "pgfleet-txn", "pgfleet-primary", "pgfleet-unsharded",
+PGFLEETS = ("pgfleet-defaults", "pgfleet-session", "pgfleet-cores", "pgfleet-txn", "pgfleet-primary", "pgfleet-unsharded",
             "pgfleet-sharded")
 OTHERS = ("direct", "pgbouncer", "pgpool")
 
@@ -140,6 +140,9 @@ def skip_reason(target: Target, clients: int, args: argparse.Namespace) -> str:
     if target.name == "direct" and clients > args.max_connections - 10:
         return f"n/a: the primary's max_connections is {args.max_connections}"
     # bench/sharded.sh's pgfleet targets run with session pooling too.
+    # pgfleet-defaults runs with pgfleet's own pool defaults: session pooling, 20 connections per node.
+    if target.name == "pgfleet-defaults" and clients > 20:
+        return f"n/a: session pooling (the default) keeps a backend per client; {clients} clients exceed the default pool of 20"
     if target.name in ("pgfleet-session", "pgfleet-unsharded", "pgfleet-sharded") and clients > args.pool_size:
         return (
             f"n/a: session pooling keeps a backend per client, so {clients} clients cannot share a pool of "
