@@ -47,7 +47,11 @@ impl Manager for ConnManager {
             database: &self.database,
             replication: false,
         };
-        connect(&self.target, &login, self.connect_timeout)
+        // Boxed: deadpool's checkout future holds this one inline, and every request's state machine holds
+        // a checkout; a login's few KiB there made each session's future several KiB larger for an await
+        // that rarely happens, and a larger future is more memory touched (and missed in the caches) per
+        // request when hundreds of sessions take turns.
+        Box::pin(connect(&self.target, &login, self.connect_timeout))
             .await
             .map(Box::new)
     }

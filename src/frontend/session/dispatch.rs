@@ -147,10 +147,12 @@ impl Session {
             .await;
         }
         let with_ids;
+        // The sharded steps are boxed: inline, their state (several KiB) would be part of every request's
+        // future in every fleet, sharded or not, and memory each request touches.
         let req = match self.shared.sharding.is_some() {
             false => req,
             true => {
-                let req = match self.assign_ids(req, end).await? {
+                let req = match Box::pin(self.assign_ids(req, end)).await? {
                     super::shards::Ids::Unchanged => req,
                     super::shards::Ids::Rewritten(r) => {
                         with_ids = r;
@@ -158,7 +160,7 @@ impl Session {
                     }
                     super::shards::Ids::Answered => return Ok(()),
                 };
-                if let super::shards::Step::Answered = self.shard_step(req, end).await? {
+                if let super::shards::Step::Answered = Box::pin(self.shard_step(req, end)).await? {
                     return Ok(());
                 }
                 req

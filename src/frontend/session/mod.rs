@@ -87,7 +87,7 @@ pub(crate) async fn run(
     let span = tracing::info_span!("session", client = %peer, user = %user, database = %database);
     async move {
         if database == ADMIN_DATABASE {
-            admin_login(stream, peer, &user, shared, login).await;
+            Box::pin(admin_login(stream, peer, &user, shared, login)).await;
             return;
         }
         let mut stream = stream;
@@ -111,7 +111,13 @@ pub(crate) async fn run(
             },
         };
         let stats = shared.stats.clone();
-        let started = Session::login(stream, peer, user, database, params, shared, login).await;
+        // Boxed, as the admin session above: the login's state (a few KiB: the password exchange, the first
+        // node connection) would otherwise stay part of the session's future, and of the memory every
+        // request touches, long after the login ended.
+        let started = Box::pin(Session::login(
+            stream, peer, user, database, params, shared, login,
+        ))
+        .await;
         // Held until the session counts in its own right.
         drop(slot);
         let mut session = match started {
