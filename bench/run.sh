@@ -39,7 +39,7 @@ BENCH_SCALE=${BENCH_SCALE:-10}
 BENCH_WARMUP=${BENCH_WARMUP:-5}
 BENCH_CLIENTS=${BENCH_CLIENTS:-"1 16 500"}
 BENCH_WORKLOADS=${BENCH_WORKLOADS:-"select-simple select-extended select-prepared tpcb rw90"}
-BENCH_TARGETS=${BENCH_TARGETS:-"direct pgfleet-defaults pgfleet-session pgfleet-cores pgfleet-txn pgfleet-primary pgbouncer pgpool"}
+BENCH_TARGETS=${BENCH_TARGETS:-"direct relay pgfleet-defaults pgfleet-session pgfleet-cores pgfleet-txn pgfleet-primary pgbouncer pgpool"}
 BENCH_POOL_SIZE=${BENCH_POOL_SIZE:-20}
 # Empty: pgfleet's own default for the key.
 BENCH_AFFINITY=${BENCH_AFFINITY:-}
@@ -79,6 +79,7 @@ PORT_MEM=$((BENCH_PORT_BASE + 6))
 PORT_PRIMARY_ONLY=$((BENCH_PORT_BASE + 7))
 PORT_CORES=$((BENCH_PORT_BASE + 8))
 PORT_DEFAULTS=$((BENCH_PORT_BASE + 9))
+PORT_RELAY=$((BENCH_PORT_BASE + 10))
 
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$BENCH_RESULTS"
@@ -268,7 +269,7 @@ if ((BENCH_BUILD)); then
 fi
 [[ -x $PGFLEET_BIN ]] || die "no pgfleet binary at $PGFLEET_BIN (cargo build --release, or set PGFLEET_BIN)"
 
-for port in "$PORT_DEMO" "$PORT_DEFAULTS" "$PORT_SESSION" "$PORT_TXN" "$PORT_BOUNCER" "$PORT_PGPOOL" "$PORT_PCP" "$PORT_MEM"; do
+for port in "$PORT_DEMO" "$PORT_DEFAULTS" "$PORT_RELAY" "$PORT_SESSION" "$PORT_TXN" "$PORT_BOUNCER" "$PORT_PGPOOL" "$PORT_PCP" "$PORT_MEM"; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
         die "port $port is in use; choose other ports with BENCH_PORT_BASE"
     fi
@@ -442,6 +443,23 @@ start_pgfleet() { # NAME PORT MODE MAX_SIZE [NODES] [WORKER_THREADS]
 
 if target_wanted direct; then
     add_target direct "$PRIMARY_PORT" ok "the primary, no proxy"
+fi
+
+# A bare byte relay on tokio's current-thread runtime (bench/relay): a connection to the primary per client and
+# nothing decided. Its CPU per transaction is what the runtime, the sockets and the wake-ups cost any proxy built
+# like pgfleet, so the difference to pgfleet is pgfleet's own work.
+if target_wanted relay; then
+    RELAY_BIN=$BENCH_DIR/relay/target/release/relay
+    if (cd "$BENCH_DIR/relay" && cargo build --release --quiet) >"$WORK/logs/relay-build.log" 2>&1; then
+        start relay TERM "$WORK/logs/relay.log" "${PROXY_PIN[@]}" "$RELAY_BIN" "127.0.0.1:$PORT_RELAY" "127.0.0.1:$PRIMARY_PORT"
+        if wait_ready relay "$PORT_RELAY"; then
+            add_target relay "$PORT_RELAY" ok "bare byte relay to the primary (tokio current-thread, a connection per client)"
+        else
+            add_target relay "$PORT_RELAY" n/a "did not start"
+        fi
+    else
+        add_target relay "$PORT_RELAY" n/a "did not build (see logs/relay-build.log)"
+    fi
 fi
 
 # The configuration a user writes first: the three nodes, the primary also serving reads, every other key at
@@ -647,7 +665,7 @@ if [[ -n ${STARTED_PIDS[pgpool]:-} ]]; then
         -c 'SHOW pool_nodes' 2>&1 | cut -c1-160 | sed 's/^/    /' || true
 fi
 
-for name in pgpool pgbouncer pgfleet-primary pgfleet-txn pgfleet-session pgfleet-defaults; do
+for name in pgpool pgbouncer pgfleet-primary pgfleet-txn pgfleet-session pgfleet-defaults relay; do
     stop "$name"
 done
 
