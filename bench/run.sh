@@ -433,6 +433,19 @@ fi
 printf 'name\tport\tstate\tnote\n' >"$WORK/targets.tsv"
 add_target() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$WORK/targets.tsv"; }
 
+# serve_target NAME PORT SIGNAL NOTE COMMAND...: starts a target and lists it, "ok" with NOTE once it answers
+# SELECT 1, else "n/a".
+serve_target() {
+    local name=$1 port=$2 signal=$3 note=$4
+    shift 4
+    start "$name" "$signal" "$WORK/logs/$name.log" "${PROXY_PIN[@]}" "$@"
+    if wait_ready "$name" "$port"; then
+        add_target "$name" "$port" ok "$note"
+    else
+        add_target "$name" "$port" n/a "did not start"
+    fi
+}
+
 start_pgfleet() { # NAME PORT MODE MAX_SIZE [NODES] [WORKER_THREADS]
     local name=$1 port=$2 mode=$3 max_size=$4 nodes=${5:-all} workers=${6:-$BENCH_WORKER_THREADS}
     pgfleet_config "$port" "$mode" "$max_size" "$nodes" "$workers" >"$WORK/$name.toml"
@@ -451,12 +464,8 @@ fi
 if target_wanted relay; then
     RELAY_BIN=$BENCH_DIR/relay/target/release/relay
     if (cd "$BENCH_DIR/relay" && cargo build --release --quiet) >"$WORK/logs/relay-build.log" 2>&1; then
-        start relay TERM "$WORK/logs/relay.log" "${PROXY_PIN[@]}" "$RELAY_BIN" "127.0.0.1:$PORT_RELAY" "127.0.0.1:$PRIMARY_PORT"
-        if wait_ready relay "$PORT_RELAY"; then
-            add_target relay "$PORT_RELAY" ok "bare byte relay to the primary (tokio current-thread, a connection per client)"
-        else
-            add_target relay "$PORT_RELAY" n/a "did not start"
-        fi
+        serve_target relay "$PORT_RELAY" TERM "bare byte relay to the primary (tokio current-thread, a connection per client)" \
+            "$RELAY_BIN" "127.0.0.1:$PORT_RELAY" "127.0.0.1:$PRIMARY_PORT"
     else
         add_target relay "$PORT_RELAY" n/a "did not build (see logs/relay-build.log)"
     fi
@@ -474,12 +483,11 @@ if target_wanted pgfleet-defaults; then
         done
         printf '[routing]\nprimary_reads = true\n\n[log]\nlevel = "warn"\n'
     } >"$WORK/pgfleet-defaults.toml"
-    if "$PGFLEET_BIN" --check --config "$WORK/pgfleet-defaults.toml" >/dev/null &&
-        start pgfleet-defaults TERM "$WORK/logs/pgfleet-defaults.log" "${PROXY_PIN[@]}" "$PGFLEET_BIN" --config "$WORK/pgfleet-defaults.toml" &&
-        wait_ready pgfleet-defaults "$PORT_DEFAULTS"; then
-        add_target pgfleet-defaults "$PORT_DEFAULTS" ok "the three nodes, primary_reads = true, every other key at its default"
+    if "$PGFLEET_BIN" --check --config "$WORK/pgfleet-defaults.toml" >/dev/null; then
+        serve_target pgfleet-defaults "$PORT_DEFAULTS" TERM "the three nodes, primary_reads = true, every other key at its default" \
+            "$PGFLEET_BIN" --config "$WORK/pgfleet-defaults.toml"
     else
-        add_target pgfleet-defaults "$PORT_DEFAULTS" n/a "did not start"
+        add_target pgfleet-defaults "$PORT_DEFAULTS" n/a "pgfleet --check refused the config"
     fi
 fi
 
@@ -548,12 +556,9 @@ log_disconnections = 0
 log_stats = 0
 EOF
         [[ -n $SERVICE_USER ]] && chown -R "$SERVICE_USER" "$B"
-        start pgbouncer TERM "$WORK/logs/pgbouncer.log" "${PROXY_PIN[@]}" "${AS_SERVICE_USER[@]}" "$(command -v pgbouncer)" "$B/pgbouncer.ini"
-        if wait_ready pgbouncer "$PORT_BOUNCER"; then
-            add_target pgbouncer "$PORT_BOUNCER" ok "transaction pooling, pool $BENCH_POOL_SIZE, primary only, pgbouncer $(pgbouncer --version | awk 'NR==1 {print $2}')"
-        else
-            add_target pgbouncer "$PORT_BOUNCER" n/a "did not start"
-        fi
+        serve_target pgbouncer "$PORT_BOUNCER" TERM \
+            "transaction pooling, pool $BENCH_POOL_SIZE, primary only, pgbouncer $(pgbouncer --version | awk 'NR==1 {print $2}')" \
+            "${AS_SERVICE_USER[@]}" "$(command -v pgbouncer)" "$B/pgbouncer.ini"
     else
         add_target pgbouncer "$PORT_BOUNCER" n/a "pgbouncer is not installed"
     fi
@@ -621,13 +626,9 @@ EOF
         chmod 600 "$P/pool_passwd"
         [[ -n $SERVICE_USER ]] && chown -R "$SERVICE_USER" "$P"
         # INT is pgpool-II's fast shutdown (TERM waits for every client to leave).
-        start pgpool INT "$WORK/logs/pgpool.log" "${PROXY_PIN[@]}" "${AS_SERVICE_USER[@]}" "$(command -v pgpool)" -n -D \
-            -f "$P/pgpool.conf" -F "$P/pcp.conf" -a "$P/pool_hba.conf"
-        if wait_ready pgpool "$PORT_PGPOOL"; then
-            add_target pgpool "$PORT_PGPOOL" ok "streaming replication, load balancing over the replicas, $BENCH_PGPOOL_CHILDREN children, $(pgpool --version 2>&1 | awk '{print "pgpool-II", $3}')"
-        else
-            add_target pgpool "$PORT_PGPOOL" n/a "did not start"
-        fi
+        serve_target pgpool "$PORT_PGPOOL" INT \
+            "streaming replication, load balancing over the replicas, $BENCH_PGPOOL_CHILDREN children, $(pgpool --version 2>&1 | awk '{print "pgpool-II", $3}')" \
+            "${AS_SERVICE_USER[@]}" "$(command -v pgpool)" -n -D -f "$P/pgpool.conf" -F "$P/pcp.conf" -a "$P/pool_hba.conf"
     else
         add_target pgpool "$PORT_PGPOOL" n/a "pgpool-II is not installed"
     fi

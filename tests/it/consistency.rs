@@ -517,6 +517,30 @@ async fn a_caught_up_replica_is_asked_in_the_same_write_as_the_read() {
     );
 }
 
+/// Five reads through `proxy`, each answered by the primary, then `marker` as a query of its own; once the marker
+/// is in the primary's log, so is anything that rode with the reads. The position queries logged meanwhile.
+async fn position_queries_behind_primary_reads(cluster: &LocalCluster, proxy: &Proxy, marker: &str) -> usize {
+    let count = || cluster.primary.log_contents().matches("pgfleet_read_lsn").count();
+    let before = count();
+    let c = client(proxy).await;
+    for _ in 0..5 {
+        assert_eq!(
+            value(&c, "SELECT inet_server_port()").await,
+            cluster.primary.port.to_string()
+        );
+    }
+    assert_eq!(value(&c, &format!("SELECT '{marker}'")).await, marker);
+    let logged = wait_until(Duration::from_secs(5), async || {
+        cluster.primary.log_contents().contains(marker)
+    })
+    .await;
+    assert!(
+        logged.is_some(),
+        "the marker query never reached the primary's log"
+    );
+    count() - before
+}
+
 /// A read on the primary says how far it saw (`pgfleet_read_lsn` riding behind it) for a later read on another
 /// node; with the primary as the fleet's only node there is no other node, and with the session's reads kept
 /// on the primary (`replica_affinity = "session"`) no later read goes elsewhere: those reads carry nothing.
@@ -533,66 +557,24 @@ async fn a_read_on_the_primary_carries_its_position_only_when_a_later_read_may_g
          [[nodes]]\nname = \"primary\"\naddress = \"{}\"\nrole = \"primary\"\n\n[routing]\nprimary_reads = true\n",
         cluster.primary.address()
     ));
-    let before = count();
-    let c = client(&lone).await;
-    for _ in 0..5 {
-        assert_eq!(
-            value(&c, "SELECT inet_server_port()").await,
-            primary_port.to_string()
-        );
-    }
-    // Once a later statement is in the log, so is anything that rode with the reads before it.
-    assert_eq!(value(&c, "SELECT 'lone marker'").await, "lone marker");
-    let logged = wait_until(Duration::from_secs(5), async || {
-        cluster.primary.log_contents().contains("lone marker")
-    })
-    .await;
-    assert!(
-        logged.is_some(),
-        "the marker query never reached the primary's log"
-    );
     assert_eq!(
-        count(),
-        before,
+        position_queries_behind_primary_reads(&cluster, &lone, "lone marker").await,
+        0,
         "reads through a primary-only fleet carried a position query"
     );
 
     // Session affinity, the replicas serving no reads: every read of the session stays on the primary.
-    let mut toml = format!(
-        "[listen]\naddress = \"127.0.0.1:{}\"\n\n[[users]]\nname = \"{APP_USER}\"\npassword = \"{PASSWORD}\"\n\n\
-         [[nodes]]\nname = \"primary\"\naddress = \"{}\"\nrole = \"primary\"\n\n",
-        free_port(),
-        cluster.primary.address()
-    );
-    for r in &cluster.replicas {
-        toml.push_str(&format!(
-            "[[nodes]]\nname = \"{}\"\naddress = \"{}\"\nrole = \"replica\"\nweight = 0\n\n",
-            r.name,
-            r.address()
-        ));
-    }
-    toml.push_str("[routing]\nprimary_reads = true\nreplica_affinity = \"session\"\n");
-    let kept = Proxy::start_with_config(toml);
-    let before = count();
-    let c = client(&kept).await;
-    for _ in 0..5 {
-        assert_eq!(
-            value(&c, "SELECT inet_server_port()").await,
-            primary_port.to_string()
-        );
-    }
-    assert_eq!(value(&c, "SELECT 'kept marker'").await, "kept marker");
-    let logged = wait_until(Duration::from_secs(5), async || {
-        cluster.primary.log_contents().contains("kept marker")
-    })
-    .await;
-    assert!(
-        logged.is_some(),
-        "the marker query never reached the primary's log"
+    let kept = Proxy::start_with_config(
+        Proxy::config_for(
+            &cluster,
+            free_port(),
+            "[routing]\nprimary_reads = true\nreplica_affinity = \"session\"\n",
+        )
+        .replace("role = \"replica\"\n", "role = \"replica\"\nweight = 0\n"),
     );
     assert_eq!(
-        count(),
-        before,
+        position_queries_behind_primary_reads(&cluster, &kept, "kept marker").await,
+        0,
         "reads of a session kept on the primary carried a position query"
     );
 
