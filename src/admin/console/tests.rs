@@ -315,15 +315,19 @@ async fn show_shards_lists_each_shard_with_its_primary_and_replicas() {
     );
 }
 
-#[tokio::test]
-async fn show_route_names_the_shards_in_a_sharded_fleet() {
-    let config = Config::parse(
+/// A fleet of two shards, a primary each, with `extra` TOML after the nodes.
+fn two_shards(extra: &str) -> Config {
+    Config::parse(&format!(
         "[listen]\naddress = \"127.0.0.1:0\"\n\n[[users]]\nname = \"app\"\npassword = \"pw\"\n\n\
          [[nodes]]\nname = \"s0\"\naddress = \"127.0.0.1:5501\"\nrole = \"primary\"\nshard = 0\n\n\
-         [[nodes]]\nname = \"s1\"\naddress = \"127.0.0.1:5502\"\nrole = \"primary\"\nshard = 1\n\n\
-         [[sharded_tables]]\nname = \"accounts\"\ncolumn = \"id\"\n",
-    )
-    .expect("config");
+         [[nodes]]\nname = \"s1\"\naddress = \"127.0.0.1:5502\"\nrole = \"primary\"\nshard = 1\n\n{extra}"
+    ))
+    .expect("config")
+}
+
+#[tokio::test]
+async fn show_route_names_the_shards_in_a_sharded_fleet() {
+    let config = two_shards("[[sharded_tables]]\nname = \"accounts\"\ncolumn = \"id\"\n");
     let s = crate::admin::context_for(config);
     let shard_of_7 = crate::shard::hash::shard_for(&crate::shard::value::KeyValue::Int(7), 2);
     let frames = converse(
@@ -353,13 +357,9 @@ async fn show_route_names_the_shards_in_a_sharded_fleet() {
 
 #[test]
 fn metrics_count_each_shard_in_a_sharded_fleet() {
-    let config = Config::parse(
-        "[listen]\naddress = \"127.0.0.1:0\"\n\n[[users]]\nname = \"app\"\npassword = \"pw\"\n\n\
-         [[nodes]]\nname = \"s0\"\naddress = \"127.0.0.1:5501\"\nrole = \"primary\"\nshard = 0\n\n\
-         [[nodes]]\nname = \"s1\"\naddress = \"127.0.0.1:5502\"\nrole = \"primary\"\nshard = 1\n\n\
-         [[nodes]]\nname = \"s1r\"\naddress = \"127.0.0.1:5503\"\nrole = \"replica\"\nshard = 1\n",
-    )
-    .expect("config");
+    let config = two_shards(
+        "[[nodes]]\nname = \"s1r\"\naddress = \"127.0.0.1:5503\"\nrole = \"replica\"\nshard = 1\n",
+    );
     let s = crate::admin::context_for(config);
     s.stats
         .request_routed(1, crate::router::classify::Target::Primary, "write");

@@ -6,8 +6,10 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::numeric::Numeric;
+use super::value;
 use crate::protocol::frame::build;
-use crate::protocol::messages::ProxyError;
+use crate::protocol::messages::{BindParts, ProxyError};
 
 /// PostgreSQL's type OIDs this module encodes.
 mod oid {
@@ -31,25 +33,9 @@ mod oid {
 
 /// The result format codes a Bind asks for (empty: all text), and the Bind asking for text only.
 pub fn text_results(bind_body: &[u8]) -> Option<(Vec<i16>, Vec<u8>)> {
-    let mut at = 0;
-    for _ in 0..2 {
-        at += bind_body.get(at..)?.iter().position(|b| *b == 0)? + 1;
-    }
-    let word =
-        |at: usize| -> Option<i16> { Some(i16::from_be_bytes(bind_body.get(at..at + 2)?.try_into().ok()?)) };
-    let nformats = usize::try_from(word(at)?).ok()?;
-    at += 2 + 2 * nformats;
-    let count = usize::try_from(word(at)?).ok()?;
-    at += 2;
-    for _ in 0..count {
-        let len = i32::from_be_bytes(bind_body.get(at..at + 4)?.try_into().ok()?);
-        at += 4 + usize::try_from(len.max(0)).ok()?;
-    }
-    let nresults = usize::try_from(word(at)?).ok()?;
-    let results: Vec<i16> = (0..nresults)
-        .map(|i| word(at + 2 + 2 * i))
-        .collect::<Option<_>>()?;
-    let mut text = bind_body.get(..at)?.to_vec();
+    let parts = BindParts::read(bind_body)?;
+    let results = parts.result_formats()?;
+    let mut text = bind_body.get(..bind_body.len() - parts.results.len())?.to_vec();
     text.extend_from_slice(&0i16.to_be_bytes());
     Some((results, text))
 }
@@ -177,25 +163,16 @@ pub fn to_binary(ty: u32, text: &[u8]) -> Option<Vec<u8>> {
         oid::INT4 => s.parse::<i32>().ok()?.to_be_bytes().to_vec(),
         oid::INT8 => s.parse::<i64>().ok()?.to_be_bytes().to_vec(),
         oid::OID => s.parse::<u32>().ok()?.to_be_bytes().to_vec(),
-        oid::FLOAT4 => (float(s)? as f32).to_bits().to_be_bytes().to_vec(),
-        oid::FLOAT8 => float(s)?.to_bits().to_be_bytes().to_vec(),
+        oid::FLOAT4 => (value::float(text).ok()? as f32).to_bits().to_be_bytes().to_vec(),
+        oid::FLOAT8 => value::float(text).ok()?.to_bits().to_be_bytes().to_vec(),
         oid::TEXT | oid::VARCHAR | oid::BPCHAR | oid::NAME => text.to_vec(),
         oid::UUID => uuid(s)?,
-        oid::NUMERIC => numeric(s)?,
-        oid::DATE => date(s)?.to_be_bytes().to_vec(),
-        oid::TIMESTAMP => timestamp(s, false)?.to_be_bytes().to_vec(),
-        oid::TIMESTAMPTZ => timestamp(s, true)?.to_be_bytes().to_vec(),
+        oid::NUMERIC => Numeric::parse(text)?.send(),
+        oid::DATE => date(text)?.to_be_bytes().to_vec(),
+        oid::TIMESTAMP => timestamp(text, false)?.to_be_bytes().to_vec(),
+        oid::TIMESTAMPTZ => timestamp(text, true)?.to_be_bytes().to_vec(),
         _ => return None,
     })
-}
-
-fn float(s: &str) -> Option<f64> {
-    match s {
-        "NaN" => Some(f64::NAN),
-        "Infinity" => Some(f64::INFINITY),
-        "-Infinity" => Some(f64::NEG_INFINITY),
-        _ => s.parse().ok(),
-    }
 }
 
 fn uuid(s: &str) -> Option<Vec<u8>> {
@@ -208,146 +185,26 @@ fn uuid(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// numeric_send: ndigits, weight, sign, dscale, then base-10000 digits.
-fn numeric(s: &str) -> Option<Vec<u8>> {
-    let special = |sign: u16| {
-        let mut v = Vec::with_capacity(8);
-        v.extend_from_slice(&0i16.to_be_bytes());
-        v.extend_from_slice(&0i16.to_be_bytes());
-        v.extend_from_slice(&sign.to_be_bytes());
-        v.extend_from_slice(&0u16.to_be_bytes());
-        v
-    };
-    match s {
-        "NaN" => return Some(special(0xC000)),
-        "Infinity" => return Some(special(0xD000)),
-        "-Infinity" => return Some(special(0xF000)),
-        _ => {}
-    }
-    let (negative, digits) = match s.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, s),
-    };
-    let (int_part, frac_part) = digits.split_once('.').unwrap_or((digits, ""));
-    if !int_part
-        .bytes()
-        .chain(frac_part.bytes())
-        .all(|b| b.is_ascii_digit())
-    {
-        return None;
-    }
-    let dscale = u16::try_from(frac_part.len()).ok()?;
-    let int_pad = (4 - int_part.len() % 4) % 4;
-    let frac_pad = (4 - frac_part.len() % 4) % 4;
-    let all: String = "0".repeat(int_pad) + int_part + frac_part + &"0".repeat(frac_pad);
-    let groups: Vec<i16> = all
-        .as_bytes()
-        .chunks(4)
-        .map(|c| std::str::from_utf8(c).ok().and_then(|t| t.parse().ok()))
-        .collect::<Option<_>>()?;
-    let int_groups = (int_part.len() + int_pad) / 4;
-    let mut weight = int_groups as i32 - 1;
-    let first = groups.iter().position(|g| *g != 0);
-    let last = groups.iter().rposition(|g| *g != 0);
-    let kept: &[i16] = match (first, last) {
-        (Some(f), Some(l)) => {
-            weight -= f as i32;
-            &groups[f..=l]
-        }
-        _ => {
-            weight = 0;
-            &[]
-        }
-    };
-    let sign: u16 = if negative && !kept.is_empty() { 0x4000 } else { 0 };
-    let mut v = Vec::with_capacity(8 + 2 * kept.len());
-    v.extend_from_slice(&(kept.len() as i16).to_be_bytes());
-    v.extend_from_slice(&(weight as i16).to_be_bytes());
-    v.extend_from_slice(&sign.to_be_bytes());
-    v.extend_from_slice(&dscale.to_be_bytes());
-    kept.iter().for_each(|g| v.extend_from_slice(&g.to_be_bytes()));
-    Some(v)
-}
-
-/// Days from 1970-01-01 of a proleptic Gregorian date (year 0 is 1 BC).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146097 + doe - 719468
-}
-
-/// PostgreSQL's epoch, 2000-01-01, in days from 1970-01-01.
+/// PostgreSQL's epoch, 2000-01-01, in days from 1970-01-01 (the merger's dates and timestamps count from
+/// 1970, the binary forms from 2000).
 const PG_EPOCH_DAYS: i64 = 10957;
 
-/// `YYYY-MM-DD[ BC]` (ISO DateStyle) as days from 2000-01-01.
-fn date(s: &str) -> Option<i32> {
-    match s {
-        "infinity" => return Some(i32::MAX),
-        "-infinity" => return Some(i32::MIN),
-        _ => {}
+/// date_send: days from 2000-01-01, infinities as the extreme values.
+fn date(text: &[u8]) -> Option<i32> {
+    match value::date(text).ok()? {
+        i64::MAX => Some(i32::MAX),
+        i64::MIN => Some(i32::MIN),
+        days => i32::try_from(days - PG_EPOCH_DAYS).ok(),
     }
-    let (body, bc) = match s.strip_suffix(" BC") {
-        Some(b) => (b, true),
-        None => (s, false),
-    };
-    let mut parts = body.splitn(3, '-');
-    let y: i64 = parts.next()?.parse().ok()?;
-    let m: i64 = parts.next()?.parse().ok()?;
-    let d: i64 = parts.next()?.parse().ok()?;
-    let y = if bc { 1 - y } else { y };
-    i32::try_from(days_from_civil(y, m, d) - PG_EPOCH_DAYS).ok()
 }
 
-/// `YYYY-MM-DD HH:MM:SS[.ffffff][+HH[:MM[:SS]]][ BC]` as microseconds from 2000-01-01 (UTC for timestamptz).
-fn timestamp(s: &str, zoned: bool) -> Option<i64> {
-    match s {
-        "infinity" => return Some(i64::MAX),
-        "-infinity" => return Some(i64::MIN),
-        _ => {}
+/// timestamp_send / timestamptz_send: microseconds from 2000-01-01 (UTC for timestamptz).
+fn timestamp(text: &[u8], zoned: bool) -> Option<i64> {
+    match value::timestamp(text, zoned).ok()? {
+        i128::MAX => Some(i64::MAX),
+        i128::MIN => Some(i64::MIN),
+        micros => i64::try_from(micros - i128::from(PG_EPOCH_DAYS) * 86_400_000_000).ok(),
     }
-    let (body, bc) = match s.strip_suffix(" BC") {
-        Some(b) => (b, true),
-        None => (s, false),
-    };
-    let (day, clock) = body.split_once(' ')?;
-    let mut parts = day.splitn(3, '-');
-    let y: i64 = parts.next()?.parse().ok()?;
-    let m: i64 = parts.next()?.parse().ok()?;
-    let d: i64 = parts.next()?.parse().ok()?;
-    let y = if bc { 1 - y } else { y };
-    let (clock, offset) = if zoned {
-        let at = clock.rfind(['+', '-'])?;
-        (&clock[..at], Some(&clock[at..]))
-    } else {
-        (clock, None)
-    };
-    let mut hms = clock.splitn(3, ':');
-    let h: i64 = hms.next()?.parse().ok()?;
-    let min: i64 = hms.next()?.parse().ok()?;
-    let sec_text = hms.next()?;
-    let (sec, frac) = sec_text.split_once('.').unwrap_or((sec_text, ""));
-    let sec: i64 = sec.parse().ok()?;
-    let micros: i64 = if frac.is_empty() {
-        0
-    } else {
-        format!("{frac:0<6}").get(..6)?.parse().ok()?
-    };
-    let mut total = ((days_from_civil(y, m, d) - PG_EPOCH_DAYS) * 86_400 + h * 3600 + min * 60 + sec)
-        * 1_000_000
-        + micros;
-    if let Some(off) = offset {
-        let sign = if off.starts_with('-') { -1 } else { 1 };
-        let mut f = off[1..].split(':');
-        let oh: i64 = f.next()?.parse().ok()?;
-        let om: i64 = f.next().map_or(Some(0), |v| v.parse().ok())?;
-        let os: i64 = f.next().map_or(Some(0), |v| v.parse().ok())?;
-        total -= sign * (oh * 3600 + om * 60 + os) * 1_000_000;
-    }
-    Some(total)
 }
 
 #[cfg(test)]
@@ -376,7 +233,9 @@ mod tests {
             (oid::NUMERIC, "0.00", &[0, 0, 0, 0, 0, 0, 0, 2]),
             // 10000: ndigits 1, weight 1, digit 1 (trailing zero group dropped)
             (oid::NUMERIC, "10000", &[0, 1, 0, 1, 0, 0, 0, 0, 0, 1]),
+            (oid::NUMERIC, "NaN", &[0, 0, 0, 0, 0xc0, 0, 0, 0]),
             (oid::DATE, "2000-01-02", &[0, 0, 0, 1]),
+            (oid::DATE, "infinity", &[0x7f, 0xff, 0xff, 0xff]),
             (oid::DATE, "1999-12-31", &[0xff, 0xff, 0xff, 0xff]),
             (
                 oid::TIMESTAMP,

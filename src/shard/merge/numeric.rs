@@ -57,6 +57,50 @@ impl Numeric {
         }
     }
 
+    /// numeric_send's form: digit count, weight, sign, display scale, then the base-10000 digits without
+    /// leading or trailing zero groups (PostgreSQL's `NumericVar` as it goes on the wire).
+    pub(crate) fn send(&self) -> Vec<u8> {
+        let header = |ndigits: usize, weight: i32, sign: u16, dscale: usize| {
+            let mut v = Vec::with_capacity(8 + 2 * ndigits);
+            v.extend_from_slice(&(ndigits as i16).to_be_bytes());
+            v.extend_from_slice(&(weight as i16).to_be_bytes());
+            v.extend_from_slice(&sign.to_be_bytes());
+            v.extend_from_slice(&(dscale as u16).to_be_bytes());
+            v
+        };
+        let (negative, digits, scale) = match self {
+            Numeric::NaN => return header(0, 0, 0xC000, 0),
+            Numeric::PosInf => return header(0, 0, 0xD000, 0),
+            Numeric::NegInf => return header(0, 0, 0xF000, 0),
+            Numeric::Finite {
+                negative,
+                digits,
+                scale,
+            } => (*negative, digits, *scale),
+        };
+        // The decimal digits laid out from the first integer group to the last fraction group: zeros before
+        // the integer part and after the fraction fill whole groups of four.
+        let int_len = digits.len().saturating_sub(scale);
+        let int_pad = (4 - int_len % 4) % 4;
+        let frac_pad = (4 - scale % 4) % 4;
+        let mut laid = vec![0u8; int_pad + scale.saturating_sub(digits.len())];
+        laid.extend_from_slice(digits);
+        laid.extend(std::iter::repeat_n(0u8, frac_pad));
+        let groups: Vec<i16> = laid
+            .chunks(4)
+            .map(|c| c.iter().fold(0i16, |acc, d| acc * 10 + i16::from(*d)))
+            .collect();
+        let Some(first) = groups.iter().position(|g| *g != 0) else {
+            return header(0, 0, 0, scale);
+        };
+        let last = groups.iter().rposition(|g| *g != 0).unwrap_or(first);
+        let weight = ((int_len + int_pad) / 4) as i32 - 1 - first as i32;
+        let kept = &groups[first..=last];
+        let mut v = header(kept.len(), weight, if negative { 0x4000 } else { 0 }, scale);
+        kept.iter().for_each(|g| v.extend_from_slice(&g.to_be_bytes()));
+        v
+    }
+
     /// From a bigint's text (a count or a sum of int2/int4).
     pub(crate) fn from_i128(v: i128) -> Numeric {
         let digits = v.unsigned_abs().to_string().bytes().map(|b| b - b'0').collect();

@@ -200,7 +200,7 @@ fn float_text(v: f64, sci: String, fixed_below: i32) -> String {
 }
 
 /// An ISO date (`YYYY-MM-DD[ BC]`, `infinity`, `-infinity`) as days from 1970-01-01.
-fn date(v: &[u8]) -> Result<i64, Unreadable> {
+pub(crate) fn date(v: &[u8]) -> Result<i64, Unreadable> {
     match v {
         b"infinity" => return Ok(i64::MAX),
         b"-infinity" => return Ok(i64::MIN),
@@ -242,7 +242,7 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 
 /// An ISO timestamp (`YYYY-MM-DD HH:MM:SS[.ffffff][±HH[:MM[:SS]]][ BC]`) as microseconds from the epoch,
 /// in UTC when `with_zone`.
-fn timestamp(v: &[u8], with_zone: bool) -> Result<i128, Unreadable> {
+pub(crate) fn timestamp(v: &[u8], with_zone: bool) -> Result<i128, Unreadable> {
     match v {
         b"infinity" => return Ok(i128::MAX),
         b"-infinity" => return Ok(i128::MIN),

@@ -11,7 +11,7 @@ use crate::frontend::request::{End, Request};
 use crate::frontend::session::{Session, SessionError};
 use crate::protocol::Frame;
 use crate::protocol::frame::build;
-use crate::protocol::messages::{ProxyError, bind_names, parse_fields, ready_for_query, sync};
+use crate::protocol::messages::{BindParts, ProxyError, bind_names, parse_fields, ready_for_query, sync};
 use crate::shard::plan::{ShardPlan, ShardTarget, combined_target};
 
 impl Session {
@@ -235,66 +235,6 @@ fn parse_types(body: &[u8]) -> Option<Vec<u32>> {
             Some(u32::from_be_bytes(body.get(from..from + 4)?.try_into().ok()?))
         })
         .collect()
-}
-
-/// A Bind body taken apart: per parameter its format code and raw value (length included), and the
-/// result format codes as sent.
-struct BindParts<'a> {
-    formats: Vec<i16>,
-    values: Vec<&'a [u8]>,
-    results: &'a [u8],
-}
-
-impl<'a> BindParts<'a> {
-    fn read(body: &'a [u8]) -> Option<BindParts<'a>> {
-        let mut at = 0;
-        for _ in 0..2 {
-            at += body.get(at..)?.iter().position(|b| *b == 0)? + 1;
-        }
-        let word =
-            |at: usize| -> Option<i16> { Some(i16::from_be_bytes(body.get(at..at + 2)?.try_into().ok()?)) };
-        let nformats = usize::try_from(word(at)?).ok()?;
-        let codes: Vec<i16> = (0..nformats)
-            .map(|i| word(at + 2 + 2 * i))
-            .collect::<Option<_>>()?;
-        at += 2 + 2 * nformats;
-        let count = usize::try_from(word(at)?).ok()?;
-        at += 2;
-        let mut values = Vec::with_capacity(count);
-        for _ in 0..count {
-            let len = i32::from_be_bytes(body.get(at..at + 4)?.try_into().ok()?);
-            let end = at + 4 + usize::try_from(len.max(0)).ok()?;
-            values.push(body.get(at..end)?);
-            at = end;
-        }
-        let formats = (0..count)
-            .map(|i| match codes.as_slice() {
-                [] => 0,
-                [one] => *one,
-                many => many.get(i).copied().unwrap_or(0),
-            })
-            .collect();
-        Some(BindParts {
-            formats,
-            values,
-            results: body.get(at..)?,
-        })
-    }
-
-    /// A Bind of the unnamed portal and statement with the `picked` parameters (1-based), in order.
-    fn picked(&self, picked: &[usize]) -> Option<Vec<u8>> {
-        let mut b = vec![0u8, 0u8];
-        b.extend_from_slice(&(picked.len() as i16).to_be_bytes());
-        for i in picked {
-            b.extend_from_slice(&self.formats.get(i - 1)?.to_be_bytes());
-        }
-        b.extend_from_slice(&(picked.len() as i16).to_be_bytes());
-        for i in picked {
-            b.extend_from_slice(self.values.get(i - 1)?);
-        }
-        b.extend_from_slice(self.results);
-        Some(b)
-    }
 }
 
 fn cstring(text: &str) -> Vec<u8> {
