@@ -19,9 +19,9 @@
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use pgfleet::frontend::request::deallocated_names;
 use pgfleet::router::cache::classify_cached;
 use pgfleet::router::classify::{Rule, Target, classify};
+use pgfleet::router::deallocate::deallocated_names;
 use pgfleet::router::functions::FunctionRules;
 use pgfleet::router::split::{Hint, first_keywords, leading_hint, split_statements};
 

@@ -192,6 +192,14 @@ impl ConfigHandle {
         self.0.load_full()
     }
 
+    /// A copy of the configuration in force that is checked for a newer one by a pointer comparison, for
+    /// readers that look at it many times per second.
+    pub fn cache(
+        &self,
+    ) -> arc_swap::Cache<std::sync::Arc<arc_swap::ArcSwap<Config>>, std::sync::Arc<Config>> {
+        arc_swap::Cache::new(self.0.clone())
+    }
+
     /// Publishes a new configuration; only a reload does, once the running parts took it.
     pub fn publish(&self, config: std::sync::Arc<Config>) {
         self.0.store(config);

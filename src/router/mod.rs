@@ -6,6 +6,7 @@ pub(crate) mod balance;
 pub mod cache;
 pub(crate) mod catalog;
 pub mod classify;
+pub mod deallocate;
 pub mod depth;
 pub mod functions;
 pub(crate) mod policy;

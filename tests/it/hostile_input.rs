@@ -8,13 +8,14 @@ use std::sync::Arc;
 
 use crate::support::cluster::{APP_DB, APP_USER, PASSWORD, cluster_async};
 use crate::support::proxy::{Proxy, connect};
-use pgfleet::frontend::request::{End, Plan, Request, deallocated_names};
+use pgfleet::frontend::request::{End, Plan, Request};
 use pgfleet::frontend::state::Statements;
 use pgfleet::protocol::frame::{FrameBuffer, build};
 use pgfleet::protocol::messages::{bind_names, error_field, parse_fields, query_text, target_name};
 use pgfleet::protocol::startup::{StartupError, decode, encode_startup, packet_len, parse_options};
 use pgfleet::router::cache::classify_cached;
 use pgfleet::router::classify::{MAX_CLASSIFIED_STATEMENT, Rule, Target, classify};
+use pgfleet::router::deallocate::deallocated_names;
 use pgfleet::router::depth::too_deep;
 use pgfleet::router::functions::FunctionRules;
 use pgfleet::router::redact::redact;

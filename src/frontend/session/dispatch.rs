@@ -68,7 +68,7 @@ impl NodeFacts for LiveFacts<'_> {
     }
 
     fn up(&self, node: NodeId) -> bool {
-        self.nodes[node.index()].is_up_at(self.now_ms())
+        self.nodes[node.index()].is_up_with(|| self.now_ms())
     }
 
     fn role(&self, node: NodeId) -> Role {
@@ -108,6 +108,7 @@ impl NodeFacts for LiveFacts<'_> {
 
 impl Session {
     pub(super) async fn dispatch(&mut self, req: &Request, end: End) -> Result<(), SessionError> {
+        self.current.refresh();
         if self.shared.fleet.generation() != self.fleet_generation {
             self.leave_retired_nodes().await;
         }
@@ -126,8 +127,8 @@ impl Session {
     ) -> Result<(), SessionError> {
         // The clock is read only when slow statements are logged.
         let started = self
-            .shared
-            .config()
+            .current
+            .config
             .log
             .slow_statement
             .map(|_| std::time::Instant::now());
@@ -259,9 +260,9 @@ impl Session {
                     Prepare::Refused(err) => return self.refuse(err, end).await,
                 }
             }
-            let name = &self.shared.fleet.nodes()[node.index()].target.name;
             let label = self.routing.label(&plan.rule);
-            tracing::debug!(node = %name, rule = %label, "routing request");
+            // The node's name is looked up only when the line is logged.
+            tracing::debug!(node = %self.shared.fleet.nodes()[node.index()].target.name, rule = %label, "routing request");
             let leading = self.lead.filter(|(n, _)| *n == node).map(|(_, need)| need);
             // A led read is counted once it served: one that found its replica behind did not.
             let count_later = leading.map(|_| (plan.target, label.to_owned()));
@@ -364,7 +365,7 @@ impl Session {
         order: &mut Vec<NodeId>,
     ) -> Result<(), ProxyError> {
         self.lead = None;
-        let level = self.shared.config().routing.consistency();
+        let level = self.current.config.routing.consistency();
         let may_read_replica = plan.target == Target::Replica
             && !self.routing.bound()
             && self.routing.route != Some(Target::Primary);
@@ -381,26 +382,23 @@ impl Session {
             shard: self.shard,
         };
         let (view, mut choice) = {
-            // The usual case needs no await: a borrowed snapshot spares the shared reference count.
+            // The usual case needs no await, and reads the session's copies of the snapshot.
             let shared = &*self.shared;
-            let fleet = &shared.fleet;
-            let view = fleet.view_guard();
-            let nodes = fleet.nodes();
-            let facts = LiveFacts::new(&nodes, fleet.forward.as_ref(), &shared.pools);
-            let config = shared.config();
-            let routing = &config.routing;
+            let current = &self.current;
+            let facts = LiveFacts::new(&current.nodes, shared.fleet.forward.as_ref(), &shared.pools);
+            let routing = &current.config.routing;
             // Chosen once: a second run would move the round-robin balancer twice.
             let choice = self
                 .routing
-                .choose(ask, &view, &facts, routing, &shared.balancer, order)?;
+                .choose(ask, &current.view, &facts, routing, &shared.balancer, order)?;
             match choice {
                 Choice::Fixed => return Ok(()),
                 Choice::Reads(reads) if reads.unsure(order).is_empty() && !reads.bound_missing() => {
-                    return reads.finish(&self.routing, &view, &facts, routing, order);
+                    return reads.finish(&self.routing, &current.view, &facts, routing, order);
                 }
                 Choice::Reads(_) => {}
             }
-            (arc_swap::Guard::into_inner(view), choice)
+            (current.view.clone(), choice)
         };
         if let Choice::Reads(reads) = choice
             && reads.bound_missing()

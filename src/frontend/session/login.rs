@@ -164,7 +164,9 @@ impl Session {
         // Read before the node count: a reload in between then shows as a newer generation.
         let fleet_generation = shared.fleet.generation();
         let node_count = shared.fleet.nodes().len();
+        let current = super::current::Current::new(&shared.config, &shared.fleet);
         let mut session = Session {
+            current,
             cbuf: FrameBuffer::new(max),
             conns: (0..node_count).map(|_| None).collect(),
             shared,

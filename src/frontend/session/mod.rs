@@ -6,6 +6,7 @@
 //! prepared statements, and the bookkeeping after a request).
 
 mod consistency;
+mod current;
 mod dispatch;
 mod login;
 mod positions;
@@ -172,6 +173,8 @@ async fn admin_login(
 /// A client session between its login and its end.
 pub(super) struct Session {
     pub(super) shared: Arc<Shared>,
+    /// The configuration and fleet snapshot as of the current request (see `current`).
+    current: current::Current,
     pub(super) id: u64,
     pub(super) client: ClientStream,
     pub(super) cbuf: FrameBuffer,

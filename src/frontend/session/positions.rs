@@ -67,8 +67,7 @@ impl Session {
     /// not end (the query would be part of it), after a Flush, around COPY, for pinned sessions and at
     /// `consistency = "off"`.
     pub(super) fn trailer_for(&self, node: NodeId, plan: &Plan, req: &Request, end: End) -> Option<Trailer> {
-        let config = self.shared.config();
-        let routing = &config.routing;
+        let routing = &self.current.config.routing;
         if routing.consistency() == Consistency::Off
             || end == End::Open
             || self.routing.pinned.is_some()
@@ -78,20 +77,12 @@ impl Session {
             return None;
         }
         // Which query would ride first; the request's texts are looked at only when one would.
-        let kind = if self.shared.fleet.primary(self.shard).ok() == Some(node) {
+        let kind = if matches!(self.current.view.primary(self.shard), Primary::One(p) if *p == node) {
             let wrote =
                 (plan.target == Target::Primary && !Rule::is_read_on_primary(&plan.rule)) || self.tx_wrote;
             if wrote {
                 Trailer::Commit
-            } else if self
-                .shared
-                .fleet
-                .nodes()
-                .iter()
-                .filter(|n| !n.is_retired())
-                .count()
-                == 1
-            {
+            } else if self.current.nodes.iter().filter(|n| !n.is_retired()).count() == 1 {
                 // How far a read on the primary saw matters only to a later read elsewhere; with the primary
                 // as the only node there is none (a replica added later finds no position and asks the
                 // primary).
@@ -172,7 +163,7 @@ impl Session {
                     .map(NodeId::index),
             );
         }
-        if self.shared.config().routing.consistency() == Consistency::Off || self.routing.pinned.is_some() {
+        if self.current.config.routing.consistency() == Consistency::Off || self.routing.pinned.is_some() {
             return;
         }
         let answer = std::mem::take(&mut self.trailer_answer)

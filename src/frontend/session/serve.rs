@@ -101,8 +101,9 @@ impl Session {
             }
             return Ok(());
         }
+        self.current.refresh();
         let (idle_in_transaction, client_idle) = {
-            let config = self.shared.config();
+            let config = &self.current.config;
             (
                 config.listen.idle_in_transaction_timeout,
                 config.listen.client_idle_timeout,
@@ -176,7 +177,7 @@ impl Session {
     /// exist on shared connections under proxy names; the proxy forgets them and answers by itself.
     async fn deallocate_locally(&mut self, frame: &crate::protocol::Frame) -> Result<bool, SessionError> {
         let text = crate::protocol::messages::query_text(frame.body()).unwrap_or("");
-        let names = crate::frontend::request::deallocated_names(text);
+        let names = crate::router::deallocate::deallocated_names(text);
         if names.is_empty() {
             return Ok(false);
         }

@@ -249,6 +249,8 @@ pub struct Decision {
     pub changes: Vec<SessionChange>,
     /// Contains DDL (CREATE/ALTER/DROP/COMMENT/..., also DO): the caller refreshes its function rules.
     pub ddl: bool,
+    /// Prepared statements the text drops with DEALLOCATE (`*` for ALL), see `router::deallocate`.
+    pub deallocates: Vec<String>,
 }
 
 /// Classifies a whole simple-query string (one or more statements) or the text of one Parse message.
@@ -257,7 +259,9 @@ pub fn classify(sql: &str, funcs: &FunctionRules) -> Decision {
         .into_iter()
         .map(|piece| classify_piece(piece, funcs))
         .collect();
-    combine(verdicts, leading_hint(sql))
+    let mut decision = combine(verdicts, leading_hint(sql));
+    decision.deallocates = super::deallocate::deallocated_names(sql);
+    decision
 }
 
 /// One statement's classification before the request-level combination.
@@ -387,6 +391,7 @@ fn combine(verdicts: Vec<Verdict>, hint: Option<Hint>) -> Decision {
         tx_start,
         ddl: verdicts.iter().any(|v| v.ddl),
         changes: verdicts.into_iter().flat_map(|v| v.changes).collect(),
+        deallocates: Vec::new(),
     }
 }
 
