@@ -65,7 +65,7 @@ const DEALLOCATE_SHIFTS: [u8; 256] = {
 
 /// Whether "deallocate" occurs in `haystack`, ignoring ASCII case. A Horspool search: most windows are
 /// skipped by ten bytes after looking at one.
-fn contains_deallocate(haystack: &[u8]) -> bool {
+pub fn contains_deallocate(haystack: &[u8]) -> bool {
     const WORD: &[u8] = b"deallocate";
     let mut at = 0;
     while let Some(window) = haystack.get(at..at + WORD.len()) {
