@@ -183,6 +183,8 @@ impl Proxy {
         let timeout = self.config.get().shutdown_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         self.sessions.shutdown.send_replace(Some(deadline));
+        // Sessions waiting for their clients look at the channel when woken (`CancelKey::attention`).
+        self.sessions.cancels.wake_all();
         tracing::info!(
             ?timeout,
             "shutting down: waiting for sessions to finish their transactions"

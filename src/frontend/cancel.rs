@@ -29,6 +29,15 @@ pub(crate) type ActiveBackend = (usize, i32, i32);
 /// cannot exceed 2^22), so that a pid pgfleet issued is never also a node backend's pid.
 const FIRST_ISSUED_PID: i32 = (1 << 22) + 1;
 
+/// What [`CancelKey::attention`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attention {
+    /// `pg_terminate_backend` named the session.
+    Terminated,
+    /// The shutdown channel changed.
+    Shutdown,
+}
+
 /// One live client session as other sessions and cancel requests see it.
 pub struct SessionHandle {
     /// The pid sent to the client in BackendKeyData.
@@ -145,6 +154,14 @@ impl HeldMap {
 }
 
 impl CancelRegistry {
+    /// Wakes every session waiting in [`CancelKey::attention`], so that each looks at the shutdown channel.
+    pub fn wake_all(&self) {
+        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        for handle in sessions.values() {
+            handle.waker.wake();
+        }
+    }
+
     /// Allocates a fresh key for a new session of `user`.
     pub fn register(self: &Arc<Self>, user: &str) -> CancelKey {
         let mut map = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
@@ -301,6 +318,38 @@ impl CancelKey {
     /// Resolves when another session has terminated this one.
     pub async fn terminated(&self) {
         self.handle.until_terminated().await
+    }
+
+    /// Resolves once another session has terminated this one, or `shutdown` holds a value the session has
+    /// not seen (pgfleet began to shut down). The session waits for this beside its client between
+    /// requests: one waker serves both, where a subscription to the shutdown channel took a lock to register
+    /// and another to leave around every request. [`CancelRegistry::wake_all`] wakes it for a shutdown.
+    pub fn attention<'a, T>(
+        &'a self,
+        shutdown: &'a watch::Receiver<T>,
+    ) -> impl Future<Output = Attention> + 'a {
+        let handle = &self.handle;
+        let look = move || {
+            if handle.terminated.load(Ordering::Acquire) {
+                Some(Attention::Terminated)
+            } else if shutdown.has_changed().unwrap_or(true) {
+                // A closed channel counts as news: the proxy that would send is gone.
+                Some(Attention::Shutdown)
+            } else {
+                None
+            }
+        };
+        std::future::poll_fn(move |cx| {
+            if let Some(a) = look() {
+                return Poll::Ready(a);
+            }
+            handle.waker.register(cx.waker());
+            // Set between the first look and the registration: that wake found no waker.
+            match look() {
+                Some(a) => Poll::Ready(a),
+                None => Poll::Pending,
+            }
+        })
     }
 
     /// The session's own handle, to watch for termination while the session's state is busy.

@@ -10,6 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::{Session, SessionError};
 use crate::backend::PooledConn;
 use crate::cluster::NodeId;
+use crate::frontend::cancel::Attention;
 use crate::frontend::request::{End, Request};
 use crate::frontend::stream::ClientStream;
 use crate::protocol::FrameBuffer;
@@ -140,8 +141,10 @@ impl Session {
         loop {
             tokio::select! {
                 r = client_or_node(&mut self.client, &mut self.cbuf, &mut self.conns, listen_node, &self.shared.cancels) => return r,
-                _ = self.shutdown.changed() => return Ok(()),
-                () = self.key.terminated() => return self.end_terminated().await,
+                attention = self.key.attention(&self.shutdown) => match attention {
+                    Attention::Shutdown => return Ok(()),
+                    Attention::Terminated => return self.end_terminated().await,
+                },
                 _ = idle_timer_fired(&mut self.idle_timer), if idle_due.is_some() => {
                     let Some(due) = idle_due else { continue };
                     if tokio::time::Instant::now() < due {
