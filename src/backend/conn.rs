@@ -291,20 +291,7 @@ impl BackendConn {
     /// says so before it closes), so that the next request goes to a fresh connection instead.
     pub fn drain_idle(&mut self) -> Vec<Bytes> {
         let mut out = Vec::new();
-        loop {
-            match self.stream.try_read_buf(self.rbuf.read_target()) {
-                Ok(0) => {
-                    self.broken = true;
-                    break;
-                }
-                Ok(_) => continue,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(_) => {
-                    self.broken = true;
-                    break;
-                }
-            }
-        }
+        self.read_idle();
         loop {
             match self.rbuf.next_frame() {
                 Ok(Some(f)) => match f.kind {
@@ -323,6 +310,32 @@ impl BackendConn {
             }
         }
         out
+    }
+
+    /// Whether the node sent nothing since its last reply and the connection is not broken: a request may
+    /// go out at once. What it did send is kept for [`BackendConn::drain_idle`].
+    pub fn is_quiet(&mut self) -> bool {
+        self.read_idle();
+        !self.broken && self.rbuf.buffered() == 0
+    }
+
+    /// Reads, without waiting, what arrived since the last reply into the buffer; a closed or failed socket
+    /// marks the connection broken.
+    fn read_idle(&mut self) {
+        loop {
+            match self.stream.try_read_buf(self.rbuf.read_target()) {
+                Ok(0) => {
+                    self.broken = true;
+                    break;
+                }
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    self.broken = true;
+                    break;
+                }
+            }
+        }
     }
 
     /// Whether the node is idle outside a transaction with nothing unread.

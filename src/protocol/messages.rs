@@ -8,9 +8,11 @@ use super::frame::build;
 /// Reads a NUL-terminated string at `at`; returns it and the offset after the NUL.
 pub fn cstr(body: &[u8], at: usize) -> Option<(&str, usize)> {
     let rest = body.get(at..)?;
-    let nul = rest.iter().position(|b| *b == 0)?;
-    let s = std::str::from_utf8(&rest[..nul]).ok()?;
-    Some((s, at + nul + 1))
+    // The standard library's NUL search goes a word at a time, where a byte loop cost three instructions a
+    // byte of every query text.
+    let bytes = std::ffi::CStr::from_bytes_until_nul(rest).ok()?.to_bytes();
+    let s = std::str::from_utf8(bytes).ok()?;
+    Some((s, at + bytes.len() + 1))
 }
 
 /// The SQL text of a Query ('Q') body.

@@ -172,7 +172,11 @@ impl Session {
         // which keeps writes fast when the primary is slow to answer the catalog query. A read sent to the
         // primary by the catalog (an unlogged table) may be a replica's again once the table is LOGGED.
         let may_read = plan.target == Target::Replica || Rule::is_read_on_primary(&plan.rule);
-        if may_read && !self.routing.bound() && self.refresh_function_rules().await {
+        if may_read
+            && !self.routing.bound()
+            && !self.function_rules_fresh()
+            && self.refresh_function_rules().await
+        {
             plan = Plan::for_request(req, &self.statements, &self.rules);
         }
         // The primary answers questions about the server's role; with none up, a replica answers as itself.
@@ -208,7 +212,11 @@ impl Session {
             } else {
                 Checkout::Immediate
             };
-            let mut connected = self.connect_with(node, checkout).await;
+            // The usual case, a held connection with nothing unread, needs no wait (nor a future to poll).
+            let mut connected = match self.holds_quiet(node) {
+                true => Ok(()),
+                false => self.connect_with(node, checkout).await,
+            };
             if let Err(e) = &connected
                 && e.is_pool_full()
                 && !last
@@ -241,7 +249,9 @@ impl Session {
                 last_err = Some(self.error_of(&e));
                 continue;
             }
-            if let Err(e) = self.bring_up_to_date(node, &plan).await {
+            if !self.needs_no_replay(node, &plan)
+                && let Err(e) = self.bring_up_to_date(node, &plan).await
+            {
                 match e {
                     Prepare::Node(e) if e.is_node_failure() && !last => {
                         self.conns[node.index()] = None;
@@ -560,6 +570,14 @@ impl Session {
             return Err(SessionError::Fatal(e.message));
         }
         self.refuse(self.error_of(&error), end).await
+    }
+
+    /// Whether the session holds a connection to `node` from which nothing arrived since its last reply.
+    fn holds_quiet(&mut self, node: NodeId) -> bool {
+        self.conns
+            .get_mut(node.index())
+            .and_then(Option::as_mut)
+            .is_some_and(|c| c.is_quiet())
     }
 
     /// Makes sure the session holds a connection to `node`, waiting for one if the node's pool is full.

@@ -206,13 +206,10 @@ impl Session {
     /// Brings the session's function rules up to date; true when they changed. While the catalog has not
     /// changed and its entry for the database is fresh, this is a counter comparison and a clock read.
     pub(super) async fn refresh_function_rules(&mut self) -> bool {
-        let generation = self.shared.catalog.generation();
-        if self
-            .rules_fresh
-            .is_some_and(|(g, until)| g == generation && std::time::Instant::now() < until)
-        {
+        if self.function_rules_fresh() {
             return false;
         }
+        let generation = self.shared.catalog.generation();
         let rules = self.function_rules().await;
         self.rules_fresh = self
             .shared
@@ -224,6 +221,14 @@ impl Session {
         }
         self.rules = rules;
         true
+    }
+
+    /// Whether the session's function rules are the catalog's current ones: then
+    /// [`Session::refresh_function_rules`] has nothing to do, and a caller can skip its future.
+    pub(super) fn function_rules_fresh(&self) -> bool {
+        let generation = self.shared.catalog.generation();
+        self.rules_fresh
+            .is_some_and(|(g, until)| g == generation && std::time::Instant::now() < until)
     }
 
     async fn function_rules(&mut self) -> Arc<FunctionRules> {
