@@ -215,6 +215,12 @@ impl Stats {
             .fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The counters of `node`, for a session to keep: they stay the node's across reloads, which only add
+    /// nodes' counters.
+    pub(crate) fn node_counters(&self, node: usize) -> Option<Arc<NodeCounters>> {
+        self.nodes.load().get(node).cloned()
+    }
+
     /// A request was forwarded to `node`.
     pub fn node_queried(&self, node: usize) {
         if let Some(n) = self.nodes.load().get(node) {

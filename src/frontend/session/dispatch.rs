@@ -495,14 +495,23 @@ impl Session {
 
     /// Counts a routing decision, through the counter of the previous request when the rule is the same.
     pub(super) fn count_route(&mut self, node: NodeId, target: Target, label: &str) {
-        let stats = &self.shared.stats;
-        stats.node_queried(node.index());
+        // The node's counters of the previous request, when it went to the same node: a lookup in the
+        // shared list costs a snapshot load.
+        match &self.last_node {
+            Some((n, counters)) if *n == node => {
+                counters.queries.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {
+                self.last_node = self.shared.stats.node_counters(node.index()).map(|c| (node, c));
+                self.shared.stats.node_queried(node.index());
+            }
+        }
         match &self.last_route {
             Some((t, l, counter)) if *t == target && l == label => {
                 counter.fetch_add(1, Ordering::Relaxed);
             }
             _ => {
-                let counter = stats.route_counter(target, label);
+                let counter = self.shared.stats.route_counter(target, label);
                 counter.fetch_add(1, Ordering::Relaxed);
                 self.last_route = Some((target, label.to_owned(), counter));
             }

@@ -203,6 +203,7 @@ impl Session {
             rules_fresh: None,
             candidates: Vec::new(),
             last_route: None,
+            last_node: None,
             scratch: Vec::new(),
             pools: vec![None; node_count],
             fleet_generation,

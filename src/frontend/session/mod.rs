@@ -226,6 +226,8 @@ pub(super) struct Session {
     pools: Vec<Option<NodePool>>,
     /// The routing-statistics counter of the previous request's (target, rule).
     last_route: Option<(Target, String, Arc<AtomicU64>)>,
+    /// The statistics counters of the previous request's node.
+    last_node: Option<(NodeId, Arc<crate::stats::NodeCounters>)>,
     /// Nodes to try for the current request, kept to reuse its allocation.
     candidates: Vec<NodeId>,
     /// Tells the session when pgfleet shuts down (the deadline for open transactions).
