@@ -1,6 +1,5 @@
 //! One raw protocol connection to a node, and what pgfleet knows about the session state applied on it.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::AtomicI32;
 
@@ -19,7 +18,7 @@ pub struct AppliedState {
     /// The generation of the session settings that `settings` is a copy of (0: none, or unknown).
     pub settings_generation: u64,
     /// Named prepared statements that exist here.
-    pub prepared: HashSet<String>,
+    pub prepared: foldhash::HashSet<String>,
     /// Which of the session's unnamed statements the unnamed slot holds.
     pub unnamed: Option<u64>,
     /// State that cannot be reset cheaply (temp tables, LISTEN, advisory locks): close on release.

@@ -2,7 +2,7 @@
 //! up to Sync or Flush), and the plan derived from it: where it may run and what session state it touches.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::state::{Statement, Statements};
@@ -118,8 +118,8 @@ pub struct Plan {
     /// Index into `parses` of the latest Parse of each name, and the names already in `needs`. A request
     /// may hold tens of thousands of Parse and Bind frames (up to MAX_BUFFERED_REQUEST): searching the two
     /// lists for every Bind took a second of a runtime thread per request, stalling the sessions that share it.
-    parse_at: HashMap<String, usize>,
-    needed: HashSet<String>,
+    parse_at: foldhash::HashMap<String, usize>,
+    needed: foldhash::HashSet<String>,
     /// The request opened a read-only transaction: a question about the server's role that follows runs in
     /// it, wherever it goes, rather than taking the whole request to the primary.
     read_only_begin: bool,
@@ -139,8 +139,8 @@ impl Plan {
             closes: Vec::new(),
             has_query: false,
             deallocates: Vec::new(),
-            parse_at: HashMap::new(),
-            needed: HashSet::new(),
+            parse_at: Default::default(),
+            needed: Default::default(),
             read_only_begin: false,
         }
     }

@@ -1,7 +1,7 @@
 //! What a client session has changed and must carry to every node it uses: its settings (startup parameters
 //! and SET/RESET, kept as a compact latest-value-per-name log) and its prepared statements.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
@@ -105,7 +105,7 @@ pub struct Statement {
 /// The client's prepared statements by name ("" is the unnamed statement).
 #[derive(Debug, Default)]
 pub struct Statements {
-    by_name: HashMap<String, Statement>,
+    by_name: foldhash::HashMap<String, Statement>,
 }
 
 /// Ids of unnamed statements, unique across sessions: in transaction pooling a connection's unnamed
