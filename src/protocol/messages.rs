@@ -35,6 +35,13 @@ fn nul_at(bytes: &[u8]) -> Option<usize> {
     bytes[at..].iter().position(|b| *b == 0).map(|p| at + p)
 }
 
+/// The SQL text of a Parse ('P') body as bytes, unchecked as UTF-8: for a first look at every Parse.
+pub fn parse_text_bytes(body: &[u8]) -> Option<&[u8]> {
+    let name_end = nul_at(body)?;
+    let rest = body.get(name_end + 1..)?;
+    rest.get(..nul_at(rest)?)
+}
+
 /// The SQL text of a Query ('Q') body.
 pub fn query_text(body: &[u8]) -> Option<&str> {
     cstr(body, 0).map(|(s, _)| s)

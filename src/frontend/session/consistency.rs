@@ -9,7 +9,9 @@ use crate::frontend::request::Request;
 use crate::frontend::state::Statements;
 use crate::protocol::frame::build;
 use crate::protocol::lsn::Lsn;
-use crate::protocol::messages::{ProxyError, bind_names, parse_fields, query_text, ready_for_query};
+use crate::protocol::messages::{
+    ProxyError, bind_names, parse_fields, parse_text_bytes, query_text, ready_for_query,
+};
 use crate::router::split::{first_keywords, split_statements};
 
 /// The setting that holds a causal token for the session's reads.
@@ -86,8 +88,10 @@ fn may_be_token(text: &[u8]) -> bool {
 /// take `SET pgfleet.read_after` for a custom setting and do nothing.
 pub(super) fn has_token_statement(req: &Request, statements: &Statements) -> bool {
     req.frames.iter().any(|f| match f.kind {
-        b'P' => parse_fields(f.body())
-            .is_some_and(|(_, text)| may_be_token(text.as_bytes()) && token_command(text).is_some()),
+        b'P' => {
+            parse_text_bytes(f.body()).is_some_and(may_be_token)
+                && parse_fields(f.body()).is_some_and(|(_, text)| token_command(text).is_some())
+        }
         // Only pgfleet itself records a token statement, under its own rule: no text to read again.
         b'B' => bind_names(f.body())
             .and_then(|(_, name)| statements.get(name))
