@@ -50,3 +50,61 @@ impl Current {
         take_up(&mut self.nodes, self.nodes_cell.load());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::view::NodeState;
+    use crate::replication::ForwardState;
+
+    fn config(extra_node: bool, max_size: usize) -> Config {
+        let mut text = String::from(
+            "[listen]\naddress = \"127.0.0.1:0\"\n\n[[users]]\nname = \"app\"\npassword = \"pw\"\n\n\
+             [[nodes]]\nname = \"pg1\"\naddress = \"127.0.0.1:5501\"\nrole = \"primary\"\n\n",
+        );
+        if extra_node {
+            text.push_str("[[nodes]]\nname = \"pg2\"\naddress = \"127.0.0.1:5502\"\nrole = \"replica\"\n\n");
+        }
+        text.push_str(&format!("[pool]\nmax_size = {max_size}\n"));
+        Config::parse(&text).expect("config")
+    }
+
+    #[test]
+    fn refresh_takes_up_what_was_published_and_only_then() {
+        let first = config(false, 5);
+        let forward = Arc::new(ForwardState::new(&first));
+        let fleet = Arc::new(Fleet::from_config(&first, forward).expect("fleet"));
+        let handle = ConfigHandle::new(first);
+        let mut current = Current::new(&handle, &fleet);
+        let (copied, view, nodes) = (
+            current.config.clone(),
+            current.view.clone(),
+            current.nodes.clone(),
+        );
+
+        // Nothing published: the copies stay the same objects.
+        current.refresh();
+        assert!(Arc::ptr_eq(&copied, &current.config));
+        assert!(Arc::ptr_eq(&view, &current.view));
+        assert!(Arc::ptr_eq(&nodes, &current.nodes));
+
+        // Published, but not yet looked at: the session still reads its copies.
+        let second = config(true, 7);
+        fleet.apply(&second).expect("apply");
+        handle.publish(Arc::new(second));
+        assert_eq!(current.config.pool.max_size, 5);
+        assert_eq!(current.nodes.len(), 1);
+
+        current.refresh();
+        assert_eq!(current.config.pool.max_size, 7);
+        assert_eq!(current.nodes.len(), 2);
+        assert_eq!(current.view.nodes.len(), 2);
+
+        // A health check publishes a new snapshot, which the next refresh takes up.
+        let before = current.view.clone();
+        fleet.update(1, NodeState::default());
+        current.refresh();
+        assert!(!Arc::ptr_eq(&before, &current.view));
+        assert!(!current.view.nodes[1].up);
+    }
+}
