@@ -295,12 +295,6 @@ impl Fleet {
         self.view.load_full()
     }
 
-    /// The latest snapshot without touching its reference count (no cache line shared between the cores
-    /// that run sessions is written); hold it only briefly, never across an await.
-    pub fn view_guard(&self) -> Guard<Arc<FleetView>> {
-        self.view.load()
-    }
-
     /// Records a health check result and publishes a new snapshot.
     pub fn update(&self, node: usize, state: NodeState) {
         let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
