@@ -100,16 +100,12 @@ impl Node {
 
     /// Whether no session saw the node fail in the last moments.
     pub fn is_up(&self) -> bool {
-        self.is_up_at(now_ms())
+        self.is_up_with(now_ms)
     }
 
-    /// [`Node::is_up`] at a given time, so that a scan of every node reads the clock once.
-    pub fn is_up_at(&self, now_ms: u64) -> bool {
-        self.down_until_ms.load(Ordering::Relaxed) <= now_ms
-    }
-
-    /// [`Node::is_up_at`], reading the clock only for a node marked down (a connection since clears the
-    /// mark), which spares a clock read per routing decision in the usual case.
+    /// [`Node::is_up`] with the clock `now_ms` gives (so that a scan of every node reads it once), read only
+    /// for a node marked down: a connection since clears the mark, and the usual routing decision reads no
+    /// clock at all.
     pub fn is_up_with(&self, now_ms: impl FnOnce() -> u64) -> bool {
         match self.down_until_ms.load(Ordering::Relaxed) {
             0 => true,
@@ -135,7 +131,7 @@ impl Node {
     }
 }
 
-/// The clock [`Node::is_up_at`] compares with, in milliseconds since the epoch.
+/// The clock [`Node::is_up_with`] compares with, in milliseconds since the epoch.
 pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

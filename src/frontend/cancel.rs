@@ -74,16 +74,20 @@ impl SessionHandle {
 
     /// Resolves once another session has terminated this one.
     pub(crate) fn until_terminated(&self) -> impl Future<Output = ()> + '_ {
+        self.until(|| self.terminated.load(Ordering::Acquire).then_some(()))
+    }
+
+    /// Resolves with what `look` finds, looking again each time the session's waker is woken.
+    fn until<'a, T>(&'a self, look: impl Fn() -> Option<T> + 'a) -> impl Future<Output = T> + 'a {
         std::future::poll_fn(move |cx| {
-            if self.terminated.load(Ordering::Acquire) {
-                return Poll::Ready(());
+            if let Some(found) = look() {
+                return Poll::Ready(found);
             }
             self.waker.register(cx.waker());
-            // Set between the first look and the registration: its wake found no waker.
-            if self.terminated.load(Ordering::Acquire) {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
+            // Set between the first look and the registration: that wake found no waker.
+            match look() {
+                Some(found) => Poll::Ready(found),
+                None => Poll::Pending,
             }
         })
     }
@@ -329,7 +333,7 @@ impl CancelKey {
         shutdown: &'a watch::Receiver<T>,
     ) -> impl Future<Output = Attention> + 'a {
         let handle = &self.handle;
-        let look = move || {
+        handle.until(move || {
             if handle.terminated.load(Ordering::Acquire) {
                 Some(Attention::Terminated)
             } else if shutdown.has_changed().unwrap_or(true) {
@@ -337,17 +341,6 @@ impl CancelKey {
                 Some(Attention::Shutdown)
             } else {
                 None
-            }
-        };
-        std::future::poll_fn(move |cx| {
-            if let Some(a) = look() {
-                return Poll::Ready(a);
-            }
-            handle.waker.register(cx.waker());
-            // Set between the first look and the registration: that wake found no waker.
-            match look() {
-                Some(a) => Poll::Ready(a),
-                None => Poll::Pending,
             }
         })
     }

@@ -77,7 +77,7 @@ impl<'a> BindParts<'a> {
     pub fn read(body: &'a [u8]) -> Option<BindParts<'a>> {
         let mut at = 0;
         for _ in 0..2 {
-            at += body.get(at..)?.iter().position(|b| *b == 0)? + 1;
+            at += nul_at(body.get(at..)?)? + 1;
         }
         let word =
             |at: usize| -> Option<i16> { Some(i16::from_be_bytes(body.get(at..at + 2)?.try_into().ok()?)) };

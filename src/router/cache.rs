@@ -192,6 +192,7 @@ fn same_shape_by_diff(old: &str, tokens: &[Tok], new: &str) -> bool {
     let before = marker(old_text, constant.kind);
     before.is_some() && before == marker(new_text, constant.kind)
 }
+
 /// Bytes `a` and `b` share at their start. Compared eight at a time: this runs on every statement that
 /// hits the last-statement entry, and a byte loop was a good share of that hit's cost.
 fn common_prefix(a: &[u8], b: &[u8]) -> usize {

@@ -175,7 +175,7 @@ impl Session {
         if may_read
             && !self.routing.bound()
             && !self.function_rules_fresh()
-            && self.refresh_function_rules().await
+            && self.reload_function_rules().await
         {
             plan = Plan::for_request(req, &self.statements, &self.rules);
         }
@@ -497,14 +497,11 @@ impl Session {
     pub(super) fn count_route(&mut self, node: NodeId, target: Target, label: &str) {
         // The node's counters of the previous request, when it went to the same node: a lookup in the
         // shared list costs a snapshot load.
-        match &self.last_node {
-            Some((n, counters)) if *n == node => {
-                counters.queries.fetch_add(1, Ordering::Relaxed);
-            }
-            _ => {
-                self.last_node = self.shared.stats.node_counters(node.index()).map(|c| (node, c));
-                self.shared.stats.node_queried(node.index());
-            }
+        if self.last_node.as_ref().is_none_or(|(n, _)| *n != node) {
+            self.last_node = self.shared.stats.node_counters(node.index()).map(|c| (node, c));
+        }
+        if let Some((_, counters)) = &self.last_node {
+            counters.queries.fetch_add(1, Ordering::Relaxed);
         }
         match &self.last_route {
             Some((t, l, counter)) if *t == target && l == label => {

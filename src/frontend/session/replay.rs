@@ -12,7 +12,6 @@ use crate::protocol::TxStatus;
 use crate::protocol::messages::{ProxyError, close_statement, query, sync};
 
 impl Session {
-    /// Replays on `node` what the session has and that node lacks: settings, then prepared statements.
     /// Whether `bring_up_to_date` has nothing to do for `plan` on `node`: the connection (if any) has the
     /// session's settings, and the request neither parses nor needs a prepared statement.
     pub(super) fn needs_no_replay(&self, node: NodeId, plan: &Plan) -> bool {
@@ -21,6 +20,7 @@ impl Session {
         plan.parses.is_empty() && plan.needs.is_empty() && self.conn(node).is_none_or(settled)
     }
 
+    /// Replays on `node` what the session has and that node lacks: settings, then prepared statements.
     pub(super) async fn bring_up_to_date(&mut self, node: NodeId, plan: &Plan) -> Result<(), Prepare> {
         let Some(conn) = self.conns[node.index()].as_mut() else {
             return Ok(());

@@ -203,12 +203,9 @@ impl Session {
         Ok(true)
     }
 
-    /// Brings the session's function rules up to date; true when they changed. While the catalog has not
-    /// changed and its entry for the database is fresh, this is a counter comparison and a clock read.
-    pub(super) async fn refresh_function_rules(&mut self) -> bool {
-        if self.function_rules_fresh() {
-            return false;
-        }
+    /// Takes the catalog's current function rules for the session's database (asking the primary if its
+    /// entry is stale); true when they changed. Called when [`Session::function_rules_fresh`] says no.
+    pub(super) async fn reload_function_rules(&mut self) -> bool {
         let generation = self.shared.catalog.generation();
         let rules = self.function_rules().await;
         self.rules_fresh = self
@@ -223,8 +220,8 @@ impl Session {
         true
     }
 
-    /// Whether the session's function rules are the catalog's current ones: then
-    /// [`Session::refresh_function_rules`] has nothing to do, and a caller can skip its future.
+    /// Whether the session's function rules are the catalog's current ones (a counter comparison and a
+    /// clock read): then there is nothing to reload.
     pub(super) fn function_rules_fresh(&self) -> bool {
         let generation = self.shared.catalog.generation();
         self.rules_fresh
