@@ -17,6 +17,7 @@ import csv
 import glob
 import os
 import re
+import resource
 import signal
 import shutil
 import statistics
@@ -74,6 +75,10 @@ class Run:
     # from /proc, over the whole run; None without a proxy process.
     cpu_us: float | None = None
     cs: float | None = None
+    # CPU time per transaction of every PostgreSQL process (the servers, their backends and the backends that
+    # exited during the run) and of pgbench itself: what a proxy costs shows up there too, not only in its own.
+    servers_us: float | None = None
+    pgbench_us: float | None = None
 
 
 @dataclass
@@ -218,6 +223,49 @@ def ratio_pairs(names: list[str], args: argparse.Namespace) -> list[tuple[str, s
     return [(f, o) for f in PGFLEETS if f in names for o in OTHERS if o in names]
 
 
+def servers_scan() -> tuple[int, set[int]]:
+    """CPU clock ticks of every process named `postgres` (postmasters and their backends), including what
+    exited children left in their postmaster's totals, and their pids."""
+    ticks, pids = 0, set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+            if stat[stat.index("(") + 1 : stat.rindex(")")] != "postgres":
+                continue
+            # utime, stime, cutime, cstime: fields 14 to 17.
+            fields = stat[stat.rindex(")") + 2 :].split()
+            ticks += sum(int(v) for v in fields[11:15])
+            pids.add(int(entry))
+        except (OSError, ValueError, IndexError):
+            continue
+    return ticks, pids
+
+
+def servers_usage() -> int:
+    """`servers_scan`'s ticks once no server process is exiting. A backend that exits while /proc is read
+    can be missed (its postmaster read before it was reaped, the backend after) or counted twice, so the
+    reading is repeated until two in a row find the same processes: backends that came and went during a
+    run (direct connections, a relay) then count as well as pooled ones."""
+    ticks, pids = servers_scan()
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        again, now = servers_scan()
+        if now == pids:
+            return again
+        ticks, pids = again, now
+    return ticks
+
+
+def children_seconds() -> float:
+    """CPU seconds (user + system) of this process's waited-for children: the pgbench runs."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def run_pgbench(target: Target, workload: str, clients: int, args: argparse.Namespace, tag: str) -> Run:
     _, extra = WORKLOADS[workload]
     extra = script_args(extra, args)
@@ -232,6 +280,7 @@ def run_pgbench(target: Target, workload: str, clients: int, args: argparse.Name
     # Room for connecting 500 clients through a proxy (SCRAM each) and for a proxy that makes clients wait.
     timeout = args.seconds + 120 + clients // 5
     before = session_usage(target.sid) if target.sid else None
+    servers_before, pgbench_before = servers_usage(), children_seconds()
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
         output = proc.stdout + proc.stderr
@@ -242,6 +291,7 @@ def run_pgbench(target: Target, workload: str, clients: int, args: argparse.Name
         output = text(e.stdout) + text(e.stderr)
         rc = None
     after = session_usage(target.sid) if target.sid else None
+    servers_after, pgbench_after = servers_usage(), children_seconds()
     p50, p99, count, failed_logged = latency_from_logs(prefix)
     if rc is None:
         return Run(ok=False, error=f"pgbench timed out after {timeout} s")
@@ -253,12 +303,17 @@ def run_pgbench(target: Target, workload: str, clients: int, args: argparse.Name
         return Run(ok=False, error=first_error(output), failed=nfailed, output=output)
     done = re.search(r"^number of transactions actually processed: (\d+)", output, re.M)
     txns = int(done.group(1)) if done else count
-    cpu_us = cs = None
+    cpu_us = cs = servers_us = pgbench_us = None
+    tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
     if before and after and txns > 0:
-        cpu_us = (after[0] - before[0]) / os.sysconf("SC_CLK_TCK") * 1e6 / txns
+        cpu_us = (after[0] - before[0]) * tick_us / txns
         cs = (after[1] - before[1]) / txns
+    if txns > 0:
+        # Logins included: pgbench's totals cover its connection phase, which its TPS leaves out.
+        servers_us = (servers_after - servers_before) * tick_us / txns
+        pgbench_us = (pgbench_after - pgbench_before) * 1e6 / txns
     return Run(ok=True, tps=float(tps.group(1)), avg_ms=float(avg.group(1)), p50_ms=p50, p99_ms=p99,
-               failed=nfailed, cpu_us=cpu_us, cs=cs)
+               failed=nfailed, cpu_us=cpu_us, cs=cs, servers_us=servers_us, pgbench_us=pgbench_us)
 
 
 def fmt(value: float | None, digits: int) -> str:
@@ -376,6 +431,22 @@ def markdown(results: list[tuple[str, int, dict[str, Cell]]], targets: list[Targ
             cpu, cs = c.median("cpu_us"), c.median("cs")
             row.append("-" if c.skipped or not cpu or cs is None else f"{cpu:.1f} / {cs:.2f} / {1e6 / cpu:,.0f}")
         out.append("| " + " | ".join(row) + " |")
+    out += [
+        "",
+        "CPU time per transaction in µs of the PostgreSQL servers (all three, backends included) / of pgbench "
+        "itself (medians of the rounds, from /proc; logins included): a proxy's way of talking to the servers "
+        "and to the clients shows up here, not only in its own CPU time:",
+        "",
+    ]
+    out.append("| " + " | ".join(["workload", "clients", *names]) + " |")
+    out.append("|" + "|".join(["---", "---:"] + ["---:"] * len(names)) + "|")
+    for workload, clients, cells in results:
+        row = [workload, str(clients)]
+        for n in names:
+            c = cells[n]
+            srv, pgb = c.median("servers_us"), c.median("pgbench_us")
+            row.append("-" if c.skipped or srv is None or pgb is None else f"{srv:.1f} / {pgb:.1f}")
+        out.append("| " + " | ".join(row) + " |")
     added = []
     for workload, clients, cells in results:
         direct = cells.get("direct")
@@ -478,6 +549,7 @@ def main() -> int:
                 state = (
                     f"tps {r.tps:9.1f}  avg {r.avg_ms:7.3f} ms  p50 {r.p50_ms:7.3f} ms  p99 {r.p99_ms:7.3f} ms"
                     f"  cpu {fmt(r.cpu_us, 1)} µs/tx  cs {fmt(r.cs, 2)}/tx"
+                    f"  servers {fmt(r.servers_us, 1)}  pgbench {fmt(r.pgbench_us, 1)} µs/tx"
                     if r.ok
                     else f"FAILED: {r.error}"
                 )
