@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 # The pgbench workloads: name -> (title, pgbench arguments). {rw} is the 90/10 custom script.
@@ -112,24 +113,33 @@ def read_targets(path: str) -> list[Target]:
     return targets
 
 
-def session_usage(sid: int) -> tuple[int, int]:
-    """CPU clock ticks (user + system, all threads) and context switches (voluntary + involuntary, summed over
-    every thread) of the processes in session `sid`: the proxy, its wrapper and, for pgpool-II, its children.
-    A process that exits during a run takes its share with it (pgpool-II children that restart)."""
-    ticks = switches = 0
+def processes() -> Iterator[tuple[int, str, list[str]]]:
+    """Every process in /proc: its pid, its command name and the fields of its `stat` after the name (state,
+    ppid, pgrp, session, ..., utime at index 11, stime 12, cutime 13, cstime 14). Processes that exit while
+    they are read are skipped."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as f:
                 stat = f.read()
-            # After the command name in parentheses: state, ppid, pgrp, session, ..., utime (14th), stime (15th).
-            fields = stat[stat.rindex(")") + 2 :].split()
+            yield int(entry), stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+        except (OSError, ValueError):
+            continue
+
+
+def session_usage(sid: int) -> tuple[int, int]:
+    """CPU clock ticks (user + system, all threads) and context switches (voluntary + involuntary, summed over
+    every thread) of the processes in session `sid`: the proxy, its wrapper and, for pgpool-II, its children.
+    A process that exits during a run takes its share with it (pgpool-II children that restart)."""
+    ticks = switches = 0
+    for pid, _, fields in processes():
+        try:
             if int(fields[3]) != sid:
                 continue
             ticks += int(fields[11]) + int(fields[12])
-            for task in os.listdir(f"/proc/{entry}/task"):
-                with open(f"/proc/{entry}/task/{task}/status") as f:
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{task}/status") as f:
                     for line in f:
                         if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
                             switches += int(line.split()[1])
@@ -225,22 +235,12 @@ def ratio_pairs(names: list[str], args: argparse.Namespace) -> list[tuple[str, s
 
 def servers_scan() -> tuple[int, set[int]]:
     """CPU clock ticks of every process named `postgres` (postmasters and their backends), including what
-    exited children left in their postmaster's totals, and their pids."""
+    exited children left in their postmaster's totals (utime, stime, cutime, cstime), and their pids."""
     ticks, pids = 0, set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-            if stat[stat.index("(") + 1 : stat.rindex(")")] != "postgres":
-                continue
-            # utime, stime, cutime, cstime: fields 14 to 17.
-            fields = stat[stat.rindex(")") + 2 :].split()
+    for pid, name, fields in processes():
+        if name == "postgres" and len(fields) > 14:
             ticks += sum(int(v) for v in fields[11:15])
-            pids.add(int(entry))
-        except (OSError, ValueError, IndexError):
-            continue
+            pids.add(pid)
     return ticks, pids
 
 
@@ -382,6 +382,16 @@ def print_combo(title: str, clients: int, targets: list[Target], cells: dict[str
     sys.stdout.flush()
 
 
+def table(out: list[str], results: list[tuple[str, int, dict[str, Cell]]], columns: list[str],
+          cell: Callable[[Cell], str], title: str) -> None:
+    """Appends a titled markdown table: a row per (workload, clients), a column per target in `columns`."""
+    out += ["", title, ""]
+    out.append("| " + " | ".join(["workload", "clients", *columns]) + " |")
+    out.append("|" + "|".join(["---", "---:"] + ["---:"] * len(columns)) + "|")
+    for workload, clients, cells in results:
+        out.append("| " + " | ".join([workload, str(clients), *(cell(cells[n]) for n in columns)]) + " |")
+
+
 def markdown(results: list[tuple[str, int, dict[str, Cell]]], targets: list[Target],
              args: argparse.Namespace) -> str:
     names = [t.name for t in targets]
@@ -399,54 +409,34 @@ def markdown(results: list[tuple[str, int, dict[str, Cell]]], targets: list[Targ
         for f, o in ratio_cols:
             row.append(ratio(cells[f].median("tps"), cells[o].median("tps")))
         out.append("| " + " | ".join(row) + " |")
-    out += ["", "Latency, average / median / p99 in ms (medians of the rounds):", ""]
-    head = ["workload", "clients", *names]
-    out.append("| " + " | ".join(head) + " |")
-    out.append("|" + "|".join(["---", "---:"] + ["---:"] * len(names)) + "|")
-    for workload, clients, cells in results:
-        row = [workload, str(clients)]
-        for n in names:
-            c = cells[n]
-            if c.skipped:
-                row.append("-")
-            elif not c.good():
-                row.append("err")
-            else:
-                row.append(f"{c.median('avg_ms'):.3f} / {c.median('p50_ms'):.3f} / {c.median('p99_ms'):.2f}")
-        out.append("| " + " | ".join(row) + " |")
-    proxies = [n for n in names if n != "direct"]
-    out += [
-        "",
+    def latency(c: Cell) -> str:
+        if c.skipped:
+            return "-"
+        if not c.good():
+            return "err"
+        return f"{c.median('avg_ms'):.3f} / {c.median('p50_ms'):.3f} / {c.median('p99_ms'):.2f}"
+
+    def proxy_cpu(c: Cell) -> str:
+        cpu, cs = c.median("cpu_us"), c.median("cs")
+        return "-" if c.skipped or not cpu or cs is None else f"{cpu:.1f} / {cs:.2f} / {1e6 / cpu:,.0f}"
+
+    def others_cpu(c: Cell) -> str:
+        srv, pgb = c.median("servers_us"), c.median("pgbench_us")
+        return "-" if c.skipped or srv is None or pgb is None else f"{srv:.1f} / {pgb:.1f}"
+
+    table(out, results, names, latency, "Latency, average / median / p99 in ms (medians of the rounds):")
+    table(
+        out, results, [n for n in names if n != "direct"], proxy_cpu,
         "The proxy's CPU time per transaction in µs / its context switches per transaction / transactions per "
         "second of proxy CPU time (medians of the rounds, from /proc: user + system time and voluntary + "
         "involuntary switches of every process and thread of the proxy; `direct` has no proxy):",
-        "",
-    ]
-    out.append("| " + " | ".join(["workload", "clients", *proxies]) + " |")
-    out.append("|" + "|".join(["---", "---:"] + ["---:"] * len(proxies)) + "|")
-    for workload, clients, cells in results:
-        row = [workload, str(clients)]
-        for n in proxies:
-            c = cells[n]
-            cpu, cs = c.median("cpu_us"), c.median("cs")
-            row.append("-" if c.skipped or not cpu or cs is None else f"{cpu:.1f} / {cs:.2f} / {1e6 / cpu:,.0f}")
-        out.append("| " + " | ".join(row) + " |")
-    out += [
-        "",
+    )
+    table(
+        out, results, names, others_cpu,
         "CPU time per transaction in µs of the PostgreSQL servers (all three, backends included) / of pgbench "
         "itself (medians of the rounds, from /proc; logins included): a proxy's way of talking to the servers "
         "and to the clients shows up here, not only in its own CPU time:",
-        "",
-    ]
-    out.append("| " + " | ".join(["workload", "clients", *names]) + " |")
-    out.append("|" + "|".join(["---", "---:"] + ["---:"] * len(names)) + "|")
-    for workload, clients, cells in results:
-        row = [workload, str(clients)]
-        for n in names:
-            c = cells[n]
-            srv, pgb = c.median("servers_us"), c.median("pgbench_us")
-            row.append("-" if c.skipped or srv is None or pgb is None else f"{srv:.1f} / {pgb:.1f}")
-        out.append("| " + " | ".join(row) + " |")
+    )
     added = []
     for workload, clients, cells in results:
         direct = cells.get("direct")
