@@ -409,6 +409,7 @@ def markdown(results: list[tuple[str, int, dict[str, Cell]]], targets: list[Targ
         for f, o in ratio_cols:
             row.append(ratio(cells[f].median("tps"), cells[o].median("tps")))
         out.append("| " + " | ".join(row) + " |")
+
     def latency(c: Cell) -> str:
         if c.skipped:
             return "-"
@@ -433,8 +434,8 @@ def markdown(results: list[tuple[str, int, dict[str, Cell]]], targets: list[Targ
     )
     table(
         out, results, names, others_cpu,
-        "CPU time per transaction in µs of the PostgreSQL servers (all three, backends included) / of pgbench "
-        "itself (medians of the rounds, from /proc; logins included): a proxy's way of talking to the servers "
+        "CPU time per transaction in µs of the PostgreSQL servers (every `postgres` process on the machine, "
+        "backends included) / of pgbench itself (medians of the rounds, from /proc; logins included): a proxy's way of talking to the servers "
         "and to the clients shows up here, not only in its own CPU time:",
     )
     added = []
