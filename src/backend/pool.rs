@@ -11,7 +11,7 @@
 //! clients send.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,6 +32,10 @@ pub struct ConnManager {
     password: String,
     database: String,
     connect_timeout: Duration,
+    /// The node's count of connections checked out (the same counter for every pool of the node, since a
+    /// node's slot keeps its counter for the life of the process): kept here so that a checkout does not
+    /// look it up.
+    in_use: Arc<AtomicUsize>,
 }
 
 impl Manager for ConnManager {
@@ -166,6 +170,21 @@ impl Pools {
             .unwrap_or(0)
     }
 
+    /// The count of a node's connections in use, made (with those of the slots before it) for a node a
+    /// reload added before [`Pools::reconfigure`] saw it, so that its pools count where `in_use` looks.
+    fn counter(&self, node: usize) -> Arc<AtomicUsize> {
+        if let Some(c) = self.in_use.load().get(node) {
+            return c.clone();
+        }
+        self.in_use.rcu(|counters| {
+            let mut grown = counters.as_ref().clone();
+            grown.resize_with(grown.len().max(node + 1), Arc::default);
+            grown
+        });
+        // Slots are only ever added, so the one just made stays.
+        self.in_use.load().get(node).cloned().unwrap_or_default()
+    }
+
     /// The pool for a node and login, created empty on first use. While a session holds the handle, only a
     /// reload drops the pool (of a retired node, or of a login whose password changed), so a handle stays
     /// the one [`Pools::get`] would use for the session that holds it.
@@ -182,6 +201,7 @@ impl Pools {
                     password: login.password.to_owned(),
                     database: login.database.to_owned(),
                     connect_timeout: config.connect_timeout,
+                    in_use: self.counter(target.index),
                 };
                 // Building only fails without a runtime, and tokio's is always given.
                 // Most recently used first, as pgbouncer does: a free connection whose server process ran
@@ -258,12 +278,12 @@ impl Pools {
         };
         let mut obj = obj;
         obj.settle_here();
-        let counter = self.in_use.load().get(target.index).cloned().unwrap_or_default();
+        let counter = pool.manager().in_use.clone();
         counter.fetch_add(1, Ordering::Relaxed);
         Ok(PooledConn {
             obj: Some(obj),
             counter,
-            holder: None,
+            held_by: 0,
         })
     }
 
@@ -331,9 +351,10 @@ impl Pools {
 pub struct PooledConn {
     obj: Option<Object<ConnManager>>,
     counter: Arc<AtomicUsize>,
-    /// Who holds the connection (the session registry's record of it): dropped with the checkout, however
-    /// the connection leaves its holder (released, handed back, closed).
-    holder: Option<Box<dyn Send + Sync>>,
+    /// The issued pid of the session holding the connection (0: none recorded), kept in the connection's
+    /// `holder` slot for the registry of cancel keys until the checkout ends, however the connection leaves
+    /// its holder (released, handed back, closed).
+    held_by: i32,
 }
 
 impl std::ops::Deref for PooledConn {
@@ -354,9 +375,20 @@ impl std::ops::DerefMut for PooledConn {
 }
 
 impl PooledConn {
-    /// Attaches a record of who holds the connection, dropped when the checkout ends.
-    pub fn set_holder(&mut self, holder: Box<dyn Send + Sync>) {
-        self.holder = Some(holder);
+    /// Records the session (by its issued pid) that holds the connection until the checkout ends.
+    pub fn hold_for(&mut self, pid: i32) {
+        if let Some(obj) = self.obj.as_ref() {
+            obj.holder.store(pid, Ordering::Release);
+            self.held_by = pid;
+        }
+    }
+
+    /// Ends the record of [`PooledConn::hold_for`] before the connection leaves this checkout; only this
+    /// checkout's mark, should another session's have replaced it.
+    fn unmark(held_by: i32, slot: &AtomicI32) {
+        if held_by != 0 {
+            let _ = slot.compare_exchange(held_by, 0, Ordering::AcqRel, Ordering::Acquire);
+        }
     }
 
     /// Returns the connection to its pool after undoing the session's traces: an open transaction is rolled
@@ -364,6 +396,7 @@ impl PooledConn {
     /// reset (temp tables, LISTEN, session advisory locks) or in doubt is closed instead.
     pub async fn release(mut self) {
         let Some(mut obj) = self.obj.take() else { return };
+        Self::unmark(std::mem::take(&mut self.held_by), &obj.holder);
         if obj.broken || obj.applied.unresettable || obj.rbuf.buffered() != 0 {
             drop(Object::take(obj));
             return;
@@ -408,6 +441,7 @@ impl PooledConn {
     /// the next session adjusts what differs. Only an idle, intact connection goes back; others are closed.
     pub fn return_shared(mut self) {
         let Some(obj) = self.obj.take() else { return };
+        Self::unmark(std::mem::take(&mut self.held_by), &obj.holder);
         if !obj.is_clean_idle() || obj.applied.unresettable {
             drop(Object::take(obj));
         }
@@ -418,6 +452,7 @@ impl Drop for PooledConn {
     fn drop(&mut self) {
         self.counter.fetch_sub(1, Ordering::Relaxed);
         if let Some(obj) = self.obj.take() {
+            Self::unmark(self.held_by, &obj.holder);
             // Not released: its state is unknown, so it must not be handed to anyone else.
             drop(Object::take(obj));
         }

@@ -313,9 +313,7 @@ impl CancelKey {
                 .insert(key, &conn.holder);
             conn.holder_known = true;
         }
-        conn.holder.store(self.pid, Ordering::Release);
-        let slot = conn.holder.clone();
-        conn.set_holder(Box::new(Held { slot, pid: self.pid }));
+        conn.hold_for(self.pid);
         conn
     }
 
@@ -362,20 +360,6 @@ impl Drop for CancelKey {
 }
 
 /// A session's hold on one node connection; cleared from the connection's holder slot with the checkout.
-struct Held {
-    slot: Arc<AtomicI32>,
-    pid: i32,
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        // Only this checkout's mark: the connection may already be held again by another session.
-        let _ = self
-            .slot
-            .compare_exchange(self.pid, 0, Ordering::AcqRel, Ordering::Acquire);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -48,6 +48,23 @@ pub fn deallocated_names(sql: &str) -> Vec<String> {
     out
 }
 
+/// Whether a simple query may consist of DEALLOCATE statements only, the ones a transaction-pooled
+/// session answers itself: its first statement must start with the word, after blanks and empty
+/// statements. A text that starts with a comment is searched whole. Every query of such a session passes
+/// here, and looking at the start costs a fraction of a search through the text.
+pub fn may_be_only_deallocate(text: &[u8]) -> bool {
+    const WORD: &[u8] = b"deallocate";
+    let start = text
+        .iter()
+        .position(|b| !b.is_ascii_whitespace() && *b != b';')
+        .unwrap_or(text.len());
+    let rest = &text[start..];
+    match rest.first() {
+        Some(b'/' | b'-') => contains_deallocate(rest),
+        _ => rest.get(..WORD.len()).is_some_and(|w| w.eq_ignore_ascii_case(WORD)),
+    }
+}
+
 /// Horspool shifts for "deallocate", by the byte under the last position of the window: how far the
 /// window may move when that byte is not the end of a match. Letters of the word count in either case.
 const DEALLOCATE_SHIFTS: [u8; 256] = {
@@ -104,6 +121,34 @@ mod tests {
         assert!(!contains_deallocate(b"DEALLOCAT"));
         assert!(!contains_deallocate(b"deallocat e deallocat"));
         assert!(!contains_deallocate(b""));
+        // (text, may be made of DEALLOCATE statements only)
+        let table: &[(&str, bool)] = &[
+            ("DEALLOCATE s1", true),
+            ("  \n\tdeallocate all", true),
+            (";; DeAllocate prepare x; DEALLOCATE y", true),
+            ("/* c */ DEALLOCATE x", true),
+            ("-- c\nDEALLOCATE x", true),
+            ("/* no */ SELECT 1", false),
+            ("SELECT 1; DEALLOCATE x", false),
+            ("SELECT abalance FROM pgbench_accounts WHERE aid = 1", false),
+            ("DEALLOCAT", false),
+            ("", false),
+            (";", false),
+        ];
+        for (text, may) in table {
+            assert_eq!(may_be_only_deallocate(text.as_bytes()), *may, "{text:?}");
+        }
+        // Whenever the session would answer by itself, the check lets the query through.
+        let answered: Vec<&str> = table
+            .iter()
+            .map(|(text, _)| *text)
+            .filter(|text| {
+                let names = deallocated_names(text);
+                !names.is_empty() && names.len() == split_statements(text).len()
+            })
+            .collect();
+        assert_eq!(answered.len(), 5, "{answered:?}");
+        assert!(answered.iter().all(|t| may_be_only_deallocate(t.as_bytes())));
         // Against the obvious search, on texts made of the word's letters.
         let letters = b"dealoctDEALOCT x";
         let mut seed = 7u32;

@@ -179,9 +179,9 @@ impl Session {
     /// Transaction pooling: a query made only of DEALLOCATE statements names the client's statements, which
     /// exist on shared connections under proxy names; the proxy forgets them and answers by itself.
     async fn deallocate_locally(&mut self, frame: &crate::protocol::Frame) -> Result<bool, SessionError> {
-        // Every query of a transaction-pooled session comes by: the bytes are scanned before the text is
-        // checked as UTF-8.
-        if !crate::router::deallocate::contains_deallocate(frame.body()) {
+        // Every query of a transaction-pooled session comes by: the start of the bytes is looked at before
+        // the text is checked as UTF-8.
+        if !crate::router::deallocate::may_be_only_deallocate(frame.body()) {
             return Ok(false);
         }
         let text = crate::protocol::messages::query_text(frame.body()).unwrap_or("");
