@@ -34,6 +34,8 @@ WORKLOADS = {
     "select-prepared": ("select-only (-S), -M prepared", ["-S", "-M", "prepared"]),
     "tpcb": ("TPC-B (tpcb-like), -M simple", ["-b", "tpcb-like", "-M", "simple"]),
     "rw90": ("90/10 read/write (workloads/rw90.sql), -M simple", ["-f", "{rw}", "-M", "simple"]),
+    "select-bigkey": ("primary-key read with a 13-digit constant (workloads/bigkey.sql), -M simple",
+                      ["-f", "{bigkey}", "-M", "simple"]),
 }
 # The sharded workload (bench/sharded.sh): {shard_*} are the scripts given with --script; they read
 # :naccounts, given with --define.

@@ -657,6 +657,7 @@ run_step python3 "$BENCH_DIR/pgbench_matrix.py" \
     --pgpool-children "$BENCH_PGPOOL_CHILDREN" \
     --pool-size "$BENCH_POOL_SIZE" \
     --rw-script "$BENCH_DIR/workloads/rw90.sql" \
+    --script "bigkey=$BENCH_DIR/workloads/bigkey.sql" \
     --warmup "$BENCH_WARMUP" \
     --summary "$SUMMARY_FILE"
 

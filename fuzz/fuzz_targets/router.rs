@@ -48,10 +48,12 @@ fuzz_target!(|data: &[u8]| {
 });
 
 /// The text with its constants changed the way requests of one shape differ: every digit made `1`, every
-/// run of digits doubled, every character between single quotes made `x`. The changes are crude (they
-/// also touch digits in names and quotes in comments), which does no harm: a variant only has to be
-/// classified the same with and without the cache.
-fn constant_variants(sql: &str) -> [String; 3] {
+/// run of digits doubled, every character between single quotes made `x`, and every run of digits made
+/// each end of the integer classes the cache tells apart (u32, i64 and u64; checked in this order, each
+/// class's two ends meet in one entry). The changes are crude (they also touch digits in names and quotes
+/// in comments), which does no harm: a variant only has to be classified the same with and without the
+/// cache.
+fn constant_variants(sql: &str) -> Vec<String> {
     let ones = sql
         .chars()
         .map(|c| if c.is_ascii_digit() { '1' } else { c })
@@ -84,7 +86,34 @@ fn constant_variants(sql: &str) -> [String; 3] {
             }
         })
         .collect();
-    [ones, doubled, strings]
+    let mut variants = vec![ones, doubled, strings];
+    for edge in [
+        "4294967296",
+        "9223372036854775807",
+        "9223372036854775808",
+        "18446744073709551615",
+    ] {
+        variants.push(digit_runs_made(sql, edge));
+    }
+    variants
+}
+
+/// `sql` with every run of ASCII digits replaced by `number`.
+fn digit_runs_made(sql: &str, number: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut in_run = false;
+    for c in sql.chars() {
+        if c.is_ascii_digit() {
+            if !in_run {
+                out.push_str(number);
+            }
+            in_run = true;
+        } else {
+            out.push(c);
+            in_run = false;
+        }
+    }
+    out
 }
 
 fn check_text(sql: &str, rules: &Arc<FunctionRules>) {

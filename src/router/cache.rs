@@ -1,10 +1,11 @@
 //! Decisions remembered per statement shape. Applications send the same few statements over and over,
 //! often with only their constants changing (`... WHERE aid = 4711`). The key is the statement's token
-//! stream with its plain constants replaced by a marker: `'...'` strings, integers of up to 9 digits and
-//! plain decimals. Swapping one such constant for another of the same kind changes neither whether the text
-//! parses nor any routing rule, so the cached decision is exactly what `classify` would return, and the
-//! sqlparser pass is skipped. Other constants (`E'..'`, `X'..'`, `$$..$$`, `1e5`, long integers) stay in
-//! the key as written, since sqlparser may accept one spelling and refuse another (see `number_marker`). Two kinds are kept out of the
+//! stream with its plain constants replaced by a marker: `'...'` strings, decimal integers (one marker per
+//! range of values that fit the same integer types) and plain decimals. Swapping one such constant for
+//! another of the same kind changes neither whether the text parses nor any routing rule, so the cached
+//! decision is exactly what `classify` would return, and the sqlparser pass is skipped. Other constants
+//! (`E'..'`, `X'..'`, `$$..$$`, `1e5`) stay in the key as written, since sqlparser may accept one spelling
+//! and refuse another (see `number_marker`). Two kinds are kept out of the
 //! shape cache and cached by exact text: decisions that carry their statement's text (SET/RESET, replayed
 //! verbatim — whether a decision has them depends only on the shape, so no shape entry ever stands for one),
 //! EXPLAIN (whose `ANALYZE 0`/`ANALYZE 1` option is a constant that matters) and `current_setting(...)`
@@ -109,21 +110,43 @@ fn shape_into(sql: &str, key: &mut String, tokens: &mut Vec<Tok>) -> bool {
 }
 
 /// The marker that stands for a numeric constant in a shape, or None when its spelling matters and the
-/// key keeps it verbatim. sqlparser reads some integers into u32/i64/u64 (`varchar(n)`, `FETCH FIRST n`,
-/// MATCH_RECOGNIZE's `{n}`): one too large fails to parse where a small one parses, so only integers of up
-/// to 9 digits, which always fit, are interchangeable. A plain decimal is refused wherever an integer is
-/// required, whatever its value, and accepted wherever any number is. Other spellings (`1e5`, `0x1F`,
-/// `1_000`, `1..2`, `1abc`, which the router's lexer takes as one token) are tokenized by sqlparser
-/// according to their exact text. The fuzz target `router` found `SELECT 1..2` answered from `SELECT 1`'s
-/// entry when every number was one marker.
+/// key keeps it verbatim. sqlparser reads some integers into u32, i64 or u64 (`varchar(n)`, `FETCH FIRST
+/// n`, MATCH_RECOGNIZE's `{n}`): one too large for the type fails to parse where a smaller one parses, so
+/// integers are interchangeable only with those that fit the same of these types, and there is a marker
+/// for each class of value (up to u32's largest, i64's, u64's, and beyond). Applications whose keys or
+/// timestamps are 10 to 19 digits long would otherwise miss the cache on every statement and pay for a
+/// full parse each time. A plain decimal is refused wherever an integer is required, whatever its value,
+/// and accepted wherever any number is. Other spellings (`1e5`, `0x1F`, `1_000`, `1..2`, `1abc`, which
+/// the router's lexer takes as one token) are tokenized by sqlparser according to their exact text. The
+/// fuzz target `router` found `SELECT 1..2` answered from `SELECT 1`'s entry when every number was one
+/// marker.
 fn number_marker(text: &str) -> Option<&'static str> {
     let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    if all_digits(text) && text.len() <= 9 {
-        return Some("\u{1}n");
+    if all_digits(text) {
+        return Some(integer_marker(text));
     }
     match text.split_once('.') {
         Some((int, frac)) if all_digits(int) && all_digits(frac) => Some("\u{1}d"),
         _ => None,
+    }
+}
+
+/// The marker of an integer written in decimal digits, by the narrowest of the types sqlparser reads
+/// integers into that holds its value (Rust's parsers accept leading zeros, so the value counts, not the
+/// number of digits).
+fn integer_marker(digits: &str) -> &'static str {
+    let significant = digits.trim_start_matches('0');
+    // u64's largest has 20 digits: anything longer is beyond every type.
+    let value = match significant.len() {
+        0 => Some(0),
+        1..=20 => significant.parse::<u128>().ok(),
+        _ => None,
+    };
+    match value {
+        Some(v) if v <= u128::from(u32::MAX) => "\u{1}n",
+        Some(v) if v <= i64::MAX as u128 => "\u{1}l",
+        Some(v) if v <= u128::from(u64::MAX) => "\u{1}u",
+        _ => "\u{1}b",
     }
 }
 
@@ -178,8 +201,8 @@ fn same_shape_by_diff(old: &str, tokens: &[Tok], new: &str) -> bool {
     {
         return false;
     }
-    // Same token kind is not enough: only constants with the same marker are interchangeable (a 10-digit
-    // number or an E'' string is kept verbatim in the shape, see `number_marker`).
+    // Same token kind is not enough: only constants with the same marker are interchangeable (a number
+    // too large for u32 has its own, an E'' string is kept verbatim in the shape, see `number_marker`).
     let marker = |text: &str, kind: TokKind| match kind {
         TokKind::Str if text.starts_with('\'') => Some("\u{1}s"),
         TokKind::Number => number_marker(text),
@@ -455,6 +478,67 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn integers_share_a_marker_only_within_the_types_they_fit() {
+        // (constant, marker)
+        let table: &[(&str, Option<&str>)] = &[
+            ("0", Some("\u{1}n")),
+            ("4711", Some("\u{1}n")),
+            ("4294967295", Some("\u{1}n")),
+            ("000000000000000000000000004294967295", Some("\u{1}n")),
+            ("4294967296", Some("\u{1}l")),
+            ("1733184000000", Some("\u{1}l")),
+            ("9223372036854775807", Some("\u{1}l")),
+            ("9223372036854775808", Some("\u{1}u")),
+            ("18446744073709551615", Some("\u{1}u")),
+            ("18446744073709551616", Some("\u{1}b")),
+            ("123456789012345678901234567890", Some("\u{1}b")),
+            ("47.11", Some("\u{1}d")),
+            ("1e5", None),
+            ("1..2", None),
+            ("0x1F", None),
+        ];
+        for (text, marker) in table {
+            assert_eq!(number_marker(text), *marker, "{text}");
+        }
+    }
+
+    #[test]
+    fn cached_equals_fresh_across_integer_classes() {
+        // Integers at each edge of u32, i64 and u64, where sqlparser reads one; the cache answers for one
+        // from the entry another of the same class made, and must say what classify says.
+        let rules = Arc::new(FunctionRules::new(&[], &[]));
+        let numbers = [
+            "1",
+            "4294967295",
+            "4294967296",
+            "9223372036854775807",
+            "9223372036854775808",
+            "18446744073709551615",
+            "18446744073709551616",
+            "99999999999999999999999",
+        ];
+        // A read when it parses, sent to the primary when it does not: the length is read as u64, the
+        // scale as i64.
+        let templates = [
+            "SELECT * FROM t WHERE id = {}",
+            "SELECT c::varchar({}) FROM t",
+            "SELECT c::numeric(10, {}) FROM t",
+            "SELECT * FROM t LIMIT {} OFFSET {}",
+        ];
+        let mut unparsed = 0;
+        for template in templates {
+            for n in numbers.iter().chain(numbers.iter().rev()) {
+                let sql = template.replace("{}", n);
+                let fresh = classify(&sql, &rules);
+                unparsed += usize::from(fresh.target == Target::Primary);
+                assert_eq!(*classify_cached(&sql, &rules), fresh, "{sql}");
+            }
+        }
+        // varchar beyond u64 (twice two numbers), numeric's scale beyond i64 (twice four numbers).
+        assert_eq!(unparsed, 12);
     }
 
     #[test]

@@ -61,7 +61,9 @@ pub fn may_be_only_deallocate(text: &[u8]) -> bool {
     let rest = &text[start..];
     match rest.first() {
         Some(b'/' | b'-') => contains_deallocate(rest),
-        _ => rest.get(..WORD.len()).is_some_and(|w| w.eq_ignore_ascii_case(WORD)),
+        _ => rest
+            .get(..WORD.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(WORD)),
     }
 }
 
