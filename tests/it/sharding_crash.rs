@@ -20,6 +20,8 @@ use crate::support::wait_until;
 const ACCOUNTS: i64 = 40;
 const START: i64 = 1000;
 const CLIENTS: u64 = 3;
+/// How long a client that could not log in waits before it tries again if pgfleet was not restarted.
+const RETRY: Duration = Duration::from_millis(100);
 
 const CONFIG: &str = "[[sharded_tables]]\nname = \"accounts\"\ncolumn = \"id\"\n\n\
                       [[sharded_tables]]\nname = \"moves\"\ncolumn = \"account_id\"\n\n\
@@ -32,7 +34,8 @@ fn shard_of(id: i64) -> usize {
 /// One client's transfers until `stop`: each moves money from an account on one shard to one on the
 /// other and records both halves in `moves`. Failures (pgfleet or a shard gone) end the connection; the
 /// client reconnects and goes on. `restarts` counts pgfleet's starts (and is bumped at the stop): a client
-/// that cannot connect waits for the next one.
+/// that cannot connect waits for the next one, or tries again after `RETRY` when the refusal came from a
+/// shard primary that is still starting.
 async fn client(
     dsn: String,
     worker: u64,
@@ -50,7 +53,9 @@ async fn client(
         let c = match try_connect(&dsn).await {
             Ok(c) => c,
             Err(_) => {
-                let _ = restarts.changed().await;
+                // Down is either pgfleet (its next start wakes us) or a shard primary that pgfleet
+                // could not reach at login (it comes back by itself): retry on whichever comes first.
+                let _ = tokio::time::timeout(RETRY, restarts.changed()).await;
                 continue;
             }
         };
