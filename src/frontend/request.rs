@@ -16,6 +16,9 @@ use crate::router::functions::FunctionRules;
 /// the proxy never holds more than this of one client's input.
 pub const MAX_BUFFERED_REQUEST: usize = 1 << 20;
 
+/// Up to this many entries, the lists of a plan are searched from the end; past it they are indexed.
+const SCAN_LIMIT: usize = 8;
+
 /// How a buffered request ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum End {
@@ -115,9 +118,11 @@ pub struct Plan {
     pub has_query: bool,
     /// Prepared statements it drops with SQL DEALLOCATE; `*` stands for DEALLOCATE ALL.
     pub deallocates: Vec<String>,
-    /// Index into `parses` of the latest Parse of each name, and the names already in `needs`. A request
-    /// may hold tens of thousands of Parse and Bind frames (up to MAX_BUFFERED_REQUEST): searching the two
-    /// lists for every Bind took a second of a runtime thread per request, stalling the sessions that share it.
+    /// Index into `parses` of the latest Parse of each name, and the names already in `needs`, built once
+    /// a list grows past `SCAN_LIMIT`. A request may hold tens of thousands of Parse and Bind frames (up to
+    /// MAX_BUFFERED_REQUEST): searching the two lists for every Bind took a second of a runtime thread per
+    /// request, stalling the sessions that share it. The usual request has one Parse, and a map for it cost
+    /// an allocation, a hash and a free (about 300 instructions) for a search of one entry.
     parse_at: foldhash::HashMap<String, usize>,
     needed: foldhash::HashSet<String>,
     /// The request opened a read-only transaction: a question about the server's role that follows runs in
@@ -226,8 +231,8 @@ impl Plan {
                     changes: d.changes.clone(),
                     id: 0,
                 };
-                self.parse_at.insert(name.to_owned(), self.parses.len());
                 self.parses.push((name.to_owned(), stmt));
+                self.index_parses();
             }
             b'B' | b'D' => {
                 let name = if frame.kind == b'B' {
@@ -237,15 +242,16 @@ impl Plan {
                 };
                 let Some(name) = name else { return };
                 let executes = frame.kind == b'B';
-                let parsed = self.parse_at.get(name).and_then(|&at| self.parses.get(at));
-                if let Some(s) = parsed.map(|(_, s)| s.clone()) {
-                    self.merge_statement(&s, executes);
-                } else if let Some(s) = statements.get(name) {
-                    let s = s.clone();
-                    self.merge_statement(&s, executes);
-                    if self.needed.insert(name.to_owned()) {
-                        self.needs.push(name.to_owned());
+                if let Some(at) = self.parse_index(name) {
+                    // Taken out for the merge, which changes the rest of the plan: a move, not a copy.
+                    let parses = std::mem::take(&mut self.parses);
+                    if let Some((_, s)) = parses.get(at) {
+                        self.merge_statement(s, executes);
                     }
+                    self.parses = parses;
+                } else if let Some(s) = statements.get(name) {
+                    self.merge_statement(s, executes);
+                    self.need(name);
                 } else if self.target != Target::Primary {
                     // Unknown to the proxy: let the primary give PostgreSQL's own error.
                     self.target = Target::Primary;
@@ -276,11 +282,144 @@ impl Plan {
 
     /// Whether the request parsed a statement of this name (its later Bind finds it on the same node).
     pub fn parsed(&self, name: &str) -> bool {
-        self.parse_at.contains_key(name)
+        self.parse_index(name).is_some()
+    }
+
+    /// Where in `parses` the latest Parse of `name` is.
+    fn parse_index(&self, name: &str) -> Option<usize> {
+        match self.parses.len() <= SCAN_LIMIT {
+            true => self.parses.iter().rposition(|(n, _)| n == name),
+            false => self.parse_at.get(name).copied(),
+        }
+    }
+
+    /// Keeps `parse_at` up to date with the Parse just pushed, once there are too many to search.
+    fn index_parses(&mut self) {
+        let len = self.parses.len();
+        if len <= SCAN_LIMIT {
+            return;
+        }
+        // Crossing the limit indexes what came before; later entries overwrite earlier ones of the name.
+        let from = if len == SCAN_LIMIT + 1 { 0 } else { len - 1 };
+        for (at, (name, _)) in self.parses.iter().enumerate().skip(from) {
+            self.parse_at.insert(name.clone(), at);
+        }
+    }
+
+    /// Adds a statement the node must have, once.
+    fn need(&mut self, name: &str) {
+        let known = match self.needs.len() <= SCAN_LIMIT {
+            true => self.needs.iter().any(|n| n == name),
+            false => self.needed.contains(name),
+        };
+        if known {
+            return;
+        }
+        self.needs.push(name.to_owned());
+        match self.needs.len() {
+            n if n <= SCAN_LIMIT => {}
+            n if n == SCAN_LIMIT + 1 => self.needed.extend(self.needs.iter().cloned()),
+            _ => {
+                self.needed.insert(name.to_owned());
+            }
+        }
     }
 
     /// Names parsed in this request.
     pub fn parsed_names(&self) -> HashSet<&str> {
         self.parses.iter().map(|(n, _)| n.as_str()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(kind: u8, body: &[u8]) -> Frame {
+        let mut raw = vec![kind];
+        raw.extend_from_slice(&(4 + body.len() as u32).to_be_bytes());
+        raw.extend_from_slice(body);
+        Frame {
+            kind,
+            raw: raw.into(),
+        }
+    }
+
+    fn parse(name: &str, text: &str) -> Frame {
+        frame(b'P', format!("{name}\0{text}\0\0\0").as_bytes())
+    }
+
+    fn bind(name: &str) -> Frame {
+        frame(b'B', format!("\0{name}\0\0\0\0\0\0\0").as_bytes())
+    }
+
+    fn plan_of(frames: &[Frame], statements: &Statements) -> Plan {
+        let rules = Arc::new(FunctionRules::default());
+        let mut plan = Plan::empty();
+        for f in frames {
+            plan.note(f, statements, &rules);
+        }
+        plan
+    }
+
+    #[test]
+    fn a_bind_takes_the_latest_parse_of_its_name_below_and_above_the_scan_limit() {
+        // (Parse frames before the Bind, whether the statement's latest Parse is the SET)
+        for others in [
+            0,
+            1,
+            SCAN_LIMIT - 2,
+            SCAN_LIMIT - 1,
+            SCAN_LIMIT,
+            SCAN_LIMIT + 1,
+            3 * SCAN_LIMIT,
+        ] {
+            for set_last in [true, false] {
+                let (first, last) = match set_last {
+                    true => ("SELECT 1", "SET search_path = a"),
+                    false => ("SET search_path = a", "SELECT 1"),
+                };
+                let mut frames = vec![parse("s", first)];
+                frames.extend((0..others).map(|i| parse(&format!("o{i}"), "SELECT 2")));
+                frames.push(parse("s", last));
+                frames.push(bind("s"));
+                let plan = plan_of(&frames, &Statements::default());
+                assert_eq!(
+                    !plan.changes.is_empty(),
+                    set_last,
+                    "{others} other statements, SET last: {set_last}"
+                );
+                assert!(plan.parsed("s"), "{others}");
+                assert!(plan.parsed("o0") == (others > 0), "{others}");
+                assert!(!plan.parsed("nope"), "{others}");
+                assert!(plan.needs.is_empty(), "{others}");
+            }
+        }
+    }
+
+    #[test]
+    fn statements_the_node_needs_are_listed_once_in_first_use_order() {
+        for distinct in [1, SCAN_LIMIT, SCAN_LIMIT + 1, SCAN_LIMIT + 2, 3 * SCAN_LIMIT] {
+            let names: Vec<String> = (0..distinct).map(|i| format!("p{i}")).collect();
+            let mut statements = Statements::default();
+            for name in &names {
+                statements.insert(
+                    name,
+                    Statement {
+                        parse: parse(name, "SELECT 1").raw,
+                        target: Target::Replica,
+                        rule: Cow::Borrowed("read"),
+                        pin: None,
+                        changes: Vec::new(),
+                        id: 0,
+                    },
+                );
+            }
+            // Every name bound twice, the second round in reverse order.
+            let frames: Vec<Frame> = names.iter().chain(names.iter().rev()).map(|n| bind(n)).collect();
+            let plan = plan_of(&frames, &statements);
+            assert_eq!(plan.needs, names, "{distinct} names");
+            assert_eq!(plan.target, Target::Replica, "{distinct} names");
+        }
     }
 }
