@@ -13,11 +13,15 @@ use crate::protocol::messages::{ProxyError, close_statement, query, sync};
 
 impl Session {
     /// Whether `bring_up_to_date` has nothing to do for `plan` on `node`: the connection (if any) has the
-    /// session's settings, and the request neither parses nor needs a prepared statement.
+    /// session's settings, and the request neither parses a named statement nor needs a prepared one.
     pub(super) fn needs_no_replay(&self, node: NodeId, plan: &Plan) -> bool {
         let settled =
             |c: &crate::backend::PooledConn| c.applied.settings_generation == self.settings.generation();
-        plan.parses.is_empty() && plan.needs.is_empty() && self.conn(node).is_none_or(settled)
+        // A Parse of the unnamed statement replaces whatever the node had under that name: nothing to close
+        // first, so the extended protocol's usual request (Parse "", Bind "", ...) needs no replay either.
+        plan.parses.iter().all(|(name, _)| name.is_empty())
+            && plan.needs.is_empty()
+            && self.conn(node).is_none_or(settled)
     }
 
     /// Replays on `node` what the session has and that node lacks: settings, then prepared statements.
@@ -53,8 +57,10 @@ impl Session {
         // A name the client closed and now parses again may still exist here if the Close ran elsewhere; with
         // shared connections, another session may have prepared the same proxy-named statement here.
         for (name, _) in &plan.parses {
-            let stale = self.shared_conns || self.statements.get(name).is_none();
-            if !name.is_empty() && conn.applied.prepared.contains(name) && stale {
+            if name.is_empty() || !conn.applied.prepared.contains(name) {
+                continue;
+            }
+            if self.shared_conns || self.statements.get(name).is_none() {
                 replay.extend_from_slice(&close_statement(name));
                 conn.applied.prepared.remove(name);
             }
