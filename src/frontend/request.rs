@@ -19,6 +19,41 @@ pub const MAX_BUFFERED_REQUEST: usize = 1 << 20;
 /// Up to this many entries, the lists of a plan are searched from the end; past it they are indexed.
 const SCAN_LIMIT: usize = 8;
 
+/// Where the latest entry of each name stands in a list that only grows. A request may hold tens of
+/// thousands of Parse and Bind frames (up to MAX_BUFFERED_REQUEST): searching its lists for every Bind took
+/// a second of a runtime thread per request, stalling the sessions that share it. The usual request has one
+/// Parse, and a map for it cost an allocation, a hash and a free (about 300 instructions) for a search of
+/// one entry; so a list is searched while it is short and indexed once it grows past `SCAN_LIMIT`.
+#[derive(Debug, Default)]
+struct NameIndex(foldhash::HashMap<String, usize>);
+
+impl NameIndex {
+    /// The position of the latest entry named `name` in `list`.
+    fn find<T>(&self, list: &[T], name_of: impl Fn(&T) -> &str, name: &str) -> Option<usize> {
+        match list.len() <= SCAN_LIMIT {
+            true => list.iter().rposition(|e| name_of(e) == name),
+            false => self.0.get(name).copied(),
+        }
+    }
+
+    /// Takes note of the entry just pushed onto `list`.
+    fn pushed<T>(&mut self, list: &[T], name_of: impl Fn(&T) -> &str) {
+        let len = list.len();
+        if len <= SCAN_LIMIT {
+            return;
+        }
+        // Crossing the limit indexes what came before; later entries overwrite earlier ones of the name.
+        let from = if len == SCAN_LIMIT + 1 { 0 } else { len - 1 };
+        for (at, e) in list.iter().enumerate().skip(from) {
+            self.0.insert(name_of(e).to_owned(), at);
+        }
+    }
+}
+
+fn parse_name(p: &(String, Statement)) -> &str {
+    &p.0
+}
+
 /// How a buffered request ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum End {
@@ -118,13 +153,9 @@ pub struct Plan {
     pub has_query: bool,
     /// Prepared statements it drops with SQL DEALLOCATE; `*` stands for DEALLOCATE ALL.
     pub deallocates: Vec<String>,
-    /// Index into `parses` of the latest Parse of each name, and the names already in `needs`, built once
-    /// a list grows past `SCAN_LIMIT`. A request may hold tens of thousands of Parse and Bind frames (up to
-    /// MAX_BUFFERED_REQUEST): searching the two lists for every Bind took a second of a runtime thread per
-    /// request, stalling the sessions that share it. The usual request has one Parse, and a map for it cost
-    /// an allocation, a hash and a free (about 300 instructions) for a search of one entry.
-    parse_at: foldhash::HashMap<String, usize>,
-    needed: foldhash::HashSet<String>,
+    /// The latest Parse of each name in `parses`, and each name in `needs`.
+    parse_at: NameIndex,
+    needed: NameIndex,
     /// The request opened a read-only transaction: a question about the server's role that follows runs in
     /// it, wherever it goes, rather than taking the whole request to the primary.
     read_only_begin: bool,
@@ -232,7 +263,7 @@ impl Plan {
                     id: 0,
                 };
                 self.parses.push((name.to_owned(), stmt));
-                self.index_parses();
+                self.parse_at.pushed(&self.parses, parse_name);
             }
             b'B' | b'D' => {
                 let name = if frame.kind == b'B' {
@@ -287,41 +318,14 @@ impl Plan {
 
     /// Where in `parses` the latest Parse of `name` is.
     fn parse_index(&self, name: &str) -> Option<usize> {
-        match self.parses.len() <= SCAN_LIMIT {
-            true => self.parses.iter().rposition(|(n, _)| n == name),
-            false => self.parse_at.get(name).copied(),
-        }
-    }
-
-    /// Keeps `parse_at` up to date with the Parse just pushed, once there are too many to search.
-    fn index_parses(&mut self) {
-        let len = self.parses.len();
-        if len <= SCAN_LIMIT {
-            return;
-        }
-        // Crossing the limit indexes what came before; later entries overwrite earlier ones of the name.
-        let from = if len == SCAN_LIMIT + 1 { 0 } else { len - 1 };
-        for (at, (name, _)) in self.parses.iter().enumerate().skip(from) {
-            self.parse_at.insert(name.clone(), at);
-        }
+        self.parse_at.find(&self.parses, parse_name, name)
     }
 
     /// Adds a statement the node must have, once.
     fn need(&mut self, name: &str) {
-        let known = match self.needs.len() <= SCAN_LIMIT {
-            true => self.needs.iter().any(|n| n == name),
-            false => self.needed.contains(name),
-        };
-        if known {
-            return;
-        }
-        self.needs.push(name.to_owned());
-        match self.needs.len() {
-            n if n <= SCAN_LIMIT => {}
-            n if n == SCAN_LIMIT + 1 => self.needed.extend(self.needs.iter().cloned()),
-            _ => {
-                self.needed.insert(name.to_owned());
-            }
+        if self.needed.find(&self.needs, String::as_str, name).is_none() {
+            self.needs.push(name.to_owned());
+            self.needed.pushed(&self.needs, String::as_str);
         }
     }
 
