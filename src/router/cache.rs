@@ -121,12 +121,13 @@ fn shape_into(sql: &str, key: &mut String, tokens: &mut Vec<Tok>) -> bool {
 /// fuzz target `router` found `SELECT 1..2` answered from `SELECT 1`'s entry when every number was one
 /// marker.
 fn number_marker(text: &str) -> Option<&'static str> {
-    let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    if all_digits(text) {
-        return Some(integer_marker(text));
-    }
-    match text.split_once('.') {
-        Some((int, frac)) if all_digits(int) && all_digits(frac) => Some("\u{1}d"),
+    let all_digits = |s: &[u8]| !s.is_empty() && s.iter().all(u8::is_ascii_digit);
+    let bytes = text.as_bytes();
+    match bytes.iter().position(|b| !b.is_ascii_digit()) {
+        None if !bytes.is_empty() => Some(integer_marker(text)),
+        Some(dot) if bytes[dot] == b'.' && all_digits(&bytes[..dot]) && all_digits(&bytes[dot + 1..]) => {
+            Some("\u{1}d")
+        }
         _ => None,
     }
 }
@@ -136,10 +137,11 @@ fn number_marker(text: &str) -> Option<&'static str> {
 /// number of digits).
 fn integer_marker(digits: &str) -> &'static str {
     let significant = digits.trim_start_matches('0');
-    // u64's largest has 20 digits: anything longer is beyond every type.
+    // Nine digits always fit a u32, the common case (a key, a count), known without parsing; u64's largest
+    // has 20 digits: anything longer is beyond every type.
     let value = match significant.len() {
-        0 => Some(0),
-        1..=20 => significant.parse::<u128>().ok(),
+        0..=9 => return "\u{1}n",
+        10..=20 => significant.parse::<u128>().ok(),
         _ => None,
     };
     match value {
@@ -486,7 +488,10 @@ mod tests {
         let table: &[(&str, Option<&str>)] = &[
             ("0", Some("\u{1}n")),
             ("4711", Some("\u{1}n")),
+            ("999999999", Some("\u{1}n")),
+            ("1000000000", Some("\u{1}n")),
             ("4294967295", Some("\u{1}n")),
+            ("0004294967296", Some("\u{1}l")),
             ("000000000000000000000000004294967295", Some("\u{1}n")),
             ("4294967296", Some("\u{1}l")),
             ("1733184000000", Some("\u{1}l")),
@@ -496,6 +501,10 @@ mod tests {
             ("18446744073709551616", Some("\u{1}b")),
             ("123456789012345678901234567890", Some("\u{1}b")),
             ("47.11", Some("\u{1}d")),
+            ("47.", None),
+            (".5", None),
+            ("4.7.1", None),
+            ("", None),
             ("1e5", None),
             ("1..2", None),
             ("0x1F", None),
