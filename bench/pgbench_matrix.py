@@ -155,7 +155,7 @@ def skip_reason(target: Target, clients: int, args: argparse.Namespace) -> str:
     if target.state != "ok":
         return target.note
     # The relay opens a connection to the primary per client, as a direct client does.
-    if target.name in ("direct", "relay") and clients > args.max_connections - 10:
+    if target.name in ("direct", "relay", "relay-uring") and clients > args.max_connections - 10:
         return f"n/a: the primary's max_connections is {args.max_connections}"
     # bench/sharded.sh's pgfleet targets run with session pooling too.
     # pgfleet-defaults runs with pgfleet's own pool defaults: session pooling, 20 connections per node.

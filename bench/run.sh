@@ -80,6 +80,7 @@ PORT_PRIMARY_ONLY=$((BENCH_PORT_BASE + 7))
 PORT_CORES=$((BENCH_PORT_BASE + 8))
 PORT_DEFAULTS=$((BENCH_PORT_BASE + 9))
 PORT_RELAY=$((BENCH_PORT_BASE + 10))
+PORT_RELAY_URING=$((BENCH_PORT_BASE + 11))
 
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$BENCH_RESULTS"
@@ -269,7 +270,7 @@ if ((BENCH_BUILD)); then
 fi
 [[ -x $PGFLEET_BIN ]] || die "no pgfleet binary at $PGFLEET_BIN (cargo build --release, or set PGFLEET_BIN)"
 
-for port in "$PORT_DEMO" "$PORT_DEFAULTS" "$PORT_RELAY" "$PORT_SESSION" "$PORT_TXN" "$PORT_BOUNCER" "$PORT_PGPOOL" "$PORT_PCP" "$PORT_MEM"; do
+for port in "$PORT_DEMO" "$PORT_DEFAULTS" "$PORT_RELAY" "$PORT_RELAY_URING" "$PORT_SESSION" "$PORT_TXN" "$PORT_BOUNCER" "$PORT_PGPOOL" "$PORT_PCP" "$PORT_MEM"; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
         die "port $port is in use; choose other ports with BENCH_PORT_BASE"
     fi
@@ -471,6 +472,20 @@ if target_wanted relay; then
     fi
 fi
 
+# The same relay on an io_uring runtime (bench/relay, relay-uring; opt-in, not in the default targets): what a
+# thread-per-core io_uring design would cost per transaction, next to the epoll relay above. Reported as n/a
+# where the kernel refuses io_uring (it then exits at once).
+if target_wanted relay-uring; then
+    RELAY_URING_BIN=$BENCH_DIR/relay/target/release/relay-uring
+    if (cd "$BENCH_DIR/relay" && cargo build --release --quiet) >"$WORK/logs/relay-build.log" 2>&1; then
+        serve_target relay-uring "$PORT_RELAY_URING" TERM \
+            "bare byte relay to the primary (io_uring, one thread, cooperative task running; a connection per client)" \
+            "$RELAY_URING_BIN" "127.0.0.1:$PORT_RELAY_URING" "127.0.0.1:$PRIMARY_PORT"
+    else
+        add_target relay-uring "$PORT_RELAY_URING" n/a "did not build (see logs/relay-build.log)"
+    fi
+fi
+
 # The configuration a user writes first: the three nodes, the primary also serving reads, every other key at
 # its default (pool mode and size, balancing, affinity, consistency, worker threads).
 if target_wanted pgfleet-defaults; then
@@ -667,7 +682,7 @@ if [[ -n ${STARTED_PIDS[pgpool]:-} ]]; then
         -c 'SHOW pool_nodes' 2>&1 | cut -c1-160 | sed 's/^/    /' || true
 fi
 
-for name in pgpool pgbouncer pgfleet-primary pgfleet-txn pgfleet-session pgfleet-defaults relay; do
+for name in pgpool pgbouncer pgfleet-primary pgfleet-txn pgfleet-session pgfleet-defaults relay relay-uring; do
     stop "$name"
 done
 
