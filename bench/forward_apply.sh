@@ -23,7 +23,12 @@
 # Knobs: FWD_ROWS (2000000), FWD_REPLICAS (2: pgfleet forwards to replica1 and replica2; 1: to replica1 only,
 # the same work as the native subscription), FWD_PORT_BASE (17600), FWD_TIMEOUT (600 s per step),
 # PGFLEET_BIN (target/release/pgfleet; build with `cargo build --release`), PG_BIN (directory of initdb,
-# found on PATH otherwise), FWD_KEEP=1 keeps the work directory.
+# found on PATH otherwise), FWD_KEEP=1 keeps the work directory, FWD_DECODING_WORK_MEM (unset: PostgreSQL's
+# 64MB) sets logical_decoding_work_mem on every server, so for pgfleet's WAL senders and native's alike.
+#
+# Besides the times, it reports the CPU each bulk change cost, from /proc: pgfleet's process, the primary's WAL
+# senders, and each applying server's processes (their backends live through the step; the primary's backend
+# that ran the change is not counted).
 set -Eeuo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -34,6 +39,7 @@ FWD_ROWS=${FWD_ROWS:-2000000}
 FWD_PORT_BASE=${FWD_PORT_BASE:-17600}
 FWD_TIMEOUT=${FWD_TIMEOUT:-600}
 FWD_REPLICAS=${FWD_REPLICAS:-2}
+FWD_DECODING_WORK_MEM=${FWD_DECODING_WORK_MEM:-}
 PGFLEET_BIN=${PGFLEET_BIN:-$ROOT/target/release/pgfleet}
 if [[ -z ${PG_BIN:-} ]]; then
     PG_BIN=$(dirname "$(command -v initdb || echo /usr/lib/postgresql/15/bin/initdb)")
@@ -115,6 +121,9 @@ shared_buffers = 128MB
 max_wal_size = 2GB
 logging_collector = off
 EOF
+    if [[ -n $FWD_DECODING_WORK_MEM ]]; then
+        echo "logical_decoding_work_mem = '$FWD_DECODING_WORK_MEM'" >>"$dir/postgresql.conf"
+    fi
     DATADIRS+=("$dir")
     "${RUN_AS[@]}" "$PG_BIN/pg_ctl" -D "$dir" -l "$WORK/$name.log" -w start >/dev/null ||
         die "starting $name: $(tail -5 "$WORK/$name.log")"
@@ -172,18 +181,76 @@ bulk_sql() { # KIND MARK
     printf 'BEGIN; %s; UPDATE marker SET n = %s WHERE id = 1; COMMIT;' "$body" "$2"
 }
 
+# CPU clock ticks so far, as "pgfleet=N walsenders=N replica1=N ...": pgfleet's process (all threads), the
+# primary's WAL senders, and every process of each other server (children of its postmaster).
+cpu_ticks() {
+    python3 - "${PGFLEET_PID:-0}" "$WORK" "${NAMES[@]}" <<'PY'
+import os, sys
+pgfleet, work, names = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+def stat(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[1]), int(fields[11]) + int(fields[12])  # ppid, utime + stime
+    except (OSError, IndexError, ValueError):
+        return None
+def cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+postmasters = {}
+for name in names:
+    try:
+        with open(f"{work}/{name}/postmaster.pid") as f:
+            postmasters[int(f.readline())] = name
+    except (OSError, ValueError):
+        pass
+totals = {"pgfleet": 0, "walsenders": 0, **{n: 0 for n in names if n != "primary"}}
+if pgfleet and (s := stat(pgfleet)):
+    totals["pgfleet"] = s[1]
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    s = stat(pid)
+    if s is None or s[0] not in postmasters:
+        continue
+    server = postmasters[s[0]]
+    if server == "primary":
+        if "walsender" in cmdline(pid):
+            totals["walsenders"] += s[1]
+    else:
+        totals[server] += s[1]
+print(" ".join(f"{k}={v}" for k, v in totals.items()))
+PY
+}
+
+# CPU seconds between two cpu_ticks lines, for the parts that moved.
+cpu_spent() { # BEFORE AFTER
+    python3 - "$1" "$2" "$(getconf CLK_TCK)" <<'PY'
+import sys
+before = dict(kv.split("=") for kv in sys.argv[1].split())
+after = dict(kv.split("=") for kv in sys.argv[2].split())
+hz = int(sys.argv[3])
+parts = [f"{k} {(int(v) - int(before.get(k, 0))) / hz:.2f}" for k, v in after.items() if int(v) > int(before.get(k, 0))]
+print(", ".join(parts) or "-")
+PY
+}
+
 declare -A RESULT=()
+declare -A CPU=()
 run_bulk() { # PREFIX TARGETS...: runs update, delete, insert; RESULT[PREFIX.kind.target] = seconds
-    local prefix=$1 kind target started
+    local prefix=$1 kind target started ticks
     shift
     for kind in update delete insert; do
         MARK=$((MARK + 1))
+        ticks=$(cpu_ticks)
         sql primary "$(bulk_sql "$kind" "$MARK")" >/dev/null
         started=$(now)
         for target in "$@"; do
             wait_for "$prefix $kind" "$target" "SELECT n FROM marker" "$MARK"
             RESULT[$prefix.$kind.$target]=$(since "$started")
         done
+        CPU[$prefix.$kind]=$(cpu_spent "$ticks" "$(cpu_ticks)")
         log "$prefix $kind: $(for t in "$@"; do printf '%s %ss  ' "$t" "${RESULT[$prefix.$kind.$t]}"; done)"
         sql primary "CHECKPOINT" >/dev/null
     done
@@ -249,7 +316,7 @@ run_bulk native sub
 
 # ---- report --------------------------------------------------------------------------------------------------
 echo
-echo "forward-mode apply bench: $FWD_ROWS rows, $FWD_REPLICAS pgfleet replica(s), $(nproc) cores, pgfleet $("$PGFLEET_BIN" --version 2>/dev/null | awk '{print $2}')"
+echo "forward-mode apply bench: $FWD_ROWS rows, $FWD_REPLICAS pgfleet replica(s), $(nproc) cores, pgfleet $("$PGFLEET_BIN" --version 2>/dev/null | awk '{print $2}'), logical_decoding_work_mem ${FWD_DECODING_WORK_MEM:-64MB}"
 printf '%-34s %10s %14s\n' "step" "seconds" "rows/s"
 printf '%-34s %10s %14s\n' "COPY pipe to one server" "$COPY_PIPE" "$(rate "$FWD_ROWS" "$COPY_PIPE")"
 for r in "${REPLICAS[@]}"; do
@@ -263,4 +330,10 @@ for kind in update delete insert; do
     done
     s=${RESULT[native.$kind.sub]}
     printf '%-34s %10s %14s\n' "native $kind, sub" "$s" "$(rate "$FWD_ROWS" "$s")"
+done
+echo
+echo "CPU seconds per bulk change, from before it ran on the primary until the last target had it (/proc):"
+for kind in update delete insert; do
+    printf '  %-16s %s\n' "pgfleet $kind" "${CPU[pgfleet.$kind]:--}"
+    printf '  %-16s %s\n' "native $kind" "${CPU[native.$kind]:--}"
 done

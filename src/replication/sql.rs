@@ -123,7 +123,7 @@ fn check_count(rel: &Relation, tuple: &Tuple) -> Result<(), SqlError> {
 fn value(rel: &Relation, column: &Column, datum: &Datum) -> Result<Option<String>, SqlError> {
     match datum {
         Datum::Null => Ok(Some("NULL".to_owned())),
-        Datum::Text(text) => Ok(Some(quote_literal(text))),
+        Datum::Text(text) => Ok(Some(quote_literal(text.as_str()))),
         Datum::UnchangedToast => Ok(None),
         Datum::Binary(_) => Err(SqlError::BinaryDatum {
             table: display_name(rel),
@@ -139,10 +139,11 @@ fn condition(rel: &Relation, column: &Column, datum: &Datum) -> Result<String, S
     let name = quote_ident(&column.name);
     match datum {
         Datum::Null => Ok(format!("{name} IS NULL")),
-        Datum::Text(text) if TEXT_COMPARED_TYPES.contains(&column.type_oid) => {
-            Ok(format!("{name}::pg_catalog.text = {}", quote_literal(text)))
-        }
-        Datum::Text(text) => Ok(format!("{name} = {}", quote_literal(text))),
+        Datum::Text(text) if TEXT_COMPARED_TYPES.contains(&column.type_oid) => Ok(format!(
+            "{name}::pg_catalog.text = {}",
+            quote_literal(text.as_str())
+        )),
+        Datum::Text(text) => Ok(format!("{name} = {}", quote_literal(text.as_str()))),
         Datum::UnchangedToast => Err(SqlError::UnchangedToastKey {
             table: display_name(rel),
             column: column.name.clone(),
@@ -381,7 +382,7 @@ pub(crate) mod tests {
     }
 
     fn text(s: &str) -> Datum {
-        Datum::Text(s.to_owned())
+        Datum::Text(s.into())
     }
 
     #[test]

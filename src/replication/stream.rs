@@ -134,7 +134,7 @@ impl ReplicationStream {
             let f = self.conn.read_frame().await?;
             match f.kind {
                 b'd' => {
-                    return pgoutput::decode_copy_data(f.body())
+                    return pgoutput::decode_copy_data(&f.raw.slice(5..))
                         .map_err(|e| StreamError::Protocol(e.to_string()));
                 }
                 b'E' => {

@@ -17,6 +17,7 @@
 //! This module is pure: it builds the statements and the COPY data; `sink` runs them.
 
 use std::collections::HashSet;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use super::super::pgoutput::{Datum, Relation, Tuple};
 use super::super::sql::{self, SqlError, TEXT_COMPARED_TYPES, qualified};
@@ -169,26 +170,62 @@ pub(crate) struct BulkSet {
     pub shape: Shape,
     /// The changes.
     pub changes: Vec<Change>,
-    /// Keys (old and new) the UPDATEs of the set touch.
-    keys: HashSet<String>,
+    /// Keys (old and new) the UPDATEs of the set touch, as hashes ([`key_hash`]): a row whose key shares a
+    /// hash with another's only starts a new set, which is always correct, and a set of a million rows
+    /// keeps no copy of their keys.
+    keys: HashSet<u64, BuildHasherDefault<Hashed>>,
 }
 
-/// A key's values as one string, for telling rows apart.
-fn key_text(rel: &Relation, tuple: &Tuple) -> String {
-    let mut out = String::new();
+/// A hash of a key's values (each column's NULL or text, with a separator), for telling rows apart.
+/// FNV-1a: the keys are short, and a set looks up every row's.
+fn key_hash(rel: &Relation, tuple: &Tuple) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |byte: u8| {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    };
     for (column, datum) in rel.columns.iter().zip(tuple) {
         if column.key {
             match datum {
                 Datum::Text(t) => {
-                    out.push('t');
-                    out.push_str(t);
+                    eat(b't');
+                    t.as_bytes().iter().for_each(|&b| eat(b));
                 }
-                _ => out.push('n'),
+                _ => eat(b'n'),
             }
-            out.push('\u{0}');
+            // Text values hold no NUL: a separator no value can end with.
+            eat(0);
         }
     }
-    out
+    hash
+}
+
+/// The hasher of a set of [`key_hash`]es: they are hashes already, and only need their bits mixed so that
+/// the table's bucket and tag bits all depend on every input byte.
+#[derive(Default)]
+struct Hashed(u64);
+
+impl Hasher for Hashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(self.0 ^ u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        // The finalizer of MurmurHash3's 64-bit variant.
+        let mut v = value;
+        v ^= v >> 33;
+        v = v.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        v ^= v >> 33;
+        v = v.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        v ^= v >> 33;
+        self.0 = v;
+    }
 }
 
 impl BulkSet {
@@ -198,7 +235,7 @@ impl BulkSet {
             rel,
             shape,
             changes: Vec::new(),
-            keys: HashSet::new(),
+            keys: HashSet::default(),
         };
         set.push(change);
         set
@@ -212,10 +249,10 @@ impl BulkSet {
         }
         match change {
             Change::Update { old, new, .. } => {
-                !self.keys.contains(&key_text(&self.rel, new))
+                !self.keys.contains(&key_hash(&self.rel, new))
                     && old
                         .as_ref()
-                        .is_none_or(|o| !self.keys.contains(&key_text(&self.rel, o)))
+                        .is_none_or(|o| !self.keys.contains(&key_hash(&self.rel, o)))
             }
             _ => true,
         }
@@ -224,9 +261,9 @@ impl BulkSet {
     /// Adds a change (after [`BulkSet::accepts`]).
     pub(crate) fn push(&mut self, change: Change) {
         if let Change::Update { old, new, .. } = &change {
-            self.keys.insert(key_text(&self.rel, new));
+            self.keys.insert(key_hash(&self.rel, new));
             if let Some(old) = old {
-                self.keys.insert(key_text(&self.rel, old));
+                self.keys.insert(key_hash(&self.rel, old));
             }
         }
         self.changes.push(change);
@@ -385,7 +422,13 @@ impl BulkSet {
 fn copy_field(d: &Datum, out: &mut Vec<u8>) {
     match d {
         Datum::Text(t) => {
-            for b in t.bytes() {
+            let bytes = t.as_bytes();
+            // Most values need no escape: copied whole, after one look at each byte.
+            if !bytes.iter().any(|b| matches!(b, b'\\' | b'\n' | b'\r' | b'\t')) {
+                out.extend_from_slice(bytes);
+                return;
+            }
+            for &b in bytes {
                 match b {
                     b'\\' => out.extend_from_slice(b"\\\\"),
                     b'\n' => out.extend_from_slice(b"\\n"),

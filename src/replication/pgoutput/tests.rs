@@ -2,6 +2,15 @@
 
 use super::*;
 
+/// The decoders read from [`Bytes`] (values are slices of the message); the tests build plain buffers.
+fn decode(data: &[u8]) -> Result<PgOutput, DecodeError> {
+    super::decode(&Bytes::copy_from_slice(data))
+}
+
+fn decode_copy_data(body: &[u8]) -> Result<ReplicationMessage, DecodeError> {
+    super::decode_copy_data(&Bytes::copy_from_slice(body))
+}
+
 /// Builds messages field by field, the way the walsender lays them out.
 struct Msg(Vec<u8>);
 
@@ -186,7 +195,7 @@ fn all_pgoutput() -> Vec<Vec<u8>> {
 }
 
 fn text(s: &str) -> Datum {
-    Datum::Text(s.to_owned())
+    Datum::Text(s.into())
 }
 
 #[test]
@@ -639,4 +648,27 @@ fn garbage_never_panics() {
             let _ = decode(&mutated);
         }
     }
+}
+
+#[test]
+fn row_values_are_slices_of_the_message() {
+    // A bulk change decodes millions of values: they point into the message they came in, not into copies.
+    let msg = Msg::tag(b'I')
+        .u32(16384)
+        .u8(b'N')
+        .i16(2)
+        .text("4711")
+        .text("hello");
+    let data = Bytes::from(msg.0);
+    let Ok(PgOutput::Insert { new, .. }) = super::decode(&data) else {
+        panic!("not an insert");
+    };
+    let within = data.as_ptr_range();
+    for datum in &new {
+        let Datum::Text(t) = datum else {
+            panic!("not text: {datum:?}");
+        };
+        assert!(within.contains(&t.as_bytes().as_ptr()), "{t:?} was copied");
+    }
+    assert_eq!(new, vec![Datum::Text("4711".into()), Datum::Text("hello".into())]);
 }

@@ -30,7 +30,7 @@ fn two_keys() -> Relation {
 }
 
 fn text(s: &str) -> Datum {
-    Datum::Text(s.to_owned())
+    Datum::Text(s.into())
 }
 
 fn upd(old: Option<Tuple>, new: Tuple) -> Change {
@@ -335,4 +335,26 @@ fn small_sets_stay_row_wise() {
         big.push(c);
     }
     assert_eq!(big.len(), MAX_ROWS);
+}
+
+#[test]
+fn distinct_keys_join_a_set_however_their_values_split() {
+    // Keys are told apart by hashes of each column's value with a separator: ("1", "23") and ("12", "3")
+    // are different rows, and so are ten thousand consecutive integer keys.
+    let r = two_keys();
+    let row = |a: &str, b: &str| upd(None, vec![text(a), text(b), text("{}")]);
+    let first = row("1", "23");
+    let s = shape(&r, &first).expect("staged");
+    let mut set = BulkSet::new(r.clone(), s.clone(), first);
+    let other = row("12", "3");
+    assert!(set.accepts(&s, &other));
+    set.push(other);
+    for i in 0..10_000 {
+        let change = row(&i.to_string(), "k");
+        assert!(set.accepts(&s, &change), "key {i}");
+        set.push(change);
+    }
+    for (a, b) in [("1", "23"), ("12", "3"), ("0", "k"), ("9999", "k")] {
+        assert!(!set.accepts(&s, &row(a, b)), "({a}, {b}) is in the set");
+    }
 }
