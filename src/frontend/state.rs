@@ -106,6 +106,9 @@ pub struct Statement {
 #[derive(Debug, Default)]
 pub struct Statements {
     by_name: foldhash::HashMap<String, Statement>,
+    /// A statement pgfleet answers itself was ever recorded ([`Statements::insert_answered_here`]); until
+    /// then no Bind can name one, and a request's Binds need not be looked up for it.
+    answered_here: bool,
 }
 
 /// Ids of unnamed statements, unique across sessions: in transaction pooling a connection's unnamed
@@ -125,6 +128,17 @@ impl Statements {
             }
         }
         id
+    }
+
+    /// Records a statement that pgfleet answers itself when it is executed, rather than a node.
+    pub fn insert_answered_here(&mut self, name: &str, stmt: Statement) -> u64 {
+        self.answered_here = true;
+        self.insert(name, stmt)
+    }
+
+    /// Whether a statement pgfleet answers itself may be among these (once one was, always).
+    pub fn may_hold_answered_here(&self) -> bool {
+        self.answered_here
     }
 
     /// Looks one up.

@@ -92,10 +92,14 @@ pub(super) fn has_token_statement(req: &Request, statements: &Statements) -> boo
             parse_text_bytes(f.body()).is_some_and(may_be_token)
                 && parse_fields(f.body()).is_some_and(|(_, text)| token_command(text).is_some())
         }
-        // Only pgfleet itself records a token statement, under its own rule: no text to read again.
-        b'B' => bind_names(f.body())
-            .and_then(|(_, name)| statements.get(name))
-            .is_some_and(|s| s.rule == TOKEN_RULE),
+        // Only pgfleet itself records a token statement, under its own rule: no text to read again, and no
+        // lookup at all in a session that never prepared one.
+        b'B' => {
+            statements.may_hold_answered_here()
+                && bind_names(f.body())
+                    .and_then(|(_, name)| statements.get(name))
+                    .is_some_and(|s| s.rule == TOKEN_RULE)
+        }
         _ => false,
     })
 }
@@ -318,7 +322,7 @@ impl Session {
                 b'P' => {
                     if let Some((name, _)) = parse_fields(f.body()) {
                         let name = name.to_owned();
-                        self.statements.insert(
+                        self.statements.insert_answered_here(
                             &name,
                             crate::frontend::state::Statement {
                                 parse: f.raw.clone(),
