@@ -51,7 +51,8 @@ async fn bulk_changes_reach_both_replicas_set_wise_and_in_order() {
          INSERT INTO keyed SELECT g, 'k' || g FROM generate_series(1, 2000) g; \
          CREATE TABLE mixed (id int PRIMARY KEY, v text NOT NULL, n int); \
          CREATE TABLE nokey (a int, b text); ALTER TABLE nokey REPLICA IDENTITY FULL; \
-         CREATE TABLE ident (a int GENERATED ALWAYS AS IDENTITY, b int, v text, PRIMARY KEY (a, b))",
+         CREATE TABLE ident (a int GENERATED ALWAYS AS IDENTITY, b int, v text, PRIMARY KEY (a, b)); \
+         CREATE TABLE split (id int PRIMARY KEY, v text NOT NULL)",
     );
     let proxy = Proxy::start(&cluster, &bulk_toml());
     wait_until_streaming(&cluster, &proxy).await;
@@ -93,6 +94,12 @@ async fn bulk_changes_reach_both_replicas_set_wise_and_in_order() {
         "INSERT INTO ident (b, v) SELECT g, 'i' || g FROM generate_series(1, 1500) g",
     );
     primary_sql(&cluster, "UPDATE ident SET b = b + 1000000, v = v || '*'");
+    // Changes of more rows than a set holds: each is applied as several sets, in order.
+    primary_sql(
+        &cluster,
+        "INSERT INTO split SELECT g, 's' || g FROM generate_series(1, 25000) g",
+    );
+    primary_sql(&cluster, "UPDATE split SET v = v || '+' || id");
 
     let sums = wait_until_replicas_match(&cluster, &proxy, Duration::from_secs(90)).await;
     assert_forwarding_never_stopped(&cluster, &proxy);
@@ -102,6 +109,7 @@ async fn bulk_changes_reach_both_replicas_set_wise_and_in_order() {
     assert!(sums["mixed"].starts_with("3000 rows"), "{sums:?}");
     assert!(sums["nokey"].starts_with("2000 rows"), "{sums:?}");
     assert!(sums["ident"].starts_with("1500 rows"), "{sums:?}");
+    assert!(sums["split"].starts_with("25000 rows"), "{sums:?}");
     // The TOASTed column survived the UPDATE that did not send it.
     let big = cluster
         .psql(
@@ -125,6 +133,8 @@ async fn bulk_changes_reach_both_replicas_set_wise_and_in_order() {
         ("nokey", "Insert", 1),
         ("ident", "Insert", 1),
         ("ident", "Update", 1),
+        ("split", "Insert", 3),
+        ("split", "Update", 3),
     ] {
         let n = sets_applied(&proxy, table, kind);
         assert!(

@@ -340,7 +340,7 @@ fn small_sets_stay_row_wise() {
 #[test]
 fn distinct_keys_join_a_set_however_their_values_split() {
     // Keys are told apart by hashes of each column's value with a separator: ("1", "23") and ("12", "3")
-    // are different rows, and so are ten thousand consecutive integer keys.
+    // are different rows, and so are consecutive integer keys up to a full set.
     let r = two_keys();
     let row = |a: &str, b: &str| upd(None, vec![text(a), text(b), text("{}")]);
     let first = row("1", "23");
@@ -349,12 +349,17 @@ fn distinct_keys_join_a_set_however_their_values_split() {
     let other = row("12", "3");
     assert!(set.accepts(&s, &other));
     set.push(other);
-    for i in 0..10_000 {
+    // The two rows above and keys 0..=last: one row short of a full set.
+    let last = MAX_ROWS - 4;
+    for i in 0..=last {
         let change = row(&i.to_string(), "k");
         assert!(set.accepts(&s, &change), "key {i}");
         set.push(change);
     }
-    for (a, b) in [("1", "23"), ("12", "3"), ("0", "k"), ("9999", "k")] {
+    assert_eq!(set.len(), MAX_ROWS - 1);
+    assert!(set.accepts(&s, &row("fresh", "k")), "room for one more row");
+    let last = last.to_string();
+    for (a, b) in [("1", "23"), ("12", "3"), ("0", "k"), (last.as_str(), "k")] {
         assert!(!set.accepts(&s, &row(a, b)), "({a}, {b}) is in the set");
     }
 }
