@@ -104,12 +104,13 @@ impl Batch {
         let Some(shape) = shape(rel, &change) else {
             return self.push(&change.row_sql(rel).map_err(apply_err)?);
         };
-        if let Some(run) = &mut self.run
-            && run.accepts(&shape, &change)
-        {
-            run.push(change);
-            return Ok(());
-        }
+        let change = match &mut self.run {
+            Some(run) => match run.try_push(&shape, change) {
+                Ok(()) => return Ok(()),
+                Err(refused) => refused,
+            },
+            None => change,
+        };
         self.flush_run()?;
         self.run = Some(BulkSet::new(rel.clone(), shape, change));
         Ok(())

@@ -239,33 +239,53 @@ impl BulkSet {
             changes: Vec::new(),
             keys: HashSet::default(),
         };
-        set.push(change);
+        let touched = set.touched(&change);
+        set.add(change, touched);
         set
     }
 
-    /// Whether `change`, of shape `shape`, may join the set: same shape, room left, and for an UPDATE a row
-    /// the set has not touched yet.
-    pub(crate) fn accepts(&self, shape: &Shape, change: &Change) -> bool {
+    /// Adds `change`, of shape `shape`, if it may join the set: same shape, room left, and for an UPDATE a
+    /// row the set has not touched yet; otherwise gives it back. Each key is hashed once per row.
+    pub(crate) fn try_push(&mut self, shape: &Shape, change: Change) -> Result<(), Change> {
         if *shape != self.shape || self.changes.len() >= MAX_ROWS {
-            return false;
+            return Err(change);
         }
+        let touched = self.touched(&change);
+        if self.has_touched(touched) {
+            return Err(change);
+        }
+        self.add(change, touched);
+        Ok(())
+    }
+
+    /// [`BulkSet::try_push`]'s answer, without adding the change.
+    #[cfg(test)]
+    pub(crate) fn accepts(&self, shape: &Shape, change: &Change) -> bool {
+        *shape == self.shape && self.changes.len() < MAX_ROWS && !self.has_touched(self.touched(change))
+    }
+
+    /// Whether the set has touched one of the keys [`BulkSet::touched`] gives.
+    fn has_touched(&self, touched: Option<(u64, Option<u64>)>) -> bool {
+        touched
+            .is_some_and(|(new, old)| self.keys.contains(&new) || old.is_some_and(|o| self.keys.contains(&o)))
+    }
+
+    /// The keys an UPDATE touches, as [`key_hash`]es: its new key's and, when the key changed, its old key's.
+    fn touched(&self, change: &Change) -> Option<(u64, Option<u64>)> {
         match change {
-            Change::Update { old, new, .. } => {
-                !self.keys.contains(&key_hash(&self.rel, new))
-                    && old
-                        .as_ref()
-                        .is_none_or(|o| !self.keys.contains(&key_hash(&self.rel, o)))
-            }
-            _ => true,
+            Change::Update { old, new, .. } => Some((
+                key_hash(&self.rel, new),
+                old.as_ref().map(|o| key_hash(&self.rel, o)),
+            )),
+            _ => None,
         }
     }
 
-    /// Adds a change (after [`BulkSet::accepts`]).
-    pub(crate) fn push(&mut self, change: Change) {
-        if let Change::Update { old, new, .. } = &change {
-            self.keys.insert(key_hash(&self.rel, new));
+    fn add(&mut self, change: Change, touched: Option<(u64, Option<u64>)>) {
+        if let Some((new, old)) = touched {
+            self.keys.insert(new);
             if let Some(old) = old {
-                self.keys.insert(key_hash(&self.rel, old));
+                self.keys.insert(old);
             }
         }
         self.changes.push(change);
