@@ -1,12 +1,12 @@
 //! The forwarding task for one (database, replica): initial copy when the replica has no progress yet,
-//! then the pgoutput stream applied in commit order. Consecutive small transactions share one replica
-//! transaction (`batch`); a large one is sent in chunks inside its replica transaction, and its runs of bulk
-//! changes are applied set-wise (`bulk`). The stream side decodes and builds while the replica side (`sink`)
-//! runs what was built before, so neither waits for the other. The last applied commit
-//! position is written to `pgfleet_replica.progress` in the same replica transaction as the changes, and
-//! the slot is confirmed only up to what the replica has committed, so a crash of pgfleet or of the replica
-//! at any moment leads to neither loss nor duplicates: on restart, transactions at or below the stored
-//! position are skipped.
+//! then the database's shared change stream (`feed`) applied in commit order. Consecutive small
+//! transactions share one replica transaction (`batch`); a large one is sent in chunks inside its replica
+//! transaction, and its runs of bulk changes are applied set-wise (`bulk`). The stream side decodes and
+//! builds while the replica side (`sink`) runs what was built before, so neither waits for the other. The
+//! last applied commit position is written to `pgfleet_replica.progress` in the same replica transaction as
+//! the changes, and the slot is confirmed only up to what every replica has committed, so a crash of pgfleet
+//! or of a replica at any moment leads to neither loss nor duplicates: on restart, transactions at or below
+//! the stored position are skipped.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,7 +18,8 @@ use super::copy::{CopyJob, initial_copy};
 use tokio::sync::mpsc;
 
 use self::batch::{Batch, Commit, Step};
-use super::pgoutput::{self, Lsn, Relation, ReplicationMessage};
+use super::feed::{Event, Feed, Subscription};
+use super::pgoutput::{self, Lsn, Relation};
 use super::setup::{ForwardError, client, slot_name, sql_err};
 use super::stream::ReplicationStream;
 use super::{Progress, State};
@@ -40,24 +41,42 @@ pub(crate) struct Applier {
     ctx: Arc<Replication>,
     node: usize,
     database: String,
+    /// The database's shared stream, and this replica's number there.
+    feed: Arc<Feed>,
+    member: usize,
+    /// The feed's slot: the key of this replica's progress row.
     slot: String,
+    /// The temporary slot whose snapshot an initial copy reads (named as the per-replica slots of earlier
+    /// versions were, which a copy drops first).
+    copy_slot: String,
     progress: Arc<Progress>,
 }
 
 impl Applier {
-    /// The task for `node` (a replica) and the `db`-th forwarded database.
-    pub(crate) fn new(ctx: Arc<Replication>, node: usize, db: usize, progress: Arc<Progress>) -> Self {
+    /// The task for `node` (a replica, `member` of `feed`) and the `db`-th forwarded database.
+    pub(crate) fn new(
+        ctx: Arc<Replication>,
+        node: usize,
+        db: usize,
+        feed: Arc<Feed>,
+        member: usize,
+        progress: Arc<Progress>,
+    ) -> Self {
         let database = ctx.forward.databases[db].clone();
-        let slot = slot_name(
+        let copy_slot = slot_name(
             &ctx.config().replication.name,
             &database,
             &ctx.fleet.nodes()[node].target.name,
         );
+        let slot = feed.slot().to_owned();
         Self {
             ctx,
             node,
             database,
+            feed,
+            member,
             slot,
+            copy_slot,
             progress,
         }
     }
@@ -70,6 +89,10 @@ impl Applier {
             let started = std::time::Instant::now();
             match self.run_once().await {
                 Ok(()) => pause = Duration::from_millis(500),
+                // The shared stream starts over: join it again at once, from the stored position.
+                Err(ForwardError::Rewound) => {
+                    tracing::debug!(replica = %name, database = %self.database, "change stream started over");
+                }
                 Err(e) => {
                     // A run that streamed for a while earned a quick retry; repeated quick failures back off.
                     if started.elapsed() > Duration::from_secs(30) {
@@ -118,58 +141,41 @@ impl Applier {
             .await
             .map_err(sql_err("reading progress"))?
             .map(|r| (r.get(0), r.get(1)));
-        let mut stream =
-            ReplicationStream::connect(&primary, &user, &password, &self.database, timeout).await?;
         let start = match stored {
             Some((lsn, state)) if state == "streaming" => lsn
                 .parse::<Lsn>()
                 .map_err(|_| ForwardError::Apply(format!("bad progress {lsn}")))?,
-            _ => self.copy(&mut stream, &replica, &primary, &replica_node).await?,
+            _ => self.copy(&replica, &primary, &replica_node).await?,
         };
         self.progress.set_applied(start);
         self.progress.set_state(State::Streaming);
-        if let Err(e) = stream
-            .start(&self.slot, start, &self.ctx.config().replication.name)
-            .await
-        {
-            if matches!(&e, super::stream::StreamError::Refused { code, .. } if code == "42704") {
-                // The slot is gone (dropped, or invalidated by max_slot_wal_keep_size): only a fresh copy can
-                // make the replica whole again, and the next attempt does one.
-                tracing::warn!(slot = %self.slot, "replication slot missing; the replica will be copied again");
-                replica
-                    .execute(
-                        "UPDATE pgfleet_replica.progress SET state = 'lost' WHERE slot = $1",
-                        &[&self.slot],
-                    )
-                    .await
-                    .map_err(sql_err("marking the replica for a new copy"))?;
-            }
-            return Err(e.into());
-        }
-        tracing::info!(replica = %self.ctx.fleet.nodes()[self.node].target.name, database = %self.database,
-            from = %start, "forwarding changes");
-        self.follow(&mut stream, Arc::new(replica), start).await
+        let feed = self.feed.join(self.member, start)?;
+        tracing::info!(replica = %replica_node.name, database = %self.database, from = %start,
+            "forwarding changes");
+        self.follow(feed, Arc::new(replica), start).await
     }
 
-    /// Drops any earlier slot of ours, creates it afresh and copies from its snapshot.
+    /// Copies the replica from the snapshot of a temporary slot made after the feed's slot, so that the feed
+    /// still holds every transaction committed after the copy's snapshot.
     async fn copy(
         &self,
-        stream: &mut ReplicationStream,
         replica: &tokio_postgres::Client,
         primary: &NodeTarget,
         replica_node: &NodeTarget,
     ) -> Result<Lsn, ForwardError> {
         self.progress.set_state(State::Copying);
+        // Until the copy is done the slot must not move past where it is now.
+        self.feed.report(self.member, None);
         let (user, password) = self.credentials();
         let timeout = self.ctx.config().pool.connect_timeout;
         let control = client(primary, &user, &password, &self.database, timeout).await?;
-        // A slot left by a copy that crashed cannot give its snapshot again: start over. Its walsender may
-        // take a moment to notice that its client is gone.
+        // A copy slot left by a copy that crashed (or this replica's own slot from a version that kept one
+        // per replica) is dropped first. Its walsender may take a moment to notice that its client is gone.
         for attempt in 0..50 {
             let r = control
                 .execute(
                     "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1",
-                    &[&self.slot],
+                    &[&self.copy_slot],
                 )
                 .await;
             match r {
@@ -189,7 +195,10 @@ impl Applier {
             )
             .await
             .map_err(sql_err("marking the replica as copying"))?;
-        let (consistent, snapshot) = stream.create_slot(&self.slot).await?;
+        self.feed.ensure_slot(&control).await?;
+        let mut stream =
+            ReplicationStream::connect(primary, &user, &password, &self.database, timeout).await?;
+        let (consistent, snapshot) = stream.create_copy_slot(&self.copy_slot).await?;
         let job = CopyJob {
             primary,
             replica: replica_node,
@@ -211,6 +220,8 @@ impl Applier {
             )
             .await
             .map_err(sql_err("recording the copy's consistent point"))?;
+        // Ends the copy slot's connection, and with it the slot.
+        drop(stream);
         sync_sequences(&control, replica, &mut HashMap::new()).await?;
         self.progress.rows.fetch_add(rows, Ordering::Relaxed);
         tracing::info!(replica = %replica_node.address, database = %self.database, rows, at = %consistent,
@@ -220,7 +231,7 @@ impl Applier {
 
     async fn follow(
         &self,
-        stream: &mut ReplicationStream,
+        mut stream: Subscription,
         replica: Arc<tokio_postgres::Client>,
         applied: Lsn,
     ) -> Result<(), ForwardError> {
@@ -228,7 +239,7 @@ impl Applier {
         let (ack_tx, mut ack_rx) = mpsc::unbounded_channel();
         let applier = tokio::spawn(sink::run(replica.clone(), step_rx, ack_tx));
         let result = self
-            .follow_stream(stream, &replica, applied, &step_tx, &mut ack_rx)
+            .follow_stream(&mut stream, &replica, applied, &step_tx, &mut ack_rx)
             .await;
         // Whatever is queued runs to its end (a queued commit commits, together with its progress) before
         // this attempt returns, so that the next one finds the replica as this one leaves it.
@@ -241,7 +252,7 @@ impl Applier {
 
     async fn follow_stream(
         &self,
-        stream: &mut ReplicationStream,
+        stream: &mut Subscription,
         replica: &tokio_postgres::Client,
         mut applied: Lsn,
         steps: &mpsc::Sender<Step>,
@@ -271,7 +282,7 @@ impl Applier {
         let closed = || ForwardError::Apply("the replica side of the forwarding task ended".into());
         loop {
             let msg = tokio::select! {
-                m = stream.next() => m?,
+                m = stream.next() => Some(m?),
                 ack = acks.recv() => {
                     let done = ack.ok_or_else(closed)??;
                     in_flight = in_flight.saturating_sub(1);
@@ -280,37 +291,47 @@ impl Applier {
                     self.progress.rows.fetch_add(done.changes as u64, Ordering::Relaxed);
                     self.progress.transactions.fetch_add(done.transactions, Ordering::Relaxed);
                     self.progress.last_commit_time.store(done.last_commit_time, Ordering::Relaxed);
-                    stream.send_status(applied, false).await?;
+                    self.feed.report(self.member, Some(applied));
                     continue;
                 }
+                // Also a second look at whether a finished batch is due, should the feed have stopped
+                // holding more messages without sending any.
                 _ = ticker.tick() => {
                     if !batch.busy() && in_flight == 0 {
                         sync_sequences(&control, replica, &mut sequences).await?;
                     }
-                    continue;
+                    None
                 }
             };
             match msg {
-                ReplicationMessage::PrimaryKeepalive {
-                    wal_end,
-                    reply_requested,
-                    ..
-                } => {
-                    if !batch.busy() && in_flight == 0 {
-                        // Nothing received is left unapplied: the replica is consistent with the primary here.
-                        self.progress.visible.fetch_max(wal_end.0, Ordering::Relaxed);
-                    }
-                    if reply_requested {
-                        stream.send_status(applied, false).await?;
-                    }
+                None => {}
+                // Nothing received is left unapplied: the replica is consistent with the primary here.
+                Some(Event::Keepalive { wal_end }) if !batch.busy() && in_flight == 0 => {
+                    self.progress.visible.fetch_max(wal_end.0, Ordering::Relaxed);
                 }
-                ReplicationMessage::XLogData { data, .. } => {
+                Some(Event::Keepalive { .. }) => {}
+                Some(Event::Data { data }) => {
                     let change = pgoutput::decode(&data).map_err(|e| ForwardError::Apply(e.to_string()))?;
                     tracing::trace!(kind = change.kind(), "change");
                     batch.add(change, &mut relations, applied)?;
                     for step in batch.take_ready() {
                         steps.send(step).await.map_err(|_| closed())?;
                     }
+                }
+                Some(Event::Recopy) => {
+                    // The slot was made afresh (dropped, invalidated by max_slot_wal_keep_size, or pgfleet
+                    // upgraded from a slot per replica): only a fresh copy can make the replica whole again,
+                    // and the next attempt does one.
+                    tracing::warn!(slot = %self.slot, at = %applied,
+                        "the replication slot no longer holds this replica's changes; it will be copied again");
+                    replica
+                        .execute(
+                            "UPDATE pgfleet_replica.progress SET state = 'lost' WHERE slot = $1",
+                            &[&self.slot],
+                        )
+                        .await
+                        .map_err(sql_err("marking the replica for a new copy"))?;
+                    return Err(ForwardError::Apply("the replica must be copied again".into()));
                 }
             }
             // Commit what whole transactions have gathered once the batch is big enough or nothing more is

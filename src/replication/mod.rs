@@ -1,13 +1,14 @@
 //! Forward mode: pgfleet keeps plain PostgreSQL replicas in sync by forwarding the primary's committed
-//! changes. Per (database, replica) one task owns a logical replication slot on the primary; it first copies
-//! schema and data from the slot's exported snapshot (`copy`), then decodes the pgoutput stream (`stream`,
-//! `pgoutput`) and applies it as SQL (`sql`) in commit order (`apply`), storing its progress on the replica
-//! in the same transaction as the changes. `setup` prepares the primary: checks, the publication, and the
+//! changes. Per database one task reads a logical replication slot on the primary and hands its pgoutput
+//! stream to every replica (`feed`, `stream`); per (database, replica) one task first copies schema and data
+//! from a snapshot (`copy`), then decodes the stream (`pgoutput`) and applies it as SQL (`sql`) in commit
+//! order (`apply`), storing its progress on the replica in the same transaction as the changes. `setup` prepares the primary: checks, the publication, and the
 //! event trigger that puts DDL into the WAL stream at its place; `teardown` removes all that again
 //! (`pgfleet forward-stop`).
 
 pub(crate) mod apply;
 pub(crate) mod copy;
+pub(crate) mod feed;
 pub(crate) mod pgoutput;
 pub mod setup;
 pub(crate) mod slots;
@@ -222,7 +223,8 @@ impl Replication {
     }
 }
 
-/// Starts one forwarding task per (database, replica) when forward mode is on.
+/// Starts one change stream per database and one forwarding task per (database, replica) when forward
+/// mode is on.
 pub fn spawn(ctx: &Arc<Replication>) {
     if !ctx.forward.enabled() {
         return;
@@ -234,9 +236,16 @@ pub fn spawn(ctx: &Arc<Replication>) {
             tracing::error!(error = %e, "forward mode cannot start");
             return;
         }
-        for (node, per_db) in ctx.forward.progress.iter().enumerate() {
-            for (db, progress) in per_db.iter().enumerate() {
-                let task = apply::Applier::new(ctx.clone(), node, db, progress.clone());
+        let replicas: Vec<usize> = (0..ctx.forward.progress.len())
+            .filter(|node| !ctx.forward.progress[*node].is_empty())
+            .collect();
+        for (db, database) in ctx.forward.databases.iter().enumerate() {
+            let slot = setup::feed_slot_name(&ctx.config().replication.name, database);
+            let (feed, stream) = feed::Feed::new(ctx.clone(), database.clone(), slot, replicas.len());
+            tokio::spawn(stream.run_forever());
+            for (member, node) in replicas.iter().enumerate() {
+                let progress = ctx.forward.progress[*node][db].clone();
+                let task = apply::Applier::new(ctx.clone(), *node, db, feed.clone(), member, progress);
                 tokio::spawn(task.run_forever());
             }
         }

@@ -31,6 +31,10 @@ pub enum ForwardError {
     /// A change could not be turned into SQL.
     #[error("forward mode: {0}")]
     Apply(String),
+    /// The database's shared change stream started over (a replica behind it joined): the applier joins
+    /// again from its stored position.
+    #[error("forward mode: the change stream started over")]
+    Rewound,
 }
 
 /// The server's own words when there are some ("db error" alone helps nobody).
@@ -218,4 +222,10 @@ pub fn slot_name(prefix: &str, database: &str, node: &str) -> String {
     let mut name = format!("{prefix}_{}_{}", clean(database), clean(node));
     name.truncate(63);
     name
+}
+
+/// The slot of `database`'s shared change stream: the per-node name with an empty node name, which no
+/// node has, so it never collides with a replica's copy slot and matches `forward-stop`'s pattern.
+pub fn feed_slot_name(prefix: &str, database: &str) -> String {
+    slot_name(prefix, database, "")
 }

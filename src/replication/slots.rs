@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::setup::{ForwardError, client, slot_name, sql_err};
+use super::setup::{ForwardError, client, feed_slot_name, sql_err};
 use super::{Progress, Replication, State};
 use crate::config::{ReplicationMode, Role};
 use crate::protocol::lsn::{Lsn, pg_epoch_micros_now};
@@ -344,7 +344,7 @@ pub(crate) fn report_with(ctx: &Replication, monitor: Option<&SlotMonitor>) -> V
         for (node, per_db) in forward.progress.iter().enumerate() {
             let name = &ctx.fleet.nodes()[node].target.name;
             for (database, progress) in forward.databases.iter().zip(per_db) {
-                let slot = slot_name(&ctx.config().replication.name, database, name);
+                let slot = feed_slot_name(&ctx.config().replication.name, database);
                 let state = progress.state();
                 let applied = progress.applied();
                 let visible = progress.visible();

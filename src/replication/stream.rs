@@ -1,5 +1,5 @@
-//! A logical replication connection to the primary (`replication=database`): creating a slot with an
-//! exported snapshot, starting pgoutput streaming, receiving CopyData and sending standby status updates.
+//! A logical replication connection to the primary (`replication=database`): creating a temporary slot
+//! with an exported snapshot, starting pgoutput streaming, receiving CopyData and sending standby status updates.
 
 use std::time::Duration;
 
@@ -68,12 +68,13 @@ impl ReplicationStream {
         }
     }
 
-    /// Creates a logical slot for pgoutput and exports its snapshot; returns (consistent point, snapshot
-    /// name). The snapshot stays usable by other connections until this one runs its next command.
-    pub(crate) async fn create_slot(&mut self, slot: &str) -> Result<(Lsn, String), StreamError> {
+    /// Creates a temporary logical slot for pgoutput and exports its snapshot; returns (consistent point,
+    /// snapshot name). The snapshot stays usable by other connections until this one runs its next command;
+    /// the slot goes with the connection (it only marks where a copy's rows end).
+    pub(crate) async fn create_copy_slot(&mut self, slot: &str) -> Result<(Lsn, String), StreamError> {
         let rows = self
             .command(&format!(
-                "CREATE_REPLICATION_SLOT {slot} LOGICAL pgoutput (SNAPSHOT 'export')"
+                "CREATE_REPLICATION_SLOT {slot} TEMPORARY LOGICAL pgoutput (SNAPSHOT 'export')"
             ))
             .await?;
         let row = rows

@@ -166,7 +166,11 @@ async fn clear_progress(
     database: &str,
     report: &mut Report,
 ) {
-    let slot = super::setup::slot_name(&config.replication.name, database, &replica.name);
+    // The shared stream's key, and the per-replica key of versions that kept a slot per replica.
+    let keys = [
+        super::setup::feed_slot_name(&config.replication.name, database),
+        super::setup::slot_name(&config.replication.name, database, &replica.name),
+    ];
     let c = match client(replica, user, password, database, config.pool.connect_timeout).await {
         Ok(c) => c,
         Err(e) => {
@@ -177,13 +181,17 @@ async fn clear_progress(
         }
     };
     let result = c
-        .execute("DELETE FROM pgfleet_replica.progress WHERE slot = $1", &[&slot])
+        .execute(
+            "DELETE FROM pgfleet_replica.progress WHERE slot = ANY($1)",
+            &[&&keys[..]],
+        )
         .await;
     match result {
         Ok(0) => {}
-        Ok(_) => report
-            .removed
-            .push(format!("progress of slot {slot} on replica {}", replica.name)),
+        Ok(_) => report.removed.push(format!(
+            "progress of slot {} on replica {}",
+            keys[0], replica.name
+        )),
         // No progress table: this replica was never forwarded to.
         Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {}
         Err(e) => report

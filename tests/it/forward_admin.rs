@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::support::cluster::{APP_DB, APP_USER, PASSWORD, cluster_with_async, options};
 use crate::support::proxy::{Proxy, Row, connect, free_port, show, text};
-use pgfleet::replication::setup::slot_name;
+use pgfleet::replication::setup::feed_slot_name;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::Client;
 
@@ -143,11 +143,8 @@ async fn show_replication_and_metrics_follow_copy_and_stream() {
         let row = row_of(&rows, &replica.name);
         assert_eq!(text(row, "database"), APP_DB, "{row:?}");
         assert_eq!(text(row, "mode"), "forward", "{row:?}");
-        assert_eq!(
-            text(row, "slot"),
-            slot_name("pgfleet", APP_DB, &replica.name),
-            "{row:?}"
-        );
+        // One slot per database, shared by its replicas.
+        assert_eq!(text(row, "slot"), feed_slot_name("pgfleet", APP_DB), "{row:?}");
         assert!(text(row, "applied_lsn").contains('/'), "{row:?}");
         assert!(number(row, "rows") >= SEEDED, "{row:?}");
     }
@@ -219,7 +216,7 @@ async fn show_replication_and_metrics_follow_copy_and_stream() {
                 "{prefix} in\n{body}"
             );
         }
-        let slot = slot_name("pgfleet", APP_DB, &replica.name);
+        let slot = feed_slot_name("pgfleet", APP_DB);
         let prefix = format!("pgfleet_replication_slot_retained_bytes{{slot=\"{slot}\"}} ");
         let sample = body
             .lines()
@@ -238,11 +235,7 @@ async fn show_replication_and_metrics_follow_copy_and_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slot_over_max_slot_lag_is_warned_once_per_crossing() {
     let cluster = forward_cluster().await;
-    let slots: Vec<String> = cluster
-        .replicas
-        .iter()
-        .map(|r| slot_name("pgfleet", APP_DB, &r.name))
-        .collect();
+    let slots = [feed_slot_name("pgfleet", APP_DB)];
     {
         let proxy = Proxy::start(&cluster, &config(None, ""));
         let admin = connect(&proxy.dsn(ADMIN_USER, ADMIN_PASSWORD, "pgfleet")).await;

@@ -7,7 +7,7 @@ use crate::support::proxy::{Proxy, connect};
 
 fn forward_toml() -> String {
     format!(
-        "[replication]\nmode = \"forward\"\nuser = \"postgres\"\npassword = \"{PASSWORD}\"\ndatabases = [\"{APP_DB}\"]\n\n[health]\ninterval = \"200ms\"\n"
+        "[replication]\nmode = \"forward\"\nuser = \"postgres\"\npassword = \"{PASSWORD}\"\ndatabases = [\"{APP_DB}\"]\n\n[health]\ninterval = \"200ms\""
     )
 }
 
@@ -67,4 +67,29 @@ async fn copies_then_streams_to_plain_servers() {
     assert_eq!(row.get::<_, i64>(0), 500);
     let log = proxy.log_contents();
     assert!(log.contains("forwarding changes"), "{log}");
+
+    // Both replicas are fed from one slot and one WAL sender on the primary: the database's changes are
+    // decoded once. (The copies' temporary slots end with their connections, which the server notices a
+    // moment later.)
+    wait_for(&proxy, "one slot and one WAL sender", || {
+        cluster
+            .psql(
+                &cluster.primary,
+                APP_DB,
+                "SELECT (SELECT count(*) FROM pg_replication_slots) || ' ' || \
+                 (SELECT count(*) FROM pg_stat_replication)",
+            )
+            .map(|s| s.trim() == "1 1")
+            .unwrap_or(false)
+    })
+    .await;
+    assert_eq!(cluster.replicas.len(), 2);
+    let slot = cluster
+        .psql(
+            &cluster.primary,
+            APP_DB,
+            "SELECT slot_name || ' ' || active || ' ' || temporary FROM pg_replication_slots",
+        )
+        .expect("slots");
+    assert_eq!(slot.trim(), format!("pgfleet_{APP_DB}_ true false"));
 }

@@ -1,0 +1,540 @@
+//! One change stream per forwarded database, shared by all of its replicas.
+//!
+//! Decoding is the largest cost forward mode puts on the primary: a WAL sender reads every WAL record of
+//! the database, reorders the changes by transaction (spilling large ones to disk) and turns each row into
+//! pgoutput. With a slot per replica that work was done once per replica. The feed reads one slot per
+//! database and hands every pgoutput message to each replica's applier ([`Subscription`]); the slot is
+//! confirmed only up to what every replica of the database has durably applied, so a replica that is down
+//! or behind still finds the WAL it needs when it returns, as it did with a slot of its own.
+//!
+//! A replica joins at a transaction boundary of the stream, after the descriptions of the relations (and
+//! types) sent so far, which pgoutput sends once per stream. When the stream has already passed a commit the
+//! joiner has not applied (it was copied from a snapshot a moment ago, or its applier restarted), the stream
+//! starts over from the slot's confirmed position: the other subscriptions end, their appliers read their
+//! progress again and join the new stream, and each skips the transactions it has. A replica whose position
+//! is behind the slot's confirmed position (the slot was made afresh: dropped by hand, invalidated, or
+//! pgfleet upgraded from a slot per replica) cannot be made whole from this slot and is told to copy again.
+//!
+//! The feed sends a replica's messages in stream order and waits when the replica's queue is full, so the
+//! replicas of a database move at the pace of the slowest one that is streaming.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{Notify, mpsc};
+
+use super::Replication;
+use super::pgoutput::{Lsn, ReplicationMessage};
+use super::setup::{ForwardError, client, sql_err};
+use super::stream::{ReplicationStream, StreamError};
+use crate::backend::connect::NodeTarget;
+
+/// Messages queued per replica before the feed waits for it.
+const QUEUE: usize = 1024;
+/// How long a new stream waits for the replicas that were following before they all ask to join, so that a
+/// restart is shared rather than repeated once per replica.
+const GATHER: Duration = Duration::from_secs(2);
+/// How often a slot another task is creating is looked at again.
+const SLOT_POLL: Duration = Duration::from_millis(100);
+
+/// What the feed hands a replica's applier.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// One pgoutput message.
+    Data { data: Bytes },
+    /// The primary's WAL end while the stream is idle or between messages.
+    Keepalive { wal_end: Lsn },
+    /// The replica's position is behind what the slot keeps: only a fresh copy can make it whole.
+    Recopy,
+}
+
+/// A replica's place in the shared stream. Ends (`next` fails with [`ForwardError::Rewound`]) when the
+/// stream starts over; the applier then joins again from its stored position.
+pub(crate) struct Subscription {
+    events: mpsc::Receiver<Event>,
+    held: Arc<AtomicBool>,
+}
+
+impl Subscription {
+    /// The next event, in stream order.
+    pub(crate) async fn next(&mut self) -> Result<Event, ForwardError> {
+        self.events.recv().await.ok_or(ForwardError::Rewound)
+    }
+
+    /// Whether another message is already on its way (queued here, or received by the feed and not yet
+    /// handed out), so that a batch may grow without waiting.
+    pub(crate) fn has_buffered(&self) -> bool {
+        !self.events.is_empty() || self.held.load(Ordering::Relaxed)
+    }
+}
+
+struct Join {
+    member: usize,
+    from: Lsn,
+    events: mpsc::Sender<Event>,
+}
+
+/// The shared stream of one database. Members are the database's replicas, numbered by the caller.
+pub(crate) struct Feed {
+    ctx: Arc<Replication>,
+    database: String,
+    slot: String,
+    /// Per member: the end of the last transaction it durably applied (an [`Lsn`]'s `u64`); 0 while not
+    /// known (not reported since pgfleet started, or being copied), which holds the slot where it is.
+    applied: Vec<AtomicU64>,
+    reported: Notify,
+    /// Whether the feed holds received messages it has not handed out yet.
+    held: Arc<AtomicBool>,
+    joins: mpsc::UnboundedSender<Join>,
+}
+
+/// The feed's task: owns the replication connection; run it with [`FeedTask::run_forever`].
+pub(crate) struct FeedTask {
+    feed: Arc<Feed>,
+    joins: mpsc::UnboundedReceiver<Join>,
+}
+
+impl Feed {
+    /// The feed of `database` for `members` replicas, reading `slot`.
+    pub(crate) fn new(
+        ctx: Arc<Replication>,
+        database: String,
+        slot: String,
+        members: usize,
+    ) -> (Arc<Feed>, FeedTask) {
+        let (joins, joins_rx) = mpsc::unbounded_channel();
+        let feed = Arc::new(Feed {
+            ctx,
+            database,
+            slot,
+            applied: (0..members).map(|_| AtomicU64::new(0)).collect(),
+            reported: Notify::new(),
+            held: Arc::new(AtomicBool::new(false)),
+            joins,
+        });
+        let task = FeedTask {
+            feed: feed.clone(),
+            joins: joins_rx,
+        };
+        (feed, task)
+    }
+
+    /// The slot every replica of the database is fed from (also the key of their progress rows).
+    pub(crate) fn slot(&self) -> &str {
+        &self.slot
+    }
+
+    /// Records what `member` has durably applied; None while it is being copied (the slot then keeps
+    /// everything from where it is).
+    pub(crate) fn report(&self, member: usize, applied: Option<Lsn>) {
+        if let Some(slot) = self.applied.get(member) {
+            slot.store(applied.map_or(0, |l| l.0), Ordering::Relaxed);
+            self.reported.notify_one();
+        }
+    }
+
+    /// Asks to be fed from after `from` (the end of the last transaction `member` applied).
+    pub(crate) fn join(&self, member: usize, from: Lsn) -> Result<Subscription, ForwardError> {
+        self.report(member, Some(from));
+        let (tx, rx) = mpsc::channel(QUEUE);
+        self.joins
+            .send(Join {
+                member,
+                from,
+                events: tx,
+            })
+            .map_err(|_| {
+                ForwardError::Apply(format!("the change stream of \"{}\" has ended", self.database))
+            })?;
+        Ok(Subscription {
+            events: rx,
+            held: self.held.clone(),
+        })
+    }
+
+    /// Makes sure the slot exists on `primary` and returns its confirmed position.
+    pub(crate) async fn ensure_slot(&self, primary: &tokio_postgres::Client) -> Result<Lsn, ForwardError> {
+        ensure_slot(primary, &self.slot).await
+    }
+
+    fn known_positions(&self) -> Vec<u64> {
+        self.applied.iter().map(|a| a.load(Ordering::Relaxed)).collect()
+    }
+
+    fn primary(&self) -> NodeTarget {
+        let fleet = &self.ctx.fleet;
+        fleet.nodes()[fleet.likely_primary(crate::cluster::ShardId::default()).index()]
+            .target
+            .clone()
+    }
+
+    fn credentials(&self) -> (String, String, Duration) {
+        let config = self.ctx.config();
+        let r = &config.replication;
+        (
+            r.user.clone().unwrap_or_default(),
+            r.password.clone().unwrap_or_default(),
+            config.pool.connect_timeout,
+        )
+    }
+}
+
+/// Creates `slot` for pgoutput unless it exists; returns its confirmed position.
+async fn ensure_slot(primary: &tokio_postgres::Client, slot: &str) -> Result<Lsn, ForwardError> {
+    const READ: &str = "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1";
+    let mut created_elsewhere = false;
+    loop {
+        if let Some(row) = primary
+            .query_opt(READ, &[&slot])
+            .await
+            .map_err(sql_err("reading the replication slot"))?
+        {
+            let text: Option<String> = row.get(0);
+            match text.and_then(|t| t.parse::<Lsn>().ok()) {
+                Some(lsn) => return Ok(lsn),
+                // Being created by another task: it has a position once the transactions running at its
+                // start have ended.
+                None => {
+                    tokio::time::sleep(SLOT_POLL).await;
+                    continue;
+                }
+            }
+        }
+        if created_elsewhere {
+            return Err(ForwardError::Apply(format!(
+                "replication slot {slot} vanished while being created"
+            )));
+        }
+        match primary
+            .query_one(
+                "SELECT lsn::text FROM pg_create_logical_replication_slot($1, 'pgoutput')",
+                &[&slot],
+            )
+            .await
+        {
+            Ok(row) => {
+                let text: String = row.get(0);
+                tracing::info!(slot, at = %text, "replication slot created");
+                return text
+                    .parse::<Lsn>()
+                    .map_err(|_| ForwardError::Apply(format!("bad slot position {text}")));
+            }
+            // Made by another task a moment ago: read it.
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) => {
+                created_elsewhere = true;
+            }
+            Err(e) => return Err(sql_err("creating the replication slot")(e)),
+        }
+    }
+}
+
+/// What a pgoutput message means to the feed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mark {
+    Begin,
+    /// A commit, with the end of its transaction.
+    Commit(Lsn),
+    /// A description (relation or type) a joiner needs before the changes that use it; keyed by tag and id.
+    Description(u8, u32),
+    Other,
+}
+
+fn mark(data: &[u8]) -> Mark {
+    let be_u32 = |at: usize| {
+        data.get(at..at + 4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    match data.first() {
+        Some(b'B') => Mark::Begin,
+        // Commit: tag, flags, commit LSN, end LSN, time.
+        Some(b'C') => match data.get(10..18) {
+            Some(b) => Mark::Commit(Lsn(u64::from_be_bytes([
+                b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7],
+            ]))),
+            None => Mark::Other,
+        },
+        Some(&tag @ (b'R' | b'Y')) => be_u32(1).map_or(Mark::Other, |id| Mark::Description(tag, id)),
+        _ => Mark::Other,
+    }
+}
+
+/// Where a replica asking to join at `from` goes, given the slot's confirmed position and the end of the
+/// last commit the stream has passed to anyone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admission {
+    /// Joins the running stream.
+    Attach,
+    /// The stream passed commits it needs: start over from the slot.
+    Rewind,
+    /// The slot no longer has what it needs.
+    Recopy,
+}
+
+fn admit(from: Lsn, confirmed: Lsn, forwarded: Option<Lsn>) -> Admission {
+    if from < confirmed {
+        Admission::Recopy
+    } else if forwarded.is_some_and(|f| f > from) {
+        Admission::Rewind
+    } else {
+        Admission::Attach
+    }
+}
+
+/// How far the slot may be confirmed: the least position every member applied, once every member's is
+/// known, and only forwards.
+fn confirmable(applied: &[u64], confirmed: Lsn) -> Option<Lsn> {
+    if applied.contains(&0) {
+        return None;
+    }
+    let least = Lsn(*applied.iter().min()?);
+    (least > confirmed).then_some(least)
+}
+
+struct Member {
+    id: usize,
+    events: mpsc::Sender<Event>,
+}
+
+impl FeedTask {
+    /// Streams while any replica follows; restarts after failures with a growing pause.
+    pub(crate) async fn run_forever(mut self) {
+        let mut waiting: Vec<Join> = Vec::new();
+        let mut pause = Duration::from_millis(500);
+        loop {
+            if waiting.is_empty() {
+                match self.joins.recv().await {
+                    Some(j) => waiting.push(j),
+                    None => return,
+                }
+            }
+            let started = std::time::Instant::now();
+            match self.session(&mut waiting).await {
+                Ok(()) => pause = Duration::from_millis(500),
+                Err(e) => {
+                    if started.elapsed() > Duration::from_secs(30) {
+                        pause = Duration::from_millis(500);
+                    }
+                    tracing::warn!(database = %self.feed.database, slot = %self.feed.slot, error = %e,
+                        "change stream stopped; retrying");
+                    // The replicas' subscriptions ended with the session: they join again.
+                    waiting.clear();
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+
+    /// Waits until every replica with a known position asked to join (or [`GATHER`] passed).
+    async fn gather(&mut self, waiting: &mut Vec<Join>) {
+        let deadline = tokio::time::Instant::now() + GATHER;
+        loop {
+            let known = self.feed.known_positions();
+            let all_in = known
+                .iter()
+                .enumerate()
+                .all(|(member, at)| *at == 0 || waiting.iter().any(|j| j.member == member));
+            if all_in {
+                return;
+            }
+            tokio::select! {
+                j = self.joins.recv() => match j {
+                    Some(j) => {
+                        waiting.retain(|w| w.member != j.member);
+                        waiting.push(j);
+                    }
+                    None => return,
+                },
+                _ = tokio::time::sleep_until(deadline) => return,
+            }
+        }
+    }
+
+    /// One replication connection: from the slot's confirmed position until a failure, a rewind, or no
+    /// replica left. Ok means "start again at once".
+    async fn session(&mut self, waiting: &mut Vec<Join>) -> Result<(), ForwardError> {
+        let feed = self.feed.clone();
+        let (user, password, timeout) = feed.credentials();
+        let primary = feed.primary();
+        let control = client(&primary, &user, &password, &feed.database, timeout).await?;
+        let mut confirmed = feed.ensure_slot(&control).await?;
+        drop(control);
+        self.gather(waiting).await;
+        let mut members: Vec<Member> = Vec::new();
+        for j in waiting.drain(..) {
+            match admit(j.from, confirmed, None) {
+                Admission::Recopy => {
+                    let _ = j.events.try_send(Event::Recopy);
+                }
+                _ => members.push(Member {
+                    id: j.member,
+                    events: j.events,
+                }),
+            }
+        }
+        if members.is_empty() {
+            return Ok(());
+        }
+        let mut stream =
+            ReplicationStream::connect(&primary, &user, &password, &feed.database, timeout).await?;
+        let publication = feed.ctx.config().replication.name.clone();
+        if let Err(e) = stream.start(&feed.slot, confirmed, &publication).await {
+            if matches!(&e, StreamError::Refused { code, .. } if code == "42704") {
+                // Dropped between the check and the start: the next session makes it again, and the
+                // replicas, now behind it, are copied again.
+                tracing::warn!(slot = %feed.slot, "replication slot missing");
+            }
+            return Err(e.into());
+        }
+        tracing::info!(database = %feed.database, slot = %feed.slot, from = %confirmed,
+            replicas = members.len(), "change stream started");
+        let mut descriptions: HashMap<(u8, u32), Bytes> = HashMap::new();
+        let mut in_tx = false;
+        let mut forwarded: Option<Lsn> = None;
+        loop {
+            feed.held.store(stream.has_buffered(), Ordering::Relaxed);
+            tokio::select! {
+                m = stream.next() => match m? {
+                    ReplicationMessage::XLogData { data, .. } => {
+                        tracing::trace!(mark = ?mark(&data), members = members.len(), "feed message");
+                        match mark(&data) {
+                            Mark::Begin => in_tx = true,
+                            Mark::Commit(end) => {
+                                in_tx = false;
+                                forwarded = Some(end);
+                            }
+                            Mark::Description(tag, id) => {
+                                descriptions.insert((tag, id), data.clone());
+                            }
+                            Mark::Other => {}
+                        }
+                        let mut gone = false;
+                        for m in &members {
+                            gone |= m.events.send(Event::Data { data: data.clone() }).await.is_err();
+                        }
+                        if gone {
+                            members.retain(|m| !m.events.is_closed());
+                            if members.is_empty() {
+                                return Ok(());
+                            }
+                        }
+                    }
+                    ReplicationMessage::PrimaryKeepalive { wal_end, reply_requested, .. } => {
+                        for m in &members {
+                            // Advisory: a replica with a full queue has other things to do first.
+                            let _ = m.events.try_send(Event::Keepalive { wal_end });
+                        }
+                        if reply_requested {
+                            stream.send_status(confirmed, false).await?;
+                        }
+                    }
+                },
+                j = self.joins.recv(), if !in_tx => {
+                    let Some(j) = j else { return Ok(()) };
+                    tracing::trace!(member = j.member, from = %j.from, ?forwarded, %confirmed, "feed join");
+                    // A replica joining again replaces its earlier subscription.
+                    members.retain(|m| m.id != j.member);
+                    match admit(j.from, confirmed, forwarded) {
+                        Admission::Recopy => {
+                            let _ = j.events.try_send(Event::Recopy);
+                        }
+                        Admission::Rewind => {
+                            tracing::debug!(database = %feed.database, member = j.member, from = %j.from,
+                                "change stream starts over for a replica behind it");
+                            waiting.push(j);
+                            return Ok(());
+                        }
+                        Admission::Attach => {
+                            for data in descriptions.values() {
+                                let event = Event::Data { data: data.clone() };
+                                if j.events.send(event).await.is_err() {
+                                    break;
+                                }
+                            }
+                            members.push(Member { id: j.member, events: j.events });
+                        }
+                    }
+                },
+                _ = feed.reported.notified() => {
+                    if let Some(c) = confirmable(&feed.known_positions(), confirmed) {
+                        confirmed = c;
+                        stream.send_status(confirmed, false).await?;
+                    }
+                },
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_joiner_attaches_rewinds_or_is_copied_again() {
+        let l = Lsn;
+        // (from, confirmed, forwarded) -> admission
+        let table = [
+            ((l(100), l(100), None), Admission::Attach),
+            ((l(150), l(100), None), Admission::Attach),
+            ((l(150), l(100), Some(l(150))), Admission::Attach),
+            ((l(200), l(100), Some(l(150))), Admission::Attach),
+            ((l(149), l(100), Some(l(150))), Admission::Rewind),
+            ((l(100), l(100), Some(l(101))), Admission::Rewind),
+            ((l(99), l(100), None), Admission::Recopy),
+            ((l(99), l(100), Some(l(150))), Admission::Recopy),
+            ((Lsn::ZERO, l(100), None), Admission::Recopy),
+        ];
+        for ((from, confirmed, forwarded), want) in table {
+            assert_eq!(
+                admit(from, confirmed, forwarded),
+                want,
+                "{from} {confirmed} {forwarded:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_slot_is_confirmed_only_up_to_every_replicas_position() {
+        let l = Lsn;
+        let table: [(&[u64], Lsn, Option<Lsn>); 6] = [
+            (&[300, 200], l(100), Some(l(200))),
+            (&[300, 200], l(200), None),
+            (&[300, 200], l(250), None),
+            (&[300, 0], l(100), None),
+            (&[0], l(100), None),
+            (&[500], l(100), Some(l(500))),
+        ];
+        for (applied, confirmed, want) in table {
+            assert_eq!(confirmable(applied, confirmed), want, "{applied:?} {confirmed}");
+        }
+    }
+
+    #[test]
+    fn messages_are_marked_by_their_tag() {
+        let mut commit = vec![b'C', 0];
+        commit.extend_from_slice(&0x10u64.to_be_bytes());
+        commit.extend_from_slice(&0x0000_0001_0000_0020u64.to_be_bytes());
+        commit.extend_from_slice(&7i64.to_be_bytes());
+        let mut relation = vec![b'R'];
+        relation.extend_from_slice(&16385u32.to_be_bytes());
+        relation.extend_from_slice(b"public\0t\0d\0\0\0");
+        let mut ty = vec![b'Y'];
+        ty.extend_from_slice(&16400u32.to_be_bytes());
+        let table: [(&[u8], Mark); 7] = [
+            (b"B\0\0\0\0\0\0\0\x01", Mark::Begin),
+            (&commit, Mark::Commit(Lsn(0x0000_0001_0000_0020))),
+            (&relation, Mark::Description(b'R', 16385)),
+            (&ty, Mark::Description(b'Y', 16400)),
+            (b"I\0\0@\x01N", Mark::Other),
+            (b"C\0short", Mark::Other),
+            (b"", Mark::Other),
+        ];
+        for (data, want) in table {
+            assert_eq!(mark(data), want, "{data:?}");
+        }
+    }
+}
