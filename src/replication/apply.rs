@@ -310,13 +310,19 @@ impl Applier {
                     self.progress.visible.fetch_max(wal_end.0, Ordering::Relaxed);
                 }
                 Some(Event::Keepalive { .. }) => {}
-                Some(Event::Data { data }) => {
-                    let change = pgoutput::decode(&data).map_err(|e| ForwardError::Apply(e.to_string()))?;
-                    tracing::trace!(kind = change.kind(), "change");
-                    batch.add(change, &mut relations, applied)?;
-                    for step in batch.take_ready() {
-                        steps.send(step).await.map_err(|_| closed())?;
+                Some(Event::Data(messages)) => {
+                    for (i, data) in messages.iter().enumerate() {
+                        let change =
+                            pgoutput::decode(data).map_err(|e| ForwardError::Apply(e.to_string()))?;
+                        tracing::trace!(kind = change.kind(), "change");
+                        batch.add(change, &mut relations, applied)?;
+                        for step in batch.take_ready() {
+                            steps.send(step).await.map_err(|_| closed())?;
+                        }
+                        let more = i + 1 < messages.len() || stream.has_buffered();
+                        in_flight += commit_if_due(&mut batch, &self.slot, batch_size, more, steps).await?;
                     }
+                    continue;
                 }
                 Some(Event::Recopy) => {
                     // The slot was made afresh (dropped, invalidated by max_slot_wal_keep_size, or pgfleet
@@ -334,17 +340,34 @@ impl Applier {
                     return Err(ForwardError::Apply("the replica must be copied again".into()));
                 }
             }
-            // Commit what whole transactions have gathered once the batch is big enough or nothing more is
-            // waiting: small transactions share a replica transaction, and none waits for the next one.
-            let due = batch.end.is_some()
-                && !batch.in_tx
-                && (batch.changes >= batch_size || !stream.has_buffered());
-            if due && let Some(step) = batch.commit(&self.slot) {
-                steps.send(step).await.map_err(|_| closed())?;
-                in_flight += 1;
-            }
+            in_flight +=
+                commit_if_due(&mut batch, &self.slot, batch_size, stream.has_buffered(), steps).await?;
         }
     }
+}
+
+/// Commits what whole transactions have gathered once the batch is big enough or nothing `more` is waiting:
+/// small transactions share a replica transaction, and none waits for the next one. Returns the number of
+/// replica transactions sent (0 or 1).
+async fn commit_if_due(
+    batch: &mut Batch,
+    slot: &str,
+    batch_size: usize,
+    more: bool,
+    steps: &mpsc::Sender<Step>,
+) -> Result<usize, ForwardError> {
+    let due = batch.end.is_some() && !batch.in_tx && (batch.changes >= batch_size || !more);
+    if !due {
+        return Ok(0);
+    }
+    let Some(step) = batch.commit(slot) else {
+        return Ok(0);
+    };
+    steps
+        .send(step)
+        .await
+        .map_err(|_| ForwardError::Apply("the replica side of the forwarding task ended".into()))?;
+    Ok(1)
 }
 
 /// Carries sequence values from the primary to the replica (sequences are not in the change stream),

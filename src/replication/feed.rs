@@ -32,8 +32,10 @@ use super::setup::{ForwardError, client, sql_err};
 use super::stream::{ReplicationStream, StreamError};
 use crate::backend::connect::NodeTarget;
 
-/// Messages queued per replica before the feed waits for it.
-const QUEUE: usize = 1024;
+/// Hand-overs queued per replica before the feed waits for it.
+const QUEUE: usize = 64;
+/// Messages handed over at once at most.
+const BATCH: usize = 256;
 /// How long a new stream waits for the replicas that were following before they all ask to join, so that a
 /// restart is shared rather than repeated once per replica.
 const GATHER: Duration = Duration::from_secs(2);
@@ -43,8 +45,9 @@ const SLOT_POLL: Duration = Duration::from_millis(100);
 /// What the feed hands a replica's applier.
 #[derive(Debug)]
 pub(crate) enum Event {
-    /// One pgoutput message.
-    Data { data: Bytes },
+    /// pgoutput messages, in stream order: what the feed had received at once (up to [`BATCH`]), handed out
+    /// together so that a bulk change costs one hand-over per batch rather than per row.
+    Data(Arc<[Bytes]>),
     /// The primary's WAL end while the stream is idle or between messages.
     Keepalive { wal_end: Lsn },
     /// The replica's position is behind what the slot keeps: only a fresh copy can make it whole.
@@ -397,38 +400,55 @@ impl FeedTask {
         loop {
             feed.held.store(stream.has_buffered(), Ordering::Relaxed);
             tokio::select! {
-                m = stream.next() => match m? {
-                    ReplicationMessage::XLogData { data, .. } => {
-                        tracing::trace!(mark = ?mark(&data), members = members.len(), "feed message");
-                        match mark(&data) {
-                            Mark::Begin => in_tx = true,
-                            Mark::Commit(end) => {
-                                in_tx = false;
-                                forwarded = Some(end);
+                m = stream.next() => {
+                    // What arrived together goes together: the first message, then whatever is already buffered.
+                    let mut messages: Vec<Bytes> = Vec::new();
+                    let mut next = Some(m?);
+                    while let Some(m) = next.take() {
+                        match m {
+                            ReplicationMessage::XLogData { data, .. } => {
+                                match mark(&data) {
+                                    Mark::Begin => in_tx = true,
+                                    Mark::Commit(end) => {
+                                        in_tx = false;
+                                        forwarded = Some(end);
+                                    }
+                                    Mark::Description(tag, id) => {
+                                        descriptions.insert((tag, id), data.clone());
+                                    }
+                                    Mark::Other => {}
+                                }
+                                messages.push(data);
                             }
-                            Mark::Description(tag, id) => {
-                                descriptions.insert((tag, id), data.clone());
+                            ReplicationMessage::PrimaryKeepalive { wal_end, reply_requested, .. } => {
+                                if reply_requested {
+                                    stream.send_status(confirmed, false).await?;
+                                }
+                                // Only between messages: a keepalive says nothing about what is still queued.
+                                if messages.is_empty() {
+                                    for m in &members {
+                                        // Advisory: a replica with a full queue has other things to do first.
+                                        let _ = m.events.try_send(Event::Keepalive { wal_end });
+                                    }
+                                }
                             }
-                            Mark::Other => {}
                         }
-                        let mut gone = false;
-                        for m in &members {
-                            gone |= m.events.send(Event::Data { data: data.clone() }).await.is_err();
-                        }
-                        if gone {
-                            members.retain(|m| !m.events.is_closed());
-                            if members.is_empty() {
-                                return Ok(());
-                            }
+                        if messages.len() < BATCH && stream.has_buffered() {
+                            next = Some(stream.next().await?);
                         }
                     }
-                    ReplicationMessage::PrimaryKeepalive { wal_end, reply_requested, .. } => {
-                        for m in &members {
-                            // Advisory: a replica with a full queue has other things to do first.
-                            let _ = m.events.try_send(Event::Keepalive { wal_end });
-                        }
-                        if reply_requested {
-                            stream.send_status(confirmed, false).await?;
+                    if messages.is_empty() {
+                        continue;
+                    }
+                    let messages: Arc<[Bytes]> = messages.into();
+                    let mut gone = false;
+                    for m in &members {
+                        gone |= m.events.send(Event::Data(messages.clone())).await.is_err();
+                    }
+                    if gone {
+                        members.retain(|m| !m.events.is_closed());
+                        if members.is_empty() {
+                            return Ok(());
                         }
                     }
                 },
@@ -448,13 +468,10 @@ impl FeedTask {
                             return Ok(());
                         }
                         Admission::Attach => {
-                            for data in descriptions.values() {
-                                let event = Event::Data { data: data.clone() };
-                                if j.events.send(event).await.is_err() {
-                                    break;
-                                }
+                            let known: Arc<[Bytes]> = descriptions.values().cloned().collect();
+                            if known.is_empty() || j.events.send(Event::Data(known)).await.is_ok() {
+                                members.push(Member { id: j.member, events: j.events });
                             }
-                            members.push(Member { id: j.member, events: j.events });
                         }
                     }
                 },
