@@ -32,10 +32,12 @@ use super::setup::{ForwardError, client, sql_err};
 use super::stream::{ReplicationStream, StreamError};
 use crate::backend::connect::NodeTarget;
 
-/// Hand-overs queued per replica before the feed waits for it.
-const QUEUE: usize = 64;
-/// Messages handed over at once at most.
+/// Hand-overs queued per replica before the feed waits for it: enough that two replicas applying at about the
+/// same pace rarely wait for each other, and at most `QUEUE` × [`BATCH_BYTES`] of messages per replica.
+const QUEUE: usize = 256;
+/// Messages handed over at once at most, and their size at most (a batch ends after the message that passes it).
 const BATCH: usize = 256;
+const BATCH_BYTES: usize = 128 * 1024;
 /// How long a new stream waits for the replicas that were following before they all ask to join, so that a
 /// restart is shared rather than repeated once per replica.
 const GATHER: Duration = Duration::from_secs(2);
@@ -403,6 +405,7 @@ impl FeedTask {
                 m = stream.next() => {
                     // What arrived together goes together: the first message, then whatever is already buffered.
                     let mut messages: Vec<Bytes> = Vec::new();
+                    let mut bytes = 0;
                     let mut next = Some(m?);
                     while let Some(m) = next.take() {
                         match m {
@@ -418,6 +421,7 @@ impl FeedTask {
                                     }
                                     Mark::Other => {}
                                 }
+                                bytes += data.len();
                                 messages.push(data);
                             }
                             ReplicationMessage::PrimaryKeepalive { wal_end, reply_requested, .. } => {
@@ -433,7 +437,7 @@ impl FeedTask {
                                 }
                             }
                         }
-                        if messages.len() < BATCH && stream.has_buffered() {
+                        if messages.len() < BATCH && bytes < BATCH_BYTES && stream.has_buffered() {
                             next = Some(stream.next().await?);
                         }
                     }

@@ -365,3 +365,92 @@ async fn replica_stopped_for_a_minute_catches_up_and_serves_reads_again() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// The slots on the primary, by name.
+fn slots(cluster: &LocalCluster) -> String {
+    cluster
+        .psql(
+            &cluster.primary,
+            APP_DB,
+            "SELECT coalesce(string_agg(slot_name, ',' ORDER BY slot_name), '') FROM pg_replication_slots",
+        )
+        .expect("list slots")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_behind_a_slot_made_afresh_are_copied_again_and_old_slots_go() {
+    let cluster = plain_cluster().await;
+    let primary = &cluster.primary;
+    cluster
+        .psql(
+            primary,
+            APP_DB,
+            "CREATE TABLE kept (id int PRIMARY KEY, v text); \
+             INSERT INTO kept SELECT g, 'before' FROM generate_series(1, 100) g",
+        )
+        .expect("seed");
+    // A slot per replica, as pgfleet kept them before one stream served a database's replicas: left in
+    // place, each would hold WAL on the primary forever.
+    for replica in &cluster.replicas {
+        let old = pgfleet::replication::setup::slot_name("pgfleet", APP_DB, &replica.name);
+        cluster
+            .psql(
+                primary,
+                APP_DB,
+                &format!("SELECT pg_create_logical_replication_slot('{old}', 'pgoutput')"),
+            )
+            .expect("an old per-replica slot");
+    }
+    let shared = pgfleet::replication::setup::feed_slot_name("pgfleet", APP_DB);
+    let config = config_text(&cluster);
+    {
+        let proxy = Proxy::start_with_config(config.clone());
+        wait_until_streaming(&cluster, &proxy).await;
+        wait_until_replicas_match(&cluster, &proxy, MATCH_DEADLINE).await;
+        assert_eq!(slots(&cluster), shared, "{}", log_tail(&proxy));
+    }
+
+    // With pgfleet stopped, the slot is dropped (as an operator, or max_slot_wal_keep_size, would) and rows
+    // are written that no slot keeps for the replicas. The slot's WAL sender ends a moment after pgfleet.
+    crate::support::wait_until(MATCH_DEADLINE, async || {
+        cluster
+            .psql(
+                primary,
+                APP_DB,
+                &format!("SELECT pg_drop_replication_slot('{shared}')"),
+            )
+            .is_ok()
+    })
+    .await
+    .expect("drop the stream's slot");
+    cluster
+        .psql(
+            primary,
+            APP_DB,
+            "INSERT INTO kept SELECT g, 'while no slot kept it' FROM generate_series(101, 200) g",
+        )
+        .expect("write without a slot");
+
+    // pgfleet makes the slot afresh; the replicas' positions are behind it, so each is copied again and
+    // ends with every row.
+    let proxy = Proxy::start_with_config(config);
+    wait_until_replicas_match(&cluster, &proxy, MATCH_DEADLINE).await;
+    for replica in &cluster.replicas {
+        assert_eq!(
+            cluster
+                .psql(replica, APP_DB, "SELECT count(*) FROM kept")
+                .expect("count"),
+            "200",
+            "{}",
+            replica.name
+        );
+    }
+    let log = proxy.log_contents();
+    assert_eq!(
+        log.matches("it will be copied again").count(),
+        cluster.replicas.len(),
+        "{}",
+        log_tail(&proxy)
+    );
+    assert_eq!(slots(&cluster), shared);
+}
