@@ -522,7 +522,7 @@ mod tests {
             },
         );
         let monitor = SlotMonitor::new();
-        monitor.record(observed(&[("pgfleet_app_pg2", Some(4096))]), 1 << 30);
+        monitor.record(observed(&[("pgfleet_app_", Some(4096))]), 1 << 30);
         let rows = report_with(&ctx, Some(&monitor));
         assert_eq!(rows.len(), 4, "{rows:?}");
         let r = &rows[0];
@@ -530,7 +530,8 @@ mod tests {
             (r.node_name.as_str(), r.database.as_deref(), r.mode),
             ("pg2", Some("app"), "forward")
         );
-        assert_eq!(r.slot.as_deref(), Some("pgfleet_app_pg2"));
+        // Every replica of a database is fed from the database's one slot.
+        assert_eq!(r.slot.as_deref(), Some("pgfleet_app_"));
         assert_eq!(r.state_name, "streaming");
         assert_eq!(r.applied_lsn, Some(Lsn(0x1_0000_0100)));
         assert_eq!(r.lag_bytes, Some(0x300));
@@ -539,7 +540,7 @@ mod tests {
         assert_eq!((r.rows, r.transactions), (Some(1000), Some(3)));
         assert_eq!(r.slot_retained_bytes, Some(4096));
         let fresh = &rows[1];
-        assert_eq!(fresh.slot.as_deref(), Some("pgfleet_other_db_pg2"));
+        assert_eq!(fresh.slot.as_deref(), Some("pgfleet_other_db_"));
         assert_eq!(fresh.state_name, "starting");
         assert_eq!(
             (fresh.applied_lsn, fresh.lag_bytes, fresh.lag),
@@ -547,6 +548,8 @@ mod tests {
         );
         assert_eq!(fresh.slot_retained_bytes, None);
         assert_eq!(rows[2].node_name, "pg3");
+        assert_eq!(rows[2].slot.as_deref(), Some("pgfleet_app_"));
+        assert_eq!(rows[2].slot_retained_bytes, Some(4096));
         progress.visible.store(0x1_0000_0400, Relaxed);
         let caught_up = &report_with(&ctx, None)[0];
         assert_eq!(caught_up.lag, Some(Duration::ZERO));
