@@ -69,6 +69,13 @@ impl Applier {
             &ctx.fleet.nodes()[node].target.name,
         );
         let slot = feed.slot().to_owned();
+        // Slot names end at 63 bytes: with a long database name both names may be cut to the same one, and a
+        // copy must never drop the database's slot.
+        let mut copy_slot = copy_slot;
+        if copy_slot == slot {
+            copy_slot.truncate(58);
+            copy_slot.push_str(&format!("_c{member:03}"));
+        }
         Self {
             ctx,
             node,

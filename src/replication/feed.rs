@@ -41,6 +41,10 @@ const BATCH_BYTES: usize = 128 * 1024;
 /// How long a new stream waits for the replicas that were following before they all ask to join, so that a
 /// restart is shared rather than repeated once per replica.
 const GATHER: Duration = Duration::from_secs(2);
+/// The least time between two restarts of the stream for replicas behind it. Each restart makes the primary
+/// decode again everything after the slot's confirmed position, so a replica whose task fails again and again
+/// (a conflict on the replica, retried with a growing pause) must not make the others pay for every attempt.
+const REWIND_GAP: Duration = Duration::from_secs(30);
 /// How often a slot another task is creating is looked at again.
 const SLOT_POLL: Duration = Duration::from_millis(100);
 
@@ -100,6 +104,8 @@ pub(crate) struct Feed {
 pub(crate) struct FeedTask {
     feed: Arc<Feed>,
     joins: mpsc::UnboundedReceiver<Join>,
+    /// When the stream last started over for a replica behind it.
+    last_rewind: Option<tokio::time::Instant>,
 }
 
 impl Feed {
@@ -123,6 +129,7 @@ impl Feed {
         let task = FeedTask {
             feed: feed.clone(),
             joins: joins_rx,
+            last_rewind: None,
         };
         (feed, task)
     }
@@ -397,6 +404,9 @@ impl FeedTask {
         tracing::info!(database = %feed.database, slot = %feed.slot, from = %confirmed,
             replicas = members.len(), "change stream started");
         let mut descriptions: HashMap<(u8, u32), Bytes> = HashMap::new();
+        // Replicas behind the stream, waiting for the next restart it may make.
+        let mut behind: Vec<Join> = Vec::new();
+        let rewind_at = self.last_rewind.map(|t| t + REWIND_GAP);
         let mut in_tx = false;
         let mut forwarded: Option<Lsn> = None;
         loop {
@@ -466,10 +476,12 @@ impl FeedTask {
                             let _ = j.events.try_send(Event::Recopy);
                         }
                         Admission::Rewind => {
-                            tracing::debug!(database = %feed.database, member = j.member, from = %j.from,
-                                "change stream starts over for a replica behind it");
-                            waiting.push(j);
-                            return Ok(());
+                            behind.retain(|b| b.member != j.member);
+                            behind.push(j);
+                            if rewind_at.is_none_or(|at| tokio::time::Instant::now() >= at) {
+                                self.rewind(waiting, &mut behind);
+                                return Ok(());
+                            }
                         }
                         Admission::Attach => {
                             let known: Arc<[Bytes]> = descriptions.values().cloned().collect();
@@ -479,6 +491,10 @@ impl FeedTask {
                         }
                     }
                 },
+                _ = sleep_until_some(rewind_at), if !behind.is_empty() && !in_tx => {
+                    self.rewind(waiting, &mut behind);
+                    return Ok(());
+                },
                 _ = feed.reported.notified() => {
                     if let Some(c) = confirmable(&feed.known_positions(), confirmed) {
                         confirmed = c;
@@ -487,6 +503,27 @@ impl FeedTask {
                 },
             }
         }
+    }
+}
+
+impl FeedTask {
+    /// Ends the session so that the next one starts from the slot's confirmed position with `behind` among
+    /// its replicas (the others join again by themselves).
+    fn rewind(&mut self, waiting: &mut Vec<Join>, behind: &mut Vec<Join>) {
+        for j in behind.iter() {
+            tracing::debug!(database = %self.feed.database, member = j.member, from = %j.from,
+                "change stream starts over for a replica behind it");
+        }
+        waiting.append(behind);
+        self.last_rewind = Some(tokio::time::Instant::now());
+    }
+}
+
+/// Waits until `at`; forever without one.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

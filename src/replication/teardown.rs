@@ -1,13 +1,16 @@
 //! `pgfleet forward-stop`: the way out of forward mode for one database. It removes what forward mode made on
-//! the primary (the replication slots of every replica, the publication, the DDL event trigger with its
-//! function and schema) so that a stopped setup does not keep WAL on the primary forever, and clears the
+//! the primary (the database's replication slot and those of older versions, the publication, the DDL event
+//! trigger with its function and schema) so that a stopped setup does not keep WAL on the primary forever, and clears the
 //! progress rows on the replicas it can reach, so that turning forward mode on again starts with a fresh copy.
 //! The replicas' data stays as it is.
 //!
 //! It works from the config file alone, with pgfleet stopped; running it twice removes nothing the second
-//! time. A slot still in use (pgfleet running and forwarding) is an error naming the fix, not a kill.
+//! time. A slot still in use, or a connection of pgfleet's forwarding tasks to the database (pgfleet running
+//! and forwarding; its stream may be between two connections to the slot), is an error naming the fix, not a
+//! kill.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::ForwardState;
 use super::setup::{ForwardError, client, publication_exists, query_flag, sql_err};
@@ -37,6 +40,67 @@ fn slot_pattern(name: &str, database: &str) -> String {
     )
 }
 
+/// How long forward-stop waits for pgfleet's connections to go (a pgfleet stopped a moment ago) before it
+/// calls them in use.
+const IN_USE_WAIT: Duration = Duration::from_secs(3);
+
+/// The slots of `database` to drop, once nothing of a running pgfleet uses them: neither an active slot nor
+/// a connection of pgfleet's forwarding tasks (whose stream may be between two connections to its slot).
+async fn in_use_check(
+    c: &tokio_postgres::Client,
+    name: &str,
+    database: &str,
+) -> Result<Vec<tokio_postgres::Row>, ForwardError> {
+    let deadline = std::time::Instant::now() + IN_USE_WAIT;
+    loop {
+        let slots = c
+            .query(
+                "SELECT slot_name::text, active, active_pid FROM pg_replication_slots \
+                 WHERE database = current_database() AND plugin = 'pgoutput' AND slot_name LIKE $1 ORDER BY 1",
+                &[&slot_pattern(name, database)],
+            )
+            .await
+            .map_err(sql_err("listing replication slots"))?;
+        let mut users: Vec<String> = slots
+            .iter()
+            .filter(|row| row.get::<_, bool>(1))
+            .map(|row| {
+                format!(
+                    "replication slot {} (walsender pid {})",
+                    row.get::<_, String>(0),
+                    row.get::<_, Option<i32>>(2).unwrap_or(0)
+                )
+            })
+            .collect();
+        let sessions = c
+            .query(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() \
+                 AND application_name = 'pgfleet-forward' AND pid <> pg_backend_pid() ORDER BY 1",
+                &[],
+            )
+            .await
+            .map_err(sql_err("listing pgfleet's connections"))?;
+        if !sessions.is_empty() {
+            let pids: Vec<String> = sessions.iter().map(|r| r.get::<_, i32>(0).to_string()).collect();
+            users.push(format!(
+                "pgfleet's forwarding connections (pids {})",
+                pids.join(", ")
+            ));
+        }
+        if users.is_empty() {
+            return Ok(slots);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(ForwardError::Setup(format!(
+                "{} are in use: stop pgfleet (or remove \"{database}\" from replication.databases \
+                 and restart it) before forward-stop",
+                users.join(", ")
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Ends forward mode for `database`: see the module docs.
 pub async fn forward_stop(config: &Config, database: &str) -> Result<Report, ForwardError> {
     let r = &config.replication;
@@ -57,32 +121,7 @@ pub async fn forward_stop(config: &Config, database: &str) -> Result<Report, For
     let c = client(&primary.target, &user, &password, database, timeout).await?;
     let mut report = Report::default();
 
-    let slots = c
-        .query(
-            "SELECT slot_name::text, active, active_pid FROM pg_replication_slots \
-             WHERE database = current_database() AND plugin = 'pgoutput' AND slot_name LIKE $1 ORDER BY 1",
-            &[&slot_pattern(&r.name, database)],
-        )
-        .await
-        .map_err(sql_err("listing replication slots"))?;
-    let active: Vec<String> = slots
-        .iter()
-        .filter(|row| row.get::<_, bool>(1))
-        .map(|row| {
-            format!(
-                "{} (walsender pid {})",
-                row.get::<_, String>(0),
-                row.get::<_, Option<i32>>(2).unwrap_or(0)
-            )
-        })
-        .collect();
-    if !active.is_empty() {
-        return Err(ForwardError::Setup(format!(
-            "replication slot(s) {} are in use: stop pgfleet (or remove \"{database}\" from replication.databases \
-             and reload) before forward-stop",
-            active.join(", ")
-        )));
-    }
+    let slots = in_use_check(&c, &r.name, database).await?;
     for row in &slots {
         let slot: String = row.get(0);
         c.execute("SELECT pg_drop_replication_slot($1)", &[&slot])
