@@ -16,7 +16,8 @@
 //! pgfleet upgraded from a slot per replica) cannot be made whole from this slot and is told to copy again.
 //!
 //! The feed sends a replica's messages in stream order and waits when the replica's queue is full, so the
-//! replicas of a database move at the pace of the slowest one that is streaming.
+//! replicas of a database move at the pace of the slowest one that is streaming; one that takes nothing for
+//! [`STALL`] leaves the stream and joins again later.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use tokio::sync::mpsc::error::SendTimeoutError;
 use tokio::sync::{Notify, mpsc};
 
 use super::Replication;
@@ -41,6 +43,10 @@ const BATCH_BYTES: usize = 128 * 1024;
 /// How long a new stream waits for the replicas that were following before they all ask to join, so that a
 /// restart is shared rather than repeated once per replica.
 const GATHER: Duration = Duration::from_secs(2);
+/// How long the stream waits for a replica whose queue is full before it goes on without it: a replica stuck
+/// (a lock held on it for long, a full disk) must not hold back the others for longer than that. It joins
+/// again from its stored position once it gets going.
+const STALL: Duration = Duration::from_secs(30);
 /// The least time between two restarts of the stream for replicas behind it. Each restart makes the primary
 /// decode again everything after the slot's confirmed position, so a replica whose task fails again and again
 /// (a conflict on the replica, retried with a growing pause) must not make the others pay for every attempt.
@@ -91,6 +97,8 @@ pub(crate) struct Feed {
     ctx: Arc<Replication>,
     database: String,
     slot: String,
+    /// Per member: its node's name, for the log.
+    names: Vec<String>,
     /// Per member: the end of the last transaction it durably applied (an [`Lsn`]'s `u64`); 0 while not
     /// known (not reported since pgfleet started, or being copied), which holds the slot where it is.
     applied: Vec<AtomicU64>,
@@ -114,13 +122,15 @@ impl Feed {
         ctx: Arc<Replication>,
         database: String,
         slot: String,
-        members: usize,
+        names: Vec<String>,
     ) -> (Arc<Feed>, FeedTask) {
+        let members = names.len();
         let (joins, joins_rx) = mpsc::unbounded_channel();
         let feed = Arc::new(Feed {
             ctx,
             database,
             slot,
+            names,
             applied: (0..members).map(|_| AtomicU64::new(0)).collect(),
             reported: Notify::new(),
             held: Arc::new(AtomicBool::new(false)),
@@ -455,12 +465,21 @@ impl FeedTask {
                         continue;
                     }
                     let messages: Arc<[Bytes]> = messages.into();
-                    let mut gone = false;
+                    let mut leaving = Vec::new();
                     for m in &members {
-                        gone |= m.events.send(Event::Data(messages.clone())).await.is_err();
+                        match m.events.send_timeout(Event::Data(messages.clone()), STALL).await {
+                            Ok(()) => {}
+                            Err(SendTimeoutError::Closed(_)) => leaving.push(m.id),
+                            Err(SendTimeoutError::Timeout(_)) => {
+                                tracing::warn!(database = %feed.database, replica = %feed.names[m.id],
+                                    "replica took no changes for {} s; it leaves the change stream and joins again",
+                                    STALL.as_secs());
+                                leaving.push(m.id);
+                            }
+                        }
                     }
-                    if gone {
-                        members.retain(|m| !m.events.is_closed());
+                    if !leaving.is_empty() {
+                        members.retain(|m| !leaving.contains(&m.id));
                         if members.is_empty() {
                             return Ok(());
                         }

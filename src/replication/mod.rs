@@ -241,7 +241,11 @@ pub fn spawn(ctx: &Arc<Replication>) {
             .collect();
         for (db, database) in ctx.forward.databases.iter().enumerate() {
             let slot = setup::feed_slot_name(&ctx.config().replication.name, database);
-            let (feed, stream) = feed::Feed::new(ctx.clone(), database.clone(), slot, replicas.len());
+            let names = replicas
+                .iter()
+                .map(|n| ctx.fleet.nodes()[*n].target.name.clone())
+                .collect();
+            let (feed, stream) = feed::Feed::new(ctx.clone(), database.clone(), slot, names);
             tokio::spawn(stream.run_forever());
             for (member, node) in replicas.iter().enumerate() {
                 let progress = ctx.forward.progress[*node][db].clone();

@@ -471,3 +471,59 @@ async fn replicas_behind_a_slot_made_afresh_are_copied_again_and_old_slots_go() 
     );
     wait_for_only_slot(&cluster, &proxy, &shared).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_stuck_on_a_lock_does_not_hold_the_others_back() {
+    let cluster = plain_cluster().await;
+    cluster
+        .psql(&cluster.primary, APP_DB, "CREATE TABLE busy (id int PRIMARY KEY)")
+        .expect("create");
+    let proxy = Proxy::start(&cluster, &forward_toml());
+    wait_until_streaming(&cluster, &proxy).await;
+    let (free, stuck) = (&cluster.replicas[0], &cluster.replicas[1]);
+
+    // A session on one replica takes a lock that applying the next changes needs, and keeps it.
+    let blocker = direct(stuck).await.expect("connect to the replica");
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE busy IN ACCESS EXCLUSIVE MODE")
+        .await
+        .expect("lock");
+    // Many small transactions, more than the stuck replica's queue holds.
+    const ROWS: i32 = 3000;
+    let writer = direct(&cluster.primary).await.expect("connect to the primary");
+    for id in 1..=ROWS {
+        writer
+            .execute("INSERT INTO busy VALUES ($1)", &[&id])
+            .await
+            .expect("insert");
+    }
+    // The other replica gets every one of them while the lock is still held.
+    let count = |node| async move {
+        let c = direct(node).await.ok()?;
+        let row = c.query_one("SELECT count(*) FROM busy", &[]).await.ok()?;
+        Some(row.get::<_, i64>(0))
+    };
+    let reached = crate::support::wait_until(Duration::from_secs(90), async || {
+        count(free).await.filter(|n| *n == i64::from(ROWS))
+    })
+    .await;
+    assert_eq!(
+        reached,
+        Some(i64::from(ROWS)),
+        "{} fell behind with {} stuck\n{}",
+        free.name,
+        stuck.name,
+        log_tail(&proxy)
+    );
+    assert!(
+        proxy
+            .log_contents()
+            .contains("it leaves the change stream and joins again"),
+        "{}",
+        log_tail(&proxy)
+    );
+
+    // Released, the stuck replica catches up, with every row once.
+    blocker.batch_execute("ROLLBACK").await.expect("release");
+    wait_until_replicas_match(&cluster, &proxy, Duration::from_secs(90)).await;
+}
