@@ -527,3 +527,64 @@ async fn a_replica_stuck_on_a_lock_does_not_hold_the_others_back() {
     blocker.batch_execute("ROLLBACK").await.expect("release");
     wait_until_replicas_match(&cluster, &proxy, Duration::from_secs(90)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminated_wal_sender_and_replica_sessions_lose_and_double_nothing() {
+    let cluster = plain_cluster().await;
+    cluster
+        .psql(&cluster.primary, APP_DB, WRITER_TABLES)
+        .expect("create the writer's tables");
+    let proxy = Proxy::start(&cluster, &forward_toml());
+    wait_until_streaming(&cluster, &proxy).await;
+    wait_for_streaming_tasks(&cluster, &proxy).await;
+    let shared = pgfleet::replication::setup::feed_slot_name("pgfleet", APP_DB);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let dsn = cluster.primary.dsn("postgres", PASSWORD, APP_DB);
+        tokio::spawn(write_until(dsn, stop, 20, Duration::from_millis(2)))
+    };
+    // In turn: the database's WAL sender (every replica's stream ends at once), then one replica's sessions
+    // of pgfleet (that replica's task fails and joins the stream again behind the others), then the WAL
+    // sender again; each at a random moment of the writes.
+    let targets = [
+        (&cluster.primary, format!("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = '{shared}' AND active")),
+        (&cluster.replicas[0], "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'pgfleet-forward'".to_owned()),
+        (&cluster.primary, format!("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = '{shared}' AND active")),
+    ];
+    for (node, sql) in &targets {
+        let after = Duration::from_millis(rand::random_range(300..=1500));
+        tokio::time::sleep(after).await;
+        // The stream may be between two connections (it restarts after the previous step): wait for one.
+        let ended = crate::support::wait_until(MATCH_DEADLINE, async || {
+            let out = cluster.psql(node, APP_DB, sql).expect("terminate");
+            out.contains('t').then_some(out)
+        })
+        .await;
+        eprintln!("{} after {after:?}: {ended:?}", node.name);
+        assert!(
+            ended.is_some(),
+            "{}: nothing to terminate\n{}",
+            node.name,
+            log_tail(&proxy)
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let transactions = writer.await.expect("writer task");
+    assert!(
+        transactions > 20,
+        "the writer barely ran: {transactions} transactions"
+    );
+
+    wait_until_replicas_match(&cluster, &proxy, Duration::from_secs(60)).await;
+    for replica in &cluster.replicas {
+        assert_eq!(
+            duplicates(&cluster, replica, "log", "n, g"),
+            "0",
+            "{}: doubled rows in log",
+            replica.name
+        );
+    }
+}
