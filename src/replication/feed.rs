@@ -117,7 +117,7 @@ pub(crate) struct FeedTask {
 }
 
 impl Feed {
-    /// The feed of `database` for `members` replicas, reading `slot`.
+    /// The feed of `database`, reading `slot`, for the replicas `names` (members are numbered in that order).
     pub(crate) fn new(
         ctx: Arc<Replication>,
         database: String,
