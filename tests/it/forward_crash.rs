@@ -104,6 +104,56 @@ const WRITER_TABLES: &str = "CREATE TABLE log (n bigint NOT NULL, g int NOT NULL
     CREATE TABLE counters (id int PRIMARY KEY, hits bigint NOT NULL); \
     INSERT INTO counters SELECT g, 0 FROM generate_series(0, 9) g";
 
+/// Transactions the writer has committed so far, as the primary's counters say.
+fn committed(cluster: &LocalCluster) -> u64 {
+    cluster
+        .psql(&cluster.primary, APP_DB, "SELECT sum(hits) FROM counters")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waits until the writer has committed `more` transactions beyond what it had at the call.
+async fn wait_for_writes(cluster: &LocalCluster, more: u64) {
+    let from = committed(cluster);
+    let reached =
+        crate::support::wait_until(MATCH_DEADLINE, async || committed(cluster) >= from + more).await;
+    assert!(
+        reached.is_some(),
+        "the writer made no progress past {from} transactions"
+    );
+}
+
+/// Stops the writer, then waits until every replica matches the primary with no row of `log` doubled.
+async fn stop_writer_and_check(
+    cluster: &LocalCluster,
+    proxy: &Proxy,
+    stop: Arc<AtomicBool>,
+    writer: tokio::task::JoinHandle<u64>,
+) -> u64 {
+    stop.store(true, Ordering::Relaxed);
+    let transactions = writer.await.expect("writer task");
+    eprintln!("the writer committed {transactions} transactions");
+    assert!(
+        transactions > 20,
+        "the writer barely ran: {transactions} transactions"
+    );
+    let sums = wait_until_replicas_match(cluster, proxy, Duration::from_secs(60)).await;
+    assert!(
+        sums.contains_key("log") && sums.contains_key("counters"),
+        "{sums:?}"
+    );
+    for replica in &cluster.replicas {
+        assert_eq!(
+            duplicates(cluster, replica, "log", "n, g"),
+            "0",
+            "{}: doubled rows in log",
+            replica.name
+        );
+    }
+    transactions
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_initial_copy_then_restart_copies_exactly() {
     let cluster = plain_cluster().await;
@@ -249,32 +299,9 @@ async fn kill_9_during_streaming_three_times_loses_and_doubles_nothing() {
         proxy = Proxy::start_with_config(config.clone());
         wait_for_streaming_tasks(&cluster, &proxy).await;
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, Ordering::Relaxed);
-    let transactions = writer.await.expect("writer task");
-    eprintln!("the writer committed {transactions} transactions");
-    assert!(
-        transactions > 20,
-        "the writer barely ran: {transactions} transactions"
-    );
-
-    let sums = wait_until_replicas_match(&cluster, &proxy, Duration::from_secs(60)).await;
-    assert!(
-        sums.contains_key("log") && sums.contains_key("counters"),
-        "{sums:?}"
-    );
-    let hits = cluster
-        .psql(&cluster.primary, APP_DB, "SELECT sum(hits) FROM counters")
-        .expect("sum of hits");
-    assert_eq!(hits, transactions.to_string(), "the primary's counters");
-    for replica in &cluster.replicas {
-        assert_eq!(
-            duplicates(&cluster, replica, "log", "n, g"),
-            "0",
-            "{}: doubled rows in log",
-            replica.name
-        );
-    }
+    wait_for_writes(&cluster, 50).await;
+    let transactions = stop_writer_and_check(&cluster, &proxy, stop, writer).await;
+    assert_eq!(committed(&cluster), transactions, "the primary's counters");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -554,15 +581,15 @@ async fn terminated_wal_sender_and_replica_sessions_lose_and_double_nothing() {
         (&cluster.primary, format!("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = '{shared}' AND active")),
     ];
     for (node, sql) in &targets {
-        let after = Duration::from_millis(rand::random_range(300..=1500));
-        tokio::time::sleep(after).await;
+        let after = rand::random_range(20..=200);
+        wait_for_writes(&cluster, after).await;
         // The stream may be between two connections (it restarts after the previous step): wait for one.
         let ended = crate::support::wait_until(MATCH_DEADLINE, async || {
             let out = cluster.psql(node, APP_DB, sql).expect("terminate");
             out.contains('t').then_some(out)
         })
         .await;
-        eprintln!("{} after {after:?}: {ended:?}", node.name);
+        eprintln!("{} after {after} more transactions: {ended:?}", node.name);
         assert!(
             ended.is_some(),
             "{}: nothing to terminate\n{}",
@@ -570,21 +597,7 @@ async fn terminated_wal_sender_and_replica_sessions_lose_and_double_nothing() {
             log_tail(&proxy)
         );
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, Ordering::Relaxed);
-    let transactions = writer.await.expect("writer task");
-    assert!(
-        transactions > 20,
-        "the writer barely ran: {transactions} transactions"
-    );
-
-    wait_until_replicas_match(&cluster, &proxy, Duration::from_secs(60)).await;
-    for replica in &cluster.replicas {
-        assert_eq!(
-            duplicates(&cluster, replica, "log", "n, g"),
-            "0",
-            "{}: doubled rows in log",
-            replica.name
-        );
-    }
+    // Writes go on after the last termination, so the replicas must catch up on them too.
+    wait_for_writes(&cluster, 50).await;
+    stop_writer_and_check(&cluster, &proxy, stop, writer).await;
 }
