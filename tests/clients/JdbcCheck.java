@@ -194,6 +194,9 @@ public final class JdbcCheck {
                 rs.next();
                 onPrimary(rs.getInt(1), "INSERT ... RETURNING");
             }
+            // The next section opens a fresh session and expects its reads on the replicas; under the default
+            // global consistency they stay on the primary until a replica has replayed this write.
+            waitReplicasSee("SELECT count(*) FROM jitems", 101, "INSERT ... RETURNING replicated");
         }
     }
 
@@ -594,7 +597,9 @@ public final class JdbcCheck {
                 }
             }
         }
-        // A session that never wrote reads on a replica whatever targetServerType found.
+        // A session that never wrote reads on a replica whatever targetServerType found, once the replicas have
+        // replayed the temp tables made above (global consistency holds fresh sessions to every commit).
+        waitReplicasSee("SELECT 1", 1, "replicas caught up after the temp tables");
         try (Connection conn = tryConnect("jdbc:postgresql://" + hostPort + "/" + database + "?targetServerType=primary",
                 new ArrayList<>())) {
             check(conn != null, "targetServerType=primary refused");
