@@ -160,27 +160,6 @@ sql primary "INSERT INTO marker VALUES (1, 0);
 sql primary "VACUUM ANALYZE t" >/dev/null
 sql sub "$SCHEMA" >/dev/null
 
-# ---- 1. COPY pipe --------------------------------------------------------------------------------------------
-log "COPY pipe primary -> sub"
-start_at=$(now)
-psql -X -q -h 127.0.0.1 -p "${PORT[primary]}" -U postgres -d "$DB" -c "COPY t TO STDOUT" |
-    psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "${PORT[sub]}" -U postgres -d "$DB" -c "COPY t FROM STDIN"
-COPY_PIPE=$(since "$start_at")
-sql sub "TRUNCATE t" >/dev/null
-
-# ---- the bulk changes ----------------------------------------------------------------------------------------
-MARK=0
-# Each change ends by bumping the marker in the same transaction, so that seeing the marker means having all.
-bulk_sql() { # KIND MARK
-    local body
-    case $1 in
-    update) body="UPDATE t SET v = v + 1, pad = 'x' || pad" ;;
-    delete) body="DELETE FROM t" ;;
-    insert) body="INSERT INTO t SELECT g, g % 1000, md5(g::text) || 'padding!' FROM generate_series(1, $FWD_ROWS) g" ;;
-    esac
-    printf 'BEGIN; %s; UPDATE marker SET n = %s WHERE id = 1; COMMIT;' "$body" "$2"
-}
-
 # CPU clock ticks so far, as "pgfleet=N walsenders=N replica1=N ...": pgfleet's process (all threads), the
 # primary's WAL senders, and every process of each other server (children of its postmaster).
 cpu_ticks() {
@@ -191,7 +170,8 @@ def stat(pid):
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
-        return int(fields[1]), int(fields[11]) + int(fields[12])  # ppid, utime + stime
+        # ppid, utime + stime, cutime + cstime (children that ended: a copy's backends)
+        return int(fields[1]), int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14])
     except (OSError, IndexError, ValueError):
         return None
 def cmdline(pid):
@@ -207,19 +187,21 @@ for name in names:
             postmasters[int(f.readline())] = name
     except (OSError, ValueError):
         pass
-totals = {"pgfleet": 0, "walsenders": 0, **{n: 0 for n in names if n != "primary"}}
+totals = {"pgfleet": 0, "walsenders": 0, **{n: 0 for n in names}}
 if pgfleet and (s := stat(pgfleet)):
     totals["pgfleet"] = s[1]
+# A server's own processes, live ones and (through its postmaster) those that ended.
+for pid, name in postmasters.items():
+    if (s := stat(pid)):
+        totals[name] += s[2]
 for pid in filter(str.isdigit, os.listdir("/proc")):
     s = stat(pid)
     if s is None or s[0] not in postmasters:
         continue
     server = postmasters[s[0]]
-    if server == "primary":
-        if "walsender" in cmdline(pid):
-            totals["walsenders"] += s[1]
-    else:
-        totals[server] += s[1]
+    totals[server] += s[1]
+    if server == "primary" and "walsender" in cmdline(pid):
+        totals["walsenders"] += s[1]
 print(" ".join(f"{k}={v}" for k, v in totals.items()))
 PY
 }
@@ -236,8 +218,31 @@ print(", ".join(parts) or "-")
 PY
 }
 
-declare -A RESULT=()
+# ---- 1. COPY pipe --------------------------------------------------------------------------------------------
+log "COPY pipe primary -> sub"
 declare -A CPU=()
+ticks=$(cpu_ticks)
+start_at=$(now)
+psql -X -q -h 127.0.0.1 -p "${PORT[primary]}" -U postgres -d "$DB" -c "COPY t TO STDOUT" |
+    psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "${PORT[sub]}" -U postgres -d "$DB" -c "COPY t FROM STDIN"
+COPY_PIPE=$(since "$start_at")
+CPU[pipe]=$(cpu_spent "$ticks" "$(cpu_ticks)")
+sql sub "TRUNCATE t" >/dev/null
+
+# ---- the bulk changes ----------------------------------------------------------------------------------------
+MARK=0
+# Each change ends by bumping the marker in the same transaction, so that seeing the marker means having all.
+bulk_sql() { # KIND MARK
+    local body
+    case $1 in
+    update) body="UPDATE t SET v = v + 1, pad = 'x' || pad" ;;
+    delete) body="DELETE FROM t" ;;
+    insert) body="INSERT INTO t SELECT g, g % 1000, md5(g::text) || 'padding!' FROM generate_series(1, $FWD_ROWS) g" ;;
+    esac
+    printf 'BEGIN; %s; UPDATE marker SET n = %s WHERE id = 1; COMMIT;' "$body" "$2"
+}
+
+declare -A RESULT=()
 run_bulk() { # PREFIX TARGETS...: runs update, delete, insert; RESULT[PREFIX.kind.target] = seconds
     local prefix=$1 kind target started ticks
     shift
@@ -283,6 +288,7 @@ level = "info"
 EOF
 
 log "pgfleet forward mode: initial copy to ${REPLICAS[*]}"
+ticks=$(cpu_ticks)
 start_at=$(now)
 setsid "$PGFLEET_BIN" --config "$CONFIG" >"$WORK/pgfleet.log" 2>&1 </dev/null &
 PGFLEET_PID=$!
@@ -293,6 +299,7 @@ for r in "${REPLICAS[@]}"; do
         "SELECT coalesce((SELECT state FROM pgfleet_replica.progress LIMIT 1), 'none')" streaming
     COPY_TIME[$r]=$(since "$start_at")
 done
+CPU[pgfleet.copy]=$(cpu_spent "$ticks" "$(cpu_ticks)")
 log "pgfleet initial copy: $(for r in "${REPLICAS[@]}"; do printf '%s %ss  ' "$r" "${COPY_TIME[$r]}"; done)(at once)"
 run_bulk pgfleet "${REPLICAS[@]}"
 kill -TERM "$PGFLEET_PID"
@@ -305,12 +312,14 @@ log "pgfleet stopped; forward-stop:"
 log "native logical replication: initial copy to sub"
 sql sub "TRUNCATE t; DELETE FROM marker" >/dev/null
 sql primary "CREATE PUBLICATION native FOR TABLE t, marker" >/dev/null
+ticks=$(cpu_ticks)
 start_at=$(now)
 sql sub "CREATE SUBSCRIPTION native CONNECTION 'host=127.0.0.1 port=${PORT[primary]} user=postgres \
     password=$PASSWORD dbname=$DB' PUBLICATION native" >/dev/null
 wait_for "native initial copy" sub "SELECT count(*) FILTER (WHERE srsubstate <> 'r') FROM pg_subscription_rel" 0
 wait_for "native initial copy" sub "SELECT count(*) FROM pg_subscription_rel" 2
 NATIVE_COPY=$(since "$start_at")
+CPU[native.copy]=$(cpu_spent "$ticks" "$(cpu_ticks)")
 log "native initial copy: ${NATIVE_COPY}s"
 run_bulk native sub
 
@@ -331,6 +340,11 @@ for kind in update delete insert; do
     s=${RESULT[native.$kind.sub]}
     printf '%-34s %10s %14s\n' "native $kind, sub" "$s" "$(rate "$FWD_ROWS" "$s")"
 done
+echo
+echo "CPU seconds of the initial copies, from start to the last target done (/proc; servers count their ended backends):"
+printf '  %-16s %s\n' "COPY pipe" "${CPU[pipe]:--}"
+printf '  %-16s %s\n' "pgfleet copy" "${CPU[pgfleet.copy]:--}"
+printf '  %-16s %s\n' "native copy" "${CPU[native.copy]:--}"
 echo
 echo "CPU seconds per bulk change, from before it ran on the primary until the last target had it (/proc):"
 for kind in update delete insert; do
