@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use super::Replication;
 use super::copy::{CopyJob, initial_copy};
+use super::copy_round::{Copied, Seat, Ticket};
 use tokio::sync::mpsc;
 
 use self::batch::{Batch, Commit, Step};
@@ -149,9 +150,11 @@ impl Applier {
             .map_err(sql_err("reading progress"))?
             .map(|r| (r.get(0), r.get(1)));
         let start = match stored {
-            Some((lsn, state)) if state == "streaming" => lsn
-                .parse::<Lsn>()
-                .map_err(|_| ForwardError::Apply(format!("bad progress {lsn}")))?,
+            Some((lsn, state)) if state == "streaming" => {
+                self.feed.copies().needs_none(self.member);
+                lsn.parse::<Lsn>()
+                    .map_err(|_| ForwardError::Apply(format!("bad progress {lsn}")))?
+            }
             _ => self.copy(&replica, &primary, &replica_node).await?,
         };
         self.progress.set_applied(start);
@@ -162,7 +165,8 @@ impl Applier {
         self.follow(feed, Arc::new(replica), start).await
     }
 
-    /// Copies the replica from the snapshot of a temporary slot made after the feed's slot, so that the feed
+    /// Copies the replica, in a round shared with the database's other replicas that need a copy now
+    /// (`copy_round`), from the snapshot of a temporary slot made after the feed's slot, so that the feed
     /// still holds every transaction committed after the copy's snapshot.
     async fn copy(
         &self,
@@ -173,11 +177,56 @@ impl Applier {
         self.progress.set_state(State::Copying);
         // Until the copy is done the slot must not move past where it is now.
         self.feed.report(self.member, None);
+        let (ticket, outcome) = self.feed.copies().ask(self.member, replica_node.clone());
         let (user, password) = self.credentials();
         let timeout = self.ctx.config().pool.connect_timeout;
-        let control = client(primary, &user, &password, &self.database, timeout).await?;
-        // A copy slot left by a copy that crashed (or this replica's own slot from a version that kept one
-        // per replica) is dropped first. Its walsender may take a moment to notice that its client is gone.
+        let control = client(primary, &user, &password, &self.database, timeout).await;
+        let prepared = match &control {
+            Ok(control) => self.prepare_copy(control, replica).await,
+            Err(e) => Err(ForwardError::Copy(e.to_string())),
+        };
+        if let Ticket::Lead = ticket {
+            let seats = self.feed.copies().gather().await;
+            match &prepared {
+                Ok(()) => self.lead_copy(seats, primary).await,
+                // The leader could not make its copy slot: the round fails, and each replica tries again.
+                Err(e) => {
+                    let text = e.to_string();
+                    for seat in seats {
+                        let _ = seat.outcome.send(Err(ForwardError::Copy(text.clone())));
+                    }
+                }
+            }
+        }
+        let control = control?;
+        prepared?;
+        let copied = outcome
+            .await
+            .map_err(|_| ForwardError::Copy("the copy's round ended without an answer".into()))??;
+        // The restore recreated everything but our progress table, which lives in its own schema.
+        replica
+            .execute(
+                "UPDATE pgfleet_replica.progress SET lsn = $2::text::pg_lsn, state = 'streaming', updated_at = now()
+                 WHERE slot = $1",
+                &[&self.slot, &copied.consistent.to_string()],
+            )
+            .await
+            .map_err(sql_err("recording the copy's consistent point"))?;
+        sync_sequences(&control, replica, &mut HashMap::new()).await?;
+        self.progress.rows.fetch_add(copied.rows, Ordering::Relaxed);
+        tracing::info!(replica = %replica_node.address, database = %self.database, rows = copied.rows,
+            at = %copied.consistent, "initial copy done");
+        Ok(copied.consistent)
+    }
+
+    /// This replica's part before any copy: its copy slot left by a copy that crashed (or its own slot from a
+    /// version that kept one per replica) dropped, and its progress marked as copying.
+    async fn prepare_copy(
+        &self,
+        control: &tokio_postgres::Client,
+        replica: &tokio_postgres::Client,
+    ) -> Result<(), ForwardError> {
+        // Its walsender may take a moment to notice that its client is gone.
         for attempt in 0..50 {
             let r = control
                 .execute(
@@ -202,13 +251,48 @@ impl Applier {
             )
             .await
             .map_err(sql_err("marking the replica as copying"))?;
+        Ok(())
+    }
+
+    /// Copies every replica of the round (this one's first) from one snapshot, taken with this replica's
+    /// temporary copy slot, and tells each how it went.
+    async fn lead_copy(&self, seats: Vec<Seat>, primary: &NodeTarget) {
+        let replicas: Vec<NodeTarget> = seats.iter().map(|s| s.replica.clone()).collect();
+        let names: Vec<&str> = replicas.iter().map(|r| r.name.as_str()).collect();
+        tracing::info!(database = %self.database, replicas = ?names, "initial copy");
+        let results = match self.copy_round(&replicas, primary).await {
+            Ok((consistent, results)) => results
+                .into_iter()
+                .map(|r| r.map(|rows| Copied { consistent, rows }))
+                .collect(),
+            Err(e) => {
+                let text = e.to_string();
+                replicas
+                    .iter()
+                    .map(|_| Err(ForwardError::Copy(text.clone())))
+                    .collect::<Vec<_>>()
+            }
+        };
+        for (seat, result) in seats.into_iter().zip(results) {
+            let _ = seat.outcome.send(result);
+        }
+    }
+
+    async fn copy_round(
+        &self,
+        replicas: &[NodeTarget],
+        primary: &NodeTarget,
+    ) -> Result<(Lsn, Vec<Result<u64, ForwardError>>), ForwardError> {
+        let (user, password) = self.credentials();
+        let timeout = self.ctx.config().pool.connect_timeout;
+        let control = client(primary, &user, &password, &self.database, timeout).await?;
         self.feed.ensure_slot(&control).await?;
         let mut stream =
             ReplicationStream::connect(primary, &user, &password, &self.database, timeout).await?;
         let (consistent, snapshot) = stream.create_copy_slot(&self.copy_slot).await?;
         let job = CopyJob {
             primary,
-            replica: replica_node,
+            replicas,
             database: &self.database,
             user: &user,
             password: &password,
@@ -217,23 +301,10 @@ impl Applier {
             parallelism: self.ctx.config().replication.copy_parallelism,
             timeout,
         };
-        let rows = initial_copy(&job).await?;
-        // The restore recreated everything but our progress table, which lives in its own schema.
-        replica
-            .execute(
-                "UPDATE pgfleet_replica.progress SET lsn = $2::text::pg_lsn, state = 'streaming', updated_at = now()
-                 WHERE slot = $1",
-                &[&self.slot, &consistent.to_string()],
-            )
-            .await
-            .map_err(sql_err("recording the copy's consistent point"))?;
+        let results = initial_copy(&job).await;
         // Ends the copy slot's connection, and with it the slot.
         drop(stream);
-        sync_sequences(&control, replica, &mut HashMap::new()).await?;
-        self.progress.rows.fetch_add(rows, Ordering::Relaxed);
-        tracing::info!(replica = %replica_node.address, database = %self.database, rows, at = %consistent,
-            "initial copy done");
-        Ok(consistent)
+        Ok((consistent, results))
     }
 
     async fn follow(

@@ -10,6 +10,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::join_all;
 use futures_util::{SinkExt, StreamExt, pin_mut};
 use tokio::io::AsyncReadExt;
 
@@ -17,15 +18,15 @@ use super::setup::{ForwardError, client, sql_err};
 use crate::backend::connect::NodeTarget;
 use crate::config::split_host_port;
 
-/// Bytes of rows sent to the replica at once during a copy.
+/// Bytes of rows sent to the replicas at once during a copy.
 const COPY_BLOCK: usize = 256 * 1024;
 
 /// Who and where to copy.
 pub(crate) struct CopyJob<'a> {
     /// The primary (address and TLS settings).
     pub primary: &'a NodeTarget,
-    /// The replica.
-    pub replica: &'a NodeTarget,
+    /// The replicas copied together: each table is read once from the primary and written to all of them.
+    pub replicas: &'a [NodeTarget],
     /// Database.
     pub database: &'a str,
     /// Replication user.
@@ -42,14 +43,72 @@ pub(crate) struct CopyJob<'a> {
     pub timeout: Duration,
 }
 
-/// Copies schema and rows; returns the number of rows copied.
-pub(crate) async fn initial_copy(job: &CopyJob<'_>) -> Result<u64, ForwardError> {
+/// What became of each replica of a copy: the first failure on it, if any. A replica that fails leaves the
+/// copy; the others go on without it.
+struct Outcomes {
+    failed: Vec<std::sync::Mutex<Option<ForwardError>>>,
+}
+
+impl Outcomes {
+    fn new(n: usize) -> Self {
+        Self {
+            failed: (0..n).map(|_| std::sync::Mutex::new(None)).collect(),
+        }
+    }
+
+    fn alive(&self, i: usize) -> bool {
+        self.failed[i].lock().map(|f| f.is_none()).unwrap_or(false)
+    }
+
+    fn fail(&self, i: usize, e: ForwardError) {
+        if let Ok(mut f) = self.failed[i].lock() {
+            f.get_or_insert(e);
+        }
+    }
+
+    fn take(&self, i: usize) -> Option<ForwardError> {
+        self.failed[i].lock().ok().and_then(|mut f| f.take())
+    }
+}
+
+/// Copies schema and rows to every replica of the job; per replica (in the job's order), the number of rows
+/// copied or why its copy failed. A failure on the primary's side fails them all.
+pub(crate) async fn initial_copy(job: &CopyJob<'_>) -> Vec<Result<u64, ForwardError>> {
+    match copy_all(job).await {
+        Ok(results) => results,
+        Err(e) => {
+            let text = e.to_string();
+            job.replicas
+                .iter()
+                .map(|_| Err(ForwardError::Copy(text.clone())))
+                .collect()
+        }
+    }
+}
+
+async fn copy_all(job: &CopyJob<'_>) -> Result<Vec<Result<u64, ForwardError>>, ForwardError> {
     let schema = dump_schema(job).await?;
-    let replica = client(job.replica, job.user, job.password, job.database, job.timeout).await?;
-    replica
-        .batch_execute(&schema.before_rows)
-        .await
-        .map_err(sql_err("restoring the schema on the replica"))?;
+    let outcomes = Outcomes::new(job.replicas.len());
+    // Each replica's restore on its own connection, all at once; the connection stays for the post-data
+    // section.
+    let restored = join_all(job.replicas.iter().map(|replica| async {
+        let c = client(replica, job.user, job.password, job.database, job.timeout).await?;
+        c.batch_execute(&schema.before_rows)
+            .await
+            .map_err(sql_err("restoring the schema on the replica"))?;
+        Ok::<_, ForwardError>(c)
+    }))
+    .await;
+    let mut sessions = Vec::with_capacity(restored.len());
+    for (i, r) in restored.into_iter().enumerate() {
+        match r {
+            Ok(c) => sessions.push(Some(c)),
+            Err(e) => {
+                outcomes.fail(i, e);
+                sessions.push(None);
+            }
+        }
+    }
     let primary = client(job.primary, job.user, job.password, job.database, job.timeout).await?;
     let tables: Vec<String> = primary
         .query(
@@ -63,14 +122,39 @@ pub(crate) async fn initial_copy(job: &CopyJob<'_>) -> Result<u64, ForwardError>
         .map(|r| r.get(0))
         .collect();
     drop(primary);
-    let mut total = 0u64;
-    let mut pending = futures_util::stream::iter(tables.into_iter().map(|t| copy_table(job, t)))
+    let mut rows = vec![0u64; job.replicas.len()];
+    let mut pending = futures_util::stream::iter(tables.into_iter().map(|t| copy_table(job, &outcomes, t)))
         .buffer_unordered(job.parallelism.max(1));
-    while let Some(r) = pending.next().await {
-        total += r?;
+    while let Some(copied) = pending.next().await {
+        for (i, n) in copied? {
+            rows[i] += n;
+        }
     }
     drop(pending);
-    if let Some(after) = &schema.after_rows {
+    let finished = join_all(sessions.iter().enumerate().map(|(i, c)| {
+        let after = schema.after_rows.as_deref();
+        let outcomes = &outcomes;
+        async move {
+            let Some(c) = c.as_ref().filter(|_| outcomes.alive(i)) else {
+                return;
+            };
+            if let Err(e) = finish_replica(c, after).await {
+                outcomes.fail(i, e);
+            }
+        }
+    }));
+    finished.await;
+    Ok((0..job.replicas.len())
+        .map(|i| match outcomes.take(i) {
+            Some(e) => Err(e),
+            None => Ok(rows[i]),
+        })
+        .collect())
+}
+
+/// After the rows: the post-data section, then the replica's copy of pgfleet's event trigger is disabled.
+async fn finish_replica(replica: &tokio_postgres::Client, after: Option<&str>) -> Result<(), ForwardError> {
+    if let Some(after) = after {
         replica
             .batch_execute(after)
             .await
@@ -87,20 +171,16 @@ pub(crate) async fn initial_copy(job: &CopyJob<'_>) -> Result<u64, ForwardError>
              END $$",
         )
         .await
-        .map_err(sql_err("disabling the DDL event trigger on the replica"))?;
-    Ok(total)
+        .map_err(sql_err("disabling the DDL event trigger on the replica"))
 }
 
-async fn copy_table(job: &CopyJob<'_>, table: String) -> Result<u64, ForwardError> {
-    let source = client(job.primary, job.user, job.password, job.database, job.timeout).await?;
-    source
-        .batch_execute(&format!(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
-            crate::protocol::quote::quote_literal(job.snapshot)
-        ))
-        .await
-        .map_err(sql_err(format!("importing the snapshot to copy {table}")))?;
-    let target = client(job.replica, job.user, job.password, job.database, job.timeout).await?;
+/// A replica's side of one table's copy: its session, inside the transaction that COPY runs in.
+async fn open_target(
+    job: &CopyJob<'_>,
+    replica: &NodeTarget,
+    table: &str,
+) -> Result<tokio_postgres::Client, ForwardError> {
+    let target = client(replica, job.user, job.password, job.database, job.timeout).await?;
     // Constraint triggers (foreign keys) would reject a child copied before its parent. The restore left
     // the table empty unless something else made it (an extension's configuration table): DELETE, not
     // TRUNCATE, which refuses a table that another table's foreign key references.
@@ -110,45 +190,114 @@ async fn copy_table(job: &CopyJob<'_>, table: String) -> Result<u64, ForwardErro
         ))
         .await
         .map_err(sql_err(format!("preparing {table} on the replica")))?;
+    Ok(target)
+}
+
+/// Copies one table: read once from the primary at the snapshot, written to every replica still in the
+/// copy. Returns the rows each replica took (by its index in the job); a replica that fails here is marked
+/// failed in `outcomes` and left out of the rest. Fails as a whole only when the primary's side does.
+async fn copy_table(
+    job: &CopyJob<'_>,
+    outcomes: &Outcomes,
+    table: String,
+) -> Result<Vec<(usize, u64)>, ForwardError> {
+    let source = client(job.primary, job.user, job.password, job.database, job.timeout).await?;
+    source
+        .batch_execute(&format!(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+            crate::protocol::quote::quote_literal(job.snapshot)
+        ))
+        .await
+        .map_err(sql_err(format!("importing the snapshot to copy {table}")))?;
+    let copy_in = format!("COPY {table} FROM STDIN");
+    let opened = join_all(job.replicas.iter().enumerate().map(|(i, replica)| {
+        let (table, copy_in) = (&table, &copy_in);
+        async move {
+            if !outcomes.alive(i) {
+                return None;
+            }
+            let opened = async {
+                let target = open_target(job, replica, table).await?;
+                let sink = target
+                    .copy_in::<_, Bytes>(copy_in.as_str())
+                    .await
+                    .map_err(sql_err(format!("writing {table}")))?;
+                Ok::<_, ForwardError>((target, Box::pin(sink)))
+            };
+            match opened.await {
+                Ok(t) => Some((i, t.0, t.1)),
+                Err(e) => {
+                    outcomes.fail(i, e);
+                    None
+                }
+            }
+        }
+    }))
+    .await;
+    let mut targets: Vec<_> = opened.into_iter().flatten().collect();
+    if targets.is_empty() {
+        return Ok(Vec::new());
+    }
     let out = source
         .copy_out(&format!("COPY {table} TO STDOUT"))
         .await
         .map_err(sql_err(format!("reading {table}")))?;
-    let sink = target
-        .copy_in(&format!("COPY {table} FROM STDIN"))
-        .await
-        .map_err(sql_err(format!("writing {table}")))?;
     pin_mut!(out);
-    pin_mut!(sink);
-    // Rows come one CopyData each; sending them in blocks saves a flush per row.
+    // Rows come one CopyData each; sending them in blocks saves a flush per row, and each block goes to
+    // every replica at once (a shared buffer, not a copy per replica).
     let mut block = bytes::BytesMut::with_capacity(COPY_BLOCK);
-    while let Some(chunk) = out.next().await {
-        let chunk: Bytes = chunk.map_err(sql_err(format!("reading {table}")))?;
-        block.extend_from_slice(&chunk);
-        if block.len() >= COPY_BLOCK {
-            sink.send(block.split().freeze())
+    let mut done = false;
+    while !done && !targets.is_empty() {
+        match out.next().await {
+            Some(chunk) => {
+                let chunk: Bytes = chunk.map_err(sql_err(format!("reading {table}")))?;
+                block.extend_from_slice(&chunk);
+                if block.len() < COPY_BLOCK {
+                    continue;
+                }
+            }
+            None => done = true,
+        }
+        if block.is_empty() {
+            continue;
+        }
+        let data = block.split().freeze();
+        let sent = join_all(targets.iter_mut().map(|(_, _, sink)| sink.send(data.clone()))).await;
+        let mut kept = Vec::with_capacity(targets.len());
+        for (t, r) in targets.into_iter().zip(sent) {
+            match r {
+                Ok(()) => kept.push(t),
+                Err(e) => outcomes.fail(t.0, sql_err(format!("writing {table}"))(e)),
+            }
+        }
+        targets = kept;
+    }
+    let mut rows = Vec::with_capacity(targets.len());
+    for (i, target, mut sink) in targets {
+        let finished = async {
+            let n = sink
+                .as_mut()
+                .finish()
                 .await
-                .map_err(sql_err(format!("writing {table}")))?;
+                .map_err(sql_err(format!("finishing {table}")))?;
+            target
+                .batch_execute("COMMIT")
+                .await
+                .map_err(sql_err(format!("committing {table}")))?;
+            Ok::<_, ForwardError>(n)
+        };
+        match finished.await {
+            Ok(n) => {
+                tracing::info!(table = %table, rows = n, replica = %job.replicas[i].address, "copied table");
+                rows.push((i, n));
+            }
+            Err(e) => outcomes.fail(i, e),
         }
     }
-    if !block.is_empty() {
-        sink.send(block.freeze())
-            .await
-            .map_err(sql_err(format!("writing {table}")))?;
-    }
-    let rows = sink
-        .finish()
-        .await
-        .map_err(sql_err(format!("finishing {table}")))?;
-    target
-        .batch_execute("COMMIT")
-        .await
-        .map_err(sql_err(format!("committing {table}")))?;
     source
         .batch_execute("COMMIT")
         .await
         .map_err(sql_err(format!("closing the snapshot for {table}")))?;
-    tracing::info!(table = %table, rows, replica = %job.replica.address, "copied table");
     Ok(rows)
 }
 

@@ -29,6 +29,7 @@ use tokio::sync::mpsc::error::SendTimeoutError;
 use tokio::sync::{Notify, mpsc};
 
 use super::Replication;
+use super::copy_round::CopyRounds;
 use super::pgoutput::{Lsn, ReplicationMessage};
 use super::setup::{ForwardError, client, sql_err};
 use super::stream::{ReplicationStream, StreamError};
@@ -106,6 +107,8 @@ pub(crate) struct Feed {
     /// Whether the feed holds received messages it has not handed out yet.
     held: Arc<AtomicBool>,
     joins: mpsc::UnboundedSender<Join>,
+    /// The replicas' initial copies, shared by those that need one at about the same time.
+    copies: CopyRounds,
 }
 
 /// The feed's task: owns the replication connection; run it with [`FeedTask::run_forever`].
@@ -135,6 +138,7 @@ impl Feed {
             reported: Notify::new(),
             held: Arc::new(AtomicBool::new(false)),
             joins,
+            copies: CopyRounds::new(members),
         });
         let task = FeedTask {
             feed: feed.clone(),
@@ -142,6 +146,11 @@ impl Feed {
             last_rewind: None,
         };
         (feed, task)
+    }
+
+    /// The database's copy rounds.
+    pub(crate) fn copies(&self) -> &CopyRounds {
+        &self.copies
     }
 
     /// The slot every replica of the database is fed from (also the key of their progress rows).

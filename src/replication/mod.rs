@@ -8,6 +8,7 @@
 
 pub(crate) mod apply;
 pub(crate) mod copy;
+pub(crate) mod copy_round;
 pub(crate) mod feed;
 pub(crate) mod pgoutput;
 pub mod setup;

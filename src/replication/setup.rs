@@ -31,6 +31,9 @@ pub enum ForwardError {
     /// A change could not be turned into SQL.
     #[error("forward mode: {0}")]
     Apply(String),
+    /// An initial copy shared with other replicas failed; each of them gets the failure as text.
+    #[error("forward mode: initial copy: {0}")]
+    Copy(String),
     /// The database's shared change stream started over (a replica behind it joined): the applier joins
     /// again from its stored position.
     #[error("forward mode: the change stream started over")]

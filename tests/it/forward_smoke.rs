@@ -115,6 +115,7 @@ fn schema_objects(
 /// The initial copy restores what the rows need, copies the rows, and only then builds the indexes, keys,
 /// constraints and triggers (as pg_restore does: one sorted build instead of an index update per row). The
 /// replicas' statement logs show the order; their catalogs show everything arrived, foreign keys validated.
+/// Both replicas are copied together: the primary's log shows one read of the table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn initial_copy_builds_indexes_and_keys_after_the_rows() {
     let cluster = cluster_with_async(crate::support::cluster::ClusterOptions {
@@ -149,6 +150,13 @@ async fn initial_copy_builds_indexes_and_keys_after_the_rows() {
         })
         .await;
     }
+    // Both replicas were copied in one round: each table was read once from the primary.
+    let primary_log = cluster.primary.log_contents();
+    assert_eq!(
+        primary_log.matches("COPY public.child TO STDOUT").count(),
+        1,
+        "{primary_log}"
+    );
     let expected = schema_objects(&cluster, &cluster.primary);
     assert!(
         expected.contains("child_parent_id_fkey FOREIGN KEY"),
@@ -193,5 +201,84 @@ async fn initial_copy_builds_indexes_and_keys_after_the_rows() {
                 r.name
             );
         }
+    }
+}
+
+/// A replica whose copy fails (here its restore: a view of its own depends on a table the restore replaces)
+/// leaves the shared copy; the other replica is copied and streams, and the failed one is copied again once
+/// the obstacle is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_copy_fails_leaves_the_round_and_is_copied_later() {
+    let cluster = cluster_with_async(crate::support::cluster::ClusterOptions {
+        streaming: false,
+        ..options()
+    })
+    .await;
+    cluster
+        .psql(
+            &cluster.primary,
+            APP_DB,
+            "CREATE TABLE items (id bigint PRIMARY KEY, v text); \
+             INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 3000) g",
+        )
+        .expect("seed");
+    let (good, blocked) = (&cluster.replicas[0], &cluster.replicas[1]);
+    cluster
+        .psql(
+            blocked,
+            APP_DB,
+            "CREATE TABLE public.items (id bigint); CREATE SCHEMA blocker; \
+             CREATE VIEW blocker.v AS SELECT * FROM public.items",
+        )
+        .expect("blocker");
+    let proxy = Proxy::start(&cluster, &forward_toml());
+    wait_for(&proxy, "the blocked replica's restore to fail", || {
+        proxy.log_contents().contains("depends on table")
+    })
+    .await;
+    let progress = |node| {
+        cluster
+            .psql(node, APP_DB, "SELECT state FROM pgfleet_replica.progress")
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    };
+    wait_for(&proxy, "the other replica to stream", || {
+        progress(good) == "streaming"
+    })
+    .await;
+    cluster
+        .psql(
+            &cluster.primary,
+            APP_DB,
+            "INSERT INTO items VALUES (3001, 'after the copy')",
+        )
+        .expect("write");
+    let count = |node| {
+        cluster
+            .psql(node, APP_DB, "SELECT count(*) FROM items")
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    };
+    wait_for(&proxy, "the write on the copied replica", || {
+        count(good) == "3001"
+    })
+    .await;
+    assert_ne!(progress(blocked), "streaming");
+
+    cluster
+        .psql(blocked, APP_DB, "DROP SCHEMA blocker CASCADE")
+        .expect("drop the blocker");
+    wait_for(&proxy, "the blocked replica to be copied", || {
+        progress(blocked) == "streaming"
+    })
+    .await;
+    wait_for(&proxy, "the blocked replica's rows", || count(blocked) == "3001").await;
+    cluster
+        .psql(&cluster.primary, APP_DB, "DELETE FROM items WHERE id <= 1000")
+        .expect("delete");
+    for r in [good, blocked] {
+        wait_for(&proxy, "the delete on both replicas", || count(r) == "2001").await;
     }
 }
