@@ -227,6 +227,7 @@ psql -X -q -h 127.0.0.1 -p "${PORT[primary]}" -U postgres -d "$DB" -c "COPY t TO
     psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "${PORT[sub]}" -U postgres -d "$DB" -c "COPY t FROM STDIN"
 COPY_PIPE=$(since "$start_at")
 CPU[pipe]=$(cpu_spent "$ticks" "$(cpu_ticks)")
+log "COPY pipe: ${COPY_PIPE}s"
 sql sub "TRUNCATE t" >/dev/null
 
 # ---- the bulk changes ----------------------------------------------------------------------------------------
