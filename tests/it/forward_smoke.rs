@@ -209,11 +209,7 @@ async fn initial_copy_builds_indexes_and_keys_after_the_rows() {
 /// the obstacle is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_whose_copy_fails_leaves_the_round_and_is_copied_later() {
-    let cluster = cluster_with_async(crate::support::cluster::ClusterOptions {
-        streaming: false,
-        ..options()
-    })
-    .await;
+    let cluster = crate::support::forward::plain_cluster().await;
     cluster
         .psql(
             &cluster.primary,
@@ -236,13 +232,15 @@ async fn a_replica_whose_copy_fails_leaves_the_round_and_is_copied_later() {
         proxy.log_contents().contains("depends on table")
     })
     .await;
-    let progress = |node| {
+    let answer = |node, sql| {
         cluster
-            .psql(node, APP_DB, "SELECT state FROM pgfleet_replica.progress")
+            .psql(node, APP_DB, sql)
             .unwrap_or_default()
             .trim()
             .to_owned()
     };
+    let progress = |node| answer(node, "SELECT state FROM pgfleet_replica.progress");
+    let count = |node| answer(node, "SELECT count(*) FROM items");
     wait_for(&proxy, "the other replica to stream", || {
         progress(good) == "streaming"
     })
@@ -254,13 +252,6 @@ async fn a_replica_whose_copy_fails_leaves_the_round_and_is_copied_later() {
             "INSERT INTO items VALUES (3001, 'after the copy')",
         )
         .expect("write");
-    let count = |node| {
-        cluster
-            .psql(node, APP_DB, "SELECT count(*) FROM items")
-            .unwrap_or_default()
-            .trim()
-            .to_owned()
-    };
     wait_for(&proxy, "the write on the copied replica", || {
         count(good) == "3001"
     })
