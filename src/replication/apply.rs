@@ -198,11 +198,13 @@ impl Applier {
                 }
             }
         }
+        // The round's answer comes first, whatever went wrong here: this task must not try again (and start
+        // another round on this replica) while a round may still be writing to it.
+        let answer = outcome.await;
         let control = control?;
         prepared?;
-        let copied = outcome
-            .await
-            .map_err(|_| ForwardError::Copy("the copy's round ended without an answer".into()))??;
+        let copied =
+            answer.map_err(|_| ForwardError::Copy("the copy's round ended without an answer".into()))??;
         // The restore recreated everything but our progress table, which lives in its own schema.
         replica
             .execute(

@@ -272,6 +272,10 @@ async fn copy_table(
         }
         targets = kept;
     }
+    if !done {
+        // Every replica left: the read is dropped with its connection rather than drained.
+        return Ok(Vec::new());
+    }
     let mut rows = Vec::with_capacity(targets.len());
     for (i, target, mut sink) in targets {
         let finished = async {
