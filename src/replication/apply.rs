@@ -183,20 +183,13 @@ impl Applier {
         let control = client(primary, &user, &password, &self.database, timeout).await;
         let prepared = match &control {
             Ok(control) => self.prepare_copy(control, replica).await,
-            Err(e) => Err(ForwardError::Copy(e.to_string())),
+            Err(e) => Err(e.shared()),
         };
+        // A leader whose own preparation failed still copies the others (and itself: harmless, its progress
+        // does not say streaming); it tries again afterwards.
         if let Ticket::Lead = ticket {
             let seats = self.feed.copies().gather().await;
-            match &prepared {
-                Ok(()) => self.lead_copy(seats, primary).await,
-                // The leader could not make its copy slot: the round fails, and each replica tries again.
-                Err(e) => {
-                    let text = e.to_string();
-                    for seat in seats {
-                        let _ = seat.outcome.send(Err(ForwardError::Copy(text.clone())));
-                    }
-                }
-            }
+            self.lead_copy(seats, primary).await;
         }
         // The round's answer comes first, whatever went wrong here: this task must not try again (and start
         // another round on this replica) while a round may still be writing to it.
@@ -267,13 +260,7 @@ impl Applier {
                 .into_iter()
                 .map(|r| r.map(|rows| Copied { consistent, rows }))
                 .collect(),
-            Err(e) => {
-                let text = e.to_string();
-                replicas
-                    .iter()
-                    .map(|_| Err(ForwardError::Copy(text.clone())))
-                    .collect::<Vec<_>>()
-            }
+            Err(e) => replicas.iter().map(|_| Err(e.shared())).collect::<Vec<_>>(),
         };
         for (seat, result) in seats.into_iter().zip(results) {
             let _ = seat.outcome.send(result);

@@ -76,13 +76,7 @@ impl Outcomes {
 pub(crate) async fn initial_copy(job: &CopyJob<'_>) -> Vec<Result<u64, ForwardError>> {
     match copy_all(job).await {
         Ok(results) => results,
-        Err(e) => {
-            let text = e.to_string();
-            job.replicas
-                .iter()
-                .map(|_| Err(ForwardError::Copy(text.clone())))
-                .collect()
-        }
+        Err(e) => job.replicas.iter().map(|_| Err(e.shared())).collect(),
     }
 }
 

@@ -40,6 +40,15 @@ pub enum ForwardError {
     Rewound,
 }
 
+impl ForwardError {
+    /// The same failure for another replica of a shared copy, as text.
+    pub(crate) fn shared(&self) -> ForwardError {
+        let text = self.to_string();
+        let text = text.strip_prefix("forward mode: ").unwrap_or(&text);
+        ForwardError::Copy(text.strip_prefix("initial copy: ").unwrap_or(text).to_owned())
+    }
+}
+
 /// The server's own words when there are some ("db error" alone helps nobody).
 fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
@@ -231,4 +240,30 @@ pub fn slot_name(prefix: &str, database: &str, node: &str) -> String {
 /// node has, so it never collides with a replica's copy slot and matches `forward-stop`'s pattern.
 pub fn feed_slot_name(prefix: &str, database: &str) -> String {
     slot_name(prefix, database, "")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ForwardError;
+
+    #[test]
+    fn a_shared_failure_reads_once_as_an_initial_copy_failure() {
+        let cases = [
+            (
+                ForwardError::Setup("pg_dump failed (exit status: 1): no such database".into()),
+                "forward mode: initial copy: pg_dump failed (exit status: 1): no such database",
+            ),
+            (
+                ForwardError::Copy("writing public.t: connection closed".into()),
+                "forward mode: initial copy: writing public.t: connection closed",
+            ),
+            (
+                ForwardError::Apply("bad progress x".into()),
+                "forward mode: initial copy: bad progress x",
+            ),
+        ];
+        for (error, expected) in cases {
+            assert_eq!(error.shared().to_string(), expected);
+        }
+    }
 }
