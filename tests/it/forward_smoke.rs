@@ -204,6 +204,19 @@ async fn initial_copy_builds_indexes_and_keys_after_the_rows() {
     }
 }
 
+/// What `sql` returns on `node`, trimmed; empty when it fails (the server or the table not there yet).
+fn answer(
+    cluster: &crate::support::cluster::LocalCluster,
+    node: &crate::support::cluster::NodeHandle,
+    sql: &str,
+) -> String {
+    cluster
+        .psql(node, APP_DB, sql)
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
 /// A replica whose copy fails (here its restore: a view of its own depends on a table the restore replaces)
 /// leaves the shared copy; the other replica is copied and streams, and the failed one is copied again once
 /// the obstacle is gone.
@@ -232,15 +245,8 @@ async fn a_replica_whose_copy_fails_leaves_the_round_and_is_copied_later() {
         proxy.log_contents().contains("depends on table")
     })
     .await;
-    let answer = |node, sql| {
-        cluster
-            .psql(node, APP_DB, sql)
-            .unwrap_or_default()
-            .trim()
-            .to_owned()
-    };
-    let progress = |node| answer(node, "SELECT state FROM pgfleet_replica.progress");
-    let count = |node| answer(node, "SELECT count(*) FROM items");
+    let progress = |node| answer(&cluster, node, "SELECT state FROM pgfleet_replica.progress");
+    let count = |node| answer(&cluster, node, "SELECT count(*) FROM items");
     wait_for(&proxy, "the other replica to stream", || {
         progress(good) == "streaming"
     })
@@ -271,5 +277,59 @@ async fn a_replica_whose_copy_fails_leaves_the_round_and_is_copied_later() {
         .expect("delete");
     for r in [good, blocked] {
         wait_for(&proxy, "the delete on both replicas", || count(r) == "2001").await;
+    }
+}
+
+/// A replica that is down when forward mode starts does not hold the others' copy back: their round waits
+/// for it only a moment, and it is copied in a round of its own once it is up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_down_at_start_is_copied_when_it_comes_up() {
+    let cluster = crate::support::forward::plain_cluster().await;
+    cluster
+        .psql(
+            &cluster.primary,
+            APP_DB,
+            "CREATE TABLE items (id bigint PRIMARY KEY, v text); \
+             INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 3000) g",
+        )
+        .expect("seed");
+    let (up, down) = (&cluster.replicas[0], &cluster.replicas[1]);
+    tokio::task::block_in_place(|| down.stop()).expect("stop a replica");
+    let proxy = Proxy::start(&cluster, &forward_toml());
+    let progress = |node| answer(&cluster, node, "SELECT state FROM pgfleet_replica.progress");
+    let count = |node| answer(&cluster, node, "SELECT count(*) FROM items");
+    wait_for(&proxy, "the replica that is up to stream", || {
+        progress(up) == "streaming"
+    })
+    .await;
+    cluster
+        .psql(
+            &cluster.primary,
+            APP_DB,
+            "INSERT INTO items VALUES (3001, 'while one is down')",
+        )
+        .expect("write");
+    wait_for(&proxy, "the write on the replica that is up", || {
+        count(up) == "3001"
+    })
+    .await;
+
+    tokio::task::block_in_place(|| down.start()).expect("start the replica");
+    wait_for(&proxy, "the other replica to be copied", || {
+        progress(down) == "streaming"
+    })
+    .await;
+    cluster
+        .psql(&cluster.primary, APP_DB, "DELETE FROM items WHERE id <= 1000")
+        .expect("delete");
+    for r in [up, down] {
+        wait_for(&proxy, "the delete on both replicas", || count(r) == "2001").await;
+    }
+    let log = proxy.log_contents();
+    for round in [
+        format!("replicas=[\"{}\"]", up.name),
+        format!("replicas=[\"{}\"]", down.name),
+    ] {
+        assert!(log.contains(&round), "no copy round `{round}`:\n{log}");
     }
 }
