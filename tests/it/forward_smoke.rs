@@ -217,20 +217,80 @@ fn answer(
         .to_owned()
 }
 
+/// The table the copy-round tests copy: 3,000 rows.
+const ITEMS: &str = "CREATE TABLE items (id bigint PRIMARY KEY, v text); \
+                     INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 3000) g";
+
+fn progress(
+    cluster: &crate::support::cluster::LocalCluster,
+    node: &crate::support::cluster::NodeHandle,
+) -> String {
+    answer(cluster, node, "SELECT state FROM pgfleet_replica.progress")
+}
+
+fn items(
+    cluster: &crate::support::cluster::LocalCluster,
+    node: &crate::support::cluster::NodeHandle,
+) -> String {
+    answer(cluster, node, "SELECT count(*) FROM items")
+}
+
+/// `first` is copied and streams: a row written on the primary reaches it.
+async fn first_replica_streams(
+    cluster: &crate::support::cluster::LocalCluster,
+    proxy: &Proxy,
+    first: &crate::support::cluster::NodeHandle,
+) {
+    wait_for(proxy, "the first replica to stream", || {
+        progress(cluster, first) == "streaming"
+    })
+    .await;
+    cluster
+        .psql(
+            &cluster.primary,
+            APP_DB,
+            "INSERT INTO items VALUES (3001, 'after the first copy')",
+        )
+        .expect("write");
+    wait_for(proxy, "the write on the first replica", || {
+        items(cluster, first) == "3001"
+    })
+    .await;
+}
+
+/// `late` is copied after all, with the row written meanwhile, and both replicas then take a delete.
+async fn late_replica_catches_up(
+    cluster: &crate::support::cluster::LocalCluster,
+    proxy: &Proxy,
+    first: &crate::support::cluster::NodeHandle,
+    late: &crate::support::cluster::NodeHandle,
+) {
+    wait_for(proxy, "the late replica to be copied", || {
+        progress(cluster, late) == "streaming"
+    })
+    .await;
+    wait_for(proxy, "the late replica's rows", || {
+        items(cluster, late) == "3001"
+    })
+    .await;
+    cluster
+        .psql(&cluster.primary, APP_DB, "DELETE FROM items WHERE id <= 1000")
+        .expect("delete");
+    for r in [first, late] {
+        wait_for(proxy, "the delete on both replicas", || {
+            items(cluster, r) == "2001"
+        })
+        .await;
+    }
+}
+
 /// A replica whose copy fails (here its restore: a view of its own depends on a table the restore replaces)
 /// leaves the shared copy; the other replica is copied and streams, and the failed one is copied again once
 /// the obstacle is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_whose_copy_fails_leaves_the_round_and_is_copied_later() {
     let cluster = crate::support::forward::plain_cluster().await;
-    cluster
-        .psql(
-            &cluster.primary,
-            APP_DB,
-            "CREATE TABLE items (id bigint PRIMARY KEY, v text); \
-             INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 3000) g",
-        )
-        .expect("seed");
+    cluster.psql(&cluster.primary, APP_DB, ITEMS).expect("seed");
     let (good, blocked) = (&cluster.replicas[0], &cluster.replicas[1]);
     cluster
         .psql(
@@ -245,39 +305,12 @@ async fn a_replica_whose_copy_fails_leaves_the_round_and_is_copied_later() {
         proxy.log_contents().contains("depends on table")
     })
     .await;
-    let progress = |node| answer(&cluster, node, "SELECT state FROM pgfleet_replica.progress");
-    let count = |node| answer(&cluster, node, "SELECT count(*) FROM items");
-    wait_for(&proxy, "the other replica to stream", || {
-        progress(good) == "streaming"
-    })
-    .await;
-    cluster
-        .psql(
-            &cluster.primary,
-            APP_DB,
-            "INSERT INTO items VALUES (3001, 'after the copy')",
-        )
-        .expect("write");
-    wait_for(&proxy, "the write on the copied replica", || {
-        count(good) == "3001"
-    })
-    .await;
-    assert_ne!(progress(blocked), "streaming");
-
+    first_replica_streams(&cluster, &proxy, good).await;
+    assert_ne!(progress(&cluster, blocked), "streaming");
     cluster
         .psql(blocked, APP_DB, "DROP SCHEMA blocker CASCADE")
         .expect("drop the blocker");
-    wait_for(&proxy, "the blocked replica to be copied", || {
-        progress(blocked) == "streaming"
-    })
-    .await;
-    wait_for(&proxy, "the blocked replica's rows", || count(blocked) == "3001").await;
-    cluster
-        .psql(&cluster.primary, APP_DB, "DELETE FROM items WHERE id <= 1000")
-        .expect("delete");
-    for r in [good, blocked] {
-        wait_for(&proxy, "the delete on both replicas", || count(r) == "2001").await;
-    }
+    late_replica_catches_up(&cluster, &proxy, good, blocked).await;
 }
 
 /// A replica that is down when forward mode starts does not hold the others' copy back: their round waits
@@ -285,51 +318,15 @@ async fn a_replica_whose_copy_fails_leaves_the_round_and_is_copied_later() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_down_at_start_is_copied_when_it_comes_up() {
     let cluster = crate::support::forward::plain_cluster().await;
-    cluster
-        .psql(
-            &cluster.primary,
-            APP_DB,
-            "CREATE TABLE items (id bigint PRIMARY KEY, v text); \
-             INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 3000) g",
-        )
-        .expect("seed");
+    cluster.psql(&cluster.primary, APP_DB, ITEMS).expect("seed");
     let (up, down) = (&cluster.replicas[0], &cluster.replicas[1]);
     tokio::task::block_in_place(|| down.stop()).expect("stop a replica");
     let proxy = Proxy::start(&cluster, &forward_toml());
-    let progress = |node| answer(&cluster, node, "SELECT state FROM pgfleet_replica.progress");
-    let count = |node| answer(&cluster, node, "SELECT count(*) FROM items");
-    wait_for(&proxy, "the replica that is up to stream", || {
-        progress(up) == "streaming"
-    })
-    .await;
-    cluster
-        .psql(
-            &cluster.primary,
-            APP_DB,
-            "INSERT INTO items VALUES (3001, 'while one is down')",
-        )
-        .expect("write");
-    wait_for(&proxy, "the write on the replica that is up", || {
-        count(up) == "3001"
-    })
-    .await;
-
+    first_replica_streams(&cluster, &proxy, up).await;
     tokio::task::block_in_place(|| down.start()).expect("start the replica");
-    wait_for(&proxy, "the other replica to be copied", || {
-        progress(down) == "streaming"
-    })
-    .await;
-    cluster
-        .psql(&cluster.primary, APP_DB, "DELETE FROM items WHERE id <= 1000")
-        .expect("delete");
-    for r in [up, down] {
-        wait_for(&proxy, "the delete on both replicas", || count(r) == "2001").await;
-    }
+    late_replica_catches_up(&cluster, &proxy, up, down).await;
     let log = proxy.log_contents();
-    for round in [
-        format!("replicas=[\"{}\"]", up.name),
-        format!("replicas=[\"{}\"]", down.name),
-    ] {
+    for round in [&up.name, &down.name].map(|name| format!("replicas=[\"{name}\"]")) {
         assert!(log.contains(&round), "no copy round `{round}`:\n{log}");
     }
 }
