@@ -189,7 +189,7 @@ impl Applier {
         // does not say streaming); it tries again afterwards.
         if let Ticket::Lead = ticket {
             let seats = self.feed.copies().gather().await;
-            self.lead_copy(seats, primary).await;
+            self.lead_copy(seats, primary, control.as_ref()).await;
         }
         // The round's answer comes first, whatever went wrong here: this task must not try again (and start
         // another round on this replica) while a round may still be writing to it.
@@ -250,12 +250,22 @@ impl Applier {
     }
 
     /// Copies every replica of the round (this one's first) from one snapshot, taken with this replica's
-    /// temporary copy slot, and tells each how it went.
-    async fn lead_copy(&self, seats: Vec<Seat>, primary: &NodeTarget) {
+    /// temporary copy slot, and tells each how it went. `control` is this task's connection to the primary
+    /// (or why there is none, which fails the round).
+    async fn lead_copy(
+        &self,
+        seats: Vec<Seat>,
+        primary: &NodeTarget,
+        control: Result<&tokio_postgres::Client, &ForwardError>,
+    ) {
         let replicas: Vec<NodeTarget> = seats.iter().map(|s| s.replica.clone()).collect();
         let names: Vec<&str> = replicas.iter().map(|r| r.name.as_str()).collect();
         tracing::info!(database = %self.database, replicas = ?names, "initial copy");
-        let results = match self.copy_round(&replicas, primary).await {
+        let round = match control {
+            Ok(control) => self.copy_round(&replicas, primary, control).await,
+            Err(e) => Err(e.shared()),
+        };
+        let results = match round {
             Ok((consistent, results)) => results
                 .into_iter()
                 .map(|r| r.map(|rows| Copied { consistent, rows }))
@@ -271,11 +281,11 @@ impl Applier {
         &self,
         replicas: &[NodeTarget],
         primary: &NodeTarget,
+        control: &tokio_postgres::Client,
     ) -> Result<(Lsn, Vec<Result<u64, ForwardError>>), ForwardError> {
         let (user, password) = self.credentials();
         let timeout = self.ctx.config().pool.connect_timeout;
-        let control = client(primary, &user, &password, &self.database, timeout).await?;
-        self.feed.ensure_slot(&control).await?;
+        self.feed.ensure_slot(control).await?;
         let mut stream =
             ReplicationStream::connect(primary, &user, &password, &self.database, timeout).await?;
         let (consistent, snapshot) = stream.create_copy_slot(&self.copy_slot).await?;

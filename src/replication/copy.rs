@@ -1,9 +1,10 @@
-//! Initial copy of one database to one replica from a slot's exported snapshot: the schema with pg_dump
-//! (`--snapshot`, `--clean`, so a copy interrupted by a crash is simply done again), then every published
-//! table's rows with COPY, several tables at once, each reading the same snapshot, then the indexes, keys,
-//! constraints and triggers (pg_dump's post-data section), as pg_restore orders a restore: one sorted index
-//! build costs less than updating the index for every copied row (a 2,000,000-row table with a bigint key:
-//! 2.4-2.9 s against 4.3-4.6 s). Rows then continue from the slot's consistent point: none missed, none doubled.
+//! Initial copy of one database to the replicas of a copy round (`copy_round`) from a slot's exported
+//! snapshot: the schema with pg_dump (`--snapshot`, `--clean`, so a copy interrupted by a crash is simply done
+//! again), then every published table's rows with COPY, several tables at once, each read once at the
+//! snapshot and written to every replica, then the indexes, keys, constraints and triggers (pg_dump's
+//! post-data section), as pg_restore orders a restore: one sorted index build costs less than updating the
+//! index for every copied row (a 2,000,000-row table with a bigint key: 2.4-2.9 s against 4.3-4.6 s). Rows
+//! then continue from the slot's consistent point: none missed, none doubled.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -300,7 +301,6 @@ async fn copy_table(
 }
 
 /// The primary's schema as of the snapshot, as SQL the replica can run, split where the rows go.
-#[derive(Debug, PartialEq, Eq)]
 struct Schema {
     /// Restored before the rows: with `--clean`, the drops of everything, then what the rows need (types,
     /// functions, tables); without a split, the whole schema.
