@@ -13,14 +13,43 @@ use crate::router::classify::{Pin, SessionChange, Target};
 #[derive(Debug, Default)]
 pub struct Settings {
     entries: BTreeMap<String, String>,
-    /// Identifies these entries: 0 for none, else a value no other session and no earlier state of this
-    /// one had. A connection that recorded the same generation has exactly these settings applied, which
-    /// answers [`Settings::diff`] for most requests without comparing the maps.
+    /// Identifies these entries: 0 for none, else the number [`generation_of`] gave this content. Sessions
+    /// with the same settings share it, so a connection that recorded the same generation has exactly these
+    /// settings applied, which answers [`Settings::diff`] without comparing the maps, also for a connection
+    /// that last served another session (transaction pooling), whose clients mostly connect alike.
     generation: u64,
 }
 
-/// Generations of settings, unique across sessions (transaction pooling shares connections).
+/// Numbers given to settings contents, never given twice: equal numbers mean equal contents.
 static NEXT_GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// Most contents remembered; past it the table starts over. Contents seen before then get new numbers, which
+/// costs a comparison of maps on their sessions' next connection change, never a wrong answer.
+const REMEMBERED: usize = 4096;
+
+/// Owner: this module, for the whole process. Only [`generation_of`] reads and writes it, when a session's
+/// settings change (its login, a SET): never on a request's path.
+static GENERATIONS: std::sync::Mutex<Option<std::collections::HashMap<BTreeMap<String, String>, u64>>> =
+    std::sync::Mutex::new(None);
+
+/// The number of a settings content: the same for equal contents while the table remembers them, and a
+/// number no other content ever had.
+fn generation_of(entries: &BTreeMap<String, String>) -> u64 {
+    if entries.is_empty() {
+        return 0;
+    }
+    let mut table = GENERATIONS.lock().unwrap_or_else(|p| p.into_inner());
+    let table = table.get_or_insert_with(Default::default);
+    if let Some(g) = table.get(entries) {
+        return *g;
+    }
+    if table.len() >= REMEMBERED {
+        table.clear();
+    }
+    let g = NEXT_GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    table.insert(entries.clone(), g);
+    g
+}
 
 impl Settings {
     /// Records a startup parameter as the SET that reproduces it.
@@ -28,11 +57,7 @@ impl Settings {
         let name = name.to_ascii_lowercase();
         let sql = format!("SET {} TO {}", quote_ident(&name), quote_literal(value));
         self.entries.insert(name, sql);
-        self.bump();
-    }
-
-    fn bump(&mut self) {
-        self.generation = NEXT_GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.generation = generation_of(&self.entries);
     }
 
     /// See the field's documentation.
@@ -42,7 +67,6 @@ impl Settings {
 
     /// Records a SET/RESET the client ran successfully.
     pub fn apply(&mut self, change: &SessionChange) {
-        self.bump();
         match change {
             SessionChange::Set { name, statement } => {
                 self.entries.insert(name.clone(), statement.clone());
@@ -52,6 +76,7 @@ impl Settings {
             }
             SessionChange::ResetAll => self.entries.clear(),
         }
+        self.generation = generation_of(&self.entries);
     }
 
     /// The settings as applied statements, by name.
@@ -186,5 +211,43 @@ mod tests {
         );
         s.apply(&SessionChange::ResetAll);
         assert_eq!(s.diff(&before).as_deref(), Some("RESET \"application_name\";"));
+    }
+
+    #[test]
+    fn equal_settings_share_a_generation_and_different_ones_never_do() {
+        let set = |name: &str, statement: &str| SessionChange::Set {
+            name: name.into(),
+            statement: statement.into(),
+        };
+        // Two sessions that connected alike, their parameters in another order.
+        let (mut a, mut b) = (Settings::default(), Settings::default());
+        assert_eq!(a.generation(), 0);
+        a.set_startup("application_name", "pgbench");
+        a.set_startup("DateStyle", "ISO");
+        b.set_startup("datestyle", "ISO");
+        b.set_startup("application_name", "pgbench");
+        assert_ne!(a.generation(), 0);
+        assert_eq!(a.generation(), b.generation());
+
+        // One changes: a number no other content had; changed back, the shared number again.
+        let shared = a.generation();
+        a.apply(&set("search_path", "SET search_path TO x"));
+        assert_ne!(a.generation(), shared);
+        assert_ne!(a.generation(), 0);
+        let mut c = Settings::default();
+        c.set_startup("application_name", "psql");
+        assert_ne!(c.generation(), a.generation());
+        assert_ne!(c.generation(), shared);
+        a.apply(&SessionChange::Reset {
+            name: "search_path".into(),
+            statement: "RESET search_path".into(),
+        });
+        assert_eq!(a.generation(), shared);
+        assert_eq!(a.diff(b.entries()), None);
+
+        // Nothing set: 0, as a connection nobody changed records.
+        a.apply(&SessionChange::ResetAll);
+        assert_eq!(a.generation(), 0);
+        assert_eq!(a.generation(), crate::backend::conn::AppliedState::default().settings_generation);
     }
 }

@@ -620,7 +620,12 @@ impl Session {
                 return Err(closed);
             }
         }
-        let n = self.shared.fleet.node(node);
+        // The session's copy of the node list, read when the request began, unless a reload added this node
+        // since: no shared load for the usual checkout.
+        let n = match self.current.nodes.get(node.index()) {
+            Some(n) => n.clone(),
+            None => self.shared.fleet.node(node),
+        };
         let login = Login {
             user: &self.user,
             password: &self.password,
