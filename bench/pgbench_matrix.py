@@ -150,12 +150,14 @@ def session_usage(sid: int) -> tuple[int, int]:
     return ticks, switches
 
 
-def skip_reason(target: Target, clients: int, args: argparse.Namespace) -> str:
-    """Why `target` cannot take `clients` clients, or ''."""
+def skip_reason(target: Target, workload: str, clients: int, args: argparse.Namespace) -> str:
+    """Why `target` cannot take `clients` clients of `workload`, or ''."""
     if target.state != "ok":
         return target.note
+    if target.name == "direct-spread" and not workload.startswith("select"):
+        return "n/a: the workload writes, and replicas refuse writes"
     # The relay opens a connection to the primary per client, as a direct client does.
-    if target.name in ("direct", "relay", "relay-uring") and clients > args.max_connections - 10:
+    if target.name in ("direct", "direct-spread", "relay", "relay-uring") and clients > args.max_connections - 10:
         return f"n/a: the primary's max_connections is {args.max_connections}"
     # bench/sharded.sh's pgfleet targets run with session pooling too.
     # pgfleet-defaults runs with pgfleet's own pool defaults: session pooling, 20 connections per node.
@@ -232,7 +234,12 @@ def ratio_pairs(names: list[str], args: argparse.Namespace) -> list[tuple[str, s
     if args.compare:
         pairs = [tuple(c.split("/", 1)) for c in args.compare.split()]
         return [(a, b) for a, b in pairs if a in names and b in names]
-    return [(f, o) for f in PGFLEETS if f in names for o in OTHERS if o in names]
+    pairs = [(f, o) for f in PGFLEETS if f in names for o in OTHERS if o in names]
+    # The defaults spread reads over every node: against the same spread without a proxy, what pgfleet costs
+    # shows apart from what spreading itself costs on the machine.
+    if "pgfleet-defaults" in names and "direct-spread" in names:
+        pairs.append(("pgfleet-defaults", "direct-spread"))
+    return pairs
 
 
 def servers_scan() -> tuple[int, set[int]]:
@@ -268,43 +275,67 @@ def children_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def spread(clients: int, ports: list[int]) -> list[tuple[int, int]]:
+    """(port, clients) for `clients` split as evenly as they go over `ports`, the first ones taking the rest."""
+    used = max(1, min(clients, len(ports)))
+    return [(ports[i], clients // used + (1 if i < clients % used else 0)) for i in range(used)]
+
+
 def run_pgbench(target: Target, workload: str, clients: int, args: argparse.Namespace, tag: str) -> Run:
     _, extra = WORKLOADS[workload]
     extra = script_args(extra, args)
     jobs = max(1, min(clients, os.cpu_count() or 1))
     prefix = os.path.join(args.work, f"tx-{tag}")
-    cmd = [
-        "pgbench", "-n", "-h", "127.0.0.1", "-p", str(target.port), "-U", args.user,
-        "-c", str(clients), "-j", str(jobs), "-T", str(args.seconds),
-        "-l", f"--log-prefix={prefix}", *extra, args.database,
+    # `direct-spread`: one pgbench per node, all at once, the clients split over the nodes (a read-only
+    # workload through no proxy, spread as a balancer would spread it); the others: one pgbench on the port.
+    parts = spread(clients, args.spread_ports) if target.name == "direct-spread" else [(target.port, clients)]
+    cmds = [
+        [
+            "pgbench", "-n", "-h", "127.0.0.1", "-p", str(port), "-U", args.user,
+            "-c", str(share), "-j", str(max(1, min(share, jobs))), "-T", str(args.seconds),
+            # The parts' logs share the prefix that latency_from_logs collects.
+            "-l", f"--log-prefix={prefix}" + (f".part{i}" if len(parts) > 1 else ""), *extra, args.database,
+        ]
+        for i, (port, share) in enumerate(parts)
     ]
     env = dict(os.environ, PGPASSWORD=args.password, PGSSLMODE="disable", PGAPPNAME="pgfleet-bench")
     # Room for connecting 500 clients through a proxy (SCRAM each) and for a proxy that makes clients wait.
     timeout = args.seconds + 120 + clients // 5
     before = session_usage(target.sid) if target.sid else None
     servers_before, pgbench_before = servers_usage(), children_seconds()
-    try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-        output = proc.stdout + proc.stderr
-        rc = proc.returncode
-    except subprocess.TimeoutExpired as e:
-        def text(b: bytes | str | None) -> str:
-            return b.decode(errors="replace") if isinstance(b, bytes) else (b or "")
-        output = text(e.stdout) + text(e.stderr)
-        rc = None
+    procs = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for c in cmds]
+    outputs: list[str] = []
+    timed_out = False
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        try:
+            outputs.append(proc.communicate(timeout=max(0.0, deadline - time.monotonic()))[0] or "")
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            proc.kill()
+            outputs.append(proc.communicate()[0] or "")
     after = session_usage(target.sid) if target.sid else None
     servers_after, pgbench_after = servers_usage(), children_seconds()
     p50, p99, count, failed_logged = latency_from_logs(prefix)
-    if rc is None:
+    output = "\n".join(outputs)
+    if timed_out:
         return Run(ok=False, error=f"pgbench timed out after {timeout} s")
-    tps = re.search(r"^tps = ([0-9.]+)", output, re.M)
-    avg = re.search(r"^latency average = ([0-9.]+) ms", output, re.M)
-    failed = re.search(r"^number of failed transactions: (\d+)", output, re.M)
-    nfailed = int(failed.group(1)) if failed else failed_logged
-    if rc != 0 or "aborted" in output or not tps or not avg:
-        return Run(ok=False, error=first_error(output), failed=nfailed, output=output)
-    done = re.search(r"^number of transactions actually processed: (\d+)", output, re.M)
-    txns = int(done.group(1)) if done else count
+    tps_sum = avg_weighted = 0.0
+    txns = nfailed = 0
+    for proc, out in zip(procs, outputs):
+        tps = re.search(r"^tps = ([0-9.]+)", out, re.M)
+        avg = re.search(r"^latency average = ([0-9.]+) ms", out, re.M)
+        failed = re.search(r"^number of failed transactions: (\d+)", out, re.M)
+        nfailed += int(failed.group(1)) if failed else 0
+        if proc.returncode != 0 or "aborted" in out or not tps or not avg:
+            return Run(ok=False, error=first_error(out), failed=nfailed or failed_logged, output=output)
+        done = re.search(r"^number of transactions actually processed: (\d+)", out, re.M)
+        part_txns = int(done.group(1)) if done else count
+        tps_sum += float(tps.group(1))
+        avg_weighted += float(avg.group(1)) * part_txns
+        txns += part_txns
+    nfailed = nfailed or failed_logged
+    avg_ms = avg_weighted / txns if txns else 0.0
     cpu_us = cs = servers_us = pgbench_us = None
     tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
     if before and after and txns > 0:
@@ -314,7 +345,7 @@ def run_pgbench(target: Target, workload: str, clients: int, args: argparse.Name
         # Logins included: pgbench's totals cover its connection phase, which its TPS leaves out.
         servers_us = (servers_after - servers_before) * tick_us / txns
         pgbench_us = (pgbench_after - pgbench_before) * 1e6 / txns
-    return Run(ok=True, tps=float(tps.group(1)), avg_ms=float(avg.group(1)), p50_ms=p50, p99_ms=p99,
+    return Run(ok=True, tps=tps_sum, avg_ms=avg_ms, p50_ms=p50, p99_ms=p99,
                failed=nfailed, cpu_us=cpu_us, cs=cs, servers_us=servers_us, pgbench_us=pgbench_us)
 
 
@@ -429,7 +460,7 @@ def markdown(results: list[tuple[str, int, dict[str, Cell]]], targets: list[Targ
 
     table(out, results, names, latency, "Latency, average / median / p99 in ms (medians of the rounds):")
     table(
-        out, results, [n for n in names if n != "direct"], proxy_cpu,
+        out, results, [n for n in names if n not in ("direct", "direct-spread")], proxy_cpu,
         "The proxy's CPU time per transaction in µs / its context switches per transaction / transactions per "
         "second of proxy CPU time (medians of the rounds, from /proc: user + system time and voluntary + "
         "involuntary switches of every process and thread of the proxy; `direct` has no proxy):",
@@ -492,6 +523,8 @@ def main() -> int:
                    help="ratio columns A/B (and A's added cost over B) instead of pgfleet against the others")
     p.add_argument("--warmup-script", default="", help="pgbench script for the warm-up instead of -S")
     p.add_argument("--summary", required=True)
+    p.add_argument("--spread-ports", type=lambda v: [int(x) for x in v.split()], default=[],
+                   metavar="'PRIMARY REPLICA ...'", help="the nodes' ports, for the direct-spread target")
     p.add_argument("--warmup", type=int, default=5, help="seconds of select-only through each target first")
     args = p.parse_args()
 
@@ -528,7 +561,7 @@ def main() -> int:
     seq = 0
     for workload, clients in combos:
         title = WORKLOADS[workload][0]
-        cells = {t.name: Cell(skipped=skip_reason(t, clients, args)) for t in targets}
+        cells = {t.name: Cell(skipped=skip_reason(t, workload, clients, args)) for t in targets}
         active = [t for t in targets if not cells[t.name].skipped]
         for rnd in range(args.rounds):
             # Rotate the order each round.

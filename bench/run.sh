@@ -39,7 +39,7 @@ BENCH_SCALE=${BENCH_SCALE:-10}
 BENCH_WARMUP=${BENCH_WARMUP:-5}
 BENCH_CLIENTS=${BENCH_CLIENTS:-"1 16 500"}
 BENCH_WORKLOADS=${BENCH_WORKLOADS:-"select-simple select-extended select-prepared tpcb rw90"}
-BENCH_TARGETS=${BENCH_TARGETS:-"direct relay pgfleet-defaults pgfleet-session pgfleet-cores pgfleet-txn pgfleet-primary pgbouncer pgpool"}
+BENCH_TARGETS=${BENCH_TARGETS:-"direct direct-spread relay pgfleet-defaults pgfleet-session pgfleet-cores pgfleet-txn pgfleet-primary pgbouncer pgpool"}
 BENCH_POOL_SIZE=${BENCH_POOL_SIZE:-20}
 # Empty: pgfleet's own default for the key.
 BENCH_AFFINITY=${BENCH_AFFINITY:-}
@@ -459,6 +459,13 @@ if target_wanted direct; then
     add_target direct "$PRIMARY_PORT" ok "the primary, no proxy"
 fi
 
+# No proxy either, but the clients split evenly over the primary and the replicas (read-only workloads): the
+# same spread as pgfleet's defaults give reads, so that what spreading itself costs on this machine (three
+# servers sharing its cores and caches) shows apart from what pgfleet costs.
+if target_wanted direct-spread; then
+    add_target direct-spread "$PRIMARY_PORT" ok "the primary and the replicas, no proxy, clients split evenly"
+fi
+
 # A bare byte relay on tokio's current-thread runtime (bench/relay): a connection to the primary per client and
 # nothing decided. Its CPU per transaction is what the runtime, the sockets and the wake-ups cost any proxy built
 # like pgfleet, so the difference to pgfleet is pgfleet's own work.
@@ -674,7 +681,8 @@ run_step python3 "$BENCH_DIR/pgbench_matrix.py" \
     --rw-script "$BENCH_DIR/workloads/rw90.sql" \
     --script "bigkey=$BENCH_DIR/workloads/bigkey.sql" \
     --warmup "$BENCH_WARMUP" \
-    --summary "$SUMMARY_FILE"
+    --summary "$SUMMARY_FILE" \
+    --spread-ports "$PRIMARY_PORT ${REPLICA_PORTS[*]}"
 
 if [[ -n ${STARTED_PIDS[pgpool]:-} ]]; then
     printf '\npgpool-II SHOW pool_nodes after the runs (select_cnt: reads each node served):\n'
