@@ -184,6 +184,9 @@ fn same_shape_by_diff(old: &str, tokens: &[Tok], new: &str) -> bool {
         return false;
     };
     let mut lexer = match idx.checked_sub(1) {
+        // Whitespace between the token before and the constant: that token's extent was decided by bytes up
+        // to the first of that whitespace, which both texts share, so only the constant is lexed again.
+        Some(before) if tokens[before].end < constant.start => Lexer::starting_at(new, constant.start),
         Some(before) => {
             let previous = tokens[before];
             let mut lexer = Lexer::starting_at(new, previous.start);
