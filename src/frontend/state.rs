@@ -248,6 +248,9 @@ mod tests {
         // Nothing set: 0, as a connection nobody changed records.
         a.apply(&SessionChange::ResetAll);
         assert_eq!(a.generation(), 0);
-        assert_eq!(a.generation(), crate::backend::conn::AppliedState::default().settings_generation);
+        assert_eq!(
+            a.generation(),
+            crate::backend::conn::AppliedState::default().settings_generation
+        );
     }
 }
