@@ -292,7 +292,8 @@ def run_pgbench(target: Target, workload: str, clients: int, args: argparse.Name
     cmds = [
         [
             "pgbench", "-n", "-h", "127.0.0.1", "-p", str(port), "-U", args.user,
-            "-c", str(share), "-j", str(max(1, min(share, jobs))), "-T", str(args.seconds),
+            # The parts share the threads one pgbench would have, so pgbench itself costs no more.
+            "-c", str(share), "-j", str(max(1, min(share, jobs // len(parts)))), "-T", str(args.seconds),
             # The parts' logs share the prefix that latency_from_logs collects.
             "-l", f"--log-prefix={prefix}" + (f".part{i}" if len(parts) > 1 else ""), *extra, args.database,
         ]
