@@ -106,6 +106,10 @@ impl StatementNames {
                 let Some((portal, stmt)) = bind_names(body) else {
                     return frame;
                 };
+                // The unnamed statement keeps its name (see the Parse arm): no lookup for drivers' usual Bind.
+                if stmt.is_empty() {
+                    return frame;
+                }
                 let Some(proxy) = self.map.get(stmt) else {
                     return frame;
                 };

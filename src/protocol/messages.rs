@@ -8,6 +8,10 @@ use super::frame::build;
 /// Reads a NUL-terminated string at `at`; returns it and the offset after the NUL.
 pub fn cstr(body: &[u8], at: usize) -> Option<(&str, usize)> {
     let rest = body.get(at..)?;
+    // Extended-protocol names are mostly empty (the unnamed statement and portal): nothing to search or check.
+    if rest.first() == Some(&0) {
+        return Some(("", at + 1));
+    }
     let nul = nul_at(rest)?;
     let s = std::str::from_utf8(&rest[..nul]).ok()?;
     Some((s, at + nul + 1))
