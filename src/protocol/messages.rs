@@ -39,11 +39,10 @@ fn nul_at(bytes: &[u8]) -> Option<usize> {
     bytes[at..].iter().position(|b| *b == 0).map(|p| at + p)
 }
 
-/// The SQL text of a Parse ('P') body as bytes, unchecked as UTF-8: for a first look at every Parse.
-pub fn parse_text_bytes(body: &[u8]) -> Option<&[u8]> {
-    let name_end = nul_at(body)?;
-    let rest = body.get(name_end + 1..)?;
-    rest.get(..nul_at(rest)?)
+/// What follows the statement name in a Parse ('P') body: the SQL text, its NUL and the parameter types,
+/// unchecked as UTF-8. For a first look at every Parse, which needs the text's start, not where it ends.
+pub fn parse_text_onward(body: &[u8]) -> Option<&[u8]> {
+    body.get(nul_at(body)? + 1..)
 }
 
 /// The SQL text of a Query ('Q') body.

@@ -10,7 +10,7 @@ use crate::frontend::state::Statements;
 use crate::protocol::frame::build;
 use crate::protocol::lsn::Lsn;
 use crate::protocol::messages::{
-    ProxyError, bind_names, parse_fields, parse_text_bytes, query_text, ready_for_query,
+    ProxyError, bind_names, parse_fields, parse_text_onward, query_text, ready_for_query,
 };
 use crate::router::split::{first_keywords, split_statements};
 
@@ -89,7 +89,9 @@ fn may_be_token(text: &[u8]) -> bool {
 pub(super) fn has_token_statement(req: &Request, statements: &Statements) -> bool {
     req.frames.iter().any(|f| match f.kind {
         b'P' => {
-            parse_text_bytes(f.body()).is_some_and(may_be_token)
+            // The text and what follows it, as a Query's body is looked at: a first word that is not SHOW, SET
+            // or RESET settles it, and a false hit in the parameter types only costs the exact check.
+            parse_text_onward(f.body()).is_some_and(may_be_token)
                 && parse_fields(f.body()).is_some_and(|(_, text)| token_command(text).is_some())
         }
         // Only pgfleet itself records a token statement, under its own rule: no text to read again, and no
