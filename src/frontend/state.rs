@@ -52,12 +52,19 @@ fn generation_of(entries: &BTreeMap<String, String>) -> u64 {
 }
 
 impl Settings {
-    /// Records a startup parameter as the SET that reproduces it.
-    pub fn set_startup(&mut self, name: &str, value: &str) {
-        let name = name.to_ascii_lowercase();
-        let sql = format!("SET {} TO {}", quote_ident(&name), quote_literal(value));
-        self.entries.insert(name, sql);
-        self.generation = generation_of(&self.entries);
+    /// A session's settings from its startup parameters, each kept as the SET that reproduces it; numbered
+    /// once, for the whole set.
+    pub fn from_startup<'a>(params: impl IntoIterator<Item = (&'a str, &'a str)>) -> Settings {
+        let entries: BTreeMap<String, String> = params
+            .into_iter()
+            .map(|(name, value)| {
+                let name = name.to_ascii_lowercase();
+                let sql = format!("SET {} TO {}", quote_ident(&name), quote_literal(value));
+                (name, sql)
+            })
+            .collect();
+        let generation = generation_of(&entries);
+        Settings { entries, generation }
     }
 
     /// See the field's documentation.
@@ -188,8 +195,7 @@ mod tests {
 
     #[test]
     fn diff_runs_only_what_differs() {
-        let mut s = Settings::default();
-        s.set_startup("application_name", "psql");
+        let mut s = Settings::from_startup([("application_name", "psql")]);
         let none = BTreeMap::new();
         assert_eq!(
             s.diff(&none).as_deref(),
@@ -220,12 +226,10 @@ mod tests {
             statement: statement.into(),
         };
         // Two sessions that connected alike, their parameters in another order.
-        let (mut a, mut b) = (Settings::default(), Settings::default());
-        assert_eq!(a.generation(), 0);
-        a.set_startup("application_name", "pgbench");
-        a.set_startup("DateStyle", "ISO");
-        b.set_startup("datestyle", "ISO");
-        b.set_startup("application_name", "pgbench");
+        assert_eq!(Settings::default().generation(), 0);
+        assert_eq!(Settings::from_startup([]).generation(), 0);
+        let mut a = Settings::from_startup([("application_name", "pgbench"), ("DateStyle", "ISO")]);
+        let b = Settings::from_startup([("datestyle", "ISO"), ("application_name", "pgbench")]);
         assert_ne!(a.generation(), 0);
         assert_eq!(a.generation(), b.generation());
 
@@ -234,8 +238,7 @@ mod tests {
         a.apply(&set("search_path", "SET search_path TO x"));
         assert_ne!(a.generation(), shared);
         assert_ne!(a.generation(), 0);
-        let mut c = Settings::default();
-        c.set_startup("application_name", "psql");
+        let c = Settings::from_startup([("application_name", "psql")]);
         assert_ne!(c.generation(), a.generation());
         assert_ne!(c.generation(), shared);
         a.apply(&SessionChange::Reset {

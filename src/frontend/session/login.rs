@@ -108,14 +108,15 @@ impl Session {
             client.write_all(&e.encode()).await?;
             return Err(SessionError::Fatal(e.message));
         }
-        let mut settings = Settings::default();
+        // Startup parameters and `options` settings become the session's settings, numbered once at the end.
+        let mut startup: Vec<(String, String)> = Vec::new();
         let mut route = None;
         let mut read_after = None;
         for (k, v) in &params {
             match k.as_str() {
                 "user" | "database" | "replication" | "options" => {}
                 k if k.starts_with("_pq_.") => {}
-                k => settings.set_startup(k, v),
+                k => startup.push((k.to_owned(), v.clone())),
             }
             if k == "replication" && v != "false" && v != "0" && v != "off" {
                 let err = ProxyError::fatal("08P01", "pgfleet does not proxy replication connections")
@@ -147,10 +148,11 @@ impl Session {
                         }
                     }
                 } else {
-                    settings.set_startup(&k, &v);
+                    startup.push((k, v));
                 }
             }
         }
+        let settings = Settings::from_startup(startup.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let id = shared
             .next_session
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
