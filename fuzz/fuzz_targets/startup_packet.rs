@@ -80,8 +80,7 @@ fn check_setting(name: &str, value: &str) {
         // Startup parameters are C strings: they cannot hold a NUL.
         return;
     }
-    let mut settings = Settings::default();
-    settings.set_startup(name, value);
+    let settings = Settings::from_startup([(name, value)]);
     for (key, sql) in settings.entries() {
         let pieces = split_statements(sql);
         assert_eq!(pieces, vec![sql.as_str()], "SET for {name:?} = {value:?} splits");
