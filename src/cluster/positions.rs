@@ -1,11 +1,13 @@
 //! WAL positions that every session of this pgfleet shares, for the consistency levels (docs/routing.md,
 //! "Consistency levels"): the highest commit position acknowledged to any client (`global`), what each node
 //! is known to have replayed (health checks and every session's probes feed it, so that one session's probe
-//! spares the others theirs), and the coalesced ask of the primary's current position (`universal`).
+//! spares the others theirs), the leads in flight to each node (a read may wait for another's answer instead
+//! of asking its own), and the coalesced ask of the primary's current position (`universal`).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use tokio::sync::{Mutex, MutexGuard};
+use tokio::sync::{Mutex, MutexGuard, Notify};
 
 use crate::protocol::lsn::Lsn;
 
@@ -70,13 +72,21 @@ impl PrimaryTurn<'_> {
 }
 
 /// What one node is known to have replayed: the latest health check, raised by every probe a session makes.
+/// It also counts the lead questions in flight to the node, so that a read about to ask can wait for an
+/// answer already on its way instead (`await_lead`).
 #[derive(Debug, Default)]
-pub struct ReplayKnowledge(AtomicU64);
+pub struct ReplayKnowledge {
+    lsn: AtomicU64,
+    /// Lead questions written to the node whose answers have not come back.
+    leads: AtomicU32,
+    /// Woken each time a lead in flight answers or ends without an answer.
+    lead_ended: Notify,
+}
 
 impl ReplayKnowledge {
     /// The best known replayed position; None when nothing is known.
     pub fn get(&self) -> Option<Lsn> {
-        match self.0.load(Ordering::Acquire) {
+        match self.lsn.load(Ordering::Acquire) {
             0 => None,
             l => Some(Lsn(l)),
         }
@@ -84,19 +94,79 @@ impl ReplayKnowledge {
 
     /// A session saw the node at `lsn` (a probe's answer): knowledge only grows this way.
     pub fn saw(&self, lsn: Lsn) {
-        self.0.fetch_max(lsn.0, Ordering::AcqRel);
+        self.lsn.fetch_max(lsn.0, Ordering::AcqRel);
     }
 
     /// A health check's word, which replaces what was known: a node that went down, restarted, was rebuilt
     /// or promoted may stand behind what probes saw before (None: nothing is known).
     pub fn checked(&self, lsn: Option<Lsn>) {
-        self.0.store(lsn.map_or(0, |l| l.0), Ordering::Release);
+        self.lsn.store(lsn.map_or(0, |l| l.0), Ordering::Release);
+    }
+
+    /// Waits for the next lead in flight to this node to answer (or end unanswered); false at once when none
+    /// is in flight. Knowledge is then at least that answer, which is all a waiting read may rely on: the
+    /// answer says where the node stood when the lead ran, earlier than any read sent after it arrived.
+    pub async fn await_lead(&self) -> bool {
+        let ended = self.lead_ended.notified();
+        tokio::pin!(ended);
+        // Registered before the count is read: an answer between the two still wakes this wait.
+        ended.as_mut().enable();
+        if self.leads.load(Ordering::Acquire) == 0 {
+            return false;
+        }
+        tracing::debug!("waiting for the answer of a lead in flight to this node");
+        ended.await;
+        true
+    }
+
+    fn lead_started(&self) {
+        self.leads.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Publishes before waking: a woken read finds the answer in `get`.
+    fn lead_ended(&self, answer: Option<Lsn>) {
+        if let Some(lsn) = answer {
+            self.saw(lsn);
+        }
+        self.leads.fetch_sub(1, Ordering::AcqRel);
+        self.lead_ended.notify_waiters();
+    }
+}
+
+/// A lead question in flight to one node, from the write that carries it until its answer (or the request's
+/// end): the reads that wait on the node (`ReplayKnowledge::await_lead`) learn its answer from it.
+#[derive(Debug)]
+pub(crate) struct LeadInFlight {
+    node: Arc<super::Node>,
+    open: bool,
+}
+
+impl LeadInFlight {
+    /// Counts a lead about to be written to `node`.
+    pub(crate) fn start(node: Arc<super::Node>) -> LeadInFlight {
+        node.replayed.lead_started();
+        tracing::debug!(node = %node.target.name, "lead question in flight");
+        LeadInFlight { node, open: true }
+    }
+
+    /// The lead's answer (None: the node sent none we could read): published, then the waiters woken.
+    pub(crate) fn answered(&mut self, lsn: Option<Lsn>) {
+        if std::mem::take(&mut self.open) {
+            self.node.replayed.lead_ended(lsn);
+        }
+    }
+}
+
+impl Drop for LeadInFlight {
+    fn drop(&mut self) {
+        self.answered(None);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::FutureExt;
 
     #[test]
     fn acknowledged_positions_only_grow() {
@@ -118,6 +188,50 @@ mod tests {
         assert_eq!(k.get(), Some(Lsn(10)));
         k.checked(None);
         assert_eq!(k.get(), None);
+    }
+
+    #[tokio::test]
+    async fn a_read_waits_for_the_lead_in_flight_and_finds_its_answer() {
+        let k = ReplayKnowledge::default();
+        assert!(!k.await_lead().await, "no lead in flight: nothing to wait for");
+        k.lead_started();
+        let waiter = async {
+            let waited = k.await_lead().await;
+            (waited, k.get())
+        };
+        let answer = async {
+            tokio::task::yield_now().await;
+            k.lead_ended(Some(Lsn(70)));
+        };
+        let ((waited, seen), ()) = tokio::join!(waiter, answer);
+        assert!(waited);
+        assert_eq!(
+            seen,
+            Some(Lsn(70)),
+            "the answer is published before the waiter wakes"
+        );
+        assert!(!k.await_lead().await, "the lead ended: nothing in flight");
+    }
+
+    #[tokio::test]
+    async fn a_lead_that_ends_unanswered_still_wakes_its_waiters() {
+        let k = ReplayKnowledge::default();
+        k.lead_started();
+        k.lead_started();
+        let waiter = async { (k.await_lead().await, k.get()) };
+        let end = async {
+            tokio::task::yield_now().await;
+            k.lead_ended(None);
+        };
+        let ((waited, seen), ()) = tokio::join!(waiter, end);
+        assert!(waited);
+        assert_eq!(seen, None, "nothing learnt from a lead without an answer");
+        assert!(
+            k.await_lead().now_or_never().is_none(),
+            "the second lead is still in flight"
+        );
+        k.lead_ended(Some(Lsn(5)));
+        assert!(!k.await_lead().await);
     }
 
     #[tokio::test]

@@ -23,6 +23,7 @@ use super::request::{End, Plan, Request};
 use super::session::{Session, SessionError};
 use crate::backend::BackendError;
 use crate::cluster::NodeId;
+use crate::cluster::positions::LeadInFlight;
 use crate::protocol::TxStatus;
 
 /// The largest request-assembly buffer a session keeps between requests.
@@ -127,6 +128,8 @@ impl Flow {
                 b'Z' => {
                     l.done = true;
                     l.stale = l.answer.is_none_or(|a| a < l.need);
+                    // At once, not when the read's reply is in: reads waiting on this node go on now.
+                    l.in_flight.answered(l.answer);
                     self.pending_ready = self.pending_ready.saturating_sub(1);
                 }
                 _ => {}
@@ -281,6 +284,7 @@ impl Flow {
                 answer: None,
                 done: false,
                 stale: false,
+                in_flight: LeadInFlight::start(session.shared.fleet.node(node)),
             }),
             trailer: trailer.map(|kind| TrailerState {
                 kind,
@@ -318,10 +322,9 @@ impl Flow {
             .key
             .set_active(Some((conn.target.index, conn.pid, conn.secret)));
         let mut result = flow.pump(session, node, req, &mut plan).await;
-        if let Some(l) = flow.lead.take() {
-            if let Some(lsn) = l.answer {
-                session.shared.fleet.nodes()[node.index()].replayed.saw(lsn);
-            }
+        if let Some(mut l) = flow.lead.take() {
+            // Published already unless the run ended before the lead's reply did.
+            l.in_flight.answered(l.answer);
             if let Some(conn) = session.conns[node.index()].as_mut() {
                 // The lead is a simple Query, which dropped the node's unnamed statement.
                 conn.applied.unnamed = None;

@@ -517,6 +517,94 @@ async fn a_caught_up_replica_is_asked_in_the_same_write_as_the_read() {
     );
 }
 
+/// Reads that find a question to their replica already in flight wait for its answer instead of asking one of
+/// their own. The replica is frozen (SIGSTOP) so that one read's question stays in flight; two more reads
+/// for the same replica then wait on it (pgfleet logs each wait), and once the replica runs again its log
+/// shows one question for the three reads, all of which see the row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_waiting_on_a_question_in_flight_to_their_replica_ask_none_of_their_own() {
+    let cluster = cluster_async().await;
+    let proxy = Proxy::start(
+        &cluster,
+        "[routing]\nload_balance = \"round_robin\"\nconsistency = \"global\"\nreplica_affinity = \"session\"\n\n\
+         [health]\ninterval = \"60s\"\n\n[log]\nlevel = \"info,pgfleet::cluster::positions=debug\"\n",
+    );
+    create_table(&cluster, "CREATE TABLE coalesced (id int PRIMARY KEY)").await;
+    let read = "SELECT count(*)::text || ' ' || inet_server_port() FROM coalesced WHERE id = 1";
+    // Sessions keep the replica of their first read (replica_affinity = "session"): three on one replica.
+    let mut by_port: std::collections::HashMap<String, Vec<Client>> = Default::default();
+    let port = loop {
+        assert!(
+            by_port.values().map(Vec::len).sum::<usize>() < 12,
+            "no three sessions shared a replica"
+        );
+        let c = client(&proxy).await;
+        let row = value(&c, read).await;
+        let (_, port) = row.split_once(' ').expect("count and port");
+        let group = by_port.entry(port.to_owned()).or_default();
+        group.push(c);
+        if group.len() == 3 {
+            break port.to_owned();
+        }
+    };
+    let replica = cluster
+        .replicas
+        .iter()
+        .find(|r| r.port.to_string() == port)
+        .unwrap_or_else(|| panic!("reads were served on port {port}, not a replica's"));
+    let group = by_port.remove(&port).expect("the group of three");
+    log_every_statement(replica).await;
+    // A commit the three reads must see, replayed by both replicas before the freeze; pgfleet is not told.
+    run(&client(&proxy).await, "INSERT INTO coalesced VALUES (1)").await;
+    let replicas: Vec<&NodeHandle> = cluster.replicas.iter().collect();
+    tokio::task::block_in_place(|| {
+        LocalCluster::wait_caught_up(&cluster.primary, &replicas, Duration::from_secs(30))
+    })
+    .unwrap_or_else(|e| panic!("replicas did not catch up: {e}"));
+    let leading = "SELECT pg_last_wal_replay_lsn()::text AS pgfleet_lead_lsn";
+    let leads_before = replica.log_contents().matches(leading).count();
+    let reads_before = replica.log_contents().matches(read).count();
+    let logged = |text: &'static str| proxy.log_contents().matches(text).count();
+    let (in_flight_before, waits_before) = (
+        logged("lead question in flight"),
+        logged("waiting for the answer of a lead in flight"),
+    );
+    tokio::task::block_in_place(|| replica.pause()).expect("SIGSTOP the replica");
+    let mut clients = group.into_iter();
+    let spawn_read = |c: Client| tokio::spawn(async move { value(&c, read).await });
+    let first = spawn_read(clients.next().expect("first"));
+    let asked = wait_until(Duration::from_secs(5), async || {
+        logged("lead question in flight") > in_flight_before
+    })
+    .await;
+    assert!(asked.is_some(), "the first read's question was not sent");
+    let others: Vec<_> = clients.map(spawn_read).collect();
+    let waiting = wait_until(Duration::from_secs(5), async || {
+        logged("waiting for the answer of a lead in flight") >= waits_before + 2
+    })
+    .await;
+    tokio::task::block_in_place(|| replica.resume()).expect("SIGCONT the replica");
+    assert!(
+        waiting.is_some(),
+        "the two later reads should wait on the question in flight: {} waits logged",
+        logged("waiting for the answer of a lead in flight") - waits_before
+    );
+    for task in std::iter::once(first).chain(others) {
+        let row = task.await.expect("read task");
+        assert_eq!(row, format!("1 {port}"), "each read sees the row, on its replica");
+    }
+    let served = wait_until(Duration::from_secs(5), async || {
+        replica.log_contents().matches(read).count() >= reads_before + 3
+    })
+    .await;
+    assert!(served.is_some(), "the replica's log should show the three reads");
+    assert_eq!(
+        replica.log_contents().matches(leading).count() - leads_before,
+        1,
+        "one question for the three reads"
+    );
+}
+
 /// Five reads through `proxy`, each answered by the primary, then `marker` as a query of its own; once the marker
 /// is in the primary's log, so is anything that rode with the reads. The position queries logged meanwhile.
 async fn position_queries_behind_primary_reads(cluster: &LocalCluster, proxy: &Proxy, marker: &str) -> usize {

@@ -5,6 +5,7 @@
 
 use bytes::Bytes;
 
+use crate::cluster::positions::LeadInFlight;
 use crate::protocol::lsn::Lsn;
 
 /// A query pgfleet appends to a request in the same write, to learn a WAL position without a round trip of
@@ -44,6 +45,8 @@ pub(super) struct LeadState {
     pub(super) done: bool,
     /// The replica was behind: nothing of this run reaches the client.
     pub(super) stale: bool,
+    /// Counts the lead as in flight to its node until its answer is published, for the reads that wait on it.
+    pub(super) in_flight: LeadInFlight,
 }
 
 pub(super) fn lead_query() -> &'static [u8] {
