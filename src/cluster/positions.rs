@@ -92,6 +92,11 @@ impl ReplayKnowledge {
         }
     }
 
+    /// Whether the node is known to have replayed `lsn`: a read that must see `lsn` may run there unasked.
+    pub fn covers(&self, lsn: Lsn) -> bool {
+        self.get().is_some_and(|l| l >= lsn)
+    }
+
     /// A session saw the node at `lsn` (a probe's answer): knowledge only grows this way.
     pub fn saw(&self, lsn: Lsn) {
         self.lsn.fetch_max(lsn.0, Ordering::AcqRel);
@@ -103,20 +108,19 @@ impl ReplayKnowledge {
         self.lsn.store(lsn.map_or(0, |l| l.0), Ordering::Release);
     }
 
-    /// Waits for the next lead in flight to this node to answer (or end unanswered); false at once when none
+    /// Waits for the next lead in flight to this node to answer (or end unanswered); returns at once when none
     /// is in flight. Knowledge is then at least that answer, which is all a waiting read may rely on: the
     /// answer says where the node stood when the lead ran, earlier than any read sent after it arrived.
-    pub async fn await_lead(&self) -> bool {
+    pub async fn await_lead(&self) {
         let ended = self.lead_ended.notified();
         tokio::pin!(ended);
         // Registered before the count is read: an answer between the two still wakes this wait.
         ended.as_mut().enable();
         if self.leads.load(Ordering::Acquire) == 0 {
-            return false;
+            return;
         }
         tracing::debug!("waiting for the answer of a lead in flight to this node");
         ended.await;
-        true
     }
 
     fn lead_started(&self) {
@@ -193,24 +197,33 @@ mod tests {
     #[tokio::test]
     async fn a_read_waits_for_the_lead_in_flight_and_finds_its_answer() {
         let k = ReplayKnowledge::default();
-        assert!(!k.await_lead().await, "no lead in flight: nothing to wait for");
+        assert!(
+            k.await_lead().now_or_never().is_some(),
+            "no lead in flight: nothing to wait for"
+        );
         k.lead_started();
+        assert!(
+            k.await_lead().now_or_never().is_none(),
+            "a lead in flight: the read waits"
+        );
         let waiter = async {
-            let waited = k.await_lead().await;
-            (waited, k.get())
+            k.await_lead().await;
+            k.get()
         };
         let answer = async {
             tokio::task::yield_now().await;
             k.lead_ended(Some(Lsn(70)));
         };
-        let ((waited, seen), ()) = tokio::join!(waiter, answer);
-        assert!(waited);
+        let (seen, ()) = tokio::join!(waiter, answer);
         assert_eq!(
             seen,
             Some(Lsn(70)),
             "the answer is published before the waiter wakes"
         );
-        assert!(!k.await_lead().await, "the lead ended: nothing in flight");
+        assert!(
+            k.await_lead().now_or_never().is_some(),
+            "the lead ended: nothing in flight"
+        );
     }
 
     #[tokio::test]
@@ -218,20 +231,23 @@ mod tests {
         let k = ReplayKnowledge::default();
         k.lead_started();
         k.lead_started();
-        let waiter = async { (k.await_lead().await, k.get()) };
+        let waiter = async {
+            k.await_lead().await;
+            k.get()
+        };
         let end = async {
             tokio::task::yield_now().await;
             k.lead_ended(None);
         };
-        let ((waited, seen), ()) = tokio::join!(waiter, end);
-        assert!(waited);
+        let (seen, ()) = tokio::join!(waiter, end);
         assert_eq!(seen, None, "nothing learnt from a lead without an answer");
         assert!(
             k.await_lead().now_or_never().is_none(),
             "the second lead is still in flight"
         );
         k.lead_ended(Some(Lsn(5)));
-        assert!(!k.await_lead().await);
+        assert!(k.await_lead().now_or_never().is_some());
+        assert!(k.covers(Lsn(5)) && !k.covers(Lsn(6)));
     }
 
     #[tokio::test]

@@ -273,17 +273,13 @@ impl Session {
             let label = self.routing.label(&plan.rule);
             // The node's name is looked up only when the line is logged.
             tracing::debug!(node = %self.shared.fleet.nodes()[node.index()].target.name, rule = %label, "routing request");
-            // Another read's answer may have come while this one waited for a connection: then no question.
+            // Another session's answer may have come while this read waited for it or for a connection: then
+            // the replica is known to have replayed what the read needs, and no question goes with it.
             let leading = self
                 .lead
                 .filter(|(n, _)| *n == node)
                 .map(|(_, need)| need)
-                .filter(|&need| {
-                    self.current.nodes[node.index()]
-                        .replayed
-                        .get()
-                        .is_none_or(|l| l < need)
-                });
+                .filter(|&need| !self.current.nodes[node.index()].replayed.covers(need));
             // A led read is counted once it served: one that found its replica behind did not.
             let count_later = leading.map(|_| (plan.target, label.to_owned()));
             if leading.is_none() {
@@ -441,15 +437,12 @@ impl Session {
             && super::consistency::may_lead(request.0, plan, request.1)
         {
             // Another session's question to this replica may be on its way back: its answer, when new enough,
-            // spares the node a question of ours (a fraction of a round trip instead of a statement).
-            let need = reads.need(first);
-            let node = self.current.nodes[first.index()].clone();
-            let answered = node.replayed.await_lead().await && node.replayed.get().is_some_and(|l| l >= need);
-            if !answered {
-                // The first unsure candidate is asked in the same write as the read, ahead of it: no round
-                // trip when it has caught up; the known-fresh candidates and the primary stay as fallbacks.
-                self.lead = Some((first, need));
-            }
+            // spares the node a question of ours (a fraction of a round trip instead of a statement). Whether
+            // it was is decided where the question would be written, below.
+            self.current.nodes[first.index()].replayed.await_lead().await;
+            // The first unsure candidate is asked in the same write as the read, ahead of it: no round trip
+            // when it has caught up; the known-fresh candidates and the primary stay as fallbacks.
+            self.lead = Some((first, reads.need(first)));
             reads.replayed(first, order);
         } else if !reads.unsure(order).is_empty() {
             // Ask the unsure candidates, waiting up to routing.consistency_wait for one to catch up.

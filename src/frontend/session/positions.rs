@@ -117,7 +117,7 @@ impl Session {
     /// so), else asked on the session's own connection, whose answer every session then shares.
     pub(super) async fn has_replayed(&mut self, node: NodeId, lsn: Lsn) -> bool {
         let slot = self.shared.fleet.node(node);
-        if slot.replayed.get().is_some_and(|l| l >= lsn) {
+        if slot.replayed.covers(lsn) {
             return true;
         }
         let replayed = self.replayed(node).await;
