@@ -95,6 +95,9 @@ pub enum BackendError {
         /// How long the client waited for a connection to be released.
         waited: Duration,
     },
+    /// The client cancelled its request while it waited for a connection of a full pool (no node ran it).
+    #[error("canceling statement due to user request")]
+    Canceled,
     /// The node answered with an ErrorResponse (bad database, bad password, shutting down...).
     #[error("{message}")]
     Server {
@@ -133,6 +136,8 @@ impl BackendError {
             BackendError::Server { code, .. } => code,
             // As PostgreSQL refuses a connection over max_connections.
             BackendError::PoolFull { .. } => "53300",
+            // PostgreSQL's own answer to a cancelled statement.
+            BackendError::Canceled => "57014",
             BackendError::Protocol { .. } => "08P01",
             BackendError::Io { .. } => "08006",
         }
@@ -143,7 +148,7 @@ impl BackendError {
     pub fn is_node_failure(&self) -> bool {
         match self {
             BackendError::Server { code, .. } => code.starts_with("08") || code.starts_with("57P"),
-            BackendError::PoolFull { .. } => false,
+            BackendError::PoolFull { .. } | BackendError::Canceled => false,
             _ => true,
         }
     }
@@ -151,6 +156,11 @@ impl BackendError {
     /// True when the pool had no free connection: another node may serve a read instead.
     pub fn is_pool_full(&self) -> bool {
         matches!(self, BackendError::PoolFull { .. })
+    }
+
+    /// True when the client cancelled the request before a node ran it: no other node is tried.
+    pub fn is_canceled(&self) -> bool {
+        matches!(self, BackendError::Canceled)
     }
 
     /// The DETAIL and HINT a client gets with this error, when pgfleet has something to add.

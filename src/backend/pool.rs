@@ -222,17 +222,21 @@ impl Pools {
 
     /// Checks out a connection, waiting at most pool.checkout_timeout for one of a full pool.
     pub async fn get(&self, target: &NodeTarget, login: &Login<'_>) -> Result<PooledConn, BackendError> {
-        self.get_from(&self.pool_for(target, login), target, Checkout::Wait)
+        let pool = self.pool_for(target, login);
+        self.get_from(&pool, target, Checkout::Wait, std::future::pending())
             .await
     }
 
     /// [`Pools::get`] from a pool handle the caller kept (see [`NodePool`]); with [`Checkout::Immediate`],
-    /// a full pool is reported at once.
+    /// a full pool is reported at once. A wait for a connection of a full pool ends with
+    /// [`BackendError::Canceled`] when `canceled` resolves first (the client cancelled its request); it is
+    /// polled only once the checkout has to wait.
     pub async fn get_from(
         &self,
         pool: &NodePool,
         target: &NodeTarget,
         checkout: Checkout,
+        canceled: impl Future<Output = ()>,
     ) -> Result<PooledConn, BackendError> {
         // First without waiting: usually a connection is free, and this way no timer is set up for a wait
         // that does not happen (recycling never waits: it only looks at the socket). Creating a connection
@@ -252,7 +256,11 @@ impl Pools {
                     create: None,
                     recycle: Some(config.connect_timeout),
                 };
-                pool.timeout_get(&timeouts).await
+                tokio::select! {
+                    biased;
+                    () = canceled => return Err(BackendError::Canceled),
+                    got = pool.timeout_get(&timeouts) => got,
+                }
             }
             other => other,
         };

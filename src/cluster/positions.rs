@@ -108,6 +108,11 @@ impl ReplayKnowledge {
         self.lsn.store(lsn.map_or(0, |l| l.0), Ordering::Release);
     }
 
+    /// Whether a lead question to this node is on its way (see `await_lead`).
+    pub fn lead_in_flight(&self) -> bool {
+        self.leads.load(Ordering::Acquire) != 0
+    }
+
     /// Waits for the next lead in flight to this node to answer (or end unanswered); returns at once when none
     /// is in flight. Knowledge is then at least that answer, which is all a waiting read may rely on: the
     /// answer says where the node stood when the lead ran, earlier than any read sent after it arrived.

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::Poll;
 
@@ -38,6 +38,25 @@ pub enum Attention {
     Shutdown,
 }
 
+/// What a cancel reaches (see [`SessionHandle::cancel`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelTarget {
+    /// The node connection running the session's request: the cancel goes on to it.
+    Node(ActiveBackend),
+    /// The request had not reached a node yet (it waited for a pooled connection, or for another session's
+    /// question to its replica): the session ends the wait with 57014 itself.
+    Waiting,
+    /// An unknown key, or a session between requests: nothing to cancel, as PostgreSQL ignores it too.
+    Nothing,
+}
+
+/// [`SessionHandle::wait`]: no request of the session is waiting on pgfleet.
+const NOT_WAITING: u8 = 0;
+/// A request of the session is waiting on pgfleet, before any node runs it.
+const WAITING: u8 = 1;
+/// A cancel came during that wait.
+const CANCELED: u8 = 2;
+
 /// One live client session as other sessions and cancel requests see it.
 pub struct SessionHandle {
     /// The pid sent to the client in BackendKeyData.
@@ -46,6 +65,9 @@ pub struct SessionHandle {
     /// The role the session logged in as (the role of its node connections).
     pub user: String,
     active: Mutex<Option<ActiveBackend>>,
+    /// Whether a request waits on pgfleet itself with no node running it (NOT_WAITING, WAITING, CANCELED):
+    /// a cancel then has no backend to go to, and is the session's own to act on.
+    wait: AtomicU8,
     /// Set by `pg_terminate_backend`; the session's task is woken through `waker`. A flag and a waker rather
     /// than a channel: the session looks at it around every request, and this costs an atomic load and a
     /// waker comparison where a channel's subscription took a lock to register and another to leave.
@@ -59,6 +81,25 @@ impl SessionHandle {
     /// The node connection running the session's request, if one is running.
     pub fn active(&self) -> Option<ActiveBackend> {
         *self.active.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A cancel of the session's request: what it reaches (the caller passes a [`CancelTarget::Node`] on to
+    /// that node); a request still waiting on pgfleet is told to end here.
+    pub fn cancel(&self) -> CancelTarget {
+        if let Some(backend) = self.active() {
+            return CancelTarget::Node(backend);
+        }
+        match self
+            .wait
+            .compare_exchange(WAITING, CANCELED, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => {
+                self.waker.wake();
+                CancelTarget::Waiting
+            }
+            Err(CANCELED) => CancelTarget::Waiting,
+            Err(_) => CancelTarget::Nothing,
+        }
     }
 
     /// Asks the session to end (as `pg_terminate_backend` does).
@@ -182,6 +223,7 @@ impl CancelRegistry {
             secret: rng.random::<i32>(),
             user: user.to_owned(),
             active: Mutex::new(None),
+            wait: AtomicU8::new(NOT_WAITING),
             terminated: AtomicBool::new(false),
             waker: futures_util::task::AtomicWaker::new(),
             ended,
@@ -196,11 +238,14 @@ impl CancelRegistry {
         }
     }
 
-    /// The node connection to cancel for a client's key, if the key is known and a request is running.
-    pub fn lookup(&self, pid: i32, secret: i32) -> Option<ActiveBackend> {
+    /// What a client's cancel with this key reaches: the node connection running the session's request,
+    /// or the session's own wait before one runs it (which this ends), or nothing.
+    pub fn cancel(&self, pid: i32, secret: i32) -> CancelTarget {
         let map = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-        let handle = map.get(&pid).filter(|h| h.secret == secret)?;
-        handle.active()
+        match map.get(&pid).filter(|h| h.secret == secret) {
+            Some(handle) => handle.cancel(),
+            None => CancelTarget::Nothing,
+        }
     }
 
     /// The live session with this issued pid.
@@ -343,6 +388,17 @@ impl CancelKey {
         })
     }
 
+    /// Resolves when a client's cancel arrives while this future is pending: a request waiting on pgfleet
+    /// (for a pooled connection, for another session's answer) races its wait against it. Only a polled
+    /// future counts as a wait, and dropping it ends the wait, so a cancel between requests or after the
+    /// request reached its node is not taken for one.
+    pub fn canceled(&self) -> Canceled<'_> {
+        Canceled {
+            handle: &self.handle,
+            armed: false,
+        }
+    }
+
     /// The session's own handle, to watch for termination while the session's state is busy.
     pub fn handle(&self) -> Arc<SessionHandle> {
         self.handle.clone()
@@ -359,7 +415,40 @@ impl Drop for CancelKey {
     }
 }
 
-/// A session's hold on one node connection; cleared from the connection's holder slot with the checkout.
+/// See [`CancelKey::canceled`].
+pub struct Canceled<'a> {
+    handle: &'a SessionHandle,
+    /// Polled once: the session is marked as waiting until this is dropped.
+    armed: bool,
+}
+
+impl Future for Canceled<'_> {
+    type Output = ();
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let handle = self.handle;
+        // Registered before the mark: a cancel that finds the mark wakes this waker.
+        handle.waker.register(cx.waker());
+        if !self.armed {
+            self.armed = true;
+            handle.wait.store(WAITING, Ordering::Release);
+            return Poll::Pending;
+        }
+        match handle.wait.load(Ordering::Acquire) {
+            CANCELED => Poll::Ready(()),
+            _ => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for Canceled<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.handle.wait.store(NOT_WAITING, Ordering::Release);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -440,12 +529,47 @@ mod tests {
             registry.session(b.pid).map(|h| h.user.clone()),
             Some("other".into())
         );
-        assert_eq!(registry.lookup(a.pid, a.secret), None, "idle: nothing to cancel");
+        assert_eq!(
+            registry.cancel(a.pid, a.secret),
+            CancelTarget::Nothing,
+            "idle: nothing to cancel"
+        );
         a.set_active(Some((0, 11, 12)));
-        assert_eq!(registry.lookup(a.pid, a.secret), Some((0, 11, 12)));
-        assert_eq!(registry.lookup(a.pid, a.secret.wrapping_add(1)), None);
+        assert_eq!(registry.cancel(a.pid, a.secret), CancelTarget::Node((0, 11, 12)));
+        assert_eq!(
+            registry.cancel(a.pid, a.secret.wrapping_add(1)),
+            CancelTarget::Nothing
+        );
         let pid = a.pid;
         drop(a);
         assert!(registry.session(pid).is_none());
+    }
+
+    #[test]
+    fn a_cancel_ends_a_wait_and_only_a_wait() {
+        use futures_util::FutureExt;
+        let registry = Arc::new(CancelRegistry::default());
+        let key = registry.register("app");
+        let cancel = || registry.cancel(key.pid, key.secret);
+        // Between requests a cancel is ignored, and not kept for the next wait.
+        assert_eq!(cancel(), CancelTarget::Nothing);
+        let mut wait = Box::pin(key.canceled());
+        assert!((&mut wait).now_or_never().is_none(), "no cancel yet");
+        assert_eq!(cancel(), CancelTarget::Waiting);
+        assert_eq!(
+            cancel(),
+            CancelTarget::Waiting,
+            "a second cancel of the same wait"
+        );
+        assert!((&mut wait).now_or_never().is_some(), "the cancel ends the wait");
+        drop(wait);
+        // The wait is over: a cancel now is for nobody, and the next wait starts afresh.
+        assert_eq!(cancel(), CancelTarget::Nothing);
+        let mut next = Box::pin(key.canceled());
+        assert!((&mut next).now_or_never().is_none());
+        // A request that reached its node: the cancel goes there, not to the wait.
+        key.set_active(Some((1, 2, 3)));
+        assert_eq!(cancel(), CancelTarget::Node((1, 2, 3)));
+        assert!((&mut next).now_or_never().is_none());
     }
 }

@@ -17,6 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
 use super::Shared;
+use super::cancel::CancelTarget;
 use super::session::PendingLogin;
 use super::stream::ClientStream;
 use super::workers::Workers;
@@ -266,19 +267,25 @@ async fn negotiate(
                 return Ok(None);
             }
             StartupPacket::Cancel { pid, secret } => {
-                match shared.cancels.lookup(pid, secret) {
-                    Some((node, bpid, bsecret)) => match shared.fleet.nodes().get(node).cloned() {
-                        Some(n) => {
-                            let target = &n.target;
-                            tracing::info!(node = %target.name, "forwarding cancel request");
-                            if let Err(e) = crate::backend::connect::send_cancel(target, bpid, bsecret).await
-                            {
-                                tracing::warn!(node = %target.name, error = %e, "cancel request could not be delivered");
+                match shared.cancels.cancel(pid, secret) {
+                    CancelTarget::Node((node, bpid, bsecret)) => {
+                        match shared.fleet.nodes().get(node).cloned() {
+                            Some(n) => {
+                                let target = &n.target;
+                                tracing::info!(node = %target.name, "forwarding cancel request");
+                                if let Err(e) =
+                                    crate::backend::connect::send_cancel(target, bpid, bsecret).await
+                                {
+                                    tracing::warn!(node = %target.name, error = %e, "cancel request could not be delivered");
+                                }
                             }
+                            None => tracing::debug!("cancel request for a node no longer configured"),
                         }
-                        None => tracing::debug!("cancel request for a node no longer configured"),
-                    },
-                    None => tracing::debug!("cancel request for an unknown or idle session"),
+                    }
+                    CancelTarget::Waiting => {
+                        tracing::info!("cancel request for a request waiting on pgfleet: it ends with 57014")
+                    }
+                    CancelTarget::Nothing => tracing::debug!("cancel request for an unknown or idle session"),
                 }
                 return Ok(None);
             }

@@ -519,8 +519,9 @@ async fn a_caught_up_replica_is_asked_in_the_same_write_as_the_read() {
 
 /// Reads that find a question to their replica already in flight wait for its answer instead of asking one of
 /// their own. The replica is frozen (SIGSTOP) so that one read's question stays in flight; two more reads
-/// for the same replica then wait on it (pgfleet logs each wait), and once the replica runs again its log
-/// shows one question for the three reads, all of which see the row.
+/// for the same replica then wait on it (pgfleet logs each wait). A client's cancel ends its read's wait at
+/// once with 57014, the replica still frozen; once the replica runs again its log shows one question for the
+/// two other reads, which see the row, and the cancelled client's session goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_waiting_on_a_question_in_flight_to_their_replica_ask_none_of_their_own() {
     let cluster = cluster_async().await;
@@ -578,31 +579,63 @@ async fn reads_waiting_on_a_question_in_flight_to_their_replica_ask_none_of_thei
     })
     .await;
     assert!(asked.is_some(), "the first read's question was not sent");
-    let others: Vec<_> = clients.map(spawn_read).collect();
+    let second = spawn_read(clients.next().expect("second"));
+    let canceled = Arc::new(clients.next().expect("third"));
+    let token = canceled.cancel_token();
+    let third = tokio::spawn({
+        let c = canceled.clone();
+        async move { c.simple_query(read).await.map(|_| ()) }
+    });
     let waiting = wait_until(Duration::from_secs(5), async || {
         logged("waiting for the answer of a lead in flight") >= waits_before + 2
     })
     .await;
+    let cancel = async {
+        token.cancel_query(tokio_postgres::NoTls).await.expect("cancel");
+        tokio::time::timeout(CALL_TIMEOUT, third).await
+    };
+    let third = match waiting {
+        Some(()) => Some(cancel.await),
+        None => None,
+    };
     tokio::task::block_in_place(|| replica.resume()).expect("SIGCONT the replica");
     assert!(
         waiting.is_some(),
         "the two later reads should wait on the question in flight: {} waits logged",
         logged("waiting for the answer of a lead in flight") - waits_before
     );
-    for task in std::iter::once(first).chain(others) {
+    let err = third
+        .expect("cancelled while waiting")
+        .expect("the cancelled read ends while its replica is still frozen")
+        .expect("read task")
+        .expect_err("the cancelled read fails");
+    let db = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("not a server error: {err}"));
+    assert_eq!(
+        (db.code().code(), db.message()),
+        ("57014", "canceling statement due to user request")
+    );
+    for task in [first, second] {
         let row = task.await.expect("read task");
         assert_eq!(row, format!("1 {port}"), "each read sees the row, on its replica");
     }
     let served = wait_until(Duration::from_secs(5), async || {
-        replica.log_contents().matches(read).count() >= reads_before + 3
+        replica.log_contents().matches(read).count() >= reads_before + 2
     })
     .await;
-    assert!(served.is_some(), "the replica's log should show the three reads");
+    assert!(served.is_some(), "the replica's log should show the two reads");
     assert_eq!(
         replica.log_contents().matches(leading).count() - leads_before,
         1,
-        "one question for the three reads"
+        "one question for the two reads that waited it out"
     );
+    assert_eq!(
+        replica.log_contents().matches(read).count() - reads_before,
+        2,
+        "the cancelled read never ran"
+    );
+    assert_eq!(value(&canceled, read).await, format!("1 {port}"));
 }
 
 /// Five reads through `proxy`, each answered by the primary, then `marker` as a query of its own; once the marker

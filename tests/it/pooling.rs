@@ -701,6 +701,72 @@ async fn reads_wait_for_busy_replicas_instead_of_overflowing_to_the_primary() {
     );
 }
 
+/// A cancel while the request waits for a connection of a full pool ends that request at once with
+/// PostgreSQL's 57014, although no node runs it yet: a CancelRequest with the client's key, and
+/// `pg_cancel_backend` of its pid from another session. A cancel between requests is ignored as PostgreSQL
+/// ignores it, and the cancelled client's session goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_ends_a_wait_for_a_pooled_connection_with_57014() {
+    use crate::support::raw::{Raw, data_rows, send_cancel, sqlstate};
+    use pgfleet::protocol::frame::build;
+    let cluster = cluster_async().await;
+    // The primary alone, one connection in its pool: every statement needs that connection.
+    let port = crate::support::proxy::free_port();
+    let proxy = Proxy::start_with_config(format!(
+        "[listen]\naddress = \"127.0.0.1:{port}\"\n\n[[users]]\nname = \"{APP_USER}\"\npassword = \"{PASSWORD}\"\n\n\
+         {ADMIN_TOML}\n[[nodes]]\nname = \"primary\"\naddress = \"{}\"\nrole = \"primary\"\n\n\
+         [routing]\nprimary_reads = true\n\n[pool]\nmode = \"transaction\"\nmax_size = 1\ncheckout_timeout = \"60s\"\n",
+        cluster.primary.address()
+    ));
+    let dsn = proxy.dsn(APP_USER, PASSWORD, APP_DB);
+    let admin = admin_client(&proxy).await;
+    // All log in first (a login checks out a connection too); then A holds the pool's only connection.
+    let a = connect(&dsn).await;
+    let caller = connect(&dsn).await;
+    let mut b = Raw::connect(proxy.port).await;
+    let (pid, secret) = b.login_app().await;
+    a.batch_execute("BEGIN").await.expect("begin");
+    assert_eq!(one(&a, "SELECT 1").await, "1");
+    // A cancel while B is idle is for nothing: PostgreSQL ignores it, and so must B's next request.
+    send_cancel(proxy.port, pid, secret).await;
+    let cancels: [&str; 2] = ["CancelRequest", "pg_cancel_backend"];
+    for how in cancels {
+        b.send(&build(b'Q', b"SELECT 2\0")).await;
+        wait_until(Duration::from_secs(10), async || {
+            count(&pool_row(&admin, "primary").await, "waiting") >= 1
+        })
+        .await
+        .unwrap_or_else(|| panic!("{how}: B's request waits for the pool"));
+        let started = Instant::now();
+        match how {
+            "CancelRequest" => send_cancel(proxy.port, pid, secret).await,
+            _ => assert_eq!(
+                one(&caller, &format!("SELECT pg_cancel_backend({pid})")).await,
+                "t"
+            ),
+        }
+        // Bounded by Raw's own timeout (10 s), far below pool.checkout_timeout (60 s).
+        let answer = b.until_ready(Duration::from_secs(10)).await;
+        let errors: Vec<(&str, bool)> = answer
+            .iter()
+            .filter(|(kind, _)| *kind == b'E')
+            .map(|(_, body)| {
+                let words = String::from_utf8_lossy(body);
+                (
+                    sqlstate(body),
+                    words.contains("canceling statement due to user request"),
+                )
+            })
+            .collect();
+        assert_eq!(errors, vec![("57014", true)], "{how}: {answer:?}");
+        assert!(started.elapsed() < Duration::from_secs(10), "{how}");
+        assert_eq!(count(&pool_row(&admin, "primary").await, "waiting"), 0, "{how}");
+    }
+    // Nothing else changed: A's transaction goes on, and B is served once the connection is free.
+    a.batch_execute("COMMIT").await.expect("commit");
+    assert_eq!(data_rows(&b.simple("SELECT 3").await), vec!["3".to_owned()]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pools_for_databases_that_do_not_exist_are_not_kept() {
     let cluster = cluster_async().await;

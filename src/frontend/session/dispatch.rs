@@ -237,7 +237,7 @@ impl Session {
                 connected = self.connect(node).await;
             }
             if let Err(e) = connected {
-                if !e.is_pool_full() {
+                if !e.is_pool_full() && !e.is_canceled() {
                     self.shared.stats.node_error(node.index());
                 }
                 if self.routing.holds_state_on(node) {
@@ -439,7 +439,14 @@ impl Session {
             // Another session's question to this replica may be on its way back: its answer, when new enough,
             // spares the node a question of ours (a fraction of a round trip instead of a statement). Whether
             // it was is decided where the question would be written, below.
-            self.current.nodes[first.index()].replayed.await_lead().await;
+            let replayed = &self.current.nodes[first.index()].replayed;
+            if replayed.lead_in_flight() {
+                tokio::select! {
+                    biased;
+                    () = self.key.canceled() => return Err(self.error_of(&BackendError::Canceled)),
+                    () = replayed.await_lead() => {}
+                }
+            }
             // The first unsure candidate is asked in the same write as the read, ahead of it: no round trip
             // when it has caught up; the known-fresh candidates and the primary stay as fallbacks.
             self.lead = Some((first, reads.need(first)));
@@ -460,7 +467,12 @@ impl Session {
                     reads.none_replayed(order);
                     break;
                 }
-                tokio::time::sleep((deadline - now).min(std::time::Duration::from_millis(10))).await;
+                let pause = tokio::time::sleep((deadline - now).min(std::time::Duration::from_millis(10)));
+                tokio::select! {
+                    biased;
+                    () = self.key.canceled() => return Err(self.error_of(&BackendError::Canceled)),
+                    () = pause => {}
+                }
             }
         }
         let shared = &*self.shared;
@@ -646,7 +658,13 @@ impl Session {
             Some(p) => p,
             None => self.pools[node.index()].insert(self.shared.pools.pool_for(&n.target, &login)),
         };
-        match self.shared.pools.get_from(pool, &n.target, checkout).await {
+        let canceled = self.key.canceled();
+        match self
+            .shared
+            .pools
+            .get_from(pool, &n.target, checkout, canceled)
+            .await
+        {
             Ok(c) => {
                 n.mark_up();
                 self.conns[node.index()] = Some(self.key.hold(c));

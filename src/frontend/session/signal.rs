@@ -5,7 +5,7 @@
 //! with PostgreSQL's FATAL 57P01, whether it was waiting for its client or running a request.
 
 use super::{Session, SessionError};
-use crate::frontend::cancel::{ActiveBackend, SessionHandle};
+use crate::frontend::cancel::{ActiveBackend, CancelTarget, SessionHandle};
 use crate::frontend::request::{End, Plan, Request};
 use crate::frontend::signal_call::{self, Bound, Signal};
 use crate::frontend::state::Statement;
@@ -212,7 +212,7 @@ impl Session {
                     target = target.pid,
                     "pg_cancel_backend of a client session"
                 );
-                if let Some(active) = target.active() {
+                if let CancelTarget::Node(active) = target.cancel() {
                     cancel_on_node(&self.shared.fleet, active).await;
                 }
                 Ok(true)
