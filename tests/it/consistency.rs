@@ -638,6 +638,123 @@ async fn reads_waiting_on_a_question_in_flight_to_their_replica_ask_none_of_thei
     assert_eq!(value(&canceled, read).await, format!("1 {port}"));
 }
 
+/// A read that waited for a pooled connection sends no question of its own when another session's answer,
+/// which came during the wait, shows its replica has replayed what it needs. Each replica's pool has one
+/// connection, held by a read-only transaction; after a commit the replica has replayed (pgfleet not told),
+/// two reads for one replica queue for its connection, both meaning to ask. The transactions end: the first
+/// read asks and runs, and the second, finding that answer, runs unasked. The replica's log shows one question.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_that_waited_for_a_connection_asks_nothing_when_an_answer_came_meanwhile() {
+    let cluster = cluster_async().await;
+    let proxy = Proxy::start(
+        &cluster,
+        "[[users]]\nname = \"admin\"\npassword = \"adminpw\"\nadmin = true\n\n\
+         [routing]\nload_balance = \"round_robin\"\nconsistency = \"global\"\nreplica_affinity = \"session\"\n\n\
+         [pool]\nmode = \"transaction\"\nmax_size = 1\ncheckout_timeout = \"30s\"\n\n[health]\ninterval = \"60s\"\n",
+    );
+    let admin = connect(&proxy.dsn("admin", "adminpw", "pgfleet")).await;
+    create_table(&cluster, "CREATE TABLE queued (id int PRIMARY KEY)").await;
+    let read = "SELECT count(*)::text || ' ' || inet_server_port() FROM queued WHERE id = 1";
+    // Sessions keep the replica of their first read: three on one replica, one on the other.
+    let mut by_port: std::collections::HashMap<String, Vec<Client>> = Default::default();
+    let port = loop {
+        assert!(
+            by_port.values().map(Vec::len).sum::<usize>() < 16,
+            "no three sessions shared a replica, or none went to the other"
+        );
+        let c = client(&proxy).await;
+        let row = value(&c, read).await;
+        let (_, port) = row.split_once(' ').expect("count and port");
+        by_port.entry(port.to_owned()).or_default().push(c);
+        let full = by_port.iter().find(|(_, g)| g.len() >= 3).map(|(p, _)| p.clone());
+        if let Some(p) = full.filter(|_| by_port.len() == 2) {
+            break p;
+        }
+    };
+    let replica = cluster
+        .replicas
+        .iter()
+        .find(|r| r.port.to_string() == port)
+        .unwrap_or_else(|| panic!("reads were served on port {port}, not a replica's"));
+    let mut group = by_port.remove(&port).expect("the group of three").into_iter();
+    let other = by_port
+        .into_values()
+        .next()
+        .expect("the other replica's group")
+        .remove(0);
+    let (holder, first, second) = (
+        group.next().expect("holder"),
+        group.next().expect("first"),
+        group.next().expect("second"),
+    );
+    // Both replicas' only connections are held, so the reads cannot go elsewhere.
+    for c in [&holder, &other] {
+        run(c, "BEGIN READ ONLY").await;
+        assert!(value(c, read).await.starts_with("0 "));
+    }
+    log_every_statement(replica).await;
+    run(&client(&proxy).await, "INSERT INTO queued VALUES (1)").await;
+    let replicas: Vec<&NodeHandle> = cluster.replicas.iter().collect();
+    tokio::task::block_in_place(|| {
+        LocalCluster::wait_caught_up(&cluster.primary, &replicas, Duration::from_secs(30))
+    })
+    .unwrap_or_else(|e| panic!("replicas did not catch up: {e}"));
+    let leading = "SELECT pg_last_wal_replay_lsn()::text AS pgfleet_lead_lsn";
+    let leads_before = replica.log_contents().matches(leading).count();
+    let waiting = async |n: usize| {
+        let waited = wait_until(Duration::from_secs(10), async || {
+            let pools = show_rows(&admin, "SHOW POOLS").await;
+            pools
+                .iter()
+                .filter(|r| r.get("node").is_some_and(|n| n == &replica.name))
+                .filter_map(|r| r.get("waiting").and_then(|w| w.parse::<usize>().ok()))
+                .sum::<usize>()
+                >= n
+        })
+        .await;
+        assert!(
+            waited.is_some(),
+            "{n} reads should wait for the replica's connection"
+        );
+    };
+    let first = tokio::spawn(async move { value(&first, read).await });
+    waiting(1).await;
+    let second = tokio::spawn(async move { value(&second, read).await });
+    waiting(2).await;
+    for c in [&holder, &other] {
+        run(c, "COMMIT").await;
+    }
+    for task in [first, second] {
+        assert_eq!(task.await.expect("read task"), format!("1 {port}"));
+    }
+    assert_eq!(
+        replica.log_contents().matches(leading).count() - leads_before,
+        1,
+        "one question for the two reads that queued"
+    );
+}
+
+/// The rows of an admin console SHOW, as column name -> text.
+async fn show_rows(admin: &Client, sql: &str) -> Vec<std::collections::HashMap<String, String>> {
+    let messages = tokio::time::timeout(CALL_TIMEOUT, admin.simple_query(sql))
+        .await
+        .unwrap_or_else(|_| panic!("{sql}: no answer within {CALL_TIMEOUT:?}"))
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    messages
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(
+                r.columns()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| (c.name().to_owned(), r.get(i).unwrap_or("").to_owned()))
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Five reads through `proxy`, each answered by the primary, then `marker` as a query of its own; once the marker
 /// is in the primary's log, so is anything that rode with the reads. The position queries logged meanwhile.
 async fn position_queries_behind_primary_reads(cluster: &LocalCluster, proxy: &Proxy, marker: &str) -> usize {
