@@ -532,28 +532,8 @@ async fn reads_waiting_on_a_question_in_flight_to_their_replica_ask_none_of_thei
     );
     create_table(&cluster, "CREATE TABLE coalesced (id int PRIMARY KEY)").await;
     let read = "SELECT count(*)::text || ' ' || inet_server_port() FROM coalesced WHERE id = 1";
-    // Sessions keep the replica of their first read (replica_affinity = "session"): three on one replica.
-    let mut by_port: std::collections::HashMap<String, Vec<Client>> = Default::default();
-    let port = loop {
-        assert!(
-            by_port.values().map(Vec::len).sum::<usize>() < 12,
-            "no three sessions shared a replica"
-        );
-        let c = client(&proxy).await;
-        let row = value(&c, read).await;
-        let (_, port) = row.split_once(' ').expect("count and port");
-        let group = by_port.entry(port.to_owned()).or_default();
-        group.push(c);
-        if group.len() == 3 {
-            break port.to_owned();
-        }
-    };
-    let replica = cluster
-        .replicas
-        .iter()
-        .find(|r| r.port.to_string() == port)
-        .unwrap_or_else(|| panic!("reads were served on port {port}, not a replica's"));
-    let group = by_port.remove(&port).expect("the group of three");
+    let (replica, group, _) = three_sessions_on_one_replica(&cluster, &proxy, read, false).await;
+    let port = replica.port.to_string();
     log_every_statement(replica).await;
     // A commit the three reads must see, replayed by both replicas before the freeze; pgfleet is not told.
     run(&client(&proxy).await, "INSERT INTO coalesced VALUES (1)").await;
@@ -655,33 +635,10 @@ async fn a_read_that_waited_for_a_connection_asks_nothing_when_an_answer_came_me
     let admin = connect(&proxy.dsn("admin", "adminpw", "pgfleet")).await;
     create_table(&cluster, "CREATE TABLE queued (id int PRIMARY KEY)").await;
     let read = "SELECT count(*)::text || ' ' || inet_server_port() FROM queued WHERE id = 1";
-    // Sessions keep the replica of their first read: three on one replica, one on the other.
-    let mut by_port: std::collections::HashMap<String, Vec<Client>> = Default::default();
-    let port = loop {
-        assert!(
-            by_port.values().map(Vec::len).sum::<usize>() < 16,
-            "no three sessions shared a replica, or none went to the other"
-        );
-        let c = client(&proxy).await;
-        let row = value(&c, read).await;
-        let (_, port) = row.split_once(' ').expect("count and port");
-        by_port.entry(port.to_owned()).or_default().push(c);
-        let full = by_port.iter().find(|(_, g)| g.len() >= 3).map(|(p, _)| p.clone());
-        if let Some(p) = full.filter(|_| by_port.len() == 2) {
-            break p;
-        }
-    };
-    let replica = cluster
-        .replicas
-        .iter()
-        .find(|r| r.port.to_string() == port)
-        .unwrap_or_else(|| panic!("reads were served on port {port}, not a replica's"));
-    let mut group = by_port.remove(&port).expect("the group of three").into_iter();
-    let other = by_port
-        .into_values()
-        .next()
-        .expect("the other replica's group")
-        .remove(0);
+    let (replica, group, mut rest) = three_sessions_on_one_replica(&cluster, &proxy, read, true).await;
+    let port = replica.port.to_string();
+    let mut group = group.into_iter();
+    let other = rest.pop().expect("a session on the other replica");
     let (holder, first, second) = (
         group.next().expect("holder"),
         group.next().expect("first"),
@@ -732,6 +689,45 @@ async fn a_read_that_waited_for_a_connection_asks_nothing_when_an_answer_came_me
         1,
         "one question for the two reads that queued"
     );
+}
+
+/// Opens sessions through `proxy` (whose `replica_affinity = "session"` keeps each on the replica of its first
+/// read, `read`, which answers "<count> <port>") until three share a replica, and with `other` until one is on
+/// the other replica too. Returns that replica, its three sessions, and the sessions elsewhere.
+async fn three_sessions_on_one_replica<'a>(
+    cluster: &'a LocalCluster,
+    proxy: &Proxy,
+    read: &str,
+    other: bool,
+) -> (&'a NodeHandle, Vec<Client>, Vec<Client>) {
+    let mut by_port: std::collections::HashMap<String, Vec<Client>> = Default::default();
+    let port = loop {
+        assert!(
+            by_port.values().map(Vec::len).sum::<usize>() < 16,
+            "no three sessions shared a replica (or, asked for, none went to the other): {:?}",
+            by_port.iter().map(|(p, g)| (p, g.len())).collect::<Vec<_>>()
+        );
+        let c = client(proxy).await;
+        let row = value(&c, read).await;
+        let (_, port) = row.split_once(' ').expect("count and port");
+        by_port.entry(port.to_owned()).or_default().push(c);
+        let three = by_port.iter().find(|(_, g)| g.len() >= 3).map(|(p, _)| p.clone());
+        if let Some(p) = three.filter(|_| !other || by_port.len() == 2) {
+            break p;
+        }
+    };
+    let replica = cluster
+        .replicas
+        .iter()
+        .find(|r| r.port.to_string() == port)
+        .unwrap_or_else(|| panic!("reads were served on port {port}, not a replica's"));
+    let mut group = by_port.remove(&port).expect("the group of three");
+    let rest = group
+        .split_off(3)
+        .into_iter()
+        .chain(by_port.into_values().flatten())
+        .collect();
+    (replica, group, rest)
 }
 
 /// The rows of an admin console SHOW, as column name -> text.
