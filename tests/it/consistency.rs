@@ -31,13 +31,18 @@ async fn client(proxy: &Proxy) -> Client {
     connect(&proxy.dsn(APP_USER, PASSWORD, APP_DB)).await
 }
 
-/// First column of the first row, via the simple protocol.
-async fn value(c: &Client, sql: &str) -> String {
-    let messages = tokio::time::timeout(CALL_TIMEOUT, c.simple_query(sql))
+/// What `sql` answers via the simple protocol, within CALL_TIMEOUT.
+async fn simple(c: &Client, sql: &str) -> Vec<SimpleQueryMessage> {
+    tokio::time::timeout(CALL_TIMEOUT, c.simple_query(sql))
         .await
         .unwrap_or_else(|_| panic!("{sql}: no answer within {CALL_TIMEOUT:?}"))
-        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
-    messages
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+}
+
+/// First column of the first row, via the simple protocol.
+async fn value(c: &Client, sql: &str) -> String {
+    simple(c, sql)
+        .await
         .iter()
         .find_map(|m| match m {
             SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
@@ -97,6 +102,11 @@ async fn log_every_statement(node: &NodeHandle) {
 async fn create_table(cluster: &LocalCluster, ddl: &str) {
     let owner = connect(&cluster.primary.dsn(APP_USER, PASSWORD, APP_DB)).await;
     run(&owner, ddl).await;
+    replicas_caught_up(cluster).await;
+}
+
+/// Waits until every replica has replayed what the primary has now (pgfleet is not told).
+async fn replicas_caught_up(cluster: &LocalCluster) {
     let replicas: Vec<&NodeHandle> = cluster.replicas.iter().collect();
     tokio::task::block_in_place(|| {
         LocalCluster::wait_caught_up(&cluster.primary, &replicas, Duration::from_secs(30))
@@ -537,11 +547,7 @@ async fn reads_waiting_on_a_question_in_flight_to_their_replica_ask_none_of_thei
     log_every_statement(replica).await;
     // A commit the three reads must see, replayed by both replicas before the freeze; pgfleet is not told.
     run(&client(&proxy).await, "INSERT INTO coalesced VALUES (1)").await;
-    let replicas: Vec<&NodeHandle> = cluster.replicas.iter().collect();
-    tokio::task::block_in_place(|| {
-        LocalCluster::wait_caught_up(&cluster.primary, &replicas, Duration::from_secs(30))
-    })
-    .unwrap_or_else(|e| panic!("replicas did not catch up: {e}"));
+    replicas_caught_up(&cluster).await;
     let leading = "SELECT pg_last_wal_replay_lsn()::text AS pgfleet_lead_lsn";
     let leads_before = replica.log_contents().matches(leading).count();
     let reads_before = replica.log_contents().matches(read).count();
@@ -651,11 +657,7 @@ async fn a_read_that_waited_for_a_connection_asks_nothing_when_an_answer_came_me
     }
     log_every_statement(replica).await;
     run(&client(&proxy).await, "INSERT INTO queued VALUES (1)").await;
-    let replicas: Vec<&NodeHandle> = cluster.replicas.iter().collect();
-    tokio::task::block_in_place(|| {
-        LocalCluster::wait_caught_up(&cluster.primary, &replicas, Duration::from_secs(30))
-    })
-    .unwrap_or_else(|e| panic!("replicas did not catch up: {e}"));
+    replicas_caught_up(&cluster).await;
     let leading = "SELECT pg_last_wal_replay_lsn()::text AS pgfleet_lead_lsn";
     let leads_before = replica.log_contents().matches(leading).count();
     let waiting = async |n: usize| {
@@ -732,11 +734,8 @@ async fn three_sessions_on_one_replica<'a>(
 
 /// The rows of an admin console SHOW, as column name -> text.
 async fn show_rows(admin: &Client, sql: &str) -> Vec<std::collections::HashMap<String, String>> {
-    let messages = tokio::time::timeout(CALL_TIMEOUT, admin.simple_query(sql))
+    simple(admin, sql)
         .await
-        .unwrap_or_else(|_| panic!("{sql}: no answer within {CALL_TIMEOUT:?}"))
-        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
-    messages
         .iter()
         .filter_map(|m| match m {
             SimpleQueryMessage::Row(r) => Some(
