@@ -102,6 +102,14 @@ impl SessionHandle {
         }
     }
 
+    /// See [`CancelKey::canceled`].
+    pub fn canceled(&self) -> Canceled<'_> {
+        Canceled {
+            handle: self,
+            armed: false,
+        }
+    }
+
     /// Asks the session to end (as `pg_terminate_backend` does).
     pub fn terminate(&self) {
         self.terminated.store(true, Ordering::Release);
@@ -393,10 +401,7 @@ impl CancelKey {
     /// future counts as a wait, and dropping it ends the wait, so a cancel between requests or after the
     /// request reached its node is not taken for one.
     pub fn canceled(&self) -> Canceled<'_> {
-        Canceled {
-            handle: &self.handle,
-            armed: false,
-        }
+        self.handle.canceled()
     }
 
     /// The session's own handle, to watch for termination while the session's state is busy.

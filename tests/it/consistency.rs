@@ -480,13 +480,7 @@ async fn a_caught_up_replica_is_asked_in_the_same_write_as_the_read() {
     for replica in &cluster.replicas {
         log_every_statement(replica).await;
     }
-    let count = |text: &str| -> usize {
-        cluster
-            .replicas
-            .iter()
-            .map(|r| r.log_contents().matches(text).count())
-            .sum()
-    };
+    let count = |text: &str| logged_on_replicas(&cluster, text);
     let separate = "statement: SELECT pg_last_wal_replay_lsn()::text\n";
     let leading = "SELECT pg_last_wal_replay_lsn()::text AS pgfleet_lead_lsn";
     let (separate_before, leading_before) = (count(separate), count(leading));
@@ -691,6 +685,70 @@ async fn a_read_that_waited_for_a_connection_asks_nothing_when_an_answer_came_me
         1,
         "one question for the two reads that queued"
     );
+}
+
+/// A read waiting up to `routing.consistency_wait` for a replica to replay a commit ends at once with 57014
+/// when its client cancels it: replay is paused on both replicas, the read asks them over and over, and the
+/// cancel ends it between two questions; the session then reads the row once replay resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_ends_a_read_waiting_for_replicas_to_catch_up() {
+    let cluster = cluster_async().await;
+    let proxy = Proxy::start(
+        &cluster,
+        "[routing]\nload_balance = \"round_robin\"\nconsistency = \"global\"\nconsistency_wait = \"60s\"\n\n\
+         [health]\ninterval = \"60s\"\n",
+    );
+    create_table(&cluster, "CREATE TABLE paused (id int PRIMARY KEY)").await;
+    let reader = client(&proxy).await;
+    assert_eq!(value(&reader, "SELECT count(*) FROM paused").await, "0");
+    let question = "SELECT pg_last_wal_replay_lsn()::text";
+    for r in &cluster.replicas {
+        log_every_statement(r).await;
+        direct(r, "SELECT pg_wal_replay_pause()");
+    }
+    let asked = || logged_on_replicas(&cluster, question);
+    run(&client(&proxy).await, "INSERT INTO paused VALUES (1)").await;
+    let before = asked();
+    let token = reader.cancel_token();
+    let reader = Arc::new(reader);
+    let read = tokio::spawn({
+        let c = reader.clone();
+        async move { c.simple_query("SELECT count(*) FROM paused").await.map(|_| ()) }
+    });
+    let waiting = wait_until(Duration::from_secs(10), async || asked() >= before + 2).await;
+    if waiting.is_some() {
+        token.cancel_query(tokio_postgres::NoTls).await.expect("cancel");
+    }
+    let ended = tokio::time::timeout(CALL_TIMEOUT, read).await;
+    for r in &cluster.replicas {
+        direct(r, "SELECT pg_wal_replay_resume()");
+    }
+    assert!(
+        waiting.is_some(),
+        "the read never asked the paused replicas twice"
+    );
+    let err = ended
+        .expect("the cancelled read ends long before routing.consistency_wait (60 s)")
+        .expect("read task")
+        .expect_err("the cancelled read fails");
+    let db = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("not a server error: {err}"));
+    assert_eq!(
+        (db.code().code(), db.message()),
+        ("57014", "canceling statement due to user request")
+    );
+    replicas_caught_up(&cluster).await;
+    assert_eq!(value(&reader, "SELECT count(*) FROM paused").await, "1");
+}
+
+/// How many times `text` appears in the replicas' logs, all together.
+fn logged_on_replicas(cluster: &LocalCluster, text: &str) -> usize {
+    cluster
+        .replicas
+        .iter()
+        .map(|r| r.log_contents().matches(text).count())
+        .sum()
 }
 
 /// Opens sessions through `proxy` (whose `replica_affinity = "session"` keeps each on the replica of its first
