@@ -61,7 +61,24 @@ pub struct ClientEntry {
     requests: AtomicU64,
 }
 
+/// [`ClientEntry::state`]'s code for "active".
+const ACTIVE: u8 = 1;
+
 impl ClientEntry {
+    /// Marks the session as running a request: "active" until [`Self::update`] or [`Self::settle`].
+    pub fn mark_active(&self) {
+        self.state.store(ACTIVE, Ordering::Relaxed);
+    }
+
+    /// After a request that ended without [`Self::update`] (pgfleet refused or cancelled it before a node
+    /// ran it): `state` again, unless an update came.
+    pub fn settle(&self, state: impl FnOnce() -> &'static str) {
+        // Only the session writes its row, so nothing changes it between the load and the store.
+        if self.state.load(Ordering::Relaxed) == ACTIVE {
+            self.state.store(state_code(state()), Ordering::Relaxed);
+        }
+    }
+
     /// Records the state after a request, counting the request.
     pub fn update(&self, state: &'static str, node: Option<usize>) {
         self.state.store(state_code(state), Ordering::Relaxed);
@@ -365,7 +382,17 @@ mod tests {
                 ..info
             },
         );
+        // A request is "active" while it runs; an update after it wins over settle's fallback.
+        let state = || s.clients()[0].1.state;
+        entry.mark_active();
+        assert_eq!(state(), "active");
         entry.update("idle in transaction", Some(0));
+        entry.settle(|| "idle");
+        assert_eq!(state(), "idle in transaction");
+        // A request pgfleet refused before any node ran it: no update, settle puts the state back.
+        entry.mark_active();
+        entry.settle(|| "idle in transaction");
+        assert_eq!(state(), "idle in transaction");
         entry.update("idle", None);
         let clients = s.clients();
         assert_eq!(clients.len(), 3);

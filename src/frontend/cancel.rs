@@ -43,18 +43,19 @@ pub enum Attention {
 pub enum CancelTarget {
     /// The node connection running the session's request: the cancel goes on to it.
     Node(ActiveBackend),
-    /// The request had not reached a node yet (it waited for a pooled connection, or for another session's
-    /// question to its replica): the session ends the wait with 57014 itself.
+    /// The request had not reached a node yet (pgfleet was routing it, or it waited for a pooled connection,
+    /// for another session's question to its replica, for a replica to catch up): the session ends it with
+    /// 57014 itself, before any node runs it.
     Waiting,
     /// An unknown key, or a session between requests: nothing to cancel, as PostgreSQL ignores it too.
     Nothing,
 }
 
-/// [`SessionHandle::wait`]: no request of the session is waiting on pgfleet.
-const NOT_WAITING: u8 = 0;
-/// A request of the session is waiting on pgfleet, before any node runs it.
-const WAITING: u8 = 1;
-/// A cancel came during that wait.
+/// [`SessionHandle::request`]: the session is between requests.
+const BETWEEN_REQUESTS: u8 = 0;
+/// The session is handling a request.
+const IN_REQUEST: u8 = 1;
+/// A cancel came during the request while no node was running it.
 const CANCELED: u8 = 2;
 
 /// One live client session as other sessions and cancel requests see it.
@@ -65,9 +66,11 @@ pub struct SessionHandle {
     /// The role the session logged in as (the role of its node connections).
     pub user: String,
     active: Mutex<Option<ActiveBackend>>,
-    /// Whether a request waits on pgfleet itself with no node running it (NOT_WAITING, WAITING, CANCELED):
-    /// a cancel then has no backend to go to, and is the session's own to act on.
-    wait: AtomicU8,
+    /// Whether the session is handling a request (BETWEEN_REQUESTS, IN_REQUEST, CANCELED). A cancel that
+    /// comes during a request while no node runs it (`active` is None) has no backend to go to, and is the
+    /// session's own to act on: it ends any wait of the request, and the request does not go to a node.
+    /// Read and written under `active`'s lock where the two must agree.
+    request: AtomicU8,
     /// Set by `pg_terminate_backend`; the session's task is woken through `waker`. A flag and a waker rather
     /// than a channel: the session looks at it around every request, and this costs an atomic load and a
     /// waker comparison where a channel's subscription took a lock to register and another to leave.
@@ -86,12 +89,14 @@ impl SessionHandle {
     /// A cancel of the session's request: what it reaches (the caller passes a [`CancelTarget::Node`] on to
     /// that node); a request still waiting on pgfleet is told to end here.
     pub fn cancel(&self) -> CancelTarget {
-        if let Some(backend) = self.active() {
+        // Under the lock: the session cannot start its request on a node between the two looks.
+        let active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(backend) = *active {
             return CancelTarget::Node(backend);
         }
         match self
-            .wait
-            .compare_exchange(WAITING, CANCELED, Ordering::AcqRel, Ordering::Acquire)
+            .request
+            .compare_exchange(IN_REQUEST, CANCELED, Ordering::AcqRel, Ordering::Acquire)
         {
             Ok(_) => {
                 self.waker.wake();
@@ -103,11 +108,20 @@ impl SessionHandle {
     }
 
     /// See [`CancelKey::canceled`].
-    pub fn canceled(&self) -> Canceled<'_> {
-        Canceled {
-            handle: self,
-            armed: false,
-        }
+    pub fn canceled(&self) -> impl Future<Output = ()> + '_ {
+        self.until(|| (self.request.load(Ordering::Acquire) == CANCELED).then_some(()))
+    }
+
+    /// Marks the start of a request: from here until [`Self::end_request`], a cancel that finds no node
+    /// running it is kept for the session.
+    pub(crate) fn begin_request(&self) {
+        self.request.store(IN_REQUEST, Ordering::Release);
+    }
+
+    /// Marks the end of a request: a cancel it did not act on is forgotten, as PostgreSQL forgets a cancel
+    /// that comes after its statement ended.
+    pub(crate) fn end_request(&self) {
+        self.request.store(BETWEEN_REQUESTS, Ordering::Release);
     }
 
     /// Asks the session to end (as `pg_terminate_backend` does).
@@ -231,7 +245,7 @@ impl CancelRegistry {
             secret: rng.random::<i32>(),
             user: user.to_owned(),
             active: Mutex::new(None),
-            wait: AtomicU8::new(NOT_WAITING),
+            request: AtomicU8::new(BETWEEN_REQUESTS),
             terminated: AtomicBool::new(false),
             waker: futures_util::task::AtomicWaker::new(),
             ended,
@@ -350,6 +364,20 @@ impl CancelKey {
         *self.handle.active.lock().unwrap_or_else(|p| p.into_inner()) = backend;
     }
 
+    /// Records that `backend` is about to run the session's request, so that a cancel from now on goes to it;
+    /// false, recording nothing, when a cancel came earlier in the request and `cancelable()` says pgfleet may
+    /// end the request itself (the caller answers 57014 and sends the request nowhere). When it may not (the
+    /// request is part of a transaction whose outcome an error of pgfleet's own would misstate), the request
+    /// runs and that cancel is lost.
+    pub fn run_on(&self, backend: ActiveBackend, cancelable: impl FnOnce() -> bool) -> bool {
+        let mut active = self.handle.active.lock().unwrap_or_else(|p| p.into_inner());
+        if self.handle.request.load(Ordering::Acquire) == CANCELED && cancelable() {
+            return false;
+        }
+        *active = Some(backend);
+        true
+    }
+
     /// The node connection running the session's request, if one is running.
     pub fn active(&self) -> Option<ActiveBackend> {
         self.handle.active()
@@ -396,11 +424,11 @@ impl CancelKey {
         })
     }
 
-    /// Resolves when a client's cancel arrives while this future is pending: a request waiting on pgfleet
-    /// (for a pooled connection, for another session's answer) races its wait against it. Only a polled
-    /// future counts as a wait, and dropping it ends the wait, so a cancel between requests or after the
+    /// Resolves once a client's cancel has come during the current request while no node ran it (at once
+    /// if one came already): a request waiting on pgfleet (for a pooled connection, for another session's
+    /// answer, for a replica to catch up) races its wait against it. A cancel between requests or after the
     /// request reached its node is not taken for one.
-    pub fn canceled(&self) -> Canceled<'_> {
+    pub fn canceled(&self) -> impl Future<Output = ()> + '_ {
         self.handle.canceled()
     }
 
@@ -417,40 +445,6 @@ impl Drop for CancelKey {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&self.pid);
-    }
-}
-
-/// See [`CancelKey::canceled`].
-pub struct Canceled<'a> {
-    handle: &'a SessionHandle,
-    /// Polled once: the session is marked as waiting until this is dropped.
-    armed: bool,
-}
-
-impl Future for Canceled<'_> {
-    type Output = ();
-
-    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<()> {
-        let handle = self.handle;
-        // Registered before the mark: a cancel that finds the mark wakes this waker.
-        handle.waker.register(cx.waker());
-        if !self.armed {
-            self.armed = true;
-            handle.wait.store(WAITING, Ordering::Release);
-            return Poll::Pending;
-        }
-        match handle.wait.load(Ordering::Acquire) {
-            CANCELED => Poll::Ready(()),
-            _ => Poll::Pending,
-        }
-    }
-}
-
-impl Drop for Canceled<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            self.handle.wait.store(NOT_WAITING, Ordering::Release);
-        }
     }
 }
 
@@ -551,30 +545,48 @@ mod tests {
     }
 
     #[test]
-    fn a_cancel_ends_a_wait_and_only_a_wait() {
+    fn a_cancel_during_a_request_ends_it_before_it_reaches_a_node() {
         use futures_util::FutureExt;
         let registry = Arc::new(CancelRegistry::default());
         let key = registry.register("app");
+        let handle = key.handle();
         let cancel = || registry.cancel(key.pid, key.secret);
-        // Between requests a cancel is ignored, and not kept for the next wait.
+        // Between requests a cancel is ignored, and not kept for the next request.
         assert_eq!(cancel(), CancelTarget::Nothing);
+        handle.begin_request();
         let mut wait = Box::pin(key.canceled());
         assert!((&mut wait).now_or_never().is_none(), "no cancel yet");
         assert_eq!(cancel(), CancelTarget::Waiting);
         assert_eq!(
             cancel(),
             CancelTarget::Waiting,
-            "a second cancel of the same wait"
+            "a second cancel of the same request"
         );
         assert!((&mut wait).now_or_never().is_some(), "the cancel ends the wait");
-        drop(wait);
-        // The wait is over: a cancel now is for nobody, and the next wait starts afresh.
+        assert!(
+            key.canceled().now_or_never().is_some(),
+            "and any later wait of the request"
+        );
+        assert!(!key.run_on((1, 2, 3), || true), "the request goes to no node");
+        assert!(key.active().is_none());
+        // Inside a transaction pgfleet cannot answer for the node: the request runs and the cancel is lost.
+        assert!(key.run_on((1, 2, 3), || false));
+        assert_eq!(key.active(), Some((1, 2, 3)));
+        key.set_active(None);
+        handle.end_request();
+        // The request is over: a cancel now is for nobody, and the next request starts afresh.
         assert_eq!(cancel(), CancelTarget::Nothing);
-        let mut next = Box::pin(key.canceled());
-        assert!((&mut next).now_or_never().is_none());
-        // A request that reached its node: the cancel goes there, not to the wait.
-        key.set_active(Some((1, 2, 3)));
+        handle.begin_request();
+        assert!(key.canceled().now_or_never().is_none());
+        // A request that reached its node: the cancel goes there, not to the session.
+        assert!(key.run_on((1, 2, 3), || true));
         assert_eq!(cancel(), CancelTarget::Node((1, 2, 3)));
-        assert!((&mut next).now_or_never().is_none());
+        assert!(key.canceled().now_or_never().is_none());
+        // Back from the node with the request not yet over (a read found its replica behind and goes on to
+        // the primary): a cancel now ends it before it runs again.
+        key.set_active(None);
+        assert_eq!(cancel(), CancelTarget::Waiting);
+        assert!(!key.run_on((0, 4, 5), || true));
+        handle.end_request();
     }
 }

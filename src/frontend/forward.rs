@@ -54,6 +54,11 @@ pub(crate) enum FlowError {
         /// The plan, handed back.
         plan: Box<Plan>,
     },
+    /// The client cancelled the request before it reached the node (see [`CancelKey::run_on`]): nothing was
+    /// sent; the session answers 57014.
+    ///
+    /// [`CancelKey::run_on`]: crate::frontend::cancel::CancelKey::run_on
+    Canceled,
     /// The client failed; the session ends.
     Client(SessionError),
     /// The node failed; `output_sent` tells whether the client already saw part of the answer.
@@ -273,6 +278,18 @@ impl Flow {
         mut plan: Plan,
         retryable: bool,
     ) -> Result<(), FlowError> {
+        let Some(conn) = session.conns[node.index()].as_ref() else {
+            return Err(FlowError::Client(SessionError::Fatal(
+                "internal: no connection for node".into(),
+            )));
+        };
+        // Outside a transaction a cancel that came while pgfleet routed the request ends it here, as
+        // PostgreSQL ends a statement it has not finished; inside one, an error of pgfleet's own would leave
+        // the node's transaction open where the client expects it aborted.
+        let backend = (conn.target.index, conn.pid, conn.secret);
+        if !session.key.run_on(backend, || session.status() == TxStatus::Idle) {
+            return Err(FlowError::Canceled);
+        }
         let trailer = session.trailer.take().filter(|_| end != End::Open);
         let sent_trailer = trailer.is_some();
         let lead = session.lead_need.take().filter(|_| end != End::Open);
@@ -313,14 +330,6 @@ impl Flow {
             held: BytesMut::new(),
             notified: false,
         };
-        let Some(conn) = session.conns[node.index()].as_mut() else {
-            return Err(FlowError::Client(SessionError::Fatal(
-                "internal: no connection for node".into(),
-            )));
-        };
-        session
-            .key
-            .set_active(Some((conn.target.index, conn.pid, conn.secret)));
         let mut result = flow.pump(session, node, req, &mut plan).await;
         if let Some(mut l) = flow.lead.take() {
             // Published already unless the run ended before the lead's reply did.

@@ -283,7 +283,7 @@ async fn negotiate(
                         }
                     }
                     CancelTarget::Waiting => {
-                        tracing::info!("cancel request for a request waiting on pgfleet: it ends with 57014")
+                        tracing::info!("cancel request for a request no node runs yet: it ends with 57014")
                     }
                     CancelTarget::Nothing => tracing::debug!("cancel request for an unknown or idle session"),
                 }

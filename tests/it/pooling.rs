@@ -3,7 +3,8 @@
 //! advisory locks), idle connections are closed after pool.idle_timeout, and pool.max_size caps what a
 //! node sees: a login over the cap waits pool.checkout_timeout and gets 53300 naming the pool while connected
 //! clients go on, a read skips a full replica's pool, a waiting client gets the connection once it is
-//! released, and pools for databases that do not exist are not kept.
+//! released, a cancel ends a request that waits for a connection or whose connection pgfleet is readying
+//! (57014, and the request never runs), and pools for databases that do not exist are not kept.
 
 use std::time::{Duration, Instant};
 
@@ -707,17 +708,11 @@ async fn reads_wait_for_busy_replicas_instead_of_overflowing_to_the_primary() {
 /// ignores it, and the cancelled client's session goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_ends_a_wait_for_a_pooled_connection_with_57014() {
-    use crate::support::raw::{Raw, data_rows, send_cancel, sqlstate};
+    use crate::support::raw::{Raw, data_rows, send_cancel};
     use pgfleet::protocol::frame::build;
     let cluster = cluster_async().await;
     // The primary alone, one connection in its pool: every statement needs that connection.
-    let port = crate::support::proxy::free_port();
-    let proxy = Proxy::start_with_config(format!(
-        "[listen]\naddress = \"127.0.0.1:{port}\"\n\n[[users]]\nname = \"{APP_USER}\"\npassword = \"{PASSWORD}\"\n\n\
-         {ADMIN_TOML}\n[[nodes]]\nname = \"primary\"\naddress = \"{}\"\nrole = \"primary\"\n\n\
-         [routing]\nprimary_reads = true\n\n[pool]\nmode = \"transaction\"\nmax_size = 1\ncheckout_timeout = \"60s\"\n",
-        cluster.primary.address()
-    ));
+    let proxy = lone_primary_with_one_connection(&cluster, "");
     let dsn = proxy.dsn(APP_USER, PASSWORD, APP_DB);
     let admin = admin_client(&proxy).await;
     // All log in first (a login checks out a connection too); then A holds the pool's only connection.
@@ -747,24 +742,116 @@ async fn a_cancel_ends_a_wait_for_a_pooled_connection_with_57014() {
         }
         // Bounded by Raw's own timeout (10 s), far below pool.checkout_timeout (60 s).
         let answer = b.until_ready(Duration::from_secs(10)).await;
-        let errors: Vec<(&str, bool)> = answer
-            .iter()
-            .filter(|(kind, _)| *kind == b'E')
-            .map(|(_, body)| {
-                let words = String::from_utf8_lossy(body);
-                (
-                    sqlstate(body),
-                    words.contains("canceling statement due to user request"),
-                )
-            })
-            .collect();
-        assert_eq!(errors, vec![("57014", true)], "{how}: {answer:?}");
+        assert_eq!(cancel_errors(&answer), vec![("57014", true)], "{how}: {answer:?}");
         assert!(started.elapsed() < Duration::from_secs(10), "{how}");
         assert_eq!(count(&pool_row(&admin, "primary").await, "waiting"), 0, "{how}");
     }
     // Nothing else changed: A's transaction goes on, and B is served once the connection is free.
     a.batch_execute("COMMIT").await.expect("commit");
     assert_eq!(data_rows(&b.simple("SELECT 3").await), vec!["3".to_owned()]);
+}
+
+/// A cancel that comes while pgfleet readies a request's node connection (here: sets the session's settings
+/// on a pooled connection another session used last) ends the request with 57014 once the connection is
+/// ready, and the request never runs: as PostgreSQL ends a statement cancelled before it finished. SHOW
+/// CLIENTS lists the session as active meanwhile. The primary is frozen (SIGSTOP) to hold the request there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_while_pgfleet_readies_the_connection_ends_the_request_before_it_runs() {
+    use crate::support::raw::{Raw, data_rows, send_cancel};
+    use pgfleet::protocol::frame::build;
+    let cluster = cluster_async().await;
+    // Health checks too rare to notice the frozen primary.
+    let proxy = lone_primary_with_one_connection(&cluster, "\n[health]\ninterval = \"60s\"\n");
+    let dsn = proxy.dsn(APP_USER, PASSWORD, APP_DB);
+    let admin = admin_client(&proxy).await;
+    let setup = direct(&cluster.primary).await;
+    setup
+        .batch_execute("CREATE TABLE canceled_writes (id int); GRANT ALL ON canceled_writes TO app")
+        .await
+        .expect("create table");
+    let a = connect(&dsn).await;
+    let mut b = Raw::connect(proxy.port).await;
+    let (pid, secret) = b.login_app().await;
+    b.simple("SET application_name = 'cancel_me'").await;
+    // A uses the pool's one connection last, with its own setting: B's next request must set B's first.
+    a.batch_execute("SET application_name = 'other'")
+        .await
+        .expect("set");
+    assert_eq!(
+        one(&a, "SELECT current_setting('application_name')").await,
+        "other"
+    );
+    tokio::task::block_in_place(|| cluster.primary.pause()).expect("SIGSTOP the primary");
+    b.send(&build(b'Q', b"INSERT INTO canceled_writes VALUES (1)\0"))
+        .await;
+    let active = wait_until(Duration::from_secs(10), async || {
+        show(&admin, "SHOW CLIENTS")
+            .await
+            .iter()
+            .any(|r| text(r, "state") == "active")
+    })
+    .await;
+    if active.is_some() {
+        send_cancel(proxy.port, pid, secret).await;
+    }
+    tokio::task::block_in_place(|| cluster.primary.resume()).expect("SIGCONT the primary");
+    assert!(
+        active.is_some(),
+        "SHOW CLIENTS never listed B's request as active"
+    );
+    let answer = b.until_ready(Duration::from_secs(10)).await;
+    assert_eq!(cancel_errors(&answer), vec![("57014", true)], "{answer:?}");
+    assert_eq!(
+        one(&setup, "SELECT count(*) FROM canceled_writes").await,
+        "0",
+        "the cancelled INSERT ran"
+    );
+    // The session goes on, its setting in place, and its next INSERT runs.
+    assert_eq!(
+        data_rows(&b.simple("SELECT current_setting('application_name')").await),
+        vec!["cancel_me".to_owned()]
+    );
+    b.simple("INSERT INTO canceled_writes VALUES (2)").await;
+    assert_eq!(
+        one(&setup, "SELECT string_agg(id::text, ',') FROM canceled_writes").await,
+        "2"
+    );
+    // The row is updated just after the answer is written.
+    let settled = wait_until(Duration::from_secs(10), async || {
+        show(&admin, "SHOW CLIENTS")
+            .await
+            .iter()
+            .all(|r| text(r, "state") != "active")
+    })
+    .await;
+    assert!(settled.is_some(), "SHOW CLIENTS still lists a request as active");
+}
+
+/// pgfleet in front of the cluster's primary alone, under transaction pooling with one connection in the
+/// pool (so every statement needs that connection) and the admin console; `extra` is appended to the config.
+fn lone_primary_with_one_connection(cluster: &crate::support::cluster::LocalCluster, extra: &str) -> Proxy {
+    let port = crate::support::proxy::free_port();
+    Proxy::start_with_config(format!(
+        "[listen]\naddress = \"127.0.0.1:{port}\"\n\n[[users]]\nname = \"{APP_USER}\"\npassword = \"{PASSWORD}\"\n\n\
+         {ADMIN_TOML}\n[[nodes]]\nname = \"primary\"\naddress = \"{}\"\nrole = \"primary\"\n\n\
+         [routing]\nprimary_reads = true\n\n[pool]\nmode = \"transaction\"\nmax_size = 1\ncheckout_timeout = \"60s\"\n{extra}",
+        cluster.primary.address()
+    ))
+}
+
+/// The errors in a request's answer: (SQLSTATE, whether the message is PostgreSQL's for a cancel).
+fn cancel_errors(answer: &[crate::support::raw::Msg]) -> Vec<(&str, bool)> {
+    answer
+        .iter()
+        .filter(|(kind, _)| *kind == b'E')
+        .map(|(_, body)| {
+            let words = String::from_utf8_lossy(body);
+            (
+                crate::support::raw::sqlstate(body),
+                words.contains("canceling statement due to user request"),
+            )
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -303,6 +303,11 @@ impl Session {
                     return Ok(());
                 }
                 Err(FlowError::Client(e)) => return Err(e),
+                Err(FlowError::Canceled) => {
+                    // Nothing reached the node: under transaction pooling its connection goes back as it came.
+                    self.release_between_transactions(node);
+                    return self.refuse(self.error_of(&BackendError::Canceled), end).await;
+                }
                 Err(FlowError::Stale { plan: returned }) => {
                     // Nothing reached the client; the next candidate (known fresh, or the primary) serves. When
                     // this was the last attempt (the last candidate, or its full pool sent the read back to the
@@ -454,11 +459,6 @@ impl Session {
         } else if !reads.unsure(order).is_empty() {
             // Ask the unsure candidates, waiting up to routing.consistency_wait for one to catch up.
             let deadline = tokio::time::Instant::now() + wait;
-            // One wait for the whole loop, marked from here on: a cancel that comes while a replica is being
-            // asked is seen at the next pause.
-            let handle = self.key.handle();
-            let mut canceled = std::pin::pin!(handle.canceled());
-            let _ = futures_util::poll!(canceled.as_mut());
             'wait: loop {
                 for i in 0..reads.unsure(order).len() {
                     let n = reads.unsure(order)[i];
@@ -475,12 +475,9 @@ impl Session {
                 let pause = tokio::time::sleep((deadline - now).min(std::time::Duration::from_millis(10)));
                 tokio::select! {
                     biased;
-                    () = canceled.as_mut() => return Err(self.error_of(&BackendError::Canceled)),
+                    () = self.key.canceled() => return Err(self.error_of(&BackendError::Canceled)),
                     () = pause => {}
                 }
-            }
-            if futures_util::poll!(canceled.as_mut()).is_ready() {
-                return Err(self.error_of(&BackendError::Canceled));
             }
         }
         let shared = &*self.shared;

@@ -9,6 +9,7 @@ use crate::frontend::cancel::{ActiveBackend, CancelTarget, SessionHandle};
 use crate::frontend::request::{End, Plan, Request};
 use crate::frontend::signal_call::{self, Bound, Signal};
 use crate::frontend::state::Statement;
+use crate::protocol::TxStatus;
 use crate::protocol::messages::{ProxyError, bind_names, parse_fields, ready_for_query, target_name};
 use crate::router::classify::Target;
 
@@ -121,11 +122,22 @@ impl Session {
     /// Runs a request, ending the session instead if another session terminates it meanwhile.
     pub(super) async fn dispatch_watched(&mut self, req: &Request, end: End) -> Result<(), SessionError> {
         let handle = self.key.handle();
+        handle.begin_request();
+        if let Some(entry) = &self.entry {
+            entry.mark_active();
+        }
         let outcome = tokio::select! {
             biased;
             () = handle.until_terminated() => None,
             r = self.dispatch(req, end) => Some(r),
         };
+        handle.end_request();
+        if let Some(entry) = &self.entry {
+            entry.settle(|| match self.status() {
+                TxStatus::Idle => "idle",
+                _ => "idle in transaction",
+            });
+        }
         match outcome {
             Some(r) => r,
             None => self.end_terminated().await,
