@@ -432,6 +432,11 @@ impl CancelKey {
         self.handle.canceled()
     }
 
+    /// Whether a client's cancel has come during the current request while no node ran it.
+    pub fn is_canceled(&self) -> bool {
+        self.handle.request.load(Ordering::Acquire) == CANCELED
+    }
+
     /// The session's own handle, to watch for termination while the session's state is busy.
     pub fn handle(&self) -> Arc<SessionHandle> {
         self.handle.clone()

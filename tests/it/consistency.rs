@@ -711,10 +711,7 @@ async fn a_cancel_ends_a_read_waiting_for_replicas_to_catch_up() {
     let before = asked();
     let token = reader.cancel_token();
     let reader = Arc::new(reader);
-    let read = tokio::spawn({
-        let c = reader.clone();
-        async move { c.simple_query("SELECT count(*) FROM paused").await.map(|_| ()) }
-    });
+    let read = spawn_query(&reader, "SELECT count(*) FROM paused");
     let waiting = wait_until(Duration::from_secs(10), async || asked() >= before + 2).await;
     if waiting.is_some() {
         token.cancel_query(tokio_postgres::NoTls).await.expect("cancel");
@@ -727,10 +724,83 @@ async fn a_cancel_ends_a_read_waiting_for_replicas_to_catch_up() {
         waiting.is_some(),
         "the read never asked the paused replicas twice"
     );
+    assert_canceled(
+        ended,
+        "the cancelled read ends long before routing.consistency_wait (60 s)",
+    );
+    replicas_caught_up(&cluster).await;
+    assert_eq!(value(&reader, "SELECT count(*) FROM paused").await, "1");
+}
+
+/// A read whose question to a replica hangs (both replicas frozen with SIGSTOP while the read waits up to
+/// `routing.consistency_wait` for one to replay a commit) ends with 57014 as soon as its client cancels it,
+/// not when the replica answers or the question times out (`pool.connect_timeout`, 30 s here); the session
+/// reads the row once the replicas resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_ends_a_read_whose_question_to_a_replica_hangs() {
+    let cluster = cluster_async().await;
+    let proxy = Proxy::start(
+        &cluster,
+        "[[users]]\nname = \"admin\"\npassword = \"adminpw\"\nadmin = true\n\n\
+         [routing]\nload_balance = \"round_robin\"\nconsistency = \"global\"\nconsistency_wait = \"60s\"\n\n\
+         [pool]\nconnect_timeout = \"30s\"\n\n[health]\ninterval = \"60s\"\n",
+    );
+    let admin = connect(&proxy.dsn("admin", "adminpw", "pgfleet")).await;
+    create_table(&cluster, "CREATE TABLE hung (id int PRIMARY KEY)").await;
+    let reader = client(&proxy).await;
+    assert_eq!(value(&reader, "SELECT count(*) FROM hung").await, "0");
+    run(&client(&proxy).await, "INSERT INTO hung VALUES (1)").await;
+    for r in &cluster.replicas {
+        tokio::task::block_in_place(|| r.pause()).expect("SIGSTOP a replica");
+    }
+    let token = reader.cancel_token();
+    let reader = Arc::new(reader);
+    let read = spawn_query(&reader, "SELECT count(*) FROM hung");
+    let active = wait_until(Duration::from_secs(10), async || {
+        show_rows(&admin, "SHOW CLIENTS")
+            .await
+            .iter()
+            .any(|r| r.get("state").is_some_and(|s| s == "active"))
+    })
+    .await;
+    if active.is_some() {
+        token.cancel_query(tokio_postgres::NoTls).await.expect("cancel");
+    }
+    let ended = tokio::time::timeout(CALL_TIMEOUT, read).await;
+    for r in &cluster.replicas {
+        tokio::task::block_in_place(|| r.resume()).expect("SIGCONT a replica");
+    }
+    assert!(active.is_some(), "SHOW CLIENTS never listed the read as active");
+    assert_canceled(
+        ended,
+        "the cancelled read ends while the replicas are still frozen",
+    );
+    replicas_caught_up(&cluster).await;
+    assert_eq!(value(&reader, "SELECT count(*) FROM hung").await, "1");
+}
+
+/// Runs `sql` through `client` in a task of its own, so that the test can cancel it meanwhile.
+fn spawn_query(
+    client: &Arc<Client>,
+    sql: &'static str,
+) -> tokio::task::JoinHandle<Result<(), tokio_postgres::Error>> {
+    let c = client.clone();
+    tokio::spawn(async move { c.simple_query(sql).await.map(|_| ()) })
+}
+
+/// Asserts that a query its client cancelled ended within the test's time limit (`in_time` says what that
+/// shows) with PostgreSQL's answer to a cancel.
+fn assert_canceled(
+    ended: Result<
+        Result<Result<(), tokio_postgres::Error>, tokio::task::JoinError>,
+        tokio::time::error::Elapsed,
+    >,
+    in_time: &str,
+) {
     let err = ended
-        .expect("the cancelled read ends long before routing.consistency_wait (60 s)")
-        .expect("read task")
-        .expect_err("the cancelled read fails");
+        .expect(in_time)
+        .expect("query task")
+        .expect_err("the cancelled query fails");
     let db = err
         .as_db_error()
         .unwrap_or_else(|| panic!("not a server error: {err}"));
@@ -738,8 +808,6 @@ async fn a_cancel_ends_a_read_waiting_for_replicas_to_catch_up() {
         (db.code().code(), db.message()),
         ("57014", "canceling statement due to user request")
     );
-    replicas_caught_up(&cluster).await;
-    assert_eq!(value(&reader, "SELECT count(*) FROM paused").await, "1");
 }
 
 /// How many times `text` appears in the replicas' logs, all together.

@@ -461,6 +461,9 @@ impl Session {
             let deadline = tokio::time::Instant::now() + wait;
             'wait: loop {
                 for i in 0..reads.unsure(order).len() {
+                    if self.key.is_canceled() {
+                        return Err(self.error_of(&BackendError::Canceled));
+                    }
                     let n = reads.unsure(order)[i];
                     if self.has_replayed(n, reads.need(n)).await {
                         reads.replayed(n, order);

@@ -133,12 +133,26 @@ impl Session {
             // Forwarded replicas: pgfleet itself knows what it has applied there.
             return self.shared.fleet.forward.visible(node.index());
         }
-        // A full pool is an unknown answer, not a reason to wait: a session waiting here for one replica
-        // while holding a probed connection to another could wait on a session doing the same the other way.
-        self.connect_with(node, Checkout::Immediate).await.ok()?;
-        let lsn = self
-            .ask_position(node, "SELECT pg_last_wal_replay_lsn()::text")
-            .await;
+        // A replica that hangs (in the connection attempt or on the question) would hold the request here past
+        // the client's cancel: unless the session keeps state on it, its connection goes instead, holding
+        // nothing the session cannot set up again.
+        let stateful = self.routing.holds_state_on(node);
+        let handle = self.key.handle();
+        let asked = tokio::select! {
+            biased;
+            lsn = async {
+                // A full pool is an unknown answer, not a reason to wait: a session waiting here for one
+                // replica while holding a probed connection to another could wait on a session doing the
+                // same the other way.
+                self.connect_with(node, Checkout::Immediate).await.ok()?;
+                self.ask_position(node, "SELECT pg_last_wal_replay_lsn()::text").await
+            } => Some(lsn),
+            () = handle.canceled(), if !stateful => None,
+        };
+        let Some(lsn) = asked else {
+            self.conns[node.index()] = None;
+            return None;
+        };
         // Under transaction pooling the probed connection goes back at once: the read may go elsewhere, and
         // a connection kept until this session's next request on that node is one other sessions lack.
         self.release_between_transactions(node);
