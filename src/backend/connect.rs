@@ -95,7 +95,8 @@ pub enum BackendError {
         /// How long the client waited for a connection to be released.
         waited: Duration,
     },
-    /// The client cancelled its request while it waited for a connection of a full pool (no node ran it).
+    /// The client cancelled its request before any node ran it (while it waited for a connection of a full
+    /// pool, or while pgfleet was still routing it).
     #[error("canceling statement due to user request")]
     Canceled,
     /// The node answered with an ErrorResponse (bad database, bad password, shutting down...).

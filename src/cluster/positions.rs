@@ -121,7 +121,7 @@ impl ReplayKnowledge {
         tokio::pin!(ended);
         // Registered before the count is read: an answer between the two still wakes this wait.
         ended.as_mut().enable();
-        if self.leads.load(Ordering::Acquire) == 0 {
+        if !self.lead_in_flight() {
             return;
         }
         tracing::debug!("waiting for the answer of a lead in flight to this node");

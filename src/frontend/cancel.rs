@@ -359,9 +359,10 @@ pub struct CancelKey {
 }
 
 impl CancelKey {
-    /// Records which node connection runs the session's current request (None when idle).
-    pub fn set_active(&self, backend: Option<ActiveBackend>) {
-        *self.handle.active.lock().unwrap_or_else(|p| p.into_inner()) = backend;
+    /// Records that no node connection runs the session's request any more (see [`Self::run_on`], the only
+    /// way to record one, so that no request reaches a node past a cancel pgfleet took for itself).
+    pub fn clear_active(&self) {
+        *self.handle.active.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// Records that `backend` is about to run the session's request, so that a cancel from now on goes to it;
@@ -538,7 +539,7 @@ mod tests {
             CancelTarget::Nothing,
             "idle: nothing to cancel"
         );
-        a.set_active(Some((0, 11, 12)));
+        assert!(a.run_on((0, 11, 12), || true));
         assert_eq!(registry.cancel(a.pid, a.secret), CancelTarget::Node((0, 11, 12)));
         assert_eq!(
             registry.cancel(a.pid, a.secret.wrapping_add(1)),
@@ -577,7 +578,7 @@ mod tests {
         // Inside a transaction pgfleet cannot answer for the node: the request runs and the cancel is lost.
         assert!(key.run_on((1, 2, 3), || false));
         assert_eq!(key.active(), Some((1, 2, 3)));
-        key.set_active(None);
+        key.clear_active();
         handle.end_request();
         // The request is over: a cancel now is for nobody, and the next request starts afresh.
         assert_eq!(cancel(), CancelTarget::Nothing);
@@ -589,7 +590,7 @@ mod tests {
         assert!(key.canceled().now_or_never().is_none());
         // Back from the node with the request not yet over (a read found its replica behind and goes on to
         // the primary): a cancel now ends it before it runs again.
-        key.set_active(None);
+        key.clear_active();
         assert_eq!(cancel(), CancelTarget::Waiting);
         assert!(!key.run_on((0, 4, 5), || true));
         handle.end_request();

@@ -339,7 +339,7 @@ impl Flow {
                 conn.applied.unnamed = None;
                 if result.is_ok() && l.stale {
                     conn.status = flow.outcome.status;
-                    session.key.set_active(None);
+                    session.key.clear_active();
                     return Err(FlowError::Stale { plan: Box::new(plan) });
                 }
             }
@@ -383,7 +383,7 @@ impl Flow {
             flow.output_sent = true;
             let _ = write_flush(&mut session.client, &flow.held).await;
         }
-        session.key.set_active(None);
+        session.key.clear_active();
         match result {
             Ok(()) => {
                 session.finish(node, plan, &flow.outcome);
