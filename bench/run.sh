@@ -503,7 +503,7 @@ if target_wanted pgfleet-defaults; then
             read -r _name _host _port _role <<<"$line"
             printf '[[nodes]]\nname = "%s"\naddress = "%s:%s"\nrole = "%s"\n\n' "$_name" "$_host" "$_port" "$_role"
         done
-        printf '[routing]\nprimary_reads = true\n\n[log]\nlevel = "warn"\n'
+        printf '[routing]\nprimary_reads = true\n'
     } >"$WORK/pgfleet-defaults.toml"
     if "$PGFLEET_BIN" --check --config "$WORK/pgfleet-defaults.toml" >/dev/null; then
         serve_target pgfleet-defaults "$PORT_DEFAULTS" TERM "the three nodes, primary_reads = true, every other key at its default" \

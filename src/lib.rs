@@ -7,6 +7,7 @@ pub(crate) mod certs;
 pub(crate) mod cluster;
 pub mod config;
 pub mod frontend;
+pub mod log_filter;
 pub mod protocol;
 pub mod proxy;
 pub mod reload;

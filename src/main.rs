@@ -45,46 +45,44 @@ enum Command {
 
 use pgfleet::proxy::SetLogFilter as SetFilter;
 
-fn filter_setter<S: 'static>(
-    handle: tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, S>,
-) -> SetFilter {
-    Box::new(move |level: &str| {
-        let filter = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())?;
-        handle.reload(filter).map_err(|e| e.to_string())
-    })
-}
-
 fn init_logging(log: &pgfleet::config::LogConfig) -> SetFilter {
+    use pgfleet::log_filter::LogFilter;
     use std::io::IsTerminal;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&log.level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let from_env = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|text| LogFilter::new(&text).ok());
+    let built = from_env
+        .or_else(|| LogFilter::new(&log.level).ok())
+        .or_else(|| LogFilter::new("info").ok());
+    let Some((filter, handle)) = built else {
+        // "info" always parses; without a filter nothing would be logged, so say so where the log would go.
+        eprintln!("pgfleet: no log filter could be built; logging is off");
+        return Box::new(|_: &str| Err("logging is off".to_owned()));
+    };
+    // The filter decides; the formatter below lets everything through to it.
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_max_level(tracing::level_filters::LevelFilter::TRACE)
         .with_writer(std::io::stderr);
     // Over whichever filter RUST_LOG, log.level or a reload sets: the dependencies that log statement text
     // below INFO stay quiet (see `log_event_allowed`).
     let quiet = tracing_subscriber::filter::filter_fn(pgfleet::proxy::log_event_allowed);
-    // The reload handle's type depends on the line format, so each branch makes its own setter.
     match log.format {
         pgfleet::config::LogFormat::Json => {
-            let builder = builder.json().with_filter_reloading();
-            let handle = builder.reload_handle();
-            builder.finish().with(quiet).init();
-            filter_setter(handle)
+            builder.json().finish().with(filter).with(quiet).init();
         }
         pgfleet::config::LogFormat::Text => {
             // Colour codes only for a terminal: in files and containers they are noise.
-            let builder = builder
+            builder
                 .with_ansi(std::io::stderr().is_terminal())
-                .with_filter_reloading();
-            let handle = builder.reload_handle();
-            builder.finish().with(quiet).init();
-            filter_setter(handle)
+                .finish()
+                .with(filter)
+                .with(quiet)
+                .init();
         }
     }
+    Box::new(move |level: &str| handle.set(level).map_err(|e| e.to_string()))
 }
 
 fn main() -> ExitCode {

@@ -307,6 +307,8 @@ async fn admin_reload_changes_users_routing_pools_and_logging() {
         .await
         .expect("sleep");
     assert!(!proxy.log_contents().contains("slow statement"));
+    // The default level, info: no line per request.
+    assert!(!proxy.log_contents().contains("routing request"));
     let second = try_connect(&proxy.dsn(APP_USER, PASSWORD, APP_DB)).await;
     let Err(second) = second else {
         panic!("pool.max_size = 1 is taken by the first session")
@@ -320,7 +322,7 @@ async fn admin_reload_changes_users_routing_pools_and_logging() {
     let carol = "[[users]]\nname = \"carol\"\npassword = \"carolpw\"\n";
     let extra = "[routing]\nload_balance = \"round_robin\"\nreplica_affinity = \"statement\"\nwrite_functions = [\"tagged\"]\n\n\
                  [pool]\nmax_size = 4\nconnect_timeout = \"1s\"\ncheckout_timeout = \"1s\"\n\n\
-                 [log]\nslow_statement = \"200ms\"\n";
+                 [log]\nslow_statement = \"200ms\"\nlevel = \"debug\"\n";
     let mut v2 = config(port, &nodes, carol, extra);
     // A restart-only key: reported, and the running value kept.
     let other_port = free_port();
@@ -358,6 +360,14 @@ async fn admin_reload_changes_users_routing_pools_and_logging() {
         .expect("tagged")
         .get(0);
     assert_eq!(tagged, primary_port, "write_functions now lists tagged()");
+    // log.level = "debug" took effect in place: each request is logged with where it went, inside the
+    // session's span.
+    let log = proxy.log_contents();
+    let routed = log
+        .lines()
+        .find(|l| l.contains("routing request"))
+        .unwrap_or_else(|| panic!("no debug line after the reload:\n{}", proxy.log_tail(20)));
+    assert!(routed.contains("session{"), "{routed}");
     let second = connect(&proxy.dsn(APP_USER, PASSWORD, APP_DB)).await;
     second.simple_query("SELECT 1").await.expect("second session");
     app.simple_query("SELECT pg_sleep(0.3), 'after-reload-secret'")
