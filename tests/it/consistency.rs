@@ -779,6 +779,45 @@ async fn a_cancel_ends_a_read_whose_question_to_a_replica_hangs() {
     assert_eq!(value(&reader, "SELECT count(*) FROM hung").await, "1");
 }
 
+/// At `consistency = "universal"` a read first asks the primary its current position. With the primary frozen
+/// (SIGSTOP) that question hangs; a cancel ends the read with 57014 at once, not when the primary answers or
+/// the question times out (`pool.connect_timeout`, 30 s here), and the session reads again once the
+/// primary resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_ends_a_read_whose_question_to_the_primary_hangs() {
+    let cluster = cluster_async().await;
+    let proxy = Proxy::start(
+        &cluster,
+        "[[users]]\nname = \"admin\"\npassword = \"adminpw\"\nadmin = true\n\n\
+         [routing]\nconsistency = \"universal\"\n\n\
+         [pool]\nconnect_timeout = \"30s\"\n\n[health]\ninterval = \"60s\"\n",
+    );
+    let admin = connect(&proxy.dsn("admin", "adminpw", "pgfleet")).await;
+    create_table(&cluster, "CREATE TABLE asked (id int PRIMARY KEY)").await;
+    run(&client(&proxy).await, "INSERT INTO asked VALUES (1)").await;
+    let reader = client(&proxy).await;
+    assert_eq!(value(&reader, "SELECT count(*) FROM asked").await, "1");
+    tokio::task::block_in_place(|| cluster.primary.pause()).expect("SIGSTOP the primary");
+    let token = reader.cancel_token();
+    let reader = Arc::new(reader);
+    let read = spawn_query(&reader, "SELECT count(*) FROM asked");
+    let active = wait_until(Duration::from_secs(10), async || {
+        show_rows(&admin, "SHOW CLIENTS")
+            .await
+            .iter()
+            .any(|r| r.get("state").is_some_and(|s| s == "active"))
+    })
+    .await;
+    if active.is_some() {
+        token.cancel_query(tokio_postgres::NoTls).await.expect("cancel");
+    }
+    let ended = tokio::time::timeout(CALL_TIMEOUT, read).await;
+    tokio::task::block_in_place(|| cluster.primary.resume()).expect("SIGCONT the primary");
+    assert!(active.is_some(), "SHOW CLIENTS never listed the read as active");
+    assert_canceled(ended, "the cancelled read ends while the primary is still frozen");
+    assert_eq!(value(&reader, "SELECT count(*) FROM asked").await, "1");
+}
+
 /// Runs `sql` through `client` in a task of its own, so that the test can cancel it meanwhile.
 fn spawn_query(
     client: &Arc<Client>,

@@ -650,6 +650,11 @@ impl Session {
                 return Err(closed);
             }
         }
+        // A request cancelled while pgfleet routed it opens no connection: one to a node that hangs would hold
+        // it until `pool.connect_timeout`, and it would end with 57014 before running anyway (`run_on`).
+        if self.key.is_canceled() {
+            return Err(BackendError::Canceled);
+        }
         // The session's copy of the node list, read when the request began, unless a reload added this node
         // since: no shared load for the usual checkout.
         let n = match self.current.nodes.get(node.index()) {

@@ -36,19 +36,45 @@ impl Session {
 
     /// The primary's current WAL position, asked after this call began; concurrent asks of all sessions
     /// share one query (`cluster::positions`). None when the primary could not say.
+    ///
+    /// A cancel ends the wait, as it ends a replica's question (`replayed`): a primary that hangs would
+    /// otherwise hold the cancelled request until it answered or `pool.connect_timeout` ran out. The
+    /// connection with the question on it is then closed, unless the session keeps state on the primary
+    /// (then the wait goes on, and the cancel reaches the primary with the request). None on a cancel too:
+    /// the request then ends with 57014 before any node runs it (`CancelKey::run_on`).
     pub(super) async fn primary_position(&mut self) -> Option<Lsn> {
         let shared = self.shared.clone();
-        let turn = match shared.fleet.positions(self.shard).primary_position().await {
-            PrimaryAsk::Known(lsn) => return Some(lsn),
-            PrimaryAsk::Turn(turn) => turn,
-        };
         let primary = shared.fleet.primary(self.shard).ok()?;
-        self.connect(primary).await.ok()?;
-        let lsn = self.ask_position(primary, CURRENT_LSN).await;
-        self.release_between_transactions(primary);
-        let lsn = lsn?;
-        turn.answer(lsn);
-        Some(lsn)
+        let stateful = self.routing.holds_state_on(primary);
+        let handle = self.key.handle();
+        let asking = std::sync::atomic::AtomicBool::new(false);
+        let asked = tokio::select! {
+            biased;
+            lsn = async {
+                let turn = match shared.fleet.positions(self.shard).primary_position().await {
+                    PrimaryAsk::Known(lsn) => return Some(lsn),
+                    PrimaryAsk::Turn(turn) => turn,
+                };
+                asking.store(true, std::sync::atomic::Ordering::Relaxed);
+                self.connect(primary).await.ok()?;
+                let lsn = self.ask_position(primary, CURRENT_LSN).await;
+                self.release_between_transactions(primary);
+                let lsn = lsn?;
+                turn.answer(lsn);
+                Some(lsn)
+            } => Some(lsn),
+            () = handle.canceled(), if !stateful => None,
+        };
+        match asked {
+            Some(lsn) => lsn,
+            None => {
+                // Dropping the turn lets the next waiting session ask.
+                if asking.load(std::sync::atomic::Ordering::Relaxed) {
+                    self.conns[primary.index()] = None;
+                }
+                None
+            }
+        }
     }
 
     /// A WAL position asked with `sql` (one text value) on the session's connection to `node`. The question
