@@ -752,9 +752,10 @@ async fn a_cancel_ends_a_wait_for_a_pooled_connection_with_57014() {
 }
 
 /// A cancel that comes while pgfleet readies a request's node connection (here: sets the session's settings
-/// on a pooled connection another session used last) ends the request with 57014 once the connection is
-/// ready, and the request never runs: as PostgreSQL ends a statement cancelled before it finished. SHOW
-/// CLIENTS lists the session as active meanwhile. The primary is frozen (SIGSTOP) to hold the request there.
+/// on a pooled connection another session used last) ends the request with 57014 at once, even while the
+/// node does not answer, and the request never runs: as PostgreSQL ends a statement cancelled before it
+/// finished. SHOW CLIENTS lists the session as active meanwhile. The primary is frozen (SIGSTOP) to hold the
+/// request there, and stays frozen until the answer came.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_while_pgfleet_readies_the_connection_ends_the_request_before_it_runs() {
     use crate::support::raw::{Raw, data_rows, send_cancel};
@@ -791,15 +792,13 @@ async fn a_cancel_while_pgfleet_readies_the_connection_ends_the_request_before_i
             .any(|r| text(r, "state") == "active")
     })
     .await;
-    if active.is_some() {
-        send_cancel(proxy.port, pid, secret).await;
-    }
-    tokio::task::block_in_place(|| cluster.primary.resume()).expect("SIGCONT the primary");
     assert!(
         active.is_some(),
         "SHOW CLIENTS never listed B's request as active"
     );
+    send_cancel(proxy.port, pid, secret).await;
     let answer = b.until_ready(Duration::from_secs(10)).await;
+    tokio::task::block_in_place(|| cluster.primary.resume()).expect("SIGCONT the primary");
     assert_eq!(cancel_errors(&answer), vec![("57014", true)], "{answer:?}");
     assert_eq!(
         one(&setup, "SELECT count(*) FROM canceled_writes").await,

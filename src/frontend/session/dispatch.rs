@@ -250,7 +250,7 @@ impl Session {
                 continue;
             }
             if !self.needs_no_replay(node, &plan)
-                && let Err(e) = self.bring_up_to_date(node, &plan).await
+                && let Err(e) = self.bring_up_to_date_or_cancel(node, &plan).await
             {
                 match e {
                     Prepare::Node(e) if e.is_node_failure() && !last => {

@@ -24,6 +24,23 @@ impl Session {
             && self.conn(node).is_none_or(settled)
     }
 
+    /// [`Self::bring_up_to_date`], ended by a cancel of the request unless the session keeps state on `node`:
+    /// a node that hangs would otherwise hold the cancelled request until it answered. The connection is
+    /// then half replayed and the caller closes it (`Prepare::Node`).
+    pub(super) async fn bring_up_to_date_or_cancel(
+        &mut self,
+        node: NodeId,
+        plan: &Plan,
+    ) -> Result<(), Prepare> {
+        let stateful = self.routing.holds_state_on(node);
+        let handle = self.key.handle();
+        tokio::select! {
+            biased;
+            r = self.bring_up_to_date(node, plan) => r,
+            () = handle.canceled(), if !stateful => Err(Prepare::Node(BackendError::Canceled)),
+        }
+    }
+
     /// Replays on `node` what the session has and that node lacks: settings, then prepared statements.
     pub(super) async fn bring_up_to_date(&mut self, node: NodeId, plan: &Plan) -> Result<(), Prepare> {
         let Some(conn) = self.conns[node.index()].as_mut() else {
