@@ -480,6 +480,11 @@ impl Flow {
                         l.end = 0;
                     }
                     let block = conn.take_block(|k, b| self.inspect(k, b)).map_err(Failure::Node)?;
+                    if self.done() && !self.lead.as_ref().is_some_and(|l| l.stale) {
+                        // PostgreSQL shows a backend idle before its ReadyForQuery goes out; so does SHOW
+                        // CLIENTS: a client that asks once it has its answer never sees its request active.
+                        Session::settle_row(&session.entry, self.outcome.status);
+                    }
                     if !self.undo.is_empty() {
                         undo(conn, &mut self.undo);
                     }

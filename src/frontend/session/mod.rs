@@ -217,7 +217,7 @@ pub(super) struct Session {
     /// Transaction pooling: the client's statement names and the proxy's.
     names: StatementNames,
     /// The session's row in SHOW CLIENTS, once the login is complete.
-    entry: Option<Arc<ClientEntry>>,
+    pub(super) entry: Option<Arc<ClientEntry>>,
     /// The catalog generation and the time until which `rules` are the catalog's current ones.
     rules_fresh: Option<(u64, std::time::Instant)>,
     /// Where a request of several frames is assembled to be written at once, kept between requests.
@@ -301,8 +301,22 @@ impl Session {
 
     /// Answers a request the proxy could not run: the error, then ReadyForQuery when the request ended
     /// with Query or Sync; after Flush, input is skipped up to the next Sync as PostgreSQL does.
+    /// SHOW CLIENTS's row of a request about to be answered: idle again (or idle in a transaction), unless
+    /// the request already recorded its state. Called before the answer's ReadyForQuery is written.
+    pub(super) fn settle_row(entry: &Option<Arc<ClientEntry>>, status: TxStatus) {
+        if let Some(entry) = entry {
+            entry.settle(|| match status {
+                TxStatus::Idle => "idle",
+                _ => "idle in transaction",
+            });
+        }
+    }
+
     pub(super) async fn refuse(&mut self, err: ProxyError, end: End) -> Result<(), SessionError> {
         tracing::info!(error = %err, "request refused");
+        if end != End::Open {
+            Self::settle_row(&self.entry, self.status());
+        }
         let mut out = err.encode().to_vec();
         match end {
             End::Query | End::Sync => out.extend_from_slice(&ready_for_query(self.status().byte())),
