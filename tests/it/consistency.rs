@@ -756,21 +756,12 @@ async fn a_cancel_ends_a_read_whose_question_to_a_replica_hangs() {
     let token = reader.cancel_token();
     let reader = Arc::new(reader);
     let read = spawn_query(&reader, "SELECT count(*) FROM hung");
-    let active = wait_until(Duration::from_secs(10), async || {
-        show_rows(&admin, "SHOW CLIENTS")
-            .await
-            .iter()
-            .any(|r| r.get("state").is_some_and(|s| s == "active"))
-    })
-    .await;
-    if active.is_some() {
-        token.cancel_query(tokio_postgres::NoTls).await.expect("cancel");
-    }
+    let active = cancel_once_active(&admin, &token).await;
     let ended = tokio::time::timeout(CALL_TIMEOUT, read).await;
     for r in &cluster.replicas {
         tokio::task::block_in_place(|| r.resume()).expect("SIGCONT a replica");
     }
-    assert!(active.is_some(), "SHOW CLIENTS never listed the read as active");
+    assert!(active, "SHOW CLIENTS never listed the read as active");
     assert_canceled(
         ended,
         "the cancelled read ends while the replicas are still frozen",
@@ -801,8 +792,19 @@ async fn a_cancel_ends_a_read_whose_question_to_the_primary_hangs() {
     let token = reader.cancel_token();
     let reader = Arc::new(reader);
     let read = spawn_query(&reader, "SELECT count(*) FROM asked");
+    let active = cancel_once_active(&admin, &token).await;
+    let ended = tokio::time::timeout(CALL_TIMEOUT, read).await;
+    tokio::task::block_in_place(|| cluster.primary.resume()).expect("SIGCONT the primary");
+    assert!(active, "SHOW CLIENTS never listed the read as active");
+    assert_canceled(ended, "the cancelled read ends while the primary is still frozen");
+    assert_eq!(value(&reader, "SELECT count(*) FROM asked").await, "1");
+}
+
+/// Waits (up to 10 s) until SHOW CLIENTS lists a request as active, then sends `token`'s cancel. Whether it
+/// saw one: the caller asserts that once it has resumed any node it froze.
+async fn cancel_once_active(admin: &Client, token: &tokio_postgres::CancelToken) -> bool {
     let active = wait_until(Duration::from_secs(10), async || {
-        show_rows(&admin, "SHOW CLIENTS")
+        show_rows(admin, "SHOW CLIENTS")
             .await
             .iter()
             .any(|r| r.get("state").is_some_and(|s| s == "active"))
@@ -811,11 +813,7 @@ async fn a_cancel_ends_a_read_whose_question_to_the_primary_hangs() {
     if active.is_some() {
         token.cancel_query(tokio_postgres::NoTls).await.expect("cancel");
     }
-    let ended = tokio::time::timeout(CALL_TIMEOUT, read).await;
-    tokio::task::block_in_place(|| cluster.primary.resume()).expect("SIGCONT the primary");
-    assert!(active.is_some(), "SHOW CLIENTS never listed the read as active");
-    assert_canceled(ended, "the cancelled read ends while the primary is still frozen");
-    assert_eq!(value(&reader, "SELECT count(*) FROM asked").await, "1");
+    active.is_some()
 }
 
 /// Runs `sql` through `client` in a task of its own, so that the test can cancel it meanwhile.
