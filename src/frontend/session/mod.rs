@@ -299,8 +299,6 @@ impl Session {
         Ok(())
     }
 
-    /// Answers a request the proxy could not run: the error, then ReadyForQuery when the request ended
-    /// with Query or Sync; after Flush, input is skipped up to the next Sync as PostgreSQL does.
     /// SHOW CLIENTS's row of a request about to be answered: idle again (or idle in a transaction), unless
     /// the request already recorded its state. Called before the answer's ReadyForQuery is written.
     pub(super) fn settle_row(entry: &Option<Arc<ClientEntry>>, status: TxStatus) {
@@ -312,6 +310,8 @@ impl Session {
         }
     }
 
+    /// Answers a request the proxy could not run: the error, then ReadyForQuery when the request ended
+    /// with Query or Sync; after Flush, input is skipped up to the next Sync as PostgreSQL does.
     pub(super) async fn refuse(&mut self, err: ProxyError, end: End) -> Result<(), SessionError> {
         tracing::info!(error = %err, "request refused");
         if end != End::Open {
