@@ -70,6 +70,15 @@ impl Current {
         // A panic while the rules were replaced leaves them whole (the swap is one assignment).
         self.rules.read().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// Passes a span hook to an EnvFilter in force; a plain filter's hooks stop at the flag, without the lock.
+    fn with_env(&self, hook: impl FnOnce(&EnvFilter)) {
+        if self.watches_spans.load(Ordering::Acquire)
+            && let Rules::Env(e) = &*self.rules()
+        {
+            hook(e);
+        }
+    }
 }
 
 /// The filtering layer; install it once, over the formatting subscriber.
@@ -145,43 +154,23 @@ impl<S: Subscriber> Layer<S> for LogFilter {
     }
 
     fn on_new_span(&self, attrs: &span::Attributes<'_>, id: &span::Id, ctx: Context<'_, S>) {
-        if self.current.watches_spans.load(Ordering::Acquire)
-            && let Rules::Env(e) = &*self.current.rules()
-        {
-            e.on_new_span(attrs, id, ctx);
-        }
+        self.current.with_env(|e| e.on_new_span(attrs, id, ctx));
     }
 
     fn on_record(&self, id: &span::Id, values: &span::Record<'_>, ctx: Context<'_, S>) {
-        if self.current.watches_spans.load(Ordering::Acquire)
-            && let Rules::Env(e) = &*self.current.rules()
-        {
-            e.on_record(id, values, ctx);
-        }
+        self.current.with_env(|e| e.on_record(id, values, ctx));
     }
 
     fn on_enter(&self, id: &span::Id, ctx: Context<'_, S>) {
-        if self.current.watches_spans.load(Ordering::Acquire)
-            && let Rules::Env(e) = &*self.current.rules()
-        {
-            e.on_enter(id, ctx);
-        }
+        self.current.with_env(|e| e.on_enter(id, ctx));
     }
 
     fn on_exit(&self, id: &span::Id, ctx: Context<'_, S>) {
-        if self.current.watches_spans.load(Ordering::Acquire)
-            && let Rules::Env(e) = &*self.current.rules()
-        {
-            e.on_exit(id, ctx);
-        }
+        self.current.with_env(|e| e.on_exit(id, ctx));
     }
 
     fn on_close(&self, id: span::Id, ctx: Context<'_, S>) {
-        if self.current.watches_spans.load(Ordering::Acquire)
-            && let Rules::Env(e) = &*self.current.rules()
-        {
-            e.on_close(id, ctx);
-        }
+        self.current.with_env(|e| e.on_close(id, ctx));
     }
 }
 

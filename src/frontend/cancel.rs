@@ -112,6 +112,17 @@ impl SessionHandle {
         self.until(|| (self.request.load(Ordering::Acquire) == CANCELED).then_some(()))
     }
 
+    /// Runs `work` of pgfleet's own for the current request (a question to a node, readying a connection),
+    /// ended by a cancel of the request when `cancelable`: None then, and the caller closes whatever node
+    /// connection `work` left half used. Not cancelable where the session keeps state on that connection.
+    pub(crate) async fn unless_canceled<F: Future>(&self, cancelable: bool, work: F) -> Option<F::Output> {
+        tokio::select! {
+            biased;
+            out = work => Some(out),
+            () = self.canceled(), if cancelable => None,
+        }
+    }
+
     /// Marks the start of a request: from here until [`Self::end_request`], a cancel that finds no node
     /// running it is kept for the session.
     pub(crate) fn begin_request(&self) {

@@ -45,36 +45,29 @@ impl Session {
     pub(super) async fn primary_position(&mut self) -> Option<Lsn> {
         let shared = self.shared.clone();
         let primary = shared.fleet.primary(self.shard).ok()?;
-        let stateful = self.routing.holds_state_on(primary);
+        let cancelable = !self.routing.holds_state_on(primary);
         let handle = self.key.handle();
-        let asking = std::sync::atomic::AtomicBool::new(false);
-        let asked = tokio::select! {
-            biased;
-            lsn = async {
+        let mut asking = false;
+        let asked = handle
+            .unless_canceled(cancelable, async {
                 let turn = match shared.fleet.positions(self.shard).primary_position().await {
                     PrimaryAsk::Known(lsn) => return Some(lsn),
                     PrimaryAsk::Turn(turn) => turn,
                 };
-                asking.store(true, std::sync::atomic::Ordering::Relaxed);
+                asking = true;
                 self.connect(primary).await.ok()?;
                 let lsn = self.ask_position(primary, CURRENT_LSN).await;
                 self.release_between_transactions(primary);
                 let lsn = lsn?;
                 turn.answer(lsn);
                 Some(lsn)
-            } => Some(lsn),
-            () = handle.canceled(), if !stateful => None,
-        };
-        match asked {
-            Some(lsn) => lsn,
-            None => {
-                // Dropping the turn lets the next waiting session ask.
-                if asking.load(std::sync::atomic::Ordering::Relaxed) {
-                    self.conns[primary.index()] = None;
-                }
-                None
-            }
+            })
+            .await;
+        // On a cancel, dropping the turn lets the next waiting session ask.
+        if asked.is_none() && asking {
+            self.conns[primary.index()] = None;
         }
+        asked.flatten()
     }
 
     /// A WAL position asked with `sql` (one text value) on the session's connection to `node`. The question
@@ -162,19 +155,18 @@ impl Session {
         // A replica that hangs (in the connection attempt or on the question) would hold the request here past
         // the client's cancel: unless the session keeps state on it, its connection goes instead, holding
         // nothing the session cannot set up again.
-        let stateful = self.routing.holds_state_on(node);
+        let cancelable = !self.routing.holds_state_on(node);
         let handle = self.key.handle();
-        let asked = tokio::select! {
-            biased;
-            lsn = async {
+        let asked = handle
+            .unless_canceled(cancelable, async {
                 // A full pool is an unknown answer, not a reason to wait: a session waiting here for one
                 // replica while holding a probed connection to another could wait on a session doing the
                 // same the other way.
                 self.connect_with(node, Checkout::Immediate).await.ok()?;
-                self.ask_position(node, "SELECT pg_last_wal_replay_lsn()::text").await
-            } => Some(lsn),
-            () = handle.canceled(), if !stateful => None,
-        };
+                self.ask_position(node, "SELECT pg_last_wal_replay_lsn()::text")
+                    .await
+            })
+            .await;
         let Some(lsn) = asked else {
             self.conns[node.index()] = None;
             return None;

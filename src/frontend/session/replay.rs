@@ -32,13 +32,12 @@ impl Session {
         node: NodeId,
         plan: &Plan,
     ) -> Result<(), Prepare> {
-        let stateful = self.routing.holds_state_on(node);
+        let cancelable = !self.routing.holds_state_on(node);
         let handle = self.key.handle();
-        tokio::select! {
-            biased;
-            r = self.bring_up_to_date(node, plan) => r,
-            () = handle.canceled(), if !stateful => Err(Prepare::Node(BackendError::Canceled)),
-        }
+        handle
+            .unless_canceled(cancelable, self.bring_up_to_date(node, plan))
+            .await
+            .unwrap_or(Err(Prepare::Node(BackendError::Canceled)))
     }
 
     /// Replays on `node` what the session has and that node lacks: settings, then prepared statements.
