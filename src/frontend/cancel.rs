@@ -357,6 +357,30 @@ pub(crate) fn for_each_notification(block: &[u8], mut f: impl FnMut(usize, i32))
     }
 }
 
+/// Sends a CancelRequest for the node connection running a session's request.
+pub(crate) async fn cancel_on_node(fleet: &crate::cluster::Fleet, (node, pid, secret): ActiveBackend) {
+    let Some(n) = fleet.nodes().get(node).cloned() else {
+        tracing::debug!("cancel request for a node no longer configured");
+        return;
+    };
+    if let Err(e) = crate::backend::connect::send_cancel(&n.target, pid, secret).await {
+        tracing::warn!(node = %n.target.name, error = %e, "cancel request could not be delivered");
+    }
+}
+
+/// What becomes of a request about to go to a node, given the cancels of the request so far
+/// ([`CancelKey::run_on`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// It runs there; a cancel from now on goes to its backend.
+    Run,
+    /// A cancel came while pgfleet had it: it ends with 57014 and goes to no node.
+    Refuse,
+    /// A cancel came while pgfleet had it, which pgfleet may not answer for: it runs, and the cancel goes to
+    /// its backend right after it.
+    RunThenCancel,
+}
+
 /// A session's key; unregisters itself when the session ends.
 pub struct CancelKey {
     registry: Arc<CancelRegistry>,
@@ -376,18 +400,25 @@ impl CancelKey {
         *self.handle.active.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
-    /// Records that `backend` is about to run the session's request, so that a cancel from now on goes to it;
-    /// false, recording nothing, when a cancel came earlier in the request and `cancelable()` says pgfleet may
-    /// end the request itself (the caller answers 57014 and sends the request nowhere). When it may not (the
-    /// request is part of a transaction whose outcome an error of pgfleet's own would misstate), the request
-    /// runs and that cancel is lost.
-    pub fn run_on(&self, backend: ActiveBackend, cancelable: impl FnOnce() -> bool) -> bool {
+    /// Records that `backend` is about to run the session's request, so that a cancel from now on goes to it.
+    /// A cancel that came earlier in the request is acted on here: when `cancelable()` says pgfleet may end
+    /// the request itself, nothing is recorded and the request goes nowhere ([`Start::Refuse`]); when it may
+    /// not (the request is part of a transaction whose outcome an error of pgfleet's own would misstate), the
+    /// request runs and the cancel is the caller's to pass on to `backend` once the request is sent
+    /// ([`Start::RunThenCancel`]), as though it had come a moment later.
+    pub fn run_on(&self, backend: ActiveBackend, cancelable: impl FnOnce() -> bool) -> Start {
         let mut active = self.handle.active.lock().unwrap_or_else(|p| p.into_inner());
-        if self.handle.request.load(Ordering::Acquire) == CANCELED && cancelable() {
-            return false;
-        }
+        let start = if self.handle.request.load(Ordering::Acquire) != CANCELED {
+            Start::Run
+        } else if cancelable() {
+            return Start::Refuse;
+        } else {
+            // Taken: the node gets this cancel, and a later one of the same request finds the backend.
+            self.handle.request.store(IN_REQUEST, Ordering::Release);
+            Start::RunThenCancel
+        };
         *active = Some(backend);
-        true
+        start
     }
 
     /// The node connection running the session's request, if one is running.
@@ -550,7 +581,7 @@ mod tests {
             CancelTarget::Nothing,
             "idle: nothing to cancel"
         );
-        assert!(a.run_on((0, 11, 12), || true));
+        assert_eq!(a.run_on((0, 11, 12), || true), Start::Run);
         assert_eq!(registry.cancel(a.pid, a.secret), CancelTarget::Node((0, 11, 12)));
         assert_eq!(
             registry.cancel(a.pid, a.secret.wrapping_add(1)),
@@ -584,11 +615,27 @@ mod tests {
             key.canceled().now_or_never().is_some(),
             "and any later wait of the request"
         );
-        assert!(!key.run_on((1, 2, 3), || true), "the request goes to no node");
+        assert_eq!(
+            key.run_on((1, 2, 3), || true),
+            Start::Refuse,
+            "the request goes to no node"
+        );
         assert!(key.active().is_none());
-        // Inside a transaction pgfleet cannot answer for the node: the request runs and the cancel is lost.
-        assert!(key.run_on((1, 2, 3), || false));
+        // Inside a transaction pgfleet cannot answer for the node: the request runs, and the cancel is the
+        // caller's to send after it, once.
+        assert_eq!(key.run_on((1, 2, 3), || false), Start::RunThenCancel);
         assert_eq!(key.active(), Some((1, 2, 3)));
+        assert_eq!(
+            cancel(),
+            CancelTarget::Node((1, 2, 3)),
+            "a later cancel finds the node"
+        );
+        key.clear_active();
+        assert_eq!(
+            key.run_on((1, 2, 3), || false),
+            Start::Run,
+            "the cancel went with the request before"
+        );
         key.clear_active();
         handle.end_request();
         // The request is over: a cancel now is for nobody, and the next request starts afresh.
@@ -596,14 +643,14 @@ mod tests {
         handle.begin_request();
         assert!(key.canceled().now_or_never().is_none());
         // A request that reached its node: the cancel goes there, not to the session.
-        assert!(key.run_on((1, 2, 3), || true));
+        assert_eq!(key.run_on((1, 2, 3), || true), Start::Run);
         assert_eq!(cancel(), CancelTarget::Node((1, 2, 3)));
         assert!(key.canceled().now_or_never().is_none());
         // Back from the node with the request not yet over (a read found its replica behind and goes on to
         // the primary): a cancel now ends it before it runs again.
         key.clear_active();
         assert_eq!(cancel(), CancelTarget::Waiting);
-        assert!(!key.run_on((0, 4, 5), || true));
+        assert_eq!(key.run_on((0, 4, 5), || true), Start::Refuse);
         handle.end_request();
     }
 }

@@ -19,6 +19,7 @@ use open_batch::{Sent, undo, without};
 pub(crate) use riders::Trailer;
 use riders::{LeadState, TrailerState, first_text_lsn, lead_query};
 
+use super::cancel::{ActiveBackend, Start, cancel_on_node};
 use super::request::{End, Plan, Request};
 use super::session::{Session, SessionError};
 use crate::backend::BackendError;
@@ -113,6 +114,9 @@ pub(crate) struct Flow {
     held: BytesMut,
     /// The block read last holds a NotificationResponse, whose pid is the node backend's.
     notified: bool,
+    /// A client's cancel that came while pgfleet had the request inside a transaction: it goes to the
+    /// backend once the request is written there (`CancelKey::run_on`).
+    cancel_after_send: Option<ActiveBackend>,
     trailer: Option<TrailerState>,
     lead: Option<LeadState>,
 }
@@ -285,11 +289,14 @@ impl Flow {
         };
         // Outside a transaction a cancel that came while pgfleet routed the request ends it here, as
         // PostgreSQL ends a statement it has not finished; inside one, an error of pgfleet's own would leave
-        // the node's transaction open where the client expects it aborted.
+        // the node's transaction open where the client expects it aborted, so the node gets the cancel
+        // right behind the request and aborts the transaction itself.
         let backend = (conn.target.index, conn.pid, conn.secret);
-        if !session.key.run_on(backend, || session.status() == TxStatus::Idle) {
-            return Err(FlowError::Canceled);
-        }
+        let cancel_after_send = match session.key.run_on(backend, || session.status() == TxStatus::Idle) {
+            Start::Refuse => return Err(FlowError::Canceled),
+            Start::RunThenCancel => Some(backend),
+            Start::Run => None,
+        };
         let trailer = session.trailer.take().filter(|_| end != End::Open);
         let sent_trailer = trailer.is_some();
         let lead = session.lead_need.take().filter(|_| end != End::Open);
@@ -329,6 +336,7 @@ impl Flow {
             hold_back: retryable,
             held: BytesMut::new(),
             notified: false,
+            cancel_after_send,
         };
         let mut result = flow.pump(session, node, req, &mut plan).await;
         if let Some(mut l) = flow.lead.take() {
@@ -444,6 +452,12 @@ impl Flow {
             if !trailer.is_empty() {
                 conn.write_all(trailer).await.map_err(Failure::Node)?;
             }
+        }
+        if let Some(backend) = self.cancel_after_send.take() {
+            // On its own task: the reply is read meanwhile, and the cancel's connection to the node starts only
+            // now that the request is there.
+            let fleet = session.shared.fleet.clone();
+            tokio::spawn(async move { cancel_on_node(&fleet, backend).await });
         }
         if session.scratch.capacity() > SCRATCH_KEPT {
             // A large request passed through: idle sessions should not keep its buffer.

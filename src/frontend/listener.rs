@@ -17,7 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
 use super::Shared;
-use super::cancel::CancelTarget;
+use super::cancel::{CancelTarget, cancel_on_node};
 use super::session::PendingLogin;
 use super::stream::ClientStream;
 use super::workers::Workers;
@@ -268,19 +268,11 @@ async fn negotiate(
             }
             StartupPacket::Cancel { pid, secret } => {
                 match shared.cancels.cancel(pid, secret) {
-                    CancelTarget::Node((node, bpid, bsecret)) => {
-                        match shared.fleet.nodes().get(node).cloned() {
-                            Some(n) => {
-                                let target = &n.target;
-                                tracing::info!(node = %target.name, "forwarding cancel request");
-                                if let Err(e) =
-                                    crate::backend::connect::send_cancel(target, bpid, bsecret).await
-                                {
-                                    tracing::warn!(node = %target.name, error = %e, "cancel request could not be delivered");
-                                }
-                            }
-                            None => tracing::debug!("cancel request for a node no longer configured"),
+                    CancelTarget::Node(backend) => {
+                        if let Some(n) = shared.fleet.nodes().get(backend.0) {
+                            tracing::info!(node = %n.target.name, "forwarding cancel request");
                         }
+                        cancel_on_node(&shared.fleet, backend).await;
                     }
                     CancelTarget::Waiting => {
                         tracing::info!("cancel request for a request no node runs yet: it ends with 57014")

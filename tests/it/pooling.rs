@@ -4,7 +4,8 @@
 //! node sees: a login over the cap waits pool.checkout_timeout and gets 53300 naming the pool while connected
 //! clients go on, a read skips a full replica's pool, a waiting client gets the connection once it is
 //! released, a cancel ends a request that waits for a connection or whose connection pgfleet is readying
-//! (57014, and the request never runs), and pools for databases that do not exist are not kept.
+//! (57014, and the request never runs; inside a transaction the node gets the cancel right behind the request
+//! and aborts the transaction itself), and pools for databases that do not exist are not kept.
 
 use std::time::{Duration, Instant};
 
@@ -836,6 +837,75 @@ async fn a_cancel_while_pgfleet_readies_the_connection_ends_the_request_before_i
         !states.iter().any(|s| s == "active"),
         "a request answered is still active: {states:?}"
     );
+}
+
+/// Inside a transaction, a request pgfleet still has when the client cancels it (here it is preparing the
+/// session's statement on the transaction's connection, the node frozen) must not end with an error of
+/// pgfleet's own, which would leave the node's transaction open while the client takes it as aborted. It goes
+/// to the node with the cancel right behind it: the node cancels the statement and aborts the transaction, as
+/// PostgreSQL does for a cancel that reaches a running statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_inside_a_transaction_reaches_the_node_behind_the_request() {
+    use crate::support::raw::{Raw, data_rows, send_cancel, sqlstate};
+    use pgfleet::protocol::frame::build;
+    let cluster = cluster_async().await;
+    // Health checks too rare to notice the frozen primary.
+    let proxy = lone_primary_with_one_connection(&cluster, "\n[health]\ninterval = \"60s\"\n");
+    let admin = admin_client(&proxy).await;
+    let setup = direct(&cluster.primary).await;
+    let kinds = |msgs: &[(u8, Vec<u8>)]| msgs.iter().map(|(k, _)| *k as char).collect::<String>();
+    let sync = build(b'S', b"");
+    let mut b = Raw::connect(proxy.port).await;
+    let (pid, secret) = b.login_app().await;
+    b.send(&[build(b'P', b"slow\0SELECT pg_sleep(60)\0\0\0").as_ref(), &sync].concat())
+        .await;
+    assert_eq!(kinds(&b.until_ready(Duration::from_secs(10)).await), "1Z");
+    // The node connection that has the statement goes, so the transaction's connection must be given it.
+    let app_on_node = "FROM pg_stat_activity WHERE usename = 'app' AND backend_type = 'client backend' \
+                       AND coalesce(application_name, '') NOT LIKE 'pgfleet-%'";
+    setup
+        .batch_execute(&format!("SELECT pg_terminate_backend(pid) {app_on_node}"))
+        .await
+        .expect("terminate the pooled connection");
+    let gone = wait_until(Duration::from_secs(10), async || {
+        one(&setup, &format!("SELECT count(*) {app_on_node}")).await == "0"
+    })
+    .await;
+    assert!(gone.is_some(), "the pooled connection did not go");
+    b.simple("BEGIN").await;
+    assert_eq!(data_rows(&b.simple("SELECT 1").await), vec!["1".to_owned()]);
+    tokio::task::block_in_place(|| cluster.primary.pause()).expect("SIGSTOP the primary");
+    let bind = build(b'B', b"\0slow\0\0\0\0\0\0\0");
+    let execute = build(b'E', b"\0\0\0\0\0");
+    b.send(&[bind.as_ref(), &execute, &sync].concat()).await;
+    let active = wait_until(Duration::from_secs(10), async || {
+        show(&admin, "SHOW CLIENTS")
+            .await
+            .iter()
+            .any(|r| text(r, "state") == "active")
+    })
+    .await;
+    if active.is_some() {
+        send_cancel(proxy.port, pid, secret).await;
+    }
+    tokio::task::block_in_place(|| cluster.primary.resume()).expect("SIGCONT the primary");
+    assert!(
+        active.is_some(),
+        "SHOW CLIENTS never listed B's request as active"
+    );
+    // Long before pg_sleep(60) could end: the node's own answer to a cancel, and the transaction failed.
+    let answer = b.until_ready(Duration::from_secs(20)).await;
+    assert_eq!(cancel_errors(&answer), vec![("57014", true)], "{answer:?}");
+    assert_eq!(answer.last().map(|(_, body)| body.as_slice()), Some(&b"E"[..]));
+    let refused = b.simple("SELECT 1").await;
+    let codes: Vec<&str> = refused
+        .iter()
+        .filter(|(k, _)| *k == b'E')
+        .map(|(_, body)| sqlstate(body))
+        .collect();
+    assert_eq!(codes, vec!["25P02"], "{refused:?}");
+    b.simple("ROLLBACK").await;
+    assert_eq!(data_rows(&b.simple("SELECT 2").await), vec!["2".to_owned()]);
 }
 
 /// pgfleet in front of the cluster's primary alone, under transaction pooling with one connection in the

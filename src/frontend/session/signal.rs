@@ -5,7 +5,7 @@
 //! with PostgreSQL's FATAL 57P01, whether it was waiting for its client or running a request.
 
 use super::{Session, SessionError};
-use crate::frontend::cancel::{ActiveBackend, CancelTarget, SessionHandle};
+use crate::frontend::cancel::{CancelTarget, SessionHandle, cancel_on_node};
 use crate::frontend::request::{End, Plan, Request};
 use crate::frontend::signal_call::{self, Bound, Signal};
 use crate::frontend::state::Statement;
@@ -97,16 +97,6 @@ fn major_version(text: &str) -> Option<u32> {
 /// What ended a session that another one terminated, in PostgreSQL's words.
 fn terminated_fatal() -> ProxyError {
     ProxyError::fatal("57P01", "terminating connection due to administrator command")
-}
-
-/// Sends a CancelRequest for the node connection running a session's request.
-pub(crate) async fn cancel_on_node(fleet: &crate::cluster::Fleet, (node, pid, secret): ActiveBackend) {
-    let Some(n) = fleet.nodes().get(node).cloned() else {
-        return;
-    };
-    if let Err(e) = crate::backend::connect::send_cancel(&n.target, pid, secret).await {
-        tracing::warn!(node = %n.target.name, error = %e, "cancel request could not be delivered");
-    }
 }
 
 /// A recognised call in an extended-protocol request, and how to answer its frames.
