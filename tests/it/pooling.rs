@@ -786,15 +786,8 @@ async fn a_cancel_while_pgfleet_readies_the_connection_ends_the_request_before_i
     tokio::task::block_in_place(|| cluster.primary.pause()).expect("SIGSTOP the primary");
     b.send(&build(b'Q', b"INSERT INTO canceled_writes VALUES (1)\0"))
         .await;
-    let active = wait_until(Duration::from_secs(10), async || {
-        show(&admin, "SHOW CLIENTS")
-            .await
-            .iter()
-            .any(|r| text(r, "state") == "active")
-    })
-    .await;
     assert!(
-        active.is_some(),
+        a_request_turns_active(&admin).await,
         "SHOW CLIENTS never listed B's request as active"
     );
     send_cancel(proxy.port, pid, secret).await;
@@ -878,21 +871,12 @@ async fn a_cancel_inside_a_transaction_reaches_the_node_behind_the_request() {
     let bind = build(b'B', b"\0slow\0\0\0\0\0\0\0");
     let execute = build(b'E', b"\0\0\0\0\0");
     b.send(&[bind.as_ref(), &execute, &sync].concat()).await;
-    let active = wait_until(Duration::from_secs(10), async || {
-        show(&admin, "SHOW CLIENTS")
-            .await
-            .iter()
-            .any(|r| text(r, "state") == "active")
-    })
-    .await;
-    if active.is_some() {
+    let active = a_request_turns_active(&admin).await;
+    if active {
         send_cancel(proxy.port, pid, secret).await;
     }
     tokio::task::block_in_place(|| cluster.primary.resume()).expect("SIGCONT the primary");
-    assert!(
-        active.is_some(),
-        "SHOW CLIENTS never listed B's request as active"
-    );
+    assert!(active, "SHOW CLIENTS never listed B's request as active");
     // Long before pg_sleep(60) could end: the node's own answer to a cancel, and the transaction failed.
     let answer = b.until_ready(Duration::from_secs(20)).await;
     assert_eq!(cancel_errors(&answer), vec![("57014", true)], "{answer:?}");
@@ -906,6 +890,18 @@ async fn a_cancel_inside_a_transaction_reaches_the_node_behind_the_request() {
     assert_eq!(codes, vec!["25P02"], "{refused:?}");
     b.simple("ROLLBACK").await;
     assert_eq!(data_rows(&b.simple("SELECT 2").await), vec!["2".to_owned()]);
+}
+
+/// Waits (up to 10 s) until SHOW CLIENTS lists a request as active; whether it did.
+async fn a_request_turns_active(admin: &tokio_postgres::Client) -> bool {
+    wait_until(Duration::from_secs(10), async || {
+        show(admin, "SHOW CLIENTS")
+            .await
+            .iter()
+            .any(|r| text(r, "state") == "active")
+    })
+    .await
+    .is_some()
 }
 
 /// pgfleet in front of the cluster's primary alone, under transaction pooling with one connection in the
