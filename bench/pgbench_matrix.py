@@ -77,6 +77,9 @@ class Run:
     # The proxy's CPU time (user + system) and context switches (voluntary + involuntary) per transaction,
     # from /proc, over the whole run; None without a proxy process.
     cpu_us: float | None = None
+    # Of cpu_us, the user time: the proxy's own instructions; the rest is the kernel's work for it (its system
+    # calls, the wake-ups they cause).
+    user_us: float | None = None
     cs: float | None = None
     # CPU time per transaction of every PostgreSQL process (the servers, their backends and the backends that
     # exited during the run) and of pgbench itself: what a proxy costs shows up there too, not only in its own.
@@ -130,16 +133,18 @@ def processes() -> Iterator[tuple[int, str, list[str]]]:
             continue
 
 
-def session_usage(sid: int) -> tuple[int, int]:
-    """CPU clock ticks (user + system, all threads) and context switches (voluntary + involuntary, summed over
-    every thread) of the processes in session `sid`: the proxy, its wrapper and, for pgpool-II, its children.
-    A process that exits during a run takes its share with it (pgpool-II children that restart)."""
-    ticks = switches = 0
+def session_usage(sid: int) -> tuple[int, int, int]:
+    """CPU clock ticks (user + system, all threads), of them the user ticks, and context switches (voluntary +
+    involuntary, summed over every thread) of the processes in session `sid`: the proxy, its wrapper and, for
+    pgpool-II, its children. A process that exits during a run takes its share with it (pgpool-II children
+    that restart)."""
+    ticks = user = switches = 0
     for pid, _, fields in processes():
         try:
             if int(fields[3]) != sid:
                 continue
             ticks += int(fields[11]) + int(fields[12])
+            user += int(fields[11])
             for task in os.listdir(f"/proc/{pid}/task"):
                 with open(f"/proc/{pid}/task/{task}/status") as f:
                     for line in f:
@@ -147,7 +152,7 @@ def session_usage(sid: int) -> tuple[int, int]:
                             switches += int(line.split()[1])
         except (OSError, ValueError, IndexError):
             continue
-    return ticks, switches
+    return ticks, user, switches
 
 
 def skip_reason(target: Target, workload: str, clients: int, args: argparse.Namespace) -> str:
@@ -337,17 +342,19 @@ def run_pgbench(target: Target, workload: str, clients: int, args: argparse.Name
         txns += part_txns
     nfailed = nfailed or failed_logged
     avg_ms = avg_weighted / txns if txns else 0.0
-    cpu_us = cs = servers_us = pgbench_us = None
+    cpu_us = user_us = cs = servers_us = pgbench_us = None
     tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
     if before and after and txns > 0:
         cpu_us = (after[0] - before[0]) * tick_us / txns
-        cs = (after[1] - before[1]) / txns
+        user_us = (after[1] - before[1]) * tick_us / txns
+        cs = (after[2] - before[2]) / txns
     if txns > 0:
         # Logins included: pgbench's totals cover its connection phase, which its TPS leaves out.
         servers_us = (servers_after - servers_before) * tick_us / txns
         pgbench_us = (pgbench_after - pgbench_before) * 1e6 / txns
     return Run(ok=True, tps=tps_sum, avg_ms=avg_ms, p50_ms=p50, p99_ms=p99,
-               failed=nfailed, cpu_us=cpu_us, cs=cs, servers_us=servers_us, pgbench_us=pgbench_us)
+               failed=nfailed, cpu_us=cpu_us, user_us=user_us, cs=cs, servers_us=servers_us,
+               pgbench_us=pgbench_us)
 
 
 def fmt(value: float | None, digits: int) -> str:
@@ -452,8 +459,10 @@ def markdown(results: list[tuple[str, int, dict[str, Cell]]], targets: list[Targ
         return f"{c.median('avg_ms'):.3f} / {c.median('p50_ms'):.3f} / {c.median('p99_ms'):.2f}"
 
     def proxy_cpu(c: Cell) -> str:
-        cpu, cs = c.median("cpu_us"), c.median("cs")
-        return "-" if c.skipped or not cpu or cs is None else f"{cpu:.1f} / {cs:.2f} / {1e6 / cpu:,.0f}"
+        cpu, user, cs = c.median("cpu_us"), c.median("user_us"), c.median("cs")
+        if c.skipped or not cpu or user is None or cs is None:
+            return "-"
+        return f"{cpu:.1f} ({user:.1f}) / {cs:.2f} / {1e6 / cpu:,.0f}"
 
     def others_cpu(c: Cell) -> str:
         srv, pgb = c.median("servers_us"), c.median("pgbench_us")
@@ -462,9 +471,9 @@ def markdown(results: list[tuple[str, int, dict[str, Cell]]], targets: list[Targ
     table(out, results, names, latency, "Latency, average / median / p99 in ms (medians of the rounds):")
     table(
         out, results, [n for n in names if n not in ("direct", "direct-spread")], proxy_cpu,
-        "The proxy's CPU time per transaction in µs / its context switches per transaction / transactions per "
-        "second of proxy CPU time (medians of the rounds, from /proc: user + system time and voluntary + "
-        "involuntary switches of every process and thread of the proxy; `direct` has no proxy):",
+        "The proxy's CPU time per transaction in µs (of it, user time) / its context switches per transaction / "
+        "transactions per second of proxy CPU time (medians of the rounds, from /proc: user + system time and "
+        "voluntary + involuntary switches of every process and thread of the proxy; `direct` has no proxy):",
     )
     table(
         out, results, names, others_cpu,
@@ -575,7 +584,7 @@ def main() -> int:
                 took = time.monotonic() - started
                 state = (
                     f"tps {r.tps:9.1f}  avg {r.avg_ms:7.3f} ms  p50 {r.p50_ms:7.3f} ms  p99 {r.p99_ms:7.3f} ms"
-                    f"  cpu {fmt(r.cpu_us, 1)} µs/tx  cs {fmt(r.cs, 2)}/tx"
+                    f"  cpu {fmt(r.cpu_us, 1)} µs/tx (user {fmt(r.user_us, 1)})  cs {fmt(r.cs, 2)}/tx"
                     f"  servers {fmt(r.servers_us, 1)}  pgbench {fmt(r.pgbench_us, 1)} µs/tx"
                     if r.ok
                     else f"FAILED: {r.error}"
