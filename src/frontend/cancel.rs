@@ -357,12 +357,14 @@ pub(crate) fn for_each_notification(block: &[u8], mut f: impl FnMut(usize, i32))
     }
 }
 
-/// Sends a CancelRequest for the node connection running a session's request.
+/// Sends a CancelRequest for the node connection running a session's request (a client's cancel, a
+/// `pg_cancel_backend`, or one that came while pgfleet still had an open transaction's request).
 pub(crate) async fn cancel_on_node(fleet: &crate::cluster::Fleet, (node, pid, secret): ActiveBackend) {
     let Some(n) = fleet.nodes().get(node).cloned() else {
         tracing::debug!("cancel request for a node no longer configured");
         return;
     };
+    tracing::info!(node = %n.target.name, "forwarding cancel request");
     if let Err(e) = crate::backend::connect::send_cancel(&n.target, pid, secret).await {
         tracing::warn!(node = %n.target.name, error = %e, "cancel request could not be delivered");
     }

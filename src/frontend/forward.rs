@@ -457,7 +457,8 @@ impl Flow {
             // On its own task: the reply is read meanwhile, and the cancel's connection to the node starts only
             // now that the request is there.
             let fleet = session.shared.fleet.clone();
-            tokio::spawn(async move { cancel_on_node(&fleet, backend).await });
+            let send = async move { cancel_on_node(&fleet, backend).await };
+            tokio::spawn(tracing::Instrument::in_current_span(send));
         }
         if session.scratch.capacity() > SCRATCH_KEPT {
             // A large request passed through: idle sessions should not keep its buffer.

@@ -268,12 +268,7 @@ async fn negotiate(
             }
             StartupPacket::Cancel { pid, secret } => {
                 match shared.cancels.cancel(pid, secret) {
-                    CancelTarget::Node(backend) => {
-                        if let Some(n) = shared.fleet.nodes().get(backend.0) {
-                            tracing::info!(node = %n.target.name, "forwarding cancel request");
-                        }
-                        cancel_on_node(&shared.fleet, backend).await;
-                    }
+                    CancelTarget::Node(backend) => cancel_on_node(&shared.fleet, backend).await,
                     CancelTarget::Waiting => {
                         tracing::info!("cancel request for a request no node runs yet: it ends with 57014")
                     }
