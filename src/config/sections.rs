@@ -538,6 +538,9 @@ pub struct ReplicationConfig {
     /// Most row changes per replica transaction when small transactions are batched.
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
+    /// Large transactions reach the replicas while they run (PostgreSQL 14 and later on the primary).
+    #[serde(default = "default_streaming")]
+    pub streaming: bool,
 }
 
 impl Default for ReplicationConfig {
@@ -551,6 +554,7 @@ impl Default for ReplicationConfig {
             max_slot_lag: default_max_slot_lag(),
             copy_parallelism: default_copy_parallelism(),
             batch_size: default_batch_size(),
+            streaming: default_streaming(),
         }
     }
 }
@@ -567,6 +571,7 @@ impl std::fmt::Debug for ReplicationConfig {
             .field("max_slot_lag", &self.max_slot_lag)
             .field("copy_parallelism", &self.copy_parallelism)
             .field("batch_size", &self.batch_size)
+            .field("streaming", &self.streaming)
             .finish()
     }
 }
@@ -582,4 +587,7 @@ fn default_copy_parallelism() -> usize {
 }
 fn default_batch_size() -> usize {
     1000
+}
+fn default_streaming() -> bool {
+    true
 }

@@ -1,7 +1,9 @@
 //! The forwarding task for one (database, replica): initial copy when the replica has no progress yet,
 //! then the database's shared change stream (`feed`) applied in commit order. Consecutive small
 //! transactions share one replica transaction (`batch`); a large one is sent in chunks inside its replica
-//! transaction, and its runs of bulk changes are applied set-wise (`bulk`). The stream side decodes and
+//! transaction, and its runs of bulk changes are applied set-wise (`bulk`). One the primary streams while it
+//! runs comes in blocks, applied as they come in a replica transaction of its own that commits at its place
+//! in commit order (`streamed`). The stream side decodes and
 //! builds while the replica side (`sink`) runs what was built before, so neither waits for the other. The
 //! last applied commit position is written to `pgfleet_replica.progress` in the same replica transaction as
 //! the changes, and the slot is confirmed only up to what every replica has committed, so a crash of pgfleet
@@ -19,8 +21,9 @@ use super::copy_round::{Copied, Seat, Ticket};
 use tokio::sync::mpsc;
 
 use self::batch::{Batch, Commit, Step};
+use self::streamed::Open;
 use super::feed::{Event, Feed, Subscription};
-use super::pgoutput::{self, Lsn, Relation};
+use super::pgoutput::{self, Lsn, PgOutput, Relation};
 use super::setup::{ForwardError, client, slot_name, sql_err};
 use super::stream::ReplicationStream;
 use super::{Progress, State};
@@ -30,6 +33,7 @@ mod batch;
 pub(crate) mod bulk;
 mod ddl;
 mod sink;
+mod streamed;
 /// How often sequence values are carried over.
 const SEQUENCE_SYNC: Duration = Duration::from_secs(1);
 
@@ -350,6 +354,9 @@ impl Applier {
         .await?;
         let mut relations: HashMap<u32, Relation> = HashMap::new();
         let mut batch = Batch::default();
+        // Streamed transactions open on the replica, and the one whose block is being received.
+        let mut streams: HashMap<u32, Open> = HashMap::new();
+        let mut block: Option<u32> = None;
         let mut sequences = HashMap::new();
         let mut ticker = tokio::time::interval(SEQUENCE_SYNC);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -363,12 +370,7 @@ impl Applier {
                 ack = acks.recv() => {
                     let done = ack.ok_or_else(closed)??;
                     in_flight = in_flight.saturating_sub(1);
-                    applied = done.end;
-                    self.progress.set_applied(done.end);
-                    self.progress.rows.fetch_add(done.changes as u64, Ordering::Relaxed);
-                    self.progress.transactions.fetch_add(done.transactions, Ordering::Relaxed);
-                    self.progress.last_commit_time.store(done.last_commit_time, Ordering::Relaxed);
-                    self.feed.report(self.member, Some(applied));
+                    applied = self.committed(&done);
                     continue;
                 }
                 // Also a second look at whether a finished batch is due, should the feed have stopped
@@ -389,10 +391,76 @@ impl Applier {
                 Some(Event::Keepalive { .. }) => {}
                 Some(Event::Data(messages)) => {
                     for (i, data) in messages.iter().enumerate() {
-                        let change =
-                            pgoutput::decode(data).map_err(|e| ForwardError::Apply(e.to_string()))?;
+                        let bad = |e: pgoutput::DecodeError| ForwardError::Apply(e.to_string());
+                        if let Some(xid) = block {
+                            let (sub, change) = pgoutput::decode_streamed(data).map_err(bad)?;
+                            tracing::trace!(kind = change.kind(), xid, "streamed change");
+                            let open = streams.get_mut(&xid).ok_or_else(|| unknown_stream(xid))?;
+                            if change == PgOutput::StreamStop {
+                                open.block_ends().await?;
+                                block = None;
+                            } else {
+                                open.add(sub, change).await?;
+                            }
+                            continue;
+                        }
+                        let change = pgoutput::decode(data).map_err(bad)?;
                         tracing::trace!(kind = change.kind(), "change");
-                        batch.add(change, &mut relations, applied)?;
+                        match change {
+                            PgOutput::StreamStart { xid, first } => {
+                                // Whole transactions gathered so far commit first: the block may change rows
+                                // they wrote, and its replica transaction would wait for theirs.
+                                in_flight +=
+                                    commit_if_due(&mut batch, &self.slot, batch_size, false, steps).await?;
+                                if first && !streams.contains_key(&xid) {
+                                    let conn = self.stream_connection().await?;
+                                    streams.insert(xid, Open::start(xid, conn, &relations));
+                                } else if first || !streams.contains_key(&xid) {
+                                    return Err(ForwardError::Apply(format!(
+                                        "streamed transaction {xid}: a first block that is not its first, or a later \
+                                         block without its first"
+                                    )));
+                                }
+                                block = Some(xid);
+                                continue;
+                            }
+                            PgOutput::StreamCommit {
+                                xid,
+                                commit_lsn,
+                                end_lsn,
+                                commit_time,
+                            } => {
+                                let mut open = streams.remove(&xid).ok_or_else(|| unknown_stream(xid))?;
+                                relations.extend(open.take_described().into_iter().map(|r| (r.id, r)));
+                                // Commit order: everything committed before it is committed on the replica first.
+                                in_flight +=
+                                    commit_if_due(&mut batch, &self.slot, batch_size, false, steps).await?;
+                                while in_flight > 0 {
+                                    let done = acks.recv().await.ok_or_else(closed)??;
+                                    in_flight -= 1;
+                                    applied = self.committed(&done);
+                                }
+                                if commit_lsn < applied {
+                                    // Applied before the stream started over.
+                                    open.rollback().await?;
+                                } else {
+                                    let done = open.commit(&self.slot, end_lsn, commit_time).await?;
+                                    applied = self.committed(&done);
+                                }
+                                continue;
+                            }
+                            PgOutput::StreamAbort { xid, subxid } => {
+                                if xid == subxid {
+                                    if let Some(open) = streams.remove(&xid) {
+                                        open.rollback().await?;
+                                    }
+                                } else if let Some(open) = streams.get_mut(&xid) {
+                                    open.abort_sub(subxid).await?;
+                                }
+                                continue;
+                            }
+                            change => batch.add(change, &mut relations, applied)?,
+                        }
                         for step in batch.take_ready() {
                             steps.send(step).await.map_err(|_| closed())?;
                         }
@@ -420,6 +488,41 @@ impl Applier {
             in_flight +=
                 commit_if_due(&mut batch, &self.slot, batch_size, stream.has_buffered(), steps).await?;
         }
+    }
+}
+
+/// A block or the end of a streamed transaction that this replica never saw begin.
+fn unknown_stream(xid: u32) -> ForwardError {
+    ForwardError::Apply(format!("streamed transaction {xid} was not begun in this stream"))
+}
+
+impl Applier {
+    /// Records a replica transaction committed on the replica; returns the new applied position.
+    fn committed(&self, done: &Commit) -> Lsn {
+        self.progress.set_applied(done.end);
+        self.progress
+            .rows
+            .fetch_add(done.changes as u64, Ordering::Relaxed);
+        self.progress
+            .transactions
+            .fetch_add(done.transactions, Ordering::Relaxed);
+        self.progress
+            .last_commit_time
+            .store(done.last_commit_time, Ordering::Relaxed);
+        self.feed.report(self.member, Some(done.end));
+        done.end
+    }
+
+    /// A connection to the replica for one streamed transaction, set up as the forwarding task's own.
+    async fn stream_connection(&self) -> Result<tokio_postgres::Client, ForwardError> {
+        let (user, password) = self.credentials();
+        let target = self.ctx.fleet.nodes()[self.node].target.clone();
+        let timeout = self.ctx.config().pool.connect_timeout;
+        let conn = client(&target, &user, &password, &self.database, timeout).await?;
+        conn.batch_execute("SET session_replication_role = replica")
+            .await
+            .map_err(sql_err("setting session_replication_role"))?;
+        Ok(conn)
     }
 }
 

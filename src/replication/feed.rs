@@ -14,12 +14,16 @@
 //! progress again and join the new stream, and each skips the transactions it has. A replica whose position
 //! is behind the slot's confirmed position (the slot was made afresh: dropped by hand, invalidated, or
 //! pgfleet upgraded from a slot per replica) cannot be made whole from this slot and is told to copy again.
+//! With large transactions streamed while they run (pgoutput protocol version 2), a replica joins only
+//! between blocks, and one that would join while a streamed transaction is open (it missed its first
+//! blocks) makes the stream start over as well. Descriptions sent inside a streamed transaction count as
+//! sent for everyone once it commits, so they are kept for joiners from then on.
 //!
 //! The feed sends a replica's messages in stream order and waits when the replica's queue is full, so the
 //! replicas of a database move at the pace of the slowest one that is streaming; one that takes nothing for
 //! [`STALL`] leaves the stream and joins again later.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -262,6 +266,9 @@ async fn ensure_slot(primary: &tokio_postgres::Client, slot: &str) -> Result<Lsn
     }
 }
 
+/// A description's message tag and the relation's or type's OID.
+type DescriptionKey = (u8, u32);
+
 /// What a pgoutput message means to the feed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mark {
@@ -270,24 +277,50 @@ enum Mark {
     Commit(Lsn),
     /// A description (relation or type) a joiner needs before the changes that use it; keyed by tag and id.
     Description(u8, u32),
+    /// A block of a streamed transaction's changes starts.
+    StreamStart(u32),
+    /// The block ends.
+    StreamStop,
+    /// A streamed transaction ends: committed (with the end of its transaction) or aborted.
+    StreamEnd(u32, Option<Lsn>),
     Other,
 }
 
-fn mark(data: &[u8]) -> Mark {
+/// The mark of `data`; `in_block` says whether it came inside a streamed block, where every message carries
+/// its transaction's xid after the tag.
+fn mark(data: &[u8], in_block: bool) -> Mark {
     let be_u32 = |at: usize| {
         data.get(at..at + 4)
             .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     };
+    let be_lsn = |at: usize| {
+        data.get(at..at + 8).map(|b| {
+            Lsn(u64::from_be_bytes([
+                b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7],
+            ]))
+        })
+    };
     match data.first() {
+        Some(b'E') if in_block => Mark::StreamStop,
+        Some(&tag @ (b'R' | b'Y')) if in_block => {
+            be_u32(5).map_or(Mark::Other, |id| Mark::Description(tag, id))
+        }
+        _ if in_block => Mark::Other,
         Some(b'B') => Mark::Begin,
         // Commit: tag, flags, commit LSN, end LSN, time.
-        Some(b'C') => match data.get(10..18) {
-            Some(b) => Mark::Commit(Lsn(u64::from_be_bytes([
-                b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7],
-            ]))),
-            None => Mark::Other,
-        },
+        Some(b'C') => be_lsn(10).map_or(Mark::Other, Mark::Commit),
         Some(&tag @ (b'R' | b'Y')) => be_u32(1).map_or(Mark::Other, |id| Mark::Description(tag, id)),
+        Some(b'S') => be_u32(1).map_or(Mark::Other, Mark::StreamStart),
+        // Stream Commit: tag, xid, flags, commit LSN, end LSN, time.
+        Some(b'c') => match (be_u32(1), be_lsn(14)) {
+            (Some(xid), Some(end)) => Mark::StreamEnd(xid, Some(end)),
+            _ => Mark::Other,
+        },
+        // Stream Abort: tag, xid, subtransaction xid; only the whole transaction's ends it.
+        Some(b'A') => match (be_u32(1), be_u32(5)) {
+            (Some(xid), Some(sub)) if xid == sub => Mark::StreamEnd(xid, None),
+            _ => Mark::Other,
+        },
         _ => Mark::Other,
     }
 }
@@ -298,16 +331,17 @@ fn mark(data: &[u8]) -> Mark {
 enum Admission {
     /// Joins the running stream.
     Attach,
-    /// The stream passed commits it needs: start over from the slot.
+    /// The stream passed commits it needs, or is inside streamed transactions whose first blocks it missed:
+    /// start over from the slot.
     Rewind,
     /// The slot no longer has what it needs.
     Recopy,
 }
 
-fn admit(from: Lsn, confirmed: Lsn, forwarded: Option<Lsn>) -> Admission {
+fn admit(from: Lsn, confirmed: Lsn, forwarded: Option<Lsn>, streams_open: bool) -> Admission {
     if from < confirmed {
         Admission::Recopy
-    } else if forwarded.is_some_and(|f| f > from) {
+    } else if streams_open || forwarded.is_some_and(|f| f > from) {
         Admission::Rewind
     } else {
         Admission::Attach
@@ -392,11 +426,12 @@ impl FeedTask {
         let primary = feed.primary();
         let control = client(&primary, &user, &password, &feed.database, timeout).await?;
         let mut confirmed = feed.ensure_slot(&control).await?;
+        let in_progress = feed.ctx.config().replication.streaming && streams_in_progress(&control).await;
         drop(control);
         self.gather(waiting).await;
         let mut members: Vec<Member> = Vec::new();
         for j in waiting.drain(..) {
-            match admit(j.from, confirmed, None) {
+            match admit(j.from, confirmed, None, false) {
                 Admission::Recopy => {
                     let _ = j.events.try_send(Event::Recopy);
                 }
@@ -412,7 +447,10 @@ impl FeedTask {
         let mut stream =
             ReplicationStream::connect(&primary, &user, &password, &feed.database, timeout).await?;
         let publication = feed.ctx.config().replication.name.clone();
-        if let Err(e) = stream.start(&feed.slot, confirmed, &publication).await {
+        if let Err(e) = stream
+            .start(&feed.slot, confirmed, &publication, in_progress)
+            .await
+        {
             if matches!(&e, StreamError::Refused { code, .. } if code == "42704") {
                 // Dropped between the check and the start: the next session makes it again, and the
                 // replicas, now behind it, are copied again.
@@ -422,11 +460,18 @@ impl FeedTask {
         }
         tracing::info!(database = %feed.database, slot = %feed.slot, from = %confirmed,
             replicas = members.len(), "change stream started");
-        let mut descriptions: HashMap<(u8, u32), Bytes> = HashMap::new();
+        let mut descriptions: HashMap<DescriptionKey, Bytes> = HashMap::new();
         // Replicas behind the stream, waiting for the next restart it may make.
         let mut behind: Vec<Join> = Vec::new();
         let rewind_at = self.last_rewind.map(|t| t + REWIND_GAP);
         let mut in_tx = false;
+        // Inside a streamed block, and the streamed transactions begun and not yet ended: a replica joins
+        // only between blocks, and one that joins while a streamed transaction is open missed its first
+        // blocks, so the stream starts over for it.
+        let mut block: Option<u32> = None;
+        let mut streams: HashSet<u32> = HashSet::new();
+        // Descriptions sent inside streamed transactions, kept for joiners once their transaction commits.
+        let mut streamed_descriptions: HashMap<u32, Vec<(DescriptionKey, Bytes)>> = HashMap::new();
         let mut forwarded: Option<Lsn> = None;
         loop {
             feed.held.store(stream.has_buffered(), Ordering::Relaxed);
@@ -439,15 +484,34 @@ impl FeedTask {
                     while let Some(m) = next.take() {
                         match m {
                             ReplicationMessage::XLogData { data, .. } => {
-                                match mark(&data) {
+                                match mark(&data, block.is_some()) {
                                     Mark::Begin => in_tx = true,
                                     Mark::Commit(end) => {
                                         in_tx = false;
                                         forwarded = Some(end);
                                     }
-                                    Mark::Description(tag, id) => {
-                                        descriptions.insert((tag, id), data.clone());
+                                    Mark::StreamStart(xid) => {
+                                        block = Some(xid);
+                                        streams.insert(xid);
                                     }
+                                    Mark::StreamStop => block = None,
+                                    Mark::StreamEnd(xid, end) => {
+                                        streams.remove(&xid);
+                                        let described = streamed_descriptions.remove(&xid);
+                                        if end.is_some() {
+                                            forwarded = end;
+                                            descriptions.extend(described.into_iter().flatten());
+                                        }
+                                    }
+                                    Mark::Description(tag, id) => match block {
+                                        Some(xid) => streamed_descriptions
+                                            .entry(xid)
+                                            .or_default()
+                                            .push(((tag, id), unstreamed(&data))),
+                                        None => {
+                                            descriptions.insert((tag, id), data.clone());
+                                        }
+                                    },
                                     Mark::Other => {}
                                 }
                                 bytes += data.len();
@@ -494,12 +558,12 @@ impl FeedTask {
                         }
                     }
                 },
-                j = self.joins.recv(), if !in_tx => {
+                j = self.joins.recv(), if !in_tx && block.is_none() => {
                     let Some(j) = j else { return Ok(()) };
                     tracing::trace!(member = j.member, from = %j.from, ?forwarded, %confirmed, "feed join");
                     // A replica joining again replaces its earlier subscription.
                     members.retain(|m| m.id != j.member);
-                    match admit(j.from, confirmed, forwarded) {
+                    match admit(j.from, confirmed, forwarded, !streams.is_empty()) {
                         Admission::Recopy => {
                             let _ = j.events.try_send(Event::Recopy);
                         }
@@ -519,7 +583,7 @@ impl FeedTask {
                         }
                     }
                 },
-                _ = sleep_until_some(rewind_at), if !behind.is_empty() && !in_tx => {
+                _ = sleep_until_some(rewind_at), if !behind.is_empty() && !in_tx && block.is_none() => {
                     self.rewind(waiting, &mut behind);
                     return Ok(());
                 },
@@ -547,6 +611,30 @@ impl FeedTask {
     }
 }
 
+/// A description sent inside a streamed block, as it would have been sent outside one (without the xid),
+/// for replicas that join later: pgoutput sends a table's description once per stream and, once a streamed
+/// transaction that described it commits, not again.
+fn unstreamed(data: &Bytes) -> Bytes {
+    let mut out = Vec::with_capacity(data.len().saturating_sub(4));
+    out.extend_from_slice(data.get(..1).unwrap_or_default());
+    out.extend_from_slice(data.get(5..).unwrap_or_default());
+    out.into()
+}
+
+/// Whether the primary can stream transactions in progress (pgoutput protocol version 2: PostgreSQL 14).
+async fn streams_in_progress(primary: &tokio_postgres::Client) -> bool {
+    match primary
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await
+    {
+        Ok(row) => row.get::<_, i32>(0) >= 140_000,
+        Err(e) => {
+            tracing::debug!(error = %e, "server version unknown; large transactions arrive whole");
+            false
+        }
+    }
+}
+
 /// Waits until `at`; forever without one.
 async fn sleep_until_some(at: Option<tokio::time::Instant>) {
     match at {
@@ -562,23 +650,27 @@ mod tests {
     #[test]
     fn a_joiner_attaches_rewinds_or_is_copied_again() {
         let l = Lsn;
-        // (from, confirmed, forwarded) -> admission
+        // (from, confirmed, forwarded, streamed transactions open) -> admission
         let table = [
-            ((l(100), l(100), None), Admission::Attach),
-            ((l(150), l(100), None), Admission::Attach),
-            ((l(150), l(100), Some(l(150))), Admission::Attach),
-            ((l(200), l(100), Some(l(150))), Admission::Attach),
-            ((l(149), l(100), Some(l(150))), Admission::Rewind),
-            ((l(100), l(100), Some(l(101))), Admission::Rewind),
-            ((l(99), l(100), None), Admission::Recopy),
-            ((l(99), l(100), Some(l(150))), Admission::Recopy),
-            ((Lsn::ZERO, l(100), None), Admission::Recopy),
+            ((l(100), l(100), None, false), Admission::Attach),
+            ((l(150), l(100), None, false), Admission::Attach),
+            ((l(150), l(100), Some(l(150)), false), Admission::Attach),
+            ((l(200), l(100), Some(l(150)), false), Admission::Attach),
+            ((l(149), l(100), Some(l(150)), false), Admission::Rewind),
+            ((l(100), l(100), Some(l(101)), false), Admission::Rewind),
+            // It would get a streamed transaction's later blocks without its first ones.
+            ((l(200), l(100), Some(l(150)), true), Admission::Rewind),
+            ((l(100), l(100), None, true), Admission::Rewind),
+            ((l(99), l(100), None, false), Admission::Recopy),
+            ((l(99), l(100), Some(l(150)), false), Admission::Recopy),
+            ((l(99), l(100), None, true), Admission::Recopy),
+            ((Lsn::ZERO, l(100), None, false), Admission::Recopy),
         ];
-        for ((from, confirmed, forwarded), want) in table {
+        for ((from, confirmed, forwarded, open), want) in table {
             assert_eq!(
-                admit(from, confirmed, forwarded),
+                admit(from, confirmed, forwarded, open),
                 want,
-                "{from} {confirmed} {forwarded:?}"
+                "{from} {confirmed} {forwarded:?} {open}"
             );
         }
     }
@@ -620,7 +712,52 @@ mod tests {
             (b"", Mark::Other),
         ];
         for (data, want) in table {
-            assert_eq!(mark(data), want, "{data:?}");
+            assert_eq!(mark(data, false), want, "{data:?}");
         }
+    }
+
+    #[test]
+    fn streamed_blocks_and_their_ends_are_marked() {
+        let mut stream_commit = vec![b'c'];
+        stream_commit.extend_from_slice(&741u32.to_be_bytes());
+        stream_commit.push(0);
+        stream_commit.extend_from_slice(&0x10u64.to_be_bytes());
+        stream_commit.extend_from_slice(&0x0000_0001_0000_0040u64.to_be_bytes());
+        stream_commit.extend_from_slice(&7i64.to_be_bytes());
+        let abort = |xid: u32, sub: u32| {
+            let mut a = vec![b'A'];
+            a.extend_from_slice(&xid.to_be_bytes());
+            a.extend_from_slice(&sub.to_be_bytes());
+            a
+        };
+        let whole = abort(741, 741);
+        let sub = abort(741, 745);
+        // A relation inside a block: tag, xid, then the relation.
+        let mut relation = vec![b'R'];
+        relation.extend_from_slice(&741u32.to_be_bytes());
+        relation.extend_from_slice(&16385u32.to_be_bytes());
+        relation.extend_from_slice(b"public\0t\0d\0\0\0");
+        let table: [(&[u8], bool, Mark); 8] = [
+            (b"S\0\0\x02\xe5\x01", false, Mark::StreamStart(741)),
+            (b"E", true, Mark::StreamStop),
+            (&relation, true, Mark::Description(b'R', 16385)),
+            (b"I\0\0\x02\xe5\0\0@\x01N", true, Mark::Other),
+            (
+                &stream_commit,
+                false,
+                Mark::StreamEnd(741, Some(Lsn(0x0000_0001_0000_0040))),
+            ),
+            (&whole, false, Mark::StreamEnd(741, None)),
+            (&sub, false, Mark::Other),
+            (b"c\0\0\x02\xe5\0", false, Mark::Other),
+        ];
+        for (data, in_block, want) in table {
+            assert_eq!(mark(data, in_block), want, "{data:?} in block: {in_block}");
+        }
+        // Kept for joiners as it would have come outside a block.
+        let mut plain = vec![b'R'];
+        plain.extend_from_slice(&16385u32.to_be_bytes());
+        plain.extend_from_slice(b"public\0t\0d\0\0\0");
+        assert_eq!(unstreamed(&Bytes::from(relation)), Bytes::from(plain));
     }
 }

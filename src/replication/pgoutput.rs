@@ -24,7 +24,7 @@ pub(crate) enum DecodeError {
     /// The CopyData payload is neither XLogData ('w') nor a primary keepalive ('k').
     #[error("unknown replication CopyData message type '{}' (0x{:02x})", char::from(*.0), .0)]
     UnknownCopyData(u8),
-    /// The pgoutput message type is not one protocol version 1 sends.
+    /// The pgoutput message type is not one of protocol versions 1 and 2.
     #[error("unknown pgoutput message type '{}' (0x{:02x})", char::from(*.0), .0)]
     UnknownMessage(u8),
     /// The message ended before a field it must contain.
@@ -196,9 +196,37 @@ impl From<&str> for Text {
 /// The values of one row, one [`Datum`] per column of its [`Relation`].
 pub(crate) type Tuple = Vec<Datum>;
 
-/// A pgoutput message (protocol version 1).
+/// A pgoutput message (protocol version 1, and the streaming messages of version 2).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum PgOutput {
+    /// 'S': a block of a large transaction's changes follows, sent while the transaction still runs; its
+    /// messages carry the (sub)transaction's xid ([`decode_streamed`]) until [`PgOutput::StreamStop`].
+    StreamStart {
+        /// The top-level transaction id.
+        xid: u32,
+        /// The transaction's first block in this stream.
+        first: bool,
+    },
+    /// 'E': the block ends.
+    StreamStop,
+    /// 'c': a streamed transaction commits (sent outside blocks).
+    StreamCommit {
+        /// The top-level transaction id.
+        xid: u32,
+        /// The LSN of the commit record.
+        commit_lsn: Lsn,
+        /// The end LSN of the transaction: the position to confirm once it is applied.
+        end_lsn: Lsn,
+        /// Commit time, microseconds since 2000-01-01.
+        commit_time: i64,
+    },
+    /// 'A': a streamed transaction, or one of its subtransactions (`subxid` differs), aborted.
+    StreamAbort {
+        /// The top-level transaction id.
+        xid: u32,
+        /// The aborted (sub)transaction; equal to `xid` for the whole transaction.
+        subxid: u32,
+    },
     /// 'B': a transaction starts.
     Begin {
         /// The LSN of the transaction's commit record.
@@ -290,6 +318,10 @@ impl PgOutput {
     /// The message's kind, for logs: a change's rows hold table data, which must not reach them.
     pub(crate) fn kind(&self) -> &'static str {
         match self {
+            PgOutput::StreamStart { .. } => "stream start",
+            PgOutput::StreamStop => "stream stop",
+            PgOutput::StreamCommit { .. } => "stream commit",
+            PgOutput::StreamAbort { .. } => "stream abort",
             PgOutput::Begin { .. } => "begin",
             PgOutput::Commit { .. } => "commit",
             PgOutput::Origin { .. } => "origin",
@@ -491,13 +523,33 @@ pub(crate) fn standby_status_update(
     out.freeze()
 }
 
-/// Decodes one pgoutput message (protocol version 1: no streamed in-progress transactions, so the change
-/// messages carry no xid).
+/// Decodes one pgoutput message outside a streamed block, where change messages carry no xid.
 /// Row values are slices of `data`, not copies.
 pub(crate) fn decode(data: &Bytes) -> Result<PgOutput, DecodeError> {
     let (&tag, rest) = data.split_first().ok_or(DecodeError::Empty)?;
+    decode_body(data, tag, rest)
+}
+
+/// Decodes one message inside a streamed block (between [`PgOutput::StreamStart`] and
+/// [`PgOutput::StreamStop`]): a change, description or message there carries the xid of the (sub)transaction
+/// it belongs to after its type byte, returned beside it; the block's end carries none.
+pub(crate) fn decode_streamed(data: &Bytes) -> Result<(Option<u32>, PgOutput), DecodeError> {
+    let (&tag, rest) = data.split_first().ok_or(DecodeError::Empty)?;
+    if matches!(tag, b'E' | b'S' | b'c' | b'A') {
+        return decode_body(data, tag, rest).map(|m| (None, m));
+    }
+    let mut r = Reader::new(data, rest, "streamed change");
+    let xid = r.u32("xid")?;
+    decode_body(data, tag, r.buf).map(|m| (Some(xid), m))
+}
+
+fn decode_body(data: &Bytes, tag: u8, rest: &[u8]) -> Result<PgOutput, DecodeError> {
     let reader = |message| Reader::new(data, rest, message);
     match tag {
+        b'S' => decode_stream_start(reader("Stream Start")),
+        b'E' => reader("Stream Stop").finish().map(|()| PgOutput::StreamStop),
+        b'c' => decode_stream_commit(reader("Stream Commit")),
+        b'A' => decode_stream_abort(reader("Stream Abort")),
         b'B' => decode_begin(reader("Begin")),
         b'C' => decode_commit(reader("Commit")),
         b'O' => decode_origin(reader("Origin")),
@@ -510,6 +562,35 @@ pub(crate) fn decode(data: &Bytes) -> Result<PgOutput, DecodeError> {
         b'M' => decode_message(reader("Message")),
         other => Err(DecodeError::UnknownMessage(other)),
     }
+}
+
+fn decode_stream_start(mut r: Reader<'_>) -> Result<PgOutput, DecodeError> {
+    let xid = r.u32("xid")?;
+    let first = r.u8("first segment flag")? == 1;
+    r.finish()?;
+    Ok(PgOutput::StreamStart { xid, first })
+}
+
+fn decode_stream_commit(mut r: Reader<'_>) -> Result<PgOutput, DecodeError> {
+    let xid = r.u32("xid")?;
+    let _flags = r.u8("flags")?;
+    let commit_lsn = r.lsn("commit LSN")?;
+    let end_lsn = r.lsn("end LSN")?;
+    let commit_time = r.i64("commit time")?;
+    r.finish()?;
+    Ok(PgOutput::StreamCommit {
+        xid,
+        commit_lsn,
+        end_lsn,
+        commit_time,
+    })
+}
+
+fn decode_stream_abort(mut r: Reader<'_>) -> Result<PgOutput, DecodeError> {
+    let xid = r.u32("xid")?;
+    let subxid = r.u32("subtransaction xid")?;
+    // Protocol version 4 adds the abort's LSN and time (parallel apply); versions 2 and 3 end here.
+    Ok(PgOutput::StreamAbort { xid, subxid })
 }
 
 fn decode_begin(mut r: Reader<'_>) -> Result<PgOutput, DecodeError> {

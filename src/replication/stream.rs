@@ -92,15 +92,22 @@ impl ReplicationStream {
         Ok((lsn, snapshot))
     }
 
-    /// Starts streaming pgoutput changes of `publication` from `start`.
+    /// Starts streaming pgoutput changes of `publication` from `start`; with `in_progress`, large
+    /// transactions come in blocks while they run (protocol version 2, PostgreSQL 14 and later).
     pub(crate) async fn start(
         &mut self,
         slot: &str,
         start: Lsn,
         publication: &str,
+        in_progress: bool,
     ) -> Result<(), StreamError> {
+        let version = if in_progress {
+            "proto_version '2', streaming 'on'"
+        } else {
+            "proto_version '1'"
+        };
         let sql = format!(
-            "START_REPLICATION SLOT {slot} LOGICAL {} (proto_version '1', publication_names '\"{}\"', messages 'true')",
+            "START_REPLICATION SLOT {slot} LOGICAL {} ({version}, publication_names '\"{}\"', messages 'true')",
             start,
             publication.replace('\'', "''").replace('"', "\"\"")
         );

@@ -26,6 +26,7 @@ mod forward_admin;
 mod forward_bulk;
 mod forward_crash;
 mod forward_smoke;
+mod forward_streaming;
 mod forward_sync;
 mod forward_types;
 mod harness_smoke;

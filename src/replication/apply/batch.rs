@@ -67,6 +67,15 @@ fn apply_err(e: sql::SqlError) -> ForwardError {
 }
 
 impl Batch {
+    /// The batch of one streamed transaction: inside it from the start, it ends with
+    /// [`Batch::finish_streamed`].
+    pub(super) fn streamed() -> Batch {
+        Batch {
+            in_tx: true,
+            ..Batch::default()
+        }
+    }
+
     fn begin(&mut self) {
         if !self.open {
             self.sql.push_str("BEGIN;");
@@ -96,6 +105,11 @@ impl Batch {
         self.sql.push_str(stmt);
         self.sql.push_str(";\n");
         Ok(())
+    }
+
+    /// A statement of pgfleet's own (a savepoint) at this place among the changes.
+    pub(super) fn statement(&mut self, stmt: &str) -> Result<(), ForwardError> {
+        self.push(stmt)
     }
 
     /// A row change: joins the run when it can, else ends the run and starts another or goes row-wise.
@@ -153,6 +167,15 @@ impl Batch {
                 relations.insert(r.id, r);
             }
             PgOutput::Origin { .. } | PgOutput::Type { .. } => {}
+            PgOutput::StreamStart { .. }
+            | PgOutput::StreamStop
+            | PgOutput::StreamCommit { .. }
+            | PgOutput::StreamAbort { .. } => {
+                return Err(ForwardError::Apply(format!(
+                    "pgoutput {} where a transaction's change belongs",
+                    m.kind()
+                )));
+            }
             _ if self.skip => {}
             PgOutput::Insert { relation, new } => {
                 let r = relations
@@ -257,6 +280,34 @@ impl Batch {
         let mut ready = std::mem::take(&mut self.ready);
         ready.retain(|s| !matches!(s, Step::Sql(sql) if sql.is_empty()));
         ready
+    }
+
+    /// Every step gathered, the pending run and the SQL so far included, whatever their size.
+    pub(super) fn take_all(&mut self) -> Result<Vec<Step>, ForwardError> {
+        self.flush_run()?;
+        if !self.sql.is_empty() {
+            let sql = std::mem::take(&mut self.sql);
+            self.ready.push(Step::Sql(sql));
+        }
+        Ok(self.take_ready())
+    }
+
+    /// Ends a streamed transaction that committed at `end`: what is left, then its commit with the progress
+    /// update for `slot`.
+    pub(super) fn finish_streamed(
+        &mut self,
+        end: Lsn,
+        commit_time: i64,
+        slot: &str,
+    ) -> Result<Vec<Step>, ForwardError> {
+        self.flush_run()?;
+        self.in_tx = false;
+        self.end = Some(end);
+        self.transactions += 1;
+        self.last_commit_time = commit_time;
+        let mut steps = self.take_ready();
+        steps.extend(self.commit(slot));
+        Ok(steps)
     }
 
     /// Whether received changes are still unapplied here: a transaction open, changes gathered, or a run

@@ -483,7 +483,7 @@ fn standby_status_update_layout() {
 fn empty_and_unknown_types() {
     assert_eq!(decode(&[]), Err(DecodeError::Empty));
     assert_eq!(decode_copy_data(&[]), Err(DecodeError::Empty));
-    assert_eq!(decode(b"S"), Err(DecodeError::UnknownMessage(b'S')));
+    assert_eq!(decode(b"P"), Err(DecodeError::UnknownMessage(b'P')));
     assert_eq!(decode_copy_data(b"x"), Err(DecodeError::UnknownCopyData(b'x')));
 }
 
@@ -671,4 +671,71 @@ fn row_values_are_slices_of_the_message() {
         assert!(within.contains(&t.as_bytes().as_ptr()), "{t:?} was copied");
     }
     assert_eq!(new, vec![Datum::Text("4711".into()), Datum::Text("hello".into())]);
+}
+
+#[test]
+fn streamed_blocks_and_their_ends_decode() {
+    let start = Msg::tag(b'S').u32(741).u8(1).0;
+    assert_eq!(
+        decode(&start),
+        Ok(PgOutput::StreamStart {
+            xid: 741,
+            first: true
+        })
+    );
+    let later = Msg::tag(b'S').u32(741).u8(0).0;
+    assert_eq!(
+        decode(&later),
+        Ok(PgOutput::StreamStart {
+            xid: 741,
+            first: false
+        })
+    );
+    assert_eq!(decode(b"E"), Ok(PgOutput::StreamStop));
+    let commit = Msg::tag(b'c')
+        .u32(741)
+        .u8(0)
+        .u64(0x0000_0001_0000_0010)
+        .u64(0x0000_0001_0000_0040)
+        .i64(99)
+        .0;
+    assert_eq!(
+        decode(&commit),
+        Ok(PgOutput::StreamCommit {
+            xid: 741,
+            commit_lsn: Lsn(0x0000_0001_0000_0010),
+            end_lsn: Lsn(0x0000_0001_0000_0040),
+            commit_time: 99,
+        })
+    );
+    let abort = Msg::tag(b'A').u32(741).u32(745).0;
+    assert_eq!(
+        decode(&abort),
+        Ok(PgOutput::StreamAbort {
+            xid: 741,
+            subxid: 745
+        })
+    );
+    assert!(matches!(
+        decode(&Msg::tag(b'c').u32(741).u8(0).u64(1).0),
+        Err(DecodeError::Truncated { .. })
+    ));
+}
+
+#[test]
+fn a_change_inside_a_block_carries_its_xid_first() {
+    let insert = Msg::tag(b'I').u32(745).u32(16384).u8(b'N').i16(1).text("7").0;
+    let (xid, change) = super::decode_streamed(&Bytes::from(insert)).expect("decodes");
+    assert_eq!(xid, Some(745));
+    assert_eq!(
+        change,
+        PgOutput::Insert {
+            relation: 16384,
+            new: vec![Datum::Text(Text(Bytes::from_static(b"7")))],
+        }
+    );
+    let (xid, stop) = super::decode_streamed(&Bytes::from_static(b"E")).expect("decodes");
+    assert_eq!((xid, stop), (None, PgOutput::StreamStop));
+    // Without its xid the same bytes are not a change of relation 745.
+    assert!(super::decode_streamed(&Bytes::from_static(b"I\0\0")).is_err());
 }
