@@ -24,7 +24,9 @@
 # the same work as the native subscription), FWD_PORT_BASE (17600), FWD_TIMEOUT (600 s per step),
 # PGFLEET_BIN (target/release/pgfleet; build with `cargo build --release`), PG_BIN (directory of initdb,
 # found on PATH otherwise), FWD_KEEP=1 keeps the work directory, FWD_DECODING_WORK_MEM (unset: PostgreSQL's
-# 64MB) sets logical_decoding_work_mem on every server, so for pgfleet's WAL senders and native's alike.
+# 64MB) sets logical_decoding_work_mem on every server, so for pgfleet's WAL senders and native's alike,
+# FWD_STREAMING=0 sets pgfleet's `replication.streaming = false` (large transactions then reach pgfleet whole
+# at their commit, as native's subscription receives them by default in PostgreSQL 15).
 #
 # Besides the times, it reports the CPU each bulk change cost, from /proc: pgfleet's process, the primary's WAL
 # senders, and each applying server's processes (their backends live through the step; the primary's backend
@@ -40,6 +42,7 @@ FWD_PORT_BASE=${FWD_PORT_BASE:-17600}
 FWD_TIMEOUT=${FWD_TIMEOUT:-600}
 FWD_REPLICAS=${FWD_REPLICAS:-2}
 FWD_DECODING_WORK_MEM=${FWD_DECODING_WORK_MEM:-}
+FWD_STREAMING=${FWD_STREAMING:-1}
 PGFLEET_BIN=${PGFLEET_BIN:-$ROOT/target/release/pgfleet}
 if [[ -z ${PG_BIN:-} ]]; then
     PG_BIN=$(dirname "$(command -v initdb || echo /usr/lib/postgresql/15/bin/initdb)")
@@ -283,6 +286,7 @@ mode = "forward"
 user = "postgres"
 password = "$PASSWORD"
 databases = ["$DB"]
+streaming = $([[ $FWD_STREAMING == 0 ]] && echo false || echo true)
 
 [log]
 level = "info"
@@ -326,7 +330,7 @@ run_bulk native sub
 
 # ---- report --------------------------------------------------------------------------------------------------
 echo
-echo "forward-mode apply bench: $FWD_ROWS rows, $FWD_REPLICAS pgfleet replica(s), $(nproc) cores, pgfleet $("$PGFLEET_BIN" --version 2>/dev/null | awk '{print $2}'), logical_decoding_work_mem ${FWD_DECODING_WORK_MEM:-64MB}"
+echo "forward-mode apply bench: $FWD_ROWS rows, $FWD_REPLICAS pgfleet replica(s), $(nproc) cores, pgfleet $("$PGFLEET_BIN" --version 2>/dev/null | awk '{print $2}'), logical_decoding_work_mem ${FWD_DECODING_WORK_MEM:-64MB}, pgfleet streaming $([[ $FWD_STREAMING == 0 ]] && echo off || echo on)"
 printf '%-34s %10s %14s\n' "step" "seconds" "rows/s"
 printf '%-34s %10s %14s\n' "COPY pipe to one server" "$COPY_PIPE" "$(rate "$FWD_ROWS" "$COPY_PIPE")"
 for r in "${REPLICAS[@]}"; do

@@ -4,7 +4,8 @@
 //!
 //! - a streamed transaction's chunks are applied on every replica while it is still open on the primary,
 //!   none of it is visible there before its commit, and all of it is after;
-//! - transactions that commit while a streamed one is open reach the replicas first (commit order);
+//! - transactions that commit while a streamed one is open reach the replicas first (commit order), and two
+//!   streamed transactions open at once commit on the replicas in the order they committed on the primary;
 //! - subtransactions rolled back inside a streamed transaction (ROLLBACK TO SAVEPOINT, a plpgsql block's
 //!   EXCEPTION clause, a savepoint rolled back with a released one inside it) are undone on the replicas;
 //! - a streamed transaction that rolls back leaves nothing on the replicas and no open replica transaction;
@@ -664,5 +665,82 @@ async fn tables_a_streamed_transaction_describes_are_known_to_the_transactions_a
     assert_rows(&sums, "fresh", 20001);
     assert_rows(&sums, "grown", 20001);
     wait_for_slot_stat(&cluster, &proxy, "stream_txns").await;
+    assert_forwarding_never_stopped(&cluster, &proxy);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_streamed_transactions_open_at_once_commit_in_their_order() {
+    let cluster = small_decoding_memory_cluster().await;
+    primary_sql(
+        &cluster,
+        "CREATE TABLE first_t (id int PRIMARY KEY, v text NOT NULL); \
+         CREATE TABLE second_t (id int PRIMARY KEY, v text NOT NULL)",
+    );
+    let proxy = Proxy::start(&cluster, &forward_toml());
+    wait_until_streaming(&cluster, &proxy).await;
+
+    // Their blocks interleave in the stream; each replica holds both open.
+    let a = primary_session(&cluster).await;
+    let b = primary_session(&cluster).await;
+    exec(
+        &a,
+        "BEGIN; INSERT INTO first_t SELECT g, 'a' FROM generate_series(1, 10000) g",
+    )
+    .await;
+    exec(
+        &b,
+        "BEGIN; INSERT INTO second_t SELECT g, 'b' FROM generate_series(1, 10000) g",
+    )
+    .await;
+    exec(
+        &a,
+        "INSERT INTO first_t SELECT g, 'a' FROM generate_series(10001, 20000) g",
+    )
+    .await;
+    exec(
+        &b,
+        "INSERT INTO second_t SELECT g, 'b' FROM generate_series(10001, 20000) g",
+    )
+    .await;
+    for replica in &cluster.replicas {
+        let both = crate::support::wait_until(MATCH_DEADLINE, async || {
+            number(&cluster, replica, OPEN_WRITERS) >= 2
+        })
+        .await;
+        assert!(
+            both.is_some(),
+            "{}: the two open streamed transactions are not both being applied: {}\n{}",
+            replica.name,
+            forward_sessions(&cluster, replica),
+            log_tail(&proxy)
+        );
+    }
+    // B commits first: every replica has it while A is still open there.
+    exec(&b, "COMMIT").await;
+    for replica in &cluster.replicas {
+        let b_first = crate::support::wait_until(MATCH_DEADLINE, async || {
+            rows(&cluster, replica, "second_t") == 20000
+        })
+        .await;
+        assert!(
+            b_first.is_some(),
+            "{}: the streamed transaction that committed first never arrived\n{}\n{}",
+            replica.name,
+            log_tail(&proxy),
+            replica_errors(&cluster)
+        );
+        assert_eq!(
+            rows(&cluster, replica, "first_t"),
+            0,
+            "{}: the still open transaction's rows are visible",
+            replica.name
+        );
+    }
+    exec(&a, "COMMIT").await;
+    let sums = wait_until_replicas_match(&cluster, &proxy, MATCH_DEADLINE).await;
+    assert_rows(&sums, "first_t", 20000);
+    assert_rows(&sums, "second_t", 20000);
+    wait_for_slot_stat(&cluster, &proxy, "stream_txns").await;
+    wait_until_no_open_writers(&cluster, &proxy, "after both committed").await;
     assert_forwarding_never_stopped(&cluster, &proxy);
 }
