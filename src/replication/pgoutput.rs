@@ -532,10 +532,11 @@ pub(crate) fn decode(data: &Bytes) -> Result<PgOutput, DecodeError> {
 
 /// Decodes one message inside a streamed block (between [`PgOutput::StreamStart`] and
 /// [`PgOutput::StreamStop`]): a change, description or message there carries the xid of the (sub)transaction
-/// it belongs to after its type byte, returned beside it; the block's end carries none.
+/// it belongs to after its type byte, returned beside it; the block's end carries none, nor does the Origin
+/// a transaction replicated from elsewhere has right after its first Stream Start.
 pub(crate) fn decode_streamed(data: &Bytes) -> Result<(Option<u32>, PgOutput), DecodeError> {
     let (&tag, rest) = data.split_first().ok_or(DecodeError::Empty)?;
-    if matches!(tag, b'E' | b'S' | b'c' | b'A') {
+    if matches!(tag, b'E' | b'S' | b'c' | b'A' | b'O') {
         return decode_body(data, tag, rest).map(|m| (None, m));
     }
     let mut r = Reader::new(data, rest, "streamed change");

@@ -32,12 +32,6 @@ fn sets_applied(proxy: &Proxy, table: &str, kind: &str) -> usize {
         .count()
 }
 
-fn primary_sql(cluster: &LocalCluster, sql: &str) {
-    cluster
-        .psql(&cluster.primary, APP_DB, sql)
-        .unwrap_or_else(|e| panic!("on the primary: {sql}: {e}"));
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bulk_changes_reach_both_replicas_set_wise_and_in_order() {
     let cluster = plain_cluster().await;
@@ -298,6 +292,22 @@ async fn forward_stop_removes_slots_publication_and_event_trigger_and_can_be_rep
     })
     .await;
     assert_eq!(seen.as_deref(), Some(forwarding), "{}", primary_objects(&cluster));
+    // The replicas say "streaming" once copied, a moment before the stream reads the slot again.
+    let active = crate::support::wait_until(MATCH_DEADLINE, async || {
+        cluster
+            .psql(
+                &cluster.primary,
+                APP_DB,
+                "SELECT count(*) FROM pg_replication_slots WHERE active",
+            )
+            .is_ok_and(|n| n == "1")
+    })
+    .await;
+    assert!(
+        active.is_some(),
+        "the database's slot never became active\n{}",
+        log_tail(&proxy)
+    );
 
     // While pgfleet forwards, its slots are in use: forward-stop refuses and says why.
     let (ok, out) = forward_stop(&config);

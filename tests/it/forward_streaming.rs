@@ -32,12 +32,6 @@ use crate::support::proxy::{Proxy, free_port};
 const OPEN_WRITERS: &str = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgfleet-forward' \
      AND backend_xid IS NOT NULL AND datname = current_database()";
 
-fn primary_sql(cluster: &LocalCluster, sql: &str) {
-    cluster
-        .psql(&cluster.primary, APP_DB, sql)
-        .unwrap_or_else(|e| panic!("on the primary: {sql}: {e}"));
-}
-
 /// `sql` (one number) on `node`.
 fn number(cluster: &LocalCluster, node: &NodeHandle, sql: &str) -> i64 {
     let out = cluster
@@ -176,6 +170,24 @@ async fn wait_until_no_open_writers(cluster: &LocalCluster, proxy: &Proxy, why: 
     }
 }
 
+/// A primary decoding with little memory (see [`small_decoding_memory_cluster`]) with `schema` made on it, and
+/// pgfleet forwarding to both replicas, past their initial copy.
+async fn streaming_fleet(schema: &str) -> (LocalCluster, Proxy) {
+    let cluster = small_decoding_memory_cluster().await;
+    primary_sql(&cluster, schema);
+    let proxy = Proxy::start(&cluster, &forward_toml());
+    wait_until_streaming(&cluster, &proxy).await;
+    (cluster, proxy)
+}
+
+/// The end of a test: the primary streamed, no pgfleet transaction is left open on a replica (`why` says
+/// after what), and forwarding never stopped on the way.
+async fn streamed_and_closed(cluster: &LocalCluster, proxy: &Proxy, why: &str) {
+    wait_for_slot_stat(cluster, proxy, "stream_txns").await;
+    wait_until_no_open_writers(cluster, proxy, why).await;
+    assert_forwarding_never_stopped(cluster, proxy);
+}
+
 /// A superuser session straight to the primary, for transactions held open across steps of a test.
 async fn primary_session(cluster: &LocalCluster) -> tokio_postgres::Client {
     direct(&cluster.primary)
@@ -192,13 +204,8 @@ async fn exec(c: &tokio_postgres::Client, sql: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_transaction_is_applied_on_replicas_while_it_runs_and_committed_with_it() {
-    let cluster = small_decoding_memory_cluster().await;
-    primary_sql(
-        &cluster,
-        "CREATE TABLE streamed_big (id int PRIMARY KEY, v text NOT NULL)",
-    );
-    let proxy = Proxy::start(&cluster, &forward_toml());
-    wait_until_streaming(&cluster, &proxy).await;
+    let (cluster, proxy) =
+        streaming_fleet("CREATE TABLE streamed_big (id int PRIMARY KEY, v text NOT NULL)").await;
 
     let a = primary_session(&cluster).await;
     exec(
@@ -234,15 +241,12 @@ async fn a_large_transaction_is_applied_on_replicas_while_it_runs_and_committed_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commits_made_while_a_streamed_transaction_is_open_reach_replicas_first() {
-    let cluster = small_decoding_memory_cluster().await;
-    primary_sql(
-        &cluster,
+    let (cluster, proxy) = streaming_fleet(
         "CREATE TABLE open_a (id int PRIMARY KEY, v text NOT NULL); \
          INSERT INTO open_a SELECT g, 'before' FROM generate_series(1, 1000) g; \
          CREATE TABLE small_b (id int PRIMARY KEY, v text NOT NULL)",
-    );
-    let proxy = Proxy::start(&cluster, &forward_toml());
-    wait_until_streaming(&cluster, &proxy).await;
+    )
+    .await;
 
     // Session A: a large transaction, left open; the replicas apply its chunks.
     let a = primary_session(&cluster).await;
@@ -300,13 +304,8 @@ async fn commits_made_while_a_streamed_transaction_is_open_reach_replicas_first(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolled_back_subtransactions_inside_a_streamed_transaction_are_undone_on_replicas() {
-    let cluster = small_decoding_memory_cluster().await;
-    primary_sql(
-        &cluster,
-        "CREATE TABLE savepoints (id int PRIMARY KEY, v text NOT NULL)",
-    );
-    let proxy = Proxy::start(&cluster, &forward_toml());
-    wait_until_streaming(&cluster, &proxy).await;
+    let (cluster, proxy) =
+        streaming_fleet("CREATE TABLE savepoints (id int PRIMARY KEY, v text NOT NULL)").await;
 
     let c = primary_session(&cluster).await;
     for step in [
@@ -363,20 +362,13 @@ async fn rolled_back_subtransactions_inside_a_streamed_transaction_are_undone_on
             log_tail(&proxy)
         );
     }
-    wait_for_slot_stat(&cluster, &proxy, "stream_txns").await;
-    wait_until_no_open_writers(&cluster, &proxy, "after the streamed transaction committed").await;
-    assert_forwarding_never_stopped(&cluster, &proxy);
+    streamed_and_closed(&cluster, &proxy, "after the streamed transaction committed").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_streamed_transaction_that_rolls_back_leaves_nothing_on_replicas() {
-    let cluster = small_decoding_memory_cluster().await;
-    primary_sql(
-        &cluster,
-        "CREATE TABLE abandoned (id int PRIMARY KEY, v text NOT NULL)",
-    );
-    let proxy = Proxy::start(&cluster, &forward_toml());
-    wait_until_streaming(&cluster, &proxy).await;
+    let (cluster, proxy) =
+        streaming_fleet("CREATE TABLE abandoned (id int PRIMARY KEY, v text NOT NULL)").await;
 
     let c = primary_session(&cluster).await;
     exec(
@@ -391,9 +383,7 @@ async fn a_streamed_transaction_that_rolls_back_leaves_nothing_on_replicas() {
 
     let sums = wait_until_replicas_match(&cluster, &proxy, MATCH_DEADLINE).await;
     assert_rows(&sums, "abandoned", 1);
-    wait_for_slot_stat(&cluster, &proxy, "stream_txns").await;
-    wait_until_no_open_writers(&cluster, &proxy, "after the streamed transaction rolled back").await;
-    assert_forwarding_never_stopped(&cluster, &proxy);
+    streamed_and_closed(&cluster, &proxy, "after the streamed transaction rolled back").await;
 }
 
 /// Rows of `table` on `node` that have a twin with the same `key` (there should be none).
@@ -619,15 +609,12 @@ async fn a_streamed_transaction_a_replica_already_has_comes_again_and_is_not_app
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tables_a_streamed_transaction_describes_are_known_to_the_transactions_after_it() {
-    let cluster = small_decoding_memory_cluster().await;
-    primary_sql(
-        &cluster,
+    let (cluster, proxy) = streaming_fleet(
         "CREATE TABLE grown (id int PRIMARY KEY, v text NOT NULL); \
          INSERT INTO grown SELECT g, 'old' FROM generate_series(1, 10) g; \
          CREATE TABLE quiet (id int PRIMARY KEY, v text NOT NULL)",
-    );
-    let proxy = Proxy::start(&cluster, &forward_toml());
-    wait_until_streaming(&cluster, &proxy).await;
+    )
+    .await;
     // The primary describes `quiet` (untouched since pgfleet started), `fresh` and the altered `grown`
     // inside the streamed transaction only. Once it commits, the primary counts `quiet`'s description as
     // sent, and a later transaction's change to it comes without one.
@@ -670,14 +657,11 @@ async fn tables_a_streamed_transaction_describes_are_known_to_the_transactions_a
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_streamed_transactions_open_at_once_commit_in_their_order() {
-    let cluster = small_decoding_memory_cluster().await;
-    primary_sql(
-        &cluster,
+    let (cluster, proxy) = streaming_fleet(
         "CREATE TABLE first_t (id int PRIMARY KEY, v text NOT NULL); \
          CREATE TABLE second_t (id int PRIMARY KEY, v text NOT NULL)",
-    );
-    let proxy = Proxy::start(&cluster, &forward_toml());
-    wait_until_streaming(&cluster, &proxy).await;
+    )
+    .await;
 
     // Their blocks interleave in the stream; each replica holds both open.
     let a = primary_session(&cluster).await;
@@ -740,7 +724,5 @@ async fn two_streamed_transactions_open_at_once_commit_in_their_order() {
     let sums = wait_until_replicas_match(&cluster, &proxy, MATCH_DEADLINE).await;
     assert_rows(&sums, "first_t", 20000);
     assert_rows(&sums, "second_t", 20000);
-    wait_for_slot_stat(&cluster, &proxy, "stream_txns").await;
-    wait_until_no_open_writers(&cluster, &proxy, "after both committed").await;
-    assert_forwarding_never_stopped(&cluster, &proxy);
+    streamed_and_closed(&cluster, &proxy, "after both committed").await;
 }

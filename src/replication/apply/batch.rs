@@ -282,6 +282,16 @@ impl Batch {
         ready
     }
 
+    /// The steps gathered and the SQL so far, whatever its size; the pending run is left to grow, so that a
+    /// bulk change whose rows come in several blocks still makes sets.
+    pub(super) fn take_written(&mut self) -> Vec<Step> {
+        if !self.sql.is_empty() {
+            let sql = std::mem::take(&mut self.sql);
+            self.ready.push(Step::Sql(sql));
+        }
+        self.take_ready()
+    }
+
     /// Every step gathered, the pending run and the SQL so far included, whatever their size.
     pub(super) fn take_all(&mut self) -> Result<Vec<Step>, ForwardError> {
         self.flush_run()?;

@@ -98,9 +98,10 @@ impl Open {
         self.send(ready).await
     }
 
-    /// The end of a block: what it gathered goes to the replica now rather than with the next block.
+    /// The end of a block: the statements it gathered go to the replica now rather than with the next
+    /// block; a run of bulk changes waits for the rest of its rows, which may come in the next block.
     pub(super) async fn block_ends(&mut self) -> Result<(), ForwardError> {
-        let ready = self.batch.take_all()?;
+        let ready = self.batch.take_written();
         self.send(ready).await
     }
 

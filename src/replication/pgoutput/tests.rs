@@ -736,6 +736,19 @@ fn a_change_inside_a_block_carries_its_xid_first() {
     );
     let (xid, stop) = super::decode_streamed(&Bytes::from_static(b"E")).expect("decodes");
     assert_eq!((xid, stop), (None, PgOutput::StreamStop));
+    // The origin of a transaction replicated from elsewhere comes inside its first block, without an xid.
+    let origin = Msg::tag(b'O').u64(0x10).str("upstream").0;
+    let (xid, origin) = super::decode_streamed(&Bytes::from(origin)).expect("decodes");
+    assert_eq!(
+        (xid, origin),
+        (
+            None,
+            PgOutput::Origin {
+                lsn: Lsn(0x10),
+                name: "upstream".into()
+            }
+        )
+    );
     // Without its xid the same bytes are not a change of relation 745.
     assert!(super::decode_streamed(&Bytes::from_static(b"I\0\0")).is_err());
 }

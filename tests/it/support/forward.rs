@@ -30,6 +30,13 @@ pub(crate) async fn plain_cluster() -> LocalCluster {
     .await
 }
 
+/// Runs `sql` as superuser on the primary (psql, straight to it), failing the test with the error.
+pub(crate) fn primary_sql(cluster: &LocalCluster, sql: &str) {
+    cluster
+        .psql(&cluster.primary, APP_DB, sql)
+        .unwrap_or_else(|e| panic!("on the primary: {sql}: {e}"));
+}
+
 /// A superuser connection straight to a node of the cluster, bypassing pgfleet.
 pub(crate) async fn direct(node: &NodeHandle) -> Result<tokio_postgres::Client, String> {
     let dsn = format!("{} connect_timeout=5", node.dsn("postgres", PASSWORD, APP_DB));
