@@ -4,13 +4,14 @@
 //! from a snapshot (`copy`), then decodes the stream (`pgoutput`) and applies it as SQL (`sql`) in commit
 //! order (`apply`), storing its progress on the replica in the same transaction as the changes. `setup` prepares the primary: checks, the publication, and the
 //! event trigger that puts DDL into the WAL stream at its place; `teardown` removes all that again
-//! (`pgfleet forward-stop`).
+//! (`pgfleet forward-stop`), which refuses while the connection `presence` keeps on the primary is there.
 
 pub(crate) mod apply;
 pub(crate) mod copy;
 pub(crate) mod copy_round;
 pub(crate) mod feed;
 pub(crate) mod pgoutput;
+mod presence;
 pub mod setup;
 pub(crate) mod slots;
 pub(crate) mod sql;
@@ -248,6 +249,7 @@ pub fn spawn(ctx: &Arc<Replication>) {
                 .collect();
             let (feed, stream) = feed::Feed::new(ctx.clone(), database.clone(), slot, names);
             tokio::spawn(stream.run_forever());
+            tokio::spawn(presence::hold(ctx.clone(), database.clone()));
             for (member, node) in replicas.iter().enumerate() {
                 let progress = ctx.forward.progress[*node][db].clone();
                 let task = apply::Applier::new(ctx.clone(), *node, db, feed.clone(), member, progress);

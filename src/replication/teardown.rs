@@ -5,9 +5,9 @@
 //! The replicas' data stays as it is.
 //!
 //! It works from the config file alone, with pgfleet stopped; running it twice removes nothing the second
-//! time. A slot still in use, or a connection of pgfleet's forwarding tasks to the database (pgfleet running
-//! and forwarding; its stream may be between two connections to the slot), is an error naming the fix, not a
-//! kill.
+//! time. A slot still in use, or a connection of pgfleet's forwarding tasks to the database (a running
+//! pgfleet keeps one open there for as long as it forwards the database, `presence`, even while its stream
+//! and its replicas' tasks are not connected), is an error naming the fix, not a kill.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -353,3 +353,62 @@ async fn forward_stop_removes_slots_publication_and_event_trigger_and_can_be_rep
         "0 slots, 0 publications, 0 event triggers, schema 0"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_stop_refuses_while_pgfleet_runs_with_every_replica_down() {
+    let cluster = plain_cluster().await;
+    primary_sql(&cluster, "CREATE TABLE t (id int PRIMARY KEY)");
+    // `app` second: pgfleet's slot monitor keeps its connection in the first forwarded database.
+    let toml = bulk_toml().replacen(
+        &format!("databases = [\"{APP_DB}\"]"),
+        &format!("databases = [\"postgres\", \"{APP_DB}\"]"),
+        1,
+    );
+    assert!(toml.contains("\"postgres\", "), "{toml}");
+    let config = Proxy::config_for(&cluster, free_port(), &toml);
+    let proxy = Proxy::start_with_config(config.clone());
+    wait_until_streaming(&cluster, &proxy).await;
+
+    // With every replica down, a change to apply fails their tasks, which then hold no connection to the
+    // primary, and the stream stops reading the slot once it has the next change to hand over and no one
+    // takes it. pgfleet still forwards (it waits for the replicas), so forward-stop refuses.
+    for replica in &cluster.replicas {
+        tokio::task::block_in_place(|| replica.stop()).expect("stop a replica");
+    }
+    let slot = format!("pgfleet_{APP_DB}_");
+    let idle = crate::support::wait_until(MATCH_DEADLINE, async || {
+        primary_sql(&cluster, "INSERT INTO t SELECT coalesce(max(id), 0) + 1 FROM t");
+        cluster
+            .psql(
+                &cluster.primary,
+                APP_DB,
+                &format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}' AND active"),
+            )
+            .is_ok_and(|n| n == "0")
+    })
+    .await;
+    assert!(
+        idle.is_some(),
+        "the slot stayed active with every replica down\n{}",
+        log_tail(&proxy)
+    );
+    let (ok, out) = forward_stop(&config);
+    assert!(
+        !ok,
+        "forward-stop succeeded while pgfleet runs with its replicas down:\n{out}"
+    );
+    assert!(
+        out.contains("are in use") && out.contains("stop pgfleet"),
+        "{out}"
+    );
+    assert!(
+        cluster
+            .psql(
+                &cluster.primary,
+                APP_DB,
+                &format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}'"),
+            )
+            .is_ok_and(|n| n == "1"),
+        "the slot is gone"
+    );
+}

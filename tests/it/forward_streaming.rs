@@ -11,6 +11,8 @@
 //! - a streamed transaction that rolls back leaves nothing on the replicas and no open replica transaction;
 //! - pgfleet killed with SIGKILL while a streamed transaction is open, or just after one committed, applies
 //!   it exactly once after a restart;
+//! - row-by-row changes (a table without a key), TRUNCATE and DDL inside a streamed transaction land at their
+//!   place among its bulk changes;
 //! - tables created or altered inside a streamed transaction are known, as it left them, to the
 //!   transactions after it (the primary does not describe them again);
 //! - a streamed transaction that one replica already has and another has not comes again when the stream
@@ -725,4 +727,37 @@ async fn two_streamed_transactions_open_at_once_commit_in_their_order() {
     assert_rows(&sums, "first_t", 20000);
     assert_rows(&sums, "second_t", 20000);
     streamed_and_closed(&cluster, &proxy, "after both committed").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_wise_changes_truncate_and_ddl_inside_a_streamed_transaction_keep_their_place() {
+    let (cluster, proxy) = streaming_fleet(
+        "CREATE TABLE full_ident (a int NOT NULL, b text NOT NULL); \
+         ALTER TABLE full_ident REPLICA IDENTITY FULL; \
+         INSERT INTO full_ident SELECT g, 'b' || g FROM generate_series(1, 3000) g; \
+         CREATE TABLE emptied (id int PRIMARY KEY, v text NOT NULL); \
+         INSERT INTO emptied SELECT g, 'before' FROM generate_series(1, 3000) g",
+    )
+    .await;
+    let c = primary_session(&cluster).await;
+    for step in [
+        "BEGIN",
+        // Row by row on the replicas: no key to join a set on.
+        "UPDATE full_ident SET b = b || '!' WHERE a % 3 = 0",
+        "DELETE FROM full_ident WHERE a % 5 = 0",
+        "INSERT INTO emptied SELECT g, 'more' FROM generate_series(3001, 20000) g",
+        // Everything above in `emptied` goes; the rows after it stay.
+        "TRUNCATE emptied",
+        "INSERT INTO emptied SELECT g, 'after truncate' FROM generate_series(1, 15000) g",
+        "ALTER TABLE emptied ADD COLUMN n int",
+        "UPDATE emptied SET n = id % 7 WHERE id <= 12000",
+    ] {
+        exec(&c, step).await;
+    }
+    wait_for_chunks_applied(&cluster, &proxy, &[("emptied", 3000), ("full_ident", 3000)]).await;
+    exec(&c, "COMMIT").await;
+    let sums = wait_until_replicas_match(&cluster, &proxy, MATCH_DEADLINE).await;
+    assert_rows(&sums, "emptied", 15000);
+    assert_rows(&sums, "full_ident", 2400);
+    streamed_and_closed(&cluster, &proxy, "after the streamed transaction committed").await;
 }
