@@ -276,6 +276,17 @@ fn primary_objects(cluster: &LocalCluster) -> String {
         .expect("list objects")
 }
 
+/// How many replication slots on the primary match `filter` (SQL over `pg_replication_slots`), or the error.
+fn slots_where(cluster: &LocalCluster, filter: &str) -> String {
+    cluster
+        .psql(
+            &cluster.primary,
+            APP_DB,
+            &format!("SELECT count(*) FROM pg_replication_slots WHERE {filter}"),
+        )
+        .unwrap_or_else(|e| e.to_string())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forward_stop_removes_slots_publication_and_event_trigger_and_can_be_repeated() {
     let cluster = plain_cluster().await;
@@ -293,16 +304,8 @@ async fn forward_stop_removes_slots_publication_and_event_trigger_and_can_be_rep
     .await;
     assert_eq!(seen.as_deref(), Some(forwarding), "{}", primary_objects(&cluster));
     // The replicas say "streaming" once copied, a moment before the stream reads the slot again.
-    let active = crate::support::wait_until(MATCH_DEADLINE, async || {
-        cluster
-            .psql(
-                &cluster.primary,
-                APP_DB,
-                "SELECT count(*) FROM pg_replication_slots WHERE active",
-            )
-            .is_ok_and(|n| n == "1")
-    })
-    .await;
+    let active =
+        crate::support::wait_until(MATCH_DEADLINE, async || slots_where(&cluster, "active") == "1").await;
     assert!(
         active.is_some(),
         "the database's slot never became active\n{}",
@@ -378,13 +381,7 @@ async fn forward_stop_refuses_while_pgfleet_runs_with_every_replica_down() {
     let slot = format!("pgfleet_{APP_DB}_");
     let idle = crate::support::wait_until(MATCH_DEADLINE, async || {
         primary_sql(&cluster, "INSERT INTO t SELECT coalesce(max(id), 0) + 1 FROM t");
-        cluster
-            .psql(
-                &cluster.primary,
-                APP_DB,
-                &format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}' AND active"),
-            )
-            .is_ok_and(|n| n == "0")
+        slots_where(&cluster, &format!("slot_name = '{slot}' AND active")) == "0"
     })
     .await;
     assert!(
@@ -401,14 +398,9 @@ async fn forward_stop_refuses_while_pgfleet_runs_with_every_replica_down() {
         out.contains("are in use") && out.contains("stop pgfleet"),
         "{out}"
     );
-    assert!(
-        cluster
-            .psql(
-                &cluster.primary,
-                APP_DB,
-                &format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}'"),
-            )
-            .is_ok_and(|n| n == "1"),
+    assert_eq!(
+        slots_where(&cluster, &format!("slot_name = '{slot}'")),
+        "1",
         "the slot is gone"
     );
 }
