@@ -14,6 +14,9 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 pub(crate) use crate::protocol::lsn::{Lsn, pg_epoch_micros_now};
+pub(crate) use streamed::decode_streamed;
+
+mod streamed;
 
 /// Why bytes could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -530,27 +533,13 @@ pub(crate) fn decode(data: &Bytes) -> Result<PgOutput, DecodeError> {
     decode_body(data, tag, rest)
 }
 
-/// Decodes one message inside a streamed block (between [`PgOutput::StreamStart`] and
-/// [`PgOutput::StreamStop`]): a change, description or message there carries the xid of the (sub)transaction
-/// it belongs to after its type byte, returned beside it; the block's end carries none, nor does the Origin
-/// a transaction replicated from elsewhere has right after its first Stream Start.
-pub(crate) fn decode_streamed(data: &Bytes) -> Result<(Option<u32>, PgOutput), DecodeError> {
-    let (&tag, rest) = data.split_first().ok_or(DecodeError::Empty)?;
-    if matches!(tag, b'E' | b'S' | b'c' | b'A' | b'O') {
-        return decode_body(data, tag, rest).map(|m| (None, m));
-    }
-    let mut r = Reader::new(data, rest, "streamed change");
-    let xid = r.u32("xid")?;
-    decode_body(data, tag, r.buf).map(|m| (Some(xid), m))
-}
-
 fn decode_body(data: &Bytes, tag: u8, rest: &[u8]) -> Result<PgOutput, DecodeError> {
     let reader = |message| Reader::new(data, rest, message);
     match tag {
-        b'S' => decode_stream_start(reader("Stream Start")),
+        b'S' => streamed::decode_stream_start(reader("Stream Start")),
         b'E' => reader("Stream Stop").finish().map(|()| PgOutput::StreamStop),
-        b'c' => decode_stream_commit(reader("Stream Commit")),
-        b'A' => decode_stream_abort(reader("Stream Abort")),
+        b'c' => streamed::decode_stream_commit(reader("Stream Commit")),
+        b'A' => streamed::decode_stream_abort(reader("Stream Abort")),
         b'B' => decode_begin(reader("Begin")),
         b'C' => decode_commit(reader("Commit")),
         b'O' => decode_origin(reader("Origin")),
@@ -563,35 +552,6 @@ fn decode_body(data: &Bytes, tag: u8, rest: &[u8]) -> Result<PgOutput, DecodeErr
         b'M' => decode_message(reader("Message")),
         other => Err(DecodeError::UnknownMessage(other)),
     }
-}
-
-fn decode_stream_start(mut r: Reader<'_>) -> Result<PgOutput, DecodeError> {
-    let xid = r.u32("xid")?;
-    let first = r.u8("first segment flag")? == 1;
-    r.finish()?;
-    Ok(PgOutput::StreamStart { xid, first })
-}
-
-fn decode_stream_commit(mut r: Reader<'_>) -> Result<PgOutput, DecodeError> {
-    let xid = r.u32("xid")?;
-    let _flags = r.u8("flags")?;
-    let commit_lsn = r.lsn("commit LSN")?;
-    let end_lsn = r.lsn("end LSN")?;
-    let commit_time = r.i64("commit time")?;
-    r.finish()?;
-    Ok(PgOutput::StreamCommit {
-        xid,
-        commit_lsn,
-        end_lsn,
-        commit_time,
-    })
-}
-
-fn decode_stream_abort(mut r: Reader<'_>) -> Result<PgOutput, DecodeError> {
-    let xid = r.u32("xid")?;
-    let subxid = r.u32("subtransaction xid")?;
-    // Protocol version 4 adds the abort's LSN and time (parallel apply); versions 2 and 3 end here.
-    Ok(PgOutput::StreamAbort { xid, subxid })
 }
 
 fn decode_begin(mut r: Reader<'_>) -> Result<PgOutput, DecodeError> {

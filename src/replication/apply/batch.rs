@@ -292,16 +292,6 @@ impl Batch {
         self.take_ready()
     }
 
-    /// Every step gathered, the pending run and the SQL so far included, whatever their size.
-    pub(super) fn take_all(&mut self) -> Result<Vec<Step>, ForwardError> {
-        self.flush_run()?;
-        if !self.sql.is_empty() {
-            let sql = std::mem::take(&mut self.sql);
-            self.ready.push(Step::Sql(sql));
-        }
-        Ok(self.take_ready())
-    }
-
     /// Ends a streamed transaction that committed at `end`: what is left, then its commit with the progress
     /// update for `slot`.
     pub(super) fn finish_streamed(

@@ -113,9 +113,10 @@ impl Open {
         };
         // Rolling back to a savepoint destroys those made after it.
         self.savepoints.truncate(at);
+        // A statement ends the pending run first, so its rows are rolled back with the rest.
         self.batch
             .statement(&format!("ROLLBACK TO SAVEPOINT {}", savepoint(subxid)))?;
-        let ready = self.batch.take_all()?;
+        let ready = self.batch.take_written();
         self.send(ready).await
     }
 
