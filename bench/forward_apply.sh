@@ -8,7 +8,9 @@
 # (fsync off as in the test harness), and loads a table of FWD_ROWS rows (id bigint primary key, v int, pad
 # text of 40 bytes) on the primary. Then, one after the other so that they do not share the CPU:
 #
-#   1. COPY pipe: `psql -c "COPY t TO STDOUT" | psql -c "COPY t FROM STDIN"` from the primary to `sub`.
+#   1. COPY pipe: `psql -c "COPY t TO STDOUT" | psql -c "COPY t FROM STDIN"` from the primary to `sub`; with
+#      two replicas, also one such pipe to each of replica1 and replica2 at the same time (the tables dropped
+#      again afterwards), which is what the machine does with two copies sharing its cores.
 #   2. pgfleet in forward mode to replica1 and replica2: time until both have finished the initial copy; then
 #      a bulk UPDATE (every row), DELETE (every row) and INSERT ... SELECT (every row again), each committed on
 #      the primary, timed from the commit until both replicas have it. pgfleet is then stopped and
@@ -233,6 +235,31 @@ CPU[pipe]=$(cpu_spent "$ticks" "$(cpu_ticks)")
 log "COPY pipe: ${COPY_PIPE}s"
 sql sub "TRUNCATE t" >/dev/null
 
+# ---- 1b. one COPY pipe per pgfleet replica, all at once ------------------------------------------------------
+# What this machine does when every replica's copy runs at the same time, as pgfleet's do: the reference for
+# "no slower than a COPY pipe per replica" when the replicas share the cores. Into the same table as `sub`'s
+# (its primary key filled during the COPY), dropped again so that pgfleet starts on empty replicas.
+PIPES_AT_ONCE=-
+if ((FWD_REPLICAS > 1)); then
+    log "one COPY pipe per replica at once: ${REPLICAS[*]}"
+    pipe_pids=()
+    for r in "${REPLICAS[@]}"; do
+        sql "$r" "CREATE TABLE t (id bigint PRIMARY KEY, v int NOT NULL, pad text NOT NULL)" >/dev/null
+    done
+    ticks=$(cpu_ticks)
+    start_at=$(now)
+    for r in "${REPLICAS[@]}"; do
+        psql -X -q -h 127.0.0.1 -p "${PORT[primary]}" -U postgres -d "$DB" -c "COPY t TO STDOUT" |
+            psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "${PORT[$r]}" -U postgres -d "$DB" -c "COPY t FROM STDIN" &
+        pipe_pids+=($!)
+    done
+    for p in "${pipe_pids[@]}"; do wait "$p" || die "a COPY pipe to a replica failed"; done
+    PIPES_AT_ONCE=$(since "$start_at")
+    CPU[pipes]=$(cpu_spent "$ticks" "$(cpu_ticks)")
+    log "one COPY pipe per replica at once: ${PIPES_AT_ONCE}s"
+    for r in "${REPLICAS[@]}"; do sql "$r" "DROP TABLE t" >/dev/null; done
+fi
+
 # ---- the bulk changes ----------------------------------------------------------------------------------------
 MARK=0
 # Each change ends by bumping the marker in the same transaction, so that seeing the marker means having all.
@@ -333,6 +360,9 @@ echo
 echo "forward-mode apply bench: $FWD_ROWS rows, $FWD_REPLICAS pgfleet replica(s), $(nproc) cores, pgfleet $("$PGFLEET_BIN" --version 2>/dev/null | awk '{print $2}'), logical_decoding_work_mem ${FWD_DECODING_WORK_MEM:-64MB}, pgfleet streaming $([[ $FWD_STREAMING == 0 ]] && echo off || echo on)"
 printf '%-34s %10s %14s\n' "step" "seconds" "rows/s"
 printf '%-34s %10s %14s\n' "COPY pipe to one server" "$COPY_PIPE" "$(rate "$FWD_ROWS" "$COPY_PIPE")"
+if ((FWD_REPLICAS > 1)); then
+    printf '%-34s %10s %14s\n' "COPY pipes, one per replica" "$PIPES_AT_ONCE" "$(rate "$FWD_ROWS" "$PIPES_AT_ONCE")"
+fi
 for r in "${REPLICAS[@]}"; do
     printf '%-34s %10s %14s\n' "pgfleet initial copy, $r" "${COPY_TIME[$r]}" "$(rate "$FWD_ROWS" "${COPY_TIME[$r]}")"
 done
@@ -348,6 +378,7 @@ done
 echo
 echo "CPU seconds of the initial copies, from start to the last target done (/proc; servers count their ended backends):"
 printf '  %-16s %s\n' "COPY pipe" "${CPU[pipe]:--}"
+printf '  %-16s %s\n' "COPY pipes" "${CPU[pipes]:--}"
 printf '  %-16s %s\n' "pgfleet copy" "${CPU[pgfleet.copy]:--}"
 printf '  %-16s %s\n' "native copy" "${CPU[native.copy]:--}"
 echo
