@@ -28,7 +28,8 @@
 # found on PATH otherwise), FWD_KEEP=1 keeps the work directory, FWD_DECODING_WORK_MEM (unset: PostgreSQL's
 # 64MB) sets logical_decoding_work_mem on every server, so for pgfleet's WAL senders and native's alike,
 # FWD_STREAMING=0 sets pgfleet's `replication.streaming = false` (large transactions then reach pgfleet whole
-# at their commit, as native's subscription receives them by default in PostgreSQL 15).
+# at their commit, as native's subscription receives them by default in PostgreSQL 15), FWD_MAX_STREAMED (4) sets
+# `replication.max_streamed_transactions` (0: pgfleet holds every streamed transaction in a file until its commit).
 #
 # Besides the times, it reports the CPU each bulk change cost, from /proc: pgfleet's process, the primary's WAL
 # senders, and each applying server's processes (their backends live through the step; the primary's backend
@@ -45,6 +46,7 @@ FWD_TIMEOUT=${FWD_TIMEOUT:-600}
 FWD_REPLICAS=${FWD_REPLICAS:-2}
 FWD_DECODING_WORK_MEM=${FWD_DECODING_WORK_MEM:-}
 FWD_STREAMING=${FWD_STREAMING:-1}
+FWD_MAX_STREAMED=${FWD_MAX_STREAMED:-4}
 PGFLEET_BIN=${PGFLEET_BIN:-$ROOT/target/release/pgfleet}
 if [[ -z ${PG_BIN:-} ]]; then
     PG_BIN=$(dirname "$(command -v initdb || echo /usr/lib/postgresql/15/bin/initdb)")
@@ -314,6 +316,7 @@ user = "postgres"
 password = "$PASSWORD"
 databases = ["$DB"]
 streaming = $([[ $FWD_STREAMING == 0 ]] && echo false || echo true)
+max_streamed_transactions = $FWD_MAX_STREAMED
 
 [log]
 level = "info"
@@ -357,7 +360,7 @@ run_bulk native sub
 
 # ---- report --------------------------------------------------------------------------------------------------
 echo
-echo "forward-mode apply bench: $FWD_ROWS rows, $FWD_REPLICAS pgfleet replica(s), $(nproc) cores, pgfleet $("$PGFLEET_BIN" --version 2>/dev/null | awk '{print $2}'), logical_decoding_work_mem ${FWD_DECODING_WORK_MEM:-64MB}, pgfleet streaming $([[ $FWD_STREAMING == 0 ]] && echo off || echo on)"
+echo "forward-mode apply bench: $FWD_ROWS rows, $FWD_REPLICAS pgfleet replica(s), $(nproc) cores, pgfleet $("$PGFLEET_BIN" --version 2>/dev/null | awk '{print $2}'), logical_decoding_work_mem ${FWD_DECODING_WORK_MEM:-64MB}, pgfleet streaming $([[ $FWD_STREAMING == 0 ]] && echo off || echo "on, max_streamed_transactions $FWD_MAX_STREAMED")"
 printf '%-34s %10s %14s\n' "step" "seconds" "rows/s"
 printf '%-34s %10s %14s\n' "COPY pipe to one server" "$COPY_PIPE" "$(rate "$FWD_ROWS" "$COPY_PIPE")"
 if ((FWD_REPLICAS > 1)); then

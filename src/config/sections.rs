@@ -541,6 +541,10 @@ pub struct ReplicationConfig {
     /// Large transactions reach the replicas while they run (PostgreSQL 14 and later on the primary).
     #[serde(default = "default_streaming")]
     pub streaming: bool,
+    /// Streamed transactions the replicas apply while they run, at most, per forwarded database; each takes a
+    /// connection on every replica. Those beyond wait in a file of pgfleet's and are applied at their commit.
+    #[serde(default = "default_max_streamed_transactions")]
+    pub max_streamed_transactions: usize,
 }
 
 impl Default for ReplicationConfig {
@@ -555,6 +559,7 @@ impl Default for ReplicationConfig {
             copy_parallelism: default_copy_parallelism(),
             batch_size: default_batch_size(),
             streaming: default_streaming(),
+            max_streamed_transactions: default_max_streamed_transactions(),
         }
     }
 }
@@ -572,6 +577,7 @@ impl std::fmt::Debug for ReplicationConfig {
             .field("copy_parallelism", &self.copy_parallelism)
             .field("batch_size", &self.batch_size)
             .field("streaming", &self.streaming)
+            .field("max_streamed_transactions", &self.max_streamed_transactions)
             .finish()
     }
 }
@@ -590,4 +596,7 @@ fn default_batch_size() -> usize {
 }
 fn default_streaming() -> bool {
     true
+}
+fn default_max_streamed_transactions() -> usize {
+    4
 }

@@ -32,6 +32,9 @@ use bytes::Bytes;
 use tokio::sync::mpsc::error::SendTimeoutError;
 use tokio::sync::{Notify, mpsc};
 
+pub(super) mod spill;
+
+use self::spill::{ChunkLimits, Spills};
 use super::Replication;
 use super::copy_round::CopyRounds;
 use super::pgoutput::{Lsn, ReplicationMessage};
@@ -56,6 +59,11 @@ const STALL: Duration = Duration::from_secs(30);
 /// decode again everything after the slot's confirmed position, so a replica whose task fails again and again
 /// (a conflict on the replica, retried with a growing pause) must not make the others pay for every attempt.
 const REWIND_GAP: Duration = Duration::from_secs(30);
+/// A held transaction is handed over in chunks of the size the stream's own batches have at most.
+const CHUNK: ChunkLimits = ChunkLimits {
+    messages: BATCH,
+    bytes: BATCH_BYTES,
+};
 /// How often a slot another task is creating is looked at again.
 const SLOT_POLL: Duration = Duration::from_millis(100);
 
@@ -283,6 +291,8 @@ enum Mark {
     StreamStop,
     /// A streamed transaction ends: committed (with the end of its transaction) or aborted.
     StreamEnd(u32, Option<Lsn>),
+    /// A subtransaction (second) of a streamed transaction (first) aborted.
+    SubAbort(u32, u32),
     Other,
 }
 
@@ -319,6 +329,7 @@ fn mark(data: &[u8], in_block: bool) -> Mark {
         // Stream Abort: tag, xid, subtransaction xid; only the whole transaction's ends it.
         Some(b'A') => match (be_u32(1), be_u32(5)) {
             (Some(xid), Some(sub)) if xid == sub => Mark::StreamEnd(xid, None),
+            (Some(xid), Some(sub)) => Mark::SubAbort(xid, sub),
             _ => Mark::Other,
         },
         _ => Mark::Other,
@@ -470,6 +481,8 @@ impl FeedTask {
         // blocks, so the stream starts over for it.
         let mut block: Option<u32> = None;
         let mut streams: HashSet<u32> = HashSet::new();
+        // Streamed transactions beyond the limit the replicas apply while they run, held in files until they end.
+        let mut spills = Spills::new(feed.ctx.config().replication.max_streamed_transactions);
         // Descriptions sent inside streamed transactions, kept for joiners once their transaction commits.
         let mut streamed_descriptions: HashMap<u32, Vec<(DescriptionKey, Bytes)>> = HashMap::new();
         let mut forwarded: Option<Lsn> = None;
@@ -484,6 +497,9 @@ impl FeedTask {
                     while let Some(m) = next.take() {
                         match m {
                             ReplicationMessage::XLogData { data, .. } => {
+                                // A held transaction's blocks go to its file, and its ends are dealt with here.
+                                let held_block = block.filter(|x| spills.holds(*x));
+                                let mut pass_on = held_block.is_none();
                                 match mark(&data, block.is_some()) {
                                     Mark::Begin => in_tx = true,
                                     Mark::Commit(end) => {
@@ -492,15 +508,43 @@ impl FeedTask {
                                     }
                                     Mark::StreamStart(xid) => {
                                         block = Some(xid);
-                                        streams.insert(xid);
+                                        if streams.insert(xid) {
+                                            spills.begin(xid, streams.len() - 1).await?;
+                                        }
+                                        pass_on = !spills.holds(xid);
                                     }
                                     Mark::StreamStop => block = None,
+                                    Mark::SubAbort(xid, sub) if spills.holds(xid) => {
+                                        spills.abort_sub(xid, sub);
+                                        pass_on = false;
+                                    }
                                     Mark::StreamEnd(xid, end) => {
                                         streams.remove(&xid);
                                         let described = streamed_descriptions.remove(&xid);
                                         if end.is_some() {
                                             forwarded = end;
                                             descriptions.extend(described.into_iter().flatten());
+                                        }
+                                        if spills.holds(xid) {
+                                            pass_on = false;
+                                            match end {
+                                                None => spills.abort(xid),
+                                                Some(_) => {
+                                                    // What came before it goes first, then the transaction whole.
+                                                    let before: Arc<[Bytes]> = std::mem::take(&mut messages).into();
+                                                    bytes = 0;
+                                                    if !before.is_empty() && !hand_over(&feed, &mut members, before).await {
+                                                        return Ok(());
+                                                    }
+                                                    if let Some(mut replay) = spills.commit(xid, &data).await? {
+                                                        while let Some(chunk) = replay.next_chunk(&CHUNK).await? {
+                                                            if !hand_over(&feed, &mut members, chunk.into()).await {
+                                                                return Ok(());
+                                                            }
+                                                        }
+                                                    }
+                                                }
+                                            }
                                         }
                                     }
                                     Mark::Description(tag, id) => match block {
@@ -512,10 +556,17 @@ impl FeedTask {
                                             descriptions.insert((tag, id), data.clone());
                                         }
                                     },
-                                    Mark::Other => {}
+                                    Mark::SubAbort(..) | Mark::Other => {}
                                 }
-                                bytes += data.len();
-                                messages.push(data);
+                                if let Some(xid) = held_block
+                                    && block.is_some()
+                                {
+                                    spills.write(xid, &data).await?;
+                                }
+                                if pass_on {
+                                    bytes += data.len();
+                                    messages.push(data);
+                                }
                             }
                             ReplicationMessage::PrimaryKeepalive { wal_end, reply_requested, .. } => {
                                 if reply_requested {
@@ -537,25 +588,8 @@ impl FeedTask {
                     if messages.is_empty() {
                         continue;
                     }
-                    let messages: Arc<[Bytes]> = messages.into();
-                    let mut leaving = Vec::new();
-                    for m in &members {
-                        match m.events.send_timeout(Event::Data(messages.clone()), STALL).await {
-                            Ok(()) => {}
-                            Err(SendTimeoutError::Closed(_)) => leaving.push(m.id),
-                            Err(SendTimeoutError::Timeout(_)) => {
-                                tracing::warn!(database = %feed.database, replica = %feed.names[m.id],
-                                    "replica took no changes for {} s; it leaves the change stream and joins again",
-                                    STALL.as_secs());
-                                leaving.push(m.id);
-                            }
-                        }
-                    }
-                    if !leaving.is_empty() {
-                        members.retain(|m| !leaving.contains(&m.id));
-                        if members.is_empty() {
-                            return Ok(());
-                        }
+                    if !hand_over(&feed, &mut members, messages.into()).await {
+                        return Ok(());
                     }
                 },
                 j = self.joins.recv(), if !in_tx && block.is_none() => {
@@ -596,6 +630,28 @@ impl FeedTask {
             }
         }
     }
+}
+
+/// Hands `messages` to every member in turn. One whose queue stays full for [`STALL`] leaves the stream (it
+/// joins again from its stored position), as does one whose applier ended. False when none is left.
+async fn hand_over(feed: &Feed, members: &mut Vec<Member>, messages: Arc<[Bytes]>) -> bool {
+    let mut leaving = Vec::new();
+    for m in members.iter() {
+        match m.events.send_timeout(Event::Data(messages.clone()), STALL).await {
+            Ok(()) => {}
+            Err(SendTimeoutError::Closed(_)) => leaving.push(m.id),
+            Err(SendTimeoutError::Timeout(_)) => {
+                tracing::warn!(database = %feed.database, replica = %feed.names[m.id],
+                    "replica took no changes for {} s; it leaves the change stream and joins again",
+                    STALL.as_secs());
+                leaving.push(m.id);
+            }
+        }
+    }
+    if !leaving.is_empty() {
+        members.retain(|m| !leaving.contains(&m.id));
+    }
+    !members.is_empty()
 }
 
 impl FeedTask {
@@ -748,7 +804,7 @@ mod tests {
                 Mark::StreamEnd(741, Some(Lsn(0x0000_0001_0000_0040))),
             ),
             (&whole, false, Mark::StreamEnd(741, None)),
-            (&sub, false, Mark::Other),
+            (&sub, false, Mark::SubAbort(741, 745)),
             (b"c\0\0\x02\xe5\0", false, Mark::Other),
         ];
         for (data, in_block, want) in table {

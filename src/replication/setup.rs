@@ -28,6 +28,9 @@ pub enum ForwardError {
     /// The replication stream failed.
     #[error("forward mode: {0}")]
     Stream(#[from] super::stream::StreamError),
+    /// A streamed transaction held back in a file could not be written or read back.
+    #[error("forward mode: {0}")]
+    Held(#[from] super::feed::spill::SpillError),
     /// A change could not be turned into SQL.
     #[error("forward mode: {0}")]
     Apply(String),

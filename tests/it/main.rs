@@ -25,6 +25,7 @@ mod fleet_lag;
 mod forward_admin;
 mod forward_bulk;
 mod forward_crash;
+mod forward_held;
 mod forward_smoke;
 mod forward_streaming;
 mod forward_sync;

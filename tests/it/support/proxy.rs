@@ -132,9 +132,14 @@ impl Proxy {
 
     /// Starts pgfleet with exactly this config; the port waited on is the one in `[listen] address`.
     pub(crate) fn start_with_config(text: String) -> Proxy {
+        Self::start_with_config_env(text, &[])
+    }
+
+    /// [`Proxy::start_with_config`] with these variables added to pgfleet's environment.
+    pub(crate) fn start_with_config_env(text: String, env: &[(&str, &str)]) -> Proxy {
         let port = listen_port(&text)
             .unwrap_or_else(|| panic!("no `address = \"host:port\"` under [listen] in config:\n{text}"));
-        Self::launch(text, port, &[]).unwrap_or_else(|failure| panic!("{}", failure.message))
+        Self::launch(text, port, env).unwrap_or_else(|failure| panic!("{}", failure.message))
     }
 
     fn launch(text: String, port: u16, env: &[(&str, &str)]) -> Result<Proxy, LaunchFailure> {
