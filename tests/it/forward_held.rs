@@ -98,13 +98,21 @@ fn temp_dir() -> tempfile::TempDir {
         .expect("a temporary directory for pgfleet's files")
 }
 
+/// A streaming fleet (see [`streaming_fleet_with`]) with `schema` and pgfleet at `limit`, its temporary
+/// directory kept for as long as the test holds it.
+async fn held_fleet(schema: &str, limit: usize) -> (tempfile::TempDir, LocalCluster, Proxy) {
+    let dir = temp_dir();
+    let (cluster, proxy) =
+        streaming_fleet_with(schema, |cluster| start_with_limit(cluster, limit, dir.path())).await;
+    (dir, cluster, proxy)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_streamed_transaction_beyond_the_limit_waits_in_a_file_and_is_applied_whole_at_its_commit() {
-    let dir = temp_dir();
-    let (cluster, proxy) = streaming_fleet_with(
+    let (_dir, cluster, proxy) = held_fleet(
         "CREATE TABLE applied_a (id int PRIMARY KEY, v text NOT NULL); \
          CREATE TABLE held_b (id int PRIMARY KEY, v text NOT NULL)",
-        |cluster| start_with_limit(cluster, 1, dir.path()),
+        1,
     )
     .await;
 
@@ -176,11 +184,10 @@ async fn a_streamed_transaction_beyond_the_limit_waits_in_a_file_and_is_applied_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_transactions_leave_out_rolled_back_subtransactions_and_an_aborted_one_leaves_nothing() {
-    let dir = temp_dir();
-    let (cluster, proxy) = streaming_fleet_with(
+    let (_dir, cluster, proxy) = held_fleet(
         "CREATE TABLE held_savepoints (id int PRIMARY KEY, v text NOT NULL); \
          CREATE TABLE held_abandoned (id int PRIMARY KEY, v text NOT NULL)",
-        |cluster| start_with_limit(cluster, 0, dir.path()),
+        0,
     )
     .await;
 
