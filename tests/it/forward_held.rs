@@ -6,7 +6,8 @@
 //!   waits in a file (one pgfleet transaction per replica, not two); the second, committed first, reaches
 //!   the replicas whole while the first is still open, and its file is deleted;
 //! - with a limit of 0 every large transaction is held: one whose subtransactions rolled back reaches the
-//!   replicas without their changes, one that rolls back leaves nothing and no file;
+//!   replicas without their changes (rows and DDL), its top level's DDL at its place among its rows; one that
+//!   rolls back leaves nothing and no file;
 //! - pgfleet killed while a held transaction is open applies it exactly once after a restart.
 //!
 //! The files are made in the `TMPDIR` each test gives pgfleet and deleted at once (they live as open files
@@ -195,10 +196,14 @@ async fn held_transactions_leave_out_rolled_back_subtransactions_and_an_aborted_
     for step in [
         "BEGIN",
         "INSERT INTO held_savepoints SELECT g, 'first' FROM generate_series(1, 10000) g",
+        // DDL at the top level stays, at its place among the rows; DDL in a rolled-back subtransaction goes.
+        "ALTER TABLE held_savepoints ADD COLUMN note text",
         "SAVEPOINT s1",
         "INSERT INTO held_savepoints SELECT g, 'rolled back' FROM generate_series(10001, 20000) g",
         "UPDATE held_savepoints SET v = 'updated, then rolled back' WHERE id <= 5000",
+        "CREATE TABLE held_never (id int)",
         "ROLLBACK TO SAVEPOINT s1",
+        "UPDATE held_savepoints SET note = 'kept' WHERE id <= 10",
         // The same keys again: they would conflict with s1's rows had those been kept.
         "INSERT INTO held_savepoints SELECT g, 'second' FROM generate_series(10001, 20000) g",
         // Nested: a released savepoint inside one rolled back goes with it.
@@ -233,6 +238,21 @@ async fn held_transactions_leave_out_rolled_back_subtransactions_and_an_aborted_
             undone,
             0,
             "{}: rows of rolled-back subtransactions survived\n{}",
+            replica.name,
+            log_tail(&proxy)
+        );
+        let ddl = cluster
+            .psql(
+                replica,
+                crate::support::cluster::APP_DB,
+                "SELECT (SELECT count(*) FROM held_savepoints WHERE note = 'kept') || ' ' || \
+                 (to_regclass('held_never') IS NULL)",
+            )
+            .unwrap_or_else(|e| panic!("{}: {e}", replica.name));
+        assert_eq!(
+            ddl.trim(),
+            "10 true",
+            "{}: the top level's ALTER TABLE and its rows, and no table from the rolled-back subtransaction\n{}",
             replica.name,
             log_tail(&proxy)
         );
