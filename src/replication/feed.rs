@@ -530,18 +530,11 @@ impl FeedTask {
                                             match end {
                                                 None => spills.abort(xid),
                                                 Some(_) => {
-                                                    // What came before it goes first, then the transaction whole.
-                                                    let before: Arc<[Bytes]> = std::mem::take(&mut messages).into();
+                                                    let before = std::mem::take(&mut messages);
                                                     bytes = 0;
-                                                    if !before.is_empty() && !hand_over(&feed, &mut members, before).await {
+                                                    let whole = (&mut spills, xid, &data[..]);
+                                                    if !hand_over_held(&feed, &mut members, before, whole).await? {
                                                         return Ok(());
-                                                    }
-                                                    if let Some(mut replay) = spills.commit(xid, &data).await? {
-                                                        while let Some(chunk) = replay.next_chunk(&CHUNK).await? {
-                                                            if !hand_over(&feed, &mut members, chunk.into()).await {
-                                                                return Ok(());
-                                                            }
-                                                        }
                                                     }
                                                 }
                                             }
@@ -652,6 +645,27 @@ async fn hand_over(feed: &Feed, members: &mut Vec<Member>, messages: Arc<[Bytes]
         members.retain(|m| !leaving.contains(&m.id));
     }
     !members.is_empty()
+}
+
+/// Held transaction `xid` committed (`stream_commit` is its Stream Commit): what the stream gathered before the
+/// commit goes to the members first, then the transaction whole, in chunks. False when no member is left.
+async fn hand_over_held(
+    feed: &Feed,
+    members: &mut Vec<Member>,
+    before: Vec<Bytes>,
+    (spills, xid, stream_commit): (&mut Spills, u32, &[u8]),
+) -> Result<bool, ForwardError> {
+    if !before.is_empty() && !hand_over(feed, members, before.into()).await {
+        return Ok(false);
+    }
+    if let Some(mut replay) = spills.commit(xid, stream_commit).await? {
+        while let Some(chunk) = replay.next_chunk(&CHUNK).await? {
+            if !hand_over(feed, members, chunk.into()).await {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
 }
 
 impl FeedTask {

@@ -8,8 +8,8 @@ use crate::support::proxy::Proxy;
 
 /// pgfleet sessions on a replica's database that hold a transaction which has written: a streamed
 /// transaction's chunks applied before its commit.
-pub(crate) const OPEN_WRITERS: &str = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgfleet-forward' \
-     AND backend_xid IS NOT NULL AND datname = current_database()";
+pub(crate) const OPEN_WRITERS: &str = "SELECT count(*) FROM pg_stat_activity \
+     WHERE application_name = 'pgfleet-forward' AND backend_xid IS NOT NULL AND datname = current_database()";
 
 /// `sql` (one number) on `node`.
 pub(crate) fn number(cluster: &LocalCluster, node: &NodeHandle, sql: &str) -> i64 {
