@@ -37,7 +37,7 @@ pub(super) mod spill;
 use self::spill::{ChunkLimits, Spills};
 use super::Replication;
 use super::copy_round::CopyRounds;
-use super::pgoutput::{Lsn, ReplicationMessage};
+use super::pgoutput::{Lsn, ReplicationMessage, split_streamed};
 use super::setup::{ForwardError, client, sql_err};
 use super::stream::{ReplicationStream, StreamError};
 use crate::backend::connect::NodeTarget;
@@ -685,10 +685,16 @@ impl FeedTask {
 /// for replicas that join later: pgoutput sends a table's description once per stream and, once a streamed
 /// transaction that described it commits, not again.
 fn unstreamed(data: &Bytes) -> Bytes {
-    let mut out = Vec::with_capacity(data.len().saturating_sub(4));
-    out.extend_from_slice(data.get(..1).unwrap_or_default());
-    out.extend_from_slice(data.get(5..).unwrap_or_default());
-    out.into()
+    match split_streamed(data) {
+        Ok((_, tag, fields)) => {
+            let mut out = Vec::with_capacity(1 + fields.len());
+            out.push(tag);
+            out.extend_from_slice(fields);
+            out.into()
+        }
+        // Malformed: passed on as it came, for the appliers to report.
+        Err(_) => data.clone(),
+    }
 }
 
 /// Whether the primary can stream transactions in progress (pgoutput protocol version 2: PostgreSQL 14).

@@ -14,7 +14,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 pub(crate) use crate::protocol::lsn::{Lsn, pg_epoch_micros_now};
-pub(crate) use streamed::decode_streamed;
+pub(crate) use streamed::{decode_streamed, split_streamed};
 
 mod streamed;
 

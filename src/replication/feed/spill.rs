@@ -21,6 +21,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufReader, BufWriter};
 
+use super::super::pgoutput::split_streamed;
+
 /// Failures writing or reading back a held transaction.
 #[derive(Debug, thiserror::Error)]
 pub enum SpillError {
@@ -36,13 +38,13 @@ pub enum SpillError {
         /// The system's error.
         source: std::io::Error,
     },
-    /// A message inside a held block was too short to carry its transaction id.
-    #[error("held streamed transaction {xid}: a message of type {tag:?} without its xid")]
-    Truncated {
+    /// A message of the held transaction could not be taken apart.
+    #[error("held streamed transaction {xid}: {reason}")]
+    Malformed {
         /// The transaction.
         xid: u32,
-        /// The message's type byte.
-        tag: char,
+        /// What was wrong.
+        reason: String,
     },
 }
 
@@ -178,7 +180,10 @@ impl Spill {
 
     async fn finish(mut self, stream_commit: &[u8]) -> Result<Replay, SpillError> {
         let (xid, path) = (self.xid, self.path);
-        let (begin, commit) = whole_ends(stream_commit).ok_or(SpillError::Truncated { xid, tag: 'c' })?;
+        let (begin, commit) = whole_ends(stream_commit).ok_or_else(|| SpillError::Malformed {
+            xid,
+            reason: format!("a Stream Commit of {} bytes, not 30", stream_commit.len()),
+        })?;
         let rewound = async {
             self.out.flush().await?;
             let mut file = self.out.into_inner();
@@ -209,21 +214,13 @@ fn io_error(xid: u32, action: &'static str, path: &std::path::Path, source: std:
 }
 
 /// The (sub)transaction a message inside a block belongs to (0 for none: the block's Origin), its type byte
-/// and what follows the xid: the message as it is outside a block is the type byte, then that.
+/// and its fields after the xid (see [`split_streamed`]).
 fn split_xid(xid: u32, data: &[u8]) -> Result<(u32, u8, &[u8]), SpillError> {
-    let Some((&tag, rest)) = data.split_first() else {
-        return Err(SpillError::Truncated { xid, tag: '?' });
-    };
-    if tag == b'O' {
-        return Ok((0, tag, rest));
-    }
-    match rest.split_first_chunk::<4>() {
-        Some((sub, body)) => Ok((u32::from_be_bytes(*sub), tag, body)),
-        None => Err(SpillError::Truncated {
-            xid,
-            tag: tag as char,
-        }),
-    }
+    let (sub, tag, fields) = split_streamed(data).map_err(|e| SpillError::Malformed {
+        xid,
+        reason: e.to_string(),
+    })?;
+    Ok((sub.unwrap_or(0), tag, fields))
 }
 
 /// The Begin and Commit that stand for a Stream Commit (`c`, xid, flags, commit LSN, end LSN, time): Begin is
@@ -436,7 +433,7 @@ mod tests {
         assert!(spills.begin(12, 0).await.expect("held"));
         assert!(matches!(
             spills.write(12, b"I\0\0").await,
-            Err(SpillError::Truncated { xid: 12, tag: 'I' })
+            Err(SpillError::Malformed { xid: 12, .. })
         ));
     }
 }

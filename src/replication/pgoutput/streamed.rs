@@ -6,18 +6,29 @@ use bytes::Bytes;
 
 use super::{DecodeError, PgOutput, Reader, decode_body};
 
-/// Decodes one message inside a streamed block (between [`PgOutput::StreamStart`] and
+/// Takes apart one message inside a streamed block (between [`PgOutput::StreamStart`] and
 /// [`PgOutput::StreamStop`]): a change, description or message there carries the xid of the (sub)transaction
-/// it belongs to after its type byte, returned beside it; the block's end carries none, nor does the Origin
-/// a transaction replicated from elsewhere has right after its first Stream Start.
-pub(crate) fn decode_streamed(data: &Bytes) -> Result<(Option<u32>, PgOutput), DecodeError> {
+/// it belongs to after its type byte; the block's end carries none, nor does the Origin a transaction
+/// replicated from elsewhere has right after its first Stream Start. Returns that xid, the type byte, and the
+/// fields after the xid: the message as it would come outside a block is the type byte followed by them.
+pub(crate) fn split_streamed(data: &[u8]) -> Result<(Option<u32>, u8, &[u8]), DecodeError> {
     let (&tag, rest) = data.split_first().ok_or(DecodeError::Empty)?;
     if matches!(tag, b'E' | b'S' | b'c' | b'A' | b'O') {
-        return decode_body(data, tag, rest).map(|m| (None, m));
+        return Ok((None, tag, rest));
     }
-    let mut r = Reader::new(data, rest, "streamed change");
-    let xid = r.u32("xid")?;
-    decode_body(data, tag, r.buf).map(|m| (Some(xid), m))
+    let (xid, fields) = rest.split_first_chunk::<4>().ok_or(DecodeError::Truncated {
+        message: "streamed change",
+        field: "xid",
+        needed: 4,
+        available: rest.len(),
+    })?;
+    Ok((Some(u32::from_be_bytes(*xid)), tag, fields))
+}
+
+/// Decodes one message inside a streamed block, with the xid it carries (see [`split_streamed`]).
+pub(crate) fn decode_streamed(data: &Bytes) -> Result<(Option<u32>, PgOutput), DecodeError> {
+    let (xid, tag, fields) = split_streamed(data)?;
+    decode_body(data, tag, fields).map(|m| (xid, m))
 }
 
 pub(super) fn decode_stream_start(mut r: Reader<'_>) -> Result<PgOutput, DecodeError> {
