@@ -31,6 +31,7 @@ use crate::protocol::messages::{
     ProxyError, backend_key_data, parameter_status, query_text, ready_for_query,
 };
 use crate::protocol::{FrameBuffer, FrameError};
+use crate::replication::streamed::StreamedCounts;
 use crate::router::classify::{Rule, TxStart, classify};
 use crate::router::depth::MAX_DEPTH;
 use crate::router::functions::FunctionRules;
@@ -389,8 +390,12 @@ fn show_replication(ctx: &Context) -> Table {
         ("rows", Int),
         ("transactions", Int),
         ("slot_retained_bytes", Int),
+        ("streaming_txns", Int),
+        ("held_txns", Int),
+        ("held_bytes", Int),
     ]);
     for r in ctx.replication.report() {
+        let streamed = |value: fn(&StreamedCounts) -> u64| r.streamed.as_ref().map(|s| value(s).to_string());
         table.row(vec![
             Some(r.node_name),
             r.database,
@@ -403,6 +408,9 @@ fn show_replication(ctx: &Context) -> Table {
             r.rows.map(|n| n.to_string()),
             r.transactions.map(|n| n.to_string()),
             r.slot_retained_bytes.map(|b| b.to_string()),
+            streamed(|s| s.applying),
+            streamed(|s| s.held),
+            streamed(|s| s.held_bytes),
         ]);
     }
     table

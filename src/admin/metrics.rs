@@ -18,6 +18,7 @@ use tokio::sync::Semaphore;
 
 use super::Context;
 use crate::replication::slots::{self, SlotMonitor};
+use crate::replication::streamed::StreamedCounts;
 
 /// Largest request head accepted; a scrape request is a few hundred bytes.
 const MAX_HEAD: usize = 8 * 1024;
@@ -432,6 +433,46 @@ fn replication(out: &mut Exposition, ctx: &Context, monitor: Option<&SlotMonitor
         }
     }
 
+    // Large transactions are the database's change stream's, whatever the number of its replicas.
+    let streamed: [PerDatabase; 4] = [
+        (
+            "pgfleet_replication_streaming_transactions",
+            "gauge",
+            "Large transactions open on the primary that the replicas apply while they run.",
+            |s| s.applying,
+        ),
+        (
+            "pgfleet_replication_held_transactions",
+            "gauge",
+            "Large transactions held in files until their commit (past replication.max_streamed_transactions).",
+            |s| s.held,
+        ),
+        (
+            "pgfleet_replication_held_bytes",
+            "gauge",
+            "Bytes of the files holding large transactions until their commit.",
+            |s| s.held_bytes,
+        ),
+        (
+            "pgfleet_replication_held_transactions_total",
+            "counter",
+            "Large transactions held in files until their commit since pgfleet started.",
+            |s| s.held_total,
+        ),
+    ];
+    for (name, kind, help, value) in streamed {
+        out.family(name, kind, help);
+        for (database, load) in ctx
+            .replication
+            .forward
+            .databases
+            .iter()
+            .zip(&ctx.replication.forward.streamed)
+        {
+            out.sample(name, &[("database", database)], value(&load.counts()));
+        }
+    }
+
     // Every slot with pgfleet's prefix, including those of replicas no longer configured: they hold WAL too.
     out.family(
         "pgfleet_replication_slot_retained_bytes",
@@ -463,6 +504,14 @@ type PerReplica = (
     &'static str,
     &'static str,
     fn(&slots::ReplicaStatus) -> Option<String>,
+);
+
+/// A per-database family of large transactions: name, type, help, and the sample's value.
+type PerDatabase = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&StreamedCounts) -> u64,
 );
 
 /// The labels of a (replica, database) series.

@@ -23,7 +23,7 @@
 //! replicas of a database move at the pace of the slowest one that is streaming; one that takes nothing for
 //! [`STALL`] leaves the stream and joins again later.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -40,6 +40,7 @@ use super::copy_round::CopyRounds;
 use super::pgoutput::{Lsn, ReplicationMessage, split_streamed};
 use super::setup::{ForwardError, client, sql_err};
 use super::stream::{ReplicationStream, StreamError};
+use super::streamed::{OpenStreams, StreamedLoad};
 use crate::backend::connect::NodeTarget;
 
 /// Hand-overs queued per replica before the feed waits for it: enough that two replicas applying at about the
@@ -118,6 +119,8 @@ pub(crate) struct Feed {
     reported: Notify,
     /// Whether the feed holds received messages it has not handed out yet.
     held: Arc<AtomicBool>,
+    /// The large transactions the stream has open, for the reports.
+    load: Arc<StreamedLoad>,
     joins: mpsc::UnboundedSender<Join>,
     /// The replicas' initial copies, shared by those that need one at about the same time.
     copies: CopyRounds,
@@ -132,12 +135,13 @@ pub(crate) struct FeedTask {
 }
 
 impl Feed {
-    /// The feed of `database`, reading `slot`, for the replicas `names` (members are numbered in that order).
+    /// The feed of `database`, reading `slot`, for the replicas `names` (members are numbered in that order);
+    /// it keeps `load` as it reads.
     pub(crate) fn new(
         ctx: Arc<Replication>,
-        database: String,
-        slot: String,
+        (database, slot): (String, String),
         names: Vec<String>,
+        load: Arc<StreamedLoad>,
     ) -> (Arc<Feed>, FeedTask) {
         let members = names.len();
         let (joins, joins_rx) = mpsc::unbounded_channel();
@@ -149,6 +153,7 @@ impl Feed {
             applied: (0..members).map(|_| AtomicU64::new(0)).collect(),
             reported: Notify::new(),
             held: Arc::new(AtomicBool::new(false)),
+            load,
             joins,
             copies: CopyRounds::new(members),
         });
@@ -480,9 +485,10 @@ impl FeedTask {
         // only between blocks, and one that joins while a streamed transaction is open missed its first
         // blocks, so the stream starts over for it.
         let mut block: Option<u32> = None;
-        let mut streams: HashSet<u32> = HashSet::new();
+        let mut streams = OpenStreams::new(feed.load.clone());
         // Streamed transactions beyond the limit the replicas apply while they run, held in files until they end.
-        let mut spills = Spills::new(feed.ctx.config().replication.max_streamed_transactions);
+        let limit = feed.ctx.config().replication.max_streamed_transactions;
+        let mut spills = Spills::new(limit, feed.load.clone());
         // Descriptions sent inside streamed transactions, kept for joiners once their transaction commits.
         let mut streamed_descriptions: HashMap<u32, Vec<(DescriptionKey, Bytes)>> = HashMap::new();
         let mut forwarded: Option<Lsn> = None;
@@ -519,7 +525,7 @@ impl FeedTask {
                                         pass_on = false;
                                     }
                                     Mark::StreamEnd(xid, end) => {
-                                        streams.remove(&xid);
+                                        streams.remove(xid);
                                         let described = streamed_descriptions.remove(&xid);
                                         if end.is_some() {
                                             forwarded = end;

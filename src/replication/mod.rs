@@ -16,6 +16,7 @@ pub mod setup;
 pub(crate) mod slots;
 pub(crate) mod sql;
 pub(crate) mod stream;
+pub mod streamed;
 pub mod teardown;
 
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use std::time::Duration;
 use arc_swap::Guard;
 
 use self::slots::{ReplicaStatus, SlotMonitor};
+use self::streamed::StreamedLoad;
 use crate::cluster::{Fleet, ReplayPositions};
 use crate::config::{Config, ConfigHandle, ReplicationMode};
 use crate::protocol::lsn::{Lsn, pg_epoch_micros_now};
@@ -116,6 +118,8 @@ pub struct ForwardState {
     pub databases: Vec<String>,
     /// `progress[node][database]`; empty for the primary.
     pub progress: Vec<Vec<Arc<Progress>>>,
+    /// Per database, in config order: the large transactions its change stream has open.
+    pub streamed: Vec<Arc<StreamedLoad>>,
 }
 
 impl ForwardState {
@@ -136,7 +140,12 @@ impl ForwardState {
                 }
             })
             .collect();
-        Self { databases, progress }
+        let streamed = databases.iter().map(|_| Arc::default()).collect();
+        Self {
+            databases,
+            progress,
+            streamed,
+        }
     }
 
     /// Whether forward mode is on.
@@ -247,7 +256,8 @@ pub fn spawn(ctx: &Arc<Replication>) {
                 .iter()
                 .map(|n| ctx.fleet.nodes()[*n].target.name.clone())
                 .collect();
-            let (feed, stream) = feed::Feed::new(ctx.clone(), database.clone(), slot, names);
+            let load = ctx.forward.streamed[db].clone();
+            let (feed, stream) = feed::Feed::new(ctx.clone(), (database.clone(), slot), names, load);
             tokio::spawn(stream.run_forever());
             tokio::spawn(presence::hold(ctx.clone(), database.clone()));
             for (member, node) in replicas.iter().enumerate() {

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::setup::{ForwardError, client, feed_slot_name, sql_err};
+use super::streamed::StreamedCounts;
 use super::{Progress, Replication, State};
 use crate::config::{ReplicationMode, Role};
 use crate::protocol::lsn::{Lsn, pg_epoch_micros_now};
@@ -327,6 +328,9 @@ pub struct ReplicaStatus {
     pub transactions: Option<u64>,
     /// WAL the slot holds on the primary, at the slot monitor's last check.
     pub slot_retained_bytes: Option<u64>,
+    /// Forward mode: the database's large transactions applied while they run, and those held in files until
+    /// their commit with the bytes their files take (the database's numbers, the same on each of its rows).
+    pub streamed: Option<StreamedCounts>,
 }
 
 /// The rows of `SHOW REPLICATION` against a given monitor (see [`Replication::report`]; tests pass their own).
@@ -343,7 +347,8 @@ pub(crate) fn report_with(ctx: &Replication, monitor: Option<&SlotMonitor>) -> V
         let forward = &ctx.forward;
         for (node, per_db) in forward.progress.iter().enumerate() {
             let name = &ctx.fleet.nodes()[node].target.name;
-            for (database, progress) in forward.databases.iter().zip(per_db) {
+            let databases = forward.databases.iter().zip(&forward.streamed);
+            for ((database, load), progress) in databases.zip(per_db) {
                 let slot = feed_slot_name(&ctx.config().replication.name, database);
                 let state = progress.state();
                 let applied = progress.applied();
@@ -365,6 +370,7 @@ pub(crate) fn report_with(ctx: &Replication, monitor: Option<&SlotMonitor>) -> V
                     lag: database_lag(progress, primary_lsn),
                     rows: Some(progress.rows.load(Relaxed)),
                     transactions: Some(progress.transactions.load(Relaxed)),
+                    streamed: Some(load.counts()),
                 });
             }
         }
@@ -398,6 +404,7 @@ pub(crate) fn report_with(ctx: &Replication, monitor: Option<&SlotMonitor>) -> V
             rows: None,
             transactions: None,
             slot_retained_bytes: None,
+            streamed: None,
         });
     }
     out

@@ -11,14 +11,15 @@
 //! - pgfleet killed while a held transaction is open applies it exactly once after a restart.
 //!
 //! The files are made in the `TMPDIR` each test gives pgfleet and deleted at once (they live as open files
-//! of pgfleet's), so the tests find them among pgfleet's open files in `/proc`.
+//! of pgfleet's), so the tests find them among pgfleet's open files in `/proc`. The admin console's
+//! `SHOW REPLICATION` and `SHOW METRICS` count them, and the large transactions applied while they run.
 
 use std::path::Path;
 use std::time::Duration;
 
 use crate::support::cluster::LocalCluster;
 use crate::support::forward::*;
-use crate::support::proxy::{Proxy, free_port};
+use crate::support::proxy::{Proxy, connect, free_port, show, text};
 use crate::support::streaming::*;
 
 /// The held-transaction files pgfleet has open, with their sizes. They have no name (pgfleet deletes each as
@@ -43,12 +44,18 @@ fn start_with_limit(cluster: &LocalCluster, limit: usize, dir: &Path) -> Proxy {
     Proxy::start_with_env(cluster, &toml, |text| text, &[("TMPDIR", tmp.as_str())])
 }
 
+const ADMIN_USER: &str = "admin";
+const ADMIN_PASSWORD: &str = "adminpw";
+
 fn with_limit(limit: usize) -> String {
-    let toml = forward_toml().replacen(
+    let mut toml = forward_toml().replacen(
         "[replication]\n",
         &format!("[replication]\nmax_streamed_transactions = {limit}\n"),
         1,
     );
+    toml.push_str(&format!(
+        "\n[[users]]\nname = \"{ADMIN_USER}\"\npassword = \"{ADMIN_PASSWORD}\"\nadmin = true\n"
+    ));
     assert!(
         toml.contains("max_streamed_transactions"),
         "forward_toml() has no `[replication]` table to set the limit in:\n{toml}"
@@ -81,6 +88,49 @@ async fn wait_for_no_held_file(proxy: &Proxy, why: &str) {
         held_files(proxy),
         log_tail(proxy)
     );
+}
+
+/// Per row of `SHOW REPLICATION` (one per replica): large transactions applied while they run, held ones, and
+/// the bytes those take.
+async fn streamed_columns(proxy: &Proxy) -> Vec<(u64, u64, u64)> {
+    let admin = connect(&proxy.dsn(ADMIN_USER, ADMIN_PASSWORD, "pgfleet")).await;
+    let number = |row: &crate::support::proxy::Row, column: &str| -> u64 {
+        let value = text(row, column);
+        value
+            .parse()
+            .unwrap_or_else(|e| panic!("{column} = {value:?}: {e}"))
+    };
+    show(&admin, "SHOW REPLICATION")
+        .await
+        .iter()
+        .map(|r| {
+            (
+                number(r, "streaming_txns"),
+                number(r, "held_txns"),
+                number(r, "held_bytes"),
+            )
+        })
+        .collect()
+}
+
+/// The samples of the per-database large-transaction metrics, from the admin console's `SHOW METRICS`.
+async fn streamed_metrics(proxy: &Proxy) -> Vec<String> {
+    let admin = connect(&proxy.dsn(ADMIN_USER, ADMIN_PASSWORD, "pgfleet")).await;
+    show(&admin, "SHOW METRICS")
+        .await
+        .iter()
+        .map(|r| text(r, "metric").to_owned())
+        .filter(|line| {
+            [
+                "streaming_transactions{",
+                "held_transactions{",
+                "held_bytes{",
+                "held_transactions_total{",
+            ]
+            .iter()
+            .any(|family| line.starts_with(&format!("pgfleet_replication_{family}")))
+        })
+        .collect()
 }
 
 /// Every replica's count of pgfleet transactions that have written.
@@ -147,6 +197,25 @@ async fn a_streamed_transaction_beyond_the_limit_waits_in_a_file_and_is_applied_
         "with a limit of one, only A's transaction may be applied while it runs on each replica\n{}",
         log_tail(&proxy)
     );
+    // The console shows both on every replica's row: A applied while it runs, B held with its file's size.
+    let columns = streamed_columns(&proxy).await;
+    assert_eq!(columns.len(), cluster.replicas.len(), "{columns:?}");
+    for (applying, held, bytes) in &columns {
+        assert_eq!(
+            (*applying, *held),
+            (1, 1),
+            "streaming_txns, held_txns: {columns:?}"
+        );
+        assert!(*bytes > 100_000, "held_bytes below the file's size: {columns:?}");
+    }
+    let metrics = streamed_metrics(&proxy).await;
+    for sample in [
+        "pgfleet_replication_streaming_transactions{database=\"app\"} 1",
+        "pgfleet_replication_held_transactions{database=\"app\"} 1",
+        "pgfleet_replication_held_transactions_total{database=\"app\"} 1",
+    ] {
+        assert!(metrics.iter().any(|m| m == sample), "{sample} in {metrics:?}");
+    }
 
     // B commits first: it reaches every replica whole while A is still open there.
     exec(&b, "COMMIT").await;
@@ -175,12 +244,29 @@ async fn a_streamed_transaction_beyond_the_limit_waits_in_a_file_and_is_applied_
         );
     }
     wait_for_no_held_file(&proxy, "after the held transaction committed").await;
+    // B stopped counting as held when it was read back, before its file closed.
+    let columns = streamed_columns(&proxy).await;
+    assert!(
+        columns.iter().all(|c| *c == (1, 0, 0)),
+        "after B's commit: {columns:?}"
+    );
 
     exec(&a, "COMMIT").await;
     let sums = wait_until_replicas_match(&cluster, &proxy, MATCH_DEADLINE).await;
     assert_rows(&sums, "applied_a", 20000);
     assert_rows(&sums, "held_b", 20000);
     streamed_and_closed(&cluster, &proxy, "after both transactions committed").await;
+    let columns = streamed_columns(&proxy).await;
+    assert!(
+        columns.iter().all(|c| *c == (0, 0, 0)),
+        "after both commits: {columns:?}"
+    );
+    let metrics = streamed_metrics(&proxy).await;
+    assert!(
+        metrics.contains(&"pgfleet_replication_held_transactions_total{database=\"app\"} 1".to_owned())
+            && metrics.contains(&"pgfleet_replication_held_bytes{database=\"app\"} 0".to_owned()),
+        "{metrics:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -215,7 +215,15 @@ async fn show_replication_in_external_mode_lists_the_replicas() {
     let rest = after_startup(&frames);
     assert_eq!(kinds(rest), "TDCZ");
     let desc = String::from_utf8_lossy(rest[0].body()).into_owned();
-    for column in ["node", "mode", "slot", "applied_lsn", "slot_retained_bytes"] {
+    for column in [
+        "node",
+        "mode",
+        "slot",
+        "applied_lsn",
+        "slot_retained_bytes",
+        "streaming_txns",
+        "held_bytes",
+    ] {
         assert!(desc.contains(column), "{column} in {desc:?}");
     }
     let rows = rows(rest);
@@ -225,6 +233,11 @@ async fn show_replication_in_external_mode_lists_the_replicas() {
     assert_eq!(rows[0][4].as_deref(), Some("streaming"));
     assert_eq!(rows[0][5].as_deref(), Some("16/B374D848"));
     assert_eq!(rows[0][8], None, "rows are counted in forward mode only");
+    assert_eq!(
+        rows[0][11..],
+        [None, None, None],
+        "large transactions are forward mode's"
+    );
 }
 
 #[test]

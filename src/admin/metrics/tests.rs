@@ -103,6 +103,9 @@ fn forward_mode_families() {
     progress.set_applied(crate::protocol::lsn::Lsn(4096));
     progress.rows.store(1000, Relaxed);
     progress.transactions.store(7, Relaxed);
+    let streamed = &s.replication.forward.streamed[0];
+    streamed.hold();
+    streamed.wrote(4096);
     let monitor = SlotMonitor::new();
     monitor.record(vec![("pgfleet_app_pg2".to_owned(), Some(2048))], 1024);
     let mut out = Exposition::default();
@@ -117,6 +120,11 @@ fn forward_mode_families() {
         "pgfleet_replication_slot_retained_bytes{slot=\"pgfleet_app_pg2\"} 2048\n",
         "pgfleet_replication_max_slot_lag_bytes 1024\n",
         "# TYPE pgfleet_replication_lag_bytes gauge\n",
+        "pgfleet_replication_streaming_transactions{database=\"app\"} 0\n",
+        "pgfleet_replication_held_transactions{database=\"app\"} 1\n",
+        "pgfleet_replication_held_bytes{database=\"app\"} 4096\n",
+        "pgfleet_replication_held_transactions_total{database=\"app\"} 1\n",
+        "# TYPE pgfleet_replication_held_transactions_total counter\n",
     ] {
         assert!(text.contains(line), "{line} in\n{text}");
     }

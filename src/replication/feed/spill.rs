@@ -16,12 +16,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufReader, BufWriter};
 
 use super::super::pgoutput::split_streamed;
+use super::super::streamed::StreamedLoad;
 
 /// Failures writing or reading back a held transaction.
 #[derive(Debug, thiserror::Error)]
@@ -61,14 +63,17 @@ pub(super) struct ChunkLimits {
 pub(super) struct Spills {
     limit: usize,
     held: HashMap<u32, Spill>,
+    /// What the reports show of the held transactions.
+    load: Arc<StreamedLoad>,
 }
 
 impl Spills {
     /// Holds back the streamed transactions beyond `limit` applied while they run.
-    pub(super) fn new(limit: usize) -> Self {
+    pub(super) fn new(limit: usize, load: Arc<StreamedLoad>) -> Self {
         Self {
             limit,
             held: HashMap::new(),
+            load,
         }
     }
 
@@ -87,13 +92,18 @@ impl Spills {
         tracing::info!(xid, file = %spill.path.display(), limit = self.limit,
             "streamed transaction held back until its commit: as many are applied while they run as allowed");
         self.held.insert(xid, spill);
+        self.load.hold();
         Ok(true)
     }
 
     /// Writes one message of a held block.
     pub(super) async fn write(&mut self, xid: u32, data: &[u8]) -> Result<(), SpillError> {
         match self.held.get_mut(&xid) {
-            Some(spill) => spill.write(data).await,
+            Some(spill) => {
+                let written = spill.write(data).await?;
+                self.load.wrote(written);
+                Ok(())
+            }
             None => Ok(()),
         }
     }
@@ -107,7 +117,9 @@ impl Spills {
 
     /// `xid` aborted: its file goes.
     pub(super) fn abort(&mut self, xid: u32) {
-        self.held.remove(&xid);
+        if let Some(spill) = self.held.remove(&xid) {
+            self.load.release(spill.bytes);
+        }
     }
 
     /// `xid` committed (`stream_commit` is its Stream Commit): the transaction whole, to be read in chunks.
@@ -119,7 +131,18 @@ impl Spills {
         let Some(spill) = self.held.remove(&xid) else {
             return Ok(None);
         };
+        // From here the transaction is on its way to the replicas, no longer waiting for its commit.
+        self.load.release(spill.bytes);
         spill.finish(stream_commit).await.map(Some)
+    }
+}
+
+impl Drop for Spills {
+    /// The stream ended: its held transactions (and their files) go with it.
+    fn drop(&mut self) {
+        for spill in self.held.values() {
+            self.load.release(spill.bytes);
+        }
     }
 }
 
@@ -137,6 +160,8 @@ struct Spill {
     path: PathBuf,
     out: BufWriter<tokio::fs::File>,
     aborted: HashSet<u32>,
+    /// Bytes written so far.
+    bytes: u64,
 }
 
 impl Spill {
@@ -158,10 +183,12 @@ impl Spill {
             path,
             out: BufWriter::with_capacity(256 * 1024, file),
             aborted: HashSet::new(),
+            bytes: 0,
         })
     }
 
-    async fn write(&mut self, data: &[u8]) -> Result<(), SpillError> {
+    /// Appends one message's record; the bytes it took.
+    async fn write(&mut self, data: &[u8]) -> Result<u64, SpillError> {
         let (sub, tag, body) = split_xid(self.xid, data)?;
         let mut head = [0u8; 9];
         head[..4].copy_from_slice(&sub.to_be_bytes());
@@ -175,7 +202,10 @@ impl Spill {
         };
         written
             .await
-            .map_err(|source| io_error(self.xid, "write", &self.path, source))
+            .map_err(|source| io_error(self.xid, "write", &self.path, source))?;
+        let record = (head.len() + body.len()) as u64;
+        self.bytes += record;
+        Ok(record)
     }
 
     async fn finish(mut self, stream_commit: &[u8]) -> Result<Replay, SpillError> {
@@ -341,7 +371,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_held_transaction_comes_back_whole_without_its_aborted_subtransactions() {
-        let mut spills = Spills::new(0);
+        let load = Arc::new(StreamedLoad::default());
+        let mut spills = Spills::new(0, load.clone());
         assert!(spills.begin(700, 0).await.expect("held"));
         let origin = b"O\0\0\0\0\0\0\0\x01origin\0".to_vec();
         let written = [
@@ -358,6 +389,12 @@ mod tests {
             spills.write(700, m).await.expect("written");
         }
         spills.abort_sub(700, 701);
+        // Each record: subtransaction, length, type byte (9 bytes) and the message less its xid.
+        let on_file: usize = written
+            .iter()
+            .map(|m| 9 + m.len() - 1 - if m[0] == b'O' { 0 } else { 4 })
+            .sum();
+        assert_eq!((load.held(), load.held_bytes()), (1, on_file as u64));
         let file = spills.held.get(&700).map(|s| s.path.clone()).expect("file");
         assert!(
             !file.exists(),
@@ -370,6 +407,7 @@ mod tests {
             .expect("read back")
             .expect("held");
         assert!(!spills.holds(700), "a committed transaction is no longer held");
+        assert_eq!((load.held(), load.held_bytes(), load.held_total()), (0, 0, 1));
         let limits = ChunkLimits {
             messages: 3,
             bytes: 1 << 20,
@@ -408,15 +446,18 @@ mod tests {
 
     #[tokio::test]
     async fn an_aborted_transaction_leaves_no_file_and_others_are_not_held() {
-        let mut spills = Spills::new(1);
+        let load = Arc::new(StreamedLoad::default());
+        let mut spills = Spills::new(1, load.clone());
         assert!(!spills.begin(10, 0).await.expect("first"), "below the limit");
         assert!(spills.begin(11, 1).await.expect("second"), "at the limit");
         spills
             .write(11, &in_block(b'I', 11, b"row"))
             .await
             .expect("written");
+        assert_eq!((load.held(), load.held_bytes()), (1, 9 + 3));
         spills.abort(11);
         assert!(!spills.holds(11), "an aborted transaction is no longer held");
+        assert_eq!((load.held(), load.held_bytes(), load.held_total()), (0, 0, 1));
         assert!(
             spills
                 .commit(10, &stream_commit(10, 1, 2, 3))
@@ -429,11 +470,23 @@ mod tests {
             matches!(spills.write(11, b"I").await, Ok(())),
             "a transaction no longer held takes nothing"
         );
-        let mut spills = Spills::new(0);
+        let mut spills = Spills::new(0, load.clone());
         assert!(spills.begin(12, 0).await.expect("held"));
         assert!(matches!(
             spills.write(12, b"I\0\0").await,
             Err(SpillError::Malformed { xid: 12, .. })
         ));
+        assert!(spills.begin(13, 0).await.expect("held"));
+        spills
+            .write(13, &in_block(b'I', 13, b"row"))
+            .await
+            .expect("written");
+        assert_eq!((load.held(), load.held_bytes()), (2, 12));
+        drop(spills);
+        assert_eq!(
+            (load.held(), load.held_bytes(), load.held_total()),
+            (0, 0, 3),
+            "a stream that ends takes its held transactions with it"
+        );
     }
 }
