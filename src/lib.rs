@@ -8,6 +8,7 @@ pub(crate) mod cluster;
 pub mod config;
 pub mod frontend;
 pub mod log_filter;
+pub mod log_scope;
 pub mod protocol;
 pub mod proxy;
 pub mod reload;

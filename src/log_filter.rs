@@ -1,13 +1,13 @@
 //! The log filter: which events and spans `log.level` (or `RUST_LOG`) lets through, replaceable while pgfleet
 //! runs (SIGHUP, admin RELOAD).
 //!
-//! Every client session runs inside its own `tracing` span, entered and left on each poll of the session:
-//! twice or more per request. tracing-subscriber's `EnvFilter` behind its reload layer takes two read locks
-//! and a map lookup on each of those enters and exits, whatever the filter says: about 190 of the 625
-//! instructions a request's enters and exits cost at the default level. A filter made only of levels and
-//! targets (`info`, `pgfleet=debug,warn`) never needs to know which span is entered, so it is kept as a
-//! `Targets` filter and the span hooks return at once. A filter with span or field directives
-//! (`[session]=debug`) is an `EnvFilter`, and only then do the hooks pass every enter and exit to it.
+//! Every client session runs inside its own `tracing` span. tracing-subscriber's `EnvFilter` behind its
+//! reload layer takes two read locks and a map lookup on each enter and exit of a span, whatever the filter
+//! says. A filter made only of levels and targets (`info`, `pgfleet=debug,warn`) never needs to know which
+//! span is entered, so it is kept as a `Targets` filter and the span hooks return at once; sessions then only
+//! note their span on each poll and it is entered when something is logged (`log_scope`). A filter with span
+//! or field directives (`[session]=debug`) is an `EnvFilter`: only then do the hooks pass every enter and exit
+//! to it, and sessions enter their span on every poll so that it can decide by it.
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -109,6 +109,14 @@ impl LogFilter {
     }
 }
 
+impl LogFilter {
+    /// Whether the rules decide by span, so that sessions must enter theirs on every poll
+    /// ([`crate::log_scope`]).
+    pub fn watches_spans(&self) -> bool {
+        self.current.watches_spans.load(Ordering::Acquire)
+    }
+}
+
 impl FilterHandle {
     /// Filters by `text` from now on; on an error the old rules stay.
     pub fn set(&self, text: &str) -> Result<(), FilterError> {
@@ -125,6 +133,7 @@ impl FilterHandle {
                 self.current.watches_spans.store(true, Ordering::Release);
             }
         }
+        crate::log_scope::enter_each_poll(watches);
         // Callsites cache whether they are enabled; ask them all again, as tracing-subscriber's reload does.
         tracing::callsite::rebuild_interest_cache();
         Ok(())
@@ -261,6 +270,9 @@ mod tests {
 
     #[test]
     fn a_new_filter_takes_over_and_a_bad_one_changes_nothing() {
+        let _mode = crate::log_scope::MODE_LOCK
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let (filter, handle) = LogFilter::new("info").expect("info");
         let seen = Seen::default();
         let subscriber = tracing_subscriber::registry().with(filter).with(seen.clone());

@@ -47,6 +47,7 @@ use pgfleet::proxy::SetLogFilter as SetFilter;
 
 fn init_logging(log: &pgfleet::config::LogConfig) -> SetFilter {
     use pgfleet::log_filter::LogFilter;
+    use pgfleet::log_scope::SessionScope;
     use std::io::IsTerminal;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
@@ -68,18 +69,16 @@ fn init_logging(log: &pgfleet::config::LogConfig) -> SetFilter {
     // Over whichever filter RUST_LOG, log.level or a reload sets: the dependencies that log statement text
     // below INFO stay quiet (see `log_event_allowed`).
     let quiet = tracing_subscriber::filter::filter_fn(pgfleet::proxy::log_event_allowed);
+    // Sessions note their span rather than entering it on every poll, unless the filter decides by span.
+    pgfleet::log_scope::enter_each_poll(filter.watches_spans());
     match log.format {
         pgfleet::config::LogFormat::Json => {
-            builder.json().finish().with(filter).with(quiet).init();
+            SessionScope::new(builder.json().finish().with(filter).with(quiet)).init();
         }
         pgfleet::config::LogFormat::Text => {
             // Colour codes only for a terminal: in files and containers they are noise.
-            builder
-                .with_ansi(std::io::stderr().is_terminal())
-                .finish()
-                .with(filter)
-                .with(quiet)
-                .init();
+            let text = builder.with_ansi(std::io::stderr().is_terminal()).finish();
+            SessionScope::new(text.with(filter).with(quiet)).init();
         }
     }
     Box::new(move |level: &str| handle.set(level).map_err(|e| e.to_string()))

@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use tokio::io::AsyncWriteExt;
-use tracing::Instrument;
 
 use super::Shared;
 use super::cancel::CancelKey;
@@ -86,7 +85,7 @@ pub(crate) async fn run(
         .map(|(_, v)| v.clone())
         .unwrap_or_else(|| user.clone());
     let span = tracing::info_span!("session", client = %peer, user = %user, database = %database);
-    async move {
+    let serving = async move {
         if database == ADMIN_DATABASE {
             Box::pin(admin_login(stream, peer, &user, shared, login)).await;
             return;
@@ -138,9 +137,8 @@ pub(crate) async fn run(
         }
         session.close().await;
         stats.client_disconnected(session.id);
-    }
-    .instrument(span)
-    .await
+    };
+    crate::log_scope::in_session(serving, span).await
 }
 
 pub(crate) use crate::admin::ADMIN_DATABASE;
