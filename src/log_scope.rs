@@ -47,7 +47,7 @@ pub fn in_session<F: Future>(future: F, span: Span) -> InSession<F> {
     InSession {
         id: span.id().map(|id| id.into_u64()),
         span,
-        future: Box::pin(future),
+        future: Some(Box::pin(future)),
     }
 }
 
@@ -56,27 +56,45 @@ pub struct InSession<F> {
     span: Span,
     /// None when the span is disabled: nothing to note.
     id: Option<u64>,
-    future: Pin<Box<F>>,
+    /// Taken only to be dropped within the span (see `Drop`).
+    future: Option<Pin<Box<F>>>,
 }
 
-impl<F: Future> Future for InSession<F> {
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let this = self.get_mut();
-        if this.id.is_none() || ENTER_EACH_POLL.load(Ordering::Acquire) {
-            let _entered = this.span.enter();
-            return this.future.as_mut().poll(cx);
+impl<F> InSession<F> {
+    /// Runs `f` inside the span: noted, or entered when sessions enter theirs on every poll.
+    fn within<T>(&mut self, f: impl FnOnce(&mut Option<Pin<Box<F>>>) -> T) -> T {
+        if self.id.is_none() || ENTER_EACH_POLL.load(Ordering::Acquire) {
+            let _entered = self.span.enter();
+            return f(&mut self.future);
         }
-        // Restored even if the poll panics: the thread goes on polling other tasks.
+        // Restored even if `f` panics: the thread goes on polling other tasks.
         struct Restore(Option<u64>);
         impl Drop for Restore {
             fn drop(&mut self) {
                 SESSION.with(|s| s.set(self.0));
             }
         }
-        let _restore = Restore(SESSION.with(|s| s.replace(this.id)));
-        this.future.as_mut().poll(cx)
+        let _restore = Restore(SESSION.with(|s| s.replace(self.id)));
+        f(&mut self.future)
+    }
+}
+
+impl<F: Future> Future for InSession<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.get_mut().within(|future| match future {
+            Some(f) => f.as_mut().poll(cx),
+            // Only while being dropped, when nothing polls it.
+            None => Poll::Pending,
+        })
+    }
+}
+
+/// What a session logs while its future is dropped (a shutdown ending it mid-request) belongs to it too.
+impl<F> Drop for InSession<F> {
+    fn drop(&mut self) {
+        self.within(|future| drop(future.take()));
     }
 }
 
@@ -234,10 +252,18 @@ mod tests {
         let subscriber = SessionScope::new(tracing_subscriber::registry().with(seen.clone()));
         tracing::subscriber::with_default(subscriber, || {
             enter_each_poll(each_poll);
+            struct LogsOnDrop;
+            impl Drop for LogsOnDrop {
+                fn drop(&mut self) {
+                    tracing::info!("dropped with the session");
+                }
+            }
             let span = tracing::info_span!("session");
             let mut yielded = false;
+            let on_drop = LogsOnDrop;
             let session = in_session(
                 std::future::poll_fn(move |_| {
+                    let _keep = &on_drop;
                     tracing::info!("in the session");
                     let child = tracing::info_span!("child");
                     child.in_scope(|| tracing::info!("in a span the session made"));
@@ -255,10 +281,11 @@ mod tests {
                 }),
                 span,
             );
-            let mut session = std::pin::pin!(session);
-            assert!(poll_once(&mut session).is_pending());
+            let mut session = Box::pin(session);
+            assert!(poll_once(&mut session.as_mut()).is_pending());
             tracing::info!("between polls");
-            assert!(poll_once(&mut session).is_ready());
+            assert!(poll_once(&mut session.as_mut()).is_ready());
+            drop(session);
             tracing::info!("after the session");
         });
         enter_each_poll(false);
@@ -275,6 +302,7 @@ mod tests {
             ("between polls".to_owned(), vec![]),
             ("in the session".to_owned(), session()),
             ("in a span the session made".to_owned(), child()),
+            ("dropped with the session".to_owned(), session()),
             ("after the session".to_owned(), vec![]),
         ];
         // Noted per poll, and entered per poll (a filter that decides by span): the same lines.
