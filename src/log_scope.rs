@@ -6,7 +6,8 @@
 //! instructions of a pooled `-S` request at the default level, although most requests log nothing. Here a
 //! session's poll only notes its span in a thread-local ([`in_session`]), and [`SessionScope`], the
 //! outermost subscriber, enters the span for real around the events and spans that are made while that note
-//! is set and no other span is entered: a line costs what it did, a request that logs nothing does not.
+//! is set and the session has entered no span of its own: a line costs what it did, a request that logs
+//! nothing does not.
 //!
 //! A filter that decides by span (`[session]=debug` in `log.level`) asks which span is entered before an
 //! event exists; while such a filter is in force ([`enter_each_poll`]), sessions enter their span on every
@@ -25,8 +26,11 @@ use tracing::{Event, Metadata, Span, Subscriber};
 use tracing_subscriber::registry::LookupSpan;
 
 thread_local! {
-    /// The span of the session being polled on this thread, as its id's number.
-    static SESSION: Cell<Option<u64>> = const { Cell::new(None) };
+    /// The span of the session being polled on this thread, as its id's number, and how many spans were
+    /// entered on the thread when its poll began.
+    static SESSION: Cell<Option<(u64, u32)>> = const { Cell::new(None) };
+    /// Spans entered on this thread and not yet left.
+    static ENTERED: Cell<u32> = const { Cell::new(0) };
 }
 
 /// Whether sessions enter their span on every poll (a filter in force decides by span).
@@ -68,13 +72,14 @@ impl<F> InSession<F> {
             return f(&mut self.future);
         }
         // Restored even if `f` panics: the thread goes on polling other tasks.
-        struct Restore(Option<u64>);
+        struct Restore(Option<(u64, u32)>);
         impl Drop for Restore {
             fn drop(&mut self) {
                 SESSION.with(|s| s.set(self.0));
             }
         }
-        let _restore = Restore(SESSION.with(|s| s.replace(self.id)));
+        let noted = self.id.map(|id| (id, ENTERED.with(Cell::get)));
+        let _restore = Restore(SESSION.with(|s| s.replace(noted)));
         f(&mut self.future)
     }
 }
@@ -98,14 +103,11 @@ impl<F> Drop for InSession<F> {
     }
 }
 
-/// The span of the session polled on this thread, if one noted it and nothing else is entered.
-fn noted_session<S: Subscriber>(inner: &S) -> Option<span::Id> {
-    let id = SESSION.with(Cell::get)?;
-    inner
-        .current_span()
-        .id()
-        .is_none()
-        .then(|| span::Id::from_u64(id))
+/// The span of the session polled on this thread, if one noted it and the session entered no span of its own
+/// since (one it made inside its span already has it as its parent).
+fn noted_session() -> Option<span::Id> {
+    let (id, entered) = SESSION.with(Cell::get)?;
+    (ENTERED.with(Cell::get) == entered).then(|| span::Id::from_u64(id))
 }
 
 /// The outermost subscriber: `inner` with the noted session's span entered around what belongs to it.
@@ -123,7 +125,7 @@ impl<S> SessionScope<S> {
 impl<S: Subscriber> SessionScope<S> {
     /// Runs `f` with the noted session's span entered, if there is one.
     fn within<T>(&self, contextual: bool, f: impl FnOnce(&S) -> T) -> T {
-        match noted_session(&self.inner).filter(|_| contextual) {
+        match noted_session().filter(|_| contextual) {
             Some(id) => {
                 self.inner.enter(&id);
                 let out = f(&self.inner);
@@ -176,10 +178,12 @@ where
     }
 
     fn enter(&self, span: &span::Id) {
+        ENTERED.with(|n| n.set(n.get().saturating_add(1)));
         self.inner.enter(span);
     }
 
     fn exit(&self, span: &span::Id) {
+        ENTERED.with(|n| n.set(n.get().saturating_sub(1)));
         self.inner.exit(span);
     }
 
@@ -193,7 +197,7 @@ where
 
     /// `Span::current()` inside a session is the session's span (a task spawned `in_current_span` keeps it).
     fn current_span(&self) -> tracing_core::span::Current {
-        match noted_session(&self.inner) {
+        match noted_session() {
             Some(id) => match self.inner.span_data(&id) {
                 Some(data) => tracing_core::span::Current::new(
                     id,
@@ -284,7 +288,9 @@ mod tests {
             let mut session = Box::pin(session);
             assert!(poll_once(&mut session.as_mut()).is_pending());
             tracing::info!("between polls");
-            assert!(poll_once(&mut session.as_mut()).is_ready());
+            // A span entered around the poll (a worker's, say) does not hide the session's.
+            let outer = tracing::info_span!("outer");
+            assert!(outer.in_scope(|| poll_once(&mut session.as_mut()).is_ready()));
             drop(session);
             tracing::info!("after the session");
         });
