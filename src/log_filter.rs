@@ -196,17 +196,10 @@ mod tests {
 
     impl<S: Subscriber> Layer<S> for Seen {
         fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
-            let mut out = String::new();
-            struct Message<'a>(&'a mut String);
-            impl tracing::field::Visit for Message<'_> {
-                fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-                    if field.name() == "message" {
-                        self.0.push_str(&format!("{value:?}"));
-                    }
-                }
-            }
-            event.record(&mut Message(&mut out));
-            self.0.lock().expect("seen").push(out);
+            self.0
+                .lock()
+                .expect("seen")
+                .push(crate::log_scope::message_of(event));
         }
     }
 

@@ -210,6 +210,22 @@ where
     }
 }
 
+/// An event's message, as the log filter's tests and these compare them.
+#[cfg(test)]
+pub(crate) fn message_of(event: &Event<'_>) -> String {
+    struct Message(String);
+    impl tracing::field::Visit for Message {
+        fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+            if field.name() == "message" {
+                self.0.push_str(&format!("{value:?}"));
+            }
+        }
+    }
+    let mut message = Message(String::new());
+    event.record(&mut message);
+    message.0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,16 +241,7 @@ mod tests {
 
     impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Seen {
         fn on_event(&self, event: &Event<'_>, ctx: LayerContext<'_, S>) {
-            let mut message = String::new();
-            struct Message<'a>(&'a mut String);
-            impl tracing::field::Visit for Message<'_> {
-                fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-                    if field.name() == "message" {
-                        self.0.push_str(&format!("{value:?}"));
-                    }
-                }
-            }
-            event.record(&mut Message(&mut message));
+            let message = message_of(event);
             let spans = ctx
                 .event_scope(event)
                 .map(|scope| scope.map(|s| s.name().to_owned()).collect())
