@@ -107,9 +107,7 @@ impl LogFilter {
             FilterHandle { current },
         ))
     }
-}
 
-impl LogFilter {
     /// Whether the rules decide by span, so that sessions must enter theirs on every poll
     /// ([`crate::log_scope`]).
     pub fn watches_spans(&self) -> bool {
@@ -122,6 +120,11 @@ impl FilterHandle {
     pub fn set(&self, text: &str) -> Result<(), FilterError> {
         let rules = Rules::parse(text)?;
         let watches = rules.watches_spans();
+        // Sessions enter their span on every poll before a filter that decides by span is in force, and stop
+        // only once it is gone.
+        if watches {
+            crate::log_scope::enter_each_poll(true);
+        }
         {
             let mut guard = self.current.rules.write().unwrap_or_else(PoisonError::into_inner);
             // Stop passing span hooks before an EnvFilter goes, start only once the new one is in place.
@@ -133,7 +136,9 @@ impl FilterHandle {
                 self.current.watches_spans.store(true, Ordering::Release);
             }
         }
-        crate::log_scope::enter_each_poll(watches);
+        if !watches {
+            crate::log_scope::enter_each_poll(false);
+        }
         // Callsites cache whether they are enabled; ask them all again, as tracing-subscriber's reload does.
         tracing::callsite::rebuild_interest_cache();
         Ok(())
