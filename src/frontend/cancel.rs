@@ -92,6 +92,13 @@ impl SessionHandle {
         // Under the lock: the session cannot start its request on a node between the two looks.
         let active = self.active.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(backend) = *active {
+            // The node ends its statement. Should pgfleet then run the request again elsewhere (its replica
+            // turned out stale, its node was lost before any reply), the cancel holds for that run too: the
+            // client cancelled the request, not one attempt at it. No wake-up: nothing of the session waits
+            // on the flag while a node runs its request.
+            let _ = self
+                .request
+                .compare_exchange(IN_REQUEST, CANCELED, Ordering::AcqRel, Ordering::Acquire);
             return CancelTarget::Node(backend);
         }
         match self
@@ -635,8 +642,8 @@ mod tests {
         key.clear_active();
         assert_eq!(
             key.run_on((1, 2, 3), || false),
-            Start::Run,
-            "the cancel went with the request before"
+            Start::RunThenCancel,
+            "a cancel that reached the node holds for a second run of the same request"
         );
         key.clear_active();
         handle.end_request();
@@ -644,12 +651,17 @@ mod tests {
         assert_eq!(cancel(), CancelTarget::Nothing);
         handle.begin_request();
         assert!(key.canceled().now_or_never().is_none());
-        // A request that reached its node: the cancel goes there, not to the session.
+        // A request that reached its node: the cancel goes there, and the request runs nowhere again (a read
+        // whose replica turned out behind would otherwise go on to the primary and run there uncancelled).
         assert_eq!(key.run_on((1, 2, 3), || true), Start::Run);
         assert_eq!(cancel(), CancelTarget::Node((1, 2, 3)));
-        assert!(key.canceled().now_or_never().is_none());
-        // Back from the node with the request not yet over (a read found its replica behind and goes on to
-        // the primary): a cancel now ends it before it runs again.
+        assert!(key.canceled().now_or_never().is_some());
+        key.clear_active();
+        assert_eq!(key.run_on((0, 4, 5), || true), Start::Refuse);
+        handle.end_request();
+        // Back from the node with the request not yet over, a cancel now ends it before it runs again.
+        handle.begin_request();
+        assert_eq!(key.run_on((1, 2, 3), || true), Start::Run);
         key.clear_active();
         assert_eq!(cancel(), CancelTarget::Waiting);
         assert_eq!(key.run_on((0, 4, 5), || true), Start::Refuse);

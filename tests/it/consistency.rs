@@ -999,3 +999,57 @@ async fn a_read_on_the_primary_carries_its_position_only_when_a_later_read_may_g
         count() - before
     );
 }
+
+/// A client's cancel that reaches a read on a replica holds for the whole read: when the replica turns out
+/// behind what the read must see (the question asked ahead of it in the same write says so), pgfleet would run
+/// the read again on the primary, and the cancel must end that run too. Replay is paused on both replicas
+/// after a commit, the read (`pg_sleep`) starts on one of them, the client cancels it there: the client gets
+/// 57014 at once, and the primary never runs the read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_of_a_read_on_a_replica_found_behind_is_not_lost_when_the_read_moves_on() {
+    let cluster = cluster_async().await;
+    let proxy = Proxy::start(
+        &cluster,
+        "[routing]\nload_balance = \"round_robin\"\nconsistency = \"global\"\n\n[health]\ninterval = \"60s\"\n",
+    );
+    create_table(&cluster, "CREATE TABLE behind (id int PRIMARY KEY)").await;
+    let reader = client(&proxy).await;
+    assert_eq!(value(&reader, "SELECT count(*) FROM behind").await, "0");
+    for r in &cluster.replicas {
+        direct(r, "SELECT pg_wal_replay_pause()");
+    }
+    log_every_statement(&cluster.primary).await;
+    run(&client(&proxy).await, "INSERT INTO behind VALUES (1)").await;
+    let read = "SELECT pg_sleep(5), count(*) FROM behind";
+    let token = reader.cancel_token();
+    let reader = Arc::new(reader);
+    let started = std::time::Instant::now();
+    let task = spawn_query(&reader, read);
+    let running =
+        "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE 'SELECT pg_sleep(5)%'";
+    let on_replica = wait_until(Duration::from_secs(10), async || {
+        cluster.replicas.iter().any(|r| direct(r, running) == "1")
+    })
+    .await;
+    if on_replica.is_some() {
+        token.cancel_query(tokio_postgres::NoTls).await.expect("cancel");
+    }
+    let ended = tokio::time::timeout(CALL_TIMEOUT, task).await;
+    let took = started.elapsed();
+    for r in &cluster.replicas {
+        direct(r, "SELECT pg_wal_replay_resume()");
+    }
+    assert!(on_replica.is_some(), "the read never ran on a replica");
+    assert_canceled(ended, "the cancelled read ends within the test's limit");
+    assert!(
+        took < Duration::from_secs(4),
+        "the cancelled read took {took:?}: it ran again somewhere after the cancel"
+    );
+    assert_eq!(
+        cluster.primary.log_contents().matches(read).count(),
+        0,
+        "the primary ran the cancelled read"
+    );
+    replicas_caught_up(&cluster).await;
+    assert_eq!(value(&reader, "SELECT count(*) FROM behind").await, "1");
+}
