@@ -8,10 +8,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 
 use super::conn::BackendConn;
 use super::tls::{NodeTls, TlsConnectError};
+use crate::config::unix_socket_of;
 use crate::protocol::frame::build;
 use crate::protocol::messages::{cstr, error_field};
 use crate::protocol::startup::encode_startup;
@@ -208,6 +209,10 @@ fn describe_io(e: &std::io::Error) -> String {
         HostUnreachable => "host unreachable".into(),
         NetworkUnreachable => "network unreachable".into(),
         AddrNotAvailable => "address not available".into(),
+        // A socket directory without the server's socket in it: stopped, or another port or directory.
+        NotFound => {
+            "no server socket there (is the server running, listening in this directory on this port?)".into()
+        }
         _ => e.to_string(),
     }
 }
@@ -245,16 +250,20 @@ pub(crate) async fn connect(
     }
 }
 
-/// TCP connection plus TLS as the node's setting says.
+/// TCP connection plus TLS as the node's setting says, or the node's Unix-domain socket (never TLS, as
+/// with libpq: PostgreSQL does not offer it on local sockets).
 async fn open(target: &NodeTarget) -> Result<super::tls::NodeStream, BackendError> {
-    let stream = TcpStream::connect(&target.address)
-        .await
-        .map_err(|e| BackendError::Unreachable {
-            role: target.role.clone(),
-            name: target.name.clone(),
-            address: target.address.clone(),
-            reason: describe_io(&e),
-        })?;
+    let unreachable = |e: std::io::Error| BackendError::Unreachable {
+        role: target.role.clone(),
+        name: target.name.clone(),
+        address: target.address.clone(),
+        reason: describe_io(&e),
+    };
+    if let Some(path) = unix_socket_of(&target.address) {
+        let stream = UnixStream::connect(&path).await.map_err(unreachable)?;
+        return Ok(super::tls::NodeStream::Local(stream));
+    }
+    let stream = TcpStream::connect(&target.address).await.map_err(unreachable)?;
     let _ = stream.set_nodelay(true);
     target
         .tls

@@ -101,6 +101,49 @@ fn durations_and_sizes() {
 }
 
 #[test]
+fn node_addresses_on_unix_sockets() {
+    // libpq's reading of host and port: a host that is a directory names the socket in it.
+    for (address, socket) in [
+        ("/run/postgresql:5432", Some("/run/postgresql/.s.PGSQL.5432")),
+        ("/tmp/pg dir/:6000", Some("/tmp/pg dir/.s.PGSQL.6000")),
+        ("10.0.0.1:5432", None),
+        ("db.example.com:5432", None),
+        ("[::1]:5432", None),
+        ("/run/postgresql", None),
+    ] {
+        assert_eq!(
+            unix_socket_of(address),
+            socket.map(std::path::PathBuf::from),
+            "{address}"
+        );
+    }
+    let local = BASE.replace("10.0.0.2:5432", "/run/postgresql:5433");
+    let c = Config::parse(&local).expect("a socket directory and port");
+    assert_eq!(c.nodes[1].address, "/run/postgresql:5433");
+    let with = |extra: &str| local.replace("weight = 1", &format!("weight = 1\n{extra}"));
+    assert!(Config::parse(&with("tls = \"disable\"")).is_ok());
+    // TLS that could never hold on a local socket is refused, naming the key and the way out.
+    for mode in ["require", "verify-full"] {
+        let err = err_of(&with(&format!(
+            "tls = \"{mode}\"\ntls_ca = \"/nonexistent/ca.pem\""
+        )));
+        assert!(
+            err.contains("`nodes[1].tls`") && err.contains("Unix-domain socket") && err.contains(mode),
+            "{err}"
+        );
+    }
+    let err = err_of(&with("tls = \"require\""));
+    assert!(err.contains("`nodes[1].tls`"), "{err}");
+    let long = format!("/{}:5432", "d".repeat(100));
+    let err = err_of(&BASE.replace("10.0.0.2:5432", &long));
+    assert!(
+        err.contains("`nodes[1].address`") && err.contains("107 bytes"),
+        "{err}"
+    );
+    assert!(err_of(&BASE.replace("10.0.0.2:5432", "/run/postgresql")).contains("`nodes[1].address`"));
+}
+
+#[test]
 fn node_tls_settings() {
     let c = Config::parse(BASE).expect("valid");
     assert_eq!(c.nodes[0].tls, NodeTlsMode::Prefer, "libpq's default");

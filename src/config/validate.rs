@@ -6,8 +6,11 @@ use std::net::SocketAddr;
 
 use super::{
     AuthMethod, ClientTlsMode, Config, ConfigError, NodeConfig, NodeTlsMode, ReplicationMode, Role,
-    split_host_port,
+    split_host_port, unix_socket_of,
 };
+
+/// `sizeof(sun_path) - 1` on Linux: the longest path a Unix-domain socket can be reached by.
+const MAX_SOCKET_PATH: usize = 107;
 
 fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
@@ -114,6 +117,18 @@ impl Config {
                 ));
             }
             split_host_port(&n.address).map_err(|reason| invalid(format!("nodes[{i}].address"), reason))?;
+            if let Some(path) = unix_socket_of(&n.address)
+                && path.as_os_str().len() > MAX_SOCKET_PATH
+            {
+                return Err(invalid(
+                    format!("nodes[{i}].address"),
+                    format!(
+                        "the socket {} is longer than the {MAX_SOCKET_PATH} bytes a Unix-domain socket path \
+                         may have: use a shorter directory",
+                        path.display()
+                    ),
+                ));
+            }
             validate_node_tls(i, n)?;
         }
         super::shards::validate_shards(self)?;
@@ -202,6 +217,20 @@ impl Config {
 /// `nodes[i].tls` and `nodes[i].tls_ca` together: a CA file is needed for verify-full, pointless without
 /// verification, and must hold certificates; verify-full needs a host a certificate can name.
 fn validate_node_tls(i: usize, n: &NodeConfig) -> Result<(), ConfigError> {
+    if unix_socket_of(&n.address).is_some() && matches!(n.tls, NodeTlsMode::Require | NodeTlsMode::VerifyFull)
+    {
+        // libpq ignores sslmode on a local socket and PostgreSQL refuses TLS there: a setting that asks for
+        // it could never hold, and silently going without would look like protection.
+        return Err(invalid(
+            format!("nodes[{i}].tls"),
+            format!(
+                "\"{}\" cannot hold on a Unix-domain socket ({}): PostgreSQL does not use TLS on local sockets; \
+                 set tls = \"disable\" or give the node a TCP address",
+                n.tls.as_str(),
+                n.address
+            ),
+        ));
+    }
     let key = format!("nodes[{i}].tls_ca");
     match (n.tls, &n.tls_ca) {
         (NodeTlsMode::VerifyFull, None) => {

@@ -1,6 +1,8 @@
 //! Values written as text in the config file: durations, sizes, replica lag limits and `host:port`
-//! addresses, with the serde deserializers the sections use for them.
+//! addresses (a host that is a directory names a Unix-domain socket), with the serde deserializers the
+//! sections use for them.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -91,7 +93,7 @@ pub(super) fn de_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::
     }
 }
 
-/// Splits "host:port" (or "[v6]:port") into its parts.
+/// Splits "host:port" (or "[v6]:port", or "/socket/dir:port") into its parts.
 pub fn split_host_port(address: &str) -> Result<(String, u16), String> {
     let (host, port) = address
         .rsplit_once(':')
@@ -104,4 +106,14 @@ pub fn split_host_port(address: &str) -> Result<(String, u16), String> {
         return Err(format!("`{address}` has no host"));
     }
     Ok((host.to_owned(), port))
+}
+
+/// The Unix-domain socket a node address names, if it does: as libpq reads `host` and `port`, a host that
+/// starts with `/` is the directory holding the server's socket, `.s.PGSQL.<port>` in it
+/// (`/run/postgresql:5432` is `/run/postgresql/.s.PGSQL.5432`). None for a TCP address or one that is not
+/// `host:port` at all.
+pub fn unix_socket_of(address: &str) -> Option<PathBuf> {
+    let (dir, port) = split_host_port(address).ok()?;
+    dir.starts_with('/')
+        .then(|| PathBuf::from(dir).join(format!(".s.PGSQL.{port}")))
 }

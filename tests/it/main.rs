@@ -34,6 +34,7 @@ mod harness_smoke;
 mod hostile_input;
 mod limits;
 mod node_errors;
+mod node_sockets;
 mod node_tls;
 mod pids;
 mod pooling;

@@ -87,6 +87,12 @@ impl NodeHandle {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// `"<socket dir>:PORT"`: the node's Unix-domain socket, written as pgfleet's node addresses (and libpq's
+    /// `host`/`port`) name one.
+    pub fn socket_address(&self) -> String {
+        format!("{}:{}", self.socket_dir.display(), self.port)
+    }
+
     /// A libpq keyword/value connection string to this node over TCP.
     pub fn dsn(&self, user: &str, password: &str, db: &str) -> String {
         let quote = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));

@@ -183,6 +183,9 @@ impl NodeTls {
     /// Sets tokio-postgres's `sslmode` for this node and returns the connector that performs the handshake.
     pub fn postgres(self: &Arc<Self>, pg: &mut tokio_postgres::Config) -> PgTls {
         pg.ssl_mode(match self.mode {
+            // A socket directory: PostgreSQL refuses TLS on local sockets, so even asking would cost a round
+            // trip for nothing (config validation refuses require and verify-full there).
+            _ if self.host.starts_with('/') => SslMode::Disable,
             NodeTlsMode::Disable => SslMode::Disable,
             NodeTlsMode::Prefer => SslMode::Prefer,
             NodeTlsMode::Require | NodeTlsMode::VerifyFull => SslMode::Require,

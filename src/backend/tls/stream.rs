@@ -1,5 +1,5 @@
-//! A raw protocol connection to a node, plain or TLS, with the non-blocking reads the pool and sessions use
-//! to look at an idle connection.
+//! A raw protocol connection to a node, plain TCP, TLS or a Unix-domain socket, with the non-blocking reads
+//! the pool and sessions use to look at an idle connection.
 
 use std::io;
 use std::pin::Pin;
@@ -8,14 +8,16 @@ use std::task::{Context, Poll};
 use bytes::BytesMut;
 use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 
-/// A raw protocol connection to a node: plain TCP or TLS over it.
+/// A raw protocol connection to a node: plain TCP, TLS over it, or a Unix-domain socket.
 pub enum NodeStream {
     /// No TLS (`disable`, or `prefer` with a server that refused).
     Plain(TcpStream),
     /// TLS over TCP.
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// A server on the same machine, reached through its socket file: no TCP work in either kernel path.
+    Local(UnixStream),
 }
 
 impl NodeStream {
@@ -29,6 +31,7 @@ impl NodeStream {
     pub fn try_read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
         match self {
             NodeStream::Plain(s) => s.try_read_buf(buf),
+            NodeStream::Local(s) => s.try_read_buf(buf),
             // Polled once with a no-op waker: nothing else waits on this stream while the owner calls this,
             // and the owner's next real read registers its own waker again.
             NodeStream::Tls(s) => s
@@ -46,6 +49,11 @@ impl NodeStream {
         let tcp = match self {
             NodeStream::Plain(s) => s,
             NodeStream::Tls(s) => s.get_mut().0,
+            NodeStream::Local(s) => {
+                let fd = std::os::fd::AsFd::as_fd(&*s).try_clone_to_owned()?;
+                *s = UnixStream::from_std(std::os::unix::net::UnixStream::from(fd))?;
+                return Ok(());
+            }
         };
         let fd = std::os::fd::AsFd::as_fd(&*tcp).try_clone_to_owned()?;
         let here = TcpStream::from_std(std::net::TcpStream::from(fd))?;
@@ -57,6 +65,7 @@ impl NodeStream {
     pub fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             NodeStream::Plain(s) => s.try_read(buf),
+            NodeStream::Local(s) => s.try_read(buf),
             NodeStream::Tls(s) => s
                 .read(buf)
                 .now_or_never()
@@ -69,6 +78,7 @@ impl AsyncRead for NodeStream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             NodeStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            NodeStream::Local(s) => Pin::new(s).poll_read(cx, buf),
             NodeStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
@@ -78,6 +88,7 @@ impl AsyncWrite for NodeStream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             NodeStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            NodeStream::Local(s) => Pin::new(s).poll_write(cx, buf),
             NodeStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
@@ -85,6 +96,7 @@ impl AsyncWrite for NodeStream {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             NodeStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            NodeStream::Local(s) => Pin::new(s).poll_flush(cx),
             NodeStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
@@ -92,6 +104,7 @@ impl AsyncWrite for NodeStream {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             NodeStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            NodeStream::Local(s) => Pin::new(s).poll_shutdown(cx),
             NodeStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
