@@ -9,6 +9,7 @@ pub mod config;
 pub mod frontend;
 pub mod log_filter;
 pub mod log_scope;
+pub(crate) mod peer;
 pub mod protocol;
 pub mod proxy;
 pub mod reload;

@@ -75,6 +75,9 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// Setting up the Unix-domain socket for local clients failed.
+    #[error("cannot listen on the socket of listen.unix_socket_dir: {0}")]
+    LocalBind(#[from] crate::frontend::local_socket::LocalSocketError),
     /// Binding the metrics address failed.
     #[error("cannot listen on {address} (admin.metrics_address): {source}")]
     MetricsBind {
@@ -230,6 +233,11 @@ pub fn raise_open_file_limit() {
 pub async fn run(proxy: Arc<Proxy>) -> Result<(), StartError> {
     raise_open_file_limit();
     let address = proxy.config.get().listen.address.clone();
+    // The local socket first: once TCP accepts, clients may take pgfleet as ready and try either.
+    let local = match proxy.config.get().listen.unix_socket() {
+        Some(path) => Some(crate::frontend::local_socket::bind(&path)?),
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(&address)
         .await
         .map_err(|source| StartError::Bind {
@@ -282,7 +290,25 @@ pub async fn run(proxy: Arc<Proxy>) -> Result<(), StartError> {
             pools.reap_idle();
         }
     });
-    crate::frontend::listener::serve(listener, proxy.sessions.clone(), proxy.workers.clone()).await;
+    use crate::frontend::listener::{Listener, serve};
+    let tcp = serve(
+        Listener::Tcp(listener),
+        proxy.sessions.clone(),
+        proxy.workers.clone(),
+    );
+    match local {
+        // Both accept loops live as long as this future; the socket file goes when it is dropped.
+        Some((listener, _file)) => {
+            tracing::info!(socket = %proxy.config.get().listen.unix_socket().unwrap_or_default().display(), "accepting local clients");
+            let local = serve(
+                Listener::Local(listener),
+                proxy.sessions.clone(),
+                proxy.workers.clone(),
+            );
+            tokio::join!(tcp, local);
+        }
+        None => tcp.await,
+    }
     Ok(())
 }
 

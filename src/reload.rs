@@ -203,6 +203,7 @@ fn keep_restart_only(old: &Config, mut new: Config, restart: &mut Vec<String>) -
         };
     }
     keep!(listen.address, "listen.address");
+    keep!(listen.unix_socket_dir, "listen.unix_socket_dir");
     keep!(listen.tls_cert, "listen.tls_cert");
     keep!(listen.tls_key, "listen.tls_key");
     keep!(listen.tls_min_version, "listen.tls_min_version");

@@ -2,13 +2,13 @@
 //! rule decisions, and the live client sessions.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 
+use crate::peer::Peer;
 use crate::router::classify::Target;
 
 /// Per-node counters.
@@ -24,7 +24,7 @@ pub(crate) struct NodeCounters {
 #[derive(Debug, Clone)]
 pub struct ClientInfo {
     /// Client address.
-    pub addr: SocketAddr,
+    pub addr: Peer,
     /// Role name.
     pub user: String,
     /// Database name.
@@ -52,7 +52,7 @@ fn state_code(state: &str) -> u8 {
 /// relaxed stores, so that bookkeeping never takes the lock that SHOW CLIENTS and new logins need.
 #[derive(Debug)]
 pub struct ClientEntry {
-    addr: SocketAddr,
+    addr: Peer,
     user: String,
     database: String,
     connected_at: SystemTime,
@@ -358,7 +358,7 @@ mod tests {
     fn client_entries_update_in_place() {
         let s = Stats::new(1);
         let info = ClientInfo {
-            addr: "127.0.0.1:1".parse().expect("addr"),
+            addr: Peer::Tcp("127.0.0.1:1".parse().expect("addr")),
             user: "app".to_owned(),
             database: "app".to_owned(),
             state: "idle",
@@ -426,7 +426,7 @@ mod tests {
     fn slots_count_sessions_and_logins_but_not_the_console() {
         let s = Arc::new(Stats::new(1));
         let info = ClientInfo {
-            addr: "127.0.0.1:1".parse().expect("addr"),
+            addr: Peer::Tcp("127.0.0.1:1".parse().expect("addr")),
             user: "app".to_owned(),
             database: "app".to_owned(),
             state: "idle",

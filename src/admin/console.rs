@@ -26,6 +26,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::Context;
+
+/// When pgfleet shuts down: set (to the deadline) once a shutdown has begun.
+pub(crate) type Shutdown = tokio::sync::watch::Receiver<Option<tokio::time::Instant>>;
 use crate::protocol::frame::build;
 use crate::protocol::messages::{
     ProxyError, backend_key_data, parameter_status, query_text, ready_for_query,
@@ -67,6 +70,7 @@ pub(crate) async fn run_console<S: AsyncRead + AsyncWrite + Unpin>(
     client: &mut S,
     ctx: &Arc<Context>,
     user: &str,
+    shutdown: &mut Shutdown,
 ) -> Result<(), ConsoleError> {
     tracing::debug!(user, "admin console session started");
     let mut out = BytesMut::new();
@@ -97,7 +101,22 @@ pub(crate) async fn run_console<S: AsyncRead + AsyncWrite + Unpin>(
         let frame = match frames.next_frame() {
             Ok(Some(frame)) => frame,
             Ok(None) => {
-                if client.read_buf(frames.read_target()).await? == 0 {
+                // Between commands, a shutdown closes the session as it closes the others between
+                // transactions (otherwise a monitoring tool's idle console would hold pgfleet for the
+                // whole shutdown_timeout).
+                let stopping = tokio::select! {
+                    read = client.read_buf(frames.read_target()) => {
+                        if read? == 0 {
+                            return Ok(());
+                        }
+                        false
+                    }
+                    Ok(_) = shutdown.wait_for(Option::is_some) => true,
+                };
+                if stopping {
+                    let fatal =
+                        ProxyError::fatal("57P01", "terminating connection due to administrator command");
+                    send(client, &fatal.encode()).await?;
                     return Ok(());
                 }
                 continue;

@@ -2,7 +2,6 @@
 //! own request loop (`console`). The client side authenticates the connection as for any database and hands
 //! it over here, so the console depends on no part of the client side.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -10,6 +9,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::{ADMIN_DATABASE, Context};
 use crate::config::UserConfig;
+use crate::peer::Peer;
 use crate::protocol::messages::ProxyError;
 use crate::stats::ClientInfo;
 
@@ -18,10 +18,11 @@ use crate::stats::ClientInfo;
 /// session takes its id from `next_id` once admitted.
 pub(crate) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     mut client: S,
-    peer: SocketAddr,
+    peer: Peer,
     account: &UserConfig,
     next_id: &AtomicU64,
     ctx: &Arc<Context>,
+    mut shutdown: super::console::Shutdown,
 ) {
     let user = account.name.as_str();
     if !account.admin {
@@ -47,7 +48,7 @@ pub(crate) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             node: None,
         },
     );
-    if let Err(e) = super::console::run_console(&mut client, ctx, user).await {
+    if let Err(e) = super::console::run_console(&mut client, ctx, user, &mut shutdown).await {
         tracing::info!(error = %e, "admin session ended");
     }
     ctx.stats.client_disconnected(id);

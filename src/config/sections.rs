@@ -42,6 +42,19 @@ pub struct ListenConfig {
     /// accepted is disconnected, as PostgreSQL's `authentication_timeout`.
     #[serde(default = "default_authentication_timeout", deserialize_with = "de_duration")]
     pub authentication_timeout: Duration,
+    /// A directory to accept local clients in as well, through the Unix-domain socket `.s.PGSQL.<port>` of
+    /// `address`'s port, as PostgreSQL's `unix_socket_directories`; unset: TCP only.
+    #[serde(default)]
+    pub unix_socket_dir: Option<PathBuf>,
+}
+
+impl ListenConfig {
+    /// The socket local clients connect to, when `unix_socket_dir` is set (and `address` has a port).
+    pub fn unix_socket(&self) -> Option<PathBuf> {
+        let dir = self.unix_socket_dir.as_ref()?;
+        let (_, port) = self.address.rsplit_once(':')?;
+        Some(dir.join(format!(".s.PGSQL.{port}")))
+    }
 }
 
 /// `listen.tls_mode`

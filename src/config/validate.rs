@@ -41,6 +41,26 @@ impl Config {
                 ),
             )
         })?;
+        if let Some(dir) = &self.listen.unix_socket_dir {
+            if !dir.is_absolute() {
+                return Err(invalid(
+                    "listen.unix_socket_dir",
+                    format!("`{}` is not an absolute path", dir.display()),
+                ));
+            }
+            if let Some(path) = self.listen.unix_socket()
+                && path.as_os_str().len() > MAX_SOCKET_PATH
+            {
+                return Err(invalid(
+                    "listen.unix_socket_dir",
+                    format!(
+                        "the socket {} is longer than the {MAX_SOCKET_PATH} bytes a Unix-domain socket path may \
+                         have: use a shorter directory",
+                        path.display()
+                    ),
+                ));
+            }
+        }
         match (&self.listen.tls_cert, &self.listen.tls_key) {
             (Some(_), None) => {
                 return Err(invalid(

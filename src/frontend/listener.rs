@@ -1,5 +1,6 @@
-//! Accepting clients: one task per connection that negotiates SSL/GSSENC, reads the StartupMessage (or
-//! handles a CancelRequest) and hands over to the session.
+//! Accepting clients, on the TCP address and on the Unix-domain socket of `listen.unix_socket_dir`: one
+//! task per connection that negotiates SSL/GSSENC, reads the StartupMessage (or handles a CancelRequest)
+//! and hands over to the session.
 //!
 //! From the moment a connection is accepted until it has authenticated it counts as logging in (see
 //! [`crate::stats::LoginGuard`]) and runs against `listen.authentication_timeout`: a client that stalls
@@ -7,13 +8,12 @@
 //! many connections may be logging in at once, so that idle sockets cannot use up the process's descriptors.
 //! (The session slots themselves are taken after the startup packet, in `session::run`.)
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::time::Instant;
 
 use super::Shared;
@@ -22,6 +22,7 @@ use super::session::PendingLogin;
 use super::stream::ClientStream;
 use super::workers::Workers;
 use crate::config::ClientTlsMode;
+use crate::peer::Peer;
 use crate::protocol::messages::ProxyError;
 use crate::protocol::startup::{self, StartupPacket};
 
@@ -71,8 +72,53 @@ impl AcceptBackoff {
     }
 }
 
+/// Where clients connect: the TCP address, or pgfleet's Unix-domain socket.
+pub(crate) enum Listener {
+    /// `listen.address`.
+    Tcp(TcpListener),
+    /// The socket in `listen.unix_socket_dir`.
+    Local(UnixListener),
+}
+
+/// An accepted connection on its way to a worker: a std socket, which belongs to no event loop yet.
+enum Accepted {
+    Tcp(std::net::TcpStream),
+    Local(std::os::unix::net::UnixStream),
+}
+
+impl Listener {
+    /// The next client and its address; the inner error is one that only this client suffers (its socket
+    /// could not leave this thread's event loop), the outer one an accept failure.
+    async fn accept(&self) -> std::io::Result<(std::io::Result<Accepted>, Peer)> {
+        Ok(match self {
+            Listener::Tcp(l) => {
+                let (socket, peer) = l.accept().await?;
+                (socket.into_std().map(Accepted::Tcp), Peer::Tcp(peer))
+            }
+            Listener::Local(l) => {
+                let (socket, _) = l.accept().await?;
+                (socket.into_std().map(Accepted::Local), Peer::Local)
+            }
+        })
+    }
+}
+
+impl Accepted {
+    /// The socket, watched by the calling thread's event loop.
+    fn watch(self) -> std::io::Result<ClientStream> {
+        match self {
+            Accepted::Tcp(socket) => {
+                let socket = TcpStream::from_std(socket)?;
+                let _ = socket.set_nodelay(true);
+                Ok(ClientStream::Plain(socket))
+            }
+            Accepted::Local(socket) => Ok(ClientStream::Local(UnixStream::from_std(socket)?)),
+        }
+    }
+}
+
 /// Accepts clients forever, each handed to the session worker with the fewest sessions.
-pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, workers: Arc<Workers>) {
+pub(crate) async fn serve(listener: Listener, shared: Arc<Shared>, workers: Arc<Workers>) {
     let mut backoff = AcceptBackoff::default();
     loop {
         match listener.accept().await {
@@ -86,7 +132,7 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, workers: A
                 };
                 let shared = shared.clone();
                 // The socket leaves this thread's event loop for the worker's.
-                let socket = match socket.into_std() {
+                let socket = match socket {
                     Ok(s) => s,
                     Err(e) => {
                         tracing::warn!(client = %peer, error = %e, "cannot hand an accepted client to a worker");
@@ -94,7 +140,7 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, workers: A
                     }
                 };
                 workers.spawn(move || async move {
-                    match TcpStream::from_std(socket) {
+                    match socket.watch() {
                         Ok(socket) => handle(socket, peer, shared, login).await,
                         Err(e) => {
                             tracing::warn!(client = %peer, error = %e, "cannot watch an accepted client")
@@ -136,8 +182,7 @@ async fn read_packet<S: AsyncRead + Unpin>(
     }
 }
 
-async fn handle(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>, login: PendingLogin) {
-    let _ = socket.set_nodelay(true);
+async fn handle(socket: ClientStream, peer: Peer, shared: Arc<Shared>, login: PendingLogin) {
     // Sockets that have not sent a startup packet hold no session slot (see `session::run`), so they are
     // bounded here, before anything is read: at twice listen.max_clients, which leaves room for
     // connections that never log in (TCP health checks) next to a full set of logins.
@@ -185,7 +230,7 @@ async fn handle(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>, login:
 
 /// Sends `err` to a client that has not been read from yet and closes the connection once the client has
 /// closed its side or [`REFUSAL_LINGER`] has passed, discarding what it sends meanwhile.
-async fn refuse_at_once(mut socket: TcpStream, err: &ProxyError) {
+async fn refuse_at_once(mut socket: ClientStream, err: &ProxyError) {
     let exchange = async {
         socket.write_all(&err.encode()).await?;
         socket.shutdown().await?;
@@ -205,11 +250,10 @@ async fn refuse_at_once(mut socket: TcpStream, err: &ProxyError) {
 
 /// Runs the pre-session exchange; `None` when the connection was a cancel request or was refused.
 async fn negotiate(
-    socket: TcpStream,
-    peer: SocketAddr,
+    mut stream: ClientStream,
+    peer: Peer,
     shared: &Shared,
 ) -> std::io::Result<Option<(ClientStream, u16, Vec<(String, String)>)>> {
-    let mut stream = ClientStream::Plain(socket);
     let mut tls_done = false;
     let mut gss_done = false;
     loop {
@@ -235,20 +279,18 @@ async fn negotiate(
         match packet {
             StartupPacket::Ssl if !tls_done => {
                 tls_done = true;
-                let ClientStream::Plain(mut tcp) = stream else {
-                    return Ok(None);
-                };
-                match &shared.tls {
-                    Some(acceptor) => {
+                stream = match (stream, &shared.tls) {
+                    (ClientStream::Plain(mut tcp), Some(acceptor)) => {
                         tcp.write_all(b"S").await?;
-                        let tls = acceptor.accept(tcp).await?;
-                        stream = ClientStream::Tls(Box::new(tls));
+                        ClientStream::Tls(Box::new(acceptor.accept(tcp).await?))
                     }
-                    None => {
-                        tcp.write_all(b"N").await?;
-                        stream = ClientStream::Plain(tcp);
+                    // No certificate; or the local socket, where PostgreSQL offers no TLS either.
+                    (mut plain @ (ClientStream::Plain(_) | ClientStream::Local(_)), _) => {
+                        plain.write_all(b"N").await?;
+                        plain
                     }
-                }
+                    (ClientStream::Tls(_), _) => return Ok(None),
+                };
             }
             StartupPacket::GssEnc if !gss_done => {
                 gss_done = true;
@@ -277,6 +319,8 @@ async fn negotiate(
                 return Ok(None);
             }
             StartupPacket::Startup { minor, params } => {
+                // Only TCP: a local socket cannot carry TLS (PostgreSQL's `hostssl` lines do not cover
+                // `local` ones either).
                 let plain = matches!(stream, ClientStream::Plain(_));
                 if plain && shared.config().listen.tls_mode == ClientTlsMode::Require {
                     shared

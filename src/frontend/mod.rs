@@ -6,6 +6,7 @@ pub(crate) mod auth;
 pub(crate) mod cancel;
 pub(crate) mod forward;
 pub(crate) mod listener;
+pub(crate) mod local_socket;
 pub(crate) mod names;
 pub mod request;
 pub(crate) mod scram;

@@ -581,13 +581,17 @@ async fn tls_mode_require_refuses_clients_in_clear_text() {
     let cluster = cluster_with_async(options()).await;
     let port = free_port();
     let listen = format!("address = \"127.0.0.1:{port}\"\n");
+    // Local clients too, through pgfleet's own socket, where TLS does not exist.
+    let socket_dir = std::env::temp_dir().join(format!("pgfleet-tls-local-{}", std::process::id()));
+    std::fs::create_dir_all(&socket_dir).expect("socket dir");
     let text = Proxy::config_for(&cluster, port, &admin_toml()).replacen(
         &listen,
         &format!(
             "{listen}tls_cert = \"{}\"\ntls_key = \"{}\"\ntls_mode = \"require\"\n\
-             authentication_timeout = \"2s\"\n",
+             authentication_timeout = \"2s\"\nunix_socket_dir = \"{}\"\n",
             cert.display(),
-            key.display()
+            key.display(),
+            socket_dir.display()
         ),
         1,
     );
@@ -668,6 +672,21 @@ async fn tls_mode_require_refuses_clients_in_clear_text() {
     }
     let accepted = client_handshake(port, &pki.ca_file, &rustls::version::TLS13).await;
     assert_eq!(accepted, Ok(b'R'), "a TLS client gets the password request");
+    // Through the local socket the requirement does not apply (as PostgreSQL's hostssl lines do not cover
+    // local ones): a process on this machine gets in without TLS.
+    let (ok, out, err) = psql_to_proxy(
+        port,
+        &format!(
+            "host={} sslmode=prefer user={APP_USER} dbname={APP_DB}",
+            socket_dir.display()
+        ),
+        PASSWORD,
+        "SELECT 'local-' || 3",
+    )
+    .await;
+    assert!(ok, "psql through the local socket: {err}");
+    assert!(out.contains("local-3"), "{out}");
+    assert!(!out.contains("SSL connection"), "{out}");
 
     // A client that asks for TLS and then stalls in the handshake is closed by listen.authentication_timeout.
     let mut stalled = tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -690,4 +709,5 @@ async fn tls_mode_require_refuses_clients_in_clear_text() {
         "closed after {:?}, before listen.authentication_timeout",
         connected.elapsed()
     );
+    let _ = std::fs::remove_dir_all(&socket_dir);
 }

@@ -34,7 +34,11 @@ async fn sigterm_lets_open_transactions_finish_then_closes_with_57p01() {
     let port = free_port();
     let config = format!(
         "shutdown_timeout = \"4s\"\nworker_threads = 1\n{}",
-        Proxy::config_for(&cluster, port, "[log]\nformat = \"json\"\n")
+        Proxy::config_for(
+            &cluster,
+            port,
+            "[log]\nformat = \"json\"\n\n[[users]]\nname = \"admin\"\npassword = \"adminpw\"\nadmin = true\n"
+        )
     );
     let mut proxy = Proxy::start_with_config(config);
     let dsn = proxy.dsn(APP_USER, PASSWORD, APP_DB);
@@ -54,6 +58,13 @@ async fn sigterm_lets_open_transactions_finish_then_closes_with_57p01() {
     idle.login_app().await;
     let mut busy = Raw::connect(proxy.port).await;
     busy.login_app().await;
+    // An admin console session between commands is closed like any idle session, not left to hold the
+    // shutdown until shutdown_timeout.
+    let mut console = Raw::connect(proxy.port).await;
+    console
+        .login("admin", "adminpw", "pgfleet")
+        .await
+        .expect("console login");
     let opened = busy.simple("BEGIN; INSERT INTO s VALUES (1)").await;
     assert!(
         opened.iter().all(|(kind, _)| *kind != b'E'),
@@ -63,6 +74,7 @@ async fn sigterm_lets_open_transactions_finish_then_closes_with_57p01() {
     proxy.signal("TERM");
     // A session between transactions is closed at once, as PostgreSQL does on a fast shutdown.
     idle.expect_fatal("57P01").await;
+    console.expect_fatal("57P01").await;
     // No new sessions (the listener is closed before the sessions are told).
     assert!(
         try_connect(&dsn).await.is_err(),

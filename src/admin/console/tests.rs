@@ -19,10 +19,15 @@ fn context() -> Arc<Context> {
     crate::admin::context_for(config)
 }
 
+/// A shutdown signal that never fires.
+fn no_shutdown() -> super::Shutdown {
+    tokio::sync::watch::channel(None).1
+}
+
 /// Drives a console over an in-memory pipe: sends `input`, closes, returns every frame received.
 async fn converse(ctx: Arc<Context>, input: Vec<Bytes>) -> Vec<Frame> {
     let (mut ours, mut theirs) = tokio::io::duplex(1 << 20);
-    let task = tokio::spawn(async move { run_console(&mut theirs, &ctx, "admin").await });
+    let task = tokio::spawn(async move { run_console(&mut theirs, &ctx, "admin", &mut no_shutdown()).await });
     for bytes in input {
         ours.write_all(&bytes).await.expect("write");
     }
@@ -191,11 +196,11 @@ async fn eof_ends_quietly_and_garbage_is_fatal() {
     // A client that closes its side without Terminate: the console ends without an error.
     let (mut ours, mut theirs) = tokio::io::duplex(1 << 16);
     ours.shutdown().await.expect("shutdown");
-    let r = run_console(&mut theirs, &s, "admin").await;
+    let r = run_console(&mut theirs, &s, "admin", &mut no_shutdown()).await;
     assert!(r.is_ok(), "{r:?}");
     let (mut ours, mut theirs) = tokio::io::duplex(1 << 16);
     ours.write_all(&build(b'p', b"pw\0")).await.expect("write");
-    let r = run_console(&mut theirs, &s, "admin").await;
+    let r = run_console(&mut theirs, &s, "admin", &mut no_shutdown()).await;
     assert!(matches!(r, Err(ConsoleError::UnexpectedMessage('p'))), "{r:?}");
 }
 

@@ -2,7 +2,6 @@
 //! limits (`listen.max_clients`, a user's `max_connections`), the startup parameters and `pgfleet.route`,
 //! and the greeting: the first node connection, whose parameters the client is told.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt;
@@ -16,6 +15,7 @@ use crate::frontend::auth;
 use crate::frontend::names::StatementNames;
 use crate::frontend::state::{Settings, Statements};
 use crate::frontend::stream::ClientStream;
+use crate::peer::Peer;
 use crate::protocol::FrameBuffer;
 use crate::protocol::TxStatus;
 use crate::protocol::messages::{ProxyError, backend_key_data, parameter_status, query, ready_for_query};
@@ -93,7 +93,7 @@ fn check_limits(shared: &Shared, user: &crate::config::UserConfig) -> Result<(),
 impl Session {
     pub(super) async fn login(
         mut client: ClientStream,
-        peer: SocketAddr,
+        peer: Peer,
         user: String,
         database: String,
         params: Vec<(String, String)>,

@@ -15,7 +15,6 @@ mod serve;
 mod shards;
 mod signal;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
@@ -29,6 +28,7 @@ use super::state::{Settings, Statements};
 use super::stream::ClientStream;
 use crate::backend::{BackendError, NodePool, PooledConn};
 use crate::cluster::{NodeId, ShardId};
+use crate::peer::Peer;
 use crate::protocol::lsn::Lsn;
 use crate::protocol::messages::{ProxyError, Severity, ready_for_query};
 use crate::protocol::{FrameBuffer, FrameError, TxStatus};
@@ -69,7 +69,7 @@ pub(crate) struct PendingLogin {
 /// Serves one client until it leaves; `login` ends with the client's authentication.
 pub(crate) async fn run(
     stream: ClientStream,
-    peer: SocketAddr,
+    peer: Peer,
     params: Vec<(String, String)>,
     shared: Arc<Shared>,
     login: PendingLogin,
@@ -147,7 +147,7 @@ pub(crate) use crate::admin::ADMIN_DATABASE;
 /// AuthenticationOk.
 async fn admin_login(
     mut client: ClientStream,
-    peer: SocketAddr,
+    peer: Peer,
     user: &str,
     shared: Arc<Shared>,
     login: PendingLogin,
@@ -156,7 +156,15 @@ async fn admin_login(
     drop(login);
     match authenticated {
         Ok(account) => {
-            crate::admin::session::run(client, peer, &account, &shared.next_session, &shared.admin).await
+            crate::admin::session::run(
+                client,
+                peer,
+                &account,
+                &shared.next_session,
+                &shared.admin,
+                shared.shutdown.subscribe(),
+            )
+            .await
         }
         Err(e) => {
             shared
