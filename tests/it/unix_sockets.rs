@@ -52,6 +52,23 @@ async fn where_ran(c: &tokio_postgres::Client, sql: &str) -> (u16, bool, Vec<Str
     (port, values[1] == "t", values[2..].to_vec())
 }
 
+/// `SELECT pg_sleep(30)` on `c`, in a task of its own, to be cancelled.
+fn sleep_30(c: &Arc<tokio_postgres::Client>) -> tokio::task::JoinHandle<Result<(), tokio_postgres::Error>> {
+    let c = c.clone();
+    tokio::spawn(async move { c.simple_query("SELECT pg_sleep(30)").await.map(|_| ()) })
+}
+
+/// Asserts that a cancelled statement's task ends well before the statement would, with 57014.
+async fn assert_canceled(task: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>, what: &str) {
+    let err = tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap_or_else(|_| panic!("the cancelled {what} ends long before its 30 s"))
+        .expect("statement task")
+        .expect_err("the cancelled statement fails");
+    let code = err.as_db_error().map(|d| d.code().code().to_owned());
+    assert_eq!(code.as_deref(), Some("57014"), "{what}: {err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_on_unix_sockets_serve_writes_reads_cancels_and_the_console() {
     let cluster = cluster_async().await;
@@ -89,8 +106,7 @@ async fn nodes_on_unix_sockets_serve_writes_reads_cancels_and_the_console() {
     // A cancel goes to the node over its socket too: the read sleeping on a replica ends with 57014 at once.
     let token = c.cancel_token();
     let c = Arc::new(c);
-    let sleeper = c.clone();
-    let read = tokio::spawn(async move { sleeper.simple_query("SELECT pg_sleep(30)").await.map(|_| ()) });
+    let read = sleep_30(&c);
     let sleeping =
         "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'";
     let active = wait_until(Duration::from_secs(10), async || {
@@ -102,13 +118,7 @@ async fn nodes_on_unix_sockets_serve_writes_reads_cancels_and_the_console() {
     .await;
     assert!(active.is_some(), "the read never ran on a replica");
     token.cancel_query(tokio_postgres::NoTls).await.expect("cancel");
-    let ended = tokio::time::timeout(Duration::from_secs(10), read)
-        .await
-        .expect("the cancelled read ends long before its 30 s")
-        .expect("read task");
-    let err = ended.expect_err("the cancelled read fails");
-    let code = err.as_db_error().map(|d| d.code().code().to_owned());
-    assert_eq!(code.as_deref(), Some("57014"), "{err}");
+    assert_canceled(read, "read").await;
     assert_eq!(one(&c, "SELECT count(*) FROM sock").await, "1");
 
     // The console lists the nodes by their socket addresses, every one up.
@@ -222,8 +232,7 @@ async fn clients_connect_through_pgfleets_own_socket() {
     // A cancel sent through the socket ends the statement.
     let token = c.cancel_token();
     let c = Arc::new(c);
-    let sleeper = c.clone();
-    let sleep = tokio::spawn(async move { sleeper.simple_query("SELECT pg_sleep(30)").await.map(|_| ()) });
+    let sleep = sleep_30(&c);
     let active = wait_until(Duration::from_secs(10), async || {
         show(&admin, "SHOW CLIENTS")
             .await
@@ -233,13 +242,7 @@ async fn clients_connect_through_pgfleets_own_socket() {
     .await;
     assert!(active.is_some(), "the sleep never showed as active");
     token.cancel_query(tokio_postgres::NoTls).await.expect("cancel");
-    let err = tokio::time::timeout(Duration::from_secs(10), sleep)
-        .await
-        .expect("the cancelled sleep ends long before its 30 s")
-        .expect("sleep task")
-        .expect_err("the cancelled sleep fails");
-    let code = err.as_db_error().map(|d| d.code().code().to_owned());
-    assert_eq!(code.as_deref(), Some("57014"), "{err}");
+    assert_canceled(sleep, "sleep").await;
 
     // psql, as a local application would run it.
     let out = tokio::process::Command::new("psql")
