@@ -23,12 +23,6 @@ impl fmt::Display for Peer {
     }
 }
 
-impl From<SocketAddr> for Peer {
-    fn from(addr: SocketAddr) -> Self {
-        Peer::Tcp(addr)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -36,7 +30,7 @@ mod tests {
     #[test]
     fn peers_print_as_postgresql_logs_them() {
         let tcp: SocketAddr = "10.0.0.7:51234".parse().expect("address");
-        assert_eq!(Peer::from(tcp).to_string(), "10.0.0.7:51234");
+        assert_eq!(Peer::Tcp(tcp).to_string(), "10.0.0.7:51234");
         assert_eq!(Peer::Local.to_string(), "[local]");
     }
 }

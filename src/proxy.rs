@@ -235,7 +235,7 @@ pub async fn run(proxy: Arc<Proxy>) -> Result<(), StartError> {
     let address = proxy.config.get().listen.address.clone();
     // The local socket first: once TCP accepts, clients may take pgfleet as ready and try either.
     let local = match proxy.config.get().listen.unix_socket() {
-        Some(path) => Some(crate::frontend::local_socket::bind(&path)?),
+        Some(path) => Some((crate::frontend::local_socket::bind(&path)?, path)),
         None => None,
     };
     let listener = tokio::net::TcpListener::bind(&address)
@@ -298,8 +298,8 @@ pub async fn run(proxy: Arc<Proxy>) -> Result<(), StartError> {
     );
     match local {
         // Both accept loops live as long as this future; the socket file goes when it is dropped.
-        Some((listener, _file)) => {
-            tracing::info!(socket = %proxy.config.get().listen.unix_socket().unwrap_or_default().display(), "accepting local clients");
+        Some(((listener, _file), path)) => {
+            tracing::info!(socket = %path.display(), "accepting local clients");
             let local = serve(
                 Listener::Local(listener),
                 proxy.sessions.clone(),

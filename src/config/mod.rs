@@ -25,7 +25,7 @@ pub use sections::{
 };
 pub use shards::{ShardKeyType, ShardedTableConfig, ShardingConfig};
 use values::de_duration;
-pub use values::{LagLimit, parse_duration, parse_size, split_host_port, unix_socket_of};
+pub use values::{LagLimit, parse_duration, parse_size, socket_file, split_host_port, unix_socket_of};
 
 /// Why a configuration could not be used. Every variant names the key at fault.
 #[derive(Debug, thiserror::Error)]

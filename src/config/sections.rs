@@ -52,8 +52,8 @@ impl ListenConfig {
     /// The socket local clients connect to, when `unix_socket_dir` is set (and `address` has a port).
     pub fn unix_socket(&self) -> Option<PathBuf> {
         let dir = self.unix_socket_dir.as_ref()?;
-        let (_, port) = self.address.rsplit_once(':')?;
-        Some(dir.join(format!(".s.PGSQL.{port}")))
+        let port = self.address.rsplit_once(':')?.1.parse().ok()?;
+        Some(super::socket_file(dir, port))
     }
 }
 

@@ -12,6 +12,21 @@ use super::{
 /// `sizeof(sun_path) - 1` on Linux: the longest path a Unix-domain socket can be reached by.
 const MAX_SOCKET_PATH: usize = 107;
 
+/// A socket path that the kernel would refuse, refused here naming the key that makes it.
+fn socket_path_fits(key: impl Into<String>, path: &std::path::Path) -> Result<(), ConfigError> {
+    if path.as_os_str().len() <= MAX_SOCKET_PATH {
+        return Ok(());
+    }
+    Err(invalid(
+        key,
+        format!(
+            "the socket {} is longer than the {MAX_SOCKET_PATH} bytes a Unix-domain socket path may have: use a \
+             shorter directory",
+            path.display()
+        ),
+    ))
+}
+
 fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
@@ -48,17 +63,8 @@ impl Config {
                     format!("`{}` is not an absolute path", dir.display()),
                 ));
             }
-            if let Some(path) = self.listen.unix_socket()
-                && path.as_os_str().len() > MAX_SOCKET_PATH
-            {
-                return Err(invalid(
-                    "listen.unix_socket_dir",
-                    format!(
-                        "the socket {} is longer than the {MAX_SOCKET_PATH} bytes a Unix-domain socket path may \
-                         have: use a shorter directory",
-                        path.display()
-                    ),
-                ));
+            if let Some(path) = self.listen.unix_socket() {
+                socket_path_fits("listen.unix_socket_dir", &path)?;
             }
         }
         match (&self.listen.tls_cert, &self.listen.tls_key) {
@@ -137,17 +143,8 @@ impl Config {
                 ));
             }
             split_host_port(&n.address).map_err(|reason| invalid(format!("nodes[{i}].address"), reason))?;
-            if let Some(path) = unix_socket_of(&n.address)
-                && path.as_os_str().len() > MAX_SOCKET_PATH
-            {
-                return Err(invalid(
-                    format!("nodes[{i}].address"),
-                    format!(
-                        "the socket {} is longer than the {MAX_SOCKET_PATH} bytes a Unix-domain socket path \
-                         may have: use a shorter directory",
-                        path.display()
-                    ),
-                ));
+            if let Some(path) = unix_socket_of(&n.address) {
+                socket_path_fits(format!("nodes[{i}].address"), &path)?;
             }
             validate_node_tls(i, n)?;
         }

@@ -2,7 +2,7 @@
 //! addresses (a host that is a directory names a Unix-domain socket), with the serde deserializers the
 //! sections use for them.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -114,6 +114,10 @@ pub fn split_host_port(address: &str) -> Result<(String, u16), String> {
 /// `host:port` at all.
 pub fn unix_socket_of(address: &str) -> Option<PathBuf> {
     let (dir, port) = split_host_port(address).ok()?;
-    dir.starts_with('/')
-        .then(|| PathBuf::from(dir).join(format!(".s.PGSQL.{port}")))
+    dir.starts_with('/').then(|| socket_file(Path::new(&dir), port))
+}
+
+/// The socket PostgreSQL (and pgfleet, with `listen.unix_socket_dir`) listens on in `dir` for `port`.
+pub fn socket_file(dir: &Path, port: u16) -> PathBuf {
+    dir.join(format!(".s.PGSQL.{port}"))
 }

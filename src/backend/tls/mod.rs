@@ -33,7 +33,7 @@ pub(crate) use self::postgres::PgTls;
 pub(crate) use self::stream::NodeStream;
 use self::verify::NodeVerifier;
 use crate::certs::{CertError, ca_roots, server_name};
-use crate::config::{NodeConfig, NodeTlsMode, split_host_port};
+use crate::config::{NodeConfig, NodeTlsMode, split_host_port, unix_socket_of};
 use crate::protocol::startup::encode_ssl_request;
 
 /// ALPN protocol name PostgreSQL 17 registered; older servers ignore it.
@@ -89,6 +89,8 @@ pub struct NodeTls {
     mode: NodeTlsMode,
     index: usize,
     host: String,
+    /// The node is reached through its Unix-domain socket, where PostgreSQL offers no TLS.
+    local: bool,
     ca: Option<PathBuf>,
     name: ServerName<'static>,
     /// None with `disable`.
@@ -126,6 +128,7 @@ impl NodeTls {
             mode: node.tls,
             index,
             host,
+            local: unix_socket_of(&node.address).is_some(),
             ca: node.tls_ca.clone(),
             name,
             config,
@@ -185,7 +188,7 @@ impl NodeTls {
         pg.ssl_mode(match self.mode {
             // A socket directory: PostgreSQL refuses TLS on local sockets, so even asking would cost a round
             // trip for nothing (config validation refuses require and verify-full there).
-            _ if self.host.starts_with('/') => SslMode::Disable,
+            _ if self.local => SslMode::Disable,
             NodeTlsMode::Disable => SslMode::Disable,
             NodeTlsMode::Prefer => SslMode::Prefer,
             NodeTlsMode::Require | NodeTlsMode::VerifyFull => SslMode::Require,
