@@ -165,9 +165,13 @@ def skip_reason(target: Target, workload: str, clients: int, args: argparse.Name
     if target.name in ("direct", "direct-spread", "relay", "relay-uring") and clients > args.max_connections - 10:
         return f"n/a: the primary's max_connections is {args.max_connections}"
     # bench/sharded.sh's pgfleet targets run with session pooling too.
-    # pgfleet-defaults runs with pgfleet's own pool defaults: session pooling, 20 connections per node.
-    if target.name == "pgfleet-defaults" and clients > 20:
-        return f"n/a: session pooling (the default) keeps a backend per client; {clients} clients exceed the default pool of 20"
+    # pgfleet-defaults runs with pgfleet's own pool defaults: session pooling with no cap of its own, so each
+    # client holds a primary connection, as a direct client does.
+    if target.name == "pgfleet-defaults" and clients > args.max_connections - 10:
+        return (
+            f"n/a: session pooling (the default) keeps a backend per client, and the primary's max_connections "
+            f"is {args.max_connections}"
+        )
     if target.name in ("pgfleet-session", "pgfleet-unsharded", "pgfleet-sharded") and clients > args.pool_size:
         return (
             f"n/a: session pooling keeps a backend per client, so {clients} clients cannot share a pool of "

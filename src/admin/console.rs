@@ -340,7 +340,7 @@ fn show_pools(ctx: &Context) -> Table {
             Some(p.size.to_string()),
             Some(p.available.to_string()),
             Some(p.size.saturating_sub(p.available).to_string()),
-            Some(p.max_size.to_string()),
+            p.max_size.map(|m| m.to_string()),
             Some(p.waiting.to_string()),
         ]);
     }

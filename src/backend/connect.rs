@@ -160,6 +160,12 @@ impl BackendError {
         matches!(self, BackendError::PoolFull { .. })
     }
 
+    /// True when the node turned the connection away for want of a free slot (53300: its max_connections
+    /// is reached). Not a failure of the node, but, as with a full pool, another node may serve a read.
+    pub fn is_node_full(&self) -> bool {
+        matches!(self, BackendError::Server { code, .. } if code == "53300")
+    }
+
     /// True when the client cancelled the request before a node ran it: no other node is tried.
     pub fn is_canceled(&self) -> bool {
         matches!(self, BackendError::Canceled)

@@ -1,6 +1,10 @@
 //! Pools of node connections per (node, database, user), built on `deadpool::managed`, and the rules for
 //! handing a connection back: roll back, reset only what the session changed, or close it.
 //!
+//! With session pooling and no `pool.max_size`, a pool has no cap of pgfleet's own ([`PoolConfig::cap`]):
+//! it starts small and grows whenever a checkout finds every connection in use, so that the node's
+//! `max_connections` decides how many sessions it serves, as for clients that connect to it directly.
+//!
 //! A full pool is not a node failure: a checkout that finds every connection in use either gives up at
 //! once (a read that another node may serve) or waits up to pool.checkout_timeout, and then reports
 //! [`BackendError::PoolFull`] (53300) without touching the node's health. Waiters are served in the order
@@ -102,10 +106,27 @@ pub struct PoolStatus {
     pub size: usize,
     /// Connections idle in the pool.
     pub available: usize,
-    /// The most connections the pool may open (pool.max_size).
-    pub max_size: usize,
+    /// The most connections the pool may open (pool.max_size); None when pgfleet sets no cap (session
+    /// pooling without `pool.max_size`).
+    pub max_size: Option<usize>,
     /// Checkouts waiting for a connection to be released.
     pub waiting: usize,
+}
+
+/// The size an uncapped pool starts at, and grows from by doubling when a checkout finds it full.
+const UNCAPPED_START: usize = 8;
+/// What an uncapped pool grows to at most: far past any node's `max_connections`, which refuses first.
+const UNCAPPED_LIMIT: usize = 1 << 20;
+
+/// Makes room in an uncapped pool that a checkout found full: twice its size, unless another checkout made
+/// room since (its checkouts in progress, connections held included, are fewer than its slots), so that
+/// checkouts that found it full at the same moment double it once, not once each.
+fn grow(pool: &NodePool) {
+    let s = pool.status();
+    let users = s.size + s.waiting - s.available;
+    if users >= s.max_size && s.max_size < UNCAPPED_LIMIT {
+        pool.resize((s.max_size * 2).clamp(UNCAPPED_START, UNCAPPED_LIMIT));
+    }
 }
 
 /// All pools, plus per-node counts of connections in use (for least_connections balancing).
@@ -138,7 +159,7 @@ impl Pools {
         retired: impl Fn(usize) -> bool,
         keeps_login: impl Fn(&str, &str) -> bool,
     ) {
-        let max_size = config.max_size;
+        let cap = config.cap();
         self.config.store(Arc::new(config));
         self.in_use.rcu(|counters| {
             let mut grown = counters.as_ref().clone();
@@ -154,8 +175,11 @@ impl Pools {
             if !keeps_login(user, &pool.manager().password) {
                 return false;
             }
-            if pool.status().max_size != max_size {
-                pool.resize(max_size);
+            // A pool left without a cap keeps its size and grows when it must.
+            if let Some(cap) = cap
+                && pool.status().max_size != cap
+            {
+                pool.resize(cap);
             }
             true
         });
@@ -210,7 +234,7 @@ impl Pools {
                 // them.
                 Arc::new(
                     Pool::builder(manager)
-                        .max_size(config.max_size)
+                        .max_size(config.cap().unwrap_or(UNCAPPED_START))
                         .queue_mode(QueueMode::Lifo)
                         .runtime(deadpool::Runtime::Tokio1)
                         .build()
@@ -247,7 +271,12 @@ impl Pools {
             recycle: None,
         };
         let mut waited = Duration::ZERO;
-        let got = match pool.timeout_get(&immediate).await {
+        let mut got = pool.timeout_get(&immediate).await;
+        if matches!(got, Err(PoolError::Timeout(_))) && self.config.load().cap().is_none() {
+            grow(pool);
+            got = pool.timeout_get(&immediate).await;
+        }
+        let got = match got {
             Err(PoolError::Timeout(_)) if checkout == Checkout::Wait => {
                 let config = self.config.load();
                 waited = config.checkout_timeout;
@@ -335,6 +364,7 @@ impl Pools {
 
     /// Every pool's state; for the admin console, /metrics and tests.
     pub fn status(&self) -> Vec<PoolStatus> {
+        let capped = self.config.load().cap().is_some();
         let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
         pools
             .iter()
@@ -346,7 +376,7 @@ impl Pools {
                     user: user.clone(),
                     size: s.size,
                     available: s.available,
-                    max_size: s.max_size,
+                    max_size: capped.then_some(s.max_size),
                     waiting: s.waiting,
                 }
             })

@@ -383,9 +383,9 @@ pub struct PoolConfig {
     /// Session or transaction pooling.
     #[serde(default)]
     pub mode: PoolMode,
-    /// Most connections per (node, database, user).
-    #[serde(default = "default_max_size")]
-    pub max_size: usize,
+    /// Most connections per (node, database, user); unset: see [`PoolConfig::cap`].
+    #[serde(default)]
+    pub max_size: Option<usize>,
     /// How long opening a new backend connection (connect, TLS, authentication) may take.
     #[serde(default = "default_connect_timeout", deserialize_with = "de_duration")]
     pub connect_timeout: Duration,
@@ -402,7 +402,7 @@ impl Default for PoolConfig {
     fn default() -> Self {
         Self {
             mode: PoolMode::default(),
-            max_size: default_max_size(),
+            max_size: None,
             connect_timeout: default_connect_timeout(),
             checkout_timeout: default_checkout_timeout(),
             idle_timeout: default_idle_timeout(),
@@ -410,8 +410,22 @@ impl Default for PoolConfig {
     }
 }
 
-fn default_max_size() -> usize {
-    20
+/// The cap of a transaction pool whose `max_size` is unset.
+const TRANSACTION_POOL_SIZE: usize = 20;
+
+impl PoolConfig {
+    /// The most connections pgfleet opens per (node, database, user): `max_size` when set; unset, 20 with
+    /// transaction pooling, and none of pgfleet's own with session pooling, where each client session
+    /// holds at most one connection per node, so that the node's `max_connections` decides how many
+    /// sessions it takes, as it does for clients that connect to it directly (PostgreSQL's 53300 "too
+    /// many clients" reaches the client past that).
+    pub fn cap(&self) -> Option<usize> {
+        match (self.max_size, self.mode) {
+            (Some(n), _) => Some(n),
+            (None, PoolMode::Transaction) => Some(TRANSACTION_POOL_SIZE),
+            (None, PoolMode::Session) => None,
+        }
+    }
 }
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(5)

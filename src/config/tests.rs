@@ -23,10 +23,28 @@ primary_reads = false
 "#;
 
 #[test]
+fn pool_cap_by_mode_and_max_size() {
+    // (pool section, the cap): unset, session pooling leaves the limit to the node's max_connections.
+    let rows: &[(&str, Option<usize>)] = &[
+        ("", None),
+        ("mode = \"session\"\n", None),
+        ("mode = \"transaction\"\n", Some(20)),
+        ("mode = \"session\"\nmax_size = 7\n", Some(7)),
+        ("mode = \"transaction\"\nmax_size = 300\n", Some(300)),
+        ("max_size = 1\n", Some(1)),
+    ];
+    for (pool, cap) in rows {
+        let c = Config::parse(&format!("{BASE}\n[pool]\n{pool}")).expect("valid");
+        assert_eq!(c.pool.cap(), *cap, "[pool] {pool:?}");
+    }
+}
+
+#[test]
 fn issue_example_parses_with_defaults() {
     let c = Config::parse(BASE).expect("valid");
     assert_eq!(c.nodes.len(), 2);
-    assert_eq!(c.pool.max_size, 20);
+    assert_eq!(c.pool.max_size, None);
+    assert_eq!(c.pool.cap(), None);
     assert_eq!(c.pool.checkout_timeout, Duration::from_secs(5));
     assert_eq!(c.users[0].auth, AuthMethod::ScramSha256);
     assert_eq!(c.routing.load_balance, LoadBalance::Random);

@@ -215,7 +215,7 @@ impl Config {
             m.parse::<SocketAddr>()
                 .map_err(|_| invalid("admin.metrics_address", format!("`{m}` is not host:port")))?;
         }
-        if self.pool.max_size == 0 {
+        if self.pool.max_size == Some(0) {
             return Err(invalid("pool.max_size", "must be at least 1"));
         }
         if self.pool.connect_timeout.is_zero() {

@@ -42,6 +42,7 @@ mod reload;
 mod replica_affinity;
 mod router_table;
 mod server_role;
+mod session_pools;
 mod sessions_auth;
 mod shard_merge;
 mod shard_placement;

@@ -92,11 +92,11 @@ mod tests {
         let second = config(true, 7);
         fleet.apply(&second).expect("apply");
         handle.publish(Arc::new(second));
-        assert_eq!(current.config.pool.max_size, 5);
+        assert_eq!(current.config.pool.max_size, Some(5));
         assert_eq!(current.nodes.len(), 1);
 
         current.refresh();
-        assert_eq!(current.config.pool.max_size, 7);
+        assert_eq!(current.config.pool.max_size, Some(7));
         assert_eq!(current.nodes.len(), 2);
         assert_eq!(current.view.nodes.len(), 2);
 

@@ -237,13 +237,15 @@ impl Session {
                 connected = self.connect(node).await;
             }
             if let Err(e) = connected {
-                if !e.is_pool_full() && !e.is_canceled() {
+                if !e.is_pool_full() && !e.is_canceled() && !e.is_node_full() {
                     self.shared.stats.node_error(node.index());
                 }
                 if self.routing.holds_state_on(node) {
                     return self.node_lost(node, e, end, false).await;
                 }
-                if !e.is_node_failure() || last {
+                // A node at its max_connections is passed over like a failed one, without counting against
+                // it; when no candidate is left the client gets the node's own 53300.
+                if !(e.is_node_failure() || e.is_node_full()) || last {
                     return self.refuse(self.error_of(&e), end).await;
                 }
                 last_err = Some(self.error_of(&e));
