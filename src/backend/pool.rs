@@ -3,7 +3,8 @@
 //!
 //! With session pooling and no `pool.max_size`, a pool has no cap of pgfleet's own ([`PoolConfig::cap`]):
 //! it starts small and grows whenever a checkout finds every connection in use, so that the node's
-//! `max_connections` decides how many sessions it serves, as for clients that connect to it directly.
+//! `max_connections` decides how many sessions it serves, as for clients that connect to it directly, and it
+//! keeps at most 20 idle connections, so that sessions that left do not hold the node's slots.
 //!
 //! A full pool is not a node failure: a checkout that finds every connection in use either gives up at
 //! once (a read that another node may serve) or waits up to pool.checkout_timeout, and then reports
@@ -117,6 +118,24 @@ pub struct PoolStatus {
 const UNCAPPED_START: usize = 8;
 /// What an uncapped pool grows to at most: far past any node's `max_connections`, which refuses first.
 const UNCAPPED_LIMIT: usize = 1 << 20;
+
+/// How many idle connections an uncapped pool keeps for the next logins. Past that, the connections of
+/// sessions that leave are closed, as a direct client's server process ends with it, so that a burst of
+/// sessions does not hold the node's `max_connections` slots for `pool.idle_timeout` after it is gone.
+const IDLE_KEPT: usize = 20;
+
+/// Closes an uncapped pool's idle connections past [`IDLE_KEPT`], the least recently used first (deadpool
+/// hands out from the back of its queue and takes returns there).
+fn trim(pool: &Pool<ConnManager>) {
+    let excess = pool.status().available.saturating_sub(IDLE_KEPT);
+    if excess > 0 {
+        let mut seen = 0;
+        drop(pool.retain(|_, _| {
+            seen += 1;
+            seen > excess
+        }));
+    }
+}
 
 /// Makes room in an uncapped pool that a checkout found full: twice its size, unless another checkout made
 /// room since (its checkouts in progress, connections held included, are fewer than its slots), so that
@@ -271,8 +290,9 @@ impl Pools {
             recycle: None,
         };
         let mut waited = Duration::ZERO;
+        let uncapped = self.config.load().cap().is_none();
         let mut got = pool.timeout_get(&immediate).await;
-        if matches!(got, Err(PoolError::Timeout(_))) && self.config.load().cap().is_none() {
+        if matches!(got, Err(PoolError::Timeout(_))) && uncapped {
             grow(pool);
             got = pool.timeout_get(&immediate).await;
         }
@@ -321,6 +341,7 @@ impl Pools {
             obj: Some(obj),
             counter,
             held_by: 0,
+            trim_idle: uncapped,
         })
     }
 
@@ -393,6 +414,9 @@ pub struct PooledConn {
     /// `holder` slot for the registry of cancel keys until the checkout ends, however the connection leaves
     /// its holder (released, handed back, closed).
     held_by: i32,
+    /// From an uncapped pool: once it is given back, the pool's idle connections past [`IDLE_KEPT`] are
+    /// closed.
+    trim_idle: bool,
 }
 
 impl std::ops::Deref for PooledConn {
@@ -470,7 +494,11 @@ impl PooledConn {
             }
         }
         obj.applied = Default::default();
+        let pool = if self.trim_idle { Object::pool(&obj) } else { None };
         drop(obj);
+        if let Some(pool) = pool {
+            trim(&pool);
+        }
     }
 }
 

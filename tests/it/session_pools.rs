@@ -1,7 +1,8 @@
 //! Session pooling at pgfleet's defaults (no `pool.max_size`): pgfleet sets no cap of its own on a node's
 //! connections, so more clients than a pool of 20 connect and work at once, the node's `max_connections`
-//! turns the next one away with PostgreSQL's own 53300 at once (no wait for a pool to free a slot), and a
-//! read whose replica has no slot left is served by another node.
+//! turns the next one away with PostgreSQL's own 53300 at once (no wait for a pool to free a slot), sessions
+//! that leave keep at most 20 idle connections behind, and a read whose replica has no slot left is served
+//! by another node.
 
 use std::time::{Duration, Instant};
 
@@ -167,6 +168,28 @@ async fn more_sessions_than_a_pool_of_twenty_work_and_the_nodes_limit_answers_th
     next.batch_execute("INSERT INTO many_t VALUES (-1)")
         .await
         .expect("the new session writes");
+
+    // When they all leave, the pool keeps 20 idle connections for the next logins and closes the rest, as
+    // the server processes of direct clients end with them: the node's slots are free for other clients.
+    drop(next);
+    drop(clients);
+    let kept = wait_until(Duration::from_secs(10), async || {
+        let pool = pool_row(&admin, &cluster.primary.name).await;
+        (text(&pool, "size") == "20" && text(&pool, "available") == "20").then_some(())
+    })
+    .await;
+    let pool = pool_row(&admin, &cluster.primary.name).await;
+    assert!(
+        kept.is_some(),
+        "the primary's pool after every session left: {pool:?}"
+    );
+    let backends = one(
+        &direct(&cluster.primary).await,
+        "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' AND backend_type = 'client backend' \
+         AND coalesce(application_name, '') NOT LIKE 'pgfleet-%'",
+    )
+    .await;
+    assert_eq!(backends, "20", "app backends left on the primary");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
