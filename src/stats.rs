@@ -408,6 +408,32 @@ mod tests {
     }
 
     #[test]
+    fn clients_are_listed_oldest_first() {
+        // Ids are given in connection order; SHOW CLIENTS lists the sessions in that order whatever the map's
+        // own order, also after sessions in between left. 200 ids, so that a map's order matching by chance
+        // is out of the question.
+        let s = Stats::new(1);
+        let info = ClientInfo {
+            addr: Peer::Local,
+            user: "app".to_owned(),
+            database: "app".to_owned(),
+            state: "idle",
+            connected_at: SystemTime::now(),
+            requests: 0,
+            node: None,
+        };
+        for id in (0..200u64).map(|i| (i * 7919) % 200) {
+            s.client_connected(id, info.clone());
+        }
+        for id in (0..200u64).filter(|i| i % 3 == 0) {
+            s.client_disconnected(id);
+        }
+        let ids: Vec<u64> = s.clients().into_iter().map(|(id, _)| id).collect();
+        let expected: Vec<u64> = (0..200u64).filter(|i| i % 3 != 0).collect();
+        assert_eq!(ids, expected);
+    }
+
+    #[test]
     fn login_guards_count_until_dropped() {
         let s = Arc::new(Stats::new(1));
         let a = s.login_started();
