@@ -16,7 +16,7 @@
 //! clients send.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -118,6 +118,8 @@ pub struct PoolStatus {
 const UNCAPPED_START: usize = 8;
 /// What an uncapped pool grows to at most: far past any node's `max_connections`, which refuses first.
 const UNCAPPED_LIMIT: usize = 1 << 20;
+/// How many times one checkout of an uncapped pool makes room before it waits like a capped one.
+const GROW_ROUNDS: usize = 8;
 
 /// How many idle connections an uncapped pool keeps for the next logins. Past that, the connections of
 /// sessions that leave are closed, as a direct client's server process ends with it, so that a burst of
@@ -151,6 +153,9 @@ fn grow(pool: &NodePool) {
 /// All pools, plus per-node counts of connections in use (for least_connections balancing).
 pub struct Pools {
     config: ArcSwap<PoolConfig>,
+    /// Whether the pools have no cap ([`PoolConfig::cap`]), as every checkout asks without loading the
+    /// config.
+    uncapped: AtomicBool,
     pools: Mutex<HashMap<Key, NodePool>>,
     /// Per node slot; grows when a reload adds nodes.
     in_use: ArcSwap<Vec<Arc<AtomicUsize>>>,
@@ -160,6 +165,7 @@ impl Pools {
     /// Empty pools for `node_count` nodes.
     pub fn new(config: PoolConfig, node_count: usize) -> Self {
         Self {
+            uncapped: AtomicBool::new(config.cap().is_none()),
             config: ArcSwap::from_pointee(config),
             pools: Mutex::new(HashMap::new()),
             in_use: ArcSwap::from_pointee((0..node_count).map(|_| Arc::default()).collect()),
@@ -179,6 +185,7 @@ impl Pools {
         keeps_login: impl Fn(&str, &str) -> bool,
     ) {
         let cap = config.cap();
+        self.uncapped.store(cap.is_none(), Ordering::Relaxed);
         self.config.store(Arc::new(config));
         self.in_use.rcu(|counters| {
             let mut grown = counters.as_ref().clone();
@@ -290,11 +297,15 @@ impl Pools {
             recycle: None,
         };
         let mut waited = Duration::ZERO;
-        let uncapped = self.config.load().cap().is_none();
+        let uncapped = self.uncapped.load(Ordering::Relaxed);
         let mut got = pool.timeout_get(&immediate).await;
-        if matches!(got, Err(PoolError::Timeout(_))) && uncapped {
+        // Without a cap, room is made instead of waited for; in a few rounds, as checkouts running at the
+        // same moment on other workers may take the room first.
+        let mut rounds = 0;
+        while uncapped && rounds < GROW_ROUNDS && matches!(got, Err(PoolError::Timeout(_))) {
             grow(pool);
             got = pool.timeout_get(&immediate).await;
+            rounds += 1;
         }
         let got = match got {
             Err(PoolError::Timeout(_)) if checkout == Checkout::Wait => {
@@ -385,7 +396,7 @@ impl Pools {
 
     /// Every pool's state; for the admin console, /metrics and tests.
     pub fn status(&self) -> Vec<PoolStatus> {
-        let capped = self.config.load().cap().is_some();
+        let capped = !self.uncapped.load(Ordering::Relaxed);
         let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
         pools
             .iter()

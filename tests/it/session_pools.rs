@@ -15,9 +15,12 @@ use crate::support::{one, wait_until};
 const ADMIN_TOML: &str = "[[users]]\nname = \"admin\"\npassword = \"adminpw\"\nadmin = true\n";
 /// Session pooling spelled out, so that a suite run under transaction pooling leaves these tests alone.
 const SESSION_POOL: &str = "[pool]\nmode = \"session\"\n";
-/// Every node's max_connections: 29 slots for roles that are not superusers (3 are reserved), which
+/// Every node's max_connections: 61 slots for roles that are not superusers (3 are reserved), which
 /// pgfleet's sessions and its health check and catalog connections share.
-const MAX_CONNECTIONS: usize = 32;
+const MAX_CONNECTIONS: usize = 64;
+/// Sessions that log in at once: past the 20 a capped pool would have, and past the 8 slots an uncapped
+/// pool starts with, which it doubles three times while the logins wait on it.
+const BURST: usize = 40;
 /// PostgreSQL's messages for a login past max_connections: with no slot left, and with only the
 /// superusers' reserved slots left.
 const NODE_FULL: [&str; 2] = [
@@ -84,9 +87,8 @@ async fn more_sessions_than_a_pool_of_twenty_work_and_the_nodes_limit_answers_th
     let dsn = proxy.dsn(APP_USER, PASSWORD, APP_DB);
     let admin = admin_client(&proxy).await;
 
-    // 24 sessions logging in at once, each holding its primary connection: past the 20 a capped pool would
-    // have, and past the 8 slots an uncapped pool starts with, so it grows while logins wait on it.
-    let mut clients = futures_util::future::join_all((0..24).map(|_| connect(&dsn))).await;
+    // The burst of logins, each session holding its primary connection.
+    let mut clients = futures_util::future::join_all((0..BURST).map(|_| connect(&dsn))).await;
     for (i, c) in clients.iter().enumerate() {
         c.batch_execute(&format!("INSERT INTO many_t VALUES ({i})"))
             .await
@@ -100,7 +102,7 @@ async fn more_sessions_than_a_pool_of_twenty_work_and_the_nodes_limit_answers_th
         );
     }
     let pool = pool_row(&admin, &cluster.primary.name).await;
-    assert_eq!(text(&pool, "size"), "24", "{pool:?}");
+    assert_eq!(text(&pool, "size"), BURST.to_string(), "{pool:?}");
     assert_eq!(
         pool.get("max_size"),
         Some(&None),
@@ -136,7 +138,7 @@ async fn more_sessions_than_a_pool_of_twenty_work_and_the_nodes_limit_answers_th
         "the refusal waited {took:?}, as for a pool's slot (pool.checkout_timeout is 5 s)"
     );
     assert!(
-        clients.len() > 24 && clients.len() < MAX_CONNECTIONS,
+        clients.len() > BURST && clients.len() < MAX_CONNECTIONS,
         "{} sessions before the node said no",
         clients.len()
     );
@@ -157,7 +159,7 @@ async fn more_sessions_than_a_pool_of_twenty_work_and_the_nodes_limit_answers_th
     let total = clients.len();
     assert_eq!(
         one(&clients[0], "/* pgfleet:primary */ SELECT count(*) FROM many_t").await,
-        (24 + total).to_string()
+        (BURST + total).to_string()
     );
 
     // A session that leaves frees its slot on the node for the next login.
