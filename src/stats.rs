@@ -354,18 +354,23 @@ mod tests {
         assert_eq!(s.node_counts(1).0, 2);
     }
 
-    #[test]
-    fn client_entries_update_in_place() {
-        let s = Stats::new(1);
-        let info = ClientInfo {
-            addr: Peer::Tcp("127.0.0.1:1".parse().expect("addr")),
+    /// An idle session of app/app from `addr`.
+    fn idle_client(addr: Peer) -> ClientInfo {
+        ClientInfo {
+            addr,
             user: "app".to_owned(),
             database: "app".to_owned(),
             state: "idle",
             connected_at: SystemTime::now(),
             requests: 0,
             node: None,
-        };
+        }
+    }
+
+    #[test]
+    fn client_entries_update_in_place() {
+        let s = Stats::new(1);
+        let info = idle_client(Peer::Tcp("127.0.0.1:1".parse().expect("addr")));
         let entry = s.client_connected(7, info.clone());
         s.client_connected(
             8,
@@ -413,15 +418,7 @@ mod tests {
         // own order, also after sessions in between left. 200 ids, so that a map's order matching by chance
         // is out of the question.
         let s = Stats::new(1);
-        let info = ClientInfo {
-            addr: Peer::Local,
-            user: "app".to_owned(),
-            database: "app".to_owned(),
-            state: "idle",
-            connected_at: SystemTime::now(),
-            requests: 0,
-            node: None,
-        };
+        let info = idle_client(Peer::Local);
         for id in (0..200u64).map(|i| (i * 7919) % 200) {
             s.client_connected(id, info.clone());
         }

@@ -9,6 +9,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::support::admin::{ADMIN_TOML, admin_client, pool_row};
 use crate::support::cluster::{APP_DB, APP_USER, NodeHandle, PASSWORD, cluster_async};
 use crate::support::proxy::{Proxy, Row, connect, show, text, try_connect};
 use crate::support::{one, wait_until};
@@ -403,30 +404,10 @@ async fn idle_backends_are_closed_after_idle_timeout() {
         .expect("write after reap");
 }
 
-const ADMIN_USER: &str = "admin";
-const ADMIN_PASSWORD: &str = "adminpw";
-
-/// A `[[users]]` entry for the admin console; the console never logs in to a node.
-const ADMIN_TOML: &str = "[[users]]\nname = \"admin\"\npassword = \"adminpw\"\nadmin = true\n";
-
 fn count(row: &Row, column: &str) -> usize {
     text(row, column)
         .parse()
         .unwrap_or_else(|_| panic!("column {column} is not a number in {row:?}"))
-}
-
-/// The SHOW POOLS row of (node, database app, user app).
-async fn pool_row(admin: &tokio_postgres::Client, node: &str) -> Row {
-    let pools = show(admin, "SHOW POOLS").await;
-    pools
-        .iter()
-        .find(|r| text(r, "node") == node && text(r, "database") == APP_DB && text(r, "user") == APP_USER)
-        .cloned()
-        .unwrap_or_else(|| panic!("no pool for node {node}: {pools:?}"))
-}
-
-async fn admin_client(proxy: &Proxy) -> tokio_postgres::Client {
-    connect(&proxy.dsn(ADMIN_USER, ADMIN_PASSWORD, "pgfleet")).await
 }
 
 /// `SELECT inet_server_port()` through `c`, and how long it took.

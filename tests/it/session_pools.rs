@@ -6,13 +6,13 @@
 
 use std::time::{Duration, Instant};
 
+use crate::support::admin::{ADMIN_TOML, admin_client, pool_row};
 use crate::support::cluster::{
     APP_DB, APP_USER, LocalCluster, NodeHandle, PASSWORD, cluster_with_async, options,
 };
 use crate::support::proxy::{Proxy, Row, connect, show, text, try_connect};
 use crate::support::{one, wait_until};
 
-const ADMIN_TOML: &str = "[[users]]\nname = \"admin\"\npassword = \"adminpw\"\nadmin = true\n";
 /// Session pooling spelled out, so that a suite run under transaction pooling leaves these tests alone.
 const SESSION_POOL: &str = "[pool]\nmode = \"session\"\n";
 /// Every node's max_connections: 61 slots for roles that are not superusers (3 are reserved), which
@@ -41,20 +41,6 @@ async fn small_cluster() -> LocalCluster {
 /// A superuser connection straight to a node.
 async fn direct(node: &NodeHandle) -> tokio_postgres::Client {
     connect(&node.dsn("postgres", PASSWORD, APP_DB)).await
-}
-
-async fn admin_client(proxy: &Proxy) -> tokio_postgres::Client {
-    connect(&proxy.dsn("admin", "adminpw", "pgfleet")).await
-}
-
-/// The SHOW POOLS row of (node, database app, user app).
-async fn pool_row(admin: &tokio_postgres::Client, node: &str) -> Row {
-    let pools = show(admin, "SHOW POOLS").await;
-    pools
-        .iter()
-        .find(|r| text(r, "node") == node && text(r, "database") == APP_DB && text(r, "user") == APP_USER)
-        .cloned()
-        .unwrap_or_else(|| panic!("no pool for node {node}: {pools:?}"))
 }
 
 /// The SHOW NODES row of a node.

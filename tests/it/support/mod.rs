@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub(crate) mod admin;
 pub(crate) mod clients;
 pub(crate) mod cluster;
 pub(crate) mod forward;
