@@ -9,8 +9,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::admin::{ADMIN_TOML, admin_client, pool_row};
-use crate::support::cluster::{APP_DB, APP_USER, NodeHandle, PASSWORD, cluster_async};
+use crate::support::admin::{ADMIN_TOML, admin_client, node_row, pool_row};
+use crate::support::cluster::{APP_DB, APP_USER, NodeHandle, PASSWORD, cluster_async, superuser_client};
 use crate::support::proxy::{Proxy, Row, connect, show, text, try_connect};
 use crate::support::{one, wait_until};
 use tokio_postgres::SimpleQueryMessage;
@@ -33,11 +33,6 @@ fn primary_dsn(proxy: &Proxy) -> String {
         "{} options='-c pgfleet.route=primary'",
         proxy.dsn(APP_USER, PASSWORD, APP_DB)
     )
-}
-
-/// A superuser connection straight to a node, bypassing pgfleet.
-async fn direct(node: &NodeHandle) -> tokio_postgres::Client {
-    connect(&node.dsn("postgres", PASSWORD, APP_DB)).await
 }
 
 /// Drops a client and waits until pgfleet has ended its session, and so given its backend back: SHOW CLIENTS
@@ -201,7 +196,7 @@ async fn connect_with_handle(dsn: &str) -> (tokio_postgres::Client, tokio::task:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_transactions_are_rolled_back_when_the_client_leaves() {
     let cluster = cluster_async().await;
-    let admin = direct(&cluster.primary).await;
+    let admin = superuser_client(&cluster.primary).await;
     admin
         .batch_execute(
             "CREATE TABLE locks_t (id int PRIMARY KEY, v text); INSERT INTO locks_t VALUES (100, 'held');
@@ -295,7 +290,7 @@ async fn temp_tables_and_session_locks_do_not_leak_to_the_next_client() {
     let cluster = cluster_async().await;
     let proxy = Proxy::start(&cluster, &format!("{ADMIN_TOML}\n[pool]\nmax_size = 1\n"));
     let dsn = proxy.dsn(APP_USER, PASSWORD, APP_DB);
-    let admin = direct(&cluster.primary).await;
+    let admin = superuser_client(&cluster.primary).await;
     let temp_count = "SELECT count(*) FROM pg_class WHERE relname = 'leak_tmp' AND relpersistence = 't'";
 
     let a = connect(&dsn).await;
@@ -420,7 +415,7 @@ async fn served_by(c: &tokio_postgres::Client) -> (String, Duration) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_session_pool_refuses_logins_with_53300_and_connected_clients_keep_reading() {
     let cluster = cluster_async().await;
-    direct(&cluster.primary)
+    superuser_client(&cluster.primary)
         .await
         .batch_execute("CREATE TABLE cap_t (x int); ALTER TABLE cap_t OWNER TO app")
         .await
@@ -508,11 +503,7 @@ async fn a_full_session_pool_refuses_logins_with_53300_and_connected_clients_kee
     }
 
     // A full pool is not a node failure: the primary stays up, and nothing went over max_size.
-    let nodes = show(&admin, "SHOW NODES").await;
-    let primary = nodes
-        .iter()
-        .find(|r| text(r, "name") == cluster.primary.name)
-        .unwrap_or_else(|| panic!("no primary in {nodes:?}"));
+    let primary = &node_row(&admin, &cluster.primary.name).await;
     assert_eq!(text(primary, "state"), "up", "{primary:?}");
     assert_eq!(text(primary, "errors"), "0", "{primary:?}");
     let pool = pool_row(&admin, &cluster.primary.name).await;
@@ -554,7 +545,7 @@ async fn a_full_session_pool_refuses_logins_with_53300_and_connected_clients_kee
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_skip_a_full_replica_pool_and_waiters_get_the_released_connection() {
     let cluster = cluster_async().await;
-    direct(&cluster.primary)
+    superuser_client(&cluster.primary)
         .await
         .batch_execute("CREATE TABLE wait_t (x int); ALTER TABLE wait_t OWNER TO app")
         .await
@@ -747,7 +738,7 @@ async fn a_cancel_while_pgfleet_readies_the_connection_ends_the_request_before_i
     let proxy = lone_primary_with_one_connection(&cluster, "\n[health]\ninterval = \"60s\"\n");
     let dsn = proxy.dsn(APP_USER, PASSWORD, APP_DB);
     let admin = admin_client(&proxy).await;
-    let setup = direct(&cluster.primary).await;
+    let setup = superuser_client(&cluster.primary).await;
     setup
         .batch_execute("CREATE TABLE canceled_writes (id int); GRANT ALL ON canceled_writes TO app")
         .await
@@ -826,7 +817,7 @@ async fn a_cancel_inside_a_transaction_reaches_the_node_behind_the_request() {
     // Health checks too rare to notice the frozen primary.
     let proxy = lone_primary_with_one_connection(&cluster, "\n[health]\ninterval = \"60s\"\n");
     let admin = admin_client(&proxy).await;
-    let setup = direct(&cluster.primary).await;
+    let setup = superuser_client(&cluster.primary).await;
     let kinds = |msgs: &[(u8, Vec<u8>)]| msgs.iter().map(|(k, _)| *k as char).collect::<String>();
     let sync = build(b'S', b"");
     let mut b = Raw::connect(proxy.port).await;

@@ -6,11 +6,11 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::admin::{ADMIN_TOML, admin_client, pool_row};
+use crate::support::admin::{ADMIN_TOML, admin_client, node_row, pool_row};
 use crate::support::cluster::{
-    APP_DB, APP_USER, LocalCluster, NodeHandle, PASSWORD, cluster_with_async, options,
+    APP_DB, APP_USER, LocalCluster, PASSWORD, cluster_with_async, options, superuser_client,
 };
-use crate::support::proxy::{Proxy, Row, connect, show, text, try_connect};
+use crate::support::proxy::{Proxy, connect, text, try_connect};
 use crate::support::{one, wait_until};
 
 /// Session pooling spelled out, so that a suite run under transaction pooling leaves these tests alone.
@@ -38,21 +38,6 @@ async fn small_cluster() -> LocalCluster {
     .await
 }
 
-/// A superuser connection straight to a node.
-async fn direct(node: &NodeHandle) -> tokio_postgres::Client {
-    connect(&node.dsn("postgres", PASSWORD, APP_DB)).await
-}
-
-/// The SHOW NODES row of a node.
-async fn node_row(admin: &tokio_postgres::Client, node: &str) -> Row {
-    let nodes = show(admin, "SHOW NODES").await;
-    nodes
-        .iter()
-        .find(|r| text(r, "name") == node)
-        .cloned()
-        .unwrap_or_else(|| panic!("no node {node} in {nodes:?}"))
-}
-
 /// The SQLSTATE and message of a refused login.
 fn refusal(e: &tokio_postgres::Error) -> (String, String) {
     let db = e
@@ -64,7 +49,7 @@ fn refusal(e: &tokio_postgres::Error) -> (String, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn more_sessions_than_a_pool_of_twenty_work_and_the_nodes_limit_answers_the_next() {
     let cluster = small_cluster().await;
-    direct(&cluster.primary)
+    superuser_client(&cluster.primary)
         .await
         .batch_execute("CREATE TABLE many_t (id int); ALTER TABLE many_t OWNER TO app")
         .await
@@ -172,7 +157,7 @@ async fn more_sessions_than_a_pool_of_twenty_work_and_the_nodes_limit_answers_th
         "the primary's pool after every session left: {pool:?}"
     );
     let backends = one(
-        &direct(&cluster.primary).await,
+        &superuser_client(&cluster.primary).await,
         "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' AND backend_type = 'client backend' \
          AND coalesce(application_name, '') NOT LIKE 'pgfleet-%'",
     )

@@ -24,3 +24,13 @@ pub(crate) async fn pool_row(admin: &tokio_postgres::Client, node: &str) -> Row 
         .cloned()
         .unwrap_or_else(|| panic!("no pool for node {node}: {pools:?}"))
 }
+
+/// The SHOW NODES row of a node.
+pub(crate) async fn node_row(admin: &tokio_postgres::Client, node: &str) -> Row {
+    let nodes = show(admin, "SHOW NODES").await;
+    nodes
+        .iter()
+        .find(|r| text(r, "name") == node)
+        .cloned()
+        .unwrap_or_else(|| panic!("no node {node} in {nodes:?}"))
+}

@@ -49,6 +49,11 @@ pub(crate) async fn cluster_with_async(opts: ClusterOptions) -> LocalCluster {
         .expect("cluster start thread panicked")
 }
 
+/// A superuser connection straight to a node's app database, bypassing pgfleet.
+pub(crate) async fn superuser_client(node: &NodeHandle) -> tokio_postgres::Client {
+    super::proxy::connect(&node.dsn("postgres", PASSWORD, APP_DB)).await
+}
+
 /// Waits until at least `n` backends across the fleet are running exactly `sql` (`pg_stat_activity`, state
 /// active): the moment to cancel a statement, or to check that something else did not.
 pub(crate) async fn wait_running(cluster: &LocalCluster, sql: &str, n: i64) {
