@@ -197,10 +197,14 @@ async fn handle(socket: ClientStream, peer: Peer, shared: Arc<Shared>, login: Pe
         let e = ProxyError::fatal("53300", "sorry, too many clients already").with_detail(format!(
             "pgfleet lets at most {bound} connections log in at once (twice listen.max_clients)"
         ));
-        refuse_at_once(socket, &e).await;
+        // Boxed, as `negotiate` below: its kilobyte of discard buffer would otherwise be room in every session's
+        // task.
+        Box::pin(refuse_at_once(socket, &e)).await;
         return;
     }
-    let result = tokio::time::timeout_at(login.deadline, negotiate(socket, peer, &shared)).await;
+    // Boxed: this task lives as long as the session and has room for the largest of its steps, so the startup
+    // exchange's state (TLS handshake, startup packet) would otherwise stay part of every session's memory.
+    let result = tokio::time::timeout_at(login.deadline, Box::pin(negotiate(socket, peer, &shared))).await;
     let (mut stream, minor, params) = match result {
         Ok(Ok(Some(x))) => x,
         Ok(Ok(None)) => return,

@@ -114,15 +114,19 @@ pub(crate) async fn run(
         // Boxed, as the admin session above: the login's state (a few KiB: the password exchange, the first
         // node connection) would otherwise stay part of the session's future, and of the memory every
         // request touches, long after the login ended.
-        let started = Box::pin(Session::login(
+        let logging_in = Box::pin(Session::login(
             stream, peer, user, database, params, shared, login,
-        ))
-        .await;
-        // Held until the session counts in its own right.
-        drop(slot);
-        let mut session = match started {
-            Ok(s) => s,
+        ));
+        // Matched as it is awaited: a named result would keep a second `Session`'s room in the future for
+        // the whole session (a value moved out of a local still has its place there).
+        let mut session = match logging_in.await {
+            // The slot is held until the session counts in its own right.
+            Ok(s) => {
+                drop(slot);
+                s
+            }
             Err(e) => {
+                drop(slot);
                 stats
                     .login_failures
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
