@@ -190,9 +190,15 @@ async def concurrent_run(args: argparse.Namespace) -> int:
                 pass
 
     not_attempted = 0
+    # The query phase: from the moment every client has connected to the last query's answer, and the slowest
+    # single query (a pool's queue shows here before it turns into checkout timeouts).
+    queries_from = 0.0
+    last_answer = 0.0
+    slowest = 0.0
 
     async def client(i: int) -> None:
         nonlocal finished_connecting, connected, peak_connected, served, not_attempted
+        nonlocal queries_from, last_answer, slowest
         conn = None
         try:
             async with sem:
@@ -207,6 +213,7 @@ async def concurrent_run(args: argparse.Namespace) -> int:
         finally:
             finished_connecting += 1
             if finished_connecting == n:
+                queries_from = time.monotonic()
                 all_attempted.set()
         if conn is None:
             return
@@ -215,9 +222,12 @@ async def concurrent_run(args: argparse.Namespace) -> int:
             rng = random.Random(i)
             for _ in range(args.queries):
                 aid = rng.randint(1, 100000 * args.scale)
+                sent = time.monotonic()
                 cur = await asyncio.wait_for(
                     conn.execute("SELECT abalance FROM pgbench_accounts WHERE aid = %s", (aid,)), 120)
                 await cur.fetchone()
+                last_answer = time.monotonic()
+                slowest = max(slowest, last_answer - sent)
             served += 1
         except Exception as e:  # noqa: BLE001
             errors["query: " + short(e)] += 1
@@ -239,6 +249,9 @@ async def concurrent_run(args: argparse.Namespace) -> int:
     print(f"concurrent clients: {n} clients, {args.queries} queries each, in {took:.1f} s")
     print(f"  connected at once: {peak_connected}; served all queries: {served}; errors: {nerr}"
           + (f" (then gave up: {not_attempted} clients not attempted)" if not_attempted else ""))
+    if last_answer > queries_from > 0:
+        print(f"  queries: {served * args.queries} answered in {last_answer - queries_from:.2f} s after the last"
+              f" connect; slowest query {slowest * 1000:.0f} ms")
     print(f"  most backend connections seen per node, less those open before the clients came: "
           + ", ".join(f"port {p}: {pooled[p]}" for p in backends)
           + f" (pool max_size {args.pool_size})")
@@ -251,7 +264,9 @@ async def concurrent_run(args: argparse.Namespace) -> int:
     summary(args, f"- concurrent: {served}/{n} clients served ({peak_connected} connected at once), errors {nerr}"
                   + (f" (gave up, {not_attempted} not attempted)" if not_attempted else "")
                   + (f" (first: {errors.most_common(1)[0][0]})" if errors else "")
-                  + f", most pooled backends per node {max(pooled.values(), default=0)}, peak RSS {mib(rss_peak)}")
+                  + f", most pooled backends per node {max(pooled.values(), default=0)}, peak RSS {mib(rss_peak)}"
+                  + (f", query phase {last_answer - queries_from:.2f} s, slowest query {slowest * 1000:.0f} ms"
+                     if last_answer > queries_from > 0 else ""))
     return 0 if ok else 1
 
 
