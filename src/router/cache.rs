@@ -86,6 +86,10 @@ thread_local! {
 fn shape_into(sql: &str, key: &mut String, tokens: &mut Vec<Tok>) -> bool {
     key.clear();
     tokens.clear();
+    // Whether the next word begins a statement: only there do SET and RESET make a statement that carries
+    // its text. Elsewhere SET is part of UPDATE, ALTER or ON CONFLICT, and keeping those texts out made
+    // every UPDATE a full classification.
+    let mut statement_start = true;
     for tok in Lexer::new(sql) {
         tokens.push(tok);
         match tok.kind {
@@ -95,14 +99,20 @@ fn shape_into(sql: &str, key: &mut String, tokens: &mut Vec<Tok>) -> bool {
             _ => {
                 let text = tok.text(sql);
                 if tok.kind == TokKind::Word
-                    && ["SET", "RESET", "EXPLAIN", "CURRENT_SETTING"]
+                    && (["EXPLAIN", "CURRENT_SETTING"]
                         .iter()
                         .any(|w| text.eq_ignore_ascii_case(w))
+                        || (statement_start && ["SET", "RESET"].iter().any(|w| text.eq_ignore_ascii_case(w))))
                 {
                     return false;
                 }
                 key.push_str(text);
             }
+        }
+        match tok.kind {
+            TokKind::Comment => {}
+            TokKind::Punct => statement_start = tok.text(sql) == ";",
+            _ => statement_start = false,
         }
         key.push(' ');
     }
@@ -551,6 +561,35 @@ mod tests {
         }
         // varchar beyond u64 (twice two numbers), numeric's scale beyond i64 (twice four numbers).
         assert_eq!(unparsed, 12);
+    }
+
+    #[test]
+    fn set_keeps_a_text_out_of_the_shape_map_only_where_it_begins_a_statement() {
+        for (sql, by_shape) in [
+            ("UPDATE t SET a = 1 WHERE id = 2", true),
+            ("update t set a = a + -5 where id = 7;", true),
+            (
+                "INSERT INTO t VALUES (1) ON CONFLICT (id) DO UPDATE SET a = 2",
+                true,
+            ),
+            ("ALTER TABLE t ALTER COLUMN a SET DEFAULT 3", true),
+            ("SET work_mem = 1", false),
+            ("set local work_mem = 1", false),
+            ("/* hint */ SET x = 'a'", false),
+            ("-- note\nRESET work_mem", false),
+            ("SELECT 1; SET work_mem = 1", false),
+            ("UPDATE t SET a = 1; RESET ALL", false),
+            ("SELECT current_setting('work_mem')", false),
+            ("EXPLAIN SELECT 1", false),
+        ] {
+            assert_eq!(shape_of(sql).is_some(), by_shape, "{sql}");
+        }
+        // Two UPDATEs that differ only in their constants share the entry.
+        let rules = Arc::new(FunctionRules::new(&[], &[]));
+        let a = classify_cached("UPDATE t SET a = a + 5 WHERE id = 1", &rules);
+        let b = classify_cached("UPDATE t SET a = a + 17 WHERE id = 40000", &rules);
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(*a, classify("UPDATE t SET a = a + 17 WHERE id = 40000", &rules));
     }
 
     #[test]
