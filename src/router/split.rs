@@ -433,12 +433,24 @@ pub fn leading_hint(sql: &str) -> Option<Hint> {
 /// is not an unquoted word (a string, a quoted identifier, punctuation), so the result is always a
 /// run of leading keywords such as `["CREATE", "TEMP", "TABLE"]`.
 pub fn first_keywords(stmt: &str, n: usize) -> Vec<String> {
+    leading_words(stmt).take(n).map(str::to_ascii_uppercase).collect()
+}
+
+/// The words [`first_keywords`] reads, as written and without allocating: for checks made on every
+/// statement of a request.
+pub fn leading_words(stmt: &str) -> impl Iterator<Item = &str> {
     Lexer::new(stmt)
         .filter(|t| t.kind != TokKind::Comment)
         .take_while(|t| t.kind == TokKind::Word)
-        .take(n)
-        .map(|t| t.text(stmt).to_ascii_uppercase())
-        .collect()
+        .map(move |t| t.text(stmt))
+}
+
+/// Whether `sql` certainly holds at most one statement: it has no `;` but trailing ones. A `;` inside a
+/// constant or a comment counts too, so false means "maybe several" ([`split_statements`] tells), and
+/// the common text of one statement is known without lexing it.
+pub fn surely_one_statement(sql: &str) -> bool {
+    !sql.trim_end_matches(|c: char| c == ';' || is_space(c))
+        .contains(';')
 }
 
 #[cfg(test)]
@@ -631,12 +643,36 @@ mod tests {
     }
 
     #[test]
+    fn one_statement_is_known_only_without_an_inner_semicolon() {
+        for (sql, one) in [
+            ("SELECT 1", true),
+            ("SELECT 1;", true),
+            ("COMMIT ; ;\n\t", true),
+            ("", true),
+            ("SELECT 1; SELECT 2", false),
+            ("SELECT ';'", false),
+            ("SELECT 1 -- a; b", false),
+            // A trailing `;` inside a comment is trimmed too: still one statement.
+            ("SELECT 1 -- note;", true),
+        ] {
+            assert_eq!(surely_one_statement(sql), one, "{sql:?}");
+            if one {
+                assert!(split_statements(sql).len() <= 1, "{sql:?}");
+            }
+        }
+    }
+
+    #[test]
     fn reads_first_keywords() {
         assert_eq!(
             first_keywords("/* c */ create temp table x (a int)", 3),
             vec!["CREATE", "TEMP", "TABLE"]
         );
         assert_eq!(first_keywords("set local work_mem = 1", 2), vec!["SET", "LOCAL"]);
+        assert_eq!(
+            leading_words("/* a */ Prepare -- b\n Transaction 'x'").collect::<Vec<_>>(),
+            vec!["Prepare", "Transaction"]
+        );
         assert_eq!(first_keywords("-- c\nselect 1", 5), vec!["SELECT"]);
         assert_eq!(first_keywords("SET \"x\" TO 1", 3), vec!["SET"]);
         assert!(first_keywords("", 2).is_empty());

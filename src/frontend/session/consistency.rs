@@ -12,7 +12,7 @@ use crate::protocol::lsn::Lsn;
 use crate::protocol::messages::{
     ProxyError, bind_names, parse_fields, parse_text_onward, query_text, ready_for_query,
 };
-use crate::router::split::{first_keywords, split_statements};
+use crate::router::split::{leading_words, split_statements, surely_one_statement};
 
 /// The setting that holds a causal token for the session's reads.
 pub(super) const READ_AFTER: &str = "pgfleet.read_after";
@@ -171,15 +171,27 @@ pub(super) fn parse_read_after(value: &str) -> Result<Lsn, ProxyError> {
 /// sent inside a transaction, where it would otherwise run as part of it.
 pub(super) fn may_end_transaction(req: &Request, statements: &Statements) -> bool {
     let mut ends = false;
+    let mut look_at = |stmt: &str| {
+        let mut words = leading_words(stmt);
+        let is = |word: Option<&str>, any: &[&str]| {
+            word.is_some_and(|w| any.iter().any(|k| w.eq_ignore_ascii_case(k)))
+        };
+        let first = words.next();
+        if is(first, &["COMMIT", "END", "ROLLBACK", "ABORT"])
+            || (is(first, &["PREPARE"]) && is(words.next(), &["TRANSACTION"]))
+        {
+            ends = true;
+        } else if is(first, &["BEGIN", "START"]) {
+            ends = false;
+        }
+    };
     for text in texts(req, statements) {
-        for stmt in split_statements(text) {
-            let words = first_keywords(stmt, 2);
-            match words.first().map(String::as_str) {
-                Some("COMMIT" | "END" | "ROLLBACK" | "ABORT") => ends = true,
-                Some("PREPARE") if words.get(1).is_some_and(|w| w == "TRANSACTION") => ends = true,
-                Some("BEGIN" | "START") => ends = false,
-                _ => {}
-            }
+        // Asked of every statement of a transaction that writes: most texts are one statement, whose first
+        // words are all there is to read.
+        if surely_one_statement(text) {
+            look_at(text);
+        } else {
+            split_statements(text).into_iter().for_each(&mut look_at);
         }
     }
     ends
@@ -511,6 +523,13 @@ mod tests {
         ));
         assert!(!may_end_transaction(&req_of("SELECT 'commit'"), &none));
         assert!(!may_end_transaction(&req_of("UPDATE t SET x = 1 -- end"), &none));
+        // One statement with trailing semicolons, comments before it, or a `;` that splits nothing.
+        assert!(may_end_transaction(&req_of("commit; ;\n"), &none));
+        assert!(may_end_transaction(&req_of("/* done */ Rollback"), &none));
+        assert!(may_end_transaction(&req_of("prepare   transaction 'x';"), &none));
+        assert!(!may_end_transaction(&req_of("SELECT ';' AS commit"), &none));
+        assert!(may_end_transaction(&req_of("SELECT ';'; END"), &none));
+        assert!(!may_end_transaction(&req_of("END; START TRANSACTION"), &none));
         assert!(may_copy(&req_of("Copy t from stdin"), &none));
         assert!(!may_copy(&req_of("SELECT 1"), &none));
     }
