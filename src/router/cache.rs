@@ -12,8 +12,8 @@
 //! (whose argument tells a question about the server's role from any other setting).
 //! Keys include the function rules' identity, so a reload of a database's functions starts afresh.
 
+use foldhash::HashMap;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use super::classify::{Decision, classify};
@@ -36,7 +36,9 @@ struct Map {
     by_rules: Vec<RulesEntries>,
 }
 
-/// The rules (kept alive) and the decisions made under them.
+/// The rules (kept alive) and the decisions made under them. Hashed with foldhash, as the session's statement
+/// maps are: a shape is hashed for every statement the last-statement check does not answer, and SipHash was
+/// about 2,200 of the 90,000 instructions of a TPC-B transaction through pgfleet.
 type RulesEntries = (Arc<FunctionRules>, HashMap<String, Arc<Decision>>);
 
 impl Map {
@@ -298,7 +300,7 @@ fn store(map: &SharedMap, key: &str, rules: &Arc<FunctionRules>, d: &Arc<Decisio
     let slot = match m.by_rules.iter().position(|(r, _)| Arc::ptr_eq(r, rules)) {
         Some(i) => i,
         None => {
-            m.by_rules.push((rules.clone(), HashMap::new()));
+            m.by_rules.push((rules.clone(), HashMap::default()));
             m.by_rules.len() - 1
         }
     };
