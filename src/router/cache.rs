@@ -37,7 +37,7 @@ struct Map {
 }
 
 /// The rules (kept alive) and the decisions made under them. Hashed with foldhash, as the session's statement
-/// maps are: a shape is hashed for every statement the last-statement check does not answer, and SipHash was
+/// maps are: a shape is hashed for every statement the recent-statement check does not answer, and SipHash was
 /// about 2,200 of the 90,000 instructions of a TPC-B transaction through pgfleet.
 type RulesEntries = (Arc<FunctionRules>, HashMap<String, Arc<Decision>>);
 
@@ -58,25 +58,59 @@ type SharedMap = RwLock<Option<Map>>;
 static BY_SHAPE: SharedMap = RwLock::new(None);
 static BY_TEXT: SharedMap = RwLock::new(None);
 
-/// Per worker thread: buffers for the shape (and tokens) of the statement being looked up, and the last
-/// statement decided through the shape map. Sessions tend to repeat a statement shape, often changing only
-/// one constant, so the last statement is compared first: byte by byte (see [`same_shape_by_diff`]), then
-/// by shape, and only then is the shape hashed into the shared map.
+/// Per worker thread: buffers for the shape (and tokens) of the statement being looked up, and the
+/// statements recently decided through the shape map. Sessions repeat a few statement shapes, often
+/// changing only a constant, so a text is first compared with the recent statements that begin as it does:
+/// byte by byte (see [`same_shape_as`]), then by shape, and only then is the shape hashed into the
+/// shared map. More than one is kept because transactions interleave shapes (a TPC-B transaction sends
+/// seven, each following another), and with only the last statement kept each of them was lexed in full.
 #[derive(Default)]
 struct Local {
     shape: String,
     tokens: Vec<Tok>,
-    last: Option<Last>,
+    recent: Vec<Recent>,
+    /// The entry replaced next once [`RECENT`] are kept.
+    next: usize,
+    /// The entry that answered or was stored last: tried first, before the text's lead is even read, as
+    /// a stream of one statement with changing constants (a point query) is the commonest case.
+    latest: usize,
 }
 
+/// How many recent statements a worker keeps. A hit compares this many [`Lead`]s at most, and a miss costs
+/// one byte comparison per entry with the same lead.
+const RECENT: usize = 16;
+/// Longer texts are not kept as recent statements: their buffers would stay allocated per worker.
+const RECENT_TEXT: usize = 2048;
+
 /// A statement decided through the shape map, with its rules kept alive (so that their address cannot be
-/// reused for other rules), its text, tokens and shape, and the decision.
-struct Last {
+/// reused for other rules), its lead, text, constants and shape, and the decision.
+struct Recent {
+    lead: Lead,
     rules: Arc<FunctionRules>,
     text: String,
-    tokens: Vec<Tok>,
+    constants: Vec<Constant>,
     shape: String,
     decision: Arc<Decision>,
+}
+
+/// The first bytes of a text, up to 16 and up to its first digit, `.` or quote: texts of one shape that
+/// differ only in their constants (all the diff accepts) begin alike before the first constant, so equal
+/// leads pick the few recent statements worth a byte comparison. Query texts hold no NUL, so the zero
+/// padding of a short lead cannot be mistaken for text.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Lead(u128);
+
+impl Lead {
+    fn of(sql: &str) -> Lead {
+        let mut bytes = [0u8; 16];
+        for (slot, &b) in bytes.iter_mut().zip(sql.as_bytes()) {
+            if b.is_ascii_digit() || b == b'.' || b == b'\'' {
+                break;
+            }
+            *slot = b;
+        }
+        Lead(u128::from_le_bytes(bytes))
+    }
 }
 
 thread_local! {
@@ -95,9 +129,10 @@ fn shape_into(sql: &str, key: &mut String, tokens: &mut Vec<Tok>) -> bool {
     for tok in Lexer::new(sql) {
         tokens.push(tok);
         match tok.kind {
-            TokKind::Str if tok.text(sql).starts_with('\'') => key.push_str("\u{1}s"),
-            TokKind::Number if let Some(marker) = number_marker(tok.text(sql)) => key.push_str(marker),
             TokKind::Unterminated => return false,
+            TokKind::Number | TokKind::Str if let Some(marker) = constant_marker(&tok, sql) => {
+                key.push_str(marker)
+            }
             _ => {
                 let text = tok.text(sql);
                 if tok.kind == TokKind::Word
@@ -133,12 +168,13 @@ fn shape_into(sql: &str, key: &mut String, tokens: &mut Vec<Tok>) -> bool {
 /// fuzz target `router` found `SELECT 1..2` answered from `SELECT 1`'s entry when every number was one
 /// marker.
 fn number_marker(text: &str) -> Option<&'static str> {
-    let all_digits = |s: &[u8]| !s.is_empty() && s.iter().all(u8::is_ascii_digit);
     let bytes = text.as_bytes();
-    match bytes.iter().position(|b| !b.is_ascii_digit()) {
-        None if !bytes.is_empty() => Some(integer_marker(text)),
-        Some(dot) if bytes[dot] == b'.' && all_digits(&bytes[..dot]) && all_digits(&bytes[dot + 1..]) => {
-            Some("\u{1}d")
+    let digits = bytes.iter().take_while(|b| b.is_ascii_digit()).count();
+    match bytes.get(digits) {
+        None if digits > 0 => Some(integer_marker(bytes)),
+        Some(b'.') if digits > 0 => {
+            let fraction = &bytes[digits + 1..];
+            (!fraction.is_empty() && fraction.iter().all(u8::is_ascii_digit)).then_some("\u{1}d")
         }
         _ => None,
     }
@@ -147,13 +183,19 @@ fn number_marker(text: &str) -> Option<&'static str> {
 /// The marker of an integer written in decimal digits, by the narrowest of the types sqlparser reads
 /// integers into that holds its value (Rust's parsers accept leading zeros, so the value counts, not the
 /// number of digits).
-fn integer_marker(digits: &str) -> &'static str {
-    let significant = digits.trim_start_matches('0');
-    // Nine digits always fit a u32, the common case (a key, a count), known without parsing; u64's largest
-    // has 20 digits: anything longer is beyond every type.
+fn integer_marker(digits: &[u8]) -> &'static str {
+    // Nine digits always fit a u32, the common case (a key, a count), known without parsing or trimming.
+    if digits.len() <= 9 {
+        return "\u{1}n";
+    }
+    let zeros = digits.iter().take_while(|b| **b == b'0').count();
+    let significant = &digits[zeros..];
+    // u64's largest has 20 digits: anything longer is beyond every type.
     let value = match significant.len() {
         0..=9 => return "\u{1}n",
-        10..=20 => significant.parse::<u128>().ok(),
+        10..=20 => std::str::from_utf8(significant)
+            .ok()
+            .and_then(|s| s.parse::<u128>().ok()),
         _ => None,
     };
     match value {
@@ -164,122 +206,96 @@ fn integer_marker(digits: &str) -> &'static str {
     }
 }
 
-/// Whether `new` certainly has the shape of `old` (a shape-cacheable text lexed into `tokens`), found
-/// without lexing all of `new`: the texts may differ only inside one string or number constant of `old`,
-/// and lexing `new` again from the token before that constant must give the same token there and a
-/// constant of the same kind ending where the changed bytes do. The lexer keeps no state between tokens,
-/// so every token before and after is then the same in both texts. False means "not known".
-fn same_shape_by_diff(old: &str, tokens: &[Tok], new: &str) -> bool {
+/// The marker a constant token stands for in a shape, or None for a token the shape keeps as written.
+fn constant_marker(tok: &Tok, src: &str) -> Option<&'static str> {
+    match tok.kind {
+        TokKind::Str if src.as_bytes().get(tok.start) == Some(&b'\'') => Some("\u{1}s"),
+        TokKind::Number => number_marker(tok.text(src)),
+        _ => None,
+    }
+}
+
+/// A marked constant of a recent statement: its token and marker, and the token right before it when
+/// nothing separates the two (that one is lexed again in a new text, see [`same_shape_as`]).
+#[derive(Clone, Copy, Debug)]
+struct Constant {
+    tok: Tok,
+    marker: &'static str,
+    touching: Option<Tok>,
+}
+
+/// The marked constants of a text lexed into `tokens`, into `out`.
+fn constants_into(sql: &str, tokens: &[Tok], out: &mut Vec<Constant>) {
+    out.clear();
+    for (i, tok) in tokens.iter().enumerate() {
+        if let Some(marker) = constant_marker(tok, sql) {
+            let touching = i.checked_sub(1).map(|p| tokens[p]).filter(|p| p.end == tok.start);
+            out.push(Constant {
+                tok: *tok,
+                marker,
+                touching,
+            });
+        }
+    }
+}
+
+/// Whether `new` certainly has the shape of `old` (a shape-cacheable text whose marked constants are
+/// `constants`), found without lexing all of `new`: outside those constants the two texts must be the same
+/// byte for byte, and lexing `new` where each of them begins must give one token of the same kind and
+/// marker. The lexer keeps no state between tokens, so `new`'s tokens are then `old`'s with those constants
+/// swapped, which is what sharing a shape means. Any number of constants may differ (an UPDATE's new value
+/// and its key both change from one execution to the next). False means "not known".
+fn same_shape_as(old: &str, constants: &[Constant], new: &str) -> bool {
     let (o, n) = (old.as_bytes(), new.as_bytes());
-    let prefix = common_prefix(o, n);
-    if prefix == o.len() && prefix == n.len() {
+    if o == n {
         return true;
     }
-    let suffix = common_suffix(&o[prefix..], &n[prefix..]);
-    // The changed bytes of `old` are prefix..changed_end (empty when `new` only inserted bytes).
-    let changed_end = o.len() - suffix;
-    // A constant holding all the changed bytes: the last token starting at or before the first of them,
-    // or, when `new` only inserted bytes, possibly the token just before it, ending there.
-    let holds = |t: &Tok| {
-        matches!(t.kind, TokKind::Number | TokKind::Str) && t.start <= prefix && changed_end <= t.end
-    };
-    let at = tokens.partition_point(|t| t.start <= prefix);
-    let Some(idx) = [at.checked_sub(1), at.checked_sub(2)]
-        .into_iter()
-        .flatten()
-        .find(|i| holds(&tokens[*i]))
-    else {
-        return false;
-    };
-    let constant = tokens[idx];
-    let Some(new_end) = (constant.end + n.len()).checked_sub(o.len()) else {
-        return false;
-    };
-    let mut lexer = match idx.checked_sub(1) {
-        // Whitespace between the token before and the constant: that token's extent was decided by bytes up
-        // to the first of that whitespace, which both texts share, so only the constant is lexed again.
-        Some(before) if tokens[before].end < constant.start => Lexer::starting_at(new, constant.start),
-        Some(before) => {
-            let previous = tokens[before];
-            let mut lexer = Lexer::starting_at(new, previous.start);
-            if lexer.next() != Some(previous) {
-                return false;
+    // Compared up to `o_at` in `old`, which is `n_at` in `new`.
+    let (mut o_at, mut n_at) = (0, 0);
+    // The last constant swapped: where it began in `old`, and its token in `new`.
+    let mut swapped: Option<(usize, Tok)> = None;
+    for c in constants {
+        let Some(same) = o.get(o_at..c.tok.start) else {
+            return false;
+        };
+        let n_start = n_at + same.len();
+        if n.get(n_at..n_start) != Some(same) {
+            return false;
+        }
+        let mut lexer = match c.touching {
+            // The token right before might have ended elsewhere in `new`, had the constant's first byte
+            // continued it: it is lexed again, and must come out the same.
+            Some(p) => {
+                let previous = match swapped {
+                    Some((start, tok)) if start == p.start => tok,
+                    _ => match p.start.checked_sub(o_at) {
+                        Some(offset) => Tok {
+                            kind: p.kind,
+                            start: n_at + offset,
+                            end: n_start,
+                        },
+                        None => return false,
+                    },
+                };
+                let mut lexer = Lexer::starting_at(new, previous.start);
+                if lexer.next() != Some(previous) {
+                    return false;
+                }
+                lexer
             }
-            lexer
+            None => Lexer::starting_at(new, n_start),
+        };
+        let Some(tok) = lexer.next() else {
+            return false;
+        };
+        if tok.kind != c.tok.kind || tok.start != n_start || constant_marker(&tok, new) != Some(c.marker) {
+            return false;
         }
-        None => Lexer::starting_at(new, 0),
-    };
-    if lexer.next()
-        != Some(Tok {
-            kind: constant.kind,
-            start: constant.start,
-            end: new_end,
-        })
-    {
-        return false;
+        o_at = c.tok.end;
+        n_at = tok.end;
+        swapped = Some((c.tok.start, tok));
     }
-    // Same token kind is not enough: only constants with the same marker are interchangeable (a number
-    // too large for u32 has its own, an E'' string is kept verbatim in the shape, see `number_marker`).
-    let marker = |text: &str, kind: TokKind| match kind {
-        TokKind::Str if text.starts_with('\'') => Some("\u{1}s"),
-        TokKind::Number => number_marker(text),
-        _ => None,
-    };
-    let old_text = &old[constant.start..constant.end];
-    let Some(new_text) = new.get(constant.start..new_end) else {
-        return false;
-    };
-    let before = marker(old_text, constant.kind);
-    before.is_some() && before == marker(new_text, constant.kind)
-}
-
-/// Bytes `a` and `b` share at their start. Compared eight at a time: this runs on every statement that
-/// hits the last-statement entry, and a byte loop was a good share of that hit's cost.
-fn common_prefix(a: &[u8], b: &[u8]) -> usize {
-    let len = a.len().min(b.len());
-    let mut at = 0;
-    while at + 8 <= len {
-        let (x, y) = (word_at(a, at), word_at(b, at));
-        if x != y {
-            return at + ((x ^ y).trailing_zeros() / 8) as usize;
-        }
-        at += 8;
-    }
-    at + a[at..len]
-        .iter()
-        .zip(&b[at..len])
-        .take_while(|(x, y)| x == y)
-        .count()
-}
-
-/// Bytes `a` and `b` share at their end.
-fn common_suffix(a: &[u8], b: &[u8]) -> usize {
-    let len = a.len().min(b.len());
-    let (a, b) = (&a[a.len() - len..], &b[b.len() - len..]);
-    let mut same = 0;
-    while same + 8 <= len {
-        let at = len - same - 8;
-        let (x, y) = (word_at(a, at), word_at(b, at));
-        if x != y {
-            return same + ((x ^ y).leading_zeros() / 8) as usize;
-        }
-        same += 8;
-    }
-    let rest = len - same;
-    same + a[..rest]
-        .iter()
-        .rev()
-        .zip(b[..rest].iter().rev())
-        .take_while(|(x, y)| x == y)
-        .count()
-}
-
-/// Eight bytes from `at`, the first in the lowest bits (so that trailing zeros of a difference count the
-/// equal bytes before it, and leading zeros the equal bytes after it).
-fn word_at(bytes: &[u8], at: usize) -> u64 {
-    let mut word = [0u8; 8];
-    word.copy_from_slice(&bytes[at..at + 8]);
-    u64::from_le_bytes(word)
+    o.get(o_at..).is_some_and(|rest| n.get(n_at..) == Some(rest))
 }
 
 fn lookup(map: &SharedMap, rules: usize, key: &str) -> Option<Arc<Decision>> {
@@ -322,19 +338,33 @@ pub fn classify_cached(sql: &str, rules: &Arc<FunctionRules>) -> Arc<Decision> {
 }
 
 fn classify_with(sql: &str, rules: &Arc<FunctionRules>, local: &mut Local) -> Arc<Decision> {
-    if let Some(last) = &local.last
-        && Arc::ptr_eq(&last.rules, rules)
-        && same_shape_by_diff(&last.text, &last.tokens, sql)
+    if let Some(r) = local.recent.get(local.latest)
+        && Arc::ptr_eq(&r.rules, rules)
+        && same_shape_as(&r.text, &r.constants, sql)
     {
-        return last.decision.clone();
+        return r.decision.clone();
     }
-    let Local { shape, tokens, last } = local;
+    let lead = Lead::of(sql);
+    if let Some((i, d)) = recent_answer(&local.recent, lead, sql, rules) {
+        local.latest = i;
+        return d;
+    }
+    let Local {
+        shape,
+        tokens,
+        recent,
+        next,
+        latest,
+    } = local;
     if !shape_into(sql, shape, tokens) {
         return by_text(sql, rules);
     }
-    let d = match last {
-        Some(l) if Arc::ptr_eq(&l.rules, rules) && l.shape == *shape => l.decision.clone(),
-        _ => {
+    let same_shape = recent
+        .iter()
+        .position(|r| Arc::ptr_eq(&r.rules, rules) && r.shape == *shape);
+    let d = match same_shape {
+        Some(i) => recent[i].decision.clone(),
+        None => {
             let id = Arc::as_ptr(rules) as usize;
             match lookup(&BY_SHAPE, id, shape) {
                 Some(d) => d,
@@ -352,29 +382,61 @@ fn classify_with(sql: &str, rules: &Arc<FunctionRules>, local: &mut Local) -> Ar
             }
         }
     };
-    // This statement becomes the last one; the old one's buffers are reused for the next lookup.
-    match last {
-        Some(l) => {
-            std::mem::swap(&mut l.shape, shape);
-            std::mem::swap(&mut l.tokens, tokens);
-            l.text.clear();
-            l.text.push_str(sql);
-            if !Arc::ptr_eq(&l.rules, rules) {
-                l.rules = rules.clone();
-            }
-            l.decision = d.clone();
-        }
-        None => {
-            *last = Some(Last {
+    if sql.len() > RECENT_TEXT {
+        return d;
+    }
+    // This statement becomes a recent one: in place of the entry of its shape, else of the entry stored
+    // longest ago once the table is full, else as a new one. A replaced entry's buffers are reused.
+    let slot = match same_shape {
+        Some(i) => i,
+        None if recent.len() < RECENT => {
+            let mut constants = Vec::new();
+            constants_into(sql, tokens, &mut constants);
+            *latest = recent.len();
+            recent.push(Recent {
+                lead,
                 rules: rules.clone(),
                 text: sql.to_owned(),
-                tokens: std::mem::take(tokens),
+                constants,
                 shape: std::mem::take(shape),
                 decision: d.clone(),
-            })
+            });
+            return d;
         }
+        None => {
+            let i = *next;
+            *next = (i + 1) % RECENT;
+            i
+        }
+    };
+    *latest = slot;
+    let r = &mut recent[slot];
+    r.lead = lead;
+    std::mem::swap(&mut r.shape, shape);
+    constants_into(sql, tokens, &mut r.constants);
+    r.text.clear();
+    r.text.push_str(sql);
+    if !Arc::ptr_eq(&r.rules, rules) {
+        r.rules = rules.clone();
     }
+    r.decision = d.clone();
     d
+}
+
+/// A recent statement that `sql` certainly shares a shape with, under the same rules: its index and
+/// decision.
+fn recent_answer(
+    recent: &[Recent],
+    lead: Lead,
+    sql: &str,
+    rules: &Arc<FunctionRules>,
+) -> Option<(usize, Arc<Decision>)> {
+    recent
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.lead == lead && Arc::ptr_eq(&r.rules, rules))
+        .find(|(_, r)| same_shape_as(&r.text, &r.constants, sql))
+        .map(|(i, r)| (i, r.decision.clone()))
 }
 
 /// Texts whose constants may matter are remembered by exact text.
@@ -393,53 +455,27 @@ mod tests {
     use super::*;
     use crate::router::classify::Target;
 
-    fn shape_of(sql: &str) -> Option<(String, Vec<Tok>)> {
-        let (mut shape, mut tokens) = (String::new(), Vec::new());
-        shape_into(sql, &mut shape, &mut tokens).then_some((shape, tokens))
-    }
-
-    #[test]
-    fn common_prefix_and_suffix_match_a_byte_loop() {
-        let texts = [
-            "",
-            "a",
-            "SELECT 1",
-            "SELECT abalance FROM pgbench_accounts WHERE aid = 4711;",
-            "SELECT abalance FROM pgbench_accounts WHERE aid = 4712;",
-            "SELECT abalance FROM pgbench_accounts WHERE aid = 12;",
-            "XELECT abalance FROM pgbench_accounts WHERE aid = 4711;",
-            "SELECT abalance FROM pgbench_accounts WHERE aid = 4711; ",
-            "0123456789abcdef0123456789abcdef",
-            "0123456789abcdef0123456789abcdeX",
-            "0123456789abcdef01234567",
-        ];
-        for a in texts {
-            for b in texts {
-                let (a, b) = (a.as_bytes(), b.as_bytes());
-                let prefix = a.iter().zip(b).take_while(|(x, y)| x == y).count();
-                let suffix = a
-                    .iter()
-                    .rev()
-                    .zip(b.iter().rev())
-                    .take_while(|(x, y)| x == y)
-                    .count();
-                assert_eq!(common_prefix(a, b), prefix, "{a:?} {b:?}");
-                assert_eq!(common_suffix(a, b), suffix, "{a:?} {b:?}");
-            }
+    /// The shape and marked constants of a shape-cacheable text.
+    fn shape_of(sql: &str) -> Option<(String, Vec<Constant>)> {
+        let (mut shape, mut tokens, mut constants) = (String::new(), Vec::new(), Vec::new());
+        if !shape_into(sql, &mut shape, &mut tokens) {
+            return None;
         }
+        constants_into(sql, &tokens, &mut constants);
+        Some((shape, constants))
     }
 
     #[test]
-    fn diff_recognises_a_changed_constant() {
+    fn constants_may_change_and_nothing_else() {
         let old = "SELECT abalance FROM pgbench_accounts WHERE aid = 4711;";
-        let (_, tokens) = shape_of(old).expect("shape");
+        let (_, constants) = shape_of(old).expect("shape");
         for new in [
             old,
             "SELECT abalance FROM pgbench_accounts WHERE aid = 12;",
             "SELECT abalance FROM pgbench_accounts WHERE aid = 4711999;",
             "SELECT abalance FROM pgbench_accounts WHERE aid = 3;",
         ] {
-            assert!(same_shape_by_diff(old, &tokens, new), "{new}");
+            assert!(same_shape_as(old, &constants, new), "{new}");
         }
         for new in [
             "SELECT abalance FROM pgbench_accounts WHERE aid = x;",
@@ -453,25 +489,58 @@ mod tests {
             "SELECT abalance FROM pgbench_accounts WHERE aid = 47.11;",
             "SELECT abalance FROM pgbench_accounts WHERE aid = 1..2;",
         ] {
-            assert!(!same_shape_by_diff(old, &tokens, new), "{new}");
+            assert!(!same_shape_as(old, &constants, new), "{new}");
         }
         let old = "SELECT * FROM t WHERE name = 'abc' AND x = 1";
-        let (_, tokens) = shape_of(old).expect("shape");
-        assert!(same_shape_by_diff(
+        let (_, constants) = shape_of(old).expect("shape");
+        assert!(same_shape_as(
             old,
-            &tokens,
+            &constants,
             "SELECT * FROM t WHERE name = 'a''b' AND x = 1"
         ));
-        assert!(!same_shape_by_diff(
+        assert!(!same_shape_as(
             old,
-            &tokens,
+            &constants,
             "SELECT * FROM t WHERE name = 'a' AND 'x = 1"
         ));
-        assert!(!same_shape_by_diff(
+        assert!(!same_shape_as(
             old,
-            &tokens,
+            &constants,
             "SELECT * FROM t WHERE name = 'abc"
         ));
+        // Several constants may change at once; nothing between them may.
+        for (old, new, same) in [
+            (
+                "UPDATE pgbench_accounts SET abalance = abalance + 5 WHERE aid = 4711;",
+                "UPDATE pgbench_accounts SET abalance = abalance + 4999 WHERE aid = 12;",
+                true,
+            ),
+            (
+                "UPDATE pgbench_accounts SET abalance = abalance + 5 WHERE aid = 4711;",
+                "UPDATE pgbench_accounts SET abalance = abalance + -5 WHERE aid = 12;",
+                false,
+            ),
+            (
+                "UPDATE pgbench_accounts SET abalance = abalance + 5 WHERE aid = 4711;",
+                "UPDATE pgbench_accounts SET abalance = abalance + 6 WHERE bid = 12;",
+                false,
+            ),
+            ("SELECT 1,2,'a'", "SELECT 33,4,'b''c'", true),
+            ("SELECT 1,2,'a'", "SELECT 1,2.5,'a'", false),
+            ("SELECT 1,2,'a'", "SELECT 1,2,'a',3", false),
+            ("SELECT 1,2,'a'", "SELECT 1,2", false),
+            ("SELECT x-1, 2", "SELECT x--1, 2", false),
+            ("SELECT 1'a'", "SELECT 22'bb'", true),
+            ("SELECT 1 -- 2", "SELECT 1 -- 3", false),
+            (
+                "INSERT INTO t VALUES (1, 'a'), (2, 'b')",
+                "INSERT INTO t VALUES (10, ''), (20, 'x')",
+                true,
+            ),
+        ] {
+            let (_, constants) = shape_of(old).expect("shape");
+            assert_eq!(same_shape_as(old, &constants, new), same, "{old} / {new}");
+        }
     }
 
     proptest::proptest! {
@@ -485,15 +554,49 @@ mod tests {
             len in 0usize..4,
             insert in "[a-c0-9 '=;.$-]{0,4}",
         ) {
-            if let Some((old_shape, tokens)) = shape_of(&old) {
+            if let Some((old_shape, constants)) = shape_of(&old) {
                 let start = start.min(old.len());
                 let end = (start + len).min(old.len());
                 let new = format!("{}{}{}", &old[..start], insert, &old[end..]);
-                if same_shape_by_diff(&old, &tokens, &new) {
+                if same_shape_as(&old, &constants, &new) {
                     let new_shape = shape_of(&new).map(|(s, _)| s);
                     proptest::prop_assert_eq!(new_shape, Some(old_shape), "{:?} -> {:?}", old, new);
                 }
             }
+        }
+
+        /// Soundness with two edits anywhere, as when two constants change.
+        #[test]
+        fn two_edits_never_claim_a_different_shape(
+            old in "[a-c0-9 '=;.$-]{0,20}",
+            edits in proptest::collection::vec((0usize..20, 0usize..4, "[a-c0-9 '=;.$-]{0,4}"), 2),
+        ) {
+            if let Some((old_shape, constants)) = shape_of(&old) {
+                let mut new = old.clone();
+                for (start, len, insert) in &edits {
+                    let start = (*start).min(new.len());
+                    let end = (start + len).min(new.len());
+                    new = format!("{}{}{}", &new[..start], insert, &new[end..]);
+                }
+                if same_shape_as(&old, &constants, &new) {
+                    let new_shape = shape_of(&new).map(|(s, _)| s);
+                    proptest::prop_assert_eq!(new_shape, Some(old_shape), "{:?} -> {:?}", old, new);
+                }
+            }
+        }
+
+        /// Completeness where it counts: texts of one template with other constants of the same kinds are
+        /// always recognised.
+        #[test]
+        fn changed_constants_are_recognised(
+            values in proptest::collection::vec((0u32..=u32::MAX, "[a-z' ]{0,6}"), 2),
+        ) {
+            let text = |(n, s): &(u32, String)| {
+                format!("SELECT a FROM t WHERE b = {n} AND c = '{}' LIMIT {n};", s.replace('\'', "''"))
+            };
+            let (old, new) = (text(&values[0]), text(&values[1]));
+            let (_, constants) = shape_of(&old).expect("shape");
+            proptest::prop_assert!(same_shape_as(&old, &constants, &new), "{:?} -> {:?}", old, new);
         }
     }
 
@@ -592,6 +695,108 @@ mod tests {
         let b = classify_cached("UPDATE t SET a = a + 17 WHERE id = 40000", &rules);
         assert!(Arc::ptr_eq(&a, &b));
         assert_eq!(*a, classify("UPDATE t SET a = a + 17 WHERE id = 40000", &rules));
+    }
+
+    #[test]
+    fn interleaved_shapes_are_answered_by_the_recent_statements() {
+        let rules = Arc::new(FunctionRules::new(&[], &[]));
+        let mut local = Local::default();
+        // A TPC-B transaction: seven shapes, each following another, and constants that change every time.
+        let tpcb = |aid: u32, delta: i32| {
+            [
+                "BEGIN;".to_owned(),
+                format!("UPDATE pgbench_accounts SET abalance = abalance + {delta} WHERE aid = {aid};"),
+                format!("SELECT abalance FROM pgbench_accounts WHERE aid = {aid};"),
+                format!("UPDATE pgbench_tellers SET tbalance = tbalance + {delta} WHERE tid = 3;"),
+                format!("UPDATE pgbench_branches SET bbalance = bbalance + {delta} WHERE bid = 1;"),
+                format!(
+                    "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (3, 1, {aid}, {delta}, \
+                     CURRENT_TIMESTAMP);"
+                ),
+                "END;".to_owned(),
+            ]
+        };
+        // A negative delta is two tokens (`-` and the number), so it makes other shapes than a positive one.
+        for sql in tpcb(4711, -5).into_iter().chain(tpcb(4711, 5)) {
+            assert_eq!(
+                *classify_with(&sql, &rules, &mut local),
+                classify(&sql, &rules),
+                "{sql}"
+            );
+        }
+        for (aid, delta) in [(12, 4999), (987_654, -1), (3, 0), (100_000, -4999)] {
+            for sql in tpcb(aid, delta) {
+                let answer = recent_answer(&local.recent, Lead::of(&sql), &sql, &rules);
+                let (_, answer) =
+                    answer.unwrap_or_else(|| panic!("not answered by a recent statement: {sql}"));
+                assert_eq!(*answer, classify(&sql, &rules), "{sql}");
+                assert!(
+                    Arc::ptr_eq(&answer, &classify_with(&sql, &rules, &mut local)),
+                    "{sql}"
+                );
+            }
+        }
+        // Other rules, another shape, or a text that begins alike with a different shape: not answered.
+        let other = Arc::new(FunctionRules::new(&["my_writer".to_owned()], &[]));
+        for (sql, rules) in [
+            ("SELECT abalance FROM pgbench_accounts WHERE aid = 5;", &other),
+            ("SELECT abalance FROM pgbench_accounts WHERE bid = 5;", &rules),
+            ("UPDATE pgbench_accounts SET abalance = 0;", &rules),
+            ("DELETE FROM pgbench_history;", &rules),
+        ] {
+            assert!(
+                recent_answer(&local.recent, Lead::of(sql), sql, rules).is_none(),
+                "{sql}"
+            );
+        }
+    }
+
+    #[test]
+    fn recent_statements_stay_bounded_and_replace_the_oldest() {
+        let rules = Arc::new(FunctionRules::new(&[], &[]));
+        let mut local = Local::default();
+        let text = |i: usize| format!("SELECT c{i} FROM t WHERE id = 1");
+        for i in 0..=RECENT {
+            classify_with(&text(i), &rules, &mut local);
+        }
+        assert_eq!(local.recent.len(), RECENT);
+        let kept = |i: usize, local: &Local| {
+            let sql = text(i).replace("= 1", "= 2");
+            recent_answer(&local.recent, Lead::of(&sql), &sql, &rules).is_some()
+        };
+        // The first statement made room for the last; every other one is still answered.
+        assert!(!kept(0, &local));
+        assert!((1..=RECENT).all(|i| kept(i, &local)));
+        // A long text is decided, and not kept.
+        let long = format!(
+            "SELECT {} FROM t WHERE id = 1",
+            "c, ".repeat(RECENT_TEXT / 3) + "c"
+        );
+        assert_eq!(*classify_with(&long, &rules, &mut local), classify(&long, &rules));
+        assert!(local.recent.iter().all(|r| r.text.len() <= RECENT_TEXT));
+        assert!(local.recent.iter().all(|r| r.text != long));
+    }
+
+    #[test]
+    fn a_lead_ends_before_the_first_constant() {
+        for (a, b, same) in [
+            ("SELECT 1", "SELECT 22", true),
+            (
+                "SELECT * FROM t WHERE x = 'a'",
+                "SELECT * FROM t WHERE x = 'bb'",
+                true,
+            ),
+            ("SELECT .5", "SELECT 7", true),
+            (
+                "UPDATE pgbench_accounts SET a = 1",
+                "UPDATE pgbench_branches SET a = 1",
+                false,
+            ),
+            ("BEGIN;", "BEGIN", false),
+            ("END;", "END;", true),
+        ] {
+            assert_eq!(Lead::of(a) == Lead::of(b), same, "{a} / {b}");
+        }
     }
 
     #[test]
