@@ -140,6 +140,9 @@ impl Session {
         .filter(|n| self.conn(*n).is_some());
         loop {
             tokio::select! {
+                // In the order written: the client's next request is the usual outcome, and a fair select
+                // draws a random branch order (a thread-local generator) on every poll of every request.
+                biased;
                 r = client_or_node(&mut self.client, &mut self.cbuf, &mut self.conns, listen_node, &self.shared.cancels) => return r,
                 attention = self.key.attention(&self.shutdown) => match attention {
                     Attention::Shutdown => return Ok(()),
@@ -320,6 +323,9 @@ async fn client_or_node(
         return Ok(());
     };
     tokio::select! {
+        // The client first, as in `wait_for_client`: each branch ends the wait, so neither can starve the
+        // other.
+        biased;
         r = client.read_buf(cbuf.read_target()) => {
             if r? == 0 {
                 return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
