@@ -294,6 +294,10 @@ impl RoutingState {
                 None if order.contains(&seen.node) => {
                     order.retain(|n| *n == seen.node || Some(*n) == primary)
                 }
+                // No read node left: the read falls back to the primary (`Reads::finish`), which has
+                // everything, so the bound would decide nothing. A fleet of the primary alone with
+                // primary_reads = false asked it before every read.
+                None if order.is_empty() => {}
                 None => {
                     // Until the session finds the bound out, only the primary is safe.
                     reads.bound_missing = true;

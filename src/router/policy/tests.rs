@@ -190,6 +190,8 @@ struct Row {
     floor: u64,
     /// The shard the request runs on; `primary` is shard 0's, each other shard's is its role = primary node.
     shard: u32,
+    /// Whether the policy asks the session how far its last read saw (monotonic reads) before choosing.
+    asks_bound: bool,
 }
 
 fn id(n: usize) -> NodeId {
@@ -213,6 +215,7 @@ fn row(rule: &'static str, fleet: Vec<N>, expect: Expect) -> Row {
         lsn_after: None,
         floor: 0,
         shard: 0,
+        asks_bound: false,
     }
 }
 
@@ -253,6 +256,12 @@ impl Row {
         Row {
             unsure,
             replayed,
+            ..self
+        }
+    }
+    fn asks_bound(self) -> Row {
+        Row {
+            asks_bound: true,
             ..self
         }
     }
@@ -385,11 +394,13 @@ fn every_rule_of_the_routing_docs() {
         };
         let mut order = Vec::new();
         let mut unsure = Vec::new();
+        let mut asks_bound = false;
         let result = state
             .choose(ask, &view, &fleet, &config, &balancer, &mut order)
             .and_then(|choice| match choice {
                 Choice::Fixed => Ok(()),
                 Choice::Reads(mut reads) => {
+                    asks_bound = reads.bound_missing();
                     unsure = reads.unsure(&order).iter().map(|n| n.index()).collect();
                     if !unsure.is_empty() {
                         match unsure.iter().find(|n| row.replayed.contains(n)) {
@@ -417,6 +428,11 @@ fn every_rule_of_the_routing_docs() {
             ),
         }
         assert_eq!(unsure, row.unsure, "{}: candidates to ask", row.rule);
+        assert_eq!(
+            asks_bound, row.asks_bound,
+            "{}: asks how far the last read saw",
+            row.rule
+        );
         assert_eq!(
             state.read_home.map(NodeId::index),
             row.home_after,

@@ -365,6 +365,19 @@ pub(super) fn rows() -> Vec<Row> {
             vec![p(), r().checked_down(), r()],
             Nodes(&[0]),
         )
+        .state(seen(1, None))
+        .asks_bound(),
+        row(
+            "session: with no read node left, a read goes to the primary, which has everything, unasked",
+            vec![p()],
+            Nodes(&[0]),
+        )
+        .state(seen(0, None)),
+        row(
+            "session: so does one whose last read was on a replica now down",
+            vec![p(), r().checked_down()],
+            Nodes(&[0]),
+        )
         .state(seen(1, None)),
         row(
             "session with affinity: a home gone, the new node is asked whether it replayed the bound",
