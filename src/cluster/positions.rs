@@ -20,6 +20,14 @@ pub struct Positions {
     asks_started: AtomicU64,
     /// One ask of the primary at a time; holds the number and answer of the last one that succeeded.
     ask: Mutex<Option<(u64, Lsn)>>,
+    /// Requests that may commit without learning their position (a session whose fleet is the primary
+    /// alone asks none: no read can go elsewhere), counted once they end ...
+    untracked: AtomicU64,
+    /// ... and while they run.
+    untracked_running: AtomicU64,
+    /// The count of `untracked` that `acked` is known to cover: a position asked of the primary after they
+    /// ended.
+    untracked_covered: AtomicU64,
 }
 
 impl Positions {
@@ -32,6 +40,30 @@ impl Positions {
     /// The highest acknowledged commit position (zero before the first).
     pub fn acked(&self) -> Lsn {
         Lsn(self.acked.load(Ordering::Acquire))
+    }
+
+    /// Marks a request that may commit without a position, from before it reaches the primary until its
+    /// client has the answer (the guard's drop, on every path): a read that starts after the client could
+    /// know of the commit sees it as running or as ended, never as neither.
+    pub fn untracked_commit(&self) -> UntrackedCommit<'_> {
+        self.untracked_running.fetch_add(1, Ordering::SeqCst);
+        UntrackedCommit { positions: self }
+    }
+
+    /// Whether commits may have been acknowledged that `acked` does not cover; then the count to pass to
+    /// [`Positions::cover`] with a primary position asked after this call.
+    pub fn uncovered(&self) -> Option<u64> {
+        // Running first: a request that ends between the two loads has already been counted as ended.
+        let running = self.untracked_running.load(Ordering::SeqCst);
+        let ended = self.untracked.load(Ordering::SeqCst);
+        (running > 0 || ended > self.untracked_covered.load(Ordering::SeqCst)).then_some(ended)
+    }
+
+    /// Records `lsn`, a primary position asked after [`Positions::uncovered`] gave `count`: it covers the
+    /// commits counted so far.
+    pub fn cover(&self, count: u64, lsn: Lsn) {
+        self.acknowledged(lsn);
+        self.untracked_covered.fetch_max(count, Ordering::SeqCst);
     }
 
     /// Starts a coalesced ask of the primary's current position: an answer to an ask that started after
@@ -47,6 +79,19 @@ impl Positions {
         }
         let number = self.asks_started.fetch_add(1, Ordering::AcqRel) + 1;
         PrimaryAsk::Turn(PrimaryTurn { guard, number })
+    }
+}
+
+/// A request that may commit without a position, running (see [`Positions::untracked_commit`]).
+pub struct UntrackedCommit<'a> {
+    positions: &'a Positions,
+}
+
+impl Drop for UntrackedCommit<'_> {
+    fn drop(&mut self) {
+        // Counted as ended before it stops counting as running (see `uncovered`).
+        self.positions.untracked.fetch_add(1, Ordering::SeqCst);
+        self.positions.untracked_running.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -184,6 +229,31 @@ mod tests {
         p.acknowledged(Lsn(300));
         p.acknowledged(Lsn(200));
         assert_eq!(p.acked(), Lsn(300));
+    }
+
+    #[test]
+    fn untracked_commits_are_uncovered_until_a_later_position_covers_them() {
+        let p = Positions::default();
+        assert_eq!(p.uncovered(), None);
+        let running = p.untracked_commit();
+        // Running: a read must ask, and what it learns cannot cover a commit still to be counted.
+        assert_eq!(p.uncovered(), Some(0));
+        p.cover(0, Lsn(100));
+        assert_eq!(p.uncovered(), Some(0));
+        drop(running);
+        assert_eq!(p.uncovered(), Some(1));
+        // A position asked after the count covers it, and raises the acknowledged position.
+        p.cover(1, Lsn(200));
+        assert_eq!((p.uncovered(), p.acked()), (None, Lsn(200)));
+        // Two more, one covered by an answer that came back late (count 2): the last is still uncovered.
+        drop(p.untracked_commit());
+        let count = p.uncovered();
+        drop(p.untracked_commit());
+        assert_eq!(count, Some(2));
+        p.cover(2, Lsn(150));
+        assert_eq!((p.uncovered(), p.acked()), (Some(3), Lsn(200)));
+        p.cover(3, Lsn(250));
+        assert_eq!((p.uncovered(), p.acked()), (None, Lsn(250)));
     }
 
     #[test]

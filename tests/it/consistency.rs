@@ -464,6 +464,134 @@ async fn commit_positions_ride_behind_the_write_without_a_round_trip_of_their_ow
     );
 }
 
+/// A fleet of `nodes` (the primary first) at the default consistency (`global`), reads balanced round robin
+/// over the replicas.
+fn fleet_config(port: u16, nodes: &[&NodeHandle]) -> String {
+    let mut text = format!(
+        "[listen]\naddress = \"127.0.0.1:{port}\"\n\n[[users]]\nname = \"{APP_USER}\"\npassword = \"{PASSWORD}\"\n\n"
+    );
+    for (i, node) in nodes.iter().enumerate() {
+        let role = if i == 0 { "primary" } else { "replica" };
+        text.push_str(&format!(
+            "[[nodes]]\nname = \"{}\"\naddress = \"{}\"\nrole = \"{role}\"\n\n",
+            node.name,
+            node.address()
+        ));
+    }
+    text + &format!("[routing]\nload_balance = \"round_robin\"\n\n{HEALTH_TOML}")
+}
+
+/// With the primary as the fleet's only node no read can go anywhere else, so a commit carries no position
+/// query (the primary's log shows none, riding or separate), and SHOW pgfleet.write_lsn asks the primary
+/// instead (at or past the commit). Such commits still count for `global`: once a reload adds replicas that
+/// have not replayed one, a read in another session is not served there; once they catch up, reads go to
+/// them again, and commits carry their position as in any fleet with replicas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_alone_commits_without_position_queries_and_global_reads_see_them_after_a_reload() {
+    let cluster = cluster_async().await;
+    create_table(&cluster, "CREATE TABLE alone (id int PRIMARY KEY)").await;
+    log_every_statement(&cluster.primary).await;
+    let count = |text: &str| cluster.primary.log_contents().matches(text).count();
+    let (riding, separate) = (
+        "pgfleet_commit_lsn",
+        "statement: SELECT pg_current_wal_lsn()::text\n",
+    );
+    let (riding_before, separate_before) = (count(riding), count(separate));
+    let port = free_port();
+    let proxy = Proxy::start_with_config(fleet_config(port, &[&cluster.primary]));
+
+    let a = client(&proxy).await;
+    for i in 0..3 {
+        run(&a, &format!("INSERT INTO alone VALUES ({i})")).await;
+    }
+    run(&a, "BEGIN; INSERT INTO alone VALUES (3)").await;
+    run(&a, "COMMIT").await;
+    // The WAL insert position during the INSERT, before its commit record.
+    let before_commit = value(
+        &a,
+        "INSERT INTO alone VALUES (4) RETURNING pg_current_wal_insert_lsn()::text",
+    )
+    .await;
+    assert_eq!(value(&a, "SELECT 'alone marker'").await, "alone marker");
+    let logged = wait_until(Duration::from_secs(5), async || {
+        cluster.primary.log_contents().contains("alone marker")
+    })
+    .await;
+    assert!(logged.is_some(), "the marker never reached the primary's log");
+    assert_eq!(
+        (count(riding) - riding_before, count(separate) - separate_before),
+        (0, 0),
+        "commits through a primary-only fleet carried position queries (riding, separate)"
+    );
+    let token = value(&a, "SHOW pgfleet.write_lsn").await;
+    assert_eq!(
+        direct(
+            &cluster.primary,
+            &format!("SELECT '{token}'::pg_lsn > '{before_commit}'::pg_lsn")
+        ),
+        "t",
+        "SHOW pgfleet.write_lsn gave {token}, not past the last commit (its INSERT ran at {before_commit})"
+    );
+
+    // The next commit does not reach the replicas, which then join the fleet.
+    for replica in &cluster.replicas {
+        set_apply_delay(replica, "1h").await;
+    }
+    run(&a, "INSERT INTO alone VALUES (5)").await;
+    for replica in &cluster.replicas {
+        assert_eq!(
+            direct(replica, "SELECT count(*) FROM alone WHERE id = 5"),
+            "0",
+            "precondition: {} must not have replayed the last commit",
+            replica.name
+        );
+    }
+    let replicas: Vec<&NodeHandle> = cluster.replicas.iter().collect();
+    let whole = [vec![&cluster.primary], replicas].concat();
+    std::fs::write(&proxy.config_path, fleet_config(port, &whole)).expect("write config");
+    proxy.reload();
+    let reloaded = wait_until(Duration::from_secs(10), async || {
+        proxy.log_contents().contains("config reloaded")
+    })
+    .await;
+    assert!(reloaded.is_some(), "no reload logged:\n{}", proxy.log_tail(20));
+
+    let b = client(&proxy).await;
+    assert_eq!(
+        value(&b, "SELECT count(*) FROM alone WHERE id = 5").await,
+        "1",
+        "a global read after the reload missed a commit made while the primary was alone\n{}",
+        proxy.log_tail(30)
+    );
+    assert_eq!(
+        value(&b, "SELECT inet_server_port()").await,
+        cluster.primary.port.to_string(),
+        "with both replicas behind that commit, reads must stay on the primary"
+    );
+
+    // Caught up, the replicas serve reads; commits carry their position again.
+    for replica in &cluster.replicas {
+        set_apply_delay(replica, "0").await;
+    }
+    let replica_ports: Vec<String> = cluster.replicas.iter().map(|r| r.port.to_string()).collect();
+    let on_replica = wait_until(Duration::from_secs(10), async || {
+        replica_ports.contains(&value(&b, "SELECT inet_server_port()").await)
+    })
+    .await;
+    assert!(
+        on_replica.is_some(),
+        "reads never reached the replicas after they caught up\n{}",
+        proxy.log_tail(30)
+    );
+    let riding_now = count(riding);
+    run(&a, "INSERT INTO alone VALUES (6)").await;
+    let carried = wait_until(Duration::from_secs(5), async || count(riding) > riding_now).await;
+    assert!(
+        carried.is_some(),
+        "a commit in a fleet with replicas carried no position query"
+    );
+}
+
 /// A replica that has replayed what a read must see, but that pgfleet does not know has (no health check,
 /// probe or earlier read told it since the write), is asked in the same write as the read, ahead of it: the
 /// read is served there with no round trip of its own. Shown by the replicas' logs: the question that rides

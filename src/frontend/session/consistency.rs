@@ -416,10 +416,11 @@ impl Session {
         Ok(())
     }
 
-    /// The session's last commit position; at `consistency = "off"` pgfleet does not track commits, so the
-    /// primary's current position stands in (at or past any commit the session made).
+    /// The session's last commit position; at `consistency = "off"`, and after a commit whose position was
+    /// not asked (a fleet of the primary alone), the primary's current position stands in (at or past any
+    /// commit the session made).
     async fn write_lsn(&mut self) -> Lsn {
-        if self.shared.config().routing.consistency() != Consistency::Off {
+        if self.shared.config().routing.consistency() != Consistency::Off && !self.commit_untracked {
             return self.routing.committed.unwrap_or(Lsn::ZERO);
         }
         self.primary_position().await.unwrap_or(Lsn::ZERO)

@@ -292,6 +292,11 @@ impl Session {
             let trailer = self.trailer_for(node, &plan, req, end);
             self.trailer = trailer;
             self.trailer_answer = None;
+            // Held until the client has the answer, whatever the outcome (see `commits_untracked`).
+            let untracked_by = self.commits_untracked(&plan).then(|| self.shared.clone());
+            let _untracked = untracked_by
+                .as_ref()
+                .map(|s| s.fleet.positions(self.shard).untracked_commit());
             match Flow::run(self, node, req, end, plan, retry_allowed).await {
                 Ok(()) => {
                     if let Some((target, label)) = &count_later {
@@ -393,7 +398,23 @@ impl Session {
             && !self.routing.bound()
             && self.routing.route != Some(Target::Primary);
         let floor = match level {
-            Consistency::Global if may_read_replica => self.shared.fleet.positions(self.shard).acked(),
+            Consistency::Global if may_read_replica => {
+                let shared = self.shared.clone();
+                let positions = shared.fleet.positions(self.shard);
+                match positions.uncovered() {
+                    // Commits made while the fleet was the primary alone carry no position (`trailer_for`):
+                    // once a reload added a node, the first read that may go there asks the primary, after
+                    // them, how far it is. With the primary alone, reads go nowhere else.
+                    Some(count) if !self.primary_alone() => match self.primary_position().await {
+                        Some(lsn) => {
+                            positions.cover(count, lsn);
+                            positions.acked()
+                        }
+                        None => Lsn::MAX,
+                    },
+                    _ => positions.acked(),
+                }
+            }
             // Unknown: the primary, which has everything, serves the read.
             Consistency::Universal if may_read_replica => self.primary_position().await.unwrap_or(Lsn::MAX),
             _ => Lsn::ZERO,

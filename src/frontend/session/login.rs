@@ -197,6 +197,7 @@ impl Session {
             lead_need: None,
             last_read_at: None,
             tx_wrote: false,
+            commit_untracked: false,
             shared_conns,
             names: StatementNames::default(),
             entry: None,

@@ -222,6 +222,9 @@ pub(super) struct Session {
     last_read_at: Option<std::time::Instant>,
     /// The open transaction ran something on the primary that may have written.
     tx_wrote: bool,
+    /// The session's last commit has no known position (the fleet was its primary alone, see
+    /// `trailer_for`): SHOW pgfleet.write_lsn asks the primary.
+    commit_untracked: bool,
     /// Transaction pooling: node connections go back to the pool between transactions.
     pub(super) shared_conns: bool,
     /// Transaction pooling: the client's statement names and the proxy's.

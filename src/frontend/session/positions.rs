@@ -99,9 +99,14 @@ impl Session {
         let kind = if matches!(self.current.view.primary(self.shard), Primary::One(p) if *p == node) {
             let wrote =
                 (plan.target == Target::Primary && !Rule::is_read_on_primary(&plan.rule)) || self.tx_wrote;
-            if wrote {
+            if wrote && self.primary_alone() {
+                // Where a commit landed matters only to a later read elsewhere; with the primary as the only
+                // node there is none. The commit counts as untracked instead (`untracked_commit`), which the
+                // first read elsewhere after a reload added a node asks the primary about.
+                return None;
+            } else if wrote {
                 Trailer::Commit
-            } else if self.current.nodes.iter().filter(|n| !n.is_retired()).count() == 1 {
+            } else if self.primary_alone() {
                 // How far a read on the primary saw matters only to a later read elsewhere; with the primary
                 // as the only node there is none (a replica added later finds no position and asks the
                 // primary).
@@ -130,6 +135,22 @@ impl Session {
             return None;
         }
         Some(kind)
+    }
+
+    /// Whether the session's fleet is its primary alone (no node retired by a reload counts): then no read
+    /// can go anywhere else, and positions matter to none.
+    pub(super) fn primary_alone(&self) -> bool {
+        self.current.nodes.iter().filter(|n| !n.is_retired()).count() == 1
+    }
+
+    /// Whether a request may commit without a position query (see `trailer_for`): then, from before it
+    /// reaches the primary until its client has the answer, the fleet counts it as running an untracked
+    /// commit (`Positions::untracked_commit`), which a `global` read elsewhere after a reload added a node
+    /// asks the primary about (`candidates`).
+    pub(super) fn commits_untracked(&self, plan: &Plan) -> bool {
+        let wrote =
+            (plan.target == Target::Primary && !Rule::is_read_on_primary(&plan.rule)) || self.tx_wrote;
+        wrote && self.current.config.routing.consistency() != Consistency::Off && self.primary_alone()
     }
 
     /// Whether a replica has replayed `lsn`: known fleet-wide (a health check or any session's probe said
@@ -213,6 +234,15 @@ impl Session {
         if trailer == Some(Trailer::Commit) {
             // None: the primary could not say; reads go to the primary until a later write tells more.
             self.routing.wrote_at(answer);
+            self.commit_untracked &= answer.is_none();
+            return;
+        }
+        if self.primary_alone() {
+            // Not asked (see `trailer_for`): should a reload add a node, the session's reads stay on the
+            // primary until a later write says where it committed, and SHOW pgfleet.write_lsn asks the
+            // primary.
+            self.routing.wrote_at(None);
+            self.commit_untracked = true;
             return;
         }
         // No trailer could ride behind this request (COPY, or a Flush-ended batch): ask separately.
@@ -223,6 +253,7 @@ impl Session {
             Some(lsn) => {
                 self.shared.fleet.positions(self.shard).acknowledged(lsn);
                 self.routing.wrote_at(Some(lsn));
+                self.commit_untracked = false;
             }
             // Unknown position: be safe and read from the primary until a later write tells us more.
             None => self.routing.wrote_at(None),
