@@ -484,8 +484,8 @@ fn fleet_config(port: u16, nodes: &[&NodeHandle]) -> String {
 /// With the primary as the fleet's only node no read can go anywhere else, so a commit carries no position
 /// query (the primary's log shows none, riding or separate), and SHOW pgfleet.write_lsn asks the primary
 /// instead (at or past the commit). Such commits still count for `global`: once a reload adds replicas that
-/// have not replayed one, a read in another session is not served there; once they catch up, reads go to
-/// them again, and commits carry their position as in any fleet with replicas.
+/// have not replayed one (their replay paused), a read in another session is not served there; once they
+/// catch up, reads go to them again, and commits carry their position as in any fleet with replicas.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_alone_commits_without_position_queries_and_global_reads_see_them_after_a_reload() {
     let cluster = cluster_async().await;
@@ -533,9 +533,10 @@ async fn a_primary_alone_commits_without_position_queries_and_global_reads_see_t
         "SHOW pgfleet.write_lsn gave {token}, not past the last commit (its INSERT ran at {before_commit})"
     );
 
-    // The next commit does not reach the replicas, which then join the fleet.
+    // The next commit does not reach the replicas (replay paused: nothing after the pause is applied), which
+    // then join the fleet.
     for replica in &cluster.replicas {
-        set_apply_delay(replica, "1h").await;
+        direct(replica, "SELECT pg_wal_replay_pause()");
     }
     run(&a, "INSERT INTO alone VALUES (5)").await;
     for replica in &cluster.replicas {
@@ -571,7 +572,7 @@ async fn a_primary_alone_commits_without_position_queries_and_global_reads_see_t
 
     // Caught up, the replicas serve reads; commits carry their position again.
     for replica in &cluster.replicas {
-        set_apply_delay(replica, "0").await;
+        direct(replica, "SELECT pg_wal_replay_resume()");
     }
     let replica_ports: Vec<String> = cluster.replicas.iter().map(|r| r.port.to_string()).collect();
     let on_replica = wait_until(Duration::from_secs(10), async || {
