@@ -398,21 +398,20 @@ impl Session {
             && !self.routing.bound()
             && self.routing.route != Some(Target::Primary);
         let floor = match level {
+            // Commits made while the fleet was the primary alone carry no position (`trailer_for`): once a
+            // reload added a node, the first read that may go there asks the primary, after them, how far it
+            // is. With the primary alone, reads go nowhere else.
             Consistency::Global if may_read_replica => {
-                let shared = self.shared.clone();
-                let positions = shared.fleet.positions(self.shard);
-                match positions.uncovered() {
-                    // Commits made while the fleet was the primary alone carry no position (`trailer_for`):
-                    // once a reload added a node, the first read that may go there asks the primary, after
-                    // them, how far it is. With the primary alone, reads go nowhere else.
+                match self.shared.fleet.positions(self.shard).uncovered() {
                     Some(count) if !self.primary_alone() => match self.primary_position().await {
                         Some(lsn) => {
+                            let positions = self.shared.fleet.positions(self.shard);
                             positions.cover(count, lsn);
                             positions.acked()
                         }
                         None => Lsn::MAX,
                     },
-                    _ => positions.acked(),
+                    _ => self.shared.fleet.positions(self.shard).acked(),
                 }
             }
             // Unknown: the primary, which has everything, serves the read.
