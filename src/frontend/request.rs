@@ -162,6 +162,12 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Whether the request runs on the primary for what it may write, not only to read there (a question
+    /// about the server's role, an unlogged table).
+    pub fn may_write(&self) -> bool {
+        self.target == Target::Primary && !Rule::is_read_on_primary(&self.rule)
+    }
+
     fn empty() -> Self {
         Plan {
             target: Target::Replica,

@@ -288,7 +288,7 @@ impl Session {
                 self.count_route(node, plan.target, label);
             }
             self.lead_need = leading;
-            let wrote = plan.target == Target::Primary && !Rule::is_read_on_primary(&plan.rule);
+            let wrote = plan.may_write();
             let trailer = self.trailer_for(node, &plan, req, end);
             self.trailer = trailer;
             self.trailer_answer = None;

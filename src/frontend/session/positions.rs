@@ -14,7 +14,7 @@ use crate::frontend::forward::Trailer;
 use crate::frontend::request::{End, Plan, Request};
 use crate::protocol::TxStatus;
 use crate::protocol::lsn::Lsn;
-use crate::router::classify::{Rule, Target};
+use crate::router::classify::Target;
 
 /// The primary's current WAL position, asked in a round trip of its own.
 const CURRENT_LSN: &str = "SELECT pg_current_wal_lsn()::text";
@@ -97,8 +97,7 @@ impl Session {
         }
         // Which query would ride first; the request's texts are looked at only when one would.
         let kind = if matches!(self.current.view.primary(self.shard), Primary::One(p) if *p == node) {
-            let wrote =
-                (plan.target == Target::Primary && !Rule::is_read_on_primary(&plan.rule)) || self.tx_wrote;
+            let wrote = plan.may_write() || self.tx_wrote;
             if wrote && self.primary_alone() {
                 // Where a commit landed matters only to a later read elsewhere; with the primary as the only
                 // node there is none. The commit counts as untracked instead (`untracked_commit`), which the
@@ -148,9 +147,9 @@ impl Session {
     /// commit (`Positions::untracked_commit`), which a `global` read elsewhere after a reload added a node
     /// asks the primary about (`candidates`).
     pub(super) fn commits_untracked(&self, plan: &Plan) -> bool {
-        let wrote =
-            (plan.target == Target::Primary && !Rule::is_read_on_primary(&plan.rule)) || self.tx_wrote;
-        wrote && self.current.config.routing.consistency() != Consistency::Off && self.primary_alone()
+        (plan.may_write() || self.tx_wrote)
+            && self.current.config.routing.consistency() != Consistency::Off
+            && self.primary_alone()
     }
 
     /// Whether a replica has replayed `lsn`: known fleet-wide (a health check or any session's probe said
