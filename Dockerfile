@@ -7,7 +7,8 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked --bin pgfleet \
+# scripts/build.sh: the release build with the committed execution profile (pgo/), as the demo and bench/ use.
+RUN bash scripts/build.sh build --release --locked --bin pgfleet \
     && install -m 0755 target/release/pgfleet /usr/local/bin/pgfleet
 
 FROM debian:bookworm-slim

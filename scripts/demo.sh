@@ -7,5 +7,6 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v pg_conf
   echo "installing the PostgreSQL server binaries (Debian package postgresql)"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
 fi
-cargo build --release --locked
+# The release build, with the committed execution profile (scripts/build.sh).
+bash scripts/build.sh
 exec ./target/release/pgfleet demo "$@"

@@ -31,6 +31,11 @@ echo "== the core client suites again under transaction pooling"
 # One integration test binary (tests/it): its areas are picked by module-path filters.
 PGFLEET_TEST_POOL_MODE=transaction cargo test --locked --no-fail-fast --test it \
   -- --test-threads="$threads" core_routing:: client_drivers:: psql_pgbench:: sessions_auth:: failures:: sharding:: 2>&1 | tee -a "$log" || status=$?
+echo "== the release build as shipped (scripts/build.sh: optimised with the execution profile of pgo/), core suites"
+# The demo, bench/ and the image run this build, which the compiler optimised differently from the one above.
+bash scripts/build.sh test --release --locked --no-fail-fast --test it \
+  -- --test-threads="$threads" core_routing:: psql_pgbench:: client_drivers:: consistency:: transaction_pooling:: \
+  failures:: forward_smoke:: 2>&1 | tee -a "$log" || status=$?
 echo "== bounded fuzz pass: scripts/fuzz.sh, ${FUZZ_SECONDS:-60} s per target (FUZZ_SECONDS=0 skips it)"
 bash scripts/fuzz.sh 2>&1 | tee -a "$log" || status=$?
 # One closing line for the whole suite, summed over every test binary and fuzz target.

@@ -38,6 +38,7 @@ mod node_tls;
 mod pids;
 mod pooling;
 mod psql_pgbench;
+mod release_build;
 mod reload;
 mod replica_affinity;
 mod router_table;
