@@ -270,12 +270,8 @@ fi
 if ((BENCH_BUILD)); then
     # The release build as shipped: with the committed execution profile (scripts/build.sh).
     log "release build (scripts/build.sh)"
+    # It says on stderr whether it used the profile, and which.
     (cd "$ROOT" && bash scripts/build.sh build --release --quiet) || die "the release build (scripts/build.sh) failed"
-    if [[ ${PGFLEET_PGO:-1} != 0 && -f $ROOT/pgo/profile.txt ]]; then
-        log "built with the execution profile of pgo/ (made from commit $(sed -n 's/^commit: //p' "$ROOT/pgo/profile.txt" | cut -c1-7))"
-    else
-        log "built without an execution profile (PGFLEET_PGO=0 or no pgo/profile.txt)"
-    fi
 fi
 [[ -x $PGFLEET_BIN ]] || die "no pgfleet binary at $PGFLEET_BIN (cargo build --release, or set PGFLEET_BIN)"
 

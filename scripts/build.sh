@@ -43,5 +43,8 @@ if [[ ${PGFLEET_PGO:-1} != 0 && -f $profile ]]; then
   # Functions whose code changed since the profile was made are compiled without it; LLVM would print a
   # warning for each.
   export RUSTFLAGS="${RUSTFLAGS:+$RUSTFLAGS }-Cprofile-use=$PWD/target/pgo/pgfleet.profdata -Cllvm-args=-no-pgo-warn-mismatch"
+  echo "build.sh: with the execution profile of pgo/ (made from commit ${made_from:0:7})" >&2
+else
+  echo "build.sh: without an execution profile (PGFLEET_PGO=0, or no $profile)" >&2
 fi
 exec cargo "${args[@]}"
