@@ -17,7 +17,7 @@ mod riders;
 
 use open_batch::{Sent, undo, without};
 pub(crate) use riders::Trailer;
-use riders::{LeadState, TrailerState, first_text_lsn, lead_query};
+use riders::{LeadState, TrailerState, called_lsn, lead_query};
 
 use super::cancel::{ActiveBackend, Start, cancel_on_node};
 use super::request::{End, Plan, Request};
@@ -133,7 +133,7 @@ impl Flow {
                 t.pos += len;
             }
             match kind {
-                b'D' => l.answer = first_text_lsn(body),
+                b'V' => l.answer = called_lsn(body),
                 b'Z' => {
                     l.done = true;
                     l.stale = l.answer.is_none_or(|a| a < l.need);
@@ -151,7 +151,7 @@ impl Flow {
             if t.client_ready == 0 {
                 // The trailer's own reply: only its value and its end matter.
                 match kind {
-                    b'D' => t.answer = first_text_lsn(body),
+                    b'V' => t.answer = called_lsn(body),
                     b'Z' => self.pending_ready = self.pending_ready.saturating_sub(1),
                     b'A' => {
                         t.late.push(kind);
@@ -298,7 +298,6 @@ impl Flow {
             Start::Run => None,
         };
         let trailer = session.trailer.take().filter(|_| end != End::Open);
-        let sent_trailer = trailer.is_some();
         let lead = session.lead_need.take().filter(|_| end != End::Open);
         let mut flow = Flow {
             pending_ready: req.ready_count() + usize::from(trailer.is_some()) + usize::from(lead.is_some()),
@@ -342,14 +341,13 @@ impl Flow {
         if let Some(mut l) = flow.lead.take() {
             // Published already unless the run ended before the lead's reply did.
             l.in_flight.answered(l.answer);
-            if let Some(conn) = session.conns[node.index()].as_mut() {
-                // The lead is a simple Query, which dropped the node's unnamed statement.
-                conn.applied.unnamed = None;
-                if result.is_ok() && l.stale {
-                    conn.status = flow.outcome.status;
-                    session.key.clear_active();
-                    return Err(FlowError::Stale { plan: Box::new(plan) });
-                }
+            if result.is_ok()
+                && l.stale
+                && let Some(conn) = session.conns[node.index()].as_mut()
+            {
+                conn.status = flow.outcome.status;
+                session.key.clear_active();
+                return Err(FlowError::Stale { plan: Box::new(plan) });
             }
         }
         if result.is_ok()
@@ -395,10 +393,6 @@ impl Flow {
         match result {
             Ok(()) => {
                 session.finish(node, plan, &flow.outcome);
-                if sent_trailer && let Some(conn) = session.conns[node.index()].as_mut() {
-                    // The trailer is a simple Query, which drops the node's unnamed statement.
-                    conn.applied.unnamed = None;
-                }
                 Ok(())
             }
             Err(Failure::Client(e)) => Err(FlowError::Client(e)),

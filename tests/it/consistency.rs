@@ -84,6 +84,12 @@ async fn set_apply_delay(node: &NodeHandle, delay: &str) {
 }
 
 /// From here on every statement `node` runs goes to its log (which the tests read to count queries).
+/// How a server logs the position questions that ride with requests (`log_statement = 'all'`): calls by the
+/// protocol's fast path, not statements. pg_current_wal_lsn() rides behind commits and reads on the primary,
+/// pg_last_wal_replay_lsn() ahead of (or behind) reads on a replica.
+const CURRENT_LSN_CALL: &str = "fastpath function call: \"pg_current_wal_lsn\"";
+const REPLAY_LSN_CALL: &str = "fastpath function call: \"pg_last_wal_replay_lsn\"";
+
 async fn log_every_statement(node: &NodeHandle) {
     direct(node, "ALTER SYSTEM SET log_statement = 'all'");
     direct(node, "SELECT pg_reload_conf()");
@@ -415,7 +421,7 @@ async fn commit_positions_ride_behind_the_write_without_a_round_trip_of_their_ow
     create_table(&cluster, "CREATE TABLE w (id int PRIMARY KEY)").await;
     log_every_statement(&cluster.primary).await;
     let separate = "statement: SELECT pg_current_wal_lsn()::text\n";
-    let riding = "SELECT pg_current_wal_lsn()::text AS pgfleet_commit_lsn";
+    let riding = CURRENT_LSN_CALL;
     let count = |text: &str| cluster.primary.log_contents().matches(text).count();
     let (separate_before, riding_before) = (count(separate), count(riding));
 
@@ -492,10 +498,7 @@ async fn a_primary_alone_commits_without_position_queries_and_global_reads_see_t
     create_table(&cluster, "CREATE TABLE alone (id int PRIMARY KEY)").await;
     log_every_statement(&cluster.primary).await;
     let count = |text: &str| cluster.primary.log_contents().matches(text).count();
-    let (riding, separate) = (
-        "pgfleet_commit_lsn",
-        "statement: SELECT pg_current_wal_lsn()::text\n",
-    );
+    let (riding, separate) = (CURRENT_LSN_CALL, "statement: SELECT pg_current_wal_lsn()::text\n");
     let (riding_before, separate_before) = (count(riding), count(separate));
     let port = free_port();
     let proxy = Proxy::start_with_config(fleet_config(port, &[&cluster.primary]));
@@ -596,7 +599,8 @@ async fn a_primary_alone_commits_without_position_queries_and_global_reads_see_t
 /// A replica that has replayed what a read must see, but that pgfleet does not know has (no health check,
 /// probe or earlier read told it since the write), is asked in the same write as the read, ahead of it: the
 /// read is served there with no round trip of its own. Shown by the replicas' logs: the question that rides
-/// ahead of the read (`pgfleet_lead_lsn`), never a separate `pg_last_wal_replay_lsn()` probe.
+/// ahead of the read (a fast-path call of `pg_last_wal_replay_lsn()`), never a separate
+/// `pg_last_wal_replay_lsn()` probe.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_caught_up_replica_is_asked_in_the_same_write_as_the_read() {
     let cluster = cluster_async().await;
@@ -611,7 +615,7 @@ async fn a_caught_up_replica_is_asked_in_the_same_write_as_the_read() {
     }
     let count = |text: &str| logged_on_replicas(&cluster, text);
     let separate = "statement: SELECT pg_last_wal_replay_lsn()::text\n";
-    let leading = "SELECT pg_last_wal_replay_lsn()::text AS pgfleet_lead_lsn";
+    let leading = REPLAY_LSN_CALL;
     let (separate_before, leading_before) = (count(separate), count(leading));
     let replica_ports: Vec<String> = cluster.replicas.iter().map(|r| r.port.to_string()).collect();
     let (writer, reader) = (client(&proxy).await, client(&proxy).await);
@@ -650,6 +654,55 @@ async fn a_caught_up_replica_is_asked_in_the_same_write_as_the_read() {
     );
 }
 
+/// The position questions that ride with requests leave nothing an application can see on the servers: for the
+/// backends that served a commit (a question behind it) and a read on a replica (questions with it),
+/// pg_stat_activity shows the client's own statement, as without pgfleet, not pgfleet's question (which it
+/// did when the questions were queries).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_stat_activity_shows_the_clients_statement_not_the_position_questions() {
+    let cluster = cluster_async().await;
+    let proxy = Proxy::start(
+        &cluster,
+        "[routing]\nload_balance = \"round_robin\"\nconsistency = \"global\"\n\n[health]\ninterval = \"60s\"\n",
+    );
+    create_table(&cluster, "CREATE TABLE seen_activity (id int PRIMARY KEY)").await;
+    let (writer, reader) = (client(&proxy).await, client(&proxy).await);
+    run(&writer, "SET application_name = 'activity_writer'").await;
+    run(&reader, "SET application_name = 'activity_reader'").await;
+    let last_statement = |node: &NodeHandle, app: &str| {
+        direct(
+            node,
+            &format!("SELECT state || ': ' || query FROM pg_stat_activity WHERE application_name = '{app}'"),
+        )
+    };
+
+    let insert = "INSERT INTO seen_activity VALUES (1)";
+    run(&writer, insert).await;
+    assert_eq!(
+        last_statement(&cluster.primary, "activity_writer"),
+        format!("idle: {insert}")
+    );
+
+    let replicas: Vec<&NodeHandle> = cluster.replicas.iter().collect();
+    tokio::task::block_in_place(|| {
+        LocalCluster::wait_caught_up(&cluster.primary, &replicas, Duration::from_secs(30))
+    })
+    .unwrap_or_else(|e| panic!("replicas did not catch up: {e}"));
+    let read = "SELECT count(*)::text || ' ' || inet_server_port() FROM seen_activity";
+    let row = value(&reader, read).await;
+    let (n, port) = row.split_once(' ').expect("count and port");
+    assert_eq!(n, "1", "the read missed the commit");
+    let replica = cluster
+        .replicas
+        .iter()
+        .find(|r| r.port.to_string() == port)
+        .unwrap_or_else(|| panic!("the read was served by port {port}, not by a caught-up replica"));
+    assert_eq!(
+        last_statement(replica, "activity_reader"),
+        format!("idle: {read}")
+    );
+}
+
 /// Reads that find a question to their replica already in flight wait for its answer instead of asking one of
 /// their own. The replica is frozen (SIGSTOP) so that one read's question stays in flight; two more reads
 /// for the same replica then wait on it (pgfleet logs each wait). A client's cancel ends its read's wait at
@@ -671,7 +724,7 @@ async fn reads_waiting_on_a_question_in_flight_to_their_replica_ask_none_of_thei
     // A commit the three reads must see, replayed by both replicas before the freeze; pgfleet is not told.
     run(&client(&proxy).await, "INSERT INTO coalesced VALUES (1)").await;
     replicas_caught_up(&cluster).await;
-    let leading = "SELECT pg_last_wal_replay_lsn()::text AS pgfleet_lead_lsn";
+    let leading = REPLAY_LSN_CALL;
     let leads_before = replica.log_contents().matches(leading).count();
     let reads_before = replica.log_contents().matches(read).count();
     let logged = |text: &'static str| proxy.log_contents().matches(text).count();
@@ -781,7 +834,7 @@ async fn a_read_that_waited_for_a_connection_asks_nothing_when_an_answer_came_me
     log_every_statement(replica).await;
     run(&client(&proxy).await, "INSERT INTO queued VALUES (1)").await;
     replicas_caught_up(&cluster).await;
-    let leading = "SELECT pg_last_wal_replay_lsn()::text AS pgfleet_lead_lsn";
+    let leading = REPLAY_LSN_CALL;
     let leads_before = replica.log_contents().matches(leading).count();
     let waiting = async |n: usize| {
         let waited = wait_until(Duration::from_secs(10), async || {
@@ -1045,7 +1098,7 @@ async fn show_rows(admin: &Client, sql: &str) -> Vec<std::collections::HashMap<S
 /// Five reads through `proxy`, each answered by the primary, then `marker` as a query of its own; once the marker
 /// is in the primary's log, so is anything that rode with the reads. The position queries logged meanwhile.
 async fn position_queries_behind_primary_reads(cluster: &LocalCluster, proxy: &Proxy, marker: &str) -> usize {
-    let count = || cluster.primary.log_contents().matches("pgfleet_read_lsn").count();
+    let count = || cluster.primary.log_contents().matches(CURRENT_LSN_CALL).count();
     let before = count();
     let c = client(proxy).await;
     for _ in 0..5 {
@@ -1066,14 +1119,14 @@ async fn position_queries_behind_primary_reads(cluster: &LocalCluster, proxy: &P
     count() - before
 }
 
-/// A read on the primary says how far it saw (`pgfleet_read_lsn` riding behind it) for a later read on another
-/// node; with the primary as the fleet's only node there is no other node, and with the session's reads kept
+/// A read on the primary says how far it saw (a fast-path call of `pg_current_wal_lsn()` riding behind it) for
+/// a later read on another node; with the primary as the fleet's only node there is no other node, and with the session's reads kept
 /// on the primary (`replica_affinity = "session"`) no later read goes elsewhere: those reads carry nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_on_the_primary_carries_its_position_only_when_a_later_read_may_go_elsewhere() {
     let cluster = cluster_async().await;
     log_every_statement(&cluster.primary).await;
-    let count = || cluster.primary.log_contents().matches("pgfleet_read_lsn").count();
+    let count = || cluster.primary.log_contents().matches(CURRENT_LSN_CALL).count();
     let primary_port = i32::from(cluster.primary.port);
 
     let port = free_port();

@@ -109,8 +109,7 @@ pub(super) fn has_token_statement(req: &Request, statements: &Statements) -> boo
 /// Whether a read may be led by a replay-position question (`forward::LeadState`), which means it may run
 /// on a replica whose answer is then thrown away: a request ended by Sync or a simple Query, that creates
 /// nothing the session must track (no named statement, no Close, DEALLOCATE, setting or pin) and binds the
-/// unnamed statement only after parsing it itself (the lead, a simple Query, drops the node's unnamed
-/// statement), without COPY.
+/// unnamed statement only after parsing it itself (one parsed by an earlier request is not led), without COPY.
 pub(super) fn may_lead(
     req: &Request,
     plan: &crate::frontend::request::Plan,
