@@ -140,10 +140,8 @@ pub(super) fn may_lead(
         }
     }
     req.frames.iter().all(|f| match f.kind {
-        b'Q' => query_text(f.body())
-            .is_some_and(|t| !t.as_bytes().windows(4).any(|w| w.eq_ignore_ascii_case(b"copy"))),
-        b'P' => parse_fields(f.body())
-            .is_some_and(|(_, t)| !t.as_bytes().windows(4).any(|w| w.eq_ignore_ascii_case(b"copy"))),
+        b'Q' => query_text(f.body()).is_some_and(|t| !mentions_copy(t)),
+        b'P' => parse_fields(f.body()).is_some_and(|(_, t)| !mentions_copy(t)),
         _ => true,
     })
 }
@@ -199,10 +197,18 @@ pub(super) fn may_end_transaction(req: &Request, statements: &Statements) -> boo
 /// Whether a request may run COPY: a query sent behind it would reach the node in the middle of COPY FROM
 /// STDIN, so none is.
 pub(super) fn may_copy(req: &Request, statements: &Statements) -> bool {
-    texts(req, statements).any(|text| {
-        text.as_bytes()
-            .windows(4)
-            .any(|w| w.eq_ignore_ascii_case(b"copy"))
+    texts(req, statements).any(mentions_copy)
+}
+
+/// Whether `text` has the letters COPY in a row, in any case, anywhere (a conservative test, as a string
+/// constant or a longer name counts too). Asked of most statements, so it searches for the first letter with
+/// memchr instead of comparing every four-byte window.
+fn mentions_copy(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    memchr::memchr2_iter(b'c', b'C', bytes).any(|at| {
+        bytes
+            .get(at..at + 4)
+            .is_some_and(|w| w.eq_ignore_ascii_case(b"copy"))
     })
 }
 
@@ -532,5 +538,27 @@ mod tests {
         assert!(!may_end_transaction(&req_of("END; START TRANSACTION"), &none));
         assert!(may_copy(&req_of("Copy t from stdin"), &none));
         assert!(!may_copy(&req_of("SELECT 1"), &none));
+    }
+
+    #[test]
+    fn copy_is_found_in_any_case_at_any_place() {
+        // (text, mentions COPY)
+        let cases = [
+            ("COPY t FROM STDIN", true),
+            ("copy t to stdout", true),
+            ("/* c */ cOpY t FROM STDIN", true),
+            ("SELECT 1; COPY", true),
+            ("SELECT 'copy'", true),
+            ("SELECT * FROM copyright", true),
+            ("SELECT cop", false),
+            ("SELECT c, o, p, y FROM cc", false),
+            ("c", false),
+            ("", false),
+            ("SELECT 'cöpy', 'c\u{f6}py' FROM t", false),
+            ("SELECT abalance FROM pgbench_accounts WHERE aid = 1", false),
+        ];
+        for (text, copy) in cases {
+            assert_eq!(mentions_copy(text), copy, "{text}");
+        }
     }
 }
