@@ -85,9 +85,11 @@ async fn set_apply_delay(node: &NodeHandle, delay: &str) {
 
 /// From here on every statement `node` runs goes to its log (which the tests read to count queries).
 /// How a server logs the position questions that ride with requests (`log_statement = 'all'`): calls by the
-/// protocol's fast path, not statements. pg_current_wal_lsn() rides behind commits and reads on the primary,
-/// pg_last_wal_replay_lsn() ahead of (or behind) reads on a replica.
-const CURRENT_LSN_CALL: &str = "fastpath function call: \"pg_current_wal_lsn\"";
+/// protocol's fast path, not statements. pg_current_wal_insert_lsn() rides behind commits,
+/// pg_current_wal_lsn() behind reads on the primary, pg_last_wal_replay_lsn() ahead of (or behind) reads on a
+/// replica.
+const COMMIT_LSN_CALL: &str = "fastpath function call: \"pg_current_wal_insert_lsn\"";
+const READ_LSN_CALL: &str = "fastpath function call: \"pg_current_wal_lsn\"";
 const REPLAY_LSN_CALL: &str = "fastpath function call: \"pg_last_wal_replay_lsn\"";
 
 async fn log_every_statement(node: &NodeHandle) {
@@ -420,8 +422,8 @@ async fn commit_positions_ride_behind_the_write_without_a_round_trip_of_their_ow
     let proxy = proxy_at(&cluster, "session");
     create_table(&cluster, "CREATE TABLE w (id int PRIMARY KEY)").await;
     log_every_statement(&cluster.primary).await;
-    let separate = "statement: SELECT pg_current_wal_lsn()::text\n";
-    let riding = CURRENT_LSN_CALL;
+    let separate = "statement: SELECT pg_current_wal_insert_lsn()::text\n";
+    let riding = COMMIT_LSN_CALL;
     let count = |text: &str| cluster.primary.log_contents().matches(text).count();
     let (separate_before, riding_before) = (count(separate), count(riding));
 
@@ -498,7 +500,10 @@ async fn a_primary_alone_commits_without_position_queries_and_global_reads_see_t
     create_table(&cluster, "CREATE TABLE alone (id int PRIMARY KEY)").await;
     log_every_statement(&cluster.primary).await;
     let count = |text: &str| cluster.primary.log_contents().matches(text).count();
-    let (riding, separate) = (CURRENT_LSN_CALL, "statement: SELECT pg_current_wal_lsn()::text\n");
+    let (riding, separate) = (
+        COMMIT_LSN_CALL,
+        "statement: SELECT pg_current_wal_insert_lsn()::text\n",
+    );
     let (riding_before, separate_before) = (count(riding), count(separate));
     let port = free_port();
     let proxy = Proxy::start_with_config(fleet_config(port, &[&cluster.primary]));
@@ -700,6 +705,108 @@ async fn pg_stat_activity_shows_the_clients_statement_not_the_position_questions
     assert_eq!(
         last_statement(replica, "activity_reader"),
         format!("idle: {read}")
+    );
+}
+
+/// A commit made with `synchronous_commit = off` returns before its WAL record is written, so the primary's
+/// write position taken right after it can be short of the record: a replica that has replayed that far has
+/// not replayed the commit. The positions pgfleet takes are insert positions, past every record inserted, so a
+/// read of another session after such a commit sees it (`global`, the default), wherever it runs. The primary's
+/// WAL writer is slowed (`wal_writer_delay = '10s'`) so that the commits' records stay unwritten while the
+/// reads run, which made all 20 reads miss their row when the commit position was the write position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_of_other_sessions_see_commits_made_with_synchronous_commit_off() {
+    let cluster = cluster_async().await;
+    let proxy = Proxy::start(
+        &cluster,
+        "[routing]\nload_balance = \"round_robin\"\nconsistency = \"global\"\n\n[health]\ninterval = \"60s\"\n",
+    );
+    create_table(&cluster, "CREATE TABLE lazy (id int PRIMARY KEY)").await;
+    direct(&cluster.primary, "ALTER SYSTEM SET wal_writer_delay = '10s'");
+    direct(&cluster.primary, "SELECT pg_reload_conf()");
+    let slowed = wait_until(Duration::from_secs(5), async || {
+        direct(&cluster.primary, "SHOW wal_writer_delay") == "10s"
+    })
+    .await;
+    assert!(slowed.is_some(), "wal_writer_delay did not become 10s");
+    let (writer, reader) = (client(&proxy).await, client(&proxy).await);
+    run(&writer, "SET synchronous_commit = off").await;
+    let mut missed = Vec::new();
+    for i in 0..20 {
+        run(&writer, &format!("INSERT INTO lazy VALUES ({i})")).await;
+        let row = value(
+            &reader,
+            &format!("SELECT count(*)::text || ' ' || inet_server_port() FROM lazy WHERE id = {i}"),
+        )
+        .await;
+        let (n, port) = row.split_once(' ').expect("count and port");
+        if n != "1" {
+            missed.push(format!("{i} (read on port {port})"));
+        }
+    }
+    assert!(
+        missed.is_empty(),
+        "reads missed commits made with synchronous_commit off: {missed:?}"
+    );
+}
+
+/// Right after a WAL segment switch the primary's insert position lies past the new segment's page header,
+/// while replicas that replayed everything report the segment boundary: read as it is, such a position would
+/// keep reads off caught-up replicas until more WAL came. Here a fleet of the primary alone commits (no position
+/// of its own), the primary switches segments, the replicas replay it all and a reload adds them: the first
+/// read after the reload asks the primary where its commits are, and a caught-up replica serves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_position_asked_at_a_segment_start_leaves_reads_on_caught_up_replicas() {
+    let cluster = cluster_async().await;
+    create_table(&cluster, "CREATE TABLE switched (id int PRIMARY KEY)").await;
+    let port = free_port();
+    let proxy = Proxy::start_with_config(fleet_config(port, &[&cluster.primary]));
+    let a = client(&proxy).await;
+    run(&a, "INSERT INTO switched VALUES (1)").await;
+    direct(&cluster.primary, "SELECT pg_switch_wal()");
+    let at = direct(
+        &cluster.primary,
+        "SELECT pg_current_wal_insert_lsn() - pg_current_wal_lsn() || ' ' || pg_current_wal_lsn()",
+    );
+    let (ahead, boundary) = at.split_once(' ').expect("two values");
+    assert_eq!(
+        ahead, "40",
+        "precondition: the insert position is past the new segment's header"
+    );
+    let replicas: Vec<&NodeHandle> = cluster.replicas.iter().collect();
+    tokio::task::block_in_place(|| {
+        LocalCluster::wait_caught_up(&cluster.primary, &replicas, Duration::from_secs(30))
+    })
+    .unwrap_or_else(|e| panic!("replicas did not catch up: {e}"));
+    for replica in &cluster.replicas {
+        assert_eq!(
+            direct(replica, "SELECT pg_last_wal_replay_lsn()::text"),
+            boundary,
+            "precondition: {} replayed up to the segment boundary",
+            replica.name
+        );
+    }
+    let whole = [vec![&cluster.primary], replicas].concat();
+    std::fs::write(&proxy.config_path, fleet_config(port, &whole)).expect("write config");
+    proxy.reload();
+    let reloaded = wait_until(Duration::from_secs(10), async || {
+        proxy.log_contents().contains("config reloaded")
+    })
+    .await;
+    assert!(reloaded.is_some(), "no reload logged:\n{}", proxy.log_tail(20));
+
+    let b = client(&proxy).await;
+    let row = value(
+        &b,
+        "SELECT count(*)::text || ' ' || inet_server_port() FROM switched WHERE id = 1",
+    )
+    .await;
+    let (n, port) = row.split_once(' ').expect("count and port");
+    assert_eq!(n, "1", "the read missed the commit");
+    assert!(
+        cluster.replicas.iter().any(|r| r.port.to_string() == port),
+        "the read went to port {port}, not to a caught-up replica\n{}",
+        proxy.log_tail(30)
     );
 }
 
@@ -1098,7 +1205,7 @@ async fn show_rows(admin: &Client, sql: &str) -> Vec<std::collections::HashMap<S
 /// Five reads through `proxy`, each answered by the primary, then `marker` as a query of its own; once the marker
 /// is in the primary's log, so is anything that rode with the reads. The position queries logged meanwhile.
 async fn position_queries_behind_primary_reads(cluster: &LocalCluster, proxy: &Proxy, marker: &str) -> usize {
-    let count = || cluster.primary.log_contents().matches(CURRENT_LSN_CALL).count();
+    let count = || cluster.primary.log_contents().matches(READ_LSN_CALL).count();
     let before = count();
     let c = client(proxy).await;
     for _ in 0..5 {
@@ -1126,7 +1233,7 @@ async fn position_queries_behind_primary_reads(cluster: &LocalCluster, proxy: &P
 async fn a_read_on_the_primary_carries_its_position_only_when_a_later_read_may_go_elsewhere() {
     let cluster = cluster_async().await;
     log_every_statement(&cluster.primary).await;
-    let count = || cluster.primary.log_contents().matches(CURRENT_LSN_CALL).count();
+    let count = || cluster.primary.log_contents().matches(READ_LSN_CALL).count();
     let primary_port = i32::from(cluster.primary.port);
 
     let port = free_port();

@@ -22,9 +22,18 @@ pub(crate) enum Trailer {
     Replay,
 }
 
-/// `pg_current_wal_lsn()` and `pg_last_wal_replay_lsn()` by their object ids, which are fixed in PostgreSQL's
-/// catalog (`pg_proc.dat`) and have not changed since the functions were added (their pre-10 names had the
-/// same ids). Called by id, no search_path can put another function in their place.
+/// `pg_current_wal_insert_lsn()`, `pg_current_wal_lsn()` and `pg_last_wal_replay_lsn()` by their object ids,
+/// which are fixed in PostgreSQL's catalog (`pg_proc.dat`) and have not changed since the functions were added
+/// (their pre-10 names had the same ids). Called by id, no search_path can put another function in their place.
+///
+/// A commit's position is the insert position, not the write position: a commit made with
+/// `synchronous_commit = off` returns before its record is written, so the write position taken after it can
+/// be short of the record, and a replica that has replayed that far has not replayed the commit. The insert
+/// position is past every record inserted, the commit's included (read with `Lsn::inserted_end`). A read's
+/// position stays the write position: the insert position can stay ahead of anything a replica can have for
+/// as long as no commit writes the WAL (hint-bit records with data checksums, say), which would keep reads on
+/// the primary; the commits a read may see that matter are covered by their own commit positions.
+const CURRENT_WAL_INSERT_LSN: u32 = 2852;
 const CURRENT_WAL_LSN: u32 = 2849;
 const LAST_WAL_REPLAY_LSN: u32 = 3821;
 
@@ -71,11 +80,13 @@ pub(super) fn lead_query() -> &'static [u8] {
 
 impl Trailer {
     pub(super) fn query(self) -> &'static [u8] {
-        static CALLS: std::sync::LazyLock<[Bytes; 2]> =
-            std::sync::LazyLock::new(|| [CURRENT_WAL_LSN, LAST_WAL_REPLAY_LSN].map(function_call));
+        static CALLS: std::sync::LazyLock<[Bytes; 3]> = std::sync::LazyLock::new(|| {
+            [CURRENT_WAL_INSERT_LSN, CURRENT_WAL_LSN, LAST_WAL_REPLAY_LSN].map(function_call)
+        });
         let i = match self {
-            Trailer::Commit | Trailer::Primary => 0,
-            Trailer::Replay => 1,
+            Trailer::Commit => 0,
+            Trailer::Primary => 1,
+            Trailer::Replay => 2,
         };
         &CALLS[i]
     }
@@ -118,7 +129,7 @@ mod tests {
     fn riders_are_function_calls_of_the_two_position_functions() {
         // (message, function id)
         let cases: [(&[u8], u32); 4] = [
-            (Trailer::Commit.query(), CURRENT_WAL_LSN),
+            (Trailer::Commit.query(), CURRENT_WAL_INSERT_LSN),
             (Trailer::Primary.query(), CURRENT_WAL_LSN),
             (Trailer::Replay.query(), LAST_WAL_REPLAY_LSN),
             (lead_query(), LAST_WAL_REPLAY_LSN),

@@ -13,11 +13,15 @@ use crate::config::{Consistency, ReplicaAffinity};
 use crate::frontend::forward::Trailer;
 use crate::frontend::request::{End, Plan, Request};
 use crate::protocol::TxStatus;
-use crate::protocol::lsn::Lsn;
+use crate::protocol::lsn::{Lsn, WalGeometry};
 use crate::router::classify::Target;
 
 /// The primary's current WAL position, asked in a round trip of its own.
 const CURRENT_LSN: &str = "SELECT pg_current_wal_lsn()::text";
+/// A position at or past every commit the primary has acknowledged, asked in a round trip of its own: the
+/// insert position, which is past commits made with `synchronous_commit = off` whose records are not written
+/// yet (`forward::riders`), read with `Lsn::inserted_end`.
+const COMMITTED_LSN: &str = "SELECT pg_current_wal_insert_lsn()::text";
 
 impl Session {
     /// Monotonic reads, before a read leaves the node of the session's last request that did not say how
@@ -43,6 +47,18 @@ impl Session {
     /// (then the wait goes on, and the cancel reaches the primary with the request). None on a cancel too:
     /// the request then ends with 57014 before any node runs it (`CancelKey::run_on`).
     pub(super) async fn primary_position(&mut self) -> Option<Lsn> {
+        self.ask_primary(false).await
+    }
+
+    /// A position at or past every commit the primary acknowledged before this call, asked after it began
+    /// (`COMMITTED_LSN`): for commits that carried no position of their own. Not shared with other sessions'
+    /// asks, which are write positions; needed rarely (the first read after a reload added nodes to a fleet of
+    /// the primary alone, SHOW pgfleet.write_lsn there). None as for `primary_position`.
+    pub(super) async fn primary_commit_position(&mut self) -> Option<Lsn> {
+        self.ask_primary(true).await
+    }
+
+    async fn ask_primary(&mut self, committed: bool) -> Option<Lsn> {
         let shared = self.shared.clone();
         let primary = shared.fleet.primary(self.shard).ok()?;
         let cancelable = !self.routing.holds_state_on(primary);
@@ -50,16 +66,26 @@ impl Session {
         let mut asking = false;
         let asked = handle
             .unless_canceled(cancelable, async {
-                let turn = match shared.fleet.positions(self.shard).primary_position().await {
-                    PrimaryAsk::Known(lsn) => return Some(lsn),
-                    PrimaryAsk::Turn(turn) => turn,
+                let turn = if committed {
+                    None
+                } else {
+                    match shared.fleet.positions(self.shard).primary_position().await {
+                        PrimaryAsk::Known(lsn) => return Some(lsn),
+                        PrimaryAsk::Turn(turn) => Some(turn),
+                    }
                 };
                 asking = true;
                 self.connect(primary).await.ok()?;
-                let lsn = self.ask_position(primary, CURRENT_LSN).await;
+                let lsn = if committed {
+                    self.ask_committed(primary).await
+                } else {
+                    self.ask_position(primary, CURRENT_LSN).await
+                };
                 self.release_between_transactions(primary);
                 let lsn = lsn?;
-                turn.answer(lsn);
+                if let Some(turn) = turn {
+                    turn.answer(lsn);
+                }
                 Some(lsn)
             })
             .await;
@@ -68,6 +94,18 @@ impl Session {
             self.conns[primary.index()] = None;
         }
         asked.flatten()
+    }
+
+    /// The position of the commits `node` acknowledged so far (`COMMITTED_LSN`), on the session's connection.
+    async fn ask_committed(&mut self, node: NodeId) -> Option<Lsn> {
+        let wal = self.wal_of(node);
+        Some(self.ask_position(node, COMMITTED_LSN).await?.inserted_end(wal))
+    }
+
+    /// `node`'s WAL page and segment sizes as the current request's fleet snapshot has them, to read its
+    /// insert positions (`Lsn::inserted_end`); None before its first health check.
+    pub(in crate::frontend) fn wal_of(&self, node: NodeId) -> Option<WalGeometry> {
+        self.current.view.nodes.get(node.index()).and_then(|n| n.wal)
     }
 
     /// A WAL position asked with `sql` (one text value) on the session's connection to `node`. The question
@@ -248,7 +286,7 @@ impl Session {
         if self.conn(node).is_none() {
             return;
         }
-        match self.ask_position(node, CURRENT_LSN).await {
+        match self.ask_committed(node).await {
             Some(lsn) => {
                 self.shared.fleet.positions(self.shard).acknowledged(lsn);
                 self.routing.wrote_at(Some(lsn));

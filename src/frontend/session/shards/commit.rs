@@ -78,13 +78,17 @@ impl Session {
                     tracing::warn!(shard = %shard, error = %e, "COMMIT PREPARED failed; recovery will finish it");
                 }
                 for (shard, node) in &open {
+                    // The insert position, past the commit's record even when it is not written yet
+                    // (`synchronous_commit = off`; see `forward::riders`).
+                    let wal = self.wal_of(*node);
                     let lsn = match self.conns[node.index()].as_mut() {
                         Some(c) => c
-                            .query_value("SELECT pg_current_wal_lsn()::text")
+                            .query_value("SELECT pg_current_wal_insert_lsn()::text")
                             .await
                             .ok()
                             .flatten()
-                            .and_then(|v| v.parse().ok()),
+                            .and_then(|v| v.parse::<crate::protocol::lsn::Lsn>().ok())
+                            .map(|lsn| lsn.inserted_end(wal)),
                         None => None,
                     };
                     if let Some(lsn) = lsn {
