@@ -228,6 +228,40 @@ impl BackendConn {
         }
     }
 
+    /// Asks a WAL position of the proxy's own by a fast-path call (`protocol::wal_call`); None when the
+    /// function answers NULL or fails.
+    pub(crate) async fn call_position(
+        &mut self,
+        position: crate::protocol::wal_call::WalPosition,
+    ) -> Result<Option<crate::protocol::lsn::Lsn>, BackendError> {
+        let limit = self.io_timeout;
+        match tokio::time::timeout(limit, self.call_position_inner(position)).await {
+            Ok(r) => r,
+            Err(_) => Err(self.timed_out(limit)),
+        }
+    }
+
+    async fn call_position_inner(
+        &mut self,
+        position: crate::protocol::wal_call::WalPosition,
+    ) -> Result<Option<crate::protocol::lsn::Lsn>, BackendError> {
+        self.write_all(position.call()).await?;
+        let mut value = None;
+        let mut failed = false;
+        loop {
+            let f = self.read_frame().await?;
+            match f.kind {
+                b'V' => value = crate::protocol::wal_call::answer(f.body()),
+                b'E' => failed = true,
+                b'Z' => {
+                    self.status = crate::protocol::TxStatus::from_ready_body(f.body());
+                    return Ok(if failed { None } else { value });
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Runs one query of the proxy's own and returns the first column of its first row (text format).
     pub async fn query_value(&mut self, sql: &str) -> Result<Option<String>, BackendError> {
         let limit = self.io_timeout;

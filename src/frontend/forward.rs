@@ -15,9 +15,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 mod open_batch;
 mod riders;
 
+use crate::protocol::wal_call::answer as called_lsn;
 use open_batch::{Sent, undo, without};
 pub(crate) use riders::Trailer;
-use riders::{LeadState, TrailerState, called_lsn, lead_query};
+use riders::{LeadState, TrailerState, lead_query};
 
 use super::cancel::{ActiveBackend, Start, cancel_on_node};
 use super::request::{End, Plan, Request};

@@ -1,6 +1,7 @@
 //! Sans-IO PostgreSQL wire protocol: framing (`frame`), the untyped startup packets (`startup`) and the few
-//! messages the proxy reads or writes itself (`messages`), WAL positions (`lsn`) and the quoting of names
-//! and values in SQL pgfleet writes (`quote`). Nothing here touches a socket.
+//! messages the proxy reads or writes itself (`messages`), WAL positions (`lsn`) and the calls that ask for
+//! them (`wal_call`), and the quoting of names and values in SQL pgfleet writes (`quote`). Nothing here touches
+//! a socket.
 
 pub mod frame;
 pub(crate) mod lsn;
@@ -8,6 +9,7 @@ pub mod messages;
 pub(crate) mod quote;
 pub mod startup;
 pub(crate) mod status;
+pub(crate) mod wal_call;
 
 pub use frame::{Frame, FrameBuffer, FrameError};
 pub use status::TxStatus;

@@ -419,13 +419,18 @@ async fn commit_positions_ride_behind_the_write_without_a_round_trip_of_their_ow
     use bytes::Bytes;
     use futures_util::{SinkExt, pin_mut};
     let cluster = cluster_async().await;
-    let proxy = proxy_at(&cluster, "session");
+    let proxy = Proxy::start(
+        &cluster,
+        &format!(
+            "[routing]\nload_balance = \"round_robin\"\nconsistency = \"session\"\n\n{HEALTH_TOML}\n{SEPARATE_ASKS_LOG}"
+        ),
+    );
     create_table(&cluster, "CREATE TABLE w (id int PRIMARY KEY)").await;
     log_every_statement(&cluster.primary).await;
-    let separate = "statement: SELECT pg_current_wal_insert_lsn()::text\n";
     let riding = COMMIT_LSN_CALL;
     let count = |text: &str| cluster.primary.log_contents().matches(text).count();
-    let (separate_before, riding_before) = (count(separate), count(riding));
+    let separate = || asked_separately(&proxy, &cluster.primary.name);
+    let (separate_before, riding_before) = (separate(), count(riding));
 
     let c = client(&proxy).await;
     for i in 0..10 {
@@ -454,18 +459,18 @@ async fn commit_positions_ride_behind_the_write_without_a_round_trip_of_their_ow
         count(riding) - riding_before
     );
     assert_eq!(
-        count(separate) - separate_before,
+        separate() - separate_before,
         0,
         "a committing request made a separate position query"
     );
 
-    // COPY is the exception: its position is asked separately, which the log shows, so the check above
-    // would see a separate query if one came back.
+    // COPY is the exception: its position is asked separately, which pgfleet's log shows, so the check
+    // above would see a separate ask if one came back.
     let sink = c.copy_in("COPY w FROM STDIN").await.expect("copy in");
     pin_mut!(sink);
     sink.send(Bytes::from_static(b"100\n101\n")).await.expect("send");
     assert_eq!(sink.finish().await.expect("finish"), 2);
-    let seen = wait_until(Duration::from_secs(5), async || count(separate) > separate_before).await;
+    let seen = wait_until(Duration::from_secs(5), async || separate() > separate_before).await;
     assert!(
         seen.is_some(),
         "the COPY's separate position query should be in the primary's log"
@@ -486,7 +491,7 @@ fn fleet_config(port: u16, nodes: &[&NodeHandle]) -> String {
             node.address()
         ));
     }
-    text + &format!("[routing]\nload_balance = \"round_robin\"\n\n{HEALTH_TOML}")
+    text + &format!("[routing]\nload_balance = \"round_robin\"\n\n{HEALTH_TOML}\n{SEPARATE_ASKS_LOG}")
 }
 
 /// With the primary as the fleet's only node no read can go anywhere else, so a commit carries no position
@@ -500,13 +505,12 @@ async fn a_primary_alone_commits_without_position_queries_and_global_reads_see_t
     create_table(&cluster, "CREATE TABLE alone (id int PRIMARY KEY)").await;
     log_every_statement(&cluster.primary).await;
     let count = |text: &str| cluster.primary.log_contents().matches(text).count();
-    let (riding, separate) = (
-        COMMIT_LSN_CALL,
-        "statement: SELECT pg_current_wal_insert_lsn()::text\n",
-    );
-    let (riding_before, separate_before) = (count(riding), count(separate));
+    let riding = COMMIT_LSN_CALL;
+    let riding_before = count(riding);
     let port = free_port();
     let proxy = Proxy::start_with_config(fleet_config(port, &[&cluster.primary]));
+    let separate = || asked_separately(&proxy, &cluster.primary.name);
+    let separate_before = separate();
 
     let a = client(&proxy).await;
     for i in 0..3 {
@@ -527,7 +531,7 @@ async fn a_primary_alone_commits_without_position_queries_and_global_reads_see_t
     .await;
     assert!(logged.is_some(), "the marker never reached the primary's log");
     assert_eq!(
-        (count(riding) - riding_before, count(separate) - separate_before),
+        (count(riding) - riding_before, separate() - separate_before),
         (0, 0),
         "commits through a primary-only fleet carried position queries (riding, separate)"
     );
@@ -612,16 +616,25 @@ async fn a_caught_up_replica_is_asked_in_the_same_write_as_the_read() {
     // Health checks too rare to tell pgfleet anything during the test.
     let proxy = Proxy::start(
         &cluster,
-        "[routing]\nload_balance = \"round_robin\"\nconsistency = \"global\"\n\n[health]\ninterval = \"60s\"\n",
+        &format!(
+            "[routing]\nload_balance = \"round_robin\"\nconsistency = \"global\"\n\n[health]\ninterval = \"60s\"\n\n\
+             {SEPARATE_ASKS_LOG}"
+        ),
     );
     create_table(&cluster, "CREATE TABLE lead (id int PRIMARY KEY)").await;
     for replica in &cluster.replicas {
         log_every_statement(replica).await;
     }
     let count = |text: &str| logged_on_replicas(&cluster, text);
-    let separate = "statement: SELECT pg_last_wal_replay_lsn()::text\n";
+    let separate = || {
+        cluster
+            .replicas
+            .iter()
+            .map(|r| asked_separately(&proxy, &r.name))
+            .sum::<usize>()
+    };
     let leading = REPLAY_LSN_CALL;
-    let (separate_before, leading_before) = (count(separate), count(leading));
+    let (separate_before, leading_before) = (separate(), count(leading));
     let replica_ports: Vec<String> = cluster.replicas.iter().map(|r| r.port.to_string()).collect();
     let (writer, reader) = (client(&proxy).await, client(&proxy).await);
     let replicas: Vec<&NodeHandle> = cluster.replicas.iter().collect();
@@ -653,7 +666,7 @@ async fn a_caught_up_replica_is_asked_in_the_same_write_as_the_read() {
         count(leading) - leading_before
     );
     assert_eq!(
-        count(separate) - separate_before,
+        separate() - separate_before,
         0,
         "a read asked a replica in a round trip of its own"
     );
@@ -990,7 +1003,7 @@ async fn a_cancel_ends_a_read_waiting_for_replicas_to_catch_up() {
     create_table(&cluster, "CREATE TABLE paused (id int PRIMARY KEY)").await;
     let reader = client(&proxy).await;
     assert_eq!(value(&reader, "SELECT count(*) FROM paused").await, "0");
-    let question = "SELECT pg_last_wal_replay_lsn()::text";
+    let question = REPLAY_LSN_CALL;
     for r in &cluster.replicas {
         log_every_statement(r).await;
         direct(r, "SELECT pg_wal_replay_pause()");
@@ -1137,6 +1150,21 @@ fn assert_canceled(
 }
 
 /// How many times `text` appears in the replicas' logs, all together.
+/// The log level that shows the positions a session asks in a round trip of its own.
+const SEPARATE_ASKS_LOG: &str = "[log]\nlevel = \"info,pgfleet::frontend::session::positions=debug\"\n";
+
+/// Positions `proxy` asked `node` in a round trip of its own, as its log shows (with `SEPARATE_ASKS_LOG`): in
+/// the server's log they look like the calls that ride with requests.
+fn asked_separately(proxy: &Proxy, node: &str) -> usize {
+    proxy
+        .log_contents()
+        .lines()
+        .filter(|l| {
+            l.contains("position asked in a round trip of its own") && l.contains(&format!("node={node} "))
+        })
+        .count()
+}
+
 fn logged_on_replicas(cluster: &LocalCluster, text: &str) -> usize {
     cluster
         .replicas

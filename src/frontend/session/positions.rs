@@ -14,14 +14,8 @@ use crate::frontend::forward::Trailer;
 use crate::frontend::request::{End, Plan, Request};
 use crate::protocol::TxStatus;
 use crate::protocol::lsn::{Lsn, WalGeometry};
+use crate::protocol::wal_call::WalPosition;
 use crate::router::classify::Target;
-
-/// The primary's current WAL position, asked in a round trip of its own.
-const CURRENT_LSN: &str = "SELECT pg_current_wal_lsn()::text";
-/// A position at or past every commit the primary has acknowledged, asked in a round trip of its own: the
-/// insert position, which is past commits made with `synchronous_commit = off` whose records are not written
-/// yet (`forward::riders`), read with `Lsn::inserted_end`.
-const COMMITTED_LSN: &str = "SELECT pg_current_wal_insert_lsn()::text";
 
 impl Session {
     /// Monotonic reads, before a read leaves the node of the session's last request that did not say how
@@ -79,7 +73,7 @@ impl Session {
                 let lsn = if committed {
                     self.ask_committed(primary).await
                 } else {
-                    self.ask_position(primary, CURRENT_LSN).await
+                    self.ask_position(primary, WalPosition::Written).await
                 };
                 self.release_between_transactions(primary);
                 let lsn = lsn?;
@@ -96,10 +90,15 @@ impl Session {
         asked.flatten()
     }
 
-    /// The position of the commits `node` acknowledged so far (`COMMITTED_LSN`), on the session's connection.
+    /// A position at or past every commit `node` acknowledged so far (its insert position, see
+    /// `WalPosition::Inserted`), on the session's connection.
     async fn ask_committed(&mut self, node: NodeId) -> Option<Lsn> {
         let wal = self.wal_of(node);
-        Some(self.ask_position(node, COMMITTED_LSN).await?.inserted_end(wal))
+        Some(
+            self.ask_position(node, WalPosition::Inserted)
+                .await?
+                .inserted_end(wal),
+        )
     }
 
     /// `node`'s WAL page and segment sizes as the current request's fleet snapshot has them, to read its
@@ -108,12 +107,11 @@ impl Session {
         self.current.view.nodes.get(node.index()).and_then(|n| n.wal)
     }
 
-    /// A WAL position asked with `sql` (one text value) on the session's connection to `node`. The question
-    /// is a simple query, which drops the node's unnamed statement.
-    async fn ask_position(&mut self, node: NodeId, sql: &str) -> Option<Lsn> {
+    /// A WAL position asked in a round trip of its own on the session's connection to `node`.
+    async fn ask_position(&mut self, node: NodeId, position: WalPosition) -> Option<Lsn> {
         let conn = self.conns[node.index()].as_mut()?;
-        conn.applied.unnamed = None;
-        conn.query_value(sql).await.ok().flatten()?.parse::<Lsn>().ok()
+        tracing::debug!(node = %conn.target.name, function = position.name(), "position asked in a round trip of its own");
+        conn.call_position(position).await.ok().flatten()
     }
 
     /// The position query that rides behind a request (`forward::Trailer`), if any: behind a request on
@@ -221,8 +219,7 @@ impl Session {
                 // replica while holding a probed connection to another could wait on a session doing the
                 // same the other way.
                 self.connect_with(node, Checkout::Immediate).await.ok()?;
-                self.ask_position(node, "SELECT pg_last_wal_replay_lsn()::text")
-                    .await
+                self.ask_position(node, WalPosition::Replayed).await
             })
             .await;
         let Some(lsn) = asked else {

@@ -79,15 +79,14 @@ impl Session {
                 }
                 for (shard, node) in &open {
                     // The insert position, past the commit's record even when it is not written yet
-                    // (`synchronous_commit = off`; see `forward::riders`).
+                    // (`synchronous_commit = off`; see `protocol::wal_call`).
                     let wal = self.wal_of(*node);
                     let lsn = match self.conns[node.index()].as_mut() {
                         Some(c) => c
-                            .query_value("SELECT pg_current_wal_insert_lsn()::text")
+                            .call_position(crate::protocol::wal_call::WalPosition::Inserted)
                             .await
                             .ok()
                             .flatten()
-                            .and_then(|v| v.parse::<crate::protocol::lsn::Lsn>().ok())
                             .map(|lsn| lsn.inserted_end(wal)),
                         None => None,
                     };
