@@ -13,14 +13,13 @@ use super::view::NodeState;
 use crate::backend::connect::NodeTarget;
 use crate::backend::tls::NodeTls;
 use crate::config::ConfigHandle;
-use crate::protocol::lsn::{Lsn, WalGeometry};
+use crate::protocol::lsn::Lsn;
 
-/// The one query a check runs: role, WAL position (current on a primary, replayed on a replica), the age of
-/// the last replayed transaction, and the WAL's page and segment sizes.
+/// The one query a check runs: role, WAL position (current on a primary, replayed on a replica), and the
+/// age of the last replayed transaction.
 const CHECK_SQL: &str = "SELECT pg_is_in_recovery(), \
      (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text, \
-     EXTRACT(EPOCH FROM (now() - pg_last_xact_replay_timestamp()))::float8, \
-     current_setting('wal_block_size')::int8, pg_size_bytes(current_setting('wal_segment_size'))";
+     EXTRACT(EPOCH FROM (now() - pg_last_xact_replay_timestamp()))::float8";
 
 /// Starts one monitor task per node of `fleet`, with the `[health]` settings of `config`.
 pub(crate) fn spawn(fleet: &Arc<Fleet>, config: &ConfigHandle) {
@@ -130,25 +129,15 @@ async fn check(pool: &Pool, tls: &NodeTls, timeout: Duration) -> NodeState {
         let in_recovery: bool = row.try_get(0).map_err(|e| e.to_string())?;
         let lsn: Option<String> = row.try_get(1).map_err(|e| e.to_string())?;
         let replay_age: Option<f64> = row.try_get(2).map_err(|e| e.to_string())?;
-        let block_size: Option<i64> = row.try_get(3).map_err(|e| e.to_string())?;
-        let segment_size: Option<i64> = row.try_get(4).map_err(|e| e.to_string())?;
-        let wal = match (block_size.map(u64::try_from), segment_size.map(u64::try_from)) {
-            (Some(Ok(block_size)), Some(Ok(segment_size))) => Some(WalGeometry {
-                block_size,
-                segment_size,
-            }),
-            _ => None,
-        };
-        Ok::<_, String>((in_recovery, lsn, replay_age, wal))
+        Ok::<_, String>((in_recovery, lsn, replay_age))
     })
     .await;
     let checked_at = Some(SystemTime::now());
     match result {
-        Ok(Ok((in_recovery, lsn, replay_age, wal))) => NodeState {
+        Ok(Ok((in_recovery, lsn, replay_age))) => NodeState {
             up: true,
             in_recovery: Some(in_recovery),
             lsn: lsn.as_deref().and_then(|text| text.parse::<Lsn>().ok()),
-            wal,
             lag_bytes: None,
             lag: if in_recovery {
                 replay_age.map(|s| Duration::from_secs_f64(s.max(0.0)))

@@ -352,12 +352,8 @@ impl Flow {
             }
         }
         if result.is_ok()
-            && let Some(mut t) = flow.trailer.take()
+            && let Some(t) = flow.trailer.take()
         {
-            if t.kind == Trailer::Commit {
-                let wal = session.wal_of(node);
-                t.answer = t.answer.map(|lsn| lsn.inserted_end(wal));
-            }
             session.trailer_answer = t.answer;
             if let Some(lsn) = t.answer {
                 match t.kind {

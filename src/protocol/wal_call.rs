@@ -14,15 +14,9 @@ use super::lsn::Lsn;
 /// Which position to ask.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum WalPosition {
-    /// `pg_current_wal_insert_lsn()`, on a primary: past every record inserted. A commit's position: a commit
-    /// made with `synchronous_commit = off` returns before its record is written, so the write position taken
-    /// after it can be short of the record, and a replica that has replayed that far has not replayed the
-    /// commit. Read with `Lsn::inserted_end`.
-    Inserted,
-    /// `pg_current_wal_lsn()`, on a primary: what is written. A bound of what a read saw: the insert position
-    /// can stay ahead of anything a replica can have for as long as nothing commits (hint-bit records on a
-    /// cluster with data checksums, say), which would keep reads off the replicas; the commits a read may see
-    /// that matter are covered by their own commit positions.
+    /// `pg_current_wal_lsn()`, on a primary: what is written. A commit's position, and a bound of what a read
+    /// saw. (Not the insert position: WAL inserted but not yet written, such as the abort record of a failed
+    /// write, would keep reads off the replicas until the WAL writer wrote it.)
     Written,
     /// `pg_last_wal_replay_lsn()`, on a replica: what it has replayed.
     Replayed,
@@ -33,7 +27,6 @@ impl WalPosition {
     /// (the pre-10 names had the same ids). Called by id, no search_path can put another function in its place.
     fn function(self) -> u32 {
         match self {
-            WalPosition::Inserted => 2852,
             WalPosition::Written => 2849,
             WalPosition::Replayed => 3821,
         }
@@ -42,7 +35,6 @@ impl WalPosition {
     /// The function's name, as a server with `log_statement = 'all'` logs the call.
     pub(crate) fn name(self) -> &'static str {
         match self {
-            WalPosition::Inserted => "pg_current_wal_insert_lsn",
             WalPosition::Written => "pg_current_wal_lsn",
             WalPosition::Replayed => "pg_last_wal_replay_lsn",
         }
@@ -50,8 +42,8 @@ impl WalPosition {
 
     /// The FunctionCall message: no arguments, the result in binary.
     pub(crate) fn call(self) -> &'static [u8] {
-        static CALLS: LazyLock<[Bytes; 3]> = LazyLock::new(|| {
-            [WalPosition::Inserted, WalPosition::Written, WalPosition::Replayed].map(|p| {
+        static CALLS: LazyLock<[Bytes; 2]> = LazyLock::new(|| {
+            [WalPosition::Written, WalPosition::Replayed].map(|p| {
                 let mut body = Vec::with_capacity(10);
                 body.extend_from_slice(&p.function().to_be_bytes());
                 // No argument format codes, no arguments, the result in binary (format code 1).
@@ -62,9 +54,8 @@ impl WalPosition {
             })
         });
         let i = match self {
-            WalPosition::Inserted => 0,
-            WalPosition::Written => 1,
-            WalPosition::Replayed => 2,
+            WalPosition::Written => 0,
+            WalPosition::Replayed => 1,
         };
         &CALLS[i]
     }
@@ -88,11 +79,7 @@ mod tests {
     #[test]
     fn calls_name_each_function_by_its_id() {
         // (position, function id)
-        let cases = [
-            (WalPosition::Inserted, 2852u32),
-            (WalPosition::Written, 2849),
-            (WalPosition::Replayed, 3821),
-        ];
+        let cases = [(WalPosition::Written, 2849u32), (WalPosition::Replayed, 3821)];
         for (position, function) in cases {
             assert_eq!(
                 position.call(),

@@ -52,8 +52,7 @@ pub(super) fn lead_query() -> &'static [u8] {
 impl Trailer {
     pub(super) fn query(self) -> &'static [u8] {
         match self {
-            Trailer::Commit => WalPosition::Inserted.call(),
-            Trailer::Primary => WalPosition::Written.call(),
+            Trailer::Commit | Trailer::Primary => WalPosition::Written.call(),
             Trailer::Replay => WalPosition::Replayed.call(),
         }
     }
@@ -82,10 +81,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn commits_ask_the_insert_position_reads_the_written_one() {
+    fn the_primary_is_asked_what_it_wrote_a_replica_what_it_replayed() {
         // (question, position asked)
         let cases = [
-            (Trailer::Commit.query(), WalPosition::Inserted),
+            (Trailer::Commit.query(), WalPosition::Written),
             (Trailer::Primary.query(), WalPosition::Written),
             (Trailer::Replay.query(), WalPosition::Replayed),
             (lead_query(), WalPosition::Replayed),

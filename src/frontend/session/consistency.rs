@@ -428,7 +428,7 @@ impl Session {
         if self.shared.config().routing.consistency() != Consistency::Off && !self.commit_untracked {
             return self.routing.committed.unwrap_or(Lsn::ZERO);
         }
-        self.primary_commit_position().await.unwrap_or(Lsn::ZERO)
+        self.primary_position().await.unwrap_or(Lsn::ZERO)
     }
 }
 

@@ -403,7 +403,7 @@ impl Session {
             // is. With the primary alone, reads go nowhere else.
             Consistency::Global if may_read_replica => {
                 match self.shared.fleet.positions(self.shard).uncovered() {
-                    Some(count) if !self.primary_alone() => match self.primary_commit_position().await {
+                    Some(count) if !self.primary_alone() => match self.primary_position().await {
                         Some(lsn) => {
                             let positions = self.shared.fleet.positions(self.shard);
                             positions.cover(count, lsn);

@@ -13,7 +13,7 @@ use crate::config::{Consistency, ReplicaAffinity};
 use crate::frontend::forward::Trailer;
 use crate::frontend::request::{End, Plan, Request};
 use crate::protocol::TxStatus;
-use crate::protocol::lsn::{Lsn, WalGeometry};
+use crate::protocol::lsn::Lsn;
 use crate::protocol::wal_call::WalPosition;
 use crate::router::classify::Target;
 
@@ -41,18 +41,6 @@ impl Session {
     /// (then the wait goes on, and the cancel reaches the primary with the request). None on a cancel too:
     /// the request then ends with 57014 before any node runs it (`CancelKey::run_on`).
     pub(super) async fn primary_position(&mut self) -> Option<Lsn> {
-        self.ask_primary(false).await
-    }
-
-    /// A position at or past every commit the primary acknowledged before this call, asked after it began
-    /// (`COMMITTED_LSN`): for commits that carried no position of their own. Not shared with other sessions'
-    /// asks, which are write positions; needed rarely (the first read after a reload added nodes to a fleet of
-    /// the primary alone, SHOW pgfleet.write_lsn there). None as for `primary_position`.
-    pub(super) async fn primary_commit_position(&mut self) -> Option<Lsn> {
-        self.ask_primary(true).await
-    }
-
-    async fn ask_primary(&mut self, committed: bool) -> Option<Lsn> {
         let shared = self.shared.clone();
         let primary = shared.fleet.primary(self.shard).ok()?;
         let cancelable = !self.routing.holds_state_on(primary);
@@ -60,26 +48,16 @@ impl Session {
         let mut asking = false;
         let asked = handle
             .unless_canceled(cancelable, async {
-                let turn = if committed {
-                    None
-                } else {
-                    match shared.fleet.positions(self.shard).primary_position().await {
-                        PrimaryAsk::Known(lsn) => return Some(lsn),
-                        PrimaryAsk::Turn(turn) => Some(turn),
-                    }
+                let turn = match shared.fleet.positions(self.shard).primary_position().await {
+                    PrimaryAsk::Known(lsn) => return Some(lsn),
+                    PrimaryAsk::Turn(turn) => turn,
                 };
                 asking = true;
                 self.connect(primary).await.ok()?;
-                let lsn = if committed {
-                    self.ask_committed(primary).await
-                } else {
-                    self.ask_position(primary, WalPosition::Written).await
-                };
+                let lsn = self.ask_position(primary, WalPosition::Written).await;
                 self.release_between_transactions(primary);
                 let lsn = lsn?;
-                if let Some(turn) = turn {
-                    turn.answer(lsn);
-                }
+                turn.answer(lsn);
                 Some(lsn)
             })
             .await;
@@ -88,23 +66,6 @@ impl Session {
             self.conns[primary.index()] = None;
         }
         asked.flatten()
-    }
-
-    /// A position at or past every commit `node` acknowledged so far (its insert position, see
-    /// `WalPosition::Inserted`), on the session's connection.
-    async fn ask_committed(&mut self, node: NodeId) -> Option<Lsn> {
-        let wal = self.wal_of(node);
-        Some(
-            self.ask_position(node, WalPosition::Inserted)
-                .await?
-                .inserted_end(wal),
-        )
-    }
-
-    /// `node`'s WAL page and segment sizes as the current request's fleet snapshot has them, to read its
-    /// insert positions (`Lsn::inserted_end`); None before its first health check.
-    pub(in crate::frontend) fn wal_of(&self, node: NodeId) -> Option<WalGeometry> {
-        self.current.view.nodes.get(node.index()).and_then(|n| n.wal)
     }
 
     /// A WAL position asked in a round trip of its own on the session's connection to `node`.
@@ -283,7 +244,7 @@ impl Session {
         if self.conn(node).is_none() {
             return;
         }
-        match self.ask_committed(node).await {
+        match self.ask_position(node, WalPosition::Written).await {
             Some(lsn) => {
                 self.shared.fleet.positions(self.shard).acknowledged(lsn);
                 self.routing.wrote_at(Some(lsn));

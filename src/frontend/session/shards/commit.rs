@@ -78,16 +78,12 @@ impl Session {
                     tracing::warn!(shard = %shard, error = %e, "COMMIT PREPARED failed; recovery will finish it");
                 }
                 for (shard, node) in &open {
-                    // The insert position, past the commit's record even when it is not written yet
-                    // (`synchronous_commit = off`; see `protocol::wal_call`).
-                    let wal = self.wal_of(*node);
                     let lsn = match self.conns[node.index()].as_mut() {
                         Some(c) => c
-                            .call_position(crate::protocol::wal_call::WalPosition::Inserted)
+                            .call_position(crate::protocol::wal_call::WalPosition::Written)
                             .await
                             .ok()
-                            .flatten()
-                            .map(|lsn| lsn.inserted_end(wal)),
+                            .flatten(),
                         None => None,
                     };
                     if let Some(lsn) = lsn {
