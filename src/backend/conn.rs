@@ -245,13 +245,25 @@ impl BackendConn {
         &mut self,
         position: crate::protocol::wal_call::WalPosition,
     ) -> Result<Option<crate::protocol::lsn::Lsn>, BackendError> {
-        self.write_all(position.call()).await?;
+        self.first_value(position.call(), b'V', crate::protocol::wal_call::answer)
+            .await
+    }
+
+    /// Sends `request` (one question of the proxy's own) and reads up to ReadyForQuery: what `read` makes of
+    /// the first frame of kind `kind`, or None when the request failed.
+    async fn first_value<T>(
+        &mut self,
+        request: &[u8],
+        kind: u8,
+        read: impl Fn(&[u8]) -> Option<T>,
+    ) -> Result<Option<T>, BackendError> {
+        self.write_all(request).await?;
         let mut value = None;
         let mut failed = false;
         loop {
             let f = self.read_frame().await?;
             match f.kind {
-                b'V' => value = crate::protocol::wal_call::answer(f.body()),
+                k if k == kind && value.is_none() => value = read(f.body()),
                 b'E' => failed = true,
                 b'Z' => {
                     self.status = crate::protocol::TxStatus::from_ready_body(f.body());
@@ -272,21 +284,11 @@ impl BackendConn {
     }
 
     async fn query_value_inner(&mut self, sql: &str) -> Result<Option<String>, BackendError> {
-        self.write_all(&crate::protocol::messages::query(sql)).await?;
-        let mut value = None;
-        let mut failed = false;
-        loop {
-            let f = self.read_frame().await?;
-            match f.kind {
-                b'D' if value.is_none() => value = data_row_fields(f.body()).into_iter().next().flatten(),
-                b'E' => failed = true,
-                b'Z' => {
-                    self.status = crate::protocol::TxStatus::from_ready_body(f.body());
-                    return Ok(if failed { None } else { value });
-                }
-                _ => {}
-            }
-        }
+        let query = crate::protocol::messages::query(sql);
+        self.first_value(&query, b'D', |row| {
+            data_row_fields(row).into_iter().next().flatten()
+        })
+        .await
     }
 
     /// Runs a command of the proxy's own and returns its rows as text, or the node's ErrorResponse.

@@ -15,10 +15,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 mod open_batch;
 mod riders;
 
-use crate::protocol::wal_call::answer as called_lsn;
+use crate::protocol::wal_call;
 use open_batch::{Sent, undo, without};
 pub(crate) use riders::Trailer;
-use riders::{LeadState, TrailerState, lead_query};
+use riders::{LeadState, TrailerState, lead_call};
 
 use super::cancel::{ActiveBackend, Start, cancel_on_node};
 use super::request::{End, Plan, Request};
@@ -134,7 +134,7 @@ impl Flow {
                 t.pos += len;
             }
             match kind {
-                b'V' => l.answer = called_lsn(body),
+                b'V' => l.answer = wal_call::answer(body),
                 b'Z' => {
                     l.done = true;
                     l.stale = l.answer.is_none_or(|a| a < l.need);
@@ -152,7 +152,7 @@ impl Flow {
             if t.client_ready == 0 {
                 // The trailer's own reply: only its value and its end matter.
                 match kind {
-                    b'V' => t.answer = called_lsn(body),
+                    b'V' => t.answer = wal_call::answer(body),
                     b'Z' => self.pending_ready = self.pending_ready.saturating_sub(1),
                     b'A' => {
                         t.late.push(kind);
@@ -421,8 +421,8 @@ impl Flow {
                 self.sending(f.kind);
             }
         }
-        let lead: &[u8] = if self.lead.is_some() { lead_query() } else { &[] };
-        let trailer: &[u8] = self.trailer.as_ref().map_or(&[], |t| t.kind.query());
+        let lead: &[u8] = if self.lead.is_some() { lead_call() } else { &[] };
+        let trailer: &[u8] = self.trailer.as_ref().map_or(&[], |t| t.kind.call());
         if lead.is_empty() && trailer.is_empty() {
             conn.write_all(req.encode(&mut session.scratch))
                 .await

@@ -5,10 +5,6 @@
 //! the connection's unnamed prepared statement alone. Used by the questions that ride with requests
 //! (`frontend::forward::riders`) and by those asked in a round trip of their own (`frontend::session::positions`).
 
-use std::sync::LazyLock;
-
-use bytes::Bytes;
-
 use super::lsn::Lsn;
 
 /// Which position to ask.
@@ -23,15 +19,6 @@ pub(crate) enum WalPosition {
 }
 
 impl WalPosition {
-    /// The function's object id, fixed in PostgreSQL's catalog (`pg_proc.dat`) since the function was added
-    /// (the pre-10 names had the same ids). Called by id, no search_path can put another function in its place.
-    fn function(self) -> u32 {
-        match self {
-            WalPosition::Written => 2849,
-            WalPosition::Replayed => 3821,
-        }
-    }
-
     /// The function's name, as a server with `log_statement = 'all'` logs the call.
     pub(crate) fn name(self) -> &'static str {
         match self {
@@ -40,25 +27,24 @@ impl WalPosition {
         }
     }
 
-    /// The FunctionCall message: no arguments, the result in binary.
+    /// The FunctionCall message: no arguments, the result in binary. The functions by object id, fixed in
+    /// PostgreSQL's catalog (`pg_proc.dat`) since they were added (the pre-10 names had the same ids): no
+    /// search_path can put another function in their place.
     pub(crate) fn call(self) -> &'static [u8] {
-        static CALLS: LazyLock<[Bytes; 2]> = LazyLock::new(|| {
-            [WalPosition::Written, WalPosition::Replayed].map(|p| {
-                let mut body = Vec::with_capacity(10);
-                body.extend_from_slice(&p.function().to_be_bytes());
-                // No argument format codes, no arguments, the result in binary (format code 1).
-                body.extend_from_slice(&0u16.to_be_bytes());
-                body.extend_from_slice(&0u16.to_be_bytes());
-                body.extend_from_slice(&1u16.to_be_bytes());
-                super::frame::build(b'F', &body)
-            })
-        });
-        let i = match self {
-            WalPosition::Written => 0,
-            WalPosition::Replayed => 1,
-        };
-        &CALLS[i]
+        const WRITTEN: [u8; 15] = function_call(2849);
+        const REPLAYED: [u8; 15] = function_call(3821);
+        match self {
+            WalPosition::Written => &WRITTEN,
+            WalPosition::Replayed => &REPLAYED,
+        }
     }
+}
+
+/// A FunctionCall of `function`: type, length 14, the function's id, no argument format codes, no arguments,
+/// the result in binary (format code 1).
+const fn function_call(function: u32) -> [u8; 15] {
+    let id = function.to_be_bytes();
+    [b'F', 0, 0, 0, 14, id[0], id[1], id[2], id[3], 0, 0, 0, 0, 0, 1]
 }
 
 /// The LSN in a FunctionCallResponse's body: a binary `pg_lsn` is 8 bytes, big-endian. NULL (a replica's

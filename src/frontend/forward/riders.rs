@@ -45,12 +45,12 @@ pub(super) struct LeadState {
 }
 
 /// The question sent ahead of a read to a replica not yet known to have replayed what the read must see.
-pub(super) fn lead_query() -> &'static [u8] {
+pub(super) fn lead_call() -> &'static [u8] {
     WalPosition::Replayed.call()
 }
 
 impl Trailer {
-    pub(super) fn query(self) -> &'static [u8] {
+    pub(super) fn call(self) -> &'static [u8] {
         match self {
             Trailer::Commit | Trailer::Primary => WalPosition::Written.call(),
             Trailer::Replay => WalPosition::Replayed.call(),
@@ -84,10 +84,10 @@ mod tests {
     fn the_primary_is_asked_what_it_wrote_a_replica_what_it_replayed() {
         // (question, position asked)
         let cases = [
-            (Trailer::Commit.query(), WalPosition::Written),
-            (Trailer::Primary.query(), WalPosition::Written),
-            (Trailer::Replay.query(), WalPosition::Replayed),
-            (lead_query(), WalPosition::Replayed),
+            (Trailer::Commit.call(), WalPosition::Written),
+            (Trailer::Primary.call(), WalPosition::Written),
+            (Trailer::Replay.call(), WalPosition::Replayed),
+            (lead_call(), WalPosition::Replayed),
         ];
         for (question, position) in cases {
             assert_eq!(question, position.call());
