@@ -13,13 +13,19 @@ use super::view::NodeState;
 use crate::backend::connect::NodeTarget;
 use crate::backend::tls::NodeTls;
 use crate::config::ConfigHandle;
-use crate::protocol::lsn::Lsn;
+use crate::protocol::lsn::{Lsn, WalGeometry};
 
-/// The one query a check runs: role, WAL position (current on a primary, replayed on a replica), and the
-/// age of the last replayed transaction.
+/// The one query a check runs: role, WAL position (current on a primary, replayed on a replica), the age of
+/// the last replayed transaction, the WAL's page and segment sizes, and whether sessions may commit
+/// asynchronously without saying so (`synchronous_commit = off` in the server's configuration, or set for a
+/// role or database; any value but the four that write the commit record before the commit returns counts).
 const CHECK_SQL: &str = "SELECT pg_is_in_recovery(), \
      (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text, \
-     EXTRACT(EPOCH FROM (now() - pg_last_xact_replay_timestamp()))::float8";
+     EXTRACT(EPOCH FROM (now() - pg_last_xact_replay_timestamp()))::float8, \
+     current_setting('wal_block_size')::int8, pg_size_bytes(current_setting('wal_segment_size')), \
+     current_setting('synchronous_commit') = 'off' OR EXISTS (SELECT FROM pg_db_role_setting, \
+       unnest(setconfig) AS s WHERE s ILIKE 'synchronous\\_commit=%' \
+       AND lower(substr(s, 20)) NOT IN ('on', 'local', 'remote_write', 'remote_apply'))";
 
 /// Starts one monitor task per node of `fleet`, with the `[health]` settings of `config`.
 pub(crate) fn spawn(fleet: &Arc<Fleet>, config: &ConfigHandle) {
@@ -37,6 +43,7 @@ pub(crate) fn spawn_node(fleet: &Arc<Fleet>, config: &ConfigHandle, index: usize
         let node = fleet.node(super::NodeId::new(index));
         let mut control: Option<(Login, Pool)> = None;
         let mut last: Option<(bool, Option<bool>)> = None;
+        let mut commits_async = false;
         loop {
             if node.is_retired() {
                 tracing::info!(node = %node.target.name, "node removed from the config: no longer checked");
@@ -71,6 +78,10 @@ pub(crate) fn spawn_node(fleet: &Arc<Fleet>, config: &ConfigHandle, index: usize
                 log_change(&node.target.name, &state, last.is_none());
                 last = Some(now);
             }
+            if state.up && state.in_recovery == Some(false) && state.async_commits != commits_async {
+                commits_async = state.async_commits;
+                log_commit_mode(&node.target.name, commits_async);
+            }
             if state.up {
                 node.mark_up();
             }
@@ -104,6 +115,20 @@ fn log_change(name: &str, state: &NodeState, first: bool) {
     }
 }
 
+/// Asynchronous commits change which position a commit gets (`WalPosition::Inserted`), and reads on
+/// replicas wait for the WAL writer after each: worth a line when it starts and ends.
+fn log_commit_mode(name: &str, asynchronous: bool) {
+    if asynchronous {
+        tracing::info!(
+            node = %name,
+            "primary may commit asynchronously (synchronous_commit = off for the server, a role or a database): \
+             commits are tracked by insert position"
+        );
+    } else {
+        tracing::info!(node = %name, "primary commits synchronously: commits are tracked by write position");
+    }
+}
+
 fn control_pool(target: &NodeTarget, login: &Login) -> Option<Pool> {
     let login = crate::backend::control::ControlLogin {
         user: &login.user,
@@ -129,15 +154,27 @@ async fn check(pool: &Pool, tls: &NodeTls, timeout: Duration) -> NodeState {
         let in_recovery: bool = row.try_get(0).map_err(|e| e.to_string())?;
         let lsn: Option<String> = row.try_get(1).map_err(|e| e.to_string())?;
         let replay_age: Option<f64> = row.try_get(2).map_err(|e| e.to_string())?;
-        Ok::<_, String>((in_recovery, lsn, replay_age))
+        let block_size: Option<i64> = row.try_get(3).map_err(|e| e.to_string())?;
+        let segment_size: Option<i64> = row.try_get(4).map_err(|e| e.to_string())?;
+        let wal = match (block_size.map(u64::try_from), segment_size.map(u64::try_from)) {
+            (Some(Ok(block_size)), Some(Ok(segment_size))) => Some(WalGeometry {
+                block_size,
+                segment_size,
+            }),
+            _ => None,
+        };
+        let async_commits: Option<bool> = row.try_get(5).map_err(|e| e.to_string())?;
+        Ok::<_, String>((in_recovery, lsn, replay_age, wal, async_commits == Some(true)))
     })
     .await;
     let checked_at = Some(SystemTime::now());
     match result {
-        Ok(Ok((in_recovery, lsn, replay_age))) => NodeState {
+        Ok(Ok((in_recovery, lsn, replay_age, wal, async_commits))) => NodeState {
             up: true,
             in_recovery: Some(in_recovery),
             lsn: lsn.as_deref().and_then(|text| text.parse::<Lsn>().ok()),
+            wal,
+            async_commits,
             lag_bytes: None,
             lag: if in_recovery {
                 replay_age.map(|s| Duration::from_secs_f64(s.max(0.0)))

@@ -5,7 +5,7 @@
 use std::time::{Duration, SystemTime};
 
 use super::{NodeId, ShardId};
-use crate::protocol::lsn::Lsn;
+use crate::protocol::lsn::{Lsn, WalGeometry};
 use crate::protocol::messages::ProxyError;
 
 /// What the monitor knows about one node.
@@ -17,6 +17,12 @@ pub struct NodeState {
     pub in_recovery: Option<bool>,
     /// WAL position: `pg_current_wal_lsn()` on a primary, `pg_last_wal_replay_lsn()` on a replica.
     pub lsn: Option<Lsn>,
+    /// The server's WAL page and segment sizes, to read its insert positions (`Lsn::inserted_end`).
+    pub wal: Option<WalGeometry>,
+    /// Sessions may commit asynchronously by default (`synchronous_commit = off` in the server's
+    /// configuration or for a role or database): on a primary, commit positions are then insert positions
+    /// (`frontend::session::positions`, `commit_position`).
+    pub async_commits: bool,
     /// Bytes of WAL the node has not replayed yet, measured against the primary's last position.
     pub lag_bytes: Option<u64>,
     /// How far behind in time the node's replay is (zero when it has replayed all the primary has written).

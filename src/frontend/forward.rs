@@ -352,14 +352,18 @@ impl Flow {
             }
         }
         if result.is_ok()
-            && let Some(t) = flow.trailer.take()
+            && let Some(mut t) = flow.trailer.take()
         {
+            if t.kind == Trailer::AsyncCommit {
+                let wal = session.wal_of(node);
+                t.answer = t.answer.map(|lsn| lsn.inserted_end(wal));
+            }
             session.trailer_answer = t.answer;
             if let Some(lsn) = t.answer {
                 match t.kind {
                     // Published before the client hears of the commit: a read that starts after it learns
                     // of the commit must find the position here.
-                    Trailer::Commit if flow.outcome.status == TxStatus::Idle => {
+                    Trailer::Commit | Trailer::AsyncCommit if flow.outcome.status == TxStatus::Idle => {
                         session.shared.fleet.positions(session.shard).acknowledged(lsn)
                     }
                     Trailer::Replay => session.shared.fleet.nodes()[node.index()].replayed.saw(lsn),

@@ -19,7 +19,36 @@ impl Lsn {
     pub fn bytes_since(self, earlier: Lsn) -> u64 {
         self.0.saturating_sub(earlier.0)
     }
+
+    /// An insert position (`pg_current_wal_insert_lsn()`) as the end of the WAL inserted so far, which is
+    /// how replay positions count. They differ at a page start: when the last record ended at a page's end,
+    /// the insert position is past the next page's header (24 bytes, 40 at a segment's start), where the
+    /// next record will begin, while a replica that replayed that record reports the page boundary, and
+    /// would never reach the insert position until another record came. Without the server's WAL geometry
+    /// the position stays as it is: too far, never short.
+    pub fn inserted_end(self, wal: Option<WalGeometry>) -> Lsn {
+        let Some(wal) = wal else { return self };
+        if wal.segment_size > 0 && self.0 % wal.segment_size == LONG_PAGE_HEADER {
+            Lsn(self.0 - LONG_PAGE_HEADER)
+        } else if wal.block_size > 0 && self.0 % wal.block_size == SHORT_PAGE_HEADER {
+            Lsn(self.0 - SHORT_PAGE_HEADER)
+        } else {
+            self
+        }
+    }
 }
+
+/// A server's WAL page and segment sizes (`wal_block_size`, `wal_segment_size`), in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalGeometry {
+    pub block_size: u64,
+    pub segment_size: u64,
+}
+
+/// The sizes of a WAL page's header (`SizeOfXLogShortPHD`) and of the first page's of a segment
+/// (`SizeOfXLogLongPHD`), fixed by PostgreSQL's page layout.
+const SHORT_PAGE_HEADER: u64 = 24;
+const LONG_PAGE_HEADER: u64 = 40;
 
 impl fmt::Display for Lsn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -68,6 +97,38 @@ pub(crate) fn pg_epoch_micros_now() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn insert_positions_past_a_page_header_end_at_the_page_boundary() {
+        let default = Some(WalGeometry {
+            block_size: 8192,
+            segment_size: 16 << 20,
+        });
+        let small = Some(WalGeometry {
+            block_size: 8192,
+            segment_size: 1 << 20,
+        });
+        let large = Some(WalGeometry {
+            block_size: 16384,
+            segment_size: 1 << 30,
+        });
+        let segment = 3 << 24; // the start of a 16 MB segment
+        // (insert position, geometry, end of the WAL inserted)
+        let cases = [
+            (segment + 40, default, segment),               // past a segment's long header
+            (segment + 8192 + 24, default, segment + 8192), // past a page's short header
+            (segment + 8192 + 32, default, segment + 8192 + 32), // a record ended inside the page
+            (segment + 8192 + 40, default, segment + 8192 + 40), // inside any other page
+            (segment + 8192 + 24, None, segment + 8192 + 24), // no geometry: as it is
+            (0xD0_0028, small, 0xD0_0000),                  // a 1 MB segment's start
+            (0xD0_0028, default, 0xD0_0028),                // inside a 16 MB segment's page
+            (segment + 16384 + 24, large, segment + 16384), // 16 kB pages
+            (segment + 8192 + 24, large, segment + 8192 + 24), // inside a 16 kB page
+        ];
+        for (insert, wal, end) in cases {
+            assert_eq!(Lsn(insert).inserted_end(wal), Lsn(end), "{insert:#x} {wal:?}");
+        }
+    }
 
     #[test]
     fn text_round_trip() {

@@ -10,10 +10,15 @@ use super::lsn::Lsn;
 /// Which position to ask.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum WalPosition {
-    /// `pg_current_wal_lsn()`, on a primary: what is written. A commit's position, and a bound of what a read
-    /// saw. (Not the insert position: WAL inserted but not yet written, such as the abort record of a failed
-    /// write, would keep reads off the replicas until the WAL writer wrote it.)
+    /// `pg_current_wal_lsn()`, on a primary: what is written. A synchronous commit's position (its record is
+    /// written before the commit returns), and a bound of what a read saw.
     Written,
+    /// `pg_current_wal_insert_lsn()`, on a primary: past every record inserted. The position of a commit that
+    /// may have been asynchronous (`synchronous_commit = off`), which returns before its record is written, so
+    /// the write position can be short of it. Not asked for other commits: WAL inserted and not yet written
+    /// for other reasons (another session's running transaction, the abort record of a failed write) would
+    /// keep reads off the replicas until something wrote it. Read with `Lsn::inserted_end`.
+    Inserted,
     /// `pg_last_wal_replay_lsn()`, on a replica: what it has replayed.
     Replayed,
 }
@@ -23,6 +28,7 @@ impl WalPosition {
     pub(crate) fn name(self) -> &'static str {
         match self {
             WalPosition::Written => "pg_current_wal_lsn",
+            WalPosition::Inserted => "pg_current_wal_insert_lsn",
             WalPosition::Replayed => "pg_last_wal_replay_lsn",
         }
     }
@@ -32,9 +38,11 @@ impl WalPosition {
     /// search_path can put another function in their place.
     pub(crate) fn call(self) -> &'static [u8] {
         const WRITTEN: [u8; 15] = function_call(2849);
+        const INSERTED: [u8; 15] = function_call(2852);
         const REPLAYED: [u8; 15] = function_call(3821);
         match self {
             WalPosition::Written => &WRITTEN,
+            WalPosition::Inserted => &INSERTED,
             WalPosition::Replayed => &REPLAYED,
         }
     }
@@ -65,7 +73,11 @@ mod tests {
     #[test]
     fn calls_name_each_function_by_its_id() {
         // (position, function id)
-        let cases = [(WalPosition::Written, 2849u32), (WalPosition::Replayed, 3821)];
+        let cases = [
+            (WalPosition::Written, 2849u32),
+            (WalPosition::Inserted, 2852),
+            (WalPosition::Replayed, 3821),
+        ];
         for (position, function) in cases {
             assert_eq!(
                 position.call(),

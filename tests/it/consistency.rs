@@ -720,23 +720,19 @@ async fn pg_stat_activity_shows_the_clients_statement_not_the_position_questions
 }
 
 /// A commit made with `synchronous_commit = off` returns before its WAL record is written, so the primary's
-/// write position taken right after it, which pgfleet takes as the commit's position, can be short of the
-/// record: a replica that has replayed that far has not replayed the commit, and a read of another session
-/// served there misses it. The primary's WAL writer is slowed (`wal_writer_delay = '10s'`) so that the commits'
-/// records stay unwritten while the reads run: all 20 reads miss their row. A known gap (docs/routing.md,
-/// "Commits made with synchronous_commit = off"): the insert position would cover such commits, but it also
-/// counts WAL that is not written yet for other reasons (the abort record of a failed write), and kept reads
-/// off the replicas after every failed write or rollback (psql_pgbench and the JDBC check failed with it). Run
-/// with `--ignored` to see the gap; it passes once commit positions cover asynchronous commits.
+/// write position taken right after it can be short of the record: a replica that has replayed that far has
+/// not replayed the commit. pgfleet takes the insert position behind commits that may be asynchronous (the
+/// session named `synchronous_commit`, or the primary's health check found it off for a role). The primary's
+/// WAL writer is slowed (`wal_writer_delay = '10s'`) so that the records stay unwritten while the reads run;
+/// with write positions every read of another session missed its row (20 of 20). Each way a commit becomes
+/// asynchronous: the session's SET, a SET LOCAL in a transaction of separate requests, `set_config` in one
+/// query string, and a role's setting, which the health check reports (pgfleet logs it) before the session
+/// that relies on it starts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known gap: a commit made with synchronous_commit = off can be missed by reads on replicas until \
-            the WAL writer writes it (docs/routing.md)"]
 async fn reads_of_other_sessions_see_commits_made_with_synchronous_commit_off() {
     let cluster = cluster_async().await;
-    let proxy = Proxy::start(
-        &cluster,
-        "[routing]\nload_balance = \"round_robin\"\nconsistency = \"global\"\n\n[health]\ninterval = \"60s\"\n",
-    );
+    let config = "[routing]\nload_balance = \"round_robin\"\nconsistency = \"global\"\n\n[health]\ninterval = \"60s\"\n";
+    let proxy = Proxy::start(&cluster, config);
     create_table(&cluster, "CREATE TABLE lazy (id int PRIMARY KEY)").await;
     direct(&cluster.primary, "ALTER SYSTEM SET wal_writer_delay = '10s'");
     direct(&cluster.primary, "SELECT pg_reload_conf()");
@@ -745,20 +741,81 @@ async fn reads_of_other_sessions_see_commits_made_with_synchronous_commit_off() 
     })
     .await;
     assert!(slowed.is_some(), "wal_writer_delay did not become 10s");
-    let (writer, reader) = (client(&proxy).await, client(&proxy).await);
-    run(&writer, "SET synchronous_commit = off").await;
+    let reader = client(&proxy).await;
     let mut missed = Vec::new();
-    for i in 0..20 {
-        run(&writer, &format!("INSERT INTO lazy VALUES ({i})")).await;
-        let (n, port) = count_and_port(&reader, "lazy", &format!("WHERE id = {i}")).await;
-        if n != "1" {
-            missed.push(format!("{i} (read on port {port})"));
-        }
-    }
+    let by_set = client(&proxy).await;
+    run(&by_set, "SET synchronous_commit = off").await;
+    missed.extend(async_commit_rounds(AsyncBy::Set, &by_set, &reader, 0).await);
+    // A session of its own for each way: pgfleet remembers for the session that it named the setting.
+    let by_set_local = client(&proxy).await;
+    missed.extend(async_commit_rounds(AsyncBy::SetLocal, &by_set_local, &reader, 100).await);
+    let by_set_config = client(&proxy).await;
+    missed.extend(async_commit_rounds(AsyncBy::SetConfig, &by_set_config, &reader, 200).await);
+    // The role's setting reaches pgfleet by the health check: a second pgfleet, started after it, says so.
+    direct(
+        &cluster.primary,
+        &format!("ALTER ROLE {APP_USER} SET synchronous_commit = off"),
+    );
+    let by_role = Proxy::start(&cluster, config);
+    let reported = wait_until(Duration::from_secs(10), async || {
+        by_role
+            .log_contents()
+            .contains("primary may commit asynchronously")
+    })
+    .await;
+    assert!(
+        reported.is_some(),
+        "the health check did not report the role's setting:\n{}",
+        by_role.log_contents()
+    );
+    let writer = client(&by_role).await;
+    assert_eq!(value(&writer, "SHOW synchronous_commit").await, "off");
+    let reader = client(&by_role).await;
+    missed.extend(async_commit_rounds(AsyncBy::Role, &writer, &reader, 300).await);
     assert!(
         missed.is_empty(),
         "reads missed commits made with synchronous_commit off: {missed:?}"
     );
+}
+
+/// How a writer's commits become asynchronous, for `async_commit_rounds`.
+#[derive(Debug, Clone, Copy)]
+enum AsyncBy {
+    /// The session SET it before.
+    Set,
+    /// SET LOCAL in each transaction, each statement a request of its own.
+    SetLocal,
+    /// `set_config(..., true)` in each transaction, all in one query string.
+    SetConfig,
+    /// The role's setting.
+    Role,
+}
+
+/// Ten rounds of: `writer` commits a row, `reader` (another session) reads it at once. The reads that missed
+/// their row, with the port that served them.
+async fn async_commit_rounds(by: AsyncBy, writer: &Client, reader: &Client, first: i32) -> Vec<String> {
+    let mut missed = Vec::new();
+    for i in first..first + 10 {
+        let insert = format!("INSERT INTO lazy VALUES ({i})");
+        match by {
+            AsyncBy::Set | AsyncBy::Role => run(writer, &insert).await,
+            AsyncBy::SetLocal => {
+                for sql in ["BEGIN", "SET LOCAL synchronous_commit = off", &insert, "COMMIT"] {
+                    run(writer, sql).await;
+                }
+            }
+            AsyncBy::SetConfig => {
+                let sql =
+                    format!("BEGIN; SELECT set_config('synchronous_commit', 'off', true); {insert}; COMMIT");
+                run(writer, &sql).await;
+            }
+        }
+        let (n, port) = count_and_port(reader, "lazy", &format!("WHERE id = {i}")).await;
+        if n != "1" {
+            missed.push(format!("{by:?}: {i} (read on port {port})"));
+        }
+    }
+    missed
 }
 
 /// Reads that find a question to their replica already in flight wait for its answer instead of asking one of

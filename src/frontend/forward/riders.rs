@@ -15,9 +15,12 @@ use crate::protocol::wal_call::WalPosition;
 /// ReadyForQuery is held back until the position is known and published.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Trailer {
-    /// On the primary after a request that may commit a write: the commit's position, published as
-    /// acknowledged before the client hears of the commit.
+    /// On the primary after a request that may commit a write: the commit's position (the write position),
+    /// published as acknowledged before the client hears of the commit.
     Commit,
+    /// As `Commit`, for a commit that may have been asynchronous (`synchronous_commit = off`): the insert
+    /// position, read with `Lsn::inserted_end` (see `WalPosition::Inserted`).
+    AsyncCommit,
     /// On the primary after a read: how far that read may have seen.
     Primary,
     /// On a replica after a read: how far that read may have seen, and what the replica has replayed.
@@ -50,9 +53,23 @@ pub(super) fn lead_call() -> &'static [u8] {
 }
 
 impl Trailer {
+    /// The trailer behind a request that may commit, asking `position` of the primary.
+    pub(crate) fn commit(position: WalPosition) -> Trailer {
+        match position {
+            WalPosition::Inserted => Trailer::AsyncCommit,
+            _ => Trailer::Commit,
+        }
+    }
+
+    /// Whether its answer is a commit's position.
+    pub(crate) fn is_commit(self) -> bool {
+        matches!(self, Trailer::Commit | Trailer::AsyncCommit)
+    }
+
     pub(super) fn call(self) -> &'static [u8] {
         match self {
             Trailer::Commit | Trailer::Primary => WalPosition::Written.call(),
+            Trailer::AsyncCommit => WalPosition::Inserted.call(),
             Trailer::Replay => WalPosition::Replayed.call(),
         }
     }
@@ -81,10 +98,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_primary_is_asked_what_it_wrote_a_replica_what_it_replayed() {
+    fn the_primary_is_asked_what_it_wrote_or_inserted_a_replica_what_it_replayed() {
         // (question, position asked)
         let cases = [
             (Trailer::Commit.call(), WalPosition::Written),
+            (Trailer::AsyncCommit.call(), WalPosition::Inserted),
+            (Trailer::commit(WalPosition::Written).call(), WalPosition::Written),
+            (
+                Trailer::commit(WalPosition::Inserted).call(),
+                WalPosition::Inserted,
+            ),
             (Trailer::Primary.call(), WalPosition::Written),
             (Trailer::Replay.call(), WalPosition::Replayed),
             (lead_call(), WalPosition::Replayed),

@@ -212,6 +212,27 @@ fn mentions_copy(text: &str) -> bool {
     })
 }
 
+/// Whether a request names `synchronous_commit` anywhere in its texts (see `Session::note_commit_mode`).
+pub(super) fn names_synchronous_commit(req: &Request, statements: &Statements) -> bool {
+    texts(req, statements).any(mentions_synchronous_commit)
+}
+
+/// Whether `text` has the letters `synchronous_commit`, in any case, anywhere (a string constant or a quoted
+/// name counts too). Asked of every request on the primary, so it looks around each underscore only.
+fn mentions_synchronous_commit(text: &str) -> bool {
+    const BEFORE: &[u8] = b"synchronous";
+    const AFTER: &[u8] = b"commit";
+    let bytes = text.as_bytes();
+    memchr::memchr_iter(b'_', bytes).any(|at| {
+        at.checked_sub(BEFORE.len())
+            .and_then(|start| bytes.get(start..at))
+            .is_some_and(|w| w.eq_ignore_ascii_case(BEFORE))
+            && bytes
+                .get(at + 1..at + 1 + AFTER.len())
+                .is_some_and(|w| w.eq_ignore_ascii_case(AFTER))
+    })
+}
+
 /// The SQL texts of a request: its Query strings, the statements it parses and those it binds.
 fn texts<'a>(req: &'a Request, statements: &'a Statements) -> impl Iterator<Item = &'a str> {
     req.frames.iter().filter_map(|f| match f.kind {
@@ -559,6 +580,30 @@ mod tests {
         ];
         for (text, copy) in cases {
             assert_eq!(mentions_copy(text), copy, "{text}");
+        }
+    }
+
+    #[test]
+    fn synchronous_commit_is_found_in_any_case_at_any_place() {
+        // (text, names synchronous_commit)
+        let cases = [
+            ("SET synchronous_commit = off", true),
+            ("SET LOCAL SYNCHRONOUS_COMMIT TO OFF", true),
+            ("SELECT set_config('synchronous_commit', 'off', true)", true),
+            ("set \"Synchronous_Commit\" = 'off'", true),
+            (
+                "BEGIN; SET LOCAL synchronous_commit = off; INSERT INTO t VALUES (1)",
+                true,
+            ),
+            ("_commit", false),
+            ("synchronous_", false),
+            ("SET synchronous_standby_names = ''", false),
+            ("SELECT asynchronous_commits FROM t", true),
+            ("SELECT a_b_c FROM pgbench_accounts WHERE aid = 1", false),
+            ("", false),
+        ];
+        for (text, names) in cases {
+            assert_eq!(mentions_synchronous_commit(text), names, "{text}");
         }
     }
 }

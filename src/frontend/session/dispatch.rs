@@ -289,6 +289,7 @@ impl Session {
             }
             self.lead_need = leading;
             let wrote = plan.may_write();
+            self.note_commit_mode(node, &plan, req);
             let trailer = self.trailer_for(node, &plan, req, end);
             self.trailer = trailer;
             self.trailer_answer = None;

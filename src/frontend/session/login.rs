@@ -153,6 +153,9 @@ impl Session {
             }
         }
         let settings = Settings::from_startup(startup.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let async_commits = startup
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("synchronous_commit"));
         let id = shared
             .next_session
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -198,6 +201,7 @@ impl Session {
             last_read_at: None,
             tx_wrote: false,
             commit_untracked: false,
+            async_commits,
             shared_conns,
             names: StatementNames::default(),
             entry: None,

@@ -13,7 +13,7 @@ use crate::config::{Consistency, ReplicaAffinity};
 use crate::frontend::forward::Trailer;
 use crate::frontend::request::{End, Plan, Request};
 use crate::protocol::TxStatus;
-use crate::protocol::lsn::Lsn;
+use crate::protocol::lsn::{Lsn, WalGeometry};
 use crate::protocol::wal_call::WalPosition;
 use crate::router::classify::Target;
 
@@ -68,6 +68,59 @@ impl Session {
         asked.flatten()
     }
 
+    /// Which position a commit on `node` (the primary) gets: the insert position when the commit may have
+    /// been asynchronous (the session named `synchronous_commit`, or the server's health check found
+    /// asynchronous commits in its configuration or a role's or database's settings), else the write
+    /// position (see `WalPosition`).
+    pub(in crate::frontend) fn commit_position(&self, node: NodeId) -> WalPosition {
+        let by_default = self
+            .current
+            .view
+            .nodes
+            .get(node.index())
+            .is_some_and(|n| n.async_commits);
+        if self.async_commits || by_default {
+            WalPosition::Inserted
+        } else {
+            WalPosition::Written
+        }
+    }
+
+    /// The position of the commit the session just made on `node`, asked in a round trip of its own.
+    pub(in crate::frontend) async fn ask_commit_position(&mut self, node: NodeId) -> Option<Lsn> {
+        match self.commit_position(node) {
+            WalPosition::Inserted => {
+                let wal = self.wal_of(node);
+                Some(
+                    self.ask_position(node, WalPosition::Inserted)
+                        .await?
+                        .inserted_end(wal),
+                )
+            }
+            position => self.ask_position(node, position).await,
+        }
+    }
+
+    /// `node`'s WAL page and segment sizes as the current request's fleet snapshot has them, to read its
+    /// insert positions (`Lsn::inserted_end`); None before its first health check.
+    pub(in crate::frontend) fn wal_of(&self, node: NodeId) -> Option<WalGeometry> {
+        self.current.view.nodes.get(node.index()).and_then(|n| n.wal)
+    }
+
+    /// Notes a request that may make the session's commits asynchronous (see `async_commits`): one that sets
+    /// `synchronous_commit`, or any request on the primary whose text names it (SET LOCAL, `set_config`).
+    pub(super) fn note_commit_mode(&mut self, node: NodeId, plan: &Plan, req: &Request) {
+        if self.async_commits {
+            return;
+        }
+        let sets = plan.changes.iter().any(|c| {
+            matches!(c, crate::router::classify::SessionChange::Set { name, .. } if name == "synchronous_commit")
+        });
+        self.async_commits = sets
+            || (matches!(self.current.view.primary(self.shard), Primary::One(p) if *p == node)
+                && super::consistency::names_synchronous_commit(req, &self.statements));
+    }
+
     /// A WAL position asked in a round trip of its own on the session's connection to `node`.
     async fn ask_position(&mut self, node: NodeId, position: WalPosition) -> Option<Lsn> {
         let conn = self.conns[node.index()].as_mut()?;
@@ -101,7 +154,7 @@ impl Session {
                 // first read elsewhere after a reload added a node asks the primary about.
                 return None;
             } else if wrote {
-                Trailer::Commit
+                Trailer::commit(self.commit_position(node))
             } else if self.primary_alone() {
                 // How far a read on the primary saw matters only to a later read elsewhere; with the primary
                 // as the only node there is none (a replica added later finds no position and asks the
@@ -226,7 +279,7 @@ impl Session {
         if !committed_write || self.shared.fleet.primary(self.shard).ok() != Some(node) {
             return;
         }
-        if trailer == Some(Trailer::Commit) {
+        if trailer.is_some_and(Trailer::is_commit) {
             // None: the primary could not say; reads go to the primary until a later write tells more.
             self.routing.wrote_at(answer);
             self.commit_untracked &= answer.is_none();
@@ -244,7 +297,7 @@ impl Session {
         if self.conn(node).is_none() {
             return;
         }
-        match self.ask_position(node, WalPosition::Written).await {
+        match self.ask_commit_position(node).await {
             Some(lsn) => {
                 self.shared.fleet.positions(self.shard).acknowledged(lsn);
                 self.routing.wrote_at(Some(lsn));

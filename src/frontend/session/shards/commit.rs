@@ -78,14 +78,7 @@ impl Session {
                     tracing::warn!(shard = %shard, error = %e, "COMMIT PREPARED failed; recovery will finish it");
                 }
                 for (shard, node) in &open {
-                    let lsn = match self.conns[node.index()].as_mut() {
-                        Some(c) => c
-                            .call_position(crate::protocol::wal_call::WalPosition::Written)
-                            .await
-                            .ok()
-                            .flatten(),
-                        None => None,
-                    };
+                    let lsn = self.ask_commit_position(*node).await;
                     if let Some(lsn) = lsn {
                         self.shared.fleet.positions(*shard).acknowledged(lsn);
                     }
