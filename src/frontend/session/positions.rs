@@ -108,7 +108,9 @@ impl Session {
     }
 
     /// Notes a request that may make the session's commits asynchronous (see `async_commits`): one that sets
-    /// `synchronous_commit`, or any request on the primary whose text names it (SET LOCAL, `set_config`).
+    /// `synchronous_commit`, or any request on the primary whose text names it (SET LOCAL, `set_config`). The
+    /// texts are read only where commit positions are asked (not at `consistency = "off"`, nor with the
+    /// primary as the fleet's only node); a SET, which lasts, is noted everywhere.
     pub(super) fn note_commit_mode(&mut self, node: NodeId, plan: &Plan, req: &Request) {
         if self.async_commits {
             return;
@@ -118,6 +120,8 @@ impl Session {
         });
         self.async_commits = sets
             || (matches!(self.current.view.primary(self.shard), Primary::One(p) if *p == node)
+                && self.current.config.routing.consistency() != Consistency::Off
+                && !self.primary_alone()
                 && super::consistency::names_synchronous_commit(req, &self.statements));
     }
 
