@@ -724,10 +724,10 @@ async fn pg_stat_activity_shows_the_clients_statement_not_the_position_questions
 /// not replayed the commit. pgfleet takes the insert position behind commits that may be asynchronous (the
 /// session named `synchronous_commit`, or the primary's health check found it off for a role). The primary's
 /// WAL writer is slowed (`wal_writer_delay = '10s'`) so that the records stay unwritten while the reads run;
-/// with write positions every read of another session missed its row (20 of 20). Each way a commit becomes
+/// with write positions every read of another session missed its row. Each way a commit becomes
 /// asynchronous: the session's SET, a SET LOCAL in a transaction of separate requests, `set_config` in one
-/// query string, and a role's setting, which the health check reports (pgfleet logs it) before the session
-/// that relies on it starts.
+/// query string, the startup option, and a role's setting, which the health check reports (pgfleet logs it)
+/// before the session that relies on it starts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_of_other_sessions_see_commits_made_with_synchronous_commit_off() {
     let cluster = cluster_async().await;
@@ -751,6 +751,12 @@ async fn reads_of_other_sessions_see_commits_made_with_synchronous_commit_off() 
     missed.extend(async_commit_rounds(AsyncBy::SetLocal, &by_set_local, &reader, 100).await);
     let by_set_config = client(&proxy).await;
     missed.extend(async_commit_rounds(AsyncBy::SetConfig, &by_set_config, &reader, 200).await);
+    let by_login = connect(&format!(
+        "{} options='-c synchronous_commit=off'",
+        proxy.dsn(APP_USER, PASSWORD, APP_DB)
+    ))
+    .await;
+    missed.extend(async_commit_rounds(AsyncBy::Login, &by_login, &reader, 400).await);
     // The role's setting reaches pgfleet by the health check: a second pgfleet, started after it, says so.
     direct(
         &cluster.primary,
@@ -787,6 +793,8 @@ enum AsyncBy {
     SetLocal,
     /// `set_config(..., true)` in each transaction, all in one query string.
     SetConfig,
+    /// The startup option `-c synchronous_commit=off`.
+    Login,
     /// The role's setting.
     Role,
 }
@@ -798,7 +806,7 @@ async fn async_commit_rounds(by: AsyncBy, writer: &Client, reader: &Client, firs
     for i in first..first + 10 {
         let insert = format!("INSERT INTO lazy VALUES ({i})");
         match by {
-            AsyncBy::Set | AsyncBy::Role => run(writer, &insert).await,
+            AsyncBy::Set | AsyncBy::Login | AsyncBy::Role => run(writer, &insert).await,
             AsyncBy::SetLocal => {
                 for sql in ["BEGIN", "SET LOCAL synchronous_commit = off", &insert, "COMMIT"] {
                     run(writer, sql).await;
