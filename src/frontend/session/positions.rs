@@ -108,9 +108,11 @@ impl Session {
     }
 
     /// Notes a request that may make the session's commits asynchronous (see `async_commits`): one that sets
-    /// `synchronous_commit`, or any request on the primary whose text names it (SET LOCAL, `set_config`). The
-    /// texts are read only where commit positions are asked (not at `consistency = "off"`, nor with the
-    /// primary as the fleet's only node); a SET, which lasts, is noted everywhere.
+    /// `synchronous_commit`, or a request on the primary whose text names it (SET LOCAL, `set_config`). The
+    /// texts are read only of requests that may write or run in a transaction (`set_config` counts as a
+    /// write), and only where commit positions are asked (not at `consistency = "off"`, nor with the primary
+    /// as the fleet's only node): reads outside transactions are most requests and set nothing a commit
+    /// uses. A SET, which lasts, is noted everywhere.
     pub(super) fn note_commit_mode(&mut self, node: NodeId, plan: &Plan, req: &Request) {
         if self.async_commits {
             return;
@@ -119,7 +121,8 @@ impl Session {
             matches!(c, crate::router::classify::SessionChange::Set { name, .. } if name == "synchronous_commit")
         });
         self.async_commits = sets
-            || (matches!(self.current.view.primary(self.shard), Primary::One(p) if *p == node)
+            || ((plan.may_write() || self.routing.tx_node.is_some() || plan.tx_start.is_some())
+                && matches!(self.current.view.primary(self.shard), Primary::One(p) if *p == node)
                 && self.current.config.routing.consistency() != Consistency::Off
                 && !self.primary_alone()
                 && super::consistency::names_synchronous_commit(req, &self.statements));
