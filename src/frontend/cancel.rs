@@ -377,6 +377,64 @@ pub(crate) async fn cancel_on_node(fleet: &crate::cluster::Fleet, (node, pid, se
     }
 }
 
+/// How long after sending a held cancel pgfleet looks whether the node has answered anything, doubling after
+/// each repeat, and how many cancels it sends at most ([`cancel_behind_request`]).
+const CANCEL_REPEAT_AFTER: std::time::Duration = std::time::Duration::from_millis(50);
+const CANCEL_ATTEMPTS: u32 = 5;
+
+/// Whether the node has answered anything of a request since a held cancel went behind it; set by the
+/// request's flow at its node's first reply and when the flow ends (on drop).
+#[derive(Debug, Default)]
+pub(crate) struct CancelAnswered(Arc<AtomicBool>);
+
+impl CancelAnswered {
+    /// The node replied: the cancel reached a running statement, or the statement ended anyway.
+    pub(crate) fn answered(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+impl Drop for CancelAnswered {
+    fn drop(&mut self) {
+        self.answered();
+    }
+}
+
+/// Sends the cancel of a request pgfleet held (`Start::RunThenCancel`) to its backend, right after the
+/// request was written there, and again while the node has answered nothing of it (up to
+/// [`CANCEL_ATTEMPTS`] cancels, the waits doubling from [`CANCEL_REPEAT_AFTER`]). PostgreSQL ignores a
+/// cancel that reaches a backend still reading its next message, so one that lands before the backend has
+/// read the request (a busy machine can keep the backend from running until then) would be lost, and the
+/// statement the client cancelled would run to its end. A repeat can only meet the same request: the node
+/// has sent nothing, so it has not finished it.
+pub(crate) fn cancel_behind_request(
+    fleet: Arc<crate::cluster::Fleet>,
+    backend: ActiveBackend,
+) -> CancelAnswered {
+    let answered = CancelAnswered::default();
+    let seen = answered.0.clone();
+    let send = async move {
+        let mut wait = CANCEL_REPEAT_AFTER;
+        for attempt in 1..=CANCEL_ATTEMPTS {
+            cancel_on_node(&fleet, backend).await;
+            if attempt == CANCEL_ATTEMPTS {
+                break;
+            }
+            tokio::time::sleep(wait).await;
+            if seen.load(Ordering::Acquire) {
+                break;
+            }
+            tracing::debug!(
+                attempt,
+                "the node answered nothing since the cancel: sending it again"
+            );
+            wait *= 2;
+        }
+    };
+    tokio::spawn(tracing::Instrument::in_current_span(send));
+    answered
+}
+
 /// What becomes of a request about to go to a node, given the cancels of the request so far
 /// ([`CancelKey::run_on`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

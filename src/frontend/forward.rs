@@ -20,7 +20,7 @@ use open_batch::{Sent, undo, without};
 pub(crate) use riders::Trailer;
 use riders::{LeadState, TrailerState, lead_call};
 
-use super::cancel::{ActiveBackend, Start, cancel_on_node};
+use super::cancel::{ActiveBackend, CancelAnswered, Start, cancel_behind_request};
 use super::request::{End, Plan, Request};
 use super::session::{Session, SessionError};
 use crate::backend::BackendError;
@@ -118,6 +118,8 @@ pub(crate) struct Flow {
     /// A client's cancel that came while pgfleet had the request inside a transaction: it goes to the
     /// backend once the request is written there (`CancelKey::run_on`).
     cancel_after_send: Option<ActiveBackend>,
+    /// Once it went: told when the node answers, which ends its repeats (`cancel_behind_request`).
+    cancel_sent: Option<CancelAnswered>,
     trailer: Option<TrailerState>,
     lead: Option<LeadState>,
 }
@@ -337,6 +339,7 @@ impl Flow {
             held: BytesMut::new(),
             notified: false,
             cancel_after_send,
+            cancel_sent: None,
         };
         let mut result = flow.pump(session, node, req, &mut plan).await;
         if let Some(mut l) = flow.lead.take() {
@@ -455,9 +458,7 @@ impl Flow {
         if let Some(backend) = self.cancel_after_send.take() {
             // On its own task: the reply is read meanwhile, and the cancel's connection to the node starts only
             // now that the request is there.
-            let fleet = session.shared.fleet.clone();
-            let send = async move { cancel_on_node(&fleet, backend).await };
-            tokio::spawn(tracing::Instrument::in_current_span(send));
+            self.cancel_sent = Some(cancel_behind_request(session.shared.fleet.clone(), backend));
         }
         if session.scratch.capacity() > SCRATCH_KEPT {
             // A large request passed through: idle sessions should not keep its buffer.
@@ -485,6 +486,9 @@ impl Flow {
                 biased;
                 r = conn.fill() => {
                     r.map_err(Failure::Node)?;
+                    if let Some(c) = &self.cancel_sent {
+                        c.answered();
+                    }
                     self.block_at = 0;
                     if let Some(t) = self.trailer.as_mut() {
                         t.pos = 0;
