@@ -405,8 +405,8 @@ impl Drop for CancelAnswered {
 /// [`CANCEL_ATTEMPTS`] cancels, the waits doubling from [`CANCEL_REPEAT_AFTER`]). PostgreSQL ignores a
 /// cancel that reaches a backend still reading its next message, so one that lands before the backend has
 /// read the request (a busy machine can keep the backend from running until then) would be lost, and the
-/// statement the client cancelled would run to its end. A repeat can only meet the same request: the node
-/// has sent nothing, so it has not finished it.
+/// statement the client cancelled would run to its end. A repeat goes only while the node has sent nothing,
+/// so has not finished the request.
 pub(crate) fn cancel_behind_request(
     fleet: Arc<crate::cluster::Fleet>,
     backend: ActiveBackend,
