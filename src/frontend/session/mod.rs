@@ -225,8 +225,8 @@ pub(super) struct Session {
     /// The session's last commit has no known position (the fleet was its primary alone, see
     /// `trailer_for`): SHOW pgfleet.write_lsn asks the primary.
     commit_untracked: bool,
-    /// The session may commit asynchronously: it named `synchronous_commit` (at login, in a SET, a SET LOCAL,
-    /// a `set_config` call or any statement sent to the primary). Its commit positions are then insert
+    /// The session may commit asynchronously: it named `synchronous_commit` (at login, in a SET, or in a write
+    /// or a transaction's statement on the primary, see `note_commit_mode`). Its commit positions are then insert
     /// positions (`commit_position`); it stays so for the session, which costs only reads that wait a little
     /// longer for a replica.
     async_commits: bool,
