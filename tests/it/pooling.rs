@@ -864,6 +864,97 @@ async fn a_cancel_inside_a_transaction_reaches_the_node_behind_the_request() {
     assert_eq!(data_rows(&b.simple("SELECT 2").await), vec!["2".to_owned()]);
 }
 
+/// The cancel of the test above can reach its backend before the request does: PostgreSQL ignores a cancel
+/// that comes while a backend waits for its next message, and a busy machine can keep the backend from
+/// reading the request until then. A relay between pgfleet and the primary makes that order certain: it
+/// holds the request back until the node has signalled the backend with pgfleet's cancel and the backend
+/// has taken the signal (SIGINT no longer pending in its /proc status), then lets it through. pgfleet sends
+/// the cancel again while the node has answered nothing, and that one ends the statement; with one cancel
+/// only, `pg_sleep(60)` runs on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_cancel_that_came_before_the_request_is_sent_again() {
+    use crate::support::raw::{Raw, data_rows, send_cancel};
+    use crate::support::relay::Relay;
+    use pgfleet::protocol::frame::build;
+    let cluster = cluster_async().await;
+    let relay = Relay::start(cluster.primary.address()).await;
+    let port = crate::support::proxy::free_port();
+    let proxy = Proxy::start_with_config(format!(
+        "[listen]\naddress = \"127.0.0.1:{port}\"\n\n[[users]]\nname = \"{APP_USER}\"\npassword = \"{PASSWORD}\"\n\n\
+         {ADMIN_TOML}\n[[nodes]]\nname = \"primary\"\naddress = \"127.0.0.1:{}\"\nrole = \"primary\"\n\n\
+         [routing]\nprimary_reads = true\n\n[pool]\nmode = \"transaction\"\nmax_size = 1\ncheckout_timeout = \"60s\"\n\n\
+         [health]\ninterval = \"60s\"\n",
+        relay.port
+    ));
+    let admin = admin_client(&proxy).await;
+    let setup = superuser_client(&cluster.primary).await;
+    let sync = build(b'S', b"");
+    let mut b = Raw::connect(proxy.port).await;
+    let (pid, secret) = b.login_app().await;
+    b.send(&[build(b'P', b"slow\0SELECT pg_sleep(60)\0\0\0").as_ref(), &sync].concat())
+        .await;
+    b.until_ready(Duration::from_secs(10)).await;
+    // As above: the transaction's connection must be given the statement before the request can run there.
+    let app_on_node = "FROM pg_stat_activity WHERE usename = 'app' AND backend_type = 'client backend' \
+                       AND coalesce(application_name, '') NOT LIKE 'pgfleet-%'";
+    setup
+        .batch_execute(&format!("SELECT pg_terminate_backend(pid) {app_on_node}"))
+        .await
+        .expect("terminate the pooled connection");
+    let gone = wait_until(Duration::from_secs(10), async || {
+        one(&setup, &format!("SELECT count(*) {app_on_node}")).await == "0"
+    })
+    .await;
+    assert!(gone.is_some(), "the pooled connection did not go");
+    b.simple("BEGIN").await;
+    assert_eq!(data_rows(&b.simple("SELECT 1").await), vec!["1".to_owned()]);
+    let backend: i32 = one(&setup, &format!("SELECT pid::text {app_on_node}"))
+        .await
+        .parse()
+        .expect("the transaction's backend");
+    relay.close();
+    let bind = build(b'B', b"\0slow\0\0\0\0\0\0\0");
+    let execute = build(b'E', b"\0\0\0\0\0");
+    b.send(&[bind.as_ref(), &execute, &sync].concat()).await;
+    assert!(
+        relay.wait_held(1).await,
+        "pgfleet sent nothing to prepare the statement"
+    );
+    assert!(
+        a_request_turns_active(&admin).await,
+        "SHOW CLIENTS never listed B's request as active"
+    );
+    // pgfleet holds the request: the cancel is to go right behind it.
+    send_cancel(proxy.port, pid, secret).await;
+    relay.permit();
+    // pgfleet sends its cancel after writing the request, which the relay holds.
+    assert!(
+        relay.wait_cancels_done(1).await,
+        "pgfleet's cancel never reached the node"
+    );
+    let taken = wait_until(Duration::from_secs(10), async || !sigint_pending(backend)).await;
+    assert!(
+        taken.is_some(),
+        "backend {backend} never took the cancel's SIGINT"
+    );
+    relay.open();
+    let answer = b.until_ready(Duration::from_secs(20)).await;
+    assert_eq!(cancel_errors(&answer), vec![("57014", true)], "{answer:?}");
+    b.simple("ROLLBACK").await;
+    assert_eq!(data_rows(&b.simple("SELECT 2").await), vec!["2".to_owned()]);
+}
+
+/// Whether SIGINT (signal 2 on Linux) waits to be delivered to process `pid`: pending for its thread or for
+/// the process, in its /proc status.
+fn sigint_pending(pid: i32) -> bool {
+    const SIGINT_BIT: u64 = 1 << (2 - 1);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the backend's /proc status");
+    status
+        .lines()
+        .filter_map(|l| l.strip_prefix("SigPnd:").or_else(|| l.strip_prefix("ShdPnd:")))
+        .any(|mask| u64::from_str_radix(mask.trim(), 16).expect("a signal mask") & SIGINT_BIT != 0)
+}
+
 /// Waits (up to 10 s) until SHOW CLIENTS lists a request as active; whether it did.
 async fn a_request_turns_active(admin: &tokio_postgres::Client) -> bool {
     wait_until(Duration::from_secs(10), async || {
