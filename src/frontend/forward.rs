@@ -357,10 +357,9 @@ impl Flow {
         if result.is_ok()
             && let Some(mut t) = flow.trailer.take()
         {
-            if t.kind == Trailer::AsyncCommit {
-                let wal = session.wal_of(node);
-                t.answer = t.answer.map(|lsn| lsn.inserted_end(wal));
-            }
+            t.answer = t
+                .answer
+                .map(|lsn| session.position_answer(node, t.kind.position(), lsn));
             session.trailer_answer = t.answer;
             if let Some(lsn) = t.answer {
                 match t.kind {

@@ -143,6 +143,8 @@ pub struct Plan {
     pub changes: Vec<SessionChange>,
     /// Contains DDL.
     pub ddl: bool,
+    /// Contains DDL that may create or replace a function's body (`Decision::code_ddl`).
+    pub code_ddl: bool,
     /// Statements it uses that the chosen node must have before the request runs.
     pub needs: Vec<String>,
     /// Statements it parses, in order (matched to ParseComplete replies).
@@ -176,6 +178,7 @@ impl Plan {
             tx_start: None,
             changes: Vec::new(),
             ddl: false,
+            code_ddl: false,
             needs: Vec::new(),
             parses: Vec::new(),
             closes: Vec::new(),
@@ -212,6 +215,7 @@ impl Plan {
             self.changes.extend(d.changes.iter().cloned());
         }
         self.ddl |= d.ddl;
+        self.code_ddl |= d.code_ddl;
     }
 
     fn merge_statement(&mut self, s: &Statement, with_changes: bool) {
@@ -260,6 +264,7 @@ impl Plan {
                     self.rule = d.rule.label();
                 }
                 self.ddl |= d.ddl;
+                self.code_ddl |= d.code_ddl;
                 let stmt = Statement {
                     parse: frame.raw.clone(),
                     target: d.target,

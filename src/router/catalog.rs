@@ -1,6 +1,6 @@
 //! Per-database function rules: the configured lists plus the VOLATILE user functions read from the
-//! primary's pg_proc and the unlogged relations read from its pg_class, over a deadpool-postgres control
-//! connection.
+//! primary's pg_proc, whether any function's body there names `synchronous_commit`, and the unlogged
+//! relations read from its pg_class, over a deadpool-postgres control connection.
 //!
 //! Only the first request of a database ever waits for the load (bounded by `pool.connect_timeout`); later
 //! refreshes run in the background while the previous rules keep serving, so a hung primary never stalls
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod};
 
-use super::functions::{FunctionRules, load_unlogged, load_volatile};
+use super::functions::{FunctionRules, load_sets_commit_mode, load_unlogged, load_volatile};
 use crate::backend::connect::NodeTarget;
 use crate::config::split_host_port;
 
@@ -54,6 +54,8 @@ pub struct Catalog {
     /// Bumped whenever an entry is stored or dropped, so that sessions can tell cheaply that the rules
     /// they hold are still the current ones.
     generation: AtomicU64,
+    /// Bumped when DDL that may change a function's body drops an entry (see `invalidate`).
+    code_generation: AtomicU64,
     control: Mutex<HashMap<(String, String, String), Pool>>,
 }
 
@@ -68,6 +70,7 @@ impl Catalog {
             }),
             entries: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
+            code_generation: AtomicU64::new(0),
             control: Mutex::new(HashMap::new()),
         }
     }
@@ -96,16 +99,27 @@ impl Catalog {
         entries.get(database).map(|e| e.rules.clone())
     }
 
-    /// Forgets a database's rules (after DDL that may have created or changed functions).
-    pub fn invalidate(&self, database: &str) {
+    /// Forgets a database's rules (after DDL that may have created or changed functions or tables); `code`:
+    /// the DDL may have created or replaced a function's body.
+    pub fn invalidate(&self, database: &str, code: bool) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         entries.remove(database);
+        if code {
+            self.code_generation.fetch_add(1, Ordering::SeqCst);
+        }
         self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Changes whenever any database's rules are stored or dropped.
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Changes whenever DDL that may have created or replaced a function's body drops a database's rules:
+    /// until then, what rules loaded earlier say of function bodies holds (until their expiry), whatever
+    /// other DDL came since.
+    pub fn code_generation(&self) -> u64 {
+        self.code_generation.load(Ordering::SeqCst)
     }
 
     /// Until when `rules` stay the database's current rules unless the generation changes: the entry's
@@ -169,7 +183,10 @@ impl Catalog {
                 })?;
                 let volatile = load_volatile(&client).await.map_err(|e| tls.explain(&e))?;
                 let unlogged = load_unlogged(&client).await.map_err(|e| tls.explain(&e))?;
-                Ok::<_, String>((volatile, unlogged))
+                let commit_mode = load_sets_commit_mode(&client)
+                    .await
+                    .map_err(|e| tls.explain(&e))?;
+                Ok::<_, String>((volatile, unlogged, commit_mode))
             })
             .await
             {
@@ -189,8 +206,14 @@ impl Catalog {
             None => None,
         };
         let (rules, ttl) = match loaded {
-            Some((volatile, unlogged)) => (
-                Arc::new(settings.base.with_volatile(volatile).with_unlogged(unlogged)),
+            Some((volatile, unlogged, commit_mode)) => (
+                Arc::new(
+                    settings
+                        .base
+                        .with_volatile(volatile)
+                        .with_unlogged(unlogged)
+                        .with_commit_mode(commit_mode),
+                ),
                 settings.refresh,
             ),
             None => {

@@ -1,7 +1,8 @@
 //! What the router knows of a database's catalog: which function calls may write (the built-in list of
 //! PostgreSQL functions that change state a replica cannot hold, the configured `routing.write_functions` /
 //! `routing.read_only_functions`, and the VOLATILE user functions read from the primary's `pg_proc`), and
-//! which relations a replica cannot read at all (the unlogged ones, read from the primary's `pg_class`).
+//! which relations a replica cannot read at all (the unlogged ones, read from the primary's `pg_class`),
+//! and whether any function's body may make a commit asynchronous (names `synchronous_commit`).
 //!
 //! Names arrive here already resolved the way PostgreSQL resolves them: an unquoted identifier folded
 //! to lower case, a quoted one exact. That is why `"NextVal"(...)` is not `nextval`.
@@ -30,6 +31,20 @@ pub async fn load_volatile(
         out.insert(format!("{schema}.{name}"));
     }
     Ok(out)
+}
+
+/// Whether any user function's body names `synchronous_commit` (a `SET LOCAL`, a `set_config(..., true)`):
+/// calling it can make the caller's commit asynchronous without the request naming the setting. A
+/// function's own `SET` clause (`proconfig`) is not searched: PostgreSQL restores the setting when the
+/// function returns, so the commit keeps the caller's.
+pub const COMMIT_MODE_FUNCTIONS_SQL: &str = "SELECT EXISTS (SELECT FROM pg_catalog.pg_proc p \
+     JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+     WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') \
+     AND p.prosrc ILIKE '%synchronous\\_commit%')";
+
+/// Reads [`COMMIT_MODE_FUNCTIONS_SQL`]'s answer for the connected database.
+pub async fn load_sets_commit_mode(client: &tokio_postgres::Client) -> Result<bool, tokio_postgres::Error> {
+    client.query_one(COMMIT_MODE_FUNCTIONS_SQL, &[]).await?.try_get(0)
 }
 
 /// Lists the relations a hot standby refuses to read ("cannot access temporary or unlogged relations during
@@ -226,6 +241,8 @@ pub struct FunctionRules {
     volatile: NameSet,
     /// Unlogged relations (and what reads them), by `schema.name`.
     unlogged: NameSet,
+    /// Some function's body names `synchronous_commit` (see [`COMMIT_MODE_FUNCTIONS_SQL`]).
+    sets_commit_mode: bool,
 }
 
 impl FunctionRules {
@@ -237,6 +254,7 @@ impl FunctionRules {
             read_only: config_names(read_only_functions),
             volatile: NameSet::default(),
             unlogged: NameSet::default(),
+            sets_commit_mode: false,
         }
     }
 
@@ -271,6 +289,20 @@ impl FunctionRules {
             unlogged,
             ..self.clone()
         }
+    }
+
+    /// A copy of these rules that says whether some function's body names `synchronous_commit`.
+    pub fn with_commit_mode(&self, sets_commit_mode: bool) -> FunctionRules {
+        FunctionRules {
+            sets_commit_mode,
+            ..self.clone()
+        }
+    }
+
+    /// Whether calling some function of the database may make a commit asynchronous: then every commit of
+    /// its sessions may be.
+    pub fn may_set_commit_mode(&self) -> bool {
+        self.sets_commit_mode
     }
 
     /// Whether the database has unlogged relations at all: when not, statements are not scanned for them.

@@ -722,12 +722,13 @@ async fn pg_stat_activity_shows_the_clients_statement_not_the_position_questions
 /// A commit made with `synchronous_commit = off` returns before its WAL record is written, so the primary's
 /// write position taken right after it can be short of the record: a replica that has replayed that far has
 /// not replayed the commit. pgfleet takes the insert position behind commits that may be asynchronous (the
-/// session named `synchronous_commit`, or the primary's health check found it off for a role). The primary's
+/// session named `synchronous_commit`, a function of the database sets it, or the primary's health check
+/// found it off for a role). The primary's
 /// WAL writer is slowed (`wal_writer_delay = '10s'`) so that the records stay unwritten while the reads run;
 /// with write positions every read of another session missed its row. Each way a commit becomes
 /// asynchronous: the session's SET, a SET LOCAL in a transaction of separate requests, `set_config` in one
-/// query string, the startup option, and a role's setting, which the health check reports (pgfleet logs it)
-/// before the session that relies on it starts.
+/// query string, the startup option, a function that sets it in its body, and a role's setting, which the
+/// health check reports (pgfleet logs it) before the session that relies on it starts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_of_other_sessions_see_commits_made_with_synchronous_commit_off() {
     let cluster = cluster_async().await;
@@ -757,6 +758,15 @@ async fn reads_of_other_sessions_see_commits_made_with_synchronous_commit_off() 
     ))
     .await;
     missed.extend(async_commit_rounds(AsyncBy::Login, &by_login, &reader, 400).await);
+    // A function that sets it for the rest of its caller's transaction; the caller never names it. Created
+    // through pgfleet (which then reads the database's functions again) and dropped after, so that the
+    // other ways' sessions do not find it.
+    let owner = client(&proxy).await;
+    run(&owner, QUIET_FUNCTION).await;
+    let by_function = client(&proxy).await;
+    missed.extend(async_commit_rounds(AsyncBy::Function, &by_function, &reader, 500).await);
+    assert_eq!(value(&by_function, "SHOW synchronous_commit").await, "on");
+    run(&owner, "DROP FUNCTION quietly(int)").await;
     // The role's setting reaches pgfleet by the health check: a second pgfleet, started after it, says so.
     direct(
         &cluster.primary,
@@ -784,6 +794,11 @@ async fn reads_of_other_sessions_see_commits_made_with_synchronous_commit_off() 
     );
 }
 
+/// A function whose body makes its caller's commit asynchronous (`set_config(..., true)` lasts until the
+/// transaction ends; a `SET` clause would not, PostgreSQL restores it when the function returns).
+const QUIET_FUNCTION: &str = "CREATE FUNCTION quietly(id int) RETURNS int LANGUAGE plpgsql AS \
+     $$ BEGIN PERFORM set_config('synchronous_commit', 'off', true); RETURN id; END $$";
+
 /// How a writer's commits become asynchronous, for `async_commit_rounds`.
 #[derive(Debug, Clone, Copy)]
 enum AsyncBy {
@@ -797,6 +812,8 @@ enum AsyncBy {
     Login,
     /// The role's setting.
     Role,
+    /// A function called in the write (`QUIET_FUNCTION`).
+    Function,
 }
 
 /// Ten rounds of: `writer` commits a row, `reader` (another session) reads it at once. The reads that missed
@@ -807,6 +824,7 @@ async fn async_commit_rounds(by: AsyncBy, writer: &Client, reader: &Client, firs
         let insert = format!("INSERT INTO lazy VALUES ({i})");
         match by {
             AsyncBy::Set | AsyncBy::Login | AsyncBy::Role => run(writer, &insert).await,
+            AsyncBy::Function => run(writer, &format!("INSERT INTO lazy SELECT quietly({i})")).await,
             AsyncBy::SetLocal => {
                 for sql in ["BEGIN", "SET LOCAL synchronous_commit = off", &insert, "COMMIT"] {
                     run(writer, sql).await;

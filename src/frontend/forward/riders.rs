@@ -66,12 +66,17 @@ impl Trailer {
         matches!(self, Trailer::Commit | Trailer::AsyncCommit)
     }
 
-    pub(super) fn call(self) -> &'static [u8] {
+    /// The position it asks.
+    pub(super) fn position(self) -> WalPosition {
         match self {
-            Trailer::Commit | Trailer::Primary => WalPosition::Written.call(),
-            Trailer::AsyncCommit => WalPosition::Inserted.call(),
-            Trailer::Replay => WalPosition::Replayed.call(),
+            Trailer::Commit | Trailer::Primary => WalPosition::Written,
+            Trailer::AsyncCommit => WalPosition::Inserted,
+            Trailer::Replay => WalPosition::Replayed,
         }
+    }
+
+    pub(super) fn call(self) -> &'static [u8] {
+        self.position().call()
     }
 }
 

@@ -168,13 +168,14 @@ impl Session {
             }
         };
         let mut plan = Plan::for_request(req, &self.statements, &self.rules);
-        // Function volatility only matters for what would otherwise be a read: a write never waits for it,
+        // Function volatility only matters for what would otherwise be a read: a write does not wait for it,
         // which keeps writes fast when the primary is slow to answer the catalog query. A read sent to the
         // primary by the catalog (an unlogged table) may be a replica's again once the table is LOGGED.
         let may_read = plan.target == Target::Replica || Rule::is_read_on_primary(&plan.rule);
-        if may_read
-            && !self.routing.bound()
-            && !self.function_rules_fresh()
+        // A write waits for them only where its commit's position is asked, and only for what they say of
+        // function bodies: whether some function may make the commit asynchronous (`commit_position`).
+        let commit_rules = plan.may_write() && self.commit_positions_asked() && !self.function_bodies_known();
+        if ((may_read && !self.routing.bound() && !self.function_rules_fresh()) || commit_rules)
             && self.reload_function_rules().await
         {
             plan = Plan::for_request(req, &self.statements, &self.rules);

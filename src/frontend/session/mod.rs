@@ -180,6 +180,18 @@ async fn admin_login(
     }
 }
 
+/// When a session's function rules stop being the catalog's current ones (`Session::function_rules_fresh`,
+/// `Session::function_bodies_known`).
+#[derive(Debug, Clone, Copy)]
+struct RulesFresh {
+    /// `Catalog::generation` when they were taken.
+    generation: u64,
+    /// `Catalog::code_generation` when they were taken.
+    code_generation: u64,
+    /// Their entry's expiry.
+    until: std::time::Instant,
+}
+
 /// A client session between its login and its end.
 pub(super) struct Session {
     pub(super) shared: Arc<Shared>,
@@ -236,8 +248,8 @@ pub(super) struct Session {
     names: StatementNames,
     /// The session's row in SHOW CLIENTS, once the login is complete.
     pub(super) entry: Option<Arc<ClientEntry>>,
-    /// The catalog generation and the time until which `rules` are the catalog's current ones.
-    rules_fresh: Option<(u64, std::time::Instant)>,
+    /// Until when and as of which catalog generations `rules` are the catalog's current ones.
+    rules_fresh: Option<RulesFresh>,
     /// Where a request of several frames is assembled to be written at once, kept between requests.
     pub(super) scratch: Vec<u8>,
     /// The pool of each node for this session's login, once used.

@@ -13,7 +13,7 @@ use crate::config::{Consistency, ReplicaAffinity};
 use crate::frontend::forward::Trailer;
 use crate::frontend::request::{End, Plan, Request};
 use crate::protocol::TxStatus;
-use crate::protocol::lsn::{Lsn, WalGeometry};
+use crate::protocol::lsn::Lsn;
 use crate::protocol::wal_call::WalPosition;
 use crate::router::classify::Target;
 
@@ -69,9 +69,9 @@ impl Session {
     }
 
     /// Which position a commit on `node` (the primary) gets: the insert position when the commit may have
-    /// been asynchronous (the session named `synchronous_commit`, or the server's health check found
-    /// asynchronous commits in its configuration or a role's or database's settings), else the write
-    /// position (see `WalPosition`).
+    /// been asynchronous (the session named `synchronous_commit`, the server's health check found
+    /// asynchronous commits in its configuration or a role's or database's settings, or a function of the
+    /// session's database sets it in its body), else the write position (see `WalPosition`).
     pub(in crate::frontend) fn commit_position(&self, node: NodeId) -> WalPosition {
         let by_default = self
             .current
@@ -79,7 +79,7 @@ impl Session {
             .nodes
             .get(node.index())
             .is_some_and(|n| n.async_commits);
-        if self.async_commits || by_default {
+        if self.async_commits || by_default || self.rules.may_set_commit_mode() {
             WalPosition::Inserted
         } else {
             WalPosition::Written
@@ -88,23 +88,26 @@ impl Session {
 
     /// The position of the commit the session just made on `node`, asked in a round trip of its own.
     pub(in crate::frontend) async fn ask_commit_position(&mut self, node: NodeId) -> Option<Lsn> {
-        match self.commit_position(node) {
-            WalPosition::Inserted => {
-                let wal = self.wal_of(node);
-                Some(
-                    self.ask_position(node, WalPosition::Inserted)
-                        .await?
-                        .inserted_end(wal),
-                )
-            }
-            position => self.ask_position(node, position).await,
-        }
+        let position = self.commit_position(node);
+        let answer = self.ask_position(node, position).await?;
+        Some(self.position_answer(node, position, answer))
     }
 
-    /// `node`'s WAL page and segment sizes as the current request's fleet snapshot has them, to read its
-    /// insert positions (`Lsn::inserted_end`); None before its first health check.
-    pub(in crate::frontend) fn wal_of(&self, node: NodeId) -> Option<WalGeometry> {
-        self.current.view.nodes.get(node.index()).and_then(|n| n.wal)
+    /// `answer`, `node`'s answer to `position`, as the WAL position it stands for: an insert position is read
+    /// as its page boundary (`Lsn::inserted_end`) with the node's WAL page and segment sizes as the current
+    /// request's fleet snapshot has them (unknown before its first health check); the others as they are.
+    pub(in crate::frontend) fn position_answer(
+        &self,
+        node: NodeId,
+        position: WalPosition,
+        answer: Lsn,
+    ) -> Lsn {
+        match position {
+            WalPosition::Inserted => {
+                answer.inserted_end(self.current.view.nodes.get(node.index()).and_then(|n| n.wal))
+            }
+            WalPosition::Written | WalPosition::Replayed => answer,
+        }
     }
 
     /// Notes a request that may make the session's commits asynchronous (see `async_commits`): one that sets
@@ -123,9 +126,14 @@ impl Session {
         self.async_commits = sets
             || ((plan.may_write() || self.routing.tx_node.is_some() || plan.tx_start.is_some())
                 && matches!(self.current.view.primary(self.shard), Primary::One(p) if *p == node)
-                && self.current.config.routing.consistency() != Consistency::Off
-                && !self.primary_alone()
+                && self.commit_positions_asked()
                 && super::consistency::names_synchronous_commit(req, &self.statements));
+    }
+
+    /// Whether the session's commits get positions at all: not at `consistency = "off"`, nor with the
+    /// primary as the fleet's only node (`trailer_for`).
+    pub(super) fn commit_positions_asked(&self) -> bool {
+        self.current.config.routing.consistency() != Consistency::Off && !self.primary_alone()
     }
 
     /// A WAL position asked in a round trip of its own on the session's connection to `node`.

@@ -189,7 +189,7 @@ impl Session {
             }
         }
         if plan.ddl {
-            self.shared.catalog.invalidate(&self.database);
+            self.shared.catalog.invalidate(&self.database, plan.code_ddl);
         }
     }
 

@@ -210,12 +210,17 @@ impl Session {
     /// entry is stale); true when they changed. Called when [`Session::function_rules_fresh`] says no.
     pub(super) async fn reload_function_rules(&mut self) -> bool {
         let generation = self.shared.catalog.generation();
+        let code_generation = self.shared.catalog.code_generation();
         let rules = self.function_rules().await;
         self.rules_fresh = self
             .shared
             .catalog
             .fresh_until(&self.database, &rules)
-            .map(|until| (generation, until));
+            .map(|until| super::RulesFresh {
+                generation,
+                code_generation,
+                until,
+            });
         if Arc::ptr_eq(&rules, &self.rules) {
             return false;
         }
@@ -228,7 +233,16 @@ impl Session {
     pub(super) fn function_rules_fresh(&self) -> bool {
         let generation = self.shared.catalog.generation();
         self.rules_fresh
-            .is_some_and(|(g, until)| g == generation && std::time::Instant::now() < until)
+            .is_some_and(|f| f.generation == generation && std::time::Instant::now() < f.until)
+    }
+
+    /// Whether what the session's rules say of function bodies (`FunctionRules::may_set_commit_mode`) is
+    /// current: loaded, not expired, and no DDL that may change a body came since. DDL on tables alone
+    /// leaves it so, which keeps writes after a migration's CREATE TABLE from waiting for a load each.
+    pub(super) fn function_bodies_known(&self) -> bool {
+        let code_generation = self.shared.catalog.code_generation();
+        self.rules_fresh
+            .is_some_and(|f| f.code_generation == code_generation && std::time::Instant::now() < f.until)
     }
 
     async fn function_rules(&mut self) -> Arc<FunctionRules> {

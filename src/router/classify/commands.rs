@@ -16,8 +16,10 @@ pub(super) fn create(s: Stmt<'_>) -> Verdict {
     }
     // A view over a temporary table silently becomes temporary too, so any pg_temp reference counts.
     let temp = s.kw(i, "TEMP") || s.kw(i, "TEMPORARY") || (0..s.len()).any(|j| s.is_pg_temp(j));
+    let code = s.kw(i, "FUNCTION") || s.kw(i, "PROCEDURE") || s.kw(i, "EXTENSION");
     Verdict::primary(Rule::Ddl)
         .ddl()
+        .code_ddl(code)
         .pin(temp.then_some(Pin::TempTable))
 }
 

@@ -249,6 +249,10 @@ pub struct Decision {
     pub changes: Vec<SessionChange>,
     /// Contains DDL (CREATE/ALTER/DROP/COMMENT/..., also DO): the caller refreshes its function rules.
     pub ddl: bool,
+    /// Of it, DDL that may create or replace a function's body (CREATE FUNCTION / PROCEDURE, CREATE or
+    /// ALTER EXTENSION, DO): what a function does on a commit (`FunctionRules::may_set_commit_mode`) may
+    /// have changed.
+    pub code_ddl: bool,
     /// Prepared statements the text drops with DEALLOCATE (`*` for ALL), see `router::deallocate`.
     pub deallocates: Vec<String>,
 }
@@ -276,6 +280,7 @@ struct Verdict {
     set_transaction: Option<Option<TxStart>>,
     changes: Vec<SessionChange>,
     ddl: bool,
+    code_ddl: bool,
 }
 
 impl Verdict {
@@ -288,6 +293,7 @@ impl Verdict {
             set_transaction: None,
             changes: Vec::new(),
             ddl: false,
+            code_ddl: false,
         }
     }
 
@@ -310,6 +316,12 @@ impl Verdict {
 
     fn ddl(mut self) -> Self {
         self.ddl = true;
+        self
+    }
+
+    fn code_ddl(mut self, code: bool) -> Self {
+        self.ddl |= code;
+        self.code_ddl = code;
         self
     }
 
@@ -390,6 +402,7 @@ fn combine(verdicts: Vec<Verdict>, hint: Option<Hint>) -> Decision {
         pin: verdicts.iter().find_map(|v| v.pin),
         tx_start,
         ddl: verdicts.iter().any(|v| v.ddl),
+        code_ddl: verdicts.iter().any(|v| v.code_ddl),
         changes: verdicts.into_iter().flat_map(|v| v.changes).collect(),
         deallocates: Vec::new(),
     }
@@ -436,7 +449,11 @@ fn too_large(piece: &str) -> Verdict {
         && words
             .take_while(|w| matches!(w.as_str(), "GLOBAL" | "LOCAL" | "TEMP" | "TEMPORARY"))
             .any(|w| w.starts_with("TEMP"));
-    verdict.ddl().pin(temp.then_some(Pin::TempTable))
+    // Too large to read further: it may create a function.
+    verdict
+        .ddl()
+        .code_ddl(first != "DROP" && first != "COMMENT")
+        .pin(temp.then_some(Pin::TempTable))
 }
 
 const DML: &[&str] = &["INSERT", "UPDATE", "DELETE", "MERGE", "TRUNCATE"];
@@ -485,7 +502,7 @@ fn classify_stmt(s: Stmt<'_>, funcs: &FunctionRules) -> Verdict {
         "CREATE" => create(s),
         "LISTEN" => Verdict::primary(Rule::Utility("LISTEN")).pin(Some(Pin::Listen)),
         // DO blocks routinely create or replace functions, so the function rules must be reloaded.
-        "DO" => Verdict::primary(Rule::Utility("DO")).ddl(),
+        "DO" => Verdict::primary(Rule::Utility("DO")).code_ddl(true),
         "PREPARE" if s.kw(1, "TRANSACTION") => Verdict::primary(Rule::Utility("PREPARE TRANSACTION")),
         "PREPARE" => Verdict::primary(Rule::Utility("PREPARE")).pin(Some(Pin::SqlPrepare)),
         "COMMIT" if s.kw(1, "PREPARED") => Verdict::primary(Rule::Utility("COMMIT PREPARED")),
@@ -494,7 +511,9 @@ fn classify_stmt(s: Stmt<'_>, funcs: &FunctionRules) -> Verdict {
             if let Some(kind) = s.kw_in(0, DML) {
                 Verdict::primary(Rule::Write(kind)).pin(advisory_pin(&calls(s)))
             } else if s.kw_in(0, DDL).is_some() {
-                Verdict::primary(Rule::Ddl).ddl()
+                Verdict::primary(Rule::Ddl)
+                    .ddl()
+                    .code_ddl(s.kw(0, "ALTER") && s.kw(1, "EXTENSION"))
             } else if let Some(kind) = s.kw_in(0, UTILITY) {
                 Verdict::primary(Rule::Utility(kind)).pin(advisory_pin(&calls(s)))
             } else if let Some(kind) = s.kw_in(0, TRANSACTION_CONTROL) {

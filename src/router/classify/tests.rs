@@ -413,3 +413,50 @@ fn unlogged_relations_and_role_questions_go_to_the_primary() {
     }
     assert!(classify("SELECT 1 INTO UNLOGGED t2", &rules).ddl);
 }
+
+#[test]
+fn ddl_that_may_change_a_function_body_is_told_apart() {
+    // (text, ddl, code_ddl)
+    let cases = [
+        ("CREATE TABLE t (id int)", true, false),
+        ("ALTER TABLE t ADD COLUMN v int", true, false),
+        ("DROP FUNCTION f(int)", true, false),
+        ("TRUNCATE t", false, false),
+        ("INSERT INTO t VALUES (1)", false, false),
+        (
+            "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+            true,
+            true,
+        ),
+        (
+            "create or replace function f() returns int language sql as 'select 1'",
+            true,
+            true,
+        ),
+        (
+            "CREATE OR REPLACE PROCEDURE p() LANGUAGE sql AS 'SELECT 1'",
+            true,
+            true,
+        ),
+        ("CREATE EXTENSION pgcrypto", true, true),
+        ("ALTER EXTENSION pgcrypto UPDATE", true, true),
+        ("DO $$ BEGIN NULL; END $$", true, true),
+        (
+            "CREATE TABLE t (id int); CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+            true,
+            true,
+        ),
+    ];
+    for (sql, ddl, code) in cases {
+        let d = decide(sql);
+        assert_eq!((d.ddl, d.code_ddl), (ddl, code), "{sql}");
+    }
+    let big = "x".repeat(MAX_CLASSIFIED_STATEMENT);
+    assert!(
+        decide(&format!(
+            "CREATE FUNCTION f() RETURNS text LANGUAGE sql AS $$SELECT '{big}'$$"
+        ))
+        .code_ddl
+    );
+    assert!(!decide(&format!("DROP TABLE t /* {big} */")).code_ddl);
+}
