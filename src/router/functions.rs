@@ -34,13 +34,15 @@ pub async fn load_volatile(
 }
 
 /// Whether any user function's body names `synchronous_commit` (a `SET LOCAL`, a `set_config(..., true)`):
-/// calling it can make the caller's commit asynchronous without the request naming the setting. A
-/// function's own `SET` clause (`proconfig`) is not searched: PostgreSQL restores the setting when the
-/// function returns, so the commit keeps the caller's.
+/// calling it can make the caller's commit asynchronous without the request naming the setting. A body in
+/// SQL-standard form (`BEGIN ATOMIC`, `RETURN`) is stored parsed, with an empty `prosrc`, so it is read back
+/// as text. A function's own `SET` clause (`proconfig`) is not searched: PostgreSQL restores the setting
+/// when the function returns, so the commit keeps the caller's.
 pub const COMMIT_MODE_FUNCTIONS_SQL: &str = "SELECT EXISTS (SELECT FROM pg_catalog.pg_proc p \
      JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
      WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') \
-     AND p.prosrc ILIKE '%synchronous\\_commit%')";
+     AND CASE WHEN p.prosrc = '' THEN pg_catalog.pg_get_functiondef(p.oid) ELSE p.prosrc END \
+     ILIKE '%synchronous\\_commit%')";
 
 /// Reads [`COMMIT_MODE_FUNCTIONS_SQL`]'s answer for the connected database.
 pub async fn load_sets_commit_mode(client: &tokio_postgres::Client) -> Result<bool, tokio_postgres::Error> {

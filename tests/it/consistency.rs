@@ -767,6 +767,11 @@ async fn reads_of_other_sessions_see_commits_made_with_synchronous_commit_off() 
     missed.extend(async_commit_rounds(AsyncBy::Function, &by_function, &reader, 500).await);
     assert_eq!(value(&by_function, "SHOW synchronous_commit").await, "on");
     run(&owner, "DROP FUNCTION quietly(int)").await;
+    // The same with a body in SQL-standard form, which pg_proc keeps parsed, not as text.
+    run(&owner, QUIET_ATOMIC_FUNCTION).await;
+    let by_atomic = client(&proxy).await;
+    missed.extend(async_commit_rounds(AsyncBy::AtomicFunction, &by_atomic, &reader, 600).await);
+    run(&owner, "DROP FUNCTION quietly_atomic(int)").await;
     // The role's setting reaches pgfleet by the health check: a second pgfleet, started after it, says so.
     direct(
         &cluster.primary,
@@ -799,6 +804,10 @@ async fn reads_of_other_sessions_see_commits_made_with_synchronous_commit_off() 
 const QUIET_FUNCTION: &str = "CREATE FUNCTION quietly(id int) RETURNS int LANGUAGE plpgsql AS \
      $$ BEGIN PERFORM set_config('synchronous_commit', 'off', true); RETURN id; END $$";
 
+/// As `QUIET_FUNCTION`, with a SQL-standard body (`BEGIN ATOMIC`).
+const QUIET_ATOMIC_FUNCTION: &str = "CREATE FUNCTION quietly_atomic(id int) RETURNS int BEGIN ATOMIC \
+     SELECT set_config('synchronous_commit', 'off', true); SELECT id; END";
+
 /// How a writer's commits become asynchronous, for `async_commit_rounds`.
 #[derive(Debug, Clone, Copy)]
 enum AsyncBy {
@@ -814,6 +823,8 @@ enum AsyncBy {
     Role,
     /// A function called in the write (`QUIET_FUNCTION`).
     Function,
+    /// The same in SQL-standard form (`QUIET_ATOMIC_FUNCTION`).
+    AtomicFunction,
 }
 
 /// Ten rounds of: `writer` commits a row, `reader` (another session) reads it at once. The reads that missed
@@ -825,6 +836,9 @@ async fn async_commit_rounds(by: AsyncBy, writer: &Client, reader: &Client, firs
         match by {
             AsyncBy::Set | AsyncBy::Login | AsyncBy::Role => run(writer, &insert).await,
             AsyncBy::Function => run(writer, &format!("INSERT INTO lazy SELECT quietly({i})")).await,
+            AsyncBy::AtomicFunction => {
+                run(writer, &format!("INSERT INTO lazy SELECT quietly_atomic({i})")).await
+            }
             AsyncBy::SetLocal => {
                 for sql in ["BEGIN", "SET LOCAL synchronous_commit = off", &insert, "COMMIT"] {
                     run(writer, sql).await;
