@@ -818,27 +818,10 @@ async fn a_cancel_inside_a_transaction_reaches_the_node_behind_the_request() {
     let proxy = lone_primary_with_one_connection(&cluster, "\n[health]\ninterval = \"60s\"\n");
     let admin = admin_client(&proxy).await;
     let setup = superuser_client(&cluster.primary).await;
-    let kinds = |msgs: &[(u8, Vec<u8>)]| msgs.iter().map(|(k, _)| *k as char).collect::<String>();
     let sync = build(b'S', b"");
     let mut b = Raw::connect(proxy.port).await;
     let (pid, secret) = b.login_app().await;
-    b.send(&[build(b'P', b"slow\0SELECT pg_sleep(60)\0\0\0").as_ref(), &sync].concat())
-        .await;
-    assert_eq!(kinds(&b.until_ready(Duration::from_secs(10)).await), "1Z");
-    // The node connection that has the statement goes, so the transaction's connection must be given it.
-    let app_on_node = "FROM pg_stat_activity WHERE usename = 'app' AND backend_type = 'client backend' \
-                       AND coalesce(application_name, '') NOT LIKE 'pgfleet-%'";
-    setup
-        .batch_execute(&format!("SELECT pg_terminate_backend(pid) {app_on_node}"))
-        .await
-        .expect("terminate the pooled connection");
-    let gone = wait_until(Duration::from_secs(10), async || {
-        one(&setup, &format!("SELECT count(*) {app_on_node}")).await == "0"
-    })
-    .await;
-    assert!(gone.is_some(), "the pooled connection did not go");
-    b.simple("BEGIN").await;
-    assert_eq!(data_rows(&b.simple("SELECT 1").await), vec!["1".to_owned()]);
+    slow_statement_then_a_transaction_elsewhere(&mut b, &setup).await;
     tokio::task::block_in_place(|| cluster.primary.pause()).expect("SIGSTOP the primary");
     let bind = build(b'B', b"\0slow\0\0\0\0\0\0\0");
     let execute = build(b'E', b"\0\0\0\0\0");
@@ -878,37 +861,18 @@ async fn a_held_cancel_that_came_before_the_request_is_sent_again() {
     use pgfleet::protocol::frame::build;
     let cluster = cluster_async().await;
     let relay = Relay::start(cluster.primary.address()).await;
-    let port = crate::support::proxy::free_port();
-    let proxy = Proxy::start_with_config(format!(
-        "[listen]\naddress = \"127.0.0.1:{port}\"\n\n[[users]]\nname = \"{APP_USER}\"\npassword = \"{PASSWORD}\"\n\n\
-         {ADMIN_TOML}\n[[nodes]]\nname = \"primary\"\naddress = \"127.0.0.1:{}\"\nrole = \"primary\"\n\n\
-         [routing]\nprimary_reads = true\n\n[pool]\nmode = \"transaction\"\nmax_size = 1\ncheckout_timeout = \"60s\"\n\n\
-         [health]\ninterval = \"60s\"\n",
-        relay.port
-    ));
+    let proxy = lone_node_with_one_connection(
+        &format!("127.0.0.1:{}", relay.port),
+        "\n[health]\ninterval = \"60s\"\n",
+    );
     let admin = admin_client(&proxy).await;
     let setup = superuser_client(&cluster.primary).await;
     let sync = build(b'S', b"");
     let mut b = Raw::connect(proxy.port).await;
     let (pid, secret) = b.login_app().await;
-    b.send(&[build(b'P', b"slow\0SELECT pg_sleep(60)\0\0\0").as_ref(), &sync].concat())
-        .await;
-    b.until_ready(Duration::from_secs(10)).await;
-    // As above: the transaction's connection must be given the statement before the request can run there.
-    let app_on_node = "FROM pg_stat_activity WHERE usename = 'app' AND backend_type = 'client backend' \
-                       AND coalesce(application_name, '') NOT LIKE 'pgfleet-%'";
-    setup
-        .batch_execute(&format!("SELECT pg_terminate_backend(pid) {app_on_node}"))
-        .await
-        .expect("terminate the pooled connection");
-    let gone = wait_until(Duration::from_secs(10), async || {
-        one(&setup, &format!("SELECT count(*) {app_on_node}")).await == "0"
-    })
-    .await;
-    assert!(gone.is_some(), "the pooled connection did not go");
-    b.simple("BEGIN").await;
-    assert_eq!(data_rows(&b.simple("SELECT 1").await), vec!["1".to_owned()]);
-    let backend: i32 = one(&setup, &format!("SELECT pid::text {app_on_node}"))
+    // As above.
+    slow_statement_then_a_transaction_elsewhere(&mut b, &setup).await;
+    let backend: i32 = one(&setup, &format!("SELECT pid::text {APP_ON_NODE}"))
         .await
         .parse()
         .expect("the transaction's backend");
@@ -944,6 +908,47 @@ async fn a_held_cancel_that_came_before_the_request_is_sent_again() {
     assert_eq!(data_rows(&b.simple("SELECT 2").await), vec!["2".to_owned()]);
 }
 
+/// The app role's client backends in pg_stat_activity, pgfleet's own control connections left out.
+const APP_ON_NODE: &str = "FROM pg_stat_activity WHERE usename = 'app' AND backend_type = 'client backend' \
+                           AND coalesce(application_name, '') NOT LIKE 'pgfleet-%'";
+
+/// B (logged in through a pgfleet whose pool holds one connection) prepares `slow`, a `pg_sleep(60)`; then
+/// that node connection goes and B opens a transaction on a new one, so running `slow` in it needs the
+/// statement prepared on the transaction's connection first.
+async fn slow_statement_then_a_transaction_elsewhere(
+    b: &mut crate::support::raw::Raw,
+    setup: &tokio_postgres::Client,
+) {
+    use crate::support::raw::data_rows;
+    use pgfleet::protocol::frame::build;
+    b.send(
+        &[
+            build(b'P', b"slow\0SELECT pg_sleep(60)\0\0\0").as_ref(),
+            &build(b'S', b""),
+        ]
+        .concat(),
+    )
+    .await;
+    let parsed: String = b
+        .until_ready(Duration::from_secs(10))
+        .await
+        .iter()
+        .map(|(k, _)| *k as char)
+        .collect();
+    assert_eq!(parsed, "1Z");
+    setup
+        .batch_execute(&format!("SELECT pg_terminate_backend(pid) {APP_ON_NODE}"))
+        .await
+        .expect("terminate the pooled connection");
+    let gone = wait_until(Duration::from_secs(10), async || {
+        one(setup, &format!("SELECT count(*) {APP_ON_NODE}")).await == "0"
+    })
+    .await;
+    assert!(gone.is_some(), "the pooled connection did not go");
+    b.simple("BEGIN").await;
+    assert_eq!(data_rows(&b.simple("SELECT 1").await), vec!["1".to_owned()]);
+}
+
 /// Whether SIGINT (signal 2 on Linux) waits to be delivered to process `pid`: pending for its thread or for
 /// the process, in its /proc status.
 fn sigint_pending(pid: i32) -> bool {
@@ -970,12 +975,17 @@ async fn a_request_turns_active(admin: &tokio_postgres::Client) -> bool {
 /// pgfleet in front of the cluster's primary alone, under transaction pooling with one connection in the
 /// pool (so every statement needs that connection) and the admin console; `extra` is appended to the config.
 fn lone_primary_with_one_connection(cluster: &crate::support::cluster::LocalCluster, extra: &str) -> Proxy {
+    lone_node_with_one_connection(&cluster.primary.address(), extra)
+}
+
+/// As [`lone_primary_with_one_connection`], with the primary at `address` (`host:port`).
+fn lone_node_with_one_connection(address: &str, extra: &str) -> Proxy {
     let port = crate::support::proxy::free_port();
     Proxy::start_with_config(format!(
         "[listen]\naddress = \"127.0.0.1:{port}\"\n\n[[users]]\nname = \"{APP_USER}\"\npassword = \"{PASSWORD}\"\n\n\
          {ADMIN_TOML}\n[[nodes]]\nname = \"primary\"\naddress = \"{}\"\nrole = \"primary\"\n\n\
          [routing]\nprimary_reads = true\n\n[pool]\nmode = \"transaction\"\nmax_size = 1\ncheckout_timeout = \"60s\"\n{extra}",
-        cluster.primary.address()
+        address
     ))
 }
 
