@@ -57,6 +57,10 @@ pub struct Catalog {
     /// Bumped when DDL that may change a function's body drops an entry (see `invalidate`).
     code_generation: AtomicU64,
     control: Mutex<HashMap<(String, String, String), Pool>>,
+    /// Per database, taken by a session that finds no rules and loads them: the sessions that find none at
+    /// the same moment (their first requests, or the next ones after DDL) wait for that one load instead of
+    /// each running their own, one after another on the single control connection.
+    first_loads: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Catalog {
@@ -72,6 +76,7 @@ impl Catalog {
             generation: AtomicU64::new(0),
             code_generation: AtomicU64::new(0),
             control: Mutex::new(HashMap::new()),
+            first_loads: Mutex::new(HashMap::new()),
         }
     }
 
@@ -132,8 +137,8 @@ impl Catalog {
             .map(|e| e.expires)
     }
 
-    /// The rules for a database: cached ones at once (refreshed in the background when stale), or a first
-    /// load from the primary.
+    /// The rules for a database: cached ones at once (refreshed in the background when stale), or a load from
+    /// the primary, which the sessions that find none at the same moment share.
     pub async fn rules(self: &Arc<Self>, source: Source<'_>) -> Arc<FunctionRules> {
         let stale = {
             let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
@@ -166,7 +171,21 @@ impl Catalog {
                 });
                 rules
             }
-            None => self.load(source).await,
+            None => {
+                let turn = self
+                    .first_loads
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(source.database.to_owned())
+                    .or_default()
+                    .clone();
+                let _turn = turn.lock().await;
+                // Stored by the session whose turn came first.
+                if let Some(rules) = self.cached(source.database) {
+                    return rules;
+                }
+                self.load(source).await
+            }
         }
     }
 

@@ -799,6 +799,46 @@ async fn reads_of_other_sessions_see_commits_made_with_synchronous_commit_off() 
     );
 }
 
+/// Sessions that need a database's function rules at the same moment share one load of them: forty sessions'
+/// first writes, right after DDL sent through pgfleet dropped the rules, make the primary run the catalog's
+/// queries once (they ran once per session, one after another on pgfleet's single control connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_that_find_no_function_rules_at_once_share_one_load() {
+    let cluster = cluster_async().await;
+    let proxy = Proxy::start(
+        &cluster,
+        "[routing]\nload_balance = \"round_robin\"\nconsistency = \"global\"\n\n[health]\ninterval = \"60s\"\n",
+    );
+    create_table(&cluster, "CREATE TABLE burst (id int)").await;
+    let mut sessions = Vec::new();
+    for _ in 0..40 {
+        sessions.push(client(&proxy).await);
+    }
+    log_every_statement(&cluster.primary).await;
+    // Only the catalog's query for function bodies calls pg_get_functiondef.
+    let loads = || {
+        cluster
+            .primary
+            .log_contents()
+            .matches("pg_get_functiondef")
+            .count()
+    };
+    run(&sessions[0], "CREATE TABLE burst_ddl (id int)").await;
+    let before = loads();
+    let mut writes = tokio::task::JoinSet::new();
+    for (i, session) in sessions.into_iter().enumerate() {
+        writes.spawn(async move { run(&session, &format!("INSERT INTO burst VALUES ({i})")).await });
+    }
+    while let Some(done) = writes.join_next().await {
+        done.expect("a write");
+    }
+    assert_eq!(
+        loads() - before,
+        1,
+        "catalog loads for forty sessions' first writes"
+    );
+}
+
 /// A function whose body makes its caller's commit asynchronous (`set_config(..., true)` lasts until the
 /// transaction ends; a `SET` clause would not, PostgreSQL restores it when the function returns).
 const QUIET_FUNCTION: &str = "CREATE FUNCTION quietly(id int) RETURNS int LANGUAGE plpgsql AS \
