@@ -319,8 +319,8 @@ impl Verdict {
         self
     }
 
+    /// Whether the DDL may change a function's body; callers mark the DDL itself with [`Verdict::ddl`].
     fn code_ddl(mut self, code: bool) -> Self {
-        self.ddl |= code;
         self.code_ddl = code;
         self
     }
@@ -502,7 +502,7 @@ fn classify_stmt(s: Stmt<'_>, funcs: &FunctionRules) -> Verdict {
         "CREATE" => create(s),
         "LISTEN" => Verdict::primary(Rule::Utility("LISTEN")).pin(Some(Pin::Listen)),
         // DO blocks routinely create or replace functions, so the function rules must be reloaded.
-        "DO" => Verdict::primary(Rule::Utility("DO")).code_ddl(true),
+        "DO" => Verdict::primary(Rule::Utility("DO")).ddl().code_ddl(true),
         "PREPARE" if s.kw(1, "TRANSACTION") => Verdict::primary(Rule::Utility("PREPARE TRANSACTION")),
         "PREPARE" => Verdict::primary(Rule::Utility("PREPARE")).pin(Some(Pin::SqlPrepare)),
         "COMMIT" if s.kw(1, "PREPARED") => Verdict::primary(Rule::Utility("COMMIT PREPARED")),
