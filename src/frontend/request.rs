@@ -273,6 +273,11 @@ impl Plan {
                     changes: d.changes.clone(),
                     id: 0,
                 };
+                // Room for one, not the four a first push makes: the list's room is kept by the session
+                // between requests (`Session::spare_parses`), and most requests parse one statement.
+                if self.parses.capacity() == 0 {
+                    self.parses.reserve_exact(1);
+                }
                 self.parses.push((name.to_owned(), stmt));
                 self.parse_at.pushed(&self.parses, parse_name);
             }
@@ -315,7 +320,22 @@ impl Plan {
 
     /// The plan for a whole request.
     pub fn for_request(req: &Request, statements: &Statements, rules: &Arc<FunctionRules>) -> Plan {
-        let mut plan = Plan::empty();
+        Plan::for_request_in(req, statements, rules, Vec::new())
+    }
+
+    /// The plan for a whole request, its parsed statements kept in `parses` (an empty list whose room an
+    /// earlier plan left behind).
+    pub fn for_request_in(
+        req: &Request,
+        statements: &Statements,
+        rules: &Arc<FunctionRules>,
+        parses: Vec<(String, Statement)>,
+    ) -> Plan {
+        debug_assert!(parses.is_empty());
+        let mut plan = Plan {
+            parses,
+            ..Plan::empty()
+        };
         for f in &req.frames {
             plan.note(f, statements, rules);
         }
@@ -436,5 +456,34 @@ mod tests {
             assert_eq!(plan.needs, names, "{distinct} names");
             assert_eq!(plan.target, Target::Replica, "{distinct} names");
         }
+    }
+
+    #[test]
+    fn a_plan_parses_into_the_room_an_earlier_plan_left() {
+        let rules = Arc::new(FunctionRules::default());
+        let request = |frames: Vec<Frame>| Request {
+            bytes: frames.iter().map(|f| f.raw.len()).sum(),
+            frames,
+        };
+        // A first extended-protocol request makes room for exactly its one statement.
+        let one = request(vec![parse("", "SELECT 1"), bind("")]);
+        let first = Plan::for_request(&one, &Statements::default(), &rules);
+        assert_eq!(first.parses.len(), 1);
+        assert_eq!(first.parses.capacity(), 1);
+        // The next plan is given that room, emptied, and parses into it without allocating.
+        let mut room = first.parses;
+        room.clear();
+        let at = room.as_ptr();
+        let next = Plan::for_request_in(&one, &Statements::default(), &rules, room);
+        assert_eq!(next.parses.as_ptr(), at);
+        assert_eq!(next.parses.len(), 1);
+        assert!(next.parsed(""));
+        // More statements than the room holds still all count.
+        let two = request(vec![parse("a", "SELECT 1"), parse("b", "SELECT 2"), bind("b")]);
+        let mut room = next.parses;
+        room.clear();
+        let more = Plan::for_request_in(&two, &Statements::default(), &rules, room);
+        assert_eq!(more.parses.len(), 2);
+        assert!(more.parsed("a") && more.parsed("b"));
     }
 }

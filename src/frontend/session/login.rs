@@ -209,6 +209,7 @@ impl Session {
             idle_timer: None,
             rules_fresh: None,
             candidates: Vec::new(),
+            spare_parses: Vec::new(),
             last_route: None,
             last_node: None,
             scratch: Vec::new(),

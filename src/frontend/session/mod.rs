@@ -260,6 +260,9 @@ pub(super) struct Session {
     last_node: Option<(NodeId, Arc<crate::stats::NodeCounters>)>,
     /// Nodes to try for the current request, kept to reuse its allocation.
     candidates: Vec<NodeId>,
+    /// The room of the last plan's parsed statements, empty, for the next plan: an extended-protocol request
+    /// parses a statement each time, and a fresh list cost it an allocation and a free.
+    pub(super) spare_parses: Vec<(String, crate::frontend::state::Statement)>,
     /// Tells the session when pgfleet shuts down (the deadline for open transactions).
     shutdown: tokio::sync::watch::Receiver<Option<tokio::time::Instant>>,
     /// client_idle_timeout / idle_in_transaction_timeout, when set.

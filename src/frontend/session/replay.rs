@@ -11,6 +11,9 @@ use crate::frontend::request::Plan;
 use crate::protocol::TxStatus;
 use crate::protocol::messages::{ProxyError, close_statement, query, sync};
 
+/// Most parsed statements whose room a session keeps between requests (`Session::spare_parses`).
+const SPARE_PARSES: usize = 4;
+
 impl Session {
     /// Whether `bring_up_to_date` has nothing to do for `plan` on `node`: the connection (if any) has the
     /// session's settings, and the request neither parses a named statement nor needs a prepared one.
@@ -122,7 +125,7 @@ impl Session {
     }
 
     /// Bookkeeping after a request completed on `node`.
-    pub(in crate::frontend) fn finish(&mut self, node: NodeId, plan: Plan, outcome: &Outcome) {
+    pub(in crate::frontend) fn finish(&mut self, node: NodeId, mut plan: Plan, outcome: &Outcome) {
         let was_in_tx = self.routing.tx_node.is_some();
         let Some(conn) = self.conns[node.index()].as_mut() else {
             return;
@@ -131,7 +134,7 @@ impl Session {
         if plan.has_query {
             conn.applied.unnamed = None;
         }
-        for (i, (name, stmt)) in plan.parses.into_iter().enumerate() {
+        for (i, (name, stmt)) in plan.parses.drain(..).enumerate() {
             if i >= outcome.parses_ok {
                 break;
             }
@@ -190,6 +193,11 @@ impl Session {
         }
         if plan.ddl {
             self.shared.catalog.invalidate(&self.database, plan.code_ddl);
+        }
+        // The room of a request's few parses is kept for the next; a long batch's is not held for the
+        // session's life.
+        if plan.parses.capacity() <= SPARE_PARSES {
+            self.spare_parses = plan.parses;
         }
     }
 
