@@ -103,6 +103,43 @@ impl ClientEntry {
 /// Routing decisions of one target, by rule label.
 type RouteCounts = RwLock<HashMap<String, Arc<AtomicU64>>>;
 
+/// How many (target, rule label) counters a session keeps at hand.
+const RECENT_ROUTES: usize = 4;
+
+/// A session's routing-decision counters of its last few (target, rule label) pairs, so that counting a
+/// decision costs a comparison of short labels and an atomic add. A transaction alternates between a few
+/// labels (a TPC-B transaction: its BEGIN's, then `in transaction` on the primary and on the replica
+/// side), and keeping only the last pair took a shared lock, a hash of the label and an allocation of its
+/// copy at each change, five times per such transaction. A pair that drops out reuses its label's room.
+#[derive(Debug, Default)]
+pub(crate) struct RecentRoutes {
+    entries: Vec<(Target, String, Arc<AtomicU64>)>,
+    /// The entry replaced next once [`RECENT_ROUTES`] are kept.
+    next: usize,
+}
+
+impl RecentRoutes {
+    /// Counts one decision for (target, label).
+    pub(crate) fn count(&mut self, stats: &Stats, target: Target, label: &str) {
+        if let Some((_, _, counter)) = self.entries.iter().find(|(t, l, _)| *t == target && l == label) {
+            counter.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let counter = stats.route_counter(target, label);
+        counter.fetch_add(1, Ordering::Relaxed);
+        if self.entries.len() < RECENT_ROUTES {
+            self.entries.push((target, label.to_owned(), counter));
+            return;
+        }
+        let slot = &mut self.entries[self.next];
+        slot.0 = target;
+        slot.1.clear();
+        slot.1.push_str(label);
+        slot.2 = counter;
+        self.next = (self.next + 1) % RECENT_ROUTES;
+    }
+}
+
 /// All counters.
 #[derive(Debug)]
 pub struct Stats {
@@ -245,8 +282,8 @@ impl Stats {
         }
     }
 
-    /// The counter of decisions for (target, rule label), created at zero if new. A session keeps the one
-    /// it used last, as consecutive requests are usually decided by the same rule.
+    /// The counter of decisions for (target, rule label), created at zero if new. A session keeps the ones
+    /// it used last ([`RecentRoutes`]).
     pub fn route_counter(&self, target: Target, rule_label: &str) -> Arc<AtomicU64> {
         let routes = &self.routes[target_index(target)];
         if let Some(count) = routes.read().unwrap_or_else(|p| p.into_inner()).get(rule_label) {
@@ -352,6 +389,51 @@ mod tests {
             ]
         );
         assert_eq!(s.node_counts(1).0, 2);
+    }
+
+    #[test]
+    fn recent_routes_count_every_decision_and_keep_the_last_pairs_at_hand() {
+        use Target::{Primary, Replica};
+        // A TPC-B transaction's decisions, then more distinct pairs than are kept, then the first again.
+        let tx = [
+            (Primary, "read-write transaction runs on the primary"),
+            (Primary, "in transaction"),
+            (Primary, "in transaction"),
+            (Primary, "in transaction"),
+            (Replica, "in transaction"),
+            (Primary, "in transaction"),
+            (Replica, "in transaction"),
+        ];
+        let others = [
+            (Replica, "read"),
+            (Primary, "UPDATE writes"),
+            (Primary, "INSERT writes"),
+            (Primary, "DELETE writes"),
+        ];
+        let stats = Stats::new(1);
+        let mut recent = RecentRoutes::default();
+        let mut expected: HashMap<(Target, &str), u64> = HashMap::new();
+        for (target, label) in tx.iter().chain(&tx).chain(&others).chain(&tx) {
+            recent.count(&stats, *target, label);
+            *expected.entry((*target, label)).or_default() += 1;
+            // The pair just counted is at hand, and no more than four are.
+            assert!(recent.entries.iter().any(|(t, l, _)| t == target && l == label));
+            assert!(recent.entries.len() <= RECENT_ROUTES);
+        }
+        let mut want: Vec<(String, String, u64)> = expected
+            .into_iter()
+            .map(|((t, l), n)| (t.to_string(), l.to_owned(), n))
+            .collect();
+        want.sort();
+        assert_eq!(stats.routes(), want);
+        // A transaction's three pairs stay at hand through the next transaction: counting them again takes
+        // no new entry.
+        let mut recent = RecentRoutes::default();
+        for (target, label) in tx.iter().chain(&tx) {
+            recent.count(&stats, *target, label);
+        }
+        assert_eq!(recent.entries.len(), 3);
+        assert_eq!(recent.next, 0);
     }
 
     /// An idle session of app/app from `addr`.

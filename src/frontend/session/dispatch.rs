@@ -548,7 +548,7 @@ impl Session {
             .map(NodeId::new)
     }
 
-    /// Counts a routing decision, through the counter of the previous request when the rule is the same.
+    /// Counts a routing decision, through the session's recent counters when the rule is one of theirs.
     pub(super) fn count_route(&mut self, node: NodeId, target: Target, label: &str) {
         // The node's counters of the previous request, when it went to the same node: a lookup in the
         // shared list costs a snapshot load.
@@ -558,16 +558,7 @@ impl Session {
         if let Some((_, counters)) = &self.last_node {
             counters.queries.fetch_add(1, Ordering::Relaxed);
         }
-        match &self.last_route {
-            Some((t, l, counter)) if *t == target && l == label => {
-                counter.fetch_add(1, Ordering::Relaxed);
-            }
-            _ => {
-                let counter = self.shared.stats.route_counter(target, label);
-                counter.fetch_add(1, Ordering::Relaxed);
-                self.last_route = Some((target, label.to_owned(), counter));
-            }
-        }
+        self.routes.count(&self.shared.stats, target, label);
     }
 
     /// Transaction pooling: gives the node connection back once no transaction or pinned state needs it.

@@ -210,7 +210,7 @@ impl Session {
             rules_fresh: None,
             candidates: Vec::new(),
             spare_parses: Vec::new(),
-            last_route: None,
+            routes: Default::default(),
             last_node: None,
             scratch: Vec::new(),
             pools: vec![None; node_count],

@@ -16,7 +16,6 @@ mod shards;
 mod signal;
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 
 use tokio::io::AsyncWriteExt;
 
@@ -32,7 +31,6 @@ use crate::peer::Peer;
 use crate::protocol::lsn::Lsn;
 use crate::protocol::messages::{ProxyError, Severity, ready_for_query};
 use crate::protocol::{FrameBuffer, FrameError, TxStatus};
-use crate::router::classify::Target;
 use crate::router::functions::FunctionRules;
 use crate::router::policy::RoutingState;
 use crate::stats::ClientEntry;
@@ -254,8 +252,8 @@ pub(super) struct Session {
     pub(super) scratch: Vec<u8>,
     /// The pool of each node for this session's login, once used.
     pools: Vec<Option<NodePool>>,
-    /// The routing-statistics counter of the previous request's (target, rule).
-    last_route: Option<(Target, String, Arc<AtomicU64>)>,
+    /// The routing-statistics counters of the last few (target, rule) pairs the session counted.
+    routes: crate::stats::RecentRoutes,
     /// The statistics counters of the previous request's node.
     last_node: Option<(NodeId, Arc<crate::stats::NodeCounters>)>,
     /// Nodes to try for the current request, kept to reuse its allocation.
