@@ -65,3 +65,5 @@ gzip -9 -n -c "$work/pgfleet.profdata" > pgo/pgfleet.profdata.gz
   echo "workloads: bench/run.sh (pgfleet-defaults, pgfleet-txn, pgfleet-primary; ${PGO_SECONDS:-3} s each), bench/forward_apply.sh (${PGO_FORWARD_ROWS:-200000} rows)"
 } > pgo/profile.txt
 echo "wrote pgo/pgfleet.profdata.gz ($(stat -c %s pgo/pgfleet.profdata.gz) bytes) and pgo/profile.txt"
+echo "before committing it: copy the current build aside, bash scripts/build.sh, then bash bench/instructions.sh OLD NEW;"
+echo "a profile that makes the request path dearer without a code change to explain it is made again (docs/operations.md, \"Building\")"
