@@ -43,18 +43,7 @@ for tool in pgbench psql python3; do
     command -v "$tool" >/dev/null || die "$tool is not on PATH"
 done
 
-WORK=$(mktemp -d /tmp/pgfleet-consistency.XXXXXX)
-declare -a PIDS=()
-cleanup() {
-    local status=$?
-    trap - EXIT INT TERM
-    stop_pids
-    rm -rf "$WORK"
-    exit "$status"
-}
-trap cleanup EXIT
-trap 'log "interrupted"; exit 130' INT
-trap 'log "terminated"; exit 143' TERM
+setup_work consistency
 
 start() { # LOGFILE CMD...: in its own session, so that Ctrl-C reaches only this script
     local logfile=$1
@@ -64,14 +53,7 @@ start() { # LOGFILE CMD...: in its own session, so that Ctrl-C reaches only this
 }
 
 log "starting the cluster with pgfleet demo"
-start "$WORK/demo.out" "$PGFLEET_BIN" demo --listen "127.0.0.1:$CONS_PORT_BASE"
-CONFIG=""
-for _ in $(seq 1800); do
-    CONFIG=$(awk '$1 == "config" {print $2}' "$WORK/demo.out" 2>/dev/null || true)
-    [[ -n $CONFIG && -f $CONFIG ]] && break
-    sleep 0.1
-done
-[[ -n $CONFIG ]] || die "pgfleet demo printed no config: $(tail -5 "$WORK/demo.out")"
+start_demo "$PGFLEET_BIN" "127.0.0.1:$CONS_PORT_BASE"
 mapfile -t NODES < <(python3 - "$CONFIG" <<'EOF'
 import sys, tomllib
 with open(sys.argv[1], "rb") as f:

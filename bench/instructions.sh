@@ -67,29 +67,10 @@ for workload in $INSTR_WORKLOADS; do
     pgbench_args "$workload" >/dev/null || die "unknown workload $workload"
 done
 
-WORK=$(mktemp -d /tmp/pgfleet-instructions.XXXXXX)
-declare -a PIDS=()
-cleanup() {
-    local status=$?
-    trap - EXIT INT TERM
-    stop_pids
-    rm -rf "$WORK"
-    exit "$status"
-}
-trap cleanup EXIT
-trap 'log "interrupted"; exit 130' INT
-trap 'log "terminated"; exit 143' TERM
+setup_work instructions
 
 log "starting a cluster with pgfleet demo"
-setsid "${BINARIES[0]}" demo --listen "127.0.0.1:$INSTR_PORT_BASE" >"$WORK/demo.out" 2>&1 </dev/null &
-PIDS+=("$!")
-CONFIG=""
-for _ in $(seq 1800); do
-    CONFIG=$(awk '$1 == "config" {print $2}' "$WORK/demo.out" 2>/dev/null || true)
-    [[ -n $CONFIG && -f $CONFIG ]] && break
-    sleep 0.1
-done
-[[ -n $CONFIG ]] || die "pgfleet demo printed no config: $(tail -5 "$WORK/demo.out")"
+start_demo "${BINARIES[0]}" "127.0.0.1:$INSTR_PORT_BASE"
 PRIMARY=$(python3 - "$CONFIG" <<'EOF'
 import sys, tomllib
 with open(sys.argv[1], "rb") as f:
