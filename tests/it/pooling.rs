@@ -1,11 +1,12 @@
 //! Backend pools through a real pgfleet: a pooled connection handed to the next client carries nothing of the
 //! previous one (settings, prepared statements, open transactions and their locks, temp tables, session
-//! advisory locks), idle connections are closed after pool.idle_timeout, and pool.max_size caps what a
-//! node sees: a login over the cap waits pool.checkout_timeout and gets 53300 naming the pool while connected
-//! clients go on, a read skips a full replica's pool, a waiting client gets the connection once it is
-//! released, a cancel ends a request that waits for a connection or whose connection pgfleet is readying
-//! (57014, and the request never runs; inside a transaction the node gets the cancel right behind the request
-//! and aborts the transaction itself), and pools for databases that do not exist are not kept.
+//! advisory locks), idle connections are closed after pool.idle_timeout (and, past a max_size lowered by a
+//! reload, at once), and pool.max_size caps what a node sees: a login over the cap waits
+//! pool.checkout_timeout and gets 53300 naming the pool while connected clients go on, a read skips a full
+//! replica's pool, a waiting client gets the connection once it is released, a cancel ends a request that
+//! waits for a connection or whose connection pgfleet is readying (57014, and the request never runs; inside
+//! a transaction the node gets the cancel right behind the request and aborts the transaction itself), and
+//! pools for databases that do not exist are not kept.
 
 use std::time::{Duration, Instant};
 
@@ -1050,6 +1051,60 @@ async fn pools_for_databases_that_do_not_exist_are_not_kept() {
         .await
         .expect("write");
     pool_row(&admin, &cluster.primary.name).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_smaller_max_size_closes_the_connections_transactions_gave_back() {
+    let cluster = cluster_async().await;
+    let pool = |n: usize| format!("{ADMIN_TOML}\n[pool]\nmode = \"transaction\"\nmax_size = {n}\n");
+    let proxy = Proxy::start(&cluster, &pool(3));
+    let admin = admin_client(&proxy).await;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(connect(&primary_dsn(&proxy)).await);
+    }
+    // Three transactions open at once: three connections, given back as each commits.
+    for c in &clients {
+        c.batch_execute("BEGIN; SELECT txid_current()")
+            .await
+            .expect("begin");
+    }
+    assert_eq!(app_backends(&cluster.primary), 3);
+    for c in &clients {
+        c.batch_execute("COMMIT").await.expect("commit");
+    }
+    let row = pool_row(&admin, &cluster.primary.name).await;
+    assert_eq!(
+        (
+            count(&row, "size"),
+            count(&row, "in_use"),
+            count(&row, "available")
+        ),
+        (3, 0, 3),
+        "connections given back between transactions are idle: {row:?}"
+    );
+
+    // A reload lowers the cap: the idle connections past it are closed without waiting for pool.idle_timeout
+    // or for traffic.
+    let text = std::fs::read_to_string(&proxy.config_path).expect("read config");
+    std::fs::write(&proxy.config_path, text.replace("max_size = 3", "max_size = 1")).expect("write config");
+    admin.simple_query("RELOAD").await.expect("RELOAD");
+    wait_until(Duration::from_secs(10), async || {
+        app_backends(&cluster.primary) == 1
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!(
+            "{} connections to the primary after max_size went down to 1",
+            app_backends(&cluster.primary)
+        )
+    });
+    for c in &clients {
+        assert_eq!(one(c, "SELECT 'after the reload'").await, "after the reload");
+    }
+    let row = pool_row(&admin, &cluster.primary.name).await;
+    assert_eq!((count(&row, "size"), count(&row, "max_size")), (1, 1), "{row:?}");
+    assert_eq!(app_backends(&cluster.primary), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
