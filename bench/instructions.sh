@@ -1,21 +1,23 @@
 #!/usr/bin/env bash
-# Instructions per transaction of pgfleet builds, counted by valgrind's callgrind: a measure that does not move
-# with a busy machine, for comparing builds side by side (a new execution profile against the last one, a
+# Instructions per transaction of pgfleet builds, counted by valgrind's callgrind: a measure that does not
+# move with a busy machine, for comparing builds side by side (a new execution profile against the last one, a
 # change against main).
 #
 #   bash bench/instructions.sh                          # target/release/pgfleet
 #   bash bench/instructions.sh OLD_BINARY NEW_BINARY    # any number of builds, compared per workload
 #
 # Starts a PostgreSQL primary (`pgfleet demo`, with the first binary) and loads pgbench -s 10. Then, for each
-# workload and binary, it runs pgfleet under callgrind in front of the primary alone (pgbouncer's topology,
-# session pooling) twice, with INSTR_CLIENTS pgbench clients running INSTR_SHORT and then INSTR_LONG
-# transactions each. The difference of the two runs' instruction counts over the difference of their
-# transactions is what one transaction costs pgfleet, without its start-up, the logins or the shutdown. The
-# health checks that run meanwhile make it move by a few dozen instructions from run to run.
+# workload and binary, it runs pgfleet under callgrind in front of the primary alone (pgbouncer's topology;
+# session pooling unless INSTR_POOL_MODE says transaction) twice, with INSTR_CLIENTS pgbench clients running
+# INSTR_SHORT and then INSTR_LONG transactions each. The difference of the two runs' instruction counts over
+# the difference of their transactions is what one transaction costs pgfleet, without its start-up, the logins
+# or the shutdown. The health checks that run meanwhile make it move by a few dozen instructions from run to
+# run.
 #
 # Knobs: INSTR_WORKLOADS ("select-simple select-extended tpcb"; also select-prepared and rw90), INSTR_SHORT
-# (100), INSTR_LONG (300), INSTR_CLIENTS (16), INSTR_SCALE (10), INSTR_PORT_BASE (17700). About ten seconds per
-# workload and binary on 2 cores. Needs valgrind (installed from Debian when missing).
+# (100), INSTR_LONG (300), INSTR_CLIENTS (16), INSTR_SCALE (10), INSTR_PORT_BASE (17700), INSTR_POOL_MODE
+# (session; transaction is pgbouncer's mode and bench/run.sh's pgfleet-primary target's). About ten seconds
+# per workload and binary on 2 cores. Needs valgrind (installed from Debian when missing).
 set -Eeuo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -28,6 +30,7 @@ INSTR_LONG=${INSTR_LONG:-300}
 INSTR_CLIENTS=${INSTR_CLIENTS:-16}
 INSTR_SCALE=${INSTR_SCALE:-10}
 INSTR_PORT_BASE=${INSTR_PORT_BASE:-17700}
+INSTR_POOL_MODE=${INSTR_POOL_MODE:-session}
 BINARIES=("$@")
 [[ ${#BINARIES[@]} -gt 0 ]] || BINARIES=("$ROOT/target/release/pgfleet")
 # The demo cluster's credentials (src/demo.rs).
@@ -66,6 +69,8 @@ pgbench_args() { # WORKLOAD: pgbench's arguments for it
 for workload in $INSTR_WORKLOADS; do
     pgbench_args "$workload" >/dev/null || die "unknown workload $workload"
 done
+[[ $INSTR_POOL_MODE == session || $INSTR_POOL_MODE == transaction ]] ||
+    die "INSTR_POOL_MODE is session or transaction, not $INSTR_POOL_MODE"
 
 setup_work instructions
 
@@ -91,8 +96,8 @@ pgbench -i -q -s "$INSTR_SCALE" -h "${PRIMARY%:*}" -p "${PRIMARY##*:}" -U "$APP_
 PORT=$((INSTR_PORT_BASE + 1))
 printf '[listen]\naddress = "127.0.0.1:%s"\n\n[[users]]\nname = "%s"\npassword = "%s"\n\n' \
     "$PORT" "$APP_USER" "$APP_PASSWORD" >"$WORK/pgfleet.toml"
-printf '[[nodes]]\nname = "primary"\naddress = "%s"\nrole = "primary"\n\n[log]\nlevel = "warn"\n' \
-    "$PRIMARY" >>"$WORK/pgfleet.toml"
+printf '[pool]\nmode = "%s"\n\n[[nodes]]\nname = "primary"\naddress = "%s"\nrole = "primary"\n\n[log]\nlevel = "warn"\n' \
+    "$INSTR_POOL_MODE" "$PRIMARY" >>"$WORK/pgfleet.toml"
 
 count() { # BINARY WORKLOAD TRANSACTIONS: pgfleet's instructions over a run of that many per client, into COUNT
     local bin=$1 workload=$2 transactions=$3 out pid
@@ -129,8 +134,8 @@ for workload in $INSTR_WORKLOADS; do
     done
 done
 
-printf 'pgfleet instructions per transaction (callgrind; in front of the primary alone; %s clients; runs of %s and %s transactions per client):\n\n' \
-    "$INSTR_CLIENTS" "$INSTR_SHORT" "$INSTR_LONG"
+printf 'pgfleet instructions per transaction (callgrind; in front of the primary alone, %s pooling; %s clients; runs of %s and %s transactions per client):\n\n' \
+    "$INSTR_POOL_MODE" "$INSTR_CLIENTS" "$INSTR_SHORT" "$INSTR_LONG"
 printf '| workload |'
 for bin in "${BINARIES[@]}"; do printf ' %s |' "$bin"; done
 printf '\n|---|'
