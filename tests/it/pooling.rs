@@ -1056,8 +1056,10 @@ async fn pools_for_databases_that_do_not_exist_are_not_kept() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_smaller_max_size_closes_the_connections_transactions_gave_back() {
     let cluster = cluster_async().await;
-    let pool = |n: usize| format!("{ADMIN_TOML}\n[pool]\nmode = \"transaction\"\nmax_size = {n}\n");
-    let proxy = Proxy::start(&cluster, &pool(3));
+    let proxy = Proxy::start(
+        &cluster,
+        &format!("{ADMIN_TOML}\n[pool]\nmode = \"transaction\"\nmax_size = 3\n"),
+    );
     let admin = admin_client(&proxy).await;
     let mut clients = Vec::new();
     for _ in 0..3 {
