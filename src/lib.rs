@@ -16,4 +16,5 @@ pub mod reload;
 pub mod replication;
 pub mod router;
 pub mod shard;
+pub(crate) mod socket_io;
 pub(crate) mod stats;

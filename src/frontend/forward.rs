@@ -10,7 +10,6 @@
 use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod open_batch;
 mod riders;
