@@ -16,5 +16,4 @@ pub mod reload;
 pub mod replication;
 pub mod router;
 pub mod shard;
-pub(crate) mod socket_io;
 pub(crate) mod stats;

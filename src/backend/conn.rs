@@ -8,6 +8,7 @@ use super::tls::NodeStream;
 use crate::protocol::messages::cstr;
 use crate::protocol::{Frame, FrameBuffer};
 use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Session state put on this connection: what the next request must adjust, and what a reset must undo.
 #[derive(Debug, Default)]

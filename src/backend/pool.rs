@@ -432,7 +432,6 @@ pub struct PooledConn {
 
 impl std::ops::Deref for PooledConn {
     type Target = BackendConn;
-    #[inline]
     fn deref(&self) -> &BackendConn {
         self.obj
             .as_ref()
@@ -441,7 +440,6 @@ impl std::ops::Deref for PooledConn {
 }
 
 impl std::ops::DerefMut for PooledConn {
-    #[inline]
     fn deref_mut(&mut self) -> &mut BackendConn {
         self.obj
             .as_mut()

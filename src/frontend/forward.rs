@@ -10,6 +10,7 @@
 use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 mod open_batch;
 mod riders;

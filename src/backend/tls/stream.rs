@@ -10,8 +10,6 @@ use futures_util::FutureExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
-use crate::socket_io;
-
 /// A raw protocol connection to a node: plain TCP, TLS over it, or a Unix-domain socket.
 pub enum NodeStream {
     /// No TLS (`disable`, or `prefer` with a server that refused).
@@ -23,24 +21,6 @@ pub enum NodeStream {
 }
 
 impl NodeStream {
-    /// A read into `buf`'s spare room (see [`crate::socket_io`]); shadows tokio's `AsyncReadExt::read_buf`.
-    #[inline(always)]
-    pub(crate) fn read_buf<'a>(&'a mut self, buf: &'a mut BytesMut) -> socket_io::ReadBuf<'a, Self> {
-        socket_io::ReadBuf::new(self, buf)
-    }
-
-    /// A write of all of `bytes`; shadows tokio's `AsyncWriteExt::write_all`.
-    #[inline(always)]
-    pub(crate) fn write_all<'a>(&'a mut self, bytes: &'a [u8]) -> socket_io::WriteAll<'a, Self> {
-        socket_io::WriteAll::new(self, bytes)
-    }
-
-    /// A flush (TLS records held back; nothing for a plain socket); shadows tokio's `AsyncWriteExt::flush`.
-    #[inline(always)]
-    pub(crate) fn flush(&mut self) -> socket_io::Flush<'_, Self> {
-        socket_io::Flush::new(self)
-    }
-
     /// Whether the connection is encrypted.
     pub fn is_tls(&self) -> bool {
         matches!(self, NodeStream::Tls(_))
@@ -95,7 +75,6 @@ impl NodeStream {
 }
 
 impl AsyncRead for NodeStream {
-    #[inline]
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             NodeStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
@@ -106,7 +85,6 @@ impl AsyncRead for NodeStream {
 }
 
 impl AsyncWrite for NodeStream {
-    #[inline]
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             NodeStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
@@ -115,7 +93,6 @@ impl AsyncWrite for NodeStream {
         }
     }
 
-    #[inline]
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             NodeStream::Plain(s) => Pin::new(s).poll_flush(cx),
@@ -124,7 +101,6 @@ impl AsyncWrite for NodeStream {
         }
     }
 
-    #[inline]
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             NodeStream::Plain(s) => Pin::new(s).poll_shutdown(cx),

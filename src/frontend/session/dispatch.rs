@@ -6,6 +6,8 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use tokio::io::AsyncWriteExt;
+
 use super::replay::Prepare;
 use super::{Session, SessionError};
 use crate::backend::connect::Login;

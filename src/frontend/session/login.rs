@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use tokio::io::AsyncWriteExt;
+
 use super::{ADMIN_DATABASE, PendingLogin, Session, SessionError};
 use crate::backend::BackendError;
 use crate::cluster::{NodeId, ShardId};

@@ -17,6 +17,8 @@ mod signal;
 
 use std::sync::Arc;
 
+use tokio::io::AsyncWriteExt;
+
 use super::Shared;
 use super::cancel::CancelKey;
 use super::names::StatementNames;

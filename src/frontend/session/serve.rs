@@ -5,6 +5,8 @@
 
 use std::sync::Arc;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
 use super::{Session, SessionError};
 use crate::backend::PooledConn;
 use crate::cluster::NodeId;

@@ -2,6 +2,8 @@
 //! transaction, the client's data is split row by row (`shard::copy_rows`) so that each shard receives
 //! exactly its rows, byte for byte, and the whole COPY commits on every shard or on none.
 
+use tokio::io::AsyncReadExt;
+
 use super::Answer;
 use crate::backend::BackendError;
 use crate::cluster::{NodeId, ShardId};
