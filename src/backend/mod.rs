@@ -6,6 +6,7 @@ pub(crate) mod conn;
 pub(crate) mod connect;
 pub(crate) mod control;
 pub(crate) mod pool;
+pub(crate) mod shelf;
 pub(crate) mod tls;
 
 pub(crate) use conn::BackendConn;

@@ -27,6 +27,7 @@ use deadpool::managed::{
 
 use super::conn::BackendConn;
 use super::connect::{BackendError, Login, NodeTarget, connect};
+use super::shelf::Shelf;
 use crate::config::PoolConfig;
 use crate::protocol::messages::query;
 
@@ -37,10 +38,45 @@ pub struct ConnManager {
     password: String,
     database: String,
     connect_timeout: Duration,
+    /// What the pool's checkouts share beside deadpool; kept here so that a checkout does not look it up.
+    checkouts: Arc<Checkouts>,
+}
+
+/// What a pool's checkouts share beside deadpool: one [`PooledConn`] holds it for the checkout's life.
+pub(crate) struct Checkouts {
     /// The node's count of connections checked out (the same counter for every pool of the node, since a
-    /// node's slot keeps its counter for the life of the process): kept here so that a checkout does not
-    /// look it up.
+    /// node's slot keeps its counter for the life of the process).
     in_use: Arc<AtomicUsize>,
+    /// Connections given back between transactions under transaction pooling.
+    shelf: Shelf<Object<ConnManager>>,
+}
+
+/// How many reapings (every half `pool.idle_timeout`) a connection stays on the shelf unused before it is
+/// closed: idle for between one and one and a half `pool.idle_timeout`, as deadpool's idle connections.
+const SHELF_REAPS: u64 = 3;
+
+/// Whether a pooled connection may serve another checkout: idle, nothing unread, and not closed by the node
+/// meanwhile (a node restart closes idle sockets; better found now than on the client's next query).
+fn reusable(conn: &mut BackendConn) -> Result<(), &'static str> {
+    if !conn.is_clean_idle() {
+        return Err("connection was not returned clean");
+    }
+    let mut probe = [0u8; 1];
+    match conn.stream.try_read(&mut probe) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+        _ => Err("connection closed by the node"),
+    }
+}
+
+/// The first reusable connection `next` gives; the others are closed (and leave the pool's count).
+fn first_reusable(mut next: impl FnMut() -> Option<Object<ConnManager>>) -> Option<Object<ConnManager>> {
+    while let Some(mut obj) = next() {
+        if reusable(&mut obj).is_ok() {
+            return Some(obj);
+        }
+        drop(Object::take(obj));
+    }
+    None
 }
 
 impl Manager for ConnManager {
@@ -66,15 +102,7 @@ impl Manager for ConnManager {
     }
 
     async fn recycle(&self, conn: &mut Box<BackendConn>, _: &Metrics) -> RecycleResult<BackendError> {
-        if !conn.is_clean_idle() {
-            return Err(RecycleError::message("connection was not returned clean"));
-        }
-        // A node restart closes idle sockets; find out now rather than on the client's next query.
-        let mut probe = [0u8; 1];
-        match conn.stream.try_read(&mut probe) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
-            _ => Err(RecycleError::message("connection closed by the node")),
-        }
+        reusable(conn).map_err(RecycleError::message)
     }
 }
 
@@ -196,6 +224,8 @@ impl Pools {
         pools.retain(|(node, _, user), pool| {
             if retired(*node) {
                 pool.close();
+                // Connections come back to a closed pool only to be closed.
+                drop(pool.manager().checkouts.shelf.set_open(false));
                 return false;
             }
             if !keeps_login(user, &pool.manager().password) {
@@ -206,6 +236,11 @@ impl Pools {
                 && pool.status().max_size != cap
             {
                 pool.resize(cap);
+                // A smaller pool closes the connections that come back to its queue: shelved ones go
+                // there now, and returns skip the shelf until the reaper finds the pool within its cap.
+                if cap < pool.status().size {
+                    drop(pool.manager().checkouts.shelf.set_open(false));
+                }
             }
             true
         });
@@ -251,7 +286,10 @@ impl Pools {
                     password: login.password.to_owned(),
                     database: login.database.to_owned(),
                     connect_timeout: config.connect_timeout,
-                    in_use: self.counter(target.index),
+                    checkouts: Arc::new(Checkouts {
+                        in_use: self.counter(target.index),
+                        shelf: Shelf::default(),
+                    }),
                 };
                 // Building only fails without a runtime, and tokio's is always given.
                 // Most recently used first, as pgbouncer does: a free connection whose server process ran
@@ -298,6 +336,10 @@ impl Pools {
         };
         let mut waited = Duration::ZERO;
         let uncapped = self.uncapped.load(Ordering::Relaxed);
+        let checkouts = &pool.manager().checkouts;
+        if let Some(obj) = first_reusable(|| checkouts.shelf.take()) {
+            return Ok(PooledConn::checked_out(obj, checkouts, uncapped));
+        }
         let mut got = pool.timeout_get(&immediate).await;
         // Without a cap, room is made instead of waited for; in a few rounds, as checkouts running at the
         // same moment on other workers may take the room first.
@@ -316,10 +358,14 @@ impl Pools {
                     create: None,
                     recycle: Some(config.connect_timeout),
                 };
-                tokio::select! {
-                    biased;
-                    () = canceled => return Err(BackendError::Canceled),
-                    got = pool.timeout_get(&timeouts) => got,
+                let waiting = checkouts.shelf.wait();
+                match first_reusable(|| waiting.take()) {
+                    Some(obj) => Ok(obj),
+                    None => tokio::select! {
+                        biased;
+                        () = canceled => return Err(BackendError::Canceled),
+                        got = pool.timeout_get(&timeouts) => got,
+                    },
                 }
             }
             other => other,
@@ -344,16 +390,7 @@ impl Pools {
             }
             Err(other) => return Err(BackendError::protocol(target, format!("pool error: {other}"))),
         };
-        let mut obj = obj;
-        obj.settle_here();
-        let counter = pool.manager().in_use.clone();
-        counter.fetch_add(1, Ordering::Relaxed);
-        Ok(PooledConn {
-            obj: Some(obj),
-            counter,
-            held_by: 0,
-            trim_idle: uncapped,
-        })
+        Ok(PooledConn::checked_out(obj, checkouts, uncapped))
     }
 
     /// Forgets a pool whose node refused its first connection with an error about the login itself (no
@@ -385,6 +422,16 @@ impl Pools {
         };
         for p in &pools {
             p.retain(|_, m| m.last_used() < idle);
+            let shelf = &p.manager().checkouts.shelf;
+            for obj in shelf.reap(SHELF_REAPS) {
+                drop(Object::take(obj));
+            }
+            if !shelf.is_open() && !p.is_closed() {
+                let s = p.status();
+                if s.size <= s.max_size {
+                    drop(shelf.set_open(true));
+                }
+            }
         }
         drop(pools);
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
@@ -407,7 +454,8 @@ impl Pools {
                     database: database.clone(),
                     user: user.clone(),
                     size: s.size,
-                    available: s.available,
+                    // Shelved connections are checked out as deadpool counts, idle as users count.
+                    available: s.available + p.manager().checkouts.shelf.len(),
                     max_size: capped.then_some(s.max_size),
                     waiting: s.waiting,
                 }
@@ -420,7 +468,7 @@ impl Pools {
 /// which makes the node roll back whatever was open.
 pub struct PooledConn {
     obj: Option<Object<ConnManager>>,
-    counter: Arc<AtomicUsize>,
+    checkouts: Arc<Checkouts>,
     /// The issued pid of the session holding the connection (0: none recorded), kept in the connection's
     /// `holder` slot for the registry of cancel keys until the checkout ends, however the connection leaves
     /// its holder (released, handed back, closed).
@@ -448,6 +496,18 @@ impl std::ops::DerefMut for PooledConn {
 }
 
 impl PooledConn {
+    /// A connection taken from the pool or its shelf, moved to this worker's event loop and counted in use.
+    fn checked_out(mut obj: Object<ConnManager>, checkouts: &Arc<Checkouts>, trim_idle: bool) -> PooledConn {
+        obj.settle_here();
+        checkouts.in_use.fetch_add(1, Ordering::Relaxed);
+        PooledConn {
+            obj: Some(obj),
+            checkouts: checkouts.clone(),
+            held_by: 0,
+            trim_idle,
+        }
+    }
+
     /// Records the session (by its issued pid) that holds the connection until the checkout ends.
     pub fn hold_for(&mut self, pid: i32) {
         if let Some(obj) = self.obj.as_ref() {
@@ -515,19 +575,23 @@ impl PooledConn {
 
 impl PooledConn {
     /// Transaction pooling: hands the connection back as it is, settings and prepared statements included;
-    /// the next session adjusts what differs. Only an idle, intact connection goes back; others are closed.
+    /// the next session adjusts what differs. Only an idle, intact connection goes back, onto the pool's
+    /// shelf (or into its queue, where a checkout waits); others are closed.
     pub fn return_shared(mut self) {
         let Some(obj) = self.obj.take() else { return };
         Self::unmark(std::mem::take(&mut self.held_by), &obj.holder);
         if !obj.is_clean_idle() || obj.applied.unresettable {
             drop(Object::take(obj));
+            return;
         }
+        // Dropped, an object goes back to deadpool's queue.
+        drop(self.checkouts.shelf.put(obj));
     }
 }
 
 impl Drop for PooledConn {
     fn drop(&mut self) {
-        self.counter.fetch_sub(1, Ordering::Relaxed);
+        self.checkouts.in_use.fetch_sub(1, Ordering::Relaxed);
         if let Some(obj) = self.obj.take() {
             Self::unmark(self.held_by, &obj.holder);
             // Not released: its state is unknown, so it must not be handed to anyone else.
