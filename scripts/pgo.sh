@@ -9,7 +9,7 @@
 #   4. writes pgo/profile.txt: the compiler and the commit the profile was made with.
 # Run it from a clean tree after any change to src/, then commit both files. About fifteen minutes on
 # two cores.
-# Knobs: PGO_SECONDS (3: seconds per bench workload), PGO_FORWARD_ROWS (200000).
+# Knobs: PGO_SECONDS (5: seconds per bench workload), PGO_FORWARD_ROWS (200000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -46,7 +46,7 @@ rm -rf "$raw"
 
 echo "== bench workloads through the instrumented build"
 PGFLEET_BIN=$bin BENCH_BUILD=0 BENCH_MEMORY=0 BENCH_ROUNDS=1 BENCH_WARMUP=1 \
-  BENCH_SECONDS="${PGO_SECONDS:-3}" BENCH_TARGETS="pgfleet-defaults pgfleet-txn pgfleet-primary" \
+  BENCH_SECONDS="${PGO_SECONDS:-5}" BENCH_TARGETS="pgfleet-defaults pgfleet-txn pgfleet-primary" \
   BENCH_RESULTS="$work/bench" bash bench/run.sh
 echo "== forward mode through the instrumented build"
 PGFLEET_BIN=$bin FWD_ROWS="${PGO_FORWARD_ROWS:-200000}" bash bench/forward_apply.sh
@@ -62,7 +62,7 @@ gzip -9 -n -c "$work/pgfleet.profdata" > pgo/pgfleet.profdata.gz
   echo "rustc: $(rustc --version)"
   echo "commit: $(git rev-parse HEAD)"
   echo "made: $(date -u '+%Y-%m-%dT%H:%MZ')"
-  echo "workloads: bench/run.sh (pgfleet-defaults, pgfleet-txn, pgfleet-primary; ${PGO_SECONDS:-3} s each), bench/forward_apply.sh (${PGO_FORWARD_ROWS:-200000} rows)"
+  echo "workloads: bench/run.sh (pgfleet-defaults, pgfleet-txn, pgfleet-primary; ${PGO_SECONDS:-5} s each), bench/forward_apply.sh (${PGO_FORWARD_ROWS:-200000} rows)"
 } > pgo/profile.txt
 echo "wrote pgo/pgfleet.profdata.gz ($(stat -c %s pgo/pgfleet.profdata.gz) bytes) and pgo/profile.txt"
 echo "before committing it: copy the current build aside, bash scripts/build.sh, then bash bench/instructions.sh OLD NEW;"
