@@ -7,7 +7,7 @@
 #   3. merges the counts (llvm-profdata, LLVM 19 or later; Debian's llvm-19 is installed when none is found),
 #      keeping only functions that ran, so that code the workloads never reach is compiled as without a profile;
 #   4. writes pgo/profile.txt: the compiler and the commit the profile was made with.
-# Run it from a clean tree after any change to src/, then commit both files. About fifteen minutes on
+# Run it from a clean tree after any change to src/, then commit both files. About seventeen minutes on
 # two cores.
 # Knobs: PGO_SECONDS (5: seconds per bench workload), PGO_FORWARD_ROWS (200000).
 set -euo pipefail
