@@ -7,7 +7,9 @@
 //! it; each text is also tried with its constants changed, the commonest way two requests share a shape.
 //!
 //! Invariants (besides "never panics, never loops"):
-//! - `classify_cached` gives exactly the decision `classify` gives, whatever the cache saw before;
+//! - `classify_cached` gives exactly the decision `classify` gives, whatever the cache saw before, and so
+//!   does `classify_placed` for the texts of one input sent as one session sends them (its place moving
+//!   from text to text);
 //! - `split_statements` returns non-empty, non-overlapping pieces of the text, in order, trimmed of ASCII
 //!   whitespace (only), each of which splits into just itself again;
 //! - a leading routing hint decides the target; a statement that does not parse, or is too deep to
@@ -16,16 +18,24 @@
 
 #![no_main]
 
+use std::cell::Cell;
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use pgfleet::router::cache::classify_cached;
+use pgfleet::router::cache::{Place, classify_cached, classify_placed};
 use pgfleet::router::classify::{Rule, Target, classify};
 use pgfleet::router::deallocate::deallocated_names;
 use pgfleet::router::functions::FunctionRules;
 use pgfleet::router::split::{Hint, first_keywords, leading_hint, split_statements};
 
+thread_local! {
+    /// The place among the cache's recent statements of the session that sends this input's texts; a new
+    /// input starts without one, so that a failing input reproduces on its own.
+    static PLACE: Cell<Place> = Cell::new(Place::default());
+}
+
 fuzz_target!(|data: &[u8]| {
+    PLACE.with(|p| p.set(Place::default()));
     let text = String::from_utf8_lossy(data);
     // Fresh rules for every input: the cache keys on the rules' identity, so entries left by earlier
     // inputs are never hit and a failing input reproduces on its own.
@@ -142,6 +152,16 @@ fn check_cache(sql: &str, rules: &Arc<FunctionRules>) -> pgfleet::router::classi
     assert_eq!(
         *cached, fresh,
         "classify_cached differs from classify for {sql:?}"
+    );
+    let placed = PLACE.with(|p| {
+        let mut place = p.get();
+        let decision = classify_placed(sql, rules, &mut place);
+        p.set(place);
+        decision
+    });
+    assert_eq!(
+        *placed, fresh,
+        "classify_placed differs from classify for {sql:?}"
     );
     fresh
 }

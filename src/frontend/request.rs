@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::state::{Statement, Statements};
 use crate::protocol::Frame;
 use crate::protocol::messages::{bind_names, parse_fields, query_text, target_name};
-use crate::router::cache::classify_cached;
+use crate::router::cache::{Place, classify_placed};
 use crate::router::classify::{Decision, Pin, Rule, SessionChange, Target, TxStart};
 use crate::router::functions::FunctionRules;
 
@@ -240,19 +240,25 @@ impl Plan {
     }
 
     /// Adds one frame's consequences; used for the request and for frames that follow an open batch.
-    pub fn note(&mut self, frame: &Frame, statements: &Statements, rules: &Arc<FunctionRules>) {
+    pub fn note(
+        &mut self,
+        frame: &Frame,
+        statements: &Statements,
+        rules: &Arc<FunctionRules>,
+        place: &mut Place,
+    ) {
         let body = frame.body();
         match frame.kind {
             b'Q' => {
                 self.has_query = true;
                 let text = query_text(body).unwrap_or("");
-                let d = classify_cached(text, rules);
+                let d = classify_placed(text, rules, place);
                 self.merge(&d, true);
                 self.deallocates.extend(d.deallocates.iter().cloned());
             }
             b'P' => {
                 let (name, text) = parse_fields(body).unwrap_or(("", ""));
-                let d = classify_cached(text, rules);
+                let d = classify_placed(text, rules, place);
                 // The statement's own consequences count once it is executed, not when it is prepared;
                 // but a write is prepared on the primary so that its Execute needs no second Parse.
                 self.read_only_begin |= d.tx_start == Some(TxStart::ReadOnly);
@@ -320,16 +326,17 @@ impl Plan {
 
     /// The plan for a whole request.
     pub fn for_request(req: &Request, statements: &Statements, rules: &Arc<FunctionRules>) -> Plan {
-        Plan::for_request_in(req, statements, rules, Vec::new())
+        Plan::for_request_in(req, statements, rules, Vec::new(), &mut Place::default())
     }
 
     /// The plan for a whole request, its parsed statements kept in `parses` (an empty list whose room an
-    /// earlier plan left behind).
+    /// earlier plan left behind), its statements looked up from the session's `place` (`router::cache::Place`).
     pub fn for_request_in(
         req: &Request,
         statements: &Statements,
         rules: &Arc<FunctionRules>,
         parses: Vec<(String, Statement)>,
+        place: &mut Place,
     ) -> Plan {
         debug_assert!(parses.is_empty());
         let mut plan = Plan {
@@ -337,7 +344,7 @@ impl Plan {
             ..Plan::empty()
         };
         for f in &req.frames {
-            plan.note(f, statements, rules);
+            plan.note(f, statements, rules, place);
         }
         plan
     }
@@ -392,7 +399,7 @@ mod tests {
         let rules = Arc::new(FunctionRules::default());
         let mut plan = Plan::empty();
         for f in frames {
-            plan.note(f, statements, &rules);
+            plan.note(f, statements, &rules, &mut Place::default());
         }
         plan
     }
@@ -474,7 +481,7 @@ mod tests {
         let mut room = first.parses;
         room.clear();
         let at = room.as_ptr();
-        let next = Plan::for_request_in(&one, &Statements::default(), &rules, room);
+        let next = Plan::for_request_in(&one, &Statements::default(), &rules, room, &mut Place::default());
         assert_eq!(next.parses.as_ptr(), at);
         assert_eq!(next.parses.len(), 1);
         assert!(next.parsed(""));
@@ -482,7 +489,7 @@ mod tests {
         let two = request(vec![parse("a", "SELECT 1"), parse("b", "SELECT 2"), bind("b")]);
         let mut room = next.parses;
         room.clear();
-        let more = Plan::for_request_in(&two, &Statements::default(), &rules, room);
+        let more = Plan::for_request_in(&two, &Statements::default(), &rules, room, &mut Place::default());
         assert_eq!(more.parses.len(), 2);
         assert!(more.parsed("a") && more.parsed("b"));
     }

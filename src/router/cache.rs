@@ -91,7 +91,21 @@ struct Recent {
     constants: Vec<Constant>,
     shape: String,
     decision: Arc<Decision>,
+    /// The entry that answered a session's next statement the last time one came after this one: the
+    /// second guess for the next statement of a session whose last statement this was (see [`Place`]).
+    after: Option<usize>,
 }
+
+/// Where a session's last statement was answered among its worker's recent statements. A session runs
+/// its transactions' statements in the same order time after time, but the worker's latest statement is
+/// usually another session's, so the worker's own guess misses each statement of a transaction like
+/// TPC-B's, and the lead and the whole recent list were read before the byte comparison that answers. With
+/// its place, a session's statement that the worker's latest does not answer is compared next with the one
+/// that followed the session's last statement the previous time. A guess only says where to look first: an
+/// answer still needs [`same_shape_as`], so a stale place (another worker's, an entry replaced since) costs
+/// one comparison and decides nothing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Place(Option<usize>);
 
 /// The first bytes of a text, up to 16 and up to its first digit, `.` or quote: texts of one shape that
 /// differ only in their constants (all the diff accepts) begin alike before the first constant, so equal
@@ -327,37 +341,99 @@ fn store(map: &SharedMap, key: &str, rules: &Arc<FunctionRules>, d: &Arc<Decisio
 
 /// `classify`, remembered.
 pub fn classify_cached(sql: &str, rules: &Arc<FunctionRules>) -> Arc<Decision> {
+    classify_placed(sql, rules, &mut Place::default())
+}
+
+/// `classify`, remembered, for a session whose place among the recent statements is `place` (see
+/// [`Place`]); the place moves to this statement.
+pub fn classify_placed(sql: &str, rules: &Arc<FunctionRules>, place: &mut Place) -> Arc<Decision> {
     if sql.len() > MAX_TEXT {
+        place.0 = None;
         return Arc::new(classify(sql, rules));
     }
     LOCAL.with(|local| match local.try_borrow_mut() {
-        Ok(mut local) => classify_with(sql, rules, &mut local),
+        Ok(mut local) => classify_with(sql, rules, &mut local, place),
         // Only reachable if classification itself asked the cache again: use state of its own.
-        Err(_) => classify_with(sql, rules, &mut Local::default()),
+        Err(_) => classify_with(sql, rules, &mut Local::default(), place),
     })
 }
 
-fn classify_with(sql: &str, rules: &Arc<FunctionRules>, local: &mut Local) -> Arc<Decision> {
-    if let Some(r) = local.recent.get(local.latest)
-        && Arc::ptr_eq(&r.rules, rules)
-        && same_shape_as(&r.text, &r.constants, sql)
+impl Local {
+    /// Entry `i` answered the statement after the session's `previous` one: remembered as the worker's
+    /// latest, as what follows `previous`, and as the session's place.
+    fn answered(&mut self, i: usize, previous: Option<usize>, place: &mut Place) {
+        self.latest = i;
+        if let Some(p) = previous.and_then(|p| self.recent.get_mut(p)) {
+            p.after = Some(i);
+        }
+        place.0 = Some(i);
+    }
+
+    /// Whether the entry at `i` certainly answers `sql` under `rules`.
+    fn answers(&self, i: usize, sql: &str, rules: &Arc<FunctionRules>) -> bool {
+        self.recent
+            .get(i)
+            .is_some_and(|r| Arc::ptr_eq(&r.rules, rules) && same_shape_as(&r.text, &r.constants, sql))
+    }
+
+    /// The entry that answers `sql` among the first guesses for a session whose last statement was
+    /// answered by `previous`: the worker's latest (a stream of one statement with changing constants, the
+    /// commonest case, from any number of sessions), then what followed the session's last statement the
+    /// previous time.
+    fn guessed(&self, previous: Option<usize>, sql: &str, rules: &Arc<FunctionRules>) -> Option<usize> {
+        if self.answers(self.latest, sql, rules) {
+            return Some(self.latest);
+        }
+        previous
+            .and_then(|p| self.recent.get(p))
+            .and_then(|r| r.after)
+            .filter(|&i| i != self.latest && self.answers(i, sql, rules))
+    }
+}
+
+fn classify_with(
+    sql: &str,
+    rules: &Arc<FunctionRules>,
+    local: &mut Local,
+    place: &mut Place,
+) -> Arc<Decision> {
+    let previous = place.0.take();
+    if let Some(i) = local.guessed(previous, sql, rules)
+        && let Some(d) = local.recent.get(i).map(|r| r.decision.clone())
     {
-        return r.decision.clone();
+        local.answered(i, previous, place);
+        return d;
     }
     let lead = Lead::of(sql);
     if let Some((i, d)) = recent_answer(&local.recent, lead, sql, rules) {
-        local.latest = i;
+        local.answered(i, previous, place);
         return d;
     }
+    let (d, kept) = decide_and_keep(sql, rules, lead, local);
+    if let Some(i) = kept {
+        local.answered(i, previous, place);
+    }
+    d
+}
+
+/// The decision for a text no recent statement answered, through the shape map or `classify`, and where
+/// the text was kept among the recent statements (None when it is not kept: constants that matter, or
+/// too long).
+fn decide_and_keep(
+    sql: &str,
+    rules: &Arc<FunctionRules>,
+    lead: Lead,
+    local: &mut Local,
+) -> (Arc<Decision>, Option<usize>) {
     let Local {
         shape,
         tokens,
         recent,
         next,
-        latest,
+        ..
     } = local;
     if !shape_into(sql, shape, tokens) {
-        return by_text(sql, rules);
+        return (by_text(sql, rules), None);
     }
     let same_shape = recent
         .iter()
@@ -374,7 +450,7 @@ fn classify_with(sql: &str, rules: &Arc<FunctionRules>, local: &mut Local) -> Ar
                     // for this text only.
                     if !d.changes.is_empty() {
                         store(&BY_TEXT, sql, rules, &d);
-                        return d;
+                        return (d, None);
                     }
                     store(&BY_SHAPE, shape, rules, &d);
                     d
@@ -383,7 +459,7 @@ fn classify_with(sql: &str, rules: &Arc<FunctionRules>, local: &mut Local) -> Ar
         }
     };
     if sql.len() > RECENT_TEXT {
-        return d;
+        return (d, None);
     }
     // This statement becomes a recent one: in place of the entry of its shape, else of the entry stored
     // longest ago once the table is full, else as a new one. A replaced entry's buffers are reused.
@@ -392,7 +468,6 @@ fn classify_with(sql: &str, rules: &Arc<FunctionRules>, local: &mut Local) -> Ar
         None if recent.len() < RECENT => {
             let mut constants = Vec::new();
             constants_into(sql, tokens, &mut constants);
-            *latest = recent.len();
             recent.push(Recent {
                 lead,
                 rules: rules.clone(),
@@ -400,8 +475,9 @@ fn classify_with(sql: &str, rules: &Arc<FunctionRules>, local: &mut Local) -> Ar
                 constants,
                 shape: std::mem::take(shape),
                 decision: d.clone(),
+                after: None,
             });
-            return d;
+            return (d, Some(recent.len() - 1));
         }
         None => {
             let i = *next;
@@ -409,8 +485,11 @@ fn classify_with(sql: &str, rules: &Arc<FunctionRules>, local: &mut Local) -> Ar
             i
         }
     };
-    *latest = slot;
     let r = &mut recent[slot];
+    if same_shape.is_none() {
+        // Another shape's entry: what followed that one says nothing of what follows this one.
+        r.after = None;
+    }
     r.lead = lead;
     std::mem::swap(&mut r.shape, shape);
     constants_into(sql, tokens, &mut r.constants);
@@ -420,7 +499,7 @@ fn classify_with(sql: &str, rules: &Arc<FunctionRules>, local: &mut Local) -> Ar
         r.rules = rules.clone();
     }
     r.decision = d.clone();
-    d
+    (d, Some(slot))
 }
 
 /// A recent statement that `sql` certainly shares a shape with, under the same rules: its index and
@@ -719,7 +798,7 @@ mod tests {
         // A negative delta is two tokens (`-` and the number), so it makes other shapes than a positive one.
         for sql in tpcb(4711, -5).into_iter().chain(tpcb(4711, 5)) {
             assert_eq!(
-                *classify_with(&sql, &rules, &mut local),
+                *classify_with(&sql, &rules, &mut local, &mut Place::default()),
                 classify(&sql, &rules),
                 "{sql}"
             );
@@ -731,7 +810,10 @@ mod tests {
                     answer.unwrap_or_else(|| panic!("not answered by a recent statement: {sql}"));
                 assert_eq!(*answer, classify(&sql, &rules), "{sql}");
                 assert!(
-                    Arc::ptr_eq(&answer, &classify_with(&sql, &rules, &mut local)),
+                    Arc::ptr_eq(
+                        &answer,
+                        &classify_with(&sql, &rules, &mut local, &mut Place::default())
+                    ),
                     "{sql}"
                 );
             }
@@ -752,12 +834,73 @@ mod tests {
     }
 
     #[test]
+    fn a_session_finds_its_next_statement_where_it_followed_last_time() {
+        let rules = Arc::new(FunctionRules::new(&[], &[]));
+        let mut local = Local::default();
+        let tpcb = |aid: u32, delta: u32| {
+            [
+                "BEGIN;".to_owned(),
+                format!("UPDATE pgbench_accounts SET abalance = abalance + {delta} WHERE aid = {aid};"),
+                format!("SELECT abalance FROM pgbench_accounts WHERE aid = {aid};"),
+                format!("UPDATE pgbench_tellers SET tbalance = tbalance + {delta} WHERE tid = 3;"),
+                format!("UPDATE pgbench_branches SET bbalance = bbalance + {delta} WHERE bid = 1;"),
+                format!(
+                    "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (3, 1, {aid}, {delta}, \
+                     CURRENT_TIMESTAMP);"
+                ),
+                "END;".to_owned(),
+            ]
+        };
+        // Three sessions on one worker, each at another statement of its transaction, so the worker's latest
+        // statement is never the one a session's next statement shares a shape with.
+        let mut places = [Place::default(); 3];
+        let step = |round: u32, local: &mut Local, places: &mut [Place; 3], guessed: &mut Vec<bool>| {
+            for (s, place) in places.iter_mut().enumerate() {
+                let statements = tpcb(round * 10 + s as u32 + 1, round + 7);
+                let sql = &statements[(round as usize + 2 * s) % 7];
+                guessed.push(local.guessed(place.0, sql, &rules).is_some());
+                assert_eq!(
+                    *classify_with(sql, &rules, local, place),
+                    classify(sql, &rules),
+                    "{sql}"
+                );
+            }
+        };
+        // Two transactions each to learn the order (every statement then has its place and its successor).
+        let mut warm_up = Vec::new();
+        for round in 0..14 {
+            step(round, &mut local, &mut places, &mut warm_up);
+        }
+        let mut guessed = Vec::new();
+        for round in 14..35 {
+            step(round, &mut local, &mut places, &mut guessed);
+        }
+        assert!(guessed.iter().all(|g| *g), "{guessed:?}");
+        // Without a session's place the worker's latest statement (the last session's, statement
+        // (34 + 2 * 2) % 7 of its transaction) is the only guess, and misses the statement after it.
+        let sql = &tpcb(5, 5)[(34 + 2 * 2 + 1) % 7];
+        assert_eq!(local.guessed(None, sql, &rules), None);
+        // A stale place (an entry since replaced by another statement) decides nothing: the text is still
+        // answered as `classify` answers it.
+        let mut stale = Place(Some(0));
+        let other = "SELECT c FROM elsewhere WHERE id = 3";
+        assert_eq!(
+            *classify_with(other, &rules, &mut local, &mut stale),
+            classify(other, &rules)
+        );
+        assert_eq!(
+            *classify_with(sql, &rules, &mut local, &mut Place(Some(RECENT + 5))),
+            classify(sql, &rules)
+        );
+    }
+
+    #[test]
     fn recent_statements_stay_bounded_and_replace_the_oldest() {
         let rules = Arc::new(FunctionRules::new(&[], &[]));
         let mut local = Local::default();
         let text = |i: usize| format!("SELECT c{i} FROM t WHERE id = 1");
         for i in 0..=RECENT {
-            classify_with(&text(i), &rules, &mut local);
+            classify_with(&text(i), &rules, &mut local, &mut Place::default());
         }
         assert_eq!(local.recent.len(), RECENT);
         let kept = |i: usize, local: &Local| {
@@ -772,7 +915,10 @@ mod tests {
             "SELECT {} FROM t WHERE id = 1",
             "c, ".repeat(RECENT_TEXT / 3) + "c"
         );
-        assert_eq!(*classify_with(&long, &rules, &mut local), classify(&long, &rules));
+        assert_eq!(
+            *classify_with(&long, &rules, &mut local, &mut Place::default()),
+            classify(&long, &rules)
+        );
         assert!(local.recent.iter().all(|r| r.text.len() <= RECENT_TEXT));
         assert!(local.recent.iter().all(|r| r.text != long));
     }

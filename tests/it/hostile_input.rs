@@ -13,7 +13,7 @@ use pgfleet::frontend::state::Statements;
 use pgfleet::protocol::frame::{FrameBuffer, build};
 use pgfleet::protocol::messages::{bind_names, error_field, parse_fields, query_text, target_name};
 use pgfleet::protocol::startup::{StartupError, decode, encode_startup, packet_len, parse_options};
-use pgfleet::router::cache::classify_cached;
+use pgfleet::router::cache::{Place, classify_cached, classify_placed};
 use pgfleet::router::classify::{MAX_CLASSIFIED_STATEMENT, Rule, Target, classify};
 use pgfleet::router::deallocate::deallocated_names;
 use pgfleet::router::depth::too_deep;
@@ -112,9 +112,12 @@ proptest! {
             "$q$b$q$", "U&'d'", "B'101'"];
         let template: String = template.concat();
         let rules = Arc::new(FunctionRules::new(&["my_writer".to_owned()], &[]));
+        // As one session sends them: its place points the lookup at the entry that followed its last text.
+        let mut place = Place::default();
         for (number, string) in NUMBERS.iter().zip(STRINGS.iter().cycle()).chain(NUMBERS.iter().zip(STRINGS.iter().rev())) {
             let sql = template.replace('#', number).replace('@', string);
             prop_assert_eq!(&*classify_cached(&sql, &rules), &classify(&sql, &rules), "{}", sql);
+            prop_assert_eq!(&*classify_placed(&sql, &rules, &mut place), &classify(&sql, &rules), "{}", sql);
         }
     }
 }

@@ -210,6 +210,7 @@ impl Session {
             rules_fresh: None,
             candidates: Vec::new(),
             spare_parses: Vec::new(),
+            cache_place: Default::default(),
             routes: Default::default(),
             last_node: None,
             scratch: Vec::new(),
