@@ -776,25 +776,27 @@ mod tests {
         assert_eq!(*a, classify("UPDATE t SET a = a + 17 WHERE id = 40000", &rules));
     }
 
+    /// A TPC-B transaction's statements: seven shapes, each following another, and constants that change
+    /// every time.
+    fn tpcb(aid: u32, delta: i32) -> [String; 7] {
+        [
+            "BEGIN;".to_owned(),
+            format!("UPDATE pgbench_accounts SET abalance = abalance + {delta} WHERE aid = {aid};"),
+            format!("SELECT abalance FROM pgbench_accounts WHERE aid = {aid};"),
+            format!("UPDATE pgbench_tellers SET tbalance = tbalance + {delta} WHERE tid = 3;"),
+            format!("UPDATE pgbench_branches SET bbalance = bbalance + {delta} WHERE bid = 1;"),
+            format!(
+                "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (3, 1, {aid}, {delta}, \
+                 CURRENT_TIMESTAMP);"
+            ),
+            "END;".to_owned(),
+        ]
+    }
+
     #[test]
     fn interleaved_shapes_are_answered_by_the_recent_statements() {
         let rules = Arc::new(FunctionRules::new(&[], &[]));
         let mut local = Local::default();
-        // A TPC-B transaction: seven shapes, each following another, and constants that change every time.
-        let tpcb = |aid: u32, delta: i32| {
-            [
-                "BEGIN;".to_owned(),
-                format!("UPDATE pgbench_accounts SET abalance = abalance + {delta} WHERE aid = {aid};"),
-                format!("SELECT abalance FROM pgbench_accounts WHERE aid = {aid};"),
-                format!("UPDATE pgbench_tellers SET tbalance = tbalance + {delta} WHERE tid = 3;"),
-                format!("UPDATE pgbench_branches SET bbalance = bbalance + {delta} WHERE bid = 1;"),
-                format!(
-                    "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (3, 1, {aid}, {delta}, \
-                     CURRENT_TIMESTAMP);"
-                ),
-                "END;".to_owned(),
-            ]
-        };
         // A negative delta is two tokens (`-` and the number), so it makes other shapes than a positive one.
         for sql in tpcb(4711, -5).into_iter().chain(tpcb(4711, 5)) {
             assert_eq!(
@@ -837,26 +839,12 @@ mod tests {
     fn a_session_finds_its_next_statement_where_it_followed_last_time() {
         let rules = Arc::new(FunctionRules::new(&[], &[]));
         let mut local = Local::default();
-        let tpcb = |aid: u32, delta: u32| {
-            [
-                "BEGIN;".to_owned(),
-                format!("UPDATE pgbench_accounts SET abalance = abalance + {delta} WHERE aid = {aid};"),
-                format!("SELECT abalance FROM pgbench_accounts WHERE aid = {aid};"),
-                format!("UPDATE pgbench_tellers SET tbalance = tbalance + {delta} WHERE tid = 3;"),
-                format!("UPDATE pgbench_branches SET bbalance = bbalance + {delta} WHERE bid = 1;"),
-                format!(
-                    "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (3, 1, {aid}, {delta}, \
-                     CURRENT_TIMESTAMP);"
-                ),
-                "END;".to_owned(),
-            ]
-        };
         // Three sessions on one worker, each at another statement of its transaction, so the worker's latest
         // statement is never the one a session's next statement shares a shape with.
         let mut places = [Place::default(); 3];
         let step = |round: u32, local: &mut Local, places: &mut [Place; 3], guessed: &mut Vec<bool>| {
             for (s, place) in places.iter_mut().enumerate() {
-                let statements = tpcb(round * 10 + s as u32 + 1, round + 7);
+                let statements = tpcb(round * 10 + s as u32 + 1, round as i32 + 7);
                 let sql = &statements[(round as usize + 2 * s) % 7];
                 guessed.push(local.guessed(place.0, sql, &rules).is_some());
                 assert_eq!(
