@@ -611,12 +611,7 @@ impl Flow {
             // Under transaction pooling the client's statement names become the proxy's here too.
             let frame = session.rewrite_names(frame);
             self.prepare_for(session, node, plan, &frame, to_node);
-            plan.note(
-                &frame,
-                &session.statements,
-                &session.rules,
-                &mut session.cache_place,
-            );
+            plan.note(&frame, &session.statements, &session.rules, &mut session.reading);
             self.sending(frame.kind);
             if matches!(frame.kind, b'S' | b'Q') {
                 self.pending_ready += 1;

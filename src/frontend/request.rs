@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use super::state::{Statement, Statements};
 use crate::protocol::Frame;
-use crate::protocol::messages::{bind_names, parse_fields, query_text, target_name};
+use crate::protocol::encoding::ClientEncoding;
+use crate::protocol::messages::{bind_names, parse_fields_bytes, query_bytes, target_name};
 use crate::router::cache::{Place, classify_placed};
 use crate::router::classify::{Decision, Pin, Rule, SessionChange, Target, TxStart};
 use crate::router::functions::FunctionRules;
@@ -15,6 +16,46 @@ use crate::router::functions::FunctionRules;
 /// A request larger than this without Sync or Flush is sent on early, as if Flush had been sent, so that
 /// the proxy never holds more than this of one client's input.
 pub const MAX_BUFFERED_REQUEST: usize = 1 << 20;
+
+/// How a session reads its statements: where it was among its worker's recent statements
+/// (`router::cache::Place`), and the encoding its text arrives in.
+#[derive(Debug, Default)]
+pub struct Reading {
+    /// See [`Place`].
+    pub place: Place,
+    /// The session's `client_encoding`, as its settings last committed it.
+    pub encoding: ClientEncoding,
+}
+
+/// Why a request whose text pgfleet cannot read, or whose setting it cannot carry to another node, runs on
+/// the primary.
+const ENCODING_RULE: &str =
+    "text in a client_encoding pgfleet does not carry to other nodes: the session stays on the primary";
+
+/// Whether a request's setting changes can be replayed on other nodes from pgfleet's UTF-8 copy of them: in
+/// UTF8 always; in another encoding only when plain ASCII (the same bytes in every encoding the session
+/// can have), since a node's connection reads the replayed text in the session's encoding.
+fn carried(changes: &[SessionChange], encoding: ClientEncoding) -> bool {
+    encoding.is_utf8()
+        || changes.iter().all(|c| match c {
+            SessionChange::Set { statement, .. } | SessionChange::Reset { statement, .. } => {
+                statement.is_ascii()
+            }
+            SessionChange::ResetAll => true,
+        })
+}
+
+/// A statement parsed in text pgfleet does not carry to other nodes ([`ENCODING_RULE`]).
+fn on_primary(frame: &Frame) -> Statement {
+    Statement {
+        parse: frame.raw.clone(),
+        target: Target::Primary,
+        rule: Cow::Borrowed(ENCODING_RULE),
+        pin: Some(Pin::ClientEncoding),
+        changes: Vec::new(),
+        id: 0,
+    }
+}
 
 /// Up to this many entries, the lists of a plan are searched from the end; past it they are indexed.
 const SCAN_LIMIT: usize = 8;
@@ -239,26 +280,58 @@ impl Plan {
         }
     }
 
+    /// Sends the request to the primary and keeps the session there ([`ENCODING_RULE`]): its text may hold
+    /// a setting pgfleet could not read or could not replay elsewhere, which only that connection has.
+    fn stay_on_primary(&mut self) {
+        self.target = Target::Primary;
+        self.rule = Cow::Borrowed(ENCODING_RULE);
+        if self.pin.is_none() {
+            self.pin = Some(Pin::ClientEncoding);
+        }
+    }
+
+    fn push_parse(&mut self, name: &str, stmt: Statement) {
+        // Room for one, not the four a first push makes: the list's room is kept by the session between
+        // requests (`Session::spare_parses`), and most requests parse one statement.
+        if self.parses.capacity() == 0 {
+            self.parses.reserve_exact(1);
+        }
+        self.parses.push((name.to_owned(), stmt));
+        self.parse_at.pushed(&self.parses, parse_name);
+    }
+
     /// Adds one frame's consequences; used for the request and for frames that follow an open batch.
     pub fn note(
         &mut self,
         frame: &Frame,
         statements: &Statements,
         rules: &Arc<FunctionRules>,
-        place: &mut Place,
+        reading: &mut Reading,
     ) {
         let body = frame.body();
         match frame.kind {
             b'Q' => {
                 self.has_query = true;
-                let text = query_text(body).unwrap_or("");
-                let d = classify_placed(text, rules, place);
+                let Some(text) = reading.encoding.read(query_bytes(body).unwrap_or_default()) else {
+                    return self.stay_on_primary();
+                };
+                let d = classify_placed(&text, rules, &mut reading.place);
                 self.merge(&d, true);
                 self.deallocates.extend(d.deallocates.iter().cloned());
+                if !carried(&d.changes, reading.encoding) {
+                    self.stay_on_primary();
+                }
             }
             b'P' => {
-                let (name, text) = parse_fields(body).unwrap_or(("", ""));
-                let d = classify_placed(text, rules, place);
+                // A name that is not UTF-8 (or a frame without its NULs) is not read either; the entry is kept,
+                // as the node's ParseComplete replies are matched to these entries in order.
+                let Some((name, text)) = parse_fields_bytes(body)
+                    .and_then(|(name, bytes)| Some((name, reading.encoding.read(bytes)?)))
+                else {
+                    self.stay_on_primary();
+                    return self.push_parse("", on_primary(frame));
+                };
+                let d = classify_placed(&text, rules, &mut reading.place);
                 // The statement's own consequences count once it is executed, not when it is prepared;
                 // but a write is prepared on the primary so that its Execute needs no second Parse.
                 self.read_only_begin |= d.tx_start == Some(TxStart::ReadOnly);
@@ -271,7 +344,7 @@ impl Plan {
                 }
                 self.ddl |= d.ddl;
                 self.code_ddl |= d.code_ddl;
-                let stmt = Statement {
+                let mut stmt = Statement {
                     parse: frame.raw.clone(),
                     target: d.target,
                     rule: d.rule.label(),
@@ -279,13 +352,11 @@ impl Plan {
                     changes: d.changes.clone(),
                     id: 0,
                 };
-                // Room for one, not the four a first push makes: the list's room is kept by the session
-                // between requests (`Session::spare_parses`), and most requests parse one statement.
-                if self.parses.capacity() == 0 {
-                    self.parses.reserve_exact(1);
+                if !carried(&d.changes, reading.encoding) {
+                    stmt = on_primary(frame);
+                    self.stay_on_primary();
                 }
-                self.parses.push((name.to_owned(), stmt));
-                self.parse_at.pushed(&self.parses, parse_name);
+                self.push_parse(name, stmt);
             }
             b'B' | b'D' => {
                 let name = if frame.kind == b'B' {
@@ -326,17 +397,17 @@ impl Plan {
 
     /// The plan for a whole request.
     pub fn for_request(req: &Request, statements: &Statements, rules: &Arc<FunctionRules>) -> Plan {
-        Plan::for_request_in(req, statements, rules, Vec::new(), &mut Place::default())
+        Plan::for_request_in(req, statements, rules, Vec::new(), &mut Reading::default())
     }
 
     /// The plan for a whole request, its parsed statements kept in `parses` (an empty list whose room an
-    /// earlier plan left behind), its statements looked up from the session's `place` (`router::cache::Place`).
+    /// earlier plan left behind), its statements read as the session reads them ([`Reading`]).
     pub fn for_request_in(
         req: &Request,
         statements: &Statements,
         rules: &Arc<FunctionRules>,
         parses: Vec<(String, Statement)>,
-        place: &mut Place,
+        reading: &mut Reading,
     ) -> Plan {
         debug_assert!(parses.is_empty());
         let mut plan = Plan {
@@ -344,7 +415,7 @@ impl Plan {
             ..Plan::empty()
         };
         for f in &req.frames {
-            plan.note(f, statements, rules, place);
+            plan.note(f, statements, rules, reading);
         }
         plan
     }
@@ -395,11 +466,90 @@ mod tests {
         frame(b'B', format!("\0{name}\0\0\0\0\0\0\0").as_bytes())
     }
 
+    #[test]
+    fn statements_are_read_in_the_sessions_encoding() {
+        let rules = Arc::new(FunctionRules::default());
+        let utf8 = ClientEncoding::Utf8;
+        let latin1 = ClientEncoding::from_name("LATIN1");
+        let johab = ClientEncoding::from_name("JOHAB");
+        let query = |text: &[u8]| {
+            let mut body = text.to_vec();
+            body.push(0);
+            frame(b'Q', &body)
+        };
+        let parse_bytes = |text: &[u8]| {
+            let mut body = b"s\0".to_vec();
+            body.extend_from_slice(text);
+            body.extend_from_slice(b"\0\0\0");
+            frame(b'P', &body)
+        };
+        // (encoding, frame, where the request runs, whether the session stays on the primary for it)
+        let cases: Vec<(ClientEncoding, Frame, Target, bool)> = vec![
+            (utf8, query("SELECT 'café'".as_bytes()), Target::Replica, false),
+            (
+                utf8,
+                query("SET application_name = 'café'".as_bytes()),
+                Target::Replica,
+                false,
+            ),
+            (
+                latin1,
+                query(b"UPDATE t SET a = 'caf\xe9'"),
+                Target::Primary,
+                false,
+            ),
+            (latin1, query(b"SELECT 'caf\xe9'"), Target::Replica, false),
+            (
+                latin1,
+                query(b"SET application_name = 'cafe'"),
+                Target::Replica,
+                false,
+            ),
+            // Replayed from a UTF-8 copy, the setting would reach another node's LATIN1 connection as other
+            // characters.
+            (
+                latin1,
+                query(b"SET application_name = 'caf\xe9'"),
+                Target::Primary,
+                true,
+            ),
+            (
+                latin1,
+                parse_bytes(b"SET application_name = 'caf\xe9'"),
+                Target::Primary,
+                true,
+            ),
+            (latin1, parse_bytes(b"SELECT 'caf\xe9'"), Target::Replica, false),
+            (johab, query(b"SELECT 1"), Target::Replica, false),
+            (johab, query(b"SELECT '\x88\xa1'"), Target::Primary, true),
+            (johab, parse_bytes(b"SELECT '\x88\xa1'"), Target::Primary, true),
+            // A statement name that is not UTF-8: not read, in any encoding.
+            (utf8, frame(b'P', b"n\xe9\0SELECT 1\0\0\0"), Target::Primary, true),
+        ];
+        for (encoding, f, target, stays) in cases {
+            let mut reading = Reading {
+                encoding,
+                ..Reading::default()
+            };
+            let mut plan = Plan::empty();
+            plan.note(&f, &Statements::default(), &rules, &mut reading);
+            let what = format!("{encoding:?} {:?}", String::from_utf8_lossy(f.body()));
+            assert_eq!(plan.target, target, "{what}");
+            assert_eq!(plan.pin == Some(Pin::ClientEncoding), stays, "{what}");
+            // A parsed statement's later execution, from another request, is decided the same way.
+            assert_eq!(plan.parses.len(), usize::from(f.kind == b'P'), "{what}");
+            for (_, stmt) in &plan.parses {
+                assert_eq!(stmt.target, target, "{what}");
+                assert_eq!(stmt.pin == Some(Pin::ClientEncoding), stays, "{what}");
+            }
+        }
+    }
+
     fn plan_of(frames: &[Frame], statements: &Statements) -> Plan {
         let rules = Arc::new(FunctionRules::default());
         let mut plan = Plan::empty();
         for f in frames {
-            plan.note(f, statements, &rules, &mut Place::default());
+            plan.note(f, statements, &rules, &mut Reading::default());
         }
         plan
     }
@@ -481,7 +631,13 @@ mod tests {
         let mut room = first.parses;
         room.clear();
         let at = room.as_ptr();
-        let next = Plan::for_request_in(&one, &Statements::default(), &rules, room, &mut Place::default());
+        let next = Plan::for_request_in(
+            &one,
+            &Statements::default(),
+            &rules,
+            room,
+            &mut Reading::default(),
+        );
         assert_eq!(next.parses.as_ptr(), at);
         assert_eq!(next.parses.len(), 1);
         assert!(next.parsed(""));
@@ -489,7 +645,13 @@ mod tests {
         let two = request(vec![parse("a", "SELECT 1"), parse("b", "SELECT 2"), bind("b")]);
         let mut room = next.parses;
         room.clear();
-        let more = Plan::for_request_in(&two, &Statements::default(), &rules, room, &mut Place::default());
+        let more = Plan::for_request_in(
+            &two,
+            &Statements::default(),
+            &rules,
+            room,
+            &mut Reading::default(),
+        );
         assert_eq!(more.parses.len(), 2);
         assert!(more.parsed("a") && more.parsed("b"));
     }

@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
+use crate::protocol::encoding::ClientEncoding;
 use crate::protocol::quote::{quote_ident, quote_literal};
-use crate::router::classify::{Pin, SessionChange, Target};
+use crate::router::classify::{Pin, SessionChange, Target, set_value};
 
 /// Session settings: the latest statement per setting name. A node connection records the same map for
 /// what has been applied on it, and the difference between the two is what must run before a request.
@@ -84,6 +85,15 @@ impl Settings {
             SessionChange::ResetAll => self.entries.clear(),
         }
         self.generation = generation_of(&self.entries);
+    }
+
+    /// The `client_encoding` these settings leave a connection in: UTF8, pgfleet's connections' own, unless
+    /// one is set.
+    pub fn client_encoding(&self) -> ClientEncoding {
+        self.entries
+            .get("client_encoding")
+            .and_then(|statement| set_value(statement))
+            .map_or(ClientEncoding::Utf8, |name| ClientEncoding::from_name(&name))
     }
 
     /// The settings as applied statements, by name.
@@ -192,6 +202,54 @@ impl Statements {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_client_encoding_is_read_from_the_setting_that_made_it() {
+        assert_eq!(Settings::default().client_encoding(), ClientEncoding::Utf8);
+        let startup = Settings::from_startup([("client_encoding", "LATIN1")]);
+        assert_eq!(startup.client_encoding(), ClientEncoding::Latin1);
+        let set = |statement: &str| SessionChange::Set {
+            name: "client_encoding".to_owned(),
+            statement: statement.to_owned(),
+        };
+        // (statement the client ran, the encoding it leaves)
+        let cases = [
+            (
+                "SET NAMES 'SJIS'",
+                ClientEncoding::Decoded(encoding_rs::SHIFT_JIS),
+            ),
+            (
+                "set client_encoding = win1251",
+                ClientEncoding::Decoded(encoding_rs::WINDOWS_1251),
+            ),
+            (
+                "SET client_encoding TO E'KOI8R' /* Cyrillic */",
+                ClientEncoding::Decoded(encoding_rs::KOI8_R),
+            ),
+            (
+                "SET SESSION client_encoding TO \"latin1\"",
+                ClientEncoding::Latin1,
+            ),
+            ("SET client_encoding TO DEFAULT", ClientEncoding::Utf8),
+            ("SET NAMES", ClientEncoding::Utf8),
+            ("SET client_encoding TO 'JOHAB'", ClientEncoding::Unread),
+        ];
+        for (statement, want) in cases {
+            let mut s = Settings::from_startup([("client_encoding", "LATIN1")]);
+            s.apply(&set(statement));
+            assert_eq!(s.client_encoding(), want, "{statement}");
+        }
+        let mut s = Settings::from_startup([("client_encoding", "LATIN1")]);
+        s.apply(&SessionChange::Reset {
+            name: "client_encoding".to_owned(),
+            statement: "RESET client_encoding".to_owned(),
+        });
+        assert_eq!(
+            s.client_encoding(),
+            ClientEncoding::Utf8,
+            "RESET: pgfleet's connections' own"
+        );
+    }
 
     #[test]
     fn diff_runs_only_what_differs() {

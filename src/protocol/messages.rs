@@ -50,6 +50,19 @@ pub fn query_text(body: &[u8]) -> Option<&str> {
     cstr(body, 0).map(|(s, _)| s)
 }
 
+/// The SQL text of a Query ('Q') body as bytes, for reading in the client's encoding
+/// ([`super::encoding::ClientEncoding::read`]).
+pub fn query_bytes(body: &[u8]) -> Option<&[u8]> {
+    body.get(..nul_at(body)?)
+}
+
+/// (statement name, SQL text as bytes) of a Parse ('P') body; see [`query_bytes`].
+pub fn parse_fields_bytes(body: &[u8]) -> Option<(&str, &[u8])> {
+    let (name, next) = cstr(body, 0)?;
+    let rest = body.get(next..)?;
+    Some((name, rest.get(..nul_at(rest)?)?))
+}
+
 /// (statement name, SQL text) of a Parse ('P') body.
 pub fn parse_fields(body: &[u8]) -> Option<(&str, &str)> {
     let (name, next) = cstr(body, 0)?;

@@ -1,8 +1,9 @@
 //! Sans-IO PostgreSQL wire protocol: framing (`frame`), the untyped startup packets (`startup`) and the few
-//! messages the proxy reads or writes itself (`messages`), WAL positions (`lsn`) and the calls that ask for
+//! messages the proxy reads or writes itself (`messages`), the client's text encoding (`encoding`), WAL positions (`lsn`) and the calls that ask for
 //! them (`wal_call`), and the quoting of names and values in SQL pgfleet writes (`quote`). Nothing here touches
 //! a socket.
 
+pub mod encoding;
 pub mod frame;
 pub(crate) mod lsn;
 pub mod messages;

@@ -15,6 +15,7 @@ mod demo;
 mod admin_console;
 mod cli;
 mod client_drivers;
+mod client_encoding;
 mod config_docs;
 mod consistency;
 mod container;

@@ -4,13 +4,17 @@
 //! request's text to decide whether a position query may ride behind it.
 
 use super::{Session, SessionError};
+use std::borrow::Cow;
+
 use crate::config::Consistency;
 use crate::frontend::request::Request;
 use crate::frontend::state::Statements;
+use crate::protocol::encoding::ascii_view;
 use crate::protocol::frame::build;
 use crate::protocol::lsn::Lsn;
 use crate::protocol::messages::{
-    ProxyError, bind_names, parse_fields, parse_text_onward, query_text, ready_for_query,
+    ProxyError, bind_names, parse_fields, parse_fields_bytes, parse_text_onward, query_bytes, query_text,
+    ready_for_query,
 };
 use crate::router::split::{leading_words, split_statements, surely_one_statement};
 
@@ -140,8 +144,8 @@ pub(super) fn may_lead(
         }
     }
     req.frames.iter().all(|f| match f.kind {
-        b'Q' => query_text(f.body()).is_some_and(|t| !mentions_copy(t)),
-        b'P' => parse_fields(f.body()).is_some_and(|(_, t)| !mentions_copy(t)),
+        b'Q' => query_bytes(f.body()).is_some_and(|t| !mentions_copy(&ascii_view(t))),
+        b'P' => parse_fields_bytes(f.body()).is_some_and(|(_, t)| !mentions_copy(&ascii_view(t))),
         _ => true,
     })
 }
@@ -185,10 +189,10 @@ pub(super) fn may_end_transaction(req: &Request, statements: &Statements) -> boo
     for text in texts(req, statements) {
         // Asked of every statement of a transaction that writes: most texts are one statement, whose first
         // words are all there is to read.
-        if surely_one_statement(text) {
-            look_at(text);
+        if surely_one_statement(&text) {
+            look_at(&text);
         } else {
-            split_statements(text).into_iter().for_each(&mut look_at);
+            split_statements(&text).into_iter().for_each(&mut look_at);
         }
     }
     ends
@@ -197,7 +201,7 @@ pub(super) fn may_end_transaction(req: &Request, statements: &Statements) -> boo
 /// Whether a request may run COPY: a query sent behind it would reach the node in the middle of COPY FROM
 /// STDIN, so none is.
 pub(super) fn may_copy(req: &Request, statements: &Statements) -> bool {
-    texts(req, statements).any(mentions_copy)
+    texts(req, statements).any(|t| mentions_copy(&t))
 }
 
 /// Whether `text` has the letters COPY in a row, in any case, anywhere (a conservative test, as a string
@@ -214,7 +218,7 @@ fn mentions_copy(text: &str) -> bool {
 
 /// Whether a request names `synchronous_commit` anywhere in its texts (see `Session::note_commit_mode`).
 pub(super) fn names_synchronous_commit(req: &Request, statements: &Statements) -> bool {
-    texts(req, statements).any(mentions_synchronous_commit)
+    texts(req, statements).any(|t| mentions_synchronous_commit(&t))
 }
 
 /// Whether `text` has the letters `synchronous_commit`, in any case, anywhere (a string constant or a quoted
@@ -233,18 +237,22 @@ fn mentions_synchronous_commit(text: &str) -> bool {
     })
 }
 
-/// The SQL texts of a request: its Query strings, the statements it parses and those it binds.
-fn texts<'a>(req: &'a Request, statements: &'a Statements) -> impl Iterator<Item = &'a str> {
-    req.frames.iter().filter_map(|f| match f.kind {
-        b'Q' => query_text(f.body()),
-        b'P' => parse_fields(f.body()).map(|(_, q)| q),
-        b'B' => {
-            let (_, name) = bind_names(f.body())?;
-            // The stored Parse is the whole frame: type byte and length before the body.
-            let parse = statements.get(name)?.parse.get(5..)?;
-            parse_fields(parse).map(|(_, q)| q)
-        }
-        _ => None,
+/// The SQL texts of a request: its Query strings, the statements it parses and those it binds; in any
+/// client encoding, for the ASCII words searched here ([`ascii_view`]).
+fn texts<'a>(req: &'a Request, statements: &'a Statements) -> impl Iterator<Item = Cow<'a, str>> {
+    req.frames.iter().filter_map(|f| {
+        let bytes = match f.kind {
+            b'Q' => query_bytes(f.body()),
+            b'P' => parse_fields_bytes(f.body()).map(|(_, q)| q),
+            b'B' => {
+                let (_, name) = bind_names(f.body())?;
+                // The stored Parse is the whole frame: type byte and length before the body.
+                let parse = statements.get(name)?.parse.get(5..)?;
+                parse_fields_bytes(parse).map(|(_, q)| q)
+            }
+            _ => None,
+        }?;
+        Some(ascii_view(bytes))
     })
 }
 

@@ -168,7 +168,7 @@ impl Session {
             }
         };
         let spare = std::mem::take(&mut self.spare_parses);
-        let mut plan = Plan::for_request_in(req, &self.statements, &self.rules, spare, &mut self.cache_place);
+        let mut plan = Plan::for_request_in(req, &self.statements, &self.rules, spare, &mut self.reading);
         // Function volatility only matters for what would otherwise be a read: a write does not wait for it,
         // which keeps writes fast when the primary is slow to answer the catalog query. A read sent to the
         // primary by the catalog (an unlogged table) may be a replica's again once the table is LOGGED.

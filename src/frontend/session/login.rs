@@ -153,6 +153,7 @@ impl Session {
             }
         }
         let settings = Settings::from_startup(startup.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let client_encoding = settings.client_encoding();
         let async_commits = startup
             .iter()
             .any(|(k, _)| k.eq_ignore_ascii_case("synchronous_commit"));
@@ -210,7 +211,10 @@ impl Session {
             rules_fresh: None,
             candidates: Vec::new(),
             spare_parses: Vec::new(),
-            cache_place: Default::default(),
+            reading: crate::frontend::request::Reading {
+                place: Default::default(),
+                encoding: client_encoding,
+            },
             routes: Default::default(),
             last_node: None,
             scratch: Vec::new(),

@@ -261,10 +261,9 @@ pub(super) struct Session {
     /// The room of the last plan's parsed statements, empty, for the next plan: an extended-protocol request
     /// parses a statement each time, and a fresh list cost it an allocation and a free.
     pub(super) spare_parses: Vec<(String, crate::frontend::state::Statement)>,
-    /// Where the session's last statement was found among its worker's recent statements, so that a next one
-    /// the worker's latest does not answer is looked for where the one after it was found last time
-    /// (`router::cache::Place`).
-    pub(in crate::frontend) cache_place: crate::router::cache::Place,
+    /// How the session's statements are read: where its last one was found among its worker's recent
+    /// statements (`router::cache::Place`), and its `client_encoding`, kept as its settings commit it.
+    pub(in crate::frontend) reading: crate::frontend::request::Reading,
     /// Tells the session when pgfleet shuts down (the deadline for open transactions).
     shutdown: tokio::sync::watch::Receiver<Option<tokio::time::Instant>>,
     /// client_idle_timeout / idle_in_transaction_timeout, when set.

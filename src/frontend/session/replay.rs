@@ -184,6 +184,7 @@ impl Session {
                     for c in std::mem::take(&mut self.pending_changes) {
                         self.settings.apply(&c);
                     }
+                    self.reading.encoding = self.settings.client_encoding();
                     // The node that ran them already has them.
                     conn.applied.settings = self.settings.entries().clone();
                     conn.applied.settings_generation = self.settings.generation();

@@ -160,8 +160,11 @@ impl Session {
         }
         let (bound, extended) = match (end, req.frames.as_slice()) {
             (End::Query, [q]) if q.kind == b'Q' => {
-                let text = crate::protocol::messages::query_text(q.body()).unwrap_or("");
-                let Some(call) = signal_call::parse(text) else {
+                let bytes = crate::protocol::messages::query_bytes(q.body()).unwrap_or_default();
+                let Some(text) = self.reading.encoding.read(bytes) else {
+                    return Ok(false);
+                };
+                let Some(call) = signal_call::parse(&text) else {
                     return Ok(false);
                 };
                 let Some(bound) = signal_call::bind(&call, &[], &[]) else {

@@ -29,6 +29,7 @@ use super::functions::FunctionRules;
 use super::split::{Hint, Lexer, Tok, TokKind, leading_hint, split_statements};
 use commands::{copy, create, declare, explain};
 use query::{advisory_pin, calls, query};
+pub use session::set_value;
 use session::{begin, discard, reset, set, show};
 use stmt::{Stmt, paren_spans};
 
@@ -188,6 +189,9 @@ pub enum Pin {
     HoldCursor,
     /// SQL-level PREPARE: the prepared statement lives on that backend.
     SqlPrepare,
+    /// Text in the session's `client_encoding` that pgfleet could not read, or a setting it could not
+    /// replay from its UTF-8 copy (`protocol::encoding`): only the connection that ran it has it.
+    ClientEncoding,
 }
 
 impl fmt::Display for Pin {
@@ -198,6 +202,7 @@ impl fmt::Display for Pin {
             Pin::Listen => "LISTEN",
             Pin::HoldCursor => "WITH HOLD cursor",
             Pin::SqlPrepare => "SQL PREPARE",
+            Pin::ClientEncoding => "setting or text outside UTF-8",
         })
     }
 }

@@ -4,6 +4,7 @@
 
 use super::stmt::Stmt;
 use super::{Rule, SessionChange, TxStart, Verdict};
+use crate::router::split::TokKind;
 
 /// A transaction mode of BEGIN / START TRANSACTION / SET TRANSACTION, with its token range.
 struct Mode {
@@ -256,5 +257,25 @@ pub(super) fn discard(s: Stmt<'_>) -> Verdict {
         verdict
     } else {
         Verdict::unparsed()
+    }
+}
+
+/// The value a SET statement that pgfleet recorded gives its parameter, as the server reads it: a string
+/// constant unquoted, a name as written; `None` for DEFAULT or no value (`SET NAMES`), which mean the
+/// connection's own default. For the one setting pgfleet itself reads, `client_encoding`.
+pub fn set_value(statement: &str) -> Option<String> {
+    let last = super::Lexer::new(statement)
+        .filter(|t| !matches!(t.kind, TokKind::Comment) && t.text(statement) != ";")
+        .last()?;
+    let text = last.text(statement);
+    match last.kind {
+        TokKind::Str => {
+            let quoted = text.trim_start_matches(|c: char| c.is_ascii_alphabetic());
+            let inner = quoted.strip_prefix('\'')?.strip_suffix('\'')?;
+            Some(inner.replace("''", "'"))
+        }
+        TokKind::Word if text.eq_ignore_ascii_case("DEFAULT") || text.eq_ignore_ascii_case("NAMES") => None,
+        TokKind::Word | TokKind::QuotedIdent => Some(text.trim_matches('"').to_owned()),
+        _ => None,
     }
 }

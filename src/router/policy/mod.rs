@@ -450,6 +450,7 @@ fn pinned_label(pin: Pin) -> &'static str {
         Pin::Listen => "pinned: LISTEN",
         Pin::HoldCursor => "pinned: WITH HOLD cursor",
         Pin::SqlPrepare => "pinned: SQL PREPARE",
+        Pin::ClientEncoding => "pinned: setting or text outside UTF-8",
     }
 }
 

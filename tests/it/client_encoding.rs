@@ -1,0 +1,232 @@
+//! Clients whose `client_encoding` is not UTF8: psql sends the script's bytes as they are, and the server
+//! reads them in the session's encoding. pgfleet must read them the same way to route them: a LATIN1
+//! UPDATE is a write, an SJIS `\` inside a character does not escape a quote, and text in an encoding pgfleet
+//! has no decoder for keeps the session on the primary rather than being guessed at.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use crate::support::cluster::{
+    APP_DB, APP_USER, ClusterOptions, PASSWORD, cluster_async, cluster_with_async, options,
+};
+use crate::support::proxy::{Proxy, connect};
+
+/// Reads of literals go to a replica whatever the replicas have replayed: these tests are about where a
+/// statement is sent, not how fresh a read is.
+const CONFIG: &str = "[routing]\nconsistency = \"off\"\n";
+
+/// Runs `script` (raw bytes in `encoding`) through psql against pgfleet, stopping at the first error, and
+/// returns psql's unaligned, header-less output as the bytes it printed. Panics with psql's errors.
+async fn psql_in(port: u16, encoding: &str, script: &[u8]) -> Vec<u8> {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new("psql")
+        .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-f", "-"])
+        .arg(format!(
+            "host=127.0.0.1 port={port} user={APP_USER} dbname={APP_DB} sslmode=disable"
+        ))
+        .env("PGPASSWORD", PASSWORD)
+        .env("PGCLIENTENCODING", encoding)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run psql");
+    let mut stdin = child.stdin.take().expect("psql stdin");
+    stdin.write_all(script).await.expect("write the script");
+    drop(stdin);
+    let out = child.wait_with_output().await.expect("psql output");
+    assert!(
+        out.status.success(),
+        "psql ({encoding}) failed: {}\nscript: {}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(script)
+    );
+    out.stdout
+}
+
+/// The output's lines, each split at psql's `|`.
+fn rows(out: &[u8]) -> Vec<Vec<Vec<u8>>> {
+    out.split(|b| *b == b'\n')
+        .filter(|line| !line.is_empty())
+        .map(|line| line.split(|b| *b == b'|').map(<[u8]>::to_vec).collect())
+        .collect()
+}
+
+fn port_of(field: &[u8]) -> u16 {
+    std::str::from_utf8(field)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not a port: {:?}", String::from_utf8_lossy(field)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latin1_writes_reads_names_and_settings_route_as_the_server_reads_them() {
+    let cluster = cluster_async().await;
+    let proxy = Proxy::start(&cluster, CONFIG);
+    let primary = cluster.primary.port;
+    let replicas: HashSet<u16> = cluster.replicas.iter().map(|r| r.port).collect();
+    let c = connect(&proxy.dsn(APP_USER, PASSWORD, APP_DB)).await;
+    c.batch_execute(
+        "CREATE TABLE enc (id int PRIMARY KEY, name text);
+         INSERT INTO enc VALUES (1, 'x');
+         CREATE FUNCTION \"café_bump\"() RETURNS int VOLATILE LANGUAGE sql
+             AS 'UPDATE enc SET name = name || ''!'' WHERE id = 1 RETURNING 1';",
+    )
+    .await
+    .expect("setup");
+    cluster
+        .wait_replicas_caught_up(std::time::Duration::from_secs(30))
+        .expect("replicas caught up");
+
+    // A read with a LATIN1 literal still goes to a replica: the session is not sent to the primary
+    // wholesale because its text is not UTF-8.
+    let out = psql_in(proxy.port, "LATIN1", b"SELECT inet_server_port(), 'caf\xe9';\n").await;
+    let row = &rows(&out)[0];
+    assert!(
+        replicas.contains(&port_of(&row[0])),
+        "the LATIN1 read ran on {:?}",
+        row[0]
+    );
+    assert_eq!(row[1], b"caf\xe9", "the literal comes back in LATIN1");
+
+    // A write whose text is not UTF-8 is a write (read as nothing, it went to a replica and failed there), and
+    // a VOLATILE function named in LATIN1 is the function of that name, which may write.
+    psql_in(
+        proxy.port,
+        "LATIN1",
+        b"UPDATE enc SET name = 'caf\xe9' WHERE id = 1;\nSELECT \"caf\xe9_bump\"();\n",
+    )
+    .await;
+    let row = c
+        .query_one("SELECT name FROM enc WHERE id = 1", &[])
+        .await
+        .expect("read back");
+    assert_eq!(row.get::<_, String>(0), "café!");
+
+    // The encoding set by a statement counts from the next statement on; a setting whose text is LATIN1
+    // cannot be replayed from pgfleet's UTF-8 copy, so the session stays on the primary that has it.
+    let out = psql_in(
+        proxy.port,
+        "UTF8",
+        b"SET NAMES 'LATIN1';\nUPDATE enc SET name = '\xe9t\xe9' WHERE id = 1;\n\
+          SET app.label = 'caf\xe9';\n\
+          SELECT inet_server_port(), current_setting('app.label');\n\
+          SELECT inet_server_port(), current_setting('app.label');\n",
+    )
+    .await;
+    let rows = rows(&out);
+    assert_eq!(rows.len(), 2, "{}", String::from_utf8_lossy(&out));
+    for row in &rows {
+        assert_eq!(port_of(&row[0]), primary, "a read after a LATIN1 setting");
+        assert_eq!(row[1], b"caf\xe9", "the setting as the client wrote it");
+    }
+    let row = c
+        .query_one("SELECT name FROM enc WHERE id = 1", &[])
+        .await
+        .expect("read back");
+    assert_eq!(row.get::<_, String>(0), "été");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sjis_and_encodings_pgfleet_cannot_read_never_hide_a_write() {
+    let cluster = cluster_async().await;
+    let proxy = Proxy::start(&cluster, CONFIG);
+    let primary = cluster.primary.port;
+    let replicas: HashSet<u16> = cluster.replicas.iter().map(|r| r.port).collect();
+    let c = connect(&proxy.dsn(APP_USER, PASSWORD, APP_DB)).await;
+    c.batch_execute("CREATE TABLE enc (id int PRIMARY KEY, name text); INSERT INTO enc VALUES (1, 'x');")
+        .await
+        .expect("setup");
+
+    // In SJIS 0x83 0x5C is one character, ソ, whose second byte is `\`: read byte by byte, E'..' would not
+    // end at its quote, and with the quote in the comment the text would read as `SELECT '..' = '..'`, the
+    // UPDATE inside the first literal. (`\;` makes psql send both statements in one Query, as a driver would.)
+    let out = psql_in(
+        proxy.port,
+        "SJIS",
+        b"SELECT E'\x83\x5c' AS a \\; UPDATE enc SET name = ' = ' WHERE id = 1 -- '\n;\n",
+    )
+    .await;
+    assert_eq!(rows(&out), [vec![b"\x83\x5c".to_vec()]]);
+    let row = c
+        .query_one("SELECT name FROM enc WHERE id = 1", &[])
+        .await
+        .expect("read back");
+    assert_eq!(row.get::<_, String>(0), " = ");
+
+    // JOHAB has no decoder in pgfleet: ASCII text is read as usual, the first text outside it runs on the
+    // primary and keeps the session there (it could hold a setting pgfleet did not see).
+    let out = psql_in(
+        proxy.port,
+        "JOHAB",
+        b"SELECT inet_server_port();\nSELECT inet_server_port(), '\x88\xa1';\nSELECT inet_server_port();\n",
+    )
+    .await;
+    let rows = rows(&out);
+    assert_eq!(rows.len(), 3, "{}", String::from_utf8_lossy(&out));
+    assert!(
+        replicas.contains(&port_of(&rows[0][0])),
+        "an ASCII read in JOHAB ran on the primary"
+    );
+    assert_eq!(port_of(&rows[1][0]), primary, "text pgfleet cannot read");
+    assert_eq!(rows[1][1], b"\x88\xa1", "the literal comes back in JOHAB");
+    assert_eq!(port_of(&rows[2][0]), primary, "the session stays on the primary");
+}
+
+/// Forward mode's replicas are plain servers that would take a write: one sent there by mistake would run
+/// on that replica alone. A LATIN1 write runs on the primary and reaches the replicas through the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_forward_mode_a_latin1_write_runs_on_the_primary_only() {
+    let cluster = cluster_with_async(ClusterOptions {
+        streaming: false,
+        ..options()
+    })
+    .await;
+    cluster
+        .psql(
+            &cluster.primary,
+            APP_DB,
+            "CREATE TABLE enc (id int PRIMARY KEY, name text); INSERT INTO enc VALUES (1, 'x');
+             ALTER TABLE enc OWNER TO app;",
+        )
+        .expect("seed");
+    let proxy = Proxy::start(
+        &cluster,
+        &format!(
+            "[replication]\nmode = \"forward\"\nuser = \"postgres\"\npassword = \"{PASSWORD}\"\n\
+             databases = [\"{APP_DB}\"]\n\n{CONFIG}"
+        ),
+    );
+    let copied = |node| {
+        cluster
+            .psql(node, APP_DB, "SELECT name FROM enc WHERE id = 1")
+            .is_ok_and(|s| s.trim() == "x")
+    };
+    for r in &cluster.replicas {
+        crate::support::wait_until(Duration::from_secs(30), async || copied(r))
+            .await
+            .unwrap_or_else(|| panic!("no initial copy on {}\n{}", r.name, proxy.log_tail(40)));
+    }
+
+    psql_in(
+        proxy.port,
+        "LATIN1",
+        b"UPDATE enc SET name = 'caf\xe9' WHERE id = 1;\n",
+    )
+    .await;
+    let on = |node| {
+        cluster
+            .psql(node, APP_DB, "SELECT name FROM enc WHERE id = 1")
+            .expect("read")
+    };
+    assert_eq!(
+        on(&cluster.primary).trim(),
+        "café",
+        "the write ran on the primary"
+    );
+    for r in &cluster.replicas {
+        crate::support::wait_until(Duration::from_secs(30), async || on(r).trim() == "café")
+            .await
+            .unwrap_or_else(|| panic!("the write did not reach {}\n{}", r.name, proxy.log_tail(40)));
+    }
+}
