@@ -10,6 +10,9 @@ use crate::support::cluster::{
     APP_DB, APP_USER, ClusterOptions, PASSWORD, cluster_async, cluster_with_async, options,
 };
 use crate::support::proxy::{Proxy, connect};
+use crate::support::shards::ShardedFleet;
+use pgfleet::shard::hash::shard_for;
+use pgfleet::shard::value::KeyValue;
 
 /// Reads of literals go to a replica whatever the replicas have replayed: these tests are about where a
 /// statement is sent, not how fresh a read is.
@@ -18,6 +21,18 @@ const CONFIG: &str = "[routing]\nconsistency = \"off\"\n";
 /// Runs `script` (raw bytes in `encoding`) through psql against pgfleet, stopping at the first error, and
 /// returns psql's unaligned, header-less output as the bytes it printed. Panics with psql's errors.
 async fn psql_in(port: u16, encoding: &str, script: &[u8]) -> Vec<u8> {
+    let out = psql_run(port, encoding, script).await;
+    assert!(
+        out.status.success(),
+        "psql ({encoding}) failed: {}\nscript: {}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(script)
+    );
+    out.stdout
+}
+
+/// [`psql_in`] whatever the outcome: psql's exit status, output and errors.
+async fn psql_run(port: u16, encoding: &str, script: &[u8]) -> std::process::Output {
     use tokio::io::AsyncWriteExt;
     let mut child = tokio::process::Command::new("psql")
         .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-f", "-"])
@@ -34,14 +49,7 @@ async fn psql_in(port: u16, encoding: &str, script: &[u8]) -> Vec<u8> {
     let mut stdin = child.stdin.take().expect("psql stdin");
     stdin.write_all(script).await.expect("write the script");
     drop(stdin);
-    let out = child.wait_with_output().await.expect("psql output");
-    assert!(
-        out.status.success(),
-        "psql ({encoding}) failed: {}\nscript: {}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(script)
-    );
-    out.stdout
+    child.wait_with_output().await.expect("psql output")
 }
 
 /// The output's lines, each split at psql's `|`.
@@ -229,4 +237,49 @@ async fn in_forward_mode_a_latin1_write_runs_on_the_primary_only() {
             .await
             .unwrap_or_else(|| panic!("the write did not reach {}\n{}", r.name, proxy.log_tail(40)));
     }
+}
+
+/// A sharded database hashes key values and resends statements split over shards as UTF-8: text in
+/// another encoding would place rows on the wrong shard, so it is refused, naming the way out, which works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sharded_database_refuses_other_encodings_and_lets_the_session_switch_to_utf8() {
+    let fleet = ShardedFleet::start(2, 0).await;
+    let proxy = fleet.proxy("[[sharded_tables]]\nname = \"owners\"\ncolumn = \"name\"\ntype = \"text\"\n");
+    let c = connect(&proxy.dsn(APP_USER, PASSWORD, APP_DB)).await;
+    c.simple_query("CREATE TABLE owners (name text PRIMARY KEY, n int)")
+        .await
+        .expect("CREATE TABLE through pgfleet");
+
+    let out = psql_run(
+        proxy.port,
+        "LATIN1",
+        b"\\set VERBOSITY verbose\nINSERT INTO owners (name, n) VALUES ('caf\xe9', 1);\n",
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the LATIN1 insert ran");
+    assert!(
+        stderr.contains("0A000") && stderr.contains("client_encoding is not UTF8"),
+        "{stderr}"
+    );
+    let held = |shard| fleet.on_primary(shard, APP_DB, "SELECT count(*) FROM owners");
+    assert_eq!(
+        (held(0).trim(), held(1).trim()),
+        ("0", "0"),
+        "a refused insert wrote nothing"
+    );
+
+    psql_in(
+        proxy.port,
+        "LATIN1",
+        "SET client_encoding TO 'UTF8';\nINSERT INTO owners (name, n) VALUES ('café', 1);\n".as_bytes(),
+    )
+    .await;
+    let home = shard_for(&KeyValue::Text("café".to_owned()), 2).index();
+    assert_eq!(
+        held(home).trim(),
+        "1",
+        "the row is on the shard PostgreSQL's hash gives it"
+    );
+    assert_eq!(held(1 - home).trim(), "0");
 }

@@ -239,6 +239,16 @@ pub enum SessionChange {
     ResetAll,
 }
 
+impl SessionChange {
+    /// The parameter it sets or resets; None for RESET ALL.
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            SessionChange::Set { name, .. } | SessionChange::Reset { name, .. } => Some(name),
+            SessionChange::ResetAll => None,
+        }
+    }
+}
+
 /// The classification of one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {

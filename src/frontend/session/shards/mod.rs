@@ -48,6 +48,23 @@ pub(super) struct Answer {
     pub(super) status: TxStatus,
 }
 
+/// Whether a request is one simple-protocol statement that only sets `client_encoding` (SET NAMES, SET or
+/// RESET client_encoding): the way out of an encoding a sharded database refuses.
+fn only_sets_client_encoding(
+    req: &Request,
+    statements: &crate::frontend::state::Statements,
+    rules: &std::sync::Arc<crate::router::functions::FunctionRules>,
+) -> bool {
+    let [q] = req.frames.as_slice() else {
+        return false;
+    };
+    let plan = Plan::for_request(req, statements, rules);
+    q.kind == b'Q'
+        && query_text(q.body()).is_some_and(crate::router::split::surely_one_statement)
+        && plan.pin.is_none()
+        && matches!(plan.changes.as_slice(), [c] if c.name() == Some("client_encoding"))
+}
+
 impl Session {
     /// Sharded fleets, before a request runs: moves the session to the shard the request needs (carrying
     /// an open transaction there), or answers the request itself when it needs several shards or ends a
@@ -93,6 +110,21 @@ impl Session {
                 return Ok(Step::Answered);
             }
             self.tx_savepoint = true;
+        }
+        if !self.reading.encoding.is_utf8() && !only_sets_client_encoding(req, &self.statements, &self.rules)
+        {
+            // Key values are hashed, and statements split over shards are resent, as the UTF-8 they would be
+            // in the database: text in another encoding would place rows on the wrong shard.
+            let e = ProxyError::error(
+                "0A000",
+                "pgfleet: a sharded database is read in UTF8, and this session's client_encoding is not UTF8",
+            )
+            .with_hint(
+                "Connect with client_encoding UTF8 (PGCLIENTENCODING=UTF8), or run SET client_encoding TO 'UTF8' \
+                 first; PostgreSQL then converts what it returns.",
+            );
+            self.refuse(e, end).await?;
+            return Ok(Step::Answered);
         }
         let plans = match self.shard_plans(req, &sharding) {
             Ok(plans) => plans,
