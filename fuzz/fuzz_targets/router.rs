@@ -9,7 +9,8 @@
 //! Invariants (besides "never panics, never loops"):
 //! - `classify_cached` gives exactly the decision `classify` gives, whatever the cache saw before, and so
 //!   does `classify_placed` for the texts of one input sent as one session sends them (its place moving
-//!   from text to text);
+//!   from text to text), and `classify_placed_utf8` for them as bytes, and for the input's raw bytes
+//!   (split at NUL) the decision `classify` gives their `ascii_view`;
 //! - `split_statements` returns non-empty, non-overlapping pieces of the text, in order, trimmed of ASCII
 //!   whitespace (only), each of which splits into just itself again;
 //! - a leading routing hint decides the target; a statement that does not parse, or is too deep to
@@ -22,7 +23,8 @@ use std::cell::Cell;
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use pgfleet::router::cache::{Place, classify_cached, classify_placed};
+use pgfleet::protocol::encoding::ascii_view;
+use pgfleet::router::cache::{Place, classify_cached, classify_placed, classify_placed_utf8};
 use pgfleet::router::classify::{Rule, Target, classify};
 use pgfleet::router::deallocate::deallocated_names;
 use pgfleet::router::functions::FunctionRules;
@@ -32,10 +34,13 @@ thread_local! {
     /// The place among the cache's recent statements of the session that sends this input's texts; a new
     /// input starts without one, so that a failing input reproduces on its own.
     static PLACE: Cell<Place> = Cell::new(Place::default());
+    /// The same for the session that sends the texts as a UTF8 session's arrive: as bytes.
+    static PLACE_OF_BYTES: Cell<Place> = Cell::new(Place::default());
 }
 
 fuzz_target!(|data: &[u8]| {
     PLACE.with(|p| p.set(Place::default()));
+    PLACE_OF_BYTES.with(|p| p.set(Place::default()));
     let text = String::from_utf8_lossy(data);
     // Fresh rules for every input: the cache keys on the rules' identity, so entries left by earlier
     // inputs are never hit and a failing input reproduces on its own.
@@ -47,6 +52,20 @@ fuzz_target!(|data: &[u8]| {
                 .collect(),
         ),
     );
+    // The raw bytes first, as a UTF8 session's text arrives (not UTF-8 or not, which the server refuses).
+    for raw in data.split(|b| *b == 0).take(4) {
+        let placed = PLACE_OF_BYTES.with(|p| {
+            let mut place = p.get();
+            let decision = classify_placed_utf8(raw, &rules, &mut place);
+            p.set(place);
+            decision
+        });
+        assert_eq!(
+            *placed,
+            classify(&ascii_view(raw), &rules),
+            "classify_placed_utf8 differs from classify for {raw:?}"
+        );
+    }
     for sql in text.split('\0').take(4) {
         check_text(sql, &rules);
         for variant in constant_variants(sql) {
@@ -162,6 +181,16 @@ fn check_cache(sql: &str, rules: &Arc<FunctionRules>) -> pgfleet::router::classi
     assert_eq!(
         *placed, fresh,
         "classify_placed differs from classify for {sql:?}"
+    );
+    let placed = PLACE_OF_BYTES.with(|p| {
+        let mut place = p.get();
+        let decision = classify_placed_utf8(sql.as_bytes(), rules, &mut place);
+        p.set(place);
+        decision
+    });
+    assert_eq!(
+        *placed, fresh,
+        "classify_placed_utf8 differs from classify for {sql:?}"
     );
     fresh
 }

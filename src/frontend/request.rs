@@ -9,7 +9,7 @@ use super::state::{Statement, Statements};
 use crate::protocol::Frame;
 use crate::protocol::encoding::ClientEncoding;
 use crate::protocol::messages::{bind_names, parse_fields_bytes, query_bytes, target_name};
-use crate::router::cache::{Place, classify_placed};
+use crate::router::cache::{Place, classify_placed, classify_placed_utf8};
 use crate::router::classify::{Decision, Pin, Rule, SessionChange, Target, TxStart};
 use crate::router::functions::FunctionRules;
 
@@ -25,6 +25,19 @@ pub struct Reading {
     pub place: Place,
     /// The session's `client_encoding`, as its settings last committed it.
     pub encoding: ClientEncoding,
+}
+
+impl Reading {
+    /// The decision for a statement's text, read as this session reads it; None when its encoding is not
+    /// read ([`ClientEncoding::read`]). In UTF8 the bytes go to the decision cache as they are
+    /// (`router::cache::classify_placed_utf8`), which checks them as UTF-8 only when its first guesses miss.
+    fn decide(&mut self, bytes: &[u8], rules: &Arc<FunctionRules>) -> Option<Arc<Decision>> {
+        if self.encoding.is_utf8() {
+            return Some(classify_placed_utf8(bytes, rules, &mut self.place));
+        }
+        let text = self.encoding.read(bytes)?;
+        Some(classify_placed(&text, rules, &mut self.place))
+    }
 }
 
 /// Why a request whose text pgfleet cannot read, or whose setting it cannot carry to another node, runs on
@@ -312,10 +325,9 @@ impl Plan {
         match frame.kind {
             b'Q' => {
                 self.has_query = true;
-                let Some(text) = reading.encoding.read(query_bytes(body).unwrap_or_default()) else {
+                let Some(d) = reading.decide(query_bytes(body).unwrap_or_default(), rules) else {
                     return self.stay_on_primary();
                 };
-                let d = classify_placed(&text, rules, &mut reading.place);
                 self.merge(&d, true);
                 self.deallocates.extend(d.deallocates.iter().cloned());
                 if !carried(&d.changes, reading.encoding) {
@@ -325,13 +337,12 @@ impl Plan {
             b'P' => {
                 // A name that is not UTF-8 (or a frame without its NULs) is not read either; the entry is kept,
                 // as the node's ParseComplete replies are matched to these entries in order.
-                let Some((name, text)) = parse_fields_bytes(body)
-                    .and_then(|(name, bytes)| Some((name, reading.encoding.read(bytes)?)))
+                let Some((name, d)) = parse_fields_bytes(body)
+                    .and_then(|(name, bytes)| Some((name, reading.decide(bytes, rules)?)))
                 else {
                     self.stay_on_primary();
                     return self.push_parse("", on_primary(frame));
                 };
-                let d = classify_placed(&text, rules, &mut reading.place);
                 // The statement's own consequences count once it is executed, not when it is prepared;
                 // but a write is prepared on the primary so that its Execute needs no second Parse.
                 self.read_only_begin |= d.tx_start == Some(TxStart::ReadOnly);

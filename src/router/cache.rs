@@ -19,6 +19,7 @@ use std::sync::{Arc, RwLock};
 use super::classify::{Decision, classify};
 use super::functions::FunctionRules;
 use super::split::{Lexer, Tok, TokKind};
+use crate::protocol::encoding::ascii_view;
 
 /// Most texts kept; past it the cache starts over (cheaper than LRU bookkeeping on every hit).
 const CAPACITY: usize = 8192;
@@ -144,7 +145,7 @@ fn shape_into(sql: &str, key: &mut String, tokens: &mut Vec<Tok>) -> bool {
         tokens.push(tok);
         match tok.kind {
             TokKind::Unterminated => return false,
-            TokKind::Number | TokKind::Str if let Some(marker) = constant_marker(&tok, sql) => {
+            TokKind::Number | TokKind::Str if let Some(marker) = constant_marker(&tok, sql.as_bytes()) => {
                 key.push_str(marker)
             }
             _ => {
@@ -181,8 +182,7 @@ fn shape_into(sql: &str, key: &mut String, tokens: &mut Vec<Tok>) -> bool {
 /// the router's lexer takes as one token) are tokenized by sqlparser according to their exact text. The
 /// fuzz target `router` found `SELECT 1..2` answered from `SELECT 1`'s entry when every number was one
 /// marker.
-fn number_marker(text: &str) -> Option<&'static str> {
-    let bytes = text.as_bytes();
+fn number_marker(bytes: &[u8]) -> Option<&'static str> {
     let digits = bytes.iter().take_while(|b| b.is_ascii_digit()).count();
     match bytes.get(digits) {
         None if digits > 0 => Some(integer_marker(bytes)),
@@ -221,10 +221,10 @@ fn integer_marker(digits: &[u8]) -> &'static str {
 }
 
 /// The marker a constant token stands for in a shape, or None for a token the shape keeps as written.
-fn constant_marker(tok: &Tok, src: &str) -> Option<&'static str> {
+fn constant_marker(tok: &Tok, src: &[u8]) -> Option<&'static str> {
     match tok.kind {
-        TokKind::Str if src.as_bytes().get(tok.start) == Some(&b'\'') => Some("\u{1}s"),
-        TokKind::Number => number_marker(tok.text(src)),
+        TokKind::Str if src.get(tok.start) == Some(&b'\'') => Some("\u{1}s"),
+        TokKind::Number => number_marker(src.get(tok.start..tok.end).unwrap_or_default()),
         _ => None,
     }
 }
@@ -242,7 +242,7 @@ struct Constant {
 fn constants_into(sql: &str, tokens: &[Tok], out: &mut Vec<Constant>) {
     out.clear();
     for (i, tok) in tokens.iter().enumerate() {
-        if let Some(marker) = constant_marker(tok, sql) {
+        if let Some(marker) = constant_marker(tok, sql.as_bytes()) {
             let touching = i.checked_sub(1).map(|p| tokens[p]).filter(|p| p.end == tok.start);
             out.push(Constant {
                 tok: *tok,
@@ -259,8 +259,8 @@ fn constants_into(sql: &str, tokens: &[Tok], out: &mut Vec<Constant>) {
 /// marker. The lexer keeps no state between tokens, so `new`'s tokens are then `old`'s with those constants
 /// swapped, which is what sharing a shape means. Any number of constants may differ (an UPDATE's new value
 /// and its key both change from one execution to the next). False means "not known".
-fn same_shape_as(old: &str, constants: &[Constant], new: &str) -> bool {
-    let (o, n) = (old.as_bytes(), new.as_bytes());
+fn same_shape_as(old: &str, constants: &[Constant], new: &[u8]) -> bool {
+    let (o, n) = (old.as_bytes(), new);
     if o == n {
         return true;
     }
@@ -291,13 +291,13 @@ fn same_shape_as(old: &str, constants: &[Constant], new: &str) -> bool {
                         None => return false,
                     },
                 };
-                let mut lexer = Lexer::starting_at(new, previous.start);
+                let mut lexer = Lexer::over_bytes(new, previous.start);
                 if lexer.next() != Some(previous) {
                     return false;
                 }
                 lexer
             }
-            None => Lexer::starting_at(new, n_start),
+            None => Lexer::over_bytes(new, n_start),
         };
         let Some(tok) = lexer.next() else {
             return false;
@@ -370,7 +370,7 @@ impl Local {
     }
 
     /// Whether the entry at `i` certainly answers `sql` under `rules`.
-    fn answers(&self, i: usize, sql: &str, rules: &Arc<FunctionRules>) -> bool {
+    fn answers(&self, i: usize, sql: &[u8], rules: &Arc<FunctionRules>) -> bool {
         self.recent
             .get(i)
             .is_some_and(|r| Arc::ptr_eq(&r.rules, rules) && same_shape_as(&r.text, &r.constants, sql))
@@ -380,7 +380,7 @@ impl Local {
     /// answered by `previous`: the worker's latest (a stream of one statement with changing constants, the
     /// commonest case, from any number of sessions), then what followed the session's last statement the
     /// previous time.
-    fn guessed(&self, previous: Option<usize>, sql: &str, rules: &Arc<FunctionRules>) -> Option<usize> {
+    fn guessed(&self, previous: Option<usize>, sql: &[u8], rules: &Arc<FunctionRules>) -> Option<usize> {
         if self.answers(self.latest, sql, rules) {
             return Some(self.latest);
         }
@@ -391,6 +391,23 @@ impl Local {
     }
 }
 
+impl Local {
+    /// The decision of the first guess that answers `sql` ([`Local::guessed`]), the session's place moved
+    /// to it.
+    fn guess(
+        &mut self,
+        previous: Option<usize>,
+        sql: &[u8],
+        rules: &Arc<FunctionRules>,
+        place: &mut Place,
+    ) -> Option<Arc<Decision>> {
+        let i = self.guessed(previous, sql, rules)?;
+        let d = self.recent.get(i)?.decision.clone();
+        self.answered(i, previous, place);
+        Some(d)
+    }
+}
+
 fn classify_with(
     sql: &str,
     rules: &Arc<FunctionRules>,
@@ -398,12 +415,43 @@ fn classify_with(
     place: &mut Place,
 ) -> Arc<Decision> {
     let previous = place.0.take();
-    if let Some(i) = local.guessed(previous, sql, rules)
-        && let Some(d) = local.recent.get(i).map(|r| r.decision.clone())
-    {
-        local.answered(i, previous, place);
-        return d;
+    match local.guess(previous, sql.as_bytes(), rules, place) {
+        Some(d) => d,
+        None => beyond_guesses(sql, previous, rules, local, place),
     }
+}
+
+/// [`classify_placed`] for text that arrived as bytes from a session in UTF8 (`protocol::encoding`). The
+/// first guesses compare bytes, so a text one of them answers is never checked as UTF-8: outside its marked
+/// constants it is a recent statement's text byte for byte, and a constant that is not UTF-8 makes the
+/// server refuse the message wherever it runs. Any other text is read with [`ascii_view`] (the server
+/// refuses it too when it is not UTF-8) and looked for further.
+pub fn classify_placed_utf8(sql: &[u8], rules: &Arc<FunctionRules>, place: &mut Place) -> Arc<Decision> {
+    if sql.len() > MAX_TEXT {
+        place.0 = None;
+        return Arc::new(classify(&ascii_view(sql), rules));
+    }
+    LOCAL.with(|local| match local.try_borrow_mut() {
+        Ok(mut local) => {
+            let previous = place.0.take();
+            match local.guess(previous, sql, rules, place) {
+                Some(d) => d,
+                None => beyond_guesses(&ascii_view(sql), previous, rules, &mut local, place),
+            }
+        }
+        Err(_) => classify_with(&ascii_view(sql), rules, &mut Local::default(), place),
+    })
+}
+
+/// A text the first guesses did not answer: the recent statements of its lead, then the shape map or
+/// `classify`; the session's place moves to where it was found or kept.
+fn beyond_guesses(
+    sql: &str,
+    previous: Option<usize>,
+    rules: &Arc<FunctionRules>,
+    local: &mut Local,
+    place: &mut Place,
+) -> Arc<Decision> {
     let lead = Lead::of(sql);
     if let Some((i, d)) = recent_answer(&local.recent, lead, sql, rules) {
         local.answered(i, previous, place);
@@ -514,7 +562,7 @@ fn recent_answer(
         .iter()
         .enumerate()
         .filter(|(_, r)| r.lead == lead && Arc::ptr_eq(&r.rules, rules))
-        .find(|(_, r)| same_shape_as(&r.text, &r.constants, sql))
+        .find(|(_, r)| same_shape_as(&r.text, &r.constants, sql.as_bytes()))
         .map(|(i, r)| (i, r.decision.clone()))
 }
 
@@ -532,6 +580,15 @@ fn by_text(sql: &str, rules: &Arc<FunctionRules>) -> Arc<Decision> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The tests' texts are strings; the cache compares a new text's bytes.
+    fn same_shape_as(old: &str, constants: &[Constant], new: &str) -> bool {
+        super::same_shape_as(old, constants, new.as_bytes())
+    }
+
+    fn number_marker(text: &str) -> Option<&'static str> {
+        super::number_marker(text.as_bytes())
+    }
     use crate::router::classify::Target;
 
     /// The shape and marked constants of a shape-cacheable text.
@@ -836,6 +893,42 @@ mod tests {
     }
 
     #[test]
+    fn bytes_a_first_guess_answers_decide_as_their_text_and_others_as_read_byte_by_byte() {
+        let rules = Arc::new(FunctionRules::default());
+        let mut place = Place::default();
+        // (bytes as a UTF8 session sends them, in order through one place)
+        let texts: [&[u8]; 6] = [
+            b"SELECT abalance FROM pgbench_accounts WHERE aid = 1",
+            b"SELECT abalance FROM pgbench_accounts WHERE aid = 2",
+            "UPDATE t SET name = 'café' WHERE id = 3".as_bytes(),
+            // Not UTF-8 inside the constant: the first guess answers without a check, as the text read one
+            // character per byte would be decided (the server refuses the message either way).
+            b"UPDATE t SET name = 'caf\xe9' WHERE id = 4",
+            // Not UTF-8 outside a constant: no guess answers, and it is read byte by byte.
+            b"UPDATE t\xe9 SET name = 'x' WHERE id = 5",
+            b"SELECT 1; DELETE FROM \xff",
+        ];
+        for bytes in texts {
+            let want = classify(&ascii_view(bytes), &rules);
+            assert_eq!(
+                *classify_placed_utf8(bytes, &rules, &mut place),
+                want,
+                "{bytes:?}"
+            );
+        }
+        let mut local = Local::default();
+        let guessed = |local: &Local, bytes: &[u8]| local.guessed(None, bytes, &rules).is_some();
+        let _ = classify_with(
+            "UPDATE t SET name = 'a' WHERE id = 1",
+            &rules,
+            &mut local,
+            &mut Place::default(),
+        );
+        assert!(guessed(&local, b"UPDATE t SET name = 'caf\xe9' WHERE id = 4"));
+        assert!(!guessed(&local, b"UPDATE t\xe9 SET name = 'a' WHERE id = 1"));
+    }
+
+    #[test]
     fn a_session_finds_its_next_statement_where_it_followed_last_time() {
         let rules = Arc::new(FunctionRules::new(&[], &[]));
         let mut local = Local::default();
@@ -846,7 +939,7 @@ mod tests {
             for (s, place) in places.iter_mut().enumerate() {
                 let statements = tpcb(round * 10 + s as u32 + 1, round as i32 + 7);
                 let sql = &statements[(round as usize + 2 * s) % 7];
-                guessed.push(local.guessed(place.0, sql, &rules).is_some());
+                guessed.push(local.guessed(place.0, sql.as_bytes(), &rules).is_some());
                 assert_eq!(
                     *classify_with(sql, &rules, local, place),
                     classify(sql, &rules),
@@ -867,7 +960,7 @@ mod tests {
         // Without a session's place the worker's latest statement (the last session's, statement
         // (34 + 2 * 2) % 7 of its transaction) is the only guess, and misses the statement after it.
         let sql = &tpcb(5, 5)[(34 + 2 * 2 + 1) % 7];
-        assert_eq!(local.guessed(None, sql, &rules), None);
+        assert_eq!(local.guessed(None, sql.as_bytes(), &rules), None);
         // A stale place (an entry since replaced by another statement) decides nothing: the text is still
         // answered as `classify` answers it.
         let mut stale = Place(Some(0));

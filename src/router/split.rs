@@ -68,10 +68,14 @@ impl<'a> Lexer<'a> {
 
     /// A lexer that starts at byte `pos`, which the caller knows to be a token boundary.
     pub(crate) fn starting_at(src: &'a str, pos: usize) -> Self {
-        Lexer {
-            src: src.as_bytes(),
-            pos,
-        }
+        Self::over_bytes(src.as_bytes(), pos)
+    }
+
+    /// [`Lexer::starting_at`] over bytes not known to be UTF-8. The lexer reads bytes (any byte from 0x80 up
+    /// continues a name), so valid UTF-8 lexes as its text does; what it makes of other bytes only matters
+    /// where the server refuses them anyway.
+    pub(crate) fn over_bytes(src: &'a [u8], pos: usize) -> Self {
+        Lexer { src, pos }
     }
 
     fn at(&self, i: usize) -> u8 {

@@ -13,7 +13,7 @@ use pgfleet::frontend::state::Statements;
 use pgfleet::protocol::frame::{FrameBuffer, build};
 use pgfleet::protocol::messages::{bind_names, error_field, parse_fields, query_text, target_name};
 use pgfleet::protocol::startup::{StartupError, decode, encode_startup, packet_len, parse_options};
-use pgfleet::router::cache::{Place, classify_cached, classify_placed};
+use pgfleet::router::cache::{Place, classify_cached, classify_placed, classify_placed_utf8};
 use pgfleet::router::classify::{MAX_CLASSIFIED_STATEMENT, Rule, Target, classify};
 use pgfleet::router::deallocate::deallocated_names;
 use pgfleet::router::depth::too_deep;
@@ -114,10 +114,17 @@ proptest! {
         let rules = Arc::new(FunctionRules::new(&["my_writer".to_owned()], &[]));
         // As one session sends them: its place points the lookup at the entry that followed its last text.
         let mut place = Place::default();
+        let mut place_of_bytes = Place::default();
         for (number, string) in NUMBERS.iter().zip(STRINGS.iter().cycle()).chain(NUMBERS.iter().zip(STRINGS.iter().rev())) {
             let sql = template.replace('#', number).replace('@', string);
             prop_assert_eq!(&*classify_cached(&sql, &rules), &classify(&sql, &rules), "{}", sql);
             prop_assert_eq!(&*classify_placed(&sql, &rules, &mut place), &classify(&sql, &rules), "{}", sql);
+            // As a UTF8 session's text arrives, as bytes, through its own place.
+            prop_assert_eq!(
+                &*classify_placed_utf8(sql.as_bytes(), &rules, &mut place_of_bytes),
+                &classify(&sql, &rules),
+                "{}", sql
+            );
         }
     }
 }
