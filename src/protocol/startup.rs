@@ -130,14 +130,34 @@ pub fn decode(packet: &[u8]) -> Result<StartupPacket, StartupError> {
             let value = parts.next().ok_or(StartupError::Layout)?;
             let key = std::str::from_utf8(key)
                 .map_err(|_| StartupError::NameNotUtf8(String::from_utf8_lossy(key).into_owned()))?;
-            let value = std::str::from_utf8(value).map_err(|_| StartupError::ValueNotUtf8(key.to_owned()))?;
-            params.push((key.to_owned(), value.to_owned()));
+            let value = match std::str::from_utf8(value) {
+                Ok(value) => value.to_owned(),
+                Err(_) if key == "application_name" => printable_ascii(value),
+                Err(_) => return Err(StartupError::ValueNotUtf8(key.to_owned())),
+            };
+            params.push((key.to_owned(), value));
         }
     }
     if !params.iter().any(|(k, v)| k == "user" && !v.is_empty()) {
         return Err(StartupError::NoUser);
     }
     Ok(StartupPacket::Startup { minor, params })
+}
+
+/// An application_name in another encoding (a program named in LATIN1 or WIN1252): PostgreSQL takes any bytes
+/// there and keeps a byte outside printable ASCII as `?`, so pgfleet passes on what the server would keep
+/// rather than refuse the connection.
+fn printable_ascii(value: &[u8]) -> String {
+    value
+        .iter()
+        .map(|&b| {
+            if (b' '..=b'~').contains(&b) {
+                char::from(b)
+            } else {
+                '?'
+            }
+        })
+        .collect()
 }
 
 /// Encodes a 3.0 StartupMessage (used towards the nodes).
@@ -283,10 +303,13 @@ mod tests {
             e.to_string(),
             "invalid startup packet: parameter \"user\" is not valid UTF-8"
         );
-        assert_eq!(
-            decode(&packet(b"user\0app\0application_name\0\xff\0\0")),
-            Err(StartupError::ValueNotUtf8("application_name".into()))
-        );
+        // application_name is taken as PostgreSQL takes it: each byte outside printable ASCII kept as `?`.
+        let Ok(StartupPacket::Startup { params, .. }) =
+            decode(&packet(b"user\0app\0application_name\0Gesti\xf3n\xff\0\0"))
+        else {
+            panic!("a Latin-1 application_name refused");
+        };
+        assert_eq!(params[1], ("application_name".to_owned(), "Gesti?n?".to_owned()));
         let e = decode(&packet(b"user\0app\0x\xffy\0v\0\0")).expect_err("bad name");
         assert_eq!(
             e.to_string(),

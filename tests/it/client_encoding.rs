@@ -283,3 +283,33 @@ async fn a_sharded_database_refuses_other_encodings_and_lets_the_session_switch_
     );
     assert_eq!(held(1 - home).trim(), "0");
 }
+
+/// A program named in LATIN1 (PGAPPNAME from a LATIN1 terminal): PostgreSQL takes the startup packet's bytes
+/// and keeps each one outside printable ASCII as `?`; through pgfleet the session is the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_application_name_in_latin1_connects_and_reads_as_on_the_server() {
+    use std::os::unix::ffi::OsStrExt;
+    let cluster = cluster_async().await;
+    let proxy = Proxy::start(&cluster, CONFIG);
+    let show = async |port: u16| {
+        let out = tokio::process::Command::new("psql")
+            .args(["-X", "-A", "-t", "-c", "SHOW application_name"])
+            .arg(format!(
+                "host=127.0.0.1 port={port} user={APP_USER} dbname={APP_DB} sslmode=disable"
+            ))
+            .env("PGPASSWORD", PASSWORD)
+            .env("PGAPPNAME", std::ffi::OsStr::from_bytes(b"Gesti\xf3n"))
+            .output()
+            .await
+            .expect("run psql");
+        assert!(
+            out.status.success(),
+            "port {port}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let direct = show(cluster.primary.port).await;
+    assert_eq!(direct, b"Gesti?n\n");
+    assert_eq!(show(proxy.port).await, direct);
+}
