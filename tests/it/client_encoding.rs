@@ -6,9 +6,8 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use crate::support::cluster::{
-    APP_DB, APP_USER, ClusterOptions, PASSWORD, cluster_async, cluster_with_async, options,
-};
+use crate::support::cluster::{APP_DB, APP_USER, PASSWORD, cluster_async};
+use crate::support::forward::{forward_toml, plain_cluster, primary_sql};
 use crate::support::proxy::{Proxy, connect};
 use crate::support::shards::ShardedFleet;
 use pgfleet::shard::hash::shard_for;
@@ -60,6 +59,15 @@ fn rows(out: &[u8]) -> Vec<Vec<Vec<u8>>> {
         .collect()
 }
 
+/// Row 1's name in table enc, read through `c` (UTF-8).
+async fn name_of_row_1(c: &tokio_postgres::Client) -> String {
+    let row = c
+        .query_one("SELECT name FROM enc WHERE id = 1", &[])
+        .await
+        .expect("read back");
+    row.get(0)
+}
+
 fn port_of(field: &[u8]) -> u16 {
     std::str::from_utf8(field)
         .ok()
@@ -105,11 +113,7 @@ async fn latin1_writes_reads_names_and_settings_route_as_the_server_reads_them()
         b"UPDATE enc SET name = 'caf\xe9' WHERE id = 1;\nSELECT \"caf\xe9_bump\"();\n",
     )
     .await;
-    let row = c
-        .query_one("SELECT name FROM enc WHERE id = 1", &[])
-        .await
-        .expect("read back");
-    assert_eq!(row.get::<_, String>(0), "café!");
+    assert_eq!(name_of_row_1(&c).await, "café!");
 
     // The encoding set by a statement counts from the next statement on; a setting whose text is LATIN1
     // cannot be replayed from pgfleet's UTF-8 copy, so the session stays on the primary that has it.
@@ -128,11 +132,7 @@ async fn latin1_writes_reads_names_and_settings_route_as_the_server_reads_them()
         assert_eq!(port_of(&row[0]), primary, "a read after a LATIN1 setting");
         assert_eq!(row[1], b"caf\xe9", "the setting as the client wrote it");
     }
-    let row = c
-        .query_one("SELECT name FROM enc WHERE id = 1", &[])
-        .await
-        .expect("read back");
-    assert_eq!(row.get::<_, String>(0), "été");
+    assert_eq!(name_of_row_1(&c).await, "été");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,11 +156,7 @@ async fn sjis_and_encodings_pgfleet_cannot_read_never_hide_a_write() {
     )
     .await;
     assert_eq!(rows(&out), [vec![b"\x83\x5c".to_vec()]]);
-    let row = c
-        .query_one("SELECT name FROM enc WHERE id = 1", &[])
-        .await
-        .expect("read back");
-    assert_eq!(row.get::<_, String>(0), " = ");
+    assert_eq!(name_of_row_1(&c).await, " = ");
 
     // JOHAB has no decoder in pgfleet: ASCII text is read as usual, the first text outside it runs on the
     // primary and keeps the session there (it could hold a setting pgfleet did not see).
@@ -185,26 +181,13 @@ async fn sjis_and_encodings_pgfleet_cannot_read_never_hide_a_write() {
 /// on that replica alone. A LATIN1 write runs on the primary and reaches the replicas through the stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_forward_mode_a_latin1_write_runs_on_the_primary_only() {
-    let cluster = cluster_with_async(ClusterOptions {
-        streaming: false,
-        ..options()
-    })
-    .await;
-    cluster
-        .psql(
-            &cluster.primary,
-            APP_DB,
-            "CREATE TABLE enc (id int PRIMARY KEY, name text); INSERT INTO enc VALUES (1, 'x');
-             ALTER TABLE enc OWNER TO app;",
-        )
-        .expect("seed");
-    let proxy = Proxy::start(
+    let cluster = plain_cluster().await;
+    primary_sql(
         &cluster,
-        &format!(
-            "[replication]\nmode = \"forward\"\nuser = \"postgres\"\npassword = \"{PASSWORD}\"\n\
-             databases = [\"{APP_DB}\"]\n\n{CONFIG}"
-        ),
+        "CREATE TABLE enc (id int PRIMARY KEY, name text); INSERT INTO enc VALUES (1, 'x');
+         ALTER TABLE enc OWNER TO app;",
     );
+    let proxy = Proxy::start(&cluster, &format!("{}\n{CONFIG}", forward_toml()));
     let copied = |node| {
         cluster
             .psql(node, APP_DB, "SELECT name FROM enc WHERE id = 1")
