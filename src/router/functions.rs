@@ -117,6 +117,9 @@ const BUILTIN_WRITE: &[&str] = &[
     "pg_start_backup",
     "pg_stop_backup",
     "pg_promote",
+    // A standby's replay, paused or resumed: a primary refuses both.
+    "pg_wal_replay_pause",
+    "pg_wal_replay_resume",
     "pg_import_system_collations",
     "dblink_exec",
     "pg_file_write",

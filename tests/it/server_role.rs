@@ -1,7 +1,8 @@
 //! Statements a replica answers differently from the primary, through a real pgfleet in front of a primary
-//! and two streaming replicas: reads of unlogged relations (a hot standby refuses them) and questions about
+//! and two streaming replicas: reads of unlogged relations (a hot standby refuses them), questions about
 //! the server's role (`pg_is_in_recovery()`, `transaction_read_only`, `in_hot_standby`), which clients ask
-//! to find a server that takes writes. libpq's `target_session_attrs` is checked against the primary itself.
+//! to find a server that takes writes, and about its replication (`pg_current_wal_lsn()`,
+//! `pg_stat_replication`). libpq's `target_session_attrs` is checked against the primary itself.
 
 use std::collections::HashSet;
 use std::process::Command;
@@ -324,6 +325,48 @@ fn psql_connects(conninfo: &str) -> bool {
         println!("psql {conninfo:?} failed: {done}");
     }
     done.status.success()
+}
+
+/// Questions about the server's replication (its WAL positions, its WAL senders, slots and receiver): a
+/// standby fails some ("recovery is in progress") and answers the others for itself. A client talks to
+/// pgfleet as to the primary, so the primary answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_state_questions_are_answered_by_the_primary() {
+    let cluster = cluster_async().await;
+    let proxy = Proxy::start(&cluster, "");
+    let direct_primary = connect(&cluster.primary.dsn(APP_USER, PASSWORD, APP_DB)).await;
+    let direct_replica = connect(&cluster.replicas[0].dsn(APP_USER, PASSWORD, APP_DB)).await;
+    // (question, whether a standby fails it)
+    let questions = [
+        ("SELECT pg_current_wal_lsn() IS NOT NULL", true),
+        (
+            "SELECT pg_walfile_name(pg_current_wal_flush_lsn()) IS NOT NULL",
+            true,
+        ),
+        ("SELECT pg_last_wal_replay_lsn() IS NULL", false),
+        ("SELECT count(*) FROM pg_stat_replication", false),
+        ("SELECT count(*) FROM pg_catalog.pg_stat_wal_receiver", false),
+    ];
+    for (q, fails) in questions {
+        let on_replica = direct_replica.simple_query(q).await;
+        match fails {
+            true => assert!(on_replica.is_err(), "a standby answered {q}"),
+            false => assert_ne!(
+                one(&direct_replica, q).await,
+                one(&direct_primary, q).await,
+                "the premise: a standby answers {q} for itself"
+            ),
+        }
+    }
+    let c = connect(&proxy.dsn(APP_USER, PASSWORD, APP_DB)).await;
+    for (q, _) in questions {
+        assert_eq!(one(&c, q).await, one(&direct_primary, q).await, "{q}");
+    }
+    let row = c
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .expect("the primary's WAL position, extended protocol");
+    assert!(row.get::<_, String>(0).contains('/'));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -216,20 +216,61 @@ pub(super) fn names_unlogged(s: Stmt<'_>, funcs: &FunctionRules) -> bool {
     })
 }
 
-/// Whether the statement asks whether the server is a primary: `pg_is_in_recovery()`, or
-/// `current_setting('<a role setting>')` (see [`ROLE_SETTINGS`]).
+/// Built-in functions whose answer is the server's own replication state: a standby fails some of them
+/// ("recovery is in progress": the primary's WAL positions) and answers the others for itself (its replay
+/// position, where a primary answers NULL).
+const ROLE_FUNCTIONS: &[&str] = &[
+    "pg_is_in_recovery",
+    "pg_current_wal_lsn",
+    "pg_current_wal_insert_lsn",
+    "pg_current_wal_flush_lsn",
+    "pg_walfile_name",
+    "pg_walfile_name_offset",
+    "pg_last_wal_receive_lsn",
+    "pg_last_wal_replay_lsn",
+    "pg_last_xact_replay_timestamp",
+    "pg_is_wal_replay_paused",
+    "pg_get_wal_replay_pause_state",
+    "pg_control_recovery",
+];
+
+/// Catalog views of the server's own replication: its WAL senders and slots, or its WAL receiver.
+const ROLE_VIEWS: &[&str] = &[
+    "pg_stat_replication",
+    "pg_stat_replication_slots",
+    "pg_replication_slots",
+    "pg_stat_wal_receiver",
+];
+
+/// Whether the statement asks whether the server is a primary, or about its replication, which a client
+/// connected to pgfleet must hear from the primary, as from the server it believes it talks to: one of
+/// [`ROLE_FUNCTIONS`], one of [`ROLE_VIEWS`], or `current_setting('<a role setting>')` (see
+/// [`ROLE_SETTINGS`]).
 fn asks_role(s: Stmt<'_>, calls: &[Call]) -> bool {
     let builtin = |c: &Call| matches!(c.schema.as_deref(), None | Some("pg_catalog"));
-    if calls.iter().any(|c| builtin(c) && c.name == "pg_is_in_recovery") {
+    if calls
+        .iter()
+        .any(|c| builtin(c) && ROLE_FUNCTIONS.contains(&c.name.as_str()))
+    {
         return true;
     }
     (0..s.len()).any(|i| {
-        s.is_name(i)
-            && s.ident(i) == "current_setting"
-            && s.punct(i + 1, "(")
-            && s.kind(i + 2) == Some(TokKind::Str)
-            && string_value(s.text(i + 2))
-                .is_some_and(|v| ROLE_SETTINGS.contains(&v.to_ascii_lowercase().as_str()))
+        if !s.is_name(i) {
+            return false;
+        }
+        // Most names are not the catalog's: their first letters say so before the name is resolved.
+        let catalog_like = s
+            .text(i)
+            .trim_start_matches('"')
+            .get(..3)
+            .is_some_and(|p| p.eq_ignore_ascii_case("pg_"));
+        let schema_ok = !(i >= 2 && s.punct(i - 1, ".")) || s.ident(i - 2) == "pg_catalog";
+        (catalog_like && schema_ok && ROLE_VIEWS.contains(&s.ident(i).as_str()))
+            || (s.ident(i) == "current_setting"
+                && s.punct(i + 1, "(")
+                && s.kind(i + 2) == Some(TokKind::Str)
+                && string_value(s.text(i + 2))
+                    .is_some_and(|v| ROLE_SETTINGS.contains(&v.to_ascii_lowercase().as_str())))
     })
 }
 

@@ -399,6 +399,49 @@ fn unlogged_relations_and_role_questions_go_to_the_primary() {
         ("SELECT * FROM other.ucache", Target::Replica, Rule::Read),
         ("SELECT pg_is_in_recovery()", Target::Primary, Rule::ServerRole),
         ("SHOW in_hot_standby", Target::Primary, Rule::ServerRole),
+        // The server's replication state: a standby fails these or answers for itself.
+        ("SELECT pg_current_wal_lsn()", Target::Primary, Rule::ServerRole),
+        (
+            "SELECT pg_wal_lsn_diff(pg_catalog.pg_current_wal_insert_lsn(), '0/0')",
+            Target::Primary,
+            Rule::ServerRole,
+        ),
+        (
+            "SELECT pg_last_wal_replay_lsn()",
+            Target::Primary,
+            Rule::ServerRole,
+        ),
+        (
+            "SELECT * FROM pg_stat_replication",
+            Target::Primary,
+            Rule::ServerRole,
+        ),
+        (
+            "SELECT slot_name FROM pg_catalog.pg_replication_slots",
+            Target::Primary,
+            Rule::ServerRole,
+        ),
+        (
+            "SELECT status FROM \"pg_stat_wal_receiver\"",
+            Target::Primary,
+            Rule::ServerRole,
+        ),
+        (
+            "SELECT * FROM myschema.pg_stat_replication",
+            Target::Replica,
+            Rule::Read,
+        ),
+        (
+            "SELECT pg_stat_replication FROM t",
+            Target::Primary,
+            Rule::ServerRole,
+        ),
+        ("SELECT * FROM pg_stat_activity", Target::Replica, Rule::Read),
+        (
+            "SELECT myschema.pg_current_wal_lsn()",
+            Target::Replica,
+            Rule::Read,
+        ),
         ("SHOW work_mem", Target::Replica, Rule::SessionState("SHOW")),
         // The stricter reason wins: an unlogged read has no replica to fall back to.
         (
