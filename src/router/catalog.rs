@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod};
 
-use super::functions::{FunctionRules, load_sets_commit_mode, load_unlogged, load_volatile};
+use super::functions::{FunctionRules, load_sequences, load_sets_commit_mode, load_unlogged, load_volatile};
 use crate::backend::connect::NodeTarget;
 use crate::config::split_host_port;
 
@@ -202,10 +202,11 @@ impl Catalog {
                 })?;
                 let volatile = load_volatile(&client).await.map_err(|e| tls.explain(&e))?;
                 let unlogged = load_unlogged(&client).await.map_err(|e| tls.explain(&e))?;
+                let sequences = load_sequences(&client).await.map_err(|e| tls.explain(&e))?;
                 let commit_mode = load_sets_commit_mode(&client)
                     .await
                     .map_err(|e| tls.explain(&e))?;
-                Ok::<_, String>((volatile, unlogged, commit_mode))
+                Ok::<_, String>((volatile, unlogged, sequences, commit_mode))
             })
             .await
             {
@@ -225,12 +226,13 @@ impl Catalog {
             None => None,
         };
         let (rules, ttl) = match loaded {
-            Some((volatile, unlogged, commit_mode)) => (
+            Some((volatile, unlogged, sequences, commit_mode)) => (
                 Arc::new(
                     settings
                         .base
                         .with_volatile(volatile)
                         .with_unlogged(unlogged)
+                        .with_sequences(sequences)
                         .with_commit_mode(commit_mode),
                 ),
                 settings.refresh,

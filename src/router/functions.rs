@@ -1,7 +1,8 @@
 //! What the router knows of a database's catalog: which function calls may write (the built-in list of
 //! PostgreSQL functions that change state a replica cannot hold, the configured `routing.write_functions` /
 //! `routing.read_only_functions`, and the VOLATILE user functions read from the primary's `pg_proc`), and
-//! which relations a replica cannot read at all (the unlogged ones, read from the primary's `pg_class`),
+//! which relations a replica cannot read at all (the unlogged ones, read from the primary's `pg_class`) or
+//! reads ahead of the primary (sequences),
 //! and whether any function's body may make a commit asynchronous (names `synchronous_commit`).
 //!
 //! Names arrive here already resolved the way PostgreSQL resolves them: an unquoted identifier folded
@@ -76,7 +77,27 @@ pub const UNLOGGED_RELATIONS_SQL: &str = "WITH RECURSIVE unlogged(oid) AS ( \
 pub async fn load_unlogged(
     client: &tokio_postgres::Client,
 ) -> Result<HashSet<(String, String)>, tokio_postgres::Error> {
-    let rows = client.query(UNLOGGED_RELATIONS_SQL, &[]).await?;
+    load_relations(client, UNLOGGED_RELATIONS_SQL).await
+}
+
+/// Lists the database's sequences as `(nspname text, relname text)`. A standby reads a sequence's state as
+/// last logged, and a primary logs it up to 32 values ahead of what `nextval` has given: `last_value`
+/// read on a replica runs ahead of the primary's.
+pub const SEQUENCES_SQL: &str = "SELECT n.nspname::text, c.relname::text FROM pg_catalog.pg_class c \
+     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'S'";
+
+/// Reads [`SEQUENCES_SQL`]'s answer as `(schema, name)` pairs, ready for [`FunctionRules::with_sequences`].
+pub async fn load_sequences(
+    client: &tokio_postgres::Client,
+) -> Result<HashSet<(String, String)>, tokio_postgres::Error> {
+    load_relations(client, SEQUENCES_SQL).await
+}
+
+async fn load_relations(
+    client: &tokio_postgres::Client,
+    sql: &str,
+) -> Result<HashSet<(String, String)>, tokio_postgres::Error> {
+    let rows = client.query(sql, &[]).await?;
     let mut out = HashSet::with_capacity(rows.len());
     for row in rows {
         out.insert((row.try_get(0)?, row.try_get(1)?));
@@ -157,6 +178,16 @@ pub fn is_session_advisory_lock(name: &str) -> bool {
             | "pg_try_advisory_lock"
             | "pg_try_advisory_lock_shared"
     )
+}
+
+/// Relations as `(schema, name)` pairs, each stored as the catalog spells it and lower-cased.
+fn relation_names(relations: HashSet<(String, String)>) -> NameSet {
+    let mut names = NameSet::default();
+    for (schema, name) in relations {
+        names.insert(Some(schema.to_lowercase()), name.to_lowercase());
+        names.insert(Some(schema), name);
+    }
+    names
 }
 
 /// A set of function names, some qualified by schema.
@@ -246,6 +277,8 @@ pub struct FunctionRules {
     volatile: NameSet,
     /// Unlogged relations (and what reads them), by `schema.name`.
     unlogged: NameSet,
+    /// Sequences, by `schema.name` (see [`SEQUENCES_SQL`]).
+    sequences: NameSet,
     /// Some function's body names `synchronous_commit` (see [`COMMIT_MODE_FUNCTIONS_SQL`]).
     sets_commit_mode: bool,
 }
@@ -259,6 +292,7 @@ impl FunctionRules {
             read_only: config_names(read_only_functions),
             volatile: NameSet::default(),
             unlogged: NameSet::default(),
+            sequences: NameSet::default(),
             sets_commit_mode: false,
         }
     }
@@ -285,13 +319,17 @@ impl FunctionRules {
     /// A copy of these rules with the database's unlogged relations (see [`load_unlogged`]) replacing any
     /// set loaded before. Like volatile functions, each is stored as the catalog spells it and lower-cased.
     pub fn with_unlogged(&self, relations: HashSet<(String, String)>) -> FunctionRules {
-        let mut unlogged = NameSet::default();
-        for (schema, name) in relations {
-            unlogged.insert(Some(schema.to_lowercase()), name.to_lowercase());
-            unlogged.insert(Some(schema), name);
-        }
         FunctionRules {
-            unlogged,
+            unlogged: relation_names(relations),
+            ..self.clone()
+        }
+    }
+
+    /// A copy of these rules with the database's sequences (see [`load_sequences`]) replacing any set
+    /// loaded before, stored as unlogged relations are.
+    pub fn with_sequences(&self, relations: HashSet<(String, String)>) -> FunctionRules {
+        FunctionRules {
+            sequences: relation_names(relations),
             ..self.clone()
         }
     }
@@ -308,6 +346,17 @@ impl FunctionRules {
     /// its sessions may be.
     pub fn may_set_commit_mode(&self) -> bool {
         self.sets_commit_mode
+    }
+
+    /// Whether the database has sequences at all: when not, statements are not scanned for them.
+    pub fn has_sequences(&self) -> bool {
+        !self.sequences.qualified.is_empty()
+    }
+
+    /// Whether a name written as `schema.name` (or just `name`) may be a sequence, matched as
+    /// [`FunctionRules::is_unlogged`] matches.
+    pub fn is_sequence(&self, schema: Option<&str>, name: &str) -> bool {
+        self.sequences.matches(schema, name)
     }
 
     /// Whether the database has unlogged relations at all: when not, statements are not scanned for them.
@@ -463,6 +512,20 @@ mod tests {
         let r = rules().with_volatile(HashSet::new());
         assert!(!r.may_write(None, "audit_log"));
         assert!(r.may_write(None, "my_writer"));
+    }
+
+    #[test]
+    fn sequences() {
+        let pair = |s: &str, n: &str| (s.to_owned(), n.to_owned());
+        let r = rules().with_sequences([pair("public", "Order_Seq")].into_iter().collect());
+        assert!(r.has_sequences() && !rules().has_sequences());
+        assert!(r.is_sequence(None, "order_seq"));
+        assert!(r.is_sequence(Some("public"), "Order_Seq"));
+        assert!(!r.is_sequence(Some("other"), "order_seq"));
+        assert!(
+            !r.is_unlogged(None, "order_seq"),
+            "a sequence is not an unlogged relation"
+        );
     }
 
     #[test]

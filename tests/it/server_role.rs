@@ -369,6 +369,40 @@ async fn replication_state_questions_are_answered_by_the_primary() {
     assert!(row.get::<_, String>(0).contains('/'));
 }
 
+/// A primary logs a sequence's state up to 32 values ahead of what `nextval` gave, and a standby reads the
+/// logged state: `last_value` read on a replica runs ahead. Through pgfleet it is the primary's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sequences_state_is_read_on_the_primary() {
+    let cluster = cluster_async().await;
+    let proxy = Proxy::start(&cluster, "");
+    let c = connect(&proxy.dsn(APP_USER, PASSWORD, APP_DB)).await;
+    c.batch_execute(
+        "CREATE SEQUENCE orders_id_seq; SELECT nextval('orders_id_seq'); SELECT nextval('orders_id_seq');",
+    )
+    .await
+    .expect("setup");
+    cluster
+        .wait_replicas_caught_up(Duration::from_secs(30))
+        .expect("replicas caught up");
+    let direct_primary = connect(&cluster.primary.dsn(APP_USER, PASSWORD, APP_DB)).await;
+    let direct_replica = connect(&cluster.replicas[0].dsn(APP_USER, PASSWORD, APP_DB)).await;
+    let questions = [
+        "SELECT last_value FROM orders_id_seq",
+        "SELECT last_value || ' ' || is_called FROM public.orders_id_seq",
+        "SELECT pg_sequence_last_value('orders_id_seq')",
+        "SELECT last_value FROM pg_sequences WHERE sequencename = 'orders_id_seq'",
+    ];
+    assert_eq!(one(&direct_primary, questions[0]).await, "2");
+    for q in questions {
+        assert_ne!(
+            one(&direct_replica, q).await,
+            one(&direct_primary, q).await,
+            "the premise: a standby reads {q} ahead"
+        );
+        assert_eq!(one(&c, q).await, one(&direct_primary, q).await, "{q}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn libpq_target_session_attrs_behave_as_against_the_primary() {
     let cluster = cluster_async().await;

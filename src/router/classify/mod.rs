@@ -78,6 +78,9 @@ pub enum Rule {
     /// Names an unlogged table or sequence (or a view or parent table over one), which a hot standby
     /// refuses to read.
     UnloggedRelation,
+    /// Reads a sequence's state (`last_value` of a sequence relation, `pg_sequence_last_value()`,
+    /// `pg_sequences`): a standby's runs ahead of the primary's.
+    SequenceState,
     /// Asks whether the server is a primary (`pg_is_in_recovery()`, `transaction_read_only`,
     /// `in_hot_standby`): the answer must be the primary's, as the greeting's, while a primary is up.
     ServerRole,
@@ -114,6 +117,7 @@ impl fmt::Display for Rule {
             Rule::ModifyingCte => f.write_str("data-modifying WITH writes"),
             Rule::WriteFunction(name) => write!(f, "calls {name}() which may write"),
             Rule::UnloggedRelation => f.write_str(UNLOGGED_LABEL),
+            Rule::SequenceState => f.write_str(SEQUENCE_LABEL),
             Rule::ServerRole => f.write_str(SERVER_ROLE_LABEL),
             Rule::SessionPid => f.write_str(SESSION_PID_LABEL),
             Rule::TransactionBegin => f.write_str("read-write transaction runs on the primary"),
@@ -129,6 +133,8 @@ impl fmt::Display for Rule {
 
 /// The label of [`Rule::UnloggedRelation`].
 pub const UNLOGGED_LABEL: &str = "reads an unlogged table: sent to the primary";
+/// The label of [`Rule::SequenceState`].
+pub const SEQUENCE_LABEL: &str = "reads a sequence's state: sent to the primary, as a standby's runs ahead";
 /// The label of [`Rule::ServerRole`]; the session recognises a plan by it (see [`Rule::is_read_on_primary`]).
 pub const SERVER_ROLE_LABEL: &str = "asks the server's role: answered by the primary";
 /// The label of [`Rule::SessionPid`].
@@ -138,7 +144,10 @@ impl Rule {
     /// Whether a request labelled `label` (see [`Rule::label`]) is a read that only runs on the primary
     /// because a replica would answer it differently, not because it writes.
     pub fn is_read_on_primary(label: &str) -> bool {
-        label == UNLOGGED_LABEL || label == SERVER_ROLE_LABEL || label == SESSION_PID_LABEL
+        label == UNLOGGED_LABEL
+            || label == SEQUENCE_LABEL
+            || label == SERVER_ROLE_LABEL
+            || label == SESSION_PID_LABEL
     }
 
     /// Whether a request labelled `label` asks something any node can answer for itself when no primary is
@@ -166,6 +175,7 @@ impl Rule {
             Rule::SelectInto => "SELECT INTO creates a table",
             Rule::ModifyingCte => "data-modifying WITH writes",
             Rule::UnloggedRelation => UNLOGGED_LABEL,
+            Rule::SequenceState => SEQUENCE_LABEL,
             Rule::ServerRole => SERVER_ROLE_LABEL,
             Rule::SessionPid => SESSION_PID_LABEL,
             Rule::TransactionBegin => "read-write transaction runs on the primary",

@@ -93,6 +93,8 @@ pub(super) fn query(s: Stmt<'_>, funcs: &FunctionRules) -> Verdict {
         Some(Rule::WriteFunction(name))
     } else if names_unlogged(s, funcs) {
         Some(Rule::UnloggedRelation)
+    } else if reads_sequence_state(s, &found_calls, funcs) {
+        Some(Rule::SequenceState)
     } else if asks_role(s, &found_calls) {
         Some(Rule::ServerRole)
     } else if found_calls
@@ -202,9 +204,24 @@ fn writing_call(calls: &[Call], funcs: &FunctionRules) -> Option<String> {
 /// generous: it does not tell a table from a column or an alias of the same name, since a spurious match
 /// only costs a trip to the primary, while a miss fails on the replica.
 pub(super) fn names_unlogged(s: Stmt<'_>, funcs: &FunctionRules) -> bool {
-    if !funcs.has_unlogged() {
-        return false;
-    }
+    funcs.has_unlogged() && names_relation(s, |schema, name| funcs.is_unlogged(schema, name))
+}
+
+/// Whether the statement reads a sequence's state, which a standby holds as last logged, up to 32 values
+/// ahead of the primary's: it names one of the database's sequences (matched as [`names_unlogged`]
+/// matches), calls `pg_sequence_last_value()` or reads the `pg_sequences` view.
+fn reads_sequence_state(s: Stmt<'_>, calls: &[Call], funcs: &FunctionRules) -> bool {
+    let builtin = |c: &Call| matches!(c.schema.as_deref(), None | Some("pg_catalog"));
+    calls
+        .iter()
+        .any(|c| builtin(c) && c.name == "pg_sequence_last_value")
+        || (funcs.has_sequences() && names_relation(s, |schema, name| funcs.is_sequence(schema, name)))
+        || (0..s.len())
+            .any(|i| s.is_name(i) && s.text(i).trim_matches('"').eq_ignore_ascii_case("pg_sequences"))
+}
+
+/// Whether some name in the statement, as `schema.name` or `name`, is one `is` knows.
+fn names_relation(s: Stmt<'_>, is: impl Fn(Option<&str>, &str) -> bool) -> bool {
     (0..s.len()).any(|i| {
         if !s.is_name(i) {
             return false;
@@ -212,7 +229,7 @@ pub(super) fn names_unlogged(s: Stmt<'_>, funcs: &FunctionRules) -> bool {
         let name = s.ident(i);
         let schema = (i >= 2 && s.punct(i - 1, ".") && s.is_name(i - 2)).then(|| s.ident(i - 2));
         // The first part of `t.col` is checked as an unqualified name of its own.
-        funcs.is_unlogged(schema.as_deref(), &name)
+        is(schema.as_deref(), &name)
     })
 }
 

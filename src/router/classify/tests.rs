@@ -385,6 +385,56 @@ fn read_only_begin_variants() {
 }
 
 #[test]
+fn reads_of_a_sequences_state_go_to_the_primary() {
+    let rules = rules().with_sequences(
+        [("public".to_owned(), "orders_id_seq".to_owned())]
+            .into_iter()
+            .collect(),
+    );
+    // (sql, target, rule)
+    let cases = [
+        (
+            "SELECT last_value FROM orders_id_seq",
+            Target::Primary,
+            Rule::SequenceState,
+        ),
+        (
+            "SELECT last_value, is_called FROM public.orders_id_seq",
+            Target::Primary,
+            Rule::SequenceState,
+        ),
+        ("SELECT * FROM other.orders_id_seq", Target::Replica, Rule::Read),
+        (
+            "SELECT pg_sequence_last_value('orders_id_seq')",
+            Target::Primary,
+            Rule::SequenceState,
+        ),
+        (
+            "SELECT last_value FROM pg_sequences WHERE sequencename = 'x'",
+            Target::Primary,
+            Rule::SequenceState,
+        ),
+        // The name in a string constant is not a read of it, and the sequence's use stays a write.
+        ("SELECT 'orders_id_seq'", Target::Replica, Rule::Read),
+        (
+            "SELECT nextval('orders_id_seq')",
+            Target::Primary,
+            Rule::WriteFunction("nextval".to_owned()),
+        ),
+        ("SELECT * FROM orders", Target::Replica, Rule::Read),
+    ];
+    for (sql, target, rule) in cases {
+        let d = classify(sql, &rules);
+        assert_eq!((d.target, d.rule), (target, rule), "{sql}");
+    }
+    // Without sequences in the catalog, the view and the function still count.
+    assert_eq!(
+        classify("SELECT * FROM pg_sequences", &super::FunctionRules::default()).rule,
+        Rule::SequenceState
+    );
+}
+
+#[test]
 fn unlogged_relations_and_role_questions_go_to_the_primary() {
     let rules = rules().with_unlogged([("public".to_owned(), "ucache".to_owned())].into_iter().collect());
     // (sql, target, rule)
