@@ -6,7 +6,8 @@
 //! Invariants (besides "never panics"):
 //! - `packet_len` waits for 4 bytes and accepts exactly the lengths 8..=MAX_STARTUP_PACKET it reads;
 //! - whatever `decode` accepts re-encodes to the same bytes: a StartupMessage through `encode_startup`
-//!   (PostgreSQL's layout: name/value pairs, then one NUL that is the last byte), a CancelRequest through
+//!   (PostgreSQL's layout: name/value pairs, then one NUL that is the last byte; an application_name that
+//!   is not UTF-8 comes back with each byte outside printable ASCII as `?`), a CancelRequest through
 //!   `encode_cancel`; an accepted StartupMessage names a non-empty user;
 //! - a startup setting becomes one SET statement that the router's own splitter sees as exactly one
 //!   statement (the value cannot break out of its quotes) and classifies as that SET.
@@ -43,6 +44,26 @@ fuzz_target!(|data: &[u8]| {
     check_options(&String::from_utf8_lossy(data));
 });
 
+/// An accepted StartupMessage as pgfleet passes it on: the same bytes, but for an application_name that is
+/// not UTF-8, whose bytes outside printable ASCII become `?` (what PostgreSQL keeps of it).
+fn as_passed_on(packet: &[u8]) -> Vec<u8> {
+    let mut out = packet.to_vec();
+    let mut at = 8;
+    let mut fields = packet[8..].split(|b| *b == 0);
+    while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+        let value_at = at + name.len() + 1;
+        if name == b"application_name" && std::str::from_utf8(value).is_err() {
+            for b in &mut out[value_at..value_at + value.len()] {
+                if !(b' '..=b'~').contains(b) {
+                    *b = b'?';
+                }
+            }
+        }
+        at = value_at + value.len() + 1;
+    }
+    out
+}
+
 fn check_decoded(packet: &[u8], decoded: Result<StartupPacket, pgfleet::protocol::startup::StartupError>) {
     match decoded {
         Ok(StartupPacket::Startup { minor, params }) => {
@@ -51,7 +72,11 @@ fn check_decoded(packet: &[u8], decoded: Result<StartupPacket, pgfleet::protocol
             let mut again = encode_startup(&pairs).to_vec();
             // encode_startup speaks 3.0; the client may have asked for 3.x.
             again[6..8].copy_from_slice(&minor.to_be_bytes());
-            assert_eq!(again, packet, "an accepted StartupMessage does not round-trip");
+            assert_eq!(
+                again,
+                as_passed_on(packet),
+                "an accepted StartupMessage does not round-trip"
+            );
             for (k, v) in &params {
                 check_setting(k, v);
                 if k == "options" {
