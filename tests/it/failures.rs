@@ -115,8 +115,11 @@ fn db_error(err: &tokio_postgres::Error) -> &tokio_postgres::error::DbError {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_primary_is_named_in_the_error() {
     let cluster = cluster_async().await;
-    let closed = free_port();
-    let closed_address = format!("127.0.0.1:{closed}");
+    // A port bound and never listened on refuses connections, and no server a test running meanwhile starts
+    // can take it (a port merely found free could be, and then pgfleet would reach that server).
+    let closed = tokio::net::TcpSocket::new_v4().expect("socket");
+    closed.bind("127.0.0.1:0".parse().expect("address")).expect("bind");
+    let closed_address = closed.local_addr().expect("bound address").to_string();
 
     // Only the primary is configured, and nothing listens there: the login itself fails.
     let port = free_port();
