@@ -118,7 +118,9 @@ async fn unreachable_primary_is_named_in_the_error() {
     // A port bound and never listened on refuses connections, and no server a test running meanwhile starts
     // can take it (a port merely found free could be, and then pgfleet would reach that server).
     let closed = tokio::net::TcpSocket::new_v4().expect("socket");
-    closed.bind("127.0.0.1:0".parse().expect("address")).expect("bind");
+    closed
+        .bind("127.0.0.1:0".parse().expect("address"))
+        .expect("bind");
     let closed_address = closed.local_addr().expect("bound address").to_string();
 
     // Only the primary is configured, and nothing listens there: the login itself fails.
