@@ -347,15 +347,7 @@ pub fn classify_cached(sql: &str, rules: &Arc<FunctionRules>) -> Arc<Decision> {
 /// `classify`, remembered, for a session whose place among the recent statements is `place` (see
 /// [`Place`]); the place moves to this statement.
 pub fn classify_placed(sql: &str, rules: &Arc<FunctionRules>, place: &mut Place) -> Arc<Decision> {
-    if sql.len() > MAX_TEXT {
-        place.0 = None;
-        return Arc::new(classify(sql, rules));
-    }
-    LOCAL.with(|local| match local.try_borrow_mut() {
-        Ok(mut local) => classify_with(sql, rules, &mut local, place),
-        // Only reachable if classification itself asked the cache again: use state of its own.
-        Err(_) => classify_with(sql, rules, &mut Local::default(), place),
-    })
+    classify_placed_utf8(sql.as_bytes(), rules, place)
 }
 
 impl Local {
@@ -439,6 +431,7 @@ pub fn classify_placed_utf8(sql: &[u8], rules: &Arc<FunctionRules>, place: &mut 
                 None => beyond_guesses(&ascii_view(sql), previous, rules, &mut local, place),
             }
         }
+        // Only reachable if classification itself asked the cache again: use state of its own.
         Err(_) => classify_with(&ascii_view(sql), rules, &mut Local::default(), place),
     })
 }

@@ -348,11 +348,6 @@ impl FunctionRules {
         self.sets_commit_mode
     }
 
-    /// Whether the database has sequences at all: when not, statements are not scanned for them.
-    pub fn has_sequences(&self) -> bool {
-        !self.sequences.qualified.is_empty()
-    }
-
     /// Whether a name written as `schema.name` (or just `name`) may be a sequence, matched as
     /// [`FunctionRules::is_unlogged`] matches.
     pub fn is_sequence(&self, schema: Option<&str>, name: &str) -> bool {
@@ -518,7 +513,6 @@ mod tests {
     fn sequences() {
         let pair = |s: &str, n: &str| (s.to_owned(), n.to_owned());
         let r = rules().with_sequences([pair("public", "Order_Seq")].into_iter().collect());
-        assert!(r.has_sequences() && !rules().has_sequences());
         assert!(r.is_sequence(None, "order_seq"));
         assert!(r.is_sequence(Some("public"), "Order_Seq"));
         assert!(!r.is_sequence(Some("other"), "order_seq"));

@@ -215,9 +215,10 @@ fn reads_sequence_state(s: Stmt<'_>, calls: &[Call], funcs: &FunctionRules) -> b
     calls
         .iter()
         .any(|c| builtin(c) && c.name == "pg_sequence_last_value")
-        || (funcs.has_sequences() && names_relation(s, |schema, name| funcs.is_sequence(schema, name)))
-        || (0..s.len())
-            .any(|i| s.is_name(i) && s.text(i).trim_matches('"').eq_ignore_ascii_case("pg_sequences"))
+        || names_relation(s, |schema, name| {
+            (name == "pg_sequences" && matches!(schema, None | Some("pg_catalog")))
+                || funcs.is_sequence(schema, name)
+        })
 }
 
 /// Whether some name in the statement, as `schema.name` or `name`, is one `is` knows.
@@ -282,8 +283,9 @@ fn asks_role(s: Stmt<'_>, calls: &[Call]) -> bool {
             .get(..3)
             .is_some_and(|p| p.eq_ignore_ascii_case("pg_"));
         let schema_ok = !(i >= 2 && s.punct(i - 1, ".")) || s.ident(i - 2) == "pg_catalog";
-        (catalog_like && schema_ok && ROLE_VIEWS.contains(&s.ident(i).as_str()))
-            || (s.ident(i) == "current_setting"
+        let name = s.ident(i);
+        (catalog_like && schema_ok && ROLE_VIEWS.contains(&name.as_str()))
+            || (name == "current_setting"
                 && s.punct(i + 1, "(")
                 && s.kind(i + 2) == Some(TokKind::Str)
                 && string_value(s.text(i + 2))
