@@ -14,6 +14,9 @@ use crate::router::classify::{Pin, SessionChange, Target, set_value};
 #[derive(Debug, Default)]
 pub struct Settings {
     entries: BTreeMap<String, String>,
+    /// The startup parameters' entries: what RESET, RESET ALL and DISCARD ALL return to, as on PostgreSQL,
+    /// where the values a client connects with are its session's defaults.
+    startup: BTreeMap<String, String>,
     /// Identifies these entries: 0 for none, else the number [`generation_of`] gave this content. Sessions
     /// with the same settings share it, so a connection that recorded the same generation has exactly these
     /// settings applied, which answers [`Settings::diff`] without comparing the maps, also for a connection
@@ -65,7 +68,11 @@ impl Settings {
             })
             .collect();
         let generation = generation_of(&entries);
-        Settings { entries, generation }
+        Settings {
+            startup: entries.clone(),
+            entries,
+            generation,
+        }
     }
 
     /// See the field's documentation.
@@ -79,21 +86,62 @@ impl Settings {
             SessionChange::Set { name, statement } => {
                 self.entries.insert(name.clone(), statement.clone());
             }
-            SessionChange::Reset { name, .. } => {
-                self.entries.remove(name);
-            }
-            SessionChange::ResetAll => self.entries.clear(),
+            SessionChange::Reset { name, .. } => match self.startup.get(name) {
+                Some(statement) => {
+                    self.entries.insert(name.clone(), statement.clone());
+                }
+                None => {
+                    self.entries.remove(name);
+                }
+            },
+            SessionChange::ResetAll => self.entries.clone_from(&self.startup),
         }
         self.generation = generation_of(&self.entries);
+    }
+
+    /// The settings a connection that had `applied` has after running `changes` itself, and their number:
+    /// its RESET returns to its own defaults, not to the client's startup parameters, which a later request
+    /// then sets again ([`Settings::diff`]).
+    pub fn as_run_on(
+        applied: &BTreeMap<String, String>,
+        changes: &[SessionChange],
+    ) -> (BTreeMap<String, String>, u64) {
+        let mut ran = applied.clone();
+        for change in changes {
+            match change {
+                SessionChange::Set { name, statement } => {
+                    ran.insert(name.clone(), statement.clone());
+                }
+                SessionChange::Reset { name, .. } => {
+                    ran.remove(name);
+                }
+                SessionChange::ResetAll => ran.clear(),
+            }
+        }
+        let generation = generation_of(&ran);
+        (ran, generation)
     }
 
     /// The `client_encoding` these settings leave a connection in: UTF8, pgfleet's connections' own, unless
     /// one is set.
     pub fn client_encoding(&self) -> ClientEncoding {
-        self.entries
-            .get("client_encoding")
-            .and_then(|statement| set_value(statement))
-            .map_or(ClientEncoding::Utf8, |name| ClientEncoding::from_name(&name))
+        encoding_of(self.entries.get("client_encoding"))
+    }
+
+    /// The `client_encoding` once `pending`, changes made in the open transaction, are applied: the server
+    /// reads the transaction's next statements in it (and goes back if the transaction rolls back).
+    pub fn client_encoding_with(&self, pending: &[SessionChange]) -> ClientEncoding {
+        let last = pending
+            .iter()
+            .rev()
+            .find(|c| c.name().is_none_or(|n| n == "client_encoding"));
+        match last {
+            None => self.client_encoding(),
+            Some(SessionChange::Set { statement, .. }) => encoding_of(Some(statement)),
+            Some(SessionChange::Reset { .. } | SessionChange::ResetAll) => {
+                encoding_of(self.startup.get("client_encoding"))
+            }
+        }
     }
 
     /// The settings as applied statements, by name.
@@ -116,6 +164,14 @@ impl Settings {
         }
         if sql.is_empty() { None } else { Some(sql) }
     }
+}
+
+/// The encoding a recorded `client_encoding` statement sets; none recorded is UTF8, pgfleet's connections'
+/// own.
+fn encoding_of(statement: Option<&String>) -> ClientEncoding {
+    statement
+        .and_then(|statement| set_value(statement))
+        .map_or(ClientEncoding::Utf8, |name| ClientEncoding::from_name(&name))
 }
 
 /// How to put one setting back to its default.
@@ -239,16 +295,89 @@ mod tests {
             s.apply(&set(statement));
             assert_eq!(s.client_encoding(), want, "{statement}");
         }
-        let mut s = Settings::from_startup([("client_encoding", "LATIN1")]);
-        s.apply(&SessionChange::Reset {
+        let reset = SessionChange::Reset {
             name: "client_encoding".to_owned(),
             statement: "RESET client_encoding".to_owned(),
-        });
+        };
+        let mut s = Settings::from_startup([("client_encoding", "LATIN1")]);
+        s.apply(&set("SET client_encoding TO 'WIN1251'"));
+        s.apply(&reset);
         assert_eq!(
             s.client_encoding(),
-            ClientEncoding::Utf8,
-            "RESET: pgfleet's connections' own"
+            ClientEncoding::Latin1,
+            "RESET: the startup value"
         );
+        s.apply(&set("SET client_encoding TO 'WIN1251'"));
+        s.apply(&SessionChange::ResetAll);
+        assert_eq!(s.client_encoding(), ClientEncoding::Latin1, "RESET ALL likewise");
+        let mut s = Settings::from_startup([("application_name", "psql")]);
+        s.apply(&set("SET client_encoding TO 'LATIN1'"));
+        s.apply(&reset);
+        assert_eq!(s.client_encoding(), ClientEncoding::Utf8, "none at startup: UTF8");
+
+        // Within a transaction: the settings as they stand, then what the transaction changed.
+        let s = Settings::from_startup([("client_encoding", "LATIN1")]);
+        let config = SessionChange::Set {
+            name: "client_encoding".to_owned(),
+            statement: "SELECT pg_catalog.set_config('client_encoding', 'SJIS', false)".to_owned(),
+        };
+        let other = SessionChange::Set {
+            name: "work_mem".to_owned(),
+            statement: "SET work_mem = '8MB'".to_owned(),
+        };
+        // (changes pending, the encoding the next statement is read in)
+        let cases = [
+            (vec![], ClientEncoding::Latin1),
+            (vec![other.clone()], ClientEncoding::Latin1),
+            (
+                vec![set("SET NAMES 'WIN1251'"), other.clone()],
+                ClientEncoding::Decoded(encoding_rs::WINDOWS_1251),
+            ),
+            (
+                vec![set("SET NAMES 'WIN1251'"), reset.clone()],
+                ClientEncoding::Latin1,
+            ),
+            (
+                vec![set("SET NAMES 'WIN1251'"), SessionChange::ResetAll],
+                ClientEncoding::Latin1,
+            ),
+            (
+                vec![config.clone()],
+                ClientEncoding::Decoded(encoding_rs::SHIFT_JIS),
+            ),
+        ];
+        for (pending, want) in cases {
+            assert_eq!(s.client_encoding_with(&pending), want, "{pending:?}");
+        }
+    }
+
+    #[test]
+    fn reset_returns_to_the_value_the_session_connected_with() {
+        let startup = [("application_name", "psql"), ("DateStyle", "ISO, MDY")];
+        let mut s = Settings::from_startup(startup);
+        let at_login = (s.entries().clone(), s.generation());
+        let set = |name: &str, statement: &str| SessionChange::Set {
+            name: name.into(),
+            statement: statement.into(),
+        };
+        let reset = |name: &str| SessionChange::Reset {
+            name: name.into(),
+            statement: format!("RESET {name}"),
+        };
+        s.apply(&set("application_name", "SET application_name = 'x'"));
+        s.apply(&set("work_mem", "SET work_mem = '9MB'"));
+        s.apply(&reset("application_name"));
+        assert_eq!(
+            s.entries().get("application_name").map(String::as_str),
+            Some("SET \"application_name\" TO 'psql'")
+        );
+        s.apply(&reset("work_mem"));
+        assert_eq!((s.entries().clone(), s.generation()), at_login);
+        s.apply(&set("datestyle", "SET DateStyle = German"));
+        s.apply(&set("work_mem", "SET work_mem = '9MB'"));
+        s.apply(&SessionChange::ResetAll);
+        assert_eq!((s.entries().clone(), s.generation()), at_login);
+        assert_eq!(s.diff(&at_login.0), None);
     }
 
     #[test]
@@ -274,7 +403,18 @@ mod tests {
             Some("RESET ROLE;RESET \"work_mem\";SET search_path TO x;")
         );
         s.apply(&SessionChange::ResetAll);
-        assert_eq!(s.diff(&before).as_deref(), Some("RESET \"application_name\";"));
+        assert_eq!(s.diff(&before), None, "back to the startup parameters");
+        let mut bare = Settings::from_startup([]);
+        bare.apply(&SessionChange::Set {
+            name: "application_name".into(),
+            statement: "SET application_name = 'x'".into(),
+        });
+        let applied = bare.entries().clone();
+        bare.apply(&SessionChange::ResetAll);
+        assert_eq!(
+            bare.diff(&applied).as_deref(),
+            Some("RESET \"application_name\";")
+        );
     }
 
     #[test]
@@ -306,7 +446,12 @@ mod tests {
         assert_eq!(a.generation(), shared);
         assert_eq!(a.diff(b.entries()), None);
 
-        // Nothing set: 0, as a connection nobody changed records.
+        // RESET ALL: back to the startup parameters' number. Nothing set: 0, as a connection nobody changed
+        // records.
+        a.apply(&SessionChange::ResetAll);
+        assert_eq!(a.generation(), shared);
+        let mut a = Settings::from_startup([]);
+        a.apply(&set("search_path", "SET search_path TO x"));
         a.apply(&SessionChange::ResetAll);
         assert_eq!(a.generation(), 0);
         assert_eq!(

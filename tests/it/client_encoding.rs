@@ -177,6 +177,54 @@ async fn sjis_and_encodings_pgfleet_cannot_read_never_hide_a_write() {
     assert_eq!(port_of(&rows[2][0]), primary, "the session stays on the primary");
 }
 
+/// Inside a transaction the server reads each statement in the encoding the transaction's earlier statements
+/// set, and goes back to the session's when the transaction rolls back: pgfleet reads them the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encoding_set_in_a_transaction_counts_from_its_next_statement_until_a_rollback() {
+    let cluster = cluster_async().await;
+    let proxy = Proxy::start(&cluster, CONFIG);
+    let primary = cluster.primary.port;
+    let replicas: HashSet<u16> = cluster.replicas.iter().map(|r| r.port).collect();
+
+    // Read as UTF-8, the LATIN1 setting would be carried to the replicas as other text; read as LATIN1, it
+    // keeps the session on the primary that ran it.
+    let out = psql_in(
+        proxy.port,
+        "UTF8",
+        b"BEGIN;\nSET client_encoding TO 'LATIN1';\nSET app.label = 'caf\xe9';\nCOMMIT;\n\
+          SELECT inet_server_port(), current_setting('app.label');\n\
+          SELECT inet_server_port(), current_setting('app.label');\n",
+    )
+    .await;
+    let read = rows(&out);
+    assert_eq!(read.len(), 2, "{}", String::from_utf8_lossy(&out));
+    for row in &read {
+        assert_eq!(port_of(&row[0]), primary, "a read after a LATIN1 setting");
+        assert_eq!(row[1], b"caf\xe9", "the setting as the client wrote it");
+    }
+
+    // Rolled back, the encoding is the session's again: a UTF-8 setting is carried, and reads spread.
+    let out = psql_in(
+        proxy.port,
+        "UTF8",
+        "BEGIN;\nSET client_encoding TO 'LATIN1';\nROLLBACK;\nSET app.label = 'café';\n\
+         SELECT inet_server_port(), current_setting('app.label');\n\
+         SELECT inet_server_port(), current_setting('app.label');\n"
+            .as_bytes(),
+    )
+    .await;
+    let read = rows(&out);
+    assert_eq!(read.len(), 2, "{}", String::from_utf8_lossy(&out));
+    for row in &read {
+        assert!(
+            replicas.contains(&port_of(&row[0])),
+            "a read after a rolled-back encoding ran on {:?}",
+            String::from_utf8_lossy(&row[0])
+        );
+        assert_eq!(row[1], "café".as_bytes());
+    }
+}
+
 /// Forward mode's replicas are plain servers that would take a write: one sent there by mistake would run
 /// on that replica alone. A LATIN1 write runs on the primary and reaches the replicas through the stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

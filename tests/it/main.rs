@@ -45,6 +45,7 @@ mod replica_affinity;
 mod router_table;
 mod server_role;
 mod session_pools;
+mod session_settings;
 mod sessions_auth;
 mod shard_merge;
 mod shard_placement;

@@ -8,6 +8,7 @@ use crate::backend::BackendError;
 use crate::cluster::NodeId;
 use crate::frontend::forward::Outcome;
 use crate::frontend::request::Plan;
+use crate::frontend::state::Settings;
 use crate::protocol::TxStatus;
 use crate::protocol::messages::{ProxyError, close_statement, query, sync};
 
@@ -168,28 +169,39 @@ impl Session {
             self.routing.pinned = Some((node, pin));
             conn.applied.unresettable = true;
         }
-        if !outcome.saw_error {
+        let changed = !outcome.saw_error && !plan.changes.is_empty();
+        if changed {
             self.pending_changes.extend(plan.changes);
         }
         match outcome.status {
-            TxStatus::InTransaction | TxStatus::Failed => self.routing.tx_node = Some(node),
+            TxStatus::InTransaction | TxStatus::Failed => {
+                self.routing.tx_node = Some(node);
+                if changed {
+                    // The server reads the transaction's next statements in an encoding it set.
+                    self.reading.encoding = self.settings.client_encoding_with(&self.pending_changes);
+                }
+            }
             TxStatus::Idle => {
                 self.routing.tx_node = None;
-                let committed = if was_in_tx || outcome.began_tx {
-                    outcome.last_commit
-                } else {
-                    !outcome.saw_error
-                };
-                if committed && !self.pending_changes.is_empty() {
-                    for c in std::mem::take(&mut self.pending_changes) {
-                        self.settings.apply(&c);
+                if !self.pending_changes.is_empty() {
+                    let committed = if was_in_tx || outcome.began_tx {
+                        outcome.last_commit
+                    } else {
+                        !outcome.saw_error
+                    };
+                    if committed {
+                        // The node that ran them has them, but for a RESET of a startup parameter.
+                        let (ran, generation) =
+                            Settings::as_run_on(&conn.applied.settings, &self.pending_changes);
+                        for c in &self.pending_changes {
+                            self.settings.apply(c);
+                        }
+                        conn.applied.settings = ran;
+                        conn.applied.settings_generation = generation;
                     }
+                    self.pending_changes.clear();
                     self.reading.encoding = self.settings.client_encoding();
-                    // The node that ran them already has them.
-                    conn.applied.settings = self.settings.entries().clone();
-                    conn.applied.settings_generation = self.settings.generation();
                 }
-                self.pending_changes.clear();
             }
         }
         if plan.ddl {

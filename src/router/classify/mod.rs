@@ -28,7 +28,7 @@ use std::fmt;
 use super::functions::FunctionRules;
 use super::split::{Hint, Lexer, Tok, TokKind, leading_hint, split_statements};
 use commands::{copy, create, declare, explain};
-use query::{advisory_pin, calls, query};
+use query::{calls, query, session_pin};
 pub use session::set_value;
 use session::{begin, discard, reset, set, show};
 use stmt::{Stmt, paren_spans};
@@ -202,6 +202,9 @@ pub enum Pin {
     /// Text in the session's `client_encoding` that pgfleet could not read, or a setting it could not
     /// replay from its UTF-8 copy (`protocol::encoding`): only the connection that ran it has it.
     ClientEncoding,
+    /// A session-wide `set_config()` whose setting, value or scope only the server knows as it runs (a
+    /// parameter, an expression, a call in a query that may run it any number of times).
+    SetConfig,
 }
 
 impl fmt::Display for Pin {
@@ -213,6 +216,7 @@ impl fmt::Display for Pin {
             Pin::HoldCursor => "WITH HOLD cursor",
             Pin::SqlPrepare => "SQL PREPARE",
             Pin::ClientEncoding => "setting or text outside UTF-8",
+            Pin::SetConfig => "set_config() with values known only to the server",
         })
     }
 }
@@ -356,12 +360,16 @@ impl Verdict {
     }
 
     /// The part of a nested statement's verdict that an enclosing EXPLAIN / DECLARE / COPY keeps:
-    /// transactions and settings cannot occur inside those.
+    /// transactions and SET cannot occur inside those. A `set_config()` can (EXPLAIN ANALYZE runs it, a
+    /// cursor runs it as it is fetched), when and how often pgfleet cannot tell: the session stays on the
+    /// node that ran it.
     fn nested(self) -> Self {
+        let config = (!self.changes.is_empty()).then_some(Pin::SetConfig);
         Verdict {
             begin: None,
             set_transaction: None,
             changes: Vec::new(),
+            pin: self.pin.or(config),
             ..self
         }
     }
@@ -534,13 +542,13 @@ fn classify_stmt(s: Stmt<'_>, funcs: &FunctionRules) -> Verdict {
         "ROLLBACK" if s.kw(1, "PREPARED") => Verdict::primary(Rule::Utility("ROLLBACK PREPARED")),
         _ => {
             if let Some(kind) = s.kw_in(0, DML) {
-                Verdict::primary(Rule::Write(kind)).pin(advisory_pin(&calls(s)))
+                Verdict::primary(Rule::Write(kind)).pin(session_pin(s, &calls(s)))
             } else if s.kw_in(0, DDL).is_some() {
                 Verdict::primary(Rule::Ddl)
                     .ddl()
                     .code_ddl(s.kw(0, "ALTER") && s.kw(1, "EXTENSION"))
             } else if let Some(kind) = s.kw_in(0, UTILITY) {
-                Verdict::primary(Rule::Utility(kind)).pin(advisory_pin(&calls(s)))
+                Verdict::primary(Rule::Utility(kind)).pin(session_pin(s, &calls(s)))
             } else if let Some(kind) = s.kw_in(0, TRANSACTION_CONTROL) {
                 Verdict::replica(Rule::TransactionControl(kind))
             } else if let Some(kind) = s.kw_in(0, CURSOR) {

@@ -5,9 +5,9 @@ use sqlparser::ast::{SetExpr, Statement};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::parser::Parser;
 
-use super::session::ROLE_SETTINGS;
+use super::session::{ROLE_SETTINGS, config_statement};
 use super::stmt::Stmt;
-use super::{Pin, Rule, Verdict};
+use super::{Pin, Rule, SessionChange, Verdict};
 use crate::router::depth::too_deep_tokens;
 use crate::router::functions::{FunctionRules, is_session_advisory_lock};
 use crate::router::split::TokKind;
@@ -76,9 +76,10 @@ pub(super) fn query(s: Stmt<'_>, funcs: &FunctionRules) -> Verdict {
     let parsed = parse_query(s);
     let found_calls = calls(s);
     let into = select_into(s);
+    let configs = set_configs(s, &found_calls);
     let pin = match into {
         Some(true) => Some(Pin::TempTable),
-        _ => advisory_pin(&found_calls),
+        _ => advisory_pin(&found_calls).or(configs.as_ref().err().copied()),
     };
     // The lexical findings name the reason even when the parser gave up on, say, FOR NO KEY UPDATE.
     let found = if let Parsed::Write(kind) = parsed {
@@ -112,6 +113,10 @@ pub(super) fn query(s: Stmt<'_>, funcs: &FunctionRules) -> Verdict {
         (None, _) => Verdict::replica(Rule::Read),
     }
     .pin(pin);
+    let verdict = configs
+        .unwrap_or_default()
+        .into_iter()
+        .fold(verdict, Verdict::change);
     // SELECT INTO creates a table, perhaps an UNLOGGED one the catalog rules must learn of.
     if into.is_some() { verdict.ddl() } else { verdict }
 }
@@ -295,7 +300,7 @@ fn asks_role(s: Stmt<'_>, calls: &[Call]) -> bool {
 
 /// The value of a plain, `E` or dollar-quoted string constant (escapes aside, which setting names do not
 /// need); None for other kinds.
-fn string_value(text: &str) -> Option<String> {
+pub(super) fn string_value(text: &str) -> Option<String> {
     let quoted = text
         .strip_prefix(['E', 'e'])
         .unwrap_or(text)
@@ -310,7 +315,118 @@ fn string_value(text: &str) -> Option<String> {
     text.strip_prefix(tag)?.strip_suffix(tag).map(str::to_owned)
 }
 
-pub(super) fn advisory_pin(calls: &[Call]) -> Option<Pin> {
+/// The session state a statement other than a query creates with its calls: a session advisory lock, or a
+/// session-wide `set_config()` (which only a plain `SELECT set_config(...)` makes as a change pgfleet can
+/// replay).
+pub(super) fn session_pin(s: Stmt<'_>, calls: &[Call]) -> Option<Pin> {
+    advisory_pin(calls).or(set_configs(s, calls).err())
+}
+
+/// What the statement's calls of the built-in `set_config(name, value, is_local)` leave in the session once
+/// it ends. A call with `is_local` true leaves nothing (its setting ends with the transaction). A plain
+/// `SELECT set_config('name', 'value', false), ...` is a change like `SET`, replayed by the same call
+/// ([`super::session::config_statement`]). Any other session-wide call (a parameter or an expression for
+/// an argument, a `FROM` or `WHERE` that decides whether and how often it runs) is a setting pgfleet cannot
+/// know: the session is pinned to the node that ran it.
+fn set_configs(s: Stmt<'_>, calls: &[Call]) -> Result<Vec<SessionChange>, Pin> {
+    let builtin = |c: &Call| matches!(c.schema.as_deref(), None | Some("pg_catalog"));
+    if !calls.iter().any(|c| builtin(c) && c.name == "set_config") {
+        return Ok(Vec::new());
+    }
+    let plain = only_set_configs(s);
+    let mut changes = Vec::new();
+    for at in 0..s.len() {
+        if !(s.is_name(at) && s.punct(at + 1, "(") && s.ident(at) == "set_config") {
+            continue;
+        }
+        if at >= 2 && s.punct(at - 1, ".") && s.ident(at - 2) != "pg_catalog" {
+            continue;
+        }
+        let args = arguments(s, at + 1);
+        let one = |k: usize| {
+            args.get(k)
+                .filter(|(from, to)| to - from == 1)
+                .map(|(from, _)| *from)
+        };
+        match (one(0), one(1), one(2), args.len()) {
+            (_, _, Some(local), 3) if s.kw(local, "TRUE") => continue,
+            (Some(name), Some(value), Some(local), 3)
+                if plain
+                    && s.kw(local, "FALSE")
+                    && s.kind(name) == Some(TokKind::Str)
+                    && s.kind(value) == Some(TokKind::Str) =>
+            {
+                let Some(key) = string_value(s.text(name)) else {
+                    return Err(Pin::SetConfig);
+                };
+                changes.push(SessionChange::Set {
+                    name: key.to_lowercase(),
+                    statement: config_statement(s.text(name), s.text(value)),
+                });
+            }
+            _ => return Err(Pin::SetConfig),
+        }
+    }
+    Ok(changes)
+}
+
+/// The token ranges of the top-level arguments of the call whose `(` is at `open`.
+fn arguments(s: Stmt<'_>, open: usize) -> Vec<(usize, usize)> {
+    let Some(close) = s.close_paren(open) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let (mut depth, mut from) = (0usize, open + 1);
+    for i in open + 1..close {
+        if s.punct(i, "(") || s.punct(i, "[") {
+            depth += 1;
+        } else if s.punct(i, ")") || s.punct(i, "]") {
+            depth = depth.saturating_sub(1);
+        } else if depth == 0 && s.punct(i, ",") {
+            out.push((from, i));
+            from = i + 1;
+        }
+    }
+    if close > open + 1 {
+        out.push((from, close));
+    }
+    out
+}
+
+/// Whether the statement is `SELECT` and a list of nothing but `[pg_catalog.]set_config(...)` calls, each
+/// perhaps with an alias: it runs each of them once.
+fn only_set_configs(s: Stmt<'_>) -> bool {
+    if !s.kw(0, "SELECT") {
+        return false;
+    }
+    let mut i = 1;
+    loop {
+        if s.is_name(i) && s.punct(i + 1, ".") && s.ident(i) == "pg_catalog" {
+            i += 2;
+        }
+        if !(s.is_name(i) && s.ident(i) == "set_config" && s.punct(i + 1, "(")) {
+            return false;
+        }
+        let Some(close) = s.close_paren(i + 1) else {
+            return false;
+        };
+        i = close + 1;
+        if s.kw(i, "AS") && s.is_name(i + 1) {
+            i += 2;
+        } else if s.is_name(i) && (i + 1 == s.len() || s.punct(i + 1, ",")) {
+            i += 1;
+        }
+        if i == s.len() {
+            return true;
+        }
+        if !s.punct(i, ",") {
+            return false;
+        }
+        i += 1;
+    }
+}
+
+fn advisory_pin(calls: &[Call]) -> Option<Pin> {
     calls
         .iter()
         .any(|c| {

@@ -260,10 +260,25 @@ pub(super) fn discard(s: Stmt<'_>) -> Verdict {
     }
 }
 
-/// The value a SET statement that pgfleet recorded gives its parameter, as the server reads it: a string
-/// constant unquoted, a name as written; `None` for DEFAULT or no value (`SET NAMES`), which mean the
-/// connection's own default. For the one setting pgfleet itself reads, `client_encoding`.
+/// How a session-wide `set_config()` is replayed: by the same call, its constants as the client wrote them
+/// (a `SET` of the same value would read a list such as `search_path`'s as one quoted name).
+pub(super) fn config_statement(name: &str, value: &str) -> String {
+    format!("{CONFIG_CALL}{name}, {value}, false)")
+}
+
+const CONFIG_CALL: &str = "SELECT pg_catalog.set_config(";
+
+/// The value a SET statement (or `set_config()` call, [`config_statement`]) that pgfleet recorded gives its
+/// parameter, as the server reads it: a string constant unquoted, a name as written; `None` for DEFAULT or
+/// no value (`SET NAMES`), which mean the connection's own default. For the one setting pgfleet itself
+/// reads, `client_encoding`.
 pub fn set_value(statement: &str) -> Option<String> {
+    if statement.starts_with(CONFIG_CALL) {
+        let value = super::Lexer::new(statement)
+            .filter(|t| t.kind == TokKind::Str)
+            .nth(1)?;
+        return super::query::string_value(value.text(statement));
+    }
     let last = super::Lexer::new(statement)
         .filter(|t| !matches!(t.kind, TokKind::Comment) && t.text(statement) != ";")
         .last()?;

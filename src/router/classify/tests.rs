@@ -553,3 +553,104 @@ fn ddl_that_may_change_a_function_body_is_told_apart() {
     );
     assert!(!decide(&format!("DROP TABLE t /* {big} */")).code_ddl);
 }
+
+#[test]
+fn set_config_calls_are_settings_when_pgfleet_can_replay_them() {
+    let named = |name: &str, statement: &str| SessionChange::Set {
+        name: name.into(),
+        statement: statement.into(),
+    };
+    // (statement, the changes it makes, the pin it takes)
+    let cases: Vec<(&str, Vec<SessionChange>, Option<Pin>)> = vec![
+        (
+            "SELECT set_config('search_path', 's1, public', false)",
+            vec![named(
+                "search_path",
+                "SELECT pg_catalog.set_config('search_path', 's1, public', false)",
+            )],
+            None,
+        ),
+        (
+            "select PG_CATALOG.set_config('My.Key', $$it's$$, FALSE) AS old, set_config('work_mem', '8MB', false) x",
+            vec![
+                named(
+                    "my.key",
+                    "SELECT pg_catalog.set_config('My.Key', $$it's$$, false)",
+                ),
+                named(
+                    "work_mem",
+                    "SELECT pg_catalog.set_config('work_mem', '8MB', false)",
+                ),
+            ],
+            None,
+        ),
+        // Transaction-scoped: gone when the transaction ends, whatever its arguments.
+        ("SELECT set_config('search_path', 'x', true)", vec![], None),
+        ("SELECT set_config($1, $2, true)", vec![], None),
+        (
+            "SELECT set_config('work_mem', '8MB', true) FROM t WHERE a = 1",
+            vec![],
+            None,
+        ),
+        // Known only as it runs: the session stays where it ran.
+        ("SELECT set_config($1, $2, false)", vec![], Some(Pin::SetConfig)),
+        (
+            "SELECT set_config('search_path', current_setting('x'), false)",
+            vec![],
+            Some(Pin::SetConfig),
+        ),
+        ("SELECT set_config('a.b', 'c', $1)", vec![], Some(Pin::SetConfig)),
+        (
+            "SELECT set_config('a.b', v, false) FROM t",
+            vec![],
+            Some(Pin::SetConfig),
+        ),
+        (
+            "SELECT set_config('a.b', 'c', false) FROM t WHERE false",
+            vec![],
+            Some(Pin::SetConfig),
+        ),
+        (
+            "SELECT 1, set_config('a.b', 'c', false)",
+            vec![],
+            Some(Pin::SetConfig),
+        ),
+        (
+            "INSERT INTO t SELECT set_config('a.b', 'c', false)",
+            vec![],
+            Some(Pin::SetConfig),
+        ),
+        (
+            "EXPLAIN ANALYZE SELECT set_config('a.b', 'c', false)",
+            vec![],
+            Some(Pin::SetConfig),
+        ),
+        (
+            "DECLARE c CURSOR FOR SELECT set_config('a.b', 'c', false)",
+            vec![],
+            Some(Pin::SetConfig),
+        ),
+        // Someone else's set_config.
+        ("SELECT app.set_config('a', 'b', false)", vec![], None),
+    ];
+    for (sql, changes, pin) in cases {
+        let d = decide(sql);
+        assert_eq!((d.changes, d.pin), (changes, pin), "{sql}");
+    }
+    // A session-wide call is a write function's call: it runs on the primary.
+    assert_eq!(
+        decide("SELECT set_config('search_path', 'x', false)").target,
+        Target::Primary
+    );
+    // The value the replayed call sets is the one pgfleet reads its client_encoding from.
+    let changes = decide("SELECT set_config('client_encoding', 'LATIN1', false)").changes;
+    let statements: Vec<&str> = changes
+        .iter()
+        .filter_map(|c| match c {
+            SessionChange::Set { statement, .. } => Some(statement.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(statements.len(), 1);
+    assert_eq!(set_value(statements[0]).as_deref(), Some("LATIN1"));
+}

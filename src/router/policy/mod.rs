@@ -451,6 +451,7 @@ fn pinned_label(pin: Pin) -> &'static str {
         Pin::HoldCursor => "pinned: WITH HOLD cursor",
         Pin::SqlPrepare => "pinned: SQL PREPARE",
         Pin::ClientEncoding => "pinned: setting or text outside UTF-8",
+        Pin::SetConfig => "pinned: set_config() with values known only to the server",
     }
 }
 

@@ -463,6 +463,8 @@ fn labels_match_their_display() {
         Pin::Listen,
         Pin::HoldCursor,
         Pin::SqlPrepare,
+        Pin::ClientEncoding,
+        Pin::SetConfig,
     ] {
         assert_eq!(pinned_label(pin), format!("pinned: {pin}"));
     }

@@ -1,0 +1,153 @@
+//! Settings a session makes in ways other than a plain SET, checked against what PostgreSQL itself does:
+//! `set_config(..., false)` lasts for the session like SET, and RESET, RESET ALL and DISCARD ALL return to the
+//! values the client connected with, not to the server's defaults. Each read reports the node that ran it, so
+//! a setting that only the node which ran it has shows up as a wrong value on another.
+
+use std::collections::HashSet;
+
+use crate::support::cluster::{APP_DB, APP_USER, PASSWORD, cluster_async};
+use crate::support::proxy::{Proxy, connect};
+use tokio_postgres::SimpleQueryMessage;
+
+/// Reads of settings go to a replica whatever it has replayed: these tests are about what each node's
+/// connection has, not how fresh a read is.
+const CONFIG: &str = "[routing]\nconsistency = \"off\"\n";
+
+/// The first row of a simple-protocol query, its fields as text.
+async fn row(c: &tokio_postgres::Client, sql: &str) -> Vec<String> {
+    let messages = c.simple_query(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    for m in messages {
+        if let SimpleQueryMessage::Row(r) = m {
+            return (0..r.len()).map(|i| r.get(i).unwrap_or("").to_owned()).collect();
+        }
+    }
+    panic!("{sql}: no row");
+}
+
+/// Runs `sql` (its first column the server's port) until `nodes` different nodes have answered it (at most
+/// 200 times): the ports it ran on and the other columns, which must be the same every time.
+async fn everywhere(c: &tokio_postgres::Client, sql: &str, nodes: usize) -> (HashSet<u16>, Vec<String>) {
+    let mut ports = HashSet::new();
+    let mut values: Option<Vec<String>> = None;
+    for _ in 0..200 {
+        let mut r = row(c, sql).await;
+        ports.insert(r.remove(0).parse().expect("a port"));
+        match &values {
+            Some(v) => assert_eq!(&r, v, "{sql} differs from node to node"),
+            None => values = Some(r),
+        }
+        if ports.len() == nodes {
+            break;
+        }
+    }
+    (ports, values.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_config_for_the_session_follows_it_to_every_node() {
+    let cluster = cluster_async().await;
+    let proxy = Proxy::start(&cluster, CONFIG);
+    let primary = cluster.primary.port;
+    let c = connect(&proxy.dsn(APP_USER, PASSWORD, APP_DB)).await;
+    c.batch_execute(
+        "CREATE SCHEMA s1; CREATE TABLE s1.only_here (x int); INSERT INTO s1.only_here VALUES (7);",
+    )
+    .await
+    .expect("setup");
+    cluster
+        .wait_replicas_caught_up(std::time::Duration::from_secs(30))
+        .expect("replicas caught up");
+
+    // As with SET: the list is the value set_config was given (a SET of the same string would read it as one
+    // quoted name), and an unqualified name finds the table through it on every node.
+    let set = row(&c, "SELECT set_config('search_path', 's1, public', false)").await;
+    assert_eq!(set, ["s1, public"]);
+    let sql = "SELECT inet_server_port(), current_setting('search_path'), (SELECT x FROM only_here)";
+    let (ports, values) = everywhere(&c, sql, 2).await;
+    assert_eq!(values, ["s1, public", "7"]);
+    assert!(
+        !ports.contains(&primary),
+        "reads still go to the replicas: {ports:?}"
+    );
+    assert_eq!(ports.len(), 2, "both replicas answered: {ports:?}");
+
+    // Rolled back with its transaction, as on the server.
+    c.batch_execute("BEGIN; SELECT set_config('search_path', 'public', false); ROLLBACK")
+        .await
+        .expect("rolled back");
+    let (_, values) = everywhere(&c, sql, 2).await;
+    assert_eq!(values, ["s1, public", "7"]);
+
+    // Transaction-scoped: nothing to carry.
+    c.batch_execute("BEGIN; SELECT set_config('app.scope', 'tx', true); COMMIT")
+        .await
+        .expect("local");
+    let (ports, values) = everywhere(
+        &c,
+        "SELECT inet_server_port(), current_setting('app.scope', true) IS NULL OR current_setting('app.scope', true) = ''",
+        2,
+    )
+    .await;
+    assert_eq!(values, ["t"]);
+    assert!(!ports.contains(&primary));
+
+    // Values only the server knows (parameters of the extended protocol): the session stays on the primary,
+    // which has them.
+    let other = connect(&proxy.dsn(APP_USER, PASSWORD, APP_DB)).await;
+    let r = other
+        .query_one("SELECT set_config($1, $2, false)", &[&"app.key", &"v1"])
+        .await
+        .expect("set_config with parameters");
+    assert_eq!(r.get::<_, String>(0), "v1");
+    let (ports, values) =
+        everywhere(&other, "SELECT inet_server_port(), current_setting('app.key')", 2).await;
+    assert_eq!(values, ["v1"]);
+    assert_eq!(ports, HashSet::from([primary]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_returns_to_the_values_the_client_connected_with() {
+    let cluster = cluster_async().await;
+    let proxy = Proxy::start(&cluster, CONFIG);
+    let primary = cluster.primary.port;
+    let dsn = format!(
+        "{} application_name=connected-as options='-c work_mem=7MB'",
+        proxy.dsn(APP_USER, PASSWORD, APP_DB)
+    );
+    let c = connect(&dsn).await;
+    let sql = "SELECT inet_server_port(), current_setting('application_name'), current_setting('work_mem')";
+    let at_login = ["connected-as", "7MB"];
+    let (ports, values) = everywhere(&c, sql, 2).await;
+    assert_eq!(values, at_login);
+    assert!(!ports.contains(&primary));
+
+    // Each way back to the session's defaults, then read on both replicas and on the primary: the node that ran
+    // the RESET went back to its own defaults, and has the client's set again before it runs the next request.
+    for reset in [
+        "RESET ALL",
+        "DISCARD ALL",
+        "RESET application_name; RESET work_mem",
+    ] {
+        c.batch_execute("SET application_name = 'changed'; SET work_mem = '9MB'")
+            .await
+            .expect("set");
+        let (_, values) = everywhere(&c, sql, 2).await;
+        assert_eq!(values, ["changed", "9MB"]);
+        c.batch_execute(reset)
+            .await
+            .unwrap_or_else(|e| panic!("{reset}: {e}"));
+        let (ports, values) = everywhere(&c, sql, 2).await;
+        assert_eq!(values, at_login, "after {reset}");
+        assert_eq!(ports.len(), 2, "both replicas answered: {ports:?}");
+        let r = c
+            .query_one(&format!("/* pgfleet:primary */ {sql}"), &[])
+            .await
+            .expect("read on the primary");
+        assert_eq!(r.get::<_, i32>(0) as u16, primary);
+        assert_eq!(
+            (r.get::<_, String>(1), r.get::<_, String>(2)),
+            ("connected-as".to_owned(), "7MB".to_owned()),
+            "after {reset}, on the primary"
+        );
+    }
+}
