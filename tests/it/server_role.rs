@@ -403,6 +403,53 @@ async fn a_sequences_state_is_read_on_the_primary() {
     }
 }
 
+/// The server's activity, locks and statistics: a client sees the primary's, as if connected to it, where a
+/// standby would show its own (no lock the application holds, none of its sessions).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_servers_activity_and_locks_are_read_on_the_primary() {
+    let cluster = cluster_async().await;
+    let proxy = Proxy::start(&cluster, "");
+    let holder = connect(&proxy.dsn(APP_USER, PASSWORD, APP_DB)).await;
+    holder
+        .batch_execute("SET application_name = 'lock-holder'; SELECT pg_advisory_lock(4242)")
+        .await
+        .expect("take the lock");
+    let c = connect(&proxy.dsn(APP_USER, PASSWORD, APP_DB)).await;
+    let direct_primary = connect(&cluster.primary.dsn(APP_USER, PASSWORD, APP_DB)).await;
+    let direct_replica = connect(&cluster.replicas[0].dsn(APP_USER, PASSWORD, APP_DB)).await;
+    let questions = [
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 4242",
+        "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE application_name = 'lock-holder'",
+        "SELECT count(*) FROM pg_stat_get_activity(NULL) WHERE application_name = 'lock-holder'",
+    ];
+    for q in questions {
+        assert_eq!(
+            one(&direct_primary, q).await,
+            "1",
+            "the premise: the primary has it: {q}"
+        );
+        assert_eq!(
+            one(&direct_replica, q).await,
+            "0",
+            "the premise: a standby does not: {q}"
+        );
+        for _ in 0..3 {
+            assert_eq!(one(&c, q).await, "1", "{q}");
+        }
+    }
+    direct_primary
+        .batch_execute("CREATE TABLE activity_t (x int)")
+        .await
+        .expect("create");
+    cluster
+        .wait_replicas_caught_up(Duration::from_secs(30))
+        .expect("replicas caught up");
+    let port = "SELECT inet_server_port() FROM pg_stat_user_tables WHERE relname = 'activity_t'";
+    for _ in 0..3 {
+        assert_eq!(one(&c, port).await, cluster.primary.port.to_string());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn libpq_target_session_attrs_behave_as_against_the_primary() {
     let cluster = cluster_async().await;

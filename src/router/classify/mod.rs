@@ -81,6 +81,9 @@ pub enum Rule {
     /// Reads a sequence's state (`last_value` of a sequence relation, `pg_sequence_last_value()`,
     /// `pg_sequences`): a standby's runs ahead of the primary's.
     SequenceState,
+    /// Reads the server's own activity, locks or statistics (`pg_stat_activity`, `pg_locks`,
+    /// `pg_stat_user_tables`, `pg_stat_get_*()`, ...): a standby has its own, not the primary's.
+    ServerActivity,
     /// Asks whether the server is a primary (`pg_is_in_recovery()`, `transaction_read_only`,
     /// `in_hot_standby`): the answer must be the primary's, as the greeting's, while a primary is up.
     ServerRole,
@@ -118,6 +121,7 @@ impl fmt::Display for Rule {
             Rule::WriteFunction(name) => write!(f, "calls {name}() which may write"),
             Rule::UnloggedRelation => f.write_str(UNLOGGED_LABEL),
             Rule::SequenceState => f.write_str(SEQUENCE_LABEL),
+            Rule::ServerActivity => f.write_str(ACTIVITY_LABEL),
             Rule::ServerRole => f.write_str(SERVER_ROLE_LABEL),
             Rule::SessionPid => f.write_str(SESSION_PID_LABEL),
             Rule::TransactionBegin => f.write_str("read-write transaction runs on the primary"),
@@ -135,6 +139,8 @@ impl fmt::Display for Rule {
 pub const UNLOGGED_LABEL: &str = "reads an unlogged table: sent to the primary";
 /// The label of [`Rule::SequenceState`].
 pub const SEQUENCE_LABEL: &str = "reads a sequence's state: sent to the primary, as a standby's runs ahead";
+/// The label of [`Rule::ServerActivity`].
+pub const ACTIVITY_LABEL: &str = "reads the server's activity or statistics: answered by the primary";
 /// The label of [`Rule::ServerRole`]; the session recognises a plan by it (see [`Rule::is_read_on_primary`]).
 pub const SERVER_ROLE_LABEL: &str = "asks the server's role: answered by the primary";
 /// The label of [`Rule::SessionPid`].
@@ -146,6 +152,7 @@ impl Rule {
     pub fn is_read_on_primary(label: &str) -> bool {
         label == UNLOGGED_LABEL
             || label == SEQUENCE_LABEL
+            || label == ACTIVITY_LABEL
             || label == SERVER_ROLE_LABEL
             || label == SESSION_PID_LABEL
     }
@@ -176,6 +183,7 @@ impl Rule {
             Rule::ModifyingCte => "data-modifying WITH writes",
             Rule::UnloggedRelation => UNLOGGED_LABEL,
             Rule::SequenceState => SEQUENCE_LABEL,
+            Rule::ServerActivity => ACTIVITY_LABEL,
             Rule::ServerRole => SERVER_ROLE_LABEL,
             Rule::SessionPid => SESSION_PID_LABEL,
             Rule::TransactionBegin => "read-write transaction runs on the primary",

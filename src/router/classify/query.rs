@@ -98,6 +98,8 @@ pub(super) fn query(s: Stmt<'_>, funcs: &FunctionRules) -> Verdict {
         Some(Rule::SequenceState)
     } else if asks_role(s, &found_calls) {
         Some(Rule::ServerRole)
+    } else if reads_activity(s, &found_calls) {
+        Some(Rule::ServerActivity)
     } else if found_calls
         .iter()
         .any(|c| c.name == "pg_backend_pid" && matches!(c.schema.as_deref(), None | Some("pg_catalog")))
@@ -295,6 +297,53 @@ fn asks_role(s: Stmt<'_>, calls: &[Call]) -> bool {
                 && s.kind(i + 2) == Some(TokKind::Str)
                 && string_value(s.text(i + 2))
                     .is_some_and(|v| ROLE_SETTINGS.contains(&v.to_ascii_lowercase().as_str())))
+    })
+}
+
+/// Built-in relations and functions, besides the `pg_stat_*` and `pg_statio_*` ones, whose answer is the state
+/// of the server that runs them: its locks, prepared transactions, start and configuration times, log and WAL
+/// files. (`pg_stats` and `pg_statistic` hold the planner's statistics, which a standby replays.)
+const ACTIVITY_NAMES: &[&str] = &[
+    "pg_locks",
+    "pg_lock_status",
+    "pg_blocking_pids",
+    "pg_safe_snapshot_blocking_pids",
+    "pg_prepared_xacts",
+    "pg_prepared_xact",
+    "pg_postmaster_start_time",
+    "pg_conf_load_time",
+    "pg_current_logfile",
+    "pg_ls_logdir",
+    "pg_ls_waldir",
+    "pg_ls_archive_statusdir",
+    "pg_ls_tmpdir",
+    "pg_replication_origin_status",
+];
+
+/// Whether the statement reads the server's own activity, locks or statistics, which a client connected to
+/// pgfleet must see as the primary's, the server it believes it talks to: a relation or function of the
+/// catalog named `pg_stat_*` or `pg_statio_*` (the statistics views and their `pg_stat_get_*` functions,
+/// `pg_stat_statements`), or one of [`ACTIVITY_NAMES`].
+fn reads_activity(s: Stmt<'_>, calls: &[Call]) -> bool {
+    let ours = |name: &str| {
+        name.starts_with("pg_stat_") || name.starts_with("pg_statio_") || ACTIVITY_NAMES.contains(&name)
+    };
+    if calls
+        .iter()
+        .any(|c| matches!(c.schema.as_deref(), None | Some("pg_catalog")) && ours(&c.name))
+    {
+        return true;
+    }
+    (0..s.len()).any(|i| {
+        // Most names are not the catalog's: their first letters say so before the name is resolved.
+        let catalog_like = s.is_name(i)
+            && s.text(i)
+                .trim_start_matches('"')
+                .get(..3)
+                .is_some_and(|p| p.eq_ignore_ascii_case("pg_"));
+        catalog_like
+            && (!(i >= 2 && s.punct(i - 1, ".")) || s.ident(i - 2) == "pg_catalog")
+            && ours(&s.ident(i))
     })
 }
 

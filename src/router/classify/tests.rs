@@ -486,7 +486,56 @@ fn unlogged_relations_and_role_questions_go_to_the_primary() {
             Target::Primary,
             Rule::ServerRole,
         ),
-        ("SELECT * FROM pg_stat_activity", Target::Replica, Rule::Read),
+        // The server's own activity, locks and statistics: a standby has its own.
+        (
+            "SELECT count(*) FROM pg_stat_activity",
+            Target::Primary,
+            Rule::ServerActivity,
+        ),
+        (
+            "SELECT * FROM pg_catalog.pg_locks WHERE locktype = 'advisory'",
+            Target::Primary,
+            Rule::ServerActivity,
+        ),
+        (
+            "SELECT n_tup_ins FROM pg_stat_user_tables WHERE relname = 't'",
+            Target::Primary,
+            Rule::ServerActivity,
+        ),
+        (
+            "SELECT heap_blks_hit FROM \"pg_statio_user_tables\"",
+            Target::Primary,
+            Rule::ServerActivity,
+        ),
+        (
+            "SELECT pg_stat_get_numscans('t'::regclass)",
+            Target::Primary,
+            Rule::ServerActivity,
+        ),
+        (
+            "SELECT pg_blocking_pids(42)",
+            Target::Primary,
+            Rule::ServerActivity,
+        ),
+        (
+            "SELECT gid FROM pg_prepared_xacts",
+            Target::Primary,
+            Rule::ServerActivity,
+        ),
+        (
+            "SELECT pg_postmaster_start_time()",
+            Target::Primary,
+            Rule::ServerActivity,
+        ),
+        // The planner's statistics are replayed data, and names outside the catalog are the user's.
+        (
+            "SELECT * FROM pg_stats WHERE tablename = 't'",
+            Target::Replica,
+            Rule::Read,
+        ),
+        ("SELECT * FROM pg_statistic", Target::Replica, Rule::Read),
+        ("SELECT * FROM app.pg_stat_activity", Target::Replica, Rule::Read),
+        ("SELECT app.pg_blocking_pids(1)", Target::Replica, Rule::Read),
         (
             "SELECT myschema.pg_current_wal_lsn()",
             Target::Replica,
