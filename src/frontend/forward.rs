@@ -50,11 +50,13 @@ pub(crate) struct Outcome {
 
 /// Why a request did not complete.
 pub(crate) enum FlowError {
-    /// A led read found its replica behind (see [`LeadState`]): nothing reached the client; the plan is
-    /// handed back for the next candidate.
+    /// A read is for another node, and nothing reached the client: the plan is handed back for the next
+    /// candidate.
     Stale {
         /// The plan, handed back.
         plan: Box<Plan>,
+        /// Why the node could not give the read its answer.
+        why: Redo,
     },
     /// The client cancelled the request before it reached the node (see [`CancelKey::run_on`]): nothing was
     /// sent; the session answers 57014.
@@ -74,6 +76,28 @@ pub(crate) enum FlowError {
         /// Whether the node's own FATAL (sent before it closed the connection) reached the client.
         farewell_sent: bool,
     },
+}
+
+/// Why a read runs again on another node ([`FlowError::Stale`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Redo {
+    /// A led read found its replica behind (see [`LeadState`]).
+    Behind,
+    /// The replica canceled it for a conflict with recovery (its replay needed a lock the read held, or
+    /// removed rows the read's snapshot could still see): SQLSTATE 40001 or 40P01, which a client of the
+    /// primary never gets for a read outside a transaction.
+    RecoveryConflict,
+}
+
+/// Whether an ErrorResponse from a replica ends a read for a conflict with recovery. A standby runs no
+/// serializable transaction nor anything that waits on another session's lock, so outside a transaction these
+/// two codes come from its replay (or from a function raising them on purpose, which raises them on the
+/// next node as well).
+fn is_recovery_conflict(body: &[u8]) -> bool {
+    matches!(
+        crate::protocol::messages::error_field(body, b'C'),
+        Some("40001" | "40P01")
+    )
 }
 
 /// The protocol state of a request in flight.
@@ -109,6 +133,9 @@ pub(crate) struct Flow {
     /// so that a node dying in mid-reply (an immediate shutdown sends a FATAL, then resets) costs the client
     /// nothing. A reply that arrives in one piece, the usual case, is written as it comes, without a copy.
     hold_back: bool,
+    /// A held-back read's node canceled it for a conflict with recovery before any of its reply reached the
+    /// client: on a replica, the reply is dropped and the read runs again elsewhere.
+    conflict: bool,
     /// Reply bytes not yet written to the client: a retryable read's (`hold_back`), or, with a trailer, the
     /// client's frames waiting to go out with its last ReadyForQuery in one write once the trailer's answer
     /// is in (one send, so one wakeup of the client, per request).
@@ -189,6 +216,7 @@ impl Flow {
             }
             b'E' => {
                 self.outcome.saw_error = true;
+                self.conflict |= self.hold_back && !self.output_sent && is_recovery_conflict(body);
                 self.fatal_seen |= crate::backend::conn::is_fatal(body);
                 if self.copy_in {
                     self.copy_in = false;
@@ -336,6 +364,7 @@ impl Flow {
             fatal_seen: false,
             farewell_sent: false,
             hold_back: retryable,
+            conflict: false,
             held: BytesMut::new(),
             notified: false,
             cancel_after_send,
@@ -351,8 +380,22 @@ impl Flow {
             {
                 conn.status = flow.outcome.status;
                 session.key.clear_active();
-                return Err(FlowError::Stale { plan: Box::new(plan) });
+                return Err(FlowError::Stale {
+                    plan: Box::new(plan),
+                    why: Redo::Behind,
+                });
             }
+        }
+        if result.is_ok()
+            && flow.conflict
+            && let Some(conn) = session.conns[node.index()].as_mut()
+        {
+            conn.status = flow.outcome.status;
+            session.key.clear_active();
+            return Err(FlowError::Stale {
+                plan: Box::new(plan),
+                why: Redo::RecoveryConflict,
+            });
         }
         if result.is_ok()
             && let Some(mut t) = flow.trailer.take()
@@ -521,8 +564,13 @@ impl Flow {
                         (Some(block), None) if lead_end > 0 => (block.len() > lead_end).then(|| block.slice(lead_end..)),
                         (block, _) => block,
                     };
-                    // A stale replica's answer to the read is not the client's: it is read to its end and dropped.
-                    let block = block.filter(|_| !self.lead.as_ref().is_some_and(|l| l.stale));
+                    if self.conflict {
+                        // The primary's own error is its client's, as it would be without pgfleet.
+                        self.conflict = !session.is_primary(node);
+                    }
+                    // A stale replica's answer to the read is not the client's, nor one that a conflict with
+                    // recovery ended: it is read to its end and dropped.
+                    let block = block.filter(|_| !self.lead.as_ref().is_some_and(|l| l.stale) && !self.conflict);
                     let block = if std::mem::take(&mut self.notified) {
                         // The client is told the pid pgfleet gave the notifying client, not a node's.
                         block.map(|b| session.shared.cancels.rewrite_notifications(node.index(), b))
@@ -565,7 +613,9 @@ impl Flow {
                 }
             }
         }
-        if !self.held.is_empty() && self.trailer.is_none() {
+        if self.conflict {
+            self.held.clear();
+        } else if !self.held.is_empty() && self.trailer.is_none() {
             self.output_sent = true;
             write_flush(&mut session.client, &self.held)
                 .await

@@ -39,6 +39,7 @@ mod node_tls;
 mod pids;
 mod pooling;
 mod psql_pgbench;
+mod recovery_conflicts;
 mod release_build;
 mod reload;
 mod replica_affinity;

@@ -15,7 +15,7 @@ use crate::backend::{BackendError, Checkout, Pools};
 use crate::cluster::view::FleetView;
 use crate::cluster::{Node, NodeId, ReplayPositions, ShardId};
 use crate::config::{Consistency, Role};
-use crate::frontend::forward::{Flow, FlowError};
+use crate::frontend::forward::{Flow, FlowError, Redo};
 use crate::frontend::request::{End, Plan, Request};
 use crate::protocol::lsn::Lsn;
 use crate::protocol::messages::ProxyError;
@@ -318,12 +318,15 @@ impl Session {
                     self.release_between_transactions(node);
                     return self.refuse(self.error_of(&BackendError::Canceled), end).await;
                 }
-                Err(FlowError::Stale { plan: returned }) => {
+                Err(FlowError::Stale { plan: returned, why }) => {
                     // Nothing reached the client; the next candidate (known fresh, or the primary) serves. When
                     // this was the last attempt (the last candidate, or its full pool sent the read back to the
                     // best choice), the primary is tried once more, waiting for a connection: the policy's
                     // last resort.
                     plan = *returned;
+                    if why == Redo::RecoveryConflict {
+                        tracing::info!(node = %self.shared.fleet.nodes()[node.index()].target.name, "read canceled by a conflict with recovery: it runs on the next node");
+                    }
                     if i == candidates.len()
                         && self.shared.config().routing.fallback_to_primary
                         && self.routing.route != Some(Target::Replica)
@@ -335,11 +338,19 @@ impl Session {
                         // It waits for a connection rather than sending the read back to the stale replica.
                         first_full = None;
                     }
-                    last_err = Some(ProxyError::error(
-                        "57P03",
-                        "pgfleet: no replica has replayed what this read must see (routing.consistency) and \
-                         routing.fallback_to_primary = false",
-                    ));
+                    last_err = Some(match why {
+                        Redo::Behind => ProxyError::error(
+                            "57P03",
+                            "pgfleet: no replica has replayed what this read must see (routing.consistency) and \
+                             routing.fallback_to_primary = false",
+                        ),
+                        Redo::RecoveryConflict => ProxyError::error(
+                            "40001",
+                            "canceling statement due to conflict with recovery: the replica's replay needed \
+                             what the read held, and no other node may run it (routing.fallback_to_primary, \
+                             pgfleet.route)",
+                        ),
+                    });
                     continue;
                 }
                 Err(FlowError::Node {
@@ -375,6 +386,11 @@ impl Session {
         plan.target == Target::Replica
             && !self.shared.config().routing.primary_reads
             && self.shared.fleet.primary(self.shard).ok() == Some(node)
+    }
+
+    /// Whether `node` is the primary as of the current request.
+    pub(in crate::frontend) fn is_primary(&self, node: NodeId) -> bool {
+        self.current.view.primary_node(self.shard) == Some(node)
     }
 
     /// Whether the fleet has a primary that no check or session has seen fail.
