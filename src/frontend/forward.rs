@@ -371,30 +371,25 @@ impl Flow {
             cancel_sent: None,
         };
         let mut result = flow.pump(session, node, req, &mut plan).await;
-        if let Some(mut l) = flow.lead.take() {
+        let stale = flow.lead.take().is_some_and(|mut l| {
             // Published already unless the run ended before the lead's reply did.
             l.in_flight.answered(l.answer);
-            if result.is_ok()
-                && l.stale
-                && let Some(conn) = session.conns[node.index()].as_mut()
-            {
-                conn.status = flow.outcome.status;
-                session.key.clear_active();
-                return Err(FlowError::Stale {
-                    plan: Box::new(plan),
-                    why: Redo::Behind,
-                });
-            }
-        }
+            l.stale
+        });
+        let redo = match (stale, flow.conflict) {
+            (true, _) => Some(Redo::Behind),
+            (false, true) => Some(Redo::RecoveryConflict),
+            (false, false) => None,
+        };
         if result.is_ok()
-            && flow.conflict
+            && let Some(why) = redo
             && let Some(conn) = session.conns[node.index()].as_mut()
         {
             conn.status = flow.outcome.status;
             session.key.clear_active();
             return Err(FlowError::Stale {
                 plan: Box::new(plan),
-                why: Redo::RecoveryConflict,
+                why,
             });
         }
         if result.is_ok()

@@ -211,6 +211,8 @@ async fn role_questions_are_answered_by_the_primary() {
         "SELECT current_setting('transaction_read_only')",
         "SELECT current_setting('in_hot_standby')",
         "SELECT current_setting('default_transaction_read_only')",
+        "SELECT setting FROM pg_settings WHERE name = 'in_hot_standby'",
+        "SELECT setting FROM pg_catalog.pg_settings WHERE name = 'transaction_read_only'",
     ];
     let direct_primary = connect(&cluster.primary.dsn(APP_USER, PASSWORD, APP_DB)).await;
     let direct_replica = connect(&cluster.replicas[0].dsn(APP_USER, PASSWORD, APP_DB)).await;
@@ -227,6 +229,7 @@ async fn role_questions_are_answered_by_the_primary() {
         "SHOW transaction_read_only",
         "SHOW in_hot_standby",
         "SELECT pg_is_in_recovery()",
+        "SELECT setting FROM pg_settings WHERE name = 'in_hot_standby'",
     ] {
         assert!(differ.contains(&q), "{q} is the same on both servers");
     }

@@ -257,10 +257,13 @@ const ROLE_FUNCTIONS: &[&str] = &[
     "pg_is_wal_replay_paused",
     "pg_get_wal_replay_pause_state",
     "pg_control_recovery",
+    "pg_show_all_settings",
 ];
 
-/// Catalog views of the server's own replication: its WAL senders and slots, or its WAL receiver.
+/// Catalog views of the server's own replication (its WAL senders and slots, or its WAL receiver), and its
+/// settings, among which those that tell a standby ([`ROLE_SETTINGS`]).
 const ROLE_VIEWS: &[&str] = &[
+    "pg_settings",
     "pg_stat_replication",
     "pg_stat_replication_slots",
     "pg_replication_slots",

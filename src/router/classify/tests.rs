@@ -449,6 +449,11 @@ fn unlogged_relations_and_role_questions_go_to_the_primary() {
         ("SELECT * FROM other.ucache", Target::Replica, Rule::Read),
         ("SELECT pg_is_in_recovery()", Target::Primary, Rule::ServerRole),
         ("SHOW in_hot_standby", Target::Primary, Rule::ServerRole),
+        (
+            "SELECT setting FROM pg_settings WHERE name = 'in_hot_standby'",
+            Target::Primary,
+            Rule::ServerRole,
+        ),
         // The server's replication state: a standby fails these or answers for itself.
         ("SELECT pg_current_wal_lsn()", Target::Primary, Rule::ServerRole),
         (
