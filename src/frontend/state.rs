@@ -2,6 +2,7 @@
 //! and SET/RESET, kept as a compact latest-value-per-name log) and its prepared statements.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -13,10 +14,11 @@ use crate::router::classify::{Pin, SessionChange, Target, set_value};
 /// what has been applied on it, and the difference between the two is what must run before a request.
 #[derive(Debug, Default)]
 pub struct Settings {
-    entries: BTreeMap<String, String>,
+    /// Shared with `startup` until the session changes a setting: most sessions never do, and keep one map.
+    entries: Arc<BTreeMap<String, String>>,
     /// The startup parameters' entries: what RESET, RESET ALL and DISCARD ALL return to, as on PostgreSQL,
     /// where the values a client connects with are its session's defaults.
-    startup: BTreeMap<String, String>,
+    startup: Arc<BTreeMap<String, String>>,
     /// Identifies these entries: 0 for none, else the number [`generation_of`] gave this content. Sessions
     /// with the same settings share it, so a connection that recorded the same generation has exactly these
     /// settings applied, which answers [`Settings::diff`] without comparing the maps, also for a connection
@@ -68,6 +70,7 @@ impl Settings {
             })
             .collect();
         let generation = generation_of(&entries);
+        let entries = Arc::new(entries);
         Settings {
             startup: entries.clone(),
             entries,
@@ -84,17 +87,17 @@ impl Settings {
     pub fn apply(&mut self, change: &SessionChange) {
         match change {
             SessionChange::Set { name, statement } => {
-                self.entries.insert(name.clone(), statement.clone());
+                Arc::make_mut(&mut self.entries).insert(name.clone(), statement.clone());
             }
             SessionChange::Reset { name, .. } => match self.startup.get(name) {
                 Some(statement) => {
-                    self.entries.insert(name.clone(), statement.clone());
+                    Arc::make_mut(&mut self.entries).insert(name.clone(), statement.clone());
                 }
                 None => {
-                    self.entries.remove(name);
+                    Arc::make_mut(&mut self.entries).remove(name);
                 }
             },
-            SessionChange::ResetAll => self.entries.clone_from(&self.startup),
+            SessionChange::ResetAll => self.entries = self.startup.clone(),
         }
         self.generation = generation_of(&self.entries);
     }
@@ -156,7 +159,7 @@ impl Settings {
             sql.push_str(&reset_statement(name));
             sql.push(';');
         }
-        for (name, stmt) in &self.entries {
+        for (name, stmt) in self.entries.iter() {
             if applied.get(name) != Some(stmt) {
                 sql.push_str(stmt);
                 sql.push(';');
