@@ -127,6 +127,7 @@ async fn reset_returns_to_the_values_the_client_connected_with() {
         "RESET ALL",
         "DISCARD ALL",
         "RESET application_name; RESET work_mem",
+        "SET application_name TO DEFAULT; SET work_mem = DEFAULT",
     ] {
         c.batch_execute("SET application_name = 'changed'; SET work_mem = '9MB'")
             .await

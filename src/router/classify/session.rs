@@ -157,9 +157,17 @@ pub(super) fn set(s: Stmt<'_>) -> Verdict {
     if local {
         return Verdict::replica(Rule::SessionState("SET LOCAL"));
     }
-    Verdict::replica(Rule::SessionState("SET")).change(SessionChange::Set {
-        name,
-        statement: s.source().to_owned(),
+    // `SET x TO DEFAULT` (also `SET NAMES` alone, `SET TIME ZONE LOCAL`) is RESET: back to the value the session
+    // connected with, which pgfleet's connections to the nodes do not share.
+    let to_default = (value >= s.len() && value_optional)
+        || (value + 1 == s.len()
+            && (s.kw(value, "DEFAULT") || (name == "timezone" && s.kw(value, "LOCAL")))
+            && name != "session_authorization");
+    let statement = s.source().to_owned();
+    Verdict::replica(Rule::SessionState("SET")).change(if to_default {
+        SessionChange::Reset { name, statement }
+    } else {
+        SessionChange::Set { name, statement }
     })
 }
 

@@ -187,6 +187,22 @@ fn set_changes_are_canonical() {
             ),
         ]
     );
+    // To DEFAULT is RESET: the session's startup value, not the node connection's.
+    for (sql, name) in [
+        ("SET application_name TO DEFAULT", "application_name"),
+        ("set work_mem = default", "work_mem"),
+        ("SET NAMES", "client_encoding"),
+        ("SET TIME ZONE LOCAL", "timezone"),
+    ] {
+        assert_eq!(
+            set(sql),
+            vec![SessionChange::Reset {
+                name: name.into(),
+                statement: sql.into()
+            }],
+            "{sql}"
+        );
+    }
     assert!(set("SET LOCAL search_path TO a").is_empty());
     assert!(set("SET TRANSACTION READ ONLY").is_empty());
     assert!(set("SET CONSTRAINTS ALL DEFERRED").is_empty());
