@@ -46,6 +46,14 @@ pub(crate) struct Outcome {
     pub last_commit: bool,
     /// The request itself opened a transaction that it also closed (BEGIN ... COMMIT in one string).
     pub began_tx: bool,
+    /// How many SAVEPOINT, RELEASE and ROLLBACK tags came back: which savepoint statements of a request
+    /// that failed ran before the failure.
+    pub savepoint_tags: usize,
+}
+
+/// The command tag of SAVEPOINT, RELEASE or ROLLBACK (also ROLLBACK TO): see [`Outcome::savepoint_tags`].
+pub(crate) fn is_savepoint_tag(tag: &[u8]) -> bool {
+    tag == b"SAVEPOINT" || tag == b"RELEASE" || tag == b"ROLLBACK"
 }
 
 /// Why a request did not complete.
@@ -232,6 +240,8 @@ impl Flow {
                 self.outcome.last_commit = tag == b"COMMIT";
                 if tag == b"BEGIN" || tag == b"START TRANSACTION" {
                     self.outcome.began_tx = true;
+                } else if is_savepoint_tag(tag) {
+                    self.outcome.savepoint_tags += 1;
                 }
             }
             b'1' if !self.track => self.outcome.parses_ok += 1,

@@ -54,7 +54,7 @@ fn carried(changes: &[SessionChange], encoding: ClientEncoding) -> bool {
             SessionChange::Set { statement, .. } | SessionChange::Reset { statement, .. } => {
                 statement.is_ascii()
             }
-            SessionChange::ResetAll => true,
+            SessionChange::ResetAll | SessionChange::Savepoint(_) => true,
         })
 }
 

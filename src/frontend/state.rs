@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use crate::protocol::encoding::ClientEncoding;
 use crate::protocol::quote::{quote_ident, quote_literal};
-use crate::router::classify::{Pin, SessionChange, Target, set_value};
+use crate::router::classify::{Pin, Savepoint, SessionChange, Target, set_value};
 
 /// Session settings: the latest statement per setting name. A node connection records the same map for
 /// what has been applied on it, and the difference between the two is what must run before a request.
@@ -98,6 +98,7 @@ impl Settings {
                 }
             },
             SessionChange::ResetAll => self.entries = self.startup.clone(),
+            SessionChange::Savepoint(_) => return,
         }
         self.generation = generation_of(&self.entries);
     }
@@ -119,6 +120,7 @@ impl Settings {
                     ran.remove(name);
                 }
                 SessionChange::ResetAll => ran.clear(),
+                SessionChange::Savepoint(_) => {}
             }
         }
         let generation = generation_of(&ran);
@@ -137,9 +139,9 @@ impl Settings {
         let last = pending
             .iter()
             .rev()
-            .find(|c| c.name().is_none_or(|n| n == "client_encoding"));
+            .find(|c| matches!(c, SessionChange::ResetAll) || c.name() == Some("client_encoding"));
         match last {
-            None => self.client_encoding(),
+            None | Some(SessionChange::Savepoint(_)) => self.client_encoding(),
             Some(SessionChange::Set { statement, .. }) => encoding_of(Some(statement)),
             Some(SessionChange::Reset { .. } | SessionChange::ResetAll) => {
                 encoding_of(self.startup.get("client_encoding"))
@@ -166,6 +168,86 @@ impl Settings {
             }
         }
         if sql.is_empty() { None } else { Some(sql) }
+    }
+}
+
+/// The setting changes of the open transaction, in order, which its commit keeps and its rollback drops, and
+/// its savepoints: a ROLLBACK TO drops the changes made after its savepoint, as the server undoes them.
+#[derive(Debug, Default)]
+pub struct PendingChanges {
+    /// Settings only: no [`SessionChange::Savepoint`].
+    changes: Vec<SessionChange>,
+    /// The transaction's savepoints, oldest first.
+    savepoints: Vec<Mark>,
+}
+
+/// One savepoint, or several of one name set in a row with no change between them (drivers that set a
+/// savepoint before every statement, as pgJDBC's `autosave` does, would otherwise grow this without bound).
+#[derive(Debug)]
+struct Mark {
+    name: String,
+    /// How many changes came before it.
+    at: usize,
+    /// How many savepoints it stands for.
+    count: usize,
+}
+
+impl PendingChanges {
+    /// Records a change or savepoint statement that ran.
+    pub fn record(&mut self, change: SessionChange) {
+        let SessionChange::Savepoint(op) = change else {
+            self.changes.push(change);
+            return;
+        };
+        match op {
+            Savepoint::Set(name) => match self.savepoints.last_mut() {
+                Some(top) if top.name == name && top.at == self.changes.len() => top.count += 1,
+                _ => self.savepoints.push(Mark {
+                    name,
+                    at: self.changes.len(),
+                    count: 1,
+                }),
+            },
+            // A name pgfleet never saw set leaves everything as it is: the server refused the statement.
+            Savepoint::RollbackTo(name) => {
+                if let Some(i) = self.latest(&name) {
+                    self.changes.truncate(self.savepoints[i].at);
+                    self.savepoints.truncate(i + 1);
+                }
+            }
+            Savepoint::Release(name) => {
+                if let Some(i) = self.latest(&name) {
+                    self.savepoints.truncate(i + 1);
+                    if let Some(top) = self.savepoints.last_mut() {
+                        top.count -= 1;
+                        if top.count == 0 {
+                            self.savepoints.pop();
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The latest savepoint of this name.
+    fn latest(&self, name: &str) -> Option<usize> {
+        self.savepoints.iter().rposition(|m| m.name == name)
+    }
+
+    /// The setting changes that stand, in order.
+    pub fn changes(&self) -> &[SessionChange] {
+        &self.changes
+    }
+
+    /// Whether a setting change stands.
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
+    /// The transaction ended.
+    pub fn clear(&mut self) {
+        self.changes.clear();
+        self.savepoints.clear();
     }
 }
 
@@ -261,6 +343,74 @@ impl Statements {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs `ops` ("x=1" sets x, "sp a" / "to a" / "rel a" for SAVEPOINT, ROLLBACK TO, RELEASE) and answers
+    /// the settings that stand, as "name=value".
+    fn standing(ops: &str) -> Vec<String> {
+        let mut p = PendingChanges::default();
+        for op in ops.split(',').map(str::trim).filter(|op| !op.is_empty()) {
+            let change = match op.split_once(' ') {
+                Some(("sp", name)) => SessionChange::Savepoint(Savepoint::Set(name.into())),
+                Some(("to", name)) => SessionChange::Savepoint(Savepoint::RollbackTo(name.into())),
+                Some(("rel", name)) => SessionChange::Savepoint(Savepoint::Release(name.into())),
+                _ => {
+                    let (name, _) = op.split_once('=').expect("name=value");
+                    SessionChange::Set {
+                        name: name.into(),
+                        statement: op.into(),
+                    }
+                }
+            };
+            p.record(change);
+        }
+        p.changes()
+            .iter()
+            .map(|c| match c {
+                SessionChange::Set { statement, .. } => statement.clone(),
+                other => panic!("not a setting: {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_rollback_to_a_savepoint_drops_the_changes_made_after_it() {
+        // (what the transaction ran, the changes its commit keeps: what PostgreSQL keeps)
+        let cases: &[(&str, &[&str])] = &[
+            ("x=1, y=2", &["x=1", "y=2"]),
+            ("x=1, sp a, y=2, to a", &["x=1"]),
+            ("sp a, x=1, to a, y=2", &["y=2"]),
+            // The savepoint stays after ROLLBACK TO: a second one goes back to it again.
+            ("sp a, x=1, to a, y=2, to a", &[]),
+            // RELEASE keeps the changes, and ends the savepoint and every later one.
+            ("sp a, x=1, rel a, y=2", &["x=1", "y=2"]),
+            ("sp a, x=1, sp b, y=2, rel a, to b", &["x=1", "y=2"]),
+            // ROLLBACK TO an earlier savepoint ends the later ones.
+            ("sp a, x=1, sp b, y=2, to a, to b", &[]),
+            // A name set twice: the later one counts until it is released.
+            ("sp a, x=1, sp a, y=2, to a", &["x=1"]),
+            ("sp a, x=1, sp a, y=2, rel a, to a", &[]),
+            // Set twice in a row (a driver's automatic savepoint): one release leaves the other.
+            ("x=1, sp a, sp a, y=2, rel a, to a", &["x=1"]),
+            ("x=1, sp a, sp a, rel a, rel a, y=2, to a", &["x=1", "y=2"]),
+            // Names are compared exactly (the classifier folds unquoted ones).
+            ("sp a, x=1, to A", &["x=1"]),
+            ("sp b, x=1, to a", &["x=1"]),
+        ];
+        for (ops, want) in cases {
+            assert_eq!(standing(ops), *want, "{ops}");
+        }
+    }
+
+    #[test]
+    fn repeated_savepoints_take_one_entry() {
+        let mut p = PendingChanges::default();
+        for _ in 0..10_000 {
+            p.record(SessionChange::Savepoint(Savepoint::Set("pgjdbc_autosave".into())));
+        }
+        assert_eq!(p.savepoints.len(), 1);
+        p.clear();
+        assert!(p.savepoints.is_empty() && p.is_empty());
+    }
 
     #[test]
     fn the_client_encoding_is_read_from_the_setting_that_made_it() {

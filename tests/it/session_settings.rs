@@ -1,6 +1,7 @@
 //! Settings a session makes in ways other than a plain SET, checked against what PostgreSQL itself does:
-//! `set_config(..., false)` lasts for the session like SET, and RESET, RESET ALL and DISCARD ALL return to the
-//! values the client connected with, not to the server's defaults. Each read reports the node that ran it, so
+//! `set_config(..., false)` lasts for the session like SET, RESET, RESET ALL and DISCARD ALL return to the
+//! values the client connected with, not to the server's defaults, and a ROLLBACK TO a savepoint undoes the
+//! settings made after it. Each read reports the node that ran it, so
 //! a setting that only the node which ran it has shows up as a wrong value on another.
 
 use std::collections::HashSet;
@@ -151,4 +152,56 @@ async fn reset_returns_to_the_values_the_client_connected_with() {
             "after {reset}, on the primary"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_to_a_savepoint_undoes_the_settings_made_after_it() {
+    let cluster = cluster_async().await;
+    let proxy = Proxy::start(&cluster, CONFIG);
+    let c = connect(&proxy.dsn(APP_USER, PASSWORD, APP_DB)).await;
+    let run = async |sql: &str| {
+        c.batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    };
+    let sql = "SELECT inet_server_port(), current_setting('app.label'), current_setting('work_mem')";
+
+    // Each statement a request of its own, as drivers send them.
+    for sql in [
+        "BEGIN",
+        "SET app.label = 'kept'",
+        "SAVEPOINT a",
+        "SET app.label = 'undone'",
+        "SET work_mem = '7MB'",
+        "ROLLBACK TO SAVEPOINT a",
+        "COMMIT",
+    ] {
+        run(sql).await;
+    }
+    let (ports, values) = everywhere(&c, sql, 2).await;
+    assert_eq!(values, ["kept", "4MB"], "on {ports:?}");
+    assert_eq!(ports.len(), 2, "both replicas answered: {ports:?}");
+
+    // A savepoint sent with the statement that fails (pgJDBC's autosave does so) still counts: rolling back
+    // to it undoes what came after it, and only that.
+    run("BEGIN").await;
+    run("SET app.label = 'second'").await;
+    let failed = c.batch_execute("SAVEPOINT s; SELECT 1/0").await;
+    assert!(failed.is_err(), "division by zero: {failed:?}");
+    for sql in [
+        "ROLLBACK TO s",
+        "SET app.label = 'gone'",
+        "ROLLBACK TO s",
+        "COMMIT",
+    ] {
+        run(sql).await;
+    }
+    let (_, values) = everywhere(&c, sql, 2).await;
+    assert_eq!(values, ["second", "4MB"]);
+
+    // RELEASE keeps what was set after the savepoint; statements in one string count in their order.
+    run("BEGIN; SAVEPOINT r; SET work_mem = '5MB'; RELEASE r; SAVEPOINT t; SET app.label = 'third'; ROLLBACK TO t; COMMIT")
+        .await;
+    let (_, values) = everywhere(&c, sql, 2).await;
+    assert_eq!(values, ["second", "5MB"]);
 }

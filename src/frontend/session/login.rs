@@ -182,7 +182,7 @@ impl Session {
             password: user_cfg.password.clone(),
             database,
             settings,
-            pending_changes: Vec::new(),
+            pending_changes: Default::default(),
             statements: Statements::default(),
             routing: RoutingState {
                 route,

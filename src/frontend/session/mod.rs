@@ -203,7 +203,7 @@ pub(super) struct Session {
     database: String,
     pub(super) conns: Vec<Option<PooledConn>>,
     settings: Settings,
-    pending_changes: Vec<crate::router::classify::SessionChange>,
+    pending_changes: crate::frontend::state::PendingChanges,
     pub(super) statements: Statements,
     /// Open transaction, pin, session route, read home, last write: what the routing policy remembers of
     /// the shard `shard` (the only one of an unsharded fleet).

@@ -8,9 +8,10 @@ use crate::backend::BackendError;
 use crate::cluster::NodeId;
 use crate::frontend::forward::Outcome;
 use crate::frontend::request::Plan;
-use crate::frontend::state::Settings;
+use crate::frontend::state::{PendingChanges, Settings};
 use crate::protocol::TxStatus;
 use crate::protocol::messages::{ProxyError, close_statement, query, sync};
+use crate::router::classify::SessionChange;
 
 /// Most parsed statements whose room a session keeps between requests (`Session::spare_parses`).
 const SPARE_PARSES: usize = 4;
@@ -169,16 +170,17 @@ impl Session {
             self.routing.pinned = Some((node, pin));
             conn.applied.unresettable = true;
         }
-        let changed = !outcome.saw_error && !plan.changes.is_empty();
+        let changed = !plan.changes.is_empty();
         if changed {
-            self.pending_changes.extend(plan.changes);
+            record(&mut self.pending_changes, plan.changes, outcome);
         }
         match outcome.status {
             TxStatus::InTransaction | TxStatus::Failed => {
                 self.routing.tx_node = Some(node);
                 if changed {
                     // The server reads the transaction's next statements in an encoding it set.
-                    self.reading.encoding = self.settings.client_encoding_with(&self.pending_changes);
+                    self.reading.encoding =
+                        self.settings.client_encoding_with(self.pending_changes.changes());
                 }
             }
             TxStatus::Idle => {
@@ -192,16 +194,17 @@ impl Session {
                     if committed {
                         // The node that ran them has them, but for a RESET of a startup parameter.
                         let (ran, generation) =
-                            Settings::as_run_on(&conn.applied.settings, &self.pending_changes);
-                        for c in &self.pending_changes {
+                            Settings::as_run_on(&conn.applied.settings, self.pending_changes.changes());
+                        for c in self.pending_changes.changes() {
                             self.settings.apply(c);
                         }
                         conn.applied.settings = ran;
                         conn.applied.settings_generation = generation;
                     }
-                    self.pending_changes.clear();
                     self.reading.encoding = self.settings.client_encoding();
                 }
+                // Also the savepoints of a transaction that changed no setting.
+                self.pending_changes.clear();
             }
         }
         if plan.ddl {
@@ -222,6 +225,22 @@ impl Session {
             }
         }
     }
+}
+
+/// Records what a request changed: everything when it succeeded; when it failed, only the savepoint
+/// statements that ran before the failure, since a later ROLLBACK TO may name one of them (pgJDBC's
+/// `autosave` sends its savepoint with the statement that fails). A failed request's setting changes are
+/// not recorded.
+fn record(pending: &mut PendingChanges, changes: Vec<SessionChange>, outcome: &Outcome) {
+    if !outcome.saw_error {
+        changes.into_iter().for_each(|c| pending.record(c));
+        return;
+    }
+    changes
+        .into_iter()
+        .filter(|c| matches!(c, SessionChange::Savepoint(_)))
+        .take(outcome.savepoint_tags)
+        .for_each(|c| pending.record(c));
 }
 
 /// Why bringing a node up to date failed.

@@ -30,7 +30,7 @@ use super::split::{Hint, Lexer, Tok, TokKind, leading_hint, split_statements};
 use commands::{copy, create, declare, explain};
 use query::{calls, query, session_pin};
 pub use session::set_value;
-use session::{begin, discard, reset, set, show};
+use session::{begin, discard, reset, savepoint, set, show};
 use stmt::{Stmt, paren_spans};
 
 /// Where a request may run.
@@ -259,6 +259,20 @@ pub enum SessionChange {
     },
     /// `RESET ALL`, also `DISCARD ALL`.
     ResetAll,
+    /// SAVEPOINT, RELEASE or ROLLBACK TO: not a setting, but it decides which of an open transaction's
+    /// setting changes its commit keeps, so it stays in order among them.
+    Savepoint(Savepoint),
+}
+
+/// What a statement does to the open transaction's savepoints; names are resolved as identifiers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Savepoint {
+    /// `SAVEPOINT name`.
+    Set(String),
+    /// `ROLLBACK TO [SAVEPOINT] name`: the changes made after it are undone, the savepoint stays.
+    RollbackTo(String),
+    /// `RELEASE [SAVEPOINT] name`: it and every later savepoint go, their changes stay.
+    Release(String),
 }
 
 impl SessionChange {
@@ -266,7 +280,7 @@ impl SessionChange {
     pub fn name(&self) -> Option<&str> {
         match self {
             SessionChange::Set { name, .. } | SessionChange::Reset { name, .. } => Some(name),
-            SessionChange::ResetAll => None,
+            SessionChange::ResetAll | SessionChange::Savepoint(_) => None,
         }
     }
 }
@@ -548,6 +562,7 @@ fn classify_stmt(s: Stmt<'_>, funcs: &FunctionRules) -> Verdict {
         "PREPARE" => Verdict::primary(Rule::Utility("PREPARE")).pin(Some(Pin::SqlPrepare)),
         "COMMIT" if s.kw(1, "PREPARED") => Verdict::primary(Rule::Utility("COMMIT PREPARED")),
         "ROLLBACK" if s.kw(1, "PREPARED") => Verdict::primary(Rule::Utility("ROLLBACK PREPARED")),
+        "SAVEPOINT" | "RELEASE" | "ROLLBACK" => savepoint(s),
         _ => {
             if let Some(kind) = s.kw_in(0, DML) {
                 Verdict::primary(Rule::Write(kind)).pin(session_pin(s, &calls(s)))

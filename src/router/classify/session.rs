@@ -3,7 +3,7 @@
 //! the changes a session replays on every backend it uses.
 
 use super::stmt::Stmt;
-use super::{Rule, SessionChange, TxStart, Verdict};
+use super::{Rule, Savepoint, SessionChange, TxStart, Verdict};
 use crate::router::split::TokKind;
 
 /// A transaction mode of BEGIN / START TRANSACTION / SET TRANSACTION, with its token range.
@@ -301,4 +301,47 @@ pub fn set_value(statement: &str) -> Option<String> {
         TokKind::Word | TokKind::QuotedIdent => Some(text.trim_matches('"').to_owned()),
         _ => None,
     }
+}
+
+/// SAVEPOINT, RELEASE and ROLLBACK (ending the transaction, or TO a savepoint). They run where the open
+/// transaction lives; those that name a savepoint are kept among the transaction's setting changes, since a
+/// ROLLBACK TO undoes the changes made after its savepoint on the server.
+pub(super) fn savepoint(s: Stmt<'_>) -> Verdict {
+    let (kind, name_at) = if s.kw(0, "SAVEPOINT") {
+        ("SAVEPOINT", Some(1))
+    } else if s.kw(0, "RELEASE") {
+        // `RELEASE savepoint` releases one named "savepoint".
+        (
+            "RELEASE",
+            Some(if s.len() == 3 && s.kw(1, "SAVEPOINT") {
+                2
+            } else {
+                1
+            }),
+        )
+    } else {
+        let mut i = 1;
+        if s.kw(i, "WORK") || s.kw(i, "TRANSACTION") {
+            i += 1;
+        }
+        let to = s.kw(i, "TO").then(|| {
+            if s.kw(i + 1, "SAVEPOINT") && s.len() == i + 3 {
+                i + 2
+            } else {
+                i + 1
+            }
+        });
+        ("ROLLBACK", to)
+    };
+    let verdict = Verdict::replica(Rule::TransactionControl(kind));
+    let Some(at) = name_at.filter(|&at| at + 1 == s.len() && s.is_name(at)) else {
+        // A plain ROLLBACK, or text the server will refuse.
+        return verdict;
+    };
+    let name = s.ident(at);
+    verdict.change(SessionChange::Savepoint(match kind {
+        "SAVEPOINT" => Savepoint::Set(name),
+        "RELEASE" => Savepoint::Release(name),
+        _ => Savepoint::RollbackTo(name),
+    }))
 }

@@ -133,6 +133,63 @@ fn reasons_name_the_cause() {
 }
 
 #[test]
+fn savepoint_statements_are_kept_among_the_changes() {
+    use super::Savepoint::{Release, RollbackTo, Set};
+    let cases: &[(&str, &str, Option<Savepoint>)] = &[
+        ("SAVEPOINT a", "SAVEPOINT", Some(Set("a".into()))),
+        (
+            "savepoint \"My Point\"",
+            "SAVEPOINT",
+            Some(Set("My Point".into())),
+        ),
+        (
+            "SAVEPOINT PGJDBC_AUTOSAVE",
+            "SAVEPOINT",
+            Some(Set("pgjdbc_autosave".into())),
+        ),
+        ("RELEASE SAVEPOINT a", "RELEASE", Some(Release("a".into()))),
+        ("RELEASE a", "RELEASE", Some(Release("a".into()))),
+        // One savepoint named "savepoint".
+        ("RELEASE savepoint", "RELEASE", Some(Release("savepoint".into()))),
+        ("ROLLBACK TO a", "ROLLBACK", Some(RollbackTo("a".into()))),
+        (
+            "ROLLBACK TO SAVEPOINT A",
+            "ROLLBACK",
+            Some(RollbackTo("a".into())),
+        ),
+        (
+            "rollback work to savepoint a",
+            "ROLLBACK",
+            Some(RollbackTo("a".into())),
+        ),
+        (
+            "ROLLBACK TRANSACTION TO a",
+            "ROLLBACK",
+            Some(RollbackTo("a".into())),
+        ),
+        (
+            "ROLLBACK TO savepoint",
+            "ROLLBACK",
+            Some(RollbackTo("savepoint".into())),
+        ),
+        // Ends the transaction: nothing to keep.
+        ("ROLLBACK", "ROLLBACK", None),
+        ("ROLLBACK AND CHAIN", "ROLLBACK", None),
+        // Refused by the server.
+        ("SAVEPOINT", "SAVEPOINT", None),
+        ("SAVEPOINT a b", "SAVEPOINT", None),
+        ("ROLLBACK TO", "ROLLBACK", None),
+    ];
+    for (sql, kind, want) in cases {
+        let d = decide(sql);
+        assert_eq!(d.rule, Rule::TransactionControl(kind), "{sql}");
+        assert_eq!(d.target, Target::Replica, "{sql}");
+        let want: Vec<SessionChange> = want.iter().cloned().map(SessionChange::Savepoint).collect();
+        assert_eq!(d.changes, want, "{sql}");
+    }
+}
+
+#[test]
 fn set_changes_are_canonical() {
     let set = |sql: &str| decide(sql).changes;
     let named = |name: &str, statement: &str| SessionChange::Set {

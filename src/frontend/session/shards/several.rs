@@ -5,6 +5,7 @@
 use super::Answer;
 use crate::backend::{BackendConn, BackendError};
 use crate::cluster::{NodeId, ShardId};
+use crate::frontend::forward::is_savepoint_tag;
 use crate::frontend::request::{End, Plan, Request};
 use crate::frontend::session::{Session, SessionError};
 use crate::protocol::frame::build;
@@ -360,6 +361,14 @@ impl Session {
                     parses_ok: answer.frames.iter().filter(|f| f.kind == b'1').count(),
                     last_commit: false,
                     began_tx: false,
+                    savepoint_tags: answer
+                        .frames
+                        .iter()
+                        .filter(|f| {
+                            f.kind == b'C'
+                                && is_savepoint_tag(f.body().split(|b| *b == 0).next().unwrap_or(&[]))
+                        })
+                        .count(),
                 };
                 self.finish(node, plan, &outcome);
                 Ok(answer)
