@@ -102,7 +102,7 @@ pub(super) fn query(s: Stmt<'_>, funcs: &FunctionRules) -> Verdict {
         Some(Rule::ServerActivity)
     } else if found_calls
         .iter()
-        .any(|c| c.name == "pg_backend_pid" && matches!(c.schema.as_deref(), None | Some("pg_catalog")))
+        .any(|c| c.name == "pg_backend_pid" && c.is_builtin())
     {
         Some(Rule::SessionPid)
     } else {
@@ -131,6 +131,11 @@ pub(super) struct Call {
 }
 
 impl Call {
+    /// Unqualified or qualified by `pg_catalog`: a built-in function, unless a user's shadows it.
+    fn is_builtin(&self) -> bool {
+        matches!(self.schema.as_deref(), None | Some("pg_catalog"))
+    }
+
     fn qualified(&self) -> String {
         match &self.schema {
             Some(schema) => format!("{schema}.{}", self.name),
@@ -218,10 +223,9 @@ pub(super) fn names_unlogged(s: Stmt<'_>, funcs: &FunctionRules) -> bool {
 /// ahead of the primary's: it names one of the database's sequences (matched as [`names_unlogged`]
 /// matches), calls `pg_sequence_last_value()` or reads the `pg_sequences` view.
 fn reads_sequence_state(s: Stmt<'_>, calls: &[Call], funcs: &FunctionRules) -> bool {
-    let builtin = |c: &Call| matches!(c.schema.as_deref(), None | Some("pg_catalog"));
     calls
         .iter()
-        .any(|c| builtin(c) && c.name == "pg_sequence_last_value")
+        .any(|c| c.is_builtin() && c.name == "pg_sequence_last_value")
         || names_relation(s, |schema, name| {
             (name == "pg_sequences" && matches!(schema, None | Some("pg_catalog")))
                 || funcs.is_sequence(schema, name)
@@ -275,32 +279,34 @@ const ROLE_VIEWS: &[&str] = &[
 /// [`ROLE_FUNCTIONS`], one of [`ROLE_VIEWS`], or `current_setting('<a role setting>')` (see
 /// [`ROLE_SETTINGS`]).
 fn asks_role(s: Stmt<'_>, calls: &[Call]) -> bool {
-    let builtin = |c: &Call| matches!(c.schema.as_deref(), None | Some("pg_catalog"));
-    if calls
+    calls
         .iter()
-        .any(|c| builtin(c) && ROLE_FUNCTIONS.contains(&c.name.as_str()))
-    {
-        return true;
-    }
-    (0..s.len()).any(|i| {
-        if !s.is_name(i) {
-            return false;
-        }
-        // Most names are not the catalog's: their first letters say so before the name is resolved.
-        let catalog_like = s
-            .text(i)
-            .trim_start_matches('"')
-            .get(..3)
-            .is_some_and(|p| p.eq_ignore_ascii_case("pg_"));
-        let schema_ok = !(i >= 2 && s.punct(i - 1, ".")) || s.ident(i - 2) == "pg_catalog";
-        let name = s.ident(i);
-        (catalog_like && schema_ok && ROLE_VIEWS.contains(&name.as_str()))
-            || (name == "current_setting"
-                && s.punct(i + 1, "(")
+        .any(|c| c.is_builtin() && ROLE_FUNCTIONS.contains(&c.name.as_str()))
+        || catalog_names(s).any(|name| ROLE_VIEWS.contains(&name.as_str()))
+        || (0..s.len()).any(|i| {
+            s.punct(i + 1, "(")
                 && s.kind(i + 2) == Some(TokKind::Str)
+                && s.is_name(i)
+                && s.ident(i) == "current_setting"
                 && string_value(s.text(i + 2))
-                    .is_some_and(|v| ROLE_SETTINGS.contains(&v.to_ascii_lowercase().as_str())))
-    })
+                    .is_some_and(|v| ROLE_SETTINGS.contains(&v.to_ascii_lowercase().as_str()))
+        })
+}
+
+/// The catalog's relations and functions a statement names, resolved: names that begin with `pg_`,
+/// unqualified or qualified by `pg_catalog`.
+fn catalog_names<'a>(s: Stmt<'a>) -> impl Iterator<Item = String> + 'a {
+    (0..s.len())
+        .filter(move |&i| {
+            // Most names are not the catalog's: their first letters say so before the name is resolved.
+            s.is_name(i)
+                && s.text(i)
+                    .trim_start_matches('"')
+                    .get(..3)
+                    .is_some_and(|p| p.eq_ignore_ascii_case("pg_"))
+                && (!(i >= 2 && s.punct(i - 1, ".")) || s.ident(i - 2) == "pg_catalog")
+        })
+        .map(move |i| s.ident(i))
 }
 
 /// Built-in relations and functions, besides the `pg_stat_*` and `pg_statio_*` ones, whose answer is the state
@@ -331,23 +337,7 @@ fn reads_activity(s: Stmt<'_>, calls: &[Call]) -> bool {
     let ours = |name: &str| {
         name.starts_with("pg_stat_") || name.starts_with("pg_statio_") || ACTIVITY_NAMES.contains(&name)
     };
-    if calls
-        .iter()
-        .any(|c| matches!(c.schema.as_deref(), None | Some("pg_catalog")) && ours(&c.name))
-    {
-        return true;
-    }
-    (0..s.len()).any(|i| {
-        // Most names are not the catalog's: their first letters say so before the name is resolved.
-        let catalog_like = s.is_name(i)
-            && s.text(i)
-                .trim_start_matches('"')
-                .get(..3)
-                .is_some_and(|p| p.eq_ignore_ascii_case("pg_"));
-        catalog_like
-            && (!(i >= 2 && s.punct(i - 1, ".")) || s.ident(i - 2) == "pg_catalog")
-            && ours(&s.ident(i))
-    })
+    calls.iter().any(|c| c.is_builtin() && ours(&c.name)) || catalog_names(s).any(|name| ours(&name))
 }
 
 /// The value of a plain, `E` or dollar-quoted string constant (escapes aside, which setting names do not
@@ -381,8 +371,7 @@ pub(super) fn session_pin(s: Stmt<'_>, calls: &[Call]) -> Option<Pin> {
 /// an argument, a `FROM` or `WHERE` that decides whether and how often it runs) is a setting pgfleet cannot
 /// know: the session is pinned to the node that ran it.
 fn set_configs(s: Stmt<'_>, calls: &[Call]) -> Result<Vec<SessionChange>, Pin> {
-    let builtin = |c: &Call| matches!(c.schema.as_deref(), None | Some("pg_catalog"));
-    if !calls.iter().any(|c| builtin(c) && c.name == "set_config") {
+    if !calls.iter().any(|c| c.is_builtin() && c.name == "set_config") {
         return Ok(Vec::new());
     }
     let plain = only_set_configs(s);
@@ -481,9 +470,7 @@ fn only_set_configs(s: Stmt<'_>) -> bool {
 fn advisory_pin(calls: &[Call]) -> Option<Pin> {
     calls
         .iter()
-        .any(|c| {
-            matches!(c.schema.as_deref(), None | Some("pg_catalog")) && is_session_advisory_lock(&c.name)
-        })
+        .any(|c| c.is_builtin() && is_session_advisory_lock(&c.name))
         .then_some(Pin::AdvisoryLock)
 }
 
