@@ -1,6 +1,7 @@
 //! Per-database function rules: the configured lists plus the VOLATILE user functions read from the
-//! primary's pg_proc, whether any function's body there names `synchronous_commit`, and the unlogged
-//! relations read from its pg_class, over a deadpool-postgres control connection.
+//! primary's pg_proc, whether any function's body there names `synchronous_commit`, the functions whose
+//! body changes a setting for the calling session, and the unlogged relations read from its pg_class, over
+//! a deadpool-postgres control connection.
 //!
 //! Only the first request of a database ever waits for the load (bounded by `pool.connect_timeout`); later
 //! refreshes run in the background while the previous rules keep serving, so a hung primary never stalls
@@ -15,7 +16,11 @@ use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod};
 
-use super::functions::{FunctionRules, load_sequences, load_sets_commit_mode, load_unlogged, load_volatile};
+use super::classify::sets_session_setting;
+use super::functions::{
+    FunctionRules, load_sequences, load_sets_commit_mode, load_setting_candidates, load_unlogged,
+    load_volatile,
+};
 use crate::backend::connect::NodeTarget;
 use crate::config::split_host_port;
 
@@ -206,7 +211,14 @@ impl Catalog {
                 let commit_mode = load_sets_commit_mode(&client)
                     .await
                     .map_err(|e| tls.explain(&e))?;
-                Ok::<_, String>((volatile, unlogged, sequences, commit_mode))
+                let setting = load_setting_candidates(&client)
+                    .await
+                    .map_err(|e| tls.explain(&e))?
+                    .into_iter()
+                    .filter(|(_, _, body)| sets_session_setting(body))
+                    .map(|(schema, name, _)| (schema, name))
+                    .collect();
+                Ok::<_, String>((volatile, unlogged, sequences, commit_mode, setting))
             })
             .await
             {
@@ -226,14 +238,15 @@ impl Catalog {
             None => None,
         };
         let (rules, ttl) = match loaded {
-            Some((volatile, unlogged, sequences, commit_mode)) => (
+            Some((volatile, unlogged, sequences, commit_mode, setting)) => (
                 Arc::new(
                     settings
                         .base
                         .with_volatile(volatile)
                         .with_unlogged(unlogged)
                         .with_sequences(sequences)
-                        .with_commit_mode(commit_mode),
+                        .with_commit_mode(commit_mode)
+                        .with_setting_functions(setting),
                 ),
                 settings.refresh,
             ),

@@ -205,3 +205,63 @@ async fn a_rollback_to_a_savepoint_undoes_the_settings_made_after_it() {
     let (_, values) = everywhere(&c, sql, 2).await;
     assert_eq!(values, ["second", "5MB"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_that_changes_a_setting_for_the_session_keeps_it_on_its_node() {
+    let cluster = cluster_async().await;
+    let proxy = Proxy::start(&cluster, CONFIG);
+    let primary = cluster.primary.port;
+    let dsn = proxy.dsn(APP_USER, PASSWORD, APP_DB);
+    let setup = connect(&dsn).await;
+    setup
+        .batch_execute(
+            "CREATE FUNCTION set_tenant(t text) RETURNS text LANGUAGE plpgsql AS \
+             $$ BEGIN PERFORM set_config('app.tenant', t, false); RETURN t; END $$; \
+             CREATE FUNCTION set_tenant_for_tx(t text) RETURNS text LANGUAGE sql AS \
+             $$ SELECT set_config('app.tenant_tx', t, true) $$; \
+             CREATE SCHEMA s2; CREATE TABLE s2.only_there (x int); INSERT INTO s2.only_there VALUES (9); \
+             CREATE PROCEDURE use_schema(s text) LANGUAGE plpgsql AS \
+             $$ BEGIN EXECUTE format('SET search_path = %I, public', s); END $$;",
+        )
+        .await
+        .expect("setup");
+    cluster
+        .wait_replicas_caught_up(std::time::Duration::from_secs(30))
+        .expect("replicas caught up");
+
+    // The row-level-security idiom: a function sets the tenant for the session, the reads that follow use
+    // it. Only the node that ran the function has the value, so the session stays there.
+    let a = connect(&dsn).await;
+    assert_eq!(row(&a, "SELECT set_tenant('42')").await, ["42"]);
+    let sql = "SELECT inet_server_port(), current_setting('app.tenant', true)";
+    let (ports, values) = everywhere(&a, sql, 2).await;
+    assert_eq!(values, ["42"], "on {ports:?}");
+    assert_eq!(ports, HashSet::from([primary]));
+
+    // A procedure that runs SET as dynamic SQL.
+    let b = connect(&dsn).await;
+    b.batch_execute("CALL use_schema('s2')").await.expect("call");
+    let (ports, values) = everywhere(
+        &b,
+        "SELECT inet_server_port(), current_setting('search_path'), (SELECT x FROM only_there)",
+        2,
+    )
+    .await;
+    assert_eq!(values, ["s2, public", "9"], "on {ports:?}");
+    assert_eq!(ports, HashSet::from([primary]));
+
+    // A setting for the transaction only ends with it: the session's reads still spread over the replicas.
+    let c = connect(&dsn).await;
+    c.batch_execute("BEGIN; SELECT set_tenant_for_tx('7'); COMMIT")
+        .await
+        .expect("for the transaction");
+    let (ports, values) = everywhere(
+        &c,
+        "SELECT inet_server_port(), coalesce(current_setting('app.tenant_tx', true), '')",
+        2,
+    )
+    .await;
+    assert_eq!(values, [""]);
+    assert_eq!(ports.len(), 2, "both replicas answered: {ports:?}");
+    assert!(!ports.contains(&primary), "{ports:?}");
+}

@@ -17,6 +17,7 @@
 //! utility commands with a shape of their own (CREATE, EXPLAIN, DECLARE, COPY), `session` transactions
 //! and settings, and `stmt` is the token view they all read.
 
+mod body;
 mod commands;
 mod query;
 mod session;
@@ -27,6 +28,7 @@ use std::fmt;
 
 use super::functions::FunctionRules;
 use super::split::{Hint, Lexer, Tok, TokKind, leading_hint, split_statements};
+pub use body::sets_session_setting;
 use commands::{copy, create, declare, explain};
 use query::{calls, query, session_pin};
 pub use session::set_value;
@@ -213,6 +215,9 @@ pub enum Pin {
     /// A session-wide `set_config()` whose setting, value or scope only the server knows as it runs (a
     /// parameter, an expression, a call in a query that may run it any number of times).
     SetConfig,
+    /// A call of a user function or procedure whose body changes a setting for the session
+    /// ([`sets_session_setting`]).
+    SettingFunction,
 }
 
 impl fmt::Display for Pin {
@@ -225,6 +230,7 @@ impl fmt::Display for Pin {
             Pin::SqlPrepare => "SQL PREPARE",
             Pin::ClientEncoding => "setting or text outside UTF-8",
             Pin::SetConfig => "set_config() with values known only to the server",
+            Pin::SettingFunction => "function that changes a setting for the session",
         })
     }
 }
@@ -565,13 +571,13 @@ fn classify_stmt(s: Stmt<'_>, funcs: &FunctionRules) -> Verdict {
         "SAVEPOINT" | "RELEASE" | "ROLLBACK" => savepoint(s),
         _ => {
             if let Some(kind) = s.kw_in(0, DML) {
-                Verdict::primary(Rule::Write(kind)).pin(session_pin(s, &calls(s)))
+                Verdict::primary(Rule::Write(kind)).pin(session_pin(s, &calls(s), funcs))
             } else if s.kw_in(0, DDL).is_some() {
                 Verdict::primary(Rule::Ddl)
                     .ddl()
                     .code_ddl(s.kw(0, "ALTER") && s.kw(1, "EXTENSION"))
             } else if let Some(kind) = s.kw_in(0, UTILITY) {
-                Verdict::primary(Rule::Utility(kind)).pin(session_pin(s, &calls(s)))
+                Verdict::primary(Rule::Utility(kind)).pin(session_pin(s, &calls(s), funcs))
             } else if let Some(kind) = s.kw_in(0, TRANSACTION_CONTROL) {
                 Verdict::replica(Rule::TransactionControl(kind))
             } else if let Some(kind) = s.kw_in(0, CURSOR) {

@@ -79,7 +79,9 @@ pub(super) fn query(s: Stmt<'_>, funcs: &FunctionRules) -> Verdict {
     let configs = set_configs(s, &found_calls);
     let pin = match into {
         Some(true) => Some(Pin::TempTable),
-        _ => advisory_pin(&found_calls).or(configs.as_ref().err().copied()),
+        _ => advisory_pin(&found_calls)
+            .or(configs.as_ref().err().copied())
+            .or_else(|| setting_function_pin(&found_calls, funcs)),
     };
     // The lexical findings name the reason even when the parser gave up on, say, FOR NO KEY UPDATE.
     let found = if let Parsed::Write(kind) = parsed {
@@ -360,8 +362,19 @@ pub(super) fn string_value(text: &str) -> Option<String> {
 /// The session state a statement other than a query creates with its calls: a session advisory lock, or a
 /// session-wide `set_config()` (which only a plain `SELECT set_config(...)` makes as a change pgfleet can
 /// replay).
-pub(super) fn session_pin(s: Stmt<'_>, calls: &[Call]) -> Option<Pin> {
-    advisory_pin(calls).or(set_configs(s, calls).err())
+pub(super) fn session_pin(s: Stmt<'_>, calls: &[Call], funcs: &FunctionRules) -> Option<Pin> {
+    advisory_pin(calls)
+        .or(set_configs(s, calls).err())
+        .or(setting_function_pin(calls, funcs))
+}
+
+/// A call of a user function or procedure whose body changes a setting for the session: its values are
+/// known only to the node that ran it.
+fn setting_function_pin(calls: &[Call], funcs: &FunctionRules) -> Option<Pin> {
+    calls
+        .iter()
+        .any(|c| funcs.sets_session_setting(c.schema.as_deref(), &c.name))
+        .then_some(Pin::SettingFunction)
 }
 
 /// What the statement's calls of the built-in `set_config(name, value, is_local)` leave in the session once
@@ -412,7 +425,7 @@ fn set_configs(s: Stmt<'_>, calls: &[Call]) -> Result<Vec<SessionChange>, Pin> {
 }
 
 /// The token ranges of the top-level arguments of the call whose `(` is at `open`.
-fn arguments(s: Stmt<'_>, open: usize) -> Vec<(usize, usize)> {
+pub(super) fn arguments(s: Stmt<'_>, open: usize) -> Vec<(usize, usize)> {
     let Some(close) = s.close_paren(open) else {
         return Vec::new();
     };

@@ -781,3 +781,43 @@ fn set_config_calls_are_settings_when_pgfleet_can_replay_them() {
     assert_eq!(statements.len(), 1);
     assert_eq!(set_value(statements[0]).as_deref(), Some("LATIN1"));
 }
+
+#[test]
+fn calls_of_functions_that_change_a_setting_pin_the_session() {
+    let rules = rules()
+        .with_volatile(["app.set_tenant".to_owned()].into_iter().collect())
+        .with_setting_functions(
+            [
+                ("app".to_owned(), "set_tenant".to_owned()),
+                ("app".to_owned(), "use_schema".to_owned()),
+            ]
+            .into_iter()
+            .collect(),
+        );
+    // (sql, pinned)
+    let cases = [
+        ("SELECT set_tenant('42')", true),
+        ("SELECT app.set_tenant('42')", true),
+        (
+            "SELECT * FROM orders WHERE app.set_tenant('42') IS NOT NULL",
+            true,
+        ),
+        ("CALL use_schema('s1')", true),
+        ("INSERT INTO log SELECT set_tenant('1')", true),
+        ("EXPLAIN ANALYZE SELECT set_tenant('1')", true),
+        // Another schema's function of that name, a built-in, other functions.
+        ("SELECT other.set_tenant('42')", false),
+        ("SELECT pg_catalog.set_tenant('42')", false),
+        ("SELECT bump_counter()", false),
+        ("SELECT 1", false),
+    ];
+    for (sql, pinned) in cases {
+        let d = classify(sql, &rules);
+        assert_eq!(d.pin == Some(Pin::SettingFunction), pinned, "{sql}: {d:?}");
+    }
+    // Without such functions nothing is pinned.
+    assert_eq!(
+        classify("SELECT set_tenant('42')", &super::FunctionRules::default()).pin,
+        None
+    );
+}
