@@ -815,12 +815,12 @@ async fn sessions_that_find_no_function_rules_at_once_share_one_load() {
         sessions.push(client(&proxy).await);
     }
     log_every_statement(&cluster.primary).await;
-    // Only the catalog's query for function bodies calls pg_get_functiondef.
+    // Only the catalog's query for bodies that name synchronous_commit has this pattern.
     let loads = || {
         cluster
             .primary
             .log_contents()
-            .matches("pg_get_functiondef")
+            .matches("'%synchronous\\_commit%'")
             .count()
     };
     run(&sessions[0], "CREATE TABLE burst_ddl (id int)").await;

@@ -250,6 +250,20 @@ async fn a_function_that_changes_a_setting_for_the_session_keeps_it_on_its_node(
     assert_eq!(values, ["s2, public", "9"], "on {ports:?}");
     assert_eq!(ports, HashSet::from([primary]));
 
+    // A DO block's code is read the same way.
+    let d = connect(&dsn).await;
+    d.batch_execute("DO $$ BEGIN PERFORM set_config('app.via_do', 'd', false); END $$")
+        .await
+        .expect("DO");
+    let (ports, values) = everywhere(
+        &d,
+        "SELECT inet_server_port(), current_setting('app.via_do', true)",
+        2,
+    )
+    .await;
+    assert_eq!(values, ["d"], "on {ports:?}");
+    assert_eq!(ports, HashSet::from([primary]));
+
     // A setting for the transaction only ends with it: the session's reads still spread over the replicas.
     let c = connect(&dsn).await;
     c.batch_execute("BEGIN; SELECT set_tenant_for_tx('7'); COMMIT")

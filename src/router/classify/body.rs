@@ -1,8 +1,10 @@
 //! What a user function's or procedure's body leaves in the session that calls it: whether it changes a
 //! setting for the rest of the session (a SET or RESET statement, `set_config(..., false)`, either run as
 //! dynamic SQL). The catalog loader asks this of the bodies `functions::SETTING_FUNCTIONS_SQL` finds, and a
-//! call of such a function pins its session to the node that ran it, since the values are known only there.
+//! call of such a function (or a DO block whose code does so) pins its session to the node that ran it,
+//! since the values are known only there.
 
+use super::Pin;
 use super::query::{arguments, string_value};
 use super::stmt::{Stmt, paren_spans};
 use crate::router::split::{Lexer, Tok, TokKind};
@@ -26,6 +28,15 @@ pub fn sets_session_setting(body: &str) -> bool {
         nesting: 0,
     };
     (0..s.len()).any(|i| session_set_config(s, i) || set_statement(s, i) || dynamic_set(s, i))
+}
+
+/// A DO block whose code changes a setting for the session pins it as a call of such a function does.
+pub(super) fn do_block_pin(s: Stmt<'_>) -> Option<Pin> {
+    (1..s.len())
+        .filter(|&i| s.kind(i) == Some(TokKind::Str))
+        .filter_map(|i| string_value(s.text(i)))
+        .any(|code| sets_session_setting(&code))
+        .then_some(Pin::SettingFunction)
 }
 
 /// `set_config(name, value, is_local)` at `i`, with `is_local` other than `true`.

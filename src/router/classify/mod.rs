@@ -28,6 +28,7 @@ use std::fmt;
 
 use super::functions::FunctionRules;
 use super::split::{Hint, Lexer, Tok, TokKind, leading_hint, split_statements};
+use body::do_block_pin;
 pub use body::sets_session_setting;
 use commands::{copy, create, declare, explain};
 use query::{calls, query, session_pin};
@@ -563,7 +564,10 @@ fn classify_stmt(s: Stmt<'_>, funcs: &FunctionRules) -> Verdict {
         "CREATE" => create(s),
         "LISTEN" => Verdict::primary(Rule::Utility("LISTEN")).pin(Some(Pin::Listen)),
         // DO blocks routinely create or replace functions, so the function rules must be reloaded.
-        "DO" => Verdict::primary(Rule::Utility("DO")).ddl().code_ddl(true),
+        "DO" => Verdict::primary(Rule::Utility("DO"))
+            .ddl()
+            .code_ddl(true)
+            .pin(do_block_pin(s)),
         "PREPARE" if s.kw(1, "TRANSACTION") => Verdict::primary(Rule::Utility("PREPARE TRANSACTION")),
         "PREPARE" => Verdict::primary(Rule::Utility("PREPARE")).pin(Some(Pin::SqlPrepare)),
         "COMMIT" if s.kw(1, "PREPARED") => Verdict::primary(Rule::Utility("COMMIT PREPARED")),

@@ -815,6 +815,23 @@ fn calls_of_functions_that_change_a_setting_pin_the_session() {
         let d = classify(sql, &rules);
         assert_eq!(d.pin == Some(Pin::SettingFunction), pinned, "{sql}: {d:?}");
     }
+    // DO blocks are read as bodies are.
+    for (sql, pinned) in [
+        (
+            "DO $$ BEGIN PERFORM set_config('app.tenant', '1', false); END $$",
+            true,
+        ),
+        ("DO LANGUAGE plpgsql 'BEGIN SET search_path = app; END'", true),
+        (
+            "DO $$ BEGIN PERFORM set_config('app.tenant', '1', true); END $$",
+            false,
+        ),
+        ("DO $$ BEGIN UPDATE t SET x = 1; END $$", false),
+    ] {
+        let d = classify(sql, &rules);
+        assert_eq!(d.pin == Some(Pin::SettingFunction), pinned, "{sql}: {d:?}");
+        assert_eq!(d.target, Target::Primary, "{sql}");
+    }
     // Without such functions nothing is pinned.
     assert_eq!(
         classify("SELECT set_tenant('42')", &super::FunctionRules::default()).pin,
