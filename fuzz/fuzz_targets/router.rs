@@ -1,7 +1,7 @@
 //! Fuzz target `router`: arbitrary text as the SQL of a Query or Parse message, through the router's
 //! lexical layer (`split_statements`, `leading_hint`, `first_keywords`), the classifier (`classify`), the
 //! decision cache (`classify_cached`), the session's DEALLOCATE reader (`deallocated_names`) and the reader of
-//! function bodies (`sets_session_setting`).
+//! function bodies (`leaves_session_state`).
 //!
 //! The input is UTF-8 text (invalid bytes are replaced, as a lossy conversion would). A NUL separates up
 //! to four texts, classified in order through one cache, so that two statements of the same shape meet in
@@ -26,7 +26,7 @@ use std::sync::Arc;
 use libfuzzer_sys::fuzz_target;
 use pgfleet::protocol::encoding::ascii_view;
 use pgfleet::router::cache::{Place, classify_cached, classify_placed, classify_placed_utf8};
-use pgfleet::router::classify::{Rule, Target, classify, sets_session_setting};
+use pgfleet::router::classify::{Rule, Target, classify, leaves_session_state};
 use pgfleet::router::deallocate::deallocated_names;
 use pgfleet::router::functions::FunctionRules;
 use pgfleet::router::split::{Hint, first_keywords, leading_hint, split_statements};
@@ -53,7 +53,7 @@ fuzz_target!(|data: &[u8]| {
                     .map(|s| (*s).to_owned())
                     .collect(),
             )
-            .with_setting_functions([("public".to_owned(), "set_tenant".to_owned())].into_iter().collect()),
+            .with_session_functions([("public".to_owned(), "set_tenant".to_owned())].into_iter().collect()),
     );
     // The raw bytes first, as a UTF8 session's text arrives (not UTF-8 or not, which the server refuses).
     for raw in data.split(|b| *b == 0).take(4) {
@@ -71,7 +71,7 @@ fuzz_target!(|data: &[u8]| {
     }
     for sql in text.split('\0').take(4) {
         // The same text read as a function's body: only "never panics, never loops".
-        sets_session_setting(sql);
+        leaves_session_state(sql);
         check_text(sql, &rules);
         for variant in constant_variants(sql) {
             if variant != sql {

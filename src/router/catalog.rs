@@ -1,6 +1,6 @@
 //! Per-database function rules: the configured lists plus the VOLATILE user functions read from the
 //! primary's pg_proc, whether any function's body there names `synchronous_commit`, the functions whose
-//! body changes a setting for the calling session, and the unlogged relations read from its pg_class, over
+//! body leaves state in the calling session, and the unlogged relations read from its pg_class, over
 //! a deadpool-postgres control connection.
 //!
 //! Only the first request of a database ever waits for the load (bounded by `pool.connect_timeout`); later
@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod};
 
-use super::classify::sets_session_setting;
+use super::classify::leaves_session_state;
 use super::functions::{
-    FunctionRules, load_sequences, load_sets_commit_mode, load_setting_candidates, load_unlogged,
+    FunctionRules, load_sequences, load_session_candidates, load_sets_commit_mode, load_unlogged,
     load_volatile,
 };
 use crate::backend::connect::NodeTarget;
@@ -211,11 +211,11 @@ impl Catalog {
                 let commit_mode = load_sets_commit_mode(&client)
                     .await
                     .map_err(|e| tls.explain(&e))?;
-                let setting = load_setting_candidates(&client)
+                let setting = load_session_candidates(&client)
                     .await
                     .map_err(|e| tls.explain(&e))?
                     .into_iter()
-                    .filter(|(_, _, body)| sets_session_setting(body))
+                    .filter(|(_, _, body)| leaves_session_state(body))
                     .map(|(schema, name, _)| (schema, name))
                     .collect();
                 Ok::<_, String>((volatile, unlogged, sequences, commit_mode, setting))
@@ -246,7 +246,7 @@ impl Catalog {
                         .with_unlogged(unlogged)
                         .with_sequences(sequences)
                         .with_commit_mode(commit_mode)
-                        .with_setting_functions(setting),
+                        .with_session_functions(setting),
                 ),
                 settings.refresh,
             ),

@@ -3,8 +3,8 @@
 //! `routing.read_only_functions`, and the VOLATILE user functions read from the primary's `pg_proc`), and
 //! which relations a replica cannot read at all (the unlogged ones, read from the primary's `pg_class`) or
 //! reads ahead of the primary (sequences),
-//! and whether any function's body may make a commit asynchronous (names `synchronous_commit`) or change a
-//! setting for the rest of the calling session.
+//! and whether any function's body may make a commit asynchronous (names `synchronous_commit`) or leave
+//! state in the calling session (a setting, a temporary table, a lock).
 //!
 //! Names arrive here already resolved the way PostgreSQL resolves them: an unquoted identifier folded
 //! to lower case, a quoted one exact. That is why `"NextVal"(...)` is not `nextval`.
@@ -51,24 +51,24 @@ pub async fn load_sets_commit_mode(client: &tokio_postgres::Client) -> Result<bo
     client.query_one(COMMIT_MODE_FUNCTIONS_SQL, &[]).await?.try_get(0)
 }
 
-/// Lists the user functions and procedures whose body may change a setting for the calling session, as
-/// `(nspname text, proname text, body text)`: candidates only, those whose body names `set_config` or has a
-/// SET or RESET where a statement (or a string) may begin, which the classifier then reads
-/// (`classify::sets_session_setting`). A SQL-standard body (`BEGIN ATOMIC`, `RETURN`) cannot hold SET and
-/// is read back as text for `set_config`.
-pub const SETTING_FUNCTIONS_SQL: &str = "SELECT n.nspname::text, p.proname::text, b.body \
+/// Lists the user functions and procedures whose body may leave state in the calling session, as `(nspname
+/// text, proname text, body text)`: candidates only, those whose body names `set_config`, a temporary object,
+/// a session-level advisory lock, LISTEN or PREPARE, or has a SET or RESET where a statement (or a string) may
+/// begin; the classifier then reads them (`classify::leaves_session_state`). A SQL-standard body (`BEGIN
+/// ATOMIC`, `RETURN`) is stored parsed, with an empty `prosrc`, and read back as text.
+pub const SESSION_STATE_FUNCTIONS_SQL: &str = "SELECT n.nspname::text, p.proname::text, b.body \
      FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
      CROSS JOIN LATERAL (SELECT CASE WHEN p.prosrc = '' THEN pg_catalog.pg_get_functiondef(p.oid) \
      ELSE p.prosrc END AS body) b \
      WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') \
-     AND (b.body ILIKE '%set\\_config%' \
-     OR b.body ~* '(^|[;''$(]|\\m(begin|then|else|loop))\\s*(re)?set\\s')";
+     AND b.body ~* '(set_config|temp|advisory_lock|listen|prepare\
+     |(^|[;''$(]|\\m(begin|then|else|loop))\\s*(re)?set\\s)'";
 
-/// Reads [`SETTING_FUNCTIONS_SQL`]'s candidates as `(schema, name, body)`.
-pub async fn load_setting_candidates(
+/// Reads [`SESSION_STATE_FUNCTIONS_SQL`]'s candidates as `(schema, name, body)`.
+pub async fn load_session_candidates(
     client: &tokio_postgres::Client,
 ) -> Result<Vec<(String, String, String)>, tokio_postgres::Error> {
-    let rows = client.query(SETTING_FUNCTIONS_SQL, &[]).await?;
+    let rows = client.query(SESSION_STATE_FUNCTIONS_SQL, &[]).await?;
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
         out.push((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?));
@@ -312,9 +312,9 @@ pub struct FunctionRules {
     sequences: NameSet,
     /// Some function's body names `synchronous_commit` (see [`COMMIT_MODE_FUNCTIONS_SQL`]).
     sets_commit_mode: bool,
-    /// Functions and procedures whose body changes a setting for the calling session (see
-    /// [`SETTING_FUNCTIONS_SQL`]), by `schema.name`.
-    setting: NameSet,
+    /// Functions and procedures whose body leaves state in the calling session (see
+    /// [`SESSION_STATE_FUNCTIONS_SQL`]), by `schema.name`.
+    session_state: NameSet,
 }
 
 impl FunctionRules {
@@ -328,7 +328,7 @@ impl FunctionRules {
             unlogged: NameSet::default(),
             sequences: NameSet::default(),
             sets_commit_mode: false,
-            setting: NameSet::default(),
+            session_state: NameSet::default(),
         }
     }
 
@@ -377,20 +377,22 @@ impl FunctionRules {
         }
     }
 
-    /// A copy of these rules with the functions and procedures whose body changes a setting for the calling
-    /// session replacing any set loaded before, stored as unlogged relations are.
-    pub fn with_setting_functions(&self, functions: HashSet<(String, String)>) -> FunctionRules {
+    /// A copy of these rules with the functions and procedures whose body leaves state in the calling session
+    /// replacing any set loaded before, stored as unlogged relations are.
+    pub fn with_session_functions(&self, functions: HashSet<(String, String)>) -> FunctionRules {
         FunctionRules {
-            setting: relation_names(functions),
+            session_state: relation_names(functions),
             ..self.clone()
         }
     }
 
-    /// Whether calling `schema.name` (schema as written in the call, if any) may change a setting for the
-    /// rest of the session, matched as [`FunctionRules::is_unlogged`] matches. A call qualified with
+    /// Whether calling `schema.name` (schema as written in the call, if any) may leave state in the session
+    /// (a setting, a temporary table, a lock...), matched as [`FunctionRules::is_unlogged`] matches. A call qualified with
     /// `pg_catalog` is a built-in.
-    pub fn sets_session_setting(&self, schema: Option<&str>, name: &str) -> bool {
-        !self.setting.is_empty() && schema != Some("pg_catalog") && self.setting.matches(schema, name)
+    pub fn leaves_session_state(&self, schema: Option<&str>, name: &str) -> bool {
+        !self.session_state.is_empty()
+            && schema != Some("pg_catalog")
+            && self.session_state.matches(schema, name)
     }
 
     /// Whether calling some function of the database may make a commit asynchronous: then every commit of

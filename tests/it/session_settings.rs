@@ -207,7 +207,7 @@ async fn a_rollback_to_a_savepoint_undoes_the_settings_made_after_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_function_that_changes_a_setting_for_the_session_keeps_it_on_its_node() {
+async fn a_function_that_leaves_state_in_the_session_keeps_the_session_on_its_node() {
     let cluster = cluster_async().await;
     let proxy = Proxy::start(&cluster, CONFIG);
     let primary = cluster.primary.port;
@@ -221,7 +221,9 @@ async fn a_function_that_changes_a_setting_for_the_session_keeps_it_on_its_node(
              $$ SELECT set_config('app.tenant_tx', t, true) $$; \
              CREATE SCHEMA s2; CREATE TABLE s2.only_there (x int); INSERT INTO s2.only_there VALUES (9); \
              CREATE PROCEDURE use_schema(s text) LANGUAGE plpgsql AS \
-             $$ BEGIN EXECUTE format('SET search_path = %I, public', s); END $$;",
+             $$ BEGIN EXECUTE format('SET search_path = %I, public', s); END $$; \
+             CREATE FUNCTION make_scratch() RETURNS void LANGUAGE plpgsql AS \
+             $$ BEGIN CREATE TEMP TABLE scratch AS SELECT 5 AS x; END $$;",
         )
         .await
         .expect("setup");
@@ -248,6 +250,15 @@ async fn a_function_that_changes_a_setting_for_the_session_keeps_it_on_its_node(
     )
     .await;
     assert_eq!(values, ["s2, public", "9"], "on {ports:?}");
+    assert_eq!(ports, HashSet::from([primary]));
+
+    // A temporary table made by a function exists only in that node's session.
+    let e = connect(&dsn).await;
+    e.batch_execute("SELECT make_scratch()")
+        .await
+        .expect("make_scratch");
+    let (ports, values) = everywhere(&e, "SELECT inet_server_port(), (SELECT x FROM scratch)", 2).await;
+    assert_eq!(values, ["5"], "on {ports:?}");
     assert_eq!(ports, HashSet::from([primary]));
 
     // A DO block's code is read the same way.

@@ -1,12 +1,14 @@
-//! What a user function's or procedure's body leaves in the session that calls it: whether it changes a
-//! setting for the rest of the session (a SET or RESET statement, `set_config(..., false)`, either run as
-//! dynamic SQL). The catalog loader asks this of the bodies `functions::SETTING_FUNCTIONS_SQL` finds, and a
-//! call of such a function (or a DO block whose code does so) pins its session to the node that ran it,
-//! since the values are known only there.
+//! What a user function's or procedure's body leaves in the session that calls it: a setting changed for
+//! the rest of the session (a SET or RESET statement, `set_config(..., false)`), a temporary table, a
+//! session-level advisory lock, a LISTEN or an SQL-level prepared statement, also made by dynamic SQL. The
+//! catalog loader asks this of the bodies `functions::SESSION_STATE_FUNCTIONS_SQL` finds, and a call of such
+//! a function (or a DO block whose code does so) pins its session to the node that ran it, where alone that
+//! state exists.
 
 use super::Pin;
 use super::query::{arguments, string_value};
 use super::stmt::{Stmt, paren_spans};
+use crate::router::functions::is_session_advisory_lock;
 use crate::router::split::{Lexer, Tok, TokKind};
 
 /// Keywords after which a PL/pgSQL statement begins.
@@ -15,10 +17,10 @@ const STATEMENT_STARTS: &[&str] = &["BEGIN", "THEN", "ELSE", "LOOP"];
 /// What follows SET without making it a session's setting.
 const NOT_SESSION: &[&str] = &["LOCAL", "TRANSACTION", "CONSTRAINTS"];
 
-/// Whether running `body` may change a setting for the rest of the calling session. It errs towards yes: a
-/// `set_config` whose `is_local` is not the constant `true`, and a string that begins like a SET or RESET
-/// (dynamic SQL), count.
-pub fn sets_session_setting(body: &str) -> bool {
+/// Whether running `body` may leave state in the calling session that another node's connection lacks. It
+/// errs towards yes: a `set_config` whose `is_local` is not the constant `true`, and a string that begins
+/// like such a statement (dynamic SQL), count.
+pub fn leaves_session_state(body: &str) -> bool {
     let toks: Vec<Tok> = Lexer::new(body).filter(|t| t.kind != TokKind::Comment).collect();
     let spans = paren_spans(body, &toks);
     let s = Stmt {
@@ -27,16 +29,22 @@ pub fn sets_session_setting(body: &str) -> bool {
         spans: &spans,
         nesting: 0,
     };
-    (0..s.len()).any(|i| session_set_config(s, i) || set_statement(s, i) || dynamic_set(s, i))
+    (0..s.len()).any(|i| {
+        session_set_config(s, i)
+            || statement_at(s, i)
+            || temp_object(s, i)
+            || session_lock(s, i)
+            || dynamic(s, i)
+    })
 }
 
-/// A DO block whose code changes a setting for the session pins it as a call of such a function does.
+/// A DO block whose code leaves session state pins the session as a call of such a function does.
 pub(super) fn do_block_pin(s: Stmt<'_>) -> Option<Pin> {
     (1..s.len())
         .filter(|&i| s.kind(i) == Some(TokKind::Str))
         .filter_map(|i| string_value(s.text(i)))
-        .any(|code| sets_session_setting(&code))
-        .then_some(Pin::SettingFunction)
+        .any(|code| leaves_session_state(&code))
+        .then_some(Pin::SessionFunction)
 }
 
 /// `set_config(name, value, is_local)` at `i`, with `is_local` other than `true`.
@@ -51,18 +59,48 @@ fn session_set_config(s: Stmt<'_>, i: usize) -> bool {
     !matches!(args.as_slice(), [_, _, (from, to)] if to - from == 1 && s.kw(*from, "TRUE"))
 }
 
-/// A SET or RESET statement at `i` (not an UPDATE's or ALTER's SET, which follow a name or keyword).
-fn set_statement(s: Stmt<'_>, i: usize) -> bool {
-    if !(s.kw(i, "SET") || s.kw(i, "RESET")) {
+/// A SET, RESET, LISTEN or PREPARE statement at `i` (not an UPDATE's or ALTER's SET, which follow a name or
+/// keyword).
+fn statement_at(s: Stmt<'_>, i: usize) -> bool {
+    let starts = i == 0 || s.punct(i - 1, ";") || s.kw_in(i - 1, STATEMENT_STARTS).is_some();
+    if !starts {
         return false;
     }
-    let starts = i == 0 || s.punct(i - 1, ";") || s.kw_in(i - 1, STATEMENT_STARTS).is_some();
-    starts && (s.kw(i, "RESET") || s.kw_in(i + 1, NOT_SESSION).is_none())
+    (s.kw(i, "SET") && s.kw_in(i + 1, NOT_SESSION).is_none())
+        || s.kw(i, "RESET")
+        || s.kw(i, "LISTEN")
+        || (s.kw(i, "PREPARE") && !s.kw(i + 1, "TRANSACTION"))
 }
 
-/// A string constant that begins like a SET or RESET statement or calls `set_config`: SQL the body may run
-/// with EXECUTE.
-fn dynamic_set(s: Stmt<'_>, i: usize) -> bool {
+/// `CREATE [LOCAL | GLOBAL] TEMP[ORARY]`, `CREATE ... pg_temp.name`, or `INTO TEMP[ORARY]` at `i`.
+fn temp_object(s: Stmt<'_>, i: usize) -> bool {
+    let temp = |j: usize| s.kw(j, "TEMP") || s.kw(j, "TEMPORARY");
+    if s.kw(i, "INTO") {
+        return temp(i + 1);
+    }
+    if !s.kw(i, "CREATE") {
+        return false;
+    }
+    let j = if s.kw(i + 1, "LOCAL") || s.kw(i + 1, "GLOBAL") {
+        i + 2
+    } else {
+        i + 1
+    };
+    // CREATE [OR REPLACE] [UNLOGGED] kind [IF NOT EXISTS] pg_temp.name
+    temp(j) || (i + 1..(i + 8).min(s.len())).any(|k| s.is_pg_temp(k))
+}
+
+/// A call of a session-level advisory lock at `i`.
+fn session_lock(s: Stmt<'_>, i: usize) -> bool {
+    s.is_name(i)
+        && s.punct(i + 1, "(")
+        && is_session_advisory_lock(&s.ident(i))
+        && !(i >= 2 && s.punct(i - 1, ".") && s.ident(i - 2) != "pg_catalog")
+}
+
+/// A string constant that begins like a statement above or calls `set_config` or a session-level advisory
+/// lock: SQL the body may run with EXECUTE.
+fn dynamic(s: Stmt<'_>, i: usize) -> bool {
     if s.kind(i) != Some(TokKind::Str) {
         return false;
     }
@@ -70,20 +108,26 @@ fn dynamic_set(s: Stmt<'_>, i: usize) -> bool {
         return false;
     };
     let lower = text.trim_start().to_ascii_lowercase();
-    if lower.contains("set_config") {
+    if lower.contains("set_config")
+        || ["pg_advisory_lock", "pg_try_advisory_lock"]
+            .iter()
+            .any(|f| lower.contains(f))
+    {
         return true;
     }
-    // The word alone is data ('reset' as a state); followed by anything, even a space before a
-    // concatenation, it is a statement.
+    // A lone word is data ('reset' as a state); followed by anything, even a space before a concatenation,
+    // it is a statement.
     let mut words = lower.split_whitespace();
-    match (words.next(), words.next()) {
-        (Some("reset"), _) => lower.len() > "reset".len(),
-        (Some("set"), next) => {
-            lower.len() > "set".len()
-                && !next.is_some_and(|w| ["local", "transaction", "constraints"].contains(&w))
-        }
-        _ => false,
-    }
+    let (first, second) = (words.next(), words.next());
+    let statement = |word: &str| lower.len() > word.len() && first == Some(word);
+    (statement("set") && !second.is_some_and(|w| ["local", "transaction", "constraints"].contains(&w)))
+        || statement("reset")
+        || statement("listen")
+        || (statement("prepare") && second != Some("transaction"))
+        || matches!(
+            lower.split_whitespace().take(3).collect::<Vec<_>>().as_slice(),
+            ["create", "temp" | "temporary", ..] | ["create", "local" | "global", "temp" | "temporary"]
+        )
 }
 
 #[cfg(test)]
@@ -91,7 +135,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bodies_that_change_a_setting_for_the_session() {
+    fn bodies_that_leave_state_in_the_session() {
         let cases: &[(&str, bool)] = &[
             // PL/pgSQL, the common tenant setter.
             (
@@ -129,6 +173,27 @@ mod tests {
                 "BEGIN ALTER TABLE t SET (fillfactor = 70); ALTER TABLE t RESET (fillfactor); END",
                 false,
             ),
+            // Temporary objects.
+            ("BEGIN CREATE TEMP TABLE scratch (x int); END", true),
+            (
+                "BEGIN CREATE TEMPORARY TABLE IF NOT EXISTS scratch AS SELECT 1; END",
+                true,
+            ),
+            ("CREATE LOCAL TEMP VIEW v AS SELECT 1", true),
+            ("BEGIN CREATE TABLE pg_temp.scratch (x int); END", true),
+            ("SELECT * INTO TEMP scratch FROM t", true),
+            (
+                "BEGIN CREATE TABLE scratch (x int); SELECT x INTO v FROM t; END",
+                false,
+            ),
+            ("BEGIN CREATE UNLOGGED TABLE template_rows (temp int); END", false),
+            // Session-level advisory locks, LISTEN, PREPARE.
+            ("BEGIN PERFORM pg_advisory_lock(42); END", true),
+            ("SELECT pg_try_advisory_lock_shared(1, 2)", true),
+            ("BEGIN PERFORM pg_advisory_xact_lock(42); END", false),
+            ("BEGIN LISTEN jobs; END", true),
+            ("BEGIN PREPARE q AS SELECT 1; END", true),
+            ("BEGIN PREPARE TRANSACTION 'x'; END", false),
             // Dynamic SQL.
             ("BEGIN EXECUTE 'SET search_path = ' || quote_ident(s); END", true),
             ("BEGIN EXECUTE format('RESET %I', n); END", true),
@@ -137,15 +202,27 @@ mod tests {
                 true,
             ),
             ("BEGIN EXECUTE 'SET LOCAL statement_timeout = 0'; END", false),
+            (
+                "BEGIN EXECUTE format('CREATE TEMP TABLE %I (x int)', n); END",
+                true,
+            ),
+            (
+                "BEGIN EXECUTE 'create local temporary table t (x int)'; END",
+                true,
+            ),
+            ("BEGIN EXECUTE 'LISTEN ' || quote_ident(c); END", true),
+            ("BEGIN EXECUTE 'SELECT pg_advisory_lock(1)'; END", true),
+            ("BEGIN EXECUTE 'CREATE TABLE t (x int)'; END", false),
             // Strings that are data.
             ("BEGIN IF state = 'reset' THEN RETURN 'set'; END IF; END", false),
+            ("BEGIN RETURN 'listen'; END", false),
             // Comments are not code.
             ("BEGIN -- SET search_path = x;\n RETURN 1; END", false),
             ("SELECT 1 /* set_config('a', 'b', false) */", false),
             ("", false),
         ];
         for (body, want) in cases {
-            assert_eq!(sets_session_setting(body), *want, "{body}");
+            assert_eq!(leaves_session_state(body), *want, "{body}");
         }
     }
 }

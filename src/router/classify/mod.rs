@@ -29,7 +29,7 @@ use std::fmt;
 use super::functions::FunctionRules;
 use super::split::{Hint, Lexer, Tok, TokKind, leading_hint, split_statements};
 use body::do_block_pin;
-pub use body::sets_session_setting;
+pub use body::leaves_session_state;
 use commands::{copy, create, declare, explain};
 use query::{calls, query, session_pin};
 pub use session::set_value;
@@ -216,9 +216,9 @@ pub enum Pin {
     /// A session-wide `set_config()` whose setting, value or scope only the server knows as it runs (a
     /// parameter, an expression, a call in a query that may run it any number of times).
     SetConfig,
-    /// A call of a user function or procedure whose body changes a setting for the session
-    /// ([`sets_session_setting`]).
-    SettingFunction,
+    /// A call of a user function or procedure whose body leaves state in the session: a setting, a
+    /// temporary table, a session advisory lock, LISTEN, a prepared statement ([`leaves_session_state`]).
+    SessionFunction,
 }
 
 impl fmt::Display for Pin {
@@ -231,7 +231,7 @@ impl fmt::Display for Pin {
             Pin::SqlPrepare => "SQL PREPARE",
             Pin::ClientEncoding => "setting or text outside UTF-8",
             Pin::SetConfig => "set_config() with values known only to the server",
-            Pin::SettingFunction => "function that changes a setting for the session",
+            Pin::SessionFunction => "function that leaves state in the session",
         })
     }
 }

@@ -81,7 +81,7 @@ pub(super) fn query(s: Stmt<'_>, funcs: &FunctionRules) -> Verdict {
         Some(true) => Some(Pin::TempTable),
         _ => advisory_pin(&found_calls)
             .or(configs.as_ref().err().copied())
-            .or_else(|| setting_function_pin(&found_calls, funcs)),
+            .or_else(|| session_function_pin(&found_calls, funcs)),
     };
     // The lexical findings name the reason even when the parser gave up on, say, FOR NO KEY UPDATE.
     let found = if let Parsed::Write(kind) = parsed {
@@ -365,16 +365,16 @@ pub(super) fn string_value(text: &str) -> Option<String> {
 pub(super) fn session_pin(s: Stmt<'_>, calls: &[Call], funcs: &FunctionRules) -> Option<Pin> {
     advisory_pin(calls)
         .or(set_configs(s, calls).err())
-        .or(setting_function_pin(calls, funcs))
+        .or(session_function_pin(calls, funcs))
 }
 
-/// A call of a user function or procedure whose body changes a setting for the session: its values are
-/// known only to the node that ran it.
-fn setting_function_pin(calls: &[Call], funcs: &FunctionRules) -> Option<Pin> {
+/// A call of a user function or procedure whose body leaves state in the session (a setting, a temporary
+/// table...), which only the node that ran it has.
+fn session_function_pin(calls: &[Call], funcs: &FunctionRules) -> Option<Pin> {
     calls
         .iter()
-        .any(|c| funcs.sets_session_setting(c.schema.as_deref(), &c.name))
-        .then_some(Pin::SettingFunction)
+        .any(|c| funcs.leaves_session_state(c.schema.as_deref(), &c.name))
+        .then_some(Pin::SessionFunction)
 }
 
 /// What the statement's calls of the built-in `set_config(name, value, is_local)` leave in the session once

@@ -786,7 +786,7 @@ fn set_config_calls_are_settings_when_pgfleet_can_replay_them() {
 fn calls_of_functions_that_change_a_setting_pin_the_session() {
     let rules = rules()
         .with_volatile(["app.set_tenant".to_owned()].into_iter().collect())
-        .with_setting_functions(
+        .with_session_functions(
             [
                 ("app".to_owned(), "set_tenant".to_owned()),
                 ("app".to_owned(), "use_schema".to_owned()),
@@ -813,7 +813,7 @@ fn calls_of_functions_that_change_a_setting_pin_the_session() {
     ];
     for (sql, pinned) in cases {
         let d = classify(sql, &rules);
-        assert_eq!(d.pin == Some(Pin::SettingFunction), pinned, "{sql}: {d:?}");
+        assert_eq!(d.pin == Some(Pin::SessionFunction), pinned, "{sql}: {d:?}");
     }
     // DO blocks are read as bodies are.
     for (sql, pinned) in [
@@ -829,7 +829,7 @@ fn calls_of_functions_that_change_a_setting_pin_the_session() {
         ("DO $$ BEGIN UPDATE t SET x = 1; END $$", false),
     ] {
         let d = classify(sql, &rules);
-        assert_eq!(d.pin == Some(Pin::SettingFunction), pinned, "{sql}: {d:?}");
+        assert_eq!(d.pin == Some(Pin::SessionFunction), pinned, "{sql}: {d:?}");
         assert_eq!(d.target, Target::Primary, "{sql}");
     }
     // Without such functions nothing is pinned.

@@ -452,7 +452,7 @@ fn pinned_label(pin: Pin) -> &'static str {
         Pin::SqlPrepare => "pinned: SQL PREPARE",
         Pin::ClientEncoding => "pinned: setting or text outside UTF-8",
         Pin::SetConfig => "pinned: set_config() with values known only to the server",
-        Pin::SettingFunction => "pinned: function that changes a setting for the session",
+        Pin::SessionFunction => "pinned: function that leaves state in the session",
     }
 }
 
