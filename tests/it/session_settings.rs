@@ -231,49 +231,44 @@ async fn a_function_that_leaves_state_in_the_session_keeps_the_session_on_its_no
         .wait_replicas_caught_up(std::time::Duration::from_secs(30))
         .expect("replicas caught up");
 
-    // The row-level-security idiom: a function sets the tenant for the session, the reads that follow use
-    // it. Only the node that ran the function has the value, so the session stays there.
-    let a = connect(&dsn).await;
-    assert_eq!(row(&a, "SELECT set_tenant('42')").await, ["42"]);
-    let sql = "SELECT inet_server_port(), current_setting('app.tenant', true)";
-    let (ports, values) = everywhere(&a, sql, 2).await;
-    assert_eq!(values, ["42"], "on {ports:?}");
-    assert_eq!(ports, HashSet::from([primary]));
-
-    // A procedure that runs SET as dynamic SQL.
-    let b = connect(&dsn).await;
-    b.batch_execute("CALL use_schema('s2')").await.expect("call");
-    let (ports, values) = everywhere(
-        &b,
-        "SELECT inet_server_port(), current_setting('search_path'), (SELECT x FROM only_there)",
-        2,
-    )
-    .await;
-    assert_eq!(values, ["s2, public", "9"], "on {ports:?}");
-    assert_eq!(ports, HashSet::from([primary]));
-
-    // A temporary table made by a function exists only in that node's session.
-    let e = connect(&dsn).await;
-    e.batch_execute("SELECT make_scratch()")
-        .await
-        .expect("make_scratch");
-    let (ports, values) = everywhere(&e, "SELECT inet_server_port(), (SELECT x FROM scratch)", 2).await;
-    assert_eq!(values, ["5"], "on {ports:?}");
-    assert_eq!(ports, HashSet::from([primary]));
-
-    // A DO block's code is read the same way.
-    let d = connect(&dsn).await;
-    d.batch_execute("DO $$ BEGIN PERFORM set_config('app.via_do', 'd', false); END $$")
-        .await
-        .expect("DO");
-    let (ports, values) = everywhere(
-        &d,
-        "SELECT inet_server_port(), current_setting('app.via_do', true)",
-        2,
-    )
-    .await;
-    assert_eq!(values, ["d"], "on {ports:?}");
-    assert_eq!(ports, HashSet::from([primary]));
+    // (what a new session runs, a read after it whose first column is the node's port, the read's other
+    // columns). Only the node that ran the call has what it left, so the session stays there.
+    let cases: &[(&str, &str, &[&str])] = &[
+        // The row-level-security idiom: a function sets the tenant for the session, the reads use it.
+        (
+            "SELECT set_tenant('42')",
+            "SELECT inet_server_port(), current_setting('app.tenant', true)",
+            &["42"],
+        ),
+        // A procedure that runs SET as dynamic SQL.
+        (
+            "CALL use_schema('s2')",
+            "SELECT inet_server_port(), current_setting('search_path'), (SELECT x FROM only_there)",
+            &["s2, public", "9"],
+        ),
+        // A temporary table made by a function exists only in that node's session.
+        (
+            "SELECT make_scratch()",
+            "SELECT inet_server_port(), (SELECT x FROM scratch)",
+            &["5"],
+        ),
+        // A DO block's code is read the same way.
+        (
+            "DO $$ BEGIN PERFORM set_config('app.via_do', 'd', false); END $$",
+            "SELECT inet_server_port(), current_setting('app.via_do', true)",
+            &["d"],
+        ),
+    ];
+    for (call, read, want) in cases {
+        let session = connect(&dsn).await;
+        session
+            .batch_execute(call)
+            .await
+            .unwrap_or_else(|e| panic!("{call}: {e}"));
+        let (ports, values) = everywhere(&session, read, 2).await;
+        assert_eq!(values, *want, "after {call}, on {ports:?}");
+        assert_eq!(ports, HashSet::from([primary]), "after {call}");
+    }
 
     // A setting for the transaction only ends with it: the session's reads still spread over the replicas.
     let c = connect(&dsn).await;
