@@ -9,17 +9,17 @@
 //! table set LOGGED) a moment ago is known to the very next statement.
 
 use arc_swap::ArcSwap;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod};
 
-use super::classify::leaves_session_state;
+use super::classify::{calls_any, leaves_session_state};
 use super::functions::{
-    FunctionRules, load_sequences, load_session_candidates, load_sets_commit_mode, load_unlogged,
-    load_volatile,
+    FunctionRules, load_caller_candidates, load_sequences, load_session_candidates, load_sets_commit_mode,
+    load_unlogged, load_volatile,
 };
 use crate::backend::connect::NodeTarget;
 use crate::config::split_host_port;
@@ -211,13 +211,9 @@ impl Catalog {
                 let commit_mode = load_sets_commit_mode(&client)
                     .await
                     .map_err(|e| tls.explain(&e))?;
-                let setting = load_session_candidates(&client)
+                let setting = session_state_functions(&client)
                     .await
-                    .map_err(|e| tls.explain(&e))?
-                    .into_iter()
-                    .filter(|(_, _, body)| leaves_session_state(body))
-                    .map(|(schema, name, _)| (schema, name))
-                    .collect();
+                    .map_err(|e| tls.explain(&e))?;
                 Ok::<_, String>((volatile, unlogged, sequences, commit_mode, setting))
             })
             .await
@@ -304,4 +300,38 @@ impl Catalog {
         control.insert(key, pool.clone());
         Some(pool)
     }
+}
+
+/// Callers of callers are followed this many levels deep; a wrapper deeper than that is not seen.
+const CALLER_LEVELS: usize = 4;
+
+/// The user functions and procedures that leave state in the calling session: those whose body does it
+/// ([`leaves_session_state`]) and, up to [`CALLER_LEVELS`] deep, those whose body calls one of them
+/// ([`calls_any`]), such as a `login(user)` that calls `set_tenant(...)`.
+async fn session_state_functions(
+    client: &tokio_postgres::Client,
+) -> Result<HashSet<(String, String)>, tokio_postgres::Error> {
+    let mut found: HashSet<(String, String)> = load_session_candidates(client)
+        .await?
+        .into_iter()
+        .filter(|(_, _, body)| leaves_session_state(body))
+        .map(|(schema, name, _)| (schema, name))
+        .collect();
+    let mut names: HashSet<String> = found.iter().map(|(_, name)| name.clone()).collect();
+    let mut newest: Vec<String> = names.iter().cloned().collect();
+    for _ in 0..CALLER_LEVELS {
+        if newest.is_empty() {
+            break;
+        }
+        let candidates = load_caller_candidates(client, &newest).await?;
+        newest.clear();
+        for (schema, name, body) in candidates {
+            if !found.contains(&(schema.clone(), name.clone())) && calls_any(&body, &names) {
+                newest.push(name.clone());
+                found.insert((schema, name));
+            }
+        }
+        names.extend(newest.iter().cloned());
+    }
+    Ok(found)
 }

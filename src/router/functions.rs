@@ -64,6 +64,42 @@ pub const SESSION_STATE_FUNCTIONS_SQL: &str = "SELECT n.nspname::text, p.proname
      AND b.body ~* '(set_config|temp|advisory_lock|listen|prepare\
      |(^|[;''$(]|\\m(begin|then|else|loop))\\s*(re)?set\\s)'";
 
+/// Lists the user functions and procedures whose body names any of `$1` (ILIKE patterns, one per name), as
+/// [`SESSION_STATE_FUNCTIONS_SQL`] does: the candidates for callers of functions that leave session state,
+/// which the classifier confirms (`classify::calls_any`).
+pub const CALLERS_SQL: &str = "SELECT n.nspname::text, p.proname::text, b.body \
+     FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+     CROSS JOIN LATERAL (SELECT CASE WHEN p.prosrc = '' THEN pg_catalog.pg_get_functiondef(p.oid) \
+     ELSE p.prosrc END AS body) b \
+     WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') \
+     AND b.body ILIKE ANY($1::text[])";
+
+/// Reads [`CALLERS_SQL`]'s candidates for bodies that may call one of `names`, as `(schema, name, body)`.
+pub async fn load_caller_candidates(
+    client: &tokio_postgres::Client,
+    names: &[String],
+) -> Result<Vec<(String, String, String)>, tokio_postgres::Error> {
+    let patterns: Vec<String> = names.iter().map(|n| format!("%{}%", like_escape(n))).collect();
+    let rows = client.query(CALLERS_SQL, &[&patterns]).await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        out.push((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?));
+    }
+    Ok(out)
+}
+
+/// `text` matched literally by LIKE (its default escape is the backslash).
+fn like_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// Reads [`SESSION_STATE_FUNCTIONS_SQL`]'s candidates as `(schema, name, body)`.
 pub async fn load_session_candidates(
     client: &tokio_postgres::Client,

@@ -223,7 +223,10 @@ async fn a_function_that_leaves_state_in_the_session_keeps_the_session_on_its_no
              CREATE PROCEDURE use_schema(s text) LANGUAGE plpgsql AS \
              $$ BEGIN EXECUTE format('SET search_path = %I, public', s); END $$; \
              CREATE FUNCTION make_scratch() RETURNS void LANGUAGE plpgsql AS \
-             $$ BEGIN CREATE TEMP TABLE scratch AS SELECT 5 AS x; END $$;",
+             $$ BEGIN CREATE TEMP TABLE scratch AS SELECT 5 AS x; END $$; \
+             CREATE FUNCTION log_in(t text) RETURNS text LANGUAGE sql AS $$ SELECT set_tenant(t) $$; \
+             CREATE FUNCTION start_session(t text) RETURNS text LANGUAGE plpgsql AS \
+             $$ BEGIN RETURN log_in(t); END $$;",
         )
         .await
         .expect("setup");
@@ -239,6 +242,12 @@ async fn a_function_that_leaves_state_in_the_session_keeps_the_session_on_its_no
             "SELECT set_tenant('42')",
             "SELECT inet_server_port(), current_setting('app.tenant', true)",
             &["42"],
+        ),
+        // A function that leaves it by calling one that does, two levels down.
+        (
+            "SELECT start_session('77')",
+            "SELECT inet_server_port(), current_setting('app.tenant', true)",
+            &["77"],
         ),
         // A procedure that runs SET as dynamic SQL.
         (

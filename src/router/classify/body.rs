@@ -1,12 +1,14 @@
 //! What a user function's or procedure's body leaves in the session that calls it: a setting changed for
 //! the rest of the session (a SET or RESET statement, `set_config(..., false)`), a temporary table, a
 //! session-level advisory lock, a LISTEN or an SQL-level prepared statement, also made by dynamic SQL. The
-//! catalog loader asks this of the bodies `functions::SESSION_STATE_FUNCTIONS_SQL` finds, and a call of such
-//! a function (or a DO block whose code does so) pins its session to the node that ran it, where alone that
-//! state exists.
+//! catalog loader asks this of the bodies `functions::SESSION_STATE_FUNCTIONS_SQL` finds (and of the bodies
+//! that call those functions, [`calls_any`]), and a call of such a function (or a DO block whose code does so)
+//! pins its session to the node that ran it, where alone that state exists.
+
+use std::collections::HashSet;
 
 use super::Pin;
-use super::query::{arguments, string_value};
+use super::query::{arguments, calls, string_value};
 use super::stmt::{Stmt, paren_spans};
 use crate::router::functions::is_session_advisory_lock;
 use crate::router::split::{Lexer, Tok, TokKind};
@@ -21,20 +23,32 @@ const NOT_SESSION: &[&str] = &["LOCAL", "TRANSACTION", "CONSTRAINTS"];
 /// errs towards yes: a `set_config` whose `is_local` is not the constant `true`, and a string that begins
 /// like such a statement (dynamic SQL), count.
 pub fn leaves_session_state(body: &str) -> bool {
+    read(body, |s| {
+        (0..s.len()).any(|i| {
+            session_set_config(s, i)
+                || statement_at(s, i)
+                || temp_object(s, i)
+                || session_lock(s, i)
+                || dynamic(s, i)
+        })
+    })
+}
+
+/// Whether `body` calls a function or procedure of one of these (resolved) names, in any schema: calling it
+/// leaves what they leave.
+pub fn calls_any(body: &str, names: &HashSet<String>) -> bool {
+    read(body, |s| calls(s).iter().any(|c| names.contains(c.name())))
+}
+
+/// Runs `judge` over the body's tokens, comments left out.
+fn read(body: &str, judge: impl FnOnce(Stmt<'_>) -> bool) -> bool {
     let toks: Vec<Tok> = Lexer::new(body).filter(|t| t.kind != TokKind::Comment).collect();
     let spans = paren_spans(body, &toks);
-    let s = Stmt {
+    judge(Stmt {
         src: body,
         toks: &toks,
         spans: &spans,
         nesting: 0,
-    };
-    (0..s.len()).any(|i| {
-        session_set_config(s, i)
-            || statement_at(s, i)
-            || temp_object(s, i)
-            || session_lock(s, i)
-            || dynamic(s, i)
     })
 }
 
@@ -223,6 +237,25 @@ mod tests {
         ];
         for (body, want) in cases {
             assert_eq!(leaves_session_state(body), *want, "{body}");
+        }
+    }
+
+    #[test]
+    fn callers_are_found_by_the_names_they_call() {
+        let names: HashSet<String> = ["set_tenant".to_owned(), "MixedCase".to_owned()].into();
+        let cases: &[(&str, bool)] = &[
+            ("BEGIN PERFORM set_tenant(t); END", true),
+            ("SELECT app.set_tenant($1)", true),
+            ("BEGIN CALL set_tenant(1); END", true),
+            ("BEGIN x := \"MixedCase\"(); END", true),
+            // Folded to lower case: another name.
+            ("BEGIN x := MixedCase(); END", false),
+            ("BEGIN x := set_tenant_name; END", false),
+            ("BEGIN RETURN 'set_tenant(1)'; END", false),
+            ("SELECT 1 -- set_tenant(1)", false),
+        ];
+        for (body, want) in cases {
+            assert_eq!(calls_any(body, &names), *want, "{body}");
         }
     }
 }

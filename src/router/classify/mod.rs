@@ -29,7 +29,7 @@ use std::fmt;
 use super::functions::FunctionRules;
 use super::split::{Hint, Lexer, Tok, TokKind, leading_hint, split_statements};
 use body::do_block_pin;
-pub use body::leaves_session_state;
+pub use body::{calls_any, leaves_session_state};
 use commands::{copy, create, declare, explain};
 use query::{calls, query, session_pin};
 pub use session::set_value;

@@ -133,6 +133,11 @@ pub(super) struct Call {
 }
 
 impl Call {
+    /// The function's name, resolved.
+    pub(super) fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Unqualified or qualified by `pg_catalog`: a built-in function, unless a user's shadows it.
     fn is_builtin(&self) -> bool {
         matches!(self.schema.as_deref(), None | Some("pg_catalog"))
