@@ -42,18 +42,34 @@ pub(crate) struct Outcome {
     pub saw_error: bool,
     /// How many ParseComplete came back (the first N Parse messages succeeded).
     pub parses_ok: usize,
-    /// The last command tag was COMMIT.
-    pub last_commit: bool,
-    /// The request itself opened a transaction that it also closed (BEGIN ... COMMIT in one string).
-    pub began_tx: bool,
-    /// How many SAVEPOINT, RELEASE and ROLLBACK tags came back: which savepoint statements of a request
-    /// that failed ran before the failure.
-    pub savepoint_tags: usize,
+    /// How many command tags of transaction control came back (SAVEPOINT, RELEASE, ROLLBACK, also of
+    /// ROLLBACK TO, COMMIT and PREPARE TRANSACTION): which of a request's savepoints and transaction ends
+    /// ran, in order ([`SessionChange`](crate::router::classify::SessionChange)'s markers).
+    pub control_tags: usize,
+    /// Bit `i` set: the `i`-th of those tags (of the first 64) kept its transaction's changes (COMMIT,
+    /// PREPARE TRANSACTION), where a COMMIT of a failed transaction answers ROLLBACK.
+    pub kept: u64,
 }
 
-/// The command tag of SAVEPOINT, RELEASE or ROLLBACK (also ROLLBACK TO): see [`Outcome::savepoint_tags`].
-pub(crate) fn is_savepoint_tag(tag: &[u8]) -> bool {
-    tag == b"SAVEPOINT" || tag == b"RELEASE" || tag == b"ROLLBACK"
+impl Outcome {
+    /// Takes note of a CommandComplete's tag.
+    pub(crate) fn note_tag(&mut self, tag: &[u8]) {
+        let kept = match tag {
+            b"COMMIT" | b"PREPARE TRANSACTION" => true,
+            b"ROLLBACK" | b"SAVEPOINT" | b"RELEASE" => false,
+            _ => return,
+        };
+        if kept && self.control_tags < 64 {
+            self.kept |= 1 << self.control_tags;
+        }
+        self.control_tags += 1;
+    }
+
+    /// Whether the `i`-th tag of transaction control kept its transaction's changes. Past the 64th, in a
+    /// request of that many transaction ends, it counts as a rollback.
+    pub(crate) fn kept(&self, i: usize) -> bool {
+        i < 64 && self.kept & (1 << i) != 0
+    }
 }
 
 /// Why a request did not complete.
@@ -232,17 +248,12 @@ impl Flow {
                 }
             }
             b'C' => {
-                // Compared as bytes: every reply carries a tag, and only these three matter here.
+                // Compared as bytes: every reply carries a tag, and only transaction control's matter here.
                 let tag = body
                     .iter()
                     .position(|b| *b == 0)
                     .map_or(&b""[..], |end| &body[..end]);
-                self.outcome.last_commit = tag == b"COMMIT";
-                if tag == b"BEGIN" || tag == b"START TRANSACTION" {
-                    self.outcome.began_tx = true;
-                } else if is_savepoint_tag(tag) {
-                    self.outcome.savepoint_tags += 1;
-                }
+                self.outcome.note_tag(tag);
             }
             b'1' if !self.track => self.outcome.parses_ok += 1,
             b'A' => self.notified = true,

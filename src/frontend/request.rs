@@ -54,7 +54,7 @@ fn carried(changes: &[SessionChange], encoding: ClientEncoding) -> bool {
             SessionChange::Set { statement, .. } | SessionChange::Reset { statement, .. } => {
                 statement.is_ascii()
             }
-            SessionChange::ResetAll | SessionChange::Savepoint(_) => true,
+            SessionChange::ResetAll | SessionChange::Savepoint(_) | SessionChange::EndTransaction => true,
         })
 }
 
@@ -66,6 +66,7 @@ fn on_primary(frame: &Frame) -> Statement {
         rule: Cow::Borrowed(ENCODING_RULE),
         pin: Some(Pin::ClientEncoding),
         changes: Vec::new(),
+        ends_last: false,
         id: 0,
     }
 }
@@ -193,8 +194,10 @@ pub struct Plan {
     pub pin: Option<Pin>,
     /// An explicit transaction the request opens.
     pub tx_start: Option<TxStart>,
-    /// Settings the request changes, if it succeeds.
+    /// Settings the request changes, if it succeeds, with the savepoints and transaction ends among them.
     pub changes: Vec<SessionChange>,
+    /// A transaction end follows the last of `changes` ([`Decision::ends_last`]).
+    pub ends_last: bool,
     /// Contains DDL.
     pub ddl: bool,
     /// Contains DDL that may create or replace a function's body (`Decision::code_ddl`).
@@ -231,6 +234,7 @@ impl Plan {
             pin: None,
             tx_start: None,
             changes: Vec::new(),
+            ends_last: false,
             ddl: false,
             code_ddl: false,
             needs: Vec::new(),
@@ -266,7 +270,7 @@ impl Plan {
             self.tx_start = d.tx_start;
         }
         if with_changes {
-            self.changes.extend(d.changes.iter().cloned());
+            self.add_changes(&d.changes, d.ends_last);
         }
         self.ddl |= d.ddl;
         self.code_ddl |= d.code_ddl;
@@ -289,8 +293,20 @@ impl Plan {
             self.pin = s.pin;
         }
         if with_changes {
-            self.changes.extend(s.changes.iter().cloned());
+            self.add_changes(&s.changes, s.ends_last);
         }
+    }
+
+    /// Adds a statement's changes after the request's; a transaction end left out as the last of them
+    /// ([`Decision::ends_last`]) goes back in once a change follows it.
+    fn add_changes(&mut self, changes: &[SessionChange], ends_last: bool) {
+        if !changes.is_empty() {
+            if std::mem::take(&mut self.ends_last) {
+                self.changes.push(SessionChange::EndTransaction);
+            }
+            self.changes.extend(changes.iter().cloned());
+        }
+        self.ends_last |= ends_last;
     }
 
     /// Sends the request to the primary and keeps the session there ([`ENCODING_RULE`]): its text may hold
@@ -361,6 +377,7 @@ impl Plan {
                     rule: d.rule.label(),
                     pin: d.pin,
                     changes: d.changes.clone(),
+                    ends_last: d.ends_last,
                     id: 0,
                 };
                 if !carried(&d.changes, reading.encoding) {
@@ -566,6 +583,54 @@ mod tests {
     }
 
     #[test]
+    fn a_transaction_end_goes_among_the_changes_once_a_change_follows_it() {
+        let set = SessionChange::Set {
+            name: "work_mem".into(),
+            statement: "SET work_mem = 1".into(),
+        };
+        let q = |sql: &str| frame(b'Q', format!("{sql}\0").as_bytes());
+        // (frames, changes, a transaction end after them)
+        let cases: Vec<(Vec<Frame>, Vec<SessionChange>, bool)> = vec![
+            (vec![q("COMMIT")], vec![], true),
+            (vec![parse("", "COMMIT"), bind("")], vec![], true),
+            // Parsed, not run.
+            (vec![parse("c", "COMMIT")], vec![], false),
+            // One pipeline under one Sync.
+            (
+                vec![
+                    parse("", "COMMIT"),
+                    bind(""),
+                    parse("", "SET work_mem = 1"),
+                    bind(""),
+                ],
+                vec![SessionChange::EndTransaction, set.clone()],
+                false,
+            ),
+            (
+                vec![
+                    parse("", "SET work_mem = 1"),
+                    bind(""),
+                    parse("", "ROLLBACK"),
+                    bind(""),
+                ],
+                vec![set.clone()],
+                true,
+            ),
+            // A read between them changes nothing.
+            (
+                vec![parse("", "COMMIT"), bind(""), parse("", "SELECT 1"), bind("")],
+                vec![],
+                true,
+            ),
+        ];
+        for (frames, changes, ends_last) in cases {
+            let plan = plan_of(&frames, &Statements::default());
+            assert_eq!(plan.changes, changes, "{frames:?}");
+            assert_eq!(plan.ends_last, ends_last, "{frames:?}");
+        }
+    }
+
+    #[test]
     fn a_bind_takes_the_latest_parse_of_its_name_below_and_above_the_scan_limit() {
         // (Parse frames before the Bind, whether the statement's latest Parse is the SET)
         for others in [
@@ -614,6 +679,7 @@ mod tests {
                         rule: Cow::Borrowed("read"),
                         pin: None,
                         changes: Vec::new(),
+                        ends_last: false,
                         id: 0,
                     },
                 );

@@ -98,7 +98,7 @@ impl Settings {
                 }
             },
             SessionChange::ResetAll => self.entries = self.startup.clone(),
-            SessionChange::Savepoint(_) => return,
+            SessionChange::Savepoint(_) | SessionChange::EndTransaction => return,
         }
         self.generation = generation_of(&self.entries);
     }
@@ -120,7 +120,7 @@ impl Settings {
                     ran.remove(name);
                 }
                 SessionChange::ResetAll => ran.clear(),
-                SessionChange::Savepoint(_) => {}
+                SessionChange::Savepoint(_) | SessionChange::EndTransaction => {}
             }
         }
         let generation = generation_of(&ran);
@@ -141,7 +141,9 @@ impl Settings {
             .rev()
             .find(|c| matches!(c, SessionChange::ResetAll) || c.name() == Some("client_encoding"));
         match last {
-            None | Some(SessionChange::Savepoint(_)) => self.client_encoding(),
+            None | Some(SessionChange::Savepoint(_) | SessionChange::EndTransaction) => {
+                self.client_encoding()
+            }
             Some(SessionChange::Set { statement, .. }) => encoding_of(Some(statement)),
             Some(SessionChange::Reset { .. } | SessionChange::ResetAll) => {
                 encoding_of(self.startup.get("client_encoding"))
@@ -193,11 +195,16 @@ struct Mark {
 }
 
 impl PendingChanges {
-    /// Records a change or savepoint statement that ran.
+    /// Records a change or savepoint statement that ran (a transaction end is the caller's:
+    /// `Session::finish` settles the list with it).
     pub fn record(&mut self, change: SessionChange) {
-        let SessionChange::Savepoint(op) = change else {
-            self.changes.push(change);
-            return;
+        let op = match change {
+            SessionChange::Savepoint(op) => op,
+            SessionChange::EndTransaction => return,
+            change => {
+                self.changes.push(change);
+                return;
+            }
         };
         match op {
             Savepoint::Set(name) => match self.savepoints.last_mut() {
@@ -279,8 +286,10 @@ pub struct Statement {
     pub rule: std::borrow::Cow<'static, str>,
     /// Session state it creates when executed.
     pub pin: Option<Pin>,
-    /// Settings it changes when executed.
+    /// Settings it changes when executed, with the savepoints and transaction ends among them.
     pub changes: Vec<SessionChange>,
+    /// A transaction end follows the last of `changes` (`Decision::ends_last`).
+    pub ends_last: bool,
     /// Distinguishes successive unnamed statements.
     pub id: u64,
 }

@@ -1,5 +1,5 @@
 //! Quoting names and values into the SQL text pgfleet writes itself (session-state replay, forward mode's
-//! applied changes and setup). One implementation, so that every statement pgfleet builds means the same
+//! applied changes and setup, the catalog queries' LIKE patterns). One implementation, so that every statement pgfleet builds means the same
 //! whatever the names and values hold.
 
 /// Quotes an identifier: always double-quoted, so that case, reserved words (`all`, `select`) and any
@@ -38,6 +38,19 @@ pub(crate) fn quote_literal(text: &str) -> String {
     out
 }
 
+/// `text` as a LIKE pattern that matches only itself: `%`, `_` and the backslash (LIKE's default escape
+/// character) are escaped. Used to find catalog entries whose names or bodies contain a given name.
+pub(crate) fn escape_like(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for ch in text.chars() {
+        if matches!(ch, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(ch);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,5 +79,16 @@ mod tests {
         assert_eq!(quote_literal("\\x00ff"), "E'\\\\x00ff'");
         assert_eq!(quote_literal("'\\'"), "E'''\\\\'''");
         assert_eq!(quote_literal("ünïcødé ✓"), "'ünïcødé ✓'");
+    }
+
+    #[test]
+    fn like_patterns() {
+        assert_eq!(escape_like("plain"), "plain");
+        assert_eq!(escape_like("pg_fleet"), "pg\\_fleet");
+        assert_eq!(escape_like("100%"), "100\\%");
+        assert_eq!(escape_like("a\\b"), "a\\\\b");
+        assert_eq!(escape_like("_%\\"), "\\_\\%\\\\");
+        assert_eq!(escape_like(""), "");
+        assert_eq!(escape_like("ünï_"), "ünï\\_");
     }
 }

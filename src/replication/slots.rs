@@ -223,7 +223,10 @@ async fn check(
             .await?
         }
     };
-    let pattern = format!("{}\\_%", escape_like(&ctx.config().replication.name));
+    let pattern = format!(
+        "{}\\_%",
+        crate::protocol::quote::escape_like(&ctx.config().replication.name)
+    );
     let rows = c
         .query(
             "SELECT slot_name::text, pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint \
@@ -239,18 +242,6 @@ async fn check(
         .map_err(sql_err("reading replication slots"))?;
     *primary = Some(c);
     Ok(observed)
-}
-
-/// `text` as a literal LIKE pattern (backslash is LIKE's default escape character).
-fn escape_like(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if matches!(c, '\\' | '_' | '%') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
 }
 
 fn log_crossing(crossing: &Crossing, max: u64) {
@@ -489,11 +480,10 @@ mod tests {
     }
 
     #[test]
-    fn periods_and_patterns() {
+    fn periods_and_sizes() {
         assert_eq!(period(Duration::from_millis(100)), Duration::from_secs(1));
         assert_eq!(period(Duration::from_secs(1)), Duration::from_secs(10));
         assert_eq!(period(Duration::from_secs(60)), Duration::from_secs(10));
-        assert_eq!(escape_like("pg_fleet"), "pg\\_fleet");
         assert_eq!(human_size(812), "812 bytes");
         assert_eq!(human_size(1536), "1.5 kB");
         assert_eq!(human_size(1024 * 1024 * 1024), "1.0 GB");

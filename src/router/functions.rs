@@ -79,25 +79,16 @@ pub async fn load_caller_candidates(
     client: &tokio_postgres::Client,
     names: &[String],
 ) -> Result<Vec<(String, String, String)>, tokio_postgres::Error> {
-    let patterns: Vec<String> = names.iter().map(|n| format!("%{}%", like_escape(n))).collect();
+    let patterns: Vec<String> = names
+        .iter()
+        .map(|n| format!("%{}%", crate::protocol::quote::escape_like(n)))
+        .collect();
     let rows = client.query(CALLERS_SQL, &[&patterns]).await?;
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
         out.push((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?));
     }
     Ok(out)
-}
-
-/// `text` matched literally by LIKE (its default escape is the backslash).
-fn like_escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// Reads [`SESSION_STATE_FUNCTIONS_SQL`]'s candidates as `(schema, name, body)`.

@@ -207,6 +207,54 @@ async fn a_rollback_to_a_savepoint_undoes_the_settings_made_after_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_that_ends_inside_a_request_keeps_only_what_it_committed() {
+    let cluster = cluster_async().await;
+    let proxy = Proxy::start(&cluster, CONFIG);
+    let c = connect(&proxy.dsn(APP_USER, PASSWORD, APP_DB)).await;
+    let run = async |sql: &str| {
+        c.batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    };
+    let sql = "SELECT inet_server_port(), current_setting('lock_timeout'), current_setting('work_mem')";
+
+    // Rolled back in the middle of a string; the next transaction, begun in the same string, commits later.
+    run("BEGIN; SET lock_timeout = '3s'; ROLLBACK; BEGIN; SET work_mem = '6MB'").await;
+    run("COMMIT").await;
+    let (ports, values) = everywhere(&c, sql, 2).await;
+    assert_eq!(values, ["0", "6MB"], "on {ports:?}");
+    assert_eq!(ports.len(), 2, "both replicas answered: {ports:?}");
+
+    // Committed in the middle of a string; the transaction begun after it rolls back later.
+    run("BEGIN; SET lock_timeout = '4s'").await;
+    run("COMMIT; BEGIN; SET work_mem = '8MB'").await;
+    run("ROLLBACK").await;
+    let (_, values) = everywhere(&c, sql, 2).await;
+    assert_eq!(values, ["4s", "6MB"]);
+
+    // After an explicit transaction, the rest of the string runs in an implicit one, which commits.
+    run("BEGIN; SET work_mem = '9MB'; ROLLBACK; SET lock_timeout = '5s'").await;
+    let (_, values) = everywhere(&c, sql, 2).await;
+    assert_eq!(values, ["5s", "6MB"]);
+
+    // A string that fails keeps what it committed before the failure, and loses what came after it.
+    let failed = c
+        .batch_execute("BEGIN; SET lock_timeout = '6s'; COMMIT; SET work_mem = '10MB'; SELECT 1/0")
+        .await;
+    assert!(failed.is_err(), "division by zero: {failed:?}");
+    let (_, values) = everywhere(&c, sql, 2).await;
+    assert_eq!(values, ["6s", "6MB"]);
+
+    // A commit that fails (here: of a transaction that already failed) keeps nothing of it.
+    run("BEGIN; SET work_mem = '11MB'").await;
+    let failed = c.batch_execute("SELECT 1/0").await;
+    assert!(failed.is_err(), "division by zero: {failed:?}");
+    run("COMMIT; SET lock_timeout = '7s'").await;
+    let (_, values) = everywhere(&c, sql, 2).await;
+    assert_eq!(values, ["7s", "6MB"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_function_that_leaves_state_in_the_session_keeps_the_session_on_its_node() {
     let cluster = cluster_async().await;
     let proxy = Proxy::start(&cluster, CONFIG);

@@ -378,6 +378,7 @@ impl Session {
                                 rule: std::borrow::Cow::Borrowed(TOKEN_RULE),
                                 pin: None,
                                 changes: Vec::new(),
+                                ends_last: false,
                                 id: 0,
                             },
                         );

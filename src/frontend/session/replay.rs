@@ -5,6 +5,7 @@
 
 use super::Session;
 use crate::backend::BackendError;
+use crate::backend::conn::AppliedState;
 use crate::cluster::NodeId;
 use crate::frontend::forward::Outcome;
 use crate::frontend::request::Plan;
@@ -128,7 +129,6 @@ impl Session {
 
     /// Bookkeeping after a request completed on `node`.
     pub(in crate::frontend) fn finish(&mut self, node: NodeId, mut plan: Plan, outcome: &Outcome) {
-        let was_in_tx = self.routing.tx_node.is_some();
         let Some(conn) = self.conns[node.index()].as_mut() else {
             return;
         };
@@ -170,9 +170,14 @@ impl Session {
             self.routing.pinned = Some((node, pin));
             conn.applied.unresettable = true;
         }
-        let changed = !plan.changes.is_empty();
+        let changed = !plan.changes.is_empty() || plan.ends_last;
+        let mut tx = Transaction {
+            pending: &mut self.pending_changes,
+            settings: &mut self.settings,
+            applied: &mut conn.applied,
+        };
         if changed {
-            record(&mut self.pending_changes, plan.changes, outcome);
+            tx.record(plan.changes, plan.ends_last, outcome);
         }
         match outcome.status {
             TxStatus::InTransaction | TxStatus::Failed => {
@@ -185,26 +190,12 @@ impl Session {
             }
             TxStatus::Idle => {
                 self.routing.tx_node = None;
-                if !self.pending_changes.is_empty() {
-                    let committed = if was_in_tx || outcome.began_tx {
-                        outcome.last_commit
-                    } else {
-                        !outcome.saw_error
-                    };
-                    if committed {
-                        // The node that ran them has them, but for a RESET of a startup parameter.
-                        let (ran, generation) =
-                            Settings::as_run_on(&conn.applied.settings, self.pending_changes.changes());
-                        for c in self.pending_changes.changes() {
-                            self.settings.apply(c);
-                        }
-                        conn.applied.settings = ran;
-                        conn.applied.settings_generation = generation;
-                    }
+                // What is left ran in the request's implicit transaction, which the failure (if any) undid.
+                let left = !tx.pending.is_empty();
+                tx.end(!outcome.saw_error);
+                if changed || left {
                     self.reading.encoding = self.settings.client_encoding();
                 }
-                // Also the savepoints of a transaction that changed no setting.
-                self.pending_changes.clear();
             }
         }
         if plan.ddl {
@@ -227,20 +218,70 @@ impl Session {
     }
 }
 
-/// Records what a request changed: everything when it succeeded; when it failed, only the savepoint
-/// statements that ran before the failure, since a later ROLLBACK TO may name one of them (pgJDBC's
-/// `autosave` sends its savepoint with the statement that fails). A failed request's setting changes are
-/// not recorded.
-fn record(pending: &mut PendingChanges, changes: Vec<SessionChange>, outcome: &Outcome) {
-    if !outcome.saw_error {
-        changes.into_iter().for_each(|c| pending.record(c));
-        return;
+/// The open transaction's bookkeeping as a request ends: its setting changes, the session's settings they go
+/// to when it commits, and what the node that ran them has.
+struct Transaction<'a> {
+    pending: &'a mut PendingChanges,
+    settings: &'a mut Settings,
+    applied: &'a mut AppliedState,
+}
+
+impl Transaction<'_> {
+    /// Records a request's changes in statement order: settings join the open transaction's, savepoints
+    /// reorder them, and each transaction end that ran keeps them (COMMIT, PREPARE TRANSACTION) or drops
+    /// them (ROLLBACK, a COMMIT of a failed transaction) as its command tag says; `ends_last`: one more
+    /// follows them all. Of a request that failed, only what ran before the failure counts (the tags say
+    /// how many savepoints and ends ran), and of that not the settings after the last savepoint or end that
+    /// ran: the failure undid them with their (sub)transaction, whatever the client does next. pgJDBC's
+    /// `autosave` sends its savepoint with the statement that fails; that savepoint counts.
+    fn record(&mut self, changes: Vec<SessionChange>, ends_last: bool, outcome: &Outcome) {
+        let is_marker =
+            |c: &SessionChange| matches!(c, SessionChange::Savepoint(_) | SessionChange::EndTransaction);
+        let markers = changes.iter().filter(|c| is_marker(c)).count();
+        let last_end_ran = ends_last && outcome.control_tags > markers;
+        let keep = match outcome.saw_error && !last_end_ran {
+            false => changes.len(),
+            // Up to and with the last marker that ran.
+            true => changes
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| is_marker(c))
+                .nth(outcome.control_tags.min(markers).wrapping_sub(1))
+                .map_or(0, |(at, _)| at + 1),
+        };
+        let mut marker = 0;
+        for change in changes.into_iter().take(keep) {
+            match change {
+                SessionChange::EndTransaction => {
+                    self.end(outcome.kept(marker));
+                    marker += 1;
+                }
+                SessionChange::Savepoint(_) => {
+                    self.pending.record(change);
+                    marker += 1;
+                }
+                change => self.pending.record(change),
+            }
+        }
+        if last_end_ran {
+            self.end(outcome.kept(markers));
+        }
     }
-    changes
-        .into_iter()
-        .filter(|c| matches!(c, SessionChange::Savepoint(_)))
-        .take(outcome.savepoint_tags)
-        .for_each(|c| pending.record(c));
+
+    /// The transaction ended, keeping its setting changes or not.
+    fn end(&mut self, kept: bool) {
+        if kept && !self.pending.is_empty() {
+            // The node that ran them has them, but for a RESET of a startup parameter.
+            let (ran, generation) = Settings::as_run_on(&self.applied.settings, self.pending.changes());
+            for c in self.pending.changes() {
+                self.settings.apply(c);
+            }
+            self.applied.settings = ran;
+            self.applied.settings_generation = generation;
+        }
+        // Also the savepoints of a transaction that changed no setting.
+        self.pending.clear();
+    }
 }
 
 /// Why bringing a node up to date failed.
@@ -249,4 +290,116 @@ pub(super) enum Prepare {
     Node(BackendError),
     /// The node refused what the proxy replayed; the client gets this error.
     Refused(ProxyError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::router::classify::Savepoint;
+
+    fn set(name: &str) -> SessionChange {
+        SessionChange::Set {
+            name: name.into(),
+            statement: format!("SET {name} = 1"),
+        }
+    }
+
+    #[test]
+    fn a_request_keeps_what_its_transactions_kept() {
+        let end = || SessionChange::EndTransaction;
+        let mark = |name: &str| SessionChange::Savepoint(Savepoint::Set(name.into()));
+        // (changes, a transaction end after them, the node's tags of transaction control, the request
+        // failed, the session's settings after it, the open transaction's changes after it)
+        type Case = (
+            Vec<SessionChange>,
+            bool,
+            &'static [&'static str],
+            bool,
+            &'static [&'static str],
+            &'static [&'static str],
+        );
+        let cases: Vec<Case> = vec![
+            // Rolled back in the middle; what follows is the next transaction's.
+            (
+                vec![set("a"), end(), set("b")],
+                false,
+                &["ROLLBACK"],
+                false,
+                &[],
+                &["b"],
+            ),
+            (
+                vec![set("a"), end(), set("b")],
+                false,
+                &["COMMIT"],
+                false,
+                &["a"],
+                &["b"],
+            ),
+            // The last end: a commit, a commit that rolled back a failed transaction, PREPARE TRANSACTION.
+            (vec![set("a")], true, &["COMMIT"], false, &["a"], &[]),
+            (vec![set("a")], true, &["ROLLBACK"], false, &[], &[]),
+            (vec![set("a")], true, &["PREPARE TRANSACTION"], false, &["a"], &[]),
+            // Failed after a commit: the commit stands, what came after it is undone.
+            (
+                vec![set("a"), end(), set("b")],
+                false,
+                &["COMMIT"],
+                true,
+                &["a"],
+                &[],
+            ),
+            (vec![set("a")], true, &["COMMIT"], true, &["a"], &[]),
+            // The commit itself failed.
+            (vec![set("a")], true, &[], true, &[], &[]),
+            // Failed after a savepoint: the change before it stands (a ROLLBACK TO it keeps it).
+            (
+                vec![set("a"), mark("s"), set("b")],
+                false,
+                &["SAVEPOINT"],
+                true,
+                &[],
+                &["a"],
+            ),
+            (vec![mark("s"), set("a")], false, &[], true, &[], &[]),
+            // Two transactions ended in one string, then a third left open.
+            (
+                vec![set("a"), end(), set("b"), end(), set("c")],
+                false,
+                &["COMMIT", "ROLLBACK"],
+                false,
+                &["a"],
+                &["c"],
+            ),
+        ];
+        for (i, (changes, ends_last, tags, failed, settings, pending)) in cases.into_iter().enumerate() {
+            let mut outcome = Outcome {
+                saw_error: failed,
+                ..Default::default()
+            };
+            for tag in tags {
+                outcome.note_tag(tag.as_bytes());
+            }
+            let mut tx_changes = PendingChanges::default();
+            let mut session = Settings::from_startup([]);
+            let mut applied = AppliedState::default();
+            let mut tx = Transaction {
+                pending: &mut tx_changes,
+                settings: &mut session,
+                applied: &mut applied,
+            };
+            tx.record(changes, ends_last, &outcome);
+            let names = |map: &std::collections::BTreeMap<String, String>| -> Vec<String> {
+                map.keys().cloned().collect()
+            };
+            assert_eq!(
+                names(session.entries()),
+                *settings,
+                "case {i}: the session's settings"
+            );
+            assert_eq!(names(&applied.settings), *settings, "case {i}: the node's");
+            let open: Vec<&str> = tx_changes.changes().iter().filter_map(|c| c.name()).collect();
+            assert_eq!(open, *pending, "case {i}: the open transaction's");
+        }
+    }
 }

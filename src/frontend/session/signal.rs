@@ -376,6 +376,7 @@ impl Session {
                 rule: std::borrow::Cow::Borrowed("calls pg_cancel_backend() or pg_terminate_backend()"),
                 pin: None,
                 changes: Vec::new(),
+                ends_last: false,
                 id: 0,
             },
         );

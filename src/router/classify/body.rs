@@ -8,7 +8,7 @@
 use std::collections::HashSet;
 
 use super::Pin;
-use super::query::{arguments, calls, string_value};
+use super::query::{Call, arguments, calls, string_value};
 use super::stmt::{Stmt, paren_spans};
 use crate::router::functions::is_session_advisory_lock;
 use crate::router::split::{Lexer, Tok, TokKind};
@@ -24,13 +24,8 @@ const NOT_SESSION: &[&str] = &["LOCAL", "TRANSACTION", "CONSTRAINTS"];
 /// like such a statement (dynamic SQL), count.
 pub fn leaves_session_state(body: &str) -> bool {
     read(body, |s| {
-        (0..s.len()).any(|i| {
-            session_set_config(s, i)
-                || statement_at(s, i)
-                || temp_object(s, i)
-                || session_lock(s, i)
-                || dynamic(s, i)
-        })
+        calls(s).iter().any(|c| session_call(s, c))
+            || (0..s.len()).any(|i| statement_at(s, i) || temp_object(s, i) || dynamic(s, i))
     })
 }
 
@@ -61,16 +56,14 @@ pub(super) fn do_block_pin(s: Stmt<'_>) -> Option<Pin> {
         .then_some(Pin::SessionFunction)
 }
 
-/// `set_config(name, value, is_local)` at `i`, with `is_local` other than `true`.
-fn session_set_config(s: Stmt<'_>, i: usize) -> bool {
-    if !(s.is_name(i) && s.punct(i + 1, "(") && s.ident(i) == "set_config") {
-        return false;
+/// A call of a built-in that outlives the transaction: `set_config(name, value, is_local)` with `is_local`
+/// other than `true`, or a session-level advisory lock.
+fn session_call(s: Stmt<'_>, call: &Call) -> bool {
+    if call.is_set_config() {
+        let args = arguments(s, call.open());
+        return !matches!(args.as_slice(), [_, _, (from, to)] if to - from == 1 && s.kw(*from, "TRUE"));
     }
-    if i >= 2 && s.punct(i - 1, ".") && s.ident(i - 2) != "pg_catalog" {
-        return false;
-    }
-    let args = arguments(s, i + 1);
-    !matches!(args.as_slice(), [_, _, (from, to)] if to - from == 1 && s.kw(*from, "TRUE"))
+    call.is_builtin() && is_session_advisory_lock(call.name())
 }
 
 /// A SET, RESET, LISTEN or PREPARE statement at `i` (not an UPDATE's or ALTER's SET, which follow a name or
@@ -104,14 +97,6 @@ fn temp_object(s: Stmt<'_>, i: usize) -> bool {
     temp(j) || (i + 1..(i + 8).min(s.len())).any(|k| s.is_pg_temp(k))
 }
 
-/// A call of a session-level advisory lock at `i`.
-fn session_lock(s: Stmt<'_>, i: usize) -> bool {
-    s.is_name(i)
-        && s.punct(i + 1, "(")
-        && is_session_advisory_lock(&s.ident(i))
-        && !(i >= 2 && s.punct(i - 1, ".") && s.ident(i - 2) != "pg_catalog")
-}
-
 /// A string constant that begins like a statement above or calls `set_config` or a session-level advisory
 /// lock: SQL the body may run with EXECUTE.
 fn dynamic(s: Stmt<'_>, i: usize) -> bool {
@@ -134,7 +119,7 @@ fn dynamic(s: Stmt<'_>, i: usize) -> bool {
     let mut words = lower.split_whitespace();
     let (first, second) = (words.next(), words.next());
     let statement = |word: &str| lower.len() > word.len() && first == Some(word);
-    (statement("set") && !second.is_some_and(|w| ["local", "transaction", "constraints"].contains(&w)))
+    (statement("set") && !second.is_some_and(|w| NOT_SESSION.iter().any(|k| w.eq_ignore_ascii_case(k))))
         || statement("reset")
         || statement("listen")
         || (statement("prepare") && second != Some("transaction"))
@@ -205,6 +190,11 @@ mod tests {
             ("BEGIN PERFORM pg_advisory_lock(42); END", true),
             ("SELECT pg_try_advisory_lock_shared(1, 2)", true),
             ("BEGIN PERFORM pg_advisory_xact_lock(42); END", false),
+            ("BEGIN PERFORM pg_catalog.pg_advisory_lock(42); END", true),
+            ("BEGIN PERFORM locks.pg_advisory_lock(42); END", false),
+            ("BEGIN ok := pg_try_advisory_lock(7); RETURN ok; END", true),
+            ("BEGIN old := set_config('app.tenant', t, false); END", true),
+            ("BEGIN old := \"set_config\"('app.tenant', t, true); END", false),
             ("BEGIN LISTEN jobs; END", true),
             ("BEGIN PREPARE q AS SELECT 1; END", true),
             ("BEGIN PREPARE TRANSACTION 'x'; END", false),
@@ -216,6 +206,7 @@ mod tests {
                 true,
             ),
             ("BEGIN EXECUTE 'SET LOCAL statement_timeout = 0'; END", false),
+            ("BEGIN EXECUTE 'set Transaction read only'; END", false),
             (
                 "BEGIN EXECUTE format('CREATE TEMP TABLE %I (x int)', n); END",
                 true,

@@ -269,6 +269,10 @@ pub enum SessionChange {
     /// SAVEPOINT, RELEASE or ROLLBACK TO: not a setting, but it decides which of an open transaction's
     /// setting changes its commit keeps, so it stays in order among them.
     Savepoint(Savepoint),
+    /// COMMIT, END, ROLLBACK, ABORT or PREPARE TRANSACTION (which keeps settings as a commit does): the
+    /// changes before it are kept or dropped as its command tag says, those after it belong to the next
+    /// transaction. Kept among the changes only when a change follows it ([`Decision::ends_last`]).
+    EndTransaction,
 }
 
 /// What a statement does to the open transaction's savepoints; names are resolved as identifiers.
@@ -287,7 +291,7 @@ impl SessionChange {
     pub fn name(&self) -> Option<&str> {
         match self {
             SessionChange::Set { name, .. } | SessionChange::Reset { name, .. } => Some(name),
-            SessionChange::ResetAll | SessionChange::Savepoint(_) => None,
+            SessionChange::ResetAll | SessionChange::Savepoint(_) | SessionChange::EndTransaction => None,
         }
     }
 }
@@ -305,6 +309,9 @@ pub struct Decision {
     pub tx_start: Option<TxStart>,
     /// Session-level setting changes in statement order (SET LOCAL and SET TRANSACTION are not).
     pub changes: Vec<SessionChange>,
+    /// A transaction end comes after the last of `changes` (or the text has none): left out of them, so
+    /// that a lone COMMIT carries no list of changes to copy.
+    pub ends_last: bool,
     /// Contains DDL (CREATE/ALTER/DROP/COMMENT/..., also DO): the caller refreshes its function rules.
     pub ddl: bool,
     /// Of it, DDL that may create or replace a function's body (CREATE FUNCTION / PROCEDURE, CREATE or
@@ -458,16 +465,31 @@ fn combine(verdicts: Vec<Verdict>, hint: Option<Hint>) -> Decision {
         };
         rule = Rule::Hint;
     }
+    let pin = verdicts.iter().find_map(|v| v.pin);
+    let ddl = verdicts.iter().any(|v| v.ddl);
+    let code_ddl = verdicts.iter().any(|v| v.code_ddl);
+    let (changes, ends_last) = changes_of(verdicts);
     Decision {
         target,
         rule,
-        pin: verdicts.iter().find_map(|v| v.pin),
+        pin,
         tx_start,
-        ddl: verdicts.iter().any(|v| v.ddl),
-        code_ddl: verdicts.iter().any(|v| v.code_ddl),
-        changes: verdicts.into_iter().flat_map(|v| v.changes).collect(),
+        ddl,
+        code_ddl,
+        changes,
+        ends_last,
         deallocates: Vec::new(),
     }
+}
+
+/// The statements' changes in order, and whether a transaction end follows the last of them (left out).
+fn changes_of(verdicts: Vec<Verdict>) -> (Vec<SessionChange>, bool) {
+    let mut changes: Vec<SessionChange> = verdicts.into_iter().flat_map(|v| v.changes).collect();
+    let ends_last = changes.last() == Some(&SessionChange::EndTransaction);
+    if ends_last {
+        changes.pop();
+    }
+    (changes, ends_last)
 }
 
 /// The longest statement that is tokenised and parsed. The router's token list costs some 24 bytes per
@@ -568,7 +590,9 @@ fn classify_stmt(s: Stmt<'_>, funcs: &FunctionRules) -> Verdict {
             .ddl()
             .code_ddl(true)
             .pin(do_block_pin(s)),
-        "PREPARE" if s.kw(1, "TRANSACTION") => Verdict::primary(Rule::Utility("PREPARE TRANSACTION")),
+        "PREPARE" if s.kw(1, "TRANSACTION") => {
+            Verdict::primary(Rule::Utility("PREPARE TRANSACTION")).change(SessionChange::EndTransaction)
+        }
         "PREPARE" => Verdict::primary(Rule::Utility("PREPARE")).pin(Some(Pin::SqlPrepare)),
         "COMMIT" if s.kw(1, "PREPARED") => Verdict::primary(Rule::Utility("COMMIT PREPARED")),
         "ROLLBACK" if s.kw(1, "PREPARED") => Verdict::primary(Rule::Utility("ROLLBACK PREPARED")),
@@ -583,7 +607,8 @@ fn classify_stmt(s: Stmt<'_>, funcs: &FunctionRules) -> Verdict {
             } else if let Some(kind) = s.kw_in(0, UTILITY) {
                 Verdict::primary(Rule::Utility(kind)).pin(session_pin(s, &calls(s), funcs))
             } else if let Some(kind) = s.kw_in(0, TRANSACTION_CONTROL) {
-                Verdict::replica(Rule::TransactionControl(kind))
+                // COMMIT, END, ABORT (SAVEPOINT, RELEASE and ROLLBACK are read above).
+                Verdict::replica(Rule::TransactionControl(kind)).change(SessionChange::EndTransaction)
             } else if let Some(kind) = s.kw_in(0, CURSOR) {
                 Verdict::replica(Rule::Cursor(kind))
             } else {

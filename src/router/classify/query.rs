@@ -130,6 +130,8 @@ pub(super) fn query(s: Stmt<'_>, funcs: &FunctionRules) -> Verdict {
 pub(super) struct Call {
     schema: Option<String>,
     name: String,
+    /// The token index of the call's `(`.
+    open: usize,
 }
 
 impl Call {
@@ -138,9 +140,19 @@ impl Call {
         &self.name
     }
 
+    /// The token index of the call's `(`, where its [`arguments`] begin.
+    pub(super) fn open(&self) -> usize {
+        self.open
+    }
+
     /// Unqualified or qualified by `pg_catalog`: a built-in function, unless a user's shadows it.
-    fn is_builtin(&self) -> bool {
+    pub(super) fn is_builtin(&self) -> bool {
         matches!(self.schema.as_deref(), None | Some("pg_catalog"))
+    }
+
+    /// A call of the built-in `set_config`.
+    pub(super) fn is_set_config(&self) -> bool {
+        self.is_builtin() && self.name == "set_config"
     }
 
     fn qualified(&self) -> String {
@@ -172,6 +184,7 @@ pub(super) fn calls(s: Stmt<'_>) -> Vec<Call> {
         out.push(Call {
             schema,
             name: s.ident(last),
+            open,
         });
     }
     out
@@ -389,19 +402,14 @@ fn session_function_pin(calls: &[Call], funcs: &FunctionRules) -> Option<Pin> {
 /// an argument, a `FROM` or `WHERE` that decides whether and how often it runs) is a setting pgfleet cannot
 /// know: the session is pinned to the node that ran it.
 fn set_configs(s: Stmt<'_>, calls: &[Call]) -> Result<Vec<SessionChange>, Pin> {
-    if !calls.iter().any(|c| c.is_builtin() && c.name == "set_config") {
+    let mut set_config = calls.iter().filter(|c| c.is_set_config()).peekable();
+    if set_config.peek().is_none() {
         return Ok(Vec::new());
     }
     let plain = only_set_configs(s);
     let mut changes = Vec::new();
-    for at in 0..s.len() {
-        if !(s.is_name(at) && s.punct(at + 1, "(") && s.ident(at) == "set_config") {
-            continue;
-        }
-        if at >= 2 && s.punct(at - 1, ".") && s.ident(at - 2) != "pg_catalog" {
-            continue;
-        }
-        let args = arguments(s, at + 1);
+    for call in set_config {
+        let args = arguments(s, call.open);
         let one = |k: usize| {
             args.get(k)
                 .filter(|(from, to)| to - from == 1)

@@ -334,8 +334,11 @@ pub(super) fn savepoint(s: Stmt<'_>) -> Verdict {
         ("ROLLBACK", to)
     };
     let verdict = Verdict::replica(Rule::TransactionControl(kind));
+    if kind == "ROLLBACK" && name_at.is_none() {
+        return verdict.change(SessionChange::EndTransaction);
+    }
     let Some(at) = name_at.filter(|&at| at + 1 == s.len() && s.is_name(at)) else {
-        // A plain ROLLBACK, or text the server will refuse.
+        // Text the server will refuse.
         return verdict;
     };
     let name = s.ident(at);

@@ -11,6 +11,7 @@ use crate::cluster::{NodeId, ShardId};
 use crate::frontend::request::{End, Plan, Request};
 use crate::protocol::messages::{ProxyError, bind_names, parse_fields, query_text};
 use crate::protocol::{Frame, TxStatus};
+use crate::router::classify::SessionChange;
 use crate::shard::plan::{ParamValue, Params, ShardPlan, ShardTarget, combined_target, plan_all};
 use crate::shard::{Sharding, ShardingPlacement};
 
@@ -50,19 +51,21 @@ pub(super) struct Answer {
 
 /// Whether a request is one simple-protocol statement that only sets `client_encoding` (SET NAMES, SET or
 /// RESET client_encoding): the way out of an encoding a sharded database refuses.
-fn only_sets_client_encoding(
-    req: &Request,
-    statements: &crate::frontend::state::Statements,
-    rules: &std::sync::Arc<crate::router::functions::FunctionRules>,
-) -> bool {
+fn only_sets_client_encoding(req: &Request, plan: &Plan) -> bool {
     let [q] = req.frames.as_slice() else {
         return false;
     };
-    let plan = Plan::for_request(req, statements, rules);
     q.kind == b'Q'
         && query_text(q.body()).is_some_and(crate::router::split::surely_one_statement)
         && plan.pin.is_none()
         && matches!(plan.changes.as_slice(), [c] if c.name() == Some("client_encoding"))
+}
+
+/// Whether a request sets, releases or rolls back to a savepoint, as the classifier reads its statements.
+fn uses_savepoints(plan: &Plan) -> bool {
+    plan.changes
+        .iter()
+        .any(|c| matches!(c, SessionChange::Savepoint(_)))
 }
 
 impl Session {
@@ -98,7 +101,10 @@ impl Session {
         if !self.in_transaction() {
             self.tx_savepoint = false;
         }
-        if uses_savepoints(req) {
+        // Read as the classifier reads it (the session's own reading is left to the request's dispatch):
+        // what it sets, releases or rolls back to, and whether it only changes client_encoding.
+        let plan = Plan::for_request(req, &self.statements, &self.rules);
+        if uses_savepoints(&plan) {
             // A savepoint exists on one server: rolling back to it on one shard would keep what the others did.
             if self.tx_shards().len() > 1 {
                 let e = ProxyError::error(
@@ -111,8 +117,7 @@ impl Session {
             }
             self.tx_savepoint = true;
         }
-        if !self.reading.encoding.is_utf8() && !only_sets_client_encoding(req, &self.statements, &self.rules)
-        {
+        if !self.reading.encoding.is_utf8() && !only_sets_client_encoding(req, &plan) {
             // Key values are hashed, and statements split over shards are resent, as the UTF-8 they would be
             // in the database: text in another encoding would place rows on the wrong shard.
             let e = ProxyError::error(
@@ -458,35 +463,6 @@ fn ends_otherwise(req: &Request) -> bool {
                     Some("PREPARE") => words.get(1) == Some(&"TRANSACTION"),
                     _ => false,
                 }
-            })
-        })
-    })
-}
-
-/// Whether a request sets, releases or rolls back to a savepoint.
-fn uses_savepoints(req: &Request) -> bool {
-    req.frames.iter().any(|f| {
-        let text = match f.kind {
-            b'Q' => query_text(f.body()),
-            b'P' => parse_fields(f.body()).map(|(_, t)| t),
-            _ => None,
-        };
-        // Most requests name no savepoint: only the others are split into statements.
-        let mentions = |t: &str| {
-            ["savepoint", "release", "rollback", "abort"]
-                .iter()
-                .any(|w| contains_ignore_case(t, w))
-        };
-        text.filter(|t| mentions(t)).is_some_and(|t| {
-            crate::router::split::split_statements(t).iter().any(|st| {
-                let words: Vec<String> = st
-                    .split_whitespace()
-                    .take(2)
-                    .map(str::to_ascii_uppercase)
-                    .collect();
-                matches!(words.first().map(String::as_str), Some("SAVEPOINT" | "RELEASE"))
-                    || (matches!(words.first().map(String::as_str), Some("ROLLBACK" | "ABORT"))
-                        && st.to_ascii_uppercase().split_whitespace().any(|w| w == "TO"))
             })
         })
     })

@@ -5,7 +5,6 @@
 use super::Answer;
 use crate::backend::{BackendConn, BackendError};
 use crate::cluster::{NodeId, ShardId};
-use crate::frontend::forward::is_savepoint_tag;
 use crate::frontend::request::{End, Plan, Request};
 use crate::frontend::session::{Session, SessionError};
 use crate::protocol::frame::build;
@@ -355,21 +354,15 @@ impl Session {
         self.scratch = scratch;
         match captured {
             Ok(answer) => {
-                let outcome = crate::frontend::forward::Outcome {
+                let mut outcome = crate::frontend::forward::Outcome {
                     status: answer.status,
                     saw_error: answer.error.is_some(),
                     parses_ok: answer.frames.iter().filter(|f| f.kind == b'1').count(),
-                    last_commit: false,
-                    began_tx: false,
-                    savepoint_tags: answer
-                        .frames
-                        .iter()
-                        .filter(|f| {
-                            f.kind == b'C'
-                                && is_savepoint_tag(f.body().split(|b| *b == 0).next().unwrap_or(&[]))
-                        })
-                        .count(),
+                    ..Default::default()
                 };
+                for f in answer.frames.iter().filter(|f| f.kind == b'C') {
+                    outcome.note_tag(f.body().split(|b| *b == 0).next().unwrap_or(&[]));
+                }
                 self.finish(node, plan, &outcome);
                 Ok(answer)
             }
