@@ -33,7 +33,11 @@ pub(crate) fn control_pool(
         .password(login.password)
         .dbname(login.database)
         .application_name(login.application)
-        .connect_timeout(login.timeout);
+        .connect_timeout(login.timeout)
+        // A role or database whose default isolation is serializable would make a standby refuse every
+        // question ("cannot use serializable mode in a hot standby"), and the node look down. The backslash
+        // keeps the value's space inside the option.
+        .options("-c default_transaction_isolation=read\\ committed");
     let tls = tls.postgres(&mut pg);
     let manager = Manager::from_config(
         pg,

@@ -111,6 +111,17 @@ pub(crate) enum Redo {
     /// removed rows the read's snapshot could still see): SQLSTATE 40001 or 40P01, which a client of the
     /// primary never gets for a read outside a transaction.
     RecoveryConflict,
+    /// The replica refused the read's serializable isolation, which the session's role or database makes its
+    /// default ([`is_serializable_refusal`]): the primary serves it, and the session's next reads.
+    Serializable,
+}
+
+/// Whether an ErrorResponse is a hot standby's refusal to take a serializable snapshot ("cannot use
+/// serializable mode in a hot standby"): the statement's transaction is serializable by default, and nothing
+/// of it ran. Told by its code and the server's routine name, which no `lc_messages` translates.
+fn is_serializable_refusal(body: &[u8]) -> bool {
+    crate::protocol::messages::error_field(body, b'C') == Some("0A000")
+        && crate::protocol::messages::error_field(body, b'R') == Some("GetSerializableTransactionSnapshot")
 }
 
 /// Whether an ErrorResponse from a replica ends a read for a conflict with recovery. A standby runs no
@@ -157,9 +168,12 @@ pub(crate) struct Flow {
     /// so that a node dying in mid-reply (an immediate shutdown sends a FATAL, then resets) costs the client
     /// nothing. A reply that arrives in one piece, the usual case, is written as it comes, without a copy.
     hold_back: bool,
-    /// A held-back read's node canceled it for a conflict with recovery before any of its reply reached the
-    /// client: on a replica, the reply is dropped and the read runs again elsewhere.
+    /// A held-back read's node canceled it for a conflict with recovery, or refused its serializable
+    /// snapshot, before any of its reply reached the client: on a replica, the reply is dropped and the read
+    /// runs again elsewhere.
     conflict: bool,
+    /// The node refused a serializable snapshot ([`is_serializable_refusal`]), held back or not.
+    serializable_refused: bool,
     /// Reply bytes not yet written to the client: a retryable read's (`hold_back`), or, with a trailer, the
     /// client's frames waiting to go out with its last ReadyForQuery in one write once the trailer's answer
     /// is in (one send, so one wakeup of the client, per request).
@@ -240,7 +254,10 @@ impl Flow {
             }
             b'E' => {
                 self.outcome.saw_error = true;
-                self.conflict |= self.hold_back && !self.output_sent && is_recovery_conflict(body);
+                let refused = is_serializable_refusal(body);
+                self.serializable_refused |= refused;
+                self.conflict |=
+                    self.hold_back && !self.output_sent && (refused || is_recovery_conflict(body));
                 self.fatal_seen |= crate::backend::conn::is_fatal(body);
                 if self.copy_in {
                     self.copy_in = false;
@@ -386,6 +403,7 @@ impl Flow {
             farewell_sent: false,
             hold_back: retryable,
             conflict: false,
+            serializable_refused: false,
             held: BytesMut::new(),
             notified: false,
             cancel_after_send,
@@ -397,10 +415,16 @@ impl Flow {
             l.in_flight.answered(l.answer);
             l.stale
         });
-        let redo = match (stale, flow.conflict) {
-            (true, _) => Some(Redo::Behind),
-            (false, true) => Some(Redo::RecoveryConflict),
-            (false, false) => None,
+        if flow.serializable_refused && !session.is_primary(node) {
+            // Also a read inside a transaction, which cannot run again: the session's next ones go to the
+            // primary, until its settings change.
+            session.serializable_by_default();
+        }
+        let redo = match (stale, flow.conflict, flow.serializable_refused) {
+            (true, _, _) => Some(Redo::Behind),
+            (false, true, true) => Some(Redo::Serializable),
+            (false, true, false) => Some(Redo::RecoveryConflict),
+            (false, false, _) => None,
         };
         if result.is_ok()
             && let Some(why) = redo

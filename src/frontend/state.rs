@@ -24,6 +24,9 @@ pub struct Settings {
     /// settings applied, which answers [`Settings::diff`] without comparing the maps, also for a connection
     /// that last served another session (transaction pooling), whose clients mostly connect alike.
     generation: u64,
+    /// `default_transaction_isolation` is serializable: a hot standby refuses every read of the session
+    /// ("cannot use serializable mode in a hot standby"), so its reads go to the primary.
+    serializable: bool,
 }
 
 /// Numbers given to settings contents, never given twice: equal numbers mean equal contents.
@@ -72,10 +75,16 @@ impl Settings {
         let generation = generation_of(&entries);
         let entries = Arc::new(entries);
         Settings {
+            serializable: serializable_in(&entries),
             startup: entries.clone(),
             entries,
             generation,
         }
+    }
+
+    /// See the field's documentation.
+    pub fn serializable(&self) -> bool {
+        self.serializable
     }
 
     /// See the field's documentation.
@@ -101,6 +110,7 @@ impl Settings {
             SessionChange::Savepoint(_) | SessionChange::EndTransaction => return,
         }
         self.generation = generation_of(&self.entries);
+        self.serializable = serializable_in(&self.entries);
     }
 
     /// The settings a connection that had `applied` has after running `changes` itself, and their number:
@@ -264,6 +274,15 @@ fn encoding_of(statement: Option<&String>) -> ClientEncoding {
     statement
         .and_then(|statement| set_value(statement))
         .map_or(ClientEncoding::Utf8, |name| ClientEncoding::from_name(&name))
+}
+
+/// Whether recorded settings make the session's transactions serializable (SET default_transaction_isolation,
+/// SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE, `-c` in the startup options).
+fn serializable_in(entries: &BTreeMap<String, String>) -> bool {
+    entries
+        .get("default_transaction_isolation")
+        .and_then(|statement| set_value(statement))
+        .is_some_and(|value| value.eq_ignore_ascii_case("serializable"))
 }
 
 /// How to put one setting back to its default.
@@ -510,6 +529,90 @@ mod tests {
         ];
         for (pending, want) in cases {
             assert_eq!(s.client_encoding_with(&pending), want, "{pending:?}");
+        }
+    }
+
+    #[test]
+    fn serializable_isolation_is_read_from_every_form_that_sets_it() {
+        let set = |name: &str, statement: &str| SessionChange::Set {
+            name: name.into(),
+            statement: statement.into(),
+        };
+        let isolation = |statement: &str| set("default_transaction_isolation", statement);
+        // (startup parameters, changes applied after them, serializable)
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a [SessionChange], bool);
+        let cases: &[Case] = &[
+            (&[], &[], false),
+            (&[("default_transaction_isolation", "serializable")], &[], true),
+            (&[("Default_Transaction_Isolation", "SERIALIZABLE")], &[], true),
+            (
+                &[("default_transaction_isolation", "repeatable read")],
+                &[],
+                false,
+            ),
+            (
+                &[],
+                &[isolation("SET default_transaction_isolation = 'serializable'")],
+                true,
+            ),
+            (
+                &[],
+                &[isolation("SET default_transaction_isolation TO serializable")],
+                true,
+            ),
+            (
+                &[],
+                &[isolation(
+                    "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+                )],
+                true,
+            ),
+            (
+                &[],
+                &[isolation(
+                    "SELECT pg_catalog.set_config('default_transaction_isolation', 'serializable', false)",
+                )],
+                true,
+            ),
+            (
+                &[],
+                &[isolation(
+                    "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+                )],
+                false,
+            ),
+            // Back to what the session connected with.
+            (
+                &[("default_transaction_isolation", "serializable")],
+                &[SessionChange::Reset {
+                    name: "default_transaction_isolation".into(),
+                    statement: "RESET default_transaction_isolation".into(),
+                }],
+                true,
+            ),
+            (
+                &[],
+                &[
+                    isolation("SET default_transaction_isolation = 'serializable'"),
+                    SessionChange::ResetAll,
+                ],
+                false,
+            ),
+            (
+                &[],
+                &[set(
+                    "transaction_isolation",
+                    "SET transaction_isolation = 'serializable'",
+                )],
+                false,
+            ),
+        ];
+        for (startup, changes, want) in cases {
+            let mut settings = Settings::from_startup(startup.iter().copied());
+            for c in *changes {
+                settings.apply(c);
+            }
+            assert_eq!(settings.serializable(), *want, "{startup:?} then {changes:?}");
         }
     }
 

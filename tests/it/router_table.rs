@@ -410,9 +410,11 @@ fn transactions() -> Vec<Row> {
         r("BEGIN READ ONLY").tx(ReadOnly),
         r("begin read only").tx(ReadOnly),
         r("BEGIN TRANSACTION READ ONLY").tx(ReadOnly),
-        r("BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY DEFERRABLE").tx(ReadOnly),
+        // A hot standby refuses serializable isolation, read-only or not.
+        p("BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY DEFERRABLE").tx(ReadWrite),
         r("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY").tx(ReadOnly),
-        r("START TRANSACTION READ ONLY, ISOLATION LEVEL SERIALIZABLE").tx(ReadOnly),
+        p("START TRANSACTION READ ONLY, ISOLATION LEVEL SERIALIZABLE").tx(ReadWrite),
+        p("BEGIN READ ONLY; SET TRANSACTION ISOLATION LEVEL SERIALIZABLE").tx(ReadWrite),
         r("BEGIN; SET TRANSACTION READ ONLY").tx(ReadOnly),
         r("BEGIN; SET TRANSACTION READ ONLY; SELECT * FROM t").tx(ReadOnly),
         r("BEGIN READ ONLY; SELECT * FROM t; COMMIT").tx(ReadOnly),
@@ -424,7 +426,8 @@ fn transactions() -> Vec<Row> {
             .tx(ReadOnly)
             .pin(Pin::AdvisoryLock),
         r("SET TRANSACTION READ ONLY"),
-        r("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"),
+        p("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"),
+        r("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"),
         r("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY"),
         p("BEGIN ISOLATION LEVEL BANANA"),
     ]

@@ -255,6 +255,116 @@ async fn a_transaction_that_ends_inside_a_request_keeps_only_what_it_committed()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serializable_transactions_run_on_the_primary_which_alone_accepts_them() {
+    let cluster = cluster_async().await;
+    let proxy = Proxy::start(&cluster, CONFIG);
+    let primary = cluster.primary.port.to_string();
+    let dsn = proxy.dsn(APP_USER, PASSWORD, APP_DB);
+    let c = connect(&dsn).await;
+    let sql = "SELECT inet_server_port(), current_setting('transaction_isolation')";
+    // A hot standby refuses serializable isolation ("cannot use serializable mode in a hot standby"), also
+    // for a read-only transaction: PostgreSQL runs these, so they run on the primary.
+    for text in [
+        format!("BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY DEFERRABLE; {sql}; COMMIT"),
+        format!("BEGIN READ ONLY; SET TRANSACTION ISOLATION LEVEL SERIALIZABLE; {sql}; COMMIT"),
+        format!("START TRANSACTION READ ONLY, ISOLATION LEVEL SERIALIZABLE; {sql}; COMMIT"),
+    ] {
+        assert_eq!(row(&c, &text).await, [primary.as_str(), "serializable"], "{text}");
+    }
+    // Each statement a request of its own, as drivers send them.
+    c.batch_execute("BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY")
+        .await
+        .expect("BEGIN");
+    assert_eq!(row(&c, sql).await, [primary.as_str(), "serializable"]);
+    c.batch_execute("COMMIT").await.expect("COMMIT");
+    // Outside a transaction the server only warns.
+    c.batch_execute("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+        .await
+        .expect("SET TRANSACTION outside a transaction");
+
+    // Serializable as the session's default: every read is a serializable transaction.
+    for set in [
+        "SET default_transaction_isolation = 'serializable'",
+        "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+    ] {
+        c.batch_execute(set).await.expect(set);
+        for _ in 0..10 {
+            assert_eq!(
+                row(&c, sql).await,
+                [primary.as_str(), "serializable"],
+                "after {set}"
+            );
+        }
+        c.batch_execute("BEGIN READ ONLY").await.expect("BEGIN READ ONLY");
+        assert_eq!(
+            row(&c, sql).await,
+            [primary.as_str(), "serializable"],
+            "after {set}"
+        );
+        c.batch_execute("COMMIT").await.expect("COMMIT");
+        c.batch_execute("RESET default_transaction_isolation")
+            .await
+            .expect("RESET");
+    }
+    // Back to the default isolation, reads spread over the replicas again.
+    let (ports, values) = everywhere(&c, sql, 2).await;
+    assert_eq!(values, ["read committed"], "on {ports:?}");
+    assert!(
+        !ports.contains(&cluster.primary.port),
+        "replicas answer: {ports:?}"
+    );
+
+    // Also as a startup option.
+    let c = connect(&format!(
+        "{dsn} options='-c default_transaction_isolation=serializable'"
+    ))
+    .await;
+    for _ in 0..10 {
+        assert_eq!(row(&c, sql).await, [primary.as_str(), "serializable"]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_whose_default_is_serializable_reads_on_the_primary() {
+    let cluster = cluster_async().await;
+    let primary = cluster.primary.port;
+    // The role's own default, which its new connections on every node take; pgfleet cannot see it in the
+    // session, only in a standby's refusal.
+    let direct = connect(&format!(
+        "host=127.0.0.1 port={primary} user={APP_USER} password={PASSWORD} dbname={APP_DB} sslmode=disable"
+    ))
+    .await;
+    direct
+        .batch_execute("ALTER ROLE app SET default_transaction_isolation = 'serializable'")
+        .await
+        .expect("ALTER ROLE");
+    cluster
+        .wait_replicas_caught_up(std::time::Duration::from_secs(30))
+        .expect("replicas caught up");
+    let proxy = Proxy::start(&cluster, CONFIG);
+    let c = connect(&proxy.dsn(APP_USER, PASSWORD, APP_DB)).await;
+    let sql = "SELECT inet_server_port(), current_setting('transaction_isolation')";
+    let primary = primary.to_string();
+    for _ in 0..10 {
+        assert_eq!(row(&c, sql).await, [primary.as_str(), "serializable"]);
+    }
+    c.batch_execute("BEGIN READ ONLY").await.expect("BEGIN READ ONLY");
+    assert_eq!(row(&c, sql).await, [primary.as_str(), "serializable"]);
+    c.batch_execute("COMMIT").await.expect("COMMIT");
+    // The session's own setting overrides the role's: reads go to the replicas again.
+    c.batch_execute("SET default_transaction_isolation = 'repeatable read'")
+        .await
+        .expect("SET");
+    let (ports, values) = everywhere(&c, sql, 2).await;
+    assert_eq!(values, ["repeatable read"], "on {ports:?}");
+    assert!(
+        !ports.contains(&cluster.primary.port),
+        "replicas answer: {ports:?}\n{}",
+        proxy.log_tail(40)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_function_that_leaves_state_in_the_session_keeps_the_session_on_its_node() {
     let cluster = cluster_async().await;
     let proxy = Proxy::start(&cluster, CONFIG);

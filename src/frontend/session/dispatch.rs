@@ -181,6 +181,15 @@ impl Session {
         {
             plan = Plan::for_request(req, &self.statements, &self.rules);
         }
+        // A standby refuses serializable transactions, also the implicit one of a read: with serializable the
+        // session's default isolation, its reads go to the primary, as without pgfleet.
+        if plan.target == Target::Replica
+            && (self.settings.serializable()
+                || self.routing.serializable_default == Some(self.settings.generation()))
+        {
+            plan.target = Target::Primary;
+            plan.rule = Rule::SerializableRead.label();
+        }
         // The primary answers questions about the server's role; with none up, a replica answers as itself.
         if plan.target == Target::Primary && Rule::answers_without_primary(&plan.rule) && !self.primary_up() {
             plan.target = Target::Replica;
@@ -324,8 +333,16 @@ impl Session {
                     // best choice), the primary is tried once more, waiting for a connection: the policy's
                     // last resort.
                     plan = *returned;
-                    if why == Redo::RecoveryConflict {
-                        tracing::info!(node = %self.shared.fleet.nodes()[node.index()].target.name, "read canceled by a conflict with recovery: it runs on the next node");
+                    match why {
+                        Redo::RecoveryConflict => {
+                            tracing::info!(node = %self.shared.fleet.nodes()[node.index()].target.name, "read canceled by a conflict with recovery: it runs on the next node");
+                        }
+                        Redo::Serializable => {
+                            tracing::info!(node = %self.shared.fleet.nodes()[node.index()].target.name, "replica refused the session's serializable isolation: its reads run on the primary");
+                            // No other replica would take it.
+                            candidates.truncate(i);
+                        }
+                        Redo::Behind => {}
                     }
                     if i == candidates.len()
                         && self.shared.config().routing.fallback_to_primary
@@ -349,6 +366,16 @@ impl Session {
                             "canceling statement due to conflict with recovery: the replica's replay needed \
                              what the read held, and no other node may run it (routing.fallback_to_primary, \
                              pgfleet.route)",
+                        ),
+                        Redo::Serializable => ProxyError::error(
+                            "0A000",
+                            "cannot use serializable mode in a hot standby: this session's \
+                             default_transaction_isolation is serializable, and no primary may run the read \
+                             (routing.fallback_to_primary, pgfleet.route)",
+                        )
+                        .with_hint(
+                            "Run the read on the primary, or use SET default_transaction_isolation = 'repeatable \
+                             read' for reads on replicas.",
                         ),
                     });
                     continue;
@@ -386,6 +413,12 @@ impl Session {
         plan.target == Target::Replica
             && !self.shared.config().routing.primary_reads
             && self.shared.fleet.primary(self.shard).ok() == Some(node)
+    }
+
+    /// A standby refused the session's read a serializable snapshot it did not ask for: its reads go to the
+    /// primary until its settings change (`RoutingState::serializable_default`).
+    pub(in crate::frontend) fn serializable_by_default(&mut self) {
+        self.routing.serializable_default = Some(self.settings.generation());
     }
 
     /// Whether `node` is the primary as of the current request.

@@ -97,6 +97,11 @@ pub enum Rule {
     TransactionBegin,
     /// Opens a read-only transaction.
     ReadOnlyTransaction,
+    /// Opens (or makes) a serializable transaction, which a hot standby refuses even when read-only.
+    SerializableTransaction,
+    /// A read in a session whose transactions are serializable (`default_transaction_isolation`): decided
+    /// by the session, not by its text.
+    SerializableRead,
     /// COMMIT, ROLLBACK, SAVEPOINT...: runs wherever the open transaction lives.
     TransactionControl(&'static str),
     /// FETCH, MOVE, CLOSE: runs wherever the cursor lives.
@@ -129,6 +134,8 @@ impl fmt::Display for Rule {
             Rule::SessionPid => f.write_str(SESSION_PID_LABEL),
             Rule::TransactionBegin => f.write_str("read-write transaction runs on the primary"),
             Rule::ReadOnlyTransaction => f.write_str("read-only transaction"),
+            Rule::SerializableTransaction => f.write_str(SERIALIZABLE_TX_LABEL),
+            Rule::SerializableRead => f.write_str(SERIALIZABLE_READ_LABEL),
             Rule::TransactionControl(kind) => write!(f, "{kind} follows the open transaction"),
             Rule::Cursor(kind) => write!(f, "{kind} follows its cursor"),
             Rule::SessionState(kind) => write!(f, "{kind} only touches session state"),
@@ -148,6 +155,10 @@ pub const ACTIVITY_LABEL: &str = "reads the server's activity or statistics: ans
 pub const SERVER_ROLE_LABEL: &str = "asks the server's role: answered by the primary";
 /// The label of [`Rule::SessionPid`].
 pub const SESSION_PID_LABEL: &str = "asks the session's pid: answered by the primary";
+/// The label of [`Rule::SerializableTransaction`].
+pub const SERIALIZABLE_TX_LABEL: &str = "serializable transaction runs on the primary: a standby refuses it";
+/// The label of [`Rule::SerializableRead`].
+pub const SERIALIZABLE_READ_LABEL: &str = "read under serializable isolation (default_transaction_isolation): answered by the primary, as a standby refuses it";
 
 impl Rule {
     /// Whether a request labelled `label` (see [`Rule::label`]) is a read that only runs on the primary
@@ -158,6 +169,7 @@ impl Rule {
             || label == ACTIVITY_LABEL
             || label == SERVER_ROLE_LABEL
             || label == SESSION_PID_LABEL
+            || label == SERIALIZABLE_READ_LABEL
     }
 
     /// Whether a request labelled `label` asks something any node can answer for itself when no primary is
@@ -191,6 +203,8 @@ impl Rule {
             Rule::SessionPid => SESSION_PID_LABEL,
             Rule::TransactionBegin => "read-write transaction runs on the primary",
             Rule::ReadOnlyTransaction => "read-only transaction",
+            Rule::SerializableTransaction => SERIALIZABLE_TX_LABEL,
+            Rule::SerializableRead => SERIALIZABLE_READ_LABEL,
             Rule::TooLarge => "statement over 1 MiB: sent to the primary unparsed",
             other => return Cow::Owned(other.to_string()),
         })
@@ -343,6 +357,8 @@ struct Verdict {
     begin: Option<TxStart>,
     /// A SET TRANSACTION, with the access mode it sets if any: it can still make a BEGIN read-only.
     set_transaction: Option<Option<TxStart>>,
+    /// The BEGIN or SET TRANSACTION asks for serializable isolation: the transaction runs on the primary.
+    serializable: bool,
     changes: Vec<SessionChange>,
     ddl: bool,
     code_ddl: bool,
@@ -356,6 +372,7 @@ impl Verdict {
             pin: None,
             begin: None,
             set_transaction: None,
+            serializable: false,
             changes: Vec::new(),
             ddl: false,
             code_ddl: false,
@@ -413,23 +430,32 @@ impl Verdict {
 
 fn combine(verdicts: Vec<Verdict>, hint: Option<Hint>) -> Decision {
     let mut begins = Vec::new();
-    // The BEGIN whose following SET TRANSACTION statements may still change its access mode.
-    let mut open: Option<TxStart> = None;
+    // The BEGIN whose following SET TRANSACTION statements may still change its access mode (or make it
+    // serializable).
+    let mut open: Option<(TxStart, bool)> = None;
+    let mut serializable = false;
+    let mut close = |open: Option<(TxStart, bool)>| {
+        if let Some((mode, serial)) = open {
+            begins.push(mode);
+            serializable |= serial;
+        }
+    };
     for v in &verdicts {
         if let Some(mode) = v.begin {
-            begins.extend(open.replace(mode));
-        } else if let (Some(mode), Some(set)) = (open.as_mut(), v.set_transaction) {
+            close(open.replace((mode, v.serializable)));
+        } else if let (Some((mode, serial)), Some(set)) = (open.as_mut(), v.set_transaction) {
+            *serial |= v.serializable;
             if let Some(access) = set {
                 *mode = access;
             }
         } else {
-            begins.extend(open.take());
+            close(open.take());
         }
     }
-    begins.extend(open);
+    close(open);
     let tx_start = if begins.is_empty() {
         None
-    } else if begins.contains(&TxStart::ReadWrite) {
+    } else if serializable || begins.contains(&TxStart::ReadWrite) {
         Some(TxStart::ReadWrite)
     } else {
         Some(TxStart::ReadOnly)
@@ -447,6 +473,7 @@ fn combine(verdicts: Vec<Verdict>, hint: Option<Hint>) -> Decision {
         });
     let (mut target, mut rule) = match (first_primary, tx_start) {
         (Some(v), _) => (Target::Primary, v.rule.clone()),
+        (None, Some(TxStart::ReadWrite)) if serializable => (Target::Primary, Rule::SerializableTransaction),
         (None, Some(TxStart::ReadWrite)) => (Target::Primary, Rule::TransactionBegin),
         (None, Some(TxStart::ReadOnly)) => (Target::Replica, Rule::ReadOnlyTransaction),
         (None, None) => {

@@ -15,7 +15,7 @@ struct Mode {
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum ModeKind {
-    Isolation,
+    Isolation { serializable: bool },
     Access(TxStart),
     Deferrable,
 }
@@ -31,7 +31,8 @@ fn tx_modes(s: Stmt<'_>, mut i: usize) -> Option<Vec<Mode>> {
         let from = i;
         let kind = if s.kw(i, "ISOLATION") && s.kw(i + 1, "LEVEL") {
             i += 2;
-            if s.kw(i, "SERIALIZABLE") {
+            let serializable = s.kw(i, "SERIALIZABLE");
+            if serializable {
                 i += 1;
             } else if (s.kw(i, "REPEATABLE") && s.kw(i + 1, "READ"))
                 || (s.kw(i, "READ") && (s.kw(i + 1, "COMMITTED") || s.kw(i + 1, "UNCOMMITTED")))
@@ -40,7 +41,7 @@ fn tx_modes(s: Stmt<'_>, mut i: usize) -> Option<Vec<Mode>> {
             } else {
                 return None;
             }
-            ModeKind::Isolation
+            ModeKind::Isolation { serializable }
         } else if s.kw(i, "READ") && s.kw(i + 1, "ONLY") {
             i += 2;
             ModeKind::Access(TxStart::ReadOnly)
@@ -59,6 +60,14 @@ fn tx_modes(s: Stmt<'_>, mut i: usize) -> Option<Vec<Mode>> {
         out.push(Mode { kind, from, to: i });
     }
     Some(out)
+}
+
+/// Whether the modes ask for serializable isolation, which a hot standby refuses ("cannot use serializable
+/// mode in a hot standby"): such a transaction runs on the primary, even when read-only.
+fn serializable(modes: &[Mode]) -> bool {
+    modes
+        .iter()
+        .any(|m| m.kind == ModeKind::Isolation { serializable: true })
 }
 
 fn access_mode(modes: &[Mode]) -> Option<TxStart> {
@@ -89,6 +98,7 @@ pub(super) fn begin(s: Stmt<'_>) -> Verdict {
     };
     Verdict {
         begin: Some(mode),
+        serializable: serializable(&modes),
         ..Verdict::replica(rule)
     }
 }
@@ -111,6 +121,12 @@ pub(super) fn set(s: Stmt<'_>) -> Verdict {
             tx_modes(s, i + 1)
         };
         return match modes {
+            // Outside a transaction it only warns on the primary, where a standby would refuse it.
+            Some(modes) if serializable(&modes) => Verdict {
+                set_transaction: Some(access_mode(&modes)),
+                serializable: true,
+                ..Verdict::primary(Rule::SerializableTransaction)
+            },
             Some(modes) if !modes.is_empty() || s.kw(i + 1, "SNAPSHOT") => Verdict {
                 set_transaction: Some(access_mode(&modes)),
                 ..Verdict::replica(Rule::SessionState("SET TRANSACTION"))
@@ -195,7 +211,7 @@ fn session_characteristics(s: Stmt<'_>, from: usize, local: bool) -> Verdict {
     }
     for mode in modes {
         let name = match mode.kind {
-            ModeKind::Isolation => "default_transaction_isolation",
+            ModeKind::Isolation { .. } => "default_transaction_isolation",
             ModeKind::Access(_) => "default_transaction_read_only",
             ModeKind::Deferrable => "default_transaction_deferrable",
         };

@@ -287,10 +287,10 @@ fn read_only_begin_variants() {
     for sql in [
         "BEGIN READ ONLY",
         "begin transaction read only",
-        "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY DEFERRABLE",
+        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY DEFERRABLE",
         "START TRANSACTION READ ONLY, ISOLATION LEVEL REPEATABLE READ",
         "BEGIN; SET TRANSACTION READ ONLY",
-        "BEGIN; SET TRANSACTION ISOLATION LEVEL SERIALIZABLE; SET TRANSACTION READ ONLY; SELECT 1",
+        "BEGIN; SET TRANSACTION ISOLATION LEVEL READ COMMITTED; SET TRANSACTION READ ONLY; SELECT 1",
     ] {
         let d = decide(sql);
         assert_eq!(
@@ -313,6 +313,42 @@ fn read_only_begin_variants() {
         );
     }
     assert_eq!(decide("BEGIN READ BANANA").tx_start, None);
+    // A hot standby refuses serializable isolation, read-only or not.
+    for sql in [
+        "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY DEFERRABLE",
+        "begin transaction isolation level serializable",
+        "START TRANSACTION READ ONLY, ISOLATION LEVEL SERIALIZABLE",
+        "BEGIN READ ONLY; SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+        "BEGIN; SET TRANSACTION ISOLATION LEVEL SERIALIZABLE; SET TRANSACTION READ ONLY; SELECT 1",
+        "BEGIN ISOLATION LEVEL SERIALIZABLE; SET TRANSACTION READ ONLY",
+        "BEGIN READ ONLY; SELECT 1; COMMIT; BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY",
+    ] {
+        let d = decide(sql);
+        assert_eq!(
+            (d.target, d.tx_start, d.rule),
+            (
+                Target::Primary,
+                Some(TxStart::ReadWrite),
+                Rule::SerializableTransaction
+            ),
+            "{sql}"
+        );
+    }
+    // Outside a transaction the primary only warns.
+    let d = decide("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE");
+    assert_eq!(
+        (d.target, d.rule),
+        (Target::Primary, Rule::SerializableTransaction)
+    );
+    assert_eq!(
+        decide("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ").target,
+        Target::Replica
+    );
+    // The session's default is the session's to read (`Settings::serializable`): a change like any other.
+    assert_eq!(
+        decide("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE").target,
+        Target::Replica
+    );
 }
 
 #[test]

@@ -31,6 +31,10 @@ pub(crate) struct RoutingState {
     pub read_after: Option<Lsn>,
     /// Monotonic reads: where the session last read and how far its reads may have seen.
     pub seen: Option<Seen>,
+    /// A standby refused a read of the session a serializable snapshot it did not ask for (its role's or
+    /// database's `default_transaction_isolation`): its reads go to the primary while its settings are
+    /// the ones of this generation (`Settings::generation`).
+    pub serializable_default: Option<u64>,
 }
 
 /// What monotonic reads remember of a session's reads.
