@@ -477,7 +477,10 @@ impl Flow {
             // The node failed before the trailer's answer: what the client's request got (a commit's
             // CommandComplete, say) still reaches it, as it would have without a trailer.
             flow.output_sent = true;
-            let _ = write_flush(&mut session.client, &flow.held).await;
+            if write_flush(&mut session.client, &flow.held).await.is_ok() {
+                // A FATAL among them (pg_terminate_backend of its own backend) ends the client's session.
+                flow.farewell_sent |= flow.fatal_seen;
+            }
         }
         session.key.clear_active();
         match result {
@@ -660,6 +663,7 @@ impl Flow {
             write_flush(&mut session.client, &self.held)
                 .await
                 .map_err(|e| Failure::Client(e.into()))?;
+            self.farewell_sent |= self.fatal_seen;
             self.held.clear();
         }
         Ok(())

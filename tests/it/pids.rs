@@ -394,6 +394,33 @@ async fn pg_terminate_backend_ends_the_client_session_it_names() {
     c.send(&query(&format!("SELECT pg_terminate_backend({pid_c})")))
         .await;
     c.expect_fatal("57P01").await;
+    // With the pid as an expression the primary's backend ends itself: its FATAL reaches the caller, and
+    // the session ends with it, as on PostgreSQL (also after a write, whose reply waits for its position).
+    for setup in ["SELECT 1", "INSERT INTO pids_t VALUES (2)"] {
+        let mut d = Raw::connect(proxy.port).await;
+        d.login_app().await;
+        d.simple(setup).await;
+        d.send(&query("SELECT pg_terminate_backend(pg_backend_pid())"))
+            .await;
+        // The call's row may come first: the backend ends at its next check for interrupts.
+        loop {
+            let (kind, body) = d.frame().await.expect("a FATAL before the connection closes");
+            if kind == b'E' {
+                assert_eq!(error_field(&body, b'S'), Some("FATAL"), "after {setup}");
+                assert_eq!(error_field(&body, b'C'), Some("57P01"), "after {setup}");
+                break;
+            }
+            assert!(
+                matches!(kind, b'T' | b'D' | b'C'),
+                "after {setup}: {}",
+                kind as char
+            );
+        }
+        assert!(
+            d.frame().await.is_none(),
+            "after {setup}: the connection is closed after the FATAL"
+        );
+    }
 
     // A pid no client has: false and PostgreSQL's warning.
     let msgs = b
