@@ -136,7 +136,9 @@ impl Request {
         let kind = frame.kind;
         self.frames.push(frame);
         match kind {
-            b'Q' => Some(End::Query),
+            // A function call (the fast-path protocol libpq's large-object API uses) is answered like a
+            // simple query: its result, then ReadyForQuery.
+            b'Q' | b'F' => Some(End::Query),
             b'S' => Some(End::Sync),
             b'H' => Some(End::Open),
             _ if self.bytes > MAX_BUFFERED_REQUEST => Some(End::Open),
@@ -173,13 +175,13 @@ impl Request {
     pub fn ready_count(&self) -> usize {
         self.frames
             .iter()
-            .filter(|f| matches!(f.kind, b'Q' | b'S'))
+            .filter(|f| matches!(f.kind, b'Q' | b'S' | b'F'))
             .count()
     }
 
     /// Whether it uses the extended protocol.
     pub fn is_extended(&self) -> bool {
-        self.frames.iter().any(|f| f.kind != b'Q')
+        self.frames.iter().any(|f| !matches!(f.kind, b'Q' | b'F'))
     }
 }
 
@@ -580,6 +582,18 @@ mod tests {
             plan.note(f, statements, &rules, &mut Reading::default());
         }
         plan
+    }
+
+    #[test]
+    fn a_function_call_ends_its_request_as_a_query_does() {
+        let mut req = Request::default();
+        // FunctionCall: function oid, no argument formats, one text argument, text result.
+        let call = frame(b'F', &[0, 0, 3, 0xad, 0, 0, 0, 1, 0, 0, 0, 1, b'7', 0, 0]);
+        assert_eq!(req.push(call), Some(End::Query));
+        assert_eq!(req.ready_count(), 1);
+        assert!(!req.is_extended());
+        let plan = plan_of(&req.frames, &Statements::default());
+        assert_eq!(plan.target, Target::Primary);
     }
 
     #[test]

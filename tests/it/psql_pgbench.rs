@@ -377,6 +377,57 @@ async fn psql_scripts_copy_notices_notifications_and_errors() {
     assert_eq!(parse_port(write, "write after error"), primary, "{done}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_objects_move_through_the_function_call_protocol() {
+    let cluster = cluster_async().await;
+    let proxy = Proxy::start(&cluster, "");
+    let url = proxy.url(APP_USER, PASSWORD, APP_DB);
+    let work = tempfile::tempdir().expect("temp dir");
+    let dir = work.path();
+    // libpq's large-object API (psql's \lo_import and \lo_export, pg_dump) calls lo_open, loread and
+    // lowrite with FunctionCall messages, each answered by its result and a ReadyForQuery.
+    let content: String = (0..20_000).map(|i| format!("line {i}\n")).collect();
+    let input = script(dir, "in.txt", &content);
+    let imported = psql_ok(&url, dir, &["-c", &format!("\\lo_import {input}")]);
+    let oid = imported
+        .trim()
+        .strip_prefix("lo_import ")
+        .unwrap_or_else(|| panic!("lo_import's answer: {imported}"))
+        .to_owned();
+    let output = dir.join("out.txt");
+    let exported = psql_ok(
+        &url,
+        dir,
+        &["-c", &format!("\\lo_export {oid} {}", output.display())],
+    );
+    assert_eq!(exported.trim(), "lo_export");
+    let back = std::fs::read_to_string(&output).expect("the exported file");
+    assert!(
+        back == content,
+        "exported {} bytes of {}",
+        back.len(),
+        content.len()
+    );
+    // The object is on the primary, as a write is.
+    assert_eq!(
+        direct(&cluster.primary, APP_DB, &format!("SELECT length(lo_get({oid}))")),
+        content.len().to_string()
+    );
+    // pg_dump reads large objects the same way, in parallel jobs too.
+    for format in [["-Fp", "-f", "dump.sql"], ["-Fd", "-j2", "-fdump.d"]] {
+        let mut cmd = Command::new(common::pg_tool("pg_dump"));
+        cmd.current_dir(dir).args(format).args(["-d", &url]);
+        run(cmd, PSQL_TIMEOUT).expect_success("pg_dump through pgfleet");
+    }
+    let plain = std::fs::read_to_string(dir.join("dump.sql")).expect("the plain dump");
+    assert!(
+        plain.contains(&format!("lo_open('{oid}'")),
+        "the plain dump writes the large object"
+    );
+    let back = psql_ok(&url, dir, &["-XAtc", &format!("SELECT length(lo_get({oid}))")]);
+    assert_eq!(back.trim(), content.len().to_string());
+}
+
 /// The counters pgbench prints at the end of a run.
 #[derive(Debug)]
 struct BenchResult {
