@@ -17,7 +17,10 @@ import java.util.concurrent.Future;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.TimeoutException;
 
+import org.postgresql.PGConnection;
 import org.postgresql.PGStatement;
+import org.postgresql.largeobject.LargeObject;
+import org.postgresql.largeobject.LargeObjectManager;
 import org.postgresql.util.PSQLException;
 import org.postgresql.util.ServerErrorMessage;
 
@@ -407,6 +410,42 @@ public final class JdbcCheck {
         }
     }
 
+    static void serializableAndLargeObjects() throws Exception {
+        try (Connection c = connect()) {
+            // setTransactionIsolation sends SET SESSION CHARACTERISTICS; a standby refuses serializable
+            // isolation, read-only or not, so the transaction runs on the primary.
+            c.setTransactionIsolation(Connection.TRANSACTION_SERIALIZABLE);
+            c.setAutoCommit(false);
+            c.setReadOnly(true);
+            try (Statement s = c.createStatement();
+                    ResultSet rs = s.executeQuery("SELECT inet_server_port(), current_setting('transaction_isolation')")) {
+                check(rs.next(), "no row in the serializable transaction");
+                onPrimary(rs.getInt(1), "serializable read-only transaction");
+                check(rs.getString(2).equals("serializable"), "isolation " + rs.getString(2));
+            }
+            c.commit();
+            c.setReadOnly(false);
+            c.setTransactionIsolation(Connection.TRANSACTION_READ_COMMITTED);
+            // The large-object API calls lo_creat, lo_open, lowrite and loread by FunctionCall messages.
+            LargeObjectManager lom = c.unwrap(PGConnection.class).getLargeObjectAPI();
+            long oid = lom.createLO(LargeObjectManager.READWRITE);
+            byte[] data = new byte[100_000];
+            for (int i = 0; i < data.length; i++) {
+                data[i] = (byte) (i * 7);
+            }
+            LargeObject w = lom.open(oid, LargeObjectManager.WRITE);
+            w.write(data);
+            w.close();
+            c.commit();
+            LargeObject r = lom.open(oid, LargeObjectManager.READ);
+            byte[] back = r.read(data.length + 1);
+            r.close();
+            check(java.util.Arrays.equals(back, data), "large object read back: " + back.length + " bytes");
+            lom.delete(oid);
+            c.commit();
+        }
+    }
+
     static void errors() throws Exception {
         try (Connection c = connect(); Statement s = c.createStatement()) {
             try {
@@ -636,6 +675,7 @@ public final class JdbcCheck {
         section(pool, "batches", JdbcCheck::batches);
         section(pool, "transactions", JdbcCheck::transactions);
         section(pool, "read_only", JdbcCheck::readOnly);
+        section(pool, "serializable_and_large_objects", JdbcCheck::serializableAndLargeObjects);
         section(pool, "errors", JdbcCheck::errors);
         section(pool, "metadata", JdbcCheck::metadata);
         section(pool, "cancel", JdbcCheck::cancel);
