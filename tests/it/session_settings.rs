@@ -25,6 +25,13 @@ async fn row(c: &tokio_postgres::Client, sql: &str) -> Vec<String> {
     panic!("{sql}: no row");
 }
 
+/// Runs `sql`, which must succeed.
+async fn batch(c: &tokio_postgres::Client, sql: &str) {
+    c.batch_execute(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
 /// Runs `sql` (its first column the server's port) until `nodes` different nodes have answered it (at most
 /// 200 times): the ports it ran on and the other columns, which must be the same every time.
 async fn everywhere(c: &tokio_postgres::Client, sql: &str, nodes: usize) -> (HashSet<u16>, Vec<String>) {
@@ -159,11 +166,7 @@ async fn a_rollback_to_a_savepoint_undoes_the_settings_made_after_it() {
     let cluster = cluster_async().await;
     let proxy = Proxy::start(&cluster, CONFIG);
     let c = connect(&proxy.dsn(APP_USER, PASSWORD, APP_DB)).await;
-    let run = async |sql: &str| {
-        c.batch_execute(sql)
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"))
-    };
+    let run = async |sql: &str| batch(&c, sql).await;
     let sql = "SELECT inet_server_port(), current_setting('app.label'), current_setting('work_mem')";
 
     // Each statement a request of its own, as drivers send them.
@@ -211,11 +214,7 @@ async fn a_transaction_that_ends_inside_a_request_keeps_only_what_it_committed()
     let cluster = cluster_async().await;
     let proxy = Proxy::start(&cluster, CONFIG);
     let c = connect(&proxy.dsn(APP_USER, PASSWORD, APP_DB)).await;
-    let run = async |sql: &str| {
-        c.batch_execute(sql)
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"))
-    };
+    let run = async |sql: &str| batch(&c, sql).await;
     let sql = "SELECT inet_server_port(), current_setting('lock_timeout'), current_setting('work_mem')";
 
     // Rolled back in the middle of a string; the next transaction, begun in the same string, commits later.
