@@ -230,7 +230,8 @@ fn check_requests(frames: &[pgfleet::protocol::Frame]) {
     for frame in frames {
         let end = request.push(frame.clone());
         let expected = match frame.kind {
-            b'Q' => Some(End::Query),
+            // A function call is answered as a simple query is: its result, then ReadyForQuery.
+            b'Q' | b'F' => Some(End::Query),
             b'S' => Some(End::Sync),
             b'H' => Some(End::Open),
             _ if request.bytes > MAX_BUFFERED_REQUEST => Some(End::Open),
