@@ -116,10 +116,18 @@ impl Session {
         if let Some(entry) = &self.entry {
             entry.mark_active();
         }
-        let outcome = tokio::select! {
-            biased;
-            () = handle.until_terminated() => None,
-            r = self.dispatch(req, end) => Some(r),
+        // Polled by hand rather than by `select!`: the select's loop over its branches would have the compiler
+        // hoist the addresses the whole inlined request path uses out of it, into every poll's entry.
+        let outcome = {
+            let mut terminated = std::pin::pin!(handle.until_terminated());
+            let mut work = std::pin::pin!(self.dispatch(req, end));
+            std::future::poll_fn(|cx| {
+                if terminated.as_mut().poll(cx).is_ready() {
+                    return std::task::Poll::Ready(None);
+                }
+                work.as_mut().poll(cx).map(Some)
+            })
+            .await
         };
         handle.end_request();
         if let Some(entry) = &self.entry {
