@@ -48,8 +48,8 @@ SHARDED_SCRIPTS = {
 for _name, (_title, _script) in SHARDED_SCRIPTS.items():
     for _mode in ("simple", "extended", "prepared"):
         WORKLOADS[f"{_name}-{_mode}"] = (f"{_title}, -M {_mode}", ["-f", "{" + _script + "}", "-M", _mode])
-PGFLEETS = ("pgfleet-defaults", "pgfleet-session", "pgfleet-cores", "pgfleet-txn", "pgfleet-primary", "pgfleet-unsharded",
-            "pgfleet-sharded")
+PGFLEETS = ("pgfleet-defaults", "pgfleet-session", "pgfleet-cores", "pgfleet-txn", "pgfleet-primary", "pgfleet-base",
+            "pgfleet-unsharded", "pgfleet-sharded")
 OTHERS = ("direct", "pgbouncer", "pgpool")
 
 
@@ -248,6 +248,9 @@ def ratio_pairs(names: list[str], args: argparse.Namespace) -> list[tuple[str, s
     # shows apart from what spreading itself costs on the machine.
     if "pgfleet-defaults" in names and "direct-spread" in names:
         pairs.append(("pgfleet-defaults", "direct-spread"))
+    # The same configuration served by two builds: the change against the build before it.
+    if "pgfleet-primary" in names and "pgfleet-base" in names:
+        pairs.append(("pgfleet-primary", "pgfleet-base"))
     return pairs
 
 

@@ -84,6 +84,7 @@ PORT_CORES=$((BENCH_PORT_BASE + 8))
 PORT_DEFAULTS=$((BENCH_PORT_BASE + 9))
 PORT_RELAY=$((BENCH_PORT_BASE + 10))
 PORT_RELAY_URING=$((BENCH_PORT_BASE + 11))
+PORT_BASE_BUILD=$((BENCH_PORT_BASE + 12))
 
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$BENCH_RESULTS"
@@ -568,6 +569,23 @@ if target_wanted pgfleet-primary; then
     fi
 fi
 
+# pgfleet-primary's configuration served by another build (PGFLEET_BASE_BIN; opt-in, not in the default
+# targets): a change and the build before it measured side by side in one run, CPU per transaction included,
+# which separate runs on a shared machine cannot compare.
+if target_wanted pgfleet-base; then
+    if [[ -z ${PGFLEET_BASE_BIN:-} || ! -x ${PGFLEET_BASE_BIN:-} ]]; then
+        add_target pgfleet-base "$PORT_BASE_BUILD" n/a "PGFLEET_BASE_BIN names no executable"
+    elif ((!TXN_MODE_OK)); then
+        add_target pgfleet-base "$PORT_BASE_BUILD" n/a "$TXN_NOTE"
+    else
+        pgfleet_config "$PORT_BASE_BUILD" transaction "$BENCH_POOL_SIZE" primary "$BENCH_WORKER_THREADS" \
+            >"$WORK/pgfleet-base.toml"
+        serve_target pgfleet-base "$PORT_BASE_BUILD" TERM \
+            "as pgfleet-primary, served by $PGFLEET_BASE_BIN ($("$PGFLEET_BASE_BIN" --version | awk '{print $2}'))" \
+            "$PGFLEET_BASE_BIN" --config "$WORK/pgfleet-base.toml"
+    fi
+fi
+
 if target_wanted pgbouncer; then
     if ((HAVE_PGBOUNCER)); then
         B=$WORK/pgbouncer
@@ -709,7 +727,7 @@ if [[ -n ${STARTED_PIDS[pgpool]:-} ]]; then
         -c 'SHOW pool_nodes' 2>&1 | cut -c1-160 | sed 's/^/    /' || true
 fi
 
-for name in pgpool pgbouncer pgfleet-primary pgfleet-txn pgfleet-session pgfleet-defaults relay relay-uring; do
+for name in pgpool pgbouncer pgfleet-base pgfleet-primary pgfleet-txn pgfleet-session pgfleet-defaults relay relay-uring; do
     stop "$name"
 done
 
