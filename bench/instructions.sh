@@ -14,6 +14,10 @@
 # or the shutdown. The health checks that run meanwhile make it move by a few dozen instructions from run to
 # run.
 #
+# INSTR_KEEP=DIR keeps every callgrind output there (BINARY-WORKLOAD-TRANSACTIONS.out) and writes, per binary and
+# workload, the functions with the most instructions per transaction (BINARY-WORKLOAD.functions.txt, made by
+# bench/callgrind_self.py, which also breaks a function down by source line or compares two builds).
+#
 # Knobs: INSTR_WORKLOADS ("select-simple select-extended tpcb"; also select-prepared and rw90), INSTR_SHORT
 # (100), INSTR_LONG (300), INSTR_CLIENTS (16), INSTR_SCALE (10), INSTR_PORT_BASE (17700), INSTR_POOL_MODE
 # (session; transaction is pgbouncer's mode and bench/run.sh's pgfleet-primary target's). About ten seconds
@@ -31,6 +35,8 @@ INSTR_CLIENTS=${INSTR_CLIENTS:-16}
 INSTR_SCALE=${INSTR_SCALE:-10}
 INSTR_PORT_BASE=${INSTR_PORT_BASE:-17700}
 INSTR_POOL_MODE=${INSTR_POOL_MODE:-session}
+INSTR_KEEP=${INSTR_KEEP:-}
+KEPT=""
 BINARIES=("$@")
 [[ ${#BINARIES[@]} -gt 0 ]] || BINARIES=("$ROOT/target/release/pgfleet")
 # The demo cluster's credentials (src/demo.rs).
@@ -73,6 +79,10 @@ done
     die "INSTR_POOL_MODE is session or transaction, not $INSTR_POOL_MODE"
 
 setup_work instructions
+if [[ -n $INSTR_KEEP ]]; then
+    mkdir -p "$INSTR_KEEP"
+    INSTR_KEEP=$(cd "$INSTR_KEEP" && pwd)
+fi
 
 log "starting a cluster with pgfleet demo"
 start_demo "${BINARIES[0]}" "127.0.0.1:$INSTR_PORT_BASE"
@@ -117,6 +127,10 @@ count() { # BINARY WORKLOAD TRANSACTIONS: pgfleet's instructions over a run of t
     kill -TERM "$pid"
     wait "$pid" || true
     unset 'PIDS[-1]'
+    if [[ -n $INSTR_KEEP ]]; then
+        KEPT="$INSTR_KEEP/$(basename "$bin")-$workload-$transactions.out"
+        cp "$out" "$KEPT"
+    fi
     COUNT=$(awk '/^(summary|totals):/ {print $2; exit}' "$out")
     [[ -n $COUNT ]] || die "callgrind wrote no total for $workload through $bin: $(tail -5 "$WORK/pgfleet.log")"
 }
@@ -127,10 +141,15 @@ for workload in $INSTR_WORKLOADS; do
     for bin in "${BINARIES[@]}"; do
         log "$workload through $bin"
         count "$bin" "$workload" "$INSTR_SHORT"
-        short=$COUNT
+        short=$COUNT short_kept=$KEPT
         count "$bin" "$workload" "$INSTR_LONG"
         long=$COUNT
         RESULT["$workload|$bin"]=$(((long - short) / ((INSTR_LONG - INSTR_SHORT) * INSTR_CLIENTS)))
+        if [[ -n $INSTR_KEEP ]]; then
+            python3 "$BENCH_DIR/callgrind_self.py" "$short_kept" "$KEPT" \
+                --transactions $(((INSTR_LONG - INSTR_SHORT) * INSTR_CLIENTS)) --top 15 \
+                >"$INSTR_KEEP/$(basename "$bin")-$workload.functions.txt"
+        fi
     done
 done
 
