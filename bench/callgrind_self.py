@@ -51,7 +51,7 @@ def self_costs(path: str, by: str, within: str | None) -> collections.Counter:
     functions: dict[str, str] = {}
     positions = ["line"]
     function = source = file_of_function = None
-    last = [0, 0]
+    last = [0] * len(positions)
     skip_next = False
     costs: collections.Counter = collections.Counter()
     with open(path, errors="replace") as f:

@@ -14,9 +14,10 @@
 # or the shutdown. The health checks that run meanwhile make it move by a few dozen instructions from run to
 # run.
 #
-# INSTR_KEEP=DIR keeps every callgrind output there (BINARY-WORKLOAD-TRANSACTIONS.out) and writes, per binary and
-# workload, the functions with the most instructions per transaction (BINARY-WORKLOAD.functions.txt, made by
-# bench/callgrind_self.py, which also breaks a function down by source line or compares two builds).
+# INSTR_KEEP=DIR keeps every callgrind output there (N-BINARY-WORKLOAD-TRANSACTIONS.out, N the binary's place in
+# the arguments) and writes, per binary and workload, the functions with the most instructions per transaction
+# (N-BINARY-WORKLOAD.functions.txt, made by bench/callgrind_self.py, which also breaks a function down by
+# source line or compares two builds).
 #
 # Knobs: INSTR_WORKLOADS ("select-simple select-extended tpcb"; also select-prepared and rw90), INSTR_SHORT
 # (100), INSTR_LONG (300), INSTR_CLIENTS (16), INSTR_SCALE (10), INSTR_PORT_BASE (17700), INSTR_POOL_MODE
@@ -37,6 +38,7 @@ INSTR_PORT_BASE=${INSTR_PORT_BASE:-17700}
 INSTR_POOL_MODE=${INSTR_POOL_MODE:-session}
 INSTR_KEEP=${INSTR_KEEP:-}
 KEPT=""
+BIN_LABEL=""
 BINARIES=("$@")
 [[ ${#BINARIES[@]} -gt 0 ]] || BINARIES=("$ROOT/target/release/pgfleet")
 # The demo cluster's credentials (src/demo.rs).
@@ -128,7 +130,7 @@ count() { # BINARY WORKLOAD TRANSACTIONS: pgfleet's instructions over a run of t
     wait "$pid" || true
     unset 'PIDS[-1]'
     if [[ -n $INSTR_KEEP ]]; then
-        KEPT="$INSTR_KEEP/$(basename "$bin")-$workload-$transactions.out"
+        KEPT="$INSTR_KEEP/$BIN_LABEL-$workload-$transactions.out"
         cp "$out" "$KEPT"
     fi
     COUNT=$(awk '/^(summary|totals):/ {print $2; exit}' "$out")
@@ -138,7 +140,10 @@ count() { # BINARY WORKLOAD TRANSACTIONS: pgfleet's instructions over a run of t
 COUNT=""
 declare -A RESULT=()
 for workload in $INSTR_WORKLOADS; do
-    for bin in "${BINARIES[@]}"; do
+    for i in "${!BINARIES[@]}"; do
+        bin=${BINARIES[$i]}
+        # Numbered: two builds are often both called pgfleet.
+        BIN_LABEL="$((i + 1))-$(basename "$bin")"
         log "$workload through $bin"
         count "$bin" "$workload" "$INSTR_SHORT"
         short=$COUNT short_kept=$KEPT
@@ -148,7 +153,7 @@ for workload in $INSTR_WORKLOADS; do
         if [[ -n $INSTR_KEEP ]]; then
             python3 "$BENCH_DIR/callgrind_self.py" "$short_kept" "$KEPT" \
                 --transactions $(((INSTR_LONG - INSTR_SHORT) * INSTR_CLIENTS)) --top 15 \
-                >"$INSTR_KEEP/$(basename "$bin")-$workload.functions.txt"
+                >"$INSTR_KEEP/$BIN_LABEL-$workload.functions.txt"
         fi
     done
 done
