@@ -74,11 +74,9 @@ impl Outcome {
 
 /// Why a request did not complete.
 pub(crate) enum FlowError {
-    /// A read is for another node, and nothing reached the client: the plan is handed back for the next
-    /// candidate.
+    /// A read is for another node, and nothing reached the client: the next candidate runs it with the same
+    /// plan.
     Stale {
-        /// The plan, handed back.
-        plan: Box<Plan>,
         /// Why the node could not give the read its answer.
         why: Redo,
     },
@@ -93,8 +91,6 @@ pub(crate) enum FlowError {
     Node {
         /// What went wrong.
         error: BackendError,
-        /// The plan, handed back for a retry elsewhere.
-        plan: Box<Plan>,
         /// Whether any reply bytes reached the client.
         output_sent: bool,
         /// Whether the node's own FATAL (sent before it closed the connection) reached the client.
@@ -112,27 +108,40 @@ pub(crate) enum Redo {
     /// primary never gets for a read outside a transaction.
     RecoveryConflict,
     /// The replica refused the read's serializable isolation, which the session's role or database makes its
-    /// default ([`is_serializable_refusal`]): the primary serves it, and the session's next reads.
+    /// default ([`Refusal::Serializable`]): the primary serves it, and the session's next reads.
     Serializable,
 }
 
-/// Whether an ErrorResponse is a hot standby's refusal to take a serializable snapshot ("cannot use
-/// serializable mode in a hot standby"): the statement's transaction is serializable by default, and nothing
-/// of it ran. Told by its code and the server's routine name, which no `lc_messages` translates.
-fn is_serializable_refusal(body: &[u8]) -> bool {
-    crate::protocol::messages::error_field(body, b'C') == Some("0A000")
-        && crate::protocol::messages::error_field(body, b'R') == Some("GetSerializableTransactionSnapshot")
+/// Why a replica's ErrorResponse lets the read run again elsewhere, told by its SQLSTATE (read once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// A hot standby's refusal to take a serializable snapshot ("cannot use serializable mode in a hot
+    /// standby"): the statement's transaction is serializable by default, and nothing of it ran. Told by its
+    /// code and the server's routine name, which no `lc_messages` translates.
+    Serializable,
+    /// A conflict with recovery. A standby runs no serializable transaction nor anything that waits on
+    /// another session's lock, so outside a transaction these two codes come from its replay (or from a
+    /// function raising them on purpose, which raises them on the next node as well).
+    RecoveryConflict,
 }
 
-/// Whether an ErrorResponse from a replica ends a read for a conflict with recovery. A standby runs no
-/// serializable transaction nor anything that waits on another session's lock, so outside a transaction these
-/// two codes come from its replay (or from a function raising them on purpose, which raises them on the
-/// next node as well).
-fn is_recovery_conflict(body: &[u8]) -> bool {
-    matches!(
-        crate::protocol::messages::error_field(body, b'C'),
-        Some("40001" | "40P01")
-    )
+fn refusal(body: &[u8]) -> Option<Refusal> {
+    use crate::protocol::messages::error_field;
+    match error_field(body, b'C')? {
+        "0A000" if error_field(body, b'R') == Some("GetSerializableTransactionSnapshot") => {
+            Some(Refusal::Serializable)
+        }
+        "40001" | "40P01" => Some(Refusal::RecoveryConflict),
+        _ => None,
+    }
+}
+
+/// What a wait inside a request found first.
+enum Got {
+    /// The node's next block was read (into the connection's buffer), or its connection failed.
+    Node(Result<(), BackendError>),
+    /// The client sent more (COPY data, an open batch's frames), or its connection failed.
+    Client(std::io::Result<usize>),
 }
 
 /// The protocol state of a request in flight.
@@ -172,7 +181,7 @@ pub(crate) struct Flow {
     /// snapshot, before any of its reply reached the client: on a replica, the reply is dropped and the read
     /// runs again elsewhere.
     conflict: bool,
-    /// The node refused a serializable snapshot ([`is_serializable_refusal`]), held back or not.
+    /// The node refused a serializable snapshot ([`Refusal::Serializable`]), held back or not.
     serializable_refused: bool,
     /// Reply bytes not yet written to the client: a retryable read's (`hold_back`), or, with a trailer, the
     /// client's frames waiting to go out with its last ReadyForQuery in one write once the trailer's answer
@@ -254,10 +263,9 @@ impl Flow {
             }
             b'E' => {
                 self.outcome.saw_error = true;
-                let refused = is_serializable_refusal(body);
-                self.serializable_refused |= refused;
-                self.conflict |=
-                    self.hold_back && !self.output_sent && (refused || is_recovery_conflict(body));
+                let refusal = refusal(body);
+                self.serializable_refused |= refusal == Some(Refusal::Serializable);
+                self.conflict |= self.hold_back && !self.output_sent && refusal.is_some();
                 self.fatal_seen |= crate::backend::conn::is_fatal(body);
                 if self.copy_in {
                     self.copy_in = false;
@@ -342,13 +350,15 @@ impl Flow {
         self.pending_ready == 0 && !self.open_batch && !self.copy_in
     }
 
-    /// Runs `req` on `node` to completion, then records its effects on the session.
+    /// Runs `req` on `node` to completion, then records its effects on the session. The plan stays the
+    /// caller's (borrowed, not moved: it is large, and a read that fails over runs again with it); a request
+    /// that completed leaves it emptied of what the session took over.
     pub(super) async fn run(
         session: &mut Session,
         node: NodeId,
         req: &Request,
         end: End,
-        mut plan: Plan,
+        plan: &mut Plan,
         retryable: bool,
     ) -> Result<(), FlowError> {
         let Some(conn) = session.conns[node.index()].as_ref() else {
@@ -409,7 +419,7 @@ impl Flow {
             cancel_after_send,
             cancel_sent: None,
         };
-        let mut result = flow.pump(session, node, req, &mut plan).await;
+        let mut result = flow.pump(session, node, req, plan).await;
         let stale = flow.lead.take().is_some_and(|mut l| {
             // Published already unless the run ended before the lead's reply did.
             l.in_flight.answered(l.answer);
@@ -432,10 +442,7 @@ impl Flow {
         {
             conn.status = flow.outcome.status;
             session.key.clear_active();
-            return Err(FlowError::Stale {
-                plan: Box::new(plan),
-                why,
-            });
+            return Err(FlowError::Stale { why });
         }
         if result.is_ok()
             && let Some(mut t) = flow.trailer.take()
@@ -491,7 +498,6 @@ impl Flow {
             Err(Failure::Client(e)) => Err(FlowError::Client(e)),
             Err(Failure::Node(error)) => Err(FlowError::Node {
                 error,
-                plan: Box::new(plan),
                 output_sent: flow.output_sent,
                 farewell_sent: flow.farewell_sent,
             }),
@@ -566,10 +572,20 @@ impl Flow {
                 to_node.clear();
                 continue;
             }
-            tokio::select! {
-                // The node's output first: no need to draw a random branch order for every read.
-                biased;
-                r = conn.fill() => {
+            // Most requests read nothing more of the client: they await the node alone, without a select's
+            // machinery around the read.
+            let got = if read_client {
+                tokio::select! {
+                    // The node's output first: no need to draw a random branch order for every read.
+                    biased;
+                    r = conn.fill() => Got::Node(r),
+                    r = session.client.read_buf(session.cbuf.read_target()) => Got::Client(r),
+                }
+            } else {
+                Got::Node(conn.fill().await)
+            };
+            match got {
+                Got::Node(r) => {
                     r.map_err(Failure::Node)?;
                     if let Some(c) = &self.cancel_sent {
                         c.answered();
@@ -582,7 +598,9 @@ impl Flow {
                     if let Some(l) = self.lead.as_mut() {
                         l.end = 0;
                     }
-                    let block = conn.take_block(|k, b| self.inspect(k, b)).map_err(Failure::Node)?;
+                    let block = conn
+                        .take_block(|k, b| self.inspect(k, b))
+                        .map_err(Failure::Node)?;
                     if self.done() && !self.lead.as_ref().is_some_and(|l| l.stale) {
                         // PostgreSQL shows a backend idle before its ReadyForQuery goes out; so does SHOW
                         // CLIENTS: a client that asks once it has its answer never sees its request active.
@@ -596,7 +614,9 @@ impl Flow {
                     // The lead's frames come first in the block that holds them: the client's start after them.
                     let lead_end = self.lead.as_ref().map_or(0, |l| l.end);
                     let block = match (block, self.trailer.as_mut()) {
-                        (Some(b), None) if !self.drops.is_empty() => Some(without(b, &mut self.drops)).filter(|b| !b.is_empty()),
+                        (Some(b), None) if !self.drops.is_empty() => {
+                            Some(without(b, &mut self.drops)).filter(|b| !b.is_empty())
+                        }
                         (Some(block), Some(t)) => {
                             // The client's frames go on; its last ReadyForQuery waits; the trailer's stay here.
                             if let Some((start, end)) = t.ready_span.take() {
@@ -604,7 +624,9 @@ impl Flow {
                             }
                             (t.visible_end > lead_end).then(|| block.slice(lead_end..t.visible_end))
                         }
-                        (Some(block), None) if lead_end > 0 => (block.len() > lead_end).then(|| block.slice(lead_end..)),
+                        (Some(block), None) if lead_end > 0 => {
+                            (block.len() > lead_end).then(|| block.slice(lead_end..))
+                        }
                         (block, _) => block,
                     };
                     if self.conflict {
@@ -613,7 +635,8 @@ impl Flow {
                     }
                     // A stale replica's answer to the read is not the client's, nor one that a conflict with
                     // recovery ended: it is read to its end and dropped.
-                    let block = block.filter(|_| !self.lead.as_ref().is_some_and(|l| l.stale) && !self.conflict);
+                    let block =
+                        block.filter(|_| !self.lead.as_ref().is_some_and(|l| l.stale) && !self.conflict);
                     let block = if std::mem::take(&mut self.notified) {
                         // The client is told the pid pgfleet gave the notifying client, not a node's.
                         block.map(|b| session.shared.cancels.rewrite_notifications(node.index(), b))
@@ -626,13 +649,20 @@ impl Flow {
                         let for_trailer = self.trailer.is_some() && !self.copy_in && !self.open_batch;
                         let must_send = !for_trailer && (self.done() || self.copy_in || self.open_batch);
                         let held = &mut self.held;
-                        if (self.hold_back || for_trailer) && !must_send && held.len() + block.len() <= HOLD_BACK_LIMIT {
+                        if (self.hold_back || for_trailer)
+                            && !must_send
+                            && held.len() + block.len() <= HOLD_BACK_LIMIT
+                        {
                             held.extend_from_slice(&block);
                         } else {
                             self.output_sent = true;
                             if !held.is_empty() && held.len() + block.len() > HOLD_BACK_LIMIT {
                                 // Written ahead rather than joined: a large block is never copied.
-                                session.client.write_all(held).await.map_err(|e| Failure::Client(e.into()))?;
+                                session
+                                    .client
+                                    .write_all(held)
+                                    .await
+                                    .map_err(|e| Failure::Client(e.into()))?;
                                 held.clear();
                             }
                             let out: &[u8] = if held.is_empty() {
@@ -641,19 +671,23 @@ impl Flow {
                                 held.extend_from_slice(&block);
                                 held
                             };
-                            write_flush(&mut session.client, out).await.map_err(|e| Failure::Client(e.into()))?;
+                            write_flush(&mut session.client, out)
+                                .await
+                                .map_err(|e| Failure::Client(e.into()))?;
                             self.farewell_sent |= self.fatal_seen;
                             held.clear();
                         }
                     }
                 }
-                r = session.client.read_buf(session.cbuf.read_target()), if read_client => {
-                    match r {
-                        Ok(0) => return Err(Failure::Client(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into())),
-                        Ok(_) => {}
-                        Err(e) => return Err(Failure::Client(e.into())),
+                Got::Client(r) => match r {
+                    Ok(0) => {
+                        return Err(Failure::Client(
+                            std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into(),
+                        ));
                     }
-                }
+                    Ok(_) => {}
+                    Err(e) => return Err(Failure::Client(e.into())),
+                },
             }
         }
         if self.conflict {
@@ -725,4 +759,48 @@ enum Failure {
 async fn write_flush(client: &mut super::stream::ClientStream, bytes: &[u8]) -> std::io::Result<()> {
     client.write_all(bytes).await?;
     client.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error_body(fields: &[(u8, &str)]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for (code, value) in fields {
+            body.push(*code);
+            body.extend_from_slice(value.as_bytes());
+            body.push(0);
+        }
+        body.push(0);
+        body
+    }
+
+    #[test]
+    fn a_replicas_error_tells_whether_the_read_may_run_elsewhere() {
+        let serializable = "GetSerializableTransactionSnapshot";
+        type Fields<'a> = &'a [(u8, &'a str)];
+        let cases: [(Fields, Option<Refusal>); 7] = [
+            (
+                &[(b'S', "ERROR"), (b'C', "0A000"), (b'R', serializable)],
+                Some(Refusal::Serializable),
+            ),
+            // The same code for another unsupported feature: the client's own error.
+            (&[(b'S', "ERROR"), (b'C', "0A000"), (b'R', "transformStmt")], None),
+            (&[(b'C', "0A000")], None),
+            (
+                &[(b'S', "ERROR"), (b'C', "40001")],
+                Some(Refusal::RecoveryConflict),
+            ),
+            (
+                &[(b'S', "ERROR"), (b'C', "40P01")],
+                Some(Refusal::RecoveryConflict),
+            ),
+            (&[(b'S', "ERROR"), (b'C', "42P01")], None),
+            (&[(b'S', "ERROR")], None),
+        ];
+        for (fields, expected) in cases {
+            assert_eq!(refusal(&error_body(fields)), expected, "{fields:?}");
+        }
+    }
 }

@@ -181,18 +181,15 @@ impl Session {
         {
             plan = Plan::for_request(req, &self.statements, &self.rules);
         }
-        // A standby refuses serializable transactions, also the implicit one of a read: with serializable the
-        // session's default isolation, its reads go to the primary, as without pgfleet.
-        if plan.target == Target::Replica
-            && (self.settings.serializable()
-                || self.routing.serializable_default == Some(self.settings.generation()))
+        let serializable = self.settings.serializable()
+            || self.routing.serializable_default == Some(self.settings.generation());
+        if let Some((target, rule)) =
+            crate::router::policy::session_target(plan.target, &plan.rule, serializable, || self.primary_up())
         {
-            plan.target = Target::Primary;
-            plan.rule = Rule::SerializableRead.label();
-        }
-        // The primary answers questions about the server's role; with none up, a replica answers as itself.
-        if plan.target == Target::Primary && Rule::answers_without_primary(&plan.rule) && !self.primary_up() {
-            plan.target = Target::Replica;
+            plan.target = target;
+            if let Some(rule) = rule {
+                plan.rule = rule.label();
+            }
         }
         // pg_cancel_backend / pg_terminate_backend of a client session: answered without a node.
         if plan.target == Target::Primary && self.answer_signal_call(req, end).await? {
@@ -309,7 +306,7 @@ impl Session {
             let _untracked = untracked_by
                 .as_ref()
                 .map(|s| s.fleet.positions(self.shard).untracked_commit());
-            match Flow::run(self, node, req, end, plan, retry_allowed).await {
+            match Flow::run(self, node, req, end, &mut plan, retry_allowed).await {
                 Ok(()) => {
                     if let Some((target, label)) = &count_later {
                         self.count_route(node, *target, label);
@@ -327,12 +324,11 @@ impl Session {
                     self.release_between_transactions(node);
                     return self.refuse(self.error_of(&BackendError::Canceled), end).await;
                 }
-                Err(FlowError::Stale { plan: returned, why }) => {
+                Err(FlowError::Stale { why }) => {
                     // Nothing reached the client; the next candidate (known fresh, or the primary) serves. When
                     // this was the last attempt (the last candidate, or its full pool sent the read back to the
                     // best choice), the primary is tried once more, waiting for a connection: the policy's
                     // last resort.
-                    plan = *returned;
                     match why {
                         Redo::RecoveryConflict => {
                             tracing::info!(node = %self.shared.fleet.nodes()[node.index()].target.name, "read canceled by a conflict with recovery: it runs on the next node");
@@ -382,7 +378,6 @@ impl Session {
                 }
                 Err(FlowError::Node {
                     error,
-                    plan: returned,
                     output_sent,
                     farewell_sent,
                 }) => {
@@ -397,7 +392,6 @@ impl Session {
                         return self.node_lost(node, error, end, farewell_sent).await;
                     }
                     last_err = Some(self.error_of(&error));
-                    plan = *returned;
                 }
             }
         }

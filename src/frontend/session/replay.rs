@@ -127,8 +127,9 @@ impl Session {
         Ok(())
     }
 
-    /// Bookkeeping after a request completed on `node`.
-    pub(in crate::frontend) fn finish(&mut self, node: NodeId, mut plan: Plan, outcome: &Outcome) {
+    /// Bookkeeping after a request completed on `node`: the session takes over the plan's parses and
+    /// setting changes.
+    pub(in crate::frontend) fn finish(&mut self, node: NodeId, plan: &mut Plan, outcome: &Outcome) {
         let Some(conn) = self.conns[node.index()].as_mut() else {
             return;
         };
@@ -177,7 +178,7 @@ impl Session {
             applied: &mut conn.applied,
         };
         if changed {
-            tx.record(plan.changes, plan.ends_last, outcome);
+            tx.record(std::mem::take(&mut plan.changes), plan.ends_last, outcome);
         }
         match outcome.status {
             TxStatus::InTransaction | TxStatus::Failed => {
@@ -204,7 +205,7 @@ impl Session {
         // The room of a request's few parses is kept for the next; a long batch's is not held for the
         // session's life.
         if plan.parses.capacity() <= SPARE_PARSES {
-            self.spare_parses = plan.parses;
+            self.spare_parses = std::mem::take(&mut plan.parses);
         }
     }
 

@@ -10,7 +10,7 @@ use crate::config::{Consistency, LagLimit, ReplicaAffinity, Role, RoutingConfig}
 use crate::protocol::lsn::Lsn;
 use crate::protocol::messages::ProxyError;
 use crate::router::balance::Balancer;
-use crate::router::classify::{Pin, Target};
+use crate::router::classify::{Pin, Rule, Target};
 
 /// What the policy remembers of one session between requests.
 #[derive(Debug, Clone, Default)]
@@ -443,6 +443,26 @@ impl Reads {
             }));
         }
         Ok(())
+    }
+}
+
+/// Where the session's state moves a request the router targeted, before the candidates are named; `None`
+/// when the router's verdict stands. A standby refuses serializable transactions, also a read's implicit
+/// one: with serializable the session's default isolation (`serializable`), its reads run on the primary, as
+/// they would without pgfleet. The primary answers questions about the server's role (a request labelled
+/// `rule`); with none up (`primary_up`, asked only then), a replica answers them as itself.
+pub(crate) fn session_target(
+    target: Target,
+    rule: &str,
+    serializable: bool,
+    primary_up: impl FnOnce() -> bool,
+) -> Option<(Target, Option<Rule>)> {
+    match target {
+        Target::Replica if serializable => Some((Target::Primary, Some(Rule::SerializableRead))),
+        Target::Primary if Rule::answers_without_primary(rule) && !primary_up() => {
+            Some((Target::Replica, None))
+        }
+        _ => None,
     }
 }
 

@@ -505,3 +505,63 @@ fn write_positions_only_grow_and_unknown_means_the_primary() {
     state.wrote_at(None);
     assert_eq!(state.last_write_lsn, Some(Lsn::MAX));
 }
+
+#[test]
+fn the_sessions_state_moves_reads_and_role_questions() {
+    use crate::router::classify::{SERVER_ROLE_LABEL, UNLOGGED_LABEL};
+    let write = "INSERT, UPDATE, DELETE or MERGE";
+    // (router's target, its rule, serializable default, primary up, expected move)
+    type Moved = Option<(Target, Option<Rule>)>;
+    let rows: [(Target, &str, bool, bool, Moved); 9] = [
+        (Target::Replica, "read", false, true, None),
+        (
+            Target::Replica,
+            "read",
+            true,
+            true,
+            Some((Target::Primary, Some(Rule::SerializableRead))),
+        ),
+        // With no primary up the read still goes there, and gets the primary's error: a standby would
+        // refuse it.
+        (
+            Target::Replica,
+            "read",
+            true,
+            false,
+            Some((Target::Primary, Some(Rule::SerializableRead))),
+        ),
+        (Target::Primary, write, true, true, None),
+        (Target::Primary, write, false, false, None),
+        (Target::Primary, SERVER_ROLE_LABEL, false, true, None),
+        (
+            Target::Primary,
+            SERVER_ROLE_LABEL,
+            false,
+            false,
+            Some((Target::Replica, None)),
+        ),
+        (
+            Target::Primary,
+            SERVER_ROLE_LABEL,
+            true,
+            false,
+            Some((Target::Replica, None)),
+        ),
+        (Target::Primary, UNLOGGED_LABEL, false, false, None),
+    ];
+    for (target, rule, serializable, up, expected) in rows {
+        assert_eq!(
+            session_target(target, rule, serializable, || up),
+            expected,
+            "{target:?} {rule} serializable={serializable} primary_up={up}"
+        );
+    }
+    // The primary's state is not looked up for a request that cannot move for it.
+    let asked = std::cell::Cell::new(false);
+    let looked = || {
+        asked.set(true);
+        true
+    };
+    assert_eq!(session_target(Target::Primary, write, false, looked), None);
+    assert!(!asked.get());
+}

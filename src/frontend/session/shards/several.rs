@@ -344,7 +344,7 @@ impl Session {
     /// Runs `req` (ended by Query or Sync) on the session's connection to `node`, brought up to date
     /// first, and keeps what it answered; the session's bookkeeping (statements, transaction) follows.
     pub(super) async fn capture(&mut self, node: NodeId, req: &Request) -> Result<Answer, ProxyError> {
-        let plan = Plan::for_request(req, &self.statements, &self.rules);
+        let mut plan = Plan::for_request(req, &self.statements, &self.rules);
         self.up_to_date(node, &plan).await?;
         let Some(conn) = self.conns[node.index()].as_mut() else {
             return Err(ProxyError::error("08006", "pgfleet: lost the shard's connection"));
@@ -363,7 +363,7 @@ impl Session {
                 for f in answer.frames.iter().filter(|f| f.kind == b'C') {
                     outcome.note_tag(f.body().split(|b| *b == 0).next().unwrap_or(&[]));
                 }
-                self.finish(node, plan, &outcome);
+                self.finish(node, &mut plan, &outcome);
                 Ok(answer)
             }
             Err(e) => {
