@@ -1,18 +1,22 @@
 # Shared by the bench scripts that keep their started processes in the array PIDS (consistency.sh,
-# forward_apply.sh, sharded.sh, instructions.sh): sourced, not run.
+# forward_apply.sh, sharded.sh, instructions.sh, scaling.sh): sourced, not run.
 
-# stop_pids: stops every process in PIDS, the newest first: SIGTERM, up to 10 s to exit, then SIGKILL to its
-# process group (or to it alone when it leads none).
+# stop_pid PID: SIGTERM, up to 10 s to exit, then SIGKILL to its process group (or to it alone when it leads
+# none). Nothing when it has exited already.
+stop_pid() {
+    kill -TERM "$1" 2>/dev/null || return 0
+    for _ in $(seq 100); do
+        kill -0 "$1" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL -- "-$1" 2>/dev/null || kill -KILL "$1" 2>/dev/null || true
+}
+
+# stop_pids: stops every process in PIDS, the newest first (stop_pid).
 stop_pids() {
-    local i pid
+    local i
     for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-        pid=${PIDS[$i]}
-        kill -TERM "$pid" 2>/dev/null || continue
-        for _ in $(seq 100); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+        stop_pid "${PIDS[$i]}"
     done
 }
 

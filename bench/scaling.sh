@@ -146,18 +146,12 @@ forget() {
     PIDS=("${kept[@]}")
 }
 
-# stop_target NAME: SIGTERM, up to 10 s to exit, then SIGKILL to its process group.
+# stop_target NAME: stops the target (bench/lib.sh's stop_pid) and forgets it.
 stop_target() {
     local pid=${TARGET_PID[$1]:-}
     [[ -n $pid ]] || return 0
     unset "TARGET_PID[$1]"
-    if kill -TERM "$pid" 2>/dev/null; then
-        for _ in $(seq 100); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
-    fi
+    stop_pid "$pid"
     wait "$pid" 2>/dev/null || true
     forget "$pid"
 }
